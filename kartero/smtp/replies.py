@@ -1,0 +1,115 @@
+"""Every SMTP reply Kartero sends, as named constants.
+
+Codes follow RFC 5321 §4.2-4.3; enhanced status codes follow RFC 3463 and RFC 5248. RFC 2034 exempts
+the greeting and the EHLO/HELO reply from enhanced codes, so those carry `enhanced=None`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+_ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply; `text` may hold several lines separated by "\\n" (a multi-line reply)."""
+
+    code: int
+    enhanced: str | None
+    text: str
+
+    def __post_init__(self) -> None:
+        if not 200 <= self.code <= 599:
+            raise ValueError(f"reply code out of range: {self.code}")
+        if self.enhanced is not None:
+            if not _ENHANCED.fullmatch(self.enhanced):
+                raise ValueError(f"bad enhanced status code: {self.enhanced!r}")
+            if self.enhanced[0] != str(self.code)[0]:
+                raise ValueError(f"enhanced class {self.enhanced} does not match {self.code}")
+        if "\r" in self.text or any(not 32 <= ord(c) < 127 for c in self.text.replace("\n", "")):
+            # A reply is printable ASCII; this also stops any CRLF injection into replies.
+            raise ValueError(f"reply text must be printable ASCII: {self.text!r}")
+
+    @property
+    def is_positive(self) -> bool:
+        return self.code < 400
+
+    @property
+    def is_transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code >= 500
+
+    def with_text(self, text: str) -> Reply:
+        return replace(self, text=text)
+
+    def to_bytes(self) -> bytes:
+        lines = self.text.split("\n")
+        prefix = f"{self.enhanced} " if self.enhanced else ""
+        out = []
+        for i, line in enumerate(lines):
+            sep = " " if i == len(lines) - 1 else "-"
+            out.append(f"{self.code}{sep}{prefix}{line}\r\n")
+        return "".join(out).encode("ascii")
+
+    def __str__(self) -> str:
+        prefix = f" {self.enhanced}" if self.enhanced else ""
+        return f"{self.code}{prefix} {self.text.splitlines()[0] if self.text else ''}"
+
+
+# 2xx
+HELP = Reply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS")
+CLOSING = Reply(221, "2.0.0", "Bye")
+READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
+OK = Reply(250, "2.0.0", "OK")
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+MESSAGE_ACCEPTED = Reply(250, "2.0.0", "Message accepted")
+CHUNK_RECEIVED = Reply(250, "2.0.0", "Chunk received")
+CANNOT_VRFY = Reply(252, "2.1.5", "Cannot VRFY user, but will accept message and attempt delivery")
+
+# 3xx: no enhanced code on intermediate replies (RFC 2034 §3 lists 2xx, 4xx and 5xx only).
+START_MAIL_INPUT = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+
+# 4xx
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
+TIMEOUT = Reply(421, "4.4.2", "Timeout, closing connection")
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
+MAILBOX_UNAVAILABLE = Reply(450, "4.2.1", "Mailbox temporarily unavailable, try again later")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available")
+
+# 5xx
+UNKNOWN_COMMAND = Reply(500, "5.5.1", "Command unrecognized")
+SYNTAX_ERROR = Reply(500, "5.5.2", "Syntax error, command unrecognized")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
+TEXT_LINE_TOO_LONG = Reply(500, "5.5.2", "Message line longer than 1000 octets (RFC 5321 4.5.3.1.6)")
+BAD_ARGUMENTS = Reply(501, "5.5.4", "Syntax error in parameters or arguments")
+BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax")
+BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3", "Bad recipient address syntax")
+BAD_HELO = Reply(501, "5.5.4", "Invalid domain name in HELO/EHLO")
+BAD_CHUNK_SIZE = Reply(501, "5.5.4", "Bad BDAT chunk size, closing connection")
+NOT_IMPLEMENTED = Reply(502, "5.5.1", "Command not implemented")
+EXPN_DISABLED = Reply(502, "5.5.1", "EXPN not available")
+BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
+NEED_HELO = Reply(503, "5.5.1", "Send HELO/EHLO first")
+NEED_MAIL = Reply(503, "5.5.1", "Need MAIL before RCPT")
+NESTED_MAIL = Reply(503, "5.5.1", "Sender already specified")
+DATA_AFTER_BDAT = Reply(503, "5.5.1", "DATA not allowed in a BDAT transaction")
+TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")
+NO_SUCH_USER = Reply(550, "5.1.1", "No such user here")
+RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+SIZE_EXCEEDED = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")
+NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
+BARE_LINE_ENDING = Reply(
+    554, "5.6.0", "Message refused: bare CR or LF in message data (RFC 5321 2.3.8), use CRLF"
+)
+FORBIDDEN_COMMAND = Reply(500, "5.5.1", "This is an SMTP server, closing connection")
+PARAMS_NOT_RECOGNIZED = Reply(555, "5.5.4", "MAIL FROM/RCPT TO parameters not recognized or not implemented")

@@ -1,0 +1,543 @@
+"""The SMTP server core: bytes in, events and replies out (sans-I/O).
+
+The adapter feeds whatever the socket gave with `receive_data`, drains `next_event()` until it returns
+None, answers the events that need a decision with `answer()`, and writes `data_to_send()`. Protocol
+errors (500, 501, 503, 555, ...) are answered here and never reach the adapter. See state.py for the
+state machine and events.py for the events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kartero.smtp import replies
+from kartero.smtp.address import Path
+from kartero.smtp.commands import (
+    DEFAULT_LINE_LIMIT,
+    FORBIDDEN_VERBS,
+    LINE_LIMITS,
+    MAX_BUFFERED_LINE,
+    SMTPError,
+    Verb,
+    parse_bdat,
+    parse_helo_name,
+    parse_mail,
+    parse_rcpt,
+    split_command,
+)
+from kartero.smtp.data import DataReader, check_body, unstuff
+from kartero.smtp.events import (
+    ConnectionClosed,
+    Envelope,
+    Event,
+    Hello,
+    MailFrom,
+    MailParams,
+    MessageReceived,
+    MessageRefused,
+    RcptTo,
+    Recipient,
+    StartTLSRequested,
+)
+from kartero.smtp.replies import Reply
+from kartero.smtp.state import ProtocolViolation, State, Trigger, next_state
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """What one listener's sessions need to know; made from the config by server.py."""
+
+    hostname: str
+    max_message_size: int = 50 * 1024 * 1024
+    max_recipients: int = 1000
+    max_errors: int = 20
+    is_tls_available: bool = False
+    # RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for the next command.
+    command_timeout_s: float = 300.0
+    # RFC 5321 §4.5.3.2.5 (client side): 3 minutes per data block; we grant the peer the same.
+    data_timeout_s: float = 180.0
+
+    def __post_init__(self) -> None:
+        if not self.hostname.isascii() or not self.hostname:
+            raise ValueError("hostname must be a non-empty ASCII (A-label) name")
+        if self.max_message_size < 1 or self.max_recipients < 1 or self.max_errors < 1:
+            raise ValueError("limits must be positive")
+
+
+class _NeedData:
+    pass
+
+
+_NEED_DATA = _NeedData()
+_Pending = MailFrom | RcptTo | MessageReceived
+
+
+class ServerConnection:
+    """One SMTP session, from greeting to close."""
+
+    def __init__(self, settings: ServerSettings, *, is_tls: bool = False) -> None:
+        self.settings = settings
+        self.state = State.CONNECTED
+        self.is_tls = is_tls
+        self.helo: str | None = None
+        self.is_esmtp = False
+        self._in = bytearray()
+        self._out = bytearray()
+        self._is_eof = False
+        self._pending: _Pending | None = None
+        self._errors = 0
+        self._is_skipping_line = False
+        self._close_reason: str | None = None
+        self._is_close_reported = False
+        # Transaction
+        self._mail: tuple[Path, MailParams] | None = None
+        self._recipients: list[Recipient] = []
+        self._used_bdat = False
+        self._data: DataReader | None = None
+        # BDAT: the chunk being read, and octets to throw away after a refused BDAT command.
+        self._bdat_parts: list[bytes] = []
+        self._bdat_size = 0
+        self._bdat_remaining = 0
+        self._bdat_is_last = False
+        self._bdat_is_overflowed = False
+        self._discard_remaining = 0
+        self._discard_reply: Reply | None = None
+
+    # -- adapter API -------------------------------------------------------------------------------
+
+    def start(self, refusal: Reply | None = None) -> None:
+        """Queue the greeting, or a refusal (e.g. 554 or 421) that also closes the session."""
+        if refusal is not None:
+            self.close(refusal, "refused at connect")
+            return
+        self._send(Reply(220, None, f"{self.settings.hostname} ESMTP Kartero"))
+
+    def receive_data(self, data: bytes) -> None:
+        """Take bytes from the peer; b"" means the peer closed its side."""
+        if self.state is State.CLOSED:
+            return
+        if not data:
+            self._is_eof = True
+        elif self.state is not State.AWAITING_TLS:
+            # In AWAITING_TLS, plaintext sent after STARTTLS is dropped (CVE-2011-0411 and kin).
+            self._in += data
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def next_event(self) -> Event | None:
+        """Process buffered input up to the next event; None means: send output, then read more."""
+        while True:
+            if self._pending is not None or self.state is State.AWAITING_TLS:
+                return None
+            if self.state is State.CLOSED:
+                if self._is_close_reported:
+                    return None
+                self._is_close_reported = True
+                return ConnectionClosed(self._close_reason or "closed")
+            event = self._step()
+            if event is _NEED_DATA:
+                if not self._is_eof:
+                    return None
+                in_message = self.state in (State.IN_DATA, State.IN_BDAT)
+                self._close_silently("peer closed during message data" if in_message else "peer closed")
+                continue
+            if event is not None:
+                assert not isinstance(event, _NeedData)
+                return event
+
+    def answer(self, reply: Reply) -> None:
+        """Hand back the decision for the pending MailFrom, RcptTo or MessageReceived."""
+        pending = self._pending
+        if pending is None:
+            raise ProtocolViolation(f"answer() with nothing to answer in state {self.state.name}")
+        self._pending = None
+        if isinstance(pending, MailFrom):
+            if reply.is_positive:
+                self._mail = (pending.path, pending.params)
+                self._recipients = []
+                self._used_bdat = False
+                self.state = next_state(self.state, Trigger.MAIL_ACCEPTED)
+            self._reply(reply)
+        elif isinstance(pending, RcptTo):
+            if reply.is_positive:
+                self._recipients.append(Recipient(pending.path, pending.params))
+            self._reply(reply)
+        else:
+            self._end_transaction()
+            self._reply(reply)
+
+    def tls_established(self) -> None:
+        """The adapter finished the TLS handshake; the client must now start over with EHLO."""
+        self.state = next_state(self.state, Trigger.TLS_ESTABLISHED)
+        self.is_tls = True
+        self.helo = None
+        self.is_esmtp = False
+        self._reset_transaction()
+
+    def close(self, reply: Reply, reason: str) -> None:
+        """Send a last reply (421 on timeout or shutdown) and end the session."""
+        if self.state is State.CLOSED:
+            return
+        self._send(reply)
+        self._close_silently(reason)
+
+    @property
+    def is_closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def is_idle(self) -> bool:
+        """True between commands with nothing acknowledged at stake: safe to end for shutdown."""
+        return self._pending is None and self.state in (State.CONNECTED, State.READY, State.IN_TRANSACTION)
+
+    @property
+    def timeout_s(self) -> float:
+        """How long the adapter may wait for the peer's next bytes in the current state."""
+        if self.state in (State.IN_DATA, State.IN_BDAT):
+            return self.settings.data_timeout_s
+        return self.settings.command_timeout_s
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Input held but not yet processed; the adapter pauses reading when this grows."""
+        return len(self._in)
+
+    # -- input processing --------------------------------------------------------------------------
+
+    def _step(self) -> Event | _NeedData | None:
+        if self._discard_remaining:
+            return self._discard()
+        if self.state is State.IN_DATA:
+            return self._read_data()
+        if self.state is State.IN_BDAT:
+            return self._read_chunk()
+        idx = self._in.find(b"\n")
+        if idx < 0:
+            if self._is_skipping_line or len(self._in) > MAX_BUFFERED_LINE:
+                self._in.clear()
+                self._is_skipping_line = True
+            return _NEED_DATA
+        line = bytes(self._in[: idx + 1])
+        del self._in[: idx + 1]
+        if self._is_skipping_line:
+            self._is_skipping_line = False
+            self._error(replies.LINE_TOO_LONG)
+            return None
+        try:
+            return self._dispatch(line)
+        except SMTPError as exc:
+            self._error(exc.reply)
+            return None
+
+    def _dispatch(self, line: bytes) -> Event | None:
+        # CRLF ends a command; a lone LF is tolerated (it cannot end DATA, so smuggling gains nothing).
+        body = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        if b"\r" in body or b"\0" in body:
+            raise SMTPError(replies.SYNTAX_ERROR)
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SMTPError(replies.SYNTAX_ERROR) from None
+        word, arg = split_command(text)
+        if len(body) + 2 > LINE_LIMITS.get(word, DEFAULT_LINE_LIMIT):
+            raise SMTPError(replies.LINE_TOO_LONG)
+        if word in FORBIDDEN_VERBS:
+            self.close(replies.FORBIDDEN_COMMAND, f"forbidden command {word}")
+            return None
+        try:
+            verb = Verb(word)
+        except ValueError:
+            raise SMTPError(replies.UNKNOWN_COMMAND) from None
+        return _HANDLERS[verb](self, arg)
+
+    def _read_data(self) -> Event | _NeedData | None:
+        if not self._in:
+            return _NEED_DATA
+        reader = self._data
+        assert reader is not None
+        data = bytes(self._in)
+        self._in.clear()
+        consumed = reader.feed(data)
+        if consumed is None:
+            return _NEED_DATA
+        self._in += data[consumed:]
+        self._data = None
+        if reader.is_overflowed:
+            return self._refuse(replies.SIZE_EXCEEDED, reader.length)
+        raw = reader.body()
+        refusal = check_body(raw)
+        if refusal is not None:
+            return self._refuse(refusal, len(raw))
+        message = unstuff(raw)
+        if len(message) > self.settings.max_message_size:
+            return self._refuse(replies.SIZE_EXCEEDED, len(message))
+        return self._deliver(message)
+
+    def _read_chunk(self) -> Event | _NeedData | None:
+        if self._bdat_remaining:
+            if not self._in:
+                return _NEED_DATA
+            n = min(len(self._in), self._bdat_remaining)
+            self._bdat_remaining -= n
+            self._bdat_size += n
+            if self._bdat_size > self.settings.max_message_size:
+                self._bdat_is_overflowed = True
+                self._bdat_parts.clear()
+            elif not self._bdat_is_overflowed:
+                self._bdat_parts.append(bytes(self._in[:n]))
+            del self._in[:n]
+            if self._bdat_remaining:
+                return _NEED_DATA
+        if self._bdat_is_overflowed:
+            return self._refuse(replies.SIZE_EXCEEDED, self._bdat_size)
+        if not self._bdat_is_last:
+            self.state = next_state(self.state, Trigger.CHUNK_DONE)
+            self._reply(replies.CHUNK_RECEIVED.with_text(f"{self._bdat_size} octets received"))
+            return None
+        message = b"".join(self._bdat_parts)
+        self._bdat_parts = []
+        refusal = check_body(message)
+        if refusal is not None:
+            return self._refuse(refusal, len(message))
+        return self._deliver(message)
+
+    def _discard(self) -> _NeedData | None:
+        n = min(len(self._in), self._discard_remaining)
+        del self._in[:n]
+        self._discard_remaining -= n
+        if self._discard_remaining:
+            return _NEED_DATA
+        assert self._discard_reply is not None
+        self._error(self._discard_reply)
+        self._discard_reply = None
+        return None
+
+    # -- command handlers --------------------------------------------------------------------------
+
+    def _ehlo(self, arg: str) -> Event:
+        return self._hello(arg, is_esmtp=True)
+
+    def _helo(self, arg: str) -> Event:
+        return self._hello(arg, is_esmtp=False)
+
+    def _hello(self, arg: str, *, is_esmtp: bool) -> Event:
+        name = parse_helo_name(arg)
+        self._reset_transaction()
+        self.state = next_state(self.state, Trigger.HELLO)
+        self.helo = name
+        self.is_esmtp = is_esmtp
+        host = self.settings.hostname
+        if not is_esmtp:
+            self._send(Reply(250, None, host))
+            return Hello(is_esmtp=False, name=name)
+        lines = [
+            f"{host} Hello {name}",
+            "PIPELINING",
+            f"SIZE {self.settings.max_message_size}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "CHUNKING",
+            "DSN",
+        ]
+        if self.settings.is_tls_available and not self.is_tls:
+            lines.append("STARTTLS")
+        self._send(Reply(250, None, "\n".join(lines)))
+        return Hello(is_esmtp=True, name=name)
+
+    def _mail_cmd(self, arg: str) -> Event:
+        if self.state is State.CONNECTED:
+            raise SMTPError(replies.NEED_HELO)
+        if self.state is not State.READY:
+            raise SMTPError(replies.NESTED_MAIL)
+        path, params = parse_mail(arg, is_esmtp=self.is_esmtp, max_size=self.settings.max_message_size)
+        event = MailFrom(path, params)
+        self._pending = event
+        return event
+
+    def _rcpt(self, arg: str) -> Event | None:
+        if self.state is State.CONNECTED:
+            raise SMTPError(replies.NEED_HELO)
+        if self.state is not State.IN_TRANSACTION or self._mail is None:
+            raise SMTPError(replies.NEED_MAIL)
+        if self._used_bdat:
+            raise SMTPError(replies.BAD_SEQUENCE.with_text("RCPT not allowed after BDAT"))
+        if len(self._recipients) >= self.settings.max_recipients:
+            # RFC 5321 §4.5.3.1.10: 452, and the client sends the rest in another transaction.
+            self._reply(replies.TOO_MANY_RECIPIENTS)
+            return None
+        path, params = parse_rcpt(arg, is_esmtp=self.is_esmtp, smtputf8=self._mail[1].smtputf8)
+        event = RcptTo(path, params)
+        self._pending = event
+        return event
+
+    def _data_cmd(self, arg: str) -> None:
+        if arg.strip():
+            raise SMTPError(replies.BAD_ARGUMENTS)
+        self._check_can_send_message()
+        if self._used_bdat:
+            raise SMTPError(replies.DATA_AFTER_BDAT)
+        self.state = next_state(self.state, Trigger.DATA_STARTED)
+        self._data = DataReader(self.settings.max_message_size)
+        self._send(replies.START_MAIL_INPUT)
+        return None
+
+    def _bdat(self, arg: str) -> None:
+        try:
+            size, is_last = parse_bdat(arg)
+        except SMTPError as exc:
+            # The chunk's length is unknown, so the rest of the stream cannot be framed safely.
+            self.close(exc.reply, "bad BDAT size")
+            return None
+        try:
+            self._check_can_send_message()
+        except SMTPError as exc:
+            # RFC 3030 §3: the chunk is still read (and dropped) before the error reply.
+            self._discard_remaining = size
+            self._discard_reply = exc.reply
+            if not size:
+                return self._discard()
+            return None
+        if not self._used_bdat:
+            self._used_bdat = True
+            self._bdat_parts = []
+            self._bdat_size = 0
+            self._bdat_is_overflowed = False
+        self._bdat_remaining = size
+        self._bdat_is_last = is_last
+        self.state = next_state(self.state, Trigger.BDAT_STARTED)
+        return None
+
+    def _rset(self, arg: str) -> None:
+        if arg.strip():
+            raise SMTPError(replies.BAD_ARGUMENTS)
+        self._end_transaction()
+        self._reply(replies.OK)
+
+    def _noop(self, arg: str) -> None:
+        self._reply(replies.OK)
+
+    def _quit(self, arg: str) -> None:
+        if arg.strip():
+            raise SMTPError(replies.BAD_ARGUMENTS)
+        self.close(replies.CLOSING, "quit")
+
+    def _vrfy(self, arg: str) -> None:
+        if not arg.strip():
+            raise SMTPError(replies.BAD_ARGUMENTS)
+        # No user enumeration: the answer never depends on whether the account exists.
+        self._reply(replies.CANNOT_VRFY)
+
+    def _expn(self, arg: str) -> None:
+        raise SMTPError(replies.EXPN_DISABLED)
+
+    def _help(self, arg: str) -> None:
+        self._reply(replies.HELP)
+
+    def _starttls(self, arg: str) -> Event:
+        if arg.strip():
+            raise SMTPError(replies.BAD_ARGUMENTS)
+        if self.is_tls:
+            raise SMTPError(replies.TLS_ALREADY_ACTIVE)
+        if not self.settings.is_tls_available:
+            raise SMTPError(replies.NOT_IMPLEMENTED)
+        if self.state is State.CONNECTED:
+            raise SMTPError(replies.NEED_HELO)
+        if self.state is not State.READY:
+            raise SMTPError(replies.BAD_SEQUENCE)
+        self._reply(replies.READY_FOR_TLS)
+        # Bytes pipelined behind STARTTLS arrived in clear and must not count as sent over TLS
+        # (CVE-2011-0411).
+        self._in.clear()
+        self.state = next_state(self.state, Trigger.STARTTLS)
+        return StartTLSRequested()
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _check_can_send_message(self) -> None:
+        if self.state is State.CONNECTED:
+            raise SMTPError(replies.NEED_HELO)
+        if self.state is not State.IN_TRANSACTION:
+            raise SMTPError(replies.BAD_SEQUENCE.with_text("Need MAIL and RCPT first"))
+        if not self._recipients:
+            raise SMTPError(replies.NO_VALID_RECIPIENTS)
+
+    def _envelope(self) -> Envelope:
+        assert self._mail is not None and self.helo is not None
+        return Envelope(
+            helo=self.helo,
+            is_esmtp=self.is_esmtp,
+            is_tls=self.is_tls,
+            mail_from=self._mail[0],
+            mail_params=self._mail[1],
+            recipients=tuple(self._recipients),
+            used_bdat=self._used_bdat,
+        )
+
+    def _deliver(self, message: bytes) -> Event:
+        event = MessageReceived(self._envelope(), message)
+        self._pending = event
+        return event
+
+    def _refuse(self, reply: Reply, size: int) -> Event:
+        event = MessageRefused(self._envelope(), size, reply.text)
+        self._end_transaction()
+        self._error(reply)
+        return event
+
+    def _reset_transaction(self) -> None:
+        self._mail = None
+        self._recipients = []
+        self._used_bdat = False
+        self._data = None
+        self._bdat_parts = []
+        self._bdat_size = 0
+        self._bdat_remaining = 0
+        self._bdat_is_overflowed = False
+
+    def _end_transaction(self) -> None:
+        self._reset_transaction()
+        self.state = next_state(self.state, Trigger.TRANSACTION_ENDED)
+
+    def _send(self, reply: Reply) -> None:
+        self._out += reply.to_bytes()
+
+    def _reply(self, reply: Reply) -> None:
+        """Send a reply; failures count against the session's error budget."""
+        if reply.is_positive:
+            self._send(reply)
+        else:
+            self._error(reply)
+
+    def _error(self, reply: Reply) -> None:
+        self._send(reply)
+        self._errors += 1
+        if self._errors >= self.settings.max_errors and self.state is not State.CLOSED:
+            self.close(replies.TOO_MANY_ERRORS, "too many errors")
+
+    def _close_silently(self, reason: str) -> None:
+        self._close_reason = reason
+        self._pending = None
+        self._in.clear()
+        self._reset_transaction()
+        self.state = next_state(self.state, Trigger.CLOSE)
+
+
+_HANDLERS = {
+    Verb.EHLO: ServerConnection._ehlo,
+    Verb.HELO: ServerConnection._helo,
+    Verb.MAIL: ServerConnection._mail_cmd,
+    Verb.RCPT: ServerConnection._rcpt,
+    Verb.DATA: ServerConnection._data_cmd,
+    Verb.BDAT: ServerConnection._bdat,
+    Verb.RSET: ServerConnection._rset,
+    Verb.NOOP: ServerConnection._noop,
+    Verb.QUIT: ServerConnection._quit,
+    Verb.VRFY: ServerConnection._vrfy,
+    Verb.EXPN: ServerConnection._expn,
+    Verb.HELP: ServerConnection._help,
+    Verb.STARTTLS: ServerConnection._starttls,
+}
