@@ -108,8 +108,6 @@ RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 SIZE_EXCEEDED = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
-BARE_LINE_ENDING = Reply(
-    554, "5.6.0", "Message refused: bare CR or LF in message data (RFC 5321 2.3.8), use CRLF"
-)
+BARE_LINE_ENDING = Reply(554, "5.6.0", "Message refused: bare CR or LF in message data (RFC 5321 2.3.8), use CRLF")
 FORBIDDEN_COMMAND = Reply(500, "5.5.1", "This is an SMTP server, closing connection")
 PARAMS_NOT_RECOGNIZED = Reply(555, "5.5.4", "MAIL FROM/RCPT TO parameters not recognized or not implemented")

@@ -708,7 +708,7 @@ def test_rset_between_bdat_chunks() -> None:
 
 
 def test_starttls_advertised_and_state_reset() -> None:
-    rec, conn = run_transcript(
+    _rec, conn = run_transcript(
         """
         S: 220 mx.example.test ESMTP Kartero
         C: EHLO c.example
@@ -798,7 +798,7 @@ def test_commands_pipelined_behind_starttls_are_dropped() -> None:
 
 
 def test_store_failure_gives_transient_error_and_no_ack() -> None:
-    rec, _ = run_transcript(
+    _rec, _ = run_transcript(
         EHLO
         + """
         C: MAIL FROM:<a@example.org>

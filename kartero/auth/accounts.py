@@ -1,0 +1,157 @@
+"""Accounts and aliases: validation, canonical addresses, and where an address delivers to.
+
+Canonical address: local part lower-cased (Kartero treats local parts case-insensitively, as nearly
+every mail system does), domain in lower-case A-label form.
+
+Resolution order for a local address (first match wins):
+1. an alias for the exact address (its destinations are resolved in turn, loops cut);
+2. an account with that address;
+3. for `user+tag@domain`, the same steps for `user@domain` (plus-addressing);
+4. a catch-all alias `@domain`;
+5. `postmaster@domain`: the first account created (RFC 5321 §4.5.1 says postmaster must exist).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kartero.auth.passwords import hash_password
+from kartero.dns.names import DomainError, canonical_domain
+from kartero.smtp.address import Address, AddressError, parse_mailbox
+from kartero.store.interface import Account, Store
+
+# Alias chains deeper than this are configuration loops or abuse.
+MAX_ALIAS_DEPTH = 10
+
+
+class DirectoryError(ValueError):
+    """A request the admin must correct (bad address, foreign domain, unknown account)."""
+
+
+def canonical_address(address: Address) -> str:
+    """`local@domain` with the case and IDNA rules above; raises DirectoryError."""
+    try:
+        domain = canonical_domain(address.domain)
+    except DomainError as exc:
+        raise DirectoryError(str(exc)) from None
+    return f"{address.local_part.lower()}@{domain}"
+
+
+def parse_address(text: str) -> str:
+    """Parse and canonicalize an address typed by an admin; raises DirectoryError."""
+    try:
+        return canonical_address(parse_mailbox(text.strip()))
+    except AddressError as exc:
+        raise DirectoryError(f"not a valid address: {text!r} ({exc})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """Where a local address delivers: account ids (each once). Empty means nobody."""
+
+    account_ids: tuple[int, ...]
+    is_postmaster_fallback: bool = False
+
+
+class Directory:
+    """Accounts and aliases of the local domains, over a Store."""
+
+    def __init__(self, store: Store, domains: tuple[str, ...]) -> None:
+        self.store = store
+        self.domains = frozenset(domains)
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain in self.domains
+
+    def _require_local(self, address: str) -> str:
+        domain = address.rpartition("@")[2]
+        if domain not in self.domains:
+            raise DirectoryError(f"{address}: domain {domain} is not one of the local domains")
+        return address
+
+    # -- admin ---------------------------------------------------------------------------------------
+
+    def add_user(self, text: str, password: str) -> Account:
+        address = self._require_local(parse_address(text))
+        if not password:
+            raise DirectoryError("the password is empty")
+        return self.store.add_account(address, hash_password(password))
+
+    def set_password(self, text: str, password: str) -> None:
+        address = parse_address(text)
+        if not password:
+            raise DirectoryError("the password is empty")
+        if not self.store.set_password(address, hash_password(password)):
+            raise DirectoryError(f"no account {address}")
+
+    def delete_user(self, text: str) -> None:
+        address = parse_address(text)
+        if not self.store.delete_account(address):
+            raise DirectoryError(f"no account {address}")
+
+    def add_alias(self, source_text: str, destination_text: str) -> tuple[str, str]:
+        """Add `source` → `destination`; a source of `@domain` is a catch-all for that domain."""
+        source_text = source_text.strip()
+        if source_text.startswith("@"):
+            try:
+                domain = canonical_domain(source_text[1:])
+            except DomainError as exc:
+                raise DirectoryError(str(exc)) from None
+            source = "@" + domain
+            if domain not in self.domains:
+                raise DirectoryError(f"{source}: domain {domain} is not one of the local domains")
+        else:
+            source = self._require_local(parse_address(source_text))
+        # Remote destinations need the outbound queue; until it exists an alias must stay local.
+        destination = self._require_local(parse_address(destination_text))
+        if source == destination:
+            raise DirectoryError("an alias cannot point to itself")
+        self.store.add_alias(source, destination)
+        return source, destination
+
+    def delete_alias(self, source_text: str) -> int:
+        source_text = source_text.strip()
+        source = "@" + canonical_domain(source_text[1:]) if source_text.startswith("@") else parse_address(source_text)
+        count = self.store.delete_alias(source)
+        if not count:
+            raise DirectoryError(f"no alias {source}")
+        return count
+
+    # -- delivery ------------------------------------------------------------------------------------
+
+    def resolve(self, address: str) -> Resolution:
+        """Where mail for the canonical local `address` goes (see the module docstring)."""
+        found: dict[int, None] = {}
+        self._expand(address, found, set(), 0)
+        if found:
+            return Resolution(tuple(found))
+        local, _, domain = address.rpartition("@")
+        if local == "postmaster" and domain in self.domains:
+            first = self.store.first_account()
+            return Resolution((first.id,) if first else (), is_postmaster_fallback=True)
+        return Resolution(())
+
+    def _expand(self, address: str, found: dict[int, None], seen: set[str], depth: int) -> None:
+        if address in seen or depth > MAX_ALIAS_DEPTH:
+            return
+        seen.add(address)
+        local, _, domain = address.rpartition("@")
+        if domain not in self.domains:
+            return  # remote alias destinations are not deliverable yet
+        destinations = self.store.alias_destinations(address)
+        if destinations:
+            for destination in destinations:
+                self._expand(destination, found, seen, depth + 1)
+            return
+        account = self.store.get_account(address)
+        if account is not None:
+            found[account.id] = None
+            return
+        base, plus, _ = local.partition("+")
+        if plus and base:
+            before = len(found)
+            self._expand(f"{base}@{domain}", found, seen, depth + 1)
+            if len(found) > before:
+                return
+        for destination in self.store.alias_destinations("@" + domain):
+            self._expand(destination, found, seen, depth + 1)

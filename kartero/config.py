@@ -1,0 +1,293 @@
+"""Configuration: TOML in, typed and validated settings out.
+
+`load()` is the only code that reads the config file or $KARTERO_CONFIG. Paths are resolved against the
+config file's folder. Every problem raises ConfigError with one line naming the file, the key and what is
+wrong; the CLI turns that into exit code 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kartero.dns.names import DomainError, canonical_domain
+
+DEFAULT_CONFIG_NAME = "kartero.toml"
+EMBEDDED_DATA_DIR = "kartero-data"
+
+# Listener kinds this version serves. The others in DESIGN.md §1 are refused by name until they exist,
+# so a config never silently lacks a service it asks for.
+LISTENERS = ("smtp",)
+PLANNED_LISTENERS = ("submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+
+EMBEDDED_PORTS = {"smtp": 2525}
+
+
+class ConfigError(Exception):
+    """A config problem, already phrased for the admin: "FILE: [section] key: problem"."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    message_size: int = 50 * 1000 * 1000
+    recipients_per_message: int = 1000
+    errors_per_session: int = 20
+    connections: int = 1000
+    command_timeout_s: float = 300.0
+    data_timeout_s: float = 180.0
+    shutdown_grace_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    hostname: str
+    domains: tuple[str, ...]
+    data_dir: Path
+    listen: Mapping[str, tuple[ListenAddress, ...]]
+    tls: TLSConfig | None
+    limits: Limits = field(default_factory=Limits)
+    log_level: str = "info"
+    source: Path | None = None  # the file it came from; None for the embedded default
+    make_certificate: bool = False  # embedded default: create a self-signed certificate on first start
+
+    @property
+    def primary_domain(self) -> str:
+        return self.domains[0]
+
+    @property
+    def name(self) -> str:
+        return str(self.source) if self.source else "embedded default"
+
+
+_SIZE = re.compile(r"(\d+)\s*([kmg]i?b?|b)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+_DURATION_UNITS = {"ms": 0.001, "": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class _Reader:
+    """Walks the TOML tree, converting values and naming the exact key in every error."""
+
+    def __init__(self, name: str, base: Path) -> None:
+        self.name = name
+        self.base = base
+
+    def fail(self, section: str | None, key: str, problem: str) -> ConfigError:
+        where = f"[{section}] {key}" if section else key
+        return ConfigError(f"{self.name}: {where}: {problem}")
+
+    def table(self, data: Mapping[str, Any], section: str) -> Mapping[str, Any]:
+        value = data.get(section, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.name}: [{section}]: must be a table")
+        return value
+
+    def check_keys(self, data: Mapping[str, Any], section: str | None, allowed: tuple[str, ...]) -> None:
+        for key in data:
+            if key not in allowed:
+                raise self.fail(section, key, "unknown key")
+
+    def string(self, data: Mapping[str, Any], section: str | None, key: str, default: str | None = None) -> str:
+        value = data.get(key, default)
+        if not isinstance(value, str):
+            raise self.fail(section, key, "missing" if value is None else "must be a string")
+        return value
+
+    def integer(self, data: Mapping[str, Any], section: str | None, key: str, default: int, low: int) -> int:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(section, key, "must be an integer")
+        if value < low:
+            raise self.fail(section, key, f"must be at least {low}")
+        return value
+
+    def size(self, data: Mapping[str, Any], section: str, key: str, default: int) -> int:
+        value = data.get(key, default)
+        if isinstance(value, int) and not isinstance(value, bool):
+            result = value
+        elif isinstance(value, str) and (m := _SIZE.fullmatch(value.strip())):
+            unit = (m.group(2) or "").lower().rstrip("b")
+            result = int(m.group(1)) * _SIZE_UNITS[unit]
+        else:
+            raise self.fail(section, key, f'expected a size like "50MB", got {value!r}')
+        if result < 1:
+            raise self.fail(section, key, "must be positive")
+        return result
+
+    def duration(self, data: Mapping[str, Any], section: str, key: str, default: float) -> float:
+        value = data.get(key, default)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            result = float(value)
+        elif isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())):
+            result = float(m.group(1)) * _DURATION_UNITS[m.group(2) or ""]
+        else:
+            raise self.fail(section, key, f'expected a duration like "5m" or "30s", got {value!r}')
+        if result <= 0:
+            raise self.fail(section, key, "must be positive")
+        return result
+
+    def path(self, value: str) -> Path:
+        return (self.base / Path(value).expanduser()).resolve()
+
+    def listen_address(self, key: str, text: object) -> ListenAddress:
+        if not isinstance(text, str):
+            raise self.fail("listen", key, f'expected addresses like "127.0.0.1:25", got {text!r}')
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text.strip())
+        if not m:
+            raise self.fail("listen", key, f'expected "host:port" or "[ipv6]:port", got {text!r}')
+        host = m.group(1) or m.group(3)
+        port = int(m.group(2) or m.group(4))
+        if not 1 <= port <= 65535:
+            raise self.fail("listen", key, f"port {port} out of range 1-65535")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host != "localhost":
+                raise self.fail("listen", key, f"{host!r} is not an IP address") from None
+        return ListenAddress(host, port)
+
+
+def _canonical_domain(reader: _Reader, key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise reader.fail(None, key, f"expected domain names, got {value!r}")
+    try:
+        return canonical_domain(value)
+    except DomainError as exc:
+        raise reader.fail(None, key, str(exc)) from None
+
+
+def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None) -> Config:
+    """Validate a parsed TOML document; `base` is the folder relative paths start from."""
+    r = _Reader(name, base)
+    r.check_keys(data, None, ("hostname", "domains", "data_dir", "listen", "tls", "limits", "log_level"))
+
+    domains_raw = data.get("domains")
+    if not isinstance(domains_raw, list) or not domains_raw:
+        raise r.fail(None, "domains", "must be a non-empty list of domain names")
+    domains = tuple(dict.fromkeys(_canonical_domain(r, "domains", d) for d in domains_raw))
+    hostname = _canonical_domain(r, "hostname", data.get("hostname", f"mail.{domains[0]}"))
+    data_dir = r.path(r.string(data, None, "data_dir", "data"))
+    log_level = r.string(data, None, "log_level", "info").lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise r.fail(None, "log_level", "must be one of debug, info, warning, error")
+
+    listen_raw = r.table(data, "listen")
+    r.check_keys(listen_raw, "listen", LISTENERS + PLANNED_LISTENERS)
+    listen: dict[str, tuple[ListenAddress, ...]] = {}
+    for key, value in listen_raw.items():
+        if key in PLANNED_LISTENERS:
+            raise r.fail("listen", key, "this listener is not available in this version of Kartero")
+        values = value if isinstance(value, list) else [value]
+        listen[key] = tuple(r.listen_address(key, v) for v in values)
+
+    tls: TLSConfig | None = None
+    if "tls" in data:
+        tls_raw = r.table(data, "tls")
+        r.check_keys(tls_raw, "tls", ("cert", "key"))
+        cert = r.path(r.string(tls_raw, "tls", "cert"))
+        key_path = r.path(r.string(tls_raw, "tls", "key"))
+        for key, path in (("cert", cert), ("key", key_path)):
+            if not path.is_file():
+                raise r.fail("tls", key, f"file not found: {path}")
+        tls = TLSConfig(cert, key_path)
+
+    lim = r.table(data, "limits")
+    r.check_keys(
+        lim,
+        "limits",
+        (
+            "message_size",
+            "recipients_per_message",
+            "errors_per_session",
+            "connections",
+            "command_timeout",
+            "data_timeout",
+            "shutdown_grace",
+        ),
+    )
+    defaults = Limits()
+    limits = Limits(
+        message_size=r.size(lim, "limits", "message_size", defaults.message_size),
+        recipients_per_message=r.integer(lim, "limits", "recipients_per_message", defaults.recipients_per_message, 1),
+        errors_per_session=r.integer(lim, "limits", "errors_per_session", defaults.errors_per_session, 1),
+        connections=r.integer(lim, "limits", "connections", defaults.connections, 1),
+        command_timeout_s=r.duration(lim, "limits", "command_timeout", defaults.command_timeout_s),
+        data_timeout_s=r.duration(lim, "limits", "data_timeout", defaults.data_timeout_s),
+        shutdown_grace_s=r.duration(lim, "limits", "shutdown_grace", defaults.shutdown_grace_s),
+    )
+    return Config(
+        hostname=hostname,
+        domains=domains,
+        data_dir=data_dir,
+        listen=listen,
+        tls=tls,
+        limits=limits,
+        log_level=log_level,
+        source=source,
+    )
+
+
+def embedded_default(cwd: Path) -> Config:
+    """`kartero serve` with no config: domain localhost, data in ./kartero-data, loopback ports."""
+    data_dir = (cwd / EMBEDDED_DATA_DIR).resolve()
+    return Config(
+        hostname="localhost",
+        domains=("localhost",),
+        data_dir=data_dir,
+        listen={kind: (ListenAddress("127.0.0.1", port),) for kind, port in EMBEDDED_PORTS.items()},
+        tls=TLSConfig(data_dir / "tls" / "cert.pem", data_dir / "tls" / "key.pem"),
+        make_certificate=True,
+    )
+
+
+def load(path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read the config: `path`, else $KARTERO_CONFIG, else ./kartero.toml, else the embedded default.
+
+    An explicitly named file that does not exist is an error; only the implicit ./kartero.toml may be
+    absent.
+    """
+    env = os.environ if env is None else env
+    explicit = path if path is not None else env.get("KARTERO_CONFIG") or None
+    cwd = Path.cwd()
+    if explicit is None:
+        candidate = cwd / DEFAULT_CONFIG_NAME
+        if not candidate.exists():
+            return embedded_default(cwd)
+        file = candidate
+    else:
+        file = Path(explicit).expanduser()
+    name = str(file)
+    try:
+        text = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{name}: invalid TOML: {exc}") from None
+    return parse(data, name=name, base=file.resolve().parent, source=file.resolve())

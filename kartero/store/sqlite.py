@@ -1,0 +1,419 @@
+"""The embedded store: SQLite in WAL mode for metadata, one file per message body.
+
+Write path of a delivery (group commit):
+1. a worker thread writes the body file and fsyncs it (many run at once: the disk overlaps them);
+2. the single committer thread takes every delivery that is ready, fsyncs the touched shard folders,
+   then inserts all of them in one transaction and commits (synchronous=FULL: the WAL is fsynced);
+3. only then are the callers' Futures resolved, and only then does SMTP answer 250.
+A crash between 1 and 2 leaves an orphan file, removed at the next start; never metadata without bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kartero.store.files import BlobFiles
+from kartero.store.interface import (
+    SPECIAL_MAILBOXES,
+    Account,
+    AccountExists,
+    Delivery,
+    Mailbox,
+    MessageInfo,
+    StoredMessage,
+    StoreError,
+)
+
+log = logging.getLogger("kartero.store")
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS accounts (
+    id INTEGER PRIMARY KEY,
+    address TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    source TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    PRIMARY KEY (source, destination)
+);
+CREATE TABLE IF NOT EXISTS mailboxes (
+    id INTEGER PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    special_use TEXT,
+    subscribed INTEGER NOT NULL DEFAULT 1,
+    uidvalidity INTEGER NOT NULL,
+    uidnext INTEGER NOT NULL DEFAULT 1,
+    highestmodseq INTEGER NOT NULL DEFAULT 1,
+    UNIQUE (account_id, name)
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    id TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    envelope TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    uid INTEGER NOT NULL,
+    blob_id TEXT NOT NULL REFERENCES blobs(id),
+    size INTEGER NOT NULL,
+    internal_date INTEGER NOT NULL,
+    flags TEXT NOT NULL DEFAULT '',
+    modseq INTEGER NOT NULL,
+    UNIQUE (mailbox_id, uid)
+);
+CREATE INDEX IF NOT EXISTS messages_blob ON messages (blob_id);
+"""
+
+# Deliveries committed together at most; bounded so one transaction stays short.
+MAX_BATCH = 256
+_STOP = object()
+
+
+class SQLiteStore:
+    """Store on SQLite + files under `root` (metadata in `root/kartero.db`, bodies in `root/messages`)."""
+
+    def __init__(self, root: Path, *, writer_threads: int = 16) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.db_path = root / "kartero.db"
+        self.blobs = BlobFiles(root / "messages")
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        with self._write() as db:
+            db.executescript(SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._writer_threads = writer_threads
+        self._file_pool: ThreadPoolExecutor | None = None
+        self._commit_queue: queue.Queue[Any] = queue.Queue()
+        self._committer: threading.Thread | None = None
+        self._closed = False
+
+    # -- connections -------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: in WAL mode, NORMAL would not fsync at commit, and a 250 must survive power loss.
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA busy_timeout=10000")
+        with self._connections_lock:
+            self._connections.append(db)
+        return db
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+        return db
+
+    def _write(self) -> _Transaction:
+        return _Transaction(self._db())
+
+    # -- delivery (group commit) -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer threads; until then `deliver` is unavailable (CLI use needs none)."""
+        if self._committer is not None:
+            return
+        self._file_pool = ThreadPoolExecutor(self._writer_threads, thread_name_prefix="kartero-blob")
+        self._committer = threading.Thread(target=self._commit_loop, name="kartero-commit", daemon=True)
+        self._committer.start()
+
+    def deliver(self, delivery: Delivery) -> Future[list[StoredMessage]]:
+        if self._file_pool is None or self._closed:
+            raise StoreError("store is not accepting deliveries")
+        future: Future[list[StoredMessage]] = Future()
+        self._file_pool.submit(self._write_blob, delivery, future)
+        return future
+
+    def _write_blob(self, delivery: Delivery, future: Future[list[StoredMessage]]) -> None:
+        try:
+            self.blobs.write(delivery.blob_id, delivery.data)
+        except BaseException as exc:
+            future.set_exception(StoreError(f"writing message {delivery.blob_id}: {exc}"))
+            return
+        self._commit_queue.put((delivery, future))
+
+    def _commit_loop(self) -> None:
+        db = self._connect()
+        stop = False
+        while not stop:
+            first = self._commit_queue.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._commit_queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit_batch(db, batch)
+
+    def _commit_batch(self, db: sqlite3.Connection, batch: list[tuple[Delivery, Future[Any]]]) -> None:
+        results: list[list[StoredMessage] | StoreError] = []
+        try:
+            self.blobs.sync_dirs(d.blob_id for d, _ in batch)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for delivery, _ in batch:
+                    results.append(self._insert_delivery(db, delivery))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except Exception as exc:
+            log.exception("event=store.commit_failed deliveries=%d", len(batch))
+            for delivery, future in batch:
+                self.blobs.unlink(delivery.blob_id)
+                future.set_exception(StoreError(f"commit failed: {exc}"))
+            return
+        for (delivery, future), result in zip(batch, results, strict=True):
+            if isinstance(result, StoreError):
+                self.blobs.unlink(delivery.blob_id)
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    def _insert_delivery(self, db: sqlite3.Connection, d: Delivery) -> list[StoredMessage] | StoreError:
+        stored: list[StoredMessage] = []
+        db.execute("SAVEPOINT delivery")
+        db.execute(
+            "INSERT INTO blobs (id, size, envelope, created_at) VALUES (?, ?, ?, ?)",
+            (d.blob_id, len(d.data), json.dumps(dict(d.envelope)), d.internal_date),
+        )
+        for target in d.targets:
+            row = db.execute(
+                "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1"
+                " WHERE account_id = ? AND name = ? RETURNING id, uidnext - 1, highestmodseq",
+                (target.account_id, target.mailbox),
+            ).fetchone()
+            if row is None:
+                continue  # account or mailbox deleted since RCPT; the other targets still get it
+            mailbox_id, uid, modseq = row
+            db.execute(
+                "INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, modseq)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (mailbox_id, uid, d.blob_id, len(d.data), d.internal_date, modseq),
+            )
+            stored.append(StoredMessage(target.account_id, mailbox_id, uid, modseq))
+        if not stored:
+            db.execute("ROLLBACK TO delivery")
+            db.execute("RELEASE delivery")
+            return StoreError("no recipient mailbox exists any more")
+        db.execute("RELEASE delivery")
+        return stored
+
+    # -- accounts and aliases ----------------------------------------------------------------------
+
+    def add_account(self, address: str, password_hash: str) -> Account:
+        now = int(time.time())
+        with self._write() as db:
+            try:
+                cur = db.execute(
+                    "INSERT INTO accounts (address, password_hash, created_at) VALUES (?, ?, ?)",
+                    (address, password_hash, now),
+                )
+            except sqlite3.IntegrityError:
+                raise AccountExists(f"account {address} already exists") from None
+            account_id = cur.lastrowid
+            assert account_id is not None
+            for name, special_use in SPECIAL_MAILBOXES:
+                db.execute(
+                    "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity) VALUES (?, ?, ?, ?)",
+                    (account_id, name, special_use, self._next_uidvalidity(db)),
+                )
+        return Account(account_id, address, password_hash, now)
+
+    @staticmethod
+    def _next_uidvalidity(db: sqlite3.Connection) -> int:
+        # RFC 9051 §2.3.1.1: a re-created mailbox must not reuse an old UIDVALIDITY; a counter that is
+        # at least the clock guarantees that even for two creations in one second.
+        row = db.execute("SELECT value FROM meta WHERE key = 'uidvalidity'").fetchone()
+        value = max(int(time.time()), int(row[0]) + 1 if row else 0)
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('uidvalidity', ?)", (str(value),))
+        return value
+
+    def _account(self, where: str, arg: object) -> Account | None:
+        row = (
+            self._db()
+            .execute(f"SELECT id, address, password_hash, created_at FROM accounts WHERE {where}", (arg,))
+            .fetchone()
+        )
+        return Account(*row) if row else None
+
+    def get_account(self, address: str) -> Account | None:
+        return self._account("address = ?", address)
+
+    def get_account_by_id(self, account_id: int) -> Account | None:
+        return self._account("id = ?", account_id)
+
+    def first_account(self) -> Account | None:
+        row = (
+            self._db()
+            .execute("SELECT id, address, password_hash, created_at FROM accounts ORDER BY id LIMIT 1")
+            .fetchone()
+        )
+        return Account(*row) if row else None
+
+    def list_accounts(self) -> list[Account]:
+        rows = self._db().execute("SELECT id, address, password_hash, created_at FROM accounts ORDER BY address")
+        return [Account(*row) for row in rows]
+
+    def set_password(self, address: str, password_hash: str) -> bool:
+        with self._write() as db:
+            cur = db.execute("UPDATE accounts SET password_hash = ? WHERE address = ?", (password_hash, address))
+            return cur.rowcount == 1
+
+    def delete_account(self, address: str) -> bool:
+        with self._write() as db:
+            row = db.execute("SELECT id FROM accounts WHERE address = ?", (address,)).fetchone()
+            if row is None:
+                return False
+            blob_ids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT DISTINCT blob_id FROM messages JOIN mailboxes ON mailboxes.id = messages.mailbox_id"
+                    " WHERE mailboxes.account_id = ?",
+                    (row[0],),
+                )
+            ]
+            db.execute("DELETE FROM accounts WHERE id = ?", (row[0],))
+            orphans = self._drop_unreferenced_blobs(db, blob_ids)
+        for blob_id in orphans:
+            self.blobs.unlink(blob_id)
+        return True
+
+    @staticmethod
+    def _drop_unreferenced_blobs(db: sqlite3.Connection, blob_ids: list[str]) -> list[str]:
+        orphans = [
+            b for b in blob_ids if db.execute("SELECT 1 FROM messages WHERE blob_id = ?", (b,)).fetchone() is None
+        ]
+        db.executemany("DELETE FROM blobs WHERE id = ?", [(b,) for b in orphans])
+        return orphans
+
+    def add_alias(self, source: str, destination: str) -> bool:
+        with self._write() as db:
+            cur = db.execute("INSERT OR IGNORE INTO aliases (source, destination) VALUES (?, ?)", (source, destination))
+            return cur.rowcount == 1
+
+    def delete_alias(self, source: str) -> int:
+        with self._write() as db:
+            return db.execute("DELETE FROM aliases WHERE source = ?", (source,)).rowcount
+
+    def list_aliases(self) -> list[tuple[str, str]]:
+        return [
+            (r[0], r[1])
+            for r in self._db().execute("SELECT source, destination FROM aliases ORDER BY source, destination")
+        ]
+
+    def alias_destinations(self, source: str) -> list[str]:
+        rows = self._db().execute("SELECT destination FROM aliases WHERE source = ? ORDER BY destination", (source,))
+        return [r[0] for r in rows]
+
+    # -- mailboxes and messages --------------------------------------------------------------------
+
+    _MAILBOX_COLUMNS = "id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed"
+
+    def list_mailboxes(self, account_id: int) -> list[Mailbox]:
+        rows = self._db().execute(
+            f"SELECT {self._MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = ? ORDER BY id", (account_id,)
+        )
+        return [_mailbox(r) for r in rows]
+
+    def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
+        row = (
+            self._db()
+            .execute(
+                f"SELECT {self._MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, name)
+            )
+            .fetchone()
+        )
+        return _mailbox(row) if row else None
+
+    def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
+        rows = self._db().execute(
+            "SELECT mailbox_id, uid, blob_id, size, internal_date, flags, modseq FROM messages"
+            " WHERE mailbox_id = ? ORDER BY uid",
+            (mailbox_id,),
+        )
+        return [MessageInfo(r[0], r[1], r[2], r[3], r[4], frozenset(r[5].split()), r[6]) for r in rows]
+
+    def read_message(self, blob_id: str) -> bytes:
+        return self.blobs.read(blob_id)
+
+    def read_envelope(self, blob_id: str) -> Mapping[str, Any]:
+        row = self._db().execute("SELECT envelope FROM blobs WHERE id = ?", (blob_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no message {blob_id}")
+        result: Mapping[str, Any] = json.loads(row[0])
+        return result
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def remove_orphans(self) -> int:
+        """Delete body files no metadata points to (left by a crash mid-delivery); returns the count.
+
+        Call only while no delivery is in flight (at start-up).
+        """
+        known = {r[0] for r in self._db().execute("SELECT id FROM blobs")}
+        removed = 0
+        for blob_id in list(self.blobs.iter_ids()):
+            if blob_id not in known:
+                self.blobs.unlink(blob_id)
+                removed += 1
+        return removed
+
+    def close(self) -> None:
+        """Finish every delivery already accepted, then stop the writers and close the database."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._file_pool is not None:
+            self._file_pool.shutdown(wait=True)
+        if self._committer is not None:
+            self._commit_queue.put(_STOP)
+            self._committer.join()
+        with self._connections_lock:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
+
+
+def _mailbox(row: tuple[Any, ...]) -> Mailbox:
+    return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
+
+
+class _Transaction:
+    """`with` block running BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on one connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
