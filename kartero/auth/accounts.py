@@ -111,7 +111,13 @@ class Directory:
 
     def delete_alias(self, source_text: str) -> int:
         source_text = source_text.strip()
-        source = "@" + canonical_domain(source_text[1:]) if source_text.startswith("@") else parse_address(source_text)
+        if source_text.startswith("@"):
+            try:
+                source = "@" + canonical_domain(source_text[1:])
+            except DomainError as exc:
+                raise DirectoryError(str(exc)) from None
+        else:
+            source = parse_address(source_text)
         count = self.store.delete_alias(source)
         if not count:
             raise DirectoryError(f"no alias {source}")

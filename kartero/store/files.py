@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -67,3 +69,8 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def new_blob_id() -> str:
+    """A unique, time-ordered id: microseconds since the epoch (14 hex digits) + 40 random bits."""
+    return f"{time.time_ns() // 1000:014x}{secrets.token_hex(5)}"

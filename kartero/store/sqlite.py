@@ -96,8 +96,8 @@ class SQLiteStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self._db().executescript(SCHEMA)  # idempotent; executescript manages its own transaction
         with self._write() as db:
-            db.executescript(SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self._writer_threads = writer_threads
         self._file_pool: ThreadPoolExecutor | None = None
@@ -145,6 +145,8 @@ class SQLiteStore:
         return future
 
     def _write_blob(self, delivery: Delivery, future: Future[list[StoredMessage]]) -> None:
+        if not future.set_running_or_notify_cancel():
+            return  # the caller gave up before anything was written; nothing was acknowledged
         try:
             self.blobs.write(delivery.blob_id, delivery.data)
         except BaseException as exc:

@@ -1,0 +1,67 @@
+"""Policy of the MX listener: mail for local users only, no relaying for anyone (loopback included)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from kartero.auth.accounts import Directory, DirectoryError, canonical_address
+from kartero.smtp import replies
+from kartero.smtp.address import Address, Path
+from kartero.smtp.replies import Reply
+
+log = logging.getLogger("kartero.policy")
+
+# Characters that route mail onward in old syntaxes: `user%other@local` (percent hack), `other!user@local`
+# (UUCP bang path), `"user@other"@local` (quoted at-sign). RFC 5321 §3.6.1 and §C; refused outright.
+_ROUTING_CHARACTERS = frozenset("%!@")
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    reply: Reply
+    account_ids: tuple[int, ...] = ()
+    address: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    reply: Reply
+
+
+Decision = Accept | Reject
+
+
+class InboundPolicy:
+    def __init__(self, directory: Directory, primary_domain: str) -> None:
+        self.directory = directory
+        self.primary_domain = primary_domain
+
+    def check_mail(self, path: Path) -> Decision:
+        """Any syntactically valid sender, the null sender included: bounces must get through."""
+        return Accept(replies.SENDER_OK)
+
+    def check_rcpt(self, path: Path) -> Decision:
+        mailbox = path.mailbox
+        if mailbox is None:
+            return Reject(replies.BAD_RECIPIENT_SYNTAX)
+        if not mailbox.domain:  # RFC 5321 §4.1.1.3 <Postmaster>
+            mailbox = Address(mailbox.local_part, self.primary_domain)
+        if mailbox.is_literal:
+            return Reject(replies.RELAY_DENIED)
+        try:
+            address = canonical_address(mailbox)
+        except DirectoryError:
+            return Reject(replies.RELAY_DENIED)
+        local, _, domain = address.rpartition("@")
+        if not self.directory.is_local_domain(domain):
+            return Reject(replies.RELAY_DENIED)
+        if _ROUTING_CHARACTERS & set(local):
+            return Reject(replies.RELAY_DENIED)
+        resolution = self.directory.resolve(address)
+        if resolution.account_ids:
+            return Accept(replies.RECIPIENT_OK, resolution.account_ids, address)
+        if resolution.is_postmaster_fallback:
+            log.warning("event=policy.no_postmaster address=%s detail=no account exists yet", address)
+            return Reject(replies.MAILBOX_UNAVAILABLE)
+        return Reject(replies.NO_SUCH_USER)
