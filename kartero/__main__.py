@@ -1,0 +1,3 @@
+from kartero.cli import main
+
+main()

@@ -1,0 +1,186 @@
+"""Run a real `kartero serve` on loopback with a config in a temporary folder, and look at its store."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kartero.auth.accounts import Directory
+from kartero.store.sqlite import SQLiteStore
+from kartero.tls import make_self_signed
+
+KARTERO = [sys.executable, "-m", "kartero"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def run_cli(config: Path, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*KARTERO, "-c", str(config), *args], input=stdin, capture_output=True, text=True, timeout=60
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"kartero {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+@dataclass
+class KarteroServer:
+    """One Kartero instance: its folder, config, port, process and log."""
+
+    root: Path
+    host: str = "127.0.0.1"
+    domains: tuple[str, ...] = ("example.test",)
+    hostname: str = "mx.example.test"
+    extra_config: str = ""
+    limits: str = ""
+    tls: bool = True
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    log_lines: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port(self.host)
+        self.config = self.root / "kartero.toml"
+        tls_section = ""
+        if self.tls:
+            cert, key = self.root / "tls" / "cert.pem", self.root / "tls" / "key.pem"
+            if not cert.exists():
+                make_self_signed(cert, key, [self.hostname])
+            tls_section = '[tls]\ncert = "tls/cert.pem"\nkey = "tls/key.pem"\n'
+        domains = ", ".join(f'"{d}"' for d in self.domains)
+        self.config.write_text(
+            f'hostname = "{self.hostname}"\n'
+            f"domains = [{domains}]\n"
+            'data_dir = "data"\n'
+            f"{self.extra_config}\n"
+            "[listen]\n"
+            f'smtp = ["{self.host}:{self.port}"]\n'
+            f"{tls_section}"
+            "[limits]\n"
+            f"{self.limits}\n"
+        )
+
+    # -- process ---------------------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        assert self.process is None or self.process.poll() is not None
+        self.process = subprocess.Popen(
+            [*KARTERO, "-c", str(self.config), "serve"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        ready = threading.Event()
+
+        def read_stdout() -> None:
+            assert self.process and self.process.stdout
+            for raw in self.process.stdout:
+                if raw.strip() == b"kartero ready":
+                    ready.set()
+
+        def read_stderr() -> None:
+            assert self.process and self.process.stderr
+            for raw in self.process.stderr:
+                self.log_lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+        threading.Thread(target=read_stdout, daemon=True).start()
+        self._reader = threading.Thread(target=read_stderr, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout_s
+        while not ready.wait(0.05):
+            if self.process.poll() is not None:
+                time.sleep(0.2)
+                raise AssertionError(f"kartero exited with {self.process.returncode}: {self.log}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"kartero not ready after {timeout_s}s: {self.log}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout_s)
+        if self._reader:
+            self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.log_lines)
+
+    def log_events(self, event: str) -> list[str]:
+        return [line for line in self.log_lines if f"event={event} " in line or line.endswith(f"event={event}")]
+
+    # -- accounts and store ----------------------------------------------------------------------------
+
+    def add_user(self, address: str, password: str = "secret-password") -> None:
+        """Add an account through the same Directory call the CLI makes (test_cli covers the CLI)."""
+        with self.directory() as directory:
+            directory.add_user(address, password)
+
+    def add_alias(self, source: str, destination: str) -> None:
+        with self.directory() as directory:
+            directory.add_alias(source, destination)
+
+    @contextlib.contextmanager
+    def directory(self) -> Iterator[Directory]:
+        store = self.store()
+        try:
+            yield Directory(store, self.domains)
+        finally:
+            store.close()
+
+    def store(self) -> SQLiteStore:
+        return SQLiteStore(self.root / "data")
+
+    def messages(self, address: str, mailbox: str = "INBOX") -> list[bytes]:
+        """Every message in `address`'s mailbox, oldest first, as stored (trace headers included)."""
+        store = self.store()
+        try:
+            account = store.get_account(address)
+            assert account is not None, f"no account {address}"
+            box = store.get_mailbox(account.id, mailbox)
+            assert box is not None
+            return [store.read_message(m.blob_id) for m in store.list_messages(box.id)]
+        finally:
+            store.close()
+
+
+def strip_trace(stored: bytes) -> bytes:
+    """The message as the client sent it: the stored bytes minus Kartero's Return-Path and Received."""
+    assert stored.startswith(b"Return-Path: <"), stored[:80]
+    rest = stored.split(b"\r\n", 1)[1]
+    assert rest.startswith(b"Received: from "), rest[:80]
+    # The Received header is folded with CRLF + TAB; it ends at the first CRLF not followed by a TAB.
+    i = 0
+    while True:
+        i = rest.index(b"\r\n", i)
+        if rest[i + 2 : i + 3] != b"\t":
+            return rest[i + 2 :]
+        i += 2
+
+
+def wait_for(predicate: object, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
