@@ -1,0 +1,134 @@
+"""The SQLite + files store: durability bookkeeping, UIDs, MODSEQ, shared bodies, orphans."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from kartero.store.files import new_blob_id
+from kartero.store.interface import AccountExists, Delivery, DeliveryTarget, StoreError
+from kartero.store.sqlite import SQLiteStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "data", writer_threads=4)
+    s.start()
+    yield s
+    s.close()
+
+
+def deliver(store: SQLiteStore, data: bytes, *account_ids: int, mailbox: str = "INBOX") -> str:
+    blob_id = new_blob_id()
+    targets = tuple(DeliveryTarget(a, mailbox) for a in account_ids)
+    store.deliver(Delivery(blob_id, data, targets, 1_700_000_000, {"mail_from": "a@b"})).result(10)
+    return blob_id
+
+
+def test_account_gets_special_use_mailboxes(store: SQLiteStore) -> None:
+    account = store.add_account("bob@example.test", "hash")
+    boxes = store.list_mailboxes(account.id)
+    assert [(b.name, b.special_use) for b in boxes] == [
+        ("INBOX", None), ("Sent", "\\Sent"), ("Drafts", "\\Drafts"),
+        ("Trash", "\\Trash"), ("Junk", "\\Junk"), ("Archive", "\\Archive"),
+    ]  # fmt: skip
+    assert len({b.uidvalidity for b in boxes}) == len(boxes)  # never reused, even within one second
+    assert all(b.uidnext == 1 and b.highestmodseq == 1 for b in boxes)
+    with pytest.raises(AccountExists):
+        store.add_account("bob@example.test", "hash")
+
+
+def test_uids_modseq_and_one_body_for_several_recipients(store: SQLiteStore) -> None:
+    bob = store.add_account("bob@example.test", "h")
+    carol = store.add_account("carol@example.test", "h")
+    first = deliver(store, b"one\r\n", bob.id, carol.id)
+    deliver(store, b"two\r\n", bob.id)
+    inbox = store.get_mailbox(bob.id, "INBOX")
+    assert inbox is not None and inbox.uidnext == 3 and inbox.highestmodseq == 3
+    messages = store.list_messages(inbox.id)
+    assert [(m.uid, m.modseq, m.size) for m in messages] == [(1, 2, 5), (2, 3, 5)]
+    carol_inbox = store.get_mailbox(carol.id, "INBOX")
+    assert carol_inbox is not None
+    (carols,) = store.list_messages(carol_inbox.id)
+    assert carols.blob_id == first == messages[0].blob_id
+    assert store.read_message(first) == b"one\r\n"
+    assert store.read_envelope(first) == {"mail_from": "a@b"}
+    assert sum(1 for _ in store.blobs.iter_ids()) == 2
+
+
+def test_delivery_to_other_mailbox(store: SQLiteStore) -> None:
+    bob = store.add_account("bob@example.test", "h")
+    deliver(store, b"spam\r\n", bob.id, mailbox="Junk")
+    junk = store.get_mailbox(bob.id, "Junk")
+    assert junk is not None and len(store.list_messages(junk.id)) == 1
+
+
+def test_delivery_to_vanished_account_fails_and_leaves_no_file(store: SQLiteStore) -> None:
+    bob = store.add_account("bob@example.test", "h")
+    store.delete_account("bob@example.test")
+    with pytest.raises(StoreError, match="no recipient mailbox"):
+        deliver(store, b"x\r\n", bob.id)
+    assert list(store.blobs.iter_ids()) == []
+
+
+def test_deleting_an_account_keeps_bodies_others_still_use(store: SQLiteStore) -> None:
+    bob = store.add_account("bob@example.test", "h")
+    carol = store.add_account("carol@example.test", "h")
+    shared = deliver(store, b"shared\r\n", bob.id, carol.id)
+    own = deliver(store, b"own\r\n", bob.id)
+    assert store.delete_account("bob@example.test")
+    assert set(store.blobs.iter_ids()) == {shared}
+    assert store.read_message(shared) == b"shared\r\n"
+    with pytest.raises(FileNotFoundError):
+        store.read_message(own)
+
+
+def test_concurrent_deliveries_get_distinct_consecutive_uids(store: SQLiteStore) -> None:
+    bob = store.add_account("bob@example.test", "h")
+    with ThreadPoolExecutor(16) as pool:
+        futures = [
+            store.deliver(Delivery(new_blob_id(), f"m{i}\r\n".encode(), (DeliveryTarget(bob.id),), 0))
+            for i in range(300)
+        ]
+        results = [f.result(30) for f in futures]
+    del pool
+    uids = sorted(r[0].uid for r in results)
+    assert uids == list(range(1, 301))
+    inbox = store.get_mailbox(bob.id, "INBOX")
+    assert inbox is not None
+    bodies = sorted(store.read_message(m.blob_id) for m in store.list_messages(inbox.id))
+    assert bodies == sorted(f"m{i}\r\n".encode() for i in range(300))
+
+
+def test_orphan_files_are_removed_at_start(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "data")
+    bob = store.add_account("bob@example.test", "h")
+    store.start()
+    kept = deliver(store, b"kept\r\n", bob.id)
+    orphan = new_blob_id()
+    store.blobs.write(orphan, b"written, never committed\r\n")  # what a crash mid-delivery leaves
+    store.close()
+    reopened = SQLiteStore(tmp_path / "data")
+    try:
+        assert reopened.remove_orphans() == 1
+        assert set(reopened.blobs.iter_ids()) == {kept}
+    finally:
+        reopened.close()
+
+
+def test_deliver_refused_before_start_and_after_close(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "data")
+    with pytest.raises(StoreError):
+        store.deliver(Delivery(new_blob_id(), b"x", (DeliveryTarget(1),), 0))
+    store.close()
+
+
+def test_blob_ids_are_unique_and_safe() -> None:
+    ids = {new_blob_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(i.isalnum() and len(i) == 24 for i in ids)
+    with pytest.raises(ValueError):
+        Delivery("../etc/passwd", b"x", (DeliveryTarget(1),), 0)
