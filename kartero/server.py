@@ -14,9 +14,11 @@ import logging
 import signal
 import ssl
 import sys
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from kartero.auth.accounts import Directory
+from kartero.auth.accounts import DirectoryCache
 from kartero.config import Config
 from kartero.log import kv
 from kartero.net.session import SessionContext, SMTPSession
@@ -39,7 +41,7 @@ class Server:
         self._stopping = False
         self._stop = asyncio.Event()
         self._sessions: set[SMTPSession] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._sessions_gone = asyncio.Event()
         self._task_group: asyncio.TaskGroup | None = None
 
     # -- TLS -----------------------------------------------------------------------------------------
@@ -72,14 +74,16 @@ class Server:
     async def run(self) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
-        loop.set_default_executor(ThreadPoolExecutor(32, thread_name_prefix="kartero-io"))
+        executor = ThreadPoolExecutor(8, thread_name_prefix="kartero-io")
+        loop.set_default_executor(executor)
         self._tls = self._load_tls()
         store = SQLiteStore(config.data_dir)
-        removed = await asyncio.to_thread(store.remove_orphans)
-        if removed:
-            log.info("%s", kv(event="store.orphans_removed", count=removed))
+        dropped = await asyncio.to_thread(store.recover)
+        if dropped:
+            log.info("%s", kv(event="store.recovered", bytes_dropped=dropped))
         store.start()
-        directory = Directory(store, config.domains)
+        store.compact()
+        directory = DirectoryCache(store, config.domains, executor)
         policy = InboundPolicy(directory, config.primary_domain)
         settings = ServerSettings(
             hostname=config.hostname,
@@ -103,6 +107,7 @@ class Server:
                         tls_context=lambda: self._tls,
                         spawn=self._spawn,
                         sessions=self._sessions,
+                        on_session_end=self._on_session_end,
                         max_connections=config.limits.connections,
                         is_stopping=lambda: self._stopping,
                     )
@@ -131,14 +136,16 @@ class Server:
             for server in servers:
                 server.close()
             await asyncio.to_thread(store.close)
+            executor.shutdown(wait=False)
             log.info("%s", kv(event="stopped"))
 
-    def _spawn(self, session: SMTPSession) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._task_group is not None
-        task = self._task_group.create_task(session.run())
-        session.task = task
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._task_group.create_task(coro)
+
+    def _on_session_end(self) -> None:
+        if not self._sessions:
+            self._sessions_gone.set()
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -152,11 +159,15 @@ class Server:
             server.close()
         for session in list(self._sessions):
             session.stop()
-        tasks = set(self._tasks)
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.config.limits.shutdown_grace_s)
-            for task in pending:
-                task.cancel()
+        if self._sessions:
+            self._sessions_gone.clear()
+            try:
+                async with asyncio.timeout(self.config.limits.shutdown_grace_s):
+                    await self._sessions_gone.wait()
+            except TimeoutError:
+                # Nothing these sessions had was acknowledged: a 250 is only sent after the store.
+                for session in list(self._sessions):
+                    session.abort()
         for server in servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)

@@ -13,6 +13,9 @@ Resolution order for a local address (first match wins):
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 from kartero.auth.passwords import hash_password
@@ -127,14 +130,32 @@ class Directory:
 
     def resolve(self, address: str) -> Resolution:
         """Where mail for the canonical local `address` goes (see the module docstring)."""
+        return self.snapshot().resolve(address)
+
+    def snapshot(self) -> DirectorySnapshot:
+        accounts, aliases, first = self.store.load_directory()
+        return DirectorySnapshot(self.domains, accounts, aliases, first)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorySnapshot:
+    """Every account and alias at one moment, for lookups without I/O (one per change, not per RCPT)."""
+
+    domains: frozenset[str]
+    accounts: Mapping[str, int]  # address -> account id
+    aliases: Mapping[str, tuple[str, ...]]  # source -> destinations
+    first_account: int | None
+
+    def resolve(self, address: str) -> Resolution:
+        """Where mail for the canonical local `address` goes (see the module docstring)."""
         found: dict[int, None] = {}
         self._expand(address, found, set(), 0)
         if found:
             return Resolution(tuple(found))
         local, _, domain = address.rpartition("@")
         if local == "postmaster" and domain in self.domains:
-            first = self.store.first_account()
-            return Resolution((first.id,) if first else (), is_postmaster_fallback=True)
+            first = self.first_account
+            return Resolution((first,) if first is not None else (), is_postmaster_fallback=True)
         return Resolution(())
 
     def _expand(self, address: str, found: dict[int, None], seen: set[str], depth: int) -> None:
@@ -144,14 +165,14 @@ class Directory:
         local, _, domain = address.rpartition("@")
         if domain not in self.domains:
             return  # remote alias destinations are not deliverable yet
-        destinations = self.store.alias_destinations(address)
+        destinations = self.aliases.get(address)
         if destinations:
             for destination in destinations:
                 self._expand(destination, found, seen, depth + 1)
             return
-        account = self.store.get_account(address)
+        account = self.accounts.get(address)
         if account is not None:
-            found[account.id] = None
+            found[account] = None
             return
         base, plus, _ = local.partition("+")
         if plus and base:
@@ -159,5 +180,48 @@ class Directory:
             self._expand(f"{base}@{domain}", found, seen, depth + 1)
             if len(found) > before:
                 return
-        for destination in self.store.alias_destinations("@" + domain):
+        for destination in self.aliases.get("@" + domain, ()):
             self._expand(destination, found, seen, depth + 1)
+
+
+class DirectoryCache:
+    """The current DirectorySnapshot for a running server; sees admin changes at the next lookup.
+
+    `lookup` answers from memory while the store's directory version is unchanged (one stat-like
+    check, no database query); after a change it reloads in `executor` and answers through a Future.
+    """
+
+    def __init__(self, store: Store, domains: tuple[str, ...], executor: Executor) -> None:
+        self.store = store
+        self.domains = frozenset(domains)
+        self.executor = executor
+        self._snapshot: DirectorySnapshot | None = None
+        self._version: object = None
+        self._reload: Future[DirectorySnapshot] | None = None
+        self._lock = threading.Lock()
+
+    def lookup(self, address: str) -> Resolution | Future[Resolution]:
+        version = self.store.directory_version()
+        snapshot = self._snapshot
+        if snapshot is not None and version == self._version:
+            return snapshot.resolve(address)
+        with self._lock:
+            if self._reload is None or self._reload.done():
+                self._reload = self.executor.submit(self._load, version)
+            reload = self._reload
+        result: Future[Resolution] = Future()
+
+        def answer(done: Future[DirectorySnapshot]) -> None:
+            try:
+                result.set_result(done.result().resolve(address))
+            except BaseException as exc:
+                result.set_exception(exc)
+
+        reload.add_done_callback(answer)
+        return result
+
+    def _load(self, version: object) -> DirectorySnapshot:
+        accounts, aliases, first = self.store.load_directory()
+        snapshot = DirectorySnapshot(self.domains, accounts, aliases, first)
+        self._snapshot, self._version = snapshot, version
+        return snapshot

@@ -1,8 +1,12 @@
 """The asyncio adapter of one SMTP session: socket bytes in and out of the sans-I/O core.
 
-It owns reads (with the core's timeouts), writes with flow control, the STARTTLS upgrade, and the
-I/O behind each decision: policy lookups and the store run in worker threads, never on the loop. It
-never parses a command or picks a reply code; the core and the policy do.
+Callback-driven (like uvicorn's h11 protocol): `data_received` feeds the core and drains its events on
+the spot, so a command whose decision needs no I/O is answered without a task switch. Decisions that do
+need I/O — storing a message, reloading the directory after an admin change — come back as
+`concurrent.futures.Future`s; the session stops draining the core until the answer arrives on the loop.
+Timeouts are one timer per session, re-armed lazily from the time of the last input.
+
+The adapter never parses a command or picks a reply code; the core and the policy do.
 """
 
 from __future__ import annotations
@@ -10,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from kartero.log import kv
-from kartero.policy.inbound import Accept, InboundPolicy
+from kartero.policy.inbound import Accept, Decision, InboundPolicy
 from kartero.smtp import replies
 from kartero.smtp.events import (
     ConnectionClosed,
@@ -30,8 +35,8 @@ from kartero.smtp.events import (
 )
 from kartero.smtp.received import format_received, format_return_path, with_protocol
 from kartero.smtp.server import ServerConnection, ServerSettings
-from kartero.store.files import new_blob_id
-from kartero.store.interface import Delivery, Store, StoreError, as_targets
+from kartero.store.ids import new_message_id
+from kartero.store.interface import Delivery, Store, StoredMessage, as_targets
 from kartero.tls import describe
 
 log = logging.getLogger("kartero.smtp")
@@ -50,8 +55,9 @@ class SessionContext:
     policy: InboundPolicy
     store: Store
     tls_context: Callable[[], Any]  # the current ssl.SSLContext (reloaded on SIGHUP), or None
-    spawn: Callable[[SMTPSession], None]  # starts the session task in the server's TaskGroup
+    spawn: Callable[[Coroutine[Any, Any, None]], None]  # runs a coroutine in the server's TaskGroup
     sessions: set[SMTPSession]
+    on_session_end: Callable[[], None]
     max_connections: int
     is_stopping: Callable[[], bool]
 
@@ -59,22 +65,23 @@ class SessionContext:
 class SMTPSession(asyncio.Protocol):
     def __init__(self, ctx: SessionContext) -> None:
         self.ctx = ctx
-        self.id = new_blob_id()[-10:]
+        self.id = new_message_id()[-10:]
         self.conn = ServerConnection(ctx.settings)
         self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
         self.client_ip = "?"
-        self._wakeup = asyncio.Event()
-        self._can_write = asyncio.Event()
-        self._can_write.set()
-        self._is_lost = False
-        self._is_paused = False
-        self._tls_early: list[bytes] | None = None  # app data that arrives during the handshake
+        self._busy = False  # an asynchronous decision or the TLS handshake is under way
+        self._can_write = True
+        self._reading_paused = False
+        self._finished = False
+        self._lost = False
+        self._stopping = False
+        self._tls_early: list[bytes] | None = None  # application data that arrives during the handshake
         self._tls_info: str | None = None
-        self._deadline: asyncio.Timeout | None = None
-        self._is_stopping = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_input = self.loop.time()
         self._started_at = time.monotonic()
         self._recipients: dict[str, Accept] = {}  # accepted RCPT path -> its decision, this transaction
-        self.task: asyncio.Task[None] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
 
@@ -83,157 +90,193 @@ class SMTPSession(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.client_ip = str(peer[0]) if peer else "?"
-        self.ctx.spawn(self)
+        self.ctx.sessions.add(self)
+        refusal = None
+        if len(self.ctx.sessions) > self.ctx.max_connections:
+            refusal = replies.TOO_MANY_CONNECTIONS
+        elif self.ctx.is_stopping():
+            refusal = replies.SHUTTING_DOWN
+        self.conn.start(refusal)
+        log.info("%s", kv(event="smtp.connect", session=self.id, listener=self.ctx.listener, client=self.client_ip))
+        self._arm_timer()
+        self._process()
 
     def data_received(self, data: bytes) -> None:
         if self._tls_early is not None:
             self._tls_early.append(data)
             return
         self.conn.receive_data(data)
-        self._wakeup.set()
-        if self.conn.buffered_bytes > READ_PAUSE_BYTES and not self._is_paused and self.transport:
-            self._is_paused = True
-            self.transport.pause_reading()
+        self._last_input = self.loop.time()
+        self._process()
 
     def eof_received(self) -> bool:
         self.conn.receive_data(b"")
-        self._wakeup.set()
+        self._process()
         return True  # keep our side open until the last replies are written
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._is_lost = True
         self.conn.receive_data(b"")
-        self._wakeup.set()
-        self._can_write.set()
+        self._lost = True
+        if self._busy:
+            return  # the pending decision's callback carries on and then sees the close
+        self._process()
+        self._finish("connection lost")
 
     def pause_writing(self) -> None:
-        self._can_write.clear()
+        self._can_write = False
 
     def resume_writing(self) -> None:
-        self._can_write.set()
+        self._can_write = True
+        self._process()
 
-    # -- session loop --------------------------------------------------------------------------------
+    # -- driving the core ----------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Shutdown: end the session at the next point where nothing acknowledged is at stake."""
-        self._is_stopping = True
-        if self.conn.is_idle and self._deadline is not None:
-            self._deadline.reschedule(asyncio.get_running_loop().time())
+        self._stopping = True
+        self._process()
 
-    async def run(self) -> None:
-        self.ctx.sessions.add(self)
-        reason = "?"
-        try:
-            refusal = None
-            if len(self.ctx.sessions) > self.ctx.max_connections:
-                refusal = replies.TOO_MANY_CONNECTIONS
-            elif self.ctx.is_stopping():
-                refusal = replies.SHUTTING_DOWN
-            self.conn.start(refusal)
-            log.info("%s", kv(event="smtp.connect", session=self.id, listener=self.ctx.listener, client=self.client_ip))
-            reason = await self._loop()
-        except Exception:
-            reason = "internal error"
-            log.exception("%s", kv(event="smtp.session_failed", session=self.id, client=self.client_ip))
-        finally:
-            self.ctx.sessions.discard(self)
-            if self.transport is not None:
-                self.transport.close()
-            log.info(
-                "%s",
-                kv(
-                    event="smtp.disconnect",
-                    session=self.id,
-                    client=self.client_ip,
-                    reason=reason,
-                    ms=round((time.monotonic() - self._started_at) * 1000),
-                ),
-            )
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
-    async def _loop(self) -> str:
+    def _process(self) -> None:
+        """Drain the core until it needs more input or an asynchronous decision is pending."""
+        if self._busy or self._finished:
+            return
         conn = self.conn
-        while True:
+        # Writes paused by flow control stop the draining; a lost connection drains to its close event.
+        while self._can_write or self._lost or conn.is_closed:
             event = conn.next_event()
             if event is None:
-                await self._flush()
-                if self._is_lost:
-                    return "connection lost"
-                if self._is_paused and conn.buffered_bytes < READ_PAUSE_BYTES // 2 and self.transport:
-                    self._is_paused = False
-                    self.transport.resume_reading()
-                if not self._wakeup.is_set():
-                    await self._wait_for_input()
-                self._wakeup.clear()
-                continue
+                if self._stopping and conn.is_idle and not conn.is_closed:
+                    conn.close(replies.SHUTTING_DOWN, "server shutting down")
+                    continue
+                break
             match event:
                 case Hello():
                     pass
                 case MailFrom():
                     self._recipients = {}
-                    decision = await self._in_thread(self.ctx.policy.check_mail, event.path)
-                    conn.answer(decision.reply)
+                    conn.answer(self.ctx.policy.check_mail(event.path).reply)
                 case RcptTo():
-                    decision = await self._in_thread(self.ctx.policy.check_rcpt, event.path)
-                    if isinstance(decision, Accept):
-                        self._recipients[str(event.path)] = decision
-                    else:
-                        log.info(
-                            "%s",
-                            kv(
-                                event="smtp.rcpt_rejected",
-                                session=self.id,
-                                client=self.client_ip,
-                                rcpt=str(event.path),
-                                result=str(decision.reply),
-                            ),
-                        )
-                    conn.answer(decision.reply)
+                    decision = self.ctx.policy.check_rcpt(event.path)
+                    if isinstance(decision, Future):
+                        self._wait(decision, lambda done, ev=event: self._answer_rcpt(ev, done.result()))
+                        break
+                    self._answer_rcpt(event, decision)
                 case MessageReceived():
-                    conn.answer(await self._store(event))
+                    self._store(event)
+                    break
                 case MessageRefused():
                     self._log_message(event.envelope, event.size, f"refused: {event.reason}", None, 0.0)
                 case StartTLSRequested():
-                    if not await self._start_tls():
-                        return "TLS handshake failed"
+                    self._busy = True
+                    self._flush()
+                    self.ctx.spawn(self._start_tls())
+                    return
                 case ConnectionClosed(reason=reason):
-                    await self._flush()
-                    return reason
+                    self._flush()
+                    self._finish(reason)
+                    return
+        self._flush()
+        self._regulate_reading()
 
-    async def _wait_for_input(self) -> None:
-        conn = self.conn
-        if self._is_stopping and conn.is_idle:
-            conn.close(replies.SHUTTING_DOWN, "server shutting down")
-            return
-        try:
-            async with asyncio.timeout(conn.timeout_s) as self._deadline:
-                await self._wakeup.wait()
-        except TimeoutError:
-            if self._is_stopping:
-                conn.close(replies.SHUTTING_DOWN, "server shutting down")
-            else:
-                conn.close(replies.TIMEOUT, "timeout")
-        finally:
-            self._deadline = None
+    def _wait(self, future: Future[Any], on_done: Callable[[Future[Any]], None]) -> None:
+        """Stop draining the core until `future` (done in any thread) is handled on the loop."""
+        self._busy = True
 
-    async def _flush(self) -> None:
+        def resume(done: Future[Any]) -> None:
+            self._busy = False
+            self._last_input = self.loop.time()  # the peer's timeout runs from our answer
+            if not self._finished:
+                on_done(done)
+                self._process()
+
+        future.add_done_callback(lambda done: self.loop.call_soon_threadsafe(resume, done))
+
+    def _answer_rcpt(self, event: RcptTo, decision: Decision) -> None:
+        if isinstance(decision, Accept):
+            self._recipients[str(event.path)] = decision
+        else:
+            log.info(
+                "%s",
+                kv(
+                    event="smtp.rcpt_rejected",
+                    session=self.id,
+                    client=self.client_ip,
+                    rcpt=str(event.path),
+                    result=str(decision.reply),
+                ),
+            )
+        self.conn.answer(decision.reply)
+
+    def _flush(self) -> None:
         out = self.conn.data_to_send()
-        if out and self.transport is not None and not self._is_lost:
+        if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out)
-        await self._can_write.wait()
 
-    async def _in_thread(self, func: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(None, func, *args)
+    def _regulate_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not self._reading_paused and self.conn.buffered_bytes > READ_PAUSE_BYTES:
+            self._reading_paused = True
+            transport.pause_reading()
+        elif self._reading_paused and self.conn.buffered_bytes < READ_PAUSE_BYTES // 2:
+            self._reading_paused = False
+            transport.resume_reading()
+
+    def _finish(self, reason: str) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.transport is not None:
+            self.transport.close()
+        self.ctx.sessions.discard(self)
+        log.info(
+            "%s",
+            kv(
+                event="smtp.disconnect",
+                session=self.id,
+                client=self.client_ip,
+                reason=reason,
+                ms=round((time.monotonic() - self._started_at) * 1000),
+            ),
+        )
+        self.ctx.on_session_end()
+
+    # -- timeouts (RFC 5321 §4.5.3.2) ----------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        self._timer = self.loop.call_at(self._last_input + self.conn.timeout_s, self._on_timer)
+
+    def _on_timer(self) -> None:
+        if self._finished:
+            return
+        if not self._busy and self.loop.time() - self._last_input >= self.conn.timeout_s:
+            self.conn.close(replies.TIMEOUT, "timeout")
+            self._process()
+            return
+        if self._busy:
+            self._last_input = self.loop.time()  # we owe the peer an answer; its clock has not started
+        self._arm_timer()
 
     # -- decisions that need I/O ---------------------------------------------------------------------
 
-    async def _store(self, event: MessageReceived) -> replies.Reply:
+    def _store(self, event: MessageReceived) -> None:
         started = time.monotonic()
         envelope = event.envelope
-        decisions = [self._recipients[str(r.path)] for r in envelope.recipients if str(r.path) in self._recipients]
-        account_ids = [a for d in decisions for a in d.account_ids]
-        message_id = new_blob_id()
+        account_ids = [
+            account
+            for r in envelope.recipients
+            if (decision := self._recipients.get(str(r.path))) is not None
+            for account in decision.account_ids
+        ]
+        message_id = new_message_id()
         now = datetime.now(UTC)
-        sender = str(envelope.mail_from)[1:-1]
         received = format_received(
             helo=envelope.helo,
             client_ip=self.client_ip,
@@ -252,22 +295,34 @@ class SMTPSession(asyncio.Protocol):
         )
         delivery = Delivery(
             blob_id=message_id,
-            data=format_return_path(sender) + received + event.data,
+            data=format_return_path(str(envelope.mail_from)[1:-1]) + received + event.data,
             targets=as_targets(account_ids),
             internal_date=int(now.timestamp()),
             envelope=_envelope_record(envelope, self.client_ip),
         )
+
+        def stored(done: Future[list[StoredMessage]]) -> None:
+            error = done.exception()
+            if error is not None:
+                log.error("%s", kv(event="smtp.store_failed", session=self.id, id=message_id, detail=str(error)))
+                reply = replies.LOCAL_ERROR
+            else:
+                reply = replies.MESSAGE_ACCEPTED.with_text(f"Message accepted as {message_id}")
+            self._log_message(envelope, len(event.data), str(reply), message_id, started)
+            self.conn.answer(reply)
+
         try:
-            await asyncio.wrap_future(self.ctx.store.deliver(delivery))
-        except StoreError as exc:
+            future = self.ctx.store.deliver(delivery)
+        except Exception as exc:
             log.error("%s", kv(event="smtp.store_failed", session=self.id, id=message_id, detail=str(exc)))
-            reply = replies.LOCAL_ERROR
-        else:
-            reply = replies.MESSAGE_ACCEPTED.with_text(f"Message accepted as {message_id}")
-        self._log_message(envelope, len(event.data), str(reply), message_id, started)
-        return reply
+            self.conn.answer(replies.LOCAL_ERROR)
+            self._process()
+            return
+        self._wait(future, stored)
 
     def _log_message(self, envelope: Envelope, size: int, result: str, message_id: str | None, started: float) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
         log.info(
             "%s",
             kv(
@@ -275,7 +330,7 @@ class SMTPSession(asyncio.Protocol):
                 session=self.id,
                 client=self.client_ip,
                 helo=envelope.helo,
-                tls=self._tls_info is not None,
+                tls=envelope.is_tls,
                 mail_from=str(envelope.mail_from),
                 rcpt=",".join(str(r.path) for r in envelope.recipients),
                 size=size,
@@ -285,31 +340,33 @@ class SMTPSession(asyncio.Protocol):
             ),
         )
 
-    async def _start_tls(self) -> bool:
-        await self._flush()
+    async def _start_tls(self) -> None:
         context = self.ctx.tls_context()
         transport = self.transport
-        if context is None or transport is None or self._is_lost:
-            return False
+        if context is None or transport is None or transport.is_closing():
+            self._busy = False
+            self._finish("TLS unavailable")
+            return
         self._tls_early = []
-        loop = asyncio.get_running_loop()
         try:
-            new_transport = await loop.start_tls(
+            new_transport = await self.loop.start_tls(
                 transport, self, context, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S
             )
         except (OSError, TimeoutError) as exc:
             log.info("%s", kv(event="smtp.tls_failed", session=self.id, client=self.client_ip, detail=str(exc)))
             transport.abort()
-            return False
-        if new_transport is None:
-            return False
-        self.transport = new_transport
+            self._busy = False
+            self._finish("TLS handshake failed")
+            return
+        self.transport = cast(asyncio.Transport, new_transport)
         self._tls_info = describe(new_transport.get_extra_info("ssl_object"))
         early, self._tls_early = self._tls_early, None
         self.conn.tls_established()
         for data in early:
-            self.data_received(data)
-        return True
+            self.conn.receive_data(data)
+        self._busy = False
+        self._last_input = self.loop.time()
+        self._process()
 
 
 def _envelope_record(envelope: Envelope, client_ip: str) -> dict[str, Any]:

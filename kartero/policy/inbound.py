@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass
 
-from kartero.auth.accounts import Directory, DirectoryError, canonical_address
+from kartero.auth.accounts import DirectoryCache, DirectoryError, Resolution, canonical_address
 from kartero.smtp import replies
 from kartero.smtp.address import Address, Path
 from kartero.smtp.replies import Reply
@@ -33,7 +34,10 @@ Decision = Accept | Reject
 
 
 class InboundPolicy:
-    def __init__(self, directory: Directory, primary_domain: str) -> None:
+    """Decisions for MAIL and RCPT. Both answer at once from memory; only after an admin change to
+    accounts or aliases does check_rcpt return a Future (the directory reloads in a worker thread)."""
+
+    def __init__(self, directory: DirectoryCache, primary_domain: str) -> None:
         self.directory = directory
         self.primary_domain = primary_domain
 
@@ -41,7 +45,7 @@ class InboundPolicy:
         """Any syntactically valid sender, the null sender included: bounces must get through."""
         return Accept(replies.SENDER_OK)
 
-    def check_rcpt(self, path: Path) -> Decision:
+    def check_rcpt(self, path: Path) -> Decision | Future[Decision]:
         mailbox = path.mailbox
         if mailbox is None:
             return Reject(replies.BAD_RECIPIENT_SYNTAX)
@@ -54,14 +58,30 @@ class InboundPolicy:
         except DirectoryError:
             return Reject(replies.RELAY_DENIED)
         local, _, domain = address.rpartition("@")
-        if not self.directory.is_local_domain(domain):
+        if domain not in self.directory.domains:
             return Reject(replies.RELAY_DENIED)
         if _ROUTING_CHARACTERS & set(local):
             return Reject(replies.RELAY_DENIED)
-        resolution = self.directory.resolve(address)
-        if resolution.account_ids:
-            return Accept(replies.RECIPIENT_OK, resolution.account_ids, address)
-        if resolution.is_postmaster_fallback:
-            log.warning("event=policy.no_postmaster address=%s detail=no account exists yet", address)
-            return Reject(replies.MAILBOX_UNAVAILABLE)
-        return Reject(replies.NO_SUCH_USER)
+        resolution = self.directory.lookup(address)
+        if isinstance(resolution, Resolution):
+            return _decide(address, resolution)
+        decision: Future[Decision] = Future()
+        resolution.add_done_callback(lambda done: _settle(decision, address, done))
+        return decision
+
+
+def _decide(address: str, resolution: Resolution) -> Decision:
+    if resolution.account_ids:
+        return Accept(replies.RECIPIENT_OK, resolution.account_ids, address)
+    if resolution.is_postmaster_fallback:
+        log.warning("event=policy.no_postmaster address=%s detail=no account exists yet", address)
+        return Reject(replies.MAILBOX_UNAVAILABLE)
+    return Reject(replies.NO_SUCH_USER)
+
+
+def _settle(decision: Future[Decision], address: str, done: Future[Resolution]) -> None:
+    try:
+        decision.set_result(_decide(address, done.result()))
+    except Exception:
+        log.exception("event=policy.lookup_failed address=%s", address)
+        decision.set_result(Reject(replies.LOCAL_ERROR))

@@ -1,27 +1,32 @@
-"""The embedded store: SQLite in WAL mode for metadata, one file per message body.
+"""The embedded store: SQLite in WAL mode for metadata, message bodies in append-only segments.
 
-Write path of a delivery (group commit):
-1. a worker thread writes the body file and fsyncs it (many run at once: the disk overlaps them);
-2. the single committer thread takes every delivery that is ready, fsyncs the touched shard folders,
-   then inserts all of them in one transaction and commits (synchronous=FULL: the WAL is fsynced);
-3. only then are the callers' Futures resolved, and only then does SMTP answer 250.
-A crash between 1 and 2 leaves an orphan file, removed at the next start; never metadata without bytes.
+Write path of a delivery (group commit), all in one committer thread:
+1. take every delivery that is waiting (up to MAX_BATCH);
+2. append their bodies to the active segment with one write and one fdatasync;
+3. insert them all (blobs, messages, UIDs, MODSEQs) in one transaction and commit
+   (synchronous=FULL: the WAL is fsynced);
+4. resolve the callers' Futures; only then does SMTP answer 250.
+So two fsyncs serve a whole batch. A crash before 3 leaves bytes past the last committed body of a
+segment; `recover()` cuts them off at the next start. Metadata never points at bytes not on disk.
+
+Accounts and aliases live in the same database. Each change to them replaces the small file
+`directory.version`, whose identity is the cheap token a running server checks per RCPT.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from kartero.store.files import BlobFiles
 from kartero.store.interface import (
     SPECIAL_MAILBOXES,
     Account,
@@ -32,6 +37,7 @@ from kartero.store.interface import (
     StoredMessage,
     StoreError,
 )
+from kartero.store.segments import Segments
 
 log = logging.getLogger("kartero.store")
 
@@ -62,10 +68,13 @@ CREATE TABLE IF NOT EXISTS mailboxes (
 );
 CREATE TABLE IF NOT EXISTS blobs (
     id TEXT PRIMARY KEY,
+    segment INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
     size INTEGER NOT NULL,
     envelope TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS blobs_segment ON blobs (segment, offset);
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY,
     mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
@@ -82,25 +91,33 @@ CREATE INDEX IF NOT EXISTS messages_blob ON messages (blob_id);
 
 # Deliveries committed together at most; bounded so one transaction stays short.
 MAX_BATCH = 256
+# Compaction rewrites a sealed segment once less than this share of its bytes is still referenced.
+COMPACT_BELOW = 0.5
 _STOP = object()
+_COMPACT = object()
 
 
 class SQLiteStore:
-    """Store on SQLite + files under `root` (metadata in `root/kartero.db`, bodies in `root/messages`)."""
+    """Store on SQLite + segments under `root` (`root/kartero.db`, `root/messages/*.seg`).
 
-    def __init__(self, root: Path, *, writer_threads: int = 16) -> None:
+    Opening it is safe while a server runs (the CLI does); `recover()` and `start()` are for the one
+    process that delivers.
+    """
+
+    def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.db_path = root / "kartero.db"
-        self.blobs = BlobFiles(root / "messages")
+        self.version_path = root / "directory.version"
+        self.segments = Segments(root / "messages")
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._db().executescript(SCHEMA)  # idempotent; executescript manages its own transaction
         with self._write() as db:
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        self._writer_threads = writer_threads
-        self._file_pool: ThreadPoolExecutor | None = None
+        if not self.version_path.exists():
+            self._bump_directory_version()
         self._commit_queue: queue.Queue[Any] = queue.Queue()
         self._committer: threading.Thread | None = None
         self._closed = False
@@ -129,30 +146,45 @@ class SQLiteStore:
 
     # -- delivery (group commit) -------------------------------------------------------------------
 
+    def recover(self) -> int:
+        """Cut off bytes no committed message points to (left by a crash mid-batch) and remove
+        segments nothing points to; returns the number of bytes dropped. Call before `start()`,
+        in the delivering process only."""
+        ends = dict(self._db().execute("SELECT segment, MAX(offset + size) FROM blobs GROUP BY segment"))
+        dropped = 0
+        numbers = self.segments.numbers()
+        for number in numbers:
+            size = self.segments.size(number)
+            end = ends.get(number)
+            if end is None:
+                dropped += size
+                self.segments.remove(number)
+            elif size > end:
+                dropped += size - end
+                self.segments.truncate(number, end)
+        remaining = self.segments.numbers()
+        if remaining and self.segments.size(remaining[-1]) < self.segments.max_bytes:
+            self.segments.resume(remaining[-1])
+        return dropped
+
     def start(self) -> None:
-        """Start the writer threads; until then `deliver` is unavailable (CLI use needs none)."""
+        """Start the committer thread; until then `deliver` is unavailable (CLI use needs none)."""
         if self._committer is not None:
             return
-        self._file_pool = ThreadPoolExecutor(self._writer_threads, thread_name_prefix="kartero-blob")
         self._committer = threading.Thread(target=self._commit_loop, name="kartero-commit", daemon=True)
         self._committer.start()
 
     def deliver(self, delivery: Delivery) -> Future[list[StoredMessage]]:
-        if self._file_pool is None or self._closed:
+        if self._committer is None or self._closed:
             raise StoreError("store is not accepting deliveries")
         future: Future[list[StoredMessage]] = Future()
-        self._file_pool.submit(self._write_blob, delivery, future)
+        self._commit_queue.put((delivery, future))
         return future
 
-    def _write_blob(self, delivery: Delivery, future: Future[list[StoredMessage]]) -> None:
-        if not future.set_running_or_notify_cancel():
-            return  # the caller gave up before anything was written; nothing was acknowledged
-        try:
-            self.blobs.write(delivery.blob_id, delivery.data)
-        except BaseException as exc:
-            future.set_exception(StoreError(f"writing message {delivery.blob_id}: {exc}"))
-            return
-        self._commit_queue.put((delivery, future))
+    def compact(self) -> None:
+        """Ask the committer to reclaim the space of deleted messages (runs between batches)."""
+        if self._committer is not None and not self._closed:
+            self._commit_queue.put(_COMPACT)
 
     def _commit_loop(self) -> None:
         db = self._connect()
@@ -161,6 +193,9 @@ class SQLiteStore:
             first = self._commit_queue.get()
             if first is _STOP:
                 break
+            if first is _COMPACT:
+                self._compact(db)
+                continue
             batch = [first]
             while len(batch) < MAX_BATCH:
                 try:
@@ -170,40 +205,46 @@ class SQLiteStore:
                 if item is _STOP:
                     stop = True
                     break
+                if item is _COMPACT:
+                    self._commit_queue.put(_COMPACT)
+                    break
                 batch.append(item)
             self._commit_batch(db, batch)
 
     def _commit_batch(self, db: sqlite3.Connection, batch: list[tuple[Delivery, Future[Any]]]) -> None:
+        live = [(d, f) for d, f in batch if f.set_running_or_notify_cancel()]
+        if not live:
+            return
         results: list[list[StoredMessage] | StoreError] = []
         try:
-            self.blobs.sync_dirs(d.blob_id for d, _ in batch)
+            locations = self.segments.append([d.data for d, _ in live])
             db.execute("BEGIN IMMEDIATE")
             try:
-                for delivery, _ in batch:
-                    results.append(self._insert_delivery(db, delivery))
+                for (delivery, _), location in zip(live, locations, strict=True):
+                    results.append(self._insert_delivery(db, delivery, location))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
         except Exception as exc:
-            log.exception("event=store.commit_failed deliveries=%d", len(batch))
-            for delivery, future in batch:
-                self.blobs.unlink(delivery.blob_id)
+            log.exception("event=store.commit_failed deliveries=%d", len(live))
+            for _, future in live:
                 future.set_exception(StoreError(f"commit failed: {exc}"))
             return
-        for (delivery, future), result in zip(batch, results, strict=True):
+        for (_, future), result in zip(live, results, strict=True):
             if isinstance(result, StoreError):
-                self.blobs.unlink(delivery.blob_id)
                 future.set_exception(result)
             else:
                 future.set_result(result)
 
-    def _insert_delivery(self, db: sqlite3.Connection, d: Delivery) -> list[StoredMessage] | StoreError:
+    def _insert_delivery(
+        self, db: sqlite3.Connection, d: Delivery, location: tuple[int, int]
+    ) -> list[StoredMessage] | StoreError:
         stored: list[StoredMessage] = []
         db.execute("SAVEPOINT delivery")
         db.execute(
-            "INSERT INTO blobs (id, size, envelope, created_at) VALUES (?, ?, ?, ?)",
-            (d.blob_id, len(d.data), json.dumps(dict(d.envelope)), d.internal_date),
+            "INSERT INTO blobs (id, segment, offset, size, envelope, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (d.blob_id, location[0], location[1], len(d.data), json.dumps(dict(d.envelope)), d.internal_date),
         )
         for target in d.targets:
             row = db.execute(
@@ -227,6 +268,41 @@ class SQLiteStore:
         db.execute("RELEASE delivery")
         return stored
 
+    def _compact(self, db: sqlite3.Connection) -> None:
+        """Copy the live bodies of mostly dead sealed segments to the active one, then drop them.
+
+        Crash-safe in every order: the copies are fdatasynced before the pointers move (in one
+        transaction), and the old segment is removed only after that commit.
+        """
+        for number in self.segments.numbers():
+            if number == self.segments.active:
+                continue
+            rows = db.execute(
+                "SELECT id, offset, size FROM blobs WHERE segment = ? ORDER BY offset", (number,)
+            ).fetchall()
+            total = self.segments.size(number)
+            if rows and sum(r[2] for r in rows) >= total * COMPACT_BELOW:
+                continue
+            try:
+                if rows:
+                    bodies = [self.segments.read(number, offset, size) for _, offset, size in rows]
+                    locations = self.segments.append(bodies)
+                    db.execute("BEGIN IMMEDIATE")
+                    try:
+                        db.executemany(
+                            "UPDATE blobs SET segment = ?, offset = ? WHERE id = ?",
+                            [(seg, off, row[0]) for (seg, off), row in zip(locations, rows, strict=True)],
+                        )
+                        db.execute("COMMIT")
+                    except BaseException:
+                        db.execute("ROLLBACK")
+                        raise
+                self.segments.remove(number)
+                log.info("event=store.compacted segment=%d live=%d bytes=%d", number, len(rows), total)
+            except Exception:
+                log.exception("event=store.compaction_failed segment=%d", number)
+                return
+
     # -- accounts and aliases ----------------------------------------------------------------------
 
     def add_account(self, address: str, password_hash: str) -> Account:
@@ -246,6 +322,7 @@ class SQLiteStore:
                     "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity) VALUES (?, ?, ?, ?)",
                     (account_id, name, special_use, self._next_uidvalidity(db)),
                 )
+        self._bump_directory_version()
         return Account(account_id, address, password_hash, now)
 
     @staticmethod
@@ -286,7 +363,8 @@ class SQLiteStore:
     def set_password(self, address: str, password_hash: str) -> bool:
         with self._write() as db:
             cur = db.execute("UPDATE accounts SET password_hash = ? WHERE address = ?", (password_hash, address))
-            return cur.rowcount == 1
+        self._bump_directory_version()
+        return cur.rowcount == 1
 
     def delete_account(self, address: str) -> bool:
         with self._write() as db:
@@ -302,27 +380,27 @@ class SQLiteStore:
                 )
             ]
             db.execute("DELETE FROM accounts WHERE id = ?", (row[0],))
-            orphans = self._drop_unreferenced_blobs(db, blob_ids)
-        for blob_id in orphans:
-            self.blobs.unlink(blob_id)
+            # Bodies no other mailbox shares become dead space in their segments; compaction
+            # (at the next server start, or `compact()`) reclaims it.
+            db.executemany(
+                "DELETE FROM blobs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?)",
+                [(b, b) for b in blob_ids],
+            )
+        self._bump_directory_version()
+        self.compact()
         return True
-
-    @staticmethod
-    def _drop_unreferenced_blobs(db: sqlite3.Connection, blob_ids: list[str]) -> list[str]:
-        orphans = [
-            b for b in blob_ids if db.execute("SELECT 1 FROM messages WHERE blob_id = ?", (b,)).fetchone() is None
-        ]
-        db.executemany("DELETE FROM blobs WHERE id = ?", [(b,) for b in orphans])
-        return orphans
 
     def add_alias(self, source: str, destination: str) -> bool:
         with self._write() as db:
             cur = db.execute("INSERT OR IGNORE INTO aliases (source, destination) VALUES (?, ?)", (source, destination))
-            return cur.rowcount == 1
+        self._bump_directory_version()
+        return cur.rowcount == 1
 
     def delete_alias(self, source: str) -> int:
         with self._write() as db:
-            return db.execute("DELETE FROM aliases WHERE source = ?", (source,)).rowcount
+            count = db.execute("DELETE FROM aliases WHERE source = ?", (source,)).rowcount
+        self._bump_directory_version()
+        return count
 
     def list_aliases(self) -> list[tuple[str, str]]:
         return [
@@ -333,6 +411,35 @@ class SQLiteStore:
     def alias_destinations(self, source: str) -> list[str]:
         rows = self._db().execute("SELECT destination FROM aliases WHERE source = ? ORDER BY destination", (source,))
         return [r[0] for r in rows]
+
+    def load_directory(self) -> tuple[dict[str, int], dict[str, tuple[str, ...]], int | None]:
+        db = self._db()
+        db.execute("BEGIN")  # one consistent snapshot of both tables
+        try:
+            accounts = dict(db.execute("SELECT address, id FROM accounts"))
+            aliases: dict[str, list[str]] = {}
+            for source, destination in db.execute(
+                "SELECT source, destination FROM aliases ORDER BY source, destination"
+            ):
+                aliases.setdefault(source, []).append(destination)
+            first = db.execute("SELECT MIN(id) FROM accounts").fetchone()[0]
+        finally:
+            db.execute("COMMIT")
+        return accounts, {k: tuple(v) for k, v in aliases.items()}, first
+
+    def directory_version(self) -> object:
+        try:
+            st = os.stat(self.version_path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _bump_directory_version(self) -> None:
+        # A new file each time (write, then rename over the old one): its inode changes, so even two
+        # changes within one clock tick give a new token.
+        tmp = self.version_path.with_name(f".directory.version.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(f"{time.time_ns()}\n")
+        os.replace(tmp, self.version_path)
 
     # -- mailboxes and messages --------------------------------------------------------------------
 
@@ -363,7 +470,17 @@ class SQLiteStore:
         return [MessageInfo(r[0], r[1], r[2], r[3], r[4], frozenset(r[5].split()), r[6]) for r in rows]
 
     def read_message(self, blob_id: str) -> bytes:
-        return self.blobs.read(blob_id)
+        for attempt in (1, 2):
+            row = self._db().execute("SELECT segment, offset, size FROM blobs WHERE id = ?", (blob_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no message {blob_id}")
+            try:
+                return self.segments.read(*row)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                # compaction moved the body between the lookup and the read; look again
+        raise AssertionError("unreachable")
 
     def read_envelope(self, blob_id: str) -> Mapping[str, Any]:
         row = self._db().execute("SELECT envelope FROM blobs WHERE id = ?", (blob_id,)).fetchone()
@@ -374,29 +491,15 @@ class SQLiteStore:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def remove_orphans(self) -> int:
-        """Delete body files no metadata points to (left by a crash mid-delivery); returns the count.
-
-        Call only while no delivery is in flight (at start-up).
-        """
-        known = {r[0] for r in self._db().execute("SELECT id FROM blobs")}
-        removed = 0
-        for blob_id in list(self.blobs.iter_ids()):
-            if blob_id not in known:
-                self.blobs.unlink(blob_id)
-                removed += 1
-        return removed
-
     def close(self) -> None:
         """Finish every delivery already accepted, then stop the writers and close the database."""
         if self._closed:
             return
         self._closed = True
-        if self._file_pool is not None:
-            self._file_pool.shutdown(wait=True)
         if self._committer is not None:
             self._commit_queue.put(_STOP)
             self._committer.join()
+        self.segments.close()
         with self._connections_lock:
             for db in self._connections:
                 db.close()

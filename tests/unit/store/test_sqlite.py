@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from kartero.store.files import new_blob_id
+from kartero.store.ids import new_message_id as new_blob_id
 from kartero.store.interface import AccountExists, Delivery, DeliveryTarget, StoreError
 from kartero.store.sqlite import SQLiteStore
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "data", writer_threads=4)
+    s = SQLiteStore(tmp_path / "data")
     s.start()
     yield s
     s.close()
@@ -56,7 +56,7 @@ def test_uids_modseq_and_one_body_for_several_recipients(store: SQLiteStore) -> 
     assert carols.blob_id == first == messages[0].blob_id
     assert store.read_message(first) == b"one\r\n"
     assert store.read_envelope(first) == {"mail_from": "a@b"}
-    assert sum(1 for _ in store.blobs.iter_ids()) == 2
+    assert store.segments.size(store.segments.numbers()[-1]) == len(b"one\r\ntwo\r\n")  # stored once
 
 
 def test_delivery_to_other_mailbox(store: SQLiteStore) -> None:
@@ -70,8 +70,10 @@ def test_delivery_to_vanished_account_fails_and_leaves_no_file(store: SQLiteStor
     bob = store.add_account("bob@example.test", "h")
     store.delete_account("bob@example.test")
     with pytest.raises(StoreError, match="no recipient mailbox"):
-        deliver(store, b"x\r\n", bob.id)
-    assert list(store.blobs.iter_ids()) == []
+        blob_id = new_blob_id()
+        store.deliver(Delivery(blob_id, b"x\r\n", (DeliveryTarget(bob.id),), 0)).result(10)
+    with pytest.raises(StoreError, match="no message"):
+        store.read_message(blob_id)
 
 
 def test_deleting_an_account_keeps_bodies_others_still_use(store: SQLiteStore) -> None:
@@ -80,10 +82,32 @@ def test_deleting_an_account_keeps_bodies_others_still_use(store: SQLiteStore) -
     shared = deliver(store, b"shared\r\n", bob.id, carol.id)
     own = deliver(store, b"own\r\n", bob.id)
     assert store.delete_account("bob@example.test")
-    assert set(store.blobs.iter_ids()) == {shared}
     assert store.read_message(shared) == b"shared\r\n"
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(StoreError, match="no message"):
         store.read_message(own)
+
+
+def test_compaction_reclaims_space_of_deleted_messages(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "data")
+    store.segments.max_bytes = 1000  # seal segments early
+    bob = store.add_account("bob@example.test", "h")
+    carol = store.add_account("carol@example.test", "h")
+    store.start()
+    kept = [deliver(store, f"keep {i}\r\n".encode() + b"k" * 100, carol.id) for i in range(3)]
+    for i in range(20):
+        deliver(store, f"drop {i}\r\n".encode() + b"d" * 100, bob.id)
+    kept.append(deliver(store, b"last\r\n", carol.id))
+    before = sum(store.segments.size(n) for n in store.segments.numbers())
+    store.delete_account("bob@example.test")  # asks the committer to compact
+    store.close()  # the committer finishes its queue (the compaction included) before stopping
+    reopened = SQLiteStore(tmp_path / "data")
+    try:
+        after = sum(reopened.segments.size(n) for n in reopened.segments.numbers())
+        assert after < before / 2
+        expected = [f"keep {i}\r\n".encode() + b"k" * 100 for i in range(3)] + [b"last\r\n"]
+        assert [reopened.read_message(b) for b in kept] == expected
+    finally:
+        reopened.close()
 
 
 def test_concurrent_deliveries_get_distinct_consecutive_uids(store: SQLiteStore) -> None:
@@ -103,20 +127,41 @@ def test_concurrent_deliveries_get_distinct_consecutive_uids(store: SQLiteStore)
     assert bodies == sorted(f"m{i}\r\n".encode() for i in range(300))
 
 
-def test_orphan_files_are_removed_at_start(tmp_path: Path) -> None:
+def test_recovery_cuts_bytes_of_an_interrupted_batch(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "data")
     bob = store.add_account("bob@example.test", "h")
     store.start()
     kept = deliver(store, b"kept\r\n", bob.id)
-    orphan = new_blob_id()
-    store.blobs.write(orphan, b"written, never committed\r\n")  # what a crash mid-delivery leaves
+    store.segments.append([b"appended, never committed\r\n"])  # what a crash mid-batch leaves
     store.close()
     reopened = SQLiteStore(tmp_path / "data")
     try:
-        assert reopened.remove_orphans() == 1
-        assert set(reopened.blobs.iter_ids()) == {kept}
+        assert reopened.recover() == len(b"appended, never committed\r\n")
+        reopened.start()
+        second = deliver(reopened, b"next\r\n", bob.id)  # appended right after the last committed body
+        assert reopened.read_message(kept) == b"kept\r\n"
+        assert reopened.read_message(second) == b"next\r\n"
+        (number,) = reopened.segments.numbers()
+        assert reopened.segments.size(number) == len(b"kept\r\nnext\r\n")
     finally:
         reopened.close()
+
+
+def test_directory_version_changes_with_every_admin_change(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "data")
+    try:
+        seen = {store.directory_version()}
+        store.add_account("bob@example.test", "h")
+        seen.add(store.directory_version())
+        store.add_alias("info@example.test", "bob@example.test")
+        seen.add(store.directory_version())
+        store.delete_alias("info@example.test")
+        seen.add(store.directory_version())
+        assert len(seen) == 4
+        accounts, aliases, first = store.load_directory()
+        assert accounts == {"bob@example.test": first} and aliases == {}
+    finally:
+        store.close()
 
 
 def test_deliver_refused_before_start_and_after_close(tmp_path: Path) -> None:
