@@ -33,8 +33,6 @@ def _quote(text: str) -> str:
 
 
 class _Formatter(logging.Formatter):
-    converter = time.gmtime
-
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         line = f"{stamp}.{int(record.msecs):03d}Z level={record.levelname.lower()} {record.getMessage()}"

@@ -175,16 +175,14 @@ class Server:
 
 def serve(config: Config) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-
     server = Server(config)
     try:
-        runner(server.run())
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(server.run())
+        else:
+            uvloop.run(server.run())
     except StartupError as exc:
         print(f"kartero: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
 from kartero.log import kv
@@ -162,7 +163,7 @@ class SMTPSession(asyncio.Protocol):
                 case RcptTo():
                     decision = self.ctx.policy.check_rcpt(event.path)
                     if isinstance(decision, Future):
-                        self._wait(decision, lambda done, ev=event: self._answer_rcpt(ev, done.result()))
+                        self._wait(decision, partial(self._answer_rcpt_later, event))
                         break
                     self._answer_rcpt(event, decision)
                 case MessageReceived():
@@ -194,6 +195,9 @@ class SMTPSession(asyncio.Protocol):
                 self._process()
 
         future.add_done_callback(lambda done: self.loop.call_soon_threadsafe(resume, done))
+
+    def _answer_rcpt_later(self, event: RcptTo, done: Future[Decision]) -> None:
+        self._answer_rcpt(event, done.result())
 
     def _answer_rcpt(self, event: RcptTo, decision: Decision) -> None:
         if isinstance(decision, Accept):
@@ -358,7 +362,11 @@ class SMTPSession(asyncio.Protocol):
             self._busy = False
             self._finish("TLS handshake failed")
             return
-        self.transport = cast(asyncio.Transport, new_transport)
+        if new_transport is None:
+            self._busy = False
+            self._finish("TLS handshake failed")
+            return
+        self.transport = new_transport
         self._tls_info = describe(new_transport.get_extra_info("ssl_object"))
         early, self._tls_early = self._tls_early, None
         self.conn.tls_established()

@@ -399,7 +399,7 @@ class ServerConnection:
             self._discard_remaining = size
             self._discard_reply = exc.reply
             if not size:
-                return self._discard()
+                self._discard()
             return None
         if not self._used_bdat:
             self._used_bdat = True
