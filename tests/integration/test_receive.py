@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import shutil
+import signal
 import smtplib
 import socket
 import ssl
@@ -430,3 +431,24 @@ def test_passwords_never_logged(mx: KarteroServer) -> None:
     assert "Tr0ub4dor" not in mx.log
     db = (mx.root / "data" / "kartero.db").read_bytes()
     assert b"Tr0ub4dor" not in db
+
+
+def _peer_certificate(mx: KarteroServer) -> bytes:
+    with client(mx) as s:
+        s.starttls(context=tls_context())
+        der = s.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+    assert der
+    return der
+
+
+def test_sighup_reloads_the_certificate(mx: KarteroServer) -> None:
+    from kartero.tls import make_self_signed
+
+    before = _peer_certificate(mx)
+    make_self_signed(mx.root / "tls" / "cert.pem", mx.root / "tls" / "key.pem", ["mx.example.test"])
+    assert mx.process is not None
+    mx.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: mx.log_events("tls.reloaded"))
+    after = _peer_certificate(mx)
+    assert after != before
+    assert after == ssl.PEM_cert_to_DER_cert((mx.root / "tls" / "cert.pem").read_text())
