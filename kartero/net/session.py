@@ -12,6 +12,7 @@ The adapter never parses a command or picks a reply code; the core and the polic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -142,9 +143,24 @@ class SMTPSession(asyncio.Protocol):
             self.transport.abort()
 
     def _process(self) -> None:
-        """Drain the core until it needs more input or an asynchronous decision is pending."""
+        """Drain the core until it needs more input or an asynchronous decision is pending.
+
+        A bug anywhere below ends this session only: the peer gets `451 4.3.0` (never the exception
+        text), the log gets the traceback.
+        """
         if self._busy or self._finished:
             return
+        try:
+            self._drain()
+        except Exception:
+            log.exception("%s", kv(event="smtp.session_failed", session=self.id, client=self.client_ip))
+            self._busy = False
+            with contextlib.suppress(Exception):
+                self.conn.close(replies.LOCAL_ERROR, "internal error")
+                self._flush()
+            self._finish("internal error")
+
+    def _drain(self) -> None:
         conn = self.conn
         # Writes paused by flow control stop the draining; a lost connection drains to its close event.
         while self._can_write or self._lost or conn.is_closed:
@@ -190,9 +206,18 @@ class SMTPSession(asyncio.Protocol):
         def resume(done: Future[Any]) -> None:
             self._busy = False
             self._last_input = self.loop.time()  # the peer's timeout runs from our answer
-            if not self._finished:
+            if self._finished:
+                return
+            try:
                 on_done(done)
-                self._process()
+            except Exception:
+                log.exception("%s", kv(event="smtp.session_failed", session=self.id, client=self.client_ip))
+                with contextlib.suppress(Exception):
+                    self.conn.close(replies.LOCAL_ERROR, "internal error")
+                    self._flush()
+                self._finish("internal error")
+                return
+            self._process()
 
         future.add_done_callback(lambda done: self.loop.call_soon_threadsafe(resume, done))
 

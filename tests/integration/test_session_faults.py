@@ -1,0 +1,90 @@
+"""A bug behind the SMTP adapter ends that one session with 451 and a logged traceback, nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+
+from kartero.net.session import SessionContext, SMTPSession
+from kartero.policy.inbound import Accept, Decision
+from kartero.smtp import replies
+from kartero.smtp.address import Path as SMTPPath
+from kartero.smtp.server import ServerSettings
+from kartero.store.sqlite import SQLiteStore
+
+
+class ExplodingPolicy:
+    """Accepts everyone except `boom@...`, for which it has a bug."""
+
+    def check_mail(self, path: SMTPPath) -> Decision:
+        return Accept(replies.SENDER_OK)
+
+    def check_rcpt(self, path: SMTPPath) -> Decision | Future[Decision]:
+        assert path.mailbox is not None
+        if path.mailbox.local_part == "boom":
+            raise RuntimeError("secret internals in the exception text")
+        return Accept(replies.RECIPIENT_OK, (1,), str(path))
+
+
+async def _reply(reader: asyncio.StreamReader) -> bytes:
+    lines = [await reader.readline()]
+    while lines[-1][3:4] == b"-":
+        lines.append(await reader.readline())
+    return b"".join(lines)
+
+
+def test_bug_in_a_decision_ends_only_that_session(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = SQLiteStore(tmp_path / "data")
+    store.add_account("bob@example.test", "h")
+    store.start()
+
+    async def scenario() -> None:
+        sessions: set[SMTPSession] = set()
+        loop = asyncio.get_running_loop()
+        ctx = SessionContext(
+            listener="smtp",
+            settings=ServerSettings(hostname="mx.example.test"),
+            policy=ExplodingPolicy(),  # type: ignore[arg-type]
+            store=store,
+            tls_context=lambda: None,
+            spawn=lambda coro: loop.create_task(coro) and None,
+            sessions=sessions,
+            on_session_end=lambda: None,
+            max_connections=10,
+            is_stopping=lambda: False,
+        )
+        server = await loop.create_server(lambda: SMTPSession(ctx), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with asyncio.timeout(20):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            await _reply(reader)
+            writer.write(b"HELO a.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<boom@example.test>\r\n")
+            assert await _reply(reader) == b"250 mx.example.test\r\n"
+            assert await _reply(reader) == b"250 2.1.0 Sender OK\r\n"
+            assert await _reply(reader) == b"451 4.3.0 Local error in processing, try again later\r\n"
+            assert await reader.read() == b""  # closed
+            writer.close()
+            # The server goes on serving everyone else.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            await _reply(reader)
+            writer.write(b"HELO a.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+            for _ in range(3):
+                await _reply(reader)
+            assert (await _reply(reader)).startswith(b"354")
+            writer.write(b"Subject: fine\r\n\r\nstill here\r\n.\r\nQUIT\r\n")
+            assert (await _reply(reader)).startswith(b"250 2.0.0 Message accepted as ")
+            assert await _reply(reader) == b"221 2.0.0 Bye\r\n"
+            writer.close()
+        server.close()
+        assert not sessions
+
+    with caplog.at_level(logging.INFO, logger="kartero"):
+        asyncio.run(scenario())
+    store.close()
+    failures = [r for r in caplog.records if "event=smtp.session_failed" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert "secret internals" in str(failures[0].exc_info[1])
