@@ -7,10 +7,13 @@ resolves only after the message bytes and the metadata that points to them are o
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Protocol
+
+from kartero.store.criteria import Criterion, Sort
 
 INBOX = "INBOX"
 # RFC 6154 special-use mailboxes every account gets at creation: (name, attribute).
@@ -29,6 +32,14 @@ class StoreError(Exception):
 
 
 class AccountExists(StoreError):
+    pass
+
+
+class MailboxExists(StoreError):
+    pass
+
+
+class NoSuchMailbox(StoreError):
     pass
 
 
@@ -64,9 +75,52 @@ class MessageInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class MailboxStatus:
+    messages: int
+    unseen: int
+    deleted: int
+    size: int
+    uidnext: int
+    uidvalidity: int
+    highestmodseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    """What IMAP needs of one message; the index fields are filled only when asked for."""
+
+    uid: int
+    flags: frozenset[str]
+    modseq: int
+    size: int
+    internal_date: int
+    blob_id: str
+    envelope: bytes | None = None
+    body: bytes | None = None
+    bodystructure: bytes | None = None
+    parts: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed in a mailbox after a MODSEQ: messages added or re-flagged, and UIDs expunged."""
+
+    changed: tuple[MessageRow, ...]
+    vanished: tuple[int, ...]
+    highestmodseq: int
+
+
+class FlagOp(Enum):
+    ADD = "+"
+    REMOVE = "-"
+    REPLACE = ""
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryTarget:
     account_id: int
     mailbox: str = INBOX
+    flags: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +173,66 @@ class Store(Protocol):
         """A token that changes whenever accounts or aliases change (cheap: called per RCPT)."""
         ...
 
-    # Mailboxes and messages
+    # Mailboxes
     def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
     def get_mailbox(self, account_id: int, name: str) -> Mailbox | None: ...
+    def create_mailbox(self, account_id: int, name: str, special_use: str | None = None) -> Mailbox:
+        """Raises MailboxExists."""
+        ...
+
+    def delete_mailbox(self, account_id: int, name: str) -> None:
+        """Removes the mailbox and its messages; raises NoSuchMailbox."""
+        ...
+
+    def rename_mailbox(self, account_id: int, old: str, new: str, separator: str) -> None:
+        """Renames `old` and every `old<separator>...` below it; raises NoSuchMailbox/MailboxExists."""
+        ...
+
+    def subscriptions(self, account_id: int) -> set[str]: ...
+    def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
+    def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
+
+    # Messages
     def list_messages(self, mailbox_id: int) -> list[MessageInfo]: ...
+    def message_rows(
+        self, mailbox_id: int, uids: Sequence[int] | None = None, *, with_index: bool = False
+    ) -> list[MessageRow]:
+        """Rows of the given UIDs (all when None), in UID order."""
+        ...
+
+    def changes_since(self, mailbox_id: int, modseq: int) -> Changes: ...
+    def vanished_since(self, mailbox_id: int, modseq: int, uids: Sequence[int] | None = None) -> list[int]: ...
+    def update_flags(
+        self, mailbox_id: int, uids: Sequence[int], op: FlagOp, flags: frozenset[str], unchanged_since: int | None
+    ) -> tuple[list[MessageRow], list[int]]:
+        """Apply a flag change; returns (rows whose flags changed, UIDs refused by UNCHANGEDSINCE)."""
+        ...
+
+    def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        """Remove the \\Deleted messages (of `uids` when given); returns the UIDs removed."""
+        ...
+
+    def copy_messages(
+        self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool
+    ) -> list[tuple[int, int]]:
+        """Copy (or move) messages; returns (source UID, new UID) pairs. Bodies are shared, not copied."""
+        ...
+
+    def search(self, mailbox_id: int, criterion: Criterion) -> list[MessageRow]:
+        """Messages matching, in UID order."""
+        ...
+
+    def sort(self, mailbox_id: int, keys: Sequence[Sort], criterion: Criterion) -> list[int]:
+        """UIDs of matching messages in the order of `keys` (ties: ascending UID)."""
+        ...
+
     def read_message(self, blob_id: str) -> bytes: ...
+    def read_range(self, blob_id: str, start: int, length: int) -> bytes: ...
     def read_envelope(self, blob_id: str) -> Mapping[str, Any]: ...
+
+    def add_listener(self, listener: Callable[[frozenset[int]], None]) -> None:
+        """Call `listener` with the ids of changed mailboxes after every commit (from any thread)."""
+        ...
 
     def close(self) -> None: ...
 

@@ -22,21 +22,21 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from kartero.mime.index import index_message
 from kartero.store.interface import (
     SPECIAL_MAILBOXES,
     Account,
     AccountExists,
     Delivery,
-    Mailbox,
-    MessageInfo,
     StoredMessage,
     StoreError,
 )
+from kartero.store.mailboxes import MailboxOps, format_flags
 from kartero.store.segments import Segments
 
 log = logging.getLogger("kartero.store")
@@ -60,19 +60,38 @@ CREATE TABLE IF NOT EXISTS mailboxes (
     account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
     name TEXT NOT NULL,
     special_use TEXT,
-    subscribed INTEGER NOT NULL DEFAULT 1,
     uidvalidity INTEGER NOT NULL,
     uidnext INTEGER NOT NULL DEFAULT 1,
     highestmodseq INTEGER NOT NULL DEFAULT 1,
     UNIQUE (account_id, name)
+);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    PRIMARY KEY (account_id, name)
 );
 CREATE TABLE IF NOT EXISTS blobs (
     id TEXT PRIMARY KEY,
     segment INTEGER NOT NULL,
     offset INTEGER NOT NULL,
     size INTEGER NOT NULL,
-    envelope TEXT NOT NULL,
-    created_at INTEGER NOT NULL
+    envelope TEXT NOT NULL,              -- the SMTP envelope (JSON)
+    created_at INTEGER NOT NULL,
+    imap_envelope BLOB NOT NULL,         -- IMAP forms computed once at delivery (kartero.mime.index)
+    imap_body BLOB NOT NULL,
+    imap_bodystructure BLOB NOT NULL,
+    parts TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    from_text TEXT NOT NULL,
+    to_text TEXT NOT NULL,
+    cc_text TEXT NOT NULL,
+    bcc_text TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    sent_date INTEGER,
+    sort_subject TEXT NOT NULL,
+    sort_from TEXT NOT NULL,
+    sort_to TEXT NOT NULL,
+    sort_cc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS blobs_segment ON blobs (segment, offset);
 CREATE TABLE IF NOT EXISTS messages (
@@ -87,6 +106,14 @@ CREATE TABLE IF NOT EXISTS messages (
     UNIQUE (mailbox_id, uid)
 );
 CREATE INDEX IF NOT EXISTS messages_blob ON messages (blob_id);
+CREATE INDEX IF NOT EXISTS messages_modseq ON messages (mailbox_id, modseq);
+CREATE TABLE IF NOT EXISTS expunged (
+    mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    uid INTEGER NOT NULL,
+    modseq INTEGER NOT NULL,
+    PRIMARY KEY (mailbox_id, uid)
+);
+CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (mailbox_id, modseq);
 """
 
 # Deliveries committed together at most; bounded so one transaction stays short.
@@ -97,7 +124,7 @@ _STOP = object()
 _COMPACT = object()
 
 
-class SQLiteStore:
+class SQLiteStore(MailboxOps):
     """Store on SQLite + segments under `root` (`root/kartero.db`, `root/messages/*.seg`).
 
     Opening it is safe while a server runs (the CLI does); `recover()` and `start()` are for the one
@@ -121,6 +148,7 @@ class SQLiteStore:
         self._commit_queue: queue.Queue[Any] = queue.Queue()
         self._committer: threading.Thread | None = None
         self._closed = False
+        self._listeners: list[Callable[[frozenset[int]], None]] = []
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -236,16 +264,27 @@ class SQLiteStore:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+        self._notify(
+            frozenset(m.mailbox_id for result in results if not isinstance(result, StoreError) for m in result)
+        )
 
     def _insert_delivery(
         self, db: sqlite3.Connection, d: Delivery, location: tuple[int, int]
     ) -> list[StoredMessage] | StoreError:
         stored: list[StoredMessage] = []
         db.execute("SAVEPOINT delivery")
+        ix = index_message(d.data)
         db.execute(
-            "INSERT INTO blobs (id, segment, offset, size, envelope, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (d.blob_id, location[0], location[1], len(d.data), json.dumps(dict(d.envelope)), d.internal_date),
-        )
+            "INSERT INTO blobs (id, segment, offset, size, envelope, created_at, imap_envelope, imap_body,"
+            " imap_bodystructure, parts, subject, from_text, to_text, cc_text, bcc_text, message_id, sent_date,"
+            " sort_subject, sort_from, sort_to, sort_cc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+            " ?, ?, ?, ?)",
+            (
+                d.blob_id, location[0], location[1], len(d.data), json.dumps(dict(d.envelope)), d.internal_date,
+                ix.envelope, ix.body, ix.bodystructure, ix.parts, ix.subject, ix.from_, ix.to, ix.cc, ix.bcc,
+                ix.message_id, ix.sent_date, ix.sort_subject, ix.sort_from, ix.sort_to, ix.sort_cc,
+            ),
+        )  # fmt: skip
         for target in d.targets:
             row = db.execute(
                 "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1"
@@ -256,9 +295,9 @@ class SQLiteStore:
                 continue  # account or mailbox deleted since RCPT; the other targets still get it
             mailbox_id, uid, modseq = row
             db.execute(
-                "INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, modseq)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (mailbox_id, uid, d.blob_id, len(d.data), d.internal_date, modseq),
+                "INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (mailbox_id, uid, d.blob_id, len(d.data), d.internal_date, format_flags(target.flags), modseq),
             )
             stored.append(StoredMessage(target.account_id, mailbox_id, uid, modseq))
         if not stored:
@@ -322,6 +361,7 @@ class SQLiteStore:
                     "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity) VALUES (?, ?, ?, ?)",
                     (account_id, name, special_use, self._next_uidvalidity(db)),
                 )
+                db.execute("INSERT INTO subscriptions (account_id, name) VALUES (?, ?)", (account_id, name))
         self._bump_directory_version()
         return Account(account_id, address, password_hash, now)
 
@@ -441,34 +481,6 @@ class SQLiteStore:
         tmp.write_text(f"{time.time_ns()}\n")
         os.replace(tmp, self.version_path)
 
-    # -- mailboxes and messages --------------------------------------------------------------------
-
-    _MAILBOX_COLUMNS = "id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed"
-
-    def list_mailboxes(self, account_id: int) -> list[Mailbox]:
-        rows = self._db().execute(
-            f"SELECT {self._MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = ? ORDER BY id", (account_id,)
-        )
-        return [_mailbox(r) for r in rows]
-
-    def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
-        row = (
-            self._db()
-            .execute(
-                f"SELECT {self._MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, name)
-            )
-            .fetchone()
-        )
-        return _mailbox(row) if row else None
-
-    def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
-        rows = self._db().execute(
-            "SELECT mailbox_id, uid, blob_id, size, internal_date, flags, modseq FROM messages"
-            " WHERE mailbox_id = ? ORDER BY uid",
-            (mailbox_id,),
-        )
-        return [MessageInfo(r[0], r[1], r[2], r[3], r[4], frozenset(r[5].split()), r[6]) for r in rows]
-
     def read_message(self, blob_id: str) -> bytes:
         for attempt in (1, 2):
             row = self._db().execute("SELECT segment, offset, size FROM blobs WHERE id = ?", (blob_id,)).fetchone()
@@ -489,6 +501,36 @@ class SQLiteStore:
         result: Mapping[str, Any] = json.loads(row[0])
         return result
 
+    def read_range(self, blob_id: str, start: int, length: int) -> bytes:
+        """Bytes [start, start+length) of a message (clipped to its end), without reading the rest."""
+        for attempt in (1, 2):
+            row = self._db().execute("SELECT segment, offset, size FROM blobs WHERE id = ?", (blob_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no message {blob_id}")
+            segment, offset, size = row
+            start = max(0, min(start, size))
+            length = max(0, min(length, size - start))
+            try:
+                return self.segments.read(segment, offset + start, length) if length else b""
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- change notification -------------------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[frozenset[int]], None]) -> None:
+        self._listeners.append(listener)
+
+    def _notify(self, mailbox_ids: frozenset[int]) -> None:
+        if not mailbox_ids:
+            return
+        for listener in self._listeners:
+            try:
+                listener(mailbox_ids)
+            except Exception:
+                log.exception("event=store.listener_failed")
+
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -504,10 +546,6 @@ class SQLiteStore:
             for db in self._connections:
                 db.close()
             self._connections.clear()
-
-
-def _mailbox(row: tuple[Any, ...]) -> Mailbox:
-    return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
 
 
 class _Transaction:

@@ -1,0 +1,554 @@
+"""Mailbox and message operations of the SQLite store (mixed into SQLiteStore): what IMAP and POP3 need.
+
+Every change bumps the mailbox's HIGHESTMODSEQ in the same transaction and stamps the changed messages
+with it (RFC 7162); an expunge leaves a tombstone (uid, modseq) so that QRESYNC can report VANISHED UIDs
+and other sessions can learn what disappeared. Listeners hear about every committed change.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from kartero.mime.headers import decode_body, decode_words, find_body_start, parse_header_block
+from kartero.mime.structure import parse_content_type
+from kartero.store import criteria as c
+from kartero.store.interface import (
+    INBOX,
+    Changes,
+    FlagOp,
+    Mailbox,
+    MailboxExists,
+    MailboxStatus,
+    MessageInfo,
+    MessageRow,
+    NoSuchMailbox,
+)
+
+# SQLite limits bound parameters per statement; query large UID lists in chunks of this size.
+_CHUNK = 500
+_ROW_COLUMNS = "m.uid, m.flags, m.modseq, m.size, m.internal_date, m.blob_id"
+_INDEX_COLUMNS = ", b.imap_envelope, b.imap_body, b.imap_bodystructure, b.parts"
+
+
+def format_flags(flags: Iterable[str]) -> str:
+    return " ".join(sorted(set(flags), key=str.lower))
+
+
+def parse_flags(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+def _has_flag(flags: frozenset[str], name: str) -> bool:
+    lowered = name.lower()
+    return any(f.lower() == lowered for f in flags)
+
+
+def _row(r: Sequence[Any]) -> MessageRow:
+    if len(r) > 6:
+        return MessageRow(r[0], parse_flags(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+    return MessageRow(r[0], parse_flags(r[1]), r[2], r[3], r[4], r[5])
+
+
+def _mailbox(row: Sequence[Any]) -> Mailbox:
+    return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
+
+
+@dataclass(slots=True)
+class _SearchRow:
+    """One candidate of a search, with lazy access to its bytes."""
+
+    row: MessageRow
+    sent_date: int | None
+    decoded: dict[str, str]
+    parts: str
+    loader: Callable[[str], bytes]
+    _data: bytes | None = None
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = self.loader(self.row.blob_id)
+        return self._data
+
+
+class MailboxOps:
+    """Needs `_db`, `_write`, `_notify`, `_next_uidvalidity`, `compact` and `read_message` from its host."""
+
+    _MAILBOX_SELECT = (
+        "SELECT m.id, m.account_id, m.name, m.special_use, m.uidvalidity, m.uidnext, m.highestmodseq,"
+        " s.name IS NOT NULL FROM mailboxes m"
+        " LEFT JOIN subscriptions s ON s.account_id = m.account_id AND s.name = m.name"
+    )
+
+    def _db(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def _notify(self, mailbox_ids: frozenset[int]) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _next_uidvalidity(db: sqlite3.Connection) -> int:
+        raise NotImplementedError
+
+    def compact(self) -> None:
+        raise NotImplementedError
+
+    def read_message(self, blob_id: str) -> bytes:
+        raise NotImplementedError
+
+    # -- mailboxes -------------------------------------------------------------------------------------
+
+    def list_mailboxes(self, account_id: int) -> list[Mailbox]:
+        rows = self._db().execute(f"{self._MAILBOX_SELECT} WHERE m.account_id = ? ORDER BY m.id", (account_id,))
+        return [_mailbox(r) for r in rows]
+
+    def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
+        row = self._db().execute(f"{self._MAILBOX_SELECT} WHERE m.account_id = ? AND m.name = ?", (account_id, name))
+        found = row.fetchone()
+        return _mailbox(found) if found else None
+
+    def create_mailbox(self, account_id: int, name: str, special_use: str | None = None) -> Mailbox:
+        with self._write() as db:
+            try:
+                db.execute(
+                    "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity) VALUES (?, ?, ?, ?)",
+                    (account_id, name, special_use, self._next_uidvalidity(db)),
+                )
+            except sqlite3.IntegrityError:
+                raise MailboxExists(f"mailbox {name} exists") from None
+        mailbox = self.get_mailbox(account_id, name)
+        assert mailbox is not None
+        return mailbox
+
+    def _mailbox_id(self, db: sqlite3.Connection, account_id: int, name: str) -> int:
+        row = db.execute("SELECT id FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, name)).fetchone()
+        if row is None:
+            raise NoSuchMailbox(f"no mailbox {name}")
+        return int(row[0])
+
+    def delete_mailbox(self, account_id: int, name: str) -> None:
+        with self._write() as db:
+            mailbox_id = self._mailbox_id(db, account_id, name)
+            blobs = [
+                r[0] for r in db.execute("SELECT DISTINCT blob_id FROM messages WHERE mailbox_id = ?", (mailbox_id,))
+            ]
+            db.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
+            _drop_unreferenced(db, blobs)
+        self._notify(frozenset({mailbox_id}))
+        self.compact()
+
+    def rename_mailbox(self, account_id: int, old: str, new: str, separator: str) -> None:
+        if old == INBOX:
+            self._rename_inbox(account_id, new)
+            return
+        with self._write() as db:
+            self._mailbox_id(db, account_id, old)
+            prefix = old + separator
+            names = [
+                r[0]
+                for r in db.execute(
+                    "SELECT name FROM mailboxes WHERE account_id = ? AND (name = ? OR substr(name, 1, ?) = ?)",
+                    (account_id, old, len(prefix), prefix),
+                )
+            ]
+            renames = [(name, new + name[len(old) :]) for name in names]
+            for _, target in renames:
+                if db.execute(
+                    "SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, target)
+                ).fetchone():
+                    raise MailboxExists(f"mailbox {target} exists")
+            for source, target in renames:
+                db.execute(
+                    "UPDATE mailboxes SET name = ? WHERE account_id = ? AND name = ?", (target, account_id, source)
+                )
+                db.execute(
+                    "UPDATE OR REPLACE subscriptions SET name = ? WHERE account_id = ? AND name = ?",
+                    (target, account_id, source),
+                )
+
+    def _rename_inbox(self, account_id: int, new: str) -> None:
+        """RFC 9051 §6.3.6: renaming INBOX moves its messages to a new mailbox; INBOX stays, empty."""
+        target = self.create_mailbox(account_id, new)
+        with self._write() as db:
+            inbox = self._mailbox_id(db, account_id, INBOX)
+            uids = [r[0] for r in db.execute("SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (inbox,))]
+        if uids:
+            self.copy_messages(inbox, uids, target.id, move=True)
+
+    def subscriptions(self, account_id: int) -> set[str]:
+        return {r[0] for r in self._db().execute("SELECT name FROM subscriptions WHERE account_id = ?", (account_id,))}
+
+    def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        with self._write() as db:
+            if subscribed:
+                db.execute("INSERT OR IGNORE INTO subscriptions (account_id, name) VALUES (?, ?)", (account_id, name))
+            else:
+                db.execute("DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, name))
+
+    def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
+        db = self._db()
+        db.execute("BEGIN")
+        try:
+            box = db.execute(
+                "SELECT uidnext, uidvalidity, highestmodseq FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()
+            if box is None:
+                raise NoSuchMailbox(f"no mailbox {mailbox_id}")
+            count, unseen, deleted, size = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(instr(' ' || lower(flags) || ' ', ' \\seen ') = 0), 0),"
+                " COALESCE(SUM(instr(' ' || lower(flags) || ' ', ' \\deleted ') > 0), 0), COALESCE(SUM(size), 0)"
+                " FROM messages WHERE mailbox_id = ?",
+                (mailbox_id,),
+            ).fetchone()
+        finally:
+            db.execute("COMMIT")
+        return MailboxStatus(count, unseen, deleted, size, box[0], box[1], box[2])
+
+    # -- messages --------------------------------------------------------------------------------------
+
+    def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
+        rows = self._db().execute(
+            "SELECT mailbox_id, uid, blob_id, size, internal_date, flags, modseq FROM messages"
+            " WHERE mailbox_id = ? ORDER BY uid",
+            (mailbox_id,),
+        )
+        return [MessageInfo(r[0], r[1], r[2], r[3], r[4], parse_flags(r[5]), r[6]) for r in rows]
+
+    def message_rows(
+        self, mailbox_id: int, uids: Sequence[int] | None = None, *, with_index: bool = False
+    ) -> list[MessageRow]:
+        return self._rows(self._db(), mailbox_id, uids, with_index=with_index)
+
+    def _rows(
+        self, db: sqlite3.Connection, mailbox_id: int, uids: Sequence[int] | None, *, with_index: bool = False
+    ) -> list[MessageRow]:
+        columns = _ROW_COLUMNS + (_INDEX_COLUMNS if with_index else "")
+        join = " JOIN blobs b ON b.id = m.blob_id" if with_index else ""
+        base = f"SELECT {columns} FROM messages m{join} WHERE m.mailbox_id = ?"
+        if uids is None:
+            return [_row(r) for r in db.execute(base + " ORDER BY m.uid", (mailbox_id,))]
+        wanted = sorted(set(uids))
+        if wanted and wanted[-1] - wanted[0] + 1 == len(wanted):  # one contiguous range: no IN list
+            rows = db.execute(base + " AND m.uid BETWEEN ? AND ? ORDER BY m.uid", (mailbox_id, wanted[0], wanted[-1]))
+            return [_row(r) for r in rows]
+        result: list[MessageRow] = []
+        for i in range(0, len(wanted), _CHUNK):
+            chunk = wanted[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(base + f" AND m.uid IN ({marks}) ORDER BY m.uid", (mailbox_id, *chunk))
+            result.extend(_row(r) for r in rows)
+        return result
+
+    def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
+        db = self._db()
+        db.execute("BEGIN")
+        try:
+            highest = db.execute("SELECT highestmodseq FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            if highest is None:
+                raise NoSuchMailbox(f"no mailbox {mailbox_id}")
+            changed = [
+                _row(r)
+                for r in db.execute(
+                    f"SELECT {_ROW_COLUMNS} FROM messages m WHERE m.mailbox_id = ? AND m.modseq > ? ORDER BY m.uid",
+                    (mailbox_id, modseq),
+                )
+            ]
+            vanished = [
+                r[0]
+                for r in db.execute(
+                    "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid", (mailbox_id, modseq)
+                )
+            ]
+        finally:
+            db.execute("COMMIT")
+        return Changes(tuple(changed), tuple(vanished), highest[0])
+
+    def vanished_since(self, mailbox_id: int, modseq: int, uids: Sequence[int] | None = None) -> list[int]:
+        rows = self._db().execute(
+            "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid", (mailbox_id, modseq)
+        )
+        found = [r[0] for r in rows]
+        if uids is None:
+            return found
+        wanted = set(uids)
+        return [u for u in found if u in wanted]
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection, mailbox_id: int) -> int:
+        row = db.execute(
+            "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? RETURNING highestmodseq",
+            (mailbox_id,),
+        ).fetchone()
+        if row is None:
+            raise NoSuchMailbox(f"no mailbox {mailbox_id}")
+        return int(row[0])
+
+    def update_flags(
+        self, mailbox_id: int, uids: Sequence[int], op: FlagOp, flags: frozenset[str], unchanged_since: int | None
+    ) -> tuple[list[MessageRow], list[int]]:
+        changed: list[MessageRow] = []
+        refused: list[int] = []
+        with self._write() as db:
+            rows = self._rows(db, mailbox_id, uids)
+            updates: list[tuple[MessageRow, frozenset[str]]] = []
+            for row in rows:
+                if unchanged_since is not None and row.modseq > unchanged_since:
+                    refused.append(row.uid)
+                    continue
+                new_flags = _apply(row.flags, op, flags)
+                if new_flags != row.flags:
+                    updates.append((row, new_flags))
+            if updates:
+                modseq = self._bump(db, mailbox_id)
+                db.executemany(
+                    "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+                    [(format_flags(f), modseq, mailbox_id, row.uid) for row, f in updates],
+                )
+                changed = [
+                    MessageRow(row.uid, f, modseq, row.size, row.internal_date, row.blob_id) for row, f in updates
+                ]
+        if changed:
+            self._notify(frozenset({mailbox_id}))
+        return changed, refused
+
+    def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        with self._write() as db:
+            rows = self._rows(db, mailbox_id, uids)
+            gone = [row for row in rows if _has_flag(row.flags, "\\Deleted")]
+            if not gone:
+                return []
+            self._remove(db, mailbox_id, gone)
+        self._notify(frozenset({mailbox_id}))
+        return [row.uid for row in gone]
+
+    def _remove(self, db: sqlite3.Connection, mailbox_id: int, rows: list[MessageRow]) -> None:
+        modseq = self._bump(db, mailbox_id)
+        db.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(mailbox_id, r.uid) for r in rows])
+        db.executemany(
+            "INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
+            [(mailbox_id, r.uid, modseq) for r in rows],
+        )
+        _drop_unreferenced(db, list({r.blob_id for r in rows}))
+
+    def copy_messages(
+        self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool
+    ) -> list[tuple[int, int]]:
+        pairs: list[tuple[int, int]] = []
+        with self._write() as db:
+            rows = self._rows(db, source_id, uids)
+            if not rows:
+                return []
+            first = db.execute(
+                "UPDATE mailboxes SET uidnext = uidnext + ?, highestmodseq = highestmodseq + 1 WHERE id = ?"
+                " RETURNING uidnext - ?, highestmodseq",
+                (len(rows), target_id, len(rows)),
+            ).fetchone()
+            if first is None:
+                raise NoSuchMailbox(f"no mailbox {target_id}")
+            next_uid, modseq = first
+            inserts = []
+            for offset, row in enumerate(rows):
+                new_uid = next_uid + offset
+                pairs.append((row.uid, new_uid))
+                inserts.append(
+                    (target_id, new_uid, row.blob_id, row.size, row.internal_date, format_flags(row.flags), modseq)
+                )
+            db.executemany(
+                "INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                inserts,
+            )
+            if move:
+                self._remove(db, source_id, rows)
+        self._notify(frozenset({source_id, target_id}))
+        return pairs
+
+    # -- search and sort -------------------------------------------------------------------------------
+
+    def search(self, mailbox_id: int, criterion: c.Criterion) -> list[MessageRow]:
+        return [candidate.row for candidate in self._candidates(mailbox_id) if _matches(criterion, candidate)]
+
+    def sort(self, mailbox_id: int, keys: Sequence[c.Sort], criterion: c.Criterion) -> list[int]:
+        matching = [candidate for candidate in self._candidates(mailbox_id) if _matches(criterion, candidate)]
+        for key in reversed(keys):  # stable sorts, last key first
+            matching.sort(key=_sort_key(key.key), reverse=key.reverse)
+        return [candidate.row.uid for candidate in matching]
+
+    def _candidates(self, mailbox_id: int) -> list[_SearchRow]:
+        rows = self._db().execute(
+            f"SELECT {_ROW_COLUMNS}, b.sent_date, b.subject, b.from_text, b.to_text, b.cc_text, b.bcc_text, b.parts,"
+            " b.sort_subject, b.sort_from, b.sort_to, b.sort_cc"
+            " FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id = ? ORDER BY m.uid",
+            (mailbox_id,),
+        )
+        loader = self.read_message
+        return [
+            _SearchRow(
+                _row(r[:6]),
+                r[6],
+                {
+                    "subject": r[7],
+                    "from": r[8],
+                    "to": r[9],
+                    "cc": r[10],
+                    "bcc": r[11],
+                    "sort_subject": r[13],
+                    "sort_from": r[14],
+                    "sort_to": r[15],
+                    "sort_cc": r[16],
+                },
+                r[12],
+                loader,
+            )
+            for r in rows
+        ]
+
+
+def _drop_unreferenced(db: sqlite3.Connection, blob_ids: list[str]) -> None:
+    db.executemany(
+        "DELETE FROM blobs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?)",
+        [(b, b) for b in blob_ids],
+    )
+
+
+def _apply(current: frozenset[str], op: FlagOp, flags: frozenset[str]) -> frozenset[str]:
+    if op is FlagOp.REPLACE:
+        return flags
+    lowered = {f.lower() for f in flags}
+    if op is FlagOp.ADD:
+        return current | {f for f in flags if not _has_flag(current, f)}
+    return frozenset(f for f in current if f.lower() not in lowered)
+
+
+# -- criteria evaluation -------------------------------------------------------------------------------
+
+
+def _utc_date(seconds: int) -> datetime.date:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).date()
+
+
+def _compare_date(value: datetime.date, op: c.DateOp, date: datetime.date) -> bool:
+    if op is c.DateOp.BEFORE:
+        return value < date
+    if op is c.DateOp.ON:
+        return value == date
+    return value >= date
+
+
+def _contains(haystack: str, needle: str) -> bool:
+    return needle.casefold() in haystack.casefold()
+
+
+def _header_block(candidate: _SearchRow) -> bytes:
+    body_start = json.loads(candidate.parts)[1]
+    return candidate.data[:body_start]
+
+
+def _header_matches(candidate: _SearchRow, field: str, text: str) -> bool:
+    if field in ("subject", "from", "to", "cc", "bcc"):
+        value = candidate.decoded[field]
+        if text:
+            return _contains(value, text)
+        return bool(value) or _header_present(candidate, field)
+    block = parse_header_block(_header_block(candidate))
+    values = [v for k, v in block.fields if not field or k == field]
+    if not text:
+        return bool(values)
+    return any(_contains(decode_words(v), text) for v in values)
+
+
+def _header_present(candidate: _SearchRow, field: str) -> bool:
+    return any(k == field for k, _ in parse_header_block(_header_block(candidate)).fields)
+
+
+def _body_text(candidate: _SearchRow) -> str:
+    data = candidate.data
+    texts: list[str] = []
+
+    def walk(node: list[Any]) -> None:
+        header_start, body_start, end, encoding, children, embedded = node
+        if children:
+            for child in children:
+                walk(child)
+            return
+        if embedded is not None:
+            header_end, _ = find_body_start(data, embedded[0], embedded[2])
+            texts.append(decode_words(data[embedded[0] : header_end]))
+            walk(embedded)
+            return
+        header_end, _ = find_body_start(data, header_start, end)
+        content_type = parse_content_type(parse_header_block(data[header_start:header_end]).get("content-type"))
+        if content_type.type.lower() in (b"text", b"message"):
+            charset = (content_type.param(b"charset") or b"us-ascii").decode("latin-1")
+            texts.append(decode_body(data[body_start:end], encoding, charset))
+
+    root = json.loads(candidate.parts)
+    if root[4] or root[5] is not None:
+        walk(root)
+    else:
+        content_type = parse_content_type(parse_header_block(data[: root[1]]).get("content-type"))
+        charset = (content_type.param(b"charset") or b"us-ascii").decode("latin-1")
+        if content_type.type.lower() in (b"text", b"message"):
+            texts.append(decode_body(data[root[1] : root[2]], root[3], charset))
+    return "\n".join(texts)
+
+
+def _matches(criterion: c.Criterion, candidate: _SearchRow) -> bool:
+    row = candidate.row
+    match criterion:
+        case c.All():
+            return True
+        case c.Flag(name=name, present=present):
+            return _has_flag(row.flags, name) == present
+        case c.Header(field=field, text=text):
+            return _header_matches(candidate, field, text)
+        case c.Body(text=text):
+            return _contains(_body_text(candidate), text)
+        case c.Text(text=text):
+            return _contains(decode_words(_header_block(candidate)), text) or _contains(_body_text(candidate), text)
+        case c.Size(larger_than=larger, smaller_than=smaller):
+            return (larger is None or row.size > larger) and (smaller is None or row.size < smaller)
+        case c.InternalDate(op=op, date=date):
+            return _compare_date(_utc_date(row.internal_date), op, date)
+        case c.SentDate(op=op, date=date):
+            sent = candidate.sent_date if candidate.sent_date is not None else row.internal_date
+            return _compare_date(_utc_date(sent), op, date)
+        case c.Uids():
+            return row.uid in criterion
+        case c.ModSeq(at_least=at_least):
+            return row.modseq >= at_least
+        case c.Not(criterion=inner):
+            return not _matches(inner, candidate)
+        case c.Or(left=left, right=right):
+            return _matches(left, candidate) or _matches(right, candidate)
+        case c.And(criteria=items):
+            return all(_matches(item, candidate) for item in items)
+    raise TypeError(f"unknown criterion {criterion!r}")
+
+
+def _sort_key(key: c.SortKey) -> Callable[[_SearchRow], Any]:
+    match key:
+        case c.SortKey.ARRIVAL:
+            return lambda s: s.row.internal_date
+        case c.SortKey.DATE:
+            return lambda s: s.sent_date if s.sent_date is not None else s.row.internal_date
+        case c.SortKey.SIZE:
+            return lambda s: s.row.size
+        case c.SortKey.SUBJECT:
+            return lambda s: s.decoded["sort_subject"]
+        case c.SortKey.FROM:
+            return lambda s: s.decoded["sort_from"]
+        case c.SortKey.TO:
+            return lambda s: s.decoded["sort_to"]
+        case c.SortKey.CC:
+            return lambda s: s.decoded["sort_cc"]
+    raise TypeError(f"unknown sort key {key!r}")
