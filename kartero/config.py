@@ -23,10 +23,12 @@ EMBEDDED_DATA_DIR = "kartero-data"
 
 # Listener kinds this version serves. The others in DESIGN.md §1 are refused by name until they exist,
 # so a config never silently lacks a service it asks for.
-LISTENERS = ("smtp",)
-PLANNED_LISTENERS = ("submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+LISTENERS = ("smtp", "imap", "imaps")
+PLANNED_LISTENERS = ("submission", "submissions", "pop3", "pop3s")
+# Listeners that speak TLS from the first byte and so cannot run without [tls].
+IMPLICIT_TLS = frozenset({"imaps", "submissions", "pop3s"})
 
-EMBEDDED_PORTS = {"smtp": 2525}
+EMBEDDED_PORTS = {"smtp": 2525, "imap": 1430, "imaps": 9930}
 
 
 class ConfigError(Exception):
@@ -211,6 +213,9 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
             if not path.is_file():
                 raise r.fail("tls", key, f"file not found: {path}")
         tls = TLSConfig(cert, key_path)
+    for kind in listen:
+        if kind in IMPLICIT_TLS and tls is None:
+            raise r.fail("listen", kind, "needs a [tls] certificate (implicit TLS)")
 
     lim = r.table(data, "limits")
     r.check_keys(

@@ -14,13 +14,16 @@ import logging
 import signal
 import ssl
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
-from kartero.auth.accounts import DirectoryCache
-from kartero.config import Config
+from kartero.auth.accounts import Authenticator, DirectoryCache
+from kartero.config import IMPLICIT_TLS, Config
+from kartero.imap.connection import ImapSettings
 from kartero.log import kv
+from kartero.net.imap_session import ImapContext, ImapSession
 from kartero.net.session import SessionContext, SMTPSession
 from kartero.policy.inbound import InboundPolicy
 from kartero.smtp.server import ServerSettings
@@ -40,7 +43,7 @@ class Server:
         self._tls: ssl.SSLContext | None = None
         self._stopping = False
         self._stop = asyncio.Event()
-        self._sessions: set[SMTPSession] = set()
+        self._sessions: set[Any] = set()
         self._sessions_gone = asyncio.Event()
         self._task_group: asyncio.TaskGroup | None = None
 
@@ -59,9 +62,14 @@ class Server:
             raise StartupError(f"{self.config.name}: [tls]: cannot load certificate {tls.cert}: {exc}") from None
 
     def reload_tls(self) -> None:
+        """SIGHUP: load the certificate again. The context object stays the same (implicit-TLS listeners
+        hold it), so the new chain goes into it once a fresh context proved the files good."""
+        tls = self.config.tls
         try:
-            self._tls = self._load_tls()
-        except StartupError as exc:
+            self._load_tls()
+            if self._tls is not None and tls is not None:
+                self._tls.load_cert_chain(tls.cert, tls.key)
+        except (StartupError, OSError, ssl.SSLError) as exc:
             log.error("%s", kv(event="tls.reload_failed", detail=str(exc)))
         else:
             log.info("%s", kv(event="tls.reloaded"))
@@ -85,6 +93,11 @@ class Server:
         store.compact()
         directory = DirectoryCache(store, config.domains, executor)
         policy = InboundPolicy(directory, config.primary_domain)
+        authenticator = Authenticator(store)
+        def on_change(ids: frozenset[int]) -> None:  # called from the store's writer threads
+            loop.call_soon_threadsafe(self._mailboxes_changed, ids)
+
+        store.add_listener(on_change)
         settings = ServerSettings(
             hostname=config.hostname,
             max_message_size=config.limits.message_size,
@@ -98,27 +111,52 @@ class Server:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._task_group = tg
+                smtp_ctx = SessionContext(
+                    listener="smtp",
+                    settings=settings,
+                    policy=policy,
+                    store=store,
+                    tls_context=lambda: self._tls,
+                    spawn=self._spawn,
+                    sessions=self._sessions,
+                    on_session_end=self._on_session_end,
+                    max_connections=config.limits.connections,
+                    is_stopping=lambda: self._stopping,
+                )
                 for kind, addresses in config.listen.items():
-                    ctx = SessionContext(
-                        listener=kind,
-                        settings=settings,
-                        policy=policy,
-                        store=store,
-                        tls_context=lambda: self._tls,
-                        spawn=self._spawn,
-                        sessions=self._sessions,
-                        on_session_end=self._on_session_end,
-                        max_connections=config.limits.connections,
-                        is_stopping=lambda: self._stopping,
-                    )
+                    factory: Callable[[], asyncio.Protocol]
+                    if kind == "smtp":
+                        factory = partial(SMTPSession, smtp_ctx)
+                    else:
+                        implicit = kind in IMPLICIT_TLS
+                        imap_ctx = ImapContext(
+                            listener=kind,
+                            settings=ImapSettings(
+                                hostname=config.hostname,
+                                append_limit=config.limits.message_size,
+                                is_tls_available=self._tls is not None and not implicit,
+                            ),
+                            store=store,
+                            authenticator=authenticator,
+                            tls_context=lambda: self._tls,
+                            implicit_tls=implicit,
+                            spawn=self._spawn,
+                            sessions=self._sessions,
+                            on_session_end=self._on_session_end,
+                            max_connections=config.limits.connections,
+                            is_stopping=lambda: self._stopping,
+                        )
+                        factory = partial(ImapSession, imap_ctx)
                     for address in addresses:
                         try:
                             server = await loop.create_server(
-                                lambda ctx=ctx: SMTPSession(ctx),  # type: ignore[misc]
+                                factory,
                                 address.host,
                                 address.port,
                                 reuse_address=True,
                                 backlog=512,
+                                ssl=self._tls if kind in IMPLICIT_TLS else None,
+                                ssl_handshake_timeout=30.0 if kind in IMPLICIT_TLS else None,
                             )
                         except OSError as exc:
                             raise StartupError(f"cannot listen on {address} ({kind}): {exc.strerror}") from None
@@ -142,6 +180,11 @@ class Server:
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._task_group is not None
         self._task_group.create_task(coro)
+
+    def _mailboxes_changed(self, mailbox_ids: frozenset[int]) -> None:
+        for session in self._sessions:
+            if isinstance(session, ImapSession) and session.selected_mailbox in mailbox_ids:
+                session.notify()
 
     def _on_session_end(self) -> None:
         if not self._sessions:

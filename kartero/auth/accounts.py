@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
-from kartero.auth.passwords import hash_password
+from kartero.auth.passwords import hash_password, verify_password
 from kartero.dns.names import DomainError, canonical_domain
 from kartero.smtp.address import Address, AddressError, parse_mailbox
 from kartero.store.interface import Account, Store
@@ -225,3 +225,25 @@ class DirectoryCache:
         snapshot = DirectorySnapshot(self.domains, accounts, aliases, first)
         self._snapshot, self._version = snapshot, version
         return snapshot
+
+
+class Authenticator:
+    """Checks a user name and password against the accounts (blocking: run it in a worker thread)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        # Verifying against a real hash when the account does not exist keeps the time of a failure the
+        # same for known and unknown users (no account enumeration by timing).
+        self._decoy = hash_password("decoy password, never matches")
+
+    def verify(self, user: str, password: str) -> Account | None:
+        try:
+            address = parse_address(user)
+        except DirectoryError:
+            verify_password(self._decoy, password)
+            return None
+        account = self.store.get_account(address)
+        if account is None:
+            verify_password(self._decoy, password)
+            return None
+        return account if verify_password(account.password_hash, password) else None

@@ -7,7 +7,9 @@ bytes. Text matching is case-insensitive substring matching after decoding (RFC 
 
 from __future__ import annotations
 
+import bisect
 import datetime
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -67,10 +69,22 @@ class SentDate:
 
 @dataclass(frozen=True, slots=True)
 class Uids:
-    ranges: tuple[tuple[int, int], ...]  # inclusive (low, high), already resolved (no "*")
+    ranges: tuple[tuple[int, int], ...]  # inclusive (low, high), sorted, not overlapping
+
+    @classmethod
+    def of(cls, uids: Iterable[int]) -> Uids:
+        """The ranges covering exactly `uids`."""
+        ranges: list[tuple[int, int]] = []
+        for uid in sorted(set(uids)):
+            if ranges and uid == ranges[-1][1] + 1:
+                ranges[-1] = (ranges[-1][0], uid)
+            else:
+                ranges.append((uid, uid))
+        return cls(tuple(ranges))
 
     def __contains__(self, uid: int) -> bool:
-        return any(low <= uid <= high for low, high in self.ranges)
+        i = bisect.bisect_right(self.ranges, uid, key=lambda r: r[0]) - 1
+        return i >= 0 and self.ranges[i][0] <= uid <= self.ranges[i][1]
 
 
 @dataclass(frozen=True, slots=True)

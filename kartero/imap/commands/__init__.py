@@ -1,0 +1,80 @@
+"""IMAP command handlers: each runs in a worker thread against the store (through store/interface.py
+only) and is a generator that yields untagged responses in batches and returns how the command ends.
+
+Every command in the selected state ends with the updates the client has not heard yet (EXISTS, flag
+changes, and expunges where RFC 9051 §7.5.1 allows them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+from kartero.imap.commands import fetch, mailbox, messages, search
+from kartero.imap.commands.view import Done, Session
+from kartero.imap.response import Status
+from kartero.imap.syntax import (
+    Append,
+    Command,
+    CopyMove,
+    Fetch,
+    ListCommand,
+    MailboxCommand,
+    Rename,
+    Search,
+    Select,
+    Simple,
+    SortCommand,
+    StoreCommand,
+    UidExpunge,
+)
+from kartero.imap.syntax import (
+    Status as StatusCommand,
+)
+
+Handler = Generator[bytes, None, Done]
+
+
+def run(session: Session, tag: str, command: Command, *, append_limit: int) -> Handler:
+    """The handler for `command`; the caller drives it to StopIteration and sends what it yields."""
+    if session.selected is None and isinstance(command, (Fetch, StoreCommand, CopyMove, Search, SortCommand,
+                                                         UidExpunge)):  # fmt: skip
+        return _refuse("No mailbox selected")
+    match command:
+        case Select():
+            return mailbox.select(session, command)
+        case MailboxCommand(name="CREATE"):
+            return mailbox.create(session, command)
+        case MailboxCommand(name="DELETE"):
+            return mailbox.delete(session, command)
+        case MailboxCommand():
+            return mailbox.subscribe(session, command)
+        case Rename():
+            return mailbox.rename(session, command)
+        case ListCommand():
+            return mailbox.list_mailboxes(session, command)
+        case StatusCommand():
+            return mailbox.status(session, command)
+        case Append():
+            return mailbox.append(session, command, append_limit)
+        case Simple(name="CLOSE" | "UNSELECT"):
+            return mailbox.close(session, command)
+        case Simple(name="EXPUNGE") | UidExpunge():
+            return mailbox.expunge(session, command)
+        case Simple(name="NOOP" | "CHECK"):
+            return mailbox.noop(session, command)
+        case Fetch():
+            return fetch.fetch(session, command)
+        case Search():
+            return search.search(session, command, tag)
+        case SortCommand():
+            return search.sort(session, command)
+        case StoreCommand():
+            return messages.store_flags(session, command)
+        case CopyMove():
+            return messages.copy_move(session, command)
+    return _refuse(f"{type(command).__name__} is not implemented")
+
+
+def _refuse(text: str) -> Handler:
+    yield from ()
+    return Done(Status.BAD, text)

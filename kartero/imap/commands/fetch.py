@@ -1,0 +1,308 @@
+"""FETCH and UID FETCH (RFC 9051 §6.4.5, RFC 3516 BINARY, RFC 7162 CHANGEDSINCE/VANISHED).
+
+ENVELOPE, BODY and BODYSTRUCTURE were computed at delivery and are copied as stored; body sections are
+slices of the stored bytes located with the part offsets kept beside them, so no message is re-parsed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import json
+import quopri
+import re
+from collections.abc import Generator
+from typing import Any
+
+from kartero.imap.commands.view import (
+    Done,
+    Session,
+    View,
+    chunked,
+    format_flags,
+    format_set,
+    out_of_range,
+    resolve,
+    sync,
+)
+from kartero.imap.response import Status
+from kartero.imap.syntax import STAR, BodyItem, Fetch, Section
+from kartero.store.interface import FlagOp, MessageRow
+
+Handler = Generator[bytes, None, Done]
+_NEEDS_INDEX = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE"})
+_SETS_SEEN = frozenset({"RFC822", "RFC822.TEXT"})
+_IDENTITY_ENCODINGS = frozenset({"", "7bit", "8bit", "binary"})
+
+
+class UnknownEncoding(Exception):
+    pass
+
+
+def internal_date(seconds: int) -> str:
+    """RFC 9051 date-time in UTC: ` 6-Nov-2026 17:43:35 +0000` (day padded with a space)."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return f"{moment.day:2d}-{moment.strftime('%b')}-{moment.year:04d} {moment.strftime('%H:%M:%S')} +0000"
+
+
+def _literal(data: bytes, *, binary: bool = False) -> bytes:
+    if binary and b"\0" in data:
+        return b"~{%d}\r\n" % len(data) + data
+    return b"{%d}\r\n" % len(data) + data
+
+
+def _locate(tree: list[Any], path: tuple[int, ...]) -> list[Any] | None:
+    """The part-tree node a section path names (see kartero.mime.structure.find_part)."""
+    node = tree
+    for number in path:
+        if node[5] is not None and not node[4]:
+            node = node[5]
+        if node[4]:
+            if not 1 <= number <= len(node[4]):
+                return None
+            node = node[4][number - 1]
+        elif number != 1:
+            return None
+    return node
+
+
+_FIELD_NAME = re.compile(rb"^([^:\s]+)\s*:")
+
+
+def _filter_header(block: bytes, fields: tuple[str, ...], *, keep: bool) -> bytes:
+    """HEADER.FIELDS (keep) / HEADER.FIELDS.NOT: the named fields as written, folding kept, then the
+    blank line that ends a header (RFC 9051 §6.4.5)."""
+    wanted = {f.lower().encode() for f in fields}
+    out = bytearray()
+    include = False
+    for line in block.splitlines(keepends=True):
+        if not line.strip(b"\r\n"):
+            break
+        if line[:1] in (b" ", b"\t"):
+            if include:
+                out += line
+            continue
+        m = _FIELD_NAME.match(line)
+        include = bool(m) and ((m.group(1).lower() in wanted) == keep)  # type: ignore[union-attr]
+        if include:
+            out += line
+    return bytes(out) + b"\r\n"
+
+
+def _decode(data: bytes, encoding: str) -> bytes:
+    if encoding in _IDENTITY_ENCODINGS:
+        return data
+    try:
+        if encoding == "base64":
+            return base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", data) + b"==", validate=False)
+        if encoding == "quoted-printable":
+            return quopri.decodestring(data)
+    except (binascii.Error, ValueError):
+        raise UnknownEncoding(encoding) from None
+    raise UnknownEncoding(encoding)
+
+
+class _Message:
+    """Lazy access to one message's bytes and part tree while its FETCH response is built."""
+
+    def __init__(self, session: Session, row: MessageRow) -> None:
+        self.session = session
+        self.row = row
+        self._data: bytes | None = None
+        self._tree: list[Any] | None = None
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = self.session.store.read_message(self.row.blob_id)
+        return self._data
+
+    @property
+    def tree(self) -> list[Any]:
+        if self._tree is None:
+            assert self.row.parts is not None
+            self._tree = json.loads(self.row.parts)
+        return self._tree
+
+    def header(self) -> bytes:
+        if self._data is None:
+            return self.session.store.read_range(self.row.blob_id, 0, self.tree[1])
+        return self.data[: self.tree[1]]
+
+    def section(self, section: Section) -> bytes | None:
+        """The octets of a BODY section, or None when the part does not exist."""
+        if not section.part and not section.text:
+            return self.data
+        if not section.part:
+            return self._text_of(self.tree, section)
+        node = _locate(self.tree, section.part)
+        if node is None:
+            return None
+        if not section.text:
+            return self.data[node[1] : node[2]]
+        if section.text == "MIME":
+            return self.data[node[0] : node[1]]
+        if node[5] is None:
+            return b""  # HEADER/TEXT of a part that is not a message/rfc822
+        return self._text_of(node[5], section)
+
+    def _text_of(self, node: list[Any], section: Section) -> bytes:
+        header = self.header() if node is self.tree else self.data[node[0] : node[1]]
+        if section.text == "HEADER":
+            return header
+        if section.text == "HEADER.FIELDS":
+            return _filter_header(header, section.fields, keep=True)
+        if section.text == "HEADER.FIELDS.NOT":
+            return _filter_header(header, section.fields, keep=False)
+        return self.data[node[1] : node[2]]  # TEXT
+
+    def binary(self, section: Section) -> bytes | None:
+        node = self.tree if not section.part else _locate(self.tree, section.part)
+        if node is None:
+            return None
+        if node[4] or node[5] is not None:
+            return self.data[node[1] : node[2]]  # multipart or message: no transfer encoding to undo
+        return _decode(self.data[node[1] : node[2]], node[3])
+
+
+def _body_item(message: _Message, item: BodyItem) -> bytes | None:
+    if item.kind == "BODY":
+        data = message.section(item.section)
+    elif item.kind == "BINARY.SIZE":
+        data = message.binary(item.section)
+        return None if data is None else f"{item.response_name()} {len(data)}".encode()
+    else:
+        data = message.binary(item.section)
+    if data is None:
+        data = b""
+    if item.partial is not None:
+        origin, count = item.partial
+        data = data[origin : origin + count]
+    return item.response_name().encode() + b" " + _literal(data, binary=item.kind == "BINARY")
+
+
+def _needs_index(cmd: Fetch) -> bool:
+    for item in cmd.items:
+        if isinstance(item, BodyItem):
+            if item.section.part or item.section.text or item.kind != "BODY":
+                return True
+        elif item in _NEEDS_INDEX or item == "RFC822.HEADER" or item == "RFC822.TEXT":
+            return True
+    return False
+
+
+def _sets_seen(cmd: Fetch) -> bool:
+    return any((isinstance(i, BodyItem) and not i.peek) or (isinstance(i, str) and i in _SETS_SEEN) for i in cmd.items)
+
+
+def _in_uid_set(uid: int, cmd: Fetch) -> bool:
+    """Whether `uid` falls in the command's UID set; `*` is open-ended (an expunged UID may exceed
+    every UID still present)."""
+    for low, high in cmd.numbers.ranges:
+        bounds = [b for b in (low, high) if b != STAR]
+        if not bounds:
+            return True
+        if len(bounds) == 1 and STAR in (low, high):
+            if uid >= bounds[0]:
+                return True
+        elif min(bounds) <= uid <= max(bounds):
+            return True
+    return False
+
+
+def fetch(session: Session, cmd: Fetch) -> Handler:
+    view = session.selected
+    assert view is not None
+    if not cmd.is_uid and not cmd.numbers.is_saved and view.exists and out_of_range(view, cmd.numbers):
+        return Done(Status.BAD, "Message sequence number out of range")
+    if cmd.changed_since is not None or "MODSEQ" in cmd.items:
+        session.condstore = True
+    pairs = resolve(view, cmd.numbers, is_uid=cmd.is_uid, saved=session.saved)
+    store = session.store
+    if cmd.vanished and cmd.changed_since is not None:
+        vanished = [u for u in store.vanished_since(view.mailbox_id, cmd.changed_since) if _in_uid_set(u, cmd)]
+        if vanished:
+            yield f"* VANISHED (EARLIER) {format_set(vanished)}\r\n".encode()
+    rows = {row.uid: row for row in store.message_rows(view.mailbox_id, [u for _, u in pairs],
+                                                        with_index=_needs_index(cmd))}  # fmt: skip
+    if cmd.changed_since is not None:
+        rows = {uid: row for uid, row in rows.items() if row.modseq > cmd.changed_since}
+    flags_changed: set[int] = set()
+    if _sets_seen(cmd) and not view.readonly:
+        unseen = [uid for uid, row in rows.items() if "\\Seen" not in row.flags]
+        if unseen:
+            changed, _ = store.update_flags(view.mailbox_id, unseen, FlagOp.ADD, frozenset({"\\Seen"}), None)
+            for row in changed:
+                old = rows[row.uid]
+                rows[row.uid] = type(old)(row.uid, row.flags, row.modseq, old.size, old.internal_date, old.blob_id,
+                                          old.envelope, old.body, old.bodystructure, old.parts)  # fmt: skip
+                view.own_changes[row.uid] = row.modseq
+                flags_changed.add(row.uid)
+    missing = False
+    try:
+        yield from chunked(_responses(session, view, cmd, pairs, rows, flags_changed))
+    except UnknownEncoding:
+        return Done(Status.NO, "Unknown content transfer encoding", "UNKNOWN-CTE")
+    missing = any(uid not in rows for _, uid in pairs) and cmd.changed_since is None
+    yield from chunked(sync(session, allow_expunge=cmd.is_uid))
+    if missing and not cmd.is_uid:
+        return Done(Status.NO, "Some messages were expunged", "EXPUNGEISSUED")
+    return Done(Status.OK, "FETCH completed" if not cmd.is_uid else "UID FETCH completed")
+
+
+def _responses(
+    session: Session, view: View, cmd: Fetch, pairs: list[tuple[int, int]], rows: dict[int, MessageRow],
+    flags_changed: set[int],
+) -> Generator[bytes, None, None]:  # fmt: skip
+    items = list(cmd.items)
+    with_uid = cmd.is_uid and "UID" not in items
+    with_modseq = (cmd.changed_since is not None or (session.uses_condstore() and bool(flags_changed))) and (
+        "MODSEQ" not in items
+    )
+    for seq, uid in pairs:
+        row = rows.get(uid)
+        if row is None:
+            continue
+        message = _Message(session, row)
+        parts: list[bytes] = []
+        if with_uid:
+            parts.append(b"UID %d" % uid)
+        has_flags = False
+        for item in items:
+            if isinstance(item, BodyItem):
+                rendered = _body_item(message, item)
+                if rendered is not None:
+                    parts.append(rendered)
+                continue
+            match item:
+                case "UID":
+                    parts.append(b"UID %d" % uid)
+                case "FLAGS":
+                    parts.append(f"FLAGS {format_flags(row.flags)}".encode())
+                    has_flags = True
+                case "INTERNALDATE":
+                    parts.append(f'INTERNALDATE "{internal_date(row.internal_date)}"'.encode())
+                case "RFC822.SIZE":
+                    parts.append(b"RFC822.SIZE %d" % row.size)
+                case "ENVELOPE":
+                    parts.append(b"ENVELOPE " + (row.envelope or b"NIL"))
+                case "BODYSTRUCTURE":
+                    parts.append(b"BODYSTRUCTURE " + (row.bodystructure or b"NIL"))
+                case "BODY":
+                    parts.append(b"BODY " + (row.body or b"NIL"))
+                case "MODSEQ":
+                    parts.append(b"MODSEQ (%d)" % row.modseq)
+                case "RFC822":
+                    parts.append(b"RFC822 " + _literal(message.data))
+                case "RFC822.HEADER":
+                    parts.append(b"RFC822.HEADER " + _literal(message.header()))
+                case "RFC822.TEXT":
+                    parts.append(b"RFC822.TEXT " + _literal(message.data[message.tree[1] :]))
+                case "SAVEDATE":
+                    parts.append(b"SAVEDATE NIL")
+        if uid in flags_changed and not has_flags:
+            parts.append(f"FLAGS {format_flags(row.flags)}".encode())
+        if with_modseq:
+            parts.append(b"MODSEQ (%d)" % row.modseq)
+        yield b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"

@@ -1,0 +1,83 @@
+"""STORE, COPY and MOVE with their UID forms (RFC 9051 §6.4.6-6.4.8, UIDPLUS RFC 4315, MOVE RFC 6851,
+CONDSTORE UNCHANGEDSINCE RFC 7162 §3.1.3)."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+from kartero.imap.commands.view import (
+    Done,
+    Session,
+    chunked,
+    expunge_lines,
+    fetch_flags_line,
+    format_set,
+    out_of_range,
+    resolve,
+    sync,
+)
+from kartero.imap.response import Status
+from kartero.imap.syntax import CopyMove, StoreCommand
+from kartero.store.interface import FlagOp, NoSuchMailbox
+
+Handler = Generator[bytes, None, Done]
+_OPS = {"+": FlagOp.ADD, "-": FlagOp.REMOVE, "": FlagOp.REPLACE}
+
+
+def store_flags(session: Session, cmd: StoreCommand) -> Handler:
+    view = session.selected
+    assert view is not None
+    if view.readonly:
+        return Done(Status.NO, "Mailbox is read-only", "READ-ONLY")
+    if not cmd.is_uid and not cmd.numbers.is_saved and view.exists and out_of_range(view, cmd.numbers):
+        return Done(Status.BAD, "Message sequence number out of range")
+    if cmd.unchanged_since is not None:
+        session.condstore = True
+    pairs = resolve(view, cmd.numbers, is_uid=cmd.is_uid, saved=session.saved)
+    changed, refused = session.store.update_flags(
+        view.mailbox_id, [uid for _, uid in pairs], _OPS[cmd.op], cmd.flags, cmd.unchanged_since
+    )
+    lines = []
+    for row in changed:
+        view.own_changes[row.uid] = row.modseq
+        seq = view.seq_of(row.uid)
+        # RFC 7162 §3.1.3: with UNCHANGEDSINCE the FETCH is sent even for .SILENT.
+        if seq is not None and (not cmd.silent or cmd.unchanged_since is not None):
+            lines.append(fetch_flags_line(session, seq, row, with_uid=cmd.is_uid))
+    yield from chunked(lines)
+    yield from chunked(sync(session, allow_expunge=cmd.is_uid))
+    if refused:
+        numbers = refused if cmd.is_uid else [view.seq_of(uid) or 0 for uid in refused]
+        return Done(Status.OK, "Some messages were modified meanwhile", f"MODIFIED {format_set(numbers)}")
+    return Done(Status.OK, "UID STORE completed" if cmd.is_uid else "STORE completed")
+
+
+def copy_move(session: Session, cmd: CopyMove) -> Handler:
+    view = session.selected
+    assert view is not None
+    is_move = cmd.name == "MOVE"
+    if is_move and view.readonly:
+        return Done(Status.NO, "Mailbox is read-only", "READ-ONLY")
+    if not cmd.is_uid and not cmd.numbers.is_saved and view.exists and out_of_range(view, cmd.numbers):
+        return Done(Status.BAD, "Message sequence number out of range")
+    target = session.store.get_mailbox(session.account_id, cmd.mailbox)
+    if target is None:
+        return Done(Status.NO, "No such mailbox", "TRYCREATE")
+    pairs = resolve(view, cmd.numbers, is_uid=cmd.is_uid, saved=session.saved)
+    try:
+        copied = session.store.copy_messages(view.mailbox_id, [uid for _, uid in pairs], target.id, move=is_move)
+    except NoSuchMailbox:
+        return Done(Status.NO, "No such mailbox", "TRYCREATE")
+    verb = ("UID " if cmd.is_uid else "") + cmd.name
+    if not copied:
+        yield from chunked(sync(session, allow_expunge=cmd.is_uid))
+        return Done(Status.OK, f"{verb} completed (no messages)")
+    code = f"COPYUID {target.uidvalidity} {format_set(s for s, _ in copied)} {format_set(d for _, d in copied)}"
+    if not is_move:
+        yield from chunked(sync(session, allow_expunge=cmd.is_uid))
+        return Done(Status.OK, f"{verb} completed", code)
+    # RFC 6851 §4.3: COPYUID goes in an untagged OK before the expunges.
+    yield f"* OK [{code}] Moved\r\n".encode()
+    yield from chunked(expunge_lines(session, view, [s for s, _ in copied]))
+    yield from chunked(sync(session, allow_expunge=True))
+    return Done(Status.OK, f"{verb} completed")

@@ -1,0 +1,143 @@
+"""SEARCH, UID SEARCH (RFC 9051 §6.4.4, ESEARCH RFC 4731, SEARCHRES RFC 5182, CONDSTORE) and SORT
+(RFC 5256). IMAP keys become store criteria here; sequence numbers become UIDs through the view."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Generator
+
+from kartero.imap.commands.view import Done, Session, View, chunked, format_set, resolve, sync
+from kartero.imap.response import Status
+from kartero.imap.syntax import SAnd, Search, SearchKey, SeqKey, SKey, SNot, SOr, SortCommand
+from kartero.store import criteria as c
+
+Handler = Generator[bytes, None, Done]
+CHARSETS = frozenset({"UTF-8", "US-ASCII"})
+
+
+def to_criterion(session: Session, view: View, key: SearchKey) -> c.Criterion:
+    match key:
+        case SAnd(keys=keys):
+            return c.And(tuple(to_criterion(session, view, k) for k in keys))
+        case SOr(left=left, right=right):
+            return c.Or(to_criterion(session, view, left), to_criterion(session, view, right))
+        case SNot(key=inner):
+            return c.Not(to_criterion(session, view, inner))
+        case SeqKey(numbers=numbers, is_uid=is_uid):
+            uids = [uid for _, uid in resolve(view, numbers, is_uid=is_uid, saved=session.saved)]
+            return c.Uids.of(uids)
+        case SKey(name=name, args=args):
+            return _leaf(name, args)
+    raise TypeError(f"unknown search key {key!r}")
+
+
+_DATE_OPS = {"BEFORE": c.DateOp.BEFORE, "ON": c.DateOp.ON, "SINCE": c.DateOp.SINCE}
+
+
+def _leaf(name: str, args: tuple[object, ...]) -> c.Criterion:
+    match name:
+        case "ALL":
+            return c.All()
+        case "NONE":
+            return c.Not(c.All())
+        case "FLAG":
+            flag, present = args
+            return c.Flag(str(flag), bool(present))
+        case "HEADER":
+            field, text = args
+            return c.Header(str(field), str(text))
+        case "BODY":
+            return c.Body(str(args[0]))
+        case "TEXT":
+            return c.Text(str(args[0]))
+        case "LARGER":
+            return c.Size(larger_than=int(str(args[0])))
+        case "SMALLER":
+            return c.Size(smaller_than=int(str(args[0])))
+        case "MODSEQ":
+            return c.ModSeq(int(str(args[0])))
+    date = args[0]
+    assert isinstance(date, datetime.date)
+    if name.startswith("SENT"):
+        return c.SentDate(_DATE_OPS[name[4:]], date)
+    return c.InternalDate(_DATE_OPS[name], date)
+
+
+def _uses_modseq(key: SearchKey) -> bool:
+    match key:
+        case SAnd(keys=keys):
+            return any(_uses_modseq(k) for k in keys)
+        case SOr(left=left, right=right):
+            return _uses_modseq(left) or _uses_modseq(right)
+        case SNot(key=inner):
+            return _uses_modseq(inner)
+        case SKey(name="MODSEQ"):
+            return True
+    return False
+
+
+def search(session: Session, cmd: Search, tag: str) -> Handler:
+    view = session.selected
+    assert view is not None
+    if cmd.charset is not None and cmd.charset not in CHARSETS:
+        return Done(Status.NO, "Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
+    uses_modseq = _uses_modseq(cmd.key)
+    if uses_modseq:
+        session.condstore = True
+    criterion = to_criterion(session, view, cmd.key)
+    rows = session.store.search(view.mailbox_id, criterion)
+    in_view = [row for row in rows if view.seq_of(row.uid) is not None]
+    numbers = [row.uid if cmd.is_uid else view.seq_of(row.uid) or 0 for row in in_view]
+    highest = max((row.modseq for row in in_view), default=0)
+    returns = cmd.returns
+    if returns is None and session.rev2:
+        returns = ()  # IMAP4rev2 answers SEARCH with ESEARCH (RFC 9051 §6.4.4)
+    if returns is None:
+        line = "* SEARCH" + "".join(f" {n}" for n in numbers)
+        if uses_modseq and numbers:
+            line += f" (MODSEQ {highest})"
+        yield from chunked([line.encode() + b"\r\n"])
+    else:
+        options = set(returns) or {"ALL"}
+        if "SAVE" in options:
+            saved = in_view
+            if options & {"MIN", "MAX"} and not options & {"ALL", "COUNT"}:
+                picks = []
+                if "MIN" in options and in_view:
+                    picks.append(in_view[0])
+                if "MAX" in options and in_view:
+                    picks.append(in_view[-1])
+                saved = picks
+            session.saved = tuple(row.uid for row in saved)
+        parts = [f'(TAG "{tag}")']
+        if cmd.is_uid:
+            parts.append("UID")
+        if numbers:
+            if "MIN" in options:
+                parts.append(f"MIN {min(numbers)}")
+            if "MAX" in options:
+                parts.append(f"MAX {max(numbers)}")
+            if "ALL" in options:
+                parts.append(f"ALL {format_set(numbers)}")
+        if "COUNT" in options:
+            parts.append(f"COUNT {len(numbers)}")
+        if uses_modseq and numbers:
+            parts.append(f"MODSEQ {highest}")
+        if options - {"SAVE"}:
+            yield f"* ESEARCH {' '.join(parts)}\r\n".encode()
+    yield from chunked(sync(session, allow_expunge=cmd.is_uid))
+    return Done(Status.OK, "UID SEARCH completed" if cmd.is_uid else "SEARCH completed")
+
+
+def sort(session: Session, cmd: SortCommand) -> Handler:
+    view = session.selected
+    assert view is not None
+    if cmd.charset not in CHARSETS:
+        return Done(Status.NO, "Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
+    criterion = to_criterion(session, view, cmd.key)
+    keys = tuple(c.Sort(c.SortKey[name], reverse) for name, reverse in cmd.keys)
+    uids = session.store.sort(view.mailbox_id, keys, criterion)
+    numbers = [uid if cmd.is_uid else view.seq_of(uid) for uid in uids if view.seq_of(uid) is not None]
+    yield ("* SORT" + "".join(f" {n}" for n in numbers) + "\r\n").encode()
+    yield from chunked(sync(session, allow_expunge=cmd.is_uid))
+    return Done(Status.OK, "UID SORT completed" if cmd.is_uid else "SORT completed")

@@ -1,0 +1,216 @@
+"""What one IMAP session knows: the account, the selected mailbox's sequence numbers, and how to tell
+the client about changes made elsewhere (new mail, flags set by other sessions, expunges).
+
+Expunges are reported only where RFC 9051 §7.5.1 allows (not during FETCH, STORE or SEARCH by sequence
+number), so a message's sequence number never changes under a command the client is still issuing.
+A session remembers only UIDs (an array, 4 octets each) and the MODSEQ it has reported up to; flag changes
+are found with the store's `changes_since`, skipping the ones this session made and already announced.
+"""
+
+from __future__ import annotations
+
+import bisect
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from kartero.imap import mutf7
+from kartero.imap.response import Status
+from kartero.imap.state import ImapState
+from kartero.imap.syntax import STAR, SequenceSet
+from kartero.store.interface import MessageRow, NoSuchMailbox, Store
+
+# Untagged responses are handed to the network in batches of about this many octets.
+CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """How a command ends: its tagged response, and a new state when it changes one."""
+
+    status: Status
+    text: str
+    code: str | None = None
+    state: ImapState | None = None
+
+
+@dataclass(slots=True)
+class View:
+    mailbox_id: int
+    name: str
+    readonly: bool
+    uidvalidity: int
+    uids: array[int]
+    modseq: int  # every change up to this MODSEQ has been reported to the client
+    own_changes: dict[int, int] = field(default_factory=dict)  # uid -> modseq of our own STOREs
+
+    def seq_of(self, uid: int) -> int | None:
+        i = bisect.bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
+
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+
+@dataclass(slots=True)
+class Session:
+    """The non-protocol state handlers share; `enabled` is the core's set (CONDSTORE, QRESYNC, ...)."""
+
+    store: Store
+    account_id: int
+    user: str
+    enabled: set[str]
+    selected: View | None = None
+    saved: tuple[int, ...] = ()  # the SEARCHRES result `$` (UIDs)
+    condstore: bool = False  # CONDSTORE in effect (enabled, or used by a command: RFC 7162 §3.1)
+
+    @property
+    def utf8(self) -> bool:
+        return "UTF8=ACCEPT" in self.enabled
+
+    @property
+    def qresync(self) -> bool:
+        return "QRESYNC" in self.enabled
+
+    @property
+    def rev2(self) -> bool:
+        return "IMAP4REV2" in self.enabled
+
+    def uses_condstore(self) -> bool:
+        return self.condstore or "CONDSTORE" in self.enabled
+
+    def mailbox_name(self, name: str) -> str:
+        """A mailbox name as the client expects it on the wire (modified UTF-7 unless UTF8=ACCEPT)."""
+        return name if self.utf8 else mutf7.encode(name)
+
+
+def resolve(view: View, numbers: SequenceSet, *, is_uid: bool, saved: tuple[int, ...] = ()) -> list[tuple[int, int]]:
+    """(sequence number, UID) of the messages a set names, ascending; absent UIDs are skipped.
+
+    For sequence numbers out of range the caller decides (a BAD for FETCH/STORE, RFC 9051 §6.4.5).
+    """
+    uids = view.uids
+    if not uids:
+        return []
+    if numbers.is_saved:
+        return [(seq, uid) for uid in saved if (seq := view.seq_of(uid)) is not None]
+    chosen: set[int] = set()
+    if is_uid:
+        top = uids[-1]
+        for low, high in numbers.ranges:
+            low = top if low == STAR else low
+            high = top if high == STAR else high
+            if low > high:
+                low, high = high, low
+            start = bisect.bisect_left(uids, low)
+            end = bisect.bisect_right(uids, high)
+            chosen.update(range(start, end))
+    else:
+        top = len(uids)
+        for low, high in numbers.ranges:
+            low = top if low == STAR else low
+            high = top if high == STAR else high
+            if low > high:
+                low, high = high, low
+            chosen.update(range(max(low, 1) - 1, min(high, top)))
+    return [(i + 1, uids[i]) for i in sorted(chosen)]
+
+
+def out_of_range(view: View, numbers: SequenceSet) -> bool:
+    """A sequence set naming numbers beyond EXISTS (STAR aside): RFC 9051 §6.4.5 says BAD."""
+    return any(
+        (low != STAR and low > view.exists) or (high != STAR and high > view.exists) for low, high in numbers.ranges
+    )
+
+
+def format_set(numbers: Iterable[int]) -> str:
+    """`1:3,7,9:10` for a collection of numbers."""
+    ordered = sorted(set(numbers))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}:{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def format_flags(flags: Iterable[str]) -> str:
+    return "(" + " ".join(sorted(flags, key=str.lower)) + ")"
+
+
+def fetch_flags_line(session: Session, seq: int, row: MessageRow, *, with_uid: bool) -> bytes:
+    items = [f"FLAGS {format_flags(row.flags)}"]
+    if with_uid:
+        items.append(f"UID {row.uid}")
+    if session.uses_condstore():
+        items.append(f"MODSEQ ({row.modseq})")
+    return f"* {seq} FETCH ({' '.join(items)})\r\n".encode()
+
+
+def expunge_lines(session: Session, view: View, gone: Iterable[int]) -> Iterator[bytes]:
+    """Remove UIDs from the view, telling the client with EXPUNGE (or VANISHED under QRESYNC)."""
+    present = [uid for uid in sorted(set(gone)) if view.seq_of(uid) is not None]
+    if not present:
+        return
+    if session.qresync:
+        for uid in present:
+            del view.uids[bisect.bisect_left(view.uids, uid)]
+            view.own_changes.pop(uid, None)
+        yield f"* VANISHED {format_set(present)}\r\n".encode()
+        return
+    for uid in reversed(present):  # highest first: the numbers sent stay valid without renumbering
+        seq = view.seq_of(uid)
+        assert seq is not None
+        del view.uids[seq - 1]
+        view.own_changes.pop(uid, None)
+        yield f"* {seq} EXPUNGE\r\n".encode()
+
+
+def sync(session: Session, *, allow_expunge: bool) -> Iterator[bytes]:
+    """Untagged responses for everything that changed since the client last heard: EXISTS for new mail,
+    FETCH FLAGS for flags changed elsewhere, and (when allowed) EXPUNGE/VANISHED."""
+    view = session.selected
+    if view is None:
+        return
+    try:
+        changes = session.store.changes_since(view.mailbox_id, view.modseq)
+    except NoSuchMailbox:
+        return
+    if changes.highestmodseq == view.modseq and not changes.vanished:
+        return
+    if allow_expunge and changes.vanished:
+        yield from expunge_lines(session, view, changes.vanished)
+    new_uids = [row.uid for row in changes.changed if not view.uids or row.uid > view.uids[-1]]
+    flag_rows = [row for row in changes.changed if view.uids and row.uid <= view.uids[-1]]
+    if new_uids:
+        view.uids.extend(new_uids)
+        yield f"* {view.exists} EXISTS\r\n".encode()
+    for row in flag_rows:
+        if view.own_changes.get(row.uid) == row.modseq:
+            continue
+        seq = view.seq_of(row.uid)
+        if seq is not None:
+            yield fetch_flags_line(session, seq, row, with_uid=True)
+    if allow_expunge or not changes.vanished:
+        view.modseq = changes.highestmodseq
+        view.own_changes.clear()
+    # Else the expunges stay pending: view.modseq is not advanced past them, so the next sync that may
+    # report expunges finds them again (flag lines already sent may repeat; clients accept that).
+
+
+def chunked(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """Join small responses into batches of about CHUNK octets."""
+    buffer: list[bytes] = []
+    size = 0
+    for line in lines:
+        buffer.append(line)
+        size += len(line)
+        if size >= CHUNK:
+            yield b"".join(buffer)
+            buffer, size = [], 0
+    if buffer:
+        yield b"".join(buffer)

@@ -1,0 +1,476 @@
+"""The IMAP server core: bytes in, events and responses out (sans-I/O).
+
+The adapter feeds bytes with `receive_data`, drains `next_event()`, and answers what needs I/O:
+- `CommandReady`: run the handler (store access), `send()` its untagged responses, then `finish()`;
+- `LoginRequested`: check the password, then `login_result()`;
+- `StartTLSRequested`, `CompressRequested`: change the transport, then `tls_established()` / nothing;
+- `IdleStarted`: push updates with `send()` until `IdleDone`, then `finish()`.
+Framing, literals (with their size limits), tags, syntax, state rules, CAPABILITY, ENABLE, ID,
+NAMESPACE and LOGOUT are handled here. One command runs at a time; pipelined input waits in the buffer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from kartero.auth.sasl import SASLError, decode_base64, parse_plain
+from kartero.imap import response as r
+from kartero.imap.response import Status
+from kartero.imap.state import ALLOWED, ImapState, ProtocolViolation
+from kartero.imap.syntax import Authenticate, Command, Compress, Enable, Id, Login, Simple, parse_command
+from kartero.imap.tokens import (
+    Atom,
+    ParseError,
+    RawCommand,
+    literal_request,
+    strip_literal_marker,
+    tokenize,
+)
+
+_TAG = re.compile(r"[!#$&'*,\-./0-9:;<=>?@A-Z\[^_`a-z|~]+")
+# Bounds on what a client may make us buffer (RFC 9051 §4.3 leaves them to the server).
+MAX_LINE = 64 * 1024
+MAX_LITERAL_UNAUTHENTICATED = 4 * 1024
+MAX_LITERAL = 64 * 1024
+MAX_COMMAND = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ImapSettings:
+    hostname: str
+    append_limit: int = 50_000_000
+    is_tls_available: bool = False
+    is_compress_available: bool = True
+    max_errors: int = 30
+
+    def __post_init__(self) -> None:
+        if self.append_limit < 1:
+            raise ValueError("append_limit must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReady:
+    tag: str
+    command: Command
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRequested:
+    tag: str
+    user: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLSRequested:
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompressRequested:
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdleStarted:
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdleDone:
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    reason: str
+
+
+Event = (
+    CommandReady | LoginRequested | StartTLSRequested | CompressRequested | IdleStarted | IdleDone | ConnectionClosed
+)
+
+
+@dataclass
+class _Pending:
+    """The command being assembled from lines and literals."""
+
+    lines: list[bytes] = field(default_factory=list)
+    literals: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+
+class ImapConnection:
+    """One IMAP session, greeting to BYE."""
+
+    def __init__(self, settings: ImapSettings, *, is_tls: bool = False, is_loopback: bool = False) -> None:
+        self.settings = settings
+        self.state = ImapState.NOT_AUTHENTICATED
+        self.is_tls = is_tls
+        self.is_loopback = is_loopback
+        self.enabled: set[str] = set()
+        self.user: str | None = None
+        self._in = bytearray()
+        self._out = bytearray()
+        self._is_eof = False
+        self._pending = _Pending()
+        self._literal_left = 0  # octets of a literal still to read
+        self._discard_left = 0  # octets of a refused non-synchronising literal still to drop
+        self._discard_reply: bytes = b""
+        self._is_skipping_line = False
+        self._running: str | None = None  # tag of the command the adapter is executing
+        self._idle_tag: str | None = None
+        self._auth_tag: str | None = None  # AUTHENTICATE waiting for the client's response line
+        self._awaiting_tls = False
+        self._close_reason: str | None = None
+        self._is_close_reported = False
+        self._errors = 0
+
+    # -- adapter API -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._out += r.status_line(Status.OK, f"{self.settings.hostname} Kartero IMAP4rev2 ready",
+                                   f"CAPABILITY {self.capabilities()}")  # fmt: skip
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state is ImapState.LOGOUT:
+            return
+        if not data:
+            self._is_eof = True
+        elif not self._awaiting_tls:
+            self._in += data
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def send(self, data: bytes) -> None:
+        """Queue untagged responses of the running command (or of IDLE)."""
+        self._out += data
+
+    def finish(self, tag: str, status: Status, text: str, code: str | None = None,
+               state: ImapState | None = None) -> None:  # fmt: skip
+        """Complete the running command with its tagged response, optionally changing state."""
+        if self._running != tag:
+            raise ProtocolViolation(f"finish({tag}) but running {self._running}")
+        self._running = None
+        self._idle_tag = None
+        if state is not None:
+            self.state = state
+        self._out += r.tagged(tag, status, text, code)
+        if status is Status.BAD:
+            self._count_error()
+
+    def login_result(self, tag: str, user: str | None) -> None:
+        """The password check is done: `user` is the account now logged in, None for a failure."""
+        if self._running != tag:
+            raise ProtocolViolation(f"login_result({tag}) but running {self._running}")
+        self._running = None
+        if user is None:
+            self._out += r.tagged(tag, Status.NO, "Authentication failed", "AUTHENTICATIONFAILED")
+            self._count_error()
+            return
+        self.user = user
+        self.state = ImapState.AUTHENTICATED
+        self._out += r.tagged(tag, Status.OK, "Logged in", f"CAPABILITY {self.capabilities()}")
+
+    def tls_established(self) -> None:
+        self._awaiting_tls = False
+        self.is_tls = True
+
+    def close(self, text: str, reason: str) -> None:
+        """End the session with `* BYE text` (shutdown, timeout)."""
+        if self.state is ImapState.LOGOUT:
+            return
+        self._out += r.bye(text)
+        self._close(reason)
+
+    @property
+    def is_closed(self) -> bool:
+        return self.state is ImapState.LOGOUT
+
+    @property
+    def is_idle(self) -> bool:
+        """Between commands (or in IDLE): a shutdown may end the session here."""
+        return (self._running is None or self._idle_tag is not None) and not self._pending.lines
+
+    @property
+    def is_idling(self) -> bool:
+        return self._idle_tag is not None
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._in)
+
+    @property
+    def is_utf8(self) -> bool:
+        return "UTF8=ACCEPT" in self.enabled
+
+    def capabilities(self) -> str:
+        caps = ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE"]
+        if self.state is ImapState.NOT_AUTHENTICATED:
+            if self.settings.is_tls_available and not self.is_tls:
+                caps.append("STARTTLS")
+            if self._may_login():
+                caps.append("AUTH=PLAIN")
+            else:
+                caps.append("LOGINDISABLED")
+            return " ".join(caps)
+        caps += [
+            "IDLE", "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE",
+            "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "ESEARCH", "SEARCHRES", "SORT", "CONDSTORE", "QRESYNC",
+            "BINARY", "UTF8=ACCEPT", f"APPENDLIMIT={self.settings.append_limit}",
+        ]  # fmt: skip
+        if self.settings.is_compress_available:
+            caps.append("COMPRESS=DEFLATE")
+        return " ".join(caps)
+
+    def _may_login(self) -> bool:
+        # RFC 9051 §6.2.3 / DESIGN: plaintext passwords only over TLS, or on a loopback connection.
+        return self.is_tls or self.is_loopback
+
+    # -- input processing --------------------------------------------------------------------------
+
+    def next_event(self) -> Event | None:
+        while True:
+            if self.state is ImapState.LOGOUT:
+                if self._is_close_reported:
+                    return None
+                self._is_close_reported = True
+                return ConnectionClosed(self._close_reason or "logout")
+            if self._awaiting_tls:
+                return None
+            if self._running is not None and self._idle_tag is None:
+                return None
+            event = self._step()
+            if event is _NEED_DATA:
+                if self._is_eof:
+                    self._close("peer closed")
+                    continue
+                return None
+            if event is not None:
+                assert not isinstance(event, _NeedData)
+                return event
+
+    def _step(self) -> Event | _NeedData | None:
+        if self._discard_left:
+            n = min(self._discard_left, len(self._in))
+            del self._in[:n]
+            self._discard_left -= n
+            if self._discard_left:
+                return _NEED_DATA
+            self._out += self._discard_reply
+            return None
+        if self._literal_left:
+            n = min(self._literal_left, len(self._in))
+            if not n:
+                return _NEED_DATA
+            self._pending.literals[-1] += bytes(self._in[:n])
+            del self._in[:n]
+            self._literal_left -= n
+            return None
+        idx = self._in.find(b"\n")
+        if idx < 0:
+            if self._is_skipping_line or len(self._in) > MAX_LINE:
+                self._in.clear()
+                self._is_skipping_line = True
+            return _NEED_DATA
+        line = bytes(self._in[: idx + 1])
+        del self._in[: idx + 1]
+        if self._is_skipping_line:
+            self._is_skipping_line = False
+            self._pending = _Pending()
+            self._out += r.status_line(Status.BAD, "Line too long")
+            self._count_error()
+            return None
+        if self._idle_tag is not None:
+            return self._idle_line(line)
+        if self._auth_tag is not None:
+            return self._auth_line(line)
+        return self._command_line(line)
+
+    def _command_line(self, line: bytes) -> Event | None:
+        pending = self._pending
+        pending.size += len(line)
+        request = literal_request(line)
+        if request is None:
+            pending.lines.append(line)
+            self._pending = _Pending()
+            return self._dispatch(RawCommand(tuple(pending.lines), tuple(pending.literals)))
+        pending.lines.append(strip_literal_marker(line))
+        tag, name = RawCommand(tuple(pending.lines), ()).first_words()
+        limit = self._literal_limit(name)
+        if request.size > limit or pending.size + request.size > MAX_COMMAND + self.settings.append_limit:
+            self._pending = _Pending()
+            too_big = r.tagged(tag or "*", Status.NO if name == "APPEND" else Status.BAD,
+                               f"Literal too large ({limit} octets allowed)",
+                               "TOOBIG" if name == "APPEND" else None)  # fmt: skip
+            self._count_error()
+            if request.is_sync:
+                self._out += too_big  # the client sends no literal after a refusal
+                return None
+            if request.size > 4 * max(limit, MAX_LITERAL):
+                self.close("Literal too large", "oversized literal")
+                return None
+            self._discard_left, self._discard_reply = request.size, too_big
+            return None
+        pending.size += request.size
+        pending.literals.append(b"")
+        self._literal_left = request.size
+        if request.is_sync:
+            self._out += b"+ Ready for literal data\r\n"
+        return None
+
+    def _literal_limit(self, name: str) -> int:
+        if self.state is ImapState.NOT_AUTHENTICATED:
+            return MAX_LITERAL_UNAUTHENTICATED
+        if name == "APPEND":
+            return self.settings.append_limit
+        return MAX_LITERAL
+
+    def _dispatch(self, raw: RawCommand) -> Event | None:
+        tag, _ = raw.first_words()
+        try:
+            tokens = tokenize(raw)
+        except ParseError as exc:
+            return self._bad(tag if _TAG.fullmatch(tag) else "*", str(exc))
+        if not tokens or not isinstance(tokens[0], Atom) or not _TAG.fullmatch(tokens[0].value):
+            return self._bad("*", "Missing or invalid tag")
+        tag = tokens[0].value
+        if len(tokens) < 2 or not isinstance(tokens[1], Atom):
+            return self._bad(tag, "Missing command")
+        name = tokens[1].value.upper()
+        if name not in ALLOWED[self.state]:
+            known = any(name in commands for commands in ALLOWED.values())
+            return self._bad(tag, f"{name} not allowed now" if known else f"Unknown command {name}")
+        try:
+            command = parse_command(name, tokens[2:], utf8=self.is_utf8)
+        except ParseError as exc:
+            return self._bad(tag, str(exc))
+        return self._handle(tag, command)
+
+    def _handle(self, tag: str, command: Command) -> Event | None:
+        match command:
+            case Simple(name="CAPABILITY"):
+                self._out += r.untagged(f"CAPABILITY {self.capabilities()}")
+                self._out += r.tagged(tag, Status.OK, "CAPABILITY completed")
+            case Simple(name="LOGOUT"):
+                self._out += r.bye("Logging out")
+                self._out += r.tagged(tag, Status.OK, "LOGOUT completed")
+                self._close("logout")
+            case Simple(name="NAMESPACE"):
+                self._out += r.untagged('NAMESPACE (("" "/")) NIL NIL')
+                self._out += r.tagged(tag, Status.OK, "NAMESPACE completed")
+            case Simple(name="STARTTLS"):
+                if self.is_tls or not self.settings.is_tls_available:
+                    return self._bad(tag, "TLS already active" if self.is_tls else "STARTTLS not available")
+                self._out += r.tagged(tag, Status.OK, "Begin TLS negotiation now")
+                self._in.clear()  # CVE-2011-0411: nothing pipelined in clear counts as sent over TLS
+                self._awaiting_tls = True
+                return StartTLSRequested(tag)
+            case Simple(name="IDLE"):
+                self._running = self._idle_tag = tag
+                self._out += b"+ idling\r\n"
+                return IdleStarted(tag)
+            case Id():
+                self._out += r.untagged('ID ("name" "Kartero" "vendor" "Kartero")')
+                self._out += r.tagged(tag, Status.OK, "ID completed")
+            case Enable(capabilities=caps):
+                known = {"CONDSTORE", "QRESYNC", "UTF8=ACCEPT", "IMAP4REV2"}
+                newly = [cap for cap in caps if cap in known and cap not in self.enabled]
+                self.enabled.update(newly)
+                if "QRESYNC" in newly and "CONDSTORE" not in self.enabled:
+                    self.enabled.add("CONDSTORE")  # RFC 7162 §3.2.3: QRESYNC implies CONDSTORE
+                if newly:
+                    self._out += r.untagged(
+                        "ENABLED " + " ".join("IMAP4rev2" if c == "IMAP4REV2" else c for c in newly)
+                    )
+                self._out += r.tagged(tag, Status.OK, "ENABLE completed")
+            case Login(user=user, password=password):
+                if not self._may_login():
+                    self._out += r.tagged(tag, Status.NO, "Use STARTTLS first", "PRIVACYREQUIRED")
+                    self._count_error()
+                    return None
+                self._running = tag
+                return LoginRequested(tag, user.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
+            case Authenticate(mechanism=mechanism, initial=initial):
+                if mechanism != "PLAIN":
+                    self._out += r.tagged(tag, Status.NO, f"Unsupported mechanism {mechanism}", "CANNOT")
+                    return None
+                if not self._may_login():
+                    self._out += r.tagged(tag, Status.NO, "Use STARTTLS first", "PRIVACYREQUIRED")
+                    self._count_error()
+                    return None
+                if initial is None:
+                    self._auth_tag = tag
+                    self._out += b"+ \r\n"
+                    return None
+                return self._plain(tag, initial)
+            case Compress(mechanism=mechanism):
+                if mechanism != "DEFLATE" or not self.settings.is_compress_available:
+                    self._out += r.tagged(tag, Status.NO, "Unsupported compression", "CANNOT")
+                    return None
+                self._out += r.tagged(tag, Status.OK, "DEFLATE active")
+                return CompressRequested(tag)
+            case _:
+                self._running = tag
+                return CommandReady(tag, command)
+        return None
+
+    def _plain(self, tag: str, data: bytes) -> Event | None:
+        try:
+            credentials = parse_plain(decode_base64(data) if data else b"")
+        except SASLError as exc:
+            self._out += r.tagged(tag, Status.BAD, f"Bad PLAIN response: {exc}")
+            self._count_error()
+            return None
+        if credentials.authzid and credentials.authzid != credentials.authcid:
+            self._out += r.tagged(tag, Status.NO, "Authorization identity not allowed", "AUTHORIZATIONFAILED")
+            return None
+        self._running = tag
+        return LoginRequested(tag, credentials.authcid, credentials.password)
+
+    def _auth_line(self, line: bytes) -> Event | None:
+        tag, self._auth_tag = self._auth_tag, None
+        assert tag is not None
+        data = line.rstrip(b"\r\n")
+        if data == b"*":  # RFC 9051 §6.2.2: the client cancels
+            self._out += r.tagged(tag, Status.BAD, "AUTHENTICATE cancelled")
+            return None
+        return self._plain(tag, data)
+
+    def _idle_line(self, line: bytes) -> Event | None:
+        tag = self._idle_tag
+        assert tag is not None
+        if line.rstrip(b"\r\n").upper() == b"DONE":
+            return IdleDone(tag)
+        self._out += r.status_line(Status.BAD, "Expected DONE")
+        self._count_error()
+        return None
+
+    def _bad(self, tag: str, text: str) -> Event | None:
+        """Answer BAD (counted against the error budget); returns no event, for `return self._bad(...)`."""
+        self._out += r.tagged(tag, Status.BAD, text)
+        self._count_error()
+        return None
+
+    def _count_error(self) -> None:
+        self._errors += 1
+        if self._errors >= self.settings.max_errors and self.state is not ImapState.LOGOUT:
+            self.close("Too many errors", "too many errors")
+
+    def _close(self, reason: str) -> None:
+        self.state = ImapState.LOGOUT
+        self._close_reason = reason
+        self._in.clear()
+        self._running = None
+        self._idle_tag = None
+
+
+class _NeedData:
+    pass
+
+
+_NEED_DATA = _NeedData()

@@ -1,0 +1,938 @@
+"""Typed IMAP commands and the grammar of their arguments (RFC 9051 §6, §9; RFC 7162; RFC 5256; ...).
+
+`parse_command` turns the tokens of one command into a frozen dataclass, or raises ParseError with the
+reason a client gets after `BAD`. Mailbox names are decoded here (modified UTF-7, or UTF-8 once the
+client enabled UTF8=ACCEPT), so handlers only ever see Unicode names.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kartero.imap import mutf7
+from kartero.imap.tokens import Atom, ParseError, PList, String, Token
+
+STAR = -1  # "*" in a sequence set: the largest number in use
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceSet:
+    """Ranges as written (STAR for `*`), or the saved search result `$` (RFC 5182)."""
+
+    ranges: tuple[tuple[int, int], ...] = ()
+    is_saved: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SeqKey:
+    """A search key naming messages by sequence numbers or (is_uid) UIDs; resolved against the view."""
+
+    numbers: SequenceSet
+    is_uid: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SAnd:
+    keys: tuple[SearchKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SOr:
+    left: SearchKey
+    right: SearchKey
+
+
+@dataclass(frozen=True, slots=True)
+class SNot:
+    key: SearchKey
+
+
+@dataclass(frozen=True, slots=True)
+class SKey:
+    """A leaf search key and its arguments, already typed:
+    ALL; NONE (RECENT and NEW: Kartero keeps no \\Recent flag, IMAP4rev2 removed it); FLAG (name, present);
+    HEADER (field, text) with field lower-cased; BODY (text); TEXT (text); LARGER (n); SMALLER (n);
+    BEFORE/ON/SINCE (date) on the internal date; SENTBEFORE/SENTON/SENTSINCE (date); MODSEQ (n).
+    """
+
+    name: str
+    args: tuple[object, ...] = ()
+
+
+SearchKey = SKey | SeqKey | SAnd | SOr | SNot
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """BODY[...]/BINARY[...]: a part path, then HEADER, HEADER.FIELDS(.NOT), TEXT or MIME."""
+
+    part: tuple[int, ...] = ()
+    text: str = ""
+    fields: tuple[str, ...] = ()
+
+    def spec(self) -> str:
+        out = ".".join(str(p) for p in self.part)
+        if self.text:
+            out = f"{out}.{self.text}" if out else self.text
+        if self.fields:
+            out += " (" + " ".join(self.fields) + ")"
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class BodyItem:
+    kind: str  # "BODY", "BINARY" or "BINARY.SIZE"
+    section: Section
+    peek: bool = False
+    partial: tuple[int, int] | None = None  # (origin, count)
+
+    def response_name(self) -> str:
+        name = f"{self.kind}[{self.section.spec()}]"
+        if self.partial is not None:
+            name += f"<{self.partial[0]}>"
+        return name
+
+
+SIMPLE_FETCH = frozenset(
+    {"FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY", "UID", "MODSEQ",
+     "RFC822", "RFC822.HEADER", "RFC822.TEXT", "SAVEDATE", "EMAILID", "THREADID"}
+)  # fmt: skip
+FetchItem = str | BodyItem
+
+
+# -- commands -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Simple:
+    """A command without arguments: CAPABILITY NOOP LOGOUT STARTTLS CHECK CLOSE UNSELECT EXPUNGE IDLE
+    NAMESPACE."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    user: bytes
+    password: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    mechanism: str
+    initial: bytes | None  # SASL-IR (RFC 4959); b"" for "="
+
+
+@dataclass(frozen=True, slots=True)
+class Enable:
+    capabilities: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QResync:
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Select:
+    mailbox: str
+    readonly: bool
+    condstore: bool = False
+    qresync: QResync | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxCommand:
+    """CREATE, DELETE, SUBSCRIBE, UNSUBSCRIBE."""
+
+    name: str
+    mailbox: str
+    special_use: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rename:
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListCommand:
+    reference: str
+    patterns: tuple[str, ...]
+    selection: frozenset[str] = frozenset()  # SUBSCRIBED, REMOTE, RECURSIVEMATCH, SPECIAL-USE
+    returns: frozenset[str] = frozenset()  # SUBSCRIBED, CHILDREN, SPECIAL-USE, STATUS
+    status_items: tuple[str, ...] = ()
+    is_lsub: bool = False
+    is_extended: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    mailbox: str
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    mailbox: str
+    flags: frozenset[str]
+    date: datetime.datetime | None
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    is_uid: bool
+    key: SearchKey
+    returns: tuple[str, ...] | None  # None: a plain SEARCH; else ESEARCH with these (empty = ALL)
+    charset: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SortCommand:
+    is_uid: bool
+    keys: tuple[tuple[str, bool], ...]  # (ARRIVAL|CC|DATE|FROM|SIZE|SUBJECT|TO, reverse)
+    charset: str
+    key: SearchKey
+    returns: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    is_uid: bool
+    numbers: SequenceSet
+    items: tuple[FetchItem, ...]
+    changed_since: int | None = None
+    vanished: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCommand:
+    is_uid: bool
+    numbers: SequenceSet
+    op: str  # "+" add, "-" remove, "" replace
+    silent: bool
+    flags: frozenset[str]
+    unchanged_since: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CopyMove:
+    name: str  # COPY or MOVE
+    is_uid: bool
+    numbers: SequenceSet
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class UidExpunge:
+    numbers: SequenceSet
+
+
+@dataclass(frozen=True, slots=True)
+class Id:
+    params: tuple[tuple[str, str | None], ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Compress:
+    mechanism: str
+
+
+Command = (
+    Simple | Login | Authenticate | Enable | Select | MailboxCommand | Rename | ListCommand | Status | Append
+    | Search | SortCommand | Fetch | StoreCommand | CopyMove | UidExpunge | Id | Compress
+)  # fmt: skip
+
+
+@dataclass
+class _Args:
+    """A cursor over a command's argument tokens."""
+
+    tokens: list[Token]
+    utf8: bool
+    pos: int = 0
+    name: str = field(default="")
+
+    def more(self) -> bool:
+        return self.pos < len(self.tokens)
+
+    def peek(self) -> Token | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def next(self, what: str) -> Token:
+        if self.pos >= len(self.tokens):
+            raise ParseError(f"{self.name}: missing {what}")
+        token = self.tokens[self.pos]
+        self.pos += 1
+        return token
+
+    def end(self) -> None:
+        if self.pos < len(self.tokens):
+            raise ParseError(f"{self.name}: unexpected arguments")
+
+    def atom(self, what: str) -> str:
+        token = self.next(what)
+        if not isinstance(token, Atom):
+            raise ParseError(f"{self.name}: {what} must be an atom")
+        return token.value
+
+    def astring(self, what: str) -> bytes:
+        token = self.next(what)
+        if isinstance(token, String):
+            return token.value
+        if isinstance(token, Atom):
+            return token.value.encode("utf-8")
+        raise ParseError(f"{self.name}: {what} must be a string")
+
+    def nstring(self, what: str) -> bytes | None:
+        token = self.peek()
+        if isinstance(token, Atom) and token.value.upper() == "NIL":
+            self.pos += 1
+            return None
+        return self.astring(what)
+
+    def plist(self, what: str) -> tuple[Token, ...]:
+        token = self.next(what)
+        if not isinstance(token, PList):
+            raise ParseError(f"{self.name}: {what} must be a parenthesised list")
+        return token.items
+
+    def number(self, what: str) -> int:
+        return parse_number(self.atom(what), what)
+
+    def mailbox(self) -> str:
+        return decode_mailbox(self.astring("mailbox name"), utf8=self.utf8)
+
+
+def parse_number(text: str, what: str = "number") -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 20:
+        raise ParseError(f"{what} must be a number")
+    return int(text)
+
+
+def decode_mailbox(raw: bytes, *, utf8: bool) -> str:
+    """A mailbox name from the wire; INBOX in any case is INBOX (RFC 9051 §5.1)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ParseError("mailbox name is not valid UTF-8") from None
+    if not utf8:
+        try:
+            text = mutf7.decode(text)
+        except mutf7.MUTF7Error as exc:
+            raise ParseError(f"bad mailbox name: {exc}") from None
+    if text.upper() == "INBOX":
+        return "INBOX"
+    if text.upper().startswith("INBOX/"):
+        text = "INBOX" + text[5:]
+    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in text):
+        raise ParseError("control characters in mailbox name")
+    return text
+
+
+_SEQ_RANGE = re.compile(r"(\d+|\*)(?::(\d+|\*))?")
+
+
+def parse_sequence_set(text: str) -> SequenceSet:
+    if text == "$":
+        return SequenceSet(is_saved=True)
+    ranges: list[tuple[int, int]] = []
+    for piece in text.split(","):
+        m = _SEQ_RANGE.fullmatch(piece)
+        if m is None:
+            raise ParseError(f"bad sequence set {text!r}")
+        low = STAR if m.group(1) == "*" else int(m.group(1))
+        high = low if m.group(2) is None else (STAR if m.group(2) == "*" else int(m.group(2)))
+        if low == 0 or high == 0:
+            raise ParseError("0 is not a valid message number")
+        ranges.append((low, high))
+    return SequenceSet(tuple(ranges))
+
+
+_MONTHS = {m: i for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
+                                        "dec"], start=1)}  # fmt: skip
+_DATE = re.compile(r"(\d{1,2})-([A-Za-z]{3})-(\d{4})")
+_DATE_TIME = re.compile(r"( \d|\d{2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})")
+
+
+def parse_date(text: str) -> datetime.date:
+    m = _DATE.fullmatch(text)
+    month = _MONTHS.get(m.group(2).lower()) if m else None
+    if m is None or month is None:
+        raise ParseError(f"bad date {text!r} (expected e.g. 1-Feb-2026)")
+    try:
+        return datetime.date(int(m.group(3)), month, int(m.group(1)))
+    except ValueError:
+        raise ParseError(f"bad date {text!r}") from None
+
+
+def parse_date_time(text: str) -> datetime.datetime:
+    """RFC 9051 date-time: "26-Nov-2026 10:00:00 +0100"."""
+    m = _DATE_TIME.fullmatch(text)
+    month = _MONTHS.get(m.group(2).lower()) if m else None
+    if m is None or month is None:
+        raise ParseError(f"bad date-time {text!r}")
+    offset = datetime.timedelta(hours=int(m.group(8)), minutes=int(m.group(9)))
+    tz = datetime.timezone(offset if m.group(7) == "+" else -offset)
+    try:
+        return datetime.datetime(
+            int(m.group(3)), month, int(m.group(1)), int(m.group(4)), int(m.group(5)), int(m.group(6)), tzinfo=tz
+        )
+    except ValueError:
+        raise ParseError(f"bad date-time {text!r}") from None
+
+
+def _flag_list(items: tuple[Token, ...], what: str = "flag") -> frozenset[str]:
+    flags: set[str] = set()
+    for token in items:
+        if not isinstance(token, Atom) or not token.value or token.value == "\\*" or "[" in token.value:
+            raise ParseError(f"bad {what}")
+        value = token.value
+        if value.startswith("\\"):
+            canonical = _SYSTEM_FLAGS.get(value.lower())
+            if canonical is None:
+                raise ParseError(f"unknown system flag {value}")
+            value = canonical
+        flags.add(value)
+    return frozenset(flags)
+
+
+_SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
+
+
+# -- per-command grammars ------------------------------------------------------------------------------
+
+
+def _login(a: _Args) -> Command:
+    user, password = a.astring("user name"), a.astring("password")
+    a.end()
+    return Login(user, password)
+
+
+def _authenticate(a: _Args) -> Command:
+    mechanism = a.atom("mechanism").upper()
+    initial: bytes | None = None
+    if a.more():
+        token = a.next("initial response")
+        if isinstance(token, Atom):
+            initial = b"" if token.value == "=" else token.value.encode("ascii", "replace")
+        elif isinstance(token, String):
+            initial = token.value
+        else:
+            raise ParseError("bad initial response")
+    a.end()
+    return Authenticate(mechanism, initial)
+
+
+def _enable(a: _Args) -> Command:
+    caps = []
+    while a.more():
+        caps.append(a.atom("capability").upper())
+    if not caps:
+        raise ParseError("ENABLE needs at least one capability")
+    return Enable(tuple(caps))
+
+
+def _select(a: _Args) -> Command:
+    mailbox = a.mailbox()
+    condstore = False
+    qresync: QResync | None = None
+    if a.more():
+        params = list(a.plist("select parameters"))
+        i = 0
+        while i < len(params):
+            token = params[i]
+            if not isinstance(token, Atom):
+                raise ParseError("bad select parameter")
+            name = token.value.upper()
+            if name == "CONDSTORE":
+                condstore = True
+            elif name == "QRESYNC" and i + 1 < len(params) and isinstance(params[i + 1], PList):
+                qresync = _qresync(params[i + 1].items)  # type: ignore[union-attr]
+                i += 1
+            else:
+                raise ParseError(f"unknown select parameter {token.value}")
+            i += 1
+    a.end()
+    return Select(mailbox, readonly=a.name == "EXAMINE", condstore=condstore, qresync=qresync)
+
+
+def _qresync(items: tuple[Token, ...]) -> QResync:
+    if len(items) < 2:
+        raise ParseError("QRESYNC needs (uidvalidity modseq ...)")
+    uidvalidity = parse_number(_atom_value(items[0]), "uidvalidity")
+    modseq = parse_number(_atom_value(items[1]), "mod-sequence")
+    known: SequenceSet | None = None
+    match: tuple[SequenceSet, SequenceSet] | None = None
+    rest = list(items[2:])
+    if rest and isinstance(rest[0], Atom):
+        known = parse_sequence_set(_atom_value(rest.pop(0)))
+    if rest and isinstance(rest[0], PList) and len(rest[0].items) == 2:
+        seqs, uids = rest.pop(0).items  # type: ignore[union-attr]
+        match = (parse_sequence_set(_atom_value(seqs)), parse_sequence_set(_atom_value(uids)))
+    if rest:
+        raise ParseError("bad QRESYNC parameters")
+    return QResync(uidvalidity, modseq, known, match)
+
+
+def _mailbox_command(a: _Args) -> Command:
+    mailbox = a.mailbox()
+    special: tuple[str, ...] = ()
+    if a.name == "CREATE" and a.more():
+        params = a.plist("create parameters")
+        if len(params) != 2 or not isinstance(params[0], Atom) or params[0].value.upper() != "USE":
+            raise ParseError("only the USE create parameter is supported")
+        uses = params[1].items if isinstance(params[1], PList) else ()
+        special = tuple(t.value for t in uses if isinstance(t, Atom))
+    a.end()
+    return MailboxCommand(a.name, mailbox, special)
+
+
+def _rename(a: _Args) -> Command:
+    old, new = a.mailbox(), a.mailbox()
+    a.end()
+    return Rename(old, new)
+
+
+def _list_pattern(token: Token, utf8: bool) -> str:
+    if isinstance(token, Atom):
+        raw = token.value.encode("utf-8")
+    elif isinstance(token, String):
+        raw = token.value
+    else:
+        raise ParseError("bad mailbox pattern")
+    return decode_mailbox(raw, utf8=utf8) if raw else ""
+
+
+def _list(a: _Args) -> Command:
+    selection: set[str] = set()
+    is_extended = False
+    if isinstance(a.peek(), PList):
+        is_extended = True
+        for token in a.plist("selection options"):
+            if not isinstance(token, Atom):
+                raise ParseError("bad selection option")
+            selection.add(token.value.upper())
+    reference = _list_pattern(a.next("reference"), a.utf8)
+    patterns_token = a.next("mailbox pattern")
+    if isinstance(patterns_token, PList):
+        is_extended = True
+        patterns = tuple(_list_pattern(t, a.utf8) for t in patterns_token.items)
+    else:
+        patterns = (_list_pattern(patterns_token, a.utf8),)
+    returns: set[str] = set()
+    status_items: tuple[str, ...] = ()
+    if a.more():
+        if a.atom("RETURN").upper() != "RETURN":
+            raise ParseError("expected RETURN")
+        is_extended = True
+        options = list(a.plist("return options"))
+        i = 0
+        while i < len(options):
+            token = options[i]
+            if not isinstance(token, Atom):
+                raise ParseError("bad return option")
+            option = token.value.upper()
+            if option == "STATUS":
+                if i + 1 >= len(options) or not isinstance(options[i + 1], PList):
+                    raise ParseError("STATUS needs a list of items")
+                status_items = _status_items(options[i + 1].items)  # type: ignore[union-attr]
+                i += 1
+            returns.add(option)
+            i += 1
+    a.end()
+    unknown = selection - {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
+    if unknown:
+        raise ParseError(f"unknown selection option {sorted(unknown)[0]}")
+    if "RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}:
+        raise ParseError("RECURSIVEMATCH needs another selection option")
+    return ListCommand(reference, patterns, frozenset(selection), frozenset(returns), status_items,
+                       is_lsub=a.name == "LSUB", is_extended=is_extended)  # fmt: skip
+
+
+STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT",
+                "APPENDLIMIT")  # fmt: skip
+
+
+def _status_items(tokens: tuple[Token, ...]) -> tuple[str, ...]:
+    items = []
+    for token in tokens:
+        if not isinstance(token, Atom) or token.value.upper() not in STATUS_ITEMS:
+            raise ParseError("unknown STATUS item")
+        items.append(token.value.upper())
+    if not items:
+        raise ParseError("STATUS needs at least one item")
+    return tuple(items)
+
+
+def _status(a: _Args) -> Command:
+    mailbox = a.mailbox()
+    items = _status_items(a.plist("status items"))
+    a.end()
+    return Status(mailbox, items)
+
+
+def _append(a: _Args) -> Command:
+    mailbox = a.mailbox()
+    flags: frozenset[str] = frozenset()
+    date: datetime.datetime | None = None
+    if isinstance(a.peek(), PList):
+        flags = _flag_list(a.plist("flags"))
+    token = a.peek()
+    if isinstance(token, String) and not token.is_literal:
+        date = parse_date_time(token.value.decode("ascii", "replace"))
+        a.pos += 1
+    message = a.next("message literal")
+    if isinstance(message, Atom) and message.value.upper() == "UTF8":
+        inner = a.plist("UTF8 literal")
+        if len(inner) != 1 or not isinstance(inner[0], String):
+            raise ParseError("bad UTF8 literal")
+        message = inner[0]
+    if not isinstance(message, String) or not message.is_literal:
+        raise ParseError("APPEND needs the message as a literal")
+    a.end()
+    return Append(mailbox, flags, date, message.value)
+
+
+# -- SEARCH ---------------------------------------------------------------------------------------------
+
+
+def _search_string(a: _Args, what: str) -> str:
+    return a.astring(what).decode("utf-8", "replace")
+
+
+_FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True), "DRAFT": ("\\Draft", True),
+    "FLAGGED": ("\\Flagged", True), "SEEN": ("\\Seen", True), "UNANSWERED": ("\\Answered", False),
+    "UNDELETED": ("\\Deleted", False), "UNDRAFT": ("\\Draft", False), "UNFLAGGED": ("\\Flagged", False),
+    "UNSEEN": ("\\Seen", False),
+}  # fmt: skip
+_HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
+_DATE_KEYS = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"})
+
+
+def _search_key(a: _Args, depth: int = 0) -> SearchKey:
+    if depth > 50:
+        raise ParseError("search keys nested too deeply")
+    token = a.next("search key")
+    if isinstance(token, PList):
+        inner = _Args(list(token.items), a.utf8, name=a.name)
+        keys = [_search_key(inner, depth + 1)]
+        while inner.more():
+            keys.append(_search_key(inner, depth + 1))
+        return keys[0] if len(keys) == 1 else SAnd(tuple(keys))
+    if not isinstance(token, Atom):
+        raise ParseError("bad search key")
+    key = token.value.upper()
+    if key in _FLAG_KEYS:
+        return SKey("FLAG", _FLAG_KEYS[key])
+    if key in _HEADER_KEYS:
+        return SKey("HEADER", (_HEADER_KEYS[key], _search_string(a, key)))
+    if key in _DATE_KEYS:
+        return SKey(key, (parse_date(a.astring("date").decode("ascii", "replace")),))
+    match key:
+        case "ALL" | "OLD":
+            return SKey("ALL")
+        case "NEW" | "RECENT":
+            return SKey("NONE")
+        case "BODY" | "TEXT":
+            return SKey(key, (_search_string(a, key),))
+        case "HEADER":
+            field_name = _search_string(a, "header field").lower()
+            return SKey("HEADER", (field_name, _search_string(a, "header text")))
+        case "KEYWORD" | "UNKEYWORD":
+            flag = next(iter(_flag_list((a.next("keyword"),), "keyword")))
+            return SKey("FLAG", (flag, key == "KEYWORD"))
+        case "LARGER" | "SMALLER":
+            return SKey(key, (a.number("size"),))
+        case "NOT":
+            return SNot(_search_key(a, depth + 1))
+        case "OR":
+            return SOr(_search_key(a, depth + 1), _search_key(a, depth + 1))
+        case "UID":
+            return SeqKey(parse_sequence_set(a.atom("UID set")), is_uid=True)
+        case "MODSEQ":
+            if isinstance(a.peek(), String):  # entry-name and entry-type (RFC 7162 §3.1.5), ignored
+                a.pos += 1
+                a.atom("entry type")
+            return SKey("MODSEQ", (a.number("mod-sequence"),))
+    if key[:1].isdigit() or key[:1] in "*$":
+        return SeqKey(parse_sequence_set(key), is_uid=False)
+    raise ParseError(f"unknown search key {token.value}")
+
+
+def _search_program(a: _Args) -> SearchKey:
+    keys = [_search_key(a)]
+    while a.more():
+        keys.append(_search_key(a))
+    return keys[0] if len(keys) == 1 else SAnd(tuple(keys))
+
+
+_ESEARCH_RETURNS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+
+
+def _search(a: _Args, is_uid: bool) -> Command:
+    returns: tuple[str, ...] | None = None
+    if isinstance(a.peek(), Atom) and a.peek().value.upper() == "RETURN":  # type: ignore[union-attr]
+        a.pos += 1
+        options = []
+        for token in a.plist("return options"):
+            if not isinstance(token, Atom) or token.value.upper() not in _ESEARCH_RETURNS:
+                raise ParseError("unknown SEARCH return option")
+            options.append(token.value.upper())
+        returns = tuple(options)
+    charset = None
+    if isinstance(a.peek(), Atom) and a.peek().value.upper() == "CHARSET":  # type: ignore[union-attr]
+        a.pos += 1
+        charset = a.astring("charset").decode("ascii", "replace").upper()
+    return Search(is_uid, _search_program(a), returns, charset)
+
+
+SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO"})
+
+
+def _sort(a: _Args, is_uid: bool) -> Command:
+    returns: tuple[str, ...] | None = None
+    if isinstance(a.peek(), Atom) and a.peek().value.upper() == "RETURN":  # type: ignore[union-attr]
+        a.pos += 1
+        returns = tuple(t.value.upper() for t in a.plist("return options") if isinstance(t, Atom))
+    keys: list[tuple[str, bool]] = []
+    reverse = False
+    for token in a.plist("sort criteria"):
+        if not isinstance(token, Atom):
+            raise ParseError("bad sort criterion")
+        word = token.value.upper()
+        if word == "REVERSE":
+            reverse = True
+            continue
+        if word not in SORT_KEYS:
+            raise ParseError(f"unsupported sort key {token.value}")
+        keys.append((word, reverse))
+        reverse = False
+    if not keys or reverse:
+        raise ParseError("bad sort criteria")
+    charset = a.astring("charset").decode("ascii", "replace").upper()
+    return SortCommand(is_uid, tuple(keys), charset, _search_program(a), returns)
+
+
+# -- FETCH and STORE ---------------------------------------------------------------------------------------
+
+_SECTION = re.compile(r"((?:\d+\.)*\d+)?(?:\.?(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME))?(?: \((.*)\))?")
+_BODY_ITEM = re.compile(r"(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK|BINARY\.SIZE)\[(.*)\](?:<(\d+)(?:\.(\d+))?>)?", re.S)
+
+
+def parse_fetch_item(text: str) -> FetchItem:
+    upper = text.upper()
+    if upper in SIMPLE_FETCH:
+        return upper
+    m = _BODY_ITEM.fullmatch(text)
+    if m is None:
+        raise ParseError(f"unknown fetch item {text}")
+    kind = m.group(1).upper()
+    section = _parse_section(m.group(2))
+    if kind.startswith("BINARY") and (section.text or section.fields):
+        raise ParseError("BINARY takes a part number only")
+    partial = None
+    if m.group(3) is not None:
+        if kind == "BINARY.SIZE" or m.group(4) is None:
+            raise ParseError("bad partial range")
+        partial = (int(m.group(3)), int(m.group(4)))
+        if partial[1] == 0:
+            raise ParseError("partial length must not be 0")
+    return BodyItem(kind.replace(".PEEK", ""), section, peek=".PEEK" in kind, partial=partial)
+
+
+def _parse_section(spec: str) -> Section:
+    m = _SECTION.fullmatch(spec)
+    if m is None:
+        raise ParseError(f"bad section {spec!r}")
+    part = tuple(int(p) for p in m.group(1).split(".")) if m.group(1) else ()
+    if any(p == 0 for p in part):
+        raise ParseError("section part numbers start at 1")
+    text = (m.group(2) or "").upper()
+    if text == "MIME" and not part:
+        raise ParseError("MIME needs a part number")
+    fields: tuple[str, ...] = ()
+    if text.startswith("HEADER.FIELDS"):
+        if m.group(3) is None or not m.group(3).strip():
+            raise ParseError("HEADER.FIELDS needs a list of field names")
+        fields = tuple(f.strip('"').upper() for f in m.group(3).split())
+    elif m.group(3) is not None:
+        raise ParseError(f"bad section {spec!r}")
+    return Section(part, text, fields)
+
+
+_FETCH_MACROS = {
+    "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
+    "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
+    "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
+}
+
+
+def _fetch(a: _Args, is_uid: bool) -> Command:
+    numbers = parse_sequence_set(a.atom("sequence set"))
+    token = a.next("fetch items")
+    if isinstance(token, PList):
+        items = tuple(parse_fetch_item(_atom_value(t)) for t in token.items)
+        if not items:
+            raise ParseError("empty fetch item list")
+    else:
+        word = _atom_value(token)
+        items = _FETCH_MACROS.get(word.upper()) or (parse_fetch_item(word),)
+    changed_since = None
+    vanished = False
+    if a.more():
+        modifiers = list(a.plist("fetch modifiers"))
+        i = 0
+        while i < len(modifiers):
+            name = _atom_value(modifiers[i]).upper()
+            if name == "CHANGEDSINCE" and i + 1 < len(modifiers):
+                changed_since = parse_number(_atom_value(modifiers[i + 1]), "mod-sequence")
+                i += 2
+            elif name == "VANISHED":
+                vanished = True
+                i += 1
+            else:
+                raise ParseError(f"unknown fetch modifier {name}")
+        if vanished and (changed_since is None or not is_uid):
+            raise ParseError("VANISHED needs UID FETCH with CHANGEDSINCE")
+    a.end()
+    return Fetch(is_uid, numbers, items, changed_since, vanished)
+
+
+def _atom_value(token: Token) -> str:
+    if not isinstance(token, Atom):
+        raise ParseError("expected an atom")
+    return token.value
+
+
+def _store(a: _Args, is_uid: bool) -> Command:
+    numbers = parse_sequence_set(a.atom("sequence set"))
+    unchanged_since = None
+    if isinstance(a.peek(), PList):
+        modifiers = a.plist("store modifiers")
+        if len(modifiers) != 2 or _atom_value(modifiers[0]).upper() != "UNCHANGEDSINCE":
+            raise ParseError("unknown STORE modifier")
+        unchanged_since = parse_number(_atom_value(modifiers[1]), "mod-sequence")
+    item = a.atom("store item").upper()
+    silent = item.endswith(".SILENT")
+    base = item.removesuffix(".SILENT")
+    ops = {"FLAGS": "", "+FLAGS": "+", "-FLAGS": "-"}
+    if base not in ops:
+        raise ParseError(f"unknown STORE item {item}")
+    if isinstance(a.peek(), PList):
+        flags = _flag_list(a.plist("flags"))
+    else:
+        flags = _flag_list(tuple(a.tokens[a.pos :]))
+        a.pos = len(a.tokens)
+    a.end()
+    return StoreCommand(is_uid, numbers, ops[base], silent, flags, unchanged_since)
+
+
+def _copy_move(a: _Args, is_uid: bool) -> Command:
+    numbers = parse_sequence_set(a.atom("sequence set"))
+    mailbox = a.mailbox()
+    a.end()
+    return CopyMove(a.name, is_uid, numbers, mailbox)
+
+
+def _uid(a: _Args) -> Command:
+    sub = a.atom("UID command").upper()
+    a.name = sub
+    match sub:
+        case "FETCH":
+            return _fetch(a, True)
+        case "STORE":
+            return _store(a, True)
+        case "COPY" | "MOVE":
+            return _copy_move(a, True)
+        case "SEARCH":
+            return _search(a, True)
+        case "SORT":
+            return _sort(a, True)
+        case "EXPUNGE":
+            numbers = parse_sequence_set(a.atom("UID set"))
+            a.end()
+            return UidExpunge(numbers)
+    raise ParseError(f"unknown UID command {sub}")
+
+
+def _id(a: _Args) -> Command:
+    token = a.next("ID parameters")
+    if isinstance(token, Atom) and token.value.upper() == "NIL":
+        a.end()
+        return Id(None)
+    if not isinstance(token, PList) or len(token.items) % 2 or len(token.items) > 60:
+        raise ParseError("ID needs NIL or a list of field/value pairs")
+    params: list[tuple[str, str | None]] = []
+    for key, value in zip(token.items[::2], token.items[1::2], strict=True):
+        if not isinstance(key, String):
+            raise ParseError("ID field names must be strings")
+        text = None if isinstance(value, Atom) and value.value.upper() == "NIL" else _token_text(value)
+        params.append((key.value.decode("utf-8", "replace")[:30], text[:1024] if text else text))
+    a.end()
+    return Id(tuple(params))
+
+
+def _token_text(token: Token) -> str:
+    if isinstance(token, String):
+        return token.value.decode("utf-8", "replace")
+    if isinstance(token, Atom):
+        return token.value
+    raise ParseError("bad ID value")
+
+
+def _compress(a: _Args) -> Command:
+    mechanism = a.atom("mechanism").upper()
+    a.end()
+    return Compress(mechanism)
+
+
+_NO_ARGS = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "IDLE",
+                      "NAMESPACE"})  # fmt: skip
+
+_GRAMMARS: dict[str, Callable[[_Args], Command]] = {
+    "LOGIN": _login,
+    "AUTHENTICATE": _authenticate,
+    "ENABLE": _enable,
+    "SELECT": _select,
+    "EXAMINE": _select,
+    "CREATE": _mailbox_command,
+    "DELETE": _mailbox_command,
+    "SUBSCRIBE": _mailbox_command,
+    "UNSUBSCRIBE": _mailbox_command,
+    "RENAME": _rename,
+    "LIST": _list,
+    "LSUB": _list,
+    "STATUS": _status,
+    "APPEND": _append,
+    "SEARCH": lambda a: _search(a, False),
+    "SORT": lambda a: _sort(a, False),
+    "FETCH": lambda a: _fetch(a, False),
+    "STORE": lambda a: _store(a, False),
+    "COPY": lambda a: _copy_move(a, False),
+    "MOVE": lambda a: _copy_move(a, False),
+    "UID": _uid,
+    "ID": _id,
+    "COMPRESS": _compress,
+}
+
+
+def parse_command(name: str, args: list[Token], *, utf8: bool) -> Command:
+    """The typed form of command `name` with argument tokens `args`; raises ParseError."""
+    if name in _NO_ARGS:
+        if args:
+            raise ParseError(f"{name} takes no arguments")
+        return Simple(name)
+    grammar = _GRAMMARS.get(name)
+    if grammar is None:
+        raise ParseError(f"unknown command {name}")
+    return grammar(_Args(args, utf8, name=name))
