@@ -138,8 +138,13 @@ def test_quick_start_serve_with_embedded_default(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        assert proc.stdout.readline() == "smtp listening on 127.0.0.1:2525\n"
-        assert proc.stdout.readline() == "kartero ready\n"
+        lines = [proc.stdout.readline() for _ in range(4)]
+        assert lines == [
+            "smtp listening on 127.0.0.1:2525\n",
+            "imap listening on 127.0.0.1:1430\n",
+            "imaps listening on 127.0.0.1:9930\n",
+            "kartero ready\n",
+        ]
         assert (tmp_path / "kartero-data" / "tls" / "cert.pem").exists()
         kartero("user", "add", "bob@localhost", "--password-stdin", cwd=tmp_path, stdin="pw\n")
         with smtplib.SMTP("127.0.0.1", 2525) as s:

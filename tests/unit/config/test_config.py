@@ -67,8 +67,12 @@ def test_defaults(tmp_path: Path) -> None:
         (BASE + '[listen]\nsmtp = ["mail.example:25"]\n', "[listen] smtp: 'mail.example' is not an IP address"),
         (BASE + "[listen]\nsmtp = [25]\n", '[listen] smtp: expected addresses like "127.0.0.1:25", got 25'),
         (
-            BASE + '[listen]\nimap = ["127.0.0.1:143"]\n',
-            "[listen] imap: this listener is not available in this version of Kartero",
+            BASE + '[listen]\npop3 = ["127.0.0.1:110"]\n',
+            "[listen] pop3: this listener is not available in this version of Kartero",
+        ),
+        (
+            BASE + '[listen]\nimaps = ["127.0.0.1:993"]\n',
+            "[listen] imaps: needs a [tls] certificate (implicit TLS)",
         ),
         (BASE + '[tls]\ncert = "nope.pem"\nkey = "nope.pem"\n', "[tls] cert: file not found: "),
         (BASE + '[tls]\ncert = "c.pem"\n', "[tls] key: missing"),
@@ -115,6 +119,8 @@ def test_embedded_default_when_no_file(tmp_path: Path, monkeypatch: pytest.Monke
     assert config.domains == ("localhost",)
     assert config.data_dir == (tmp_path / "kartero-data").resolve()
     assert config.listen["smtp"] == (ListenAddress("127.0.0.1", 2525),)
+    assert config.listen["imap"] == (ListenAddress("127.0.0.1", 1430),)
+    assert config.listen["imaps"] == (ListenAddress("127.0.0.1", 9930),)
     assert config.make_certificate
 
 
