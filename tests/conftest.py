@@ -1,3 +1,3 @@
 import pytest
 
-pytest.register_assert_rewrite("tests.unit.smtp.transcript", "tests.integration.harness")
+pytest.register_assert_rewrite("tests.unit.smtp.transcript", "tests.unit.imap.harness", "tests.integration.harness")

@@ -28,7 +28,8 @@ from kartero.imap.tokens import (
     tokenize,
 )
 
-_TAG = re.compile(r"[!#$&'*,\-./0-9:;<=>?@A-Z\[^_`a-z|~]+")
+# tag = 1*<any ASTRING-CHAR except "+"> (RFC 9051 §9): printable, without ( ) { SP % * " \ +.
+_TAG = re.compile(r"[!#$&',\-./0-9:;<=>?@A-Z\[\]^_`a-z|}~]+")
 # Bounds on what a client may make us buffer (RFC 9051 §4.3 leaves them to the server).
 MAX_LINE = 64 * 1024
 MAX_LITERAL_UNAUTHENTICATED = 4 * 1024
@@ -360,6 +361,8 @@ class ImapConnection:
                 self._out += r.bye("Logging out")
                 self._out += r.tagged(tag, Status.OK, "LOGOUT completed")
                 self._close("logout")
+            case Simple(name="NOOP") if self.state is not ImapState.SELECTED:
+                self._out += r.tagged(tag, Status.OK, "NOOP completed")  # nothing selected: nothing to report
             case Simple(name="NAMESPACE"):
                 self._out += r.untagged('NAMESPACE (("" "/")) NIL NIL')
                 self._out += r.tagged(tag, Status.OK, "NAMESPACE completed")
