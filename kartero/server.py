@@ -94,6 +94,7 @@ class Server:
         directory = DirectoryCache(store, config.domains, executor)
         policy = InboundPolicy(directory, config.primary_domain)
         authenticator = Authenticator(store)
+
         def on_change(ids: frozenset[int]) -> None:  # called from the store's writer threads
             loop.call_soon_threadsafe(self._mailboxes_changed, ids)
 

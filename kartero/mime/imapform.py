@@ -101,10 +101,13 @@ def body_structure(part: Part, data: bytes, *, extended: bool) -> bytes:
         return b"(" + out + b")"
     ct = part.content_type
     header = part.header
+    params = ct.params
+    if ct.type.lower() == b"text" and ct.param(b"charset") is None:
+        params = (*params, (b"charset", b"us-ascii"))  # RFC 2046 §4.1.2: the default charset of text/*
     fields = [
         imap_string(ct.type),
         imap_string(ct.subtype),
-        _params(ct.params),
+        _params(params),
         nstring(header.get("content-id")),
         nstring(header.get("content-description")),
         imap_string(part.encoding),

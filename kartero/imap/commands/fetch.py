@@ -193,7 +193,11 @@ def _needs_index(cmd: Fetch) -> bool:
 
 
 def _sets_seen(cmd: Fetch) -> bool:
-    return any((isinstance(i, BodyItem) and not i.peek) or (isinstance(i, str) and i in _SETS_SEEN) for i in cmd.items)
+    """BODY[...] and BINARY[...] without .PEEK, RFC822 and RFC822.TEXT set \\Seen (RFC 9051 §6.4.5)."""
+    return any(
+        (isinstance(i, BodyItem) and not i.peek and i.kind != "BINARY.SIZE") or (isinstance(i, str) and i in _SETS_SEEN)
+        for i in cmd.items
+    )
 
 
 def _in_uid_set(uid: int, cmd: Fetch) -> bool:

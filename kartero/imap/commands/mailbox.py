@@ -244,7 +244,7 @@ def list_mailboxes(session: Session, cmd: ListCommand) -> Handler:
             attributes.append("\\HasChildren" if any(n in boxes for n in children) else "\\HasNoChildren")
         if want_subscribed and is_subscribed and not cmd.is_lsub:
             attributes.append("\\Subscribed")
-        if mailbox is not None and mailbox.special_use:
+        if mailbox is not None and mailbox.special_use and not cmd.is_lsub:
             attributes.append(mailbox.special_use)
         extra = ""
         if not matched:

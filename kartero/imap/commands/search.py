@@ -112,15 +112,14 @@ def search(session: Session, cmd: Search, tag: str) -> Handler:
         parts = [f'(TAG "{tag}")']
         if cmd.is_uid:
             parts.append("UID")
-        if numbers:
-            if "MIN" in options:
-                parts.append(f"MIN {min(numbers)}")
-            if "MAX" in options:
-                parts.append(f"MAX {max(numbers)}")
-            if "ALL" in options:
-                parts.append(f"ALL {format_set(numbers)}")
+        if numbers and "MIN" in options:
+            parts.append(f"MIN {min(numbers)}")
+        if numbers and "MAX" in options:
+            parts.append(f"MAX {max(numbers)}")
         if "COUNT" in options:
             parts.append(f"COUNT {len(numbers)}")
+        if numbers and "ALL" in options:
+            parts.append(f"ALL {format_set(numbers)}")
         if uses_modseq and numbers:
             parts.append(f"MODSEQ {highest}")
         if options - {"SAVE"}:

@@ -143,9 +143,8 @@ def format_flags(flags: Iterable[str]) -> str:
 
 
 def fetch_flags_line(session: Session, seq: int, row: MessageRow, *, with_uid: bool) -> bytes:
-    items = [f"FLAGS {format_flags(row.flags)}"]
-    if with_uid:
-        items.append(f"UID {row.uid}")
+    items = [f"UID {row.uid}"] if with_uid else []
+    items.append(f"FLAGS {format_flags(row.flags)}")
     if session.uses_condstore():
         items.append(f"MODSEQ ({row.modseq})")
     return f"* {seq} FETCH ({' '.join(items)})\r\n".encode()

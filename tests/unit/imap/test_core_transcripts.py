@@ -7,7 +7,10 @@ import base64
 from kartero.imap.connection import ImapConnection, StartTLSRequested
 from tests.unit.imap.harness import SETTINGS, Client, play
 
-GREETING = r"S~ \* OK \[CAPABILITY IMAP4rev1 IMAP4rev2 LITERAL\+ SASL-IR ID ENABLE STARTTLS AUTH=PLAIN\] imap\.example\.test Kartero IMAP4rev2 ready"
+GREETING = (
+    r"S~ \* OK \[CAPABILITY IMAP4rev1 IMAP4rev2 LITERAL\+ SASL-IR ID ENABLE STARTTLS AUTH=PLAIN\] "
+    r"imap\.example\.test Kartero IMAP4rev2 ready"
+)
 
 
 def test_greeting_capability_and_logout() -> None:
