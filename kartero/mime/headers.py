@@ -103,7 +103,7 @@ def decode_words(value: bytes) -> str:
         charset, encoding, text = m.group(1).decode("latin-1"), m.group(2).upper(), m.group(3)
         try:
             if encoding == b"B":
-                payload = base64.b64decode(text + b"=" * (-len(text) % 4))
+                payload = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
             else:
                 payload = quopri.decodestring(text.replace(b"_", b" "), header=True)
             out.append(_charset_decode(payload, charset))
