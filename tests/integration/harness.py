@@ -48,6 +48,8 @@ class KarteroServer:
     limits: str = ""
     tls: bool = True
     port: int = 0
+    imap_port: int = 0
+    imaps_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_lines: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
@@ -56,6 +58,8 @@ class KarteroServer:
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port(self.host)
+        self.imap_port = self.imap_port or free_port(self.host)
+        self.imaps_port = self.imaps_port or free_port(self.host)
         self.config = self.root / "kartero.toml"
         tls_section = ""
         if self.tls:
@@ -71,7 +75,9 @@ class KarteroServer:
             f"{self.extra_config}\n"
             "[listen]\n"
             f'smtp = ["{self.host}:{self.port}"]\n'
-            f"{tls_section}"
+            f'imap = ["{self.host}:{self.imap_port}"]\n'
+            + (f'imaps = ["{self.host}:{self.imaps_port}"]\n' if self.tls else "")
+            + f"{tls_section}"
             "[limits]\n"
             f"{self.limits}\n"
         )
