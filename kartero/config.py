@@ -23,12 +23,12 @@ EMBEDDED_DATA_DIR = "kartero-data"
 
 # Listener kinds this version serves. The others in DESIGN.md §1 are refused by name until they exist,
 # so a config never silently lacks a service it asks for.
-LISTENERS = ("smtp", "imap", "imaps")
-PLANNED_LISTENERS = ("submission", "submissions", "pop3", "pop3s")
+LISTENERS = ("smtp", "imap", "imaps", "pop3", "pop3s")
+PLANNED_LISTENERS = ("submission", "submissions")
 # Listeners that speak TLS from the first byte and so cannot run without [tls].
 IMPLICIT_TLS = frozenset({"imaps", "submissions", "pop3s"})
 
-EMBEDDED_PORTS = {"smtp": 2525, "imap": 1430, "imaps": 9930}
+EMBEDDED_PORTS = {"smtp": 2525, "imap": 1430, "imaps": 9930, "pop3": 1100, "pop3s": 9950}
 
 
 class ConfigError(Exception):

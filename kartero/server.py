@@ -24,8 +24,10 @@ from kartero.config import IMPLICIT_TLS, Config
 from kartero.imap.connection import ImapSettings
 from kartero.log import kv
 from kartero.net.imap_session import ImapContext, ImapSession
+from kartero.net.pop3_session import Pop3Context, Pop3Session
 from kartero.net.session import SessionContext, SMTPSession
 from kartero.policy.inbound import InboundPolicy
+from kartero.pop3.connection import Pop3Settings
 from kartero.smtp.server import ServerSettings
 from kartero.store.sqlite import SQLiteStore
 from kartero.tls import make_self_signed, server_context
@@ -128,6 +130,24 @@ class Server:
                     factory: Callable[[], asyncio.Protocol]
                     if kind == "smtp":
                         factory = partial(SMTPSession, smtp_ctx)
+                    elif kind in ("pop3", "pop3s"):
+                        implicit = kind in IMPLICIT_TLS
+                        pop3_ctx = Pop3Context(
+                            listener=kind,
+                            settings=Pop3Settings(
+                                hostname=config.hostname, is_tls_available=self._tls is not None and not implicit
+                            ),
+                            store=store,
+                            authenticator=authenticator,
+                            tls_context=lambda: self._tls,
+                            implicit_tls=implicit,
+                            spawn=self._spawn,
+                            sessions=self._sessions,
+                            on_session_end=self._on_session_end,
+                            max_connections=config.limits.connections,
+                            is_stopping=lambda: self._stopping,
+                        )
+                        factory = partial(Pop3Session, pop3_ctx)
                     else:
                         implicit = kind in IMPLICIT_TLS
                         imap_ctx = ImapContext(

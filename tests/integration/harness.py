@@ -50,6 +50,8 @@ class KarteroServer:
     port: int = 0
     imap_port: int = 0
     imaps_port: int = 0
+    pop3_port: int = 0
+    pop3s_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_lines: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
@@ -60,6 +62,8 @@ class KarteroServer:
             self.port = free_port(self.host)
         self.imap_port = self.imap_port or free_port(self.host)
         self.imaps_port = self.imaps_port or free_port(self.host)
+        self.pop3_port = self.pop3_port or free_port(self.host)
+        self.pop3s_port = self.pop3s_port or free_port(self.host)
         self.config = self.root / "kartero.toml"
         tls_section = ""
         if self.tls:
@@ -76,7 +80,12 @@ class KarteroServer:
             "[listen]\n"
             f'smtp = ["{self.host}:{self.port}"]\n'
             f'imap = ["{self.host}:{self.imap_port}"]\n'
-            + (f'imaps = ["{self.host}:{self.imaps_port}"]\n' if self.tls else "")
+            f'pop3 = ["{self.host}:{self.pop3_port}"]\n'
+            + (
+                f'imaps = ["{self.host}:{self.imaps_port}"]\npop3s = ["{self.host}:{self.pop3s_port}"]\n'
+                if self.tls
+                else ""
+            )
             + f"{tls_section}"
             "[limits]\n"
             f"{self.limits}\n"

@@ -138,11 +138,13 @@ def test_quick_start_serve_with_embedded_default(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(4)]
+        lines = [proc.stdout.readline() for _ in range(6)]
         assert lines == [
             "smtp listening on 127.0.0.1:2525\n",
             "imap listening on 127.0.0.1:1430\n",
             "imaps listening on 127.0.0.1:9930\n",
+            "pop3 listening on 127.0.0.1:1100\n",
+            "pop3s listening on 127.0.0.1:9950\n",
             "kartero ready\n",
         ]
         assert (tmp_path / "kartero-data" / "tls" / "cert.pem").exists()

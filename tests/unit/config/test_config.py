@@ -67,8 +67,8 @@ def test_defaults(tmp_path: Path) -> None:
         (BASE + '[listen]\nsmtp = ["mail.example:25"]\n', "[listen] smtp: 'mail.example' is not an IP address"),
         (BASE + "[listen]\nsmtp = [25]\n", '[listen] smtp: expected addresses like "127.0.0.1:25", got 25'),
         (
-            BASE + '[listen]\npop3 = ["127.0.0.1:110"]\n',
-            "[listen] pop3: this listener is not available in this version of Kartero",
+            BASE + '[listen]\nsubmission = ["127.0.0.1:587"]\n',
+            "[listen] submission: this listener is not available in this version of Kartero",
         ),
         (
             BASE + '[listen]\nimaps = ["127.0.0.1:993"]\n',
@@ -121,6 +121,8 @@ def test_embedded_default_when_no_file(tmp_path: Path, monkeypatch: pytest.Monke
     assert config.listen["smtp"] == (ListenAddress("127.0.0.1", 2525),)
     assert config.listen["imap"] == (ListenAddress("127.0.0.1", 1430),)
     assert config.listen["imaps"] == (ListenAddress("127.0.0.1", 9930),)
+    assert config.listen["pop3"] == (ListenAddress("127.0.0.1", 1100),)
+    assert config.listen["pop3s"] == (ListenAddress("127.0.0.1", 9950),)
     assert config.make_certificate
 
 

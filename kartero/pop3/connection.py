@@ -1,0 +1,443 @@
+"""The POP3 server core (RFC 1939, RFC 2449 CAPA/RESP-CODES/PIPELINING, RFC 2595 STLS, RFC 5034 SASL),
+sans-I/O.
+
+Theory of operation: AUTHORIZATION (USER/PASS or AUTH PLAIN; the password check is the adapter's
+`LoginRequested`), then TRANSACTION over a snapshot of INBOX taken at login (`login_result`). DELE only
+marks; QUIT asks the adapter to expunge the marked messages (`UpdateRequested`) and answers once it has.
+A connection that ends any other way deletes nothing. RETR and TOP ask for the bytes (`MessageWanted`)
+and send them dot-stuffed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, auto
+
+from kartero.auth.sasl import SASLError, decode_base64, parse_plain
+
+# RFC 2449 §4: a command line is at most 255 octets; SASL responses may be longer (RFC 5034 §4).
+MAX_COMMAND = 255
+MAX_SASL_LINE = 8192
+
+
+class ProtocolViolation(Exception):
+    """The adapter answered something the core did not ask for."""
+
+
+class Pop3State(Enum):
+    AUTHORIZATION = auto()
+    TRANSACTION = auto()
+    CLOSED = auto()
+
+
+@dataclass(frozen=True, slots=True)
+class Pop3Settings:
+    hostname: str
+    is_tls_available: bool = False
+    max_errors: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class MaildropEntry:
+    uid: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRequested:
+    user: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageWanted:
+    uid: int
+    top_lines: int | None  # None: the whole message (RETR)
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRequested:
+    deleted_uids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLSRequested:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    reason: str
+
+
+Event = LoginRequested | MessageWanted | UpdateRequested | StartTLSRequested | ConnectionClosed
+
+
+def dot_stuff(data: bytes) -> bytes:
+    """A message as multi-line response data: lines starting with '.' doubled, ending in CRLF."""
+    if data.startswith(b"."):
+        data = b"." + data
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data
+
+
+def top(data: bytes, lines: int) -> bytes:
+    """The header, the blank line and the first `lines` lines of the body (RFC 1939 TOP)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return data
+    body_start = end + 4
+    pos = body_start
+    for _ in range(lines):
+        nxt = data.find(b"\r\n", pos)
+        if nxt < 0:
+            return data
+        pos = nxt + 2
+    return data[:pos]
+
+
+class Pop3Connection:
+    def __init__(self, settings: Pop3Settings, *, is_tls: bool = False, is_loopback: bool = False) -> None:
+        self.settings = settings
+        self.state = Pop3State.AUTHORIZATION
+        self.is_tls = is_tls
+        self.is_loopback = is_loopback
+        self.user: str | None = None
+        self._in = bytearray()
+        self._out = bytearray()
+        self._is_eof = False
+        self._maildrop: list[MaildropEntry] = []
+        self._deleted: set[int] = set()  # message numbers marked by DELE
+        self._pending_user: str | None = None
+        self._awaiting: str | None = None  # "login", "message", "update", "sasl", "tls"
+        self._close_reason: str | None = None
+        self._is_close_reported = False
+        self._is_skipping_line = False
+        self._errors = 0
+
+    # -- adapter API -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._ok(f"{self.settings.hostname} Kartero POP3 ready")
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state is Pop3State.CLOSED:
+            return
+        if not data:
+            self._is_eof = True
+        elif self._awaiting != "tls":
+            self._in += data
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def login_result(self, user: str | None, maildrop: list[MaildropEntry] | None = None) -> None:
+        self._expect("login")
+        if user is None or maildrop is None:
+            self._err("Authentication failed", "AUTH")
+            self._count_error()
+            return
+        self.user = user
+        self._maildrop = maildrop
+        self.state = Pop3State.TRANSACTION
+        self._ok(f"Logged in, {len(maildrop)} messages")
+
+    def message_result(self, data: bytes | None) -> None:
+        self._expect("message")
+        if data is None:
+            self._err("Message no longer exists")
+            return
+        self._out += b"+OK message follows\r\n" + dot_stuff(data) + b".\r\n"
+
+    def update_result(self, ok: bool) -> None:
+        self._expect("update")
+        if ok:
+            self._ok("Bye")
+        else:
+            self._err("Some deleted messages were not removed", "SYS/TEMP")
+        self._close("quit")
+
+    def tls_established(self) -> None:
+        self._expect("tls")
+        self.is_tls = True
+
+    def close(self, text: str, reason: str) -> None:
+        if self.state is Pop3State.CLOSED:
+            return
+        self._err(text)
+        self._close(reason)
+
+    @property
+    def is_closed(self) -> bool:
+        return self.state is Pop3State.CLOSED
+
+    @property
+    def is_idle(self) -> bool:
+        return self._awaiting is None
+
+    def capabilities(self) -> list[str]:
+        caps = ["TOP", "UIDL", "RESP-CODES", "PIPELINING", "AUTH-RESP-CODE"]
+        if self.state is Pop3State.AUTHORIZATION:
+            if self.settings.is_tls_available and not self.is_tls:
+                caps.append("STLS")
+            if self._may_login():
+                caps += ["USER", "SASL PLAIN"]
+        caps.append("IMPLEMENTATION Kartero")
+        return caps
+
+    def _may_login(self) -> bool:
+        return self.is_tls or self.is_loopback
+
+    # -- processing ----------------------------------------------------------------------------------
+
+    def next_event(self) -> Event | None:
+        while True:
+            if self.state is Pop3State.CLOSED:
+                if self._is_close_reported:
+                    return None
+                self._is_close_reported = True
+                return ConnectionClosed(self._close_reason or "closed")
+            if self._awaiting not in (None, "sasl"):
+                return None
+            idx = self._in.find(b"\n")
+            limit = MAX_SASL_LINE if self._awaiting == "sasl" else MAX_COMMAND
+            if idx < 0:
+                if len(self._in) > limit or self._is_skipping_line:
+                    self._in.clear()
+                    self._is_skipping_line = True
+                if self._is_eof:
+                    self._close("peer closed")  # RFC 1939 §6: no UPDATE without QUIT: nothing deleted
+                    continue
+                return None
+            line = bytes(self._in[: idx + 1])
+            del self._in[: idx + 1]
+            if self._is_skipping_line or len(line) > limit:
+                self._is_skipping_line = False
+                self._err("Line too long")
+                self._count_error()
+                continue
+            event = self._line(line.rstrip(b"\r\n"))
+            if event is not None:
+                return event
+
+    def _line(self, line: bytes) -> Event | None:
+        if self._awaiting == "sasl":
+            self._awaiting = None
+            return self._sasl_plain(line)
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self._err("Invalid characters in command")
+            self._count_error()
+            return None
+        verb, _, arg = text.partition(" ")
+        verb = verb.upper()
+        handler = (_AUTHORIZATION if self.state is Pop3State.AUTHORIZATION else _TRANSACTION).get(verb)
+        if handler is None:
+            known = verb in _AUTHORIZATION or verb in _TRANSACTION
+            self._err(f"{verb} not allowed now" if known else "Unknown command")
+            self._count_error()
+            return None
+        return handler(self, arg)
+
+    # -- AUTHORIZATION ---------------------------------------------------------------------------------
+
+    def _capa(self, arg: str) -> None:
+        self._out += b"+OK Capability list follows\r\n"
+        for cap in self.capabilities():
+            self._out += cap.encode() + b"\r\n"
+        self._out += b".\r\n"
+
+    def _stls(self, arg: str) -> Event | None:
+        if self.is_tls or not self.settings.is_tls_available:
+            self._err("TLS not available" if not self.is_tls else "TLS already active")
+            return None
+        self._ok("Begin TLS negotiation")
+        self._in.clear()  # nothing pipelined in clear counts as sent over TLS (CVE-2011-0411)
+        self._awaiting = "tls"
+        return StartTLSRequested()
+
+    def _user(self, arg: str) -> None:
+        if not self._may_login():
+            self._err("Use STLS first", "AUTH")
+            return
+        if not arg.strip():
+            self._err("USER needs a name")
+            self._count_error()
+            return
+        self._pending_user = arg.strip()
+        self._ok("Send PASS")
+
+    def _pass(self, arg: str) -> Event | None:
+        if self._pending_user is None:
+            self._err("Send USER first")
+            self._count_error()
+            return None
+        user, self._pending_user = self._pending_user, None
+        self._awaiting = "login"
+        return LoginRequested(user, arg)
+
+    def _auth(self, arg: str) -> Event | None:
+        mechanism, _, initial = arg.partition(" ")
+        if not mechanism:
+            self._out += b"+OK SASL mechanisms follow\r\nPLAIN\r\n.\r\n"
+            return None
+        if mechanism.upper() != "PLAIN":
+            self._err("Unsupported mechanism")
+            return None
+        if not self._may_login():
+            self._err("Use STLS first", "AUTH")
+            return None
+        if not initial:
+            self._awaiting = "sasl"
+            self._out += b"+ \r\n"
+            return None
+        return self._sasl_plain(initial.encode())
+
+    def _sasl_plain(self, data: bytes) -> Event | None:
+        if data == b"*":
+            self._err("Authentication cancelled")
+            return None
+        try:
+            credentials = parse_plain(decode_base64(data) if data != b"=" else b"")
+        except SASLError as exc:
+            self._err(f"Bad PLAIN response: {exc}")
+            self._count_error()
+            return None
+        if credentials.authzid and credentials.authzid != credentials.authcid:
+            self._err("Authorization identity not allowed", "AUTH")
+            return None
+        self._awaiting = "login"
+        return LoginRequested(credentials.authcid, credentials.password)
+
+    def _quit(self, arg: str) -> Event | None:
+        if self.state is Pop3State.TRANSACTION:
+            self._awaiting = "update"
+            numbers = sorted(self._deleted)
+            return UpdateRequested(tuple(self._maildrop[n - 1].uid for n in numbers))
+        self._ok("Bye")
+        self._close("quit")
+        return None
+
+    # -- TRANSACTION -----------------------------------------------------------------------------------
+
+    def _message_number(self, arg: str) -> int | None:
+        word = arg.strip().split(" ", 1)[0]
+        if not word.isdigit() or len(word) > 9:
+            self._err("Invalid message number")
+            self._count_error()
+            return None
+        number = int(word)
+        if not 1 <= number <= len(self._maildrop):
+            self._err("No such message")
+            return None
+        if number in self._deleted:
+            self._err("Message is deleted")
+            return None
+        return number
+
+    def _stat(self, arg: str) -> None:
+        live = [e for i, e in enumerate(self._maildrop, 1) if i not in self._deleted]
+        self._ok(f"{len(live)} {sum(e.size for e in live)}")
+
+    def _listing(self, arg: str, value: str) -> None:
+        if arg.strip():
+            number = self._message_number(arg)
+            if number is not None:
+                entry = self._maildrop[number - 1]
+                self._ok(f"{number} {entry.size if value == 'size' else entry.uid}")
+            return
+        self._out += b"+OK listing follows\r\n"
+        for number, entry in enumerate(self._maildrop, 1):
+            if number not in self._deleted:
+                self._out += f"{number} {entry.size if value == 'size' else entry.uid}\r\n".encode()
+        self._out += b".\r\n"
+
+    def _list(self, arg: str) -> None:
+        self._listing(arg, "size")
+
+    def _uidl(self, arg: str) -> None:
+        # The unique id is the message's IMAP UID in INBOX: stable across sessions and the same in IMAP.
+        self._listing(arg, "uid")
+
+    def _retr(self, arg: str) -> Event | None:
+        number = self._message_number(arg)
+        if number is None:
+            return None
+        self._awaiting = "message"
+        return MessageWanted(self._maildrop[number - 1].uid, None)
+
+    def _top(self, arg: str) -> Event | None:
+        words = arg.split()
+        if len(words) != 2 or not words[1].isdigit():
+            self._err("Syntax: TOP msg n")
+            self._count_error()
+            return None
+        number = self._message_number(words[0])
+        if number is None:
+            return None
+        self._awaiting = "message"
+        return MessageWanted(self._maildrop[number - 1].uid, min(int(words[1]), 10**9))
+
+    def _dele(self, arg: str) -> None:
+        number = self._message_number(arg)
+        if number is not None:
+            self._deleted.add(number)
+            self._ok(f"Message {number} deleted")
+
+    def _rset(self, arg: str) -> None:
+        self._deleted.clear()
+        self._ok("Maildrop reset")
+
+    def _noop(self, arg: str) -> None:
+        self._ok("")
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _expect(self, what: str) -> None:
+        if self._awaiting != what:
+            raise ProtocolViolation(f"POP3 core was not waiting for {what} (waiting for {self._awaiting})")
+        self._awaiting = None
+
+    def _ok(self, text: str) -> None:
+        self._out += f"+OK {text}\r\n".encode() if text else b"+OK\r\n"
+
+    def _err(self, text: str, code: str | None = None) -> None:
+        prefix = f"[{code}] " if code else ""
+        self._out += f"-ERR {prefix}{text}\r\n".encode()
+
+    def _count_error(self) -> None:
+        self._errors += 1
+        if self._errors >= self.settings.max_errors and self.state is not Pop3State.CLOSED:
+            self.close("Too many errors", "too many errors")
+
+    def _close(self, reason: str) -> None:
+        self.state = Pop3State.CLOSED
+        self._close_reason = reason
+        self._in.clear()
+
+
+_AUTHORIZATION = {
+    "CAPA": Pop3Connection._capa,
+    "STLS": Pop3Connection._stls,
+    "USER": Pop3Connection._user,
+    "PASS": Pop3Connection._pass,
+    "AUTH": Pop3Connection._auth,
+    "QUIT": Pop3Connection._quit,
+}
+_TRANSACTION = {
+    "CAPA": Pop3Connection._capa,
+    "STAT": Pop3Connection._stat,
+    "LIST": Pop3Connection._list,
+    "UIDL": Pop3Connection._uidl,
+    "RETR": Pop3Connection._retr,
+    "TOP": Pop3Connection._top,
+    "DELE": Pop3Connection._dele,
+    "RSET": Pop3Connection._rset,
+    "NOOP": Pop3Connection._noop,
+    "QUIT": Pop3Connection._quit,
+}
