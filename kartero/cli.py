@@ -84,7 +84,11 @@ domains = ["{domain}"]           # mail for these domains is delivered here
 data_dir = "data"
 
 [listen]                         # a key left out turns that listener off
-smtp = ["0.0.0.0:25"]            # inbound MX (port 25 needs root or CAP_NET_BIND_SERVICE)
+smtp = ["0.0.0.0:25"]            # inbound MX (ports below 1024 need root or CAP_NET_BIND_SERVICE)
+imap = ["0.0.0.0:143"]           # IMAP, STARTTLS
+imaps = ["0.0.0.0:993"]          # IMAP, implicit TLS
+pop3 = ["0.0.0.0:110"]           # POP3, STLS
+pop3s = ["0.0.0.0:995"]          # POP3, implicit TLS
 
 [tls]
 cert = "tls/cert.pem"
