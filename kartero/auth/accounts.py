@@ -13,7 +13,11 @@ Resolution order for a local address (first match wins):
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -228,13 +232,24 @@ class DirectoryCache:
 
 
 class Authenticator:
-    """Checks a user name and password against the accounts (blocking: run it in a worker thread)."""
+    """Checks a user name and password against the accounts (blocking: run it in a worker thread).
+
+    Successful checks are remembered for a while (like Dovecot's auth cache) as an HMAC of the password
+    under a per-process random key, together with the account's password hash at that time: a client
+    that reconnects often (phones open several connections) costs one argon2 check, not one per login,
+    and a password change or account deletion is honoured at once because the account is read every time.
+    """
+
+    CACHE_TTL_S = 15 * 60.0
+    CACHE_SIZE = 10_000
 
     def __init__(self, store: Store) -> None:
         self.store = store
         # Verifying against a real hash when the account does not exist keeps the time of a failure the
         # same for known and unknown users (no account enumeration by timing).
         self._decoy = hash_password("decoy password, never matches")
+        self._key = os.urandom(32)
+        self._cache: dict[str, tuple[bytes, str, float]] = {}
 
     def verify(self, user: str, password: str) -> Account | None:
         try:
@@ -246,4 +261,19 @@ class Authenticator:
         if account is None:
             verify_password(self._decoy, password)
             return None
-        return account if verify_password(account.password_hash, password) else None
+        digest = hmac.new(self._key, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+        cached = self._cache.get(address)
+        now = time.monotonic()
+        if (
+            cached is not None
+            and cached[2] > now
+            and cached[1] == account.password_hash
+            and hmac.compare_digest(cached[0], digest)
+        ):
+            return account
+        if not verify_password(account.password_hash, password):
+            return None
+        if len(self._cache) >= self.CACHE_SIZE:
+            self._cache.clear()
+        self._cache[address] = (digest, account.password_hash, now + self.CACHE_TTL_S)
+        return account

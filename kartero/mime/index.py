@@ -21,7 +21,7 @@ class MessageIndex:
     body: bytes
     bodystructure: bytes
     parts: str  # JSON part tree, see part_tree()
-    subject: str  # decoded header values, for SEARCH
+    subject: str  # decoded and case-folded header values, for SEARCH (RFC 9051 §6.4.4: case-insensitive)
     from_: str
     to: str
     cc: str
@@ -92,15 +92,15 @@ def index_message(data: bytes) -> MessageIndex:
     header = root.header
 
     def decoded(name: str) -> str:
-        return " ".join(decode_words(v) for v in header.get_all(name))
+        return " ".join(decode_words(v) for v in header.get_all(name)).casefold()
 
-    subject = decoded("subject")
+    subject = " ".join(decode_words(v) for v in header.get_all("subject"))
     return MessageIndex(
         envelope=envelope(header),
         body=body_structure(root, data, extended=False),
         bodystructure=body_structure(root, data, extended=True),
         parts=json.dumps(part_tree(root), separators=(",", ":")),
-        subject=subject,
+        subject=subject.casefold(),
         from_=decoded("from"),
         to=decoded("to"),
         cc=decoded("cc"),

@@ -375,20 +375,29 @@ class MailboxOps:
     # -- search and sort -------------------------------------------------------------------------------
 
     def search(self, mailbox_id: int, criterion: c.Criterion) -> list[MessageRow]:
-        return [candidate.row for candidate in self._candidates(mailbox_id) if _matches(criterion, candidate)]
+        where, params, rest = _split_criterion(criterion)
+        if not rest:  # everything evaluated by SQLite: no per-message Python
+            rows = self._db().execute(
+                f"SELECT {_ROW_COLUMNS} FROM messages m JOIN blobs b ON b.id = m.blob_id"
+                f" WHERE m.mailbox_id = ? AND {where} ORDER BY m.uid",
+                (mailbox_id, *params),
+            )
+            return [_row(r) for r in rows]
+        return [cand.row for cand in self._candidates(mailbox_id, where, params) if _matches(c.And(rest), cand)]
 
     def sort(self, mailbox_id: int, keys: Sequence[c.Sort], criterion: c.Criterion) -> list[int]:
-        matching = [candidate for candidate in self._candidates(mailbox_id) if _matches(criterion, candidate)]
+        where, params, rest = _split_criterion(criterion)
+        matching = [cand for cand in self._candidates(mailbox_id, where, params) if _matches(c.And(rest), cand)]
         for key in reversed(keys):  # stable sorts, last key first
             matching.sort(key=_sort_key(key.key), reverse=key.reverse)
-        return [candidate.row.uid for candidate in matching]
+        return [cand.row.uid for cand in matching]
 
-    def _candidates(self, mailbox_id: int) -> list[_SearchRow]:
+    def _candidates(self, mailbox_id: int, where: str = "1", params: Sequence[Any] = ()) -> list[_SearchRow]:
         rows = self._db().execute(
             f"SELECT {_ROW_COLUMNS}, b.sent_date, b.subject, b.from_text, b.to_text, b.cc_text, b.bcc_text, b.parts,"
             " b.sort_subject, b.sort_from, b.sort_to, b.sort_cc"
-            " FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id = ? ORDER BY m.uid",
-            (mailbox_id,),
+            f" FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id = ? AND {where} ORDER BY m.uid",
+            (mailbox_id, *params),
         )
         loader = self.read_message
         return [
@@ -411,6 +420,85 @@ class MailboxOps:
             )
             for r in rows
         ]
+
+
+_HEADER_COLUMNS = {"subject": "b.subject", "from": "b.from_text", "to": "b.to_text", "cc": "b.cc_text",
+                   "bcc": "b.bcc_text"}  # fmt: skip
+_MAX_SQL_RANGES = 200
+
+
+def _day_start(date: datetime.date) -> int:
+    return int(datetime.datetime(date.year, date.month, date.day, tzinfo=datetime.UTC).timestamp())
+
+
+def _date_sql(column: str, op: c.DateOp, date: datetime.date) -> tuple[str, list[Any]]:
+    start = _day_start(date)
+    if op is c.DateOp.BEFORE:
+        return f"{column} < ?", [start]
+    if op is c.DateOp.ON:
+        return f"({column} >= ? AND {column} < ?)", [start, start + 86400]
+    return f"{column} >= ?", [start]
+
+
+def _to_sql(criterion: c.Criterion) -> tuple[str, list[Any]] | None:
+    """SQL for criteria SQLite can decide from the stored columns; None for the rest (bodies, other
+    header fields), which are checked in Python. The decoded header columns are stored case-folded."""
+    match criterion:
+        case c.All():
+            return "1", []
+        case c.Flag(name=name, present=present):
+            return f"instr(' ' || lower(m.flags) || ' ', ?) {'>' if present else '='} 0", [f" {name.lower()} "]
+        case c.Header(field=field, text=text) if field in _HEADER_COLUMNS and text:
+            return f"instr({_HEADER_COLUMNS[field]}, ?) > 0", [text.casefold()]
+        case c.Size(larger_than=larger, smaller_than=smaller):
+            parts, params = [], []
+            if larger is not None:
+                parts.append("m.size > ?")
+                params.append(larger)
+            if smaller is not None:
+                parts.append("m.size < ?")
+                params.append(smaller)
+            return " AND ".join(parts) or "1", params
+        case c.InternalDate(op=op, date=date):
+            return _date_sql("m.internal_date", op, date)
+        case c.SentDate(op=op, date=date):
+            return _date_sql("COALESCE(b.sent_date, m.internal_date)", op, date)
+        case c.Uids(ranges=ranges) if len(ranges) <= _MAX_SQL_RANGES:
+            if not ranges:
+                return "0", []
+            return "(" + " OR ".join("m.uid BETWEEN ? AND ?" for _ in ranges) + ")", [v for r in ranges for v in r]
+        case c.ModSeq(at_least=at_least):
+            return "m.modseq >= ?", [at_least]
+        case c.Not(criterion=inner):
+            sql = _to_sql(inner)
+            return None if sql is None else (f"NOT ({sql[0]})", sql[1])
+        case c.Or(left=left, right=right):
+            a, b = _to_sql(left), _to_sql(right)
+            return None if a is None or b is None else (f"(({a[0]}) OR ({b[0]}))", a[1] + b[1])
+        case c.And(criteria=items):
+            parts_sql = [_to_sql(item) for item in items]
+            if any(p is None for p in parts_sql):
+                return None
+            return "(" + " AND ".join(f"({p[0]})" for p in parts_sql if p) + ")" if items else "1", [
+                v for p in parts_sql if p for v in p[1]
+            ]
+    return None
+
+
+def _split_criterion(criterion: c.Criterion) -> tuple[str, list[Any], tuple[c.Criterion, ...]]:
+    """(SQL WHERE, its parameters, the conjuncts left for Python)."""
+    items = criterion.criteria if isinstance(criterion, c.And) else (criterion,)
+    where: list[str] = []
+    params: list[Any] = []
+    rest: list[c.Criterion] = []
+    for item in items:
+        sql = _to_sql(item)
+        if sql is None:
+            rest.append(item)
+        else:
+            where.append(f"({sql[0]})")
+            params.extend(sql[1])
+    return " AND ".join(where) or "1", params, tuple(rest)
 
 
 def _drop_unreferenced(db: sqlite3.Connection, blob_ids: list[str]) -> None:
