@@ -86,6 +86,18 @@ class MailboxStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class SelectSummary:
+    """Everything SELECT reports, read in one consistent snapshot."""
+
+    uids: Sequence[int]
+    keywords: frozenset[str]
+    first_unseen: int | None  # sequence number of the first message without \\Seen
+    uidnext: int
+    uidvalidity: int
+    highestmodseq: int
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRow:
     """What IMAP needs of one message; the index fields are filled only when asked for."""
 
@@ -191,6 +203,7 @@ class Store(Protocol):
     def subscriptions(self, account_id: int) -> set[str]: ...
     def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
     def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
+    def select_summary(self, mailbox_id: int) -> SelectSummary: ...
 
     # Messages
     def list_messages(self, mailbox_id: int) -> list[MessageInfo]: ...

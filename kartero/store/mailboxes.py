@@ -7,9 +7,11 @@ and other sessions can learn what disappeared. Listeners hear about every commit
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import json
 import sqlite3
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from kartero.store.interface import (
     MessageInfo,
     MessageRow,
     NoSuchMailbox,
+    SelectSummary,
 )
 
 # SQLite limits bound parameters per statement; query large UID lists in chunks of this size.
@@ -212,6 +215,35 @@ class MailboxOps:
         finally:
             db.execute("COMMIT")
         return MailboxStatus(count, unseen, deleted, size, box[0], box[1], box[2])
+
+    def select_summary(self, mailbox_id: int) -> SelectSummary:
+        db = self._db()
+        db.execute("BEGIN")
+        try:
+            box = db.execute(
+                "SELECT uidnext, uidvalidity, highestmodseq FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()
+            if box is None:
+                raise NoSuchMailbox(f"no mailbox {mailbox_id}")
+            uids = array("I", (r[0] for r in db.execute(
+                "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,))))  # fmt: skip
+            keywords = {
+                flag
+                for (flags,) in db.execute(
+                    "SELECT DISTINCT flags FROM messages WHERE mailbox_id = ? AND flags != ''", (mailbox_id,)
+                )
+                for flag in flags.split()
+                if not flag.startswith("\\")
+            }
+            unseen = db.execute(
+                "SELECT MIN(uid) FROM messages"
+                " WHERE mailbox_id = ? AND instr(' ' || lower(flags) || ' ', ' \\seen ') = 0",
+                (mailbox_id,),
+            ).fetchone()[0]
+        finally:
+            db.execute("COMMIT")
+        first_unseen = bisect.bisect_left(uids, unseen) + 1 if unseen is not None else None
+        return SelectSummary(uids, frozenset(keywords), first_unseen, box[0], box[1], box[2])
 
     # -- messages --------------------------------------------------------------------------------------
 

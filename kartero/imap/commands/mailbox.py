@@ -68,27 +68,24 @@ def select(session: Session, cmd: Select) -> Handler:
         session.condstore = True
     if cmd.qresync is not None and not session.qresync:
         return Done(Status.BAD, "QRESYNC was not enabled", state=ImapState.AUTHENTICATED)
-    rows = store.message_rows(mailbox.id)
-    status = store.mailbox_status(mailbox.id)
-    view = View(mailbox.id, mailbox.name, cmd.readonly, mailbox.uidvalidity, array("I", [r.uid for r in rows]),
-                status.highestmodseq)  # fmt: skip
-    keywords = sorted({f for r in rows for f in r.flags if not f.startswith("\\")}, key=str.lower)
-    flags = " ".join((*SYSTEM_FLAGS, *keywords))
+    summary = store.select_summary(mailbox.id)
+    view = View(mailbox.id, mailbox.name, cmd.readonly, summary.uidvalidity, array("I", summary.uids),
+                summary.highestmodseq)  # fmt: skip
+    flags = " ".join((*SYSTEM_FLAGS, *sorted(summary.keywords, key=str.lower)))
     lines = [
         f"* {view.exists} EXISTS\r\n",
         f"* FLAGS ({flags})\r\n",
         "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n"
         if cmd.readonly
         else f"* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted\r\n",
-        f"* OK [UIDVALIDITY {mailbox.uidvalidity}] UIDs valid\r\n",
-        f"* OK [UIDNEXT {status.uidnext}] Predicted next UID\r\n",
-        f"* OK [HIGHESTMODSEQ {status.highestmodseq}] Highest\r\n",
+        f"* OK [UIDVALIDITY {summary.uidvalidity}] UIDs valid\r\n",
+        f"* OK [UIDNEXT {summary.uidnext}] Predicted next UID\r\n",
+        f"* OK [HIGHESTMODSEQ {summary.highestmodseq}] Highest\r\n",
     ]
     if not session.rev2:
         lines.insert(1, "* 0 RECENT\r\n")
-        first_unseen = next((i + 1 for i, r in enumerate(rows) if "\\Seen" not in r.flags), None)
-        if first_unseen is not None:
-            lines.append(f"* OK [UNSEEN {first_unseen}] First unseen\r\n")
+        if summary.first_unseen is not None:
+            lines.append(f"* OK [UNSEEN {summary.first_unseen}] First unseen\r\n")
     yield "".join(lines).encode()
     session.selected = view
     resync = cmd.qresync
