@@ -6,6 +6,8 @@ and raw 8-bit text. The parser never raises; what it cannot understand becomes a
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 
 
@@ -21,62 +23,65 @@ class EnvelopeAddress:
 
 
 GROUP_END = EnvelopeAddress(None, None, None, None)
-_SPECIALS = b'()<>[]:;@\\,."'
 
 
 _Token = tuple[str, bytes, int, int]
 
 
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"?|<[^>]*>?|[,:;@.]|[^\s()<>,:;@."]+|\S')
+
+
 def _tokens(value: bytes) -> list[_Token]:
     """(kind, text, start, end) tokens: 'q' quoted string, 'a' angle address, 's' special, 'w' word."""
+    if b"(" in value:
+        value = _strip_comments(value)
     out: list[_Token] = []
+    for m in _TOKEN.finditer(value):
+        text = m.group(0)
+        first = text[:1]
+        if first == b'"':
+            inner = text[1:-1] if len(text) > 1 and text.endswith(b'"') else text[1:]
+            out.append(("q", re.sub(rb"\\(.)", rb"\1", inner), m.start(), m.end()))
+        elif first == b"<":
+            out.append(("a", text[1:].rstrip(b">").strip(), m.start(), m.end()))
+        elif len(text) == 1 and first in b",:;@.":
+            out.append(("s", text, m.start(), m.end()))
+        else:
+            out.append(("w", text, m.start(), m.end()))
+    return out
+
+
+def _strip_comments(value: bytes) -> bytes:
+    """Comments (nested, RFC 5322 §3.2.2) replaced by a space, quoted strings left alone."""
+    out = bytearray()
+    depth = 0
     i, n = 0, len(value)
+    in_quote = False
     while i < n:
         c = value[i : i + 1]
-        if c in (b" ", b"\t", b"\r", b"\n"):
-            i += 1
-        elif c == b"(":  # comment, possibly nested; dropped
-            depth = 0
-            while i < n:
-                ch = value[i : i + 1]
-                if ch == b"\\":
-                    i += 2
-                    continue
-                if ch == b"(":
-                    depth += 1
-                elif ch == b")":
-                    depth -= 1
-                    if depth == 0:
-                        i += 1
-                        break
+        if in_quote:
+            out += c
+            if c == b"\\" and i + 1 < n:
+                out += value[i + 1 : i + 2]
                 i += 1
-        elif c == b'"':
-            j, buf = i + 1, bytearray()
-            while j < n and value[j : j + 1] != b'"':
-                if value[j : j + 1] == b"\\" and j + 1 < n:
-                    j += 1
-                buf += value[j : j + 1]
-                j += 1
-            out.append(("q", bytes(buf), i, j + 1))
-            i = j + 1
-        elif c == b"<":
-            j = value.find(b">", i + 1)
-            if j < 0:
-                j = n
-            out.append(("a", value[i + 1 : j].strip(), i, j + 1))
-            i = j + 1
-        elif c in (b",", b":", b";", b"@", b"."):
-            out.append(("s", c, i, i + 1))
-            i += 1
+            elif c == b'"':
+                in_quote = False
+        elif depth:
+            if c == b"\\":
+                i += 1
+            elif c == b"(":
+                depth += 1
+            elif c == b")":
+                depth -= 1
+                if not depth:
+                    out += b" "
+        elif c == b"(":
+            depth = 1
         else:
-            j = i
-            while j < n and value[j : j + 1] not in (b" ", b"\t", b"\r", b"\n") and value[j] not in b'()<>,:;@."':
-                j += 1
-            if j == i:
-                j = i + 1  # a lone special we do not interpret, e.g. "[" or ">"
-            out.append(("w", value[i:j], i, j))
-            i = j
-    return out
+            out += c
+            in_quote = c == b'"'
+        i += 1
+    return bytes(out)
 
 
 def _split_addr_spec(spec: bytes) -> tuple[bytes | None, bytes | None, bytes | None]:
@@ -103,8 +108,10 @@ def _phrase_text(tokens: list[_Token]) -> bytes:
     return bytes(out)
 
 
-def parse_address_list(value: bytes) -> list[EnvelopeAddress]:
-    """Every mailbox and group of an address-list header value, in order."""
+@functools.lru_cache(maxsize=4096)
+def parse_address_list(value: bytes) -> tuple[EnvelopeAddress, ...]:
+    """Every mailbox and group of an address-list header value, in order (cached: the same From and To
+    headers come again and again)."""
     result: list[EnvelopeAddress] = []
     phrase: list[_Token] = []
     angle: bytes | None = None
@@ -144,4 +151,4 @@ def parse_address_list(value: bytes) -> list[EnvelopeAddress]:
     flush()
     if in_group:
         result.append(GROUP_END)
-    return result
+    return tuple(result)

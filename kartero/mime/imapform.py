@@ -93,12 +93,19 @@ def _lines(data: bytes, start: int, end: int) -> int:
 
 def body_structure(part: Part, data: bytes, *, extended: bool) -> bytes:
     """BODYSTRUCTURE (extended) or BODY (not extended) of `part`."""
+    body, structure = body_forms(part, data)
+    return structure if extended else body
+
+
+def body_forms(part: Part, data: bytes) -> tuple[bytes, bytes]:
+    """(BODY, BODYSTRUCTURE) of `part`, built in one walk of the tree."""
     if part.children:
-        inner = b"".join(body_structure(child, data, extended=extended) for child in part.children)
-        out = inner + b" " + imap_string(part.content_type.subtype)
-        if extended:
-            out += b" " + _params(part.content_type.params) + b" " + _extension(part)
-        return b"(" + out + b")"
+        forms = [body_forms(child, data) for child in part.children]
+        subtype = imap_string(part.content_type.subtype)
+        body = b"(" + b"".join(f[0] for f in forms) + b" " + subtype + b")"
+        structure = b"".join(f[1] for f in forms) + b" " + subtype
+        structure += b" " + _params(part.content_type.params) + b" " + _extension(part)
+        return body, b"(" + structure + b")"
     ct = part.content_type
     header = part.header
     params = ct.params
@@ -113,13 +120,15 @@ def body_structure(part: Part, data: bytes, *, extended: bool) -> bytes:
         imap_string(part.encoding),
         b"%d" % (part.end - part.body_start),
     ]
+    body_fields = fields
     if part.message is not None:
-        fields.append(envelope(part.message.header))
-        fields.append(body_structure(part.message, data, extended=extended))
-        fields.append(b"%d" % _lines(data, part.body_start, part.end))
+        inner_body, inner_structure = body_forms(part.message, data)
+        lines = b"%d" % _lines(data, part.body_start, part.end)
+        message_envelope = envelope(part.message.header)
+        body_fields = [*fields, message_envelope, inner_body, lines]
+        fields = [*fields, message_envelope, inner_structure, lines]
     elif ct.type.lower() == b"text":
-        fields.append(b"%d" % _lines(data, part.body_start, part.end))
-    if extended:
-        fields.append(nstring(header.get("content-md5")))
-        fields.append(_extension(part))
-    return b"(" + b" ".join(fields) + b")"
+        lines = b"%d" % _lines(data, part.body_start, part.end)
+        body_fields = fields = [*fields, lines]
+    extension = [nstring(header.get("content-md5")), _extension(part)]
+    return b"(" + b" ".join(body_fields) + b")", b"(" + b" ".join(fields + extension) + b")"

@@ -11,7 +11,7 @@ from typing import Any
 
 from kartero.mime.addresses import parse_address_list
 from kartero.mime.headers import HeaderBlock, decode_words
-from kartero.mime.imapform import body_structure, envelope
+from kartero.mime.imapform import body_forms, envelope
 from kartero.mime.structure import Part, parse_message
 
 
@@ -95,10 +95,11 @@ def index_message(data: bytes) -> MessageIndex:
         return " ".join(decode_words(v) for v in header.get_all(name)).casefold()
 
     subject = " ".join(decode_words(v) for v in header.get_all("subject"))
+    body, bodystructure = body_forms(root, data)
     return MessageIndex(
         envelope=envelope(header),
-        body=body_structure(root, data, extended=False),
-        bodystructure=body_structure(root, data, extended=True),
+        body=body,
+        bodystructure=bodystructure,
         parts=json.dumps(part_tree(root), separators=(",", ":")),
         subject=subject.casefold(),
         from_=decoded("from"),

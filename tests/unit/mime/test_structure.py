@@ -58,17 +58,21 @@ def test_index_fields() -> None:
 
 
 def test_address_lists() -> None:
-    assert parse_address_list(b'"Doe, John" <john@example.com>, Jane <jane@x.org>') == [
+    assert parse_address_list(b'"Doe, John" <john@example.com>, Jane <jane@x.org>') == (
         EnvelopeAddress(b"Doe, John", None, b"john", b"example.com"),
         EnvelopeAddress(b"Jane", None, b"jane", b"x.org"),
-    ]
-    assert parse_address_list(b"undisclosed-recipients:;") == [
+    )
+    assert parse_address_list(b"undisclosed-recipients:;") == (
         EnvelopeAddress(None, None, b"undisclosed-recipients", None),
         EnvelopeAddress(None, None, None, None),
-    ]
-    assert parse_address_list(b"John Q. Public <jqp@example.com> (comment)") == [
-        EnvelopeAddress(b"John Q. Public", None, b"jqp", b"example.com")
-    ]
+    )
+    assert parse_address_list(b"John Q. Public <jqp@example.com> (comment (nested))") == (
+        EnvelopeAddress(b"John Q. Public", None, b"jqp", b"example.com"),
+    )
+    assert parse_address_list(b'"Esc\\"aped" <e@x>, <@r1,@r2:u@h>') == (
+        EnvelopeAddress(b'Esc"aped', None, b"e", b"x"),
+        EnvelopeAddress(None, b"@r1,@r2", b"u", b"h"),
+    )
 
 
 def test_encoded_words_and_base_subject() -> None:
