@@ -191,9 +191,13 @@ class DirectorySnapshot:
 class DirectoryCache:
     """The current DirectorySnapshot for a running server; sees admin changes at the next lookup.
 
-    `lookup` answers from memory while the store's directory version is unchanged (one stat-like
-    check, no database query); after a change it reloads in `executor` and answers through a Future.
+    `lookup` answers from memory. It compares the store's directory version (a `stat`) at most every
+    RECHECK_S seconds for a positive answer — so a deleted account or changed alias takes effect within
+    that time — and always before a negative one, so a user added a moment ago is never refused. After a
+    change it reloads in `executor` and answers through a Future.
     """
+
+    RECHECK_S = 1.0
 
     def __init__(self, store: Store, domains: tuple[str, ...], executor: Executor) -> None:
         self.store = store
@@ -201,13 +205,19 @@ class DirectoryCache:
         self.executor = executor
         self._snapshot: DirectorySnapshot | None = None
         self._version: object = None
+        self._checked_at = -1e9
         self._reload: Future[DirectorySnapshot] | None = None
         self._lock = threading.Lock()
 
     def lookup(self, address: str) -> Resolution | Future[Resolution]:
-        version = self.store.directory_version()
         snapshot = self._snapshot
+        if snapshot is not None and time.monotonic() - self._checked_at < self.RECHECK_S:
+            resolution = snapshot.resolve(address)
+            if resolution.account_ids:
+                return resolution
+        version = self.store.directory_version()
         if snapshot is not None and version == self._version:
+            self._checked_at = time.monotonic()
             return snapshot.resolve(address)
         with self._lock:
             if self._reload is None or self._reload.done():
@@ -227,7 +237,7 @@ class DirectoryCache:
     def _load(self, version: object) -> DirectorySnapshot:
         accounts, aliases, first = self.store.load_directory()
         snapshot = DirectorySnapshot(self.domains, accounts, aliases, first)
-        self._snapshot, self._version = snapshot, version
+        self._snapshot, self._version, self._checked_at = snapshot, version, time.monotonic()
         return snapshot
 
 

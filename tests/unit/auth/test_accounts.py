@@ -84,3 +84,30 @@ def test_password_is_hashed(directory: Directory) -> None:
     assert verify_password(account.password_hash, "correct horse")
     assert not verify_password(account.password_hash, "wrong")
     assert not verify_password("garbage", "correct horse")
+
+
+def test_directory_cache_sees_new_users_at_once_and_deletions_within_a_second(tmp_path: Path) -> None:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from kartero.auth.accounts import DirectoryCache
+
+    store = SQLiteStore(tmp_path / "data")
+    directory = Directory(store, ("example.test",))
+    pool = ThreadPoolExecutor(2)
+
+    def lookup(cache: DirectoryCache, address: str) -> tuple[int, ...]:
+        result = cache.lookup(address)
+        return (result.result(5) if isinstance(result, Future) else result).account_ids
+
+    try:
+        cache = DirectoryCache(store, ("example.test",), pool)
+        assert lookup(cache, "bob@example.test") == ()
+        bob = directory.add_user("bob@example.test", "pw")
+        assert lookup(cache, "bob@example.test") == (bob.id,)  # a negative answer always rechecks
+        assert cache.lookup("bob@example.test") == cache.lookup("bob+x@example.test")  # answered from memory
+        directory.delete_user("bob@example.test")
+        cache._checked_at -= DirectoryCache.RECHECK_S  # as if a second had passed
+        assert lookup(cache, "bob@example.test") == ()
+    finally:
+        pool.shutdown()
+        store.close()
