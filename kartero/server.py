@@ -147,7 +147,7 @@ class Server:
                             max_connections=config.limits.connections,
                             is_stopping=lambda: self._stopping,
                         )
-                        factory = partial(Pop3Session, pop3_ctx)
+                        factory = Pop3Session.factory(pop3_ctx)
                     else:
                         implicit = kind in IMPLICIT_TLS
                         imap_ctx = ImapContext(
@@ -167,7 +167,7 @@ class Server:
                             max_connections=config.limits.connections,
                             is_stopping=lambda: self._stopping,
                         )
-                        factory = partial(ImapSession, imap_ctx)
+                        factory = ImapSession.factory(imap_ctx)
                     for address in addresses:
                         try:
                             server = await loop.create_server(
