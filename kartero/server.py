@@ -23,8 +23,9 @@ from kartero.auth.accounts import Authenticator, DirectoryCache
 from kartero.config import IMPLICIT_TLS, Config
 from kartero.imap.connection import ImapSettings
 from kartero.log import kv
-from kartero.net.imap_session import ImapContext, ImapSession
-from kartero.net.pop3_session import Pop3Context, Pop3Session
+from kartero.net.channel import AccessContext
+from kartero.net.imap_session import ImapSession
+from kartero.net.pop3_session import Pop3Session
 from kartero.net.session import SessionContext, SMTPSession
 from kartero.policy.inbound import InboundPolicy
 from kartero.pop3.connection import Pop3Settings
@@ -130,33 +131,18 @@ class Server:
                     factory: Callable[[], asyncio.Protocol]
                     if kind == "smtp":
                         factory = partial(SMTPSession, smtp_ctx)
-                    elif kind in ("pop3", "pop3s"):
-                        implicit = kind in IMPLICIT_TLS
-                        pop3_ctx = Pop3Context(
-                            listener=kind,
-                            settings=Pop3Settings(
-                                hostname=config.hostname, is_tls_available=self._tls is not None and not implicit
-                            ),
-                            store=store,
-                            authenticator=authenticator,
-                            tls_context=lambda: self._tls,
-                            implicit_tls=implicit,
-                            spawn=self._spawn,
-                            sessions=self._sessions,
-                            on_session_end=self._on_session_end,
-                            max_connections=config.limits.connections,
-                            is_stopping=lambda: self._stopping,
-                        )
-                        factory = Pop3Session.factory(pop3_ctx)
                     else:
                         implicit = kind in IMPLICIT_TLS
-                        imap_ctx = ImapContext(
+                        starttls = self._tls is not None and not implicit
+                        settings_for: Any = (
+                            Pop3Settings(hostname=config.hostname, is_tls_available=starttls)
+                            if kind.startswith("pop3")
+                            else ImapSettings(hostname=config.hostname, append_limit=config.limits.message_size,
+                                              is_tls_available=starttls)
+                        )  # fmt: skip
+                        access = AccessContext(
                             listener=kind,
-                            settings=ImapSettings(
-                                hostname=config.hostname,
-                                append_limit=config.limits.message_size,
-                                is_tls_available=self._tls is not None and not implicit,
-                            ),
+                            settings=settings_for,
                             store=store,
                             authenticator=authenticator,
                             tls_context=lambda: self._tls,
@@ -167,7 +153,8 @@ class Server:
                             max_connections=config.limits.connections,
                             is_stopping=lambda: self._stopping,
                         )
-                        factory = ImapSession.factory(imap_ctx)
+                        session_class = Pop3Session if kind.startswith("pop3") else ImapSession
+                        factory = session_class.factory(access)
                     for address in addresses:
                         try:
                             server = await loop.create_server(

@@ -13,10 +13,33 @@ import ipaddress
 import ssl
 import zlib
 from collections.abc import Callable
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
+
+from kartero.auth.accounts import Authenticator
+from kartero.store.interface import Store
 
 READ_PAUSE_BYTES = 1 << 20
 TLS_HANDSHAKE_TIMEOUT_S = 30.0
+
+SettingsT = TypeVar("SettingsT")
+
+
+@dataclass(slots=True)
+class AccessContext(Generic[SettingsT]):
+    """What every IMAP or POP3 session of one listener shares; built by server.py."""
+
+    listener: str
+    settings: SettingsT
+    store: Store
+    authenticator: Authenticator
+    tls_context: Callable[[], Any]
+    implicit_tls: bool
+    spawn: Callable[[Any], None]
+    sessions: set[Any]
+    on_session_end: Callable[[], None]
+    max_connections: int
+    is_stopping: Callable[[], bool]
 
 
 class Channel(asyncio.Protocol):

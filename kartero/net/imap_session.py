@@ -12,10 +12,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from typing import Any
 
-from kartero.auth.accounts import Authenticator
 from kartero.imap.commands import run as run_command
 from kartero.imap.commands.view import Done, Session, chunked, sync
 from kartero.imap.connection import (
@@ -31,9 +29,8 @@ from kartero.imap.connection import (
 )
 from kartero.imap.response import Status
 from kartero.log import kv
-from kartero.net.channel import Channel
+from kartero.net.channel import AccessContext, Channel
 from kartero.store.ids import new_message_id
-from kartero.store.interface import Store
 
 log = logging.getLogger("kartero.imap")
 
@@ -44,19 +41,7 @@ UNAUTHENTICATED_TIMEOUT_S = 120.0
 LOGIN_FAILURE_DELAY_S = 0.5
 
 
-@dataclass(slots=True)
-class ImapContext:
-    listener: str
-    settings: ImapSettings
-    store: Store
-    authenticator: Authenticator
-    tls_context: Callable[[], Any]
-    implicit_tls: bool
-    spawn: Callable[[Any], None]
-    sessions: set[Any]
-    on_session_end: Callable[[], None]
-    max_connections: int
-    is_stopping: Callable[[], bool]
+ImapContext = AccessContext[ImapSettings]
 
 
 class ImapSession:

@@ -7,12 +7,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-from kartero.auth.accounts import Authenticator
 from kartero.log import kv
-from kartero.net.channel import Channel
+from kartero.net.channel import AccessContext, Channel
 from kartero.pop3.connection import (
     ConnectionClosed,
     LoginRequested,
@@ -25,7 +22,7 @@ from kartero.pop3.connection import (
     top,
 )
 from kartero.store.ids import new_message_id
-from kartero.store.interface import INBOX, FlagOp, Store, StoreError
+from kartero.store.interface import INBOX, FlagOp, StoreError
 
 log = logging.getLogger("kartero.pop3")
 
@@ -34,19 +31,7 @@ TIMEOUT_S = 10 * 60.0 + 30
 LOGIN_FAILURE_DELAY_S = 0.5
 
 
-@dataclass(slots=True)
-class Pop3Context:
-    listener: str
-    settings: Pop3Settings
-    store: Store
-    authenticator: Authenticator
-    tls_context: Callable[[], Any]
-    implicit_tls: bool
-    spawn: Callable[[Any], None]
-    sessions: set[Any]
-    on_session_end: Callable[[], None]
-    max_connections: int
-    is_stopping: Callable[[], bool]
+Pop3Context = AccessContext[Pop3Settings]
 
 
 class Pop3Session:
