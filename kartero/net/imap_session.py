@@ -166,7 +166,13 @@ class ImapSession:
         session = self.session
         assert session is not None
         started = time.monotonic()
-        done = await self._drive(run_command(session, tag, command, append_limit=self.ctx.settings.append_limit))
+        try:
+            done = await self._drive(run_command(session, tag, command, append_limit=self.ctx.settings.append_limit))
+        except Exception:
+            # A bug (or a failed disk) in one command: the client gets NO [SERVERBUG], never the exception
+            # text, and the session goes on.
+            log.exception("%s", kv(event="imap.command_failed", session=self.id, command=type(command).__name__))
+            done = Done(Status.NO, "Internal error, try again", "SERVERBUG")
         self.conn.finish(tag, done.status, done.text, done.code, done.state)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s", kv(event="imap.command", session=self.id, command=type(command).__name__,

@@ -88,3 +88,58 @@ def test_bug_in_a_decision_ends_only_that_session(tmp_path: Path, caplog: pytest
     failures = [r for r in caplog.records if "event=smtp.session_failed" in r.getMessage()]
     assert len(failures) == 1 and failures[0].exc_info is not None
     assert "secret internals" in str(failures[0].exc_info[1])
+
+
+class BrokenSearchStore(SQLiteStore):
+    def search(self, mailbox_id, criterion):  # type: ignore[no-untyped-def]
+        raise RuntimeError("secret internals of a broken search")
+
+
+def test_bug_in_an_imap_command_answers_serverbug_and_the_session_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kartero.auth.accounts import Authenticator
+    from kartero.auth.passwords import hash_password
+    from kartero.imap.connection import ImapSettings
+    from kartero.net.channel import AccessContext
+    from kartero.net.imap_session import ImapSession
+
+    store = BrokenSearchStore(tmp_path / "data")
+    store.add_account("bob@example.test", hash_password("pw"))
+    store.start()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        sessions: set[object] = set()
+        ctx = AccessContext(
+            listener="imap",
+            settings=ImapSettings(hostname="imap.example.test"),
+            store=store,
+            authenticator=Authenticator(store),
+            tls_context=lambda: None,
+            implicit_tls=False,
+            spawn=lambda coro: loop.create_task(coro) and None,
+            sessions=sessions,
+            on_session_end=lambda: None,
+            max_connections=10,
+            is_stopping=lambda: False,
+        )
+        server = await loop.create_server(ImapSession.factory(ctx), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with asyncio.timeout(20):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            await reader.readline()
+            writer.write(b"a LOGIN bob@example.test pw\r\nb SELECT INBOX\r\n")
+            while not (await reader.readline()).startswith(b"b OK"):
+                pass
+            writer.write(b"c SEARCH ALL\r\nd NOOP\r\n")
+            assert await reader.readline() == b"c NO [SERVERBUG] Internal error, try again\r\n"
+            assert await reader.readline() == b"d OK NOOP completed\r\n"
+            writer.close()
+        server.close()
+
+    with caplog.at_level(logging.INFO, logger="kartero"):
+        asyncio.run(scenario())
+    store.close()
+    failures = [r for r in caplog.records if "event=imap.command_failed" in r.getMessage()]
+    assert len(failures) == 1 and "secret internals" in str(failures[0].exc_info[1])  # type: ignore[index]
