@@ -371,3 +371,13 @@ def test_append_limit(tmp_path: Path) -> None:
         assert c.command("a APPEND INBOX {200000}") == [b"a NO [TOOBIG] Literal too large (100000 octets allowed)\r\n"]
     finally:
         store.close()
+
+
+def test_imap4rev2_client_gets_esearch_and_no_recent(store: SQLiteStore) -> None:
+    deliver(store, corpus.PLAIN)
+    c = client(store)
+    assert c.command("a ENABLE IMAP4rev2")[0] == b"* ENABLED IMAP4rev2\r\n"
+    lines = c.select()
+    assert not any(b"RECENT" in line or b"[UNSEEN" in line for line in lines)
+    assert c.command("b SEARCH ALL") == [b'* ESEARCH (TAG "b") ALL 1\r\n', b"b OK SEARCH completed\r\n"]
+    assert c.command("c UID SEARCH NEW") == [b'* ESEARCH (TAG "c") UID\r\n', b"c OK UID SEARCH completed\r\n"]
