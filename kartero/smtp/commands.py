@@ -37,17 +37,20 @@ class Verb(StrEnum):
     EXPN = "EXPN"
     HELP = "HELP"
     STARTTLS = "STARTTLS"
+    AUTH = "AUTH"
 
 
 # Words that mean an HTTP client (or a cross-protocol attack through one) is talking to us.
 FORBIDDEN_VERBS = frozenset({"GET", "POST", "PUT", "HEAD", "CONNECT", "OPTIONS"})
 
 # RFC 5321 §4.5.3.1.4: 512 octets incl. CRLF. Extensions raise it for MAIL and RCPT: DSN adds 100 to
-# MAIL and 500 to RCPT (RFC 3461 §4), SIZE adds 26 (RFC 1870 §3), AUTH= adds 500 (RFC 4954 §5).
+# MAIL and 500 to RCPT (RFC 3461 §4), SIZE adds 26 (RFC 1870 §3), AUTH= adds 500 (RFC 4954 §5); an AUTH
+# command or SASL response line may be 12288 octets (RFC 4954 §4).
 DEFAULT_LINE_LIMIT = 512
-LINE_LIMITS: dict[str, int] = {Verb.MAIL: 1280, Verb.RCPT: 1024}
-# The longest line the core buffers while looking for CRLF before declaring the line too long.
-MAX_BUFFERED_LINE = max(LINE_LIMITS.values())
+LINE_LIMITS: dict[str, int] = {Verb.MAIL: 1280, Verb.RCPT: 1024, Verb.AUTH: 12288}
+# The longest line the core buffers while looking for CRLF (AUTH lines only where AUTH is offered).
+MAX_BUFFERED_LINE = LINE_LIMITS[Verb.MAIL]
+MAX_BUFFERED_AUTH_LINE = LINE_LIMITS[Verb.AUTH]
 
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
 _VALUE = re.compile(r"[!-<>-~\u0080-\U0010ffff]+")  # esmtp-value, RFC 5321 §4.1.2 + RFC 6531 §3.3
@@ -125,8 +128,9 @@ def _require_ascii_unless_utf8(path: Path, smtputf8: bool) -> None:
         raise SMTPError(replies.NEEDS_SMTPUTF8)
 
 
-def parse_mail(arg: str, *, is_esmtp: bool, max_size: int) -> tuple[Path, MailParams]:
-    """Parse `FROM:<path> [params]` with SIZE, BODY, SMTPUTF8, RET and ENVID."""
+def parse_mail(arg: str, *, is_esmtp: bool, max_size: int, has_auth: bool = False) -> tuple[Path, MailParams]:
+    """Parse `FROM:<path> [params]` with SIZE, BODY, SMTPUTF8, RET, ENVID (and AUTH=, ignored, when AUTH
+    is offered: RFC 4954 §5)."""
     path, rest = _split_path(arg, "FROM:", bad=replies.BAD_SENDER_SYNTAX, allow_null=True)
     raw = _split_params(rest, is_esmtp=is_esmtp)
     size: int | None = None
@@ -161,6 +165,8 @@ def parse_mail(arg: str, *, is_esmtp: bool, max_size: int) -> tuple[Path, MailPa
                 envid = decode_xtext(_require_value(key, value))
                 if len(_require_value(key, value)) > 100:  # RFC 3461 §4.4
                     raise SMTPError(replies.BAD_ARGUMENTS.with_text("ENVID longer than 100 characters"))
+            case "AUTH" if has_auth:
+                decode_xtext(_require_value(key, value))
             case _:
                 raise SMTPError(replies.PARAMS_NOT_RECOGNIZED)
     _require_ascii_unless_utf8(path, smtputf8)

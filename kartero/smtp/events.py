@@ -70,6 +70,7 @@ class Envelope:
     mail_params: MailParams
     recipients: tuple[Recipient, ...]
     used_bdat: bool = False
+    authenticated_as: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,23 @@ class MessageRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthRequested:
+    """Needs a decision (`auth_result`): check this user's password (PLAIN or LOGIN)."""
+
+    mechanism: str
+    user: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScramRequested:
+    """Needs a decision (`scram_credentials`): the SCRAM-SHA-256 keys of this user (fake ones for an
+    unknown user, so that the exchange reveals nothing)."""
+
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
 class StartTLSRequested:
     """The core has queued `220 Ready to start TLS` and dropped any bytes pipelined behind STARTTLS.
 
@@ -129,4 +147,7 @@ class ConnectionClosed:
     reason: str
 
 
-Event = Hello | MailFrom | RcptTo | MessageReceived | MessageRefused | StartTLSRequested | ConnectionClosed
+Event = (
+    Hello | MailFrom | RcptTo | MessageReceived | MessageRefused | AuthRequested | ScramRequested
+    | StartTLSRequested | ConnectionClosed
+)  # fmt: skip

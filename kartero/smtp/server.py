@@ -8,14 +8,17 @@ state machine and events.py for the events.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
+from kartero.auth.sasl import SASLError, ScramCredentials, ScramServer, decode_base64, parse_plain
 from kartero.smtp import replies
 from kartero.smtp.address import Path
 from kartero.smtp.commands import (
     DEFAULT_LINE_LIMIT,
     FORBIDDEN_VERBS,
     LINE_LIMITS,
+    MAX_BUFFERED_AUTH_LINE,
     MAX_BUFFERED_LINE,
     SMTPError,
     Verb,
@@ -27,6 +30,7 @@ from kartero.smtp.commands import (
 )
 from kartero.smtp.data import DataReader, check_body, unstuff
 from kartero.smtp.events import (
+    AuthRequested,
     ConnectionClosed,
     Envelope,
     Event,
@@ -37,6 +41,7 @@ from kartero.smtp.events import (
     MessageRefused,
     RcptTo,
     Recipient,
+    ScramRequested,
     StartTLSRequested,
 )
 from kartero.smtp.replies import Reply
@@ -56,6 +61,10 @@ class ServerSettings:
     command_timeout_s: float = 300.0
     # RFC 5321 §4.5.3.2.5 (client side): 3 minutes per data block; we grant the peer the same.
     data_timeout_s: float = 180.0
+    # SASL mechanisms offered once TLS is active (submission); none on the MX listener.
+    auth_mechanisms: tuple[str, ...] = ()
+    # Submission (RFC 6409 §4.3): no MAIL before a successful AUTH.
+    is_auth_required: bool = False
 
     def __post_init__(self) -> None:
         if not self.hostname.isascii() or not self.hostname:
@@ -69,18 +78,31 @@ class _NeedData:
 
 
 _NEED_DATA = _NeedData()
-_Pending = MailFrom | RcptTo | MessageReceived
+_Pending = MailFrom | RcptTo | MessageReceived | AuthRequested | ScramRequested
+
+
+@dataclass(slots=True)
+class _AuthExchange:
+    """An AUTH command waiting for the client's next SASL response line."""
+
+    mechanism: str
+    user: str = ""
+    scram: ScramServer | None = None
 
 
 class ServerConnection:
     """One SMTP session, from greeting to close."""
 
-    def __init__(self, settings: ServerSettings, *, is_tls: bool = False) -> None:
+    def __init__(self, settings: ServerSettings, *, is_tls: bool = False, sasl_nonce: str = "") -> None:
         self.settings = settings
         self.state = State.CONNECTED
         self.is_tls = is_tls
         self.helo: str | None = None
         self.is_esmtp = False
+        self.authenticated_as: str | None = None
+        self._auth: _AuthExchange | None = None
+        self._sasl_nonce = sasl_nonce  # the server's part of a SCRAM nonce (random, from the adapter)
+        self._max_line = MAX_BUFFERED_AUTH_LINE if settings.auth_mechanisms else MAX_BUFFERED_LINE
         self._in = bytearray()
         self._out = bytearray()
         self._is_eof = False
@@ -165,9 +187,35 @@ class ServerConnection:
             if reply.is_positive:
                 self._recipients.append(Recipient(pending.path, pending.params))
             self._reply(reply)
+        elif isinstance(pending, (AuthRequested, ScramRequested)):
+            raise ProtocolViolation("use auth_result() or scram_credentials() for AUTH")
         else:
             self._end_transaction()
             self._reply(reply)
+
+    def auth_result(self, user: str | None, refusal: Reply | None = None) -> None:
+        """The password check of the pending AUTH is done: `user` on success; else `refusal` (default
+        535 5.7.8, or e.g. 454 4.7.0 when the client is throttled)."""
+        pending = self._pending
+        if not isinstance(pending, (AuthRequested, ScramRequested)):
+            raise ProtocolViolation("auth_result() without a pending AUTH")
+        self._pending = None
+        self._auth = None
+        if user is None:
+            self._error(refusal or replies.AUTH_FAILED)
+            return
+        if isinstance(pending, ScramRequested):
+            raise ProtocolViolation("a SCRAM exchange succeeds on the client's proof, not by auth_result()")
+        self.authenticated_as = user
+        self._send(replies.AUTH_OK)
+
+    def scram_credentials(self, credentials: ScramCredentials) -> None:
+        """The SCRAM keys for the pending ScramRequested; the exchange goes on with the client."""
+        exchange = self._auth
+        if not isinstance(self._pending, ScramRequested) or exchange is None or exchange.scram is None:
+            raise ProtocolViolation("scram_credentials() without a pending SCRAM exchange")
+        self._pending = None
+        self._challenge(exchange.scram.server_first(credentials))
 
     def tls_established(self) -> None:
         """The adapter finished the TLS handshake; the client must now start over with EHLO."""
@@ -175,6 +223,7 @@ class ServerConnection:
         self.is_tls = True
         self.helo = None
         self.is_esmtp = False
+        self.authenticated_as = None
         self._reset_transaction()
 
     def close(self, reply: Reply, reason: str) -> None:
@@ -216,7 +265,7 @@ class ServerConnection:
             return self._read_chunk()
         idx = self._in.find(b"\n")
         if idx < 0:
-            if self._is_skipping_line or len(self._in) > MAX_BUFFERED_LINE:
+            if self._is_skipping_line or len(self._in) > self._max_line:
                 self._in.clear()
                 self._is_skipping_line = True
             return _NEED_DATA
@@ -224,8 +273,11 @@ class ServerConnection:
         del self._in[: idx + 1]
         if self._is_skipping_line:
             self._is_skipping_line = False
+            self._auth = None
             self._error(replies.LINE_TOO_LONG)
             return None
+        if self._auth is not None:
+            return self._sasl_response(line)
         try:
             return self._dispatch(line)
         except SMTPError as exc:
@@ -345,6 +397,8 @@ class ServerConnection:
         ]
         if self.settings.is_tls_available and not self.is_tls:
             lines.append("STARTTLS")
+        if self._offers_auth():
+            lines.append("AUTH " + " ".join(self.settings.auth_mechanisms))
         self._send(Reply(250, None, "\n".join(lines)))
         return Hello(is_esmtp=True, name=name)
 
@@ -353,7 +407,11 @@ class ServerConnection:
             raise SMTPError(replies.NEED_HELO)
         if self.state is not State.READY:
             raise SMTPError(replies.NESTED_MAIL)
-        path, params = parse_mail(arg, is_esmtp=self.is_esmtp, max_size=self.settings.max_message_size)
+        if self.settings.is_auth_required and self.authenticated_as is None:
+            raise SMTPError(replies.AUTH_REQUIRED)
+        path, params = parse_mail(
+            arg, is_esmtp=self.is_esmtp, max_size=self.settings.max_message_size, has_auth=self._offers_auth()
+        )
         event = MailFrom(path, params)
         self._pending = event
         return event
@@ -455,7 +513,101 @@ class ServerConnection:
         self.state = next_state(self.state, Trigger.STARTTLS)
         return StartTLSRequested()
 
-    # -- helpers -----------------------------------------------------------------------------------
+    # -- AUTH (RFC 4954) -----------------------------------------------------------------------------------
+
+    def _offers_auth(self) -> bool:
+        # DESIGN: AUTH only over TLS (the submission port offers STARTTLS first).
+        return bool(self.settings.auth_mechanisms) and self.is_tls
+
+    def _auth_cmd(self, arg: str) -> Event | None:
+        if not self.settings.auth_mechanisms:
+            raise SMTPError(replies.NOT_IMPLEMENTED)
+        if not self.is_tls:
+            raise SMTPError(replies.AUTH_NEEDS_TLS)
+        if self.state is State.CONNECTED:
+            raise SMTPError(replies.NEED_HELO)
+        if self.authenticated_as is not None:
+            raise SMTPError(replies.ALREADY_AUTHENTICATED)
+        if self.state is not State.READY:
+            raise SMTPError(replies.BAD_SEQUENCE)
+        words = arg.split()
+        if not words or len(words) > 2:
+            raise SMTPError(replies.BAD_ARGUMENTS)
+        mechanism = words[0].upper()
+        if mechanism not in self.settings.auth_mechanisms:
+            raise SMTPError(replies.AUTH_UNKNOWN_MECHANISM)
+        self._auth = _AuthExchange(mechanism)
+        if mechanism == "SCRAM-SHA-256":
+            self._auth.scram = ScramServer(self._sasl_nonce)
+        if len(words) == 2:  # initial response (RFC 4954 §4); "=" is an empty one
+            return self._sasl_step(b"" if words[1] == "=" else words[1].encode())
+        if mechanism == "LOGIN":
+            self._challenge(b"Username:")
+        else:
+            self._send(Reply(334, None, ""))
+        return None
+
+    def _challenge(self, data: bytes) -> None:
+        self._send(Reply(334, None, base64.b64encode(data).decode("ascii")))
+
+    def _sasl_response(self, line: bytes) -> Event | None:
+        data = line.rstrip(b"\r\n")
+        if data == b"*":  # RFC 4954 §4: the client cancels
+            self._auth = None
+            self._error(replies.AUTH_CANCELLED)
+            return None
+        return self._sasl_step(data)
+
+    def _sasl_step(self, data: bytes) -> AuthRequested | ScramRequested | None:
+        exchange = self._auth
+        assert exchange is not None
+        try:
+            decoded = decode_base64(data) if data else b""
+            event = self._sasl_event(exchange, decoded)
+        except SASLError as exc:
+            self._auth = None
+            self._error(replies.AUTH_FAILED if str(exc) == "wrong password" else replies.AUTH_BAD_RESPONSE)
+            return None
+        except UnicodeDecodeError:
+            self._auth = None
+            self._error(replies.AUTH_BAD_RESPONSE)
+            return None
+        if event is not None:
+            self._pending = event
+        return event
+
+    def _sasl_event(self, exchange: _AuthExchange, decoded: bytes) -> AuthRequested | ScramRequested | None:
+        """One client response of an exchange: an event for the adapter, or None after a challenge."""
+        match exchange.mechanism:
+            case "PLAIN":
+                credentials = parse_plain(decoded)
+                if credentials.authzid and credentials.authzid != credentials.authcid:
+                    raise SASLError("authorization identity not allowed")
+                return AuthRequested("PLAIN", credentials.authcid, credentials.password)
+            case "LOGIN":
+                if not exchange.user:
+                    exchange.user = decoded.decode("utf-8") or " "
+                    self._challenge(b"Password:")
+                    return None
+                return AuthRequested("LOGIN", exchange.user, decoded.decode("utf-8"))
+            case "SCRAM-SHA-256":
+                assert exchange.scram is not None
+                if not exchange.user:
+                    exchange.user = exchange.scram.client_first(decoded)
+                    return ScramRequested(exchange.user)
+                # SMTP has no "additional data with success": the server-final message goes out as one
+                # more challenge, which the client answers with an empty line (RFC 4954 §4).
+                self._challenge(exchange.scram.client_final(decoded))
+                self._auth = _AuthExchange("SCRAM-DONE", exchange.user)
+                return None
+            case "SCRAM-DONE":
+                self._auth = None
+                self.authenticated_as = exchange.user
+                self._send(replies.AUTH_OK)
+                return None
+        raise SASLError("unknown mechanism")
+
+    # -- helpers -----------------------------------------------------------------------------------------
 
     def _check_can_send_message(self) -> None:
         if self.state is State.CONNECTED:
@@ -475,6 +627,7 @@ class ServerConnection:
             mail_params=self._mail[1],
             recipients=tuple(self._recipients),
             used_bdat=self._used_bdat,
+            authenticated_as=self.authenticated_as,
         )
 
     def _deliver(self, message: bytes) -> Event:
@@ -540,4 +693,5 @@ _HANDLERS = {
     Verb.EXPN: ServerConnection._expn,
     Verb.HELP: ServerConnection._help,
     Verb.STARTTLS: ServerConnection._starttls,
+    Verb.AUTH: ServerConnection._auth_cmd,
 }

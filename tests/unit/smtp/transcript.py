@@ -1,9 +1,9 @@
 """Play an SMTP transcript against the sans-I/O server core.
 
 Script lines: `S: text` is what the server must send next (exactly, CRLF added); `C: text` is a line the
-client sends (CRLF added); `C! <python bytes literal>` sends raw bytes. Consecutive client lines are
-sent together, as a pipelining client would. Every script is played twice: once in whole writes and
-once one byte at a time; both must give the same output.
+client sends (CRLF added); `C! <python bytes literal>` sends raw bytes and `S! <python bytes literal>`
+expects them. Consecutive client lines are sent together, as a pipelining client would. Every script is
+played twice: once in whole writes and once one byte at a time; both must give the same output.
 """
 
 from __future__ import annotations
@@ -13,14 +13,17 @@ import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kartero.auth.sasl import scram_credentials
 from kartero.smtp import replies
 from kartero.smtp.events import (
+    AuthRequested,
     ConnectionClosed,
     Event,
     MailFrom,
     MessageReceived,
     MessageRefused,
     RcptTo,
+    ScramRequested,
     StartTLSRequested,
 )
 from kartero.smtp.replies import Reply
@@ -28,6 +31,16 @@ from kartero.smtp.server import ServerConnection, ServerSettings
 
 SETTINGS = ServerSettings(hostname="mx.example.test", max_message_size=10_000, max_recipients=5, max_errors=10)
 TLS_SETTINGS = ServerSettings(hostname="mx.example.test", max_message_size=10_000, is_tls_available=True)
+SUBMISSION_SETTINGS = ServerSettings(
+    hostname="mx.example.test",
+    max_message_size=10_000,
+    is_tls_available=True,
+    auth_mechanisms=("PLAIN", "LOGIN", "SCRAM-SHA-256"),
+    is_auth_required=True,
+)
+# The one password the transcripts' accounts have, and its SCRAM keys (fixed salt: reproducible).
+PASSWORD = "pencil"
+SCRAM = scram_credentials(PASSWORD, b"fixed-salt-16byt", 4096)
 
 
 @dataclass
@@ -60,6 +73,10 @@ class Recorder:
                 self.refused.append(event)
             case StartTLSRequested():
                 conn.tls_established()
+            case AuthRequested(user=user, password=password):
+                conn.auth_result(user if password == PASSWORD else None)
+            case ScramRequested():
+                conn.scram_credentials(SCRAM)
             case ConnectionClosed():
                 pass
 
@@ -75,10 +92,10 @@ def _parse(script: str) -> list[tuple[str, bytes]]:
             steps.append(("S", rest.encode() + b"\r\n"))
         elif kind == "C:":
             steps.append(("C", rest.encode() + b"\r\n"))
-        elif kind == "C!":
+        elif kind in ("C!", "S!"):
             value = ast.literal_eval(rest)
             assert isinstance(value, bytes)
-            steps.append(("C", value))
+            steps.append((kind[0], value))
         else:
             raise ValueError(f"bad transcript line {raw!r}")
     return steps
@@ -91,9 +108,9 @@ def _drain(conn: ServerConnection, recorder: Recorder) -> bytes:
 
 
 def _play(
-    script: str, settings: ServerSettings, recorder: Recorder, bytewise: bool, eof: bool
+    script: str, settings: ServerSettings, recorder: Recorder, bytewise: bool, eof: bool, is_tls: bool
 ) -> tuple[list[bytes], ServerConnection]:
-    conn = ServerConnection(settings)
+    conn = ServerConnection(settings, is_tls=is_tls, sasl_nonce="srvnonce")
     conn.start()
     got: list[bytes] = []
     pending = _drain(conn, recorder)
@@ -125,6 +142,7 @@ def run_transcript(
     settings: ServerSettings = SETTINGS,
     recorder: Recorder | None = None,
     eof: bool = False,
+    is_tls: bool = False,
 ) -> tuple[Recorder, ServerConnection]:
     """Play `script` (whole writes, then byte by byte) and assert the server said exactly the S: lines."""
     expected = b"".join(data for kind, data in _parse(script) if kind == "S")
@@ -135,7 +153,7 @@ def run_transcript(
             mail_reply=recorder.mail_reply if recorder else None,
             message_reply=recorder.message_reply if recorder else replies.MESSAGE_ACCEPTED,
         )
-        out, conn = _play(script, settings, rec, bytewise, eof)
+        out, conn = _play(script, settings, rec, bytewise, eof, is_tls)
         assert b"".join(out).decode() == expected.decode(), f"bytewise={bytewise}"
         results.append((rec, conn))
     first, second = results[0][0], results[1][0]
