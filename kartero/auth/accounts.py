@@ -13,6 +13,7 @@ Resolution order for a local address (first match wins):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -23,6 +24,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 from kartero.auth.passwords import hash_password, verify_password
+from kartero.auth.sasl import SCRAM_ITERATIONS, ScramCredentials, scram_credentials
 from kartero.dns.names import DomainError, canonical_domain
 from kartero.smtp.address import Address, AddressError, parse_mailbox
 from kartero.store.interface import Account, Store
@@ -33,6 +35,11 @@ MAX_ALIAS_DEPTH = 10
 
 class DirectoryError(ValueError):
     """A request the admin must correct (bad address, foreign domain, unknown account)."""
+
+
+def new_scram(password: str) -> str:
+    """Fresh SCRAM-SHA-256 keys for a password (random salt), as stored with the account."""
+    return scram_credentials(password, os.urandom(16)).encode()
 
 
 def canonical_address(address: Address) -> str:
@@ -82,13 +89,13 @@ class Directory:
         address = self._require_local(parse_address(text))
         if not password:
             raise DirectoryError("the password is empty")
-        return self.store.add_account(address, hash_password(password))
+        return self.store.add_account(address, hash_password(password), new_scram(password))
 
     def set_password(self, text: str, password: str) -> None:
         address = parse_address(text)
         if not password:
             raise DirectoryError("the password is empty")
-        if not self.store.set_password(address, hash_password(password)):
+        if not self.store.set_password(address, hash_password(password), new_scram(password)):
             raise DirectoryError(f"no account {address}")
 
     def delete_user(self, text: str) -> None:
@@ -283,7 +290,20 @@ class Authenticator:
             return account
         if not verify_password(account.password_hash, password):
             return None
+        if not account.scram:  # accounts made before SCRAM existed get their keys at the next login
+            self.store.set_scram(address, new_scram(password))
         if len(self._cache) >= self.CACHE_SIZE:
             self._cache.clear()
         self._cache[address] = (digest, account.password_hash, now + self.CACHE_TTL_S)
         return account
+
+    def scram(self, user: str) -> tuple[ScramCredentials, Account | None]:
+        """The SCRAM keys of `user`; for an unknown user (or one without keys yet) keys that cannot
+        match but look the same every time, so the exchange does not tell who exists."""
+        account = None
+        with contextlib.suppress(DirectoryError):
+            account = self.store.get_account(parse_address(user))
+        if account is not None and account.scram:
+            return ScramCredentials.decode(account.scram), account
+        salt = hmac.new(self._key, b"salt:" + user.encode("utf-8", "replace"), hashlib.sha256).digest()[:16]
+        return ScramCredentials(salt, SCRAM_ITERATIONS, os.urandom(32), os.urandom(32)), None

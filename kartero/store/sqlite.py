@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     id INTEGER PRIMARY KEY,
     address TEXT NOT NULL UNIQUE,
     password_hash TEXT NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    scram TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS aliases (
     source TEXT NOT NULL,
@@ -344,13 +345,13 @@ class SQLiteStore(MailboxOps):
 
     # -- accounts and aliases ----------------------------------------------------------------------
 
-    def add_account(self, address: str, password_hash: str) -> Account:
+    def add_account(self, address: str, password_hash: str, scram: str = "") -> Account:
         now = int(time.time())
         with self._write() as db:
             try:
                 cur = db.execute(
-                    "INSERT INTO accounts (address, password_hash, created_at) VALUES (?, ?, ?)",
-                    (address, password_hash, now),
+                    "INSERT INTO accounts (address, password_hash, created_at, scram) VALUES (?, ?, ?, ?)",
+                    (address, password_hash, now, scram),
                 )
             except sqlite3.IntegrityError:
                 raise AccountExists(f"account {address} already exists") from None
@@ -363,7 +364,7 @@ class SQLiteStore(MailboxOps):
                 )
                 db.execute("INSERT INTO subscriptions (account_id, name) VALUES (?, ?)", (account_id, name))
         self._bump_directory_version()
-        return Account(account_id, address, password_hash, now)
+        return Account(account_id, address, password_hash, now, scram)
 
     @staticmethod
     def _next_uidvalidity(db: sqlite3.Connection) -> int:
@@ -377,7 +378,7 @@ class SQLiteStore(MailboxOps):
     def _account(self, where: str, arg: object) -> Account | None:
         row = (
             self._db()
-            .execute(f"SELECT id, address, password_hash, created_at FROM accounts WHERE {where}", (arg,))
+            .execute(f"SELECT id, address, password_hash, created_at, scram FROM accounts WHERE {where}", (arg,))
             .fetchone()
         )
         return Account(*row) if row else None
@@ -391,20 +392,26 @@ class SQLiteStore(MailboxOps):
     def first_account(self) -> Account | None:
         row = (
             self._db()
-            .execute("SELECT id, address, password_hash, created_at FROM accounts ORDER BY id LIMIT 1")
+            .execute("SELECT id, address, password_hash, created_at, scram FROM accounts ORDER BY id LIMIT 1")
             .fetchone()
         )
         return Account(*row) if row else None
 
     def list_accounts(self) -> list[Account]:
-        rows = self._db().execute("SELECT id, address, password_hash, created_at FROM accounts ORDER BY address")
+        rows = self._db().execute("SELECT id, address, password_hash, created_at, scram FROM accounts ORDER BY address")
         return [Account(*row) for row in rows]
 
-    def set_password(self, address: str, password_hash: str) -> bool:
+    def set_password(self, address: str, password_hash: str, scram: str = "") -> bool:
         with self._write() as db:
-            cur = db.execute("UPDATE accounts SET password_hash = ? WHERE address = ?", (password_hash, address))
+            cur = db.execute(
+                "UPDATE accounts SET password_hash = ?, scram = ? WHERE address = ?", (password_hash, scram, address)
+            )
         self._bump_directory_version()
         return cur.rowcount == 1
+
+    def set_scram(self, address: str, scram: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE accounts SET scram = ? WHERE address = ?", (scram, address))
 
     def delete_account(self, address: str) -> bool:
         with self._write() as db:
