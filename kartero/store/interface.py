@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, Protocol
 
 from kartero.store.criteria import Criterion, Sort
@@ -123,6 +123,63 @@ class Changes:
     highestmodseq: int
 
 
+class QueueState(StrEnum):
+    PENDING = "pending"
+    DEFERRED = "deferred"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItem:
+    """One queued recipient due for a delivery attempt, with what its message needs."""
+
+    recipient_id: int
+    queue_id: str
+    address: str
+    domain: str
+    notify: tuple[str, ...]
+    orcpt: str | None
+    attempts: int
+    sender: str
+    ret: str | None
+    envid: str | None
+    smtputf8: bool
+    body_8bit: bool
+    created_at: int
+    expires_at: int
+    delay_notified: bool
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientUpdate:
+    recipient_id: int
+    state: QueueState
+    attempts: int
+    next_attempt_at: int
+    reply: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRecipientInfo:
+    address: str
+    state: QueueState
+    attempts: int
+    next_attempt_at: int
+    last_reply: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    id: str
+    sender: str
+    size: int
+    created_at: int
+    expires_at: int
+    recipients: tuple[QueueRecipientInfo, ...]
+
+
 class FlagOp(Enum):
     ADD = "+"
     REMOVE = "-"
@@ -137,18 +194,39 @@ class DeliveryTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboundRecipient:
+    address: str
+    notify: tuple[str, ...] = ()  # DSN NOTIFY (RFC 3461); empty: the default, FAILURE and DELAY
+    orcpt: str | None = None  # "rfc822;user@example.org", decoded
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """The remote recipients of a message: they go into the durable queue with it."""
+
+    sender: str  # "" for the null sender
+    recipients: tuple[OutboundRecipient, ...]
+    expires_at: int  # unix seconds: give up (and bounce) after this
+    ret: str | None = None
+    envid: str | None = None
+    smtputf8: bool = False
+    body_8bit: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
-    """One message for one or more mailboxes; its bytes are stored once however many targets."""
+    """One message for local mailboxes and/or the outbound queue; its bytes are stored once."""
 
     blob_id: str
     data: bytes
     targets: tuple[DeliveryTarget, ...]
     internal_date: int
     envelope: Mapping[str, Any] = field(default_factory=dict)  # JSON-ready: sender, recipients, DSN
+    outbound: Outbound | None = None
 
     def __post_init__(self) -> None:
-        if not self.targets:
-            raise ValueError("a delivery needs at least one target")
+        if not self.targets and (self.outbound is None or not self.outbound.recipients):
+            raise ValueError("a delivery needs at least one target or outbound recipient")
         if not self.blob_id.isalnum():
             raise ValueError(f"bad blob id {self.blob_id!r}")
 
@@ -247,6 +325,24 @@ class Store(Protocol):
 
     def add_listener(self, listener: Callable[[frozenset[int]], None]) -> None:
         """Call `listener` with the ids of changed mailboxes after every commit (from any thread)."""
+        ...
+
+    # The outbound queue
+    def due_recipients(self, now: int, limit: int, exclude: frozenset[int] = frozenset()) -> list[QueueItem]:
+        """Pending or deferred recipients whose next attempt is due, oldest first."""
+        ...
+
+    def update_recipients(self, updates: Sequence[RecipientUpdate]) -> None:
+        """Record attempts (durably); queue entries with no recipient left to try are removed."""
+        ...
+
+    def mark_delay_notified(self, queue_id: str) -> None: ...
+    def next_due(self) -> int | None: ...
+    def queue_entries(self) -> list[QueueEntry]: ...
+    def queue_delete(self, queue_id: str) -> bool: ...
+    def queue_flush(self) -> int: ...
+    def add_queue_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after a commit that put something into the queue (from any thread)."""
         ...
 
     def close(self) -> None: ...

@@ -108,6 +108,9 @@ class MailboxOps:
     def read_message(self, blob_id: str) -> bytes:
         raise NotImplementedError
 
+    def _drop_unreferenced_blobs(self, db: sqlite3.Connection, blob_ids: list[str]) -> None:
+        raise NotImplementedError
+
     # -- mailboxes -------------------------------------------------------------------------------------
 
     def list_mailboxes(self, account_id: int) -> list[Mailbox]:
@@ -145,7 +148,7 @@ class MailboxOps:
                 r[0] for r in db.execute("SELECT DISTINCT blob_id FROM messages WHERE mailbox_id = ?", (mailbox_id,))
             ]
             db.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
-            _drop_unreferenced(db, blobs)
+            self._drop_unreferenced_blobs(db, blobs)
         self._notify(frozenset({mailbox_id}))
         self.compact()
 
@@ -369,7 +372,7 @@ class MailboxOps:
             "INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
             [(mailbox_id, r.uid, modseq) for r in rows],
         )
-        _drop_unreferenced(db, list({r.blob_id for r in rows}))
+        self._drop_unreferenced_blobs(db, list({r.blob_id for r in rows}))
 
     def copy_messages(
         self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool
@@ -531,13 +534,6 @@ def _split_criterion(criterion: c.Criterion) -> tuple[str, list[Any], tuple[c.Cr
             where.append(f"({sql[0]})")
             params.extend(sql[1])
     return " AND ".join(where) or "1", params, tuple(rest)
-
-
-def _drop_unreferenced(db: sqlite3.Connection, blob_ids: list[str]) -> None:
-    db.executemany(
-        "DELETE FROM blobs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?)",
-        [(b, b) for b in blob_ids],
-    )
 
 
 def _apply(current: frozenset[str], op: FlagOp, flags: frozenset[str]) -> frozenset[str]:

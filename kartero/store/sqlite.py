@@ -37,6 +37,7 @@ from kartero.store.interface import (
     StoreError,
 )
 from kartero.store.mailboxes import MailboxOps, format_flags
+from kartero.store.queue_sql import QUEUE_SCHEMA, QueueOps, insert_outbound
 from kartero.store.segments import Segments
 
 log = logging.getLogger("kartero.store")
@@ -125,7 +126,7 @@ _STOP = object()
 _COMPACT = object()
 
 
-class SQLiteStore(MailboxOps):
+class SQLiteStore(MailboxOps, QueueOps):
     """Store on SQLite + segments under `root` (`root/kartero.db`, `root/messages/*.seg`).
 
     Opening it is safe while a server runs (the CLI does); `recover()` and `start()` are for the one
@@ -141,7 +142,7 @@ class SQLiteStore(MailboxOps):
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
-        self._db().executescript(SCHEMA)  # idempotent; executescript manages its own transaction
+        self._db().executescript(SCHEMA + QUEUE_SCHEMA)  # idempotent; executescript commits by itself
         with self._write() as db:
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         if not self.version_path.exists():
@@ -150,6 +151,7 @@ class SQLiteStore(MailboxOps):
         self._committer: threading.Thread | None = None
         self._closed = False
         self._listeners: list[Callable[[frozenset[int]], None]] = []
+        self._queue_listeners: list[Callable[[], None]] = []
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -268,6 +270,9 @@ class SQLiteStore(MailboxOps):
         self._notify(
             frozenset(m.mailbox_id for result in results if not isinstance(result, StoreError) for m in result)
         )
+        if any(d.outbound is not None for d, _ in live):
+            for listener in self._queue_listeners:
+                listener()
 
     def _insert_delivery(
         self, db: sqlite3.Connection, d: Delivery, location: tuple[int, int]
@@ -301,10 +306,11 @@ class SQLiteStore(MailboxOps):
                 (mailbox_id, uid, d.blob_id, len(d.data), d.internal_date, format_flags(target.flags), modseq),
             )
             stored.append(StoredMessage(target.account_id, mailbox_id, uid, modseq))
-        if not stored:
+        if not stored and d.targets and (d.outbound is None or not d.outbound.recipients):
             db.execute("ROLLBACK TO delivery")
             db.execute("RELEASE delivery")
             return StoreError("no recipient mailbox exists any more")
+        insert_outbound(db, d)
         db.execute("RELEASE delivery")
         return stored
 
@@ -427,12 +433,9 @@ class SQLiteStore(MailboxOps):
                 )
             ]
             db.execute("DELETE FROM accounts WHERE id = ?", (row[0],))
-            # Bodies no other mailbox shares become dead space in their segments; compaction
-            # (at the next server start, or `compact()`) reclaims it.
-            db.executemany(
-                "DELETE FROM blobs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?)",
-                [(b, b) for b in blob_ids],
-            )
+            # Bodies nothing else shares become dead space in their segments; compaction (at the next
+            # server start, or `compact()`) reclaims it.
+            self._drop_unreferenced_blobs(db, blob_ids)
         self._bump_directory_version()
         self.compact()
         return True
@@ -528,6 +531,18 @@ class SQLiteStore(MailboxOps):
 
     def add_listener(self, listener: Callable[[frozenset[int]], None]) -> None:
         self._listeners.append(listener)
+
+    def add_queue_listener(self, listener: Callable[[], None]) -> None:
+        self._queue_listeners.append(listener)
+
+    @staticmethod
+    def _drop_unreferenced_blobs(db: sqlite3.Connection, blob_ids: list[str]) -> None:
+        """Forget bodies no mailbox and no queue entry points to any more."""
+        db.executemany(
+            "DELETE FROM blobs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?)"
+            " AND NOT EXISTS (SELECT 1 FROM queue WHERE id = ?)",
+            [(b, b, b) for b in blob_ids],
+        )
 
     def _notify(self, mailbox_ids: frozenset[int]) -> None:
         if not mailbox_ids:

@@ -1,0 +1,191 @@
+"""The outbound queue in the SQLite store (mixed into SQLiteStore): a queued message is a blob plus a
+`queue` row and one `queue_recipients` row per remote recipient with its state.
+
+Entries are written by the committer in the same transaction as the message bytes (so `250` means
+queued durably); attempts are recorded before the next one starts, so a delivered recipient is not tried
+again after a crash. An entry whose recipients are all delivered or failed is removed with its bytes
+(unless a mailbox still holds them).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from kartero.store.interface import (
+    Delivery,
+    QueueEntry,
+    QueueItem,
+    QueueRecipientInfo,
+    QueueState,
+    RecipientUpdate,
+)
+
+QUEUE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queue (
+    id TEXT PRIMARY KEY REFERENCES blobs(id),
+    sender TEXT NOT NULL,
+    ret TEXT,
+    envid TEXT,
+    smtputf8 INTEGER NOT NULL,
+    body_8bit INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    delay_notified INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS queue_recipients (
+    id INTEGER PRIMARY KEY,
+    queue_id TEXT NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
+    address TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    notify TEXT NOT NULL,
+    orcpt TEXT,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    last_reply TEXT,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_due ON queue_recipients (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS queue_recipients_entry ON queue_recipients (queue_id);
+"""
+
+_OPEN = (QueueState.PENDING.value, QueueState.DEFERRED.value)
+
+
+def insert_outbound(db: sqlite3.Connection, delivery: Delivery) -> None:
+    """Queue the remote recipients of a delivery (inside the committer's transaction)."""
+    out = delivery.outbound
+    if out is None or not out.recipients:
+        return
+    now = delivery.internal_date
+    db.execute(
+        "INSERT INTO queue (id, sender, ret, envid, smtputf8, body_8bit, created_at, expires_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (delivery.blob_id, out.sender, out.ret, out.envid, int(out.smtputf8), int(out.body_8bit), now,
+         out.expires_at),
+    )  # fmt: skip
+    db.executemany(
+        "INSERT INTO queue_recipients (queue_id, address, domain, notify, orcpt, state, next_attempt_at,"
+        " updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+        [
+            (delivery.blob_id, r.address, r.address.rpartition("@")[2].lower(), ",".join(r.notify), r.orcpt, now, now)
+            for r in out.recipients
+        ],
+    )
+
+
+class QueueOps:
+    """Needs `_db`, `_write` and `_drop_unreferenced_blobs` from its host."""
+
+    def _db(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def due_recipients(self, now: int, limit: int, exclude: frozenset[int] = frozenset()) -> list[QueueItem]:
+        rows = self._db().execute(
+            "SELECT r.id, r.queue_id, r.address, r.domain, r.notify, r.orcpt, r.attempts, q.sender, q.ret, q.envid,"
+            " q.smtputf8, q.body_8bit, q.created_at, q.expires_at, q.delay_notified, b.size"
+            " FROM queue_recipients r JOIN queue q ON q.id = r.queue_id JOIN blobs b ON b.id = q.id"
+            " WHERE r.state IN (?, ?) AND r.next_attempt_at <= ? ORDER BY r.next_attempt_at, r.id LIMIT ?",
+            (*_OPEN, now, limit + len(exclude)),
+        )
+        items = [
+            QueueItem(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                tuple(n for n in r[4].split(",") if n),
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                r[9],
+                bool(r[10]),
+                bool(r[11]),
+                r[12],
+                r[13],
+                bool(r[14]),
+                r[15],
+            )
+            for r in rows
+            if r[0] not in exclude
+        ]
+        return items[:limit]
+
+    def update_recipients(self, updates: Sequence[RecipientUpdate]) -> None:
+        if not updates:
+            return
+        now = int(time.time())
+        with self._write() as db:
+            db.executemany(
+                "UPDATE queue_recipients SET state = ?, attempts = ?, next_attempt_at = ?, last_reply = ?,"
+                " updated_at = ? WHERE id = ?",
+                [(u.state.value, u.attempts, u.next_attempt_at, u.reply, now, u.recipient_id) for u in updates],
+            )
+            ids = [u.recipient_id for u in updates]
+            marks = ",".join("?" * len(ids))
+            entries = [r[0] for r in db.execute(f"SELECT DISTINCT queue_id FROM queue_recipients WHERE id IN ({marks})",
+                                                ids)]  # fmt: skip
+            finished = [
+                e
+                for e in entries
+                if db.execute(
+                    "SELECT 1 FROM queue_recipients WHERE queue_id = ? AND state IN (?, ?) LIMIT 1", (e, *_OPEN)
+                ).fetchone()
+                is None
+            ]
+            self._remove_entries(db, finished)
+
+    def _remove_entries(self, db: sqlite3.Connection, entries: list[str]) -> None:
+        if not entries:
+            return
+        db.executemany("DELETE FROM queue WHERE id = ?", [(e,) for e in entries])
+        self._drop_unreferenced_blobs(db, entries)
+
+    def _drop_unreferenced_blobs(self, db: sqlite3.Connection, blob_ids: list[str]) -> None:
+        raise NotImplementedError
+
+    def mark_delay_notified(self, queue_id: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE queue SET delay_notified = 1 WHERE id = ?", (queue_id,))
+
+    def next_due(self) -> int | None:
+        row = (
+            self._db()
+            .execute("SELECT MIN(next_attempt_at) FROM queue_recipients WHERE state IN (?, ?)", _OPEN)
+            .fetchone()
+        )
+        return None if row is None or row[0] is None else int(row[0])
+
+    def queue_entries(self) -> list[QueueEntry]:
+        db = self._db()
+        recipients: dict[str, list[QueueRecipientInfo]] = {}
+        for r in db.execute(
+            "SELECT queue_id, address, state, attempts, next_attempt_at, last_reply FROM queue_recipients ORDER BY id"
+        ):
+            recipients.setdefault(r[0], []).append(QueueRecipientInfo(r[1], QueueState(r[2]), r[3], r[4], r[5]))
+        rows: list[Any] = list(
+            db.execute(
+                "SELECT q.id, q.sender, b.size, q.created_at, q.expires_at FROM queue q JOIN blobs b ON b.id = q.id"
+                " ORDER BY q.created_at, q.id"
+            )
+        )
+        return [QueueEntry(r[0], r[1], r[2], r[3], r[4], tuple(recipients.get(r[0], ()))) for r in rows]
+
+    def queue_delete(self, queue_id: str) -> bool:
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM queue WHERE id = ?", (queue_id,)).fetchone() is None:
+                return False
+            self._remove_entries(db, [queue_id])
+        return True
+
+    def queue_flush(self) -> int:
+        with self._write() as db:
+            return db.execute("UPDATE queue_recipients SET next_attempt_at = 0 WHERE state IN (?, ?)", _OPEN).rowcount
