@@ -23,12 +23,20 @@ EMBEDDED_DATA_DIR = "kartero-data"
 
 # Listener kinds this version serves. The others in DESIGN.md §1 are refused by name until they exist,
 # so a config never silently lacks a service it asks for.
-LISTENERS = ("smtp", "imap", "imaps", "pop3", "pop3s")
-PLANNED_LISTENERS = ("submission", "submissions")
+LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+PLANNED_LISTENERS: tuple[str, ...] = ()
 # Listeners that speak TLS from the first byte and so cannot run without [tls].
 IMPLICIT_TLS = frozenset({"imaps", "submissions", "pop3s"})
 
-EMBEDDED_PORTS = {"smtp": 2525, "imap": 1430, "imaps": 9930, "pop3": 1100, "pop3s": 9950}
+EMBEDDED_PORTS = {
+    "smtp": 2525,
+    "submission": 5870,
+    "submissions": 4650,
+    "imap": 1430,
+    "imaps": 9930,
+    "pop3": 1100,
+    "pop3s": 9950,
+}
 
 
 class ConfigError(Exception):
@@ -62,6 +70,34 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class DNSConfig:
+    nameservers: tuple[HostPort, ...] = ()  # empty: the system resolver
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    port: int = 25
+    queue_lifetime_s: float = 5 * 86400.0
+    retry_first_s: float = 300.0
+    retry_max_s: float = 4 * 3600.0
+    delay_notice_s: float = 4 * 3600.0
+    relayhost: HostPort | None = None
+    connect_timeout_s: float = 30.0
+    concurrency: int = 50
+    per_domain: int = 5
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     hostname: str
     domains: tuple[str, ...]
@@ -69,6 +105,9 @@ class Config:
     listen: Mapping[str, tuple[ListenAddress, ...]]
     tls: TLSConfig | None
     limits: Limits = field(default_factory=Limits)
+    dns: DNSConfig = field(default_factory=DNSConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    routes: Mapping[str, HostPort] = field(default_factory=dict)
     log_level: str = "info"
     source: Path | None = None  # the file it came from; None for the embedded default
     make_certificate: bool = False  # embedded default: create a self-signed certificate on first start
@@ -152,6 +191,24 @@ class _Reader:
     def path(self, value: str) -> Path:
         return (self.base / Path(value).expanduser()).resolve()
 
+    def host_port(self, section: str, key: str, text: object, default_port: int | None = None) -> HostPort:
+        """`host:port` (a name or an address; IPv6 in brackets); the port may be left out when a
+        default is given."""
+        if not isinstance(text, str) or not text.strip():
+            raise self.fail(section, key, f'expected "host:port", got {text!r}')
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\[\]\s]+)(?::(\d+))?", text.strip())
+        if not m:
+            raise self.fail(section, key, f'expected "host:port", got {text!r}')
+        host = m.group(1) or m.group(3)
+        port_text = m.group(2) or m.group(4)
+        if port_text is None and default_port is None:
+            raise self.fail(section, key, f'expected "host:port", got {text!r}')
+        port = int(port_text) if port_text is not None else default_port
+        assert port is not None
+        if not 1 <= port <= 65535:
+            raise self.fail(section, key, f"port {port} out of range 1-65535")
+        return HostPort(host, port)
+
     def listen_address(self, key: str, text: object) -> ListenAddress:
         if not isinstance(text, str):
             raise self.fail("listen", key, f'expected addresses like "127.0.0.1:25", got {text!r}')
@@ -182,7 +239,10 @@ def _canonical_domain(reader: _Reader, key: str, value: object) -> str:
 def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None) -> Config:
     """Validate a parsed TOML document; `base` is the folder relative paths start from."""
     r = _Reader(name, base)
-    r.check_keys(data, None, ("hostname", "domains", "data_dir", "listen", "tls", "limits", "log_level"))
+    r.check_keys(
+        data, None, ("hostname", "domains", "data_dir", "listen", "tls", "limits", "dns", "delivery", "routes",
+                     "log_level")
+    )  # fmt: skip
 
     domains_raw = data.get("domains")
     if not isinstance(domains_raw, list) or not domains_raw:
@@ -241,6 +301,46 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         data_timeout_s=r.duration(lim, "limits", "data_timeout", defaults.data_timeout_s),
         shutdown_grace_s=r.duration(lim, "limits", "shutdown_grace", defaults.shutdown_grace_s),
     )
+    dns_raw = r.table(data, "dns")
+    r.check_keys(dns_raw, "dns", ("nameservers", "timeout"))
+    servers_raw = dns_raw.get("nameservers", [])
+    if not isinstance(servers_raw, list):
+        raise r.fail("dns", "nameservers", 'must be a list like ["127.0.0.1:53"]')
+    dns = DNSConfig(
+        nameservers=tuple(r.host_port("dns", "nameservers", v, 53) for v in servers_raw),
+        timeout_s=r.duration(dns_raw, "dns", "timeout", DNSConfig().timeout_s),
+    )
+    for server in dns.nameservers:
+        try:
+            ipaddress.ip_address(server.host)
+        except ValueError:
+            raise r.fail("dns", "nameservers", f"{server.host!r} is not an IP address") from None
+
+    dl = r.table(data, "delivery")
+    r.check_keys(dl, "delivery", ("port", "queue_lifetime", "retry_first", "retry_max", "delay_notice", "relayhost",
+                                  "connect_timeout", "concurrency", "per_domain"))  # fmt: skip
+    d = DeliveryConfig()
+    port = r.integer(dl, "delivery", "port", d.port, 1)
+    if port > 65535:
+        raise r.fail("delivery", "port", f"port {port} out of range 1-65535")
+    relay_text = dl.get("relayhost", "")
+    delivery = DeliveryConfig(
+        port=port,
+        queue_lifetime_s=r.duration(dl, "delivery", "queue_lifetime", d.queue_lifetime_s),
+        retry_first_s=r.duration(dl, "delivery", "retry_first", d.retry_first_s),
+        retry_max_s=r.duration(dl, "delivery", "retry_max", d.retry_max_s),
+        delay_notice_s=r.duration(dl, "delivery", "delay_notice", d.delay_notice_s),
+        relayhost=r.host_port("delivery", "relayhost", relay_text, 25) if relay_text else None,
+        connect_timeout_s=r.duration(dl, "delivery", "connect_timeout", d.connect_timeout_s),
+        concurrency=r.integer(dl, "delivery", "concurrency", d.concurrency, 1),
+        per_domain=r.integer(dl, "delivery", "per_domain", d.per_domain, 1),
+    )
+
+    routes_raw = r.table(data, "routes")
+    routes: dict[str, HostPort] = {}
+    for key, value in routes_raw.items():
+        routes[_canonical_domain(r, f"[routes] {key}", key)] = r.host_port("routes", key, value, 25)
+
     return Config(
         hostname=hostname,
         domains=domains,
@@ -248,6 +348,9 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         listen=listen,
         tls=tls,
         limits=limits,
+        dns=dns,
+        delivery=delivery,
+        routes=routes,
         log_level=log_level,
         source=source,
     )

@@ -16,11 +16,17 @@ import ssl
 import sys
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 from kartero.auth.accounts import Authenticator, DirectoryCache
+from kartero.auth.throttle import AuthThrottle
 from kartero.config import IMPLICIT_TLS, Config
+from kartero.delivery.agent import AgentSettings, DeliveryAgent
+from kartero.delivery.local import DsnSender
+from kartero.delivery.mx import Hop
+from kartero.dns.resolver import Resolver
 from kartero.imap.connection import ImapSettings
 from kartero.log import kv
 from kartero.net.channel import AccessContext
@@ -28,12 +34,16 @@ from kartero.net.imap_session import ImapSession
 from kartero.net.pop3_session import Pop3Session
 from kartero.net.session import SessionContext, SMTPSession
 from kartero.policy.inbound import InboundPolicy
+from kartero.policy.submission import SubmissionPolicy
 from kartero.pop3.connection import Pop3Settings
+from kartero.queue.runner import QueueRunner, QueueSettings
 from kartero.smtp.server import ServerSettings
 from kartero.store.sqlite import SQLiteStore
 from kartero.tls import make_self_signed, server_context
 
 log = logging.getLogger("kartero.server")
+
+AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
 
 
 class StartupError(Exception):
@@ -49,6 +59,7 @@ class Server:
         self._sessions: set[Any] = set()
         self._sessions_gone = asyncio.Event()
         self._task_group: asyncio.TaskGroup | None = None
+        self._runner: QueueRunner | None = None
 
     # -- TLS -----------------------------------------------------------------------------------------
 
@@ -95,8 +106,37 @@ class Server:
         store.start()
         store.compact()
         directory = DirectoryCache(store, config.domains, executor)
+        await loop.run_in_executor(executor, directory.prime)
         policy = InboundPolicy(directory, config.primary_domain)
+        submission_policy = SubmissionPolicy(directory, config.primary_domain, config.hostname)
         authenticator = Authenticator(store)
+        throttle = AuthThrottle()
+        resolver = Resolver([(n.host, n.port) for n in config.dns.nameservers], timeout_s=config.dns.timeout_s)
+        overrides = {domain: Hop(hp.host, hp.port) for domain, hp in config.routes.items()}
+        if config.delivery.relayhost is not None:
+            overrides["*"] = Hop(config.delivery.relayhost.host, config.delivery.relayhost.port)
+        agent = DeliveryAgent(
+            resolver,
+            AgentSettings(helo=config.hostname, port=config.delivery.port, overrides=overrides,
+                          connect_timeout_s=config.delivery.connect_timeout_s),
+        )  # fmt: skip
+        runner = QueueRunner(
+            store,
+            agent,
+            DsnSender(store, directory, config.delivery.queue_lifetime_s),
+            QueueSettings(
+                hostname=config.hostname,
+                retry_first_s=config.delivery.retry_first_s,
+                retry_max_s=config.delivery.retry_max_s,
+                delay_notice_s=config.delivery.delay_notice_s,
+                concurrency=config.delivery.concurrency,
+                per_domain=config.delivery.per_domain,
+            ),
+        )
+        def on_queued() -> None:  # called from the store's committer thread
+            loop.call_soon_threadsafe(runner.wake)
+
+        store.add_queue_listener(on_queued)
 
         def on_change(ids: frozenset[int]) -> None:  # called from the store's writer threads
             loop.call_soon_threadsafe(self._mailboxes_changed, ids)
@@ -115,21 +155,33 @@ class Server:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._task_group = tg
-                smtp_ctx = SessionContext(
-                    listener="smtp",
-                    settings=settings,
-                    policy=policy,
-                    store=store,
-                    tls_context=lambda: self._tls,
-                    spawn=self._spawn,
-                    sessions=self._sessions,
-                    on_session_end=self._on_session_end,
-                    max_connections=config.limits.connections,
-                    is_stopping=lambda: self._stopping,
-                )
+                tg.create_task(runner.run())
+                self._runner = runner
                 for kind, addresses in config.listen.items():
                     factory: Callable[[], asyncio.Protocol]
-                    if kind == "smtp":
+                    if kind in ("smtp", "submission", "submissions"):
+                        is_submission = kind != "smtp"
+                        smtp_ctx = SessionContext(
+                            listener=kind,
+                            settings=replace(
+                                settings,
+                                is_tls_available=self._tls is not None and kind != "submissions",
+                                auth_mechanisms=AUTH_MECHANISMS if is_submission else (),
+                                is_auth_required=is_submission,
+                            ),
+                            policy=submission_policy if is_submission else policy,
+                            store=store,
+                            tls_context=lambda: self._tls,
+                            spawn=self._spawn,
+                            sessions=self._sessions,
+                            on_session_end=self._on_session_end,
+                            max_connections=config.limits.connections,
+                            is_stopping=lambda: self._stopping,
+                            implicit_tls=kind == "submissions",
+                            authenticator=authenticator if is_submission else None,
+                            throttle=throttle,
+                            queue_lifetime_s=config.delivery.queue_lifetime_s,
+                        )
                         factory = partial(SMTPSession, smtp_ctx)
                     else:
                         implicit = kind in IMPLICIT_TLS
@@ -222,6 +274,8 @@ class Server:
         for server in servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
+        if self._runner is not None:
+            await self._runner.stop(self.config.limits.shutdown_grace_s)
 
 
 def serve(config: Config) -> int:

@@ -216,6 +216,26 @@ class DirectoryCache:
         self._reload: Future[DirectorySnapshot] | None = None
         self._lock = threading.Lock()
 
+    def prime(self) -> None:
+        """Load the first snapshot (blocking; the server calls it in a worker thread at start-up)."""
+        self._load(self.store.directory_version())
+
+    def current(self) -> DirectorySnapshot:
+        """The latest snapshot, without waiting: when the directory changed, a reload starts and this
+        answer is at most one reload old. Needs `prime()` first."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            raise RuntimeError("DirectoryCache.current() before prime()")
+        if time.monotonic() - self._checked_at >= self.RECHECK_S:
+            version = self.store.directory_version()
+            if version == self._version:
+                self._checked_at = time.monotonic()
+            else:
+                with self._lock:
+                    if self._reload is None or self._reload.done():
+                        self._reload = self.executor.submit(self._load, version)
+        return snapshot
+
     def lookup(self, address: str) -> Resolution | Future[Resolution]:
         snapshot = self._snapshot
         if snapshot is not None and time.monotonic() - self._checked_at < self.RECHECK_S:

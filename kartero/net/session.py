@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
@@ -22,10 +23,14 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, cast
 
+from kartero.auth.accounts import Authenticator
+from kartero.auth.throttle import AuthThrottle
 from kartero.log import kv
-from kartero.policy.inbound import Accept, Decision, InboundPolicy
+from kartero.policy.decisions import Accept, AcceptMessage, Decision, Policy
 from kartero.smtp import replies
 from kartero.smtp.events import (
+    AuthRequested,
+    Body,
     ConnectionClosed,
     Envelope,
     Hello,
@@ -33,12 +38,13 @@ from kartero.smtp.events import (
     MessageReceived,
     MessageRefused,
     RcptTo,
+    ScramRequested,
     StartTLSRequested,
 )
 from kartero.smtp.received import format_received, format_return_path, with_protocol
 from kartero.smtp.server import ServerConnection, ServerSettings
 from kartero.store.ids import new_message_id
-from kartero.store.interface import Delivery, Store, StoredMessage, as_targets
+from kartero.store.interface import Delivery, Outbound, OutboundRecipient, Store, as_targets
 from kartero.tls import describe
 
 log = logging.getLogger("kartero.smtp")
@@ -54,7 +60,7 @@ class SessionContext:
 
     listener: str
     settings: ServerSettings
-    policy: InboundPolicy
+    policy: Policy
     store: Store
     tls_context: Callable[[], Any]  # the current ssl.SSLContext (reloaded on SIGHUP), or None
     spawn: Callable[[Coroutine[Any, Any, None]], None]  # runs a coroutine in the server's TaskGroup
@@ -62,13 +68,17 @@ class SessionContext:
     on_session_end: Callable[[], None]
     max_connections: int
     is_stopping: Callable[[], bool]
+    implicit_tls: bool = False
+    authenticator: Authenticator | None = None
+    throttle: AuthThrottle | None = None
+    queue_lifetime_s: float = 5 * 86400.0
 
 
 class SMTPSession(asyncio.Protocol):
     def __init__(self, ctx: SessionContext) -> None:
         self.ctx = ctx
         self.id = new_message_id()[-10:]
-        self.conn = ServerConnection(ctx.settings)
+        self.conn = ServerConnection(ctx.settings, is_tls=ctx.implicit_tls, sasl_nonce=secrets.token_urlsafe(18))
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
         self.client_ip = "?"
@@ -92,6 +102,8 @@ class SMTPSession(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.client_ip = str(peer[0]) if peer else "?"
+        if self.ctx.implicit_tls:
+            self._tls_info = describe(transport.get_extra_info("ssl_object"))
         self.ctx.sessions.add(self)
         refusal = None
         if len(self.ctx.sessions) > self.ctx.max_connections:
@@ -175,7 +187,7 @@ class SMTPSession(asyncio.Protocol):
                     pass
                 case MailFrom():
                     self._recipients = {}
-                    conn.answer(self.ctx.policy.check_mail(event.path).reply)
+                    conn.answer(self.ctx.policy.check_mail(event.path, conn.authenticated_as).reply)
                 case RcptTo():
                     decision = self.ctx.policy.check_rcpt(event.path)
                     if isinstance(decision, Future):
@@ -187,6 +199,12 @@ class SMTPSession(asyncio.Protocol):
                     break
                 case MessageRefused():
                     self._log_message(event.envelope, event.size, f"refused: {event.reason}", None, 0.0)
+                case AuthRequested():
+                    self._authenticate(event)
+                    break
+                case ScramRequested():
+                    self._scram(event)
+                    break
                 case StartTLSRequested():
                     self._busy = True
                     self._flush()
@@ -199,11 +217,11 @@ class SMTPSession(asyncio.Protocol):
         self._flush()
         self._regulate_reading()
 
-    def _wait(self, future: Future[Any], on_done: Callable[[Future[Any]], None]) -> None:
+    def _wait(self, future: Future[Any] | asyncio.Future[Any], on_done: Callable[[Any], None]) -> None:
         """Stop draining the core until `future` (done in any thread) is handled on the loop."""
         self._busy = True
 
-        def resume(done: Future[Any]) -> None:
+        def resume(done: Any) -> None:
             self._busy = False
             self._last_input = self.loop.time()  # the peer's timeout runs from our answer
             if self._finished:
@@ -220,6 +238,42 @@ class SMTPSession(asyncio.Protocol):
             self._process()
 
         future.add_done_callback(lambda done: self.loop.call_soon_threadsafe(resume, done))
+
+    def _authenticate(self, event: AuthRequested) -> None:
+        authenticator, throttle = self.ctx.authenticator, self.ctx.throttle
+        if authenticator is None:
+            self.conn.auth_result(None)
+            return
+        if throttle is not None and throttle.is_blocked(self.client_ip):
+            log.info("%s", kv(event="smtp.auth_throttled", session=self.id, client=self.client_ip))
+            self.conn.auth_result(None, replies.AUTH_THROTTLED)
+            return
+        self._wait(self.loop.run_in_executor(None, authenticator.verify, event.user, event.password),
+                   partial(self._authenticated, event))  # fmt: skip
+
+    def _authenticated(self, event: AuthRequested, done: Future[Any]) -> None:
+        account = done.result()
+        if account is not None:
+            if self.ctx.throttle is not None:
+                self.ctx.throttle.success(self.client_ip)
+            log.info("%s", kv(event="smtp.auth", session=self.id, client=self.client_ip, user=account.address,
+                              mechanism=event.mechanism))  # fmt: skip
+            self.conn.auth_result(account.address)
+            return
+        delay = self.ctx.throttle.failure(self.client_ip) if self.ctx.throttle is not None else 0.0
+        log.info("%s", kv(event="smtp.auth_failed", session=self.id, client=self.client_ip, user=event.user,
+                          mechanism=event.mechanism, delay_s=delay))  # fmt: skip
+        waiter: Future[None] = Future()
+        self.loop.call_later(delay, waiter.set_result, None)
+        self._wait(waiter, lambda _: self.conn.auth_result(None))
+
+    def _scram(self, event: ScramRequested) -> None:
+        authenticator = self.ctx.authenticator
+        if authenticator is None or (self.ctx.throttle is not None and self.ctx.throttle.is_blocked(self.client_ip)):
+            self.conn.auth_result(None, replies.AUTH_THROTTLED if authenticator is not None else None)
+            return
+        self._wait(self.loop.run_in_executor(None, authenticator.scram, event.user),
+                   lambda done: self.conn.scram_credentials(done.result()[0]))  # fmt: skip
 
     def _answer_rcpt_later(self, event: RcptTo, done: Future[Decision]) -> None:
         self._answer_rcpt(event, done.result())
@@ -298,11 +352,27 @@ class SMTPSession(asyncio.Protocol):
     def _store(self, event: MessageReceived) -> None:
         started = time.monotonic()
         envelope = event.envelope
+        checked = self.ctx.policy.check_message(envelope, event.data)
+        if not isinstance(checked, AcceptMessage):
+            self._log_message(envelope, len(event.data), f"refused: {checked.reply}", None, started)
+            self.conn.answer(checked.reply)
+            self._process()
+            return
+        body = checked.data
         account_ids = [
             account
             for r in envelope.recipients
             if (decision := self._recipients.get(str(r.path))) is not None
             for account in decision.account_ids
+        ]
+        remote = [
+            OutboundRecipient(
+                decision.address,
+                tuple(sorted(n.value for n in r.params.notify)),
+                f"{r.params.orcpt[0]};{r.params.orcpt[1]}" if r.params.orcpt else None,
+            )
+            for r in envelope.recipients
+            if (decision := self._recipients.get(str(r.path))) is not None and decision.is_remote
         ]
         message_id = new_message_id()
         now = datetime.now(UTC)
@@ -313,24 +383,38 @@ class SMTPSession(asyncio.Protocol):
             protocol=with_protocol(
                 is_esmtp=envelope.is_esmtp,
                 is_tls=envelope.is_tls,
-                is_authenticated=False,
+                is_authenticated=envelope.authenticated_as is not None,
                 is_utf8=envelope.mail_params.smtputf8,
             ),
             message_id=message_id,
             recipient=str(envelope.recipients[0].path)[1:-1] if len(envelope.recipients) == 1 else None,
             tls=self._tls_info,
-            authenticated_as=None,
+            authenticated_as=envelope.authenticated_as,
             date=now,
         )
-        delivery = Delivery(
-            blob_id=message_id,
-            data=format_return_path(str(envelope.mail_from)[1:-1]) + received + event.data,
-            targets=as_targets(account_ids),
-            internal_date=int(now.timestamp()),
-            envelope=_envelope_record(envelope, self.client_ip),
-        )
+        sender = str(envelope.mail_from)[1:-1]
+        outbound = None
+        if remote:
+            params = envelope.mail_params
+            outbound = Outbound(
+                sender=sender,
+                recipients=tuple(remote),
+                expires_at=int(now.timestamp() + self.ctx.queue_lifetime_s),
+                ret=params.ret.value if params.ret else None,
+                envid=params.envid,
+                smtputf8=params.smtputf8,
+                body_8bit=params.body is Body.EIGHT_BIT_MIME or not body.isascii(),
+            )
+        record = _envelope_record(envelope, self.client_ip)
+        deliveries = []
+        if account_ids:  # final delivery: Return-Path goes first (RFC 5321 §4.4)
+            deliveries.append(Delivery(message_id, format_return_path(sender) + received + body,
+                                       as_targets(account_ids), int(now.timestamp()), record))  # fmt: skip
+        if outbound is not None:  # relayed on: no Return-Path, the final MTA adds its own
+            queue_id = message_id if not account_ids else new_message_id()
+            deliveries.append(Delivery(queue_id, received + body, (), int(now.timestamp()), record, outbound))
 
-        def stored(done: Future[list[StoredMessage]]) -> None:
+        def stored(done: Future[Any]) -> None:
             error = done.exception()
             if error is not None:
                 log.error("%s", kv(event="smtp.store_failed", session=self.id, id=message_id, detail=str(error)))
@@ -341,7 +425,7 @@ class SMTPSession(asyncio.Protocol):
             self.conn.answer(reply)
 
         try:
-            future = self.ctx.store.deliver(delivery)
+            future = _all([self.ctx.store.deliver(d) for d in deliveries])
         except Exception as exc:
             log.error("%s", kv(event="smtp.store_failed", session=self.id, id=message_id, detail=str(exc)))
             self.conn.answer(replies.LOCAL_ERROR)
@@ -424,3 +508,23 @@ def _envelope_record(envelope: Envelope, client_ip: str) -> dict[str, Any]:
         "client_ip": client_ip,
         "tls": envelope.is_tls,
     }
+
+
+def _all(futures: list[Future[Any]]) -> Future[list[Any]]:
+    """One future for several store deliveries: done when all are, failed when any failed."""
+    combined: Future[list[Any]] = Future()
+    left = [len(futures)]
+
+    def one_done(_: Future[Any]) -> None:
+        left[0] -= 1
+        if left[0]:
+            return
+        errors = [e for f in futures if (e := f.exception()) is not None]
+        if errors:
+            combined.set_exception(errors[0])
+        else:
+            combined.set_result([f.result() for f in futures])
+
+    for future in futures:
+        future.add_done_callback(one_done)
+    return combined

@@ -4,33 +4,18 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future
-from dataclasses import dataclass
 
 from kartero.auth.accounts import DirectoryCache, DirectoryError, Resolution, canonical_address
+from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, Reject
 from kartero.smtp import replies
 from kartero.smtp.address import Address, Path
-from kartero.smtp.replies import Reply
+from kartero.smtp.events import Envelope
 
 log = logging.getLogger("kartero.policy")
 
 # Characters that route mail onward in old syntaxes: `user%other@local` (percent hack), `other!user@local`
 # (UUCP bang path), `"user@other"@local` (quoted at-sign). RFC 5321 §3.6.1 and §C; refused outright.
 _ROUTING_CHARACTERS = frozenset("%!@")
-
-
-@dataclass(frozen=True, slots=True)
-class Accept:
-    reply: Reply
-    account_ids: tuple[int, ...] = ()
-    address: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Reject:
-    reply: Reply
-
-
-Decision = Accept | Reject
 
 
 class InboundPolicy:
@@ -41,9 +26,13 @@ class InboundPolicy:
         self.directory = directory
         self.primary_domain = primary_domain
 
-    def check_mail(self, path: Path) -> Decision:
+    def check_mail(self, path: Path, user: str | None = None) -> Decision:
         """Any syntactically valid sender, the null sender included: bounces must get through."""
         return Accept(replies.SENDER_OK)
+
+    def check_message(self, envelope: Envelope, data: bytes) -> MessageDecision:
+        """Inbound mail is stored as it came (no SPF, DKIM or DMARC checks yet)."""
+        return AcceptMessage(data)
 
     def check_rcpt(self, path: Path) -> Decision | Future[Decision]:
         mailbox = path.mailbox

@@ -138,9 +138,11 @@ def test_quick_start_serve_with_embedded_default(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(6)]
+        lines = [proc.stdout.readline() for _ in range(8)]
         assert lines == [
             "smtp listening on 127.0.0.1:2525\n",
+            "submission listening on 127.0.0.1:5870\n",
+            "submissions listening on 127.0.0.1:4650\n",
             "imap listening on 127.0.0.1:1430\n",
             "imaps listening on 127.0.0.1:9930\n",
             "pop3 listening on 127.0.0.1:1100\n",

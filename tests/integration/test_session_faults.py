@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from kartero.net.session import SessionContext, SMTPSession
-from kartero.policy.inbound import Accept, Decision
+from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision
 from kartero.smtp import replies
 from kartero.smtp.address import Path as SMTPPath
+from kartero.smtp.events import Envelope
 from kartero.smtp.server import ServerSettings
 from kartero.store.sqlite import SQLiteStore
 
@@ -20,7 +21,7 @@ from kartero.store.sqlite import SQLiteStore
 class ExplodingPolicy:
     """Accepts everyone except `boom@...`, for which it has a bug."""
 
-    def check_mail(self, path: SMTPPath) -> Decision:
+    def check_mail(self, path: SMTPPath, user: str | None) -> Decision:
         return Accept(replies.SENDER_OK)
 
     def check_rcpt(self, path: SMTPPath) -> Decision | Future[Decision]:
@@ -28,6 +29,9 @@ class ExplodingPolicy:
         if path.mailbox.local_part == "boom":
             raise RuntimeError("secret internals in the exception text")
         return Accept(replies.RECIPIENT_OK, (1,), str(path))
+
+    def check_message(self, envelope: Envelope, data: bytes) -> MessageDecision:
+        return AcceptMessage(data)
 
 
 async def _reply(reader: asyncio.StreamReader) -> bytes:
@@ -48,7 +52,7 @@ def test_bug_in_a_decision_ends_only_that_session(tmp_path: Path, caplog: pytest
         ctx = SessionContext(
             listener="smtp",
             settings=ServerSettings(hostname="mx.example.test"),
-            policy=ExplodingPolicy(),  # type: ignore[arg-type]
+            policy=ExplodingPolicy(),
             store=store,
             tls_context=lambda: None,
             spawn=lambda coro: loop.create_task(coro) and None,

@@ -66,9 +66,15 @@ def test_defaults(tmp_path: Path) -> None:
         ),
         (BASE + '[listen]\nsmtp = ["mail.example:25"]\n', "[listen] smtp: 'mail.example' is not an IP address"),
         (BASE + "[listen]\nsmtp = [25]\n", '[listen] smtp: expected addresses like "127.0.0.1:25", got 25'),
+        (BASE + '[listen]\nsubmissions = ["127.0.0.1:465"]\n', "[listen] submissions: needs a [tls] certificate"),
+        (BASE + "[delivery]\nport = 70000\n", "[delivery] port: port 70000 out of range 1-65535"),
+        (BASE + '[delivery]\nqueue_lifetime = "forever"\n', "[delivery] queue_lifetime: expected a duration"),
+        (BASE + '[delivery]\nrelayhost = "smart host:25"\n', '[delivery] relayhost: expected "host:port"'),
+        (BASE + '[dns]\nnameservers = ["ns.example:53"]\n', "[dns] nameservers: 'ns.example' is not an IP address"),
+        (BASE + '[dns]\nnameservers = "127.0.0.1"\n', "[dns] nameservers: must be a list"),
         (
-            BASE + '[listen]\nsubmission = ["127.0.0.1:587"]\n',
-            "[listen] submission: this listener is not available in this version of Kartero",
+            BASE + '[routes]\n"partner.example" = "10.0.0.5:99999"\n',
+            "[routes] partner.example: port 99999 out of range",
         ),
         (
             BASE + '[listen]\nimaps = ["127.0.0.1:993"]\n',
@@ -102,6 +108,23 @@ def test_each_mistake_names_file_key_and_problem(tmp_path: Path, text: str, prob
     assert "\n" not in message
 
 
+def test_delivery_dns_and_routes(tmp_path: Path) -> None:
+    config = load(
+        write(
+            tmp_path,
+            BASE + '[dns]\nnameservers = ["127.0.0.53:5353", "[::1]"]\ntimeout = "2s"\n'
+            '[delivery]\nport = 2525\nqueue_lifetime = "1h"\nretry_first = "10s"\nrelayhost = "[10.0.0.1]:587"\n'
+            '[routes]\n"Partner.Example" = "10.0.0.5"\n',
+        ),
+        env={},
+    )
+    assert [str(n) for n in config.dns.nameservers] == ["127.0.0.53:5353", "[::1]:53"]
+    assert config.dns.timeout_s == 2.0
+    assert config.delivery.port == 2525 and config.delivery.queue_lifetime_s == 3600.0
+    assert config.delivery.retry_first_s == 10.0 and str(config.delivery.relayhost) == "10.0.0.1:587"
+    assert {k: str(v) for k, v in config.routes.items()} == {"partner.example": "10.0.0.5:25"}
+
+
 def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nothere.toml: file not found$"):
         load(tmp_path / "nothere.toml", env={})
@@ -123,6 +146,8 @@ def test_embedded_default_when_no_file(tmp_path: Path, monkeypatch: pytest.Monke
     assert config.listen["imaps"] == (ListenAddress("127.0.0.1", 9930),)
     assert config.listen["pop3"] == (ListenAddress("127.0.0.1", 1100),)
     assert config.listen["pop3s"] == (ListenAddress("127.0.0.1", 9950),)
+    assert config.listen["submission"] == (ListenAddress("127.0.0.1", 5870),)
+    assert config.listen["submissions"] == (ListenAddress("127.0.0.1", 4650),)
     assert config.make_certificate
 
 

@@ -1,0 +1,216 @@
+"""The delivery agent: one destination domain, several queued messages, over the SMTP client core.
+
+For each hop of the route (MX hosts in order) and each of its addresses it opens a connection and sends
+every message still undecided; a hop that cannot be reached, refuses the session or breaks the TLS
+handshake hands the rest to the next. A recipient-level reply is final for this attempt: 2xx delivered,
+4xx deferred, 5xx failed. STARTTLS is used whenever offered (opportunistic: certificates are not
+verified, and a failed handshake is retried once in clear).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from kartero.delivery.mx import Hop, NoRoute, find_route
+from kartero.dns.resolver import NoRecords, Records, Resolver
+from kartero.log import kv
+from kartero.queue.jobs import Deferred, Delivered, Failed, JobMessage, Outcome
+from kartero.smtp.client import (
+    ClientConnection,
+    ClientSettings,
+    Closed,
+    MessageResult,
+    OutgoingMessage,
+    OutgoingRecipient,
+    Ready,
+    SessionFailed,
+    StartTLSReady,
+)
+from kartero.smtp.replies import Reply
+
+log = logging.getLogger("kartero.delivery")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    helo: str
+    port: int = 25
+    overrides: dict[str, Hop] = field(default_factory=dict)  # per-domain routes; "*" is the relayhost
+    connect_timeout_s: float = 30.0
+
+
+def client_tls_context() -> ssl.SSLContext:
+    """Opportunistic TLS (RFC 3207 as deployed): encrypt when offered, do not insist on names."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+class _TLSFailed(Exception):
+    pass
+
+
+def _outcome(reply: Reply, remote: str, remote_dsn: bool) -> Outcome:
+    text = str(reply).strip()
+    if reply.is_positive:
+        return Delivered(text, remote, remote_dsn)
+    if reply.is_transient:
+        return Deferred(text, reply.enhanced or "4.0.0", remote)
+    return Failed(text, reply.enhanced or "5.0.0", remote)
+
+
+class DeliveryAgent:
+    def __init__(self, resolver: Resolver, settings: AgentSettings) -> None:
+        self.resolver = resolver
+        self.settings = settings
+        self._tls = client_tls_context()
+
+    async def deliver(self, domain: str, messages: Sequence[JobMessage]) -> dict[int, Outcome]:
+        everyone = [r.recipient_id for m in messages for r in m.recipients]
+        route = await find_route(domain, self.resolver, self.settings.port, self.settings.overrides)
+        if isinstance(route, NoRoute):
+            outcome: Outcome = (
+                Failed(route.reply, route.status, None, route.is_nxdomain)
+                if route.permanent
+                else Deferred(route.reply, route.status)
+            )
+            return dict.fromkeys(everyone, outcome)
+        results: dict[int, Outcome] = {}
+        last_error = f"451 4.4.1 No mail server for {domain} could be reached"
+        for hop in route.hops:
+            addresses = await self._addresses(hop)
+            if isinstance(addresses, str):
+                last_error = addresses
+                continue
+            for address in addresses:
+                pending = [m for m in (_undecided(m, results) for m in messages) if m is not None]
+                if not pending:
+                    return results
+                try:
+                    error = await self._session(hop, address, pending, results, use_tls=True)
+                except _TLSFailed as exc:
+                    log.info("%s", kv(event="delivery.tls_failed", host=hop.host, address=address, detail=str(exc)))
+                    error = await self._session(hop, address, pending, results, use_tls=False)
+                if error is None:
+                    return results
+                last_error = error
+        for recipient_id in everyone:
+            results.setdefault(recipient_id, Deferred(last_error, "4.4.1"))
+        return results
+
+    async def _addresses(self, hop: Hop) -> tuple[str, ...] | str:
+        try:
+            ipaddress.ip_address(hop.host)
+            return (hop.host,)
+        except ValueError:
+            pass
+        answer = await self.resolver.addresses(hop.host)
+        if isinstance(answer, Records):
+            return answer.values
+        if isinstance(answer, NoRecords):
+            return f"451 4.4.4 Mail server {hop.host} has no address"
+        return f"451 4.4.3 {answer.reason}"
+
+    async def _session(
+        self, hop: Hop, address: str, messages: list[JobMessage], results: dict[int, Outcome], *, use_tls: bool
+    ) -> str | None:
+        """Deliver over one connection; None when every message got its replies, else why not."""
+        started = time.monotonic()
+        remote = f"{hop.host}[{address}]"
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(address, hop.port), self.settings.connect_timeout_s
+            )
+        except (OSError, TimeoutError) as exc:
+            return f"451 4.4.1 Cannot connect to {remote}:{hop.port}: {exc.__class__.__name__} {exc}".strip()
+        conn = ClientConnection(ClientSettings(helo=self.settings.helo, use_starttls=use_tls))
+        queue = list(messages)
+        current: JobMessage | None = None
+        try:
+            while True:
+                event = conn.next_event()
+                if event is None:
+                    writer.write(conn.data_to_send())
+                    await writer.drain()
+                    try:
+                        async with asyncio.timeout(conn.timeout_s):
+                            data = await reader.read(65536)
+                    except TimeoutError:
+                        return f"451 4.4.2 Timeout talking to {remote}"
+                    conn.receive_data(data)
+                    continue
+                match event:
+                    case StartTLSReady():
+                        writer.write(conn.data_to_send())
+                        await writer.drain()
+                        try:
+                            await writer.start_tls(self._tls, server_hostname=hop.host)
+                        except (OSError, ssl.SSLError, TimeoutError) as exc:
+                            raise _TLSFailed(str(exc)) from None
+                        conn.tls_established()
+                    case Ready():
+                        current = self._send_next(conn, queue, remote, results)
+                    case MessageResult():
+                        assert current is not None
+                        self._record(current, event, remote, results)
+                        current = self._send_next(conn, queue, remote, results)
+                    case SessionFailed(reply=reply, reason=reason):
+                        detail = str(reply) if reply is not None else f"451 4.4.2 {reason}"
+                        return f"{detail} (from {remote})"
+                    case Closed():
+                        break
+        except (OSError, ConnectionError) as exc:
+            return f"451 4.4.2 Connection to {remote} failed: {exc}"
+        finally:
+            writer.close()
+            log.debug("%s", kv(event="delivery.session", host=hop.host, address=address,
+                               ms=round((time.monotonic() - started) * 1000)))  # fmt: skip
+        return None if not queue and current is None else f"451 4.4.2 {remote} closed the session early"
+
+    def _send_next(
+        self, conn: ClientConnection, queue: list[JobMessage], remote: str, results: dict[int, Outcome]
+    ) -> JobMessage | None:
+        """Start the next message the server can take (recording the ones it cannot); QUIT when done."""
+        while queue:
+            candidate = queue.pop(0)
+            immediate = conn.send_message(_outgoing(candidate))
+            if immediate is None:
+                return candidate
+            self._record(candidate, immediate, remote, results)
+        conn.quit()
+        return None
+
+    @staticmethod
+    def _record(message: JobMessage, result: MessageResult, remote: str, results: dict[int, Outcome]) -> None:
+        for recipient, reply in zip(message.recipients, result.replies, strict=True):
+            results[recipient.recipient_id] = _outcome(reply, remote, result.remote_dsn)
+
+
+def _undecided(message: JobMessage, results: dict[int, Outcome]) -> JobMessage | None:
+    left = tuple(r for r in message.recipients if r.recipient_id not in results)
+    if not left:
+        return None
+    if len(left) == len(message.recipients):
+        return message
+    return JobMessage(message.queue_id, message.sender, message.data, left, message.smtputf8, message.body_8bit,
+                      message.ret, message.envid)  # fmt: skip
+
+
+def _outgoing(message: JobMessage) -> OutgoingMessage:
+    return OutgoingMessage(
+        sender=message.sender,
+        recipients=tuple(OutgoingRecipient(r.address, r.notify, r.orcpt) for r in message.recipients),
+        data=message.data,
+        needs_smtputf8=message.smtputf8,
+        is_8bit=message.body_8bit,
+        ret=message.ret,
+        envid=message.envid,
+    )

@@ -1,0 +1,111 @@
+"""DNS lookups through dnspython, as typed answers the rest of Kartero can decide on.
+
+Which nameservers: `[dns] nameservers` ("host:port"), else the system resolver. Every lookup has a
+deadline. Answers are values, not exceptions: records, a definite "no such records" (NXDOMAIN or NODATA),
+or a temporary failure (SERVFAIL, timeout, refused) that the caller should retry later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+
+@dataclass(frozen=True, slots=True)
+class MXRecord:
+    preference: int
+    host: str  # without the trailing dot; "" for the null MX "." (RFC 7505)
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MXRecords:
+    records: tuple[MXRecord, ...]
+
+    @property
+    def is_null(self) -> bool:
+        """RFC 7505: a single MX of preference 0 and host "." says the domain takes no mail."""
+        return len(self.records) == 1 and self.records[0].host == ""
+
+
+@dataclass(frozen=True, slots=True)
+class NoRecords:
+    is_nxdomain: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Temporary:
+    reason: str
+
+
+class Resolver:
+    def __init__(self, nameservers: Sequence[tuple[str, int]] = (), *, timeout_s: float = 10.0) -> None:
+        if nameservers:
+            self._resolver = dns.asyncresolver.Resolver(configure=False)
+            self._resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port) for host, port in nameservers]
+        else:
+            self._resolver = dns.asyncresolver.Resolver()
+        self._resolver.lifetime = timeout_s
+        self._resolver.timeout = min(timeout_s, 3.0)
+
+    async def _query(self, name: str, rdtype: str) -> list[object] | NoRecords | Temporary:
+        try:
+            answer = await self._resolver.resolve(name, rdtype, search=False)
+        except dns.resolver.NXDOMAIN:
+            return NoRecords(is_nxdomain=True)
+        except dns.resolver.NoAnswer:
+            return NoRecords(is_nxdomain=False)
+        except dns.resolver.NoNameservers as exc:
+            return Temporary(f"no nameserver answered for {name} {rdtype}: {exc}")
+        except dns.exception.Timeout:
+            return Temporary(f"DNS timeout for {name} {rdtype}")
+        except dns.exception.DNSException as exc:
+            return Temporary(f"DNS error for {name} {rdtype}: {exc}")
+        return list(answer)
+
+    async def mx(self, domain: str) -> MXRecords | NoRecords | Temporary:
+        result = await self._query(domain, "MX")
+        if isinstance(result, (NoRecords, Temporary)):
+            return result
+        records = tuple(
+            sorted(
+                (MXRecord(int(r.preference), str(r.exchange).rstrip(".").lower()) for r in result),  # type: ignore[attr-defined]
+                key=lambda r: r.preference,
+            )
+        )
+        return MXRecords(records)
+
+    async def addresses(self, host: str) -> Records | NoRecords | Temporary:
+        """IPv4 then IPv6 addresses of a host; NoRecords only when it has neither."""
+        found: list[str] = []
+        temporary: Temporary | None = None
+        nxdomain = False
+        for rdtype in ("A", "AAAA"):
+            result = await self._query(host, rdtype)
+            if isinstance(result, Temporary):
+                temporary = result
+            elif isinstance(result, NoRecords):
+                nxdomain = nxdomain or result.is_nxdomain
+            else:
+                found.extend(str(r) for r in result)
+        if found:
+            return Records(tuple(found))
+        if temporary is not None:
+            return temporary
+        return NoRecords(is_nxdomain=nxdomain)
+
+    async def txt(self, name: str) -> Records | NoRecords | Temporary:
+        result = await self._query(name, "TXT")
+        if isinstance(result, (NoRecords, Temporary)):
+            return result
+        return Records(tuple(b"".join(r.strings).decode("utf-8", "replace") for r in result))  # type: ignore[attr-defined]

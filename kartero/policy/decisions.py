@@ -1,0 +1,45 @@
+"""What a policy answers, and the interface both listener policies (MX and submission) serve."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Protocol
+
+from kartero.smtp.address import Path
+from kartero.smtp.events import Envelope
+from kartero.smtp.replies import Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """Go ahead. For RCPT: the local accounts the address reaches, or (remote) the address to queue."""
+
+    reply: Reply
+    account_ids: tuple[int, ...] = ()
+    address: str = ""
+    is_remote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    reply: Reply
+
+
+Decision = Accept | Reject
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptMessage:
+    """The message may be stored, as `data` (a policy may add header fields, e.g. Date:)."""
+
+    data: bytes
+
+
+MessageDecision = AcceptMessage | Reject
+
+
+class Policy(Protocol):
+    def check_mail(self, path: Path, user: str | None) -> Decision: ...
+    def check_rcpt(self, path: Path) -> Decision | Future[Decision]: ...
+    def check_message(self, envelope: Envelope, data: bytes) -> MessageDecision: ...

@@ -1,0 +1,59 @@
+"""What the queue hands the delivery agent and what comes back: messages with their recipients, and an
+outcome per recipient. Plain data, shared by kartero/queue and kartero/delivery."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    reply: str
+    remote_mta: str | None = None
+    remote_dsn: bool = False  # the next MTA took over DSN duties (it offered DSN)
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    reply: str
+    status: str = "4.0.0"
+    remote_mta: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    reply: str
+    status: str = "5.0.0"
+    remote_mta: str | None = None
+    is_nxdomain: bool = False
+
+
+Outcome = Delivered | Deferred | Failed
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecipient:
+    recipient_id: int
+    address: str
+    notify: tuple[str, ...]
+    orcpt: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobMessage:
+    queue_id: str
+    sender: str
+    data: bytes
+    recipients: tuple[JobRecipient, ...]
+    smtputf8: bool
+    body_8bit: bool
+    ret: str | None
+    envid: str | None
+
+
+class Deliverer(Protocol):
+    async def deliver(self, domain: str, messages: Sequence[JobMessage]) -> dict[int, Outcome]:
+        """An outcome for every recipient of every message (all to `domain`)."""
+        ...

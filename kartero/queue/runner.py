@@ -1,0 +1,265 @@
+"""The queue runner: picks the recipients that are due, hands them to the delivery agent grouped by
+destination domain, records every outcome durably, and sends the DSNs the outcomes call for.
+
+Concurrency: at most `concurrency` deliveries at once, at most `per_domain` to one domain; each delivery
+carries several messages so the agent can send them over one connection. A recipient in flight is
+never picked twice. The runner wakes when something is queued, when a delivery ends, or when the next
+retry is due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from kartero.log import kv
+from kartero.queue.dsn import Action, RecipientReport, build_dsn
+from kartero.queue.jobs import Deferred, Delivered, Deliverer, Failed, JobMessage, JobRecipient, Outcome
+from kartero.queue.schedule import next_attempt_at
+from kartero.store.interface import QueueItem, QueueState, RecipientUpdate, Store
+
+log = logging.getLogger("kartero.queue")
+
+# A domain that does not exist is believed only after this many attempts (a DNS hiccup is not a bounce).
+NXDOMAIN_ATTEMPTS = 3
+DEFAULT_NOTIFY = ("FAILURE", "DELAY")  # RFC 3461 §4.1: the MTA's choice when NOTIFY is absent
+
+
+class Bouncer(Protocol):
+    def send(self, recipient: str, data: bytes, *, smtputf8: bool) -> None:
+        """Deliver a DSN (null sender) to `recipient`, locally or through the queue. Blocking."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    hostname: str
+    retry_first_s: float = 300.0
+    retry_max_s: float = 4 * 3600.0
+    delay_notice_s: float = 4 * 3600.0
+    concurrency: int = 50
+    per_domain: int = 5
+    messages_per_delivery: int = 50
+    poll_s: float = 5.0
+
+
+class QueueRunner:
+    def __init__(
+        self,
+        store: Store,
+        deliverer: Deliverer,
+        bouncer: Bouncer,
+        settings: QueueSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.deliverer = deliverer
+        self.bouncer = bouncer
+        self.settings = settings
+        self.clock = clock
+        self._wakeup = asyncio.Event()
+        self._in_flight: set[int] = set()
+        self._per_domain: dict[str, int] = defaultdict(int)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """Something was queued or flushed (call on the loop)."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            self._wakeup.clear()
+            blocked = await self._dispatch()
+            next_due = await loop.run_in_executor(None, self.store.next_due)
+            if blocked or next_due is None:
+                timeout = self.settings.poll_s if not blocked else None
+            else:
+                timeout = min(max(next_due - self.clock(), 0.05), self.settings.poll_s)
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop picking work; give deliveries in progress `grace_s`, then cancel them (a cancelled
+        delivery acknowledged nothing: its recipients are tried again after a restart)."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+
+    async def _dispatch(self) -> bool:
+        """Start deliveries for due recipients; True when some had to wait for a free slot."""
+        free = self.settings.concurrency - len(self._tasks)
+        if free <= 0:
+            return True
+        loop = asyncio.get_running_loop()
+        limit = free * self.settings.messages_per_delivery
+        items = await loop.run_in_executor(
+            None, self.store.due_recipients, int(self.clock()), limit, frozenset(self._in_flight)
+        )
+        by_domain: dict[str, list[QueueItem]] = defaultdict(list)
+        for item in items:
+            by_domain[item.domain].append(item)
+        blocked = False
+        for domain, domain_items in by_domain.items():
+            by_message: dict[str, list[QueueItem]] = defaultdict(list)
+            for item in domain_items:
+                by_message[item.queue_id].append(item)
+            messages = list(by_message.values())
+            while messages:
+                if (
+                    len(self._tasks) >= self.settings.concurrency
+                    or self._per_domain[domain] >= self.settings.per_domain
+                ):
+                    blocked = True
+                    break
+                batch = messages[: self.settings.messages_per_delivery]
+                messages = messages[self.settings.messages_per_delivery :]
+                group = [item for message in batch for item in message]
+                self._in_flight.update(i.recipient_id for i in group)
+                self._per_domain[domain] += 1
+                task = asyncio.get_running_loop().create_task(self._deliver(domain, group))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        return blocked
+
+    async def _deliver(self, domain: str, items: list[QueueItem]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            messages = await loop.run_in_executor(None, self._load, items)
+            outcomes = await self.deliverer.deliver(domain, messages)
+            await loop.run_in_executor(None, self._apply, items, outcomes)
+        except Exception:
+            log.exception("%s", kv(event="queue.delivery_failed", domain=domain))
+        finally:
+            self._in_flight.difference_update(i.recipient_id for i in items)
+            self._per_domain[domain] -= 1
+            self._wakeup.set()
+            log.debug("%s", kv(event="queue.delivery_done", domain=domain, recipients=len(items),
+                               ms=round((time.monotonic() - started) * 1000)))  # fmt: skip
+
+    def _load(self, items: list[QueueItem]) -> list[JobMessage]:
+        by_message: dict[str, list[QueueItem]] = defaultdict(list)
+        for item in items:
+            by_message[item.queue_id].append(item)
+        messages = []
+        for queue_id, group in by_message.items():
+            first = group[0]
+            messages.append(
+                JobMessage(
+                    queue_id=queue_id,
+                    sender=first.sender,
+                    data=self.store.read_message(queue_id),
+                    recipients=tuple(JobRecipient(i.recipient_id, i.address, i.notify, i.orcpt) for i in group),
+                    smtputf8=first.smtputf8,
+                    body_8bit=first.body_8bit,
+                    ret=first.ret,
+                    envid=first.envid,
+                )
+            )
+        return messages
+
+    # -- outcomes ----------------------------------------------------------------------------------------
+
+    def _apply(self, items: list[QueueItem], outcomes: dict[int, Outcome]) -> None:
+        """Record outcomes, then send DSNs (the records come first: a crash sends a DSN at most twice,
+        never delivers twice)."""
+        now = self.clock()
+        moment = datetime.fromtimestamp(now, UTC)
+        updates: list[RecipientUpdate] = []
+        reports: dict[tuple[str, Action], list[RecipientReport]] = defaultdict(list)
+        delay_notified: set[str] = set()
+        by_id = {item.recipient_id: item for item in items}
+        for recipient_id, item in by_id.items():
+            outcome = outcomes.get(recipient_id) or Deferred("451 4.3.0 No result from the delivery agent")
+            attempts = item.attempts + 1
+            notify = item.notify or DEFAULT_NOTIFY
+            if isinstance(outcome, Failed) and outcome.is_nxdomain and attempts < NXDOMAIN_ATTEMPTS:
+                outcome = Deferred(outcome.reply, "4.4.4", outcome.remote_mta)
+            if isinstance(outcome, Deferred) and now >= item.expires_at:
+                outcome = Failed(f"{outcome.reply} (gave up: the message is older than the queue lifetime)",
+                                 "5.4.7", outcome.remote_mta)  # fmt: skip
+            log.info("%s", kv(event="queue.result", id=item.queue_id, rcpt=item.address, attempt=attempts,
+                              result=type(outcome).__name__.lower(), remote=outcome.remote_mta,
+                              reply=outcome.reply))  # fmt: skip
+            match outcome:
+                case Delivered():
+                    updates.append(RecipientUpdate(recipient_id, QueueState.DELIVERED, attempts, 0, outcome.reply))
+                    # RFC 3461 §6.2.6: handed to an MTA without DSN support, SUCCESS becomes "relayed";
+                    # an MTA with DSN got NOTIFY along and reports delivery itself.
+                    if "SUCCESS" in notify and not outcome.remote_dsn:
+                        reports[(item.queue_id, Action.RELAYED)].append(
+                            self._report(item, Action.RELAYED, "2.0.0", outcome.reply, outcome.remote_mta, moment)
+                        )
+                case Failed():
+                    updates.append(RecipientUpdate(recipient_id, QueueState.FAILED, attempts, 0, outcome.reply))
+                    if "NEVER" not in notify and "FAILURE" in notify:
+                        reports[(item.queue_id, Action.FAILED)].append(
+                            self._report(item, Action.FAILED, outcome.status, outcome.reply, outcome.remote_mta, moment)
+                        )
+                case Deferred():
+                    retry_at = next_attempt_at(now, attempts, self.settings.retry_first_s, self.settings.retry_max_s,
+                                               item.expires_at)  # fmt: skip
+                    updates.append(
+                        RecipientUpdate(recipient_id, QueueState.DEFERRED, attempts, int(retry_at), outcome.reply)
+                    )
+                    late = now - item.created_at >= self.settings.delay_notice_s
+                    if late and not item.delay_notified and "DELAY" in notify and "NEVER" not in notify:
+                        report = self._report(item, Action.DELAYED, outcome.status, outcome.reply,
+                                              outcome.remote_mta, moment)  # fmt: skip
+                        reports[(item.queue_id, Action.DELAYED)].append(report)
+                        delay_notified.add(item.queue_id)
+        self.store.update_recipients(updates)
+        for queue_id in delay_notified:
+            self.store.mark_delay_notified(queue_id)
+        first_items = {item.queue_id: item for item in items}
+        for (queue_id, _action), recipient_reports in reports.items():
+            item = first_items[queue_id]
+            if not item.sender:
+                continue  # never a DSN for a message with the null sender: no bounce loops
+            self._send_dsn(item, recipient_reports, moment)
+
+    def _report(self, item: QueueItem, action: Action, status: str, reply: str, remote: str | None,
+                moment: datetime) -> RecipientReport:  # fmt: skip
+        until = datetime.fromtimestamp(item.expires_at, UTC) if action is Action.DELAYED else None
+        return RecipientReport(item.address, action, status, reply or None, remote, item.orcpt, moment, until)
+
+    def _send_dsn(self, item: QueueItem, reports: list[RecipientReport], moment: datetime) -> None:
+        try:
+            original = self.store.read_message(item.queue_id)
+        except Exception:
+            original = b""
+        dsn = build_dsn(
+            hostname=self.settings.hostname,
+            sender=item.sender,
+            queue_id=item.queue_id,
+            arrival=datetime.fromtimestamp(item.created_at, UTC),
+            reports=reports,
+            original=original,
+            ret=item.ret,
+            envid=item.envid,
+            smtputf8=item.smtputf8,
+            now=moment,
+        )
+        try:
+            self.bouncer.send(item.sender, dsn, smtputf8=item.smtputf8)
+            log.info("%s", kv(event="queue.dsn", id=item.queue_id, to=item.sender, action=reports[0].action,
+                              recipients=len(reports)))  # fmt: skip
+        except Exception:
+            log.exception("%s", kv(event="queue.dsn_failed", id=item.queue_id, to=item.sender))
