@@ -85,6 +85,8 @@ data_dir = "data"
 
 [listen]                         # a key left out turns that listener off
 smtp = ["0.0.0.0:25"]            # inbound MX (ports below 1024 need root or CAP_NET_BIND_SERVICE)
+submission = ["0.0.0.0:587"]     # users send mail: STARTTLS, then AUTH
+submissions = ["0.0.0.0:465"]    # users send mail: implicit TLS, then AUTH
 imap = ["0.0.0.0:143"]           # IMAP, STARTTLS
 imaps = ["0.0.0.0:993"]          # IMAP, implicit TLS
 pop3 = ["0.0.0.0:110"]           # POP3, STLS
@@ -97,6 +99,10 @@ key = "tls/key.pem"
 [limits]
 message_size = "50MB"
 recipients_per_message = 1000
+
+[delivery]                       # the outbound queue
+queue_lifetime = "5d"            # then the sender gets a failure notice
+# relayhost = "smarthost.example:25"   # send everything through this host instead of MX lookups
 """
 
 
@@ -225,3 +231,179 @@ def alias_del(ctx: click.Context, source: str) -> None:
     except DirectoryError as exc:
         _fail(str(exc), 2)
     click.echo(f"deleted {count} alias{'es' if count != 1 else ''} of {source}")
+
+
+# -- sending and the queue -----------------------------------------------------------------------------
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.option("-t", "from_headers", is_flag=True, help="Also send to the To:, Cc: and Bcc: addresses (Bcc: removed).")
+@click.option("-f", "sender", metavar="SENDER", help='Envelope sender ("" or "<>": the null sender).')
+@click.option("-F", "full_name", metavar="NAME", help="Full name for a From: header the message lacks.")
+@click.option("-i", "ignore_dots", is_flag=True, help='A line of one "." does not end the message.')
+@click.option("-o", "options", multiple=True, metavar="OPT", help="Sendmail options: -oi is -i, others are ignored.")
+@click.option("-N", "notify", metavar="NOTIFY", help="DSN NOTIFY: never, or a list of success,delay,failure.")
+@click.option("-R", "ret", type=click.Choice(["full", "hdrs"], case_sensitive=False), help="DSN RET.")
+@click.option("-V", "envid", metavar="ENVID", help="DSN ENVID.")
+@click.option("-B", "body_type", metavar="TYPE", help="Ignored (the body type is detected).")
+@click.argument("recipients", nargs=-1)
+@click.pass_context
+def sendmail(ctx: click.Context, from_headers: bool, sender: str | None, full_name: str | None, ignore_dots: bool,
+             options: tuple[str, ...], notify: str | None, ret: str | None, envid: str | None,
+             body_type: str | None, recipients: tuple[str, ...]) -> None:  # fmt: skip
+    """Queue the message on stdin for RECIPIENTS (the sendmail(8) interface, for cron and scripts).
+
+    Exit codes follow sysexits.h: 0 queued, 64 bad usage, 65 bad message, 67 unknown local user,
+    75 try again later.
+    """
+    import getpass
+    import time
+
+    from kartero.delivery import maildrop
+    from kartero.delivery import sendmail as sm
+
+    config = _config(ctx)
+    directory = _directory(ctx)
+    snapshot = directory.snapshot()
+    primary = config.primary_domain
+    data = sm.read_message(sys.stdin.buffer.read(), ignore_dots=ignore_dots or "i" in options)
+    try:
+        wanted = [sm.qualify(r, primary) for arg in recipients for r in arg.split(",") if r.strip()]
+        if from_headers:
+            wanted += [sm.qualify(r, primary) for r in sm.header_recipients(data)]
+            data = sm.strip_bcc(data)
+        wanted = list(dict.fromkeys(wanted))
+        if not wanted:
+            raise sm.SendmailError("no recipients (give addresses, or -t to read them from the message)", sm.EX_USAGE)
+        if not data:
+            raise sm.SendmailError("empty message on stdin", sm.EX_DATAERR)
+        if len(data) > config.limits.message_size:
+            raise sm.SendmailError(f"message of {len(data)} bytes exceeds the limit of {config.limits.message_size}",
+                                   sm.EX_DATAERR)  # fmt: skip
+        sm.check_local(wanted, snapshot)
+        login = getpass.getuser()
+        if sender is None:
+            envelope_sender = sm.default_sender(login, primary, snapshot)
+        elif sender.strip() in ("", "<>"):
+            envelope_sender = ""
+        else:
+            envelope_sender = sm.qualify(sender, primary)
+        notify_list: tuple[str, ...] = ()
+        if notify:
+            notify_list = tuple(sorted({n.strip().upper() for n in notify.split(",") if n.strip()}))
+            if not set(notify_list) <= {"NEVER", "SUCCESS", "DELAY", "FAILURE"} or (
+                "NEVER" in notify_list and len(notify_list) > 1
+            ):
+                raise sm.SendmailError(f"bad -N {notify!r}: never, or success,delay,failure", sm.EX_USAGE)
+        if full_name and envelope_sender:
+            data = sm.add_from(data, full_name, envelope_sender)
+        maildrop.write(config.data_dir, maildrop.Dropped(
+            sender=envelope_sender, recipients=tuple(wanted), data=data, user=login, submitted_at=time.time(),
+            notify=notify_list, ret=ret.upper() if ret else None, envid=envid,
+        ))  # fmt: skip
+    except sm.SendmailError as exc:
+        _fail(str(exc), exc.code)
+    except OSError as exc:
+        _fail(f"cannot write to the maildrop: {exc}", sm.EX_TEMPFAIL)
+
+
+@main.group()
+def queue() -> None:
+    """Look at and manage the outbound queue (the server delivers it)."""
+
+
+def _queue_store(ctx: click.Context) -> SQLiteStore:
+    store = SQLiteStore(_config(ctx).data_dir)
+    ctx.call_on_close(store.close)
+    return store
+
+
+def _when(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@queue.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per message, for scripts.")
+@click.pass_context
+def queue_list(ctx: click.Context, as_json: bool) -> None:
+    """Every queued message with each recipient's state, attempts, next try and last reply."""
+    import json
+
+    entries = _queue_store(ctx).queue_entries()
+    if as_json:
+        for e in entries:
+            click.echo(json.dumps({
+                "id": e.id, "sender": e.sender, "size": e.size, "created_at": e.created_at,
+                "expires_at": e.expires_at,
+                "recipients": [{"address": r.address, "state": r.state.value, "attempts": r.attempts,
+                                "next_attempt_at": r.next_attempt_at, "last_reply": r.last_reply}
+                               for r in e.recipients],
+            }))  # fmt: skip
+        return
+    if not entries:
+        click.echo("queue is empty")
+        return
+    click.echo(f"{'ID':<24}  {'SIZE':>9}  {'ARRIVED (UTC)':<19}  SENDER")
+    for e in entries:
+        click.echo(f"{e.id:<24}  {e.size:>9}  {_when(e.created_at):<19}  <{e.sender}>")
+        for r in e.recipients:
+            line = f"    {r.state.value:<9} {r.address}  attempts={r.attempts}"
+            if r.state.value in ("pending", "deferred"):
+                line += f"  next={_when(r.next_attempt_at)}"
+            if r.last_reply:
+                line += f"  {r.last_reply}"
+            click.echo(line)
+    recipients = sum(len(e.recipients) for e in entries)
+    click.echo(f"{len(entries)} message{'s' if len(entries) != 1 else ''}, {recipients} recipient"
+               f"{'s' if recipients != 1 else ''}")  # fmt: skip
+
+
+@queue.command("show")
+@click.argument("queue_id")
+@click.option("--full", is_flag=True, help="Print the whole message, not only its header.")
+@click.pass_context
+def queue_show(ctx: click.Context, queue_id: str, full: bool) -> None:
+    """One queued message: envelope, recipients, and its header (or all of it)."""
+    store = _queue_store(ctx)
+    entry = next((e for e in store.queue_entries() if e.id == queue_id), None)
+    if entry is None:
+        _fail(f"no queued message {queue_id}", 1)
+    click.echo(f"id: {entry.id}\nsender: <{entry.sender}>\nsize: {entry.size}\narrived: {_when(entry.created_at)}"
+               f"\nexpires: {_when(entry.expires_at)}")  # fmt: skip
+    for r in entry.recipients:
+        click.echo(f"recipient: <{r.address}> {r.state.value} attempts={r.attempts}"
+                   + (f" last_reply={r.last_reply!r}" if r.last_reply else ""))  # fmt: skip
+    data = store.read_message(queue_id)
+    if not full:
+        end = data.find(b"\r\n\r\n")
+        data = data[: end + 2] if end >= 0 else data
+    click.echo("")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data.replace(b"\r\n", b"\n"))
+
+
+@queue.command("flush")
+@click.pass_context
+def queue_flush(ctx: click.Context) -> None:
+    """Make every deferred recipient due now (the server tries them within seconds)."""
+    count = _queue_store(ctx).queue_flush()
+    click.echo(f"{count} recipient{'s' if count != 1 else ''} due now")
+
+
+@queue.command("delete")
+@click.argument("queue_ids", nargs=-1)
+@click.option("--all", "delete_all", is_flag=True, help="Delete every queued message.")
+@click.pass_context
+def queue_delete(ctx: click.Context, queue_ids: tuple[str, ...], delete_all: bool) -> None:
+    """Delete queued messages without sending a bounce."""
+    store = _queue_store(ctx)
+    if delete_all:
+        queue_ids = tuple(e.id for e in store.queue_entries())
+    elif not queue_ids:
+        _fail("give queue IDs, or --all", 2)
+    missing = [q for q in queue_ids if not store.queue_delete(q)]
+    for q in queue_ids:
+        if q not in missing:
+            click.echo(f"deleted {q}")
+    if missing:
+        _fail(f"not in the queue: {', '.join(missing)}", 1)

@@ -25,6 +25,7 @@ from kartero.auth.throttle import AuthThrottle
 from kartero.config import IMPLICIT_TLS, Config
 from kartero.delivery.agent import AgentSettings, DeliveryAgent
 from kartero.delivery.local import DsnSender
+from kartero.delivery.maildrop import Pickup
 from kartero.delivery.mx import Hop
 from kartero.dns.resolver import Resolver
 from kartero.imap.connection import ImapSettings
@@ -44,6 +45,7 @@ from kartero.tls import make_self_signed, server_context
 log = logging.getLogger("kartero.server")
 
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
+MAILDROP_POLL_S = 1.0
 
 
 class StartupError(Exception):
@@ -120,10 +122,12 @@ class Server:
             AgentSettings(helo=config.hostname, port=config.delivery.port, overrides=overrides,
                           connect_timeout_s=config.delivery.connect_timeout_s),
         )  # fmt: skip
+        bouncer = DsnSender(store, directory, config.delivery.queue_lifetime_s)
+        pickup = Pickup(config.data_dir, store, directory, bouncer, config.hostname, config.delivery.queue_lifetime_s)
         runner = QueueRunner(
             store,
             agent,
-            DsnSender(store, directory, config.delivery.queue_lifetime_s),
+            bouncer,
             QueueSettings(
                 hostname=config.hostname,
                 retry_first_s=config.delivery.retry_first_s,
@@ -133,6 +137,7 @@ class Server:
                 per_domain=config.delivery.per_domain,
             ),
         )
+
         def on_queued() -> None:  # called from the store's committer thread
             loop.call_soon_threadsafe(runner.wake)
 
@@ -157,6 +162,7 @@ class Server:
                 self._task_group = tg
                 tg.create_task(runner.run())
                 self._runner = runner
+                tg.create_task(self._pick_up(pickup))
                 for kind, addresses in config.listen.items():
                     factory: Callable[[], asyncio.Protocol]
                     if kind in ("smtp", "submission", "submissions"):
@@ -236,6 +242,16 @@ class Server:
             await asyncio.to_thread(store.close)
             executor.shutdown(wait=False)
             log.info("%s", kv(event="stopped"))
+
+    async def _pick_up(self, pickup: Pickup) -> None:
+        """Take in what `kartero sendmail` left in the maildrop: at start, then every second."""
+        while not self._stop.is_set():
+            try:
+                await asyncio.to_thread(pickup.run_once)
+            except Exception:
+                log.exception("%s", kv(event="maildrop.failed"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), MAILDROP_POLL_S)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._task_group is not None

@@ -38,6 +38,7 @@ from kartero.smtp.events import (
     MessageReceived,
     MessageRefused,
     RcptTo,
+    ScramFinished,
     ScramRequested,
     StartTLSRequested,
 )
@@ -205,6 +206,11 @@ class SMTPSession(asyncio.Protocol):
                 case ScramRequested():
                     self._scram(event)
                     break
+                case ScramFinished(user=user, ok=True):
+                    self._auth_succeeded(user, "SCRAM-SHA-256")
+                case ScramFinished(user=user, ok=False):
+                    self._auth_failed(user, "SCRAM-SHA-256")
+                    break
                 case StartTLSRequested():
                     self._busy = True
                     self._flush()
@@ -254,15 +260,21 @@ class SMTPSession(asyncio.Protocol):
     def _authenticated(self, event: AuthRequested, done: Future[Any]) -> None:
         account = done.result()
         if account is not None:
-            if self.ctx.throttle is not None:
-                self.ctx.throttle.success(self.client_ip)
-            log.info("%s", kv(event="smtp.auth", session=self.id, client=self.client_ip, user=account.address,
-                              mechanism=event.mechanism))  # fmt: skip
-            self.conn.auth_result(account.address)
-            return
+            self._auth_succeeded(account.address, event.mechanism)
+        else:
+            self._auth_failed(event.user, event.mechanism)
+
+    def _auth_succeeded(self, user: str, mechanism: str) -> None:
+        if self.ctx.throttle is not None:
+            self.ctx.throttle.success(self.client_ip)
+        log.info("%s", kv(event="smtp.auth", session=self.id, client=self.client_ip, user=user, mechanism=mechanism))
+        self.conn.auth_result(user)
+
+    def _auth_failed(self, user: str, mechanism: str) -> None:
+        """535 after a delay that grows with each failure from this address (the throttle's)."""
         delay = self.ctx.throttle.failure(self.client_ip) if self.ctx.throttle is not None else 0.0
-        log.info("%s", kv(event="smtp.auth_failed", session=self.id, client=self.client_ip, user=event.user,
-                          mechanism=event.mechanism, delay_s=delay))  # fmt: skip
+        log.info("%s", kv(event="smtp.auth_failed", session=self.id, client=self.client_ip, user=user,
+                          mechanism=mechanism, delay_s=delay))  # fmt: skip
         waiter: Future[None] = Future()
         self.loop.call_later(delay, waiter.set_result, None)
         self._wait(waiter, lambda _: self.conn.auth_result(None))
@@ -407,6 +419,7 @@ class SMTPSession(asyncio.Protocol):
             )
         record = _envelope_record(envelope, self.client_ip)
         deliveries = []
+        queue_id = None
         if account_ids:  # final delivery: Return-Path goes first (RFC 5321 §4.4)
             deliveries.append(Delivery(message_id, format_return_path(sender) + received + body,
                                        as_targets(account_ids), int(now.timestamp()), record))  # fmt: skip
@@ -421,7 +434,7 @@ class SMTPSession(asyncio.Protocol):
                 reply = replies.LOCAL_ERROR
             else:
                 reply = replies.MESSAGE_ACCEPTED.with_text(f"Message accepted as {message_id}")
-            self._log_message(envelope, len(event.data), str(reply), message_id, started)
+            self._log_message(envelope, len(event.data), str(reply), message_id, started, queue_id)
             self.conn.answer(reply)
 
         try:
@@ -433,7 +446,10 @@ class SMTPSession(asyncio.Protocol):
             return
         self._wait(future, stored)
 
-    def _log_message(self, envelope: Envelope, size: int, result: str, message_id: str | None, started: float) -> None:
+    def _log_message(
+        self, envelope: Envelope, size: int, result: str, message_id: str | None, started: float,
+        queue_id: str | None = None,
+    ) -> None:  # fmt: skip
         if not log.isEnabledFor(logging.INFO):
             return
         log.info(
@@ -448,6 +464,7 @@ class SMTPSession(asyncio.Protocol):
                 rcpt=",".join(str(r.path) for r in envelope.recipients),
                 size=size,
                 id=message_id,
+                queued=queue_id,
                 result=result,
                 ms=round((time.monotonic() - started) * 1000, 1) if started else None,
             ),

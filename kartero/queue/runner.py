@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -217,7 +218,7 @@ class QueueRunner:
                     retry_at = next_attempt_at(now, attempts, self.settings.retry_first_s, self.settings.retry_max_s,
                                                item.expires_at)  # fmt: skip
                     updates.append(
-                        RecipientUpdate(recipient_id, QueueState.DEFERRED, attempts, int(retry_at), outcome.reply)
+                        RecipientUpdate(recipient_id, QueueState.DEFERRED, attempts, math.ceil(retry_at), outcome.reply)
                     )
                     late = now - item.created_at >= self.settings.delay_notice_s
                     if late and not item.delay_notified and "DELAY" in notify and "NEVER" not in notify:

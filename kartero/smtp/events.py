@@ -133,6 +133,15 @@ class ScramRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class ScramFinished:
+    """Needs a decision (`auth_result`): the client's SCRAM proof was checked (`ok`). The adapter logs it
+    and applies its failure delay, as for a password, then answers with the user or None."""
+
+    user: str
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
 class StartTLSRequested:
     """The core has queued `220 Ready to start TLS` and dropped any bytes pipelined behind STARTTLS.
 
@@ -148,6 +157,6 @@ class ConnectionClosed:
 
 
 Event = (
-    Hello | MailFrom | RcptTo | MessageReceived | MessageRefused | AuthRequested | ScramRequested
+    Hello | MailFrom | RcptTo | MessageReceived | MessageRefused | AuthRequested | ScramRequested | ScramFinished
     | StartTLSRequested | ConnectionClosed
 )  # fmt: skip

@@ -41,6 +41,7 @@ from kartero.smtp.events import (
     MessageRefused,
     RcptTo,
     Recipient,
+    ScramFinished,
     ScramRequested,
     StartTLSRequested,
 )
@@ -78,7 +79,7 @@ class _NeedData:
 
 
 _NEED_DATA = _NeedData()
-_Pending = MailFrom | RcptTo | MessageReceived | AuthRequested | ScramRequested
+_Pending = MailFrom | RcptTo | MessageReceived | AuthRequested | ScramRequested | ScramFinished
 
 
 @dataclass(slots=True)
@@ -187,7 +188,7 @@ class ServerConnection:
             if reply.is_positive:
                 self._recipients.append(Recipient(pending.path, pending.params))
             self._reply(reply)
-        elif isinstance(pending, (AuthRequested, ScramRequested)):
+        elif isinstance(pending, (AuthRequested, ScramRequested, ScramFinished)):
             raise ProtocolViolation("use auth_result() or scram_credentials() for AUTH")
         else:
             self._end_transaction()
@@ -197,15 +198,17 @@ class ServerConnection:
         """The password check of the pending AUTH is done: `user` on success; else `refusal` (default
         535 5.7.8, or e.g. 454 4.7.0 when the client is throttled)."""
         pending = self._pending
-        if not isinstance(pending, (AuthRequested, ScramRequested)):
+        if not isinstance(pending, (AuthRequested, ScramRequested, ScramFinished)):
             raise ProtocolViolation("auth_result() without a pending AUTH")
+        if user is not None and (
+            isinstance(pending, ScramRequested) or (isinstance(pending, ScramFinished) and not pending.ok)
+        ):
+            raise ProtocolViolation("a SCRAM exchange succeeds on the client's proof, not by auth_result()")
         self._pending = None
         self._auth = None
         if user is None:
             self._error(refusal or replies.AUTH_FAILED)
             return
-        if isinstance(pending, ScramRequested):
-            raise ProtocolViolation("a SCRAM exchange succeeds on the client's proof, not by auth_result()")
         self.authenticated_as = user
         self._send(replies.AUTH_OK)
 
@@ -558,7 +561,7 @@ class ServerConnection:
             return None
         return self._sasl_step(data)
 
-    def _sasl_step(self, data: bytes) -> AuthRequested | ScramRequested | None:
+    def _sasl_step(self, data: bytes) -> AuthRequested | ScramRequested | ScramFinished | None:
         exchange = self._auth
         assert exchange is not None
         try:
@@ -576,7 +579,9 @@ class ServerConnection:
             self._pending = event
         return event
 
-    def _sasl_event(self, exchange: _AuthExchange, decoded: bytes) -> AuthRequested | ScramRequested | None:
+    def _sasl_event(
+        self, exchange: _AuthExchange, decoded: bytes
+    ) -> AuthRequested | ScramRequested | ScramFinished | None:
         """One client response of an exchange: an event for the adapter, or None after a challenge."""
         match exchange.mechanism:
             case "PLAIN":
@@ -595,16 +600,19 @@ class ServerConnection:
                 if not exchange.user:
                     exchange.user = exchange.scram.client_first(decoded)
                     return ScramRequested(exchange.user)
+                try:
+                    server_final = exchange.scram.client_final(decoded)
+                except SASLError as exc:
+                    if str(exc) != "wrong password":
+                        raise
+                    return ScramFinished(exchange.user, ok=False)
                 # SMTP has no "additional data with success": the server-final message goes out as one
                 # more challenge, which the client answers with an empty line (RFC 4954 §4).
-                self._challenge(exchange.scram.client_final(decoded))
+                self._challenge(server_final)
                 self._auth = _AuthExchange("SCRAM-DONE", exchange.user)
                 return None
             case "SCRAM-DONE":
-                self._auth = None
-                self.authenticated_as = exchange.user
-                self._send(replies.AUTH_OK)
-                return None
+                return ScramFinished(exchange.user, ok=True)
         raise SASLError("unknown mechanism")
 
     # -- helpers -----------------------------------------------------------------------------------------

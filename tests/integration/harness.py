@@ -52,6 +52,8 @@ class KarteroServer:
     imaps_port: int = 0
     pop3_port: int = 0
     pop3s_port: int = 0
+    submission_port: int = 0
+    submissions_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_lines: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
@@ -64,6 +66,8 @@ class KarteroServer:
         self.imaps_port = self.imaps_port or free_port(self.host)
         self.pop3_port = self.pop3_port or free_port(self.host)
         self.pop3s_port = self.pop3s_port or free_port(self.host)
+        self.submission_port = self.submission_port or free_port(self.host)
+        self.submissions_port = self.submissions_port or free_port(self.host)
         self.config = self.root / "kartero.toml"
         tls_section = ""
         if self.tls:
@@ -81,8 +85,10 @@ class KarteroServer:
             f'smtp = ["{self.host}:{self.port}"]\n'
             f'imap = ["{self.host}:{self.imap_port}"]\n'
             f'pop3 = ["{self.host}:{self.pop3_port}"]\n'
+            f'submission = ["{self.host}:{self.submission_port}"]\n'
             + (
                 f'imaps = ["{self.host}:{self.imaps_port}"]\npop3s = ["{self.host}:{self.pop3s_port}"]\n'
+                f'submissions = ["{self.host}:{self.submissions_port}"]\n'
                 if self.tls
                 else ""
             )

@@ -24,6 +24,7 @@ flush     unix  n       -       n       1000?   0       flush
 proxymap  unix  -       -       n       -       -       proxymap
 proxywrite unix -       -       n       -       1       proxymap
 smtp      unix  -       -       n       -       -       smtp
+virtual   unix  -       n       n       -       -       virtual
 relay     unix  -       -       n       -       -       smtp
 showq     unix  n       -       n       -       -       showq
 error     unix  -       -       n       -       -       error
@@ -71,7 +72,7 @@ class PostfixInstance:
             "data_directory": str(self.data_dir),
             "maillog_file": str(self.maillog),
             "maillog_file_prefixes": str(root),
-            "inet_interfaces": host,
+            "inet_interfaces": "loopback-only",  # must name a real interface; master.cf binds `host`
             "inet_protocols": "ipv4",
             "myhostname": "postfix.test",
             "mydestination": "",

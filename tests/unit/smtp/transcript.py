@@ -23,6 +23,7 @@ from kartero.smtp.events import (
     MessageReceived,
     MessageRefused,
     RcptTo,
+    ScramFinished,
     ScramRequested,
     StartTLSRequested,
 )
@@ -77,6 +78,8 @@ class Recorder:
                 conn.auth_result(user if password == PASSWORD else None)
             case ScramRequested():
                 conn.scram_credentials(SCRAM)
+            case ScramFinished(user=user, ok=ok):
+                conn.auth_result(user if ok else None)
             case ConnectionClosed():
                 pass
 

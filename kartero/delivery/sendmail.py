@@ -1,0 +1,106 @@
+"""`kartero sendmail`: the sendmail(8) interface that cron, scripts and web applications expect.
+
+What it does with its input follows Postfix's and Sendmail's command: a line holding only "." ends the
+message unless -i is given; -t takes the recipients from To:, Cc: and Bcc: (and removes Bcc:); addresses
+without a domain get the primary domain. Local recipients are checked at once (a typo fails the command,
+exit 67, rather than bouncing later); the message then goes into the maildrop for the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from email.utils import formataddr, getaddresses
+
+from kartero.auth.accounts import DirectoryError, DirectorySnapshot, parse_address
+from kartero.mime.headers import find_body_start, parse_header_block
+
+# sysexits.h, the exit codes callers of sendmail(8) understand.
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOUSER = 67
+EX_TEMPFAIL = 75
+
+
+class SendmailError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def read_message(raw: bytes, *, ignore_dots: bool) -> bytes:
+    """The message from stdin: CRLF line endings; without -i, a line of one "." ends it."""
+    data = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if not ignore_dots:
+        if data.startswith(b".\n") or data == b".":
+            data = b""
+        else:
+            end = data.find(b"\n.\n")
+            if end >= 0:
+                data = data[: end + 1]
+            elif data.endswith(b"\n."):
+                data = data[:-1]
+    if data and not data.endswith(b"\n"):
+        data += b"\n"
+    return data.replace(b"\n", b"\r\n")
+
+
+def header_recipients(data: bytes) -> list[str]:
+    """The addresses in To:, Cc: and Bcc: (for -t), in order; groups contribute their members."""
+    header_end, _ = find_body_start(data)
+    header = parse_header_block(data[:header_end])
+    values = [v.decode("utf-8", "replace") for name in ("to", "cc", "bcc") for v in header.get_all(name)]
+    return [address for _, address in getaddresses(values) if address]
+
+
+def strip_bcc(data: bytes) -> bytes:
+    """The message without its Bcc: fields (continuation lines included)."""
+    header_end, _ = find_body_start(data)
+    lines = data[:header_end].split(b"\r\n")
+    kept: list[bytes] = []
+    dropping = False
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and dropping:
+            continue
+        dropping = line.lower().startswith(b"bcc:")
+        if not dropping:
+            kept.append(line)
+    return b"\r\n".join(kept) + data[header_end:]
+
+
+def add_from(data: bytes, full_name: str, sender: str) -> bytes:
+    """-F: a From: with the full name, for a message that has none."""
+    header_end, _ = find_body_start(data)
+    if parse_header_block(data[:header_end]).get("from") is not None:
+        return data
+    return f"From: {formataddr((full_name, sender))}\r\n".encode() + data
+
+
+def qualify(address: str, primary_domain: str) -> str:
+    """`bob` -> `bob@primary`, then canonical; raises SendmailError (exit 64) when not an address."""
+    text = address.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    if "@" not in text:
+        text = f"{text}@{primary_domain}"
+    try:
+        return parse_address(text)
+    except DirectoryError as exc:
+        raise SendmailError(str(exc), EX_USAGE) from None
+
+
+def check_local(recipients: Iterable[str], snapshot: DirectorySnapshot) -> None:
+    """Refuse recipients in a local domain that reach nobody (exit 67)."""
+    for address in recipients:
+        if address.rpartition("@")[2] in snapshot.domains and not snapshot.resolve(address).account_ids:
+            raise SendmailError(f"{address}: no such local user or alias", EX_NOUSER)
+
+
+def default_sender(login: str, primary_domain: str, snapshot: DirectorySnapshot) -> str:
+    """`login@primary` when that reaches an account, else `postmaster@primary` (someone reads it)."""
+    try:
+        candidate = parse_address(f"{login}@{primary_domain}")
+    except DirectoryError:
+        candidate = ""
+    if candidate and snapshot.resolve(candidate).account_ids:
+        return candidate
+    return f"postmaster@{primary_domain}"
