@@ -95,6 +95,7 @@ class DeliveryConfig:
     connect_timeout_s: float = 30.0
     concurrency: int = 50
     per_domain: int = 5
+    source_address: str | None = None  # the local address outgoing connections come from
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,12 +319,21 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
 
     dl = r.table(data, "delivery")
     r.check_keys(dl, "delivery", ("port", "queue_lifetime", "retry_first", "retry_max", "delay_notice", "relayhost",
-                                  "connect_timeout", "concurrency", "per_domain"))  # fmt: skip
+                                  "connect_timeout", "concurrency", "per_domain", "source_address"))  # fmt: skip
     d = DeliveryConfig()
     port = r.integer(dl, "delivery", "port", d.port, 1)
     if port > 65535:
         raise r.fail("delivery", "port", f"port {port} out of range 1-65535")
     relay_text = dl.get("relayhost", "")
+    source_raw = dl.get("source_address")
+    source_address: str | None = None
+    if source_raw is not None:
+        try:
+            if not isinstance(source_raw, str):
+                raise ValueError
+            source_address = str(ipaddress.ip_address(source_raw))
+        except ValueError:
+            raise r.fail("delivery", "source_address", f"expected an IP address, got {source_raw!r}") from None
     delivery = DeliveryConfig(
         port=port,
         queue_lifetime_s=r.duration(dl, "delivery", "queue_lifetime", d.queue_lifetime_s),
@@ -334,6 +344,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         connect_timeout_s=r.duration(dl, "delivery", "connect_timeout", d.connect_timeout_s),
         concurrency=r.integer(dl, "delivery", "concurrency", d.concurrency, 1),
         per_domain=r.integer(dl, "delivery", "per_domain", d.per_domain, 1),
+        source_address=source_address,
     )
 
     routes_raw = r.table(data, "routes")

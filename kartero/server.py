@@ -120,7 +120,8 @@ class Server:
         agent = DeliveryAgent(
             resolver,
             AgentSettings(helo=config.hostname, port=config.delivery.port, overrides=overrides,
-                          connect_timeout_s=config.delivery.connect_timeout_s),
+                          connect_timeout_s=config.delivery.connect_timeout_s,
+                          source_address=config.delivery.source_address),
         )  # fmt: skip
         bouncer = DsnSender(store, directory, config.delivery.queue_lifetime_s)
         pickup = Pickup(config.data_dir, store, directory, bouncer, config.hostname, config.delivery.queue_lifetime_s)

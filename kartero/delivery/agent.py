@@ -43,6 +43,7 @@ class AgentSettings:
     port: int = 25
     overrides: dict[str, Hop] = field(default_factory=dict)  # per-domain routes; "*" is the relayhost
     connect_timeout_s: float = 30.0
+    source_address: str | None = None
 
 
 def client_tls_context() -> ssl.SSLContext:
@@ -126,8 +127,12 @@ class DeliveryAgent:
         started = time.monotonic()
         remote = f"{hop.host}[{address}]"
         try:
+            source = self.settings.source_address
+            if source and (":" in source) != (":" in address):
+                source = None  # an IPv4 source cannot reach an IPv6 host, nor the reverse
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(address, hop.port), self.settings.connect_timeout_s
+                asyncio.open_connection(address, hop.port, local_addr=(source, 0) if source else None),
+                self.settings.connect_timeout_s,
             )
         except (OSError, TimeoutError) as exc:
             return f"451 4.4.1 Cannot connect to {remote}:{hop.port}: {exc.__class__.__name__} {exc}".strip()

@@ -95,8 +95,8 @@ def build_dsn(
             addr_type, _, address = report.orcpt.partition(";")
             fields.append(f"Original-Recipient: {addr_type}; {address}")
         fields += [f"Action: {report.action}", f"Status: {report.status}"]
-        if report.remote_mta:
-            fields.append(f"Remote-MTA: dns; {report.remote_mta}")
+        if report.remote_mta:  # "mx.example.org[192.0.2.1]": the field takes the name only
+            fields.append(f"Remote-MTA: dns; {report.remote_mta.partition('[')[0] or report.remote_mta}")
         if report.diagnostic:
             fields.append(f"Diagnostic-Code: smtp; {report.diagnostic}")
         if report.last_attempt:

@@ -29,6 +29,8 @@ log = logging.getLogger("kartero.queue")
 
 # A domain that does not exist is believed only after this many attempts (a DNS hiccup is not a bounce).
 NXDOMAIN_ATTEMPTS = 3
+# How often failures whose notice could not be sent (or was cut off by a crash) are looked for again.
+SWEEP_INTERVAL_S = 300.0
 DEFAULT_NOTIFY = ("FAILURE", "DELAY")  # RFC 3461 §4.1: the MTA's choice when NOTIFY is absent
 
 
@@ -66,7 +68,7 @@ class QueueRunner:
         self.settings = settings
         self.clock = clock
         self._wakeup = asyncio.Event()
-        self._in_flight: set[int] = set()
+        self._in_flight: dict[int, str] = {}  # recipient id -> queue id, for recipients being delivered
         self._per_domain: dict[str, int] = defaultdict(int)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -77,8 +79,12 @@ class QueueRunner:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        last_sweep = -SWEEP_INTERVAL_S
         while not self._stopping:
             self._wakeup.clear()
+            if time.monotonic() - last_sweep >= SWEEP_INTERVAL_S:
+                last_sweep = time.monotonic()
+                await loop.run_in_executor(None, self._sweep)
             blocked = await self._dispatch()
             next_due = await loop.run_in_executor(None, self.store.next_due)
             if blocked or next_due is None:
@@ -132,7 +138,7 @@ class QueueRunner:
                 batch = messages[: self.settings.messages_per_delivery]
                 messages = messages[self.settings.messages_per_delivery :]
                 group = [item for message in batch for item in message]
-                self._in_flight.update(i.recipient_id for i in group)
+                self._in_flight.update((i.recipient_id, i.queue_id) for i in group)
                 self._per_domain[domain] += 1
                 task = asyncio.get_running_loop().create_task(self._deliver(domain, group))
                 self._tasks.add(task)
@@ -142,18 +148,27 @@ class QueueRunner:
     async def _deliver(self, domain: str, items: list[QueueItem]) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
+        to_report: set[str] = set()
         try:
             messages = await loop.run_in_executor(None, self._load, items)
             outcomes = await self.deliverer.deliver(domain, messages)
-            await loop.run_in_executor(None, self._apply, items, outcomes)
+            to_report = await loop.run_in_executor(None, self._apply, items, outcomes)
         except Exception:
             log.exception("%s", kv(event="queue.delivery_failed", domain=domain))
         finally:
-            self._in_flight.difference_update(i.recipient_id for i in items)
+            for item in items:
+                self._in_flight.pop(item.recipient_id, None)
             self._per_domain[domain] -= 1
             self._wakeup.set()
             log.debug("%s", kv(event="queue.delivery_done", domain=domain, recipients=len(items),
                                ms=round((time.monotonic() - started) * 1000)))  # fmt: skip
+        # One failure notice per message: the delivery that ends last (of those running for it) sends it.
+        busy = set(self._in_flight.values())
+        for queue_id in to_report - busy:
+            try:
+                await loop.run_in_executor(None, self._report_failures, queue_id)
+            except Exception:
+                log.exception("%s", kv(event="queue.dsn_failed", id=queue_id))
 
     def _load(self, items: list[QueueItem]) -> list[JobMessage]:
         by_message: dict[str, list[QueueItem]] = defaultdict(list)
@@ -178,14 +193,15 @@ class QueueRunner:
 
     # -- outcomes ----------------------------------------------------------------------------------------
 
-    def _apply(self, items: list[QueueItem], outcomes: dict[int, Outcome]) -> None:
-        """Record outcomes, then send DSNs (the records come first: a crash sends a DSN at most twice,
-        never delivers twice)."""
+    def _apply(self, items: list[QueueItem], outcomes: dict[int, Outcome]) -> set[str]:
+        """Record outcomes, then send delay and success notices; returns the entries with failures to
+        report. A failure is recorded as unreported and its entry kept until the notice is stored, so a
+        crash sends a failure notice at most twice, never zero times; nothing is delivered twice."""
         now = self.clock()
         moment = datetime.fromtimestamp(now, UTC)
         updates: list[RecipientUpdate] = []
         reports: dict[tuple[str, Action], list[RecipientReport]] = defaultdict(list)
-        delay_notified: set[str] = set()
+        to_report: set[str] = set()
         by_id = {item.recipient_id: item for item in items}
         for recipient_id, item in by_id.items():
             outcome = outcomes.get(recipient_id) or Deferred("451 4.3.0 No result from the delivery agent")
@@ -209,58 +225,89 @@ class QueueRunner:
                             self._report(item, Action.RELAYED, "2.0.0", outcome.reply, outcome.remote_mta, moment)
                         )
                 case Failed():
-                    updates.append(RecipientUpdate(recipient_id, QueueState.FAILED, attempts, 0, outcome.reply))
-                    if "NEVER" not in notify and "FAILURE" in notify:
-                        reports[(item.queue_id, Action.FAILED)].append(
-                            self._report(item, Action.FAILED, outcome.status, outcome.reply, outcome.remote_mta, moment)
-                        )
+                    wanted = bool(item.sender) and "NEVER" not in notify and "FAILURE" in notify
+                    updates.append(
+                        RecipientUpdate(recipient_id, QueueState.FAILED, attempts, 0, outcome.reply, outcome.status,
+                                        outcome.remote_mta, needs_report=wanted)
+                    )  # fmt: skip
+                    if wanted:
+                        to_report.add(item.queue_id)
                 case Deferred():
                     retry_at = next_attempt_at(now, attempts, self.settings.retry_first_s, self.settings.retry_max_s,
                                                item.expires_at)  # fmt: skip
-                    updates.append(
-                        RecipientUpdate(recipient_id, QueueState.DEFERRED, attempts, math.ceil(retry_at), outcome.reply)
-                    )
+                    updates.append(RecipientUpdate(recipient_id, QueueState.DEFERRED, attempts, math.ceil(retry_at),
+                                                   outcome.reply, outcome.status, outcome.remote_mta))  # fmt: skip
                     late = now - item.created_at >= self.settings.delay_notice_s
                     if late and not item.delay_notified and "DELAY" in notify and "NEVER" not in notify:
                         report = self._report(item, Action.DELAYED, outcome.status, outcome.reply,
                                               outcome.remote_mta, moment)  # fmt: skip
                         reports[(item.queue_id, Action.DELAYED)].append(report)
-                        delay_notified.add(item.queue_id)
         self.store.update_recipients(updates)
-        for queue_id in delay_notified:
-            self.store.mark_delay_notified(queue_id)
         first_items = {item.queue_id: item for item in items}
-        for (queue_id, _action), recipient_reports in reports.items():
+        for (queue_id, action), recipient_reports in reports.items():
             item = first_items[queue_id]
             if not item.sender:
                 continue  # never a DSN for a message with the null sender: no bounce loops
-            self._send_dsn(item, recipient_reports, moment)
+            if action is Action.DELAYED and not self.store.mark_delay_notified(queue_id):
+                continue  # another delivery of this message already sent its delay notice
+            self._send_dsn(item.queue_id, item.sender, item.created_at, item.ret, item.envid, item.smtputf8,
+                           recipient_reports, moment)  # fmt: skip
+        return to_report
+
+    def _report_failures(self, queue_id: str) -> None:
+        """Send one failure notice for every failed, unreported recipient of an entry; then mark them."""
+        unreported = self.store.unreported_failures(queue_id)
+        if unreported is None:
+            return
+        reports = [
+            RecipientReport(
+                r.address, Action.FAILED, r.status, r.reply or None, r.remote_mta, r.orcpt,
+                datetime.fromtimestamp(r.failed_at, UTC),
+            )
+            for r in unreported.recipients
+        ]  # fmt: skip
+        if self._send_dsn(queue_id, unreported.sender, unreported.created_at, unreported.ret, unreported.envid,
+                          unreported.smtputf8, reports, datetime.fromtimestamp(self.clock(), UTC)):  # fmt: skip
+            self.store.mark_reported([r.recipient_id for r in unreported.recipients])
+
+    def _sweep(self) -> None:
+        """Failure notices left unsent (a crash, a full disk): send them now."""
+        for queue_id in self.store.entries_with_unreported_failures():
+            if queue_id not in self._in_flight.values():
+                try:
+                    self._report_failures(queue_id)
+                except Exception:
+                    log.exception("%s", kv(event="queue.dsn_failed", id=queue_id))
 
     def _report(self, item: QueueItem, action: Action, status: str, reply: str, remote: str | None,
                 moment: datetime) -> RecipientReport:  # fmt: skip
         until = datetime.fromtimestamp(item.expires_at, UTC) if action is Action.DELAYED else None
         return RecipientReport(item.address, action, status, reply or None, remote, item.orcpt, moment, until)
 
-    def _send_dsn(self, item: QueueItem, reports: list[RecipientReport], moment: datetime) -> None:
+    def _send_dsn(self, queue_id: str, sender: str, created_at: int, ret: str | None, envid: str | None,
+                  smtputf8: bool, reports: list[RecipientReport], moment: datetime) -> bool:  # fmt: skip
+        """Build and store a DSN to `sender`; False (logged) when it could not be stored."""
         try:
-            original = self.store.read_message(item.queue_id)
+            original = self.store.read_message(queue_id)
         except Exception:
             original = b""
         dsn = build_dsn(
             hostname=self.settings.hostname,
-            sender=item.sender,
-            queue_id=item.queue_id,
-            arrival=datetime.fromtimestamp(item.created_at, UTC),
+            sender=sender,
+            queue_id=queue_id,
+            arrival=datetime.fromtimestamp(created_at, UTC),
             reports=reports,
             original=original,
-            ret=item.ret,
-            envid=item.envid,
-            smtputf8=item.smtputf8,
+            ret=ret,
+            envid=envid,
+            smtputf8=smtputf8,
             now=moment,
         )
         try:
-            self.bouncer.send(item.sender, dsn, smtputf8=item.smtputf8)
-            log.info("%s", kv(event="queue.dsn", id=item.queue_id, to=item.sender, action=reports[0].action,
-                              recipients=len(reports)))  # fmt: skip
+            self.bouncer.send(sender, dsn, smtputf8=smtputf8)
         except Exception:
-            log.exception("%s", kv(event="queue.dsn_failed", id=item.queue_id, to=item.sender))
+            log.exception("%s", kv(event="queue.dsn_failed", id=queue_id, to=sender))
+            return False
+        log.info("%s", kv(event="queue.dsn", id=queue_id, to=sender, action=reports[0].action,
+                          recipients=len(reports)))  # fmt: skip
+        return True

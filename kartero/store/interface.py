@@ -159,6 +159,33 @@ class RecipientUpdate:
     attempts: int
     next_attempt_at: int
     reply: str
+    status: str | None = None  # enhanced status code of the outcome
+    remote_mta: str | None = None
+    needs_report: bool = False  # a failure the sender must be told of (the entry stays until then)
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRecipient:
+    recipient_id: int
+    address: str
+    orcpt: str | None
+    status: str
+    reply: str
+    remote_mta: str | None
+    failed_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unreported:
+    """The failed recipients of one queued message that its sender has not been told about yet."""
+
+    queue_id: str
+    sender: str
+    ret: str | None
+    envid: str | None
+    smtputf8: bool
+    created_at: int
+    recipients: tuple[FailedRecipient, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +363,16 @@ class Store(Protocol):
         """Record attempts (durably); queue entries with no recipient left to try are removed."""
         ...
 
-    def mark_delay_notified(self, queue_id: str) -> None: ...
+    def unreported_failures(self, queue_id: str) -> Unreported | None: ...
+    def mark_reported(self, recipient_ids: Sequence[int]) -> None:
+        """The failure notice for these recipients is stored; their entry may go when nothing else is left."""
+        ...
+
+    def entries_with_unreported_failures(self) -> list[str]: ...
+    def mark_delay_notified(self, queue_id: str) -> bool:
+        """True only for the first call per entry (so one delay notice is sent)."""
+        ...
+
     def next_due(self) -> int | None: ...
     def queue_entries(self) -> list[QueueEntry]: ...
     def queue_delete(self, queue_id: str) -> bool: ...

@@ -17,11 +17,13 @@ from typing import Any
 
 from kartero.store.interface import (
     Delivery,
+    FailedRecipient,
     QueueEntry,
     QueueItem,
     QueueRecipientInfo,
     QueueState,
     RecipientUpdate,
+    Unreported,
 )
 
 QUEUE_SCHEMA = """
@@ -47,13 +49,25 @@ CREATE TABLE IF NOT EXISTS queue_recipients (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER NOT NULL,
     last_reply TEXT,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    status TEXT,
+    remote_mta TEXT,
+    reported INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS queue_due ON queue_recipients (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS queue_recipients_entry ON queue_recipients (queue_id);
 """
 
 _OPEN = (QueueState.PENDING.value, QueueState.DEFERRED.value)
+_ADDED_COLUMNS = {"status": "TEXT", "remote_mta": "TEXT", "reported": "INTEGER NOT NULL DEFAULT 1"}
+
+
+def migrate_queue(db: sqlite3.Connection) -> None:
+    """Add the columns a queue table from an earlier version lacks."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(queue_recipients)")}
+    for column, kind in _ADDED_COLUMNS.items():
+        if column not in have:
+            db.execute(f"ALTER TABLE queue_recipients ADD COLUMN {column} {kind}")
 
 
 def insert_outbound(db: sqlite3.Connection, delivery: Delivery) -> None:
@@ -126,22 +140,62 @@ class QueueOps:
         with self._write() as db:
             db.executemany(
                 "UPDATE queue_recipients SET state = ?, attempts = ?, next_attempt_at = ?, last_reply = ?,"
-                " updated_at = ? WHERE id = ?",
-                [(u.state.value, u.attempts, u.next_attempt_at, u.reply, now, u.recipient_id) for u in updates],
+                " updated_at = ?, status = ?, remote_mta = ?, reported = ? WHERE id = ?",
+                [(u.state.value, u.attempts, u.next_attempt_at, u.reply, now, u.status, u.remote_mta,
+                  int(not u.needs_report), u.recipient_id) for u in updates],
+            )  # fmt: skip
+            self._remove_finished(db, [u.recipient_id for u in updates])
+
+    def _remove_finished(self, db: sqlite3.Connection, recipient_ids: list[int]) -> None:
+        """Remove the entries of these recipients that have nothing left to try or to report."""
+        marks = ",".join("?" * len(recipient_ids))
+        entries = [r[0] for r in db.execute(f"SELECT DISTINCT queue_id FROM queue_recipients WHERE id IN ({marks})",
+                                            recipient_ids)]  # fmt: skip
+        finished = [
+            e
+            for e in entries
+            if db.execute(
+                "SELECT 1 FROM queue_recipients WHERE queue_id = ? AND (state IN (?, ?) OR reported = 0) LIMIT 1",
+                (e, *_OPEN),
+            ).fetchone()
+            is None
+        ]
+        self._remove_entries(db, finished)
+
+    def unreported_failures(self, queue_id: str) -> Unreported | None:
+        db = self._db()
+        head = db.execute(
+            "SELECT sender, ret, envid, smtputf8, created_at FROM queue WHERE id = ?", (queue_id,)
+        ).fetchone()
+        if head is None:
+            return None
+        rows = db.execute(
+            "SELECT id, address, orcpt, status, last_reply, remote_mta, updated_at FROM queue_recipients"
+            " WHERE queue_id = ? AND state = ? AND reported = 0 ORDER BY id",
+            (queue_id, QueueState.FAILED.value),
+        ).fetchall()
+        if not rows:
+            return None
+        return Unreported(
+            queue_id, head[0], head[1], head[2], bool(head[3]), head[4],
+            tuple(FailedRecipient(r[0], r[1], r[2], r[3] or "5.0.0", r[4] or "", r[5], r[6]) for r in rows),
+        )  # fmt: skip
+
+    def mark_reported(self, recipient_ids: Sequence[int]) -> None:
+        if not recipient_ids:
+            return
+        with self._write() as db:
+            db.executemany("UPDATE queue_recipients SET reported = 1 WHERE id = ?", [(i,) for i in recipient_ids])
+            self._remove_finished(db, list(recipient_ids))
+
+    def entries_with_unreported_failures(self) -> list[str]:
+        return [
+            r[0]
+            for r in self._db().execute(
+                "SELECT DISTINCT queue_id FROM queue_recipients WHERE state = ? AND reported = 0",
+                (QueueState.FAILED.value,),
             )
-            ids = [u.recipient_id for u in updates]
-            marks = ",".join("?" * len(ids))
-            entries = [r[0] for r in db.execute(f"SELECT DISTINCT queue_id FROM queue_recipients WHERE id IN ({marks})",
-                                                ids)]  # fmt: skip
-            finished = [
-                e
-                for e in entries
-                if db.execute(
-                    "SELECT 1 FROM queue_recipients WHERE queue_id = ? AND state IN (?, ?) LIMIT 1", (e, *_OPEN)
-                ).fetchone()
-                is None
-            ]
-            self._remove_entries(db, finished)
+        ]
 
     def _remove_entries(self, db: sqlite3.Connection, entries: list[str]) -> None:
         if not entries:
@@ -152,9 +206,10 @@ class QueueOps:
     def _drop_unreferenced_blobs(self, db: sqlite3.Connection, blob_ids: list[str]) -> None:
         raise NotImplementedError
 
-    def mark_delay_notified(self, queue_id: str) -> None:
+    def mark_delay_notified(self, queue_id: str) -> bool:
         with self._write() as db:
-            db.execute("UPDATE queue SET delay_notified = 1 WHERE id = ?", (queue_id,))
+            changed = db.execute("UPDATE queue SET delay_notified = 1 WHERE id = ? AND delay_notified = 0", (queue_id,))
+            return changed.rowcount > 0
 
     def next_due(self) -> int | None:
         row = (

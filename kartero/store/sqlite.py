@@ -37,7 +37,7 @@ from kartero.store.interface import (
     StoreError,
 )
 from kartero.store.mailboxes import MailboxOps, format_flags
-from kartero.store.queue_sql import QUEUE_SCHEMA, QueueOps, insert_outbound
+from kartero.store.queue_sql import QUEUE_SCHEMA, QueueOps, insert_outbound, migrate_queue
 from kartero.store.segments import Segments
 
 log = logging.getLogger("kartero.store")
@@ -143,6 +143,7 @@ class SQLiteStore(MailboxOps, QueueOps):
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._db().executescript(SCHEMA + QUEUE_SCHEMA)  # idempotent; executescript commits by itself
+        migrate_queue(self._db())
         with self._write() as db:
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         if not self.version_path.exists():

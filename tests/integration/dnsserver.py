@@ -16,7 +16,7 @@ from dnslib.server import BaseResolver, DNSHandler, DNSServer
 from tests.integration.harness import free_port
 
 
-class TestZones(BaseResolver):  # type: ignore[misc]
+class Zones(BaseResolver):  # type: ignore[misc]
     def __init__(self, zone_text: str) -> None:
         self.lock = threading.Lock()
         self.records: list[RR] = []
@@ -48,18 +48,18 @@ class TestZones(BaseResolver):  # type: ignore[misc]
         return reply
 
 
-class TestDNS:
-    """`with TestDNS(zone) as dns:` -- listening on `dns.host:dns.port` over UDP and TCP."""
+class LoopbackDNS:
+    """`with LoopbackDNS(zone) as dns:` -- listening on `dns.host:dns.port` over UDP and TCP."""
 
     def __init__(self, zone_text: str, host: str = "127.0.0.1") -> None:
-        self.zones = TestZones(zone_text)
+        self.zones = Zones(zone_text)
         self.host = host
         self.port = free_port(host)
         self._servers = [
             DNSServer(self.zones, address=host, port=self.port, tcp=tcp, logger=_QuietLogger()) for tcp in (False, True)
         ]
 
-    def __enter__(self) -> TestDNS:
+    def __enter__(self) -> LoopbackDNS:
         for server in self._servers:
             server.start_thread()
         return self

@@ -84,7 +84,8 @@ def test_auth_only_after_starttls_and_mail_needs_auth(server: KarteroServer) -> 
         c.ehlo()
         assert "starttls" in c.esmtp_features and "auth" not in c.esmtp_features
         assert c.docmd("AUTH", "PLAIN " + base64.b64encode(f"\0alice@example.test\0{PASSWORD}".encode()).decode()) == (
-            538, b"5.7.11 Encryption required for requested authentication mechanism"
+            538,
+            b"5.7.11 Encryption required for requested authentication mechanism",
         )
         assert c.docmd("MAIL", "FROM:<alice@example.test>") == (530, b"5.7.0 Authentication required")
         c.starttls(context=tls())
@@ -191,8 +192,10 @@ def test_missing_date_and_message_id_are_added(server: KarteroServer) -> None:
     body = strip_trace(stored)
     added, _, rest = body.partition(b"From: Alice")
     lines = added.split(b"\r\n")
-    assert lines[0].startswith(b"Date: ") and lines[1].startswith(b"Message-ID: <") and lines[1].endswith(
-        b"@mx.example.test>"
+    assert (
+        lines[0].startswith(b"Date: ")
+        and lines[1].startswith(b"Message-ID: <")
+        and lines[1].endswith(b"@mx.example.test>")
     )
     assert b"From: Alice" + rest == MESSAGE.replace(b"From: Alice <alice@", b"From: Alice <alice.smith@")
 
