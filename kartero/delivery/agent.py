@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from kartero.delivery.mx import Hop, NoRoute, find_route
 from kartero.dns.resolver import NoRecords, Records, Resolver
 from kartero.log import kv
-from kartero.queue.jobs import Deferred, Delivered, Failed, JobMessage, Outcome
+from kartero.queue.jobs import Deferred, Delivered, Failed, JobMessage, OnOutcomes, Outcome
 from kartero.smtp.client import (
     ClientConnection,
     ClientSettings,
@@ -74,7 +74,9 @@ class DeliveryAgent:
         self.settings = settings
         self._tls = client_tls_context()
 
-    async def deliver(self, domain: str, messages: Sequence[JobMessage]) -> dict[int, Outcome]:
+    async def deliver(
+        self, domain: str, messages: Sequence[JobMessage], on_outcomes: OnOutcomes | None = None
+    ) -> dict[int, Outcome]:
         everyone = [r.recipient_id for m in messages for r in m.recipients]
         route = await find_route(domain, self.resolver, self.settings.port, self.settings.overrides)
         if isinstance(route, NoRoute):
@@ -96,10 +98,10 @@ class DeliveryAgent:
                 if not pending:
                     return results
                 try:
-                    error = await self._session(hop, address, pending, results, use_tls=True)
+                    error = await self._session(hop, address, pending, results, on_outcomes, use_tls=True)
                 except _TLSFailed as exc:
                     log.info("%s", kv(event="delivery.tls_failed", host=hop.host, address=address, detail=str(exc)))
-                    error = await self._session(hop, address, pending, results, use_tls=False)
+                    error = await self._session(hop, address, pending, results, on_outcomes, use_tls=False)
                 if error is None:
                     return results
                 last_error = error
@@ -121,7 +123,14 @@ class DeliveryAgent:
         return f"451 4.4.3 {answer.reason}"
 
     async def _session(
-        self, hop: Hop, address: str, messages: list[JobMessage], results: dict[int, Outcome], *, use_tls: bool
+        self,
+        hop: Hop,
+        address: str,
+        messages: list[JobMessage],
+        results: dict[int, Outcome],
+        on_outcomes: OnOutcomes | None,
+        *,
+        use_tls: bool,
     ) -> str | None:
         """Deliver over one connection; None when every message got its replies, else why not."""
         started = time.monotonic()
@@ -162,11 +171,11 @@ class DeliveryAgent:
                             raise _TLSFailed(str(exc)) from None
                         conn.tls_established()
                     case Ready():
-                        current = self._send_next(conn, queue, remote, results)
+                        current = self._send_next(conn, queue, remote, results, on_outcomes)
                     case MessageResult():
                         assert current is not None
-                        self._record(current, event, remote, results)
-                        current = self._send_next(conn, queue, remote, results)
+                        self._record(current, event, remote, results, on_outcomes)
+                        current = self._send_next(conn, queue, remote, results, on_outcomes)
                     case SessionFailed(reply=reply, reason=reason):
                         detail = str(reply) if reply is not None else f"451 4.4.2 {reason}"
                         return f"{detail} (from {remote})"
@@ -181,7 +190,12 @@ class DeliveryAgent:
         return None if not queue and current is None else f"451 4.4.2 {remote} closed the session early"
 
     def _send_next(
-        self, conn: ClientConnection, queue: list[JobMessage], remote: str, results: dict[int, Outcome]
+        self,
+        conn: ClientConnection,
+        queue: list[JobMessage],
+        remote: str,
+        results: dict[int, Outcome],
+        on_outcomes: OnOutcomes | None,
     ) -> JobMessage | None:
         """Start the next message the server can take (recording the ones it cannot); QUIT when done."""
         while queue:
@@ -189,14 +203,25 @@ class DeliveryAgent:
             immediate = conn.send_message(_outgoing(candidate))
             if immediate is None:
                 return candidate
-            self._record(candidate, immediate, remote, results)
+            self._record(candidate, immediate, remote, results, on_outcomes)
         conn.quit()
         return None
 
     @staticmethod
-    def _record(message: JobMessage, result: MessageResult, remote: str, results: dict[int, Outcome]) -> None:
-        for recipient, reply in zip(message.recipients, result.replies, strict=True):
-            results[recipient.recipient_id] = _outcome(reply, remote, result.remote_dsn)
+    def _record(
+        message: JobMessage,
+        result: MessageResult,
+        remote: str,
+        results: dict[int, Outcome],
+        on_outcomes: OnOutcomes | None,
+    ) -> None:
+        outcomes = {
+            recipient.recipient_id: _outcome(reply, remote, result.remote_dsn)
+            for recipient, reply in zip(message.recipients, result.replies, strict=True)
+        }
+        results.update(outcomes)
+        if on_outcomes is not None:
+            on_outcomes(outcomes)
 
 
 def _undecided(message: JobMessage, results: dict[int, Outcome]) -> JobMessage | None:

@@ -3,7 +3,7 @@ outcome per recipient. Plain data, shared by kartero/queue and kartero/delivery.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,7 +53,13 @@ class JobMessage:
     envid: str | None
 
 
+OnOutcomes = Callable[[dict[int, Outcome]], None]
+
+
 class Deliverer(Protocol):
-    async def deliver(self, domain: str, messages: Sequence[JobMessage]) -> dict[int, Outcome]:
-        """An outcome for every recipient of every message (all to `domain`)."""
+    async def deliver(
+        self, domain: str, messages: Sequence[JobMessage], on_outcomes: OnOutcomes | None = None
+    ) -> dict[int, Outcome]:
+        """An outcome for every recipient of every message (all to `domain`). `on_outcomes` hears each
+        message's outcomes as soon as the peer has answered (so they are recorded before the next)."""
         ...

@@ -148,14 +148,34 @@ class QueueRunner:
     async def _deliver(self, domain: str, items: list[QueueItem]) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
+        undecided = {item.recipient_id: item for item in items}
+        writes: list[asyncio.Future[set[str]]] = []
+
+        def record(outcomes: dict[int, Outcome]) -> None:
+            """Record outcomes as they arrive, so a crash repeats at most the message in progress."""
+            decided = [undecided.pop(rid) for rid in outcomes if rid in undecided]
+            if decided:
+                writes.append(loop.run_in_executor(None, self._apply, decided, outcomes))
+
         to_report: set[str] = set()
         try:
             messages = await loop.run_in_executor(None, self._load, items)
-            outcomes = await self.deliverer.deliver(domain, messages)
-            to_report = await loop.run_in_executor(None, self._apply, items, outcomes)
+            outcomes = await self.deliverer.deliver(domain, messages, record)
+            record(outcomes)
+            if undecided:  # no outcome at all: the agent broke its contract; try again later
+                writes.append(loop.run_in_executor(None, self._apply, list(undecided.values()), {}))
+                undecided.clear()
         except Exception:
             log.exception("%s", kv(event="queue.delivery_failed", domain=domain))
+            if undecided:  # deferred with backoff, not retried in a tight loop
+                writes.append(loop.run_in_executor(None, self._apply, list(undecided.values()), {}))
+                undecided.clear()
         finally:
+            for done in await asyncio.gather(*writes, return_exceptions=True):
+                if isinstance(done, BaseException):
+                    log.error("%s", kv(event="queue.record_failed", domain=domain, detail=str(done)))
+                else:
+                    to_report |= done
             for item in items:
                 self._in_flight.pop(item.recipient_id, None)
             self._per_domain[domain] -= 1

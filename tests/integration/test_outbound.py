@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import os
 import re
 import shutil
@@ -413,3 +414,42 @@ def test_flush_sends_the_waiting_messages_over_one_connection(network: Network, 
     assert sorted(after_received(m) for m in down.messages("dan@down.test")) == [
         message(f"waiting {n}") for n in range(3)
     ]
+
+
+def test_sigkill_during_delivery_loses_nothing_and_repeats_nothing_recorded(
+    network: Network, make_sender: Sender
+) -> None:
+    a = make_sender(retry_first='"1h"', retry_max='"1h"')
+    count = 400
+    client = smtplib.SMTP(A, a.submission_port, local_hostname="laptop.a.test", timeout=30)
+    with client:
+        client.starttls(context=tls())
+        client.login("alice@a.test", PASSWORD)
+        for n in range(count):
+            client.sendmail("alice@a.test", ["dan@down.test"], message(f"kill {n}"))
+    wait_for(lambda: len(a.log_events("queue.result")) == count, 30)  # each tried once, deferred for an hour
+    down = KarteroServer(network.root / "down3", host=DOWN, port=network.port, domains=("down.test",),
+                         hostname="mx.down.test")  # fmt: skip
+    down.add_user("dan@down.test")
+    down.start()
+    try:
+        run_cli(a.config, "queue", "flush")
+        wait_for(lambda: len(down.log_events("smtp.message")) >= 40, 20)
+        a.kill()
+        queued_at_kill = {
+            json.loads(line)["id"] for line in run_cli(a.config, "queue", "list", "--json").stdout.splitlines()
+        }
+        assert 0 < len(queued_at_kill) < count, "the kill came after the run; nothing was tested"
+        a.start()
+        wait_for(lambda: run_cli(a.config, "queue", "list").stdout == "queue is empty\n", 30)
+        arrived = [re.search(rb"by mx\.a\.test \(Kartero\).*?\tid ([0-9a-f]+)[ ;]", m, re.S) for m in
+                   down.messages("dan@down.test")]  # fmt: skip
+    finally:
+        assert down.stop() == 0, down.log
+    ids = [m.group(1).decode() for m in arrived if m is not None]
+    assert len(ids) == len(arrived)
+    counts = {i: ids.count(i) for i in set(ids)}
+    assert len(counts) == count  # every acknowledged message arrived
+    repeated = {i for i, c in counts.items() if c > 1}
+    assert repeated <= queued_at_kill  # only what was in flight and unrecorded may come twice
+    assert all(c <= 2 for c in counts.values())
