@@ -24,9 +24,12 @@ from pathlib import Path
 
 from kartero.auth.accounts import DirectoryCache, DirectoryError, parse_address
 from kartero.delivery.local import DsnSender
+from kartero.delivery.sendmail import normalize
+from kartero.dns.names import DomainError
 from kartero.log import kv
 from kartero.mime.headers import find_body_start, parse_header_block
 from kartero.queue.dsn import Action, RecipientReport, build_dsn
+from kartero.smtp.address import AddressError
 from kartero.smtp.received import format_return_path
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, Outbound, OutboundRecipient, Store, as_targets
@@ -178,12 +181,15 @@ class Pickup:
         unknown: list[str] = []
         for recipient in dropped.recipients:
             try:
-                address = parse_address(recipient)
-            except DirectoryError:
+                address = normalize(recipient)
+            except (AddressError, DomainError):
                 unknown.append(recipient)
                 continue
             if address.rpartition("@")[2] in self.directory.domains:
-                found = snapshot.resolve(address).account_ids
+                try:
+                    found = snapshot.resolve(parse_address(address)).account_ids
+                except DirectoryError:
+                    found = ()
                 if found:
                     local.extend(found)
                 else:

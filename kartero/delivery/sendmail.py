@@ -12,7 +12,9 @@ from collections.abc import Iterable
 from email.utils import formataddr, getaddresses
 
 from kartero.auth.accounts import DirectoryError, DirectorySnapshot, parse_address
+from kartero.dns.names import DomainError, canonical_domain
 from kartero.mime.headers import find_body_start, parse_header_block
+from kartero.smtp.address import AddressError, parse_mailbox
 
 # sysexits.h, the exit codes callers of sendmail(8) understand.
 EX_USAGE = 64
@@ -76,22 +78,35 @@ def add_from(data: bytes, full_name: str, sender: str) -> bytes:
 
 
 def qualify(address: str, primary_domain: str) -> str:
-    """`bob` -> `bob@primary`, then canonical; raises SendmailError (exit 64) when not an address."""
+    """`bob` -> `bob@primary`; the domain canonical, the local part as written (a remote domain's
+    business). Raises SendmailError (exit 64) when it is not an address."""
     text = address.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]
     if "@" not in text:
         text = f"{text}@{primary_domain}"
     try:
-        return parse_address(text)
-    except DirectoryError as exc:
-        raise SendmailError(str(exc), EX_USAGE) from None
+        return normalize(text)
+    except (AddressError, DomainError) as exc:
+        raise SendmailError(f"not a valid address: {address!r} ({exc})", EX_USAGE) from None
+
+
+def normalize(text: str) -> str:
+    """`Local@Example.ORG` -> `Local@example.org`; raises AddressError or DomainError."""
+    mailbox = parse_mailbox(text)
+    return f"{mailbox.quoted_local_part()}@{canonical_domain(mailbox.domain)}"
 
 
 def check_local(recipients: Iterable[str], snapshot: DirectorySnapshot) -> None:
     """Refuse recipients in a local domain that reach nobody (exit 67)."""
     for address in recipients:
-        if address.rpartition("@")[2] in snapshot.domains and not snapshot.resolve(address).account_ids:
+        if address.rpartition("@")[2] not in snapshot.domains:
+            continue
+        try:
+            found = snapshot.resolve(parse_address(address)).account_ids
+        except DirectoryError:
+            found = ()
+        if not found:
             raise SendmailError(f"{address}: no such local user or alias", EX_NOUSER)
 
 

@@ -99,6 +99,13 @@ class QueueRunner:
         if self._tasks:
             await asyncio.wait(self._tasks)
 
+    async def run_due(self) -> None:
+        """One pass without the loop: send leftover failure notices, deliver what is due now, wait."""
+        await asyncio.get_running_loop().run_in_executor(None, self._sweep)
+        await self._dispatch()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+
     async def stop(self, grace_s: float) -> None:
         """Stop picking work; give deliveries in progress `grace_s`, then cancel them (a cancelled
         delivery acknowledged nothing: its recipients are tried again after a restart)."""
