@@ -211,6 +211,7 @@ class Server:
                             on_session_end=self._on_session_end,
                             max_connections=config.limits.connections,
                             is_stopping=lambda: self._stopping,
+                            throttle=throttle,
                         )
                         session_class = Pop3Session if kind.startswith("pop3") else ImapSession
                         factory = session_class.factory(access)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from kartero.auth.accounts import Authenticator
+from kartero.auth.throttle import AuthThrottle
 from kartero.store.interface import Store
 
 READ_PAUSE_BYTES = 1 << 20
@@ -40,6 +41,7 @@ class AccessContext(Generic[SettingsT]):
     on_session_end: Callable[[], None]
     max_connections: int
     is_stopping: Callable[[], bool]
+    throttle: AuthThrottle | None = None  # shared with SMTP AUTH: failures count per client address
 
 
 class Channel(asyncio.Protocol):

@@ -191,12 +191,20 @@ class ImapSession:
         await self._drive(updates())
 
     async def _login(self, tag: str, user: str, password: str) -> None:
-        account = await self.channel.loop.run_in_executor(None, self.ctx.authenticator.verify, user, password)
-        if account is None:
-            log.info("%s", kv(event="imap.login_failed", session=self.id, client=self.channel.client_ip, user=user))
-            await asyncio.sleep(LOGIN_FAILURE_DELAY_S)
+        client, throttle = self.channel.client_ip, self.ctx.throttle
+        if throttle is not None and throttle.is_blocked(client):
+            log.info("%s", kv(event="imap.login_throttled", session=self.id, client=client, user=user))
             self.conn.login_result(tag, None)
             return
+        account = await self.channel.loop.run_in_executor(None, self.ctx.authenticator.verify, user, password)
+        if account is None:
+            delay = throttle.failure(client) if throttle is not None else LOGIN_FAILURE_DELAY_S
+            log.info("%s", kv(event="imap.login_failed", session=self.id, client=client, user=user, delay_s=delay))
+            await asyncio.sleep(delay)
+            self.conn.login_result(tag, None)
+            return
+        if throttle is not None:
+            throttle.success(client)
         self.session = Session(self.ctx.store, account.id, account.address, self.conn.enabled)
         log.info("%s", kv(event="imap.login", session=self.id, client=self.channel.client_ip, user=account.address))
         self.conn.login_result(tag, account.address)

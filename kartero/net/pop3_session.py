@@ -114,12 +114,20 @@ class Pop3Session:
 
     async def _login(self, user: str, password: str) -> None:
         loop = self.channel.loop
-        account = await loop.run_in_executor(None, self.ctx.authenticator.verify, user, password)
-        if account is None:
-            log.info("%s", kv(event="pop3.login_failed", session=self.id, client=self.channel.client_ip, user=user))
-            await asyncio.sleep(LOGIN_FAILURE_DELAY_S)
+        client, throttle = self.channel.client_ip, self.ctx.throttle
+        if throttle is not None and throttle.is_blocked(client):
+            log.info("%s", kv(event="pop3.login_throttled", session=self.id, client=client, user=user))
             self.conn.login_result(None)
             return
+        account = await loop.run_in_executor(None, self.ctx.authenticator.verify, user, password)
+        if account is None:
+            delay = throttle.failure(client) if throttle is not None else LOGIN_FAILURE_DELAY_S
+            log.info("%s", kv(event="pop3.login_failed", session=self.id, client=client, user=user, delay_s=delay))
+            await asyncio.sleep(delay)
+            self.conn.login_result(None)
+            return
+        if throttle is not None:
+            throttle.success(client)
         maildrop = await loop.run_in_executor(None, self._maildrop, account.id)
         if maildrop is None:
             self.conn.login_result(None)
