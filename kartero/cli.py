@@ -15,6 +15,7 @@ import click
 from kartero import config as config_module
 from kartero.auth.accounts import Directory, DirectoryError
 from kartero.config import Config, ConfigError
+from kartero.control import nudge_server
 from kartero.store.interface import StoreError
 from kartero.store.sqlite import SQLiteStore
 
@@ -305,6 +306,7 @@ def sendmail(ctx: click.Context, from_headers: bool, sender: str | None, full_na
         _fail(str(exc), exc.code)
     except OSError as exc:
         _fail(f"cannot write to the maildrop: {exc}", sm.EX_TEMPFAIL)
+    nudge_server(config.data_dir)
 
 
 @main.group()
@@ -387,6 +389,7 @@ def queue_show(ctx: click.Context, queue_id: str, full: bool) -> None:
 def queue_flush(ctx: click.Context) -> None:
     """Make every deferred recipient due now (the server tries them within seconds)."""
     count = _queue_store(ctx).queue_flush()
+    nudge_server(_config(ctx).data_dir)
     click.echo(f"{count} recipient{'s' if count != 1 else ''} due now")
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from kartero.auth.accounts import Authenticator, DirectoryCache
 from kartero.auth.throttle import AuthThrottle
 from kartero.config import IMPLICIT_TLS, Config
+from kartero.control import remove_pid, write_pid
 from kartero.delivery.agent import AgentSettings, DeliveryAgent
 from kartero.delivery.local import DsnSender
 from kartero.delivery.maildrop import Pickup
@@ -62,6 +63,7 @@ class Server:
         self._sessions_gone = asyncio.Event()
         self._task_group: asyncio.TaskGroup | None = None
         self._runner: QueueRunner | None = None
+        self._maildrop_wakeup = asyncio.Event()
 
     # -- TLS -----------------------------------------------------------------------------------------
 
@@ -94,6 +96,7 @@ class Server:
 
     def request_stop(self) -> None:
         self._stop.set()
+        self._maildrop_wakeup.set()
 
     async def run(self) -> None:
         config = self.config
@@ -232,6 +235,7 @@ class Server:
                         log.info("%s", kv(event="listening", listener=kind, address=address))
                         print(f"{kind} listening on {address}", flush=True)
                 self._install_signals(loop)
+                write_pid(config.data_dir)
                 print("kartero ready", flush=True)
                 log.info("%s", kv(event="ready", hostname=config.hostname, domains=",".join(config.domains)))
                 await self._stop.wait()
@@ -239,6 +243,7 @@ class Server:
         except* StartupError as group:
             raise group.exceptions[0] from None
         finally:
+            remove_pid(config.data_dir)
             for server in servers:
                 server.close()
             await asyncio.to_thread(store.close)
@@ -253,7 +258,8 @@ class Server:
             except Exception:
                 log.exception("%s", kv(event="maildrop.failed"))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), MAILDROP_POLL_S)
+                await asyncio.wait_for(self._maildrop_wakeup.wait(), MAILDROP_POLL_S)
+            self._maildrop_wakeup.clear()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._task_group is not None
@@ -272,6 +278,14 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
+        loop.add_signal_handler(signal.SIGUSR1, self.wake_queue)
+
+    def wake_queue(self) -> None:
+        """SIGUSR1 (sent by `kartero queue flush` and `kartero sendmail`): look at the queue and the
+        maildrop now rather than at the next poll."""
+        self._maildrop_wakeup.set()
+        if self._runner is not None:
+            self._runner.wake()
 
     async def _shutdown(self, servers: list[asyncio.Server]) -> None:
         self._stopping = True
