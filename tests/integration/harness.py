@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -197,6 +198,14 @@ def strip_trace(stored: bytes) -> bytes:
         if rest[i + 2 : i + 3] != b"\t":
             return rest[i + 2 :]
         i += 2
+
+
+def tls_context() -> ssl.SSLContext:
+    """A client context for our self-signed test certificates."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def wait_for(predicate: object, timeout_s: float = 10.0) -> None:

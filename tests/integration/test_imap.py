@@ -7,7 +7,6 @@ import re
 import shutil
 import smtplib
 import socket
-import ssl
 import subprocess
 import time
 import zlib
@@ -15,17 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import KarteroServer, strip_trace, wait_for
+from tests.integration.harness import KarteroServer, strip_trace, tls_context, wait_for
 from tests.unit.mime import corpus
 
 PASSWORD = "secret-password"
-
-
-def tls_context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def send_mail(mx: KarteroServer, message: bytes, rcpt: str = "bob@example.test") -> None:

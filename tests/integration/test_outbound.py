@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import smtplib
-import ssl
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ import pytest
 
 from kartero.tls import make_self_signed
 from tests.integration.dnsserver import LoopbackDNS
-from tests.integration.harness import KarteroServer, free_port, run_cli, wait_for
+from tests.integration.harness import KarteroServer, free_port, run_cli, tls_context, wait_for
 from tests.integration.postfix import PostfixInstance, is_available
 
 PASSWORD = "alice password"
@@ -153,19 +152,12 @@ def make_sender(network: Network, request: pytest.FixtureRequest) -> Iterator[Ca
             assert server.stop() == 0, server.log
 
 
-def tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def submit(a: KarteroServer, recipients: list[str], message: bytes, *, implicit: bool = False) -> None:
     if implicit:
-        client: smtplib.SMTP = smtplib.SMTP_SSL(a.host, a.submissions_port, context=tls(), timeout=30)
+        client: smtplib.SMTP = smtplib.SMTP_SSL(a.host, a.submissions_port, context=tls_context(), timeout=30)
     else:
         client = smtplib.SMTP(a.host, a.submission_port, local_hostname="laptop.a.test", timeout=30)
-        client.starttls(context=tls())
+        client.starttls(context=tls_context())
     with client:
         client.login("alice@a.test", PASSWORD)
         assert client.sendmail("alice@a.test", recipients, message) == {}
@@ -423,7 +415,7 @@ def test_sigkill_during_delivery_loses_nothing_and_repeats_nothing_recorded(
     count = 400
     client = smtplib.SMTP(A, a.submission_port, local_hostname="laptop.a.test", timeout=30)
     with client:
-        client.starttls(context=tls())
+        client.starttls(context=tls_context())
         client.login("alice@a.test", PASSWORD)
         for n in range(count):
             client.sendmail("alice@a.test", ["dan@down.test"], message(f"kill {n}"))

@@ -7,23 +7,15 @@ import os
 import poplib
 import shutil
 import smtplib
-import ssl
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import KarteroServer
+from tests.integration.harness import KarteroServer, tls_context
 from tests.unit.mime import corpus
 
 PASSWORD = "secret-password"
-
-
-def tls_context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def deliver(mx: KarteroServer, *messages: bytes) -> list[bytes]:

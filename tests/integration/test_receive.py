@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import KarteroServer, strip_trace, wait_for
+from tests.integration.harness import KarteroServer, strip_trace, tls_context, wait_for
 
 MESSAGE = (
     b"From: Alice <alice@example.org>\r\n"
@@ -33,13 +33,6 @@ MESSAGE = (
 
 def client(mx: KarteroServer) -> smtplib.SMTP:
     return smtplib.SMTP(mx.host, mx.port, local_hostname="client.example.org", timeout=30)
-
-
-def tls_context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class Raw:

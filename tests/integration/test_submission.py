@@ -9,7 +9,6 @@ import hmac
 import secrets
 import shutil
 import smtplib
-import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import KarteroServer, strip_trace
+from tests.integration.harness import KarteroServer, strip_trace, tls_context
 
 PASSWORD = "alice's long password"
 MESSAGE = b"From: Alice <alice@example.test>\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nHello Bob.\r\n"
@@ -35,21 +34,14 @@ def server(tmp_path: Path) -> Iterator[KarteroServer]:
         assert mx.stop() == 0, mx.log
 
 
-def tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def submission(mx: KarteroServer, *, implicit: bool = False) -> smtplib.SMTP:
     """A client on 465 (implicit TLS) or on 587 after STARTTLS, before AUTH."""
     if implicit:
-        client: smtplib.SMTP = smtplib.SMTP_SSL(mx.host, mx.submissions_port, context=tls(), timeout=30)
+        client: smtplib.SMTP = smtplib.SMTP_SSL(mx.host, mx.submissions_port, context=tls_context(), timeout=30)
         client.ehlo("laptop.example")
         return client
     client = smtplib.SMTP(mx.host, mx.submission_port, local_hostname="laptop.example", timeout=30)
-    client.starttls(context=tls())
+    client.starttls(context=tls_context())
     client.ehlo("laptop.example")
     return client
 
@@ -88,14 +80,14 @@ def test_auth_only_after_starttls_and_mail_needs_auth(server: KarteroServer) -> 
             b"5.7.11 Encryption required for requested authentication mechanism",
         )
         assert c.docmd("MAIL", "FROM:<alice@example.test>") == (530, b"5.7.0 Authentication required")
-        c.starttls(context=tls())
+        c.starttls(context=tls_context())
         c.ehlo()
         assert c.esmtp_features["auth"].split() == ["PLAIN", "LOGIN", "SCRAM-SHA-256"]
         assert c.docmd("MAIL", "FROM:<alice@example.test>") == (530, b"5.7.0 Authentication required")
         assert c.docmd("RCPT", "TO:<bob@example.test>") == (503, b"5.5.1 Need MAIL before RCPT")
     # The MX listener of the same server offers no AUTH at all, and relays for nobody.
     with smtplib.SMTP(server.host, server.port, timeout=30) as c:
-        c.starttls(context=tls())
+        c.starttls(context=tls_context())
         c.ehlo()
         assert "auth" not in c.esmtp_features
         c.mail("alice@example.test")
