@@ -37,6 +37,13 @@ def run_cli(config: Path, *args: str, stdin: str | None = None, check: bool = Tr
     return result
 
 
+PORT_FIELDS = ("port", "imap_port", "imaps_port", "pop3_port", "pop3s_port", "submission_port", "submissions_port")
+
+
+class PortTaken(AssertionError):
+    """A port chosen as free was taken by another process before the server could bind it."""
+
+
 @dataclass
 class KarteroServer:
     """One Kartero instance: its folder, config, port, process and log."""
@@ -58,18 +65,22 @@ class KarteroServer:
     process: subprocess.Popen[bytes] | None = None
     log_lines: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
+    _chosen_ports: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        if not self.port:
-            self.port = free_port(self.host)
-        self.imap_port = self.imap_port or free_port(self.host)
-        self.imaps_port = self.imaps_port or free_port(self.host)
-        self.pop3_port = self.pop3_port or free_port(self.host)
-        self.pop3s_port = self.pop3s_port or free_port(self.host)
-        self.submission_port = self.submission_port or free_port(self.host)
-        self.submissions_port = self.submissions_port or free_port(self.host)
+        self._chosen_ports = [name for name in PORT_FIELDS if not getattr(self, name)]
+        self._choose_ports()
         self.config = self.root / "kartero.toml"
+        self._write_config()
+
+    def _choose_ports(self) -> None:
+        """Free ports for the listeners the test did not fix (free now; another process may take one
+        before the server binds it, which `start` handles)."""
+        for name in self._chosen_ports:
+            setattr(self, name, free_port(self.host))
+
+    def _write_config(self) -> None:
         tls_section = ""
         if self.tls:
             cert, key = self.root / "tls" / "cert.pem", self.root / "tls" / "key.pem"
@@ -101,6 +112,18 @@ class KarteroServer:
     # -- process ---------------------------------------------------------------------------------------
 
     def start(self, timeout_s: float = 20.0) -> None:
+        for attempt in range(3):
+            try:
+                self._start(timeout_s)
+                return
+            except PortTaken:
+                if attempt == 2 or not self._chosen_ports:
+                    raise
+                self.log_lines.clear()
+                self._choose_ports()
+                self._write_config()
+
+    def _start(self, timeout_s: float) -> None:
         assert self.process is None or self.process.poll() is not None
         self.process = subprocess.Popen(
             [*KARTERO, "-c", str(self.config), "serve"],
@@ -128,6 +151,8 @@ class KarteroServer:
         while not ready.wait(0.05):
             if self.process.poll() is not None:
                 time.sleep(0.2)
+                if "address already in use" in self.log:
+                    raise PortTaken(self.log)
                 raise AssertionError(f"kartero exited with {self.process.returncode}: {self.log}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"kartero not ready after {timeout_s}s: {self.log}")
