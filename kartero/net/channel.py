@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import ssl
 import zlib
 from collections.abc import Callable
@@ -18,7 +19,13 @@ from typing import Any, Generic, TypeVar, cast
 
 from kartero.auth.accounts import Authenticator
 from kartero.auth.throttle import AuthThrottle
-from kartero.store.interface import Store
+from kartero.log import kv
+from kartero.store.interface import Account, Store
+
+log = logging.getLogger("kartero.net")
+
+# Without a throttle, a wrong password still costs the client this long before the refusal.
+LOGIN_FAILURE_DELAY_S = 0.5
 
 READ_PAUSE_BYTES = 1 << 20
 TLS_HANDSHAKE_TIMEOUT_S = 30.0
@@ -42,6 +49,26 @@ class AccessContext(Generic[SettingsT]):
     max_connections: int
     is_stopping: Callable[[], bool]
     throttle: AuthThrottle | None = None  # shared with SMTP AUTH: failures count per client address
+
+    async def check_login(self, channel: Channel, session_id: str, user: str, password: str) -> Account | None:
+        """The account for a password login, or None after the throttle's delay (refused at once while
+        the client's address is locked out). Logs `<listener>.login`, `.login_failed`, `.login_throttled`."""
+        protocol = self.listener.rstrip("s")  # imaps -> imap, pop3s -> pop3
+        client, throttle = channel.client_ip, self.throttle
+        if throttle is not None and throttle.is_blocked(client):
+            log.info("%s", kv(event=f"{protocol}.login_throttled", session=session_id, client=client, user=user))
+            return None
+        account = await channel.loop.run_in_executor(None, self.authenticator.verify, user, password)
+        if account is None:
+            delay = throttle.failure(client) if throttle is not None else LOGIN_FAILURE_DELAY_S
+            log.info("%s", kv(event=f"{protocol}.login_failed", session=session_id, client=client, user=user,
+                              delay_s=delay))  # fmt: skip
+            await asyncio.sleep(delay)
+            return None
+        if throttle is not None:
+            throttle.success(client)
+        log.info("%s", kv(event=f"{protocol}.login", session=session_id, client=client, user=account.address))
+        return account
 
 
 class Channel(asyncio.Protocol):

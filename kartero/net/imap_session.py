@@ -8,7 +8,6 @@ upgrades to TLS, turns on DEFLATE compression, and during IDLE pushes the change
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Generator
@@ -37,8 +36,6 @@ log = logging.getLogger("kartero.imap")
 # RFC 9051 §5.4: an autologout timer of at least 30 minutes once logged in.
 AUTHENTICATED_TIMEOUT_S = 31 * 60.0
 UNAUTHENTICATED_TIMEOUT_S = 120.0
-# A wrong password costs the client this long before the NO (slows guessing; issue 5 adds throttling).
-LOGIN_FAILURE_DELAY_S = 0.5
 
 
 ImapContext = AccessContext[ImapSettings]
@@ -191,22 +188,11 @@ class ImapSession:
         await self._drive(updates())
 
     async def _login(self, tag: str, user: str, password: str) -> None:
-        client, throttle = self.channel.client_ip, self.ctx.throttle
-        if throttle is not None and throttle.is_blocked(client):
-            log.info("%s", kv(event="imap.login_throttled", session=self.id, client=client, user=user))
-            self.conn.login_result(tag, None)
-            return
-        account = await self.channel.loop.run_in_executor(None, self.ctx.authenticator.verify, user, password)
+        account = await self.ctx.check_login(self.channel, self.id, user, password)
         if account is None:
-            delay = throttle.failure(client) if throttle is not None else LOGIN_FAILURE_DELAY_S
-            log.info("%s", kv(event="imap.login_failed", session=self.id, client=client, user=user, delay_s=delay))
-            await asyncio.sleep(delay)
             self.conn.login_result(tag, None)
             return
-        if throttle is not None:
-            throttle.success(client)
         self.session = Session(self.ctx.store, account.id, account.address, self.conn.enabled)
-        log.info("%s", kv(event="imap.login", session=self.id, client=self.channel.client_ip, user=account.address))
         self.conn.login_result(tag, account.address)
 
 

@@ -3,7 +3,6 @@ the maildrop, reads messages and expunges at QUIT in worker threads, upgrades to
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -28,7 +27,6 @@ log = logging.getLogger("kartero.pop3")
 
 # RFC 1939 §3: an inactivity autologout timer of at least 10 minutes.
 TIMEOUT_S = 10 * 60.0 + 30
-LOGIN_FAILURE_DELAY_S = 0.5
 
 
 Pop3Context = AccessContext[Pop3Settings]
@@ -114,25 +112,14 @@ class Pop3Session:
 
     async def _login(self, user: str, password: str) -> None:
         loop = self.channel.loop
-        client, throttle = self.channel.client_ip, self.ctx.throttle
-        if throttle is not None and throttle.is_blocked(client):
-            log.info("%s", kv(event="pop3.login_throttled", session=self.id, client=client, user=user))
-            self.conn.login_result(None)
-            return
-        account = await loop.run_in_executor(None, self.ctx.authenticator.verify, user, password)
+        account = await self.ctx.check_login(self.channel, self.id, user, password)
         if account is None:
-            delay = throttle.failure(client) if throttle is not None else LOGIN_FAILURE_DELAY_S
-            log.info("%s", kv(event="pop3.login_failed", session=self.id, client=client, user=user, delay_s=delay))
-            await asyncio.sleep(delay)
             self.conn.login_result(None)
             return
-        if throttle is not None:
-            throttle.success(client)
         maildrop = await loop.run_in_executor(None, self._maildrop, account.id)
         if maildrop is None:
             self.conn.login_result(None)
             return
-        log.info("%s", kv(event="pop3.login", session=self.id, client=self.channel.client_ip, user=account.address))
         self.conn.login_result(account.address, maildrop)
 
     def _maildrop(self, account_id: int) -> list[MaildropEntry] | None:
