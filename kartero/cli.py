@@ -410,3 +410,56 @@ def queue_delete(ctx: click.Context, queue_ids: tuple[str, ...], delete_all: boo
             click.echo(f"deleted {q}")
     if missing:
         _fail(f"not in the queue: {', '.join(missing)}", 1)
+
+
+# -- DKIM ----------------------------------------------------------------------------------------------
+
+
+@main.group()
+def dkim() -> None:
+    """DKIM keys: mail submitted from a domain with a key is signed."""
+
+
+@dkim.command("keygen")
+@click.argument("domain")
+@click.option("--selector", default=None, help="Selector (default: kartero, or kartero-ed for --algorithm ed25519).")
+@click.option(
+    "--algorithm", type=click.Choice(["rsa", "ed25519"]), default="rsa", show_default=True,
+    help="rsa is RSA-2048; an ed25519 key (RFC 8463) next to an rsa one signs with both.",
+)  # fmt: skip
+@click.option("--force", is_flag=True, help="Replace the key of this selector.")
+@click.pass_context
+def dkim_keygen(ctx: click.Context, domain: str, selector: str | None, algorithm: str, force: bool) -> None:
+    """Make a signing key for DOMAIN and print the DNS record to publish."""
+    from kartero.dns.names import DomainError, canonical_domain
+    from kartero.mailauth.dkim import DEFAULT_SELECTOR, DKIMError, generate
+
+    config = _config(ctx)
+    try:
+        domain = canonical_domain(domain)
+    except DomainError as exc:
+        _fail(str(exc), 2)
+    if domain not in config.domains:
+        _fail(f"{domain} is not one of the local domains ({', '.join(config.domains)})", 2)
+    default = DEFAULT_SELECTOR if algorithm == "rsa" else f"{DEFAULT_SELECTOR}-ed"
+    try:
+        key = generate(config.data_dir, domain, selector or default, algorithm, force=force)
+    except DKIMError as exc:
+        _fail(str(exc), 1)
+    click.echo(f"wrote {key.path}")
+    click.echo("publish this TXT record (mail is signed with the key from now on):")
+    click.echo(f'{key.record_name}. IN TXT "{key.dns_record()}"')
+
+
+@dkim.command("list")
+@click.pass_context
+def dkim_list(ctx: click.Context) -> None:
+    """Every key: domain, selector, algorithm, and its DNS record."""
+    from kartero.mailauth.dkim import load_keys
+
+    keys = load_keys(_config(ctx).data_dir)
+    if not keys:
+        click.echo("no DKIM keys (make one with: kartero dkim keygen DOMAIN)")
+    for domain_keys in keys.values():
+        for key in domain_keys:
+            click.echo(f'{key.domain} {key.selector} {key.algorithm} {key.record_name}. IN TXT "{key.dns_record()}"')

@@ -31,6 +31,7 @@ from kartero.delivery.mx import Hop
 from kartero.dns.resolver import Resolver
 from kartero.imap.connection import ImapSettings
 from kartero.log import kv
+from kartero.mailauth.dkim import Signer
 from kartero.net.channel import AccessContext
 from kartero.net.imap_session import ImapSession
 from kartero.net.pop3_session import Pop3Session
@@ -113,7 +114,8 @@ class Server:
         directory = DirectoryCache(store, config.domains, executor)
         await loop.run_in_executor(executor, directory.prime)
         policy = InboundPolicy(directory, config.primary_domain)
-        submission_policy = SubmissionPolicy(directory, config.primary_domain, config.hostname)
+        submission_policy = SubmissionPolicy(directory, config.primary_domain, config.hostname,
+                                             Signer(config.data_dir), executor)  # fmt: skip
         authenticator = Authenticator(store)
         throttle = AuthThrottle()
         resolver = Resolver([(n.host, n.port) for n in config.dns.nameservers], timeout_s=config.dns.timeout_s)

@@ -26,7 +26,7 @@ from typing import Any, cast
 from kartero.auth.accounts import Authenticator
 from kartero.auth.throttle import AuthThrottle
 from kartero.log import kv
-from kartero.policy.decisions import Accept, AcceptMessage, Decision, Policy
+from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, Policy
 from kartero.smtp import replies
 from kartero.smtp.events import (
     AuthRequested,
@@ -363,8 +363,14 @@ class SMTPSession(asyncio.Protocol):
 
     def _store(self, event: MessageReceived) -> None:
         started = time.monotonic()
+        checked = self.ctx.policy.check_message(event.envelope, event.data)
+        if isinstance(checked, Future):  # the policy works in a thread (DKIM signing, DNS checks)
+            self._wait(checked, lambda done: self._store_checked(event, done.result(), started))
+            return
+        self._store_checked(event, checked, started)
+
+    def _store_checked(self, event: MessageReceived, checked: MessageDecision, started: float) -> None:
         envelope = event.envelope
-        checked = self.ctx.policy.check_message(envelope, event.data)
         if not isinstance(checked, AcceptMessage):
             self._log_message(envelope, len(event.data), f"refused: {checked.reply}", None, started)
             self.conn.answer(checked.reply)

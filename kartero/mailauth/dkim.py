@@ -1,0 +1,207 @@
+"""DKIM keys and signing (RFC 6376, RFC 8463 for Ed25519), on dkimpy.
+
+Keys live in `<data_dir>/dkim/<domain>/<selector>.<algorithm>.key` (RSA: PEM PKCS#8; Ed25519: the
+base64 seed, as dkimpy takes it), mode 0600. A domain may hold several keys; each message is signed
+once per algorithm with the newest key of that algorithm, so publishing a new selector and generating
+its key rotates without a restart (the signer notices new files by the folder's modification time).
+
+What is signed: relaxed/relaxed canonicalisation, the header fields in SIGNED_HEADERS that the message
+has, and the ones in OVERSIGNED once more than they occur, so that nobody can add a second From: or
+Subject: later without breaking the signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from kartero.mime.headers import find_body_start, parse_header_block
+
+ALGORITHMS = ("rsa", "ed25519")
+SIGNATURE_ALGORITHM = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
+DEFAULT_SELECTOR = "kartero"
+RSA_BITS = 2048
+
+SIGNED_HEADERS = (
+    "from", "sender", "reply-to", "subject", "date", "message-id", "to", "cc", "in-reply-to", "references",
+    "mime-version", "content-type", "content-transfer-encoding", "content-disposition", "list-id",
+    "list-help", "list-unsubscribe", "list-unsubscribe-post", "list-subscribe", "list-post", "list-owner",
+    "list-archive",
+)  # fmt: skip
+OVERSIGNED = frozenset({"from", "to", "cc", "subject", "date", "reply-to"})
+_SELECTOR_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+class DKIMError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class DKIMKey:
+    domain: str
+    selector: str
+    algorithm: str
+    private: bytes  # as dkimpy takes it
+    path: Path
+    created: float
+
+    @property
+    def record_name(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain}"
+
+    def dns_record(self) -> str:
+        """The TXT record value that publishes the public key."""
+        if self.algorithm == "rsa":
+            key = serialization.load_pem_private_key(self.private, password=None)
+            assert isinstance(key, rsa.RSAPrivateKey)
+            der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
+            return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+        seed = base64.b64decode(self.private)
+        public = ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key()
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
+
+
+def key_folder(data_dir: Path) -> Path:
+    return data_dir / "dkim"
+
+
+def check_selector(selector: str) -> str:
+    selector = selector.strip().lower()
+    if not _SELECTOR_RE.fullmatch(selector):
+        raise DKIMError(f"not a valid selector: {selector!r} (letters, digits, '-' and '.')")
+    return selector
+
+
+def generate(data_dir: Path, domain: str, selector: str, algorithm: str, *, force: bool = False) -> DKIMKey:
+    """Make a key and write it (0600); refuses to overwrite one unless `force`."""
+    if algorithm not in ALGORITHMS:
+        raise DKIMError(f"unknown algorithm {algorithm!r} (choose from {', '.join(ALGORITHMS)})")
+    selector = check_selector(selector)
+    folder = key_folder(data_dir) / domain
+    path = folder / f"{selector}.{algorithm}.key"
+    others = [p for p in folder.glob(f"{selector}.*.key") if p != path] if folder.exists() else []
+    if others:
+        raise DKIMError(f"selector {selector!r} of {domain} already has a key ({others[0].name}): one key per selector")
+    if path.exists() and not force:
+        raise DKIMError(f"{path} exists; use --force to replace it (and publish the new record)")
+    if algorithm == "rsa":
+        private = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    else:
+        seed = ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        private = base64.b64encode(seed) + b"\n"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return _load(path, domain)
+
+
+def _load(path: Path, domain: str) -> DKIMKey:
+    selector, algorithm, _ = path.name.rsplit(".", 2)
+    data = path.read_bytes()
+    if algorithm == "ed25519":
+        data = data.strip()
+    return DKIMKey(domain, selector, algorithm, data, path, path.stat().st_mtime)
+
+
+def load_keys(data_dir: Path) -> dict[str, list[DKIMKey]]:
+    """Every key, per domain, newest first."""
+    keys: dict[str, list[DKIMKey]] = {}
+    root = key_folder(data_dir)
+    if not root.is_dir():
+        return keys
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        found = []
+        for path in folder.glob("*.key"):
+            parts = path.name.rsplit(".", 2)
+            if len(parts) == 3 and parts[1] in ALGORITHMS:
+                found.append(_load(path, folder.name))
+        if found:
+            keys[folder.name] = sorted(found, key=lambda k: (k.created, k.selector), reverse=True)
+    return keys
+
+
+def signed_header_names(header_block: bytes) -> list[bytes]:
+    """The h= list for a message: what it has of SIGNED_HEADERS, plus one more of each OVERSIGNED."""
+    header = parse_header_block(header_block)
+    names: list[bytes] = []
+    for name in SIGNED_HEADERS:
+        count = len(header.get_all(name))
+        names.extend([name.encode()] * (count + (1 if name in OVERSIGNED else 0)))
+    return names
+
+
+def sign(message: bytes, keys: list[DKIMKey]) -> bytes:
+    """DKIM-Signature header fields (CRLF-terminated) for `message`: one per algorithm, newest key."""
+    header_end, _ = find_body_start(message)
+    names = signed_header_names(message[:header_end])
+    chosen: dict[str, DKIMKey] = {}
+    for key in keys:
+        chosen.setdefault(key.algorithm, key)
+    out = b""
+    for algorithm in ALGORITHMS:  # RSA first: verifiers that stop at the first signature know RSA
+        if algorithm not in chosen:
+            continue
+        key = chosen[algorithm]
+        try:
+            signature = dkim.sign(
+                message, key.selector.encode(), key.domain.encode(), key.private,
+                canonicalize=(b"relaxed", b"relaxed"), signature_algorithm=SIGNATURE_ALGORITHM[algorithm],
+                include_headers=names,
+            )  # fmt: skip
+        except dkim.DKIMException as exc:
+            raise DKIMError(f"signing with {key.path.name} of {key.domain} failed: {exc}") from None
+        out += signature.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if not out.endswith(b"\r\n"):
+            out += b"\r\n"
+    return out
+
+
+class Signer:
+    """The keys of a running server, reloaded when a key is added or replaced (checked by stat)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._lock = threading.Lock()
+        self._stamp: tuple[float, ...] | None = None
+        self._keys: dict[str, list[DKIMKey]] = {}
+
+    def _current_stamp(self) -> tuple[float, ...]:
+        root = key_folder(self.data_dir)
+        try:
+            stamps = [root.stat().st_mtime]
+            stamps += [p.stat().st_mtime for p in sorted(root.iterdir()) if p.is_dir()]
+        except FileNotFoundError:
+            return ()
+        return tuple(stamps)
+
+    def keys_for(self, domain: str) -> list[DKIMKey]:
+        stamp = self._current_stamp()
+        with self._lock:
+            if stamp != self._stamp:
+                self._keys = load_keys(self.data_dir)
+                self._stamp = stamp
+            return self._keys.get(domain, [])
+
+    def sign(self, domain: str, message: bytes) -> bytes:
+        """The signature fields for a message from `domain`; b"" when the domain has no key."""
+        keys = self.keys_for(domain)
+        return sign(message, keys) if keys else b""
