@@ -114,8 +114,8 @@ class Server:
         directory = DirectoryCache(store, config.domains, executor)
         await loop.run_in_executor(executor, directory.prime)
         policy = InboundPolicy(directory, config.primary_domain)
-        submission_policy = SubmissionPolicy(directory, config.primary_domain, config.hostname,
-                                             Signer(config.data_dir), executor)  # fmt: skip
+        signer = Signer(config.data_dir)
+        submission_policy = SubmissionPolicy(directory, config.primary_domain, config.hostname, signer, executor)
         authenticator = Authenticator(store)
         throttle = AuthThrottle()
         resolver = Resolver([(n.host, n.port) for n in config.dns.nameservers], timeout_s=config.dns.timeout_s)
@@ -129,7 +129,8 @@ class Server:
                           source_address=config.delivery.source_address),
         )  # fmt: skip
         bouncer = DsnSender(store, directory, config.delivery.queue_lifetime_s)
-        pickup = Pickup(config.data_dir, store, directory, bouncer, config.hostname, config.delivery.queue_lifetime_s)
+        pickup = Pickup(config.data_dir, store, directory, bouncer, config.hostname, config.delivery.queue_lifetime_s,
+                        signer)  # fmt: skip
         runner = QueueRunner(
             store,
             agent,

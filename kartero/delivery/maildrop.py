@@ -19,7 +19,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, getaddresses
 from pathlib import Path
 
 from kartero.auth.accounts import DirectoryCache, DirectoryError, parse_address
@@ -27,6 +27,7 @@ from kartero.delivery.local import DsnSender
 from kartero.delivery.sendmail import normalize
 from kartero.dns.names import DomainError
 from kartero.log import kv
+from kartero.mailauth.dkim import DKIMError, Signer
 from kartero.mime.headers import find_body_start, parse_header_block
 from kartero.queue.dsn import Action, RecipientReport, build_dsn
 from kartero.smtp.address import AddressError
@@ -129,7 +130,8 @@ class Pickup:
     a worker thread."""
 
     def __init__(self, data_dir: Path, store: Store, directory: DirectoryCache, bouncer: DsnSender, hostname: str,
-                 queue_lifetime_s: float) -> None:  # fmt: skip
+                 queue_lifetime_s: float, signer: Signer | None = None) -> None:  # fmt: skip
+        self.signer = signer
         self.folder = maildrop_dir(data_dir)
         self.store = store
         self.directory = directory
@@ -170,7 +172,7 @@ class Pickup:
     def _store(self, name: str, dropped: Dropped) -> None:
         now = datetime.now(UTC)
         message_id = new_message_id()
-        data = self._complete_header(dropped, now)
+        data = self._sign(self._complete_header(dropped, now))
         received = (
             f"Received: by {self.hostname} (Kartero sendmail, from userid {dropped.user or 'unknown'})\r\n"
             f"\tid {message_id}; {format_datetime(now)}\r\n"
@@ -234,6 +236,21 @@ class Pickup:
                         arrival=datetime.fromtimestamp(dropped.submitted_at, UTC), reports=reports, original=data,
                         ret=dropped.ret, envid=dropped.envid, smtputf8=not data.isascii(), now=now)  # fmt: skip
         self.bouncer.send(dropped.sender, dsn, smtputf8=not dropped.sender.isascii())
+
+    def _sign(self, data: bytes) -> bytes:
+        """DKIM-sign when the From: domain is local and has a key (as submission does)."""
+        if self.signer is None:
+            return data
+        header = parse_header_block(data[: find_body_start(data)[0]])
+        addresses = getaddresses([v.decode("utf-8", "replace") for v in header.get_all("from")])
+        domain = addresses[0][1].rpartition("@")[2].lower() if addresses else ""
+        if domain not in self.directory.domains:
+            return data
+        try:
+            return self.signer.sign(domain, data) + data
+        except DKIMError as exc:
+            log.error("%s", kv(event="dkim.sign_failed", domain=domain, detail=str(exc)))
+            return data
 
     def _complete_header(self, dropped: Dropped, now: datetime) -> bytes:
         """Add From:, Date: and Message-ID: when missing (what a mail user agent would have written)."""

@@ -29,6 +29,10 @@ class Zones(BaseResolver):  # type: ignore[misc]
         with self.lock:
             self.records = list(RR.fromZone(zone_text))
 
+    def add(self, zone_text: str) -> None:
+        with self.lock:
+            self.records.extend(RR.fromZone(zone_text))
+
     def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
         reply = request.reply()
         qname = request.q.qname
@@ -51,10 +55,10 @@ class Zones(BaseResolver):  # type: ignore[misc]
 class LoopbackDNS:
     """`with LoopbackDNS(zone) as dns:` -- listening on `dns.host:dns.port` over UDP and TCP."""
 
-    def __init__(self, zone_text: str, host: str = "127.0.0.1") -> None:
+    def __init__(self, zone_text: str, host: str = "127.0.0.1", port: int = 0) -> None:
         self.zones = Zones(zone_text)
         self.host = host
-        self.port = free_port(host)
+        self.port = port or free_port(host)
         self._servers = [
             DNSServer(self.zones, address=host, port=self.port, tcp=tcp, logger=_QuietLogger()) for tcp in (False, True)
         ]
