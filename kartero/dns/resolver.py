@@ -48,6 +48,19 @@ class Temporary:
     reason: str
 
 
+def blocking_resolver(nameservers: Sequence[tuple[str, int]] = (), *, timeout_s: float = 10.0) -> dns.resolver.Resolver:
+    """A dnspython resolver with the same configuration, for libraries that look up synchronously in a
+    worker thread (SPF, DKIM verification)."""
+    if nameservers:
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port) for host, port in nameservers]
+    else:
+        resolver = dns.resolver.Resolver()
+    resolver.lifetime = timeout_s
+    resolver.timeout = min(timeout_s, 3.0)
+    return resolver
+
+
 class Resolver:
     def __init__(self, nameservers: Sequence[tuple[str, int]] = (), *, timeout_s: float = 10.0) -> None:
         if nameservers:
