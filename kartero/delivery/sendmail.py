@@ -13,7 +13,7 @@ from email.utils import formataddr, getaddresses
 
 from kartero.auth.accounts import DirectoryError, DirectorySnapshot, parse_address
 from kartero.dns.names import DomainError, canonical_domain
-from kartero.mime.headers import find_body_start, parse_header_block
+from kartero.mime.headers import find_body_start, parse_header_block, remove_fields
 from kartero.smtp.address import AddressError, parse_mailbox
 
 # sysexits.h, the exit codes callers of sendmail(8) understand.
@@ -56,17 +56,7 @@ def header_recipients(data: bytes) -> list[str]:
 
 def strip_bcc(data: bytes) -> bytes:
     """The message without its Bcc: fields (continuation lines included)."""
-    header_end, _ = find_body_start(data)
-    lines = data[:header_end].split(b"\r\n")
-    kept: list[bytes] = []
-    dropping = False
-    for line in lines:
-        if line[:1] in (b" ", b"\t") and dropping:
-            continue
-        dropping = line.lower().startswith(b"bcc:")
-        if not dropping:
-            kept.append(line)
-    return b"\r\n".join(kept) + data[header_end:]
+    return remove_fields(data, lambda name, _value: name == b"bcc")
 
 
 def add_from(data: bytes, full_name: str, sender: str) -> bytes:

@@ -16,6 +16,7 @@ import base64
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,3 +206,69 @@ class Signer:
         """The signature fields for a message from `domain`; b"" when the domain has no key."""
         keys = self.keys_for(domain)
         return sign(message, keys) if keys else b""
+
+
+# -- verification --------------------------------------------------------------------------------------
+
+MAX_VERIFIED_SIGNATURES = 5  # more is a denial-of-service vector, not a better answer
+
+
+class KeyLookupFailed(Exception):
+    """A DNS failure that is not "no such key": the signature's result is temperror."""
+
+
+@dataclass(frozen=True, slots=True)
+class DKIMVerdict:
+    result: str  # pass, fail, neutral, temperror, permerror (RFC 8601 §2.7.1)
+    domain: str  # d=
+    selector: str  # s=
+    signature_prefix: str  # the first characters of b=, to tell signatures apart (RFC 6008)
+    reason: str = ""
+
+
+def verify(message: bytes, txt_lookup: Callable[[str], bytes | None]) -> list[DKIMVerdict]:
+    """Every DKIM signature of `message` (up to MAX_VERIFIED_SIGNATURES), checked against DNS.
+    `txt_lookup(name)` gives the key record, None when there is none, or raises KeyLookupFailed."""
+
+    missing: set[str] = set()
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+        text = name.decode("ascii", "replace").rstrip(".")
+        record = txt_lookup(text)
+        if record is None:
+            missing.add(text)
+        return record
+
+    try:
+        checker = dkim.DKIM(message, minkey=1024)
+    except dkim.DKIMException as exc:
+        return [DKIMVerdict("permerror", "", "", "", f"unparsable message: {exc}")]
+    signatures = [value for name, value in checker.headers if name.lower() == b"dkim-signature"]
+    verdicts = []
+    for index, value in enumerate(signatures[:MAX_VERIFIED_SIGNATURES]):
+        try:
+            tags = dkim.util.parse_tag_value(value)
+        except Exception:  # dkimpy raises its own InvalidTagSpec, not a DKIMException, for garbage
+            verdicts.append(DKIMVerdict("permerror", "", "", "", "unparsable DKIM-Signature"))
+            continue
+        domain = tags.get(b"d", b"").decode("ascii", "replace").lower()
+        selector = tags.get(b"s", b"").decode("ascii", "replace")
+        prefix = b"".join(tags.get(b"b", b"").split())[:8].decode("ascii", "replace")
+        key_name = f"{selector}._domainkey.{domain}"
+        try:
+            ok = checker.verify(idx=index, dnsfunc=dnsfunc)
+            if not ok and key_name in missing:
+                verdicts.append(DKIMVerdict("permerror", domain, selector, prefix, f"no key at {key_name}"))
+            else:
+                verdicts.append(DKIMVerdict("pass" if ok else "fail", domain, selector, prefix,
+                                            "" if ok else "signature did not verify"))  # fmt: skip
+        except KeyLookupFailed as exc:
+            verdicts.append(DKIMVerdict("temperror", domain, selector, prefix, str(exc)))
+        except dkim.ValidationError as exc:
+            # A wrong body hash or signature is a failure; a missing or unusable key a permanent error.
+            text = str(exc)
+            result = "permerror" if "key" in text.lower() and "hash" not in text.lower() else "fail"
+            verdicts.append(DKIMVerdict(result, domain, selector, prefix, text))
+        except (dkim.DKIMException, ValueError) as exc:
+            verdicts.append(DKIMVerdict("permerror", domain, selector, prefix, str(exc)))
+    return verdicts

@@ -11,6 +11,7 @@ import binascii
 import codecs
 import quopri
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -132,3 +133,23 @@ def decode_body(data: bytes, encoding: str, charset: str) -> str:
     except (binascii.Error, ValueError):
         pass
     return _charset_decode(data, charset or "us-ascii") if charset else _raw_text(data)
+
+
+def remove_fields(data: bytes, drop: Callable[[bytes, bytes], bool]) -> bytes:
+    """The message without the header fields for which `drop(lower-case name, raw value)` is true (a
+    field's continuation lines go with it); the rest, body included, byte for byte."""
+    header_end, _ = find_body_start(data)
+    lines = data[:header_end].split(b"\r\n")
+    fields: list[list[bytes]] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    kept = []
+    for field in fields:
+        name, sep, value = field[0].partition(b":")
+        if sep and drop(name.strip().lower(), b"\r\n".join([value, *field[1:]])):
+            continue
+        kept.append(b"\r\n".join(field))
+    return b"\r\n".join(kept) + data[header_end:]
