@@ -99,6 +99,15 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class InboundConfig:
+    """What the MX listener checks on each message (all on unless turned off)."""
+
+    spf: bool = True
+    dkim: bool = True
+    dmarc: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     hostname: str
     domains: tuple[str, ...]
@@ -109,6 +118,7 @@ class Config:
     dns: DNSConfig = field(default_factory=DNSConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     routes: Mapping[str, HostPort] = field(default_factory=dict)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
     log_level: str = "info"
     source: Path | None = None  # the file it came from; None for the embedded default
     make_certificate: bool = False  # embedded default: create a self-signed certificate on first start
@@ -177,6 +187,12 @@ class _Reader:
             raise self.fail(section, key, "must be positive")
         return result
 
+    def boolean(self, data: Mapping[str, Any], section: str, key: str, default: bool) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(section, key, f"expected true or false, got {value!r}")
+        return value
+
     def duration(self, data: Mapping[str, Any], section: str, key: str, default: float) -> float:
         value = data.get(key, default)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -242,7 +258,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     r = _Reader(name, base)
     r.check_keys(
         data, None, ("hostname", "domains", "data_dir", "listen", "tls", "limits", "dns", "delivery", "routes",
-                     "log_level")
+                     "inbound", "log_level")
     )  # fmt: skip
 
     domains_raw = data.get("domains")
@@ -347,6 +363,14 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         source_address=source_address,
     )
 
+    inbound_raw = r.table(data, "inbound")
+    r.check_keys(inbound_raw, "inbound", ("spf", "dkim", "dmarc"))
+    inbound = InboundConfig(
+        spf=r.boolean(inbound_raw, "inbound", "spf", True),
+        dkim=r.boolean(inbound_raw, "inbound", "dkim", True),
+        dmarc=r.boolean(inbound_raw, "inbound", "dmarc", True),
+    )
+
     routes_raw = r.table(data, "routes")
     routes: dict[str, HostPort] = {}
     for key, value in routes_raw.items():
@@ -362,6 +386,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         dns=dns,
         delivery=delivery,
         routes=routes,
+        inbound=inbound,
         log_level=log_level,
         source=source,
     )

@@ -16,7 +16,7 @@ import ssl
 import sys
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import astuple, replace
 from functools import partial
 from typing import Any
 
@@ -28,10 +28,11 @@ from kartero.delivery.agent import AgentSettings, DeliveryAgent
 from kartero.delivery.local import DsnSender
 from kartero.delivery.maildrop import Pickup
 from kartero.delivery.mx import Hop
-from kartero.dns.resolver import Resolver
+from kartero.dns.resolver import Resolver, blocking_resolver
 from kartero.imap.connection import ImapSettings
 from kartero.log import kv
 from kartero.mailauth.dkim import Signer
+from kartero.mailauth.inbound import Checks, InboundChecker
 from kartero.net.channel import AccessContext
 from kartero.net.imap_session import ImapSession
 from kartero.net.pop3_session import Pop3Session
@@ -113,7 +114,10 @@ class Server:
         store.compact()
         directory = DirectoryCache(store, config.domains, executor)
         await loop.run_in_executor(executor, directory.prime)
-        policy = InboundPolicy(directory, config.primary_domain)
+        blocking = blocking_resolver([(n.host, n.port) for n in config.dns.nameservers], timeout_s=config.dns.timeout_s)
+        checks = Checks(spf=config.inbound.spf, dkim=config.inbound.dkim, dmarc=config.inbound.dmarc)
+        checker = InboundChecker(config.hostname, blocking, checks) if any(astuple(checks)) else None
+        policy = InboundPolicy(directory, config.primary_domain, checker, executor)
         signer = Signer(config.data_dir)
         submission_policy = SubmissionPolicy(directory, config.primary_domain, config.hostname, signer, executor)
         authenticator = Authenticator(store)

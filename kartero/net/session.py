@@ -363,7 +363,7 @@ class SMTPSession(asyncio.Protocol):
 
     def _store(self, event: MessageReceived) -> None:
         started = time.monotonic()
-        checked = self.ctx.policy.check_message(event.envelope, event.data)
+        checked = self.ctx.policy.check_message(event.envelope, event.data, self.client_ip)
         if isinstance(checked, Future):  # the policy works in a thread (DKIM signing, DNS checks)
             self._wait(checked, lambda done: self._store_checked(event, done.result(), started))
             return
@@ -427,8 +427,9 @@ class SMTPSession(asyncio.Protocol):
         deliveries = []
         queue_id = None
         if account_ids:  # final delivery: Return-Path goes first (RFC 5321 §4.4)
-            deliveries.append(Delivery(message_id, format_return_path(sender) + received + body,
-                                       as_targets(account_ids), int(now.timestamp()), record))  # fmt: skip
+            targets = as_targets(account_ids, checked.mailbox)
+            deliveries.append(Delivery(message_id, format_return_path(sender) + received + body, targets,
+                                       int(now.timestamp()), record))  # fmt: skip
         if outbound is not None:  # relayed on: no Return-Path, the final MTA adds its own
             queue_id = message_id if not account_ids else new_message_id()
             deliveries.append(Delivery(queue_id, received + body, (), int(now.timestamp()), record, outbound))

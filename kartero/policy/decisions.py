@@ -31,9 +31,11 @@ Decision = Accept | Reject
 
 @dataclass(frozen=True, slots=True)
 class AcceptMessage:
-    """The message may be stored, as `data` (a policy may add header fields, e.g. Date:)."""
+    """The message may be stored, as `data` (a policy may add header fields, e.g. Date:), in the local
+    recipients' `mailbox` (Junk for mail a DMARC policy quarantines)."""
 
     data: bytes
+    mailbox: str = "INBOX"
 
 
 MessageDecision = AcceptMessage | Reject
@@ -42,4 +44,6 @@ MessageDecision = AcceptMessage | Reject
 class Policy(Protocol):
     def check_mail(self, path: Path, user: str | None) -> Decision: ...
     def check_rcpt(self, path: Path) -> Decision | Future[Decision]: ...
-    def check_message(self, envelope: Envelope, data: bytes) -> MessageDecision | Future[MessageDecision]: ...
+    def check_message(
+        self, envelope: Envelope, data: bytes, client_ip: str
+    ) -> MessageDecision | Future[MessageDecision]: ...

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 
 from kartero.auth.accounts import DirectoryCache, DirectoryError, Resolution, canonical_address
+from kartero.mailauth.inbound import InboundChecker
 from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, Reject
 from kartero.smtp import replies
 from kartero.smtp.address import Address, Path
 from kartero.smtp.events import Envelope
+from kartero.store.interface import INBOX
+
+JUNK = "Junk"  # the special-use \\Junk mailbox every account has
 
 log = logging.getLogger("kartero.policy")
 
@@ -22,17 +26,34 @@ class InboundPolicy:
     """Decisions for MAIL and RCPT. Both answer at once from memory; only after an admin change to
     accounts or aliases does check_rcpt return a Future (the directory reloads in a worker thread)."""
 
-    def __init__(self, directory: DirectoryCache, primary_domain: str) -> None:
+    def __init__(self, directory: DirectoryCache, primary_domain: str, checker: InboundChecker | None = None,
+                 executor: Executor | None = None) -> None:  # fmt: skip
         self.directory = directory
         self.primary_domain = primary_domain
+        self.checker = checker
+        self.executor = executor
 
     def check_mail(self, path: Path, user: str | None = None) -> Decision:
         """Any syntactically valid sender, the null sender included: bounces must get through."""
         return Accept(replies.SENDER_OK)
 
-    def check_message(self, envelope: Envelope, data: bytes) -> MessageDecision:
-        """Inbound mail is stored as it came (no SPF, DKIM or DMARC checks yet)."""
-        return AcceptMessage(data)
+    def check_message(
+        self, envelope: Envelope, data: bytes, client_ip: str = ""
+    ) -> MessageDecision | Future[MessageDecision]:
+        """SPF, DKIM and DMARC in a worker thread (they wait for DNS); without a checker, as it came."""
+        if self.checker is None:
+            return AcceptMessage(data)
+        if self.executor is None:
+            return self._checked(envelope, data, client_ip)
+        return self.executor.submit(self._checked, envelope, data, client_ip)
+
+    def _checked(self, envelope: Envelope, data: bytes, client_ip: str) -> MessageDecision:
+        assert self.checker is not None
+        mail_from = str(envelope.mail_from)[1:-1]
+        verdict = self.checker.check(client_ip, envelope.helo, mail_from, data)
+        if verdict.action == "reject":
+            return Reject(replies.DMARC_REJECTED.with_text(f"Rejected by the {verdict.reason}"))
+        return AcceptMessage(verdict.data, JUNK if verdict.action == "junk" else INBOX)
 
     def check_rcpt(self, path: Path) -> Decision | Future[Decision]:
         mailbox = path.mailbox

@@ -83,7 +83,9 @@ class SubmissionPolicy:
         # Remote: kept as written (the local part is the remote domain's business), domain canonical.
         return Accept(replies.RECIPIENT_OK, address=f"{mailbox.quoted_local_part()}@{domain}", is_remote=True)
 
-    def check_message(self, envelope: Envelope, data: bytes) -> MessageDecision | Future[MessageDecision]:
+    def check_message(
+        self, envelope: Envelope, data: bytes, client_ip: str = ""
+    ) -> MessageDecision | Future[MessageDecision]:
         user = envelope.authenticated_as
         if user is None:
             return Reject(replies.AUTH_REQUIRED)

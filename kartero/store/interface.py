@@ -384,6 +384,6 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def as_targets(account_ids: Sequence[int]) -> tuple[DeliveryTarget, ...]:
-    """INBOX targets for these accounts, each once, in first-seen order (one copy per recipient)."""
-    return tuple(DeliveryTarget(a) for a in dict.fromkeys(account_ids))
+def as_targets(account_ids: Sequence[int], mailbox: str = INBOX) -> tuple[DeliveryTarget, ...]:
+    """Targets (INBOX unless told) for these accounts, each once, in first-seen order."""
+    return tuple(DeliveryTarget(a, mailbox) for a in dict.fromkeys(account_ids))

@@ -30,7 +30,7 @@ class ExplodingPolicy:
             raise RuntimeError("secret internals in the exception text")
         return Accept(replies.RECIPIENT_OK, (1,), str(path))
 
-    def check_message(self, envelope: Envelope, data: bytes) -> MessageDecision:
+    def check_message(self, envelope: Envelope, data: bytes, client_ip: str) -> MessageDecision:
         return AcceptMessage(data)
 
 
