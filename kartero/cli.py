@@ -463,3 +463,37 @@ def dkim_list(ctx: click.Context) -> None:
     for domain_keys in keys.values():
         for key in domain_keys:
             click.echo(f'{key.domain} {key.selector} {key.algorithm} {key.record_name}. IN TXT "{key.dns_record()}"')
+
+
+# -- DNS setup check -----------------------------------------------------------------------------------
+
+
+@main.command("dns")
+@click.argument("domain")
+@click.pass_context
+def dns_check(ctx: click.Context, domain: str) -> None:
+    """Check the DNS records DOMAIN needs (MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, PTR) and print the fix
+    for each one missing or wrong. Exit 0 when every required record is right, else 1."""
+    from kartero.dns.names import DomainError, canonical_domain
+    from kartero.dns.resolver import blocking_resolver
+    from kartero.mailauth.dkim import load_keys
+    from kartero.mailauth.dnscheck import check_domain
+
+    config = _config(ctx)
+    try:
+        domain = canonical_domain(domain)
+    except DomainError as exc:
+        _fail(str(exc), 2)
+    if domain not in config.domains:
+        _fail(f"{domain} is not one of the local domains ({', '.join(config.domains)})", 2)
+    servers = [(n.host, n.port) for n in config.dns.nameservers]
+    resolver = blocking_resolver(servers, timeout_s=config.dns.timeout_s)
+    where = ", ".join(str(n) for n in config.dns.nameservers) or "the system resolver"
+    click.echo(f"DNS records for {domain} (mail host {config.hostname}), looked up through {where}:")
+    checks = check_domain(domain, config.hostname, load_keys(config.data_dir).get(domain, []), resolver)
+    for check in checks:
+        label = check.status if check.required or check.status == "ok" else f"{check.status}*"
+        click.echo(f"{label:<9} {check.name:<12} {check.detail}")
+    if any(not c.required and c.status != "ok" for c in checks):
+        click.echo("* recommended, not required")
+    sys.exit(0 if all(c.status == "ok" for c in checks if c.required) else 1)
