@@ -67,6 +67,19 @@ class Limits:
     command_timeout_s: float = 300.0
     data_timeout_s: float = 180.0
     shutdown_grace_s: float = 10.0
+    connections_per_ip: int = 50  # SMTP sessions at once from one address (0: no limit)
+    connections_per_ip_per_minute: int = 120
+    messages_per_user_per_hour: int = 500  # submission (0: no limit)
+    exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # networks the per-address limits skip
+
+
+@dataclass(frozen=True, slots=True)
+class GreylistConfig:
+    enabled: bool = False
+    delay_s: float = 300.0
+    retry_window_s: float = 86400.0
+    pass_s: float = 35 * 86400.0
+    exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +132,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     routes: Mapping[str, HostPort] = field(default_factory=dict)
     inbound: InboundConfig = field(default_factory=InboundConfig)
+    greylisting: GreylistConfig = field(default_factory=GreylistConfig)
     log_level: str = "info"
     source: Path | None = None  # the file it came from; None for the embedded default
     make_certificate: bool = False  # embedded default: create a self-signed certificate on first start
@@ -186,6 +200,17 @@ class _Reader:
         if result < 1:
             raise self.fail(section, key, "must be positive")
         return result
+
+    def networks(self, data: Mapping[str, Any], section: str, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = data.get(key, list(default))
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(section, key, 'expected a list of networks like ["192.0.2.0/24", "::1"]')
+        for text in value:
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise self.fail(section, key, f"not a network: {text!r}") from None
+        return tuple(value)
 
     def boolean(self, data: Mapping[str, Any], section: str, key: str, default: bool) -> bool:
         value = data.get(key, default)
@@ -258,7 +283,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     r = _Reader(name, base)
     r.check_keys(
         data, None, ("hostname", "domains", "data_dir", "listen", "tls", "limits", "dns", "delivery", "routes",
-                     "inbound", "log_level")
+                     "inbound", "greylisting", "log_level")
     )  # fmt: skip
 
     domains_raw = data.get("domains")
@@ -306,6 +331,10 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
             "command_timeout",
             "data_timeout",
             "shutdown_grace",
+            "connections_per_ip",
+            "connections_per_ip_per_minute",
+            "messages_per_user_per_hour",
+            "exempt",
         ),
     )
     defaults = Limits()
@@ -317,6 +346,24 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         command_timeout_s=r.duration(lim, "limits", "command_timeout", defaults.command_timeout_s),
         data_timeout_s=r.duration(lim, "limits", "data_timeout", defaults.data_timeout_s),
         shutdown_grace_s=r.duration(lim, "limits", "shutdown_grace", defaults.shutdown_grace_s),
+        connections_per_ip=r.integer(lim, "limits", "connections_per_ip", defaults.connections_per_ip, 0),
+        connections_per_ip_per_minute=r.integer(
+            lim, "limits", "connections_per_ip_per_minute", defaults.connections_per_ip_per_minute, 0
+        ),
+        messages_per_user_per_hour=r.integer(
+            lim, "limits", "messages_per_user_per_hour", defaults.messages_per_user_per_hour, 0
+        ),
+        exempt=r.networks(lim, "limits", "exempt", defaults.exempt),
+    )
+    gl = r.table(data, "greylisting")
+    r.check_keys(gl, "greylisting", ("enabled", "delay", "retry_window", "pass", "exempt"))
+    g = GreylistConfig()
+    greylisting = GreylistConfig(
+        enabled=r.boolean(gl, "greylisting", "enabled", g.enabled),
+        delay_s=r.duration(gl, "greylisting", "delay", g.delay_s),
+        retry_window_s=r.duration(gl, "greylisting", "retry_window", g.retry_window_s),
+        pass_s=r.duration(gl, "greylisting", "pass", g.pass_s),
+        exempt=r.networks(gl, "greylisting", "exempt", g.exempt),
     )
     dns_raw = r.table(data, "dns")
     r.check_keys(dns_raw, "dns", ("nameservers", "timeout"))
@@ -387,6 +434,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         delivery=delivery,
         routes=routes,
         inbound=inbound,
+        greylisting=greylisting,
         log_level=log_level,
         source=source,
     )

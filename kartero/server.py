@@ -38,6 +38,7 @@ from kartero.net.imap_session import ImapSession
 from kartero.net.pop3_session import Pop3Session
 from kartero.net.session import SessionContext, SMTPSession
 from kartero.policy.inbound import InboundPolicy
+from kartero.policy.limits import ConnectionLimits, Greylist, parse_networks
 from kartero.policy.submission import SubmissionPolicy
 from kartero.pop3.connection import Pop3Settings
 from kartero.queue.runner import QueueRunner, QueueSettings
@@ -117,9 +118,15 @@ class Server:
         blocking = blocking_resolver([(n.host, n.port) for n in config.dns.nameservers], timeout_s=config.dns.timeout_s)
         checks = Checks(spf=config.inbound.spf, dkim=config.inbound.dkim, dmarc=config.inbound.dmarc)
         checker = InboundChecker(config.hostname, blocking, checks) if any(astuple(checks)) else None
-        policy = InboundPolicy(directory, config.primary_domain, checker, executor)
+        gl = config.greylisting
+        greylist = Greylist(gl.delay_s, gl.retry_window_s, gl.pass_s, parse_networks(gl.exempt)) if gl.enabled else None
+        policy = InboundPolicy(directory, config.primary_domain, checker, executor, greylist)
+        lim = config.limits
+        client_limits = ConnectionLimits(lim.connections_per_ip, lim.connections_per_ip_per_minute,
+                                         parse_networks(lim.exempt))  # fmt: skip
         signer = Signer(config.data_dir)
-        submission_policy = SubmissionPolicy(directory, config.primary_domain, config.hostname, signer, executor)
+        submission_policy = SubmissionPolicy(directory, config.primary_domain, config.hostname, signer, executor,
+                                             config.limits.messages_per_user_per_hour)  # fmt: skip
         authenticator = Authenticator(store)
         throttle = AuthThrottle()
         resolver = Resolver([(n.host, n.port) for n in config.dns.nameservers], timeout_s=config.dns.timeout_s)
@@ -198,6 +205,7 @@ class Server:
                             authenticator=authenticator if is_submission else None,
                             throttle=throttle,
                             queue_lifetime_s=config.delivery.queue_lifetime_s,
+                            client_limits=client_limits,
                         )
                         factory = partial(SMTPSession, smtp_ctx)
                     else:

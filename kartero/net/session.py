@@ -26,7 +26,8 @@ from typing import Any, cast
 from kartero.auth.accounts import Authenticator
 from kartero.auth.throttle import AuthThrottle
 from kartero.log import kv
-from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, Policy
+from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, Policy, RcptContext
+from kartero.policy.limits import ConnectionLimits
 from kartero.smtp import replies
 from kartero.smtp.events import (
     AuthRequested,
@@ -73,6 +74,7 @@ class SessionContext:
     authenticator: Authenticator | None = None
     throttle: AuthThrottle | None = None
     queue_lifetime_s: float = 5 * 86400.0
+    client_limits: ConnectionLimits | None = None
 
 
 class SMTPSession(asyncio.Protocol):
@@ -83,6 +85,8 @@ class SMTPSession(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
         self.client_ip = "?"
+        self._mail_from = ""
+        self._counted = False  # this session was counted by the per-address connection limits
         self._busy = False  # an asynchronous decision or the TLS handshake is under way
         self._can_write = True
         self._reading_paused = False
@@ -111,6 +115,12 @@ class SMTPSession(asyncio.Protocol):
             refusal = replies.TOO_MANY_CONNECTIONS
         elif self.ctx.is_stopping():
             refusal = replies.SHUTTING_DOWN
+        elif self.ctx.client_limits is not None:
+            self._counted = True
+            reason = self.ctx.client_limits.open(self.client_ip)
+            if reason is not None:
+                refusal = replies.CLIENT_LIMITED.with_text(f"Too many connections from your address ({reason})")
+                log.info("%s", kv(event="smtp.limited", session=self.id, client=self.client_ip, reason=reason))
         self.conn.start(refusal)
         log.info("%s", kv(event="smtp.connect", session=self.id, listener=self.ctx.listener, client=self.client_ip))
         self._arm_timer()
@@ -188,9 +198,10 @@ class SMTPSession(asyncio.Protocol):
                     pass
                 case MailFrom():
                     self._recipients = {}
+                    self._mail_from = str(event.path)[1:-1]
                     conn.answer(self.ctx.policy.check_mail(event.path, conn.authenticated_as).reply)
                 case RcptTo():
-                    decision = self.ctx.policy.check_rcpt(event.path)
+                    decision = self.ctx.policy.check_rcpt(event.path, RcptContext(self.client_ip, self._mail_from))
                     if isinstance(decision, Future):
                         self._wait(decision, partial(self._answer_rcpt_later, event))
                         break
@@ -331,6 +342,8 @@ class SMTPSession(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
         self.ctx.sessions.discard(self)
+        if self._counted and self.ctx.client_limits is not None:
+            self.ctx.client_limits.close(self.client_ip)
         log.info(
             "%s",
             kv(

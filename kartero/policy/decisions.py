@@ -30,6 +30,14 @@ Decision = Accept | Reject
 
 
 @dataclass(frozen=True, slots=True)
+class RcptContext:
+    """Who is asking, for decisions that depend on more than the address (greylisting, DNSBLs)."""
+
+    client_ip: str
+    mail_from: str  # without angle brackets; "" for the null sender
+
+
+@dataclass(frozen=True, slots=True)
 class AcceptMessage:
     """The message may be stored, as `data` (a policy may add header fields, e.g. Date:), in the local
     recipients' `mailbox` (Junk for mail a DMARC policy quarantines)."""
@@ -43,7 +51,7 @@ MessageDecision = AcceptMessage | Reject
 
 class Policy(Protocol):
     def check_mail(self, path: Path, user: str | None) -> Decision: ...
-    def check_rcpt(self, path: Path) -> Decision | Future[Decision]: ...
+    def check_rcpt(self, path: Path, context: RcptContext) -> Decision | Future[Decision]: ...
     def check_message(
         self, envelope: Envelope, data: bytes, client_ip: str
     ) -> MessageDecision | Future[MessageDecision]: ...

@@ -6,8 +6,10 @@ import logging
 from concurrent.futures import Executor, Future
 
 from kartero.auth.accounts import DirectoryCache, DirectoryError, Resolution, canonical_address
+from kartero.log import kv
 from kartero.mailauth.inbound import InboundChecker
-from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, Reject
+from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, RcptContext, Reject
+from kartero.policy.limits import Greylist
 from kartero.smtp import replies
 from kartero.smtp.address import Address, Path
 from kartero.smtp.events import Envelope
@@ -27,7 +29,8 @@ class InboundPolicy:
     accounts or aliases does check_rcpt return a Future (the directory reloads in a worker thread)."""
 
     def __init__(self, directory: DirectoryCache, primary_domain: str, checker: InboundChecker | None = None,
-                 executor: Executor | None = None) -> None:  # fmt: skip
+                 executor: Executor | None = None, greylist: Greylist | None = None) -> None:  # fmt: skip
+        self.greylist = greylist
         self.directory = directory
         self.primary_domain = primary_domain
         self.checker = checker
@@ -55,7 +58,28 @@ class InboundPolicy:
             return Reject(replies.DMARC_REJECTED.with_text(f"Rejected by the {verdict.reason}"))
         return AcceptMessage(verdict.data, JUNK if verdict.action == "junk" else INBOX)
 
-    def check_rcpt(self, path: Path) -> Decision | Future[Decision]:
+    def check_rcpt(self, path: Path, context: RcptContext | None = None) -> Decision | Future[Decision]:
+        decision = self._check_local(path)
+        if self.greylist is None or context is None:
+            return decision
+        if isinstance(decision, Future):
+            greylisted: Future[Decision] = Future()
+            decision.add_done_callback(lambda done: greylisted.set_result(self._greylist(done.result(), context)))
+            return greylisted
+        return self._greylist(decision, context)
+
+    def _greylist(self, decision: Decision, context: RcptContext) -> Decision:
+        """Only recipients that exist are greylisted (the others get their 550 at once)."""
+        if not isinstance(decision, Accept) or self.greylist is None:
+            return decision
+        wait = self.greylist.wait(context.client_ip, context.mail_from, decision.address)
+        if wait <= 0:
+            return decision
+        log.info("%s", kv(event="policy.greylisted", client=context.client_ip, mail_from=f"<{context.mail_from}>",
+                          rcpt=decision.address, wait_s=round(wait)))  # fmt: skip
+        return Reject(replies.GREYLISTED.with_text(f"Greylisted, please try again in {max(1, round(wait))} seconds"))
+
+    def _check_local(self, path: Path) -> Decision | Future[Decision]:
         mailbox = path.mailbox
         if mailbox is None:
             return Reject(replies.BAD_RECIPIENT_SYNTAX)

@@ -23,8 +23,9 @@ from kartero.log import kv
 from kartero.mailauth.dkim import DKIMError, Signer
 from kartero.mime.addresses import parse_address_list
 from kartero.mime.headers import find_body_start, parse_header_block
-from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, Reject
+from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, RcptContext, Reject
 from kartero.policy.inbound import InboundPolicy
+from kartero.policy.limits import SlidingWindow
 from kartero.smtp import replies
 from kartero.smtp.address import Address, AddressError, Path, parse_mailbox
 from kartero.smtp.events import Envelope
@@ -34,7 +35,10 @@ log = logging.getLogger("kartero.policy")
 
 class SubmissionPolicy:
     def __init__(self, directory: DirectoryCache, primary_domain: str, hostname: str,
-                 signer: Signer | None = None, executor: Executor | None = None) -> None:  # fmt: skip
+                 signer: Signer | None = None, executor: Executor | None = None,
+                 messages_per_hour: int = 0) -> None:  # fmt: skip
+        self.messages_per_hour = messages_per_hour
+        self._sent = SlidingWindow(3600.0)
         self.directory = directory
         self.primary_domain = primary_domain
         self.hostname = hostname
@@ -58,6 +62,12 @@ class SubmissionPolicy:
     def check_mail(self, path: Path, user: str | None) -> Decision:
         if user is None:
             return Reject(replies.AUTH_REQUIRED)
+        if self.messages_per_hour and self._sent.count(user) >= self.messages_per_hour:
+            minutes = max(1, round(self._sent.retry_after(user) / 60))
+            log.info("%s", kv(event="policy.sending_limited", user=user, limit=self.messages_per_hour))
+            return Reject(replies.SENDING_LIMITED.with_text(
+                f"Sending limit of {self.messages_per_hour} messages an hour reached, try again in {minutes} minutes"
+            ))  # fmt: skip
         if path.mailbox is None:
             return Reject(replies.SENDER_NOT_OWNED)
         try:
@@ -66,7 +76,7 @@ class SubmissionPolicy:
             return Reject(replies.SENDER_NOT_OWNED)
         return Accept(replies.SENDER_OK) if self.owns(user, address) else Reject(replies.SENDER_NOT_OWNED)
 
-    def check_rcpt(self, path: Path) -> Decision | Future[Decision]:
+    def check_rcpt(self, path: Path, context: RcptContext | None = None) -> Decision | Future[Decision]:
         mailbox = path.mailbox
         if mailbox is None:
             return Reject(replies.BAD_RECIPIENT_SYNTAX)
@@ -79,7 +89,7 @@ class SubmissionPolicy:
         except DomainError:
             return Reject(replies.BAD_RECIPIENT_SYNTAX)
         if domain in self.directory.domains:
-            return self._local.check_rcpt(path)
+            return self._local.check_rcpt(path)  # no greylisting for our own users
         # Remote: kept as written (the local part is the remote domain's business), domain canonical.
         return Accept(replies.RECIPIENT_OK, address=f"{mailbox.quoted_local_part()}@{domain}", is_remote=True)
 
@@ -110,6 +120,7 @@ class SubmissionPolicy:
         if header.get("message-id") is None:
             added += f"Message-ID: <{secrets.token_hex(12)}@{self.hostname}>\r\n".encode()
         message = added + data
+        self._sent.record(user)
         signer = self.signer
         if signer is None or from_domain is None:
             return AcceptMessage(message)

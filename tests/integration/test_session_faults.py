@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kartero.net.session import SessionContext, SMTPSession
-from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision
+from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, RcptContext
 from kartero.smtp import replies
 from kartero.smtp.address import Path as SMTPPath
 from kartero.smtp.events import Envelope
@@ -24,7 +24,7 @@ class ExplodingPolicy:
     def check_mail(self, path: SMTPPath, user: str | None) -> Decision:
         return Accept(replies.SENDER_OK)
 
-    def check_rcpt(self, path: SMTPPath) -> Decision | Future[Decision]:
+    def check_rcpt(self, path: SMTPPath, context: RcptContext) -> Decision | Future[Decision]:
         assert path.mailbox is not None
         if path.mailbox.local_part == "boom":
             raise RuntimeError("secret internals in the exception text")
