@@ -83,6 +83,12 @@ class GreylistConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DNSBLConfig:
+    zones: tuple[str, ...] = ()  # none: no blocklist lookups
+    exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True, slots=True)
 class HostPort:
     host: str
     port: int
@@ -133,6 +139,7 @@ class Config:
     routes: Mapping[str, HostPort] = field(default_factory=dict)
     inbound: InboundConfig = field(default_factory=InboundConfig)
     greylisting: GreylistConfig = field(default_factory=GreylistConfig)
+    dnsbl: DNSBLConfig = field(default_factory=DNSBLConfig)
     log_level: str = "info"
     source: Path | None = None  # the file it came from; None for the embedded default
     make_certificate: bool = False  # embedded default: create a self-signed certificate on first start
@@ -283,7 +290,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     r = _Reader(name, base)
     r.check_keys(
         data, None, ("hostname", "domains", "data_dir", "listen", "tls", "limits", "dns", "delivery", "routes",
-                     "inbound", "greylisting", "log_level")
+                     "inbound", "greylisting", "dnsbl", "log_level")
     )  # fmt: skip
 
     domains_raw = data.get("domains")
@@ -354,6 +361,15 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
             lim, "limits", "messages_per_user_per_hour", defaults.messages_per_user_per_hour, 0
         ),
         exempt=r.networks(lim, "limits", "exempt", defaults.exempt),
+    )
+    bl = r.table(data, "dnsbl")
+    r.check_keys(bl, "dnsbl", ("zones", "exempt"))
+    zones_raw = bl.get("zones", [])
+    if not isinstance(zones_raw, list):
+        raise r.fail("dnsbl", "zones", 'expected a list like ["zen.spamhaus.org"]')
+    dnsbl = DNSBLConfig(
+        zones=tuple(_canonical_domain(r, "[dnsbl] zones", z) for z in zones_raw),
+        exempt=r.networks(bl, "dnsbl", "exempt", DNSBLConfig().exempt),
     )
     gl = r.table(data, "greylisting")
     r.check_keys(gl, "greylisting", ("enabled", "delay", "retry_window", "pass", "exempt"))
@@ -435,6 +451,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         routes=routes,
         inbound=inbound,
         greylisting=greylisting,
+        dnsbl=dnsbl,
         log_level=log_level,
         source=source,
     )

@@ -37,6 +37,7 @@ from kartero.net.channel import AccessContext
 from kartero.net.imap_session import ImapSession
 from kartero.net.pop3_session import Pop3Session
 from kartero.net.session import SessionContext, SMTPSession
+from kartero.policy.dnsbl import DNSBL
 from kartero.policy.inbound import InboundPolicy
 from kartero.policy.limits import ConnectionLimits, Greylist, parse_networks
 from kartero.policy.submission import SubmissionPolicy
@@ -120,7 +121,9 @@ class Server:
         checker = InboundChecker(config.hostname, blocking, checks) if any(astuple(checks)) else None
         gl = config.greylisting
         greylist = Greylist(gl.delay_s, gl.retry_window_s, gl.pass_s, parse_networks(gl.exempt)) if gl.enabled else None
-        policy = InboundPolicy(directory, config.primary_domain, checker, executor, greylist)
+        dnsbl = (DNSBL(config.dnsbl.zones, blocking, parse_networks(config.dnsbl.exempt))
+                 if config.dnsbl.zones else None)  # fmt: skip
+        policy = InboundPolicy(directory, config.primary_domain, checker, executor, greylist, dnsbl)
         lim = config.limits
         client_limits = ConnectionLimits(lim.connections_per_ip, lim.connections_per_ip_per_minute,
                                          parse_networks(lim.exempt))  # fmt: skip

@@ -9,6 +9,7 @@ from kartero.auth.accounts import DirectoryCache, DirectoryError, Resolution, ca
 from kartero.log import kv
 from kartero.mailauth.inbound import InboundChecker
 from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, RcptContext, Reject
+from kartero.policy.dnsbl import DNSBL
 from kartero.policy.limits import Greylist
 from kartero.smtp import replies
 from kartero.smtp.address import Address, Path
@@ -29,8 +30,10 @@ class InboundPolicy:
     accounts or aliases does check_rcpt return a Future (the directory reloads in a worker thread)."""
 
     def __init__(self, directory: DirectoryCache, primary_domain: str, checker: InboundChecker | None = None,
-                 executor: Executor | None = None, greylist: Greylist | None = None) -> None:  # fmt: skip
+                 executor: Executor | None = None, greylist: Greylist | None = None,
+                 dnsbl: DNSBL | None = None) -> None:  # fmt: skip
         self.greylist = greylist
+        self.dnsbl = dnsbl
         self.directory = directory
         self.primary_domain = primary_domain
         self.checker = checker
@@ -59,6 +62,29 @@ class InboundPolicy:
         return AcceptMessage(verdict.data, JUNK if verdict.action == "junk" else INBOX)
 
     def check_rcpt(self, path: Path, context: RcptContext | None = None) -> Decision | Future[Decision]:
+        if self.dnsbl is not None and context is not None:
+            known, zone = self.dnsbl.cached(context.client_ip)
+            if zone is not None:
+                return self._blocked(context, zone)
+            if not known and self.executor is not None:  # a DNS lookup: off the event loop
+                return self.executor.submit(self._check_rcpt_blocking, path, context)
+        return self._check_rcpt(path, context)
+
+    def _check_rcpt_blocking(self, path: Path, context: RcptContext) -> Decision:
+        assert self.dnsbl is not None
+        zone = self.dnsbl.listed(context.client_ip)
+        if zone is not None:
+            return self._blocked(context, zone)
+        decision = self._check_rcpt(path, context)
+        return decision.result() if isinstance(decision, Future) else decision
+
+    def _blocked(self, context: RcptContext, zone: str) -> Decision:
+        log.info("%s", kv(event="policy.dnsbl", client=context.client_ip, zone=zone))
+        return Reject(replies.DNSBL_LISTED.with_text(
+            f"Service unavailable; client [{context.client_ip}] blocked using {zone}"
+        ))  # fmt: skip
+
+    def _check_rcpt(self, path: Path, context: RcptContext | None) -> Decision | Future[Decision]:
         decision = self._check_local(path)
         if self.greylist is None or context is None:
             return decision

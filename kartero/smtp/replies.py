@@ -126,4 +126,5 @@ FROM_NOT_OWNED = Reply(553, "5.7.1", "From: header address not owned by the auth
 DMARC_REJECTED = Reply(550, "5.7.1", "Rejected by DMARC policy")
 CLIENT_LIMITED = Reply(421, "4.7.0", "Too many connections from your address")
 GREYLISTED = Reply(451, "4.7.1", "Greylisted, please try again later")
+DNSBL_LISTED = Reply(554, "5.7.1", "Service unavailable; client blocked")
 SENDING_LIMITED = Reply(451, "4.7.1", "Sending rate limit reached, try again later")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.dnsserver import LoopbackDNS
 from tests.integration.harness import KarteroServer, tls_context
 
 PASSWORD = "alice password"
@@ -103,3 +104,32 @@ def test_greylisting(server: KarteroServer) -> None:
     assert attempt("b@sender.example")[0] == 451  # another sender is not
     assert len(server.messages("bob@example.test")) == 2
     assert len(server.log_events("policy.greylisted")) == 3
+
+
+def test_dnsbl(tmp_path: Path) -> None:
+    zone = (
+        "41.0.0.127.bl.test. 60 IN A 127.0.0.2\n"
+        "42.0.0.127.bl.test. 60 IN A 127.255.255.254\n"  # "you may not query": not a listing
+    )
+    with LoopbackDNS(zone) as dns:
+        mx = KarteroServer(tmp_path / "bl", extra_config=dns.config + '[dnsbl]\nzones = ["bl.test"]\nexempt = []\n')
+        mx.add_user("bob@example.test")
+        mx.start()
+        try:
+
+            def rcpt_from(source: str) -> tuple[int, bytes]:
+                with smtplib.SMTP(mx.host, mx.port, timeout=30, source_address=(source, 0)) as c:
+                    c.ehlo()
+                    c.mail("someone@sender.example")
+                    return c.rcpt("bob@example.test")
+
+            assert rcpt_from("127.0.0.41") == (
+                554, b"5.7.1 Service unavailable; client [127.0.0.41] blocked using bl.test"
+            )  # fmt: skip
+            assert rcpt_from("127.0.0.41")[0] == 554  # from the cache
+            assert rcpt_from("127.0.0.42") == (250, b"2.1.5 Recipient OK")
+            assert rcpt_from("127.0.0.43") == (250, b"2.1.5 Recipient OK")
+            assert len(mx.log_events("policy.dnsbl")) == 2
+            assert dns.queried(["41.0.0.127.bl.test"]) == [("41.0.0.127.bl.test", "A")]
+        finally:
+            assert mx.stop() == 0, mx.log
