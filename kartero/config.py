@@ -115,6 +115,8 @@ class DeliveryConfig:
     concurrency: int = 50
     per_domain: int = 5
     source_address: str | None = None  # the local address outgoing connections come from
+    mta_sts: bool = True  # honour destinations' MTA-STS policies (RFC 8461)
+    tls_ca_file: Path | None = None  # extra trust anchors for verified TLS (MTA-STS), PEM
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,12 +400,18 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
 
     dl = r.table(data, "delivery")
     r.check_keys(dl, "delivery", ("port", "queue_lifetime", "retry_first", "retry_max", "delay_notice", "relayhost",
-                                  "connect_timeout", "concurrency", "per_domain", "source_address"))  # fmt: skip
+                                  "connect_timeout", "concurrency", "per_domain", "source_address", "mta_sts",
+                                  "tls_ca_file"))  # fmt: skip
     d = DeliveryConfig()
     port = r.integer(dl, "delivery", "port", d.port, 1)
     if port > 65535:
         raise r.fail("delivery", "port", f"port {port} out of range 1-65535")
     relay_text = dl.get("relayhost", "")
+    ca_file = None
+    if "tls_ca_file" in dl:
+        ca_file = r.path(r.string(dl, "delivery", "tls_ca_file"))
+        if not ca_file.is_file():
+            raise r.fail("delivery", "tls_ca_file", f"file not found: {ca_file}")
     source_raw = dl.get("source_address")
     source_address: str | None = None
     if source_raw is not None:
@@ -424,6 +432,8 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         concurrency=r.integer(dl, "delivery", "concurrency", d.concurrency, 1),
         per_domain=r.integer(dl, "delivery", "per_domain", d.per_domain, 1),
         source_address=source_address,
+        mta_sts=r.boolean(dl, "delivery", "mta_sts", d.mta_sts),
+        tls_ca_file=ca_file,
     )
 
     inbound_raw = r.table(data, "inbound")

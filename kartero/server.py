@@ -24,9 +24,10 @@ from kartero.auth.accounts import Authenticator, DirectoryCache
 from kartero.auth.throttle import AuthThrottle
 from kartero.config import IMPLICIT_TLS, Config
 from kartero.control import remove_pid, write_pid
-from kartero.delivery.agent import AgentSettings, DeliveryAgent
+from kartero.delivery.agent import AgentSettings, DeliveryAgent, verifying_tls_context
 from kartero.delivery.local import DsnSender
 from kartero.delivery.maildrop import Pickup
+from kartero.delivery.mtasts import MTASTS
 from kartero.delivery.mx import Hop
 from kartero.dns.resolver import Resolver, blocking_resolver
 from kartero.imap.connection import ImapSettings
@@ -136,11 +137,16 @@ class Server:
         overrides = {domain: Hop(hp.host, hp.port) for domain, hp in config.routes.items()}
         if config.delivery.relayhost is not None:
             overrides["*"] = Hop(config.delivery.relayhost.host, config.delivery.relayhost.port)
+        ca_file = str(config.delivery.tls_ca_file) if config.delivery.tls_ca_file else None
+        verifying_tls = verifying_tls_context(ca_file)
+        mta_sts = MTASTS(resolver, verifying_tls) if config.delivery.mta_sts else None
         agent = DeliveryAgent(
             resolver,
             AgentSettings(helo=config.hostname, port=config.delivery.port, overrides=overrides,
                           connect_timeout_s=config.delivery.connect_timeout_s,
                           source_address=config.delivery.source_address),
+            mta_sts,
+            verifying_tls,
         )  # fmt: skip
         bouncer = DsnSender(store, directory, config.delivery.queue_lifetime_s)
         pickup = Pickup(config.data_dir, store, directory, bouncer, config.hostname, config.delivery.queue_lifetime_s,

@@ -10,6 +10,7 @@ verified, and a failed handshake is retried once in clear).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import ssl
@@ -17,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from kartero.delivery.mtasts import MTASTS
 from kartero.delivery.mx import Hop, NoRoute, find_route
 from kartero.dns.resolver import NoRecords, Records, Resolver
 from kartero.log import kv
@@ -68,11 +70,23 @@ def _outcome(reply: Reply, remote: str, remote_dsn: bool) -> Outcome:
     return Failed(text, reply.enhanced or "5.0.0", remote)
 
 
+def verifying_tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """For MTA-STS: the system's trust anchors (plus `ca_file`), host names checked."""
+    ctx = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
+    if ca_file:
+        ctx.load_default_certs()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
 class DeliveryAgent:
-    def __init__(self, resolver: Resolver, settings: AgentSettings) -> None:
+    def __init__(self, resolver: Resolver, settings: AgentSettings, mta_sts: MTASTS | None = None,
+                 verifying_tls: ssl.SSLContext | None = None) -> None:  # fmt: skip
         self.resolver = resolver
         self.settings = settings
+        self.mta_sts = mta_sts
         self._tls = client_tls_context()
+        self._verifying_tls = verifying_tls or verifying_tls_context()
 
     async def deliver(
         self, domain: str, messages: Sequence[JobMessage], on_outcomes: OnOutcomes | None = None
@@ -88,19 +102,38 @@ class DeliveryAgent:
             return dict.fromkeys(everyone, outcome)
         results: dict[int, Outcome] = {}
         last_error = f"451 4.4.1 No mail server for {domain} could be reached"
-        for hop in route.hops:
+        policy = None
+        if self.mta_sts is not None and domain not in self.settings.overrides and "*" not in self.settings.overrides:
+            policy = await self.mta_sts.policy(domain)
+        hops = route.hops
+        if policy is not None and policy.mode != "none":
+            matching = tuple(h for h in hops if policy.allows(h.host))
+            if len(matching) < len(hops):
+                log.warning("%s", kv(event="mtasts.mx_mismatch", domain=domain, mode=policy.mode,
+                                     hosts=",".join(h.host for h in hops if h not in matching)))  # fmt: skip
+            if policy.enforced:
+                hops = matching
+                last_error = f"451 4.7.5 No MX host of {domain} matches its MTA-STS policy"
+        for hop in hops:
             addresses = await self._addresses(hop)
             if isinstance(addresses, str):
                 last_error = addresses
                 continue
+            verify = policy is not None and policy.mode != "none" and policy.allows(hop.host)
             for address in addresses:
                 pending = [m for m in (_undecided(m, results) for m in messages) if m is not None]
                 if not pending:
                     return results
                 try:
-                    error = await self._session(hop, address, pending, results, on_outcomes, use_tls=True)
+                    error = await self._session(hop, address, pending, results, on_outcomes, use_tls=True,
+                                                verify=verify, required=bool(policy and policy.enforced))  # fmt: skip
                 except _TLSFailed as exc:
-                    log.info("%s", kv(event="delivery.tls_failed", host=hop.host, address=address, detail=str(exc)))
+                    log.info("%s", kv(event="delivery.tls_failed", host=hop.host, address=address, detail=str(exc),
+                                      policy=policy.mode if policy else None))  # fmt: skip
+                    if policy is not None and policy.enforced:
+                        last_error = (f"451 4.7.5 TLS with {hop.host} failed, and the MTA-STS policy of {domain} "
+                                      f"requires it: {exc}")  # fmt: skip
+                        continue  # never in clear: the next host, or defer
                     error = await self._session(hop, address, pending, results, on_outcomes, use_tls=False)
                 if error is None:
                     return results
@@ -131,6 +164,8 @@ class DeliveryAgent:
         on_outcomes: OnOutcomes | None,
         *,
         use_tls: bool,
+        verify: bool = False,
+        required: bool = False,
     ) -> str | None:
         """Deliver over one connection; None when every message got its replies, else why not."""
         started = time.monotonic()
@@ -145,7 +180,8 @@ class DeliveryAgent:
             )
         except (OSError, TimeoutError) as exc:
             return f"451 4.4.1 Cannot connect to {remote}:{hop.port}: {exc.__class__.__name__} {exc}".strip()
-        conn = ClientConnection(ClientSettings(helo=self.settings.helo, use_starttls=use_tls))
+        conn = ClientConnection(ClientSettings(helo=self.settings.helo, use_starttls=use_tls, require_tls=required))
+        tls = self._verifying_tls if verify else self._tls
         queue = list(messages)
         current: JobMessage | None = None
         try:
@@ -166,7 +202,7 @@ class DeliveryAgent:
                         writer.write(conn.data_to_send())
                         await writer.drain()
                         try:
-                            await writer.start_tls(self._tls, server_hostname=hop.host)
+                            await writer.start_tls(tls, server_hostname=hop.host)
                         except (OSError, ssl.SSLError, TimeoutError) as exc:
                             raise _TLSFailed(str(exc)) from None
                         conn.tls_established()
@@ -177,6 +213,8 @@ class DeliveryAgent:
                         self._record(current, event, remote, results, on_outcomes)
                         current = self._send_next(conn, queue, remote, results, on_outcomes)
                     case SessionFailed(reply=reply, reason=reason):
+                        with contextlib.suppress(OSError):
+                            writer.write(conn.data_to_send())  # a QUIT of ours, if any
                         detail = str(reply) if reply is not None else f"451 4.4.2 {reason}"
                         return f"{detail} (from {remote})"
                     case Closed():

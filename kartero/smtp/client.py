@@ -54,6 +54,7 @@ class ClientState(Enum):
 class ClientSettings:
     helo: str
     use_starttls: bool = True
+    require_tls: bool = False  # MTA-STS enforce: no STARTTLS means no delivery over this session
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,17 +270,26 @@ class ClientConnection:
                     self._send_command("STARTTLS")
                     self.state = ClientState.STARTTLS
                     return
+                if self.settings.require_tls and not self.is_tls:
+                    self._fail_and_quit("the server does not offer STARTTLS, which the policy requires")
+                    return
                 self.state = ClientState.READY
                 self._events.append(Ready(self.extensions, self.is_tls))
             case ClientState.HELO:
                 if reply.code != 250:
                     self._fail(reply, "HELO refused")
                     return
+                if self.settings.require_tls and not self.is_tls:
+                    self._fail_and_quit("the server does not offer STARTTLS, which the policy requires")
+                    return
                 self.extensions = {}
                 self.state = ClientState.READY
                 self._events.append(Ready({}, self.is_tls))
             case ClientState.STARTTLS:
                 if reply.code != 220:
+                    if self.settings.require_tls:
+                        self._fail_and_quit(f"STARTTLS refused ({reply}), and the policy requires TLS")
+                        return
                     # Opportunistic TLS: the server offered it but refused; go on in clear.
                     self.state = ClientState.READY
                     self._events.append(Ready(self.extensions, self.is_tls))
@@ -404,6 +414,11 @@ class ClientConnection:
 
     def _send_command(self, command: str) -> None:
         self._out += command.encode("utf-8") + b"\r\n"
+
+    def _fail_and_quit(self, reason: str) -> None:
+        """End the session politely for a reason of ours (the server said nothing wrong)."""
+        self._send_command("QUIT")
+        self._fail(None, reason)
 
     def _fail(self, reply: Reply | None, reason: str) -> None:
         self._events.append(SessionFailed(reply, reason))
