@@ -9,8 +9,11 @@ import hmac
 import secrets
 import shutil
 import smtplib
+import socket
+import ssl
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -211,3 +214,37 @@ def test_swaks_over_587_and_465(server: KarteroServer, tmp_path: Path) -> None:
         assert "<~  235 2.7.0 Authentication successful" in result.stdout
     stored = server.messages("bob@example.test")
     assert [strip_trace(m) for m in stored] == [eml.read_bytes() + b"\r\n"] * 2
+
+
+def test_tls_policy_refuses_old_protocols_and_weak_ciphers(server: KarteroServer) -> None:
+    def handshake(configure: object) -> str:
+        ctx = tls_context()
+        configure(ctx)  # type: ignore[operator]
+        with socket.create_connection((server.host, server.submissions_port), timeout=10) as raw:
+            try:
+                with ctx.wrap_socket(raw, server_hostname="mx.example.test") as tls:
+                    return f"{tls.version()} {tls.cipher()[0]}"  # type: ignore[index]
+            except ssl.SSLError as exc:
+                return f"refused: {exc.reason}"
+
+    def tls11(ctx: ssl.SSLContext) -> None:
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # old protocols are what is being tested
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+
+    def cbc_without_forward_secrecy(ctx: ssl.SSLContext) -> None:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers("AES128-SHA:AES256-SHA")
+
+    def modern_tls12(ctx: ssl.SSLContext) -> None:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers("ECDHE+AESGCM")
+
+    # Refused by the server (it ends the handshake), not unsendable by the client ("NO_PROTOCOLS_...").
+    for weak in (tls11, cbc_without_forward_secrecy):
+        assert handshake(weak) in ("refused: UNEXPECTED_EOF_WHILE_READING", "refused: TLSV1_ALERT_PROTOCOL_VERSION",
+                                   "refused: SSLV3_ALERT_HANDSHAKE_FAILURE")  # fmt: skip
+    assert handshake(modern_tls12).startswith("TLSv1.2 ECDHE-")
+    assert handshake(lambda ctx: None).startswith("TLSv1.3 ")
