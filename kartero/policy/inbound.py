@@ -56,7 +56,11 @@ class InboundPolicy:
     def _checked(self, envelope: Envelope, data: bytes, client_ip: str) -> MessageDecision:
         assert self.checker is not None
         mail_from = str(envelope.mail_from)[1:-1]
-        verdict = self.checker.check(client_ip, envelope.helo, mail_from, data)
+        try:
+            verdict = self.checker.check(client_ip, envelope.helo, mail_from, data)
+        except Exception:  # a bug in a check must not make mail undeliverable: store it unlabelled
+            log.exception("%s", kv(event="mailauth.check_failed", client=client_ip, mail_from=f"<{mail_from}>"))
+            return AcceptMessage(data)
         if verdict.action == "reject":
             return Reject(replies.DMARC_REJECTED.with_text(f"Rejected by the {verdict.reason}"))
         return AcceptMessage(verdict.data, JUNK if verdict.action == "junk" else INBOX)
