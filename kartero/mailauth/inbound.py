@@ -69,8 +69,12 @@ class InboundChecker:
             raise KeyLookupFailed(str(exc)) from None
         return records[0].encode() if records else None
 
+    def strip_forged(self, data: bytes) -> bytes:
+        """The message without Authentication-Results fields that claim to be ours."""
+        return remove_fields(data, self._is_forged)
+
     def check(self, client_ip: str, helo: str, mail_from: str, data: bytes) -> Verdict:
-        data = remove_fields(data, self._is_forged)
+        data = self.strip_forged(data)
         spf = spf_module.check(client_ip, mail_from, helo) if self.checks.spf else None
         signatures = dkim_module.verify(data, self._dkim_key) if self.checks.dkim else []
         from_domain = _from_domain(data)

@@ -60,7 +60,7 @@ class InboundPolicy:
             verdict = self.checker.check(client_ip, envelope.helo, mail_from, data)
         except Exception:  # a bug in a check must not make mail undeliverable: store it unlabelled
             log.exception("%s", kv(event="mailauth.check_failed", client=client_ip, mail_from=f"<{mail_from}>"))
-            return AcceptMessage(data)
+            return AcceptMessage(self.checker.strip_forged(data))
         if verdict.action == "reject":
             return Reject(replies.DMARC_REJECTED.with_text(f"Rejected by the {verdict.reason}"))
         return AcceptMessage(verdict.data, JUNK if verdict.action == "junk" else INBOX)
