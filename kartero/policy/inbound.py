@@ -71,16 +71,31 @@ class InboundPolicy:
             if zone is not None:
                 return self._blocked(context, zone)
             if not known and self.executor is not None:  # a DNS lookup: off the event loop
-                return self.executor.submit(self._check_rcpt_blocking, path, context)
+                return self._after_dnsbl(path, context)
         return self._check_rcpt(path, context)
 
-    def _check_rcpt_blocking(self, path: Path, context: RcptContext) -> Decision:
-        assert self.dnsbl is not None
-        zone = self.dnsbl.listed(context.client_ip)
-        if zone is not None:
-            return self._blocked(context, zone)
-        decision = self._check_rcpt(path, context)
-        return decision.result() if isinstance(decision, Future) else decision
+    def _after_dnsbl(self, path: Path, context: RcptContext) -> Future[Decision]:
+        """Look the client up in a worker thread, then decide as usual, chained by callbacks: a worker
+        never blocks waiting for another task of the same pool (the directory reloads there too)."""
+        assert self.dnsbl is not None and self.executor is not None
+        decided: Future[Decision] = Future()
+
+        def settle(decision: Decision | Future[Decision]) -> None:
+            if isinstance(decision, Future):
+                decision.add_done_callback(lambda done: settle(done.result()))
+            else:
+                decided.set_result(decision)
+
+        def looked_up(lookup: Future[str | None]) -> None:
+            try:
+                zone = lookup.result()
+                settle(self._blocked(context, zone) if zone is not None else self._check_rcpt(path, context))
+            except Exception as exc:
+                log.exception("event=policy.rcpt_failed")
+                decided.set_exception(exc)
+
+        self.executor.submit(self.dnsbl.listed, context.client_ip).add_done_callback(looked_up)
+        return decided
 
     def _blocked(self, context: RcptContext, zone: str) -> Decision:
         log.info("%s", kv(event="policy.dnsbl", client=context.client_ip, zone=zone))
