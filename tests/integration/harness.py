@@ -179,6 +179,12 @@ class KarteroServer:
     def log(self) -> str:
         return "\n".join(self.log_lines)
 
+    def wait_events(self, event: str, count: int, timeout_s: float = 10.0) -> list[str]:
+        """The log lines of `event` once there are at least `count` (the log is read by a thread, so a
+        line may arrive a moment after the reply the test saw)."""
+        wait_for(lambda: len(self.log_events(event)) >= count, timeout_s)
+        return self.log_events(event)
+
     def log_events(self, event: str) -> list[str]:
         return [line for line in self.log_lines if f"event={event} " in line or line.endswith(f"event={event}")]
 

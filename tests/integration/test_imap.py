@@ -52,7 +52,7 @@ def test_wrong_password_is_refused_and_not_logged(mx: KarteroServer) -> None:
             imap.login("bob@example.test", "Wrong-Passw0rd!")
         with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
             imap.login("nobody@example.test", "Wrong-Passw0rd!")
-    assert mx.log_events("imap.login_failed")
+    assert mx.wait_events("imap.login_failed", 1)
     mx.stop()
     assert "Wrong-Passw0rd" not in mx.log
 

@@ -13,7 +13,7 @@ import pytest
 
 from kartero.mailauth.dkim import DKIMKey, generate, sign
 from tests.integration.dnsserver import LoopbackDNS
-from tests.integration.harness import KarteroServer
+from tests.integration.harness import KarteroServer, wait_for
 
 GOOD_IP, BAD_IP = "127.0.0.10", "127.0.0.11"
 
@@ -111,7 +111,9 @@ def test_reject_policy_refuses_spoofed_mail(mx: tuple[KarteroServer, LoopbackDNS
     )  # fmt: skip
     assert send(server, GOOD_IP, "bounce@other.test", message("A <a@good.test>", "unaligned"))[0] == 550
     assert len(server.messages("bob@rcpt.test")) == before
-    assert any("dmarc=fail" in line and "action=reject" in line for line in server.log_events("mailauth.checked"))
+    wait_for(
+        lambda: any("dmarc=fail" in line and "action=reject" in line for line in server.log_events("mailauth.checked"))
+    )
 
 
 def test_quarantine_goes_to_junk_and_none_is_labelled(mx: tuple[KarteroServer, LoopbackDNS, Path]) -> None:
@@ -154,7 +156,11 @@ def test_dkim_aligned_passes_and_third_party_signature_does_not(
     forged = message("CEO <ceo@good.test>", "wire the money")
     forged = sign(forged, [evil_key]) + forged
     assert send(server, BAD_IP, "x@evil.test", forged)[0] == 550
-    assert any("dkim=pass:evil.test" in line and "dmarc=fail" in line for line in server.log_events("mailauth.checked"))
+    wait_for(
+        lambda: any(
+            "dkim=pass:evil.test" in line and "dmarc=fail" in line for line in server.log_events("mailauth.checked")
+        )
+    )
     # A body changed in transit fails its signature.
     tampered = signed.replace(b"Hello.", b"Hello!")
     assert send(server, BAD_IP, "a@good.test", tampered)[0] == 550

@@ -62,7 +62,7 @@ def test_connections_per_address(server: KarteroServer) -> None:
     sock, reply = greeting(server)
     assert reply == b"421 4.7.0 Too many connections from your address (more than 8 connections a minute)\r\n"
     sock.close()
-    assert len(server.log_events("smtp.limited")) == 2
+    assert len(server.wait_events("smtp.limited", 2)) == 2
 
 
 def test_messages_per_user_per_hour(server: KarteroServer) -> None:
@@ -103,7 +103,7 @@ def test_greylisting(server: KarteroServer) -> None:
     assert attempt("a@sender.example")[0] == 250  # the triplet is known now
     assert attempt("b@sender.example")[0] == 451  # another sender is not
     assert len(server.messages("bob@example.test")) == 2
-    assert len(server.log_events("policy.greylisted")) == 3
+    assert len(server.wait_events("policy.greylisted", 3)) == 3
 
 
 def test_dnsbl(tmp_path: Path) -> None:
@@ -129,7 +129,7 @@ def test_dnsbl(tmp_path: Path) -> None:
             assert rcpt_from("127.0.0.41")[0] == 554  # from the cache
             assert rcpt_from("127.0.0.42") == (250, b"2.1.5 Recipient OK")
             assert rcpt_from("127.0.0.43") == (250, b"2.1.5 Recipient OK")
-            assert len(mx.log_events("policy.dnsbl")) == 2
+            assert len(mx.wait_events("policy.dnsbl", 2)) == 2
             assert dns.queried(["41.0.0.127.bl.test"]) == [("41.0.0.127.bl.test", "A")]
         finally:
             assert mx.stop() == 0, mx.log

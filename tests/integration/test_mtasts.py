@@ -105,7 +105,9 @@ def test_enforce_policy_delivers_only_over_verified_tls(
     wait_for(lambda: len(good.messages("user@good-sts.test")) == 1, 20)
     (stored,) = good.messages("user@good-sts.test")
     assert b"by mx.good-sts.test (Kartero) with ESMTPS (version=TLSv1.3" in stored
-    assert any("domain=good-sts.test" in line and "mode=enforce" in line for line in a.log_events("mtasts.policy"))
+    wait_for(
+        lambda: any("domain=good-sts.test" in line and "mode=enforce" in line for line in a.log_events("mtasts.policy"))
+    )
     # The other MX's certificate names someone else: tried over and over, never in clear.
     wait_for(lambda: len([r for r in a.log_events("queue.result") if "rcpt=user@bad-sts.test" in r]) >= 3, 20)
     failures = [line for line in a.log_events("delivery.tls_failed") if "mx.bad-sts.test" in line]

@@ -399,7 +399,7 @@ def test_flush_sends_the_waiting_messages_over_one_connection(network: Network, 
     try:
         assert run_cli(a.config, "queue", "flush").stdout == "3 recipients due now\n"
         wait_for(lambda: len(down.messages("dan@down.test")) == 3, 20)
-        sessions = {line.split("session=")[1].split()[0] for line in down.log_events("smtp.message")}
+        sessions = {line.split("session=")[1].split()[0] for line in down.wait_events("smtp.message", 3)}
         assert len(sessions) == 1, down.log
     finally:
         assert down.stop() == 0, down.log

@@ -82,7 +82,7 @@ def test_smtplib_message_stored_byte_identical_with_trace_headers(mx: KarteroSer
         "\tid "
     )
     assert " for <bob@example.test>; " in head
-    (line,) = mx.log_events("smtp.message")
+    (line,) = mx.wait_events("smtp.message", 1)
     assert "mail_from=<alice@example.org> rcpt=<bob@example.test>" in line
     assert f"size={len(MESSAGE)}" in line and 'result="250 2.0.0 Message accepted as ' in line
 

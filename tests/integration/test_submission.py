@@ -120,7 +120,7 @@ def test_each_mechanism_sends_mail(server: KarteroServer, implicit: bool) -> Non
         assert b"\t(authenticated as alice@example.test)\r\n" in message
         # Complete messages are stored exactly as submitted.
         assert strip_trace(message).startswith(b"From: Alice <alice@example.test>\r\nTo: bob@example.test\r\n")
-    assert [line.split("mechanism=")[1] for line in server.log_events("smtp.auth")] == [
+    assert [line.split("mechanism=")[1] for line in server.wait_events("smtp.auth", 3)] == [
         "PLAIN", "LOGIN", "SCRAM-SHA-256"
     ]  # fmt: skip
 
@@ -148,7 +148,7 @@ def test_wrong_password_is_535_after_a_growing_delay(server: KarteroServer) -> N
         assert timings[0] >= 0.45 and timings[1] >= 0.95 and timings[2] >= 1.9, timings
         c.user, c.password = "alice@example.test", PASSWORD
         assert c.auth("PLAIN", c.auth_plain)[0] == 235
-    assert len(server.log_events("smtp.auth_failed")) == 4
+    assert len(server.wait_events("smtp.auth_failed", 4)) == 4
     assert PASSWORD not in server.log and "wrong 3" not in server.log
 
 
