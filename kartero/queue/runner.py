@@ -84,7 +84,7 @@ class QueueRunner:
             self._wakeup.clear()
             if time.monotonic() - last_sweep >= SWEEP_INTERVAL_S:
                 last_sweep = time.monotonic()
-                await loop.run_in_executor(None, self._sweep)
+                await loop.run_in_executor(None, self._sweep, frozenset(self._in_flight.values()))
             blocked = await self._dispatch()
             next_due = await loop.run_in_executor(None, self.store.next_due)
             if blocked or next_due is None:
@@ -101,7 +101,7 @@ class QueueRunner:
 
     async def run_due(self) -> None:
         """One pass without the loop: send leftover failure notices, deliver what is due now, wait."""
-        await asyncio.get_running_loop().run_in_executor(None, self._sweep)
+        await asyncio.get_running_loop().run_in_executor(None, self._sweep, frozenset(self._in_flight.values()))
         await self._dispatch()
         if self._tasks:
             await asyncio.wait(self._tasks)
@@ -297,10 +297,11 @@ class QueueRunner:
                           unreported.smtputf8, reports, datetime.fromtimestamp(self.clock(), UTC)):  # fmt: skip
             self.store.mark_reported([r.recipient_id for r in unreported.recipients])
 
-    def _sweep(self) -> None:
-        """Failure notices left unsent (a crash, a full disk): send them now."""
+    def _sweep(self, busy: frozenset[str]) -> None:
+        """Failure notices left unsent (a crash, a full disk): send them now. `busy` (entries being
+        delivered) is taken on the loop: the in-flight map must not be read from this thread."""
         for queue_id in self.store.entries_with_unreported_failures():
-            if queue_id not in self._in_flight.values():
+            if queue_id not in busy:
                 try:
                     self._report_failures(queue_id)
                 except Exception:
