@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, getaddresses
 from pathlib import Path
 
-from kartero.auth.accounts import DirectoryCache, DirectoryError, parse_address
+from kartero.auth.accounts import Directory, DirectoryCache, DirectoryError, parse_address
 from kartero.delivery.local import DsnSender
 from kartero.delivery.sendmail import normalize
 from kartero.dns.names import DomainError
@@ -177,7 +177,9 @@ class Pickup:
             f"Received: by {self.hostname} (Kartero sendmail, from userid {dropped.user or 'unknown'})\r\n"
             f"\tid {message_id}; {format_datetime(now)}\r\n"
         ).encode()
-        snapshot = self.directory.current()
+        # Read afresh (this is a worker thread, and sendmail is rare): the server's cached snapshot may be a
+        # moment older than the account `kartero sendmail` just checked.
+        snapshot = Directory(self.store, tuple(self.directory.domains)).snapshot()
         local: list[int] = []
         remote: list[OutboundRecipient] = []
         unknown: list[str] = []
