@@ -4,7 +4,8 @@ Only the server's committer writes the message store, so the command does not: i
 `<data_dir>/maildrop/` (written to a temporary name, fsynced, renamed, folder fsynced: once the command
 exits 0 the message is durable) and the server picks the folder up at start and every second. A file is
 removed only after its message is stored, so a crash between the two delivers it twice at worst, never
-zero times. A file that cannot be read is moved to `maildrop/corrupt/` and logged, never dropped.
+zero times. A file that cannot be read, or whose message failed to be stored MAX_ATTEMPTS times in a
+row, is moved to `maildrop/corrupt/` and logged, never dropped (and never retried forever).
 
 File format: the line `KARTERO-MAILDROP 1`, one JSON line (sender, recipients, who, when, DSN options),
 then the message bytes.
@@ -39,6 +40,8 @@ log = logging.getLogger("kartero.maildrop")
 
 MAGIC = b"KARTERO-MAILDROP 1\n"
 SUFFIX = ".msg"
+# Store attempts for one file before it is set aside in maildrop/corrupt/ (one attempt per pass, ~1 s).
+MAX_ATTEMPTS = 5
 
 
 class MaildropError(Exception):
@@ -138,6 +141,7 @@ class Pickup:
         self.bouncer = bouncer
         self.hostname = hostname
         self.queue_lifetime_s = queue_lifetime_s
+        self._failures: dict[str, int] = {}  # file name -> store attempts that failed in a row
 
     def run_once(self) -> int:
         """Store every waiting file; returns how many were stored."""
@@ -154,9 +158,16 @@ class Pickup:
                 continue
             try:
                 self._store(path.name.removesuffix(SUFFIX), dropped)
-            except Exception:
-                log.exception("%s", kv(event="maildrop.store_failed", file=path.name))
-                continue  # left in place: tried again at the next pass
+            except Exception as exc:
+                failures = self._failures.get(path.name, 0) + 1
+                log.exception("%s", kv(event="maildrop.store_failed", file=path.name, attempt=failures))
+                if failures >= MAX_ATTEMPTS:
+                    self._failures.pop(path.name, None)
+                    self._quarantine(path, f"store failed {failures} times: {exc}")
+                else:
+                    self._failures[path.name] = failures  # left in place: tried again at the next pass
+                continue
+            self._failures.pop(path.name, None)
             path.unlink()
             stored += 1
         if stored:
@@ -219,8 +230,7 @@ class Pickup:
             )
             queue_id = new_message_id() if local else message_id
             deliveries.append(Delivery(queue_id, received + data, (), timestamp, record, outbound))
-        for delivery in deliveries:
-            self.store.deliver(delivery).result()
+        self.store.deliver_group(deliveries).result()  # local and queued copies: both or neither
         log.info("%s", kv(event="maildrop.stored", file=name, id=message_id, user=dropped.user,
                           mail_from=f"<{dropped.sender}>", rcpt=",".join(dropped.recipients), size=len(data),
                           local=len(local), remote=len(remote)))  # fmt: skip

@@ -458,7 +458,9 @@ class SMTPSession(asyncio.Protocol):
             self.conn.answer(reply)
 
         try:
-            future = _all([self.ctx.store.deliver(d) for d in deliveries])
+            # One group: the local copies and the queue entry commit together or not at all, so a 451
+            # never leaves half the message stored (a retry would duplicate that half).
+            future = self.ctx.store.deliver_group(deliveries)
         except Exception as exc:
             log.error("%s", kv(event="smtp.store_failed", session=self.id, id=message_id, detail=str(exc)))
             self.conn.answer(replies.LOCAL_ERROR)
@@ -546,22 +548,3 @@ def _envelope_record(envelope: Envelope, client_ip: str) -> dict[str, Any]:
         "tls": envelope.is_tls,
     }
 
-
-def _all(futures: list[Future[Any]]) -> Future[list[Any]]:
-    """One future for several store deliveries: done when all are, failed when any failed."""
-    combined: Future[list[Any]] = Future()
-    left = [len(futures)]
-
-    def one_done(_: Future[Any]) -> None:
-        left[0] -= 1
-        if left[0]:
-            return
-        errors = [e for f in futures if (e := f.exception()) is not None]
-        if errors:
-            combined.set_exception(errors[0])
-        else:
-            combined.set_result([f.result() for f in futures])
-
-    for future in futures:
-        future.add_done_callback(one_done)
-    return combined

@@ -1,10 +1,13 @@
 """The embedded store: SQLite in WAL mode for metadata, message bodies in append-only segments.
 
-Write path of a delivery (group commit), all in one committer thread:
-1. take every delivery that is waiting (up to MAX_BATCH);
+Write path of a delivery (group commit):
+0. in a small pool of index threads (never in the committer): parse the message once for IMAP
+   (`index_message`); a message the parser chokes on gets a minimal fallback index and is stored anyway;
+1. in the committer thread: take every group of deliveries that is waiting (up to MAX_BATCH);
 2. append their bodies to the active segment with one write and one fdatasync;
-3. insert them all (blobs, messages, UIDs, MODSEQs) in one transaction and commit
-   (synchronous=FULL: the WAL is fsynced);
+3. insert them all (blobs, messages, UIDs, MODSEQs) in one transaction, each group under its own
+   savepoint, and commit (synchronous=FULL: the WAL is fsynced); a group that fails is rolled back to
+   its savepoint and fails alone, the rest of the batch commits;
 4. resolve the callers' Futures; only then does SMTP answer 250.
 So two fsyncs serve a whole batch. A crash before 3 leaves bytes past the last committed body of a
 segment; `recover()` cuts them off at the next start. Metadata never points at bytes not on disk.
@@ -22,12 +25,13 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kartero.mime.index import index_message
+from kartero.mime.index import MessageIndex, index_message
 from kartero.store.interface import (
     SPECIAL_MAILBOXES,
     Account,
@@ -118,8 +122,11 @@ CREATE TABLE IF NOT EXISTS expunged (
 CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (mailbox_id, modseq);
 """
 
-# Deliveries committed together at most; bounded so one transaction stays short.
+# Groups of deliveries committed together at most; bounded so one transaction stays short.
 MAX_BATCH = 256
+# Threads that parse messages before the commit: one slow message occupies one of them, never the
+# committer (finding 2 of issue 8: a hostile Subject held every delivery while it was parsed).
+INDEX_THREADS = 4
 # Compaction rewrites a sealed segment once less than this share of its bytes is still referenced.
 COMPACT_BELOW = 0.5
 _STOP = object()
@@ -150,6 +157,7 @@ class SQLiteStore(MailboxOps, QueueOps):
             self._bump_directory_version()
         self._commit_queue: queue.Queue[Any] = queue.Queue()
         self._committer: threading.Thread | None = None
+        self._indexer: ThreadPoolExecutor | None = None
         self._closed = False
         self._listeners: list[Callable[[frozenset[int]], None]] = []
         self._queue_listeners: list[Callable[[], None]] = []
@@ -203,15 +211,44 @@ class SQLiteStore(MailboxOps, QueueOps):
         """Start the committer thread; until then `deliver` is unavailable (CLI use needs none)."""
         if self._committer is not None:
             return
+        self._indexer = ThreadPoolExecutor(INDEX_THREADS, thread_name_prefix="kartero-index")
         self._committer = threading.Thread(target=self._commit_loop, name="kartero-commit", daemon=True)
         self._committer.start()
 
     def deliver(self, delivery: Delivery) -> Future[list[StoredMessage]]:
-        if self._committer is None or self._closed:
+        single: Future[list[StoredMessage]] = Future()
+
+        def done(group: Future[list[list[StoredMessage]]]) -> None:
+            error = group.exception()
+            if error is not None:
+                single.set_exception(error)
+            else:
+                single.set_result(group.result()[0])
+
+        self.deliver_group((delivery,)).add_done_callback(done)
+        return single
+
+    def deliver_group(self, deliveries: Sequence[Delivery]) -> Future[list[list[StoredMessage]]]:
+        if self._indexer is None or self._closed:
             raise StoreError("store is not accepting deliveries")
-        future: Future[list[StoredMessage]] = Future()
-        self._commit_queue.put((delivery, future))
+        if not deliveries:
+            raise ValueError("an empty delivery group")
+        future: Future[list[list[StoredMessage]]] = Future()
+        try:
+            self._indexer.submit(self._prepare, tuple(deliveries), future)
+        except RuntimeError:  # close() shut the pool down meanwhile
+            raise StoreError("store is not accepting deliveries") from None
         return future
+
+    def _prepare(self, deliveries: tuple[Delivery, ...], future: Future[list[list[StoredMessage]]]) -> None:
+        """Index thread: parse each message, then hand the group to the committer."""
+        try:
+            group = _Group(deliveries, tuple(_index(d) for d in deliveries), future)
+        except BaseException as exc:  # _index never raises for bad mail: a bug, or MemoryError
+            log.exception("event=store.prepare_failed")
+            future.set_exception(StoreError(f"could not prepare the message: {exc}"))
+            return
+        self._commit_queue.put(group)
 
     def compact(self) -> None:
         """Ask the committer to reclaim the space of deleted messages (runs between batches)."""
@@ -243,44 +280,72 @@ class SQLiteStore(MailboxOps, QueueOps):
                 batch.append(item)
             self._commit_batch(db, batch)
 
-    def _commit_batch(self, db: sqlite3.Connection, batch: list[tuple[Delivery, Future[Any]]]) -> None:
-        live = [(d, f) for d, f in batch if f.set_running_or_notify_cancel()]
+    def _commit_batch(self, db: sqlite3.Connection, batch: list[_Group]) -> None:
+        live = [g for g in batch if g.future.set_running_or_notify_cancel()]
         if not live:
             return
-        results: list[list[StoredMessage] | StoreError] = []
+        results: list[list[list[StoredMessage]] | StoreError] = []
         try:
-            locations = self.segments.append([d.data for d, _ in live])
+            locations = iter(self.segments.append([d.data for g in live for d in g.deliveries]))
             db.execute("BEGIN IMMEDIATE")
             try:
-                for (delivery, _), location in zip(live, locations, strict=True):
-                    results.append(self._insert_delivery(db, delivery, location))
+                for group in live:
+                    places = [next(locations) for _ in group.deliveries]
+                    results.append(self._insert_group(db, group, places))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
         except Exception as exc:
-            log.exception("event=store.commit_failed deliveries=%d", len(live))
-            for _, future in live:
-                future.set_exception(StoreError(f"commit failed: {exc}"))
+            log.exception("event=store.commit_failed groups=%d", len(live))
+            for group in live:
+                group.future.set_exception(StoreError(f"commit failed: {exc}"))
             return
-        for (_, future), result in zip(live, results, strict=True):
+        committed = [(g, r) for g, r in zip(live, results, strict=True) if not isinstance(r, StoreError)]
+        for group, result in zip(live, results, strict=True):
             if isinstance(result, StoreError):
-                future.set_exception(result)
+                group.future.set_exception(result)
             else:
-                future.set_result(result)
-        self._notify(
-            frozenset(m.mailbox_id for result in results if not isinstance(result, StoreError) for m in result)
-        )
-        if any(d.outbound is not None for d, _ in live):
+                group.future.set_result(result)
+        self._notify(frozenset(m.mailbox_id for _, result in committed for stored in result for m in stored))
+        if any(d.outbound is not None for group, _ in committed for d in group.deliveries):
             for listener in self._queue_listeners:
                 listener()
 
+    def _insert_group(
+        self, db: sqlite3.Connection, group: _Group, places: list[tuple[int, int]]
+    ) -> list[list[StoredMessage]] | StoreError:
+        """Insert every delivery of the group under one savepoint: all of them, or none and an error.
+
+        Mail content must never make a delivery fail: when the insert fails for a reason other than
+        vanished mailboxes, it is retried once with the minimal index (whose fields hold nothing taken
+        from the message)."""
+        error = StoreError("could not store the message")
+        for indexes in (group.indexes, tuple(_minimal_index(d) for d in group.deliveries)):
+            db.execute("SAVEPOINT grp")
+            try:
+                results: list[list[StoredMessage]] = []
+                for delivery, index, place in zip(group.deliveries, indexes, places, strict=True):
+                    stored = self._insert_delivery(db, delivery, index, place)
+                    if isinstance(stored, StoreError):
+                        db.execute("ROLLBACK TO grp")
+                        db.execute("RELEASE grp")
+                        return stored
+                    results.append(stored)
+            except (sqlite3.Error, ValueError) as exc:  # ValueError: e.g. text SQLite cannot take
+                db.execute("ROLLBACK TO grp")
+                db.execute("RELEASE grp")
+                log.exception("event=store.insert_failed id=%s", group.deliveries[0].blob_id)
+                error = StoreError(f"could not store the message: {exc}")
+                continue
+            db.execute("RELEASE grp")
+            return results
+        return error
+
     def _insert_delivery(
-        self, db: sqlite3.Connection, d: Delivery, location: tuple[int, int]
+        self, db: sqlite3.Connection, d: Delivery, ix: MessageIndex, location: tuple[int, int]
     ) -> list[StoredMessage] | StoreError:
         stored: list[StoredMessage] = []
-        db.execute("SAVEPOINT delivery")
-        ix = index_message(d.data)
         db.execute(
             "INSERT INTO blobs (id, segment, offset, size, envelope, created_at, imap_envelope, imap_body,"
             " imap_bodystructure, parts, subject, from_text, to_text, cc_text, bcc_text, message_id, sent_date,"
@@ -308,11 +373,8 @@ class SQLiteStore(MailboxOps, QueueOps):
             )
             stored.append(StoredMessage(target.account_id, mailbox_id, uid, modseq))
         if not stored and d.targets and (d.outbound is None or not d.outbound.recipients):
-            db.execute("ROLLBACK TO delivery")
-            db.execute("RELEASE delivery")
             return StoreError("no recipient mailbox exists any more")
         insert_outbound(db, d)
-        db.execute("RELEASE delivery")
         return stored
 
     def _compact(self, db: sqlite3.Connection) -> None:
@@ -561,6 +623,8 @@ class SQLiteStore(MailboxOps, QueueOps):
         if self._closed:
             return
         self._closed = True
+        if self._indexer is not None:
+            self._indexer.shutdown(wait=True)  # what is being indexed still reaches the committer
         if self._committer is not None:
             self._commit_queue.put(_STOP)
             self._committer.join()
@@ -583,3 +647,35 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """Deliveries committed together or not at all, with their indexes and the caller's Future."""
+
+    deliveries: tuple[Delivery, ...]
+    indexes: tuple[MessageIndex, ...]
+    future: Future[list[list[StoredMessage]]]
+
+
+def _index(delivery: Delivery) -> MessageIndex:
+    """The message's index; a parser failure is logged and the message gets the minimal one."""
+    try:
+        return index_message(delivery.data)
+    except Exception:
+        log.exception("event=store.index_failed id=%s size=%d", delivery.blob_id, len(delivery.data))
+        return _minimal_index(delivery)
+
+
+def _minimal_index(delivery: Delivery) -> MessageIndex:
+    """What IMAP can say of a message without parsing it: one opaque application/octet-stream part."""
+    size = len(delivery.data)
+    body = f'("application" "octet-stream" NIL NIL NIL "7bit" {size})'.encode()
+    return MessageIndex(
+        envelope=b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)",
+        body=body,
+        bodystructure=body[:-1] + b" NIL NIL NIL NIL)",
+        parts=json.dumps([0, 0, size, "7bit", [], None], separators=(",", ":")),
+        subject="", from_="", to="", cc="", bcc="", message_id="", sent_date=None,
+        sort_subject="", sort_from="", sort_to="", sort_cc="",
+    )  # fmt: skip

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from kartero.mime.index import MessageIndex
+from kartero.store import sqlite as sqlite_module
 from kartero.store.ids import new_message_id as new_blob_id
-from kartero.store.interface import AccountExists, Delivery, DeliveryTarget, StoreError
+from kartero.store.interface import AccountExists, Delivery, DeliveryTarget, Outbound, OutboundRecipient, StoreError
 from kartero.store.sqlite import SQLiteStore
 
 
@@ -177,3 +182,118 @@ def test_blob_ids_are_unique_and_safe() -> None:
     assert all(i.isalnum() and len(i) == 24 for i in ids)
     with pytest.raises(ValueError):
         Delivery("../etc/passwd", b"x", (DeliveryTarget(1),), 0)
+
+
+# -- issue 8: nothing slow in the committer, one failure fails only itself --------------------------------
+
+
+def _message(subject: str) -> bytes:
+    return f"From: a@example.org\r\nSubject: {subject}\r\n\r\nbody\r\n".encode()
+
+
+def test_issue_8_message_the_parser_chokes_on_is_stored_with_a_minimal_index(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = sqlite_module.index_message
+
+    def index(data: bytes) -> MessageIndex:
+        if b"POISON" in data:
+            raise LookupError("unknown encoding: rot13")
+        return real(data)
+
+    monkeypatch.setattr(sqlite_module, "index_message", index)
+    bob = store.add_account("bob@example.test", "h")
+    poison = deliver(store, _message("POISON"), bob.id)
+    fine = deliver(store, _message("fine"), bob.id)
+    inbox = store.get_mailbox(bob.id, "INBOX")
+    assert inbox is not None
+    rows = store.message_rows(inbox.id, with_index=True)
+    assert [r.blob_id for r in rows] == [poison, fine]
+    assert store.read_message(poison) == _message("POISON")
+    size = len(_message("POISON"))
+    assert rows[0].bodystructure == f'("application" "octet-stream" NIL NIL NIL "7bit" {size} NIL NIL NIL NIL)'.encode()
+    assert rows[1].envelope is not None and b'"fine"' in rows[1].envelope
+
+
+def test_issue_8_index_text_sqlite_refuses_is_stored_with_the_minimal_index(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = sqlite_module.index_message
+
+    def index(data: bytes) -> MessageIndex:  # a lone surrogate cannot be encoded for SQLite
+        return dataclasses.replace(real(data), subject="\udcff")
+
+    monkeypatch.setattr(sqlite_module, "index_message", index)
+    bob = store.add_account("bob@example.test", "h")
+    blob = deliver(store, _message("x"), bob.id)
+    assert store.read_message(blob) == _message("x")
+
+
+def test_issue_8_slow_parse_does_not_hold_other_deliveries(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = sqlite_module.index_message
+    release = threading.Event()
+
+    def index(data: bytes) -> MessageIndex:
+        if b"SLOW" in data:
+            release.wait(10)
+        return real(data)
+
+    monkeypatch.setattr(sqlite_module, "index_message", index)
+    bob = store.add_account("bob@example.test", "h")
+    slow = store.deliver(Delivery(new_blob_id(), _message("SLOW"), (DeliveryTarget(bob.id),), 0))
+    try:
+        for n in range(5):
+            deliver(store, _message(f"fast {n}"), bob.id)  # each waits for its own commit
+        assert not slow.done()
+    finally:
+        release.set()
+    assert slow.result(10)[0].uid == 6
+
+
+def test_issue_8_failing_group_fails_alone_and_leaves_nothing(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bob = store.add_account("bob@example.test", "h")
+    carol = store.add_account("carol@example.test", "h")
+    store.delete_account("carol@example.test")
+    # Hold the committer in its segment write so that both groups below land in one batch.
+    entered, release = threading.Event(), threading.Event()
+    real_append = store.segments.append
+
+    def append(bodies: list[bytes]) -> list[tuple[int, int]]:
+        entered.set()
+        release.wait(10)
+        return real_append(bodies)
+
+    monkeypatch.setattr(store.segments, "append", append)
+    first = store.deliver(Delivery(new_blob_id(), _message("first"), (DeliveryTarget(bob.id),), 0))
+    assert entered.wait(10)
+    queued = Outbound("bob@example.test", (OutboundRecipient("dave@remote.test"),), 2_000_000_000)
+    doomed_queue_id = new_blob_id()
+    doomed = store.deliver_group([
+        Delivery(new_blob_id(), _message("local"), (DeliveryTarget(carol.id),), 0),  # account gone
+        Delivery(doomed_queue_id, _message("remote"), (), 0, {}, queued),
+    ])  # fmt: skip
+    fine = store.deliver_group([Delivery(new_blob_id(), _message("other"), (DeliveryTarget(bob.id),), 0)])
+    while store._commit_queue.qsize() < 2:  # both prepared and waiting for the committer
+        time.sleep(0.01)
+    release.set()
+    assert first.result(10)[0].uid == 1
+    with pytest.raises(StoreError, match="no recipient mailbox"):
+        doomed.result(10)
+    assert [[m.uid for m in stored] for stored in fine.result(10)] == [[2]]
+    assert store.queue_entries() == []  # the queue half of the failed group was rolled back too
+    with pytest.raises(StoreError):
+        store.read_message(doomed_queue_id)
+
+
+def test_issue_8_group_with_local_and_queued_copies_commits_both(store: SQLiteStore) -> None:
+    bob = store.add_account("bob@example.test", "h")
+    queued = Outbound("bob@example.test", (OutboundRecipient("dave@remote.test"),), 2_000_000_000)
+    queue_id = new_blob_id()
+    result = store.deliver_group([
+        Delivery(new_blob_id(), _message("local"), (DeliveryTarget(bob.id),), 0),
+        Delivery(queue_id, _message("remote"), (), 0, {}, queued),
+    ]).result(10)  # fmt: skip
+    assert [[m.uid for m in stored] for stored in result] == [[1], []]
+    assert [e.id for e in store.queue_entries()] == [queue_id]

@@ -1,0 +1,77 @@
+"""The server side of the maildrop: what `kartero sendmail` left is stored once, and a file that keeps
+failing is set aside instead of being retried forever (issue 8, finding 3)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from kartero.auth.accounts import DirectoryCache
+from kartero.delivery import maildrop
+from kartero.delivery.local import DsnSender
+from kartero.store.interface import Delivery, StoredMessage, StoreError
+from kartero.store.sqlite import SQLiteStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "data")
+    s.start()
+    yield s
+    s.close()
+
+
+def pickup(store: SQLiteStore) -> maildrop.Pickup:
+    executor = ThreadPoolExecutor(1)
+    directory = DirectoryCache(store, ("example.test",), executor)
+    directory.prime()
+    return maildrop.Pickup(store.root, store, directory, DsnSender(store, directory, 3600.0), "mx.example.test",
+                           3600.0)  # fmt: skip
+
+
+def drop(store: SQLiteStore, data: bytes, *recipients: str) -> Path:
+    return maildrop.write(store.root, maildrop.Dropped("bob@example.test", recipients, data, "root", 1.0))
+
+
+def test_issue_8_poison_header_through_sendmail_is_stored_once(store: SQLiteStore) -> None:
+    bob = store.add_account("bob@example.test", "h")
+    data = b"Subject: =?rot13?q?k?=\r\nFrom: bob@example.test\r\n\r\nhi\r\n"
+    path = drop(store, data, "bob@example.test")
+    assert pickup(store).run_once() == 1
+    assert not path.exists()
+    inbox = store.get_mailbox(bob.id, "INBOX")
+    assert inbox is not None
+    (row,) = store.message_rows(inbox.id)
+    assert store.read_message(row.blob_id).endswith(data)
+
+
+def test_issue_8_file_that_keeps_failing_goes_to_corrupt_after_five_tries(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.add_account("bob@example.test", "h")
+
+    def failing(deliveries: Sequence[Delivery]) -> Future[list[list[StoredMessage]]]:
+        future: Future[list[list[StoredMessage]]] = Future()
+        future.set_exception(StoreError("disk trouble"))
+        return future
+
+    real = store.deliver_group
+    monkeypatch.setattr(store, "deliver_group", failing)
+    path = drop(store, b"Subject: s\r\n\r\nhi\r\n", "bob@example.test")
+    worker = pickup(store)
+    for _ in range(maildrop.MAX_ATTEMPTS - 1):
+        assert worker.run_once() == 0
+        assert path.exists()
+    with caplog.at_level(logging.ERROR, "kartero.maildrop"):
+        assert worker.run_once() == 0
+    assert not path.exists()
+    assert (path.parent / "corrupt" / path.name).exists()
+    assert any("event=maildrop.corrupt" in r.getMessage() and "store failed 5 times" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    monkeypatch.setattr(store, "deliver_group", real)
+    second = drop(store, b"Subject: t\r\n\r\nhi\r\n", "bob@example.test")
+    assert worker.run_once() == 1 and not second.exists()
