@@ -2,6 +2,8 @@
 
 ENVELOPE, BODY and BODYSTRUCTURE were computed at delivery and are copied as stored; body sections are
 slices of the stored bytes located with the part offsets kept beside them, so no message is re-parsed.
+A section that is a plain slice (BODY[], BODY[n], TEXT, HEADER, MIME, RFC822...) is streamed from the
+store in CHUNK-sized reads: memory per FETCH is a constant, whatever the message size (issue 8).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import json
 import quopri
 import re
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any
 
 from kartero.imap.commands.view import (
+    CHUNK,
     Done,
     Session,
     View,
@@ -28,7 +32,7 @@ from kartero.imap.commands.view import (
 )
 from kartero.imap.response import Status
 from kartero.imap.syntax import STAR, BodyItem, Fetch, Section
-from kartero.store.interface import FlagOp, MessageRow
+from kartero.store.interface import FlagOp, MessageRow, StoreError
 
 Handler = Generator[bytes, None, Done]
 _NEEDS_INDEX = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE"})
@@ -38,6 +42,19 @@ _IDENTITY_ENCODINGS = frozenset({"", "7bit", "8bit", "binary"})
 
 class UnknownEncoding(Exception):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Octets [start, end) of a stored message, sent as a literal without being read whole."""
+
+    start: int
+    end: int
+
+    def clip(self, origin: int, count: int) -> Span:
+        """The <origin.count> partial of this span (RFC 9051 §6.4.5)."""
+        start = min(self.start + origin, self.end)
+        return Span(start, min(self.end, start + count))
 
 
 def internal_date(seconds: int) -> str:
@@ -109,14 +126,7 @@ class _Message:
     def __init__(self, session: Session, row: MessageRow) -> None:
         self.session = session
         self.row = row
-        self._data: bytes | None = None
         self._tree: list[Any] | None = None
-
-    @property
-    def data(self) -> bytes:
-        if self._data is None:
-            self._data = self.session.store.read_message(self.row.blob_id)
-        return self._data
 
     @property
     def tree(self) -> list[Any]:
@@ -125,48 +135,60 @@ class _Message:
             self._tree = json.loads(self.row.parts)
         return self._tree
 
-    def header(self) -> bytes:
-        if self._data is None:
-            return self.session.store.read_range(self.row.blob_id, 0, self.tree[1])
-        return self.data[: self.tree[1]]
+    @property
+    def whole(self) -> Span:
+        return Span(0, self.row.size)
 
-    def section(self, section: Section) -> bytes | None:
-        """The octets of a BODY section, or None when the part does not exist."""
+    def read(self, span: Span) -> bytes:
+        return self.session.store.read_range(self.row.blob_id, span.start, span.end - span.start)
+
+    def header_span(self) -> Span:
+        return Span(0, self.tree[1])
+
+    def text_span(self) -> Span:
+        return Span(self.tree[1], self.row.size)
+
+    def section(self, section: Section) -> Span | bytes | None:
+        """The octets of a BODY section (a span of the stored message, or bytes when they must be
+        computed), or None when the part does not exist."""
         if not section.part and not section.text:
-            return self.data
+            return self.whole
         if not section.part:
             return self._text_of(self.tree, section)
         node = _locate(self.tree, section.part)
         if node is None:
             return None
         if not section.text:
-            return self.data[node[1] : node[2]]
+            return Span(node[1], node[2])
         if section.text == "MIME":
-            return self.data[node[0] : node[1]]
+            return Span(node[0], node[1])
         if node[5] is None:
             return b""  # HEADER/TEXT of a part that is not a message/rfc822
         return self._text_of(node[5], section)
 
-    def _text_of(self, node: list[Any], section: Section) -> bytes:
-        header = self.header() if node is self.tree else self.data[node[0] : node[1]]
+    def _text_of(self, node: list[Any], section: Section) -> Span | bytes:
+        header = Span(node[0], node[1])
         if section.text == "HEADER":
             return header
         if section.text == "HEADER.FIELDS":
-            return _filter_header(header, section.fields, keep=True)
+            return _filter_header(self.read(header), section.fields, keep=True)
         if section.text == "HEADER.FIELDS.NOT":
-            return _filter_header(header, section.fields, keep=False)
-        return self.data[node[1] : node[2]]  # TEXT
+            return _filter_header(self.read(header), section.fields, keep=False)
+        return Span(node[1], node[2])  # TEXT
 
     def binary(self, section: Section) -> bytes | None:
         node = self.tree if not section.part else _locate(self.tree, section.part)
         if node is None:
             return None
+        body = self.read(Span(node[1], node[2]))
         if node[4] or node[5] is not None:
-            return self.data[node[1] : node[2]]  # multipart or message: no transfer encoding to undo
-        return _decode(self.data[node[1] : node[2]], node[3])
+            return body  # multipart or message: no transfer encoding to undo
+        return _decode(body, node[3])
 
 
-def _body_item(message: _Message, item: BodyItem) -> bytes | None:
+def _body_item(message: _Message, item: BodyItem) -> bytes | tuple[bytes, Span] | None:
+    """The rendered item, or (its name, the span to stream as a literal) for a plain slice."""
+    data: Span | bytes | None
     if item.kind == "BODY":
         data = message.section(item.section)
     elif item.kind == "BINARY.SIZE":
@@ -178,8 +200,11 @@ def _body_item(message: _Message, item: BodyItem) -> bytes | None:
         data = b""
     if item.partial is not None:
         origin, count = item.partial
-        data = data[origin : origin + count]
-    return item.response_name().encode() + b" " + _literal(data, binary=item.kind == "BINARY")
+        data = data.clip(origin, count) if isinstance(data, Span) else data[origin : origin + count]
+    name = item.response_name().encode()
+    if isinstance(data, Span):
+        return name, data
+    return name + b" " + _literal(data, binary=item.kind == "BINARY")
 
 
 def _needs_index(cmd: Fetch) -> bool:
@@ -269,7 +294,7 @@ def _responses(
         if row is None:
             continue
         message = _Message(session, row)
-        parts: list[bytes] = []
+        parts: list[bytes | tuple[bytes, Span]] = []
         if with_uid:
             parts.append(b"UID %d" % uid)
         has_flags = False
@@ -298,15 +323,34 @@ def _responses(
                 case "MODSEQ":
                     parts.append(b"MODSEQ (%d)" % row.modseq)
                 case "RFC822":
-                    parts.append(b"RFC822 " + _literal(message.data))
+                    parts.append((b"RFC822", message.whole))
                 case "RFC822.HEADER":
-                    parts.append(b"RFC822.HEADER " + _literal(message.header()))
+                    parts.append((b"RFC822.HEADER", message.header_span()))
                 case "RFC822.TEXT":
-                    parts.append(b"RFC822.TEXT " + _literal(message.data[message.tree[1] :]))
+                    parts.append((b"RFC822.TEXT", message.text_span()))
                 case "SAVEDATE":
                     parts.append(b"SAVEDATE NIL")
         if uid in flags_changed and not has_flags:
             parts.append(f"FLAGS {format_flags(row.flags)}".encode())
         if with_modseq:
             parts.append(b"MODSEQ (%d)" % row.modseq)
-        yield b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
+        yield from _render(message, b"* %d FETCH (" % seq, parts)
+
+
+def _render(message: _Message, head: bytes, parts: list[bytes | tuple[bytes, Span]]) -> Generator[bytes, None, None]:
+    """One FETCH response: items joined by spaces, spans streamed as literals a CHUNK at a time."""
+    pending = head
+    for i, part in enumerate(parts):
+        separator = b" " if i else b""
+        if isinstance(part, bytes):
+            pending += separator + part
+            continue
+        name, span = part
+        yield pending + separator + name + b" {%d}\r\n" % (span.end - span.start)
+        pending = b""
+        for start in range(span.start, span.end, CHUNK):
+            chunk = message.read(Span(start, min(span.end, start + CHUNK)))
+            if len(chunk) != min(span.end, start + CHUNK) - start:
+                raise StoreError(f"message {message.row.blob_id} is shorter than its size")
+            yield chunk
+    yield pending + b")\r\n"

@@ -1,0 +1,64 @@
+"""Issue 8, finding 6: FETCH streams message bytes from the store a CHUNK at a time, so the memory a
+FETCH takes is a constant, not a multiple of the message."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kartero.imap.commands.view import CHUNK
+from kartero.store.ids import new_message_id
+from kartero.store.interface import Delivery, DeliveryTarget
+from kartero.store.sqlite import SQLiteStore
+from tests.unit.imap.harness import Client
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "data")
+    s.start()
+    yield s
+    s.close()
+
+
+LINE = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdef\r\n"
+BODY = LINE * (6 * 1024 * 1024 // len(LINE))
+MESSAGE = (b"From: a@example.org\r\nSubject: big\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+           b"--b\r\nContent-Type: text/plain\r\n\r\n" + BODY + b"\r\n--b--\r\n")  # fmt: skip
+
+
+def test_issue_8_fetch_streams_big_sections_in_chunks(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    bob = store.add_account("bob@example.test", "h")
+    store.deliver(Delivery(new_message_id(), MESSAGE, (DeliveryTarget(bob.id),), 1_700_000_000)).result(10)
+
+    def whole_message(blob_id: str) -> bytes:
+        raise AssertionError("FETCH read a whole message into memory")
+
+    monkeypatch.setattr(store, "read_message", whole_message)
+    client = Client(store)
+    client.login()
+    client.select()
+    pieces: list[int] = []
+    send = client.conn.send
+
+    def record(data: bytes) -> None:
+        pieces.append(len(data))
+        send(data)
+
+    monkeypatch.setattr(client.conn, "send", record)
+    cases = {
+        "BODY.PEEK[]": (b"BODY[]", MESSAGE),
+        "RFC822": (b"RFC822", MESSAGE),
+        "BODY.PEEK[1]": (b"BODY[1]", BODY),
+        "BODY.PEEK[TEXT]": (b"BODY[TEXT]", MESSAGE[MESSAGE.index(b"\r\n\r\n") + 4 :]),
+        "BODY.PEEK[]<100.5000000>": (b"BODY[]<100>", MESSAGE[100:5_000_100]),
+    }
+    for item, (name, expected) in cases.items():
+        pieces.clear()
+        out = client.send(f"f UID FETCH 1 ({item})\r\n".encode())
+        assert max(pieces) <= 2 * CHUNK, item
+        head = b"* 1 FETCH (UID 1 %s {%d}\r\n" % (name, len(expected))
+        flags = b" FLAGS (\\Seen)" if item == "RFC822" else b""  # RFC822 sets \Seen (RFC 9051 §6.4.5)
+        assert out == head + expected + flags + b")\r\nf OK UID FETCH completed\r\n", item
