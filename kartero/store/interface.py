@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
+from pathlib import Path
 from typing import Any, Protocol
 
 from kartero.store.criteria import Criterion, Sort
@@ -241,11 +242,38 @@ class Outbound:
 
 
 @dataclass(frozen=True, slots=True)
+class FileSpan:
+    """Octets [offset, offset + length) of a file (a spool file): message bytes not held in memory. The
+    file belongs to whoever made it and must stay until the delivery's Future is done."""
+
+    path: Path
+    offset: int
+    length: int
+
+    def __post_init__(self) -> None:
+        if self.offset < 0 or self.length < 0:
+            raise ValueError(f"bad file span {self.offset}+{self.length}")
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """A message as `head` (bytes: trace fields and the header, as changed by policy) followed by `tail`
+    (the rest as received, in memory or in a spool file): how a large message reaches the store without
+    ever being held whole in memory."""
+
+    head: bytes
+    tail: bytes | FileSpan
+
+    def __len__(self) -> int:
+        return len(self.head) + (self.tail.length if isinstance(self.tail, FileSpan) else len(self.tail))
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """One message for local mailboxes and/or the outbound queue; its bytes are stored once."""
 
     blob_id: str
-    data: bytes
+    data: bytes | Content
     targets: tuple[DeliveryTarget, ...]
     internal_date: int
     envelope: Mapping[str, Any] = field(default_factory=dict)  # JSON-ready: sender, recipients, DSN

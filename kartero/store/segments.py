@@ -15,7 +15,10 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+
+from kartero.store.spool import SpoolBody
 
 # A segment is sealed once it passes this size; a single larger message gets a segment of its own.
 SEGMENT_BYTES = 64 * 1024 * 1024
@@ -52,27 +55,40 @@ class Segments:
         fd = os.open(self.path(number), os.O_WRONLY | os.O_CLOEXEC)
         self._active, self._active_fd, self._active_size = number, fd, os.fstat(fd).st_size
 
-    def append(self, bodies: list[bytes]) -> list[tuple[int, int]]:
-        """Append the bodies and fdatasync; return each one's (segment, offset). Raises OSError."""
+    def append(self, bodies: Sequence[bytes | SpoolBody]) -> list[tuple[int, int]]:
+        """Append the bodies and fdatasync; return each one's (segment, offset). Raises OSError.
+
+        Bodies in memory go out in one write; a large body in a spool file is copied by the kernel."""
         total = sum(len(b) for b in bodies)
         if self._active is None or (self._active_size and self._active_size + total > self.max_bytes):
             self._roll()
         assert self._active is not None
-        start = self._active_size
         locations = []
-        offset = start
+        offset = self._active_size
         for body in bodies:
             locations.append((self._active, offset))
             offset += len(body)
-        view = memoryview(b"".join(bodies))
-        position = start
+        position = self._active_size
+        pending: list[bytes] = []
+        for body in bodies:
+            if isinstance(body, bytes):
+                pending.append(body)
+                continue
+            position = self._write(b"".join(pending), position)
+            pending = []
+            position = body.copy_to(self._active_fd, position)
+        position = self._write(b"".join(pending), position)
+        os.fdatasync(self._active_fd)
+        self._active_size = position
+        return locations
+
+    def _write(self, data: bytes, position: int) -> int:
+        view = memoryview(data)
         while view:
             written = os.pwrite(self._active_fd, view, position)
             view = view[written:]
             position += written
-        os.fdatasync(self._active_fd)
-        self._active_size = position
-        return locations
+        return position
 
     def _roll(self) -> None:
         self._close_active()

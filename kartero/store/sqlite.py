@@ -36,13 +36,16 @@ from kartero.store.interface import (
     SPECIAL_MAILBOXES,
     Account,
     AccountExists,
+    Content,
     Delivery,
+    FileSpan,
     StoredMessage,
     StoreError,
 )
 from kartero.store.mailboxes import MailboxOps, format_flags
 from kartero.store.queue_sql import QUEUE_SCHEMA, QueueOps, insert_outbound, migrate_queue
 from kartero.store.segments import Segments
+from kartero.store.spool import SpoolBody, clear_spool, materialize, spool_dir
 
 log = logging.getLogger("kartero.store")
 
@@ -187,9 +190,10 @@ class SQLiteStore(MailboxOps, QueueOps):
     # -- delivery (group commit) -------------------------------------------------------------------
 
     def recover(self) -> int:
-        """Cut off bytes no committed message points to (left by a crash mid-batch) and remove
-        segments nothing points to; returns the number of bytes dropped. Call before `start()`,
-        in the delivering process only."""
+        """Cut off bytes no committed message points to (left by a crash mid-batch), remove segments
+        nothing points to and empty the spool folder; returns the number of bytes dropped. Call before
+        `start()`, in the delivering process only."""
+        clear_spool(self.root)
         ends = dict(self._db().execute("SELECT segment, MAX(offset + size) FROM blobs GROUP BY segment"))
         dropped = 0
         numbers = self.segments.numbers()
@@ -241,14 +245,27 @@ class SQLiteStore(MailboxOps, QueueOps):
         return future
 
     def _prepare(self, deliveries: tuple[Delivery, ...], future: Future[list[list[StoredMessage]]]) -> None:
-        """Index thread: parse each message, then hand the group to the committer."""
+        """Index thread: bring each message into one piece (bytes, or for a large one a file of its own
+        in the spool folder), parse it, then hand the group to the committer."""
+        bodies: list[bytes | SpoolBody] = []
         try:
-            group = _Group(deliveries, tuple(_index(d) for d in deliveries), future)
-        except BaseException as exc:  # _index never raises for bad mail: a bug, or MemoryError
+            for delivery in deliveries:
+                bodies.append(self._body(delivery.data))
+            indexes = tuple(_index(d, b) for d, b in zip(deliveries, bodies, strict=True))
+            group = _Group(deliveries, tuple(bodies), indexes, future)
+        except BaseException as exc:  # a full disk, a vanished spool file, MemoryError, or a bug
             log.exception("event=store.prepare_failed")
+            _discard(bodies)
             future.set_exception(StoreError(f"could not prepare the message: {exc}"))
             return
         self._commit_queue.put(group)
+
+    def _body(self, data: bytes | Content) -> bytes | SpoolBody:
+        if isinstance(data, bytes):
+            return data
+        if not isinstance(data.tail, FileSpan):
+            return data.head + data.tail
+        return materialize(spool_dir(self.root), data.head, data.tail)
 
     def compact(self) -> None:
         """Ask the committer to reclaim the space of deleted messages (runs between batches)."""
@@ -286,7 +303,7 @@ class SQLiteStore(MailboxOps, QueueOps):
             return
         results: list[list[list[StoredMessage]] | StoreError] = []
         try:
-            locations = iter(self.segments.append([d.data for g in live for d in g.deliveries]))
+            locations = iter(self.segments.append([body for g in live for body in g.bodies]))
             db.execute("BEGIN IMMEDIATE")
             try:
                 for group in live:
@@ -301,6 +318,9 @@ class SQLiteStore(MailboxOps, QueueOps):
             for group in live:
                 group.future.set_exception(StoreError(f"commit failed: {exc}"))
             return
+        finally:
+            for group in batch:
+                _discard(group.bodies)
         committed = [(g, r) for g, r in zip(live, results, strict=True) if not isinstance(r, StoreError)]
         for group, result in zip(live, results, strict=True):
             if isinstance(result, StoreError):
@@ -651,20 +671,31 @@ class _Transaction:
 
 @dataclass(frozen=True, slots=True)
 class _Group:
-    """Deliveries committed together or not at all, with their indexes and the caller's Future."""
+    """Deliveries committed together or not at all, with their bodies in one piece, their indexes and
+    the caller's Future."""
 
     deliveries: tuple[Delivery, ...]
+    bodies: tuple[bytes | SpoolBody, ...]
     indexes: tuple[MessageIndex, ...]
     future: Future[list[list[StoredMessage]]]
 
 
-def _index(delivery: Delivery) -> MessageIndex:
+def _index(delivery: Delivery, body: bytes | SpoolBody) -> MessageIndex:
     """The message's index; a parser failure is logged and the message gets the minimal one."""
     try:
-        return index_message(delivery.data)
+        if isinstance(body, bytes):
+            return index_message(body)
+        with body.buffer() as buffer:
+            return index_message(buffer)  # type: ignore[arg-type]  # a bytes-like view, see spool.FileBuffer
     except Exception:
         log.exception("event=store.index_failed id=%s size=%d", delivery.blob_id, len(delivery.data))
         return _minimal_index(delivery)
+
+
+def _discard(bodies: Sequence[bytes | SpoolBody]) -> None:
+    for body in bodies:
+        if isinstance(body, SpoolBody):
+            body.discard()
 
 
 def _minimal_index(delivery: Delivery) -> MessageIndex:

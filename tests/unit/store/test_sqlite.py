@@ -14,7 +14,17 @@ import pytest
 from kartero.mime.index import MessageIndex
 from kartero.store import sqlite as sqlite_module
 from kartero.store.ids import new_message_id as new_blob_id
-from kartero.store.interface import AccountExists, Delivery, DeliveryTarget, Outbound, OutboundRecipient, StoreError
+from kartero.store.interface import (
+    AccountExists,
+    Content,
+    Delivery,
+    DeliveryTarget,
+    FileSpan,
+    Outbound,
+    OutboundRecipient,
+    StoreError,
+)
+from kartero.store.spool import SpoolFile, spool_dir
 from kartero.store.sqlite import SQLiteStore
 
 
@@ -297,3 +307,38 @@ def test_issue_8_group_with_local_and_queued_copies_commits_both(store: SQLiteSt
     ]).result(10)  # fmt: skip
     assert [[m.uid for m in stored] for stored in result] == [[1], []]
     assert [e.id for e in store.queue_entries()] == [queue_id]
+
+
+def test_issue_8_large_message_from_a_spool_file_is_stored_and_indexed(store: SQLiteStore, tmp_path: Path) -> None:
+    bob = store.add_account("bob@example.test", "h")
+    body = b"".join(b"line %07d of a large body\r\n" % i for i in range(100_000))
+    received = b"Subject: big one\r\nFrom: a@example.org\r\nContent-Type: text/plain\r\n\r\n" + body
+    spool_file = SpoolFile(tmp_path / "incoming")
+    spool_file.write(b"junk before" + received)
+    spool_file.close()
+    span = FileSpan(spool_file.path, len(b"junk before"), len(received))
+    queued = Outbound("a@example.org", (OutboundRecipient("dave@remote.test"),), 2_000_000_000)
+    local_id, queue_id = new_blob_id(), new_blob_id()
+    store.deliver_group([
+        Delivery(local_id, Content(b"Return-Path: <a@example.org>\r\n", span), (DeliveryTarget(bob.id),), 0),
+        Delivery(queue_id, Content(b"", span), (), 0, {}, queued),
+    ]).result(30)  # fmt: skip
+    assert store.read_message(local_id) == b"Return-Path: <a@example.org>\r\n" + received
+    assert store.read_message(queue_id) == received
+    inbox = store.get_mailbox(bob.id, "INBOX")
+    assert inbox is not None
+    (row,) = store.message_rows(inbox.id, with_index=True)
+    assert row.size == len(received) + len(b"Return-Path: <a@example.org>\r\n")
+    assert row.envelope is not None and b'"big one"' in row.envelope
+    assert row.bodystructure is not None and b'"text" "plain"' in row.bodystructure and b" 100000 " in row.bodystructure
+    assert list(spool_dir(store.root).iterdir()) == []  # the store's own copies are gone
+    assert spool_file.path.exists()  # the caller's file is the caller's
+
+
+def test_issue_8_spool_file_gone_fails_the_group_cleanly(store: SQLiteStore, tmp_path: Path) -> None:
+    bob = store.add_account("bob@example.test", "h")
+    span = FileSpan(tmp_path / "missing.spool", 0, 100)
+    with pytest.raises(StoreError, match="could not prepare"):
+        store.deliver(Delivery(new_blob_id(), Content(b"", span), (DeliveryTarget(bob.id),), 0)).result(10)
+    assert list(spool_dir(store.root).iterdir()) == []
+    deliver(store, _message("after"), bob.id)  # the store goes on
