@@ -77,10 +77,29 @@ def parse_helo_name(arg: str) -> str:
 
 
 def decode_xtext(text: str) -> str:
-    """Decode RFC 3461 §4 xtext; raises SMTPError(501) when malformed."""
+    """Decode RFC 3461 §4 xtext; raises SMTPError(501) when malformed.
+
+    Every xtext we take (ENVID, ORCPT, AUTH=) must decode to printable US-ASCII (RFC 3461 §4.2, §4.4;
+    RFC 4954 §5), so "+0D+0A" cannot smuggle a line break into the DSN fields built from it.
+    """
     if not _XTEXT.fullmatch(text):
         raise SMTPError(replies.BAD_ARGUMENTS.with_text("Malformed xtext value"))
-    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
+    decoded = re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
+    if not all(" " <= ch <= "~" or ch == "\t" for ch in decoded):
+        raise SMTPError(replies.BAD_ARGUMENTS.with_text("xtext value must decode to printable ASCII"))
+    return decoded
+
+
+def _keyword_value(key: str, value: str | None, allowed: tuple[str, ...]) -> str:
+    """The upper-cased value of a parameter whose values are keywords. ASCII only: "8B\u0131TMIME"
+    (dotless i) is no 8BITMIME, even though Python upper-cases it to one."""
+    text = _require_value(key, value)
+    if not text.isascii() or text.upper() not in allowed:
+        # Echo only a short keyword: replies are printable ASCII, lines at most 512 octets (RFC 5321
+        # §4.5.3.1.5).
+        shown = f"{key}={text.upper()}" if len(text) <= 20 and _KEYWORD.fullmatch(text) else f"{key} value"
+        raise SMTPError(replies.PARAMS_NOT_RECOGNIZED.with_text(f"{shown} not supported"))
+    return text.upper()
 
 
 def _split_params(text: str, *, is_esmtp: bool) -> dict[str, str | None]:
@@ -97,7 +116,8 @@ def _split_params(text: str, *, is_esmtp: bool) -> dict[str, str | None]:
             raise SMTPError(replies.BAD_ARGUMENTS)
         key = key.upper()
         if key in params:
-            raise SMTPError(replies.BAD_ARGUMENTS.with_text(f"Duplicate parameter {key}"))
+            shown = f" {key}" if len(key) <= 20 else ""  # replies stay short (RFC 5321 §4.5.3.1.5)
+            raise SMTPError(replies.BAD_ARGUMENTS.with_text(f"Duplicate parameter{shown}"))
         params[key] = value if eq else None
     return params
 
@@ -148,23 +168,21 @@ def parse_mail(arg: str, *, is_esmtp: bool, max_size: int, has_auth: bool = Fals
                 if size > max_size:  # RFC 1870 §6.1
                     raise SMTPError(replies.SIZE_EXCEEDED)
             case "BODY":
-                text = _require_value(key, value).upper()
-                if text not in ("7BIT", "8BITMIME"):
-                    raise SMTPError(replies.PARAMS_NOT_RECOGNIZED.with_text(f"BODY={text} not supported"))
-                body = Body(text)
+                body = Body(_keyword_value(key, value, ("7BIT", "8BITMIME")))
             case "SMTPUTF8":
                 if value is not None:
                     raise SMTPError(replies.BAD_ARGUMENTS.with_text("SMTPUTF8 takes no value"))
                 smtputf8 = True
             case "RET":
-                text = _require_value(key, value).upper()
-                if text not in ("FULL", "HDRS"):
+                text = _require_value(key, value)
+                if not text.isascii() or text.upper() not in ("FULL", "HDRS"):
                     raise SMTPError(replies.BAD_ARGUMENTS.with_text("RET must be FULL or HDRS"))
-                ret = Ret(text)
+                ret = Ret(text.upper())
             case "ENVID":
-                envid = decode_xtext(_require_value(key, value))
-                if len(_require_value(key, value)) > 100:  # RFC 3461 §4.4
+                text = _require_value(key, value)
+                if len(text) > 100:  # RFC 3461 §4.4
                     raise SMTPError(replies.BAD_ARGUMENTS.with_text("ENVID longer than 100 characters"))
+                envid = decode_xtext(text)
             case "AUTH" if has_auth:
                 decode_xtext(_require_value(key, value))
             case _:
@@ -182,8 +200,9 @@ def parse_rcpt(arg: str, *, is_esmtp: bool, smtputf8: bool) -> tuple[Path, RcptP
     for key, value in raw.items():
         match key:
             case "NOTIFY":
-                words = _require_value(key, value).upper().split(",")
-                if any(w not in _NOTIFY_WORDS for w in words) or len(set(words)) != len(words):
+                text = _require_value(key, value)
+                words = text.upper().split(",")
+                if not text.isascii() or any(w not in _NOTIFY_WORDS for w in words) or len(set(words)) != len(words):
                     raise SMTPError(replies.BAD_ARGUMENTS.with_text("Bad NOTIFY value"))
                 notify = frozenset(Notify(w) for w in words)
                 if Notify.NEVER in notify and len(notify) > 1:  # RFC 3461 §4.1

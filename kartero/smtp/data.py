@@ -59,20 +59,29 @@ class DataReader:
     def length(self) -> int:
         return self._length
 
-    def feed(self, data: bytes) -> int | None:
+    def feed(self, data: bytes | bytearray) -> int | None:
         """Take bytes; return how many of them belong to the body incl. the terminator, or None
-        when all of them were body and the terminator has not come yet."""
-        window = self._tail + data
-        idx = window.find(_END)
+        when all of them were body and the terminator has not come yet.
+
+        Only body octets are copied, so the caller may pass its whole input buffer: commands pipelined
+        behind the terminator cost nothing here (a copy of them per message made a pipelining client's
+        work quadratic).
+        """
+        tail = self._tail
+        # A terminator that starts in the tail lies within the tail and the first 4 octets of data.
+        idx = (tail + data[:4]).find(_END)
         if idx < 0:
-            self._keep(data)
-            self._tail = window[-4:]
+            found = data.find(_END)
+            idx = found if found < 0 else len(tail) + found
+        if idx < 0:
+            self._keep(bytes(data))
+            self._tail = (tail + data[-4:])[-4:]
             return None
         # In stream terms (stream = CRLF + body), the terminator starts at offset - len(tail) + idx.
-        body_end = self._length - len(self._tail) + 2 + idx  # end of body incl. its last CRLF
+        body_end = self._length - len(tail) + 2 + idx  # end of body incl. its last CRLF
         consumed = body_end - self._length + 3
         if body_end >= self._length:
-            self._keep(data[: body_end - self._length])
+            self._keep(bytes(data[: body_end - self._length]))
         else:
             self._truncate(body_end)
         return consumed

@@ -274,7 +274,9 @@ class ServerConnection:
             return _NEED_DATA
         line = bytes(self._in[: idx + 1])
         del self._in[: idx + 1]
-        if self._is_skipping_line:
+        # A line longer than the buffer limit is too long however it arrived: in one read, or in
+        # pieces that overflowed the buffer first (the reply must not depend on how TCP cut it).
+        if self._is_skipping_line or idx > self._max_line:
             self._is_skipping_line = False
             self._auth = None
             self._error(replies.LINE_TOO_LONG)
@@ -313,12 +315,11 @@ class ServerConnection:
             return _NEED_DATA
         reader = self._data
         assert reader is not None
-        data = bytes(self._in)
-        self._in.clear()
-        consumed = reader.feed(data)
+        consumed = reader.feed(self._in)
         if consumed is None:
+            self._in.clear()
             return _NEED_DATA
-        self._in += data[consumed:]
+        del self._in[:consumed]
         self._data = None
         if reader.is_overflowed:
             return self._refuse(replies.SIZE_EXCEEDED, reader.length)
