@@ -63,12 +63,20 @@ class Limits:
     message_size: int = 50 * 1000 * 1000
     recipients_per_message: int = 1000
     errors_per_session: int = 20
-    connections: int = 1000
+    connections: int = 4000  # sessions at once, every listener together (kept under the open-file limit)
+    smtp_connections: int = 1000  # per service (its listeners together): one flooded service leaves
+    submission_connections: int = 500  # the others their room
+    imap_connections: int = 2000
+    pop3_connections: int = 500
     command_timeout_s: float = 300.0
     data_timeout_s: float = 180.0
+    command_deadline_s: float = 30.0  # a command complete after its first byte (+1 s per KiB received)
+    login_deadline_s: float = 60.0  # submission, IMAP, POP3: logged in after connecting
     shutdown_grace_s: float = 10.0
-    connections_per_ip: int = 50  # SMTP sessions at once from one address (0: no limit)
-    connections_per_ip_per_minute: int = 120
+    connections_per_ip: int = 50  # MX sessions at once from one address (0: no limit)
+    unauthenticated_connections_per_ip: int = 10  # per service, before login (submission, IMAP, POP3)
+    connections_per_user_and_ip: int = 10  # per service, after login (Dovecot's mail_max_userip_connections)
+    connections_per_ip_per_minute: int = 120  # MX and submission, each counted apart
     messages_per_user_per_hour: int = 500  # submission (0: no limit)
     exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # networks the per-address limits skip
 
@@ -143,6 +151,7 @@ class Config:
     greylisting: GreylistConfig = field(default_factory=GreylistConfig)
     dnsbl: DNSBLConfig = field(default_factory=DNSBLConfig)
     log_level: str = "info"
+    proxy_from: tuple[str, ...] = ()  # networks whose connections start with a PROXY protocol header
     source: Path | None = None  # the file it came from; None for the embedded default
     make_certificate: bool = False  # embedded default: create a self-signed certificate on first start
 
@@ -306,9 +315,12 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         raise r.fail(None, "log_level", "must be one of debug, info, warning, error")
 
     listen_raw = r.table(data, "listen")
-    r.check_keys(listen_raw, "listen", LISTENERS + PLANNED_LISTENERS)
+    r.check_keys(listen_raw, "listen", (*LISTENERS, *PLANNED_LISTENERS, "proxy_from"))
+    proxy_from = r.networks(listen_raw, "listen", "proxy_from", ())
     listen: dict[str, tuple[ListenAddress, ...]] = {}
     for key, value in listen_raw.items():
+        if key == "proxy_from":
+            continue
         if key in PLANNED_LISTENERS:
             raise r.fail("listen", key, "this listener is not available in this version of Kartero")
         values = value if isinstance(value, list) else [value]
@@ -337,10 +349,18 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
             "recipients_per_message",
             "errors_per_session",
             "connections",
+            "smtp_connections",
+            "submission_connections",
+            "imap_connections",
+            "pop3_connections",
             "command_timeout",
             "data_timeout",
+            "command_deadline",
+            "login_deadline",
             "shutdown_grace",
             "connections_per_ip",
+            "unauthenticated_connections_per_ip",
+            "connections_per_user_and_ip",
             "connections_per_ip_per_minute",
             "messages_per_user_per_hour",
             "exempt",
@@ -352,10 +372,22 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         recipients_per_message=r.integer(lim, "limits", "recipients_per_message", defaults.recipients_per_message, 1),
         errors_per_session=r.integer(lim, "limits", "errors_per_session", defaults.errors_per_session, 1),
         connections=r.integer(lim, "limits", "connections", defaults.connections, 1),
+        smtp_connections=r.integer(lim, "limits", "smtp_connections", defaults.smtp_connections, 1),
+        submission_connections=r.integer(lim, "limits", "submission_connections", defaults.submission_connections, 1),
+        imap_connections=r.integer(lim, "limits", "imap_connections", defaults.imap_connections, 1),
+        pop3_connections=r.integer(lim, "limits", "pop3_connections", defaults.pop3_connections, 1),
         command_timeout_s=r.duration(lim, "limits", "command_timeout", defaults.command_timeout_s),
         data_timeout_s=r.duration(lim, "limits", "data_timeout", defaults.data_timeout_s),
+        command_deadline_s=r.duration(lim, "limits", "command_deadline", defaults.command_deadline_s),
+        login_deadline_s=r.duration(lim, "limits", "login_deadline", defaults.login_deadline_s),
         shutdown_grace_s=r.duration(lim, "limits", "shutdown_grace", defaults.shutdown_grace_s),
         connections_per_ip=r.integer(lim, "limits", "connections_per_ip", defaults.connections_per_ip, 0),
+        unauthenticated_connections_per_ip=r.integer(
+            lim, "limits", "unauthenticated_connections_per_ip", defaults.unauthenticated_connections_per_ip, 0
+        ),
+        connections_per_user_and_ip=r.integer(
+            lim, "limits", "connections_per_user_and_ip", defaults.connections_per_user_and_ip, 0
+        ),
         connections_per_ip_per_minute=r.integer(
             lim, "limits", "connections_per_ip_per_minute", defaults.connections_per_ip_per_minute, 0
         ),
@@ -463,6 +495,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         greylisting=greylisting,
         dnsbl=dnsbl,
         log_level=log_level,
+        proxy_from=proxy_from,
         source=source,
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import ssl
 import sys
@@ -35,12 +36,13 @@ from kartero.log import kv
 from kartero.mailauth.dkim import Signer
 from kartero.mailauth.inbound import Checks, InboundChecker
 from kartero.net.channel import AccessContext
+from kartero.net.deadlines import DeadlineSettings
 from kartero.net.imap_session import ImapSession
 from kartero.net.pop3_session import Pop3Session
 from kartero.net.session import SessionContext, SMTPSession
 from kartero.policy.dnsbl import DNSBL
 from kartero.policy.inbound import InboundPolicy
-from kartero.policy.limits import ConnectionLimits, Greylist, parse_networks
+from kartero.policy.limits import Admission, Greylist, ServiceLimits, parse_networks
 from kartero.policy.submission import SubmissionPolicy
 from kartero.pop3.connection import Pop3Settings
 from kartero.queue.runner import QueueRunner, QueueSettings
@@ -52,6 +54,22 @@ log = logging.getLogger("kartero.server")
 
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
 MAILDROP_POLL_S = 1.0
+# File descriptors kept back from the connection caps: the store, logs, DNS, outbound deliveries.
+RESERVED_FILES = 256
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (many systems start processes at 1024, too few
+    for thousands of connections); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass  # the soft limit stays; the connection cap is fitted under it below
+    return int(soft) if soft != resource.RLIM_INFINITY else 1 << 30
 
 
 class StartupError(Exception):
@@ -125,9 +143,8 @@ class Server:
         dnsbl = (DNSBL(config.dnsbl.zones, blocking, parse_networks(config.dnsbl.exempt))
                  if config.dnsbl.zones else None)  # fmt: skip
         policy = InboundPolicy(directory, config.primary_domain, checker, executor, greylist, dnsbl)
+        admission = self._admission(config.delivery.concurrency)
         lim = config.limits
-        client_limits = ConnectionLimits(lim.connections_per_ip, lim.connections_per_ip_per_minute,
-                                         parse_networks(lim.exempt))  # fmt: skip
         signer = Signer(config.data_dir)
         submission_policy = SubmissionPolicy(directory, config.primary_domain, config.hostname, signer, executor,
                                              config.limits.messages_per_user_per_hour)  # fmt: skip
@@ -208,13 +225,14 @@ class Server:
                             spawn=self._spawn,
                             sessions=self._sessions,
                             on_session_end=self._on_session_end,
-                            max_connections=config.limits.connections,
                             is_stopping=lambda: self._stopping,
                             implicit_tls=kind == "submissions",
                             authenticator=authenticator if is_submission else None,
                             throttle=throttle,
                             queue_lifetime_s=config.delivery.queue_lifetime_s,
-                            client_limits=client_limits,
+                            admission=admission,
+                            deadlines=DeadlineSettings(lim.command_deadline_s,
+                                                       lim.login_deadline_s if is_submission else None),
                         )
                         factory = partial(SMTPSession, smtp_ctx)
                     else:
@@ -236,9 +254,10 @@ class Server:
                             spawn=self._spawn,
                             sessions=self._sessions,
                             on_session_end=self._on_session_end,
-                            max_connections=config.limits.connections,
                             is_stopping=lambda: self._stopping,
                             throttle=throttle,
+                            admission=admission,
+                            deadlines=DeadlineSettings(lim.command_deadline_s, lim.login_deadline_s),
                         )
                         session_class = Pop3Session if kind.startswith("pop3") else ImapSession
                         factory = session_class.factory(access)
@@ -273,6 +292,25 @@ class Server:
             await asyncio.to_thread(store.close)
             executor.shutdown(wait=False)
             log.info("%s", kv(event="stopped"))
+
+    def _admission(self, outbound_connections: int) -> Admission:
+        """The connection caps from [limits], the total fitted under the open-file limit (raised first)."""
+        lim = self.config.limits
+        files = raise_open_file_limit()
+        total = min(lim.connections, max(1, files - RESERVED_FILES - outbound_connections))
+        if total < lim.connections:
+            log.warning("%s", kv(event="limits.open_files", open_files=files, connections=lim.connections,
+                                 detail=f"connections capped at {total}: raise the hard RLIMIT_NOFILE"))  # fmt: skip
+        services = {
+            "smtp": ServiceLimits(lim.smtp_connections, lim.connections_per_ip, lim.connections_per_ip_per_minute),
+            "submission": ServiceLimits(lim.submission_connections, lim.unauthenticated_connections_per_ip,
+                                        lim.connections_per_ip_per_minute, lim.connections_per_user_and_ip),
+            "imap": ServiceLimits(lim.imap_connections, lim.unauthenticated_connections_per_ip, 0,
+                                  lim.connections_per_user_and_ip),
+            "pop3": ServiceLimits(lim.pop3_connections, lim.unauthenticated_connections_per_ip, 0,
+                                  lim.connections_per_user_and_ip),
+        }  # fmt: skip
+        return Admission(total, services, parse_networks(lim.exempt))
 
     async def _pick_up(self, pickup: Pickup) -> None:
         """Take in what `kartero sendmail` left in the maildrop: at start, then every second."""

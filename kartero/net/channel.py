@@ -3,7 +3,13 @@ nothing else.
 
 It hands received bytes to the session's core, wakes the session's task, writes with flow control,
 upgrades to TLS without letting plaintext sent before the handshake through (CVE-2011-0411), optionally
-compresses (IMAP COMPRESS=DEFLATE), and pauses reading while the core holds too much unprocessed input.
+compresses (IMAP COMPRESS=DEFLATE), and keeps the session's deadlines (see deadlines.py).
+
+Back-pressure: the session asks for input with `wait()`; between two such calls (while it runs a
+command, checks a password, sleeps a login delay) at most READ_AHEAD_BYTES more are read, then reading
+pauses until it asks again. Compressed input is inflated INFLATE_CHUNK_BYTES at a time, one chunk per
+`wait()`: a deflate bomb inflates no faster than its own session consumes it, in short steps between
+everyone else's, and never holds more than a chunk in memory.
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ import logging
 import ssl
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
 from kartero.auth.accounts import Authenticator
 from kartero.auth.throttle import AuthThrottle
 from kartero.log import kv
+from kartero.net.deadlines import Deadline, Deadlines, DeadlineSettings
+from kartero.policy.limits import Admission, Refusal, Ticket
 from kartero.store.interface import Account, Store
 
 log = logging.getLogger("kartero.net")
@@ -27,8 +35,13 @@ log = logging.getLogger("kartero.net")
 # Without a throttle, a wrong password still costs the client this long before the refusal.
 LOGIN_FAILURE_DELAY_S = 0.5
 
-READ_PAUSE_BYTES = 1 << 20
+# Input read while the session is not asking for any; one read of the event loop may bring 256 KiB.
+READ_AHEAD_BYTES = 64 * 1024
+INFLATE_CHUNK_BYTES = 64 * 1024
+INFLATE_INPUT_BYTES = 16 * 1024  # compressed octets handed to zlib per call (bounds the tail it copies)
 TLS_HANDSHAKE_TIMEOUT_S = 30.0
+# A peer that reads none of our output for this long is gone (or attacking with slow reads).
+SEND_STALL_S = 300.0
 
 SettingsT = TypeVar("SettingsT")
 
@@ -46,9 +59,41 @@ class AccessContext(Generic[SettingsT]):
     spawn: Callable[[Any], None]
     sessions: set[Any]
     on_session_end: Callable[[], None]
-    max_connections: int
     is_stopping: Callable[[], bool]
     throttle: AuthThrottle | None = None  # shared with SMTP AUTH: failures count per client address
+    admission: Admission | None = None  # the server's connection caps; None: unlimited (unit tests)
+    deadlines: DeadlineSettings = field(default_factory=DeadlineSettings)
+
+    @property
+    def protocol(self) -> str:
+        return self.listener.rstrip("s")  # imaps -> imap, pop3s -> pop3
+
+    def admit(self, channel: Channel, session_id: str) -> Ticket | None:
+        """Count a new session against the server's connection caps; a refused one (its ticket says
+        why) is logged as `<protocol>.limited`."""
+        if self.admission is None:
+            return None
+        ticket = self.admission.open(self.protocol, channel.client_ip)
+        if ticket.refusal is not None:
+            log.info("%s", kv(event=f"{self.protocol}.limited", session=session_id, client=channel.client_ip,
+                              reason=ticket.refusal.reason))  # fmt: skip
+        return ticket
+
+    def admit_login(self, ticket: Ticket | None, channel: Channel, session_id: str, user: str) -> Refusal | None:
+        """The session logged in as `user`: count it per account and address from now on (a refusal,
+        logged, means the session must end); its login deadline no longer applies."""
+        channel.deadlines.logged_in()
+        if ticket is None or self.admission is None:
+            return None
+        refusal = self.admission.log_in(ticket, user)
+        if refusal is not None:
+            log.info("%s", kv(event=f"{self.protocol}.limited", session=session_id, client=channel.client_ip,
+                              user=user, reason=refusal.reason))  # fmt: skip
+        return refusal
+
+    def release(self, ticket: Ticket | None) -> None:
+        if ticket is not None and self.admission is not None:
+            self.admission.close(ticket)
 
     async def check_login(self, channel: Channel, session_id: str, user: str, password: str) -> Account | None:
         """The account for a password login, or None after the throttle's delay (refused at once while
@@ -71,26 +116,47 @@ class AccessContext(Generic[SettingsT]):
         return account
 
 
+def refusal_text(refusal: Refusal) -> str:
+    """What an IMAP `BYE` or a POP3 `-ERR` says to a session refused by the connection caps."""
+    if refusal.is_per_address:
+        return f"Too many connections from your address ({refusal.reason})"
+    return "Too many connections, try later"
+
+
+# What an IMAP `BYE` or a POP3 `-ERR` says when a deadline passed, and the reason logged.
+DEADLINE_TEXTS = {
+    Deadline.IDLE: ("Autologout; idle for too long", "timeout"),
+    Deadline.COMMAND: ("Command not completed in time", "command deadline"),
+    Deadline.LOGIN: ("Login not completed in time", "login deadline"),
+}
+
+
 class Channel(asyncio.Protocol):
     """`on_connect(channel)` runs when the connection is made and must set `feed` (where received bytes
-    go; b"" means the peer is gone) and `buffered` (how much input the core still holds)."""
+    go; b"" means the peer is gone)."""
 
-    def __init__(self, on_connect: Callable[[Channel], object]) -> None:
+    def __init__(self, on_connect: Callable[[Channel], object], deadlines: DeadlineSettings) -> None:
         self._on_connect = on_connect
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
+        self.proxied_peer: tuple[str, int] | None = None  # the client a PROXY header named (net/gate.py)
         self.client_ip = "?"
+        self.via: str | None = None  # the proxy's address, when a PROXY header named the client
         self.is_loopback = False
         self.feed: Callable[[bytes], None] = lambda data: None
-        self.buffered: Callable[[], int] = lambda: 0
+        self.deadlines = Deadlines(deadlines, self.loop.time())
         self.is_lost = False
         self._wakeup = asyncio.Event()
         self._can_write = asyncio.Event()
         self._can_write.set()
         self._is_paused = False
+        self._read_ahead = 0  # octets fed to the core since the session last asked for input
         self._tls_early: list[bytes] | None = None
         self._inflate: Any = None
         self._deflate: Any = None
+        self._compressed = bytearray()  # received, not yet inflated
+        self._is_inflate_full = False  # the last inflate call filled its chunk: more may be ready
+        self._is_eof_pending = False  # the peer closed its side behind compressed input not yet inflated
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
 
@@ -98,6 +164,9 @@ class Channel(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
+        if self.proxied_peer is not None:
+            self.via = str(peer[0]) if peer else "?"
+            peer = self.proxied_peer
         self.client_ip = str(peer[0]) if peer else "?"
         try:
             self.is_loopback = ipaddress.ip_address(self.client_ip.split("%")[0]).is_loopback
@@ -109,25 +178,29 @@ class Channel(asyncio.Protocol):
         if self._tls_early is not None:
             self._tls_early.append(data)
             return
+        self.deadlines.received(len(data), self.loop.time())
         if self._inflate is not None:
-            try:
-                data = self._inflate.decompress(data)
-            except zlib.error:
-                self.abort()
-                return
-        self.feed(data)
+            self._compressed += data
+            if self._read_ahead < READ_AHEAD_BYTES:
+                self._inflate_step()
+        else:
+            self.feed(data)
+            self._read_ahead += len(data)
         self.wake()
-        if not self._is_paused and self.buffered() > READ_PAUSE_BYTES and self.transport is not None:
-            self._is_paused = True
-            self.transport.pause_reading()
+        if self._read_ahead >= READ_AHEAD_BYTES or len(self._compressed) >= READ_AHEAD_BYTES:
+            self._pause()
 
     def eof_received(self) -> bool:
-        self.feed(b"")
+        if self._has_compressed_input():
+            self._is_eof_pending = True
+        else:
+            self.feed(b"")
         self.wake()
         return True  # keep our side open until the last responses are written
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.is_lost = True
+        self._compressed.clear()
         self.feed(b"")
         self.wake()
         self._can_write.set()
@@ -143,26 +216,46 @@ class Channel(asyncio.Protocol):
     def wake(self) -> None:
         self._wakeup.set()
 
-    async def wait(self, timeout_s: float) -> bool:
-        """Wait for input (or `wake()`); False when `timeout_s` passed first."""
-        if self._is_paused and self.buffered() < READ_PAUSE_BYTES // 2 and self.transport is not None:
+    async def wait(self, idle_s: float) -> Deadline | None:
+        """Wait for input (or `wake()`); None when it came, else the deadline that passed first (idle
+        for `idle_s`, a command left unfinished, no login in time)."""
+        self._read_ahead = 0
+        if self._has_compressed_input():
+            if self._inflate_step():
+                await asyncio.sleep(0)  # the core has more input without reading: let the others run first
+                return None
+            if self._is_eof_pending and not self._has_compressed_input():
+                self._is_eof_pending = False
+                self.feed(b"")
+                return None
+        if self._is_paused and len(self._compressed) < READ_AHEAD_BYTES and self.transport is not None:
             self._is_paused = False
             self.transport.resume_reading()
+        if not self._wakeup.is_set():
+            at, which = self.deadlines.next(idle_s)
+            try:
+                async with asyncio.timeout_at(at):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                return which
         self._wakeup.clear()
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._wakeup.wait()
-        except TimeoutError:
-            return False
-        return True
+        return None
 
     async def send(self, data: bytes) -> None:
-        """Write and wait until the transport's buffer is below its high-water mark."""
+        """Write and wait until the transport's buffer is below its high-water mark (aborting the
+        connection when the peer reads nothing for SEND_STALL_S)."""
         if data and self.transport is not None and not self.is_lost:
+            self.deadlines.replied(self.loop.time())
             if self._deflate is not None:
                 data = self._deflate.compress(data) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
             self.transport.write(data)
-        await self._can_write.wait()
+        if not self._can_write.is_set():
+            try:
+                async with asyncio.timeout(SEND_STALL_S):
+                    await self._can_write.wait()
+            except TimeoutError:
+                self.abort()
+                self.is_lost = True
 
     def compress(self) -> None:
         """From now on both directions are raw DEFLATE (RFC 4978)."""
@@ -179,6 +272,9 @@ class Channel(asyncio.Protocol):
         if transport is None or self.is_lost:
             return "connection gone"
         self._tls_early = []
+        if self._is_paused:  # the handshake must be read
+            self._is_paused = False
+            transport.resume_reading()
         try:
             new_transport = await self.loop.start_tls(
                 transport, self, context, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S
@@ -197,8 +293,48 @@ class Channel(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None:
-            self.transport.close()
+            if self._can_write.is_set():
+                self.transport.close()
+            else:  # close() would wait for a peer that reads nothing to take our output
+                self.transport.abort()
 
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    # -- inside ----------------------------------------------------------------------------------------
+
+    def _pause(self) -> None:
+        if not self._is_paused and self.transport is not None and self._tls_early is None:
+            self._is_paused = True
+            self.transport.pause_reading()
+
+    def _has_compressed_input(self) -> bool:
+        inflate = self._inflate
+        if inflate is None or self.is_lost:
+            return False
+        return bool(self._compressed or inflate.unconsumed_tail or self._is_inflate_full)
+
+    def _inflate_step(self) -> bool:
+        """Inflate at most INFLATE_CHUNK_BYTES and feed them to the core; False when nothing came out
+        of all the compressed input at hand."""
+        inflate = self._inflate
+        while self._has_compressed_input():
+            source = inflate.unconsumed_tail
+            if not source:
+                source = bytes(self._compressed[:INFLATE_INPUT_BYTES])
+                del self._compressed[:INFLATE_INPUT_BYTES]
+            try:
+                out = inflate.decompress(source, INFLATE_CHUNK_BYTES)
+            except zlib.error:
+                self._compressed.clear()
+                self._is_inflate_full = False
+                self.abort()
+                return False
+            # A full chunk may leave output inside zlib even when all input was taken.
+            self._is_inflate_full = len(out) == INFLATE_CHUNK_BYTES
+            if out:
+                self._read_ahead += len(out)
+                self.feed(out)
+                return True
+        return False

@@ -28,7 +28,8 @@ from kartero.imap.connection import (
 )
 from kartero.imap.response import Status
 from kartero.log import kv
-from kartero.net.channel import AccessContext, Channel
+from kartero.net.channel import DEADLINE_TEXTS, AccessContext, Channel, refusal_text
+from kartero.net.deadlines import Deadline
 from kartero.store.ids import new_message_id
 
 log = logging.getLogger("kartero.imap")
@@ -51,14 +52,14 @@ class ImapSession:
         self._notified = False
         self._stopping = False
         self._started_at = time.monotonic()
+        self._ticket = ctx.admit(channel, self.id)
         channel.feed = self.conn.receive_data
-        channel.buffered = lambda: self.conn.buffered_bytes
         ctx.sessions.add(self)
         ctx.spawn(self.run())
 
     @classmethod
     def factory(cls, ctx: ImapContext) -> Callable[[], Channel]:
-        return lambda: Channel(lambda channel: cls(ctx, channel))
+        return lambda: Channel(lambda channel: cls(ctx, channel), ctx.deadlines)
 
     # -- called by the server ------------------------------------------------------------------------
 
@@ -89,12 +90,14 @@ class ImapSession:
         channel = self.channel
         reason = "?"
         try:
-            if len(self.ctx.sessions) > self.ctx.max_connections or self.ctx.is_stopping():
+            log.info("%s", kv(event="imap.connect", session=self.id, listener=self.ctx.listener,
+                              client=channel.client_ip, via=channel.via))  # fmt: skip
+            if self._ticket is not None and self._ticket.refusal is not None:
+                conn.close(refusal_text(self._ticket.refusal), "connection limit")
+            elif self.ctx.is_stopping():
                 conn.close("Too many connections, try later", "connection limit")
             else:
                 conn.start()
-            log.info("%s", kv(event="imap.connect", session=self.id, listener=self.ctx.listener,
-                              client=channel.client_ip))  # fmt: skip
             reason = await self._loop()
         except Exception:
             reason = "internal error"
@@ -104,6 +107,7 @@ class ImapSession:
                 await channel.send(conn.data_to_send())
         finally:
             self.ctx.sessions.discard(self)
+            self.ctx.release(self._ticket)
             channel.close()
             log.info("%s", kv(event="imap.disconnect", session=self.id, client=channel.client_ip, user=conn.user,
                               reason=reason, ms=round((time.monotonic() - self._started_at) * 1000)))  # fmt: skip
@@ -124,8 +128,9 @@ class ImapSession:
                     conn.close("Server shutting down", "server shutting down")
                     continue
                 timeout = AUTHENTICATED_TIMEOUT_S if conn.user is not None else UNAUTHENTICATED_TIMEOUT_S
-                if not await channel.wait(timeout):
-                    conn.close("Autologout; idle for too long", "timeout")
+                expired = await channel.wait(timeout)
+                if expired is not None:
+                    self._expire(expired)
                 continue
             match event:
                 case CommandReady(tag=tag, command=command):
@@ -149,6 +154,13 @@ class ImapSession:
                 case ConnectionClosed(reason=reason):
                     await channel.send(conn.data_to_send())
                     return reason
+
+    def _expire(self, deadline: Deadline) -> None:
+        text, reason = DEADLINE_TEXTS[deadline]
+        if deadline is not Deadline.IDLE:
+            log.info("%s", kv(event="imap.deadline", session=self.id, client=self.channel.client_ip,
+                              deadline=deadline))  # fmt: skip
+        self.conn.close(text, reason)
 
     async def _drive(self, handler: Generator[bytes, None, Done]) -> Done:
         """Run a handler generator in worker threads, writing each batch as it comes."""
@@ -191,6 +203,11 @@ class ImapSession:
         account = await self.ctx.check_login(self.channel, self.id, user, password)
         if account is None:
             self.conn.login_result(tag, None)
+            return
+        refusal = self.ctx.admit_login(self._ticket, self.channel, self.id, account.address)
+        if refusal is not None:
+            self.conn.close(f"Too many connections for this account from your address ({refusal.reason})",
+                            "connection limit")  # fmt: skip
             return
         self.session = Session(self.ctx.store, account.id, account.address, self.conn.enabled)
         self.conn.login_result(tag, account.address)

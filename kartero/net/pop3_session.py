@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable
 
 from kartero.log import kv
-from kartero.net.channel import AccessContext, Channel
+from kartero.net.channel import DEADLINE_TEXTS, AccessContext, Channel, refusal_text
+from kartero.net.deadlines import Deadline
 from kartero.pop3.connection import (
     ConnectionClosed,
     LoginRequested,
@@ -41,13 +42,14 @@ class Pop3Session:
         self._stopping = False
         self._mailbox_id: int | None = None
         self._started_at = time.monotonic()
+        self._ticket = ctx.admit(channel, self.id)
         channel.feed = self.conn.receive_data
         ctx.sessions.add(self)
         ctx.spawn(self.run())
 
     @classmethod
     def factory(cls, ctx: Pop3Context) -> Callable[[], Channel]:
-        return lambda: Channel(lambda channel: cls(ctx, channel))
+        return lambda: Channel(lambda channel: cls(ctx, channel), ctx.deadlines)
 
     def stop(self) -> None:
         self._stopping = True
@@ -60,18 +62,21 @@ class Pop3Session:
         conn, channel = self.conn, self.channel
         reason = "?"
         try:
-            if len(self.ctx.sessions) > self.ctx.max_connections or self.ctx.is_stopping():
+            log.info("%s", kv(event="pop3.connect", session=self.id, listener=self.ctx.listener,
+                              client=channel.client_ip, via=channel.via))  # fmt: skip
+            if self._ticket is not None and self._ticket.refusal is not None:
+                conn.close(f"[SYS/TEMP] {refusal_text(self._ticket.refusal)}", "connection limit")
+            elif self.ctx.is_stopping():
                 conn.close("[SYS/TEMP] Too many connections, try later", "connection limit")
             else:
                 conn.start()
-            log.info("%s", kv(event="pop3.connect", session=self.id, listener=self.ctx.listener,
-                              client=channel.client_ip))  # fmt: skip
             reason = await self._loop()
         except Exception:
             reason = "internal error"
             log.exception("%s", kv(event="pop3.session_failed", session=self.id, client=channel.client_ip))
         finally:
             self.ctx.sessions.discard(self)
+            self.ctx.release(self._ticket)
             channel.close()
             log.info("%s", kv(event="pop3.disconnect", session=self.id, client=channel.client_ip, user=conn.user,
                               reason=reason, ms=round((time.monotonic() - self._started_at) * 1000)))  # fmt: skip
@@ -89,8 +94,9 @@ class Pop3Session:
                 if self._stopping and conn.is_idle:
                     conn.close("[SYS/TEMP] Server shutting down", "server shutting down")
                     continue
-                if not await channel.wait(TIMEOUT_S):
-                    conn.close("Autologout; idle for too long", "timeout")
+                expired = await channel.wait(TIMEOUT_S)
+                if expired is not None:
+                    self._expire(expired)
                 continue
             match event:
                 case LoginRequested(user=user, password=password):
@@ -110,11 +116,23 @@ class Pop3Session:
                     await channel.send(conn.data_to_send())
                     return reason
 
+    def _expire(self, deadline: Deadline) -> None:
+        text, reason = DEADLINE_TEXTS[deadline]
+        if deadline is not Deadline.IDLE:
+            log.info("%s", kv(event="pop3.deadline", session=self.id, client=self.channel.client_ip,
+                              deadline=deadline))  # fmt: skip
+        self.conn.close(text, reason)
+
     async def _login(self, user: str, password: str) -> None:
         loop = self.channel.loop
         account = await self.ctx.check_login(self.channel, self.id, user, password)
         if account is None:
             self.conn.login_result(None)
+            return
+        refusal = self.ctx.admit_login(self._ticket, self.channel, self.id, account.address)
+        if refusal is not None:
+            self.conn.close(f"[SYS/TEMP] Too many connections for this account from your address ({refusal.reason})",
+                            "connection limit")  # fmt: skip
             return
         maildrop = await loop.run_in_executor(None, self._maildrop, account.id)
         if maildrop is None:

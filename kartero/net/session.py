@@ -3,8 +3,11 @@
 Callback-driven (like uvicorn's h11 protocol): `data_received` feeds the core and drains its events on
 the spot, so a command whose decision needs no I/O is answered without a task switch. Decisions that do
 need I/O — storing a message, reloading the directory after an admin change — come back as
-`concurrent.futures.Future`s; the session stops draining the core until the answer arrives on the loop.
-Timeouts are one timer per session, re-armed lazily from the time of the last input.
+`concurrent.futures.Future`s; the session stops draining the core until the answer arrives on the loop,
+and stops reading once READ_AHEAD_BYTES wait in the core (back-pressure: a client streaming behind a
+pending decision fills its own socket buffers, not our memory). The deadlines (idle, command, login:
+see deadlines.py) are one timer per session, moved earlier when a command starts and otherwise re-armed
+lazily when it fires.
 
 The adapter never parses a command or picks a reply code; the core and the policy do.
 """
@@ -18,7 +21,7 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, cast
@@ -26,8 +29,9 @@ from typing import Any, cast
 from kartero.auth.accounts import Authenticator
 from kartero.auth.throttle import AuthThrottle
 from kartero.log import kv
+from kartero.net.deadlines import Deadline, Deadlines, DeadlineSettings
 from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, Policy, RcptContext
-from kartero.policy.limits import ConnectionLimits
+from kartero.policy.limits import Admission, Ticket
 from kartero.smtp import replies
 from kartero.smtp.events import (
     AuthRequested,
@@ -51,9 +55,18 @@ from kartero.tls import describe
 
 log = logging.getLogger("kartero.smtp")
 
-# Stop reading from a peer that sends faster than the core consumes (e.g. while a decision is pending).
-READ_PAUSE_BYTES = 1 << 20
+# Stop reading from a peer that sends faster than the core consumes (e.g. while a decision is pending):
+# the core holds no more than this plus one read (256 KiB) of unprocessed input.
+READ_AHEAD_BYTES = 64 * 1024
 TLS_HANDSHAKE_TIMEOUT_S = 30.0
+
+# The 421 4.4.2 for each deadline (RFC 5321 §4.5.3.2; 421 before closing, §3.8), and the reason logged.
+DEADLINE_REPLIES = {
+    Deadline.IDLE: (replies.TIMEOUT, "timeout"),
+    Deadline.COMMAND: (replies.TIMEOUT.with_text("Command not completed in time, closing connection"),
+                       "command deadline"),
+    Deadline.LOGIN: (replies.TIMEOUT.with_text("Login not completed in time, closing connection"), "login deadline"),
+}  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -68,13 +81,17 @@ class SessionContext:
     spawn: Callable[[Coroutine[Any, Any, None]], None]  # runs a coroutine in the server's TaskGroup
     sessions: set[SMTPSession]
     on_session_end: Callable[[], None]
-    max_connections: int
     is_stopping: Callable[[], bool]
     implicit_tls: bool = False
     authenticator: Authenticator | None = None
     throttle: AuthThrottle | None = None
     queue_lifetime_s: float = 5 * 86400.0
-    client_limits: ConnectionLimits | None = None
+    admission: Admission | None = None  # the server's connection caps; None: unlimited (unit tests)
+    deadlines: DeadlineSettings = field(default_factory=lambda: DeadlineSettings(login_s=None))
+
+    @property
+    def service(self) -> str:
+        return self.listener.rstrip("s")  # submissions -> submission
 
 
 class SMTPSession(asyncio.Protocol):
@@ -84,9 +101,11 @@ class SMTPSession(asyncio.Protocol):
         self.conn = ServerConnection(ctx.settings, is_tls=ctx.implicit_tls, sasl_nonce=secrets.token_urlsafe(18))
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
+        self.proxied_peer: tuple[str, int] | None = None  # the client a PROXY header named (net/gate.py)
         self.client_ip = "?"
         self._mail_from = ""
-        self._counted = False  # this session was counted by the per-address connection limits
+        self._ticket: Ticket | None = None  # how the connection caps counted this session
+        self._is_logged_in = False
         self._busy = False  # an asynchronous decision or the TLS handshake is under way
         self._can_write = True
         self._reading_paused = False
@@ -96,7 +115,8 @@ class SMTPSession(asyncio.Protocol):
         self._tls_early: list[bytes] | None = None  # application data that arrives during the handshake
         self._tls_info: str | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._last_input = self.loop.time()
+        self._timer_at = 0.0
+        self._deadlines = Deadlines(ctx.deadlines, self.loop.time())
         self._started_at = time.monotonic()
         self._recipients: dict[str, Accept] = {}  # accepted RCPT path -> its decision, this transaction
 
@@ -106,24 +126,28 @@ class SMTPSession(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
+        via = None
+        if self.proxied_peer is not None:
+            via, peer = str(peer[0]) if peer else "?", self.proxied_peer
         self.client_ip = str(peer[0]) if peer else "?"
         if self.ctx.implicit_tls:
             self._tls_info = describe(transport.get_extra_info("ssl_object"))
         self.ctx.sessions.add(self)
+        log.info("%s", kv(event="smtp.connect", session=self.id, listener=self.ctx.listener, client=self.client_ip,
+                          via=via))  # fmt: skip
         refusal = None
-        if len(self.ctx.sessions) > self.ctx.max_connections:
-            refusal = replies.TOO_MANY_CONNECTIONS
-        elif self.ctx.is_stopping():
-            refusal = replies.SHUTTING_DOWN
-        elif self.ctx.client_limits is not None:
-            self._counted = True
-            reason = self.ctx.client_limits.open(self.client_ip)
-            if reason is not None:
-                refusal = replies.CLIENT_LIMITED.with_text(f"Too many connections from your address ({reason})")
+        if self.ctx.admission is not None:
+            self._ticket = self.ctx.admission.open(self.ctx.service, self.client_ip)
+            limited = self._ticket.refusal
+            if limited is not None:
+                reason = limited.reason
+                refusal = replies.TOO_MANY_CONNECTIONS
+                if limited.is_per_address:
+                    refusal = replies.CLIENT_LIMITED.with_text(f"Too many connections from your address ({reason})")
                 log.info("%s", kv(event="smtp.limited", session=self.id, client=self.client_ip, reason=reason))
+        if refusal is None and self.ctx.is_stopping():
+            refusal = replies.SHUTTING_DOWN
         self.conn.start(refusal)
-        log.info("%s", kv(event="smtp.connect", session=self.id, listener=self.ctx.listener, client=self.client_ip))
-        self._arm_timer()
         self._process()
 
     def data_received(self, data: bytes) -> None:
@@ -131,8 +155,9 @@ class SMTPSession(asyncio.Protocol):
             self._tls_early.append(data)
             return
         self.conn.receive_data(data)
-        self._last_input = self.loop.time()
+        self._deadlines.received(len(data), self.loop.time())
         self._process()
+        self._regulate_reading()  # also while a decision is pending, when _process did nothing
 
     def eof_received(self) -> bool:
         self.conn.receive_data(b"")
@@ -182,11 +207,15 @@ class SMTPSession(asyncio.Protocol):
                 self.conn.close(replies.LOCAL_ERROR, "internal error")
                 self._flush()
             self._finish("internal error")
+        if not self._busy and not self._finished:
+            self._arm_timer()
 
     def _drain(self) -> None:
         conn = self.conn
         # Writes paused by flow control stop the draining; a lost connection drains to its close event.
         while self._can_write or self._lost or conn.is_closed:
+            if conn.authenticated_as is not None and not self._is_logged_in:
+                self._logged_in(conn.authenticated_as)
             event = conn.next_event()
             if event is None:
                 if self._stopping and conn.is_idle and not conn.is_closed:
@@ -240,7 +269,7 @@ class SMTPSession(asyncio.Protocol):
 
         def resume(done: Any) -> None:
             self._busy = False
-            self._last_input = self.loop.time()  # the peer's timeout runs from our answer
+            self._deadlines.replied(self.loop.time())  # the peer's clocks run from our answer
             if self._finished:
                 return
             try:
@@ -320,18 +349,33 @@ class SMTPSession(asyncio.Protocol):
     def _flush(self) -> None:
         out = self.conn.data_to_send()
         if out and self.transport is not None and not self.transport.is_closing():
+            self._deadlines.replied(self.loop.time())
             self.transport.write(out)
 
     def _regulate_reading(self) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._tls_early is not None:
             return
-        if not self._reading_paused and self.conn.buffered_bytes > READ_PAUSE_BYTES:
+        if not self._reading_paused and self.conn.buffered_bytes > READ_AHEAD_BYTES:
             self._reading_paused = True
             transport.pause_reading()
-        elif self._reading_paused and self.conn.buffered_bytes < READ_PAUSE_BYTES // 2:
+        elif self._reading_paused and self.conn.buffered_bytes < READ_AHEAD_BYTES // 2:
             self._reading_paused = False
             transport.resume_reading()
+
+    def _logged_in(self, user: str) -> None:
+        """AUTH succeeded: the login deadline is met, and the session counts per account and address."""
+        self._is_logged_in = True
+        self._deadlines.logged_in()
+        admission, ticket = self.ctx.admission, self._ticket
+        if admission is None or ticket is None:
+            return
+        refusal = admission.log_in(ticket, user)
+        if refusal is not None:
+            log.info("%s", kv(event="smtp.limited", session=self.id, client=self.client_ip, user=user,
+                              reason=refusal.reason))  # fmt: skip
+            text = f"Too many connections for this account from your address ({refusal.reason})"
+            self.conn.close(replies.CLIENT_LIMITED.with_text(text), "connection limit")
 
     def _finish(self, reason: str) -> None:
         if self._finished:
@@ -340,10 +384,13 @@ class SMTPSession(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         if self.transport is not None:
-            self.transport.close()
+            if self._can_write:
+                self.transport.close()
+            else:  # close() would wait for a peer that reads nothing to take our output
+                self.transport.abort()
         self.ctx.sessions.discard(self)
-        if self._counted and self.ctx.client_limits is not None:
-            self.ctx.client_limits.close(self.client_ip)
+        if self.ctx.admission is not None and self._ticket is not None:
+            self.ctx.admission.close(self._ticket)
         log.info(
             "%s",
             kv(
@@ -356,21 +403,31 @@ class SMTPSession(asyncio.Protocol):
         )
         self.ctx.on_session_end()
 
-    # -- timeouts (RFC 5321 §4.5.3.2) ----------------------------------------------------------------
+    # -- deadlines (RFC 5321 §4.5.3.2 for the idle ones) ---------------------------------------------
 
     def _arm_timer(self) -> None:
-        self._timer = self.loop.call_at(self._last_input + self.conn.timeout_s, self._on_timer)
+        """Make the timer fire no later than the earliest deadline (a later one is re-armed lazily)."""
+        at, _ = self._deadlines.next(self.conn.timeout_s)
+        if self._timer is not None:
+            if self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self.loop.call_at(at, self._on_timer)
 
     def _on_timer(self) -> None:
-        if self._finished:
+        self._timer = None
+        if self._finished or self._busy:
+            return  # we owe the peer an answer; the timer is armed again once it is given
+        expired = self._deadlines.expired(self.conn.timeout_s, self.loop.time())
+        if expired is None:
+            self._arm_timer()
             return
-        if not self._busy and self.loop.time() - self._last_input >= self.conn.timeout_s:
-            self.conn.close(replies.TIMEOUT, "timeout")
-            self._process()
-            return
-        if self._busy:
-            self._last_input = self.loop.time()  # we owe the peer an answer; its clock has not started
-        self._arm_timer()
+        reply, reason = DEADLINE_REPLIES[expired]
+        if expired is not Deadline.IDLE:
+            log.info("%s", kv(event="smtp.deadline", session=self.id, client=self.client_ip, deadline=expired))
+        self.conn.close(reply, reason)
+        self._process()
 
     # -- decisions that need I/O ---------------------------------------------------------------------
 
@@ -521,7 +578,7 @@ class SMTPSession(asyncio.Protocol):
         for data in early:
             self.conn.receive_data(data)
         self._busy = False
-        self._last_input = self.loop.time()
+        self._deadlines.replied(self.loop.time())
         self._process()
 
 

@@ -58,7 +58,6 @@ def test_bug_in_a_decision_ends_only_that_session(tmp_path: Path, caplog: pytest
             spawn=lambda coro: loop.create_task(coro) and None,
             sessions=sessions,
             on_session_end=lambda: None,
-            max_connections=10,
             is_stopping=lambda: False,
         )
         server = await loop.create_server(lambda: SMTPSession(ctx), "127.0.0.1", 0)
@@ -125,7 +124,6 @@ def test_bug_in_an_imap_command_answers_serverbug_and_the_session_goes_on(
             spawn=lambda coro: loop.create_task(coro) and None,
             sessions=sessions,
             on_session_end=lambda: None,
-            max_connections=10,
             is_stopping=lambda: False,
         )
         server = await loop.create_server(ImapSession.factory(ctx), "127.0.0.1", 0)

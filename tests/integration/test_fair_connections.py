@@ -1,0 +1,184 @@
+"""Issue 8, finding 4: one address (or one flooded service) cannot take the others offline.
+
+Real `kartero serve`, with the loopback exemption turned off; the crowd connects from 127.0.0.1 (or
+from many 127.0.1.x addresses), the well-behaved client from 127.0.0.2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import selectors
+import smtplib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import KarteroServer
+
+PASSWORD = "bob password"
+
+
+@pytest.fixture(autouse=True)
+def many_files() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < min(hard, 8192):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+
+
+class Crowd:
+    """Many connections read together; `replies[sock]` is all each one has received."""
+
+    def __init__(self) -> None:
+        self.socks: list[socket.socket] = []
+        self.replies: dict[socket.socket, bytes] = {}
+        self.closed: set[socket.socket] = set()
+        self._selector = selectors.DefaultSelector()
+
+    def connect(self, port: int, count: int, sources: list[str]) -> list[socket.socket]:
+        new = []
+        for i in range(count):
+            source = (sources[i % len(sources)], 0)
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=source)
+            sock.setblocking(False)
+            self._selector.register(sock, selectors.EVENT_READ)
+            self.replies[sock] = b""
+            new.append(sock)
+        self.socks += new
+        return new
+
+    def read(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            for key, _ in self._selector.select(left):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    data = sock.recv(65536)
+                except ConnectionResetError:
+                    data = b""
+                if data:
+                    self.replies[sock] += data
+                else:
+                    self._selector.unregister(sock)
+                    self.closed.add(sock)
+
+    def read_until(self, done: object, timeout_s: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done():  # type: ignore[operator]
+            assert time.monotonic() < deadline, "the crowd did not get its replies in time"
+            self.read(0.1)
+
+    def send(self, socks: list[socket.socket], data: bytes) -> None:
+        for sock in socks:
+            if sock not in self.closed:
+                with contextlib.suppress(OSError):
+                    sock.send(data)
+
+    def close(self) -> None:
+        self._selector.close()
+        for sock in self.socks:
+            sock.close()
+
+
+@pytest.fixture
+def crowd() -> Iterator[Crowd]:
+    c = Crowd()
+    yield c
+    c.close()
+
+
+def send_message_from_elsewhere(server: KarteroServer) -> float:
+    started = time.monotonic()
+    with smtplib.SMTP(server.host, server.port, timeout=5, source_address=("127.0.0.2", 0)) as client:
+        client.sendmail("a@sender.example", ["bob@example.test"], b"Subject: still here\r\n\r\nhi\r\n")
+    return time.monotonic() - started
+
+
+def imap_login_from_elsewhere(server: KarteroServer) -> float:
+    started = time.monotonic()
+    with socket.create_connection((server.host, server.imap_port), timeout=5, source_address=("127.0.0.2", 0)) as s:
+        data = b""
+        s.sendall(f'a LOGIN bob@example.test "{PASSWORD}"\r\n'.encode())
+        while b"\r\na " not in data:
+            more = s.recv(4096)
+            assert more, data
+            data += more
+        assert b"\r\na OK [CAPABILITY " in data, data
+    return time.monotonic() - started
+
+
+def test_issue_8_a_thousand_slowloris_connections_from_one_address(tmp_path: Path, crowd: Crowd) -> None:
+    server = KarteroServer(tmp_path / "mx", limits='exempt = []\ncommand_deadline = "3s"\nlogin_deadline = "5s"')
+    server.add_user("bob@example.test", PASSWORD)
+    server.start()
+    try:
+        imap = crowd.connect(server.imap_port, 1000, ["127.0.0.1"])
+        smtp = crowd.connect(server.port, 100, ["127.0.0.1"])
+        connected = time.monotonic()
+        crowd.read_until(lambda: all(b"\r\n" in crowd.replies[s] for s in crowd.socks))
+        imap_in = [s for s in imap if crowd.replies[s].startswith(b"* OK ")]
+        smtp_in = [s for s in smtp if crowd.replies[s].startswith(b"220 ")]
+        assert len(imap_in) == 10 and len(smtp_in) == 50
+        for sock in set(imap) - set(imap_in):
+            assert crowd.replies[sock] == (
+                b"* BYE Too many connections from your address (more than 10 connections at once)\r\n"
+            )
+        for sock in set(smtp) - set(smtp_in):
+            assert crowd.replies[sock] == (
+                b"421 4.7.0 Too many connections from your address (more than 50 connections at once)\r\n"
+            )
+        # Half the IMAP sessions and all SMTP ones trickle a command a byte at a time; the other IMAP
+        # half sends complete commands but never logs in.
+        tricklers, chatters = imap_in[:5] + smtp_in, imap_in[5:]
+        for i in range(3):
+            crowd.send(tricklers, b"n"[:1] if i == 0 else b"o")
+            crowd.send(chatters, f"c{i} NOOP\r\n".encode())
+            crowd.read(0.5)
+        # Meanwhile, from another address, a message is accepted and an IMAP login completes at once.
+        assert send_message_from_elsewhere(server) < 1.0
+        assert imap_login_from_elsewhere(server) < 1.0
+        for _ in range(12):  # a byte (or a command) every half second: the deadlines pass anyway
+            crowd.send(tricklers, b"o")
+            crowd.send(chatters, b"c NOOP\r\n")
+            crowd.read(0.5)
+        crowd.read_until(lambda: all(s in crowd.closed for s in imap_in + smtp_in))
+        took = time.monotonic() - connected
+        assert took < 9.0, f"the slow sessions lasted {took:.1f} s"
+        for sock in imap_in[:5]:
+            assert crowd.replies[sock].endswith(b"* BYE Command not completed in time\r\n")
+        for sock in smtp_in:
+            assert crowd.replies[sock].endswith(b"421 4.4.2 Command not completed in time, closing connection\r\n")
+        for sock in chatters:
+            assert crowd.replies[sock].endswith(b"* BYE Login not completed in time\r\n")
+        assert len(server.messages("bob@example.test")) == 1
+        server.wait_events("imap.deadline", 10)
+        assert len(server.log_events("smtp.deadline")) == 50
+        assert len(server.log_events("imap.limited")) == 990 and len(server.log_events("smtp.limited")) == 50
+        deadline_lines = server.log_events("imap.deadline")
+        assert sum("deadline=login" in line for line in deadline_lines) == 5
+        assert sum("deadline=command" in line for line in deadline_lines) == 5
+    finally:
+        assert server.stop() == 0, server.log
+
+
+def test_issue_8_an_imap_flood_never_refuses_smtp(tmp_path: Path, crowd: Crowd) -> None:
+    server = KarteroServer(tmp_path / "mx", limits="imap_connections = 500")
+    server.add_user("bob@example.test", PASSWORD)
+    server.start()
+    try:
+        sources = [f"127.0.1.{i}" for i in range(1, 251)]  # 4 each: under every per-address limit
+        imap = crowd.connect(server.imap_port, 1000, sources)
+        crowd.read_until(lambda: all(b"\r\n" in crowd.replies[s] for s in imap))
+        refused = [s for s in imap if crowd.replies[s] == b"* BYE Too many connections, try later\r\n"]
+        admitted = [s for s in imap if crowd.replies[s].startswith(b"* OK ")]
+        assert len(refused) == 500 and len(admitted) == 500
+        assert send_message_from_elsewhere(server) < 1.0
+        with smtplib.SMTP(server.host, server.submission_port, timeout=5, source_address=("127.0.0.2", 0)) as c:
+            assert c.noop()[0] == 250
+        assert len(server.messages("bob@example.test")) == 1
+    finally:
+        assert server.stop() == 0, server.log
