@@ -47,6 +47,7 @@ from kartero.policy.submission import SubmissionPolicy
 from kartero.pop3.connection import Pop3Settings
 from kartero.queue.runner import QueueRunner, QueueSettings
 from kartero.smtp.server import ServerSettings
+from kartero.store.spool import spool_dir
 from kartero.store.sqlite import SQLiteStore
 from kartero.tls import make_self_signed, server_context
 
@@ -233,6 +234,7 @@ class Server:
                             admission=admission,
                             deadlines=DeadlineSettings(lim.command_deadline_s,
                                                        lim.login_deadline_s if is_submission else None),
+                            spool_dir=spool_dir(config.data_dir),
                         )
                         factory = partial(SMTPSession, smtp_ctx)
                     else:

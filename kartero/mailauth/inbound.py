@@ -39,7 +39,7 @@ class Checks:
 @dataclass(frozen=True, slots=True)
 class Verdict:
     action: str  # "inbox", "junk" or "reject"
-    data: bytes  # the message to store: our Authentication-Results first, forged ones removed
+    header: bytes  # our Authentication-Results field, to go before the message (forged ones removed)
     reason: str = ""
     spf: SPFResult | None = None
     dkim: list[DKIMVerdict] = field(default_factory=list)
@@ -70,7 +70,8 @@ class InboundChecker:
         return records[0].encode() if records else None
 
     def strip_forged(self, data: bytes) -> bytes:
-        """The message without Authentication-Results fields that claim to be ours."""
+        """The message (or its header block alone) without Authentication-Results fields that claim to
+        be ours."""
         return remove_fields(data, self._is_forged)
 
     def check(self, client_ip: str, helo: str, mail_from: str, data: bytes) -> Verdict:
@@ -93,7 +94,7 @@ class InboundChecker:
                           dkim=",".join(f"{v.result}:{v.domain}" for v in signatures) or "none",
                           dmarc=dmarc.result if dmarc else None, header_from=from_domain or None,
                           action=action))  # fmt: skip
-        return Verdict(action, header + data, reason, spf, signatures, dmarc)
+        return Verdict(action, header, reason, spf, signatures, dmarc)
 
     def _is_forged(self, name: bytes, value: bytes) -> bool:
         if name != b"authentication-results":

@@ -24,11 +24,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any, cast
 
 from kartero.auth.accounts import Authenticator
 from kartero.auth.throttle import AuthThrottle
 from kartero.log import kv
+from kartero.mime.headers import find_body_start
 from kartero.net.deadlines import Deadline, Deadlines, DeadlineSettings
 from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, Policy, RcptContext
 from kartero.policy.limits import Admission, Ticket
@@ -40,6 +42,7 @@ from kartero.smtp.events import (
     Envelope,
     Hello,
     MailFrom,
+    MessageData,
     MessageReceived,
     MessageRefused,
     RcptTo,
@@ -50,7 +53,8 @@ from kartero.smtp.events import (
 from kartero.smtp.received import format_received, format_return_path, with_protocol
 from kartero.smtp.server import ServerConnection, ServerSettings
 from kartero.store.ids import new_message_id
-from kartero.store.interface import Delivery, Outbound, OutboundRecipient, Store, as_targets
+from kartero.store.interface import Content, Delivery, FileSpan, Outbound, OutboundRecipient, Store, as_targets
+from kartero.store.spool import SpoolFile
 from kartero.tls import describe
 
 log = logging.getLogger("kartero.smtp")
@@ -59,6 +63,9 @@ log = logging.getLogger("kartero.smtp")
 # the core holds no more than this plus one read (256 KiB) of unprocessed input.
 READ_AHEAD_BYTES = 64 * 1024
 TLS_HANDSHAKE_TIMEOUT_S = 30.0
+# Of a message that spills to a spool file, this much of its start stays in memory to find the header
+# (which policy reads and changes); a header that does not end within it is passed on as body.
+HEADER_LIMIT = 1024 * 1024
 
 # The 421 4.4.2 for each deadline (RFC 5321 §4.5.3.2; 421 before closing, §3.8), and the reason logged.
 DEADLINE_REPLIES = {
@@ -88,6 +95,7 @@ class SessionContext:
     queue_lifetime_s: float = 5 * 86400.0
     admission: Admission | None = None  # the server's connection caps; None: unlimited (unit tests)
     deadlines: DeadlineSettings = field(default_factory=lambda: DeadlineSettings(login_s=None))
+    spool_dir: Path | None = None  # where messages too large for memory go while they arrive
 
     @property
     def service(self) -> str:
@@ -119,6 +127,9 @@ class SMTPSession(asyncio.Protocol):
         self._deadlines = Deadlines(ctx.deadlines, self.loop.time())
         self._started_at = time.monotonic()
         self._recipients: dict[str, Accept] = {}  # accepted RCPT path -> its decision, this transaction
+        self._spool: SpoolFile | None = None  # the message being received, once it spilled out of memory
+        self._spool_start = b""  # its first octets (the header is read from them)
+        self._spool_error: str | None = None  # why spooling failed; the message is then refused with 452
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
 
@@ -235,10 +246,13 @@ class SMTPSession(asyncio.Protocol):
                         self._wait(decision, partial(self._answer_rcpt_later, event))
                         break
                     self._answer_rcpt(event, decision)
+                case MessageData(data=data):
+                    self._spill(data)
                 case MessageReceived():
                     self._store(event)
                     break
                 case MessageRefused():
+                    self._drop_spool()
                     self._log_message(event.envelope, event.size, f"refused: {event.reason}", None, 0.0)
                 case AuthRequested():
                     self._authenticate(event)
@@ -389,6 +403,8 @@ class SMTPSession(asyncio.Protocol):
             else:  # close() would wait for a peer that reads nothing to take our output
                 self.transport.abort()
         self.ctx.sessions.discard(self)
+        if not self._busy:  # a pending store still reads the spool file; its callback drops it
+            self._drop_spool()
         if self.ctx.admission is not None and self._ticket is not None:
             self.ctx.admission.close(self._ticket)
         log.info(
@@ -431,9 +447,64 @@ class SMTPSession(asyncio.Protocol):
 
     # -- decisions that need I/O ---------------------------------------------------------------------
 
+    # -- messages too large for memory (issue 8, finding 6) -------------------------------------------
+
+    def _spill(self, data: bytes) -> None:
+        """Write the next piece of a large message to this session's spool file (page cache: fast; the
+        bytes become durable when the store copies them into a segment, before the 250)."""
+        if self._spool_error is not None:
+            return
+        try:
+            if self._spool is None:
+                if self.ctx.spool_dir is None:
+                    raise OSError("no spool folder")
+                self._spool = SpoolFile(self.ctx.spool_dir)
+            self._spool.write(data)
+        except OSError as exc:
+            self._spool_error = str(exc)
+            log.error("%s", kv(event="smtp.spool_failed", session=self.id, detail=str(exc)))
+            self._drop_spool(keep_error=True)
+            return
+        if len(self._spool_start) < HEADER_LIMIT:
+            self._spool_start += data[: HEADER_LIMIT - len(self._spool_start)]
+
+    def _spooled(self, event: MessageReceived) -> Content | None:
+        """The whole message as head (its header block) + a span of the spool file; None when spooling
+        failed (logged)."""
+        self._spill(event.data)
+        if self._spool is None:
+            return None
+        self._spool.close()
+        size = self._spool.size
+        header_end, _ = find_body_start(self._spool_start)
+        if header_end >= len(self._spool_start) and size > len(self._spool_start):
+            header_end = 0  # no end of header within HEADER_LIMIT: treated as body
+        head = self._spool_start[:header_end]
+        self._spool_start = b""
+        return Content(head, FileSpan(self._spool.path, header_end, size - header_end))
+
+    def _drop_spool(self, *, keep_error: bool = False) -> None:
+        if self._spool is not None:
+            self._spool.discard()
+        self._spool, self._spool_start = None, b""
+        if not keep_error:
+            self._spool_error = None
+
+    # -- storing -------------------------------------------------------------------------------------
+
     def _store(self, event: MessageReceived) -> None:
         started = time.monotonic()
-        checked = self.ctx.policy.check_message(event.envelope, event.data, self.client_ip)
+        data: bytes | Content = event.data
+        if event.spilled:
+            spooled = self._spooled(event)
+            if spooled is None:
+                self._drop_spool()
+                self._log_message(event.envelope, event.spilled, "refused: spool failed", None, started)
+                self.conn.answer(replies.STORAGE_FULL)
+                self._process()
+                return
+            data = spooled
+        checked = self.ctx.policy.check_message(event.envelope, data, self.client_ip)
         if isinstance(checked, Future):  # the policy works in a thread (DKIM signing, DNS checks)
             self._wait(checked, lambda done: self._store_checked(event, done.result(), started))
             return
@@ -441,8 +512,10 @@ class SMTPSession(asyncio.Protocol):
 
     def _store_checked(self, event: MessageReceived, checked: MessageDecision, started: float) -> None:
         envelope = event.envelope
+        size = event.spilled + len(event.data)
         if not isinstance(checked, AcceptMessage):
-            self._log_message(envelope, len(event.data), f"refused: {checked.reply}", None, started)
+            self._drop_spool()
+            self._log_message(envelope, size, f"refused: {checked.reply}", None, started)
             self.conn.answer(checked.reply)
             self._process()
             return
@@ -491,27 +564,29 @@ class SMTPSession(asyncio.Protocol):
                 ret=params.ret.value if params.ret else None,
                 envid=params.envid,
                 smtputf8=params.smtputf8,
-                body_8bit=params.body is Body.EIGHT_BIT_MIME or not body.isascii(),
+                body_8bit=params.body is Body.EIGHT_BIT_MIME or event.is_8bit or not _head(body).isascii(),
             )
         record = _envelope_record(envelope, self.client_ip)
         deliveries = []
         queue_id = None
         if account_ids:  # final delivery: Return-Path goes first (RFC 5321 §4.4)
             targets = as_targets(account_ids, checked.mailbox)
-            deliveries.append(Delivery(message_id, format_return_path(sender) + received + body, targets,
+            deliveries.append(Delivery(message_id, _prepend(format_return_path(sender) + received, body), targets,
                                        int(now.timestamp()), record))  # fmt: skip
         if outbound is not None:  # relayed on: no Return-Path, the final MTA adds its own
             queue_id = message_id if not account_ids else new_message_id()
-            deliveries.append(Delivery(queue_id, received + body, (), int(now.timestamp()), record, outbound))
+            deliveries.append(Delivery(queue_id, _prepend(received, body), (), int(now.timestamp()), record,
+                                       outbound))  # fmt: skip
 
         def stored(done: Future[Any]) -> None:
+            self._drop_spool()
             error = done.exception()
             if error is not None:
                 log.error("%s", kv(event="smtp.store_failed", session=self.id, id=message_id, detail=str(error)))
                 reply = replies.LOCAL_ERROR
             else:
                 reply = replies.MESSAGE_ACCEPTED.with_text(f"Message accepted as {message_id}")
-            self._log_message(envelope, len(event.data), str(reply), message_id, started, queue_id)
+            self._log_message(envelope, size, str(reply), message_id, started, queue_id)
             self.conn.answer(reply)
 
         try:
@@ -519,6 +594,7 @@ class SMTPSession(asyncio.Protocol):
             # never leaves half the message stored (a retry would duplicate that half).
             future = self.ctx.store.deliver_group(deliveries)
         except Exception as exc:
+            self._drop_spool()
             log.error("%s", kv(event="smtp.store_failed", session=self.id, id=message_id, detail=str(exc)))
             self.conn.answer(replies.LOCAL_ERROR)
             self._process()
@@ -605,3 +681,13 @@ def _envelope_record(envelope: Envelope, client_ip: str) -> dict[str, Any]:
         "tls": envelope.is_tls,
     }
 
+
+def _prepend(fields: bytes, message: bytes | Content) -> bytes | Content:
+    """Trace fields before a message, without copying a spooled message's body."""
+    if isinstance(message, Content):
+        return Content(fields + message.head, message.tail)
+    return fields + message
+
+
+def _head(message: bytes | Content) -> bytes:
+    return message.head if isinstance(message, Content) else message

@@ -9,6 +9,7 @@ from typing import Protocol
 from kartero.smtp.address import Path
 from kartero.smtp.events import Envelope
 from kartero.smtp.replies import Reply
+from kartero.store.interface import Content
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +41,10 @@ class RcptContext:
 @dataclass(frozen=True, slots=True)
 class AcceptMessage:
     """The message may be stored, as `data` (a policy may add header fields, e.g. Date:), in the local
-    recipients' `mailbox` (Junk for mail a DMARC policy quarantines)."""
+    recipients' `mailbox` (Junk for mail a DMARC policy quarantines). A large message stays a Content
+    (its header in memory, its body in a spool file) on its way through."""
 
-    data: bytes
+    data: bytes | Content
     mailbox: str = "INBOX"
 
 
@@ -53,5 +55,5 @@ class Policy(Protocol):
     def check_mail(self, path: Path, user: str | None) -> Decision: ...
     def check_rcpt(self, path: Path, context: RcptContext) -> Decision | Future[Decision]: ...
     def check_message(
-        self, envelope: Envelope, data: bytes, client_ip: str
+        self, envelope: Envelope, data: bytes | Content, client_ip: str
     ) -> MessageDecision | Future[MessageDecision]: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Executor, Future
 
 from kartero.auth.accounts import DirectoryCache, DirectoryError, Resolution, canonical_address
@@ -14,7 +15,8 @@ from kartero.policy.limits import Greylist
 from kartero.smtp import replies
 from kartero.smtp.address import Address, Path
 from kartero.smtp.events import Envelope
-from kartero.store.interface import INBOX
+from kartero.store.interface import INBOX, Content
+from kartero.store.spool import read_whole
 
 JUNK = "Junk"  # the special-use \\Junk mailbox every account has
 
@@ -38,13 +40,16 @@ class InboundPolicy:
         self.primary_domain = primary_domain
         self.checker = checker
         self.executor = executor
+        # DKIM verification holds a message in memory several times over (dkimpy): one spooled (large)
+        # message is checked at a time, so a flood of large messages cannot multiply that.
+        self._large = threading.Lock()
 
     def check_mail(self, path: Path, user: str | None = None) -> Decision:
         """Any syntactically valid sender, the null sender included: bounces must get through."""
         return Accept(replies.SENDER_OK)
 
     def check_message(
-        self, envelope: Envelope, data: bytes, client_ip: str = ""
+        self, envelope: Envelope, data: bytes | Content, client_ip: str = ""
     ) -> MessageDecision | Future[MessageDecision]:
         """SPF, DKIM and DMARC in a worker thread (they wait for DNS); without a checker, as it came."""
         if self.checker is None:
@@ -53,17 +58,30 @@ class InboundPolicy:
             return self._checked(envelope, data, client_ip)
         return self.executor.submit(self._checked, envelope, data, client_ip)
 
-    def _checked(self, envelope: Envelope, data: bytes, client_ip: str) -> MessageDecision:
-        assert self.checker is not None
+    def _checked(self, envelope: Envelope, data: bytes | Content, client_ip: str) -> MessageDecision:
+        checker = self.checker
+        assert checker is not None
         mail_from = str(envelope.mail_from)[1:-1]
+        # Forged fields go from the header alone: a large message's body stays in its spool file.
+        if isinstance(data, Content):
+            stripped: bytes | Content = Content(checker.strip_forged(data.head), data.tail)
+        else:
+            stripped = checker.strip_forged(data)
         try:
-            verdict = self.checker.check(client_ip, envelope.helo, mail_from, data)
+            if isinstance(data, Content):
+                with self._large:
+                    verdict = checker.check(client_ip, envelope.helo, mail_from, read_whole(data))
+            else:
+                verdict = checker.check(client_ip, envelope.helo, mail_from, data)
         except Exception:  # a bug in a check must not make mail undeliverable: store it unlabelled
             log.exception("%s", kv(event="mailauth.check_failed", client=client_ip, mail_from=f"<{mail_from}>"))
-            return AcceptMessage(self.checker.strip_forged(data))
+            return AcceptMessage(stripped)
         if verdict.action == "reject":
             return Reject(replies.DMARC_REJECTED.with_text(f"Rejected by the {verdict.reason}"))
-        return AcceptMessage(verdict.data, JUNK if verdict.action == "junk" else INBOX)
+        mailbox = JUNK if verdict.action == "junk" else INBOX
+        if isinstance(stripped, Content):
+            return AcceptMessage(Content(verdict.header + stripped.head, stripped.tail), mailbox)
+        return AcceptMessage(verdict.header + stripped, mailbox)
 
     def check_rcpt(self, path: Path, context: RcptContext | None = None) -> Decision | Future[Decision]:
         if self.dnsbl is not None and context is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from concurrent.futures import Executor, Future
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -29,6 +30,8 @@ from kartero.policy.limits import SlidingWindow
 from kartero.smtp import replies
 from kartero.smtp.address import Address, AddressError, Path, parse_mailbox
 from kartero.smtp.events import Envelope
+from kartero.store.interface import Content
+from kartero.store.spool import read_whole
 
 log = logging.getLogger("kartero.policy")
 
@@ -45,6 +48,7 @@ class SubmissionPolicy:
         self.signer = signer
         self.executor = executor
         self._local = InboundPolicy(directory, primary_domain)
+        self._large = threading.Lock()  # one large (spooled) message signed at a time: dkimpy copies it
 
     def owns(self, user: str, address: str) -> bool:
         """Whether mail for `address` (canonical) reaches the account `user` (canonical)."""
@@ -94,13 +98,14 @@ class SubmissionPolicy:
         return Accept(replies.RECIPIENT_OK, address=f"{mailbox.quoted_local_part()}@{domain}", is_remote=True)
 
     def check_message(
-        self, envelope: Envelope, data: bytes, client_ip: str = ""
+        self, envelope: Envelope, data: bytes | Content, client_ip: str = ""
     ) -> MessageDecision | Future[MessageDecision]:
         user = envelope.authenticated_as
         if user is None:
             return Reject(replies.AUTH_REQUIRED)
-        header_end, _ = find_body_start(data)
-        header = parse_header_block(data[:header_end])
+        head = data.head if isinstance(data, Content) else data
+        header_end, _ = find_body_start(head)
+        header = parse_header_block(head[:header_end])
         from_domain = None
         for value in header.get_all("from"):
             for entry in parse_address_list(value):
@@ -119,20 +124,23 @@ class SubmissionPolicy:
             added += f"Date: {format_datetime(datetime.now(UTC))}\r\n".encode()
         if header.get("message-id") is None:
             added += f"Message-ID: <{secrets.token_hex(12)}@{self.hostname}>\r\n".encode()
-        message = added + data
+        message = Content(added + data.head, data.tail) if isinstance(data, Content) else added + data
         self._sent.record(user)
         signer = self.signer
         if signer is None or from_domain is None:
             return AcceptMessage(message)
         if self.executor is None:
-            return _signed(signer, from_domain, message)
-        return self.executor.submit(_signed, signer, from_domain, message)
+            return self._signed(signer, from_domain, message)
+        return self.executor.submit(self._signed, signer, from_domain, message)
 
-
-def _signed(signer: Signer, domain: str, message: bytes) -> MessageDecision:
-    """The message with its DKIM signatures; unsigned (logged) if signing fails: mail still goes out."""
-    try:
-        return AcceptMessage(signer.sign(domain, message) + message)
-    except DKIMError as exc:
-        log.error("%s", kv(event="dkim.sign_failed", domain=domain, detail=str(exc)))
-        return AcceptMessage(message)
+    def _signed(self, signer: Signer, domain: str, message: bytes | Content) -> MessageDecision:
+        """The message with its DKIM signatures; unsigned (logged) if signing fails: mail still goes out."""
+        try:
+            if isinstance(message, Content):
+                with self._large:
+                    signature = signer.sign(domain, read_whole(message))
+                return AcceptMessage(Content(signature + message.head, message.tail))
+            return AcceptMessage(signer.sign(domain, message) + message)
+        except DKIMError as exc:
+            log.error("%s", kv(event="dkim.sign_failed", domain=domain, detail=str(exc)))
+            return AcceptMessage(message)

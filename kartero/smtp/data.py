@@ -1,7 +1,10 @@
 """Message bodies: the DATA reader (RFC 5321 §4.1.1.4, §4.5.2) and the checks every body passes.
 
-The reader works on whole chunks with bytes methods (find, count, replace), never line by line in
-Python, so a 20 MB body costs a handful of C-level passes.
+Both work on whole chunks with bytes methods (find, count, replace), never line by line in Python, and
+both are incremental: a body is checked, unstuffed and handed on as it arrives, so the core holds at
+most `spool_threshold` octets of a message; past that the adapter takes the body out in pieces
+(`MessageData` events) and writes them to a spool file (issue 8: memory per session is a constant, not
+a multiple of the message).
 
 SMTP smuggling defence: the only end of data is <CRLF>.<CRLF>. A bare LF or bare CR anywhere in the
 body refuses the message, so `\\n.\\n` or `\\r.\\r` can never end one message early for us or for a
@@ -16,92 +19,170 @@ from kartero.smtp.replies import Reply
 _END = b"\r\n.\r\n"
 # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including the CRLF.
 MAX_TEXT_LINE = 998
+# Octets handed to the adapter at a time once a message spills out of memory.
+SPILL_PIECE = 64 * 1024
 
 
-def check_body(body: bytes) -> Reply | None:
-    """Return the refusal for a body that breaks the text rules, or None when it is clean.
+class BodyCollector:
+    """Takes a body as transmitted, in pieces of any size, and keeps what the message is.
 
-    `body` is the body as transmitted (still dot-stuffed for DATA), so line lengths are those on the
-    wire, as RFC 5321 counts them.
+    Checks the text rules (no bare CR or LF, no line over MAX_TEXT_LINE + CRLF), undoes dot-stuffing
+    (DATA only) and counts the message size; the first rule broken becomes `refusal`, checked in the
+    order size, bare line ending, long line. Holds the message in memory until it passes
+    `spool_threshold` octets; from then on `take()` hands out what it holds.
     """
-    crlf = body.count(b"\r\n")
-    if body.count(b"\n") != crlf or body.count(b"\r") != crlf:
-        return replies.BARE_LINE_ENDING
-    if len(body) > MAX_TEXT_LINE and max(map(len, body.split(b"\r\n"))) > MAX_TEXT_LINE:
-        return replies.TEXT_LINE_TOO_LONG
-    return None
 
+    def __init__(self, max_size_bytes: int, spool_threshold: int, *, dot_stuffed: bool) -> None:
+        self._max_size = max_size_bytes
+        self._threshold = spool_threshold
+        self._dot_stuffed = dot_stuffed
+        self._carry = b""  # the line in progress (held until its CRLF comes)
+        self._carry_at_line_start = True  # False once an over-long line was cut short
+        self._held: list[bytes] = []
+        self._held_size = 0
+        self.size = 0  # octets of message (after unstuffing) seen so far
+        self.spilled = 0  # octets handed out by take()
+        self.is_8bit = False  # an octet above 127 was seen (the queue needs to know: BODY=8BITMIME)
+        self.is_spilling = False
+        self._too_big = self._bare = self._too_long = False
 
-def unstuff(body: bytes) -> bytes:
-    """Undo dot-stuffing: a leading period on any line is removed (RFC 5321 §4.5.2)."""
-    if body.startswith(b"."):
-        body = body[1:]
-    return body.replace(b"\r\n.", b"\r\n")
+    @property
+    def refusal(self) -> Reply | None:
+        if self._too_big:
+            return replies.SIZE_EXCEEDED
+        if self._bare:
+            return replies.BARE_LINE_ENDING
+        if self._too_long:
+            return replies.TEXT_LINE_TOO_LONG
+        return None
+
+    @property
+    def ready(self) -> int:
+        """Octets `take()` would hand out now (0 unless spilling)."""
+        return self._held_size if self.is_spilling else 0
+
+    def feed(self, data: bytes) -> None:
+        data = self._carry + data
+        end = data.rfind(b"\r\n")
+        carry = data
+        if end >= 0:
+            self._lines(data[: end + 2])
+            carry = data[end + 2 :]
+            self._carry_at_line_start = True
+        if len(carry) > MAX_TEXT_LINE + 1:  # + 1: a CR at the end may be the start of the CRLF
+            # Too long: the message is refused; count and check what is dropped, hold one octet.
+            self._too_long = True
+            dropped = carry[:-1]
+            self._check_bare(dropped)
+            self._keep(self._unstuffed_start(dropped))
+            carry = carry[-1:]
+            self._carry_at_line_start = False
+        self._carry = carry
+
+    def finish(self) -> None:
+        """The body ended; what was carried is its last (unterminated) line."""
+        carry, self._carry = self._carry, b""
+        if carry:
+            self._too_long = self._too_long or len(carry) > MAX_TEXT_LINE
+            self._check_bare(carry)
+            self._keep(self._unstuffed_start(carry))
+
+    def _unstuffed_start(self, data: bytes) -> bytes:
+        """`data` (no CRLF in it) without the stuffed period of the line it starts, if it starts one."""
+        if self._dot_stuffed and self._carry_at_line_start and data.startswith(b"."):
+            return data[1:]
+        return data
+
+    def take(self) -> bytes:
+        """Hand out what is held (the adapter writes it to its spool file)."""
+        data = b"".join(self._held)
+        self._held, self._held_size = [], 0
+        self.spilled += len(data)
+        return data
+
+    def rest(self) -> bytes:
+        """What is held at the end: the whole message, or the part after the last `take()`."""
+        data = b"".join(self._held)
+        self._held, self._held_size = [], 0
+        return data
+
+    def _lines(self, lines: bytes) -> None:
+        """Whole lines (`lines` starts at a line start and ends with CRLF)."""
+        self._check_bare(lines)
+        if len(lines) > MAX_TEXT_LINE + 2 and not self._too_long:
+            self._too_long = max(map(len, lines.split(b"\r\n"))) > MAX_TEXT_LINE
+        if self._dot_stuffed:  # RFC 5321 §4.5.2: a leading period on any line is removed
+            if lines.startswith(b"."):
+                lines = lines[1:]
+            lines = lines.replace(b"\r\n.", b"\r\n")
+        self._keep(lines)
+
+    def _check_bare(self, data: bytes) -> None:
+        if not self._bare:
+            crlf = data.count(b"\r\n")
+            self._bare = data.count(b"\n") != crlf or data.count(b"\r") != crlf
+
+    def _keep(self, data: bytes) -> None:
+        self.size += len(data)
+        if not self.is_8bit and not data.isascii():
+            self.is_8bit = True
+        if self.size > self._max_size:
+            self._too_big = True
+        if self.refusal is not None:
+            self._held, self._held_size = [], 0  # refused: nothing more is kept
+            return
+        self._held.append(data)
+        self._held_size += len(data)
+        if not self.is_spilling and self.size > self._threshold:
+            self.is_spilling = True
 
 
 class DataReader:
-    """Collects one DATA body until <CRLF>.<CRLF>, holding at most about `max_size_bytes` of it.
+    """Finds the end of one DATA body (<CRLF>.<CRLF>) and passes the body to a BodyCollector.
 
     The stream is read as if preceded by the CRLF that ended the DATA command, so an empty message
-    (".\\r\\n" right away) ends too.
+    (".\\r\\n" right away) ends too. The last four octets seen are held back until it is known that they
+    do not start the terminator.
     """
 
-    def __init__(self, max_size_bytes: int) -> None:
-        # Dot-stuffing can make the wire form a little longer than the message; allow for it here and
-        # check the exact size after unstuffing.
-        self._keep_limit = max_size_bytes + max_size_bytes // 8 + 1024
-        self._chunks: list[bytes] = []
-        self._length = 0  # octets of body seen so far (kept or not)
-        self._tail = b"\r\n"  # the last few octets of the stream, to find _END across chunks
-        self.is_overflowed = False
-
-    @property
-    def length(self) -> int:
-        return self._length
+    def __init__(self, collector: BodyCollector) -> None:
+        self.collector = collector
+        self._hold = b"\r\n"  # the virtual CRLF, then the last octets not yet passed on
+        self._skip = 2  # octets of the virtual CRLF still to drop
+        self.length = 0  # octets of body seen (as transmitted), for logs
 
     def feed(self, data: bytes | bytearray) -> int | None:
-        """Take bytes; return how many of them belong to the body incl. the terminator, or None
-        when all of them were body and the terminator has not come yet.
+        """Take bytes; return how many of them belong to the body incl. the terminator, or None when
+        all of them were body and the terminator has not come yet.
 
         Only body octets are copied, so the caller may pass its whole input buffer: commands pipelined
-        behind the terminator cost nothing here (a copy of them per message made a pipelining client's
-        work quadratic).
+        behind the terminator cost nothing here.
         """
-        tail = self._tail
-        # A terminator that starts in the tail lies within the tail and the first 4 octets of data.
-        idx = (tail + data[:4]).find(_END)
+        hold = self._hold
+        # A terminator that starts in the held octets lies within them and the first 4 octets of data.
+        idx = (hold + data[:4]).find(_END)
         if idx < 0:
             found = data.find(_END)
-            idx = found if found < 0 else len(tail) + found
-        if idx < 0:
-            self._keep(bytes(data))
-            self._tail = (tail + data[-4:])[-4:]
-            return None
-        # In stream terms (stream = CRLF + body), the terminator starts at offset - len(tail) + idx.
-        body_end = self._length - len(tail) + 2 + idx  # end of body incl. its last CRLF
-        consumed = body_end - self._length + 3
-        if body_end >= self._length:
-            self._keep(bytes(data[: body_end - self._length]))
+            idx = found if found < 0 else len(hold) + found
+        if idx >= 0:
+            end_in_data = idx + 2 - len(hold)  # the terminator's CRLF ends the body
+            self._pass(hold + bytes(data[:end_in_data]) if end_in_data >= 0 else hold[: len(hold) + end_in_data])
+            self._hold = b""
+            self.collector.finish()
+            return idx + 5 - len(hold)
+        if len(data) >= 4:
+            self._pass(hold + bytes(data[:-4]))
+            self._hold = bytes(data[-4:])
         else:
-            self._truncate(body_end)
-        return consumed
+            joined = hold + bytes(data)
+            self._pass(joined[:-4])
+            self._hold = joined[-4:]
+        return None
 
-    def body(self) -> bytes:
-        """The body as transmitted (still dot-stuffed), valid once `feed` returned a count."""
-        return b"".join(self._chunks)
-
-    def _keep(self, data: bytes) -> None:
-        self._length += len(data)
-        if self.is_overflowed:
-            return
-        if self._length > self._keep_limit:
-            self.is_overflowed = True
-            self._chunks.clear()
-        else:
-            self._chunks.append(data)
-
-    def _truncate(self, length: int) -> None:
-        # The terminator began inside bytes already kept (a CRLF at the end of an earlier chunk).
-        self._length = length
-        if not self.is_overflowed:
-            self._chunks = [b"".join(self._chunks)[:length]]
+    def _pass(self, body: bytes) -> None:
+        if self._skip:
+            cut = min(self._skip, len(body))
+            body, self._skip = body[cut:], self._skip - cut
+        self.length += len(body)
+        if body:
+            self.collector.feed(body)

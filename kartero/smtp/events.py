@@ -99,10 +99,21 @@ class RcptTo:
 class MessageReceived:
     """Needs a decision: the final reply for the message (250 only once it is durably stored).
 
-    `data` is the message as the client meant it: dot-stuffing undone, nothing else changed.
+    The message as the client meant it (dot-stuffing undone, nothing else changed) is the `spilled`
+    octets handed out before in MessageData events, followed by `data`.
     """
 
     envelope: Envelope
+    data: bytes
+    spilled: int = 0
+    is_8bit: bool = False  # the message (spilled pieces included) has an octet above 127
+
+
+@dataclass(frozen=True, slots=True)
+class MessageData:
+    """The next piece of a message too large to hold in memory (past the spool threshold): the adapter
+    writes it to a spool file. No answer is due; a MessageReceived or MessageRefused ends the message."""
+
     data: bytes
 
 
@@ -157,6 +168,6 @@ class ConnectionClosed:
 
 
 Event = (
-    Hello | MailFrom | RcptTo | MessageReceived | MessageRefused | AuthRequested | ScramRequested | ScramFinished
-    | StartTLSRequested | ConnectionClosed
+    Hello | MailFrom | RcptTo | MessageData | MessageReceived | MessageRefused | AuthRequested | ScramRequested
+    | ScramFinished | StartTLSRequested | ConnectionClosed
 )  # fmt: skip

@@ -28,7 +28,7 @@ from kartero.smtp.commands import (
     parse_rcpt,
     split_command,
 )
-from kartero.smtp.data import DataReader, check_body, unstuff
+from kartero.smtp.data import SPILL_PIECE, BodyCollector, DataReader
 from kartero.smtp.events import (
     AuthRequested,
     ConnectionClosed,
@@ -37,6 +37,7 @@ from kartero.smtp.events import (
     Hello,
     MailFrom,
     MailParams,
+    MessageData,
     MessageReceived,
     MessageRefused,
     RcptTo,
@@ -66,6 +67,9 @@ class ServerSettings:
     auth_mechanisms: tuple[str, ...] = ()
     # Submission (RFC 6409 §4.3): no MAIL before a successful AUTH.
     is_auth_required: bool = False
+    # A message larger than this leaves the core in MessageData pieces as it arrives (the adapter
+    # spools it), so a session holds about this much of a message, whatever its size.
+    spool_threshold: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.hostname.isascii() or not self.hostname:
@@ -117,12 +121,12 @@ class ServerConnection:
         self._recipients: list[Recipient] = []
         self._used_bdat = False
         self._data: DataReader | None = None
-        # BDAT: the chunk being read, and octets to throw away after a refused BDAT command.
-        self._bdat_parts: list[bytes] = []
+        # BDAT: the message being collected, the chunk being read, and octets to throw away after a
+        # refused BDAT command.
+        self._bdat_body: BodyCollector | None = None
         self._bdat_size = 0
         self._bdat_remaining = 0
         self._bdat_is_last = False
-        self._bdat_is_overflowed = False
         self._discard_remaining = 0
         self._discard_reply: Reply | None = None
 
@@ -311,54 +315,54 @@ class ServerConnection:
         return _HANDLERS[verb](self, arg)
 
     def _read_data(self) -> Event | _NeedData | None:
-        if not self._in:
-            return _NEED_DATA
         reader = self._data
         assert reader is not None
-        consumed = reader.feed(self._in)
-        if consumed is None:
-            self._in.clear()
+        collector = reader.collector
+        if collector.ready >= SPILL_PIECE:
+            return MessageData(collector.take())
+        if not self._in:
             return _NEED_DATA
+        # A bounded step at a time, so a large message spills out in pieces however much input waits.
+        step = self._in[:SPILL_PIECE]
+        consumed = reader.feed(step)
+        if consumed is None:
+            del self._in[: len(step)]
+            return MessageData(collector.take()) if collector.ready >= SPILL_PIECE else None
         del self._in[:consumed]
         self._data = None
-        if reader.is_overflowed:
-            return self._refuse(replies.SIZE_EXCEEDED, reader.length)
-        raw = reader.body()
-        refusal = check_body(raw)
-        if refusal is not None:
-            return self._refuse(refusal, len(raw))
-        message = unstuff(raw)
-        if len(message) > self.settings.max_message_size:
-            return self._refuse(replies.SIZE_EXCEEDED, len(message))
-        return self._deliver(message)
+        return self._end_of_message(collector, reader.length)
 
     def _read_chunk(self) -> Event | _NeedData | None:
+        collector = self._bdat_body
+        assert collector is not None
+        if collector.ready >= SPILL_PIECE:
+            return MessageData(collector.take())
         if self._bdat_remaining:
             if not self._in:
                 return _NEED_DATA
-            n = min(len(self._in), self._bdat_remaining)
+            n = min(len(self._in), self._bdat_remaining, SPILL_PIECE)
             self._bdat_remaining -= n
             self._bdat_size += n
-            if self._bdat_size > self.settings.max_message_size:
-                self._bdat_is_overflowed = True
-                self._bdat_parts.clear()
-            elif not self._bdat_is_overflowed:
-                self._bdat_parts.append(bytes(self._in[:n]))
+            collector.feed(bytes(self._in[:n]))
             del self._in[:n]
             if self._bdat_remaining:
-                return _NEED_DATA
-        if self._bdat_is_overflowed:
-            return self._refuse(replies.SIZE_EXCEEDED, self._bdat_size)
+                return MessageData(collector.take()) if collector.ready >= SPILL_PIECE else None
+        if collector.refusal is replies.SIZE_EXCEEDED:
+            return self._refuse(replies.SIZE_EXCEEDED, self._bdat_size)  # at once: RFC 3030 §2
         if not self._bdat_is_last:
             self.state = next_state(self.state, Trigger.CHUNK_DONE)
             self._reply(replies.CHUNK_RECEIVED.with_text(f"{self._bdat_size} octets received"))
             return None
-        message = b"".join(self._bdat_parts)
-        self._bdat_parts = []
-        refusal = check_body(message)
+        collector.finish()
+        return self._end_of_message(collector, self._bdat_size)
+
+    def _end_of_message(self, collector: BodyCollector, wire_size: int) -> Event:
+        refusal = collector.refusal
         if refusal is not None:
-            return self._refuse(refusal, len(message))
-        return self._deliver(message)
+            return self._refuse(refusal, wire_size)
+        event = MessageReceived(self._envelope(), collector.rest(), collector.spilled, collector.is_8bit)
+        self._pending = event
+        return event
 
     def _discard(self) -> _NeedData | None:
         n = min(len(self._in), self._discard_remaining)
@@ -443,7 +447,7 @@ class ServerConnection:
         if self._used_bdat:
             raise SMTPError(replies.DATA_AFTER_BDAT)
         self.state = next_state(self.state, Trigger.DATA_STARTED)
-        self._data = DataReader(self.settings.max_message_size)
+        self._data = DataReader(self._collector(dot_stuffed=True))
         self._send(replies.START_MAIL_INPUT)
         return None
 
@@ -465,9 +469,8 @@ class ServerConnection:
             return None
         if not self._used_bdat:
             self._used_bdat = True
-            self._bdat_parts = []
+            self._bdat_body = self._collector(dot_stuffed=False)
             self._bdat_size = 0
-            self._bdat_is_overflowed = False
         self._bdat_remaining = size
         self._bdat_is_last = is_last
         self.state = next_state(self.state, Trigger.BDAT_STARTED)
@@ -639,10 +642,9 @@ class ServerConnection:
             authenticated_as=self.authenticated_as,
         )
 
-    def _deliver(self, message: bytes) -> Event:
-        event = MessageReceived(self._envelope(), message)
-        self._pending = event
-        return event
+    def _collector(self, *, dot_stuffed: bool) -> BodyCollector:
+        s = self.settings
+        return BodyCollector(s.max_message_size, s.spool_threshold, dot_stuffed=dot_stuffed)
 
     def _refuse(self, reply: Reply, size: int) -> Event:
         event = MessageRefused(self._envelope(), size, reply.text)
@@ -655,10 +657,9 @@ class ServerConnection:
         self._recipients = []
         self._used_bdat = False
         self._data = None
-        self._bdat_parts = []
+        self._bdat_body = None
         self._bdat_size = 0
         self._bdat_remaining = 0
-        self._bdat_is_overflowed = False
 
     def _end_transaction(self) -> None:
         self._reset_transaction()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import overload
 
-from kartero.store.interface import FileSpan
+from kartero.store.interface import Content, FileSpan
 
 # Bytes read per window by FileBuffer scans; also the copy unit of spool files into segments.
 WINDOW = 1 << 20
@@ -218,6 +218,18 @@ def copy_range(src: int, src_offset: int, length: int, dst: int, dst_offset: int
             raise OSError(f"source ends {length - done} octets early")
         done += copied
     return length
+
+
+def read_whole(content: Content) -> bytes:
+    """The whole message in memory: for the few checks that need it at once (DKIM); callers bound how
+    many run together."""
+    if not isinstance(content.tail, FileSpan):
+        return content.head + content.tail
+    fd = os.open(content.tail.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return content.head + FileBuffer(fd, content.tail.offset, content.tail.length)[:]
+    finally:
+        os.close(fd)
 
 
 def materialize(folder: Path, head: bytes, tail: FileSpan) -> SpoolBody:

@@ -1,0 +1,111 @@
+"""Issue 8, finding 6: memory is bounded by a constant, not by the message.
+
+A real `kartero serve`; a raw SMTP client streams a 200 MB message, then raw IMAP clients fetch it. The
+server's peak resident memory (VmHWM, reset before each step) must grow by less than 100 MB for the
+receipt and for the fetch, and by less than 200 MB for 8 parallel fetches of a 45 MB message.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import re
+import socket
+from pathlib import Path
+
+from tests.integration.harness import KarteroServer
+from tests.integration.test_backpressure import peak_growth_kb, reset_peak
+
+PASSWORD = "bob password"
+LINE = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklm\r\n"  # 80+2
+
+
+def recv_until(sock: socket.socket, marker: bytes, data: bytes = b"") -> bytes:
+    while marker not in data:
+        more = sock.recv(1 << 16)
+        if not more:
+            raise AssertionError(f"closed before {marker!r}: {data[-300:]!r}")
+        data += more
+    return data
+
+
+def send_message(server: KarteroServer, lines: int, subject: str) -> tuple[bytes, int, str]:
+    """Stream a message of `lines` body lines over SMTP; returns (the reply, its size, its SHA-256)."""
+    header = f"From: alice@example.org\r\nTo: bob@example.test\r\nSubject: {subject}\r\n\r\n".encode()
+    digest = hashlib.sha256(header)
+    block = LINE * 1000
+    with socket.create_connection((server.host, server.port), timeout=120) as sock:
+        recv_until(sock, b"220 ")
+        sock.sendall(b"EHLO client.example.org\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.test>\r\n"
+                     b"DATA\r\n")  # fmt: skip
+        recv_until(sock, b"354 ")
+        sock.sendall(header)
+        for _ in range(lines // 1000):
+            sock.sendall(block)
+            digest.update(block)
+        sock.sendall(b".\r\nQUIT\r\n")
+        reply = recv_until(sock, b"221 ")
+    return reply, len(header) + len(block) * (lines // 1000), digest.hexdigest()
+
+
+def fetch_digest(server: KarteroServer, uid: int) -> tuple[int, str]:
+    """BODY.PEEK[] of one message over a raw IMAP connection, hashed as it arrives (the client keeps
+    no copy); returns (literal size, SHA-256 of the literal)."""
+    with socket.create_connection((server.host, server.imap_port), timeout=120) as sock:
+        recv_until(sock, b"* OK")
+        sock.sendall(f"a LOGIN bob@example.test \"{PASSWORD}\"\r\nb SELECT INBOX\r\n".encode())
+        recv_until(sock, b"b OK")
+        sock.sendall(f"c UID FETCH {uid} (BODY.PEEK[])\r\n".encode())
+        data = recv_until(sock, b"}\r\n")
+        match = re.search(rb"\{(\d+)\}\r\n", data)
+        assert match is not None, data[:200]
+        size = int(match.group(1))
+        rest = data[match.end() :]
+        digest = hashlib.sha256()
+        got = 0
+        while True:
+            take = rest[: size - got]
+            digest.update(take)
+            got += len(take)
+            if got == size:
+                break
+            rest = sock.recv(1 << 20)
+            assert rest, "connection closed inside the literal"
+        return size, digest.hexdigest()
+
+
+def test_issue_8_200_mb_message_in_and_out_with_bounded_memory(tmp_path: Path) -> None:
+    server = KarteroServer(tmp_path / "mx", domains=("example.test",), limits='message_size = "300MB"')
+    server.add_user("bob@example.test", PASSWORD)
+    server.start()
+    try:
+        assert server.process is not None
+        pid = server.process.pid
+        before = reset_peak(pid)
+        reply, size, sent_digest = send_message(server, 2_450_000, "big")  # ~201 MB
+        receive_growth_mb = peak_growth_kb(pid, before) / 1024
+        assert b"250 2.0.0" in reply, reply
+        before = reset_peak(pid)
+        fetched_size, digest = fetch_digest(server, 1)
+        fetch_growth_mb = peak_growth_kb(pid, before) / 1024
+        stored = server.messages("bob@example.test")
+        assert len(stored) == 1
+        trace = len(stored[0]) - size  # Return-Path and Received come first
+        assert fetched_size == len(stored[0]) and hashlib.sha256(stored[0][trace:]).hexdigest() == sent_digest
+        assert digest == hashlib.sha256(stored[0]).hexdigest()
+        del stored
+        print(f"200 MB message: receive +{receive_growth_mb:.0f} MB, fetch +{fetch_growth_mb:.0f} MB")
+        assert receive_growth_mb < 100, receive_growth_mb
+        assert fetch_growth_mb < 100, fetch_growth_mb
+
+        reply, _, _ = send_message(server, 550_000, "medium")  # ~45 MB
+        assert b"250 2.0.0" in reply
+        before = reset_peak(pid)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: fetch_digest(server, 2), range(8)))
+        parallel_growth_mb = peak_growth_kb(pid, before) / 1024
+        assert len(set(results)) == 1
+        print(f"8 parallel fetches of 45 MB: +{parallel_growth_mb:.0f} MB")
+        assert parallel_growth_mb < 200, parallel_growth_mb
+    finally:
+        server.stop()
