@@ -113,3 +113,22 @@ def test_signature_verifies_with_opendkim_and_dkimpy(
     assert from_cron.count(b"\r\nDKIM-Signature: v=1; ") == 2
     result = in_namespace(resolv, DKIMVERIFY, from_cron)
     assert (result.returncode, result.stdout) == (0, b"signature ok\n"), result
+
+
+def test_issue_8_large_submitted_message_is_signed_from_its_spool_file(
+    signed_setup: tuple[KarteroServer, LoopbackDNS, Path],
+) -> None:
+    """Past the 1 MiB spool threshold a submitted message is signed over its whole body, read from the
+    spool file, and dkimpy's `dkimverify` agrees."""
+    server, zone_server, resolv = signed_setup
+    publish(server, zone_server, "--selector", "big2026")
+    body = b"".join(b"line %07d of a large message \xc3\xa9\r\n" % i for i in range(70_000))  # ~2.6 MB
+    big = MESSAGE.replace(b"Caf\xc3\xa9.\r\n", body)
+    with smtplib.SMTP(server.host, server.submission_port, timeout=60) as client:
+        client.starttls(context=tls_context())
+        client.login("alice@a.test", PASSWORD)
+        client.sendmail("alice@a.test", ["bob@a.test"], big)
+    (stored,) = server.messages("bob@a.test")
+    assert stored.count(b"\r\nDKIM-Signature: v=1; ") == 1 and stored.endswith(body + b"\r\n\r\n")
+    result = in_namespace(resolv, DKIMVERIFY, stored)
+    assert (result.returncode, result.stdout) == (0, b"signature ok\n"), result

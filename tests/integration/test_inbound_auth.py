@@ -80,8 +80,8 @@ def auth_results(stored: bytes) -> str:
     return stored[start:end].decode().replace("\r\n\t", "|")
 
 
-def publish_key(dns: LoopbackDNS, root: Path, domain: str) -> DKIMKey:
-    key = generate(root / f"keys-{domain}", domain, "s1", "rsa")
+def publish_key(dns: LoopbackDNS, root: Path, domain: str, selector: str = "s1") -> DKIMKey:
+    key = generate(root / f"keys-{domain}", domain, selector, "rsa")
     value = key.dns_record()
     dns.zones.add(
         f"{key.record_name}. 60 IN TXT " + " ".join(f'"{value[i : i + 200]}"' for i in range(0, len(value), 200))
@@ -177,3 +177,24 @@ def test_forged_authentication_results_are_removed(mx: tuple[KarteroServer, Loop
     assert stored.count(b"Authentication-Results: mx.rcpt.test;") == 1
     assert b"MX.RCPT.TEST" not in stored and b"\tdmarc=pass\r\n" not in stored
     assert b"Authentication-Results: relay.elsewhere.example; spf=pass smtp.mailfrom=x@y\r\n" in stored
+
+
+def test_issue_8_large_spooled_message_is_checked_and_labelled_like_a_small_one(
+    mx: tuple[KarteroServer, LoopbackDNS, Path],
+) -> None:
+    """A message past the 1 MiB spool threshold goes through the checks from its spool file: its DKIM
+    signature is verified over the whole body, forged fields are removed from its header, and the
+    body is stored byte for byte."""
+    server, dns, root = mx
+    key = publish_key(dns, root / "big", "good.test", "big")  # a key of its own: the module shares the zone
+    forged_ar = b"Authentication-Results: mx.rcpt.test; dmarc=pass\r\n"
+    body = b"".join(b"line %07d of a large signed message\r\n" % i for i in range(80_000))  # ~3 MB
+    big = message("a@good.test", "big", forged_ar).replace(b"Hello.\r\n", body)
+    signed = sign(big, [key]) + big
+    assert send(server, BAD_IP, "a@good.test", signed)[0] == 250
+    stored = latest(server)
+    assert auth_results(stored).startswith("Authentication-Results: mx.rcpt.test;|dkim=pass header.d=good.test")
+    assert "dmarc=pass (p=reject dis=none) header.from=good.test" in auth_results(stored)
+    assert stored.count(b"Authentication-Results:") == 1 and stored.endswith(body)
+    tampered = signed.replace(b"line 0040000", b"line 0040001")
+    assert send(server, BAD_IP, "a@good.test", tampered)[0] == 550
