@@ -11,12 +11,13 @@ import base64
 import hashlib
 import hmac
 import random
+import re
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
 from hypothesis import strategies as st
 
-from kartero.auth.sasl import scram_credentials
+from kartero.auth.sasl import SASLError, ScramServer, decode_base64, parse_plain, scram_credentials
 
 T = TypeVar("T")
 
@@ -173,3 +174,52 @@ def scram_exchange(c: Chooser) -> list[bytes]:
     final = choice(c, [f"{without_proof},p={proof_text}", without_proof, f"p={proof_text},{without_proof}"])
     return [first, final.encode(), choice(c, [b"", b"v=x", c.binary(8)])]
 
+
+
+# -- drivers -------------------------------------------------------------------------------------------
+
+_SCRAM_TEXT = re.compile(rb"[\x21-\x7e]+")  # RFC 5802 §7: printable ASCII
+_SERVER_FINAL = re.compile(rb"v=[A-Za-z0-9+/]{43}=")
+
+
+def run_plain(response: bytes) -> str | None:
+    """A PLAIN response as the protocols take it (base64): the user, or None after SASLError."""
+    try:
+        credentials = parse_plain(decode_base64(response))
+    except SASLError:
+        return None
+    assert credentials.authcid and credentials.password
+    return credentials.authcid
+
+
+def run_scram(messages: list[bytes]) -> bool:
+    """One server-side SCRAM-SHA-256 exchange over `messages` (client-first, client-final); True when it
+    authenticated. Only SASLError may come out, and every server message is well-formed ASCII."""
+    server = ScramServer(SERVER_NONCE)
+    try:
+        name = server.client_first(messages[0] if messages else b"")
+    except SASLError:
+        return False
+    assert name, "an empty user name passed"
+    server_first = server.server_first(SCRAM)
+    assert _SCRAM_TEXT.fullmatch(server_first), server_first
+    try:
+        server_final = server.client_final(messages[1] if len(messages) > 1 else b"")
+    except SASLError:
+        return False
+    assert _SERVER_FINAL.fullmatch(server_final), server_final
+    return True
+
+
+def run_sasl_input(c: Chooser) -> None:
+    """The fuzz step of the SASL cores: a PLAIN message and a SCRAM exchange, raw or base64."""
+    plain = plain_message(c)
+    run_plain(b64(plain) if not chance(c, 10) else plain)
+    messages = scram_exchange(c)
+    if chance(c, 10):
+        i = c.integer(0, 1)
+        data = bytearray(messages[i])
+        if data:
+            data[c.integer(0, len(data) - 1)] = c.integer(0, 255)
+        messages[i] = bytes(data)
+    run_scram(messages)
