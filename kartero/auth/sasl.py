@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 
 
@@ -82,11 +83,19 @@ def scram_credentials(password: str, salt: bytes, iterations: int = SCRAM_ITERAT
     return ScramCredentials(salt, iterations, hashlib.sha256(client_key).digest(), _hmac(salted, b"Server Key"))
 
 
-def _attributes(message: bytes) -> dict[str, str]:
+# RFC 5802 §7: saslname = 1*(value-safe-char / "=2C" / "=3D"); a nonce is printable ASCII except ",".
+_SASLNAME = re.compile(r"(?:[^=,]|=2C|=3D)+")
+_NONCE = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
+
+
+def _decode(message: bytes) -> str:
     try:
-        text = message.decode("utf-8")
+        return message.decode("utf-8")
     except UnicodeDecodeError:
         raise SASLError("SCRAM message is not UTF-8") from None
+
+
+def _attributes(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for part in text.split(","):
         key, eq, value = part.partition("=")
@@ -112,15 +121,23 @@ class ScramServer:
         self._credentials: ScramCredentials | None = None
 
     def client_first(self, message: bytes) -> str:
-        text = message.decode("utf-8", "replace")
+        """Take client-first-message (RFC 5802 §7); returns the user name. Raises SASLError."""
+        text = _decode(message)
         gs2_flag, sep, rest = text.partition(",")
         authzid, sep2, bare = rest.partition(",")
         if not sep or not sep2 or gs2_flag not in ("n", "y"):
             raise SASLError("channel binding is not supported" if gs2_flag.startswith("p") else "bad GS2 header")
-        attrs = _attributes(bare.encode())
-        if "m" in attrs or "n" not in attrs or "r" not in attrs or not attrs["r"]:
+        attrs = _attributes(bare)
+        if "m" in attrs or "n" not in attrs or "r" not in attrs:
             raise SASLError("bad client-first message")
-        if authzid and authzid[2:].replace("=2C", ",").replace("=3D", "=") != _unescape(attrs["n"]):
+        # The nonce goes back in server-first and the name to the account lookup: both well-formed only.
+        if not _SASLNAME.fullmatch(attrs["n"]) or not _NONCE.fullmatch(attrs["r"]):
+            raise SASLError("bad client-first message")
+        if authzid and (
+            not authzid.startswith("a=")
+            or not _SASLNAME.fullmatch(authzid[2:])
+            or _unescape(authzid[2:]) != _unescape(attrs["n"])
+        ):
             raise SASLError("authorization identity not allowed")
         self._client_first_bare = bare
         self._gs2_header = f"{gs2_flag},{authzid},"
@@ -137,9 +154,9 @@ class ScramServer:
         credentials = self._credentials
         if credentials is None:
             raise SASLError("out of order")
-        text = message.decode("utf-8", "replace")
+        text = _decode(message)
         without_proof, _, proof_part = text.rpartition(",p=")
-        attrs = _attributes(without_proof.encode())
+        attrs = _attributes(without_proof)
         if attrs.get("r") != self._nonce:
             raise SASLError("nonce mismatch")
         if attrs.get("c") != base64.b64encode(self._gs2_header.encode()).decode():
@@ -159,4 +176,5 @@ class ScramServer:
 
 
 def _unescape(name: str) -> str:
+    """A saslname (checked against _SASLNAME: every "=" starts an escape) as the name it stands for."""
     return name.replace("=2C", ",").replace("=3D", "=")

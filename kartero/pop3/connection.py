@@ -18,6 +18,10 @@ from kartero.auth.sasl import SASLError, decode_base64, parse_plain
 # RFC 2449 §4: a command line is at most 255 octets; SASL responses may be longer (RFC 5034 §4).
 MAX_COMMAND = 255
 MAX_SASL_LINE = 8192
+# Of a line still in progress the core keeps at most this much, even while the adapter is busy: enough
+# to answer "Line too long" once the line ends. Everything a POP3 client sends is lines (RFC 1939 §3), so
+# this is safe; what else waits is complete pipelined lines (`buffered_bytes`: the adapter stops reading).
+MAX_PARTIAL_LINE = MAX_SASL_LINE + 1
 
 
 class ProtocolViolation(Exception):
@@ -74,7 +78,12 @@ Event = LoginRequested | MessageWanted | UpdateRequested | StartTLSRequested | C
 
 
 def dot_stuff(data: bytes) -> bytes:
-    """A message as multi-line response data: lines starting with '.' doubled, ending in CRLF."""
+    """A message as multi-line response data (RFC 1939 §3): lines starting with '.' doubled, every line
+    ending in CRLF. A bare CR or LF becomes CRLF: left bare, "a\n.\r\n" would end the response early for
+    a client that splits lines at LF, and what follows would be read as responses."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
     if data.startswith(b"."):
         data = b"." + data
     data = data.replace(b"\r\n.", b"\r\n..")
@@ -115,6 +124,7 @@ class Pop3Connection:
         self._close_reason: str | None = None
         self._is_close_reported = False
         self._is_skipping_line = False
+        self._partial_length = 0  # octets of the line in progress at the end of the input, kept or not
         self._errors = 0
 
     # -- adapter API -------------------------------------------------------------------------------
@@ -127,8 +137,16 @@ class Pop3Connection:
             return
         if not data:
             self._is_eof = True
-        elif self._awaiting != "tls":
-            self._in += data
+            return
+        if self._awaiting == "tls":
+            return  # plaintext pipelined behind STLS is dropped (CVE-2011-0411)
+        end = data.rfind(b"\n")
+        if end >= 0:
+            self._in += data[: end + 1]
+            self._partial_length = 0
+            data = data[end + 1 :]
+        self._in += data[: max(0, MAX_PARTIAL_LINE - self._partial_length)]
+        self._partial_length += len(data)
 
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
@@ -178,6 +196,11 @@ class Pop3Connection:
     @property
     def is_idle(self) -> bool:
         return self._awaiting is None
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Input held but not yet processed; the adapter stops reading while this is large."""
+        return len(self._in)
 
     def capabilities(self) -> list[str]:
         caps = ["TOP", "UIDL", "RESP-CODES", "PIPELINING", "AUTH-RESP-CODE"]
@@ -258,6 +281,7 @@ class Pop3Connection:
             return None
         self._ok("Begin TLS negotiation")
         self._in.clear()  # nothing pipelined in clear counts as sent over TLS (CVE-2011-0411)
+        self._partial_length = 0
         self._awaiting = "tls"
         return StartTLSRequested()
 
@@ -327,7 +351,8 @@ class Pop3Connection:
 
     def _message_number(self, arg: str) -> int | None:
         word = arg.strip().split(" ", 1)[0]
-        if not word.isdigit() or len(word) > 9:
+        # ASCII digits only: str.isdigit() is also true for "²", which int() refuses.
+        if not (word.isascii() and word.isdigit()) or len(word) > 9:
             self._err("Invalid message number")
             self._count_error()
             return None
@@ -373,7 +398,7 @@ class Pop3Connection:
 
     def _top(self, arg: str) -> Event | None:
         words = arg.split()
-        if len(words) != 2 or not words[1].isdigit():
+        if len(words) != 2 or not (words[1].isascii() and words[1].isdigit()):
             self._err("Syntax: TOP msg n")
             self._count_error()
             return None
@@ -419,6 +444,7 @@ class Pop3Connection:
         self.state = Pop3State.CLOSED
         self._close_reason = reason
         self._in.clear()
+        self._partial_length = 0
 
 
 _AUTHORIZATION = {

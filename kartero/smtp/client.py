@@ -18,7 +18,7 @@ from enum import Enum, auto
 from kartero.smtp.replies import Reply
 
 _REPLY_LINE = re.compile(rb"([2-5]\d\d)([ -])(.*)")
-_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3}) (.*)", re.S)
+_ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3}) (.*)", re.S)  # ASCII digits: "2.\u0661.0" is none
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 200
 
@@ -147,16 +147,17 @@ class ClientConnection:
         self._events: list[ClientEvent] = []
         self._tx: _Transaction | None = None
         self._queued: list[str] = []  # commands still to send one by one (no PIPELINING)
+        self._next_message: OutgoingMessage | None = None  # sent once our RSET is answered
         self._is_eof = False
 
     # -- adapter API -------------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        if self.state is ClientState.CLOSED:
-            return
         if not data:
             self._is_eof = True
-        else:
+        elif self.state not in (ClientState.CLOSED, ClientState.AWAITING_TLS):
+            # Clear text that arrives before the handshake is dropped: it must not be read as the
+            # server's answer over TLS (STARTTLS response injection; RFC 3207 §4.2).
             self._in += data
 
     def data_to_send(self) -> bytes:
@@ -188,12 +189,23 @@ class ClientConnection:
         self.state = ClientState.EHLO
 
     def send_message(self, message: OutgoingMessage) -> MessageResult | None:
-        """Start a transaction; returns a result at once when the message cannot go to this server."""
-        if self.state is not ClientState.READY:
+        """Start a transaction; returns a result at once when the message cannot go to this server.
+
+        Allowed when Ready, and right after a MessageResult: a transaction that failed early is reset
+        with RSET first, and the message then goes out once the server has answered the RSET.
+        """
+        if self.state not in (ClientState.READY, ClientState.RSET) or self._next_message is not None:
             raise RuntimeError(f"send_message() in state {self.state.name}")
         refusal = self._refusal(message)
         if refusal is not None:
             return MessageResult(tuple(refusal for _ in message.recipients), remote_dsn=False)
+        if self.state is ClientState.RSET:
+            self._next_message = message
+            return None
+        self._start(message)
+        return None
+
+    def _start(self, message: OutgoingMessage) -> None:
         tx = self._tx = _Transaction(message)
         tx.remote_dsn = "DSN" in self.extensions
         pipelining = "PIPELINING" in self.extensions
@@ -210,12 +222,16 @@ class ClientConnection:
         else:
             self._queued = commands[1:]
             self._send_command(commands[0])
-        return None
 
     def quit(self) -> None:
         if self.state in (ClientState.READY, ClientState.GREETING, ClientState.EHLO, ClientState.HELO):
             self._send_command("QUIT")
             self.state = ClientState.QUIT
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Input held but not yet processed: at most one partial reply line (MAX_REPLY_LINE)."""
+        return len(self._in)
 
     @property
     def timeout_s(self) -> float:
@@ -231,9 +247,11 @@ class ClientConnection:
     def _next_reply(self) -> Reply | None:
         while True:
             idx = self._in.find(b"\n")
+            # Too long whether the line arrived whole or in pieces that overflowed the buffer first.
+            if idx > MAX_REPLY_LINE or (idx < 0 and len(self._in) > MAX_REPLY_LINE):
+                self._fail(None, "reply line too long")
+                return None
             if idx < 0:
-                if len(self._in) > MAX_REPLY_LINE:
-                    self._fail(None, "reply line too long")
                 return None
             raw = bytes(self._in[:idx]).rstrip(b"\r")
             del self._in[: idx + 1]
@@ -295,14 +313,20 @@ class ClientConnection:
                     self._events.append(Ready(self.extensions, self.is_tls))
                     return
                 self.state = ClientState.AWAITING_TLS
+                self._in.clear()  # nothing the server sent in clear counts as sent over TLS (RFC 3207 §4.2)
                 self._events.append(StartTLSReady())
             case ClientState.IN_TRANSACTION:
                 self._transaction_reply(reply)
             case ClientState.RSET:
                 self.state = ClientState.READY  # whatever RSET got, the next MAIL starts afresh
-                self._events.append(Ready(self.extensions, self.is_tls))
+                message, self._next_message = self._next_message, None
+                if message is not None:
+                    self._start(message)
+                else:
+                    self._events.append(Ready(self.extensions, self.is_tls))
             case ClientState.QUIT:
                 self.state = ClientState.CLOSED
+                self._in.clear()
                 self._events.append(Closed())
             case _:
                 self._fail(reply, f"unexpected reply in state {self.state.name}")
@@ -381,8 +405,12 @@ class ClientConnection:
 
     def _refusal(self, message: OutgoingMessage) -> Reply | None:
         size_limit = self.extensions.get("SIZE", "")
-        if size_limit.isdigit() and int(size_limit) and len(message.data) > int(size_limit):
-            return Reply(552, "5.3.4", f"Message too large for the remote server (limit {size_limit})")
+        # RFC 1870 §4: "SIZE [number]", 0 or none meaning no fixed limit. MAX_REPLY_LINE keeps the number
+        # below the 4,300 digits int() refuses.
+        if size_limit.isascii() and size_limit.isdigit():
+            limit = int(size_limit)
+            if limit and len(message.data) > limit:
+                return Reply(552, "5.3.4", f"Message too large for the remote server (limit {limit})")
         if message.needs_smtputf8 and "SMTPUTF8" not in self.extensions:
             return Reply(553, "5.6.7", "The remote server does not support SMTPUTF8, which this message needs")
         return None
@@ -424,6 +452,9 @@ class ClientConnection:
         self._events.append(SessionFailed(reply, reason))
         self.state = ClientState.CLOSED
         self._tx = None
+        self._next_message = None
+        self._in.clear()
+        self._reply_lines = []
 
 
 def _extensions(reply: Reply) -> dict[str, str]:
