@@ -40,6 +40,7 @@ from kartero.net.deadlines import DeadlineSettings
 from kartero.net.imap_session import ImapSession
 from kartero.net.pop3_session import Pop3Session
 from kartero.net.session import SessionContext, SMTPSession
+from kartero.net.watchdog import LoopWatchdog
 from kartero.policy.dnsbl import DNSBL
 from kartero.policy.inbound import InboundPolicy
 from kartero.policy.limits import Admission, Greylist, ServiceLimits, parse_networks
@@ -201,6 +202,8 @@ class Server:
             data_timeout_s=config.limits.data_timeout_s,
         )
         servers: list[asyncio.Server] = []
+        watchdog = LoopWatchdog(loop)  # from here on a stalled loop stalls clients: say so, with the culprit
+        watchdog.start()
         try:
             async with asyncio.TaskGroup() as tg:
                 self._task_group = tg
@@ -286,6 +289,7 @@ class Server:
         except* StartupError as group:
             raise group.exceptions[0] from None
         finally:
+            watchdog.stop()
             remove_pid(config.data_dir)
             for server in servers:
                 server.close()
