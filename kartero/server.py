@@ -38,8 +38,10 @@ from kartero.mailauth.inbound import Checks, InboundChecker
 from kartero.net.channel import AccessContext
 from kartero.net.deadlines import DeadlineSettings
 from kartero.net.imap_session import ImapSession
+from kartero.net.listener import ListenerSettings, listener_factory
 from kartero.net.pop3_session import Pop3Session
 from kartero.net.session import SessionContext, SMTPSession
+from kartero.net.watchdog import LoopWatchdog
 from kartero.policy.dnsbl import DNSBL
 from kartero.policy.inbound import InboundPolicy
 from kartero.policy.limits import Admission, Greylist, ServiceLimits, parse_networks
@@ -202,14 +204,17 @@ class Server:
             data_timeout_s=config.limits.data_timeout_s,
         )
         servers: list[asyncio.Server] = []
+        watchdog = LoopWatchdog(loop)  # from here on a stalled loop stalls clients: say so, with the culprit
+        watchdog.start()
         try:
             async with asyncio.TaskGroup() as tg:
                 self._task_group = tg
                 tg.create_task(runner.run())
                 self._runner = runner
                 tg.create_task(self._pick_up(pickup))
+                proxy_from = parse_networks(config.proxy_from)
                 for kind, addresses in config.listen.items():
-                    factory: Callable[[], asyncio.Protocol]
+                    factory: Callable[[], asyncio.BaseProtocol]
                     if kind in ("smtp", "submission", "submissions"):
                         is_submission = kind != "smtp"
                         smtp_ctx = SessionContext(
@@ -263,6 +268,12 @@ class Server:
                         )
                         session_class = Pop3Session if kind.startswith("pop3") else ImapSession
                         factory = session_class.factory(access)
+                    implicit_tls = kind in IMPLICIT_TLS
+                    if proxy_from:  # PROXY header first, then (on implicit-TLS listeners) the handshake
+                        tls_context = (lambda: self._tls) if implicit_tls else None
+                        factory = listener_factory(ListenerSettings(kind, factory, proxy_from, tls_context,
+                                                                    self._spawn, lim.command_deadline_s))  # fmt: skip
+                        implicit_tls = False
                     for address in addresses:
                         try:
                             server = await loop.create_server(
@@ -271,8 +282,8 @@ class Server:
                                 address.port,
                                 reuse_address=True,
                                 backlog=512,
-                                ssl=self._tls if kind in IMPLICIT_TLS else None,
-                                ssl_handshake_timeout=30.0 if kind in IMPLICIT_TLS else None,
+                                ssl=self._tls if implicit_tls else None,
+                                ssl_handshake_timeout=30.0 if implicit_tls else None,
                             )
                         except OSError as exc:
                             raise StartupError(f"cannot listen on {address} ({kind}): {exc.strerror}") from None
@@ -288,6 +299,7 @@ class Server:
         except* StartupError as group:
             raise group.exceptions[0] from None
         finally:
+            watchdog.stop()
             remove_pid(config.data_dir)
             for server in servers:
                 server.close()
