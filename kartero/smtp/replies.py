@@ -123,6 +123,7 @@ AUTH_BAD_RESPONSE = Reply(501, "5.5.2", "Cannot decode response")
 ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")
 FROM_NOT_OWNED = Reply(553, "5.7.1", "From: header address not owned by the authenticated user")
+HEADER_MALFORMED = Reply(554, "5.6.0", "Message refused: malformed header")  # submission: From/Sender, NUL
 DMARC_REJECTED = Reply(550, "5.7.1", "Rejected by DMARC policy")
 CLIENT_LIMITED = Reply(421, "4.7.0", "Too many connections from your address")
 GREYLISTED = Reply(451, "4.7.1", "Greylisted, please try again later")
