@@ -132,7 +132,10 @@ class Server:
         submission_policy = SubmissionPolicy(directory, config.primary_domain, config.hostname, signer, executor,
                                              config.limits.messages_per_user_per_hour)  # fmt: skip
         authenticator = Authenticator(store)
-        throttle = AuthThrottle()
+        throttle = AuthThrottle(window_s=config.auth.failure_window_s,
+                                per_pair=config.auth.failures_per_address_and_account,
+                                per_network=config.auth.failures_per_address,
+                                per_account=config.auth.failures_per_account)  # fmt: skip
         resolver = Resolver([(n.host, n.port) for n in config.dns.nameservers], timeout_s=config.dns.timeout_s)
         overrides = {domain: Hop(hp.host, hp.port) for domain, hp in config.routes.items()}
         if config.delivery.relayhost is not None:
