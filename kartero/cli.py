@@ -36,7 +36,7 @@ def _directory(ctx: click.Context) -> Directory:
     config = _config(ctx)
     store = SQLiteStore(config.data_dir)
     ctx.call_on_close(store.close)
-    return Directory(store, config.domains)
+    return Directory(store, config.domains, config.auth.scram_iterations)
 
 
 def _read_password(password_stdin: bool) -> str:

@@ -130,12 +130,16 @@ class InboundConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    """Password logins: the failed-login throttle (see auth/throttle.py)."""
+    """Password logins: the failed-login throttle (see auth/throttle.py) and the stored SCRAM keys."""
 
     failure_window_s: float = 900.0
     failures_per_address_and_account: int = 10
     failures_per_address: int = 30
     failures_per_account: int = 100
+    scram_iterations: int = 100_000  # PBKDF2 rounds for new SCRAM-SHA-256 keys; RFC 7677 §4: >= 4096
+
+
+SCRAM_MIN_ITERATIONS = 4096  # RFC 7677 §4
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,7 +400,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     )
     auth_raw = r.table(data, "auth")
     r.check_keys(auth_raw, "auth", ("failure_window", "failures_per_address_and_account", "failures_per_address",
-                                    "failures_per_account"))  # fmt: skip
+                                    "failures_per_account", "scram_iterations"))  # fmt: skip
     a = AuthConfig()
     auth = AuthConfig(
         failure_window_s=r.duration(auth_raw, "auth", "failure_window", a.failure_window_s),
@@ -405,6 +409,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         ),
         failures_per_address=r.integer(auth_raw, "auth", "failures_per_address", a.failures_per_address, 1),
         failures_per_account=r.integer(auth_raw, "auth", "failures_per_account", a.failures_per_account, 1),
+        scram_iterations=r.integer(auth_raw, "auth", "scram_iterations", a.scram_iterations, SCRAM_MIN_ITERATIONS),
     )
     dns_raw = r.table(data, "dns")
     r.check_keys(dns_raw, "dns", ("nameservers", "timeout"))

@@ -131,7 +131,7 @@ class Server:
         signer = Signer(config.data_dir)
         submission_policy = SubmissionPolicy(directory, config.primary_domain, config.hostname, signer, executor,
                                              config.limits.messages_per_user_per_hour)  # fmt: skip
-        authenticator = Authenticator(store)
+        authenticator = Authenticator(store, config.auth.scram_iterations)
         throttle = AuthThrottle(window_s=config.auth.failure_window_s,
                                 per_pair=config.auth.failures_per_address_and_account,
                                 per_network=config.auth.failures_per_address,
