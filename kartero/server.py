@@ -52,10 +52,46 @@ log = logging.getLogger("kartero.server")
 
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
 MAILDROP_POLL_S = 1.0
+# The data folder holds argon2 hashes, SCRAM keys, DKIM keys and every message: for Kartero's user only.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+DATABASE_FILES = ("kartero.db", "kartero.db-wal", "kartero.db-shm")
 
 
 class StartupError(Exception):
     """The server cannot start (port taken, unreadable certificate, ...); the message says why."""
+
+
+def restrict_data_modes(config: Config) -> None:
+    """Make the data folder 0700 and the database (with its -wal and -shm) and DKIM keys 0600, fixing
+    folders made by older versions (0755, database 0644); each change is logged. New files are private
+    anyway: the CLI runs with umask 077. A TLS key outside the data folder is the admin's: only logged
+    when others may read it."""
+    data_dir = config.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    paths = [(data_dir, PRIVATE_DIR_MODE)] + [(data_dir / name, PRIVATE_FILE_MODE) for name in DATABASE_FILES]
+    dkim = data_dir / "dkim"
+    if dkim.is_dir():
+        paths.append((dkim, PRIVATE_DIR_MODE))
+        for folder in sorted(dkim.iterdir()):
+            if folder.is_dir():
+                paths.append((folder, PRIVATE_DIR_MODE))
+                paths.extend((key, PRIVATE_FILE_MODE) for key in sorted(folder.glob("*.key")))
+    tls = config.tls
+    if tls is not None and tls.key.is_relative_to(data_dir):
+        paths.append((tls.key, PRIVATE_FILE_MODE))
+    for path, mode in paths:
+        try:
+            was = path.stat().st_mode & 0o777
+            if was & 0o077:
+                path.chmod(mode)
+                log.warning("%s", kv(event="data.mode_fixed", path=path, was=f"{was:04o}", now=f"{mode:04o}"))
+        except FileNotFoundError:
+            continue
+    if tls is not None and not tls.key.is_relative_to(data_dir):
+        with contextlib.suppress(OSError):
+            if tls.key.stat().st_mode & 0o004:
+                log.warning("%s", kv(event="tls.key_readable", path=tls.key, detail="others may read the TLS key"))
 
 
 class Server:
@@ -108,6 +144,7 @@ class Server:
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(8, thread_name_prefix="kartero-io")
         loop.set_default_executor(executor)
+        restrict_data_modes(config)
         self._tls = self._load_tls()
         store = SQLiteStore(config.data_dir)
         dropped = await asyncio.to_thread(store.recover)
