@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 runtime error, 2 usage or config error (one line naming the 
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ def _directory(ctx: click.Context) -> Directory:
     config = _config(ctx)
     store = SQLiteStore(config.data_dir)
     ctx.call_on_close(store.close)
-    return Directory(store, config.domains)
+    return Directory(store, config.domains, config.auth.scram_iterations)
 
 
 def _read_password(password_stdin: bool) -> str:
@@ -59,6 +60,9 @@ def _read_password(password_stdin: bool) -> str:
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None) -> None:
     """Kartero, a complete mail server."""
+    # Every file a command makes (the database with password hashes and SCRAM keys, messages, keys, the
+    # maildrop) is for Kartero's user only: files 0600, folders 0700 (issue 8).
+    os.umask(0o077)
     ctx.obj = config_path
 
 
@@ -129,6 +133,7 @@ def init(directory: Path, domain: str, hostname: str | None, force: bool) -> Non
         _fail(f"{directory} is not empty; use --force to write into it", 1)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "data").mkdir(exist_ok=True)
+    (directory / "data").chmod(0o700)  # also when --force writes into an older, world-readable folder
     make_self_signed(directory / "tls" / "cert.pem", directory / "tls" / "key.pem", [hostname])
     target.write_text(INIT_TEMPLATE.format(date=datetime.now(UTC).date().isoformat(), hostname=hostname, domain=domain))
     click.echo(f"wrote {target}")

@@ -137,6 +137,20 @@ class InboundConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Password logins: the failed-login throttle (see auth/throttle.py) and the stored SCRAM keys."""
+
+    failure_window_s: float = 900.0
+    failures_per_address_and_account: int = 10
+    failures_per_address: int = 30
+    failures_per_account: int = 100
+    scram_iterations: int = 100_000  # PBKDF2 rounds for new SCRAM-SHA-256 keys; RFC 7677 §4: >= 4096
+
+
+SCRAM_MIN_ITERATIONS = 4096  # RFC 7677 §4
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     hostname: str
     domains: tuple[str, ...]
@@ -150,6 +164,7 @@ class Config:
     inbound: InboundConfig = field(default_factory=InboundConfig)
     greylisting: GreylistConfig = field(default_factory=GreylistConfig)
     dnsbl: DNSBLConfig = field(default_factory=DNSBLConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     log_level: str = "info"
     proxy_from: tuple[str, ...] = ()  # networks whose connections start with a PROXY protocol header
     source: Path | None = None  # the file it came from; None for the embedded default
@@ -301,7 +316,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     r = _Reader(name, base)
     r.check_keys(
         data, None, ("hostname", "domains", "data_dir", "listen", "tls", "limits", "dns", "delivery", "routes",
-                     "inbound", "greylisting", "dnsbl", "log_level")
+                     "inbound", "greylisting", "dnsbl", "auth", "log_level")
     )  # fmt: skip
 
     domains_raw = data.get("domains")
@@ -415,6 +430,19 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         pass_s=r.duration(gl, "greylisting", "pass", g.pass_s),
         exempt=r.networks(gl, "greylisting", "exempt", g.exempt),
     )
+    auth_raw = r.table(data, "auth")
+    r.check_keys(auth_raw, "auth", ("failure_window", "failures_per_address_and_account", "failures_per_address",
+                                    "failures_per_account", "scram_iterations"))  # fmt: skip
+    a = AuthConfig()
+    auth = AuthConfig(
+        failure_window_s=r.duration(auth_raw, "auth", "failure_window", a.failure_window_s),
+        failures_per_address_and_account=r.integer(
+            auth_raw, "auth", "failures_per_address_and_account", a.failures_per_address_and_account, 1
+        ),
+        failures_per_address=r.integer(auth_raw, "auth", "failures_per_address", a.failures_per_address, 1),
+        failures_per_account=r.integer(auth_raw, "auth", "failures_per_account", a.failures_per_account, 1),
+        scram_iterations=r.integer(auth_raw, "auth", "scram_iterations", a.scram_iterations, SCRAM_MIN_ITERATIONS),
+    )
     dns_raw = r.table(data, "dns")
     r.check_keys(dns_raw, "dns", ("nameservers", "timeout"))
     servers_raw = dns_raw.get("nameservers", [])
@@ -494,6 +522,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         inbound=inbound,
         greylisting=greylisting,
         dnsbl=dnsbl,
+        auth=auth,
         log_level=log_level,
         proxy_from=proxy_from,
         source=source,

@@ -75,8 +75,46 @@ def raise_open_file_limit() -> int:
     return int(soft) if soft != resource.RLIM_INFINITY else 1 << 30
 
 
+# The data folder holds argon2 hashes, SCRAM keys, DKIM keys and every message: for Kartero's user only.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+DATABASE_FILES = ("kartero.db", "kartero.db-wal", "kartero.db-shm")
+
+
 class StartupError(Exception):
     """The server cannot start (port taken, unreadable certificate, ...); the message says why."""
+
+
+def restrict_data_modes(config: Config) -> None:
+    """Make the data folder 0700 and the database (with its -wal and -shm) and DKIM keys 0600, fixing
+    folders made by older versions (0755, database 0644); each change is logged. New files are private
+    anyway: the CLI runs with umask 077. A TLS key outside the data folder is the admin's: only logged
+    when others may read it."""
+    data_dir = config.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    paths = [(data_dir, PRIVATE_DIR_MODE)] + [(data_dir / name, PRIVATE_FILE_MODE) for name in DATABASE_FILES]
+    dkim = data_dir / "dkim"
+    if dkim.is_dir():
+        paths.append((dkim, PRIVATE_DIR_MODE))
+        for folder in sorted(dkim.iterdir()):
+            if folder.is_dir():
+                paths.append((folder, PRIVATE_DIR_MODE))
+                paths.extend((key, PRIVATE_FILE_MODE) for key in sorted(folder.glob("*.key")))
+    tls = config.tls
+    if tls is not None and tls.key.is_relative_to(data_dir):
+        paths.append((tls.key, PRIVATE_FILE_MODE))
+    for path, mode in paths:
+        try:
+            was = path.stat().st_mode & 0o777
+            if was & 0o077:
+                path.chmod(mode)
+                log.warning("%s", kv(event="data.mode_fixed", path=path, was=f"{was:04o}", now=f"{mode:04o}"))
+        except FileNotFoundError:
+            continue
+    if tls is not None and not tls.key.is_relative_to(data_dir):
+        with contextlib.suppress(OSError):
+            if tls.key.stat().st_mode & 0o004:
+                log.warning("%s", kv(event="tls.key_readable", path=tls.key, detail="others may read the TLS key"))
 
 
 class Server:
@@ -129,6 +167,7 @@ class Server:
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(8, thread_name_prefix="kartero-io")
         loop.set_default_executor(executor)
+        restrict_data_modes(config)
         self._tls = self._load_tls()
         store = SQLiteStore(config.data_dir)
         dropped = await asyncio.to_thread(store.recover)
@@ -151,8 +190,11 @@ class Server:
         signer = Signer(config.data_dir)
         submission_policy = SubmissionPolicy(directory, config.primary_domain, config.hostname, signer, executor,
                                              config.limits.messages_per_user_per_hour)  # fmt: skip
-        authenticator = Authenticator(store)
-        throttle = AuthThrottle()
+        authenticator = Authenticator(store, config.auth.scram_iterations)
+        throttle = AuthThrottle(window_s=config.auth.failure_window_s,
+                                per_pair=config.auth.failures_per_address_and_account,
+                                per_network=config.auth.failures_per_address,
+                                per_account=config.auth.failures_per_account)  # fmt: skip
         resolver = Resolver([(n.host, n.port) for n in config.dns.nameservers], timeout_s=config.dns.timeout_s)
         overrides = {domain: Hop(hp.host, hp.port) for domain, hp in config.routes.items()}
         if config.delivery.relayhost is not None:
@@ -224,6 +266,7 @@ class Server:
                                 is_tls_available=self._tls is not None and kind != "submissions",
                                 auth_mechanisms=AUTH_MECHANISMS if is_submission else (),
                                 is_auth_required=is_submission,
+                                refuse_nul=is_submission,
                             ),
                             policy=submission_policy if is_submission else policy,
                             store=store,

@@ -13,6 +13,7 @@ Resolution order for a local address (first match wins):
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import hashlib
 import hmac
@@ -37,9 +38,20 @@ class DirectoryError(ValueError):
     """A request the admin must correct (bad address, foreign domain, unknown account)."""
 
 
-def new_scram(password: str) -> str:
+def new_scram(password: str, iterations: int = SCRAM_ITERATIONS) -> str:
     """Fresh SCRAM-SHA-256 keys for a password (random salt), as stored with the account."""
-    return scram_credentials(password, os.urandom(16)).encode()
+    return scram_credentials(password, os.urandom(16), iterations).encode()
+
+
+def needs_new_scram(stored: str, iterations: int) -> bool:
+    """Whether stored SCRAM keys are missing, unreadable or made with fewer PBKDF2 rounds than
+    `iterations` (keys from before `[auth] scram_iterations` was raised): replaced at the next login."""
+    if not stored:
+        return True
+    try:
+        return ScramCredentials.decode(stored).iterations < iterations
+    except (ValueError, binascii.Error):
+        return True
 
 
 def canonical_address(address: Address) -> str:
@@ -70,9 +82,10 @@ class Resolution:
 class Directory:
     """Accounts and aliases of the local domains, over a Store."""
 
-    def __init__(self, store: Store, domains: tuple[str, ...]) -> None:
+    def __init__(self, store: Store, domains: tuple[str, ...], scram_iterations: int = SCRAM_ITERATIONS) -> None:
         self.store = store
         self.domains = frozenset(domains)
+        self.scram_iterations = scram_iterations
 
     def is_local_domain(self, domain: str) -> bool:
         return domain in self.domains
@@ -89,13 +102,13 @@ class Directory:
         address = self._require_local(parse_address(text))
         if not password:
             raise DirectoryError("the password is empty")
-        return self.store.add_account(address, hash_password(password), new_scram(password))
+        return self.store.add_account(address, hash_password(password), new_scram(password, self.scram_iterations))
 
     def set_password(self, text: str, password: str) -> None:
         address = parse_address(text)
         if not password:
             raise DirectoryError("the password is empty")
-        if not self.store.set_password(address, hash_password(password), new_scram(password)):
+        if not self.store.set_password(address, hash_password(password), new_scram(password, self.scram_iterations)):
             raise DirectoryError(f"no account {address}")
 
     def delete_user(self, text: str) -> None:
@@ -275,13 +288,16 @@ class Authenticator:
     under a per-process random key, together with the account's password hash at that time: a client
     that reconnects often (phones open several connections) costs one argon2 check, not one per login,
     and a password change or account deletion is honoured at once because the account is read every time.
+    A successful check also replaces SCRAM keys made with fewer than `scram_iterations` PBKDF2 rounds
+    (the password is known just then), so old accounts upgrade at their next login.
     """
 
     CACHE_TTL_S = 15 * 60.0
     CACHE_SIZE = 10_000
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, scram_iterations: int = SCRAM_ITERATIONS) -> None:
         self.store = store
+        self.scram_iterations = scram_iterations
         # Verifying against a real hash when the account does not exist keeps the time of a failure the
         # same for known and unknown users (no account enumeration by timing).
         self._decoy = hash_password("decoy password, never matches")
@@ -310,8 +326,8 @@ class Authenticator:
             return account
         if not verify_password(account.password_hash, password):
             return None
-        if not account.scram:  # accounts made before SCRAM existed get their keys at the next login
-            self.store.set_scram(address, new_scram(password))
+        if needs_new_scram(account.scram, self.scram_iterations):
+            self.store.set_scram(address, new_scram(password, self.scram_iterations))
         if len(self._cache) >= self.CACHE_SIZE:
             self._cache.clear()
         self._cache[address] = (digest, account.password_hash, now + self.CACHE_TTL_S)
@@ -326,4 +342,4 @@ class Authenticator:
         if account is not None and account.scram:
             return ScramCredentials.decode(account.scram), account
         salt = hmac.new(self._key, b"salt:" + user.encode("utf-8", "replace"), hashlib.sha256).digest()[:16]
-        return ScramCredentials(salt, SCRAM_ITERATIONS, os.urandom(32), os.urandom(32)), None
+        return ScramCredentials(salt, self.scram_iterations, os.urandom(32), os.urandom(32)), None

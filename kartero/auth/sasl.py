@@ -46,7 +46,9 @@ def parse_plain(message: bytes) -> PlainCredentials:
 
 # -- SCRAM-SHA-256 (RFC 5802, RFC 7677) ------------------------------------------------------------------
 
-SCRAM_ITERATIONS = 4096  # RFC 7677 §4: at least 4096
+# PBKDF2 rounds for new keys. RFC 7677 §4 asks for at least 4096; at 100,000 a stolen key costs about as
+# much to crack as the argon2id hash beside it (4096 made it ~23x cheaper). `[auth] scram_iterations`.
+SCRAM_ITERATIONS = 100_000
 
 
 @dataclass(frozen=True, slots=True)

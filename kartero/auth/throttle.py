@@ -1,47 +1,176 @@
-"""Slowing down password guessing, per client address, for every protocol that takes passwords.
+"""Slowing down password guessing, for every protocol that takes passwords (SMTP AUTH, IMAP, POP3).
 
-Each failure makes the next answer wait longer (0.5 s, 1 s, 2 s, ... up to 8 s); after `limit` failures
-within `window_s` the address is refused outright (SMTP 454 4.7.0, IMAP/POP3 NO) until the window
-passes. A success clears the address's record. In memory only: a restart forgets, which is fine.
+Failures are counted per (client network, account), per client network and per account, within a
+sliding window (15 minutes by default). A client network is an IPv4 address or an IPv6 /64: one
+customer gets a whole /64, so counting single IPv6 addresses would give one attacker 2^64 fresh starts.
+
+An attempt counts as a failure from the moment it starts (`reserve`), before the password is checked,
+so 60 parallel guesses cannot all reach the check before the first failure is recorded; a success
+(`succeeded`) takes back the failures of that one (network, account) pair and of no other pair.
+
+An attempt is refused unchecked (SMTP `454 4.7.0`, IMAP/POP3 `NO`) when:
+- PAIR: its (network, account) pair has `per_pair` failures (10) in the window. A user who mistypes
+  locks out only their own account from their own address; others behind the same NAT go on;
+- NETWORK: its network has `per_network` failures (30) in the window, across accounts — so at least
+  three accounts' worth: one user alone can never reach it. Accounts that logged in successfully from
+  that network within KNOWN_S are exempt, so a password sprayer behind a shared address does not lock
+  out the users there;
+- ACCOUNT: the account has `per_account` failures (100) in the window from all networks together
+  (it is under attack from many addresses), and this network has failed for it in the window and has
+  not logged in to it within KNOWN_S. A network that has not failed for the account — its owner at
+  home, at work, travelling — is still checked: the owner is never locked out by others' failures.
+
+Each failure is answered after a delay that grows with the pair's failures: 0.5 s, 1, 2, 4, 8 s (the
+cap). Refused attempts are neither checked nor counted, so every lockout ends when the window passes.
+
+Memory is bounded: at most `max_entries` pairs, networks and accounts, the least recently used evicted
+first (never the whole table: an address spray must not reset everyone).
+In memory only: a restart forgets, which is fine. All calls come from the event loop thread.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from kartero.auth.accounts import DirectoryError, parse_address
+
+# A successful login makes its network "known" for that account this long (30 days).
+KNOWN_S = 30 * 86400.0
+# User names that are no address share one key: they cannot log in, and each must not cost memory.
+INVALID_USER = "(invalid)"
+MAX_USER_CHARS = 320
+
+
+class Lockout(StrEnum):
+    """Why an attempt was refused unchecked (logged as `reason=`)."""
+
+    PAIR = "address+account"
+    NETWORK = "address"
+    ACCOUNT = "account"
+
+
+def client_network(address: str) -> str:
+    """The key failures count under: the IPv4 address, or the IPv6 /64 (IPv4-mapped IPv6 as IPv4)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
+def account_key(user: str) -> str:
+    """The account a login names, canonical (`Bob@Example.TEST` counts as `bob@example.test`)."""
+    if len(user) > MAX_USER_CHARS:
+        return INVALID_USER
+    try:
+        return parse_address(user)
+    except DirectoryError:
+        return INVALID_USER
+
+
+def _prune(times: list[float], start: int, cutoff: float) -> None:
+    """Drop the times (sorted, from index `start`) at or before `cutoff`."""
+    end = start
+    while end < len(times) and times[end] <= cutoff:
+        end += 1
+    del times[start:end]
+
+
+def _remove(times: list[float], taken: list[float]) -> None:
+    """Remove one occurrence of each of `taken` (equal times are interchangeable for counting)."""
+    for t in taken:
+        with contextlib.suppress(ValueError):  # already pruned or trimmed
+            times.remove(t)
 
 
 @dataclass
 class AuthThrottle:
     window_s: float = 900.0
-    limit: int = 10
+    per_pair: int = 10
+    per_network: int = 30
+    per_account: int = 100
     base_delay_s: float = 0.5
     max_delay_s: float = 8.0
+    max_entries: int = 50_000  # per table; about 0.8 KB per attempt from a new address for a new account
     clock: Callable[[], float] = time.monotonic
-    _failures: dict[str, list[float]] = field(default_factory=dict)
+    # Each value is a list of failure times, oldest first, within the window (reservations included);
+    # a pair's list starts with the time of its last success (0.0: none). Least recently used first.
+    _pairs: OrderedDict[tuple[str, str], list[float]] = field(default_factory=OrderedDict)
+    _networks: OrderedDict[str, list[float]] = field(default_factory=OrderedDict)
+    _accounts: OrderedDict[str, list[float]] = field(default_factory=OrderedDict)
 
-    def _recent(self, address: str) -> list[float]:
-        cutoff = self.clock() - self.window_s
-        times = [t for t in self._failures.get(address, ()) if t > cutoff]
-        if times:
-            self._failures[address] = times
+    def reserve(self, address: str, user: str) -> Lockout | None:
+        """Start a login attempt of `user` from `address`: None when it may be checked (it now counts
+        as a failure until `succeeded`), else why it is refused (nothing is recorded then)."""
+        now = self.clock()
+        cutoff = now - self.window_s
+        net, account = client_network(address), account_key(user)
+        pair = self._pairs.get((net, account))
+        if pair is not None:
+            _prune(pair, 1, cutoff)
+            if len(pair) - 1 >= self.per_pair:
+                return Lockout.PAIR
+        if pair is None or not pair[0] or now - pair[0] >= KNOWN_S:  # not a known (network, account)
+            failures = self._networks.get(net)
+            if failures is not None:
+                _prune(failures, 0, cutoff)
+                if len(failures) >= self.per_network:
+                    return Lockout.NETWORK
+            failures = self._accounts.get(account)
+            if failures is not None:
+                _prune(failures, 0, cutoff)
+                if len(failures) >= self.per_account and pair is not None and len(pair) > 1:
+                    return Lockout.ACCOUNT
+        self._touch(self._pairs, (net, account), [0.0]).append(now)
+        # Only "at least the limit" matters; known pairs may add beyond it, so keep a bounded tail.
+        failures = self._touch(self._networks, net, [])
+        failures.append(now)
+        del failures[: -2 * self.per_network]
+        failures = self._touch(self._accounts, account, [])
+        failures.append(now)
+        del failures[: -2 * self.per_account]
+        return None
+
+    def succeeded(self, address: str, user: str) -> None:
+        """The password was right: take back this pair's failures (only this pair's, also from its
+        network's and its account's counts) and remember the network as known for the account."""
+        net, account = client_network(address), account_key(user)
+        pair = self._touch(self._pairs, (net, account), [0.0])
+        taken = pair[1:]
+        pair[:] = [self.clock()]
+        for table, key in ((self._networks, net), (self._accounts, account)):
+            failures = table.get(key)
+            if failures is not None:
+                _remove(failures, taken)
+                if not failures:
+                    del table[key]
+
+    def failed(self, address: str, user: str) -> float:
+        """The password was wrong (the failure was recorded by `reserve`): how long to wait before
+        answering, 0.5 s doubling with each failure of the pair in the window, at most 8 s."""
+        pair = self._pairs.get((client_network(address), account_key(user)))
+        count = max(1, len(pair) - 1) if pair is not None else 1
+        return min(self.base_delay_s * 2.0 ** (count - 1), self.max_delay_s)
+
+    def _touch(self, table: OrderedDict[Any, list[float]], key: Any, empty: list[float]) -> list[float]:
+        """The entry for `key` (made from `empty` if missing), marked most recently used; evicts the
+        least recently used entries beyond `max_entries`."""
+        entry = table.get(key)
+        if entry is None:
+            entry = table[key] = empty
+            while len(table) > self.max_entries:
+                table.popitem(last=False)
         else:
-            self._failures.pop(address, None)
-        return times
-
-    def is_blocked(self, address: str) -> bool:
-        return len(self._recent(address)) >= self.limit
-
-    def failure(self, address: str) -> float:
-        """Record a failure; returns how long to wait before answering it."""
-        times = self._recent(address)
-        times.append(self.clock())
-        self._failures[address] = times
-        if len(self._failures) > 100_000:  # bound memory under an address-spraying attack
-            self._failures.clear()
-        delay: float = min(self.base_delay_s * 2.0 ** (len(times) - 1), self.max_delay_s)
-        return delay
-
-    def success(self, address: str) -> None:
-        self._failures.pop(address, None)
+            table.move_to_end(key)
+        return entry

@@ -96,22 +96,25 @@ class AccessContext(Generic[SettingsT]):
             self.admission.close(ticket)
 
     async def check_login(self, channel: Channel, session_id: str, user: str, password: str) -> Account | None:
-        """The account for a password login, or None after the throttle's delay (refused at once while
-        the client's address is locked out). Logs `<listener>.login`, `.login_failed`, `.login_throttled`."""
+        """The account for a password login, or None after the throttle's delay (refused at once, and
+        unchecked, while the throttle locks this address or account out). The attempt counts as a failure
+        before the password is checked (see auth/throttle.py). Logs `<listener>.login`, `.login_failed`,
+        `.login_throttled`."""
         protocol = self.listener.rstrip("s")  # imaps -> imap, pop3s -> pop3
         client, throttle = channel.client_ip, self.throttle
-        if throttle is not None and throttle.is_blocked(client):
-            log.info("%s", kv(event=f"{protocol}.login_throttled", session=session_id, client=client, user=user))
+        if throttle is not None and (lockout := throttle.reserve(client, user)) is not None:
+            log.info("%s", kv(event=f"{protocol}.login_throttled", session=session_id, client=client, user=user,
+                              reason=lockout))  # fmt: skip
             return None
         account = await channel.loop.run_in_executor(None, self.authenticator.verify, user, password)
         if account is None:
-            delay = throttle.failure(client) if throttle is not None else LOGIN_FAILURE_DELAY_S
+            delay = throttle.failed(client, user) if throttle is not None else LOGIN_FAILURE_DELAY_S
             log.info("%s", kv(event=f"{protocol}.login_failed", session=session_id, client=client, user=user,
                               delay_s=delay))  # fmt: skip
             await asyncio.sleep(delay)
             return None
         if throttle is not None:
-            throttle.success(client)
+            throttle.succeeded(client, user)
         log.info("%s", kv(event=f"{protocol}.login", session=session_id, client=client, user=account.address))
         return account
 

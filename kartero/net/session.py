@@ -304,8 +304,10 @@ class SMTPSession(asyncio.Protocol):
         if authenticator is None:
             self.conn.auth_result(None)
             return
-        if throttle is not None and throttle.is_blocked(self.client_ip):
-            log.info("%s", kv(event="smtp.auth_throttled", session=self.id, client=self.client_ip))
+        # The attempt counts as a failure before the check runs: parallel guesses cannot all be checked.
+        if throttle is not None and (lockout := throttle.reserve(self.client_ip, event.user)) is not None:
+            log.info("%s", kv(event="smtp.auth_throttled", session=self.id, client=self.client_ip, user=event.user,
+                              reason=lockout))  # fmt: skip
             self.conn.auth_result(None, replies.AUTH_THROTTLED)
             return
         self._wait(self.loop.run_in_executor(None, authenticator.verify, event.user, event.password),
@@ -319,14 +321,16 @@ class SMTPSession(asyncio.Protocol):
             self._auth_failed(event.user, event.mechanism)
 
     def _auth_succeeded(self, user: str, mechanism: str) -> None:
+        """Clears the throttle's failures of this address for this account only."""
         if self.ctx.throttle is not None:
-            self.ctx.throttle.success(self.client_ip)
+            self.ctx.throttle.succeeded(self.client_ip, user)
         log.info("%s", kv(event="smtp.auth", session=self.id, client=self.client_ip, user=user, mechanism=mechanism))
         self.conn.auth_result(user)
 
     def _auth_failed(self, user: str, mechanism: str) -> None:
-        """535 after a delay that grows with each failure from this address (the throttle's)."""
-        delay = self.ctx.throttle.failure(self.client_ip) if self.ctx.throttle is not None else 0.0
+        """535 after a delay that grows with each failure of this account from this address (the
+        failure itself was recorded when the attempt started)."""
+        delay = self.ctx.throttle.failed(self.client_ip, user) if self.ctx.throttle is not None else 0.0
         log.info("%s", kv(event="smtp.auth_failed", session=self.id, client=self.client_ip, user=user,
                           mechanism=mechanism, delay_s=delay))  # fmt: skip
         waiter: Future[None] = Future()
@@ -334,9 +338,16 @@ class SMTPSession(asyncio.Protocol):
         self._wait(waiter, lambda _: self.conn.auth_result(None))
 
     def _scram(self, event: ScramRequested) -> None:
-        authenticator = self.ctx.authenticator
-        if authenticator is None or (self.ctx.throttle is not None and self.ctx.throttle.is_blocked(self.client_ip)):
-            self.conn.auth_result(None, replies.AUTH_THROTTLED if authenticator is not None else None)
+        """SCRAM keys for the exchange; the attempt is reserved with the throttle now, because the proof
+        is checked by the core (ScramFinished settles it: success clears it, anything else leaves it)."""
+        authenticator, throttle = self.ctx.authenticator, self.ctx.throttle
+        if authenticator is None:
+            self.conn.auth_result(None)
+            return
+        if throttle is not None and (lockout := throttle.reserve(self.client_ip, event.user)) is not None:
+            log.info("%s", kv(event="smtp.auth_throttled", session=self.id, client=self.client_ip, user=event.user,
+                              reason=lockout))  # fmt: skip
+            self.conn.auth_result(None, replies.AUTH_THROTTLED)
             return
         self._wait(self.loop.run_in_executor(None, authenticator.scram, event.user),
                    lambda done: self.conn.scram_credentials(done.result()[0]))  # fmt: skip

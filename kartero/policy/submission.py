@@ -3,7 +3,13 @@
 - The envelope sender must be the user's address or one that reaches the user (an alias of theirs,
   their plus-addresses; the catch-all of a domain makes its owner the owner of the whole domain);
   the null sender is not for users. Else `553 5.7.1`.
-- Every From: address of the message must belong to the user in the same way. Else `553 5.7.1`.
+- The author fields are read strictly (policy/authorship.py) and must name only the user: exactly one
+  From: and at most one Sender:, each a valid mailbox list (Sender: and Resent-Sender: one mailbox)
+  whose every address belongs to the user in the same way, with no display name or comment showing
+  any other address (`"boss@example.org" <me@example.org>` reads as the boss in many clients);
+  Resent-From: and Resent-Sender: likewise. Not the user's: `553 5.7.1`. Malformed (a header line
+  that is not `name: value`, a name with control bytes, an unparsable or empty From:, group syntax,
+  a missing or repeated From:) and NUL anywhere in the message: `554 5.6.0`.
 - Recipients in a local domain must exist (`550 5.1.1`); any other recipient is queued for delivery.
 - A message without Date: or Message-ID: gets them (RFC 6409 §8.2, §8.3).
 - A message whose From: domain has DKIM keys is signed (in a worker thread: RSA costs a millisecond).
@@ -22,18 +28,31 @@ from kartero.auth.accounts import DirectoryCache, DirectoryError, canonical_addr
 from kartero.dns.names import DomainError, canonical_domain
 from kartero.log import kv
 from kartero.mailauth.dkim import DKIMError, Signer
-from kartero.mime.addresses import parse_address_list
-from kartero.mime.headers import find_body_start, parse_header_block
+from kartero.mime.headers import find_body_start
+from kartero.policy.authorship import (
+    MAX_ADDRESS_CHARS,
+    HeaderError,
+    MailboxListError,
+    find_addresses,
+    parse_mailbox_list,
+    split_fields,
+)
 from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, RcptContext, Reject
 from kartero.policy.inbound import InboundPolicy
 from kartero.policy.limits import SlidingWindow
 from kartero.smtp import replies
 from kartero.smtp.address import Address, AddressError, Path, parse_mailbox
 from kartero.smtp.events import Envelope
+from kartero.smtp.replies import Reply
 from kartero.store.interface import Content
 from kartero.store.spool import read_whole
 
 log = logging.getLogger("kartero.policy")
+
+# The fields that say who wrote or sent a message (RFC 5322 §3.6.2, §3.6.6), as the client names them.
+AUTHOR_FIELDS = {"from": "From:", "sender": "Sender:", "resent-from": "Resent-From:",
+                 "resent-sender": "Resent-Sender:"}  # fmt: skip
+SINGLE_MAILBOX_FIELDS = frozenset({"sender", "resent-sender"})
 
 
 class SubmissionPolicy:
@@ -103,31 +122,28 @@ class SubmissionPolicy:
         user = envelope.authenticated_as
         if user is None:
             return Reject(replies.AUTH_REQUIRED)
+        # NUL in the message is refused by the SMTP core on submission listeners (ServerSettings.refuse_nul).
         head = data.head if isinstance(data, Content) else data
         header_end, _ = find_body_start(head)
-        header = parse_header_block(head[:header_end])
-        from_domain = None
-        for value in header.get_all("from"):
-            for entry in parse_address_list(value):
-                if entry.host is None or entry.mailbox is None:
-                    continue  # a group name, not an address
-                text = f"{entry.mailbox.decode('utf-8', 'replace')}@{entry.host.decode('utf-8', 'replace')}"
-                try:
-                    address = canonical_address(parse_mailbox(text))
-                except (AddressError, DirectoryError):
-                    return Reject(replies.FROM_NOT_OWNED)
-                if not self.owns(user, address):
-                    return Reject(replies.FROM_NOT_OWNED)
-                from_domain = from_domain or address.rpartition("@")[2]
+        try:
+            fields = split_fields(head[:header_end])
+        except HeaderError as exc:
+            return self._refused(user, replies.HEADER_MALFORMED.with_text("Message refused: malformed header field"),
+                                 str(exc))  # fmt: skip
+        checked = self._check_authors(user, fields)
+        if isinstance(checked, Reject):
+            return checked
+        from_domain = checked
+        names = {name for name, _ in fields}
         added = b""
-        if header.get("date") is None:
+        if "date" not in names:
             added += f"Date: {format_datetime(datetime.now(UTC))}\r\n".encode()
-        if header.get("message-id") is None:
+        if "message-id" not in names:
             added += f"Message-ID: <{secrets.token_hex(12)}@{self.hostname}>\r\n".encode()
         message = Content(added + data.head, data.tail) if isinstance(data, Content) else added + data
         self._sent.record(user)
         signer = self.signer
-        if signer is None or from_domain is None:
+        if signer is None:
             return AcceptMessage(message)
         if self.executor is None:
             return self._signed(signer, from_domain, message)
@@ -144,3 +160,76 @@ class SubmissionPolicy:
         except DKIMError as exc:
             log.error("%s", kv(event="dkim.sign_failed", domain=domain, detail=str(exc)))
             return AcceptMessage(message)
+
+    def _check_authors(self, user: str, fields: list[tuple[str, bytes]]) -> Reject | str:
+        """The domain of the first From: address, or the refusal (see the module docstring)."""
+        count = {name: 0 for name in AUTHOR_FIELDS}
+        for name, _ in fields:
+            if name in count:
+                count[name] += 1
+        if count["from"] != 1 or count["sender"] > 1:
+            problem = "no From: field" if not count["from"] else "more than one From: or Sender: field"
+            return self._refused(user, replies.HEADER_MALFORMED.with_text(
+                "Message refused: one From: field and at most one Sender: field are required (RFC 5322 3.6)"
+            ), problem)  # fmt: skip
+        from_domain = ""
+        for name, value in fields:
+            label = AUTHOR_FIELDS.get(name)
+            if label is None:
+                continue
+            try:
+                parsed = parse_mailbox_list(value)
+            except MailboxListError as exc:
+                return self._refused(user, replies.HEADER_MALFORMED.with_text(
+                    f"Message refused: {label} is not a valid mailbox list"), f"{label} {exc}")  # fmt: skip
+            if name in SINGLE_MAILBOX_FIELDS and len(parsed.mailboxes) != 1:
+                return self._refused(user, replies.HEADER_MALFORMED.with_text(
+                    f"Message refused: {label} must hold one mailbox"), f"{label} holds several")  # fmt: skip
+            for mailbox in parsed.mailboxes:
+                address = self._owned_mailbox(user, mailbox.local_part, mailbox.domain)
+                if address is None:
+                    return self._refused(user, replies.FROM_NOT_OWNED.with_text(
+                        f"{label} header address not owned by the authenticated user"), f"{label} address")  # fmt: skip
+                if name == "from" and not from_domain:
+                    from_domain = address.rpartition("@")[2]
+            shown = [mailbox.display_name for mailbox in parsed.mailboxes] + list(parsed.comments)
+            for text in shown:
+                for candidate in find_addresses(text):
+                    if not self._owns_shown(user, candidate):
+                        return self._refused(user, replies.FROM_NOT_OWNED.with_text(
+                            f"{label} header display name shows an address not owned by the authenticated user"
+                        ), f"{label} display name or comment shows another address")  # fmt: skip
+        return from_domain
+
+    def _owned_mailbox(self, user: str, local_part: str, domain: str) -> str | None:
+        """The canonical address if it belongs to `user`, else None (also for a domain literal)."""
+        try:
+            address = canonical_address(Address(local_part, domain))
+        except (AddressError, DirectoryError):
+            return None
+        return address if self.owns(user, address) else None
+
+    def _owns_shown(self, user: str, text: str) -> bool:
+        """Whether an address shown in a display name or comment belongs to `user` (False if it is not
+        a valid address at all: a client shows it anyway)."""
+        if len(text) > MAX_ADDRESS_CHARS:
+            return False
+        try:
+            mailbox = parse_mailbox(text)
+        except AddressError:
+            return False
+        return self._owned_mailbox(user, mailbox.local_part, mailbox.domain) is not None
+
+    @staticmethod
+    def _refused(user: str, reply: Reply, detail: str) -> Reject:
+        log.info("%s", kv(event="policy.header_refused", user=user, reply=reply.code, detail=detail))
+        return Reject(reply)
+
+
+def _signed(signer: Signer, domain: str, message: bytes) -> MessageDecision:
+    """The message with its DKIM signatures; unsigned (logged) if signing fails: mail still goes out."""
+    try:
+        return AcceptMessage(signer.sign(domain, message) + message)
+    except DKIMError as exc:
+        log.error("%s", kv(event="dkim.sign_failed", domain=domain, detail=str(exc)))
+        return AcceptMessage(message)

@@ -32,8 +32,10 @@ class BodyCollector:
     `spool_threshold` octets; from then on `take()` hands out what it holds.
     """
 
-    def __init__(self, max_size_bytes: int, spool_threshold: int, *, dot_stuffed: bool) -> None:
+    def __init__(self, max_size_bytes: int, spool_threshold: int, *, dot_stuffed: bool,
+                 refuse_nul: bool = False) -> None:  # fmt: skip
         self._max_size = max_size_bytes
+        self._refuse_nul = refuse_nul
         self._threshold = spool_threshold
         self._dot_stuffed = dot_stuffed
         self._carry = b""  # the line in progress (held until its CRLF comes)
@@ -44,7 +46,7 @@ class BodyCollector:
         self.spilled = 0  # octets handed out by take()
         self.is_8bit = False  # an octet above 127 was seen (the queue needs to know: BODY=8BITMIME)
         self.is_spilling = False
-        self._too_big = self._bare = self._too_long = False
+        self._too_big = self._bare = self._too_long = self._nul = False
 
     @property
     def refusal(self) -> Reply | None:
@@ -54,6 +56,8 @@ class BodyCollector:
             return replies.BARE_LINE_ENDING
         if self._too_long:
             return replies.TEXT_LINE_TOO_LONG
+        if self._nul:
+            return replies.NUL_IN_DATA
         return None
 
     @property
@@ -118,6 +122,10 @@ class BodyCollector:
         self._keep(lines)
 
     def _check_bare(self, data: bytes) -> None:
+        """Bare CR or LF (and NUL, where refused) in `data`, which holds whole CRLFs only."""
+        if self._refuse_nul and not self._nul:
+            # A NUL ends strings in C clients and filters: each may read a different message.
+            self._nul = b"\0" in data
         if not self._bare:
             crlf = data.count(b"\r\n")
             self._bare = data.count(b"\n") != crlf or data.count(b"\r") != crlf

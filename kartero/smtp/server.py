@@ -70,6 +70,8 @@ class ServerSettings:
     # A message larger than this leaves the core in MessageData pieces as it arrives (the adapter
     # spools it), so a session holds about this much of a message, whatever its size.
     spool_threshold: int = 1024 * 1024
+    # Submission refuses a message holding NUL (the MX stores what it is sent).
+    refuse_nul: bool = False
 
     def __post_init__(self) -> None:
         if not self.hostname.isascii() or not self.hostname:
@@ -644,7 +646,7 @@ class ServerConnection:
 
     def _collector(self, *, dot_stuffed: bool) -> BodyCollector:
         s = self.settings
-        return BodyCollector(s.max_message_size, s.spool_threshold, dot_stuffed=dot_stuffed)
+        return BodyCollector(s.max_message_size, s.spool_threshold, dot_stuffed=dot_stuffed, refuse_nul=s.refuse_nul)
 
     def _refuse(self, reply: Reply, size: int) -> Event:
         event = MessageRefused(self._envelope(), size, reply.text)

@@ -248,3 +248,62 @@ def test_tls_policy_refuses_old_protocols_and_weak_ciphers(server: KarteroServer
                                    "refused: SSLV3_ALERT_HANDSHAKE_FAILURE")  # fmt: skip
     assert handshake(modern_tls12).startswith("TLSv1.2 ECDHE-")
     assert handshake(lambda ctx: None).startswith("TLSv1.3 ")
+
+
+INVALID_FROM = b"From: is not a valid mailbox list"
+# A representative subset of tests/unit/policy/test_submission_from.py, through smtplib on 587:
+# (From:/Sender: fields, the reply expected after DATA; None: accepted).
+FROM_VARIANTS: list[tuple[bytes, tuple[int, bytes] | None]] = [
+    (b"From: ALICE@EXAMPLE.TEST", None),
+    (b"From: Alice <alice+lists@example.test>", None),
+    (b'From: "alice.smith@example.test" <alice.smith@example.test>', None),
+    (b"From: alice@example.test (Alice)\r\nSender: Alice <Alice@example.test>", None),
+    (b'From: "bob@example.test" <alice@example.test>',
+     (553, b"5.7.1 From: header display name shows an address not owned by the authenticated user")),
+    (b"From: alice@example.test (bob@example.test)",
+     (553, b"5.7.1 From: header display name shows an address not owned by the authenticated user")),
+    (b"From: =?utf-8?b?Ym9iQGV4YW1wbGUudGVzdA==?= <alice@example.test>",
+     (553, b"5.7.1 From: header display name shows an address not owned by the authenticated user")),
+    (b"From: alice@example.test\r\nSender: bob@example.test",
+     (553, b"5.7.1 Sender: header address not owned by the authenticated user")),
+    (b"Resent-From: bob@example.test\r\nFrom: alice@example.test",
+     (553, b"5.7.1 Resent-From: header address not owned by the authenticated user")),
+    (b"From: bob@example.test <alice@example.test>", (554, b"5.6.0 Message refused: " + INVALID_FROM)),
+    (b"From: Friends: alice@example.test;", (554, b"5.6.0 Message refused: " + INVALID_FROM)),
+    (b"From: <@evil.example:bob@example.test>", (554, b"5.6.0 Message refused: " + INVALID_FROM)),
+    (b"From: alice@example.test\r\nFrom: bob@example.test",
+     (554, b"5.6.0 Message refused: one From: field and at most one Sender: field are required (RFC 5322 3.6)")),
+    (b"Fr\x00om: bob@example.test\r\nFrom: alice@example.test", (554, b"5.6.0 Message refused: NUL in message data")),
+    (b"From: alice@example.test\r\nX-\x01: x", (554, b"5.6.0 Message refused: malformed header field")),
+]
+
+
+def test_issue_8_from_spoofing_variants_over_submission(server: KarteroServer) -> None:
+    accepted = 0
+    c = submission(server)
+    c.login("alice@example.test", PASSWORD)
+    for index, (fields, expected) in enumerate(FROM_VARIANTS):
+        message = fields + f"\r\nTo: bob@example.test\r\nSubject: variant {index}\r\n\r\nHello.\r\n".encode()
+        if index == 8:  # a fresh session: each refusal counts towards the error budget
+            c.quit()
+            c = submission(server)
+            c.login("alice@example.test", PASSWORD)
+        if expected is None:
+            assert c.sendmail("alice@example.test", ["bob@example.test"], message) == {}, fields
+            accepted += 1
+            continue
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            c.sendmail("alice@example.test", ["bob@example.test"], message)
+        assert (refused.value.smtp_code, refused.value.smtp_error) == expected, fields
+    c.quit()
+    # NUL in the body is refused as well.
+    with submission(server) as c:
+        c.login("alice@example.test", PASSWORD)
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            c.sendmail("alice@example.test", ["bob@example.test"], MESSAGE + b"nul \x00 here\r\n")
+        assert (refused.value.smtp_code, refused.value.smtp_error) == (
+            554, b"5.6.0 Message refused: NUL in message data"
+        )  # fmt: skip
+    stored = server.messages("bob@example.test")
+    assert len(stored) == accepted == 4
+    assert [b"Subject: variant %d\r\n" % n in strip_trace(m) for n, m in enumerate(stored)] == [True] * 4

@@ -121,3 +121,22 @@ def test_bdat_message_spills_too_and_bare_lf_is_still_refused() -> None:
     assert b"".join(pieces) + received.data == data * 2
     bad = run(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nBDAT 5 LAST\r\nab\ncd", 50_000)
     assert any(isinstance(e, MessageRefused) for e in bad)
+
+
+def test_issue_8_nul_is_refused_where_asked_however_large_the_message() -> None:
+    """Submission refuses NUL anywhere in the message (a NUL ends strings in C clients and filters);
+    the MX listener stores what it is sent."""
+    for threshold in (1_000_000, 10):  # in memory, and spilling to the spool
+        start = b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n"
+        data = start + b"From: a@b.c\r\n\r\n" + b"line\r\n" * 100 + b"nul \x00 here\r\n.\r\n"
+        conn = ServerConnection(ServerSettings("mx.example.test", spool_threshold=threshold, refuse_nul=True))
+        conn.start()
+        conn.receive_data(data)
+        events = []
+        while (event := conn.next_event()) is not None:
+            events.append(event)
+            if isinstance(event, MailFrom | RcptTo):
+                conn.answer(replies.OK)
+        assert any(isinstance(e, MessageRefused) for e in events)
+        assert conn.data_to_send().endswith(b"554 5.6.0 Message refused: NUL in message data\r\n")
+        assert any(isinstance(e, MessageReceived) for e in run(data, threshold))  # no refuse_nul: stored
