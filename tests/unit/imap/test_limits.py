@@ -50,7 +50,7 @@ def test_issue_8_list_wildcards_are_linear(store: SQLiteStore) -> None:
         f'* LIST (\\HasNoChildren) "/" "{name}"\r\n'.encode(),
         b"m OK LIST completed\r\n",
     ]
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 5  # generous for a loaded CI machine; the old code took minutes
 
 
 def _regex_semantics(reference: str, pattern: str, name: str) -> bool:
@@ -102,7 +102,7 @@ def test_issue_8_list_is_not_quadratic_in_the_number_of_mailboxes() -> None:
     recursive, _ = _run_list(
         session, ListCommand("", ("*/Sub102",), selection=frozenset({"SUBSCRIBED", "RECURSIVEMATCH"}))
     )
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 5  # generous for a loaded CI machine; the old code took minutes
     lines = out.splitlines()
     assert done.text == "LIST completed" and len(lines) == 20_200
     assert lines[0] == b'* LIST (\\Noselect \\HasChildren) "/" "Folder0"'

@@ -228,4 +228,4 @@ def test_issue_8_author_parsing_is_linear() -> None:
     assert len(split_fields(b"X: y\r\n" * 9_000 + b"\r\n")) == 9_000
     with pytest.raises(HeaderError, match="more than 10000 header lines"):
         split_fields(b"X: y\r\n" * 1_000_000 + b"\r\n")
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 5.0  # generous for a loaded machine; quadratic work would take minutes

@@ -108,6 +108,6 @@ def test_issue_8_pipelined_messages_cost_linear_time() -> None:
             stored += 1
         if isinstance(event, (MailFrom, RcptTo, MessageReceived)):
             conn.answer(replies.OK)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 5.0  # generous for a loaded machine (41 s before the fix)
     assert stored == 1000
     assert conn.buffered_bytes == 0  # the 10 MB without a line end were dropped as an overlong line
