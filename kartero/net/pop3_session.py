@@ -19,12 +19,13 @@ from kartero.pop3.connection import (
     Pop3Settings,
     StartTLSRequested,
     UpdateRequested,
-    top,
 )
 from kartero.store.ids import new_message_id
 from kartero.store.interface import INBOX, FlagOp, StoreError
 
 log = logging.getLogger("kartero.pop3")
+
+READ_CHUNK = 256 * 1024  # octets of a message read and sent at a time
 
 # RFC 1939 §3: an inactivity autologout timer of at least 10 minutes.
 TIMEOUT_S = 10 * 60.0 + 30
@@ -101,8 +102,8 @@ class Pop3Session:
             match event:
                 case LoginRequested(user=user, password=password):
                     await self._login(user, password)
-                case MessageWanted(uid=uid, top_lines=lines):
-                    conn.message_result(await loop.run_in_executor(None, self._read, uid, lines))
+                case MessageWanted(uid=uid):
+                    await self._send_message(uid)
                 case UpdateRequested(deleted_uids=uids):
                     conn.update_result(await loop.run_in_executor(None, self._expunge, uids))
                 case StartTLSRequested():
@@ -148,16 +149,43 @@ class Pop3Session:
         self._mailbox_id = mailbox.id
         return [MaildropEntry(r.uid, r.size) for r in self.ctx.store.message_rows(mailbox.id)]
 
-    def _read(self, uid: int, lines: int | None) -> bytes | None:
+    async def _send_message(self, uid: int) -> None:
+        """RETR/TOP: the message read and sent a CHUNK at a time with flow control, so memory stays a
+        constant whatever its size (issue 8, finding 6)."""
+        conn, loop = self.conn, self.channel.loop
+        first = await loop.run_in_executor(None, self._read, uid, 0)
+        if first is None:
+            conn.message_result(None)
+            return
+        blob_id, size, chunk = first
+        conn.message_start()
+        position = 0
+        while True:
+            conn.message_chunk(chunk)
+            position += len(chunk)
+            await self.channel.send(conn.data_to_send())
+            if position >= size or not conn.wants_message_data:
+                break
+            more = await loop.run_in_executor(None, self._read_range, blob_id, position)
+            if more is None:  # gone after "+OK message follows": the response cannot be finished
+                raise StoreError(f"message {blob_id} vanished while it was sent")
+            chunk = more
+        conn.message_end()
+
+    def _read(self, uid: int, start: int) -> tuple[str, int, bytes] | None:
+        """(blob id, size, the first chunk) of a message of the maildrop, None when it is gone."""
         assert self._mailbox_id is not None
         rows = self.ctx.store.message_rows(self._mailbox_id, [uid])
         if not rows:
             return None
+        chunk = self._read_range(rows[0].blob_id, start)
+        return None if chunk is None else (rows[0].blob_id, rows[0].size, chunk)
+
+    def _read_range(self, blob_id: str, start: int) -> bytes | None:
         try:
-            data = self.ctx.store.read_message(rows[0].blob_id)
+            return self.ctx.store.read_range(blob_id, start, READ_CHUNK)
         except (StoreError, OSError):
             return None
-        return data if lines is None else top(data, lines)
 
     def _expunge(self, uids: tuple[int, ...]) -> bool:
         if not uids:

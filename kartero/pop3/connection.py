@@ -5,7 +5,9 @@ Theory of operation: AUTHORIZATION (USER/PASS or AUTH PLAIN; the password check 
 `LoginRequested`), then TRANSACTION over a snapshot of INBOX taken at login (`login_result`). DELE only
 marks; QUIT asks the adapter to expunge the marked messages (`UpdateRequested`) and answers once it has.
 A connection that ends any other way deletes nothing. RETR and TOP ask for the bytes (`MessageWanted`)
-and send them dot-stuffed.
+and send them dot-stuffed: the adapter hands them over in pieces (`message_start`, `message_chunk`
+while `wants_message_data`, `message_end`) or whole (`message_result`), so a large message streams
+with a constant amount of memory (issue 8).
 """
 
 from __future__ import annotations
@@ -78,33 +80,74 @@ Event = LoginRequested | MessageWanted | UpdateRequested | StartTLSRequested | C
 
 
 def dot_stuff(data: bytes) -> bytes:
-    """A message as multi-line response data (RFC 1939 §3): lines starting with '.' doubled, every line
-    ending in CRLF. A bare CR or LF becomes CRLF: left bare, "a\n.\r\n" would end the response early for
-    a client that splits lines at LF, and what follows would be read as responses."""
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
-        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-    if data.startswith(b"."):
-        data = b"." + data
-    data = data.replace(b"\r\n.", b"\r\n..")
-    if data and not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return data
+    """A whole message as multi-line response data (RFC 1939 §3), without the final ".\r\n"."""
+    stuffer = DotStuffer()
+    return stuffer.feed(data) + stuffer.finish()
 
 
-def top(data: bytes, lines: int) -> bytes:
-    """The header, the blank line and the first `lines` lines of the body (RFC 1939 TOP)."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return data
-    body_start = end + 4
-    pos = body_start
-    for _ in range(lines):
-        nxt = data.find(b"\r\n", pos)
-        if nxt < 0:
-            return data
-        pos = nxt + 2
-    return data[:pos]
+class DotStuffer:
+    """A message as multi-line response data (RFC 1939 §3), fed in pieces cut anywhere: lines starting
+    with '.' doubled, every line ending in CRLF. A bare CR or LF becomes CRLF: left bare, "a\n.\r\n"
+    would end the response early for a client that splits lines at LF, and what follows would be read
+    as responses. For TOP it stops after the header, the blank line and `top_lines` lines of body
+    (RFC 1939 §7)."""
+
+    def __init__(self, top_lines: int | None = None) -> None:
+        self._lines_left = top_lines
+        self._carry = b""  # a CR at the end of a piece: it may be the first half of a CRLF
+        self._at_line_start = True
+        self._in_header = top_lines is not None
+        self._tail = b""  # the last octets sent while in the header, to find its end across pieces
+        self.is_done = False  # TOP has all it wants
+
+    def feed(self, data: bytes) -> bytes:
+        if self.is_done:
+            return b""
+        data = self._carry + data
+        self._carry = b""
+        if data.endswith(b"\r"):
+            data, self._carry = data[:-1], b"\r"
+        crlf = data.count(b"\r\n")
+        if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+        if self._lines_left is not None:
+            data = self._cut_for_top(data)
+        if not data:
+            return b""
+        out = (b"." if self._at_line_start and data.startswith(b".") else b"") + data.replace(b"\r\n.", b"\r\n..")
+        self._at_line_start = data.endswith(b"\r\n")
+        return out
+
+    def finish(self) -> bytes:
+        """What is left, and the CRLF that ends an unterminated last line (the caller adds ".\r\n")."""
+        out = b""
+        if self._carry and not self.is_done:
+            out = self.feed(b"\n")  # a bare CR at the very end becomes a line end
+        if not self._at_line_start:
+            out += b"\r\n"
+            self._at_line_start = True
+        return out
+
+    def _cut_for_top(self, data: bytes) -> bytes:
+        """Of normalised `data`, what TOP still sends."""
+        assert self._lines_left is not None
+        position = 0
+        if self._in_header:
+            window = self._tail + data
+            blank = window.find(b"\r\n\r\n")
+            if blank < 0:
+                self._tail = window[-3:]
+                return data
+            self._in_header = False
+            position = blank + 4 - len(self._tail)  # > 0: four octets never fit in the three kept
+        while self._lines_left > 0:
+            end = data.find(b"\r\n", position)
+            if end < 0:
+                return data
+            position = end + 2
+            self._lines_left -= 1
+        self.is_done = True
+        return data[:position]
 
 
 class Pop3Connection:
@@ -121,6 +164,8 @@ class Pop3Connection:
         self._deleted: set[int] = set()  # message numbers marked by DELE
         self._pending_user: str | None = None
         self._awaiting: str | None = None  # "login", "message", "update", "sasl", "tls"
+        self._top_lines: int | None = None  # of the message asked for: TOP's line count, None for RETR
+        self._stuffer: DotStuffer | None = None  # the message being sent
         self._close_reason: str | None = None
         self._is_close_reported = False
         self._is_skipping_line = False
@@ -165,11 +210,39 @@ class Pop3Connection:
         self._ok(f"Logged in, {len(maildrop)} messages")
 
     def message_result(self, data: bytes | None) -> None:
-        self._expect("message")
+        """The whole message at once (None: it is gone)."""
         if data is None:
+            self._expect("message")
             self._err("Message no longer exists")
             return
-        self._out += b"+OK message follows\r\n" + dot_stuff(data) + b".\r\n"
+        self.message_start()
+        self.message_chunk(data)
+        self.message_end()
+
+    def message_start(self) -> None:
+        """The message exists: its bytes follow in `message_chunk` calls, then `message_end` (commands
+        pipelined behind wait until then)."""
+        if self._awaiting != "message" or self._stuffer is not None:
+            raise ProtocolViolation("message_start() when no message was asked for")
+        self._stuffer = DotStuffer(self._top_lines)
+        self._out += b"+OK message follows\r\n"
+
+    @property
+    def wants_message_data(self) -> bool:
+        """False once TOP has sent all it was asked for (the adapter may stop reading the message)."""
+        return self._stuffer is not None and not self._stuffer.is_done
+
+    def message_chunk(self, data: bytes) -> None:
+        if self._stuffer is None:
+            raise ProtocolViolation("message_chunk() before message_start()")
+        self._out += self._stuffer.feed(data)
+
+    def message_end(self) -> None:
+        if self._stuffer is None:
+            raise ProtocolViolation("message_end() before message_start()")
+        self._out += self._stuffer.finish() + b".\r\n"
+        self._stuffer = None
+        self._awaiting = None
 
     def update_result(self, ok: bool) -> None:
         self._expect("update")
@@ -394,6 +467,7 @@ class Pop3Connection:
         if number is None:
             return None
         self._awaiting = "message"
+        self._top_lines = None
         return MessageWanted(self._maildrop[number - 1].uid, None)
 
     def _top(self, arg: str) -> Event | None:
@@ -406,7 +480,8 @@ class Pop3Connection:
         if number is None:
             return None
         self._awaiting = "message"
-        return MessageWanted(self._maildrop[number - 1].uid, min(int(words[1]), 10**9))
+        self._top_lines = min(int(words[1]), 10**9)
+        return MessageWanted(self._maildrop[number - 1].uid, self._top_lines)
 
     def _dele(self, arg: str) -> None:
         number = self._message_number(arg)

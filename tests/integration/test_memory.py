@@ -1,8 +1,8 @@
 """Issue 8, finding 6: memory is bounded by a constant, not by the message.
 
-A real `kartero serve`; a raw SMTP client streams a 200 MB message, then raw IMAP clients fetch it. The
-server's peak resident memory (VmHWM, reset before each step) must grow by less than 100 MB for the
-receipt and for the fetch, and by less than 200 MB for 8 parallel fetches of a 45 MB message.
+A real `kartero serve`; a raw SMTP client streams a 200 MB message, then raw IMAP and POP3 clients fetch
+it. The server's peak resident memory (VmHWM, reset before each step) must grow by less than 100 MB for
+the receipt, the FETCH and the RETR, and by less than 200 MB for 8 parallel fetches of a 45 MB message.
 """
 
 from __future__ import annotations
@@ -74,6 +74,28 @@ def fetch_digest(server: KarteroServer, uid: int) -> tuple[int, str]:
         return size, digest.hexdigest()
 
 
+def retr_digest(server: KarteroServer, number: int) -> tuple[int, str]:
+    """POP3 RETR over a raw connection, undone (dot-stuffing) and hashed as it arrives."""
+    with socket.create_connection((server.host, server.pop3_port), timeout=120) as sock:
+        recv_until(sock, b"+OK")
+        sock.sendall(f"USER bob@example.test\r\nPASS {PASSWORD}\r\nRETR {number}\r\n".encode())
+        data = recv_until(sock, b"+OK message follows\r\n")
+        data = data[data.index(b"+OK message follows\r\n") + 21 :]
+        digest, size = hashlib.sha256(), 0
+        while True:
+            end = data.find(b"\r\n.\r\n")
+            if end >= 0:
+                last = data[: end + 2]
+                digest.update(last)
+                return size + len(last), digest.hexdigest()
+            keep = data[-4:]  # the terminator may straddle two reads
+            digest.update(data[:-4])
+            size += len(data) - 4
+            more = sock.recv(1 << 20)
+            assert more, "connection closed inside the message"
+            data = keep + more
+
+
 def test_issue_8_200_mb_message_in_and_out_with_bounded_memory(tmp_path: Path) -> None:
     server = KarteroServer(tmp_path / "mx", domains=("example.test",), limits='message_size = "300MB"')
     server.add_user("bob@example.test", PASSWORD)
@@ -93,10 +115,15 @@ def test_issue_8_200_mb_message_in_and_out_with_bounded_memory(tmp_path: Path) -
         trace = len(stored[0]) - size  # Return-Path and Received come first
         assert fetched_size == len(stored[0]) and hashlib.sha256(stored[0][trace:]).hexdigest() == sent_digest
         assert digest == hashlib.sha256(stored[0]).hexdigest()
+        before = reset_peak(pid)
+        assert retr_digest(server, 1) == (fetched_size, digest)  # no line of it starts with a dot
+        retr_growth_mb = peak_growth_kb(pid, before) / 1024
         del stored
-        print(f"200 MB message: receive +{receive_growth_mb:.0f} MB, fetch +{fetch_growth_mb:.0f} MB")
+        print(f"200 MB message: receive +{receive_growth_mb:.0f} MB, IMAP FETCH +{fetch_growth_mb:.0f} MB,"
+              f" POP3 RETR +{retr_growth_mb:.0f} MB")
         assert receive_growth_mb < 100, receive_growth_mb
         assert fetch_growth_mb < 100, fetch_growth_mb
+        assert retr_growth_mb < 100, retr_growth_mb
 
         reply, _, _ = send_message(server, 550_000, "medium")  # ~45 MB
         assert b"250 2.0.0" in reply

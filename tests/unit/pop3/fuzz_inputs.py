@@ -20,7 +20,6 @@ from kartero.pop3.connection import (
     Pop3Settings,
     StartTLSRequested,
     UpdateRequested,
-    top,
 )
 from tests.unit.auth.sasl_inputs import PASSWORD, Chooser, b64, chance, choice, plain_message, user, word
 from tests.unit.smtp.fuzz_inputs import cased, eol, split
@@ -108,9 +107,9 @@ def drive_pop3(chunks: list[bytes], *, is_tls: bool, seed: int, defer_tls: bool)
                         conn.login_result("bob@example.test", drop)
                     else:
                         conn.login_result(None)
-                case MessageWanted(top_lines=lines):
+                case MessageWanted():
                     data = rng.choice(MESSAGES)
-                    conn.message_result(None if rng.random() < 0.1 else data if lines is None else top(data, lines))
+                    conn.message_result(None if rng.random() < 0.1 else data)
                 case UpdateRequested():
                     conn.update_result(rng.random() < 0.8)
                 case StartTLSRequested():

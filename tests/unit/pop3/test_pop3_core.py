@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import base64
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from kartero.pop3.connection import (
     ConnectionClosed,
+    DotStuffer,
     LoginRequested,
     MaildropEntry,
     MessageWanted,
@@ -14,7 +18,6 @@ from kartero.pop3.connection import (
     StartTLSRequested,
     UpdateRequested,
     dot_stuff,
-    top,
 )
 
 SETTINGS = Pop3Settings(hostname="pop.example.test", is_tls_available=True)
@@ -42,9 +45,9 @@ class Peer:
                 match event:
                     case LoginRequested(password=password):
                         self.conn.login_result("bob@example.test" if password == "pw" else None, MAILDROP)
-                    case MessageWanted(uid=uid, top_lines=lines):
+                    case MessageWanted(uid=uid):
                         data_ = MESSAGES[uid]
-                        self.conn.message_result(data_ if lines is None else top(data_, lines))
+                        self.conn.message_result(data_)
                     case UpdateRequested(deleted_uids=uids):
                         self.updates.append(uids)
                         self.conn.update_result(True)
@@ -132,3 +135,47 @@ def test_dot_stuffing_and_top() -> None:
     assert top(message, 0) == b"H: 1\r\n\r\n"
     assert top(message, 2) == b"H: 1\r\n\r\na\r\nb\r\n"
     assert top(message, 99) == message
+
+
+def top(data: bytes, lines: int) -> bytes:
+    stuffer = DotStuffer(lines)
+    return stuffer.feed(data) + stuffer.finish()
+
+
+def reference(data: bytes, lines: int | None) -> bytes:
+    """What RETR/TOP sent when the core took messages whole: normalise, cut for TOP, stuff."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    if lines is not None:
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            position = end + 4
+            for _ in range(lines):
+                nxt = data.find(b"\r\n", position)
+                if nxt < 0:
+                    position = len(data)
+                    break
+                position = nxt + 2
+            data = data[:position]
+    if data.startswith(b"."):
+        data = b"." + data
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data
+
+
+@settings(max_examples=500, deadline=None)
+@given(parts=st.lists(st.sampled_from([b"\r\n", b"\r", b"\n", b".", b"a", b"H: x", b"\r\n\r\n"]), max_size=25),
+       cuts=st.lists(st.integers(0, 100), max_size=6), lines=st.none() | st.integers(0, 4))  # fmt: skip
+def test_issue_8_streamed_retr_and_top_match_the_whole_message_rules(
+    parts: list[bytes], cuts: list[int], lines: int | None
+) -> None:
+    data = b"".join(parts)
+    stuffer = DotStuffer(lines)
+    out, previous = b"", 0
+    for cut in [*sorted(c for c in cuts if c <= len(data)), len(data)]:
+        out += stuffer.feed(data[previous:cut])
+        previous = cut
+    assert out + stuffer.finish() == reference(data, lines)
