@@ -8,7 +8,7 @@ An attempt counts as a failure from the moment it starts (`reserve`), before the
 so 60 parallel guesses cannot all reach the check before the first failure is recorded; a success
 (`succeeded`) takes back the failures of that one (network, account) pair and of no other pair.
 
-An attempt is refused unchecked (SMTP `454 4.7.0`, IMAP/POP3 `NO`) when:
+An attempt is refused unchecked (SMTP `454 4.7.0`, IMAP `NO`, POP3 `-ERR`) when:
 - PAIR: its (network, account) pair has `per_pair` failures (10) in the window. A user who mistypes
   locks out only their own account from their own address; others behind the same NAT go on;
 - NETWORK: its network has `per_network` failures (30) in the window, across accounts — so at least

@@ -4,10 +4,13 @@ tests/integration/test_submission.py sends a representative subset through smtpl
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kartero.auth.accounts import Directory, DirectoryCache
 from kartero.policy.authorship import (
@@ -229,3 +232,30 @@ def test_issue_8_author_parsing_is_linear() -> None:
     with pytest.raises(HeaderError, match="more than 10000 header lines"):
         split_fields(b"X: y\r\n" * 1_000_000 + b"\r\n")
     assert time.perf_counter() - started < 5.0  # generous for a loaded machine; quadratic work would take minutes
+
+
+_PIECES = st.sampled_from([b"alice", b"bob", b"@", b"example.test", b".", b",", b"<", b">", b'"', b"\\", b"(", b")",
+                           b":", b";", b" ", b"\t", b"[", b"]", b"=?utf-8?b?", b"=?utf-8?q?", b"?=", b"=40",
+                           b"\xef\xbc\xa0", b"\xff", b"\x00", b"\r\n", b"\r\n ", b"From: ", b"Sender: "])  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.binary(max_size=200), st.lists(_PIECES, max_size=40).map(b"".join)))
+def test_issue_8_author_parsing_raises_only_its_own_errors(value: bytes) -> None:
+    try:
+        parsed = parse_mailbox_list(value)
+    except MailboxListError:
+        pass
+    else:
+        for mailbox in parsed.mailboxes:
+            find_addresses(mailbox.display_name)
+    with contextlib.suppress(HeaderError):
+        split_fields(value)
+    find_addresses(value.decode("utf-8", "replace"))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_PIECES, max_size=40).map(b"".join))
+def test_issue_8_check_message_answers_every_header(policy: SubmissionPolicy, fields: bytes) -> None:
+    decision = policy.check_message(envelope(), b"From: " + fields + b"\r\n\r\nHello.\r\n")
+    assert isinstance(decision, (AcceptMessage, Reject))
