@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import KarteroServer
+from tests.integration.harness import KarteroServer, tls_context
 
 PASSWORD = "bob password"
 
@@ -112,7 +112,7 @@ def imap_login_from_elsewhere(server: KarteroServer) -> float:
 
 
 def test_issue_8_a_thousand_slowloris_connections_from_one_address(tmp_path: Path, crowd: Crowd) -> None:
-    server = KarteroServer(tmp_path / "mx", limits='exempt = []\ncommand_deadline = "3s"\nlogin_deadline = "5s"')
+    server = KarteroServer(tmp_path / "mx", limits='exempt = []\ncommand_deadline = "2s"\nlogin_deadline = "6s"')
     server.add_user("bob@example.test", PASSWORD)
     server.start()
     try:
@@ -147,7 +147,7 @@ def test_issue_8_a_thousand_slowloris_connections_from_one_address(tmp_path: Pat
             crowd.read(0.5)
         crowd.read_until(lambda: all(s in crowd.closed for s in imap_in + smtp_in))
         took = time.monotonic() - connected
-        assert took < 9.0, f"the slow sessions lasted {took:.1f} s"
+        assert took < 10.0, f"the slow sessions lasted {took:.1f} s"
         for sock in imap_in[:5]:
             assert crowd.replies[sock].endswith(b"* BYE Command not completed in time\r\n")
         for sock in smtp_in:
@@ -180,5 +180,28 @@ def test_issue_8_an_imap_flood_never_refuses_smtp(tmp_path: Path, crowd: Crowd) 
         with smtplib.SMTP(server.host, server.submission_port, timeout=5, source_address=("127.0.0.2", 0)) as c:
             assert c.noop()[0] == 250
         assert len(server.messages("bob@example.test")) == 1
+    finally:
+        assert server.stop() == 0, server.log
+
+
+def test_issue_8_connections_that_never_finish_a_tls_handshake_count_too(tmp_path: Path, crowd: Crowd) -> None:
+    server = KarteroServer(tmp_path / "mx", limits="exempt = []")
+    server.add_user("bob@example.test", PASSWORD)
+    server.start()
+    try:
+        stalled = crowd.connect(server.imaps_port, 30, ["127.0.0.1"])  # TCP only: no ClientHello, ever
+        crowd.read_until(lambda: len(crowd.closed) >= 20, timeout_s=10)
+        crowd.read(0.5)
+        assert len(crowd.closed) == 20 and all(crowd.replies[s] == b"" for s in stalled)  # dropped unanswered
+        assert len(server.wait_events("imap.limited", 20)) == 20
+        started = time.monotonic()
+        raw = socket.create_connection((server.host, server.imaps_port), timeout=5, source_address=("127.0.0.2", 0))
+        with tls_context().wrap_socket(raw, server_hostname=server.hostname) as tls:
+            tls.sendall(f'a LOGIN bob@example.test "{PASSWORD}"\r\n'.encode())
+            data = b""
+            while b"\r\na " not in data:
+                data += tls.recv(4096)
+            assert b"\r\na OK " in data
+        assert time.monotonic() - started < 1.0
     finally:
         assert server.stop() == 0, server.log
