@@ -38,7 +38,7 @@ from kartero.mailauth.inbound import Checks, InboundChecker
 from kartero.net.channel import AccessContext
 from kartero.net.deadlines import DeadlineSettings
 from kartero.net.imap_session import ImapSession
-from kartero.net.listener import ListenerSettings, listener_factory
+from kartero.net.listener import ListenerSettings, handover_factory
 from kartero.net.pop3_session import Pop3Session
 from kartero.net.session import SessionContext, SMTPSession
 from kartero.net.watchdog import LoopWatchdog
@@ -311,22 +311,21 @@ class Server:
                         )
                         session_class = Pop3Session if kind.startswith("pop3") else ImapSession
                         factory = session_class.factory(access)
-                    implicit_tls = kind in IMPLICIT_TLS
-                    if proxy_from:  # PROXY header first, then (on implicit-TLS listeners) the handshake
-                        tls_context = (lambda: self._tls) if implicit_tls else None
-                        factory = listener_factory(ListenerSettings(kind, factory, proxy_from, tls_context,
-                                                                    self._spawn, lim.command_deadline_s))  # fmt: skip
-                        implicit_tls = False
+                    if proxy_from or kind in IMPLICIT_TLS:  # the PROXY header, the handshake: see listener.py
+                        factory = handover_factory(ListenerSettings(
+                            listener=kind,
+                            protocol="smtp" if kind.startswith("sub") else kind.rstrip("s"),
+                            service=kind.rstrip("s"),
+                            session=factory,
+                            trusted=proxy_from,
+                            header_deadline_s=lim.command_deadline_s,
+                            tls_context=(lambda: self._tls) if kind in IMPLICIT_TLS else None,
+                            admission=admission,
+                        ))  # fmt: skip
                     for address in addresses:
                         try:
                             server = await loop.create_server(
-                                factory,
-                                address.host,
-                                address.port,
-                                reuse_address=True,
-                                backlog=512,
-                                ssl=self._tls if implicit_tls else None,
-                                ssl_handshake_timeout=30.0 if implicit_tls else None,
+                                factory, address.host, address.port, reuse_address=True, backlog=512
                             )
                         except OSError as exc:
                             raise StartupError(f"cannot listen on {address} ({kind}): {exc.strerror}") from None

@@ -71,8 +71,8 @@ class AccessContext(Generic[SettingsT]):
     def admit(self, channel: Channel, session_id: str) -> Ticket | None:
         """Count a new session against the server's connection caps; a refused one (its ticket says
         why) is logged as `<protocol>.limited`."""
-        if self.admission is None:
-            return None
+        if channel.admitted is not None or self.admission is None:
+            return channel.admitted
         ticket = self.admission.open(self.protocol, channel.client_ip)
         if ticket.refusal is not None:
             log.info("%s", kv(event=f"{self.protocol}.limited", session=session_id, client=channel.client_ip,
@@ -142,7 +142,8 @@ class Channel(asyncio.Protocol):
         self._on_connect = on_connect
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.proxied_peer: tuple[str, int] | None = None  # the client a PROXY header named (net/gate.py)
+        self.proxied_peer: tuple[str, int] | None = None  # the client a PROXY header named (listener.py)
+        self.admitted: Ticket | None = None  # counted by the caps before the TLS handshake (listener.py)
         self.client_ip = "?"
         self.via: str | None = None  # the proxy's address, when a PROXY header named the client
         self.is_loopback = False
@@ -223,19 +224,20 @@ class Channel(asyncio.Protocol):
         """Wait for input (or `wake()`); None when it came, else the deadline that passed first (idle
         for `idle_s`, a command left unfinished, no login in time)."""
         self._read_ahead = 0
-        if self._has_compressed_input():
-            if self._inflate_step():
-                await asyncio.sleep(0)  # the core has more input without reading: let the others run first
-                return None
-            if self._is_eof_pending and not self._has_compressed_input():
-                self._is_eof_pending = False
-                self.feed(b"")
-                return None
+        at, which = self.deadlines.next(idle_s)
+        if self.loop.time() >= at:  # also when input is waiting: a steady stream of commands must not
+            return which  # keep a session that never logs in
+        if self._has_compressed_input() and self._inflate_step():
+            await asyncio.sleep(0)  # the core has more input without reading: let the others run first
+            return None
+        if self._is_eof_pending and not self._has_compressed_input():
+            self._is_eof_pending = False
+            self.feed(b"")
+            return None
         if self._is_paused and len(self._compressed) < READ_AHEAD_BYTES and self.transport is not None:
             self._is_paused = False
             self.transport.resume_reading()
         if not self._wakeup.is_set():
-            at, which = self.deadlines.next(idle_s)
             try:
                 async with asyncio.timeout_at(at):
                     await self._wakeup.wait()

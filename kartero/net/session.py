@@ -109,7 +109,8 @@ class SMTPSession(asyncio.Protocol):
         self.conn = ServerConnection(ctx.settings, is_tls=ctx.implicit_tls, sasl_nonce=secrets.token_urlsafe(18))
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
-        self.proxied_peer: tuple[str, int] | None = None  # the client a PROXY header named (net/gate.py)
+        self.proxied_peer: tuple[str, int] | None = None  # the client a PROXY header named (listener.py)
+        self.admitted: Ticket | None = None  # counted by the caps before the TLS handshake (listener.py)
         self.client_ip = "?"
         self._mail_from = ""
         self._ticket: Ticket | None = None  # how the connection caps counted this session
@@ -147,7 +148,9 @@ class SMTPSession(asyncio.Protocol):
         log.info("%s", kv(event="smtp.connect", session=self.id, listener=self.ctx.listener, client=self.client_ip,
                           via=via))  # fmt: skip
         refusal = None
-        if self.ctx.admission is not None:
+        if self.admitted is not None:
+            self._ticket = self.admitted
+        elif self.ctx.admission is not None:
             self._ticket = self.ctx.admission.open(self.ctx.service, self.client_ip)
             limited = self._ticket.refusal
             if limited is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import KarteroServer
+from tests.integration.harness import KarteroServer, tls_context
 
 PASSWORD = "bob password"
 
@@ -112,7 +112,7 @@ def imap_login_from_elsewhere(server: KarteroServer) -> float:
 
 
 def test_issue_8_a_thousand_slowloris_connections_from_one_address(tmp_path: Path, crowd: Crowd) -> None:
-    server = KarteroServer(tmp_path / "mx", limits='exempt = []\ncommand_deadline = "3s"\nlogin_deadline = "5s"')
+    server = KarteroServer(tmp_path / "mx", limits='exempt = []\ncommand_deadline = "2s"\nlogin_deadline = "6s"')
     server.add_user("bob@example.test", PASSWORD)
     server.start()
     try:
@@ -147,7 +147,7 @@ def test_issue_8_a_thousand_slowloris_connections_from_one_address(tmp_path: Pat
             crowd.read(0.5)
         crowd.read_until(lambda: all(s in crowd.closed for s in imap_in + smtp_in))
         took = time.monotonic() - connected
-        assert took < 9.0, f"the slow sessions lasted {took:.1f} s"
+        assert took < 10.0, f"the slow sessions lasted {took:.1f} s"
         for sock in imap_in[:5]:
             assert crowd.replies[sock].endswith(b"* BYE Command not completed in time\r\n")
         for sock in smtp_in:
@@ -180,5 +180,79 @@ def test_issue_8_an_imap_flood_never_refuses_smtp(tmp_path: Path, crowd: Crowd) 
         with smtplib.SMTP(server.host, server.submission_port, timeout=5, source_address=("127.0.0.2", 0)) as c:
             assert c.noop()[0] == 250
         assert len(server.messages("bob@example.test")) == 1
+    finally:
+        assert server.stop() == 0, server.log
+
+
+def test_issue_8_connections_that_never_finish_a_tls_handshake_count_too(tmp_path: Path, crowd: Crowd) -> None:
+    server = KarteroServer(tmp_path / "mx", limits="exempt = []")
+    server.add_user("bob@example.test", PASSWORD)
+    server.start()
+    try:
+        stalled = crowd.connect(server.imaps_port, 30, ["127.0.0.1"])  # TCP only: no ClientHello, ever
+        crowd.read_until(lambda: len(crowd.closed) >= 20, timeout_s=10)
+        crowd.read(0.5)
+        assert len(crowd.closed) == 20 and all(crowd.replies[s] == b"" for s in stalled)  # dropped unanswered
+        assert len(server.wait_events("imap.limited", 20)) == 20
+        started = time.monotonic()
+        raw = socket.create_connection((server.host, server.imaps_port), timeout=5, source_address=("127.0.0.2", 0))
+        with tls_context().wrap_socket(raw, server_hostname=server.hostname) as tls:
+            tls.sendall(f'a LOGIN bob@example.test "{PASSWORD}"\r\n'.encode())
+            data = b""
+            while b"\r\na " not in data:
+                data += tls.recv(4096)
+            assert b"\r\na OK " in data
+        assert time.monotonic() - started < 1.0
+    finally:
+        assert server.stop() == 0, server.log
+
+
+def test_issue_8_login_deadline_and_sessions_per_account(tmp_path: Path) -> None:
+    limits = 'exempt = []\nlogin_deadline = "2s"\nconnections_per_user_and_ip = 2'
+    server = KarteroServer(tmp_path / "mx", limits=limits)
+    server.add_user("bob@example.test", PASSWORD)
+    server.start()
+    try:
+        started = time.monotonic()
+        submission = smtplib.SMTP(server.host, server.submission_port, timeout=10)
+        pop3 = socket.create_connection((server.host, server.pop3_port), timeout=10)
+        assert pop3.recv(1024).startswith(b"+OK ")
+        submission.ehlo()
+        while time.monotonic() - started < 1.8:  # busy, but never logging in
+            assert submission.noop()[0] == 250
+            pop3.sendall(b"CAPA\r\n")
+            time.sleep(0.3)
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            for _ in range(20):
+                submission.noop()
+                time.sleep(0.2)
+        pop3.settimeout(5)
+        data = b""
+        while not data.endswith(b"-ERR Login not completed in time\r\n"):
+            more = pop3.recv(4096)
+            assert more, data
+            data += more
+        assert time.monotonic() - started < 3.5
+        pop3.close()
+        lines = server.wait_events("smtp.deadline", 1) + server.wait_events("pop3.deadline", 1)
+        assert all(line.endswith(" deadline=login") for line in lines)
+        # Two logged-in IMAP sessions of bob from one address; a third is refused after its login.
+        sessions = []
+        for _ in range(3):
+            s = socket.create_connection((server.host, server.imap_port), timeout=10)
+            s.recv(1024)
+            s.sendall(f'a LOGIN bob@example.test "{PASSWORD}"\r\n'.encode())
+            sessions.append(s)
+        replies = []
+        for s in sessions:
+            data = b""
+            while not data.endswith(b"\r\n") or (b"a OK" not in data and b"* BYE" not in data):
+                data += s.recv(4096)
+            replies.append(data)
+        assert [r.startswith(b"a OK ") for r in replies].count(True) == 2
+        refusal = b"* BYE Too many connections for this account from your address (more than 2 connections at once)\r\n"
+        assert refusal in replies
+        for s in sessions:
+            s.close()
     finally:
         assert server.stop() == 0, server.log
