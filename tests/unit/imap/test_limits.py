@@ -4,6 +4,7 @@ busy machine does not fail a test; the inputs took the code before issue 8 tens 
 
 from __future__ import annotations
 
+import datetime
 import re
 import time
 from collections.abc import Iterator
@@ -18,7 +19,10 @@ from kartero.imap.commands.mailbox import ListPatterns, list_mailboxes
 from kartero.imap.commands.view import Done, Session
 from kartero.imap.connection import MAX_LINE, CommandReady, ImapConnection, ImapSettings, LoginRequested
 from kartero.imap.syntax import Append, ListCommand
-from kartero.store.interface import Mailbox
+from kartero.store import criteria as c
+from kartero.store.ids import new_message_id
+from kartero.store.interface import Delivery, DeliveryTarget, Mailbox
+from kartero.store.mailboxes import _matches
 from kartero.store.sqlite import SQLiteStore
 from tests.unit.imap.harness import Client
 
@@ -223,6 +227,19 @@ def test_issue_8_numbers_and_sizes_beyond_their_range_are_bad(store: SQLiteStore
     assert c.command(command) == [reply.encode() + b"\r\n"]
 
 
+def test_issue_8_numbers_at_their_limit_are_accepted(store: SQLiteStore) -> None:
+    c = logged_in(store)
+    c.select()
+    assert c.command("s SEARCH LARGER 9223372036854775807 MODSEQ 9223372036854775807") == [
+        b"* SEARCH\r\n",
+        b"s OK SEARCH completed\r\n",
+    ]
+    assert c.command("u UID SEARCH UID 4294967295:1 " + "NOT " * 99 + "ALL") == [
+        b"* SEARCH\r\n",
+        b"u OK UID SEARCH completed\r\n",
+    ]
+
+
 def test_issue_8_mailbox_names_have_a_length_and_depth_limit(store: SQLiteStore) -> None:
     c = logged_in(store)
     longest, deepest = "n" * 1000, "/".join("d" * 100)
@@ -245,3 +262,151 @@ def test_issue_8_mailbox_names_have_a_length_and_depth_limit(store: SQLiteStore)
     c.select()
     assert c.command(f"l COPY 1:* {longest}n") == [b"l" + too_long]
     assert c.command(f"m EXAMINE {longest}")[-1] == b"m OK [READ-ONLY] EXAMINE completed\r\n"
+
+
+@pytest.mark.timeout(60)
+def test_issue_8_huge_sequence_sets_take_time_in_their_ranges_not_their_product(store: SQLiteStore) -> None:
+    account = store.get_account("bob@example.test")
+    assert account is not None
+    pending = []
+    for i in range(300):
+        target = DeliveryTarget(account.id, "INBOX", frozenset({"\\Seen"} if i % 2 else ()))
+        pending.append(store.deliver(Delivery(new_message_id(), b"Subject: %d\r\n\r\nx\r\n" % i, (target,), WHEN)))
+    for future in pending:
+        future.result(10)
+    c = logged_in(store)
+    c.select()
+    ranges = ",".join(["1:4294967295"] * 5000)
+    started = time.process_time()
+    search = c.command(f"s UID SEARCH UID {ranges} NOT SEEN")
+    fetch = c.command(f"f UID FETCH {ranges} (UID)")
+    store_flags = c.command(f"t UID STORE {ranges} +FLAGS.SILENT (\\Flagged)")
+    sequence = c.command("q SEARCH " + ",".join(["1:300"] * 5000) + " " + ",".join(["2:*"] * 5000))
+    assert time.process_time() - started < 1
+    assert search == [b"* SEARCH " + b" ".join(b"%d" % uid for uid in range(1, 301, 2)) + b"\r\n",
+                      b"s OK UID SEARCH completed\r\n"]  # fmt: skip
+    assert len(fetch) == 301 and fetch[0] == b"* 1 FETCH (UID 1)\r\n" and fetch[-1] == b"f OK UID FETCH completed\r\n"
+    assert store_flags == [b"t OK UID STORE completed\r\n"]
+    assert sequence[0] == b"* SEARCH " + b" ".join(b"%d" % n for n in range(2, 301)) + b"\r\n"
+
+
+@pytest.mark.timeout(60)
+def test_issue_8_search_nested_to_the_limit_runs(store: SQLiteStore) -> None:
+    # Before: SQLite's parser stack overflowed from about 25 nested NOT/OR levels, and numbers above 2^63-1
+    # overflowed when bound; ten times the nesting is now a BAD, the limit itself runs.
+    account = store.get_account("bob@example.test")
+    assert account is not None
+    for flags in (frozenset({"\\Seen"}), frozenset()):
+        target = DeliveryTarget(account.id, "INBOX", flags)
+        store.deliver(Delivery(new_message_id(), b"Subject: x\r\n\r\nx\r\n", (target,), WHEN)).result(10)
+    c = logged_in(store)
+    c.select()
+    assert c.command("a SEARCH " + "NOT " * 100 + "SEEN") == [b"* SEARCH 1\r\n", b"a OK SEARCH completed\r\n"]
+    assert c.command("b SEARCH " + "(NOT " * 50 + "SEEN" + ")" * 50) == [
+        b"* SEARCH 1\r\n",
+        b"b OK SEARCH completed\r\n",
+    ]
+    assert c.command("c SEARCH " + "OR UID 9 " * 100 + "UNSEEN") == [
+        b"* SEARCH 2\r\n",
+        b"c OK SEARCH completed\r\n",
+    ]
+    assert c.command("d SEARCH " + "NOT " * 1000 + "SEEN") == [
+        b"d BAD search keys nested too deeply (100 levels at most)\r\n"
+    ]
+
+
+# -- finding 10: SEARCH evaluation -----------------------------------------------------------------------
+
+WHEN = 1795687200  # 2026-11-26 10:00:00 UTC
+_FLAGS = ["\\Seen", "\\Flagged", "$Label", "\\Deleted"]
+
+
+@pytest.fixture(scope="module")
+def search_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SQLiteStore, int]]:
+    """Thirty messages with different flags, sizes, dates, headers and bodies."""
+    s = SQLiteStore(tmp_path_factory.mktemp("search") / "data")
+    account = s.add_account("bob@example.test", "unused")
+    s.start()
+    for i in range(30):
+        flags = frozenset(f for j, f in enumerate(_FLAGS) if i >> j & 1)
+        data = (
+            f"From: {'Alice' if i % 3 else 'Bob'} <a{i}@example.org>\r\nSubject: hello {i}\r\n"
+            f"{'X-Spam: yes' if i % 4 else 'X-Other: no'}\r\nDate: {i % 28 + 1} Nov 2026 10:00:00 +0000\r\n\r\n"
+            + "body text " * i
+            + ("zzz\r\n" if i % 5 else "\r\n")
+        ).encode()
+        target = DeliveryTarget(account.id, "INBOX", flags)
+        s.deliver(Delivery(new_message_id(), data, (target,), WHEN + (i % 7 - 3) * 86400)).result(10)
+    mailbox = s.get_mailbox(account.id, "INBOX")
+    assert mailbox is not None
+    yield s, mailbox.id
+    s.close()
+
+
+_DAYS = st.integers(-5, 5).map(lambda d: datetime.date(2026, 11, 26) + datetime.timedelta(days=d))
+_LEAVES = st.one_of(
+    st.just(c.All()),
+    st.builds(c.Flag, st.sampled_from(_FLAGS), st.booleans()),
+    st.builds(c.Header, st.sampled_from(["subject", "from", "x-spam", ""]), st.sampled_from(["", "hello 1", "yes"])),
+    st.builds(c.Body, st.sampled_from(["body", "zzz", "nothing"])),
+    st.builds(c.Text, st.sampled_from(["hello", "zzz", "x-other"])),
+    st.builds(c.Size, st.none() | st.integers(0, 500) | st.just(c.MAX_NUMBER), st.none() | st.integers(0, 500)),
+    st.builds(c.InternalDate, st.sampled_from(c.DateOp), _DAYS),
+    st.builds(c.SentDate, st.sampled_from(c.DateOp), _DAYS),
+    st.lists(st.integers(1, 40), max_size=300).map(c.Uids.of),
+    st.builds(c.ModSeq, st.integers(0, 40) | st.just(c.MAX_NUMBER)),
+)
+_CRITERIA = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(
+        st.builds(c.Not, inner),
+        st.builds(c.Or, inner, inner),
+        st.lists(inner, max_size=5).map(lambda items: c.And(tuple(items))),
+    ),
+    max_leaves=30,
+)
+
+
+def _python_search(store: SQLiteStore, mailbox_id: int, criterion: c.Criterion) -> list[int]:
+    return [cand.row.uid for cand in store._candidates(mailbox_id) if _matches(criterion, cand)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(_CRITERIA)
+def test_sql_for_any_criterion_runs_and_agrees_with_python(
+    search_store: tuple[SQLiteStore, int], criterion: c.Criterion
+) -> None:
+    store, mailbox_id = search_store
+    assert [row.uid for row in store.search(mailbox_id, criterion)] == _python_search(store, mailbox_id, criterion)
+
+
+def _deep(levels: int, leaf: c.Criterion) -> c.Criterion:
+    """NOT, OR and wide ANDs alternating `levels` deep."""
+    node = leaf
+    for i in range(levels - 1):
+        match i % 3:
+            case 0:
+                node = c.Not(node)
+            case 1:
+                node = c.Or(c.Flag("\\Seen"), node)
+            case _:
+                node = c.And((c.Size(larger_than=i), node, *[c.Flag(f"$k{j}", False) for j in range(30)]))
+    return node
+
+
+@pytest.mark.parametrize(
+    "criterion",
+    [
+        _deep(c.MAX_DEPTH, c.Flag("\\Flagged")),
+        _deep(c.MAX_DEPTH, c.Uids(tuple((i, i) for i in range(1, 400, 2)))),
+        c.And(tuple(c.Flag(f"$k{i}", False) for i in range(2000))),
+        c.And(tuple(c.Uids(((i, i + 1),)) if i % 2 else c.Not(c.Uids(((i, i),))) for i in range(1, 1000))),
+        c.Or(c.Uids(tuple((i, i) for i in range(1, 1000, 2))), c.Body("zzz")),
+    ],
+    ids=["deep-flags", "deep-uids", "2000-conjuncts", "1000-uid-keys", "uids-or-body"],
+)
+def test_issue_8_search_sql_stays_within_sqlite_limits(
+    search_store: tuple[SQLiteStore, int], criterion: c.Criterion
+) -> None:
+    store, mailbox_id = search_store
+    assert [row.uid for row in store.search(mailbox_id, criterion)] == _python_search(store, mailbox_id, criterion)
