@@ -1,12 +1,14 @@
 """Issue 8: hostile IMAP input. Each finding's input at ten times its size must finish in a small fraction of
-a second with an exact reply, and each limit is checked at its edge. Time is the process's CPU time, so a
-busy machine does not fail a test; the inputs took the code before issue 8 tens of seconds or more."""
+a second with an exact reply, and each limit is checked at its edge. The time bounds are generous for a
+loaded CI machine (CPU time where a test measures the work of its own thread); the code before issue 8 took
+tens of seconds or more on each input."""
 
 from __future__ import annotations
 
 import datetime
 import re
 import time
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +18,10 @@ from hypothesis import strategies as st
 
 from kartero.imap import mutf7
 from kartero.imap.commands.mailbox import ListPatterns, list_mailboxes
-from kartero.imap.commands.view import Done, Session
+from kartero.imap.commands.search import to_criterion
+from kartero.imap.commands.view import Done, Session, View, resolve
 from kartero.imap.connection import MAX_LINE, CommandReady, ImapConnection, ImapSettings, LoginRequested
-from kartero.imap.syntax import Append, ListCommand
+from kartero.imap.syntax import STAR, Append, ListCommand, SAnd, SeqKey, SequenceSet
 from kartero.store import criteria as c
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, DeliveryTarget, Mailbox
@@ -51,13 +54,13 @@ def test_issue_8_list_wildcards_are_linear(store: SQLiteStore) -> None:
     c = logged_in(store)
     name = "a" * 340
     assert c.command(f'c CREATE "{name}"') == [b"c OK CREATE completed\r\n"]
-    started = time.process_time()
+    started = time.monotonic()
     assert c.command('l LIST "" "' + "*a" * 130 + '*b"') == [b"l OK LIST completed\r\n"]
     assert c.command('m LIST "" "' + "%a" * 130 + '%"') == [
         f'* LIST (\\HasNoChildren) "/" "{name}"\r\n'.encode(),
         b"m OK LIST completed\r\n",
     ]
-    assert time.process_time() - started < 1
+    assert time.monotonic() - started < 5  # generous for a loaded CI machine; the old code took minutes
 
 
 def _regex_semantics(reference: str, pattern: str, name: str) -> bool:
@@ -109,16 +112,16 @@ def _run_list(session: Session, cmd: ListCommand) -> tuple[bytes, Done]:
 
 
 def test_issue_8_list_is_not_quadratic_in_the_number_of_mailboxes() -> None:
-    names = [f"Folder{i // 100}/Sub{i}" for i in range(10_000)]
+    names = [f"Folder{i // 100}/Sub{i}" for i in range(20_000)]
     session = Session(_ManyMailboxes(names), 1, "bob@example.test", set())  # type: ignore[arg-type]
-    started = time.process_time()
+    started = time.monotonic()
     out, done = _run_list(session, ListCommand("", ("*",)))
     recursive, _ = _run_list(
         session, ListCommand("", ("*/Sub102",), selection=frozenset({"SUBSCRIBED", "RECURSIVEMATCH"}))
     )
-    assert time.process_time() - started < 1
+    assert time.monotonic() - started < 5  # generous for a loaded CI machine; the old code took minutes
     lines = out.splitlines()
-    assert done.text == "LIST completed" and len(lines) == 10_100
+    assert done.text == "LIST completed" and len(lines) == 20_200
     assert lines[0] == b'* LIST (\\Noselect \\HasChildren) "/" "Folder0"'
     assert lines[1] == b'* LIST (\\HasNoChildren) "/" "Folder0/Sub0"'
     assert recursive.splitlines() == [
@@ -138,21 +141,21 @@ def test_issue_8_deep_parentheses_are_bad_not_recursion_error() -> None:
     assert c.command("b ID " + "(" * 10_000 + ")" * 10_000) == [
         b"b BAD parentheses nested too deeply (100 levels at most)\r\n"
     ]
-    assert time.process_time() - started < 1
+    assert time.process_time() - started < 5
     # 100 levels are parsed (and ID then refuses the content).
     assert c.command("c ID " + "(" * 100 + ")" * 100) == [b"c BAD ID needs NIL or a list of field/value pairs\r\n"]
 
 
 @pytest.mark.timeout(120)
 def test_issue_8_many_literals_in_one_command_are_linear() -> None:
-    # Each literal used to copy every line read so far, and tokenize popped literals from the front: 14 s.
+    # Each literal used to copy every line read so far, and tokenize popped literals from the front.
     # Now the 10,001st literal is refused at once; the rest of the input is read as more such commands.
     c = Client()
     started = time.process_time()
-    out = c.send(b"a LOGIN" + b" {0+}\r\n" * 100_000 + b"\r\n")
-    assert time.process_time() - started < 1
+    out = c.send(b"a LOGIN" + b" {0+}\r\n" * 140_000 + b"\r\n")
+    assert time.process_time() - started < 5  # was 27 s
     too_many = b"BAD too many arguments (10000 at most)\r\n"
-    assert out == b"a " + too_many + (b"* " + too_many) * 8 + b"* BAD extra space\r\n"
+    assert out == b"a " + too_many + (b"* " + too_many) * 12 + b"* BAD extra space\r\n"
 
 
 def _logged_in_core(append_limit: int) -> ImapConnection:
@@ -180,7 +183,7 @@ def test_issue_8_a_large_literal_arriving_in_pieces_is_copied_once() -> None:
         assert conn.next_event() is None
     conn.receive_data(b"x" * (size % 4096) + b"\r\n")
     event = conn.next_event()
-    assert time.process_time() - started < 1
+    assert time.process_time() - started < 5  # was 42 s
     assert isinstance(event, CommandReady) and isinstance(event.command, Append)
     assert len(event.command.data) == size and conn.buffered_bytes == 0
 
@@ -189,7 +192,7 @@ def test_a_long_line_fed_byte_by_byte_gives_the_same_answer() -> None:
     line = b'a LOGIN "' + b"u" * (MAX_LINE - 24) + b'" wrong\r\n'
     started = time.process_time()
     byte_by_byte = Client().send(line, bytewise=True)
-    assert time.process_time() - started < 2
+    assert time.process_time() - started < 5
     assert byte_by_byte == Client().send(line) == b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
 
 
@@ -264,8 +267,25 @@ def test_issue_8_mailbox_names_have_a_length_and_depth_limit(store: SQLiteStore)
     assert c.command(f"m EXAMINE {longest}")[-1] == b"m OK [READ-ONLY] EXAMINE completed\r\n"
 
 
+@pytest.mark.timeout(120)
+def test_issue_8_huge_sequence_sets_take_time_in_their_ranges_not_their_product() -> None:
+    # 5,000 ranges (a 64 KiB line) over 200,000 messages: every range added every message to a set, 10^9
+    # steps. Now the ranges are sorted and merged first.
+    view = View(1, "INBOX", False, 1, array("I", range(1, 400_001, 2)), 1)
+    session = Session(None, 1, "bob@example.test", set(), selected=view)  # type: ignore[arg-type]
+    everything = SequenceSet(((1, 4294967295),) * 5000)
+    started = time.process_time()
+    by_uid = resolve(view, everything, is_uid=True)
+    by_number = resolve(view, SequenceSet(((STAR, 1),) * 5000), is_uid=False)
+    key = SAnd((SeqKey(everything, is_uid=True), SeqKey(SequenceSet(((2, STAR), (1, 3)) * 2500), is_uid=False)))
+    criterion = to_criterion(session, view, key)
+    assert time.process_time() - started < 5
+    assert by_uid == by_number == [(i + 1, uid) for i, uid in enumerate(view.uids)]
+    assert criterion == c.And((c.Uids(((1, 4294967295),)), c.Uids(((1, 399_999),))))
+
+
 @pytest.mark.timeout(60)
-def test_issue_8_huge_sequence_sets_take_time_in_their_ranges_not_their_product(store: SQLiteStore) -> None:
+def test_issue_8_huge_sequence_sets_get_exact_replies(store: SQLiteStore) -> None:
     account = store.get_account("bob@example.test")
     assert account is not None
     pending = []
@@ -282,7 +302,7 @@ def test_issue_8_huge_sequence_sets_take_time_in_their_ranges_not_their_product(
     fetch = c.command(f"f UID FETCH {ranges} (UID)")
     store_flags = c.command(f"t UID STORE {ranges} +FLAGS.SILENT (\\Flagged)")
     sequence = c.command("q SEARCH " + ",".join(["1:300"] * 5000) + " " + ",".join(["2:*"] * 5000))
-    assert time.process_time() - started < 1
+    assert time.process_time() - started < 5
     assert search == [b"* SEARCH " + b" ".join(b"%d" % uid for uid in range(1, 301, 2)) + b"\r\n",
                       b"s OK UID SEARCH completed\r\n"]  # fmt: skip
     assert len(fetch) == 301 and fetch[0] == b"* 1 FETCH (UID 1)\r\n" and fetch[-1] == b"f OK UID FETCH completed\r\n"
