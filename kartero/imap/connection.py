@@ -18,13 +18,27 @@ from kartero.auth.sasl import SASLError, decode_base64, parse_plain
 from kartero.imap import response as r
 from kartero.imap.response import Status
 from kartero.imap.state import ALLOWED, ImapState, ProtocolViolation
-from kartero.imap.syntax import Authenticate, Command, Compress, Enable, Id, Login, Simple, parse_command
+from kartero.imap.syntax import (
+    MAX_MAILBOX_LEVELS,
+    MAX_MAILBOX_NAME,
+    Authenticate,
+    Command,
+    Compress,
+    Enable,
+    Id,
+    Login,
+    MailboxNameTooLong,
+    Simple,
+    parse_command,
+)
 from kartero.imap.tokens import (
+    MAX_TOKENS,
     Atom,
+    LiteralRequest,
     ParseError,
     RawCommand,
-    literal_request,
-    strip_literal_marker,
+    first_words,
+    split_literal,
     tokenize,
 )
 
@@ -95,10 +109,10 @@ Event = (
 
 @dataclass
 class _Pending:
-    """The command being assembled from lines and literals."""
+    """The command being assembled from lines and literals (a literal grows in place as octets arrive)."""
 
     lines: list[bytes] = field(default_factory=list)
-    literals: list[bytes] = field(default_factory=list)
+    literals: list[bytearray] = field(default_factory=list)
     size: int = 0
 
 
@@ -113,6 +127,7 @@ class ImapConnection:
         self.enabled: set[str] = set()
         self.user: str | None = None
         self._in = bytearray()
+        self._scanned = 0  # octets at the start of _in known to hold no LF: each octet is searched once
         self._out = bytearray()
         self._is_eof = False
         self._pending = _Pending()
@@ -268,18 +283,21 @@ class ImapConnection:
             n = min(self._literal_left, len(self._in))
             if not n:
                 return _NEED_DATA
-            self._pending.literals[-1] += bytes(self._in[:n])
+            with memoryview(self._in) as view:
+                self._pending.literals[-1] += view[:n]
             del self._in[:n]
             self._literal_left -= n
             return None
-        idx = self._in.find(b"\n")
+        idx = self._in.find(b"\n", self._scanned)
         if idx < 0:
             if self._is_skipping_line or len(self._in) > MAX_LINE:
                 self._in.clear()
                 self._is_skipping_line = True
+            self._scanned = len(self._in)
             return _NEED_DATA
         line = bytes(self._in[: idx + 1])
         del self._in[: idx + 1]
+        self._scanned = 0
         if self._is_skipping_line:
             self._is_skipping_line = False
             self._pending = _Pending()
@@ -295,34 +313,45 @@ class ImapConnection:
     def _command_line(self, line: bytes) -> Event | None:
         pending = self._pending
         pending.size += len(line)
-        request = literal_request(line)
+        text, request = split_literal(line)
         if request is None:
             pending.lines.append(line)
             self._pending = _Pending()
-            return self._dispatch(RawCommand(tuple(pending.lines), tuple(pending.literals)))
-        pending.lines.append(strip_literal_marker(line))
-        tag, name = RawCommand(tuple(pending.lines), ()).first_words()
+            return self._dispatch(RawCommand(tuple(pending.lines), tuple(bytes(lit) for lit in pending.literals)))
+        pending.lines.append(text)
+        tag, name = first_words(pending.lines[0])
         limit = self._literal_limit(name)
-        if request.size > limit or pending.size + request.size > MAX_COMMAND + self.settings.append_limit:
-            self._pending = _Pending()
+        # Only APPEND carries a message; any other command stays within MAX_COMMAND, lines and literals.
+        total_limit = MAX_COMMAND + (self.settings.append_limit if name == "APPEND" else 0)
+        if request.size > limit or pending.size + request.size > total_limit:
             too_big = r.tagged(tag or "*", Status.NO if name == "APPEND" else Status.BAD,
                                f"Literal too large ({limit} octets allowed)",
                                "TOOBIG" if name == "APPEND" else None)  # fmt: skip
-            self._count_error()
-            if request.is_sync:
-                self._out += too_big  # the client sends no literal after a refusal
-                return None
-            if request.size > 4 * max(limit, MAX_LITERAL):
-                self.close("Literal too large", "oversized literal")
-                return None
-            self._discard_left, self._discard_reply = request.size, too_big
+            self._refuse_literal(request, too_big, limit)
+            return None
+        if len(pending.literals) >= MAX_TOKENS:  # each literal is a token: refused now, not after reading all
+            too_many = r.tagged(tag or "*", Status.BAD, f"too many arguments ({MAX_TOKENS} at most)")
+            self._refuse_literal(request, too_many, limit)
             return None
         pending.size += request.size
-        pending.literals.append(b"")
+        pending.literals.append(bytearray())
         self._literal_left = request.size
         if request.is_sync:
             self._out += b"+ Ready for literal data\r\n"
         return None
+
+    def _refuse_literal(self, request: LiteralRequest, reply: bytes, limit: int) -> None:
+        """Drop the command being read; a non-synchronising literal already on its way is read and dropped
+        (an absurd one ends the session), then `reply` goes out."""
+        self._pending = _Pending()
+        self._count_error()
+        if request.is_sync or not request.size:
+            self._out += reply  # the client sends no literal after a refusal
+            return
+        if request.size > 4 * max(limit, MAX_LITERAL):
+            self.close("Literal too large", "oversized literal")
+            return
+        self._discard_left, self._discard_reply = request.size, reply
 
     def _literal_limit(self, name: str) -> int:
         if self.state is ImapState.NOT_AUTHENTICATED:
@@ -348,6 +377,10 @@ class ImapConnection:
             return self._bad(tag, f"{name} not allowed now" if known else f"Unknown command {name}")
         try:
             command = parse_command(name, tokens[2:], utf8=self.is_utf8)
+        except MailboxNameTooLong:
+            limits = f"{MAX_MAILBOX_NAME} octets and {MAX_MAILBOX_LEVELS} levels at most"
+            self._out += r.tagged(tag, Status.NO, f"Mailbox name too long ({limits})", "CANNOT")
+            return None
         except ParseError as exc:
             return self._bad(tag, str(exc))
         return self._handle(tag, command)

@@ -11,6 +11,8 @@ class MUTF7Error(ValueError):
 
 
 def encode(name: str) -> str:
+    if name.isascii() and name.isprintable() and "&" not in name:
+        return name  # the common case, without a loop per character (LIST sends every name)
     out: list[str] = []
     run: list[str] = []
 

@@ -13,9 +13,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kartero.imap import mutf7
-from kartero.imap.tokens import Atom, ParseError, PList, String, Token
+from kartero.imap.tokens import MAX_NESTING, Atom, ParseError, PList, String, Token
 
 STAR = -1  # "*" in a sequence set: the largest number in use
+
+# RFC 9051 §9: number and nz-number (sequence numbers, UIDs, UIDVALIDITY, section parts) are unsigned
+# 32-bit; number64 (LARGER, SMALLER, partial offsets) and RFC 7162 §7 mod-sequence-value are 63-bit, which
+# is also what SQLite can store. Larger values are a BAD, never an overflow further down.
+MAX_NUMBER = 2**32 - 1
+MAX_NUMBER64 = 2**63 - 1
+# Mailbox names: at most this many octets (UTF-8) and hierarchy levels. Far above what a client shows, and
+# they bound what LIST matching, RENAME and the store do per name.
+MAX_MAILBOX_NAME = 1000
+MAX_MAILBOX_LEVELS = 100
+# LIST/LSUB: patterns per command (RFC 5258 allows a list of them).
+MAX_LIST_PATTERNS = 100
+# SEARCH/SORT: keys per command, counting NOT, OR and parenthesised groups. Each key is evaluated for every
+# message of the mailbox.
+MAX_SEARCH_KEYS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,21 +320,28 @@ class _Args:
             raise ParseError(f"{self.name}: {what} must be a parenthesised list")
         return token.items
 
-    def number(self, what: str) -> int:
-        return parse_number(self.atom(what), what)
+    def number(self, what: str, maximum: int = MAX_NUMBER) -> int:
+        return parse_number(self.atom(what), what, maximum)
 
     def mailbox(self) -> str:
         return decode_mailbox(self.astring("mailbox name"), utf8=self.utf8)
 
 
-def parse_number(text: str, what: str = "number") -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 20:
+class MailboxNameTooLong(ParseError):
+    """A mailbox name beyond MAX_MAILBOX_NAME or MAX_MAILBOX_LEVELS: answered `NO [CANNOT]` (RFC 9051 §7.1:
+    the operation can never succeed), whatever the command."""
+
+
+def parse_number(text: str, what: str = "number", maximum: int = MAX_NUMBER) -> int:
+    """A decimal number from 0 to `maximum`; raises ParseError."""
+    if not text.isascii() or not text.isdigit():
         raise ParseError(f"{what} must be a number")
+    if len(text) > 20 or int(text) > maximum:
+        raise ParseError(f"{what} too large ({maximum} at most)")
     return int(text)
 
 
-def decode_mailbox(raw: bytes, *, utf8: bool) -> str:
-    """A mailbox name from the wire; INBOX in any case is INBOX (RFC 9051 §5.1)."""
+def _decode_name(raw: bytes, *, utf8: bool) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -338,54 +360,84 @@ def decode_mailbox(raw: bytes, *, utf8: bool) -> str:
     return text
 
 
-_SEQ_RANGE = re.compile(r"(\d+|\*)(?::(\d+|\*))?")
+def _is_too_long(name: str) -> bool:
+    return len(name.encode("utf-8")) > MAX_MAILBOX_NAME or name.count("/") >= MAX_MAILBOX_LEVELS
+
+
+def decode_mailbox(raw: bytes, *, utf8: bool) -> str:
+    """A mailbox name from the wire; INBOX in any case is INBOX (RFC 9051 §5.1). Raises ParseError, and
+    MailboxNameTooLong beyond the limits."""
+    if len(raw) > 8 * MAX_MAILBOX_NAME:  # too long in any encoding: not worth decoding
+        raise MailboxNameTooLong("mailbox name too long")
+    text = _decode_name(raw, utf8=utf8)
+    if _is_too_long(text):
+        raise MailboxNameTooLong("mailbox name too long")
+    return text
 
 
 def parse_sequence_set(text: str) -> SequenceSet:
+    """RFC 9051 sequence-set (numbers 1 to MAX_NUMBER, or `*`), or `$`. Raises ParseError."""
     if text == "$":
         return SequenceSet(is_saved=True)
     ranges: list[tuple[int, int]] = []
     for piece in text.split(","):
-        m = _SEQ_RANGE.fullmatch(piece)
-        if m is None:
-            raise ParseError(f"bad sequence set {text!r}")
-        low = STAR if m.group(1) == "*" else int(m.group(1))
-        high = low if m.group(2) is None else (STAR if m.group(2) == "*" else int(m.group(2)))
-        if low == 0 or high == 0:
-            raise ParseError("0 is not a valid message number")
-        ranges.append((low, high))
+        low, colon, high = piece.partition(":")
+        first = _sequence_number(low, text)
+        last = _sequence_number(high, text) if colon else first
+        ranges.append((first, last))
     return SequenceSet(tuple(ranges))
+
+
+def _sequence_number(text: str, whole: str) -> int:
+    if text == "*":
+        return STAR
+    if not text.isascii() or not text.isdigit():
+        raise ParseError(f"bad sequence set {whole[:40]!r}")
+    number = parse_number(text, "message number")
+    if number == 0:
+        raise ParseError("0 is not a valid message number")
+    return number
 
 
 _MONTHS = {m: i for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
                                         "dec"], start=1)}  # fmt: skip
-_DATE = re.compile(r"(\d{1,2})-([A-Za-z]{3})-(\d{4})")
-_DATE_TIME = re.compile(r"( \d|\d{2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})")
+_DATE = re.compile(r"(\d{1,2})-([A-Za-z]{3})-(\d{4})", re.ASCII)
+_DATE_TIME = re.compile(r"( \d|\d{2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})", re.ASCII)
 
 
 def parse_date(text: str) -> datetime.date:
     m = _DATE.fullmatch(text)
     month = _MONTHS.get(m.group(2).lower()) if m else None
     if m is None or month is None:
-        raise ParseError(f"bad date {text!r} (expected e.g. 1-Feb-2026)")
+        raise ParseError(f"bad date {text[:40]!r} (expected e.g. 1-Feb-2026)")
     try:
         return datetime.date(int(m.group(3)), month, int(m.group(1)))
     except ValueError:
         raise ParseError(f"bad date {text!r}") from None
 
 
+# APPEND dates are kept as Unix seconds and shown again in any time zone: years outside these bounds could
+# not be (Python's datetime ends at 9999).
+_FIRST_YEAR, _LAST_YEAR = 1900, 9998
+
+
 def parse_date_time(text: str) -> datetime.datetime:
-    """RFC 9051 date-time: "26-Nov-2026 10:00:00 +0100"."""
+    """RFC 9051 date-time: "26-Nov-2026 10:00:00 +0100", between the years 1900 and 9998."""
     m = _DATE_TIME.fullmatch(text)
     month = _MONTHS.get(m.group(2).lower()) if m else None
     if m is None or month is None:
-        raise ParseError(f"bad date-time {text!r}")
-    offset = datetime.timedelta(hours=int(m.group(8)), minutes=int(m.group(9)))
+        raise ParseError(f"bad date-time {text[:40]!r}")
+    hours, minutes = int(m.group(8)), int(m.group(9))
+    if hours > 23 or minutes > 59:
+        raise ParseError(f"bad time zone in {text!r}")
+    offset = datetime.timedelta(hours=hours, minutes=minutes)
     tz = datetime.timezone(offset if m.group(7) == "+" else -offset)
+    year = int(m.group(3))
+    if not _FIRST_YEAR <= year <= _LAST_YEAR:
+        raise ParseError(f"date-time out of range in {text!r}")
     try:
-        return datetime.datetime(
-            int(m.group(3)), month, int(m.group(1)), int(m.group(4)), int(m.group(5)), int(m.group(6)), tzinfo=tz
-        )
+        return datetime.datetime(year, month, int(m.group(1)), int(m.group(4)), int(m.group(5)), int(m.group(6)),
+                                 tzinfo=tz)  # fmt: skip
     except ValueError:
         raise ParseError(f"bad date-time {text!r}") from None
 
@@ -469,7 +521,7 @@ def _qresync(items: tuple[Token, ...]) -> QResync:
     if len(items) < 2:
         raise ParseError("QRESYNC needs (uidvalidity modseq ...)")
     uidvalidity = parse_number(_atom_value(items[0]), "uidvalidity")
-    modseq = parse_number(_atom_value(items[1]), "mod-sequence")
+    modseq = parse_number(_atom_value(items[1]), "mod-sequence", MAX_NUMBER64)
     known: SequenceSet | None = None
     match: tuple[SequenceSet, SequenceSet] | None = None
     rest = list(items[2:])
@@ -503,13 +555,20 @@ def _rename(a: _Args) -> Command:
 
 
 def _list_pattern(token: Token, utf8: bool) -> str:
+    """A LIST reference or pattern, under the same limits as a mailbox name (a longer one could match
+    no name); matching costs the pattern's length per character of each name."""
     if isinstance(token, Atom):
         raw = token.value.encode("utf-8")
     elif isinstance(token, String):
         raw = token.value
     else:
         raise ParseError("bad mailbox pattern")
-    return decode_mailbox(raw, utf8=utf8) if raw else ""
+    if len(raw) > 8 * MAX_MAILBOX_NAME:
+        raise ParseError("mailbox pattern too long")
+    pattern = _decode_name(raw, utf8=utf8) if raw else ""
+    if _is_too_long(pattern):
+        raise ParseError("mailbox pattern too long")
+    return pattern
 
 
 def _list(a: _Args) -> Command:
@@ -525,6 +584,8 @@ def _list(a: _Args) -> Command:
     patterns_token = a.next("mailbox pattern")
     if isinstance(patterns_token, PList):
         is_extended = True
+        if len(patterns_token.items) > MAX_LIST_PATTERNS:
+            raise ParseError(f"too many mailbox patterns ({MAX_LIST_PATTERNS} at most)")
         patterns = tuple(_list_pattern(t, a.utf8) for t in patterns_token.items)
     else:
         patterns = (_list_pattern(patterns_token, a.utf8),)
@@ -619,15 +680,25 @@ _HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", 
 _DATE_KEYS = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"})
 
 
-def _search_key(a: _Args, depth: int = 0) -> SearchKey:
-    if depth > 50:
-        raise ParseError("search keys nested too deeply")
+@dataclass
+class _KeyCount:
+    keys: int = 0
+
+
+def _search_key(a: _Args, count: _KeyCount, depth: int = 0) -> SearchKey:
+    """One search key. NOT, OR and parentheses nest at most MAX_NESTING deep (the recursion here and in
+    every stage after it is bounded by that), and a program holds at most MAX_SEARCH_KEYS keys."""
+    if depth > MAX_NESTING:
+        raise ParseError(f"search keys nested too deeply ({MAX_NESTING} levels at most)")
+    count.keys += 1
+    if count.keys > MAX_SEARCH_KEYS:
+        raise ParseError(f"too many search keys ({MAX_SEARCH_KEYS} at most)")
     token = a.next("search key")
     if isinstance(token, PList):
         inner = _Args(list(token.items), a.utf8, name=a.name)
-        keys = [_search_key(inner, depth + 1)]
+        keys = [_search_key(inner, count, depth + 1)]
         while inner.more():
-            keys.append(_search_key(inner, depth + 1))
+            keys.append(_search_key(inner, count, depth + 1))
         return keys[0] if len(keys) == 1 else SAnd(tuple(keys))
     if not isinstance(token, Atom):
         raise ParseError("bad search key")
@@ -652,27 +723,28 @@ def _search_key(a: _Args, depth: int = 0) -> SearchKey:
             flag = next(iter(_flag_list((a.next("keyword"),), "keyword")))
             return SKey("FLAG", (flag, key == "KEYWORD"))
         case "LARGER" | "SMALLER":
-            return SKey(key, (a.number("size"),))
+            return SKey(key, (a.number("size", MAX_NUMBER64),))
         case "NOT":
-            return SNot(_search_key(a, depth + 1))
+            return SNot(_search_key(a, count, depth + 1))
         case "OR":
-            return SOr(_search_key(a, depth + 1), _search_key(a, depth + 1))
+            return SOr(_search_key(a, count, depth + 1), _search_key(a, count, depth + 1))
         case "UID":
             return SeqKey(parse_sequence_set(a.atom("UID set")), is_uid=True)
         case "MODSEQ":
             if isinstance(a.peek(), String):  # entry-name and entry-type (RFC 7162 §3.1.5), ignored
                 a.pos += 1
                 a.atom("entry type")
-            return SKey("MODSEQ", (a.number("mod-sequence"),))
+            return SKey("MODSEQ", (a.number("mod-sequence", MAX_NUMBER64),))
     if key[:1].isdigit() or key[:1] in "*$":
         return SeqKey(parse_sequence_set(key), is_uid=False)
     raise ParseError(f"unknown search key {token.value}")
 
 
 def _search_program(a: _Args) -> SearchKey:
-    keys = [_search_key(a)]
+    count = _KeyCount()
+    keys = [_search_key(a, count)]
     while a.more():
-        keys.append(_search_key(a))
+        keys.append(_search_key(a, count))
     return keys[0] if len(keys) == 1 else SAnd(tuple(keys))
 
 
@@ -725,49 +797,71 @@ def _sort(a: _Args, is_uid: bool) -> Command:
 
 # -- FETCH and STORE ---------------------------------------------------------------------------------------
 
-_SECTION = re.compile(r"((?:\d+\.)*\d+)?(?:\.?(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME))?(?: \((.*)\))?")
-_BODY_ITEM = re.compile(r"(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK|BINARY\.SIZE)\[(.*)\](?:<(\d+)(?:\.(\d+))?>)?", re.S)
+_BODY_KINDS = frozenset({"BODY", "BODY.PEEK", "BINARY", "BINARY.PEEK", "BINARY.SIZE"})
+_SECTION_TEXTS = frozenset({"", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME"})
 
 
 def parse_fetch_item(text: str) -> FetchItem:
+    """A FETCH item: a simple name, or BODY[section]<partial> and its BINARY forms (RFC 9051 §6.4.5)."""
     upper = text.upper()
     if upper in SIMPLE_FETCH:
         return upper
-    m = _BODY_ITEM.fullmatch(text)
-    if m is None:
-        raise ParseError(f"unknown fetch item {text}")
-    kind = m.group(1).upper()
-    section = _parse_section(m.group(2))
+    start, end = text.find("["), text.rfind("]")
+    kind = text[:start]
+    if start < 0 or end < start or kind not in _BODY_KINDS:
+        raise ParseError(f"unknown fetch item {text[:40]}")
+    section = _parse_section(text[start + 1 : end])
     if kind.startswith("BINARY") and (section.text or section.fields):
         raise ParseError("BINARY takes a part number only")
-    partial = None
-    if m.group(3) is not None:
-        if kind == "BINARY.SIZE" or m.group(4) is None:
-            raise ParseError("bad partial range")
-        partial = (int(m.group(3)), int(m.group(4)))
-        if partial[1] == 0:
-            raise ParseError("partial length must not be 0")
+    partial = _parse_partial(text[end + 1 :], text)
+    if partial is not None and kind == "BINARY.SIZE":
+        raise ParseError("bad partial range")
     return BodyItem(kind.replace(".PEEK", ""), section, peek=".PEEK" in kind, partial=partial)
 
 
+def _parse_partial(spec: str, item: str) -> tuple[int, int] | None:
+    """`<origin.count>` after a section (RFC 9051 partial: number64 "." nz-number64), or nothing."""
+    if not spec:
+        return None
+    if not (spec.startswith("<") and spec.endswith(">")):
+        raise ParseError(f"unknown fetch item {item[:40]}")
+    origin, dot, count = spec[1:-1].partition(".")
+    if not dot:
+        raise ParseError("bad partial range")
+    partial = (parse_number(origin, "partial origin", MAX_NUMBER64), parse_number(count, "partial length",
+                                                                                  MAX_NUMBER64))  # fmt: skip
+    if partial[1] == 0:
+        raise ParseError("partial length must not be 0")
+    return partial
+
+
 def _parse_section(spec: str) -> Section:
-    m = _SECTION.fullmatch(spec)
-    if m is None:
-        raise ParseError(f"bad section {spec!r}")
-    part = tuple(int(p) for p in m.group(1).split(".")) if m.group(1) else ()
-    if any(p == 0 for p in part):
-        raise ParseError("section part numbers start at 1")
-    text = (m.group(2) or "").upper()
+    """section-spec (RFC 9051 §9): part numbers, then HEADER, HEADER.FIELDS[.NOT] (names), TEXT or MIME."""
+    names: str | None = None
+    if spec.endswith(")") and " (" in spec:
+        spec, _, names = spec[:-1].partition(" (")
+    pieces = spec.split(".") if spec else []
+    part: list[int] = []
+    while len(part) < len(pieces) and pieces[len(part)].isascii() and pieces[len(part)].isdigit():
+        number = parse_number(pieces[len(part)], "section part")
+        if number == 0:
+            raise ParseError("section part numbers start at 1")
+        part.append(number)
+    text = ".".join(pieces[len(part) :])
+    if text not in _SECTION_TEXTS or (not text and len(part) < len(pieces)):
+        raise ParseError(f"bad section {spec[:40]!r}")
     if text == "MIME" and not part:
         raise ParseError("MIME needs a part number")
     fields: tuple[str, ...] = ()
     if text.startswith("HEADER.FIELDS"):
-        if m.group(3) is None or not m.group(3).strip():
+        if names is None or not names.strip():
             raise ParseError("HEADER.FIELDS needs a list of field names")
-        fields = tuple(f.strip('"').upper() for f in m.group(3).split())
-    elif m.group(3) is not None:
-        raise ParseError(f"bad section {spec!r}")
-    return Section(part, text, fields)
+        fields = tuple(f.strip('"').upper() for f in names.split())
+        if any(not f or "(" in f or ")" in f for f in fields):
+            raise ParseError("bad header field name")
+    elif names is not None:
+        raise ParseError(f"bad section {spec[:40]!r}")
+    return Section(tuple(part), text, fields)
 
 
 _FETCH_MACROS = {
@@ -795,7 +889,7 @@ def _fetch(a: _Args, is_uid: bool) -> Command:
         while i < len(modifiers):
             name = _atom_value(modifiers[i]).upper()
             if name == "CHANGEDSINCE" and i + 1 < len(modifiers):
-                changed_since = parse_number(_atom_value(modifiers[i + 1]), "mod-sequence")
+                changed_since = parse_number(_atom_value(modifiers[i + 1]), "mod-sequence", MAX_NUMBER64)
                 i += 2
             elif name == "VANISHED":
                 vanished = True
@@ -821,7 +915,7 @@ def _store(a: _Args, is_uid: bool) -> Command:
         modifiers = a.plist("store modifiers")
         if len(modifiers) != 2 or _atom_value(modifiers[0]).upper() != "UNCHANGEDSINCE":
             raise ParseError("unknown STORE modifier")
-        unchanged_since = parse_number(_atom_value(modifiers[1]), "mod-sequence")
+        unchanged_since = parse_number(_atom_value(modifiers[1]), "mod-sequence", MAX_NUMBER64)
     item = a.atom("store item").upper()
     silent = item.endswith(".SILENT")
     base = item.removesuffix(".SILENT")

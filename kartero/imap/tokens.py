@@ -2,14 +2,25 @@
 
 A command is one or more lines joined by literals: a line ending in `{n}` (synchronising: the server
 answers `+` first), `{n+}` (LITERAL+) or `~{n}` (literal8) is followed by n octets and then the rest of
-the command. `CommandFramer` turns the byte stream into complete commands; `tokenize` turns one command
-into tokens, with each literal's octets spliced in as a String.
+the command. The connection frames the byte stream into lines and literals (`split_literal` reads the
+marker at a line's end); `tokenize` turns one command into tokens, with each literal's octets spliced in
+as a String.
+
+Everything here is one pass over the input: no backtracking, no recursion (a list nested `MAX_NESTING` deep is
+a ParseError, not a RecursionError), and at most `MAX_TOKENS` tokens per command.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+# Parenthesised lists may nest this deep (lists, SEARCH groups, FETCH items, LIST options): more than any
+# client needs, and deeper input is a BAD.
+MAX_NESTING = 100
+# Tokens (atoms, strings and lists) in one command. A command may hold 1 MiB, and each token costs memory
+# and a step in every later stage (SEARCH evaluates its keys for every message).
+MAX_TOKENS = 10_000
 
 
 class ParseError(ValueError):
@@ -34,8 +45,6 @@ class PList:
 
 Token = Atom | String | PList
 
-_LITERAL_AT_END = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}\r?\n$")
-
 
 @dataclass(frozen=True, slots=True)
 class LiteralRequest:
@@ -55,26 +64,43 @@ class RawCommand:
 
     def first_words(self) -> tuple[str, str]:
         """(tag, command name) as far as the first line tells; for limits and error replies."""
-        words = self.lines[0].split(b" ", 2)
-        tag = words[0].decode("ascii", "replace") if words else ""
-        name = words[1].decode("ascii", "replace").upper() if len(words) > 1 else ""
-        return tag, name
+        return first_words(self.lines[0])
 
 
-def literal_request(line: bytes) -> LiteralRequest | None:
-    """The literal a command line ends with, if any."""
-    m = _LITERAL_AT_END.search(line)
-    if m is None:
-        return None
-    return LiteralRequest(int(m.group(2)), is_sync=not m.group(3), is_binary=bool(m.group(1)))
+def first_words(line: bytes) -> tuple[str, str]:
+    """(tag, command name) of a command's first line, without parsing it."""
+    words = line.split(b" ", 2)
+    tag = words[0].decode("ascii", "replace")
+    name = words[1].decode("ascii", "replace").upper() if len(words) > 1 else ""
+    return tag, name
 
 
-def strip_literal_marker(line: bytes) -> bytes:
-    return _LITERAL_AT_END.sub(b"", line)
+def split_literal(line: bytes) -> tuple[bytes, LiteralRequest | None]:
+    """A command line (ending in LF) without its literal marker (`{n}`, `{n+}` or `~{n}`, n of at most 20
+    digits) and line ending, and the literal announced; `(line, None)` when it announces none. Only the
+    end of the line is read."""
+    end = len(line) - 2 if line.endswith(b"\r\n") else len(line) - 1
+    if not line.endswith(b"}", 0, end):
+        return line, None
+    start = line.rfind(b"{", max(0, end - 23), end)
+    if start < 0:
+        return line, None
+    digits = line[start + 1 : end - 1]
+    is_sync = not digits.endswith(b"+")
+    if not is_sync:
+        digits = digits[:-1]
+    if not 1 <= len(digits) <= 20 or not digits.isdigit():
+        return line, None
+    is_binary = line.endswith(b"~", 0, start)
+    return line[: start - is_binary], LiteralRequest(int(digits), is_sync=is_sync, is_binary=is_binary)
 
 
-_ATOM_STOP = frozenset(' (){"\x00\r\n')
-_SENTINEL = "\x00"
+# Runs of characters that need no decision, skipped in one C call each. A negated character class with
+# nothing after it cannot backtrack: each is one linear scan.
+_ATOM_RUN = re.compile(r'[^ (){"\x00\r\n\[]*')
+_BRACKETED_RUN = re.compile(r"[^\[\]\x00\r\n]*")
+_QUOTED_RUN = re.compile(r'[^"\\\x00\r\n]*')
+_SENTINEL = "\x00"  # stands for a literal in the joined text (a NUL cannot come from a line)
 
 
 def tokenize(raw: RawCommand) -> list[Token]:
@@ -89,81 +115,97 @@ def tokenize(raw: RawCommand) -> list[Token]:
         except UnicodeDecodeError:
             raise ParseError("command is not valid UTF-8") from None
     text = _SENTINEL.join(parts)
-    literals = list(raw.literals)
-    tokens, pos = _parse_sequence(text, 0, literals, nested=False)
-    if pos != len(text):
-        raise ParseError("unbalanced parentheses")
-    return tokens
-
-
-def _parse_sequence(text: str, pos: int, literals: list[bytes], *, nested: bool) -> tuple[list[Token], int]:
-    tokens: list[Token] = []
+    literals = raw.literals
+    next_literal = 0
+    # The lists being read, outermost first: a stack instead of recursion.
+    open_lists: list[list[Token]] = [[]]
+    count = 0
     n = len(text)
+    pos = 0
     expect_space = False
     while pos < n:
         ch = text[pos]
         if ch == ")":
-            if not nested:
+            if len(open_lists) == 1:
                 raise ParseError("unexpected )")
-            return tokens, pos
+            items = open_lists.pop()
+            open_lists[-1].append(PList(tuple(items)))
+            pos += 1
+            expect_space = True
+            continue
         if expect_space:
             if ch != " ":
                 raise ParseError(f"expected space at {pos}")
             pos += 1
             expect_space = False
             continue
+        count += 1
+        if count > MAX_TOKENS:
+            raise ParseError(f"too many arguments ({MAX_TOKENS} at most)")
         if ch == "(":
-            items, pos = _parse_sequence(text, pos + 1, literals, nested=True)
-            if pos >= n or text[pos] != ")":
-                raise ParseError("missing )")
-            tokens.append(PList(tuple(items)))
+            if len(open_lists) > MAX_NESTING:
+                raise ParseError(f"parentheses nested too deeply ({MAX_NESTING} levels at most)")
+            open_lists.append([])
             pos += 1
-        elif ch == '"':
+            continue
+        if ch == '"':
             value, pos = _parse_quoted(text, pos)
-            tokens.append(String(value.encode("utf-8")))
+            open_lists[-1].append(String(value.encode("utf-8")))
         elif ch == _SENTINEL:
-            if not literals:
+            if next_literal >= len(literals):
                 raise ParseError("literal missing")
-            tokens.append(String(literals.pop(0), is_literal=True))
+            open_lists[-1].append(String(literals[next_literal], is_literal=True))
+            next_literal += 1
             pos += 1
         elif ch == " ":
             raise ParseError("extra space")
         else:
             start = pos
-            depth = 0
-            while pos < n:
-                c = text[pos]
-                if c == "[":
-                    depth += 1
-                elif c == "]" and depth:
-                    depth -= 1
-                elif (depth == 0 and c in _ATOM_STOP) or (depth and c in "\x00\r\n"):
-                    break
-                pos += 1
-            if depth:
-                raise ParseError("missing ]")
-            tokens.append(Atom(text[start:pos]))
+            pos = _read_atom(text, pos)
+            open_lists[-1].append(Atom(text[start:pos]))
         expect_space = True
-    if nested:
+    if len(open_lists) > 1:
         raise ParseError("missing )")
-    return tokens, pos
+    return open_lists[0]
+
+
+def _read_atom(text: str, pos: int) -> int:
+    """The end of the atom starting at `pos`. Brackets inside an atom (BODY[HEADER.FIELDS (A B)]) may hold
+    spaces and parentheses; they must be balanced."""
+    n = len(text)
+    while True:
+        pos = _ATOM_RUN.match(text, pos).end()  # type: ignore[union-attr]
+        if pos >= n or text[pos] != "[":
+            return pos
+        depth = 0
+        while True:
+            depth += 1 if text[pos] == "[" else -1
+            pos += 1
+            if not depth:
+                break
+            pos = _BRACKETED_RUN.match(text, pos).end()  # type: ignore[union-attr]
+            if pos >= n or text[pos] not in "[]":
+                raise ParseError("missing ]")
 
 
 def _parse_quoted(text: str, pos: int) -> tuple[str, int]:
     out: list[str] = []
     i = pos + 1
-    while i < len(text):
+    n = len(text)
+    while i < n:
+        end = _QUOTED_RUN.match(text, i).end()  # type: ignore[union-attr]
+        out.append(text[i:end])
+        i = end
+        if i >= n:
+            break
         ch = text[i]
         if ch == "\\":
-            if i + 1 >= len(text) or text[i + 1] not in '"\\':
+            if i + 1 >= n or text[i + 1] not in '"\\':
                 raise ParseError("bad escape in quoted string")
             out.append(text[i + 1])
             i += 2
         elif ch == '"':
             return "".join(out), i + 1
-        elif ch in "\r\n\x00":
+        else:  # CR, LF or NUL
             break
-        else:
-            out.append(ch)
-            i += 1
     raise ParseError("unterminated quoted string")

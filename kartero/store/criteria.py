@@ -3,6 +3,7 @@
 The IMAP layer translates SEARCH keys into these (sequence numbers already turned into UIDs); a store
 evaluates what it can in its database and the rest (body text, arbitrary header fields) on the message
 bytes. Text matching is case-insensitive substring matching after decoding (RFC 9051 §6.4.4).
+A tree is at most MAX_DEPTH levels deep (checked when it is built), so a store may evaluate it recursively.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import bisect
 import datetime
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 
@@ -49,10 +50,23 @@ class Text:
     text: str
 
 
+# Numbers in criteria are what SQLite stores: signed 64-bit, used from 0 up.
+MAX_NUMBER = 2**63 - 1
+
+
+def _check_number(value: int | None) -> None:
+    if value is not None and not 0 <= value <= MAX_NUMBER:
+        raise ValueError(f"{value} is outside 0..{MAX_NUMBER}")
+
+
 @dataclass(frozen=True, slots=True)
 class Size:
     larger_than: int | None = None
     smaller_than: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_number(self.larger_than)
+        _check_number(self.smaller_than)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +84,13 @@ class SentDate:
 @dataclass(frozen=True, slots=True)
 class Uids:
     ranges: tuple[tuple[int, int], ...]  # inclusive (low, high), sorted, not overlapping
+
+    def __post_init__(self) -> None:
+        previous = -1
+        for low, high in self.ranges:
+            if not previous < low <= high <= MAX_NUMBER:
+                raise ValueError("UID ranges must be sorted, apart, and within 0..MAX_NUMBER")
+            previous = high
 
     @classmethod
     def of(cls, uids: Iterable[int]) -> Uids:
@@ -91,21 +112,53 @@ class Uids:
 class ModSeq:
     at_least: int
 
+    def __post_init__(self) -> None:
+        _check_number(self.at_least)
+
+
+# Criteria nest at most this deep (NOT, OR and AND levels), so that evaluating one never recurses
+# further; the IMAP parser allows 100 levels of search keys.
+MAX_DEPTH = 128
+
+
+def depth_of(criterion: Criterion) -> int:
+    """Levels of the tree: 1 for a leaf."""
+    return criterion.depth if isinstance(criterion, Not | Or | And) else 1
+
+
+def _check_depth(node: Not | Or | And, children: Iterable[Criterion]) -> None:
+    levels = 1 + max((depth_of(child) for child in children), default=0)
+    if levels > MAX_DEPTH:
+        raise ValueError(f"criteria nested deeper than {MAX_DEPTH} levels")
+    object.__setattr__(node, "depth", levels)
+
 
 @dataclass(frozen=True, slots=True)
 class Not:
     criterion: Criterion
+    depth: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_depth(self, (self.criterion,))
 
 
 @dataclass(frozen=True, slots=True)
 class Or:
     left: Criterion
     right: Criterion
+    depth: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_depth(self, (self.left, self.right))
 
 
 @dataclass(frozen=True, slots=True)
 class And:
     criteria: tuple[Criterion, ...]
+    depth: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_depth(self, self.criteria)
 
 
 Criterion = All | Flag | Header | Body | Text | Size | InternalDate | SentDate | Uids | ModSeq | Not | Or | And

@@ -64,7 +64,8 @@ def _mailbox(row: Sequence[Any]) -> Mailbox:
 
 @dataclass(slots=True)
 class _SearchRow:
-    """One candidate of a search, with lazy access to its bytes."""
+    """One candidate of a search, with lazy access to its bytes and to the texts made from them, each made
+    at most once however many keys ask (a search may hold up to a thousand keys)."""
 
     row: MessageRow
     sent_date: int | None
@@ -72,12 +73,37 @@ class _SearchRow:
     parts: str
     loader: Callable[[str], bytes]
     _data: bytes | None = None
+    _fields: list[tuple[str, str]] | None = None
+    _header_text: str | None = None
+    _body_text: str | None = None
 
     @property
     def data(self) -> bytes:
         if self._data is None:
             self._data = self.loader(self.row.blob_id)
         return self._data
+
+    @property
+    def fields(self) -> list[tuple[str, str]]:
+        """The header fields: lower-case name, case-folded decoded value."""
+        if self._fields is None:
+            block = parse_header_block(_header_block(self))
+            self._fields = [(k, decode_words(v).casefold()) for k, v in block.fields]
+        return self._fields
+
+    @property
+    def header_text(self) -> str:
+        """The decoded header block, case-folded."""
+        if self._header_text is None:
+            self._header_text = decode_words(_header_block(self)).casefold()
+        return self._header_text
+
+    @property
+    def body_text(self) -> str:
+        """The text parts, decoded and case-folded."""
+        if self._body_text is None:
+            self._body_text = _body_text(self).casefold()
+        return self._body_text
 
 
 class MailboxOps:
@@ -411,18 +437,20 @@ class MailboxOps:
 
     def search(self, mailbox_id: int, criterion: c.Criterion) -> list[MessageRow]:
         where, params, rest = _split_criterion(criterion)
-        if not rest:  # everything evaluated by SQLite: no per-message Python
+        if rest is None:  # everything evaluated by SQLite: no per-message Python
             rows = self._db().execute(
                 f"SELECT {_ROW_COLUMNS} FROM messages m JOIN blobs b ON b.id = m.blob_id"
-                f" WHERE m.mailbox_id = ? AND {where} ORDER BY m.uid",
+                f" WHERE m.mailbox_id = ? AND ({where}) ORDER BY m.uid",
                 (mailbox_id, *params),
             )
             return [_row(r) for r in rows]
-        return [cand.row for cand in self._candidates(mailbox_id, where, params) if _matches(c.And(rest), cand)]
+        return [cand.row for cand in self._candidates(mailbox_id, where, params) if _matches(rest, cand)]
 
     def sort(self, mailbox_id: int, keys: Sequence[c.Sort], criterion: c.Criterion) -> list[int]:
         where, params, rest = _split_criterion(criterion)
-        matching = [cand for cand in self._candidates(mailbox_id, where, params) if _matches(c.And(rest), cand)]
+        matching = [
+            cand for cand in self._candidates(mailbox_id, where, params) if rest is None or _matches(rest, cand)
+        ]
         for key in reversed(keys):  # stable sorts, last key first
             matching.sort(key=_sort_key(key.key), reverse=key.reverse)
         return [cand.row.uid for cand in matching]
@@ -431,7 +459,7 @@ class MailboxOps:
         rows = self._db().execute(
             f"SELECT {_ROW_COLUMNS}, b.sent_date, b.subject, b.from_text, b.to_text, b.cc_text, b.bcc_text, b.parts,"
             " b.sort_subject, b.sort_from, b.sort_to, b.sort_cc"
-            f" FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id = ? AND {where} ORDER BY m.uid",
+            f" FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id = ? AND ({where}) ORDER BY m.uid",
             (mailbox_id, *params),
         )
         loader = self.read_message
@@ -460,80 +488,147 @@ class MailboxOps:
 _HEADER_COLUMNS = {"subject": "b.subject", "from": "b.from_text", "to": "b.to_text", "cc": "b.cc_text",
                    "bcc": "b.bcc_text"}  # fmt: skip
 _MAX_SQL_RANGES = 200
+# SQLite refuses a statement past any of: expressions 1000 deep (SQLITE_MAX_EXPR_DEPTH), a parser stack of
+# 100 entries (YYSTACKDEPTH: 25 to 45 nested parentheses, depending on the operators), 999 parameters
+# (SQLITE_MAX_VARIABLE_NUMBER before 3.32). SQL made from criteria stays well inside these budgets; a part
+# that would not is checked in Python instead.
+_MAX_SQL_NESTING = 10
+_MAX_SQL_DEPTH = 400
+_MAX_SQL_PARAMS = 900
+_SQL_GROUP = 32  # terms joined flat by one AND/OR, before the next level of parentheses
+
+
+@dataclass(frozen=True, slots=True)
+class _Sql:
+    """A boolean SQL expression with its parameters, and how deep it is: `nesting` counts parentheses,
+    `depth` the levels of SQLite's expression tree."""
+
+    text: str
+    params: tuple[Any, ...]
+    nesting: int = 2  # leaves hold at most two levels of function-call parentheses
+    depth: int = 6
+
+    def fits(self) -> bool:
+        return (
+            self.nesting <= _MAX_SQL_NESTING and self.depth <= _MAX_SQL_DEPTH and len(self.params) <= _MAX_SQL_PARAMS
+        )
+
+
+def _sql_join(op: str, parts: Sequence[_Sql]) -> _Sql:
+    """`parts` joined by AND or OR in groups of _SQL_GROUP: SQLite nests a flat `a AND b AND c ...` one level
+    per term, and each group adds one level of parentheses, so n terms cost log32(n) parentheses."""
+    layer = list(parts)
+    while len(layer) > 1:
+        groups = [layer[i : i + _SQL_GROUP] for i in range(0, len(layer), _SQL_GROUP)]
+        layer = [
+            _Sql(
+                f" {op} ".join(f"({p.text})" for p in group),
+                tuple(v for p in group for v in p.params),
+                max(p.nesting for p in group) + 1,
+                max(p.depth for p in group) + len(group),
+            )
+            for group in groups
+        ]
+    return layer[0]
+
+
+def _operands(criterion: c.Or | c.And) -> list[c.Criterion]:
+    """The operands of a chain of ORs (or of ANDs), flattened: `(a OR b) OR c` is `a OR b OR c`."""
+    kind = type(criterion)
+    found: list[c.Criterion] = []
+    pending: list[c.Criterion] = [criterion]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, c.Or) and kind is c.Or:
+            pending += (node.right, node.left)
+        elif isinstance(node, c.And) and kind is c.And:
+            pending += reversed(node.criteria)
+        else:
+            found.append(node)
+    return found
 
 
 def _day_start(date: datetime.date) -> int:
     return int(datetime.datetime(date.year, date.month, date.day, tzinfo=datetime.UTC).timestamp())
 
 
-def _date_sql(column: str, op: c.DateOp, date: datetime.date) -> tuple[str, list[Any]]:
+def _date_sql(column: str, op: c.DateOp, date: datetime.date) -> _Sql:
     start = _day_start(date)
     if op is c.DateOp.BEFORE:
-        return f"{column} < ?", [start]
+        return _Sql(f"{column} < ?", (start,))
     if op is c.DateOp.ON:
-        return f"({column} >= ? AND {column} < ?)", [start, start + 86400]
-    return f"{column} >= ?", [start]
+        return _Sql(f"({column} >= ? AND {column} < ?)", (start, start + 86400), 3)
+    return _Sql(f"{column} >= ?", (start,))
 
 
-def _to_sql(criterion: c.Criterion) -> tuple[str, list[Any]] | None:
-    """SQL for criteria SQLite can decide from the stored columns; None for the rest (bodies, other
-    header fields), which are checked in Python. The decoded header columns are stored case-folded."""
+def _to_sql(criterion: c.Criterion) -> _Sql | None:
+    """SQL for criteria SQLite can decide from the stored columns, within the budgets above; None for the
+    rest (bodies, other header fields, what is too big), which is checked in Python. The decoded header
+    columns are stored case-folded. Recursion is bounded by c.MAX_DEPTH."""
     match criterion:
         case c.All():
-            return "1", []
+            return _Sql("1", ())
         case c.Flag(name=name, present=present):
-            return f"instr(' ' || lower(m.flags) || ' ', ?) {'>' if present else '='} 0", [f" {name.lower()} "]
+            return _Sql(f"instr(' ' || lower(m.flags) || ' ', ?) {'>' if present else '='} 0", (f" {name.lower()} ",))
         case c.Header(field=field, text=text) if field in _HEADER_COLUMNS and text:
-            return f"instr({_HEADER_COLUMNS[field]}, ?) > 0", [text.casefold()]
+            return _Sql(f"instr({_HEADER_COLUMNS[field]}, ?) > 0", (text.casefold(),))
         case c.Size(larger_than=larger, smaller_than=smaller):
-            parts, params = [], []
+            parts: list[str] = []
+            params: list[int] = []
             if larger is not None:
                 parts.append("m.size > ?")
                 params.append(larger)
             if smaller is not None:
                 parts.append("m.size < ?")
                 params.append(smaller)
-            return " AND ".join(parts) or "1", params
+            return _Sql(" AND ".join(parts) or "1", tuple(params))
         case c.InternalDate(op=op, date=date):
             return _date_sql("m.internal_date", op, date)
         case c.SentDate(op=op, date=date):
             return _date_sql("COALESCE(b.sent_date, m.internal_date)", op, date)
         case c.Uids(ranges=ranges) if len(ranges) <= _MAX_SQL_RANGES:
             if not ranges:
-                return "0", []
-            return "(" + " OR ".join("m.uid BETWEEN ? AND ?" for _ in ranges) + ")", [v for r in ranges for v in r]
+                return _Sql("0", ())
+            return _sql_join("OR", [_Sql("m.uid BETWEEN ? AND ?", r) for r in ranges])
         case c.ModSeq(at_least=at_least):
-            return "m.modseq >= ?", [at_least]
+            return _Sql("m.modseq >= ?", (at_least,))
         case c.Not(criterion=inner):
             sql = _to_sql(inner)
-            return None if sql is None else (f"NOT ({sql[0]})", sql[1])
-        case c.Or(left=left, right=right):
-            a, b = _to_sql(left), _to_sql(right)
-            return None if a is None or b is None else (f"(({a[0]}) OR ({b[0]}))", a[1] + b[1])
-        case c.And(criteria=items):
-            parts_sql = [_to_sql(item) for item in items]
-            if any(p is None for p in parts_sql):
+            if sql is None:
                 return None
-            return "(" + " AND ".join(f"({p[0]})" for p in parts_sql if p) + ")" if items else "1", [
-                v for p in parts_sql if p for v in p[1]
-            ]
+            negated = _Sql(f"NOT ({sql.text})", sql.params, sql.nesting + 1, sql.depth + 1)
+            return negated if negated.fits() else None
+        case c.Or() | c.And():
+            operands = []
+            for operand in _operands(criterion):
+                sql = _to_sql(operand)
+                if sql is None:
+                    return None
+                operands.append(sql)
+            if not operands:
+                return _Sql("1", ())
+            joined = _sql_join("OR" if isinstance(criterion, c.Or) else "AND", operands)
+            return joined if joined.fits() else None
     return None
 
 
-def _split_criterion(criterion: c.Criterion) -> tuple[str, list[Any], tuple[c.Criterion, ...]]:
-    """(SQL WHERE, its parameters, the conjuncts left for Python)."""
-    items = criterion.criteria if isinstance(criterion, c.And) else (criterion,)
-    where: list[str] = []
-    params: list[Any] = []
+def _split_criterion(criterion: c.Criterion) -> tuple[str, list[Any], c.Criterion | None]:
+    """(SQL WHERE, its parameters, what is left for Python or None): the top-level conjuncts that fit in
+    SQL go there, up to the parameter budget; the others are checked in Python on what SQL selected."""
+    items = _operands(criterion) if isinstance(criterion, c.And) else [criterion]
+    where: list[_Sql] = []
     rest: list[c.Criterion] = []
+    param_count = 0
     for item in items:
         sql = _to_sql(item)
-        if sql is None:
+        if sql is None or param_count + len(sql.params) > _MAX_SQL_PARAMS:
             rest.append(item)
         else:
-            where.append(f"({sql[0]})")
-            params.extend(sql[1])
-    return " AND ".join(where) or "1", params, tuple(rest)
+            where.append(sql)
+            param_count += len(sql.params)
+    joined = _sql_join("AND", where) if where else _Sql("1", ())
+    left = None if not rest else rest[0] if len(rest) == 1 else c.And(tuple(rest))
+    return joined.text, list(joined.params), left
 
 
 def _apply(current: frozenset[str], op: FlagOp, flags: frozenset[str]) -> frozenset[str]:
@@ -549,7 +644,10 @@ def _apply(current: frozenset[str], op: FlagOp, flags: frozenset[str]) -> frozen
 
 
 def _utc_date(seconds: int) -> datetime.date:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).date()
+    try:
+        return datetime.datetime.fromtimestamp(seconds, datetime.UTC).date()
+    except (OverflowError, OSError, ValueError):  # beyond datetime's years 1 to 9999
+        return datetime.date.min if seconds < 0 else datetime.date.max
 
 
 def _compare_date(value: datetime.date, op: c.DateOp, date: datetime.date) -> bool:
@@ -558,10 +656,6 @@ def _compare_date(value: datetime.date, op: c.DateOp, date: datetime.date) -> bo
     if op is c.DateOp.ON:
         return value == date
     return value >= date
-
-
-def _contains(haystack: str, needle: str) -> bool:
-    return needle.casefold() in haystack.casefold()
 
 
 def _header_block(candidate: _SearchRow) -> bytes:
@@ -573,52 +667,46 @@ def _header_matches(candidate: _SearchRow, field: str, text: str) -> bool:
     if field in ("subject", "from", "to", "cc", "bcc"):
         value = candidate.decoded[field]
         if text:
-            return _contains(value, text)
-        return bool(value) or _header_present(candidate, field)
-    block = parse_header_block(_header_block(candidate))
-    values = [v for k, v in block.fields if not field or k == field]
+            return text.casefold() in value.casefold()
+        return bool(value) or any(k == field for k, _ in candidate.fields)
+    values = [v for k, v in candidate.fields if not field or k == field]
     if not text:
         return bool(values)
-    return any(_contains(decode_words(v), text) for v in values)
-
-
-def _header_present(candidate: _SearchRow, field: str) -> bool:
-    return any(k == field for k, _ in parse_header_block(_header_block(candidate)).fields)
+    needle = text.casefold()
+    return any(needle in v for v in values)
 
 
 def _body_text(candidate: _SearchRow) -> str:
     data = candidate.data
     texts: list[str] = []
-
-    def walk(node: list[Any]) -> None:
-        header_start, body_start, end, encoding, children, embedded = node
+    root = json.loads(candidate.parts)
+    if not (root[4] or root[5] is not None):
+        content_type = parse_content_type(parse_header_block(data[: root[1]]).get("content-type"))
+        charset = (content_type.param(b"charset") or b"us-ascii").decode("latin-1")
+        if content_type.type.lower() in (b"text", b"message"):
+            texts.append(decode_body(data[root[1] : root[2]], root[3], charset))
+        return "\n".join(texts)
+    pending: list[list[Any]] = [root]  # depth-first, in order, without recursion
+    while pending:
+        header_start, body_start, end, encoding, children, embedded = pending.pop()
         if children:
-            for child in children:
-                walk(child)
-            return
+            pending += reversed(children)
+            continue
         if embedded is not None:
             header_end, _ = find_body_start(data, embedded[0], embedded[2])
             texts.append(decode_words(data[embedded[0] : header_end]))
-            walk(embedded)
-            return
+            pending.append(embedded)
+            continue
         header_end, _ = find_body_start(data, header_start, end)
         content_type = parse_content_type(parse_header_block(data[header_start:header_end]).get("content-type"))
         if content_type.type.lower() in (b"text", b"message"):
             charset = (content_type.param(b"charset") or b"us-ascii").decode("latin-1")
             texts.append(decode_body(data[body_start:end], encoding, charset))
-
-    root = json.loads(candidate.parts)
-    if root[4] or root[5] is not None:
-        walk(root)
-    else:
-        content_type = parse_content_type(parse_header_block(data[: root[1]]).get("content-type"))
-        charset = (content_type.param(b"charset") or b"us-ascii").decode("latin-1")
-        if content_type.type.lower() in (b"text", b"message"):
-            texts.append(decode_body(data[root[1] : root[2]], root[3], charset))
     return "\n".join(texts)
 
 
 def _matches(criterion: c.Criterion, candidate: _SearchRow) -> bool:
+    """Whether the candidate meets the criterion; recursion is bounded by c.MAX_DEPTH."""
     row = candidate.row
     match criterion:
         case c.All():
@@ -628,9 +716,10 @@ def _matches(criterion: c.Criterion, candidate: _SearchRow) -> bool:
         case c.Header(field=field, text=text):
             return _header_matches(candidate, field, text)
         case c.Body(text=text):
-            return _contains(_body_text(candidate), text)
+            return text.casefold() in candidate.body_text
         case c.Text(text=text):
-            return _contains(decode_words(_header_block(candidate)), text) or _contains(_body_text(candidate), text)
+            needle = text.casefold()
+            return needle in candidate.header_text or needle in candidate.body_text
         case c.Size(larger_than=larger, smaller_than=smaller):
             return (larger is None or row.size > larger) and (smaller is None or row.size < smaller)
         case c.InternalDate(op=op, date=date):

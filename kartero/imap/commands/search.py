@@ -6,9 +6,9 @@ from __future__ import annotations
 import datetime
 from collections.abc import Generator
 
-from kartero.imap.commands.view import Done, Session, View, chunked, format_set, resolve, sync
+from kartero.imap.commands.view import Done, Session, View, chunked, format_set, sync
 from kartero.imap.response import Status
-from kartero.imap.syntax import SAnd, Search, SearchKey, SeqKey, SKey, SNot, SOr, SortCommand
+from kartero.imap.syntax import STAR, SAnd, Search, SearchKey, SeqKey, SequenceSet, SKey, SNot, SOr, SortCommand
 from kartero.store import criteria as c
 
 Handler = Generator[bytes, None, Done]
@@ -24,11 +24,37 @@ def to_criterion(session: Session, view: View, key: SearchKey) -> c.Criterion:
         case SNot(key=inner):
             return c.Not(to_criterion(session, view, inner))
         case SeqKey(numbers=numbers, is_uid=is_uid):
-            uids = [uid for _, uid in resolve(view, numbers, is_uid=is_uid, saved=session.saved)]
-            return c.Uids.of(uids)
+            return _uid_ranges(session, view, numbers, is_uid=is_uid)
         case SKey(name=name, args=args):
             return _leaf(name, args)
     raise TypeError(f"unknown search key {key!r}")
+
+
+def _uid_ranges(session: Session, view: View, numbers: SequenceSet, *, is_uid: bool) -> c.Uids:
+    """The UIDs a sequence set names, as ranges: work in the number of ranges, not of the messages they
+    cover (a client may send thousands of `1:4294967295`). A message sequence range maps to the UIDs
+    between its ends; a UID range is kept as it is, as the search keeps only messages in the view."""
+    uids = view.uids
+    if numbers.is_saved:
+        return c.Uids.of(uid for uid in session.saved if view.seq_of(uid) is not None)
+    if not uids:
+        return c.Uids(())
+    top = uids[-1] if is_uid else len(uids)
+    spans: list[tuple[int, int]] = []
+    for low, high in numbers.ranges:
+        low, high = sorted((top if low == STAR else low, top if high == STAR else high))
+        if is_uid:
+            spans.append((low, high))
+        elif low <= top:
+            spans.append((uids[low - 1], uids[min(high, top) - 1]))
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for low, high in spans:
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return c.Uids(tuple(merged))
 
 
 _DATE_OPS = {"BEFORE": c.DateOp.BEFORE, "ON": c.DateOp.ON, "SINCE": c.DateOp.SINCE}

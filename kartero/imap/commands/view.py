@@ -95,26 +95,25 @@ def resolve(view: View, numbers: SequenceSet, *, is_uid: bool, saved: tuple[int,
         return []
     if numbers.is_saved:
         return [(seq, uid) for uid in saved if (seq := view.seq_of(uid)) is not None]
-    chosen: set[int] = set()
-    if is_uid:
-        top = uids[-1]
-        for low, high in numbers.ranges:
-            low = top if low == STAR else low
-            high = top if high == STAR else high
-            if low > high:
-                low, high = high, low
-            start = bisect.bisect_left(uids, low)
-            end = bisect.bisect_right(uids, high)
-            chosen.update(range(start, end))
-    else:
-        top = len(uids)
-        for low, high in numbers.ranges:
-            low = top if low == STAR else low
-            high = top if high == STAR else high
-            if low > high:
-                low, high = high, low
-            chosen.update(range(max(low, 1) - 1, min(high, top)))
-    return [(i + 1, uids[i]) for i in sorted(chosen)]
+    # Index spans, sorted and merged before any message is listed: work in the number of ranges plus the
+    # messages named, however many ranges overlap (a client may send thousands of `1:4294967295`).
+    spans: list[tuple[int, int]] = []
+    top = uids[-1] if is_uid else len(uids)
+    for low, high in numbers.ranges:
+        low, high = sorted((top if low == STAR else low, top if high == STAR else high))
+        if is_uid:
+            spans.append((bisect.bisect_left(uids, low), bisect.bisect_right(uids, high)))
+        else:
+            spans.append((max(low, 1) - 1, min(high, top)))
+    spans.sort()
+    chosen: list[tuple[int, int]] = []
+    end = 0
+    for start, stop in spans:
+        start = max(start, end)
+        if start < stop:
+            chosen.extend((i + 1, uids[i]) for i in range(start, stop))
+            end = stop
+    return chosen
 
 
 def out_of_range(view: View, numbers: SequenceSet) -> bool:
