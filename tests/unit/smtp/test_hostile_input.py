@@ -129,3 +129,27 @@ def test_issue_8_address_parsing_stops_at_the_path_limit() -> None:
         assert time.perf_counter() - started < 0.1
     assert not is_valid_domain("a." * 5_000_000 + "test")
     assert str(parse_path("<" + "a" * 64 + "@" + "b" * 63 + "." + "c" * 120 + "> SIZE=1")[0]).endswith("c>")
+
+
+def test_issue_8_verbs_are_ascii() -> None:
+    # str.upper() maps "\u0131" (dotless i) to "I" and "\u017f" (long s) to "S".
+    run_transcript(
+        EHLO
+        + """
+        C: QU\u0131T
+        S: 500 5.5.1 Command unrecognized
+        C: \u017fTARTTLS
+        S: 500 5.5.1 Command unrecognized
+        C: quit
+        S: 221 2.0.0 Bye
+        """
+    )
+    run_transcript(
+        EHLO_TLS
+        + """
+        C: AUTH PLA\u0131N
+        S: 504 5.5.4 Unrecognized authentication type
+        """,
+        settings=SUBMISSION_SETTINGS,
+        is_tls=True,
+    )
