@@ -426,22 +426,36 @@ def check_smtp_replies(output: bytes) -> int:
     return count
 
 
-def run_server_input(c: Chooser, *, split_input: bool = True) -> ServerRun:
-    """Generate one session, pick settings and decisions, play it, check it: the fuzz step of the tests
-    and the bench alike."""
+@dataclass(frozen=True, slots=True)
+class ServerCase:
+    """One generated input for the server core and how it is played."""
+
+    data: bytes
+    chunks: list[bytes]
+    submission: bool
+    is_tls: bool
+    seed: int  # of the decisions
+    defer_tls: bool
+
+
+def server_case(c: Chooser) -> ServerCase:
     submission = chance(c, 50)
     data = smtp_session(c)
-    chunks = split(c, data) if split_input else [data]
-    run = drive_server(
-        chunks,
-        settings=SUBMISSION_SETTINGS if submission else MX_SETTINGS,
-        is_tls=submission and chance(c, 80),
-        seed=c.integer(0, 2**32),
-        defer_tls=chance(c, 50),
-    )
+    chunks = split(c, data)
+    return ServerCase(data, chunks, submission, submission and chance(c, 80), c.integer(0, 2**32), chance(c, 50))
+
+
+def play_server(case: ServerCase) -> ServerRun:
+    """Play a case and check the outcome: the fuzz step of the tests and of the bench."""
+    settings = SUBMISSION_SETTINGS if case.submission else MX_SETTINGS
+    run = drive_server(case.chunks, settings=settings, is_tls=case.is_tls, seed=case.seed, defer_tls=case.defer_tls)
     check_smtp_replies(run.output)
     assert run.max_buffered <= MAX_SERVER_BUFFER, run.max_buffered
     return run
+
+
+def run_server_input(c: Chooser) -> ServerRun:
+    return play_server(server_case(c))
 
 
 # -- the client side -----------------------------------------------------------------------------------
@@ -584,10 +598,28 @@ def drive_client(chunks: list[bytes], messages: list[OutgoingMessage], *, defer_
     return run
 
 
-def run_client_input(c: Chooser, *, split_input: bool = True) -> ClientRun:
+@dataclass(frozen=True, slots=True)
+class ClientCase:
+    """One generated remote server for the client core, and the messages the agent has for it."""
+
+    data: bytes
+    chunks: list[bytes]
+    messages: list[OutgoingMessage]
+    defer_tls: bool
+
+
+def client_case(c: Chooser) -> ClientCase:
     data = server_script(c)
     messages = [outgoing(c) for _ in range(c.integer(0, 3))]
-    run = drive_client(split(c, data) if split_input else [data], messages, defer_tls=chance(c, 50))
+    return ClientCase(data, split(c, data), messages, chance(c, 50))
+
+
+def play_client(case: ClientCase) -> ClientRun:
+    run = drive_client(case.chunks, case.messages, defer_tls=case.defer_tls)
     assert run.max_buffered <= MAX_CLIENT_BUFFER, run.max_buffered
     return run
+
+
+def run_client_input(c: Chooser) -> ClientRun:
+    return play_client(client_case(c))
 
