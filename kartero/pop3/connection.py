@@ -331,7 +331,7 @@ class Pop3Connection:
             self._count_error()
             return None
         verb, _, arg = text.partition(" ")
-        verb = verb.upper()
+        verb = verb.upper() if verb.isascii() else verb  # "\u017fTAT" (long s) is no STAT
         handler = (_AUTHORIZATION if self.state is Pop3State.AUTHORIZATION else _TRANSACTION).get(verb)
         if handler is None:
             known = verb in _AUTHORIZATION or verb in _TRANSACTION
@@ -383,7 +383,7 @@ class Pop3Connection:
         if not mechanism:
             self._out += b"+OK SASL mechanisms follow\r\nPLAIN\r\n.\r\n"
             return None
-        if mechanism.upper() != "PLAIN":
+        if not mechanism.isascii() or mechanism.upper() != "PLAIN":
             self._err("Unsupported mechanism")
             return None
         if not self._may_login():

@@ -121,9 +121,11 @@ def parse_path(text: str, *, allow_null: bool = False, allow_postmaster: bool = 
         return NULL_PATH, text[2:]
     if allow_postmaster and text[:12].lower() == "<postmaster>":
         return Path(Address("postmaster", "")), text[12:]
-    m = _PATH.match(text)
+    # A path is at most 256 octets (RFC 5321 §4.5.3.1.3), so the match never looks further: whatever
+    # follows it costs nothing here (a 10 MB quoted local part took the regex 4.6 s).
+    m = _PATH.match(text, 0, MAX_PATH)
     if m is None:
-        raise AddressError("not a valid <path>")
+        raise AddressError("not a valid <path>, or longer than 256 octets")
     if len(m.group(0).encode()) > MAX_PATH:
         raise AddressError("path longer than 256 octets")
     domain = m.group("domain")
@@ -133,7 +135,10 @@ def parse_path(text: str, *, allow_null: bool = False, allow_postmaster: bool = 
 
 
 def parse_mailbox(text: str) -> Address:
-    """Parse a bare `local@domain` (as typed in the CLI or config); raises AddressError."""
+    """Parse a bare `local@domain` (as typed in the CLI or config, or taken from a header); raises
+    AddressError."""
+    if len(text) + 2 > MAX_PATH:
+        raise AddressError("address longer than 256 octets")
     path, rest = parse_path(f"<{text}>")
     if rest or path.mailbox is None:
         raise AddressError(f"not a valid address: {text!r}")
@@ -142,4 +147,4 @@ def parse_mailbox(text: str) -> Address:
 
 def is_valid_domain(text: str) -> bool:
     """True for a syntactically valid domain name (RFC 5321 Domain, U-labels allowed)."""
-    return bool(_DOMAIN_RE.fullmatch(text)) and len(text.encode()) <= MAX_DOMAIN
+    return len(text) <= MAX_DOMAIN and bool(_DOMAIN_RE.fullmatch(text)) and len(text.encode()) <= MAX_DOMAIN

@@ -60,9 +60,13 @@ _HELO_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_\-.]*[A-Za-z0-9_])?|\[[!-Z^-
 
 
 def split_command(line: str) -> tuple[str, str]:
-    """Split a command line (CRLF removed) into upper-cased verb and argument text."""
+    """Split a command line (CRLF removed) into upper-cased verb and argument text.
+
+    Only an ASCII verb is upper-cased: Python turns "\u017f" (long s) into "S", and "\u017fTARTTLS"
+    must not pass for STARTTLS.
+    """
     verb, _, arg = line.partition(" ")
-    return verb.upper(), arg
+    return verb.upper() if verb.isascii() else verb, arg
 
 
 def parse_helo_name(arg: str) -> str:

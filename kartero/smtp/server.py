@@ -542,7 +542,7 @@ class ServerConnection:
         words = arg.split()
         if not words or len(words) > 2:
             raise SMTPError(replies.BAD_ARGUMENTS)
-        mechanism = words[0].upper()
+        mechanism = words[0].upper() if words[0].isascii() else words[0]
         if mechanism not in self.settings.auth_mechanisms:
             raise SMTPError(replies.AUTH_UNKNOWN_MECHANISM)
         self._auth = _AuthExchange(mechanism)

@@ -163,15 +163,29 @@ def check_pop3_responses(output: bytes) -> int:
     return count
 
 
-def run_pop3_input(c: Chooser, *, split_input: bool = True) -> Pop3Run:
-    """Generate one session, play it, check it: the fuzz step of the tests and the bench alike."""
+@dataclass(frozen=True, slots=True)
+class Pop3Case:
+    """One generated input for the POP3 core and how it is played."""
+
+    data: bytes
+    chunks: list[bytes]
+    is_tls: bool
+    seed: int  # of the decisions
+    defer_tls: bool
+
+
+def pop3_case(c: Chooser) -> Pop3Case:
     data = pop3_session(c)
-    run = drive_pop3(
-        split(c, data) if split_input else [data],
-        is_tls=chance(c, 50),
-        seed=c.integer(0, 2**32),
-        defer_tls=chance(c, 50),
-    )
+    return Pop3Case(data, split(c, data), chance(c, 50), c.integer(0, 2**32), chance(c, 50))
+
+
+def play_pop3(case: Pop3Case) -> Pop3Run:
+    """Play a case and check the outcome: the fuzz step of the tests and of the bench."""
+    run = drive_pop3(case.chunks, is_tls=case.is_tls, seed=case.seed, defer_tls=case.defer_tls)
     check_pop3_responses(run.output)
     assert run.max_buffered <= MAX_PARTIAL_LINE, run.max_buffered
     return run
+
+
+def run_pop3_input(c: Chooser) -> Pop3Run:
+    return play_pop3(pop3_case(c))

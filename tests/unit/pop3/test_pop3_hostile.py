@@ -41,3 +41,10 @@ def test_issue_8_a_line_without_end_is_not_buffered_while_the_adapter_waits() ->
         b"-ERR [AUTH] Authentication failed\r\n-ERR Line too long\r\n-ERR NOOP not allowed now\r\n"
     )
     assert conn.buffered_bytes == 0
+
+
+def test_issue_8_verbs_are_ascii() -> None:
+    peer = Peer()
+    assert peer.send("\u017fTAT\r\n".encode()) == b"-ERR Unknown command\r\n"
+    assert peer.send("AUTH PLA\u0131N\r\n".encode()) == b"-ERR Unsupported mechanism\r\n"
+    assert peer.send(b"quit\r\n") == b"+OK Bye\r\n"

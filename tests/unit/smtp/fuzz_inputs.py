@@ -148,7 +148,13 @@ def local_part(c: Chooser) -> str:
     return word(c, ATEXT + NOISE, 16)
 
 
+VALID_PATHS = ["<alice@example.test>", "<>", "<b@[192.0.2.1]>", '<"a b"@example.test>', "<@a.test:c@d.test>"]
+
+
 def path(c: Chooser) -> str:
+    """A path; valid half of the time, so that the parameters behind it get parsed too."""
+    if chance(c, 50):
+        return choice(c, VALID_PATHS)
     mailbox = f"{local_part(c)}@{domain(c)}"
     match c.integer(0, 9):
         case 0 | 1:
@@ -189,7 +195,8 @@ def mail_param(c: Chooser) -> str:
         case 0 | 1:
             return f"{key}={number(c)}"
         case 2 | 3:
-            values = ["7BIT", "8BITMIME", "BINARYMIME", "FULL", "HDRS", "8B\u0131TMIME", "HDR\u017f", "É", "x" * 900]
+            values = ["7BIT", "8BITMIME", "BINARYMIME", "FULL", "HDRS", "8B\u0131TMIME", "HDR\u017f", "É", "x" * 900,
+                      "\u00e9", "7bit\u00e9", "\ufb00"]  # fmt: skip
             value = choice(c, values)
             return f"{key}={cased(c, value)}"
         case 4 | 5:
@@ -214,9 +221,20 @@ def rcpt_param(c: Chooser) -> str:
     return mail_param(c)
 
 
+VALID_MAIL_PARAMS = ["SIZE=100", "BODY=8BITMIME", "BODY=7BIT", "SMTPUTF8", "RET=HDRS", "ENVID=a+2Bb", "AUTH=<>"]
+VALID_RCPT_PARAMS = ["NOTIFY=SUCCESS,FAILURE", "NOTIFY=NEVER", "ORCPT=rfc822;a+2Bb@example.test"]
+
+
 def params(c: Chooser, *, is_rcpt: bool = False) -> str:
-    make = rcpt_param if is_rcpt else mail_param
-    return "".join(choice(c, [" ", "  ", "\t"]) + make(c) for _ in range(c.integer(0, 4)))
+    """Up to four parameters, mostly valid ones around a fuzzed one (so that parsing reaches it)."""
+    out = ""
+    for _ in range(c.integer(0, 4)):
+        if chance(c, 60):
+            param = choice(c, VALID_RCPT_PARAMS if is_rcpt else VALID_MAIL_PARAMS)
+        else:
+            param = rcpt_param(c) if is_rcpt else mail_param(c)
+        out += (" " if not chance(c, 10) else choice(c, ["  ", "\t"])) + param
+    return out
 
 
 def body(c: Chooser) -> bytes:
@@ -279,7 +297,9 @@ def command(c: Chooser) -> bytes:
             name = choice(c, ["client.example", "[192.0.2.1]", "x", "", "a_b", "bad name", "é.test", "a" * 300])
             line = f"{verb} {name}"
         case 2 | 3:
-            line = f"{cased(c, 'MAIL')} {cased(c, 'FROM:')}{choice(c, ['', ' '])}{path(c)}{params(c)}"
+            # After RSET, so that a MAIL accepted earlier does not stop this one before its parameters.
+            reset = "RSET\r\n" if chance(c, 50) else ""
+            line = f"{reset}{cased(c, 'MAIL')} {cased(c, 'FROM:')}{choice(c, ['', ' '])}{path(c)}{params(c)}"
         case 4 | 5:
             line = f"{cased(c, 'RCPT')} {cased(c, 'TO:')}{choice(c, ['', ' '])}{path(c)}{params(c, is_rcpt=True)}"
         case 6 | 7:
@@ -309,11 +329,25 @@ def command(c: Chooser) -> bytes:
     return data + eol(c)
 
 
+LOGIN = b"AUTH PLAIN " + b64(f"\0alice@example.test\0{PASSWORD}") + b"\r\n"
+
+
 def smtp_session(c: Chooser) -> bytes:
-    """A whole client side: mostly starting with EHLO, then some commands."""
+    """A whole client side: mostly EHLO and a login first (so that MAIL gets parsed on submission too),
+    then some commands."""
     pieces = [b"EHLO client.example\r\n"] if chance(c, 80) else []
+    if chance(c, 50):
+        pieces.append(LOGIN)
     pieces += [command(c) for _ in range(c.integer(0, 8))]
     return b"".join(pieces)
+
+
+def parameter_session(c: Chooser) -> bytes:
+    """EHLO, a login, then MAIL and RCPT with valid paths and a fuzzed parameter each: the ESMTP
+    parameter parsers at a higher rate than whole sessions reach them."""
+    mail = f"MAIL FROM:{choice(c, VALID_PATHS[:3])}{params(c)} {mail_param(c)}"
+    rcpt = f"RCPT TO:<bob@example.test>{params(c, is_rcpt=True)} {rcpt_param(c)}"
+    return b"EHLO client.example\r\n" + LOGIN + f"{mail}\r\n{rcpt}\r\n".encode()
 
 
 def split(c: Chooser, data: bytes) -> list[bytes]:
@@ -426,22 +460,36 @@ def check_smtp_replies(output: bytes) -> int:
     return count
 
 
-def run_server_input(c: Chooser, *, split_input: bool = True) -> ServerRun:
-    """Generate one session, pick settings and decisions, play it, check it: the fuzz step of the tests
-    and the bench alike."""
+@dataclass(frozen=True, slots=True)
+class ServerCase:
+    """One generated input for the server core and how it is played."""
+
+    data: bytes
+    chunks: list[bytes]
+    submission: bool
+    is_tls: bool
+    seed: int  # of the decisions
+    defer_tls: bool
+
+
+def server_case(c: Chooser) -> ServerCase:
     submission = chance(c, 50)
-    data = smtp_session(c)
-    chunks = split(c, data) if split_input else [data]
-    run = drive_server(
-        chunks,
-        settings=SUBMISSION_SETTINGS if submission else MX_SETTINGS,
-        is_tls=submission and chance(c, 80),
-        seed=c.integer(0, 2**32),
-        defer_tls=chance(c, 50),
-    )
+    data = smtp_session(c) if not chance(c, 20) else parameter_session(c)
+    chunks = split(c, data)
+    return ServerCase(data, chunks, submission, submission and chance(c, 80), c.integer(0, 2**32), chance(c, 50))
+
+
+def play_server(case: ServerCase) -> ServerRun:
+    """Play a case and check the outcome: the fuzz step of the tests and of the bench."""
+    settings = SUBMISSION_SETTINGS if case.submission else MX_SETTINGS
+    run = drive_server(case.chunks, settings=settings, is_tls=case.is_tls, seed=case.seed, defer_tls=case.defer_tls)
     check_smtp_replies(run.output)
     assert run.max_buffered <= MAX_SERVER_BUFFER, run.max_buffered
     return run
+
+
+def run_server_input(c: Chooser) -> ServerRun:
+    return play_server(server_case(c))
 
 
 # -- the client side -----------------------------------------------------------------------------------
@@ -584,10 +632,28 @@ def drive_client(chunks: list[bytes], messages: list[OutgoingMessage], *, defer_
     return run
 
 
-def run_client_input(c: Chooser, *, split_input: bool = True) -> ClientRun:
+@dataclass(frozen=True, slots=True)
+class ClientCase:
+    """One generated remote server for the client core, and the messages the agent has for it."""
+
+    data: bytes
+    chunks: list[bytes]
+    messages: list[OutgoingMessage]
+    defer_tls: bool
+
+
+def client_case(c: Chooser) -> ClientCase:
     data = server_script(c)
     messages = [outgoing(c) for _ in range(c.integer(0, 3))]
-    run = drive_client(split(c, data) if split_input else [data], messages, defer_tls=chance(c, 50))
+    return ClientCase(data, split(c, data), messages, chance(c, 50))
+
+
+def play_client(case: ClientCase) -> ClientRun:
+    run = drive_client(case.chunks, case.messages, defer_tls=case.defer_tls)
     assert run.max_buffered <= MAX_CLIENT_BUFFER, run.max_buffered
     return run
+
+
+def run_client_input(c: Chooser) -> ClientRun:
+    return play_client(client_case(c))
 

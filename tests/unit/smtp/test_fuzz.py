@@ -15,6 +15,7 @@ from tests.unit.smtp.fuzz_inputs import (
     SUBMISSION_SETTINGS,
     check_smtp_replies,
     drive_server,
+    parameter_session,
     run_server_input,
     smtp_session,
     split,
@@ -23,7 +24,7 @@ from tests.unit.smtp.fuzz_inputs import (
 # Grammar-aware inputs drawn through hypothesis shrink to a small failing case but cost ~100 draws each;
 # the seeded runs cover more inputs per second (a failure is reproduced from its seed).
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SEEDED = settings(max_examples=600, deadline=None)
+SEEDED = settings(max_examples=400, deadline=None)
 
 
 @FUZZ
@@ -58,3 +59,12 @@ def test_output_does_not_depend_on_how_the_input_is_cut(data: st.DataObject, sub
 @given(st.integers(0, 2**64))
 def test_seeded_sessions_only_produce_replies(seed: int) -> None:
     run_server_input(RandomChooser(random.Random(seed)))
+
+
+@SEEDED
+@given(st.integers(0, 2**64), st.booleans())
+def test_seeded_parameters_only_produce_replies(seed: int, submission: bool) -> None:
+    c = RandomChooser(random.Random(seed))
+    run = drive_server([parameter_session(c)], settings=SUBMISSION_SETTINGS if submission else MX_SETTINGS,
+                       is_tls=True, seed=seed, defer_tls=False)  # fmt: skip
+    check_smtp_replies(run.output)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import base64
 import time
 
+import pytest
+
 from kartero.smtp import replies
+from kartero.smtp.address import AddressError, is_valid_domain, parse_mailbox, parse_path
 from kartero.smtp.events import MailFrom, MessageReceived, RcptTo
 from kartero.smtp.server import ServerConnection, ServerSettings
 from tests.unit.smtp.test_auth_transcripts import EHLO_TLS
@@ -111,3 +114,42 @@ def test_issue_8_pipelined_messages_cost_linear_time() -> None:
     assert time.perf_counter() - started < 5.0  # generous for a loaded machine (41 s before the fix)
     assert stored == 1000
     assert conn.buffered_bytes == 0  # the 10 MB without a line end were dropped as an overlong line
+
+
+def test_issue_8_address_parsing_stops_at_the_path_limit() -> None:
+    # From: addresses after AUTH reach parse_mailbox from a header of any size: a 20 MB quoted local
+    # part took the path regex ~9 s, a 20 MB domain ~1 s; the parser now looks at 256 characters at most,
+    # so no long domain reaches IDNA either.
+    for text in ['"' + "a" * 20_000_000 + '"@example.test', "a@" + "a.a-" * 5_000_000, "a@" + "\u00e4" * 20_000_000]:
+        started = time.perf_counter()
+        with pytest.raises(AddressError):
+            parse_mailbox(text)
+        with pytest.raises(AddressError):
+            parse_path(f"<{text}> SIZE=1")
+        assert time.perf_counter() - started < 0.1
+    assert not is_valid_domain("a." * 5_000_000 + "test")
+    assert str(parse_path("<" + "a" * 64 + "@" + "b" * 63 + "." + "c" * 120 + "> SIZE=1")[0]).endswith("c>")
+
+
+def test_issue_8_verbs_are_ascii() -> None:
+    # str.upper() maps "\u0131" (dotless i) to "I" and "\u017f" (long s) to "S".
+    run_transcript(
+        EHLO
+        + """
+        C: QU\u0131T
+        S: 500 5.5.1 Command unrecognized
+        C: \u017fTARTTLS
+        S: 500 5.5.1 Command unrecognized
+        C: quit
+        S: 221 2.0.0 Bye
+        """
+    )
+    run_transcript(
+        EHLO_TLS
+        + """
+        C: AUTH PLA\u0131N
+        S: 504 5.5.4 Unrecognized authentication type
+        """,
+        settings=SUBMISSION_SETTINGS,
+        is_tls=True,
+    )
