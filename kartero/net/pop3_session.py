@@ -15,6 +15,7 @@ from kartero.pop3.connection import (
     LoginRequested,
     MaildropEntry,
     MessageWanted,
+    OutputReady,
     Pop3Connection,
     Pop3Settings,
     StartTLSRequested,
@@ -104,6 +105,8 @@ class Pop3Session:
                     await self._login(user, password)
                 case MessageWanted(uid=uid):
                     await self._send_message(uid)
+                case OutputReady():
+                    await channel.send(conn.data_to_send())  # waits while the peer reads nothing
                 case UpdateRequested(deleted_uids=uids):
                     conn.update_result(await loop.run_in_executor(None, self._expunge, uids))
                 case StartTLSRequested():

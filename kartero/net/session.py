@@ -45,6 +45,7 @@ from kartero.smtp.events import (
     MessageData,
     MessageReceived,
     MessageRefused,
+    OutputReady,
     RcptTo,
     ScramFinished,
     ScramRequested,
@@ -228,6 +229,10 @@ class SMTPSession(asyncio.Protocol):
         conn = self.conn
         # Writes paused by flow control stop the draining; a lost connection drains to its close event.
         while self._can_write or self._lost or conn.is_closed:
+            if self._lost and not conn.is_closed:
+                # Nobody can read our replies: what the peer pipelined before it went is not worked
+                # through (megabytes of it held the loop for seconds).
+                conn.abandon("connection lost")
             if conn.authenticated_as is not None and not self._is_logged_in:
                 self._logged_in(conn.authenticated_as)
             event = conn.next_event()
@@ -251,6 +256,14 @@ class SMTPSession(asyncio.Protocol):
                     self._answer_rcpt(event, decision)
                 case MessageData(data=data):
                     self._spill(data)
+                case OutputReady():
+                    # Send, and go on in a later loop iteration (others get their turn): unless the
+                    # transport paused writing meanwhile, which waits for resume_writing.
+                    self._flush()
+                    self._regulate_reading()
+                    if self._can_write:
+                        self.loop.call_soon(self._process)
+                    return
                 case MessageReceived():
                     self._store(event)
                     break

@@ -76,7 +76,15 @@ class ConnectionClosed:
     reason: str
 
 
-Event = LoginRequested | MessageWanted | UpdateRequested | StartTLSRequested | ConnectionClosed
+@dataclass(frozen=True, slots=True)
+class OutputReady:
+    """Responses to pipelined commands filled OUTPUT_HIGH_WATER: send them before asking for more
+    events (a client that pipelines CAPA and reads nothing fills its own buffers, not ours)."""
+
+
+Event = LoginRequested | MessageWanted | UpdateRequested | StartTLSRequested | OutputReady | ConnectionClosed
+# Output that may wait in the core before it reports OutputReady.
+OUTPUT_HIGH_WATER = 64 * 1024
 
 
 def dot_stuff(data: bytes) -> bytes:
@@ -159,6 +167,7 @@ class Pop3Connection:
         self.user: str | None = None
         self._in = bytearray()
         self._out = bytearray()
+        self._is_output_reported = False
         self._is_eof = False
         self._maildrop: list[MaildropEntry] = []
         self._deleted: set[int] = set()  # message numbers marked by DELE
@@ -196,6 +205,7 @@ class Pop3Connection:
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
         self._out.clear()
+        self._is_output_reported = False
         return out
 
     def login_result(self, user: str | None, maildrop: list[MaildropEntry] | None = None) -> None:
@@ -299,6 +309,9 @@ class Pop3Connection:
                 return ConnectionClosed(self._close_reason or "closed")
             if self._awaiting not in (None, "sasl"):
                 return None
+            if len(self._out) >= OUTPUT_HIGH_WATER and not self._is_output_reported:
+                self._is_output_reported = True
+                return OutputReady()
             idx = self._in.find(b"\n")
             limit = MAX_SASL_LINE if self._awaiting == "sasl" else MAX_COMMAND
             if idx < 0:

@@ -161,6 +161,12 @@ class StartTLSRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputReady:
+    """Replies to pipelined commands filled OUTPUT_HIGH_WATER: send them before asking for more events,
+    so a client that pipelines cheap commands and reads nothing fills its own buffers, not ours."""
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     """The session is over (QUIT, peer closed, error budget, ...); flush and close the transport."""
 
@@ -169,5 +175,5 @@ class ConnectionClosed:
 
 Event = (
     Hello | MailFrom | RcptTo | MessageData | MessageReceived | MessageRefused | AuthRequested | ScramRequested
-    | ScramFinished | StartTLSRequested | ConnectionClosed
+    | ScramFinished | StartTLSRequested | OutputReady | ConnectionClosed
 )  # fmt: skip

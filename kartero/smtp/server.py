@@ -40,6 +40,7 @@ from kartero.smtp.events import (
     MessageData,
     MessageReceived,
     MessageRefused,
+    OutputReady,
     RcptTo,
     Recipient,
     ScramFinished,
@@ -85,6 +86,8 @@ class _NeedData:
 
 
 _NEED_DATA = _NeedData()
+# Output that may wait in the core before it reports OutputReady (1 MiB of pipelined EHLO made 18 MB).
+OUTPUT_HIGH_WATER = 64 * 1024
 _Pending = MailFrom | RcptTo | MessageReceived | AuthRequested | ScramRequested | ScramFinished
 
 
@@ -112,6 +115,7 @@ class ServerConnection:
         self._max_line = MAX_BUFFERED_AUTH_LINE if settings.auth_mechanisms else MAX_BUFFERED_LINE
         self._in = bytearray()
         self._out = bytearray()
+        self._is_output_reported = False
         self._is_eof = False
         self._pending: _Pending | None = None
         self._errors = 0
@@ -154,6 +158,7 @@ class ServerConnection:
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
         self._out.clear()
+        self._is_output_reported = False
         return out
 
     def next_event(self) -> Event | None:
@@ -166,6 +171,9 @@ class ServerConnection:
                     return None
                 self._is_close_reported = True
                 return ConnectionClosed(self._close_reason or "closed")
+            if len(self._out) >= OUTPUT_HIGH_WATER and not self._is_output_reported:
+                self._is_output_reported = True
+                return OutputReady()
             event = self._step()
             if event is _NEED_DATA:
                 if not self._is_eof:
@@ -241,6 +249,12 @@ class ServerConnection:
             return
         self._send(reply)
         self._close_silently(reason)
+
+    def abandon(self, reason: str) -> None:
+        """The peer is gone (the connection broke): end without processing what it pipelined, since no
+        reply could reach it. (After a clean half-close, `receive_data(b"")`, input is still processed.)"""
+        if self.state is not State.CLOSED:
+            self._close_silently(reason)
 
     @property
     def is_closed(self) -> bool:

@@ -179,3 +179,48 @@ def test_issue_8_imap_compress_inflates_a_bomb_in_bounded_steps(tmp_path: Path) 
         assert growth < MAX_GROWTH_KB, f"RSS grew by {growth} kB inflating {len(bomb)} bytes to 1 GiB"
     finally:
         assert server.stop() == 0, server.log
+
+
+
+def pipeline(sock: socket.socket, command: bytes, seconds: float) -> int:
+    """Send `command` over and over for `seconds`, without reading; returns what the kernel took."""
+    sock.setblocking(False)
+    block = command * (65536 // len(command))
+    sent = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            sent += sock.send(block)
+        except BlockingIOError:
+            select.select([], [sock], [], 0.02)
+    sock.setblocking(True)
+    return sent
+
+
+def test_issue_8_pipelined_commands_from_clients_that_read_nothing_stay_small(tmp_path: Path) -> None:
+    """50 clients pipeline EHLO (8 octets in, 140 out) and never read: each costs the server its socket
+    buffers and about 64 KiB of waiting replies, not the megabytes one drain of its read-ahead made."""
+    server = KarteroServer(tmp_path / "mx", limits="errors_per_session = 1000000")
+    server.add_user("bob@example.test", PASSWORD)
+    server.start()
+    try:
+        assert server.process is not None
+        pid = server.process.pid
+        socks = []
+        for _ in range(50):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing, takes little
+            sock.connect((server.host, server.port))
+            socks.append(sock)
+        try:
+            rss = reset_peak(pid)
+            sent = sum(pipeline(sock, b"EHLO x\r\n", 0.2) for sock in socks)
+            time.sleep(1.0)  # let the server work through what it read
+            growth = peak_growth_kb(pid, rss)
+            assert round_trip_s(server, server.port, b"NOOP\r\n", b"250 ") < 1.0
+        finally:
+            for sock in socks:
+                sock.close()
+        assert growth < MAX_GROWTH_KB, f"RSS grew by {growth} kB while {sent} bytes were pipelined"
+    finally:
+        assert server.stop() == 0, server.log

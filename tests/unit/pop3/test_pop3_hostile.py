@@ -48,3 +48,18 @@ def test_issue_8_verbs_are_ascii() -> None:
     assert peer.send("\u017fTAT\r\n".encode()) == b"-ERR Unknown command\r\n"
     assert peer.send("AUTH PLA\u0131N\r\n".encode()) == b"-ERR Unsupported mechanism\r\n"
     assert peer.send(b"quit\r\n") == b"+OK Bye\r\n"
+
+
+def test_issue_8_pipelined_capa_cannot_pile_up_responses() -> None:
+    from kartero.pop3.connection import OUTPUT_HIGH_WATER, OutputReady
+
+    conn = Pop3Connection(SETTINGS)
+    conn.start()
+    conn.data_to_send()
+    conn.receive_data(b"CAPA\r\n" * 100_000)
+    largest = stops = 0
+    while (event := conn.next_event()) is not None:
+        assert isinstance(event, OutputReady)
+        stops += 1
+        largest = max(largest, len(conn.data_to_send()))
+    assert stops > 100 and largest < OUTPUT_HIGH_WATER + 1024

@@ -153,3 +153,29 @@ def test_issue_8_verbs_are_ascii() -> None:
         settings=SUBMISSION_SETTINGS,
         is_tls=True,
     )
+
+
+def test_issue_8_pipelined_commands_cannot_pile_up_replies() -> None:
+    """1 MiB of pipelined EHLO made 18 MB of replies in one drain; now the core stops at about 64 KiB of
+    output with OutputReady until the adapter takes it."""
+    from kartero.smtp.events import OutputReady
+    from kartero.smtp.server import OUTPUT_HIGH_WATER
+
+    conn = ServerConnection(ServerSettings(hostname="mx.example.test", max_errors=10**9))
+    conn.start()
+    conn.data_to_send()
+    conn.receive_data(b"EHLO x\r\n" * 131_072)
+    largest = total = stops = 0
+    while (event := conn.next_event()) is not None:
+        if isinstance(event, OutputReady):
+            stops += 1
+            out = conn.data_to_send()
+            largest, total = max(largest, len(out)), total + len(out)
+    total += len(conn.data_to_send())
+    one = ServerConnection(ServerSettings(hostname="mx.example.test"))
+    one.start()
+    one.data_to_send()
+    one.receive_data(b"EHLO x\r\n")
+    assert one.next_event() is not None
+    assert stops > 100 and largest < OUTPUT_HIGH_WATER + 1024
+    assert total == 131_072 * len(one.data_to_send())  # every reply, none lost
