@@ -62,7 +62,8 @@ COMMANDS = [
 MAILBOXES = [
     "INBOX", "inbox", "Inbox/Sub", "Sent", "Trash", "&AOQ-", "&Jjo-", "&", "&-", "&ZeVnLIqe", "&AOQ", "a/b/c",
     "/", "//", "a//b", "/x", "x/", "*", "%", "*a*a*a*a*a*a*a*b", "%/%/%", '""', '"a b"', '"\\\\"', "NIL",
-    "Entw&APw-rfe", '"Entwürfe"', "n" * 1000, "n" * 1001, "/".join("d" * 100), "/".join("d" * 101),
+    "Entw&APw-rfe", '"Entwürfe"', '"&ä-"', '"&AOQ-/&2D3cAQ-"', "n" * 1000, "n" * 1001, "/".join("d" * 100),
+    "/".join("d" * 101),
 ]  # fmt: skip
 FETCH_ITEMS = [
     "ALL", "FAST", "FULL", "FLAGS", "UID", "ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822", "RFC822.SIZE",

@@ -95,7 +95,7 @@ COMMANDS = [
     "UID STORE", "UID COPY", "UID MOVE", "UID EXPUNGE", "UID SORT", "LOGIN", "AUTHENTICATE", "COMPRESS",
 ]  # fmt: skip
 WORDS = [
-    "INBOX", "inbox", "Inbox/Sub", "Sent", "&AOQ-", "&Jjo-", "&", "&-", "&ZeVnLIqe", "a/b/c", "/", "//", "*",
+    "INBOX", "inbox", "Inbox/Sub", "Sent", "&AOQ-", "&Jjo-", "&", "&-", "&ZeVnLIqe", '"&ä-"', "a/b/c", "/", "*",
     "%", "*a*a*a*b", "NIL", "ALL", "FAST", "FULL", "FLAGS", "UID", "ENVELOPE", "BODYSTRUCTURE", "RFC822.SIZE",
     "INTERNALDATE", "BODY[]", "BODY.PEEK[HEADER]", "BODY[1.2.MIME]", "BODY[HEADER.FIELDS (FROM TO)]",
     "BINARY[1]<0.10>", "BINARY.SIZE[1]", "BODY[TEXT]<5.99999999999999999999>", "BODY[0]", "body[]", "MODSEQ",

@@ -167,6 +167,14 @@ def test_issue_8_replies_never_echo_control_characters() -> None:
     assert c.send(b"a FOO\x01\x7fBAR\r\n") == b"a BAD Unknown command FOO??BAR\r\n"
 
 
+
+def test_issue_8_non_ascii_inside_a_modified_utf7_run_is_bad() -> None:
+    # Found by bench/fuzz_imap.py (one in a million inputs): base64 raised ValueError, not binascii.Error.
+    c = Client()
+    c.login()
+    assert c.send('a STATUS "&ä-" (MESSAGES)\r\n'.encode()) == b"a BAD bad mailbox name: bad modified UTF-7 run '?'\r\n"
+
+
 def _logged_in_core(append_limit: int) -> ImapConnection:
     conn = ImapConnection(ImapSettings("imap.example.test", append_limit=append_limit), is_loopback=True)
     conn.start()
