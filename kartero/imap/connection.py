@@ -295,10 +295,12 @@ class ImapConnection:
                 self._is_skipping_line = True
             self._scanned = len(self._in)
             return _NEED_DATA
-        line = bytes(self._in[: idx + 1])
+        # More than MAX_LINE octets before the LF: too long, whether or not they arrived with the LF.
+        is_too_long = self._is_skipping_line or idx > MAX_LINE
+        line = b"" if is_too_long else bytes(self._in[: idx + 1])
         del self._in[: idx + 1]
         self._scanned = 0
-        if self._is_skipping_line:
+        if is_too_long:
             self._is_skipping_line = False
             self._pending = _Pending()
             self._out += r.status_line(Status.BAD, "Line too long")
@@ -320,17 +322,18 @@ class ImapConnection:
             return self._dispatch(RawCommand(tuple(pending.lines), tuple(bytes(lit) for lit in pending.literals)))
         pending.lines.append(text)
         tag, name = first_words(pending.lines[0])
+        tag = tag if _TAG.fullmatch(tag) else "*"  # never echo what is not a tag (it may hold a CR)
         limit = self._literal_limit(name)
         # Only APPEND carries a message; any other command stays within MAX_COMMAND, lines and literals.
         total_limit = MAX_COMMAND + (self.settings.append_limit if name == "APPEND" else 0)
         if request.size > limit or pending.size + request.size > total_limit:
-            too_big = r.tagged(tag or "*", Status.NO if name == "APPEND" else Status.BAD,
+            too_big = r.tagged(tag, Status.NO if name == "APPEND" else Status.BAD,
                                f"Literal too large ({limit} octets allowed)",
                                "TOOBIG" if name == "APPEND" else None)  # fmt: skip
             self._refuse_literal(request, too_big, limit)
             return None
         if len(pending.literals) >= MAX_TOKENS:  # each literal is a token: refused now, not after reading all
-            too_many = r.tagged(tag or "*", Status.BAD, f"too many arguments ({MAX_TOKENS} at most)")
+            too_many = r.tagged(tag, Status.BAD, f"too many arguments ({MAX_TOKENS} at most)")
             self._refuse_literal(request, too_many, limit)
             return None
         pending.size += request.size

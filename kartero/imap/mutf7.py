@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 
 
 class MUTF7Error(ValueError):
@@ -57,7 +56,7 @@ def decode(name: str) -> str:
             try:
                 data = base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
                 out.append(data.decode("utf-16-be"))
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # binascii.Error, UnicodeDecodeError, or non-ASCII inside the run
                 raise MUTF7Error(f"bad modified UTF-7 run {chunk!r}") from None
         i = end + 1
     return "".join(out)

@@ -9,6 +9,7 @@ import re
 from enum import StrEnum
 
 _SAFE_TEXT = re.compile(r"[\x20-\x7e]*")
+_UNSAFE_CHAR = re.compile(r"[^\x20-\x7e]")
 
 
 class Status(StrEnum):
@@ -18,7 +19,9 @@ class Status(StrEnum):
 
 
 def _text(text: str) -> str:
-    return text if _SAFE_TEXT.fullmatch(text) else text.encode("ascii", "replace").decode().replace("\r", " ")
+    """Printable ASCII only: a client's bytes echoed in an error (a control character, a bare CR) never
+    reach the wire as such."""
+    return text if _SAFE_TEXT.fullmatch(text) else _UNSAFE_CHAR.sub("?", text)
 
 
 def tagged(tag: str, status: Status, text: str, code: str | None = None) -> bytes:

@@ -158,6 +158,22 @@ def test_issue_8_many_literals_in_one_command_are_linear() -> None:
     assert out == b"a " + too_many + (b"* " + too_many) * 12 + b"* BAD extra space\r\n"
 
 
+def test_issue_8_replies_never_echo_control_characters() -> None:
+    # Found by bench/fuzz_imap.py: a refused literal echoed the first word as a tag whatever it held (a bare
+    # CR included), and error texts passed control characters through.
+    c = Client()
+    assert c.send(b"a\rb LOGIN {99999}\r\n") == b"* BAD Literal too large (4096 octets allowed)\r\n"
+    assert c.send(b"a%b LOGIN x {99999}\r\n") == b"* BAD Literal too large (4096 octets allowed)\r\n"
+    assert c.send(b"a FOO\x01\x7fBAR\r\n") == b"a BAD Unknown command FOO??BAR\r\n"
+
+
+def test_issue_8_non_ascii_inside_a_modified_utf7_run_is_bad() -> None:
+    # Found by bench/fuzz_imap.py (one in a million inputs): base64 raised ValueError, not binascii.Error.
+    c = Client()
+    c.login()
+    assert c.send('a STATUS "&ä-" (MESSAGES)\r\n'.encode()) == b"a BAD bad mailbox name: bad modified UTF-7 run '?'\r\n"
+
+
 def _logged_in_core(append_limit: int) -> ImapConnection:
     conn = ImapConnection(ImapSettings("imap.example.test", append_limit=append_limit), is_loopback=True)
     conn.start()
@@ -194,6 +210,9 @@ def test_a_long_line_fed_byte_by_byte_gives_the_same_answer() -> None:
     byte_by_byte = Client().send(line, bytewise=True)
     assert time.process_time() - started < 5
     assert byte_by_byte == Client().send(line) == b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
+    # One octet more before the LF is too long, whether it arrives whole or in pieces.
+    longer = b'a LOGIN "' + b"u" * (MAX_LINE - 10) + b'" wrong\r\n'
+    assert Client().send(longer) == Client().send(longer, bytewise=True) == b"* BAD Line too long\r\n"
 
 
 TOO_LARGE_64 = "too large (9223372036854775807 at most)"
