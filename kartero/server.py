@@ -308,6 +308,7 @@ class Server:
                             throttle=throttle,
                             admission=admission,
                             deadlines=DeadlineSettings(lim.command_deadline_s, lim.login_deadline_s),
+                            spool_dir=spool_dir(config.data_dir),
                         )
                         session_class = Pop3Session if kind.startswith("pop3") else ImapSession
                         factory = session_class.factory(access)

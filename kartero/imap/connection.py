@@ -4,7 +4,9 @@ The adapter feeds bytes with `receive_data`, drains `next_event()`, and answers 
 - `CommandReady`: run the handler (store access), `send()` its untagged responses, then `finish()`;
 - `LoginRequested`: check the password, then `login_result()`;
 - `StartTLSRequested`, `CompressRequested`: change the transport, then `tls_established()` / nothing;
-- `IdleStarted`: push updates with `send()` until `IdleDone`, then `finish()`.
+- `IdleStarted`: push updates with `send()` until `IdleDone`, then `finish()`;
+- `AppendData`: a piece of a large APPEND message, for the adapter's spool file (nothing to answer);
+- `OutputReady`: responses filled OUTPUT_HIGH_WATER: send them before asking for the next event.
 Framing, literals (with their size limits), tags, syntax, state rules, CAPABILITY, ENABLE, ID,
 NAMESPACE and LOGOUT are handled here. One command runs at a time; pipelined input waits in the buffer.
 """
@@ -12,7 +14,7 @@ NAMESPACE and LOGOUT are handled here. One command runs at a time; pipelined inp
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kartero.auth.sasl import SASLError, decode_base64, parse_plain
 from kartero.imap import response as r
@@ -21,6 +23,7 @@ from kartero.imap.state import ALLOWED, ImapState, ProtocolViolation
 from kartero.imap.syntax import (
     MAX_MAILBOX_LEVELS,
     MAX_MAILBOX_NAME,
+    Append,
     Authenticate,
     Command,
     Compress,
@@ -49,6 +52,12 @@ MAX_LINE = 64 * 1024
 MAX_LITERAL_UNAUTHENTICATED = 4 * 1024
 MAX_LITERAL = 64 * 1024
 MAX_COMMAND = 1024 * 1024
+# An APPEND literal larger than this is not held: it leaves the core in AppendData pieces as it arrives,
+# so a session holds about this much of a message, whatever its size (issue 8, finding 6).
+APPEND_SPOOL_THRESHOLD = 1024 * 1024
+APPEND_PIECE = 64 * 1024
+# Responses that may wait in the core before it reports OutputReady (pipelined CAPABILITY, NOOP, ...).
+OUTPUT_HIGH_WATER = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +107,26 @@ class IdleDone:
 
 
 @dataclass(frozen=True, slots=True)
+class AppendData:
+    """The next piece of a large APPEND message (see APPEND_SPOOL_THRESHOLD)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OutputReady:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     reason: str
 
 
 Event = (
-    CommandReady | LoginRequested | StartTLSRequested | CompressRequested | IdleStarted | IdleDone | ConnectionClosed
-)
+    CommandReady | LoginRequested | StartTLSRequested | CompressRequested | IdleStarted | IdleDone | AppendData
+    | OutputReady | ConnectionClosed
+)  # fmt: skip
 
 
 @dataclass
@@ -114,6 +136,7 @@ class _Pending:
     lines: list[bytes] = field(default_factory=list)
     literals: list[bytearray] = field(default_factory=list)
     size: int = 0
+    spooled: int = 0  # octets of an APPEND literal handed out in AppendData events instead of kept
 
 
 class ImapConnection:
@@ -129,6 +152,7 @@ class ImapConnection:
         self._in = bytearray()
         self._scanned = 0  # octets at the start of _in known to hold no LF: each octet is searched once
         self._out = bytearray()
+        self._is_output_reported = False
         self._is_eof = False
         self._pending = _Pending()
         self._literal_left = 0  # octets of a literal still to read
@@ -160,6 +184,7 @@ class ImapConnection:
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
         self._out.clear()
+        self._is_output_reported = False
         return out
 
     def send(self, data: bytes) -> None:
@@ -260,6 +285,9 @@ class ImapConnection:
                 return None
             if self._running is not None and self._idle_tag is None:
                 return None
+            if len(self._out) >= OUTPUT_HIGH_WATER and not self._is_output_reported:
+                self._is_output_reported = True
+                return OutputReady()
             event = self._step()
             if event is _NEED_DATA:
                 if self._is_eof:
@@ -283,6 +311,12 @@ class ImapConnection:
             n = min(self._literal_left, len(self._in))
             if not n:
                 return _NEED_DATA
+            if self._pending.spooled:
+                n = min(n, APPEND_PIECE)
+                piece = bytes(self._in[:n])
+                del self._in[:n]
+                self._literal_left -= n
+                return AppendData(piece)
             with memoryview(self._in) as view:
                 self._pending.literals[-1] += view[:n]
             del self._in[:n]
@@ -319,7 +353,10 @@ class ImapConnection:
         if request is None:
             pending.lines.append(line)
             self._pending = _Pending()
-            return self._dispatch(RawCommand(tuple(pending.lines), tuple(bytes(lit) for lit in pending.literals)))
+            event = self._dispatch(RawCommand(tuple(pending.lines), tuple(bytes(lit) for lit in pending.literals)))
+            if pending.spooled:
+                return self._spooled_append(event, pending.spooled)
+            return event
         pending.lines.append(text)
         tag, name = first_words(pending.lines[0])
         tag = tag if _TAG.fullmatch(tag) else "*"  # never echo what is not a tag (it may hold a CR)
@@ -336,12 +373,26 @@ class ImapConnection:
             too_many = r.tagged(tag, Status.BAD, f"too many arguments ({MAX_TOKENS} at most)")
             self._refuse_literal(request, too_many, limit)
             return None
+        if pending.spooled:  # a second literal after a spooled message: not an APPEND we take
+            self._refuse_literal(request, r.tagged(tag, Status.BAD, "APPEND takes one message"), limit)
+            return None
         pending.size += request.size
         pending.literals.append(bytearray())
         self._literal_left = request.size
+        if name == "APPEND" and request.size > APPEND_SPOOL_THRESHOLD:
+            pending.spooled = request.size
         if request.is_sync:
             self._out += b"+ Ready for literal data\r\n"
         return None
+
+    def _spooled_append(self, event: Event | None, size: int) -> Event | None:
+        """The command around a message that left in AppendData pieces: an APPEND with its size; for
+        anything else (a parse error) the adapter is told to drop its spool file."""
+        if isinstance(event, CommandReady) and isinstance(event.command, Append):
+            return CommandReady(event.tag, replace(event.command, spooled=size))
+        if isinstance(event, CommandReady):  # cannot happen: only APPEND literals are spooled
+            raise ProtocolViolation(f"spooled literal for {type(event.command).__name__}")
+        return event
 
     def _refuse_literal(self, request: LiteralRequest, reply: bytes, limit: int) -> None:
         """Drop the command being read; a non-synchronising literal already on its way is read and dropped

@@ -200,6 +200,7 @@ class Append:
     flags: frozenset[str]
     date: datetime.datetime | None
     data: bytes
+    spooled: int = 0  # a large message left the core in AppendData pieces: `data` is empty, this its size
 
 
 @dataclass(frozen=True, slots=True)

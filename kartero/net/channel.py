@@ -21,6 +21,7 @@ import ssl
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
 from kartero.auth.accounts import Authenticator
@@ -63,6 +64,7 @@ class AccessContext(Generic[SettingsT]):
     throttle: AuthThrottle | None = None  # shared with SMTP AUTH: failures count per client address
     admission: Admission | None = None  # the server's connection caps; None: unlimited (unit tests)
     deadlines: DeadlineSettings = field(default_factory=DeadlineSettings)
+    spool_dir: Path | None = None  # where large APPEND messages go while they arrive
 
     @property
     def protocol(self) -> str:

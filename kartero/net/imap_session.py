@@ -16,6 +16,7 @@ from typing import Any
 from kartero.imap.commands import run as run_command
 from kartero.imap.commands.view import Done, Session, chunked, sync
 from kartero.imap.connection import (
+    AppendData,
     CommandReady,
     CompressRequested,
     ConnectionClosed,
@@ -24,13 +25,17 @@ from kartero.imap.connection import (
     ImapConnection,
     ImapSettings,
     LoginRequested,
+    OutputReady,
     StartTLSRequested,
 )
 from kartero.imap.response import Status
+from kartero.imap.syntax import Append
 from kartero.log import kv
 from kartero.net.channel import DEADLINE_TEXTS, AccessContext, Channel, refusal_text
 from kartero.net.deadlines import Deadline
 from kartero.store.ids import new_message_id
+from kartero.store.interface import FileSpan
+from kartero.store.spool import SpoolFile
 
 log = logging.getLogger("kartero.imap")
 
@@ -50,6 +55,8 @@ class ImapSession:
         self.conn = ImapConnection(ctx.settings, is_tls=ctx.implicit_tls, is_loopback=channel.is_loopback)
         self.session: Session | None = None
         self._notified = False
+        self._spool: SpoolFile | None = None  # the APPEND message being received, once it is large
+        self._spool_error: str | None = None
         self._stopping = False
         self._started_at = time.monotonic()
         self._ticket = ctx.admit(channel, self.id)
@@ -106,6 +113,7 @@ class ImapSession:
                 conn.close("Internal error", "internal error")
                 await channel.send(conn.data_to_send())
         finally:
+            self._drop_spool()
             self.ctx.sessions.discard(self)
             self.ctx.release(self._ticket)
             channel.close()
@@ -133,6 +141,10 @@ class ImapSession:
                     self._expire(expired)
                 continue
             match event:
+                case AppendData(data=data):
+                    self._spill(data)
+                case OutputReady():
+                    await channel.send(conn.data_to_send())  # waits while the peer reads nothing
                 case CommandReady(tag=tag, command=command):
                     await self._run_command(tag, command)
                 case LoginRequested(tag=tag, user=user, password=password):
@@ -171,10 +183,40 @@ class ImapSession:
             self.conn.send(chunk)
             await self.channel.send(self.conn.data_to_send())
 
+    # -- large APPEND messages (issue 8, finding 6) -----------------------------------------------------
+
+    def _spill(self, data: bytes) -> None:
+        """Write the next piece of a large APPEND message to this session's spool file (page cache; the
+        bytes become durable when the store copies them into a segment, before the tagged OK)."""
+        if self._spool_error is not None:
+            return
+        try:
+            if self._spool is None:
+                if self.ctx.spool_dir is None:
+                    raise OSError("no spool folder")
+                self._spool = SpoolFile(self.ctx.spool_dir)
+            self._spool.write(data)
+        except OSError as exc:
+            self._spool_error = str(exc)
+            log.error("%s", kv(event="imap.spool_failed", session=self.id, detail=str(exc)))
+            if self._spool is not None:
+                self._spool.discard()
+                self._spool = None
+
+    def _drop_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.discard()
+        self._spool, self._spool_error = None, None
+
     async def _run_command(self, tag: str, command: Any) -> None:
         session = self.session
         assert session is not None
         started = time.monotonic()
+        if isinstance(command, Append) and command.spooled and self._spool is not None:
+            self._spool.close()
+            session.spooled_message = FileSpan(self._spool.path, 0, self._spool.size)
+        else:
+            self._drop_spool()  # pieces of an APPEND the core refused after all: not wanted
         try:
             done = await self._drive(run_command(session, tag, command, append_limit=self.ctx.settings.append_limit))
         except Exception:
@@ -182,6 +224,9 @@ class ImapSession:
             # text, and the session goes on.
             log.exception("%s", kv(event="imap.command_failed", session=self.id, command=type(command).__name__))
             done = Done(Status.NO, "Internal error, try again", "SERVERBUG")
+        finally:
+            session.spooled_message = None
+            self._drop_spool()
         self.conn.finish(tag, done.status, done.text, done.code, done.state)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s", kv(event="imap.command", session=self.id, command=type(command).__name__,

@@ -1,8 +1,9 @@
 """Issue 8, finding 6: memory is bounded by a constant, not by the message.
 
 A real `kartero serve`; a raw SMTP client streams a 200 MB message, then raw IMAP and POP3 clients fetch
-it. The server's peak resident memory (VmHWM, reset before each step) must grow by less than 100 MB for
-the receipt, the FETCH and the RETR, and by less than 200 MB for 8 parallel fetches of a 45 MB message.
+it, and one is APPENDed over IMAP. The server's peak resident memory (VmHWM, reset before each step) must
+grow by less than 100 MB for the receipt, the FETCH, the RETR and the APPEND, and by less than 200 MB for 8
+parallel fetches of a 45 MB message.
 """
 
 from __future__ import annotations
@@ -96,6 +97,26 @@ def retr_digest(server: KarteroServer, number: int) -> tuple[int, str]:
             data = keep + more
 
 
+def append_message(server: KarteroServer, lines: int) -> tuple[bytes, int, str]:
+    """APPEND a message of `lines` body lines as one synchronising literal; returns (the tagged reply,
+    the message size, its SHA-256)."""
+    header = b"From: bob@example.test\r\nSubject: appended\r\n\r\n"
+    block = LINE * 1000
+    size = len(header) + len(block) * (lines // 1000)
+    digest = hashlib.sha256(header)
+    with socket.create_connection((server.host, server.imap_port), timeout=120) as sock:
+        recv_until(sock, b"* OK")
+        sock.sendall(f"a LOGIN bob@example.test \"{PASSWORD}\"\r\nb APPEND Archive {{{size}}}\r\n".encode())
+        recv_until(sock, b"+ ")
+        sock.sendall(header)
+        for _ in range(lines // 1000):
+            sock.sendall(block)
+            digest.update(block)
+        sock.sendall(b"\r\n")
+        reply = recv_until(sock, b"b ")
+        return recv_until(sock, b"\r\n", reply), size, digest.hexdigest()
+
+
 def test_issue_8_200_mb_message_in_and_out_with_bounded_memory(tmp_path: Path) -> None:
     server = KarteroServer(tmp_path / "mx", domains=("example.test",), limits='message_size = "300MB"')
     server.add_user("bob@example.test", PASSWORD)
@@ -124,6 +145,16 @@ def test_issue_8_200_mb_message_in_and_out_with_bounded_memory(tmp_path: Path) -
         assert receive_growth_mb < 100, receive_growth_mb
         assert fetch_growth_mb < 100, fetch_growth_mb
         assert retr_growth_mb < 100, retr_growth_mb
+
+        before = reset_peak(pid)
+        reply, size, sent_digest = append_message(server, 2_450_000)
+        append_growth_mb = peak_growth_kb(pid, before) / 1024
+        assert b"b OK [APPENDUID " in reply, reply
+        (appended,) = server.messages("bob@example.test", "Archive")
+        assert len(appended) == size and hashlib.sha256(appended).hexdigest() == sent_digest
+        del appended
+        print(f"200 MB APPEND: +{append_growth_mb:.0f} MB")
+        assert append_growth_mb < 100, append_growth_mb
 
         reply, _, _ = send_message(server, 550_000, "medium")  # ~45 MB
         assert b"250 2.0.0" in reply

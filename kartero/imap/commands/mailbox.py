@@ -36,6 +36,7 @@ from kartero.imap.syntax import (
 from kartero.store.ids import new_message_id
 from kartero.store.interface import (
     INBOX,
+    Content,
     Delivery,
     DeliveryTarget,
     Mailbox,
@@ -373,12 +374,17 @@ def append(session: Session, cmd: Append, append_limit: int) -> Handler:
     mailbox = store.get_mailbox(session.account_id, cmd.mailbox)
     if mailbox is None:
         return Done(Status.NO, "No such mailbox", "TRYCREATE")
-    if len(cmd.data) > append_limit:
+    if max(len(cmd.data), cmd.spooled) > append_limit:
         return Done(Status.NO, "Message too large", "TOOBIG")
+    data: bytes | Content = cmd.data
+    if cmd.spooled:  # a large message: the adapter wrote it to a spool file as it arrived
+        if session.spooled_message is None or session.spooled_message.length != cmd.spooled:
+            return Done(Status.NO, "Could not store the message, try again", "SERVERBUG")
+        data = Content(b"", session.spooled_message)
     date = cmd.date or datetime.datetime.now(datetime.UTC)
     delivery = Delivery(
         blob_id=new_message_id(),
-        data=cmd.data,
+        data=data,
         targets=(DeliveryTarget(session.account_id, mailbox.name, cmd.flags),),
         internal_date=int(date.timestamp()),
         envelope={"appended_by": session.user},

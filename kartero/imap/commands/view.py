@@ -18,7 +18,7 @@ from kartero.imap import mutf7
 from kartero.imap.response import Status
 from kartero.imap.state import ImapState
 from kartero.imap.syntax import STAR, SequenceSet
-from kartero.store.interface import MessageRow, NoSuchMailbox, Store
+from kartero.store.interface import FileSpan, MessageRow, NoSuchMailbox, Store
 
 # Untagged responses are handed to the network in batches of about this many octets.
 CHUNK = 256 * 1024
@@ -64,6 +64,8 @@ class Session:
     selected: View | None = None
     saved: tuple[int, ...] = ()  # the SEARCHRES result `$` (UIDs)
     condstore: bool = False  # CONDSTORE in effect (enabled, or used by a command: RFC 7162 §3.1)
+    # The spool file the adapter wrote a large APPEND message to (Append.spooled), for that command only.
+    spooled_message: FileSpan | None = None
 
     @property
     def utf8(self) -> bool:

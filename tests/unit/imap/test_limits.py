@@ -20,7 +20,16 @@ from kartero.imap import mutf7
 from kartero.imap.commands.mailbox import ListPatterns, list_mailboxes
 from kartero.imap.commands.search import to_criterion
 from kartero.imap.commands.view import Done, Session, View, resolve
-from kartero.imap.connection import MAX_LINE, CommandReady, ImapConnection, ImapSettings, LoginRequested
+from kartero.imap.connection import (
+    APPEND_PIECE,
+    APPEND_SPOOL_THRESHOLD,
+    MAX_LINE,
+    AppendData,
+    CommandReady,
+    ImapConnection,
+    ImapSettings,
+    LoginRequested,
+)
 from kartero.imap.syntax import STAR, Append, ListCommand, SAnd, SeqKey, SequenceSet
 from kartero.store import criteria as c
 from kartero.store.ids import new_message_id
@@ -187,21 +196,31 @@ def _logged_in_core(append_limit: int) -> ImapConnection:
 
 @pytest.mark.timeout(120)
 def test_issue_8_a_large_literal_arriving_in_pieces_is_copied_once() -> None:
-    # The literal was a bytes object grown with `+=`: each piece copied all the octets before it.
-    size = 20_000_000
-    conn = _logged_in_core(append_limit=size)
-    started = time.process_time()
-    conn.receive_data(b"b APPEND INBOX {%d+}\r\n" % size)
-    assert conn.next_event() is None
-    piece = b"x" * 4096
-    for _ in range(size // 4096):
-        conn.receive_data(piece)
+    # The literal was a bytes object grown with `+=`: each piece copied all the octets before it. A
+    # literal up to the spool threshold now grows in place; a larger APPEND message leaves the core in
+    # AppendData pieces as it arrives (finding 6), so the core never holds it whole.
+    for size in (APPEND_SPOOL_THRESHOLD, 20_000_000):
+        conn = _logged_in_core(append_limit=size)
+        started = time.process_time()
+        conn.receive_data(b"b APPEND INBOX {%d+}\r\n" % size)
         assert conn.next_event() is None
-    conn.receive_data(b"x" * (size % 4096) + b"\r\n")
-    event = conn.next_event()
-    assert time.process_time() - started < 5  # was 42 s
-    assert isinstance(event, CommandReady) and isinstance(event.command, Append)
-    assert len(event.command.data) == size and conn.buffered_bytes == 0
+        piece = b"x" * 4096
+        spooled = largest = 0
+        for i in range(size // 4096 + 1):
+            conn.receive_data(piece if i < size // 4096 else b"x" * (size % 4096) + b"\r\n")
+            while (event := conn.next_event()) is not None and isinstance(event, AppendData):
+                spooled += len(event.data)
+                largest = max(largest, len(event.data), conn.buffered_bytes)
+            if event is not None:
+                break
+        assert time.process_time() - started < 5  # was 42 s
+        assert isinstance(event, CommandReady) and isinstance(event.command, Append)
+        if size > APPEND_SPOOL_THRESHOLD:
+            assert event.command.data == b"" and event.command.spooled == spooled == size
+            assert largest <= APPEND_PIECE
+        else:
+            assert len(event.command.data) == size and spooled == 0
+        assert conn.buffered_bytes == 0
 
 
 def test_a_long_line_fed_byte_by_byte_gives_the_same_answer() -> None:
