@@ -1,0 +1,71 @@
+"""Issue 8 on the MIME side: linear subject normalisation (finding 2), charsets that cannot poison the
+index (finding 3), a parser that is bounded and never raises (finding 10), a fallback index, and
+messages read from an mmap without whole copies."""
+
+from __future__ import annotations
+
+import base64
+import encodings
+import time
+
+import pytest
+
+from kartero.mime.headers import decode_body, decode_words, iter_body_text, text_codec
+from kartero.mime.index import index_message
+
+
+def _seconds(call: object, *args: object) -> float:
+    """CPU seconds `call(*args)` takes: the work it does, not how busy the test machine is."""
+    assert callable(call)
+    started = time.process_time()
+    call(*args)
+    return time.process_time() - started
+
+
+# Finding 3: charsets, and bodies decoded in bounded pieces
+
+
+@pytest.mark.parametrize(
+    "charset",
+    ["rot13", "rot_13", "hex", "hex_codec", "zlib", "base64", "uu", "bz2", "quopri", "punycode", "idna",
+     "undefined", "unicode_escape", "raw_unicode_escape", "x-unknown", "\x00", "\u0130", "a" * 300],
+)  # fmt: skip
+def test_issue_8_unusable_charsets_decode_as_latin1(charset: str) -> None:
+    word = b"=?" + charset.encode("utf-8") + b"?q?caf=E9?="
+    assert decode_words(word) == "café"
+    assert decode_words(b"=?" + charset.encode("utf-8") + b"?b?" + base64.b64encode(b"x\xff") + b"?=") == "x\xff"
+    message = (
+        b"Subject: " + word + b"\r\nContent-Type: text/plain; charset=" + charset.encode("utf-8") + b"\r\n\r\nx\r\n"
+    )
+    ix = index_message(message)
+    assert ix.subject == "café" and ix.sort_subject == "CAFÉ"
+    assert decode_body(b"caf\xe9", "8bit", charset) == "café"
+
+
+def test_issue_8_text_charsets_still_decode() -> None:
+    assert text_codec("utf-8") == "utf-8"
+    assert text_codec("UTF 8") == "utf-8"
+    assert text_codec("utf-8*en") == "utf-8"  # RFC 2231 §5 language suffix
+    assert text_codec("ISO_8859-1:1987") == "iso8859-1"
+    assert text_codec("windows-1252") == "cp1252"
+    assert text_codec("ks_c_5601-1987") == "euc_kr"
+    assert decode_words(b"=?iso-2022-jp?b?GyRCRnxLXBsoQg==?=") == "日本"
+    assert decode_words(b"=?utf-16?b?//7lZSxn?=") == "日本"
+
+
+def test_issue_8_invented_charset_names_are_not_looked_up() -> None:
+    # The stdlib's codec search caches every miss forever: invented names must not reach it.
+    before = len(encodings._cache)
+    for n in range(2000):
+        assert decode_words(b"=?x-invented-%d?q?a?=" % n) == "a"
+    assert len(encodings._cache) == before
+
+
+def test_issue_8_body_decoding_is_bounded_per_call() -> None:
+    text = "Grüße aus Köln\r\n".encode() * 400_000  # 7 MB of quoted-printable
+    encoded = text.replace(b"\xc3\xbc", b"=C3=BC").replace(b"\xc3\x9f", b"=C3=9F").replace(b"\xc3\xb6", b"=C3=B6")
+    first = decode_body(encoded, "quoted-printable", "utf-8", max_bytes=1 << 20)
+    assert 0 < len(first) <= 1 << 20 and first.endswith("Grüße aus Köln\r\n")
+    pieces = list(iter_body_text(encoded, "quoted-printable", "utf-8", chunk_bytes=1 << 16))
+    assert max(len(piece) for piece in pieces) <= 1 << 16
+    assert "".join(pieces) == text.decode()
