@@ -4,7 +4,6 @@ and BODYSTRUCTURE, the MIME part offsets, and decoded header fields for SEARCH a
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -56,25 +55,113 @@ def _first_mailbox(header: HeaderBlock, name: str) -> str:
     return ""
 
 
-_SUBJ_TRAILER = re.compile(r"(\s*\(fwd\)\s*|\s+)$", re.IGNORECASE)
-_SUBJ_LEADER = re.compile(
-    r"^(\s*(\[[^\[\]]*\]\s*)*(re|fwd?)\s*(\[[^\[\]]*\])?\s*:\s*|\s*\[[^\[\]]*\]\s+(?=\S))", re.IGNORECASE
-)
-
-
 def base_subject(subject: str) -> str:
-    """RFC 5256 §2.1: the subject without reply/forward markers and list tags, for SORT and THREAD."""
-    text = " ".join(subject.split())
+    """RFC 5256 §2.1: the subject without reply/forward markers and list tags, for SORT and THREAD.
+
+    Linear in the subject: the text is walked with two indices and never re-sliced, and a run of
+    "[tag]" blobs is read once however often the leader step then drops one of them (issue 8: the
+    regex version took 36 s on a 120 KB subject of tags).
+    """
+    text = " ".join(subject.split())  # (1): the only white space left is single spaces
+    start, end = 0, len(text)
     while True:
-        before = text
-        while (m := _SUBJ_TRAILER.search(text)) and m.group(0):
-            text = text[: m.start()]
-        while (m := _SUBJ_LEADER.match(text)) and m.group(0):
-            text = text[m.end() :]
-        if text.lower().startswith("[fwd:") and text.endswith("]"):
-            text = text[5:-1].strip()
-        if text == before:
-            return text.upper()
+        before = (start, end)
+        start, end = _without_trailers(text, start, end)
+        start = _without_leaders(text, start, end)
+        # (6): "[fwd: ...]" around the whole subject
+        if text[start : min(start + 5, end)].lower() == "[fwd:" and text.endswith("]", start, end):
+            start, end = start + 5, end - 1
+            while start < end and text[start] == " ":
+                start += 1
+            while end > start and text[end - 1] == " ":
+                end -= 1
+        if (start, end) == before:
+            return text[start:end].upper()
+
+
+def _without_trailers(text: str, start: int, end: int) -> tuple[int, int]:
+    """(2): drop trailing white space and "(fwd)" markers."""
+    while start < end:
+        if text[end - 1] == " ":
+            end -= 1
+        elif end - start >= 5 and text[end - 5 : end].lower() == "(fwd)":
+            end -= 5
+        else:
+            break
+    return start, end
+
+
+def _without_leaders(text: str, start: int, end: int) -> int:
+    """(3)-(5): drop leading "re:"/"fw:"/"fwd:" markers (each may follow "[blob]"s and hold one before
+    its colon), and "[blob]"s that are followed by more text; the new start of the subject."""
+    startswith = text.startswith
+    while True:
+        position = start + 1 if startswith(" ", start, end) else start
+        droppable = -1
+        if startswith("[", position, end):
+            position, droppable = _after_blobs(text, position, end)
+        marker_end = _refwd_end(text, position, end)
+        if marker_end < 0:
+            # No marker after this run of blobs, so none after any shorter tail of it either (5): drop
+            # the blobs that are followed by a space and more text (4), then stop.
+            return max(start, droppable)
+        start = marker_end
+
+
+def _after_blobs(text: str, position: int, end: int) -> tuple[int, int]:
+    """(end of the run of *("[" *BLOBCHAR "]" [" "]) at `position`, end of its leading blobs that are
+    each followed by a space and more text, or -1). _blob_end inlined: this is the hot loop."""
+    find, startswith = text.find, text.startswith
+    droppable, dropping = -1, True
+    while startswith("[", position, end):
+        next_open = find("[", position + 1, end)
+        close = find("]", position + 1, end if next_open < 0 else next_open)
+        if close < 0:
+            break
+        if startswith(" ", close + 1, end):
+            position = close + 2
+            if dropping and position < end:
+                droppable = position
+                continue
+        else:
+            position = close + 1
+        dropping = False
+    return position, droppable
+
+
+def _blob_end(text: str, position: int, end: int) -> int:
+    """The end of "[" *BLOBCHAR "]" at `position`, or -1.
+
+    Both searches stop at the next "[": a search from another "[" covers other text, so all blob
+    lookups together read the subject a bounded number of times.
+    """
+    if not text.startswith("[", position, end):
+        return -1
+    next_open = text.find("[", position + 1, end)
+    close = text.find("]", position + 1, end if next_open < 0 else next_open)
+    return close + 1 if close >= 0 else -1
+
+
+def _refwd_end(text: str, position: int, end: int) -> int:
+    """The end of ("re" / "fw" ["d"]) [" "] [blob] [" "] ":" [" "] at `position`, or -1."""
+    word = text[position : min(position + 3, end)].lower()
+    if word[:2] == "re":
+        position += 2
+    elif word[:2] == "fw":
+        position += 3 if word == "fwd" else 2
+    else:
+        return -1
+    startswith = text.startswith
+    if startswith(" ", position, end):
+        position += 1
+    if startswith("[", position, end):
+        blob_end = _blob_end(text, position, end)
+        if blob_end < 0:
+            return -1  # a "[" that opens no blob cannot be followed by the colon
+        position = blob_end + 1 if startswith(" ", blob_end, end) else blob_end
+    if not startswith(":", position, end):
+        return -1
+    return position + 2 if startswith(" ", position + 1, end) else position + 1
 
 
 def _sent_date(value: bytes | None) -> int | None:

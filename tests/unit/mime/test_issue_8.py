@@ -11,7 +11,7 @@ import time
 import pytest
 
 from kartero.mime.headers import decode_body, decode_words, iter_body_text, text_codec
-from kartero.mime.index import index_message
+from kartero.mime.index import base_subject, index_message
 
 
 def _seconds(call: object, *args: object) -> float:
@@ -69,3 +69,76 @@ def test_issue_8_body_decoding_is_bounded_per_call() -> None:
     pieces = list(iter_body_text(encoded, "quoted-printable", "utf-8", chunk_bytes=1 << 16))
     assert max(len(piece) for piece in pieces) <= 1 << 16
     assert "".join(pieces) == text.decode()
+
+
+# Finding 2: base_subject
+
+
+@pytest.mark.parametrize(
+    ("subject", "base"),
+    [
+        # RFC 5256 §2.1 steps, one at a time
+        ("Hello", "HELLO"),
+        ("  Hello \t  world  ", "HELLO WORLD"),  # (1) white space collapsed
+        ("Hello (fwd)", "HELLO"),  # (2) trailer
+        ("Hello (FWD) (fwd)  ", "HELLO"),
+        ("Hello(fwd)", "HELLO"),
+        ("Re: Hello", "HELLO"),  # (3) subj-leader: subj-refwd
+        ("re:Hello", "HELLO"),
+        ("RE : Hello", "HELLO"),
+        ("Fw: Hello", "HELLO"),
+        ("FWD: Hello", "HELLO"),
+        ("Re[2]: Hello", "HELLO"),  # subj-refwd with a blob before the colon
+        ("Re [2] : Hello", "HELLO"),
+        ("[list] Re: Hello", "HELLO"),  # *subj-blob subj-refwd
+        ("[a] [b] Re: Hello", "HELLO"),
+        ("[list] Hello", "HELLO"),  # (4) a blob followed by more text
+        ("[a] [b] Hello", "HELLO"),
+        ("[list]", "[LIST]"),  # (4) removing it would leave nothing
+        ("[a][b] Hello", "[A][B] HELLO"),  # a blob followed by a blob, not white space, stays
+        ("Re: Re: Fwd: Re: Hello", "HELLO"),  # (5) repeated
+        ("[fwd: Hello]", "HELLO"),  # (6) subj-fwd
+        ("[Fwd: Re: [list] Hello (fwd)]", "HELLO"),
+        ("Re: [fwd: Re: Hello]", "HELLO"),
+        ("Re: Fwd: [list] Hello (fwd)", "HELLO"),
+        # not markers
+        ("Regarding: Hello", "REGARDING: HELLO"),
+        ("Reply Hello", "REPLY HELLO"),
+        ("fwdd: Hello", "FWDD: HELLO"),
+        ("Re Hello", "RE HELLO"),
+        ("[a[b] Hello", "[A[B] HELLO"),
+        ("Hello (fwd) world", "HELLO (FWD) WORLD"),
+        ("", ""),
+        ("   ", ""),
+        ("(fwd)", ""),
+        ("Re:", ""),
+        ("[fwd:]", ""),
+        ("Café (fwd)", "CAFÉ"),
+    ],
+)
+def test_base_subject_rfc5256_cases(subject: str, base: str) -> None:
+    assert base_subject(subject) == base
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "[x] " * 300_000 + "y",  # the issue's shape: each tag made the regex rescan all the others
+        "[x]" * 400_000 + " y",
+        "re: " * 300_000 + "y",
+        "Re: [x] " * 150_000 + "y",
+        "y" + " (fwd)" * 200_000,
+        "[x] " * 100_000 + "re: " * 100_000 + "y" + " (fwd)" * 66_000,
+        "[" * 1_200_000,
+    ],
+    ids=["tags", "tags-no-space", "re", "re-blob", "fwd-trailers", "mixed", "open-brackets"],
+)
+def test_issue_8_base_subject_is_linear(subject: str) -> None:
+    # ~1.2 MB, ten times the issue's 120 KB subject (36 s then; the old code needs hours for this)
+    assert _seconds(base_subject, subject) < 1.0
+
+
+def test_issue_8_hostile_subject_indexes_fast() -> None:
+    message = b"Subject: " + b"[list] " * 36_000 + b"\r\n\r\nbody\r\n"  # 252 KB
+    assert _seconds(index_message, message) < 1.0
+    assert index_message(message).sort_subject == "[LIST]"
