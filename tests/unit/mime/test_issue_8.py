@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from kartero.mime import addresses
+from kartero.mime.addresses import EnvelopeAddress, parse_address_list
 from kartero.mime.headers import decode_body, decode_words, iter_body_text, text_codec
 from kartero.mime.index import base_subject, index_message
 
@@ -142,3 +144,26 @@ def test_issue_8_hostile_subject_indexes_fast() -> None:
     message = b"Subject: " + b"[list] " * 36_000 + b"\r\n\r\nbody\r\n"  # 252 KB
     assert _seconds(index_message, message) < 1.0
     assert index_message(message).sort_subject == "[LIST]"
+
+
+# Finding 10 (parser side): bounded and linear
+
+
+def test_issue_8_nested_comments_are_bounded() -> None:
+    deep = b"(" * 1_000_000 + b"x" + b")" * 1_000_000
+    assert _seconds(parse_address_list, deep + b" a@b") < 1.0
+    assert parse_address_list(deep + b" a@b") == ()  # deeper than 100: the rest is comment
+    nested = b"(" * 99 + b"c" + b")" * 99  # within the bound: stripped as before
+    assert parse_address_list(b"Ann " + nested + b" <ann@example.org>") == (
+        EnvelopeAddress(b"Ann", None, b"ann", b"example.org"),
+    )
+
+
+def test_issue_8_long_address_lists_are_read_lazily_and_not_cached() -> None:
+    # The cache kept every value it saw: 4096 hostile 1 MB To fields would have stayed in memory.
+    value = b"a@b, " * 200_000
+    cached = addresses._parse_cached.cache_info().currsize
+    assert parse_address_list(value, 2) == (EnvelopeAddress(None, None, b"a", b"b"),) * 2
+    assert _seconds(parse_address_list, value, 1000) < 0.1
+    assert len(parse_address_list(value)) == 200_000
+    assert addresses._parse_cached.cache_info().currsize == cached
