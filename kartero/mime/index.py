@@ -9,8 +9,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from kartero.mime.addresses import parse_address_list
-from kartero.mime.headers import HeaderBlock, decode_words
-from kartero.mime.imapform import body_forms, envelope
+from kartero.mime.headers import HeaderBlock, MessageData, decode_words
+from kartero.mime.imapform import MAX_LIST_ADDRESSES, body_forms, envelope
 from kartero.mime.structure import Part, parse_message
 
 
@@ -49,7 +49,7 @@ def _first_mailbox(header: HeaderBlock, name: str) -> str:
     value = header.get(name)
     if value is None:
         return ""
-    for address in parse_address_list(value):
+    for address in parse_address_list(value, MAX_LIST_ADDRESSES):
         if address.host is not None and address.mailbox is not None:
             return address.mailbox.decode("utf-8", "replace").lower()
     return ""
@@ -173,8 +173,8 @@ def _sent_date(value: bytes | None) -> int | None:
         return None
 
 
-def index_message(data: bytes) -> MessageIndex:
-    """Parse `data` once; never raises on malformed mail."""
+def index_message(data: MessageData) -> MessageIndex:
+    """Parse `data` (bytes, or an mmap of a spool file) once; never raises on malformed mail."""
     root = parse_message(data)
     header = root.header
 

@@ -6,14 +6,25 @@ from __future__ import annotations
 
 import base64
 import encodings
+import mmap
 import time
+from pathlib import Path
 
 import pytest
 
 from kartero.mime import addresses
 from kartero.mime.addresses import EnvelopeAddress, parse_address_list
-from kartero.mime.headers import decode_body, decode_words, iter_body_text, text_codec
+from kartero.mime.headers import (
+    SCAN_CHUNK_BYTES,
+    decode_body,
+    decode_words,
+    iter_body_text,
+    text_codec,
+)
+from kartero.mime.imapform import MAX_LIST_ADDRESSES, body_forms
 from kartero.mime.index import base_subject, index_message
+from kartero.mime.structure import MAX_DEPTH, MAX_PARTS, Part, parse_content_type, parse_message
+from tests.unit.mime import corpus
 
 
 def _seconds(call: object, *args: object) -> float:
@@ -22,6 +33,17 @@ def _seconds(call: object, *args: object) -> float:
     started = time.process_time()
     call(*args)
     return time.process_time() - started
+
+
+def _depth(part: Part) -> int:
+    depth, stack = 0, [(part, 0)]
+    while stack:
+        node, level = stack.pop()
+        depth = max(depth, level)
+        stack.extend((child, level + 1) for child in node.children)
+        if node.message is not None:
+            stack.append((node.message, level + 1))
+    return depth
 
 
 # Finding 3: charsets, and bodies decoded in bounded pieces
@@ -167,3 +189,120 @@ def test_issue_8_long_address_lists_are_read_lazily_and_not_cached() -> None:
     assert _seconds(parse_address_list, value, 1000) < 0.1
     assert len(parse_address_list(value)) == 200_000
     assert addresses._parse_cached.cache_info().currsize == cached
+
+
+def test_issue_8_nested_comments_in_content_type_are_bounded() -> None:
+    deep = b"(" * 1_000_000 + b"x" + b")" * 1_000_000
+    nested = b"(" * 99 + b"c" + b")" * 99
+    assert parse_content_type(b"text/plain " + nested + b"; charset=utf-8").params == ((b"charset", b"utf-8"),)
+    assert _seconds(parse_content_type, b"text/plain; " + deep) < 1.0
+    assert parse_content_type(b"text/plain; a=b" + deep + b"; c=d").params == ((b"a", b"b"),)
+
+
+def test_issue_8_mime_nesting_and_part_count_are_bounded() -> None:
+    nested = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i) for i in range(150))
+    root = parse_message(nested + b"\r\nbody\r\n")
+    assert _depth(root) == MAX_DEPTH
+    rfc822 = b"Content-Type: message/rfc822\r\n\r\n" * 150 + b"\r\nbody\r\n"
+    assert _depth(parse_message(rfc822)) == MAX_DEPTH
+    many = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + b"--b\r\n\r\nx\r\n" * 30_000 + b"--b--\r\n"
+    root = parse_message(many)
+    assert len(root.children) == MAX_PARTS - 1  # the root is a part too
+
+
+_HOSTILE_MIME = {
+    # every level searches the whole rest for its delimiter: 40 levels read 1.2 GB before, the scan budget
+    # now stops the descent
+    "nested-multiparts": lambda: (
+        b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i) for i in range(150))
+        + (b"A" * 76 + b"\r\n") * 400_000
+    ),
+    # lines that start like a delimiter but are not one, each a Python step
+    "near-delimiters": lambda: b"Content-Type: multipart/mixed; boundary=B\r\n\r\n" + b"--BX\r\n" * 1_700_000,
+    "delimiters": lambda: b"Content-Type: multipart/mixed; boundary=B\r\n\r\n" + b"--B\r\n" * 2_000_000,
+    # no blank line: 10 MB of header
+    "no-blank-line": lambda: b"Subject: x\r\n" + b"X-A: b\r\n" * 1_250_000,
+    # header blocks with many lines and parameters in many parts
+    "big-headers": lambda: (
+        b"Content-Type: multipart/mixed; boundary=B\r\n\r\n"
+        + (b"--B\r\nContent-Type: text/plain" + b"; a=b" * 20_000 + b"\r\n" + b"X:\r\n" * 20_000 + b"\r\nx\r\n") * 40
+    ),
+    "addresses": lambda: b"To: " + b"a@b," * 60_000 + b"\r\nCc: " + b"g:;" * 60_000 + b"\r\n\r\nbody\r\n",
+}
+
+
+@pytest.mark.parametrize("name", _HOSTILE_MIME)
+def test_issue_8_hostile_mime_indexes_fast(name: str) -> None:
+    message = _HOSTILE_MIME[name]()
+    assert _seconds(index_message, message) < 1.5  # 10-30 MB; the old code took 2-20 s on each
+
+
+def test_issue_8_envelope_address_lists_are_bounded() -> None:
+    ix = index_message(b"To: " + b"a@b," * 60_000 + b"\r\n\r\nbody\r\n")
+    assert ix.envelope.count(b'(NIL NIL "a" "b")') == MAX_LIST_ADDRESSES
+    assert ix.sort_to == "a" and ix.to.count("a@b") == 60_000  # SEARCH still sees every address
+
+
+def test_message_line_counts_are_summed_not_rescanned() -> None:
+    inner = corpus.FORWARDED
+    message = b"Content-Type: message/rfc822\r\n\r\n" * 3 + inner
+    structure = index_message(message).bodystructure
+    # each message/rfc822 level counts every line below it, as data.count(b"\n") would
+    for level in range(3):
+        start = len(b"Content-Type: message/rfc822\r\n\r\n") * (level + 1)
+        assert b" %d NIL NIL NIL NIL)" % message.count(b"\n", start) in structure
+
+
+# Finding 6 groundwork: an mmap of a spool file, never copied whole
+
+
+class _BoundedView:
+    """A message that only supports what MessageData promises, and refuses slices over 1 MiB."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.largest_slice = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getitem__(self, key: slice) -> bytes:
+        assert isinstance(key, slice)
+        piece = self._data[key]
+        self.largest_slice = max(self.largest_slice, len(piece))
+        assert len(piece) <= SCAN_CHUNK_BYTES, "a slice of the whole message"
+        return piece
+
+    def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
+        return self._data.find(sub, start, len(self._data) if end is None else end)
+
+    def rfind(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
+        return self._data.rfind(sub, start, len(self._data) if end is None else end)
+
+
+def _big_message() -> bytes:
+    attachment = base64.encodebytes(bytes(range(256)) * 12_000).replace(b"\n", b"\r\n")  # 4 MB
+    text = b"line of text\r\n" * 300_000  # 4 MB
+    return (
+        b"From: a@example.org\r\nSubject: big\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+        b"--b\r\nContent-Type: text/plain\r\n\r\n" + text + b"\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n"
+        + corpus.MIXED + b"\r\n--b\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + attachment + b"--b--\r\n"
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("message", [*corpus.ALL, _big_message()], ids=[*map(str, range(len(corpus.ALL))), "big"])
+def test_issue_8_index_of_an_mmap_equals_index_of_bytes(tmp_path: Path, message: bytes) -> None:
+    path = tmp_path / "spool"
+    path.write_bytes(message)
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        assert index_message(mapped) == index_message(message)
+
+
+def test_issue_8_index_takes_only_bounded_slices() -> None:
+    message = _big_message()
+    view = _BoundedView(message)
+    assert index_message(view) == index_message(message)
+    assert view.largest_slice <= SCAN_CHUNK_BYTES
+    root = parse_message(view)
+    assert body_forms(root, view) == body_forms(root, message)
