@@ -1,17 +1,32 @@
 """What the store keeps about each message so IMAP never re-parses it: the IMAP forms of ENVELOPE, BODY
-and BODYSTRUCTURE, the MIME part offsets, and decoded header fields for SEARCH and SORT."""
+and BODYSTRUCTURE, the MIME part offsets, and decoded header fields for SEARCH and SORT.
+
+Every message gets an index: the structured parse keeps what it can of broken mail, and should it ever
+fail (a bug), a fallback index built from the header block as bytes stands in, so a message is stored,
+never refused (issue 8). Nothing here logs; a caller that wants to log calls the two parts itself.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from kartero.mime.addresses import parse_address_list
-from kartero.mime.headers import HeaderBlock, MessageData, decode_words
-from kartero.mime.imapform import MAX_LIST_ADDRESSES, body_forms, envelope
-from kartero.mime.structure import Part, parse_message
+from kartero.mime.headers import (
+    EMPTY_HEADER,
+    HeaderBlock,
+    MessageData,
+    decode_words,
+    find_body_start,
+    parse_header_block,
+)
+from kartero.mime.imapform import MAX_LIST_ADDRESSES, NIL, body_forms, envelope, nstring
+from kartero.mime.structure import MAX_HEADER_BYTES, MAX_HEADER_LINES, TEXT_PLAIN, Part, parse_message
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +189,17 @@ def _sent_date(value: bytes | None) -> int | None:
 
 
 def index_message(data: MessageData) -> MessageIndex:
-    """Parse `data` (bytes, or an mmap of a spool file) once; never raises on malformed mail."""
+    """The index of any message, `bytes` or an mmap of a spool file: structured_index(), or
+    fallback_index() if that fails. Never raises, logs nothing."""
+    try:
+        return structured_index(data)
+    except Exception:  # a parser bug must not refuse the message: the fallback needs little of the parser
+        return fallback_index(data)
+
+
+def structured_index(data: MessageData) -> MessageIndex:
+    """Parse `data` once into its full index. Malformed mail gives a best-effort structure; an exception
+    means a bug (callers that log it then use fallback_index)."""
     root = parse_message(data)
     header = root.header
 
@@ -200,3 +225,62 @@ def index_message(data: MessageData) -> MessageIndex:
         sort_to=_first_mailbox(header, "to"),
         sort_cc=_first_mailbox(header, "cc"),
     )
+
+
+def fallback_index(data: MessageData) -> MessageIndex:
+    """A minimal index for a message the structured parse failed on; never raises.
+
+    One text/plain part spans what follows the first blank line within the first MAX_HEADER_BYTES (or
+    follows those bytes when they hold none); header fields are read from that block best-effort, each
+    on its own: what cannot be read is NIL in the ENVELOPE and empty in the search fields.
+    """
+    size = len(data)
+    window = data[: min(size, MAX_HEADER_BYTES)]
+    header_end, body_start = find_body_start(window)
+    header = _safely(lambda: parse_header_block(window[:header_end], MAX_HEADER_LINES), EMPTY_HEADER)
+
+    def decoded(name: str) -> str:
+        return " ".join(_decoded_or_raw(value) for value in header.get_all(name))
+
+    plain = b'"text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" %d 0' % (size - body_start)
+    leaf = Part(0, body_start, size, EMPTY_HEADER, TEXT_PLAIN)
+    body, bodystructure = _safely(
+        lambda: body_forms(leaf, data), (b"(" + plain + b")", b"(" + plain + b" NIL NIL NIL NIL)")
+    )
+    subject = decoded("subject")
+    return MessageIndex(
+        envelope=_safely(lambda: envelope(header), _plain_envelope(header)),
+        body=body,
+        bodystructure=bodystructure,
+        parts=json.dumps([0, body_start, size, "7bit", [], None], separators=(",", ":")),
+        subject=subject.casefold(),
+        from_=decoded("from").casefold(),
+        to=decoded("to").casefold(),
+        cc=decoded("cc").casefold(),
+        bcc=decoded("bcc").casefold(),
+        message_id=(header.get("message-id") or b"").decode("latin-1").strip(),
+        sent_date=_safely(lambda: _sent_date(header.get("date")), None),
+        sort_subject=_safely(lambda: base_subject(subject), ""),
+        sort_from=_safely(lambda: _first_mailbox(header, "from"), ""),
+        sort_to=_safely(lambda: _first_mailbox(header, "to"), ""),
+        sort_cc=_safely(lambda: _first_mailbox(header, "cc"), ""),
+    )
+
+
+def _decoded_or_raw(value: bytes) -> str:
+    return _safely(lambda: decode_words(value), value.decode("latin-1"))
+
+
+def _plain_envelope(header: HeaderBlock) -> bytes:
+    """An ENVELOPE with the unstructured fields as written and NIL for every address list."""
+    fields = [nstring(header.get("date")), nstring(header.get("subject")), *[NIL] * 6]
+    fields += [nstring(header.get("in-reply-to")), nstring(header.get("message-id"))]
+    return b"(" + b" ".join(fields) + b")"
+
+
+def _safely(compute: Callable[[], T], default: T) -> T:
+    """compute(), or `default` if it raises: the fallback index must come out whatever failed before."""
+    try:
+        return compute()
+    except Exception:
+        return default

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import encodings
+import json
 import mmap
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kartero.mime import addresses
+from kartero.mime import index as index_module
 from kartero.mime.addresses import EnvelopeAddress, parse_address_list
 from kartero.mime.headers import (
     SCAN_CHUNK_BYTES,
@@ -22,7 +24,7 @@ from kartero.mime.headers import (
     text_codec,
 )
 from kartero.mime.imapform import MAX_LIST_ADDRESSES, body_forms
-from kartero.mime.index import base_subject, index_message
+from kartero.mime.index import MessageIndex, base_subject, fallback_index, index_message, structured_index
 from kartero.mime.structure import MAX_DEPTH, MAX_PARTS, Part, parse_content_type, parse_message
 from tests.unit.mime import corpus
 
@@ -61,7 +63,7 @@ def test_issue_8_unusable_charsets_decode_as_latin1(charset: str) -> None:
     message = (
         b"Subject: " + word + b"\r\nContent-Type: text/plain; charset=" + charset.encode("utf-8") + b"\r\n\r\nx\r\n"
     )
-    ix = index_message(message)
+    ix = structured_index(message)
     assert ix.subject == "café" and ix.sort_subject == "CAFÉ"
     assert decode_body(b"caf\xe9", "8bit", charset) == "café"
 
@@ -234,11 +236,11 @@ _HOSTILE_MIME = {
 @pytest.mark.parametrize("name", _HOSTILE_MIME)
 def test_issue_8_hostile_mime_indexes_fast(name: str) -> None:
     message = _HOSTILE_MIME[name]()
-    assert _seconds(index_message, message) < 1.5  # 10-30 MB; the old code took 2-20 s on each
+    assert _seconds(structured_index, message) < 1.5  # 10-30 MB; the old code took 2-20 s on each
 
 
 def test_issue_8_envelope_address_lists_are_bounded() -> None:
-    ix = index_message(b"To: " + b"a@b," * 60_000 + b"\r\n\r\nbody\r\n")
+    ix = structured_index(b"To: " + b"a@b," * 60_000 + b"\r\n\r\nbody\r\n")
     assert ix.envelope.count(b'(NIL NIL "a" "b")') == MAX_LIST_ADDRESSES
     assert ix.sort_to == "a" and ix.to.count("a@b") == 60_000  # SEARCH still sees every address
 
@@ -246,11 +248,70 @@ def test_issue_8_envelope_address_lists_are_bounded() -> None:
 def test_message_line_counts_are_summed_not_rescanned() -> None:
     inner = corpus.FORWARDED
     message = b"Content-Type: message/rfc822\r\n\r\n" * 3 + inner
-    structure = index_message(message).bodystructure
+    structure = structured_index(message).bodystructure
     # each message/rfc822 level counts every line below it, as data.count(b"\n") would
     for level in range(3):
         start = len(b"Content-Type: message/rfc822\r\n\r\n") * (level + 1)
         assert b" %d NIL NIL NIL NIL)" % message.count(b"\n", start) in structure
+
+
+# Finding 4: the fallback index
+
+
+def test_issue_8_index_falls_back_when_the_parser_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(data: object) -> Part:
+        raise RuntimeError("parser bug")
+
+    monkeypatch.setattr(index_module, "parse_message", broken)
+    message = corpus.ALTERNATIVE
+    body_start = message.index(b"\r\n\r\n") + 4
+    ix = index_message(message)
+    assert ix == fallback_index(message)
+    assert ix.envelope == (
+        b'("Tue, 03 Nov 2026 18:00:00 +0000" "=?utf-8?b?R3LDvMOfZSBhdXMgS8O2bG4=?="'
+        b' (("=?utf-8?q?J=C3=B6rg_M=C3=BCller?=" NIL "joerg" "example.de"))'
+        b' (("=?utf-8?q?J=C3=B6rg_M=C3=BCller?=" NIL "joerg" "example.de"))'
+        b' (("=?utf-8?q?J=C3=B6rg_M=C3=BCller?=" NIL "joerg" "example.de"))'
+        b' ((NIL NIL "bob" "example.test")) NIL NIL NIL NIL)'
+    )
+    size, lines = len(message) - body_start, message.count(b"\n", body_start)
+    plain = b'"text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" %d %d' % (size, lines)
+    assert (ix.body, ix.bodystructure) == (b"(" + plain + b")", b"(" + plain + b" NIL NIL NIL NIL)")
+    assert json.loads(ix.parts) == [0, body_start, len(message), "7bit", [], None]
+    assert (ix.subject, ix.from_, ix.sort_subject, ix.sort_from) == (
+        "grüsse aus köln",
+        "jörg müller <joerg@example.de>",
+        "GRÜSSE AUS KÖLN",
+        "joerg",
+    )
+    assert ix.sent_date == 1793728800
+
+
+def test_issue_8_fallback_survives_every_helper_failing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("bug")
+
+    for name in ("parse_message", "decode_words", "envelope", "body_forms", "base_subject", "parse_address_list"):
+        monkeypatch.setattr(index_module, name, broken)
+    message = b"Subject: =?utf-8?q?caf=C3=A9?=\r\nDate: x\r\nMessage-ID: <m@x>\r\nFrom: a@b\r\n\r\nhi\r\n"
+    ix = index_message(message)
+    assert ix.envelope == b'("x" "=?utf-8?q?caf=C3=A9?=" NIL NIL NIL NIL NIL NIL NIL "<m@x>")'
+    assert ix.bodystructure == b'("text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" 4 0 NIL NIL NIL NIL)'
+    assert (ix.subject, ix.from_, ix.message_id, ix.sort_subject, ix.sort_from) == (
+        "=?utf-8?q?caf=c3=a9?=",
+        "a@b",
+        "<m@x>",
+        "",
+        "",
+    )
+
+
+@pytest.mark.parametrize("message", [b"", b"\r\n", b"no header at all", b"Subject: x", b"\xff" * 300_000])
+def test_issue_8_fallback_of_odd_messages(message: bytes) -> None:
+    ix = fallback_index(message)
+    assert isinstance(ix, MessageIndex)
+    tree = json.loads(ix.parts)
+    assert tree[2] == len(message) and 0 <= tree[1] <= len(message)
 
 
 # Finding 6 groundwork: an mmap of a spool file, never copied whole
@@ -296,13 +357,15 @@ def test_issue_8_index_of_an_mmap_equals_index_of_bytes(tmp_path: Path, message:
     path = tmp_path / "spool"
     path.write_bytes(message)
     with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        assert index_message(mapped) == index_message(message)
+        assert structured_index(mapped) == structured_index(message)
+        assert fallback_index(mapped) == fallback_index(message)
 
 
 def test_issue_8_index_takes_only_bounded_slices() -> None:
     message = _big_message()
     view = _BoundedView(message)
-    assert index_message(view) == index_message(message)
+    assert structured_index(view) == structured_index(message)
+    assert fallback_index(view) == fallback_index(message)
     assert view.largest_slice <= SCAN_CHUNK_BYTES
     root = parse_message(view)
     assert body_forms(root, view) == body_forms(root, message)
