@@ -99,7 +99,7 @@ class Part:
 _TOKEN_END = re.compile(rb'[\s;()<>@,:\\"/\[\]?=]')
 _COMMENT_OR_QUOTE = re.compile(rb'[("]')
 _PARENTHESIS = re.compile(rb"[()]")
-_ESCAPED = re.compile(rb"\\([\x00-\xff])")
+_ESCAPED = re.compile(rb"\\([\x00-\xff])")  # unquoted by split and join: a template sub is 4x slower per pair
 _NOT_BLANK = re.compile(rb"[^ \t\r\n]")
 
 
@@ -156,7 +156,7 @@ def parse_params(text: bytes) -> tuple[tuple[bytes, bytes], ...]:
         i = _skip_blanks(text, eq + 1)
         if text[i : i + 1] == b'"':
             end = quoted_string_end(text, i)
-            value = _ESCAPED.sub(rb"\1", text[i + 1 : end - 1 if end >= 0 else n])
+            value = b"".join(_ESCAPED.split(text[i + 1 : end - 1 if end >= 0 else n]))
             i = end if end >= 0 else n + 1
         else:
             end = text.find(b";", i)

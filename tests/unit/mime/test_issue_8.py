@@ -230,6 +230,15 @@ _HOSTILE_MIME = {
         + (b"--B\r\nContent-Type: text/plain" + b"; a=b" * 20_000 + b"\r\n" + b"X:\r\n" * 20_000 + b"\r\nx\r\n") * 40
     ),
     "addresses": lambda: b"To: " + b"a@b," * 60_000 + b"\r\nCc: " + b"g:;" * 60_000 + b"\r\n\r\nbody\r\n",
+    # quoted strings of backslash pairs in addresses and parameters of many embedded messages
+    "quoted-pairs": lambda: (
+        b"Content-Type: multipart/mixed; boundary=B\r\n\r\n"
+        + (
+            b"--B\r\nContent-Type: message/rfc822\r\n\r\nTo: " + b'"' + b"\\\\" * 60_000 + b'" <a@b>\r\n'
+            b"Content-Type: text/plain; name=" + b'"' + b"\\\\" * 60_000 + b'"\r\n\r\nx\r\n'
+        )
+        * 40
+    ),
 }
 
 
