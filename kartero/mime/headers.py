@@ -47,6 +47,8 @@ SCAN_CHUNK_BYTES = 1 << 20
 
 def find_bounded(data: MessageData, sub: bytes, start: int, end: int) -> int:
     """`data.find(sub, start, end)` (sub not empty), searched in steps of SCAN_CHUNK_BYTES."""
+    if end - start <= SCAN_CHUNK_BYTES:
+        return data.find(sub, start, end)
     pos = start
     while pos < end:
         stop = min(end, pos + SCAN_CHUNK_BYTES + len(sub) - 1)
@@ -59,6 +61,8 @@ def find_bounded(data: MessageData, sub: bytes, start: int, end: int) -> int:
 
 def count_newlines(data: MessageData, start: int, end: int) -> int:
     """The number of LF bytes in data[start:end], counted a chunk at a time."""
+    if end - start <= SCAN_CHUNK_BYTES:
+        return data[start:end].count(b"\n")
     count = 0
     for pos in range(start, end, SCAN_CHUNK_BYTES):
         count += data[pos : min(end, pos + SCAN_CHUNK_BYTES)].count(b"\n")

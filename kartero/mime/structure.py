@@ -310,6 +310,8 @@ def _find_within_budget(data: MessageData, sub: bytes, start: int, end: int, bud
 
 def _is_blank(data: MessageData, start: int, end: int) -> bool:
     """Whether data[start:end] holds only spaces, tabs and CRs (read in bounded slices)."""
+    if end - start <= 4096:
+        return not data[start:end].strip(b" \t\r")
     return all(not data[pos : min(end, pos + 4096)].strip(b" \t\r") for pos in range(start, end, 4096))
 
 
