@@ -1,7 +1,9 @@
 """Header blocks (RFC 5322 §2.2): split into fields, unfold, decode encoded words for searching.
 
 Works on bytes and never raises on malformed input: a line without a colon is skipped, a header block
-without a blank line runs to the end of the message, unknown charsets decode as latin-1.
+without a blank line runs to the end of the message, unknown or unusable charsets decode as latin-1.
+Every function is linear in its input; the ones that take a whole message (`MessageData`) search it in
+bounded steps and copy only bounded slices, so a message may be an `mmap.mmap` of a spool file.
 """
 
 from __future__ import annotations
@@ -9,10 +11,62 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import encodings
+import encodings.aliases
+import functools
+import itertools
+import pkgutil
 import quopri
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
+
+
+class MessageData(Protocol):
+    """What the MIME code needs of a whole message: `bytes`, or an `mmap.mmap` of a spool file.
+
+    Only these operations are used on it, and slices are always bounded (a header block, a boundary
+    line, a chunk of `SCAN_CHUNK_BYTES`), so a message of hundreds of MB is never copied whole.
+    """
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, key: slice, /) -> bytes: ...
+
+    def find(self, sub: bytes, start: int = ..., end: int = ..., /) -> int: ...
+
+    def rfind(self, sub: bytes, start: int = ..., end: int = ..., /) -> int: ...
+
+
+# One C-level search or copy over a message covers at most this much: a find over 200 MB holds the GIL
+# for a quarter of a second (the event loop with it); between chunks other threads get their turn.
+SCAN_CHUNK_BYTES = 1 << 20
+
+
+def find_bounded(data: MessageData, sub: bytes, start: int, end: int) -> int:
+    """`data.find(sub, start, end)` (sub not empty), searched in steps of SCAN_CHUNK_BYTES."""
+    if end - start <= SCAN_CHUNK_BYTES:
+        return data.find(sub, start, end)
+    pos = start
+    while pos < end:
+        stop = min(end, pos + SCAN_CHUNK_BYTES + len(sub) - 1)
+        hit = data.find(sub, pos, stop)
+        if hit >= 0 or stop >= end:
+            return hit
+        pos = stop - len(sub) + 1
+    return -1
+
+
+def count_newlines(data: MessageData, start: int, end: int) -> int:
+    """The number of LF bytes in data[start:end], counted a chunk at a time."""
+    if end - start <= SCAN_CHUNK_BYTES:
+        return data[start:end].count(b"\n")
+    count = 0
+    for pos in range(start, end, SCAN_CHUNK_BYTES):
+        count += data[pos : min(end, pos + SCAN_CHUNK_BYTES)].count(b"\n")
+    return count
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,32 +84,47 @@ class HeaderBlock:
         return [value for key, value in self.fields if key == name]
 
 
-def find_body_start(data: bytes, start: int = 0, end: int | None = None) -> tuple[int, int]:
+EMPTY_HEADER = HeaderBlock((), {})
+
+
+def find_body_start(data: MessageData, start: int = 0, end: int | None = None) -> tuple[int, int]:
     """(end of the header block including its blank line, start of the body) for data[start:end].
 
     The header block ends at the first empty line (CRLF CRLF, or a bare LF LF in broken mail); with no
-    empty line the whole range is header and the body is empty.
+    empty line the whole range is header and the body is empty. The search looks at growing windows,
+    so its cost is the length of the header block, not of the message.
     """
     stop = len(data) if end is None else end
-    if data.startswith(b"\r\n", start) and start + 2 <= stop:
+    head = data[start : start + 2]
+    if head == b"\r\n" and start + 2 <= stop:
         return start + 2, start + 2  # no header fields at all
-    if data.startswith(b"\n", start) and start + 1 <= stop:
+    if head[:1] == b"\n" and start + 1 <= stop:
         return start + 1, start + 1
-    crlf = data.find(b"\r\n\r\n", start, stop)
-    lf = data.find(b"\n\n", start, stop)
-    if crlf >= 0 and (lf < 0 or crlf < lf):
-        return crlf + 4, crlf + 4
-    if lf >= 0:
-        return lf + 2, lf + 2
+    low, size = start, 4096
+    while low < stop:
+        high = min(stop, low + size)
+        # Windows overlap by 3 bytes, so a blank line is always whole in some window, and the first
+        # window holding one holds the earliest CRLF CRLF and LF LF too (they cannot interleave).
+        crlf = data.find(b"\r\n\r\n", low, high)
+        lf = data.find(b"\n\n", low, high)
+        if crlf >= 0 and (lf < 0 or crlf < lf):
+            return crlf + 4, crlf + 4
+        if lf >= 0:
+            return lf + 2, lf + 2
+        if high >= stop:
+            break
+        low, size = high - 3, min(size * 2, SCAN_CHUNK_BYTES)
     return stop, stop
 
 
-def parse_header_block(raw: bytes) -> HeaderBlock:
-    """Split a header block into (lower-cased name, unfolded value) pairs."""
+def parse_header_block(raw: bytes, max_lines: int | None = None) -> HeaderBlock:
+    """Split a header block into (lower-cased name, unfolded value) pairs; with `max_lines`, lines past
+    that many are ignored (the MIME parser's bound on hostile header blocks)."""
     fields: list[tuple[str, bytes]] = []
     name: str | None = None
     value_parts: list[bytes] = []
-    for line in raw.split(b"\n"):
+    lines = raw.split(b"\n") if max_lines is None else raw.split(b"\n", max_lines)[:max_lines]
+    for line in lines:
         if line.endswith(b"\r"):
             line = line[:-1]
         if not line:
@@ -80,22 +149,88 @@ def parse_header_block(raw: bytes) -> HeaderBlock:
     return HeaderBlock(tuple(fields), first)
 
 
+# A quoted string up to its closing quote. The quantifiers are possessive (the engine never gives back
+# what they took), so one C-level pass reads it, however many backslashes it holds.
+_QUOTED_STRING = re.compile(rb'"(?:[^"\\]++|\\[\x00-\xff])*+')
+
+
+def quoted_string_end(value: bytes, start: int) -> int:
+    """Just past the closing quote of the quoted string that opens at value[start] (a backslash escapes
+    any byte), or -1 when it is never closed."""
+    match = _QUOTED_STRING.match(value, start)
+    if match is None:
+        return -1
+    end = match.end()
+    return end + 1 if value[end : end + 1] == b'"' else -1
+
+
+# Both are linear: every run they repeat stops at a "?" or white space, so no two attempts overlap.
 _ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([BbQq])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(rb"(\?=)\s+(=\?)")
 
+# Text codecs that are no mail charset and fail or misbehave on message data: idna and undefined raise
+# under any error handler but strict, punycode decodes in quadratic time, the escape codecs turn
+# backslashes in the text into arbitrary characters. (Bytes-to-bytes codecs such as rot13, hex, zlib,
+# base64 or uu are refused because they are not text encodings at all.)
+_REFUSED_CODECS = frozenset({"idna", "punycode", "undefined", "unicode-escape", "raw-unicode-escape"})
+_MAX_CHARSET_KEY = 64  # longer than any codec name or alias Python knows
+
+
+@functools.cache
+def _known_codec_keys() -> frozenset[str]:
+    """Every name the stdlib's codec search can resolve: aliases, their targets, the codec modules."""
+    aliases = encodings.aliases.aliases
+    modules = (module.name for module in pkgutil.iter_modules(encodings.__path__))
+    return frozenset({*aliases, *aliases.values(), *modules})
+
+
+def _codec_key(charset: str) -> str:
+    """The codec name as codecs.lookup normalises it: ASCII letters and digits and dots, lower-cased,
+    every other run of characters one underscore (none at the ends)."""
+    out: list[str] = []
+    gap = False
+    for char in charset:
+        if (char.isascii() and char.isalnum()) or char == ".":
+            if gap and out:
+                out.append("_")
+            gap = False
+            out.append(char.lower())
+        else:
+            gap = True
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=256)
+def text_codec(charset: str) -> str | None:
+    """The Python codec to decode a MIME charset with, or None when there is no usable one.
+
+    Only text encodings are accepted (`codecs.lookup(...)._is_text_encoding`), minus _REFUSED_CODECS.
+    A name the stdlib cannot know is refused before codecs.lookup: its search function caches every
+    miss forever, so a stream of invented charset names would grow that cache without bound.
+    """
+    key = _codec_key(charset.split("*", 1)[0])  # RFC 2231 §5: "utf-8*en" names a language too
+    if not key or len(key) > _MAX_CHARSET_KEY:
+        return None
+    known = _known_codec_keys()
+    if key not in known and key.replace(".", "_") not in known:
+        return None
+    try:
+        info = codecs.lookup(key)
+    except LookupError:
+        return None
+    if not info._is_text_encoding or info.name in _REFUSED_CODECS:
+        return None
+    return info.name
+
 
 def _charset_decode(data: bytes, charset: str) -> str:
-    charset = charset.split("*", 1)[0].strip().lower()  # RFC 2231 §5 language suffix
-    try:
-        codecs.lookup(charset)
-    except LookupError:
-        charset = "latin-1"
-    return data.decode(charset, "replace")
+    return data.decode(text_codec(charset.strip().lower()) or "latin-1", "replace")
 
 
 def decode_words(value: bytes) -> str:
     """Decode RFC 2047 encoded words (whitespace between adjacent words dropped, §6.2); raw 8-bit
-    text is taken as UTF-8 (RFC 6532), else latin-1."""
+    text is taken as UTF-8 (RFC 6532), else latin-1. Never raises: a word that does not decode stays
+    as written, an unknown or unusable charset decodes as latin-1."""
     value = _BETWEEN_WORDS.sub(rb"\1\2", value)
     out: list[str] = []
     pos = 0
@@ -122,17 +257,153 @@ def _raw_text(data: bytes) -> str:
         return data.decode("latin-1")
 
 
-def decode_body(data: bytes, encoding: str, charset: str) -> str:
-    """Text of a body part: transfer encoding undone, charset decoded (for SEARCH BODY/TEXT)."""
+# SEARCH BODY/TEXT decodes a part in pieces of this much encoded input (memory per piece is bounded),
+# and decode_body, which returns one string, decodes at most BODY_DECODE_MAX_BYTES of a part.
+BODY_CHUNK_BYTES = 1 << 20
+BODY_DECODE_MAX_BYTES = 4 << 20
+_NOT_BASE64 = bytes(set(range(256)) - set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="))
+
+
+def decode_body(data: bytes, encoding: str, charset: str, *, max_bytes: int = BODY_DECODE_MAX_BYTES) -> str:
+    """Text of a body part (for SEARCH BODY/TEXT): transfer encoding undone, charset decoded.
+
+    Only the first `max_bytes` of `data` are decoded (cut after a line end when there is one), so one
+    call's memory is bounded; iter_body_text() covers a part of any size in bounded pieces.
+    """
+    if len(data) > max_bytes:
+        cut = data.rfind(b"\n", 0, max_bytes)
+        data = data[: cut + 1 if cut >= 0 else max_bytes]
     encoding = encoding.lower()
     try:
         if encoding == "base64":
-            data = base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", data) + b"==", validate=False)
+            data = base64.b64decode(data.translate(None, _NOT_BASE64) + b"==", validate=False)
         elif encoding == "quoted-printable":
             data = quopri.decodestring(data)
     except (binascii.Error, ValueError):
-        pass
-    return _charset_decode(data, charset or "us-ascii") if charset else _raw_text(data)
+        pass  # not base64 after all (a dangling character): search the text as it is
+    return _charset_decode(data, charset) if charset else _raw_text(data)
+
+
+def iter_body_text(
+    data: MessageData,
+    encoding: str,
+    charset: str,
+    start: int = 0,
+    end: int | None = None,
+    *,
+    chunk_bytes: int = BODY_CHUNK_BYTES,
+) -> Iterator[str]:
+    """The text of the body part data[start:end] in pieces, each decoded from at most `chunk_bytes`
+    of the part (plus a few bytes to finish a quoted-printable escape or base64 quantum).
+
+    Transfer encodings: base64 ends at its first "=" (padding) and drops a dangling character;
+    quoted-printable is cut at line ends. The charset is decoded incrementally with replacement
+    characters; without a charset the text is UTF-8 when all of it is valid UTF-8, else latin-1
+    (RFC 6532), which takes a second pass over the part. Never raises.
+    """
+    stop = len(data) if end is None else min(end, len(data))
+    chunk_bytes = max(chunk_bytes, 4)  # room to step back over a split "=XX" escape
+    transfer = encoding.lower()
+    if charset:
+        codec = text_codec(charset.strip().lower()) or "latin-1"
+    elif _is_utf8(_transfer_decoded(data, start, stop, transfer, chunk_bytes)):
+        codec = "utf-8"
+    else:
+        codec = "latin-1"
+    pieces = _transfer_decoded(data, start, stop, transfer, chunk_bytes)
+    if codec in _BYTE_ORDER_MARKS:
+        codec, pieces = _in_bom_order(codec, pieces)
+    new_decoder = codecs.getincrementaldecoder(codec)
+    decoder = new_decoder("replace")
+    for piece in pieces:
+        try:
+            text = decoder.decode(piece)
+        except UnicodeError:
+            # The CJK decoders keep at most 8 bytes of an unfinished sequence and raise past that (a
+            # broken ISO-2022 escape): decode this piece on its own and go on with a fresh decoder.
+            text, decoder = piece.decode(codec, "replace"), new_decoder("replace")
+        if text:
+            yield text
+    tail = decoder.decode(b"", True)
+    if tail:
+        yield tail
+
+
+_BYTE_ORDER_MARKS = {
+    "utf-16": (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE),
+    "utf-32": (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE),
+}
+
+
+def _in_bom_order(codec: str, pieces: Iterator[bytes]) -> tuple[str, Iterator[bytes]]:
+    """bytes.decode("utf-16") reads text without a byte order mark in the machine's order, but the
+    incremental decoder refuses it: name that order explicitly when the part starts without a mark."""
+    taken: list[bytes] = []
+    head = b""
+    for piece in pieces:
+        taken.append(piece)
+        head += piece[:4]
+        if len(head) >= 4:
+            break
+    if not head.startswith(_BYTE_ORDER_MARKS[codec]):
+        codec += "-le" if sys.byteorder == "little" else "-be"
+    return codec, itertools.chain(taken, pieces)
+
+
+def _is_utf8(pieces: Iterator[bytes]) -> bool:
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    try:
+        for piece in pieces:
+            decoder.decode(piece)
+        decoder.decode(b"", True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _transfer_decoded(data: MessageData, start: int, stop: int, encoding: str, chunk_bytes: int) -> Iterator[bytes]:
+    """data[start:stop] with its Content-Transfer-Encoding undone, a chunk at a time."""
+    if encoding == "base64":
+        yield from _base64_decoded(data, start, stop, chunk_bytes)
+        return
+    pos = start
+    while pos < stop:
+        high = min(stop, pos + chunk_bytes)
+        if encoding == "quoted-printable" and high < stop:
+            line_end = data.rfind(b"\n", pos, high)
+            if line_end >= 0:
+                high = line_end + 1
+            else:  # a line longer than a chunk: do not split an "=XX" escape or an "=" soft break
+                tail = data[high - 2 : high]
+                high -= 1 if tail[1:] == b"=" else 2 if tail[:1] == b"=" else 0
+        piece = data[pos:high]
+        yield binascii.a2b_qp(piece) if encoding == "quoted-printable" else piece
+        pos = high
+
+
+def _base64_decoded(data: MessageData, start: int, stop: int, chunk_bytes: int) -> Iterator[bytes]:
+    """Base64 ignoring characters outside the alphabet (RFC 2045 §6.8), up to the first "="."""
+    carry = b""
+    pos = start
+    while pos < stop:
+        high = min(stop, pos + chunk_bytes)
+        text = carry + data[pos:high].translate(None, _NOT_BASE64)
+        pos = high
+        padding = text.find(b"=")
+        if padding >= 0:
+            carry = text[:padding]
+            break
+        whole = len(text) - len(text) % 4
+        if whole:
+            yield binascii.a2b_base64(text[:whole])
+        carry = text[whole:]
+    whole = len(carry) - len(carry) % 4
+    rest = carry[whole:]
+    out = binascii.a2b_base64(carry[:whole]) if whole else b""
+    if len(rest) >= 2:  # a final partial quantum of 2 or 3 characters still holds 1 or 2 bytes
+        out += binascii.a2b_base64(rest + b"==")
+    if out:
+        yield out
 
 
 def remove_fields(data: bytes, drop: Callable[[bytes, bytes], bool]) -> bytes:

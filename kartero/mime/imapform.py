@@ -9,10 +9,14 @@ from __future__ import annotations
 import re
 
 from kartero.mime.addresses import EnvelopeAddress, parse_address_list
-from kartero.mime.headers import HeaderBlock
-from kartero.mime.structure import Part, parse_disposition
+from kartero.mime.headers import HeaderBlock, MessageData, count_newlines
+from kartero.mime.structure import Part
 
 NIL = b"NIL"
+# An ENVELOPE lists at most this many addresses per field, and the envelopes of the messages embedded in
+# one message this many together: each address is a Python step (an RFC 5322 list can be megabytes).
+MAX_LIST_ADDRESSES = 1000
+MAX_MESSAGE_ADDRESSES = 10_000
 _QUOTABLE = re.compile(rb"[\t\x20-\x7e]{0,1023}")
 
 
@@ -33,29 +37,40 @@ def _address(a: EnvelopeAddress) -> bytes:
     return b"(" + b" ".join(nstring(v) for v in (a.name, a.adl, a.mailbox, a.host)) + b")"
 
 
-def _address_list(value: bytes | None) -> bytes:
-    if value is None:
-        return NIL
-    addresses = parse_address_list(value)
-    if not addresses:
-        return NIL
-    return b"(" + b"".join(_address(a) for a in addresses) + b")"
+class _AddressBudget:
+    """How many more addresses envelopes may list."""
+
+    def __init__(self, addresses: int) -> None:
+        self.left = addresses
+
+    def address_list(self, value: bytes | None) -> bytes:
+        if value is None or self.left <= 0:
+            return NIL
+        addresses = parse_address_list(value, min(MAX_LIST_ADDRESSES, self.left))
+        self.left -= len(addresses)
+        if not addresses:
+            return NIL
+        return b"(" + b"".join(_address(a) for a in addresses) + b")"
 
 
 def envelope(header: HeaderBlock) -> bytes:
     """The ENVELOPE of a message header; Sender and Reply-To default to From (RFC 9051 §7.5.2)."""
-    from_ = _address_list(header.get("from"))
-    sender = _address_list(header.get("sender"))
-    reply_to = _address_list(header.get("reply-to"))
+    return _envelope(header, _AddressBudget(6 * MAX_LIST_ADDRESSES))
+
+
+def _envelope(header: HeaderBlock, budget: _AddressBudget) -> bytes:
+    from_ = budget.address_list(header.get("from"))
+    sender = budget.address_list(header.get("sender"))
+    reply_to = budget.address_list(header.get("reply-to"))
     fields = [
         nstring(header.get("date")),
         nstring(header.get("subject")),
         from_,
         from_ if sender == NIL else sender,
         from_ if reply_to == NIL else reply_to,
-        _address_list(header.get("to")),
-        _address_list(header.get("cc")),
-        _address_list(header.get("bcc")),
+        budget.address_list(header.get("to")),
+        budget.address_list(header.get("cc")),
+        budget.address_list(header.get("bcc")),
         nstring(header.get("in-reply-to")),
         nstring(header.get("message-id")),
     ]
@@ -70,37 +85,76 @@ def _params(params: tuple[tuple[bytes, bytes], ...]) -> bytes:
 
 def _extension(part: Part) -> bytes:
     """body-fld-dsp SP body-fld-lang SP body-fld-loc."""
-    header = part.header
-    disposition = parse_disposition(header.get("content-disposition"))
+    disposition = part.disposition
     dsp = NIL if disposition is None else b"(" + imap_string(disposition[0]) + b" " + _params(disposition[1]) + b")"
-    lang_value = header.get("content-language")
-    languages = [t.strip() for t in lang_value.split(b",") if t.strip()] if lang_value else []
+    languages = part.languages
     if not languages:
         lang = NIL
     elif len(languages) == 1:
         lang = imap_string(languages[0])
     else:
         lang = b"(" + b" ".join(imap_string(t) for t in languages) + b")"
-    return dsp + b" " + lang + b" " + nstring(header.get("content-location"))
+    return dsp + b" " + lang + b" " + nstring(part.header.get("content-location"))
 
 
-def _lines(data: bytes, start: int, end: int) -> int:
-    if end <= start:
-        return 0
-    count = data.count(b"\n", start, end)
-    return count if data[end - 1 : end] == b"\n" else count + 1
+class _Walk:
+    """The state of one walk of a message's tree: LF counts of its ranges, and the address budget of
+    its embedded messages' envelopes.
+
+    A message/rfc822 part's line count covers its embedded message, whose own text parts are counted
+    too: the embedded tree is summed from its pieces, so each byte is read once however deep such parts
+    nest."""
+
+    def __init__(self, data: MessageData) -> None:
+        self.data = data
+        self.addresses = _AddressBudget(MAX_MESSAGE_ADDRESSES)
+        self.ranges: dict[tuple[int, int], int] = {}
+        self.parts: dict[int, int] = {}  # id(part) -> LFs in its header and body
+
+    def lines(self, part: Part) -> int:
+        """The body-fld-lines of `part`: text lines of its body, a last line without LF included."""
+        if part.end <= part.body_start:
+            return 0
+        count = self._in_body(part)
+        return count if self.data[part.end - 1 : part.end] == b"\n" else count + 1
+
+    def _in_range(self, start: int, end: int) -> int:
+        key = (start, end)
+        if key not in self.ranges:
+            self.ranges[key] = count_newlines(self.data, start, end)
+        return self.ranges[key]
+
+    def _in_part(self, part: Part) -> int:
+        if id(part) not in self.parts:
+            self.parts[id(part)] = self._in_range(part.header_start, part.body_start) + self._in_body(part)
+        return self.parts[id(part)]
+
+    def _in_body(self, part: Part) -> int:
+        if part.message is not None:  # the embedded message spans exactly this body
+            return self._in_part(part.message)
+        if not part.children:
+            return self._in_range(part.body_start, part.end)
+        count, pos = 0, part.body_start
+        for child in part.children:  # in order and disjoint: delimiters and preamble lie between them
+            count += self._in_range(pos, child.header_start) + self._in_part(child)
+            pos = child.end
+        return count + self._in_range(pos, part.end)
 
 
-def body_structure(part: Part, data: bytes, *, extended: bool) -> bytes:
+def body_structure(part: Part, data: MessageData, *, extended: bool) -> bytes:
     """BODYSTRUCTURE (extended) or BODY (not extended) of `part`."""
     body, structure = body_forms(part, data)
     return structure if extended else body
 
 
-def body_forms(part: Part, data: bytes) -> tuple[bytes, bytes]:
+def body_forms(part: Part, data: MessageData) -> tuple[bytes, bytes]:
     """(BODY, BODYSTRUCTURE) of `part`, built in one walk of the tree."""
+    return _forms(part, _Walk(data))
+
+
+def _forms(part: Part, walk: _Walk) -> tuple[bytes, bytes]:
     if part.children:
-        forms = [body_forms(child, data) for child in part.children]
+        forms = [_forms(child, walk) for child in part.children]
         subtype = imap_string(part.content_type.subtype)
         body = b"(" + b"".join(f[0] for f in forms) + b" " + subtype + b")"
         structure = b"".join(f[1] for f in forms) + b" " + subtype
@@ -122,13 +176,13 @@ def body_forms(part: Part, data: bytes) -> tuple[bytes, bytes]:
     ]
     body_fields = fields
     if part.message is not None:
-        inner_body, inner_structure = body_forms(part.message, data)
-        lines = b"%d" % _lines(data, part.body_start, part.end)
-        message_envelope = envelope(part.message.header)
+        inner_body, inner_structure = _forms(part.message, walk)
+        lines = b"%d" % walk.lines(part)
+        message_envelope = _envelope(part.message.header, walk.addresses)
         body_fields = [*fields, message_envelope, inner_body, lines]
         fields = [*fields, message_envelope, inner_structure, lines]
     elif ct.type.lower() == b"text":
-        lines = b"%d" % _lines(data, part.body_start, part.end)
+        lines = b"%d" % walk.lines(part)
         body_fields = fields = [*fields, lines]
     extension = [nstring(header.get("content-md5")), _extension(part)]
     return b"(" + b" ".join(body_fields) + b")", b"(" + b" ".join(fields + extension) + b")"

@@ -2,19 +2,52 @@
 
 Every part records where its MIME header starts, where its body starts and where it ends, so an IMAP
 `BODY[1.2]` is a slice of the stored bytes. Broken MIME never raises: a multipart without a boundary is
-a single part, a missing closing delimiter ends the last part at the end of the message, and nesting or
-part counts past sane limits stop the descent (the rest is kept as an opaque body).
+a single part, a missing closing delimiter ends the last part at the end of the message.
+
+Hostile MIME costs time linear in the message and a bounded amount of Python work: nesting deeper than
+MAX_DEPTH, parts beyond MAX_PARTS, header lines beyond the header limits and boundary searches beyond
+the scan budget all stop the descent, and what is left is kept as an opaque body. The message may be
+any `MessageData` (bytes, or an mmap of a spool file): only bounded slices of it are copied.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from kartero.mime.headers import HeaderBlock, find_body_start, parse_header_block
+from kartero.mime.headers import (
+    EMPTY_HEADER,
+    HeaderBlock,
+    MessageData,
+    find_body_start,
+    find_bounded,
+    parse_header_block,
+    quoted_string_end,
+)
 
-MAX_DEPTH = 40
-MAX_PARTS = 5000
+# Dovecot's message parser defaults (MESSAGE_PARSER_DEFAULT_MAX_NESTED/TOTAL_MIME_PARTS): real mail
+# stays far below.
+MAX_DEPTH = 100
+MAX_PARTS = 10_000
+# A header block is parsed up to this many bytes and lines (the offsets still cover all of it), a
+# Content-Type or Content-Disposition up to MAX_PARAMS parameters, a Content-Language up to
+# MAX_LANGUAGES tags; all header blocks of a message together up to HEADER_BYTES_BUDGET bytes and
+# HEADER_ITEMS_BUDGET lines, parameters and tags, each of which is a Python step.
+MAX_HEADER_BYTES = 256 * 1024
+MAX_HEADER_LINES = 10_000
+MAX_PARAMS = 100
+MAX_LANGUAGES = 100
+HEADER_BYTES_BUDGET = 4 << 20
+HEADER_ITEMS_BUDGET = 100_000
+# Each multipart searches its whole body for its delimiter, so nested multiparts read the same bytes once
+# per level: the searches of one message may read SCAN_FACTOR times its size plus SCAN_SLACK_BYTES, a
+# candidate delimiter line (one Python step) counting CANDIDATE_BYTES. Real mail needs a fraction.
+SCAN_FACTOR = 8
+CANDIDATE_BYTES = 4096
+SCAN_SLACK_BYTES = MAX_PARTS * CANDIDATE_BYTES + (8 << 20)
+# Comments nest (RFC 5322 §3.2.2); past this depth the rest of the value counts as comment.
+MAX_COMMENT_DEPTH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +82,8 @@ class Part:
     content_type: ContentType
     children: list[Part] = field(default_factory=list)  # multipart/*
     message: Part | None = None  # message/rfc822 and message/global: the embedded message
+    disposition: tuple[bytes, tuple[tuple[bytes, bytes], ...]] | None = None  # Content-Disposition
+    languages: tuple[bytes, ...] = ()  # Content-Language tags
 
     @property
     def is_multipart(self) -> bool:
@@ -62,63 +97,67 @@ class Part:
 
 
 _TOKEN_END = re.compile(rb'[\s;()<>@,:\\"/\[\]?=]')
+_COMMENT_OR_QUOTE = re.compile(rb'[("]')
+_PARENTHESIS = re.compile(rb"[()]")
+_ESCAPED = re.compile(rb"\\([\x00-\xff])")  # unquoted by split and join: a template sub is 4x slower per pair
+_NOT_BLANK = re.compile(rb"[^ \t\r\n]")
 
 
 def _skip_comments(value: bytes) -> bytes:
+    """`value` without its comments (quoted strings kept); a comment nested deeper than
+    MAX_COMMENT_DEPTH, or never closed, runs to the end."""
     if b"(" not in value:
         return value
-    out, depth, i = bytearray(), 0, 0
-    in_quote = False
-    while i < len(value):
-        c = value[i : i + 1]
-        if in_quote:
-            out += c
-            if c == b"\\" and i + 1 < len(value):
-                out += value[i + 1 : i + 2]
-                i += 1
-            elif c == b'"':
-                in_quote = False
-        elif c == b'"' and depth == 0:
-            in_quote = True
-            out += c
-        elif c == b"(":
-            depth += 1
-        elif c == b")" and depth:
-            depth -= 1
-        elif depth == 0:
-            out += c
-        i += 1
+    out = bytearray()
+    depth, i, n = 0, 0, len(value)
+    while i < n:
+        if depth == 0:
+            special = _COMMENT_OR_QUOTE.search(value, i)
+            j = n if special is None else special.start()
+            out += value[i:j]
+            if j == n:
+                break
+            if value[j : j + 1] == b"(":
+                depth, i = 1, j + 1
+            else:
+                i = quoted_string_end(value, j)
+                i = n if i < 0 else i
+                out += value[j:i]
+        else:
+            parenthesis = _PARENTHESIS.search(value, i)
+            if parenthesis is None:
+                break
+            depth += 1 if parenthesis.group() == b"(" else -1
+            if depth > MAX_COMMENT_DEPTH:
+                break
+            i = parenthesis.end()
     return bytes(out)
 
 
+def _skip_blanks(text: bytes, i: int) -> int:
+    blank_end = _NOT_BLANK.search(text, i)
+    return len(text) if blank_end is None else blank_end.start()
+
+
 def parse_params(text: bytes) -> tuple[tuple[bytes, bytes], ...]:
-    """`; a=b; c="d e"` parameters; values unquoted, names as written, RFC 2231 forms kept as sent."""
+    """`; a=b; c="d e"` parameters, at most MAX_PARAMS; values unquoted, names as written, RFC 2231 forms
+    kept as sent."""
     params: list[tuple[bytes, bytes]] = []
     i, n = 0, len(text)
-    while i < n:
+    while i < n and len(params) < MAX_PARAMS:
         semi = text.find(b";", i)
         if semi < 0:
             break
-        i = semi + 1
-        while i < n and text[i : i + 1] in b" \t\r\n":
-            i += 1
+        i = _skip_blanks(text, semi + 1)
         eq = text.find(b"=", i)
         if eq < 0:
             break
         name = text[i:eq].strip()
-        i = eq + 1
-        while i < n and text[i : i + 1] in b" \t\r\n":
-            i += 1
+        i = _skip_blanks(text, eq + 1)
         if text[i : i + 1] == b'"':
-            buf = bytearray()
-            i += 1
-            while i < n and text[i : i + 1] != b'"':
-                if text[i : i + 1] == b"\\" and i + 1 < n:
-                    i += 1
-                buf += text[i : i + 1]
-                i += 1
-            value = bytes(buf)
-            i += 1
+            end = quoted_string_end(text, i)
+            value = b"".join(_ESCAPED.split(text[i + 1 : end - 1 if end >= 0 else n]))
+            i = end if end >= 0 else n + 1
         else:
             end = text.find(b";", i)
             end = n if end < 0 else end
@@ -142,6 +181,13 @@ def parse_content_type(value: bytes | None, default: ContentType = TEXT_PLAIN) -
     return ContentType(type_, subtype, parse_params(b";" + rest if rest else b""))
 
 
+def parse_languages(value: bytes | None) -> tuple[bytes, ...]:
+    """Content-Language tags (RFC 3282), at most MAX_LANGUAGES."""
+    if not value:
+        return ()
+    return tuple(tag.strip() for tag in value.split(b",", MAX_LANGUAGES)[:MAX_LANGUAGES] if tag.strip())
+
+
 def parse_disposition(value: bytes | None) -> tuple[bytes, tuple[tuple[bytes, bytes], ...]] | None:
     if value is None:
         return None
@@ -153,71 +199,120 @@ def parse_disposition(value: bytes | None) -> tuple[bytes, tuple[tuple[bytes, by
     return main, parse_params(b";" + rest if rest else b"")
 
 
-def parse_message(data: bytes) -> Part:
-    """The MIME tree of a whole message."""
-    counter = [0]
-    return _parse_entity(data, 0, len(data), TEXT_PLAIN, 0, counter)
+@dataclass(slots=True)
+class _Budget:
+    """What is left of one message's limits; once `exhausted`, no part descends any further."""
+
+    scan_bytes: int
+    header_bytes: int = HEADER_BYTES_BUDGET
+    header_items: int = HEADER_ITEMS_BUDGET
+    parts: int = 0
+    exhausted: bool = False
 
 
-def _parse_entity(data: bytes, start: int, end: int, default: ContentType, depth: int, counter: list[int]) -> Part:
-    counter[0] += 1
+def parse_message(data: MessageData) -> Part:
+    """The MIME tree of a whole message: linear in its size, bounded Python work (see the module)."""
+    budget = _Budget(scan_bytes=SCAN_FACTOR * len(data) + SCAN_SLACK_BYTES)
+    return _parse_entity(data, 0, len(data), TEXT_PLAIN, 0, budget)
+
+
+def _read_header(data: MessageData, start: int, header_end: int, budget: _Budget) -> HeaderBlock:
+    """The parsed header block data[start:header_end], within the per-block and per-message limits."""
+    size = min(header_end - start, MAX_HEADER_BYTES, budget.header_bytes)
+    lines = min(MAX_HEADER_LINES, budget.header_items)
+    if size <= 0 or lines <= 0:
+        if header_end > start:
+            budget.exhausted = True
+        return EMPTY_HEADER
+    raw = data[start : start + size]
+    budget.header_bytes -= size
+    budget.header_items -= min(lines, raw.count(b"\n") + 1)
+    return parse_header_block(raw, lines)
+
+
+def _parse_entity(data: MessageData, start: int, end: int, default: ContentType, depth: int, budget: _Budget) -> Part:
+    budget.parts += 1
     header_end, body_start = find_body_start(data, start, end)
-    header = parse_header_block(data[start:header_end])
+    header = _read_header(data, start, header_end, budget)
     content_type = parse_content_type(header.get("content-type"), default)
-    part = Part(start, body_start, end, header, content_type)
-    if depth >= MAX_DEPTH or counter[0] >= MAX_PARTS:
+    disposition = parse_disposition(header.get("content-disposition"))
+    languages = parse_languages(header.get("content-language"))
+    part = Part(start, body_start, end, header, content_type, disposition=disposition, languages=languages)
+    budget.header_items -= len(content_type.params) + (len(disposition[1]) if disposition else 0) + len(languages)
+    if depth >= MAX_DEPTH or budget.parts >= MAX_PARTS or budget.exhausted:
         return part
     main = content_type.type.lower()
     if main == b"multipart":
         boundary = content_type.param(b"boundary")
         if boundary:
             child_default = MESSAGE_RFC822 if content_type.subtype.lower() == b"digest" else TEXT_PLAIN
-            for child_start, child_end in _split_multipart(data, body_start, end, boundary):
-                part.children.append(_parse_entity(data, child_start, child_end, child_default, depth + 1, counter))
-                if counter[0] >= MAX_PARTS:
+            for child_start, child_end in _split_multipart(data, body_start, end, boundary, budget):
+                part.children.append(_parse_entity(data, child_start, child_end, child_default, depth + 1, budget))
+                if budget.parts >= MAX_PARTS or budget.exhausted:
                     break
     elif main == b"message" and content_type.subtype.lower() in (b"rfc822", b"global"):
-        part.message = _parse_entity(data, body_start, end, TEXT_PLAIN, depth + 1, counter)
+        part.message = _parse_entity(data, body_start, end, TEXT_PLAIN, depth + 1, budget)
     return part
 
 
-def _split_multipart(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
-    """Body ranges of the parts between `--boundary` delimiter lines (RFC 2046 §5.1.1).
+def _split_multipart(
+    data: MessageData, start: int, end: int, boundary: bytes, budget: _Budget
+) -> Iterator[tuple[int, int]]:
+    """Body ranges of the parts between `--boundary` delimiter lines (RFC 2046 §5.1.1), found lazily.
 
-    The line break before a delimiter belongs to the delimiter, not to the part before it.
+    The line break before a delimiter belongs to the delimiter, not to the part before it. When the scan
+    budget runs out, the part being read runs to the end, as if its closing delimiter were missing.
     """
     delimiter = b"--" + boundary
-    ranges: list[tuple[int, int]] = []
+    needle = b"\n" + delimiter
     part_start: int | None = None
+    has_parts = False
     pos = start
     while pos < end:
-        if pos == start and data.startswith(delimiter, pos):
-            hit = pos
-            line_break = pos
+        if pos == start and data[pos : pos + len(delimiter)] == delimiter:
+            hit = line_break = pos
         else:
-            found = data.find(b"\n" + delimiter, pos - 1 if pos > start else pos, end)
+            search_from = pos - 1 if pos > start else pos
+            found = _find_within_budget(data, needle, search_from, end, budget, CANDIDATE_BYTES)
             if found < 0:
                 break
             hit = found + 1
             line_break = found - 1 if found > start and data[found - 1 : found] == b"\r" else found
         after = hit + len(delimiter)
-        is_close = data.startswith(b"--", after)
-        eol = data.find(b"\n", after, end)
-        rest = data[after + (2 if is_close else 0) : eol if eol >= 0 else end]
-        if rest.strip(b" \t\r"):
+        is_close = data[after : after + 2] == b"--"
+        eol = _find_within_budget(data, b"\n", after, end, budget, 0)
+        if eol < 0 and budget.exhausted:
+            break
+        if not _is_blank(data, after + (2 if is_close else 0), eol if eol >= 0 else end):
             pos = after  # "--boundaryXYZ": only a prefix of some other line, not a delimiter
             continue
         if part_start is not None:
-            ranges.append((part_start, max(part_start, line_break)))
+            yield part_start, max(part_start, line_break)
+            has_parts = True
         if is_close:
-            return ranges
+            return
         part_start = eol + 1 if eol >= 0 else end
         pos = part_start
-    if part_start is not None and part_start < end:
-        ranges.append((part_start, end))  # no closing delimiter: the last part runs to the end
-    elif part_start is not None and not ranges:
-        ranges.append((part_start, end))
-    return ranges
+    if part_start is not None and (part_start < end or not has_parts):
+        yield part_start, end  # no closing delimiter: the last part runs to the end
+
+
+def _find_within_budget(data: MessageData, sub: bytes, start: int, end: int, budget: _Budget, step: int) -> int:
+    """find_bounded(), paid from the scan budget (plus `step` for the caller's Python work); -1 with
+    `budget.exhausted` set when the budget ends before `sub` or `end` is reached."""
+    limit = min(end, start + max(budget.scan_bytes, 0) + len(sub))
+    found = find_bounded(data, sub, start, limit)
+    budget.scan_bytes -= max(0, (limit if found < 0 else found) - start) + step
+    if found < 0 and limit < end:
+        budget.exhausted = True
+    return found
+
+
+def _is_blank(data: MessageData, start: int, end: int) -> bool:
+    """Whether data[start:end] holds only spaces, tabs and CRs (read in bounded slices)."""
+    if end - start <= 4096:
+        return not data[start:end].strip(b" \t\r")
+    return all(not data[pos : min(end, pos + 4096)].strip(b" \t\r") for pos in range(start, end, 4096))
 
 
 def find_part(root: Part, section: tuple[int, ...]) -> Part | None:
