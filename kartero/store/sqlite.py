@@ -686,7 +686,7 @@ def _index(delivery: Delivery, body: bytes | SpoolBody) -> MessageIndex:
         if isinstance(body, bytes):
             return index_message(body)
         with body.buffer() as buffer:
-            return index_message(buffer)  # type: ignore[arg-type]  # a bytes-like view, see spool.FileBuffer
+            return index_message(buffer)  # a MessageData view in bounded windows (spool.FileBuffer)
     except Exception:
         log.exception("event=store.index_failed id=%s size=%d", delivery.blob_id, len(delivery.data))
         return _minimal_index(delivery)
