@@ -50,3 +50,24 @@ def test_issue_8_poison_headers_never_refuse_other_mail(mx: KarteroServer) -> No
         _, fetched = imap.fetch("1:*", "(ENVELOPE BODYSTRUCTURE)")  # answerable for every message
         assert sum(1 for item in fetched if isinstance(item, bytes) and b"ENVELOPE" in item) == len(poison) + 60
 
+
+
+def test_issue_8_huge_tagged_subject_is_stored_without_holding_other_mail(mx: KarteroServer) -> None:
+    # 10x the issue's 120 KB Subject of list tags (each "[a]" made the old base-subject loop re-scan the
+    # rest: 36 s at 120 KB, in the thread that commits everyone's mail), folded into lines of ~80 octets.
+    subject = "\r\n ".join("[a] " * 20 for _ in range(15_000))
+    hostile = message(1, subject + "base")
+    assert len(hostile) > 1_200_000
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        big = pool.submit(send, mx, [hostile])
+        for i in range(5):
+            started = time.monotonic()
+            assert send(mx, [message(10 + i, f"meanwhile {i}")])[0][0] == 250
+            assert time.monotonic() - started < 2.0
+        assert big.result(timeout=60)[0][0] == 250
+    assert hostile in {strip_trace(m) for m in mx.messages("bob@example.test")}
+    with imaplib.IMAP4(mx.host, mx.imap_port) as imap:
+        imap.login("bob@example.test", "secret-password")
+        imap.select("INBOX")
+        typ, data = imap.uid("SORT", "(SUBJECT)", "UTF-8", "ALL")
+        assert typ == "OK" and len(data[0].split()) == 6
