@@ -88,6 +88,11 @@ class _NeedData:
 _NEED_DATA = _NeedData()
 # Output that may wait in the core before it reports OutputReady (1 MiB of pipelined EHLO made 18 MB).
 OUTPUT_HIGH_WATER = 64 * 1024
+# Commands that move no mail forward; past JUNK_LIMIT of them (since the session began or the last
+# accepted message) each one counts against the error budget, so a flood of them ends with 421 instead
+# of costing CPU forever (like Postfix's smtpd_junk_command_limit).
+JUNK_VERBS = frozenset({Verb.EHLO, Verb.HELO, Verb.NOOP, Verb.RSET, Verb.VRFY, Verb.HELP})
+JUNK_LIMIT = 100
 _Pending = MailFrom | RcptTo | MessageReceived | AuthRequested | ScramRequested | ScramFinished
 
 
@@ -119,6 +124,7 @@ class ServerConnection:
         self._is_eof = False
         self._pending: _Pending | None = None
         self._errors = 0
+        self._junk = 0
         self._is_skipping_line = False
         self._close_reason: str | None = None
         self._is_close_reported = False
@@ -206,6 +212,8 @@ class ServerConnection:
             raise ProtocolViolation("use auth_result() or scram_credentials() for AUTH")
         else:
             self._end_transaction()
+            if reply.is_positive:
+                self._junk = 0  # mail moved: the client earns a fresh allowance of junk commands
             self._reply(reply)
 
     def auth_result(self, user: str | None, refusal: Reply | None = None) -> None:
@@ -328,7 +336,12 @@ class ServerConnection:
             verb = Verb(word)
         except ValueError:
             raise SMTPError(replies.UNKNOWN_COMMAND) from None
-        return _HANDLERS[verb](self, arg)
+        event = _HANDLERS[verb](self, arg)
+        if verb in JUNK_VERBS:
+            self._junk += 1
+            if self._junk > JUNK_LIMIT:
+                self._count_error()
+        return event
 
     def _read_data(self) -> Event | _NeedData | None:
         reader = self._data
@@ -693,6 +706,9 @@ class ServerConnection:
 
     def _error(self, reply: Reply) -> None:
         self._send(reply)
+        self._count_error()
+
+    def _count_error(self) -> None:
         self._errors += 1
         if self._errors >= self.settings.max_errors and self.state is not State.CLOSED:
             self.close(replies.TOO_MANY_ERRORS, "too many errors")

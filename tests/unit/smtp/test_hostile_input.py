@@ -179,3 +179,28 @@ def test_issue_8_pipelined_commands_cannot_pile_up_replies() -> None:
     assert one.next_event() is not None
     assert stops > 100 and largest < OUTPUT_HIGH_WATER + 1024
     assert total == 131_072 * len(one.data_to_send())  # every reply, none lost
+
+
+def test_issue_8_a_flood_of_junk_commands_ends_with_421() -> None:
+    """Past 100 commands that move no mail (NOOP, RSET, EHLO, ...), each counts as an error: with the
+    default budget of 20 the 120th NOOP gets 421; an accepted message gives a fresh allowance."""
+    from kartero.smtp.server import JUNK_LIMIT
+
+    conn = ServerConnection(ServerSettings(hostname="mx.example.test"))
+    conn.start()
+    conn.data_to_send()
+    conn.receive_data(b"NOOP\r\n" * (JUNK_LIMIT + 19))
+    assert conn.next_event() is None and not conn.is_closed
+    conn.receive_data(b"NOOP\r\n")
+    assert conn.next_event() is not None and conn.is_closed  # ConnectionClosed
+    assert conn.data_to_send().endswith(b"250 2.0.0 OK\r\n421 4.7.0 Too many errors, closing connection\r\n")
+
+    conn = ServerConnection(ServerSettings(hostname="mx.example.test"))
+    conn.start()
+    message = b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nhi\r\n.\r\n"
+    for _ in range(3):  # 3 x 90 junk commands, a message between each: never closed
+        conn.receive_data(b"EHLO x\r\n" + b"RSET\r\n" * 89 + message)
+        while (event := conn.next_event()) is not None:
+            if isinstance(event, (MailFrom, RcptTo, MessageReceived)):
+                conn.answer(replies.OK)
+    assert not conn.is_closed
