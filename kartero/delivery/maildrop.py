@@ -230,7 +230,8 @@ class Pickup:
             )
             queue_id = new_message_id() if local else message_id
             deliveries.append(Delivery(queue_id, received + data, (), timestamp, record, outbound))
-        self.store.deliver_group(deliveries).result()  # local and queued copies: both or neither
+        if deliveries:  # none when every recipient is unknown: then only the bounce below goes out
+            self.store.deliver_group(deliveries).result()  # local and queued copies: both or neither
         log.info("%s", kv(event="maildrop.stored", file=name, id=message_id, user=dropped.user,
                           mail_from=f"<{dropped.sender}>", rcpt=",".join(dropped.recipients), size=len(data),
                           local=len(local), remote=len(remote)))  # fmt: skip

@@ -108,9 +108,11 @@ class IdleDone:
 
 @dataclass(frozen=True, slots=True)
 class AppendData:
-    """The next piece of a large APPEND message (see APPEND_SPOOL_THRESHOLD)."""
+    """The next piece of a large APPEND message (see APPEND_SPOOL_THRESHOLD). `is_first` starts a new
+    message: whatever the adapter kept of an earlier one (whose command then failed) is not wanted."""
 
     data: bytes
+    is_first: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,8 +317,9 @@ class ImapConnection:
                 n = min(n, APPEND_PIECE)
                 piece = bytes(self._in[:n])
                 del self._in[:n]
+                is_first = self._literal_left == self._pending.spooled
                 self._literal_left -= n
-                return AppendData(piece)
+                return AppendData(piece, is_first)
             with memoryview(self._in) as view:
                 self._pending.literals[-1] += view[:n]
             del self._in[:n]

@@ -141,7 +141,9 @@ class ImapSession:
                     self._expire(expired)
                 continue
             match event:
-                case AppendData(data=data):
+                case AppendData(data=data, is_first=is_first):
+                    if is_first:
+                        self._drop_spool()  # left by an APPEND the core refused after its message
                     self._spill(data)
                 case OutputReady():
                     await channel.send(conn.data_to_send())  # waits while the peer reads nothing

@@ -22,7 +22,7 @@ from kartero.pop3.connection import (
     UpdateRequested,
 )
 from kartero.store.ids import new_message_id
-from kartero.store.interface import INBOX, FlagOp, StoreError
+from kartero.store.interface import INBOX, FlagOp, MessageReader, StoreError
 
 log = logging.getLogger("kartero.pop3")
 
@@ -153,40 +153,36 @@ class Pop3Session:
         return [MaildropEntry(r.uid, r.size) for r in self.ctx.store.message_rows(mailbox.id)]
 
     async def _send_message(self, uid: int) -> None:
-        """RETR/TOP: the message read and sent a CHUNK at a time with flow control, so memory stays a
-        constant whatever its size (issue 8, finding 6)."""
+        """RETR/TOP: the message read and sent a chunk at a time with flow control, so memory stays a
+        constant whatever its size (issue 8, finding 6); its bytes are held open from the start, so an
+        IMAP expunge meanwhile cannot cut the response short."""
         conn, loop = self.conn, self.channel.loop
-        first = await loop.run_in_executor(None, self._read, uid, 0)
-        if first is None:
+        reader = await loop.run_in_executor(None, self._open, uid)
+        if reader is None:
             conn.message_result(None)
             return
-        blob_id, size, chunk = first
-        conn.message_start()
-        position = 0
-        while True:
-            conn.message_chunk(chunk)
-            position += len(chunk)
-            await self.channel.send(conn.data_to_send())
-            if position >= size or not conn.wants_message_data:
-                break
-            more = await loop.run_in_executor(None, self._read_range, blob_id, position)
-            if more is None:  # gone after "+OK message follows": the response cannot be finished
-                raise StoreError(f"message {blob_id} vanished while it was sent")
-            chunk = more
-        conn.message_end()
+        try:
+            conn.message_start()
+            position = 0
+            while position < reader.size and conn.wants_message_data:
+                chunk = await loop.run_in_executor(None, reader.read, position, READ_CHUNK)
+                if not chunk:
+                    raise StoreError(f"message {uid} ends before its size")
+                conn.message_chunk(chunk)
+                position += len(chunk)
+                await self.channel.send(conn.data_to_send())
+            conn.message_end()
+        finally:
+            reader.close()
 
-    def _read(self, uid: int, start: int) -> tuple[str, int, bytes] | None:
-        """(blob id, size, the first chunk) of a message of the maildrop, None when it is gone."""
+    def _open(self, uid: int) -> MessageReader | None:
+        """The maildrop message's bytes, held open; None when it is gone."""
         assert self._mailbox_id is not None
         rows = self.ctx.store.message_rows(self._mailbox_id, [uid])
         if not rows:
             return None
-        chunk = self._read_range(rows[0].blob_id, start)
-        return None if chunk is None else (rows[0].blob_id, rows[0].size, chunk)
-
-    def _read_range(self, blob_id: str, start: int) -> bytes | None:
         try:
-            return self.ctx.store.read_range(blob_id, start, READ_CHUNK)
+            return self.ctx.store.open_message(rows[0].blob_id)
         except (StoreError, OSError):
             return None
 

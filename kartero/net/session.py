@@ -52,6 +52,7 @@ from kartero.smtp.events import (
     StartTLSRequested,
 )
 from kartero.smtp.received import format_received, format_return_path, with_protocol
+from kartero.smtp.replies import Reply
 from kartero.smtp.server import ServerConnection, ServerSettings
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Content, Delivery, FileSpan, Outbound, OutboundRecipient, Store, as_targets
@@ -65,7 +66,8 @@ log = logging.getLogger("kartero.smtp")
 READ_AHEAD_BYTES = 64 * 1024
 TLS_HANDSHAKE_TIMEOUT_S = 30.0
 # Of a message that spills to a spool file, this much of its start stays in memory to find the header
-# (which policy reads and changes); a header that does not end within it is passed on as body.
+# (which policy reads and changes); a message whose header does not end within it is refused (552 5.3.4):
+# forged Authentication-Results fields must never be left in a header too large to clean.
 HEADER_LIMIT = 1024 * 1024
 
 # The 421 4.4.2 for each deadline (RFC 5321 §4.5.3.2; 421 before closing, §3.8), and the reason logged.
@@ -245,6 +247,7 @@ class SMTPSession(asyncio.Protocol):
                 case Hello():
                     pass
                 case MailFrom():
+                    self._drop_spool()  # a transaction reset by RSET or EHLO may have left one
                     self._recipients = {}
                     self._mail_from = str(event.path)[1:-1]
                     conn.answer(self.ctx.policy.check_mail(event.path, conn.authenticated_as).reply)
@@ -495,17 +498,21 @@ class SMTPSession(asyncio.Protocol):
         if len(self._spool_start) < HEADER_LIMIT:
             self._spool_start += data[: HEADER_LIMIT - len(self._spool_start)]
 
-    def _spooled(self, event: MessageReceived) -> Content | None:
-        """The whole message as head (its header block) + a span of the spool file; None when spooling
-        failed (logged)."""
+    def _spooled(self, event: MessageReceived) -> Content | Reply:
+        """The whole message as head (its header block) + a span of the spool file, or the refusal."""
         self._spill(event.data)
         if self._spool is None:
-            return None
+            return replies.STORAGE_FULL  # spooling failed (logged)
         self._spool.close()
         size = self._spool.size
+        if size != event.spilled + len(event.data):  # a bug, never a message made of two
+            log.error("%s", kv(event="smtp.spool_failed", session=self.id, detail=f"{size} octets spooled, "
+                               f"{event.spilled + len(event.data)} expected"))  # fmt: skip
+            return replies.LOCAL_ERROR
         header_end, _ = find_body_start(self._spool_start)
         if header_end >= len(self._spool_start) and size > len(self._spool_start):
-            header_end = 0  # no end of header within HEADER_LIMIT: treated as body
+            # No end of header within HEADER_LIMIT: policy could not read (or clean) the header.
+            return replies.HEADER_TOO_LARGE
         head = self._spool_start[:header_end]
         self._spool_start = b""
         return Content(head, FileSpan(self._spool.path, header_end, size - header_end))
@@ -524,10 +531,10 @@ class SMTPSession(asyncio.Protocol):
         data: bytes | Content = event.data
         if event.spilled:
             spooled = self._spooled(event)
-            if spooled is None:
+            if not isinstance(spooled, Content):
                 self._drop_spool()
-                self._log_message(event.envelope, event.spilled, "refused: spool failed", None, started)
-                self.conn.answer(replies.STORAGE_FULL)
+                self._log_message(event.envelope, event.spilled, f"refused: {spooled}", None, started)
+                self.conn.answer(spooled)
                 self._process()
                 return
             data = spooled

@@ -294,6 +294,16 @@ class StoredMessage:
     modseq: int
 
 
+class MessageReader(Protocol):
+    size: int
+
+    def read(self, start: int, length: int) -> bytes:
+        """Octets [start, start + length) clipped to the message; raises OSError."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Store(Protocol):
     def deliver(self, delivery: Delivery) -> Future[list[StoredMessage]]:
         """Store durably; the Future fails with StoreError when no target could take the message."""
@@ -382,6 +392,11 @@ class Store(Protocol):
 
     def read_message(self, blob_id: str) -> bytes: ...
     def read_range(self, blob_id: str, start: int, length: int) -> bytes: ...
+    def open_message(self, blob_id: str) -> MessageReader:
+        """A handle on a message's bytes for reading it in pieces (FETCH, RETR): it stays readable until
+        closed, even when the message is expunged or its segment compacted meanwhile, so a response
+        whose size was announced can always be finished. Raises StoreError for an unknown message."""
+        ...
     def read_envelope(self, blob_id: str) -> Mapping[str, Any]: ...
 
     def add_listener(self, listener: Callable[[frozenset[int]], None]) -> None:

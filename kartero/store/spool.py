@@ -19,8 +19,10 @@ from typing import overload
 
 from kartero.store.interface import Content, FileSpan
 
-# Bytes read per window by FileBuffer scans; also the copy unit of spool files into segments.
+# Bytes read per window by FileBuffer scans (at most; a search starts small and doubles, since most
+# finds of the MIME parser stop a few octets on); also the copy unit of spool files into segments.
 WINDOW = 1 << 20
+FIRST_WINDOW = 4096
 
 
 def spool_dir(data_dir: Path) -> Path:
@@ -114,28 +116,30 @@ class FileBuffer:
 
     def find(self, sub: bytes, start: int | None = None, end: int | None = None) -> int:
         start, end = self._bounds(start, end)
-        position = start
+        position, window = start, min(FIRST_WINDOW, WINDOW)
         while position <= end - len(sub):
-            window_end = min(end, position + WINDOW + len(sub))
+            window_end = min(end, position + window + len(sub))
             found = self._read(position, window_end).find(sub)
             if found >= 0:
                 return position + found
             if window_end == end:
                 break
             position = window_end - len(sub) + 1
+            window = min(window * 2, WINDOW)
         return -1
 
     def rfind(self, sub: bytes, start: int | None = None, end: int | None = None) -> int:
         start, end = self._bounds(start, end)
-        position = end
+        position, window = end, min(FIRST_WINDOW, WINDOW)
         while position - len(sub) >= start:
-            window_start = max(start, position - WINDOW - len(sub))
+            window_start = max(start, position - window - len(sub))
             found = self._read(window_start, position).rfind(sub)
             if found >= 0:
                 return window_start + found
             if window_start == start:
                 break
             position = window_start + len(sub) - 1
+            window = min(window * 2, WINDOW)
         return -1
 
     def count(self, sub: bytes, start: int | None = None, end: int | None = None) -> int:

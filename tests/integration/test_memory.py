@@ -167,3 +167,40 @@ def test_issue_8_200_mb_message_in_and_out_with_bounded_memory(tmp_path: Path) -
         assert parallel_growth_mb < 200, parallel_growth_mb
     finally:
         server.stop()
+
+
+def test_issue_8_spool_files_never_mix_two_messages(tmp_path: Path) -> None:
+    """A large BDAT chunk abandoned with RSET, and a large APPEND whose command line turns out bad, leave
+    spool files behind that the next large message must not be written after (found in review: the
+    next message was stored with the abandoned one's bytes in front, or refused)."""
+    server = KarteroServer(tmp_path / "mx", domains=("example.test",))
+    server.add_user("bob@example.test", PASSWORD)
+    server.start()
+    try:
+        stale = b"Subject: stale\r\n\r\n" + (b"O" * 78 + b"\r\n") * 20_000  # 1.6 MB: spilled
+        fresh = b"Subject: fresh\r\n\r\n" + (b"N" * 78 + b"\r\n") * 20_000
+        with socket.create_connection((server.host, server.port), timeout=60) as sock:
+            recv_until(sock, b"220 ")
+            for command in (b"EHLO c.example.org", b"MAIL FROM:<a@example.org>", b"RCPT TO:<bob@example.test>"):
+                sock.sendall(command + b"\r\n")
+                recv_until(sock, b"250 ")
+            sock.sendall(b"BDAT %d\r\n" % len(stale) + stale)
+            assert b"250 2.0.0 %d octets received" % len(stale) in recv_until(sock, b"received\r\n")
+            sock.sendall(b"RSET\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.test>\r\n")
+            recv_until(sock, b"Recipient OK\r\n")
+            sock.sendall(b"BDAT %d LAST\r\n" % len(fresh) + fresh)
+            assert b"250 2.0.0 Message accepted" in recv_until(sock, b"accepted as")
+        (stored,) = server.messages("bob@example.test")
+        assert stored.endswith(b"\r\n" + fresh) and b"stale" not in stored
+
+        with socket.create_connection((server.host, server.imap_port), timeout=60) as sock:
+            recv_until(sock, b"* OK")
+            sock.sendall(f'a LOGIN bob@example.test "{PASSWORD}"\r\n'.encode())
+            recv_until(sock, b"a OK")
+            sock.sendall(b"b APPEND Archive {%d+}\r\n" % len(stale) + stale + b" )\r\n")  # junk after it
+            assert b"b BAD" in recv_until(sock, b"b BAD")
+            sock.sendall(b"c APPEND Archive {%d+}\r\n" % len(fresh) + fresh + b"\r\n")
+            assert b"c OK [APPENDUID" in recv_until(sock, b"c ")
+        assert server.messages("bob@example.test", "Archive") == [fresh]
+    finally:
+        server.stop()

@@ -32,7 +32,7 @@ from kartero.imap.commands.view import (
 )
 from kartero.imap.response import Status
 from kartero.imap.syntax import STAR, BodyItem, Fetch, Section
-from kartero.store.interface import FlagOp, MessageRow, StoreError
+from kartero.store.interface import FlagOp, MessageReader, MessageRow, StoreError
 
 Handler = Generator[bytes, None, Done]
 _NEEDS_INDEX = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE"})
@@ -127,6 +127,18 @@ class _Message:
         self.session = session
         self.row = row
         self._tree: list[Any] | None = None
+        self._reader: MessageReader | None = None
+
+    def open(self) -> None:
+        """Hold the message's bytes (raises StoreError when it is gone): from here on a response whose
+        size went out can always be finished, even if another session expunges the message."""
+        if self._reader is None:
+            self._reader = self.session.store.open_message(self.row.blob_id)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     @property
     def tree(self) -> list[Any]:
@@ -140,7 +152,9 @@ class _Message:
         return Span(0, self.row.size)
 
     def read(self, span: Span) -> bytes:
-        return self.session.store.read_range(self.row.blob_id, span.start, span.end - span.start)
+        self.open()
+        assert self._reader is not None
+        return self._reader.read(span.start, span.end - span.start)
 
     def header_span(self) -> Span:
         return Span(0, self.tree[1])
@@ -294,47 +308,55 @@ def _responses(
         if row is None:
             continue
         message = _Message(session, row)
-        parts: list[bytes | tuple[bytes, Span]] = []
-        if with_uid:
-            parts.append(b"UID %d" % uid)
-        has_flags = False
-        for item in items:
-            if isinstance(item, BodyItem):
-                rendered = _body_item(message, item)
-                if rendered is not None:
-                    parts.append(rendered)
-                continue
-            match item:
-                case "UID":
-                    parts.append(b"UID %d" % uid)
-                case "FLAGS":
-                    parts.append(f"FLAGS {format_flags(row.flags)}".encode())
-                    has_flags = True
-                case "INTERNALDATE":
-                    parts.append(f'INTERNALDATE "{internal_date(row.internal_date)}"'.encode())
-                case "RFC822.SIZE":
-                    parts.append(b"RFC822.SIZE %d" % row.size)
-                case "ENVELOPE":
-                    parts.append(b"ENVELOPE " + (row.envelope or b"NIL"))
-                case "BODYSTRUCTURE":
-                    parts.append(b"BODYSTRUCTURE " + (row.bodystructure or b"NIL"))
-                case "BODY":
-                    parts.append(b"BODY " + (row.body or b"NIL"))
-                case "MODSEQ":
-                    parts.append(b"MODSEQ (%d)" % row.modseq)
-                case "RFC822":
-                    parts.append((b"RFC822", message.whole))
-                case "RFC822.HEADER":
-                    parts.append((b"RFC822.HEADER", message.header_span()))
-                case "RFC822.TEXT":
-                    parts.append((b"RFC822.TEXT", message.text_span()))
-                case "SAVEDATE":
-                    parts.append(b"SAVEDATE NIL")
-        if uid in flags_changed and not has_flags:
-            parts.append(f"FLAGS {format_flags(row.flags)}".encode())
-        if with_modseq:
-            parts.append(b"MODSEQ (%d)" % row.modseq)
-        yield from _render(message, b"* %d FETCH (" % seq, parts)
+        try:
+            parts: list[bytes | tuple[bytes, Span]] = []
+            if with_uid:
+                parts.append(b"UID %d" % uid)
+            has_flags = False
+            for item in items:
+                if isinstance(item, BodyItem):
+                    rendered = _body_item(message, item)
+                    if rendered is not None:
+                        parts.append(rendered)
+                    continue
+                match item:
+                    case "UID":
+                        parts.append(b"UID %d" % uid)
+                    case "FLAGS":
+                        parts.append(f"FLAGS {format_flags(row.flags)}".encode())
+                        has_flags = True
+                    case "INTERNALDATE":
+                        parts.append(f'INTERNALDATE "{internal_date(row.internal_date)}"'.encode())
+                    case "RFC822.SIZE":
+                        parts.append(b"RFC822.SIZE %d" % row.size)
+                    case "ENVELOPE":
+                        parts.append(b"ENVELOPE " + (row.envelope or b"NIL"))
+                    case "BODYSTRUCTURE":
+                        parts.append(b"BODYSTRUCTURE " + (row.bodystructure or b"NIL"))
+                    case "BODY":
+                        parts.append(b"BODY " + (row.body or b"NIL"))
+                    case "MODSEQ":
+                        parts.append(b"MODSEQ (%d)" % row.modseq)
+                    case "RFC822":
+                        parts.append((b"RFC822", message.whole))
+                    case "RFC822.HEADER":
+                        parts.append((b"RFC822.HEADER", message.header_span()))
+                    case "RFC822.TEXT":
+                        parts.append((b"RFC822.TEXT", message.text_span()))
+                    case "SAVEDATE":
+                        parts.append(b"SAVEDATE NIL")
+            if uid in flags_changed and not has_flags:
+                parts.append(f"FLAGS {format_flags(row.flags)}".encode())
+            if with_modseq:
+                parts.append(b"MODSEQ (%d)" % row.modseq)
+            if any(isinstance(part, tuple) for part in parts):
+                try:
+                    message.open()
+                except StoreError:
+                    continue  # expunged by another session since the rows were read: nothing sent yet
+            yield from _render(message, b"* %d FETCH (" % seq, parts)
+        finally:
+            message.close()
 
 
 def _render(message: _Message, head: bytes, parts: list[bytes | tuple[bytes, Span]]) -> Generator[bytes, None, None]:

@@ -75,3 +75,16 @@ def test_issue_8_file_that_keeps_failing_goes_to_corrupt_after_five_tries(
     monkeypatch.setattr(store, "deliver_group", real)
     second = drop(store, b"Subject: t\r\n\r\nhi\r\n", "bob@example.test")
     assert worker.run_once() == 1 and not second.exists()
+
+
+def test_issue_8_only_unknown_recipients_are_bounced_not_set_aside(store: SQLiteStore) -> None:
+    """Nothing to store (every recipient unknown, e.g. deleted since `kartero sendmail`) is not a store
+    failure: the sender gets its bounce and the file goes (found in review: it went to corrupt/)."""
+    bob = store.add_account("bob@example.test", "h")
+    path = drop(store, b"Subject: s\r\n\r\nhi\r\n", "gone@example.test")
+    assert pickup(store).run_once() == 1 and not path.exists()
+    assert not (path.parent / "corrupt").exists()
+    inbox = store.get_mailbox(bob.id, "INBOX")
+    assert inbox is not None
+    (bounce,) = store.message_rows(inbox.id)
+    assert b"gone@example.test" in store.read_message(bounce.blob_id)

@@ -62,3 +62,31 @@ def test_issue_8_fetch_streams_big_sections_in_chunks(store: SQLiteStore, monkey
         head = b"* 1 FETCH (UID 1 %s {%d}\r\n" % (name, len(expected))
         flags = b" FLAGS (\\Seen)" if item == "RFC822" else b""  # RFC822 sets \Seen (RFC 9051 §6.4.5)
         assert out == head + expected + flags + b")\r\nf OK UID FETCH completed\r\n", item
+
+
+def test_issue_8_a_streamed_fetch_finishes_when_the_message_is_expunged_meanwhile(store: SQLiteStore) -> None:
+    """Once `{n}` went out, the n octets follow, whatever another session does: the FETCH holds the
+    message's bytes open (before, the next chunk failed and the tagged NO landed inside the literal)."""
+    bob = store.add_account("bob@example.test", "h")
+    store.deliver(Delivery(new_message_id(), MESSAGE, (DeliveryTarget(bob.id),), 1_700_000_000)).result(10)
+    client = Client(store)
+    client.login()
+    client.select()
+    other = Client(store)
+    other.login()
+    other.select()
+    pieces: list[bytes] = []
+    send = client.conn.send
+
+    def record_then_expunge(data: bytes) -> None:
+        pieces.append(data)
+        if len(pieces) == 1:  # the literal has begun: another session removes the message now
+            assert other.command("s STORE 1 +FLAGS.SILENT (\\Deleted)") == [b"s OK STORE completed\r\n"]
+            assert other.command("e EXPUNGE")[-1] == b"e OK EXPUNGE completed\r\n"
+        send(data)
+
+    client.conn.send = record_then_expunge  # type: ignore[method-assign]
+    out = client.send(b"f UID FETCH 1 (BODY.PEEK[])\r\n")
+    head = b"* 1 FETCH (UID 1 BODY[] {%d}\r\n" % len(MESSAGE)
+    assert out.startswith(head + MESSAGE + b")\r\n")
+    assert out.endswith(b"f OK UID FETCH completed\r\n")

@@ -28,6 +28,7 @@ def test_file_buffer_matches_bytes(
     folder = tmp_path_factory.mktemp("spool")  # type: ignore[attr-defined]
     old_window = spool.WINDOW
     spool.WINDOW = 3  # tiny windows, so that matches straddle them
+    old_first, spool.FIRST_WINDOW = spool.FIRST_WINDOW, 1
     try:
         buf, fd = buffer_of(folder, data, prefix)
         start, end = bounds
@@ -41,7 +42,7 @@ def test_file_buffer_matches_bytes(
             assert buf[0] == data[0] and buf[-1] == data[-1]
         os.close(fd)
     finally:
-        spool.WINDOW = old_window
+        spool.WINDOW, spool.FIRST_WINDOW = old_window, old_first
 
 
 def test_spool_file_write_discard_and_clear(tmp_path: Path) -> None:
