@@ -68,7 +68,7 @@ TLS_HANDSHAKE_TIMEOUT_S = 30.0
 # Of a message that spills to a spool file, this much of its start stays in memory to find the header
 # (which policy reads and changes); a message whose header does not end within it is refused (552 5.3.4):
 # forged Authentication-Results fields must never be left in a header too large to clean.
-HEADER_LIMIT = 1024 * 1024
+HEADER_LIMIT = 2 * 1024 * 1024
 
 # The 421 4.4.2 for each deadline (RFC 5321 §4.5.3.2; 421 before closing, §3.8), and the reason logged.
 DEADLINE_REPLIES = {

@@ -12,12 +12,12 @@ import datetime
 import json
 import sqlite3
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from kartero.mime.headers import decode_body, decode_words, find_body_start, parse_header_block
+from kartero.mime.headers import MessageData, decode_words, find_body_start, iter_body_text, parse_header_block
 from kartero.mime.structure import parse_content_type
 from kartero.store import criteria as c
 from kartero.store.interface import (
@@ -62,26 +62,45 @@ def _mailbox(row: Sequence[Any]) -> Mailbox:
     return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
 
 
+# Of a message's header block, SEARCH reads at most this much (a header with no end is the whole message).
+SEARCH_HEADER_BYTES = 1 << 20
+
+
+class _Opened(Protocol):
+    def view(self) -> MessageData: ...
+    def close(self) -> None: ...
+
+
 @dataclass(slots=True)
 class _SearchRow:
-    """One candidate of a search, with lazy access to its bytes and to the texts made from them, each made
-    at most once however many keys ask (a search may hold up to a thousand keys)."""
+    """One candidate of a search, with lazy access to its bytes (read in bounded windows, never whole)
+    and to what is made from them, each made at most once however many keys ask (a search may hold up to
+    a thousand keys). `release()` lets the bytes go once the candidate is decided."""
 
     row: MessageRow
     sent_date: int | None
     decoded: dict[str, str]
     parts: str
-    loader: Callable[[str], bytes]
-    _data: bytes | None = None
+    opener: Callable[[str], _Opened]
+    body_needles: frozenset[str] = frozenset()  # every BODY/TEXT string of the search, case-folded
+    _opened: _Opened | None = None
+    _data: MessageData | None = None
     _fields: list[tuple[str, str]] | None = None
     _header_text: str | None = None
-    _body_text: str | None = None
+    _body_found: frozenset[str] | None = None
 
     @property
-    def data(self) -> bytes:
+    def data(self) -> MessageData:
         if self._data is None:
-            self._data = self.loader(self.row.blob_id)
+            self._opened = self.opener(self.row.blob_id)
+            self._data = self._opened.view()
         return self._data
+
+    def release(self) -> None:
+        if self._opened is not None:
+            self._opened.close()
+        self._opened = self._data = None
+        self._fields = self._header_text = self._body_found = None
 
     @property
     def fields(self) -> list[tuple[str, str]]:
@@ -98,12 +117,15 @@ class _SearchRow:
             self._header_text = decode_words(_header_block(self)).casefold()
         return self._header_text
 
-    @property
-    def body_text(self) -> str:
-        """The text parts, decoded and case-folded."""
-        if self._body_text is None:
-            self._body_text = _body_text(self).casefold()
-        return self._body_text
+    def body_contains(self, needle: str) -> bool:
+        """Whether the decoded text parts hold `needle` (case-folded, one of body_needles). The text is
+        never held whole: one pass over it, in pieces, finds every needle of the search at once."""
+        if needle not in self.body_needles:  # a caller that did not say in advance: one more pass
+            self.body_needles |= {needle}
+            self._body_found = None
+        if self._body_found is None:
+            self._body_found = _find_in_body(self, self.body_needles)
+        return needle in self._body_found
 
 
 class MailboxOps:
@@ -132,6 +154,9 @@ class MailboxOps:
         raise NotImplementedError
 
     def read_message(self, blob_id: str) -> bytes:
+        raise NotImplementedError
+
+    def open_message(self, blob_id: str) -> _Opened:
         raise NotImplementedError
 
     def _drop_unreferenced_blobs(self, db: sqlite3.Connection, blob_ids: list[str]) -> None:
@@ -444,16 +469,28 @@ class MailboxOps:
                 (mailbox_id, *params),
             )
             return [_row(r) for r in rows]
-        return [cand.row for cand in self._candidates(mailbox_id, where, params) if _matches(rest, cand)]
+        return [cand.row for cand in self._matching(mailbox_id, where, params, rest)]
 
     def sort(self, mailbox_id: int, keys: Sequence[c.Sort], criterion: c.Criterion) -> list[int]:
         where, params, rest = _split_criterion(criterion)
-        matching = [
-            cand for cand in self._candidates(mailbox_id, where, params) if rest is None or _matches(rest, cand)
-        ]
+        matching = list(self._matching(mailbox_id, where, params, rest))
         for key in reversed(keys):  # stable sorts, last key first
             matching.sort(key=_sort_key(key.key), reverse=key.reverse)
         return [cand.row.uid for cand in matching]
+
+    def _matching(
+        self, mailbox_id: int, where: str, params: Sequence[Any], rest: c.Criterion | None
+    ) -> Iterator[_SearchRow]:
+        """The candidates that meet `rest` too; each lets its bytes go once decided, so a search holds
+        one message's worth of windows at a time, not the mailbox."""
+        needles = _body_needles(rest) if rest is not None else frozenset()
+        for candidate in self._candidates(mailbox_id, where, params):
+            candidate.body_needles = needles
+            try:
+                if rest is None or _matches(rest, candidate):
+                    yield candidate
+            finally:
+                candidate.release()
 
     def _candidates(self, mailbox_id: int, where: str = "1", params: Sequence[Any] = ()) -> list[_SearchRow]:
         rows = self._db().execute(
@@ -462,7 +499,7 @@ class MailboxOps:
             f" FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id = ? AND ({where}) ORDER BY m.uid",
             (mailbox_id, *params),
         )
-        loader = self.read_message
+        opener = self.open_message
         return [
             _SearchRow(
                 _row(r[:6]),
@@ -479,7 +516,7 @@ class MailboxOps:
                     "sort_cc": r[16],
                 },
                 r[12],
-                loader,
+                opener,
             )
             for r in rows
         ]
@@ -660,7 +697,7 @@ def _compare_date(value: datetime.date, op: c.DateOp, date: datetime.date) -> bo
 
 def _header_block(candidate: _SearchRow) -> bytes:
     body_start = json.loads(candidate.parts)[1]
-    return candidate.data[:body_start]
+    return candidate.data[: min(body_start, SEARCH_HEADER_BYTES)]
 
 
 def _header_matches(candidate: _SearchRow, field: str, text: str) -> bool:
@@ -676,16 +713,10 @@ def _header_matches(candidate: _SearchRow, field: str, text: str) -> bool:
     return any(needle in v for v in values)
 
 
-def _body_text(candidate: _SearchRow) -> str:
+def _text_pieces(candidate: _SearchRow) -> Iterator[str]:
+    """The decoded text parts of a message (and the headers of embedded messages), in bounded pieces."""
     data = candidate.data
-    texts: list[str] = []
     root = json.loads(candidate.parts)
-    if not (root[4] or root[5] is not None):
-        content_type = parse_content_type(parse_header_block(data[: root[1]]).get("content-type"))
-        charset = (content_type.param(b"charset") or b"us-ascii").decode("latin-1")
-        if content_type.type.lower() in (b"text", b"message"):
-            texts.append(decode_body(data[root[1] : root[2]], root[3], charset))
-        return "\n".join(texts)
     pending: list[list[Any]] = [root]  # depth-first, in order, without recursion
     while pending:
         header_start, body_start, end, encoding, children, embedded = pending.pop()
@@ -694,15 +725,51 @@ def _body_text(candidate: _SearchRow) -> str:
             continue
         if embedded is not None:
             header_end, _ = find_body_start(data, embedded[0], embedded[2])
-            texts.append(decode_words(data[embedded[0] : header_end]))
+            yield decode_words(data[embedded[0] : min(header_end, embedded[0] + SEARCH_HEADER_BYTES)])
+            yield "\n"
             pending.append(embedded)
             continue
-        header_end, _ = find_body_start(data, header_start, end)
+        header_end = min(body_start, header_start + SEARCH_HEADER_BYTES)
         content_type = parse_content_type(parse_header_block(data[header_start:header_end]).get("content-type"))
         if content_type.type.lower() in (b"text", b"message"):
             charset = (content_type.param(b"charset") or b"us-ascii").decode("latin-1")
-            texts.append(decode_body(data[body_start:end], encoding, charset))
-    return "\n".join(texts)
+            yield from iter_body_text(data, encoding, charset, body_start, end)
+            yield "\n"
+
+
+def _find_in_body(candidate: _SearchRow, needles: frozenset[str]) -> frozenset[str]:
+    """Which of `needles` (case-folded) the text parts hold, in one pass; a needle may span two pieces."""
+    found: set[str] = set()
+    left = set(needles)
+    keep = max((len(n) for n in needles), default=1) - 1
+    tail = ""
+    for piece in _text_pieces(candidate):
+        window = tail + piece.casefold()
+        for needle in list(left):
+            if needle in window:
+                found.add(needle)
+                left.discard(needle)
+        if not left:
+            break
+        tail = window[-keep:] if keep else ""
+    return frozenset(found)
+
+
+def _body_needles(criterion: c.Criterion) -> frozenset[str]:
+    """The case-folded strings of every BODY and TEXT key (a criterion is at most c.MAX_DEPTH deep)."""
+    needles: set[str] = set()
+    pending = [criterion]
+    while pending:
+        match pending.pop():
+            case c.Body(text=text) | c.Text(text=text):
+                needles.add(text.casefold())
+            case c.Not(criterion=inner):
+                pending.append(inner)
+            case c.Or(left=left, right=right):
+                pending += [left, right]
+            case c.And(criteria=items):
+                pending += items
+    return frozenset(needles)
 
 
 def _matches(criterion: c.Criterion, candidate: _SearchRow) -> bool:
@@ -716,10 +783,10 @@ def _matches(criterion: c.Criterion, candidate: _SearchRow) -> bool:
         case c.Header(field=field, text=text):
             return _header_matches(candidate, field, text)
         case c.Body(text=text):
-            return text.casefold() in candidate.body_text
+            return candidate.body_contains(text.casefold())
         case c.Text(text=text):
             needle = text.casefold()
-            return needle in candidate.header_text or needle in candidate.body_text
+            return needle in candidate.header_text or candidate.body_contains(needle)
         case c.Size(larger_than=larger, smaller_than=smaller):
             return (larger is None or row.size > larger) and (smaller is None or row.size < smaller)
         case c.InternalDate(op=op, date=date):

@@ -45,7 +45,7 @@ from kartero.store.interface import (
 from kartero.store.mailboxes import MailboxOps, format_flags
 from kartero.store.queue_sql import QUEUE_SCHEMA, QueueOps, insert_outbound, migrate_queue
 from kartero.store.segments import Segments
-from kartero.store.spool import SpoolBody, clear_spool, materialize, spool_dir
+from kartero.store.spool import FileBuffer, SpoolBody, clear_spool, materialize, spool_dir
 
 log = logging.getLogger("kartero.store")
 
@@ -702,6 +702,10 @@ class SegmentReader:
                 raise OSError(f"segment ends inside a message at {self._offset + start + len(data)}")
             data += more
         return data
+
+    def view(self) -> FileBuffer:
+        """The message as a MessageData for the MIME code: read in bounded windows, never whole."""
+        return FileBuffer(self._fd, self._offset, self.size)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -90,3 +90,30 @@ def test_issue_8_a_streamed_fetch_finishes_when_the_message_is_expunged_meanwhil
     head = b"* 1 FETCH (UID 1 BODY[] {%d}\r\n" % len(MESSAGE)
     assert out.startswith(head + MESSAGE + b")\r\n")
     assert out.endswith(b"f OK UID FETCH completed\r\n")
+
+
+def test_issue_8_search_body_reads_in_pieces_and_sees_a_whole_large_part(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SEARCH BODY/TEXT decodes text parts in bounded pieces: a needle past the first 4 MiB, or across
+    two pieces, is found, and no message is ever read whole or kept after it was decided."""
+    bob = store.add_account("bob@example.test", "h")
+    filler = b"plain words on a line of a long text part\r\n"
+    body = filler * (5_000_000 // len(filler)) + b"needle-at-the-end\r\n"
+    straddle = filler * ((1 << 20) // len(filler)) + b"across-the-boundary\r\n"
+    for text in (body, straddle, b"nothing here\r\n"):
+        message = b"From: a@example.org\r\nSubject: s\r\nContent-Type: text/plain\r\n\r\n" + text
+        store.deliver(Delivery(new_message_id(), message, (DeliveryTarget(bob.id),), 1_700_000_000)).result(10)
+
+    def whole_message(blob_id: str) -> bytes:
+        raise AssertionError("SEARCH read a whole message into memory")
+
+    monkeypatch.setattr(store, "read_message", whole_message)
+    client = Client(store)
+    client.login()
+    client.select()
+    assert client.command("s SEARCH BODY needle-AT-the-end") == [b"* SEARCH 1\r\n", b"s OK SEARCH completed\r\n"]
+    assert client.command("t SEARCH TEXT across-the-boundary") == [b"* SEARCH 2\r\n", b"t OK SEARCH completed\r\n"]
+    assert client.command("v SEARCH OR BODY nothing BODY needle-at") == [
+        b"* SEARCH 1 3\r\n", b"v OK SEARCH completed\r\n"]  # fmt: skip
+    assert client.command("u SEARCH NOT BODY words") == [b"* SEARCH 3\r\n", b"u OK SEARCH completed\r\n"]
