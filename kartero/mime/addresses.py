@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from kartero.mime.headers import quoted_string_end
+from kartero.mime.headers import strip_comments
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ _QUOTED_PAIR = re.compile(rb"\\(.)")  # unquoted by split and join: a template s
 def _tokens(value: bytes) -> Iterator[_Token]:
     """(kind, text, start, end) tokens: 'q' quoted string, 'a' angle address, 's' special, 'w' word."""
     if b"(" in value:
-        value = _strip_comments(value)
+        value = strip_comments(value)
     for m in _TOKEN.finditer(value):
         text = m.group(0)
         first = text[:1]
@@ -54,47 +54,6 @@ def _tokens(value: bytes) -> Iterator[_Token]:
             yield ("s", text, m.start(), m.end())
         else:
             yield ("w", text, m.start(), m.end())
-
-
-_MAX_COMMENT_DEPTH = 100  # comments nest (RFC 5322 §3.2.2); deeper, the rest of the value is comment
-_COMMENT_OR_QUOTE = re.compile(rb'[("]')
-_IN_COMMENT = re.compile(rb"[()\\]")
-
-
-def _strip_comments(value: bytes) -> bytes:
-    """Comments (nested, RFC 5322 §3.2.2) replaced by a space, quoted strings left alone; a comment
-    never closed or nested deeper than _MAX_COMMENT_DEPTH runs to the end."""
-    out = bytearray()
-    depth, i, n = 0, 0, len(value)
-    while i < n:
-        if depth == 0:
-            special = _COMMENT_OR_QUOTE.search(value, i)
-            j = n if special is None else special.start()
-            out += value[i:j]
-            if j == n:
-                break
-            if value[j : j + 1] == b"(":
-                depth, i = 1, j + 1
-            else:
-                i = quoted_string_end(value, j)
-                i = n if i < 0 else i
-                out += value[j:i]
-            continue
-        special = _IN_COMMENT.search(value, i)
-        if special is None:
-            break
-        i = special.end()
-        if special.group() == b"\\":
-            i += 1  # quoted-pair: the next byte is comment text
-        elif special.group() == b"(":
-            depth += 1
-            if depth > _MAX_COMMENT_DEPTH:
-                break
-        else:
-            depth -= 1
-            if not depth:
-                out += b" "
-    return bytes(out)
 
 
 def _split_addr_spec(spec: bytes) -> tuple[bytes | None, bytes | None, bytes | None]:

@@ -164,6 +164,50 @@ def quoted_string_end(value: bytes, start: int) -> int:
     return end + 1 if value[end : end + 1] == b'"' else -1
 
 
+MAX_COMMENT_DEPTH = 100  # comments nest (RFC 5322 §3.2.2); deeper, the rest of the value is comment
+_COMMENT_OR_QUOTE = re.compile(rb'[("]')
+_IN_COMMENT = re.compile(rb"[()\\]")
+
+
+def strip_comments(value: bytes, replacement: bytes = b" ") -> bytes:
+    """`value` with each comment (nested, with quoted-pairs: RFC 5322 §3.2.2) replaced by `replacement`,
+    quoted strings left alone; a comment never closed or nested deeper than MAX_COMMENT_DEPTH runs to
+    the end. Linear: each octet is looked at once."""
+    if b"(" not in value:
+        return value
+    out = bytearray()
+    depth, i, n = 0, 0, len(value)
+    while i < n:
+        if depth == 0:
+            special = _COMMENT_OR_QUOTE.search(value, i)
+            j = n if special is None else special.start()
+            out += value[i:j]
+            if j == n:
+                break
+            if value[j : j + 1] == b"(":
+                depth, i = 1, j + 1
+            else:
+                i = quoted_string_end(value, j)
+                i = n if i < 0 else i
+                out += value[j:i]
+            continue
+        special = _IN_COMMENT.search(value, i)
+        if special is None:
+            break
+        i = special.end()
+        if special.group() == b"\\":
+            i += 1  # quoted-pair: the next octet is comment text
+        elif special.group() == b"(":
+            depth += 1
+            if depth > MAX_COMMENT_DEPTH:
+                break
+        else:
+            depth -= 1
+            if not depth:
+                out += replacement
+    return bytes(out)
+
+
 # Both are linear: every run they repeat stops at a "?" or white space, so no two attempts overlap.
 _ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([BbQq])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(rb"(\?=)\s+(=\?)")

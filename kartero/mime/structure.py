@@ -24,6 +24,7 @@ from kartero.mime.headers import (
     find_bounded,
     parse_header_block,
     quoted_string_end,
+    strip_comments,
 )
 
 # Dovecot's message parser defaults (MESSAGE_PARSER_DEFAULT_MAX_NESTED/TOTAL_MIME_PARTS): real mail
@@ -46,9 +47,6 @@ HEADER_ITEMS_BUDGET = 100_000
 SCAN_FACTOR = 8
 CANDIDATE_BYTES = 4096
 SCAN_SLACK_BYTES = MAX_PARTS * CANDIDATE_BYTES + (8 << 20)
-# Comments nest (RFC 5322 §3.2.2); past this depth the rest of the value counts as comment.
-MAX_COMMENT_DEPTH = 100
-
 
 @dataclass(frozen=True, slots=True)
 class ContentType:
@@ -97,41 +95,8 @@ class Part:
 
 
 _TOKEN_END = re.compile(rb'[\s;()<>@,:\\"/\[\]?=]')
-_COMMENT_OR_QUOTE = re.compile(rb'[("]')
-_PARENTHESIS = re.compile(rb"[()]")
 _ESCAPED = re.compile(rb"\\([\x00-\xff])")  # unquoted by split and join: a template sub is 4x slower per pair
 _NOT_BLANK = re.compile(rb"[^ \t\r\n]")
-
-
-def _skip_comments(value: bytes) -> bytes:
-    """`value` without its comments (quoted strings kept); a comment nested deeper than
-    MAX_COMMENT_DEPTH, or never closed, runs to the end."""
-    if b"(" not in value:
-        return value
-    out = bytearray()
-    depth, i, n = 0, 0, len(value)
-    while i < n:
-        if depth == 0:
-            special = _COMMENT_OR_QUOTE.search(value, i)
-            j = n if special is None else special.start()
-            out += value[i:j]
-            if j == n:
-                break
-            if value[j : j + 1] == b"(":
-                depth, i = 1, j + 1
-            else:
-                i = quoted_string_end(value, j)
-                i = n if i < 0 else i
-                out += value[j:i]
-        else:
-            parenthesis = _PARENTHESIS.search(value, i)
-            if parenthesis is None:
-                break
-            depth += 1 if parenthesis.group() == b"(" else -1
-            if depth > MAX_COMMENT_DEPTH:
-                break
-            i = parenthesis.end()
-    return bytes(out)
 
 
 def _skip_blanks(text: bytes, i: int) -> int:
@@ -172,7 +137,7 @@ def parse_content_type(value: bytes | None, default: ContentType = TEXT_PLAIN) -
     """RFC 2045 §5.1; an absent or unparsable type gives the default (text/plain; charset=us-ascii)."""
     if value is None:
         return default
-    value = _skip_comments(value).strip()
+    value = strip_comments(value, b"").strip()
     main, _, rest = value.partition(b";")
     type_, slash, subtype = main.strip().partition(b"/")
     type_, subtype = type_.strip(), subtype.strip()
@@ -191,7 +156,7 @@ def parse_languages(value: bytes | None) -> tuple[bytes, ...]:
 def parse_disposition(value: bytes | None) -> tuple[bytes, tuple[tuple[bytes, bytes], ...]] | None:
     if value is None:
         return None
-    value = _skip_comments(value).strip()
+    value = strip_comments(value, b"").strip()
     main, _, rest = value.partition(b";")
     main = main.strip()
     if not main:

@@ -34,8 +34,7 @@ from kartero.log import kv
 from kartero.net.channel import DEADLINE_TEXTS, AccessContext, Channel, refusal_text
 from kartero.net.deadlines import Deadline
 from kartero.store.ids import new_message_id
-from kartero.store.interface import FileSpan
-from kartero.store.spool import SpoolFile
+from kartero.store.spool import IncomingSpool
 
 log = logging.getLogger("kartero.imap")
 
@@ -55,8 +54,7 @@ class ImapSession:
         self.conn = ImapConnection(ctx.settings, is_tls=ctx.implicit_tls, is_loopback=channel.is_loopback)
         self.session: Session | None = None
         self._notified = False
-        self._spool: SpoolFile | None = None  # the APPEND message being received, once it is large
-        self._spool_error: str | None = None
+        self._spool = IncomingSpool(ctx.spool_dir)  # the APPEND message being received, once it is large
         self._stopping = False
         self._started_at = time.monotonic()
         self._ticket = ctx.admit(channel, self.id)
@@ -190,33 +188,19 @@ class ImapSession:
     def _spill(self, data: bytes) -> None:
         """Write the next piece of a large APPEND message to this session's spool file (page cache; the
         bytes become durable when the store copies them into a segment, before the tagged OK)."""
-        if self._spool_error is not None:
-            return
-        try:
-            if self._spool is None:
-                if self.ctx.spool_dir is None:
-                    raise OSError("no spool folder")
-                self._spool = SpoolFile(self.ctx.spool_dir)
-            self._spool.write(data)
-        except OSError as exc:
-            self._spool_error = str(exc)
-            log.error("%s", kv(event="imap.spool_failed", session=self.id, detail=str(exc)))
-            if self._spool is not None:
-                self._spool.discard()
-                self._spool = None
+        failed_before = self._spool.error is not None
+        if not self._spool.write(data) and not failed_before:
+            log.error("%s", kv(event="imap.spool_failed", session=self.id, detail=self._spool.error))
 
     def _drop_spool(self) -> None:
-        if self._spool is not None:
-            self._spool.discard()
-        self._spool, self._spool_error = None, None
+        self._spool.reset()
 
     async def _run_command(self, tag: str, command: Any) -> None:
         session = self.session
         assert session is not None
         started = time.monotonic()
-        if isinstance(command, Append) and command.spooled and self._spool is not None:
-            self._spool.close()
-            session.spooled_message = FileSpan(self._spool.path, 0, self._spool.size)
+        if isinstance(command, Append) and command.spooled:
+            session.spooled_message = self._spool.finish()
         else:
             self._drop_spool()  # pieces of an APPEND the core refused after all: not wanted
         try:

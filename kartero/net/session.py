@@ -56,7 +56,7 @@ from kartero.smtp.replies import Reply
 from kartero.smtp.server import ServerConnection, ServerSettings
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Content, Delivery, FileSpan, Outbound, OutboundRecipient, Store, as_targets
-from kartero.store.spool import SpoolFile
+from kartero.store.spool import IncomingSpool
 from kartero.tls import describe
 
 log = logging.getLogger("kartero.smtp")
@@ -131,9 +131,8 @@ class SMTPSession(asyncio.Protocol):
         self._deadlines = Deadlines(ctx.deadlines, self.loop.time())
         self._started_at = time.monotonic()
         self._recipients: dict[str, Accept] = {}  # accepted RCPT path -> its decision, this transaction
-        self._spool: SpoolFile | None = None  # the message being received, once it spilled out of memory
+        self._spool = IncomingSpool(ctx.spool_dir)  # the message being received, once it spilled out of memory
         self._spool_start = b""  # its first octets (the header is read from them)
-        self._spool_error: str | None = None  # why spooling failed; the message is then refused with 452
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
 
@@ -482,18 +481,10 @@ class SMTPSession(asyncio.Protocol):
     def _spill(self, data: bytes) -> None:
         """Write the next piece of a large message to this session's spool file (page cache: fast; the
         bytes become durable when the store copies them into a segment, before the 250)."""
-        if self._spool_error is not None:
-            return
-        try:
-            if self._spool is None:
-                if self.ctx.spool_dir is None:
-                    raise OSError("no spool folder")
-                self._spool = SpoolFile(self.ctx.spool_dir)
-            self._spool.write(data)
-        except OSError as exc:
-            self._spool_error = str(exc)
-            log.error("%s", kv(event="smtp.spool_failed", session=self.id, detail=str(exc)))
-            self._drop_spool(keep_error=True)
+        failed_before = self._spool.error is not None
+        if not self._spool.write(data):
+            if not failed_before:
+                log.error("%s", kv(event="smtp.spool_failed", session=self.id, detail=self._spool.error))
             return
         if len(self._spool_start) < HEADER_LIMIT:
             self._spool_start += data[: HEADER_LIMIT - len(self._spool_start)]
@@ -501,10 +492,10 @@ class SMTPSession(asyncio.Protocol):
     def _spooled(self, event: MessageReceived) -> Content | Reply:
         """The whole message as head (its header block) + a span of the spool file, or the refusal."""
         self._spill(event.data)
-        if self._spool is None:
+        whole = self._spool.finish()
+        if whole is None:
             return replies.STORAGE_FULL  # spooling failed (logged)
-        self._spool.close()
-        size = self._spool.size
+        size = whole.length
         if size != event.spilled + len(event.data):  # a bug, never a message made of two
             log.error("%s", kv(event="smtp.spool_failed", session=self.id, detail=f"{size} octets spooled, "
                                f"{event.spilled + len(event.data)} expected"))  # fmt: skip
@@ -515,14 +506,11 @@ class SMTPSession(asyncio.Protocol):
             return replies.HEADER_TOO_LARGE
         head = self._spool_start[:header_end]
         self._spool_start = b""
-        return Content(head, FileSpan(self._spool.path, header_end, size - header_end))
+        return Content(head, FileSpan(whole.path, header_end, size - header_end))
 
-    def _drop_spool(self, *, keep_error: bool = False) -> None:
-        if self._spool is not None:
-            self._spool.discard()
-        self._spool, self._spool_start = None, b""
-        if not keep_error:
-            self._spool_error = None
+    def _drop_spool(self) -> None:
+        self._spool.reset()
+        self._spool_start = b""
 
     # -- storing -------------------------------------------------------------------------------------
 

@@ -57,6 +57,49 @@ class SpoolFile:
             self.path.unlink()
 
 
+class IncomingSpool:
+    """The spool file of the message a session is receiving, made at its first piece. After a write
+    fails (a full disk) the file is gone, `error` says why, and later pieces are dropped until `reset`."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.file: SpoolFile | None = None
+        self.error: str | None = None
+
+    def write(self, data: bytes) -> bool:
+        """Append a piece; False when it was not written (the failure is in `error`)."""
+        if self.error is not None:
+            return False
+        try:
+            if self.file is None:
+                if self.folder is None:
+                    raise OSError("no spool folder")
+                self.file = SpoolFile(self.folder)
+            self.file.write(data)
+        except OSError as exc:
+            self.error = str(exc) or type(exc).__name__
+            self._discard()
+            return False
+        return True
+
+    def finish(self) -> FileSpan | None:
+        """The whole message written so far, the file closed for writing; None when there is none."""
+        if self.file is None:
+            return None
+        self.file.close()
+        return FileSpan(self.file.path, 0, self.file.size)
+
+    def reset(self) -> None:
+        """Forget the message (its file removed) and any failure: ready for the next one."""
+        self._discard()
+        self.error = None
+
+    def _discard(self) -> None:
+        if self.file is not None:
+            self.file.discard()
+            self.file = None
+
+
 def clear_spool(data_dir: Path) -> int:
     """Remove what a previous run left in the spool folder (nothing there was acknowledged); returns
     how many files went."""

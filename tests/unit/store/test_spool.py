@@ -56,3 +56,19 @@ def test_spool_file_write_discard_and_clear(tmp_path: Path) -> None:
     assert not first.path.exists()
     SpoolFile(folder).close()
     assert spool.clear_spool(tmp_path) == 1 and list(folder.iterdir()) == []
+
+
+def test_incoming_spool_latches_a_failure_until_reset(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the spool folder should be")
+    spool_ = spool.IncomingSpool(blocked)
+    assert not spool_.write(b"piece") and spool_.error is not None
+    assert not spool_.write(b"more") and spool_.finish() is None  # nothing half-written is handed on
+    spool_.reset()
+    assert spool_.error is None
+    good = spool.IncomingSpool(tmp_path / "spool")
+    assert good.write(b"one ") and good.write(b"two")
+    whole = good.finish()
+    assert whole is not None and whole.path.read_bytes() == b"one two" and (whole.offset, whole.length) == (0, 7)
+    good.reset()
+    assert not whole.path.exists()
