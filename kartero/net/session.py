@@ -317,18 +317,26 @@ class SMTPSession(asyncio.Protocol):
 
         future.add_done_callback(lambda done: self.loop.call_soon_threadsafe(resume, done))
 
-    def _authenticate(self, event: AuthRequested) -> None:
-        authenticator, throttle = self.ctx.authenticator, self.ctx.throttle
-        if authenticator is None:
+    def _may_try(self, user: str) -> bool:
+        """Whether an AUTH attempt for `user` goes on to be checked. It counts as a failure with the
+        throttle before the check runs, so parallel guesses cannot all be checked; when refused, the core
+        has its answer (535 without an authenticator, 454 when throttled)."""
+        throttle = self.ctx.throttle
+        if self.ctx.authenticator is None:
             self.conn.auth_result(None)
-            return
-        # The attempt counts as a failure before the check runs: parallel guesses cannot all be checked.
-        if throttle is not None and (lockout := throttle.reserve(self.client_ip, event.user)) is not None:
-            log.info("%s", kv(event="smtp.auth_throttled", session=self.id, client=self.client_ip, user=event.user,
+            return False
+        if throttle is not None and (lockout := throttle.reserve(self.client_ip, user)) is not None:
+            log.info("%s", kv(event="smtp.auth_throttled", session=self.id, client=self.client_ip, user=user,
                               reason=lockout))  # fmt: skip
             self.conn.auth_result(None, replies.AUTH_THROTTLED)
+            return False
+        return True
+
+    def _authenticate(self, event: AuthRequested) -> None:
+        if not self._may_try(event.user):
             return
-        self._wait(self.loop.run_in_executor(None, authenticator.verify, event.user, event.password),
+        assert self.ctx.authenticator is not None
+        self._wait(self.loop.run_in_executor(None, self.ctx.authenticator.verify, event.user, event.password),
                    partial(self._authenticated, event))  # fmt: skip
 
     def _authenticated(self, event: AuthRequested, done: Future[Any]) -> None:
@@ -358,16 +366,10 @@ class SMTPSession(asyncio.Protocol):
     def _scram(self, event: ScramRequested) -> None:
         """SCRAM keys for the exchange; the attempt is reserved with the throttle now, because the proof
         is checked by the core (ScramFinished settles it: success clears it, anything else leaves it)."""
-        authenticator, throttle = self.ctx.authenticator, self.ctx.throttle
-        if authenticator is None:
-            self.conn.auth_result(None)
+        if not self._may_try(event.user):
             return
-        if throttle is not None and (lockout := throttle.reserve(self.client_ip, event.user)) is not None:
-            log.info("%s", kv(event="smtp.auth_throttled", session=self.id, client=self.client_ip, user=event.user,
-                              reason=lockout))  # fmt: skip
-            self.conn.auth_result(None, replies.AUTH_THROTTLED)
-            return
-        self._wait(self.loop.run_in_executor(None, authenticator.scram, event.user),
+        assert self.ctx.authenticator is not None
+        self._wait(self.loop.run_in_executor(None, self.ctx.authenticator.scram, event.user),
                    lambda done: self.conn.scram_credentials(done.result()[0]))  # fmt: skip
 
     def _answer_rcpt_later(self, event: RcptTo, done: Future[Decision]) -> None:
