@@ -43,6 +43,7 @@ from kartero.imap.tokens import (
     first_words,
     split_literal,
     tokenize,
+    upper_ascii,
 )
 
 # tag = 1*<any ASTRING-CHAR except "+"> (RFC 9051 §9): printable, without ( ) { SP % * " \ +.
@@ -428,7 +429,7 @@ class ImapConnection:
         tag = tokens[0].value
         if len(tokens) < 2 or not isinstance(tokens[1], Atom):
             return self._bad(tag, "Missing command")
-        name = tokens[1].value.upper()
+        name = upper_ascii(tokens[1].value)
         if name not in ALLOWED[self.state]:
             known = any(name in commands for commands in ALLOWED.values())
             return self._bad(tag, f"{name} not allowed now" if known else f"Unknown command {name}")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kartero.imap import mutf7
-from kartero.imap.tokens import MAX_NESTING, Atom, ParseError, PList, String, Token
+from kartero.imap.tokens import MAX_NESTING, Atom, ParseError, PList, String, Token, upper_ascii
 
 STAR = -1  # "*" in a sequence set: the largest number in use
 
@@ -280,6 +280,14 @@ class _Args:
     def more(self) -> bool:
         return self.pos < len(self.tokens)
 
+    def take(self, word: str) -> bool:
+        """Whether the next token is the atom `word` (in any case); if it is, it is consumed."""
+        token = self.peek()
+        if isinstance(token, Atom) and upper_ascii(token.value) == word:
+            self.pos += 1
+            return True
+        return False
+
     def peek(self) -> Token | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
 
@@ -310,7 +318,7 @@ class _Args:
 
     def nstring(self, what: str) -> bytes | None:
         token = self.peek()
-        if isinstance(token, Atom) and token.value.upper() == "NIL":
+        if isinstance(token, Atom) and upper_ascii(token.value) == "NIL":
             self.pos += 1
             return None
         return self.astring(what)
@@ -471,7 +479,7 @@ def _login(a: _Args) -> Command:
 
 
 def _authenticate(a: _Args) -> Command:
-    mechanism = a.atom("mechanism").upper()
+    mechanism = upper_ascii(a.atom("mechanism"))
     initial: bytes | None = None
     if a.more():
         token = a.next("initial response")
@@ -488,7 +496,7 @@ def _authenticate(a: _Args) -> Command:
 def _enable(a: _Args) -> Command:
     caps = []
     while a.more():
-        caps.append(a.atom("capability").upper())
+        caps.append(upper_ascii(a.atom("capability")))
     if not caps:
         raise ParseError("ENABLE needs at least one capability")
     return Enable(tuple(caps))
@@ -505,7 +513,7 @@ def _select(a: _Args) -> Command:
             token = params[i]
             if not isinstance(token, Atom):
                 raise ParseError("bad select parameter")
-            name = token.value.upper()
+            name = upper_ascii(token.value)
             if name == "CONDSTORE":
                 condstore = True
             elif name == "QRESYNC" and i + 1 < len(params) and isinstance(params[i + 1], PList):
@@ -541,7 +549,7 @@ def _mailbox_command(a: _Args) -> Command:
     special: tuple[str, ...] = ()
     if a.name == "CREATE" and a.more():
         params = a.plist("create parameters")
-        if len(params) != 2 or not isinstance(params[0], Atom) or params[0].value.upper() != "USE":
+        if len(params) != 2 or not isinstance(params[0], Atom) or upper_ascii(params[0].value) != "USE":
             raise ParseError("only the USE create parameter is supported")
         uses = params[1].items if isinstance(params[1], PList) else ()
         special = tuple(t.value for t in uses if isinstance(t, Atom))
@@ -580,7 +588,7 @@ def _list(a: _Args) -> Command:
         for token in a.plist("selection options"):
             if not isinstance(token, Atom):
                 raise ParseError("bad selection option")
-            selection.add(token.value.upper())
+            selection.add(upper_ascii(token.value))
     reference = _list_pattern(a.next("reference"), a.utf8)
     patterns_token = a.next("mailbox pattern")
     if isinstance(patterns_token, PList):
@@ -593,7 +601,7 @@ def _list(a: _Args) -> Command:
     returns: set[str] = set()
     status_items: tuple[str, ...] = ()
     if a.more():
-        if a.atom("RETURN").upper() != "RETURN":
+        if upper_ascii(a.atom("RETURN")) != "RETURN":
             raise ParseError("expected RETURN")
         is_extended = True
         options = list(a.plist("return options"))
@@ -627,9 +635,9 @@ STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE
 def _status_items(tokens: tuple[Token, ...]) -> tuple[str, ...]:
     items = []
     for token in tokens:
-        if not isinstance(token, Atom) or token.value.upper() not in STATUS_ITEMS:
+        if not isinstance(token, Atom) or upper_ascii(token.value) not in STATUS_ITEMS:
             raise ParseError("unknown STATUS item")
-        items.append(token.value.upper())
+        items.append(upper_ascii(token.value))
     if not items:
         raise ParseError("STATUS needs at least one item")
     return tuple(items)
@@ -653,7 +661,7 @@ def _append(a: _Args) -> Command:
         date = parse_date_time(token.value.decode("ascii", "replace"))
         a.pos += 1
     message = a.next("message literal")
-    if isinstance(message, Atom) and message.value.upper() == "UTF8":
+    if isinstance(message, Atom) and upper_ascii(message.value) == "UTF8":
         inner = a.plist("UTF8 literal")
         if len(inner) != 1 or not isinstance(inner[0], String):
             raise ParseError("bad UTF8 literal")
@@ -703,7 +711,7 @@ def _search_key(a: _Args, count: _KeyCount, depth: int = 0) -> SearchKey:
         return keys[0] if len(keys) == 1 else SAnd(tuple(keys))
     if not isinstance(token, Atom):
         raise ParseError("bad search key")
-    key = token.value.upper()
+    key = upper_ascii(token.value)
     if key in _FLAG_KEYS:
         return SKey("FLAG", _FLAG_KEYS[key])
     if key in _HEADER_KEYS:
@@ -754,18 +762,16 @@ _ESEARCH_RETURNS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
 
 def _search(a: _Args, is_uid: bool) -> Command:
     returns: tuple[str, ...] | None = None
-    if isinstance(a.peek(), Atom) and a.peek().value.upper() == "RETURN":  # type: ignore[union-attr]
-        a.pos += 1
+    if a.take("RETURN"):
         options = []
         for token in a.plist("return options"):
-            if not isinstance(token, Atom) or token.value.upper() not in _ESEARCH_RETURNS:
+            if not isinstance(token, Atom) or upper_ascii(token.value) not in _ESEARCH_RETURNS:
                 raise ParseError("unknown SEARCH return option")
-            options.append(token.value.upper())
+            options.append(upper_ascii(token.value))
         returns = tuple(options)
     charset = None
-    if isinstance(a.peek(), Atom) and a.peek().value.upper() == "CHARSET":  # type: ignore[union-attr]
-        a.pos += 1
-        charset = a.astring("charset").decode("ascii", "replace").upper()
+    if a.take("CHARSET"):
+        charset = upper_ascii(a.astring("charset").decode("ascii", "replace"))
     return Search(is_uid, _search_program(a), returns, charset)
 
 
@@ -774,15 +780,14 @@ SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO"}
 
 def _sort(a: _Args, is_uid: bool) -> Command:
     returns: tuple[str, ...] | None = None
-    if isinstance(a.peek(), Atom) and a.peek().value.upper() == "RETURN":  # type: ignore[union-attr]
-        a.pos += 1
-        returns = tuple(t.value.upper() for t in a.plist("return options") if isinstance(t, Atom))
+    if a.take("RETURN"):
+        returns = tuple(upper_ascii(t.value) for t in a.plist("return options") if isinstance(t, Atom))
     keys: list[tuple[str, bool]] = []
     reverse = False
     for token in a.plist("sort criteria"):
         if not isinstance(token, Atom):
             raise ParseError("bad sort criterion")
-        word = token.value.upper()
+        word = upper_ascii(token.value)
         if word == "REVERSE":
             reverse = True
             continue
@@ -792,7 +797,7 @@ def _sort(a: _Args, is_uid: bool) -> Command:
         reverse = False
     if not keys or reverse:
         raise ParseError("bad sort criteria")
-    charset = a.astring("charset").decode("ascii", "replace").upper()
+    charset = upper_ascii(a.astring("charset").decode("ascii", "replace"))
     return SortCommand(is_uid, tuple(keys), charset, _search_program(a), returns)
 
 
@@ -803,15 +808,16 @@ _SECTION_TEXTS = frozenset({"", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", 
 
 
 def parse_fetch_item(text: str) -> FetchItem:
-    """A FETCH item: a simple name, or BODY[section]<partial> and its BINARY forms (RFC 9051 §6.4.5)."""
-    upper = text.upper()
+    """A FETCH item: a simple name, or BODY[section]<partial> and its BINARY forms (RFC 9051 §6.4.5), in
+    any case (RFC 9051 §9); the item comes back in upper case, as responses name it."""
+    upper = upper_ascii(text)
     if upper in SIMPLE_FETCH:
         return upper
     start, end = text.find("["), text.rfind("]")
-    kind = text[:start]
+    kind = upper[:start]
     if start < 0 or end < start or kind not in _BODY_KINDS:
         raise ParseError(f"unknown fetch item {text[:40]}")
-    section = _parse_section(text[start + 1 : end])
+    section = _parse_section(upper[start + 1 : end])
     if kind.startswith("BINARY") and (section.text or section.fields):
         raise ParseError("BINARY takes a part number only")
     partial = _parse_partial(text[end + 1 :], text)
@@ -837,7 +843,8 @@ def _parse_partial(spec: str, item: str) -> tuple[int, int] | None:
 
 
 def _parse_section(spec: str) -> Section:
-    """section-spec (RFC 9051 §9): part numbers, then HEADER, HEADER.FIELDS[.NOT] (names), TEXT or MIME."""
+    """section-spec (RFC 9051 §9), in upper case: part numbers, then HEADER, HEADER.FIELDS[.NOT] (names),
+    TEXT or MIME."""
     names: str | None = None
     if spec.endswith(")") and " (" in spec:
         spec, _, names = spec[:-1].partition(" (")
@@ -857,7 +864,7 @@ def _parse_section(spec: str) -> Section:
     if text.startswith("HEADER.FIELDS"):
         if names is None or not names.strip():
             raise ParseError("HEADER.FIELDS needs a list of field names")
-        fields = tuple(f.strip('"').upper() for f in names.split())
+        fields = tuple(upper_ascii(f.strip('"')) for f in names.split())
         if any(not f or "(" in f or ")" in f for f in fields):
             raise ParseError("bad header field name")
     elif names is not None:
@@ -881,14 +888,14 @@ def _fetch(a: _Args, is_uid: bool) -> Command:
             raise ParseError("empty fetch item list")
     else:
         word = _atom_value(token)
-        items = _FETCH_MACROS.get(word.upper()) or (parse_fetch_item(word),)
+        items = _FETCH_MACROS.get(upper_ascii(word)) or (parse_fetch_item(word),)
     changed_since = None
     vanished = False
     if a.more():
         modifiers = list(a.plist("fetch modifiers"))
         i = 0
         while i < len(modifiers):
-            name = _atom_value(modifiers[i]).upper()
+            name = upper_ascii(_atom_value(modifiers[i]))
             if name == "CHANGEDSINCE" and i + 1 < len(modifiers):
                 changed_since = parse_number(_atom_value(modifiers[i + 1]), "mod-sequence", MAX_NUMBER64)
                 i += 2
@@ -914,10 +921,10 @@ def _store(a: _Args, is_uid: bool) -> Command:
     unchanged_since = None
     if isinstance(a.peek(), PList):
         modifiers = a.plist("store modifiers")
-        if len(modifiers) != 2 or _atom_value(modifiers[0]).upper() != "UNCHANGEDSINCE":
+        if len(modifiers) != 2 or upper_ascii(_atom_value(modifiers[0])) != "UNCHANGEDSINCE":
             raise ParseError("unknown STORE modifier")
         unchanged_since = parse_number(_atom_value(modifiers[1]), "mod-sequence", MAX_NUMBER64)
-    item = a.atom("store item").upper()
+    item = upper_ascii(a.atom("store item"))
     silent = item.endswith(".SILENT")
     base = item.removesuffix(".SILENT")
     ops = {"FLAGS": "", "+FLAGS": "+", "-FLAGS": "-"}
@@ -940,7 +947,7 @@ def _copy_move(a: _Args, is_uid: bool) -> Command:
 
 
 def _uid(a: _Args) -> Command:
-    sub = a.atom("UID command").upper()
+    sub = upper_ascii(a.atom("UID command"))
     a.name = sub
     match sub:
         case "FETCH":
@@ -962,7 +969,7 @@ def _uid(a: _Args) -> Command:
 
 def _id(a: _Args) -> Command:
     token = a.next("ID parameters")
-    if isinstance(token, Atom) and token.value.upper() == "NIL":
+    if isinstance(token, Atom) and upper_ascii(token.value) == "NIL":
         a.end()
         return Id(None)
     if not isinstance(token, PList) or len(token.items) % 2 or len(token.items) > 60:
@@ -971,7 +978,7 @@ def _id(a: _Args) -> Command:
     for key, value in zip(token.items[::2], token.items[1::2], strict=True):
         if not isinstance(key, String):
             raise ParseError("ID field names must be strings")
-        text = None if isinstance(value, Atom) and value.value.upper() == "NIL" else _token_text(value)
+        text = None if isinstance(value, Atom) and upper_ascii(value.value) == "NIL" else _token_text(value)
         params.append((key.value.decode("utf-8", "replace")[:30], text[:1024] if text else text))
     a.end()
     return Id(tuple(params))
@@ -986,7 +993,7 @@ def _token_text(token: Token) -> str:
 
 
 def _compress(a: _Args) -> Command:
-    mechanism = a.atom("mechanism").upper()
+    mechanism = upper_ascii(a.atom("mechanism"))
     a.end()
     return Compress(mechanism)
 

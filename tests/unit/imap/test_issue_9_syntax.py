@@ -1,0 +1,189 @@
+"""Issue 9, parsing: keywords in any case and `[` as an atom character. Each test named after the issue
+failed before its fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kartero.imap.syntax import BodyItem, Fetch, Section
+from kartero.store.ids import new_message_id
+from kartero.store.interface import Delivery, DeliveryTarget
+from kartero.store.sqlite import SQLiteStore
+from tests.unit.imap.harness import Client, play
+from tests.unit.imap.test_syntax import parse
+
+WHEN = 1795687200  # 2026-11-26 10:00:00 UTC
+MESSAGE = (
+    b"From: Alice <alice@example.org>\r\n"
+    b"To: bob@example.test\r\n"
+    b"Subject: case test\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: multipart/mixed; boundary=b\r\n"
+    b"\r\n"
+    b"--b\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"\r\n"
+    b"hello\r\n"
+    b"--b--\r\n"
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "data")
+    account = s.add_account("bob@example.test", "unused")
+    s.start()
+    s.deliver(Delivery(new_message_id(), MESSAGE, (DeliveryTarget(account.id, "INBOX", frozenset()),), WHEN)).result(10)
+    yield s
+    s.close()
+
+
+def logged_in(store: SQLiteStore, *, select: bool = False) -> Client:
+    c = Client(store=store)
+    c.login()
+    if select:
+        c.select()
+    c.greeting = b""
+    return c
+
+
+def transcript(store: SQLiteStore, script: str, *, select: bool = False) -> None:
+    """Play `script` on a logged-in client (once: the commands change the store)."""
+    play(lambda: logged_in(store, select=select), script, bytewise_too=False)
+
+
+# -- keywords in any case (RFC 9051 §9) ----------------------------------------------------------------
+
+
+def test_issue_9_fetch_items_and_sections_in_lower_case(store: SQLiteStore) -> None:
+    # Before: `body.peek[header]` and every lower-case section got "BAD unknown fetch item".
+    transcript(
+        store,
+        """
+        C: f1 fetch 1 (body.peek[header.fields (from)] rfc822.size binary.size[1] uid)
+        S: * 1 FETCH (BODY[HEADER.FIELDS (FROM)] {35}
+        S: From: Alice <alice@example.org>
+        S:
+        S:  RFC822.SIZE 186 BINARY.SIZE[1] 5 UID 1)
+        S: f1 OK FETCH completed
+        C: f2 Uid Fetch 1 (Body.Peek[1.Mime] bInArY.pEeK[1] body.peek[header.fields.not (from to mime-version)])
+        S: * 1 FETCH (UID 1 BODY[1.MIME] {28}
+        S: Content-Type: text/plain
+        S:
+        S:  BINARY[1] {5}
+        S: hello BODY[HEADER.FIELDS.NOT (FROM TO MIME-VERSION)] {65}
+        S: Subject: case test
+        S: Content-Type: multipart/mixed; boundary=b
+        S:
+        S: )
+        S: f2 OK UID FETCH completed
+        C: f3 fetch 1 body.peek[text]<0.3>
+        S: * 1 FETCH (BODY[TEXT]<0> {3}
+        S: --b)
+        S: f3 OK FETCH completed
+        C: f4 fetch 1 body[header]<0.4>
+        S: * 1 FETCH (BODY[HEADER]<0> {4}
+        S: From FLAGS (\\Seen))
+        S: f4 OK FETCH completed
+        """,
+        select=True,
+    )
+
+
+def test_keywords_of_every_command_in_lower_case(store: SQLiteStore) -> None:
+    transcript(
+        store,
+        """
+        C: a examine inbox (condstore)
+        S~ \\* .*
+        S~ \\* .*
+        S~ \\* .*
+        S~ \\* .*
+        S~ \\* .*
+        S~ \\* .*
+        S~ \\* .*
+        S~ \\* .*
+        S: a OK [READ-ONLY] EXAMINE completed
+        C: b select inbox
+        S~ \\* .*
+        S~ \\* .*
+        S~ \\* .*
+        S~ \\* .*
+        S~ \\* .*
+        S~ \\* .*
+        S~ \\* .*
+        S~ \\* .*
+        S: b OK [READ-WRITE] SELECT completed
+        C: c store 1 +flags.silent (\\seen $label)
+        S: c OK STORE completed
+        C: d search return (min count) unkeyword $other seen not deleted header subject "case" since 1-jan-2020
+        S: * ESEARCH (TAG "d") MIN 1 COUNT 1
+        S: d OK SEARCH completed
+        C: e uid sort (reverse arrival) utf-8 all
+        S: * SORT 1
+        S: e OK UID SORT completed
+        C: f fetch 1 (flags internaldate)
+        S: * 1 FETCH (FLAGS ($label \\Seen) INTERNALDATE "26-Nov-2026 10:00:00 +0000")
+        S: f OK FETCH completed
+        C: g status inbox (messages unseen uidnext)
+        S: * STATUS "INBOX" (MESSAGES 1 UNSEEN 0 UIDNEXT 2)
+        S: g OK STATUS completed
+        C: h list (subscribed) "" "inbox" return (children special-use)
+        S: * LIST (\\HasNoChildren \\Subscribed) "/" "INBOX"
+        S: h OK LIST completed
+        C: i fetch 1 fast
+        S: * 1 FETCH (FLAGS ($label \\Seen) INTERNALDATE "26-Nov-2026 10:00:00 +0000" RFC822.SIZE 186)
+        S: i OK FETCH completed
+        C: j Noop
+        S: j OK NOOP completed
+        """,
+    )
+
+
+def test_issue_9_binary_of_the_whole_message_parses_in_lower_case() -> None:
+    command = parse("a fetch 1 (binary.peek[] BINARY.SIZE[] body.peek[1.2.mime]<5.10>)")
+    assert isinstance(command, Fetch)
+    assert command.items == (
+        BodyItem("BINARY", Section(), peek=True),
+        BodyItem("BINARY.SIZE", Section()),
+        BodyItem("BODY", Section((1, 2), "MIME"), peek=True, partial=(5, 10)),
+    )
+
+
+def test_issue_9_a_lookalike_of_a_keyword_is_not_one(store: SQLiteStore) -> None:
+    # str.upper() turns U+017F (long s) into S and U+0131 (dotless i) into I.
+    c = logged_in(store)
+    assert c.command("a \u017felect INBOX") == [b"a BAD Unknown command ?elect\r\n"]
+    c.select()
+    assert c.command("e SEARCH \u017fEEN") == [b"e BAD unknown search key ?EEN\r\n"]
+
+
+# -- `[` is an ATOM-CHAR (RFC 9051 §9) ------------------------------------------------------------------
+
+
+def test_issue_9_a_bracket_is_an_atom_character_outside_fetch_sections(store: SQLiteStore) -> None:
+    # Before: every `[` opened a FETCH-style section, so `SELECT a[b` got "BAD missing ]".
+    transcript(
+        store,
+        """
+        C: a SELECT a[b
+        S: a NO [NONEXISTENT] No such mailbox
+        C: b LIST "" a[%
+        S: b OK LIST completed
+        C: c CREATE x[1]
+        S: c OK CREATE completed
+        C: d LIST "" x[%
+        S: * LIST (\\HasNoChildren) "/" "x[1]"
+        S: d OK LIST completed
+        C: e STATUS x[1] (MESSAGES)
+        S: * STATUS "x[1]" (MESSAGES 0)
+        S: e OK STATUS completed
+        C: f[1] NOOP
+        S: f[1] OK NOOP completed
+        C: g SELECT body[x
+        S: g NO [NONEXISTENT] No such mailbox
+        """,
+    )
