@@ -262,9 +262,21 @@ class Compress:
     mechanism: str
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A well-formed command naming a mailbox no mailbox can be: a name too long or too deep, or not valid
+    modified UTF-7. It is answered NO with `text` and `code` (not BAD: the syntax is right), by the handler
+    rather than the core because a refused SELECT/EXAMINE still leaves the selected state (RFC 9051
+    §6.3.2: "if the SELECT fails, no mailbox is selected")."""
+
+    name: str  # the command: SELECT, CREATE, COPY, ...
+    text: str
+    code: str | None = None
+
+
 Command = (
     Simple | Login | Authenticate | Enable | Select | MailboxCommand | Rename | ListCommand | Status | Append
-    | Search | SortCommand | Fetch | StoreCommand | CopyMove | UidExpunge | Id | Compress
+    | Search | SortCommand | Fetch | StoreCommand | CopyMove | UidExpunge | Id | Compress | Refused
 )  # fmt: skip
 
 
@@ -276,6 +288,7 @@ class _Args:
     utf8: bool
     pos: int = 0
     name: str = field(default="")
+    refusal: Refused | None = None  # the first mailbox name that cannot be (the command then gets NO)
 
     def more(self) -> bool:
         return self.pos < len(self.tokens)
@@ -333,12 +346,26 @@ class _Args:
         return parse_number(self.atom(what), what, maximum)
 
     def mailbox(self) -> str:
-        return decode_mailbox(self.astring("mailbox name"), utf8=self.utf8)
+        """A mailbox name; one no mailbox can have is noted in `refusal` (the command is answered NO once
+        its syntax has been checked in full) and stands as ""."""
+        try:
+            return decode_mailbox(self.astring("mailbox name"), utf8=self.utf8)
+        except ImpossibleMailboxName as exc:
+            if self.refusal is None:
+                self.refusal = Refused(self.name, str(exc), "CANNOT")
+            return ""
 
 
-class MailboxNameTooLong(ParseError):
-    """A mailbox name beyond MAX_MAILBOX_NAME or MAX_MAILBOX_LEVELS: answered `NO [CANNOT]` (RFC 9051 §7.1:
-    the operation can never succeed), whatever the command."""
+class ImpossibleMailboxName(ParseError):
+    """A syntactically valid name no mailbox can have: answered `NO [CANNOT]` (RFC 9051 §7.1: the operation
+    can never succeed) whatever the command, and matching nothing in LIST."""
+
+
+class MailboxNameTooLong(ImpossibleMailboxName):
+    """A mailbox name beyond MAX_MAILBOX_NAME or MAX_MAILBOX_LEVELS."""
+
+    def __init__(self) -> None:
+        super().__init__(f"Mailbox name too long ({MAX_MAILBOX_NAME} octets and {MAX_MAILBOX_LEVELS} levels at most)")
 
 
 def parse_number(text: str, what: str = "number", maximum: int = MAX_NUMBER) -> int:
@@ -358,14 +385,12 @@ def _decode_name(raw: bytes, *, utf8: bool) -> str:
     if not utf8:
         try:
             text = mutf7.decode(text)
-        except mutf7.MUTF7Error as exc:
-            raise ParseError(f"bad mailbox name: {exc}") from None
-    if text.upper() == "INBOX":
-        return "INBOX"
-    if text.upper().startswith("INBOX/"):
+        except mutf7.MUTF7Error:
+            raise ImpossibleMailboxName("Mailbox name is not valid mUTF-7") from None  # Dovecot's words
+    if upper_ascii(text[:5]) == "INBOX" and text[5:6] in ("", "/"):  # ASCII case only (upper_ascii)
         text = "INBOX" + text[5:]
     if any(ord(ch) < 0x20 or ch == "\x7f" for ch in text):
-        raise ParseError("control characters in mailbox name")
+        raise ImpossibleMailboxName("Mailbox name holds control characters")
     return text
 
 
@@ -375,12 +400,12 @@ def _is_too_long(name: str) -> bool:
 
 def decode_mailbox(raw: bytes, *, utf8: bool) -> str:
     """A mailbox name from the wire; INBOX in any case is INBOX (RFC 9051 §5.1). Raises ParseError, and
-    MailboxNameTooLong beyond the limits."""
+    ImpossibleMailboxName for a name beyond the limits or not valid modified UTF-7."""
     if len(raw) > 8 * MAX_MAILBOX_NAME:  # too long in any encoding: not worth decoding
-        raise MailboxNameTooLong("mailbox name too long")
+        raise MailboxNameTooLong
     text = _decode_name(raw, utf8=utf8)
     if _is_too_long(text):
-        raise MailboxNameTooLong("mailbox name too long")
+        raise MailboxNameTooLong
     return text
 
 
@@ -563,9 +588,10 @@ def _rename(a: _Args) -> Command:
     return Rename(old, new)
 
 
-def _list_pattern(token: Token, utf8: bool) -> str:
+def _list_pattern(token: Token, utf8: bool) -> str | None:
     """A LIST reference or pattern, under the same limits as a mailbox name (a longer one could match
-    no name); matching costs the pattern's length per character of each name."""
+    no name); matching costs the pattern's length per character of each name. None for one that can
+    match no name (not valid modified UTF-7, control characters): it lists nothing, as Dovecot does."""
     if isinstance(token, Atom):
         raw = token.value.encode("utf-8")
     elif isinstance(token, String):
@@ -574,7 +600,10 @@ def _list_pattern(token: Token, utf8: bool) -> str:
         raise ParseError("bad mailbox pattern")
     if len(raw) > 8 * MAX_MAILBOX_NAME:
         raise ParseError("mailbox pattern too long")
-    pattern = _decode_name(raw, utf8=utf8) if raw else ""
+    try:
+        pattern = _decode_name(raw, utf8=utf8) if raw else ""
+    except ImpossibleMailboxName:
+        return None
     if _is_too_long(pattern):
         raise ParseError("mailbox pattern too long")
     return pattern
@@ -593,11 +622,15 @@ def _list(a: _Args) -> Command:
     patterns_token = a.next("mailbox pattern")
     if isinstance(patterns_token, PList):
         is_extended = True
+        if not patterns_token.items:
+            raise ParseError("empty list of mailbox patterns")
         if len(patterns_token.items) > MAX_LIST_PATTERNS:
             raise ParseError(f"too many mailbox patterns ({MAX_LIST_PATTERNS} at most)")
-        patterns = tuple(_list_pattern(t, a.utf8) for t in patterns_token.items)
+        decoded = [_list_pattern(t, a.utf8) for t in patterns_token.items]
     else:
-        patterns = (_list_pattern(patterns_token, a.utf8),)
+        decoded = [_list_pattern(patterns_token, a.utf8)]
+    # A reference or pattern no name can match lists nothing (an empty tuple of patterns).
+    patterns = tuple(p for p in decoded if p is not None) if reference is not None else ()
     returns: set[str] = set()
     status_items: tuple[str, ...] = ()
     if a.more():
@@ -624,7 +657,7 @@ def _list(a: _Args) -> Command:
         raise ParseError(f"unknown selection option {sorted(unknown)[0]}")
     if "RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}:
         raise ParseError("RECURSIVEMATCH needs another selection option")
-    return ListCommand(reference, patterns, frozenset(selection), frozenset(returns), status_items,
+    return ListCommand(reference or "", patterns, frozenset(selection), frozenset(returns), status_items,
                        is_lsub=a.name == "LSUB", is_extended=is_extended)  # fmt: skip
 
 
@@ -1037,4 +1070,6 @@ def parse_command(name: str, args: list[Token], *, utf8: bool) -> Command:
     grammar = _GRAMMARS.get(name)
     if grammar is None:
         raise ParseError(f"unknown command {name}")
-    return grammar(_Args(args, utf8, name=name))
+    cursor = _Args(args, utf8, name=name)
+    command = grammar(cursor)
+    return cursor.refusal or command

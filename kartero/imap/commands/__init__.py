@@ -12,6 +12,7 @@ from collections.abc import Generator
 from kartero.imap.commands import fetch, mailbox, messages, search
 from kartero.imap.commands.view import Done, Session
 from kartero.imap.response import Status
+from kartero.imap.state import ImapState
 from kartero.imap.syntax import (
     Append,
     Command,
@@ -19,6 +20,7 @@ from kartero.imap.syntax import (
     Fetch,
     ListCommand,
     MailboxCommand,
+    Refused,
     Rename,
     Search,
     Select,
@@ -72,7 +74,21 @@ def run(session: Session, tag: str, command: Command, *, append_limit: int) -> H
             return messages.store_flags(session, command)
         case CopyMove():
             return messages.copy_move(session, command)
+        case Refused():
+            return _impossible_name(session, command)
     return _refuse(f"{type(command).__name__} is not implemented")
+
+
+def _impossible_name(session: Session, cmd: Refused) -> Handler:
+    """NO for a command naming a mailbox that cannot be; a SELECT or EXAMINE deselects all the same
+    (RFC 9051 §6.3.2), saying so first under QRESYNC (RFC 7162 §3.2.11)."""
+    state = None
+    if cmd.name in ("SELECT", "EXAMINE"):
+        if session.selected is not None and session.qresync:
+            yield b"* OK [CLOSED] Previous mailbox closed\r\n"
+        session.selected = None
+        state = ImapState.AUTHENTICATED
+    return Done(Status.NO, cmd.text, cmd.code, state)
 
 
 def _refuse(text: str) -> Handler:

@@ -1,5 +1,5 @@
-"""Issue 9, parsing: keywords in any case and `[` as an atom character. Each test named after the issue
-failed before its fix."""
+"""Issue 9, parsing: keywords in any case, `[` as an atom character, mailbox names that cannot be. Each
+test named after the issue failed before its fix."""
 
 from __future__ import annotations
 
@@ -157,6 +157,9 @@ def test_issue_9_a_lookalike_of_a_keyword_is_not_one(store: SQLiteStore) -> None
     # str.upper() turns U+017F (long s) into S and U+0131 (dotless i) into I.
     c = logged_in(store)
     assert c.command("a \u017felect INBOX") == [b"a BAD Unknown command ?elect\r\n"]
+    assert c.command("b SELECT \u0131nbox") == [b"b NO [NONEXISTENT] No such mailbox\r\n"]
+    c.command("c ENABLE UTF8=ACCEPT")
+    assert c.command("d SELECT \u0131nbox") == [b"d NO [NONEXISTENT] No such mailbox\r\n"]
     c.select()
     assert c.command("e SEARCH \u017fEEN") == [b"e BAD unknown search key ?EEN\r\n"]
 
@@ -187,3 +190,59 @@ def test_issue_9_a_bracket_is_an_atom_character_outside_fetch_sections(store: SQ
         S: g NO [NONEXISTENT] No such mailbox
         """,
     )
+
+
+# -- names no mailbox can have: NO, not BAD --------------------------------------------------------------
+
+
+def test_issue_9_a_broken_modified_utf7_name_gets_no_and_lists_nothing(store: SQLiteStore) -> None:
+    # Before: "BAD bad mailbox name: unterminated modified UTF-7 run".
+    transcript(
+        store,
+        """
+        C: a SELECT &Jjo
+        S: a NO [CANNOT] Mailbox name is not valid mUTF-7
+        C: b STATUS &Jjo (MESSAGES)
+        S: b NO [CANNOT] Mailbox name is not valid mUTF-7
+        C: c CREATE "a&ZeVnLIqe"
+        S: c NO [CANNOT] Mailbox name is not valid mUTF-7
+        C: d RENAME INBOX &-&
+        S: d NO [CANNOT] Mailbox name is not valid mUTF-7
+        C: e SUBSCRIBE &AAE-
+        S: e NO [CANNOT] Mailbox name holds control characters
+        C: f APPEND &Jjo {1+}
+        C: x
+        S: f NO [CANNOT] Mailbox name is not valid mUTF-7
+        C: g LIST "" &Jjo
+        S: g OK LIST completed
+        C: h LIST &Jjo "*"
+        S: h OK LIST completed
+        C: i LIST "" ("&Jjo" "INBOX")
+        S: * LIST (\\HasNoChildren) "/" "INBOX"
+        S: i OK LIST completed
+        C: j SELECT &Jjo (BOGUS)
+        S: j BAD unknown select parameter BOGUS
+        """,
+    )
+
+
+def test_issue_9_a_refused_select_deselects(store: SQLiteStore) -> None:
+    c = logged_in(store)
+    c.select()
+    assert c.command("a SELECT &Jjo") == [b"a NO [CANNOT] Mailbox name is not valid mUTF-7\r\n"]
+    assert c.command("b FETCH 1 FLAGS") == [b"b BAD FETCH not allowed now\r\n"]
+    c.command("c ENABLE QRESYNC")
+    c.select()
+    assert c.command("d EXAMINE " + "n" * 1001) == [
+        b"* OK [CLOSED] Previous mailbox closed\r\n",
+        b"d NO [CANNOT] Mailbox name too long (1000 octets and 100 levels at most)\r\n",
+    ]
+    assert c.session is not None and c.session.selected is None
+
+
+def test_issue_9_copy_to_an_impossible_name_gets_no(store: SQLiteStore) -> None:
+    c = logged_in(store)
+    c.select()
+    assert c.command("a COPY 1 &Jjo") == [b"a NO [CANNOT] Mailbox name is not valid mUTF-7\r\n"]
+    assert c.command("b UID MOVE 1 &Jjo") == [b"b NO [CANNOT] Mailbox name is not valid mUTF-7\r\n"]
+    assert c.command("c FETCH 1 UID") == [b"* 1 FETCH (UID 1)\r\n", b"c OK FETCH completed\r\n"]
