@@ -643,7 +643,9 @@ def _list(a: _Args) -> Command:
             token = options[i]
             if not isinstance(token, Atom):
                 raise ParseError("bad return option")
-            option = token.value.upper()
+            option = upper_ascii(token.value)
+            if option not in LIST_RETURNS:  # RFC 5258 §3: an unknown option is a BAD
+                raise ParseError(f"unknown return option {token.value[:40]}")
             if option == "STATUS":
                 if i + 1 >= len(options) or not isinstance(options[i + 1], PList):
                     raise ParseError("STATUS needs a list of items")
@@ -652,13 +654,18 @@ def _list(a: _Args) -> Command:
             returns.add(option)
             i += 1
     a.end()
-    unknown = selection - {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
+    unknown = selection - LIST_SELECTIONS
     if unknown:
         raise ParseError(f"unknown selection option {sorted(unknown)[0]}")
     if "RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}:
         raise ParseError("RECURSIVEMATCH needs another selection option")
     return ListCommand(reference or "", patterns, frozenset(selection), frozenset(returns), status_items,
                        is_lsub=a.name == "LSUB", is_extended=is_extended)  # fmt: skip
+
+
+# RFC 5258 §3.1-3.2, RFC 6154 (SPECIAL-USE), RFC 5819 (STATUS).
+LIST_SELECTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+LIST_RETURNS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
 
 
 STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT",
