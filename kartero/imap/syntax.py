@@ -214,7 +214,7 @@ class Search:
 @dataclass(frozen=True, slots=True)
 class SortCommand:
     is_uid: bool
-    keys: tuple[tuple[str, bool], ...]  # (ARRIVAL|CC|DATE|FROM|SIZE|SUBJECT|TO, reverse)
+    keys: tuple[tuple[str, bool], ...]  # (a SORT_KEYS name, reverse)
     charset: str
     key: SearchKey
     returns: tuple[str, ...] | None = None
@@ -815,7 +815,8 @@ def _search(a: _Args, is_uid: bool) -> Command:
     return Search(is_uid, _search_program(a), returns, charset)
 
 
-SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO"})
+# RFC 5256 §3 and RFC 5957 (SORT=DISPLAY).
+SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
 
 
 def _sort(a: _Args, is_uid: bool) -> Command:

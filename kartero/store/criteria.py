@@ -172,6 +172,8 @@ class SortKey(Enum):
     SIZE = "size"
     SUBJECT = "subject"
     TO = "to"
+    DISPLAYFROM = "displayfrom"  # RFC 5957: the display name of the first From mailbox, else its address
+    DISPLAYTO = "displayto"
 
 
 @dataclass(frozen=True, slots=True)
