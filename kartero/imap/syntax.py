@@ -221,6 +221,14 @@ class SortCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class ThreadCommand:
+    is_uid: bool
+    algorithm: str  # a THREAD_ALGORITHMS name
+    charset: str
+    key: SearchKey
+
+
+@dataclass(frozen=True, slots=True)
 class Fetch:
     is_uid: bool
     numbers: SequenceSet
@@ -276,7 +284,7 @@ class Refused:
 
 Command = (
     Simple | Login | Authenticate | Enable | Select | MailboxCommand | Rename | ListCommand | Status | Append
-    | Search | SortCommand | Fetch | StoreCommand | CopyMove | UidExpunge | Id | Compress | Refused
+    | Search | SortCommand | ThreadCommand | Fetch | StoreCommand | CopyMove | UidExpunge | Id | Compress | Refused
 )  # fmt: skip
 
 
@@ -842,6 +850,18 @@ def _sort(a: _Args, is_uid: bool) -> Command:
     return SortCommand(is_uid, tuple(keys), charset, _search_program(a), returns)
 
 
+# RFC 5256 §3.
+THREAD_ALGORITHMS = frozenset({"ORDEREDSUBJECT", "REFERENCES"})
+
+
+def _thread(a: _Args, is_uid: bool) -> Command:
+    algorithm = upper_ascii(a.atom("thread algorithm"))
+    if algorithm not in THREAD_ALGORITHMS:
+        raise ParseError(f"unknown thread algorithm {algorithm[:40]}")
+    charset = upper_ascii(a.astring("charset").decode("ascii", "replace"))
+    return ThreadCommand(is_uid, algorithm, charset, _search_program(a))
+
+
 # -- FETCH and STORE ---------------------------------------------------------------------------------------
 
 _BODY_KINDS = frozenset({"BODY", "BODY.PEEK", "BINARY", "BINARY.PEEK", "BINARY.SIZE"})
@@ -1001,6 +1021,8 @@ def _uid(a: _Args) -> Command:
             return _search(a, True)
         case "SORT":
             return _sort(a, True)
+        case "THREAD":
+            return _thread(a, True)
         case "EXPUNGE":
             numbers = parse_sequence_set(a.atom("UID set"))
             a.end()
@@ -1059,6 +1081,7 @@ _GRAMMARS: dict[str, Callable[[_Args], Command]] = {
     "APPEND": _append,
     "SEARCH": lambda a: _search(a, False),
     "SORT": lambda a: _sort(a, False),
+    "THREAD": lambda a: _thread(a, False),
     "FETCH": lambda a: _fetch(a, False),
     "STORE": lambda a: _store(a, False),
     "COPY": lambda a: _copy_move(a, False),

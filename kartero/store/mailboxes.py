@@ -488,6 +488,18 @@ class MailboxOps:
             matching.sort(key=_sort_key(key.key), reverse=key.reverse)
         return [cand.row.uid for cand in matching]
 
+    def thread_fields(self, mailbox_id: int, criterion: c.Criterion) -> list[c.ThreadFields]:
+        where, params, rest = _split_criterion(criterion)
+        found: list[c.ThreadFields] = []
+        for candidate in self._matching(mailbox_id, where, params, rest):
+            header = parse_header_block(_header_block(candidate))
+            message_id, in_reply_to, references = ((header.get(n) or b"").decode("latin-1") for n in _THREAD_FIELDS)
+            row, decoded = candidate.row, candidate.decoded
+            sent_date = row.internal_date if candidate.sent_date is None else candidate.sent_date
+            found.append(c.ThreadFields(row.uid, sent_date, decoded["subject"], decoded["sort_subject"], message_id,
+                                        in_reply_to, references))  # fmt: skip
+        return found
+
     def _matching(
         self, mailbox_id: int, where: str, params: Sequence[Any], rest: c.Criterion | None
     ) -> Iterator[_SearchRow]:
@@ -841,6 +853,7 @@ def _sort_key(key: c.SortKey) -> Callable[[_SearchRow], Any]:
 
 
 _DISPLAY_FIELDS = {c.SortKey.DISPLAYFROM: "from", c.SortKey.DISPLAYTO: "to"}
+_THREAD_FIELDS = ("message-id", "in-reply-to", "references")
 
 
 def _display_name(value: bytes | None) -> str:

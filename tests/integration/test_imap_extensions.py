@@ -40,3 +40,20 @@ def test_sort_display_with_imapclient(client: imapclient.IMAPClient) -> None:
     assert client.sort(["DISPLAYFROM"]) == [3, 2, 1]
     assert client.sort(["REVERSE DISPLAYFROM"]) == [1, 2, 3]
     assert client.sort(["FROM"]) == [1, 2, 3]
+
+
+def test_thread_with_imapclient(client: imapclient.IMAPClient) -> None:
+    caps = client.capabilities()
+    assert b"THREAD=REFERENCES" in caps and b"THREAD=ORDEREDSUBJECT" in caps
+    date = "Mon, {:02d} Mar 2026 10:00:00 +0000"
+    client.append("INBOX", message("a@example.org", "lunch", message_id="<1@x>", date=date.format(1)))
+    client.append("INBOX", message("b@example.org", "other", message_id="<2@x>", date=date.format(2)))
+    client.append("INBOX", message("c@example.org", "Re: lunch", message_id="<3@x>", references="<1@x>",
+                                   date=date.format(3)))  # fmt: skip
+    client.append("INBOX", message("d@example.org", "Re: lunch", message_id="<4@x>", references="<1@x> <3@x>",
+                                   date=date.format(4)))  # fmt: skip
+    client.append("INBOX", message("e@example.org", "Re: other", date=date.format(5)))
+    client.select_folder("INBOX")
+    assert client.thread("REFERENCES") == ((1, 3, 4), (2, 5))
+    assert client.thread("ORDEREDSUBJECT") == ((1, (3,), (4,)), (2, 5))
+    assert client.thread("REFERENCES", ["FROM", "d@example.org"]) == ((4,),)

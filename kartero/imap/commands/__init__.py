@@ -27,6 +27,7 @@ from kartero.imap.syntax import (
     Simple,
     SortCommand,
     StoreCommand,
+    ThreadCommand,
     UidExpunge,
 )
 from kartero.imap.syntax import (
@@ -39,7 +40,7 @@ Handler = Generator[bytes, None, Done]
 def run(session: Session, tag: str, command: Command, *, append_limit: int) -> Handler:
     """The handler for `command`; the caller drives it to StopIteration and sends what it yields."""
     if session.selected is None and isinstance(command, (Fetch, StoreCommand, CopyMove, Search, SortCommand,
-                                                         UidExpunge)):  # fmt: skip
+                                                         ThreadCommand, UidExpunge)):  # fmt: skip
         return _refuse("No mailbox selected")
     match command:
         case Select():
@@ -70,6 +71,8 @@ def run(session: Session, tag: str, command: Command, *, append_limit: int) -> H
             return search.search(session, command, tag)
         case SortCommand():
             return search.sort(session, command)
+        case ThreadCommand():
+            return search.thread(session, command)
         case StoreCommand():
             return messages.store_flags(session, command)
         case CopyMove():
