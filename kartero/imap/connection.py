@@ -265,7 +265,8 @@ class ImapConnection:
             "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "ESEARCH", "SEARCHRES", "SORT", "CONDSTORE", "QRESYNC",
             "BINARY", "UTF8=ACCEPT", f"APPENDLIMIT={self.settings.append_limit}",
         ]  # fmt: skip
-        caps += ["SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES"]  # RFC 5957, RFC 5256
+        caps += ["SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",  # RFC 5957, RFC 5256
+                 "ESORT", "CONTEXT=SEARCH", "CONTEXT=SORT"]  # RFC 5267  # fmt: skip
         if self.settings.is_compress_available:
             caps.append("COMPRESS=DEFLATE")
         return " ".join(caps)

@@ -25,6 +25,7 @@ _AUTHENTICATED = _ANY | {
 }  # fmt: skip
 _SELECTED = (_AUTHENTICATED - {"ENABLE"}) | {
     "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID", "SORT", "THREAD",
+    "CANCELUPDATE",
 }  # fmt: skip
 
 ALLOWED: dict[ImapState, frozenset[str]] = {

@@ -207,8 +207,11 @@ class Append:
 class Search:
     is_uid: bool
     key: SearchKey
-    returns: tuple[str, ...] | None  # None: a plain SEARCH; else ESEARCH with these (empty = ALL)
+    # None: a plain SEARCH; else ESEARCH with these of MIN MAX ALL COUNT SAVE (none: ALL, unless PARTIAL)
+    returns: tuple[str, ...] | None
     charset: str | None = None
+    partial: tuple[int, int] | None = None  # RFC 5267 §4.4 PARTIAL a:b as sent (positions from 1, either order)
+    update: bool = False  # RFC 5267 §4.3 UPDATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +220,16 @@ class SortCommand:
     keys: tuple[tuple[str, bool], ...]  # (a SORT_KEYS name, reverse)
     charset: str
     key: SearchKey
-    returns: tuple[str, ...] | None = None
+    returns: tuple[str, ...] | None = None  # RFC 5267 ESORT: as for Search
+    partial: tuple[int, int] | None = None
+    update: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CancelUpdate:
+    """RFC 5267 §4.3.5: stop the updates of the searches with these tags."""
+
+    tags: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +297,7 @@ class Refused:
 Command = (
     Simple | Login | Authenticate | Enable | Select | MailboxCommand | Rename | ListCommand | Status | Append
     | Search | SortCommand | ThreadCommand | Fetch | StoreCommand | CopyMove | UidExpunge | Id | Compress | Refused
+    | CancelUpdate
 )  # fmt: skip
 
 
@@ -808,19 +821,63 @@ def _search_program(a: _Args) -> SearchKey:
 _ESEARCH_RETURNS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
 
 
+@dataclass(frozen=True, slots=True)
+class _Returns:
+    results: tuple[str, ...] | None = None  # None: no RETURN
+    partial: tuple[int, int] | None = None
+    update: bool = False
+
+
+def _return_options(a: _Args) -> _Returns:
+    """RETURN (...) of SEARCH and SORT: the ESEARCH options (RFC 4731), and CONTEXT (a hint, dropped),
+    UPDATE and PARTIAL low:high (RFC 5267 §4); one PARTIAL or one ALL at most (§4.4)."""
+    if not a.take("RETURN"):
+        return _Returns()
+    options: list[str] = []
+    partial: tuple[int, int] | None = None
+    update = False
+    tokens = a.plist("return options")
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        name = upper_ascii(token.value) if isinstance(token, Atom) else ""
+        if name in _ESEARCH_RETURNS:
+            options.append(name)
+        elif name == "UPDATE":
+            update = True
+        elif name == "PARTIAL":
+            if partial is not None:
+                raise ParseError("one PARTIAL or ALL at most")
+            if i + 1 >= len(tokens) or not isinstance(tokens[i + 1], Atom):
+                raise ParseError("PARTIAL needs a range low:high")
+            i += 1
+            partial = _partial_range(_atom_value(tokens[i]))
+        elif name != "CONTEXT":
+            raise ParseError("unknown return option")
+        i += 1
+    if (partial is not None and "ALL" in options) or options.count("ALL") > 1:
+        raise ParseError("one PARTIAL or ALL at most")
+    return _Returns(tuple(dict.fromkeys(options)), partial, update)
+
+
+def _partial_range(text: str) -> tuple[int, int]:
+    """RFC 5267 partial-range: nz-number ":" nz-number, in either order (500:400 is 400:500), kept as
+    written because the PARTIAL result echoes the range the client sent (§4.4)."""
+    low, colon, high = text.partition(":")
+    if not colon:
+        raise ParseError("PARTIAL needs a range low:high")
+    first, last = parse_number(low, "partial range"), parse_number(high, "partial range")
+    if not first or not last:
+        raise ParseError("partial ranges start at 1")
+    return (first, last)
+
+
 def _search(a: _Args, is_uid: bool) -> Command:
-    returns: tuple[str, ...] | None = None
-    if a.take("RETURN"):
-        options = []
-        for token in a.plist("return options"):
-            if not isinstance(token, Atom) or upper_ascii(token.value) not in _ESEARCH_RETURNS:
-                raise ParseError("unknown SEARCH return option")
-            options.append(upper_ascii(token.value))
-        returns = tuple(options)
+    returns = _return_options(a)
     charset = None
     if a.take("CHARSET"):
         charset = upper_ascii(a.astring("charset").decode("ascii", "replace"))
-    return Search(is_uid, _search_program(a), returns, charset)
+    return Search(is_uid, _search_program(a), returns.results, charset, returns.partial, returns.update)
 
 
 # RFC 5256 §3 and RFC 5957 (SORT=DISPLAY).
@@ -828,9 +885,7 @@ SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO",
 
 
 def _sort(a: _Args, is_uid: bool) -> Command:
-    returns: tuple[str, ...] | None = None
-    if a.take("RETURN"):
-        returns = tuple(upper_ascii(t.value) for t in a.plist("return options") if isinstance(t, Atom))
+    returns = _return_options(a)
     keys: list[tuple[str, bool]] = []
     reverse = False
     for token in a.plist("sort criteria"):
@@ -847,7 +902,15 @@ def _sort(a: _Args, is_uid: bool) -> Command:
     if not keys or reverse:
         raise ParseError("bad sort criteria")
     charset = upper_ascii(a.astring("charset").decode("ascii", "replace"))
-    return SortCommand(is_uid, tuple(keys), charset, _search_program(a), returns)
+    return SortCommand(is_uid, tuple(keys), charset, _search_program(a), returns.results, returns.partial,
+                       returns.update)  # fmt: skip
+
+
+def _cancel_update(a: _Args) -> Command:
+    tags = [a.astring("tag").decode("utf-8", "replace")]
+    while a.more():
+        tags.append(a.astring("tag").decode("utf-8", "replace"))
+    return CancelUpdate(tuple(tags))
 
 
 # RFC 5256 §3.
@@ -1082,6 +1145,7 @@ _GRAMMARS: dict[str, Callable[[_Args], Command]] = {
     "SEARCH": lambda a: _search(a, False),
     "SORT": lambda a: _sort(a, False),
     "THREAD": lambda a: _thread(a, False),
+    "CANCELUPDATE": _cancel_update,
     "FETCH": lambda a: _fetch(a, False),
     "STORE": lambda a: _store(a, False),
     "COPY": lambda a: _copy_move(a, False),

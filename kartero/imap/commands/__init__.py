@@ -15,6 +15,7 @@ from kartero.imap.response import Status
 from kartero.imap.state import ImapState
 from kartero.imap.syntax import (
     Append,
+    CancelUpdate,
     Command,
     CopyMove,
     Fetch,
@@ -70,9 +71,11 @@ def run(session: Session, tag: str, command: Command, *, append_limit: int) -> H
         case Search():
             return search.search(session, command, tag)
         case SortCommand():
-            return search.sort(session, command)
+            return search.sort(session, command, tag)
         case ThreadCommand():
             return search.thread(session, command)
+        case CancelUpdate():
+            return search.cancel_update(session, command)
         case StoreCommand():
             return messages.store_flags(session, command)
         case CopyMove():

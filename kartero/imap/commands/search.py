@@ -5,13 +5,16 @@ through the view."""
 from __future__ import annotations
 
 import datetime
-from collections.abc import Generator
+from array import array
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
 
 from kartero.imap import thread as rfc5256
-from kartero.imap.commands.view import Done, Session, View, chunked, format_set, sync
+from kartero.imap.commands.view import Done, ResultContext, Session, View, chunked, format_set, sync
 from kartero.imap.response import Status
 from kartero.imap.syntax import (
     STAR,
+    CancelUpdate,
     SAnd,
     Search,
     SearchKey,
@@ -24,6 +27,7 @@ from kartero.imap.syntax import (
     ThreadCommand,
 )
 from kartero.store import criteria as c
+from kartero.store.interface import NoSuchMailbox
 
 Handler = Generator[bytes, None, Done]
 CHARSETS = frozenset({"UTF-8", "US-ASCII"})
@@ -121,6 +125,8 @@ def search(session: Session, cmd: Search, tag: str) -> Handler:
     assert view is not None
     if cmd.charset is not None and cmd.charset not in CHARSETS:
         return Done(Status.NO, "Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
+    if cmd.update and tag in live_contexts(session):
+        return Done(Status.BAD, "Tag reuse")  # RFC 5267 §4.3: updates are told apart by the tag
     uses_modseq = _uses_modseq(cmd.key)
     if uses_modseq:
         session.condstore = True
@@ -138,48 +144,213 @@ def search(session: Session, cmd: Search, tag: str) -> Handler:
             line += f" (MODSEQ {highest})"
         yield from chunked([line.encode() + b"\r\n"])
     else:
-        options = set(returns) or {"ALL"}
+        options = _result_options(returns, cmd.partial)
         if "SAVE" in options:
-            saved = in_view
-            if options & {"MIN", "MAX"} and not options & {"ALL", "COUNT"}:
-                picks = []
-                if "MIN" in options and in_view:
-                    picks.append(in_view[0])
-                if "MAX" in options and in_view:
-                    picks.append(in_view[-1])
-                saved = picks
-            session.saved = tuple(row.uid for row in saved)
+            session.saved = _saved([row.uid for row in in_view], options)
         parts = [f'(TAG "{tag}")']
         if cmd.is_uid:
             parts.append("UID")
-        if numbers and "MIN" in options:
-            parts.append(f"MIN {min(numbers)}")
-        if numbers and "MAX" in options:
-            parts.append(f"MAX {max(numbers)}")
-        if "COUNT" in options:
-            parts.append(f"COUNT {len(numbers)}")
-        if numbers and "ALL" in options:
-            parts.append(f"ALL {format_set(numbers)}")
+        parts += _result_parts(numbers, options, cmd.partial)
         if uses_modseq and numbers:
             parts.append(f"MODSEQ {highest}")
         if options - {"SAVE"}:
             yield f"* ESEARCH {' '.join(parts)}\r\n".encode()
+    if cmd.update:
+        yield from _start_updates(session, tag, _UpdateContext(tag, cmd.is_uid, view, criterion, None,
+                                                               array("I", (row.uid for row in in_view))))  # fmt: skip
     yield from chunked(sync(session, allow_expunge=cmd.is_uid))
     return Done(Status.OK, "UID SEARCH completed" if cmd.is_uid else "SEARCH completed")
 
 
-def sort(session: Session, cmd: SortCommand) -> Handler:
+def _result_options(returns: tuple[str, ...], partial: tuple[int, int] | None) -> set[str]:
+    """The ESEARCH results asked for: RETURN () (or only UPDATE/CONTEXT) means ALL (RFC 4731 §3.1)."""
+    options = set(returns)
+    if partial is not None:
+        options.add("PARTIAL")
+    return options or {"ALL"}
+
+
+def _saved(uids: list[int], options: set[str]) -> tuple[int, ...]:
+    """What SAVE keeps as `$` (RFC 5182 §2.4): the MIN and/or MAX message when only they are asked for,
+    else every match. `uids` in result order (mailbox order, or the SORT order)."""
+    if uids and options & {"MIN", "MAX"} and not options & {"ALL", "COUNT", "PARTIAL"}:
+        picks = [uids[0]] if "MIN" in options else []
+        if "MAX" in options:
+            picks.append(uids[-1])
+        return tuple(dict.fromkeys(picks))
+    return tuple(uids)
+
+
+def _result_parts(numbers: list[int], options: set[str], partial: tuple[int, int] | None) -> list[str]:
+    """MIN, MAX, COUNT, ALL and PARTIAL of ESEARCH/ESORT (RFC 4731 §3.1, RFC 5267 §3.1 and §4.4) for
+    `numbers` in result order: for SORT, MIN and MAX are the first and last sorted, and ALL keeps the sort
+    order (a range only where the numbers rise one by one, §3.2)."""
+    parts: list[str] = []
+    if numbers and "MIN" in options:
+        parts.append(f"MIN {numbers[0]}")
+    if numbers and "MAX" in options:
+        parts.append(f"MAX {numbers[-1]}")
+    if "COUNT" in options:
+        parts.append(f"COUNT {len(numbers)}")
+    if numbers and "ALL" in options:
+        parts.append(f"ALL {format_ordered(numbers)}")
+    if partial is not None:
+        first, last = partial
+        window = numbers[min(first, last) - 1 : max(first, last)]
+        parts.append(f"PARTIAL ({first}:{last} {format_ordered(window) if window else 'NIL'})")
+    return parts
+
+
+def format_ordered(numbers: Sequence[int]) -> str:
+    """A sequence-set that keeps the order of `numbers`: runs rising by one become ranges (`1:3,7,5`)."""
+    parts: list[str] = []
+    i = 0
+    while i < len(numbers):
+        j = i
+        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        parts.append(str(numbers[i]) if i == j else f"{numbers[i]}:{numbers[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def sort(session: Session, cmd: SortCommand, tag: str) -> Handler:
     view = session.selected
     assert view is not None
     if cmd.charset not in CHARSETS:
         return Done(Status.NO, "Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
+    if cmd.update and tag in live_contexts(session):
+        return Done(Status.BAD, "Tag reuse")
     criterion = to_criterion(session, view, cmd.key)
     keys = tuple(c.Sort(c.SortKey[name], reverse) for name, reverse in cmd.keys)
-    uids = session.store.sort(view.mailbox_id, keys, criterion)
-    numbers = [uid if cmd.is_uid else view.seq_of(uid) for uid in uids if view.seq_of(uid) is not None]
-    yield ("* SORT" + "".join(f" {n}" for n in numbers) + "\r\n").encode()
+    uids = [uid for uid in session.store.sort(view.mailbox_id, keys, criterion) if view.seq_of(uid) is not None]
+    numbers = [uid if cmd.is_uid else view.seq_of(uid) or 0 for uid in uids]
+    if cmd.returns is None:
+        yield ("* SORT" + "".join(f" {n}" for n in numbers) + "\r\n").encode()
+    else:  # ESORT (RFC 5267 §3): the results in an ESEARCH response
+        options = _result_options(cmd.returns, cmd.partial)
+        if "SAVE" in options:
+            session.saved = _saved(uids, options)
+        parts = [f'(TAG "{tag}")', *(["UID"] if cmd.is_uid else []), *_result_parts(numbers, options, cmd.partial)]
+        if options - {"SAVE"}:
+            yield f"* ESEARCH {' '.join(parts)}\r\n".encode()
+    if cmd.update:
+        yield from _start_updates(session, tag, _UpdateContext(tag, cmd.is_uid, view, criterion, keys,
+                                                               array("I", uids)))  # fmt: skip
     yield from chunked(sync(session, allow_expunge=cmd.is_uid))
     return Done(Status.OK, "UID SORT completed" if cmd.is_uid else "SORT completed")
+
+
+# -- CONTEXT=SEARCH and CONTEXT=SORT: results kept up to date (RFC 5267 §4.3) ---------------------------
+
+# Updating searches a session may keep: each is run again whenever the mailbox changes. RFC 5267 §4.3.1
+# asks for at least one; past this many the client gets `NO [NOUPDATE]` and the results only.
+MAX_CONTEXTS = 5
+
+
+def live_contexts(session: Session) -> dict[str, ResultContext]:
+    """The session's updating searches, forgetting those of a mailbox no longer selected (§4.3: updates
+    cease when the mailbox is no longer selected)."""
+    contexts = session.contexts
+    for tag in [t for t, context in contexts.items() if not (isinstance(context, _UpdateContext)
+                                                             and context.is_live(session))]:  # fmt: skip
+        del contexts[tag]
+    return contexts
+
+
+def _start_updates(session: Session, tag: str, context: _UpdateContext) -> Iterator[bytes]:
+    contexts = live_contexts(session)
+    if len(contexts) >= MAX_CONTEXTS:
+        yield f'* NO [NOUPDATE "{tag}"] Too many updating searches\r\n'.encode()
+    else:
+        contexts[tag] = context
+
+
+@dataclass(eq=False, slots=True)
+class _UpdateContext:
+    """The results of one SEARCH or SORT with UPDATE, as the client knows them: UIDs in result order.
+    A SEARCH context reports changes at position 0 (§4.3.3: mailbox order); a SORT context at the
+    positions where the client's list changes. Sort keys never change for a message, so the results
+    that stay keep their relative order, and removals then additions (each pair in ascending position)
+    turn the old list into the new one."""
+
+    tag: str
+    is_uid: bool
+    view: View
+    criterion: c.Criterion  # fixed when the command ran: sequence numbers in it meant those messages then
+    sort_keys: tuple[c.Sort, ...] | None  # None: a SEARCH
+    uids: array[int]
+
+    def is_live(self, session: Session) -> bool:
+        return session.selected is self.view
+
+    def expunging(self, session: Session, uids: Sequence[int]) -> Iterator[bytes]:
+        if not self.is_live(session):
+            return
+        gone = set(uids)
+        removed = [(i, uid) for i, uid in enumerate(self.uids) if uid in gone]
+        if removed:
+            self.uids = array("I", (uid for uid in self.uids if uid not in gone))
+            yield from self._line(session, removed, [])
+
+    def refresh(self, session: Session) -> Iterator[bytes]:
+        if not self.is_live(session):
+            return
+        view = self.view
+        try:
+            if self.sort_keys is None:
+                found = [row.uid for row in session.store.search(view.mailbox_id, self.criterion)]
+            else:
+                found = session.store.sort(view.mailbox_id, self.sort_keys, self.criterion)
+        except NoSuchMailbox:
+            return
+        new = [uid for uid in found if view.seq_of(uid) is not None]
+        if len(new) == len(self.uids) and all(a == b for a, b in zip(new, self.uids, strict=True)):
+            return
+        old_set, new_set = set(self.uids), set(new)
+        removed = [(i, uid) for i, uid in enumerate(self.uids) if uid not in new_set]
+        added = [(i, uid) for i, uid in enumerate(new) if uid not in old_set]
+        self.uids = array("I", new)
+        yield from self._line(session, removed, added)
+
+    def _line(self, session: Session, removed: list[tuple[int, int]], added: list[tuple[int, int]]) -> Iterator[bytes]:
+        """`* ESEARCH (TAG "t") [UID] REMOVEFROM (...) ADDTO (...)`; `removed` holds (old index, UID),
+        `added` (new index, UID), each ascending."""
+        view = self.view
+        parts = []
+        for name, changes, shifts in (("REMOVEFROM", removed, True), ("ADDTO", added, False)):
+            numbered = [(i, n) for i, uid in changes if (n := uid if self.is_uid else view.seq_of(uid)) is not None]
+            if not numbered:
+                continue
+            if self.sort_keys is None:
+                parts.append(f"{name} (0 {format_set(n for _, n in numbered)})")
+                continue
+            pairs: list[str] = []
+            k = 0
+            while k < len(numbered):  # a run of neighbours in the list is one (position, set) pair
+                j = k
+                while j + 1 < len(numbered) and numbered[j + 1][0] == numbered[j][0] + 1:
+                    j += 1
+                # Removals are applied one run after the other, so a run starts where the ones before left.
+                position = numbered[k][0] + 1 - (k if shifts else 0)
+                pairs.append(f"{position} {format_ordered([n for _, n in numbered[k : j + 1]])}")
+                k = j + 1
+            parts.append(f"{name} ({' '.join(pairs)})")
+        if parts:
+            uid = " UID" if self.is_uid else ""
+            yield f'* ESEARCH (TAG "{self.tag}"){uid} {" ".join(parts)}\r\n'.encode()
+
+
+def cancel_update(session: Session, cmd: CancelUpdate) -> Handler:
+    """CANCELUPDATE (RFC 5267 §4.3.5): no more updates for these searches."""
+    contexts = live_contexts(session)
+    unknown = [tag for tag in cmd.tags if tag not in contexts]
+    if unknown:
+        return Done(Status.BAD, "No updating search has that tag")  # not echoed: a literal may hold CRLF
+    for tag in cmd.tags:
+        contexts.pop(tag, None)
+    yield from chunked(sync(session, allow_expunge=True))
+    return Done(Status.OK, "No further updates")
 
 
 def thread(session: Session, cmd: ThreadCommand) -> Handler:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from kartero.imap import mutf7
 from kartero.imap.response import Status
@@ -53,6 +54,19 @@ class View:
         return len(self.uids)
 
 
+class ResultContext(Protocol):
+    """A search whose results the client asked to have kept up to date (RFC 5267 §4.3 UPDATE); see
+    search.py. Both calls yield nothing once the view they searched is no longer selected."""
+
+    def expunging(self, session: Session, uids: Sequence[int]) -> Iterator[bytes]:
+        """REMOVEFROM for these UIDs, while their sequence numbers are still valid (§4.3.4)."""
+        ...
+
+    def refresh(self, session: Session) -> Iterator[bytes]:
+        """ADDTO/REMOVEFROM for the changes the session has just reported (after EXISTS, §4.3.3)."""
+        ...
+
+
 @dataclass(slots=True)
 class Session:
     """The non-protocol state handlers share; `enabled` is the core's set (CONDSTORE, QRESYNC, ...)."""
@@ -66,6 +80,7 @@ class Session:
     condstore: bool = False  # CONDSTORE in effect (enabled, or used by a command: RFC 7162 §3.1)
     # The spool file the adapter wrote a large APPEND message to (Append.spooled), for that command only.
     spooled_message: FileSpan | None = None
+    contexts: dict[str, ResultContext] = field(default_factory=dict)  # RFC 5267 UPDATE, by command tag
 
     @property
     def utf8(self) -> bool:
@@ -156,6 +171,8 @@ def expunge_lines(session: Session, view: View, gone: Iterable[int]) -> Iterator
     present = [uid for uid in sorted(set(gone)) if view.seq_of(uid) is not None]
     if not present:
         return
+    for context in list(session.contexts.values()):
+        yield from context.expunging(session, present)
     if session.qresync:
         for uid in present:
             del view.uids[bisect.bisect_left(view.uids, uid)]
@@ -200,6 +217,9 @@ def sync(session: Session, *, allow_expunge: bool) -> Iterator[bytes]:
         view.own_changes.clear()
     # Else the expunges stay pending: view.modseq is not advanced past them, so the next sync that may
     # report expunges finds them again (flag lines already sent may repeat; clients accept that).
+    # Updating searches last: ADDTO must follow the EXISTS that makes its numbers valid (RFC 5267 §4.3.3).
+    for context in list(session.contexts.values()):
+        yield from context.refresh(session)
 
 
 def chunked(lines: Iterable[bytes]) -> Iterator[bytes]:
