@@ -70,17 +70,18 @@ def _literal(data: bytes, *, binary: bool = False) -> bytes:
 
 
 def _locate(tree: list[Any], path: tuple[int, ...]) -> list[Any] | None:
-    """The part-tree node a section path names (see kartero.mime.structure.find_part)."""
+    """The part-tree node a section path names, or None (see kartero.mime.structure.find_part)."""
     node = tree
-    for number in path:
-        if node[5] is not None and not node[4]:
-            node = node[5]
+    for index, number in enumerate(path):
+        more = index + 1 < len(path)
         if node[4]:
             if not 1 <= number <= len(node[4]):
                 return None
             node = node[4][number - 1]
-        elif number != 1:
+        elif number != 1 or (more and node[5] is None):
             return None
+        if more and node[5] is not None:
+            node = node[5]
     return node
 
 
