@@ -393,7 +393,8 @@ def append(session: Session, cmd: Append, append_limit: int) -> Handler:
         (stored,) = store.deliver(delivery).result()
     except StoreError:
         return Done(Status.NO, "Could not store the message, try again", "SERVERBUG")
-    yield from ()
+    # Into the selected mailbox: EXISTS before the tagged OK, so the next command may use the message.
+    yield from chunked(sync(session, allow_expunge=True))
     return Done(Status.OK, "APPEND completed", f"APPENDUID {mailbox.uidvalidity} {stored.uid}")
 
 
