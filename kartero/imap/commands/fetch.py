@@ -24,6 +24,7 @@ from kartero.imap.commands.view import (
     Session,
     View,
     chunked,
+    enable_condstore,
     format_flags,
     format_set,
     out_of_range,
@@ -260,7 +261,7 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
     if not cmd.is_uid and not cmd.numbers.is_saved and view.exists and out_of_range(view, cmd.numbers):
         return Done(Status.BAD, "Message sequence number out of range")
     if cmd.changed_since is not None or "MODSEQ" in cmd.items:
-        session.condstore = True
+        yield from enable_condstore(session)
     pairs = resolve(view, cmd.numbers, is_uid=cmd.is_uid, saved=session.saved)
     store = session.store
     if cmd.vanished and cmd.changed_since is not None:

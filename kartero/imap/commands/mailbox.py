@@ -70,7 +70,7 @@ def select(session: Session, cmd: Select) -> Handler:
         return Done(Status.BAD, "QRESYNC was not enabled", state=ImapState.AUTHENTICATED)
     summary = store.select_summary(mailbox.id)
     view = View(mailbox.id, mailbox.name, cmd.readonly, summary.uidvalidity, array("I", summary.uids),
-                summary.highestmodseq)  # fmt: skip
+                summary.highestmodseq, condstore_announced=session.uses_condstore())  # fmt: skip
     flags = " ".join((*SYSTEM_FLAGS, *sorted(summary.keywords, key=str.lower)))
     lines = [
         f"* {view.exists} EXISTS\r\n",

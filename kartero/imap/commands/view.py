@@ -43,6 +43,8 @@ class View:
     uids: array[int]
     modseq: int  # every change up to this MODSEQ has been reported to the client
     own_changes: dict[int, int] = field(default_factory=dict)  # uid -> modseq of our own STOREs
+    # HIGHESTMODSEQ went out with CONDSTORE in effect (at SELECT, or at the first command enabling it).
+    condstore_announced: bool = False
 
     def seq_of(self, uid: int) -> int | None:
         i = bisect.bisect_left(self.uids, uid)
@@ -141,6 +143,17 @@ def format_set(numbers: Iterable[int]) -> str:
 
 def format_flags(flags: Iterable[str]) -> str:
     return "(" + " ".join(sorted(flags, key=str.lower)) + ")"
+
+
+def enable_condstore(session: Session) -> Iterator[bytes]:
+    """Put CONDSTORE in effect for a FETCH, SEARCH or STORE that uses it. RFC 7162 §3.1: the first
+    such command in a selected mailbox gets `* OK [HIGHESTMODSEQ]`, the MODSEQ the client has been told
+    everything up to (STATUS HIGHESTMODSEQ is about another mailbox and does not send it)."""
+    session.condstore = True
+    view = session.selected
+    if view is not None and not view.condstore_announced:
+        view.condstore_announced = True
+        yield f"* OK [HIGHESTMODSEQ {view.modseq}] Highest\r\n".encode()
 
 
 def fetch_flags_line(session: Session, seq: int, row: MessageRow, *, with_uid: bool) -> bytes:

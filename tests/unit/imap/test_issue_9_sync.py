@@ -79,3 +79,67 @@ def test_issue_9_copy_and_move_into_selected_mailbox_report_exists_before_ok(sto
         b"* 3 EXPUNGE\r\n",
         b"* 3 EXISTS\r\n",
     ]
+
+
+# -- CONDSTORE --------------------------------------------------------------------------------------------
+
+
+def test_issue_9_first_condstore_enabling_command_sends_highestmodseq(store: SQLiteStore) -> None:
+    deliver(store)
+    deliver(store)
+    c = client(store, rev2=True)
+    c.select()
+    # RFC 7162 §3.1: STATUS is about another mailbox; it does not count for the selected one.
+    assert c.command("a STATUS Archive (HIGHESTMODSEQ)") == [
+        b'* STATUS "Archive" (HIGHESTMODSEQ 1)\r\n',
+        b"a OK STATUS completed\r\n",
+    ]
+    assert c.command("b FETCH 1 MODSEQ") == [
+        b"* OK [HIGHESTMODSEQ 3] Highest\r\n",
+        b"* 1 FETCH (MODSEQ (2))\r\n",
+        b"b OK FETCH completed\r\n",
+    ]
+    assert c.command("c FETCH 2 MODSEQ") == [b"* 2 FETCH (MODSEQ (3))\r\n", b"c OK FETCH completed\r\n"]
+    # A new selection starts again, but SELECT itself reported HIGHESTMODSEQ with CONDSTORE in effect.
+    c.select()
+    assert c.command("d SEARCH MODSEQ 1") == [
+        b'* ESEARCH (TAG "d") ALL 1:2 MODSEQ 3\r\n',
+        b"d OK SEARCH completed\r\n",
+    ]
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["FETCH 1 (FLAGS) (CHANGEDSINCE 1)", "SEARCH MODSEQ 1", "STORE 1 (UNCHANGEDSINCE 9) +FLAGS.SILENT (\\Seen)"],
+)
+def test_issue_9_each_condstore_enabling_command_announces_highestmodseq(store: SQLiteStore, command: str) -> None:
+    deliver(store)
+    c = client(store, rev2=True)
+    c.select()
+    assert c.command(f"a {command}")[0] == b"* OK [HIGHESTMODSEQ 2] Highest\r\n"
+    assert not any(b"HIGHESTMODSEQ" in line for line in c.command(f"b {command}"))
+
+
+def test_issue_9_search_return_min_max_reports_that_messages_modseq(store: SQLiteStore) -> None:
+    for _ in range(3):
+        deliver(store)
+    c = client(store, rev2=True)
+    c.select()
+    c.command("a STORE 1 +FLAGS (\\Flagged)")  # message 1 now has the highest MODSEQ (5)
+    assert c.command("b SEARCH RETURN (MIN) MODSEQ 1") == [
+        b"* OK [HIGHESTMODSEQ 5] Highest\r\n",
+        b'* ESEARCH (TAG "b") MIN 1 MODSEQ 5\r\n',
+        b"b OK SEARCH completed\r\n",
+    ]
+    assert c.command("c SEARCH RETURN (MAX) MODSEQ 1") == [
+        b'* ESEARCH (TAG "c") MAX 3 MODSEQ 4\r\n',
+        b"c OK SEARCH completed\r\n",
+    ]
+    assert c.command("d UID SEARCH RETURN (MIN MAX) MODSEQ 3 UID 2:3") == [
+        b'* ESEARCH (TAG "d") UID MIN 2 MAX 3 MODSEQ 4\r\n',
+        b"d OK UID SEARCH completed\r\n",
+    ]
+    assert c.command("e SEARCH RETURN (MAX COUNT) MODSEQ 1") == [
+        b'* ESEARCH (TAG "e") MAX 3 COUNT 3 MODSEQ 5\r\n',
+        b"e OK SEARCH completed\r\n",
+    ]
