@@ -27,6 +27,7 @@ from kartero.imap.commands.view import (
     enable_condstore,
     format_flags,
     format_set,
+    keyword_lines,
     out_of_range,
     resolve,
     sync,
@@ -283,6 +284,7 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
                                           old.envelope, old.body, old.bodystructure, old.parts)  # fmt: skip
                 view.own_changes[row.uid] = row.modseq
                 flags_changed.add(row.uid)
+    yield from keyword_lines(view, rows.values())
     missing = False
     try:
         yield from chunked(_responses(session, view, cmd, pairs, rows, flags_changed))

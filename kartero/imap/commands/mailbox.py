@@ -15,6 +15,7 @@ from kartero.imap.commands.view import (
     chunked,
     expunge_lines,
     fetch_flags_line,
+    flags_lines,
     format_set,
     resolve,
     sync,
@@ -46,7 +47,6 @@ from kartero.store.interface import (
 )
 
 SEPARATOR = "/"
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 SPECIAL_USES = frozenset({"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"})
 
 Handler = Generator[bytes, None, Done]
@@ -71,13 +71,10 @@ def select(session: Session, cmd: Select) -> Handler:
     summary = store.select_summary(mailbox.id)
     view = View(mailbox.id, mailbox.name, cmd.readonly, summary.uidvalidity, array("I", summary.uids),
                 summary.highestmodseq, condstore_announced=session.uses_condstore())  # fmt: skip
-    flags = " ".join((*SYSTEM_FLAGS, *sorted(summary.keywords, key=str.lower)))
+    view.keywords = {keyword.lower(): keyword for keyword in summary.keywords}
     lines = [
         f"* {view.exists} EXISTS\r\n",
-        f"* FLAGS ({flags})\r\n",
-        "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n"
-        if cmd.readonly
-        else f"* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted\r\n",
+        flags_lines(view).decode(),
         f"* OK [UIDVALIDITY {summary.uidvalidity}] UIDs valid\r\n",
         f"* OK [UIDNEXT {summary.uidnext}] Predicted next UID\r\n",
         f"* OK [HIGHESTMODSEQ {summary.highestmodseq}] Highest\r\n",

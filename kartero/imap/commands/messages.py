@@ -13,6 +13,7 @@ from kartero.imap.commands.view import (
     expunge_lines,
     fetch_flags_line,
     format_set,
+    keyword_lines,
     out_of_range,
     resolve,
     sync,
@@ -38,7 +39,7 @@ def store_flags(session: Session, cmd: StoreCommand) -> Handler:
     changed, refused = session.store.update_flags(
         view.mailbox_id, [uid for _, uid in pairs], _OPS[cmd.op], cmd.flags, cmd.unchanged_since
     )
-    lines = []
+    lines = list(keyword_lines(view, changed))
     for row in changed:
         view.own_changes[row.uid] = row.modseq
         seq = view.seq_of(row.uid)

@@ -22,6 +22,7 @@ from kartero.store.interface import FileSpan, MessageRow, NoSuchMailbox, Store
 
 # Untagged responses are handed to the network in batches of about this many octets.
 CHUNK = 256 * 1024
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,9 @@ class View:
     own_changes: dict[int, int] = field(default_factory=dict)  # uid -> modseq of our own STOREs
     # HIGHESTMODSEQ went out with CONDSTORE in effect (at SELECT, or at the first command enabling it).
     condstore_announced: bool = False
+    # The keywords the client was told of in FLAGS, by their case-folded name (keywords are
+    # case-insensitive, RFC 9051 §2.3.2).
+    keywords: dict[str, str] = field(default_factory=dict)
 
     def seq_of(self, uid: int) -> int | None:
         i = bisect.bisect_left(self.uids, uid)
@@ -145,6 +149,27 @@ def format_flags(flags: Iterable[str]) -> str:
     return "(" + " ".join(sorted(flags, key=str.lower)) + ")"
 
 
+def flags_lines(view: View) -> bytes:
+    """FLAGS and PERMANENTFLAGS for the keywords the view knows (RFC 9051 §7.3.5, §7.1)."""
+    flags = " ".join((*SYSTEM_FLAGS, *sorted(view.keywords.values(), key=str.lower)))
+    permanent = (
+        "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n"
+        if view.readonly
+        else f"* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted\r\n"
+    )
+    return f"* FLAGS ({flags})\r\n{permanent}".encode()
+
+
+def keyword_lines(view: View, rows: Iterable[MessageRow]) -> Iterator[bytes]:
+    """FLAGS and PERMANENTFLAGS again when `rows` hold keywords the client has not been told of: RFC
+    9051 §7.3.5 wants them announced before any response that uses them."""
+    known = view.keywords
+    new = {flag.lower(): flag for row in rows for flag in row.flags if flag[:1] != "\\" and flag.lower() not in known}
+    if new:
+        known.update(new)
+        yield flags_lines(view)
+
+
 def enable_condstore(session: Session) -> Iterator[bytes]:
     """Put CONDSTORE in effect for a FETCH, SEARCH or STORE that uses it. RFC 7162 §3.1: the first
     such command in a selected mailbox gets `* OK [HIGHESTMODSEQ]`, the MODSEQ the client has been told
@@ -197,6 +222,7 @@ def sync(session: Session, *, allow_expunge: bool) -> Iterator[bytes]:
         return
     if allow_expunge and changes.vanished:
         yield from expunge_lines(session, view, changes.vanished)
+    yield from keyword_lines(view, changes.changed)
     new_uids = [row.uid for row in changes.changed if not view.uids or row.uid > view.uids[-1]]
     flag_rows = [row for row in changes.changed if view.uids and row.uid <= view.uids[-1]]
     if new_uids:

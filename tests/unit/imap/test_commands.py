@@ -202,7 +202,11 @@ def test_store_copy_move_expunge_with_uidplus(store: SQLiteStore) -> None:
         b"* 2 FETCH (FLAGS (\\Deleted))\r\n",
         b"a OK STORE completed\r\n",
     ]
-    assert c.command("b UID STORE 3 FLAGS.SILENT ($Work \\Seen)") == [b"b OK UID STORE completed\r\n"]
+    assert c.command("b UID STORE 3 FLAGS.SILENT ($Work \\Seen)") == [  # a new keyword: FLAGS even when silent
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)\r\n",
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)] Flags permitted\r\n",
+        b"b OK UID STORE completed\r\n",
+    ]
     assert c.command("c FETCH 3 FLAGS")[0] == b"* 3 FETCH (FLAGS ($Work \\Seen))\r\n"
     archive = store.get_mailbox(1, "Archive")
     assert archive is not None

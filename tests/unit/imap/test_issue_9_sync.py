@@ -143,3 +143,50 @@ def test_issue_9_search_return_min_max_reports_that_messages_modseq(store: SQLit
         b'* ESEARCH (TAG "e") MAX 3 COUNT 3 MODSEQ 5\r\n',
         b"e OK SEARCH completed\r\n",
     ]
+
+
+# -- new keywords -----------------------------------------------------------------------------------------
+
+FLAGS_NEW = b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 $New)\r\n"
+PERMANENT_NEW = (
+    b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 $New \\*)] Flags permitted\r\n"
+)
+
+
+def test_issue_9_store_of_a_new_keyword_announces_flags_to_every_session_first(store: SQLiteStore) -> None:
+    deliver(store, flags=frozenset({"$Label1"}))
+    deliver(store)
+    one, two, three = client(store, rev2=True), client(store, rev2=True), client(store, rev2=True)
+    one.select()
+    two.select()
+    three.command("x EXAMINE INBOX")
+    assert one.command("a STORE 2 +FLAGS ($New)") == [
+        FLAGS_NEW,
+        PERMANENT_NEW,
+        b"* 2 FETCH (FLAGS ($New))\r\n",
+        b"a OK STORE completed\r\n",
+    ]
+    assert one.command("b STORE 1 +FLAGS ($new)") == [  # keywords are case-insensitive: nothing new
+        b"* 1 FETCH (FLAGS ($Label1 $new))\r\n",
+        b"b OK STORE completed\r\n",
+    ]
+    # Another session hears of the keyword before any FETCH response that uses it, even its own FETCH.
+    assert two.command("c FETCH 2 FLAGS")[:3] == [FLAGS_NEW, PERMANENT_NEW, b"* 2 FETCH (FLAGS ($New))\r\n"]
+    assert three.command("d NOOP")[:3] == [
+        FLAGS_NEW,
+        b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n",
+        b"* 1 FETCH (UID 1 FLAGS ($Label1 $new))\r\n",
+    ]
+    assert b"* FLAGS" not in b"".join(two.command("e NOOP"))
+
+
+def test_issue_9_new_mail_with_a_new_keyword_announces_flags(store: SQLiteStore) -> None:
+    c = client(store, rev2=True)
+    c.select()
+    deliver(store, flags=frozenset({"$New"}))
+    assert c.command("a NOOP") == [
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $New)\r\n",
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $New \\*)] Flags permitted\r\n",
+        b"* 1 EXISTS\r\n",
+        b"a OK NOOP completed\r\n",
+    ]
