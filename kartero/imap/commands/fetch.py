@@ -269,8 +269,10 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
         vanished = [u for u in store.vanished_since(view.mailbox_id, cmd.changed_since) if _in_uid_set(u, cmd)]
         if vanished:
             yield f"* VANISHED (EARLIER) {format_set(vanished)}\r\n".encode()
+    # Messages expunged by another session but still in this view are fetched as they were (RFC 2180
+    # §4.1.1): the view's hold keeps them until the client hears of the expunge.
     rows = {row.uid: row for row in store.message_rows(view.mailbox_id, [u for _, u in pairs],
-                                                        with_index=_needs_index(cmd))}  # fmt: skip
+                                                        with_index=_needs_index(cmd), expunged=True)}  # fmt: skip
     if cmd.changed_since is not None:
         rows = {uid: row for uid, row in rows.items() if row.modseq > cmd.changed_since}
     flags_changed: set[int] = set()

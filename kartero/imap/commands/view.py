@@ -18,7 +18,7 @@ from kartero.imap import mutf7
 from kartero.imap.response import Status
 from kartero.imap.state import ImapState
 from kartero.imap.syntax import STAR, SequenceSet
-from kartero.store.interface import FileSpan, MessageRow, NoSuchMailbox, Store
+from kartero.store.interface import ExpungeHold, FileSpan, MessageRow, NoSuchMailbox, Store
 
 # Untagged responses are handed to the network in batches of about this many octets.
 CHUNK = 256 * 1024
@@ -49,6 +49,14 @@ class View:
     # The keywords the client was told of in FLAGS, by their case-folded name (keywords are
     # case-insensitive, RFC 9051 §2.3.2).
     keywords: dict[str, str] = field(default_factory=dict)
+    # Keeps messages expunged elsewhere readable until this session has reported their expunge.
+    hold: ExpungeHold | None = None
+
+    def reported(self, modseq: int) -> None:
+        """Every change up to `modseq`, expunges included, has been reported to the client."""
+        self.modseq = modseq
+        if self.hold is not None:
+            self.hold.advance(modseq)
 
     def seq_of(self, uid: int) -> int | None:
         i = bisect.bisect_left(self.uids, uid)
@@ -84,6 +92,12 @@ class Session:
     @property
     def rev2(self) -> bool:
         return "IMAP4REV2" in self.enabled
+
+    def select(self, view: View | None) -> None:
+        """Show `view` (None: nothing); the hold of the view left behind is released."""
+        old, self.selected = self.selected, view
+        if old is not None and old is not view and old.hold is not None:
+            old.hold.release()
 
     def uses_condstore(self) -> bool:
         return self.condstore or "CONDSTORE" in self.enabled
@@ -235,7 +249,7 @@ def sync(session: Session, *, allow_expunge: bool) -> Iterator[bytes]:
         if seq is not None:
             yield fetch_flags_line(session, seq, row, with_uid=True)
     if allow_expunge or not changes.vanished:
-        view.modseq = changes.highestmodseq
+        view.reported(changes.highestmodseq)
         view.own_changes.clear()
     # Else the expunges stay pending: view.modseq is not advanced past them, so the next sync that may
     # report expunges finds them again (flag lines already sent may repeat; clients accept that).

@@ -190,3 +190,94 @@ def test_issue_9_new_mail_with_a_new_keyword_announces_flags(store: SQLiteStore)
         b"* 1 EXISTS\r\n",
         b"a OK NOOP completed\r\n",
     ]
+
+
+# -- expunge races ----------------------------------------------------------------------------------------
+
+
+def blob_ids(store: SQLiteStore) -> set[str]:
+    return {row[0] for row in store._db().execute("SELECT id FROM blobs")}
+
+
+def settle(store: SQLiteStore) -> None:
+    """Wait until the committer has done what was queued before (tombstone releases run there)."""
+    deliver(store, mailbox="Archive")
+
+
+def test_issue_9_fetch_of_a_message_expunged_elsewhere_returns_its_data(store: SQLiteStore) -> None:
+    for subject in (b"one", b"two", b"three"):
+        deliver(store, b"Subject: " + subject + b"\r\n\r\nbody " + subject + b"\r\n")
+    one, two = client(store), client(store)
+    one.select()
+    two.select()
+    one.command("a STORE 2 +FLAGS.SILENT (\\Deleted)")
+    assert one.command("b EXPUNGE")[0] == b"* 2 EXPUNGE\r\n"
+    # Session two was not told yet: message 2 is still there for it, bytes, header fields, size and all.
+    assert two.command("c FETCH 2 (FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)] BODY.PEEK[TEXT])") == [
+        b"* 2 FETCH (FLAGS (\\Deleted) RFC822.SIZE 26 BODY[HEADER.FIELDS (SUBJECT)] {16}\r\n",
+        b"Subject: two\r\n",
+        b"\r\n",
+        b" BODY[TEXT] {10}\r\n",
+        b"body two\r\n",
+        b")\r\n",
+        b"c OK FETCH completed\r\n",
+    ]
+    # BODY[] without PEEK would set \Seen: nothing to set on a message that is gone, but the data comes.
+    assert two.command("d FETCH 2 BODY[TEXT]")[:2] == [b"* 2 FETCH (BODY[TEXT] {10}\r\n", b"body two\r\n"]
+    assert two.command("e NOOP") == [b"* 2 EXPUNGE\r\n", b"e OK NOOP completed\r\n"]
+    assert two.command("f FETCH 2 BODY.PEEK[TEXT]")[:2] == [b"* 2 FETCH (BODY[TEXT] {12}\r\n", b"body three\r\n"]
+
+
+def test_issue_9_expunged_bytes_stay_until_every_session_has_seen_the_expunge(store: SQLiteStore) -> None:
+    deliver(store)
+    deliver(store)
+    one, two, three = client(store), client(store), client(store)
+    one.select()
+    two.select()
+    three.command("x EXAMINE INBOX")
+    (first_blob,) = [row.blob_id for row in store.message_rows(1, [1])]
+    one.command("a STORE 1 +FLAGS.SILENT (\\Deleted)")
+    one.command("b EXPUNGE")
+    settle(store)
+    assert first_blob in blob_ids(store)
+    two.command("c NOOP")  # told of the expunge
+    settle(store)
+    assert first_blob in blob_ids(store)  # session three still shows the message
+    assert three.command("d UID FETCH 1 RFC822.SIZE")[0].startswith(b"* 1 FETCH (UID 1 RFC822.SIZE ")
+    three.command("e CLOSE")  # gone from its view too
+    settle(store)
+    assert first_blob not in blob_ids(store)
+    assert store.message_rows(1, [1], expunged=True) == []
+
+
+def test_issue_9_expunged_bytes_go_at_once_when_nobody_holds_them(store: SQLiteStore) -> None:
+    deliver(store)
+    c = client(store)
+    c.select()
+    (blob,) = [row.blob_id for row in store.message_rows(1, [1])]
+    c.command("a STORE 1 +FLAGS.SILENT (\\Deleted)")
+    c.command("b EXPUNGE")  # the only session that showed it has reported the expunge
+    settle(store)
+    assert blob not in blob_ids(store)
+
+
+def test_issue_9_held_expunged_bytes_are_let_go_at_the_next_start(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "data")
+    store.add_account("bob@example.test", "unused")
+    store.start()
+    deliver(store)
+    deliver(store)
+    one, two = client(store), client(store)
+    one.select()
+    two.select()
+    (blob,) = [row.blob_id for row in store.message_rows(1, [1])]
+    one.command("a STORE 1 +FLAGS.SILENT (\\Deleted)")
+    one.command("b EXPUNGE")
+    store.close()  # session two never heard of it: the server stopped
+    again = SQLiteStore(tmp_path / "data")
+    try:
+        assert blob in blob_ids(again)
+        again.recover()
+        assert blob not in blob_ids(again)
+    finally:
+        again.close()
