@@ -112,6 +112,8 @@ class ImapSession:
                 await channel.send(conn.data_to_send())
         finally:
             self._drop_spool()
+            if self.session is not None:
+                self.session.select(None)  # lets go of messages expunged elsewhere that it still showed
             self.ctx.sessions.discard(self)
             self.ctx.release(self._ticket)
             channel.close()

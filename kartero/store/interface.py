@@ -294,6 +294,19 @@ class StoredMessage:
     modseq: int
 
 
+class ExpungeHold(Protocol):
+    """A session's claim on the bytes of messages expunged after the MODSEQ it has reported up to
+    (RFC 2180 §4.1.1: a session not yet told of an expunge may still FETCH the message)."""
+
+    def advance(self, modseq: int) -> None:
+        """The session has now reported every change, expunges included, up to `modseq`."""
+        ...
+
+    def release(self) -> None:
+        """The session no longer shows the mailbox (deselected, logged out, gone)."""
+        ...
+
+
 class MessageReader(Protocol):
     size: int
 
@@ -359,9 +372,17 @@ class Store(Protocol):
     # Messages
     def list_messages(self, mailbox_id: int) -> list[MessageInfo]: ...
     def message_rows(
-        self, mailbox_id: int, uids: Sequence[int] | None = None, *, with_index: bool = False
+        self, mailbox_id: int, uids: Sequence[int] | None = None, *, with_index: bool = False,
+        expunged: bool = False,
     ) -> list[MessageRow]:
-        """Rows of the given UIDs (all when None), in UID order."""
+        """Rows of the given UIDs (all when None), in UID order. With `expunged`, messages of `uids`
+        expunged meanwhile whose bytes a hold still keeps are included, as they were when expunged."""
+        ...
+
+    def hold_expunged(self, mailbox_id: int, modseq: int) -> ExpungeHold:
+        """Keep the bytes (and the rows, for message_rows) of messages expunged after `modseq` readable
+        until the hold advances past their expunge or is released. A session holds its selected
+        mailbox from before it reads the message list (take the hold at MODSEQ 0, then advance)."""
         ...
 
     def changes_since(self, mailbox_id: int, modseq: int) -> Changes: ...

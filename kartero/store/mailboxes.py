@@ -162,6 +162,12 @@ class MailboxOps:
     def _drop_unreferenced_blobs(self, db: sqlite3.Connection, blob_ids: list[str]) -> None:
         raise NotImplementedError
 
+    def _request_release(self, mailbox_id: int) -> None:
+        raise NotImplementedError
+
+    def _tombstones_written(self, mailbox_id: int) -> None:
+        raise NotImplementedError
+
     # -- mailboxes -------------------------------------------------------------------------------------
 
     def list_mailboxes(self, account_id: int) -> list[Mailbox]:
@@ -196,7 +202,12 @@ class MailboxOps:
         with self._write() as db:
             mailbox_id = self._mailbox_id(db, account_id, name)
             blobs = [
-                r[0] for r in db.execute("SELECT DISTINCT blob_id FROM messages WHERE mailbox_id = ?", (mailbox_id,))
+                r[0]
+                for r in db.execute(
+                    "SELECT blob_id FROM messages WHERE mailbox_id = ? UNION"
+                    " SELECT blob_id FROM expunged WHERE mailbox_id = ? AND blob_id IS NOT NULL",
+                    (mailbox_id, mailbox_id),
+                )
             ]
             db.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
             self._drop_unreferenced_blobs(db, blobs)
@@ -310,9 +321,42 @@ class MailboxOps:
         return [MessageInfo(r[0], r[1], r[2], r[3], r[4], parse_flags(r[5]), r[6]) for r in rows]
 
     def message_rows(
-        self, mailbox_id: int, uids: Sequence[int] | None = None, *, with_index: bool = False
+        self, mailbox_id: int, uids: Sequence[int] | None = None, *, with_index: bool = False,
+        expunged: bool = False,
+    ) -> list[MessageRow]:  # fmt: skip
+        db = self._db()
+        if not expunged or uids is None:
+            return self._rows(db, mailbox_id, uids, with_index=with_index)
+        db.execute("BEGIN")  # one snapshot: a message is either still there or a tombstone
+        try:
+            rows = self._rows(db, mailbox_id, uids, with_index=with_index)
+            if len(rows) < len(set(uids)):
+                found = {row.uid for row in rows}
+                rows += self._held_rows(db, mailbox_id, [u for u in uids if u not in found], with_index=with_index)
+                rows.sort(key=lambda row: row.uid)
+        finally:
+            db.execute("COMMIT")
+        return rows
+
+    def _held_rows(
+        self, db: sqlite3.Connection, mailbox_id: int, uids: Sequence[int], *, with_index: bool
     ) -> list[MessageRow]:
-        return self._rows(self._db(), mailbox_id, uids, with_index=with_index)
+        """Expunged messages of `uids` whose bodies a hold keeps, as they were when expunged."""
+        columns = "e.uid, e.flags, e.message_modseq, e.size, e.internal_date, e.blob_id"
+        columns += _INDEX_COLUMNS if with_index else ""
+        join = " JOIN blobs b ON b.id = e.blob_id" if with_index else ""
+        result: list[MessageRow] = []
+        wanted = sorted(set(uids))
+        for i in range(0, len(wanted), _CHUNK):
+            chunk = wanted[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(
+                f"SELECT {columns} FROM expunged e{join} WHERE e.mailbox_id = ? AND e.blob_id IS NOT NULL"
+                f" AND e.uid IN ({marks})",
+                (mailbox_id, *chunk),
+            )
+            result.extend(_row(r) for r in rows)
+        return result
 
     def _rows(
         self, db: sqlite3.Connection, mailbox_id: int, uids: Sequence[int] | None, *, with_index: bool = False
@@ -414,16 +458,22 @@ class MailboxOps:
                 return []
             self._remove(db, mailbox_id, gone)
         self._notify(frozenset({mailbox_id}))
+        self._request_release(mailbox_id)
         return [row.uid for row in gone]
 
     def _remove(self, db: sqlite3.Connection, mailbox_id: int, rows: list[MessageRow]) -> None:
+        """Expunge `rows`. Each tombstone keeps the message (body, size, date, flags, MODSEQ) for sessions
+        that have not seen the expunge yet (RFC 2180 §4.1.1); `_request_release` after the commit lets
+        the bodies go as soon as no hold needs them."""
         modseq = self._bump(db, mailbox_id)
         db.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(mailbox_id, r.uid) for r in rows])
         db.executemany(
-            "INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
-            [(mailbox_id, r.uid, modseq) for r in rows],
-        )
-        self._drop_unreferenced_blobs(db, list({r.blob_id for r in rows}))
+            "INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq, blob_id, size, internal_date, flags,"
+            " message_modseq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(mailbox_id, r.uid, modseq, r.blob_id, r.size, r.internal_date, format_flags(r.flags), r.modseq)
+             for r in rows],
+        )  # fmt: skip
+        self._tombstones_written(mailbox_id)
 
     def copy_messages(
         self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool
@@ -456,6 +506,8 @@ class MailboxOps:
             if move:
                 self._remove(db, source_id, rows)
         self._notify(frozenset({source_id, target_id}))
+        if move:
+            self._request_release(source_id)
         return pairs
 
     # -- search and sort -------------------------------------------------------------------------------

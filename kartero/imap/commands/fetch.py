@@ -24,8 +24,10 @@ from kartero.imap.commands.view import (
     Session,
     View,
     chunked,
+    enable_condstore,
     format_flags,
     format_set,
+    keyword_lines,
     out_of_range,
     resolve,
     sync,
@@ -261,15 +263,17 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
     if not cmd.is_uid and not cmd.numbers.is_saved and view.exists and out_of_range(view, cmd.numbers):
         return Done(Status.BAD, "Message sequence number out of range")
     if cmd.changed_since is not None or "MODSEQ" in cmd.items:
-        session.condstore = True
+        yield from enable_condstore(session)
     pairs = resolve(view, cmd.numbers, is_uid=cmd.is_uid, saved=session.saved)
     store = session.store
     if cmd.vanished and cmd.changed_since is not None:
         vanished = [u for u in store.vanished_since(view.mailbox_id, cmd.changed_since) if _in_uid_set(u, cmd)]
         if vanished:
             yield f"* VANISHED (EARLIER) {format_set(vanished)}\r\n".encode()
+    # Messages expunged by another session but still in this view are fetched as they were (RFC 2180
+    # §4.1.1): the view's hold keeps them until the client hears of the expunge.
     rows = {row.uid: row for row in store.message_rows(view.mailbox_id, [u for _, u in pairs],
-                                                        with_index=_needs_index(cmd))}  # fmt: skip
+                                                        with_index=_needs_index(cmd), expunged=True)}  # fmt: skip
     if cmd.changed_since is not None:
         rows = {uid: row for uid, row in rows.items() if row.modseq > cmd.changed_since}
     flags_changed: set[int] = set()
@@ -283,6 +287,7 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
                                           old.envelope, old.body, old.bodystructure, old.parts)  # fmt: skip
                 view.own_changes[row.uid] = row.modseq
                 flags_changed.add(row.uid)
+    yield from keyword_lines(view, rows.values())
     missing = False
     try:
         yield from chunked(_responses(session, view, cmd, pairs, rows, flags_changed))

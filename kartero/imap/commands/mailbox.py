@@ -15,6 +15,7 @@ from kartero.imap.commands.view import (
     chunked,
     expunge_lines,
     fetch_flags_line,
+    flags_lines,
     format_set,
     resolve,
     sync,
@@ -46,7 +47,6 @@ from kartero.store.interface import (
 )
 
 SEPARATOR = "/"
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 SPECIAL_USES = frozenset({"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"})
 
 Handler = Generator[bytes, None, Done]
@@ -60,7 +60,7 @@ def select(session: Session, cmd: Select) -> Handler:
     store = session.store
     if session.selected is not None and session.qresync:
         yield b"* OK [CLOSED] Previous mailbox closed\r\n"
-    session.selected = None
+    session.select(None)
     mailbox = store.get_mailbox(session.account_id, cmd.mailbox)
     if mailbox is None:
         return Done(Status.NO, "No such mailbox", "NONEXISTENT", ImapState.AUTHENTICATED)
@@ -68,16 +68,20 @@ def select(session: Session, cmd: Select) -> Handler:
         session.condstore = True
     if cmd.qresync is not None and not session.qresync:
         return Done(Status.BAD, "QRESYNC was not enabled", state=ImapState.AUTHENTICATED)
-    summary = store.select_summary(mailbox.id)
+    # The hold comes before the message list: nothing the list shows can lose its bytes meanwhile.
+    hold = store.hold_expunged(mailbox.id, 0)
+    try:
+        summary = store.select_summary(mailbox.id)
+    except BaseException:
+        hold.release()
+        raise
     view = View(mailbox.id, mailbox.name, cmd.readonly, summary.uidvalidity, array("I", summary.uids),
-                summary.highestmodseq)  # fmt: skip
-    flags = " ".join((*SYSTEM_FLAGS, *sorted(summary.keywords, key=str.lower)))
+                summary.highestmodseq, condstore_announced=session.uses_condstore(), hold=hold)  # fmt: skip
+    hold.advance(summary.highestmodseq)
+    view.keywords = {keyword.lower(): keyword for keyword in summary.keywords}
     lines = [
         f"* {view.exists} EXISTS\r\n",
-        f"* FLAGS ({flags})\r\n",
-        "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n"
-        if cmd.readonly
-        else f"* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted\r\n",
+        flags_lines(view).decode(),
         f"* OK [UIDVALIDITY {summary.uidvalidity}] UIDs valid\r\n",
         f"* OK [UIDNEXT {summary.uidnext}] Predicted next UID\r\n",
         f"* OK [HIGHESTMODSEQ {summary.highestmodseq}] Highest\r\n",
@@ -86,8 +90,8 @@ def select(session: Session, cmd: Select) -> Handler:
         lines.insert(1, "* 0 RECENT\r\n")
         if summary.first_unseen is not None:
             lines.append(f"* OK [UNSEEN {summary.first_unseen}] First unseen\r\n")
+    session.select(view)
     yield "".join(lines).encode()
-    session.selected = view
     resync = cmd.qresync
     if resync is not None and resync.uidvalidity == mailbox.uidvalidity:
         yield from chunked(_qresync_lines(session, view, resync.modseq, resync.known_uids))
@@ -154,7 +158,7 @@ def delete(session: Session, cmd: MailboxCommand) -> Handler:
         return Done(Status.NO, "No such mailbox", "NONEXISTENT")
     state = None
     if session.selected is not None and session.selected.name == cmd.mailbox:
-        session.selected = None
+        session.select(None)
         state = ImapState.AUTHENTICATED
         yield b"* OK [CLOSED] Selected mailbox deleted\r\n"
     return Done(Status.OK, "DELETE completed", state=state)
@@ -393,13 +397,14 @@ def append(session: Session, cmd: Append, append_limit: int) -> Handler:
         (stored,) = store.deliver(delivery).result()
     except StoreError:
         return Done(Status.NO, "Could not store the message, try again", "SERVERBUG")
-    yield from ()
+    # Into the selected mailbox: EXISTS before the tagged OK, so the next command may use the message.
+    yield from chunked(sync(session, allow_expunge=True))
     return Done(Status.OK, "APPEND completed", f"APPENDUID {mailbox.uidvalidity} {stored.uid}")
 
 
 def close(session: Session, cmd: Simple) -> Handler:
     view = session.selected
-    session.selected = None
+    session.select(None)
     if cmd.name == "CLOSE" and view is not None and not view.readonly:
         session.store.expunge(view.mailbox_id)  # silently: CLOSE sends no EXPUNGE responses
     yield from ()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Generator
 
-from kartero.imap.commands.view import Done, Session, View, chunked, format_set, sync
+from kartero.imap.commands.view import Done, Session, View, chunked, enable_condstore, format_set, sync
 from kartero.imap.response import Status
 from kartero.imap.syntax import STAR, SAnd, Search, SearchKey, SeqKey, SequenceSet, SKey, SNot, SOr, SortCommand
 from kartero.store import criteria as c
@@ -109,32 +109,32 @@ def search(session: Session, cmd: Search, tag: str) -> Handler:
         return Done(Status.NO, "Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
     uses_modseq = _uses_modseq(cmd.key)
     if uses_modseq:
-        session.condstore = True
+        yield from enable_condstore(session)
     criterion = to_criterion(session, view, cmd.key)
     rows = session.store.search(view.mailbox_id, criterion)
     in_view = [row for row in rows if view.seq_of(row.uid) is not None]
     numbers = [row.uid if cmd.is_uid else view.seq_of(row.uid) or 0 for row in in_view]
-    highest = max((row.modseq for row in in_view), default=0)
     returns = cmd.returns
     if returns is None and session.rev2:
         returns = ()  # IMAP4rev2 answers SEARCH with ESEARCH (RFC 9051 §6.4.4)
     if returns is None:
         line = "* SEARCH" + "".join(f" {n}" for n in numbers)
         if uses_modseq and numbers:
-            line += f" (MODSEQ {highest})"
+            line += f" (MODSEQ {max(row.modseq for row in in_view)})"
         yield from chunked([line.encode() + b"\r\n"])
     else:
         options = set(returns) or {"ALL"}
+        # RFC 4731 §3.1 (SAVE) and RFC 7162 §3.1.5 (MODSEQ): with MIN and/or MAX alone, the result is
+        # those messages, not every match.
+        returned = in_view
+        if options & {"MIN", "MAX"} and not options & {"ALL", "COUNT"}:
+            returned = []
+            if "MIN" in options and in_view:
+                returned.append(in_view[0])
+            if "MAX" in options and in_view:
+                returned.append(in_view[-1])
         if "SAVE" in options:
-            saved = in_view
-            if options & {"MIN", "MAX"} and not options & {"ALL", "COUNT"}:
-                picks = []
-                if "MIN" in options and in_view:
-                    picks.append(in_view[0])
-                if "MAX" in options and in_view:
-                    picks.append(in_view[-1])
-                saved = picks
-            session.saved = tuple(row.uid for row in saved)
+            session.saved = tuple(row.uid for row in returned)
         parts = [f'(TAG "{tag}")']
         if cmd.is_uid:
             parts.append("UID")
@@ -146,8 +146,8 @@ def search(session: Session, cmd: Search, tag: str) -> Handler:
             parts.append(f"COUNT {len(numbers)}")
         if numbers and "ALL" in options:
             parts.append(f"ALL {format_set(numbers)}")
-        if uses_modseq and numbers:
-            parts.append(f"MODSEQ {highest}")
+        if uses_modseq and returned:
+            parts.append(f"MODSEQ {max(row.modseq for row in returned)}")
         if options - {"SAVE"}:
             yield f"* ESEARCH {' '.join(parts)}\r\n".encode()
     yield from chunked(sync(session, allow_expunge=cmd.is_uid))

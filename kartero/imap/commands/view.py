@@ -18,10 +18,11 @@ from kartero.imap import mutf7
 from kartero.imap.response import Status
 from kartero.imap.state import ImapState
 from kartero.imap.syntax import STAR, SequenceSet
-from kartero.store.interface import FileSpan, MessageRow, NoSuchMailbox, Store
+from kartero.store.interface import ExpungeHold, FileSpan, MessageRow, NoSuchMailbox, Store
 
 # Untagged responses are handed to the network in batches of about this many octets.
 CHUNK = 256 * 1024
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,19 @@ class View:
     uids: array[int]
     modseq: int  # every change up to this MODSEQ has been reported to the client
     own_changes: dict[int, int] = field(default_factory=dict)  # uid -> modseq of our own STOREs
+    # HIGHESTMODSEQ went out with CONDSTORE in effect (at SELECT, or at the first command enabling it).
+    condstore_announced: bool = False
+    # The keywords the client was told of in FLAGS, by their case-folded name (keywords are
+    # case-insensitive, RFC 9051 §2.3.2).
+    keywords: dict[str, str] = field(default_factory=dict)
+    # Keeps messages expunged elsewhere readable until this session has reported their expunge.
+    hold: ExpungeHold | None = None
+
+    def reported(self, modseq: int) -> None:
+        """Every change up to `modseq`, expunges included, has been reported to the client."""
+        self.modseq = modseq
+        if self.hold is not None:
+            self.hold.advance(modseq)
 
     def seq_of(self, uid: int) -> int | None:
         i = bisect.bisect_left(self.uids, uid)
@@ -78,6 +92,12 @@ class Session:
     @property
     def rev2(self) -> bool:
         return "IMAP4REV2" in self.enabled
+
+    def select(self, view: View | None) -> None:
+        """Show `view` (None: nothing); the hold of the view left behind is released."""
+        old, self.selected = self.selected, view
+        if old is not None and old is not view and old.hold is not None:
+            old.hold.release()
 
     def uses_condstore(self) -> bool:
         return self.condstore or "CONDSTORE" in self.enabled
@@ -143,6 +163,38 @@ def format_flags(flags: Iterable[str]) -> str:
     return "(" + " ".join(sorted(flags, key=str.lower)) + ")"
 
 
+def flags_lines(view: View) -> bytes:
+    """FLAGS and PERMANENTFLAGS for the keywords the view knows (RFC 9051 §7.3.5, §7.1)."""
+    flags = " ".join((*SYSTEM_FLAGS, *sorted(view.keywords.values(), key=str.lower)))
+    permanent = (
+        "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n"
+        if view.readonly
+        else f"* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted\r\n"
+    )
+    return f"* FLAGS ({flags})\r\n{permanent}".encode()
+
+
+def keyword_lines(view: View, rows: Iterable[MessageRow]) -> Iterator[bytes]:
+    """FLAGS and PERMANENTFLAGS again when `rows` hold keywords the client has not been told of: RFC
+    9051 §7.3.5 wants them announced before any response that uses them."""
+    known = view.keywords
+    new = {flag.lower(): flag for row in rows for flag in row.flags if flag[:1] != "\\" and flag.lower() not in known}
+    if new:
+        known.update(new)
+        yield flags_lines(view)
+
+
+def enable_condstore(session: Session) -> Iterator[bytes]:
+    """Put CONDSTORE in effect for a FETCH, SEARCH or STORE that uses it. RFC 7162 §3.1: the first
+    such command in a selected mailbox gets `* OK [HIGHESTMODSEQ]`, the MODSEQ the client has been told
+    everything up to (STATUS HIGHESTMODSEQ is about another mailbox and does not send it)."""
+    session.condstore = True
+    view = session.selected
+    if view is not None and not view.condstore_announced:
+        view.condstore_announced = True
+        yield f"* OK [HIGHESTMODSEQ {view.modseq}] Highest\r\n".encode()
+
+
 def fetch_flags_line(session: Session, seq: int, row: MessageRow, *, with_uid: bool) -> bytes:
     items = [f"UID {row.uid}"] if with_uid else []
     items.append(f"FLAGS {format_flags(row.flags)}")
@@ -184,6 +236,7 @@ def sync(session: Session, *, allow_expunge: bool) -> Iterator[bytes]:
         return
     if allow_expunge and changes.vanished:
         yield from expunge_lines(session, view, changes.vanished)
+    yield from keyword_lines(view, changes.changed)
     new_uids = [row.uid for row in changes.changed if not view.uids or row.uid > view.uids[-1]]
     flag_rows = [row for row in changes.changed if view.uids and row.uid <= view.uids[-1]]
     if new_uids:
@@ -196,7 +249,7 @@ def sync(session: Session, *, allow_expunge: bool) -> Iterator[bytes]:
         if seq is not None:
             yield fetch_flags_line(session, seq, row, with_uid=True)
     if allow_expunge or not changes.vanished:
-        view.modseq = changes.highestmodseq
+        view.reported(changes.highestmodseq)
         view.own_changes.clear()
     # Else the expunges stay pending: view.modseq is not advanced past them, so the next sync that may
     # report expunges finds them again (flag lines already sent may repeat; clients accept that).

@@ -272,6 +272,7 @@ def test_issue_8_numbers_at_their_limit_are_accepted(store: SQLiteStore) -> None
     c = logged_in(store)
     c.select()
     assert c.command("s SEARCH LARGER 9223372036854775807 MODSEQ 9223372036854775807") == [
+        b"* OK [HIGHESTMODSEQ 1] Highest\r\n",  # the first CONDSTORE-enabling command (RFC 7162 §3.1)
         b"* SEARCH\r\n",
         b"s OK SEARCH completed\r\n",
     ]
