@@ -11,13 +11,16 @@ import bisect
 import datetime
 import json
 import sqlite3
+import unicodedata
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from kartero.mime.addresses import parse_address_list
 from kartero.mime.headers import MessageData, decode_words, find_body_start, iter_body_text, parse_header_block
+from kartero.mime.imapform import MAX_LIST_ADDRESSES
 from kartero.mime.structure import parse_content_type
 from kartero.store import criteria as c
 from kartero.store.interface import (
@@ -525,10 +528,29 @@ class MailboxOps:
 
     def sort(self, mailbox_id: int, keys: Sequence[c.Sort], criterion: c.Criterion) -> list[int]:
         where, params, rest = _split_criterion(criterion)
-        matching = list(self._matching(mailbox_id, where, params, rest))
+        display = [field for key, field in _DISPLAY_FIELDS.items() if any(k.key is key for k in keys)]
+        matching: list[_SearchRow] = []
+        for candidate in self._matching(mailbox_id, where, params, rest):
+            if display:  # read from the header while the candidate's bytes are open
+                header = parse_header_block(_header_block(candidate))
+                for field in display:
+                    candidate.decoded[f"display_{field}"] = _display_name(header.get(field))
+            matching.append(candidate)
         for key in reversed(keys):  # stable sorts, last key first
             matching.sort(key=_sort_key(key.key), reverse=key.reverse)
         return [cand.row.uid for cand in matching]
+
+    def thread_fields(self, mailbox_id: int, criterion: c.Criterion) -> list[c.ThreadFields]:
+        where, params, rest = _split_criterion(criterion)
+        found: list[c.ThreadFields] = []
+        for candidate in self._matching(mailbox_id, where, params, rest):
+            header = parse_header_block(_header_block(candidate))
+            message_id, in_reply_to, references = ((header.get(n) or b"").decode("latin-1") for n in _THREAD_FIELDS)
+            row, decoded = candidate.row, candidate.decoded
+            sent_date = row.internal_date if candidate.sent_date is None else candidate.sent_date
+            found.append(c.ThreadFields(row.uid, sent_date, decoded["subject"], decoded["sort_subject"], message_id,
+                                        in_reply_to, references))  # fmt: skip
+        return found
 
     def _matching(
         self, mailbox_id: int, where: str, params: Sequence[Any], rest: c.Criterion | None
@@ -875,4 +897,28 @@ def _sort_key(key: c.SortKey) -> Callable[[_SearchRow], Any]:
             return lambda s: s.decoded["sort_to"]
         case c.SortKey.CC:
             return lambda s: s.decoded["sort_cc"]
+        case c.SortKey.DISPLAYFROM:
+            return lambda s: s.decoded["display_from"]
+        case c.SortKey.DISPLAYTO:
+            return lambda s: s.decoded["display_to"]
     raise TypeError(f"unknown sort key {key!r}")
+
+
+_DISPLAY_FIELDS = {c.SortKey.DISPLAYFROM: "from", c.SortKey.DISPLAYTO: "to"}
+_THREAD_FIELDS = ("message-id", "in-reply-to", "references")
+
+
+def _display_name(value: bytes | None) -> str:
+    """RFC 5957 §2: the display name of the first mailbox of an address list, RFC 2047-decoded, or its
+    addr-spec when it has none; "" without a mailbox. As the i;unicode-casemap collation compares it
+    (RFC 5051 §2: titlecase, then NFKD; upper case stands for titlecase)."""
+    if value is None:
+        return ""
+    for address in parse_address_list(value, MAX_LIST_ADDRESSES):
+        if address.host is None or address.mailbox is None:
+            continue  # the start or end of a group
+        name = " ".join(decode_words(address.name).split()) if address.name else ""
+        if not name:
+            name = decode_words(address.mailbox + (b"@" + address.host if address.host else b""))
+        return unicodedata.normalize("NFKD", name.upper())
+    return ""
