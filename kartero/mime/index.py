@@ -8,10 +8,11 @@ never refused (issue 8). Nothing here logs; a caller that wants to log calls the
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
+from email.utils import parsedate_to_datetime, parsedate_tz
 from typing import Any, TypeVar
 
 from kartero.mime.addresses import parse_address_list
@@ -41,7 +42,8 @@ class MessageIndex:
     cc: str
     bcc: str
     message_id: str
-    sent_date: int | None  # unix seconds of the Date header, for SEARCH SENT* and SORT DATE
+    sent_date: int | None  # unix seconds of the Date header, for SORT DATE
+    sent_day: int | None  # the calendar day written in the Date header (00:00 UTC), for SEARCH SENT*
     sort_subject: str  # RFC 5256 base subject, upper-cased
     sort_from: str  # addr-mailbox of the first address, lower-cased (RFC 5256 §3)
     sort_to: str
@@ -188,6 +190,21 @@ def _sent_date(value: bytes | None) -> int | None:
         return None
 
 
+def _sent_day(value: bytes | None) -> int | None:
+    """The day the Date header names, time and zone disregarded (RFC 9051 §6.4.4 SENTON: "Sun, 25 Mar 2007
+    00:00:00 +0200" is 25 March), as unix seconds of that day's 00:00 UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = parsedate_tz(value.decode("latin-1"))
+        if parsed is None:
+            return None
+        day = datetime.datetime(parsed[0], parsed[1], parsed[2], tzinfo=datetime.UTC)
+        return int(day.timestamp())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
 def index_message(data: MessageData) -> MessageIndex:
     """The index of any message, `bytes` or an mmap of a spool file: structured_index(), or
     fallback_index() if that fails. Never raises, logs nothing."""
@@ -220,6 +237,7 @@ def structured_index(data: MessageData) -> MessageIndex:
         bcc=decoded("bcc"),
         message_id=(header.get("message-id") or b"").decode("latin-1").strip(),
         sent_date=_sent_date(header.get("date")),
+        sent_day=_sent_day(header.get("date")),
         sort_subject=base_subject(subject),
         sort_from=_first_mailbox(header, "from"),
         sort_to=_first_mailbox(header, "to"),
@@ -260,6 +278,7 @@ def fallback_index(data: MessageData) -> MessageIndex:
         bcc=decoded("bcc").casefold(),
         message_id=(header.get("message-id") or b"").decode("latin-1").strip(),
         sent_date=_safely(lambda: _sent_date(header.get("date")), None),
+        sent_day=_safely(lambda: _sent_day(header.get("date")), None),
         sort_subject=_safely(lambda: base_subject(subject), ""),
         sort_from=_safely(lambda: _first_mailbox(header, "from"), ""),
         sort_to=_safely(lambda: _first_mailbox(header, "to"), ""),

@@ -79,6 +79,7 @@ class _SearchRow:
 
     row: MessageRow
     sent_date: int | None
+    sent_day: int | None
     decoded: dict[str, str]
     parts: str
     opener: Callable[[str], _Opened]
@@ -495,7 +496,7 @@ class MailboxOps:
     def _candidates(self, mailbox_id: int, where: str = "1", params: Sequence[Any] = ()) -> list[_SearchRow]:
         rows = self._db().execute(
             f"SELECT {_ROW_COLUMNS}, b.sent_date, b.subject, b.from_text, b.to_text, b.cc_text, b.bcc_text, b.parts,"
-            " b.sort_subject, b.sort_from, b.sort_to, b.sort_cc"
+            " b.sort_subject, b.sort_from, b.sort_to, b.sort_cc, b.sent_day"
             f" FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id = ? AND ({where}) ORDER BY m.uid",
             (mailbox_id, *params),
         )
@@ -504,6 +505,7 @@ class MailboxOps:
             _SearchRow(
                 _row(r[:6]),
                 r[6],
+                r[17],
                 {
                     "subject": r[7],
                     "from": r[8],
@@ -589,6 +591,11 @@ def _day_start(date: datetime.date) -> int:
     return int(datetime.datetime(date.year, date.month, date.day, tzinfo=datetime.UTC).timestamp())
 
 
+# SENT* compare the day written in Date: (sent_day, 00:00 UTC of it); rows stored before that column existed
+# fall back to the UTC day of the Date header's instant, messages without a usable Date to the internal date.
+_SENT_DAY = "COALESCE(b.sent_day, b.sent_date, m.internal_date)"
+
+
 def _date_sql(column: str, op: c.DateOp, date: datetime.date) -> _Sql:
     start = _day_start(date)
     if op is c.DateOp.BEFORE:
@@ -622,7 +629,7 @@ def _to_sql(criterion: c.Criterion) -> _Sql | None:
         case c.InternalDate(op=op, date=date):
             return _date_sql("m.internal_date", op, date)
         case c.SentDate(op=op, date=date):
-            return _date_sql("COALESCE(b.sent_date, m.internal_date)", op, date)
+            return _date_sql(_SENT_DAY, op, date)
         case c.Uids(ranges=ranges) if len(ranges) <= _MAX_SQL_RANGES:
             if not ranges:
                 return _Sql("0", ())
@@ -791,8 +798,8 @@ def _matches(criterion: c.Criterion, candidate: _SearchRow) -> bool:
             return (larger is None or row.size > larger) and (smaller is None or row.size < smaller)
         case c.InternalDate(op=op, date=date):
             return _compare_date(_utc_date(row.internal_date), op, date)
-        case c.SentDate(op=op, date=date):
-            sent = candidate.sent_date if candidate.sent_date is not None else row.internal_date
+        case c.SentDate(op=op, date=date):  # as _SENT_DAY
+            sent = next(d for d in (candidate.sent_day, candidate.sent_date, row.internal_date) if d is not None)
             return _compare_date(_utc_date(sent), op, date)
         case c.Uids():
             return row.uid in criterion

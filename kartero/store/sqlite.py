@@ -97,6 +97,7 @@ CREATE TABLE IF NOT EXISTS blobs (
     bcc_text TEXT NOT NULL,
     message_id TEXT NOT NULL,
     sent_date INTEGER,
+    sent_day INTEGER,                    -- the day written in Date: (00:00 UTC); NULL: stored before it existed
     sort_subject TEXT NOT NULL,
     sort_from TEXT NOT NULL,
     sort_to TEXT NOT NULL,
@@ -124,6 +125,10 @@ CREATE TABLE IF NOT EXISTS expunged (
 );
 CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (mailbox_id, modseq);
 """
+
+# Columns added since the first schema, for databases made before them: (table, column, type). A NULL in
+# them means "not known for this row": it was stored before the column existed.
+_ADDED_COLUMNS = (("blobs", "sent_day", "INTEGER"),)
 
 # Groups of deliveries committed together at most; bounded so one transaction stays short.
 MAX_BATCH = 256
@@ -155,6 +160,7 @@ class SQLiteStore(MailboxOps, QueueOps):
         self._db().executescript(SCHEMA + QUEUE_SCHEMA)  # idempotent; executescript commits by itself
         migrate_queue(self._db())
         with self._write() as db:
+            _add_columns(db)
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         if not self.version_path.exists():
             self._bump_directory_version()
@@ -369,12 +375,12 @@ class SQLiteStore(MailboxOps, QueueOps):
         db.execute(
             "INSERT INTO blobs (id, segment, offset, size, envelope, created_at, imap_envelope, imap_body,"
             " imap_bodystructure, parts, subject, from_text, to_text, cc_text, bcc_text, message_id, sent_date,"
-            " sort_subject, sort_from, sort_to, sort_cc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-            " ?, ?, ?, ?)",
+            " sent_day, sort_subject, sort_from, sort_to, sort_cc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+            " ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 d.blob_id, location[0], location[1], len(d.data), json.dumps(dict(d.envelope)), d.internal_date,
                 ix.envelope, ix.body, ix.bodystructure, ix.parts, ix.subject, ix.from_, ix.to, ix.cc, ix.bcc,
-                ix.message_id, ix.sent_date, ix.sort_subject, ix.sort_from, ix.sort_to, ix.sort_cc,
+                ix.message_id, ix.sent_date, ix.sent_day, ix.sort_subject, ix.sort_from, ix.sort_to, ix.sort_cc,
             ),
         )  # fmt: skip
         for target in d.targets:
@@ -736,6 +742,13 @@ def _index(delivery: Delivery, body: bytes | SpoolBody) -> MessageIndex:
         return _minimal_index(delivery)
 
 
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Bring a database made by an earlier version up to the schema (inside the caller's transaction)."""
+    for table, column, kind in _ADDED_COLUMNS:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
 def _discard(bodies: Sequence[bytes | SpoolBody]) -> None:
     for body in bodies:
         if isinstance(body, SpoolBody):
@@ -751,6 +764,6 @@ def _minimal_index(delivery: Delivery) -> MessageIndex:
         body=body,
         bodystructure=body[:-1] + b" NIL NIL NIL NIL)",
         parts=json.dumps([0, 0, size, "7bit", [], None], separators=(",", ":")),
-        subject="", from_="", to="", cc="", bcc="", message_id="", sent_date=None,
+        subject="", from_="", to="", cc="", bcc="", message_id="", sent_date=None, sent_day=None,
         sort_subject="", sort_from="", sort_to="", sort_cc="",
     )  # fmt: skip
