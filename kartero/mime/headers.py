@@ -169,27 +169,23 @@ _COMMENT_OR_QUOTE = re.compile(rb'[("]')
 _IN_COMMENT = re.compile(rb"[()\\]")
 
 
-def strip_comments(value: bytes, replacement: bytes = b" ") -> bytes:
-    """`value` with each comment (nested, with quoted-pairs: RFC 5322 §3.2.2) replaced by `replacement`,
-    quoted strings left alone; a comment never closed or nested deeper than MAX_COMMENT_DEPTH runs to
-    the end. Linear: each octet is looked at once."""
-    if b"(" not in value:
-        return value
-    out = bytearray()
-    depth, i, n = 0, 0, len(value)
+def comment_spans(value: bytes) -> list[tuple[int, int, bool]]:
+    """(start, end, closed) of each comment of `value` (nested, with quoted-pairs: RFC 5322 §3.2.2),
+    from its "(" to just past its ")"; quoted strings are no comments. A comment never closed or nested
+    deeper than MAX_COMMENT_DEPTH runs to the end (closed False). Linear: each octet is looked at once."""
+    spans: list[tuple[int, int, bool]] = []
+    depth, i, n, start = 0, 0, len(value), 0
     while i < n:
         if depth == 0:
             special = _COMMENT_OR_QUOTE.search(value, i)
-            j = n if special is None else special.start()
-            out += value[i:j]
-            if j == n:
+            if special is None:
                 break
+            j = special.start()
             if value[j : j + 1] == b"(":
-                depth, i = 1, j + 1
+                depth, i, start = 1, j + 1, j
             else:
                 i = quoted_string_end(value, j)
                 i = n if i < 0 else i
-                out += value[j:i]
             continue
         special = _IN_COMMENT.search(value, i)
         if special is None:
@@ -204,7 +200,25 @@ def strip_comments(value: bytes, replacement: bytes = b" ") -> bytes:
         else:
             depth -= 1
             if not depth:
-                out += replacement
+                spans.append((start, i, True))
+    if depth:
+        spans.append((start, n, False))
+    return spans
+
+
+def strip_comments(value: bytes, replacement: bytes = b" ") -> bytes:
+    """`value` with each comment (see comment_spans) replaced by `replacement`, quoted strings left
+    alone; a comment never closed runs to the end and is dropped."""
+    if b"(" not in value:
+        return value
+    out = bytearray()
+    position = 0
+    for start, end, closed in comment_spans(value):
+        out += value[position:start]
+        if closed:
+            out += replacement
+        position = end
+    out += value[position:]
     return bytes(out)
 
 

@@ -88,3 +88,46 @@ def test_issue_9_messages_stored_before_the_sent_day_column_keep_the_old_rule(tm
         assert search(c, "SENTON 25-Mar-2007") == b"* SEARCH 2\r\n"
     finally:
         store.close()
+
+
+# -- Addresses: comments and groups ---------------------------------------------------------------------
+
+COMMENTED = (
+    b"From: user@domain.org (Real Name)\r\n"
+    b"To: <ab (c)c@ (c) example.org>, (leading) other@example.org\r\n"
+    b"Cc: team: a@x.org, b@y.org;\r\n"
+    b"Subject: commented\r\n\r\nbody\r\n"
+)
+
+
+def test_issue_9_envelope_names_from_comments_and_groups(store: SQLiteStore) -> None:
+    deliver(store, COMMENTED)
+    c = client(store)
+    assert c.command("f FETCH 1 ENVELOPE")[0] == (
+        b'* 1 FETCH (ENVELOPE (NIL "commented" (("Real Name" NIL "user" "domain.org")) '
+        b'(("Real Name" NIL "user" "domain.org")) (("Real Name" NIL "user" "domain.org")) '
+        b'((NIL NIL "abc" "example.org")(NIL NIL "other" "example.org")) '
+        b'((NIL NIL "team" NIL)(NIL NIL "a" "x.org")(NIL NIL "b" "y.org")(NIL NIL NIL NIL)) NIL NIL NIL))\r\n'
+    )
+
+
+def test_issue_9_search_reads_addresses_without_their_comments(store: SQLiteStore) -> None:
+    deliver(store, COMMENTED, b"From: abb@example.org\r\nTo: x@example.org\r\n\r\nbody\r\n")
+    c = client(store)
+    assert search(c, 'TO "abc@example.org"') == b"* SEARCH 1\r\n"
+    assert search(c, 'FROM "Real Name <user@domain.org>"') == b"* SEARCH 1\r\n"
+    assert search(c, 'CC "team: a@x.org, b@y.org;"') == b"* SEARCH 1\r\n"
+    assert search(c, 'TO "leading"') == b"* SEARCH\r\n"  # a comment before an address is no part of it
+    assert search(c, 'OR TO "abc@example.org" BODY "no such text"') == b"* SEARCH 1\r\n"  # in Python too
+
+
+def test_issue_9_sort_uses_the_first_envelope_address(store: SQLiteStore) -> None:
+    deliver(
+        store,
+        b"From: <ab(c)c@example.org>\r\nCc: team: a@x.org, b@y.org;\r\n\r\n1\r\n",
+        b"From: abb@example.org\r\nCc: m@x.org\r\n\r\n2\r\n",
+        b"From: ab@example.org\r\nCc: s@x.org\r\n\r\n3\r\n",
+    )
+    c = client(store)
+    assert c.command("o SORT (FROM) UTF-8 ALL")[0] == b"* SORT 3 2 1\r\n"  # ab, abb, abc (comment dropped)
+    assert c.command("o SORT (CC) UTF-8 ALL")[0] == b"* SORT 2 3 1\r\n"  # m, s, team (the group's name)
