@@ -113,6 +113,7 @@ CREATE TABLE IF NOT EXISTS messages (
     internal_date INTEGER NOT NULL,
     flags TEXT NOT NULL DEFAULT '',
     modseq INTEGER NOT NULL,
+    saved_at INTEGER,                    -- when it came into this mailbox (RFC 8514); NULL: stored before
     UNIQUE (mailbox_id, uid)
 );
 CREATE INDEX IF NOT EXISTS messages_blob ON messages (blob_id);
@@ -128,7 +129,7 @@ CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (mailbox_id, modseq);
 
 # Columns added since the first schema, for databases made before them: (table, column, type). A NULL in
 # them means "not known for this row": it was stored before the column existed.
-_ADDED_COLUMNS = (("blobs", "sent_day", "INTEGER"),)
+_ADDED_COLUMNS = (("blobs", "sent_day", "INTEGER"), ("messages", "saved_at", "INTEGER"))
 
 # Groups of deliveries committed together at most; bounded so one transaction stays short.
 MAX_BATCH = 256
@@ -372,6 +373,7 @@ class SQLiteStore(MailboxOps, QueueOps):
         self, db: sqlite3.Connection, d: Delivery, ix: MessageIndex, location: tuple[int, int]
     ) -> list[StoredMessage] | StoreError:
         stored: list[StoredMessage] = []
+        now = int(time.time())  # the save date (RFC 8514): delivery and APPEND alike
         db.execute(
             "INSERT INTO blobs (id, segment, offset, size, envelope, created_at, imap_envelope, imap_body,"
             " imap_bodystructure, parts, subject, from_text, to_text, cc_text, bcc_text, message_id, sent_date,"
@@ -393,9 +395,9 @@ class SQLiteStore(MailboxOps, QueueOps):
                 continue  # account or mailbox deleted since RCPT; the other targets still get it
             mailbox_id, uid, modseq = row
             db.execute(
-                "INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (mailbox_id, uid, d.blob_id, len(d.data), d.internal_date, format_flags(target.flags), modseq),
+                "INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq, saved_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (mailbox_id, uid, d.blob_id, len(d.data), d.internal_date, format_flags(target.flags), modseq, now),
             )
             stored.append(StoredMessage(target.account_id, mailbox_id, uid, modseq))
         if not stored and d.targets and (d.outbound is None or not d.outbound.recipients):

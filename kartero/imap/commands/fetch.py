@@ -13,6 +13,7 @@ holding a NUL goes out as a literal8 (`~{n}`, RFC 3516 §4.3) with its NULs.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import re
@@ -314,9 +315,7 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
         if unseen:
             changed, _ = store.update_flags(view.mailbox_id, unseen, FlagOp.ADD, frozenset({"\\Seen"}), None)
             for row in changed:
-                old = rows[row.uid]
-                rows[row.uid] = type(old)(row.uid, row.flags, row.modseq, old.size, old.internal_date, old.blob_id,
-                                          old.envelope, old.body, old.bodystructure, old.parts)  # fmt: skip
+                rows[row.uid] = dataclasses.replace(rows[row.uid], flags=row.flags, modseq=row.modseq)
                 view.own_changes[row.uid] = row.modseq
                 flags_changed.add(row.uid)
     missing = False
@@ -384,8 +383,9 @@ def _responses(
                         parts.append(message.streamed(b"RFC822.HEADER", message.header_span()))
                     case "RFC822.TEXT":
                         parts.append(message.streamed(b"RFC822.TEXT", message.text_span()))
-                    case "SAVEDATE":
-                        parts.append(b"SAVEDATE NIL")
+                    case "SAVEDATE":  # RFC 8514: NIL for a message stored before save dates were kept
+                        saved = "NIL" if row.saved_at is None else f'"{internal_date(row.saved_at)}"'
+                        parts.append(f"SAVEDATE {saved}".encode())
             if uid in flags_changed and not has_flags:
                 parts.append(f"FLAGS {format_flags(row.flags)}".encode())
             if with_modseq:
