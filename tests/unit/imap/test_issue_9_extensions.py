@@ -3,7 +3,6 @@ RFCs' examples, over a real store."""
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
 from collections.abc import Iterator
