@@ -70,7 +70,8 @@ class SKey:
     """A leaf search key and its arguments, already typed:
     ALL; NONE (RECENT and NEW: Kartero keeps no \\Recent flag, IMAP4rev2 removed it); FLAG (name, present);
     HEADER (field, text) with field lower-cased; BODY (text); TEXT (text); LARGER (n); SMALLER (n);
-    BEFORE/ON/SINCE (date) on the internal date; SENTBEFORE/SENTON/SENTSINCE (date); MODSEQ (n).
+    BEFORE/ON/SINCE (date) on the internal date; SENTBEFORE/SENTON/SENTSINCE (date);
+    SAVEDBEFORE/SAVEDON/SAVEDSINCE (date); MODSEQ (n).
     """
 
     name: str
@@ -734,7 +735,8 @@ _FLAG_KEYS = {
     "UNSEEN": ("\\Seen", False),
 }  # fmt: skip
 _HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
-_DATE_KEYS = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"})
+_DATE_KEYS = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE", "SAVEDBEFORE", "SAVEDON",
+                        "SAVEDSINCE"})  # fmt: skip
 
 
 @dataclass
@@ -767,7 +769,7 @@ def _search_key(a: _Args, count: _KeyCount, depth: int = 0) -> SearchKey:
     if key in _DATE_KEYS:
         return SKey(key, (parse_date(a.astring("date").decode("ascii", "replace")),))
     match key:
-        case "ALL" | "OLD":
+        case "ALL" | "OLD" | "SAVEDATESUPPORTED":  # every mailbox keeps save dates (RFC 8514 §4.3)
             return SKey("ALL")
         case "NEW" | "RECENT":
             return SKey("NONE")

@@ -113,6 +113,8 @@ class MessageRow:
     body: bytes | None = None
     bodystructure: bytes | None = None
     parts: str | None = None
+    saved_at: int | None = None  # unix seconds it came into this mailbox (RFC 8514); None: stored before
+    # that was kept
 
 
 @dataclass(frozen=True, slots=True)

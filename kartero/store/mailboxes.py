@@ -8,9 +8,11 @@ and other sessions can learn what disappeared. Listeners hear about every commit
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import datetime
 import json
 import sqlite3
+import time
 import unicodedata
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -38,7 +40,7 @@ from kartero.store.interface import (
 
 # SQLite limits bound parameters per statement; query large UID lists in chunks of this size.
 _CHUNK = 500
-_ROW_COLUMNS = "m.uid, m.flags, m.modseq, m.size, m.internal_date, m.blob_id"
+_ROW_COLUMNS = "m.uid, m.flags, m.modseq, m.size, m.internal_date, m.blob_id, m.saved_at"
 _INDEX_COLUMNS = ", b.imap_envelope, b.imap_body, b.imap_bodystructure, b.parts"
 
 
@@ -56,9 +58,10 @@ def _has_flag(flags: frozenset[str], name: str) -> bool:
 
 
 def _row(r: Sequence[Any]) -> MessageRow:
-    if len(r) > 6:
-        return MessageRow(r[0], parse_flags(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
-    return MessageRow(r[0], parse_flags(r[1]), r[2], r[3], r[4], r[5])
+    if len(r) > 7:
+        return MessageRow(r[0], parse_flags(r[1]), r[2], r[3], r[4], r[5], envelope=r[7], body=r[8],
+                          bodystructure=r[9], parts=r[10], saved_at=r[6])  # fmt: skip
+    return MessageRow(r[0], parse_flags(r[1]), r[2], r[3], r[4], r[5], saved_at=r[6])
 
 
 def _mailbox(row: Sequence[Any]) -> Mailbox:
@@ -82,6 +85,7 @@ class _SearchRow:
 
     row: MessageRow
     sent_date: int | None
+    sent_day: int | None
     decoded: dict[str, str]
     parts: str
     opener: Callable[[str], _Opened]
@@ -447,7 +451,7 @@ class MailboxOps:
                     [(format_flags(f), modseq, mailbox_id, row.uid) for row, f in updates],
                 )
                 changed = [
-                    MessageRow(row.uid, f, modseq, row.size, row.internal_date, row.blob_id) for row, f in updates
+                    dataclasses.replace(row, flags=f, modseq=modseq) for row, f in updates
                 ]
         if changed:
             self._notify(frozenset({mailbox_id}))
@@ -494,16 +498,16 @@ class MailboxOps:
             if first is None:
                 raise NoSuchMailbox(f"no mailbox {target_id}")
             next_uid, modseq = first
+            saved_at = int(time.time())  # RFC 8514: a copy's (and a moved message's) save date is now
             inserts = []
             for offset, row in enumerate(rows):
                 new_uid = next_uid + offset
                 pairs.append((row.uid, new_uid))
-                inserts.append(
-                    (target_id, new_uid, row.blob_id, row.size, row.internal_date, format_flags(row.flags), modseq)
-                )
+                inserts.append((target_id, new_uid, row.blob_id, row.size, row.internal_date, format_flags(row.flags),
+                                modseq, saved_at))  # fmt: skip
             db.executemany(
-                "INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq, saved_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 inserts,
             )
             if move:
@@ -569,27 +573,28 @@ class MailboxOps:
     def _candidates(self, mailbox_id: int, where: str = "1", params: Sequence[Any] = ()) -> list[_SearchRow]:
         rows = self._db().execute(
             f"SELECT {_ROW_COLUMNS}, b.sent_date, b.subject, b.from_text, b.to_text, b.cc_text, b.bcc_text, b.parts,"
-            " b.sort_subject, b.sort_from, b.sort_to, b.sort_cc"
+            " b.sort_subject, b.sort_from, b.sort_to, b.sort_cc, b.sent_day"
             f" FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id = ? AND ({where}) ORDER BY m.uid",
             (mailbox_id, *params),
         )
         opener = self.open_message
         return [
             _SearchRow(
-                _row(r[:6]),
-                r[6],
+                _row(r[:7]),
+                r[7],
+                r[18],
                 {
-                    "subject": r[7],
-                    "from": r[8],
-                    "to": r[9],
-                    "cc": r[10],
-                    "bcc": r[11],
-                    "sort_subject": r[13],
-                    "sort_from": r[14],
-                    "sort_to": r[15],
-                    "sort_cc": r[16],
+                    "subject": r[8],
+                    "from": r[9],
+                    "to": r[10],
+                    "cc": r[11],
+                    "bcc": r[12],
+                    "sort_subject": r[14],
+                    "sort_from": r[15],
+                    "sort_to": r[16],
+                    "sort_cc": r[17],
                 },
-                r[12],
+                r[13],
                 opener,
             )
             for r in rows
@@ -663,6 +668,11 @@ def _day_start(date: datetime.date) -> int:
     return int(datetime.datetime(date.year, date.month, date.day, tzinfo=datetime.UTC).timestamp())
 
 
+# SENT* compare the day written in Date: (sent_day, 00:00 UTC of it); rows stored before that column existed
+# fall back to the UTC day of the Date header's instant, messages without a usable Date to the internal date.
+_SENT_DAY = "COALESCE(b.sent_day, b.sent_date, m.internal_date)"
+
+
 def _date_sql(column: str, op: c.DateOp, date: datetime.date) -> _Sql:
     start = _day_start(date)
     if op is c.DateOp.BEFORE:
@@ -696,7 +706,9 @@ def _to_sql(criterion: c.Criterion) -> _Sql | None:
         case c.InternalDate(op=op, date=date):
             return _date_sql("m.internal_date", op, date)
         case c.SentDate(op=op, date=date):
-            return _date_sql("COALESCE(b.sent_date, m.internal_date)", op, date)
+            return _date_sql(_SENT_DAY, op, date)
+        case c.SavedDate(op=op, date=date):
+            return _date_sql("COALESCE(m.saved_at, m.internal_date)", op, date)
         case c.Uids(ranges=ranges) if len(ranges) <= _MAX_SQL_RANGES:
             if not ranges:
                 return _Sql("0", ())
@@ -865,9 +877,12 @@ def _matches(criterion: c.Criterion, candidate: _SearchRow) -> bool:
             return (larger is None or row.size > larger) and (smaller is None or row.size < smaller)
         case c.InternalDate(op=op, date=date):
             return _compare_date(_utc_date(row.internal_date), op, date)
-        case c.SentDate(op=op, date=date):
-            sent = candidate.sent_date if candidate.sent_date is not None else row.internal_date
+        case c.SentDate(op=op, date=date):  # as _SENT_DAY
+            sent = next(d for d in (candidate.sent_day, candidate.sent_date, row.internal_date) if d is not None)
             return _compare_date(_utc_date(sent), op, date)
+        case c.SavedDate(op=op, date=date):
+            saved = row.saved_at if row.saved_at is not None else row.internal_date
+            return _compare_date(_utc_date(saved), op, date)
         case c.Uids():
             return row.uid in criterion
         case c.ModSeq(at_least=at_least):

@@ -100,6 +100,8 @@ def _leaf(name: str, args: tuple[object, ...]) -> c.Criterion:
     assert isinstance(date, datetime.date)
     if name.startswith("SENT"):
         return c.SentDate(_DATE_OPS[name[4:]], date)
+    if name.startswith("SAVED"):
+        return c.SavedDate(_DATE_OPS[name[5:]], date)
     return c.InternalDate(_DATE_OPS[name], date)
 
 
