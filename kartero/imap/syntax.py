@@ -68,7 +68,7 @@ class SNot:
 @dataclass(frozen=True, slots=True)
 class SKey:
     """A leaf search key and its arguments, already typed:
-    ALL; NONE (RECENT and NEW: Kartero keeps no \\Recent flag, IMAP4rev2 removed it); FLAG (name, present);
+    ALL; NONE; RECENT, NEW and OLD (IMAP4rev1's \\Recent, RFC 3501 §6.4.4); FLAG (name, present);
     HEADER (field, text) with field lower-cased; BODY (text); TEXT (text); LARGER (n); SMALLER (n);
     BEFORE/ON/SINCE (date) on the internal date; SENTBEFORE/SENTON/SENTSINCE (date); MODSEQ (n).
     """
@@ -711,10 +711,8 @@ def _search_key(a: _Args, count: _KeyCount, depth: int = 0) -> SearchKey:
     if key in _DATE_KEYS:
         return SKey(key, (parse_date(a.astring("date").decode("ascii", "replace")),))
     match key:
-        case "ALL" | "OLD":
-            return SKey("ALL")
-        case "NEW" | "RECENT":
-            return SKey("NONE")
+        case "ALL" | "OLD" | "NEW" | "RECENT":
+            return SKey(key)
         case "BODY" | "TEXT":
             return SKey(key, (_search_string(a, key),))
         case "HEADER":

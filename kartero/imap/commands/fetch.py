@@ -328,7 +328,7 @@ def _responses(
                     case "UID":
                         parts.append(b"UID %d" % uid)
                     case "FLAGS":
-                        parts.append(f"FLAGS {format_flags(row.flags)}".encode())
+                        parts.append(f"FLAGS {format_flags(session.shown_flags(view, row))}".encode())
                         has_flags = True
                     case "INTERNALDATE":
                         parts.append(f'INTERNALDATE "{internal_date(row.internal_date)}"'.encode())
@@ -351,7 +351,7 @@ def _responses(
                     case "SAVEDATE":
                         parts.append(b"SAVEDATE NIL")
             if uid in flags_changed and not has_flags:
-                parts.append(f"FLAGS {format_flags(row.flags)}".encode())
+                parts.append(f"FLAGS {format_flags(session.shown_flags(view, row))}".encode())
             if with_modseq:
                 parts.append(b"MODSEQ (%d)" % row.modseq)
             if any(isinstance(part, tuple) for part in parts):

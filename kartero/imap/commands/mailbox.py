@@ -87,7 +87,8 @@ def select(session: Session, cmd: Select) -> Handler:
         f"* OK [HIGHESTMODSEQ {summary.highestmodseq}] Highest\r\n",
     ]
     if not session.rev2:
-        lines.insert(1, "* 0 RECENT\r\n")
+        session.claim_recent(view, summary.first_recent_uid, summary.uidnext)
+        lines.insert(1, f"* {view.recent_count()} RECENT\r\n")
         if summary.first_unseen is not None:
             lines.append(f"* OK [UNSEEN {summary.first_unseen}] First unseen\r\n")
     session.select(view)
@@ -354,7 +355,7 @@ def _status_line(session: Session, mailbox: Mailbox, items: tuple[str, ...]) -> 
     st = session.store.mailbox_status(mailbox.id)
     values = {
         "MESSAGES": st.messages, "UIDNEXT": st.uidnext, "UIDVALIDITY": st.uidvalidity, "UNSEEN": st.unseen,
-        "DELETED": st.deleted, "SIZE": st.size, "HIGHESTMODSEQ": st.highestmodseq, "RECENT": 0,
+        "DELETED": st.deleted, "SIZE": st.size, "HIGHESTMODSEQ": st.highestmodseq, "RECENT": st.recent,
     }  # fmt: skip
     parts = [f"{item} {values[item]}" for item in items if item in values]
     return f"* STATUS {_quote(session, mailbox.name)} ({' '.join(parts)})\r\n".encode()
