@@ -6,7 +6,8 @@ The adapter feeds bytes with `receive_data`, drains `next_event()`, and answers 
 - `StartTLSRequested`, `CompressRequested`: change the transport, then `tls_established()` / nothing;
 - `IdleStarted`: push updates with `send()` until `IdleDone`, then `finish()`;
 - `AppendData`: a piece of a large APPEND message, for the adapter's spool file (nothing to answer);
-- `OutputReady`: responses filled OUTPUT_HIGH_WATER: send them before asking for the next event.
+- `OutputReady`: responses filled OUTPUT_HIGH_WATER: send them before asking for the next event;
+- `Unauthenticated`: UNAUTHENTICATE done: forget the user's session (nothing to answer).
 Framing, literals (with their size limits), tags, syntax, state rules, CAPABILITY, ENABLE, ID,
 NAMESPACE and LOGOUT are handled here. One command runs at a time; pipelined input waits in the buffer.
 """
@@ -121,13 +122,21 @@ class OutputReady:
 
 
 @dataclass(frozen=True, slots=True)
+class Unauthenticated:
+    """UNAUTHENTICATE (RFC 8437) succeeded: the adapter drops what it kept for the user (the selected
+    mailbox, without expunging); the core is back in NOT_AUTHENTICATED with no extension enabled."""
+
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     reason: str
 
 
 Event = (
     CommandReady | LoginRequested | StartTLSRequested | CompressRequested | IdleStarted | IdleDone | AppendData
-    | OutputReady | ConnectionClosed
+    | OutputReady | Unauthenticated | ConnectionClosed
 )  # fmt: skip
 
 
@@ -264,7 +273,7 @@ class ImapConnection:
         caps += [
             "IDLE", "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE",
             "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "ESEARCH", "SEARCHRES", "SORT", "CONDSTORE", "QRESYNC",
-            "BINARY", "UTF8=ACCEPT", f"APPENDLIMIT={self.settings.append_limit}",
+            "BINARY", "UTF8=ACCEPT", f"APPENDLIMIT={self.settings.append_limit}", "UNAUTHENTICATE",
         ]  # fmt: skip
         if self.settings.is_compress_available:
             caps.append("COMPRESS=DEFLATE")
@@ -453,6 +462,14 @@ class ImapConnection:
                 self._close("logout")
             case Simple(name="NOOP") if self.state is not ImapState.SELECTED:
                 self._out += r.tagged(tag, Status.OK, "NOOP completed")  # nothing selected: nothing to report
+            case Simple(name="UNAUTHENTICATE"):
+                # RFC 8437 §3: back to NOT_AUTHENTICATED, nothing selected, nothing enabled; TLS and
+                # compression stay.
+                self._out += r.tagged(tag, Status.OK, "UNAUTHENTICATE completed")
+                self.state = ImapState.NOT_AUTHENTICATED
+                self.user = None
+                self.enabled.clear()
+                return Unauthenticated(tag)
             case Simple(name="NAMESPACE"):
                 self._out += r.untagged('NAMESPACE (("" "/")) NIL NIL')
                 self._out += r.tagged(tag, Status.OK, "NAMESPACE completed")

@@ -990,7 +990,7 @@ def _compress(a: _Args) -> Command:
 
 
 _NO_ARGS = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "IDLE",
-                      "NAMESPACE"})  # fmt: skip
+                      "NAMESPACE", "UNAUTHENTICATE"})  # fmt: skip
 
 _GRAMMARS: dict[str, Callable[[_Args], Command]] = {
     "LOGIN": _login,
