@@ -195,12 +195,24 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True)
-class Append:
-    mailbox: str
+class AppendMessage:
     flags: frozenset[str]
     date: datetime.datetime | None
     data: bytes
     spooled: int = 0  # a large message left the core in AppendData pieces: `data` is empty, this its size
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """APPEND with one message, or several (MULTIAPPEND, RFC 3502: stored all or none)."""
+
+    mailbox: str
+    messages: tuple[AppendMessage, ...]
+
+    @property
+    def spooled(self) -> int:
+        """Octets of the messages that left the core in AppendData pieces, one after the other."""
+        return sum(message.spooled for message in self.messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -643,25 +655,29 @@ def _status(a: _Args) -> Command:
 
 
 def _append(a: _Args) -> Command:
+    """APPEND mailbox 1*([flags] [date-time] literal): one message, or several (MULTIAPPEND, RFC 3502
+    §6.3.11); each message is one literal, so there are at most as many as a command has literals."""
     mailbox = a.mailbox()
-    flags: frozenset[str] = frozenset()
-    date: datetime.datetime | None = None
-    if isinstance(a.peek(), PList):
-        flags = _flag_list(a.plist("flags"))
-    token = a.peek()
-    if isinstance(token, String) and not token.is_literal:
-        date = parse_date_time(token.value.decode("ascii", "replace"))
-        a.pos += 1
-    message = a.next("message literal")
-    if isinstance(message, Atom) and message.value.upper() == "UTF8":
-        inner = a.plist("UTF8 literal")
-        if len(inner) != 1 or not isinstance(inner[0], String):
-            raise ParseError("bad UTF8 literal")
-        message = inner[0]
-    if not isinstance(message, String) or not message.is_literal:
-        raise ParseError("APPEND needs the message as a literal")
-    a.end()
-    return Append(mailbox, flags, date, message.value)
+    messages: list[AppendMessage] = []
+    while not messages or a.more():
+        flags: frozenset[str] = frozenset()
+        date: datetime.datetime | None = None
+        if isinstance(a.peek(), PList):
+            flags = _flag_list(a.plist("flags"))
+        token = a.peek()
+        if isinstance(token, String) and not token.is_literal:
+            date = parse_date_time(token.value.decode("ascii", "replace"))
+            a.pos += 1
+        message = a.next("message literal")
+        if isinstance(message, Atom) and message.value.upper() == "UTF8":
+            inner = a.plist("UTF8 literal")
+            if len(inner) != 1 or not isinstance(inner[0], String):
+                raise ParseError("bad UTF8 literal")
+            message = inner[0]
+        if not isinstance(message, String) or not message.is_literal:
+            raise ParseError("APPEND needs the message as a literal")
+        messages.append(AppendMessage(flags, date, message.value))
+    return Append(mailbox, tuple(messages))
 
 
 # -- SEARCH ---------------------------------------------------------------------------------------------
