@@ -85,6 +85,7 @@ class MailboxStatus:
     uidnext: int
     uidvalidity: int
     highestmodseq: int
+    recent: int = 0  # messages no session has seen as \\Recent yet (UID >= the mailbox's first recent UID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,7 @@ class SelectSummary:
     uidnext: int
     uidvalidity: int
     highestmodseq: int
+    first_recent_uid: int = 1  # messages from this UID on are \\Recent for the next session to claim them
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,7 @@ class Changes:
     changed: tuple[MessageRow, ...]
     vanished: tuple[int, ...]
     highestmodseq: int
+    first_recent_uid: int = 1
 
 
 class QueueState(StrEnum):
@@ -370,6 +373,11 @@ class Store(Protocol):
     def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
     def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
     def select_summary(self, mailbox_id: int) -> SelectSummary: ...
+    def claim_recent(self, mailbox_id: int, uid_end: int) -> int:
+        """Move the mailbox's first recent UID up to `uid_end` (never down) and return where it was: the
+        caller, a read-write IMAP4rev1 session, alone sees UIDs from there below `uid_end` as \\Recent
+        (RFC 3501 §2.3.2). Raises NoSuchMailbox."""
+        ...
 
     # Messages
     def list_messages(self, mailbox_id: int) -> list[MessageInfo]: ...

@@ -274,26 +274,28 @@ class MailboxOps:
         db.execute("BEGIN")
         try:
             box = db.execute(
-                "SELECT uidnext, uidvalidity, highestmodseq FROM mailboxes WHERE id = ?", (mailbox_id,)
+                "SELECT uidnext, uidvalidity, highestmodseq, first_recent_uid FROM mailboxes WHERE id = ?",
+                (mailbox_id,),
             ).fetchone()
             if box is None:
                 raise NoSuchMailbox(f"no mailbox {mailbox_id}")
-            count, unseen, deleted, size = db.execute(
+            count, unseen, deleted, size, recent = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(instr(' ' || lower(flags) || ' ', ' \\seen ') = 0), 0),"
-                " COALESCE(SUM(instr(' ' || lower(flags) || ' ', ' \\deleted ') > 0), 0), COALESCE(SUM(size), 0)"
-                " FROM messages WHERE mailbox_id = ?",
-                (mailbox_id,),
+                " COALESCE(SUM(instr(' ' || lower(flags) || ' ', ' \\deleted ') > 0), 0), COALESCE(SUM(size), 0),"
+                " COALESCE(SUM(uid >= ?), 0) FROM messages WHERE mailbox_id = ?",
+                (box[3], mailbox_id),
             ).fetchone()
         finally:
             db.execute("COMMIT")
-        return MailboxStatus(count, unseen, deleted, size, box[0], box[1], box[2])
+        return MailboxStatus(count, unseen, deleted, size, box[0], box[1], box[2], recent)
 
     def select_summary(self, mailbox_id: int) -> SelectSummary:
         db = self._db()
         db.execute("BEGIN")
         try:
             box = db.execute(
-                "SELECT uidnext, uidvalidity, highestmodseq FROM mailboxes WHERE id = ?", (mailbox_id,)
+                "SELECT uidnext, uidvalidity, highestmodseq, first_recent_uid FROM mailboxes WHERE id = ?",
+                (mailbox_id,),
             ).fetchone()
             if box is None:
                 raise NoSuchMailbox(f"no mailbox {mailbox_id}")
@@ -315,7 +317,16 @@ class MailboxOps:
         finally:
             db.execute("COMMIT")
         first_unseen = bisect.bisect_left(uids, unseen) + 1 if unseen is not None else None
-        return SelectSummary(uids, frozenset(keywords), first_unseen, box[0], box[1], box[2])
+        return SelectSummary(uids, frozenset(keywords), first_unseen, box[0], box[1], box[2], box[3])
+
+    def claim_recent(self, mailbox_id: int, uid_end: int) -> int:
+        with self._write() as db:
+            row = db.execute("SELECT first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            if row is None:
+                raise NoSuchMailbox(f"no mailbox {mailbox_id}")
+            if row[0] < uid_end:
+                db.execute("UPDATE mailboxes SET first_recent_uid = ? WHERE id = ?", (uid_end, mailbox_id))
+        return int(row[0])
 
     # -- messages --------------------------------------------------------------------------------------
 
@@ -389,7 +400,9 @@ class MailboxOps:
         db = self._db()
         db.execute("BEGIN")
         try:
-            highest = db.execute("SELECT highestmodseq FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            highest = db.execute(
+                "SELECT highestmodseq, first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()
             if highest is None:
                 raise NoSuchMailbox(f"no mailbox {mailbox_id}")
             changed = [
@@ -407,7 +420,7 @@ class MailboxOps:
             ]
         finally:
             db.execute("COMMIT")
-        return Changes(tuple(changed), tuple(vanished), highest[0])
+        return Changes(tuple(changed), tuple(vanished), highest[0], highest[1])
 
     def vanished_since(self, mailbox_id: int, modseq: int, uids: Sequence[int] | None = None) -> list[int]:
         rows = self._db().execute(

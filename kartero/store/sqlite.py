@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS mailboxes (
     uidvalidity INTEGER NOT NULL,
     uidnext INTEGER NOT NULL DEFAULT 1,
     highestmodseq INTEGER NOT NULL DEFAULT 1,
+    first_recent_uid INTEGER NOT NULL DEFAULT 1,  -- UIDs from here on are recent to the next session (RFC 3501)
     UNIQUE (account_id, name)
 );
 CREATE TABLE IF NOT EXISTS subscriptions (
@@ -132,6 +133,7 @@ CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (mailbox_id, modseq);
 # Columns of blobs and messages added since: NULL means "not known for this row", which was stored before
 # the column existed (sent_day: the day written in Date:; saved_at: when it came into its mailbox).
 _ADDED_COLUMNS = {
+    "mailboxes": {"first_recent_uid": "INTEGER NOT NULL DEFAULT 1"},
     "expunged": {"blob_id": "TEXT", "size": "INTEGER", "internal_date": "INTEGER", "flags": "TEXT",
                  "message_modseq": "INTEGER"},
     "blobs": {"sent_day": "INTEGER"},
@@ -764,6 +766,8 @@ def _migrate(db: sqlite3.Connection) -> None:
         for column, kind in columns.items():
             if column not in have:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                if column == "first_recent_uid":  # an upgrade makes no message that was there \Recent
+                    db.execute("UPDATE mailboxes SET first_recent_uid = uidnext")
     for statement in _ADDED_INDEXES.split(";"):
         if statement.strip():
             db.execute(statement)

@@ -368,7 +368,7 @@ def _responses(
                     case "UID":
                         parts.append(b"UID %d" % uid)
                     case "FLAGS":
-                        parts.append(f"FLAGS {format_flags(row.flags)}".encode())
+                        parts.append(f"FLAGS {format_flags(session.shown_flags(view, row))}".encode())
                         has_flags = True
                     case "INTERNALDATE":
                         parts.append(f'INTERNALDATE "{internal_date(row.internal_date)}"'.encode())
@@ -392,7 +392,7 @@ def _responses(
                         saved = "NIL" if row.saved_at is None else f'"{internal_date(row.saved_at)}"'
                         parts.append(f"SAVEDATE {saved}".encode())
             if uid in flags_changed and not has_flags:
-                parts.append(f"FLAGS {format_flags(row.flags)}".encode())
+                parts.append(f"FLAGS {format_flags(session.shown_flags(view, row))}".encode())
             if with_modseq:
                 parts.append(b"MODSEQ (%d)" % row.modseq)
             yield from _render(b"* %d FETCH (" % seq, parts)

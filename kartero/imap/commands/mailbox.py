@@ -40,6 +40,7 @@ from kartero.store.interface import (
     Content,
     Delivery,
     DeliveryTarget,
+    FileSpan,
     Mailbox,
     MailboxExists,
     NoSuchMailbox,
@@ -87,7 +88,8 @@ def select(session: Session, cmd: Select) -> Handler:
         f"* OK [HIGHESTMODSEQ {summary.highestmodseq}] Highest\r\n",
     ]
     if not session.rev2:
-        lines.insert(1, "* 0 RECENT\r\n")
+        session.claim_recent(view, summary.first_recent_uid, summary.uidnext)
+        lines.insert(1, f"* {view.recent_count()} RECENT\r\n")
         if summary.first_unseen is not None:
             lines.append(f"* OK [UNSEEN {summary.first_unseen}] First unseen\r\n")
     session.select(view)
@@ -403,7 +405,7 @@ def _status_line(session: Session, mailbox: Mailbox, items: tuple[str, ...]) -> 
     st = session.store.mailbox_status(mailbox.id)
     values = {
         "MESSAGES": st.messages, "UIDNEXT": st.uidnext, "UIDVALIDITY": st.uidvalidity, "UNSEEN": st.unseen,
-        "DELETED": st.deleted, "SIZE": st.size, "HIGHESTMODSEQ": st.highestmodseq, "RECENT": 0,
+        "DELETED": st.deleted, "SIZE": st.size, "HIGHESTMODSEQ": st.highestmodseq, "RECENT": st.recent,
     }  # fmt: skip
     parts = [f"{item} {values[item]}" for item in items if item in values]
     return f"* STATUS {_quote(session, mailbox.name)} ({' '.join(parts)})\r\n".encode()
@@ -427,28 +429,36 @@ def append(session: Session, cmd: Append, append_limit: int) -> Handler:
     mailbox = store.get_mailbox(session.account_id, cmd.mailbox)
     if mailbox is None:
         return Done(Status.NO, "No such mailbox", "TRYCREATE")
-    if max(len(cmd.data), cmd.spooled) > append_limit:
+    if any(max(len(m.data), m.spooled) > append_limit for m in cmd.messages):
         return Done(Status.NO, "Message too large", "TOOBIG")
-    data: bytes | Content = cmd.data
-    if cmd.spooled:  # a large message: the adapter wrote it to a spool file as it arrived
-        if session.spooled_message is None or session.spooled_message.length != cmd.spooled:
-            return Done(Status.NO, "Could not store the message, try again", "SERVERBUG")
-        data = Content(b"", session.spooled_message)
-    date = cmd.date or datetime.datetime.now(datetime.UTC)
-    delivery = Delivery(
-        blob_id=new_message_id(),
-        data=data,
-        targets=(DeliveryTarget(session.account_id, mailbox.name, cmd.flags),),
-        internal_date=int(date.timestamp()),
-        envelope={"appended_by": session.user},
-    )
+    spool = session.spooled_message  # large messages: the adapter wrote them to one file as they arrived
+    if cmd.spooled and (spool is None or spool.length != cmd.spooled):
+        return Done(Status.NO, "Could not store the message, try again", "SERVERBUG")
+    now = datetime.datetime.now(datetime.UTC)
+    deliveries = []
+    offset = 0
+    for message in cmd.messages:
+        data: bytes | Content = message.data
+        if message.spooled:
+            assert spool is not None
+            data = Content(b"", FileSpan(spool.path, spool.offset + offset, message.spooled))
+            offset += message.spooled
+        deliveries.append(Delivery(
+            blob_id=new_message_id(),
+            data=data,
+            targets=(DeliveryTarget(session.account_id, mailbox.name, message.flags),),
+            internal_date=int((message.date or now).timestamp()),
+            envelope={"appended_by": session.user},
+        ))  # fmt: skip
     try:
-        (stored,) = store.deliver(delivery).result()
+        # MULTIAPPEND (RFC 3502 §6.3.11): one delivery group, so every message is stored or none is.
+        stored = store.deliver_group(deliveries).result()
     except StoreError:
         return Done(Status.NO, "Could not store the message, try again", "SERVERBUG")
     # Into the selected mailbox: EXISTS before the tagged OK, so the next command may use the message.
     yield from chunked(sync(session, allow_expunge=True))
-    return Done(Status.OK, "APPEND completed", f"APPENDUID {mailbox.uidvalidity} {stored.uid}")
+    uids = format_set(m.uid for messages in stored for m in messages)
+    return Done(Status.OK, "APPEND completed", f"APPENDUID {mailbox.uidvalidity} {uids}")
 
 
 def close(session: Session, cmd: Simple) -> Handler:

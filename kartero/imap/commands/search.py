@@ -39,6 +39,8 @@ def to_criterion(session: Session, view: View, key: SearchKey) -> c.Criterion:
             return c.Not(to_criterion(session, view, inner))
         case SeqKey(numbers=numbers, is_uid=is_uid):
             return _uid_ranges(session, view, numbers, is_uid=is_uid)
+        case SKey(name="RECENT" | "NEW" | "OLD" as name):
+            return _recent(session, view, name)
         case SKey(name=name, args=args):
             return _leaf(name, args)
     raise TypeError(f"unknown search key {key!r}")
@@ -69,6 +71,17 @@ def _uid_ranges(session: Session, view: View, numbers: SequenceSet, *, is_uid: b
         else:
             merged.append((low, high))
     return c.Uids(tuple(merged))
+
+
+def _recent(session: Session, view: View, name: str) -> c.Criterion:
+    """RFC 3501 §6.4.4: RECENT is \\Recent, NEW is RECENT UNSEEN, OLD is NOT RECENT. IMAP4rev2 has no
+    \\Recent (RFC 9051 Appendix E): nothing is recent there."""
+    recent = c.Uids(tuple((low, high - 1) for low, high in view.recent) if not session.rev2 else ())
+    if name == "OLD":
+        return c.Not(recent)
+    if name == "NEW":
+        return c.And((recent, c.Flag("\\Seen", False)))
+    return recent
 
 
 _DATE_OPS = {"BEFORE": c.DateOp.BEFORE, "ON": c.DateOp.ON, "SINCE": c.DateOp.SINCE}

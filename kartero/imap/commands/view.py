@@ -23,6 +23,7 @@ from kartero.store.interface import ExpungeHold, FileSpan, MessageRow, NoSuchMai
 # Untagged responses are handed to the network in batches of about this many octets.
 CHUNK = 256 * 1024
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+MAX_UID = 2**32
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,17 @@ class View:
     keywords: dict[str, str] = field(default_factory=dict)
     # Keeps messages expunged elsewhere readable until this session has reported their expunge.
     hold: ExpungeHold | None = None
+    # IMAP4rev1 \\Recent: the UIDs this session sees as recent, as [low, high) ranges in ascending order
+    # (RFC 3501 §2.3.2; see Session.claim_recent).
+    recent: list[tuple[int, int]] = field(default_factory=list)
+
+    def is_recent(self, uid: int) -> bool:
+        i = bisect.bisect_right(self.recent, (uid, MAX_UID)) - 1
+        return i >= 0 and self.recent[i][0] <= uid < self.recent[i][1]
+
+    def recent_count(self) -> int:
+        uids = self.uids
+        return sum(bisect.bisect_left(uids, high) - bisect.bisect_left(uids, low) for low, high in self.recent)
 
     def reported(self, modseq: int) -> None:
         """Every change up to `modseq`, expunges included, has been reported to the client."""
@@ -98,6 +110,24 @@ class Session:
         old, self.selected = self.selected, view
         if old is not None and old is not view and old.hold is not None:
             old.hold.release()
+
+    def claim_recent(self, view: View, first_recent_uid: int, uid_end: int) -> None:
+        """Note the UIDs below `uid_end` that are \\Recent to this session (IMAP4rev1 only; RFC 9051
+        dropped the flag). A read-write session claims them, moving the mailbox's first recent UID on,
+        so no other session sees them as recent (as Dovecot does); a read-only one does not change that
+        state (RFC 3501 §6.3.2) and sees as recent what nobody has claimed yet."""
+        if self.rev2 or first_recent_uid >= uid_end:
+            return
+        start = first_recent_uid if view.readonly else self.store.claim_recent(view.mailbox_id, uid_end)
+        if view.recent and view.recent[-1][1] >= start:
+            start = min(start, view.recent[-1][0])
+            view.recent.pop()
+        if start < uid_end:
+            view.recent.append((start, uid_end))
+
+    def shown_flags(self, view: View, row: MessageRow) -> frozenset[str]:
+        """A message's flags as this session shows them: \\Recent added for IMAP4rev1."""
+        return row.flags | {"\\Recent"} if view.recent and view.is_recent(row.uid) else row.flags
 
     def uses_condstore(self) -> bool:
         return self.condstore or "CONDSTORE" in self.enabled
@@ -197,7 +227,8 @@ def enable_condstore(session: Session) -> Iterator[bytes]:
 
 def fetch_flags_line(session: Session, seq: int, row: MessageRow, *, with_uid: bool) -> bytes:
     items = [f"UID {row.uid}"] if with_uid else []
-    items.append(f"FLAGS {format_flags(row.flags)}")
+    view = session.selected
+    items.append(f"FLAGS {format_flags(session.shown_flags(view, row) if view is not None else row.flags)}")
     if session.uses_condstore():
         items.append(f"MODSEQ ({row.modseq})")
     return f"* {seq} FETCH ({' '.join(items)})\r\n".encode()
@@ -242,6 +273,9 @@ def sync(session: Session, *, allow_expunge: bool) -> Iterator[bytes]:
     if new_uids:
         view.uids.extend(new_uids)
         yield f"* {view.exists} EXISTS\r\n".encode()
+        if not session.rev2:  # RFC 3501 §7.3.2: RECENT when the mailbox grows
+            session.claim_recent(view, max(changes.first_recent_uid, new_uids[0]), new_uids[-1] + 1)
+            yield f"* {view.recent_count()} RECENT\r\n".encode()
     for row in flag_rows:
         if view.own_changes.get(row.uid) == row.modseq:
             continue

@@ -281,3 +281,82 @@ def test_issue_9_held_expunged_bytes_are_let_go_at_the_next_start(tmp_path: Path
         assert blob not in blob_ids(again)
     finally:
         again.close()
+
+
+# -- \Recent for IMAP4rev1 sessions --------------------------------------------------------------------------
+
+
+def select_lines(c: Client, command: str = "SELECT INBOX") -> list[bytes]:
+    return [line for line in c.command(f"s {command}") if b"RECENT" in line or b"EXISTS" in line]
+
+
+def test_issue_9_exactly_one_rev1_session_sees_new_mail_as_recent(store: SQLiteStore) -> None:
+    deliver(store)
+    deliver(store)
+    one, two, three = client(store), client(store), client(store)
+    assert three.command("a STATUS INBOX (RECENT MESSAGES)")[0] == b'* STATUS "INBOX" (RECENT 2 MESSAGES 2)\r\n'
+    assert select_lines(one) == [b"* 2 EXISTS\r\n", b"* 2 RECENT\r\n"]
+    assert select_lines(two) == [b"* 2 EXISTS\r\n", b"* 0 RECENT\r\n"]
+    assert three.command("b STATUS INBOX (RECENT)")[0] == b'* STATUS "INBOX" (RECENT 0)\r\n'
+    assert one.command("c FETCH 1:2 FLAGS")[:2] == [
+        b"* 1 FETCH (FLAGS (\\Recent))\r\n",
+        b"* 2 FETCH (FLAGS (\\Recent))\r\n",
+    ]
+    assert two.command("d FETCH 1 FLAGS")[0] == b"* 1 FETCH (FLAGS ())\r\n"
+    # New mail: the first session to hear of it gets it as \Recent, with RECENT after EXISTS.
+    deliver(store)
+    assert two.command("e NOOP") == [b"* 3 EXISTS\r\n", b"* 1 RECENT\r\n", b"e OK NOOP completed\r\n"]
+    assert one.command("f NOOP") == [b"* 3 EXISTS\r\n", b"* 2 RECENT\r\n", b"f OK NOOP completed\r\n"]
+    assert two.command("g FETCH 3 FLAGS")[0] == b"* 3 FETCH (FLAGS (\\Recent))\r\n"
+    assert one.command("h FETCH 3 FLAGS")[0] == b"* 3 FETCH (FLAGS ())\r\n"
+    # STORE cannot take \Recent away, and reports it.
+    assert two.command("i STORE 3 FLAGS (\\Seen)")[0] == b"* 3 FETCH (FLAGS (\\Recent \\Seen))\r\n"
+    # A session that selects later sees nothing as recent; the flag ends with the session that had it.
+    assert select_lines(three) == [b"* 3 EXISTS\r\n", b"* 0 RECENT\r\n"]
+    two.command("j LOGOUT")
+    assert select_lines(client(store)) == [b"* 3 EXISTS\r\n", b"* 0 RECENT\r\n"]
+
+
+def test_issue_9_examine_sees_recent_mail_without_taking_it(store: SQLiteStore) -> None:
+    deliver(store)
+    reader = client(store)
+    assert select_lines(reader, "EXAMINE INBOX") == [b"* 1 EXISTS\r\n", b"* 1 RECENT\r\n"]
+    assert reader.command("a FETCH 1 FLAGS")[0] == b"* 1 FETCH (FLAGS (\\Recent))\r\n"
+    deliver(store)
+    assert reader.command("b NOOP") == [b"* 2 EXISTS\r\n", b"* 2 RECENT\r\n", b"b OK NOOP completed\r\n"]
+    # RFC 3501 §6.3.2: EXAMINE does not make messages lose \Recent; the next SELECT still gets them.
+    assert select_lines(client(store)) == [b"* 2 EXISTS\r\n", b"* 2 RECENT\r\n"]
+
+
+def test_issue_9_search_new_old_recent(store: SQLiteStore) -> None:
+    deliver(store, flags=frozenset({"\\Seen"}))
+    deliver(store)
+    first = client(store)
+    first.select()
+    deliver(store, flags=frozenset({"\\Seen"}))
+    deliver(store)
+    second = client(store)
+    second.select()
+    assert second.command("a SEARCH RECENT") == [b"* SEARCH 3 4\r\n", b"a OK SEARCH completed\r\n"]
+    assert second.command("b SEARCH NEW") == [b"* SEARCH 4\r\n", b"b OK SEARCH completed\r\n"]
+    assert second.command("c SEARCH OLD") == [b"* SEARCH 1 2\r\n", b"c OK SEARCH completed\r\n"]
+    assert second.command("d UID SEARCH NOT OLD UNSEEN") == [b"* SEARCH 4\r\n", b"d OK UID SEARCH completed\r\n"]
+    assert first.command("e SEARCH RECENT") == [  # messages 3 and 4 went to `second` at its SELECT
+        b"* SEARCH 1 2\r\n",
+        b"* 4 EXISTS\r\n",
+        b"* 2 RECENT\r\n",
+        b"e OK SEARCH completed\r\n",
+    ]
+
+
+def test_issue_9_imap4rev2_sessions_keep_no_recent(store: SQLiteStore) -> None:
+    deliver(store)
+    modern = client(store, rev2=True)
+    assert select_lines(modern) == [b"* 1 EXISTS\r\n"]
+    assert modern.command("a FETCH 1 FLAGS")[0] == b"* 1 FETCH (FLAGS ())\r\n"
+    assert modern.command("b SEARCH RECENT") == [b'* ESEARCH (TAG "b")\r\n', b"b OK SEARCH completed\r\n"]
+    assert modern.command("c SEARCH OLD") == [b'* ESEARCH (TAG "c") ALL 1\r\n', b"c OK SEARCH completed\r\n"]
+    deliver(store)
+    assert modern.command("d NOOP") == [b"* 2 EXISTS\r\n", b"d OK NOOP completed\r\n"]
+    # It took nothing: an IMAP4rev1 session is still the first to see both.
+    assert select_lines(client(store)) == [b"* 2 EXISTS\r\n", b"* 2 RECENT\r\n"]

@@ -216,10 +216,10 @@ def test_issue_8_a_large_literal_arriving_in_pieces_is_copied_once() -> None:
         assert time.process_time() - started < 5  # was 42 s
         assert isinstance(event, CommandReady) and isinstance(event.command, Append)
         if size > APPEND_SPOOL_THRESHOLD:
-            assert event.command.data == b"" and event.command.spooled == spooled == size
+            assert event.command.messages[0].data == b"" and event.command.spooled == spooled == size
             assert largest <= APPEND_PIECE
         else:
-            assert len(event.command.data) == size and spooled == 0
+            assert len(event.command.messages[0].data) == size and spooled == 0
         assert conn.buffered_bytes == 0
 
 
