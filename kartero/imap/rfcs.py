@@ -19,8 +19,8 @@ class Support:
 
 
 TABLE: tuple[Support, ...] = (
-    Support("IMAP4rev2", "RFC 9051", "IMAP version 4rev2", "\\Recent is not kept for rev2 sessions"),
-    Support("IMAP4rev1", "RFC 3501", "IMAP version 4rev1", "the default until a client enables IMAP4rev2"),
+    Support("IMAP4rev2", "RFC 9051", "IMAP version 4rev2", "no \\Recent once a client enables IMAP4rev2"),
+    Support("IMAP4rev1", "RFC 3501", "IMAP version 4rev1", "\\Recent given to exactly one session"),
     Support("", "RFC 2180", "IMAP4 multi-accessed mailbox practice", "expunges held back during FETCH, STORE, SEARCH"),
     Support("STARTTLS", "RFC 9051 §6.2.1", "STARTTLS", "plain text is dropped after the command (CVE-2011-0411)"),
     Support("LOGINDISABLED", "RFC 9051 §6.2.3", "LOGIN refused before TLS", "off loopback"),
@@ -43,11 +43,17 @@ TABLE: tuple[Support, ...] = (
     Support("ESEARCH", "RFC 4731", "extended SEARCH"),
     Support("SEARCHRES", "RFC 5182", "SEARCH result variable `$`"),
     Support("SORT", "RFC 5256", "SORT"),
+    Support("SORT=DISPLAY", "RFC 5957", "DISPLAYFROM and DISPLAYTO sort keys"),
+    Support("THREAD=ORDEREDSUBJECT", "RFC 5256", "THREAD by subject"),
+    Support("THREAD=REFERENCES", "RFC 5256", "THREAD by References", "the last 1,000 ids of References read"),
     Support("CONDSTORE", "RFC 7162", "conditional STORE, MODSEQ"),
     Support("QRESYNC", "RFC 7162", "quick resynchronisation, VANISHED"),
     Support("BINARY", "RFC 3516", "BINARY fetch"),
     Support("UTF8=ACCEPT", "RFC 6855", "UTF-8 mailbox names and headers"),
     Support("APPENDLIMIT", "RFC 7889", "APPENDLIMIT", "the configured message size"),
+    Support("MULTIAPPEND", "RFC 3502", "several messages in one APPEND", "all or none"),
+    Support("SAVEDATE", "RFC 8514", "save date", "NIL for messages stored before Kartero kept it"),
+    Support("UNAUTHENTICATE", "RFC 8437", "UNAUTHENTICATE"),
     Support("COMPRESS=DEFLATE", "RFC 4978", "COMPRESS", "inflated a bounded step at a time"),
 )
 
