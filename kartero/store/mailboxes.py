@@ -360,7 +360,7 @@ class MailboxOps:
         self, db: sqlite3.Connection, mailbox_id: int, uids: Sequence[int], *, with_index: bool
     ) -> list[MessageRow]:
         """Expunged messages of `uids` whose bodies a hold keeps, as they were when expunged."""
-        columns = "e.uid, e.flags, e.message_modseq, e.size, e.internal_date, e.blob_id"
+        columns = "e.uid, e.flags, e.message_modseq, e.size, e.internal_date, e.blob_id, e.saved_at"
         columns += _INDEX_COLUMNS if with_index else ""
         join = " JOIN blobs b ON b.id = e.blob_id" if with_index else ""
         result: list[MessageRow] = []
@@ -489,9 +489,9 @@ class MailboxOps:
         db.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(mailbox_id, r.uid) for r in rows])
         db.executemany(
             "INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq, blob_id, size, internal_date, flags,"
-            " message_modseq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(mailbox_id, r.uid, modseq, r.blob_id, r.size, r.internal_date, format_flags(r.flags), r.modseq)
-             for r in rows],
+            " message_modseq, saved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(mailbox_id, r.uid, modseq, r.blob_id, r.size, r.internal_date, format_flags(r.flags), r.modseq,
+              r.saved_at) for r in rows],
         )  # fmt: skip
         self._tombstones_written(mailbox_id)
 

@@ -135,7 +135,7 @@ CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (mailbox_id, modseq);
 _ADDED_COLUMNS = {
     "mailboxes": {"first_recent_uid": "INTEGER NOT NULL DEFAULT 1"},
     "expunged": {"blob_id": "TEXT", "size": "INTEGER", "internal_date": "INTEGER", "flags": "TEXT",
-                 "message_modseq": "INTEGER"},
+                 "message_modseq": "INTEGER", "saved_at": "INTEGER"},
     "blobs": {"sent_day": "INTEGER"},
     "messages": {"saved_at": "INTEGER"},
 }  # fmt: skip
