@@ -68,9 +68,10 @@ class SNot:
 @dataclass(frozen=True, slots=True)
 class SKey:
     """A leaf search key and its arguments, already typed:
-    ALL; NONE (RECENT and NEW: Kartero keeps no \\Recent flag, IMAP4rev2 removed it); FLAG (name, present);
+    ALL; NONE; RECENT, NEW and OLD (IMAP4rev1's \\Recent, RFC 3501 §6.4.4); FLAG (name, present);
     HEADER (field, text) with field lower-cased; BODY (text); TEXT (text); LARGER (n); SMALLER (n);
-    BEFORE/ON/SINCE (date) on the internal date; SENTBEFORE/SENTON/SENTSINCE (date); MODSEQ (n).
+    BEFORE/ON/SINCE (date) on the internal date; SENTBEFORE/SENTON/SENTSINCE (date);
+    SAVEDBEFORE/SAVEDON/SAVEDSINCE (date); MODSEQ (n).
     """
 
     name: str
@@ -195,12 +196,24 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True)
-class Append:
-    mailbox: str
+class AppendMessage:
     flags: frozenset[str]
     date: datetime.datetime | None
     data: bytes
     spooled: int = 0  # a large message left the core in AppendData pieces: `data` is empty, this its size
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """APPEND with one message, or several (MULTIAPPEND, RFC 3502: stored all or none)."""
+
+    mailbox: str
+    messages: tuple[AppendMessage, ...]
+
+    @property
+    def spooled(self) -> int:
+        """Octets of the messages that left the core in AppendData pieces, one after the other."""
+        return sum(message.spooled for message in self.messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -712,25 +725,29 @@ def _status(a: _Args) -> Command:
 
 
 def _append(a: _Args) -> Command:
+    """APPEND mailbox 1*([flags] [date-time] literal): one message, or several (MULTIAPPEND, RFC 3502
+    §6.3.11); each message is one literal, so there are at most as many as a command has literals."""
     mailbox = a.mailbox()
-    flags: frozenset[str] = frozenset()
-    date: datetime.datetime | None = None
-    if isinstance(a.peek(), PList):
-        flags = _flag_list(a.plist("flags"))
-    token = a.peek()
-    if isinstance(token, String) and not token.is_literal:
-        date = parse_date_time(token.value.decode("ascii", "replace"))
-        a.pos += 1
-    message = a.next("message literal")
-    if isinstance(message, Atom) and upper_ascii(message.value) == "UTF8":
-        inner = a.plist("UTF8 literal")
-        if len(inner) != 1 or not isinstance(inner[0], String):
-            raise ParseError("bad UTF8 literal")
-        message = inner[0]
-    if not isinstance(message, String) or not message.is_literal:
-        raise ParseError("APPEND needs the message as a literal")
-    a.end()
-    return Append(mailbox, flags, date, message.value)
+    messages: list[AppendMessage] = []
+    while not messages or a.more():
+        flags: frozenset[str] = frozenset()
+        date: datetime.datetime | None = None
+        if isinstance(a.peek(), PList):
+            flags = _flag_list(a.plist("flags"))
+        token = a.peek()
+        if isinstance(token, String) and not token.is_literal:
+            date = parse_date_time(token.value.decode("ascii", "replace"))
+            a.pos += 1
+        message = a.next("message literal")
+        if isinstance(message, Atom) and upper_ascii(message.value) == "UTF8":
+            inner = a.plist("UTF8 literal")
+            if len(inner) != 1 or not isinstance(inner[0], String):
+                raise ParseError("bad UTF8 literal")
+            message = inner[0]
+        if not isinstance(message, String) or not message.is_literal:
+            raise ParseError("APPEND needs the message as a literal")
+        messages.append(AppendMessage(flags, date, message.value))
+    return Append(mailbox, tuple(messages))
 
 
 # -- SEARCH ---------------------------------------------------------------------------------------------
@@ -747,7 +764,8 @@ _FLAG_KEYS = {
     "UNSEEN": ("\\Seen", False),
 }  # fmt: skip
 _HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
-_DATE_KEYS = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"})
+_DATE_KEYS = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE", "SAVEDBEFORE", "SAVEDON",
+                        "SAVEDSINCE"})  # fmt: skip
 
 
 @dataclass
@@ -780,10 +798,10 @@ def _search_key(a: _Args, count: _KeyCount, depth: int = 0) -> SearchKey:
     if key in _DATE_KEYS:
         return SKey(key, (parse_date(a.astring("date").decode("ascii", "replace")),))
     match key:
-        case "ALL" | "OLD":
+        case "SAVEDATESUPPORTED":  # every mailbox keeps save dates (RFC 8514 §4.3)
             return SKey("ALL")
-        case "NEW" | "RECENT":
-            return SKey("NONE")
+        case "ALL" | "OLD" | "NEW" | "RECENT":
+            return SKey(key)
         case "BODY" | "TEXT":
             return SKey(key, (_search_string(a, key),))
         case "HEADER":
@@ -1125,7 +1143,7 @@ def _compress(a: _Args) -> Command:
 
 
 _NO_ARGS = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "IDLE",
-                      "NAMESPACE"})  # fmt: skip
+                      "NAMESPACE", "UNAUTHENTICATE"})  # fmt: skip
 
 _GRAMMARS: dict[str, Callable[[_Args], Command]] = {
     "LOGIN": _login,

@@ -82,6 +82,14 @@ class SentDate:
 
 
 @dataclass(frozen=True, slots=True)
+class SavedDate:
+    """The day a message came into its mailbox (RFC 8514); the internal date where that is not known."""
+
+    op: DateOp
+    date: datetime.date
+
+
+@dataclass(frozen=True, slots=True)
 class Uids:
     ranges: tuple[tuple[int, int], ...]  # inclusive (low, high), sorted, not overlapping
 
@@ -161,7 +169,9 @@ class And:
         _check_depth(self, self.criteria)
 
 
-Criterion = All | Flag | Header | Body | Text | Size | InternalDate | SentDate | Uids | ModSeq | Not | Or | And
+Criterion = (
+    All | Flag | Header | Body | Text | Size | InternalDate | SentDate | SavedDate | Uids | ModSeq | Not | Or | And
+)
 
 
 class SortKey(Enum):

@@ -8,9 +8,11 @@ and other sessions can learn what disappeared. Listeners hear about every commit
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import datetime
 import json
 import sqlite3
+import time
 import unicodedata
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -38,7 +40,7 @@ from kartero.store.interface import (
 
 # SQLite limits bound parameters per statement; query large UID lists in chunks of this size.
 _CHUNK = 500
-_ROW_COLUMNS = "m.uid, m.flags, m.modseq, m.size, m.internal_date, m.blob_id"
+_ROW_COLUMNS = "m.uid, m.flags, m.modseq, m.size, m.internal_date, m.blob_id, m.saved_at"
 _INDEX_COLUMNS = ", b.imap_envelope, b.imap_body, b.imap_bodystructure, b.parts"
 
 
@@ -56,9 +58,10 @@ def _has_flag(flags: frozenset[str], name: str) -> bool:
 
 
 def _row(r: Sequence[Any]) -> MessageRow:
-    if len(r) > 6:
-        return MessageRow(r[0], parse_flags(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
-    return MessageRow(r[0], parse_flags(r[1]), r[2], r[3], r[4], r[5])
+    if len(r) > 7:
+        return MessageRow(r[0], parse_flags(r[1]), r[2], r[3], r[4], r[5], envelope=r[7], body=r[8],
+                          bodystructure=r[9], parts=r[10], saved_at=r[6])  # fmt: skip
+    return MessageRow(r[0], parse_flags(r[1]), r[2], r[3], r[4], r[5], saved_at=r[6])
 
 
 def _mailbox(row: Sequence[Any]) -> Mailbox:
@@ -82,6 +85,7 @@ class _SearchRow:
 
     row: MessageRow
     sent_date: int | None
+    sent_day: int | None
     decoded: dict[str, str]
     parts: str
     opener: Callable[[str], _Opened]
@@ -165,6 +169,12 @@ class MailboxOps:
     def _drop_unreferenced_blobs(self, db: sqlite3.Connection, blob_ids: list[str]) -> None:
         raise NotImplementedError
 
+    def _request_release(self, mailbox_id: int) -> None:
+        raise NotImplementedError
+
+    def _tombstones_written(self, mailbox_id: int) -> None:
+        raise NotImplementedError
+
     # -- mailboxes -------------------------------------------------------------------------------------
 
     def list_mailboxes(self, account_id: int) -> list[Mailbox]:
@@ -199,7 +209,12 @@ class MailboxOps:
         with self._write() as db:
             mailbox_id = self._mailbox_id(db, account_id, name)
             blobs = [
-                r[0] for r in db.execute("SELECT DISTINCT blob_id FROM messages WHERE mailbox_id = ?", (mailbox_id,))
+                r[0]
+                for r in db.execute(
+                    "SELECT blob_id FROM messages WHERE mailbox_id = ? UNION"
+                    " SELECT blob_id FROM expunged WHERE mailbox_id = ? AND blob_id IS NOT NULL",
+                    (mailbox_id, mailbox_id),
+                )
             ]
             db.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
             self._drop_unreferenced_blobs(db, blobs)
@@ -259,26 +274,28 @@ class MailboxOps:
         db.execute("BEGIN")
         try:
             box = db.execute(
-                "SELECT uidnext, uidvalidity, highestmodseq FROM mailboxes WHERE id = ?", (mailbox_id,)
+                "SELECT uidnext, uidvalidity, highestmodseq, first_recent_uid FROM mailboxes WHERE id = ?",
+                (mailbox_id,),
             ).fetchone()
             if box is None:
                 raise NoSuchMailbox(f"no mailbox {mailbox_id}")
-            count, unseen, deleted, size = db.execute(
+            count, unseen, deleted, size, recent = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(instr(' ' || lower(flags) || ' ', ' \\seen ') = 0), 0),"
-                " COALESCE(SUM(instr(' ' || lower(flags) || ' ', ' \\deleted ') > 0), 0), COALESCE(SUM(size), 0)"
-                " FROM messages WHERE mailbox_id = ?",
-                (mailbox_id,),
+                " COALESCE(SUM(instr(' ' || lower(flags) || ' ', ' \\deleted ') > 0), 0), COALESCE(SUM(size), 0),"
+                " COALESCE(SUM(uid >= ?), 0) FROM messages WHERE mailbox_id = ?",
+                (box[3], mailbox_id),
             ).fetchone()
         finally:
             db.execute("COMMIT")
-        return MailboxStatus(count, unseen, deleted, size, box[0], box[1], box[2])
+        return MailboxStatus(count, unseen, deleted, size, box[0], box[1], box[2], recent)
 
     def select_summary(self, mailbox_id: int) -> SelectSummary:
         db = self._db()
         db.execute("BEGIN")
         try:
             box = db.execute(
-                "SELECT uidnext, uidvalidity, highestmodseq FROM mailboxes WHERE id = ?", (mailbox_id,)
+                "SELECT uidnext, uidvalidity, highestmodseq, first_recent_uid FROM mailboxes WHERE id = ?",
+                (mailbox_id,),
             ).fetchone()
             if box is None:
                 raise NoSuchMailbox(f"no mailbox {mailbox_id}")
@@ -300,7 +317,16 @@ class MailboxOps:
         finally:
             db.execute("COMMIT")
         first_unseen = bisect.bisect_left(uids, unseen) + 1 if unseen is not None else None
-        return SelectSummary(uids, frozenset(keywords), first_unseen, box[0], box[1], box[2])
+        return SelectSummary(uids, frozenset(keywords), first_unseen, box[0], box[1], box[2], box[3])
+
+    def claim_recent(self, mailbox_id: int, uid_end: int) -> int:
+        with self._write() as db:
+            row = db.execute("SELECT first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            if row is None:
+                raise NoSuchMailbox(f"no mailbox {mailbox_id}")
+            if row[0] < uid_end:
+                db.execute("UPDATE mailboxes SET first_recent_uid = ? WHERE id = ?", (uid_end, mailbox_id))
+        return int(row[0])
 
     # -- messages --------------------------------------------------------------------------------------
 
@@ -313,9 +339,42 @@ class MailboxOps:
         return [MessageInfo(r[0], r[1], r[2], r[3], r[4], parse_flags(r[5]), r[6]) for r in rows]
 
     def message_rows(
-        self, mailbox_id: int, uids: Sequence[int] | None = None, *, with_index: bool = False
+        self, mailbox_id: int, uids: Sequence[int] | None = None, *, with_index: bool = False,
+        expunged: bool = False,
+    ) -> list[MessageRow]:  # fmt: skip
+        db = self._db()
+        if not expunged or uids is None:
+            return self._rows(db, mailbox_id, uids, with_index=with_index)
+        db.execute("BEGIN")  # one snapshot: a message is either still there or a tombstone
+        try:
+            rows = self._rows(db, mailbox_id, uids, with_index=with_index)
+            if len(rows) < len(set(uids)):
+                found = {row.uid for row in rows}
+                rows += self._held_rows(db, mailbox_id, [u for u in uids if u not in found], with_index=with_index)
+                rows.sort(key=lambda row: row.uid)
+        finally:
+            db.execute("COMMIT")
+        return rows
+
+    def _held_rows(
+        self, db: sqlite3.Connection, mailbox_id: int, uids: Sequence[int], *, with_index: bool
     ) -> list[MessageRow]:
-        return self._rows(self._db(), mailbox_id, uids, with_index=with_index)
+        """Expunged messages of `uids` whose bodies a hold keeps, as they were when expunged."""
+        columns = "e.uid, e.flags, e.message_modseq, e.size, e.internal_date, e.blob_id, e.saved_at"
+        columns += _INDEX_COLUMNS if with_index else ""
+        join = " JOIN blobs b ON b.id = e.blob_id" if with_index else ""
+        result: list[MessageRow] = []
+        wanted = sorted(set(uids))
+        for i in range(0, len(wanted), _CHUNK):
+            chunk = wanted[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(
+                f"SELECT {columns} FROM expunged e{join} WHERE e.mailbox_id = ? AND e.blob_id IS NOT NULL"
+                f" AND e.uid IN ({marks})",
+                (mailbox_id, *chunk),
+            )
+            result.extend(_row(r) for r in rows)
+        return result
 
     def _rows(
         self, db: sqlite3.Connection, mailbox_id: int, uids: Sequence[int] | None, *, with_index: bool = False
@@ -341,7 +400,9 @@ class MailboxOps:
         db = self._db()
         db.execute("BEGIN")
         try:
-            highest = db.execute("SELECT highestmodseq FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            highest = db.execute(
+                "SELECT highestmodseq, first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()
             if highest is None:
                 raise NoSuchMailbox(f"no mailbox {mailbox_id}")
             changed = [
@@ -359,7 +420,7 @@ class MailboxOps:
             ]
         finally:
             db.execute("COMMIT")
-        return Changes(tuple(changed), tuple(vanished), highest[0])
+        return Changes(tuple(changed), tuple(vanished), highest[0], highest[1])
 
     def vanished_since(self, mailbox_id: int, modseq: int, uids: Sequence[int] | None = None) -> list[int]:
         rows = self._db().execute(
@@ -403,7 +464,7 @@ class MailboxOps:
                     [(format_flags(f), modseq, mailbox_id, row.uid) for row, f in updates],
                 )
                 changed = [
-                    MessageRow(row.uid, f, modseq, row.size, row.internal_date, row.blob_id) for row, f in updates
+                    dataclasses.replace(row, flags=f, modseq=modseq) for row, f in updates
                 ]
         if changed:
             self._notify(frozenset({mailbox_id}))
@@ -417,16 +478,22 @@ class MailboxOps:
                 return []
             self._remove(db, mailbox_id, gone)
         self._notify(frozenset({mailbox_id}))
+        self._request_release(mailbox_id)
         return [row.uid for row in gone]
 
     def _remove(self, db: sqlite3.Connection, mailbox_id: int, rows: list[MessageRow]) -> None:
+        """Expunge `rows`. Each tombstone keeps the message (body, size, date, flags, MODSEQ) for sessions
+        that have not seen the expunge yet (RFC 2180 §4.1.1); `_request_release` after the commit lets
+        the bodies go as soon as no hold needs them."""
         modseq = self._bump(db, mailbox_id)
         db.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(mailbox_id, r.uid) for r in rows])
         db.executemany(
-            "INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
-            [(mailbox_id, r.uid, modseq) for r in rows],
-        )
-        self._drop_unreferenced_blobs(db, list({r.blob_id for r in rows}))
+            "INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq, blob_id, size, internal_date, flags,"
+            " message_modseq, saved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(mailbox_id, r.uid, modseq, r.blob_id, r.size, r.internal_date, format_flags(r.flags), r.modseq,
+              r.saved_at) for r in rows],
+        )  # fmt: skip
+        self._tombstones_written(mailbox_id)
 
     def copy_messages(
         self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool
@@ -444,21 +511,23 @@ class MailboxOps:
             if first is None:
                 raise NoSuchMailbox(f"no mailbox {target_id}")
             next_uid, modseq = first
+            saved_at = int(time.time())  # RFC 8514: a copy's (and a moved message's) save date is now
             inserts = []
             for offset, row in enumerate(rows):
                 new_uid = next_uid + offset
                 pairs.append((row.uid, new_uid))
-                inserts.append(
-                    (target_id, new_uid, row.blob_id, row.size, row.internal_date, format_flags(row.flags), modseq)
-                )
+                inserts.append((target_id, new_uid, row.blob_id, row.size, row.internal_date, format_flags(row.flags),
+                                modseq, saved_at))  # fmt: skip
             db.executemany(
-                "INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq, saved_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 inserts,
             )
             if move:
                 self._remove(db, source_id, rows)
         self._notify(frozenset({source_id, target_id}))
+        if move:
+            self._request_release(source_id)
         return pairs
 
     # -- search and sort -------------------------------------------------------------------------------
@@ -517,27 +586,28 @@ class MailboxOps:
     def _candidates(self, mailbox_id: int, where: str = "1", params: Sequence[Any] = ()) -> list[_SearchRow]:
         rows = self._db().execute(
             f"SELECT {_ROW_COLUMNS}, b.sent_date, b.subject, b.from_text, b.to_text, b.cc_text, b.bcc_text, b.parts,"
-            " b.sort_subject, b.sort_from, b.sort_to, b.sort_cc"
+            " b.sort_subject, b.sort_from, b.sort_to, b.sort_cc, b.sent_day"
             f" FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id = ? AND ({where}) ORDER BY m.uid",
             (mailbox_id, *params),
         )
         opener = self.open_message
         return [
             _SearchRow(
-                _row(r[:6]),
-                r[6],
+                _row(r[:7]),
+                r[7],
+                r[18],
                 {
-                    "subject": r[7],
-                    "from": r[8],
-                    "to": r[9],
-                    "cc": r[10],
-                    "bcc": r[11],
-                    "sort_subject": r[13],
-                    "sort_from": r[14],
-                    "sort_to": r[15],
-                    "sort_cc": r[16],
+                    "subject": r[8],
+                    "from": r[9],
+                    "to": r[10],
+                    "cc": r[11],
+                    "bcc": r[12],
+                    "sort_subject": r[14],
+                    "sort_from": r[15],
+                    "sort_to": r[16],
+                    "sort_cc": r[17],
                 },
-                r[12],
+                r[13],
                 opener,
             )
             for r in rows
@@ -611,6 +681,11 @@ def _day_start(date: datetime.date) -> int:
     return int(datetime.datetime(date.year, date.month, date.day, tzinfo=datetime.UTC).timestamp())
 
 
+# SENT* compare the day written in Date: (sent_day, 00:00 UTC of it); rows stored before that column existed
+# fall back to the UTC day of the Date header's instant, messages without a usable Date to the internal date.
+_SENT_DAY = "COALESCE(b.sent_day, b.sent_date, m.internal_date)"
+
+
 def _date_sql(column: str, op: c.DateOp, date: datetime.date) -> _Sql:
     start = _day_start(date)
     if op is c.DateOp.BEFORE:
@@ -644,7 +719,9 @@ def _to_sql(criterion: c.Criterion) -> _Sql | None:
         case c.InternalDate(op=op, date=date):
             return _date_sql("m.internal_date", op, date)
         case c.SentDate(op=op, date=date):
-            return _date_sql("COALESCE(b.sent_date, m.internal_date)", op, date)
+            return _date_sql(_SENT_DAY, op, date)
+        case c.SavedDate(op=op, date=date):
+            return _date_sql("COALESCE(m.saved_at, m.internal_date)", op, date)
         case c.Uids(ranges=ranges) if len(ranges) <= _MAX_SQL_RANGES:
             if not ranges:
                 return _Sql("0", ())
@@ -813,9 +890,12 @@ def _matches(criterion: c.Criterion, candidate: _SearchRow) -> bool:
             return (larger is None or row.size > larger) and (smaller is None or row.size < smaller)
         case c.InternalDate(op=op, date=date):
             return _compare_date(_utc_date(row.internal_date), op, date)
-        case c.SentDate(op=op, date=date):
-            sent = candidate.sent_date if candidate.sent_date is not None else row.internal_date
+        case c.SentDate(op=op, date=date):  # as _SENT_DAY
+            sent = next(d for d in (candidate.sent_day, candidate.sent_date, row.internal_date) if d is not None)
             return _compare_date(_utc_date(sent), op, date)
+        case c.SavedDate(op=op, date=date):
+            saved = row.saved_at if row.saved_at is not None else row.internal_date
+            return _compare_date(_utc_date(saved), op, date)
         case c.Uids():
             return row.uid in criterion
         case c.ModSeq(at_least=at_least):

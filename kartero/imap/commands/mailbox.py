@@ -15,6 +15,7 @@ from kartero.imap.commands.view import (
     chunked,
     expunge_lines,
     fetch_flags_line,
+    flags_lines,
     format_set,
     resolve,
     sync,
@@ -39,6 +40,7 @@ from kartero.store.interface import (
     Content,
     Delivery,
     DeliveryTarget,
+    FileSpan,
     Mailbox,
     MailboxExists,
     NoSuchMailbox,
@@ -46,7 +48,6 @@ from kartero.store.interface import (
 )
 
 SEPARATOR = "/"
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 SPECIAL_USES = frozenset({"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"})
 
 Handler = Generator[bytes, None, Done]
@@ -60,7 +61,7 @@ def select(session: Session, cmd: Select) -> Handler:
     store = session.store
     if session.selected is not None and session.qresync:
         yield b"* OK [CLOSED] Previous mailbox closed\r\n"
-    session.selected = None
+    session.select(None)
     mailbox = store.get_mailbox(session.account_id, cmd.mailbox)
     if mailbox is None:
         return Done(Status.NO, "No such mailbox", "NONEXISTENT", ImapState.AUTHENTICATED)
@@ -68,26 +69,31 @@ def select(session: Session, cmd: Select) -> Handler:
         session.condstore = True
     if cmd.qresync is not None and not session.qresync:
         return Done(Status.BAD, "QRESYNC was not enabled", state=ImapState.AUTHENTICATED)
-    summary = store.select_summary(mailbox.id)
+    # The hold comes before the message list: nothing the list shows can lose its bytes meanwhile.
+    hold = store.hold_expunged(mailbox.id, 0)
+    try:
+        summary = store.select_summary(mailbox.id)
+    except BaseException:
+        hold.release()
+        raise
     view = View(mailbox.id, mailbox.name, cmd.readonly, summary.uidvalidity, array("I", summary.uids),
-                summary.highestmodseq)  # fmt: skip
-    flags = " ".join((*SYSTEM_FLAGS, *sorted(summary.keywords, key=str.lower)))
+                summary.highestmodseq, condstore_announced=session.uses_condstore(), hold=hold)  # fmt: skip
+    hold.advance(summary.highestmodseq)
+    view.keywords = {keyword.lower(): keyword for keyword in summary.keywords}
     lines = [
         f"* {view.exists} EXISTS\r\n",
-        f"* FLAGS ({flags})\r\n",
-        "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n"
-        if cmd.readonly
-        else f"* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted\r\n",
+        flags_lines(view).decode(),
         f"* OK [UIDVALIDITY {summary.uidvalidity}] UIDs valid\r\n",
         f"* OK [UIDNEXT {summary.uidnext}] Predicted next UID\r\n",
         f"* OK [HIGHESTMODSEQ {summary.highestmodseq}] Highest\r\n",
     ]
     if not session.rev2:
-        lines.insert(1, "* 0 RECENT\r\n")
+        session.claim_recent(view, summary.first_recent_uid, summary.uidnext)
+        lines.insert(1, f"* {view.recent_count()} RECENT\r\n")
         if summary.first_unseen is not None:
             lines.append(f"* OK [UNSEEN {summary.first_unseen}] First unseen\r\n")
+    session.select(view)
     yield "".join(lines).encode()
-    session.selected = view
     resync = cmd.qresync
     if resync is not None and resync.uidvalidity == mailbox.uidvalidity:
         yield from chunked(_qresync_lines(session, view, resync.modseq, resync.known_uids))
@@ -154,7 +160,7 @@ def delete(session: Session, cmd: MailboxCommand) -> Handler:
         return Done(Status.NO, "No such mailbox", "NONEXISTENT")
     state = None
     if session.selected is not None and session.selected.name == cmd.mailbox:
-        session.selected = None
+        session.select(None)
         state = ImapState.AUTHENTICATED
         yield b"* OK [CLOSED] Selected mailbox deleted\r\n"
     return Done(Status.OK, "DELETE completed", state=state)
@@ -399,7 +405,7 @@ def _status_line(session: Session, mailbox: Mailbox, items: tuple[str, ...]) -> 
     st = session.store.mailbox_status(mailbox.id)
     values = {
         "MESSAGES": st.messages, "UIDNEXT": st.uidnext, "UIDVALIDITY": st.uidvalidity, "UNSEEN": st.unseen,
-        "DELETED": st.deleted, "SIZE": st.size, "HIGHESTMODSEQ": st.highestmodseq, "RECENT": 0,
+        "DELETED": st.deleted, "SIZE": st.size, "HIGHESTMODSEQ": st.highestmodseq, "RECENT": st.recent,
     }  # fmt: skip
     parts = [f"{item} {values[item]}" for item in items if item in values]
     return f"* STATUS {_quote(session, mailbox.name)} ({' '.join(parts)})\r\n".encode()
@@ -423,32 +429,41 @@ def append(session: Session, cmd: Append, append_limit: int) -> Handler:
     mailbox = store.get_mailbox(session.account_id, cmd.mailbox)
     if mailbox is None:
         return Done(Status.NO, "No such mailbox", "TRYCREATE")
-    if max(len(cmd.data), cmd.spooled) > append_limit:
+    if any(max(len(m.data), m.spooled) > append_limit for m in cmd.messages):
         return Done(Status.NO, "Message too large", "TOOBIG")
-    data: bytes | Content = cmd.data
-    if cmd.spooled:  # a large message: the adapter wrote it to a spool file as it arrived
-        if session.spooled_message is None or session.spooled_message.length != cmd.spooled:
-            return Done(Status.NO, "Could not store the message, try again", "SERVERBUG")
-        data = Content(b"", session.spooled_message)
-    date = cmd.date or datetime.datetime.now(datetime.UTC)
-    delivery = Delivery(
-        blob_id=new_message_id(),
-        data=data,
-        targets=(DeliveryTarget(session.account_id, mailbox.name, cmd.flags),),
-        internal_date=int(date.timestamp()),
-        envelope={"appended_by": session.user},
-    )
+    spool = session.spooled_message  # large messages: the adapter wrote them to one file as they arrived
+    if cmd.spooled and (spool is None or spool.length != cmd.spooled):
+        return Done(Status.NO, "Could not store the message, try again", "SERVERBUG")
+    now = datetime.datetime.now(datetime.UTC)
+    deliveries = []
+    offset = 0
+    for message in cmd.messages:
+        data: bytes | Content = message.data
+        if message.spooled:
+            assert spool is not None
+            data = Content(b"", FileSpan(spool.path, spool.offset + offset, message.spooled))
+            offset += message.spooled
+        deliveries.append(Delivery(
+            blob_id=new_message_id(),
+            data=data,
+            targets=(DeliveryTarget(session.account_id, mailbox.name, message.flags),),
+            internal_date=int((message.date or now).timestamp()),
+            envelope={"appended_by": session.user},
+        ))  # fmt: skip
     try:
-        (stored,) = store.deliver(delivery).result()
+        # MULTIAPPEND (RFC 3502 §6.3.11): one delivery group, so every message is stored or none is.
+        stored = store.deliver_group(deliveries).result()
     except StoreError:
         return Done(Status.NO, "Could not store the message, try again", "SERVERBUG")
-    yield from ()
-    return Done(Status.OK, "APPEND completed", f"APPENDUID {mailbox.uidvalidity} {stored.uid}")
+    # Into the selected mailbox: EXISTS before the tagged OK, so the next command may use the message.
+    yield from chunked(sync(session, allow_expunge=True))
+    uids = format_set(m.uid for messages in stored for m in messages)
+    return Done(Status.OK, "APPEND completed", f"APPENDUID {mailbox.uidvalidity} {uids}")
 
 
 def close(session: Session, cmd: Simple) -> Handler:
     view = session.selected
-    session.selected = None
+    session.select(None)
     if cmd.name == "CLOSE" and view is not None and not view.readonly:
         session.store.expunge(view.mailbox_id)  # silently: CLOSE sends no EXPUNGE responses
     yield from ()

@@ -8,9 +8,19 @@ import datetime
 from array import array
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from kartero.imap import thread as rfc5256
-from kartero.imap.commands.view import Done, ResultContext, Session, View, chunked, format_set, sync
+from kartero.imap.commands.view import (
+    Done,
+    ResultContext,
+    Session,
+    View,
+    chunked,
+    enable_condstore,
+    format_set,
+    sync,
+)
 from kartero.imap.response import Status
 from kartero.imap.syntax import (
     STAR,
@@ -30,6 +40,7 @@ from kartero.store import criteria as c
 from kartero.store.interface import NoSuchMailbox
 
 Handler = Generator[bytes, None, Done]
+_T = TypeVar("_T")
 CHARSETS = frozenset({"UTF-8", "US-ASCII"})
 
 
@@ -43,6 +54,8 @@ def to_criterion(session: Session, view: View, key: SearchKey) -> c.Criterion:
             return c.Not(to_criterion(session, view, inner))
         case SeqKey(numbers=numbers, is_uid=is_uid):
             return _uid_ranges(session, view, numbers, is_uid=is_uid)
+        case SKey(name="RECENT" | "NEW" | "OLD" as name):
+            return _recent(session, view, name)
         case SKey(name=name, args=args):
             return _leaf(name, args)
     raise TypeError(f"unknown search key {key!r}")
@@ -75,6 +88,17 @@ def _uid_ranges(session: Session, view: View, numbers: SequenceSet, *, is_uid: b
     return c.Uids(tuple(merged))
 
 
+def _recent(session: Session, view: View, name: str) -> c.Criterion:
+    """RFC 3501 §6.4.4: RECENT is \\Recent, NEW is RECENT UNSEEN, OLD is NOT RECENT. IMAP4rev2 has no
+    \\Recent (RFC 9051 Appendix E): nothing is recent there."""
+    recent = c.Uids(tuple((low, high - 1) for low, high in view.recent) if not session.rev2 else ())
+    if name == "OLD":
+        return c.Not(recent)
+    if name == "NEW":
+        return c.And((recent, c.Flag("\\Seen", False)))
+    return recent
+
+
 _DATE_OPS = {"BEFORE": c.DateOp.BEFORE, "ON": c.DateOp.ON, "SINCE": c.DateOp.SINCE}
 
 
@@ -104,6 +128,8 @@ def _leaf(name: str, args: tuple[object, ...]) -> c.Criterion:
     assert isinstance(date, datetime.date)
     if name.startswith("SENT"):
         return c.SentDate(_DATE_OPS[name[4:]], date)
+    if name.startswith("SAVED"):
+        return c.SavedDate(_DATE_OPS[name[5:]], date)
     return c.InternalDate(_DATE_OPS[name], date)
 
 
@@ -129,30 +155,32 @@ def search(session: Session, cmd: Search, tag: str) -> Handler:
         return Done(Status.BAD, "Tag reuse")  # RFC 5267 §4.3: updates are told apart by the tag
     uses_modseq = _uses_modseq(cmd.key)
     if uses_modseq:
-        session.condstore = True
+        yield from enable_condstore(session)
     criterion = to_criterion(session, view, cmd.key)
     rows = session.store.search(view.mailbox_id, criterion)
     in_view = [row for row in rows if view.seq_of(row.uid) is not None]
     numbers = [row.uid if cmd.is_uid else view.seq_of(row.uid) or 0 for row in in_view]
-    highest = max((row.modseq for row in in_view), default=0)
     returns = cmd.returns
     if returns is None and session.rev2:
         returns = ()  # IMAP4rev2 answers SEARCH with ESEARCH (RFC 9051 §6.4.4)
     if returns is None:
         line = "* SEARCH" + "".join(f" {n}" for n in numbers)
         if uses_modseq and numbers:
-            line += f" (MODSEQ {highest})"
+            line += f" (MODSEQ {max(row.modseq for row in in_view)})"
         yield from chunked([line.encode() + b"\r\n"])
     else:
         options = _result_options(returns, cmd.partial)
+        # RFC 4731 §3.1 (SAVE) and RFC 7162 §3.1.5 (MODSEQ): with MIN and/or MAX alone, the result is
+        # those messages, not every match.
+        returned = _returned(in_view, options)
         if "SAVE" in options:
-            session.saved = _saved([row.uid for row in in_view], options)
+            session.saved = tuple(row.uid for row in returned)
         parts = [f'(TAG "{tag}")']
         if cmd.is_uid:
             parts.append("UID")
         parts += _result_parts(numbers, options, cmd.partial)
-        if uses_modseq and numbers:
-            parts.append(f"MODSEQ {highest}")
+        if uses_modseq and returned:
+            parts.append(f"MODSEQ {max(row.modseq for row in returned)}")
         if options - {"SAVE"}:
             yield f"* ESEARCH {' '.join(parts)}\r\n".encode()
     if cmd.update:
@@ -170,15 +198,16 @@ def _result_options(returns: tuple[str, ...], partial: tuple[int, int] | None) -
     return options or {"ALL"}
 
 
-def _saved(uids: list[int], options: set[str]) -> tuple[int, ...]:
-    """What SAVE keeps as `$` (RFC 5182 §2.4): the MIN and/or MAX message when only they are asked for,
-    else every match. `uids` in result order (mailbox order, or the SORT order)."""
-    if uids and options & {"MIN", "MAX"} and not options & {"ALL", "COUNT", "PARTIAL"}:
-        picks = [uids[0]] if "MIN" in options else []
-        if "MAX" in options:
-            picks.append(uids[-1])
-        return tuple(dict.fromkeys(picks))
-    return tuple(uids)
+def _returned(items: list[_T], options: set[str]) -> list[_T]:
+    """The messages a result stands for, for SAVE (RFC 5182 §2.4) and MODSEQ (RFC 7162 §3.1.5): the MIN
+    and/or MAX one when only they are asked for, else every match. `items` in result order (mailbox
+    order, or the SORT order)."""
+    if items and options & {"MIN", "MAX"} and not options & {"ALL", "COUNT", "PARTIAL"}:
+        picks = [items[0]] if "MIN" in options else []
+        if "MAX" in options and (len(items) > 1 or not picks):
+            picks.append(items[-1])
+        return picks
+    return items
 
 
 def _result_parts(numbers: list[int], options: set[str], partial: tuple[int, int] | None) -> list[str]:
@@ -230,7 +259,7 @@ def sort(session: Session, cmd: SortCommand, tag: str) -> Handler:
     else:  # ESORT (RFC 5267 §3): the results in an ESEARCH response
         options = _result_options(cmd.returns, cmd.partial)
         if "SAVE" in options:
-            session.saved = _saved(uids, options)
+            session.saved = tuple(_returned(uids, options))
         parts = [f'(TAG "{tag}")', *(["UID"] if cmd.is_uid else []), *_result_parts(numbers, options, cmd.partial)]
         if options - {"SAVE"}:
             yield f"* ESEARCH {' '.join(parts)}\r\n".encode()

@@ -140,6 +140,7 @@ def test_context_hint_and_partial_results(store: SQLiteStore) -> None:
 
 def test_search_update_follows_flags_deliveries_and_expunges(store: SQLiteStore) -> None:
     # RFC 5267 §4.3: ADDTO after EXISTS, REMOVEFROM before EXPUNGE; a SEARCH context uses position 0.
+    # `a` selected first as an IMAP4rev1 client, so the messages are \Recent to it (RFC 3501 §2.3.2).
     a, b = selected(store), selected(store)
     assert a.command("B01 UID SEARCH RETURN (UPDATE) UNSEEN") == [
         b'* ESEARCH (TAG "B01") UID ALL 2:4,6:8\r\n',
@@ -151,7 +152,7 @@ def test_search_update_follows_flags_deliveries_and_expunges(store: SQLiteStore)
     ]
     b.command("x STORE 3 +FLAGS (\\Seen)")
     assert a.command("n1 NOOP") == [
-        b"* 3 FETCH (UID 3 FLAGS (\\Seen))\r\n",
+        b"* 3 FETCH (UID 3 FLAGS (\\Recent \\Seen))\r\n",
         b'* ESEARCH (TAG "B01") UID REMOVEFROM (0 3)\r\n',
         b'* ESEARCH (TAG "B02") REMOVEFROM (0 3)\r\n',
         b"n1 OK NOOP completed\r\n",
@@ -159,6 +160,7 @@ def test_search_update_follows_flags_deliveries_and_expunges(store: SQLiteStore)
     deliver(store, 20)
     assert a.command("n2 NOOP") == [
         b"* 9 EXISTS\r\n",
+        b"* 9 RECENT\r\n",
         b'* ESEARCH (TAG "B01") UID ADDTO (0 9)\r\n',
         b'* ESEARCH (TAG "B02") ADDTO (0 9)\r\n',
         b"n2 OK NOOP completed\r\n",
@@ -185,7 +187,8 @@ def test_search_update_follows_flags_deliveries_and_expunges(store: SQLiteStore)
     deliver(store, 21)
     assert a.command("n4 NOOP") == [
         b"* 8 EXISTS\r\n",
-        b"* 7 FETCH (UID 9 FLAGS (\\Seen))\r\n",
+        b"* 8 RECENT\r\n",
+        b"* 7 FETCH (UID 9 FLAGS (\\Recent \\Seen))\r\n",
         b"n4 OK NOOP completed\r\n",
     ]
     # The tag may be used again once its context is gone.
@@ -210,6 +213,7 @@ def test_sort_update_reports_positions(store: SQLiteStore) -> None:
     # Sorted: 9 10 11 4 5 12 7 8 13; inserted in ascending positions, each at its final place.
     assert a.command("n1 NOOP") == [
         b"* 13 EXISTS\r\n",
+        b"* 13 RECENT\r\n",
         b'* ESEARCH (TAG "C01") UID ADDTO (1 9:11 6 12 9 13)\r\n',
         b"n1 OK NOOP completed\r\n",
     ]
@@ -217,9 +221,9 @@ def test_sort_update_reports_positions(store: SQLiteStore) -> None:
     b.command("x STORE 5,8 +FLAGS (\\Deleted)")
     b.command("y UID STORE 12 +FLAGS ($Junk)")
     assert a.command("n2 NOOP") == [
-        b"* 5 FETCH (UID 5 FLAGS (\\Deleted \\Seen))\r\n",
-        b"* 8 FETCH (UID 8 FLAGS (\\Deleted))\r\n",
-        b"* 12 FETCH (UID 12 FLAGS ($Junk))\r\n",
+        b"* 5 FETCH (UID 5 FLAGS (\\Deleted \\Recent \\Seen))\r\n",
+        b"* 8 FETCH (UID 8 FLAGS (\\Deleted \\Recent))\r\n",
+        b"* 12 FETCH (UID 12 FLAGS ($Junk \\Recent))\r\n",
         b'* ESEARCH (TAG "C01") UID REMOVEFROM (5 5,12 6 8)\r\n',
         b"n2 OK NOOP completed\r\n",
     ]

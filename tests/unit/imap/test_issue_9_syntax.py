@@ -90,7 +90,7 @@ def test_issue_9_fetch_items_and_sections_in_lower_case(store: SQLiteStore) -> N
         S: f3 OK FETCH completed
         C: f4 fetch 1 body[header]<0.4>
         S: * 1 FETCH (BODY[HEADER]<0> {4}
-        S: From FLAGS (\\Seen))
+        S: From FLAGS (\\Recent \\Seen))
         S: f4 OK FETCH completed
         """,
         select=True,
@@ -122,6 +122,8 @@ def test_keywords_of_every_command_in_lower_case(store: SQLiteStore) -> None:
         S~ \\* .*
         S: b OK [READ-WRITE] SELECT completed
         C: c store 1 +flags.silent (\\seen $label)
+        S: * FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $label)
+        S: * OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $label \\*)] Flags permitted
         S: c OK STORE completed
         C: d search return (min count) unkeyword $other seen not deleted header subject "case" since 1-jan-2020
         S: * ESEARCH (TAG "d") MIN 1 COUNT 1
@@ -130,7 +132,7 @@ def test_keywords_of_every_command_in_lower_case(store: SQLiteStore) -> None:
         S: * SORT 1
         S: e OK UID SORT completed
         C: f fetch 1 (flags internaldate)
-        S: * 1 FETCH (FLAGS ($label \\Seen) INTERNALDATE "26-Nov-2026 10:00:00 +0000")
+        S: * 1 FETCH (FLAGS ($label \\Recent \\Seen) INTERNALDATE "26-Nov-2026 10:00:00 +0000")
         S: f OK FETCH completed
         C: g status inbox (messages unseen uidnext)
         S: * STATUS "INBOX" (MESSAGES 1 UNSEEN 0 UIDNEXT 2)
@@ -139,7 +141,7 @@ def test_keywords_of_every_command_in_lower_case(store: SQLiteStore) -> None:
         S: * LIST (\\HasNoChildren \\Subscribed) "/" "INBOX"
         S: h OK LIST completed
         C: i fetch 1 fast
-        S: * 1 FETCH (FLAGS ($label \\Seen) INTERNALDATE "26-Nov-2026 10:00:00 +0000" RFC822.SIZE 186)
+        S: * 1 FETCH (FLAGS ($label \\Recent \\Seen) INTERNALDATE "26-Nov-2026 10:00:00 +0000" RFC822.SIZE 186)
         S: i OK FETCH completed
         C: j Noop
         S: j OK NOOP completed

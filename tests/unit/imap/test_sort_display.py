@@ -52,7 +52,8 @@ def test_sort_display_is_advertised(store: SQLiteStore) -> None:
 def test_displayfrom_and_displayto_sort_by_display_name_else_address(store: SQLiteStore) -> None:
     # DISPLAYFROM keys: 1 "ZOE ZED", 2 "BOB@EXAMPLE.ORG", 3 "A\u0308RGER" (NFKD), 4 "" (a group holds no
     # mailbox), 5 "CARL@EXAMPLE.ORG" (an empty name), 6 "BOB@EXAMPLE.ORG" (equal keys keep mailbox order,
-    # RFC 5256 §3). FROM sorts by the local part instead.
+    # RFC 5256 §3). FROM sorts by the local part of the first ENVELOPE address instead, which for a group is
+    # the group's name (4: "UNDISCLOSED-RECIPIENTS"), as Dovecot reads it.
     play(
         lambda: selected(store),
         """
@@ -63,7 +64,7 @@ def test_displayfrom_and_displayto_sort_by_display_name_else_address(store: SQLi
         S: * SORT 1 5 2 6 3 4
         S: b OK SORT completed
         C: c SORT (FROM) UTF-8 ALL
-        S: * SORT 4 1 2 6 5 3
+        S: * SORT 1 2 6 5 4 3
         S: c OK SORT completed
         C: d UID SORT (displayto) utf-8 NOT TO zz
         S: * SORT 5 3 4 1 6
