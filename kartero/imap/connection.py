@@ -22,8 +22,6 @@ from kartero.imap import response as r
 from kartero.imap.response import Status
 from kartero.imap.state import ALLOWED, ImapState, ProtocolViolation
 from kartero.imap.syntax import (
-    MAX_MAILBOX_LEVELS,
-    MAX_MAILBOX_NAME,
     Append,
     Authenticate,
     Command,
@@ -31,7 +29,7 @@ from kartero.imap.syntax import (
     Enable,
     Id,
     Login,
-    MailboxNameTooLong,
+    Refused,
     Simple,
     parse_command,
 )
@@ -44,6 +42,7 @@ from kartero.imap.tokens import (
     first_words,
     split_literal,
     tokenize,
+    upper_ascii,
 )
 
 # tag = 1*<any ASTRING-CHAR except "+"> (RFC 9051 §9): printable, without ( ) { SP % * " \ +.
@@ -280,9 +279,10 @@ class ImapConnection:
         caps += [
             "IDLE", "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE",
             "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "ESEARCH", "SEARCHRES", "SORT", "CONDSTORE", "QRESYNC",
-            "BINARY", "UTF8=ACCEPT", f"APPENDLIMIT={self.settings.append_limit}", "MULTIAPPEND",
+            "BINARY", "UTF8=ACCEPT", f"APPENDLIMIT={self.settings.append_limit}", "SAVEDATE", "MULTIAPPEND",
             "UNAUTHENTICATE", "NOTIFY",
         ]  # fmt: skip
+        caps += ["SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES"]  # RFC 5957, RFC 5256
         if self.settings.is_compress_available:
             caps.append("COMPRESS=DEFLATE")
         return " ".join(caps)
@@ -421,6 +421,8 @@ class ImapConnection:
                 if index >= first:  # else a spooled mailbox name: gone, the APPEND fails on the name
                     messages[index - first] = replace(messages[index - first], spooled=size)
             return CommandReady(event.tag, replace(event.command, messages=tuple(messages)))
+        if isinstance(event, CommandReady) and isinstance(event.command, Refused):
+            return event  # an APPEND to an impossible name: the adapter drops the spool file
         if isinstance(event, CommandReady):  # cannot happen: only APPEND literals are spooled
             raise ProtocolViolation(f"spooled literal for {type(event.command).__name__}")
         return event
@@ -456,16 +458,12 @@ class ImapConnection:
         tag = tokens[0].value
         if len(tokens) < 2 or not isinstance(tokens[1], Atom):
             return self._bad(tag, "Missing command")
-        name = tokens[1].value.upper()
+        name = upper_ascii(tokens[1].value)
         if name not in ALLOWED[self.state]:
             known = any(name in commands for commands in ALLOWED.values())
             return self._bad(tag, f"{name} not allowed now" if known else f"Unknown command {name}")
         try:
             command = parse_command(name, tokens[2:], utf8=self.is_utf8)
-        except MailboxNameTooLong:
-            limits = f"{MAX_MAILBOX_NAME} octets and {MAX_MAILBOX_LEVELS} levels at most"
-            self._out += r.tagged(tag, Status.NO, f"Mailbox name too long ({limits})", "CANNOT")
-            return None
         except ParseError as exc:
             return self._bad(tag, str(exc))
         return self._handle(tag, command)

@@ -25,7 +25,7 @@ _AUTHENTICATED = _ANY | {
     "NAMESPACE", "STATUS", "APPEND", "IDLE", "COMPRESS", "UNAUTHENTICATE", "NOTIFY",
 }  # fmt: skip
 _SELECTED = (_AUTHENTICATED - {"ENABLE"}) | {
-    "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID", "SORT",
+    "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID", "SORT", "THREAD",
 }  # fmt: skip
 
 ALLOWED: dict[ImapState, frozenset[str]] = {

@@ -169,27 +169,23 @@ _COMMENT_OR_QUOTE = re.compile(rb'[("]')
 _IN_COMMENT = re.compile(rb"[()\\]")
 
 
-def strip_comments(value: bytes, replacement: bytes = b" ") -> bytes:
-    """`value` with each comment (nested, with quoted-pairs: RFC 5322 §3.2.2) replaced by `replacement`,
-    quoted strings left alone; a comment never closed or nested deeper than MAX_COMMENT_DEPTH runs to
-    the end. Linear: each octet is looked at once."""
-    if b"(" not in value:
-        return value
-    out = bytearray()
-    depth, i, n = 0, 0, len(value)
+def comment_spans(value: bytes) -> list[tuple[int, int, bool]]:
+    """(start, end, closed) of each comment of `value` (nested, with quoted-pairs: RFC 5322 §3.2.2),
+    from its "(" to just past its ")"; quoted strings are no comments. A comment never closed or nested
+    deeper than MAX_COMMENT_DEPTH runs to the end (closed False). Linear: each octet is looked at once."""
+    spans: list[tuple[int, int, bool]] = []
+    depth, i, n, start = 0, 0, len(value), 0
     while i < n:
         if depth == 0:
             special = _COMMENT_OR_QUOTE.search(value, i)
-            j = n if special is None else special.start()
-            out += value[i:j]
-            if j == n:
+            if special is None:
                 break
+            j = special.start()
             if value[j : j + 1] == b"(":
-                depth, i = 1, j + 1
+                depth, i, start = 1, j + 1, j
             else:
                 i = quoted_string_end(value, j)
                 i = n if i < 0 else i
-                out += value[j:i]
             continue
         special = _IN_COMMENT.search(value, i)
         if special is None:
@@ -204,7 +200,25 @@ def strip_comments(value: bytes, replacement: bytes = b" ") -> bytes:
         else:
             depth -= 1
             if not depth:
-                out += replacement
+                spans.append((start, i, True))
+    if depth:
+        spans.append((start, n, False))
+    return spans
+
+
+def strip_comments(value: bytes, replacement: bytes = b" ") -> bytes:
+    """`value` with each comment (see comment_spans) replaced by `replacement`, quoted strings left
+    alone; a comment never closed runs to the end and is dropped."""
+    if b"(" not in value:
+        return value
+    out = bytearray()
+    position = 0
+    for start, end, closed in comment_spans(value):
+        out += value[position:start]
+        if closed:
+            out += replacement
+        position = end
+    out += value[position:]
     return bytes(out)
 
 
@@ -317,14 +331,8 @@ def decode_body(data: bytes, encoding: str, charset: str, *, max_bytes: int = BO
     if len(data) > max_bytes:
         cut = data.rfind(b"\n", 0, max_bytes)
         data = data[: cut + 1 if cut >= 0 else max_bytes]
-    encoding = encoding.lower()
-    try:
-        if encoding == "base64":
-            data = base64.b64decode(data.translate(None, _NOT_BASE64) + b"==", validate=False)
-        elif encoding == "quoted-printable":
-            data = quopri.decodestring(data)
-    except (binascii.Error, ValueError):
-        pass  # not base64 after all (a dangling character): search the text as it is
+    decoder = TransferDecoder(encoding)
+    data = decoder.feed(data) + decoder.finish()
     return _charset_decode(data, charset) if charset else _raw_text(data)
 
 
@@ -337,16 +345,15 @@ def iter_body_text(
     *,
     chunk_bytes: int = BODY_CHUNK_BYTES,
 ) -> Iterator[str]:
-    """The text of the body part data[start:end] in pieces, each decoded from at most `chunk_bytes`
-    of the part (plus a few bytes to finish a quoted-printable escape or base64 quantum).
+    """The text of the body part data[start:end] in pieces, each decoded from `chunk_bytes` of the part
+    (plus what TransferDecoder carries over: the end of a line, the rest of a base64 quantum).
 
-    Transfer encodings: base64 ends at its first "=" (padding) and drops a dangling character;
-    quoted-printable is cut at line ends. The charset is decoded incrementally with replacement
+    Transfer encodings are undone by TransferDecoder. The charset is decoded incrementally with replacement
     characters; without a charset the text is UTF-8 when all of it is valid UTF-8, else latin-1
     (RFC 6532), which takes a second pass over the part. Never raises.
     """
     stop = len(data) if end is None else min(end, len(data))
-    chunk_bytes = max(chunk_bytes, 4)  # room to step back over a split "=XX" escape
+    chunk_bytes = max(chunk_bytes, 1)
     transfer = encoding.lower()
     if charset:
         codec = text_codec(charset.strip().lower()) or "latin-1"
@@ -406,48 +413,72 @@ def _is_utf8(pieces: Iterator[bytes]) -> bool:
 
 
 def _transfer_decoded(data: MessageData, start: int, stop: int, encoding: str, chunk_bytes: int) -> Iterator[bytes]:
-    """data[start:stop] with its Content-Transfer-Encoding undone, a chunk at a time."""
-    if encoding == "base64":
-        yield from _base64_decoded(data, start, stop, chunk_bytes)
-        return
-    pos = start
-    while pos < stop:
-        high = min(stop, pos + chunk_bytes)
-        if encoding == "quoted-printable" and high < stop:
-            line_end = data.rfind(b"\n", pos, high)
-            if line_end >= 0:
-                high = line_end + 1
-            else:  # a line longer than a chunk: do not split an "=XX" escape or an "=" soft break
-                tail = data[high - 2 : high]
-                high -= 1 if tail[1:] == b"=" else 2 if tail[:1] == b"=" else 0
-        piece = data[pos:high]
-        yield binascii.a2b_qp(piece) if encoding == "quoted-printable" else piece
-        pos = high
-
-
-def _base64_decoded(data: MessageData, start: int, stop: int, chunk_bytes: int) -> Iterator[bytes]:
-    """Base64 ignoring characters outside the alphabet (RFC 2045 §6.8), up to the first "="."""
-    carry = b""
-    pos = start
-    while pos < stop:
-        high = min(stop, pos + chunk_bytes)
-        text = carry + data[pos:high].translate(None, _NOT_BASE64)
-        pos = high
-        padding = text.find(b"=")
-        if padding >= 0:
-            carry = text[:padding]
+    """data[start:stop] with its Content-Transfer-Encoding undone, read a chunk at a time."""
+    decoder = TransferDecoder(encoding)
+    for pos in range(start, stop, chunk_bytes):
+        piece = decoder.feed(data[pos : min(stop, pos + chunk_bytes)])
+        if piece:
+            yield piece
+        if decoder.is_done:
             break
-        whole = len(text) - len(text) % 4
-        if whole:
-            yield binascii.a2b_base64(text[:whole])
-        carry = text[whole:]
-    whole = len(carry) - len(carry) % 4
-    rest = carry[whole:]
-    out = binascii.a2b_base64(carry[:whole]) if whole else b""
-    if len(rest) >= 2:  # a final partial quantum of 2 or 3 characters still holds 1 or 2 bytes
-        out += binascii.a2b_base64(rest + b"==")
-    if out:
-        yield out
+    tail = decoder.finish()
+    if tail:
+        yield tail
+
+
+# Quoted-printable lines are at most 76 characters (RFC 2045 §6.7 rule 5): a "line" that has not ended
+# after this many octets is decoded up to there rather than held.
+_QP_LONG_LINE = 1 << 16
+# Rule 3: white space at the end of an encoded line was added in transport and is dropped. Linear: a run
+# of blanks is only tried from its first octet (the lookbehind) and never given back (possessive).
+_QP_TRAILING_BLANKS = re.compile(rb"(?<![ \t])[ \t]++(?=\r?\n)")
+
+
+class TransferDecoder:
+    """Undoes one part's Content-Transfer-Encoding (RFC 2045 §6), however its bytes are cut: feed() returns
+    what the bytes so far decode to, finish() the rest. It holds the piece fed plus a bounded carry.
+
+    base64 (§6.8): characters outside the alphabet are ignored, the data ends at the first "=" (padding;
+    `is_done` tells a caller to stop reading), a dangling sixth of a quantum is dropped. quoted-printable
+    (§6.7): trailing white space of a line is dropped (rule 3), so "=" followed by white space ends the
+    line softly (rule 5); escapes that are not two hex digits stay as written. Other encodings (7bit,
+    8bit, binary) pass through. Never raises.
+    """
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding.lower()
+        self.is_done = False
+        self._carry = b""
+
+    def feed(self, data: bytes) -> bytes:
+        if self.is_done:
+            return b""
+        if self.encoding == "base64":
+            text = self._carry + data.translate(None, _NOT_BASE64)
+            padding = text.find(b"=")
+            if padding >= 0:
+                text, self.is_done = text[:padding], True
+            whole = len(text) - len(text) % 4
+            self._carry = text[whole:]
+            return binascii.a2b_base64(text[:whole]) if whole else b""
+        if self.encoding == "quoted-printable":
+            text = self._carry + data
+            cut = text.rfind(b"\n") + 1
+            if not cut and len(text) > _QP_LONG_LINE:
+                cut = len(text) - 2  # never cut inside an "=XX" escape or after a soft-break "="
+                cut -= 1 if text[cut - 1 : cut] == b"=" else 2 if text[cut - 2 : cut - 1] == b"=" else 0
+            self._carry = text[cut:]
+            return binascii.a2b_qp(_QP_TRAILING_BLANKS.sub(b"", text[:cut])) if cut else b""
+        return data
+
+    def finish(self) -> bytes:
+        """What is left: the last line of quoted-printable, the last partial quantum of base64."""
+        rest, self._carry, self.is_done = self._carry, b"", True
+        if self.encoding == "quoted-printable":
+            return binascii.a2b_qp(rest.rstrip(b" \t"))
+        if self.encoding == "base64" and len(rest) >= 2:  # 2 or 3 characters still hold 1 or 2 bytes
+            return binascii.a2b_base64(rest + b"==")
+        return b""
 
 
 def remove_fields(data: bytes, drop: Callable[[bytes, bytes], bool]) -> bytes:

@@ -8,13 +8,14 @@ never refused (issue 8). Nothing here logs; a caller that wants to log calls the
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
+from email.utils import parsedate_to_datetime, parsedate_tz
 from typing import Any, TypeVar
 
-from kartero.mime.addresses import parse_address_list
+from kartero.mime.addresses import EnvelopeAddress, parse_address_list
 from kartero.mime.headers import (
     EMPTY_HEADER,
     HeaderBlock,
@@ -23,7 +24,7 @@ from kartero.mime.headers import (
     find_body_start,
     parse_header_block,
 )
-from kartero.mime.imapform import MAX_LIST_ADDRESSES, NIL, body_forms, envelope, nstring
+from kartero.mime.imapform import NIL, body_forms, envelope, nstring
 from kartero.mime.structure import MAX_HEADER_BYTES, MAX_HEADER_LINES, TEXT_PLAIN, Part, parse_message
 
 T = TypeVar("T")
@@ -36,14 +37,15 @@ class MessageIndex:
     bodystructure: bytes
     parts: str  # JSON part tree, see part_tree()
     subject: str  # decoded and case-folded header values, for SEARCH (RFC 9051 §6.4.4: case-insensitive)
-    from_: str
+    from_: str  # the address fields as "Name <mailbox@host>, group: a@b;", without comments
     to: str
     cc: str
     bcc: str
     message_id: str
-    sent_date: int | None  # unix seconds of the Date header, for SEARCH SENT* and SORT DATE
+    sent_date: int | None  # unix seconds of the Date header, for SORT DATE
+    sent_day: int | None  # the calendar day written in the Date header (00:00 UTC), for SEARCH SENT*
     sort_subject: str  # RFC 5256 base subject, upper-cased
-    sort_from: str  # addr-mailbox of the first address, lower-cased (RFC 5256 §3)
+    sort_from: str  # addr-mailbox of the first ENVELOPE address (a group's name), lower-cased (RFC 5256 §3)
     sort_to: str
     sort_cc: str
 
@@ -61,13 +63,55 @@ def part_tree(part: Part) -> list[Any]:
 
 
 def _first_mailbox(header: HeaderBlock, name: str) -> str:
+    """RFC 5256 §3: the addr-mailbox of the first ENVELOPE address, which for a group is the group's name
+    (RFC 9051 §7.5.2), as Dovecot sorts."""
     value = header.get(name)
     if value is None:
         return ""
-    for address in parse_address_list(value, MAX_LIST_ADDRESSES):
-        if address.host is not None and address.mailbox is not None:
+    for address in parse_address_list(value, 1):
+        if address.mailbox is not None:
             return address.mailbox.decode("utf-8", "replace").lower()
     return ""
+
+
+# SEARCH FROM/TO/CC/BCC read a field of at most this many addresses in its normalised form; a longer one
+# as written (decoded), so no address in it becomes unsearchable and the work stays a step per address.
+MAX_SEARCH_ADDRESSES = 10_000
+
+
+def _address_text(values: list[bytes]) -> str:
+    """Address fields as SEARCH reads them, the way Dovecot writes them back (message_address_write):
+    `Name <mailbox@host>` or `mailbox@host`, `group: a@b, c@d;`, names decoded, comments gone."""
+    out: list[str] = []
+    for value in values:
+        addresses = parse_address_list(value, MAX_SEARCH_ADDRESSES + 1)
+        out.append(_written(addresses) if len(addresses) <= MAX_SEARCH_ADDRESSES else decode_words(value))
+    return ", ".join(out)
+
+
+def _written(addresses: tuple[EnvelopeAddress, ...]) -> str:
+    items: list[str] = []
+    group: list[str] | None = None  # the members of the group being read
+    group_name = ""
+    for address in addresses:
+        if address.host is None:  # a group starts (its name as mailbox) or ends (all NIL): RFC 9051 §7.5.2
+            if group is None and address.mailbox is not None:
+                group_name, group = decode_words(address.mailbox), []
+            elif group is not None:
+                items.append(f"{group_name}: {', '.join(group)};")
+                group = None
+            continue
+        spec = (address.mailbox or b"").decode("utf-8", "replace")
+        if address.host:
+            spec += "@" + address.host.decode("utf-8", "replace")
+        if address.adl:
+            spec = address.adl.decode("utf-8", "replace") + ":" + spec
+        if address.name or address.adl:
+            spec = f"{decode_words(address.name or b'')} <{spec}>".lstrip()
+        (items if group is None else group).append(spec)
+    if group is not None:  # cut off by the limit
+        items.append(f"{group_name}: {', '.join(group)};")
+    return ", ".join(items)
 
 
 def base_subject(subject: str) -> str:
@@ -188,6 +232,21 @@ def _sent_date(value: bytes | None) -> int | None:
         return None
 
 
+def _sent_day(value: bytes | None) -> int | None:
+    """The day the Date header names, time and zone disregarded (RFC 9051 §6.4.4 SENTON: "Sun, 25 Mar 2007
+    00:00:00 +0200" is 25 March), as unix seconds of that day's 00:00 UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = parsedate_tz(value.decode("latin-1"))
+        if parsed is None:
+            return None
+        day = datetime.datetime(parsed[0], parsed[1], parsed[2], tzinfo=datetime.UTC)
+        return int(day.timestamp())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
 def index_message(data: MessageData) -> MessageIndex:
     """The index of any message, `bytes` or an mmap of a spool file: structured_index(), or
     fallback_index() if that fails. Never raises, logs nothing."""
@@ -202,10 +261,6 @@ def structured_index(data: MessageData) -> MessageIndex:
     means a bug (callers that log it then use fallback_index)."""
     root = parse_message(data)
     header = root.header
-
-    def decoded(name: str) -> str:
-        return " ".join(decode_words(v) for v in header.get_all(name)).casefold()
-
     subject = " ".join(decode_words(v) for v in header.get_all("subject"))
     body, bodystructure = body_forms(root, data)
     return MessageIndex(
@@ -214,12 +269,13 @@ def structured_index(data: MessageData) -> MessageIndex:
         bodystructure=bodystructure,
         parts=json.dumps(part_tree(root), separators=(",", ":")),
         subject=subject.casefold(),
-        from_=decoded("from"),
-        to=decoded("to"),
-        cc=decoded("cc"),
-        bcc=decoded("bcc"),
+        from_=_address_text(header.get_all("from")).casefold(),
+        to=_address_text(header.get_all("to")).casefold(),
+        cc=_address_text(header.get_all("cc")).casefold(),
+        bcc=_address_text(header.get_all("bcc")).casefold(),
         message_id=(header.get("message-id") or b"").decode("latin-1").strip(),
         sent_date=_sent_date(header.get("date")),
+        sent_day=_sent_day(header.get("date")),
         sort_subject=base_subject(subject),
         sort_from=_first_mailbox(header, "from"),
         sort_to=_first_mailbox(header, "to"),
@@ -260,6 +316,7 @@ def fallback_index(data: MessageData) -> MessageIndex:
         bcc=decoded("bcc").casefold(),
         message_id=(header.get("message-id") or b"").decode("latin-1").strip(),
         sent_date=_safely(lambda: _sent_date(header.get("date")), None),
+        sent_day=_safely(lambda: _sent_day(header.get("date")), None),
         sort_subject=_safely(lambda: base_subject(subject), ""),
         sort_from=_safely(lambda: _first_mailbox(header, "from"), ""),
         sort_to=_safely(lambda: _first_mailbox(header, "to"), ""),

@@ -283,17 +283,21 @@ def _is_blank(data: MessageData, start: int, end: int) -> bool:
 def find_part(root: Part, section: tuple[int, ...]) -> Part | None:
     """The part a numeric IMAP section names (RFC 9051 §6.4.5), or None when it does not exist.
 
-    For a non-multipart message or part, `1` is its body itself; a message/rfc822 part's numbers
-    continue into the embedded message.
+    A multipart's numbers name its children. A part that is not multipart has only the number 1, itself
+    (so `1` of a single-part message is its body); a message/rfc822 part's further numbers continue in
+    the embedded message, whose single part (or children) come next: `1.1` of a message/rfc822 message
+    is the embedded message's body. Any other part has nothing below it. This is Dovecot's rule
+    (imap_msgpart_find), and what BODYSTRUCTURE describes.
     """
     part = root
-    for number in section:
-        if part.message is not None and not part.children:
-            part = part.message
+    for index, number in enumerate(section):
+        more = index + 1 < len(section)
         if part.children:
             if not 1 <= number <= len(part.children):
                 return None
             part = part.children[number - 1]
-        elif number != 1:
+        elif number != 1 or (more and part.message is None):
             return None
+        if more and part.message is not None:
+            part = part.message
     return part

@@ -82,6 +82,14 @@ class SentDate:
 
 
 @dataclass(frozen=True, slots=True)
+class SavedDate:
+    """The day a message came into its mailbox (RFC 8514); the internal date where that is not known."""
+
+    op: DateOp
+    date: datetime.date
+
+
+@dataclass(frozen=True, slots=True)
 class Uids:
     ranges: tuple[tuple[int, int], ...]  # inclusive (low, high), sorted, not overlapping
 
@@ -161,7 +169,9 @@ class And:
         _check_depth(self, self.criteria)
 
 
-Criterion = All | Flag | Header | Body | Text | Size | InternalDate | SentDate | Uids | ModSeq | Not | Or | And
+Criterion = (
+    All | Flag | Header | Body | Text | Size | InternalDate | SentDate | SavedDate | Uids | ModSeq | Not | Or | And
+)
 
 
 class SortKey(Enum):
@@ -172,9 +182,25 @@ class SortKey(Enum):
     SIZE = "size"
     SUBJECT = "subject"
     TO = "to"
+    DISPLAYFROM = "displayfrom"  # RFC 5957: the display name of the first From mailbox, else its address
+    DISPLAYTO = "displayto"
 
 
 @dataclass(frozen=True, slots=True)
 class Sort:
     key: SortKey
     reverse: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadFields:
+    """What THREAD (RFC 5256) needs of one message: from the index, and the Message-ID, In-Reply-To and
+    References fields from its header block (as written, "" when absent)."""
+
+    uid: int
+    sent_date: int  # the Date: field as UTC seconds, else the internal date (RFC 5256 §2.2)
+    subject: str  # decoded, case-folded
+    base_subject: str  # RFC 5256 §2.1, upper case
+    message_id: str
+    in_reply_to: str
+    references: str

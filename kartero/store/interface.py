@@ -14,7 +14,7 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from kartero.store.criteria import Criterion, Sort
+from kartero.store.criteria import Criterion, Sort, ThreadFields
 
 INBOX = "INBOX"
 # RFC 6154 special-use mailboxes every account gets at creation: (name, attribute).
@@ -115,6 +115,8 @@ class MessageRow:
     body: bytes | None = None
     bodystructure: bytes | None = None
     parts: str | None = None
+    saved_at: int | None = None  # unix seconds it came into this mailbox (RFC 8514); None: stored before
+    # that was kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +419,10 @@ class Store(Protocol):
 
     def sort(self, mailbox_id: int, keys: Sequence[Sort], criterion: Criterion) -> list[int]:
         """UIDs of matching messages in the order of `keys` (ties: ascending UID)."""
+        ...
+
+    def thread_fields(self, mailbox_id: int, criterion: Criterion) -> list[ThreadFields]:
+        """What THREAD needs of the matching messages, in UID order (each header read in bounded windows)."""
         ...
 
     def read_message(self, blob_id: str) -> bytes: ...

@@ -98,6 +98,7 @@ CREATE TABLE IF NOT EXISTS blobs (
     bcc_text TEXT NOT NULL,
     message_id TEXT NOT NULL,
     sent_date INTEGER,
+    sent_day INTEGER,                    -- the day written in Date: (00:00 UTC); NULL: stored before it existed
     sort_subject TEXT NOT NULL,
     sort_from TEXT NOT NULL,
     sort_to TEXT NOT NULL,
@@ -113,6 +114,7 @@ CREATE TABLE IF NOT EXISTS messages (
     internal_date INTEGER NOT NULL,
     flags TEXT NOT NULL DEFAULT '',
     modseq INTEGER NOT NULL,
+    saved_at INTEGER,                    -- when it came into this mailbox (RFC 8514); NULL: stored before
     UNIQUE (mailbox_id, uid)
 );
 CREATE INDEX IF NOT EXISTS messages_blob ON messages (blob_id);
@@ -128,10 +130,14 @@ CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (mailbox_id, modseq);
 # Columns added after the first schema (version 2): what a session that has not yet seen an expunge may
 # still FETCH (the message's body, size, date, flags and MODSEQ, kept until every hold has moved past
 # the expunge; see MailboxOps.hold_expunged).
+# Columns of blobs and messages added since: NULL means "not known for this row", which was stored before
+# the column existed (sent_day: the day written in Date:; saved_at: when it came into its mailbox).
 _ADDED_COLUMNS = {
     "mailboxes": {"first_recent_uid": "INTEGER NOT NULL DEFAULT 1"},
     "expunged": {"blob_id": "TEXT", "size": "INTEGER", "internal_date": "INTEGER", "flags": "TEXT",
-                 "message_modseq": "INTEGER"},
+                 "message_modseq": "INTEGER", "saved_at": "INTEGER"},
+    "blobs": {"sent_day": "INTEGER"},
+    "messages": {"saved_at": "INTEGER"},
 }  # fmt: skip
 _ADDED_INDEXES = """
 CREATE INDEX IF NOT EXISTS expunged_blob ON expunged (blob_id) WHERE blob_id IS NOT NULL;
@@ -387,15 +393,16 @@ class SQLiteStore(MailboxOps, QueueOps):
         self, db: sqlite3.Connection, d: Delivery, ix: MessageIndex, location: tuple[int, int]
     ) -> list[StoredMessage] | StoreError:
         stored: list[StoredMessage] = []
+        now = int(time.time())  # the save date (RFC 8514): delivery and APPEND alike
         db.execute(
             "INSERT INTO blobs (id, segment, offset, size, envelope, created_at, imap_envelope, imap_body,"
             " imap_bodystructure, parts, subject, from_text, to_text, cc_text, bcc_text, message_id, sent_date,"
-            " sort_subject, sort_from, sort_to, sort_cc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-            " ?, ?, ?, ?)",
+            " sent_day, sort_subject, sort_from, sort_to, sort_cc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+            " ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 d.blob_id, location[0], location[1], len(d.data), json.dumps(dict(d.envelope)), d.internal_date,
                 ix.envelope, ix.body, ix.bodystructure, ix.parts, ix.subject, ix.from_, ix.to, ix.cc, ix.bcc,
-                ix.message_id, ix.sent_date, ix.sort_subject, ix.sort_from, ix.sort_to, ix.sort_cc,
+                ix.message_id, ix.sent_date, ix.sent_day, ix.sort_subject, ix.sort_from, ix.sort_to, ix.sort_cc,
             ),
         )  # fmt: skip
         for target in d.targets:
@@ -408,9 +415,9 @@ class SQLiteStore(MailboxOps, QueueOps):
                 continue  # account or mailbox deleted since RCPT; the other targets still get it
             mailbox_id, uid, modseq = row
             db.execute(
-                "INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (mailbox_id, uid, d.blob_id, len(d.data), d.internal_date, format_flags(target.flags), modseq),
+                "INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq, saved_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (mailbox_id, uid, d.blob_id, len(d.data), d.internal_date, format_flags(target.flags), modseq, now),
             )
             stored.append(StoredMessage(target.account_id, mailbox_id, uid, modseq))
         if not stored and d.targets and (d.outbound is None or not d.outbound.recipients):
@@ -935,6 +942,6 @@ def _minimal_index(delivery: Delivery) -> MessageIndex:
         body=body,
         bodystructure=body[:-1] + b" NIL NIL NIL NIL)",
         parts=json.dumps([0, 0, size, "7bit", [], None], separators=(",", ":")),
-        subject="", from_="", to="", cc="", bcc="", message_id="", sent_date=None,
+        subject="", from_="", to="", cc="", bcc="", message_id="", sent_date=None, sent_day=None,
         sort_subject="", sort_from="", sort_to="", sort_cc="",
     )  # fmt: skip

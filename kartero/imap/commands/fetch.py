@@ -3,21 +3,25 @@
 ENVELOPE, BODY and BODYSTRUCTURE were computed at delivery and are copied as stored; body sections are
 slices of the stored bytes located with the part offsets kept beside them, so no message is re-parsed.
 A section that is a plain slice (BODY[], BODY[n], TEXT, HEADER, MIME, RFC822...) is streamed from the
-store in CHUNK-sized reads: memory per FETCH is a constant, whatever the message size (issue 8).
+store in CHUNK-sized reads, and BINARY content (binary.py) is decoded in pieces of that size, twice (its
+size goes first): memory per FETCH is a constant, whatever the message size (issue 8).
+
+A literal (`{n}`) may not hold NUL (RFC 9051 §4.3, CHAR8): like Dovecot, BODY, RFC822 and HEADER.FIELDS
+send a NUL of the stored message as 0x80, so sizes and offsets stay those of BODYSTRUCTURE; BINARY content
+holding a NUL goes out as a literal8 (`~{n}`, RFC 3516 §4.3) with its NULs.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import dataclasses
 import datetime
 import json
-import quopri
 import re
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from kartero.imap.commands.binary import UnknownEncoding, binary_chunks, binary_pieces
 from kartero.imap.commands.view import (
     CHUNK,
     Done,
@@ -39,11 +43,7 @@ from kartero.store.interface import FlagOp, MessageReader, MessageRow, StoreErro
 Handler = Generator[bytes, None, Done]
 _NEEDS_INDEX = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE"})
 _SETS_SEEN = frozenset({"RFC822", "RFC822.TEXT"})
-_IDENTITY_ENCODINGS = frozenset({"", "7bit", "8bit", "binary"})
-
-
-class UnknownEncoding(Exception):
-    pass
+_NEEDS_BYTES = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,24 +65,54 @@ def internal_date(seconds: int) -> str:
     return f"{moment.day:2d}-{moment.strftime('%b')}-{moment.year:04d} {moment.strftime('%H:%M:%S')} +0000"
 
 
-def _literal(data: bytes, *, binary: bool = False) -> bytes:
-    if binary and b"\0" in data:
-        return b"~{%d}\r\n" % len(data) + data
-    return b"{%d}\r\n" % len(data) + data
+@dataclass(frozen=True, slots=True)
+class Literal:
+    """An item whose value goes out as a literal streamed a chunk at a time: `size` octets from
+    `chunks()`, as a literal8 (`~{n}`) when `is_binary`."""
+
+    name: bytes
+    size: int
+    is_binary: bool
+    chunks: Callable[[], Iterator[bytes]]
+
+
+def _without_nul(data: bytes) -> bytes:
+    """CHAR8 excludes NUL: Dovecot sends it as 0x80 in literals (imap-msgpart.c, i_stream_create_nonuls)."""
+    return data.replace(b"\0", b"\x80")
+
+
+def _literal(data: bytes) -> bytes:
+    return b"{%d}\r\n" % len(data) + _without_nul(data)
+
+
+def _clipped(chunks: Iterator[bytes], origin: int, count: int) -> Iterator[bytes]:
+    """The octets [origin, origin + count) of the content `chunks` yields."""
+    skip, left = origin, count
+    for chunk in chunks:
+        if skip >= len(chunk):
+            skip -= len(chunk)
+            continue
+        chunk, skip = chunk[skip:], 0
+        if len(chunk) >= left:
+            yield chunk[:left]
+            return
+        left -= len(chunk)
+        yield chunk
 
 
 def _locate(tree: list[Any], path: tuple[int, ...]) -> list[Any] | None:
-    """The part-tree node a section path names (see kartero.mime.structure.find_part)."""
+    """The part-tree node a section path names, or None (see kartero.mime.structure.find_part)."""
     node = tree
-    for number in path:
-        if node[5] is not None and not node[4]:
-            node = node[5]
+    for index, number in enumerate(path):
+        more = index + 1 < len(path)
         if node[4]:
             if not 1 <= number <= len(node[4]):
                 return None
             node = node[4][number - 1]
-        elif number != 1:
+        elif number != 1 or (more and node[5] is None):
             return None
+        if more and node[5] is not None:
+            node = node[5]
     return node
 
 
@@ -107,19 +137,6 @@ def _filter_header(block: bytes, fields: tuple[str, ...], *, keep: bool) -> byte
         if include:
             out += line
     return bytes(out) + b"\r\n"
-
-
-def _decode(data: bytes, encoding: str) -> bytes:
-    if encoding in _IDENTITY_ENCODINGS:
-        return data
-    try:
-        if encoding == "base64":
-            return base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", data) + b"==", validate=False)
-        if encoding == "quoted-printable":
-            return quopri.decodestring(data)
-    except (binascii.Error, ValueError):
-        raise UnknownEncoding(encoding) from None
-    raise UnknownEncoding(encoding)
 
 
 class _Message:
@@ -158,6 +175,21 @@ class _Message:
         assert self._reader is not None
         return self._reader.read(span.start, span.end - span.start)
 
+    def _read(self, start: int, end: int) -> bytes:
+        data = self.read(Span(start, end))
+        if len(data) != end - start:
+            raise StoreError(f"message {self.row.blob_id} is shorter than its size")
+        return data
+
+    def streamed(self, name: bytes, span: Span) -> Literal:
+        """A span of the stored message as a literal, read a CHUNK at a time, NULs sent as 0x80."""
+
+        def chunks() -> Iterator[bytes]:
+            for start in range(span.start, span.end, CHUNK):
+                yield _without_nul(self._read(start, min(span.end, start + CHUNK)))
+
+        return Literal(name, span.end - span.start, False, chunks)
+
     def header_span(self) -> Span:
         return Span(0, self.tree[1])
 
@@ -192,26 +224,32 @@ class _Message:
             return _filter_header(self.read(header), section.fields, keep=False)
         return Span(node[1], node[2])  # TEXT
 
-    def binary(self, section: Section) -> bytes | None:
-        node = self.tree if not section.part else _locate(self.tree, section.part)
-        if node is None:
-            return None
-        body = self.read(Span(node[1], node[2]))
-        if node[4] or node[5] is not None:
-            return body  # multipart or message: no transfer encoding to undo
-        return _decode(body, node[3])
+    def binary(self, item: BodyItem) -> bytes | Literal:
+        """BINARY[...] (a Literal) or BINARY.SIZE[...] (the rendered item) of a section: its content is
+        read once for the size and whether it holds NUL, and again when it is sent. A part that does
+        not exist is empty. Raises UnknownEncoding."""
+        name = item.response_name().encode()
+        node = self.tree if not item.section.part else _locate(self.tree, item.section.part)
+        pieces = [] if node is None else binary_pieces(node, with_header=not item.section.part)
+
+        def chunks() -> Iterator[bytes]:
+            content = binary_chunks(self._read, pieces)
+            return content if item.partial is None else _clipped(content, *item.partial)
+
+        size, has_nul = 0, False
+        for chunk in chunks():
+            size += len(chunk)
+            has_nul = has_nul or b"\0" in chunk
+        if item.kind == "BINARY.SIZE":
+            return name + b" %d" % size
+        return Literal(name, size, has_nul, chunks)
 
 
-def _body_item(message: _Message, item: BodyItem) -> bytes | tuple[bytes, Span] | None:
-    """The rendered item, or (its name, the span to stream as a literal) for a plain slice."""
-    data: Span | bytes | None
-    if item.kind == "BODY":
-        data = message.section(item.section)
-    elif item.kind == "BINARY.SIZE":
-        data = message.binary(item.section)
-        return None if data is None else f"{item.response_name()} {len(data)}".encode()
-    else:
-        data = message.binary(item.section)
+def _body_item(message: _Message, item: BodyItem) -> bytes | Literal:
+    """The rendered item, or a Literal to stream."""
+    if item.kind != "BODY":
+        return message.binary(item)
+    data = message.section(item.section)
     if data is None:
         data = b""
     if item.partial is not None:
@@ -219,8 +257,8 @@ def _body_item(message: _Message, item: BodyItem) -> bytes | tuple[bytes, Span] 
         data = data.clip(origin, count) if isinstance(data, Span) else data[origin : origin + count]
     name = item.response_name().encode()
     if isinstance(data, Span):
-        return name, data
-    return name + b" " + _literal(data, binary=item.kind == "BINARY")
+        return message.streamed(name, data)
+    return name + b" " + _literal(data)
 
 
 def _needs_index(cmd: Fetch) -> bool:
@@ -281,9 +319,7 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
         if unseen:
             changed, _ = store.update_flags(view.mailbox_id, unseen, FlagOp.ADD, frozenset({"\\Seen"}), None)
             for row in changed:
-                old = rows[row.uid]
-                rows[row.uid] = type(old)(row.uid, row.flags, row.modseq, old.size, old.internal_date, old.blob_id,
-                                          old.envelope, old.body, old.bodystructure, old.parts)  # fmt: skip
+                rows[row.uid] = dataclasses.replace(rows[row.uid], flags=row.flags, modseq=row.modseq)
                 view.own_changes[row.uid] = row.modseq
                 flags_changed.add(row.uid)
     yield from keyword_lines(view, rows.values())
@@ -304,6 +340,7 @@ def _responses(
     flags_changed: set[int],
 ) -> Generator[bytes, None, None]:  # fmt: skip
     items = list(cmd.items)
+    needs_bytes = any(isinstance(item, BodyItem) or item in _NEEDS_BYTES for item in items)
     with_uid = cmd.is_uid and "UID" not in items
     with_modseq = (cmd.changed_since is not None or (session.uses_condstore() and bool(flags_changed))) and (
         "MODSEQ" not in items
@@ -314,15 +351,18 @@ def _responses(
             continue
         message = _Message(session, row)
         try:
-            parts: list[bytes | tuple[bytes, Span]] = []
+            if needs_bytes:
+                try:
+                    message.open()
+                except StoreError:
+                    continue  # expunged by another session since the rows were read: nothing sent yet
+            parts: list[bytes | Literal] = []
             if with_uid:
                 parts.append(b"UID %d" % uid)
             has_flags = False
             for item in items:
                 if isinstance(item, BodyItem):
-                    rendered = _body_item(message, item)
-                    if rendered is not None:
-                        parts.append(rendered)
+                    parts.append(_body_item(message, item))
                     continue
                 match item:
                     case "UID":
@@ -343,41 +383,37 @@ def _responses(
                     case "MODSEQ":
                         parts.append(b"MODSEQ (%d)" % row.modseq)
                     case "RFC822":
-                        parts.append((b"RFC822", message.whole))
+                        parts.append(message.streamed(b"RFC822", message.whole))
                     case "RFC822.HEADER":
-                        parts.append((b"RFC822.HEADER", message.header_span()))
+                        parts.append(message.streamed(b"RFC822.HEADER", message.header_span()))
                     case "RFC822.TEXT":
-                        parts.append((b"RFC822.TEXT", message.text_span()))
-                    case "SAVEDATE":
-                        parts.append(b"SAVEDATE NIL")
+                        parts.append(message.streamed(b"RFC822.TEXT", message.text_span()))
+                    case "SAVEDATE":  # RFC 8514: NIL for a message stored before save dates were kept
+                        saved = "NIL" if row.saved_at is None else f'"{internal_date(row.saved_at)}"'
+                        parts.append(f"SAVEDATE {saved}".encode())
             if uid in flags_changed and not has_flags:
                 parts.append(f"FLAGS {format_flags(session.shown_flags(view, row))}".encode())
             if with_modseq:
                 parts.append(b"MODSEQ (%d)" % row.modseq)
-            if any(isinstance(part, tuple) for part in parts):
-                try:
-                    message.open()
-                except StoreError:
-                    continue  # expunged by another session since the rows were read: nothing sent yet
-            yield from _render(message, b"* %d FETCH (" % seq, parts)
+            yield from _render(b"* %d FETCH (" % seq, parts)
         finally:
             message.close()
 
 
-def _render(message: _Message, head: bytes, parts: list[bytes | tuple[bytes, Span]]) -> Generator[bytes, None, None]:
-    """One FETCH response: items joined by spaces, spans streamed as literals a CHUNK at a time."""
+def _render(head: bytes, parts: list[bytes | Literal]) -> Generator[bytes, None, None]:
+    """One FETCH response: items joined by spaces, literals streamed a chunk at a time."""
     pending = head
     for i, part in enumerate(parts):
         separator = b" " if i else b""
         if isinstance(part, bytes):
             pending += separator + part
             continue
-        name, span = part
-        yield pending + separator + name + b" {%d}\r\n" % (span.end - span.start)
+        yield pending + separator + part.name + (b" ~{%d}\r\n" if part.is_binary else b" {%d}\r\n") % part.size
         pending = b""
-        for start in range(span.start, span.end, CHUNK):
-            chunk = message.read(Span(start, min(span.end, start + CHUNK)))
-            if len(chunk) != min(span.end, start + CHUNK) - start:
-                raise StoreError(f"message {message.row.blob_id} is shorter than its size")
+        sent = 0
+        for chunk in part.chunks():
+            sent += len(chunk)
             yield chunk
+        if sent != part.size:
+            raise StoreError(f"{part.name!r} sent {sent} octets of {part.size}")
     yield pending + b")\r\n"

@@ -1,14 +1,28 @@
-"""SEARCH, UID SEARCH (RFC 9051 §6.4.4, ESEARCH RFC 4731, SEARCHRES RFC 5182, CONDSTORE) and SORT
-(RFC 5256). IMAP keys become store criteria here; sequence numbers become UIDs through the view."""
+"""SEARCH, UID SEARCH (RFC 9051 §6.4.4, ESEARCH RFC 4731, SEARCHRES RFC 5182, CONDSTORE), SORT and THREAD
+(RFC 5256, SORT=DISPLAY RFC 5957). IMAP keys become store criteria here; sequence numbers become UIDs
+through the view."""
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Generator
 
+from kartero.imap import thread as rfc5256
 from kartero.imap.commands.view import Done, Session, View, chunked, enable_condstore, format_set, sync
 from kartero.imap.response import Status
-from kartero.imap.syntax import STAR, SAnd, Search, SearchKey, SeqKey, SequenceSet, SKey, SNot, SOr, SortCommand
+from kartero.imap.syntax import (
+    STAR,
+    SAnd,
+    Search,
+    SearchKey,
+    SeqKey,
+    SequenceSet,
+    SKey,
+    SNot,
+    SOr,
+    SortCommand,
+    ThreadCommand,
+)
 from kartero.store import criteria as c
 
 Handler = Generator[bytes, None, Done]
@@ -99,6 +113,8 @@ def _leaf(name: str, args: tuple[object, ...]) -> c.Criterion:
     assert isinstance(date, datetime.date)
     if name.startswith("SENT"):
         return c.SentDate(_DATE_OPS[name[4:]], date)
+    if name.startswith("SAVED"):
+        return c.SavedDate(_DATE_OPS[name[5:]], date)
     return c.InternalDate(_DATE_OPS[name], date)
 
 
@@ -179,3 +195,28 @@ def sort(session: Session, cmd: SortCommand) -> Handler:
     yield ("* SORT" + "".join(f" {n}" for n in numbers) + "\r\n").encode()
     yield from chunked(sync(session, allow_expunge=cmd.is_uid))
     return Done(Status.OK, "UID SORT completed" if cmd.is_uid else "SORT completed")
+
+
+def thread(session: Session, cmd: ThreadCommand) -> Handler:
+    """THREAD (RFC 5256): the store reads each match's subject, dates and reference fields (in this
+    worker thread, a header at a time); the threading itself is kartero.imap.thread."""
+    view = session.selected
+    assert view is not None
+    if cmd.charset not in CHARSETS:
+        return Done(Status.NO, "Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
+    criterion = to_criterion(session, view, cmd.key)
+    messages = []
+    for fields in session.store.thread_fields(view.mailbox_id, criterion):
+        seq = view.seq_of(fields.uid)
+        if seq is None:
+            continue
+        references = rfc5256.message_ids(fields.references) or rfc5256.message_ids(fields.in_reply_to)[:1]
+        own_id = rfc5256.message_ids(fields.message_id)[:1]
+        messages.append(rfc5256.ThreadMessage(
+            fields.uid if cmd.is_uid else seq, fields.sent_date, fields.base_subject,
+            rfc5256.is_reply_or_forward(fields.subject), own_id[0] if own_id else "", tuple(references),
+        ))  # fmt: skip
+    threads = rfc5256.references(messages) if cmd.algorithm == "REFERENCES" else rfc5256.ordered_subject(messages)
+    yield f"* THREAD {rfc5256.format_threads(threads)}".rstrip().encode() + b"\r\n"
+    yield from chunked(sync(session, allow_expunge=cmd.is_uid))
+    return Done(Status.OK, "UID THREAD completed" if cmd.is_uid else "THREAD completed")

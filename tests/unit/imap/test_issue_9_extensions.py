@@ -1,326 +1,107 @@
-"""Issue 9: the session extensions UNAUTHENTICATE (RFC 8437), MULTIAPPEND (RFC 3502) and NOTIFY (RFC 5465),
-as transcripts after their RFCs' examples, over a real store."""
+"""Issue 9, extensions: SAVEDATE (RFC 8514), OBJECTID (RFC 8474), PREVIEW (RFC 8970), in the shape of their
+RFCs' examples, over a real store."""
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from kartero.imap.commands import notify
-from kartero.imap.connection import APPEND_PIECE, AppendData, CommandReady, ImapConnection, LoginRequested
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, DeliveryTarget
 from kartero.store.sqlite import SQLiteStore
-from tests.unit.imap.harness import SETTINGS, Client, play
-from tests.unit.mime import corpus
+from tests.unit.imap.harness import Client
 
-WHEN = 1795687200  # 2026-11-26 10:00:00 UTC
+WHEN = 1795687200  # 26-Nov-2026 10:00:00 UTC: the internal date of delivered mail
+DEC_28 = 1514459065  # 28-Dec-2017 11:04:25 UTC
+DEC_29 = DEC_28 + 86400
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s = SQLiteStore(tmp_path / "data")
     s.add_account("bob@example.test", "unused")
-    s.add_account("alice@example.test", "unused")
     s.start()
     yield s
     s.close()
 
 
-def deliver(store: SQLiteStore, mailbox: str = "INBOX", account_id: int = 1) -> None:
-    target = DeliveryTarget(account_id, mailbox)
-    store.deliver(Delivery(new_message_id(), corpus.PLAIN, (target,), WHEN)).result(10)
+def deliver(store: SQLiteStore, *messages: bytes) -> None:
+    account = store.get_account("bob@example.test")
+    assert account is not None
+    for data in messages:
+        store.deliver(Delivery(new_message_id(), data, (DeliveryTarget(account.id),), WHEN)).result(10)
 
 
 def client(store: SQLiteStore) -> Client:
     c = Client(store=store)
     c.login()
+    c.select()
     return c
 
 
-def uidvalidity(store: SQLiteStore, name: str) -> int:
-    mailbox = store.get_mailbox(1, name)
-    assert mailbox is not None
-    return mailbox.uidvalidity
+def clock(monkeypatch: pytest.MonkeyPatch, now: int) -> None:
+    monkeypatch.setattr(time, "time", lambda: float(now))
 
 
-# -- UNAUTHENTICATE (RFC 8437) -------------------------------------------------------------------------------
+MESSAGE = b"From: a@example.org\r\nSubject: hello\r\n\r\nHello there.\r\n"
 
 
-def test_issue_9_unauthenticate_is_advertised_after_login(store: SQLiteStore) -> None:
-    c = Client(store=store)
-    assert b"UNAUTHENTICATE" not in c.greeting
-    assert b" UNAUTHENTICATE " in c.command("a LOGIN bob@example.test pw")[-1]
+# -- SAVEDATE (RFC 8514) -------------------------------------------------------------------------------------
 
 
-def test_issue_9_unauthenticate_returns_to_not_authenticated(store: SQLiteStore) -> None:
-    deliver(store)
-    play(lambda: Client(store=store), """
-        S~ \\* OK \\[CAPABILITY .*\\] imap.example.test Kartero IMAP4rev2 ready
-        C: a LOGIN bob@example.test pw
-        S~ a OK \\[CAPABILITY .*\\] Logged in
-        C: b ENABLE CONDSTORE
-        S: * ENABLED CONDSTORE
-        S: b OK ENABLE completed
-        C: c EXAMINE INBOX
-        S~ \\* .*
-        S~ \\* .*
-        S~ \\* .*
-        S~ \\* .*
-        S~ \\* .*
-        S~ \\* .*
-        S~ \\* .*
-        S~ \\* .*
-        S: c OK [READ-ONLY] EXAMINE completed
-        C: d UNAUTHENTICATE
-        S: d OK UNAUTHENTICATE completed
-        C: e FETCH 1 FLAGS
-        S: e BAD FETCH not allowed now
-        C: f SELECT INBOX
-        S: f BAD SELECT not allowed now
-        C: g LOGIN alice@example.test pw
-        S~ g OK \\[CAPABILITY .*\\] Logged in
-        C: h ENABLE CONDSTORE
-        S: * ENABLED CONDSTORE
-        S: h OK ENABLE completed
-        C: i STATUS INBOX (MESSAGES)
-        S: * STATUS "INBOX" (MESSAGES 0)
-        S: i OK STATUS completed
-    """)  # fmt: skip
-
-
-def test_issue_9_unauthenticate_lets_go_of_the_selected_mailbox(store: SQLiteStore) -> None:
-    deliver(store)
-    one, two = client(store), client(store)
-    two.select()
-    one.select()
-    one.command("a STORE 1 +FLAGS.SILENT (\\Deleted)")
-    one.command("b EXPUNGE")
-    assert store.message_rows(1, [1], expunged=True) != []  # kept while session two shows it
-    assert two.command("c UNAUTHENTICATE") == [b"c OK UNAUTHENTICATE completed\r\n"]
-    deliver(store, "Archive")  # the committer has let it go meanwhile
-    assert store.message_rows(1, [1], expunged=True) == []
-
-
-# -- MULTIAPPEND (RFC 3502) -----------------------------------------------------------------------------------
-
-FIRST = (
-    b"Date: Mon, 7 Feb 1994 21:52:25 -0800 (PST)\r\nFrom: Fred Foobar <foobar@Blurdybloop.example.COM>\r\n"
-    b"Subject: afternoon meeting\r\nTo: mooch@owatagu.siam.edu\r\n\r\nHello Joe, do you think we can meet at 3:30?\r\n"
-)
-SECOND = (
-    b"Date: Mon, 7 Feb 1994 22:43:04 -0800 (PST)\r\nFrom: Joe Mooch <mooch@OWaTaGu.siam.EDU>\r\n"
-    b"Subject: Re: afternoon meeting\r\nTo: foobar@blurdybloop.example.com\r\n\r\n3:30 is fine with me.\r\n"
-)
-
-
-def test_issue_9_multiappend_rfc_3502_example(store: SQLiteStore) -> None:
-    store.create_mailbox(1, "saved-messages")
-    v = uidvalidity(store, "saved-messages")
-    between = b' (\\Seen) " 7-Feb-1994 22:43:04 -0800" {%d}\r\n' % len(SECOND)
-    play(lambda: Client(store=store), f"""
-        S~ \\* OK .* ready
-        C: l LOGIN bob@example.test pw
-        S~ l OK .*
-        C: A003 APPEND saved-messages (\\Seen) {{{len(FIRST)}}}
-        S: + Ready for literal data
-        C! {FIRST!r}
-        C! {between!r}
-        S: + Ready for literal data
-        C! {SECOND!r}
-        C:
-        S: A003 OK [APPENDUID {v} 1:2] APPEND completed
-        C: A004 APPEND unknown-mailbox {{1+}}
-        C: x {{1+}}
-        C: y
-        S: A004 NO [TRYCREATE] No such mailbox
-    """, bytewise_too=False)  # fmt: skip
+def test_issue_9_savedate_is_when_a_message_came_into_its_mailbox(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock(monkeypatch, DEC_28)
+    deliver(store, MESSAGE, MESSAGE)
     c = client(store)
-    c.command("a EXAMINE saved-messages")
-    assert c.command("b FETCH 1:2 (FLAGS RFC822.SIZE)")[:2] == [
-        b"* 1 FETCH (FLAGS (\\Recent \\Seen) RFC822.SIZE %d)\r\n" % len(FIRST),
-        b"* 2 FETCH (FLAGS (\\Recent \\Seen) RFC822.SIZE %d)\r\n" % len(SECOND),
+    assert "SAVEDATE" in c.command("c CAPABILITY")[0].decode()
+    # RFC 8514 §3's example, with our dates: the save date, not the internal date.
+    assert c.command("A101 FETCH 1 (SAVEDATE)") == [
+        b'* 1 FETCH (SAVEDATE "28-Dec-2017 11:04:25 +0000")\r\n',
+        b"A101 OK FETCH completed\r\n",
     ]
-    assert c.command("b2 FETCH 2 INTERNALDATE")[0] == b'* 2 FETCH (INTERNALDATE " 8-Feb-1994 06:43:04 +0000")\r\n'
-    assert c.command("c FETCH 2 BODY.PEEK[]")[1:3] == [line + b"\r\n" for line in SECOND.split(b"\r\n")[:2]]
+    clock(monkeypatch, DEC_29)
+    assert c.command("m1 COPY 2 Archive")[-1].startswith(b"m1 OK [COPYUID ")
+    assert c.command('a1 APPEND INBOX "01-Jan-2001 00:00:00 +0000" {5}\r\nhello')[-1].startswith(b"a1 OK")
+    c.command("n NOOP")
+    assert c.command("A102 SEARCH SAVEDON 28-Dec-2017") == [b"* SEARCH 1 2\r\n", b"A102 OK SEARCH completed\r\n"]
+    assert c.command("A103 SEARCH SAVEDSINCE 29-Dec-2017")[0] == b"* SEARCH 3\r\n"
+    assert c.command("A104 SEARCH SAVEDBEFORE 29-Dec-2017")[0] == b"* SEARCH 1 2\r\n"
+    assert c.command("A105 SEARCH SAVEDATESUPPORTED")[0] == b"* SEARCH 1 2 3\r\n"
+    assert c.command('A106 SEARCH OR SAVEDON 29-Dec-2017 BODY "no such text"')[0] == b"* SEARCH 3\r\n"
+    assert c.command("A107 FETCH 3 (INTERNALDATE SAVEDATE)")[0] == (
+        b'* 3 FETCH (INTERNALDATE " 1-Jan-2001 00:00:00 +0000" SAVEDATE "29-Dec-2017 11:04:25 +0000")\r\n'
+    )
+    c.command("x EXAMINE Archive")
+    assert c.command("A108 FETCH 1 (SAVEDATE)")[0] == b'* 1 FETCH (SAVEDATE "29-Dec-2017 11:04:25 +0000")\r\n'
 
 
-def test_issue_9_multiappend_into_the_selected_mailbox_reports_exists(store: SQLiteStore) -> None:
-    c = client(store)
-    c.command("e ENABLE IMAP4rev2")
-    c.select()
-    lines = c.command(f"a APPEND INBOX {{{len(FIRST)}+}}\r\n{FIRST.decode()} {{{len(SECOND)}+}}\r\n{SECOND.decode()}")
-    assert lines == [b"* 2 EXISTS\r\n", b"a OK [APPENDUID %d 1:2] APPEND completed\r\n" % uidvalidity(store, "INBOX")]
-
-
-def test_issue_9_multiappend_is_all_or_nothing(tmp_path: Path) -> None:
+def test_issue_9_messages_stored_before_savedate_have_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database from before gets the column; its messages answer NIL and are searched by internal date."""
     store = SQLiteStore(tmp_path / "data")
     store.add_account("bob@example.test", "unused")
     store.start()
+    deliver(store, MESSAGE)
+    store.close()
+    db = sqlite3.connect(tmp_path / "data" / "kartero.db")
+    db.execute("ALTER TABLE messages DROP COLUMN saved_at")
+    db.commit()
+    db.close()
+    store = SQLiteStore(tmp_path / "data")
+    store.start()
     try:
-        c = client(store)  # APPENDLIMIT 100000 in the harness
-        # The second message is over the limit: the command fails and the first is not stored either.
-        assert c.command(f"a APPEND INBOX {{{len(FIRST)}+}}\r\n{FIRST.decode()} {{200000}}") == [
-            b"a NO [TOOBIG] Literal too large (100000 octets allowed)\r\n"
+        clock(monkeypatch, DEC_28)
+        deliver(store, MESSAGE)
+        c = client(store)
+        assert c.command("f FETCH 1:2 (SAVEDATE)")[:2] == [
+            b"* 1 FETCH (SAVEDATE NIL)\r\n",
+            b'* 2 FETCH (SAVEDATE "28-Dec-2017 11:04:25 +0000")\r\n',
         ]
-        # The messages together may take 4 x APPENDLIMIT (one spool file per command bounds the disk).
-        small = b"x" * 90000
-        out = c.send(b"b APPEND INBOX" + b" {90000+}\r\n" * 1 + small + b" {90000+}\r\n" + small + b"\r\n")
-        assert out.startswith(b"b OK [APPENDUID")
-        many = b"c APPEND INBOX" + (b" {90000+}\r\n" + small) * 16 + b" {90000}\r\n"
-        assert c.send(many) == b"c NO [TOOBIG] Literal too large (100000 octets allowed)\r\n"  # 17 x 90000
-        assert store.mailbox_status(1).messages == 2
+        assert c.command("s SEARCH SAVEDON 26-Nov-2026")[0] == b"* SEARCH 1\r\n"
     finally:
         store.close()
-
-
-def test_issue_9_multiappend_spools_each_large_message_to_one_file() -> None:
-    """Past 1 MiB in memory, an APPEND's messages leave the core in AppendData pieces, back to back in the
-    adapter's one spool file; the command says how large each spooled message is."""
-    conn = ImapConnection(replace(SETTINGS, append_limit=5_000_000), is_loopback=True)
-    conn.start()
-    conn.receive_data(b"l LOGIN bob@example.test pw\r\n")
-    assert isinstance(conn.next_event(), LoginRequested)
-    conn.login_result("l", "bob@example.test")
-    big, small, middle = b"a" * 1_500_000, b"b" * 600_000, b"c" * 700_000
-    conn.receive_data(b"x APPEND INBOX {1500000+}\r\n" + big + b" {600000+}\r\n" + small)
-    conn.receive_data(b" (\\Seen) {700000+}\r\n" + middle + b"\r\n")
-    pieces: list[AppendData] = []
-    while isinstance(event := conn.next_event(), AppendData):
-        pieces.append(event)
-    assert isinstance(event, CommandReady)
-    assert [m.spooled for m in event.command.messages] == [1_500_000, 0, 700_000]  # type: ignore[union-attr]
-    assert event.command.messages[1].data == small  # type: ignore[union-attr]
-    assert b"".join(p.data for p in pieces) == big + middle
-    assert [p.is_first for p in pieces].count(True) == 1 and pieces[0].is_first
-    assert max(len(p.data) for p in pieces) <= APPEND_PIECE
-
-
-# -- NOTIFY (RFC 5465) ---------------------------------------------------------------------------------------
-
-
-def push(c: Client, *mailboxes: str, names: bool = False) -> list[bytes]:
-    """What the adapter sends a NOTIFY session between commands once the store announced changes to
-    `mailboxes` (and to the account's mailbox list when `names`)."""
-    assert c.session is not None
-    ids = frozenset(m.id for m in c.store.list_mailboxes(1) if m.name in mailboxes)  # type: ignore[union-attr]
-    return b"".join(notify.updates(c.session, ids, names_changed=names)).splitlines(keepends=True)
-
-
-def test_issue_9_notify_rfc_5465_example(store: SQLiteStore) -> None:
-    for name in ("Lists", "Lists/Lemonade", "Other"):
-        store.create_mailbox(1, name)
-    deliver(store, "Lists/Lemonade")
-    c = client(store)
-    c.command("e ENABLE IMAP4rev2")
-    c.select()
-    lists, lemonade = uidvalidity(store, "Lists"), uidvalidity(store, "Lists/Lemonade")
-    assert c.command(
-        "a NOTIFY SET STATUS (SELECTED (MessageNew (UID BODY.PEEK[HEADER.FIELDS (From Subject)]) MessageExpunge))"
-        " (SUBTREE Lists (MessageNew MessageExpunge))"
-    ) == [
-        b'* STATUS "Lists" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY %d UNSEEN 0)\r\n' % lists,
-        b'* STATUS "Lists/Lemonade" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 1)\r\n' % lemonade,
-        b"a OK NOTIFY completed\r\n",
-    ]
-    # New mail in the selected mailbox: EXISTS, then the FETCH MessageNew asked for, with no command.
-    deliver(store)
-    header = b"From: Alice Example <alice@example.org>\r\nSubject: Quarterly report\r\n\r\n"
-    assert push(c, "INBOX") == [
-        b"* 1 EXISTS\r\n",
-        b"* 1 FETCH (UID 1 BODY[HEADER.FIELDS (FROM SUBJECT)] {%d}\r\n" % len(header),
-        *header.splitlines(keepends=True),
-        b")\r\n",
-    ]
-    # In a watched mailbox: STATUS; in one that is not watched: nothing.
-    deliver(store, "Lists/Lemonade")
-    deliver(store, "Other")
-    assert push(c, "Lists/Lemonade", "Other") == [
-        b'* STATUS "Lists/Lemonade" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY %d UNSEEN 2)\r\n' % lemonade
-    ]
-    assert push(c, "Lists/Lemonade") == []  # nothing new since
-    # An expunge elsewhere reaches the selected mailbox between commands (SELECTED, not -DELAYED).
-    other = client(store)
-    other.select()
-    other.command("b STORE 1 +FLAGS.SILENT (\\Deleted)")
-    other.command("c EXPUNGE")
-    assert push(c, "INBOX") == [b"* 1 EXPUNGE\r\n"]
-    assert c.command("d NOTIFY NONE") == [b"d OK NOTIFY completed\r\n"]
-    deliver(store)
-    assert push(c, "INBOX") == []
-
-
-def test_issue_9_notify_selected_delayed_holds_expunges_for_a_command(store: SQLiteStore) -> None:
-    deliver(store)
-    deliver(store)
-    c, other = client(store), client(store)
-    c.command("e ENABLE IMAP4rev2")
-    c.select()
-    other.select()
-    assert c.command("a NOTIFY SET (SELECTED-DELAYED (MessageNew MessageExpunge FlagChange))") == [
-        b"a OK NOTIFY completed\r\n"
-    ]
-    other.command("b STORE 1 +FLAGS (\\Deleted)")
-    other.command("c EXPUNGE")
-    deliver(store)
-    assert push(c, "INBOX") == [b"* 3 EXISTS\r\n"]  # the expunge waits for a command that may report it
-    assert c.command("d NOOP") == [b"* 1 EXPUNGE\r\n", b"d OK NOOP completed\r\n"]
-
-
-def test_issue_9_notify_flag_changes_elsewhere_and_condstore(store: SQLiteStore) -> None:
-    store.create_mailbox(1, "Work")
-    deliver(store, "Work")
-    c, other = client(store), client(store)
-    c.command("e ENABLE CONDSTORE")
-    assert c.command("a NOTIFY SET (MAILBOXES (Work) (MessageNew MessageExpunge FlagChange))") == [
-        b"a OK NOTIFY completed\r\n"
-    ]
-    other.select("Work")
-    other.command("b STORE 1 +FLAGS (\\Seen)")
-    assert push(c, "Work") == [b'* STATUS "Work" (UIDVALIDITY %d UNSEEN 0 HIGHESTMODSEQ 3)\r\n' % (
-        uidvalidity(store, "Work"))]  # fmt: skip
-    # The session's own APPEND is not reported back to it.
-    assert c.command("c APPEND Work {1+}\r\nx")[-1].startswith(b"c OK [APPENDUID")
-    assert push(c, "Work") == []
-
-
-def test_issue_9_notify_mailbox_names_and_subscriptions(store: SQLiteStore) -> None:
-    c, other = client(store), client(store)
-    assert c.command("a NOTIFY SET (PERSONAL (MailboxName SubscriptionChange))") == [b"a OK NOTIFY completed\r\n"]
-    other.command("b CREATE Projects")
-    other.command("c SUBSCRIBE Projects")
-    assert push(c, names=True) == [b'* LIST () "/" "Projects"\r\n', b'* LIST (\\Subscribed) "/" "Projects"\r\n']
-    other.command("d RENAME Projects Clients")
-    assert push(c, names=True) == [
-        b'* LIST () "/" "Clients" ("OLDNAME" ("Projects"))\r\n',
-        b'* LIST (\\Subscribed) "/" "Clients"\r\n',
-        b'* LIST () "/" "Projects"\r\n',
-    ]
-    other.command("e UNSUBSCRIBE Clients")
-    other.command("f DELETE Clients")
-    assert push(c, names=True) == [b'* LIST (\\NonExistent) "/" "Clients"\r\n', b'* LIST () "/" "Clients"\r\n']
-    # The session's own changes are not reported back to it.
-    c.command("g CREATE Mine")
-    assert push(c, names=True) == []
-
-
-@pytest.mark.parametrize(
-    ("command", "reply"),
-    [
-        ("NOTIFY SET (PERSONAL (MailboxMetadataChange))",
-         "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)] Unsupported event"),
-        ("NOTIFY SET (PERSONAL (MessageNew))", "BAD MessageNew and MessageExpunge must be given together"),
-        ("NOTIFY SET (PERSONAL (FlagChange))", "BAD FlagChange needs MessageNew and MessageExpunge"),
-        ("NOTIFY SET (SELECTED (MailboxName))", "BAD only message events for the selected mailbox"),
-        ("NOTIFY SET (SELECTED NONE) (SELECTED-DELAYED NONE)", "BAD only one of SELECTED and SELECTED-DELAYED"),
-        ("NOTIFY SET (EVERYWHERE NONE)", "BAD unknown mailbox filter EVERYWHERE"),
-        ("NOTIFY SET (INBOXES (MessageNew (UID) MessageExpunge)) (SUBSCRIBED NONE)", "OK NOTIFY completed"),
-        ("notify set status (personal (messagenew messageexpunge))", "OK NOTIFY completed"),
-        ("NOTIFY SET (MAILBOXES (" + "a " * 1001 + ") NONE)", "BAD too many mailboxes (1000 at most)"),
-    ],
-)  # fmt: skip
-def test_issue_9_notify_syntax_and_refusals(store: SQLiteStore, command: str, reply: str) -> None:
-    assert client(store).command(f"t {command}")[-1] == f"t {reply}\r\n".encode()
