@@ -236,6 +236,11 @@ class Server:
             loop.call_soon_threadsafe(self._mailboxes_changed, ids)
 
         store.add_listener(on_change)
+
+        def on_account_change(account_id: int) -> None:  # called from the store's writer threads
+            loop.call_soon_threadsafe(self._account_changed, account_id)
+
+        store.add_account_listener(on_account_change)
         settings = ServerSettings(
             hostname=config.hostname,
             max_message_size=config.limits.message_size,
@@ -386,8 +391,14 @@ class Server:
 
     def _mailboxes_changed(self, mailbox_ids: frozenset[int]) -> None:
         for session in self._sessions:
-            if isinstance(session, ImapSession) and session.selected_mailbox in mailbox_ids:
-                session.notify()
+            if isinstance(session, ImapSession) and session.watches(mailbox_ids):
+                session.notify(mailbox_ids)
+
+    def _account_changed(self, account_id: int) -> None:
+        """Mailboxes were created, deleted or renamed, or subscriptions changed: for NOTIFY sessions."""
+        for session in self._sessions:
+            if isinstance(session, ImapSession) and session.watches_names(account_id):
+                session.notify_names()
 
     def _on_session_end(self) -> None:
         if not self._sessions:

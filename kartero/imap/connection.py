@@ -280,7 +280,7 @@ class ImapConnection:
             "IDLE", "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE",
             "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "ESEARCH", "SEARCHRES", "SORT", "CONDSTORE", "QRESYNC",
             "BINARY", "UTF8=ACCEPT", f"APPENDLIMIT={self.settings.append_limit}", "SAVEDATE", "MULTIAPPEND",
-            "UNAUTHENTICATE",
+            "UNAUTHENTICATE", "NOTIFY",
         ]  # fmt: skip
         caps += ["SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",  # RFC 5957, RFC 5256
                  "ESORT", "CONTEXT=SEARCH", "CONTEXT=SORT"]  # RFC 5267  # fmt: skip

@@ -58,6 +58,8 @@ TABLE: tuple[Support, ...] = (
     Support("MULTIAPPEND", "RFC 3502", "several messages in one APPEND", "all or none"),
     Support("SAVEDATE", "RFC 8514", "save date", "NIL for messages stored before Kartero kept it"),
     Support("UNAUTHENTICATE", "RFC 8437", "UNAUTHENTICATE"),
+    Support("NOTIFY", "RFC 5465", "NOTIFY", "every mailbox filter; message, MailboxName and SubscriptionChange "
+            "events (no annotations or metadata: BADEVENT)"),
     Support("COMPRESS=DEFLATE", "RFC 4978", "COMPRESS", "inflated a bounded step at a time"),
 )
 

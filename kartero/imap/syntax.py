@@ -31,6 +31,9 @@ MAX_LIST_PATTERNS = 100
 # SEARCH/SORT: keys per command, counting NOT, OR and parenthesised groups. Each key is evaluated for every
 # message of the mailbox.
 MAX_SEARCH_KEYS = 1000
+# NOTIFY: mailbox names named by SUBTREE and MAILBOXES together. Each change in the account is matched
+# against them.
+MAX_NOTIFY_MAILBOXES = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +289,22 @@ class UidExpunge:
 
 
 @dataclass(frozen=True, slots=True)
+class NotifyGroup:
+    """One event group of NOTIFY SET (RFC 5465 §3.1): which mailboxes, which events (none: NONE)."""
+
+    filter: str  # SELECTED, SELECTED-DELAYED, INBOXES, PERSONAL, SUBSCRIBED, SUBTREE or MAILBOXES
+    mailboxes: tuple[str, ...]  # for SUBTREE and MAILBOXES
+    events: frozenset[str]  # event names as RFC 5465 §8 spells them (MessageNew, FlagChange, ...)
+    fetch_items: tuple[FetchItem, ...] = ()  # MessageNew (fetch-att ...)
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    groups: tuple[NotifyGroup, ...]  # () for NOTIFY NONE
+    status: bool = False  # NOTIFY SET STATUS
+
+
+@dataclass(frozen=True, slots=True)
 class Id:
     params: tuple[tuple[str, str | None], ...] | None
 
@@ -311,6 +330,7 @@ Command = (
     Simple | Login | Authenticate | Enable | Select | MailboxCommand | Rename | ListCommand | Status | Append
     | Search | SortCommand | ThreadCommand | Fetch | StoreCommand | CopyMove | UidExpunge | Id | Compress | Refused
     | CancelUpdate
+    | Notify
 )  # fmt: skip
 
 
@@ -1142,6 +1162,86 @@ def _compress(a: _Args) -> Command:
     return Compress(mechanism)
 
 
+_NOTIFY_EVENTS = {
+    name.upper(): name
+    for name in ("MessageNew", "MessageExpunge", "FlagChange", "AnnotationChange", "MailboxName",
+                 "SubscriptionChange", "MailboxMetadataChange", "ServerMetadataChange")
+}  # fmt: skip
+_MESSAGE_EVENTS = frozenset({"MessageNew", "MessageExpunge", "FlagChange", "AnnotationChange"})
+_NOTIFY_FILTERS = frozenset({"SELECTED", "SELECTED-DELAYED", "INBOXES", "PERSONAL", "SUBSCRIBED", "SUBTREE",
+                             "MAILBOXES"})  # fmt: skip
+
+
+def _notify(a: _Args) -> Command:
+    """NOTIFY NONE | NOTIFY SET [STATUS] 1*(event-group) (RFC 5465 §8). Unknown event names parse (the
+    handler refuses those it does not support with NO [BADEVENT]); the rules of §5 and §6.1 are BADs."""
+    verb = a.atom("NONE or SET").upper()
+    if verb == "NONE":
+        a.end()
+        return Notify(())
+    if verb != "SET":
+        raise ParseError("NOTIFY takes SET or NONE")
+    status = isinstance(a.peek(), Atom) and a.peek().value.upper() == "STATUS"  # type: ignore[union-attr]
+    a.pos += status
+    groups: list[NotifyGroup] = []
+    named = 0
+    while not groups or a.more():
+        group = _Args(list(a.plist("event group")), a.utf8, name=a.name)
+        kind = group.atom("mailbox filter").upper()
+        if kind not in _NOTIFY_FILTERS:
+            raise ParseError(f"unknown mailbox filter {kind[:40]}")
+        mailboxes: tuple[str, ...] = ()
+        if kind in ("SUBTREE", "MAILBOXES"):
+            token = group.peek()
+            names = []
+            if isinstance(token, PList):
+                group.pos += 1
+                inner = _Args(list(token.items), a.utf8, name=a.name)
+                while inner.more():
+                    names.append(inner.mailbox())
+            else:
+                names.append(group.mailbox())
+            if not names:
+                raise ParseError(f"{kind} needs a mailbox")
+            named += len(names)
+            if named > MAX_NOTIFY_MAILBOXES:
+                raise ParseError(f"too many mailboxes ({MAX_NOTIFY_MAILBOXES} at most)")
+            mailboxes = tuple(names)
+        events: set[str] = set()
+        fetch_items: tuple[FetchItem, ...] = ()
+        token = group.next("events")
+        if isinstance(token, Atom) and token.value.upper() == "NONE":
+            pass
+        elif isinstance(token, PList):
+            items = list(token.items)
+            for i, item in enumerate(items):
+                if isinstance(item, PList):  # MessageNew's fetch attributes
+                    previous = items[i - 1] if i else None
+                    if not isinstance(previous, Atom) or previous.value.upper() != "MESSAGENEW":
+                        raise ParseError("fetch attributes must follow MessageNew")
+                    fetch_items = tuple(parse_fetch_item(_atom_value(t)) for t in item.items)
+                    continue
+                name = _atom_value(item)
+                events.add(_NOTIFY_EVENTS.get(name.upper(), name))
+            if not events:
+                raise ParseError("empty event list")
+        else:
+            raise ParseError("events must be a list or NONE")
+        group.end()
+        # RFC 5465 §5: MessageNew and MessageExpunge go together; FlagChange/AnnotationChange need both.
+        if len(events & {"MessageNew", "MessageExpunge"}) == 1:
+            raise ParseError("MessageNew and MessageExpunge must be given together")
+        if events & {"FlagChange", "AnnotationChange"} and "MessageNew" not in events:
+            raise ParseError("FlagChange needs MessageNew and MessageExpunge")
+        if kind.startswith("SELECTED"):  # RFC 5465 §6.1
+            if any(g.filter.startswith("SELECTED") for g in groups):
+                raise ParseError("only one of SELECTED and SELECTED-DELAYED")
+            if events - _MESSAGE_EVENTS:
+                raise ParseError("only message events for the selected mailbox")
+        groups.append(NotifyGroup(kind, mailboxes, frozenset(events), fetch_items))
+    return Notify(tuple(groups), status)
+
+
 _NO_ARGS = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "IDLE",
                       "NAMESPACE", "UNAUTHENTICATE"})  # fmt: skip
 
@@ -1171,6 +1271,7 @@ _GRAMMARS: dict[str, Callable[[_Args], Command]] = {
     "UID": _uid,
     "ID": _id,
     "COMPRESS": _compress,
+    "NOTIFY": _notify,
 }
 
 

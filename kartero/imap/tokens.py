@@ -7,7 +7,8 @@ marker at a line's end); `tokenize` turns one command into tokens, with each lit
 as a String.
 
 `[` is an ATOM-CHAR (RFC 9051 §9): it opens a bracketed run only in a FETCH item's section
-(`BODY[HEADER.FIELDS (A B)]`, `binary.peek[1]`), whose brackets may hold spaces and parentheses; anywhere
+(`BODY[HEADER.FIELDS (A B)]`, `binary.peek[1]`; in FETCH, and in NOTIFY, whose MessageNew event takes
+fetch attributes: RFC 5465 §5.2), whose brackets may hold spaces and parentheses; anywhere
 else (`SELECT a[b`, `LIST "" a[%`) it is a character of the atom.
 
 Everything here is one pass over the input: no backtracking, no recursion (a list nested `MAX_NESTING` deep is
@@ -184,11 +185,12 @@ def tokenize(raw: RawCommand) -> list[Token]:
 
 
 def _is_fetch(top: list[Token]) -> bool:
-    """Whether the command read so far (its top-level tokens) is FETCH or UID FETCH."""
+    """Whether the command read so far (its top-level tokens) is FETCH, UID FETCH or NOTIFY (RFC 5465
+    §5.2: MessageNew's fetch attributes)."""
     if len(top) < 2 or not isinstance(top[1], Atom):
         return False
     name = upper_ascii(top[1].value)
-    return name == "FETCH" or (name == "UID" and len(top) > 2 and isinstance(top[2], Atom)
+    return name in ("FETCH", "NOTIFY") or (name == "UID" and len(top) > 2 and isinstance(top[2], Atom)
                                and upper_ascii(top[2].value) == "FETCH")  # fmt: skip
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any
 
+from kartero.imap.commands import notify as notify_events
 from kartero.imap.commands import run as run_command
 from kartero.imap.commands.view import Done, Session, chunked, sync
 from kartero.imap.connection import (
@@ -55,6 +56,8 @@ class ImapSession:
         self.conn = ImapConnection(ctx.settings, is_tls=ctx.implicit_tls, is_loopback=channel.is_loopback)
         self.session: Session | None = None
         self._notified = False
+        self._changed: set[int] = set()  # mailboxes the store announced changes of, for NOTIFY
+        self._names_changed = False  # the account's mailboxes or subscriptions changed, for NOTIFY
         self._spool = IncomingSpool(ctx.spool_dir)  # the APPEND message being received, once it is large
         self._stopping = False
         self._started_at = time.monotonic()
@@ -69,11 +72,38 @@ class ImapSession:
 
     # -- called by the server ------------------------------------------------------------------------
 
-    def notify(self) -> None:
-        """The selected mailbox changed (called on the loop by the server's store listener)."""
+    def notify(self, mailbox_ids: frozenset[int] = frozenset()) -> None:
+        """A mailbox this session shows or watches changed (called on the loop by the server's store
+        listener)."""
+        self._changed |= mailbox_ids
         self._notified = True
-        if self.conn.is_idling:
+        if self.conn.is_idling or self._pushes_now():
             self.channel.wake()
+
+    def notify_names(self) -> None:
+        """The account's mailboxes or subscriptions changed (for NOTIFY MailboxName/SubscriptionChange)."""
+        self._names_changed = True
+        self.notify()
+
+    def watches(self, mailbox_ids: frozenset[int]) -> bool:
+        """Whether a change to these mailboxes concerns this session: its selected mailbox, or one its
+        NOTIFY SET watches."""
+        session = self.session
+        if session is None:
+            return False
+        if session.selected is not None and session.selected.mailbox_id in mailbox_ids:
+            return True
+        return session.notify is not None and not session.notify.watched.isdisjoint(mailbox_ids)
+
+    def watches_names(self, account_id: int) -> bool:
+        session = self.session
+        if session is None or session.account_id != account_id or session.notify is None:
+            return False
+        return session.notify.wants_names
+
+    def _pushes_now(self) -> bool:
+        """NOTIFY (RFC 5465): changes go out between commands too, not only during IDLE."""
+        return self.session is not None and self.session.notify is not None and self.conn.is_idle
 
     def stop(self) -> None:
         """Shutdown: end the session with BYE at the next point between commands (or in IDLE)."""
@@ -82,12 +112,6 @@ class ImapSession:
 
     def abort(self) -> None:
         self.channel.abort()
-
-    @property
-    def selected_mailbox(self) -> int | None:
-        if self.session is None or self.session.selected is None:
-            return None
-        return self.session.selected.mailbox_id
 
     # -- the session task ----------------------------------------------------------------------------
 
@@ -130,7 +154,7 @@ class ImapSession:
                 await channel.send(conn.data_to_send())
                 if channel.is_lost:
                     return "connection lost"
-                if conn.is_idling and self._notified:
+                if self._notified and (conn.is_idling or self._pushes_now()):
                     await self._push_updates()
                     continue
                 if self._stopping and conn.is_idle:
@@ -228,12 +252,17 @@ class ImapSession:
 
     async def _push_updates(self) -> None:
         self._notified = False
+        changed, self._changed = frozenset(self._changed), set()
+        names_changed, self._names_changed = self._names_changed, False
         session = self.session
         if session is None:
             return
 
         def updates() -> Generator[bytes, None, Done]:
-            yield from chunked(sync(session, allow_expunge=True))
+            if session.notify is not None:  # what NOTIFY asked for, in IDLE too (RFC 5465 §4)
+                yield from chunked(notify_events.updates(session, changed, names_changed=names_changed))
+            else:
+                yield from chunked(sync(session, allow_expunge=True))
             return Done(Status.OK, "")
 
         await self._drive(updates())

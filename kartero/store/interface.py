@@ -438,6 +438,11 @@ class Store(Protocol):
         """Call `listener` with the ids of changed mailboxes after every commit (from any thread)."""
         ...
 
+    def add_account_listener(self, listener: Callable[[int], None]) -> None:
+        """Call `listener` with an account's id after its mailboxes were created, deleted or renamed, or
+        its subscriptions changed (from any thread)."""
+        ...
+
     # The outbound queue
     def due_recipients(self, now: int, limit: int, exclude: frozenset[int] = frozenset()) -> list[QueueItem]:
         """Pending or deferred recipients whose next attempt is due, oldest first."""

@@ -172,6 +172,9 @@ class MailboxOps:
     def _request_release(self, mailbox_id: int) -> None:
         raise NotImplementedError
 
+    def _notify_account(self, account_id: int) -> None:
+        raise NotImplementedError
+
     def _tombstones_written(self, mailbox_id: int) -> None:
         raise NotImplementedError
 
@@ -195,6 +198,7 @@ class MailboxOps:
                 )
             except sqlite3.IntegrityError:
                 raise MailboxExists(f"mailbox {name} exists") from None
+        self._notify_account(account_id)
         mailbox = self.get_mailbox(account_id, name)
         assert mailbox is not None
         return mailbox
@@ -219,6 +223,7 @@ class MailboxOps:
             db.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
             self._drop_unreferenced_blobs(db, blobs)
         self._notify(frozenset({mailbox_id}))
+        self._notify_account(account_id)
         self.compact()
 
     def rename_mailbox(self, account_id: int, old: str, new: str, separator: str) -> None:
@@ -249,6 +254,7 @@ class MailboxOps:
                     "UPDATE OR REPLACE subscriptions SET name = ? WHERE account_id = ? AND name = ?",
                     (target, account_id, source),
                 )
+        self._notify_account(account_id)
 
     def _rename_inbox(self, account_id: int, new: str) -> None:
         """RFC 9051 §6.3.6: renaming INBOX moves its messages to a new mailbox; INBOX stays, empty."""
@@ -268,6 +274,7 @@ class MailboxOps:
                 db.execute("INSERT OR IGNORE INTO subscriptions (account_id, name) VALUES (?, ?)", (account_id, name))
             else:
                 db.execute("DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, name))
+        self._notify_account(account_id)
 
     def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         db = self._db()

@@ -184,6 +184,7 @@ class SQLiteStore(MailboxOps, QueueOps):
         self._closed = False
         self._listeners: list[Callable[[frozenset[int]], None]] = []
         self._queue_listeners: list[Callable[[], None]] = []
+        self._account_listeners: list[Callable[[int], None]] = []
         self._holds = ExpungeHolds(self._request_release)
 
     # -- connections -------------------------------------------------------------------------------
@@ -667,6 +668,16 @@ class SQLiteStore(MailboxOps, QueueOps):
 
     def add_queue_listener(self, listener: Callable[[], None]) -> None:
         self._queue_listeners.append(listener)
+
+    def add_account_listener(self, listener: Callable[[int], None]) -> None:
+        self._account_listeners.append(listener)
+
+    def _notify_account(self, account_id: int) -> None:
+        for listener in self._account_listeners:
+            try:
+                listener(account_id)
+            except Exception:
+                log.exception("event=store.listener_failed")
 
     @staticmethod
     def _drop_unreferenced_blobs(db: sqlite3.Connection, blob_ids: list[str]) -> None:

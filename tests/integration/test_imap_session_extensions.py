@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import imaplib
 import re
+import smtplib
 import socket
 
 import pytest
@@ -12,6 +13,11 @@ import pytest
 from tests.integration.harness import KarteroServer
 
 PASSWORD = "secret-password"
+
+
+def send_mail(mx: KarteroServer, message: bytes) -> None:
+    with smtplib.SMTP(mx.host, mx.port, local_hostname="client.example.org", timeout=30) as smtp:
+        assert smtp.sendmail("alice@example.org", ["bob@example.test"], message) == {}
 
 
 class Raw:
@@ -89,3 +95,34 @@ def test_unauthenticate_with_imaplib(mx: KarteroServer) -> None:
         assert imap.login("carol@example.test", PASSWORD)[0] == "OK"
         assert imap.status("INBOX", "(MESSAGES)")[1] == [b'"INBOX" (MESSAGES 0)']
     assert mx.wait_events("imap.unauthenticate", 1)
+
+
+def test_notify_pushes_changes_between_commands(mx: KarteroServer) -> None:
+    """Without IDLE and without a command in progress, a NOTIFY session hears of new mail in the selected
+    mailbox (EXISTS), of changes to other mailboxes (STATUS) and of new mailboxes (LIST), made by SMTP and
+    by another session (imaplib)."""
+    raw = Raw(mx)
+    raw.send(f"a LOGIN bob@example.test {PASSWORD}\r\nb ENABLE IMAP4rev2\r\nc SELECT INBOX\r\n".encode())
+    raw.until(b"c")
+    raw.send(b"d NOTIFY SET (SELECTED (MessageNew MessageExpunge))"
+             b" (PERSONAL (MessageNew MessageExpunge MailboxName))\r\n")  # fmt: skip
+    assert raw.until(b"d") == [b"d OK NOTIFY completed\r\n"]
+    send_mail(mx, b"Subject: pushed\r\n\r\nhello\r\n")
+    assert raw.reader.readline() == b"* 1 EXISTS\r\n"
+    with imaplib.IMAP4(mx.host, mx.imap_port) as other:
+        other.login("bob@example.test", PASSWORD)
+        other.create("Projects")
+        assert raw.reader.readline() == b'* LIST () "/" "Projects"\r\n'
+        other.append("Archive", "", None, b"Subject: filed\r\n\r\nbody\r\n")
+        assert re.fullmatch(rb'\* STATUS "Archive" \(MESSAGES 1 UIDNEXT 2 UIDVALIDITY \d+ UNSEEN 1\)\r\n',
+                            raw.reader.readline())  # fmt: skip
+        other.select("INBOX")
+        other.store("1", "+FLAGS", "\\Deleted")
+        other.expunge()
+        line = raw.reader.readline()
+        if line.startswith(b"* 1 FETCH"):  # the \Deleted flag, when its push came before the expunge's
+            line = raw.reader.readline()
+        assert line == b"* 1 EXPUNGE\r\n"
+    raw.send(b"e NOOP\r\n")
+    assert raw.until(b"e") == [b"e OK NOOP completed\r\n"]
+    raw.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
-from kartero.imap.commands import fetch, mailbox, messages, search
+from kartero.imap.commands import fetch, mailbox, messages, notify, search
 from kartero.imap.commands.view import Done, Session
 from kartero.imap.response import Status
 from kartero.imap.state import ImapState
@@ -21,6 +21,7 @@ from kartero.imap.syntax import (
     Fetch,
     ListCommand,
     MailboxCommand,
+    Notify,
     Refused,
     Rename,
     Search,
@@ -40,6 +41,23 @@ Handler = Generator[bytes, None, Done]
 
 def run(session: Session, tag: str, command: Command, *, append_limit: int) -> Handler:
     """The handler for `command`; the caller drives it to StopIteration and sends what it yields."""
+    handler = _handler(session, tag, command, append_limit=append_limit)
+    if session.notify is not None and isinstance(command, (MailboxCommand, Rename, Append, CopyMove)):
+        return _own_change(session, command, handler)
+    return handler
+
+
+def _own_change(session: Session, command: MailboxCommand | Rename | Append | CopyMove, handler: Handler) -> Handler:
+    """NOTIFY (RFC 5465 §5): what this session changed itself is not reported back to it."""
+    done = yield from handler
+    if isinstance(command, (Append, CopyMove)):
+        notify.forget_own_changes(session, [command.mailbox])
+    else:
+        notify.forget_own_changes(session, names=True)
+    return done
+
+
+def _handler(session: Session, tag: str, command: Command, *, append_limit: int) -> Handler:
     if session.selected is None and isinstance(command, (Fetch, StoreCommand, CopyMove, Search, SortCommand,
                                                          ThreadCommand, UidExpunge)):  # fmt: skip
         return _refuse("No mailbox selected")
@@ -80,6 +98,8 @@ def run(session: Session, tag: str, command: Command, *, append_limit: int) -> H
             return messages.store_flags(session, command)
         case CopyMove():
             return messages.copy_move(session, command)
+        case Notify():
+            return notify.set_notify(session, command)
         case Refused():
             return _impossible_name(session, command)
     return _refuse(f"{type(command).__name__} is not implemented")

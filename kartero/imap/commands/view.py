@@ -13,13 +13,16 @@ import bisect
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from kartero.imap import mutf7
 from kartero.imap.response import Status
 from kartero.imap.state import ImapState
 from kartero.imap.syntax import STAR, SequenceSet
 from kartero.store.interface import ExpungeHold, FileSpan, MessageRow, NoSuchMailbox, Store
+
+if TYPE_CHECKING:
+    from kartero.imap.commands.notify import NotifyState
 
 # Untagged responses are handed to the network in batches of about this many octets.
 CHUNK = 256 * 1024
@@ -45,6 +48,8 @@ class View:
     uidvalidity: int
     uids: array[int]
     modseq: int  # every change up to this MODSEQ has been reported to the client
+    # Every change but expunges held back (RFC 9051 §7.5.1) has been reported up to this MODSEQ.
+    flags_modseq: int = 0
     own_changes: dict[int, int] = field(default_factory=dict)  # uid -> modseq of our own STOREs
     # HIGHESTMODSEQ went out with CONDSTORE in effect (at SELECT, or at the first command enabling it).
     condstore_announced: bool = False
@@ -107,6 +112,7 @@ class Session:
     # The spool file the adapter wrote a large APPEND message to (Append.spooled), for that command only.
     spooled_message: FileSpan | None = None
     contexts: dict[str, ResultContext] = field(default_factory=dict)  # RFC 5267 UPDATE, by command tag
+    notify: NotifyState | None = None  # NOTIFY SET in effect (RFC 5465)
 
     @property
     def utf8(self) -> bool:
@@ -284,9 +290,12 @@ def sync(session: Session, *, allow_expunge: bool) -> Iterator[bytes]:
         return
     if allow_expunge and changes.vanished:
         yield from expunge_lines(session, view, changes.vanished)
-    yield from keyword_lines(view, changes.changed)
-    new_uids = [row.uid for row in changes.changed if not view.uids or row.uid > view.uids[-1]]
-    flag_rows = [row for row in changes.changed if view.uids and row.uid <= view.uids[-1]]
+    # While expunges are held back, view.modseq stays behind them and the store returns again what was
+    # reported since: skip that, so new mail and flags are reported once.
+    rows = [row for row in changes.changed if row.modseq > view.flags_modseq]
+    yield from keyword_lines(view, rows)
+    new_uids = [row.uid for row in rows if not view.uids or row.uid > view.uids[-1]]
+    flag_rows = [row for row in rows if view.uids and row.uid <= view.uids[-1]]
     if new_uids:
         view.uids.extend(new_uids)
         yield f"* {view.exists} EXISTS\r\n".encode()
@@ -299,11 +308,12 @@ def sync(session: Session, *, allow_expunge: bool) -> Iterator[bytes]:
         seq = view.seq_of(row.uid)
         if seq is not None:
             yield fetch_flags_line(session, seq, row, with_uid=True)
+    view.flags_modseq = changes.highestmodseq
     if allow_expunge or not changes.vanished:
         view.reported(changes.highestmodseq)
         view.own_changes.clear()
     # Else the expunges stay pending: view.modseq is not advanced past them, so the next sync that may
-    # report expunges finds them again (flag lines already sent may repeat; clients accept that).
+    # report expunges finds them again.
     # Updating searches last: ADDTO must follow the EXISTS that makes its numbers valid (RFC 5267 §4.3.3).
     for context in list(session.contexts.values()):
         yield from context.refresh(session)

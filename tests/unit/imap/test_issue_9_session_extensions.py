@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kartero.imap.commands import notify
 from kartero.imap.connection import APPEND_PIECE, AppendData, CommandReady, ImapConnection, LoginRequested
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, DeliveryTarget
@@ -196,3 +197,130 @@ def test_issue_9_multiappend_spools_each_large_message_to_one_file() -> None:
     assert b"".join(p.data for p in pieces) == big + middle
     assert [p.is_first for p in pieces].count(True) == 1 and pieces[0].is_first
     assert max(len(p.data) for p in pieces) <= APPEND_PIECE
+
+
+# -- NOTIFY (RFC 5465) ---------------------------------------------------------------------------------------
+
+
+def push(c: Client, *mailboxes: str, names: bool = False) -> list[bytes]:
+    """What the adapter sends a NOTIFY session between commands once the store announced changes to
+    `mailboxes` (and to the account's mailbox list when `names`)."""
+    assert c.session is not None
+    ids = frozenset(m.id for m in c.store.list_mailboxes(1) if m.name in mailboxes)  # type: ignore[union-attr]
+    return b"".join(notify.updates(c.session, ids, names_changed=names)).splitlines(keepends=True)
+
+
+def test_issue_9_notify_rfc_5465_example(store: SQLiteStore) -> None:
+    for name in ("Lists", "Lists/Lemonade", "Other"):
+        store.create_mailbox(1, name)
+    deliver(store, "Lists/Lemonade")
+    c = client(store)
+    c.command("e ENABLE IMAP4rev2")
+    c.select()
+    lists, lemonade = uidvalidity(store, "Lists"), uidvalidity(store, "Lists/Lemonade")
+    assert c.command(
+        "a NOTIFY SET STATUS (SELECTED (MessageNew (UID BODY.PEEK[HEADER.FIELDS (From Subject)]) MessageExpunge))"
+        " (SUBTREE Lists (MessageNew MessageExpunge))"
+    ) == [
+        b'* STATUS "Lists" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY %d UNSEEN 0)\r\n' % lists,
+        b'* STATUS "Lists/Lemonade" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 1)\r\n' % lemonade,
+        b"a OK NOTIFY completed\r\n",
+    ]
+    # New mail in the selected mailbox: EXISTS, then the FETCH MessageNew asked for, with no command.
+    deliver(store)
+    header = b"From: Alice Example <alice@example.org>\r\nSubject: Quarterly report\r\n\r\n"
+    assert push(c, "INBOX") == [
+        b"* 1 EXISTS\r\n",
+        b"* 1 FETCH (UID 1 BODY[HEADER.FIELDS (FROM SUBJECT)] {%d}\r\n" % len(header),
+        *header.splitlines(keepends=True),
+        b")\r\n",
+    ]
+    # In a watched mailbox: STATUS; in one that is not watched: nothing.
+    deliver(store, "Lists/Lemonade")
+    deliver(store, "Other")
+    assert push(c, "Lists/Lemonade", "Other") == [
+        b'* STATUS "Lists/Lemonade" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY %d UNSEEN 2)\r\n' % lemonade
+    ]
+    assert push(c, "Lists/Lemonade") == []  # nothing new since
+    # An expunge elsewhere reaches the selected mailbox between commands (SELECTED, not -DELAYED).
+    other = client(store)
+    other.select()
+    other.command("b STORE 1 +FLAGS.SILENT (\\Deleted)")
+    other.command("c EXPUNGE")
+    assert push(c, "INBOX") == [b"* 1 EXPUNGE\r\n"]
+    assert c.command("d NOTIFY NONE") == [b"d OK NOTIFY completed\r\n"]
+    deliver(store)
+    assert push(c, "INBOX") == []
+
+
+def test_issue_9_notify_selected_delayed_holds_expunges_for_a_command(store: SQLiteStore) -> None:
+    deliver(store)
+    deliver(store)
+    c, other = client(store), client(store)
+    c.command("e ENABLE IMAP4rev2")
+    c.select()
+    other.select()
+    assert c.command("a NOTIFY SET (SELECTED-DELAYED (MessageNew MessageExpunge FlagChange))") == [
+        b"a OK NOTIFY completed\r\n"
+    ]
+    other.command("b STORE 1 +FLAGS (\\Deleted)")
+    other.command("c EXPUNGE")
+    deliver(store)
+    assert push(c, "INBOX") == [b"* 3 EXISTS\r\n"]  # the expunge waits for a command that may report it
+    assert c.command("d NOOP") == [b"* 1 EXPUNGE\r\n", b"d OK NOOP completed\r\n"]
+
+
+def test_issue_9_notify_flag_changes_elsewhere_and_condstore(store: SQLiteStore) -> None:
+    store.create_mailbox(1, "Work")
+    deliver(store, "Work")
+    c, other = client(store), client(store)
+    c.command("e ENABLE CONDSTORE")
+    assert c.command("a NOTIFY SET (MAILBOXES (Work) (MessageNew MessageExpunge FlagChange))") == [
+        b"a OK NOTIFY completed\r\n"
+    ]
+    other.select("Work")
+    other.command("b STORE 1 +FLAGS (\\Seen)")
+    assert push(c, "Work") == [b'* STATUS "Work" (UIDVALIDITY %d UNSEEN 0 HIGHESTMODSEQ 3)\r\n' % (
+        uidvalidity(store, "Work"))]  # fmt: skip
+    # The session's own APPEND is not reported back to it.
+    assert c.command("c APPEND Work {1+}\r\nx")[-1].startswith(b"c OK [APPENDUID")
+    assert push(c, "Work") == []
+
+
+def test_issue_9_notify_mailbox_names_and_subscriptions(store: SQLiteStore) -> None:
+    c, other = client(store), client(store)
+    assert c.command("a NOTIFY SET (PERSONAL (MailboxName SubscriptionChange))") == [b"a OK NOTIFY completed\r\n"]
+    other.command("b CREATE Projects")
+    other.command("c SUBSCRIBE Projects")
+    assert push(c, names=True) == [b'* LIST () "/" "Projects"\r\n', b'* LIST (\\Subscribed) "/" "Projects"\r\n']
+    other.command("d RENAME Projects Clients")
+    assert push(c, names=True) == [
+        b'* LIST () "/" "Clients" ("OLDNAME" ("Projects"))\r\n',
+        b'* LIST (\\Subscribed) "/" "Clients"\r\n',
+        b'* LIST () "/" "Projects"\r\n',
+    ]
+    other.command("e UNSUBSCRIBE Clients")
+    other.command("f DELETE Clients")
+    assert push(c, names=True) == [b'* LIST (\\NonExistent) "/" "Clients"\r\n', b'* LIST () "/" "Clients"\r\n']
+    # The session's own changes are not reported back to it.
+    c.command("g CREATE Mine")
+    assert push(c, names=True) == []
+
+
+@pytest.mark.parametrize(
+    ("command", "reply"),
+    [
+        ("NOTIFY SET (PERSONAL (MailboxMetadataChange))",
+         "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)] Unsupported event"),
+        ("NOTIFY SET (PERSONAL (MessageNew))", "BAD MessageNew and MessageExpunge must be given together"),
+        ("NOTIFY SET (PERSONAL (FlagChange))", "BAD FlagChange needs MessageNew and MessageExpunge"),
+        ("NOTIFY SET (SELECTED (MailboxName))", "BAD only message events for the selected mailbox"),
+        ("NOTIFY SET (SELECTED NONE) (SELECTED-DELAYED NONE)", "BAD only one of SELECTED and SELECTED-DELAYED"),
+        ("NOTIFY SET (EVERYWHERE NONE)", "BAD unknown mailbox filter EVERYWHERE"),
+        ("NOTIFY SET (INBOXES (MessageNew (UID) MessageExpunge)) (SUBSCRIBED NONE)", "OK NOTIFY completed"),
+        ("notify set status (personal (messagenew messageexpunge))", "OK NOTIFY completed"),
+        ("NOTIFY SET (MAILBOXES (" + "a " * 1001 + ") NONE)", "BAD too many mailboxes (1000 at most)"),
+    ],
+)  # fmt: skip
+def test_issue_9_notify_syntax_and_refusals(store: SQLiteStore, command: str, reply: str) -> None:
+    assert client(store).command(f"t {command}")[-1] == f"t {reply}\r\n".encode()

@@ -1,0 +1,204 @@
+"""NOTIFY (RFC 5465): which events a session wants for which mailboxes, and the untagged responses that
+tell it, sent between commands and during IDLE (the adapter pushes `updates` when the store announces a
+change), not only at the end of the next command.
+
+- The selected mailbox (SELECTED, SELECTED-DELAYED): new mail, flag changes and (SELECTED only)
+  expunges are reported as they happen, through the same `sync` as at the end of a command; MessageNew
+  with fetch attributes adds a FETCH of the new messages. Without such a group the selected mailbox is
+  reported only at the end of commands, as without NOTIFY (§3.1: the same as SELECTED NONE).
+- Other mailboxes (INBOXES, PERSONAL, SUBSCRIBED, SUBTREE, MAILBOXES): message events become STATUS
+  responses, sent when what STATUS says changed; MailboxName and SubscriptionChange become LIST
+  responses, found by comparing the account's mailboxes and subscriptions with the last ones seen.
+Changes this session made itself (CREATE, RENAME, APPEND, ...) are not reported back to it (§5).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+from collections.abc import Generator, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from kartero.imap.commands import fetch
+from kartero.imap.commands.view import Done, Session, chunked, sync
+from kartero.imap.response import Status, astring
+from kartero.imap.syntax import Fetch, Notify, NotifyGroup, SequenceSet
+from kartero.store.interface import INBOX, MailboxStatus, NoSuchMailbox
+
+Handler = Generator[bytes, None, Done]
+SUPPORTED_EVENTS = ("MessageNew", "MessageExpunge", "FlagChange", "MailboxName", "SubscriptionChange")
+# INBOXES (RFC 5465 §6.3): the mailboxes Kartero delivers to.
+INBOXES = frozenset({INBOX, "Junk"})
+SEPARATOR = "/"
+
+
+@dataclass(slots=True)
+class NotifyState:
+    """A session's NOTIFY SET and what it has told the client so far."""
+
+    groups: tuple[NotifyGroup, ...]
+    selected: NotifyGroup | None  # the SELECTED or SELECTED-DELAYED group
+    names: dict[int, str] = field(default_factory=dict)  # the account's mailboxes, id -> name
+    subscribed: set[str] = field(default_factory=set)
+    # Mailboxes (not selected) with message events, and the STATUS last reported or read for each.
+    statuses: dict[int, MailboxStatus] = field(default_factory=dict)
+    # Their ids, read on the event loop by the server to decide whom to wake (replaced, never changed).
+    watched: frozenset[int] = frozenset()
+
+    @property
+    def wants_names(self) -> bool:
+        return any(g.events & {"MailboxName", "SubscriptionChange"} for g in self.groups)
+
+    def events_for(self, name: str) -> frozenset[str]:
+        """The events of every non-selected group whose filter takes `name`."""
+        found: set[str] = set()
+        for group in self.groups:
+            if not group.filter.startswith("SELECTED") and _matches(group, name, self.subscribed):
+                found |= group.events
+        return frozenset(found)
+
+
+def _matches(group: NotifyGroup, name: str, subscribed: set[str]) -> bool:
+    match group.filter:
+        case "PERSONAL":
+            return True
+        case "INBOXES":
+            return name in INBOXES
+        case "SUBSCRIBED":
+            return name in subscribed
+        case "SUBTREE":
+            return any(name == m or name.startswith(m + SEPARATOR) for m in group.mailboxes)
+        case "MAILBOXES":
+            return name in group.mailboxes
+    return False
+
+
+def set_notify(session: Session, cmd: Notify) -> Handler:
+    """NOTIFY NONE / NOTIFY SET [STATUS] (RFC 5465 §3.1)."""
+    unsupported = {event for group in cmd.groups for event in group.events} - set(SUPPORTED_EVENTS)
+    if unsupported:
+        return Done(Status.NO, "Unsupported event", f"BADEVENT ({' '.join(SUPPORTED_EVENTS)})")
+    if not cmd.groups:
+        session.notify = None
+        yield from ()
+        return Done(Status.OK, "NOTIFY completed")
+    selected = next((g for g in cmd.groups if g.filter.startswith("SELECTED")), None)
+    state = NotifyState(cmd.groups, selected)
+    _read_names(session, state)
+    for mailbox_id, status in state.statuses.items():
+        if cmd.status and (session.selected is None or session.selected.mailbox_id != mailbox_id):
+            yield _status_line(session, state.names[mailbox_id], status, flags_only=False)
+    session.notify = state
+    yield from chunked(sync(session, allow_expunge=True))  # §3.1: NOTIFY SET implies a NOOP
+    return Done(Status.OK, "NOTIFY completed")
+
+
+def _read_names(session: Session, state: NotifyState) -> None:
+    """Read the account's mailboxes and subscriptions, and the STATUS of each mailbox with message
+    events that was not watched before."""
+    store = session.store
+    state.names = {m.id: m.name for m in store.list_mailboxes(session.account_id)}
+    state.subscribed = store.subscriptions(session.account_id)
+    statuses = {}
+    for mailbox_id, name in state.names.items():
+        if state.events_for(name) & {"MessageNew", "FlagChange"}:
+            known = state.statuses.get(mailbox_id)
+            if known is None:
+                try:
+                    known = store.mailbox_status(mailbox_id)
+                except NoSuchMailbox:
+                    continue
+            statuses[mailbox_id] = known
+    state.statuses = statuses
+    state.watched = frozenset(statuses)
+
+
+def updates(session: Session, changed: frozenset[int], *, names_changed: bool) -> Iterator[bytes]:
+    """What the client is to hear now of the changes the store announced (`changed` mailboxes; the
+    account's mailboxes or subscriptions when `names_changed`) since the last call."""
+    state = session.notify
+    if state is None:
+        return
+    view = session.selected
+    group = state.selected
+    if view is not None and group is not None and group.events:
+        top = view.uids[-1] if view.uids else 0
+        yield from sync(session, allow_expunge=group.filter == "SELECTED")
+        new = view.uids[bisect.bisect_right(view.uids, top) :]
+        if new and group.fetch_items:  # §5.2: EXISTS, then FETCH of what MessageNew asked for
+            items = tuple(dict.fromkeys(("UID", *group.fetch_items)))
+            yield from fetch.fetch(session, Fetch(True, SequenceSet(((new[0], new[-1]),)), items))
+    if names_changed:
+        yield from _name_changes(session, state)
+    for mailbox_id in sorted(changed & state.watched):
+        if view is not None and view.mailbox_id == mailbox_id:
+            continue  # the selected mailbox is reported as such, never by STATUS
+        yield from _status_change(session, state, mailbox_id)
+
+
+def _status_change(session: Session, state: NotifyState, mailbox_id: int) -> Iterator[bytes]:
+    """§5.1-5.3: STATUS for a watched mailbox when its counts (MessageNew, MessageExpunge) or only its
+    flags (FlagChange) changed since the client last heard."""
+    old = state.statuses[mailbox_id]
+    try:
+        new = session.store.mailbox_status(mailbox_id)
+    except NoSuchMailbox:
+        return
+    state.statuses[mailbox_id] = new
+    events = state.events_for(state.names[mailbox_id])
+    if (new.messages, new.uidnext, new.uidvalidity) != (old.messages, old.uidnext, old.uidvalidity):
+        if "MessageNew" in events:
+            yield _status_line(session, state.names[mailbox_id], new, flags_only=False)
+    elif new.highestmodseq != old.highestmodseq and "FlagChange" in events:
+        yield _status_line(session, state.names[mailbox_id], new, flags_only=True)
+
+
+def _status_line(session: Session, name: str, st: MailboxStatus, *, flags_only: bool) -> bytes:
+    items = [] if flags_only else [f"MESSAGES {st.messages}", f"UIDNEXT {st.uidnext}"]
+    items += [f"UIDVALIDITY {st.uidvalidity}", f"UNSEEN {st.unseen}"]
+    if session.uses_condstore():
+        items.append(f"HIGHESTMODSEQ {st.highestmodseq}")
+    return f"* STATUS {_quote(session, name)} ({' '.join(items)})\r\n".encode()
+
+
+def _quote(session: Session, name: str) -> str:
+    return astring(session.mailbox_name(name), utf8=session.utf8).decode("utf-8")
+
+
+def _name_changes(session: Session, state: NotifyState) -> Iterator[bytes]:
+    """§5.4 MailboxName (created, deleted, renamed) and §5.5 SubscriptionChange, as LIST responses."""
+    old_names, old_subscribed = state.names, state.subscribed
+    _read_names(session, state)
+    lines: list[str] = []
+    for mailbox_id, name in state.names.items():
+        old = old_names.get(mailbox_id)
+        if old == name or "MailboxName" not in state.events_for(name) | state.events_for(old or name):
+            continue
+        oldname = "" if old is None else f' ("OLDNAME" ({_quote(session, old)}))'
+        lines.append(f'* LIST () "{SEPARATOR}" {_quote(session, name)}{oldname}\r\n')
+    for mailbox_id, name in old_names.items():
+        if mailbox_id not in state.names and "MailboxName" in state.events_for(name):
+            lines.append(f'* LIST (\\NonExistent) "{SEPARATOR}" {_quote(session, name)}\r\n')
+    left_subscriptions = frozenset(e for g in state.groups if g.filter == "SUBSCRIBED" for e in g.events)
+    for name in sorted(state.subscribed ^ old_subscribed):
+        # A SUBSCRIBED group still hears of a mailbox that has just left the subscriptions (§6.4).
+        if "SubscriptionChange" in state.events_for(name) | left_subscriptions:
+            attributes = "\\Subscribed" if name in state.subscribed else ""
+            lines.append(f'* LIST ({attributes}) "{SEPARATOR}" {_quote(session, name)}\r\n')
+    yield from (line.encode() for line in lines)
+
+
+def forget_own_changes(session: Session, mailbox_names: Iterable[str] = (), *, names: bool = False) -> None:
+    """After this session's own APPEND/COPY/MOVE (into `mailbox_names`) or CREATE/DELETE/RENAME/
+    (UN)SUBSCRIBE (`names`): take the new state as known, so it is not reported back (§5)."""
+    state = session.notify
+    if state is None:
+        return
+    if names:
+        _read_names(session, state)
+    by_name = {name: mailbox_id for mailbox_id, name in state.names.items()}
+    for name in mailbox_names:
+        mailbox_id = by_name.get(name)
+        if mailbox_id is not None and mailbox_id in state.statuses:
+            with contextlib.suppress(NoSuchMailbox):
+                state.statuses[mailbox_id] = session.store.mailbox_status(mailbox_id)
