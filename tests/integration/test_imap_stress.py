@@ -129,7 +129,6 @@ def test_issue_9_store_silent_does_not_hide_another_sessions_change(server: Kart
     assert [f for f in findings(run) if "FLAGS response announced" not in f] == []
 
 
-@pytest.mark.xfail(reason="issue 9: found by the load; STORE's FETCH carries UID only for UID STORE", strict=True)
 def test_issue_9_store_answers_carry_uid_and_modseq_under_condstore(server: KarteroServer) -> None:
     """After ENABLE CONDSTORE every untagged FETCH carries UID and MODSEQ, those caused by STORE included
     (RFC 7162 §3.2.4, binding on a server that offers QRESYNC). Kartero answered `STORE 1 +FLAGS (\\Seen)`

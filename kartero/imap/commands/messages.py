@@ -40,12 +40,14 @@ def store_flags(session: Session, cmd: StoreCommand) -> Handler:
         view.mailbox_id, [uid for _, uid in pairs], _OPS[cmd.op], cmd.flags, cmd.unchanged_since
     )
     lines = list(keyword_lines(view, changed))
+    # RFC 7162 §3.2.4: under CONDSTORE every untagged FETCH carries UID and MODSEQ, a STORE's included.
+    with_uid = cmd.is_uid or session.uses_condstore()
     for row in changed:
         view.own_changes[row.uid] = row.modseq
         seq = view.seq_of(row.uid)
         # RFC 7162 §3.1.3: with UNCHANGEDSINCE the FETCH is sent even for .SILENT.
         if seq is not None and (not cmd.silent or cmd.unchanged_since is not None):
-            lines.append(fetch_flags_line(session, seq, row, with_uid=cmd.is_uid))
+            lines.append(fetch_flags_line(session, seq, row, with_uid=with_uid))
     yield from chunked(lines)
     yield from chunked(sync(session, allow_expunge=cmd.is_uid))
     if refused:

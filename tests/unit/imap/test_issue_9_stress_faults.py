@@ -1,0 +1,46 @@
+"""Issue 9: the faults the many-session load (tests/integration/test_imap_stress.py) found, as transcripts of
+two sessions (two Clients) on one real store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kartero.store.sqlite import SQLiteStore
+from tests.unit.imap.test_issue_9_sync import client, deliver
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "data")
+    s.add_account("bob@example.test", "unused")
+    s.start()
+    yield s
+    s.close()
+
+
+def test_issue_9_store_answers_carry_uid_under_condstore(store: SQLiteStore) -> None:
+    """RFC 7162 §3.2.4 (binding on a server offering QRESYNC): once CONDSTORE is in effect every untagged
+    FETCH carries UID and MODSEQ, those a STORE by sequence number causes included."""
+    deliver(store)
+    deliver(store)
+    c = client(store, rev2=True)
+    c.command("e ENABLE CONDSTORE")
+    c.select()
+    assert c.command("a STORE 1 +FLAGS (\\Seen)") == [
+        b"* 1 FETCH (UID 1 FLAGS (\\Seen) MODSEQ (4))\r\n",
+        b"a OK STORE completed\r\n",
+    ]
+    # A FETCH that sets \Seen by itself reports the change with UID and MODSEQ too.
+    assert c.command("b FETCH 2 BODY[HEADER.FIELDS (X-NONE)]") == [
+        b"* 2 FETCH (UID 2 BODY[HEADER.FIELDS (X-NONE)] {2}\r\n",
+        b"\r\n",
+        b" FLAGS (\\Seen) MODSEQ (5))\r\n",
+        b"b OK FETCH completed\r\n",
+    ]
+    # Without CONDSTORE, STORE answers as before.
+    plain = client(store, rev2=True)
+    plain.select()
+    assert plain.command("c STORE 1 -FLAGS (\\Seen)") == [b"* 1 FETCH (FLAGS ())\r\n", b"c OK STORE completed\r\n"]
