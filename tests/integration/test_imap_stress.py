@@ -105,8 +105,6 @@ def test_issue_9_copy_or_move_of_a_message_expunged_elsewhere_reports_the_expung
     assert findings(run) == []
 
 
-@pytest.mark.xfail(reason="issue 9: found by the load; sync() skips rows at this session's own MODSEQ",
-                   strict=True)  # fmt: skip
 def test_issue_9_store_silent_does_not_hide_another_sessions_change(server: KarteroServer) -> None:
     """B sets $X on message 1; then A, not told yet, sets \\Seen on it with STORE .SILENT. A must still
     hear of $X (RFC 9051 §5.2, §7.5.2; .SILENT only spares A the echo of its own change). Kartero reported

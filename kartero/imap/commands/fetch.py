@@ -317,8 +317,8 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
     if _sets_seen(cmd) and not view.readonly:
         unseen = [uid for uid, row in rows.items() if "\\Seen" not in row.flags]
         if unseen:
-            changed, _ = store.update_flags(view.mailbox_id, unseen, FlagOp.ADD, frozenset({"\\Seen"}), None)
-            for row in changed:
+            update = store.update_flags(view.mailbox_id, unseen, FlagOp.ADD, frozenset({"\\Seen"}), None)
+            for row in update.changed:
                 rows[row.uid] = dataclasses.replace(rows[row.uid], flags=row.flags, modseq=row.modseq)
                 view.own_changes[row.uid] = row.modseq
                 flags_changed.add(row.uid)

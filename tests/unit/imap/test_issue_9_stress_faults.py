@@ -44,3 +44,18 @@ def test_issue_9_store_answers_carry_uid_under_condstore(store: SQLiteStore) -> 
     plain = client(store, rev2=True)
     plain.select()
     assert plain.command("c STORE 1 -FLAGS (\\Seen)") == [b"* 1 FETCH (FLAGS ())\r\n", b"c OK STORE completed\r\n"]
+
+
+def test_issue_9_store_silent_does_not_hide_another_sessions_change(store: SQLiteStore) -> None:
+    """B sets $X on message 1; A, not told yet, sets \\Seen on it with .SILENT. .SILENT spares A only the
+    echo of its own change (RFC 9051 §6.4.6): A must still hear of $X, here or at the next NOOP."""
+    deliver(store)
+    a, b = client(store, rev2=True), client(store, rev2=True)
+    a.select()
+    b.select()
+    b.command("b1 STORE 1 +FLAGS ($X)")
+    heard = a.command("a1 STORE 1 +FLAGS.SILENT (\\Seen)") + a.command("a2 NOOP")
+    assert [line for line in heard if b"FETCH" in line] == [b"* 1 FETCH (UID 1 FLAGS ($X \\Seen))\r\n"]
+    # A .SILENT STORE on a message nobody else changed stays silent, in the STORE and at the next NOOP.
+    assert a.command("a3 STORE 1 +FLAGS.SILENT (\\Flagged)") == [b"a3 OK STORE completed\r\n"]
+    assert a.command("a4 NOOP") == [b"a4 OK NOOP completed\r\n"]
