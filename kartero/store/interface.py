@@ -420,9 +420,11 @@ class Store(Protocol):
         ...
 
     def copy_messages(
-        self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool
+        self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool, all_or_none: bool = False
     ) -> list[tuple[int, int]]:
-        """Copy (or move) messages; returns (source UID, new UID) pairs. Bodies are shared, not copied."""
+        """Copy (or move) messages; returns (source UID, new UID) pairs. Bodies are shared, not copied.
+        UIDs no longer in the source are skipped; with `all_or_none`, if any is missing nothing is copied
+        and the result is empty."""
         ...
 
     def search(self, mailbox_id: int, criterion: Criterion) -> list[MessageRow]:

@@ -497,12 +497,12 @@ class MailboxOps:
         self._tombstones_written(mailbox_id)
 
     def copy_messages(
-        self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool
+        self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool, all_or_none: bool = False
     ) -> list[tuple[int, int]]:
         pairs: list[tuple[int, int]] = []
         with self._write() as db:
             rows = self._rows(db, source_id, uids)
-            if not rows:
+            if not rows or (all_or_none and len(rows) < len(set(uids))):
                 return []
             first = db.execute(
                 "UPDATE mailboxes SET uidnext = uidnext + ?, highestmodseq = highestmodseq + 1 WHERE id = ?"

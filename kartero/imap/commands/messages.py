@@ -74,9 +74,15 @@ def copy_move(session: Session, cmd: CopyMove) -> Handler:
         return Done(Status.NO, "No such mailbox", "TRYCREATE")
     pairs = resolve(view, cmd.numbers, is_uid=cmd.is_uid, saved=session.saved)
     try:
-        copied = session.store.copy_messages(view.mailbox_id, [uid for _, uid in pairs], target.id, move=is_move)
+        copied = session.store.copy_messages(view.mailbox_id, [uid for _, uid in pairs], target.id, move=is_move,
+                                             all_or_none=True)  # fmt: skip
     except NoSuchMailbox:
         return Done(Status.NO, "No such mailbox", "TRYCREATE")
+    if pairs and not copied:
+        # Another session expunged a message the client still sees. As Dovecot does (RFC 2180 §4.4.1):
+        # nothing is copied and the pending EXPUNGE comes first, so the client knows what to try again.
+        yield from chunked(sync(session, allow_expunge=True))
+        return Done(Status.NO, "Some of the requested messages no longer exist", "EXPUNGEISSUED")
     verb = ("UID " if cmd.is_uid else "") + cmd.name
     if not copied:
         yield from chunked(sync(session, allow_expunge=cmd.is_uid))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kartero.store.sqlite import SQLiteStore
-from tests.unit.imap.test_issue_9_sync import client, deliver
+from tests.unit.imap.test_issue_9_sync import client, deliver, uidvalidity
 
 
 @pytest.fixture
@@ -59,3 +59,34 @@ def test_issue_9_store_silent_does_not_hide_another_sessions_change(store: SQLit
     # A .SILENT STORE on a message nobody else changed stays silent, in the STORE and at the next NOOP.
     assert a.command("a3 STORE 1 +FLAGS.SILENT (\\Flagged)") == [b"a3 OK STORE completed\r\n"]
     assert a.command("a4 NOOP") == [b"a4 OK NOOP completed\r\n"]
+
+
+@pytest.mark.parametrize("verb", ["COPY", "MOVE", "UID COPY", "UID MOVE"])
+def test_issue_9_copy_or_move_of_a_message_expunged_elsewhere_reports_the_expunge(store: SQLiteStore,
+                                                                                   verb: str) -> None:  # fmt: skip
+    """A expunges message 1; B, not told yet, copies or moves messages 1 and 2. As Dovecot 2.3 does (RFC
+    2180 §4.4.1): nothing is copied, the pending EXPUNGE comes before a tagged NO [EXPUNGEISSUED]; the
+    client can then try again with what is left."""
+    deliver(store)
+    deliver(store)
+    a, b = client(store, rev2=True), client(store, rev2=True)
+    a.select()
+    b.select()
+    a.command("a1 STORE 1 +FLAGS.SILENT (\\Deleted)")
+    a.command("a2 EXPUNGE")
+    assert b.command(f"b1 {verb} 1:2 Archive") == [
+        b"* 1 EXPUNGE\r\n",
+        b"b1 NO [EXPUNGEISSUED] Some of the requested messages no longer exist\r\n",
+    ]
+    archive = store.get_mailbox(1, "Archive")
+    assert archive is not None and store.mailbox_status(archive.id).messages == 0
+    what = "2" if verb.startswith("UID") else "1"  # what is left: UID 2, now message 1
+    copyuid = b"COPYUID %d 2 1" % uidvalidity(store, "Archive")
+    if verb.endswith("COPY"):
+        assert b.command(f"b2 {verb} {what} Archive") == [b"b2 OK [%s] %s completed\r\n" % (copyuid, verb.encode())]
+    else:
+        assert b.command(f"b2 {verb} {what} Archive") == [
+            b"* OK [%s] Moved\r\n" % copyuid,
+            b"* 1 EXPUNGE\r\n",
+            b"b2 OK %s completed\r\n" % verb.encode(),
+        ]
