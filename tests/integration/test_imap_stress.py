@@ -20,14 +20,6 @@ from tests.integration.imap_model import Run, Session, parse_set, report, seed_m
 USER = "bob@example.test"
 PASSWORD = "secret-password"
 
-# What the load still finds on this code (bench/README.md, "imap_stress.py", has the transcripts):
-OPEN_FAULTS = (
-    "issue 9: new keywords not announced by FLAGS; no EXISTS before the tagged OK of APPEND/COPY into the "
-    "selected mailbox; FETCH of a message expunged by another session answered NO [EXPUNGEISSUED]; and "
-    "the faults of the narrowed tests below (COPY/MOVE skipping such a message without its EXPUNGE, STORE "
-    ".SILENT hiding another session's change, STORE's FETCH without UID under CONDSTORE)"
-)
-
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[KarteroServer]:
@@ -45,7 +37,6 @@ def server_failures(mx: KarteroServer) -> list[str]:
     return [line for line in mx.log_lines if any(mark in line for mark in marks)]
 
 
-@pytest.mark.xfail(reason=OPEN_FAULTS, strict=False)
 @pytest.mark.parametrize(("sessions", "seconds"), [(10, 6.0), (50, 3.0)])
 def test_issue_9_sessions_on_one_mailbox_see_no_protocol_errors(server: KarteroServer, sessions: int,
                                                                 seconds: float) -> None:  # fmt: skip
