@@ -129,6 +129,18 @@ class Changes:
     first_recent_uid: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class FlagUpdate:
+    """What `Store.update_flags` did: the rows whose flags changed (with their new flags and MODSEQ), the
+    UIDs UNCHANGEDSINCE refused, and the MODSEQ each changed row had before, so that a session can tell
+    whether the client knew the flags its change started from (RFC 9051 §6.4.6: .SILENT spares the client
+    only the echo of its own change)."""
+
+    changed: tuple[MessageRow, ...]
+    refused: tuple[int, ...]
+    modseq_before: Mapping[int, int]  # UID -> MODSEQ before this change, for each changed row
+
+
 class QueueState(StrEnum):
     PENDING = "pending"
     DEFERRED = "deferred"
@@ -399,8 +411,8 @@ class Store(Protocol):
     def vanished_since(self, mailbox_id: int, modseq: int, uids: Sequence[int] | None = None) -> list[int]: ...
     def update_flags(
         self, mailbox_id: int, uids: Sequence[int], op: FlagOp, flags: frozenset[str], unchanged_since: int | None
-    ) -> tuple[list[MessageRow], list[int]]:
-        """Apply a flag change; returns (rows whose flags changed, UIDs refused by UNCHANGEDSINCE)."""
+    ) -> FlagUpdate:
+        """Apply a flag change to the messages of `uids` still in the mailbox, in one transaction."""
         ...
 
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
@@ -408,9 +420,11 @@ class Store(Protocol):
         ...
 
     def copy_messages(
-        self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool
+        self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool, all_or_none: bool = False
     ) -> list[tuple[int, int]]:
-        """Copy (or move) messages; returns (source UID, new UID) pairs. Bodies are shared, not copied."""
+        """Copy (or move) messages; returns (source UID, new UID) pairs. Bodies are shared, not copied.
+        UIDs no longer in the source are skipped; with `all_or_none`, if any is missing nothing is copied
+        and the result is empty."""
         ...
 
     def search(self, mailbox_id: int, criterion: Criterion) -> list[MessageRow]:

@@ -29,6 +29,7 @@ from kartero.store.interface import (
     INBOX,
     Changes,
     FlagOp,
+    FlagUpdate,
     Mailbox,
     MailboxExists,
     MailboxStatus,
@@ -451,9 +452,10 @@ class MailboxOps:
 
     def update_flags(
         self, mailbox_id: int, uids: Sequence[int], op: FlagOp, flags: frozenset[str], unchanged_since: int | None
-    ) -> tuple[list[MessageRow], list[int]]:
+    ) -> FlagUpdate:
         changed: list[MessageRow] = []
         refused: list[int] = []
+        before: dict[int, int] = {}
         with self._write() as db:
             rows = self._rows(db, mailbox_id, uids)
             updates: list[tuple[MessageRow, frozenset[str]]] = []
@@ -470,12 +472,11 @@ class MailboxOps:
                     "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
                     [(format_flags(f), modseq, mailbox_id, row.uid) for row, f in updates],
                 )
-                changed = [
-                    dataclasses.replace(row, flags=f, modseq=modseq) for row, f in updates
-                ]
+                changed = [dataclasses.replace(row, flags=f, modseq=modseq) for row, f in updates]
+                before = {row.uid: row.modseq for row, _ in updates}
         if changed:
             self._notify(frozenset({mailbox_id}))
-        return changed, refused
+        return FlagUpdate(tuple(changed), tuple(refused), before)
 
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
         with self._write() as db:
@@ -503,12 +504,12 @@ class MailboxOps:
         self._tombstones_written(mailbox_id)
 
     def copy_messages(
-        self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool
+        self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool, all_or_none: bool = False
     ) -> list[tuple[int, int]]:
         pairs: list[tuple[int, int]] = []
         with self._write() as db:
             rows = self._rows(db, source_id, uids)
-            if not rows:
+            if not rows or (all_or_none and len(rows) < len(set(uids))):
                 return []
             first = db.execute(
                 "UPDATE mailboxes SET uidnext = uidnext + ?, highestmodseq = highestmodseq + 1 WHERE id = ?"

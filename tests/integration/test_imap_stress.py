@@ -20,14 +20,6 @@ from tests.integration.imap_model import Run, Session, parse_set, report, seed_m
 USER = "bob@example.test"
 PASSWORD = "secret-password"
 
-# What the load still finds on this code (bench/README.md, "imap_stress.py", has the transcripts):
-OPEN_FAULTS = (
-    "issue 9: new keywords not announced by FLAGS; no EXISTS before the tagged OK of APPEND/COPY into the "
-    "selected mailbox; FETCH of a message expunged by another session answered NO [EXPUNGEISSUED]; and "
-    "the faults of the narrowed tests below (COPY/MOVE skipping such a message without its EXPUNGE, STORE "
-    ".SILENT hiding another session's change, STORE's FETCH without UID under CONDSTORE)"
-)
-
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[KarteroServer]:
@@ -45,7 +37,6 @@ def server_failures(mx: KarteroServer) -> list[str]:
     return [line for line in mx.log_lines if any(mark in line for mark in marks)]
 
 
-@pytest.mark.xfail(reason=OPEN_FAULTS, strict=False)
 @pytest.mark.parametrize(("sessions", "seconds"), [(10, 6.0), (50, 3.0)])
 def test_issue_9_sessions_on_one_mailbox_see_no_protocol_errors(server: KarteroServer, sessions: int,
                                                                 seconds: float) -> None:  # fmt: skip
@@ -75,15 +66,14 @@ def findings(run: Run) -> list[str]:
     return [finding.show() for finding in run.errors]
 
 
-@pytest.mark.xfail(reason="issue 9: found by the load; the session is never told why the message was skipped",
-                   strict=True)  # fmt: skip
 @pytest.mark.parametrize("verb", ["COPY", "MOVE"])
 def test_issue_9_copy_or_move_of_a_message_expunged_elsewhere_reports_the_expunge(server: KarteroServer,
                                                                                    verb: str) -> None:  # fmt: skip
     """A expunges message 1; B, not told yet, copies or moves it by sequence number. RFC 2180 §4.4:
     pending EXPUNGE responses MUST be returned to the COPY (so to MOVE), or the message is copied (its
     bytes stay readable until B is told, §4.1.1). Kartero answered `OK COPY completed (no messages)`
-    without COPYUID and without `* 1 EXPUNGE`, and B still believes message 1 exists (and was copied)."""
+    without COPYUID and without `* 1 EXPUNGE`, and B still believes message 1 exists (and was copied).
+    Now it answers as Dovecot 2.3 does: `* 1 EXPUNGE`, then `NO [EXPUNGEISSUED]`, nothing copied."""
 
     async def scenario() -> tuple[Run, Session, str, set[int], list[int]]:
         run, (a, b) = await open_sessions(server, ("", ""), 2)
@@ -105,8 +95,6 @@ def test_issue_9_copy_or_move_of_a_message_expunged_elsewhere_reports_the_expung
     assert findings(run) == []
 
 
-@pytest.mark.xfail(reason="issue 9: found by the load; sync() skips rows at this session's own MODSEQ",
-                   strict=True)  # fmt: skip
 def test_issue_9_store_silent_does_not_hide_another_sessions_change(server: KarteroServer) -> None:
     """B sets $X on message 1; then A, not told yet, sets \\Seen on it with STORE .SILENT. A must still
     hear of $X (RFC 9051 §5.2, §7.5.2; .SILENT only spares A the echo of its own change). Kartero reported
@@ -129,7 +117,6 @@ def test_issue_9_store_silent_does_not_hide_another_sessions_change(server: Kart
     assert [f for f in findings(run) if "FLAGS response announced" not in f] == []
 
 
-@pytest.mark.xfail(reason="issue 9: found by the load; STORE's FETCH carries UID only for UID STORE", strict=True)
 def test_issue_9_store_answers_carry_uid_and_modseq_under_condstore(server: KarteroServer) -> None:
     """After ENABLE CONDSTORE every untagged FETCH carries UID and MODSEQ, those caused by STORE included
     (RFC 7162 §3.2.4, binding on a server that offers QRESYNC). Kartero answered `STORE 1 +FLAGS (\\Seen)`

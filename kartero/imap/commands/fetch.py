@@ -317,8 +317,8 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
     if _sets_seen(cmd) and not view.readonly:
         unseen = [uid for uid, row in rows.items() if "\\Seen" not in row.flags]
         if unseen:
-            changed, _ = store.update_flags(view.mailbox_id, unseen, FlagOp.ADD, frozenset({"\\Seen"}), None)
-            for row in changed:
+            update = store.update_flags(view.mailbox_id, unseen, FlagOp.ADD, frozenset({"\\Seen"}), None)
+            for row in update.changed:
                 rows[row.uid] = dataclasses.replace(rows[row.uid], flags=row.flags, modseq=row.modseq)
                 view.own_changes[row.uid] = row.modseq
                 flags_changed.add(row.uid)
@@ -341,7 +341,8 @@ def _responses(
 ) -> Generator[bytes, None, None]:  # fmt: skip
     items = list(cmd.items)
     needs_bytes = any(isinstance(item, BodyItem) or item in _NEEDS_BYTES for item in items)
-    with_uid = cmd.is_uid and "UID" not in items
+    # RFC 7162 §3.2.4: a FETCH that sets \Seen under CONDSTORE reports the change with UID and MODSEQ.
+    with_uid = (cmd.is_uid or (session.uses_condstore() and bool(flags_changed))) and "UID" not in items
     with_modseq = (cmd.changed_since is not None or (session.uses_condstore() and bool(flags_changed))) and (
         "MODSEQ" not in items
     )

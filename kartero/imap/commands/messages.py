@@ -36,16 +36,23 @@ def store_flags(session: Session, cmd: StoreCommand) -> Handler:
     if cmd.unchanged_since is not None:
         yield from enable_condstore(session)
     pairs = resolve(view, cmd.numbers, is_uid=cmd.is_uid, saved=session.saved)
-    changed, refused = session.store.update_flags(
+    update = session.store.update_flags(
         view.mailbox_id, [uid for _, uid in pairs], _OPS[cmd.op], cmd.flags, cmd.unchanged_since
     )
-    lines = list(keyword_lines(view, changed))
-    for row in changed:
-        view.own_changes[row.uid] = row.modseq
+    refused = update.refused
+    lines = list(keyword_lines(view, update.changed))
+    # RFC 7162 §3.2.4: under CONDSTORE every untagged FETCH carries UID and MODSEQ, a STORE's included.
+    with_uid = cmd.is_uid or session.uses_condstore()
+    for row in update.changed:
         seq = view.seq_of(row.uid)
         # RFC 7162 §3.1.3: with UNCHANGEDSINCE the FETCH is sent even for .SILENT.
         if seq is not None and (not cmd.silent or cmd.unchanged_since is not None):
-            lines.append(fetch_flags_line(session, seq, row, with_uid=cmd.is_uid))
+            lines.append(fetch_flags_line(session, seq, row, with_uid=with_uid))
+            view.own_changes[row.uid] = row.modseq
+        elif (before := update.modseq_before[row.uid]) <= view.modseq or view.own_changes.get(row.uid) == before:
+            # .SILENT spares the client the echo of its own change only: when another session changed the
+            # message after what the client last heard, sync() must send the flags as they are now.
+            view.own_changes[row.uid] = row.modseq
     yield from chunked(lines)
     yield from chunked(sync(session, allow_expunge=cmd.is_uid))
     if refused:
@@ -67,9 +74,15 @@ def copy_move(session: Session, cmd: CopyMove) -> Handler:
         return Done(Status.NO, "No such mailbox", "TRYCREATE")
     pairs = resolve(view, cmd.numbers, is_uid=cmd.is_uid, saved=session.saved)
     try:
-        copied = session.store.copy_messages(view.mailbox_id, [uid for _, uid in pairs], target.id, move=is_move)
+        copied = session.store.copy_messages(view.mailbox_id, [uid for _, uid in pairs], target.id, move=is_move,
+                                             all_or_none=True)  # fmt: skip
     except NoSuchMailbox:
         return Done(Status.NO, "No such mailbox", "TRYCREATE")
+    if pairs and not copied:
+        # Another session expunged a message the client still sees. As Dovecot does (RFC 2180 §4.4.1):
+        # nothing is copied and the pending EXPUNGE comes first, so the client knows what to try again.
+        yield from chunked(sync(session, allow_expunge=True))
+        return Done(Status.NO, "Some of the requested messages no longer exist", "EXPUNGEISSUED")
     verb = ("UID " if cmd.is_uid else "") + cmd.name
     if not copied:
         yield from chunked(sync(session, allow_expunge=cmd.is_uid))

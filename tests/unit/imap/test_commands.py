@@ -272,14 +272,14 @@ def test_condstore_and_qresync(store: SQLiteStore) -> None:
     assert c.command("a ENABLE QRESYNC")[0] == b"* ENABLED QRESYNC\r\n"
     c.select()
     uidvalidity = store.get_mailbox(1, "INBOX").uidvalidity  # type: ignore[union-attr]
-    assert c.command("b STORE 2 +FLAGS (\\Seen)")[0] == b"* 2 FETCH (FLAGS (\\Recent \\Seen) MODSEQ (5))\r\n"
+    assert c.command("b STORE 2 +FLAGS (\\Seen)")[0] == b"* 2 FETCH (UID 2 FLAGS (\\Recent \\Seen) MODSEQ (5))\r\n"
     assert c.command("c FETCH 1:* (FLAGS) (CHANGEDSINCE 4)") == [
         b"* 2 FETCH (FLAGS (\\Recent \\Seen) MODSEQ (5))\r\n",
         b"c OK FETCH completed\r\n",
     ]
     assert c.command("d STORE 1:3 (UNCHANGEDSINCE 4) +FLAGS.SILENT (\\Flagged)") == [
-        b"* 1 FETCH (FLAGS (\\Flagged \\Recent) MODSEQ (6))\r\n",
-        b"* 3 FETCH (FLAGS (\\Flagged \\Recent) MODSEQ (6))\r\n",
+        b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent) MODSEQ (6))\r\n",
+        b"* 3 FETCH (UID 3 FLAGS (\\Flagged \\Recent) MODSEQ (6))\r\n",
         b"d OK [MODIFIED 2] Some messages were modified meanwhile\r\n",
     ]
     c.command("e STORE 3 +FLAGS (\\Deleted)")
