@@ -6,7 +6,12 @@ customer gets a whole /64, so counting single IPv6 addresses would give one atta
 
 An attempt counts as a failure from the moment it starts (`reserve`), before the password is checked,
 so 60 parallel guesses cannot all reach the check before the first failure is recorded; a success
-(`succeeded`) takes back the failures of that one (network, account) pair and of no other pair.
+(`succeeded`) takes back the failures of that one (network, account) pair and of no other pair, except
+those of its attempts still being checked. An attempt that would pass a limit only because of attempts
+still in flight is not refused but held (BUSY): the adapter waits until one of them settles
+(`wait_settled`) and asks again. So twenty devices of one user behind one NAT, logging in at once with
+the right password, all get in (ten checked at a time), while parallel guesses still reach the check no
+faster than the limit allows (issue 9: the load's logins were refused as failures that never happened).
 
 An attempt is refused unchecked (SMTP `454 4.7.0`, IMAP `NO`, POP3 `-ERR`) when:
 - PAIR: its (network, account) pair has `per_pair` failures (10) in the window. A user who mistypes
@@ -54,6 +59,9 @@ class Lockout(StrEnum):
     PAIR = "address+account"
     NETWORK = "address"
     ACCOUNT = "account"
+    # Not a failure limit: as many attempts of this pair or network as the limit allows are being checked.
+    # The caller waits for one to settle (`wait_settled`) and reserves again; refused only if none does.
+    BUSY = "attempts in flight"
 
 
 def client_network(address: str) -> str:
@@ -94,6 +102,17 @@ def _remove(times: list[float], taken: list[float]) -> None:
             times.remove(t)
 
 
+def _take_oldest(table: OrderedDict[Any, list[float]], key: Any) -> list[float]:
+    """Drop the oldest time under `key` (equal times are interchangeable for counting); returns the rest."""
+    times = table.get(key)
+    if times is None:
+        return []
+    del times[:1]
+    if not times:
+        del table[key]
+    return times
+
+
 @dataclass
 class AuthThrottle:
     window_s: float = 900.0
@@ -109,24 +128,37 @@ class AuthThrottle:
     _pairs: OrderedDict[tuple[str, str], list[float]] = field(default_factory=OrderedDict)
     _networks: OrderedDict[str, list[float]] = field(default_factory=OrderedDict)
     _accounts: OrderedDict[str, list[float]] = field(default_factory=OrderedDict)
+    # The reservation times of attempts not settled yet (a subset of the failure times above), per pair
+    # and per network; an attempt abandoned unsettled leaves with the window like a failure.
+    _pairs_in_flight: OrderedDict[tuple[str, str], list[float]] = field(default_factory=OrderedDict)
+    _networks_in_flight: OrderedDict[str, list[float]] = field(default_factory=OrderedDict)
+    # Per network: callbacks to call at the next settled attempt (see wait_settled).
+    _waiters: dict[str, list[Callable[[], None]]] = field(default_factory=dict)
 
     def reserve(self, address: str, user: str) -> Lockout | None:
         """Start a login attempt of `user` from `address`: None when it may be checked (it now counts
-        as a failure until `succeeded`), else why it is refused (nothing is recorded then)."""
+        as a failure until `succeeded`, and is in flight until `succeeded` or `failed`), else why it is
+        refused or held (BUSY; nothing is recorded then)."""
         now = self.clock()
         cutoff = now - self.window_s
         net, account = client_network(address), account_key(user)
         pair = self._pairs.get((net, account))
         if pair is not None:
             _prune(pair, 1, cutoff)
-            if len(pair) - 1 >= self.per_pair:
+            flying = self._in_flight(self._pairs_in_flight, (net, account), cutoff)
+            if len(pair) - 1 - flying >= self.per_pair:
                 return Lockout.PAIR
+            if len(pair) - 1 >= self.per_pair:
+                return Lockout.BUSY
         if pair is None or not pair[0] or now - pair[0] >= KNOWN_S:  # not a known (network, account)
             failures = self._networks.get(net)
             if failures is not None:
                 _prune(failures, 0, cutoff)
-                if len(failures) >= self.per_network:
+                flying = self._in_flight(self._networks_in_flight, net, cutoff)
+                if len(failures) - flying >= self.per_network:
                     return Lockout.NETWORK
+                if len(failures) >= self.per_network:
+                    return Lockout.BUSY
             failures = self._accounts.get(account)
             if failures is not None:
                 _prune(failures, 0, cutoff)
@@ -140,28 +172,72 @@ class AuthThrottle:
         failures = self._touch(self._accounts, account, [])
         failures.append(now)
         del failures[: -2 * self.per_account]
+        self._touch(self._pairs_in_flight, (net, account), []).append(now)
+        self._touch(self._networks_in_flight, net, []).append(now)
         return None
 
     def succeeded(self, address: str, user: str) -> None:
         """The password was right: take back this pair's failures (only this pair's, also from its
-        network's and its account's counts) and remember the network as known for the account."""
+        network's and its account's counts; the attempts of the pair still in flight stay counted) and
+        remember the network as known for the account."""
         net, account = client_network(address), account_key(user)
+        flying = self._settle(net, account)
         pair = self._touch(self._pairs, (net, account), [0.0])
         taken = pair[1:]
-        pair[:] = [self.clock()]
+        _remove(taken, flying)
+        pair[:] = [self.clock(), *flying]
         for table, key in ((self._networks, net), (self._accounts, account)):
             failures = table.get(key)
             if failures is not None:
                 _remove(failures, taken)
                 if not failures:
                     del table[key]
+        self._wake(net)
 
     def failed(self, address: str, user: str) -> float:
-        """The password was wrong (the failure was recorded by `reserve`): how long to wait before
-        answering, 0.5 s doubling with each failure of the pair in the window, at most 8 s."""
-        pair = self._pairs.get((client_network(address), account_key(user)))
+        """The password was wrong, or the attempt was abandoned (the failure was recorded by `reserve`):
+        how long to wait before answering, 0.5 s doubling with each failure of the pair in the window,
+        at most 8 s."""
+        net, account = client_network(address), account_key(user)
+        self._settle(net, account)
+        pair = self._pairs.get((net, account))
         count = max(1, len(pair) - 1) if pair is not None else 1
+        self._wake(net)
         return min(self.base_delay_s * 2.0 ** (count - 1), self.max_delay_s)
+
+    def wait_settled(self, address: str, user: str, wake: Callable[[], None]) -> Callable[[], None]:
+        """After BUSY: call `wake` once, when an attempt from this network next succeeds or fails (then
+        reserve again). Returns the function that cancels the wait (call it in any case)."""
+        net = client_network(address)
+        waiters = self._waiters.setdefault(net, [])
+        waiters.append(wake)
+
+        def cancel() -> None:
+            with contextlib.suppress(ValueError):
+                waiters.remove(wake)
+            if not waiters and self._waiters.get(net) is waiters:
+                del self._waiters[net]
+
+        return cancel
+
+    def _settle(self, net: str, account: str) -> list[float]:
+        """One attempt of the pair is no longer in flight; returns the pair's attempts still in flight."""
+        _take_oldest(self._networks_in_flight, net)
+        return list(_take_oldest(self._pairs_in_flight, (net, account)))
+
+    def _wake(self, net: str) -> None:
+        for wake in self._waiters.pop(net, ()):
+            wake()
+
+    def _in_flight(self, table: OrderedDict[Any, list[float]], key: Any, cutoff: float) -> int:
+        """How many attempts under `key` are in flight (those reserved before the window are forgotten)."""
+        times = table.get(key)
+        if times is None:
+            return 0
+        _prune(times, 0, cutoff)
+        if not times:
+            del table[key]
+        return len(times)
 
     def _touch(self, table: OrderedDict[Any, list[float]], key: Any, empty: list[float]) -> list[float]:
         """The entry for `key` (made from `empty` if missing), marked most recently used; evicts the

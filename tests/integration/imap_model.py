@@ -1318,8 +1318,8 @@ async def stress(run: Run, seconds: float, *, seed_messages: int = 0) -> dict[st
     await seed_mailbox(run, seed_messages)
     weights = run.weights or ACTIONS
     sessions = [Session(run, i, MODES[i % len(MODES)], random.Random(run.seed * 1000 + i)) for i in range(run.sessions)]
-    # Five logins at a time: the load is about one mailbox, not about LOGIN (Kartero's throttle refuses
-    # more than ten at once from one address: test_imap_stress.py covers that apart).
+    # Five logins at a time: the load is about one mailbox, not about LOGIN (many logins of one user at
+    # once are test_imap_stress.py's twenty-login test).
     for first in range(0, len(sessions), LOGINS_AT_ONCE):
         await asyncio.gather(*(s.open() for s in sessions[first : first + LOGINS_AT_ONCE]))
     await asyncio.gather(*(s.select() for s in sessions))

@@ -61,13 +61,60 @@ def test_issue_8_success_with_own_account_never_clears_failures_at_another(
 
 def test_issue_8_parallel_attempts_are_counted_before_any_check(throttle: AuthThrottle) -> None:
     """60 simultaneous logins: each is reserved before its password is checked, so at most the limit
-    of them reach the check, whatever order the answers come back in."""
+    of them reach the check, whatever order the answers come back in; the rest are held (BUSY) until
+    those settle, and refused once they have failed."""
     admitted = [throttle.reserve(X, ALICE) for _ in range(60)]
     assert admitted.count(None) == 10
-    assert set(admitted[10:]) == {Lockout.PAIR}
+    assert set(admitted[10:]) == {Lockout.BUSY}
+    for _ in range(10):
+        throttle.failed(X, ALICE)
+    assert throttle.reserve(X, ALICE) is Lockout.PAIR
     # Spread over accounts, the per-address limit holds the same way.
     spread = [throttle.reserve("192.0.2.20", f"user{n}@example.test") for n in range(60)]
-    assert spread.count(None) == 30 and set(spread[30:]) == {Lockout.NETWORK}
+    assert spread.count(None) == 30 and set(spread[30:]) == {Lockout.BUSY}
+    for n in range(30):
+        throttle.failed("192.0.2.20", f"user{n}@example.test")
+    assert throttle.reserve("192.0.2.20", "user99@example.test") is Lockout.NETWORK
+
+
+def test_issue_9_twenty_concurrent_logins_with_the_right_password_all_get_in(throttle: AuthThrottle) -> None:
+    """Twenty devices of one user behind one NAT log in at once (the load of issue 9): ten are checked,
+    ten wait for one of them to settle; every success lets the waiters in, none is refused."""
+    woken: list[int] = []
+    first = [throttle.reserve(X, ALICE) for _ in range(20)]
+    assert first.count(None) == 10 and set(first[10:]) == {Lockout.BUSY}
+    cancels = [throttle.wait_settled(X, ALICE, lambda n=n: woken.append(n)) for n in range(10)]
+    throttle.succeeded(X, ALICE)
+    assert sorted(woken) == list(range(10))  # each waiter is called once
+    for cancel in cancels:
+        cancel()
+    for _ in range(9):
+        throttle.succeeded(X, ALICE)
+    assert [throttle.reserve(X, ALICE) for _ in range(10)] == [None] * 10
+    for _ in range(10):
+        throttle.succeeded(X, ALICE)
+    assert throttle.reserve(X, ALICE) is None
+
+
+def test_issue_9_a_success_does_not_take_back_the_failures_of_guesses_in_flight(throttle: AuthThrottle) -> None:
+    """Ten guesses in flight and one right password among them: the success takes back its own
+    reservation, not the others' (they still fail, and count)."""
+    for _ in range(10):
+        assert throttle.reserve(X, ALICE) is None
+    throttle.succeeded(X, ALICE)
+    assert throttle.reserve(X, ALICE) is None  # the success freed one slot
+    for _ in range(10):
+        throttle.failed(X, ALICE)
+    assert throttle.reserve(X, ALICE) is Lockout.PAIR
+
+
+def test_issue_9_a_cancelled_wait_is_not_called(throttle: AuthThrottle) -> None:
+    called: list[str] = []
+    assert throttle.reserve(X, ALICE) is None
+    cancel = throttle.wait_settled(X, ALICE, lambda: called.append("woken"))
+    cancel()
+    throttle.failed(X, ALICE)
+    assert called == []
 
 
 def test_issue_8_a_success_clears_only_its_own_reservation_and_pair(throttle: AuthThrottle) -> None:
@@ -143,7 +190,9 @@ def test_issue_8_lockout_ends_when_the_window_passes(throttle: AuthThrottle, clo
     assert throttle.reserve(X, ALICE) is Lockout.PAIR
     clock.now += 1  # ... and now out of it: one slot
     assert throttle.reserve(X, ALICE) is None
-    assert throttle.reserve(X, ALICE) is Lockout.PAIR  # refused attempts never extend the lockout
+    assert throttle.reserve(X, ALICE) is Lockout.BUSY  # held while that one is checked ...
+    throttle.failed(X, ALICE)
+    assert throttle.reserve(X, ALICE) is Lockout.PAIR  # ... refused once it failed; refusals never extend it
 
 
 def test_issue_8_user_names_count_in_canonical_form(throttle: AuthThrottle) -> None:
