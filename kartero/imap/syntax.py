@@ -71,7 +71,7 @@ class SKey:
     ALL; NONE (RECENT and NEW: Kartero keeps no \\Recent flag, IMAP4rev2 removed it); FLAG (name, present);
     HEADER (field, text) with field lower-cased; BODY (text); TEXT (text); LARGER (n); SMALLER (n);
     BEFORE/ON/SINCE (date) on the internal date; SENTBEFORE/SENTON/SENTSINCE (date);
-    SAVEDBEFORE/SAVEDON/SAVEDSINCE (date); MODSEQ (n).
+    SAVEDBEFORE/SAVEDON/SAVEDSINCE (date); MODSEQ (n); EMAILID/THREADID (object id).
     """
 
     name: str
@@ -622,7 +622,7 @@ def _list(a: _Args) -> Command:
 
 
 STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT",
-                "APPENDLIMIT")  # fmt: skip
+                "APPENDLIMIT", "MAILBOXID")  # fmt: skip
 
 
 def _status_items(tokens: tuple[Token, ...]) -> tuple[str, ...]:
@@ -733,6 +733,8 @@ def _search_key(a: _Args, count: _KeyCount, depth: int = 0) -> SearchKey:
             return SOr(_search_key(a, count, depth + 1), _search_key(a, count, depth + 1))
         case "UID":
             return SeqKey(parse_sequence_set(a.atom("UID set")), is_uid=True)
+        case "EMAILID" | "THREADID":  # RFC 8474 §6
+            return SKey(key, (a.atom("object id"),))
         case "MODSEQ":
             if isinstance(a.peek(), String):  # entry-name and entry-type (RFC 7162 §3.1.5), ignored
                 a.pos += 1

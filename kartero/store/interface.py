@@ -63,6 +63,18 @@ class Mailbox:
     uidnext: int
     highestmodseq: int
     subscribed: bool
+    objectid: str = ""  # RFC 8474 MAILBOXID: unique, kept across RENAME
+
+
+def email_id(blob_id: str) -> str:
+    """RFC 8474 EMAILID of a message: its stored body's id, shared by its copies (COPY, MOVE, one delivery
+    to several mailboxes), as the RFC asks; the "M" keeps it an objectid that starts with a letter."""
+    return "M" + blob_id
+
+
+def blob_of_email_id(objectid: str) -> str | None:
+    """The stored body an EMAILID names, or None when it cannot name one."""
+    return objectid[1:] if objectid.startswith("M") and objectid[1:].isalnum() else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from kartero.mime.headers import MessageData, decode_words, find_body_start, iter_body_text, parse_header_block
 from kartero.mime.structure import parse_content_type
 from kartero.store import criteria as c
+from kartero.store.ids import new_mailbox_objectid
 from kartero.store.interface import (
     INBOX,
     Changes,
@@ -62,7 +63,7 @@ def _row(r: Sequence[Any]) -> MessageRow:
 
 
 def _mailbox(row: Sequence[Any]) -> Mailbox:
-    return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
+    return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8])
 
 
 # Of a message's header block, SEARCH reads at most this much (a header with no end is the whole message).
@@ -137,7 +138,7 @@ class MailboxOps:
 
     _MAILBOX_SELECT = (
         "SELECT m.id, m.account_id, m.name, m.special_use, m.uidvalidity, m.uidnext, m.highestmodseq,"
-        " s.name IS NOT NULL FROM mailboxes m"
+        " s.name IS NOT NULL, m.objectid FROM mailboxes m"
         " LEFT JOIN subscriptions s ON s.account_id = m.account_id AND s.name = m.name"
     )
 
@@ -181,8 +182,9 @@ class MailboxOps:
         with self._write() as db:
             try:
                 db.execute(
-                    "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity) VALUES (?, ?, ?, ?)",
-                    (account_id, name, special_use, self._next_uidvalidity(db)),
+                    "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity, objectid)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (account_id, name, special_use, self._next_uidvalidity(db), new_mailbox_objectid()),
                 )
             except sqlite3.IntegrityError:
                 raise MailboxExists(f"mailbox {name} exists") from None
@@ -635,6 +637,8 @@ def _to_sql(criterion: c.Criterion) -> _Sql | None:
             return _date_sql(_SENT_DAY, op, date)
         case c.SavedDate(op=op, date=date):
             return _date_sql("COALESCE(m.saved_at, m.internal_date)", op, date)
+        case c.Blob(blob_id=blob_id):
+            return _Sql("m.blob_id = ?", (blob_id,))
         case c.Uids(ranges=ranges) if len(ranges) <= _MAX_SQL_RANGES:
             if not ranges:
                 return _Sql("0", ())
@@ -809,6 +813,8 @@ def _matches(criterion: c.Criterion, candidate: _SearchRow) -> bool:
         case c.SavedDate(op=op, date=date):
             saved = row.saved_at if row.saved_at is not None else row.internal_date
             return _compare_date(_utc_date(saved), op, date)
+        case c.Blob(blob_id=blob_id):
+            return row.blob_id == blob_id
         case c.Uids():
             return row.uid in criterion
         case c.ModSeq(at_least=at_least):

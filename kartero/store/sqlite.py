@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kartero.mime.index import MessageIndex, index_message
+from kartero.store.ids import new_mailbox_objectid
 from kartero.store.interface import (
     SPECIAL_MAILBOXES,
     Account,
@@ -72,6 +73,7 @@ CREATE TABLE IF NOT EXISTS mailboxes (
     uidvalidity INTEGER NOT NULL,
     uidnext INTEGER NOT NULL DEFAULT 1,
     highestmodseq INTEGER NOT NULL DEFAULT 1,
+    objectid TEXT,                       -- RFC 8474 MAILBOXID (ids.new_mailbox_objectid), set at creation
     UNIQUE (account_id, name)
 );
 CREATE TABLE IF NOT EXISTS subscriptions (
@@ -129,7 +131,11 @@ CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (mailbox_id, modseq);
 
 # Columns added since the first schema, for databases made before them: (table, column, type). A NULL in
 # them means "not known for this row": it was stored before the column existed.
-_ADDED_COLUMNS = (("blobs", "sent_day", "INTEGER"), ("messages", "saved_at", "INTEGER"))
+_ADDED_COLUMNS = (
+    ("blobs", "sent_day", "INTEGER"),
+    ("messages", "saved_at", "INTEGER"),
+    ("mailboxes", "objectid", "TEXT"),
+)
 
 # Groups of deliveries committed together at most; bounded so one transaction stays short.
 MAX_BATCH = 256
@@ -456,8 +462,9 @@ class SQLiteStore(MailboxOps, QueueOps):
             assert account_id is not None
             for name, special_use in SPECIAL_MAILBOXES:
                 db.execute(
-                    "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity) VALUES (?, ?, ?, ?)",
-                    (account_id, name, special_use, self._next_uidvalidity(db)),
+                    "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity, objectid)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (account_id, name, special_use, self._next_uidvalidity(db), new_mailbox_objectid()),
                 )
                 db.execute("INSERT INTO subscriptions (account_id, name) VALUES (?, ?)", (account_id, name))
         self._bump_directory_version()
@@ -749,6 +756,10 @@ def _add_columns(db: sqlite3.Connection) -> None:
     for table, column, kind in _ADDED_COLUMNS:
         if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    # Mailboxes made before OBJECTID get their MAILBOXID now: it must exist for every mailbox.
+    missing = [row[0] for row in db.execute("SELECT id FROM mailboxes WHERE objectid IS NULL")]
+    db.executemany("UPDATE mailboxes SET objectid = ? WHERE id = ?", [(new_mailbox_objectid(), i) for i in missing])
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS mailboxes_objectid ON mailboxes (objectid)")
 
 
 def _discard(bodies: Sequence[bytes | SpoolBody]) -> None:

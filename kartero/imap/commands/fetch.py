@@ -36,7 +36,7 @@ from kartero.imap.commands.view import (
 )
 from kartero.imap.response import Status
 from kartero.imap.syntax import STAR, BodyItem, Fetch, Section
-from kartero.store.interface import FlagOp, MessageReader, MessageRow, StoreError
+from kartero.store.interface import FlagOp, MessageReader, MessageRow, StoreError, email_id
 
 Handler = Generator[bytes, None, Done]
 _NEEDS_INDEX = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE"})
@@ -383,6 +383,10 @@ def _responses(
                         parts.append(message.streamed(b"RFC822.HEADER", message.header_span()))
                     case "RFC822.TEXT":
                         parts.append(message.streamed(b"RFC822.TEXT", message.text_span()))
+                    case "EMAILID":  # RFC 8474 §5.1
+                        parts.append(f"EMAILID ({email_id(row.blob_id)})".encode())
+                    case "THREADID":  # RFC 8474 §5.2: NIL from a server that does not thread
+                        parts.append(b"THREADID NIL")
                     case "SAVEDATE":  # RFC 8514: NIL for a message stored before save dates were kept
                         saved = "NIL" if row.saved_at is None else f'"{internal_date(row.saved_at)}"'
                         parts.append(f"SAVEDATE {saved}".encode())

@@ -81,6 +81,7 @@ def select(session: Session, cmd: Select) -> Handler:
         f"* OK [UIDVALIDITY {summary.uidvalidity}] UIDs valid\r\n",
         f"* OK [UIDNEXT {summary.uidnext}] Predicted next UID\r\n",
         f"* OK [HIGHESTMODSEQ {summary.highestmodseq}] Highest\r\n",
+        f"* OK [MAILBOXID ({mailbox.objectid})] Ok\r\n",  # RFC 8474 §4.1
     ]
     if not session.rev2:
         lines.insert(1, "* 0 RECENT\r\n")
@@ -138,11 +139,11 @@ def create(session: Session, cmd: MailboxCommand) -> Handler:
             with contextlib.suppress(MailboxExists):
                 store.create_mailbox(session.account_id, parent)
     try:
-        store.create_mailbox(session.account_id, name, special)
+        created = store.create_mailbox(session.account_id, name, special)
     except MailboxExists:
         return Done(Status.NO, "Mailbox exists", "ALREADYEXISTS")
     yield from ()
-    return Done(Status.OK, "CREATE completed")
+    return Done(Status.OK, "CREATE completed", f"MAILBOXID ({created.objectid})")  # RFC 8474 §4.1
 
 
 def delete(session: Session, cmd: MailboxCommand) -> Handler:
@@ -348,10 +349,11 @@ def list_mailboxes(session: Session, cmd: ListCommand) -> Handler:
 
 def _status_line(session: Session, mailbox: Mailbox, items: tuple[str, ...]) -> bytes:
     st = session.store.mailbox_status(mailbox.id)
-    values = {
+    values: dict[str, object] = {
         "MESSAGES": st.messages, "UIDNEXT": st.uidnext, "UIDVALIDITY": st.uidvalidity, "UNSEEN": st.unseen,
         "DELETED": st.deleted, "SIZE": st.size, "HIGHESTMODSEQ": st.highestmodseq, "RECENT": 0,
     }  # fmt: skip
+    values["MAILBOXID"] = f"({mailbox.objectid})"  # RFC 8474 §4.1
     parts = [f"{item} {values[item]}" for item in items if item in values]
     return f"* STATUS {_quote(session, mailbox.name)} ({' '.join(parts)})\r\n".encode()
 

@@ -10,6 +10,7 @@ from kartero.imap.commands.view import Done, Session, View, chunked, format_set,
 from kartero.imap.response import Status
 from kartero.imap.syntax import STAR, SAnd, Search, SearchKey, SeqKey, SequenceSet, SKey, SNot, SOr, SortCommand
 from kartero.store import criteria as c
+from kartero.store.interface import blob_of_email_id
 
 Handler = Generator[bytes, None, Done]
 CHARSETS = frozenset({"UTF-8", "US-ASCII"})
@@ -82,6 +83,11 @@ def _leaf(name: str, args: tuple[object, ...]) -> c.Criterion:
             return c.Size(smaller_than=int(str(args[0])))
         case "MODSEQ":
             return c.ModSeq(int(str(args[0])))
+        case "EMAILID":
+            blob_id = blob_of_email_id(str(args[0]))
+            return c.Not(c.All()) if blob_id is None else c.Blob(blob_id)
+        case "THREADID":  # no message has a THREADID (FETCH THREADID is NIL: RFC 8474 §5.2)
+            return c.Not(c.All())
     date = args[0]
     assert isinstance(date, datetime.date)
     if name.startswith("SENT"):

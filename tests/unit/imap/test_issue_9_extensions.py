@@ -3,6 +3,7 @@ RFCs' examples, over a real store."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -105,3 +106,77 @@ def test_issue_9_messages_stored_before_savedate_have_none(tmp_path: Path, monke
         assert c.command("s SEARCH SAVEDON 26-Nov-2026")[0] == b"* SEARCH 1\r\n"
     finally:
         store.close()
+
+
+# -- OBJECTID (RFC 8474) -------------------------------------------------------------------------------------
+
+def objectid(line: bytes, kind: bytes = b"MAILBOXID") -> bytes:
+    found = re.search(kind + rb" \(([A-Za-z0-9_-]+)\)", line)
+    assert found is not None, line
+    return found.group(1)
+
+
+def test_issue_9_mailboxid_is_stable_across_rename_and_unique(store: SQLiteStore) -> None:
+    c = Client(store=store)
+    c.login()
+    assert "OBJECTID" in c.command("c CAPABILITY")[0].decode()
+    # RFC 8474 §4.1's example: CREATE answers the new MAILBOXID, STATUS reports it, RENAME keeps it.
+    created = c.command("3 create foo")
+    assert re.fullmatch(rb"3 OK \[MAILBOXID \(F[0-9a-f]{24}\)\] CREATE completed\r\n", created[0])
+    foo, bar = objectid(created[0]), objectid(c.command("4 create bar")[0])
+    assert foo != bar
+    assert c.command("5 create foo") == [b"5 NO [ALREADYEXISTS] Mailbox exists\r\n"]
+    assert c.command("7 status foo (MAILBOXID)") == [
+        b'* STATUS "foo" (MAILBOXID (%s))\r\n' % foo,
+        b"7 OK STATUS completed\r\n",
+    ]
+    assert c.command("8 rename foo renamed")[-1] == b"8 OK RENAME completed\r\n"
+    assert c.command("9 status renamed (MAILBOXID)")[0] == b'* STATUS "renamed" (MAILBOXID (%s))\r\n' % foo
+    assert c.command("10 status bar (MAILBOXID MESSAGES)")[0] == (
+        b'* STATUS "bar" (MAILBOXID (%s) MESSAGES 0)\r\n' % bar
+    )
+    assert b"* OK [MAILBOXID (%s)] Ok\r\n" % foo in c.command("11 select renamed")
+    assert b"* OK [MAILBOXID (%s)] Ok\r\n" % foo in c.command("12 examine renamed")
+    listed = c.command('13 list "" "*" return (status (mailboxid))')
+    assert b'* STATUS "renamed" (MAILBOXID (%s))\r\n' % foo in listed
+    ids = [objectid(line) for line in listed if line.startswith(b"* STATUS")]
+    assert len(ids) == len(set(ids)) == 8  # the 6 every account gets, and the 2 made here
+
+
+def test_issue_9_emailid_follows_the_message_and_threadid_is_nil(store: SQLiteStore) -> None:
+    deliver(store, MESSAGE, b"Subject: second\r\n\r\nbody\r\n")
+    c = client(store)
+    # RFC 8474 §5.1's example: EMAILID and THREADID, then a MOVE keeps the EMAILID.
+    fetched = c.command("12 fetch 1:2 (emailid threadid)")
+    assert all(re.fullmatch(rb"\* \d FETCH \(EMAILID \(M[0-9a-f]{24}\) THREADID NIL\)\r\n", f) for f in fetched[:2])
+    first, second = objectid(fetched[0], b"EMAILID"), objectid(fetched[1], b"EMAILID")
+    assert first != second
+    assert c.command("13 move 2 Archive")[-1].startswith(b"13 OK")
+    c.command("14 select Archive")
+    assert c.command("15 fetch 1 (emailid threadid)")[0] == b"* 1 FETCH (EMAILID (%s) THREADID NIL)\r\n" % second
+    assert c.command("16 copy 1 INBOX")[-1].startswith(b"16 OK")
+    c.command("17 select INBOX")
+    assert c.command(f"18 search emailid {second.decode()}")[0] == b"* SEARCH 2\r\n"  # the copy, same EMAILID
+    assert c.command(f"19 search emailid {first.decode()}")[0] == b"* SEARCH 1\r\n"
+    assert c.command("20 search emailid Mnothere")[0] == b"* SEARCH\r\n"
+    assert c.command(f'21 search or emailid {first.decode()} body "no such text"')[0] == b"* SEARCH 1\r\n"
+    assert c.command("22 search threadid T64b478a75b7ea9")[0] == b"* SEARCH\r\n"
+    assert c.command("23 search emailid")[0] == b"23 BAD SEARCH: missing object id\r\n"
+
+
+def test_issue_9_mailboxes_made_before_objectid_get_one_that_stays(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "data")
+    store.add_account("bob@example.test", "unused")
+    store.close()
+    db = sqlite3.connect(tmp_path / "data" / "kartero.db")
+    db.execute("DROP INDEX mailboxes_objectid")
+    db.execute("ALTER TABLE mailboxes DROP COLUMN objectid")
+    db.commit()
+    db.close()
+    store = SQLiteStore(tmp_path / "data")
+    ids = {m.name: m.objectid for m in store.list_mailboxes(1)}
+    store.close()
+    assert len(set(ids.values())) == 6 and all(re.fullmatch(r"F[0-9a-f]{24}", i) for i in ids.values())
+    store = SQLiteStore(tmp_path / "data")
+    assert {m.name: m.objectid for m in store.list_mailboxes(1)} == ids
+    store.close()
