@@ -265,7 +265,7 @@ class ImapConnection:
             "IDLE", "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE",
             "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "ESEARCH", "SEARCHRES", "SORT", "CONDSTORE", "QRESYNC",
             "BINARY", "UTF8=ACCEPT", f"APPENDLIMIT={self.settings.append_limit}", "SAVEDATE",
-            "OBJECTID",
+            "OBJECTID", "PREVIEW",
         ]  # fmt: skip
         if self.settings.is_compress_available:
             caps.append("COMPRESS=DEFLATE")

@@ -114,8 +114,9 @@ class BodyItem:
 
 SIMPLE_FETCH = frozenset(
     {"FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY", "UID", "MODSEQ",
-     "RFC822", "RFC822.HEADER", "RFC822.TEXT", "SAVEDATE", "EMAILID", "THREADID"}
+     "RFC822", "RFC822.HEADER", "RFC822.TEXT", "SAVEDATE", "EMAILID", "THREADID", "PREVIEW"}
 )  # fmt: skip
+PREVIEW_LAZY = "PREVIEW (LAZY)"  # RFC 8970 §3.1: PREVIEW with its only modifier
 FetchItem = str | BodyItem
 
 
@@ -880,12 +881,16 @@ def _fetch(a: _Args, is_uid: bool) -> Command:
     numbers = parse_sequence_set(a.atom("sequence set"))
     token = a.next("fetch items")
     if isinstance(token, PList):
-        items = tuple(parse_fetch_item(_atom_value(t)) for t in token.items)
+        items = _fetch_items(token.items)
         if not items:
             raise ParseError("empty fetch item list")
     else:
         word = _atom_value(token)
         items = _FETCH_MACROS.get(word.upper()) or (parse_fetch_item(word),)
+        following = a.peek()
+        if items == ("PREVIEW",) and isinstance(following, PList) and _is_preview_modifiers(following):
+            a.pos += 1
+            items = (PREVIEW_LAZY,)
     changed_since = None
     vanished = False
     if a.more():
@@ -905,6 +910,30 @@ def _fetch(a: _Args, is_uid: bool) -> Command:
             raise ParseError("VANISHED needs UID FETCH with CHANGEDSINCE")
     a.end()
     return Fetch(is_uid, numbers, items, changed_since, vanished)
+
+
+def _fetch_items(tokens: tuple[Token, ...]) -> tuple[FetchItem, ...]:
+    """A parenthesised list of fetch items; PREVIEW may be followed by its modifiers (RFC 8970 §4)."""
+    items: list[FetchItem] = []
+    i = 0
+    while i < len(tokens):
+        item = parse_fetch_item(_atom_value(tokens[i]))
+        following = tokens[i + 1] if i + 1 < len(tokens) else None
+        if item == "PREVIEW" and isinstance(following, PList):
+            if not _is_preview_modifiers(following):
+                raise ParseError("unknown PREVIEW modifier")
+            item, i = PREVIEW_LAZY, i + 1
+        items.append(item)
+        i += 1
+    return tuple(items)
+
+
+def _is_preview_modifiers(modifiers: PList) -> bool:
+    """Whether a list after PREVIEW holds its modifiers: LAZY, the only one RFC 8970 §4 defines. Outside a
+    list of items, a list that is not (e.g. `(CHANGEDSINCE 5)`) is the FETCH modifiers instead."""
+    return bool(modifiers.items) and all(
+        isinstance(t, Atom) and t.value.upper() == "LAZY" for t in modifiers.items
+    )
 
 
 def _atom_value(token: Token) -> str:

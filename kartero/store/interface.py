@@ -127,6 +127,7 @@ class MessageRow:
     parts: str | None = None
     saved_at: int | None = None  # unix seconds it came into this mailbox (RFC 8514); None: stored before
     # that was kept
+    preview: str | None = None  # RFC 8970, with the index fields; None: stored before previews were kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +403,11 @@ class Store(Protocol):
 
     def sort(self, mailbox_id: int, keys: Sequence[Sort], criterion: Criterion) -> list[int]:
         """UIDs of matching messages in the order of `keys` (ties: ascending UID)."""
+        ...
+
+    def keep_previews(self, previews: Mapping[str, str]) -> None:
+        """Keep the previews (by blob id) made for messages stored before previews were kept (see
+        MessageRow.preview); a blob gone meanwhile is skipped."""
         ...
 
     def read_message(self, blob_id: str) -> bytes: ...

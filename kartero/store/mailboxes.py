@@ -14,7 +14,7 @@ import json
 import sqlite3
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -39,7 +39,7 @@ from kartero.store.interface import (
 # SQLite limits bound parameters per statement; query large UID lists in chunks of this size.
 _CHUNK = 500
 _ROW_COLUMNS = "m.uid, m.flags, m.modseq, m.size, m.internal_date, m.blob_id, m.saved_at"
-_INDEX_COLUMNS = ", b.imap_envelope, b.imap_body, b.imap_bodystructure, b.parts"
+_INDEX_COLUMNS = ", b.imap_envelope, b.imap_body, b.imap_bodystructure, b.parts, b.preview"
 
 
 def format_flags(flags: Iterable[str]) -> str:
@@ -58,7 +58,7 @@ def _has_flag(flags: frozenset[str], name: str) -> bool:
 def _row(r: Sequence[Any]) -> MessageRow:
     if len(r) > 7:
         return MessageRow(r[0], parse_flags(r[1]), r[2], r[3], r[4], r[5], envelope=r[7], body=r[8],
-                          bodystructure=r[9], parts=r[10], saved_at=r[6])  # fmt: skip
+                          bodystructure=r[9], parts=r[10], saved_at=r[6], preview=r[11])  # fmt: skip
     return MessageRow(r[0], parse_flags(r[1]), r[2], r[3], r[4], r[5], saved_at=r[6])
 
 
@@ -339,6 +339,10 @@ class MailboxOps:
             rows = db.execute(base + f" AND m.uid IN ({marks}) ORDER BY m.uid", (mailbox_id, *chunk))
             result.extend(_row(r) for r in rows)
         return result
+
+    def keep_previews(self, previews: Mapping[str, str]) -> None:
+        with self._write() as db:
+            db.executemany("UPDATE blobs SET preview = ? WHERE id = ?", [(p, b) for b, p in previews.items()])
 
     def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
         db = self._db()

@@ -103,7 +103,8 @@ CREATE TABLE IF NOT EXISTS blobs (
     sort_subject TEXT NOT NULL,
     sort_from TEXT NOT NULL,
     sort_to TEXT NOT NULL,
-    sort_cc TEXT NOT NULL
+    sort_cc TEXT NOT NULL,
+    preview TEXT                         -- RFC 8970 (kartero.mime.preview); NULL: made on its first FETCH
 );
 CREATE INDEX IF NOT EXISTS blobs_segment ON blobs (segment, offset);
 CREATE TABLE IF NOT EXISTS messages (
@@ -135,6 +136,7 @@ _ADDED_COLUMNS = (
     ("blobs", "sent_day", "INTEGER"),
     ("messages", "saved_at", "INTEGER"),
     ("mailboxes", "objectid", "TEXT"),
+    ("blobs", "preview", "TEXT"),
 )
 
 # Groups of deliveries committed together at most; bounded so one transaction stays short.
@@ -383,12 +385,13 @@ class SQLiteStore(MailboxOps, QueueOps):
         db.execute(
             "INSERT INTO blobs (id, segment, offset, size, envelope, created_at, imap_envelope, imap_body,"
             " imap_bodystructure, parts, subject, from_text, to_text, cc_text, bcc_text, message_id, sent_date,"
-            " sent_day, sort_subject, sort_from, sort_to, sort_cc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-            " ?, ?, ?, ?, ?, ?, ?, ?)",
+            " sent_day, sort_subject, sort_from, sort_to, sort_cc, preview) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+            " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 d.blob_id, location[0], location[1], len(d.data), json.dumps(dict(d.envelope)), d.internal_date,
                 ix.envelope, ix.body, ix.bodystructure, ix.parts, ix.subject, ix.from_, ix.to, ix.cc, ix.bcc,
                 ix.message_id, ix.sent_date, ix.sent_day, ix.sort_subject, ix.sort_from, ix.sort_to, ix.sort_cc,
+                ix.preview,
             ),
         )  # fmt: skip
         for target in d.targets:
@@ -778,5 +781,5 @@ def _minimal_index(delivery: Delivery) -> MessageIndex:
         bodystructure=body[:-1] + b" NIL NIL NIL NIL)",
         parts=json.dumps([0, 0, size, "7bit", [], None], separators=(",", ":")),
         subject="", from_="", to="", cc="", bcc="", message_id="", sent_date=None, sent_day=None,
-        sort_subject="", sort_from="", sort_to="", sort_cc="",
+        sort_subject="", sort_from="", sort_to="", sort_cc="", preview="",
     )  # fmt: skip

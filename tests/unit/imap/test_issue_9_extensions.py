@@ -180,3 +180,79 @@ def test_issue_9_mailboxes_made_before_objectid_get_one_that_stays(tmp_path: Pat
     store = SQLiteStore(tmp_path / "data")
     assert {m.name: m.objectid for m in store.list_mailboxes(1)} == ids
     store.close()
+
+
+# -- PREVIEW (RFC 8970) --------------------------------------------------------------------------------------
+
+LOREM = (
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit. Curabitur aliquam turpis et ante dictum, et "
+    "pulvinar dui congue. Maecenas hendrerit, lorem in porta vehicula, elit nulla scelerisque nunc, vel placerat "
+    "nisl risus id lectus. Vestibulum ante ipsum primis in faucibus orci luctus et ultrices posuere cubilia."
+)
+LONG = b"Subject: long\r\n\r\n" + LOREM.encode() + b"\r\n"
+SHORT = b"Subject: short\r\n\r\nShort message.\r\n"
+EMPTY = b"Subject: no text\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n"
+HTML = (
+    b"Subject: html\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+    b"--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment\r\n\r\n%PDF\r\n"
+    b"--b\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    b"<html><head><title>T</title><style>p {color: red}</style></head><body><p>Gr=C3=BC=C3=9Fe &amp; "
+    b"welcome,</p><!-- hidden --><p>see<br>you</p></body></html>\r\n--b--\r\n"
+)
+
+
+def test_issue_9_preview_as_in_the_rfc_examples(store: SQLiteStore) -> None:
+    deliver(store, LONG, SHORT, EMPTY, HTML)
+    c = client(store)
+    assert "PREVIEW" in c.command("A1 CAPABILITY")[0].decode()
+    # RFC 8970 §5: a preview of at most 256 characters; an empty one for a message without text.
+    assert c.command("A2 FETCH 1 (RFC822.SIZE PREVIEW)") == [
+        b'* 1 FETCH (RFC822.SIZE %d PREVIEW "%s")\r\n' % (len(LONG), LOREM[:256].rstrip().encode()),
+        b"A2 OK FETCH completed\r\n",
+    ]
+    assert c.command("A3 FETCH 2:4 (PREVIEW)") == [
+        b'* 2 FETCH (PREVIEW "Short message.")\r\n',
+        b'* 3 FETCH (PREVIEW "")\r\n',
+        b"* 4 FETCH (PREVIEW {26}\r\n",  # 24 characters, in UTF-8
+        "Grüße & welcome, see you".encode() + b")\r\n",
+        b"A3 OK FETCH completed\r\n",
+    ]
+    assert c.command("A4 FETCH 2 (PREVIEW (LAZY))")[0] == b'* 2 FETCH (PREVIEW "Short message.")\r\n'
+    assert c.command("A5 fetch 2 (uid preview (lazy) flags)")[0] == (
+        b'* 2 FETCH (UID 2 PREVIEW "Short message." FLAGS ())\r\n'
+    )
+    assert c.command("A6 FETCH 2 (PREVIEW (FUZZY))") == [b"A6 BAD unknown PREVIEW modifier\r\n"]
+    # RFC 8970 §4: a lone PREVIEW takes its modifiers too; any other list after it is the FETCH modifiers.
+    assert c.command("A7 FETCH 2 PREVIEW (LAZY)")[0] == b'* 2 FETCH (PREVIEW "Short message.")\r\n'
+    assert c.command("A8 FETCH 2 PREVIEW (CHANGEDSINCE 1)")[0] == b'* 2 FETCH (PREVIEW "Short message." MODSEQ (3))\r\n'
+
+
+def test_issue_9_preview_of_older_mail_is_made_on_its_first_fetch(tmp_path: Path) -> None:
+    """A database from before previews: LAZY answers NIL (RFC 8970 §3.1), a plain PREVIEW makes it once."""
+    store = SQLiteStore(tmp_path / "data")
+    store.add_account("bob@example.test", "unused")
+    store.start()
+    deliver(store, SHORT, LONG)
+    store.close()
+    db = sqlite3.connect(tmp_path / "data" / "kartero.db")
+    db.execute("ALTER TABLE blobs DROP COLUMN preview")
+    db.commit()
+    db.close()
+    store = SQLiteStore(tmp_path / "data")
+    store.start()
+    try:
+        c = client(store)
+        assert c.command("A4 FETCH 1:2 (PREVIEW (LAZY))")[:2] == [
+            b"* 1 FETCH (PREVIEW NIL)\r\n",
+            b"* 2 FETCH (PREVIEW NIL)\r\n",
+        ]
+        assert c.command("A5 FETCH 1 (PREVIEW)")[0] == b'* 1 FETCH (PREVIEW "Short message.")\r\n'
+        assert c.command("A6 FETCH 1:2 (PREVIEW (LAZY))") == [
+            b'* 1 FETCH (PREVIEW "Short message.")\r\n',
+            b"* 2 FETCH (PREVIEW NIL)\r\n",
+            b"A6 OK FETCH completed\r\n",
+        ]
+        assert c.command("A7 FETCH 1:2 (PREVIEW)")[1].startswith(b'* 2 FETCH (PREVIEW "Lorem ipsum')
+        assert c.command("A8 FETCH 2 (PREVIEW (LAZY))")[0].startswith(b'* 2 FETCH (PREVIEW "Lorem ipsum')
+    finally:
+        store.close()
