@@ -16,7 +16,7 @@ import logging
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kartero.delivery.mtasts import MTASTS
 from kartero.delivery.mx import Hop, NoRoute, find_route
@@ -24,6 +24,7 @@ from kartero.dns.resolver import NoRecords, Records, Resolver
 from kartero.log import kv
 from kartero.queue.jobs import Deferred, Delivered, Failed, JobMessage, OnOutcomes, Outcome
 from kartero.smtp.client import (
+    BodyWanted,
     ClientConnection,
     ClientSettings,
     Closed,
@@ -37,6 +38,8 @@ from kartero.smtp.client import (
 from kartero.smtp.replies import Reply
 
 log = logging.getLogger("kartero.delivery")
+
+BODY_CHUNK = 256 * 1024  # octets of a large message read and sent at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +201,9 @@ class DeliveryAgent:
                     conn.receive_data(data)
                     continue
                 match event:
+                    case BodyWanted():
+                        assert current is not None
+                        await self._send_body(conn, current, writer)
                     case StartTLSReady():
                         writer.write(conn.data_to_send())
                         await writer.drain()
@@ -226,6 +232,31 @@ class DeliveryAgent:
             log.debug("%s", kv(event="delivery.session", host=hop.host, address=address,
                                ms=round((time.monotonic() - started) * 1000)))  # fmt: skip
         return None if not queue and current is None else f"451 4.4.2 {remote} closed the session early"
+
+    @staticmethod
+    async def _send_body(conn: ClientConnection, message: JobMessage, writer: asyncio.StreamWriter) -> None:
+        """A large message, read and written BODY_CHUNK octets at a time with flow control (its bytes are
+        held open, so deleting it from the queue meanwhile cannot cut it short). A read that fails
+        anyway cannot end DATA honestly: the connection is dropped, so the peer discards the message."""
+        assert message.open_body is not None
+        loop = asyncio.get_running_loop()
+        reader = await loop.run_in_executor(None, message.open_body)
+        try:
+            position = 0
+            while position < reader.size:
+                chunk = await loop.run_in_executor(None, reader.read, position, BODY_CHUNK)
+                if not chunk:
+                    raise ConnectionError(f"message {message.queue_id} ends before its size")
+                conn.send_body(chunk)
+                position += len(chunk)
+                writer.write(conn.data_to_send())
+                await writer.drain()
+            conn.end_body()
+        except BaseException:
+            writer.transport.abort()
+            raise
+        finally:
+            reader.close()
 
     def _send_next(
         self,
@@ -268,8 +299,7 @@ def _undecided(message: JobMessage, results: dict[int, Outcome]) -> JobMessage |
         return None
     if len(left) == len(message.recipients):
         return message
-    return JobMessage(message.queue_id, message.sender, message.data, left, message.smtputf8, message.body_8bit,
-                      message.ret, message.envid)  # fmt: skip
+    return replace(message, recipients=left)
 
 
 def _outgoing(message: JobMessage) -> OutgoingMessage:
@@ -281,4 +311,5 @@ def _outgoing(message: JobMessage) -> OutgoingMessage:
         is_8bit=message.body_8bit,
         ret=message.ret,
         envid=message.envid,
+        streamed_size=message.size if message.open_body is not None else 0,
     )

@@ -6,7 +6,8 @@ The adapter feeds bytes with `receive_data`, drains `next_event()`, and answers 
 - `StartTLSRequested`, `CompressRequested`: change the transport, then `tls_established()` / nothing;
 - `IdleStarted`: push updates with `send()` until `IdleDone`, then `finish()`;
 - `AppendData`: a piece of a large APPEND message, for the adapter's spool file (nothing to answer);
-- `OutputReady`: responses filled OUTPUT_HIGH_WATER: send them before asking for the next event.
+- `OutputReady`: responses filled OUTPUT_HIGH_WATER: send them before asking for the next event;
+- `Unauthenticated`: UNAUTHENTICATE done: forget the user's session (nothing to answer).
 Framing, literals (with their size limits), tags, syntax, state rules, CAPABILITY, ENABLE, ID,
 NAMESPACE and LOGOUT are handled here. One command runs at a time; pipelined input waits in the buffer.
 """
@@ -21,8 +22,6 @@ from kartero.imap import response as r
 from kartero.imap.response import Status
 from kartero.imap.state import ALLOWED, ImapState, ProtocolViolation
 from kartero.imap.syntax import (
-    MAX_MAILBOX_LEVELS,
-    MAX_MAILBOX_NAME,
     Append,
     Authenticate,
     Command,
@@ -30,7 +29,7 @@ from kartero.imap.syntax import (
     Enable,
     Id,
     Login,
-    MailboxNameTooLong,
+    Refused,
     Simple,
     parse_command,
 )
@@ -43,6 +42,7 @@ from kartero.imap.tokens import (
     first_words,
     split_literal,
     tokenize,
+    upper_ascii,
 )
 
 # tag = 1*<any ASTRING-CHAR except "+"> (RFC 9051 §9): printable, without ( ) { SP % * " \ +.
@@ -56,6 +56,10 @@ MAX_COMMAND = 1024 * 1024
 # so a session holds about this much of a message, whatever its size (issue 8, finding 6).
 APPEND_SPOOL_THRESHOLD = 1024 * 1024
 APPEND_PIECE = 64 * 1024
+# MULTIAPPEND (RFC 3502): the messages of one APPEND take at most this many times APPENDLIMIT together
+# (each one APPENDLIMIT at most). They go to one spool file once past APPEND_SPOOL_THRESHOLD in memory,
+# so this bounds the disk one command fills before the store sees it, not memory.
+MULTIAPPEND_LIMIT_FACTOR = 4
 # Responses that may wait in the core before it reports OutputReady (pipelined CAPABILITY, NOOP, ...).
 OUTPUT_HIGH_WATER = 64 * 1024
 
@@ -121,13 +125,21 @@ class OutputReady:
 
 
 @dataclass(frozen=True, slots=True)
+class Unauthenticated:
+    """UNAUTHENTICATE (RFC 8437) succeeded: the adapter drops what it kept for the user (the selected
+    mailbox, without expunging); the core is back in NOT_AUTHENTICATED with no extension enabled."""
+
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     reason: str
 
 
 Event = (
     CommandReady | LoginRequested | StartTLSRequested | CompressRequested | IdleStarted | IdleDone | AppendData
-    | OutputReady | ConnectionClosed
+    | OutputReady | Unauthenticated | ConnectionClosed
 )  # fmt: skip
 
 
@@ -138,7 +150,10 @@ class _Pending:
     lines: list[bytes] = field(default_factory=list)
     literals: list[bytearray] = field(default_factory=list)
     size: int = 0
-    spooled: int = 0  # octets of an APPEND literal handed out in AppendData events instead of kept
+    held: int = 0  # octets of APPEND literals kept in memory
+    # (literal index, size) of the APPEND literals handed out in AppendData events instead of kept
+    spooled: list[tuple[int, int]] = field(default_factory=list)
+    is_spooling: bool = False  # the literal being read is one of them
 
 
 class ImapConnection:
@@ -264,9 +279,10 @@ class ImapConnection:
         caps += [
             "IDLE", "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE",
             "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "ESEARCH", "SEARCHRES", "SORT", "CONDSTORE", "QRESYNC",
-            "BINARY", "UTF8=ACCEPT", f"APPENDLIMIT={self.settings.append_limit}", "SAVEDATE",
-            "OBJECTID", "PREVIEW",
+            "BINARY", "UTF8=ACCEPT", f"APPENDLIMIT={self.settings.append_limit}", "SAVEDATE", "MULTIAPPEND",
+            "UNAUTHENTICATE", "OBJECTID", "PREVIEW",
         ]  # fmt: skip
+        caps += ["SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES"]  # RFC 5957, RFC 5256
         if self.settings.is_compress_available:
             caps.append("COMPRESS=DEFLATE")
         return " ".join(caps)
@@ -314,12 +330,14 @@ class ImapConnection:
             n = min(self._literal_left, len(self._in))
             if not n:
                 return _NEED_DATA
-            if self._pending.spooled:
+            if self._pending.is_spooling:
                 n = min(n, APPEND_PIECE)
                 piece = bytes(self._in[:n])
                 del self._in[:n]
-                is_first = self._literal_left == self._pending.spooled
+                spooled = self._pending.spooled
+                is_first = len(spooled) == 1 and self._literal_left == spooled[0][1]
                 self._literal_left -= n
+                self._pending.is_spooling = self._literal_left > 0
                 return AppendData(piece, is_first)
             with memoryview(self._in) as view:
                 self._pending.literals[-1] += view[:n]
@@ -359,14 +377,14 @@ class ImapConnection:
             self._pending = _Pending()
             event = self._dispatch(RawCommand(tuple(pending.lines), tuple(bytes(lit) for lit in pending.literals)))
             if pending.spooled:
-                return self._spooled_append(event, pending.spooled)
+                return self._spooled_append(event, pending)
             return event
         pending.lines.append(text)
         tag, name = first_words(pending.lines[0])
         tag = tag if _TAG.fullmatch(tag) else "*"  # never echo what is not a tag (it may hold a CR)
         limit = self._literal_limit(name)
-        # Only APPEND carries a message; any other command stays within MAX_COMMAND, lines and literals.
-        total_limit = MAX_COMMAND + (self.settings.append_limit if name == "APPEND" else 0)
+        # Only APPEND carries messages; any other command stays within MAX_COMMAND, lines and literals.
+        total_limit = MAX_COMMAND + (MULTIAPPEND_LIMIT_FACTOR * self.settings.append_limit if name == "APPEND" else 0)
         if request.size > limit or pending.size + request.size > total_limit:
             too_big = r.tagged(tag, Status.NO if name == "APPEND" else Status.BAD,
                                f"Literal too large ({limit} octets allowed)",
@@ -377,23 +395,34 @@ class ImapConnection:
             too_many = r.tagged(tag, Status.BAD, f"too many arguments ({MAX_TOKENS} at most)")
             self._refuse_literal(request, too_many, limit)
             return None
-        if pending.spooled:  # a second literal after a spooled message: not an APPEND we take
-            self._refuse_literal(request, r.tagged(tag, Status.BAD, "APPEND takes one message"), limit)
-            return None
         pending.size += request.size
         pending.literals.append(bytearray())
         self._literal_left = request.size
-        if name == "APPEND" and request.size > APPEND_SPOOL_THRESHOLD:
-            pending.spooled = request.size
+        if name == "APPEND" and request.size:
+            # A large message, or one past what the command already holds in memory, goes to the
+            # adapter's spool file (one per command, the spooled messages back to back).
+            if max(request.size, pending.held + request.size) > APPEND_SPOOL_THRESHOLD:
+                pending.spooled.append((len(pending.literals) - 1, request.size))
+                pending.is_spooling = True
+            else:
+                pending.held += request.size
         if request.is_sync:
             self._out += b"+ Ready for literal data\r\n"
         return None
 
-    def _spooled_append(self, event: Event | None, size: int) -> Event | None:
-        """The command around a message that left in AppendData pieces: an APPEND with its size; for
-        anything else (a parse error) the adapter is told to drop its spool file."""
+    def _spooled_append(self, event: Event | None, pending: _Pending) -> Event | None:
+        """The command around messages that left in AppendData pieces: an APPEND with their sizes (each
+        message is one literal, the last ones of the command); for anything else (a parse error) the
+        adapter is told to drop its spool file."""
         if isinstance(event, CommandReady) and isinstance(event.command, Append):
-            return CommandReady(event.tag, replace(event.command, spooled=size))
+            messages = list(event.command.messages)
+            first = len(pending.literals) - len(messages)
+            for index, size in pending.spooled:
+                if index >= first:  # else a spooled mailbox name: gone, the APPEND fails on the name
+                    messages[index - first] = replace(messages[index - first], spooled=size)
+            return CommandReady(event.tag, replace(event.command, messages=tuple(messages)))
+        if isinstance(event, CommandReady) and isinstance(event.command, Refused):
+            return event  # an APPEND to an impossible name: the adapter drops the spool file
         if isinstance(event, CommandReady):  # cannot happen: only APPEND literals are spooled
             raise ProtocolViolation(f"spooled literal for {type(event.command).__name__}")
         return event
@@ -429,16 +458,12 @@ class ImapConnection:
         tag = tokens[0].value
         if len(tokens) < 2 or not isinstance(tokens[1], Atom):
             return self._bad(tag, "Missing command")
-        name = tokens[1].value.upper()
+        name = upper_ascii(tokens[1].value)
         if name not in ALLOWED[self.state]:
             known = any(name in commands for commands in ALLOWED.values())
             return self._bad(tag, f"{name} not allowed now" if known else f"Unknown command {name}")
         try:
             command = parse_command(name, tokens[2:], utf8=self.is_utf8)
-        except MailboxNameTooLong:
-            limits = f"{MAX_MAILBOX_NAME} octets and {MAX_MAILBOX_LEVELS} levels at most"
-            self._out += r.tagged(tag, Status.NO, f"Mailbox name too long ({limits})", "CANNOT")
-            return None
         except ParseError as exc:
             return self._bad(tag, str(exc))
         return self._handle(tag, command)
@@ -454,6 +479,14 @@ class ImapConnection:
                 self._close("logout")
             case Simple(name="NOOP") if self.state is not ImapState.SELECTED:
                 self._out += r.tagged(tag, Status.OK, "NOOP completed")  # nothing selected: nothing to report
+            case Simple(name="UNAUTHENTICATE"):
+                # RFC 8437 §3: back to NOT_AUTHENTICATED, nothing selected, nothing enabled; TLS and
+                # compression stay.
+                self._out += r.tagged(tag, Status.OK, "UNAUTHENTICATE completed")
+                self.state = ImapState.NOT_AUTHENTICATED
+                self.user = None
+                self.enabled.clear()
+                return Unauthenticated(tag)
             case Simple(name="NAMESPACE"):
                 self._out += r.untagged('NAMESPACE (("" "/")) NIL NIL')
                 self._out += r.tagged(tag, Status.OK, "NAMESPACE completed")

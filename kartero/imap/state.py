@@ -2,7 +2,8 @@
 
 Theory of operation: a connection starts NOT_AUTHENTICATED; LOGIN or AUTHENTICATE moves it to
 AUTHENTICATED; a successful SELECT/EXAMINE to SELECTED, which CLOSE, UNSELECT or a failed SELECT leave
-again; LOGOUT (or the server) ends in LOGOUT. A command not in its state's set gets `BAD`.
+again; LOGOUT (or the server) ends in LOGOUT; UNAUTHENTICATE (RFC 8437) goes back to NOT_AUTHENTICATED.
+A command not in its state's set gets `BAD`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ _ANY = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID"})
 _NOT_AUTHENTICATED = _ANY | {"STARTTLS", "LOGIN", "AUTHENTICATE"}
 _AUTHENTICATED = _ANY | {
     "ENABLE", "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB",
-    "NAMESPACE", "STATUS", "APPEND", "IDLE", "COMPRESS",
+    "NAMESPACE", "STATUS", "APPEND", "IDLE", "COMPRESS", "UNAUTHENTICATE",
 }  # fmt: skip
 _SELECTED = (_AUTHENTICATED - {"ENABLE"}) | {
-    "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID", "SORT",
+    "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID", "SORT", "THREAD",
 }  # fmt: skip
 
 ALLOWED: dict[ImapState, frozenset[str]] = {

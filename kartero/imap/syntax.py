@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kartero.imap import mutf7
-from kartero.imap.tokens import MAX_NESTING, Atom, ParseError, PList, String, Token
+from kartero.imap.tokens import MAX_NESTING, Atom, ParseError, PList, String, Token, upper_ascii
 
 STAR = -1  # "*" in a sequence set: the largest number in use
 
@@ -68,7 +68,7 @@ class SNot:
 @dataclass(frozen=True, slots=True)
 class SKey:
     """A leaf search key and its arguments, already typed:
-    ALL; NONE (RECENT and NEW: Kartero keeps no \\Recent flag, IMAP4rev2 removed it); FLAG (name, present);
+    ALL; NONE; RECENT, NEW and OLD (IMAP4rev1's \\Recent, RFC 3501 §6.4.4); FLAG (name, present);
     HEADER (field, text) with field lower-cased; BODY (text); TEXT (text); LARGER (n); SMALLER (n);
     BEFORE/ON/SINCE (date) on the internal date; SENTBEFORE/SENTON/SENTSINCE (date);
     SAVEDBEFORE/SAVEDON/SAVEDSINCE (date); MODSEQ (n); EMAILID/THREADID (object id).
@@ -197,12 +197,24 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True)
-class Append:
-    mailbox: str
+class AppendMessage:
     flags: frozenset[str]
     date: datetime.datetime | None
     data: bytes
     spooled: int = 0  # a large message left the core in AppendData pieces: `data` is empty, this its size
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """APPEND with one message, or several (MULTIAPPEND, RFC 3502: stored all or none)."""
+
+    mailbox: str
+    messages: tuple[AppendMessage, ...]
+
+    @property
+    def spooled(self) -> int:
+        """Octets of the messages that left the core in AppendData pieces, one after the other."""
+        return sum(message.spooled for message in self.messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,10 +228,18 @@ class Search:
 @dataclass(frozen=True, slots=True)
 class SortCommand:
     is_uid: bool
-    keys: tuple[tuple[str, bool], ...]  # (ARRIVAL|CC|DATE|FROM|SIZE|SUBJECT|TO, reverse)
+    keys: tuple[tuple[str, bool], ...]  # (a SORT_KEYS name, reverse)
     charset: str
     key: SearchKey
     returns: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadCommand:
+    is_uid: bool
+    algorithm: str  # a THREAD_ALGORITHMS name
+    charset: str
+    key: SearchKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,9 +284,21 @@ class Compress:
     mechanism: str
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A well-formed command naming a mailbox no mailbox can be: a name too long or too deep, or not valid
+    modified UTF-7. It is answered NO with `text` and `code` (not BAD: the syntax is right), by the handler
+    rather than the core because a refused SELECT/EXAMINE still leaves the selected state (RFC 9051
+    §6.3.2: "if the SELECT fails, no mailbox is selected")."""
+
+    name: str  # the command: SELECT, CREATE, COPY, ...
+    text: str
+    code: str | None = None
+
+
 Command = (
     Simple | Login | Authenticate | Enable | Select | MailboxCommand | Rename | ListCommand | Status | Append
-    | Search | SortCommand | Fetch | StoreCommand | CopyMove | UidExpunge | Id | Compress
+    | Search | SortCommand | ThreadCommand | Fetch | StoreCommand | CopyMove | UidExpunge | Id | Compress | Refused
 )  # fmt: skip
 
 
@@ -278,9 +310,18 @@ class _Args:
     utf8: bool
     pos: int = 0
     name: str = field(default="")
+    refusal: Refused | None = None  # the first mailbox name that cannot be (the command then gets NO)
 
     def more(self) -> bool:
         return self.pos < len(self.tokens)
+
+    def take(self, word: str) -> bool:
+        """Whether the next token is the atom `word` (in any case); if it is, it is consumed."""
+        token = self.peek()
+        if isinstance(token, Atom) and upper_ascii(token.value) == word:
+            self.pos += 1
+            return True
+        return False
 
     def peek(self) -> Token | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -312,7 +353,7 @@ class _Args:
 
     def nstring(self, what: str) -> bytes | None:
         token = self.peek()
-        if isinstance(token, Atom) and token.value.upper() == "NIL":
+        if isinstance(token, Atom) and upper_ascii(token.value) == "NIL":
             self.pos += 1
             return None
         return self.astring(what)
@@ -327,12 +368,26 @@ class _Args:
         return parse_number(self.atom(what), what, maximum)
 
     def mailbox(self) -> str:
-        return decode_mailbox(self.astring("mailbox name"), utf8=self.utf8)
+        """A mailbox name; one no mailbox can have is noted in `refusal` (the command is answered NO once
+        its syntax has been checked in full) and stands as ""."""
+        try:
+            return decode_mailbox(self.astring("mailbox name"), utf8=self.utf8)
+        except ImpossibleMailboxName as exc:
+            if self.refusal is None:
+                self.refusal = Refused(self.name, str(exc), "CANNOT")
+            return ""
 
 
-class MailboxNameTooLong(ParseError):
-    """A mailbox name beyond MAX_MAILBOX_NAME or MAX_MAILBOX_LEVELS: answered `NO [CANNOT]` (RFC 9051 §7.1:
-    the operation can never succeed), whatever the command."""
+class ImpossibleMailboxName(ParseError):
+    """A syntactically valid name no mailbox can have: answered `NO [CANNOT]` (RFC 9051 §7.1: the operation
+    can never succeed) whatever the command, and matching nothing in LIST."""
+
+
+class MailboxNameTooLong(ImpossibleMailboxName):
+    """A mailbox name beyond MAX_MAILBOX_NAME or MAX_MAILBOX_LEVELS."""
+
+    def __init__(self) -> None:
+        super().__init__(f"Mailbox name too long ({MAX_MAILBOX_NAME} octets and {MAX_MAILBOX_LEVELS} levels at most)")
 
 
 def parse_number(text: str, what: str = "number", maximum: int = MAX_NUMBER) -> int:
@@ -352,14 +407,12 @@ def _decode_name(raw: bytes, *, utf8: bool) -> str:
     if not utf8:
         try:
             text = mutf7.decode(text)
-        except mutf7.MUTF7Error as exc:
-            raise ParseError(f"bad mailbox name: {exc}") from None
-    if text.upper() == "INBOX":
-        return "INBOX"
-    if text.upper().startswith("INBOX/"):
+        except mutf7.MUTF7Error:
+            raise ImpossibleMailboxName("Mailbox name is not valid mUTF-7") from None  # Dovecot's words
+    if upper_ascii(text[:5]) == "INBOX" and text[5:6] in ("", "/"):  # ASCII case only (upper_ascii)
         text = "INBOX" + text[5:]
     if any(ord(ch) < 0x20 or ch == "\x7f" for ch in text):
-        raise ParseError("control characters in mailbox name")
+        raise ImpossibleMailboxName("Mailbox name holds control characters")
     return text
 
 
@@ -369,12 +422,12 @@ def _is_too_long(name: str) -> bool:
 
 def decode_mailbox(raw: bytes, *, utf8: bool) -> str:
     """A mailbox name from the wire; INBOX in any case is INBOX (RFC 9051 §5.1). Raises ParseError, and
-    MailboxNameTooLong beyond the limits."""
+    ImpossibleMailboxName for a name beyond the limits or not valid modified UTF-7."""
     if len(raw) > 8 * MAX_MAILBOX_NAME:  # too long in any encoding: not worth decoding
-        raise MailboxNameTooLong("mailbox name too long")
+        raise MailboxNameTooLong
     text = _decode_name(raw, utf8=utf8)
     if _is_too_long(text):
-        raise MailboxNameTooLong("mailbox name too long")
+        raise MailboxNameTooLong
     return text
 
 
@@ -473,7 +526,7 @@ def _login(a: _Args) -> Command:
 
 
 def _authenticate(a: _Args) -> Command:
-    mechanism = a.atom("mechanism").upper()
+    mechanism = upper_ascii(a.atom("mechanism"))
     initial: bytes | None = None
     if a.more():
         token = a.next("initial response")
@@ -490,7 +543,7 @@ def _authenticate(a: _Args) -> Command:
 def _enable(a: _Args) -> Command:
     caps = []
     while a.more():
-        caps.append(a.atom("capability").upper())
+        caps.append(upper_ascii(a.atom("capability")))
     if not caps:
         raise ParseError("ENABLE needs at least one capability")
     return Enable(tuple(caps))
@@ -507,7 +560,7 @@ def _select(a: _Args) -> Command:
             token = params[i]
             if not isinstance(token, Atom):
                 raise ParseError("bad select parameter")
-            name = token.value.upper()
+            name = upper_ascii(token.value)
             if name == "CONDSTORE":
                 condstore = True
             elif name == "QRESYNC" and i + 1 < len(params) and isinstance(params[i + 1], PList):
@@ -543,7 +596,7 @@ def _mailbox_command(a: _Args) -> Command:
     special: tuple[str, ...] = ()
     if a.name == "CREATE" and a.more():
         params = a.plist("create parameters")
-        if len(params) != 2 or not isinstance(params[0], Atom) or params[0].value.upper() != "USE":
+        if len(params) != 2 or not isinstance(params[0], Atom) or upper_ascii(params[0].value) != "USE":
             raise ParseError("only the USE create parameter is supported")
         uses = params[1].items if isinstance(params[1], PList) else ()
         special = tuple(t.value for t in uses if isinstance(t, Atom))
@@ -557,9 +610,10 @@ def _rename(a: _Args) -> Command:
     return Rename(old, new)
 
 
-def _list_pattern(token: Token, utf8: bool) -> str:
+def _list_pattern(token: Token, utf8: bool) -> str | None:
     """A LIST reference or pattern, under the same limits as a mailbox name (a longer one could match
-    no name); matching costs the pattern's length per character of each name."""
+    no name); matching costs the pattern's length per character of each name. None for one that can
+    match no name (not valid modified UTF-7, control characters): it lists nothing, as Dovecot does."""
     if isinstance(token, Atom):
         raw = token.value.encode("utf-8")
     elif isinstance(token, String):
@@ -568,7 +622,10 @@ def _list_pattern(token: Token, utf8: bool) -> str:
         raise ParseError("bad mailbox pattern")
     if len(raw) > 8 * MAX_MAILBOX_NAME:
         raise ParseError("mailbox pattern too long")
-    pattern = _decode_name(raw, utf8=utf8) if raw else ""
+    try:
+        pattern = _decode_name(raw, utf8=utf8) if raw else ""
+    except ImpossibleMailboxName:
+        return None
     if _is_too_long(pattern):
         raise ParseError("mailbox pattern too long")
     return pattern
@@ -582,20 +639,24 @@ def _list(a: _Args) -> Command:
         for token in a.plist("selection options"):
             if not isinstance(token, Atom):
                 raise ParseError("bad selection option")
-            selection.add(token.value.upper())
+            selection.add(upper_ascii(token.value))
     reference = _list_pattern(a.next("reference"), a.utf8)
     patterns_token = a.next("mailbox pattern")
     if isinstance(patterns_token, PList):
         is_extended = True
+        if not patterns_token.items:
+            raise ParseError("empty list of mailbox patterns")
         if len(patterns_token.items) > MAX_LIST_PATTERNS:
             raise ParseError(f"too many mailbox patterns ({MAX_LIST_PATTERNS} at most)")
-        patterns = tuple(_list_pattern(t, a.utf8) for t in patterns_token.items)
+        decoded = [_list_pattern(t, a.utf8) for t in patterns_token.items]
     else:
-        patterns = (_list_pattern(patterns_token, a.utf8),)
+        decoded = [_list_pattern(patterns_token, a.utf8)]
+    # A reference or pattern no name can match lists nothing (an empty tuple of patterns).
+    patterns = tuple(p for p in decoded if p is not None) if reference is not None else ()
     returns: set[str] = set()
     status_items: tuple[str, ...] = ()
     if a.more():
-        if a.atom("RETURN").upper() != "RETURN":
+        if upper_ascii(a.atom("RETURN")) != "RETURN":
             raise ParseError("expected RETURN")
         is_extended = True
         options = list(a.plist("return options"))
@@ -604,7 +665,9 @@ def _list(a: _Args) -> Command:
             token = options[i]
             if not isinstance(token, Atom):
                 raise ParseError("bad return option")
-            option = token.value.upper()
+            option = upper_ascii(token.value)
+            if option not in LIST_RETURNS:  # RFC 5258 §3: an unknown option is a BAD
+                raise ParseError(f"unknown return option {token.value[:40]}")
             if option == "STATUS":
                 if i + 1 >= len(options) or not isinstance(options[i + 1], PList):
                     raise ParseError("STATUS needs a list of items")
@@ -613,13 +676,18 @@ def _list(a: _Args) -> Command:
             returns.add(option)
             i += 1
     a.end()
-    unknown = selection - {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
+    unknown = selection - LIST_SELECTIONS
     if unknown:
         raise ParseError(f"unknown selection option {sorted(unknown)[0]}")
     if "RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}:
         raise ParseError("RECURSIVEMATCH needs another selection option")
-    return ListCommand(reference, patterns, frozenset(selection), frozenset(returns), status_items,
+    return ListCommand(reference or "", patterns, frozenset(selection), frozenset(returns), status_items,
                        is_lsub=a.name == "LSUB", is_extended=is_extended)  # fmt: skip
+
+
+# RFC 5258 §3.1-3.2, RFC 6154 (SPECIAL-USE), RFC 5819 (STATUS).
+LIST_SELECTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+LIST_RETURNS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
 
 
 STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT",
@@ -629,9 +697,9 @@ STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE
 def _status_items(tokens: tuple[Token, ...]) -> tuple[str, ...]:
     items = []
     for token in tokens:
-        if not isinstance(token, Atom) or token.value.upper() not in STATUS_ITEMS:
+        if not isinstance(token, Atom) or upper_ascii(token.value) not in STATUS_ITEMS:
             raise ParseError("unknown STATUS item")
-        items.append(token.value.upper())
+        items.append(upper_ascii(token.value))
     if not items:
         raise ParseError("STATUS needs at least one item")
     return tuple(items)
@@ -645,25 +713,29 @@ def _status(a: _Args) -> Command:
 
 
 def _append(a: _Args) -> Command:
+    """APPEND mailbox 1*([flags] [date-time] literal): one message, or several (MULTIAPPEND, RFC 3502
+    §6.3.11); each message is one literal, so there are at most as many as a command has literals."""
     mailbox = a.mailbox()
-    flags: frozenset[str] = frozenset()
-    date: datetime.datetime | None = None
-    if isinstance(a.peek(), PList):
-        flags = _flag_list(a.plist("flags"))
-    token = a.peek()
-    if isinstance(token, String) and not token.is_literal:
-        date = parse_date_time(token.value.decode("ascii", "replace"))
-        a.pos += 1
-    message = a.next("message literal")
-    if isinstance(message, Atom) and message.value.upper() == "UTF8":
-        inner = a.plist("UTF8 literal")
-        if len(inner) != 1 or not isinstance(inner[0], String):
-            raise ParseError("bad UTF8 literal")
-        message = inner[0]
-    if not isinstance(message, String) or not message.is_literal:
-        raise ParseError("APPEND needs the message as a literal")
-    a.end()
-    return Append(mailbox, flags, date, message.value)
+    messages: list[AppendMessage] = []
+    while not messages or a.more():
+        flags: frozenset[str] = frozenset()
+        date: datetime.datetime | None = None
+        if isinstance(a.peek(), PList):
+            flags = _flag_list(a.plist("flags"))
+        token = a.peek()
+        if isinstance(token, String) and not token.is_literal:
+            date = parse_date_time(token.value.decode("ascii", "replace"))
+            a.pos += 1
+        message = a.next("message literal")
+        if isinstance(message, Atom) and upper_ascii(message.value) == "UTF8":
+            inner = a.plist("UTF8 literal")
+            if len(inner) != 1 or not isinstance(inner[0], String):
+                raise ParseError("bad UTF8 literal")
+            message = inner[0]
+        if not isinstance(message, String) or not message.is_literal:
+            raise ParseError("APPEND needs the message as a literal")
+        messages.append(AppendMessage(flags, date, message.value))
+    return Append(mailbox, tuple(messages))
 
 
 # -- SEARCH ---------------------------------------------------------------------------------------------
@@ -706,7 +778,7 @@ def _search_key(a: _Args, count: _KeyCount, depth: int = 0) -> SearchKey:
         return keys[0] if len(keys) == 1 else SAnd(tuple(keys))
     if not isinstance(token, Atom):
         raise ParseError("bad search key")
-    key = token.value.upper()
+    key = upper_ascii(token.value)
     if key in _FLAG_KEYS:
         return SKey("FLAG", _FLAG_KEYS[key])
     if key in _HEADER_KEYS:
@@ -714,10 +786,10 @@ def _search_key(a: _Args, count: _KeyCount, depth: int = 0) -> SearchKey:
     if key in _DATE_KEYS:
         return SKey(key, (parse_date(a.astring("date").decode("ascii", "replace")),))
     match key:
-        case "ALL" | "OLD" | "SAVEDATESUPPORTED":  # every mailbox keeps save dates (RFC 8514 §4.3)
+        case "SAVEDATESUPPORTED":  # every mailbox keeps save dates (RFC 8514 §4.3)
             return SKey("ALL")
-        case "NEW" | "RECENT":
-            return SKey("NONE")
+        case "ALL" | "OLD" | "NEW" | "RECENT":
+            return SKey(key)
         case "BODY" | "TEXT":
             return SKey(key, (_search_string(a, key),))
         case "HEADER":
@@ -759,35 +831,33 @@ _ESEARCH_RETURNS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
 
 def _search(a: _Args, is_uid: bool) -> Command:
     returns: tuple[str, ...] | None = None
-    if isinstance(a.peek(), Atom) and a.peek().value.upper() == "RETURN":  # type: ignore[union-attr]
-        a.pos += 1
+    if a.take("RETURN"):
         options = []
         for token in a.plist("return options"):
-            if not isinstance(token, Atom) or token.value.upper() not in _ESEARCH_RETURNS:
+            if not isinstance(token, Atom) or upper_ascii(token.value) not in _ESEARCH_RETURNS:
                 raise ParseError("unknown SEARCH return option")
-            options.append(token.value.upper())
+            options.append(upper_ascii(token.value))
         returns = tuple(options)
     charset = None
-    if isinstance(a.peek(), Atom) and a.peek().value.upper() == "CHARSET":  # type: ignore[union-attr]
-        a.pos += 1
-        charset = a.astring("charset").decode("ascii", "replace").upper()
+    if a.take("CHARSET"):
+        charset = upper_ascii(a.astring("charset").decode("ascii", "replace"))
     return Search(is_uid, _search_program(a), returns, charset)
 
 
-SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO"})
+# RFC 5256 §3 and RFC 5957 (SORT=DISPLAY).
+SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
 
 
 def _sort(a: _Args, is_uid: bool) -> Command:
     returns: tuple[str, ...] | None = None
-    if isinstance(a.peek(), Atom) and a.peek().value.upper() == "RETURN":  # type: ignore[union-attr]
-        a.pos += 1
-        returns = tuple(t.value.upper() for t in a.plist("return options") if isinstance(t, Atom))
+    if a.take("RETURN"):
+        returns = tuple(upper_ascii(t.value) for t in a.plist("return options") if isinstance(t, Atom))
     keys: list[tuple[str, bool]] = []
     reverse = False
     for token in a.plist("sort criteria"):
         if not isinstance(token, Atom):
             raise ParseError("bad sort criterion")
-        word = token.value.upper()
+        word = upper_ascii(token.value)
         if word == "REVERSE":
             reverse = True
             continue
@@ -797,8 +867,20 @@ def _sort(a: _Args, is_uid: bool) -> Command:
         reverse = False
     if not keys or reverse:
         raise ParseError("bad sort criteria")
-    charset = a.astring("charset").decode("ascii", "replace").upper()
+    charset = upper_ascii(a.astring("charset").decode("ascii", "replace"))
     return SortCommand(is_uid, tuple(keys), charset, _search_program(a), returns)
+
+
+# RFC 5256 §3.
+THREAD_ALGORITHMS = frozenset({"ORDEREDSUBJECT", "REFERENCES"})
+
+
+def _thread(a: _Args, is_uid: bool) -> Command:
+    algorithm = upper_ascii(a.atom("thread algorithm"))
+    if algorithm not in THREAD_ALGORITHMS:
+        raise ParseError(f"unknown thread algorithm {algorithm[:40]}")
+    charset = upper_ascii(a.astring("charset").decode("ascii", "replace"))
+    return ThreadCommand(is_uid, algorithm, charset, _search_program(a))
 
 
 # -- FETCH and STORE ---------------------------------------------------------------------------------------
@@ -808,15 +890,16 @@ _SECTION_TEXTS = frozenset({"", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", 
 
 
 def parse_fetch_item(text: str) -> FetchItem:
-    """A FETCH item: a simple name, or BODY[section]<partial> and its BINARY forms (RFC 9051 §6.4.5)."""
-    upper = text.upper()
+    """A FETCH item: a simple name, or BODY[section]<partial> and its BINARY forms (RFC 9051 §6.4.5), in
+    any case (RFC 9051 §9); the item comes back in upper case, as responses name it."""
+    upper = upper_ascii(text)
     if upper in SIMPLE_FETCH:
         return upper
     start, end = text.find("["), text.rfind("]")
-    kind = text[:start]
+    kind = upper[:start]
     if start < 0 or end < start or kind not in _BODY_KINDS:
         raise ParseError(f"unknown fetch item {text[:40]}")
-    section = _parse_section(text[start + 1 : end])
+    section = _parse_section(upper[start + 1 : end])
     if kind.startswith("BINARY") and (section.text or section.fields):
         raise ParseError("BINARY takes a part number only")
     partial = _parse_partial(text[end + 1 :], text)
@@ -842,7 +925,8 @@ def _parse_partial(spec: str, item: str) -> tuple[int, int] | None:
 
 
 def _parse_section(spec: str) -> Section:
-    """section-spec (RFC 9051 §9): part numbers, then HEADER, HEADER.FIELDS[.NOT] (names), TEXT or MIME."""
+    """section-spec (RFC 9051 §9), in upper case: part numbers, then HEADER, HEADER.FIELDS[.NOT] (names),
+    TEXT or MIME."""
     names: str | None = None
     if spec.endswith(")") and " (" in spec:
         spec, _, names = spec[:-1].partition(" (")
@@ -862,7 +946,7 @@ def _parse_section(spec: str) -> Section:
     if text.startswith("HEADER.FIELDS"):
         if names is None or not names.strip():
             raise ParseError("HEADER.FIELDS needs a list of field names")
-        fields = tuple(f.strip('"').upper() for f in names.split())
+        fields = tuple(upper_ascii(f.strip('"')) for f in names.split())
         if any(not f or "(" in f or ")" in f for f in fields):
             raise ParseError("bad header field name")
     elif names is not None:
@@ -886,7 +970,7 @@ def _fetch(a: _Args, is_uid: bool) -> Command:
             raise ParseError("empty fetch item list")
     else:
         word = _atom_value(token)
-        items = _FETCH_MACROS.get(word.upper()) or (parse_fetch_item(word),)
+        items = _FETCH_MACROS.get(upper_ascii(word)) or (parse_fetch_item(word),)
         following = a.peek()
         if items == ("PREVIEW",) and isinstance(following, PList) and _is_preview_modifiers(following):
             a.pos += 1
@@ -897,7 +981,7 @@ def _fetch(a: _Args, is_uid: bool) -> Command:
         modifiers = list(a.plist("fetch modifiers"))
         i = 0
         while i < len(modifiers):
-            name = _atom_value(modifiers[i]).upper()
+            name = upper_ascii(_atom_value(modifiers[i]))
             if name == "CHANGEDSINCE" and i + 1 < len(modifiers):
                 changed_since = parse_number(_atom_value(modifiers[i + 1]), "mod-sequence", MAX_NUMBER64)
                 i += 2
@@ -947,10 +1031,10 @@ def _store(a: _Args, is_uid: bool) -> Command:
     unchanged_since = None
     if isinstance(a.peek(), PList):
         modifiers = a.plist("store modifiers")
-        if len(modifiers) != 2 or _atom_value(modifiers[0]).upper() != "UNCHANGEDSINCE":
+        if len(modifiers) != 2 or upper_ascii(_atom_value(modifiers[0])) != "UNCHANGEDSINCE":
             raise ParseError("unknown STORE modifier")
         unchanged_since = parse_number(_atom_value(modifiers[1]), "mod-sequence", MAX_NUMBER64)
-    item = a.atom("store item").upper()
+    item = upper_ascii(a.atom("store item"))
     silent = item.endswith(".SILENT")
     base = item.removesuffix(".SILENT")
     ops = {"FLAGS": "", "+FLAGS": "+", "-FLAGS": "-"}
@@ -973,7 +1057,7 @@ def _copy_move(a: _Args, is_uid: bool) -> Command:
 
 
 def _uid(a: _Args) -> Command:
-    sub = a.atom("UID command").upper()
+    sub = upper_ascii(a.atom("UID command"))
     a.name = sub
     match sub:
         case "FETCH":
@@ -986,6 +1070,8 @@ def _uid(a: _Args) -> Command:
             return _search(a, True)
         case "SORT":
             return _sort(a, True)
+        case "THREAD":
+            return _thread(a, True)
         case "EXPUNGE":
             numbers = parse_sequence_set(a.atom("UID set"))
             a.end()
@@ -995,7 +1081,7 @@ def _uid(a: _Args) -> Command:
 
 def _id(a: _Args) -> Command:
     token = a.next("ID parameters")
-    if isinstance(token, Atom) and token.value.upper() == "NIL":
+    if isinstance(token, Atom) and upper_ascii(token.value) == "NIL":
         a.end()
         return Id(None)
     if not isinstance(token, PList) or len(token.items) % 2 or len(token.items) > 60:
@@ -1004,7 +1090,7 @@ def _id(a: _Args) -> Command:
     for key, value in zip(token.items[::2], token.items[1::2], strict=True):
         if not isinstance(key, String):
             raise ParseError("ID field names must be strings")
-        text = None if isinstance(value, Atom) and value.value.upper() == "NIL" else _token_text(value)
+        text = None if isinstance(value, Atom) and upper_ascii(value.value) == "NIL" else _token_text(value)
         params.append((key.value.decode("utf-8", "replace")[:30], text[:1024] if text else text))
     a.end()
     return Id(tuple(params))
@@ -1019,13 +1105,13 @@ def _token_text(token: Token) -> str:
 
 
 def _compress(a: _Args) -> Command:
-    mechanism = a.atom("mechanism").upper()
+    mechanism = upper_ascii(a.atom("mechanism"))
     a.end()
     return Compress(mechanism)
 
 
 _NO_ARGS = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "IDLE",
-                      "NAMESPACE"})  # fmt: skip
+                      "NAMESPACE", "UNAUTHENTICATE"})  # fmt: skip
 
 _GRAMMARS: dict[str, Callable[[_Args], Command]] = {
     "LOGIN": _login,
@@ -1044,6 +1130,7 @@ _GRAMMARS: dict[str, Callable[[_Args], Command]] = {
     "APPEND": _append,
     "SEARCH": lambda a: _search(a, False),
     "SORT": lambda a: _sort(a, False),
+    "THREAD": lambda a: _thread(a, False),
     "FETCH": lambda a: _fetch(a, False),
     "STORE": lambda a: _store(a, False),
     "COPY": lambda a: _copy_move(a, False),
@@ -1063,4 +1150,6 @@ def parse_command(name: str, args: list[Token], *, utf8: bool) -> Command:
     grammar = _GRAMMARS.get(name)
     if grammar is None:
         raise ParseError(f"unknown command {name}")
-    return grammar(_Args(args, utf8, name=name))
+    cursor = _Args(args, utf8, name=name)
+    command = grammar(cursor)
+    return cursor.refusal or command

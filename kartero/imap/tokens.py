@@ -6,6 +6,10 @@ the command. The connection frames the byte stream into lines and literals (`spl
 marker at a line's end); `tokenize` turns one command into tokens, with each literal's octets spliced in
 as a String.
 
+`[` is an ATOM-CHAR (RFC 9051 §9): it opens a bracketed run only in a FETCH item's section
+(`BODY[HEADER.FIELDS (A B)]`, `binary.peek[1]`), whose brackets may hold spaces and parentheses; anywhere
+else (`SELECT a[b`, `LIST "" a[%`) it is a character of the atom.
+
 Everything here is one pass over the input: no backtracking, no recursion (a list nested `MAX_NESTING` deep is
 a ParseError, not a RecursionError), and at most `MAX_TOKENS` tokens per command.
 """
@@ -67,11 +71,18 @@ class RawCommand:
         return first_words(self.lines[0])
 
 
+def upper_ascii(text: str) -> str:
+    """`text` in upper case when it is ASCII, else unchanged: IMAP keywords are case-insensitive ASCII
+    (RFC 9051 §9), and `str.upper()` would make U+017F (long s) an `S` and U+0131 (dotless i) an `I`, so
+    a word that is not SEEN or INBOX would pass for one."""
+    return text.upper() if text.isascii() else text
+
+
 def first_words(line: bytes) -> tuple[str, str]:
     """(tag, command name) of a command's first line, without parsing it."""
     words = line.split(b" ", 2)
     tag = words[0].decode("ascii", "replace")
-    name = words[1].decode("ascii", "replace").upper() if len(words) > 1 else ""
+    name = upper_ascii(words[1].decode("ascii", "replace")) if len(words) > 1 else ""
     return tag, name
 
 
@@ -101,6 +112,9 @@ _ATOM_RUN = re.compile(r'[^ (){"\x00\r\n\[]*')
 _BRACKETED_RUN = re.compile(r"[^\[\]\x00\r\n]*")
 _QUOTED_RUN = re.compile(r'[^"\\\x00\r\n]*')
 _SENTINEL = "\x00"  # stands for a literal in the joined text (a NUL cannot come from a line)
+# The FETCH items whose `[` opens a section (RFC 9051 §6.4.5), in upper case.
+_SECTION_ITEMS = frozenset({"BODY", "BODY.PEEK", "BINARY", "BINARY.PEEK", "BINARY.SIZE"})
+_LONGEST_SECTION_ITEM = max(map(len, _SECTION_ITEMS))
 
 
 def tokenize(raw: RawCommand) -> list[Token]:
@@ -161,7 +175,7 @@ def tokenize(raw: RawCommand) -> list[Token]:
             raise ParseError("extra space")
         else:
             start = pos
-            pos = _read_atom(text, pos)
+            pos = _read_atom(text, pos, _is_fetch(open_lists[0]))
             open_lists[-1].append(Atom(text[start:pos]))
         expect_space = True
     if len(open_lists) > 1:
@@ -169,14 +183,29 @@ def tokenize(raw: RawCommand) -> list[Token]:
     return open_lists[0]
 
 
-def _read_atom(text: str, pos: int) -> int:
-    """The end of the atom starting at `pos`. Brackets inside an atom (BODY[HEADER.FIELDS (A B)]) may hold
-    spaces and parentheses; they must be balanced."""
+def _is_fetch(top: list[Token]) -> bool:
+    """Whether the command read so far (its top-level tokens) is FETCH or UID FETCH."""
+    if len(top) < 2 or not isinstance(top[1], Atom):
+        return False
+    name = upper_ascii(top[1].value)
+    return name == "FETCH" or (name == "UID" and len(top) > 2 and isinstance(top[2], Atom)
+                               and upper_ascii(top[2].value) == "FETCH")  # fmt: skip
+
+
+def _read_atom(text: str, pos: int, is_fetch: bool) -> int:
+    """The end of the atom starting at `pos`. In a FETCH command the brackets of a section
+    (BODY[HEADER.FIELDS (A B)]) may hold spaces and parentheses; they must be balanced. Anywhere else `[`
+    is an atom character like any other."""
     n = len(text)
+    start = pos
     while True:
         pos = _ATOM_RUN.match(text, pos).end()  # type: ignore[union-attr]
         if pos >= n or text[pos] != "[":
             return pos
+        # Only the atom's first bracket can open a section: the prefix is looked at while it is short.
+        if not is_fetch or pos - start > _LONGEST_SECTION_ITEM or upper_ascii(text[start:pos]) not in _SECTION_ITEMS:
+            pos += 1
+            continue
         depth = 0
         while True:
             depth += 1 if text[pos] == "[" else -1

@@ -27,6 +27,7 @@ from kartero.imap.connection import (
     LoginRequested,
     OutputReady,
     StartTLSRequested,
+    Unauthenticated,
 )
 from kartero.imap.response import Status
 from kartero.imap.syntax import Append
@@ -112,6 +113,8 @@ class ImapSession:
                 await channel.send(conn.data_to_send())
         finally:
             self._drop_spool()
+            if self.session is not None:
+                self.session.select(None)  # lets go of messages expunged elsewhere that it still showed
             self.ctx.sessions.discard(self)
             self.ctx.release(self._ticket)
             channel.close()
@@ -163,6 +166,11 @@ class ImapSession:
                     self._notified = True  # report anything pending right away
                 case IdleDone(tag=tag):
                     conn.finish(tag, Status.OK, "IDLE terminated")
+                case Unauthenticated():
+                    if self.session is not None:
+                        self.session.select(None)
+                    self.session = None
+                    log.info("%s", kv(event="imap.unauthenticate", session=self.id, client=channel.client_ip))
                 case ConnectionClosed(reason=reason):
                     await channel.send(conn.data_to_send())
                     return reason

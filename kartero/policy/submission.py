@@ -153,6 +153,8 @@ class SubmissionPolicy:
         """The message with its DKIM signatures; unsigned (logged) if signing fails: mail still goes out."""
         try:
             if isinstance(message, Content):
+                if not signer.keys_for(domain):
+                    return AcceptMessage(message)  # nothing to sign with: never read the message whole
                 with self._large:
                     signature = signer.sign(domain, read_whole(message))
                 return AcceptMessage(Content(signature + message.head, message.tail))
@@ -225,11 +227,3 @@ class SubmissionPolicy:
         log.info("%s", kv(event="policy.header_refused", user=user, reply=reply.code, detail=detail))
         return Reject(reply)
 
-
-def _signed(signer: Signer, domain: str, message: bytes) -> MessageDecision:
-    """The message with its DKIM signatures; unsigned (logged) if signing fails: mail still goes out."""
-    try:
-        return AcceptMessage(signer.sign(domain, message) + message)
-    except DKIMError as exc:
-        log.error("%s", kv(event="dkim.sign_failed", domain=domain, detail=str(exc)))
-        return AcceptMessage(message)

@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from kartero.store.interface import MessageReader
+
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
@@ -45,12 +47,14 @@ class JobRecipient:
 class JobMessage:
     queue_id: str
     sender: str
-    data: bytes
+    data: bytes  # the message; empty for a large one, which is read a piece at a time through `open_body`
     recipients: tuple[JobRecipient, ...]
     smtputf8: bool
     body_8bit: bool
     ret: str | None
     envid: str | None
+    size: int = 0  # of a large message (data empty)
+    open_body: Callable[[], MessageReader] | None = None
 
 
 OnOutcomes = Callable[[dict[int, Outcome]], None]

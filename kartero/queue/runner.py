@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Protocol
 
 from kartero.log import kv
@@ -26,6 +27,13 @@ from kartero.queue.schedule import next_attempt_at
 from kartero.store.interface import QueueItem, QueueState, RecipientUpdate, Store
 
 log = logging.getLogger("kartero.queue")
+
+# A queued message larger than this is read a piece at a time while it is sent (issue 8: memory per
+# delivery is a constant, not the message).
+STREAM_BYTES = 1024 * 1024
+# A DSN returns at most this much of the original message; past it, only the header (up to the next).
+DSN_RETURN_LIMIT = 1024 * 1024
+DSN_HEADER_LIMIT = 256 * 1024
 
 # A domain that does not exist is believed only after this many attempts (a DNS hiccup is not a bounce).
 NXDOMAIN_ATTEMPTS = 3
@@ -204,16 +212,19 @@ class QueueRunner:
         messages = []
         for queue_id, group in by_message.items():
             first = group[0]
+            large = first.size > STREAM_BYTES  # read a piece at a time while it is sent, never whole
             messages.append(
                 JobMessage(
                     queue_id=queue_id,
                     sender=first.sender,
-                    data=self.store.read_message(queue_id),
+                    data=b"" if large else self.store.read_message(queue_id),
                     recipients=tuple(JobRecipient(i.recipient_id, i.address, i.notify, i.orcpt) for i in group),
                     smtputf8=first.smtputf8,
                     body_8bit=first.body_8bit,
                     ret=first.ret,
                     envid=first.envid,
+                    size=first.size if large else 0,
+                    open_body=partial(self.store.open_message, queue_id) if large else None,
                 )
             )
         return messages
@@ -312,11 +323,25 @@ class QueueRunner:
         until = datetime.fromtimestamp(item.expires_at, UTC) if action is Action.DELAYED else None
         return RecipientReport(item.address, action, status, reply or None, remote, item.orcpt, moment, until)
 
+    def _original(self, queue_id: str, ret: str | None) -> tuple[bytes, str | None]:
+        """What a DSN returns of the message, and the RET that says so: a message over DSN_RETURN_LIMIT
+        comes back as its header only, whatever RET asked (RFC 3464 §2: "or portion thereof"), so a
+        notice never holds a large message in memory."""
+        reader = self.store.open_message(queue_id)
+        try:
+            if reader.size <= DSN_RETURN_LIMIT and ret != "HDRS":
+                return reader.read(0, reader.size), ret
+            start = reader.read(0, DSN_HEADER_LIMIT)
+            end = start.find(b"\r\n\r\n")
+            return (start[: end + 4] if end >= 0 else start), "HDRS"
+        finally:
+            reader.close()
+
     def _send_dsn(self, queue_id: str, sender: str, created_at: int, ret: str | None, envid: str | None,
                   smtputf8: bool, reports: list[RecipientReport], moment: datetime) -> bool:  # fmt: skip
         """Build and store a DSN to `sender`; False (logged) when it could not be stored."""
         try:
-            original = self.store.read_message(queue_id)
+            original, ret = self._original(queue_id, ret)
         except Exception:
             original = b""
         dsn = build_dsn(

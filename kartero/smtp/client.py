@@ -7,6 +7,10 @@ one write when the server offers PIPELINING (RFC 2920), the body goes by BDAT wh
 and by dot-stuffed DATA otherwise, and `MessageResult` carries the reply to each recipient. A message
 larger than the server's SIZE, or needing SMTPUTF8 it lacks, fails before anything is sent. After a
 transaction the connection is reused for the next message (RSET first if it failed early).
+
+A large message is not handed over in memory: `OutgoingMessage.streamed_size` announces it, the core asks
+for its bytes with `BodyWanted`, and the adapter feeds them with `send_body` and `end_body`, a piece at
+a time (dot-stuffed for DATA across pieces, checked against the announced size for BDAT).
 """
 
 from __future__ import annotations
@@ -68,11 +72,16 @@ class OutgoingRecipient:
 class OutgoingMessage:
     sender: str  # "" for the null reverse-path
     recipients: tuple[OutgoingRecipient, ...]
-    data: bytes  # CRLF line ends, not dot-stuffed
+    data: bytes  # CRLF line ends, not dot-stuffed (empty when streamed)
     needs_smtputf8: bool = False
     is_8bit: bool = False
     ret: str | None = None
     envid: str | None = None
+    streamed_size: int = 0  # > 0: the body comes through BodyWanted / send_body / end_body instead
+
+    @property
+    def size(self) -> int:
+        return self.streamed_size or len(self.data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +117,48 @@ class Closed:
     pass
 
 
-ClientEvent = Ready | StartTLSReady | MessageResult | SessionFailed | Closed
+@dataclass(frozen=True, slots=True)
+class BodyWanted:
+    """Send the streamed message's bytes now: `send_body` piece by piece, then `end_body`."""
+
+
+ClientEvent = Ready | StartTLSReady | MessageResult | SessionFailed | Closed | BodyWanted
+
+
+class _BodyWriter:
+    """The body of a streamed message on the wire: dot-stuffed for DATA (a CR at the end of a piece is
+    held back, so a CRLF "." split across pieces is still seen), as it is for BDAT."""
+
+    def __init__(self, *, dot_stuffed: bool) -> None:
+        self.dot_stuffed = dot_stuffed
+        self.written = 0  # octets of message taken
+        self._at_line_start = True
+        self._carry = b""
+        self._last = b""  # the last two octets written, to end DATA with CRLF
+
+    def write(self, data: bytes) -> bytes:
+        self.written += len(data)
+        if not self.dot_stuffed:
+            return data
+        data = self._carry + data
+        self._carry = b""
+        if data.endswith(b"\r"):
+            data, self._carry = data[:-1], b"\r"
+        if not data:
+            return b""
+        out = (b"." if self._at_line_start and data.startswith(b".") else b"") + data.replace(b"\r\n.", b"\r\n..")
+        self._at_line_start = data.endswith(b"\r\n")
+        self._last = (self._last + data)[-2:]
+        return out
+
+    def end(self) -> bytes:
+        if not self.dot_stuffed:
+            return b""
+        out = self._carry
+        tail = (self._last + out)[-2:]
+        if (self.written or out) and tail != b"\r\n":
+            out += b"\r\n"
+        return out + b".\r\n"
 
 
 def xtext(value: str) -> str:
@@ -148,6 +198,7 @@ class ClientConnection:
         self._tx: _Transaction | None = None
         self._queued: list[str] = []  # commands still to send one by one (no PIPELINING)
         self._next_message: OutgoingMessage | None = None  # sent once our RSET is answered
+        self._body: _BodyWriter | None = None  # a streamed message's body being sent
         self._is_eof = False
 
     # -- adapter API -------------------------------------------------------------------------------------
@@ -222,6 +273,29 @@ class ClientConnection:
         else:
             self._queued = commands[1:]
             self._send_command(commands[0])
+
+    def send_body(self, data: bytes) -> None:
+        """The next piece of a streamed message (after BodyWanted)."""
+        body, tx = self._body, self._tx
+        if body is None or tx is None:
+            raise RuntimeError("send_body() without BodyWanted")
+        if not body.dot_stuffed and body.written + len(data) > tx.message.size:
+            raise RuntimeError("more body than the announced size")
+        self._out += body.write(data)
+
+    def end_body(self) -> None:
+        """The streamed message is complete: DATA is ended (its reply then comes as for any message).
+        A BDAT body must have exactly the announced size: a short one cannot be framed, so the session
+        fails rather than send another message's commands as body."""
+        body, tx = self._body, self._tx
+        if body is None or tx is None:
+            raise RuntimeError("end_body() without BodyWanted")
+        self._body = None
+        if not body.dot_stuffed and body.written != tx.message.size:
+            self._fail(None, f"message body of {body.written} octets, {tx.message.size} announced")
+            return
+        self._out += body.end()
+        tx.expected.append("body" if body.dot_stuffed else "bdat")
 
     def quit(self) -> None:
         if self.state in (ClientState.READY, ClientState.GREETING, ClientState.EHLO, ClientState.HELO):
@@ -350,6 +424,10 @@ class ClientConnection:
             case "data":
                 accepted = any(r.is_positive for r in tx.rcpt_replies)
                 if reply.code == 354 and accepted and tx.mail_reply is not None and tx.mail_reply.is_positive:
+                    if tx.message.streamed_size:
+                        self._body = _BodyWriter(dot_stuffed=True)
+                        self._events.append(BodyWanted())
+                        return
                     self._out += dot_stuff(tx.message.data)
                     tx.expected.append("body")
                     return
@@ -373,8 +451,12 @@ class ClientConnection:
         elif not any(r.is_positive for r in tx.rcpt_replies):
             self._finish(None, early=True)
         else:
-            size = len(tx.message.data)
-            self._out += f"BDAT {size} LAST\r\n".encode() + tx.message.data
+            self._out += f"BDAT {tx.message.size} LAST\r\n".encode()
+            if tx.message.streamed_size:
+                self._body = _BodyWriter(dot_stuffed=False)
+                self._events.append(BodyWanted())
+                return
+            self._out += tx.message.data
             tx.expected.append("bdat")
 
     def _finish(self, final: Reply | None, *, early: bool) -> None:
@@ -409,7 +491,7 @@ class ClientConnection:
         # below the 4,300 digits int() refuses.
         if size_limit.isascii() and size_limit.isdigit():
             limit = int(size_limit)
-            if limit and len(message.data) > limit:
+            if limit and message.size > limit:
                 return Reply(552, "5.3.4", f"Message too large for the remote server (limit {limit})")
         if message.needs_smtputf8 and "SMTPUTF8" not in self.extensions:
             return Reply(553, "5.6.7", "The remote server does not support SMTPUTF8, which this message needs")
@@ -418,7 +500,7 @@ class ClientConnection:
     def _mail_command(self, message: OutgoingMessage) -> str:
         params = []
         if "SIZE" in self.extensions:
-            params.append(f"SIZE={len(message.data)}")
+            params.append(f"SIZE={message.size}")
         if message.is_8bit and "8BITMIME" in self.extensions:
             params.append("BODY=8BITMIME")
         if message.needs_smtputf8:
@@ -453,6 +535,7 @@ class ClientConnection:
         self.state = ClientState.CLOSED
         self._tx = None
         self._next_message = None
+        self._body = None
         self._in.clear()
         self._reply_lines = []
 

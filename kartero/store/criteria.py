@@ -190,9 +190,25 @@ class SortKey(Enum):
     SIZE = "size"
     SUBJECT = "subject"
     TO = "to"
+    DISPLAYFROM = "displayfrom"  # RFC 5957: the display name of the first From mailbox, else its address
+    DISPLAYTO = "displayto"
 
 
 @dataclass(frozen=True, slots=True)
 class Sort:
     key: SortKey
     reverse: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadFields:
+    """What THREAD (RFC 5256) needs of one message: from the index, and the Message-ID, In-Reply-To and
+    References fields from its header block (as written, "" when absent)."""
+
+    uid: int
+    sent_date: int  # the Date: field as UTC seconds, else the internal date (RFC 5256 §2.2)
+    subject: str  # decoded, case-folded
+    base_subject: str  # RFC 5256 §2.1, upper case
+    message_id: str
+    in_reply_to: str
+    references: str

@@ -14,7 +14,7 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from kartero.store.criteria import Criterion, Sort
+from kartero.store.criteria import Criterion, Sort, ThreadFields
 
 INBOX = "INBOX"
 # RFC 6154 special-use mailboxes every account gets at creation: (name, attribute).
@@ -97,6 +97,7 @@ class MailboxStatus:
     uidnext: int
     uidvalidity: int
     highestmodseq: int
+    recent: int = 0  # messages no session has seen as \\Recent yet (UID >= the mailbox's first recent UID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,7 @@ class SelectSummary:
     uidnext: int
     uidvalidity: int
     highestmodseq: int
+    first_recent_uid: int = 1  # messages from this UID on are \\Recent for the next session to claim them
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,7 @@ class Changes:
     changed: tuple[MessageRow, ...]
     vanished: tuple[int, ...]
     highestmodseq: int
+    first_recent_uid: int = 1
 
 
 class QueueState(StrEnum):
@@ -309,6 +312,19 @@ class StoredMessage:
     modseq: int
 
 
+class ExpungeHold(Protocol):
+    """A session's claim on the bytes of messages expunged after the MODSEQ it has reported up to
+    (RFC 2180 §4.1.1: a session not yet told of an expunge may still FETCH the message)."""
+
+    def advance(self, modseq: int) -> None:
+        """The session has now reported every change, expunges included, up to `modseq`."""
+        ...
+
+    def release(self) -> None:
+        """The session no longer shows the mailbox (deselected, logged out, gone)."""
+        ...
+
+
 class MessageReader(Protocol):
     size: int
 
@@ -370,13 +386,26 @@ class Store(Protocol):
     def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
     def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
     def select_summary(self, mailbox_id: int) -> SelectSummary: ...
+    def claim_recent(self, mailbox_id: int, uid_end: int) -> int:
+        """Move the mailbox's first recent UID up to `uid_end` (never down) and return where it was: the
+        caller, a read-write IMAP4rev1 session, alone sees UIDs from there below `uid_end` as \\Recent
+        (RFC 3501 §2.3.2). Raises NoSuchMailbox."""
+        ...
 
     # Messages
     def list_messages(self, mailbox_id: int) -> list[MessageInfo]: ...
     def message_rows(
-        self, mailbox_id: int, uids: Sequence[int] | None = None, *, with_index: bool = False
+        self, mailbox_id: int, uids: Sequence[int] | None = None, *, with_index: bool = False,
+        expunged: bool = False,
     ) -> list[MessageRow]:
-        """Rows of the given UIDs (all when None), in UID order."""
+        """Rows of the given UIDs (all when None), in UID order. With `expunged`, messages of `uids`
+        expunged meanwhile whose bytes a hold still keeps are included, as they were when expunged."""
+        ...
+
+    def hold_expunged(self, mailbox_id: int, modseq: int) -> ExpungeHold:
+        """Keep the bytes (and the rows, for message_rows) of messages expunged after `modseq` readable
+        until the hold advances past their expunge or is released. A session holds its selected
+        mailbox from before it reads the message list (take the hold at MODSEQ 0, then advance)."""
         ...
 
     def changes_since(self, mailbox_id: int, modseq: int) -> Changes: ...
@@ -403,6 +432,10 @@ class Store(Protocol):
 
     def sort(self, mailbox_id: int, keys: Sequence[Sort], criterion: Criterion) -> list[int]:
         """UIDs of matching messages in the order of `keys` (ties: ascending UID)."""
+        ...
+
+    def thread_fields(self, mailbox_id: int, criterion: Criterion) -> list[ThreadFields]:
+        """What THREAD needs of the matching messages, in UID order (each header read in bounded windows)."""
         ...
 
     def keep_previews(self, previews: Mapping[str, str]) -> None:

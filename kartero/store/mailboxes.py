@@ -13,13 +13,16 @@ import datetime
 import json
 import sqlite3
 import time
+import unicodedata
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from kartero.mime.addresses import parse_address_list
 from kartero.mime.headers import MessageData, decode_words, find_body_start, iter_body_text, parse_header_block
+from kartero.mime.imapform import MAX_LIST_ADDRESSES
 from kartero.mime.structure import parse_content_type
 from kartero.store import criteria as c
 from kartero.store.ids import new_mailbox_objectid
@@ -167,6 +170,12 @@ class MailboxOps:
     def _drop_unreferenced_blobs(self, db: sqlite3.Connection, blob_ids: list[str]) -> None:
         raise NotImplementedError
 
+    def _request_release(self, mailbox_id: int) -> None:
+        raise NotImplementedError
+
+    def _tombstones_written(self, mailbox_id: int) -> None:
+        raise NotImplementedError
+
     # -- mailboxes -------------------------------------------------------------------------------------
 
     def list_mailboxes(self, account_id: int) -> list[Mailbox]:
@@ -202,7 +211,12 @@ class MailboxOps:
         with self._write() as db:
             mailbox_id = self._mailbox_id(db, account_id, name)
             blobs = [
-                r[0] for r in db.execute("SELECT DISTINCT blob_id FROM messages WHERE mailbox_id = ?", (mailbox_id,))
+                r[0]
+                for r in db.execute(
+                    "SELECT blob_id FROM messages WHERE mailbox_id = ? UNION"
+                    " SELECT blob_id FROM expunged WHERE mailbox_id = ? AND blob_id IS NOT NULL",
+                    (mailbox_id, mailbox_id),
+                )
             ]
             db.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
             self._drop_unreferenced_blobs(db, blobs)
@@ -262,26 +276,28 @@ class MailboxOps:
         db.execute("BEGIN")
         try:
             box = db.execute(
-                "SELECT uidnext, uidvalidity, highestmodseq FROM mailboxes WHERE id = ?", (mailbox_id,)
+                "SELECT uidnext, uidvalidity, highestmodseq, first_recent_uid FROM mailboxes WHERE id = ?",
+                (mailbox_id,),
             ).fetchone()
             if box is None:
                 raise NoSuchMailbox(f"no mailbox {mailbox_id}")
-            count, unseen, deleted, size = db.execute(
+            count, unseen, deleted, size, recent = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(instr(' ' || lower(flags) || ' ', ' \\seen ') = 0), 0),"
-                " COALESCE(SUM(instr(' ' || lower(flags) || ' ', ' \\deleted ') > 0), 0), COALESCE(SUM(size), 0)"
-                " FROM messages WHERE mailbox_id = ?",
-                (mailbox_id,),
+                " COALESCE(SUM(instr(' ' || lower(flags) || ' ', ' \\deleted ') > 0), 0), COALESCE(SUM(size), 0),"
+                " COALESCE(SUM(uid >= ?), 0) FROM messages WHERE mailbox_id = ?",
+                (box[3], mailbox_id),
             ).fetchone()
         finally:
             db.execute("COMMIT")
-        return MailboxStatus(count, unseen, deleted, size, box[0], box[1], box[2])
+        return MailboxStatus(count, unseen, deleted, size, box[0], box[1], box[2], recent)
 
     def select_summary(self, mailbox_id: int) -> SelectSummary:
         db = self._db()
         db.execute("BEGIN")
         try:
             box = db.execute(
-                "SELECT uidnext, uidvalidity, highestmodseq FROM mailboxes WHERE id = ?", (mailbox_id,)
+                "SELECT uidnext, uidvalidity, highestmodseq, first_recent_uid FROM mailboxes WHERE id = ?",
+                (mailbox_id,),
             ).fetchone()
             if box is None:
                 raise NoSuchMailbox(f"no mailbox {mailbox_id}")
@@ -303,7 +319,16 @@ class MailboxOps:
         finally:
             db.execute("COMMIT")
         first_unseen = bisect.bisect_left(uids, unseen) + 1 if unseen is not None else None
-        return SelectSummary(uids, frozenset(keywords), first_unseen, box[0], box[1], box[2])
+        return SelectSummary(uids, frozenset(keywords), first_unseen, box[0], box[1], box[2], box[3])
+
+    def claim_recent(self, mailbox_id: int, uid_end: int) -> int:
+        with self._write() as db:
+            row = db.execute("SELECT first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            if row is None:
+                raise NoSuchMailbox(f"no mailbox {mailbox_id}")
+            if row[0] < uid_end:
+                db.execute("UPDATE mailboxes SET first_recent_uid = ? WHERE id = ?", (uid_end, mailbox_id))
+        return int(row[0])
 
     # -- messages --------------------------------------------------------------------------------------
 
@@ -316,9 +341,42 @@ class MailboxOps:
         return [MessageInfo(r[0], r[1], r[2], r[3], r[4], parse_flags(r[5]), r[6]) for r in rows]
 
     def message_rows(
-        self, mailbox_id: int, uids: Sequence[int] | None = None, *, with_index: bool = False
+        self, mailbox_id: int, uids: Sequence[int] | None = None, *, with_index: bool = False,
+        expunged: bool = False,
+    ) -> list[MessageRow]:  # fmt: skip
+        db = self._db()
+        if not expunged or uids is None:
+            return self._rows(db, mailbox_id, uids, with_index=with_index)
+        db.execute("BEGIN")  # one snapshot: a message is either still there or a tombstone
+        try:
+            rows = self._rows(db, mailbox_id, uids, with_index=with_index)
+            if len(rows) < len(set(uids)):
+                found = {row.uid for row in rows}
+                rows += self._held_rows(db, mailbox_id, [u for u in uids if u not in found], with_index=with_index)
+                rows.sort(key=lambda row: row.uid)
+        finally:
+            db.execute("COMMIT")
+        return rows
+
+    def _held_rows(
+        self, db: sqlite3.Connection, mailbox_id: int, uids: Sequence[int], *, with_index: bool
     ) -> list[MessageRow]:
-        return self._rows(self._db(), mailbox_id, uids, with_index=with_index)
+        """Expunged messages of `uids` whose bodies a hold keeps, as they were when expunged."""
+        columns = "e.uid, e.flags, e.message_modseq, e.size, e.internal_date, e.blob_id, e.saved_at"
+        columns += _INDEX_COLUMNS if with_index else ""
+        join = " JOIN blobs b ON b.id = e.blob_id" if with_index else ""
+        result: list[MessageRow] = []
+        wanted = sorted(set(uids))
+        for i in range(0, len(wanted), _CHUNK):
+            chunk = wanted[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(
+                f"SELECT {columns} FROM expunged e{join} WHERE e.mailbox_id = ? AND e.blob_id IS NOT NULL"
+                f" AND e.uid IN ({marks})",
+                (mailbox_id, *chunk),
+            )
+            result.extend(_row(r) for r in rows)
+        return result
 
     def _rows(
         self, db: sqlite3.Connection, mailbox_id: int, uids: Sequence[int] | None, *, with_index: bool = False
@@ -348,7 +406,9 @@ class MailboxOps:
         db = self._db()
         db.execute("BEGIN")
         try:
-            highest = db.execute("SELECT highestmodseq FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            highest = db.execute(
+                "SELECT highestmodseq, first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()
             if highest is None:
                 raise NoSuchMailbox(f"no mailbox {mailbox_id}")
             changed = [
@@ -366,7 +426,7 @@ class MailboxOps:
             ]
         finally:
             db.execute("COMMIT")
-        return Changes(tuple(changed), tuple(vanished), highest[0])
+        return Changes(tuple(changed), tuple(vanished), highest[0], highest[1])
 
     def vanished_since(self, mailbox_id: int, modseq: int, uids: Sequence[int] | None = None) -> list[int]:
         rows = self._db().execute(
@@ -424,16 +484,22 @@ class MailboxOps:
                 return []
             self._remove(db, mailbox_id, gone)
         self._notify(frozenset({mailbox_id}))
+        self._request_release(mailbox_id)
         return [row.uid for row in gone]
 
     def _remove(self, db: sqlite3.Connection, mailbox_id: int, rows: list[MessageRow]) -> None:
+        """Expunge `rows`. Each tombstone keeps the message (body, size, date, flags, MODSEQ) for sessions
+        that have not seen the expunge yet (RFC 2180 §4.1.1); `_request_release` after the commit lets
+        the bodies go as soon as no hold needs them."""
         modseq = self._bump(db, mailbox_id)
         db.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(mailbox_id, r.uid) for r in rows])
         db.executemany(
-            "INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
-            [(mailbox_id, r.uid, modseq) for r in rows],
-        )
-        self._drop_unreferenced_blobs(db, list({r.blob_id for r in rows}))
+            "INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq, blob_id, size, internal_date, flags,"
+            " message_modseq, saved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(mailbox_id, r.uid, modseq, r.blob_id, r.size, r.internal_date, format_flags(r.flags), r.modseq,
+              r.saved_at) for r in rows],
+        )  # fmt: skip
+        self._tombstones_written(mailbox_id)
 
     def copy_messages(
         self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool
@@ -466,6 +532,8 @@ class MailboxOps:
             if move:
                 self._remove(db, source_id, rows)
         self._notify(frozenset({source_id, target_id}))
+        if move:
+            self._request_release(source_id)
         return pairs
 
     # -- search and sort -------------------------------------------------------------------------------
@@ -483,10 +551,29 @@ class MailboxOps:
 
     def sort(self, mailbox_id: int, keys: Sequence[c.Sort], criterion: c.Criterion) -> list[int]:
         where, params, rest = _split_criterion(criterion)
-        matching = list(self._matching(mailbox_id, where, params, rest))
+        display = [field for key, field in _DISPLAY_FIELDS.items() if any(k.key is key for k in keys)]
+        matching: list[_SearchRow] = []
+        for candidate in self._matching(mailbox_id, where, params, rest):
+            if display:  # read from the header while the candidate's bytes are open
+                header = parse_header_block(_header_block(candidate))
+                for field in display:
+                    candidate.decoded[f"display_{field}"] = _display_name(header.get(field))
+            matching.append(candidate)
         for key in reversed(keys):  # stable sorts, last key first
             matching.sort(key=_sort_key(key.key), reverse=key.reverse)
         return [cand.row.uid for cand in matching]
+
+    def thread_fields(self, mailbox_id: int, criterion: c.Criterion) -> list[c.ThreadFields]:
+        where, params, rest = _split_criterion(criterion)
+        found: list[c.ThreadFields] = []
+        for candidate in self._matching(mailbox_id, where, params, rest):
+            header = parse_header_block(_header_block(candidate))
+            message_id, in_reply_to, references = ((header.get(n) or b"").decode("latin-1") for n in _THREAD_FIELDS)
+            row, decoded = candidate.row, candidate.decoded
+            sent_date = row.internal_date if candidate.sent_date is None else candidate.sent_date
+            found.append(c.ThreadFields(row.uid, sent_date, decoded["subject"], decoded["sort_subject"], message_id,
+                                        in_reply_to, references))  # fmt: skip
+        return found
 
     def _matching(
         self, mailbox_id: int, where: str, params: Sequence[Any], rest: c.Criterion | None
@@ -848,4 +935,28 @@ def _sort_key(key: c.SortKey) -> Callable[[_SearchRow], Any]:
             return lambda s: s.decoded["sort_to"]
         case c.SortKey.CC:
             return lambda s: s.decoded["sort_cc"]
+        case c.SortKey.DISPLAYFROM:
+            return lambda s: s.decoded["display_from"]
+        case c.SortKey.DISPLAYTO:
+            return lambda s: s.decoded["display_to"]
     raise TypeError(f"unknown sort key {key!r}")
+
+
+_DISPLAY_FIELDS = {c.SortKey.DISPLAYFROM: "from", c.SortKey.DISPLAYTO: "to"}
+_THREAD_FIELDS = ("message-id", "in-reply-to", "references")
+
+
+def _display_name(value: bytes | None) -> str:
+    """RFC 5957 §2: the display name of the first mailbox of an address list, RFC 2047-decoded, or its
+    addr-spec when it has none; "" without a mailbox. As the i;unicode-casemap collation compares it
+    (RFC 5051 §2: titlecase, then NFKD; upper case stands for titlecase)."""
+    if value is None:
+        return ""
+    for address in parse_address_list(value, MAX_LIST_ADDRESSES):
+        if address.host is None or address.mailbox is None:
+            continue  # the start or end of a group
+        name = " ".join(decode_words(address.name).split()) if address.name else ""
+        if not name:
+            name = decode_words(address.mailbox + (b"@" + address.host if address.host else b""))
+        return unicodedata.normalize("NFKD", name.upper())
+    return ""

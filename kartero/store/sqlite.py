@@ -50,7 +50,7 @@ from kartero.store.spool import FileBuffer, SpoolBody, clear_spool, materialize,
 
 log = logging.getLogger("kartero.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS accounts (
@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS mailboxes (
     uidvalidity INTEGER NOT NULL,
     uidnext INTEGER NOT NULL DEFAULT 1,
     highestmodseq INTEGER NOT NULL DEFAULT 1,
+    first_recent_uid INTEGER NOT NULL DEFAULT 1,  -- UIDs from here on are recent to the next session (RFC 3501)
     objectid TEXT,                       -- RFC 8474 MAILBOXID (ids.new_mailbox_objectid), set at creation
     UNIQUE (account_id, name)
 );
@@ -129,15 +130,23 @@ CREATE TABLE IF NOT EXISTS expunged (
 );
 CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (mailbox_id, modseq);
 """
-
-# Columns added since the first schema, for databases made before them: (table, column, type). A NULL in
-# them means "not known for this row": it was stored before the column existed.
-_ADDED_COLUMNS = (
-    ("blobs", "sent_day", "INTEGER"),
-    ("messages", "saved_at", "INTEGER"),
-    ("mailboxes", "objectid", "TEXT"),
-    ("blobs", "preview", "TEXT"),
-)
+# Columns added after the first schema (version 2): what a session that has not yet seen an expunge may
+# still FETCH (the message's body, size, date, flags and MODSEQ, kept until every hold has moved past
+# the expunge; see MailboxOps.hold_expunged). Version 3: MAILBOXID (RFC 8474) and PREVIEW (RFC 8970).
+# Columns of blobs and messages added since: NULL means "not known for this row", which was stored before
+# the column existed (sent_day: the day written in Date:; saved_at: when it came into its mailbox;
+# preview: made on its first FETCH PREVIEW). Every mailbox gets its objectid in _migrate.
+_ADDED_COLUMNS = {
+    "mailboxes": {"first_recent_uid": "INTEGER NOT NULL DEFAULT 1", "objectid": "TEXT"},
+    "expunged": {"blob_id": "TEXT", "size": "INTEGER", "internal_date": "INTEGER", "flags": "TEXT",
+                 "message_modseq": "INTEGER", "saved_at": "INTEGER"},
+    "blobs": {"sent_day": "INTEGER", "preview": "TEXT"},
+    "messages": {"saved_at": "INTEGER"},
+}  # fmt: skip
+_ADDED_INDEXES = """
+CREATE INDEX IF NOT EXISTS expunged_blob ON expunged (blob_id) WHERE blob_id IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS mailboxes_objectid ON mailboxes (objectid);
+"""
 
 # Groups of deliveries committed together at most; bounded so one transaction stays short.
 MAX_BATCH = 256
@@ -148,6 +157,7 @@ INDEX_THREADS = 4
 COMPACT_BELOW = 0.5
 _STOP = object()
 _COMPACT = object()
+_RELEASE = object()
 
 
 class SQLiteStore(MailboxOps, QueueOps):
@@ -169,8 +179,8 @@ class SQLiteStore(MailboxOps, QueueOps):
         self._db().executescript(SCHEMA + QUEUE_SCHEMA)  # idempotent; executescript commits by itself
         migrate_queue(self._db())
         with self._write() as db:
-            _add_columns(db)
-            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            _migrate(db)
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         if not self.version_path.exists():
             self._bump_directory_version()
         self._commit_queue: queue.Queue[Any] = queue.Queue()
@@ -179,6 +189,7 @@ class SQLiteStore(MailboxOps, QueueOps):
         self._closed = False
         self._listeners: list[Callable[[frozenset[int]], None]] = []
         self._queue_listeners: list[Callable[[], None]] = []
+        self._holds = ExpungeHolds(self._request_release)
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -209,6 +220,8 @@ class SQLiteStore(MailboxOps, QueueOps):
         nothing points to and empty the spool folder; returns the number of bytes dropped. Call before
         `start()`, in the delivering process only."""
         clear_spool(self.root)
+        with self._write() as db:  # no session of an earlier run holds anything
+            self._release_tombstones(db, None)
         ends = dict(self._db().execute("SELECT segment, MAX(offset + size) FROM blobs GROUP BY segment"))
         dropped = 0
         numbers = self.segments.numbers()
@@ -297,6 +310,9 @@ class SQLiteStore(MailboxOps, QueueOps):
             if first is _COMPACT:
                 self._compact(db)
                 continue
+            if first is _RELEASE:
+                self._release_pending(db)
+                continue
             batch = [first]
             while len(batch) < MAX_BATCH:
                 try:
@@ -306,8 +322,8 @@ class SQLiteStore(MailboxOps, QueueOps):
                 if item is _STOP:
                     stop = True
                     break
-                if item is _COMPACT:
-                    self._commit_queue.put(_COMPACT)
+                if item is _COMPACT or item is _RELEASE:
+                    self._commit_queue.put(item)
                     break
                 batch.append(item)
             self._commit_batch(db, batch)
@@ -528,9 +544,11 @@ class SQLiteStore(MailboxOps, QueueOps):
             blob_ids = [
                 r[0]
                 for r in db.execute(
-                    "SELECT DISTINCT blob_id FROM messages JOIN mailboxes ON mailboxes.id = messages.mailbox_id"
-                    " WHERE mailboxes.account_id = ?",
-                    (row[0],),
+                    "SELECT blob_id FROM messages JOIN mailboxes ON mailboxes.id = messages.mailbox_id"
+                    " WHERE mailboxes.account_id = ? UNION SELECT blob_id FROM expunged"
+                    " JOIN mailboxes ON mailboxes.id = expunged.mailbox_id"
+                    " WHERE mailboxes.account_id = ? AND blob_id IS NOT NULL",
+                    (row[0], row[0]),
                 )
             ]
             db.execute("DELETE FROM accounts WHERE id = ?", (row[0],))
@@ -612,6 +630,12 @@ class SQLiteStore(MailboxOps, QueueOps):
         result: Mapping[str, Any] = json.loads(row[0])
         return result
 
+    def _tombstones_written(self, mailbox_id: int) -> None:
+        self._holds.expunged(mailbox_id)
+
+    def hold_expunged(self, mailbox_id: int, modseq: int) -> Hold:
+        return self._holds.hold(mailbox_id, modseq)
+
     def open_message(self, blob_id: str) -> SegmentReader:
         for attempt in (1, 2):
             row = self._db().execute("SELECT segment, offset, size FROM blobs WHERE id = ?", (blob_id,)).fetchone()
@@ -653,12 +677,63 @@ class SQLiteStore(MailboxOps, QueueOps):
 
     @staticmethod
     def _drop_unreferenced_blobs(db: sqlite3.Connection, blob_ids: list[str]) -> None:
-        """Forget bodies no mailbox and no queue entry points to any more."""
+        """Forget bodies no mailbox, no held tombstone and no queue entry points to any more."""
         db.executemany(
             "DELETE FROM blobs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?)"
+            " AND NOT EXISTS (SELECT 1 FROM expunged WHERE blob_id = ?)"
             " AND NOT EXISTS (SELECT 1 FROM queue WHERE id = ?)",
-            [(b, b, b) for b in blob_ids],
+            [(b, b, b, b) for b in blob_ids],
         )
+
+    # -- expunged messages held for sessions (RFC 2180 §4.1.1) ------------------------------------------
+
+    def _request_release(self, mailbox_id: int) -> None:
+        """Tombstones of `mailbox_id` may no longer be held: let their bodies go, in the committer
+        (between batches, never in a session's command) when it runs, else at once."""
+        if self._committer is not None and not self._closed:
+            if self._holds.want_release(mailbox_id):
+                self._commit_queue.put(_RELEASE)
+            return
+        with self._write() as db:
+            self._release_tombstones(db, frozenset({mailbox_id}))
+
+    def _release_pending(self, db: sqlite3.Connection) -> None:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                self._release_tombstones(db, self._holds.take_released())
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except Exception:
+            log.exception("event=store.release_failed")
+
+    def _release_tombstones(self, db: sqlite3.Connection, mailbox_ids: frozenset[int] | None) -> None:
+        """Inside a write transaction: forget the bodies of tombstones (of these mailboxes, or all) that no
+        hold keeps. The holds are read here, under SQLite's write lock: a session that takes a hold later
+        reads its message list after this commits, so it never lists a message whose body goes here."""
+        if mailbox_ids is None:
+            rows = db.execute("SELECT mailbox_id, uid, blob_id FROM expunged WHERE blob_id IS NOT NULL").fetchall()
+        else:
+            rows = []
+            for mailbox_id in mailbox_ids:
+                lowest = self._holds.lowest(mailbox_id)
+                found = db.execute(
+                    "SELECT mailbox_id, uid, blob_id, modseq FROM expunged"
+                    " WHERE mailbox_id = ? AND blob_id IS NOT NULL",
+                    (mailbox_id,),
+                ).fetchall()
+                going = [r[:3] for r in found if lowest is None or r[3] <= lowest]
+                if len(going) == len(found):
+                    self._holds.none_kept(mailbox_id)
+                rows += going
+        if not rows:
+            return
+        db.executemany(
+            "UPDATE expunged SET blob_id = NULL WHERE mailbox_id = ? AND uid = ?", [(r[0], r[1]) for r in rows]
+        )
+        self._drop_unreferenced_blobs(db, list({r[2] for r in rows}))
 
     def _notify(self, mailbox_ids: frozenset[int]) -> None:
         if not mailbox_ids:
@@ -686,6 +761,103 @@ class SQLiteStore(MailboxOps, QueueOps):
             for db in self._connections:
                 db.close()
             self._connections.clear()
+
+
+MAX_MODSEQ = 2**63 - 1
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a database of an earlier schema version up to this one (inside a write transaction)."""
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for column, kind in columns.items():
+            if column not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                if column == "first_recent_uid":  # an upgrade makes no message that was there \Recent
+                    db.execute("UPDATE mailboxes SET first_recent_uid = uidnext")
+    # Mailboxes made before OBJECTID get their MAILBOXID now: it must exist for every mailbox.
+    missing = [row[0] for row in db.execute("SELECT id FROM mailboxes WHERE objectid IS NULL")]
+    db.executemany("UPDATE mailboxes SET objectid = ? WHERE id = ?", [(new_mailbox_objectid(), i) for i in missing])
+    for statement in _ADDED_INDEXES.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+class ExpungeHolds:
+    """In memory: for each mailbox, the MODSEQ each session holding it has reported up to. A tombstone
+    whose MODSEQ is above the lowest of them may still be fetched by that session; the rest may go."""
+
+    def __init__(self, on_release: Callable[[int], None]) -> None:
+        self._on_release = on_release
+        self._lock = threading.Lock()
+        self._holds: dict[int, dict[int, int]] = {}  # mailbox id -> hold id -> modseq
+        self._next_id = 0
+        self._pending: set[int] = set()  # mailboxes whose tombstones the committer should look at
+        self._tombstoned: set[int] = set()  # mailboxes that may have tombstones keeping a body
+
+    def hold(self, mailbox_id: int, modseq: int) -> Hold:
+        with self._lock:
+            self._next_id += 1
+            self._holds.setdefault(mailbox_id, {})[self._next_id] = modseq
+            return Hold(self, mailbox_id, self._next_id)
+
+    def lowest(self, mailbox_id: int) -> int | None:
+        with self._lock:
+            holds = self._holds.get(mailbox_id)
+            return min(holds.values()) if holds else None
+
+    def expunged(self, mailbox_id: int) -> None:
+        """Tombstones keeping bodies were written for the mailbox (inside that write transaction)."""
+        with self._lock:
+            self._tombstoned.add(mailbox_id)
+
+    def none_kept(self, mailbox_id: int) -> None:
+        """No tombstone of the mailbox keeps a body (found inside a write transaction)."""
+        with self._lock:
+            self._tombstoned.discard(mailbox_id)
+
+    def _set(self, mailbox_id: int, hold_id: int, modseq: int | None) -> None:
+        with self._lock:
+            holds = self._holds.get(mailbox_id, {})
+            if hold_id not in holds or holds[hold_id] == modseq:
+                return
+            if modseq is None:
+                del holds[hold_id]
+                if not holds:
+                    del self._holds[mailbox_id]
+            else:
+                holds[hold_id] = modseq
+            if mailbox_id not in self._tombstoned:
+                return  # the common case: nothing to let go, no work for the committer
+        self._on_release(mailbox_id)
+
+    def want_release(self, mailbox_id: int) -> bool:
+        """Mark the mailbox for the committer; True when it was not marked yet (queue one request)."""
+        with self._lock:
+            if mailbox_id in self._pending:
+                return False
+            self._pending.add(mailbox_id)
+            return True
+
+    def take_released(self) -> frozenset[int]:
+        with self._lock:
+            taken, self._pending = frozenset(self._pending), set()
+            return taken
+
+
+class Hold:
+    """One session's ExpungeHold (see kartero.store.interface)."""
+
+    def __init__(self, holds: ExpungeHolds, mailbox_id: int, hold_id: int) -> None:
+        self._holds = holds
+        self._mailbox_id = mailbox_id
+        self._id = hold_id
+
+    def advance(self, modseq: int) -> None:
+        self._holds._set(self._mailbox_id, self._id, modseq)
+
+    def release(self) -> None:
+        self._holds._set(self._mailbox_id, self._id, None)
 
 
 class _Transaction:
@@ -752,17 +924,6 @@ def _index(delivery: Delivery, body: bytes | SpoolBody) -> MessageIndex:
     except Exception:
         log.exception("event=store.index_failed id=%s size=%d", delivery.blob_id, len(delivery.data))
         return _minimal_index(delivery)
-
-
-def _add_columns(db: sqlite3.Connection) -> None:
-    """Bring a database made by an earlier version up to the schema (inside the caller's transaction)."""
-    for table, column, kind in _ADDED_COLUMNS:
-        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-    # Mailboxes made before OBJECTID get their MAILBOXID now: it must exist for every mailbox.
-    missing = [row[0] for row in db.execute("SELECT id FROM mailboxes WHERE objectid IS NULL")]
-    db.executemany("UPDATE mailboxes SET objectid = ? WHERE id = ?", [(new_mailbox_objectid(), i) for i in missing])
-    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS mailboxes_objectid ON mailboxes (objectid)")
 
 
 def _discard(bodies: Sequence[bytes | SpoolBody]) -> None:

@@ -12,6 +12,7 @@ import concurrent.futures
 import hashlib
 import re
 import socket
+import time
 from pathlib import Path
 
 from tests.integration.harness import KarteroServer
@@ -204,3 +205,40 @@ def test_issue_8_spool_files_never_mix_two_messages(tmp_path: Path) -> None:
         assert server.messages("bob@example.test", "Archive") == [fresh]
     finally:
         server.stop()
+
+
+def test_issue_8_large_message_is_relayed_with_bounded_memory(tmp_path: Path) -> None:
+    """A 60 MB message submitted to A for a remote domain goes out to B (A's route for b.test) read a
+    piece at a time: A's peak RSS grows by less than 100 MB over submission and delivery, and B stores
+    the message byte for byte."""
+    import smtplib
+
+    from tests.integration.harness import tls_context
+
+    b = KarteroServer(tmp_path / "b", domains=("b.test",), limits='message_size = "100MB"')
+    b.add_user("carol@b.test", PASSWORD)
+    b.start()
+    a = KarteroServer(tmp_path / "a", domains=("a.test",), limits='message_size = "100MB"',
+                      extra_config=f'[routes]\n"b.test" = "{b.host}:{b.port}"\n')  # fmt: skip
+    a.add_user("alice@a.test", PASSWORD)
+    a.start()
+    try:
+        assert a.process is not None
+        body = LINE * 730_000  # ~60 MB
+        message = b"From: alice@a.test\r\nTo: carol@b.test\r\nSubject: big\r\n\r\n" + body
+        before = reset_peak(a.process.pid)
+        with smtplib.SMTP(a.host, a.submission_port, timeout=120) as client:
+            client.starttls(context=tls_context())
+            client.login("alice@a.test", PASSWORD)
+            client.sendmail("alice@a.test", ["carol@b.test"], message)
+        deadline = time.monotonic() + 120
+        while not b.messages("carol@b.test") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        growth_mb = peak_growth_kb(a.process.pid, before) / 1024
+        (stored,) = b.messages("carol@b.test")
+        assert stored.endswith(b"\r\n" + message[message.index(b"From:") :])
+        print(f"60 MB submitted and relayed: sender +{growth_mb:.0f} MB")
+        assert growth_mb < 100, growth_mb
+    finally:
+        a.stop()
+        b.stop()

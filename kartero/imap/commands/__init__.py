@@ -12,6 +12,7 @@ from collections.abc import Generator
 from kartero.imap.commands import fetch, mailbox, messages, search
 from kartero.imap.commands.view import Done, Session
 from kartero.imap.response import Status
+from kartero.imap.state import ImapState
 from kartero.imap.syntax import (
     Append,
     Command,
@@ -19,12 +20,14 @@ from kartero.imap.syntax import (
     Fetch,
     ListCommand,
     MailboxCommand,
+    Refused,
     Rename,
     Search,
     Select,
     Simple,
     SortCommand,
     StoreCommand,
+    ThreadCommand,
     UidExpunge,
 )
 from kartero.imap.syntax import (
@@ -37,7 +40,7 @@ Handler = Generator[bytes, None, Done]
 def run(session: Session, tag: str, command: Command, *, append_limit: int) -> Handler:
     """The handler for `command`; the caller drives it to StopIteration and sends what it yields."""
     if session.selected is None and isinstance(command, (Fetch, StoreCommand, CopyMove, Search, SortCommand,
-                                                         UidExpunge)):  # fmt: skip
+                                                         ThreadCommand, UidExpunge)):  # fmt: skip
         return _refuse("No mailbox selected")
     match command:
         case Select():
@@ -68,11 +71,27 @@ def run(session: Session, tag: str, command: Command, *, append_limit: int) -> H
             return search.search(session, command, tag)
         case SortCommand():
             return search.sort(session, command)
+        case ThreadCommand():
+            return search.thread(session, command)
         case StoreCommand():
             return messages.store_flags(session, command)
         case CopyMove():
             return messages.copy_move(session, command)
+        case Refused():
+            return _impossible_name(session, command)
     return _refuse(f"{type(command).__name__} is not implemented")
+
+
+def _impossible_name(session: Session, cmd: Refused) -> Handler:
+    """NO for a command naming a mailbox that cannot be; a SELECT or EXAMINE deselects all the same
+    (RFC 9051 §6.3.2), saying so first under QRESYNC (RFC 7162 §3.2.11)."""
+    state = None
+    if cmd.name in ("SELECT", "EXAMINE"):
+        if session.selected is not None and session.qresync:
+            yield b"* OK [CLOSED] Previous mailbox closed\r\n"
+        session.selected = None
+        state = ImapState.AUTHENTICATED
+    return Done(Status.NO, cmd.text, cmd.code, state)
 
 
 def _refuse(text: str) -> Handler:

@@ -28,8 +28,10 @@ from kartero.imap.commands.view import (
     Session,
     View,
     chunked,
+    enable_condstore,
     format_flags,
     format_set,
+    keyword_lines,
     out_of_range,
     resolve,
     sync,
@@ -308,15 +310,17 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
     if not cmd.is_uid and not cmd.numbers.is_saved and view.exists and out_of_range(view, cmd.numbers):
         return Done(Status.BAD, "Message sequence number out of range")
     if cmd.changed_since is not None or "MODSEQ" in cmd.items:
-        session.condstore = True
+        yield from enable_condstore(session)
     pairs = resolve(view, cmd.numbers, is_uid=cmd.is_uid, saved=session.saved)
     store = session.store
     if cmd.vanished and cmd.changed_since is not None:
         vanished = [u for u in store.vanished_since(view.mailbox_id, cmd.changed_since) if _in_uid_set(u, cmd)]
         if vanished:
             yield f"* VANISHED (EARLIER) {format_set(vanished)}\r\n".encode()
+    # Messages expunged by another session but still in this view are fetched as they were (RFC 2180
+    # §4.1.1): the view's hold keeps them until the client hears of the expunge.
     rows = {row.uid: row for row in store.message_rows(view.mailbox_id, [u for _, u in pairs],
-                                                        with_index=_needs_index(cmd))}  # fmt: skip
+                                                        with_index=_needs_index(cmd), expunged=True)}  # fmt: skip
     if cmd.changed_since is not None:
         rows = {uid: row for uid, row in rows.items() if row.modseq > cmd.changed_since}
     flags_changed: set[int] = set()
@@ -328,6 +332,7 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
                 rows[row.uid] = dataclasses.replace(rows[row.uid], flags=row.flags, modseq=row.modseq)
                 view.own_changes[row.uid] = row.modseq
                 flags_changed.add(row.uid)
+    yield from keyword_lines(view, rows.values())
     missing = False
     previews: dict[str, str] = {}
     refused = False
@@ -381,7 +386,7 @@ def _responses(
                     case "UID":
                         parts.append(b"UID %d" % uid)
                     case "FLAGS":
-                        parts.append(f"FLAGS {format_flags(row.flags)}".encode())
+                        parts.append(f"FLAGS {format_flags(session.shown_flags(view, row))}".encode())
                         has_flags = True
                     case "INTERNALDATE":
                         parts.append(f'INTERNALDATE "{internal_date(row.internal_date)}"'.encode())
@@ -416,7 +421,7 @@ def _responses(
                         saved = "NIL" if row.saved_at is None else f'"{internal_date(row.saved_at)}"'
                         parts.append(f"SAVEDATE {saved}".encode())
             if uid in flags_changed and not has_flags:
-                parts.append(f"FLAGS {format_flags(row.flags)}".encode())
+                parts.append(f"FLAGS {format_flags(session.shown_flags(view, row))}".encode())
             if with_modseq:
                 parts.append(b"MODSEQ (%d)" % row.modseq)
             yield from _render(b"* %d FETCH (" % seq, parts)

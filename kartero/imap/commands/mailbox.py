@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 from array import array
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 
 from kartero.imap.commands.view import (
     Done,
@@ -15,6 +15,7 @@ from kartero.imap.commands.view import (
     chunked,
     expunge_lines,
     fetch_flags_line,
+    flags_lines,
     format_set,
     resolve,
     sync,
@@ -39,6 +40,7 @@ from kartero.store.interface import (
     Content,
     Delivery,
     DeliveryTarget,
+    FileSpan,
     Mailbox,
     MailboxExists,
     NoSuchMailbox,
@@ -46,7 +48,6 @@ from kartero.store.interface import (
 )
 
 SEPARATOR = "/"
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 SPECIAL_USES = frozenset({"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"})
 
 Handler = Generator[bytes, None, Done]
@@ -60,7 +61,7 @@ def select(session: Session, cmd: Select) -> Handler:
     store = session.store
     if session.selected is not None and session.qresync:
         yield b"* OK [CLOSED] Previous mailbox closed\r\n"
-    session.selected = None
+    session.select(None)
     mailbox = store.get_mailbox(session.account_id, cmd.mailbox)
     if mailbox is None:
         return Done(Status.NO, "No such mailbox", "NONEXISTENT", ImapState.AUTHENTICATED)
@@ -68,27 +69,32 @@ def select(session: Session, cmd: Select) -> Handler:
         session.condstore = True
     if cmd.qresync is not None and not session.qresync:
         return Done(Status.BAD, "QRESYNC was not enabled", state=ImapState.AUTHENTICATED)
-    summary = store.select_summary(mailbox.id)
+    # The hold comes before the message list: nothing the list shows can lose its bytes meanwhile.
+    hold = store.hold_expunged(mailbox.id, 0)
+    try:
+        summary = store.select_summary(mailbox.id)
+    except BaseException:
+        hold.release()
+        raise
     view = View(mailbox.id, mailbox.name, cmd.readonly, summary.uidvalidity, array("I", summary.uids),
-                summary.highestmodseq)  # fmt: skip
-    flags = " ".join((*SYSTEM_FLAGS, *sorted(summary.keywords, key=str.lower)))
+                summary.highestmodseq, condstore_announced=session.uses_condstore(), hold=hold)  # fmt: skip
+    hold.advance(summary.highestmodseq)
+    view.keywords = {keyword.lower(): keyword for keyword in summary.keywords}
     lines = [
         f"* {view.exists} EXISTS\r\n",
-        f"* FLAGS ({flags})\r\n",
-        "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n"
-        if cmd.readonly
-        else f"* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted\r\n",
+        flags_lines(view).decode(),
         f"* OK [UIDVALIDITY {summary.uidvalidity}] UIDs valid\r\n",
         f"* OK [UIDNEXT {summary.uidnext}] Predicted next UID\r\n",
         f"* OK [HIGHESTMODSEQ {summary.highestmodseq}] Highest\r\n",
         f"* OK [MAILBOXID ({mailbox.objectid})] Ok\r\n",  # RFC 8474 §4.1
     ]
     if not session.rev2:
-        lines.insert(1, "* 0 RECENT\r\n")
+        session.claim_recent(view, summary.first_recent_uid, summary.uidnext)
+        lines.insert(1, f"* {view.recent_count()} RECENT\r\n")
         if summary.first_unseen is not None:
             lines.append(f"* OK [UNSEEN {summary.first_unseen}] First unseen\r\n")
+    session.select(view)
     yield "".join(lines).encode()
-    session.selected = view
     resync = cmd.qresync
     if resync is not None and resync.uidvalidity == mailbox.uidvalidity:
         yield from chunked(_qresync_lines(session, view, resync.modseq, resync.known_uids))
@@ -155,7 +161,7 @@ def delete(session: Session, cmd: MailboxCommand) -> Handler:
         return Done(Status.NO, "No such mailbox", "NONEXISTENT")
     state = None
     if session.selected is not None and session.selected.name == cmd.mailbox:
-        session.selected = None
+        session.select(None)
         state = ImapState.AUTHENTICATED
         yield b"* OK [CLOSED] Selected mailbox deleted\r\n"
     return Done(Status.OK, "DELETE completed", state=state)
@@ -203,6 +209,7 @@ class ListPatterns:
         joined = [p if p.startswith(SEPARATOR) or not reference else reference + p for p in patterns]
         self._is_everything = "*" in joined
         self._names = {p for p in joined if "*" not in p and "%" not in p}
+        self._name_lengths = {len(p) for p in self._names}
         self._folded_names = {_fold_text(p) for p in self._names}
         wild = [p for p in joined if p not in self._names]
         self._exact = _Wildcards(wild, fold=False)
@@ -214,6 +221,23 @@ class ListPatterns:
         if not name.startswith(INBOX):
             return False
         return _fold_text(name) in self._folded_names or self._folded.matches(name)
+
+    def nearest_matching_superior(self, name: str) -> str | None:
+        """The nearest superior of `name` that matches (`a` for `a/b/c` under `%`), or None. The NFA reads
+        the name once for all its superiors, not once per superior."""
+        ends = self._exact.matching_prefixes(name)
+        if name.startswith(INBOX):
+            ends |= self._folded.matching_prefixes(name)
+        end = name.rfind(SEPARATOR)
+        while end > 0:
+            if self._is_everything or end in ends:
+                return name[:end]
+            if end in self._name_lengths:
+                prefix = name[:end]
+                if prefix in self._names or (prefix.startswith(INBOX) and _fold_text(prefix) in self._folded_names):
+                    return prefix
+            end = name.rfind(SEPARATOR, 0, end)
+        return None
 
 
 def _fold(ch: str) -> str:
@@ -262,86 +286,117 @@ class _Wildcards:
         """Add the positions reached by letting a wildcard match nothing."""
         return live | (live & self._wild) << 1
 
+    def _step(self, live: int, ch: str) -> int:
+        if self._fold:
+            ch = _fold(ch)
+        stay = self._any if ch == SEPARATOR else self._any | self._nonseparator
+        return self._close((live & self._literals.get(ch, 0)) << 1 | live & stay)
+
     def matches(self, name: str) -> bool:
         live = self._start
-        if not live:
-            return False
-        stay_any, stay_nonseparator = self._any, self._any | self._nonseparator
         for ch in name:
-            if self._fold:
-                ch = _fold(ch)
-            stay = stay_any if ch == SEPARATOR else stay_nonseparator
-            live = self._close((live & self._literals.get(ch, 0)) << 1 | live & stay)
             if not live:
                 return False
+            live = self._step(live, ch)
         return bool(live & self._accept)
 
+    def matching_prefixes(self, name: str) -> set[int]:
+        """The positions of the separators in `name` whose prefix (a superior of the name) matches."""
+        found: set[int] = set()
+        live = self._start
+        for i, ch in enumerate(name):
+            if not live:
+                break
+            if ch == SEPARATOR and live & self._accept:
+                found.add(i)
+            live = self._step(live, ch)
+        return found
 
-def _superiors(name: str) -> list[str]:
+
+def _iter_superiors(name: str) -> Iterator[str]:
     """The names above `name` in the hierarchy, nearest first (`a/b/c` -> `a/b`, `a`)."""
-    found = []
     end = name.rfind(SEPARATOR)
     while end > 0:
-        found.append(name[:end])
+        yield name[:end]
         end = name.rfind(SEPARATOR, 0, end)
-    return found
 
 
 def list_mailboxes(session: Session, cmd: ListCommand) -> Handler:
+    """LIST and LSUB (RFC 9051 §6.3.9, RFC 3501 §6.3.9, RFC 5258, RFC 6154, RFC 5819).
+
+    A name is listed when it matches a pattern and meets the selection criteria (subscribed, has a
+    special use; every name when there are none). With RECURSIVEMATCH (RFC 5258 §3.5), and for LSUB
+    (RFC 3501 §6.3.9), a name that meets the criteria but matches no pattern lists its nearest matching
+    superior instead: with CHILDINFO in LIST, with \\Noselect in LSUB unless it meets the criteria
+    itself. A listed name that meets the criteria gets CHILDINFO too when a name below it does (the RFC
+    5258 §3.5 table); one whose matching children are all listed themselves is not listed for them (the
+    §3.5 SHOULD, example 9)."""
     store = session.store
     if not cmd.is_lsub and cmd.patterns == ("",):
         yield b'* LIST (\\Noselect) "/" ""\r\n'
         return Done(Status.OK, "LIST completed")
     boxes = {m.name: m for m in store.list_mailboxes(session.account_id)}
     subscribed = store.subscriptions(session.account_id)
-    matches = ListPatterns(cmd.reference, cmd.patterns).matches
+    patterns = ListPatterns(cmd.reference, cmd.patterns)
 
     # Every name that exists, plus the superiors implied by deeper names (shown \NonExistent/\Noselect).
-    # Each name is visited once, so this is linear in the total length of the names.
+    # The walk up from a name stops at the first superior already seen, so this is linear in the total
+    # length of the names.
     names: set[str] = set(boxes)
     has_children: set[str] = set()  # names with an existing mailbox somewhere below them
     for name in boxes:
-        superiors = _superiors(name)
-        names.update(superiors)
-        has_children.update(superiors)
+        for superior in _iter_superiors(name):
+            if superior in has_children:
+                break
+            has_children.add(superior)
+    names |= has_children
     only_subscribed = cmd.is_lsub or "SUBSCRIBED" in cmd.selection
-    if only_subscribed:
-        names |= subscribed
-    recursive = "RECURSIVEMATCH" in cmd.selection and only_subscribed
-    # RECURSIVEMATCH (RFC 5258 §3.5): a parent that does not match itself is listed when one of its
-    # subscribed children matches.
-    has_matching_child: set[str] = set()
+    only_special = "SPECIAL-USE" in cmd.selection
+    recursive = cmd.is_lsub or ("RECURSIVEMATCH" in cmd.selection and (only_subscribed or only_special))
+
+    def meets_criteria(name: str) -> bool:
+        if only_subscribed and name not in subscribed:
+            return False
+        return not only_special or (name in boxes and boxes[name].special_use is not None)
+
+    chosen = [name for name in (subscribed if only_subscribed else names) if meets_criteria(name)]
+    listed = {name for name in chosen if patterns.matches(name)}
+    for_children: set[str] = set()  # listed only because a name below meets the criteria
+    above_chosen: set[str] = set()  # superiors of names that meet the criteria
     if recursive:
-        for name in subscribed:
-            if matches(name):
-                has_matching_child.update(s for s in _superiors(name) if s in names)
+        for name in chosen:
+            if name not in listed:
+                nearest = patterns.nearest_matching_superior(name)
+                if nearest is not None and nearest not in listed:
+                    for_children.add(nearest)
+            if not cmd.is_lsub:
+                for superior in _iter_superiors(name):
+                    if superior in above_chosen:
+                        break
+                    above_chosen.add(superior)
+    childinfo = ""
+    if recursive and not cmd.is_lsub:
+        criteria = " ".join(f'"{c}"' for c in ("SUBSCRIBED", "SPECIAL-USE") if c in cmd.selection)
+        childinfo = f' ("CHILDINFO" ({criteria}))'
     want_subscribed = only_subscribed or "SUBSCRIBED" in cmd.returns
     lines: list[bytes] = []
     verb = "LSUB" if cmd.is_lsub else "LIST"
-    for name in sorted(names, key=lambda n: (n != INBOX, n)):
-        matched = matches(name)
-        if not matched and name not in has_matching_child:
-            continue
+    for name in sorted(listed | for_children, key=lambda n: (n != INBOX, n)):
         mailbox = boxes.get(name)
-        is_subscribed = name in subscribed
-        if only_subscribed and not is_subscribed and "RECURSIVEMATCH" not in cmd.selection:
-            continue
-        if "SPECIAL-USE" in cmd.selection and (mailbox is None or mailbox.special_use is None):
-            continue
         attributes: list[str] = []
         if mailbox is None:
             attributes.append("\\NonExistent" if cmd.is_extended else "\\Noselect")
+        elif cmd.is_lsub and name in for_children:
+            attributes.append("\\Noselect")  # RFC 3501 §6.3.9: not subscribed itself, a child is
         if not cmd.is_lsub:
             attributes.append("\\HasChildren" if name in has_children else "\\HasNoChildren")
-        if want_subscribed and is_subscribed and not cmd.is_lsub:
-            attributes.append("\\Subscribed")
-        if mailbox is not None and mailbox.special_use and not cmd.is_lsub:
-            attributes.append(mailbox.special_use)
-        extra = ""
-        if not matched:
-            extra = ' ("CHILDINFO" ("SUBSCRIBED"))'
+            if want_subscribed and name in subscribed:
+                attributes.append("\\Subscribed")
+            if mailbox is not None and mailbox.special_use:
+                attributes.append(mailbox.special_use)
+        extra = childinfo if name in above_chosen else ""
         lines.append(f'* {verb} ({" ".join(attributes)}) "/" {_quote(session, name)}{extra}\r\n'.encode())
-        if cmd.status_items and mailbox is not None and matched:
+        if cmd.status_items and mailbox is not None and name in listed:
             lines.append(_status_line(session, mailbox, cmd.status_items))
     yield from chunked(lines)
     return Done(Status.OK, f"{verb} completed")
@@ -351,7 +406,7 @@ def _status_line(session: Session, mailbox: Mailbox, items: tuple[str, ...]) -> 
     st = session.store.mailbox_status(mailbox.id)
     values: dict[str, object] = {
         "MESSAGES": st.messages, "UIDNEXT": st.uidnext, "UIDVALIDITY": st.uidvalidity, "UNSEEN": st.unseen,
-        "DELETED": st.deleted, "SIZE": st.size, "HIGHESTMODSEQ": st.highestmodseq, "RECENT": 0,
+        "DELETED": st.deleted, "SIZE": st.size, "HIGHESTMODSEQ": st.highestmodseq, "RECENT": st.recent,
     }  # fmt: skip
     values["MAILBOXID"] = f"({mailbox.objectid})"  # RFC 8474 §4.1
     parts = [f"{item} {values[item]}" for item in items if item in values]
@@ -376,32 +431,41 @@ def append(session: Session, cmd: Append, append_limit: int) -> Handler:
     mailbox = store.get_mailbox(session.account_id, cmd.mailbox)
     if mailbox is None:
         return Done(Status.NO, "No such mailbox", "TRYCREATE")
-    if max(len(cmd.data), cmd.spooled) > append_limit:
+    if any(max(len(m.data), m.spooled) > append_limit for m in cmd.messages):
         return Done(Status.NO, "Message too large", "TOOBIG")
-    data: bytes | Content = cmd.data
-    if cmd.spooled:  # a large message: the adapter wrote it to a spool file as it arrived
-        if session.spooled_message is None or session.spooled_message.length != cmd.spooled:
-            return Done(Status.NO, "Could not store the message, try again", "SERVERBUG")
-        data = Content(b"", session.spooled_message)
-    date = cmd.date or datetime.datetime.now(datetime.UTC)
-    delivery = Delivery(
-        blob_id=new_message_id(),
-        data=data,
-        targets=(DeliveryTarget(session.account_id, mailbox.name, cmd.flags),),
-        internal_date=int(date.timestamp()),
-        envelope={"appended_by": session.user},
-    )
+    spool = session.spooled_message  # large messages: the adapter wrote them to one file as they arrived
+    if cmd.spooled and (spool is None or spool.length != cmd.spooled):
+        return Done(Status.NO, "Could not store the message, try again", "SERVERBUG")
+    now = datetime.datetime.now(datetime.UTC)
+    deliveries = []
+    offset = 0
+    for message in cmd.messages:
+        data: bytes | Content = message.data
+        if message.spooled:
+            assert spool is not None
+            data = Content(b"", FileSpan(spool.path, spool.offset + offset, message.spooled))
+            offset += message.spooled
+        deliveries.append(Delivery(
+            blob_id=new_message_id(),
+            data=data,
+            targets=(DeliveryTarget(session.account_id, mailbox.name, message.flags),),
+            internal_date=int((message.date or now).timestamp()),
+            envelope={"appended_by": session.user},
+        ))  # fmt: skip
     try:
-        (stored,) = store.deliver(delivery).result()
+        # MULTIAPPEND (RFC 3502 §6.3.11): one delivery group, so every message is stored or none is.
+        stored = store.deliver_group(deliveries).result()
     except StoreError:
         return Done(Status.NO, "Could not store the message, try again", "SERVERBUG")
-    yield from ()
-    return Done(Status.OK, "APPEND completed", f"APPENDUID {mailbox.uidvalidity} {stored.uid}")
+    # Into the selected mailbox: EXISTS before the tagged OK, so the next command may use the message.
+    yield from chunked(sync(session, allow_expunge=True))
+    uids = format_set(m.uid for messages in stored for m in messages)
+    return Done(Status.OK, "APPEND completed", f"APPENDUID {mailbox.uidvalidity} {uids}")
 
 
 def close(session: Session, cmd: Simple) -> Handler:
     view = session.selected
-    session.selected = None
+    session.select(None)
     if cmd.name == "CLOSE" and view is not None and not view.readonly:
         session.store.expunge(view.mailbox_id)  # silently: CLOSE sends no EXPUNGE responses
     yield from ()

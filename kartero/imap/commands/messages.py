@@ -9,9 +9,11 @@ from kartero.imap.commands.view import (
     Done,
     Session,
     chunked,
+    enable_condstore,
     expunge_lines,
     fetch_flags_line,
     format_set,
+    keyword_lines,
     out_of_range,
     resolve,
     sync,
@@ -32,12 +34,12 @@ def store_flags(session: Session, cmd: StoreCommand) -> Handler:
     if not cmd.is_uid and not cmd.numbers.is_saved and view.exists and out_of_range(view, cmd.numbers):
         return Done(Status.BAD, "Message sequence number out of range")
     if cmd.unchanged_since is not None:
-        session.condstore = True
+        yield from enable_condstore(session)
     pairs = resolve(view, cmd.numbers, is_uid=cmd.is_uid, saved=session.saved)
     changed, refused = session.store.update_flags(
         view.mailbox_id, [uid for _, uid in pairs], _OPS[cmd.op], cmd.flags, cmd.unchanged_since
     )
-    lines = []
+    lines = list(keyword_lines(view, changed))
     for row in changed:
         view.own_changes[row.uid] = row.modseq
         seq = view.seq_of(row.uid)

@@ -18,10 +18,12 @@ from kartero.imap import mutf7
 from kartero.imap.response import Status
 from kartero.imap.state import ImapState
 from kartero.imap.syntax import STAR, SequenceSet
-from kartero.store.interface import FileSpan, MessageRow, NoSuchMailbox, Store
+from kartero.store.interface import ExpungeHold, FileSpan, MessageRow, NoSuchMailbox, Store
 
 # Untagged responses are handed to the network in batches of about this many octets.
 CHUNK = 256 * 1024
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+MAX_UID = 2**32
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,30 @@ class View:
     uids: array[int]
     modseq: int  # every change up to this MODSEQ has been reported to the client
     own_changes: dict[int, int] = field(default_factory=dict)  # uid -> modseq of our own STOREs
+    # HIGHESTMODSEQ went out with CONDSTORE in effect (at SELECT, or at the first command enabling it).
+    condstore_announced: bool = False
+    # The keywords the client was told of in FLAGS, by their case-folded name (keywords are
+    # case-insensitive, RFC 9051 §2.3.2).
+    keywords: dict[str, str] = field(default_factory=dict)
+    # Keeps messages expunged elsewhere readable until this session has reported their expunge.
+    hold: ExpungeHold | None = None
+    # IMAP4rev1 \\Recent: the UIDs this session sees as recent, as [low, high) ranges in ascending order
+    # (RFC 3501 §2.3.2; see Session.claim_recent).
+    recent: list[tuple[int, int]] = field(default_factory=list)
+
+    def is_recent(self, uid: int) -> bool:
+        i = bisect.bisect_right(self.recent, (uid, MAX_UID)) - 1
+        return i >= 0 and self.recent[i][0] <= uid < self.recent[i][1]
+
+    def recent_count(self) -> int:
+        uids = self.uids
+        return sum(bisect.bisect_left(uids, high) - bisect.bisect_left(uids, low) for low, high in self.recent)
+
+    def reported(self, modseq: int) -> None:
+        """Every change up to `modseq`, expunges included, has been reported to the client."""
+        self.modseq = modseq
+        if self.hold is not None:
+            self.hold.advance(modseq)
 
     def seq_of(self, uid: int) -> int | None:
         i = bisect.bisect_left(self.uids, uid)
@@ -78,6 +104,30 @@ class Session:
     @property
     def rev2(self) -> bool:
         return "IMAP4REV2" in self.enabled
+
+    def select(self, view: View | None) -> None:
+        """Show `view` (None: nothing); the hold of the view left behind is released."""
+        old, self.selected = self.selected, view
+        if old is not None and old is not view and old.hold is not None:
+            old.hold.release()
+
+    def claim_recent(self, view: View, first_recent_uid: int, uid_end: int) -> None:
+        """Note the UIDs below `uid_end` that are \\Recent to this session (IMAP4rev1 only; RFC 9051
+        dropped the flag). A read-write session claims them, moving the mailbox's first recent UID on,
+        so no other session sees them as recent (as Dovecot does); a read-only one does not change that
+        state (RFC 3501 §6.3.2) and sees as recent what nobody has claimed yet."""
+        if self.rev2 or first_recent_uid >= uid_end:
+            return
+        start = first_recent_uid if view.readonly else self.store.claim_recent(view.mailbox_id, uid_end)
+        if view.recent and view.recent[-1][1] >= start:
+            start = min(start, view.recent[-1][0])
+            view.recent.pop()
+        if start < uid_end:
+            view.recent.append((start, uid_end))
+
+    def shown_flags(self, view: View, row: MessageRow) -> frozenset[str]:
+        """A message's flags as this session shows them: \\Recent added for IMAP4rev1."""
+        return row.flags | {"\\Recent"} if view.recent and view.is_recent(row.uid) else row.flags
 
     def uses_condstore(self) -> bool:
         return self.condstore or "CONDSTORE" in self.enabled
@@ -143,9 +193,42 @@ def format_flags(flags: Iterable[str]) -> str:
     return "(" + " ".join(sorted(flags, key=str.lower)) + ")"
 
 
+def flags_lines(view: View) -> bytes:
+    """FLAGS and PERMANENTFLAGS for the keywords the view knows (RFC 9051 §7.3.5, §7.1)."""
+    flags = " ".join((*SYSTEM_FLAGS, *sorted(view.keywords.values(), key=str.lower)))
+    permanent = (
+        "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n"
+        if view.readonly
+        else f"* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted\r\n"
+    )
+    return f"* FLAGS ({flags})\r\n{permanent}".encode()
+
+
+def keyword_lines(view: View, rows: Iterable[MessageRow]) -> Iterator[bytes]:
+    """FLAGS and PERMANENTFLAGS again when `rows` hold keywords the client has not been told of: RFC
+    9051 §7.3.5 wants them announced before any response that uses them."""
+    known = view.keywords
+    new = {flag.lower(): flag for row in rows for flag in row.flags if flag[:1] != "\\" and flag.lower() not in known}
+    if new:
+        known.update(new)
+        yield flags_lines(view)
+
+
+def enable_condstore(session: Session) -> Iterator[bytes]:
+    """Put CONDSTORE in effect for a FETCH, SEARCH or STORE that uses it. RFC 7162 §3.1: the first
+    such command in a selected mailbox gets `* OK [HIGHESTMODSEQ]`, the MODSEQ the client has been told
+    everything up to (STATUS HIGHESTMODSEQ is about another mailbox and does not send it)."""
+    session.condstore = True
+    view = session.selected
+    if view is not None and not view.condstore_announced:
+        view.condstore_announced = True
+        yield f"* OK [HIGHESTMODSEQ {view.modseq}] Highest\r\n".encode()
+
+
 def fetch_flags_line(session: Session, seq: int, row: MessageRow, *, with_uid: bool) -> bytes:
     items = [f"UID {row.uid}"] if with_uid else []
-    items.append(f"FLAGS {format_flags(row.flags)}")
+    view = session.selected
+    items.append(f"FLAGS {format_flags(session.shown_flags(view, row) if view is not None else row.flags)}")
     if session.uses_condstore():
         items.append(f"MODSEQ ({row.modseq})")
     return f"* {seq} FETCH ({' '.join(items)})\r\n".encode()
@@ -184,11 +267,15 @@ def sync(session: Session, *, allow_expunge: bool) -> Iterator[bytes]:
         return
     if allow_expunge and changes.vanished:
         yield from expunge_lines(session, view, changes.vanished)
+    yield from keyword_lines(view, changes.changed)
     new_uids = [row.uid for row in changes.changed if not view.uids or row.uid > view.uids[-1]]
     flag_rows = [row for row in changes.changed if view.uids and row.uid <= view.uids[-1]]
     if new_uids:
         view.uids.extend(new_uids)
         yield f"* {view.exists} EXISTS\r\n".encode()
+        if not session.rev2:  # RFC 3501 §7.3.2: RECENT when the mailbox grows
+            session.claim_recent(view, max(changes.first_recent_uid, new_uids[0]), new_uids[-1] + 1)
+            yield f"* {view.recent_count()} RECENT\r\n".encode()
     for row in flag_rows:
         if view.own_changes.get(row.uid) == row.modseq:
             continue
@@ -196,7 +283,7 @@ def sync(session: Session, *, allow_expunge: bool) -> Iterator[bytes]:
         if seq is not None:
             yield fetch_flags_line(session, seq, row, with_uid=True)
     if allow_expunge or not changes.vanished:
-        view.modseq = changes.highestmodseq
+        view.reported(changes.highestmodseq)
         view.own_changes.clear()
     # Else the expunges stay pending: view.modseq is not advanced past them, so the next sync that may
     # report expunges finds them again (flag lines already sent may repeat; clients accept that).

@@ -25,6 +25,7 @@ from kartero.imap.connection import (
     ImapSettings,
     LoginRequested,
     StartTLSRequested,
+    Unauthenticated,
 )
 from kartero.imap.response import Status
 from kartero.store.sqlite import SQLiteStore
@@ -77,6 +78,10 @@ class Client:
                     pass
                 case IdleDone(tag=tag):
                     conn.finish(tag, Status.OK, "IDLE terminated")
+                case Unauthenticated():
+                    if self.session is not None:
+                        self.session.select(None)
+                    self.session = None
         return conn.data_to_send()
 
     def send(self, data: bytes, *, bytewise: bool = False) -> bytes:

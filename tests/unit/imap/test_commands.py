@@ -53,7 +53,7 @@ def test_select_responses(store: SQLiteStore) -> None:
     uidvalidity = store.get_mailbox(1, "INBOX").uidvalidity  # type: ignore[union-attr]
     assert lines == [
         b"* 2 EXISTS\r\n",
-        b"* 0 RECENT\r\n",
+        b"* 2 RECENT\r\n",  # IMAP4rev1: this session is the first to see them (RFC 3501 §2.3.2)
         b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1)\r\n",
         b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 \\*)] Flags permitted\r\n",
         b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % uidvalidity,
@@ -78,7 +78,7 @@ def test_fetch_metadata_envelope_and_bodystructure(store: SQLiteStore) -> None:
     c.select()
     lines = c.command("f1 FETCH 1:3 (UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE)")
     assert lines[0] == (
-        b'* 1 FETCH (UID 1 FLAGS () RFC822.SIZE %d INTERNALDATE "26-Nov-2026 10:00:00 +0000" ENVELOPE '
+        b'* 1 FETCH (UID 1 FLAGS (\\Recent) RFC822.SIZE %d INTERNALDATE "26-Nov-2026 10:00:00 +0000" ENVELOPE '
         b'("Mon, 02 Nov 2026 09:30:00 +0100" "Quarterly report" (("Alice Example" NIL "alice" "example.org")) '
         b'(("Alice Example" NIL "alice" "example.org")) (("Alice Example" NIL "alice" "example.org")) '
         b'(("Bob" NIL "bob" "example.test")(NIL NIL "carol" "example.test")) '
@@ -132,8 +132,8 @@ def test_fetch_body_sections(store: SQLiteStore) -> None:
     assert binary.startswith(b"* 1 FETCH (BINARY[2] ~{%d}\r\n" % len(corpus.PDF) + corpus.PDF)
     assert b"BINARY.SIZE[2] %d)" % len(corpus.PDF) in binary
     # None of these set \Seen (all PEEK); a plain BODY[] does, and says so.
-    assert c.command("s FETCH 1 FLAGS")[0] == b"* 1 FETCH (FLAGS ())\r\n"
-    assert c.send(b"t FETCH 1 BODY[TEXT]\r\n").split(b"\r\n")[-3].endswith(b" FLAGS (\\Seen))")
+    assert c.command("s FETCH 1 FLAGS")[0] == b"* 1 FETCH (FLAGS (\\Recent))\r\n"
+    assert c.send(b"t FETCH 1 BODY[TEXT]\r\n").split(b"\r\n")[-3].endswith(b" FLAGS (\\Recent \\Seen))")
 
 
 def test_search_keys_over_the_corpus(store: SQLiteStore) -> None:
@@ -171,7 +171,9 @@ def test_search_keys_over_the_corpus(store: SQLiteStore) -> None:
     assert search("BEFORE 26-Nov-2026") == "* SEARCH"
     assert search("2:4 NOT 3") == "* SEARCH 2 4"
     assert search("UID 4:*") == "* SEARCH 4 5"
-    assert search("NEW") == "* SEARCH"
+    assert search("NEW") == "* SEARCH 1 2 3 4 5"  # \Recent (this IMAP4rev1 session saw them first), unseen
+    assert search("RECENT SUBJECT report") == "* SEARCH 1 4"
+    assert search("OLD") == "* SEARCH"
     assert c.command("u UID SEARCH SUBJECT report")[0] == b"* SEARCH 1 4\r\n"
     esearch = c.command("e SEARCH RETURN (MIN MAX COUNT ALL) UNSEEN")
     assert c.command("e2 UID SEARCH RETURN (COUNT ALL) FLAGGED")[0] == b'* ESEARCH (TAG "e2") UID COUNT 1 ALL 2\r\n'
@@ -199,12 +201,16 @@ def test_store_copy_move_expunge_with_uidplus(store: SQLiteStore) -> None:
     c = client(store)
     c.select()
     assert c.command("a STORE 1:2 +FLAGS (\\Deleted)") == [
-        b"* 1 FETCH (FLAGS (\\Deleted))\r\n",
-        b"* 2 FETCH (FLAGS (\\Deleted))\r\n",
+        b"* 1 FETCH (FLAGS (\\Deleted \\Recent))\r\n",
+        b"* 2 FETCH (FLAGS (\\Deleted \\Recent))\r\n",
         b"a OK STORE completed\r\n",
     ]
-    assert c.command("b UID STORE 3 FLAGS.SILENT ($Work \\Seen)") == [b"b OK UID STORE completed\r\n"]
-    assert c.command("c FETCH 3 FLAGS")[0] == b"* 3 FETCH (FLAGS ($Work \\Seen))\r\n"
+    assert c.command("b UID STORE 3 FLAGS.SILENT ($Work \\Seen)") == [  # a new keyword: FLAGS even when silent
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)\r\n",
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)] Flags permitted\r\n",
+        b"b OK UID STORE completed\r\n",
+    ]
+    assert c.command("c FETCH 3 FLAGS")[0] == b"* 3 FETCH (FLAGS ($Work \\Recent \\Seen))\r\n"
     archive = store.get_mailbox(1, "Archive")
     assert archive is not None
     assert c.command("d COPY 3:4 Archive") == [b"d OK [COPYUID %d 3:4 1:2] COPY completed\r\n" % archive.uidvalidity]
@@ -217,9 +223,9 @@ def test_store_copy_move_expunge_with_uidplus(store: SQLiteStore) -> None:
     ]
     c.command("h SELECT Archive")
     assert c.command("i FETCH 1:* (UID FLAGS)") == [
-        b"* 1 FETCH (UID 1 FLAGS ($Work \\Seen))\r\n",
-        b"* 2 FETCH (UID 2 FLAGS ())\r\n",
-        b"* 3 FETCH (UID 3 FLAGS ())\r\n",
+        b"* 1 FETCH (UID 1 FLAGS ($Work \\Recent \\Seen))\r\n",  # copies are \Recent (RFC 3501 §6.4.7)
+        b"* 2 FETCH (UID 2 FLAGS (\\Recent))\r\n",
+        b"* 3 FETCH (UID 3 FLAGS (\\Recent))\r\n",
         b"i OK FETCH completed\r\n",
     ]
     assert c.command("j FETCH 9 FLAGS") == [b"j BAD Message sequence number out of range\r\n"]
@@ -240,17 +246,22 @@ def test_two_sessions_see_each_others_changes(store: SQLiteStore) -> None:
     # The other session hears of the flag and the new message at its next command...
     assert two.command("b NOOP") == [
         b"* 3 EXISTS\r\n",
+        b"* 1 RECENT\r\n",  # the first session to hear of message 3 (messages 1 and 2 were one's)
         b"* 1 FETCH (UID 1 FLAGS (\\Flagged))\r\n",
         b"b OK NOOP completed\r\n",
     ]
     # ...and the session that set the flag is not told again.
-    assert one.command("c NOOP") == [b"* 3 EXISTS\r\n", b"c OK NOOP completed\r\n"]
+    assert one.command("c NOOP") == [b"* 3 EXISTS\r\n", b"* 2 RECENT\r\n", b"c OK NOOP completed\r\n"]
     # An expunge elsewhere is not reported during FETCH (sequence numbers must hold), only after.
     one.command("d STORE 2 +FLAGS (\\Deleted)")
     one.command("e EXPUNGE")
-    fetched = two.command("f FETCH 1:3 UID")
-    assert fetched[-1] == b"f NO [EXPUNGEISSUED] Some messages were expunged\r\n"
-    assert b" EXPUNGE\r\n" not in b"".join(fetched)
+    fetched = two.command("f FETCH 1:3 UID")  # the expunged message as it was (RFC 2180 §4.1.1)
+    assert fetched == [
+        b"* 1 FETCH (UID 1)\r\n",
+        b"* 2 FETCH (UID 2)\r\n",
+        b"* 3 FETCH (UID 3)\r\n",
+        b"f OK FETCH completed\r\n",
+    ]
     assert two.command("g NOOP")[0] == b"* 2 EXPUNGE\r\n"
     assert two.command("h FETCH 2 UID")[0] == b"* 2 FETCH (UID 3)\r\n"
 
@@ -262,21 +273,21 @@ def test_condstore_and_qresync(store: SQLiteStore) -> None:
     assert c.command("a ENABLE QRESYNC")[0] == b"* ENABLED QRESYNC\r\n"
     c.select()
     uidvalidity = store.get_mailbox(1, "INBOX").uidvalidity  # type: ignore[union-attr]
-    assert c.command("b STORE 2 +FLAGS (\\Seen)")[0] == b"* 2 FETCH (FLAGS (\\Seen) MODSEQ (5))\r\n"
+    assert c.command("b STORE 2 +FLAGS (\\Seen)")[0] == b"* 2 FETCH (FLAGS (\\Recent \\Seen) MODSEQ (5))\r\n"
     assert c.command("c FETCH 1:* (FLAGS) (CHANGEDSINCE 4)") == [
-        b"* 2 FETCH (FLAGS (\\Seen) MODSEQ (5))\r\n",
+        b"* 2 FETCH (FLAGS (\\Recent \\Seen) MODSEQ (5))\r\n",
         b"c OK FETCH completed\r\n",
     ]
     assert c.command("d STORE 1:3 (UNCHANGEDSINCE 4) +FLAGS.SILENT (\\Flagged)") == [
-        b"* 1 FETCH (FLAGS (\\Flagged) MODSEQ (6))\r\n",
-        b"* 3 FETCH (FLAGS (\\Flagged) MODSEQ (6))\r\n",
+        b"* 1 FETCH (FLAGS (\\Flagged \\Recent) MODSEQ (6))\r\n",
+        b"* 3 FETCH (FLAGS (\\Flagged \\Recent) MODSEQ (6))\r\n",
         b"d OK [MODIFIED 2] Some messages were modified meanwhile\r\n",
     ]
     c.command("e STORE 3 +FLAGS (\\Deleted)")
     assert c.command("f EXPUNGE") == [b"* VANISHED 3\r\n", b"f OK [HIGHESTMODSEQ 8] EXPUNGE completed\r\n"]
     assert c.command("g UID FETCH 1:* (FLAGS) (CHANGEDSINCE 5 VANISHED)") == [
         b"* VANISHED (EARLIER) 3\r\n",
-        b"* 1 FETCH (UID 1 FLAGS (\\Flagged) MODSEQ (6))\r\n",
+        b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent) MODSEQ (6))\r\n",
         b"g OK UID FETCH completed\r\n",
     ]
     assert c.command("h SEARCH MODSEQ 6") == [b"* SEARCH 1 (MODSEQ 6)\r\n", b"h OK SEARCH completed\r\n"]
@@ -345,7 +356,7 @@ def test_append_rename_and_delete(store: SQLiteStore) -> None:
     assert c.send(message + b"\r\n") == b"a OK [APPENDUID %d 1] APPEND completed\r\n" % drafts.uidvalidity
     c.select("Drafts")
     assert c.command("b FETCH 1 (FLAGS INTERNALDATE BODY.PEEK[TEXT])") == [
-        b'* 1 FETCH (FLAGS (\\Draft) INTERNALDATE "26-Nov-2026 10:00:00 +0000" BODY[TEXT] {14}\r\n',
+        b'* 1 FETCH (FLAGS (\\Draft \\Recent) INTERNALDATE "26-Nov-2026 10:00:00 +0000" BODY[TEXT] {14}\r\n',
         b"not sent yet\r\n",
         b")\r\n",
         b"b OK FETCH completed\r\n",

@@ -113,8 +113,6 @@ def test_malformed_commands_get_bad_and_the_session_goes_on() -> None:
         S: a7 BAD unknown STATUS item
         C: a8 LIST "" (
         S: a8 BAD missing )
-        C: a9 SELECT &Jjo
-        S: a9 BAD bad mailbox name: unterminated modified UTF-7 run
         C: b1 ID ("name" "test")
         S: * ID ("name" "Kartero" "vendor" "Kartero")
         S: b1 OK ID completed

@@ -60,7 +60,7 @@ def test_issue_8_fetch_streams_big_sections_in_chunks(store: SQLiteStore, monkey
         out = client.send(f"f UID FETCH 1 ({item})\r\n".encode())
         assert max(pieces) <= 2 * CHUNK, item
         head = b"* 1 FETCH (UID 1 %s {%d}\r\n" % (name, len(expected))
-        flags = b" FLAGS (\\Seen)" if item == "RFC822" else b""  # RFC822 sets \Seen (RFC 9051 §6.4.5)
+        flags = b" FLAGS (\\Recent \\Seen)" if item == "RFC822" else b""  # RFC822 sets \Seen (RFC 9051 §6.4.5)
         assert out == head + expected + flags + b")\r\nf OK UID FETCH completed\r\n", item
 
 

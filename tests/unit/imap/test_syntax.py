@@ -136,8 +136,9 @@ def test_mailbox_names_in_modified_utf7_and_utf8() -> None:
 
 def test_append_with_flags_date_and_literal() -> None:
     cmd = parse('a APPEND Sent (\\Seen) "26-Nov-2026 10:00:00 +0100" \x00', (b"Subject: x\r\n\r\nbody\r\n",))
-    assert cmd.flags == {"\\Seen"}  # type: ignore[union-attr]
-    assert cmd.date == datetime.datetime(2026, 11, 26, 9, 0, tzinfo=datetime.UTC)  # type: ignore[union-attr]
-    assert cmd.data == b"Subject: x\r\n\r\nbody\r\n"  # type: ignore[union-attr]
+    (message,) = cmd.messages  # type: ignore[union-attr]
+    assert message.flags == {"\\Seen"}
+    assert message.date == datetime.datetime(2026, 11, 26, 9, 0, tzinfo=datetime.UTC)
+    assert message.data == b"Subject: x\r\n\r\nbody\r\n"
     with pytest.raises(ParseError, match="as a literal"):
         parse('a APPEND Sent "26-Nov-2026 10:00:00 +0100" "not a literal"')

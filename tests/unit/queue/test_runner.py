@@ -206,3 +206,33 @@ def test_flush_and_delete(store: SQLiteStore) -> None:
     assert len(agent.calls) == 2 and len(agent.calls[1][1]) == 2  # both messages, one delivery
     assert store.queue_delete(first) and not store.queue_delete(first)
     assert [e.id for e in store.queue_entries()] == [second]
+
+
+def test_issue_8_a_large_message_goes_to_the_agent_as_a_handle_and_comes_back_as_its_header(
+    store: SQLiteStore,
+) -> None:
+    """Past 1 MiB a queued message is not read whole: the agent gets a handle to read it in pieces, and
+    a failure notice returns only its header even under RET=FULL (RFC 3464 §2: "or portion thereof")."""
+    blob = new_message_id()
+    header = b"From: x@a.test\r\nSubject: large\r\n\r\n"
+    data = header + b"0123456789abcdef\r\n" * 100_000  # ~1.8 MB
+    outbound = Outbound("alice@a.test", (OutboundRecipient("no@b.test"),), T0 + 86400, ret="FULL")
+    store.deliver(Delivery(blob, data, (), T0, {}, outbound)).result(10)
+    seen: list[JobMessage] = []
+
+    class Recording(ScriptedAgent):
+        async def deliver(
+            self, domain: str, messages: Sequence[JobMessage], on_outcomes: OnOutcomes | None = None
+        ) -> dict[int, Outcome]:
+            seen.extend(messages)
+            return await super().deliver(domain, messages, on_outcomes)
+
+    bouncer = Bouncer()
+    agent = Recording({"no@b.test": Failed("550 5.1.1 No such user", "5.1.1")})
+    asyncio.run(runner(store, agent, bouncer, Clock()).run_due())
+    (message,) = seen
+    assert message.data == b"" and message.size == len(data) and message.open_body is not None
+    (_, dsn), = bouncer.sent  # fmt: skip
+    returned = next(p for p in parse(dsn).walk() if p.get_content_type() == "text/rfc822-headers")
+    assert "Subject: large" in returned.get_content()
+    assert b"0123456789abcdef" not in dsn and len(dsn) < 10_000
