@@ -55,6 +55,8 @@ TABLE: tuple[Support, ...] = (
     Support("SAVEDATE", "RFC 8514", "save date", "NIL for messages stored before Kartero kept it"),
     Support("OBJECTID", "RFC 8474", "object identifiers", "MAILBOXID kept across RENAME; THREADID NIL"),
     Support("PREVIEW", "RFC 8970", "message preview", "kept with the message; older mail's on first FETCH"),
+    Support("METADATA", "RFC 5464", "mailbox and server annotations", "kept per account; 100 entries, 64 KiB values"),
+    Support("METADATA-SERVER", "RFC 5464", "server annotations", "GETMETADATA/SETMETADATA on mailbox \"\""),
     Support("UNAUTHENTICATE", "RFC 8437", "UNAUTHENTICATE"),
     Support("COMPRESS=DEFLATE", "RFC 4978", "COMPRESS", "inflated a bounded step at a time"),
 )

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kartero.imap import mutf7
+from kartero.imap import metadata, mutf7
 from kartero.imap.tokens import MAX_NESTING, Atom, ParseError, PList, String, Token, upper_ascii
 
 STAR = -1  # "*" in a sequence set: the largest number in use
@@ -296,9 +296,28 @@ class Refused:
     code: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class GetMetadata:
+    """GETMETADATA (RFC 5464 §4.2); mailbox "" names the server."""
+
+    mailbox: str
+    entries: tuple[str, ...]  # lower case, checked by metadata.parse_entry
+    max_size: int | None
+    depth: int  # 0, 1 or metadata.DEPTH_INFINITY
+
+
+@dataclass(frozen=True, slots=True)
+class SetMetadata:
+    """SETMETADATA (RFC 5464 §4.3): values to set, None to remove; mailbox "" names the server."""
+
+    mailbox: str
+    entries: tuple[tuple[str, bytes | None], ...]
+
+
 Command = (
     Simple | Login | Authenticate | Enable | Select | MailboxCommand | Rename | ListCommand | Status | Append
     | Search | SortCommand | ThreadCommand | Fetch | StoreCommand | CopyMove | UidExpunge | Id | Compress | Refused
+    | GetMetadata | SetMetadata
 )  # fmt: skip
 
 
@@ -1110,6 +1129,65 @@ def _compress(a: _Args) -> Command:
     return Compress(mechanism)
 
 
+def _getmetadata(a: _Args) -> Command:
+    max_size: int | None = None
+    depth = 0
+    token = a.peek()
+    if isinstance(token, PList):  # RFC 5464 §4.2: options first
+        a.pos += 1
+        options = token.items
+        if not options or len(options) % 2:
+            raise ParseError("GETMETADATA options come in pairs")
+        for name_token, value_token in zip(options[::2], options[1::2], strict=True):
+            name, value = upper_ascii(_atom_value(name_token)), _atom_value(value_token)
+            if name == "MAXSIZE":
+                max_size = parse_number(value, "MAXSIZE")
+            elif name == "DEPTH":
+                if value.lower() not in _DEPTHS:
+                    raise ParseError("DEPTH is 0, 1 or infinity")
+                depth = _DEPTHS[value.lower()]
+            else:
+                raise ParseError(f"unknown GETMETADATA option {name}")
+    mailbox = a.mailbox()
+    token = a.next("entries")
+    tokens = token.items if isinstance(token, PList) else (token,)
+    if not tokens or len(tokens) > metadata.MAX_REQUESTED:
+        raise ParseError(f"GETMETADATA takes 1 to {metadata.MAX_REQUESTED} entries")
+    entries = tuple(metadata.parse_entry(_string_value(t), is_set=False) for t in tokens)
+    a.end()
+    return GetMetadata(mailbox, entries, max_size, depth)
+
+
+_DEPTHS = {"0": 0, "1": 1, "infinity": metadata.DEPTH_INFINITY}
+
+
+def _setmetadata(a: _Args) -> Command:
+    mailbox = a.mailbox()
+    pairs = a.plist("entries and values")
+    a.end()
+    if not pairs or len(pairs) % 2:
+        raise ParseError("SETMETADATA takes entry and value pairs")
+    entries: list[tuple[str, bytes | None]] = []
+    for entry, value in zip(pairs[::2], pairs[1::2], strict=True):
+        name = metadata.parse_entry(_string_value(entry), is_set=True)
+        if isinstance(value, Atom) and upper_ascii(value.value) == "NIL":
+            entries.append((name, None))
+        elif isinstance(value, String):  # RFC 5464 §5: nstring / literal8
+            entries.append((name, value.value))
+        else:
+            raise ParseError("a metadata value is a string or NIL")
+    return SetMetadata(mailbox, tuple(entries))
+
+
+def _string_value(token: Token) -> bytes:
+    """An astring's octets."""
+    if isinstance(token, String):
+        return token.value
+    if isinstance(token, Atom):
+        return token.value.encode("utf-8")
+    raise ParseError("expected a string")
+
+
 _NO_ARGS = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "IDLE",
                       "NAMESPACE", "UNAUTHENTICATE"})  # fmt: skip
 
@@ -1138,6 +1216,8 @@ _GRAMMARS: dict[str, Callable[[_Args], Command]] = {
     "UID": _uid,
     "ID": _id,
     "COMPRESS": _compress,
+    "GETMETADATA": _getmetadata,
+    "SETMETADATA": _setmetadata,
 }
 
 

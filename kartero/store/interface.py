@@ -443,6 +443,19 @@ class Store(Protocol):
         MessageRow.preview); a blob gone meanwhile is skipped."""
         ...
 
+    def metadata(self, account_id: int, mailbox_id: int | None) -> dict[str, bytes]:
+        """The METADATA entries (RFC 5464) of a mailbox, or of the server for this account (None), by
+        name in ascending order."""
+        ...
+
+    def set_metadata(
+        self, account_id: int, mailbox_id: int | None, changes: Sequence[tuple[str, bytes | None]], max_entries: int
+    ) -> bool:
+        """Sets (a value) or removes (None) METADATA entries, all or none: False, and nothing changed, when
+        the mailbox (or the server for this account) would hold more than `max_entries`. Entries go with
+        their mailbox when it is deleted and follow it through RENAME. Raises NoSuchMailbox."""
+        ...
+
     def read_message(self, blob_id: str) -> bytes: ...
     def read_range(self, blob_id: str, start: int, length: int) -> bytes: ...
     def open_message(self, blob_id: str) -> MessageReader:

@@ -45,6 +45,10 @@ _ROW_COLUMNS = "m.uid, m.flags, m.modseq, m.size, m.internal_date, m.blob_id, m.
 _INDEX_COLUMNS = ", b.imap_envelope, b.imap_body, b.imap_bodystructure, b.parts, b.preview"
 
 
+class _TooManyEntries(Exception):
+    """Raised inside a write transaction to undo a SETMETADATA that would pass the entry limit."""
+
+
 def format_flags(flags: Iterable[str]) -> str:
     return " ".join(sorted(set(flags), key=str.lower))
 
@@ -401,6 +405,36 @@ class MailboxOps:
     def keep_previews(self, previews: Mapping[str, str]) -> None:
         with self._write() as db:
             db.executemany("UPDATE blobs SET preview = ? WHERE id = ?", [(p, b) for b, p in previews.items()])
+
+    def metadata(self, account_id: int, mailbox_id: int | None) -> dict[str, bytes]:
+        rows = self._db().execute(
+            "SELECT name, value FROM metadata WHERE account_id = ? AND IFNULL(mailbox_id, 0) = ? ORDER BY name",
+            (account_id, mailbox_id or 0),
+        )
+        return {name: bytes(value) for name, value in rows}
+
+    def set_metadata(
+        self, account_id: int, mailbox_id: int | None, changes: Sequence[tuple[str, bytes | None]], max_entries: int
+    ) -> bool:
+        key = (account_id, mailbox_id or 0)
+        where = "account_id = ? AND IFNULL(mailbox_id, 0) = ?"
+        try:
+            with self._write() as db:
+                if mailbox_id is not None and not db.execute(
+                    "SELECT 1 FROM mailboxes WHERE id = ?", (mailbox_id,)
+                ).fetchone():
+                    raise NoSuchMailbox(f"mailbox {mailbox_id} is gone")
+                for name, value in changes:
+                    db.execute(f"DELETE FROM metadata WHERE {where} AND name = ?", (*key, name))
+                    if value is not None:
+                        db.execute("INSERT INTO metadata (account_id, mailbox_id, name, value) VALUES (?, ?, ?, ?)",
+                                   (account_id, mailbox_id, name, value))  # fmt: skip
+                (count,) = db.execute(f"SELECT COUNT(*) FROM metadata WHERE {where}", key).fetchone()
+                if count > max_entries:
+                    raise _TooManyEntries  # rolls the whole command back
+        except _TooManyEntries:
+            return False
+        return True
 
     def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
         db = self._db()

@@ -132,7 +132,8 @@ CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (mailbox_id, modseq);
 """
 # Columns added after the first schema (version 2): what a session that has not yet seen an expunge may
 # still FETCH (the message's body, size, date, flags and MODSEQ, kept until every hold has moved past
-# the expunge; see MailboxOps.hold_expunged). Version 3: MAILBOXID (RFC 8474) and PREVIEW (RFC 8970).
+# the expunge; see MailboxOps.hold_expunged). Version 3: MAILBOXID (RFC 8474), PREVIEW (RFC 8970) and
+# the metadata table (RFC 5464).
 # Columns of blobs and messages added since: NULL means "not known for this row", which was stored before
 # the column existed (sent_day: the day written in Date:; saved_at: when it came into its mailbox;
 # preview: made on its first FETCH PREVIEW). Every mailbox gets its objectid in _migrate.
@@ -146,6 +147,16 @@ _ADDED_COLUMNS = {
 _ADDED_INDEXES = """
 CREATE INDEX IF NOT EXISTS expunged_blob ON expunged (blob_id) WHERE blob_id IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS mailboxes_objectid ON mailboxes (objectid);
+"""
+# Tables added since, made by _migrate for a database of an earlier version (and for a new one).
+_ADDED_TABLES = """
+CREATE TABLE IF NOT EXISTS metadata (    -- METADATA entries (RFC 5464), by lower-case entry name
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    mailbox_id INTEGER REFERENCES mailboxes(id) ON DELETE CASCADE,  -- NULL: the server's, for this account
+    name TEXT NOT NULL,
+    value BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS metadata_entry ON metadata (account_id, IFNULL(mailbox_id, 0), name);
 """
 
 # Groups of deliveries committed together at most; bounded so one transaction stays short.
@@ -778,7 +789,7 @@ def _migrate(db: sqlite3.Connection) -> None:
     # Mailboxes made before OBJECTID get their MAILBOXID now: it must exist for every mailbox.
     missing = [row[0] for row in db.execute("SELECT id FROM mailboxes WHERE objectid IS NULL")]
     db.executemany("UPDATE mailboxes SET objectid = ? WHERE id = ?", [(new_mailbox_objectid(), i) for i in missing])
-    for statement in _ADDED_INDEXES.split(";"):
+    for statement in (_ADDED_TABLES + _ADDED_INDEXES).split(";"):
         if statement.strip():
             db.execute(statement)
 

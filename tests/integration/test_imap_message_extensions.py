@@ -1,5 +1,5 @@
-"""Issue 9 FETCH extensions against a real `kartero serve`: PREVIEW (RFC 8970), OBJECTID (RFC 8474) and
-SAVEDATE (RFC 8514), read with imapclient and imaplib over a socket."""
+"""Issue 9 extensions against a real `kartero serve`: PREVIEW (RFC 8970), OBJECTID (RFC 8474), SAVEDATE
+(RFC 8514) and METADATA (RFC 5464), with imapclient and imaplib over a socket."""
 
 from __future__ import annotations
 
@@ -61,3 +61,26 @@ def test_objectid_and_savedate_with_imaplib(mx: KarteroServer) -> None:
         typ, fetched = imap.fetch("1", "(EMAILID)")
         assert fetched[0] == b"1 (EMAILID (%s))" % match.group(1)  # copies share their EMAILID (RFC 8474 §5.1)
         assert imap.search(None, "EMAILID", match.group(1).decode()) == ("OK", [b"1"])
+
+
+def test_metadata_with_imaplib(mx: KarteroServer) -> None:
+    """METADATA (RFC 5464) over a socket: server and mailbox entries, a literal value, RENAME and DELETE."""
+    with imaplib.IMAP4(mx.host, mx.imap_port) as imap:
+        imap.login("bob@example.test", PASSWORD)
+        capabilities = imap.capability()[1][0].split()
+        assert b"METADATA" in capabilities and b"METADATA-SERVER" in capabilities
+        assert imap.xatom("SETMETADATA", '"" (/shared/comment "Server note")')[0] == "OK"
+        imap.create("Lists")
+        entries = '(/private/comment "Mailing lists" /shared/vendor/example/colour "#b71c1c")'
+        assert imap.xatom("SETMETADATA", "Lists " + entries)[0] == "OK"
+        typ, _ = imap.xatom("GETMETADATA", '"" /shared/comment')
+        assert typ == "OK" and imap.untagged_responses.pop("METADATA") == [b'"" (/shared/comment "Server note")']
+        imap.rename("Lists", "Newsletters")
+        assert imap.xatom("GETMETADATA", "(DEPTH infinity) Newsletters (/private /shared)")[0] == "OK"
+        assert imap.untagged_responses.pop("METADATA") == [
+            b'"Newsletters" (/private/comment "Mailing lists" /shared/vendor/example/colour "#b71c1c")'
+        ]
+        imap.delete("Newsletters")
+        imap.create("Newsletters")
+        assert imap.xatom("GETMETADATA", "Newsletters /private/comment")[0] == "OK"
+        assert imap.untagged_responses.pop("METADATA") == [b'"Newsletters" (/private/comment NIL)']

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
-from kartero.imap.commands import fetch, mailbox, messages, search
+from kartero.imap.commands import fetch, mailbox, messages, metadata, search
 from kartero.imap.commands.view import Done, Session
 from kartero.imap.response import Status
 from kartero.imap.state import ImapState
@@ -18,12 +18,14 @@ from kartero.imap.syntax import (
     Command,
     CopyMove,
     Fetch,
+    GetMetadata,
     ListCommand,
     MailboxCommand,
     Refused,
     Rename,
     Search,
     Select,
+    SetMetadata,
     Simple,
     SortCommand,
     StoreCommand,
@@ -77,6 +79,10 @@ def run(session: Session, tag: str, command: Command, *, append_limit: int) -> H
             return messages.store_flags(session, command)
         case CopyMove():
             return messages.copy_move(session, command)
+        case GetMetadata():
+            return metadata.getmetadata(session, command)
+        case SetMetadata():
+            return metadata.setmetadata(session, command)
         case Refused():
             return _impossible_name(session, command)
     return _refuse(f"{type(command).__name__} is not implemented")
