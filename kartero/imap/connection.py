@@ -281,7 +281,7 @@ class ImapConnection:
             "IDLE", "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE",
             "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "ESEARCH", "SEARCHRES", "SORT", "CONDSTORE", "QRESYNC",
             "BINARY", "UTF8=ACCEPT", f"APPENDLIMIT={self.settings.append_limit}", "SAVEDATE", "MULTIAPPEND",
-            "UNAUTHENTICATE", "OBJECTID", "PREVIEW", "METADATA", "METADATA-SERVER",
+            "UNAUTHENTICATE", "OBJECTID", "PREVIEW", "METADATA", "METADATA-SERVER", "LIST-METADATA",
         ]  # fmt: skip
         caps += ["SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES"]  # RFC 5957, RFC 5256
         if self.settings.is_compress_available:

@@ -57,6 +57,7 @@ TABLE: tuple[Support, ...] = (
     Support("PREVIEW", "RFC 8970", "message preview", "kept with the message; older mail's on first FETCH"),
     Support("METADATA", "RFC 5464", "mailbox and server annotations", "kept per account; 100 entries, 64 KiB values"),
     Support("METADATA-SERVER", "RFC 5464", "server annotations", "GETMETADATA/SETMETADATA on mailbox \"\""),
+    Support("LIST-METADATA", "RFC 9590", "LIST RETURN (METADATA (...))", "with MAXSIZE and DEPTH"),
     Support("UNAUTHENTICATE", "RFC 8437", "UNAUTHENTICATE"),
     Support("COMPRESS=DEFLATE", "RFC 4978", "COMPRESS", "inflated a bounded step at a time"),
 )

@@ -188,6 +188,16 @@ class ListCommand:
     status_items: tuple[str, ...] = ()
     is_lsub: bool = False
     is_extended: bool = False
+    metadata: MetadataRequest | None = None  # RETURN (METADATA (...)), RFC 9590
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataRequest:
+    """The entries RETURN (METADATA (...)) asks of each listed mailbox (RFC 9590), as GETMETADATA would."""
+
+    entries: tuple[str, ...]
+    max_size: int | None = None
+    depth: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -674,6 +684,7 @@ def _list(a: _Args) -> Command:
     patterns = tuple(p for p in decoded if p is not None) if reference is not None else ()
     returns: set[str] = set()
     status_items: tuple[str, ...] = ()
+    metadata_request: MetadataRequest | None = None
     if a.more():
         if upper_ascii(a.atom("RETURN")) != "RETURN":
             raise ParseError("expected RETURN")
@@ -692,6 +703,12 @@ def _list(a: _Args) -> Command:
                     raise ParseError("STATUS needs a list of items")
                 status_items = _status_items(options[i + 1].items)  # type: ignore[union-attr]
                 i += 1
+            elif option == "METADATA":
+                following = options[i + 1] if i + 1 < len(options) else None
+                if not isinstance(following, PList):
+                    raise ParseError("METADATA needs a list of entries")
+                metadata_request = _list_metadata(following.items)
+                i += 1
             returns.add(option)
             i += 1
     a.end()
@@ -701,12 +718,41 @@ def _list(a: _Args) -> Command:
     if "RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}:
         raise ParseError("RECURSIVEMATCH needs another selection option")
     return ListCommand(reference or "", patterns, frozenset(selection), frozenset(returns), status_items,
-                       is_lsub=a.name == "LSUB", is_extended=is_extended)  # fmt: skip
+                       is_lsub=a.name == "LSUB", is_extended=is_extended, metadata=metadata_request)  # fmt: skip
+
+
+def _list_metadata(tokens: tuple[Token, ...]) -> MetadataRequest:
+    """RETURN (METADATA (entry ... [MAXSIZE n] [DEPTH d])) of RFC 9590: entry names, and the options of
+    GETMETADATA (RFC 5464 §4.2) wherever they stand in the list (an entry name starts with "/")."""
+    entries: list[str] = []
+    max_size: int | None = None
+    depth = 0
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        option = upper_ascii(token.value) if isinstance(token, Atom) else ""
+        if option in ("MAXSIZE", "DEPTH"):
+            if i + 1 >= len(tokens):
+                raise ParseError(f"{option} needs a value")
+            value = _atom_value(tokens[i + 1])
+            if option == "MAXSIZE":
+                max_size = parse_number(value, "MAXSIZE")
+            elif value.lower() in _DEPTHS:
+                depth = _DEPTHS[value.lower()]
+            else:
+                raise ParseError("DEPTH is 0, 1 or infinity")
+            i += 2
+            continue
+        entries.append(metadata.parse_entry(_string_value(token), is_set=False))
+        i += 1
+    if not entries or len(entries) > metadata.MAX_REQUESTED:
+        raise ParseError(f"METADATA takes 1 to {metadata.MAX_REQUESTED} entries")
+    return MetadataRequest(tuple(entries), max_size, depth)
 
 
 # RFC 5258 §3.1-3.2, RFC 6154 (SPECIAL-USE), RFC 5819 (STATUS).
 LIST_SELECTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
-LIST_RETURNS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
+LIST_RETURNS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS", "METADATA"})  # + RFC 9590
 
 
 STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT",

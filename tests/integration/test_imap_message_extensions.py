@@ -1,5 +1,5 @@
 """Issue 9 extensions against a real `kartero serve`: PREVIEW (RFC 8970), OBJECTID (RFC 8474), SAVEDATE
-(RFC 8514) and METADATA (RFC 5464), with imapclient and imaplib over a socket."""
+(RFC 8514), METADATA (RFC 5464) and LIST-METADATA (RFC 9590), with imapclient and imaplib over a socket."""
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def test_objectid_and_savedate_with_imaplib(mx: KarteroServer) -> None:
 
 
 def test_metadata_with_imaplib(mx: KarteroServer) -> None:
-    """METADATA (RFC 5464) over a socket: server and mailbox entries, a literal value, RENAME and DELETE."""
+    """METADATA (RFC 5464) over a socket: server and mailbox entries, RENAME, LIST RETURN (METADATA) and
+    DELETE."""
     with imaplib.IMAP4(mx.host, mx.imap_port) as imap:
         imap.login("bob@example.test", PASSWORD)
         capabilities = imap.capability()[1][0].split()
@@ -80,6 +81,11 @@ def test_metadata_with_imaplib(mx: KarteroServer) -> None:
         assert imap.untagged_responses.pop("METADATA") == [
             b'"Newsletters" (/private/comment "Mailing lists" /shared/vendor/example/colour "#b71c1c")'
         ]
+        capabilities = imap.capability()[1][0].split()
+        assert b"LIST-METADATA" in capabilities
+        assert imap.xatom("LIST", '"" Newsletters RETURN (METADATA (/private/comment))')[0] == "OK"  # RFC 9590
+        assert imap.untagged_responses.pop("LIST") == [b'(\\HasNoChildren) "/" "Newsletters"']
+        assert imap.untagged_responses.pop("METADATA") == [b'"Newsletters" (/private/comment "Mailing lists")']
         imap.delete("Newsletters")
         imap.create("Newsletters")
         assert imap.xatom("GETMETADATA", "Newsletters /private/comment")[0] == "OK"

@@ -9,7 +9,7 @@ from collections.abc import Generator
 from kartero.imap.commands.view import Done, Session
 from kartero.imap.metadata import MAX_ENTRIES, MAX_VALUE, is_within, metadata_response
 from kartero.imap.response import Status, astring
-from kartero.imap.syntax import GetMetadata, SetMetadata
+from kartero.imap.syntax import GetMetadata, MetadataRequest, SetMetadata
 from kartero.store.interface import NoSuchMailbox
 
 Handler = Generator[bytes, None, Done]
@@ -26,30 +26,41 @@ def _mailbox(session: Session, name: str) -> tuple[int | None, bytes] | None:
 
 
 def getmetadata(session: Session, cmd: GetMetadata) -> Handler:
-    """Each requested entry, then the descendants DEPTH reaches that have a value (RFC 5464 §4.2.2); an
-    entry without a value is answered NIL when asked for alone (DEPTH 0, as Dovecot does) and left out
-    under DEPTH 1 or infinity, as in the RFC's example. Values over MAXSIZE are left out and the largest
-    of them named in [METADATA LONGENTRIES n] (RFC 5464 §4.2.1)."""
     target = _mailbox(session, cmd.mailbox)
     if target is None:
         return Done(Status.NO, "No such mailbox", "NONEXISTENT")
     mailbox_id, wire_name = target
     stored = session.store.metadata(session.account_id, mailbox_id)
+    found, longest = select_entries(stored, MetadataRequest(cmd.entries, cmd.max_size, cmd.depth))
+    if found:
+        yield metadata_response(wire_name, found.items())
+    return Done(Status.OK, "GETMETADATA completed", longentries(longest))
+
+
+def select_entries(stored: dict[str, bytes], request: MetadataRequest) -> tuple[dict[str, bytes | None], int]:
+    """What GETMETADATA answers (also LIST RETURN (METADATA ...), RFC 9590): each requested entry, then
+    the descendants DEPTH reaches that have a value (RFC 5464 §4.2.2); an entry without a value is NIL
+    when asked for alone (DEPTH 0, as Dovecot answers) and left out under DEPTH 1 or infinity, as in the
+    RFC's example. Values over MAXSIZE are left out; the second value is the size of the largest of them
+    (0: none), for [METADATA LONGENTRIES n] (RFC 5464 §4.2.1)."""
     found: dict[str, bytes | None] = {}
     longest = 0
-    for entry in cmd.entries:
-        matches = [(entry, stored.get(entry))] if entry in stored or not cmd.depth else []
-        if cmd.depth:
+    for entry in request.entries:
+        matches = [(entry, stored.get(entry))] if entry in stored or not request.depth else []
+        if request.depth:
             matches += [(name, value) for name, value in stored.items() if name != entry and
-                        is_within(name, entry, cmd.depth)]  # fmt: skip
+                        is_within(name, entry, request.depth)]  # fmt: skip
         for name, value in matches:
-            if value is not None and cmd.max_size is not None and len(value) > cmd.max_size:
+            if value is not None and request.max_size is not None and len(value) > request.max_size:
                 longest = max(longest, len(value))
             else:
                 found.setdefault(name, value)
-    if found:
-        yield metadata_response(wire_name, found.items())
-    return Done(Status.OK, "GETMETADATA completed", f"METADATA LONGENTRIES {longest}" if longest else None)
+    return found, longest
+
+
+def longentries(longest: int) -> str | None:
+    """The response code of a command that left out values over MAXSIZE."""
+    return f"METADATA LONGENTRIES {longest}" if longest else None
 
 
 def setmetadata(session: Session, cmd: SetMetadata) -> Handler:

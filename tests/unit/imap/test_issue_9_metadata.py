@@ -214,3 +214,43 @@ def test_issue_9_a_database_from_before_metadata_gets_the_table(tmp_path: Path) 
         assert store.metadata(1, None) == {"/private/comment": b"x"}
     finally:
         store.close()
+
+
+def test_issue_9_list_metadata_as_in_rfc_9590(fresh: Callable[[], Client]) -> None:
+    """RFC 9590 §4: each listed mailbox's LIST is followed by its METADATA (NIL for an entry it lacks);
+    a \\NonExistent parent gets none; MAXSIZE and DEPTH work as in GETMETADATA."""
+    play(fresh, LOGIN + r"""
+        C: b CREATE foo/bar
+        S~ b OK \[MAILBOXID \(\w+\)\] CREATE completed
+        C: c SETMETADATA INBOX (/private/comment "Really useful ideas")
+        S: c OK SETMETADATA completed
+        C: d SETMETADATA foo/bar (/shared/comment "Shared comment on bar" /shared/vendor/x/colour "#000000")
+        S: d OK SETMETADATA completed
+        C: e LIST "" % RETURN (METADATA (/shared/comment /private/comment))
+        S: * LIST (\HasNoChildren) "/" "INBOX"
+        S: * METADATA "INBOX" (/shared/comment NIL /private/comment "Really useful ideas")
+        S: * LIST (\HasNoChildren \Archive) "/" "Archive"
+        S: * METADATA "Archive" (/shared/comment NIL /private/comment NIL)
+        S~ \* LIST \(\\HasNoChildren \\Drafts\) .*
+        S~ \* METADATA "Drafts" .*
+        S~ \* LIST .* "Junk"
+        S~ \* METADATA "Junk" .*
+        S~ \* LIST .* "Sent"
+        S~ \* METADATA "Sent" .*
+        S~ \* LIST .* "Trash"
+        S~ \* METADATA "Trash" .*
+        S: * LIST (\HasChildren) "/" "foo"
+        S: * METADATA "foo" (/shared/comment NIL /private/comment NIL)
+        S: e OK LIST completed
+        C: f LIST "" foo/% RETURN (CHILDREN METADATA (MAXSIZE 10 /shared/comment))
+        S: * LIST (\HasNoChildren) "/" "foo/bar"
+        S: f OK [METADATA LONGENTRIES 21] LIST completed
+        C: g LIST "" foo/% RETURN (METADATA (/shared DEPTH infinity MAXSIZE 10))
+        S: * LIST (\HasNoChildren) "/" "foo/bar"
+        S: * METADATA "foo/bar" (/shared/vendor/x/colour "#000000")
+        S: g OK [METADATA LONGENTRIES 21] LIST completed
+        C: h LIST "" % RETURN (METADATA)
+        S: h BAD METADATA needs a list of entries
+        C: i LIST "" % RETURN (METADATA ())
+        S: i BAD METADATA takes 1 to 100 entries
+    """)  # fmt: skip
