@@ -3,6 +3,7 @@ RFCs' examples, over a real store."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import sqlite3
 import time
@@ -14,7 +15,7 @@ import pytest
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, DeliveryTarget
 from kartero.store.sqlite import SQLiteStore
-from tests.unit.imap.harness import Client
+from tests.unit.imap.harness import Client, play
 
 WHEN = 1795687200  # 26-Nov-2026 10:00:00 UTC: the internal date of delivered mail
 DEC_28 = 1514459065  # 28-Dec-2017 11:04:25 UTC
@@ -256,3 +257,46 @@ def test_issue_9_preview_of_older_mail_is_made_on_its_first_fetch(tmp_path: Path
         assert c.command("A8 FETCH 2 (PREVIEW (LAZY))")[0].startswith(b'* 2 FETCH (PREVIEW "Lorem ipsum')
     finally:
         store.close()
+
+
+def test_issue_9_preview_transcript_whole_and_byte_by_byte(tmp_path: Path) -> None:
+    """RFC 8970 §5 shapes, played as a transcript whole and again one byte at a time (a fresh store each)."""
+    numbers = itertools.count()
+    stores: list[SQLiteStore] = []
+
+    def make() -> Client:
+        store = SQLiteStore(tmp_path / str(next(numbers)))
+        store.add_account("bob@example.test", "unused")
+        store.start()
+        stores.append(store)
+        deliver(store, SHORT, EMPTY, HTML)
+        return Client(store=store)
+
+    try:
+        play(make, """
+            S~ \\* OK \\[CAPABILITY .*\\] imap.example.test Kartero IMAP4rev2 ready
+            C: a LOGIN bob@example.test pw
+            S~ a OK \\[CAPABILITY .* PREVIEW .*\\] Logged in
+            C: b EXAMINE INBOX
+            S~ \\* .*
+            S~ \\* .*
+            S~ \\* .*
+            S~ \\* .*
+            S~ \\* .*
+            S~ \\* .*
+            S~ \\* .*
+            S~ \\* .*
+            S~ \\* .*
+            S: b OK [READ-ONLY] EXAMINE completed
+            C: c FETCH 1:2 (PREVIEW)
+            S: * 1 FETCH (PREVIEW "Short message.")
+            S: * 2 FETCH (PREVIEW "")
+            S: c OK FETCH completed
+            C: d UID FETCH 3 (PREVIEW (LAZY))
+            S: * 3 FETCH (UID 3 PREVIEW {26}
+            S: Grüße & welcome, see you)
+            S: d OK UID FETCH completed
+        """)  # fmt: skip
+    finally:
+        for store in stores:
+            store.close()
