@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from kartero.auth.sasl import SASLError, decode_base64, parse_plain
+from kartero.imap import metadata
 from kartero.imap import response as r
 from kartero.imap.response import Status
 from kartero.imap.state import ALLOWED, ImapState, ProtocolViolation
@@ -280,7 +281,7 @@ class ImapConnection:
             "IDLE", "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE",
             "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "ESEARCH", "SEARCHRES", "SORT", "CONDSTORE", "QRESYNC",
             "BINARY", "UTF8=ACCEPT", f"APPENDLIMIT={self.settings.append_limit}", "SAVEDATE", "MULTIAPPEND",
-            "UNAUTHENTICATE", "NOTIFY",
+            "UNAUTHENTICATE", "NOTIFY", "OBJECTID", "PREVIEW", "METADATA", "METADATA-SERVER", "LIST-METADATA",
         ]  # fmt: skip
         caps += ["SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",  # RFC 5957, RFC 5256
                  "ESORT", "CONTEXT=SEARCH", "CONTEXT=SORT"]  # RFC 5267  # fmt: skip
@@ -390,6 +391,8 @@ class ImapConnection:
             too_big = r.tagged(tag, Status.NO if name == "APPEND" else Status.BAD,
                                f"Literal too large ({limit} octets allowed)",
                                "TOOBIG" if name == "APPEND" else None)  # fmt: skip
+            if name == "SETMETADATA" and request.size > limit:  # RFC 5464 §4.3: a value over the limit
+                too_big = r.tagged(tag, Status.NO, "Value too large", f"METADATA MAXSIZE {metadata.MAX_VALUE}")
             self._refuse_literal(request, too_big, limit)
             return None
         if len(pending.literals) >= MAX_TOKENS:  # each literal is a token: refused now, not after reading all
@@ -446,6 +449,8 @@ class ImapConnection:
             return MAX_LITERAL_UNAUTHENTICATED
         if name == "APPEND":
             return self.settings.append_limit
+        if name == "SETMETADATA":
+            return metadata.MAX_VALUE
         return MAX_LITERAL
 
     def _dispatch(self, raw: RawCommand) -> Event | None:

@@ -59,6 +59,11 @@ TABLE: tuple[Support, ...] = (
     Support("APPENDLIMIT", "RFC 7889", "APPENDLIMIT", "the configured message size"),
     Support("MULTIAPPEND", "RFC 3502", "several messages in one APPEND", "all or none"),
     Support("SAVEDATE", "RFC 8514", "save date", "NIL for messages stored before Kartero kept it"),
+    Support("OBJECTID", "RFC 8474", "object identifiers", "MAILBOXID kept across RENAME; THREADID NIL"),
+    Support("PREVIEW", "RFC 8970", "message preview", "kept with the message; older mail's on first FETCH"),
+    Support("METADATA", "RFC 5464", "mailbox and server annotations", "kept per account; 100 entries, 64 KiB values"),
+    Support("METADATA-SERVER", "RFC 5464", "server annotations", "GETMETADATA/SETMETADATA on mailbox \"\""),
+    Support("LIST-METADATA", "RFC 9590", "LIST RETURN (METADATA (...))", "with MAXSIZE and DEPTH"),
     Support("UNAUTHENTICATE", "RFC 8437", "UNAUTHENTICATE"),
     Support("NOTIFY", "RFC 5465", "NOTIFY", "every mailbox filter; message, MailboxName and SubscriptionChange "
             "events (no annotations or metadata: BADEVENT)"),

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kartero.imap import mutf7
+from kartero.imap import metadata, mutf7
 from kartero.imap.tokens import MAX_NESTING, Atom, ParseError, PList, String, Token, upper_ascii
 
 STAR = -1  # "*" in a sequence set: the largest number in use
@@ -74,7 +74,7 @@ class SKey:
     ALL; NONE; RECENT, NEW and OLD (IMAP4rev1's \\Recent, RFC 3501 §6.4.4); FLAG (name, present);
     HEADER (field, text) with field lower-cased; BODY (text); TEXT (text); LARGER (n); SMALLER (n);
     BEFORE/ON/SINCE (date) on the internal date; SENTBEFORE/SENTON/SENTSINCE (date);
-    SAVEDBEFORE/SAVEDON/SAVEDSINCE (date); MODSEQ (n).
+    SAVEDBEFORE/SAVEDON/SAVEDSINCE (date); MODSEQ (n); EMAILID/THREADID (object id).
     """
 
     name: str
@@ -117,8 +117,9 @@ class BodyItem:
 
 SIMPLE_FETCH = frozenset(
     {"FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY", "UID", "MODSEQ",
-     "RFC822", "RFC822.HEADER", "RFC822.TEXT", "SAVEDATE", "EMAILID", "THREADID"}
+     "RFC822", "RFC822.HEADER", "RFC822.TEXT", "SAVEDATE", "EMAILID", "THREADID", "PREVIEW"}
 )  # fmt: skip
+PREVIEW_LAZY = "PREVIEW (LAZY)"  # RFC 8970 §3.1: PREVIEW with its only modifier
 FetchItem = str | BodyItem
 
 
@@ -190,6 +191,16 @@ class ListCommand:
     status_items: tuple[str, ...] = ()
     is_lsub: bool = False
     is_extended: bool = False
+    metadata: MetadataRequest | None = None  # RETURN (METADATA (...)), RFC 9590
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataRequest:
+    """The entries RETURN (METADATA (...)) asks of each listed mailbox (RFC 9590), as GETMETADATA would."""
+
+    entries: tuple[str, ...]
+    max_size: int | None = None
+    depth: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,11 +337,30 @@ class Refused:
     code: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class GetMetadata:
+    """GETMETADATA (RFC 5464 §4.2); mailbox "" names the server."""
+
+    mailbox: str
+    entries: tuple[str, ...]  # lower case, checked by metadata.parse_entry
+    max_size: int | None
+    depth: int  # 0, 1 or metadata.DEPTH_INFINITY
+
+
+@dataclass(frozen=True, slots=True)
+class SetMetadata:
+    """SETMETADATA (RFC 5464 §4.3): values to set, None to remove; mailbox "" names the server."""
+
+    mailbox: str
+    entries: tuple[tuple[str, bytes | None], ...]
+
+
 Command = (
     Simple | Login | Authenticate | Enable | Select | MailboxCommand | Rename | ListCommand | Status | Append
     | Search | SortCommand | ThreadCommand | Fetch | StoreCommand | CopyMove | UidExpunge | Id | Compress | Refused
     | CancelUpdate
     | Notify
+    | GetMetadata | SetMetadata
 )  # fmt: skip
 
 
@@ -687,6 +717,7 @@ def _list(a: _Args) -> Command:
     patterns = tuple(p for p in decoded if p is not None) if reference is not None else ()
     returns: set[str] = set()
     status_items: tuple[str, ...] = ()
+    metadata_request: MetadataRequest | None = None
     if a.more():
         if upper_ascii(a.atom("RETURN")) != "RETURN":
             raise ParseError("expected RETURN")
@@ -705,6 +736,12 @@ def _list(a: _Args) -> Command:
                     raise ParseError("STATUS needs a list of items")
                 status_items = _status_items(options[i + 1].items)  # type: ignore[union-attr]
                 i += 1
+            elif option == "METADATA":
+                following = options[i + 1] if i + 1 < len(options) else None
+                if not isinstance(following, PList):
+                    raise ParseError("METADATA needs a list of entries")
+                metadata_request = _list_metadata(following.items)
+                i += 1
             returns.add(option)
             i += 1
     a.end()
@@ -714,16 +751,45 @@ def _list(a: _Args) -> Command:
     if "RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}:
         raise ParseError("RECURSIVEMATCH needs another selection option")
     return ListCommand(reference or "", patterns, frozenset(selection), frozenset(returns), status_items,
-                       is_lsub=a.name == "LSUB", is_extended=is_extended)  # fmt: skip
+                       is_lsub=a.name == "LSUB", is_extended=is_extended, metadata=metadata_request)  # fmt: skip
+
+
+def _list_metadata(tokens: tuple[Token, ...]) -> MetadataRequest:
+    """RETURN (METADATA (entry ... [MAXSIZE n] [DEPTH d])) of RFC 9590: entry names, and the options of
+    GETMETADATA (RFC 5464 §4.2) wherever they stand in the list (an entry name starts with "/")."""
+    entries: list[str] = []
+    max_size: int | None = None
+    depth = 0
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        option = upper_ascii(token.value) if isinstance(token, Atom) else ""
+        if option in ("MAXSIZE", "DEPTH"):
+            if i + 1 >= len(tokens):
+                raise ParseError(f"{option} needs a value")
+            value = _atom_value(tokens[i + 1])
+            if option == "MAXSIZE":
+                max_size = parse_number(value, "MAXSIZE")
+            elif value.lower() in _DEPTHS:
+                depth = _DEPTHS[value.lower()]
+            else:
+                raise ParseError("DEPTH is 0, 1 or infinity")
+            i += 2
+            continue
+        entries.append(metadata.parse_entry(_string_value(token), is_set=False))
+        i += 1
+    if not entries or len(entries) > metadata.MAX_REQUESTED:
+        raise ParseError(f"METADATA takes 1 to {metadata.MAX_REQUESTED} entries")
+    return MetadataRequest(tuple(entries), max_size, depth)
 
 
 # RFC 5258 §3.1-3.2, RFC 6154 (SPECIAL-USE), RFC 5819 (STATUS).
 LIST_SELECTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
-LIST_RETURNS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
+LIST_RETURNS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS", "METADATA"})  # + RFC 9590
 
 
 STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT",
-                "APPENDLIMIT")  # fmt: skip
+                "APPENDLIMIT", "MAILBOXID")  # fmt: skip
 
 
 def _status_items(tokens: tuple[Token, ...]) -> tuple[str, ...]:
@@ -838,6 +904,8 @@ def _search_key(a: _Args, count: _KeyCount, depth: int = 0) -> SearchKey:
             return SOr(_search_key(a, count, depth + 1), _search_key(a, count, depth + 1))
         case "UID":
             return SeqKey(parse_sequence_set(a.atom("UID set")), is_uid=True)
+        case "EMAILID" | "THREADID":  # RFC 8474 §6
+            return SKey(key, (a.atom("object id"),))
         case "MODSEQ":
             if isinstance(a.peek(), String):  # entry-name and entry-type (RFC 7162 §3.1.5), ignored
                 a.pos += 1
@@ -1045,12 +1113,16 @@ def _fetch(a: _Args, is_uid: bool) -> Command:
     numbers = parse_sequence_set(a.atom("sequence set"))
     token = a.next("fetch items")
     if isinstance(token, PList):
-        items = tuple(parse_fetch_item(_atom_value(t)) for t in token.items)
+        items = _fetch_items(token.items)
         if not items:
             raise ParseError("empty fetch item list")
     else:
         word = _atom_value(token)
         items = _FETCH_MACROS.get(upper_ascii(word)) or (parse_fetch_item(word),)
+        following = a.peek()
+        if items == ("PREVIEW",) and isinstance(following, PList) and _is_preview_modifiers(following):
+            a.pos += 1
+            items = (PREVIEW_LAZY,)
     changed_since = None
     vanished = False
     if a.more():
@@ -1070,6 +1142,30 @@ def _fetch(a: _Args, is_uid: bool) -> Command:
             raise ParseError("VANISHED needs UID FETCH with CHANGEDSINCE")
     a.end()
     return Fetch(is_uid, numbers, items, changed_since, vanished)
+
+
+def _fetch_items(tokens: tuple[Token, ...]) -> tuple[FetchItem, ...]:
+    """A parenthesised list of fetch items; PREVIEW may be followed by its modifiers (RFC 8970 §4)."""
+    items: list[FetchItem] = []
+    i = 0
+    while i < len(tokens):
+        item = parse_fetch_item(_atom_value(tokens[i]))
+        following = tokens[i + 1] if i + 1 < len(tokens) else None
+        if item == "PREVIEW" and isinstance(following, PList):
+            if not _is_preview_modifiers(following):
+                raise ParseError("unknown PREVIEW modifier")
+            item, i = PREVIEW_LAZY, i + 1
+        items.append(item)
+        i += 1
+    return tuple(items)
+
+
+def _is_preview_modifiers(modifiers: PList) -> bool:
+    """Whether a list after PREVIEW holds its modifiers: LAZY, the only one RFC 8970 §4 defines. Outside a
+    list of items, a list that is not (e.g. `(CHANGEDSINCE 5)`) is the FETCH modifiers instead."""
+    return bool(modifiers.items) and all(
+        isinstance(t, Atom) and t.value.upper() == "LAZY" for t in modifiers.items
+    )
 
 
 def _atom_value(token: Token) -> str:
@@ -1242,6 +1338,65 @@ def _notify(a: _Args) -> Command:
     return Notify(tuple(groups), status)
 
 
+def _getmetadata(a: _Args) -> Command:
+    max_size: int | None = None
+    depth = 0
+    token = a.peek()
+    if isinstance(token, PList):  # RFC 5464 §4.2: options first
+        a.pos += 1
+        options = token.items
+        if not options or len(options) % 2:
+            raise ParseError("GETMETADATA options come in pairs")
+        for name_token, value_token in zip(options[::2], options[1::2], strict=True):
+            name, value = upper_ascii(_atom_value(name_token)), _atom_value(value_token)
+            if name == "MAXSIZE":
+                max_size = parse_number(value, "MAXSIZE")
+            elif name == "DEPTH":
+                if value.lower() not in _DEPTHS:
+                    raise ParseError("DEPTH is 0, 1 or infinity")
+                depth = _DEPTHS[value.lower()]
+            else:
+                raise ParseError(f"unknown GETMETADATA option {name}")
+    mailbox = a.mailbox()
+    token = a.next("entries")
+    tokens = token.items if isinstance(token, PList) else (token,)
+    if not tokens or len(tokens) > metadata.MAX_REQUESTED:
+        raise ParseError(f"GETMETADATA takes 1 to {metadata.MAX_REQUESTED} entries")
+    entries = tuple(metadata.parse_entry(_string_value(t), is_set=False) for t in tokens)
+    a.end()
+    return GetMetadata(mailbox, entries, max_size, depth)
+
+
+_DEPTHS = {"0": 0, "1": 1, "infinity": metadata.DEPTH_INFINITY}
+
+
+def _setmetadata(a: _Args) -> Command:
+    mailbox = a.mailbox()
+    pairs = a.plist("entries and values")
+    a.end()
+    if not pairs or len(pairs) % 2:
+        raise ParseError("SETMETADATA takes entry and value pairs")
+    entries: list[tuple[str, bytes | None]] = []
+    for entry, value in zip(pairs[::2], pairs[1::2], strict=True):
+        name = metadata.parse_entry(_string_value(entry), is_set=True)
+        if isinstance(value, Atom) and upper_ascii(value.value) == "NIL":
+            entries.append((name, None))
+        elif isinstance(value, String):  # RFC 5464 §5: nstring / literal8
+            entries.append((name, value.value))
+        else:
+            raise ParseError("a metadata value is a string or NIL")
+    return SetMetadata(mailbox, tuple(entries))
+
+
+def _string_value(token: Token) -> bytes:
+    """An astring's octets."""
+    if isinstance(token, String):
+        return token.value
+    if isinstance(token, Atom):
+        return token.value.encode("utf-8")
+    raise ParseError("expected a string")
+
+
 _NO_ARGS = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "IDLE",
                       "NAMESPACE", "UNAUTHENTICATE"})  # fmt: skip
 
@@ -1272,6 +1427,8 @@ _GRAMMARS: dict[str, Callable[[_Args], Command]] = {
     "ID": _id,
     "COMPRESS": _compress,
     "NOTIFY": _notify,
+    "GETMETADATA": _getmetadata,
+    "SETMETADATA": _setmetadata,
 }
 
 

@@ -25,6 +25,7 @@ from kartero.mime.headers import (
     parse_header_block,
 )
 from kartero.mime.imapform import NIL, body_forms, envelope, nstring
+from kartero.mime.preview import make_preview
 from kartero.mime.structure import MAX_HEADER_BYTES, MAX_HEADER_LINES, TEXT_PLAIN, Part, parse_message
 
 T = TypeVar("T")
@@ -48,6 +49,7 @@ class MessageIndex:
     sort_from: str  # addr-mailbox of the first ENVELOPE address (a group's name), lower-cased (RFC 5256 §3)
     sort_to: str
     sort_cc: str
+    preview: str  # RFC 8970 PREVIEW (kartero.mime.preview)
 
 
 def part_tree(part: Part) -> list[Any]:
@@ -263,11 +265,12 @@ def structured_index(data: MessageData) -> MessageIndex:
     header = root.header
     subject = " ".join(decode_words(v) for v in header.get_all("subject"))
     body, bodystructure = body_forms(root, data)
+    tree = part_tree(root)
     return MessageIndex(
         envelope=envelope(header),
         body=body,
         bodystructure=bodystructure,
-        parts=json.dumps(part_tree(root), separators=(",", ":")),
+        parts=json.dumps(tree, separators=(",", ":")),
         subject=subject.casefold(),
         from_=_address_text(header.get_all("from")).casefold(),
         to=_address_text(header.get_all("to")).casefold(),
@@ -280,6 +283,7 @@ def structured_index(data: MessageData) -> MessageIndex:
         sort_from=_first_mailbox(header, "from"),
         sort_to=_first_mailbox(header, "to"),
         sort_cc=_first_mailbox(header, "cc"),
+        preview=make_preview(lambda start, end: data[start:end], tree),
     )
 
 
@@ -299,6 +303,7 @@ def fallback_index(data: MessageData) -> MessageIndex:
         return " ".join(_decoded_or_raw(value) for value in header.get_all(name))
 
     plain = b'"text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" %d 0' % (size - body_start)
+    tree: list[Any] = [0, body_start, size, "7bit", [], None]
     leaf = Part(0, body_start, size, EMPTY_HEADER, TEXT_PLAIN)
     body, bodystructure = _safely(
         lambda: body_forms(leaf, data), (b"(" + plain + b")", b"(" + plain + b" NIL NIL NIL NIL)")
@@ -308,7 +313,7 @@ def fallback_index(data: MessageData) -> MessageIndex:
         envelope=_safely(lambda: envelope(header), _plain_envelope(header)),
         body=body,
         bodystructure=bodystructure,
-        parts=json.dumps([0, body_start, size, "7bit", [], None], separators=(",", ":")),
+        parts=json.dumps(tree, separators=(",", ":")),
         subject=subject.casefold(),
         from_=decoded("from").casefold(),
         to=decoded("to").casefold(),
@@ -321,6 +326,7 @@ def fallback_index(data: MessageData) -> MessageIndex:
         sort_from=_safely(lambda: _first_mailbox(header, "from"), ""),
         sort_to=_safely(lambda: _first_mailbox(header, "to"), ""),
         sort_cc=_safely(lambda: _first_mailbox(header, "cc"), ""),
+        preview=_safely(lambda: make_preview(lambda start, end: data[start:end], tree), ""),
     )
 
 

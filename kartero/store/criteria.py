@@ -90,6 +90,13 @@ class SavedDate:
 
 
 @dataclass(frozen=True, slots=True)
+class Blob:
+    """The messages whose stored body is this one (SEARCH EMAILID, RFC 8474)."""
+
+    blob_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Uids:
     ranges: tuple[tuple[int, int], ...]  # inclusive (low, high), sorted, not overlapping
 
@@ -170,7 +177,8 @@ class And:
 
 
 Criterion = (
-    All | Flag | Header | Body | Text | Size | InternalDate | SentDate | SavedDate | Uids | ModSeq | Not | Or | And
+    All | Flag | Header | Body | Text | Size | InternalDate | SentDate | SavedDate | Blob | Uids | ModSeq | Not | Or
+    | And
 )
 
 

@@ -63,6 +63,18 @@ class Mailbox:
     uidnext: int
     highestmodseq: int
     subscribed: bool
+    objectid: str = ""  # RFC 8474 MAILBOXID: unique, kept across RENAME
+
+
+def email_id(blob_id: str) -> str:
+    """RFC 8474 EMAILID of a message: its stored body's id, shared by its copies (COPY, MOVE, one delivery
+    to several mailboxes), as the RFC asks; the "M" keeps it an objectid that starts with a letter."""
+    return "M" + blob_id
+
+
+def blob_of_email_id(objectid: str) -> str | None:
+    """The stored body an EMAILID names, or None when it cannot name one."""
+    return objectid[1:] if objectid.startswith("M") and objectid[1:].isalnum() else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +129,7 @@ class MessageRow:
     parts: str | None = None
     saved_at: int | None = None  # unix seconds it came into this mailbox (RFC 8514); None: stored before
     # that was kept
+    preview: str | None = None  # RFC 8970, with the index fields; None: stored before previews were kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,6 +450,24 @@ class Store(Protocol):
 
     def thread_fields(self, mailbox_id: int, criterion: Criterion) -> list[ThreadFields]:
         """What THREAD needs of the matching messages, in UID order (each header read in bounded windows)."""
+        ...
+
+    def keep_previews(self, previews: Mapping[str, str]) -> None:
+        """Keep the previews (by blob id) made for messages stored before previews were kept (see
+        MessageRow.preview); a blob gone meanwhile is skipped."""
+        ...
+
+    def metadata(self, account_id: int, mailbox_id: int | None) -> dict[str, bytes]:
+        """The METADATA entries (RFC 5464) of a mailbox, or of the server for this account (None), by
+        name in ascending order."""
+        ...
+
+    def set_metadata(
+        self, account_id: int, mailbox_id: int | None, changes: Sequence[tuple[str, bytes | None]], max_entries: int
+    ) -> bool:
+        """Sets (a value) or removes (None) METADATA entries, all or none: False, and nothing changed, when
+        the mailbox (or the server for this account) would hold more than `max_entries`. Entries go with
+        their mailbox when it is deleted and follow it through RENAME. Raises NoSuchMailbox."""
         ...
 
     def read_message(self, blob_id: str) -> bytes: ...

@@ -15,7 +15,7 @@ import sqlite3
 import time
 import unicodedata
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ from kartero.mime.headers import MessageData, decode_words, find_body_start, ite
 from kartero.mime.imapform import MAX_LIST_ADDRESSES
 from kartero.mime.structure import parse_content_type
 from kartero.store import criteria as c
+from kartero.store.ids import new_mailbox_objectid
 from kartero.store.interface import (
     INBOX,
     Changes,
@@ -42,7 +43,11 @@ from kartero.store.interface import (
 # SQLite limits bound parameters per statement; query large UID lists in chunks of this size.
 _CHUNK = 500
 _ROW_COLUMNS = "m.uid, m.flags, m.modseq, m.size, m.internal_date, m.blob_id, m.saved_at"
-_INDEX_COLUMNS = ", b.imap_envelope, b.imap_body, b.imap_bodystructure, b.parts"
+_INDEX_COLUMNS = ", b.imap_envelope, b.imap_body, b.imap_bodystructure, b.parts, b.preview"
+
+
+class _TooManyEntries(Exception):
+    """Raised inside a write transaction to undo a SETMETADATA that would pass the entry limit."""
 
 
 def format_flags(flags: Iterable[str]) -> str:
@@ -61,12 +66,12 @@ def _has_flag(flags: frozenset[str], name: str) -> bool:
 def _row(r: Sequence[Any]) -> MessageRow:
     if len(r) > 7:
         return MessageRow(r[0], parse_flags(r[1]), r[2], r[3], r[4], r[5], envelope=r[7], body=r[8],
-                          bodystructure=r[9], parts=r[10], saved_at=r[6])  # fmt: skip
+                          bodystructure=r[9], parts=r[10], saved_at=r[6], preview=r[11])  # fmt: skip
     return MessageRow(r[0], parse_flags(r[1]), r[2], r[3], r[4], r[5], saved_at=r[6])
 
 
 def _mailbox(row: Sequence[Any]) -> Mailbox:
-    return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
+    return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8])
 
 
 # Of a message's header block, SEARCH reads at most this much (a header with no end is the whole message).
@@ -141,7 +146,7 @@ class MailboxOps:
 
     _MAILBOX_SELECT = (
         "SELECT m.id, m.account_id, m.name, m.special_use, m.uidvalidity, m.uidnext, m.highestmodseq,"
-        " s.name IS NOT NULL FROM mailboxes m"
+        " s.name IS NOT NULL, m.objectid FROM mailboxes m"
         " LEFT JOIN subscriptions s ON s.account_id = m.account_id AND s.name = m.name"
     )
 
@@ -194,8 +199,9 @@ class MailboxOps:
         with self._write() as db:
             try:
                 db.execute(
-                    "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity) VALUES (?, ?, ?, ?)",
-                    (account_id, name, special_use, self._next_uidvalidity(db)),
+                    "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity, objectid)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (account_id, name, special_use, self._next_uidvalidity(db), new_mailbox_objectid()),
                 )
             except sqlite3.IntegrityError:
                 raise MailboxExists(f"mailbox {name} exists") from None
@@ -403,6 +409,40 @@ class MailboxOps:
             rows = db.execute(base + f" AND m.uid IN ({marks}) ORDER BY m.uid", (mailbox_id, *chunk))
             result.extend(_row(r) for r in rows)
         return result
+
+    def keep_previews(self, previews: Mapping[str, str]) -> None:
+        with self._write() as db:
+            db.executemany("UPDATE blobs SET preview = ? WHERE id = ?", [(p, b) for b, p in previews.items()])
+
+    def metadata(self, account_id: int, mailbox_id: int | None) -> dict[str, bytes]:
+        rows = self._db().execute(
+            "SELECT name, value FROM metadata WHERE account_id = ? AND IFNULL(mailbox_id, 0) = ? ORDER BY name",
+            (account_id, mailbox_id or 0),
+        )
+        return {name: bytes(value) for name, value in rows}
+
+    def set_metadata(
+        self, account_id: int, mailbox_id: int | None, changes: Sequence[tuple[str, bytes | None]], max_entries: int
+    ) -> bool:
+        key = (account_id, mailbox_id or 0)
+        where = "account_id = ? AND IFNULL(mailbox_id, 0) = ?"
+        try:
+            with self._write() as db:
+                if mailbox_id is not None and not db.execute(
+                    "SELECT 1 FROM mailboxes WHERE id = ?", (mailbox_id,)
+                ).fetchone():
+                    raise NoSuchMailbox(f"mailbox {mailbox_id} is gone")
+                for name, value in changes:
+                    db.execute(f"DELETE FROM metadata WHERE {where} AND name = ?", (*key, name))
+                    if value is not None:
+                        db.execute("INSERT INTO metadata (account_id, mailbox_id, name, value) VALUES (?, ?, ?, ?)",
+                                   (account_id, mailbox_id, name, value))  # fmt: skip
+                (count,) = db.execute(f"SELECT COUNT(*) FROM metadata WHERE {where}", key).fetchone()
+                if count > max_entries:
+                    raise _TooManyEntries  # rolls the whole command back
+        except _TooManyEntries:
+            return False
+        return True
 
     def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
         db = self._db()
@@ -730,6 +770,8 @@ def _to_sql(criterion: c.Criterion) -> _Sql | None:
             return _date_sql(_SENT_DAY, op, date)
         case c.SavedDate(op=op, date=date):
             return _date_sql("COALESCE(m.saved_at, m.internal_date)", op, date)
+        case c.Blob(blob_id=blob_id):
+            return _Sql("m.blob_id = ?", (blob_id,))
         case c.Uids(ranges=ranges) if len(ranges) <= _MAX_SQL_RANGES:
             if not ranges:
                 return _Sql("0", ())
@@ -904,6 +946,8 @@ def _matches(criterion: c.Criterion, candidate: _SearchRow) -> bool:
         case c.SavedDate(op=op, date=date):
             saved = row.saved_at if row.saved_at is not None else row.internal_date
             return _compare_date(_utc_date(saved), op, date)
+        case c.Blob(blob_id=blob_id):
+            return row.blob_id == blob_id
         case c.Uids():
             return row.uid in criterion
         case c.ModSeq(at_least=at_least):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kartero.mime.index import MessageIndex, index_message
+from kartero.store.ids import new_mailbox_objectid
 from kartero.store.interface import (
     SPECIAL_MAILBOXES,
     Account,
@@ -49,7 +50,7 @@ from kartero.store.spool import FileBuffer, SpoolBody, clear_spool, materialize,
 
 log = logging.getLogger("kartero.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS accounts (
@@ -73,6 +74,7 @@ CREATE TABLE IF NOT EXISTS mailboxes (
     uidnext INTEGER NOT NULL DEFAULT 1,
     highestmodseq INTEGER NOT NULL DEFAULT 1,
     first_recent_uid INTEGER NOT NULL DEFAULT 1,  -- UIDs from here on are recent to the next session (RFC 3501)
+    objectid TEXT,                       -- RFC 8474 MAILBOXID (ids.new_mailbox_objectid), set at creation
     UNIQUE (account_id, name)
 );
 CREATE TABLE IF NOT EXISTS subscriptions (
@@ -102,7 +104,8 @@ CREATE TABLE IF NOT EXISTS blobs (
     sort_subject TEXT NOT NULL,
     sort_from TEXT NOT NULL,
     sort_to TEXT NOT NULL,
-    sort_cc TEXT NOT NULL
+    sort_cc TEXT NOT NULL,
+    preview TEXT                         -- RFC 8970 (kartero.mime.preview); NULL: made on its first FETCH
 );
 CREATE INDEX IF NOT EXISTS blobs_segment ON blobs (segment, offset);
 CREATE TABLE IF NOT EXISTS messages (
@@ -129,18 +132,31 @@ CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (mailbox_id, modseq);
 """
 # Columns added after the first schema (version 2): what a session that has not yet seen an expunge may
 # still FETCH (the message's body, size, date, flags and MODSEQ, kept until every hold has moved past
-# the expunge; see MailboxOps.hold_expunged).
+# the expunge; see MailboxOps.hold_expunged). Version 3: MAILBOXID (RFC 8474), PREVIEW (RFC 8970) and
+# the metadata table (RFC 5464).
 # Columns of blobs and messages added since: NULL means "not known for this row", which was stored before
-# the column existed (sent_day: the day written in Date:; saved_at: when it came into its mailbox).
+# the column existed (sent_day: the day written in Date:; saved_at: when it came into its mailbox;
+# preview: made on its first FETCH PREVIEW). Every mailbox gets its objectid in _migrate.
 _ADDED_COLUMNS = {
-    "mailboxes": {"first_recent_uid": "INTEGER NOT NULL DEFAULT 1"},
+    "mailboxes": {"first_recent_uid": "INTEGER NOT NULL DEFAULT 1", "objectid": "TEXT"},
     "expunged": {"blob_id": "TEXT", "size": "INTEGER", "internal_date": "INTEGER", "flags": "TEXT",
                  "message_modseq": "INTEGER", "saved_at": "INTEGER"},
-    "blobs": {"sent_day": "INTEGER"},
+    "blobs": {"sent_day": "INTEGER", "preview": "TEXT"},
     "messages": {"saved_at": "INTEGER"},
 }  # fmt: skip
 _ADDED_INDEXES = """
 CREATE INDEX IF NOT EXISTS expunged_blob ON expunged (blob_id) WHERE blob_id IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS mailboxes_objectid ON mailboxes (objectid);
+"""
+# Tables added since, made by _migrate for a database of an earlier version (and for a new one).
+_ADDED_TABLES = """
+CREATE TABLE IF NOT EXISTS metadata (    -- METADATA entries (RFC 5464), by lower-case entry name
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    mailbox_id INTEGER REFERENCES mailboxes(id) ON DELETE CASCADE,  -- NULL: the server's, for this account
+    name TEXT NOT NULL,
+    value BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS metadata_entry ON metadata (account_id, IFNULL(mailbox_id, 0), name);
 """
 
 # Groups of deliveries committed together at most; bounded so one transaction stays short.
@@ -397,12 +413,13 @@ class SQLiteStore(MailboxOps, QueueOps):
         db.execute(
             "INSERT INTO blobs (id, segment, offset, size, envelope, created_at, imap_envelope, imap_body,"
             " imap_bodystructure, parts, subject, from_text, to_text, cc_text, bcc_text, message_id, sent_date,"
-            " sent_day, sort_subject, sort_from, sort_to, sort_cc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-            " ?, ?, ?, ?, ?, ?, ?, ?)",
+            " sent_day, sort_subject, sort_from, sort_to, sort_cc, preview) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+            " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 d.blob_id, location[0], location[1], len(d.data), json.dumps(dict(d.envelope)), d.internal_date,
                 ix.envelope, ix.body, ix.bodystructure, ix.parts, ix.subject, ix.from_, ix.to, ix.cc, ix.bcc,
                 ix.message_id, ix.sent_date, ix.sent_day, ix.sort_subject, ix.sort_from, ix.sort_to, ix.sort_cc,
+                ix.preview,
             ),
         )  # fmt: skip
         for target in d.targets:
@@ -476,8 +493,9 @@ class SQLiteStore(MailboxOps, QueueOps):
             assert account_id is not None
             for name, special_use in SPECIAL_MAILBOXES:
                 db.execute(
-                    "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity) VALUES (?, ?, ?, ?)",
-                    (account_id, name, special_use, self._next_uidvalidity(db)),
+                    "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity, objectid)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (account_id, name, special_use, self._next_uidvalidity(db), new_mailbox_objectid()),
                 )
                 db.execute("INSERT INTO subscriptions (account_id, name) VALUES (?, ?)", (account_id, name))
         self._bump_directory_version()
@@ -779,7 +797,10 @@ def _migrate(db: sqlite3.Connection) -> None:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                 if column == "first_recent_uid":  # an upgrade makes no message that was there \Recent
                     db.execute("UPDATE mailboxes SET first_recent_uid = uidnext")
-    for statement in _ADDED_INDEXES.split(";"):
+    # Mailboxes made before OBJECTID get their MAILBOXID now: it must exist for every mailbox.
+    missing = [row[0] for row in db.execute("SELECT id FROM mailboxes WHERE objectid IS NULL")]
+    db.executemany("UPDATE mailboxes SET objectid = ? WHERE id = ?", [(new_mailbox_objectid(), i) for i in missing])
+    for statement in (_ADDED_TABLES + _ADDED_INDEXES).split(";"):
         if statement.strip():
             db.execute(statement)
 
@@ -943,5 +964,5 @@ def _minimal_index(delivery: Delivery) -> MessageIndex:
         bodystructure=body[:-1] + b" NIL NIL NIL NIL)",
         parts=json.dumps([0, 0, size, "7bit", [], None], separators=(",", ":")),
         subject="", from_="", to="", cc="", bcc="", message_id="", sent_date=None, sent_day=None,
-        sort_subject="", sort_from="", sort_to="", sort_cc="",
+        sort_subject="", sort_from="", sort_to="", sort_cc="", preview="",
     )  # fmt: skip

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
-from kartero.imap.commands import fetch, mailbox, messages, notify, search
+from kartero.imap.commands import fetch, mailbox, messages, metadata, notify, search
 from kartero.imap.commands.view import Done, Session
 from kartero.imap.response import Status
 from kartero.imap.state import ImapState
@@ -19,6 +19,7 @@ from kartero.imap.syntax import (
     Command,
     CopyMove,
     Fetch,
+    GetMetadata,
     ListCommand,
     MailboxCommand,
     Notify,
@@ -26,6 +27,7 @@ from kartero.imap.syntax import (
     Rename,
     Search,
     Select,
+    SetMetadata,
     Simple,
     SortCommand,
     StoreCommand,
@@ -100,6 +102,10 @@ def _handler(session: Session, tag: str, command: Command, *, append_limit: int)
             return messages.copy_move(session, command)
         case Notify():
             return notify.set_notify(session, command)
+        case GetMetadata():
+            return metadata.getmetadata(session, command)
+        case SetMetadata():
+            return metadata.setmetadata(session, command)
         case Refused():
             return _impossible_name(session, command)
     return _refuse(f"{type(command).__name__} is not implemented")

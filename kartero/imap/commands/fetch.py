@@ -37,11 +37,13 @@ from kartero.imap.commands.view import (
     sync,
 )
 from kartero.imap.response import Status
-from kartero.imap.syntax import STAR, BodyItem, Fetch, Section
-from kartero.store.interface import FlagOp, MessageReader, MessageRow, StoreError
+from kartero.imap.syntax import PREVIEW_LAZY, STAR, BodyItem, Fetch, Section
+from kartero.mime.imapform import imap_string
+from kartero.mime.preview import make_preview
+from kartero.store.interface import FlagOp, MessageReader, MessageRow, StoreError, email_id
 
 Handler = Generator[bytes, None, Done]
-_NEEDS_INDEX = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE"})
+_NEEDS_INDEX = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE", "PREVIEW", PREVIEW_LAZY})
 _SETS_SEEN = frozenset({"RFC822", "RFC822.TEXT"})
 _NEEDS_BYTES = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT"})
 
@@ -224,6 +226,14 @@ class _Message:
             return _filter_header(self.read(header), section.fields, keep=False)
         return Span(node[1], node[2])  # TEXT
 
+    def preview(self) -> str | None:
+        """The preview of a message stored before previews were kept, made now (RFC 8970 §3.1: LAZY asks
+        for NIL instead of this work); None when the message is gone."""
+        try:
+            return make_preview(self._read, self.tree)
+        except StoreError:
+            return None
+
     def binary(self, item: BodyItem) -> bytes | Literal:
         """BINARY[...] (a Literal) or BINARY.SIZE[...] (the rendered item) of a section: its content is
         read once for the size and whether it holds NUL, and again when it is sent. A part that does
@@ -324,9 +334,15 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
                 flags_changed.add(row.uid)
     yield from keyword_lines(view, rows.values())
     missing = False
+    previews: dict[str, str] = {}
+    refused = False
     try:
-        yield from chunked(_responses(session, view, cmd, pairs, rows, flags_changed))
+        yield from chunked(_responses(session, view, cmd, pairs, rows, flags_changed, previews))
     except UnknownEncoding:
+        refused = True
+    if previews:  # one write for the whole command, not one per message of `FETCH 1:* PREVIEW`
+        store.keep_previews(previews)
+    if refused:
         return Done(Status.NO, "Unknown content transfer encoding", "UNKNOWN-CTE")
     missing = any(uid not in rows for _, uid in pairs) and cmd.changed_since is None
     yield from chunked(sync(session, allow_expunge=cmd.is_uid))
@@ -337,8 +353,10 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
 
 def _responses(
     session: Session, view: View, cmd: Fetch, pairs: list[tuple[int, int]], rows: dict[int, MessageRow],
-    flags_changed: set[int],
+    flags_changed: set[int], previews: dict[str, str],
 ) -> Generator[bytes, None, None]:  # fmt: skip
+    """The FETCH responses; the previews it had to make (mail stored before they were kept) are added to
+    `previews` by blob id."""
     items = list(cmd.items)
     needs_bytes = any(isinstance(item, BodyItem) or item in _NEEDS_BYTES for item in items)
     # RFC 7162 §3.2.4: a FETCH that sets \Seen under CONDSTORE reports the change with UID and MODSEQ.
@@ -389,6 +407,17 @@ def _responses(
                         parts.append(message.streamed(b"RFC822.HEADER", message.header_span()))
                     case "RFC822.TEXT":
                         parts.append(message.streamed(b"RFC822.TEXT", message.text_span()))
+                    case "EMAILID":  # RFC 8474 §5.1
+                        parts.append(f"EMAILID ({email_id(row.blob_id)})".encode())
+                    case "THREADID":  # RFC 8474 §5.2: NIL from a server that does not thread
+                        parts.append(b"THREADID NIL")
+                    case "PREVIEW" | "PREVIEW (LAZY)":  # RFC 8970 §3.1
+                        preview = row.preview
+                        if preview is None and item == "PREVIEW":
+                            preview = previews[row.blob_id] if row.blob_id in previews else message.preview()
+                            if preview is not None:
+                                previews[row.blob_id] = preview
+                        parts.append(b"PREVIEW " + (b"NIL" if preview is None else imap_string(preview.encode())))
                     case "SAVEDATE":  # RFC 8514: NIL for a message stored before save dates were kept
                         saved = "NIL" if row.saved_at is None else f'"{internal_date(row.saved_at)}"'
                         parts.append(f"SAVEDATE {saved}".encode())

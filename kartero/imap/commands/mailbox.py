@@ -8,6 +8,7 @@ import datetime
 from array import array
 from collections.abc import Generator, Iterator, Sequence
 
+from kartero.imap.commands.metadata import longentries, select_entries
 from kartero.imap.commands.view import (
     Done,
     Session,
@@ -20,6 +21,7 @@ from kartero.imap.commands.view import (
     resolve,
     sync,
 )
+from kartero.imap.metadata import metadata_response
 from kartero.imap.response import Status, astring
 from kartero.imap.state import ImapState
 from kartero.imap.syntax import (
@@ -86,6 +88,7 @@ def select(session: Session, cmd: Select) -> Handler:
         f"* OK [UIDVALIDITY {summary.uidvalidity}] UIDs valid\r\n",
         f"* OK [UIDNEXT {summary.uidnext}] Predicted next UID\r\n",
         f"* OK [HIGHESTMODSEQ {summary.highestmodseq}] Highest\r\n",
+        f"* OK [MAILBOXID ({mailbox.objectid})] Ok\r\n",  # RFC 8474 §4.1
     ]
     if not session.rev2:
         session.claim_recent(view, summary.first_recent_uid, summary.uidnext)
@@ -144,11 +147,11 @@ def create(session: Session, cmd: MailboxCommand) -> Handler:
             with contextlib.suppress(MailboxExists):
                 store.create_mailbox(session.account_id, parent)
     try:
-        store.create_mailbox(session.account_id, name, special)
+        created = store.create_mailbox(session.account_id, name, special)
     except MailboxExists:
         return Done(Status.NO, "Mailbox exists", "ALREADYEXISTS")
     yield from ()
-    return Done(Status.OK, "CREATE completed")
+    return Done(Status.OK, "CREATE completed", f"MAILBOXID ({created.objectid})")  # RFC 8474 §4.1
 
 
 def delete(session: Session, cmd: MailboxCommand) -> Handler:
@@ -379,6 +382,7 @@ def list_mailboxes(session: Session, cmd: ListCommand) -> Handler:
         childinfo = f' ("CHILDINFO" ({criteria}))'
     want_subscribed = only_subscribed or "SUBSCRIBED" in cmd.returns
     lines: list[bytes] = []
+    longest_left_out = 0  # the largest value MAXSIZE left out of RETURN (METADATA ...)
     verb = "LSUB" if cmd.is_lsub else "LIST"
     for name in sorted(listed | for_children, key=lambda n: (n != INBOX, n)):
         mailbox = boxes.get(name)
@@ -397,16 +401,22 @@ def list_mailboxes(session: Session, cmd: ListCommand) -> Handler:
         lines.append(f'* {verb} ({" ".join(attributes)}) "/" {_quote(session, name)}{extra}\r\n'.encode())
         if cmd.status_items and mailbox is not None and name in listed:
             lines.append(_status_line(session, mailbox, cmd.status_items))
+        if cmd.metadata is not None and mailbox is not None and name in listed:  # RFC 9590
+            found, longest = select_entries(store.metadata(session.account_id, mailbox.id), cmd.metadata)
+            longest_left_out = max(longest_left_out, longest)
+            if found:
+                lines.append(metadata_response(_quote(session, name).encode(), found.items()))
     yield from chunked(lines)
-    return Done(Status.OK, f"{verb} completed")
+    return Done(Status.OK, f"{verb} completed", longentries(longest_left_out))
 
 
 def _status_line(session: Session, mailbox: Mailbox, items: tuple[str, ...]) -> bytes:
     st = session.store.mailbox_status(mailbox.id)
-    values = {
+    values: dict[str, object] = {
         "MESSAGES": st.messages, "UIDNEXT": st.uidnext, "UIDVALIDITY": st.uidvalidity, "UNSEEN": st.unseen,
         "DELETED": st.deleted, "SIZE": st.size, "HIGHESTMODSEQ": st.highestmodseq, "RECENT": st.recent,
     }  # fmt: skip
+    values["MAILBOXID"] = f"({mailbox.objectid})"  # RFC 8474 §4.1
     parts = [f"{item} {values[item]}" for item in items if item in values]
     return f"* STATUS {_quote(session, mailbox.name)} ({' '.join(parts)})\r\n".encode()
 

@@ -37,7 +37,7 @@ from kartero.imap.syntax import (
     ThreadCommand,
 )
 from kartero.store import criteria as c
-from kartero.store.interface import NoSuchMailbox
+from kartero.store.interface import NoSuchMailbox, blob_of_email_id
 
 Handler = Generator[bytes, None, Done]
 _T = TypeVar("_T")
@@ -124,6 +124,11 @@ def _leaf(name: str, args: tuple[object, ...]) -> c.Criterion:
             return c.Size(smaller_than=int(str(args[0])))
         case "MODSEQ":
             return c.ModSeq(int(str(args[0])))
+        case "EMAILID":
+            blob_id = blob_of_email_id(str(args[0]))
+            return c.Not(c.All()) if blob_id is None else c.Blob(blob_id)
+        case "THREADID":  # no message has a THREADID (FETCH THREADID is NIL: RFC 8474 §5.2)
+            return c.Not(c.All())
     date = args[0]
     assert isinstance(date, datetime.date)
     if name.startswith("SENT"):

@@ -59,6 +59,7 @@ def test_select_responses(store: SQLiteStore) -> None:
         b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % uidvalidity,
         b"* OK [UIDNEXT 3] Predicted next UID\r\n",
         b"* OK [HIGHESTMODSEQ 3] Highest\r\n",
+        b"* OK [MAILBOXID (%s)] Ok\r\n" % store.get_mailbox(1, "INBOX").objectid.encode(),  # type: ignore[union-attr]
         b"* OK [UNSEEN 2] First unseen\r\n",
         b"s1 OK [READ-WRITE] SELECT completed\r\n",
     ]
@@ -302,9 +303,10 @@ def test_condstore_and_qresync(store: SQLiteStore) -> None:
 
 def test_list_variants_and_status(store: SQLiteStore) -> None:
     c = client(store)
-    assert c.command('a CREATE "Work/Projects/2026"')[-1] == b"a OK CREATE completed\r\n"
+    created = c.command('a CREATE "Work/Projects/2026"')[-1]
+    assert re.fullmatch(rb"a OK \[MAILBOXID \(F[0-9a-f]{24}\)\] CREATE completed\r\n", created)
     assert c.command("b CREATE Work") == [b"b NO [ALREADYEXISTS] Mailbox exists\r\n"]
-    assert c.command("c CREATE Spam (USE (\\Junk))") == [b"c OK CREATE completed\r\n"]
+    assert c.command("c CREATE Spam (USE (\\Junk))")[0].startswith(b"c OK [MAILBOXID (")
     assert c.command("d CREATE Bad (USE (\\Bogus))") == [b"d NO [USEATTR] Unsupported special-use attribute\r\n"]
     assert c.command('e LIST "" "Work/%"') == [
         b'* LIST (\\HasChildren) "/" "Work/Projects"\r\n',
@@ -338,7 +340,7 @@ def test_list_variants_and_status(store: SQLiteStore) -> None:
         b"k OK LSUB completed\r\n",
     ]
     assert c.command("l STATUS Nowhere (MESSAGES)") == [b"l NO [NONEXISTENT] No such mailbox\r\n"]
-    assert c.command('m CREATE "Entw&APw-rfe"')[-1] == b"m OK CREATE completed\r\n"
+    assert c.command('m CREATE "Entw&APw-rfe"')[-1].endswith(b"] CREATE completed\r\n")
     assert c.command('n LIST "" "Entw*"')[0] == b'* LIST (\\HasNoChildren) "/" "Entw&APw-rfe"\r\n'
     c.command("o ENABLE UTF8=ACCEPT")
     assert c.command('p LIST "" "Entw*"')[0] == '* LIST (\\HasNoChildren) "/" "Entwürfe"\r\n'.encode()

@@ -93,6 +93,7 @@ COMMANDS = [
     "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB", "NAMESPACE", "STATUS", "APPEND", "IDLE", "CHECK", "CLOSE",
     "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "SORT", "UID FETCH", "UID SEARCH",
     "UID STORE", "UID COPY", "UID MOVE", "UID EXPUNGE", "UID SORT", "LOGIN", "AUTHENTICATE", "COMPRESS",
+    "GETMETADATA", "SETMETADATA",
 ]  # fmt: skip
 WORDS = [
     "INBOX", "inbox", "Inbox/Sub", "Sent", "&AOQ-", "&Jjo-", "&", "&-", "&ZeVnLIqe", '"&ä-"', "a/b/c", "/", "*",
@@ -107,7 +108,9 @@ WORDS = [
     "(QRESYNC (1 1 1:*))", "(MESSAGES UIDNEXT UNSEEN SIZE HIGHESTMODSEQ)", "(SUBSCRIBED RECURSIVEMATCH)",
     "(CHILDREN STATUS (MESSAGES))", "(SPECIAL-USE)", "(USE (\\Trash))", "REVERSE", "(REVERSE DATE SUBJECT)",
     "CONDSTORE", "QRESYNC", "UTF8=ACCEPT", "IMAP4rev2", "PLAIN", "DEFLATE", "bob", "pw", '"pw"', '""',
-    '"a\\"b"', '"\\x"', "{0}", "DONE", "=", "AGJvYgBwdw==",
+    '"a\\"b"', '"\\x"', "{0}", "DONE", "=", "AGJvYgBwdw==", "/private/comment", "/shared", "/Shared/vendor/x/y",
+    "/private//x", "(DEPTH infinity MAXSIZE 5)", "(DEPTH 1)", '(/private/comment "c" /shared/comment NIL)',
+    "(/private/a)",
 ]  # fmt: skip
 
 

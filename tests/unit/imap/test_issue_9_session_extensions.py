@@ -74,6 +74,7 @@ def test_issue_9_unauthenticate_returns_to_not_authenticated(store: SQLiteStore)
         S~ \\* .*
         S~ \\* .*
         S~ \\* .*
+        S~ \\* .*
         S: c OK [READ-ONLY] EXAMINE completed
         C: d UNAUTHENTICATE
         S: d OK UNAUTHENTICATE completed

@@ -109,6 +109,7 @@ def test_keywords_of_every_command_in_lower_case(store: SQLiteStore) -> None:
         S~ \\* .*
         S~ \\* .*
         S~ \\* .*
+        S~ \\* OK \\[MAILBOXID \\(\\w+\\)\\] Ok
         S~ \\* .*
         S: a OK [READ-ONLY] EXAMINE completed
         C: b select inbox
@@ -119,6 +120,7 @@ def test_keywords_of_every_command_in_lower_case(store: SQLiteStore) -> None:
         S~ \\* .*
         S~ \\* .*
         S~ \\* .*
+        S~ \\* OK \\[MAILBOXID \\(\\w+\\)\\] Ok
         S~ \\* .*
         S: b OK [READ-WRITE] SELECT completed
         C: c store 1 +flags.silent (\\seen $label)
@@ -183,7 +185,7 @@ def test_issue_9_a_bracket_is_an_atom_character_outside_fetch_sections(store: SQ
         C: b LIST "" a[%
         S: b OK LIST completed
         C: c CREATE x[1]
-        S: c OK CREATE completed
+        S~ c OK \\[MAILBOXID \\(\\w+\\)\\] CREATE completed
         C: d LIST "" x[%
         S: * LIST (\\HasNoChildren) "/" "x[1]"
         S: d OK LIST completed
@@ -342,7 +344,7 @@ def test_issue_9_rfc_5258_example_8_childinfo_versus_haschildren(store: SQLiteSt
         C: B LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"
         S: B OK LIST completed
         C: s6 CREATE Foo
-        S: s6 OK CREATE completed
+        S~ s6 OK \\[MAILBOXID \\(\\w+\\)\\] CREATE completed
         C: s7 SUBSCRIBE Foo
         S: s7 OK SUBSCRIBE completed
         C: s8 SUBSCRIBE Moo

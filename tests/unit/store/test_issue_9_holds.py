@@ -11,7 +11,7 @@ import pytest
 
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, DeliveryTarget, FlagOp
-from kartero.store.sqlite import SQLiteStore
+from kartero.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 
 @pytest.fixture
@@ -75,6 +75,6 @@ def test_issue_9_a_database_of_schema_1_gets_the_tombstone_columns(tmp_path: Pat
         columns = {row[1] for row in store._db().execute("PRAGMA table_info(expunged)")}
         assert {"blob_id", "size", "internal_date", "flags", "message_modseq"} <= columns
         version = store._db().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-        assert version == "2"
+        assert version == str(SCHEMA_VERSION)
     finally:
         store.close()
