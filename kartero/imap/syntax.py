@@ -999,7 +999,7 @@ def parse_fetch_item(text: str) -> FetchItem:
     kind = upper[:start]
     if start < 0 or end < start or kind not in _BODY_KINDS:
         raise ParseError(f"unknown fetch item {text[:40]}")
-    section = _parse_section(upper[start + 1 : end])
+    section = parse_section(upper[start + 1 : end])
     if kind.startswith("BINARY") and (section.text or section.fields):
         raise ParseError("BINARY takes a part number only")
     partial = _parse_partial(text[end + 1 :], text)
@@ -1024,7 +1024,7 @@ def _parse_partial(spec: str, item: str) -> tuple[int, int] | None:
     return partial
 
 
-def _parse_section(spec: str) -> Section:
+def parse_section(spec: str) -> Section:
     """section-spec (RFC 9051 §9), in upper case: part numbers, then HEADER, HEADER.FIELDS[.NOT] (names),
     TEXT or MIME."""
     names: str | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kartero.imap.syntax import MAX_NUMBER, MAX_NUMBER64, Section, _parse_section, decode_mailbox, parse_number
+from kartero.imap.syntax import MAX_NUMBER, MAX_NUMBER64, Section, decode_mailbox, parse_number, parse_section
 from kartero.imap.tokens import ParseError, upper_ascii
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -56,7 +56,7 @@ def parse_message_url(url: bytes) -> MessageUrl | None:
         uid = _number(values["UID"])
         section = None
         if "SECTION" in values:
-            section = _parse_section(upper_ascii(_unescape(values["SECTION"]).decode("utf-8")))
+            section = parse_section(upper_ascii(_unescape(values["SECTION"]).decode("utf-8")))
         partial = _partial(values["PARTIAL"]) if "PARTIAL" in values else None
     except (ParseError, UnicodeDecodeError, ValueError):
         return None

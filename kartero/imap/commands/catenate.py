@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kartero.imap.commands.fetch import Span, _Message
+from kartero.imap.commands.fetch import Span, section_octets
 from kartero.imap.commands.view import CHUNK, Session
 from kartero.imap.connection import APPEND_SPOOL_THRESHOLD
 from kartero.imap.syntax import CatPart
@@ -75,13 +75,10 @@ def _url_piece(session: Session, url: bytes) -> Piece:
     row = rows[0]
     octets: Span | bytes | None = Span(0, row.size)
     if target.section is not None:
-        message = _Message(session, row)
         try:
-            octets = message.section(target.section)
+            octets = section_octets(session, row, target.section)
         except StoreError:
             raise BadUrl(url) from None
-        finally:
-            message.close()
     if octets is None:
         raise BadUrl(url)  # no such part
     if target.partial is not None:
