@@ -155,6 +155,7 @@ class _Pending:
     # (literal index, size) of the APPEND literals handed out in AppendData events instead of kept
     spooled: list[tuple[int, int]] = field(default_factory=list)
     is_spooling: bool = False  # the literal being read is one of them
+    is_catenate: bool = False  # an APPEND with CATENATE so far (RFC 4469): URL literals are not spooled
 
 
 class ImapConnection:
@@ -284,7 +285,8 @@ class ImapConnection:
             "UNAUTHENTICATE", "NOTIFY", "OBJECTID", "PREVIEW", "METADATA", "METADATA-SERVER", "LIST-METADATA",
         ]  # fmt: skip
         caps += ["SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",  # RFC 5957, RFC 5256
-                 "ESORT", "CONTEXT=SEARCH", "CONTEXT=SORT"]  # RFC 5267  # fmt: skip
+                 "ESORT", "CONTEXT=SEARCH", "CONTEXT=SORT",  # RFC 5267
+                 "CATENATE"]  # RFC 4469  # fmt: skip
         if self.settings.is_compress_available:
             caps.append("COMPRESS=DEFLATE")
         return " ".join(caps)
@@ -384,13 +386,17 @@ class ImapConnection:
         pending.lines.append(text)
         tag, name = first_words(pending.lines[0])
         tag = tag if _TAG.fullmatch(tag) else "*"  # never echo what is not a tag (it may hold a CR)
-        limit = self._literal_limit(name)
+        # A CATENATE URL (RFC 4469) sent as a literal is held like any argument, never spooled as message text.
+        pending.is_catenate = pending.is_catenate or (name == "APPEND" and b"CATENATE" in text.upper())
+        is_url = pending.is_catenate and _ends_with_url(text)
+        limit = MAX_LITERAL if is_url else self._literal_limit(name)
         # Only APPEND carries messages; any other command stays within MAX_COMMAND, lines and literals.
         total_limit = MAX_COMMAND + (MULTIAPPEND_LIMIT_FACTOR * self.settings.append_limit if name == "APPEND" else 0)
         if request.size > limit or pending.size + request.size > total_limit:
-            too_big = r.tagged(tag, Status.NO if name == "APPEND" else Status.BAD,
+            is_message = name == "APPEND" and not is_url
+            too_big = r.tagged(tag, Status.NO if is_message else Status.BAD,
                                f"Literal too large ({limit} octets allowed)",
-                               "TOOBIG" if name == "APPEND" else None)  # fmt: skip
+                               "TOOBIG" if is_message else None)  # fmt: skip
             if name == "SETMETADATA" and request.size > limit:  # RFC 5464 §4.3: a value over the limit
                 too_big = r.tagged(tag, Status.NO, "Value too large", f"METADATA MAXSIZE {metadata.MAX_VALUE}")
             self._refuse_literal(request, too_big, limit)
@@ -402,7 +408,7 @@ class ImapConnection:
         pending.size += request.size
         pending.literals.append(bytearray())
         self._literal_left = request.size
-        if name == "APPEND" and request.size:
+        if name == "APPEND" and request.size and not is_url:
             # A large message, or one past what the command already holds in memory, goes to the
             # adapter's spool file (one per command, the spooled messages back to back).
             if max(request.size, pending.held + request.size) > APPEND_SPOOL_THRESHOLD:
@@ -419,11 +425,17 @@ class ImapConnection:
         message is one literal, the last ones of the command); for anything else (a parse error) the
         adapter is told to drop its spool file."""
         if isinstance(event, CommandReady) and isinstance(event.command, Append):
-            messages = list(event.command.messages)
-            first = len(pending.literals) - len(messages)
-            for index, size in pending.spooled:
-                if index >= first:  # else a spooled mailbox name: gone, the APPEND fails on the name
-                    messages[index - first] = replace(messages[index - first], spooled=size)
+            # By literal index: a spooled literal that is no message (or CATENATE TEXT) is a mailbox
+            # name, gone: the APPEND fails on the name.
+            sizes = dict(pending.spooled)
+            messages = []
+            for message in event.command.messages:
+                if message.parts:
+                    parts = tuple(replace(p, spooled=sizes.get(p.literal, 0)) for p in message.parts)
+                    message = replace(message, parts=parts)
+                else:
+                    message = replace(message, spooled=sizes.get(message.literal, 0))
+                messages.append(message)
             return CommandReady(event.tag, replace(event.command, messages=tuple(messages)))
         if isinstance(event, CommandReady) and isinstance(event.command, Refused):
             return event  # an APPEND to an impossible name: the adapter drops the spool file
@@ -607,3 +619,9 @@ class _NeedData:
 
 
 _NEED_DATA = _NeedData()
+
+
+def _ends_with_url(line: bytes) -> bool:
+    """Whether a literal announced after `line` is the astring after URL (RFC 4469 §5: "URL" SP astring)."""
+    words = line.split()
+    return bool(words) and words[-1].lstrip(b"(").upper() == b"URL"

@@ -58,6 +58,9 @@ TABLE: tuple[Support, ...] = (
     Support("UTF8=ACCEPT", "RFC 6855", "UTF-8 mailbox names and headers"),
     Support("APPENDLIMIT", "RFC 7889", "APPENDLIMIT", "the configured message size"),
     Support("MULTIAPPEND", "RFC 3502", "several messages in one APPEND", "all or none"),
+    Support("CATENATE", "RFC 4469", "APPEND from TEXT parts and IMAP URLs",
+            "relative URLs of the user's own messages (RFC 5092 form), BADURL for any other; past 1 MiB "
+            "assembled in a spool file"),
     Support("SAVEDATE", "RFC 8514", "save date", "NIL for messages stored before Kartero kept it"),
     Support("OBJECTID", "RFC 8474", "object identifiers", "MAILBOXID kept across RENAME; THREADID NIL"),
     Support("PREVIEW", "RFC 8970", "message preview", "kept with the message; older mail's on first FETCH"),

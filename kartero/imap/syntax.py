@@ -34,6 +34,9 @@ MAX_SEARCH_KEYS = 1000
 # NOTIFY: mailbox names named by SUBTREE and MAILBOXES together. Each change in the account is matched
 # against them.
 MAX_NOTIFY_MAILBOXES = 1000
+# CATENATE (RFC 4469): octets of one URL part. An IMAP URL of a message part is a mailbox name, a few
+# numbers and a section; this bounds what the URL parser reads and what BADURL echoes.
+MAX_URL = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +213,23 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True)
+class CatPart:
+    """One part of a CATENATE message (RFC 4469 §3): TEXT octets, or the IMAP URL of octets to copy."""
+
+    text: bytes = b""
+    url: bytes | None = None
+    literal: int = -1  # the TEXT literal's index in the command
+    spooled: int = 0  # the TEXT left the core in AppendData pieces: `text` is empty, this its size
+
+
+@dataclass(frozen=True, slots=True)
 class AppendMessage:
     flags: frozenset[str]
     date: datetime.datetime | None
     data: bytes
     spooled: int = 0  # a large message left the core in AppendData pieces: `data` is empty, this its size
+    literal: int = -1  # the message literal's index in the command
+    parts: tuple[CatPart, ...] = ()  # CATENATE: the message is these parts one after the other (`data` empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,8 +241,9 @@ class Append:
 
     @property
     def spooled(self) -> int:
-        """Octets of the messages that left the core in AppendData pieces, one after the other."""
-        return sum(message.spooled for message in self.messages)
+        """Octets of the messages (and CATENATE TEXT parts) that left the core in AppendData pieces, one
+        after the other."""
+        return sum(message.spooled + sum(part.spooled for part in message.parts) for message in self.messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -825,6 +841,9 @@ def _append(a: _Args) -> Command:
             date = parse_date_time(token.value.decode("ascii", "replace"))
             a.pos += 1
         message = a.next("message literal")
+        if isinstance(message, Atom) and upper_ascii(message.value) == "CATENATE":
+            messages.append(AppendMessage(flags, date, b"", parts=_cat_parts(a.plist("CATENATE parts"))))
+            continue
         if isinstance(message, Atom) and upper_ascii(message.value) == "UTF8":
             inner = a.plist("UTF8 literal")
             if len(inner) != 1 or not isinstance(inner[0], String):
@@ -832,8 +851,29 @@ def _append(a: _Args) -> Command:
             message = inner[0]
         if not isinstance(message, String) or not message.is_literal:
             raise ParseError("APPEND needs the message as a literal")
-        messages.append(AppendMessage(flags, date, message.value))
+        messages.append(AppendMessage(flags, date, message.value, literal=message.literal))
     return Append(mailbox, tuple(messages))
+
+
+def _cat_parts(tokens: tuple[Token, ...]) -> tuple[CatPart, ...]:
+    """RFC 4469 §5: "CATENATE" SP "(" cat-part *(SP cat-part) ")", cat-part = "TEXT" SP literal /
+    "URL" SP astring (the URL is checked when the command runs: a bad one is NO [BADURL])."""
+    if not tokens or len(tokens) % 2:
+        raise ParseError("CATENATE needs TEXT or URL parts")
+    parts: list[CatPart] = []
+    for i in range(0, len(tokens), 2):
+        kind, value = tokens[i], tokens[i + 1]
+        name = upper_ascii(kind.value) if isinstance(kind, Atom) else ""
+        if name == "TEXT" and isinstance(value, String) and value.is_literal:
+            parts.append(CatPart(text=value.value, literal=value.literal))
+        elif name == "URL" and isinstance(value, Atom | String):
+            url = value.value if isinstance(value, String) else value.value.encode("utf-8")
+            if not url or len(url) > MAX_URL:
+                raise ParseError(f"URL empty or too long ({MAX_URL} octets at most)")
+            parts.append(CatPart(url=url))
+        else:
+            raise ParseError("CATENATE parts are TEXT literal or URL astring")
+    return tuple(parts)
 
 
 # -- SEARCH ---------------------------------------------------------------------------------------------
@@ -1047,7 +1087,7 @@ def parse_fetch_item(text: str) -> FetchItem:
     kind = upper[:start]
     if start < 0 or end < start or kind not in _BODY_KINDS:
         raise ParseError(f"unknown fetch item {text[:40]}")
-    section = _parse_section(upper[start + 1 : end])
+    section = parse_section(upper[start + 1 : end])
     if kind.startswith("BINARY") and (section.text or section.fields):
         raise ParseError("BINARY takes a part number only")
     partial = _parse_partial(text[end + 1 :], text)
@@ -1072,7 +1112,7 @@ def _parse_partial(spec: str, item: str) -> tuple[int, int] | None:
     return partial
 
 
-def _parse_section(spec: str) -> Section:
+def parse_section(spec: str) -> Section:
     """section-spec (RFC 9051 §9), in upper case: part numbers, then HEADER, HEADER.FIELDS[.NOT] (names),
     TEXT or MIME."""
     names: str | None = None

@@ -18,7 +18,7 @@ a ParseError, not a RecursionError), and at most `MAX_TOKENS` tokens per command
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Parenthesised lists may nest this deep (lists, SEARCH groups, FETCH items, LIST options): more than any
 # client needs, and deeper input is a BAD.
@@ -41,6 +41,7 @@ class Atom:
 class String:
     value: bytes
     is_literal: bool = False
+    literal: int = field(default=-1, compare=False)  # a literal's index in the command (its spooled octets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +170,7 @@ def tokenize(raw: RawCommand) -> list[Token]:
         elif ch == _SENTINEL:
             if next_literal >= len(literals):
                 raise ParseError("literal missing")
-            open_lists[-1].append(String(literals[next_literal], is_literal=True))
+            open_lists[-1].append(String(literals[next_literal], is_literal=True, literal=next_literal))
             next_literal += 1
             pos += 1
         elif ch == " ":

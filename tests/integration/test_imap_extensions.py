@@ -1,5 +1,5 @@
 """IMAP extensions of issue 9 against a real `kartero serve`, driven by imapclient and imaplib: SORT=DISPLAY
-(RFC 5957), THREAD (RFC 5256), ESORT and CONTEXT=SEARCH/SORT (RFC 5267)."""
+(RFC 5957), THREAD (RFC 5256), ESORT and CONTEXT=SEARCH/SORT (RFC 5267), CATENATE (RFC 4469)."""
 
 from __future__ import annotations
 
@@ -127,3 +127,34 @@ def test_context_updates_from_another_sessions_store_append_and_expunge(mx: Kart
         other.store("2", "+FLAGS", "(\\Seen)")  # UID 3: no update any more
         assert command("y NOOP") == [b"* 2 FETCH (UID 3 FLAGS (\\Seen))\r\n", b"y OK NOOP completed\r\n"]
         sock.close()
+
+
+def test_catenate_over_a_socket_with_a_spooled_text_part(mx: KarteroServer) -> None:
+    # RFC 4469 against the real server: a 1.2 MB TEXT literal goes through the adapter's spool file, the
+    # URL part is copied from a stored message, and the assembled message (past 1 MiB) from a spool file.
+    forwarded = message("alice@example.org", "forwarded")
+    head = b"From: bob@example.test\r\nSubject: fwd\r\nContent-Type: text/plain\r\n\r\n"
+    filler = b"long line of text\r\n" * 63_000  # 1.2 MB
+    with imaplib.IMAP4(mx.host, mx.imap_port) as imap:
+        imap.login("bob@example.test", PASSWORD)
+        assert b"CATENATE" in imap.capability()[1][0].split()
+        imap.append("INBOX", None, None, forwarded)
+        imap.select("INBOX")
+        validity = imap.response("UIDVALIDITY")[1][0].decode()  # type: ignore[union-attr]
+        sock = socket.create_connection((mx.host, mx.imap_port), timeout=30)
+        reader = sock.makefile("rb")
+        reader.readline()
+        sock.sendall(f"a LOGIN bob@example.test {PASSWORD}\r\n".encode())
+        assert reader.readline().startswith(b"a OK")
+        url = f"/INBOX;UIDVALIDITY={validity}/;UID=1/;SECTION=TEXT".encode()
+        sock.sendall(b'b APPEND INBOX (\\Draft) CATENATE (TEXT {%d+}\r\n%s URL "%s" TEXT {%d+}\r\n%s)\r\n'
+                     % (len(head), head, url, len(filler), filler))  # fmt: skip
+        assert reader.readline() == f"b OK [APPENDUID {validity} 2] APPEND completed\r\n".encode()
+        sock.sendall(b'c APPEND INBOX CATENATE (URL "/INBOX/;UID=7")\r\n')
+        assert reader.readline() == b"c NO [BADURL /INBOX/;UID=7] Bad URL\r\n"
+        sock.close()
+        imap.noop()  # the new message comes into this session's view
+        typ, data = imap.uid("FETCH", "2", "(FLAGS BODY.PEEK[])")
+        assert typ == "OK"
+        assert data[0][1] == head + forwarded.split(b"\r\n\r\n", 1)[1] + filler  # type: ignore[index]
+        assert b"\\Draft" in data[0][0]  # type: ignore[index]

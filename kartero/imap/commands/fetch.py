@@ -255,6 +255,16 @@ class _Message:
         return Literal(name, size, has_nul, chunks)
 
 
+def section_octets(session: Session, row: MessageRow, section: Section) -> Span | bytes | None:
+    """What BODY.PEEK[section] of a message is (a span of its stored bytes, or computed bytes), or None
+    when the part does not exist; for CATENATE URLs (RFC 4469). Raises StoreError when the message is gone."""
+    message = _Message(session, row)
+    try:
+        return message.section(section)
+    finally:
+        message.close()
+
+
 def _body_item(message: _Message, item: BodyItem) -> bytes | Literal:
     """The rendered item, or a Literal to stream."""
     if item.kind != "BODY":

@@ -8,6 +8,7 @@ import datetime
 from array import array
 from collections.abc import Generator, Iterator, Sequence
 
+from kartero.imap.commands import catenate
 from kartero.imap.commands.metadata import longentries, select_entries
 from kartero.imap.commands.view import (
     Done,
@@ -21,6 +22,7 @@ from kartero.imap.commands.view import (
     resolve,
     sync,
 )
+from kartero.imap.connection import MULTIAPPEND_LIMIT_FACTOR
 from kartero.imap.metadata import metadata_response
 from kartero.imap.response import Status, astring
 from kartero.imap.state import ImapState
@@ -444,27 +446,59 @@ def append(session: Session, cmd: Append, append_limit: int) -> Handler:
     spool = session.spooled_message  # large messages: the adapter wrote them to one file as they arrived
     if cmd.spooled and (spool is None or spool.length != cmd.spooled):
         return Done(Status.NO, "Could not store the message, try again", "SERVERBUG")
-    now = datetime.datetime.now(datetime.UTC)
-    deliveries = []
+    # Each message is its literal, spooled or not, or (CATENATE) pieces to copy; spooled literals lie back
+    # to back in `spool`, in command order.
+    sources: list[bytes | Content | list[catenate.Piece]] = []
     offset = 0
-    for message in cmd.messages:
-        data: bytes | Content = message.data
-        if message.spooled:
-            assert spool is not None
-            data = Content(b"", FileSpan(spool.path, spool.offset + offset, message.spooled))
-            offset += message.spooled
-        deliveries.append(Delivery(
-            blob_id=new_message_id(),
-            data=data,
-            targets=(DeliveryTarget(session.account_id, mailbox.name, message.flags),),
-            internal_date=int((message.date or now).timestamp()),
-            envelope={"appended_by": session.user},
-        ))  # fmt: skip
     try:
+        for message in cmd.messages:
+            if message.parts:
+                sources.append(catenate.resolve(session, message.parts, spool, offset))
+                offset += sum(part.spooled for part in message.parts)
+            elif message.spooled:
+                assert spool is not None
+                sources.append(Content(b"", FileSpan(spool.path, spool.offset + offset, message.spooled)))
+                offset += message.spooled
+            else:
+                sources.append(message.data)
+    except catenate.BadUrl as exc:
+        return Done(Status.NO, "Bad URL", exc.code)  # RFC 4469 §4.1: the first URL that failed
+    catenated = [sum(piece.size for piece in source) for source in sources if isinstance(source, list)]
+    # A catenated message is bounded like any other, and all of them together like the literals of one
+    # MULTIAPPEND (their octets come from the store, not from the command, so the core cannot bound them).
+    if any(size > append_limit for size in catenated) or sum(catenated) > MULTIAPPEND_LIMIT_FACTOR * append_limit:
+        return Done(Status.NO, "Message too large", "TOOBIG")
+    assembler = None
+    try:
+        if catenated:
+            assembler = catenate.Assembler(session, sum(catenated))
+        datas: list[bytes | Content] = []
+        for source in sources:
+            if isinstance(source, list):
+                assert assembler is not None
+                datas.append(assembler.build(source))
+            else:
+                datas.append(source)
+        now = datetime.datetime.now(datetime.UTC)
+        deliveries = [
+            Delivery(
+                blob_id=new_message_id(),
+                data=data,
+                targets=(DeliveryTarget(session.account_id, mailbox.name, message.flags),),
+                internal_date=int((message.date or now).timestamp()),
+                envelope={"appended_by": session.user},
+            )
+            for message, data in zip(cmd.messages, datas, strict=True)
+        ]
         # MULTIAPPEND (RFC 3502 §6.3.11): one delivery group, so every message is stored or none is.
         stored = store.deliver_group(deliveries).result()
-    except StoreError:
+    except catenate.BadUrl as exc:  # a message a URL named was expunged while it was being copied
+        return Done(Status.NO, "Bad URL", exc.code)
+    except (StoreError, OSError):
         return Done(Status.NO, "Could not store the message, try again", "SERVERBUG")
+    finally:
+        if assembler is not None:
+            assembler.close()  # the store has its own copy (or failed): the Future is done
     # Into the selected mailbox: EXISTS before the tagged OK, so the next command may use the message.
     yield from chunked(sync(session, allow_expunge=True))
     uids = format_set(m.uid for messages in stored for m in messages)

@@ -359,20 +359,27 @@ class _UpdateContext:
             if self.sort_keys is None:
                 parts.append(f"{name} (0 {format_set(n for _, n in numbered)})")
                 continue
-            pairs: list[str] = []
-            k = 0
-            while k < len(numbered):  # a run of neighbours in the list is one (position, set) pair
-                j = k
-                while j + 1 < len(numbered) and numbered[j + 1][0] == numbered[j][0] + 1:
-                    j += 1
-                # Removals are applied one run after the other, so a run starts where the ones before left.
-                position = numbered[k][0] + 1 - (k if shifts else 0)
-                pairs.append(f"{position} {format_ordered([n for _, n in numbered[k : j + 1]])}")
-                k = j + 1
-            parts.append(f"{name} ({' '.join(pairs)})")
+            pairs = position_pairs(numbered, removing=shifts)
+            parts.append(f"{name} ({' '.join(f'{position} {format_ordered(run)}' for position, run in pairs)})")
         if parts:
             uid = " UID" if self.is_uid else ""
             yield f'* ESEARCH (TAG "{self.tag}"){uid} {" ".join(parts)}\r\n'.encode()
+
+
+def position_pairs(changes: Sequence[tuple[int, int]], *, removing: bool) -> list[tuple[int, list[int]]]:
+    """(context position, numbers) pairs for a SORT context's REMOVEFROM or ADDTO (RFC 5267 §4.3.3,
+    §4.3.4), from (list index, number) changes in ascending index: each run of neighbouring indexes is one
+    pair. The client applies the pairs in order (§4.3.2), so a removal run starts where the runs removed
+    before it left it; additions carry their index in the new list, where every earlier result already is."""
+    pairs: list[tuple[int, list[int]]] = []
+    k = 0
+    while k < len(changes):
+        j = k
+        while j + 1 < len(changes) and changes[j + 1][0] == changes[j][0] + 1:
+            j += 1
+        pairs.append((changes[k][0] + 1 - (k if removing else 0), [n for _, n in changes[k : j + 1]]))
+        k = j + 1
+    return pairs
 
 
 def cancel_update(session: Session, cmd: CancelUpdate) -> Handler:

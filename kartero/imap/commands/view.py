@@ -13,6 +13,7 @@ import bisect
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from kartero.imap import mutf7
@@ -111,6 +112,7 @@ class Session:
     condstore: bool = False  # CONDSTORE in effect (enabled, or used by a command: RFC 7162 §3.1)
     # The spool file the adapter wrote a large APPEND message to (Append.spooled), for that command only.
     spooled_message: FileSpan | None = None
+    spool_dir: Path | None = None  # where a large CATENATE message is assembled (RFC 4469)
     contexts: dict[str, ResultContext] = field(default_factory=dict)  # RFC 5267 UPDATE, by command tag
     notify: NotifyState | None = None  # NOTIFY SET in effect (RFC 5465)
 

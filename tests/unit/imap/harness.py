@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from kartero.imap.commands import run
 from kartero.imap.commands.view import Session
 from kartero.imap.connection import (
+    AppendData,
     CommandReady,
     CompressRequested,
     ConnectionClosed,
@@ -28,6 +29,8 @@ from kartero.imap.connection import (
     Unauthenticated,
 )
 from kartero.imap.response import Status
+from kartero.imap.syntax import Append
+from kartero.store.spool import IncomingSpool, spool_dir
 from kartero.store.sqlite import SQLiteStore
 
 SETTINGS = ImapSettings(hostname="imap.example.test", append_limit=100_000, is_tls_available=True)
@@ -48,6 +51,8 @@ class Client:
         self.conn.start()
         self.session: Session | None = None
         self.greeting = self.conn.data_to_send()
+        # Large APPEND literals, written as the adapter does (kartero.net.imap_session).
+        self.spool = IncomingSpool(spool_dir(self.store.root) if self.store is not None else None)
 
     def _drain(self) -> bytes:
         conn = self.conn
@@ -58,12 +63,15 @@ class Client:
                     account = self.store.get_account(user) if self.store else None
                     if password == PASSWORD and (self.store is None or account is not None):
                         if self.store is not None and account is not None:
-                            self.session = Session(self.store, account.id, account.address, conn.enabled)
+                            self.session = Session(self.store, account.id, account.address, conn.enabled,
+                                                   spool_dir=spool_dir(self.store.root))  # fmt: skip
                         conn.login_result(tag, user)
                     else:
                         conn.login_result(tag, None)
                 case CommandReady(tag=tag, command=command):
                     assert self.session is not None, "commands need a store-backed client"
+                    if isinstance(command, Append) and command.spooled:
+                        self.session.spooled_message = self.spool.finish()
                     handler = run(self.session, tag, command, append_limit=self.settings.append_limit)
                     while True:
                         try:
@@ -71,7 +79,13 @@ class Client:
                         except StopIteration as stop:
                             done = stop.value
                             break
+                    self.session.spooled_message = None
+                    self.spool.reset()
                     conn.finish(tag, done.status, done.text, done.code, done.state)
+                case AppendData(data=data, is_first=is_first):
+                    if is_first:
+                        self.spool.reset()
+                    self.spool.write(data)
                 case StartTLSRequested():
                     conn.tls_established()
                 case IdleStarted() | CompressRequested() | ConnectionClosed():

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kartero.imap.commands.search import MAX_CONTEXTS, format_ordered
+from kartero.imap.commands.search import MAX_CONTEXTS, format_ordered, position_pairs
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, DeliveryTarget
 from kartero.store.sqlite import SQLiteStore
@@ -267,3 +269,23 @@ def test_updates_stop_when_the_mailbox_is_deselected_and_are_limited(store: SQLi
         b'* ESEARCH (TAG "u1") COUNT 5\r\n',
         b"u1 OK SEARCH completed\r\n",
     ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_sort_update_pairs_turn_the_old_list_into_the_new(data: st.DataObject) -> None:
+    # RFC 5267 §4.3.2: a client applying REMOVEFROM then ADDTO pairs in order ends with the server's list.
+    old = data.draw(st.lists(st.integers(1, 10_000), unique=True, max_size=40))
+    kept = [n for n in old if data.draw(st.booleans())]
+    new = list(kept)
+    for n in data.draw(st.lists(st.integers(10_001, 20_000), unique=True, max_size=20)):
+        new.insert(data.draw(st.integers(0, len(new))), n)
+    removed = [(i, n) for i, n in enumerate(old) if n not in set(kept)]
+    added = [(i, n) for i, n in enumerate(new) if n not in set(old)]
+    client = list(old)
+    for position, run in position_pairs(removed, removing=True):
+        assert client[position - 1 : position - 1 + len(run)] == run
+        del client[position - 1 : position - 1 + len(run)]
+    for position, run in position_pairs(added, removing=False):
+        client[position - 1 : position - 1] = run
+    assert client == new
