@@ -10,6 +10,12 @@ change), not only at the end of the next command.
   responses, sent when what STATUS says changed; MailboxName and SubscriptionChange become LIST
   responses, found by comparing the account's mailboxes and subscriptions with the last ones seen.
 Changes this session made itself (CREATE, RENAME, APPEND, ...) are not reported back to it (§5).
+
+What the store announced and the client has not heard yet waits in `PendingChanges`: the ids of the
+changed mailboxes (coalesced, so a busy mailbox costs one entry and one STATUS read however often it
+changes), bounded by `MAX_PENDING_MAILBOXES`. A session that falls further behind (a long command, or a
+client that reads nothing while the adapter waits to write) gets `* OK [NOTIFICATIONOVERFLOW]` and from
+then on behaves as after NOTIFY NONE (§5.8).
 """
 
 from __future__ import annotations
@@ -30,6 +36,33 @@ SUPPORTED_EVENTS = ("MessageNew", "MessageExpunge", "FlagChange", "MailboxName",
 # INBOXES (RFC 5465 §6.3): the mailboxes Kartero delivers to.
 INBOXES = frozenset({INBOX, "Junk"})
 SEPARATOR = "/"
+# Watched mailboxes with changes the client has not heard of yet; past this many the session's NOTIFY is
+# dropped (§5.8), so neither its memory nor the STATUS reads of one push grow with what others do.
+MAX_PENDING_MAILBOXES = 1000
+
+
+@dataclass(slots=True)
+class PendingChanges:
+    """What the store announced for a NOTIFY session since its last push (kept by the adapter, on the
+    event loop)."""
+
+    mailboxes: set[int] = field(default_factory=set)  # watched mailboxes whose messages changed
+    names: bool = False  # the account's mailboxes or subscriptions changed
+    overflowed: bool = False  # more than MAX_PENDING_MAILBOXES mailboxes changed
+
+    def add(self, mailbox_ids: Iterable[int]) -> None:
+        if self.overflowed:
+            return
+        self.mailboxes.update(mailbox_ids)
+        if len(self.mailboxes) > MAX_PENDING_MAILBOXES:
+            self.mailboxes.clear()
+            self.overflowed = True
+
+    def take(self) -> PendingChanges:
+        """What is pending now; this object starts again empty."""
+        taken = PendingChanges(self.mailboxes, self.names, self.overflowed)
+        self.mailboxes, self.names, self.overflowed = set(), False, False
+        return taken
 
 
 @dataclass(slots=True)
@@ -113,11 +146,15 @@ def _read_names(session: Session, state: NotifyState) -> None:
     state.watched = frozenset(statuses)
 
 
-def updates(session: Session, changed: frozenset[int], *, names_changed: bool) -> Iterator[bytes]:
-    """What the client is to hear now of the changes the store announced (`changed` mailboxes; the
-    account's mailboxes or subscriptions when `names_changed`) since the last call."""
+def updates(session: Session, pending: PendingChanges) -> Iterator[bytes]:
+    """What the client is to hear now of the changes the store announced since the last call (the
+    selected mailbox's are read from the store, the others' are `pending`)."""
     state = session.notify
     if state is None:
+        return
+    if pending.overflowed:  # §5.8: say so, then behave as after NOTIFY NONE
+        session.notify = None
+        yield b"* OK [NOTIFICATIONOVERFLOW] Too many changes to report, NOTIFY is off\r\n"
         return
     view = session.selected
     group = state.selected
@@ -128,9 +165,9 @@ def updates(session: Session, changed: frozenset[int], *, names_changed: bool) -
         if new and group.fetch_items:  # §5.2: EXISTS, then FETCH of what MessageNew asked for
             items = tuple(dict.fromkeys(("UID", *group.fetch_items)))
             yield from fetch.fetch(session, Fetch(True, SequenceSet(((new[0], new[-1]),)), items))
-    if names_changed:
+    if pending.names:
         yield from _name_changes(session, state)
-    for mailbox_id in sorted(changed & state.watched):
+    for mailbox_id in sorted(pending.mailboxes & state.watched):
         if view is not None and view.mailbox_id == mailbox_id:
             continue  # the selected mailbox is reported as such, never by STATUS
         yield from _status_change(session, state, mailbox_id)

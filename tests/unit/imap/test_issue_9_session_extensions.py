@@ -207,7 +207,8 @@ def push(c: Client, *mailboxes: str, names: bool = False) -> list[bytes]:
     `mailboxes` (and to the account's mailbox list when `names`)."""
     assert c.session is not None
     ids = frozenset(m.id for m in c.store.list_mailboxes(1) if m.name in mailboxes)  # type: ignore[union-attr]
-    return b"".join(notify.updates(c.session, ids, names_changed=names)).splitlines(keepends=True)
+    pending = notify.PendingChanges(set(ids), names)
+    return b"".join(notify.updates(c.session, pending)).splitlines(keepends=True)
 
 
 def test_issue_9_notify_rfc_5465_example(store: SQLiteStore) -> None:
@@ -312,6 +313,9 @@ def test_issue_9_notify_mailbox_names_and_subscriptions(store: SQLiteStore) -> N
     [
         ("NOTIFY SET (PERSONAL (MailboxMetadataChange))",
          "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)] Unsupported event"),
+        # No METADATA (RFC 5464) yet, so no annotations to report on (RFC 5465 §5.3).
+        ("NOTIFY SET (SELECTED (MessageNew MessageExpunge AnnotationChange))",
+         "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)] Unsupported event"),
         ("NOTIFY SET (PERSONAL (MessageNew))", "BAD MessageNew and MessageExpunge must be given together"),
         ("NOTIFY SET (PERSONAL (FlagChange))", "BAD FlagChange needs MessageNew and MessageExpunge"),
         ("NOTIFY SET (SELECTED (MailboxName))", "BAD only message events for the selected mailbox"),
@@ -324,3 +328,47 @@ def test_issue_9_notify_mailbox_names_and_subscriptions(store: SQLiteStore) -> N
 )  # fmt: skip
 def test_issue_9_notify_syntax_and_refusals(store: SQLiteStore, command: str, reply: str) -> None:
     assert client(store).command(f"t {command}")[-1] == f"t {reply}\r\n".encode()
+
+
+def test_issue_9_notify_pending_changes_are_bounded() -> None:
+    """A session's backlog holds each changed mailbox once, and at most MAX_PENDING_MAILBOXES of them."""
+    pending = notify.PendingChanges()
+    for _ in range(3):
+        pending.add(range(notify.MAX_PENDING_MAILBOXES))  # the same mailboxes again: no growth
+    assert len(pending.mailboxes) == notify.MAX_PENDING_MAILBOXES and not pending.overflowed
+    pending.add([notify.MAX_PENDING_MAILBOXES])
+    assert pending.overflowed and pending.mailboxes == set()
+    pending.add(range(5))  # nothing more is kept once overflowed
+    taken = pending.take()
+    assert taken.overflowed and taken.mailboxes == set()
+    assert not pending.overflowed and pending.mailboxes == set() and not pending.names
+
+
+def test_issue_9_notify_overflow_turns_notify_off(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 5465 §5.8: a session that fell too far behind hears NOTIFICATIONOVERFLOW once, then nothing
+    unsolicited, as after NOTIFY NONE; a new NOTIFY SET works again."""
+    monkeypatch.setattr(notify, "MAX_PENDING_MAILBOXES", 2)
+    for name in ("A", "B", "C"):
+        store.create_mailbox(1, name)
+    c = client(store)
+    c.command("e ENABLE IMAP4rev2")
+    c.select()
+    assert c.command("a NOTIFY SET (SELECTED (MessageNew MessageExpunge)) (PERSONAL (MessageNew MessageExpunge))"
+                     ) == [b"a OK NOTIFY completed\r\n"]  # fmt: skip
+    assert c.session is not None and c.session.notify is not None
+    for name in ("A", "B", "C"):
+        deliver(store, name)
+    deliver(store)
+    pending = notify.PendingChanges()
+    pending.add(m.id for m in store.list_mailboxes(1) if m.name in ("A", "B", "C"))
+    assert b"".join(notify.updates(c.session, pending)) == (
+        b"* OK [NOTIFICATIONOVERFLOW] Too many changes to report, NOTIFY is off\r\n"
+    )
+    assert c.session.notify is None
+    deliver(store, "A")
+    assert push(c, "A", "INBOX") == []
+    assert c.command("b NOOP") == [b"* 1 EXISTS\r\n", b"b OK NOOP completed\r\n"]  # as without NOTIFY
+    assert c.command("c NOTIFY SET (PERSONAL (MessageNew MessageExpunge))") == [b"c OK NOTIFY completed\r\n"]
+    deliver(store, "B")
+    assert push(c, "B") == [b'* STATUS "B" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY %d UNSEEN 2)\r\n' % (
+        uidvalidity(store, "B"))]  # fmt: skip
