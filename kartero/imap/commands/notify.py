@@ -99,8 +99,15 @@ def _matches(group: NotifyGroup, name: str, subscribed: set[str]) -> bool:
             return name in INBOXES
         case "SUBSCRIBED":
             return name in subscribed
-        case "SUBTREE":
-            return any(name == m or name.startswith(m + SEPARATOR) for m in group.mailboxes)
+        case "SUBTREE":  # the name or one of its superiors: set lookups, however many names SUBTREE has
+            if name in group.mailboxes:
+                return True
+            end = name.find(SEPARATOR)
+            while end != -1:
+                if name[:end] in group.mailboxes:
+                    return True
+                end = name.find(SEPARATOR, end + 1)
+            return False
         case "MAILBOXES":
             return name in group.mailboxes
     return False

@@ -11,6 +11,7 @@ import pytest
 
 from kartero.imap.commands import notify
 from kartero.imap.connection import APPEND_PIECE, AppendData, CommandReady, ImapConnection, LoginRequested
+from kartero.imap.syntax import NotifyGroup
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, DeliveryTarget
 from kartero.store.sqlite import SQLiteStore
@@ -321,7 +322,13 @@ def test_issue_9_notify_mailbox_names_and_subscriptions(store: SQLiteStore) -> N
         ("NOTIFY SET (SELECTED (MailboxName))", "BAD only message events for the selected mailbox"),
         ("NOTIFY SET (SELECTED NONE) (SELECTED-DELAYED NONE)", "BAD only one of SELECTED and SELECTED-DELAYED"),
         ("NOTIFY SET (EVERYWHERE NONE)", "BAD unknown mailbox filter EVERYWHERE"),
-        ("NOTIFY SET (INBOXES (MessageNew (UID) MessageExpunge)) (SUBSCRIBED NONE)", "OK NOTIFY completed"),
+        ("NOTIFY SET (INBOXES (MessageNew (UID) MessageExpunge))",
+         "BAD fetch attributes only for the selected mailbox"),
+        ("NOTIFY SET (SELECTED (MessageNew () MessageExpunge))", "BAD empty fetch attribute list"),
+        ("NOTIFY SET (INBOXES (MessageNew MessageExpunge)) (SUBSCRIBED NONE)", "OK NOTIFY completed"),
+        # Keywords in ASCII case only (RFC 9051 §9): U+017F is not an S.
+        ("NOTIFY \u017fET (PERSONAL NONE)", "BAD NOTIFY takes SET or NONE"),
+        ("NOTIFY SET (PER\u017fONAL NONE)", "BAD unknown mailbox filter PER?ONAL"),
         ("notify set status (personal (messagenew messageexpunge))", "OK NOTIFY completed"),
         ("NOTIFY SET (MAILBOXES (" + "a " * 1001 + ") NONE)", "BAD too many mailboxes (1000 at most)"),
     ],
@@ -372,3 +379,13 @@ def test_issue_9_notify_overflow_turns_notify_off(store: SQLiteStore, monkeypatc
     deliver(store, "B")
     assert push(c, "B") == [b'* STATUS "B" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY %d UNSEEN 2)\r\n' % (
         uidvalidity(store, "B"))]  # fmt: skip
+
+
+def test_issue_9_notify_subtree_takes_the_name_and_its_inferiors_only() -> None:
+    group = NotifyGroup("SUBTREE", frozenset({"Lists", "Work/2026"}), frozenset({"MessageNew", "MessageExpunge"}))
+    state = notify.NotifyState((group,), None)
+    taken = ["Lists", "Lists/Lemonade", "Lists/a/b", "Work/2026", "Work/2026/Q1"]
+    for name in taken:
+        assert state.events_for(name) == group.events, name
+    for name in ("Listsx", "Lists2/a", "Work", "Work/2025", "INBOX", "lists"):
+        assert state.events_for(name) == frozenset(), name
