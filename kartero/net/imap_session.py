@@ -261,7 +261,7 @@ class ImapSession:
 
         def updates() -> Generator[bytes, None, Done]:
             if session.notify is not None:  # what NOTIFY asked for, in IDLE too (RFC 5465 §4)
-                yield from chunked(notify_events.updates(session, pending))
+                yield from chunked(notify_events.updates(session, pending, is_idling=is_idling))
             if session.notify is None and is_idling:  # also right after a NOTIFICATIONOVERFLOW
                 yield from chunked(sync(session, allow_expunge=True))
             return Done(Status.OK, "")

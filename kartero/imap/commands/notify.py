@@ -153,9 +153,10 @@ def _read_names(session: Session, state: NotifyState) -> None:
     state.watched = frozenset(statuses)
 
 
-def updates(session: Session, pending: PendingChanges) -> Iterator[bytes]:
+def updates(session: Session, pending: PendingChanges, *, is_idling: bool = False) -> Iterator[bytes]:
     """What the client is to hear now of the changes the store announced since the last call (the
-    selected mailbox's are read from the store, the others' are `pending`)."""
+    selected mailbox's are read from the store, the others' are `pending`), between commands or during
+    IDLE (`is_idling`)."""
     state = session.notify
     if state is None:
         return
@@ -167,7 +168,8 @@ def updates(session: Session, pending: PendingChanges) -> Iterator[bytes]:
     group = state.selected
     if view is not None and group is not None and group.events:
         top = view.uids[-1] if view.uids else 0
-        yield from sync(session, allow_expunge=group.filter == "SELECTED")
+        # SELECTED-DELAYED holds expunges back until a command that may report them (§6.1), IDLE being one.
+        yield from sync(session, allow_expunge=group.filter == "SELECTED" or is_idling)
         new = view.uids[bisect.bisect_right(view.uids, top) :]
         if new and group.fetch_items:  # §5.2: EXISTS, then FETCH of what MessageNew asked for
             items = tuple(dict.fromkeys(("UID", *group.fetch_items)))

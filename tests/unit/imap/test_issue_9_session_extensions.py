@@ -270,6 +270,11 @@ def test_issue_9_notify_selected_delayed_holds_expunges_for_a_command(store: SQL
     deliver(store)
     assert push(c, "INBOX") == [b"* 3 EXISTS\r\n"]  # the expunge waits for a command that may report it
     assert c.command("d NOOP") == [b"* 1 EXPUNGE\r\n", b"d OK NOOP completed\r\n"]
+    # IDLE is such a command: there the expunge goes out as it happens.
+    other.command("f STORE 1 +FLAGS.SILENT (\\Deleted)")
+    other.command("g EXPUNGE")
+    assert c.session is not None
+    assert b"".join(notify.updates(c.session, notify.PendingChanges(), is_idling=True)) == b"* 1 EXPUNGE\r\n"
 
 
 def test_issue_9_notify_flag_changes_elsewhere_and_condstore(store: SQLiteStore) -> None:
