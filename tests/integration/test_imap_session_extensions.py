@@ -167,6 +167,14 @@ def test_notify_reports_another_sessions_changes_as_status_and_list(mx: KarteroS
         assert a.reader.readline() == b'* LIST (\\NonExistent) "/" "Clients"\r\n'
         assert b.append("INBOX", "", None, b"Subject: new\r\n\r\nbody\r\n")[0] == "OK"
         assert a.reader.readline() == b"* 1 EXISTS\r\n"
-    a.send(b"e NOOP\r\n")
-    assert a.until(b"e") == [b"e OK NOOP completed\r\n"]  # nothing was held back, nothing repeats
+        # In IDLE the same: STATUS for another mailbox as soon as it changes.
+        a.send(b"e IDLE\r\n")
+        assert a.reader.readline() == b"+ idling\r\n"
+        assert b.append("Archive", "", None, b"Subject: filed\r\n\r\nbody\r\n")[0] == "OK"
+        line = a.reader.readline()
+        assert re.fullmatch(rb'\* STATUS "Archive" \(MESSAGES 1 UIDNEXT 2 UIDVALIDITY \d+ UNSEEN 1\)\r\n', line), line
+        a.send(b"DONE\r\n")
+        assert a.until(b"e") == [b"e OK IDLE terminated\r\n"]
+    a.send(b"f NOOP\r\n")
+    assert a.until(b"f") == [b"f OK NOOP completed\r\n"]  # nothing was held back, nothing repeats
     a.close()
