@@ -100,7 +100,7 @@ class ImapSession:
         session = self.session
         if session is None or session.account_id != account_id or session.notify is None:
             return False
-        return session.notify.wants_names
+        return session.notify.follows_names
 
     def _pushes_now(self) -> bool:
         """NOTIFY (RFC 5465): changes go out between commands too, not only during IDLE."""

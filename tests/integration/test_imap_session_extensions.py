@@ -178,3 +178,22 @@ def test_notify_reports_another_sessions_changes_as_status_and_list(mx: KarteroS
     a.send(b"f NOOP\r\n")
     assert a.until(b"f") == [b"f OK NOOP completed\r\n"]  # nothing was held back, nothing repeats
     a.close()
+
+
+def test_notify_watches_a_mailbox_created_later(mx: KarteroServer) -> None:
+    """PERSONAL with message events only: mail in a mailbox another session creates after NOTIFY SET
+    still arrives as STATUS (the mailbox list was not followed without MailboxName)."""
+    a = Raw(mx)
+    a.send(f"a LOGIN bob@example.test {PASSWORD}\r\n".encode())
+    a.until(b"a")
+    a.send(b"b NOTIFY SET (PERSONAL (MessageNew MessageExpunge))\r\n")
+    assert a.until(b"b") == [b"b OK NOTIFY completed\r\n"]
+    with imaplib.IMAP4(mx.host, mx.imap_port) as b:
+        b.login("bob@example.test", PASSWORD)
+        assert b.create("Later")[0] == "OK"
+        assert b.append("Later", "", None, b"Subject: filed\r\n\r\nbody\r\n")[0] == "OK"
+        line = a.reader.readline()
+        assert re.fullmatch(rb'\* STATUS "Later" \(MESSAGES 1 UIDNEXT 2 UIDVALIDITY \d+ UNSEEN 1\)\r\n', line), line
+    a.send(b"c NOOP\r\n")
+    assert a.until(b"c") == [b"c OK NOOP completed\r\n"]
+    a.close()

@@ -394,3 +394,25 @@ def test_issue_9_notify_subtree_takes_the_name_and_its_inferiors_only() -> None:
         assert state.events_for(name) == group.events, name
     for name in ("Listsx", "Lists2/a", "Work", "Work/2025", "INBOX", "lists"):
         assert state.events_for(name) == frozenset(), name
+
+
+def test_issue_9_notify_watches_mailboxes_created_after_notify_set(store: SQLiteStore) -> None:
+    """PERSONAL with message events only: a mailbox another session creates later is watched too, and
+    mail that reached it before this session re-read the mailbox list is reported all the same."""
+    c, other = client(store), client(store)
+    assert c.command("a NOTIFY SET (PERSONAL (MessageNew MessageExpunge))") == [b"a OK NOTIFY completed\r\n"]
+    assert c.session is not None and c.session.notify is not None
+    assert c.session.notify.follows_names  # the adapter passes on changes to the mailbox list
+    other.command("b CREATE Projects")
+    assert push(c, names=True) == []  # no MailboxName asked for, nothing in it yet
+    deliver(store, "Projects")
+    assert push(c, "Projects") == [b'* STATUS "Projects" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 1)\r\n' % (
+        uidvalidity(store, "Projects"))]  # fmt: skip
+    # Created and filled before the session heard of it: the message change named a mailbox it did not
+    # watch yet, the mailbox-list change brings the STATUS.
+    other.command("c CREATE Clients")
+    deliver(store, "Clients")
+    assert push(c, "Clients") == []
+    assert push(c, names=True) == [b'* STATUS "Clients" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 1)\r\n' % (
+        uidvalidity(store, "Clients"))]  # fmt: skip
+    assert push(c, "Clients", names=True) == []
