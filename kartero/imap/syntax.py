@@ -320,7 +320,7 @@ class NotifyGroup:
     """One event group of NOTIFY SET (RFC 5465 §3.1): which mailboxes, which events (none: NONE)."""
 
     filter: str  # SELECTED, SELECTED-DELAYED, INBOXES, PERSONAL, SUBSCRIBED, SUBTREE or MAILBOXES
-    mailboxes: tuple[str, ...]  # for SUBTREE and MAILBOXES
+    mailboxes: frozenset[str]  # for SUBTREE and MAILBOXES (a set: each change in the account is matched)
     events: frozenset[str]  # event names as RFC 5465 §8 spells them (MessageNew, FlagChange, ...)
     fetch_items: tuple[FetchItem, ...] = ()  # MessageNew (fetch-att ...)
 
@@ -1311,22 +1311,21 @@ _NOTIFY_FILTERS = frozenset({"SELECTED", "SELECTED-DELAYED", "INBOXES", "PERSONA
 def _notify(a: _Args) -> Command:
     """NOTIFY NONE | NOTIFY SET [STATUS] 1*(event-group) (RFC 5465 §8). Unknown event names parse (the
     handler refuses those it does not support with NO [BADEVENT]); the rules of §5 and §6.1 are BADs."""
-    verb = a.atom("NONE or SET").upper()
+    verb = upper_ascii(a.atom("NONE or SET"))
     if verb == "NONE":
         a.end()
         return Notify(())
     if verb != "SET":
         raise ParseError("NOTIFY takes SET or NONE")
-    status = isinstance(a.peek(), Atom) and a.peek().value.upper() == "STATUS"  # type: ignore[union-attr]
-    a.pos += status
+    status = a.take("STATUS")
     groups: list[NotifyGroup] = []
     named = 0
     while not groups or a.more():
         group = _Args(list(a.plist("event group")), a.utf8, name=a.name)
-        kind = group.atom("mailbox filter").upper()
+        kind = upper_ascii(group.atom("mailbox filter"))
         if kind not in _NOTIFY_FILTERS:
             raise ParseError(f"unknown mailbox filter {kind[:40]}")
-        mailboxes: tuple[str, ...] = ()
+        mailboxes: frozenset[str] = frozenset()
         if kind in ("SUBTREE", "MAILBOXES"):
             token = group.peek()
             names = []
@@ -1342,23 +1341,27 @@ def _notify(a: _Args) -> Command:
             named += len(names)
             if named > MAX_NOTIFY_MAILBOXES:
                 raise ParseError(f"too many mailboxes ({MAX_NOTIFY_MAILBOXES} at most)")
-            mailboxes = tuple(names)
+            mailboxes = frozenset(names)
         events: set[str] = set()
         fetch_items: tuple[FetchItem, ...] = ()
         token = group.next("events")
-        if isinstance(token, Atom) and token.value.upper() == "NONE":
+        if isinstance(token, Atom) and upper_ascii(token.value) == "NONE":
             pass
         elif isinstance(token, PList):
             items = list(token.items)
             for i, item in enumerate(items):
                 if isinstance(item, PList):  # MessageNew's fetch attributes
                     previous = items[i - 1] if i else None
-                    if not isinstance(previous, Atom) or previous.value.upper() != "MESSAGENEW":
+                    if not isinstance(previous, Atom) or upper_ascii(previous.value) != "MESSAGENEW":
                         raise ParseError("fetch attributes must follow MessageNew")
+                    if not kind.startswith("SELECTED"):  # RFC 5465 §5.2: FETCH is sent only there
+                        raise ParseError("fetch attributes only for the selected mailbox")
+                    if not item.items:
+                        raise ParseError("empty fetch attribute list")
                     fetch_items = tuple(parse_fetch_item(_atom_value(t)) for t in item.items)
                     continue
                 name = _atom_value(item)
-                events.add(_NOTIFY_EVENTS.get(name.upper(), name))
+                events.add(_NOTIFY_EVENTS.get(upper_ascii(name), name))
             if not events:
                 raise ParseError("empty event list")
         else:

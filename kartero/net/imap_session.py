@@ -56,8 +56,7 @@ class ImapSession:
         self.conn = ImapConnection(ctx.settings, is_tls=ctx.implicit_tls, is_loopback=channel.is_loopback)
         self.session: Session | None = None
         self._notified = False
-        self._changed: set[int] = set()  # mailboxes the store announced changes of, for NOTIFY
-        self._names_changed = False  # the account's mailboxes or subscriptions changed, for NOTIFY
+        self._pending = notify_events.PendingChanges()  # what NOTIFY is still to report
         self._spool = IncomingSpool(ctx.spool_dir)  # the APPEND message being received, once it is large
         self._stopping = False
         self._started_at = time.monotonic()
@@ -75,14 +74,16 @@ class ImapSession:
     def notify(self, mailbox_ids: frozenset[int] = frozenset()) -> None:
         """A mailbox this session shows or watches changed (called on the loop by the server's store
         listener)."""
-        self._changed |= mailbox_ids
+        session = self.session
+        if session is not None and session.notify is not None:
+            self._pending.add(mailbox_ids & session.notify.watched)
         self._notified = True
         if self.conn.is_idling or self._pushes_now():
             self.channel.wake()
 
     def notify_names(self) -> None:
         """The account's mailboxes or subscriptions changed (for NOTIFY MailboxName/SubscriptionChange)."""
-        self._names_changed = True
+        self._pending.names = True
         self.notify()
 
     def watches(self, mailbox_ids: frozenset[int]) -> bool:
@@ -99,7 +100,7 @@ class ImapSession:
         session = self.session
         if session is None or session.account_id != account_id or session.notify is None:
             return False
-        return session.notify.wants_names
+        return session.notify.follows_names
 
     def _pushes_now(self) -> bool:
         """NOTIFY (RFC 5465): changes go out between commands too, not only during IDLE."""
@@ -252,16 +253,16 @@ class ImapSession:
 
     async def _push_updates(self) -> None:
         self._notified = False
-        changed, self._changed = frozenset(self._changed), set()
-        names_changed, self._names_changed = self._names_changed, False
+        pending = self._pending.take()
         session = self.session
         if session is None:
             return
+        is_idling = self.conn.is_idling
 
         def updates() -> Generator[bytes, None, Done]:
             if session.notify is not None:  # what NOTIFY asked for, in IDLE too (RFC 5465 §4)
-                yield from chunked(notify_events.updates(session, changed, names_changed=names_changed))
-            else:
+                yield from chunked(notify_events.updates(session, pending, is_idling=is_idling))
+            if session.notify is None and is_idling:  # also right after a NOTIFICATIONOVERFLOW
                 yield from chunked(sync(session, allow_expunge=True))
             return Done(Status.OK, "")
 

@@ -126,3 +126,74 @@ def test_notify_pushes_changes_between_commands(mx: KarteroServer) -> None:
     raw.send(b"e NOOP\r\n")
     assert raw.until(b"e") == [b"e OK NOOP completed\r\n"]
     raw.close()
+
+
+def test_notify_reports_another_sessions_changes_as_status_and_list(mx: KarteroServer) -> None:
+    """Session B's APPEND, STORE, EXPUNGE, CREATE, RENAME, (UN)SUBSCRIBE and DELETE on mailboxes session A
+    has not selected reach A, between A's commands, as exactly the untagged STATUS and LIST responses of
+    RFC 5465 §5; B's APPEND to A's selected mailbox as EXISTS."""
+    a = Raw(mx)
+    a.send(f"a LOGIN bob@example.test {PASSWORD}\r\nb ENABLE IMAP4rev2\r\nc SELECT INBOX\r\n".encode())
+    a.until(b"c")
+    a.send(b"d NOTIFY SET (SELECTED (MessageNew MessageExpunge))"
+           b" (PERSONAL (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange))\r\n")  # fmt: skip
+    assert a.until(b"d") == [b"d OK NOTIFY completed\r\n"]
+    with imaplib.IMAP4(mx.host, mx.imap_port) as b:
+        b.login("bob@example.test", PASSWORD)
+        assert b.create("Projects")[0] == "OK"
+        assert a.reader.readline() == b'* LIST () "/" "Projects"\r\n'
+        assert b.append("Projects", "", None, b"Subject: filed\r\n\r\nbody\r\n")[0] == "OK"
+        line = a.reader.readline()
+        found = re.fullmatch(rb'\* STATUS "Projects" \(MESSAGES 1 UIDNEXT 2 UIDVALIDITY (\d+) UNSEEN 1\)\r\n', line)
+        assert found, line
+        uidvalidity = int(found[1])
+        b.select("Projects")
+        b.store("1", "+FLAGS", "\\Seen")
+        assert a.reader.readline() == b'* STATUS "Projects" (UIDVALIDITY %d UNSEEN 0)\r\n' % uidvalidity
+        b.store("1", "+FLAGS", "\\Deleted")
+        assert a.reader.readline() == b'* STATUS "Projects" (UIDVALIDITY %d UNSEEN 0)\r\n' % uidvalidity
+        b.expunge()
+        assert a.reader.readline() == (
+            b'* STATUS "Projects" (MESSAGES 0 UIDNEXT 2 UIDVALIDITY %d UNSEEN 0)\r\n' % uidvalidity
+        )
+        b.close()
+        assert b.rename("Projects", "Clients")[0] == "OK"
+        assert a.reader.readline() == b'* LIST () "/" "Clients" ("OLDNAME" ("Projects"))\r\n'
+        assert b.subscribe("Clients")[0] == "OK"
+        assert a.reader.readline() == b'* LIST (\\Subscribed) "/" "Clients"\r\n'
+        assert b.unsubscribe("Clients")[0] == "OK"
+        assert a.reader.readline() == b'* LIST () "/" "Clients"\r\n'
+        assert b.delete("Clients")[0] == "OK"
+        assert a.reader.readline() == b'* LIST (\\NonExistent) "/" "Clients"\r\n'
+        assert b.append("INBOX", "", None, b"Subject: new\r\n\r\nbody\r\n")[0] == "OK"
+        assert a.reader.readline() == b"* 1 EXISTS\r\n"
+        # In IDLE the same: STATUS for another mailbox as soon as it changes.
+        a.send(b"e IDLE\r\n")
+        assert a.reader.readline() == b"+ idling\r\n"
+        assert b.append("Archive", "", None, b"Subject: filed\r\n\r\nbody\r\n")[0] == "OK"
+        line = a.reader.readline()
+        assert re.fullmatch(rb'\* STATUS "Archive" \(MESSAGES 1 UIDNEXT 2 UIDVALIDITY \d+ UNSEEN 1\)\r\n', line), line
+        a.send(b"DONE\r\n")
+        assert a.until(b"e") == [b"e OK IDLE terminated\r\n"]
+    a.send(b"f NOOP\r\n")
+    assert a.until(b"f") == [b"f OK NOOP completed\r\n"]  # nothing was held back, nothing repeats
+    a.close()
+
+
+def test_notify_watches_a_mailbox_created_later(mx: KarteroServer) -> None:
+    """PERSONAL with message events only: mail in a mailbox another session creates after NOTIFY SET
+    still arrives as STATUS (the mailbox list was not followed without MailboxName)."""
+    a = Raw(mx)
+    a.send(f"a LOGIN bob@example.test {PASSWORD}\r\n".encode())
+    a.until(b"a")
+    a.send(b"b NOTIFY SET (PERSONAL (MessageNew MessageExpunge))\r\n")
+    assert a.until(b"b") == [b"b OK NOTIFY completed\r\n"]
+    with imaplib.IMAP4(mx.host, mx.imap_port) as b:
+        b.login("bob@example.test", PASSWORD)
+        assert b.create("Later")[0] == "OK"
+        assert b.append("Later", "", None, b"Subject: filed\r\n\r\nbody\r\n")[0] == "OK"
+        line = a.reader.readline()
+        assert re.fullmatch(rb'\* STATUS "Later" \(MESSAGES 1 UIDNEXT 2 UIDVALIDITY \d+ UNSEEN 1\)\r\n', line), line
+    a.send(b"c NOOP\r\n")
+    assert a.until(b"c") == [b"c OK NOOP completed\r\n"]
+    a.close()

@@ -10,6 +10,12 @@ change), not only at the end of the next command.
   responses, sent when what STATUS says changed; MailboxName and SubscriptionChange become LIST
   responses, found by comparing the account's mailboxes and subscriptions with the last ones seen.
 Changes this session made itself (CREATE, RENAME, APPEND, ...) are not reported back to it (§5).
+
+What the store announced and the client has not heard yet waits in `PendingChanges`: the ids of the
+changed mailboxes (coalesced, so a busy mailbox costs one entry and one STATUS read however often it
+changes), bounded by `MAX_PENDING_MAILBOXES`. A session that falls further behind (a long command, or a
+client that reads nothing while the adapter waits to write) gets `* OK [NOTIFICATIONOVERFLOW]` and from
+then on behaves as after NOTIFY NONE (§5.8).
 """
 
 from __future__ import annotations
@@ -30,6 +36,33 @@ SUPPORTED_EVENTS = ("MessageNew", "MessageExpunge", "FlagChange", "MailboxName",
 # INBOXES (RFC 5465 §6.3): the mailboxes Kartero delivers to.
 INBOXES = frozenset({INBOX, "Junk"})
 SEPARATOR = "/"
+# Watched mailboxes with changes the client has not heard of yet; past this many the session's NOTIFY is
+# dropped (§5.8), so neither its memory nor the STATUS reads of one push grow with what others do.
+MAX_PENDING_MAILBOXES = 1000
+
+
+@dataclass(slots=True)
+class PendingChanges:
+    """What the store announced for a NOTIFY session since its last push (kept by the adapter, on the
+    event loop)."""
+
+    mailboxes: set[int] = field(default_factory=set)  # watched mailboxes whose messages changed
+    names: bool = False  # the account's mailboxes or subscriptions changed
+    overflowed: bool = False  # more than MAX_PENDING_MAILBOXES mailboxes changed
+
+    def add(self, mailbox_ids: Iterable[int]) -> None:
+        if self.overflowed:
+            return
+        self.mailboxes.update(mailbox_ids)
+        if len(self.mailboxes) > MAX_PENDING_MAILBOXES:
+            self.mailboxes.clear()
+            self.overflowed = True
+
+    def take(self) -> PendingChanges:
+        """What is pending now; this object starts again empty."""
+        taken = PendingChanges(self.mailboxes, self.names, self.overflowed)
+        self.mailboxes, self.names, self.overflowed = set(), False, False
+        return taken
 
 
 @dataclass(slots=True)
@@ -40,14 +73,18 @@ class NotifyState:
     selected: NotifyGroup | None  # the SELECTED or SELECTED-DELAYED group
     names: dict[int, str] = field(default_factory=dict)  # the account's mailboxes, id -> name
     subscribed: set[str] = field(default_factory=set)
-    # Mailboxes (not selected) with message events, and the STATUS last reported or read for each.
-    statuses: dict[int, MailboxStatus] = field(default_factory=dict)
+    # Mailboxes (not selected) with message events, and the STATUS last reported or read for each; None
+    # for one created since NOTIFY SET whose messages the client has not heard of yet.
+    statuses: dict[int, MailboxStatus | None] = field(default_factory=dict)
     # Their ids, read on the event loop by the server to decide whom to wake (replaced, never changed).
     watched: frozenset[int] = frozenset()
 
     @property
-    def wants_names(self) -> bool:
-        return any(g.events & {"MailboxName", "SubscriptionChange"} for g in self.groups)
+    def follows_names(self) -> bool:
+        """Whether changes to the account's mailboxes and subscriptions concern this session: for
+        MailboxName and SubscriptionChange, and because a new, renamed or (un)subscribed mailbox may come
+        under a filter with message events (PERSONAL, SUBTREE, SUBSCRIBED, ...)."""
+        return any(g.events and not g.filter.startswith("SELECTED") for g in self.groups)
 
     def events_for(self, name: str) -> frozenset[str]:
         """The events of every non-selected group whose filter takes `name`."""
@@ -66,8 +103,15 @@ def _matches(group: NotifyGroup, name: str, subscribed: set[str]) -> bool:
             return name in INBOXES
         case "SUBSCRIBED":
             return name in subscribed
-        case "SUBTREE":
-            return any(name == m or name.startswith(m + SEPARATOR) for m in group.mailboxes)
+        case "SUBTREE":  # the name or one of its superiors: set lookups, however many names SUBTREE has
+            if name in group.mailboxes:
+                return True
+            end = name.find(SEPARATOR)
+            while end != -1:
+                if name[:end] in group.mailboxes:
+                    return True
+                end = name.find(SEPARATOR, end + 1)
+            return False
         case "MAILBOXES":
             return name in group.mailboxes
     return False
@@ -86,51 +130,66 @@ def set_notify(session: Session, cmd: Notify) -> Handler:
     state = NotifyState(cmd.groups, selected)
     _read_names(session, state)
     for mailbox_id, status in state.statuses.items():
-        if cmd.status and (session.selected is None or session.selected.mailbox_id != mailbox_id):
+        if cmd.status and status is not None and (session.selected is None
+                                                  or session.selected.mailbox_id != mailbox_id):  # fmt: skip
             yield _status_line(session, state.names[mailbox_id], status, flags_only=False)
     session.notify = state
     yield from chunked(sync(session, allow_expunge=True))  # §3.1: NOTIFY SET implies a NOOP
     return Done(Status.OK, "NOTIFY completed")
 
 
-def _read_names(session: Session, state: NotifyState) -> None:
+def _read_names(session: Session, state: NotifyState, *, created: bool = False) -> list[int]:
     """Read the account's mailboxes and subscriptions, and the STATUS of each mailbox with message
-    events that was not watched before."""
+    events that was not watched before; with `created`, a mailbox created by another session since the
+    last read is taken as unknown to the client (its STATUS is to be sent once it holds anything).
+    Returns the ids of those."""
     store = session.store
+    old_names = state.names
     state.names = {m.id: m.name for m in store.list_mailboxes(session.account_id)}
     state.subscribed = store.subscriptions(session.account_id)
-    statuses = {}
+    statuses: dict[int, MailboxStatus | None] = {}
+    new: list[int] = []
     for mailbox_id, name in state.names.items():
-        if state.events_for(name) & {"MessageNew", "FlagChange"}:
-            known = state.statuses.get(mailbox_id)
-            if known is None:
+        if "MessageNew" in state.events_for(name):  # FlagChange comes with MessageNew only
+            if mailbox_id in state.statuses:
+                statuses[mailbox_id] = state.statuses[mailbox_id]
+            elif created and mailbox_id not in old_names:
+                statuses[mailbox_id] = None
+                new.append(mailbox_id)
+            else:
                 try:
-                    known = store.mailbox_status(mailbox_id)
+                    statuses[mailbox_id] = store.mailbox_status(mailbox_id)
                 except NoSuchMailbox:
                     continue
-            statuses[mailbox_id] = known
     state.statuses = statuses
     state.watched = frozenset(statuses)
+    return new
 
 
-def updates(session: Session, changed: frozenset[int], *, names_changed: bool) -> Iterator[bytes]:
-    """What the client is to hear now of the changes the store announced (`changed` mailboxes; the
-    account's mailboxes or subscriptions when `names_changed`) since the last call."""
+def updates(session: Session, pending: PendingChanges, *, is_idling: bool = False) -> Iterator[bytes]:
+    """What the client is to hear now of the changes the store announced since the last call (the
+    selected mailbox's are read from the store, the others' are `pending`), between commands or during
+    IDLE (`is_idling`)."""
     state = session.notify
     if state is None:
+        return
+    if pending.overflowed:  # §5.8: say so, then behave as after NOTIFY NONE
+        session.notify = None
+        yield b"* OK [NOTIFICATIONOVERFLOW] Too many changes to report, NOTIFY is off\r\n"
         return
     view = session.selected
     group = state.selected
     if view is not None and group is not None and group.events:
         top = view.uids[-1] if view.uids else 0
-        yield from sync(session, allow_expunge=group.filter == "SELECTED")
+        # SELECTED-DELAYED holds expunges back until a command that may report them (§6.1), IDLE being one.
+        yield from sync(session, allow_expunge=group.filter == "SELECTED" or is_idling)
         new = view.uids[bisect.bisect_right(view.uids, top) :]
         if new and group.fetch_items:  # §5.2: EXISTS, then FETCH of what MessageNew asked for
             items = tuple(dict.fromkeys(("UID", *group.fetch_items)))
             yield from fetch.fetch(session, Fetch(True, SequenceSet(((new[0], new[-1]),)), items))
-    if names_changed:
+    if pending.names:
         yield from _name_changes(session, state)
-    for mailbox_id in sorted(changed & state.watched):
+    for mailbox_id in sorted(pending.mailboxes & state.watched):
         if view is not None and view.mailbox_id == mailbox_id:
             continue  # the selected mailbox is reported as such, never by STATUS
         yield from _status_change(session, state, mailbox_id)
@@ -146,7 +205,10 @@ def _status_change(session: Session, state: NotifyState, mailbox_id: int) -> Ite
         return
     state.statuses[mailbox_id] = new
     events = state.events_for(state.names[mailbox_id])
-    if (new.messages, new.uidnext, new.uidvalidity) != (old.messages, old.uidnext, old.uidvalidity):
+    if old is None:  # created since NOTIFY SET: news once anything came in
+        if new.uidnext > 1 and "MessageNew" in events:
+            yield _status_line(session, state.names[mailbox_id], new, flags_only=False)
+    elif (new.messages, new.uidnext, new.uidvalidity) != (old.messages, old.uidnext, old.uidvalidity):
         if "MessageNew" in events:
             yield _status_line(session, state.names[mailbox_id], new, flags_only=False)
     elif new.highestmodseq != old.highestmodseq and "FlagChange" in events:
@@ -168,7 +230,7 @@ def _quote(session: Session, name: str) -> str:
 def _name_changes(session: Session, state: NotifyState) -> Iterator[bytes]:
     """§5.4 MailboxName (created, deleted, renamed) and §5.5 SubscriptionChange, as LIST responses."""
     old_names, old_subscribed = state.names, state.subscribed
-    _read_names(session, state)
+    created = _read_names(session, state, created=True)
     lines: list[str] = []
     for mailbox_id, name in state.names.items():
         old = old_names.get(mailbox_id)
@@ -186,6 +248,11 @@ def _name_changes(session: Session, state: NotifyState) -> Iterator[bytes]:
             attributes = "\\Subscribed" if name in state.subscribed else ""
             lines.append(f'* LIST ({attributes}) "{SEPARATOR}" {_quote(session, name)}\r\n')
     yield from (line.encode() for line in lines)
+    # Messages that came into a new mailbox before it was watched were announced to nobody here.
+    view = session.selected
+    for mailbox_id in created:
+        if view is None or view.mailbox_id != mailbox_id:
+            yield from _status_change(session, state, mailbox_id)
 
 
 def forget_own_changes(session: Session, mailbox_names: Iterable[str] = (), *, names: bool = False) -> None:

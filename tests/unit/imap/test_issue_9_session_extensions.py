@@ -11,6 +11,7 @@ import pytest
 
 from kartero.imap.commands import notify
 from kartero.imap.connection import APPEND_PIECE, AppendData, CommandReady, ImapConnection, LoginRequested
+from kartero.imap.syntax import NotifyGroup
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, DeliveryTarget
 from kartero.store.sqlite import SQLiteStore
@@ -208,7 +209,8 @@ def push(c: Client, *mailboxes: str, names: bool = False) -> list[bytes]:
     `mailboxes` (and to the account's mailbox list when `names`)."""
     assert c.session is not None
     ids = frozenset(m.id for m in c.store.list_mailboxes(1) if m.name in mailboxes)  # type: ignore[union-attr]
-    return b"".join(notify.updates(c.session, ids, names_changed=names)).splitlines(keepends=True)
+    pending = notify.PendingChanges(set(ids), names)
+    return b"".join(notify.updates(c.session, pending)).splitlines(keepends=True)
 
 
 def test_issue_9_notify_rfc_5465_example(store: SQLiteStore) -> None:
@@ -269,6 +271,11 @@ def test_issue_9_notify_selected_delayed_holds_expunges_for_a_command(store: SQL
     deliver(store)
     assert push(c, "INBOX") == [b"* 3 EXISTS\r\n"]  # the expunge waits for a command that may report it
     assert c.command("d NOOP") == [b"* 1 EXPUNGE\r\n", b"d OK NOOP completed\r\n"]
+    # IDLE is such a command: there the expunge goes out as it happens.
+    other.command("f STORE 1 +FLAGS.SILENT (\\Deleted)")
+    other.command("g EXPUNGE")
+    assert c.session is not None
+    assert b"".join(notify.updates(c.session, notify.PendingChanges(), is_idling=True)) == b"* 1 EXPUNGE\r\n"
 
 
 def test_issue_9_notify_flag_changes_elsewhere_and_condstore(store: SQLiteStore) -> None:
@@ -313,15 +320,100 @@ def test_issue_9_notify_mailbox_names_and_subscriptions(store: SQLiteStore) -> N
     [
         ("NOTIFY SET (PERSONAL (MailboxMetadataChange))",
          "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)] Unsupported event"),
+        # No METADATA (RFC 5464) yet, so no annotations to report on (RFC 5465 §5.3).
+        ("NOTIFY SET (SELECTED (MessageNew MessageExpunge AnnotationChange))",
+         "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)] Unsupported event"),
         ("NOTIFY SET (PERSONAL (MessageNew))", "BAD MessageNew and MessageExpunge must be given together"),
         ("NOTIFY SET (PERSONAL (FlagChange))", "BAD FlagChange needs MessageNew and MessageExpunge"),
         ("NOTIFY SET (SELECTED (MailboxName))", "BAD only message events for the selected mailbox"),
         ("NOTIFY SET (SELECTED NONE) (SELECTED-DELAYED NONE)", "BAD only one of SELECTED and SELECTED-DELAYED"),
         ("NOTIFY SET (EVERYWHERE NONE)", "BAD unknown mailbox filter EVERYWHERE"),
-        ("NOTIFY SET (INBOXES (MessageNew (UID) MessageExpunge)) (SUBSCRIBED NONE)", "OK NOTIFY completed"),
+        ("NOTIFY SET (INBOXES (MessageNew (UID) MessageExpunge))",
+         "BAD fetch attributes only for the selected mailbox"),
+        ("NOTIFY SET (SELECTED (MessageNew () MessageExpunge))", "BAD empty fetch attribute list"),
+        ("NOTIFY SET (INBOXES (MessageNew MessageExpunge)) (SUBSCRIBED NONE)", "OK NOTIFY completed"),
+        # Keywords in ASCII case only (RFC 9051 §9): U+017F is not an S.
+        ("NOTIFY \u017fET (PERSONAL NONE)", "BAD NOTIFY takes SET or NONE"),
+        ("NOTIFY SET (PER\u017fONAL NONE)", "BAD unknown mailbox filter PER?ONAL"),
         ("notify set status (personal (messagenew messageexpunge))", "OK NOTIFY completed"),
         ("NOTIFY SET (MAILBOXES (" + "a " * 1001 + ") NONE)", "BAD too many mailboxes (1000 at most)"),
     ],
 )  # fmt: skip
 def test_issue_9_notify_syntax_and_refusals(store: SQLiteStore, command: str, reply: str) -> None:
     assert client(store).command(f"t {command}")[-1] == f"t {reply}\r\n".encode()
+
+
+def test_issue_9_notify_pending_changes_are_bounded() -> None:
+    """A session's backlog holds each changed mailbox once, and at most MAX_PENDING_MAILBOXES of them."""
+    pending = notify.PendingChanges()
+    for _ in range(3):
+        pending.add(range(notify.MAX_PENDING_MAILBOXES))  # the same mailboxes again: no growth
+    assert len(pending.mailboxes) == notify.MAX_PENDING_MAILBOXES and not pending.overflowed
+    pending.add([notify.MAX_PENDING_MAILBOXES])
+    assert pending.overflowed and pending.mailboxes == set()
+    pending.add(range(5))  # nothing more is kept once overflowed
+    taken = pending.take()
+    assert taken.overflowed and taken.mailboxes == set()
+    assert not pending.overflowed and pending.mailboxes == set() and not pending.names
+
+
+def test_issue_9_notify_overflow_turns_notify_off(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 5465 §5.8: a session that fell too far behind hears NOTIFICATIONOVERFLOW once, then nothing
+    unsolicited, as after NOTIFY NONE; a new NOTIFY SET works again."""
+    monkeypatch.setattr(notify, "MAX_PENDING_MAILBOXES", 2)
+    for name in ("A", "B", "C"):
+        store.create_mailbox(1, name)
+    c = client(store)
+    c.command("e ENABLE IMAP4rev2")
+    c.select()
+    assert c.command("a NOTIFY SET (SELECTED (MessageNew MessageExpunge)) (PERSONAL (MessageNew MessageExpunge))"
+                     ) == [b"a OK NOTIFY completed\r\n"]  # fmt: skip
+    assert c.session is not None and c.session.notify is not None
+    for name in ("A", "B", "C"):
+        deliver(store, name)
+    deliver(store)
+    pending = notify.PendingChanges()
+    pending.add(m.id for m in store.list_mailboxes(1) if m.name in ("A", "B", "C"))
+    assert b"".join(notify.updates(c.session, pending)) == (
+        b"* OK [NOTIFICATIONOVERFLOW] Too many changes to report, NOTIFY is off\r\n"
+    )
+    assert c.session.notify is None
+    deliver(store, "A")
+    assert push(c, "A", "INBOX") == []
+    assert c.command("b NOOP") == [b"* 1 EXISTS\r\n", b"b OK NOOP completed\r\n"]  # as without NOTIFY
+    assert c.command("c NOTIFY SET (PERSONAL (MessageNew MessageExpunge))") == [b"c OK NOTIFY completed\r\n"]
+    deliver(store, "B")
+    assert push(c, "B") == [b'* STATUS "B" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY %d UNSEEN 2)\r\n' % (
+        uidvalidity(store, "B"))]  # fmt: skip
+
+
+def test_issue_9_notify_subtree_takes_the_name_and_its_inferiors_only() -> None:
+    group = NotifyGroup("SUBTREE", frozenset({"Lists", "Work/2026"}), frozenset({"MessageNew", "MessageExpunge"}))
+    state = notify.NotifyState((group,), None)
+    taken = ["Lists", "Lists/Lemonade", "Lists/a/b", "Work/2026", "Work/2026/Q1"]
+    for name in taken:
+        assert state.events_for(name) == group.events, name
+    for name in ("Listsx", "Lists2/a", "Work", "Work/2025", "INBOX", "lists"):
+        assert state.events_for(name) == frozenset(), name
+
+
+def test_issue_9_notify_watches_mailboxes_created_after_notify_set(store: SQLiteStore) -> None:
+    """PERSONAL with message events only: a mailbox another session creates later is watched too, and
+    mail that reached it before this session re-read the mailbox list is reported all the same."""
+    c, other = client(store), client(store)
+    assert c.command("a NOTIFY SET (PERSONAL (MessageNew MessageExpunge))") == [b"a OK NOTIFY completed\r\n"]
+    assert c.session is not None and c.session.notify is not None
+    assert c.session.notify.follows_names  # the adapter passes on changes to the mailbox list
+    other.command("b CREATE Projects")
+    assert push(c, names=True) == []  # no MailboxName asked for, nothing in it yet
+    deliver(store, "Projects")
+    assert push(c, "Projects") == [b'* STATUS "Projects" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 1)\r\n' % (
+        uidvalidity(store, "Projects"))]  # fmt: skip
+    # Created and filled before the session heard of it: the message change named a mailbox it did not
+    # watch yet, the mailbox-list change brings the STATUS.
+    other.command("c CREATE Clients")
+    deliver(store, "Clients")
+    assert push(c, "Clients") == []
+    assert push(c, names=True) == [b'* STATUS "Clients" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 1)\r\n' % (
+        uidvalidity(store, "Clients"))]  # fmt: skip
+    assert push(c, "Clients", names=True) == []
