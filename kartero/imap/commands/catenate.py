@@ -18,9 +18,9 @@ from pathlib import Path
 from kartero.imap.commands.fetch import Span, section_octets
 from kartero.imap.commands.view import CHUNK, Session
 from kartero.imap.connection import APPEND_SPOOL_THRESHOLD
-from kartero.imap.syntax import CatPart
+from kartero.imap.syntax import CatPart, Section
 from kartero.imap.url import badurl_text, parse_message_url
-from kartero.store.interface import Content, FileSpan, StoreError
+from kartero.store.interface import Content, FileSpan, MessageRow, StoreError
 from kartero.store.spool import SpoolFile
 
 
@@ -32,31 +32,45 @@ class BadUrl(Exception):
         self.code = f"BADURL {badurl_text(url)}"
 
 
+class TooBig(Exception):
+    """The catenated message would exceed APPENDLIMIT."""
+
+
 @dataclass(frozen=True, slots=True)
 class Piece:
-    """Octets of a catenated message: in memory, in the APPEND spool file, or a span of a stored message."""
+    """Octets of a catenated message: in memory, in the APPEND spool file, a span of a stored message, or
+    a section computed from a stored message (HEADER.FIELDS: computed again when copied, not held)."""
 
     size: int
     data: bytes = b""
     file: FileSpan | None = None
     blob_id: str = ""
     span: Span | None = None
+    computed: tuple[MessageRow, Section, tuple[int, int | None] | None] | None = None  # row, section, partial
     url: bytes = b""
 
 
-def resolve(session: Session, parts: tuple[CatPart, ...], spool: FileSpan | None, offset: int) -> list[Piece]:
+def resolve(
+    session: Session, parts: tuple[CatPart, ...], spool: FileSpan | None, offset: int, limit: int
+) -> list[Piece]:
     """The pieces of one CATENATE message; `offset` is where its first spooled TEXT starts in `spool`.
-    Raises BadUrl."""
+    Raises BadUrl, and TooBig as soon as the pieces exceed `limit` octets (so a command of thousands of
+    URL parts stops early)."""
     pieces: list[Piece] = []
+    total = 0
     for part in parts:
         if part.url is not None:
-            pieces.append(_url_piece(session, part.url))
+            piece = _url_piece(session, part.url)
         elif part.spooled:
             assert spool is not None
-            pieces.append(Piece(part.spooled, file=FileSpan(spool.path, spool.offset + offset, part.spooled)))
+            piece = Piece(part.spooled, file=FileSpan(spool.path, spool.offset + offset, part.spooled))
             offset += part.spooled
         else:
-            pieces.append(Piece(len(part.text), data=part.text))
+            piece = Piece(len(part.text), data=part.text)
+        total += piece.size
+        if total > limit:
+            raise TooBig
+        pieces.append(piece)
     return pieces
 
 
@@ -73,25 +87,28 @@ def _url_piece(session: Session, url: bytes) -> Piece:
     if not rows:
         raise BadUrl(url)
     row = rows[0]
-    octets: Span | bytes | None = Span(0, row.size)
-    if target.section is not None:
-        try:
-            octets = section_octets(session, row, target.section)
-        except StoreError:
-            raise BadUrl(url) from None
-    if octets is None:
-        raise BadUrl(url)  # no such part
-    if target.partial is not None:
-        origin, length = target.partial
-        count = length if length is not None else max(0, _size(octets) - origin)
-        octets = octets.clip(origin, count) if isinstance(octets, Span) else octets[origin : origin + count]
+    octets = _octets(session, row, target.section or Section(), target.partial, url)
     if isinstance(octets, bytes):
-        return Piece(len(octets), data=octets, url=url)
+        computed = (row, target.section or Section(), target.partial)
+        return Piece(len(octets), blob_id=row.blob_id, computed=computed, url=url)
     return Piece(octets.end - octets.start, blob_id=row.blob_id, span=octets, url=url)
 
 
-def _size(octets: Span | bytes) -> int:
-    return octets.end - octets.start if isinstance(octets, Span) else len(octets)
+def _octets(session: Session, row: MessageRow, section: Section, partial: tuple[int, int | None] | None,
+            url: bytes) -> Span | bytes:  # fmt: skip
+    """BODY.PEEK[section]<partial> of a stored message (RFC 5092 ;PARTIAL=origin[.length]). Raises BadUrl."""
+    try:
+        octets = section_octets(session, row, section)
+    except StoreError:
+        raise BadUrl(url) from None
+    if octets is None:
+        raise BadUrl(url)  # no such part
+    if partial is not None:
+        origin, length = partial
+        size = octets.end - octets.start if isinstance(octets, Span) else len(octets)
+        count = length if length is not None else max(0, size - origin)
+        octets = octets.clip(origin, count) if isinstance(octets, Span) else octets[origin : origin + count]
+    return octets
 
 
 class Assembler:
@@ -123,6 +140,11 @@ class Assembler:
                 yield from _file_chunks(piece.file)
             elif piece.span is not None:
                 yield from self._stored_chunks(piece)
+            elif piece.computed is not None:
+                octets = _octets(self.session, *piece.computed, piece.url)
+                if not isinstance(octets, bytes) or len(octets) != piece.size:
+                    raise BadUrl(piece.url)
+                yield octets
             else:
                 yield piece.data
 

@@ -453,7 +453,7 @@ def append(session: Session, cmd: Append, append_limit: int) -> Handler:
     try:
         for message in cmd.messages:
             if message.parts:
-                sources.append(catenate.resolve(session, message.parts, spool, offset))
+                sources.append(catenate.resolve(session, message.parts, spool, offset, append_limit))
                 offset += sum(part.spooled for part in message.parts)
             elif message.spooled:
                 assert spool is not None
@@ -463,6 +463,8 @@ def append(session: Session, cmd: Append, append_limit: int) -> Handler:
                 sources.append(message.data)
     except catenate.BadUrl as exc:
         return Done(Status.NO, "Bad URL", exc.code)  # RFC 4469 §4.1: the first URL that failed
+    except catenate.TooBig:
+        return Done(Status.NO, "Message too large", "TOOBIG")
     catenated = [sum(piece.size for piece in source) for source in sources if isinstance(source, list)]
     # A catenated message is bounded like any other, and all of them together like the literals of one
     # MULTIAPPEND (their octets come from the store, not from the command, so the core cannot bound them).

@@ -205,6 +205,23 @@ def test_catenate_is_bounded_by_appendlimit(store: SQLiteStore) -> None:
     assert c.command(f"c APPEND Drafts {' '.join([one] * 6)}")[0].startswith(b"c OK [APPENDUID")
 
 
+def test_catenate_stops_resolving_urls_past_appendlimit(store: SQLiteStore) -> None:
+    # 3,000 URL parts of a 60,000-octet message: the second already passes APPENDLIMIT (100000), so the
+    # handler looks up two messages, not 3,000, and holds no section octets (HEADER.FIELDS.NOT is computed
+    # again when copied).
+    deliver(store, b"Subject: big\r\n\r\n" + b"x" * 59984)
+    c = client(store)
+    recording = Recording(store)
+    assert c.session is not None
+    c.session.store = recording  # type: ignore[assignment]
+    parts = " ".join(['URL "/INBOX/;UID=1"'] * 3000)
+    assert c.command(f"a APPEND Drafts CATENATE ({parts})") == [b"a NO [TOOBIG] Message too large\r\n"]
+    assert recording.lookups == 2
+    parts = " ".join(['URL "/INBOX/;UID=1/;SECTION=HEADER.FIELDS.NOT%20(X)"'] * 3)
+    assert c.command(f"b APPEND Drafts CATENATE ({parts})")[0].startswith(b"b OK")
+    assert recording.deliveries[0].data == b"Subject: big\r\n\r\n" * 3
+
+
 class Recording:
     """The store, noting the deliveries it is given (to see whether a message came as a spool file)."""
 
@@ -212,12 +229,17 @@ class Recording:
         self.store = store
         self.deliveries: list[Delivery] = []
         self.spool_files: list[list[Path]] = []
+        self.lookups = 0
 
     def deliver_group(self, deliveries: Sequence[Delivery]) -> Future[list[list[StoredMessage]]]:
         self.deliveries += deliveries
         folder = spool_dir(self.store.root)
         self.spool_files.append(sorted(folder.iterdir()) if folder.exists() else [])
         return self.store.deliver_group(deliveries)
+
+    def message_rows(self, *args: object, **kwargs: object) -> object:
+        self.lookups += 1
+        return self.store.message_rows(*args, **kwargs)  # type: ignore[arg-type]
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.store, name)
