@@ -177,6 +177,10 @@ class ImapConnection:
         self._literal_left = 0  # octets of a literal still to read
         self._discard_left = 0  # octets of a refused non-synchronising literal still to drop
         self._discard_reply: bytes = b""
+        # After such a literal, the rest of its command is dropped too (more LITERAL+ ones included, up to
+        # `_discard_budget` octets in all), then `_discard_reply` goes out (RFC 7888 §4).
+        self._is_dropping = False
+        self._discard_budget = 0
         self._is_skipping_line = False
         self._running: str | None = None  # tag of the command the adapter is executing
         self._idle_tag: str | None = None
@@ -328,7 +332,7 @@ class ImapConnection:
             self._discard_left -= n
             if self._discard_left:
                 return _NEED_DATA
-            self._out += self._discard_reply
+            self._is_dropping = True  # the command goes on after the literal: drop up to its end
             return None
         if self._literal_left:
             n = min(self._literal_left, len(self._in))
@@ -360,6 +364,9 @@ class ImapConnection:
         line = b"" if is_too_long else bytes(self._in[: idx + 1])
         del self._in[: idx + 1]
         self._scanned = 0
+        if self._is_dropping:
+            self._drop_line(b"" if is_too_long else line)
+            return None
         if is_too_long:
             self._is_skipping_line = False
             self._pending = _Pending()
@@ -451,10 +458,29 @@ class ImapConnection:
         if request.is_sync or not request.size:
             self._out += reply  # the client sends no literal after a refusal
             return
-        if request.size > 4 * max(limit, MAX_LITERAL):
+        budget = 4 * max(limit, MAX_LITERAL)
+        if request.size > budget:
             self.close("Literal too large", "oversized literal")
             return
         self._discard_left, self._discard_reply = request.size, reply
+        self._discard_budget = budget - request.size
+
+    def _drop_line(self, line: bytes) -> None:
+        """A line of a command whose literal was refused: a further non-synchronising literal is dropped
+        as well (within the budget, else the session ends); otherwise the command ends here and the
+        refusal goes out. Before a synchronising literal the client waits for a `+` it never gets, and
+        takes the tagged refusal as the end of the command."""
+        self._is_skipping_line = False
+        request = split_literal(line)[1] if line else None
+        if request is not None and not request.is_sync and request.size:
+            if request.size > self._discard_budget:
+                self.close("Literal too large", "oversized literal")
+                return
+            self._discard_budget -= request.size
+            self._discard_left = request.size
+            return
+        self._is_dropping = False
+        self._out += self._discard_reply
 
     def _literal_limit(self, name: str) -> int:
         if self.state is ImapState.NOT_AUTHENTICATED:

@@ -417,3 +417,19 @@ def test_issue_9_notify_watches_mailboxes_created_after_notify_set(store: SQLite
     assert push(c, names=True) == [b'* STATUS "Clients" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 1)\r\n' % (
         uidvalidity(store, "Clients"))]  # fmt: skip
     assert push(c, "Clients", names=True) == []
+
+
+def test_issue_9_a_refused_literal_plus_drops_the_rest_of_its_command(store: SQLiteStore) -> None:
+    """RFC 7888 §4: a refused non-synchronising literal is read and dropped, and so is the rest of its
+    command, further LITERAL+ literals included. The tail used to be parsed as a new command (`* BAD`)."""
+    c = client(store)  # APPENDLIMIT 100000 in the harness
+    value = b"v" * 65537
+    out = c.send(b"s SETMETADATA INBOX (/private/comment {65537+}\r\n" + value + b")\r\nn NOOP\r\n")
+    assert out == b"s NO [METADATA MAXSIZE 65536] Value too large\r\nn OK NOOP completed\r\n"
+    big, small = b"x" * 150000, b"From: a@example.org\r\n\r\nhi\r\n"
+    out = c.send(b"a APPEND INBOX {150000+}\r\n" + big + b" {%d+}\r\n%s\r\nn NOOP\r\n" % (len(small), small))
+    assert out == b"a NO [TOOBIG] Literal too large (100000 octets allowed)\r\nn OK NOOP completed\r\n"
+    assert store.mailbox_status(1).messages == 0  # nothing stored: the small message was part of the command
+    # The dropped tail of a command is bounded too: past 4 x the limit in all, the session ends.
+    out = c.send(b"b APPEND INBOX {150000+}\r\n" + big + b" {400000+}\r\n")
+    assert out.startswith(b"* BYE")
