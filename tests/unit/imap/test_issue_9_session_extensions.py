@@ -8,6 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kartero.imap.commands import notify
 from kartero.imap.connection import APPEND_PIECE, AppendData, CommandReady, ImapConnection, LoginRequested
@@ -16,6 +18,7 @@ from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, DeliveryTarget
 from kartero.store.sqlite import SQLiteStore
 from tests.unit.imap.harness import SETTINGS, Client, play
+from tests.unit.imap.test_fuzz import argument, assert_responses
 from tests.unit.mime import corpus
 
 WHEN = 1795687200  # 2026-11-26 10:00:00 UTC
@@ -416,3 +419,31 @@ def test_issue_9_notify_watches_mailboxes_created_after_notify_set(store: SQLite
     assert push(c, names=True) == [b'* STATUS "Clients" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 1)\r\n' % (
         uidvalidity(store, "Clients"))]  # fmt: skip
     assert push(c, "Clients", names=True) == []
+
+
+NOTIFY_WORDS = [
+    "SET", "NONE", "STATUS", "SELECTED", "SELECTED-DELAYED", "INBOXES", "PERSONAL", "SUBSCRIBED", "SUBTREE",
+    "MAILBOXES", "(SELECTED (MessageNew (UID BODY.PEEK[HEADER.FIELDS (FROM)]) MessageExpunge FlagChange))",
+    "(SELECTED-DELAYED (MessageNew MessageExpunge))", "(PERSONAL (MailboxName SubscriptionChange))",
+    "(SUBTREE (INBOX Sent) (MessageNew MessageExpunge))", "(MAILBOXES INBOX NONE)", "(INBOXES (AnnotationChange))",
+    "(SUBSCRIBED (MessageNew () MessageExpunge))", "(PERSONAL (MessageNew (BODY[) MessageExpunge))",
+    "(SUBTREE \"&Jjo\" (MessageNew MessageExpunge))", "(MAILBOXES ())", "(PERSONAL ((MessageNew)))",
+]  # fmt: skip
+NOTIFY_ARGUMENT = st.one_of(st.sampled_from(NOTIFY_WORDS).map(str.encode), argument())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(NOTIFY_ARGUMENT, max_size=6), max_size=4))
+def test_issue_9_notify_hostile_arguments_only_produce_responses(
+    store: SQLiteStore, commands: list[list[bytes]]
+) -> None:
+    """Whatever follows NOTIFY, the answer is IMAP responses (BAD, NO [BADEVENT], OK), never an exception,
+    and a session that set NOTIFY still answers commands."""
+    c = Client(store=store)
+    c.login()
+    c.select()
+    script = b"".join(b"n%d NOTIFY %s\r\n" % (i, b" ".join(args)) for i, args in enumerate(commands))
+    out = c.send(script + b"z NOOP\r\n")
+    assert_responses(out)
+    assert b"SERVERBUG" not in out
+    assert out.endswith(b"z OK NOOP completed\r\n") or b"* BYE" in out
