@@ -447,3 +447,28 @@ def test_issue_9_notify_hostile_arguments_only_produce_responses(
     assert_responses(out)
     assert b"SERVERBUG" not in out
     assert out.endswith(b"z OK NOOP completed\r\n") or b"* BYE" in out
+
+
+def test_issue_9_notify_rfc_5465_section_3_1_example_whole_and_bytewise(store: SQLiteStore) -> None:
+    """The NOTIFY SET of RFC 5465 §3.1 (as corrected by errata 1804 and 2318, with MessageExpunge beside
+    MessageNew as §5 requires), in lower case, played whole and one byte at a time: the section brackets
+    of the fetch attributes hold spaces and parentheses, as in FETCH."""
+    for name in ("Lists", "Lists/Lemonade", "misc"):
+        store.create_mailbox(1, name)
+    lists, lemonade, misc = (uidvalidity(store, name) for name in ("Lists", "Lists/Lemonade", "misc"))
+    play(lambda: Client(store=store), f"""
+        S~ \\* OK .*
+        C: a LOGIN bob@example.test pw
+        S~ a OK .*
+        C: b notify set status (selected (MessageNew (uid body.peek[header.fields (from to subject)]) MessageExpunge)) (subtree Lists (MessageNew MessageExpunge))
+        S: * STATUS "Lists" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY {lists} UNSEEN 0)
+        S: * STATUS "Lists/Lemonade" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY {lemonade} UNSEEN 0)
+        S: b OK NOTIFY completed
+        C: c notify set (selected (MessageNew (uid body.peek[header.fields (from to subject)]) MessageExpunge)) (subtree Lists (MessageNew MessageExpunge)) (mailboxes misc (MessageNew MessageExpunge))
+        S: c OK NOTIFY completed
+        C: d NOTIFY SET STATUS (MAILBOXES misc (MessageNew MessageExpunge))
+        S: * STATUS "misc" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY {misc} UNSEEN 0)
+        S: d OK NOTIFY completed
+        C: e NOTIFY NONE
+        S: e OK NOTIFY completed
+    """)  # noqa: E501
