@@ -8,6 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kartero.imap.commands import notify
 from kartero.imap.connection import APPEND_PIECE, AppendData, CommandReady, ImapConnection, LoginRequested
@@ -16,6 +18,7 @@ from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, DeliveryTarget
 from kartero.store.sqlite import SQLiteStore
 from tests.unit.imap.harness import SETTINGS, Client, play
+from tests.unit.imap.test_fuzz import argument, assert_responses
 from tests.unit.mime import corpus
 
 WHEN = 1795687200  # 2026-11-26 10:00:00 UTC
@@ -433,3 +436,56 @@ def test_issue_9_a_refused_literal_plus_drops_the_rest_of_its_command(store: SQL
     # The dropped tail of a command is bounded too: past 4 x the limit in all, the session ends.
     out = c.send(b"b APPEND INBOX {150000+}\r\n" + big + b" {400000+}\r\n")
     assert out.startswith(b"* BYE")
+
+
+NOTIFY_WORDS = [
+    "SET", "NONE", "STATUS", "SELECTED", "SELECTED-DELAYED", "INBOXES", "PERSONAL", "SUBSCRIBED", "SUBTREE",
+    "MAILBOXES", "(SELECTED (MessageNew (UID BODY.PEEK[HEADER.FIELDS (FROM)]) MessageExpunge FlagChange))",
+    "(SELECTED-DELAYED (MessageNew MessageExpunge))", "(PERSONAL (MailboxName SubscriptionChange))",
+    "(SUBTREE (INBOX Sent) (MessageNew MessageExpunge))", "(MAILBOXES INBOX NONE)", "(INBOXES (AnnotationChange))",
+    "(SUBSCRIBED (MessageNew () MessageExpunge))", "(PERSONAL (MessageNew (BODY[) MessageExpunge))",
+    "(SUBTREE \"&Jjo\" (MessageNew MessageExpunge))", "(MAILBOXES ())", "(PERSONAL ((MessageNew)))",
+]  # fmt: skip
+NOTIFY_ARGUMENT = st.one_of(st.sampled_from(NOTIFY_WORDS).map(str.encode), argument())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(NOTIFY_ARGUMENT, max_size=6), max_size=4))
+def test_issue_9_notify_hostile_arguments_only_produce_responses(
+    store: SQLiteStore, commands: list[list[bytes]]
+) -> None:
+    """Whatever follows NOTIFY, the answer is IMAP responses (BAD, NO [BADEVENT], OK), never an exception,
+    and a session that set NOTIFY still answers commands."""
+    c = Client(store=store)
+    c.login()
+    c.select()
+    script = b"".join(b"n%d NOTIFY %s\r\n" % (i, b" ".join(args)) for i, args in enumerate(commands))
+    out = c.send(script + b"z NOOP\r\n")
+    assert_responses(out)
+    assert b"SERVERBUG" not in out
+    assert out.endswith(b"z OK NOOP completed\r\n") or b"* BYE" in out
+
+
+def test_issue_9_notify_rfc_5465_section_3_1_example_whole_and_bytewise(store: SQLiteStore) -> None:
+    """The NOTIFY SET of RFC 5465 §3.1 (as corrected by errata 1804 and 2318, with MessageExpunge beside
+    MessageNew as §5 requires), in lower case, played whole and one byte at a time: the section brackets
+    of the fetch attributes hold spaces and parentheses, as in FETCH."""
+    for name in ("Lists", "Lists/Lemonade", "misc"):
+        store.create_mailbox(1, name)
+    lists, lemonade, misc = (uidvalidity(store, name) for name in ("Lists", "Lists/Lemonade", "misc"))
+    play(lambda: Client(store=store), f"""
+        S~ \\* OK .*
+        C: a LOGIN bob@example.test pw
+        S~ a OK .*
+        C: b notify set status (selected (MessageNew (uid body.peek[header.fields (from to subject)]) MessageExpunge)) (subtree Lists (MessageNew MessageExpunge))
+        S: * STATUS "Lists" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY {lists} UNSEEN 0)
+        S: * STATUS "Lists/Lemonade" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY {lemonade} UNSEEN 0)
+        S: b OK NOTIFY completed
+        C: c notify set (selected (MessageNew (uid body.peek[header.fields (from to subject)]) MessageExpunge)) (subtree Lists (MessageNew MessageExpunge)) (mailboxes misc (MessageNew MessageExpunge))
+        S: c OK NOTIFY completed
+        C: d NOTIFY SET STATUS (MAILBOXES misc (MessageNew MessageExpunge))
+        S: * STATUS "misc" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY {misc} UNSEEN 0)
+        S: d OK NOTIFY completed
+        C: e NOTIFY NONE
+        S: e OK NOTIFY completed
+    """)  # noqa: E501
