@@ -37,6 +37,7 @@ from kartero.store.interface import (
     MessageRow,
     NoSuchMailbox,
     SelectSummary,
+    apply_flag_op,
 )
 
 # SQLite limits bound parameters per statement; query large UID lists in chunks of this size.
@@ -452,12 +453,13 @@ class MailboxOps:
         # Not fsynced at commit (see sqlite._Transaction): a flag change lost with the machine loses no mail.
         with self._write(durable=False) as db:
             rows = self._rows(db, mailbox_id, uids)
+            found = {row.uid for row in rows}
             updates: list[tuple[MessageRow, frozenset[str]]] = []
             for row in rows:
                 if unchanged_since is not None and row.modseq > unchanged_since:
                     refused.append(row.uid)
                     continue
-                new_flags = _apply(row.flags, op, flags)
+                new_flags = apply_flag_op(row.flags, op, flags)
                 if new_flags != row.flags:
                     updates.append((row, new_flags))
             if updates:
@@ -470,7 +472,7 @@ class MailboxOps:
                 before = {row.uid: row.modseq for row, _ in updates}
         if changed:
             self._notify(frozenset({mailbox_id}))
-        return FlagUpdate(tuple(changed), tuple(refused), before)
+        return FlagUpdate(tuple(changed), tuple(refused), before, tuple(sorted(set(uids) - found)))
 
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
         # Not fsynced at commit: lost with the machine, the expunge is undone, which loses no mail.
@@ -768,15 +770,6 @@ def _split_criterion(criterion: c.Criterion) -> tuple[str, list[Any], c.Criterio
     joined = _sql_join("AND", where) if where else _Sql("1", ())
     left = None if not rest else rest[0] if len(rest) == 1 else c.And(tuple(rest))
     return joined.text, list(joined.params), left
-
-
-def _apply(current: frozenset[str], op: FlagOp, flags: frozenset[str]) -> frozenset[str]:
-    if op is FlagOp.REPLACE:
-        return flags
-    lowered = {f.lower() for f in flags}
-    if op is FlagOp.ADD:
-        return current | {f for f in flags if not _has_flag(current, f)}
-    return frozenset(f for f in current if f.lower() not in lowered)
 
 
 # -- criteria evaluation -------------------------------------------------------------------------------
