@@ -22,8 +22,9 @@ TABLE: tuple[Support, ...] = (
     Support("IMAP4rev2", "RFC 9051", "IMAP version 4rev2", "no \\Recent once a client enables IMAP4rev2"),
     Support("IMAP4rev1", "RFC 3501", "IMAP version 4rev1", "\\Recent given to exactly one session"),
     Support("", "RFC 2180", "IMAP4 multi-accessed mailbox practice",
-            "expunges held back during FETCH, STORE, SEARCH; COPY/MOVE of a message expunged elsewhere: "
-            "the EXPUNGE, then NO [EXPUNGEISSUED]"),
+            "expunges held back during FETCH, STORE, SEARCH; a message expunged elsewhere stays readable and "
+            "STORE changes it in the session's view until the EXPUNGE is reported; COPY/MOVE of it: the "
+            "EXPUNGE, then NO [EXPUNGEISSUED]"),
     Support("STARTTLS", "RFC 9051 §6.2.1", "STARTTLS", "plain text is dropped after the command (CVE-2011-0411)"),
     Support("LOGINDISABLED", "RFC 9051 §6.2.3", "LOGIN refused before TLS", "off loopback"),
     Support("AUTH=PLAIN", "RFC 4616", "SASL PLAIN"),

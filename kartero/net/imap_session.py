@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any
 
 from kartero.imap.commands import notify as notify_events
 from kartero.imap.commands import run as run_command
-from kartero.imap.commands.view import Done, Session, chunked, sync
+from kartero.imap.commands.view import CHUNK, Done, Session, chunked, sync
 from kartero.imap.connection import (
     AppendData,
     CommandReady,
@@ -42,6 +43,8 @@ log = logging.getLogger("kartero.imap")
 
 # RFC 9051 §5.4: an autologout timer of at least 30 minutes once logged in.
 AUTHENTICATED_TIMEOUT_S = 31 * 60.0
+# A handler runs in a worker thread until it has this much to send (its batches are about CHUNK each).
+STEP_BYTES = CHUNK
 UNAUTHENTICATED_TIMEOUT_S = 120.0
 
 
@@ -210,11 +213,14 @@ class ImapSession:
     async def _drive(self, handler: Generator[bytes, None, Done]) -> Done:
         """Run a handler generator in worker threads, writing each batch as it comes."""
         while True:
-            done, chunk = await self.channel.loop.run_in_executor(None, _step, handler)
-            if done is not None:
-                return done
-            self.conn.send(chunk)
-            await self.channel.send(self.conn.data_to_send())
+            step = await self.channel.loop.run_in_executor(None, _step, handler)
+            if step.data:
+                self.conn.send(step.data)
+                await self.channel.send(self.conn.data_to_send())
+            if step.error is not None:
+                raise step.error
+            if step.done is not None:
+                return step.done
 
     # -- large APPEND messages (issue 8, finding 6) -----------------------------------------------------
 
@@ -283,8 +289,26 @@ class ImapSession:
         self.conn.login_result(tag, account.address)
 
 
-def _step(handler: Generator[bytes, None, Done]) -> tuple[Done | None, bytes]:
+@dataclass(frozen=True, slots=True)
+class _Step:
+    data: bytes  # what the handler yielded, to send
+    done: Done | None = None  # the handler ended
+    error: Exception | None = None  # the handler failed after yielding `data`
+
+
+def _step(handler: Generator[bytes, None, Done]) -> _Step:
+    """Run the handler until it has STEP_BYTES to send or ends: most commands take one trip to a worker
+    thread and back, not one per batch (under 50 sessions each trip waits for the GIL and a free worker).
+    What was yielded before a failure is still sent: the view already counts it as told (EXPUNGE)."""
+    pieces: list[bytes] = []
+    size = 0
     try:
-        return None, next(handler)
+        while size < STEP_BYTES:
+            piece = next(handler)
+            pieces.append(piece)
+            size += len(piece)
     except StopIteration as stop:
-        return stop.value, b""
+        return _Step(b"".join(pieces), done=stop.value)
+    except Exception as exc:
+        return _Step(b"".join(pieces), error=exc)
+    return _Step(b"".join(pieces))

@@ -152,6 +152,19 @@ class FlagUpdate:
     changed: tuple[MessageRow, ...]
     refused: tuple[int, ...]
     modseq_before: Mapping[int, int]  # UID -> MODSEQ before this change, for each changed row
+    missing: tuple[int, ...] = ()  # UIDs asked for that are not in the mailbox (expunged meanwhile)
+
+
+def apply_flag_op(current: frozenset[str], op: FlagOp, flags: frozenset[str]) -> frozenset[str]:
+    """A message's flags after a STORE: flags and keywords compare case-insensitively (RFC 9051 §2.3.2),
+    so adding `$label` to `$Label` changes nothing."""
+    if op is FlagOp.REPLACE:
+        return flags
+    lowered = {f.lower() for f in flags}
+    if op is FlagOp.ADD:
+        present = {f.lower() for f in current}
+        return current | {f for f in flags if f.lower() not in present}
+    return frozenset(f for f in current if f.lower() not in lowered)
 
 
 class QueueState(StrEnum):

@@ -38,6 +38,7 @@ from kartero.store.interface import (
     MessageRow,
     NoSuchMailbox,
     SelectSummary,
+    apply_flag_op,
 )
 
 # SQLite limits bound parameters per statement; query large UID lists in chunks of this size.
@@ -153,7 +154,7 @@ class MailboxOps:
     def _db(self) -> sqlite3.Connection:
         raise NotImplementedError
 
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+    def _write(self, *, durable: bool = True) -> AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError
 
     def _notify(self, mailbox_ids: frozenset[int]) -> None:
@@ -334,7 +335,7 @@ class MailboxOps:
         return SelectSummary(uids, frozenset(keywords), first_unseen, box[0], box[1], box[2], box[3])
 
     def claim_recent(self, mailbox_id: int, uid_end: int) -> int:
-        with self._write() as db:
+        with self._write(durable=False) as db:  # \Recent may be lost with the machine, never mail
             row = db.execute("SELECT first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
             if row is None:
                 raise NoSuchMailbox(f"no mailbox {mailbox_id}")
@@ -496,14 +497,16 @@ class MailboxOps:
         changed: list[MessageRow] = []
         refused: list[int] = []
         before: dict[int, int] = {}
-        with self._write() as db:
+        # Not fsynced at commit (see sqlite._Transaction): a flag change lost with the machine loses no mail.
+        with self._write(durable=False) as db:
             rows = self._rows(db, mailbox_id, uids)
+            found = {row.uid for row in rows}
             updates: list[tuple[MessageRow, frozenset[str]]] = []
             for row in rows:
                 if unchanged_since is not None and row.modseq > unchanged_since:
                     refused.append(row.uid)
                     continue
-                new_flags = _apply(row.flags, op, flags)
+                new_flags = apply_flag_op(row.flags, op, flags)
                 if new_flags != row.flags:
                     updates.append((row, new_flags))
             if updates:
@@ -516,10 +519,11 @@ class MailboxOps:
                 before = {row.uid: row.modseq for row, _ in updates}
         if changed:
             self._notify(frozenset({mailbox_id}))
-        return FlagUpdate(tuple(changed), tuple(refused), before)
+        return FlagUpdate(tuple(changed), tuple(refused), before, tuple(sorted(set(uids) - found)))
 
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
-        with self._write() as db:
+        # Not fsynced at commit: lost with the machine, the expunge is undone, which loses no mail.
+        with self._write(durable=False) as db:
             rows = self._rows(db, mailbox_id, uids)
             gone = [row for row in rows if _has_flag(row.flags, "\\Deleted")]
             if not gone:
@@ -815,15 +819,6 @@ def _split_criterion(criterion: c.Criterion) -> tuple[str, list[Any], c.Criterio
     joined = _sql_join("AND", where) if where else _Sql("1", ())
     left = None if not rest else rest[0] if len(rest) == 1 else c.And(tuple(rest))
     return joined.text, list(joined.params), left
-
-
-def _apply(current: frozenset[str], op: FlagOp, flags: frozenset[str]) -> frozenset[str]:
-    if op is FlagOp.REPLACE:
-        return flags
-    lowered = {f.lower() for f in flags}
-    if op is FlagOp.ADD:
-        return current | {f for f in flags if not _has_flag(current, f)}
-    return frozenset(f for f in current if f.lower() not in lowered)
 
 
 # -- criteria evaluation -------------------------------------------------------------------------------

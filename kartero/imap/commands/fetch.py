@@ -34,7 +34,9 @@ from kartero.imap.commands.view import (
     keyword_lines,
     out_of_range,
     resolve,
+    shown_row,
     sync,
+    update_flags,
 )
 from kartero.imap.response import Status
 from kartero.imap.syntax import PREVIEW_LAZY, STAR, BodyItem, Fetch, Section
@@ -329,15 +331,15 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
             yield f"* VANISHED (EARLIER) {format_set(vanished)}\r\n".encode()
     # Messages expunged by another session but still in this view are fetched as they were (RFC 2180
     # §4.1.1): the view's hold keeps them until the client hears of the expunge.
-    rows = {row.uid: row for row in store.message_rows(view.mailbox_id, [u for _, u in pairs],
-                                                        with_index=_needs_index(cmd), expunged=True)}  # fmt: skip
+    rows = {row.uid: shown_row(view, row) for row in store.message_rows(
+        view.mailbox_id, [u for _, u in pairs], with_index=_needs_index(cmd), expunged=True)}  # fmt: skip
     if cmd.changed_since is not None:
         rows = {uid: row for uid, row in rows.items() if row.modseq > cmd.changed_since}
     flags_changed: set[int] = set()
     if _sets_seen(cmd) and not view.readonly:
         unseen = [uid for uid, row in rows.items() if "\\Seen" not in row.flags]
         if unseen:
-            update = store.update_flags(view.mailbox_id, unseen, FlagOp.ADD, frozenset({"\\Seen"}), None)
+            update = update_flags(session, view, unseen, FlagOp.ADD, frozenset({"\\Seen"}), None)
             for row in update.changed:
                 rows[row.uid] = dataclasses.replace(rows[row.uid], flags=row.flags, modseq=row.modseq)
                 view.own_changes[row.uid] = row.modseq

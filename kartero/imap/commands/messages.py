@@ -17,6 +17,7 @@ from kartero.imap.commands.view import (
     out_of_range,
     resolve,
     sync,
+    update_flags,
 )
 from kartero.imap.response import Status
 from kartero.imap.syntax import CopyMove, StoreCommand
@@ -36,9 +37,7 @@ def store_flags(session: Session, cmd: StoreCommand) -> Handler:
     if cmd.unchanged_since is not None:
         yield from enable_condstore(session)
     pairs = resolve(view, cmd.numbers, is_uid=cmd.is_uid, saved=session.saved)
-    update = session.store.update_flags(
-        view.mailbox_id, [uid for _, uid in pairs], _OPS[cmd.op], cmd.flags, cmd.unchanged_since
-    )
+    update = update_flags(session, view, [uid for _, uid in pairs], _OPS[cmd.op], cmd.flags, cmd.unchanged_since)
     refused = update.refused
     lines = list(keyword_lines(view, update.changed))
     # RFC 7162 §3.2.4: under CONDSTORE every untagged FETCH carries UID and MODSEQ, a STORE's included.

@@ -10,6 +10,7 @@ are found with the store's `changes_since`, skipping the ones this session made 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,16 @@ from kartero.imap import mutf7
 from kartero.imap.response import Status
 from kartero.imap.state import ImapState
 from kartero.imap.syntax import STAR, SequenceSet
-from kartero.store.interface import ExpungeHold, FileSpan, MessageRow, NoSuchMailbox, Store
+from kartero.store.interface import (
+    ExpungeHold,
+    FileSpan,
+    FlagOp,
+    FlagUpdate,
+    MessageRow,
+    NoSuchMailbox,
+    Store,
+    apply_flag_op,
+)
 
 if TYPE_CHECKING:
     from kartero.imap.commands.notify import NotifyState
@@ -59,6 +69,9 @@ class View:
     keywords: dict[str, str] = field(default_factory=dict)
     # Keeps messages expunged elsewhere readable until this session has reported their expunge.
     hold: ExpungeHold | None = None
+    # Flags this session stored on such messages since (as Dovecot does, the change lives in the session's
+    # view until it reports the expunge): UID -> (flags, MODSEQ shown).
+    held_flags: dict[int, tuple[frozenset[str], int]] = field(default_factory=dict)
     # IMAP4rev1 \\Recent: the UIDs this session sees as recent, as [low, high) ranges in ascending order
     # (RFC 3501 §2.3.2; see Session.claim_recent).
     recent: list[tuple[int, int]] = field(default_factory=list)
@@ -158,6 +171,38 @@ class Session:
     def mailbox_name(self, name: str) -> str:
         """A mailbox name as the client expects it on the wire (modified UTF-7 unless UTF8=ACCEPT)."""
         return name if self.utf8 else mutf7.encode(name)
+
+
+def update_flags(session: Session, view: View, uids: list[int], op: FlagOp, flags: frozenset[str],
+                 unchanged_since: int | None) -> FlagUpdate:  # fmt: skip
+    """Store.update_flags for the view's messages, and for those another session expunged that the
+    client has not been told of, a change in this view only: STORE on them succeeds and FETCH shows it
+    until the expunge is reported, as Dovecot 2.3 does (RFC 2180 §4.2.1 lets STORE succeed there). Such
+    a message's MODSEQ moves on by one per change, so CONDSTORE clients see a change as a change."""
+    update = session.store.update_flags(view.mailbox_id, uids, op, flags, unchanged_since)
+    missing = [uid for uid in update.missing if view.seq_of(uid) is not None]
+    if not missing:
+        return update
+    changed, refused, before = list(update.changed), list(update.refused), dict(update.modseq_before)
+    for row in session.store.message_rows(view.mailbox_id, missing, expunged=True):
+        row = shown_row(view, row)
+        if unchanged_since is not None and row.modseq > unchanged_since:
+            refused.append(row.uid)
+            continue
+        new_flags = apply_flag_op(row.flags, op, flags)
+        if new_flags != row.flags:
+            view.held_flags[row.uid] = (new_flags, row.modseq + 1)
+            changed.append(dataclasses.replace(row, flags=new_flags, modseq=row.modseq + 1))
+            before[row.uid] = row.modseq
+    changed.sort(key=lambda row: row.uid)
+    return FlagUpdate(tuple(changed), tuple(sorted(refused)), before, update.missing)
+
+
+def shown_row(view: View, row: MessageRow) -> MessageRow:
+    """A message as this view shows it: with the flags this session stored on it after another session
+    expunged it (see update_flags)."""
+    held = view.held_flags.get(row.uid)
+    return row if held is None else dataclasses.replace(row, flags=held[0], modseq=held[1])
 
 
 def resolve(view: View, numbers: SequenceSet, *, is_uid: bool, saved: tuple[int, ...] = ()) -> list[tuple[int, int]]:
@@ -268,6 +313,7 @@ def expunge_lines(session: Session, view: View, gone: Iterable[int]) -> Iterator
         for uid in present:
             del view.uids[bisect.bisect_left(view.uids, uid)]
             view.own_changes.pop(uid, None)
+            view.held_flags.pop(uid, None)
         yield f"* VANISHED {format_set(present)}\r\n".encode()
         return
     for uid in reversed(present):  # highest first: the numbers sent stay valid without renumbering
@@ -275,6 +321,7 @@ def expunge_lines(session: Session, view: View, gone: Iterable[int]) -> Iterator
         assert seq is not None
         del view.uids[seq - 1]
         view.own_changes.pop(uid, None)
+        view.held_flags.pop(uid, None)
         yield f"* {seq} EXPUNGE\r\n".encode()
 
 

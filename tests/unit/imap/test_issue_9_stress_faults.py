@@ -90,3 +90,37 @@ def test_issue_9_copy_or_move_of_a_message_expunged_elsewhere_reports_the_expung
             b"* 1 EXPUNGE\r\n",
             b"b2 OK %s completed\r\n" % verb.encode(),
         ]
+
+
+def test_issue_9_store_on_a_message_expunged_elsewhere_changes_this_sessions_view(store: SQLiteStore) -> None:
+    """The load's "owned keyword lost": B cleared a keyword on a message A had expunged; the STORE was
+    skipped, and B's next FETCH showed the keyword back. As Dovecot 2.3 does, the STORE now changes the
+    message in B's view (RFC 2180 §4.2.1 lets it succeed) and FETCH shows that until B hears of the expunge;
+    under CONDSTORE its MODSEQ moves on with each change."""
+    deliver(store)
+    deliver(store)
+    a, b = client(store, rev2=True), client(store, rev2=True)
+    a.select()
+    b.command("e ENABLE CONDSTORE")
+    b.select()
+    b.command("b0 STORE 1 +FLAGS.SILENT ($Mine)")  # MODSEQ 4
+    a.command("a1 STORE 1 +FLAGS.SILENT (\\Deleted)")
+    a.command("a2 EXPUNGE")
+    assert b.command("b1 STORE 1 -FLAGS ($Mine)") == [
+        b"* 1 FETCH (UID 1 FLAGS (\\Deleted) MODSEQ (6))\r\n",
+        b"b1 OK STORE completed\r\n",
+    ]
+    assert b.command("b2 STORE 1 +FLAGS.SILENT (\\Seen)") == [b"b2 OK STORE completed\r\n"]
+    assert b.command("b3 FETCH 1 (FLAGS MODSEQ)") == [
+        b"* 1 FETCH (FLAGS (\\Deleted \\Seen) MODSEQ (7))\r\n",
+        b"b3 OK FETCH completed\r\n",
+    ]
+    assert b.command("b4 STORE 1 (UNCHANGEDSINCE 6) +FLAGS ($Late)") == [b"b4 OK [MODIFIED 1] Some messages "
+                                                                         b"were modified meanwhile\r\n"]  # fmt: skip
+    # A UID STORE may report the expunge at once: the change shows, then the message goes.
+    assert b.command("b5 UID STORE 1 +FLAGS (\\Flagged)") == [
+        b"* 1 FETCH (UID 1 FLAGS (\\Deleted \\Flagged \\Seen) MODSEQ (8))\r\n",
+        b"* 1 EXPUNGE\r\n",
+        b"b5 OK UID STORE completed\r\n",
+    ]
+    assert b.command("b6 FETCH 1 (UID FLAGS)") == [b"* 1 FETCH (UID 2 FLAGS ())\r\n", b"b6 OK FETCH completed\r\n"]
