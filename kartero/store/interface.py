@@ -96,6 +96,8 @@ class MailboxStatus:
     size: int
     uidnext: int
     uidvalidity: int
+    # Raised by exactly one per change (a message stored, one flag update, one expunge, one copy): a
+    # session that knows the MODSEQs of its own changes can tell whether anything else happened.
     highestmodseq: int
     recent: int = 0  # messages no session has seen as \\Recent yet (UID >= the mailbox's first recent UID)
 
@@ -140,6 +142,15 @@ class Changes:
     vanished: tuple[int, ...]
     highestmodseq: int
     first_recent_uid: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Copied:
+    """What `Store.copy_messages` did: (source UID, new UID) pairs, and the one MODSEQ of the copies in the
+    target (0 when nothing was copied), by which a NOTIFY session tells its own change from others'."""
+
+    pairs: tuple[tuple[int, int], ...]
+    modseq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,12 +397,14 @@ class Store(Protocol):
         """Raises MailboxExists."""
         ...
 
-    def delete_mailbox(self, account_id: int, name: str) -> None:
-        """Removes the mailbox and its messages; raises NoSuchMailbox."""
+    def delete_mailbox(self, account_id: int, name: str) -> int:
+        """Removes the mailbox and its messages and returns its id; raises NoSuchMailbox."""
         ...
 
-    def rename_mailbox(self, account_id: int, old: str, new: str, separator: str) -> None:
-        """Renames `old` and every `old<separator>...` below it; raises NoSuchMailbox/MailboxExists."""
+    def rename_mailbox(self, account_id: int, old: str, new: str, separator: str) -> dict[int, str]:
+        """Renames `old` and every `old<separator>...` below it (and their subscriptions); returns each
+        renamed mailbox's new name by id (for INBOX, the mailbox created to take its messages). Raises
+        NoSuchMailbox/MailboxExists."""
         ...
 
     def subscriptions(self, account_id: int) -> set[str]: ...
@@ -434,8 +447,9 @@ class Store(Protocol):
 
     def copy_messages(
         self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool, all_or_none: bool = False
-    ) -> list[tuple[int, int]]:
-        """Copy (or move) messages; returns (source UID, new UID) pairs. Bodies are shared, not copied.
+    ) -> Copied:
+        """Copy (or move) messages; returns (source UID, new UID) pairs and the copies' MODSEQ in the
+        target. Bodies are shared, not copied.
         UIDs no longer in the source are skipped; with `all_or_none`, if any is missing nothing is copied
         and the result is empty."""
         ...

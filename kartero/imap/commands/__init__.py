@@ -43,20 +43,7 @@ Handler = Generator[bytes, None, Done]
 
 def run(session: Session, tag: str, command: Command, *, append_limit: int) -> Handler:
     """The handler for `command`; the caller drives it to StopIteration and sends what it yields."""
-    handler = _handler(session, tag, command, append_limit=append_limit)
-    if session.notify is not None and isinstance(command, (MailboxCommand, Rename, Append, CopyMove)):
-        return _own_change(session, command, handler)
-    return handler
-
-
-def _own_change(session: Session, command: MailboxCommand | Rename | Append | CopyMove, handler: Handler) -> Handler:
-    """NOTIFY (RFC 5465 §5): what this session changed itself is not reported back to it."""
-    done = yield from handler
-    if isinstance(command, (Append, CopyMove)):
-        notify.forget_own_changes(session, [command.mailbox])
-    else:
-        notify.forget_own_changes(session, names=True)
-    return done
+    return _handler(session, tag, command, append_limit=append_limit)
 
 
 def _handler(session: Session, tag: str, command: Command, *, append_limit: int) -> Handler:

@@ -21,15 +21,14 @@ then on behaves as after NOTIFY NONE (§5.8).
 from __future__ import annotations
 
 import bisect
-import contextlib
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Collection, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from kartero.imap.commands import fetch
 from kartero.imap.commands.view import Done, Session, chunked, sync
 from kartero.imap.response import Status, astring
 from kartero.imap.syntax import Fetch, Notify, NotifyGroup, SequenceSet
-from kartero.store.interface import INBOX, MailboxStatus, NoSuchMailbox
+from kartero.store.interface import INBOX, Mailbox, MailboxStatus, NoSuchMailbox
 
 Handler = Generator[bytes, None, Done]
 SUPPORTED_EVENTS = ("MessageNew", "MessageExpunge", "FlagChange", "MailboxName", "SubscriptionChange")
@@ -143,22 +142,27 @@ def _read_names(session: Session, state: NotifyState, *, created: bool = False) 
     events that was not watched before; with `created`, a mailbox created by another session since the
     last read is taken as unknown to the client (its STATUS is to be sent once it holds anything).
     Returns the ids of those."""
-    store = session.store
     old_names = state.names
-    state.names = {m.id: m.name for m in store.list_mailboxes(session.account_id)}
-    state.subscribed = store.subscriptions(session.account_id)
+    state.names = {m.id: m.name for m in session.store.list_mailboxes(session.account_id)}
+    state.subscribed = session.store.subscriptions(session.account_id)
+    return _watch(session, state, old_names if created else None)
+
+
+def _watch(session: Session, state: NotifyState, old_names: dict[int, str] | None = None) -> list[int]:
+    """Watch the mailboxes of `state.names` that have message events: the STATUS known for each is kept,
+    read for one not watched before, or (a mailbox not in `old_names`) None. Returns the ids of those."""
     statuses: dict[int, MailboxStatus | None] = {}
     new: list[int] = []
     for mailbox_id, name in state.names.items():
         if "MessageNew" in state.events_for(name):  # FlagChange comes with MessageNew only
             if mailbox_id in state.statuses:
                 statuses[mailbox_id] = state.statuses[mailbox_id]
-            elif created and mailbox_id not in old_names:
+            elif old_names is not None and mailbox_id not in old_names:
                 statuses[mailbox_id] = None
                 new.append(mailbox_id)
             else:
                 try:
-                    statuses[mailbox_id] = store.mailbox_status(mailbox_id)
+                    statuses[mailbox_id] = session.store.mailbox_status(mailbox_id)
                 except NoSuchMailbox:
                     continue
     state.statuses = statuses
@@ -255,17 +259,66 @@ def _name_changes(session: Session, state: NotifyState) -> Iterator[bytes]:
             yield from _status_change(session, state, mailbox_id)
 
 
-def forget_own_changes(session: Session, mailbox_names: Iterable[str] = (), *, names: bool = False) -> None:
-    """After this session's own APPEND/COPY/MOVE (into `mailbox_names`) or CREATE/DELETE/RENAME/
-    (UN)SUBSCRIBE (`names`): take the new state as known, so it is not reported back (§5)."""
+# The session's own changes (§5: not reported back to it). Each is applied to what the session knows from
+# what the store returned for it (the mailbox's id, the MODSEQs of its writes), never by reading the state
+# after the command: a change another session made meanwhile stays unknown, and is reported at the next
+# push.
+
+
+def note_created(session: Session, mailbox: Mailbox) -> None:
+    """This session created `mailbox`: known to the client, and known to be empty."""
     state = session.notify
     if state is None:
         return
-    if names:
-        _read_names(session, state)
-    by_name = {name: mailbox_id for mailbox_id, name in state.names.items()}
-    for name in mailbox_names:
-        mailbox_id = by_name.get(name)
-        if mailbox_id is not None and mailbox_id in state.statuses:
-            with contextlib.suppress(NoSuchMailbox):
-                state.statuses[mailbox_id] = session.store.mailbox_status(mailbox_id)
+    state.names = {**state.names, mailbox.id: mailbox.name}
+    if "MessageNew" in state.events_for(mailbox.name):
+        empty = MailboxStatus(0, 0, 0, 0, mailbox.uidnext, mailbox.uidvalidity, mailbox.highestmodseq)
+        state.statuses[mailbox.id] = empty
+    _watch(session, state)
+
+
+def note_deleted(session: Session, mailbox_id: int) -> None:
+    state = session.notify
+    if state is None:
+        return
+    state.names = {i: name for i, name in state.names.items() if i != mailbox_id}
+    _watch(session, state)
+
+
+def note_renamed(session: Session, renamed: dict[int, str]) -> None:
+    """This session renamed mailboxes (new names by id); their subscriptions followed them."""
+    state = session.notify
+    if state is None:
+        return
+    for mailbox_id, new in renamed.items():
+        old = state.names.get(mailbox_id)
+        if old is not None and old != INBOX and old in state.subscribed:
+            state.subscribed = (state.subscribed - {old}) | {new}
+    state.names = {**state.names, **renamed}
+    _watch(session, state)
+
+
+def note_subscribed(session: Session, name: str, subscribed: bool) -> None:
+    state = session.notify
+    if state is None:
+        return
+    state.subscribed = state.subscribed | {name} if subscribed else state.subscribed - {name}
+    _watch(session, state)
+
+
+def note_written(session: Session, mailbox_id: int, modseqs: Collection[int]) -> None:
+    """This session's APPEND, COPY or MOVE wrote into `mailbox_id` at `modseqs`: the STATUS read now is
+    taken as known only when those are all the changes since the one the client knew (every change
+    raises a mailbox's HIGHESTMODSEQ by one); else someone else wrote too, and the next push reports it."""
+    state = session.notify
+    if state is None or not modseqs:
+        return
+    known = state.statuses.get(mailbox_id)
+    if known is None:
+        return
+    try:
+        now = session.store.mailbox_status(mailbox_id)
+    except NoSuchMailbox:
+        return
+    if now.highestmodseq - known.highestmodseq == len({m for m in modseqs if m > known.highestmodseq}):
+        state.statuses[mailbox_id] = now

@@ -3,7 +3,8 @@ as transcripts after their RFCs' examples, over a real store."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
@@ -489,3 +490,84 @@ def test_issue_9_notify_rfc_5465_section_3_1_example_whole_and_bytewise(store: S
         C: e NOTIFY NONE
         S: e OK NOTIFY completed
     """)  # noqa: E501
+
+
+def meanwhile(
+    monkeypatch: pytest.MonkeyPatch, store: SQLiteStore, method: str, change: Callable[[], object],
+    *, after: bool = False,
+) -> None:  # fmt: skip
+    """Make another session's `change` happen while this session's command runs: just before (or just
+    after) its own call to the store's `method` (once), as two threads may interleave."""
+    original = getattr(store, method)
+
+    def interleaved(*args: object, **kwargs: object) -> object:
+        monkeypatch.setattr(store, method, original)
+        if not after:
+            change()
+        result = original(*args, **kwargs)
+        if after:
+            if isinstance(result, Future):
+                result.result(10)
+            change()
+        return result
+
+    monkeypatch.setattr(store, method, interleaved)
+
+
+@pytest.mark.parametrize(
+    ("own", "method"),
+    [
+        ("CREATE Mine", "create_mailbox"),
+        ("DELETE Old", "delete_mailbox"),
+        ("RENAME Old Renamed", "rename_mailbox"),
+        ("SUBSCRIBE Old", "set_subscribed"),
+        ("UNSUBSCRIBE Old", "set_subscribed"),
+    ],
+)
+def test_issue_9_notify_reports_a_name_change_made_during_an_own_one(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, own: str, method: str
+) -> None:
+    """RFC 5465 §5 spares the client only its own changes: another session's CREATE and SUBSCRIBE while
+    this one's command runs are reported all the same (the state read after the command was taken as
+    this session's own)."""
+    store.create_mailbox(1, "Old")
+    c, other = client(store), client(store)
+    assert c.command("a NOTIFY SET (PERSONAL (MailboxName SubscriptionChange))") == [b"a OK NOTIFY completed\r\n"]
+    meanwhile(monkeypatch, store, method, lambda: (other.command("x CREATE Theirs"),
+                                                   other.command("y SUBSCRIBE Theirs")))  # fmt: skip
+    assert c.command(f"b {own}")[-1].startswith(b"b OK ")
+    assert push(c, names=True) == [b'* LIST () "/" "Theirs"\r\n', b'* LIST (\\Subscribed) "/" "Theirs"\r\n']
+    assert push(c, names=True) == []
+
+
+@pytest.mark.parametrize(
+    ("own", "method"),
+    [
+        ("APPEND Work {1+}\r\nx", "deliver_group"),
+        ("COPY 1 Work", "copy_messages"),
+        ("MOVE 1 Work", "copy_messages"),
+    ],
+)
+def test_issue_9_notify_reports_mail_another_session_adds_during_an_own_write(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, own: str, method: str
+) -> None:
+    """Mail delivered to a watched mailbox while this session's APPEND/COPY/MOVE into it runs is reported
+    (a STATUS), whichever of the two writes came first; the session's own write alone is not."""
+    store.create_mailbox(1, "Work")
+    for _ in range(3):
+        deliver(store)
+    c = client(store)
+    c.command("e ENABLE IMAP4rev2")
+    c.select()
+    assert c.command("a NOTIFY SET (MAILBOXES (Work) (MessageNew MessageExpunge))") == [b"a OK NOTIFY completed\r\n"]
+    assert c.command(f"b {own}")[-1].startswith(b"b OK ")
+    assert push(c, "Work") == []  # alone: nothing reported back
+    meanwhile(monkeypatch, store, method, lambda: deliver(store, "Work"))
+    assert c.command(f"c {own}")[-1].startswith(b"c OK ")
+    assert push(c, "Work") == [b'* STATUS "Work" (MESSAGES 3 UIDNEXT 4 UIDVALIDITY %d UNSEEN 3)\r\n' % (
+        uidvalidity(store, "Work"))]  # fmt: skip
+    # The other way round: the other session's delivery lands after this session's write.
+    meanwhile(monkeypatch, store, method, lambda: deliver(store, "Work"), after=True)
+    assert c.command(f"d {own}")[-1].startswith(b"d OK ")
+    assert push(c, "Work") == [b'* STATUS "Work" (MESSAGES 5 UIDNEXT 6 UIDVALIDITY %d UNSEEN 5)\r\n' % (
+        uidvalidity(store, "Work"))]  # fmt: skip
