@@ -15,7 +15,7 @@ from typing import Any
 
 from kartero.imap.commands import notify as notify_events
 from kartero.imap.commands import run as run_command
-from kartero.imap.commands.view import Done, Session, chunked, sync
+from kartero.imap.commands.view import Done, Session, chunked, mailbox_deleted, sync
 from kartero.imap.connection import (
     AppendData,
     CommandReady,
@@ -246,7 +246,7 @@ class ImapSession:
         finally:
             session.spooled_message = None
             self._drop_spool()
-        self.conn.finish(tag, done.status, done.text, done.code, done.state)
+        self.conn.finish(tag, done.status, done.text, done.code, done.state, done.bye)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s", kv(event="imap.command", session=self.id, command=type(command).__name__,
                                result=done.status, ms=round((time.monotonic() - started) * 1000, 1)))  # fmt: skip
@@ -264,9 +264,11 @@ class ImapSession:
                 yield from chunked(notify_events.updates(session, pending, is_idling=is_idling))
             if session.notify is None and is_idling:  # also right after a NOTIFICATIONOVERFLOW
                 yield from chunked(sync(session, allow_expunge=True))
-            return Done(Status.OK, "")
+            return mailbox_deleted(session) or Done(Status.OK, "")
 
-        await self._drive(updates())
+        done = await self._drive(updates())
+        if done.bye is not None:
+            self.conn.close(done.bye, "selected mailbox deleted")
 
     async def _login(self, tag: str, user: str, password: str) -> None:
         account = await self.ctx.check_login(self.channel, self.id, user, password)

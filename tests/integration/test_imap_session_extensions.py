@@ -197,3 +197,24 @@ def test_notify_watches_a_mailbox_created_later(mx: KarteroServer) -> None:
     a.send(b"c NOOP\r\n")
     assert a.until(b"c") == [b"c OK NOOP completed\r\n"]
     a.close()
+
+
+def test_selected_mailbox_deleted_elsewhere_ends_an_idle_session(mx: KarteroServer) -> None:
+    """Issue 9: a session IDLE in a mailbox another session deletes gets `* BYE` at once and the
+    connection closes (Dovecot 2.3 drops it too)."""
+    idler, other = Raw(mx), Raw(mx)
+    for raw in (idler, other):
+        raw.send(f"a LOGIN bob@example.test {PASSWORD}\r\n".encode())
+        raw.until(b"a")
+    other.send(b"b CREATE Doomed\r\n")
+    assert other.until(b"b")[-1].startswith(b"b OK")
+    idler.send(b"c SELECT Doomed\r\n")
+    assert idler.until(b"c")[-1].startswith(b"c OK")
+    idler.send(b"d IDLE\r\n")
+    assert idler.reader.readline() == b"+ idling\r\n"
+    other.send(b"e DELETE Doomed\r\n")
+    assert other.until(b"e") == [b"e OK DELETE completed\r\n"]
+    assert idler.reader.readline() == b"* BYE Selected mailbox was deleted, have to disconnect.\r\n"
+    assert idler.reader.readline() == b""  # closed
+    idler.close()
+    other.close()

@@ -166,7 +166,7 @@ def delete(session: Session, cmd: MailboxCommand) -> Handler:
         return Done(Status.NO, "No such mailbox", "NONEXISTENT")
     notify.note_deleted(session, deleted)
     state = None
-    if session.selected is not None and session.selected.name == cmd.mailbox:
+    if session.selected is not None and session.selected.mailbox_id == deleted:
         session.select(None)
         state = ImapState.AUTHENTICATED
         yield b"* OK [CLOSED] Selected mailbox deleted\r\n"
@@ -189,9 +189,8 @@ def rename(session: Session, cmd: Rename) -> Handler:
         return Done(Status.NO, "Target exists", "ALREADYEXISTS")
     notify.note_renamed(session, renamed)
     view = session.selected
-    renamed_view = view is not None and (view.name == cmd.old or view.name.startswith(cmd.old + SEPARATOR))
-    if view is not None and renamed_view and cmd.old != INBOX:
-        view.name = new + view.name[len(cmd.old) :]
+    if view is not None and view.mailbox_id in renamed:
+        view.name = renamed[view.mailbox_id]
     yield from ()
     return Done(Status.OK, "RENAME completed")
 
