@@ -36,6 +36,7 @@ from kartero.log import kv
 from kartero.net.channel import DEADLINE_TEXTS, AccessContext, Channel, refusal_text
 from kartero.net.deadlines import Deadline
 from kartero.store.ids import new_message_id
+from kartero.store.interface import MetadataChange
 from kartero.store.spool import IncomingSpool
 
 log = logging.getLogger("kartero.imap")
@@ -85,6 +86,13 @@ class ImapSession:
         """The account's mailboxes or subscriptions changed (for NOTIFY MailboxName/SubscriptionChange)."""
         self._pending.names = True
         self.notify()
+
+    def notify_metadata(self, change: MetadataChange) -> None:
+        """METADATA entries changed (for NOTIFY MailboxMetadataChange/ServerMetadataChange): passed on when
+        they are this session's account's and another session's doing (RFC 5465 §5)."""
+        if self.session is not None and notify_events.metadata_concerns(self.session, change):
+            self._pending.add_metadata(change.mailbox_id, change.names)
+            self.notify()
 
     def watches(self, mailbox_ids: frozenset[int]) -> bool:
         """Whether a change to these mailboxes concerns this session: its selected mailbox, or one its

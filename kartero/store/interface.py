@@ -154,6 +154,17 @@ class Copied:
 
 
 @dataclass(frozen=True, slots=True)
+class MetadataChange:
+    """METADATA entries set or removed (RFC 5464), for NOTIFY's MailboxMetadataChange and
+    ServerMetadataChange (RFC 5465 §5.7, §5.8)."""
+
+    account_id: int
+    mailbox_id: int | None  # None: the server's entries (of this account)
+    names: tuple[str, ...]
+    origin: object  # whoever made the change (an IMAP session), so that it is not reported back to it
+
+
+@dataclass(frozen=True, slots=True)
 class FlagUpdate:
     """What `Store.update_flags` did: the rows whose flags changed (with their new flags and MODSEQ), the
     UIDs UNCHANGEDSINCE refused, and the MODSEQ each changed row had before, so that a session can tell
@@ -477,11 +488,13 @@ class Store(Protocol):
         ...
 
     def set_metadata(
-        self, account_id: int, mailbox_id: int | None, changes: Sequence[tuple[str, bytes | None]], max_entries: int
+        self, account_id: int, mailbox_id: int | None, changes: Sequence[tuple[str, bytes | None]], max_entries: int,
+        origin: object = None,
     ) -> bool:
         """Sets (a value) or removes (None) METADATA entries, all or none: False, and nothing changed, when
         the mailbox (or the server for this account) would hold more than `max_entries`. Entries go with
-        their mailbox when it is deleted and follow it through RENAME. Raises NoSuchMailbox."""
+        their mailbox when it is deleted and follow it through RENAME. Raises NoSuchMailbox. After a
+        change, the metadata listeners hear of it with `origin` (who made it)."""
         ...
 
     def read_message(self, blob_id: str) -> bytes: ...
@@ -495,6 +508,10 @@ class Store(Protocol):
 
     def add_listener(self, listener: Callable[[frozenset[int]], None]) -> None:
         """Call `listener` with the ids of changed mailboxes after every commit (from any thread)."""
+        ...
+
+    def add_metadata_listener(self, listener: Callable[[MetadataChange], None]) -> None:
+        """Call `listener` after METADATA entries were set or removed (from any thread)."""
         ...
 
     def add_account_listener(self, listener: Callable[[int], None]) -> None:

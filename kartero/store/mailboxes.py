@@ -37,6 +37,7 @@ from kartero.store.interface import (
     MailboxStatus,
     MessageInfo,
     MessageRow,
+    MetadataChange,
     NoSuchMailbox,
     SelectSummary,
 )
@@ -180,6 +181,9 @@ class MailboxOps:
         raise NotImplementedError
 
     def _notify_account(self, account_id: int) -> None:
+        raise NotImplementedError
+
+    def _notify_metadata(self, change: MetadataChange) -> None:
         raise NotImplementedError
 
     def _tombstones_written(self, mailbox_id: int) -> None:
@@ -423,7 +427,8 @@ class MailboxOps:
         return {name: bytes(value) for name, value in rows}
 
     def set_metadata(
-        self, account_id: int, mailbox_id: int | None, changes: Sequence[tuple[str, bytes | None]], max_entries: int
+        self, account_id: int, mailbox_id: int | None, changes: Sequence[tuple[str, bytes | None]], max_entries: int,
+        origin: object = None,
     ) -> bool:
         key = (account_id, mailbox_id or 0)
         where = "account_id = ? AND IFNULL(mailbox_id, 0) = ?"
@@ -443,6 +448,8 @@ class MailboxOps:
                     raise _TooManyEntries  # rolls the whole command back
         except _TooManyEntries:
             return False
+        names = tuple(dict.fromkeys(name for name, _ in changes))
+        self._notify_metadata(MetadataChange(account_id, mailbox_id, names, origin))
         return True
 
     def changes_since(self, mailbox_id: int, modseq: int) -> Changes:

@@ -218,3 +218,22 @@ def test_selected_mailbox_deleted_elsewhere_ends_an_idle_session(mx: KarteroServ
     assert idler.reader.readline() == b""  # closed
     idler.close()
     other.close()
+
+
+def test_notify_reports_metadata_set_by_another_session(mx: KarteroServer) -> None:
+    """Issue 9, RFC 5465 §5.7/§5.8: imaplib's SETMETADATA on a mailbox and on the server reaches a NOTIFY
+    session at once as `* METADATA` naming the entries; the session's own SETMETADATA does not."""
+    raw = Raw(mx)
+    raw.send(f"a LOGIN bob@example.test {PASSWORD}\r\n".encode())
+    raw.until(b"a")
+    raw.send(b"b NOTIFY SET (PERSONAL (MailboxMetadataChange ServerMetadataChange))\r\n")
+    assert raw.until(b"b") == [b"b OK NOTIFY completed\r\n"]
+    with imaplib.IMAP4(mx.host, mx.imap_port) as other:
+        other.login("bob@example.test", PASSWORD)
+        assert other.xatom("SETMETADATA", 'INBOX (/private/comment "from imaplib")')[0] == "OK"
+        assert raw.reader.readline() == b'* METADATA "INBOX" /private/comment\r\n'
+        assert other.xatom("SETMETADATA", '"" (/shared/motd "hello" /private/x NIL)')[0] == "OK"
+        assert raw.reader.readline() == b'* METADATA "" /private/x /shared/motd\r\n'
+    raw.send(b'c SETMETADATA INBOX (/private/comment "mine")\r\nd NOOP\r\n')
+    assert raw.until(b"d") == [b"c OK SETMETADATA completed\r\n", b"d OK NOOP completed\r\n"]
+    raw.close()
