@@ -237,3 +237,33 @@ def test_notify_reports_metadata_set_by_another_session(mx: KarteroServer) -> No
     raw.send(b'c SETMETADATA INBOX (/private/comment "mine")\r\nd NOOP\r\n')
     assert raw.until(b"d") == [b"c OK SETMETADATA completed\r\n", b"d OK NOOP completed\r\n"]
     raw.close()
+
+
+def test_notify_reports_mailboxes_created_elsewhere_while_creating_its_own(mx: KarteroServer) -> None:
+    """Issue 9: session A pipelines CREATEs of its own while imaplib creates others at the same time; A
+    hears of every mailbox the other session created (a LIST each) and of none of its own, however the
+    two interleave (before, a change made during A's CREATE was taken as A's own and never reported)."""
+    import threading
+
+    raw = Raw(mx)
+    raw.send(f"a LOGIN bob@example.test {PASSWORD}\r\n".encode())
+    raw.until(b"a")
+    raw.send(b"b NOTIFY SET (PERSONAL (MailboxName))\r\n")
+    assert raw.until(b"b") == [b"b OK NOTIFY completed\r\n"]
+
+    def theirs() -> None:
+        with imaplib.IMAP4(mx.host, mx.imap_port) as other:
+            other.login("bob@example.test", PASSWORD)
+            for i in range(40):
+                assert other.create(f"Theirs{i}")[0] == "OK"
+
+    thread = threading.Thread(target=theirs)
+    thread.start()
+    raw.send(b"".join(b"c%d CREATE Mine%d\r\n" % (i, i) for i in range(40)))
+    lines = raw.until(b"c39")
+    thread.join(30)
+    raw.send(b"d NOOP\r\n")
+    lines += raw.until(b"d")
+    announced = {line for line in lines if line.startswith(b"* LIST")}
+    assert announced == {b'* LIST () "/" "Theirs%d"\r\n' % i for i in range(40)}
+    raw.close()
