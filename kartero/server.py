@@ -49,6 +49,7 @@ from kartero.policy.submission import SubmissionPolicy
 from kartero.pop3.connection import Pop3Settings
 from kartero.queue.runner import QueueRunner, QueueSettings
 from kartero.smtp.server import ServerSettings
+from kartero.store.interface import MetadataChange
 from kartero.store.spool import spool_dir
 from kartero.store.sqlite import SQLiteStore
 from kartero.tls import make_self_signed, server_context
@@ -241,6 +242,11 @@ class Server:
             loop.call_soon_threadsafe(self._account_changed, account_id)
 
         store.add_account_listener(on_account_change)
+
+        def on_metadata_change(change: MetadataChange) -> None:  # called from the store's writer threads
+            loop.call_soon_threadsafe(self._metadata_changed, change)
+
+        store.add_metadata_listener(on_metadata_change)
         settings = ServerSettings(
             hostname=config.hostname,
             max_message_size=config.limits.message_size,
@@ -399,6 +405,12 @@ class Server:
         for session in self._sessions:
             if isinstance(session, ImapSession) and session.watches_names(account_id):
                 session.notify_names()
+
+    def _metadata_changed(self, change: MetadataChange) -> None:
+        """METADATA entries were set or removed: for NOTIFY sessions (RFC 5465 §5.7, §5.8)."""
+        for session in self._sessions:
+            if isinstance(session, ImapSession):
+                session.notify_metadata(change)
 
     def _on_session_end(self) -> None:
         if not self._sessions:

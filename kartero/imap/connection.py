@@ -215,10 +215,14 @@ class ImapConnection:
         self._out += data
 
     def finish(self, tag: str, status: Status, text: str, code: str | None = None,
-               state: ImapState | None = None) -> None:  # fmt: skip
-        """Complete the running command with its tagged response, optionally changing state."""
+               state: ImapState | None = None, bye: str | None = None) -> None:  # fmt: skip
+        """Complete the running command with its tagged response, optionally changing state; with `bye`,
+        end the session with `* BYE bye` instead (the selected mailbox was deleted elsewhere)."""
         if self._running != tag:
             raise ProtocolViolation(f"finish({tag}) but running {self._running}")
+        if bye is not None:
+            self.close(bye, "selected mailbox deleted")
+            return
         self._running = None
         self._idle_tag = None
         if state is not None:

@@ -69,8 +69,9 @@ TABLE: tuple[Support, ...] = (
     Support("METADATA-SERVER", "RFC 5464", "server annotations", "GETMETADATA/SETMETADATA on mailbox \"\""),
     Support("LIST-METADATA", "RFC 9590", "LIST RETURN (METADATA (...))", "with MAXSIZE and DEPTH"),
     Support("UNAUTHENTICATE", "RFC 8437", "UNAUTHENTICATE"),
-    Support("NOTIFY", "RFC 5465", "NOTIFY", "every mailbox filter; message, MailboxName and SubscriptionChange "
-            "events (no annotations or metadata: BADEVENT)"),
+    Support("NOTIFY", "RFC 5465", "NOTIFY", "every mailbox filter; message, MailboxName, SubscriptionChange, "
+            "MailboxMetadataChange and ServerMetadataChange events (entry names only, RFC 5464 §4.4.2); "
+            "AnnotationChange: BADEVENT; outside SELECTED each message event alone, as in Dovecot"),
     Support("COMPRESS=DEFLATE", "RFC 4978", "COMPRESS", "inflated a bounded step at a time"),
 )
 

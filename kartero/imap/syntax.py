@@ -1367,12 +1367,14 @@ def _notify(a: _Args) -> Command:
         else:
             raise ParseError("events must be a list or NONE")
         group.end()
-        # RFC 5465 §5: MessageNew and MessageExpunge go together; FlagChange/AnnotationChange need both.
-        if len(events & {"MessageNew", "MessageExpunge"}) == 1:
-            raise ParseError("MessageNew and MessageExpunge must be given together")
-        if events & {"FlagChange", "AnnotationChange"} and "MessageNew" not in events:
-            raise ParseError("FlagChange needs MessageNew and MessageExpunge")
         if kind.startswith("SELECTED"):  # RFC 5465 §6.1
+            # §5: MessageNew and MessageExpunge go together; FlagChange/AnnotationChange need both. Only for
+            # the selected mailbox, as in Dovecot 2.3: the RFC's own example (§3.1) asks for
+            # `(subtree Lists (MessageNew))`, and for other mailboxes each event is a STATUS of its own.
+            if len(events & {"MessageNew", "MessageExpunge"}) == 1:
+                raise ParseError("MessageNew and MessageExpunge must be given together")
+            if events & {"FlagChange", "AnnotationChange"} and "MessageNew" not in events:
+                raise ParseError("FlagChange needs MessageNew and MessageExpunge")
             if any(g.filter.startswith("SELECTED") for g in groups):
                 raise ParseError("only one of SELECTED and SELECTED-DELAYED")
             if events - _MESSAGE_EVENTS:

@@ -16,7 +16,7 @@ from typing import Any
 
 from kartero.imap.commands import notify as notify_events
 from kartero.imap.commands import run as run_command
-from kartero.imap.commands.view import CHUNK, Done, Session, chunked, sync
+from kartero.imap.commands.view import CHUNK, Done, Session, chunked, mailbox_deleted, sync
 from kartero.imap.connection import (
     AppendData,
     CommandReady,
@@ -37,6 +37,7 @@ from kartero.log import kv
 from kartero.net.channel import DEADLINE_TEXTS, AccessContext, Channel, refusal_text
 from kartero.net.deadlines import Deadline
 from kartero.store.ids import new_message_id
+from kartero.store.interface import MetadataChange
 from kartero.store.spool import IncomingSpool
 
 log = logging.getLogger("kartero.imap")
@@ -88,6 +89,13 @@ class ImapSession:
         """The account's mailboxes or subscriptions changed (for NOTIFY MailboxName/SubscriptionChange)."""
         self._pending.names = True
         self.notify()
+
+    def notify_metadata(self, change: MetadataChange) -> None:
+        """METADATA entries changed (for NOTIFY MailboxMetadataChange/ServerMetadataChange): passed on when
+        they are this session's account's and another session's doing (RFC 5465 §5)."""
+        if self.session is not None and notify_events.metadata_concerns(self.session, change):
+            self._pending.add_metadata(change.mailbox_id, change.names)
+            self.notify()
 
     def watches(self, mailbox_ids: frozenset[int]) -> bool:
         """Whether a change to these mailboxes concerns this session: its selected mailbox, or one its
@@ -252,7 +260,7 @@ class ImapSession:
         finally:
             session.spooled_message = None
             self._drop_spool()
-        self.conn.finish(tag, done.status, done.text, done.code, done.state)
+        self.conn.finish(tag, done.status, done.text, done.code, done.state, done.bye)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s", kv(event="imap.command", session=self.id, command=type(command).__name__,
                                result=done.status, ms=round((time.monotonic() - started) * 1000, 1)))  # fmt: skip
@@ -270,9 +278,11 @@ class ImapSession:
                 yield from chunked(notify_events.updates(session, pending, is_idling=is_idling))
             if session.notify is None and is_idling:  # also right after a NOTIFICATIONOVERFLOW
                 yield from chunked(sync(session, allow_expunge=True))
-            return Done(Status.OK, "")
+            return mailbox_deleted(session) or Done(Status.OK, "")
 
-        await self._drive(updates())
+        done = await self._drive(updates())
+        if done.bye is not None:
+            self.conn.close(done.bye, "selected mailbox deleted")
 
     async def _login(self, tag: str, user: str, password: str) -> None:
         account = await self.ctx.check_login(self.channel, self.id, user, password)

@@ -96,6 +96,8 @@ class MailboxStatus:
     size: int
     uidnext: int
     uidvalidity: int
+    # Raised by exactly one per change (a message stored, one flag update, one expunge, one copy): a
+    # session that knows the MODSEQs of its own changes can tell whether anything else happened.
     highestmodseq: int
     recent: int = 0  # messages no session has seen as \\Recent yet (UID >= the mailbox's first recent UID)
 
@@ -140,6 +142,26 @@ class Changes:
     vanished: tuple[int, ...]
     highestmodseq: int
     first_recent_uid: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Copied:
+    """What `Store.copy_messages` did: (source UID, new UID) pairs, and the one MODSEQ of the copies in the
+    target (0 when nothing was copied), by which a NOTIFY session tells its own change from others'."""
+
+    pairs: tuple[tuple[int, int], ...]
+    modseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataChange:
+    """METADATA entries set or removed (RFC 5464), for NOTIFY's MailboxMetadataChange and
+    ServerMetadataChange (RFC 5465 §5.7, §5.8)."""
+
+    account_id: int
+    mailbox_id: int | None  # None: the server's entries (of this account)
+    names: tuple[str, ...]
+    origin: object  # whoever made the change (an IMAP session), so that it is not reported back to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,12 +421,14 @@ class Store(Protocol):
         """Raises MailboxExists."""
         ...
 
-    def delete_mailbox(self, account_id: int, name: str) -> None:
-        """Removes the mailbox and its messages; raises NoSuchMailbox."""
+    def delete_mailbox(self, account_id: int, name: str) -> int:
+        """Removes the mailbox and its messages and returns its id; raises NoSuchMailbox."""
         ...
 
-    def rename_mailbox(self, account_id: int, old: str, new: str, separator: str) -> None:
-        """Renames `old` and every `old<separator>...` below it; raises NoSuchMailbox/MailboxExists."""
+    def rename_mailbox(self, account_id: int, old: str, new: str, separator: str) -> dict[int, str]:
+        """Renames `old` and every `old<separator>...` below it (and their subscriptions); returns each
+        renamed mailbox's new name by id (for INBOX, the mailbox created to take its messages). Raises
+        NoSuchMailbox/MailboxExists."""
         ...
 
     def subscriptions(self, account_id: int) -> set[str]: ...
@@ -447,8 +471,9 @@ class Store(Protocol):
 
     def copy_messages(
         self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool, all_or_none: bool = False
-    ) -> list[tuple[int, int]]:
-        """Copy (or move) messages; returns (source UID, new UID) pairs. Bodies are shared, not copied.
+    ) -> Copied:
+        """Copy (or move) messages; returns (source UID, new UID) pairs and the copies' MODSEQ in the
+        target. Bodies are shared, not copied.
         UIDs no longer in the source are skipped; with `all_or_none`, if any is missing nothing is copied
         and the result is empty."""
         ...
@@ -476,11 +501,13 @@ class Store(Protocol):
         ...
 
     def set_metadata(
-        self, account_id: int, mailbox_id: int | None, changes: Sequence[tuple[str, bytes | None]], max_entries: int
+        self, account_id: int, mailbox_id: int | None, changes: Sequence[tuple[str, bytes | None]], max_entries: int,
+        origin: object = None,
     ) -> bool:
         """Sets (a value) or removes (None) METADATA entries, all or none: False, and nothing changed, when
         the mailbox (or the server for this account) would hold more than `max_entries`. Entries go with
-        their mailbox when it is deleted and follow it through RENAME. Raises NoSuchMailbox."""
+        their mailbox when it is deleted and follow it through RENAME. Raises NoSuchMailbox. After a
+        change, the metadata listeners hear of it with `origin` (who made it)."""
         ...
 
     def read_message(self, blob_id: str) -> bytes: ...
@@ -494,6 +521,10 @@ class Store(Protocol):
 
     def add_listener(self, listener: Callable[[frozenset[int]], None]) -> None:
         """Call `listener` with the ids of changed mailboxes after every commit (from any thread)."""
+        ...
+
+    def add_metadata_listener(self, listener: Callable[[MetadataChange], None]) -> None:
+        """Call `listener` after METADATA entries were set or removed (from any thread)."""
         ...
 
     def add_account_listener(self, listener: Callable[[int], None]) -> None:

@@ -29,6 +29,7 @@ from kartero.store.ids import new_mailbox_objectid
 from kartero.store.interface import (
     INBOX,
     Changes,
+    Copied,
     FlagOp,
     FlagUpdate,
     Mailbox,
@@ -36,6 +37,7 @@ from kartero.store.interface import (
     MailboxStatus,
     MessageInfo,
     MessageRow,
+    MetadataChange,
     NoSuchMailbox,
     SelectSummary,
     apply_flag_op,
@@ -182,6 +184,9 @@ class MailboxOps:
     def _notify_account(self, account_id: int) -> None:
         raise NotImplementedError
 
+    def _notify_metadata(self, change: MetadataChange) -> None:
+        raise NotImplementedError
+
     def _tombstones_written(self, mailbox_id: int) -> None:
         raise NotImplementedError
 
@@ -217,7 +222,7 @@ class MailboxOps:
             raise NoSuchMailbox(f"no mailbox {name}")
         return int(row[0])
 
-    def delete_mailbox(self, account_id: int, name: str) -> None:
+    def delete_mailbox(self, account_id: int, name: str) -> int:
         with self._write() as db:
             mailbox_id = self._mailbox_id(db, account_id, name)
             blobs = [
@@ -233,22 +238,20 @@ class MailboxOps:
         self._notify(frozenset({mailbox_id}))
         self._notify_account(account_id)
         self.compact()
+        return mailbox_id
 
-    def rename_mailbox(self, account_id: int, old: str, new: str, separator: str) -> None:
+    def rename_mailbox(self, account_id: int, old: str, new: str, separator: str) -> dict[int, str]:
         if old == INBOX:
-            self._rename_inbox(account_id, new)
-            return
+            return self._rename_inbox(account_id, new)
         with self._write() as db:
             self._mailbox_id(db, account_id, old)
             prefix = old + separator
-            names = [
-                r[0]
-                for r in db.execute(
-                    "SELECT name FROM mailboxes WHERE account_id = ? AND (name = ? OR substr(name, 1, ?) = ?)",
-                    (account_id, old, len(prefix), prefix),
-                )
-            ]
-            renames = [(name, new + name[len(old) :]) for name in names]
+            found = db.execute(
+                "SELECT id, name FROM mailboxes WHERE account_id = ? AND (name = ? OR substr(name, 1, ?) = ?)",
+                (account_id, old, len(prefix), prefix),
+            ).fetchall()
+            renamed = {mailbox_id: new + name[len(old) :] for mailbox_id, name in found}
+            renames = [(name, new + name[len(old) :]) for _, name in found]
             for _, target in renames:
                 if db.execute(
                     "SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, target)
@@ -263,8 +266,9 @@ class MailboxOps:
                     (target, account_id, source),
                 )
         self._notify_account(account_id)
+        return renamed
 
-    def _rename_inbox(self, account_id: int, new: str) -> None:
+    def _rename_inbox(self, account_id: int, new: str) -> dict[int, str]:
         """RFC 9051 §6.3.6: renaming INBOX moves its messages to a new mailbox; INBOX stays, empty."""
         target = self.create_mailbox(account_id, new)
         with self._write() as db:
@@ -272,6 +276,7 @@ class MailboxOps:
             uids = [r[0] for r in db.execute("SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (inbox,))]
         if uids:
             self.copy_messages(inbox, uids, target.id, move=True)
+        return {target.id: target.name}
 
     def subscriptions(self, account_id: int) -> set[str]:
         return {r[0] for r in self._db().execute("SELECT name FROM subscriptions WHERE account_id = ?", (account_id,))}
@@ -423,7 +428,8 @@ class MailboxOps:
         return {name: bytes(value) for name, value in rows}
 
     def set_metadata(
-        self, account_id: int, mailbox_id: int | None, changes: Sequence[tuple[str, bytes | None]], max_entries: int
+        self, account_id: int, mailbox_id: int | None, changes: Sequence[tuple[str, bytes | None]], max_entries: int,
+        origin: object = None,
     ) -> bool:
         key = (account_id, mailbox_id or 0)
         where = "account_id = ? AND IFNULL(mailbox_id, 0) = ?"
@@ -443,6 +449,8 @@ class MailboxOps:
                     raise _TooManyEntries  # rolls the whole command back
         except _TooManyEntries:
             return False
+        names = tuple(dict.fromkeys(name for name, _ in changes))
+        self._notify_metadata(MetadataChange(account_id, mailbox_id, names, origin))
         return True
 
     def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
@@ -549,12 +557,12 @@ class MailboxOps:
 
     def copy_messages(
         self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool, all_or_none: bool = False
-    ) -> list[tuple[int, int]]:
+    ) -> Copied:
         pairs: list[tuple[int, int]] = []
         with self._write() as db:
             rows = self._rows(db, source_id, uids)
             if not rows or (all_or_none and len(rows) < len(set(uids))):
-                return []
+                return Copied((), 0)
             first = db.execute(
                 "UPDATE mailboxes SET uidnext = uidnext + ?, highestmodseq = highestmodseq + 1 WHERE id = ?"
                 " RETURNING uidnext - ?, highestmodseq",
@@ -580,7 +588,7 @@ class MailboxOps:
         self._notify(frozenset({source_id, target_id}))
         if move:
             self._request_release(source_id)
-        return pairs
+        return Copied(tuple(pairs), modseq)
 
     # -- search and sort -------------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from kartero.store.interface import (
     Content,
     Delivery,
     FileSpan,
+    MetadataChange,
     StoredMessage,
     StoreError,
 )
@@ -203,6 +204,7 @@ class SQLiteStore(MailboxOps, QueueOps):
         self._listeners: list[Callable[[frozenset[int]], None]] = []
         self._queue_listeners: list[Callable[[], None]] = []
         self._account_listeners: list[Callable[[int], None]] = []
+        self._metadata_listeners: list[Callable[[MetadataChange], None]] = []
         self._holds = ExpungeHolds(self._request_release)
 
     # -- connections -------------------------------------------------------------------------------
@@ -683,6 +685,16 @@ class SQLiteStore(MailboxOps, QueueOps):
 
     def add_account_listener(self, listener: Callable[[int], None]) -> None:
         self._account_listeners.append(listener)
+
+    def add_metadata_listener(self, listener: Callable[[MetadataChange], None]) -> None:
+        self._metadata_listeners.append(listener)
+
+    def _notify_metadata(self, change: MetadataChange) -> None:
+        for listener in self._metadata_listeners:
+            try:
+                listener(change)
+            except Exception:
+                log.exception("event=store.listener_failed")
 
     def _notify_account(self, account_id: int) -> None:
         for listener in self._account_listeners:

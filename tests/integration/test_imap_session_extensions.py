@@ -197,3 +197,73 @@ def test_notify_watches_a_mailbox_created_later(mx: KarteroServer) -> None:
     a.send(b"c NOOP\r\n")
     assert a.until(b"c") == [b"c OK NOOP completed\r\n"]
     a.close()
+
+
+def test_selected_mailbox_deleted_elsewhere_ends_an_idle_session(mx: KarteroServer) -> None:
+    """Issue 9: a session IDLE in a mailbox another session deletes gets `* BYE` at once and the
+    connection closes (Dovecot 2.3 drops it too)."""
+    idler, other = Raw(mx), Raw(mx)
+    for raw in (idler, other):
+        raw.send(f"a LOGIN bob@example.test {PASSWORD}\r\n".encode())
+        raw.until(b"a")
+    other.send(b"b CREATE Doomed\r\n")
+    assert other.until(b"b")[-1].startswith(b"b OK")
+    idler.send(b"c SELECT Doomed\r\n")
+    assert idler.until(b"c")[-1].startswith(b"c OK")
+    idler.send(b"d IDLE\r\n")
+    assert idler.reader.readline() == b"+ idling\r\n"
+    other.send(b"e DELETE Doomed\r\n")
+    assert other.until(b"e") == [b"e OK DELETE completed\r\n"]
+    assert idler.reader.readline() == b"* BYE Selected mailbox was deleted, have to disconnect.\r\n"
+    assert idler.reader.readline() == b""  # closed
+    idler.close()
+    other.close()
+
+
+def test_notify_reports_metadata_set_by_another_session(mx: KarteroServer) -> None:
+    """Issue 9, RFC 5465 §5.7/§5.8: imaplib's SETMETADATA on a mailbox and on the server reaches a NOTIFY
+    session at once as `* METADATA` naming the entries; the session's own SETMETADATA does not."""
+    raw = Raw(mx)
+    raw.send(f"a LOGIN bob@example.test {PASSWORD}\r\n".encode())
+    raw.until(b"a")
+    raw.send(b"b NOTIFY SET (PERSONAL (MailboxMetadataChange ServerMetadataChange))\r\n")
+    assert raw.until(b"b") == [b"b OK NOTIFY completed\r\n"]
+    with imaplib.IMAP4(mx.host, mx.imap_port) as other:
+        other.login("bob@example.test", PASSWORD)
+        assert other.xatom("SETMETADATA", 'INBOX (/private/comment "from imaplib")')[0] == "OK"
+        assert raw.reader.readline() == b'* METADATA "INBOX" /private/comment\r\n'
+        assert other.xatom("SETMETADATA", '"" (/shared/motd "hello" /private/x NIL)')[0] == "OK"
+        assert raw.reader.readline() == b'* METADATA "" /private/x /shared/motd\r\n'
+    raw.send(b'c SETMETADATA INBOX (/private/comment "mine")\r\nd NOOP\r\n')
+    assert raw.until(b"d") == [b"c OK SETMETADATA completed\r\n", b"d OK NOOP completed\r\n"]
+    raw.close()
+
+
+def test_notify_reports_mailboxes_created_elsewhere_while_creating_its_own(mx: KarteroServer) -> None:
+    """Issue 9: session A pipelines CREATEs of its own while imaplib creates others at the same time; A
+    hears of every mailbox the other session created (a LIST each) and of none of its own, however the
+    two interleave (before, a change made during A's CREATE was taken as A's own and never reported)."""
+    import threading
+
+    raw = Raw(mx)
+    raw.send(f"a LOGIN bob@example.test {PASSWORD}\r\n".encode())
+    raw.until(b"a")
+    raw.send(b"b NOTIFY SET (PERSONAL (MailboxName))\r\n")
+    assert raw.until(b"b") == [b"b OK NOTIFY completed\r\n"]
+
+    def theirs() -> None:
+        with imaplib.IMAP4(mx.host, mx.imap_port) as other:
+            other.login("bob@example.test", PASSWORD)
+            for i in range(40):
+                assert other.create(f"Theirs{i}")[0] == "OK"
+
+    thread = threading.Thread(target=theirs)
+    thread.start()
+    raw.send(b"".join(b"c%d CREATE Mine%d\r\n" % (i, i) for i in range(40)))
+    lines = raw.until(b"c39")
+    thread.join(30)
+    raw.send(b"d NOOP\r\n")
+    lines += raw.until(b"d")
+    announced = {line for line in lines if line.startswith(b"* LIST")}
+    assert announced == {b'* LIST () "/" "Theirs%d"\r\n' % i for i in range(40)}
+    raw.close()

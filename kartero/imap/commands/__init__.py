@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Generator
 
 from kartero.imap.commands import fetch, mailbox, messages, metadata, notify, search
-from kartero.imap.commands.view import Done, Session
+from kartero.imap.commands.view import Done, Session, mailbox_deleted
 from kartero.imap.response import Status
 from kartero.imap.state import ImapState
 from kartero.imap.syntax import (
@@ -43,20 +43,12 @@ Handler = Generator[bytes, None, Done]
 
 def run(session: Session, tag: str, command: Command, *, append_limit: int) -> Handler:
     """The handler for `command`; the caller drives it to StopIteration and sends what it yields."""
-    handler = _handler(session, tag, command, append_limit=append_limit)
-    if session.notify is not None and isinstance(command, (MailboxCommand, Rename, Append, CopyMove)):
-        return _own_change(session, command, handler)
-    return handler
+    return _ended_by_deletion(session, _handler(session, tag, command, append_limit=append_limit))
 
 
-def _own_change(session: Session, command: MailboxCommand | Rename | Append | CopyMove, handler: Handler) -> Handler:
-    """NOTIFY (RFC 5465 §5): what this session changed itself is not reported back to it."""
+def _ended_by_deletion(session: Session, handler: Handler) -> Handler:
     done = yield from handler
-    if isinstance(command, (Append, CopyMove)):
-        notify.forget_own_changes(session, [command.mailbox])
-    else:
-        notify.forget_own_changes(session, names=True)
-    return done
+    return mailbox_deleted(session) or done
 
 
 def _handler(session: Session, tag: str, command: Command, *, append_limit: int) -> Handler:

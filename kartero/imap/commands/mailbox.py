@@ -8,7 +8,7 @@ import datetime
 from array import array
 from collections.abc import Generator, Iterator, Sequence
 
-from kartero.imap.commands import catenate
+from kartero.imap.commands import catenate, notify
 from kartero.imap.commands.metadata import longentries, select_entries
 from kartero.imap.commands.view import (
     Done,
@@ -147,11 +147,12 @@ def create(session: Session, cmd: MailboxCommand) -> Handler:
         parent = SEPARATOR.join(parts[:depth])
         if parent != INBOX and store.get_mailbox(session.account_id, parent) is None:
             with contextlib.suppress(MailboxExists):
-                store.create_mailbox(session.account_id, parent)
+                notify.note_created(session, store.create_mailbox(session.account_id, parent))
     try:
         created = store.create_mailbox(session.account_id, name, special)
     except MailboxExists:
         return Done(Status.NO, "Mailbox exists", "ALREADYEXISTS")
+    notify.note_created(session, created)
     yield from ()
     return Done(Status.OK, "CREATE completed", f"MAILBOXID ({created.objectid})")  # RFC 8474 §4.1
 
@@ -160,11 +161,12 @@ def delete(session: Session, cmd: MailboxCommand) -> Handler:
     if cmd.mailbox == INBOX:
         return Done(Status.NO, "INBOX cannot be deleted", "CANNOT")
     try:
-        session.store.delete_mailbox(session.account_id, cmd.mailbox)
+        deleted = session.store.delete_mailbox(session.account_id, cmd.mailbox)
     except NoSuchMailbox:
         return Done(Status.NO, "No such mailbox", "NONEXISTENT")
+    notify.note_deleted(session, deleted)
     state = None
-    if session.selected is not None and session.selected.name == cmd.mailbox:
+    if session.selected is not None and session.selected.mailbox_id == deleted:
         session.select(None)
         state = ImapState.AUTHENTICATED
         yield b"* OK [CLOSED] Selected mailbox deleted\r\n"
@@ -180,21 +182,22 @@ def rename(session: Session, cmd: Rename) -> Handler:
     if cmd.old != INBOX and new.startswith(cmd.old + SEPARATOR):
         return Done(Status.NO, "Cannot move a mailbox below itself", "CANNOT")
     try:
-        session.store.rename_mailbox(session.account_id, cmd.old, new, SEPARATOR)
+        renamed = session.store.rename_mailbox(session.account_id, cmd.old, new, SEPARATOR)
     except NoSuchMailbox:
         return Done(Status.NO, "No such mailbox", "NONEXISTENT")
     except MailboxExists:
         return Done(Status.NO, "Target exists", "ALREADYEXISTS")
+    notify.note_renamed(session, renamed)
     view = session.selected
-    renamed_view = view is not None and (view.name == cmd.old or view.name.startswith(cmd.old + SEPARATOR))
-    if view is not None and renamed_view and cmd.old != INBOX:
-        view.name = new + view.name[len(cmd.old) :]
+    if view is not None and view.mailbox_id in renamed:
+        view.name = renamed[view.mailbox_id]
     yield from ()
     return Done(Status.OK, "RENAME completed")
 
 
 def subscribe(session: Session, cmd: MailboxCommand) -> Handler:
     session.store.set_subscribed(session.account_id, cmd.mailbox, cmd.name == "SUBSCRIBE")
+    notify.note_subscribed(session, cmd.mailbox, cmd.name == "SUBSCRIBE")
     yield from ()
     return Done(Status.OK, f"{cmd.name} completed")
 
@@ -501,6 +504,7 @@ def append(session: Session, cmd: Append, append_limit: int) -> Handler:
     finally:
         if assembler is not None:
             assembler.close()  # the store has its own copy (or failed): the Future is done
+    notify.note_written(session, mailbox.id, [m.modseq for messages in stored for m in messages])
     # Into the selected mailbox: EXISTS before the tagged OK, so the next command may use the message.
     yield from chunked(sync(session, allow_expunge=True))
     uids = format_set(m.uid for messages in stored for m in messages)

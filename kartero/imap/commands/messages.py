@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
+from kartero.imap.commands import notify
 from kartero.imap.commands.view import (
     Done,
     Session,
@@ -73,10 +74,12 @@ def copy_move(session: Session, cmd: CopyMove) -> Handler:
         return Done(Status.NO, "No such mailbox", "TRYCREATE")
     pairs = resolve(view, cmd.numbers, is_uid=cmd.is_uid, saved=session.saved)
     try:
-        copied = session.store.copy_messages(view.mailbox_id, [uid for _, uid in pairs], target.id, move=is_move,
+        result = session.store.copy_messages(view.mailbox_id, [uid for _, uid in pairs], target.id, move=is_move,
                                              all_or_none=True)  # fmt: skip
     except NoSuchMailbox:
         return Done(Status.NO, "No such mailbox", "TRYCREATE")
+    copied = result.pairs
+    notify.note_written(session, target.id, [result.modseq] if copied else [])
     if pairs and not copied:
         # Another session expunged a message the client still sees. As Dovecot does (RFC 2180 §4.4.1):
         # nothing is copied and the pending EXPUNGE comes first, so the client knows what to try again.

@@ -72,7 +72,8 @@ def setmetadata(session: Session, cmd: SetMetadata) -> Handler:
     if target is None:
         return Done(Status.NO, "No such mailbox", "NONEXISTENT")
     try:
-        if not session.store.set_metadata(session.account_id, target[0], cmd.entries, MAX_ENTRIES):
+        # origin: NOTIFY reports the change to every session but this one (RFC 5465 §5).
+        if not session.store.set_metadata(session.account_id, target[0], cmd.entries, MAX_ENTRIES, origin=session):
             return Done(Status.NO, f"Too many entries ({MAX_ENTRIES} at most)", "METADATA TOOMANY")
     except NoSuchMailbox:
         return Done(Status.NO, "No such mailbox", "NONEXISTENT")

@@ -49,6 +49,11 @@ class Done:
     text: str
     code: str | None = None
     state: ImapState | None = None
+    bye: str | None = None  # instead of the tagged response: `* BYE bye`, and the connection closes
+
+
+# Dovecot 2.3's words when another session deleted the selected mailbox (it disconnects too).
+DELETED_BYE = "Selected mailbox was deleted, have to disconnect."
 
 
 @dataclass(slots=True)
@@ -72,6 +77,7 @@ class View:
     # Flags this session stored on such messages since (as Dovecot does, the change lives in the session's
     # view until it reports the expunge): UID -> (flags, MODSEQ shown).
     held_flags: dict[int, tuple[frozenset[str], int]] = field(default_factory=dict)
+    deleted: bool = False  # another session deleted the mailbox (found by `sync`)
     # IMAP4rev1 \\Recent: the UIDs this session sees as recent, as [low, high) ranges in ascending order
     # (RFC 3501 §2.3.2; see Session.claim_recent).
     recent: list[tuple[int, int]] = field(default_factory=list)
@@ -334,6 +340,7 @@ def sync(session: Session, *, allow_expunge: bool) -> Iterator[bytes]:
     try:
         changes = session.store.changes_since(view.mailbox_id, view.modseq)
     except NoSuchMailbox:
+        view.deleted = True  # the command (or push) ends with `* BYE`: see `mailbox_deleted`
         return
     if changes.highestmodseq == view.modseq and not changes.vanished:
         return
@@ -366,6 +373,17 @@ def sync(session: Session, *, allow_expunge: bool) -> Iterator[bytes]:
     # Updating searches last: ADDTO must follow the EXISTS that makes its numbers valid (RFC 5267 §4.3.3).
     for context in list(session.contexts.values()):
         yield from context.refresh(session)
+
+
+def mailbox_deleted(session: Session) -> Done | None:
+    """How a command or push ends when another session deleted the selected mailbox: as Dovecot 2.3
+    does, `* BYE` and the connection closes (RFC 9051 names no response for this; a client that goes on
+    with the old view would get answers for messages that are gone)."""
+    view = session.selected
+    if view is None or not view.deleted:
+        return None
+    session.select(None)
+    return Done(Status.NO, "Mailbox deleted", bye=DELETED_BYE)
 
 
 def chunked(lines: Iterable[bytes]) -> Iterator[bytes]:

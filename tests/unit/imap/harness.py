@@ -81,7 +81,7 @@ class Client:
                             break
                     self.session.spooled_message = None
                     self.spool.reset()
-                    conn.finish(tag, done.status, done.text, done.code, done.state)
+                    conn.finish(tag, done.status, done.text, done.code, done.state, done.bye)
                 case AppendData(data=data, is_first=is_first):
                     if is_first:
                         self.spool.reset()

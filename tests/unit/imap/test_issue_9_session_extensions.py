@@ -3,7 +3,8 @@ as transcripts after their RFCs' examples, over a real store."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from kartero.imap.commands import notify
 from kartero.imap.connection import APPEND_PIECE, AppendData, CommandReady, ImapConnection, LoginRequested
 from kartero.imap.syntax import NotifyGroup
 from kartero.store.ids import new_message_id
-from kartero.store.interface import Delivery, DeliveryTarget
+from kartero.store.interface import Delivery, DeliveryTarget, MetadataChange
 from kartero.store.sqlite import SQLiteStore
 from tests.unit.imap.harness import SETTINGS, Client, play
 from tests.unit.imap.test_fuzz import argument, assert_responses
@@ -321,13 +322,19 @@ def test_issue_9_notify_mailbox_names_and_subscriptions(store: SQLiteStore) -> N
 @pytest.mark.parametrize(
     ("command", "reply"),
     [
-        ("NOTIFY SET (PERSONAL (MailboxMetadataChange))",
-         "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)] Unsupported event"),
-        # No METADATA (RFC 5464) yet, so no annotations to report on (RFC 5465 §5.3).
+        ("NOTIFY SET (PERSONAL (MailboxMetadataChange ServerMetadataChange))", "OK NOTIFY completed"),
+        # No per-message annotations (RFC 5257), so none to report on (RFC 5465 §5.3).
         ("NOTIFY SET (SELECTED (MessageNew MessageExpunge AnnotationChange))",
-         "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)] Unsupported event"),
-        ("NOTIFY SET (PERSONAL (MessageNew))", "BAD MessageNew and MessageExpunge must be given together"),
-        ("NOTIFY SET (PERSONAL (FlagChange))", "BAD FlagChange needs MessageNew and MessageExpunge"),
+         "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange MailboxMetadataChange"
+         " ServerMetadataChange)] Unsupported event"),
+        # §5's pairing holds for the selected mailbox only, as in Dovecot 2.3 (the RFC's §3.1 example asks for
+        # MessageNew alone under SUBTREE).
+        ("NOTIFY SET (SELECTED (MessageNew))", "BAD MessageNew and MessageExpunge must be given together"),
+        ("NOTIFY SET (SELECTED-DELAYED (FlagChange))", "BAD FlagChange needs MessageNew and MessageExpunge"),
+        ("NOTIFY SET (PERSONAL (MessageNew))", "OK NOTIFY completed"),
+        ("NOTIFY SET (PERSONAL (FlagChange))", "OK NOTIFY completed"),
+        ("NOTIFY SET (SELECTED (MessageNew MessageExpunge MailboxMetadataChange))",
+         "BAD only message events for the selected mailbox"),
         ("NOTIFY SET (SELECTED (MailboxName))", "BAD only message events for the selected mailbox"),
         ("NOTIFY SET (SELECTED NONE) (SELECTED-DELAYED NONE)", "BAD only one of SELECTED and SELECTED-DELAYED"),
         ("NOTIFY SET (EVERYWHERE NONE)", "BAD unknown mailbox filter EVERYWHERE"),
@@ -489,3 +496,207 @@ def test_issue_9_notify_rfc_5465_section_3_1_example_whole_and_bytewise(store: S
         C: e NOTIFY NONE
         S: e OK NOTIFY completed
     """)  # noqa: E501
+
+
+def meanwhile(
+    monkeypatch: pytest.MonkeyPatch, store: SQLiteStore, method: str, change: Callable[[], object],
+    *, after: bool = False,
+) -> None:  # fmt: skip
+    """Make another session's `change` happen while this session's command runs: just before (or just
+    after) its own call to the store's `method` (once), as two threads may interleave."""
+    original = getattr(store, method)
+
+    def interleaved(*args: object, **kwargs: object) -> object:
+        monkeypatch.setattr(store, method, original)
+        if not after:
+            change()
+        result = original(*args, **kwargs)
+        if after:
+            if isinstance(result, Future):
+                result.result(10)
+            change()
+        return result
+
+    monkeypatch.setattr(store, method, interleaved)
+
+
+@pytest.mark.parametrize(
+    ("own", "method"),
+    [
+        ("CREATE Mine", "create_mailbox"),
+        ("DELETE Old", "delete_mailbox"),
+        ("RENAME Old Renamed", "rename_mailbox"),
+        ("SUBSCRIBE Old", "set_subscribed"),
+        ("UNSUBSCRIBE Old", "set_subscribed"),
+    ],
+)
+def test_issue_9_notify_reports_a_name_change_made_during_an_own_one(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, own: str, method: str
+) -> None:
+    """RFC 5465 §5 spares the client only its own changes: another session's CREATE and SUBSCRIBE while
+    this one's command runs are reported all the same (the state read after the command was taken as
+    this session's own)."""
+    store.create_mailbox(1, "Old")
+    c, other = client(store), client(store)
+    assert c.command("a NOTIFY SET (PERSONAL (MailboxName SubscriptionChange))") == [b"a OK NOTIFY completed\r\n"]
+    meanwhile(monkeypatch, store, method, lambda: (other.command("x CREATE Theirs"),
+                                                   other.command("y SUBSCRIBE Theirs")))  # fmt: skip
+    assert c.command(f"b {own}")[-1].startswith(b"b OK ")
+    assert push(c, names=True) == [b'* LIST () "/" "Theirs"\r\n', b'* LIST (\\Subscribed) "/" "Theirs"\r\n']
+    assert push(c, names=True) == []
+
+
+@pytest.mark.parametrize(
+    ("own", "method"),
+    [
+        ("APPEND Work {1+}\r\nx", "deliver_group"),
+        ("COPY 1 Work", "copy_messages"),
+        ("MOVE 1 Work", "copy_messages"),
+    ],
+)
+def test_issue_9_notify_reports_mail_another_session_adds_during_an_own_write(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, own: str, method: str
+) -> None:
+    """Mail delivered to a watched mailbox while this session's APPEND/COPY/MOVE into it runs is reported
+    (a STATUS), whichever of the two writes came first; the session's own write alone is not."""
+    store.create_mailbox(1, "Work")
+    for _ in range(3):
+        deliver(store)
+    c = client(store)
+    c.command("e ENABLE IMAP4rev2")
+    c.select()
+    assert c.command("a NOTIFY SET (MAILBOXES (Work) (MessageNew MessageExpunge))") == [b"a OK NOTIFY completed\r\n"]
+    assert c.command(f"b {own}")[-1].startswith(b"b OK ")
+    assert push(c, "Work") == []  # alone: nothing reported back
+    meanwhile(monkeypatch, store, method, lambda: deliver(store, "Work"))
+    assert c.command(f"c {own}")[-1].startswith(b"c OK ")
+    assert push(c, "Work") == [b'* STATUS "Work" (MESSAGES 3 UIDNEXT 4 UIDVALIDITY %d UNSEEN 3)\r\n' % (
+        uidvalidity(store, "Work"))]  # fmt: skip
+    # The other way round: the other session's delivery lands after this session's write.
+    meanwhile(monkeypatch, store, method, lambda: deliver(store, "Work"), after=True)
+    assert c.command(f"d {own}")[-1].startswith(b"d OK ")
+    assert push(c, "Work") == [b'* STATUS "Work" (MESSAGES 5 UIDNEXT 6 UIDVALIDITY %d UNSEEN 5)\r\n' % (
+        uidvalidity(store, "Work"))]  # fmt: skip
+
+
+def test_issue_9_notify_rfc_5465_section_3_1_example_as_published(store: SQLiteStore) -> None:
+    """The §3.1 example with `(subtree Lists (MessageNew))` as the RFC writes it (no MessageExpunge): taken
+    as Dovecot 2.3 takes it; new mail in Lists is reported, an expunge there alone is not."""
+    for name in ("Lists", "Lists/Lemonade"):
+        store.create_mailbox(1, name)
+    deliver(store, "Lists/Lemonade")
+    deliver(store, "Lists/Lemonade")
+    lists, lemonade = uidvalidity(store, "Lists"), uidvalidity(store, "Lists/Lemonade")
+    c = play(lambda: Client(store=store), f"""
+        S~ \\* OK .*
+        C: a LOGIN bob@example.test pw
+        S~ a OK .*
+        C: b notify set status (selected (MessageNew (uid body.peek[header.fields (from to subject)]) MessageExpunge)) (subtree Lists (MessageNew))
+        S: * STATUS "Lists" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY {lists} UNSEEN 0)
+        S: * STATUS "Lists/Lemonade" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY {lemonade} UNSEEN 2)
+        S: b OK NOTIFY completed
+    """, bytewise_too=False)  # noqa: E501
+    deliver(store, "Lists")
+    assert push(c, "Lists") == [b'* STATUS "Lists" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 1)\r\n' % lists]
+    other = client(store)
+    other.select("Lists/Lemonade")
+    other.command("x STORE 1 +FLAGS.SILENT (\\Deleted)")
+    other.command("y EXPUNGE")
+    assert push(c, "Lists/Lemonade") == []  # MessageExpunge was not asked for
+    deliver(store, "Lists/Lemonade")  # the STATUS of new mail shows the expunge too
+    assert push(c, "Lists/Lemonade") == [
+        b'* STATUS "Lists/Lemonade" (MESSAGES 2 UIDNEXT 4 UIDVALIDITY %d UNSEEN 2)\r\n' % lemonade]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("events", "reported"),
+    [
+        ("MessageNew", {"new"}),
+        ("MessageExpunge", {"expunge"}),
+        ("FlagChange", {"flags"}),
+        ("MessageNew MessageExpunge FlagChange", {"new", "expunge", "flags"}),
+    ],
+)
+def test_issue_9_notify_message_events_count_each_on_its_own_outside_selected(
+    store: SQLiteStore, events: str, reported: set[str]
+) -> None:
+    store.create_mailbox(1, "Work")
+    deliver(store, "Work")
+    deliver(store, "Work")
+    c, other = client(store), client(store)
+    assert c.command(f"a NOTIFY SET (MAILBOXES Work ({events}))") == [b"a OK NOTIFY completed\r\n"]
+    other.select("Work")
+    seen = set()
+    deliver(store, "Work")
+    if push(c, "Work"):
+        seen.add("new")
+    other.command("b STORE 1 +FLAGS (\\Flagged)")
+    if push(c, "Work"):
+        seen.add("flags")
+    other.command("c STORE 2 +FLAGS.SILENT (\\Deleted)")
+    push(c, "Work")
+    other.command("d EXPUNGE")
+    if push(c, "Work"):
+        seen.add("expunge")
+    # \\Deleted set and expunged: only the expunge counts for MessageExpunge, the flag for FlagChange.
+    assert seen == reported
+
+
+def metadata_push(c: Client, changes: list[MetadataChange]) -> list[bytes]:
+    """What the adapter sends a NOTIFY session once the store announced these METADATA changes."""
+    assert c.session is not None
+    pending = notify.PendingChanges()
+    for change in changes:
+        if notify.metadata_concerns(c.session, change):
+            pending.add_metadata(change.mailbox_id, change.names)
+    changes.clear()
+    return b"".join(notify.updates(c.session, pending)).splitlines(keepends=True)
+
+
+def test_issue_9_notify_metadata_changes_elsewhere_are_reported(store: SQLiteStore) -> None:
+    """RFC 5465 §5.7/§5.8 with RFC 5464 §4.4.2: SETMETADATA by another session reaches a NOTIFY session as
+    `* METADATA mailbox entry ...` (names only); the session's own SETMETADATA, another account's, and a
+    mailbox outside the filter are not reported."""
+    store.create_mailbox(1, "Work")
+    store.add_account("carol@example.test", "unused")
+    changes: list[MetadataChange] = []
+    store.add_metadata_listener(changes.append)
+    c, other, carol = client(store), client(store), Client(store=store)
+    carol.login("carol@example.test")
+    c.command("e ENABLE IMAP4rev2")
+    c.select()
+    assert c.command("a NOTIFY SET (SELECTED (MessageNew MessageExpunge)) (PERSONAL (MailboxMetadataChange"
+                     " ServerMetadataChange))") == [b"a OK NOTIFY completed\r\n"]  # fmt: skip
+    assert other.command('b SETMETADATA INBOX (/private/comment "x")') == [b"b OK SETMETADATA completed\r\n"]
+    other.command('c SETMETADATA "" (/shared/admin "mailto:a@example.test" /private/vendor/k NIL)')
+    other.command('d SETMETADATA Work (/private/Comment {3+}\r\nabc)')
+    other.command('d2 SETMETADATA Work (/private/comment "again")')
+    carol.command('f SETMETADATA "" (/private/comment "not bob\'s")')
+    assert metadata_push(c, changes) == [
+        b'* METADATA "" /private/vendor/k /shared/admin\r\n',
+        b'* METADATA "INBOX" /private/comment\r\n',
+        b'* METADATA "Work" /private/comment\r\n',
+    ]
+    assert c.command('g SETMETADATA Work (/private/comment "mine")') == [b"g OK SETMETADATA completed\r\n"]
+    assert metadata_push(c, changes) == []
+    # Only the mailboxes of the filter, and server entries only with ServerMetadataChange.
+    assert c.command("h NOTIFY SET (MAILBOXES Work (MailboxMetadataChange))") == [b"h OK NOTIFY completed\r\n"]
+    other.command('i SETMETADATA INBOX (/private/comment "y")')
+    other.command('j SETMETADATA "" (/private/comment "z")')
+    other.command('k SETMETADATA Work (/shared/comment "w")')
+    assert metadata_push(c, changes) == [b'* METADATA "Work" /shared/comment\r\n']
+    assert c.command("l NOTIFY NONE") == [b"l OK NOTIFY completed\r\n"]
+    other.command('m SETMETADATA Work (/shared/comment "v")')
+    assert metadata_push(c, changes) == []
+
+
+def test_issue_9_notify_pending_metadata_is_bounded() -> None:
+    """A peer setting entry after entry while this session reads nothing: past MAX_PENDING_METADATA names
+    the session overflows (§5.8) instead of keeping them all."""
+    pending = notify.PendingChanges()
+    for i in range(notify.MAX_PENDING_METADATA):
+        pending.add_metadata(None, [f"/private/e{i}"])
+    pending.add_metadata(None, ["/private/e0"])  # already pending: no more to keep
+    assert not pending.overflowed
+    pending.add_metadata(7, ["/private/e0"])
+    assert pending.overflowed and not pending.metadata

@@ -360,3 +360,36 @@ def test_issue_9_imap4rev2_sessions_keep_no_recent(store: SQLiteStore) -> None:
     assert modern.command("d NOOP") == [b"* 2 EXISTS\r\n", b"d OK NOOP completed\r\n"]
     # It took nothing: an IMAP4rev1 session is still the first to see both.
     assert select_lines(client(store)) == [b"* 2 EXISTS\r\n", b"* 2 RECENT\r\n"]
+
+
+@pytest.mark.parametrize("command", ["NOOP", "FETCH 1 FLAGS", "UID SEARCH ALL", "STORE 1 +FLAGS (\\Seen)"])
+def test_issue_9_selected_mailbox_deleted_elsewhere_ends_the_session(store: SQLiteStore, command: str) -> None:
+    """Another session DELETEs the selected mailbox: the next command gets `* BYE` and the
+    connection closes, as Dovecot 2.3 does (after what the command found, with no tagged response);
+    before, NOOP said OK and FETCH NO [EXPUNGEISSUED] forever."""
+    store.create_mailbox(1, "Work")
+    deliver(store, mailbox="Work")
+    c, other = client(store, rev2=True), client(store)
+    c.select("Work")
+    assert other.command("d DELETE Work") == [b"d OK DELETE completed\r\n"]
+    lines = c.command(f"a {command}")
+    assert lines[-1] == b"* BYE Selected mailbox was deleted, have to disconnect.\r\n"
+    assert not any(line.startswith(b"a ") for line in lines), lines
+    assert c.conn.is_closed
+    assert c.session is not None and c.session.selected is None  # its hold let go
+
+
+def test_issue_9_selected_mailbox_renamed_elsewhere_stays_selected(store: SQLiteStore) -> None:
+    """Another session RENAMEs the selected mailbox: its messages and UIDs are unchanged, so the session
+    goes on with it under the new name (its own DELETE of the new name then deselects it)."""
+    store.create_mailbox(1, "Work")
+    deliver(store, mailbox="Work")
+    c, other = client(store, rev2=True), client(store)
+    c.select("Work")
+    assert other.command("r RENAME Work Done") == [b"r OK RENAME completed\r\n"]
+    assert c.command("a FETCH 1 FLAGS") == [b"* 1 FETCH (FLAGS ())\r\n", b"a OK FETCH completed\r\n"]
+    deliver(store, mailbox="Done")
+    assert c.command("b NOOP") == [b"* 2 EXISTS\r\n", b"b OK NOOP completed\r\n"]
+    assert c.command("c DELETE Done") == [
+        b"* OK [CLOSED] Selected mailbox deleted\r\n", b"c OK DELETE completed\r\n"]  # fmt: skip
+    assert c.command("d NOOP") == [b"d OK NOOP completed\r\n"]
