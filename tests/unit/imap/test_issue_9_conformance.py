@@ -1,0 +1,59 @@
+"""Issue 9: differences from Dovecot 2.3 that bench/imap_conformance.py found, each where the RFC (or, where
+it leaves a choice, Dovecot) says Kartero answered wrong; byte transcripts over a real store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kartero.store.ids import new_message_id
+from kartero.store.interface import Delivery, DeliveryTarget
+from kartero.store.sqlite import SQLiteStore
+from tests.unit.imap.harness import Client
+from tests.unit.mime import corpus
+
+WHEN = 1795687200  # 2026-11-26 10:00:00 UTC
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "data")
+    s.add_account("bob@example.test", "unused")
+    s.start()
+    yield s
+    s.close()
+
+
+def deliver(store: SQLiteStore, data: bytes = corpus.PLAIN) -> None:
+    target = DeliveryTarget(1, "INBOX", frozenset())
+    store.deliver(Delivery(new_message_id(), data, (target,), WHEN)).result(10)
+
+
+def client(store: SQLiteStore) -> Client:
+    c = Client(store=store)
+    c.login()
+    return c
+
+
+# -- CLOSED ---------------------------------------------------------------------------------------------
+
+
+def test_issue_9_select_while_selected_sends_closed_without_qresync(store: SQLiteStore) -> None:
+    # RFC 9051 §6.3.2 and RFC 7162 §3.2.11: a SELECT or EXAMINE that closes the selected mailbox sends
+    # "* OK [CLOSED]" first, so the client knows where the old mailbox's untagged responses end; Dovecot
+    # sends it whether or not QRESYNC was enabled, and a client that does not know the code ignores it.
+    deliver(store)
+    c = client(store)
+    c.select()
+    lines = c.command("a EXAMINE INBOX")
+    assert lines[0] == b"* OK [CLOSED] Previous mailbox closed\r\n"
+    assert lines[-1] == b"a OK [READ-ONLY] EXAMINE completed\r\n"
+    assert c.command("b SELECT nosuch") == [b"* OK [CLOSED] Previous mailbox closed\r\n",
+                                            b"b NO [NONEXISTENT] No such mailbox\r\n"]  # fmt: skip
+    # nothing is selected now: no CLOSED
+    assert c.command("c SELECT nosuch") == [b"c NO [NONEXISTENT] No such mailbox\r\n"]
+    assert c.command("d SELECT a[b") == [b"d NO [NONEXISTENT] No such mailbox\r\n"]
+    c.select()
+    assert c.command("e SELECT a[b")[0] == b"* OK [CLOSED] Previous mailbox closed\r\n"
