@@ -112,11 +112,12 @@ class _Walk:
         self.parts: dict[int, int] = {}  # id(part) -> LFs in its header and body
 
     def lines(self, part: Part) -> int:
-        """The body-fld-lines of `part`: text lines of its body, a last line without LF included."""
+        """The body-fld-lines of `part`: the line ends (LFs) in its body, as Dovecot counts them. A last line
+        without one is not counted: in a multipart, the CRLF before the boundary is the boundary's (RFC 2046
+        §5.1.1), so a one-line part has no line end of its own."""
         if part.end <= part.body_start:
             return 0
-        count = self._in_body(part)
-        return count if self.data[part.end - 1 : part.end] == b"\n" else count + 1
+        return self._in_body(part)
 
     def _in_range(self, start: int, end: int) -> int:
         key = (start, end)

@@ -57,3 +57,25 @@ def test_issue_9_select_while_selected_sends_closed_without_qresync(store: SQLit
     assert c.command("d SELECT a[b") == [b"d NO [NONEXISTENT] No such mailbox\r\n"]
     c.select()
     assert c.command("e SELECT a[b")[0] == b"* OK [CLOSED] Previous mailbox closed\r\n"
+
+
+# -- body-fld-lines ---------------------------------------------------------------------------------------
+
+MULTIPART = (b"From: a@example.org\r\nSubject: lines\r\nMIME-Version: 1.0\r\n"
+             b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+             b"--b\r\nContent-Type: text/plain\r\n\r\none line, its CRLF is the boundary's\r\n"
+             b"--b\r\nContent-Type: text/plain\r\n\r\ntwo\r\nlines\r\n\r\n--b--\r\n")  # fmt: skip
+
+
+def test_issue_9_body_lines_count_line_ends_as_dovecot_does(store: SQLiteStore) -> None:
+    # body-fld-lines (RFC 9051 §7.5.2) is the part's "size in text lines"; the CRLF before a boundary belongs
+    # to the boundary (RFC 2046 §5.1.1), so a part whose text has no line end of its own holds 0 lines, as
+    # Dovecot counts them (LFs in the body), and "two\r\nlines\r\n" holds 2. The first was 1.
+    deliver(store, MULTIPART)
+    c = client(store)
+    c.select()
+    assert c.command("a FETCH 1 BODY") == [
+        b'* 1 FETCH (BODY (("text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" 36 0)'
+        b'("text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" 12 2) "mixed"))\r\n',
+        b"a OK FETCH completed\r\n",
+    ]
