@@ -79,3 +79,38 @@ def test_issue_9_body_lines_count_line_ends_as_dovecot_does(store: SQLiteStore) 
         b'("text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" 12 2) "mixed"))\r\n',
         b"a OK FETCH completed\r\n",
     ]
+
+
+# -- RFC 2231 parameter continuations --------------------------------------------------------------------
+
+CONTINUED = (b"From: a@example.org\r\nSubject: 2231\r\nMIME-Version: 1.0\r\n"
+             b"Content-Type: application/pdf; name*=utf-8''caf%C3%A9.pdf\r\n"
+             b'Content-Disposition: attachment; filename*0="long"; filename*1="name.pdf"; size=3\r\n'
+             b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n")  # fmt: skip
+
+
+def test_issue_9_bodystructure_joins_rfc_2231_continuations(store: SQLiteStore) -> None:
+    # RFC 2231 §3: filename*0 and filename*1 are two pieces of one filename; Dovecot sends them joined, so a
+    # client that reads "filename" from BODYSTRUCTURE finds it. An extended value (name*) stays as sent.
+    deliver(store, CONTINUED)
+    c = client(store)
+    c.select()
+    assert c.command("a FETCH 1 BODYSTRUCTURE") == [
+        b"* 1 FETCH (BODYSTRUCTURE (\"application\" \"pdf\" (\"name*\" \"utf-8''caf%C3%A9.pdf\") NIL NIL \"base64\" 14"
+        b' NIL ("attachment" ("filename" "longname.pdf" "size" "3")) NIL NIL))\r\n',
+        b"a OK FETCH completed\r\n",
+    ]
+
+
+def test_issue_9_continuations_extended_gaps_and_repeats() -> None:
+    from kartero.mime.imapform import join_continuations
+
+    # an extended first piece makes the joined value extended; a plain piece after it is %-encoded
+    assert join_continuations(((b"title*0*", b"us-ascii'en'This%20is"), (b"title*1", b" it; ok"))) == [
+        (b"title*", b"us-ascii'en'This%20is%20it%3B%20ok")
+    ]
+    # a gap, a leading zero or a name without a base stays as sent
+    kept = ((b"a*0", b"1"), (b"a*2", b"3"), (b"b*00", b"x"), (b"*0", b"y"), (b"c*", b"z"))
+    assert join_continuations(kept) == list(kept)
+    # a repeated piece keeps its first value, as a repeated parameter does
+    assert join_continuations(((b"f*1", b"B"), (b"F*0", b"A"), (b"f*1", b"C"))) == [(b"f", b"AB")]
