@@ -114,3 +114,16 @@ def test_issue_9_continuations_extended_gaps_and_repeats() -> None:
     assert join_continuations(kept) == list(kept)
     # a repeated piece keeps its first value, as a repeated parameter does
     assert join_continuations(((b"f*1", b"B"), (b"F*0", b"A"), (b"f*1", b"C"))) == [(b"f", b"AB")]
+
+
+# -- INTERNALDATE ---------------------------------------------------------------------------------------
+
+
+def test_issue_9_internaldate_day_has_two_digits(store: SQLiteStore) -> None:
+    # date-day-fixed (RFC 9051 §9) allows " 1" and "01"; Dovecot sends "01", and parsers that split on spaces
+    # or read "%d" without a leading blank (several client libraries do) only read that one.
+    c = client(store)
+    assert c.command('a APPEND INBOX " 1-Jan-2020 00:00:00 +0000" {6+}\r\nA: b\r\n')[-1].startswith(b"a OK")
+    c.select()
+    assert c.command("b FETCH 1 INTERNALDATE") == [b'* 1 FETCH (INTERNALDATE "01-Jan-2020 00:00:00 +0000")\r\n',
+                                                   b"b OK FETCH completed\r\n"]  # fmt: skip
