@@ -80,7 +80,53 @@ def _envelope(header: HeaderBlock, budget: _AddressBudget) -> bytes:
 def _params(params: tuple[tuple[bytes, bytes], ...]) -> bytes:
     if not params:
         return NIL
-    return b"(" + b" ".join(imap_string(k) + b" " + imap_string(v) for k, v in params) + b")"
+    joined = join_continuations(params)
+    return b"(" + b" ".join(imap_string(k) + b" " + imap_string(v) for k, v in joined) + b")"
+
+
+def _continuation(name: bytes) -> tuple[bytes, int, bool] | None:
+    """`title*2` -> (b"title", 2, False), `title*0*` -> (b"title", 0, True); None for any other name."""
+    base, star, rest = name.partition(b"*")
+    extended = rest.endswith(b"*")
+    number = rest[:-1] if extended else rest
+    if not star or not base or not number.isdigit() or len(number) > 3 or (number != b"0" and number[:1] == b"0"):
+        return None
+    return base, int(number), extended
+
+
+def join_continuations(params: tuple[tuple[bytes, bytes], ...]) -> list[tuple[bytes, bytes]]:
+    """RFC 2231 §3: `name*0`, `name*1`, ... are pieces of one value; they are sent joined, as Dovecot does,
+    under `name`, or under `name*` when a piece is extended (`name*0*=utf-8''caf%C3%A9`; plain pieces after
+    it are percent-encoded so the joined value stays one RFC 2231 §4 value). Pieces that do not run 0..n
+    without a gap stay as they are. Linear: one pass to group, one to emit (at most MAX_PARAMS pairs)."""
+    pieces: dict[bytes, dict[int, tuple[bool, bytes]]] = {}
+    for name, value in params:
+        if (parsed := _continuation(name)) is not None:
+            base, number, extended = parsed
+            pieces.setdefault(base.lower(), {}).setdefault(number, (extended, value))
+    out: list[tuple[bytes, bytes]] = []
+    done: set[bytes] = set()
+    for name, value in params:
+        parsed = _continuation(name)
+        if parsed is None:
+            out.append((name, value))
+            continue
+        key = parsed[0].lower()
+        group = pieces[key]
+        if sorted(group) != list(range(len(group))):
+            out.append((name, value))  # a gap or a repeat: not one value
+        elif key not in done:
+            done.add(key)
+            extended = group[0][0]
+            text = b"".join(v if e or not extended else _percent(v) for e, v in (group[i] for i in range(len(group))))
+            out.append((parsed[0] + (b"*" if extended else b""), text))
+    return out
+
+
+def _percent(value: bytes) -> bytes:
+    """A plain piece inside an extended value: RFC 2231 §7 attribute-char kept, everything else %XX."""
+    return b"".join(bytes([c]) if 0x21 <= c < 0x7F and c not in b"*'%()<>@,;:\\\"/[]?=" else b"%%%02X" % c
+                    for c in value)  # fmt: skip
 
 
 def _extension(part: Part) -> bytes:
@@ -112,11 +158,12 @@ class _Walk:
         self.parts: dict[int, int] = {}  # id(part) -> LFs in its header and body
 
     def lines(self, part: Part) -> int:
-        """The body-fld-lines of `part`: text lines of its body, a last line without LF included."""
+        """The body-fld-lines of `part`: the line ends (LFs) in its body, as Dovecot counts them. A last line
+        without one is not counted: in a multipart, the CRLF before the boundary is the boundary's (RFC 2046
+        §5.1.1), so a one-line part has no line end of its own."""
         if part.end <= part.body_start:
             return 0
-        count = self._in_body(part)
-        return count if self.data[part.end - 1 : part.end] == b"\n" else count + 1
+        return self._in_body(part)
 
     def _in_range(self, start: int, end: int) -> int:
         key = (start, end)

@@ -105,10 +105,10 @@ def _handler(session: Session, tag: str, command: Command, *, append_limit: int)
 
 def _impossible_name(session: Session, cmd: Refused) -> Handler:
     """NO for a command naming a mailbox that cannot be; a SELECT or EXAMINE deselects all the same
-    (RFC 9051 §6.3.2), saying so first under QRESYNC (RFC 7162 §3.2.11)."""
+    (RFC 9051 §6.3.2), saying so first with CLOSED (RFC 7162 §3.2.11), as Dovecot does with or without QRESYNC."""
     state = None
     if cmd.name in ("SELECT", "EXAMINE"):
-        if session.selected is not None and session.qresync:
+        if session.selected is not None:
             yield b"* OK [CLOSED] Previous mailbox closed\r\n"
         session.selected = None
         state = ImapState.AUTHENTICATED

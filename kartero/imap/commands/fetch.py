@@ -64,9 +64,9 @@ class Span:
 
 
 def internal_date(seconds: int) -> str:
-    """RFC 9051 date-time in UTC: ` 6-Nov-2026 17:43:35 +0000` (day padded with a space)."""
+    """RFC 9051 date-time in UTC: `06-Nov-2026 17:43:35 +0000` (the day as 2DIGIT, as Dovecot sends it)."""
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-    return f"{moment.day:2d}-{moment.strftime('%b')}-{moment.year:04d} {moment.strftime('%H:%M:%S')} +0000"
+    return f"{moment.day:02d}-{moment.strftime('%b')}-{moment.year:04d} {moment.strftime('%H:%M:%S')} +0000"
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,7 +63,7 @@ def _quote(session: Session, name: str) -> str:
 
 def select(session: Session, cmd: Select) -> Handler:
     store = session.store
-    if session.selected is not None and session.qresync:
+    if session.selected is not None:  # RFC 7162 §3.2.11, RFC 9051 §7.1; Dovecot sends it without QRESYNC too
         yield b"* OK [CLOSED] Previous mailbox closed\r\n"
     session.select(None)
     mailbox = store.get_mailbox(session.account_id, cmd.mailbox)

@@ -77,7 +77,7 @@ def test_issue_9_savedate_is_when_a_message_came_into_its_mailbox(
     assert c.command("A105 SEARCH SAVEDATESUPPORTED")[0] == b"* SEARCH 1 2 3\r\n"
     assert c.command('A106 SEARCH OR SAVEDON 29-Dec-2017 BODY "no such text"')[0] == b"* SEARCH 3\r\n"
     assert c.command("A107 FETCH 3 (INTERNALDATE SAVEDATE)")[0] == (
-        b'* 3 FETCH (INTERNALDATE " 1-Jan-2001 00:00:00 +0000" SAVEDATE "29-Dec-2017 11:04:25 +0000")\r\n'
+        b'* 3 FETCH (INTERNALDATE "01-Jan-2001 00:00:00 +0000" SAVEDATE "29-Dec-2017 11:04:25 +0000")\r\n'
     )
     c.command("x EXAMINE Archive")
     assert c.command("A108 FETCH 1 (SAVEDATE)")[0] == b'* 1 FETCH (SAVEDATE "29-Dec-2017 11:04:25 +0000")\r\n'

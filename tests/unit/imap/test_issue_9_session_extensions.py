@@ -150,7 +150,7 @@ def test_issue_9_multiappend_rfc_3502_example(store: SQLiteStore) -> None:
         b"* 1 FETCH (FLAGS (\\Recent \\Seen) RFC822.SIZE %d)\r\n" % len(FIRST),
         b"* 2 FETCH (FLAGS (\\Recent \\Seen) RFC822.SIZE %d)\r\n" % len(SECOND),
     ]
-    assert c.command("b2 FETCH 2 INTERNALDATE")[0] == b'* 2 FETCH (INTERNALDATE " 8-Feb-1994 06:43:04 +0000")\r\n'
+    assert c.command("b2 FETCH 2 INTERNALDATE")[0] == b'* 2 FETCH (INTERNALDATE "08-Feb-1994 06:43:04 +0000")\r\n'
     assert c.command("c FETCH 2 BODY.PEEK[]")[1:3] == [line + b"\r\n" for line in SECOND.split(b"\r\n")[:2]]
 
 
