@@ -135,7 +135,8 @@ class Session:
         return "IMAP4REV2" in self.enabled
 
     def select(self, view: View | None) -> None:
-        """Show `view` (None: nothing); the hold of the view left behind is released."""
+        """Show `view` (None: nothing); the hold of the view left behind is released, and NOTIFY watches
+        that mailbox by STATUS again."""
         old, self.selected = self.selected, view
         if old is not None and old is not view:
             if old.hold is not None:
