@@ -514,8 +514,9 @@ def append(session: Session, cmd: Append, append_limit: int) -> Handler:
 def close(session: Session, cmd: Simple) -> Handler:
     view = session.selected
     session.select(None)
-    if cmd.name == "CLOSE" and view is not None and not view.readonly:
-        session.store.expunge(view.mailbox_id)  # silently: CLOSE sends no EXPUNGE responses
+    # Silently: CLOSE sends no EXPUNGE responses.
+    if cmd.name == "CLOSE" and view is not None and not view.readonly and session.store.expunge(view.mailbox_id):
+        notify.note_expunged(session, view.mailbox_id)
     yield from ()
     return Done(Status.OK, f"{cmd.name} completed", state=ImapState.AUTHENTICATED)
 

@@ -31,7 +31,7 @@ from kartero.imap.commands import fetch
 from kartero.imap.commands.view import Done, Session, chunked, sync
 from kartero.imap.response import Status, astring
 from kartero.imap.syntax import Fetch, Notify, NotifyGroup, SequenceSet
-from kartero.store.interface import INBOX, Mailbox, MailboxStatus, MetadataChange, NoSuchMailbox
+from kartero.store.interface import INBOX, Mailbox, MailboxStatus, MetadataChange, NoSuchMailbox, Store
 
 Handler = Generator[bytes, None, Done]
 SUPPORTED_EVENTS = ("MessageNew", "MessageExpunge", "FlagChange", "MailboxName", "SubscriptionChange",
@@ -115,6 +115,19 @@ class NotifyState:
     def wants_metadata(self) -> bool:
         """Whether METADATA changes concern this session (the adapter passes them on then)."""
         return any(g.events & {"MailboxMetadataChange", "ServerMetadataChange"} for g in self.groups)
+
+    def deselected(self, store: Store, mailbox_id: int, modseq: int) -> None:
+        """The session leaves `mailbox_id`, having told the client every change up to `modseq` (its own
+        STOREs and EXPUNGEs among them): a STATUS with nothing after that is known, so the session's own
+        changes there are not reported back once it is no longer selected (§5)."""
+        if mailbox_id not in self.statuses:
+            return
+        try:
+            now = store.mailbox_status(mailbox_id)
+        except NoSuchMailbox:
+            return
+        if now.highestmodseq == modseq:
+            self.statuses[mailbox_id] = now
 
     def events_for(self, name: str) -> frozenset[str]:
         """The events of every non-selected group whose filter takes `name`."""
@@ -387,4 +400,19 @@ def note_written(session: Session, mailbox_id: int, modseqs: Collection[int]) ->
     except NoSuchMailbox:
         return
     if now.highestmodseq - known.highestmodseq == len({m for m in modseqs if m > known.highestmodseq}):
+        state.statuses[mailbox_id] = now
+
+
+def note_expunged(session: Session, mailbox_id: int) -> None:
+    """This session's CLOSE expunged messages of `mailbox_id` (after leaving it): one change, so the STATUS
+    read now is known when it is one MODSEQ past the one the client knew."""
+    state = session.notify
+    known = None if state is None else state.statuses.get(mailbox_id)
+    if state is None or known is None:
+        return
+    try:
+        now = session.store.mailbox_status(mailbox_id)
+    except NoSuchMailbox:
+        return
+    if now.highestmodseq == known.highestmodseq + 1:
         state.statuses[mailbox_id] = now

@@ -148,10 +148,14 @@ class Session:
         return "IMAP4REV2" in self.enabled
 
     def select(self, view: View | None) -> None:
-        """Show `view` (None: nothing); the hold of the view left behind is released."""
+        """Show `view` (None: nothing); the hold of the view left behind is released, and NOTIFY watches
+        that mailbox by STATUS again."""
         old, self.selected = self.selected, view
-        if old is not None and old is not view and old.hold is not None:
-            old.hold.release()
+        if old is not None and old is not view:
+            if old.hold is not None:
+                old.hold.release()
+            if self.notify is not None:
+                self.notify.deselected(self.store, old.mailbox_id, old.modseq)
 
     def claim_recent(self, view: View, first_recent_uid: int, uid_end: int) -> None:
         """Note the UIDs below `uid_end` that are \\Recent to this session (IMAP4rev1 only; RFC 9051

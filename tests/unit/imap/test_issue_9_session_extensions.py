@@ -700,3 +700,31 @@ def test_issue_9_notify_pending_metadata_is_bounded() -> None:
     assert not pending.overflowed
     pending.add_metadata(7, ["/private/e0"])
     assert pending.overflowed and not pending.metadata
+
+
+@pytest.mark.parametrize("leave", ["UNSELECT", "CLOSE", "SELECT INBOX"])
+def test_issue_9_notify_own_changes_in_a_mailbox_left_are_not_reported(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, leave: str
+) -> None:
+    """A watched mailbox the session had selected: its own STORE (and CLOSE's silent expunge) there is not
+    reported back by STATUS once it leaves the mailbox; another session's delivery meanwhile is."""
+    store.create_mailbox(1, "Work")
+    deliver(store, "Work")
+    deliver(store, "Work")
+    c = client(store)
+    c.command("e ENABLE IMAP4rev2")
+    assert c.command("a NOTIFY SET (PERSONAL (MessageNew MessageExpunge FlagChange))") == [
+        b"a OK NOTIFY completed\r\n"]  # fmt: skip
+    c.select("Work")
+    c.command("b STORE 1 +FLAGS.SILENT (\\Deleted)")
+    assert push(c, "Work") == []  # selected: reported by the sync, never by STATUS
+    assert c.command(f"c {leave}")[-1].startswith(b"c OK")
+    assert push(c, "Work") == []
+    c.select("Work")
+    c.command("d STORE 1 +FLAGS.SILENT (\\Deleted)")
+    method = "expunge" if leave == "CLOSE" else "mailbox_status"
+    meanwhile(monkeypatch, store, method, lambda: deliver(store, "Work"))
+    assert c.command(f"f {leave}")[-1].startswith(b"f OK")
+    messages = 1 if leave == "CLOSE" else 3  # CLOSE expunged one message each time
+    assert push(c, "Work") == [b'* STATUS "Work" (MESSAGES %d UIDNEXT 4 UIDVALIDITY %d UNSEEN %d)\r\n' % (
+        messages, uidvalidity(store, "Work"), messages)]  # fmt: skip
