@@ -88,15 +88,15 @@ def test_fetch_metadata_envelope_and_bodystructure(store: SQLiteStore) -> None:
     assert lines[-1] == b"f1 OK FETCH completed\r\n"
     bs = c.command("f2 FETCH 2 BODYSTRUCTURE")[0]
     assert bs == (
-        b'* 2 FETCH (BODYSTRUCTURE ((("text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" 33 0 NIL NIL NIL NIL)'
-        b'("text" "html" ("charset" "us-ascii") NIL NIL "7BIT" 40 0 NIL NIL NIL NIL) "alternative" '
+        b'* 2 FETCH (BODYSTRUCTURE ((("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 33 0 NIL NIL NIL NIL)'
+        b'("text" "html" ("charset" "us-ascii") NIL NIL "7bit" 40 0 NIL NIL NIL NIL) "alternative" '
         b'("boundary" "inner alt") NIL NIL NIL)("application" "pdf" ("name" "invoice 2026-11.pdf") '
         b'"<inv@example.test>" NIL "base64" 372 NIL ("attachment" ("filename" "invoice 2026-11.pdf" "size" "275")) '
         b'NIL NIL)("image" "png" NIL NIL NIL "base64" 12 NIL ("inline" NIL) ("en" "de") NIL) "mixed" '
         b'("boundary" "mixed") NIL NIL NIL))\r\n'
     )
     body = c.command("f3 FETCH 3 BODY")[0]
-    assert body.startswith(b'* 3 FETCH (BODY (("text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" 10 0)("message"')
+    assert body.startswith(b'* 3 FETCH (BODY (("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 10 0)("message"')
 
 
 def test_fetch_body_sections(store: SQLiteStore) -> None:

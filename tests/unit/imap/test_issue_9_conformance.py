@@ -75,8 +75,8 @@ def test_issue_9_body_lines_count_line_ends_as_dovecot_does(store: SQLiteStore) 
     c = client(store)
     c.select()
     assert c.command("a FETCH 1 BODY") == [
-        b'* 1 FETCH (BODY (("text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" 36 0)'
-        b'("text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" 12 2) "mixed"))\r\n',
+        b'* 1 FETCH (BODY (("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 36 0)'
+        b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 12 2) "mixed"))\r\n',
         b"a OK FETCH completed\r\n",
     ]
 
@@ -127,3 +127,20 @@ def test_issue_9_internaldate_day_has_two_digits(store: SQLiteStore) -> None:
     c.select()
     assert c.command("b FETCH 1 INTERNALDATE") == [b'* 1 FETCH (INTERNALDATE "01-Jan-2020 00:00:00 +0000")\r\n',
                                                    b"b OK FETCH completed\r\n"]  # fmt: skip
+
+
+# -- the default transfer encoding ------------------------------------------------------------------------
+
+
+def test_issue_9_default_transfer_encoding_is_written_as_dovecot_writes_it(store: SQLiteStore) -> None:
+    # A part without Content-Transfer-Encoding is 7bit (RFC 2045 §6.1); Dovecot writes the default "7bit",
+    # the way the header itself is usually written; one given in the header is sent as written.
+    deliver(store, b"From: a@example.org\r\nSubject: s\r\n\r\nbody\r\n")
+    deliver(store, b"From: a@example.org\r\nContent-Transfer-Encoding: 8BIT\r\n\r\nbody\r\n")
+    c = client(store)
+    c.select()
+    assert c.command("a FETCH 1:2 BODY") == [
+        b'* 1 FETCH (BODY ("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 6 1))\r\n',
+        b'* 2 FETCH (BODY ("text" "plain" ("charset" "us-ascii") NIL NIL "8BIT" 6 1))\r\n',
+        b"a OK FETCH completed\r\n",
+    ]
