@@ -216,10 +216,12 @@ def test_store_copy_move_expunge_with_uidplus(store: SQLiteStore) -> None:
     assert archive is not None
     assert c.command("d COPY 3:4 Archive") == [b"d OK [COPYUID %d 3:4 1:2] COPY completed\r\n" % archive.uidvalidity]
     assert c.command("e COPY 1 Nowhere") == [b"e NO [TRYCREATE] No such mailbox\r\n"]
-    assert c.command("f EXPUNGE") == [b"* 2 EXPUNGE\r\n", b"* 1 EXPUNGE\r\n", b"f OK EXPUNGE completed\r\n"]
+    assert c.command("f EXPUNGE") == [b"* 2 EXPUNGE\r\n", b"* 1 EXPUNGE\r\n", b"* 2 RECENT\r\n",
+                                      b"f OK EXPUNGE completed\r\n"]  # fmt: skip
     assert c.command("g UID MOVE 4 Archive") == [
         b"* OK [COPYUID %d 4 3] Moved\r\n" % archive.uidvalidity,
         b"* 2 EXPUNGE\r\n",
+        b"* 1 RECENT\r\n",
         b"g OK UID MOVE completed\r\n",
     ]
     c.command("h SELECT Archive")
@@ -285,7 +287,8 @@ def test_condstore_and_qresync(store: SQLiteStore) -> None:
         b"d OK [MODIFIED 2] Some messages were modified meanwhile\r\n",
     ]
     c.command("e STORE 3 +FLAGS (\\Deleted)")
-    assert c.command("f EXPUNGE") == [b"* VANISHED 3\r\n", b"f OK [HIGHESTMODSEQ 8] EXPUNGE completed\r\n"]
+    assert c.command("f EXPUNGE") == [b"* VANISHED 3\r\n", b"* 2 RECENT\r\n",
+                                      b"f OK [HIGHESTMODSEQ 8] EXPUNGE completed\r\n"]  # fmt: skip
     assert c.command("g UID FETCH 1:* (FLAGS) (CHANGEDSINCE 5 VANISHED)") == [
         b"* VANISHED (EARLIER) 3\r\n",
         b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent) MODSEQ (6))\r\n",

@@ -144,3 +144,25 @@ def test_issue_9_default_transfer_encoding_is_written_as_dovecot_writes_it(store
         b'* 2 FETCH (BODY ("text" "plain" ("charset" "us-ascii") NIL NIL "8BIT" 6 1))\r\n',
         b"a OK FETCH completed\r\n",
     ]
+
+
+# -- RECENT after expunges -------------------------------------------------------------------------------
+
+
+def test_issue_9_rev1_expunge_of_recent_messages_sends_recent(store: SQLiteStore) -> None:
+    # RFC 3501 §7.3.2: RECENT is sent when the mailbox's size changes; after expunging recent messages a rev1
+    # client is told the new count (Dovecot sends it), with EXPUNGE and with VANISHED alike (test_commands). Expunging
+    # a message that is not recent in this session changes nothing and sends none.
+    for _ in range(3):
+        deliver(store)
+    c = client(store)
+    assert b"* 3 RECENT\r\n" in c.select()
+    assert c.command("a STORE 1 +FLAGS.SILENT (\\Deleted)") == [b"a OK STORE completed\r\n"]
+    assert c.command("b EXPUNGE") == [b"* 1 EXPUNGE\r\n", b"* 2 RECENT\r\n", b"b OK EXPUNGE completed\r\n"]
+    other = client(store)  # sees no message as recent: this session has claimed them
+    assert b"* 0 RECENT\r\n" in other.select()
+    assert other.command("c UID EXPUNGE 1:*") == [b"c OK EXPUNGE completed\r\n"]  # nothing \Deleted
+    assert other.command("d STORE 1 +FLAGS.SILENT (\\Deleted)") == [b"d OK STORE completed\r\n"]
+    assert other.command("e EXPUNGE") == [b"* 1 EXPUNGE\r\n", b"e OK EXPUNGE completed\r\n"]
+    # the first session hears of that expunge, of one of its recent messages, at its next command
+    assert c.command("g NOOP") == [b"* 1 EXPUNGE\r\n", b"* 1 RECENT\r\n", b"g OK NOOP completed\r\n"]
