@@ -166,3 +166,18 @@ def test_issue_9_rev1_expunge_of_recent_messages_sends_recent(store: SQLiteStore
     assert other.command("e EXPUNGE") == [b"* 1 EXPUNGE\r\n", b"e OK EXPUNGE completed\r\n"]
     # the first session hears of that expunge, of one of its recent messages, at its next command
     assert c.command("g NOOP") == [b"* 1 EXPUNGE\r\n", b"* 1 RECENT\r\n", b"g OK NOOP completed\r\n"]
+
+
+# -- body-fld-lang ------------------------------------------------------------------------------------------
+
+
+def test_issue_9_one_content_language_is_sent_as_a_list(store: SQLiteStore) -> None:
+    # body-fld-lang is nstring or a list of strings (RFC 9051 §9); Dovecot always sends the list, so a client
+    # reads one form whether the part names one language or several.
+    deliver(store, b"From: a@example.org\r\nContent-Language: en\r\n\r\nbody\r\n")
+    c = client(store)
+    c.select()
+    assert c.command("a FETCH 1 BODYSTRUCTURE") == [
+        b'* 1 FETCH (BODYSTRUCTURE ("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 6 1 NIL NIL ("en") NIL))\r\n',
+        b"a OK FETCH completed\r\n",
+    ]
