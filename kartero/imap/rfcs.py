@@ -20,7 +20,8 @@ class Support:
 
 TABLE: tuple[Support, ...] = (
     Support("IMAP4rev2", "RFC 9051", "IMAP version 4rev2", "no \\Recent once a client enables IMAP4rev2"),
-    Support("IMAP4rev1", "RFC 3501", "IMAP version 4rev1", "\\Recent given to exactly one session"),
+    Support("IMAP4rev1", "RFC 3501", "IMAP version 4rev1",
+            "\\Recent given to exactly one session; * n RECENT after SELECT, new mail and expunges"),
     Support("", "RFC 2180", "IMAP4 multi-accessed mailbox practice",
             "expunges held back during FETCH, STORE, SEARCH; a message expunged elsewhere stays readable and "
             "STORE changes it in the session's view until the EXPUNGE is reported; COPY/MOVE of it: the "
@@ -54,7 +55,8 @@ TABLE: tuple[Support, ...] = (
             "PARTIAL as RFC 5267 (positive ranges; not RFC 9394's); 5 updating searches a session"),
     Support("CONTEXT=SORT", "RFC 5267 §4", "PARTIAL and UPDATE for SORT", "updates at their sort positions"),
     Support("CONDSTORE", "RFC 7162", "conditional STORE, MODSEQ"),
-    Support("QRESYNC", "RFC 7162", "quick resynchronisation, VANISHED"),
+    Support("QRESYNC", "RFC 7162", "quick resynchronisation, VANISHED",
+            "[CLOSED] on every SELECT/EXAMINE that closes a mailbox, QRESYNC enabled or not"),
     Support("BINARY", "RFC 3516", "BINARY fetch"),
     Support("UTF8=ACCEPT", "RFC 6855", "UTF-8 mailbox names and headers"),
     Support("APPENDLIMIT", "RFC 7889", "APPENDLIMIT", "the configured message size"),

@@ -134,12 +134,8 @@ def _extension(part: Part) -> bytes:
     disposition = part.disposition
     dsp = NIL if disposition is None else b"(" + imap_string(disposition[0]) + b" " + _params(disposition[1]) + b")"
     languages = part.languages
-    if not languages:
-        lang = NIL
-    elif len(languages) == 1:
-        lang = imap_string(languages[0])
-    else:
-        lang = b"(" + b" ".join(imap_string(t) for t in languages) + b")"
+    # always the list form, one language too, as Dovecot sends it
+    lang = b"(" + b" ".join(imap_string(t) for t in languages) + b")" if languages else NIL
     return dsp + b" " + lang + b" " + nstring(part.header.get("content-location"))
 
 

@@ -302,7 +302,7 @@ def fallback_index(data: MessageData) -> MessageIndex:
     def decoded(name: str) -> str:
         return " ".join(_decoded_or_raw(value) for value in header.get_all(name))
 
-    plain = b'"text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" %d 0' % (size - body_start)
+    plain = b'"text" "plain" ("charset" "us-ascii") NIL NIL "7bit" %d 0' % (size - body_start)
     tree: list[Any] = [0, body_start, size, "7bit", [], None]
     leaf = Part(0, body_start, size, EMPTY_HEADER, TEXT_PLAIN)
     body, bodystructure = _safely(

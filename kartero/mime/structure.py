@@ -89,9 +89,9 @@ class Part:
 
     @property
     def encoding(self) -> bytes:
-        """Content-Transfer-Encoding as written, default 7BIT (RFC 2045 §6.1)."""
+        """Content-Transfer-Encoding as written, default 7bit (RFC 2045 §6.1; lower case, as Dovecot sends it)."""
         value = self.header.get("content-transfer-encoding")
-        return value.strip() if value and value.strip() else b"7BIT"
+        return value.strip() if value and value.strip() else b"7bit"
 
 
 _TOKEN_END = re.compile(rb'[\s;()<>@,:\\"/\[\]?=]')

@@ -317,6 +317,7 @@ def expunge_lines(session: Session, view: View, gone: Iterable[int]) -> Iterator
     present = [uid for uid in sorted(set(gone)) if view.seq_of(uid) is not None]
     if not present:
         return
+    recent = None if session.rev2 else view.recent_count()
     for context in list(session.contexts.values()):
         yield from context.expunging(session, present)
     if session.qresync:
@@ -325,14 +326,18 @@ def expunge_lines(session: Session, view: View, gone: Iterable[int]) -> Iterator
             view.own_changes.pop(uid, None)
             view.held_flags.pop(uid, None)
         yield f"* VANISHED {format_set(present)}\r\n".encode()
-        return
-    for uid in reversed(present):  # highest first: the numbers sent stay valid without renumbering
-        seq = view.seq_of(uid)
-        assert seq is not None
-        del view.uids[seq - 1]
-        view.own_changes.pop(uid, None)
-        view.held_flags.pop(uid, None)
-        yield f"* {seq} EXPUNGE\r\n".encode()
+    else:
+        for uid in reversed(present):  # highest first: the numbers sent stay valid without renumbering
+            seq = view.seq_of(uid)
+            assert seq is not None
+            del view.uids[seq - 1]
+            view.own_changes.pop(uid, None)
+            view.held_flags.pop(uid, None)
+            yield f"* {seq} EXPUNGE\r\n".encode()
+    # RFC 3501 §7.3.2: RECENT whenever the mailbox's size changes, so a rev1 client's count of recent
+    # messages stays right when recent ones are expunged (Dovecot sends it too).
+    if recent is not None and view.recent_count() != recent:
+        yield f"* {view.recent_count()} RECENT\r\n".encode()
 
 
 def sync(session: Session, *, allow_expunge: bool) -> Iterator[bytes]:

@@ -88,15 +88,15 @@ def test_fetch_metadata_envelope_and_bodystructure(store: SQLiteStore) -> None:
     assert lines[-1] == b"f1 OK FETCH completed\r\n"
     bs = c.command("f2 FETCH 2 BODYSTRUCTURE")[0]
     assert bs == (
-        b'* 2 FETCH (BODYSTRUCTURE ((("text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" 33 0 NIL NIL NIL NIL)'
-        b'("text" "html" ("charset" "us-ascii") NIL NIL "7BIT" 40 0 NIL NIL NIL NIL) "alternative" '
+        b'* 2 FETCH (BODYSTRUCTURE ((("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 33 0 NIL NIL NIL NIL)'
+        b'("text" "html" ("charset" "us-ascii") NIL NIL "7bit" 40 0 NIL NIL NIL NIL) "alternative" '
         b'("boundary" "inner alt") NIL NIL NIL)("application" "pdf" ("name" "invoice 2026-11.pdf") '
         b'"<inv@example.test>" NIL "base64" 372 NIL ("attachment" ("filename" "invoice 2026-11.pdf" "size" "275")) '
         b'NIL NIL)("image" "png" NIL NIL NIL "base64" 12 NIL ("inline" NIL) ("en" "de") NIL) "mixed" '
         b'("boundary" "mixed") NIL NIL NIL))\r\n'
     )
     body = c.command("f3 FETCH 3 BODY")[0]
-    assert body.startswith(b'* 3 FETCH (BODY (("text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" 10 0)("message"')
+    assert body.startswith(b'* 3 FETCH (BODY (("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 10 0)("message"')
 
 
 def test_fetch_body_sections(store: SQLiteStore) -> None:
@@ -216,10 +216,12 @@ def test_store_copy_move_expunge_with_uidplus(store: SQLiteStore) -> None:
     assert archive is not None
     assert c.command("d COPY 3:4 Archive") == [b"d OK [COPYUID %d 3:4 1:2] COPY completed\r\n" % archive.uidvalidity]
     assert c.command("e COPY 1 Nowhere") == [b"e NO [TRYCREATE] No such mailbox\r\n"]
-    assert c.command("f EXPUNGE") == [b"* 2 EXPUNGE\r\n", b"* 1 EXPUNGE\r\n", b"f OK EXPUNGE completed\r\n"]
+    assert c.command("f EXPUNGE") == [b"* 2 EXPUNGE\r\n", b"* 1 EXPUNGE\r\n", b"* 2 RECENT\r\n",
+                                      b"f OK EXPUNGE completed\r\n"]  # fmt: skip
     assert c.command("g UID MOVE 4 Archive") == [
         b"* OK [COPYUID %d 4 3] Moved\r\n" % archive.uidvalidity,
         b"* 2 EXPUNGE\r\n",
+        b"* 1 RECENT\r\n",
         b"g OK UID MOVE completed\r\n",
     ]
     c.command("h SELECT Archive")
@@ -285,7 +287,8 @@ def test_condstore_and_qresync(store: SQLiteStore) -> None:
         b"d OK [MODIFIED 2] Some messages were modified meanwhile\r\n",
     ]
     c.command("e STORE 3 +FLAGS (\\Deleted)")
-    assert c.command("f EXPUNGE") == [b"* VANISHED 3\r\n", b"f OK [HIGHESTMODSEQ 8] EXPUNGE completed\r\n"]
+    assert c.command("f EXPUNGE") == [b"* VANISHED 3\r\n", b"* 2 RECENT\r\n",
+                                      b"f OK [HIGHESTMODSEQ 8] EXPUNGE completed\r\n"]  # fmt: skip
     assert c.command("g UID FETCH 1:* (FLAGS) (CHANGEDSINCE 5 VANISHED)") == [
         b"* VANISHED (EARLIER) 3\r\n",
         b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent) MODSEQ (6))\r\n",

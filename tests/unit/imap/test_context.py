@@ -174,6 +174,7 @@ def test_search_update_follows_flags_deliveries_and_expunges(store: SQLiteStore)
         b'* ESEARCH (TAG "B02") REMOVEFROM (0 4)\r\n',
         b"* 4 EXPUNGE\r\n",
         b"* 2 EXPUNGE\r\n",
+        b"* 7 RECENT\r\n",
         b"n3 OK NOOP completed\r\n",
     ]
     # The session's own changes count too; .SILENT hides the FETCH, not the update. Message 4 is UID 6.
@@ -236,7 +237,7 @@ def test_sort_update_reports_positions(store: SQLiteStore) -> None:
     ]
     b.command("z EXPUNGE")  # 2, 5 and 8, in neither context
     assert a.command("n3 NOOP") == [b"* 8 EXPUNGE\r\n", b"* 5 EXPUNGE\r\n", b"* 2 EXPUNGE\r\n",
-                                    b"n3 OK NOOP completed\r\n"]  # fmt: skip
+                                    b"* 10 RECENT\r\n", b"n3 OK NOOP completed\r\n"]  # fmt: skip
     # UID 13, message 10 now, is first in C02 and last in C01; REMOVEFROM comes before the EXPUNGE.
     b.command("x UID STORE 13 +FLAGS (\\Deleted)")
     b.command("y EXPUNGE")
@@ -244,6 +245,7 @@ def test_sort_update_reports_positions(store: SQLiteStore) -> None:
         b'* ESEARCH (TAG "C01") UID REMOVEFROM (6 13)\r\n',
         b'* ESEARCH (TAG "C02") REMOVEFROM (1 10)\r\n',
         b"* 10 EXPUNGE\r\n",
+        b"* 9 RECENT\r\n",
         b"n4 OK NOOP completed\r\n",
     ]
 

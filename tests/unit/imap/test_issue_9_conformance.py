@@ -75,8 +75,8 @@ def test_issue_9_body_lines_count_line_ends_as_dovecot_does(store: SQLiteStore) 
     c = client(store)
     c.select()
     assert c.command("a FETCH 1 BODY") == [
-        b'* 1 FETCH (BODY (("text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" 36 0)'
-        b'("text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" 12 2) "mixed"))\r\n',
+        b'* 1 FETCH (BODY (("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 36 0)'
+        b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 12 2) "mixed"))\r\n',
         b"a OK FETCH completed\r\n",
     ]
 
@@ -127,3 +127,57 @@ def test_issue_9_internaldate_day_has_two_digits(store: SQLiteStore) -> None:
     c.select()
     assert c.command("b FETCH 1 INTERNALDATE") == [b'* 1 FETCH (INTERNALDATE "01-Jan-2020 00:00:00 +0000")\r\n',
                                                    b"b OK FETCH completed\r\n"]  # fmt: skip
+
+
+# -- the default transfer encoding ------------------------------------------------------------------------
+
+
+def test_issue_9_default_transfer_encoding_is_written_as_dovecot_writes_it(store: SQLiteStore) -> None:
+    # A part without Content-Transfer-Encoding is 7bit (RFC 2045 §6.1); Dovecot writes the default "7bit",
+    # the way the header itself is usually written; one given in the header is sent as written.
+    deliver(store, b"From: a@example.org\r\nSubject: s\r\n\r\nbody\r\n")
+    deliver(store, b"From: a@example.org\r\nContent-Transfer-Encoding: 8BIT\r\n\r\nbody\r\n")
+    c = client(store)
+    c.select()
+    assert c.command("a FETCH 1:2 BODY") == [
+        b'* 1 FETCH (BODY ("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 6 1))\r\n',
+        b'* 2 FETCH (BODY ("text" "plain" ("charset" "us-ascii") NIL NIL "8BIT" 6 1))\r\n',
+        b"a OK FETCH completed\r\n",
+    ]
+
+
+# -- RECENT after expunges -------------------------------------------------------------------------------
+
+
+def test_issue_9_rev1_expunge_of_recent_messages_sends_recent(store: SQLiteStore) -> None:
+    # RFC 3501 §7.3.2: RECENT is sent when the mailbox's size changes; after expunging recent messages a rev1
+    # client is told the new count (Dovecot sends it), with EXPUNGE and with VANISHED alike (test_commands). Expunging
+    # a message that is not recent in this session changes nothing and sends none.
+    for _ in range(3):
+        deliver(store)
+    c = client(store)
+    assert b"* 3 RECENT\r\n" in c.select()
+    assert c.command("a STORE 1 +FLAGS.SILENT (\\Deleted)") == [b"a OK STORE completed\r\n"]
+    assert c.command("b EXPUNGE") == [b"* 1 EXPUNGE\r\n", b"* 2 RECENT\r\n", b"b OK EXPUNGE completed\r\n"]
+    other = client(store)  # sees no message as recent: this session has claimed them
+    assert b"* 0 RECENT\r\n" in other.select()
+    assert other.command("c UID EXPUNGE 1:*") == [b"c OK EXPUNGE completed\r\n"]  # nothing \Deleted
+    assert other.command("d STORE 1 +FLAGS.SILENT (\\Deleted)") == [b"d OK STORE completed\r\n"]
+    assert other.command("e EXPUNGE") == [b"* 1 EXPUNGE\r\n", b"e OK EXPUNGE completed\r\n"]
+    # the first session hears of that expunge, of one of its recent messages, at its next command
+    assert c.command("g NOOP") == [b"* 1 EXPUNGE\r\n", b"* 1 RECENT\r\n", b"g OK NOOP completed\r\n"]
+
+
+# -- body-fld-lang ------------------------------------------------------------------------------------------
+
+
+def test_issue_9_one_content_language_is_sent_as_a_list(store: SQLiteStore) -> None:
+    # body-fld-lang is nstring or a list of strings (RFC 9051 §9); Dovecot always sends the list, so a client
+    # reads one form whether the part names one language or several.
+    deliver(store, b"From: a@example.org\r\nContent-Language: en\r\n\r\nbody\r\n")
+    c = client(store)
+    c.select()
+    assert c.command("a FETCH 1 BODYSTRUCTURE") == [
+        b'* 1 FETCH (BODYSTRUCTURE ("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 6 1 NIL NIL ("en") NIL))\r\n',
+        b"a OK FETCH completed\r\n",
+    ]

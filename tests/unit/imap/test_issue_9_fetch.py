@@ -87,9 +87,9 @@ def test_issue_9_body_of_a_message_rfc822_message_is_the_whole_encapsulated_mess
     assert fetch(c, 1, "BODY.PEEK[TEXT]") == literal(1, "BODY[TEXT]", INNER)
     # BODYSTRUCTURE agrees: part 1 is the message/rfc822, its body (1.1) the text/plain.
     assert fetch(c, 1, "BODYSTRUCTURE") == (
-        b'* 1 FETCH (BODYSTRUCTURE ("message" "rfc822" NIL NIL NIL "7BIT" 77 (NIL "inner" '
+        b'* 1 FETCH (BODYSTRUCTURE ("message" "rfc822" NIL NIL NIL "7bit" 77 (NIL "inner" '
         b'((NIL NIL "b" "example.org")) ((NIL NIL "b" "example.org")) ((NIL NIL "b" "example.org")) '
-        b'NIL NIL NIL NIL NIL) ("text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" 12 1 NIL NIL NIL NIL) '
+        b'NIL NIL NIL NIL NIL) ("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 12 1 NIL NIL NIL NIL) '
         b"5 NIL NIL NIL NIL))\r\n"
     )
 
@@ -107,9 +107,9 @@ def test_issue_9_message_rfc822_nested_twice(store: SQLiteStore) -> None:
     assert fetch(c, 1, "BODY.PEEK[1.1.1]") == literal(1, "BODY[1.1.1]", b"inner body\r\n")
     assert fetch(c, 1, "BODY.PEEK[1.1.1.1]") == literal(1, "BODY[1.1.1.1]", b"")
     structure = fetch(c, 1, "BODYSTRUCTURE")
-    assert structure.startswith(b'* 1 FETCH (BODYSTRUCTURE ("message" "rfc822" NIL NIL NIL "7BIT" %d ' % len(middle))
-    assert b'("message" "rfc822" NIL NIL NIL "7BIT" %d ' % len(INNER) in structure
-    assert b'("text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" 12 1 NIL NIL NIL NIL)' in structure
+    assert structure.startswith(b'* 1 FETCH (BODYSTRUCTURE ("message" "rfc822" NIL NIL NIL "7bit" %d ' % len(middle))
+    assert b'("message" "rfc822" NIL NIL NIL "7bit" %d ' % len(INNER) in structure
+    assert b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 12 1 NIL NIL NIL NIL)' in structure
 
 
 def test_issue_9_multipart_digest_parts_are_messages(store: SQLiteStore) -> None:
@@ -122,7 +122,7 @@ def test_issue_9_multipart_digest_parts_are_messages(store: SQLiteStore) -> None
     assert fetch(c, 1, "BODY.PEEK[2.1]") == literal(1, "BODY[2.1]", INNER)
     assert fetch(c, 1, "BODY.PEEK[2.1.HEADER]") == literal(1, "BODY[2.1.HEADER]", INNER_HEADER)
     structure = fetch(c, 1, "BODYSTRUCTURE")
-    assert structure.startswith(b'* 1 FETCH (BODYSTRUCTURE (("message" "rfc822" NIL NIL NIL "7BIT" %d ' % len(INNER))
+    assert structure.startswith(b'* 1 FETCH (BODYSTRUCTURE (("message" "rfc822" NIL NIL NIL "7bit" %d ' % len(INNER))
 
 
 def test_issue_9_subparts_of_a_plain_part_do_not_exist(store: SQLiteStore) -> None:

@@ -284,7 +284,7 @@ def test_issue_8_index_falls_back_when_the_parser_fails(monkeypatch: pytest.Monk
         b' ((NIL NIL "bob" "example.test")) NIL NIL NIL NIL)'
     )
     size, lines = len(message) - body_start, message.count(b"\n", body_start)
-    plain = b'"text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" %d %d' % (size, lines)
+    plain = b'"text" "plain" ("charset" "us-ascii") NIL NIL "7bit" %d %d' % (size, lines)
     assert (ix.body, ix.bodystructure) == (b"(" + plain + b")", b"(" + plain + b" NIL NIL NIL NIL)")
     assert json.loads(ix.parts) == [0, body_start, len(message), "7bit", [], None]
     assert (ix.subject, ix.from_, ix.sort_subject, ix.sort_from) == (
@@ -305,7 +305,7 @@ def test_issue_8_fallback_survives_every_helper_failing(monkeypatch: pytest.Monk
     message = b"Subject: =?utf-8?q?caf=C3=A9?=\r\nDate: x\r\nMessage-ID: <m@x>\r\nFrom: a@b\r\n\r\nhi\r\n"
     ix = index_message(message)
     assert ix.envelope == b'("x" "=?utf-8?q?caf=C3=A9?=" NIL NIL NIL NIL NIL NIL NIL "<m@x>")'
-    assert ix.bodystructure == b'("text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" 4 0 NIL NIL NIL NIL)'
+    assert ix.bodystructure == b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 4 0 NIL NIL NIL NIL)'
     assert (ix.subject, ix.from_, ix.message_id, ix.sort_subject, ix.sort_from) == (
         "=?utf-8?q?caf=c3=a9?=",
         "a@b",
