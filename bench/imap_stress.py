@@ -127,11 +127,24 @@ def measure(kind: str, folder: Path, messages: list[bytes], sessions: int, secon
     server: Server = (start_kartero if kind == "kartero" else start_dovecot)(folder, messages)
     try:
         run = Run("127.0.0.1", server.port, USER, PASSWORD, sessions, seed=seed)
+        cpu_before = cpu_seconds(server.pids())  # type: ignore[operator]
         with profiling(server.proc.pid if server.proc else 0, profile, seconds, native):
             summary = asyncio.run(stress(run, seconds))
+        summary["cpu_s"] = cpu_seconds(server.pids()) - cpu_before  # type: ignore[operator]
     finally:
         server.stop()
     return run, summary
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (Dovecot's session processes start during the run,
+    so theirs counts from zero)."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def dovecot_missing() -> str:
@@ -179,7 +192,7 @@ def main() -> None:
                 print(report(run, summary, findings=args.findings))
                 print(f"  ({time.monotonic() - started:.0f} s with setup)\n", flush=True)
     print("latency in ms: count / mean / p50 / p99")
-    header = f"{'':10} {'sessions':>8} {'cmds/s':>7} {'errors':>7}"
+    header = f"{'':10} {'sessions':>8} {'cmds/s':>7} {'errors':>7} {'cpu ms/cmd':>10}"
     print(header + "".join(f" {g:>26}" for g in GROUPS[:4]))
     for (kind, sessions), (run, summary) in results.items():
         table = grouped(run)
@@ -187,7 +200,8 @@ def main() -> None:
             f" {table[g][0]:6d} {table[g][1]:6.1f} {table[g][2]:6.1f} {table[g][3]:6.1f}" if g in table else " " * 27
             for g in GROUPS[:4]
         )
-        print(f"{kind:10} {sessions:8d} {summary['commands_per_s']:7.0f} {summary['errors']:7d}{cells}")
+        cpu = summary["cpu_s"] * 1000 / max(1, summary["commands"])
+        print(f"{kind:10} {sessions:8d} {summary['commands_per_s']:7.0f} {summary['errors']:7d} {cpu:10.2f}{cells}")
     if args.profile and args.profile.exists():
         print(f"\nKartero profile at {max(args.sessions)} sessions ({args.profile}):")
         print(summarise_profile(args.profile))
