@@ -130,6 +130,7 @@ def measure(kind: str, folder: Path, messages: list[bytes], sessions: int, secon
         cpu_before = cpu_seconds(server.pids())  # type: ignore[operator]
         with profiling(server.proc.pid if server.proc else 0, profile, seconds, native):
             summary = asyncio.run(stress(run, seconds))
+        time.sleep(0.5)  # lets Dovecot's master reap the session processes that just ended
         summary["cpu_s"] = cpu_seconds(server.pids()) - cpu_before  # type: ignore[operator]
     finally:
         server.stop()
@@ -137,13 +138,13 @@ def measure(kind: str, folder: Path, messages: list[bytes], sessions: int, secon
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes so far (Dovecot's session processes start during the run,
-    so theirs counts from zero)."""
+    """User + system CPU time of these processes and of their children that ended (Dovecot's session
+    processes end when their client logs out, before the run is measured; their parent counts them)."""
     ticks = 0
     for pid in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+            ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime (fields 14-17 of proc(5))
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
