@@ -110,7 +110,7 @@ def _impossible_name(session: Session, cmd: Refused) -> Handler:
     if cmd.name in ("SELECT", "EXAMINE"):
         if session.selected is not None:
             yield b"* OK [CLOSED] Previous mailbox closed\r\n"
-        session.selected = None
+        session.select(None)  # the old view's expunge hold goes, and NOTIFY watches it by STATUS again
         state = ImapState.AUTHENTICATED
     return Done(Status.NO, cmd.text, cmd.code, state)
 

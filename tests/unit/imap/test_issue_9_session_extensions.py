@@ -728,3 +728,15 @@ def test_issue_9_notify_own_changes_in_a_mailbox_left_are_not_reported(
     messages = 1 if leave == "CLOSE" else 3  # CLOSE expunged one message each time
     assert push(c, "Work") == [b'* STATUS "Work" (MESSAGES %d UIDNEXT 4 UIDVALIDITY %d UNSEEN %d)\r\n' % (
         messages, uidvalidity(store, "Work"), messages)]  # fmt: skip
+
+
+def test_issue_9_a_refused_select_lets_go_of_the_mailbox_it_closes(store: SQLiteStore) -> None:
+    """SELECT of a name that cannot be deselects (NO, after CLOSED); the view left behind must release its
+    expunge hold, else every such pair pins that mailbox's expunged bodies until the server restarts."""
+    c = client(store)
+    for _ in range(3):
+        c.select()
+        assert store._holds.lowest(1) is not None
+        lines = c.command("s SELECT " + "a" * 2000)
+        assert lines[0] == b"* OK [CLOSED] Previous mailbox closed\r\n" and lines[-1].startswith(b"s NO")
+        assert store._holds.lowest(1) is None
