@@ -23,6 +23,7 @@ from kartero.imap import response as r
 from kartero.imap.response import Status
 from kartero.imap.state import ALLOWED, ImapState, ProtocolViolation
 from kartero.imap.syntax import (
+    MAX_URL,
     Append,
     Authenticate,
     Command,
@@ -156,6 +157,7 @@ class _Pending:
     spooled: list[tuple[int, int]] = field(default_factory=list)
     is_spooling: bool = False  # the literal being read is one of them
     is_catenate: bool = False  # an APPEND with CATENATE so far (RFC 4469): URL literals are not spooled
+    urls: int = 0  # octets of CATENATE URL literals held (within MAX_COMMAND, not the messages' allowance)
 
 
 class ImapConnection:
@@ -400,10 +402,14 @@ class ImapConnection:
         # A CATENATE URL (RFC 4469) sent as a literal is held like any argument, never spooled as message text.
         pending.is_catenate = pending.is_catenate or (name == "APPEND" and b"CATENATE" in text.upper())
         is_url = pending.is_catenate and _ends_with_url(text)
-        limit = MAX_LITERAL if is_url else self._literal_limit(name)
+        # A URL longer than MAX_URL is refused anyway; the URLs of one command are held in memory, so they
+        # share MAX_COMMAND rather than the allowance of the messages, which may be spooled.
+        limit = MAX_URL if is_url else self._literal_limit(name)
         # Only APPEND carries messages; any other command stays within MAX_COMMAND, lines and literals.
         total_limit = MAX_COMMAND + (MULTIAPPEND_LIMIT_FACTOR * self.settings.append_limit if name == "APPEND" else 0)
-        if request.size > limit or pending.size + request.size > total_limit:
+        if is_url:
+            pending.urls += request.size
+        if request.size > limit or pending.size + request.size > total_limit or pending.urls > MAX_COMMAND:
             is_message = name == "APPEND" and not is_url
             too_big = r.tagged(tag, Status.NO if is_message else Status.BAD,
                                f"Literal too large ({limit} octets allowed)",

@@ -37,6 +37,8 @@ MAX_NOTIFY_MAILBOXES = 1000
 # CATENATE (RFC 4469): octets of one URL part. An IMAP URL of a message part is a mailbox name, a few
 # numbers and a section; this bounds what the URL parser reads and what BADURL echoes.
 MAX_URL = 2048
+# CATENATE: URL parts of one message. Each is looked up and its section computed when the command runs.
+MAX_CATENATE_URLS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -861,6 +863,7 @@ def _cat_parts(tokens: tuple[Token, ...]) -> tuple[CatPart, ...]:
     if not tokens or len(tokens) % 2:
         raise ParseError("CATENATE needs TEXT or URL parts")
     parts: list[CatPart] = []
+    urls = 0
     for i in range(0, len(tokens), 2):
         kind, value = tokens[i], tokens[i + 1]
         name = upper_ascii(kind.value) if isinstance(kind, Atom) else ""
@@ -871,6 +874,9 @@ def _cat_parts(tokens: tuple[Token, ...]) -> tuple[CatPart, ...]:
             if not url or len(url) > MAX_URL:
                 raise ParseError(f"URL empty or too long ({MAX_URL} octets at most)")
             parts.append(CatPart(url=url))
+            urls += 1
+            if urls > MAX_CATENATE_URLS:
+                raise ParseError(f"too many URL parts ({MAX_CATENATE_URLS} at most)")
         else:
             raise ParseError("CATENATE parts are TEXT literal or URL astring")
     return tuple(parts)

@@ -206,15 +206,15 @@ def test_catenate_is_bounded_by_appendlimit(store: SQLiteStore) -> None:
 
 
 def test_catenate_stops_resolving_urls_past_appendlimit(store: SQLiteStore) -> None:
-    # 3,000 URL parts of a 60,000-octet message: the second already passes APPENDLIMIT (100000), so the
-    # handler looks up two messages, not 3,000, and holds no section octets (HEADER.FIELDS.NOT is computed
-    # again when copied).
+    # 100 URL parts (the most a message may have) of a 60,000-octet message: the second already passes
+    # APPENDLIMIT (100000), so the handler looks up two messages, not 100, and holds no section octets
+    # (HEADER.FIELDS.NOT is computed again when copied).
     deliver(store, b"Subject: big\r\n\r\n" + b"x" * 59984)
     c = client(store)
     recording = Recording(store)
     assert c.session is not None
     c.session.store = recording  # type: ignore[assignment]
-    parts = " ".join(['URL "/INBOX/;UID=1"'] * 3000)
+    parts = " ".join(['URL "/INBOX/;UID=1"'] * 100)
     assert c.command(f"a APPEND Drafts CATENATE ({parts})") == [b"a NO [TOOBIG] Message too large\r\n"]
     assert recording.lookups == 2
     parts = " ".join(['URL "/INBOX/;UID=1/;SECTION=HEADER.FIELDS.NOT%20(X)"'] * 3)
@@ -277,7 +277,7 @@ def test_small_catenate_is_assembled_in_memory(store: SQLiteStore) -> None:
 
 def test_core_spools_catenate_text_but_never_a_url_literal() -> None:
     # TEXT literals are message octets (spooled past 1 MiB like any APPEND literal); a URL literal is an
-    # argument, held, and at most 64 KiB.
+    # argument, held, and at most 2,048 octets (MAX_URL).
     conn = ImapConnection(replace(SETTINGS, append_limit=5_000_000), is_loopback=True)
     conn.start()
     conn.receive_data(b"l LOGIN bob@example.test pw\r\n")
@@ -295,9 +295,31 @@ def test_core_spools_catenate_text_but_never_a_url_literal() -> None:
     assert b"".join(pieces) == text
     conn.finish("x", Status.OK, "APPEND completed")
     conn.data_to_send()
-    conn.receive_data(b"y APPEND INBOX CATENATE (URL {70000}\r\n")
+    conn.receive_data(b"y APPEND INBOX CATENATE (URL {2049}\r\n")
     assert conn.next_event() is None
-    assert conn.data_to_send() == b"y BAD Literal too large (65536 octets allowed)\r\n"
+    assert conn.data_to_send() == b"y BAD Literal too large (2048 octets allowed)\r\n"
+
+
+def test_issue_9_catenate_url_literals_are_bounded_by_the_command_not_the_messages() -> None:
+    """URL literals are held in memory: 2,048 octets each and MAX_COMMAND together (they counted against
+    4 x APPENDLIMIT, ~200 MB, at 64 KiB each), and 100 URL parts a message (each one is looked up)."""
+    conn = ImapConnection(replace(SETTINGS, append_limit=50_000_000), is_loopback=True)
+    conn.start()
+    conn.receive_data(b"l LOGIN bob@example.test pw\r\n")
+    assert isinstance(conn.next_event(), LoginRequested)
+    conn.login_result("l", "bob@example.test")
+    conn.data_to_send()
+    url = b"/INBOX/;UID=1/;PARTIAL=0.1" + b"x" * 2022
+    conn.receive_data(b"a APPEND INBOX CATENATE (" + b"URL {2048+}\r\n" + url + b" " + b"URL {2048+}\r\n" + url)
+    for _ in range(600):  # 1.2 MB of URLs: refused past 1 MiB, the rest of the command dropped
+        conn.receive_data(b" URL {2048+}\r\n" + url)
+    conn.receive_data(b")\r\n")
+    assert conn.next_event() is None
+    assert conn.data_to_send() == b"a BAD Literal too large (2048 octets allowed)\r\n"
+    parts = b" ".join([b"URL /INBOX/;UID=1"] * 101)
+    conn.receive_data(b"b APPEND INBOX CATENATE (" + parts + b")\r\n")
+    assert conn.next_event() is None
+    assert conn.data_to_send().startswith(b"b BAD")
 
 
 def test_parse_message_url() -> None:
