@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from kartero.imap.response import astring
 from kartero.imap.tokens import ParseError
 
 # RFC 5464 leaves the limits to the server; these hold a lot of per-mailbox settings (colours, sort orders,
@@ -50,10 +51,20 @@ def is_within(name: str, entry: str, depth: int) -> bool:
     return depth == DEPTH_INFINITY or "/" not in name[len(entry) + 1 :]
 
 
+_NOT_ATOM = frozenset(b'(){ "\\]')  # what an entry name may hold (RFC 5464 §3.2) but an atom may not
+
+
+def entry_name(entry: str) -> bytes:
+    """An entry name as a response sends it: an atom when it can be one, else a string, so a name such as
+    `/private/x {5}` cannot pass for a literal or end a list (names are printable ASCII: `parse_entry`)."""
+    data = entry.encode("ascii")
+    return astring(entry) if any(octet in _NOT_ATOM for octet in data) else data
+
+
 def metadata_response(mailbox: bytes, entries: Iterable[tuple[str, bytes | None]]) -> bytes:
     """`* METADATA mailbox (entry value ...)` (RFC 5464 §4.4.1); `mailbox` is already on the wire form.
     A value is a quoted string when it can be one, else a literal, or a literal8 when it holds NUL."""
-    parts = [entry.encode("ascii") + b" " + _value(value) for entry, value in entries]
+    parts = [entry_name(entry) + b" " + _value(value) for entry, value in entries]
     return b"* METADATA " + mailbox + b" (" + b" ".join(parts) + b")\r\n"
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from kartero.imap.commands import fetch
 from kartero.imap.commands.view import Done, Session, chunked, sync
+from kartero.imap.metadata import entry_name
 from kartero.imap.response import Status, astring
 from kartero.imap.syntax import Fetch, Notify, NotifyGroup, SequenceSet
 from kartero.store.interface import INBOX, Mailbox, MailboxStatus, MetadataChange, NoSuchMailbox, Store
@@ -307,7 +308,7 @@ def _metadata_changes(session: Session, state: NotifyState, changes: dict[int | 
             if name is None or "MailboxMetadataChange" not in state.events_for(name):
                 continue
             wire = _quote(session, name)
-        yield f"* METADATA {wire} {' '.join(sorted(names))}\r\n".encode()
+        yield f"* METADATA {wire} ".encode() + b" ".join(entry_name(entry) for entry in sorted(names)) + b"\r\n"
 
 
 def _name_changes(session: Session, state: NotifyState) -> Iterator[bytes]:

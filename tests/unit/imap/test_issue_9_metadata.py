@@ -254,3 +254,13 @@ def test_issue_9_list_metadata_as_in_rfc_9590(fresh: Callable[[], Client]) -> No
         C: i LIST "" % RETURN (METADATA ())
         S: i BAD METADATA takes 1 to 100 entries
     """)  # fmt: skip
+
+
+def test_issue_9_entry_names_that_are_no_atoms_go_out_quoted(fresh: Callable[[], Client]) -> None:
+    """RFC 5464 §3.2 allows SP, `{`, `)` or `"` in an entry name; a response that wrote it bare could be read
+    as a literal announcement or the end of the list. Such names go out as quoted strings."""
+    c = fresh()
+    set_lines = c.command('s SETMETADATA INBOX ("/private/x {5}" "v" "/private/q\\"z) y" "w" /private/plain "p")')
+    assert set_lines == [b"s OK SETMETADATA completed\r\n"]
+    lines = c.command('g GETMETADATA INBOX ("/private/x {5}" "/private/q\\"z) y" /private/plain)')
+    assert lines[0] == b'* METADATA "INBOX" ("/private/x {5}" "v" "/private/q\\"z) y" "w" /private/plain "p")\r\n'
