@@ -34,6 +34,8 @@ MAX_SEARCH_KEYS = 1000
 # NOTIFY: mailbox names named by SUBTREE and MAILBOXES together. Each change in the account is matched
 # against them.
 MAX_NOTIFY_MAILBOXES = 1000
+# NOTIFY: event groups of one NOTIFY SET. Each change is matched against every group.
+MAX_NOTIFY_GROUPS = 100
 # CATENATE (RFC 4469): octets of one URL part. An IMAP URL of a message part is a mailbox name, a few
 # numbers and a section; this bounds what the URL parser reads and what BADURL echoes.
 MAX_URL = 2048
@@ -1327,6 +1329,8 @@ def _notify(a: _Args) -> Command:
     groups: list[NotifyGroup] = []
     named = 0
     while not groups or a.more():
+        if len(groups) >= MAX_NOTIFY_GROUPS:
+            raise ParseError(f"too many event groups ({MAX_NOTIFY_GROUPS} at most)")
         group = _Args(list(a.plist("event group")), a.utf8, name=a.name)
         kind = upper_ascii(group.atom("mailbox filter"))
         if kind not in _NOTIFY_FILTERS:

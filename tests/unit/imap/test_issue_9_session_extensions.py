@@ -740,3 +740,12 @@ def test_issue_9_a_refused_select_lets_go_of_the_mailbox_it_closes(store: SQLite
         lines = c.command("s SELECT " + "a" * 2000)
         assert lines[0] == b"* OK [CLOSED] Previous mailbox closed\r\n" and lines[-1].startswith(b"s NO")
         assert store._holds.lowest(1) is None
+
+
+def test_issue_9_notify_set_takes_at_most_100_event_groups(store: SQLiteStore) -> None:
+    """Every change is matched against every group of a session's NOTIFY SET: 1,700 groups in one 61 KB
+    command cost 0.3 s of CPU per push. 100 groups at most; more is BAD."""
+    c = client(store)
+    group = " (PERSONAL (MessageNew MessageExpunge))"
+    assert c.command("a NOTIFY SET" + group * 100) == [b"a OK NOTIFY completed\r\n"]
+    assert c.command("b NOTIFY SET" + group * 101)[-1].startswith(b"b BAD")
