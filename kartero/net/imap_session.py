@@ -150,6 +150,7 @@ class ImapSession:
         finally:
             self._drop_spool()
             if self.session is not None:
+                self.session.notify = None  # nothing to watch any more: no STATUS read on the way out
                 self.session.select(None)  # lets go of messages expunged elsewhere that it still showed
             self.ctx.sessions.discard(self)
             self.ctx.release(self._ticket)
@@ -204,8 +205,12 @@ class ImapSession:
                     conn.finish(tag, Status.OK, "IDLE terminated")
                 case Unauthenticated():
                     if self.session is not None:
+                        self.session.notify = None
                         self.session.select(None)
                     self.session = None
+                    # What NOTIFY had still to report was the old user's: none of it goes to the next one.
+                    self._pending = notify_events.PendingChanges()
+                    self._notified = False
                     log.info("%s", kv(event="imap.unauthenticate", session=self.id, client=channel.client_ip))
                 case ConnectionClosed(reason=reason):
                     await channel.send(conn.data_to_send())
