@@ -400,7 +400,9 @@ class ImapConnection:
         tag, name = first_words(pending.lines[0])
         tag = tag if _TAG.fullmatch(tag) else "*"  # never echo what is not a tag (it may hold a CR)
         # A CATENATE URL (RFC 4469) sent as a literal is held like any argument, never spooled as message text.
-        pending.is_catenate = pending.is_catenate or (name == "APPEND" and b"CATENATE" in text.upper())
+        # (The tag is left out: a command tagged CATENATE is no CATENATE for that.)
+        args = text if len(pending.lines) > 1 else text.partition(b" ")[2]
+        pending.is_catenate = pending.is_catenate or (name == "APPEND" and b"CATENATE" in args.upper())
         is_url = pending.is_catenate and _ends_with_url(text)
         # A URL longer than MAX_URL is refused anyway; the URLs of one command are held in memory, so they
         # share MAX_COMMAND rather than the allowance of the messages, which may be spooled.

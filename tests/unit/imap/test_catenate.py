@@ -343,3 +343,17 @@ def test_parse_message_url_is_linear() -> None:
         for _ in range(20):
             parse_message_url(b"/" + filler * (2048 // len(filler)))
     assert time.process_time() - started < 5
+
+
+def test_issue_9_a_tag_named_catenate_makes_no_catenate() -> None:
+    """Only the command's arguments say CATENATE: a message literal after a mailbox named URL, in a
+    command tagged CATENATE, is a message (spooled, NO [TOOBIG] past APPENDLIMIT), not a URL (BAD)."""
+    conn = ImapConnection(replace(SETTINGS, append_limit=100_000), is_loopback=True)
+    conn.start()
+    conn.receive_data(b"l LOGIN bob@example.test pw\r\n")
+    assert isinstance(conn.next_event(), LoginRequested)
+    conn.login_result("l", "bob@example.test")
+    conn.data_to_send()
+    conn.receive_data(b"CATENATE APPEND URL {200000}\r\n")
+    assert conn.next_event() is None
+    assert conn.data_to_send() == b"CATENATE NO [TOOBIG] Literal too large (100000 octets allowed)\r\n"
