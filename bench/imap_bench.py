@@ -256,7 +256,9 @@ protocol imap {{
 """
 
 
-def start_dovecot(folder: Path, messages: list[bytes]) -> Server:
+def start_dovecot(folder: Path, messages: list[bytes], extra_conf: str = "") -> Server:
+    """A private Dovecot 2.3 (root, Maildir, a free loopback port) holding `messages`, message i dated
+    1_795_687_200 + i like Kartero's; `extra_conf` is appended to DOVECOT_CONF (formatted the same way)."""
     if shutil.which("dovecot") is None or os.geteuid() != 0:
         raise SystemExit("Dovecot comparison needs root and the dovecot-imapd package (or use --no-dovecot)")
     nobody = pwd.getpwnam("nobody")
@@ -270,7 +272,9 @@ def start_dovecot(folder: Path, messages: list[bytes]) -> Server:
     for sub in ("cur", "new", "tmp"):
         (maildir / sub).mkdir(parents=True)
     for i, message in enumerate(messages):
-        (maildir / "cur" / f"{1_795_687_200 + i}.M{i}P1.bench,S={len(message)}:2,").write_bytes(message)
+        path = maildir / "cur" / f"{1_795_687_200 + i}.M{i}P1.bench,S={len(message)}:2,"
+        path.write_bytes(message)
+        os.utime(path, (1_795_687_200 + i, 1_795_687_200 + i))  # Maildir INTERNALDATE is the file's mtime
     for path in [folder / "mail", *(folder / "mail").rglob("*")]:
         os.chown(path, nobody.pw_uid, nobody.pw_gid)
     # The same argon2id cost as Kartero's own hashes, so LOGIN compares like with like.
@@ -279,7 +283,7 @@ def start_dovecot(folder: Path, messages: list[bytes]) -> Server:
     (folder / "passwd").write_text(f"bob:{{ARGON2ID}}{hash_password(PASSWORD)}::::::\n")
     conf = folder / "dovecot.conf"
     settings = {"root": folder, "password": PASSWORD, "uid": nobody.pw_uid, "gid": nobody.pw_gid, "port": port}
-    conf.write_text(DOVECOT_CONF.format(**settings))
+    conf.write_text(DOVECOT_CONF.format(**settings) + extra_conf.format(**settings))
     proc = subprocess.Popen(["dovecot", "-F", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return Server("dovecot", port, proc, lambda: [proc.pid, *_children(proc.pid)])

@@ -30,11 +30,8 @@ import argparse
 import collections
 import contextlib
 import os
-import pwd
 import re
-import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -44,7 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.imap_bench import DOVECOT_CONF, PASSWORD, USER, Server, _children, free_port, wait_port  # noqa: E402
+from bench.imap_bench import PASSWORD, USER, Server  # noqa: E402
+from bench.imap_bench import start_dovecot as _start_dovecot  # noqa: E402
 from bench.imap_bench import start_kartero as _start_kartero  # noqa: E402
 
 BASE_TIME = 1_795_687_200  # 2026-11-26 00:00:00 UTC, INTERNALDATE of the first message
@@ -492,33 +490,7 @@ namespace inbox {{
 
 
 def start_dovecot(folder: Path, messages: list[bytes]) -> Server:
-    if shutil.which("dovecot") is None or os.geteuid() != 0:
-        raise SystemExit("the comparison needs root and the dovecot-imapd package")
-    nobody = pwd.getpwnam("nobody")
-    port = free_port()
-    folder.chmod(0o755)
-    for parent in folder.parents:
-        if parent == Path("/"):
-            break
-        parent.chmod(parent.stat().st_mode | 0o005)
-    maildir = folder / "mail" / "bob" / "Maildir"
-    for sub in ("cur", "new", "tmp"):
-        (maildir / sub).mkdir(parents=True)
-    for i, message in enumerate(messages):
-        path = maildir / "cur" / f"{BASE_TIME + i}.M{i}P1.conformance,S={len(message)}:2,"
-        path.write_bytes(message)
-        os.utime(path, (BASE_TIME + i, BASE_TIME + i))  # Maildir INTERNALDATE is the file's mtime
-    for path in [folder / "mail", *(folder / "mail").rglob("*")]:
-        os.chown(path, nobody.pw_uid, nobody.pw_gid)
-    from kartero.auth.passwords import hash_password
-
-    (folder / "passwd").write_text(f"bob:{{ARGON2ID}}{hash_password(PASSWORD)}::::::\n")
-    settings = {"root": folder, "password": PASSWORD, "uid": nobody.pw_uid, "gid": nobody.pw_gid, "port": port}
-    conf = folder / "dovecot.conf"
-    conf.write_text(DOVECOT_CONF.format(**settings) + DOVECOT_EXTRA.format(**settings))
-    proc = subprocess.Popen(["dovecot", "-F", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_port(port)
-    return Server("dovecot", port, proc, lambda: [proc.pid, *_children(proc.pid)])
+    return _start_dovecot(folder, messages, DOVECOT_EXTRA)  # METADATA, NOTIFY and special-use mailboxes
 
 
 def start_kartero(folder: Path, messages: list[bytes]) -> Server:
