@@ -4,10 +4,7 @@ CONDSTORE/QRESYNC, LIST, STATUS, APPEND, RENAME, and two sessions seeing each ot
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, DeliveryTarget
@@ -17,15 +14,6 @@ from tests.unit.mime import corpus
 
 # 2026-11-26 10:00:00 UTC
 WHEN = 1795687200
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "data")
-    s.add_account("bob@example.test", "unused")
-    s.start()
-    yield s
-    s.close()
 
 
 def deliver(store: SQLiteStore, data: bytes, mailbox: str = "INBOX", flags: frozenset[str] = frozenset()) -> None:

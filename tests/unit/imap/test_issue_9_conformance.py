@@ -3,11 +3,6 @@ it leaves a choice, Dovecot) says Kartero answered wrong; byte transcripts over 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, DeliveryTarget
 from kartero.store.sqlite import SQLiteStore
@@ -15,15 +10,6 @@ from tests.unit.imap.harness import Client
 from tests.unit.mime import corpus
 
 WHEN = 1795687200  # 2026-11-26 10:00:00 UTC
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "data")
-    s.add_account("bob@example.test", "unused")
-    s.start()
-    yield s
-    s.close()
 
 
 def deliver(store: SQLiteStore, data: bytes = corpus.PLAIN) -> None:

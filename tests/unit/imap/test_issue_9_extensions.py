@@ -7,7 +7,6 @@ import itertools
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,6 @@ from tests.unit.imap.harness import Client, play
 WHEN = 1795687200  # 26-Nov-2026 10:00:00 UTC: the internal date of delivered mail
 DEC_28 = 1514459065  # 28-Dec-2017 11:04:25 UTC
 DEC_29 = DEC_28 + 86400
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "data")
-    s.add_account("bob@example.test", "unused")
-    s.start()
-    yield s
-    s.close()
 
 
 def deliver(store: SQLiteStore, *messages: bytes) -> None:

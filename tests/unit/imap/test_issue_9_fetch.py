@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import time
 import tracemalloc
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -21,15 +19,6 @@ from kartero.store.sqlite import SQLiteStore
 from tests.unit.imap.harness import Client
 
 WHEN = 1795687200
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "data")
-    s.add_account("bob@example.test", "unused")
-    s.start()
-    yield s
-    s.close()
 
 
 def deliver(store: SQLiteStore, *messages: bytes) -> Client:

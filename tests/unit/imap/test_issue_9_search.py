@@ -4,10 +4,7 @@ comments and groups (ENVELOPE, SEARCH FROM/TO/CC, SORT). Exact responses over a 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, DeliveryTarget
@@ -15,15 +12,6 @@ from kartero.store.sqlite import SQLiteStore
 from tests.unit.imap.harness import Client
 
 WHEN = 1795687200
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "data")
-    s.add_account("bob@example.test", "unused")
-    s.start()
-    yield s
-    s.close()
 
 
 def deliver(store: SQLiteStore, *messages: bytes) -> None:

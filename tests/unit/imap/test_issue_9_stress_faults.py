@@ -3,22 +3,10 @@ two sessions (two Clients) on one real store."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from kartero.store.sqlite import SQLiteStore
 from tests.unit.imap.test_issue_9_sync import client, deliver, uidvalidity
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "data")
-    s.add_account("bob@example.test", "unused")
-    s.start()
-    yield s
-    s.close()
 
 
 def test_issue_9_store_answers_carry_uid_under_condstore(store: SQLiteStore) -> None:

@@ -4,7 +4,6 @@ two Clients on one store are two sessions."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,6 @@ from tests.unit.imap.harness import Client
 from tests.unit.mime import corpus
 
 WHEN = 1795687200  # 2026-11-26 10:00:00 UTC
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "data")
-    s.add_account("bob@example.test", "unused")
-    s.start()
-    yield s
-    s.close()
 
 
 def deliver(store: SQLiteStore, data: bytes = corpus.PLAIN, mailbox: str = "INBOX",

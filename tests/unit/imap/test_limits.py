@@ -10,7 +10,6 @@ import re
 import time
 from array import array
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -37,15 +36,6 @@ from kartero.store.interface import Delivery, DeliveryTarget, Mailbox
 from kartero.store.mailboxes import _matches
 from kartero.store.sqlite import SQLiteStore
 from tests.unit.imap.harness import Client
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "data")
-    s.add_account("bob@example.test", "unused")
-    s.start()
-    yield s
-    s.close()
 
 
 def _created(lines: list[bytes]) -> list[bytes]:
