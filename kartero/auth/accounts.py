@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from kartero.auth.passwords import hash_password, verify_password
 from kartero.auth.sasl import SCRAM_ITERATIONS, ScramCredentials, scram_credentials
 from kartero.dns.names import DomainError, canonical_domain
-from kartero.smtp.address import Address, AddressError, parse_mailbox
+from kartero.mail.address import Address, AddressError, parse_mailbox
 from kartero.store.interface import Account, Store
 
 # Alias chains deeper than this are configuration loops or abuse.

@@ -22,6 +22,7 @@ from kartero.delivery.mtasts import MTASTS
 from kartero.delivery.mx import Hop, NoRoute, find_route
 from kartero.dns.resolver import NoRecords, Records, Resolver
 from kartero.log import kv
+from kartero.mail.replies import Reply
 from kartero.queue.jobs import Deferred, Delivered, Failed, JobMessage, OnOutcomes, Outcome
 from kartero.smtp.client import (
     BodyWanted,
@@ -35,7 +36,6 @@ from kartero.smtp.client import (
     SessionFailed,
     StartTLSReady,
 )
-from kartero.smtp.replies import Reply
 
 log = logging.getLogger("kartero.delivery")
 

@@ -28,10 +28,10 @@ from kartero.delivery.local import DsnSender
 from kartero.delivery.sendmail import normalize
 from kartero.dns.names import DomainError
 from kartero.log import kv
+from kartero.mail.address import AddressError
 from kartero.mailauth.dkim import DKIMError, Signer
 from kartero.mime.headers import find_body_start, parse_header_block
 from kartero.queue.dsn import Action, RecipientReport, build_dsn
-from kartero.smtp.address import AddressError
 from kartero.smtp.received import format_return_path
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, Outbound, OutboundRecipient, Store, as_targets

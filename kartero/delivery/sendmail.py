@@ -13,8 +13,8 @@ from email.utils import formataddr, getaddresses
 
 from kartero.auth.accounts import DirectoryError, DirectorySnapshot, parse_address
 from kartero.dns.names import DomainError, canonical_domain
+from kartero.mail.address import AddressError, parse_mailbox
 from kartero.mime.headers import find_body_start, parse_header_block, remove_fields
-from kartero.smtp.address import AddressError, parse_mailbox
 
 # sysexits.h, the exit codes callers of sendmail(8) understand.
 EX_USAGE = 64

@@ -30,11 +30,12 @@ from typing import Any, cast
 from kartero.auth.accounts import Authenticator
 from kartero.auth.throttle import AuthThrottle
 from kartero.log import kv
+from kartero.mail import replies
+from kartero.mail.replies import Reply
 from kartero.mime.headers import find_body_start
 from kartero.net.deadlines import Deadline, Deadlines, DeadlineSettings
 from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, Policy, RcptContext
 from kartero.policy.limits import Admission, Ticket
-from kartero.smtp import replies
 from kartero.smtp.events import (
     AuthRequested,
     Body,
@@ -52,7 +53,6 @@ from kartero.smtp.events import (
     StartTLSRequested,
 )
 from kartero.smtp.received import format_received, format_return_path, with_protocol
-from kartero.smtp.replies import Reply
 from kartero.smtp.server import ServerConnection, ServerSettings
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Content, Delivery, FileSpan, Outbound, OutboundRecipient, Store, as_targets

@@ -6,9 +6,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
-from kartero.smtp.address import Path
+from kartero.mail.address import Path
+from kartero.mail.replies import Reply
 from kartero.smtp.events import Envelope
-from kartero.smtp.replies import Reply
 from kartero.store.interface import Content
 
 

@@ -8,12 +8,12 @@ from concurrent.futures import Executor, Future
 
 from kartero.auth.accounts import DirectoryCache, DirectoryError, Resolution, canonical_address
 from kartero.log import kv
+from kartero.mail import replies
+from kartero.mail.address import Address, Path
 from kartero.mailauth.inbound import InboundChecker
 from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, RcptContext, Reject
 from kartero.policy.dnsbl import DNSBL
 from kartero.policy.limits import Greylist
-from kartero.smtp import replies
-from kartero.smtp.address import Address, Path
 from kartero.smtp.events import Envelope
 from kartero.store.interface import INBOX, Content
 from kartero.store.spool import read_whole

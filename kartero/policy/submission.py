@@ -27,6 +27,9 @@ from email.utils import format_datetime
 from kartero.auth.accounts import DirectoryCache, DirectoryError, canonical_address
 from kartero.dns.names import DomainError, canonical_domain
 from kartero.log import kv
+from kartero.mail import replies
+from kartero.mail.address import Address, AddressError, Path, parse_mailbox
+from kartero.mail.replies import Reply
 from kartero.mailauth.dkim import DKIMError, Signer
 from kartero.mime.headers import find_body_start
 from kartero.policy.authorship import (
@@ -40,10 +43,7 @@ from kartero.policy.authorship import (
 from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, RcptContext, Reject
 from kartero.policy.inbound import InboundPolicy
 from kartero.policy.limits import SlidingWindow
-from kartero.smtp import replies
-from kartero.smtp.address import Address, AddressError, Path, parse_mailbox
 from kartero.smtp.events import Envelope
-from kartero.smtp.replies import Reply
 from kartero.store.interface import Content
 from kartero.store.spool import read_whole
 

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
-from kartero.smtp.replies import Reply
+from kartero.mail.replies import Reply
 
 _REPLY_LINE = re.compile(rb"([2-5]\d\d)([ -])(.*)")
 _ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3}) (.*)", re.S)  # ASCII digits: "2.\u0661.0" is none

@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-from kartero.smtp import replies
-from kartero.smtp.address import AddressError, Path, parse_path
+from kartero.mail import replies
+from kartero.mail.address import AddressError, Path, parse_path
+from kartero.mail.replies import Reply
 from kartero.smtp.events import Body, MailParams, Notify, RcptParams, Ret
-from kartero.smtp.replies import Reply
 
 
 class SMTPError(Exception):

@@ -13,8 +13,8 @@ server we relay to later.
 
 from __future__ import annotations
 
-from kartero.smtp import replies
-from kartero.smtp.replies import Reply
+from kartero.mail import replies
+from kartero.mail.replies import Reply
 
 _END = b"\r\n.\r\n"
 # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including the CRLF.

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from kartero.smtp.address import Path
+from kartero.mail.address import Path
 
 
 class Body(StrEnum):

@@ -12,8 +12,9 @@ import base64
 from dataclasses import dataclass
 
 from kartero.auth.sasl import SASLError, ScramCredentials, ScramServer, decode_base64, parse_plain
-from kartero.smtp import replies
-from kartero.smtp.address import Path
+from kartero.mail import replies
+from kartero.mail.address import Path
+from kartero.mail.replies import Reply
 from kartero.smtp.commands import (
     DEFAULT_LINE_LIMIT,
     FORBIDDEN_VERBS,
@@ -47,7 +48,6 @@ from kartero.smtp.events import (
     ScramRequested,
     StartTLSRequested,
 )
-from kartero.smtp.replies import Reply
 from kartero.smtp.state import ProtocolViolation, State, Trigger, next_state
 
 

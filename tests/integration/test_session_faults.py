@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from kartero.mail import replies
+from kartero.mail.address import Path as SMTPPath
 from kartero.net.session import SessionContext, SMTPSession
 from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, RcptContext
-from kartero.smtp import replies
-from kartero.smtp.address import Path as SMTPPath
 from kartero.smtp.events import Envelope
 from kartero.smtp.server import ServerSettings
 from kartero.store.sqlite import SQLiteStore

@@ -30,7 +30,7 @@ def _is_core(path: Path) -> bool:
     return rel.split("/")[0] in ("smtp", "pop3", "imap") or rel == "auth/sasl.py"
 
 
-CORE_PACKAGES = ("kartero.smtp", "kartero.pop3", "kartero.imap", "kartero.auth.sasl")
+CORE_PACKAGES = ("kartero.smtp", "kartero.pop3", "kartero.imap", "kartero.auth.sasl", "kartero.mail")
 
 
 def test_protocol_cores_import_only_the_stdlib_and_each_other() -> None:

@@ -13,6 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kartero.auth.accounts import Directory, DirectoryCache
+from kartero.mail import replies
+from kartero.mail.address import Path as SMTPPath
+from kartero.mail.address import parse_mailbox
 from kartero.policy.authorship import (
     HeaderError,
     MailboxListError,
@@ -23,9 +26,6 @@ from kartero.policy.authorship import (
 )
 from kartero.policy.decisions import AcceptMessage, Reject
 from kartero.policy.submission import SubmissionPolicy
-from kartero.smtp import replies
-from kartero.smtp.address import Path as SMTPPath
-from kartero.smtp.address import parse_mailbox
 from kartero.smtp.events import Envelope, MailParams
 from kartero.store.sqlite import SQLiteStore
 

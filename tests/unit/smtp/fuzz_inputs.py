@@ -14,7 +14,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from kartero.smtp import replies
+from kartero.mail import replies
 from kartero.smtp.client import (
     MAX_REPLY_LINE,
     ClientConnection,

@@ -6,10 +6,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kartero.smtp import replies
+from kartero.mail import replies
+from kartero.mail.replies import Reply
 from kartero.smtp.data import MAX_TEXT_LINE, SPILL_PIECE, BodyCollector, DataReader
 from kartero.smtp.events import MailFrom, MessageData, MessageReceived, MessageRefused, RcptTo
-from kartero.smtp.replies import Reply
 from kartero.smtp.server import ServerConnection, ServerSettings
 
 

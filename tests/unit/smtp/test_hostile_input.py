@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from kartero.smtp import replies
-from kartero.smtp.address import AddressError, is_valid_domain, parse_mailbox, parse_path
+from kartero.mail import replies
+from kartero.mail.address import AddressError, is_valid_domain, parse_mailbox, parse_path
 from kartero.smtp.events import MailFrom, MessageReceived, RcptTo
 from kartero.smtp.server import ServerConnection, ServerSettings
 from tests.unit.smtp.test_auth_transcripts import EHLO_TLS

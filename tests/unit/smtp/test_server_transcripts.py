@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kartero.smtp import replies
+from kartero.mail import replies
 from kartero.smtp.events import Body, ConnectionClosed, Notify, Ret
 from kartero.smtp.server import ServerConnection, ServerSettings
 from tests.unit.smtp.transcript import SETTINGS, TLS_SETTINGS, Recorder, run_transcript

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kartero.auth.sasl import scram_credentials
-from kartero.smtp import replies
+from kartero.mail import replies
+from kartero.mail.replies import Reply
 from kartero.smtp.events import (
     AuthRequested,
     ConnectionClosed,
@@ -27,7 +28,6 @@ from kartero.smtp.events import (
     ScramRequested,
     StartTLSRequested,
 )
-from kartero.smtp.replies import Reply
 from kartero.smtp.server import ServerConnection, ServerSettings
 
 SETTINGS = ServerSettings(hostname="mx.example.test", max_message_size=10_000, max_recipients=5, max_errors=10)
