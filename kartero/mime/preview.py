@@ -38,7 +38,7 @@ def make_preview(read: Reader, tree: list[Any]) -> str:
         charset = (content_type.param(b"charset") or b"").decode("latin-1")
         source = read(node[1], min(node[2], node[1] + PREVIEW_SOURCE_BYTES))
         text = "".join(iter_body_text(source, node[3], charset))
-        return _shortened(_html_text(text) if subtype == b"html" else _plain_text(text))
+        return _shortened(_html_text(text)) if subtype == b"html" else _plain_preview(text)
     return ""
 
 
@@ -62,15 +62,28 @@ def _leaves(read: Reader, tree: list[Any]) -> Iterator[tuple[list[Any], Any]]:
         yield node, parse_content_type(header.get("content-type"))
 
 
-_SIGNATURE = re.compile(r"^-- ?\r?$", re.MULTILINE)
-
-
-def _plain_text(text: str) -> str:
-    """The text without quoted lines and without the signature."""
-    signature = _SIGNATURE.search(text)
-    if signature is not None:
-        text = text[: signature.start()]
-    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith(">"))
+def _plain_preview(text: str) -> str:
+    """The preview of plain text: its lines in order, quoted ones (`>`) left out, up to a signature line
+    (`-- `), white space collapsed, at most PREVIEW_CHARS characters. It stops reading once it has them:
+    the cost follows the preview, not the 128 KiB of text read (issue 10: collapsing all of it took
+    3.3 ms a message, most of a 100 KB message's index)."""
+    words: list[str] = []
+    length = 0
+    start, size = 0, len(text)
+    while start < size and length <= PREVIEW_CHARS:
+        end = text.find("\n", start)
+        end = size if end < 0 else end
+        segment = text[start:end]
+        start = end + 1
+        if segment in ("--", "-- ", "--\r", "-- \r"):
+            break  # the signature starts: nothing after it is shown
+        for line in segment.splitlines():  # as str.splitlines() cuts lines (\r, \x85, \u2028, ...)
+            if line.lstrip().startswith(">"):
+                continue
+            for word in line.translate(_CONTROLS).split():
+                words.append(word)
+                length += len(word) + 1
+    return " ".join(words)[:PREVIEW_CHARS].rstrip()
 
 
 _CONTROLS = dict.fromkeys([*range(0x20), 0x7F], " ")

@@ -8,6 +8,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kartero.mime import preview as preview_module
 from kartero.mime.index import structured_index
 from kartero.mime.preview import (
     PREVIEW_CHARS,
@@ -139,3 +140,35 @@ def test_issue_9_html_reduced_to_text_never_raises(markup: str) -> None:
     assert len(result) <= PREVIEW_CHARS
     if "<" not in markup and "&" not in markup:
         assert result == " ".join(markup.split())[:PREVIEW_CHARS].rstrip()
+
+
+def _old_plain_preview(text: str) -> str:
+    """The plain-text preview as issue 9 made it: the whole text cut, filtered and collapsed."""
+    import re
+
+    signature = re.compile(r"^-- ?\r?$", re.MULTILINE).search(text)
+    if signature is not None:
+        text = text[: signature.start()]
+    kept = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith(">"))
+    controls = dict.fromkeys([*range(0x20), 0x7F], " ")
+    return " ".join(kept.translate(controls).split())[:256].rstrip()
+
+
+_PLAIN = st.lists(
+    st.sampled_from(["word", "  ", "\n", "\r\n", "\r", "> ", ">", "-- ", "--", "\t", "\x85", "\u2028", "é", "x" * 40,
+                     "\x00", "\x7f", "-"]),
+    max_size=80,
+).map("".join)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(_PLAIN)
+def test_issue_10_plain_preview_stops_early_yet_shows_what_it_showed(text: str) -> None:
+    assert preview_module._plain_preview(text) == _old_plain_preview(text)
+
+
+def test_issue_10_plain_preview_of_a_long_text_is_the_old_one() -> None:
+    """128 KiB of text, 256 characters wanted (the new code stops after them; the old collapsed it all)."""
+    text = "The quick brown fox jumps over the lazy dog.\r\n" * 3000
+    assert preview_module._plain_preview(text) == _old_plain_preview(text)
+    assert preview_module._plain_preview(text).endswith("The quick brown fox jumps over")
