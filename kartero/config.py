@@ -72,6 +72,7 @@ class Limits:
     data_timeout_s: float = 180.0
     command_deadline_s: float = 30.0  # a command complete after its first byte (+1 s per KiB received)
     login_deadline_s: float = 60.0  # submission, IMAP, POP3: logged in after connecting
+    check_deadline_s: float = 120.0  # one policy decision (MAIL, RCPT, the message checks, AUTH)
     shutdown_grace_s: float = 10.0
     connections_per_ip: int = 50  # MX sessions at once from one address (0: no limit)
     unauthenticated_connections_per_ip: int = 10  # per service, before login (submission, IMAP, POP3)
@@ -395,6 +396,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         data_timeout_s=r.duration(lim, "limits", "data_timeout", defaults.data_timeout_s),
         command_deadline_s=r.duration(lim, "limits", "command_deadline", defaults.command_deadline_s),
         login_deadline_s=r.duration(lim, "limits", "login_deadline", defaults.login_deadline_s),
+        check_deadline_s=r.duration(lim, "limits", "check_deadline", defaults.check_deadline_s),
         shutdown_grace_s=r.duration(lim, "limits", "shutdown_grace", defaults.shutdown_grace_s),
         connections_per_ip=r.integer(lim, "limits", "connections_per_ip", defaults.connections_per_ip, 0),
         unauthenticated_connections_per_ip=r.integer(

@@ -23,6 +23,7 @@ from typing import Any
 
 from kartero.auth.accounts import Authenticator, DirectoryCache
 from kartero.auth.throttle import AuthThrottle
+from kartero.concurrency import Blocking
 from kartero.config import IMPLICIT_TLS, Config
 from kartero.control import remove_pid, write_pid
 from kartero.delivery.agent import AgentSettings, DeliveryAgent, verifying_tls_context
@@ -32,6 +33,7 @@ from kartero.delivery.mtasts import MTASTS
 from kartero.delivery.mx import Hop
 from kartero.dns.resolver import Resolver, blocking_resolver
 from kartero.imap.connection import ImapSettings
+from kartero.intake import Intake
 from kartero.log import kv
 from kartero.mailauth.dkim import Signer
 from kartero.mailauth.inbound import Checks, InboundChecker
@@ -176,21 +178,25 @@ class Server:
             log.info("%s", kv(event="store.recovered", bytes_dropped=dropped))
         store.start()
         store.compact()
-        directory = DirectoryCache(store, config.domains, executor)
+        blocking = Blocking(executor)
+        directory = DirectoryCache(store, config.domains, blocking)
         await loop.run_in_executor(executor, directory.prime)
-        blocking = blocking_resolver([(n.host, n.port) for n in config.dns.nameservers], timeout_s=config.dns.timeout_s)
+        nameservers = [(n.host, n.port) for n in config.dns.nameservers]
+        dns_blocking = blocking_resolver(nameservers, timeout_s=config.dns.timeout_s)
         checks = Checks(spf=config.inbound.spf, dkim=config.inbound.dkim, dmarc=config.inbound.dmarc)
-        checker = InboundChecker(config.hostname, blocking, checks) if any(astuple(checks)) else None
+        checker = InboundChecker(config.hostname, dns_blocking, checks) if any(astuple(checks)) else None
         gl = config.greylisting
         greylist = Greylist(gl.delay_s, gl.retry_window_s, gl.pass_s, parse_networks(gl.exempt)) if gl.enabled else None
-        dnsbl = (DNSBL(config.dnsbl.zones, blocking, parse_networks(config.dnsbl.exempt))
+        dnsbl = (DNSBL(config.dnsbl.zones, dns_blocking, parse_networks(config.dnsbl.exempt))
                  if config.dnsbl.zones else None)  # fmt: skip
-        policy = InboundPolicy(directory, config.primary_domain, checker, executor, greylist, dnsbl)
+        deadline = config.limits.check_deadline_s
+        policy = InboundPolicy(directory, config.primary_domain, checker, blocking, greylist, dnsbl, deadline)
         admission = self._admission(config.delivery.concurrency)
         lim = config.limits
         signer = Signer(config.data_dir)
-        submission_policy = SubmissionPolicy(directory, config.primary_domain, config.hostname, signer, executor,
-                                             config.limits.messages_per_user_per_hour)  # fmt: skip
+        submission_policy = SubmissionPolicy(directory, config.primary_domain, config.limits.messages_per_user_per_hour)
+        intake = Intake(store, directory, hostname=config.hostname, queue_lifetime_s=config.delivery.queue_lifetime_s,
+                        blocking=blocking, signer=signer, check_deadline_s=deadline)  # fmt: skip
         authenticator = Authenticator(store, config.auth.scram_iterations)
         throttle = AuthThrottle(window_s=config.auth.failure_window_s,
                                 per_pair=config.auth.failures_per_address_and_account,
@@ -211,9 +217,8 @@ class Server:
             mta_sts,
             verifying_tls,
         )  # fmt: skip
-        bouncer = DsnSender(store, directory, config.delivery.queue_lifetime_s)
-        pickup = Pickup(config.data_dir, store, directory, bouncer, config.hostname, config.delivery.queue_lifetime_s,
-                        signer)  # fmt: skip
+        bouncer = DsnSender(intake, loop)
+        pickup = Pickup(config.data_dir, intake, bouncer, config.hostname)
         runner = QueueRunner(
             store,
             agent,
@@ -280,7 +285,7 @@ class Server:
                                 refuse_nul=is_submission,
                             ),
                             policy=submission_policy if is_submission else policy,
-                            store=store,
+                            intake=intake,
                             tls_context=lambda: self._tls,
                             spawn=self._spawn,
                             sessions=self._sessions,
@@ -289,7 +294,8 @@ class Server:
                             implicit_tls=kind == "submissions",
                             authenticator=authenticator if is_submission else None,
                             throttle=throttle,
-                            queue_lifetime_s=config.delivery.queue_lifetime_s,
+                            blocking=blocking,
+                            check_deadline_s=deadline,
                             admission=admission,
                             deadlines=DeadlineSettings(lim.command_deadline_s,
                                                        lim.login_deadline_s if is_submission else None),
@@ -384,7 +390,7 @@ class Server:
         """Take in what `kartero sendmail` left in the maildrop: at start, then every second."""
         while not self._stop.is_set():
             try:
-                await asyncio.to_thread(pickup.run_once)
+                await pickup.run_once()
             except Exception:
                 log.exception("%s", kv(event="maildrop.failed"))
             with contextlib.suppress(TimeoutError):

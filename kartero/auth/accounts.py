@@ -13,22 +13,25 @@ Resolution order for a local address (first match wins):
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import contextlib
 import hashlib
 import hmac
+import logging
 import os
-import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 from kartero.auth.passwords import hash_password, verify_password
 from kartero.auth.sasl import SCRAM_ITERATIONS, ScramCredentials, scram_credentials
+from kartero.concurrency import Blocking
 from kartero.dns.names import DomainError, canonical_domain
 from kartero.mail.address import Address, AddressError, parse_mailbox
 from kartero.store.interface import Account, Store
+
+log = logging.getLogger("kartero.auth")
 
 # Alias chains deeper than this are configuration loops or abuse.
 MAX_ALIAS_DEPTH = 10
@@ -211,23 +214,24 @@ class DirectorySnapshot:
 class DirectoryCache:
     """The current DirectorySnapshot for a running server; sees admin changes at the next lookup.
 
-    `lookup` answers from memory. It compares the store's directory version (a `stat`) at most every
-    RECHECK_S seconds for a positive answer — so a deleted account or changed alias takes effect within
-    that time — and always before a negative one, so a user added a moment ago is never refused. After a
-    change it reloads in `executor` and answers through a Future.
+    `resolve` answers from memory. It compares the store's directory version at most every RECHECK_S
+    seconds for a positive answer — so a deleted account or changed alias takes effect within that
+    time — and always before a negative one, so a user added a moment ago is never refused. After a
+    change it reloads in the worker pool (one reload shared by every caller meanwhile) and answers then.
+    Used on the event loop only.
     """
 
     RECHECK_S = 1.0
+    RELOAD_DEADLINE_S = 60.0
 
-    def __init__(self, store: Store, domains: tuple[str, ...], executor: Executor) -> None:
+    def __init__(self, store: Store, domains: tuple[str, ...], blocking: Blocking | None = None) -> None:
         self.store = store
         self.domains = frozenset(domains)
-        self.executor = executor
+        self.blocking = blocking or Blocking()
         self._snapshot: DirectorySnapshot | None = None
         self._version: object = None
         self._checked_at = -1e9
-        self._reload: Future[DirectorySnapshot] | None = None
-        self._lock = threading.Lock()
+        self._reload: asyncio.Future[DirectorySnapshot] | None = None
 
     def prime(self) -> None:
         """Load the first snapshot (blocking; the server calls it in a worker thread at start-up)."""
@@ -244,12 +248,11 @@ class DirectoryCache:
             if version == self._version:
                 self._checked_at = time.monotonic()
             else:
-                with self._lock:
-                    if self._reload is None or self._reload.done():
-                        self._reload = self.executor.submit(self._load, version)
+                self._reloading(version)
         return snapshot
 
-    def lookup(self, address: str) -> Resolution | Future[Resolution]:
+    async def resolve(self, address: str) -> Resolution:
+        """Where mail for the canonical local `address` goes (see Directory)."""
         snapshot = self._snapshot
         if snapshot is not None and time.monotonic() - self._checked_at < self.RECHECK_S:
             resolution = snapshot.resolve(address)
@@ -259,26 +262,24 @@ class DirectoryCache:
         if snapshot is not None and version == self._version:
             self._checked_at = time.monotonic()
             return snapshot.resolve(address)
-        with self._lock:
-            if self._reload is None or self._reload.done():
-                self._reload = self.executor.submit(self._load, version)
-            reload = self._reload
-        result: Future[Resolution] = Future()
+        return (await asyncio.shield(self._reloading(version))).resolve(address)
 
-        def answer(done: Future[DirectorySnapshot]) -> None:
-            try:
-                result.set_result(done.result().resolve(address))
-            except BaseException as exc:
-                result.set_exception(exc)
-
-        reload.add_done_callback(answer)
-        return result
+    def _reloading(self, version: object) -> asyncio.Future[DirectorySnapshot]:
+        if self._reload is None or self._reload.done():
+            self._reload = asyncio.ensure_future(self.blocking(self.RELOAD_DEADLINE_S, self._load, version))
+            self._reload.add_done_callback(_log_failure)
+        return self._reload
 
     def _load(self, version: object) -> DirectorySnapshot:
         accounts, aliases, first = self.store.load_directory()
         snapshot = DirectorySnapshot(self.domains, accounts, aliases, first)
         self._snapshot, self._version, self._checked_at = snapshot, version, time.monotonic()
         return snapshot
+
+
+def _log_failure(reload: asyncio.Future[DirectorySnapshot]) -> None:
+    if not reload.cancelled() and (exc := reload.exception()) is not None:
+        log.error("event=directory.reload_failed detail=%s", exc)
 
 
 class Authenticator:

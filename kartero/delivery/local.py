@@ -1,45 +1,51 @@
 """Messages Kartero writes itself — delivery status notifications — going to local mailboxes directly
-and to remote senders through the queue, always with the null sender."""
+and to remote senders through the queue, always with the null sender, through intake like any other."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
 
-from kartero.auth.accounts import DirectoryCache, DirectoryError, parse_address
+from kartero.auth.accounts import DirectoryError, parse_address
+from kartero.intake import Incoming, Intake, Refused, Target
 from kartero.log import kv
-from kartero.smtp.received import format_return_path
-from kartero.store.ids import new_message_id
-from kartero.store.interface import Delivery, Outbound, OutboundRecipient, Store, as_targets
+from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord, Origin
+from kartero.store.interface import StoreError
 
 log = logging.getLogger("kartero.delivery")
 
+# A DSN is small and stored locally or queued; past this the queue runner's thread gives up waiting and
+# the failure stays unreported, to be tried again at the next sweep.
+DSN_DEADLINE_S = 600.0
+
 
 class DsnSender:
-    """The queue's Bouncer: blocking, called from worker threads."""
+    """The queue's Bouncer: blocking, called from worker threads; the work runs on the event loop."""
 
-    def __init__(self, store: Store, directory: DirectoryCache, queue_lifetime_s: float) -> None:
-        self.store = store
-        self.directory = directory
-        self.queue_lifetime_s = queue_lifetime_s
+    def __init__(self, intake: Intake, loop: asyncio.AbstractEventLoop) -> None:
+        self.intake = intake
+        self.loop = loop
 
     def send(self, recipient: str, data: bytes, *, smtputf8: bool) -> None:
-        now = int(time.time())
+        asyncio.run_coroutine_threadsafe(self.deliver(recipient, data, smtputf8=smtputf8), self.loop).result(
+            DSN_DEADLINE_S
+        )
+
+    async def deliver(self, recipient: str, data: bytes, *, smtputf8: bool) -> None:
+        """Store or queue one DSN; StoreError when it could not be stored."""
         try:
             address = parse_address(recipient)
         except DirectoryError:
             log.warning("%s", kv(event="dsn.bad_recipient", to=recipient))
             return
-        if address.rpartition("@")[2] in self.directory.domains:
-            account_ids = self.directory.current().resolve(address).account_ids
-            if not account_ids:
-                log.warning("%s", kv(event="dsn.no_local_recipient", to=address))
-                return
-            delivery = Delivery(new_message_id(), format_return_path("") + data, as_targets(account_ids), now,
-                                {"mail_from": "", "dsn": True})  # fmt: skip
-        else:
+        target = await self.intake.resolve(address)
+        if target is None:
+            log.warning("%s", kv(event="dsn.no_local_recipient", to=address))
+            return
+        if target.is_remote:
             # NOTIFY=NEVER: a DSN about a DSN would loop (RFC 3461 §6.2).
-            outbound = Outbound("", (OutboundRecipient(recipient, ("NEVER",)),), now + int(self.queue_lifetime_s),
-                                smtputf8=smtputf8, body_8bit=not data.isascii())  # fmt: skip
-            delivery = Delivery(new_message_id(), data, (), now, {"mail_from": "", "dsn": True}, outbound)
-        self.store.deliver(delivery).result()
+            target = Target(EnvelopeRecipient(recipient, ("NEVER",)), is_remote=True)
+        envelope = EnvelopeRecord(Origin.DSN, "", (target.recipient,), smtputf8=smtputf8)
+        outcome = await self.intake.accept(Incoming(envelope, data, (target,), body_8bit=not data.isascii()))
+        if isinstance(outcome, Refused):
+            raise StoreError(f"DSN to {recipient} not stored: {outcome.reason}")

@@ -18,23 +18,24 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import format_datetime, getaddresses
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
-from kartero.auth.accounts import Directory, DirectoryCache, DirectoryError, parse_address
+from kartero.auth.accounts import DirectoryError, parse_address
 from kartero.delivery.local import DsnSender
 from kartero.delivery.sendmail import normalize
 from kartero.dns.names import DomainError
+from kartero.intake import Incoming, Intake, LocalArrival, Refused, Target
 from kartero.log import kv
+from kartero.mail import replies
 from kartero.mail.address import AddressError
-from kartero.mailauth.dkim import DKIMError, Signer
-from kartero.mime.headers import find_body_start, parse_header_block
+from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord, Origin
+from kartero.mime.headers import find_body_start
 from kartero.queue.dsn import Action, RecipientReport, build_dsn
-from kartero.smtp.received import format_return_path
 from kartero.store.ids import new_message_id
-from kartero.store.interface import Delivery, Outbound, OutboundRecipient, Store, as_targets
 
 log = logging.getLogger("kartero.maildrop")
 
@@ -42,6 +43,9 @@ MAGIC = b"KARTERO-MAILDROP 1\n"
 SUFFIX = ".msg"
 # Store attempts for one file before it is set aside in maildrop/corrupt/ (one attempt per pass, ~1 s).
 MAX_ATTEMPTS = 5
+IO_DEADLINE_S = 60.0  # one file operation (list, read, unlink, fsync) in the worker pool
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class MaildropError(Exception):
@@ -129,50 +133,52 @@ def _fsync_dir(folder: Path) -> None:
 
 
 class Pickup:
-    """Moves maildrop files into the store (local mailboxes and the outbound queue). Blocking: run it in
-    a worker thread."""
+    """Moves maildrop files into the system through intake (local mailboxes and the outbound queue).
+    Runs on the event loop; its file work goes to the worker pool."""
 
-    def __init__(self, data_dir: Path, store: Store, directory: DirectoryCache, bouncer: DsnSender, hostname: str,
-                 queue_lifetime_s: float, signer: Signer | None = None) -> None:  # fmt: skip
-        self.signer = signer
+    def __init__(self, data_dir: Path, intake: Intake, bouncer: DsnSender, hostname: str) -> None:
         self.folder = maildrop_dir(data_dir)
-        self.store = store
-        self.directory = directory
+        self.intake = intake
         self.bouncer = bouncer
         self.hostname = hostname
-        self.queue_lifetime_s = queue_lifetime_s
         self._failures: dict[str, int] = {}  # file name -> store attempts that failed in a row
 
-    def run_once(self) -> int:
+    async def _io(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self.intake.blocking(IO_DEADLINE_S, fn, *args, **kwargs)
+
+    async def run_once(self) -> int:
         """Store every waiting file; returns how many were stored."""
-        try:
-            names = sorted(p for p in self.folder.iterdir() if p.name.endswith(SUFFIX))
-        except FileNotFoundError:
-            return 0
+        names = await self._io(self._waiting)
         stored = 0
         for path in names:
             try:
-                dropped = read(path)
+                dropped = await self._io(read, path)
             except (OSError, MaildropError) as exc:
-                self._quarantine(path, str(exc))
+                await self._io(self._quarantine, path, str(exc))
                 continue
             try:
-                self._store(path.name.removesuffix(SUFFIX), dropped)
+                await self._store(path.name.removesuffix(SUFFIX), dropped)
             except Exception as exc:
                 failures = self._failures.get(path.name, 0) + 1
                 log.exception("%s", kv(event="maildrop.store_failed", file=path.name, attempt=failures))
                 if failures >= MAX_ATTEMPTS:
                     self._failures.pop(path.name, None)
-                    self._quarantine(path, f"store failed {failures} times: {exc}")
+                    await self._io(self._quarantine, path, f"store failed {failures} times: {exc}")
                 else:
                     self._failures[path.name] = failures  # left in place: tried again at the next pass
                 continue
             self._failures.pop(path.name, None)
-            path.unlink()
+            await self._io(path.unlink)
             stored += 1
         if stored:
-            _fsync_dir(self.folder)
+            await self._io(_fsync_dir, self.folder)
         return stored
+
+    def _waiting(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.folder.iterdir() if p.name.endswith(SUFFIX))
+        except FileNotFoundError:
+            return []
 
     def _quarantine(self, path: Path, reason: str) -> None:
         corrupt = self.folder / "corrupt"
@@ -180,101 +186,56 @@ class Pickup:
         os.replace(path, corrupt / path.name)
         log.error("%s", kv(event="maildrop.corrupt", file=path.name, moved_to=str(corrupt), detail=reason))
 
-    def _store(self, name: str, dropped: Dropped) -> None:
-        now = datetime.now(UTC)
-        message_id = new_message_id()
-        data = self._sign(self._complete_header(dropped, now))
-        received = (
-            f"Received: by {self.hostname} (Kartero sendmail, from userid {dropped.user or 'unknown'})\r\n"
-            f"\tid {message_id}; {format_datetime(now)}\r\n"
-        ).encode()
-        # Read afresh (this is a worker thread, and sendmail is rare): the server's cached snapshot may be a
-        # moment older than the account `kartero sendmail` just checked.
-        snapshot = Directory(self.store, tuple(self.directory.domains)).snapshot()
-        local: list[int] = []
-        remote: list[OutboundRecipient] = []
+    async def _store(self, name: str, dropped: Dropped) -> None:
+        targets: list[Target] = []
         unknown: list[str] = []
         for recipient in dropped.recipients:
             try:
                 address = normalize(recipient)
-            except (AddressError, DomainError):
+                if address.rpartition("@")[2] in self.intake.directory.domains:
+                    address = parse_address(address)
+            except (AddressError, DomainError, DirectoryError):
                 unknown.append(recipient)
                 continue
-            if address.rpartition("@")[2] in self.directory.domains:
-                try:
-                    found = snapshot.resolve(parse_address(address)).account_ids
-                except DirectoryError:
-                    found = ()
-                if found:
-                    local.extend(found)
-                else:
-                    unknown.append(recipient)
+            target = await self.intake.resolve(address)
+            if target is None:
+                unknown.append(recipient)
+            elif target.is_remote:
+                targets.append(Target(EnvelopeRecipient(address, dropped.notify), is_remote=True))
             else:
-                remote.append(OutboundRecipient(address, dropped.notify))
-        timestamp = int(now.timestamp())
-        record = {"mail_from": dropped.sender, "rcpt_to": list(dropped.recipients), "sendmail_user": dropped.user}
-        deliveries: list[Delivery] = []
-        if local:
-            deliveries.append(Delivery(message_id, format_return_path(dropped.sender) + received + data,
-                                       as_targets(local), timestamp, record))  # fmt: skip
-        if remote:
-            envelope_text = dropped.sender + "".join(r.address for r in remote)
-            outbound = Outbound(
-                sender=dropped.sender,
-                recipients=tuple(remote),
-                expires_at=timestamp + int(self.queue_lifetime_s),
-                ret=dropped.ret,
-                envid=dropped.envid,
-                smtputf8=not envelope_text.isascii() or not data[: find_body_start(data)[0]].isascii(),
-                body_8bit=not data.isascii(),
-            )
-            queue_id = new_message_id() if local else message_id
-            deliveries.append(Delivery(queue_id, received + data, (), timestamp, record, outbound))
-        if deliveries:  # none when every recipient is unknown: then only the bounce below goes out
-            self.store.deliver_group(deliveries).result()  # local and queued copies: both or neither
+                targets.append(target)
+        data = dropped.data
+        header = data[: find_body_start(data)[0]]
+        envelope_text = dropped.sender + "".join(t.recipient.address for t in targets)
+        envelope = EnvelopeRecord(
+            Origin.SENDMAIL, dropped.sender, tuple(t.recipient for t in targets), user=dropped.user,
+            ret=dropped.ret, envid=dropped.envid, smtputf8=not envelope_text.isascii() or not header.isascii(),
+        )  # fmt: skip
+        message_id = None
+        if targets:  # none when every recipient is unknown: then only the bounce below goes out
+            outcome = await self.intake.accept(Incoming(envelope, data, tuple(targets), LocalArrival(dropped.user),
+                                                        complete_header=True, sign=True,
+                                                        body_8bit=not data.isascii()))  # fmt: skip
+            if isinstance(outcome, Refused):
+                raise MaildropError(f"not stored: {outcome.reason}")
+            message_id = outcome.message_id
+        remote = sum(t.is_remote for t in targets)
         log.info("%s", kv(event="maildrop.stored", file=name, id=message_id, user=dropped.user,
                           mail_from=f"<{dropped.sender}>", rcpt=",".join(dropped.recipients), size=len(data),
-                          local=len(local), remote=len(remote)))  # fmt: skip
+                          local=len(targets) - remote, remote=remote))  # fmt: skip
         if unknown:
             log.warning("%s", kv(event="maildrop.unknown_recipients", file=name, rcpt=",".join(unknown)))
             if dropped.sender and "NEVER" not in dropped.notify:
-                self._bounce(message_id, dropped, data, unknown, now)
+                await self._bounce(message_id or new_message_id(), dropped, unknown)
 
-    def _bounce(self, message_id: str, dropped: Dropped, data: bytes, unknown: list[str], now: datetime) -> None:
+    async def _bounce(self, message_id: str, dropped: Dropped, unknown: list[str]) -> None:
+        now = datetime.now(UTC)
         reports = [
-            RecipientReport(r, Action.FAILED, "5.1.1", "550 5.1.1 No such user here", None, None, now, None)
+            RecipientReport(r, Action.FAILED, "5.1.1", str(replies.NO_SUCH_USER), None, None, now, None)
             for r in unknown
         ]
+        data = dropped.data
         dsn = build_dsn(hostname=self.hostname, sender=dropped.sender, queue_id=message_id,
                         arrival=datetime.fromtimestamp(dropped.submitted_at, UTC), reports=reports, original=data,
                         ret=dropped.ret, envid=dropped.envid, smtputf8=not data.isascii(), now=now)  # fmt: skip
-        self.bouncer.send(dropped.sender, dsn, smtputf8=not dropped.sender.isascii())
-
-    def _sign(self, data: bytes) -> bytes:
-        """DKIM-sign when the From: domain is local and has a key (as submission does)."""
-        if self.signer is None:
-            return data
-        header = parse_header_block(data[: find_body_start(data)[0]])
-        addresses = getaddresses([v.decode("utf-8", "replace") for v in header.get_all("from")])
-        domain = addresses[0][1].rpartition("@")[2].lower() if addresses else ""
-        if domain not in self.directory.domains:
-            return data
-        try:
-            return self.signer.sign(domain, data) + data
-        except DKIMError as exc:
-            log.error("%s", kv(event="dkim.sign_failed", domain=domain, detail=str(exc)))
-            return data
-
-    def _complete_header(self, dropped: Dropped, now: datetime) -> bytes:
-        """Add From:, Date: and Message-ID: when missing (what a mail user agent would have written)."""
-        data = dropped.data
-        header_end, _ = find_body_start(data)
-        header = parse_header_block(data[:header_end])
-        added = b""
-        if header.get("from") is None:
-            added += f"From: <{dropped.sender}>\r\n".encode() if dropped.sender else b"From: MAILER-DAEMON\r\n"
-        if header.get("date") is None:
-            added += f"Date: {format_datetime(now)}\r\n".encode()
-        if header.get("message-id") is None:
-            added += f"Message-ID: <{secrets.token_hex(12)}@{self.hostname}>\r\n".encode()
-        return added + data
+        await self.bouncer.deliver(dropped.sender, dsn, smtputf8=not dropped.sender.isascii())

@@ -88,6 +88,7 @@ MAILBOX_UNAVAILABLE = Reply(450, "4.2.1", "Mailbox temporarily unavailable, try 
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available")
 AUTH_THROTTLED = Reply(454, "4.7.0", "Too many authentication failures, try again later")
+AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")  # RFC 4954 §6: the check failed
 
 # 5xx
 UNKNOWN_COMMAND = Reply(500, "5.5.1", "Command unrecognized")

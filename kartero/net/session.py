@@ -1,13 +1,15 @@
 """The asyncio adapter of one SMTP session: socket bytes in and out of the sans-I/O core.
 
 Callback-driven (like uvicorn's h11 protocol): `data_received` feeds the core and drains its events on
-the spot, so a command whose decision needs no I/O is answered without a task switch. Decisions that do
-need I/O — storing a message, reloading the directory after an admin change — come back as
-`concurrent.futures.Future`s; the session stops draining the core until the answer arrives on the loop,
-and stops reading once READ_AHEAD_BYTES wait in the core (back-pressure: a client streaming behind a
-pending decision fills its own socket buffers, not our memory). The deadlines (idle, command, login:
-see deadlines.py) are one timer per session, moved earlier when a command starts and otherwise re-armed
-lazily when it fires.
+the spot. Decisions are coroutines (policy checks, intake, AUTH) started eagerly
+(kartero/concurrency.py), so one that needs no I/O is answered without a task switch; one that does
+(storing a message, a DNS lookup, a directory reload after an admin change) goes on in a Task, and the
+session stops draining the core until it is done, and stops reading once READ_AHEAD_BYTES wait in the
+core (back-pressure: a client streaming behind a pending decision fills its own socket buffers, not our
+memory). Every decision has a deadline (`check_deadline_s`): one that raises or passes it answers that
+command or message `451 4.3.0` (logged with the traceback) and the session goes on. The deadlines of
+the peer (idle, command, login: see deadlines.py) are one timer per session, moved earlier when a
+command starts and otherwise re-armed lazily when it fires.
 
 The adapter never parses a command or picks a reply code; the core and the policy do.
 """
@@ -20,21 +22,22 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine
-from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from kartero.auth.accounts import Authenticator
 from kartero.auth.throttle import AuthThrottle
+from kartero.concurrency import Blocking, DeadlineExceeded, Finished, start_eagerly
+from kartero.intake import CHECK_DEADLINE_S, Incoming, Intake, Refused, SmtpArrival, Stored, Target, with_protocol
 from kartero.log import kv
 from kartero.mail import replies
+from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord, Origin
 from kartero.mail.replies import Reply
 from kartero.mime.headers import find_body_start
 from kartero.net.deadlines import Deadline, Deadlines, DeadlineSettings
-from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, Policy, RcptContext
+from kartero.policy.decisions import Accept, Decision, Policy, RcptContext
 from kartero.policy.limits import Admission, Ticket
 from kartero.smtp.events import (
     AuthRequested,
@@ -48,18 +51,19 @@ from kartero.smtp.events import (
     MessageRefused,
     OutputReady,
     RcptTo,
+    Recipient,
     ScramFinished,
     ScramRequested,
     StartTLSRequested,
 )
-from kartero.smtp.received import format_received, format_return_path, with_protocol
 from kartero.smtp.server import ServerConnection, ServerSettings
 from kartero.store.ids import new_message_id
-from kartero.store.interface import Content, Delivery, FileSpan, Outbound, OutboundRecipient, Store, as_targets
+from kartero.store.interface import Content, FileSpan
 from kartero.store.spool import IncomingSpool
 from kartero.tls import describe
 
 log = logging.getLogger("kartero.smtp")
+T = TypeVar("T")
 
 # Stop reading from a peer that sends faster than the core consumes (e.g. while a decision is pending):
 # the core holds no more than this plus one read (256 KiB) of unprocessed input.
@@ -86,7 +90,7 @@ class SessionContext:
     listener: str
     settings: ServerSettings
     policy: Policy
-    store: Store
+    intake: Intake
     tls_context: Callable[[], Any]  # the current ssl.SSLContext (reloaded on SIGHUP), or None
     spawn: Callable[[Coroutine[Any, Any, None]], None]  # runs a coroutine in the server's TaskGroup
     sessions: set[SMTPSession]
@@ -95,7 +99,8 @@ class SessionContext:
     implicit_tls: bool = False
     authenticator: Authenticator | None = None
     throttle: AuthThrottle | None = None
-    queue_lifetime_s: float = 5 * 86400.0
+    blocking: Blocking = field(default_factory=Blocking)  # argon2 and SCRAM key reads, in the worker pool
+    check_deadline_s: float = CHECK_DEADLINE_S  # for every decision the session waits for
     admission: Admission | None = None  # the server's connection caps; None: unlimited (unit tests)
     deadlines: DeadlineSettings = field(default_factory=lambda: DeadlineSettings(login_s=None))
     spool_dir: Path | None = None  # where messages too large for memory go while they arrive
@@ -249,13 +254,13 @@ class SMTPSession(asyncio.Protocol):
                     self._drop_spool()  # a transaction reset by RSET or EHLO may have left one
                     self._recipients = {}
                     self._mail_from = str(event.path)[1:-1]
-                    conn.answer(self.ctx.policy.check_mail(event.path, conn.authenticated_as).reply)
-                case RcptTo():
-                    decision = self.ctx.policy.check_rcpt(event.path, RcptContext(self.client_ip, self._mail_from))
-                    if isinstance(decision, Future):
-                        self._wait(decision, partial(self._answer_rcpt_later, event))
+                    if self._decide(self.ctx.policy.check_mail(event.path, conn.authenticated_as),
+                                    self._answer_mail, self._decision_failed, "MAIL"):  # fmt: skip
                         break
-                    self._answer_rcpt(event, decision)
+                case RcptTo():
+                    check = self.ctx.policy.check_rcpt(event.path, RcptContext(self.client_ip, self._mail_from))
+                    if self._decide(check, partial(self._answer_rcpt, event), self._decision_failed, "RCPT"):
+                        break
                 case MessageData(data=data):
                     self._spill(data)
                 case OutputReady():
@@ -267,22 +272,22 @@ class SMTPSession(asyncio.Protocol):
                         self.loop.call_soon(self._process)
                     return
                 case MessageReceived():
-                    self._store(event)
-                    break
+                    if self._store(event):
+                        break
                 case MessageRefused():
                     self._drop_spool()
                     self._log_message(event.envelope, event.size, f"refused: {event.reason}", None, 0.0)
                 case AuthRequested():
-                    self._authenticate(event)
-                    break
+                    if self._authenticate(event):
+                        break
                 case ScramRequested():
-                    self._scram(event)
-                    break
+                    if self._scram(event):
+                        break
                 case ScramFinished(user=user, ok=True):
                     self._auth_succeeded(user, "SCRAM-SHA-256")
                 case ScramFinished(user=user, ok=False):
-                    self._auth_failed(user, "SCRAM-SHA-256")
-                    break
+                    if self._auth_failed(user, "SCRAM-SHA-256"):
+                        break
                 case StartTLSRequested():
                     self._busy = True
                     self._flush()
@@ -295,18 +300,39 @@ class SMTPSession(asyncio.Protocol):
         self._flush()
         self._regulate_reading()
 
-    def _wait(self, future: Future[Any] | asyncio.Future[Any], on_done: Callable[[Any], None]) -> None:
-        """Stop draining the core until `future` (done in any thread) is handled on the loop."""
-        self._busy = True
+    def _decide(self, decision: Coroutine[Any, Any, T], on_done: Callable[[T], None],
+                on_error: Callable[[], None], what: str, deadline_s: float | None = None) -> bool:  # fmt: skip
+        """Run a decision; True when it is still pending (the core waits, draining stops until then).
 
-        def resume(done: Any) -> None:
+        It runs eagerly: when it needs no I/O, `on_done` has already been called on return. Otherwise
+        it goes on in a Task with the session's deadline; past it, or when it raises, `on_error` gives
+        the peer its temporary failure and the log gets the traceback.
+        """
+        started = start_eagerly(decision)
+        if isinstance(started, Finished):
+            self._settle(started, on_done, on_error, what)
+            return self._busy  # on_done may have started a decision of its own (the delay after a failed AUTH)
+        self._busy = True
+        deadline_s = self.ctx.check_deadline_s if deadline_s is None else deadline_s
+        timer = self.loop.call_later(deadline_s, self._overdue, started, what, deadline_s)
+
+        def resume(task: asyncio.Task[T]) -> None:
+            timer.cancel()
             self._busy = False
             self._deadlines.replied(self.loop.time())  # the peer's clocks run from our answer
             if self._finished:
+                self._drop_spool()  # the session ended meanwhile; nothing reads the message any more
                 return
+            if task.cancelled():
+                overdue = DeadlineExceeded(f"{what} did not finish within {deadline_s:g} s")
+                finished: Finished[T] = Finished(None, overdue)
+            elif (error := task.exception()) is not None:
+                finished = Finished(None, error)
+            else:
+                finished = Finished(task.result())
             try:
-                on_done(done)
-            except Exception:
+                self._settle(finished, on_done, on_error, what)
+            except Exception:  # a bug in the adapter or the core, not in the decision: this session ends
                 log.exception("%s", kv(event="smtp.session_failed", session=self.id, client=self.client_ip))
                 with contextlib.suppress(Exception):
                     self.conn.close(replies.LOCAL_ERROR, "internal error")
@@ -315,7 +341,29 @@ class SMTPSession(asyncio.Protocol):
                 return
             self._process()
 
-        future.add_done_callback(lambda done: self.loop.call_soon_threadsafe(resume, done))
+        started.add_done_callback(resume)
+        return True
+
+    def _overdue(self, task: asyncio.Task[Any], what: str, deadline_s: float) -> None:
+        log.error("%s", kv(event="smtp.decision_overdue", session=self.id, client=self.client_ip, decision=what,
+                           deadline_s=deadline_s))  # fmt: skip
+        task.cancel()
+
+    def _settle(self, finished: Finished[T], on_done: Callable[[T], None], on_error: Callable[[], None],
+                what: str) -> None:  # fmt: skip
+        if finished.error is None:
+            on_done(finished.result())
+            return
+        error = finished.error
+        log.error("%s", kv(event="smtp.decision_failed", session=self.id, client=self.client_ip, decision=what,
+                           detail=str(error) or error.__class__.__name__), exc_info=error)  # fmt: skip
+        on_error()
+
+    def _decision_failed(self) -> None:
+        self.conn.answer(replies.LOCAL_ERROR)
+
+    def _answer_mail(self, decision: Decision) -> None:
+        self.conn.answer(decision.reply)
 
     def _may_try(self, user: str) -> bool:
         """Whether an AUTH attempt for `user` goes on to be checked. It counts as a failure with the
@@ -332,19 +380,21 @@ class SMTPSession(asyncio.Protocol):
             return False
         return True
 
-    def _authenticate(self, event: AuthRequested) -> None:
+    def _authenticate(self, event: AuthRequested) -> bool:
         if not self._may_try(event.user):
-            return
+            return False
         assert self.ctx.authenticator is not None
-        self._wait(self.loop.run_in_executor(None, self.ctx.authenticator.verify, event.user, event.password),
-                   partial(self._authenticated, event))  # fmt: skip
+        check = self.ctx.blocking(self.ctx.check_deadline_s, self.ctx.authenticator.verify, event.user, event.password)
+        return self._decide(check, partial(self._authenticated, event), self._auth_unavailable, "AUTH")
 
-    def _authenticated(self, event: AuthRequested, done: Future[Any]) -> None:
-        account = done.result()
+    def _authenticated(self, event: AuthRequested, account: Any) -> None:
         if account is not None:
             self._auth_succeeded(account.address, event.mechanism)
         else:
             self._auth_failed(event.user, event.mechanism)
+
+    def _auth_unavailable(self) -> None:
+        self.conn.auth_result(None, replies.AUTH_TEMPORARY)
 
     def _auth_succeeded(self, user: str, mechanism: str) -> None:
         """Clears the throttle's failures of this address for this account only."""
@@ -353,27 +403,27 @@ class SMTPSession(asyncio.Protocol):
         log.info("%s", kv(event="smtp.auth", session=self.id, client=self.client_ip, user=user, mechanism=mechanism))
         self.conn.auth_result(user)
 
-    def _auth_failed(self, user: str, mechanism: str) -> None:
+    def _auth_failed(self, user: str, mechanism: str) -> bool:
         """535 after a delay that grows with each failure of this account from this address (the
         failure itself was recorded when the attempt started)."""
         delay = self.ctx.throttle.failed(self.client_ip, user) if self.ctx.throttle is not None else 0.0
         log.info("%s", kv(event="smtp.auth_failed", session=self.id, client=self.client_ip, user=user,
                           mechanism=mechanism, delay_s=delay))  # fmt: skip
-        waiter: Future[None] = Future()
-        self.loop.call_later(delay, waiter.set_result, None)
-        self._wait(waiter, lambda _: self.conn.auth_result(None))
+        if delay <= 0:
+            self.conn.auth_result(None)
+            return False
+        return self._decide(asyncio.sleep(delay), lambda _: self.conn.auth_result(None), self._auth_unavailable,
+                            "AUTH delay")  # fmt: skip
 
-    def _scram(self, event: ScramRequested) -> None:
+    def _scram(self, event: ScramRequested) -> bool:
         """SCRAM keys for the exchange; the attempt is reserved with the throttle now, because the proof
         is checked by the core (ScramFinished settles it: success clears it, anything else leaves it)."""
         if not self._may_try(event.user):
-            return
+            return False
         assert self.ctx.authenticator is not None
-        self._wait(self.loop.run_in_executor(None, self.ctx.authenticator.scram, event.user),
-                   lambda done: self.conn.scram_credentials(done.result()[0]))  # fmt: skip
-
-    def _answer_rcpt_later(self, event: RcptTo, done: Future[Decision]) -> None:
-        self._answer_rcpt(event, done.result())
+        keys = self.ctx.blocking(self.ctx.check_deadline_s, self.ctx.authenticator.scram, event.user)
+        return self._decide(keys, lambda found: self.conn.scram_credentials(found[0]), self._auth_unavailable,
+                            "SCRAM keys")  # fmt: skip
 
     def _answer_rcpt(self, event: RcptTo, decision: Decision) -> None:
         if isinstance(decision, Accept):
@@ -516,7 +566,8 @@ class SMTPSession(asyncio.Protocol):
 
     # -- storing -------------------------------------------------------------------------------------
 
-    def _store(self, event: MessageReceived) -> None:
+    def _store(self, event: MessageReceived) -> bool:
+        """Hand the message to intake; True while that is pending."""
         started = time.monotonic()
         data: bytes | Content = event.data
         if event.spilled:
@@ -525,105 +576,70 @@ class SMTPSession(asyncio.Protocol):
                 self._drop_spool()
                 self._log_message(event.envelope, event.spilled, f"refused: {spooled}", None, started)
                 self.conn.answer(spooled)
-                self._process()
-                return
+                return False
             data = spooled
-        checked = self.ctx.policy.check_message(event.envelope, data, self.client_ip)
-        if isinstance(checked, Future):  # the policy works in a thread (DKIM signing, DNS checks)
-            self._wait(checked, lambda done: self._store_checked(event, done.result(), started))
-            return
-        self._store_checked(event, checked, started)
-
-    def _store_checked(self, event: MessageReceived, checked: MessageDecision, started: float) -> None:
         envelope = event.envelope
-        size = event.spilled + len(event.data)
-        if not isinstance(checked, AcceptMessage):
-            self._drop_spool()
-            self._log_message(envelope, size, f"refused: {checked.reply}", None, started)
-            self.conn.answer(checked.reply)
-            self._process()
-            return
-        body = checked.data
-        account_ids = [
-            account
+        params = envelope.mail_params
+        targets = tuple(
+            Target(_recipient(r), decision.account_ids, decision.is_remote)
             for r in envelope.recipients
             if (decision := self._recipients.get(str(r.path))) is not None
-            for account in decision.account_ids
-        ]
-        remote = [
-            OutboundRecipient(
-                decision.address,
-                tuple(sorted(n.value for n in r.params.notify)),
-                f"{r.params.orcpt[0]};{r.params.orcpt[1]}" if r.params.orcpt else None,
-            )
-            for r in envelope.recipients
-            if (decision := self._recipients.get(str(r.path))) is not None and decision.is_remote
-        ]
-        message_id = new_message_id()
-        now = datetime.now(UTC)
-        received = format_received(
+        )
+        ctx = self.ctx
+        is_submission = envelope.authenticated_as is not None
+        record = EnvelopeRecord(
+            origin=Origin.SUBMISSION if is_submission else Origin.SMTP,
+            sender=str(envelope.mail_from)[1:-1],
+            recipients=tuple(t.recipient for t in targets),
+            user=envelope.authenticated_as,
             helo=envelope.helo,
             client_ip=self.client_ip,
-            hostname=self.ctx.settings.hostname,
+            tls=envelope.is_tls,
+            ret=params.ret.value if params.ret else None,
+            envid=params.envid,
+            body=params.body.value if params.body else None,
+            smtputf8=params.smtputf8,
+            size=params.size,
+        )
+        arrival = SmtpArrival(
+            helo=envelope.helo,
+            client_ip=self.client_ip,
             protocol=with_protocol(
-                is_esmtp=envelope.is_esmtp,
-                is_tls=envelope.is_tls,
-                is_authenticated=envelope.authenticated_as is not None,
-                is_utf8=envelope.mail_params.smtputf8,
+                is_esmtp=envelope.is_esmtp, is_tls=envelope.is_tls, is_authenticated=is_submission,
+                is_utf8=params.smtputf8,
             ),
-            message_id=message_id,
-            recipient=str(envelope.recipients[0].path)[1:-1] if len(envelope.recipients) == 1 else None,
             tls=self._tls_info,
             authenticated_as=envelope.authenticated_as,
-            date=now,
         )
-        sender = str(envelope.mail_from)[1:-1]
-        outbound = None
-        if remote:
-            params = envelope.mail_params
-            outbound = Outbound(
-                sender=sender,
-                recipients=tuple(remote),
-                expires_at=int(now.timestamp() + self.ctx.queue_lifetime_s),
-                ret=params.ret.value if params.ret else None,
-                envid=params.envid,
-                smtputf8=params.smtputf8,
-                body_8bit=params.body is Body.EIGHT_BIT_MIME or event.is_8bit or not _head(body).isascii(),
-            )
-        record = _envelope_record(envelope, self.client_ip)
-        deliveries = []
-        queue_id = None
-        if account_ids:  # final delivery: Return-Path goes first (RFC 5321 §4.4)
-            targets = as_targets(account_ids, checked.mailbox)
-            deliveries.append(Delivery(message_id, _prepend(format_return_path(sender) + received, body), targets,
-                                       int(now.timestamp()), record))  # fmt: skip
-        if outbound is not None:  # relayed on: no Return-Path, the final MTA adds its own
-            queue_id = message_id if not account_ids else new_message_id()
-            deliveries.append(Delivery(queue_id, _prepend(received, body), (), int(now.timestamp()), record,
-                                       outbound))  # fmt: skip
+        incoming = Incoming(
+            envelope=record,
+            data=data,
+            targets=targets,
+            arrival=arrival,
+            check=partial(ctx.policy.check_message, envelope, client_ip=self.client_ip),
+            complete_header=is_submission,
+            sign=is_submission,
+            body_8bit=params.body is Body.EIGHT_BIT_MIME or event.is_8bit,
+        )
+        size = event.spilled + len(event.data)
 
-        def stored(done: Future[Any]) -> None:
+        def stored(outcome: Stored | Refused) -> None:
             self._drop_spool()
-            error = done.exception()
-            if error is not None:
-                log.error("%s", kv(event="smtp.store_failed", session=self.id, id=message_id, detail=str(error)))
-                reply = replies.LOCAL_ERROR
+            if isinstance(outcome, Stored):
+                self._log_message(envelope, size, str(outcome.reply), outcome.message_id, started, outcome.queue_id)
+                self.conn.answer(outcome.reply)
             else:
-                reply = replies.MESSAGE_ACCEPTED.with_text(f"Message accepted as {message_id}")
-            self._log_message(envelope, size, str(reply), message_id, started, queue_id)
-            self.conn.answer(reply)
+                self._log_message(envelope, size, f"refused: {outcome.reply}", None, started)
+                self.conn.answer(outcome.reply)
 
-        try:
-            # One group: the local copies and the queue entry commit together or not at all, so a 451
-            # never leaves half the message stored (a retry would duplicate that half).
-            future = self.ctx.store.deliver_group(deliveries)
-        except Exception as exc:
+        def failed() -> None:
             self._drop_spool()
-            log.error("%s", kv(event="smtp.store_failed", session=self.id, id=message_id, detail=str(exc)))
+            self._log_message(envelope, size, f"refused: {replies.LOCAL_ERROR}", None, started)
             self.conn.answer(replies.LOCAL_ERROR)
-            self._process()
-            return
-        self._wait(future, stored)
+
+        # The intake gives its checks and the commit deadlines of their own; this one is the backstop.
+        backstop = ctx.intake.check_deadline_s + ctx.intake.store_deadline_s
+        return self._decide(ctx.intake.accept(incoming), stored, failed, "message", backstop)
 
     def _log_message(
         self, envelope: Envelope, size: int, result: str, message_id: str | None, started: float,
@@ -682,36 +698,9 @@ class SMTPSession(asyncio.Protocol):
         self._process()
 
 
-def _envelope_record(envelope: Envelope, client_ip: str) -> dict[str, Any]:
-    """The envelope as stored beside the message (JSON): sender, recipients with DSN, session facts."""
-    params = envelope.mail_params
-    return {
-        "mail_from": str(envelope.mail_from)[1:-1],
-        "recipients": [
-            {
-                "address": str(r.path)[1:-1],
-                "notify": sorted(n.value for n in r.params.notify),
-                "orcpt": list(r.params.orcpt) if r.params.orcpt else None,
-            }
-            for r in envelope.recipients
-        ],
-        "ret": params.ret.value if params.ret else None,
-        "envid": params.envid,
-        "body": params.body.value if params.body else None,
-        "smtputf8": params.smtputf8,
-        "size": params.size,
-        "helo": envelope.helo,
-        "client_ip": client_ip,
-        "tls": envelope.is_tls,
-    }
-
-
-def _prepend(fields: bytes, message: bytes | Content) -> bytes | Content:
-    """Trace fields before a message, without copying a spooled message's body."""
-    if isinstance(message, Content):
-        return Content(fields + message.head, message.tail)
-    return fields + message
-
-
-def _head(message: bytes | Content) -> bytes:
-    return message.head if isinstance(message, Content) else message
+def _recipient(r: Recipient) -> EnvelopeRecipient:
+    return EnvelopeRecipient(
+        str(r.path)[1:-1],
+        tuple(sorted(n.value for n in r.params.notify)),
+        f"{r.params.orcpt[0]};{r.params.orcpt[1]}" if r.params.orcpt else None,
+    )

@@ -1,8 +1,12 @@
-"""What a policy answers, and the interface both listener policies (MX and submission) serve."""
+"""What a policy answers, and the interface both listener policies (MX and submission) serve.
+
+Every check is `async def`: most answer from memory without suspending (the SMTP adapter runs them
+eagerly, see kartero/concurrency.py), the rest await DNS or a directory reload. The adapter gives each
+decision a deadline; a check that raises or passes it gets `451 4.3.0` for that command or message.
+"""
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,8 +56,6 @@ MessageDecision = AcceptMessage | Reject
 
 
 class Policy(Protocol):
-    def check_mail(self, path: Path, user: str | None) -> Decision: ...
-    def check_rcpt(self, path: Path, context: RcptContext) -> Decision | Future[Decision]: ...
-    def check_message(
-        self, envelope: Envelope, data: bytes | Content, client_ip: str
-    ) -> MessageDecision | Future[MessageDecision]: ...
+    async def check_mail(self, path: Path, user: str | None) -> Decision: ...
+    async def check_rcpt(self, path: Path, context: RcptContext) -> Decision: ...
+    async def check_message(self, envelope: Envelope, data: bytes | Content, client_ip: str) -> MessageDecision: ...

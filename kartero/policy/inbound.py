@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Executor, Future
 
 from kartero.auth.accounts import DirectoryCache, DirectoryError, Resolution, canonical_address
+from kartero.concurrency import Blocking
 from kartero.log import kv
 from kartero.mail import replies
 from kartero.mail.address import Address, Path
@@ -28,35 +28,32 @@ _ROUTING_CHARACTERS = frozenset("%!@")
 
 
 class InboundPolicy:
-    """Decisions for MAIL and RCPT. Both answer at once from memory; only after an admin change to
-    accounts or aliases does check_rcpt return a Future (the directory reloads in a worker thread)."""
+    """Decisions for MAIL and RCPT, answered from memory; only a DNSBL lookup of a new client, or a
+    directory reload after an admin change to accounts or aliases, waits (in the worker pool)."""
 
     def __init__(self, directory: DirectoryCache, primary_domain: str, checker: InboundChecker | None = None,
-                 executor: Executor | None = None, greylist: Greylist | None = None,
-                 dnsbl: DNSBL | None = None) -> None:  # fmt: skip
+                 blocking: Blocking | None = None, greylist: Greylist | None = None,
+                 dnsbl: DNSBL | None = None, check_deadline_s: float = 120.0) -> None:  # fmt: skip
         self.greylist = greylist
         self.dnsbl = dnsbl
         self.directory = directory
         self.primary_domain = primary_domain
         self.checker = checker
-        self.executor = executor
+        self.blocking = blocking or Blocking()
+        self.check_deadline_s = check_deadline_s
         # DKIM verification holds a message in memory several times over (dkimpy): one spooled (large)
         # message is checked at a time, so a flood of large messages cannot multiply that.
         self._large = threading.Lock()
 
-    def check_mail(self, path: Path, user: str | None = None) -> Decision:
+    async def check_mail(self, path: Path, user: str | None = None) -> Decision:
         """Any syntactically valid sender, the null sender included: bounces must get through."""
         return Accept(replies.SENDER_OK)
 
-    def check_message(
-        self, envelope: Envelope, data: bytes | Content, client_ip: str = ""
-    ) -> MessageDecision | Future[MessageDecision]:
+    async def check_message(self, envelope: Envelope, data: bytes | Content, client_ip: str = "") -> MessageDecision:
         """SPF, DKIM and DMARC in a worker thread (they wait for DNS); without a checker, as it came."""
         if self.checker is None:
             return AcceptMessage(data)
-        if self.executor is None:
-            return self._checked(envelope, data, client_ip)
-        return self.executor.submit(self._checked, envelope, data, client_ip)
+        return await self.blocking(self.check_deadline_s, self._checked, envelope, data, client_ip)
 
     def _checked(self, envelope: Envelope, data: bytes | Content, client_ip: str) -> MessageDecision:
         checker = self.checker
@@ -83,53 +80,23 @@ class InboundPolicy:
             return AcceptMessage(Content(verdict.header + stripped.head, stripped.tail), mailbox)
         return AcceptMessage(verdict.header + stripped, mailbox)
 
-    def check_rcpt(self, path: Path, context: RcptContext | None = None) -> Decision | Future[Decision]:
+    async def check_rcpt(self, path: Path, context: RcptContext | None = None) -> Decision:
         if self.dnsbl is not None and context is not None:
             known, zone = self.dnsbl.cached(context.client_ip)
+            if not known:  # a DNS lookup: off the event loop
+                zone = await self.blocking(self.check_deadline_s, self.dnsbl.listed, context.client_ip)
             if zone is not None:
                 return self._blocked(context, zone)
-            if not known and self.executor is not None:  # a DNS lookup: off the event loop
-                return self._after_dnsbl(path, context)
-        return self._check_rcpt(path, context)
-
-    def _after_dnsbl(self, path: Path, context: RcptContext) -> Future[Decision]:
-        """Look the client up in a worker thread, then decide as usual, chained by callbacks: a worker
-        never blocks waiting for another task of the same pool (the directory reloads there too)."""
-        assert self.dnsbl is not None and self.executor is not None
-        decided: Future[Decision] = Future()
-
-        def settle(decision: Decision | Future[Decision]) -> None:
-            if isinstance(decision, Future):
-                decision.add_done_callback(lambda done: settle(done.result()))
-            else:
-                decided.set_result(decision)
-
-        def looked_up(lookup: Future[str | None]) -> None:
-            try:
-                zone = lookup.result()
-                settle(self._blocked(context, zone) if zone is not None else self._check_rcpt(path, context))
-            except Exception as exc:
-                log.exception("event=policy.rcpt_failed")
-                decided.set_exception(exc)
-
-        self.executor.submit(self.dnsbl.listed, context.client_ip).add_done_callback(looked_up)
-        return decided
+        decision = await self.check_local(path)
+        if self.greylist is None or context is None:
+            return decision
+        return self._greylist(decision, context)
 
     def _blocked(self, context: RcptContext, zone: str) -> Decision:
         log.info("%s", kv(event="policy.dnsbl", client=context.client_ip, zone=zone))
         return Reject(replies.DNSBL_LISTED.with_text(
             f"Service unavailable; client [{context.client_ip}] blocked using {zone}"
         ))  # fmt: skip
-
-    def _check_rcpt(self, path: Path, context: RcptContext | None) -> Decision | Future[Decision]:
-        decision = self._check_local(path)
-        if self.greylist is None or context is None:
-            return decision
-        if isinstance(decision, Future):
-            greylisted: Future[Decision] = Future()
-            decision.add_done_callback(lambda done: greylisted.set_result(self._greylist(done.result(), context)))
-            return greylisted
-        return self._greylist(decision, context)
 
     def _greylist(self, decision: Decision, context: RcptContext) -> Decision:
         """Only recipients that exist are greylisted (the others get their 550 at once)."""
@@ -142,7 +109,8 @@ class InboundPolicy:
                           rcpt=decision.address, wait_s=round(wait)))  # fmt: skip
         return Reject(replies.GREYLISTED.with_text(f"Greylisted, please try again in {max(1, round(wait))} seconds"))
 
-    def _check_local(self, path: Path) -> Decision | Future[Decision]:
+    async def check_local(self, path: Path) -> Decision:
+        """A recipient in one of our domains: the accounts it reaches, or why not."""
         mailbox = path.mailbox
         if mailbox is None:
             return Reject(replies.BAD_RECIPIENT_SYNTAX)
@@ -159,12 +127,7 @@ class InboundPolicy:
             return Reject(replies.RELAY_DENIED)
         if _ROUTING_CHARACTERS & set(local):
             return Reject(replies.RELAY_DENIED)
-        resolution = self.directory.lookup(address)
-        if isinstance(resolution, Resolution):
-            return _decide(address, resolution)
-        decision: Future[Decision] = Future()
-        resolution.add_done_callback(lambda done: _settle(decision, address, done))
-        return decision
+        return _decide(address, await self.directory.resolve(address))
 
 
 def _decide(address: str, resolution: Resolution) -> Decision:
@@ -175,10 +138,3 @@ def _decide(address: str, resolution: Resolution) -> Decision:
         return Reject(replies.MAILBOX_UNAVAILABLE)
     return Reject(replies.NO_SUCH_USER)
 
-
-def _settle(decision: Future[Decision], address: str, done: Future[Resolution]) -> None:
-    try:
-        decision.set_result(_decide(address, done.result()))
-    except Exception:
-        log.exception("event=policy.lookup_failed address=%s", address)
-        decision.set_result(Reject(replies.LOCAL_ERROR))

@@ -11,18 +11,13 @@
   that is not `name: value`, a name with control bytes, an unparsable or empty From:, group syntax,
   a missing or repeated From:) and NUL anywhere in the message: `554 5.6.0`.
 - Recipients in a local domain must exist (`550 5.1.1`); any other recipient is queued for delivery.
-- A message without Date: or Message-ID: gets them (RFC 6409 §8.2, §8.3).
-- A message whose From: domain has DKIM keys is signed (in a worker thread: RSA costs a millisecond).
+- Intake (kartero/intake.py) then adds Date: and Message-ID: when missing (RFC 6409 §8.2, §8.3) and
+  signs a message whose From: domain has DKIM keys.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
-import threading
-from concurrent.futures import Executor, Future
-from datetime import UTC, datetime
-from email.utils import format_datetime
 
 from kartero.auth.accounts import DirectoryCache, DirectoryError, canonical_address
 from kartero.dns.names import DomainError, canonical_domain
@@ -30,7 +25,6 @@ from kartero.log import kv
 from kartero.mail import replies
 from kartero.mail.address import Address, AddressError, Path, parse_mailbox
 from kartero.mail.replies import Reply
-from kartero.mailauth.dkim import DKIMError, Signer
 from kartero.mime.headers import find_body_start
 from kartero.policy.authorship import (
     MAX_ADDRESS_CHARS,
@@ -45,7 +39,6 @@ from kartero.policy.inbound import InboundPolicy
 from kartero.policy.limits import SlidingWindow
 from kartero.smtp.events import Envelope
 from kartero.store.interface import Content
-from kartero.store.spool import read_whole
 
 log = logging.getLogger("kartero.policy")
 
@@ -56,18 +49,12 @@ SINGLE_MAILBOX_FIELDS = frozenset({"sender", "resent-sender"})
 
 
 class SubmissionPolicy:
-    def __init__(self, directory: DirectoryCache, primary_domain: str, hostname: str,
-                 signer: Signer | None = None, executor: Executor | None = None,
-                 messages_per_hour: int = 0) -> None:  # fmt: skip
+    def __init__(self, directory: DirectoryCache, primary_domain: str, messages_per_hour: int = 0) -> None:
         self.messages_per_hour = messages_per_hour
         self._sent = SlidingWindow(3600.0)
         self.directory = directory
         self.primary_domain = primary_domain
-        self.hostname = hostname
-        self.signer = signer
-        self.executor = executor
         self._local = InboundPolicy(directory, primary_domain)
-        self._large = threading.Lock()  # one large (spooled) message signed at a time: dkimpy copies it
 
     def owns(self, user: str, address: str) -> bool:
         """Whether mail for `address` (canonical) reaches the account `user` (canonical)."""
@@ -82,7 +69,7 @@ class SubmissionPolicy:
             return False
         return account in snapshot.resolve(address).account_ids
 
-    def check_mail(self, path: Path, user: str | None) -> Decision:
+    async def check_mail(self, path: Path, user: str | None) -> Decision:
         if user is None:
             return Reject(replies.AUTH_REQUIRED)
         if self.messages_per_hour and self._sent.count(user) >= self.messages_per_hour:
@@ -99,7 +86,7 @@ class SubmissionPolicy:
             return Reject(replies.SENDER_NOT_OWNED)
         return Accept(replies.SENDER_OK) if self.owns(user, address) else Reject(replies.SENDER_NOT_OWNED)
 
-    def check_rcpt(self, path: Path, context: RcptContext | None = None) -> Decision | Future[Decision]:
+    async def check_rcpt(self, path: Path, context: RcptContext | None = None) -> Decision:
         mailbox = path.mailbox
         if mailbox is None:
             return Reject(replies.BAD_RECIPIENT_SYNTAX)
@@ -112,13 +99,13 @@ class SubmissionPolicy:
         except DomainError:
             return Reject(replies.BAD_RECIPIENT_SYNTAX)
         if domain in self.directory.domains:
-            return self._local.check_rcpt(path)  # no greylisting for our own users
+            return await self._local.check_local(path)  # no greylisting or DNSBL for our own users
         # Remote: kept as written (the local part is the remote domain's business), domain canonical.
         return Accept(replies.RECIPIENT_OK, address=f"{mailbox.quoted_local_part()}@{domain}", is_remote=True)
 
-    def check_message(
-        self, envelope: Envelope, data: bytes | Content, client_ip: str = ""
-    ) -> MessageDecision | Future[MessageDecision]:
+    async def check_message(self, envelope: Envelope, data: bytes | Content, client_ip: str = "") -> MessageDecision:
+        """The author fields (see the module docstring) and the sending limit; intake then adds Date: and
+        Message-ID: when missing and signs."""
         user = envelope.authenticated_as
         if user is None:
             return Reject(replies.AUTH_REQUIRED)
@@ -133,38 +120,11 @@ class SubmissionPolicy:
         checked = self._check_authors(user, fields)
         if isinstance(checked, Reject):
             return checked
-        from_domain = checked
-        names = {name for name, _ in fields}
-        added = b""
-        if "date" not in names:
-            added += f"Date: {format_datetime(datetime.now(UTC))}\r\n".encode()
-        if "message-id" not in names:
-            added += f"Message-ID: <{secrets.token_hex(12)}@{self.hostname}>\r\n".encode()
-        message = Content(added + data.head, data.tail) if isinstance(data, Content) else added + data
         self._sent.record(user)
-        signer = self.signer
-        if signer is None:
-            return AcceptMessage(message)
-        if self.executor is None:
-            return self._signed(signer, from_domain, message)
-        return self.executor.submit(self._signed, signer, from_domain, message)
+        return AcceptMessage(data)
 
-    def _signed(self, signer: Signer, domain: str, message: bytes | Content) -> MessageDecision:
-        """The message with its DKIM signatures; unsigned (logged) if signing fails: mail still goes out."""
-        try:
-            if isinstance(message, Content):
-                if not signer.keys_for(domain):
-                    return AcceptMessage(message)  # nothing to sign with: never read the message whole
-                with self._large:
-                    signature = signer.sign(domain, read_whole(message))
-                return AcceptMessage(Content(signature + message.head, message.tail))
-            return AcceptMessage(signer.sign(domain, message) + message)
-        except DKIMError as exc:
-            log.error("%s", kv(event="dkim.sign_failed", domain=domain, detail=str(exc)))
-            return AcceptMessage(message)
-
-    def _check_authors(self, user: str, fields: list[tuple[str, bytes]]) -> Reject | str:
-        """The domain of the first From: address, or the refusal (see the module docstring)."""
+    def _check_authors(self, user: str, fields: list[tuple[str, bytes]]) -> Reject | None:
+        """The refusal, if any (see the module docstring)."""
         count = {name: 0 for name in AUTHOR_FIELDS}
         for name, _ in fields:
             if name in count:
@@ -174,7 +134,6 @@ class SubmissionPolicy:
             return self._refused(user, replies.HEADER_MALFORMED.with_text(
                 "Message refused: one From: field and at most one Sender: field are required (RFC 5322 3.6)"
             ), problem)  # fmt: skip
-        from_domain = ""
         for name, value in fields:
             label = AUTHOR_FIELDS.get(name)
             if label is None:
@@ -192,8 +151,6 @@ class SubmissionPolicy:
                 if address is None:
                     return self._refused(user, replies.FROM_NOT_OWNED.with_text(
                         f"{label} header address not owned by the authenticated user"), f"{label} address")  # fmt: skip
-                if name == "from" and not from_domain:
-                    from_domain = address.rpartition("@")[2]
             shown = [mailbox.display_name for mailbox in parsed.mailboxes] + list(parsed.comments)
             for text in shown:
                 for candidate in find_addresses(text):
@@ -201,7 +158,7 @@ class SubmissionPolicy:
                         return self._refused(user, replies.FROM_NOT_OWNED.with_text(
                             f"{label} header display name shows an address not owned by the authenticated user"
                         ), f"{label} display name or comment shows another address")  # fmt: skip
-        return from_domain
+        return None
 
     def _owned_mailbox(self, user: str, local_part: str, domain: str) -> str | None:
         """The canonical address if it belongs to `user`, else None (also for a domain literal)."""

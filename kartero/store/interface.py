@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
+from kartero.mail.envelope import EnvelopeRecord
 from kartero.store.criteria import Criterion, Sort, ThreadFields
 
 INBOX = "INBOX"
@@ -341,7 +342,7 @@ class Delivery:
     data: bytes | Content
     targets: tuple[DeliveryTarget, ...]
     internal_date: int
-    envelope: Mapping[str, Any] = field(default_factory=dict)  # JSON-ready: sender, recipients, DSN
+    envelope: EnvelopeRecord | None = None  # how it arrived (kartero.mail.envelope); None: nothing known
     outbound: Outbound | None = None
 
     def __post_init__(self) -> None:
@@ -517,7 +518,9 @@ class Store(Protocol):
         closed, even when the message is expunged or its segment compacted meanwhile, so a response
         whose size was announced can always be finished. Raises StoreError for an unknown message."""
         ...
-    def read_envelope(self, blob_id: str) -> Mapping[str, Any]: ...
+    def read_envelope(self, blob_id: str) -> EnvelopeRecord:
+        """How the message arrived (also read from the shapes stored before EnvelopeRecord existed)."""
+        ...
 
     def add_listener(self, listener: Callable[[frozenset[int]], None]) -> None:
         """Call `listener` with the ids of changed mailboxes after every commit (from any thread)."""

@@ -25,12 +25,13 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kartero.mail.envelope import EnvelopeRecord
 from kartero.mime.index import MessageIndex, index_message
 from kartero.store.ids import new_mailbox_objectid
 from kartero.store.interface import (
@@ -417,7 +418,8 @@ class SQLiteStore(MailboxOps, QueueOps):
             " sent_day, sort_subject, sort_from, sort_to, sort_cc, preview) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
             " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                d.blob_id, location[0], location[1], len(d.data), json.dumps(dict(d.envelope)), d.internal_date,
+                d.blob_id, location[0], location[1], len(d.data),
+                d.envelope.to_json() if d.envelope is not None else "{}", d.internal_date,
                 ix.envelope, ix.body, ix.bodystructure, ix.parts, ix.subject, ix.from_, ix.to, ix.cc, ix.bcc,
                 ix.message_id, ix.sent_date, ix.sent_day, ix.sort_subject, ix.sort_from, ix.sort_to, ix.sort_cc,
                 ix.preview,
@@ -631,12 +633,11 @@ class SQLiteStore(MailboxOps, QueueOps):
                 # compaction moved the body between the lookup and the read; look again
         raise AssertionError("unreachable")
 
-    def read_envelope(self, blob_id: str) -> Mapping[str, Any]:
+    def read_envelope(self, blob_id: str) -> EnvelopeRecord:
         row = self._db().execute("SELECT envelope FROM blobs WHERE id = ?", (blob_id,)).fetchone()
         if row is None:
             raise StoreError(f"no message {blob_id}")
-        result: Mapping[str, Any] = json.loads(row[0])
-        return result
+        return EnvelopeRecord.from_json(row[0])
 
     def _tombstones_written(self, mailbox_id: int) -> None:
         self._holds.expunged(mailbox_id)

@@ -137,7 +137,7 @@ def test_8bit_and_smtputf8_messages(mx: KarteroServer) -> None:
         envelope = store.read_envelope(info.blob_id)
     finally:
         store.close()
-    assert envelope["smtputf8"] is True and envelope["mail_from"] == "jos\u00e9@ejemplo.example"
+    assert envelope.smtputf8 is True and envelope.sender == "jos\u00e9@ejemplo.example"
 
 
 def test_swaks_with_starttls_and_pipelining(mx: KarteroServer, tmp_path: Path) -> None:

@@ -1,37 +1,67 @@
-"""A bug behind the SMTP adapter ends that one session with 451 and a logged traceback, nothing more."""
+"""A bug or a hang behind the SMTP adapter ends that one command or message with 451 and a logged traceback,
+nothing more; one in an IMAP command answers NO [SERVERBUG] and the session goes on."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import Future
+import time
 from pathlib import Path
 
 import pytest
 
+from kartero.auth.accounts import DirectoryCache
+from kartero.concurrency import Blocking
+from kartero.intake import Intake
 from kartero.mail import replies
 from kartero.mail.address import Path as SMTPPath
 from kartero.net.session import SessionContext, SMTPSession
 from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, RcptContext
 from kartero.smtp.events import Envelope
 from kartero.smtp.server import ServerSettings
+from kartero.store.interface import Content
 from kartero.store.sqlite import SQLiteStore
 
 
-class ExplodingPolicy:
-    """Accepts everyone except `boom@...`, for which it has a bug."""
+class FaultyPolicy:
+    """Accepts everyone, except where the address or Subject: asks for a bug or a hang: at once (the
+    eager step), after a suspension (a Task), or in a worker thread."""
 
-    def check_mail(self, path: SMTPPath, user: str | None) -> Decision:
+    def __init__(self) -> None:
+        self.blocking = Blocking()
+
+    async def check_mail(self, path: SMTPPath, user: str | None) -> Decision:
         return Accept(replies.SENDER_OK)
 
-    def check_rcpt(self, path: SMTPPath, context: RcptContext) -> Decision | Future[Decision]:
+    async def check_rcpt(self, path: SMTPPath, context: RcptContext) -> Decision:
         assert path.mailbox is not None
-        if path.mailbox.local_part == "boom":
-            raise RuntimeError("secret internals in the exception text")
-        return Accept(replies.RECIPIENT_OK, (1,), str(path))
+        match path.mailbox.local_part:
+            case "boom":
+                raise RuntimeError("secret internals in the exception text")
+            case "later-boom":
+                await asyncio.sleep(0)
+                raise RuntimeError("secret internals, after a suspension")
+            case "hang":
+                await asyncio.get_running_loop().create_future()  # never done
+        return Accept(replies.RECIPIENT_OK, (1,), str(path)[1:-1])
 
-    def check_message(self, envelope: Envelope, data: bytes, client_ip: str) -> MessageDecision:
+    async def check_message(self, envelope: Envelope, data: bytes | Content, client_ip: str) -> MessageDecision:
+        assert isinstance(data, bytes)
+        subject = data.partition(b"Subject: ")[2].partition(b"\r\n")[0]
+        match subject:
+            case b"raise":
+                raise RuntimeError("secret internals of a check")
+            case b"hang":
+                await asyncio.get_running_loop().create_future()
+            case b"raise in a thread":
+                await self.blocking(5.0, _raise_in_thread)
+            case b"hang in a thread":
+                await self.blocking(0.5, time.sleep, 3.0)
         return AcceptMessage(data)
+
+
+def _raise_in_thread() -> None:
+    raise RuntimeError("secret internals of a check in a thread")
 
 
 async def _reply(reader: asyncio.StreamReader) -> bytes:
@@ -41,56 +71,76 @@ async def _reply(reader: asyncio.StreamReader) -> bytes:
     return b"".join(lines)
 
 
-def test_bug_in_a_decision_ends_only_that_session(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+LOCAL_ERROR = b"451 4.3.0 Local error in processing, try again later\r\n"
+
+
+def test_issue_10_a_check_that_raises_or_hangs_ends_that_message_with_451_and_the_session_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store = SQLiteStore(tmp_path / "data")
-    store.add_account("bob@example.test", "h")
+    bob = store.add_account("bob@example.test", "h")
     store.start()
 
     async def scenario() -> None:
         sessions: set[SMTPSession] = set()
         loop = asyncio.get_running_loop()
+        directory = DirectoryCache(store, ("example.test",))
+        directory.prime()
+        intake = Intake(store, directory, hostname="mx.example.test", queue_lifetime_s=3600.0,
+                        blocking=Blocking(), check_deadline_s=0.7)  # fmt: skip
         ctx = SessionContext(
             listener="smtp",
             settings=ServerSettings(hostname="mx.example.test"),
-            policy=ExplodingPolicy(),
-            store=store,
+            policy=FaultyPolicy(),
+            intake=intake,
             tls_context=lambda: None,
             spawn=lambda coro: loop.create_task(coro) and None,
             sessions=sessions,
             on_session_end=lambda: None,
             is_stopping=lambda: False,
+            check_deadline_s=0.7,
         )
         server = await loop.create_server(lambda: SMTPSession(ctx), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(30):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             await _reply(reader)
-            writer.write(b"HELO a.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<boom@example.test>\r\n")
-            assert await _reply(reader) == b"250 mx.example.test\r\n"
-            assert await _reply(reader) == b"250 2.1.0 Sender OK\r\n"
-            assert await _reply(reader) == b"451 4.3.0 Local error in processing, try again later\r\n"
-            assert await reader.read() == b""  # closed
-            writer.close()
-            # The server goes on serving everyone else.
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            await _reply(reader)
-            writer.write(b"HELO a.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
-            for _ in range(3):
-                await _reply(reader)
-            assert (await _reply(reader)).startswith(b"354")
-            writer.write(b"Subject: fine\r\n\r\nstill here\r\n.\r\nQUIT\r\n")
-            assert (await _reply(reader)).startswith(b"250 2.0.0 Message accepted as ")
-            assert await _reply(reader) == b"221 2.0.0 Bye\r\n"
+
+            async def command(line: bytes) -> bytes:
+                writer.write(line + b"\r\n")
+                return await _reply(reader)
+
+            assert await command(b"HELO a.example") == b"250 mx.example.test\r\n"
+            assert await command(b"MAIL FROM:<a@example.org>") == b"250 2.1.0 Sender OK\r\n"
+            for rcpt in (b"boom", b"later-boom", b"hang"):  # the eager step, a Task, a Task past its deadline
+                assert await command(b"RCPT TO:<%s@example.test>" % rcpt) == LOCAL_ERROR
+            assert await command(b"RCPT TO:<bob@example.test>") == b"250 2.1.5 Recipient OK\r\n"
+            for subject in (b"raise", b"hang", b"raise in a thread", b"hang in a thread", b"fine"):
+                if subject != b"raise":
+                    assert await command(b"MAIL FROM:<a@example.org>") == b"250 2.1.0 Sender OK\r\n"
+                    assert await command(b"RCPT TO:<bob@example.test>") == b"250 2.1.5 Recipient OK\r\n"
+                assert (await command(b"DATA")).startswith(b"354")
+                reply = await command(b"Subject: " + subject + b"\r\n\r\nbody\r\n.")
+                if subject == b"fine":
+                    assert reply.startswith(b"250 2.0.0 Message accepted as "), reply
+                else:
+                    assert reply == LOCAL_ERROR, (subject, reply)
+            assert await command(b"QUIT") == b"221 2.0.0 Bye\r\n"
             writer.close()
         server.close()
         assert not sessions
 
     with caplog.at_level(logging.INFO, logger="kartero"):
         asyncio.run(scenario())
+    inbox = store.get_mailbox(bob.id, "INBOX")
+    assert inbox is not None
+    (row,) = store.message_rows(inbox.id)  # only the fine one was stored
+    assert store.read_message(row.blob_id).endswith(b"Subject: fine\r\n\r\nbody\r\n")
     store.close()
-    failures = [r for r in caplog.records if "event=smtp.session_failed" in r.getMessage()]
-    assert len(failures) == 1 and failures[0].exc_info is not None
-    assert "secret internals" in str(failures[0].exc_info[1])
+    logged = [r for r in caplog.records if "event=smtp.decision_failed" in r.getMessage()
+              or "event=intake.check_failed" in r.getMessage()]  # fmt: skip
+    assert len(logged) == 7 and all(r.exc_info is not None for r in logged)  # 3 RCPT, 4 messages
+    assert "secret internals of a check in a thread" in str([r.exc_info[1] for r in logged if r.exc_info])
 
 
 class BrokenSearchStore(SQLiteStore):

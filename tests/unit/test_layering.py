@@ -1,4 +1,5 @@
-"""The import arrows of STYLE.md §2, read from the source with `ast`."""
+"""The import arrows: STYLE.md §2 for the cores, and every arrow of the table in docs/architecture.md,
+read from the source with `ast`."""
 
 from __future__ import annotations
 
@@ -68,3 +69,66 @@ def test_policy_stays_off_the_network() -> None:
     for path in _modules("policy"):
         for name in _imports(path):
             assert not name.startswith(("kartero.net", "asyncio", "socket")), f"{path.name} imports {name}"
+
+
+# -- the table of docs/architecture.md -----------------------------------------------------------------
+
+DOCS = ROOT.parent / "docs" / "architecture.md"
+
+
+def _unit(path: Path) -> str:
+    """The table row a module belongs to: `imap.commands`, `smtp`, `intake`, ..."""
+    rel = path.relative_to(ROOT).with_suffix("").as_posix().split("/")
+    if rel[:2] == ["imap", "commands"]:
+        return "imap.commands"
+    return rel[0]
+
+
+def _table() -> dict[str, frozenset[str] | None]:
+    """Row -> the Kartero packages it may import (None: anything), read from the "Packages" table."""
+    text = DOCS.read_text()
+    section = text[text.index("## Packages") :]
+    section = section[: section.index("\n## ", 4)]
+    rows: dict[str, frozenset[str] | None] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.replace("\\|", "/").strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        names = [n.strip("`").removeprefix("kartero/").rstrip("/").removesuffix(".py").replace("/", ".")
+                 for n in cells[0].split(", ")]  # fmt: skip
+        allowed = None if cells[2].startswith("everything") else frozenset(
+            token for i, token in enumerate(cells[2].split("`")) if i % 2 == 1
+        )  # fmt: skip
+        for name in names:
+            rows[name] = allowed
+    return rows
+
+
+def test_every_package_has_a_row_in_the_architecture_table() -> None:
+    rows = _table()
+    assert {"smtp", "imap", "imap.commands", "intake", "store", "mail"} <= rows.keys()
+    for path in ROOT.rglob("*.py"):
+        if path.name == "__init__.py" and path.parent == ROOT:
+            continue
+        assert _unit(path) in rows, f"{path.relative_to(ROOT)} belongs to no row of docs/architecture.md"
+
+
+def test_every_import_follows_an_arrow_of_the_architecture_table() -> None:
+    rows = _table()
+    wrong = []
+    for path in ROOT.rglob("*.py"):
+        if path.name == "__init__.py" and path.parent == ROOT:
+            continue
+        unit = _unit(path)
+        allowed = rows.get(unit)
+        if allowed is None:
+            continue
+        for name in _imports(path):
+            if not name.startswith("kartero."):
+                continue
+            target = name.removeprefix("kartero.")
+            if target == unit or target.startswith(unit + ".") or unit.startswith(target.split(".")[0] + "."):
+                continue  # its own modules (imap.commands may use the imap core: listed anyway)
+            if not any(target == a or target.startswith(a + ".") for a in allowed):
+                wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not wrong, "imports the table of docs/architecture.md does not allow:\n" + "\n".join(wrong)

@@ -38,6 +38,7 @@ from kartero.imap.syntax import (
 from kartero.imap.syntax import (
     Status as StatusCommand,
 )
+from kartero.mail.envelope import EnvelopeRecord, Origin
 from kartero.store.ids import new_message_id
 from kartero.store.interface import (
     INBOX,
@@ -491,7 +492,7 @@ def append(session: Session, cmd: Append, append_limit: int) -> Handler:
                 data=data,
                 targets=(DeliveryTarget(session.account_id, mailbox.name, message.flags),),
                 internal_date=int((message.date or now).timestamp()),
-                envelope={"appended_by": session.user},
+                envelope=EnvelopeRecord(Origin.APPEND, "", received_at=int(now.timestamp()), user=session.user),
             )
             for message, data in zip(cmd.messages, datas, strict=True)
         ]

@@ -87,27 +87,29 @@ def test_password_is_hashed(directory: Directory) -> None:
 
 
 def test_directory_cache_sees_new_users_at_once_and_deletions_within_a_second(tmp_path: Path) -> None:
-    from concurrent.futures import Future, ThreadPoolExecutor
+    import asyncio
 
     from kartero.auth.accounts import DirectoryCache
 
     store = SQLiteStore(tmp_path / "data")
     directory = Directory(store, ("example.test",))
-    pool = ThreadPoolExecutor(2)
 
-    def lookup(cache: DirectoryCache, address: str) -> tuple[int, ...]:
-        result = cache.lookup(address)
-        return (result.result(5) if isinstance(result, Future) else result).account_ids
+    async def scenario() -> None:
+        cache = DirectoryCache(store, ("example.test",))
+
+        async def lookup(address: str) -> tuple[int, ...]:
+            return (await cache.resolve(address)).account_ids
+
+        assert await lookup("bob@example.test") == ()
+        bob = directory.add_user("bob@example.test", "pw")
+        assert await lookup("bob@example.test") == (bob.id,)  # a negative answer always rechecks
+        assert await lookup("bob+x@example.test") == (bob.id,)  # answered from memory
+        directory.delete_user("bob@example.test")
+        assert await lookup("bob@example.test") == (bob.id,)  # within the second: not rechecked yet
+        cache._checked_at -= DirectoryCache.RECHECK_S  # as if a second had passed
+        assert await lookup("bob@example.test") == ()
 
     try:
-        cache = DirectoryCache(store, ("example.test",), pool)
-        assert lookup(cache, "bob@example.test") == ()
-        bob = directory.add_user("bob@example.test", "pw")
-        assert lookup(cache, "bob@example.test") == (bob.id,)  # a negative answer always rechecks
-        assert cache.lookup("bob@example.test") == cache.lookup("bob+x@example.test")  # answered from memory
-        directory.delete_user("bob@example.test")
-        cache._checked_at -= DirectoryCache.RECHECK_S  # as if a second had passed
-        assert lookup(cache, "bob@example.test") == ()
+        asyncio.run(scenario())
     finally:
-        pool.shutdown()
         store.close()

@@ -467,7 +467,8 @@ def test_issue_9_notify_hostile_arguments_only_produce_responses(
     c.login()
     c.select()
     script = b"".join(b"n%d NOTIFY %s\r\n" % (i, b" ".join(args)) for i, args in enumerate(commands))
-    out = c.send(script + b"z NOOP\r\n")
+    # The empty line ends a command whose last argument was a literal (its line goes on after it).
+    out = c.send(script + b"\r\nz NOOP\r\n")
     assert_responses(out)
     assert b"SERVERBUG" not in out
     assert out.endswith(b"z OK NOOP completed\r\n") or b"* BYE" in out

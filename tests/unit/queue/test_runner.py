@@ -73,7 +73,7 @@ def queue(store: SQLiteStore, sender: str, *recipients: str | OutboundRecipient,
     blob = new_message_id()
     rcpts = tuple(r if isinstance(r, OutboundRecipient) else OutboundRecipient(r) for r in recipients)
     data = b"From: x@a.test\r\nSubject: queued\r\n\r\nbody\r\n"
-    store.deliver(Delivery(blob, data, (), T0, {}, Outbound(sender, rcpts, T0 + lifetime))).result(10)
+    store.deliver(Delivery(blob, data, (), T0, None, Outbound(sender, rcpts, T0 + lifetime))).result(10)
     return blob
 
 
@@ -217,7 +217,7 @@ def test_issue_8_a_large_message_goes_to_the_agent_as_a_handle_and_comes_back_as
     header = b"From: x@a.test\r\nSubject: large\r\n\r\n"
     data = header + b"0123456789abcdef\r\n" * 100_000  # ~1.8 MB
     outbound = Outbound("alice@a.test", (OutboundRecipient("no@b.test"),), T0 + 86400, ret="FULL")
-    store.deliver(Delivery(blob, data, (), T0, {}, outbound)).result(10)
+    store.deliver(Delivery(blob, data, (), T0, None, outbound)).result(10)
     seen: list[JobMessage] = []
 
     class Recording(ScriptedAgent):

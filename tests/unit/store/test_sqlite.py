@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord, Origin
 from kartero.mime.index import MessageIndex
 from kartero.store import sqlite as sqlite_module
 from kartero.store.ids import new_message_id as new_blob_id
@@ -36,10 +37,14 @@ def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s.close()
 
 
+ENVELOPE = EnvelopeRecord(Origin.SMTP, "a@b", (EnvelopeRecipient("b@x.test", ("SUCCESS",), "rfc822;b@x.test"),),
+                          received_at=1_700_000_000, helo="client.example", tls=True)  # fmt: skip
+
+
 def deliver(store: SQLiteStore, data: bytes, *account_ids: int, mailbox: str = "INBOX") -> str:
     blob_id = new_blob_id()
     targets = tuple(DeliveryTarget(a, mailbox) for a in account_ids)
-    store.deliver(Delivery(blob_id, data, targets, 1_700_000_000, {"mail_from": "a@b"})).result(10)
+    store.deliver(Delivery(blob_id, data, targets, 1_700_000_000, ENVELOPE)).result(10)
     return blob_id
 
 
@@ -70,7 +75,7 @@ def test_uids_modseq_and_one_body_for_several_recipients(store: SQLiteStore) -> 
     (carols,) = store.list_messages(carol_inbox.id)
     assert carols.blob_id == first == messages[0].blob_id
     assert store.read_message(first) == b"one\r\n"
-    assert store.read_envelope(first) == {"mail_from": "a@b"}
+    assert store.read_envelope(first) == ENVELOPE
     assert store.segments.size(store.segments.numbers()[-1]) == len(b"one\r\ntwo\r\n")  # stored once
 
 
@@ -282,7 +287,7 @@ def test_issue_8_failing_group_fails_alone_and_leaves_nothing(
     doomed_queue_id = new_blob_id()
     doomed = store.deliver_group([
         Delivery(new_blob_id(), _message("local"), (DeliveryTarget(carol.id),), 0),  # account gone
-        Delivery(doomed_queue_id, _message("remote"), (), 0, {}, queued),
+        Delivery(doomed_queue_id, _message("remote"), (), 0, None, queued),
     ])  # fmt: skip
     fine = store.deliver_group([Delivery(new_blob_id(), _message("other"), (DeliveryTarget(bob.id),), 0)])
     while store._commit_queue.qsize() < 2:  # both prepared and waiting for the committer
@@ -303,7 +308,7 @@ def test_issue_8_group_with_local_and_queued_copies_commits_both(store: SQLiteSt
     queue_id = new_blob_id()
     result = store.deliver_group([
         Delivery(new_blob_id(), _message("local"), (DeliveryTarget(bob.id),), 0),
-        Delivery(queue_id, _message("remote"), (), 0, {}, queued),
+        Delivery(queue_id, _message("remote"), (), 0, None, queued),
     ]).result(10)  # fmt: skip
     assert [[m.uid for m in stored] for stored in result] == [[1], []]
     assert [e.id for e in store.queue_entries()] == [queue_id]
@@ -321,7 +326,7 @@ def test_issue_8_large_message_from_a_spool_file_is_stored_and_indexed(store: SQ
     local_id, queue_id = new_blob_id(), new_blob_id()
     store.deliver_group([
         Delivery(local_id, Content(b"Return-Path: <a@example.org>\r\n", span), (DeliveryTarget(bob.id),), 0),
-        Delivery(queue_id, Content(b"", span), (), 0, {}, queued),
+        Delivery(queue_id, Content(b"", span), (), 0, None, queued),
     ]).result(30)  # fmt: skip
     assert store.read_message(local_id) == b"Return-Path: <a@example.org>\r\n" + received
     assert store.read_message(queue_id) == received

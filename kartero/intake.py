@@ -1,0 +1,305 @@
+"""Intake: the one path every accepted message takes into the system.
+
+A listener (the SMTP adapter), the maildrop pickup (`kartero sendmail`) and Kartero's own DSNs hand the
+message here with its resolved recipients; intake runs the checks the listener asks for (with a
+deadline), completes Date/Message-ID and DKIM-signs when asked (submission, sendmail), builds the trace
+fields (this is the one place that writes `Received:` and `Return-Path:`), builds the one envelope
+record (`kartero.mail.envelope`), and stores the local copies and queues the remote ones in one commit
+(`Store.deliver_group`: both or neither, so a 451 never leaves half a message stored). The MIME index is
+computed by the store's index threads before the commit, never in the committer.
+
+Everything here is `async def` and runs on the event loop; blocking work (signing, the DNS of the
+checks, reading a spooled message whole) goes through `Blocking`, with a deadline. A check that raises
+or passes its deadline ends that message with `451 4.3.0` and a logged traceback; the session goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from email.utils import format_datetime, getaddresses
+
+from kartero.auth.accounts import DirectoryCache
+from kartero.concurrency import Blocking, DeadlineExceeded, within
+from kartero.dns.names import DomainError, canonical_domain
+from kartero.log import kv
+from kartero.mail import replies
+from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord
+from kartero.mail.replies import Reply
+from kartero.mailauth.dkim import DKIMError, Signer
+from kartero.mime.headers import find_body_start, parse_header_block
+from kartero.policy.decisions import AcceptMessage, MessageDecision, Reject
+from kartero.store.ids import new_message_id
+from kartero.store.interface import INBOX, Content, Delivery, Outbound, OutboundRecipient, Store, as_targets
+from kartero.store.spool import read_whole
+
+log = logging.getLogger("kartero.intake")
+
+# How long one policy decision (MAIL, RCPT, the message checks) may take before the client gets
+# 451 4.3.0; [limits] check_deadline overrides it. SPF alone may make 10 DNS lookups (RFC 7208 §4.6.4).
+CHECK_DEADLINE_S = 120.0
+# How long the store may take to commit a message. Past it the client gets 451 and may retry; the commit
+# may still land, so the retry can duplicate the message (which SMTP allows after a 4xx, and is better
+# than a session that waits forever on a hung disk).
+STORE_DEADLINE_S = 300.0
+
+MessageCheck = Callable[[bytes | Content], Awaitable[MessageDecision]]
+
+
+# -- trace fields -------------------------------------------------------------------------------------
+
+
+def with_protocol(*, is_esmtp: bool, is_tls: bool, is_authenticated: bool, is_utf8: bool) -> str:
+    """The `with` keyword of RFC 3848 and RFC 6531 §3.7.3 (e.g. ESMTPS, UTF8SMTPSA)."""
+    if not is_esmtp:
+        return "SMTP"
+    base = "UTF8SMTP" if is_utf8 else "ESMTP"
+    return base + ("S" if is_tls else "") + ("A" if is_authenticated else "")
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpArrival:
+    """How a message came in over SMTP, for its `Received:` field (RFC 5321 §4.4)."""
+
+    helo: str
+    client_ip: str
+    protocol: str  # with_protocol()
+    tls: str | None  # the TLS version and cipher, when TLS was used
+    authenticated_as: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LocalArrival:
+    """A message from a local program: `kartero sendmail` run by `user`."""
+
+    user: str
+
+
+Arrival = SmtpArrival | LocalArrival
+
+
+def format_received(arrival: Arrival, *, hostname: str, message_id: str, recipient: str | None,
+                    date: datetime) -> bytes:  # fmt: skip
+    """A folded Received header ending in CRLF. `recipient` goes in a `for` clause (one recipient only,
+    so that one stored copy can serve every recipient of a message)."""
+    if isinstance(arrival, LocalArrival):
+        return (f"Received: by {hostname} (Kartero sendmail, from userid {arrival.user or 'unknown'})\r\n"
+                f"\tid {message_id}; {format_datetime(date)}\r\n").encode()  # fmt: skip
+    client_ip = arrival.client_ip
+    literal = f"[IPv6:{client_ip}]" if ":" in client_ip else f"[{client_ip}]"
+    lines = [f"Received: from {arrival.helo} ({literal})"]
+    by = f"by {hostname} (Kartero) with {arrival.protocol}"
+    if arrival.tls:
+        by += f" ({arrival.tls})"
+    lines.append(by)
+    if arrival.authenticated_as:
+        lines.append(f"(authenticated as {arrival.authenticated_as})")
+    last = f"id {message_id}"
+    if recipient:
+        last += f" for <{recipient}>"
+    lines.append(f"{last}; {format_datetime(date)}")
+    return ("\r\n\t".join(lines) + "\r\n").encode("utf-8")
+
+
+def format_return_path(sender: str) -> bytes:
+    """`Return-Path: <sender>` (empty brackets for the null sender), RFC 5321 §4.4."""
+    return f"Return-Path: <{sender}>\r\n".encode()
+
+
+# -- what goes in and what comes out ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One accepted recipient: the local accounts it reaches, or (remote) the address to queue."""
+
+    recipient: EnvelopeRecipient
+    account_ids: tuple[int, ...] = ()
+    is_remote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    envelope: EnvelopeRecord  # its recipients: every accepted one, in order
+    data: bytes | Content
+    targets: tuple[Target, ...]
+    arrival: Arrival | None = None  # None: no Received field (a DSN Kartero wrote itself)
+    check: MessageCheck | None = None  # the listener's checks of the content (policy.check_message)
+    complete_header: bool = False  # add From:/Date:/Message-ID: when missing (submission, sendmail)
+    sign: bool = False  # DKIM-sign when the From: domain is local and has keys
+    body_8bit: bool = False  # declared BODY=8BITMIME, or 8-bit octets seen by the SMTP core
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    message_id: str
+    queue_id: str | None  # the queue entry of the remote recipients, if any
+    size: int  # as stored, trace fields included
+
+    @property
+    def reply(self) -> Reply:
+        return replies.MESSAGE_ACCEPTED.with_text(f"Message accepted as {self.message_id}")
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    reply: Reply
+    reason: str  # for the log line
+
+
+Outcome = Stored | Refused
+
+
+class Intake:
+    def __init__(self, store: Store, directory: DirectoryCache, *, hostname: str, queue_lifetime_s: float,
+                 blocking: Blocking, signer: Signer | None = None, check_deadline_s: float = CHECK_DEADLINE_S,
+                 store_deadline_s: float = STORE_DEADLINE_S) -> None:  # fmt: skip
+        self.store = store
+        self.directory = directory
+        self.hostname = hostname
+        self.queue_lifetime_s = queue_lifetime_s
+        self.blocking = blocking
+        self.signer = signer
+        self.check_deadline_s = check_deadline_s
+        self.store_deadline_s = store_deadline_s
+        # DKIM signing holds a large (spooled) message in memory several times over (dkimpy): one at a time.
+        self._large = threading.Lock()
+
+    async def resolve(self, address: str) -> Target | None:
+        """Where mail for the canonical `address` goes, for senders without a RCPT phase (sendmail, DSNs):
+        local accounts (aliases followed), remote, or None for an unknown local address."""
+        domain = address.rpartition("@")[2]
+        if domain not in self.directory.domains:
+            return Target(EnvelopeRecipient(address), is_remote=True)
+        resolution = await self.directory.resolve(address)
+        if not resolution.account_ids:
+            return None
+        return Target(EnvelopeRecipient(address), resolution.account_ids)
+
+    async def accept(self, incoming: Incoming) -> Outcome:
+        """Check, complete, trace and store one message; Stored once it is durable."""
+        data = incoming.data
+        mailbox = INBOX
+        if incoming.check is not None:
+            try:
+                checking = asyncio.ensure_future(incoming.check(data))
+                decision = await within(self.check_deadline_s, checking, "message check")
+            except Exception as exc:  # a bug or a hang in a check: this message only
+                log.error("%s", kv(event="intake.check_failed", sender=f"<{incoming.envelope.sender}>",
+                                   detail=str(exc) or exc.__class__.__name__), exc_info=exc)  # fmt: skip
+                return Refused(replies.LOCAL_ERROR, "check failed")
+            if isinstance(decision, Reject):
+                return Refused(decision.reply, "policy")
+            assert isinstance(decision, AcceptMessage)
+            data, mailbox = decision.data, decision.mailbox
+        now = datetime.now(UTC)
+        if incoming.complete_header:
+            data = _prepend(self._missing_fields(_head(data), incoming.envelope.sender, now), data)
+        if incoming.sign and self.signer is not None:
+            try:
+                data = await self.blocking(self.check_deadline_s, self._signed, self.signer, data)
+            except DeadlineExceeded as exc:
+                log.error("%s", kv(event="dkim.sign_failed", detail=str(exc)))  # sent unsigned, as on errors
+        return await self._store(incoming, data, mailbox, now)
+
+    async def _store(self, incoming: Incoming, data: bytes | Content, mailbox: str, now: datetime) -> Outcome:
+        envelope = replace(incoming.envelope, received_at=int(now.timestamp()))
+        message_id = new_message_id()
+        recipients = envelope.recipients
+        received = b""
+        if incoming.arrival is not None:
+            received = format_received(incoming.arrival, hostname=self.hostname, message_id=message_id,
+                                       recipient=recipients[0].address if len(recipients) == 1 else None,
+                                       date=now)  # fmt: skip
+        account_ids = [a for t in incoming.targets if not t.is_remote for a in t.account_ids]
+        remote = tuple(OutboundRecipient(t.recipient.address, t.recipient.notify, t.recipient.orcpt)
+                       for t in incoming.targets if t.is_remote)  # fmt: skip
+        deliveries = []
+        queue_id = None
+        timestamp = int(now.timestamp())
+        if account_ids:  # final delivery: Return-Path goes first (RFC 5321 §4.4)
+            trace = format_return_path(envelope.sender) + received
+            deliveries.append(Delivery(message_id, _prepend(trace, data), as_targets(account_ids, mailbox),
+                                       timestamp, envelope))  # fmt: skip
+        if remote:  # relayed on: no Return-Path, the final MTA adds its own
+            head = _head(data)
+            outbound = Outbound(
+                sender=envelope.sender,
+                recipients=remote,
+                expires_at=timestamp + int(self.queue_lifetime_s),
+                ret=envelope.ret,
+                envid=envelope.envid,
+                smtputf8=envelope.smtputf8,
+                body_8bit=incoming.body_8bit or not head.isascii() or _tail_is_8bit(data),
+            )
+            queue_id = message_id if not account_ids else new_message_id()
+            deliveries.append(Delivery(queue_id, _prepend(received, data), (), timestamp, envelope, outbound))
+        if not deliveries:
+            return Refused(replies.LOCAL_ERROR, "no recipient left")
+        try:
+            # One group: the local copies and the queue entry commit together or not at all.
+            committed = asyncio.wrap_future(self.store.deliver_group(deliveries))
+            await within(self.store_deadline_s, committed, "store commit")
+        except Exception as exc:
+            log.error("%s", kv(event="intake.store_failed", id=message_id, detail=str(exc)))
+            return Refused(replies.LOCAL_ERROR, "store failed")
+        return Stored(message_id, queue_id, len(deliveries[0].data))
+
+    def _signed(self, signer: Signer, data: bytes | Content) -> bytes | Content:
+        """The message with its DKIM signatures when its From: domain is local and has keys; unsigned
+        (logged) if signing fails: mail still goes out. Blocking."""
+        head = _head(data)
+        header = parse_header_block(head[: find_body_start(head)[0]])
+        addresses = getaddresses([v.decode("utf-8", "replace") for v in header.get_all("from")])
+        try:
+            domain = canonical_domain(addresses[0][1].rpartition("@")[2]) if addresses else ""
+        except DomainError:
+            return data
+        if domain not in self.directory.domains or not signer.keys_for(domain):
+            return data  # nothing to sign with: a large message is never read whole
+        try:
+            if isinstance(data, Content):
+                with self._large:
+                    signature = signer.sign(domain, read_whole(data))
+                return Content(signature + data.head, data.tail)
+            return signer.sign(domain, data) + data
+        except DKIMError as exc:
+            log.error("%s", kv(event="dkim.sign_failed", domain=domain, detail=str(exc)))
+            return data
+
+    def _missing_fields(self, head: bytes, sender: str, now: datetime) -> bytes:
+        """From:, Date: and Message-ID: when the header lacks them (what a mail user agent would have
+        written; RFC 6409 §8.2, §8.3). Submission refuses a message without From: before this."""
+        header = parse_header_block(head[: find_body_start(head)[0]])
+        added = b""
+        if header.get("from") is None:
+            added += f"From: <{sender}>\r\n".encode() if sender else b"From: MAILER-DAEMON\r\n"
+        if header.get("date") is None:
+            added += f"Date: {format_datetime(now)}\r\n".encode()
+        if header.get("message-id") is None:
+            added += f"Message-ID: <{secrets.token_hex(12)}@{self.hostname}>\r\n".encode()
+        return added
+
+
+def _prepend(fields: bytes, message: bytes | Content) -> bytes | Content:
+    """Fields before a message, without copying a spooled message's body."""
+    if not fields:
+        return message
+    if isinstance(message, Content):
+        return Content(fields + message.head, message.tail)
+    return fields + message
+
+
+def _head(message: bytes | Content) -> bytes:
+    return message.head if isinstance(message, Content) else message
+
+
+def _tail_is_8bit(message: bytes | Content) -> bool:
+    tail = message.tail if isinstance(message, Content) else b""
+    return isinstance(tail, bytes) and not tail.isascii()
+
