@@ -45,6 +45,9 @@ class PostfixMaildir:
             time.sleep(0.01)
         return time.perf_counter() - started
 
+    def master_pid(self) -> int:
+        return int((self.instance.queue_dir / "pid" / "master.pid").read_text().split()[0])
+
     def newest_message(self) -> bytes:
         files = sorted((self.maildir / "new").iterdir(), key=lambda p: p.stat().st_mtime)
         return files[-1].read_bytes()

@@ -27,8 +27,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from queue import Empty
 
@@ -44,6 +45,8 @@ class Result:
     latencies_ms: list[float]
     errors: int
     delivered_s: float | None = None  # Postfix: from the load's start until every message was in the Maildir
+    server_cpu_s: float | None = None  # the server's processes, user + system, over the load (and delivery)
+    client_cpu_s: float | None = None  # the python load client's process
 
     @property
     def rate(self) -> float:
@@ -66,6 +69,32 @@ class Served:
     pid: int | None = None
     stored: Callable[[], bytes] | None = None
     delivered: Callable[[int, float], float | None] | None = None
+    cpu: Callable[[], float] | None = None  # CPU seconds the server's processes have used so far
+
+
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system CPU of a process (all its threads); with `children`, also of the children it has
+    reaped and of those still running (Postfix: master and its daemons)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def own(stat: list[str], reaped: bool) -> float:
+        # Fields after the command name: 14 utime, 15 stime, 16 cutime, 17 cstime (proc(5)), from index 0 = field 3.
+        return sum(int(x) for x in stat[11 : 15 if reaped else 13]) / tick
+
+    def fields(path: Path) -> list[str] | None:
+        try:
+            return path.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None  # ended meanwhile
+
+    first = fields(Path(f"/proc/{pid}/stat"))
+    total = own(first, children) if first else 0.0
+    if children:
+        for stat_file in Path("/proc").glob("[0-9]*/stat"):
+            stat = fields(stat_file)
+            if stat and stat[1] == str(pid):
+                total += own(stat, True)
+    return total
 
 
 def make_body(size: int) -> bytes:
@@ -138,12 +167,12 @@ async def _session(host: str, port: int, count: int, body: bytes, rcpt: str, lat
 
 async def _load(
     host: str, port: int, sessions: int, messages: int, size: int, rcpt: str
-) -> tuple[float, list[float], int]:
+) -> tuple[float, list[float], int, float]:
     body = make_body(size)
     latencies: list[float] = []
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     results = await asyncio.gather(*(_session(host, port, messages, body, rcpt, latencies) for _ in range(sessions)))
-    return time.perf_counter() - started, latencies, sum(results)
+    return time.perf_counter() - started, latencies, sum(results), time.process_time() - cpu
 
 
 def _load_process(args: tuple[str, int, int, int, int, str], out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
@@ -162,7 +191,7 @@ def run_load(name: str, host: str, port: int, sessions: int, messages: int, size
     try:
         while True:
             try:
-                seconds, latencies, errors = queue.get(timeout=1)
+                seconds, latencies, errors, client_cpu = queue.get(timeout=1)
                 break
             except Empty:
                 if not proc.is_alive():
@@ -171,7 +200,7 @@ def run_load(name: str, host: str, port: int, sessions: int, messages: int, size
     finally:
         if proc.is_alive():
             proc.terminate()
-    return Result(name, len(latencies), seconds, latencies, errors)
+    return Result(name, len(latencies), seconds, latencies, errors, client_cpu_s=client_cpu)
 
 
 def run_smtp_source(name: str, host: str, port: int, sessions: int, total: int, size: int, rcpt: str) -> Result:
@@ -237,7 +266,8 @@ def kartero(folder: Path, args: argparse.Namespace) -> Iterator[Served]:
     proc = subprocess.Popen([*command, "serve"], stdout=subprocess.DEVNULL)
     try:
         wait_port(port)
-        yield Served("127.0.0.1", port, pid=proc.pid, stored=lambda: fetch_last(imap_port, args.rcpt, "pw"))
+        yield Served("127.0.0.1", port, pid=proc.pid, stored=lambda: fetch_last(imap_port, args.rcpt, "pw"),
+                     cpu=lambda: cpu_seconds(proc.pid))  # fmt: skip
     finally:
         stop(proc)
 
@@ -256,7 +286,7 @@ def aiosmtpd(folder: Path, args: argparse.Namespace) -> Iterator[Served]:
         def newest() -> bytes:
             return max(spool.iterdir(), key=lambda f: f.stat().st_mtime).read_bytes()
 
-        yield Served("127.0.0.1", port, stored=newest)
+        yield Served("127.0.0.1", port, stored=newest, cpu=lambda: cpu_seconds(proc.pid))
     finally:
         stop(proc)
 
@@ -272,7 +302,7 @@ def postfix(folder: Path, args: argparse.Namespace) -> Iterator[Served]:
     with running_postfix(folder, "127.0.0.1", port, args.rcpt, message_size=args.size) as pf:
         # Postfix stores the message with LF line ends and its own Return-Path/Delivered-To/Received.
         yield Served("127.0.0.1", port, stored=lambda: pf.newest_message().replace(b"\n", b"\r\n"),
-                     delivered=pf.wait_delivered)  # fmt: skip
+                     delivered=pf.wait_delivered, cpu=lambda: cpu_seconds(pf.master_pid(), children=True))  # fmt: skip
 
 
 SERVERS = {"kartero": kartero, "aiosmtpd+fsync": aiosmtpd, "postfix": postfix}
@@ -294,14 +324,31 @@ def check_stored(name: str, stored: bytes, body: bytes) -> None:
                          f"({len(stored)} octets stored, {len(body)} sent)")  # fmt: skip
 
 
+def measured(served: Served, earlier: int, run: Callable[[], Result]) -> Result:
+    """Run one load; for Postfix wait until its Maildir holds `earlier` + this load's messages; take the
+    server's CPU over the load and that wait."""
+    cpu = served.cpu() if served.cpu else None
+    result = run()
+    if served.delivered is not None:
+        waited = served.delivered(earlier + result.messages, 600)
+        result.delivered_s = None if waited is None else result.seconds + waited
+    if served.cpu and cpu is not None:
+        result.server_cpu_s = served.cpu() - cpu
+    return result
+
+
 def print_table(results: list[Result]) -> None:
-    print(f"{'server':<34} {'messages':>9} {'msgs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}  delivered")
+    print(f"{'server':<30} {'messages':>8} {'msgs/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+          f"{'srv cpu':>7} {'cli cpu':>7}  delivered")  # fmt: skip
     for r in results:
         delivered = ""
         if r.delivered_s is not None:
             delivered = f"all in Maildir after {r.delivered_s:.2f} s ({r.messages / r.delivered_s:.0f} msgs/s)"
-        print(f"{r.name:<34} {r.messages:>9} {r.rate:>9.0f} {r.percentile(0.5):>8.1f} {r.percentile(0.99):>8.1f} "
-              f"{r.errors:>7}  {delivered}")  # fmt: skip
+        server = f"{r.server_cpu_s * 1000 / r.messages:.2f}" if r.server_cpu_s is not None and r.messages else "-"
+        client = f"{r.client_cpu_s * 1000 / r.messages:.2f}" if r.client_cpu_s is not None and r.messages else "-"
+        print(f"{r.name:<30} {r.messages:>8} {r.rate:>7.0f} {r.percentile(0.5):>7.1f} {r.percentile(0.99):>7.1f} "
+              f"{r.errors:>6} {server:>7} {client:>7}  {delivered}")  # fmt: skip
+    print("srv cpu / cli cpu: ms of CPU (user + system) per message, the server's processes and the python client")
 
 
 def print_ratios(results: list[Result], peers: list[str]) -> None:
@@ -369,45 +416,42 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kartero-bench-") as tmp:
         Path(tmp).chmod(0o755)  # Postfix's daemons run as other users and must reach their folders
         for round_no in range(args.rounds):
-            suffix = f" #{round_no + 1}" if args.rounds > 1 else ""
             for name in ["kartero", *peers]:
                 folder = Path(tmp) / f"{name}-{round_no}"
                 folder.mkdir()
-                with SERVERS[name](folder, args) as served, ExitStack() as profiling:
-                    profile = None
-                    if args.profile and name == "kartero" and served.pid:
-                        from bench.thread_profile import profiling as spy
-
-                        output = args.profile.with_name(f"{args.profile.name}-{round_no + 1}.txt")
-                        profile = profiling.enter_context(spy(served.pid, output, native=args.native))
-                    result = run_load(name + suffix, served.host, served.port, args.sessions, args.messages,
-                                      args.size, args.rcpt)  # fmt: skip
-                    profiling.close()
-                    if profile is not None:
-                        from bench.thread_profile import summarise
-
-                        profiles.append(f"Kartero{suffix}, py-spy samples in {profile.samples}:\n"
-                                        + summarise(profile, result.messages))  # fmt: skip
-                    delivered_total = result.messages
-                    if served.delivered is not None:
-                        waited = served.delivered(delivered_total, 600)
-                        result.delivered_s = None if waited is None else result.seconds + waited
-                    results.append(result)
-                    if served.stored is not None and result.messages:
-                        check_stored(name, served.stored(), body)
-                        print(f"{name}{suffix}: the last message stored ends with the {len(body)} octets sent")
-                    if args.smtp_source:
-                        total = args.sessions * args.messages
-                        ss = run_smtp_source(name + suffix, served.host, served.port, args.sessions, total, args.size,
-                                             args.rcpt)  # fmt: skip
-                        if served.delivered is not None:
-                            waited = served.delivered(delivered_total + total, 600)
-                            ss.delivered_s = None if waited is None else ss.seconds + waited
-                        results.append(ss)
+                results += bench_server(name, round_no, folder, args, body, profiles)
     print_table(results)
     print_ratios(results, peers)
     for text in profiles:
         print("\n" + text)
+
+
+def bench_server(
+    name: str, round_no: int, folder: Path, args: argparse.Namespace, body: bytes, profiles: list[str]
+) -> list[Result]:
+    """Start one server, load it (and with --smtp-source once more), check what it stored, stop it."""
+    label = name + (f" #{round_no + 1}" if args.rounds > 1 else "")
+    with SERVERS[name](folder, args) as served:
+        load = partial(run_load, label, served.host, served.port, args.sessions, args.messages, args.size, args.rcpt)
+        if args.profile and name == "kartero" and served.pid:
+            from bench.thread_profile import profiling, summarise
+
+            output = args.profile.with_name(f"{args.profile.name}-{round_no + 1}.txt")
+            with profiling(served.pid, output, native=args.native) as profile:
+                result = measured(served, 0, load)
+            profiles.append(f"{label}, py-spy samples in {output}:\n{summarise(profile, result.messages)}")
+        else:
+            result = measured(served, 0, load)
+        results = [result]
+        if served.stored is not None and result.messages:
+            check_stored(name, served.stored(), body)
+            print(f"{label}: the last message stored ends with the {len(body)} octets sent")
+        if args.smtp_source:
+            total = args.sessions * args.messages
+            source = partial(run_smtp_source, label, served.host, served.port, args.sessions, total, args.size,
+                             args.rcpt)  # fmt: skip
+            results.append(measured(served, result.messages, source))
+    return results
 
 
 if __name__ == "__main__":
