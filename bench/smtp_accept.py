@@ -398,6 +398,8 @@ def main() -> None:
     parser.add_argument("--smtp-source", action="store_true", help="also load every server with Postfix's smtp-source")
     parser.add_argument("--rounds", type=int, default=1, help="repeat and report each round")
     parser.add_argument("--profile", type=Path, metavar="PREFIX", help="py-spy on Kartero under load: PREFIX-N.txt")
+    parser.add_argument("--profile-mode", choices=("gil", "wall"), default="gil",
+                        help="gil: the thread holding the GIL; wall: every thread, waits included")  # fmt: skip
     parser.add_argument("--native", action="store_true", help="with --profile: C frames too (slower sampling)")
     args = parser.parse_args()
     peers = parse_peers(args)
@@ -437,7 +439,7 @@ def bench_server(
             from bench.thread_profile import profiling, summarise
 
             output = args.profile.with_name(f"{args.profile.name}-{round_no + 1}.txt")
-            with profiling(served.pid, output, native=args.native) as profile:
+            with profiling(served.pid, output, mode=args.profile_mode, native=args.native) as profile:
                 result = measured(served, 0, load)
             profiles.append(f"{label}, py-spy samples in {output}:\n{summarise(profile, result.messages)}")
         else:

@@ -3,9 +3,15 @@
 Used by `bench/smtp_accept.py --profile`. Two sources, both taken over the same window (the load):
 
 - /proc/PID/task/TID/stat: user + system CPU time of every thread, exact up to the clock tick (10 ms);
-- `py-spy record --threads --idle`: stacks of every thread at RATE Hz, waiting ones included, so a
-  thread's samples are its wall time and the frames show what it waited in (`queue.get`, an fdatasync
-  called from Python, the event loop's poll) as well as what it computed.
+- `py-spy record --threads` at RATE Hz, in one of two modes:
+  `gil` (default): only the thread holding the GIL is sampled, so the samples are the one core's worth of
+  Python time the threads share -- what limits a one-process server -- split by thread and function;
+  `wall` (`--idle`): every thread, waiting ones included, so a thread's samples are its wall time and
+  the frames show what it waited in (`queue.get`, an fdatasync called from Python, the event loop's poll,
+  getting the GIL back) as well as what it computed.
+
+Each sample is charged to the nearest Kartero frame to the leaf (stdlib and C work counts to the Kartero
+code that called it), and Kartero's modules are grouped into the steps of accepting a message (CATEGORIES).
 
 Threads are named as the server names them (MainThread runs the event loop; kartero-commit,
 kartero-index_N, kartero-io_N); py-spy reports the OS thread id with each name, which joins the two.
@@ -24,14 +30,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RATE = 250
+MODES = {"gil": ["--gil"], "wall": ["--idle"]}
+# (path prefix or path:function, step): the first that matches the nearest Kartero frame names the step.
+CATEGORIES = (
+    ("kartero/smtp/received.py", "Received/Return-Path"),
+    ("kartero/smtp/", "SMTP core: command and DATA parsing"),
+    ("kartero/net/", "SMTP adapter (net/session.py): replies, buffers, timers"),
+    ("kartero/policy/", "policy, recipients"),
+    ("kartero/auth/", "policy, recipients"),
+    ("kartero/mail/", "policy, recipients"),
+    ("kartero/mime/preview.py", "MIME index: PREVIEW"),
+    ("kartero/mime/", "MIME index: structure, ENVELOPE, search fields"),
+    ("kartero/store/segments.py", "segment pwrite + fdatasync"),
+    ("kartero/store/sqlite.py:_Transaction", "SQLite BEGIN/COMMIT (WAL fsync)"),
+    ("kartero/store/sqlite.py:SQLiteStore._insert", "SQLite INSERTs"),
+    ("kartero/store/queue_sql.py", "SQLite INSERTs"),
+    ("kartero/store/ids.py", "message id (os.urandom)"),
+    ("kartero/store/", "store hand-offs (pool submit, commit queue, futures)"),
+    ("kartero/", "other Kartero code"),
+)
 # Leaf frames where a thread waits, counted as such rather than as the nearest Kartero function's own work.
-# The event loop's leaf is uvloop's C code: its poll, but also its socket reads and writes.
 WAITS = {
     "Condition.wait (threading.py)": "waiting for work (Condition.wait)",
     "_worker (concurrent/futures/thread.py)": "waiting for work (pool queue)",
     "BaseSelector.select (selectors.py)": "waiting in select",
-    "Runner.run (asyncio/runners.py)": "in uvloop's C code: poll, socket reads and writes",
 }
+# The event loop's leaf when it runs uvloop's C code: the poll (a wait, in wall mode) and socket reads and
+# writes (work, and all that gil mode sees of it).
+UVLOOP = "Runner.run (asyncio/runners.py)"
 
 
 @dataclass
@@ -55,7 +81,7 @@ def thread_cpu(pid: int) -> dict[int, float]:
 
 
 @contextmanager
-def profiling(pid: int, output: Path, *, native: bool = False) -> Iterator[Profile]:
+def profiling(pid: int, output: Path, *, mode: str = "gil", native: bool = False) -> Iterator[Profile]:
     """Record `pid` with py-spy while the block runs; the Profile is complete after the block."""
     if shutil.which("py-spy") is None:
         raise SystemExit("--profile needs py-spy: pip install py-spy")
@@ -65,9 +91,8 @@ def profiling(pid: int, output: Path, *, native: bool = False) -> Iterator[Profi
     before = thread_cpu(pid)
     started = time.perf_counter()
     spy = subprocess.Popen(
-        ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", str(RATE), "--threads", "--idle",
-         "--full-filenames",
-         "--output", str(output), *(["--native"] if native else ["--nonblocking"])],
+        ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", str(RATE), "--threads", *MODES[mode],
+         "--full-filenames", "--output", str(output), *(["--native"] if native else ["--nonblocking"])],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -99,10 +124,16 @@ def frame_name(frame: str) -> str:
     return f"{name} ({path})"
 
 
+def category(where: str) -> str:
+    """The step of CATEGORIES for a `function (path)` frame name."""
+    function, _, path = where.rpartition(" (")
+    key = f"{path.rstrip(')')}:{function}"
+    return next((step for prefix, step in CATEGORIES if key.startswith(prefix)), "event loop, sockets (uvloop, C)")
+
+
 def summarise(profile: Profile, messages: int, top: int = 12) -> str:
-    """Per thread group: CPU ms per message, wall share waiting, and the Kartero functions its samples fell
-    in (the nearest Kartero frame to the leaf, so stdlib and C work counts to the Kartero code that
-    called it), in ms of wall time per message."""
+    """The sampled time per message by step, then per thread group: its CPU per message (from /proc) and
+    the Kartero functions (or waits) its samples fell in, in sampled ms per message."""
     names: dict[int, str] = {}
     by_group: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     leaves: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -127,7 +158,7 @@ def summarise(profile: Profile, messages: int, top: int = 12) -> str:
             if leaf in WAITS:
                 by_group[group]["(" + WAITS[leaf] + ")"] += count
                 continue
-            own = next((n for n in reversed(named) if "(kartero/" in n), leaf)
+            own = leaf if leaf == UVLOOP else next((n for n in reversed(named) if "(kartero/" in n), leaf)
             by_group[group][own] += count
             leaves[group][leaf] += count
     cpu_by_group: collections.Counter[str] = collections.Counter()
@@ -137,21 +168,29 @@ def summarise(profile: Profile, messages: int, top: int = 12) -> str:
     per = 1000 / max(messages, 1)
     lines = [f"{messages} messages in {profile.wall_s:.1f} s; CPU of the whole process "
              f"{sum(profile.cpu_s.values()) * per:.2f} ms/message"]  # fmt: skip
+    steps: collections.Counter[tuple[str, str]] = collections.Counter()
+    for group, counter in by_group.items():
+        for where, n in counter.items():
+            if not where.startswith("("):
+                steps[(category(where), group)] += n
+    if steps:
+        lines.append("by step (sampled ms per message; gil mode: of the one core the threads share):")
+        lines += [f"  {n / RATE * per:8.3f}  {step} [{group}]" for (step, group), n in steps.most_common()]
     for group, cpu in cpu_by_group.most_common():
         samples = totals.get(group, 0)
         if not samples and cpu < 0.01:
             continue  # threads that started and ended outside the samples, doing nothing to speak of
         count = len(threads_in_group.get(group, ())) or "?"
         lines.append(f"\n[{group}] {count} thread(s): CPU {cpu * per:.2f} ms/message; "
-                     f"{samples / RATE:.1f} s of thread wall time sampled")  # fmt: skip
+                     f"{samples / RATE:.1f} s sampled")  # fmt: skip
         if not samples:
             continue
-        lines.append("  wall ms/message  share  nearest Kartero function (or wait)")
+        lines.append("  ms/message  share  nearest Kartero function (or wait)")
         for where, n in by_group[group].most_common(top):
-            lines.append(f"  {n / RATE * per:15.3f}  {n / samples:5.1%}  {where}")
+            lines.append(f"  {n / RATE * per:10.3f}  {n / samples:5.1%}  {where}")
         busy = leaves[group]
         if busy:
             lines.append("  leaf frames when not waiting:")
             for where, n in busy.most_common(6):
-                lines.append(f"  {n / RATE * per:15.3f}  {n / samples:5.1%}  {where}")
+                lines.append(f"  {n / RATE * per:10.3f}  {n / samples:5.1%}  {where}")
     return "\n".join(lines)
