@@ -163,7 +163,7 @@ def summarise(profile: Profile, messages: int, top: int = 12) -> str:
             leaves[group][leaf] += count
     cpu_by_group: collections.Counter[str] = collections.Counter()
     for tid, seconds in profile.cpu_s.items():
-        name = names.get(tid, "(not sampled)")
+        name = names.get(tid, "(threads py-spy did not see)")
         cpu_by_group[name.rstrip("0123456789").rstrip("_")] += seconds
     per = 1000 / max(messages, 1)
     lines = [f"{messages} messages in {profile.wall_s:.1f} s; CPU of the whole process "
@@ -178,7 +178,7 @@ def summarise(profile: Profile, messages: int, top: int = 12) -> str:
         lines += [f"  {n / RATE * per:8.3f}  {step} [{group}]" for (step, group), n in steps.most_common()]
     for group, cpu in cpu_by_group.most_common():
         samples = totals.get(group, 0)
-        if not samples and cpu < 0.01:
+        if not samples and cpu * per < 0.005:
             continue  # threads that started and ended outside the samples, doing nothing to speak of
         count = len(threads_in_group.get(group, ())) or "?"
         lines.append(f"\n[{group}] {count} thread(s): CPU {cpu * per:.2f} ms/message; "
