@@ -176,6 +176,9 @@ async def _load(
 
 
 def _load_process(args: tuple[str, int, int, int, int, str], out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    # Ctrl-C is the parent's to handle (it stops the servers, then this process with SIGTERM).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         import uvloop
 
@@ -457,4 +460,7 @@ def bench_server(
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted; the servers the bench started are stopped") from None
