@@ -15,6 +15,7 @@ the session adapters).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -66,6 +67,28 @@ async def within(timeout_s: float, awaitable: asyncio.Future[T], what: str = "wo
         awaitable.cancel()
         raise DeadlineExceeded(f"{what} did not finish within {timeout_s:g} s")
     return awaitable.result()
+
+
+async def settled(future: concurrent.futures.Future[T], timeout_s: float, what: str = "work") -> T:
+    """The result of a Future another thread resolves (a store commit), or DeadlineExceeded after
+    `timeout_s`: `within(timeout_s, asyncio.wrap_future(future))` with one loop future instead of three
+    (this is on every message's path)."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    future.add_done_callback(lambda _: loop.call_soon_threadsafe(wake))
+    timer = loop.call_later(timeout_s, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+    if not future.done():
+        raise DeadlineExceeded(f"{what} did not finish within {timeout_s:g} s")
+    return future.result()
 
 
 @dataclass(frozen=True, slots=True)

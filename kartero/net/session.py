@@ -591,6 +591,7 @@ class SMTPSession(asyncio.Protocol):
             origin=Origin.SUBMISSION if is_submission else Origin.SMTP,
             sender=str(envelope.mail_from)[1:-1],
             recipients=tuple(t.recipient for t in targets),
+            received_at=int(time.time()),
             user=envelope.authenticated_as,
             helo=envelope.helo,
             client_ip=self.client_ip,
