@@ -22,7 +22,8 @@ from kartero.delivery.mtasts import MTASTS
 from kartero.delivery.mx import Hop, NoRoute, find_route
 from kartero.dns.resolver import NoRecords, Records, Resolver
 from kartero.log import kv
-from kartero.mail.replies import Reply
+from kartero.mail import replies
+from kartero.mail.replies import Reply, make_printable
 from kartero.queue.jobs import Deferred, Delivered, Failed, JobMessage, OnOutcomes, Outcome
 from kartero.smtp.client import (
     BodyWanted,
@@ -65,12 +66,11 @@ class _TLSFailed(Exception):
 
 
 def _outcome(reply: Reply, remote: str, remote_dsn: bool) -> Outcome:
-    text = str(reply).strip()
     if reply.is_positive:
-        return Delivered(text, remote, remote_dsn)
+        return Delivered(reply, remote, remote_dsn)
     if reply.is_transient:
-        return Deferred(text, reply.enhanced or "4.0.0", remote)
-    return Failed(text, reply.enhanced or "5.0.0", remote)
+        return Deferred(reply, remote)
+    return Failed(reply, remote)
 
 
 def verifying_tls_context(ca_file: str | None = None) -> ssl.SSLContext:
@@ -98,13 +98,15 @@ class DeliveryAgent:
         route = await find_route(domain, self.resolver, self.settings.port, self.settings.overrides)
         if isinstance(route, NoRoute):
             outcome: Outcome = (
-                Failed(route.reply, route.status, None, route.is_nxdomain)
-                if route.permanent
-                else Deferred(route.reply, route.status)
+                Failed(route.reply, is_nxdomain=route.is_nxdomain)
+                if route.reply.is_permanent
+                else Deferred(route.reply)
             )
             return dict.fromkeys(everyone, outcome)
         results: dict[int, Outcome] = {}
-        last_error = f"451 4.4.1 No mail server for {domain} could be reached"
+        last_error = replies.NO_HOST_REACHABLE.with_text(
+            make_printable(f"No mail server for {domain} could be reached")
+        )
         policy = None
         if self.mta_sts is not None and domain not in self.settings.overrides and "*" not in self.settings.overrides:
             policy = await self.mta_sts.policy(domain)
@@ -116,10 +118,12 @@ class DeliveryAgent:
                                      hosts=",".join(h.host for h in hops if h not in matching)))  # fmt: skip
             if policy.enforced:
                 hops = matching
-                last_error = f"451 4.7.5 No MX host of {domain} matches its MTA-STS policy"
+                last_error = replies.MTASTS_NO_MATCHING_MX.with_text(
+                    make_printable(f"No MX host of {domain} matches its MTA-STS policy")
+                )
         for hop in hops:
             addresses = await self._addresses(hop)
-            if isinstance(addresses, str):
+            if isinstance(addresses, Reply):
                 last_error = addresses
                 continue
             verify = policy is not None and policy.mode != "none" and policy.allows(hop.host)
@@ -134,18 +138,21 @@ class DeliveryAgent:
                     log.info("%s", kv(event="delivery.tls_failed", host=hop.host, address=address, detail=str(exc),
                                       policy=policy.mode if policy else None))  # fmt: skip
                     if policy is not None and policy.enforced:
-                        last_error = (f"451 4.7.5 TLS with {hop.host} failed, and the MTA-STS policy of {domain} "
-                                      f"requires it: {exc}")  # fmt: skip
+                        last_error = replies.MTASTS_TLS_FAILED.with_text(make_printable(
+                            f"TLS with {hop.host} failed, and the MTA-STS policy of {domain} requires it: {exc}"
+                        ))  # fmt: skip
                         continue  # never in clear: the next host, or defer
                     error = await self._session(hop, address, pending, results, on_outcomes, use_tls=False)
                 if error is None:
                     return results
                 last_error = error
+        # The attempt's status is "no host reachable" (RFC 3463 4.4.1), whatever the last host said.
+        undelivered = Deferred(last_error, status_override=replies.NO_HOST_REACHABLE.enhanced)
         for recipient_id in everyone:
-            results.setdefault(recipient_id, Deferred(last_error, "4.4.1"))
+            results.setdefault(recipient_id, undelivered)
         return results
 
-    async def _addresses(self, hop: Hop) -> tuple[str, ...] | str:
+    async def _addresses(self, hop: Hop) -> tuple[str, ...] | Reply:
         try:
             ipaddress.ip_address(hop.host)
             return (hop.host,)
@@ -155,8 +162,8 @@ class DeliveryAgent:
         if isinstance(answer, Records):
             return answer.values
         if isinstance(answer, NoRecords):
-            return f"451 4.4.4 Mail server {hop.host} has no address"
-        return f"451 4.4.3 {answer.reason}"
+            return replies.HOST_HAS_NO_ADDRESS.with_text(make_printable(f"Mail server {hop.host} has no address"))
+        return replies.DNS_TEMPORARY.with_text(make_printable(answer.reason))
 
     async def _session(
         self,
@@ -169,7 +176,7 @@ class DeliveryAgent:
         use_tls: bool,
         verify: bool = False,
         required: bool = False,
-    ) -> str | None:
+    ) -> Reply | None:
         """Deliver over one connection; None when every message got its replies, else why not."""
         started = time.monotonic()
         remote = f"{hop.host}[{address}]"
@@ -182,7 +189,8 @@ class DeliveryAgent:
                 self.settings.connect_timeout_s,
             )
         except (OSError, TimeoutError) as exc:
-            return f"451 4.4.1 Cannot connect to {remote}:{hop.port}: {exc.__class__.__name__} {exc}".strip()
+            why = f"Cannot connect to {remote}:{hop.port}: {exc.__class__.__name__} {exc}".strip()
+            return replies.CONNECT_FAILED.with_text(make_printable(why))
         conn = ClientConnection(ClientSettings(helo=self.settings.helo, use_starttls=use_tls, require_tls=required))
         tls = self._verifying_tls if verify else self._tls
         queue = list(messages)
@@ -197,7 +205,7 @@ class DeliveryAgent:
                         async with asyncio.timeout(conn.timeout_s):
                             data = await reader.read(65536)
                     except TimeoutError:
-                        return f"451 4.4.2 Timeout talking to {remote}"
+                        return replies.REMOTE_TIMEOUT.with_text(make_printable(f"Timeout talking to {remote}"))
                     conn.receive_data(data)
                     continue
                 match event:
@@ -221,17 +229,20 @@ class DeliveryAgent:
                     case SessionFailed(reply=reply, reason=reason):
                         with contextlib.suppress(OSError):
                             writer.write(conn.data_to_send())  # a QUIT of ours, if any
-                        detail = str(reply) if reply is not None else f"451 4.4.2 {reason}"
-                        return f"{detail} (from {remote})"
+                        if reply is None:
+                            reply = replies.REMOTE_SESSION_FAILED.with_text(make_printable(reason))
+                        return reply.with_note(make_printable(f"(from {remote})"))
                     case Closed():
                         break
         except (OSError, ConnectionError) as exc:
-            return f"451 4.4.2 Connection to {remote} failed: {exc}"
+            return replies.REMOTE_SESSION_FAILED.with_text(make_printable(f"Connection to {remote} failed: {exc}"))
         finally:
             writer.close()
             log.debug("%s", kv(event="delivery.session", host=hop.host, address=address,
                                ms=round((time.monotonic() - started) * 1000)))  # fmt: skip
-        return None if not queue and current is None else f"451 4.4.2 {remote} closed the session early"
+        if not queue and current is None:
+            return None
+        return replies.REMOTE_CLOSED_EARLY.with_text(make_printable(f"{remote} closed the session early"))
 
     @staticmethod
     async def _send_body(conn: ClientConnection, message: JobMessage, writer: asyncio.StreamWriter) -> None:

@@ -231,7 +231,8 @@ class Pickup:
     async def _bounce(self, message_id: str, dropped: Dropped, unknown: list[str]) -> None:
         now = datetime.now(UTC)
         reports = [
-            RecipientReport(r, Action.FAILED, "5.1.1", str(replies.NO_SUCH_USER), None, None, now, None)
+            RecipientReport(r, Action.FAILED, replies.NO_SUCH_USER.enhanced or "5.1.1", replies.NO_SUCH_USER.to_line(),
+                            None, None, now, None)
             for r in unknown
         ]
         data = dropped.data

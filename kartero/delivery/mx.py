@@ -7,6 +7,8 @@ import random
 from dataclasses import dataclass
 
 from kartero.dns.resolver import MXRecords, NoRecords, Resolver, Temporary
+from kartero.mail import replies
+from kartero.mail.replies import Reply, make_printable
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,11 +24,9 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class NoRoute:
-    """No way to deliver: `permanent` for a null MX or a domain that does not exist."""
+    """No way to deliver: a permanent `reply` for a null MX or a domain that does not exist."""
 
-    reply: str
-    status: str
-    permanent: bool
+    reply: Reply
     is_nxdomain: bool = False
 
 
@@ -37,10 +37,10 @@ async def find_route(domain: str, resolver: Resolver, port: int, overrides: dict
         return Route((overrides["*"],))
     answer = await resolver.mx(domain)
     if isinstance(answer, Temporary):
-        return NoRoute(f"451 4.4.3 {answer.reason}", "4.4.3", permanent=False)
+        return NoRoute(replies.DNS_TEMPORARY.with_text(make_printable(answer.reason)))
     if isinstance(answer, MXRecords):
         if answer.is_null:
-            return NoRoute(f"556 5.1.10 {domain} accepts no mail (null MX, RFC 7505)", "5.1.10", permanent=True)
+            return NoRoute(replies.NULL_MX.with_text(f"{make_printable(domain)} accepts no mail (null MX, RFC 7505)"))
         ordered: list[Hop] = []
         preferences = sorted({r.preference for r in answer.records})
         for preference in preferences:
@@ -51,6 +51,7 @@ async def find_route(domain: str, resolver: Resolver, port: int, overrides: dict
             return Route(tuple(ordered))
     assert isinstance(answer, (NoRecords, MXRecords))
     if isinstance(answer, NoRecords) and answer.is_nxdomain:
-        return NoRoute(f"550 5.1.2 Domain {domain} does not exist", "5.1.2", permanent=True, is_nxdomain=True)
+        not_found = replies.DOMAIN_NOT_FOUND.with_text(f"Domain {make_printable(domain)} does not exist")
+        return NoRoute(not_found, is_nxdomain=True)
     # No MX: the implicit MX is the domain's own address records (checked when connecting).
     return Route((Hop(domain, port),))

@@ -47,6 +47,17 @@ class Reply:
     def with_text(self, text: str) -> Reply:
         return replace(self, text=text)
 
+    def with_note(self, note: str) -> Reply:
+        """This reply's first line with `note` after it, e.g. where a remote reply came from:
+        "550 5.1.1 No such user (from mx.example.org[192.0.2.1])"."""
+        line = self.text.split("\n", 1)[0].rstrip()
+        return replace(self, text=f"{line} {note}" if line else note)
+
+    def to_line(self) -> str:
+        """The first line with its codes and no trailing blank, as a queue listing, a log line or a DSN's
+        Diagnostic-Code shows a reply: "550 5.1.1 No such user"."""
+        return str(self).rstrip()
+
     def to_bytes(self) -> bytes:
         lines = self.text.split("\n")
         prefix = f"{self.enhanced} " if self.enhanced else ""
@@ -61,7 +72,16 @@ class Reply:
         return f"{self.code}{prefix} {self.text.splitlines()[0] if self.text else ''}"
 
 
+def make_printable(text: str) -> str:
+    """`text` fit for a reply: printable ASCII, any other character (a line end, a U-label, a byte a
+    remote server sent) as "?". For details from outside: a remote reply, an exception, a DNS answer."""
+    return "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text)
+
+
 # 2xx
+# The greeting and the HELO/EHLO reply start with our host name (RFC 5321 §4.2): `.with_text(...)`.
+GREETING = Reply(220, None, "ESMTP Kartero")
+HELLO = Reply(250, None, "Hello")
 HELP = Reply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS")
 CLOSING = Reply(221, "2.0.0", "Bye")
 READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
@@ -75,6 +95,7 @@ AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 
 # 3xx: no enhanced code on intermediate replies (RFC 2034 §3 lists 2xx, 4xx and 5xx only).
 START_MAIL_INPUT = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+AUTH_CHALLENGE = Reply(334, None, "")  # RFC 4954 §4: the base64 challenge as `.with_text(...)`
 
 # 4xx
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
@@ -133,3 +154,22 @@ CLIENT_LIMITED = Reply(421, "4.7.0", "Too many connections from your address")
 GREYLISTED = Reply(451, "4.7.1", "Greylisted, please try again later")
 DNSBL_LISTED = Reply(554, "5.7.1", "Service unavailable; client blocked")
 SENDING_LIMITED = Reply(451, "4.7.1", "Sending rate limit reached, try again later")
+
+# Outbound delivery (kartero/delivery, kartero/queue, the SMTP client): why a queued recipient was not
+# delivered this time. Mostly used `.with_text(...)` to name the host or domain; what a remote server
+# answered is its own Reply, parsed by kartero/smtp/client.py.
+NO_HOST_REACHABLE = Reply(451, "4.4.1", "No mail server could be reached")
+CONNECT_FAILED = Reply(451, "4.4.1", "Cannot connect to the mail server")
+REMOTE_TIMEOUT = Reply(451, "4.4.2", "Timeout talking to the mail server")
+REMOTE_SESSION_FAILED = Reply(451, "4.4.2", "Session with the mail server failed")
+REMOTE_CLOSED_EARLY = Reply(451, "4.4.2", "The mail server closed the session early")
+DNS_TEMPORARY = Reply(451, "4.4.3", "DNS lookup failed, try again later")
+HOST_HAS_NO_ADDRESS = Reply(451, "4.4.4", "Mail server has no address")
+MTASTS_NO_MATCHING_MX = Reply(451, "4.7.5", "No MX host matches the MTA-STS policy")
+MTASTS_TLS_FAILED = Reply(451, "4.7.5", "TLS failed, and the MTA-STS policy requires it")
+NO_DELIVERY_RESULT = Reply(451, "4.3.0", "No result from the delivery agent")
+NO_RCPT_REPLY = Reply(451, "4.4.0", "No reply to RCPT")
+DOMAIN_NOT_FOUND = Reply(550, "5.1.2", "Domain does not exist")
+NULL_MX = Reply(556, "5.1.10", "Domain accepts no mail (null MX, RFC 7505)")
+REMOTE_SIZE_EXCEEDED = Reply(552, "5.3.4", "Message too large for the remote server")
+REMOTE_NO_SMTPUTF8 = Reply(553, "5.6.7", "The remote server does not support SMTPUTF8, which this message needs")

@@ -29,7 +29,7 @@ class RecipientReport:
     address: str
     action: Action
     status: str  # enhanced status code, e.g. 5.1.1
-    diagnostic: str | None = None  # the remote reply, "550 5.1.1 No such user"
+    diagnostic: str | None = None  # a reply as one line (Reply.to_line), "550 5.1.1 No such user"
     remote_mta: str | None = None
     orcpt: str | None = None  # "rfc822;user@example.org"
     last_attempt: datetime | None = None

@@ -7,29 +7,62 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from kartero.mail.replies import Reply
 from kartero.store.interface import MessageReader
+
+# RFC 3463 §3.1: the status a reply without an enhanced code implies, by its class.
+_TRANSIENT_STATUS = "4.0.0"
+_PERMANENT_STATUS = "5.0.0"
 
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    reply: str
+    reply: Reply  # the remote server's answer to the message (2xx)
     remote_mta: str | None = None
     remote_dsn: bool = False  # the next MTA took over DSN duties (it offered DSN)
+
+    def __post_init__(self) -> None:
+        if not self.reply.is_positive:
+            raise ValueError(f"delivered with a negative reply: {self.reply}")
 
 
 @dataclass(frozen=True, slots=True)
 class Deferred:
-    reply: str
-    status: str = "4.0.0"
+    """Tried again later. `reply` says why: the remote server's reply, or one of ours (the outbound
+    group of kartero/mail/replies.py). The DSN status is the reply's enhanced code (4.0.0 without one),
+    unless `status_override` classifies the attempt otherwise: a domain not found yet retried (4.4.4),
+    no host reachable whatever the last host said (4.4.1)."""
+
+    reply: Reply
     remote_mta: str | None = None
+    status_override: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.status.startswith("4."):  # a delay notice's Status is 4.x.x (RFC 3464 §2.3.4)
+            raise ValueError(f"deferred with status {self.status}: {self.reply}")
+
+    @property
+    def status(self) -> str:
+        return self.status_override or self.reply.enhanced or _TRANSIENT_STATUS
 
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    reply: str
-    status: str = "5.0.0"
+    """Given up. `reply` says why; the DSN status is its enhanced code (5.0.0 without one), unless
+    `status_override` classifies the failure otherwise: a message past its queue lifetime (5.4.7)."""
+
+    reply: Reply
     remote_mta: str | None = None
     is_nxdomain: bool = False
+    status_override: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.status.startswith("5."):
+            raise ValueError(f"failed with status {self.status}: {self.reply}")
+
+    @property
+    def status(self) -> str:
+        return self.status_override or self.reply.enhanced or _PERMANENT_STATUS
 
 
 Outcome = Delivered | Deferred | Failed

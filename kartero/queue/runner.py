@@ -21,6 +21,7 @@ from functools import partial
 from typing import Protocol
 
 from kartero.log import kv
+from kartero.mail import replies
 from kartero.queue.dsn import Action, RecipientReport, build_dsn
 from kartero.queue.jobs import Deferred, Delivered, Deliverer, Failed, JobMessage, JobRecipient, Outcome
 from kartero.queue.schedule import next_attempt_at
@@ -242,26 +243,28 @@ class QueueRunner:
         to_report: set[str] = set()
         by_id = {item.recipient_id: item for item in items}
         for recipient_id, item in by_id.items():
-            outcome = outcomes.get(recipient_id) or Deferred("451 4.3.0 No result from the delivery agent")
+            outcome = outcomes.get(recipient_id) or Deferred(replies.NO_DELIVERY_RESULT)
             attempts = item.attempts + 1
             notify = item.notify or DEFAULT_NOTIFY
             if isinstance(outcome, Failed) and outcome.is_nxdomain and attempts < NXDOMAIN_ATTEMPTS:
-                outcome = Deferred(outcome.reply, "4.4.4", outcome.remote_mta)
+                # RFC 3463 4.4.4 (unable to route) until the answer is believed.
+                outcome = Deferred(outcome.reply, outcome.remote_mta, status_override="4.4.4")
             if isinstance(outcome, Deferred) and now >= item.expires_at:
-                outcome = Failed(f"{outcome.reply} (gave up: the message is older than the queue lifetime)",
-                                 "5.4.7", outcome.remote_mta)  # fmt: skip
+                # RFC 3463 5.4.7: delivery time expired.
+                outcome = Failed(outcome.reply.with_note("(gave up: the message is older than the queue lifetime)"),
+                                 outcome.remote_mta, status_override="5.4.7")  # fmt: skip
             log.info("%s", kv(event="queue.result", id=item.queue_id, rcpt=item.address, attempt=attempts,
                               result=type(outcome).__name__.lower(), remote=outcome.remote_mta,
-                              reply=outcome.reply))  # fmt: skip
+                              reply=outcome.reply.to_line()))  # fmt: skip
             match outcome:
                 case Delivered():
                     updates.append(RecipientUpdate(recipient_id, QueueState.DELIVERED, attempts, 0, outcome.reply))
                     # RFC 3461 §6.2.6: handed to an MTA without DSN support, SUCCESS becomes "relayed";
                     # an MTA with DSN got NOTIFY along and reports delivery itself.
                     if "SUCCESS" in notify and not outcome.remote_dsn:
-                        reports[(item.queue_id, Action.RELAYED)].append(
-                            self._report(item, Action.RELAYED, "2.0.0", outcome.reply, outcome.remote_mta, moment)
-                        )
+                        report = self._report(item, Action.RELAYED, "2.0.0", outcome.reply.to_line(),
+                                              outcome.remote_mta, moment)  # fmt: skip
+                        reports[(item.queue_id, Action.RELAYED)].append(report)
                 case Failed():
                     wanted = bool(item.sender) and "NEVER" not in notify and "FAILURE" in notify
                     updates.append(
@@ -277,7 +280,7 @@ class QueueRunner:
                                                    outcome.reply, outcome.status, outcome.remote_mta))  # fmt: skip
                     late = now - item.created_at >= self.settings.delay_notice_s
                     if late and not item.delay_notified and "DELAY" in notify and "NEVER" not in notify:
-                        report = self._report(item, Action.DELAYED, outcome.status, outcome.reply,
+                        report = self._report(item, Action.DELAYED, outcome.status, outcome.reply.to_line(),
                                               outcome.remote_mta, moment)  # fmt: skip
                         reports[(item.queue_id, Action.DELAYED)].append(report)
         self.store.update_recipients(updates)

@@ -19,7 +19,8 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
-from kartero.mail.replies import Reply
+from kartero.mail import replies
+from kartero.mail.replies import Reply, make_printable
 
 _REPLY_LINE = re.compile(rb"([2-5]\d\d)([ -])(.*)")
 _ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3}) (.*)", re.S)  # ASCII digits: "2.\u0661.0" is none
@@ -37,7 +38,7 @@ def parse_reply_lines(lines: list[tuple[int, str]]) -> Reply:
         if m and m.group(1) == str(code)[0]:
             enhanced = f"{m.group(1)}.{m.group(2)}.{m.group(3)}"
             text = m.group(4)
-        texts.append("".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text))
+        texts.append(make_printable(text))
     return Reply(code, enhanced if code >= 200 and code != 334 and code != 354 else None, "\n".join(texts))
 
 
@@ -464,19 +465,19 @@ class ClientConnection:
         assert tx is not None
         self._tx = None
         self._queued = []
-        replies: list[Reply] = []
+        answers: list[Reply] = []
         mail = tx.mail_reply
         for i, _ in enumerate(tx.message.recipients):
             rcpt = tx.rcpt_replies[i] if i < len(tx.rcpt_replies) else None
             if mail is not None and not mail.is_positive:
-                replies.append(mail)
+                answers.append(mail)
             elif rcpt is None:
-                replies.append(final or Reply(451, "4.4.0", "No reply to RCPT"))
+                answers.append(final or replies.NO_RCPT_REPLY)
             elif not rcpt.is_positive or final is None:
-                replies.append(rcpt)
+                answers.append(rcpt)
             else:
-                replies.append(final)
-        self._events.append(MessageResult(tuple(replies), tx.remote_dsn))
+                answers.append(final)
+        self._events.append(MessageResult(tuple(answers), tx.remote_dsn))
         if early:
             self._send_command("RSET")
             self.state = ClientState.RSET
@@ -492,9 +493,11 @@ class ClientConnection:
         if size_limit.isascii() and size_limit.isdigit():
             limit = int(size_limit)
             if limit and message.size > limit:
-                return Reply(552, "5.3.4", f"Message too large for the remote server (limit {limit})")
+                return replies.REMOTE_SIZE_EXCEEDED.with_text(
+                    f"Message too large for the remote server (limit {limit})"
+                )
         if message.needs_smtputf8 and "SMTPUTF8" not in self.extensions:
-            return Reply(553, "5.6.7", "The remote server does not support SMTPUTF8, which this message needs")
+            return replies.REMOTE_NO_SMTPUTF8
         return None
 
     def _mail_command(self, message: OutgoingMessage) -> str:

@@ -149,7 +149,7 @@ class ServerConnection:
         if refusal is not None:
             self.close(refusal, "refused at connect")
             return
-        self._send(Reply(220, None, f"{self.settings.hostname} ESMTP Kartero"))
+        self._send(replies.GREETING.with_text(f"{self.settings.hostname} ESMTP Kartero"))
 
     def receive_data(self, data: bytes) -> None:
         """Take bytes from the peer; b"" means the peer closed its side."""
@@ -420,7 +420,7 @@ class ServerConnection:
         self.is_esmtp = is_esmtp
         host = self.settings.hostname
         if not is_esmtp:
-            self._send(Reply(250, None, host))
+            self._send(replies.HELLO.with_text(host))
             return Hello(is_esmtp=False, name=name)
         lines = [
             f"{host} Hello {name}",
@@ -436,7 +436,7 @@ class ServerConnection:
             lines.append("STARTTLS")
         if self._offers_auth():
             lines.append("AUTH " + " ".join(self.settings.auth_mechanisms))
-        self._send(Reply(250, None, "\n".join(lines)))
+        self._send(replies.HELLO.with_text("\n".join(lines)))
         return Hello(is_esmtp=True, name=name)
 
     def _mail_cmd(self, arg: str) -> Event:
@@ -580,11 +580,11 @@ class ServerConnection:
         if mechanism == "LOGIN":
             self._challenge(b"Username:")
         else:
-            self._send(Reply(334, None, ""))
+            self._send(replies.AUTH_CHALLENGE)
         return None
 
     def _challenge(self, data: bytes) -> None:
-        self._send(Reply(334, None, base64.b64encode(data).decode("ascii")))
+        self._send(replies.AUTH_CHALLENGE.with_text(base64.b64encode(data).decode("ascii")))
 
     def _sasl_response(self, line: bytes) -> Event | None:
         data = line.rstrip(b"\r\n")

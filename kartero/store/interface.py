@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from kartero.mail.envelope import EnvelopeRecord
+from kartero.mail.replies import Reply
 from kartero.store.criteria import Criterion, Sort, ThreadFields
 
 INBOX = "INBOX"
@@ -225,8 +226,8 @@ class RecipientUpdate:
     state: QueueState
     attempts: int
     next_attempt_at: int
-    reply: str
-    status: str | None = None  # enhanced status code of the outcome
+    reply: Reply  # stored as its one-line text (Reply.to_line), which the queue listing and a DSN show
+    status: str | None = None  # the DSN status of the outcome (not always the reply's enhanced code)
     remote_mta: str | None = None
     needs_report: bool = False  # a failure the sender must be told of (the entry stays until then)
 

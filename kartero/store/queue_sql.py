@@ -141,7 +141,7 @@ class QueueOps:
             db.executemany(
                 "UPDATE queue_recipients SET state = ?, attempts = ?, next_attempt_at = ?, last_reply = ?,"
                 " updated_at = ?, status = ?, remote_mta = ?, reported = ? WHERE id = ?",
-                [(u.state.value, u.attempts, u.next_attempt_at, u.reply, now, u.status, u.remote_mta,
+                [(u.state.value, u.attempts, u.next_attempt_at, u.reply.to_line(), now, u.status, u.remote_mta,
                   int(not u.needs_report), u.recipient_id) for u in updates],
             )  # fmt: skip
             self._remove_finished(db, [u.recipient_id for u in updates])

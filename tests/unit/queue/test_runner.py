@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from kartero.mail.replies import Reply
 from kartero.queue.jobs import Deferred, Delivered, Failed, JobMessage, OnOutcomes, Outcome
 from kartero.queue.runner import QueueRunner, QueueSettings
 from kartero.store.ids import new_message_id
@@ -98,9 +99,9 @@ def statuses(dsn: bytes) -> list[dict[str, str]]:
 def test_delivered_entry_goes_away_and_failures_make_one_dsn(store: SQLiteStore) -> None:
     clock = Clock()
     agent = ScriptedAgent({
-        "ok@b.test": Delivered("250 2.0.0 ok", "mx.b.test[127.0.0.3]"),
-        "no@b.test": Failed("550 5.1.1 No such user", "5.1.1", "mx.b.test[127.0.0.3]"),
-        "no@c.test": Failed("554 5.7.1 Relay denied", "5.7.1", "mx.c.test[127.0.0.4]"),
+        "ok@b.test": Delivered(Reply(250, "2.0.0", "ok"), "mx.b.test[127.0.0.3]"),
+        "no@b.test": Failed(Reply(550, "5.1.1", "No such user"), "mx.b.test[127.0.0.3]"),
+        "no@c.test": Failed(Reply(554, "5.7.1", "Relay denied"), "mx.c.test[127.0.0.4]"),
     })  # fmt: skip
     bouncer = Bouncer()
     queue_id = queue(store, "alice@a.test", "ok@b.test", "no@b.test", "no@c.test")
@@ -117,7 +118,7 @@ def test_delivered_entry_goes_away_and_failures_make_one_dsn(store: SQLiteStore)
 
 
 def test_null_sender_and_notify_never_get_no_dsn(store: SQLiteStore) -> None:
-    agent = ScriptedAgent({"x@b.test": Failed("550 5.1.1 No", "5.1.1")})
+    agent = ScriptedAgent({"x@b.test": Failed(Reply(550, "5.1.1", "No"))})
     bouncer = Bouncer()
     queue(store, "", "x@b.test")
     queue(store, "alice@a.test", OutboundRecipient("x@b.test", ("NEVER",)))
@@ -127,8 +128,8 @@ def test_null_sender_and_notify_never_get_no_dsn(store: SQLiteStore) -> None:
 
 def test_success_notice_only_when_asked_and_the_next_hop_cannot_report(store: SQLiteStore) -> None:
     agent = ScriptedAgent({
-        "plain@b.test": Delivered("250 ok", "mx.b.test[127.0.0.3]", remote_dsn=False),
-        "dsn@c.test": Delivered("250 ok", "mx.c.test[127.0.0.4]", remote_dsn=True),
+        "plain@b.test": Delivered(Reply(250, None, "ok"), "mx.b.test[127.0.0.3]", remote_dsn=False),
+        "dsn@c.test": Delivered(Reply(250, None, "ok"), "mx.c.test[127.0.0.4]", remote_dsn=True),
     })  # fmt: skip
     bouncer = Bouncer()
     queue(store, "alice@a.test", OutboundRecipient("plain@b.test", ("SUCCESS",)),
@@ -140,7 +141,7 @@ def test_success_notice_only_when_asked_and_the_next_hop_cannot_report(store: SQ
 
 def test_deferred_backs_off_then_expires_with_5_4_7(store: SQLiteStore) -> None:
     clock = Clock()
-    agent = ScriptedAgent({"later@b.test": Deferred("451 4.4.1 Cannot connect", "4.4.1")})
+    agent = ScriptedAgent({"later@b.test": Deferred(Reply(451, "4.4.1", "Cannot connect"))})
     bouncer = Bouncer()
     queue(store, "alice@a.test", "later@b.test", lifetime=800)
     r = runner(store, agent, bouncer, clock)
@@ -163,7 +164,7 @@ def test_deferred_backs_off_then_expires_with_5_4_7(store: SQLiteStore) -> None:
 
 def test_nxdomain_is_believed_on_the_third_answer(store: SQLiteStore) -> None:
     clock = Clock()
-    agent = ScriptedAgent({"x@gone.test": Failed("550 5.1.2 Domain gone.test does not exist", "5.1.2",
+    agent = ScriptedAgent({"x@gone.test": Failed(Reply(550, "5.1.2", "Domain gone.test does not exist"),
                                                  is_nxdomain=True)})  # fmt: skip
     bouncer = Bouncer()
     queue(store, "alice@a.test", "x@gone.test")
@@ -178,7 +179,7 @@ def test_nxdomain_is_believed_on_the_third_answer(store: SQLiteStore) -> None:
 
 
 def test_a_notice_that_cannot_be_stored_is_kept_and_sent_later(store: SQLiteStore) -> None:
-    agent = ScriptedAgent({"no@b.test": Failed("550 5.1.1 No", "5.1.1")})
+    agent = ScriptedAgent({"no@b.test": Failed(Reply(550, "5.1.1", "No"))})
     broken = Bouncer(fail=True)
     queue_id = queue(store, "alice@a.test", "no@b.test")
     asyncio.run(runner(store, agent, broken, Clock()).run_due())
@@ -194,7 +195,7 @@ def test_a_notice_that_cannot_be_stored_is_kept_and_sent_later(store: SQLiteStor
 
 def test_flush_and_delete(store: SQLiteStore) -> None:
     clock = Clock()
-    agent = ScriptedAgent({"later@b.test": Deferred("451 4.4.1 down", "4.4.1")})
+    agent = ScriptedAgent({"later@b.test": Deferred(Reply(451, "4.4.1", "down"))})
     first = queue(store, "alice@a.test", "later@b.test")
     second = queue(store, "alice@a.test", "later@b.test")
     r = runner(store, agent, Bouncer(), clock)
@@ -228,7 +229,7 @@ def test_issue_8_a_large_message_goes_to_the_agent_as_a_handle_and_comes_back_as
             return await super().deliver(domain, messages, on_outcomes)
 
     bouncer = Bouncer()
-    agent = Recording({"no@b.test": Failed("550 5.1.1 No such user", "5.1.1")})
+    agent = Recording({"no@b.test": Failed(Reply(550, "5.1.1", "No such user"))})
     asyncio.run(runner(store, agent, bouncer, Clock()).run_due())
     (message,) = seen
     assert message.data == b"" and message.size == len(data) and message.open_body is not None
