@@ -33,7 +33,7 @@ from kartero.imap.syntax import STAR, Append, ListCommand, SAnd, SeqKey, Sequenc
 from kartero.store import criteria as c
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, DeliveryTarget, Mailbox
-from kartero.store.mailboxes import _matches
+from kartero.store.search import matches
 from kartero.store.sqlite import SQLiteStore
 from tests.unit.imap.harness import Client
 
@@ -419,7 +419,7 @@ _CRITERIA = st.recursive(
 
 
 def _python_search(store: SQLiteStore, mailbox_id: int, criterion: c.Criterion) -> list[int]:
-    return [cand.row.uid for cand in store._candidates(mailbox_id) if _matches(criterion, cand)]
+    return [cand.row.uid for cand in store._candidates(mailbox_id) if matches(criterion, cand)]
 
 
 @settings(max_examples=150, deadline=None)
