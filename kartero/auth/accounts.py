@@ -211,7 +211,8 @@ class DirectorySnapshot:
 class DirectoryCache:
     """The current DirectorySnapshot for a running server; sees admin changes at the next lookup.
 
-    `lookup` answers from memory. It compares the store's directory version (a `stat`) at most every
+    `lookup` answers from memory. It compares the store's directory version (one read of a counter the
+    store raises with every account or alias change, in any process) at most every
     RECHECK_S seconds for a positive answer — so a deleted account or changed alias takes effect within
     that time — and always before a negative one, so a user added a moment ago is never refused. After a
     change it reloads in `executor` and answers through a Future.
@@ -224,7 +225,7 @@ class DirectoryCache:
         self.domains = frozenset(domains)
         self.executor = executor
         self._snapshot: DirectorySnapshot | None = None
-        self._version: object = None
+        self._version: int | None = None
         self._checked_at = -1e9
         self._reload: Future[DirectorySnapshot] | None = None
         self._lock = threading.Lock()
@@ -274,7 +275,7 @@ class DirectoryCache:
         reload.add_done_callback(answer)
         return result
 
-    def _load(self, version: object) -> DirectorySnapshot:
+    def _load(self, version: int) -> DirectorySnapshot:
         accounts, aliases, first = self.store.load_directory()
         snapshot = DirectorySnapshot(self.domains, accounts, aliases, first)
         self._snapshot, self._version, self._checked_at = snapshot, version, time.monotonic()

@@ -410,8 +410,9 @@ class Store(Protocol):
         """Every account (address -> id), every alias (source -> destinations), the first account."""
         ...
 
-    def directory_version(self) -> object:
-        """A token that changes whenever accounts or aliases change (cheap: called per RCPT)."""
+    def directory_version(self) -> int:
+        """A counter the store raises with every account or alias change, by any process (cheap: called
+        per RCPT)."""
         ...
 
     # Mailboxes

@@ -179,6 +179,30 @@ def test_directory_version_changes_with_every_admin_change(tmp_path: Path) -> No
         store.close()
 
 
+def test_issue_10_directory_version_is_a_counter_other_processes_raise(tmp_path: Path) -> None:
+    """The version is a row the store raises in the transaction of each change (no file beside the
+    database): a second store on the same folder (the CLI's) is seen by the first, and a refused change
+    raises nothing."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "directory.version").write_text("left by an older version\n")
+    server, cli = SQLiteStore(tmp_path / "data"), SQLiteStore(tmp_path / "data")
+    try:
+        assert not (tmp_path / "data" / "directory.version").exists()
+        before = server.directory_version()
+        cli.add_account("carol@example.test", "h")
+        assert server.directory_version() == before + 1
+        with pytest.raises(AccountExists):
+            cli.add_account("carol@example.test", "h")
+        assert server.directory_version() == before + 1
+        cli.add_alias("info@example.test", "carol@example.test")
+        cli.delete_account("carol@example.test")
+        assert server.directory_version() == before + 3
+        assert server.load_directory()[0] == {}
+    finally:
+        server.close()
+        cli.close()
+
+
 def test_deliver_refused_before_start_and_after_close(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "data")
     with pytest.raises(StoreError):
