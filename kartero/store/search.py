@@ -14,7 +14,6 @@ in one pass over the decoded text. Criteria are at most c.MAX_DEPTH deep, so `ma
 from __future__ import annotations
 
 import datetime
-import json
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any, Protocol
 from kartero.mime.addresses import parse_address_list
 from kartero.mime.headers import MessageData, decode_words, find_body_start, iter_body_text, parse_header_block
 from kartero.mime.imapform import MAX_LIST_ADDRESSES
+from kartero.mime.parttree import PartNode, decode_parts
 from kartero.mime.structure import parse_content_type
 from kartero.store import criteria as c
 from kartero.store.interface import MessageRow
@@ -76,7 +76,7 @@ class SearchFields:
     sort_from: str
     sort_to: str
     sort_cc: str
-    parts: str  # the part tree (JSON, kartero.mime.index.part_tree)
+    parts: str  # the part tree as stored (kartero.mime.parttree.encode_parts)
 
     def header(self, name: str) -> str:
         """The stored decoded value of subject, from, to, cc or bcc."""
@@ -96,9 +96,16 @@ class Candidate:
     display: dict[str, str] = field(default_factory=dict)  # SORT DISPLAYFROM/DISPLAYTO keys, once read
     _opened: Opened | None = None
     _data: MessageData | None = None
+    _tree: PartNode | None = None
     _header_fields: list[tuple[str, str]] | None = None
     _header_text: str | None = None
     _body_found: frozenset[str] | None = None
+
+    @property
+    def tree(self) -> PartNode:
+        if self._tree is None:
+            self._tree = decode_parts(self.fields.parts)
+        return self._tree
 
     @property
     def data(self) -> MessageData:
@@ -198,8 +205,7 @@ def _compare_date(value: datetime.date, op: c.DateOp, date: datetime.date) -> bo
 
 
 def _header_block(candidate: Candidate) -> bytes:
-    body_start = json.loads(candidate.fields.parts)[1]
-    return candidate.data[: min(body_start, SEARCH_HEADER_BYTES)]
+    return candidate.data[: min(candidate.tree.body_start, SEARCH_HEADER_BYTES)]
 
 
 def _headermatches(candidate: Candidate, field: str, text: str) -> bool:
@@ -218,24 +224,26 @@ def _headermatches(candidate: Candidate, field: str, text: str) -> bool:
 def _text_pieces(candidate: Candidate) -> Iterator[str]:
     """The decoded text parts of a message (and the headers of embedded messages), in bounded pieces."""
     data = candidate.data
-    root = json.loads(candidate.fields.parts)
-    pending: list[list[Any]] = [root]  # depth-first, in order, without recursion
+    pending = [candidate.tree]  # depth-first, in order, without recursion
     while pending:
-        header_start, body_start, end, encoding, children, embedded = pending.pop()
-        if children:
-            pending += reversed(children)
+        node = pending.pop()
+        if node.children:
+            pending += reversed(node.children)
             continue
+        embedded = node.message
         if embedded is not None:
-            header_end, _ = find_body_start(data, embedded[0], embedded[2])
-            yield decode_words(data[embedded[0] : min(header_end, embedded[0] + SEARCH_HEADER_BYTES)])
+            header_end, _ = find_body_start(data, embedded.header_start, embedded.end)
+            start = embedded.header_start
+            yield decode_words(data[start : min(header_end, start + SEARCH_HEADER_BYTES)])
             yield "\n"
             pending.append(embedded)
             continue
-        header_end = min(body_start, header_start + SEARCH_HEADER_BYTES)
-        content_type = parse_content_type(parse_header_block(data[header_start:header_end]).get("content-type"))
+        header_end = min(node.body_start, node.header_start + SEARCH_HEADER_BYTES)
+        header = parse_header_block(data[node.header_start : header_end])
+        content_type = parse_content_type(header.get("content-type"))
         if content_type.type.lower() in (b"text", b"message"):
             charset = (content_type.param(b"charset") or b"us-ascii").decode("latin-1")
-            yield from iter_body_text(data, encoding, charset, body_start, end)
+            yield from iter_body_text(data, node.encoding, charset, node.body_start, node.end)
             yield "\n"
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from kartero.mime.index import MessageIndex, index_message
+from kartero.mime.parttree import PartNode, encode_parts
 from kartero.store.ids import new_mailbox_objectid
 from kartero.store.interface import (
     SPECIAL_MAILBOXES,
@@ -419,8 +420,8 @@ class SQLiteStore(MailboxOps, QueueOps):
             " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 d.blob_id, location[0], location[1], len(d.data), json.dumps(dict(d.envelope)), d.internal_date,
-                ix.envelope, ix.body, ix.bodystructure, ix.parts, ix.subject, ix.from_, ix.to, ix.cc, ix.bcc,
-                ix.message_id, ix.sent_date, ix.sent_day, ix.sort_subject, ix.sort_from, ix.sort_to, ix.sort_cc,
+                ix.envelope, ix.body, ix.bodystructure, encode_parts(ix.parts), ix.subject, ix.from_, ix.to, ix.cc,
+                ix.bcc, ix.message_id, ix.sent_date, ix.sent_day, ix.sort_subject, ix.sort_from, ix.sort_to, ix.sort_cc,
                 ix.preview,
             ),
         )  # fmt: skip
@@ -993,7 +994,7 @@ def _minimal_index(delivery: Delivery) -> MessageIndex:
         envelope=b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)",
         body=body,
         bodystructure=body[:-1] + b" NIL NIL NIL NIL)",
-        parts=json.dumps([0, 0, size, "7bit", [], None], separators=(",", ":")),
+        parts=PartNode(0, 0, size, "7bit"),
         subject="", from_="", to="", cc="", bcc="", message_id="", sent_date=None, sent_day=None,
         sort_subject="", sort_from="", sort_to="", sort_cc="", preview="",
     )  # fmt: skip
