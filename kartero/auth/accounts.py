@@ -28,7 +28,7 @@ from kartero.auth.passwords import hash_password, verify_password
 from kartero.auth.sasl import SCRAM_ITERATIONS, ScramCredentials, scram_credentials
 from kartero.dns.names import DomainError, canonical_domain
 from kartero.mail.address import Address, AddressError, parse_mailbox
-from kartero.store.interface import Account, Store
+from kartero.store.interface import Account, AccountStore
 
 # Alias chains deeper than this are configuration loops or abuse.
 MAX_ALIAS_DEPTH = 10
@@ -80,9 +80,9 @@ class Resolution:
 
 
 class Directory:
-    """Accounts and aliases of the local domains, over a Store."""
+    """Accounts and aliases of the local domains, over an AccountStore."""
 
-    def __init__(self, store: Store, domains: tuple[str, ...], scram_iterations: int = SCRAM_ITERATIONS) -> None:
+    def __init__(self, store: AccountStore, domains: tuple[str, ...], scram_iterations: int = SCRAM_ITERATIONS) -> None:
         self.store = store
         self.domains = frozenset(domains)
         self.scram_iterations = scram_iterations
@@ -220,7 +220,7 @@ class DirectoryCache:
 
     RECHECK_S = 1.0
 
-    def __init__(self, store: Store, domains: tuple[str, ...], executor: Executor) -> None:
+    def __init__(self, store: AccountStore, domains: tuple[str, ...], executor: Executor) -> None:
         self.store = store
         self.domains = frozenset(domains)
         self.executor = executor
@@ -296,7 +296,7 @@ class Authenticator:
     CACHE_TTL_S = 15 * 60.0
     CACHE_SIZE = 10_000
 
-    def __init__(self, store: Store, scram_iterations: int = SCRAM_ITERATIONS) -> None:
+    def __init__(self, store: AccountStore, scram_iterations: int = SCRAM_ITERATIONS) -> None:
         self.store = store
         self.scram_iterations = scram_iterations
         # Verifying against a real hash when the account does not exist keeps the time of a failure the

@@ -42,4 +42,4 @@ class DsnSender:
             outbound = Outbound("", (OutboundRecipient(recipient, ("NEVER",)),), now + int(self.queue_lifetime_s),
                                 smtputf8=smtputf8, body_8bit=not data.isascii())  # fmt: skip
             delivery = Delivery(new_message_id(), data, (), now, {"mail_from": "", "dsn": True}, outbound)
-        self.store.deliver(delivery).result()
+        self.store.mail.deliver(delivery).result()

@@ -190,7 +190,7 @@ class Pickup:
         ).encode()
         # Read afresh (this is a worker thread, and sendmail is rare): the server's cached snapshot may be a
         # moment older than the account `kartero sendmail` just checked.
-        snapshot = Directory(self.store, tuple(self.directory.domains)).snapshot()
+        snapshot = Directory(self.store.accounts, tuple(self.directory.domains)).snapshot()
         local: list[int] = []
         remote: list[OutboundRecipient] = []
         unknown: list[str] = []
@@ -231,7 +231,7 @@ class Pickup:
             queue_id = new_message_id() if local else message_id
             deliveries.append(Delivery(queue_id, received + data, (), timestamp, record, outbound))
         if deliveries:  # none when every recipient is unknown: then only the bounce below goes out
-            self.store.deliver_group(deliveries).result()  # local and queued copies: both or neither
+            self.store.mail.deliver_group(deliveries).result()  # local and queued copies: both or neither
         log.info("%s", kv(event="maildrop.stored", file=name, id=message_id, user=dropped.user,
                           mail_from=f"<{dropped.sender}>", rcpt=",".join(dropped.recipients), size=len(data),
                           local=len(local), remote=len(remote)))  # fmt: skip

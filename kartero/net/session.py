@@ -616,7 +616,7 @@ class SMTPSession(asyncio.Protocol):
         try:
             # One group: the local copies and the queue entry commit together or not at all, so a 451
             # never leaves half the message stored (a retry would duplicate that half).
-            future = self.ctx.store.deliver_group(deliveries)
+            future = self.ctx.store.mail.deliver_group(deliveries)
         except Exception as exc:
             self._drop_spool()
             log.error("%s", kv(event="smtp.store_failed", session=self.id, id=message_id, detail=str(exc)))

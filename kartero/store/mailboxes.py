@@ -1,4 +1,4 @@
-"""Mailbox and message operations of the SQLite store (mixed into SQLiteStore): what IMAP and POP3 need.
+"""Mailboxes and messages in the SQLite store (kartero.store.interface.MailStore): what IMAP and POP3 need.
 
 Every change bumps the mailbox's HIGHESTMODSEQ in the same transaction and stamps the changed messages
 with it (RFC 7162); an expunge leaves a tombstone (uid, modseq) so that QRESYNC can report VANISHED UIDs
@@ -9,33 +9,47 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import json
+import os
 import sqlite3
 import time
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from kartero.store import criteria as c
+from kartero.store.commit import Committer
+from kartero.store.holds import Hold
 from kartero.store.ids import new_mailbox_objectid
 from kartero.store.interface import (
     INBOX,
     Changes,
     Copied,
+    Delivery,
     FlagOp,
     FlagUpdate,
     Mailbox,
     MailboxExists,
     MailboxStatus,
-    MessageInfo,
     MessageRow,
     MetadataChange,
     NoSuchMailbox,
     SelectSummary,
+    StoredMessage,
+    StoreError,
     apply_flag_op,
 )
-from kartero.store.search import Candidate, Opened, SearchFields, has_flag, matching, sorted_uids
+from kartero.store.search import Candidate, SearchFields, has_flag, matching, sorted_uids
 from kartero.store.search import thread_fields as threads_of
+from kartero.store.spool import FileBuffer
+from kartero.store.sqlite_db import (
+    Database,
+    drop_unreferenced_blobs,
+    format_flags,
+    next_uidvalidity,
+    parse_flags,
+)
 from kartero.store.sqlite_search import split_criterion
 
 # SQLite limits bound parameters per statement; query large UID lists in chunks of this size.
@@ -46,14 +60,6 @@ _INDEX_COLUMNS = ", b.imap_envelope, b.imap_body, b.imap_bodystructure, b.parts,
 
 class _TooManyEntries(Exception):
     """Raised inside a write transaction to undo a SETMETADATA that would pass the entry limit."""
-
-
-def format_flags(flags: Iterable[str]) -> str:
-    return " ".join(sorted(set(flags), key=str.lower))
-
-
-def parse_flags(text: str) -> frozenset[str]:
-    return frozenset(text.split())
 
 
 def _row(r: Sequence[Any]) -> MessageRow:
@@ -67,8 +73,9 @@ def _mailbox(row: Sequence[Any]) -> Mailbox:
     return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8])
 
 
-class MailboxOps:
-    """Needs `_db`, `_write`, `_notify`, `_next_uidvalidity`, `compact` and `read_message` from its host."""
+class SQLiteMail:
+    """MailStore over the shared Database: mailboxes, messages, flags, MODSEQs, METADATA, the bodies in
+    segments; deliveries go through the committer (kartero.store.commit)."""
 
     _MAILBOX_SELECT = (
         "SELECT m.id, m.account_id, m.name, m.special_use, m.uidvalidity, m.uidnext, m.highestmodseq,"
@@ -76,42 +83,68 @@ class MailboxOps:
         " LEFT JOIN subscriptions s ON s.account_id = m.account_id AND s.name = m.name"
     )
 
-    def _db(self) -> sqlite3.Connection:
-        raise NotImplementedError
+    def __init__(self, database: Database, committer: Committer) -> None:
+        self._database = database
+        self._db = database.db
+        self._write = database.write
+        self._listeners = database.listeners
+        self._committer = committer
+        self.segments = committer.segments
 
-    def _write(self, *, durable: bool = True) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
+    # -- deliveries and bodies -------------------------------------------------------------------------
 
-    def _notify(self, mailbox_ids: frozenset[int]) -> None:
-        raise NotImplementedError
+    def deliver(self, delivery: Delivery) -> Future[list[StoredMessage]]:
+        return self._committer.deliver(delivery)
 
-    @staticmethod
-    def _next_uidvalidity(db: sqlite3.Connection) -> int:
-        raise NotImplementedError
-
-    def compact(self) -> None:
-        raise NotImplementedError
+    def deliver_group(self, deliveries: Sequence[Delivery]) -> Future[list[list[StoredMessage]]]:
+        return self._committer.deliver_group(deliveries)
 
     def read_message(self, blob_id: str) -> bytes:
-        raise NotImplementedError
+        for attempt in (1, 2):
+            row = self._db().execute("SELECT segment, offset, size FROM blobs WHERE id = ?", (blob_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no message {blob_id}")
+            try:
+                return self.segments.read(*row)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                # compaction moved the body between the lookup and the read; look again
+        raise AssertionError("unreachable")
 
-    def open_message(self, blob_id: str) -> Opened:
-        raise NotImplementedError
+    def read_envelope(self, blob_id: str) -> Mapping[str, Any]:
+        row = self._db().execute("SELECT envelope FROM blobs WHERE id = ?", (blob_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no message {blob_id}")
+        result: Mapping[str, Any] = json.loads(row[0])
+        return result
 
-    def _drop_unreferenced_blobs(self, db: sqlite3.Connection, blob_ids: list[str]) -> None:
-        raise NotImplementedError
+    def open_message(self, blob_id: str) -> SegmentReader:
+        for attempt in (1, 2):
+            row = self._db().execute("SELECT segment, offset, size FROM blobs WHERE id = ?", (blob_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no message {blob_id}")
+            try:
+                # A file of its own: compaction may unlink the segment, the open file keeps its bytes.
+                fd = os.open(self.segments.path(row[0]), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                continue  # compaction moved the body between the lookup and the open; look again
+            return SegmentReader(fd, row[1], row[2])
+        raise AssertionError("unreachable")
 
-    def _request_release(self, mailbox_id: int) -> None:
-        raise NotImplementedError
+    def hold_expunged(self, mailbox_id: int, modseq: int) -> Hold:
+        return self._committer.holds.hold(mailbox_id, modseq)
 
-    def _notify_account(self, account_id: int) -> None:
-        raise NotImplementedError
+    def add_listener(self, listener: Callable[[frozenset[int]], None]) -> None:
+        self._listeners.mailboxes.append(listener)
 
-    def _notify_metadata(self, change: MetadataChange) -> None:
-        raise NotImplementedError
+    def add_account_listener(self, listener: Callable[[int], None]) -> None:
+        self._listeners.accounts.append(listener)
 
-    def _tombstones_written(self, mailbox_id: int) -> None:
-        raise NotImplementedError
+    def add_metadata_listener(self, listener: Callable[[MetadataChange], None]) -> None:
+        self._listeners.metadata.append(listener)
 
     # -- mailboxes -------------------------------------------------------------------------------------
 
@@ -130,11 +163,11 @@ class MailboxOps:
                 db.execute(
                     "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity, objectid)"
                     " VALUES (?, ?, ?, ?, ?)",
-                    (account_id, name, special_use, self._next_uidvalidity(db), new_mailbox_objectid()),
+                    (account_id, name, special_use, next_uidvalidity(db), new_mailbox_objectid()),
                 )
             except sqlite3.IntegrityError:
                 raise MailboxExists(f"mailbox {name} exists") from None
-        self._notify_account(account_id)
+        self._listeners.account_changed(account_id)
         mailbox = self.get_mailbox(account_id, name)
         assert mailbox is not None
         return mailbox
@@ -157,10 +190,10 @@ class MailboxOps:
                 )
             ]
             db.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
-            self._drop_unreferenced_blobs(db, blobs)
-        self._notify(frozenset({mailbox_id}))
-        self._notify_account(account_id)
-        self.compact()
+            drop_unreferenced_blobs(db, blobs)
+        self._listeners.mailboxes_changed(frozenset({mailbox_id}))
+        self._listeners.account_changed(account_id)
+        self._committer.compact()
         return mailbox_id
 
     def rename_mailbox(self, account_id: int, old: str, new: str, separator: str) -> dict[int, str]:
@@ -188,7 +221,7 @@ class MailboxOps:
                     "UPDATE OR REPLACE subscriptions SET name = ? WHERE account_id = ? AND name = ?",
                     (target, account_id, source),
                 )
-        self._notify_account(account_id)
+        self._listeners.account_changed(account_id)
         return renamed
 
     def _rename_inbox(self, account_id: int, new: str) -> dict[int, str]:
@@ -210,7 +243,7 @@ class MailboxOps:
                 db.execute("INSERT OR IGNORE INTO subscriptions (account_id, name) VALUES (?, ?)", (account_id, name))
             else:
                 db.execute("DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, name))
-        self._notify_account(account_id)
+        self._listeners.account_changed(account_id)
 
     def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         db = self._db()
@@ -272,14 +305,6 @@ class MailboxOps:
         return int(row[0])
 
     # -- messages --------------------------------------------------------------------------------------
-
-    def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
-        rows = self._db().execute(
-            "SELECT mailbox_id, uid, blob_id, size, internal_date, flags, modseq FROM messages"
-            " WHERE mailbox_id = ? ORDER BY uid",
-            (mailbox_id,),
-        )
-        return [MessageInfo(r[0], r[1], r[2], r[3], r[4], parse_flags(r[5]), r[6]) for r in rows]
 
     def message_rows(
         self, mailbox_id: int, uids: Sequence[int] | None = None, *, with_index: bool = False,
@@ -373,7 +398,7 @@ class MailboxOps:
         except _TooManyEntries:
             return False
         names = tuple(dict.fromkeys(name for name, _ in changes))
-        self._notify_metadata(MetadataChange(account_id, mailbox_id, names, origin))
+        self._listeners.metadata_changed(MetadataChange(account_id, mailbox_id, names, origin))
         return True
 
     def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
@@ -428,7 +453,7 @@ class MailboxOps:
         changed: list[MessageRow] = []
         refused: list[int] = []
         before: dict[int, int] = {}
-        # Not fsynced at commit (see sqlite._Transaction): a flag change lost with the machine loses no mail.
+        # Not fsynced at commit (see sqlite_db.Transaction): a flag change lost with the machine loses no mail.
         with self._write(durable=False) as db:
             rows = self._rows(db, mailbox_id, uids)
             found = {row.uid for row in rows}
@@ -449,7 +474,7 @@ class MailboxOps:
                 changed = [dataclasses.replace(row, flags=f, modseq=modseq) for row, f in updates]
                 before = {row.uid: row.modseq for row, _ in updates}
         if changed:
-            self._notify(frozenset({mailbox_id}))
+            self._listeners.mailboxes_changed(frozenset({mailbox_id}))
         return FlagUpdate(tuple(changed), tuple(refused), before, tuple(sorted(set(uids) - found)))
 
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
@@ -460,8 +485,8 @@ class MailboxOps:
             if not gone:
                 return []
             self._remove(db, mailbox_id, gone)
-        self._notify(frozenset({mailbox_id}))
-        self._request_release(mailbox_id)
+        self._listeners.mailboxes_changed(frozenset({mailbox_id}))
+        self._committer.request_release(mailbox_id)
         return [row.uid for row in gone]
 
     def _remove(self, db: sqlite3.Connection, mailbox_id: int, rows: list[MessageRow]) -> None:
@@ -476,7 +501,7 @@ class MailboxOps:
             [(mailbox_id, r.uid, modseq, r.blob_id, r.size, r.internal_date, format_flags(r.flags), r.modseq,
               r.saved_at) for r in rows],
         )  # fmt: skip
-        self._tombstones_written(mailbox_id)
+        self._committer.holds.expunged(mailbox_id)
 
     def copy_messages(
         self, source_id: int, uids: Sequence[int], target_id: int, *, move: bool, all_or_none: bool = False
@@ -508,9 +533,9 @@ class MailboxOps:
             )
             if move:
                 self._remove(db, source_id, rows)
-        self._notify(frozenset({source_id, target_id}))
+        self._listeners.mailboxes_changed(frozenset({source_id, target_id}))
         if move:
-            self._request_release(source_id)
+            self._committer.request_release(source_id)
         return Copied(tuple(pairs), modseq)
 
     # -- search and sort (SQL prefilter here, the rest in kartero.store.search) ----------------------------
@@ -544,3 +569,32 @@ class MailboxOps:
         )
         opener = self.open_message
         return [Candidate(_row(r[:7]), SearchFields(*r[7:]), opener) for r in rows]
+
+
+class SegmentReader:
+    """One message in a segment, through a file descriptor of its own (see Store.open_message)."""
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        self._fd = fd
+        self._offset = offset
+        self.size = size
+
+    def read(self, start: int, length: int) -> bytes:
+        start = max(0, min(start, self.size))
+        length = max(0, min(length, self.size - start))
+        data = os.pread(self._fd, length, self._offset + start)
+        while len(data) < length:
+            more = os.pread(self._fd, length - len(data), self._offset + start + len(data))
+            if not more:
+                raise OSError(f"segment ends inside a message at {self._offset + start + len(data)}")
+            data += more
+        return data
+
+    def view(self) -> FileBuffer:
+        """The message as a MessageData for the MIME code: read in bounded windows, never whole."""
+        return FileBuffer(self._fd, self._offset, self.size)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -43,7 +43,7 @@ async def _reply(reader: asyncio.StreamReader) -> bytes:
 
 def test_bug_in_a_decision_ends_only_that_session(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = SQLiteStore(tmp_path / "data")
-    store.add_account("bob@example.test", "h")
+    store.accounts.add_account("bob@example.test", "h")
     store.start()
 
     async def scenario() -> None:
@@ -93,9 +93,14 @@ def test_bug_in_a_decision_ends_only_that_session(tmp_path: Path, caplog: pytest
     assert "secret internals" in str(failures[0].exc_info[1])
 
 
-class BrokenSearchStore(SQLiteStore):
-    def search(self, mailbox_id, criterion):  # type: ignore[no-untyped-def]
+def broken_search_store(root: Path) -> SQLiteStore:
+    store = SQLiteStore(root)
+
+    def search(mailbox_id, criterion):  # type: ignore[no-untyped-def]
         raise RuntimeError("secret internals of a broken search")
+
+    store.mail.search = search  # type: ignore[method-assign]
+    return store
 
 
 def test_bug_in_an_imap_command_answers_serverbug_and_the_session_goes_on(
@@ -107,8 +112,8 @@ def test_bug_in_an_imap_command_answers_serverbug_and_the_session_goes_on(
     from kartero.net.channel import AccessContext
     from kartero.net.imap_session import ImapSession
 
-    store = BrokenSearchStore(tmp_path / "data")
-    store.add_account("bob@example.test", hash_password("pw"))
+    store = broken_search_store(tmp_path / "data")
+    store.accounts.add_account("bob@example.test", hash_password("pw"))
     store.start()
 
     async def scenario() -> None:
@@ -118,7 +123,7 @@ def test_bug_in_an_imap_command_answers_serverbug_and_the_session_goes_on(
             listener="imap",
             settings=ImapSettings(hostname="imap.example.test"),
             store=store,
-            authenticator=Authenticator(store),
+            authenticator=Authenticator(store.accounts),
             tls_context=lambda: None,
             implicit_tls=False,
             spawn=lambda coro: loop.create_task(coro) and None,

@@ -15,7 +15,7 @@ from kartero.store.sqlite import SQLiteStore
 @pytest.fixture
 def directory(tmp_path: Path) -> Iterator[Directory]:
     store = SQLiteStore(tmp_path / "data")
-    yield Directory(store, ("example.test", "xn--bcher-kva.example"))
+    yield Directory(store.accounts, ("example.test", "xn--bcher-kva.example"))
     store.close()
 
 
@@ -92,7 +92,7 @@ def test_directory_cache_sees_new_users_at_once_and_deletions_within_a_second(tm
     from kartero.auth.accounts import DirectoryCache
 
     store = SQLiteStore(tmp_path / "data")
-    directory = Directory(store, ("example.test",))
+    directory = Directory(store.accounts, ("example.test",))
     pool = ThreadPoolExecutor(2)
 
     def lookup(cache: DirectoryCache, address: str) -> tuple[int, ...]:
@@ -100,7 +100,7 @@ def test_directory_cache_sees_new_users_at_once_and_deletions_within_a_second(tm
         return (result.result(5) if isinstance(result, Future) else result).account_ids
 
     try:
-        cache = DirectoryCache(store, ("example.test",), pool)
+        cache = DirectoryCache(store.accounts, ("example.test",), pool)
         assert lookup(cache, "bob@example.test") == ()
         bob = directory.add_user("bob@example.test", "pw")
         assert lookup(cache, "bob@example.test") == (bob.id,)  # a negative answer always rechecks

@@ -136,13 +136,13 @@ VARIANTS: list[tuple[str, bytes, object]] = [
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SubmissionPolicy]:
     store = SQLiteStore(tmp_path_factory.mktemp("data"))
-    directory = Directory(store, DOMAINS)
+    directory = Directory(store.accounts, DOMAINS)
     directory.add_user("alice@example.test", "pw")
     directory.add_user("bob@example.test", "pw")
     directory.add_alias("alice.smith@example.test", "alice@example.test")
     directory.add_alias("alice@xn--bcher-kva.example", "alice@example.test")
     with ThreadPoolExecutor(1) as executor:
-        cache = DirectoryCache(store, DOMAINS, executor)
+        cache = DirectoryCache(store.accounts, DOMAINS, executor)
         cache.prime()
         yield SubmissionPolicy(cache, "example.test", "mx.example.test")
     store.close()
