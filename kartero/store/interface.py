@@ -121,7 +121,7 @@ class MessageRow:
     envelope: bytes | None = None
     body: bytes | None = None
     bodystructure: bytes | None = None
-    parts: str | None = None
+    parts: str | None = None  # the part tree as stored: kartero.mime.parttree.decode_parts reads it
     saved_at: int | None = None  # unix seconds it came into this mailbox (RFC 8514); None: stored before
     # that was kept
     preview: str | None = None  # RFC 8970, with the index fields; None: stored before previews were kept

@@ -84,7 +84,6 @@ class SQLiteMail:
     )
 
     def __init__(self, database: Database, committer: Committer) -> None:
-        self._database = database
         self._db = database.db
         self._write = database.write
         self._listeners = database.listeners
