@@ -321,12 +321,12 @@ def feed(chunks: list[bytes], store: SQLiteStore | None, tally: Tally) -> bytes:
         while (event := conn.next_event()) is not None:
             match event:
                 case LoginRequested(tag=tag, user=user, password=password):
-                    account = store.get_account(user) if store is not None else None
+                    account = store.accounts.get_account(user) if store is not None else None
                     if password != PASSWORD or (store is not None and account is None):
                         conn.login_result(tag, None)
                         continue
                     if store is not None and account is not None:
-                        session = Session(store, account.id, account.address, conn.enabled)
+                        session = Session(store.mail, account.id, account.address, conn.enabled)
                     conn.login_result(tag, user)
                 case CommandReady(tag=tag, command=command):
                     if session is None:
@@ -351,7 +351,7 @@ def feed(chunks: list[bytes], store: SQLiteStore | None, tally: Tally) -> bytes:
 
 def make_store(folder: Path) -> SQLiteStore:
     store = SQLiteStore(folder / "data")
-    account = store.add_account(USER, "unused")
+    account = store.accounts.add_account(USER, "unused")
     store.start()
     samples = [
         b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.test>\r\nSubject: hello\r\n\r\nbody zzz\r\n",
@@ -362,7 +362,7 @@ def make_store(folder: Path) -> SQLiteStore:
     ]
     for i, data in enumerate(samples * 3):
         flags = frozenset({"\\Seen"} if i % 2 else {"$Label"})
-        store.deliver(Delivery(new_message_id(), data, (DeliveryTarget(account.id, "INBOX", flags),),
+        store.mail.deliver(Delivery(new_message_id(), data, (DeliveryTarget(account.id, "INBOX", flags),),
                                1795687200 + i)).result(10)  # fmt: skip
     return store
 

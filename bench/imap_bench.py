@@ -200,10 +200,10 @@ def start_kartero(folder: Path, messages: list[bytes]) -> Server:
         f'[listen]\nimap = ["127.0.0.1:{port}"]\n[limits]\nconnections = 5000\n'
     )
     store = SQLiteStore(folder / "data")
-    account = store.add_account(USER, hash_password(PASSWORD))
+    account = store.accounts.add_account(USER, hash_password(PASSWORD))
     store.start()
     futures = [
-        store.deliver(Delivery(new_message_id(), m, (DeliveryTarget(account.id),), 1_795_687_200 + i))
+        store.mail.deliver(Delivery(new_message_id(), m, (DeliveryTarget(account.id),), 1_795_687_200 + i))
         for i, m in enumerate(messages)
     ]
     for f in futures:

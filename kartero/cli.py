@@ -37,7 +37,7 @@ def _directory(ctx: click.Context) -> Directory:
     config = _config(ctx)
     store = SQLiteStore(config.data_dir)
     ctx.call_on_close(store.close)
-    return Directory(store, config.domains, config.auth.scram_iterations)
+    return Directory(store.accounts, config.domains, config.auth.scram_iterations)
 
 
 def _read_password(password_stdin: bool) -> str:
@@ -336,7 +336,7 @@ def queue_list(ctx: click.Context, as_json: bool) -> None:
     """Every queued message with each recipient's state, attempts, next try and last reply."""
     import json
 
-    entries = _queue_store(ctx).queue_entries()
+    entries = _queue_store(ctx).queue.queue_entries()
     if as_json:
         for e in entries:
             click.echo(json.dumps({
@@ -372,7 +372,7 @@ def queue_list(ctx: click.Context, as_json: bool) -> None:
 def queue_show(ctx: click.Context, queue_id: str, full: bool) -> None:
     """One queued message: envelope, recipients, and its header (or all of it)."""
     store = _queue_store(ctx)
-    entry = next((e for e in store.queue_entries() if e.id == queue_id), None)
+    entry = next((e for e in store.queue.queue_entries() if e.id == queue_id), None)
     if entry is None:
         _fail(f"no queued message {queue_id}", 1)
     click.echo(f"id: {entry.id}\nsender: <{entry.sender}>\nsize: {entry.size}\narrived: {_when(entry.created_at)}"
@@ -380,7 +380,7 @@ def queue_show(ctx: click.Context, queue_id: str, full: bool) -> None:
     for r in entry.recipients:
         click.echo(f"recipient: <{r.address}> {r.state.value} attempts={r.attempts}"
                    + (f" last_reply={r.last_reply!r}" if r.last_reply else ""))  # fmt: skip
-    data = store.read_message(queue_id)
+    data = store.mail.read_message(queue_id)
     if not full:
         end = data.find(b"\r\n\r\n")
         data = data[: end + 2] if end >= 0 else data
@@ -393,7 +393,7 @@ def queue_show(ctx: click.Context, queue_id: str, full: bool) -> None:
 @click.pass_context
 def queue_flush(ctx: click.Context) -> None:
     """Make every deferred recipient due now (the server tries them within seconds)."""
-    count = _queue_store(ctx).queue_flush()
+    count = _queue_store(ctx).queue.queue_flush()
     nudge_server(_config(ctx).data_dir)
     click.echo(f"{count} recipient{'s' if count != 1 else ''} due now")
 
@@ -406,10 +406,10 @@ def queue_delete(ctx: click.Context, queue_ids: tuple[str, ...], delete_all: boo
     """Delete queued messages without sending a bounce."""
     store = _queue_store(ctx)
     if delete_all:
-        queue_ids = tuple(e.id for e in store.queue_entries())
+        queue_ids = tuple(e.id for e in store.queue.queue_entries())
     elif not queue_ids:
         _fail("give queue IDs, or --all", 2)
-    missing = [q for q in queue_ids if not store.queue_delete(q)]
+    missing = [q for q in queue_ids if not store.queue.queue_delete(q)]
     for q in queue_ids:
         if q not in missing:
             click.echo(f"deleted {q}")

@@ -37,7 +37,7 @@ from kartero.mailauth.dkim import DKIMError, Signer
 from kartero.mime.headers import find_body_start, parse_header_block
 from kartero.policy.decisions import AcceptMessage, MessageDecision, Reject
 from kartero.store.ids import new_message_id
-from kartero.store.interface import INBOX, Content, Delivery, Outbound, OutboundRecipient, Store, as_targets
+from kartero.store.interface import INBOX, Content, Delivery, MailStore, Outbound, OutboundRecipient, as_targets
 from kartero.store.spool import read_whole
 
 log = logging.getLogger("kartero.intake")
@@ -164,7 +164,7 @@ Outcome = Stored | Refused
 
 
 class Intake:
-    def __init__(self, store: Store, directory: DirectoryCache, *, hostname: str, queue_lifetime_s: float,
+    def __init__(self, store: MailStore, directory: DirectoryCache, *, hostname: str, queue_lifetime_s: float,
                  blocking: Blocking, signer: Signer | None = None, check_deadline_s: float = CHECK_DEADLINE_S,
                  store_deadline_s: float = STORE_DEADLINE_S) -> None:  # fmt: skip
         self.store = store

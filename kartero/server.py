@@ -179,7 +179,7 @@ class Server:
         store.start()
         store.compact()
         blocking = Blocking(executor)
-        directory = DirectoryCache(store, config.domains, blocking)
+        directory = DirectoryCache(store.accounts, config.domains, blocking)
         await loop.run_in_executor(executor, directory.prime)
         nameservers = [(n.host, n.port) for n in config.dns.nameservers]
         dns_blocking = blocking_resolver(nameservers, timeout_s=config.dns.timeout_s)
@@ -195,9 +195,10 @@ class Server:
         lim = config.limits
         signer = Signer(config.data_dir)
         submission_policy = SubmissionPolicy(directory, config.primary_domain, config.limits.messages_per_user_per_hour)
-        intake = Intake(store, directory, hostname=config.hostname, queue_lifetime_s=config.delivery.queue_lifetime_s,
-                        blocking=blocking, signer=signer, check_deadline_s=deadline)  # fmt: skip
-        authenticator = Authenticator(store, config.auth.scram_iterations)
+        intake = Intake(store.mail, directory, hostname=config.hostname,
+                        queue_lifetime_s=config.delivery.queue_lifetime_s, blocking=blocking, signer=signer,
+                        check_deadline_s=deadline)  # fmt: skip
+        authenticator = Authenticator(store.accounts, config.auth.scram_iterations)
         throttle = AuthThrottle(window_s=config.auth.failure_window_s,
                                 per_pair=config.auth.failures_per_address_and_account,
                                 per_network=config.auth.failures_per_address,
@@ -236,22 +237,22 @@ class Server:
         def on_queued() -> None:  # called from the store's committer thread
             loop.call_soon_threadsafe(runner.wake)
 
-        store.add_queue_listener(on_queued)
+        store.queue.add_queue_listener(on_queued)
 
         def on_change(ids: frozenset[int]) -> None:  # called from the store's writer threads
             loop.call_soon_threadsafe(self._mailboxes_changed, ids)
 
-        store.add_listener(on_change)
+        store.mail.add_listener(on_change)
 
         def on_account_change(account_id: int) -> None:  # called from the store's writer threads
             loop.call_soon_threadsafe(self._account_changed, account_id)
 
-        store.add_account_listener(on_account_change)
+        store.mail.add_account_listener(on_account_change)
 
         def on_metadata_change(change: MetadataChange) -> None:  # called from the store's writer threads
             loop.call_soon_threadsafe(self._metadata_changed, change)
 
-        store.add_metadata_listener(on_metadata_change)
+        store.mail.add_metadata_listener(on_metadata_change)
         settings = ServerSettings(
             hostname=config.hostname,
             max_message_size=config.limits.message_size,

@@ -29,7 +29,7 @@ from kartero.auth.sasl import SCRAM_ITERATIONS, ScramCredentials, scram_credenti
 from kartero.concurrency import Blocking
 from kartero.dns.names import DomainError, canonical_domain
 from kartero.mail.address import Address, AddressError, parse_mailbox
-from kartero.store.interface import Account, Store
+from kartero.store.interface import Account, AccountStore
 
 log = logging.getLogger("kartero.auth")
 
@@ -83,9 +83,9 @@ class Resolution:
 
 
 class Directory:
-    """Accounts and aliases of the local domains, over a Store."""
+    """Accounts and aliases of the local domains, over an AccountStore."""
 
-    def __init__(self, store: Store, domains: tuple[str, ...], scram_iterations: int = SCRAM_ITERATIONS) -> None:
+    def __init__(self, store: AccountStore, domains: tuple[str, ...], scram_iterations: int = SCRAM_ITERATIONS) -> None:
         self.store = store
         self.domains = frozenset(domains)
         self.scram_iterations = scram_iterations
@@ -214,22 +214,23 @@ class DirectorySnapshot:
 class DirectoryCache:
     """The current DirectorySnapshot for a running server; sees admin changes at the next lookup.
 
-    `resolve` answers from memory. It compares the store's directory version at most every RECHECK_S
-    seconds for a positive answer — so a deleted account or changed alias takes effect within that
-    time — and always before a negative one, so a user added a moment ago is never refused. After a
-    change it reloads in the worker pool (one reload shared by every caller meanwhile) and answers then.
-    Used on the event loop only.
+    `resolve` answers from memory. It compares the store's directory version (one read of a counter the
+    store raises with every account or alias change, in any process) at most every RECHECK_S seconds
+    for a positive answer — so a deleted account or changed alias takes effect within that time — and
+    always before a negative one, so a user added a moment ago is never refused. After a change it
+    reloads in the worker pool (one reload shared by every caller meanwhile) and answers then. Used on
+    the event loop only.
     """
 
     RECHECK_S = 1.0
     RELOAD_DEADLINE_S = 60.0
 
-    def __init__(self, store: Store, domains: tuple[str, ...], blocking: Blocking | None = None) -> None:
+    def __init__(self, store: AccountStore, domains: tuple[str, ...], blocking: Blocking | None = None) -> None:
         self.store = store
         self.domains = frozenset(domains)
         self.blocking = blocking or Blocking()
         self._snapshot: DirectorySnapshot | None = None
-        self._version: object = None
+        self._version: int | None = None
         self._checked_at = -1e9
         self._reload: asyncio.Future[DirectorySnapshot] | None = None
 
@@ -264,13 +265,13 @@ class DirectoryCache:
             return snapshot.resolve(address)
         return (await asyncio.shield(self._reloading(version))).resolve(address)
 
-    def _reloading(self, version: object) -> asyncio.Future[DirectorySnapshot]:
+    def _reloading(self, version: int) -> asyncio.Future[DirectorySnapshot]:
         if self._reload is None or self._reload.done():
             self._reload = asyncio.ensure_future(self.blocking(self.RELOAD_DEADLINE_S, self._load, version))
             self._reload.add_done_callback(_log_failure)
         return self._reload
 
-    def _load(self, version: object) -> DirectorySnapshot:
+    def _load(self, version: int) -> DirectorySnapshot:
         accounts, aliases, first = self.store.load_directory()
         snapshot = DirectorySnapshot(self.domains, accounts, aliases, first)
         self._snapshot, self._version, self._checked_at = snapshot, version, time.monotonic()
@@ -296,7 +297,7 @@ class Authenticator:
     CACHE_TTL_S = 15 * 60.0
     CACHE_SIZE = 10_000
 
-    def __init__(self, store: Store, scram_iterations: int = SCRAM_ITERATIONS) -> None:
+    def __init__(self, store: AccountStore, scram_iterations: int = SCRAM_ITERATIONS) -> None:
         self.store = store
         self.scram_iterations = scram_iterations
         # Verifying against a real hash when the account does not exist keeps the time of a failure the

@@ -9,11 +9,10 @@ never refused (issue 8). Nothing here logs; a caller that wants to log calls the
 from __future__ import annotations
 
 import datetime
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime, parsedate_tz
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from kartero.mime.addresses import EnvelopeAddress, parse_address_list
 from kartero.mime.headers import (
@@ -25,6 +24,7 @@ from kartero.mime.headers import (
     parse_header_block,
 )
 from kartero.mime.imapform import NIL, body_forms, envelope, nstring
+from kartero.mime.parttree import PartNode, node_of
 from kartero.mime.preview import make_preview
 from kartero.mime.structure import MAX_HEADER_BYTES, MAX_HEADER_LINES, TEXT_PLAIN, Part, parse_message
 
@@ -36,7 +36,7 @@ class MessageIndex:
     envelope: bytes
     body: bytes
     bodystructure: bytes
-    parts: str  # JSON part tree, see part_tree()
+    parts: PartNode  # stored with encode_parts (kartero.mime.parttree)
     subject: str  # decoded and case-folded header values, for SEARCH (RFC 9051 §6.4.4: case-insensitive)
     from_: str  # the address fields as "Name <mailbox@host>, group: a@b;", without comments
     to: str
@@ -50,18 +50,6 @@ class MessageIndex:
     sort_to: str
     sort_cc: str
     preview: str  # RFC 8970 PREVIEW (kartero.mime.preview)
-
-
-def part_tree(part: Part) -> list[Any]:
-    """[header_start, body_start, end, encoding, children, embedded message] for section fetches."""
-    return [
-        part.header_start,
-        part.body_start,
-        part.end,
-        part.encoding.decode("latin-1").lower(),
-        [part_tree(child) for child in part.children],
-        part_tree(part.message) if part.message is not None else None,
-    ]
 
 
 def _first_mailbox(header: HeaderBlock, name: str) -> str:
@@ -265,12 +253,12 @@ def structured_index(data: MessageData) -> MessageIndex:
     header = root.header
     subject = " ".join(decode_words(v) for v in header.get_all("subject"))
     body, bodystructure = body_forms(root, data)
-    tree = part_tree(root)
+    tree = node_of(root)
     return MessageIndex(
         envelope=envelope(header),
         body=body,
         bodystructure=bodystructure,
-        parts=json.dumps(tree, separators=(",", ":")),
+        parts=tree,
         subject=subject.casefold(),
         from_=_address_text(header.get_all("from")).casefold(),
         to=_address_text(header.get_all("to")).casefold(),
@@ -303,7 +291,7 @@ def fallback_index(data: MessageData) -> MessageIndex:
         return " ".join(_decoded_or_raw(value) for value in header.get_all(name))
 
     plain = b'"text" "plain" ("charset" "us-ascii") NIL NIL "7bit" %d 0' % (size - body_start)
-    tree: list[Any] = [0, body_start, size, "7bit", [], None]
+    tree = PartNode(0, body_start, size, "7bit")
     leaf = Part(0, body_start, size, EMPTY_HEADER, TEXT_PLAIN)
     body, bodystructure = _safely(
         lambda: body_forms(leaf, data), (b"(" + plain + b")", b"(" + plain + b" NIL NIL NIL NIL)")
@@ -313,7 +301,7 @@ def fallback_index(data: MessageData) -> MessageIndex:
         envelope=_safely(lambda: envelope(header), _plain_envelope(header)),
         body=body,
         bodystructure=bodystructure,
-        parts=json.dumps(tree, separators=(",", ":")),
+        parts=tree,
         subject=subject.casefold(),
         from_=decoded("from").casefold(),
         to=decoded("to").casefold(),

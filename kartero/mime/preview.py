@@ -14,10 +14,10 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from kartero.mime.headers import iter_body_text, parse_header_block
-from kartero.mime.structure import parse_content_type, parse_disposition
+from kartero.mime.parttree import PartNode
+from kartero.mime.structure import ContentType, parse_content_type, parse_disposition
 
 PREVIEW_CHARS = 256  # RFC 8970 §3: at most 256 characters
 PREVIEW_PARTS = 32
@@ -28,34 +28,35 @@ PREVIEW_TAGS = 4096  # HTML tags passed before the text (a newsletter's layout t
 Reader = Callable[[int, int], bytes]  # (start, end) -> octets of the stored message
 
 
-def make_preview(read: Reader, tree: list[Any]) -> str:
-    """The preview text of the message whose part tree (kartero.mime.index.part_tree) is `tree`; "" when
+def make_preview(read: Reader, tree: PartNode) -> str:
+    """The preview text of the message whose part tree is `tree`; "" when
     it has no text part among the first PREVIEW_PARTS leaves."""
     for node, content_type in _leaves(read, tree):
         subtype = content_type.subtype.lower()
         if content_type.type.lower() != b"text" or subtype not in (b"plain", b"html"):
             continue
         charset = (content_type.param(b"charset") or b"").decode("latin-1")
-        source = read(node[1], min(node[2], node[1] + PREVIEW_SOURCE_BYTES))
-        text = "".join(iter_body_text(source, node[3], charset))
+        source = read(node.body_start, min(node.end, node.body_start + PREVIEW_SOURCE_BYTES))
+        text = "".join(iter_body_text(source, node.encoding, charset))
         return _shortened(_html_text(text)) if subtype == b"html" else _plain_preview(text)
     return ""
 
 
-def _leaves(read: Reader, tree: list[Any]) -> Iterator[tuple[list[Any], Any]]:
+def _leaves(read: Reader, tree: PartNode) -> Iterator[tuple[PartNode, ContentType]]:
     """The first PREVIEW_PARTS leaves in order that are not attachments, with their Content-Type; an
     embedded message (message/rfc822) is not looked into. The tree is walked with a stack of its own."""
     pending = [tree]
     seen = 0
     while pending and seen < PREVIEW_PARTS:
         node = pending.pop()
-        if node[4]:
-            pending += reversed(node[4])
+        if node.children:
+            pending += reversed(node.children)
             continue
         seen += 1
-        if node[5] is not None:
+        if node.message is not None:
             continue
-        header = parse_header_block(read(node[0], min(node[1], node[0] + PREVIEW_HEADER_BYTES)))
+        header_end = min(node.body_start, node.header_start + PREVIEW_HEADER_BYTES)
+        header = parse_header_block(read(node.header_start, header_end))
         disposition = parse_disposition(header.get("content-disposition"))
         if disposition is not None and disposition[0].lower() == b"attachment":
             continue

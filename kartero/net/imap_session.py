@@ -299,7 +299,7 @@ class ImapSession:
             self.conn.close(f"Too many connections for this account from your address ({refusal.reason})",
                             "connection limit")  # fmt: skip
             return
-        self.session = Session(self.ctx.store, account.id, account.address, self.conn.enabled,
+        self.session = Session(self.ctx.store.mail, account.id, account.address, self.conn.enabled,
                                spool_dir=self.ctx.spool_dir)  # fmt: skip
         self.conn.login_result(tag, account.address)
 

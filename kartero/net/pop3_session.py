@@ -146,11 +146,11 @@ class Pop3Session:
 
     def _maildrop(self, account_id: int) -> list[MaildropEntry] | None:
         """INBOX as it is now: the snapshot this session works on until QUIT."""
-        mailbox = self.ctx.store.get_mailbox(account_id, INBOX)
+        mailbox = self.ctx.store.mail.get_mailbox(account_id, INBOX)
         if mailbox is None:
             return None
         self._mailbox_id = mailbox.id
-        return [MaildropEntry(r.uid, r.size) for r in self.ctx.store.message_rows(mailbox.id)]
+        return [MaildropEntry(r.uid, r.size) for r in self.ctx.store.mail.message_rows(mailbox.id)]
 
     async def _send_message(self, uid: int) -> None:
         """RETR/TOP: the message read and sent a chunk at a time with flow control, so memory stays a
@@ -178,11 +178,11 @@ class Pop3Session:
     def _open(self, uid: int) -> MessageReader | None:
         """The maildrop message's bytes, held open; None when it is gone."""
         assert self._mailbox_id is not None
-        rows = self.ctx.store.message_rows(self._mailbox_id, [uid])
+        rows = self.ctx.store.mail.message_rows(self._mailbox_id, [uid])
         if not rows:
             return None
         try:
-            return self.ctx.store.open_message(rows[0].blob_id)
+            return self.ctx.store.mail.open_message(rows[0].blob_id)
         except (StoreError, OSError):
             return None
 
@@ -190,7 +190,7 @@ class Pop3Session:
         if not uids:
             return True
         assert self._mailbox_id is not None
-        store = self.ctx.store
+        store = self.ctx.store.mail
         try:
             store.update_flags(self._mailbox_id, uids, FlagOp.ADD, frozenset({"\\Deleted"}), None)
             gone = store.expunge(self._mailbox_id, uids)

@@ -71,7 +71,8 @@ class QueueRunner:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.store = store
+        self.queue = store.queue
+        self.mail = store.mail  # the queued messages' bytes
         self.deliverer = deliverer
         self.bouncer = bouncer
         self.settings = settings
@@ -95,7 +96,7 @@ class QueueRunner:
                 last_sweep = time.monotonic()
                 await loop.run_in_executor(None, self._sweep, frozenset(self._in_flight.values()))
             blocked = await self._dispatch()
-            next_due = await loop.run_in_executor(None, self.store.next_due)
+            next_due = await loop.run_in_executor(None, self.queue.next_due)
             if blocked or next_due is None:
                 timeout = self.settings.poll_s if not blocked else None
             else:
@@ -133,7 +134,7 @@ class QueueRunner:
         loop = asyncio.get_running_loop()
         limit = free * self.settings.messages_per_delivery
         items = await loop.run_in_executor(
-            None, self.store.due_recipients, int(self.clock()), limit, frozenset(self._in_flight)
+            None, self.queue.due_recipients, int(self.clock()), limit, frozenset(self._in_flight)
         )
         by_domain: dict[str, list[QueueItem]] = defaultdict(list)
         for item in items:
@@ -218,14 +219,14 @@ class QueueRunner:
                 JobMessage(
                     queue_id=queue_id,
                     sender=first.sender,
-                    data=b"" if large else self.store.read_message(queue_id),
+                    data=b"" if large else self.mail.read_message(queue_id),
                     recipients=tuple(JobRecipient(i.recipient_id, i.address, i.notify, i.orcpt) for i in group),
                     smtputf8=first.smtputf8,
                     body_8bit=first.body_8bit,
                     ret=first.ret,
                     envid=first.envid,
                     size=first.size if large else 0,
-                    open_body=partial(self.store.open_message, queue_id) if large else None,
+                    open_body=partial(self.mail.open_message, queue_id) if large else None,
                 )
             )
         return messages
@@ -283,13 +284,13 @@ class QueueRunner:
                         report = self._report(item, Action.DELAYED, outcome.status, outcome.reply.to_line(),
                                               outcome.remote_mta, moment)  # fmt: skip
                         reports[(item.queue_id, Action.DELAYED)].append(report)
-        self.store.update_recipients(updates)
+        self.queue.update_recipients(updates)
         first_items = {item.queue_id: item for item in items}
         for (queue_id, action), recipient_reports in reports.items():
             item = first_items[queue_id]
             if not item.sender:
                 continue  # never a DSN for a message with the null sender: no bounce loops
-            if action is Action.DELAYED and not self.store.mark_delay_notified(queue_id):
+            if action is Action.DELAYED and not self.queue.mark_delay_notified(queue_id):
                 continue  # another delivery of this message already sent its delay notice
             self._send_dsn(item.queue_id, item.sender, item.created_at, item.ret, item.envid, item.smtputf8,
                            recipient_reports, moment)  # fmt: skip
@@ -297,7 +298,7 @@ class QueueRunner:
 
     def _report_failures(self, queue_id: str) -> None:
         """Send one failure notice for every failed, unreported recipient of an entry; then mark them."""
-        unreported = self.store.unreported_failures(queue_id)
+        unreported = self.queue.unreported_failures(queue_id)
         if unreported is None:
             return
         reports = [
@@ -309,12 +310,12 @@ class QueueRunner:
         ]  # fmt: skip
         if self._send_dsn(queue_id, unreported.sender, unreported.created_at, unreported.ret, unreported.envid,
                           unreported.smtputf8, reports, datetime.fromtimestamp(self.clock(), UTC)):  # fmt: skip
-            self.store.mark_reported([r.recipient_id for r in unreported.recipients])
+            self.queue.mark_reported([r.recipient_id for r in unreported.recipients])
 
     def _sweep(self, busy: frozenset[str]) -> None:
         """Failure notices left unsent (a crash, a full disk): send them now. `busy` (entries being
         delivered) is taken on the loop: the in-flight map must not be read from this thread."""
-        for queue_id in self.store.entries_with_unreported_failures():
+        for queue_id in self.queue.entries_with_unreported_failures():
             if queue_id not in busy:
                 try:
                     self._report_failures(queue_id)
@@ -330,7 +331,7 @@ class QueueRunner:
         """What a DSN returns of the message, and the RET that says so: a message over DSN_RETURN_LIMIT
         comes back as its header only, whatever RET asked (RFC 3464 §2: "or portion thereof"), so a
         notice never holds a large message in memory."""
-        reader = self.store.open_message(queue_id)
+        reader = self.mail.open_message(queue_id)
         try:
             if reader.size <= DSN_RETURN_LIMIT and ret != "HDRS":
                 return reader.read(0, reader.size), ret

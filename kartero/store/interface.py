@@ -1,4 +1,8 @@
-"""The storage interface every backend serves (SQLite + files now, PostgreSQL later).
+"""The storage interfaces every backend serves (SQLite + files now, PostgreSQL later).
+
+Three protocols, one per concern, and `Store`, their composition as the server builds it: `AccountStore`
+(accounts, aliases, the directory), `MailStore` (mailboxes, messages, flags, MODSEQs, the change feed,
+bodies) and `QueueStore` (the outbound queue). Callers ask for the narrowest one they need.
 
 Calls are synchronous and thread-safe; the server runs them in worker threads. `deliver` returns a
 Future so that a backend can batch many deliveries into one durable commit (group commit): the Future
@@ -80,17 +84,6 @@ def blob_of_email_id(objectid: str) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class MessageInfo:
-    mailbox_id: int
-    uid: int
-    blob_id: str
-    size: int
-    internal_date: int  # unix seconds
-    flags: frozenset[str]
-    modseq: int
-
-
-@dataclass(frozen=True, slots=True)
 class MailboxStatus:
     messages: int
     unseen: int
@@ -130,7 +123,7 @@ class MessageRow:
     envelope: bytes | None = None
     body: bytes | None = None
     bodystructure: bytes | None = None
-    parts: str | None = None
+    parts: str | None = None  # the part tree as stored: kartero.mime.parttree.decode_parts reads it
     saved_at: int | None = None  # unix seconds it came into this mailbox (RFC 8514); None: stored before
     # that was kept
     preview: str | None = None  # RFC 8970, with the index fields; None: stored before previews were kept
@@ -384,7 +377,33 @@ class MessageReader(Protocol):
     def close(self) -> None: ...
 
 
-class Store(Protocol):
+class AccountStore(Protocol):
+    """Accounts, aliases, the directory snapshot the policy resolves recipients from, and credentials."""
+
+    def add_account(self, address: str, password_hash: str, scram: str = "") -> Account: ...
+    def get_account(self, address: str) -> Account | None: ...
+    def list_accounts(self) -> list[Account]: ...
+    def set_password(self, address: str, password_hash: str, scram: str = "") -> bool: ...
+    def set_scram(self, address: str, scram: str) -> None: ...
+    def delete_account(self, address: str) -> bool: ...
+    def add_alias(self, source: str, destination: str) -> bool: ...
+    def delete_alias(self, source: str) -> int: ...
+    def list_aliases(self) -> list[tuple[str, str]]: ...
+    def load_directory(self) -> tuple[dict[str, int], dict[str, tuple[str, ...]], int | None]:
+        """Every account (address -> id), every alias (source -> destinations), the first account."""
+        ...
+
+    def directory_version(self) -> int:
+        """A counter the store raises with every account or alias change, by any process (cheap: called
+        per RCPT)."""
+        ...
+
+
+class MailStore(Protocol):
+    """Mailboxes, messages, flags, MODSEQs, METADATA, the change feed and the stored bodies: what IMAP and
+    POP3 see. `deliver`/`deliver_group` store messages (a delivery's outbound recipients are queued in
+    the same commit)."""
+
     def deliver(self, delivery: Delivery) -> Future[list[StoredMessage]]:
         """Store durably; the Future fails with StoreError when no target could take the message."""
         ...
@@ -395,28 +414,6 @@ class Store(Protocol):
         callers' deliveries committed in the same batch are never affected."""
         ...
 
-    # Accounts and aliases
-    def add_account(self, address: str, password_hash: str, scram: str = "") -> Account: ...
-    def get_account(self, address: str) -> Account | None: ...
-    def get_account_by_id(self, account_id: int) -> Account | None: ...
-    def first_account(self) -> Account | None: ...
-    def list_accounts(self) -> list[Account]: ...
-    def set_password(self, address: str, password_hash: str, scram: str = "") -> bool: ...
-    def set_scram(self, address: str, scram: str) -> None: ...
-    def delete_account(self, address: str) -> bool: ...
-    def add_alias(self, source: str, destination: str) -> bool: ...
-    def delete_alias(self, source: str) -> int: ...
-    def list_aliases(self) -> list[tuple[str, str]]: ...
-    def alias_destinations(self, source: str) -> list[str]: ...
-    def load_directory(self) -> tuple[dict[str, int], dict[str, tuple[str, ...]], int | None]:
-        """Every account (address -> id), every alias (source -> destinations), the first account."""
-        ...
-
-    def directory_version(self) -> object:
-        """A token that changes whenever accounts or aliases change (cheap: called per RCPT)."""
-        ...
-
-    # Mailboxes
     def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
     def get_mailbox(self, account_id: int, name: str) -> Mailbox | None: ...
     def create_mailbox(self, account_id: int, name: str, special_use: str | None = None) -> Mailbox:
@@ -443,8 +440,6 @@ class Store(Protocol):
         (RFC 3501 §2.3.2). Raises NoSuchMailbox."""
         ...
 
-    # Messages
-    def list_messages(self, mailbox_id: int) -> list[MessageInfo]: ...
     def message_rows(
         self, mailbox_id: int, uids: Sequence[int] | None = None, *, with_index: bool = False,
         expunged: bool = False,
@@ -513,7 +508,6 @@ class Store(Protocol):
         ...
 
     def read_message(self, blob_id: str) -> bytes: ...
-    def read_range(self, blob_id: str, start: int, length: int) -> bytes: ...
     def open_message(self, blob_id: str) -> MessageReader:
         """A handle on a message's bytes for reading it in pieces (FETCH, RETR): it stays readable until
         closed, even when the message is expunged or its segment compacted meanwhile, so a response
@@ -536,7 +530,10 @@ class Store(Protocol):
         its subscriptions changed (from any thread)."""
         ...
 
-    # The outbound queue
+
+class QueueStore(Protocol):
+    """The outbound queue: what is due, attempts and their outcomes, failure reports."""
+
     def due_recipients(self, now: int, limit: int, exclude: frozenset[int] = frozenset()) -> list[QueueItem]:
         """Pending or deferred recipients whose next attempt is due, oldest first."""
         ...
@@ -563,7 +560,20 @@ class Store(Protocol):
         """Call `listener` after a commit that put something into the queue (from any thread)."""
         ...
 
-    def close(self) -> None: ...
+
+class Store(Protocol):
+    """The whole store as the server builds it: each caller takes the narrowest part it needs (auth the
+    accounts, IMAP and POP3 the mail, the queue runner the queue)."""
+
+    @property
+    def accounts(self) -> AccountStore: ...
+    @property
+    def mail(self) -> MailStore: ...
+    @property
+    def queue(self) -> QueueStore: ...
+    def close(self) -> None:
+        """Finish every delivery already accepted, then release everything."""
+        ...
 
 
 def as_targets(account_ids: Sequence[int], mailbox: str = INBOX) -> tuple[DeliveryTarget, ...]:

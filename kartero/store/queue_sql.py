@@ -1,4 +1,4 @@
-"""The outbound queue in the SQLite store (mixed into SQLiteStore): a queued message is a blob plus a
+"""The outbound queue in the SQLite store (kartero.store.interface.QueueStore): a queued message is a blob plus a
 `queue` row and one `queue_recipients` row per remote recipient with its state.
 
 Entries are written by the committer in the same transaction as the message bytes (so `250` means
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kartero.store.interface import (
@@ -25,49 +24,9 @@ from kartero.store.interface import (
     RecipientUpdate,
     Unreported,
 )
-
-QUEUE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS queue (
-    id TEXT PRIMARY KEY REFERENCES blobs(id),
-    sender TEXT NOT NULL,
-    ret TEXT,
-    envid TEXT,
-    smtputf8 INTEGER NOT NULL,
-    body_8bit INTEGER NOT NULL,
-    created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL,
-    delay_notified INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS queue_recipients (
-    id INTEGER PRIMARY KEY,
-    queue_id TEXT NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
-    address TEXT NOT NULL,
-    domain TEXT NOT NULL,
-    notify TEXT NOT NULL,
-    orcpt TEXT,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at INTEGER NOT NULL,
-    last_reply TEXT,
-    updated_at INTEGER NOT NULL,
-    status TEXT,
-    remote_mta TEXT,
-    reported INTEGER NOT NULL DEFAULT 1
-);
-CREATE INDEX IF NOT EXISTS queue_due ON queue_recipients (state, next_attempt_at);
-CREATE INDEX IF NOT EXISTS queue_recipients_entry ON queue_recipients (queue_id);
-"""
+from kartero.store.sqlite_db import Database, drop_unreferenced_blobs
 
 _OPEN = (QueueState.PENDING.value, QueueState.DEFERRED.value)
-_ADDED_COLUMNS = {"status": "TEXT", "remote_mta": "TEXT", "reported": "INTEGER NOT NULL DEFAULT 1"}
-
-
-def migrate_queue(db: sqlite3.Connection) -> None:
-    """Add the columns a queue table from an earlier version lacks."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(queue_recipients)")}
-    for column, kind in _ADDED_COLUMNS.items():
-        if column not in have:
-            db.execute(f"ALTER TABLE queue_recipients ADD COLUMN {column} {kind}")
 
 
 def insert_outbound(db: sqlite3.Connection, delivery: Delivery) -> None:
@@ -92,14 +51,16 @@ def insert_outbound(db: sqlite3.Connection, delivery: Delivery) -> None:
     )
 
 
-class QueueOps:
-    """Needs `_db`, `_write` and `_drop_unreferenced_blobs` from its host."""
+class SQLiteQueue:
+    """QueueStore over the shared Database (its entries are written by the committer: see insert_outbound)."""
 
-    def _db(self) -> sqlite3.Connection:
-        raise NotImplementedError
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._db = database.db
+        self._write = database.write
 
-    def _write(self, *, durable: bool = True) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
+    def add_queue_listener(self, listener: Callable[[], None]) -> None:
+        self._database.listeners.queue.append(listener)
 
     def due_recipients(self, now: int, limit: int, exclude: frozenset[int] = frozenset()) -> list[QueueItem]:
         rows = self._db().execute(
@@ -201,10 +162,7 @@ class QueueOps:
         if not entries:
             return
         db.executemany("DELETE FROM queue WHERE id = ?", [(e,) for e in entries])
-        self._drop_unreferenced_blobs(db, entries)
-
-    def _drop_unreferenced_blobs(self, db: sqlite3.Connection, blob_ids: list[str]) -> None:
-        raise NotImplementedError
+        drop_unreferenced_blobs(db, entries)
 
     def mark_delay_notified(self, queue_id: str) -> bool:
         with self._write() as db:

@@ -203,7 +203,7 @@ class KarteroServer:
     def directory(self) -> Iterator[Directory]:
         store = self.store()
         try:
-            yield Directory(store, self.domains)
+            yield Directory(store.accounts, self.domains)
         finally:
             store.close()
 
@@ -214,11 +214,11 @@ class KarteroServer:
         """Every message in `address`'s mailbox, oldest first, as stored (trace headers included)."""
         store = self.store()
         try:
-            account = store.get_account(address)
+            account = store.accounts.get_account(address)
             assert account is not None, f"no account {address}"
-            box = store.get_mailbox(account.id, mailbox)
+            box = store.mail.get_mailbox(account.id, mailbox)
             assert box is not None
-            return [store.read_message(m.blob_id) for m in store.list_messages(box.id)]
+            return [store.mail.read_message(m.blob_id) for m in store.mail.message_rows(box.id)]
         finally:
             store.close()
 

@@ -61,10 +61,10 @@ def test_user_and_alias_commands(tmp_path: Path) -> None:
     )
     store = SQLiteStore(server.root / "data")
     try:
-        account = store.get_account("bob@example.test")
+        account = store.accounts.get_account("bob@example.test")
         assert account is not None
         assert verify_password(account.password_hash, "hunter2")  # line ending stripped
-        assert [m.name for m in store.list_mailboxes(account.id)] == [
+        assert [m.name for m in store.mail.list_mailboxes(account.id)] == [
             "INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive",
         ]  # fmt: skip
     finally:
@@ -82,7 +82,7 @@ def test_user_and_alias_commands(tmp_path: Path) -> None:
     assert run_cli(cfg, "user", "passwd", "bob@example.test", "--password-stdin", stdin="new-pw\n").returncode == 0
     store = SQLiteStore(server.root / "data")
     try:
-        account = store.get_account("bob@example.test")
+        account = store.accounts.get_account("bob@example.test")
         assert account is not None and verify_password(account.password_hash, "new-pw")
     finally:
         store.close()

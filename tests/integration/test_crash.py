@@ -74,7 +74,7 @@ def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
     # After recovery every segment ends exactly where its last committed body ends.
     store = mx.store()
     try:
-        db = store._db()
+        db = store.database.db()
         for number in store.segments.numbers():
             (end,) = db.execute("SELECT MAX(offset + size) FROM blobs WHERE segment = ?", (number,)).fetchone()
             assert store.segments.size(number) == end

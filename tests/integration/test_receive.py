@@ -116,8 +116,8 @@ def test_several_recipients_share_one_stored_copy(mx: KarteroServer) -> None:
 
 
 def _inbox(store, address):  # type: ignore[no-untyped-def]
-    account = store.get_account(address)
-    return store.list_messages(store.get_mailbox(account.id, "INBOX").id)
+    account = store.accounts.get_account(address)
+    return store.mail.message_rows(store.mail.get_mailbox(account.id, "INBOX").id)
 
 
 def test_8bit_and_smtputf8_messages(mx: KarteroServer) -> None:
@@ -134,7 +134,7 @@ def test_8bit_and_smtputf8_messages(mx: KarteroServer) -> None:
     store = mx.store()
     try:
         (info,) = [m for m in _inbox(store, "bob@example.test") if m.uid == 2]
-        envelope = store.read_envelope(info.blob_id)
+        envelope = store.mail.read_envelope(info.blob_id)
     finally:
         store.close()
     assert envelope.smtputf8 is True and envelope.sender == "jos\u00e9@ejemplo.example"

@@ -78,15 +78,15 @@ def test_issue_10_a_check_that_raises_or_hangs_ends_that_message_with_451_and_th
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = SQLiteStore(tmp_path / "data")
-    bob = store.add_account("bob@example.test", "h")
+    bob = store.accounts.add_account("bob@example.test", "h")
     store.start()
 
     async def scenario() -> None:
         sessions: set[SMTPSession] = set()
         loop = asyncio.get_running_loop()
-        directory = DirectoryCache(store, ("example.test",))
+        directory = DirectoryCache(store.accounts, ("example.test",))
         directory.prime()
-        intake = Intake(store, directory, hostname="mx.example.test", queue_lifetime_s=3600.0,
+        intake = Intake(store.mail, directory, hostname="mx.example.test", queue_lifetime_s=3600.0,
                         blocking=Blocking(), check_deadline_s=0.7)  # fmt: skip
         ctx = SessionContext(
             listener="smtp",
@@ -132,10 +132,10 @@ def test_issue_10_a_check_that_raises_or_hangs_ends_that_message_with_451_and_th
 
     with caplog.at_level(logging.INFO, logger="kartero"):
         asyncio.run(scenario())
-    inbox = store.get_mailbox(bob.id, "INBOX")
+    inbox = store.mail.get_mailbox(bob.id, "INBOX")
     assert inbox is not None
-    (row,) = store.message_rows(inbox.id)  # only the fine one was stored
-    assert store.read_message(row.blob_id).endswith(b"Subject: fine\r\n\r\nbody\r\n")
+    (row,) = store.mail.message_rows(inbox.id)  # only the fine one was stored
+    assert store.mail.read_message(row.blob_id).endswith(b"Subject: fine\r\n\r\nbody\r\n")
     store.close()
     logged = [r for r in caplog.records if "event=smtp.decision_failed" in r.getMessage()
               or "event=intake.check_failed" in r.getMessage()]  # fmt: skip
@@ -143,9 +143,14 @@ def test_issue_10_a_check_that_raises_or_hangs_ends_that_message_with_451_and_th
     assert "secret internals of a check in a thread" in str([r.exc_info[1] for r in logged if r.exc_info])
 
 
-class BrokenSearchStore(SQLiteStore):
-    def search(self, mailbox_id, criterion):  # type: ignore[no-untyped-def]
+def broken_search_store(root: Path) -> SQLiteStore:
+    store = SQLiteStore(root)
+
+    def search(mailbox_id, criterion):  # type: ignore[no-untyped-def]
         raise RuntimeError("secret internals of a broken search")
+
+    store.mail.search = search  # type: ignore[method-assign]
+    return store
 
 
 def test_bug_in_an_imap_command_answers_serverbug_and_the_session_goes_on(
@@ -157,8 +162,8 @@ def test_bug_in_an_imap_command_answers_serverbug_and_the_session_goes_on(
     from kartero.net.channel import AccessContext
     from kartero.net.imap_session import ImapSession
 
-    store = BrokenSearchStore(tmp_path / "data")
-    store.add_account("bob@example.test", hash_password("pw"))
+    store = broken_search_store(tmp_path / "data")
+    store.accounts.add_account("bob@example.test", hash_password("pw"))
     store.start()
 
     async def scenario() -> None:
@@ -168,7 +173,7 @@ def test_bug_in_an_imap_command_answers_serverbug_and_the_session_goes_on(
             listener="imap",
             settings=ImapSettings(hostname="imap.example.test"),
             store=store,
-            authenticator=Authenticator(store),
+            authenticator=Authenticator(store.accounts),
             tls_context=lambda: None,
             implicit_tls=False,
             spawn=lambda coro: loop.create_task(coro) and None,

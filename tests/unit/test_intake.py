@@ -27,17 +27,17 @@ ARRIVAL = SmtpArrival("client.example", "192.0.2.7", "ESMTPS", "TLSv1.3 TLS_AES_
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s = SQLiteStore(tmp_path / "data")
-    s.add_account("bob@example.test", "h")
-    s.add_account("carol@example.test", "h")
+    s.accounts.add_account("bob@example.test", "h")
+    s.accounts.add_account("carol@example.test", "h")
     s.start()
     yield s
     s.close()
 
 
 def intake(store: SQLiteStore) -> Intake:
-    directory = DirectoryCache(store, ("example.test",))
+    directory = DirectoryCache(store.accounts, ("example.test",))
     directory.prime()
-    return Intake(store, directory, hostname="mx.example.test", queue_lifetime_s=3600.0, blocking=Blocking())
+    return Intake(store.mail, directory, hostname="mx.example.test", queue_lifetime_s=3600.0, blocking=Blocking())
 
 
 def accept(store: SQLiteStore, incoming: Incoming) -> Stored | Refused:
@@ -45,15 +45,15 @@ def accept(store: SQLiteStore, incoming: Incoming) -> Stored | Refused:
 
 
 def inbox_messages(store: SQLiteStore, address: str) -> list[bytes]:
-    account = store.get_account(address)
+    account = store.accounts.get_account(address)
     assert account is not None
-    inbox = store.get_mailbox(account.id, "INBOX")
+    inbox = store.mail.get_mailbox(account.id, "INBOX")
     assert inbox is not None
-    return [store.read_message(r.blob_id) for r in store.message_rows(inbox.id)]
+    return [store.mail.read_message(r.blob_id) for r in store.mail.message_rows(inbox.id)]
 
 
 def local(store: SQLiteStore, address: str) -> Target:
-    account = store.get_account(address)
+    account = store.accounts.get_account(address)
     assert account is not None
     return Target(EnvelopeRecipient(address), (account.id,))
 
@@ -75,13 +75,13 @@ def test_issue_10_local_and_remote_copies_are_stored_in_one_commit_with_the_trac
     assert lines[1] == b"Received: from client.example ([192.0.2.7])"
     assert lines[2] == b"\tby mx.example.test (Kartero) with ESMTPS (TLSv1.3 TLS_AES_256_GCM_SHA384)"
     assert lines[3].startswith(b"\tid " + outcome.message_id.encode() + b"; ")  # two recipients: no `for`
-    queued = store.read_message(outcome.queue_id)
+    queued = store.mail.read_message(outcome.queue_id)
     assert queued.startswith(b"Received: from client.example") and queued.endswith(data)  # no Return-Path
-    (entry,) = store.queue_entries()
+    (entry,) = store.queue.queue_entries()
     assert [r.address for r in entry.recipients] == ["dave@remote.example"]
-    record = store.read_envelope(outcome.message_id)
+    record = store.mail.read_envelope(outcome.message_id)
     assert record.recipients == envelope.recipients and record.envid == "E1" and record.received_at > 0
-    assert store.read_envelope(outcome.queue_id) == record
+    assert store.mail.read_envelope(outcome.queue_id) == record
 
 
 def test_issue_10_sendmail_gets_its_own_received_field_and_completed_header(store: SQLiteStore) -> None:
@@ -125,17 +125,17 @@ def test_issue_10_the_checks_decide_what_is_stored_and_where(store: SQLiteStore)
     outcome = accept(store, Incoming(envelope, b"Subject: x\r\n\r\n", (bob,), ARRIVAL, check=to_junk))
     assert isinstance(outcome, Stored)
     assert inbox_messages(store, "bob@example.test") == []
-    account = store.get_account("bob@example.test")
+    account = store.accounts.get_account("bob@example.test")
     assert account is not None
-    junk = store.get_mailbox(account.id, "Junk")
+    junk = store.mail.get_mailbox(account.id, "Junk")
     assert junk is not None
-    (row,) = store.message_rows(junk.id)
-    assert b"\r\nX-Checked: yes\r\nSubject: x\r\n\r\n" in store.read_message(row.blob_id)
+    (row,) = store.mail.message_rows(junk.id)
+    assert b"\r\nX-Checked: yes\r\nSubject: x\r\n\r\n" in store.mail.read_message(row.blob_id)
 
 
 def test_issue_10_intake_resolves_local_aliases_and_remote_addresses(store: SQLiteStore) -> None:
-    store.add_alias("team@example.test", "bob@example.test")
-    store.add_alias("team@example.test", "carol@example.test")
+    store.accounts.add_alias("team@example.test", "bob@example.test")
+    store.accounts.add_alias("team@example.test", "carol@example.test")
 
     async def resolve() -> list[Target | None]:
         i = intake(store)
@@ -184,11 +184,11 @@ def test_issue_10_an_old_record_in_the_database_reads_through_the_store(store: S
     bob = local(store, "bob@example.test")
     outcome = accept(store, Incoming(EnvelopeRecord(Origin.SMTP, "a@b.example", (bob.recipient,)), b"x\r\n", (bob,)))
     assert isinstance(outcome, Stored)
-    with store._write() as db:  # as the code before issue 10 left it
+    with store.database.write() as db:  # as the code before issue 10 left it
         db.execute("UPDATE blobs SET envelope = ? WHERE id = ?",
                    ('{"mail_from": "old@b.example", "rcpt_to": ["bob@example.test"], "sendmail_user": "u"}',
                     outcome.message_id))  # fmt: skip
-    assert store.read_envelope(outcome.message_id) == EnvelopeRecord(
+    assert store.mail.read_envelope(outcome.message_id) == EnvelopeRecord(
         Origin.SENDMAIL, "old@b.example", (EnvelopeRecipient("bob@example.test"),), user="u"
     )
 

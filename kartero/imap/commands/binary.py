@@ -15,9 +15,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from kartero.mime.headers import TransferDecoder
+from kartero.mime.parttree import PartNode
 
 # Read from the stored message this much at a time.
 READ_BYTES = 256 * 1024
@@ -59,35 +59,36 @@ Piece = Raw | Decoded | BinaryHeader
 Reader = Callable[[int, int], bytes]  # (start, end) -> stored octets
 
 
-def binary_pieces(node: list[Any], *, with_header: bool) -> list[Piece]:
-    """The pieces the BINARY content of a part-tree node (kartero.mime.index.part_tree) is made of: its
+def binary_pieces(node: PartNode, *, with_header: bool) -> list[Piece]:
+    """The pieces the BINARY content of a part-tree node (kartero.mime.parttree) is made of: its
     body, or (with_header) the whole entity. Raises UnknownEncoding. The tree was bounded when it was
     parsed (kartero.mime.structure: MAX_PARTS, MAX_DEPTH), and is walked with a stack of its own."""
     pieces: list[Piece] = []
     # Entries: a node to walk and whether its header goes out, or a Raw gap between two children.
-    pending: list[tuple[list[Any], bool] | Raw] = [(node, with_header)]
+    pending: list[tuple[PartNode, bool] | Raw] = [(node, with_header)]
     while pending:
         entry = pending.pop()
         if isinstance(entry, Raw):
             if entry.end > entry.start:
                 pieces.append(entry)
             continue
-        (header_start, body_start, end, encoding, children, embedded), header = entry
+        part, header = entry
+        encoding, body_start, end = part.encoding, part.body_start, part.end
         if encoding not in _IDENTITY and encoding not in _DECODED:
             raise UnknownEncoding(encoding)
-        is_decoded = encoding in _DECODED and not children and embedded is None
-        if header and body_start > header_start:
-            pieces.append((BinaryHeader if is_decoded else Raw)(header_start, body_start))
-        if children:
-            later: list[tuple[list[Any], bool] | Raw] = []
+        is_decoded = encoding in _DECODED and part.is_leaf
+        if header and body_start > part.header_start:
+            pieces.append((BinaryHeader if is_decoded else Raw)(part.header_start, body_start))
+        if part.children:
+            later: list[tuple[PartNode, bool] | Raw] = []
             position = body_start
-            for child in children:  # delimiters and preamble between the children stay as they are
-                later += [Raw(position, child[0]), (child, True)]
-                position = child[2]
+            for child in part.children:  # delimiters and preamble between the children stay as they are
+                later += [Raw(position, child.header_start), (child, True)]
+                position = child.end
             later.append(Raw(position, end))
             pending += reversed(later)
-        elif embedded is not None:
-            pending.append((embedded, True))
+        elif part.message is not None:
+            pending.append((part.message, True))
         elif end > body_start:
             pieces.append(Decoded(body_start, end, encoding) if is_decoded else Raw(body_start, end))
     return pieces

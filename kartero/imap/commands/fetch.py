@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import re
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from kartero.imap.commands.binary import UnknownEncoding, binary_chunks, binary_pieces
 from kartero.imap.commands.view import (
@@ -41,6 +39,7 @@ from kartero.imap.commands.view import (
 from kartero.imap.response import Status
 from kartero.imap.syntax import PREVIEW_LAZY, STAR, BodyItem, Fetch, Section
 from kartero.mime.imapform import imap_string
+from kartero.mime.parttree import PartNode, decode_parts
 from kartero.mime.preview import make_preview
 from kartero.store.interface import FlagOp, MessageReader, MessageRow, StoreError, email_id
 
@@ -104,19 +103,19 @@ def _clipped(chunks: Iterator[bytes], origin: int, count: int) -> Iterator[bytes
         yield chunk
 
 
-def _locate(tree: list[Any], path: tuple[int, ...]) -> list[Any] | None:
+def _locate(tree: PartNode, path: tuple[int, ...]) -> PartNode | None:
     """The part-tree node a section path names, or None (see kartero.mime.structure.find_part)."""
     node = tree
     for index, number in enumerate(path):
         more = index + 1 < len(path)
-        if node[4]:
-            if not 1 <= number <= len(node[4]):
+        if node.children:
+            if not 1 <= number <= len(node.children):
                 return None
-            node = node[4][number - 1]
-        elif number != 1 or (more and node[5] is None):
+            node = node.children[number - 1]
+        elif number != 1 or (more and node.message is None):
             return None
-        if more and node[5] is not None:
-            node = node[5]
+        if more and node.message is not None:
+            node = node.message
     return node
 
 
@@ -149,7 +148,7 @@ class _Message:
     def __init__(self, session: Session, row: MessageRow) -> None:
         self.session = session
         self.row = row
-        self._tree: list[Any] | None = None
+        self._tree: PartNode | None = None
         self._reader: MessageReader | None = None
 
     def open(self) -> None:
@@ -164,10 +163,10 @@ class _Message:
             self._reader = None
 
     @property
-    def tree(self) -> list[Any]:
+    def tree(self) -> PartNode:
         if self._tree is None:
             assert self.row.parts is not None
-            self._tree = json.loads(self.row.parts)
+            self._tree = decode_parts(self.row.parts)
         return self._tree
 
     @property
@@ -195,10 +194,10 @@ class _Message:
         return Literal(name, span.end - span.start, False, chunks)
 
     def header_span(self) -> Span:
-        return Span(0, self.tree[1])
+        return Span(0, self.tree.body_start)
 
     def text_span(self) -> Span:
-        return Span(self.tree[1], self.row.size)
+        return Span(self.tree.body_start, self.row.size)
 
     def section(self, section: Section) -> Span | bytes | None:
         """The octets of a BODY section (a span of the stored message, or bytes when they must be
@@ -211,22 +210,22 @@ class _Message:
         if node is None:
             return None
         if not section.text:
-            return Span(node[1], node[2])
+            return Span(node.body_start, node.end)
         if section.text == "MIME":
-            return Span(node[0], node[1])
-        if node[5] is None:
+            return Span(node.header_start, node.body_start)
+        if node.message is None:
             return b""  # HEADER/TEXT of a part that is not a message/rfc822
-        return self._text_of(node[5], section)
+        return self._text_of(node.message, section)
 
-    def _text_of(self, node: list[Any], section: Section) -> Span | bytes:
-        header = Span(node[0], node[1])
+    def _text_of(self, node: PartNode, section: Section) -> Span | bytes:
+        header = Span(node.header_start, node.body_start)
         if section.text == "HEADER":
             return header
         if section.text == "HEADER.FIELDS":
             return _filter_header(self.read(header), section.fields, keep=True)
         if section.text == "HEADER.FIELDS.NOT":
             return _filter_header(self.read(header), section.fields, keep=False)
-        return Span(node[1], node[2])  # TEXT
+        return Span(node.body_start, node.end)  # TEXT
 
     def preview(self) -> str | None:
         """The preview of a message stored before previews were kept, made now (RFC 8970 §3.1: LAZY asks

@@ -32,7 +32,7 @@ from kartero.imap.commands.view import Done, Session, chunked, sync
 from kartero.imap.metadata import entry_name
 from kartero.imap.response import Status, astring
 from kartero.imap.syntax import Fetch, Notify, NotifyGroup, SequenceSet
-from kartero.store.interface import INBOX, Mailbox, MailboxStatus, MetadataChange, NoSuchMailbox, Store
+from kartero.store.interface import INBOX, Mailbox, MailboxStatus, MailStore, MetadataChange, NoSuchMailbox
 
 Handler = Generator[bytes, None, Done]
 SUPPORTED_EVENTS = ("MessageNew", "MessageExpunge", "FlagChange", "MailboxName", "SubscriptionChange",
@@ -117,7 +117,7 @@ class NotifyState:
         """Whether METADATA changes concern this session (the adapter passes them on then)."""
         return any(g.events & {"MailboxMetadataChange", "ServerMetadataChange"} for g in self.groups)
 
-    def deselected(self, store: Store, mailbox_id: int, modseq: int) -> None:
+    def deselected(self, store: MailStore, mailbox_id: int, modseq: int) -> None:
         """The session leaves `mailbox_id`, having told the client every change up to `modseq` (its own
         STOREs and EXPUNGEs among them): a STATUS with nothing after that is known, so the session's own
         changes there are not reported back once it is no longer selected (§5)."""

@@ -26,9 +26,9 @@ from kartero.store.interface import (
     FileSpan,
     FlagOp,
     FlagUpdate,
+    MailStore,
     MessageRow,
     NoSuchMailbox,
-    Store,
     apply_flag_op,
 )
 
@@ -122,7 +122,7 @@ class ResultContext(Protocol):
 class Session:
     """The non-protocol state handlers share; `enabled` is the core's set (CONDSTORE, QRESYNC, ...)."""
 
-    store: Store
+    store: MailStore
     account_id: int
     user: str
     enabled: set[str]

@@ -15,7 +15,7 @@ from kartero.store.sqlite import SQLiteStore
 @pytest.fixture
 def directory(tmp_path: Path) -> Iterator[Directory]:
     store = SQLiteStore(tmp_path / "data")
-    yield Directory(store, ("example.test", "xn--bcher-kva.example"))
+    yield Directory(store.accounts, ("example.test", "xn--bcher-kva.example"))
     store.close()
 
 
@@ -92,10 +92,10 @@ def test_directory_cache_sees_new_users_at_once_and_deletions_within_a_second(tm
     from kartero.auth.accounts import DirectoryCache
 
     store = SQLiteStore(tmp_path / "data")
-    directory = Directory(store, ("example.test",))
+    directory = Directory(store.accounts, ("example.test",))
 
     async def scenario() -> None:
-        cache = DirectoryCache(store, ("example.test",))
+        cache = DirectoryCache(store.accounts, ("example.test",))
 
         async def lookup(address: str) -> tuple[int, ...]:
             return (await cache.resolve(address)).account_ids

@@ -24,16 +24,16 @@ def store(tmp_path: Path) -> Iterator[SQLiteStore]:
 
 
 def keys(store: SQLiteStore, address: str) -> ScramCredentials:
-    account = store.get_account(address)
+    account = store.accounts.get_account(address)
     assert account is not None
     return ScramCredentials.decode(account.scram)
 
 
 def test_issue_8_new_scram_keys_use_100000_rounds_or_the_configured_count(store: SQLiteStore) -> None:
     assert SCRAM_ITERATIONS >= 100_000
-    Directory(store, ("example.test",)).add_user("bob@example.test", PASSWORD)
+    Directory(store.accounts, ("example.test",)).add_user("bob@example.test", PASSWORD)
     assert keys(store, "bob@example.test").iterations == SCRAM_ITERATIONS
-    directory = Directory(store, ("example.test",), scram_iterations=150_000)
+    directory = Directory(store.accounts, ("example.test",), scram_iterations=150_000)
     directory.add_user("carol@example.test", PASSWORD)
     assert keys(store, "carol@example.test").iterations == 150_000
     directory.set_password("bob@example.test", "new password")
@@ -42,8 +42,8 @@ def test_issue_8_new_scram_keys_use_100000_rounds_or_the_configured_count(store:
 
 def test_issue_8_old_4096_round_keys_are_replaced_at_the_next_successful_login(store: SQLiteStore) -> None:
     old = scram_credentials(PASSWORD, b"0123456789abcdef", 4096)
-    store.add_account("bob@example.test", hash_password(PASSWORD), old.encode())
-    authenticator = Authenticator(store)
+    store.accounts.add_account("bob@example.test", hash_password(PASSWORD), old.encode())
+    authenticator = Authenticator(store.accounts)
     assert authenticator.verify("bob@example.test", "wrong") is None
     assert keys(store, "bob@example.test") == old  # a wrong password changes nothing
     assert authenticator.verify("Bob@Example.TEST", PASSWORD) is not None
@@ -54,17 +54,17 @@ def test_issue_8_old_4096_round_keys_are_replaced_at_the_next_successful_login(s
 
 
 def test_issue_8_keys_are_kept_when_good_and_made_when_missing(store: SQLiteStore) -> None:
-    store.add_account("bob@example.test", hash_password(PASSWORD), "")
-    authenticator = Authenticator(store, scram_iterations=4096)
+    store.accounts.add_account("bob@example.test", hash_password(PASSWORD), "")
+    authenticator = Authenticator(store.accounts, scram_iterations=4096)
     assert authenticator.verify("bob@example.test", PASSWORD) is not None
     made = keys(store, "bob@example.test")
     assert made.iterations == 4096
-    Authenticator(store, scram_iterations=4096).verify("bob@example.test", PASSWORD)
+    Authenticator(store.accounts, scram_iterations=4096).verify("bob@example.test", PASSWORD)
     assert keys(store, "bob@example.test") == made  # not re-derived at every login
     assert needs_new_scram("garbage", 4096) and needs_new_scram("", 4096)
     assert not needs_new_scram(made.encode(), 4096) and needs_new_scram(made.encode(), 4097)
 
 
 def test_issue_8_unknown_users_get_fake_keys_with_the_same_round_count(store: SQLiteStore) -> None:
-    credentials, account = Authenticator(store, scram_iterations=120_000).scram("nobody@example.test")
+    credentials, account = Authenticator(store.accounts, scram_iterations=120_000).scram("nobody@example.test")
     assert account is None and credentials.iterations == 120_000

@@ -30,9 +30,9 @@ def store(tmp_path: Path) -> Iterator[SQLiteStore]:
 
 def pickup(store: SQLiteStore) -> maildrop.Pickup:
     """A pickup as the server builds it (call inside a running loop: DSNs go through it)."""
-    directory = DirectoryCache(store, ("example.test",))
+    directory = DirectoryCache(store.accounts, ("example.test",))
     directory.prime()
-    intake = Intake(store, directory, hostname="mx.example.test", queue_lifetime_s=3600.0, blocking=Blocking())
+    intake = Intake(store.mail, directory, hostname="mx.example.test", queue_lifetime_s=3600.0, blocking=Blocking())
     return maildrop.Pickup(store.root, intake, DsnSender(intake, asyncio.get_running_loop()), "mx.example.test")
 
 
@@ -51,29 +51,29 @@ def drop(store: SQLiteStore, data: bytes, *recipients: str) -> Path:
 
 
 def test_issue_8_poison_header_through_sendmail_is_stored_once(store: SQLiteStore) -> None:
-    bob = store.add_account("bob@example.test", "h")
+    bob = store.accounts.add_account("bob@example.test", "h")
     data = b"Subject: =?rot13?q?k?=\r\nFrom: bob@example.test\r\n\r\nhi\r\n"
     path = drop(store, data, "bob@example.test")
     assert run_once(store) == [1]
     assert not path.exists()
-    inbox = store.get_mailbox(bob.id, "INBOX")
+    inbox = store.mail.get_mailbox(bob.id, "INBOX")
     assert inbox is not None
-    (row,) = store.message_rows(inbox.id)
-    assert store.read_message(row.blob_id).endswith(data)
+    (row,) = store.mail.message_rows(inbox.id)
+    assert store.mail.read_message(row.blob_id).endswith(data)
 
 
 def test_issue_8_file_that_keeps_failing_goes_to_corrupt_after_five_tries(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store.add_account("bob@example.test", "h")
+    store.accounts.add_account("bob@example.test", "h")
 
     def failing(deliveries: Sequence[Delivery]) -> Future[list[list[StoredMessage]]]:
         future: Future[list[list[StoredMessage]]] = Future()
         future.set_exception(StoreError("disk trouble"))
         return future
 
-    real = store.deliver_group
-    monkeypatch.setattr(store, "deliver_group", failing)
+    real = store.mail.deliver_group
+    monkeypatch.setattr(store.mail, "deliver_group", failing)
     path = drop(store, b"Subject: s\r\n\r\nhi\r\n", "bob@example.test")
     with caplog.at_level(logging.ERROR, "kartero.maildrop"):
         assert run_once(store, maildrop.MAX_ATTEMPTS) == [0] * maildrop.MAX_ATTEMPTS
@@ -81,7 +81,7 @@ def test_issue_8_file_that_keeps_failing_goes_to_corrupt_after_five_tries(
     assert (path.parent / "corrupt" / path.name).exists()
     assert any("event=maildrop.corrupt" in r.getMessage() and "store failed 5 times" in r.getMessage()
                for r in caplog.records)  # fmt: skip
-    monkeypatch.setattr(store, "deliver_group", real)
+    monkeypatch.setattr(store.mail, "deliver_group", real)
     second = drop(store, b"Subject: t\r\n\r\nhi\r\n", "bob@example.test")
     assert run_once(store) == [1] and not second.exists()
 
@@ -89,11 +89,11 @@ def test_issue_8_file_that_keeps_failing_goes_to_corrupt_after_five_tries(
 def test_issue_8_only_unknown_recipients_are_bounced_not_set_aside(store: SQLiteStore) -> None:
     """Nothing to store (every recipient unknown, e.g. deleted since `kartero sendmail`) is not a store
     failure: the sender gets its bounce and the file goes (found in review: it went to corrupt/)."""
-    bob = store.add_account("bob@example.test", "h")
+    bob = store.accounts.add_account("bob@example.test", "h")
     path = drop(store, b"Subject: s\r\n\r\nhi\r\n", "gone@example.test")
     assert run_once(store) == [1] and not path.exists()
     assert not (path.parent / "corrupt").exists()
-    inbox = store.get_mailbox(bob.id, "INBOX")
+    inbox = store.mail.get_mailbox(bob.id, "INBOX")
     assert inbox is not None
-    (bounce,) = store.message_rows(inbox.id)
-    assert b"gone@example.test" in store.read_message(bounce.blob_id)
+    (bounce,) = store.mail.message_rows(inbox.id)
+    assert b"gone@example.test" in store.mail.read_message(bounce.blob_id)

@@ -14,7 +14,7 @@ from kartero.store.sqlite import SQLiteStore
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     """A fresh embedded store with one account, bob@example.test (account id 1), and nothing delivered."""
     s = SQLiteStore(tmp_path / "data")
-    s.add_account("bob@example.test", "unused")
+    s.accounts.add_account("bob@example.test", "unused")
     s.start()
     yield s
     s.close()

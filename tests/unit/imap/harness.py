@@ -60,10 +60,10 @@ class Client:
             self.events.append(event)
             match event:
                 case LoginRequested(tag=tag, user=user, password=password):
-                    account = self.store.get_account(user) if self.store else None
+                    account = self.store.accounts.get_account(user) if self.store else None
                     if password == PASSWORD and (self.store is None or account is not None):
                         if self.store is not None and account is not None:
-                            self.session = Session(self.store, account.id, account.address, conn.enabled,
+                            self.session = Session(self.store.mail, account.id, account.address, conn.enabled,
                                                    spool_dir=spool_dir(self.store.root))  # fmt: skip
                         conn.login_result(tag, user)
                     else:

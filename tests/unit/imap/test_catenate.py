@@ -34,14 +34,14 @@ FORWARDED = b"From: alice@example.org\r\nSubject: forwarded\r\n\r\nForwarded bod
 
 
 def deliver(store: SQLiteStore, data: bytes, mailbox: str = "INBOX", flags: frozenset[str] = frozenset()) -> None:
-    store.deliver(Delivery(new_message_id(), data, (DeliveryTarget(1, mailbox, flags),), WHEN)).result(10)
+    store.mail.deliver(Delivery(new_message_id(), data, (DeliveryTarget(1, mailbox, flags),), WHEN)).result(10)
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     """bob's Drafts holds DRAFT (UID 1) and FORWARDED (UID 2)."""
     s = SQLiteStore(tmp_path / "data")
-    s.add_account("bob@example.test", "unused")
+    s.accounts.add_account("bob@example.test", "unused")
     s.start()
     deliver(s, DRAFT, "Drafts")
     deliver(s, FORWARDED, "Drafts")
@@ -50,7 +50,7 @@ def store(tmp_path: Path) -> Iterator[SQLiteStore]:
 
 
 def uidvalidity(store: SQLiteStore, name: str = "Drafts") -> int:
-    mailbox = store.get_mailbox(1, name)
+    mailbox = store.mail.get_mailbox(1, name)
     assert mailbox is not None
     return mailbox.uidvalidity
 
@@ -63,10 +63,10 @@ def client(store: SQLiteStore, **settings: int) -> Client:
 
 
 def stored(store: SQLiteStore, mailbox: str, uid: int) -> bytes:
-    box = store.get_mailbox(1, mailbox)
+    box = store.mail.get_mailbox(1, mailbox)
     assert box is not None
-    [row] = store.message_rows(box.id, [uid])
-    return store.read_message(row.blob_id)
+    [row] = store.mail.message_rows(box.id, [uid])
+    return store.mail.read_message(row.blob_id)
 
 
 def test_catenate_rfc_4469_example(store: SQLiteStore) -> None:
@@ -106,7 +106,7 @@ def test_catenate_rfc_4469_example(store: SQLiteStore) -> None:
 def test_catenate_sections_partial_and_plain_parts(store: SQLiteStore) -> None:
     # HEADER.FIELDS is computed, TEXT and <partial> are spans; keywords in any case, percent-encoded
     # octets in the mailbox name; MULTIAPPEND of a CATENATE and a plain message.
-    store.create_mailbox(1, "Old mail")
+    store.mail.create_mailbox(1, "Old mail")
     deliver(store, FORWARDED, "Old mail")
     c = client(store)
     lines = c.command(
@@ -146,11 +146,11 @@ def test_catenate_bad_urls_store_nothing(store: SQLiteStore, url: str) -> None:
     assert c.command(f'a APPEND Drafts {{5+}}\r\nfirst CATENATE (TEXT {{2+}}\r\nok URL "{url}")') == [
         f"a NO [BADURL {url}] Bad URL\r\n".encode()
     ]
-    assert store.mailbox_status(uidvalidity_mailbox_id(store)).messages == 2
+    assert store.mail.mailbox_status(uidvalidity_mailbox_id(store)).messages == 2
 
 
 def uidvalidity_mailbox_id(store: SQLiteStore) -> int:
-    mailbox = store.get_mailbox(1, "Drafts")
+    mailbox = store.mail.get_mailbox(1, "Drafts")
     assert mailbox is not None
     return mailbox.id
 
@@ -158,11 +158,11 @@ def uidvalidity_mailbox_id(store: SQLiteStore) -> int:
 def test_catenate_urls_name_only_the_users_own_messages(tmp_path: Path) -> None:
     # Mailbox names in a URL are the session user's: alice's INBOX message is out of bob's reach.
     store = SQLiteStore(tmp_path / "data")
-    store.add_account("bob@example.test", "unused")
-    store.add_account("alice@example.test", "unused")
+    store.accounts.add_account("bob@example.test", "unused")
+    store.accounts.add_account("alice@example.test", "unused")
     store.start()
     try:
-        store.deliver(Delivery(new_message_id(), FORWARDED, (DeliveryTarget(2, "INBOX"),), WHEN)).result(10)
+        store.mail.deliver(Delivery(new_message_id(), FORWARDED, (DeliveryTarget(2, "INBOX"),), WHEN)).result(10)
         c = client(store)
         assert c.command('a APPEND INBOX CATENATE (URL "/INBOX/;UID=1")') == [
             b"a NO [BADURL /INBOX/;UID=1] Bad URL\r\n"
@@ -235,14 +235,14 @@ class Recording:
         self.deliveries += deliveries
         folder = spool_dir(self.store.root)
         self.spool_files.append(sorted(folder.iterdir()) if folder.exists() else [])
-        return self.store.deliver_group(deliveries)
+        return self.store.mail.deliver_group(deliveries)
 
     def message_rows(self, *args: object, **kwargs: object) -> object:
         self.lookups += 1
-        return self.store.message_rows(*args, **kwargs)  # type: ignore[arg-type]
+        return self.store.mail.message_rows(*args, **kwargs)  # type: ignore[arg-type]
 
     def __getattr__(self, name: str) -> object:
-        return getattr(self.store, name)
+        return getattr(self.store.mail, name)
 
 
 def test_large_catenate_is_assembled_in_a_spool_file(store: SQLiteStore) -> None:

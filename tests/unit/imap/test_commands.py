@@ -17,10 +17,10 @@ WHEN = 1795687200
 
 
 def deliver(store: SQLiteStore, data: bytes, mailbox: str = "INBOX", flags: frozenset[str] = frozenset()) -> None:
-    account = store.get_account("bob@example.test")
+    account = store.accounts.get_account("bob@example.test")
     assert account is not None
     target = DeliveryTarget(account.id, mailbox, flags)
-    store.deliver(Delivery(new_message_id(), data, (target,), WHEN)).result(10)
+    store.mail.deliver(Delivery(new_message_id(), data, (target,), WHEN)).result(10)
 
 
 def client(store: SQLiteStore) -> Client:
@@ -38,7 +38,7 @@ def test_select_responses(store: SQLiteStore) -> None:
     deliver(store, corpus.ALTERNATIVE)
     c = client(store)
     lines = c.select()
-    uidvalidity = store.get_mailbox(1, "INBOX").uidvalidity  # type: ignore[union-attr]
+    uidvalidity = store.mail.get_mailbox(1, "INBOX").uidvalidity  # type: ignore[union-attr]
     assert lines == [
         b"* 2 EXISTS\r\n",
         b"* 2 RECENT\r\n",  # IMAP4rev1: this session is the first to see them (RFC 3501 §2.3.2)
@@ -47,7 +47,7 @@ def test_select_responses(store: SQLiteStore) -> None:
         b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % uidvalidity,
         b"* OK [UIDNEXT 3] Predicted next UID\r\n",
         b"* OK [HIGHESTMODSEQ 3] Highest\r\n",
-        b"* OK [MAILBOXID (%s)] Ok\r\n" % store.get_mailbox(1, "INBOX").objectid.encode(),  # type: ignore[union-attr]
+        b"* OK [MAILBOXID (%s)] Ok\r\n" % store.mail.get_mailbox(1, "INBOX").objectid.encode(),  # type: ignore[union-attr]
         b"* OK [UNSEEN 2] First unseen\r\n",
         b"s1 OK [READ-WRITE] SELECT completed\r\n",
     ]
@@ -200,7 +200,7 @@ def test_store_copy_move_expunge_with_uidplus(store: SQLiteStore) -> None:
         b"b OK UID STORE completed\r\n",
     ]
     assert c.command("c FETCH 3 FLAGS")[0] == b"* 3 FETCH (FLAGS ($Work \\Recent \\Seen))\r\n"
-    archive = store.get_mailbox(1, "Archive")
+    archive = store.mail.get_mailbox(1, "Archive")
     assert archive is not None
     assert c.command("d COPY 3:4 Archive") == [b"d OK [COPYUID %d 3:4 1:2] COPY completed\r\n" % archive.uidvalidity]
     assert c.command("e COPY 1 Nowhere") == [b"e NO [TRYCREATE] No such mailbox\r\n"]
@@ -223,7 +223,7 @@ def test_store_copy_move_expunge_with_uidplus(store: SQLiteStore) -> None:
     assert c.command("k STORE 1 +FLAGS (\\Deleted)")[-1] == b"k OK STORE completed\r\n"
     assert c.command("l UID EXPUNGE 2:3") == [b"l OK EXPUNGE completed\r\n"]  # 1 is \Deleted but not named
     assert c.command("m CLOSE") == [b"m OK CLOSE completed\r\n"]  # expunges silently
-    assert store.mailbox_status(archive.id).messages == 2
+    assert store.mail.mailbox_status(archive.id).messages == 2
 
 
 def test_two_sessions_see_each_others_changes(store: SQLiteStore) -> None:
@@ -263,7 +263,7 @@ def test_condstore_and_qresync(store: SQLiteStore) -> None:
     c = client(store)
     assert c.command("a ENABLE QRESYNC")[0] == b"* ENABLED QRESYNC\r\n"
     c.select()
-    uidvalidity = store.get_mailbox(1, "INBOX").uidvalidity  # type: ignore[union-attr]
+    uidvalidity = store.mail.get_mailbox(1, "INBOX").uidvalidity  # type: ignore[union-attr]
     assert c.command("b STORE 2 +FLAGS (\\Seen)")[0] == b"* 2 FETCH (UID 2 FLAGS (\\Recent \\Seen) MODSEQ (5))\r\n"
     assert c.command("c FETCH 1:* (FLAGS) (CHANGEDSINCE 4)") == [
         b"* 2 FETCH (FLAGS (\\Recent \\Seen) MODSEQ (5))\r\n",
@@ -343,7 +343,7 @@ def test_append_rename_and_delete(store: SQLiteStore) -> None:
     message = b"Subject: draft\r\n\r\nnot sent yet\r\n"
     out = c.send(b'a APPEND Drafts (\\Draft) "26-Nov-2026 11:00:00 +0100" {%d}\r\n' % len(message))
     assert out == b"+ Ready for literal data\r\n"
-    drafts = store.get_mailbox(1, "Drafts")
+    drafts = store.mail.get_mailbox(1, "Drafts")
     assert drafts is not None
     assert c.send(message + b"\r\n") == b"a OK [APPENDUID %d 1] APPEND completed\r\n" % drafts.uidvalidity
     c.select("Drafts")
@@ -369,7 +369,7 @@ def test_append_rename_and_delete(store: SQLiteStore) -> None:
 
 def test_append_limit(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "data")
-    store.add_account("bob@example.test", "unused")
+    store.accounts.add_account("bob@example.test", "unused")
     store.start()
     try:
         c = client(store)

@@ -23,10 +23,10 @@ def message(day: int, subject: str = "hello") -> bytes:
 
 
 def deliver(store: SQLiteStore, day: int, flags: frozenset[str] = frozenset()) -> None:
-    account = store.get_account("bob@example.test")
+    account = store.accounts.get_account("bob@example.test")
     assert account is not None
     target = DeliveryTarget(account.id, "INBOX", flags)
-    store.deliver(Delivery(new_message_id(), message(day), (target,), 1795687200)).result(10)
+    store.mail.deliver(Delivery(new_message_id(), message(day), (target,), 1795687200)).result(10)
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     """Messages 1 to 8 sent on March 1 to 8 (UIDs as their numbers); 2 is \\Deleted, 6 is $Junk, 1 and 5
     are \\Seen."""
     s = SQLiteStore(tmp_path / "data")
-    s.add_account("bob@example.test", "unused")
+    s.accounts.add_account("bob@example.test", "unused")
     s.start()
     flags = {1: {"\\Seen"}, 2: {"\\Deleted"}, 5: {"\\Seen"}, 6: {"$Junk"}}
     for day in range(1, 9):

@@ -30,13 +30,13 @@ MESSAGE = (b"From: a@example.org\r\nSubject: big\r\nContent-Type: multipart/mixe
 
 
 def test_issue_8_fetch_streams_big_sections_in_chunks(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    bob = store.add_account("bob@example.test", "h")
-    store.deliver(Delivery(new_message_id(), MESSAGE, (DeliveryTarget(bob.id),), 1_700_000_000)).result(10)
+    bob = store.accounts.add_account("bob@example.test", "h")
+    store.mail.deliver(Delivery(new_message_id(), MESSAGE, (DeliveryTarget(bob.id),), 1_700_000_000)).result(10)
 
     def whole_message(blob_id: str) -> bytes:
         raise AssertionError("FETCH read a whole message into memory")
 
-    monkeypatch.setattr(store, "read_message", whole_message)
+    monkeypatch.setattr(store.mail, "read_message", whole_message)
     client = Client(store)
     client.login()
     client.select()
@@ -67,8 +67,8 @@ def test_issue_8_fetch_streams_big_sections_in_chunks(store: SQLiteStore, monkey
 def test_issue_8_a_streamed_fetch_finishes_when_the_message_is_expunged_meanwhile(store: SQLiteStore) -> None:
     """Once `{n}` went out, the n octets follow, whatever another session does: the FETCH holds the
     message's bytes open (before, the next chunk failed and the tagged NO landed inside the literal)."""
-    bob = store.add_account("bob@example.test", "h")
-    store.deliver(Delivery(new_message_id(), MESSAGE, (DeliveryTarget(bob.id),), 1_700_000_000)).result(10)
+    bob = store.accounts.add_account("bob@example.test", "h")
+    store.mail.deliver(Delivery(new_message_id(), MESSAGE, (DeliveryTarget(bob.id),), 1_700_000_000)).result(10)
     client = Client(store)
     client.login()
     client.select()
@@ -97,18 +97,18 @@ def test_issue_8_search_body_reads_in_pieces_and_sees_a_whole_large_part(
 ) -> None:
     """SEARCH BODY/TEXT decodes text parts in bounded pieces: a needle past the first 4 MiB, or across
     two pieces, is found, and no message is ever read whole or kept after it was decided."""
-    bob = store.add_account("bob@example.test", "h")
+    bob = store.accounts.add_account("bob@example.test", "h")
     filler = b"plain words on a line of a long text part\r\n"
     body = filler * (5_000_000 // len(filler)) + b"needle-at-the-end\r\n"
     straddle = filler * ((1 << 20) // len(filler)) + b"across-the-boundary\r\n"
     for text in (body, straddle, b"nothing here\r\n"):
         message = b"From: a@example.org\r\nSubject: s\r\nContent-Type: text/plain\r\n\r\n" + text
-        store.deliver(Delivery(new_message_id(), message, (DeliveryTarget(bob.id),), 1_700_000_000)).result(10)
+        store.mail.deliver(Delivery(new_message_id(), message, (DeliveryTarget(bob.id),), 1_700_000_000)).result(10)
 
     def whole_message(blob_id: str) -> bytes:
         raise AssertionError("SEARCH read a whole message into memory")
 
-    monkeypatch.setattr(store, "read_message", whole_message)
+    monkeypatch.setattr(store.mail, "read_message", whole_message)
     client = Client(store)
     client.login()
     client.select()

@@ -185,11 +185,11 @@ def test_grammar_aware_sessions_only_produce_responses_however_cut(commands: lis
 def fuzz_store() -> Iterator[SQLiteStore]:
     with tempfile.TemporaryDirectory() as folder:
         store = SQLiteStore(Path(folder) / "data")
-        account = store.add_account("bob@example.test", "unused")
+        account = store.accounts.add_account("bob@example.test", "unused")
         store.start()
         for i, message in enumerate((corpus.PLAIN, corpus.MIXED, corpus.FORWARDED, corpus.ALTERNATIVE)):
             flags = frozenset({"\\Seen"} if i % 2 else {"$Label"})
-            store.deliver(Delivery(new_message_id(), message, (DeliveryTarget(account.id, "INBOX", flags),),
+            store.mail.deliver(Delivery(new_message_id(), message, (DeliveryTarget(account.id, "INBOX", flags),),
                                    1795687200)).result(10)  # fmt: skip
         yield store
         store.close()

@@ -14,7 +14,7 @@ WHEN = 1795687200  # 2026-11-26 10:00:00 UTC
 
 def deliver(store: SQLiteStore, data: bytes = corpus.PLAIN) -> None:
     target = DeliveryTarget(1, "INBOX", frozenset())
-    store.deliver(Delivery(new_message_id(), data, (target,), WHEN)).result(10)
+    store.mail.deliver(Delivery(new_message_id(), data, (target,), WHEN)).result(10)
 
 
 def client(store: SQLiteStore) -> Client:

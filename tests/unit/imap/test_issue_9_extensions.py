@@ -22,10 +22,10 @@ DEC_29 = DEC_28 + 86400
 
 
 def deliver(store: SQLiteStore, *messages: bytes) -> None:
-    account = store.get_account("bob@example.test")
+    account = store.accounts.get_account("bob@example.test")
     assert account is not None
     for data in messages:
-        store.deliver(Delivery(new_message_id(), data, (DeliveryTarget(account.id),), WHEN)).result(10)
+        store.mail.deliver(Delivery(new_message_id(), data, (DeliveryTarget(account.id),), WHEN)).result(10)
 
 
 def client(store: SQLiteStore) -> Client:
@@ -76,7 +76,7 @@ def test_issue_9_savedate_is_when_a_message_came_into_its_mailbox(
 def test_issue_9_messages_stored_before_savedate_have_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A database from before gets the column; its messages answer NIL and are searched by internal date."""
     store = SQLiteStore(tmp_path / "data")
-    store.add_account("bob@example.test", "unused")
+    store.accounts.add_account("bob@example.test", "unused")
     store.start()
     deliver(store, MESSAGE)
     store.close()
@@ -157,7 +157,7 @@ def test_issue_9_emailid_follows_the_message_and_threadid_is_nil(store: SQLiteSt
 
 def test_issue_9_mailboxes_made_before_objectid_get_one_that_stays(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "data")
-    store.add_account("bob@example.test", "unused")
+    store.accounts.add_account("bob@example.test", "unused")
     store.close()
     db = sqlite3.connect(tmp_path / "data" / "kartero.db")
     db.execute("DROP INDEX mailboxes_objectid")
@@ -165,11 +165,11 @@ def test_issue_9_mailboxes_made_before_objectid_get_one_that_stays(tmp_path: Pat
     db.commit()
     db.close()
     store = SQLiteStore(tmp_path / "data")
-    ids = {m.name: m.objectid for m in store.list_mailboxes(1)}
+    ids = {m.name: m.objectid for m in store.mail.list_mailboxes(1)}
     store.close()
     assert len(set(ids.values())) == 6 and all(re.fullmatch(r"F[0-9a-f]{24}", i) for i in ids.values())
     store = SQLiteStore(tmp_path / "data")
-    assert {m.name: m.objectid for m in store.list_mailboxes(1)} == ids
+    assert {m.name: m.objectid for m in store.mail.list_mailboxes(1)} == ids
     store.close()
 
 
@@ -221,7 +221,7 @@ def test_issue_9_preview_as_in_the_rfc_examples(store: SQLiteStore) -> None:
 def test_issue_9_preview_of_older_mail_is_made_on_its_first_fetch(tmp_path: Path) -> None:
     """A database from before previews: LAZY answers NIL (RFC 8970 §3.1), a plain PREVIEW makes it once."""
     store = SQLiteStore(tmp_path / "data")
-    store.add_account("bob@example.test", "unused")
+    store.accounts.add_account("bob@example.test", "unused")
     store.start()
     deliver(store, SHORT, LONG)
     store.close()
@@ -256,7 +256,7 @@ def test_issue_9_preview_transcript_whole_and_byte_by_byte(tmp_path: Path) -> No
 
     def make() -> Client:
         store = SQLiteStore(tmp_path / str(next(numbers)))
-        store.add_account("bob@example.test", "unused")
+        store.accounts.add_account("bob@example.test", "unused")
         store.start()
         stores.append(store)
         deliver(store, SHORT, EMPTY, HTML)

@@ -23,10 +23,10 @@ WHEN = 1795687200
 
 def deliver(store: SQLiteStore, *messages: bytes) -> Client:
     """Deliver `messages` to bob's INBOX (UIDs 1, 2, ...) and return a client with INBOX selected."""
-    account = store.get_account("bob@example.test")
+    account = store.accounts.get_account("bob@example.test")
     assert account is not None
     for data in messages:
-        store.deliver(Delivery(new_message_id(), data, (DeliveryTarget(account.id),), WHEN)).result(10)
+        store.mail.deliver(Delivery(new_message_id(), data, (DeliveryTarget(account.id),), WHEN)).result(10)
     client = Client(store=store)
     client.login()
     client.select()
@@ -216,7 +216,7 @@ def test_issue_9_binary_is_decoded_in_bounded_pieces(store: SQLiteStore, monkeyp
     def whole_message(blob_id: str) -> bytes:
         raise AssertionError("FETCH read a whole message into memory")
 
-    monkeypatch.setattr(store, "read_message", whole_message)
+    monkeypatch.setattr(store.mail, "read_message", whole_message)
     pieces: list[int] = []
     send = c.conn.send
 

@@ -18,8 +18,8 @@ from tests.unit.imap.harness import Client, play
 
 def open_store(root: Path) -> SQLiteStore:
     store = SQLiteStore(root)
-    if store.get_account("bob@example.test") is None:
-        store.add_account("bob@example.test", "unused")
+    if store.accounts.get_account("bob@example.test") is None:
+        store.accounts.add_account("bob@example.test", "unused")
     store.start()
     return store
 
@@ -195,9 +195,9 @@ def test_issue_9_metadata_goes_with_its_mailbox(tmp_path: Path) -> None:
         assert c.command("m GETMETADATA Projects/Old /shared/comment")[0] == (
             b'* METADATA "Projects/Old" (/shared/comment NIL)\r\n'
         )
-        assert store._db().execute("SELECT COUNT(*) FROM metadata").fetchone() == (2,)
-        assert store.delete_account("bob@example.test")
-        assert store._db().execute("SELECT COUNT(*) FROM metadata").fetchone() == (0,)
+        assert store.database.db().execute("SELECT COUNT(*) FROM metadata").fetchone() == (2,)
+        assert store.accounts.delete_account("bob@example.test")
+        assert store.database.db().execute("SELECT COUNT(*) FROM metadata").fetchone() == (0,)
     finally:
         store.close()
 
@@ -210,8 +210,8 @@ def test_issue_9_a_database_from_before_metadata_gets_the_table(tmp_path: Path) 
     db.close()
     store = open_store(tmp_path / "data")
     try:
-        assert store.set_metadata(1, None, [("/private/comment", b"x")], MAX_ENTRIES)
-        assert store.metadata(1, None) == {"/private/comment": b"x"}
+        assert store.mail.set_metadata(1, None, [("/private/comment", b"x")], MAX_ENTRIES)
+        assert store.mail.metadata(1, None) == {"/private/comment": b"x"}
     finally:
         store.close()
 

@@ -15,10 +15,10 @@ WHEN = 1795687200
 
 
 def deliver(store: SQLiteStore, *messages: bytes) -> None:
-    account = store.get_account("bob@example.test")
+    account = store.accounts.get_account("bob@example.test")
     assert account is not None
     for data in messages:
-        store.deliver(Delivery(new_message_id(), data, (DeliveryTarget(account.id),), WHEN)).result(10)
+        store.mail.deliver(Delivery(new_message_id(), data, (DeliveryTarget(account.id),), WHEN)).result(10)
 
 
 def client(store: SQLiteStore) -> Client:
@@ -59,7 +59,7 @@ def test_issue_9_messages_stored_before_the_sent_day_column_keep_the_old_rule(tm
     """An old database gets the column (NULL for its rows: the UTC day of the Date instant stands in);
     mail stored after the upgrade gets the written day."""
     store = SQLiteStore(tmp_path / "data")
-    store.add_account("bob@example.test", "unused")
+    store.accounts.add_account("bob@example.test", "unused")
     store.start()
     deliver(store, EAST)
     store.close()

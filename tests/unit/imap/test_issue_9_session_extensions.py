@@ -28,8 +28,8 @@ WHEN = 1795687200  # 2026-11-26 10:00:00 UTC
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s = SQLiteStore(tmp_path / "data")
-    s.add_account("bob@example.test", "unused")
-    s.add_account("alice@example.test", "unused")
+    s.accounts.add_account("bob@example.test", "unused")
+    s.accounts.add_account("alice@example.test", "unused")
     s.start()
     yield s
     s.close()
@@ -37,7 +37,7 @@ def store(tmp_path: Path) -> Iterator[SQLiteStore]:
 
 def deliver(store: SQLiteStore, mailbox: str = "INBOX", account_id: int = 1) -> None:
     target = DeliveryTarget(account_id, mailbox)
-    store.deliver(Delivery(new_message_id(), corpus.PLAIN, (target,), WHEN)).result(10)
+    store.mail.deliver(Delivery(new_message_id(), corpus.PLAIN, (target,), WHEN)).result(10)
 
 
 def client(store: SQLiteStore) -> Client:
@@ -47,7 +47,7 @@ def client(store: SQLiteStore) -> Client:
 
 
 def uidvalidity(store: SQLiteStore, name: str) -> int:
-    mailbox = store.get_mailbox(1, name)
+    mailbox = store.mail.get_mailbox(1, name)
     assert mailbox is not None
     return mailbox.uidvalidity
 
@@ -105,10 +105,10 @@ def test_issue_9_unauthenticate_lets_go_of_the_selected_mailbox(store: SQLiteSto
     one.select()
     one.command("a STORE 1 +FLAGS.SILENT (\\Deleted)")
     one.command("b EXPUNGE")
-    assert store.message_rows(1, [1], expunged=True) != []  # kept while session two shows it
+    assert store.mail.message_rows(1, [1], expunged=True) != []  # kept while session two shows it
     assert two.command("c UNAUTHENTICATE") == [b"c OK UNAUTHENTICATE completed\r\n"]
     deliver(store, "Archive")  # the committer has let it go meanwhile
-    assert store.message_rows(1, [1], expunged=True) == []
+    assert store.mail.message_rows(1, [1], expunged=True) == []
 
 
 # -- MULTIAPPEND (RFC 3502) -----------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ SECOND = (
 
 
 def test_issue_9_multiappend_rfc_3502_example(store: SQLiteStore) -> None:
-    store.create_mailbox(1, "saved-messages")
+    store.mail.create_mailbox(1, "saved-messages")
     v = uidvalidity(store, "saved-messages")
     between = b' (\\Seen) " 7-Feb-1994 22:43:04 -0800" {%d}\r\n' % len(SECOND)
     play(lambda: Client(store=store), f"""
@@ -164,7 +164,7 @@ def test_issue_9_multiappend_into_the_selected_mailbox_reports_exists(store: SQL
 
 def test_issue_9_multiappend_is_all_or_nothing(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "data")
-    store.add_account("bob@example.test", "unused")
+    store.accounts.add_account("bob@example.test", "unused")
     store.start()
     try:
         c = client(store)  # APPENDLIMIT 100000 in the harness
@@ -178,7 +178,7 @@ def test_issue_9_multiappend_is_all_or_nothing(tmp_path: Path) -> None:
         assert out.startswith(b"b OK [APPENDUID")
         many = b"c APPEND INBOX" + (b" {90000+}\r\n" + small) * 16 + b" {90000}\r\n"
         assert c.send(many) == b"c NO [TOOBIG] Literal too large (100000 octets allowed)\r\n"  # 17 x 90000
-        assert store.mailbox_status(1).messages == 2
+        assert store.mail.mailbox_status(1).messages == 2
     finally:
         store.close()
 
@@ -212,14 +212,14 @@ def push(c: Client, *mailboxes: str, names: bool = False) -> list[bytes]:
     """What the adapter sends a NOTIFY session between commands once the store announced changes to
     `mailboxes` (and to the account's mailbox list when `names`)."""
     assert c.session is not None
-    ids = frozenset(m.id for m in c.store.list_mailboxes(1) if m.name in mailboxes)  # type: ignore[union-attr]
+    ids = frozenset(m.id for m in c.store.mail.list_mailboxes(1) if m.name in mailboxes)  # type: ignore[union-attr]
     pending = notify.PendingChanges(set(ids), names)
     return b"".join(notify.updates(c.session, pending)).splitlines(keepends=True)
 
 
 def test_issue_9_notify_rfc_5465_example(store: SQLiteStore) -> None:
     for name in ("Lists", "Lists/Lemonade", "Other"):
-        store.create_mailbox(1, name)
+        store.mail.create_mailbox(1, name)
     deliver(store, "Lists/Lemonade")
     c = client(store)
     c.command("e ENABLE IMAP4rev2")
@@ -283,7 +283,7 @@ def test_issue_9_notify_selected_delayed_holds_expunges_for_a_command(store: SQL
 
 
 def test_issue_9_notify_flag_changes_elsewhere_and_condstore(store: SQLiteStore) -> None:
-    store.create_mailbox(1, "Work")
+    store.mail.create_mailbox(1, "Work")
     deliver(store, "Work")
     c, other = client(store), client(store)
     c.command("e ENABLE CONDSTORE")
@@ -372,7 +372,7 @@ def test_issue_9_notify_overflow_turns_notify_off(store: SQLiteStore, monkeypatc
     unsolicited, as after NOTIFY NONE; a new NOTIFY SET works again."""
     monkeypatch.setattr(notify, "MAX_PENDING_MAILBOXES", 2)
     for name in ("A", "B", "C"):
-        store.create_mailbox(1, name)
+        store.mail.create_mailbox(1, name)
     c = client(store)
     c.command("e ENABLE IMAP4rev2")
     c.select()
@@ -383,7 +383,7 @@ def test_issue_9_notify_overflow_turns_notify_off(store: SQLiteStore, monkeypatc
         deliver(store, name)
     deliver(store)
     pending = notify.PendingChanges()
-    pending.add(m.id for m in store.list_mailboxes(1) if m.name in ("A", "B", "C"))
+    pending.add(m.id for m in store.mail.list_mailboxes(1) if m.name in ("A", "B", "C"))
     assert b"".join(notify.updates(c.session, pending)) == (
         b"* OK [NOTIFICATIONOVERFLOW] Too many changes to report, NOTIFY is off\r\n"
     )
@@ -439,7 +439,7 @@ def test_issue_9_a_refused_literal_plus_drops_the_rest_of_its_command(store: SQL
     big, small = b"x" * 150000, b"From: a@example.org\r\n\r\nhi\r\n"
     out = c.send(b"a APPEND INBOX {150000+}\r\n" + big + b" {%d+}\r\n%s\r\nn NOOP\r\n" % (len(small), small))
     assert out == b"a NO [TOOBIG] Literal too large (100000 octets allowed)\r\nn OK NOOP completed\r\n"
-    assert store.mailbox_status(1).messages == 0  # nothing stored: the small message was part of the command
+    assert store.mail.mailbox_status(1).messages == 0  # nothing stored: the small message was part of the command
     # The dropped tail of a command is bounded too: past 4 x the limit in all, the session ends.
     out = c.send(b"b APPEND INBOX {150000+}\r\n" + big + b" {400000+}\r\n")
     assert out.startswith(b"* BYE")
@@ -479,7 +479,7 @@ def test_issue_9_notify_rfc_5465_section_3_1_example_whole_and_bytewise(store: S
     MessageNew as §5 requires), in lower case, played whole and one byte at a time: the section brackets
     of the fetch attributes hold spaces and parentheses, as in FETCH."""
     for name in ("Lists", "Lists/Lemonade", "misc"):
-        store.create_mailbox(1, name)
+        store.mail.create_mailbox(1, name)
     lists, lemonade, misc = (uidvalidity(store, name) for name in ("Lists", "Lists/Lemonade", "misc"))
     play(lambda: Client(store=store), f"""
         S~ \\* OK .*
@@ -505,10 +505,10 @@ def meanwhile(
 ) -> None:  # fmt: skip
     """Make another session's `change` happen while this session's command runs: just before (or just
     after) its own call to the store's `method` (once), as two threads may interleave."""
-    original = getattr(store, method)
+    original = getattr(store.mail, method)
 
     def interleaved(*args: object, **kwargs: object) -> object:
-        monkeypatch.setattr(store, method, original)
+        monkeypatch.setattr(store.mail, method, original)
         if not after:
             change()
         result = original(*args, **kwargs)
@@ -518,7 +518,7 @@ def meanwhile(
             change()
         return result
 
-    monkeypatch.setattr(store, method, interleaved)
+    monkeypatch.setattr(store.mail, method, interleaved)
 
 
 @pytest.mark.parametrize(
@@ -537,7 +537,7 @@ def test_issue_9_notify_reports_a_name_change_made_during_an_own_one(
     """RFC 5465 §5 spares the client only its own changes: another session's CREATE and SUBSCRIBE while
     this one's command runs are reported all the same (the state read after the command was taken as
     this session's own)."""
-    store.create_mailbox(1, "Old")
+    store.mail.create_mailbox(1, "Old")
     c, other = client(store), client(store)
     assert c.command("a NOTIFY SET (PERSONAL (MailboxName SubscriptionChange))") == [b"a OK NOTIFY completed\r\n"]
     meanwhile(monkeypatch, store, method, lambda: (other.command("x CREATE Theirs"),
@@ -560,7 +560,7 @@ def test_issue_9_notify_reports_mail_another_session_adds_during_an_own_write(
 ) -> None:
     """Mail delivered to a watched mailbox while this session's APPEND/COPY/MOVE into it runs is reported
     (a STATUS), whichever of the two writes came first; the session's own write alone is not."""
-    store.create_mailbox(1, "Work")
+    store.mail.create_mailbox(1, "Work")
     for _ in range(3):
         deliver(store)
     c = client(store)
@@ -584,7 +584,7 @@ def test_issue_9_notify_rfc_5465_section_3_1_example_as_published(store: SQLiteS
     """The §3.1 example with `(subtree Lists (MessageNew))` as the RFC writes it (no MessageExpunge): taken
     as Dovecot 2.3 takes it; new mail in Lists is reported, an expunge there alone is not."""
     for name in ("Lists", "Lists/Lemonade"):
-        store.create_mailbox(1, name)
+        store.mail.create_mailbox(1, name)
     deliver(store, "Lists/Lemonade")
     deliver(store, "Lists/Lemonade")
     lists, lemonade = uidvalidity(store, "Lists"), uidvalidity(store, "Lists/Lemonade")
@@ -621,7 +621,7 @@ def test_issue_9_notify_rfc_5465_section_3_1_example_as_published(store: SQLiteS
 def test_issue_9_notify_message_events_count_each_on_its_own_outside_selected(
     store: SQLiteStore, events: str, reported: set[str]
 ) -> None:
-    store.create_mailbox(1, "Work")
+    store.mail.create_mailbox(1, "Work")
     deliver(store, "Work")
     deliver(store, "Work")
     c, other = client(store), client(store)
@@ -658,10 +658,10 @@ def test_issue_9_notify_metadata_changes_elsewhere_are_reported(store: SQLiteSto
     """RFC 5465 §5.7/§5.8 with RFC 5464 §4.4.2: SETMETADATA by another session reaches a NOTIFY session as
     `* METADATA mailbox entry ...` (names only); the session's own SETMETADATA, another account's, and a
     mailbox outside the filter are not reported."""
-    store.create_mailbox(1, "Work")
-    store.add_account("carol@example.test", "unused")
+    store.mail.create_mailbox(1, "Work")
+    store.accounts.add_account("carol@example.test", "unused")
     changes: list[MetadataChange] = []
-    store.add_metadata_listener(changes.append)
+    store.mail.add_metadata_listener(changes.append)
     c, other, carol = client(store), client(store), Client(store=store)
     carol.login("carol@example.test")
     c.command("e ENABLE IMAP4rev2")
@@ -709,7 +709,7 @@ def test_issue_9_notify_own_changes_in_a_mailbox_left_are_not_reported(
 ) -> None:
     """A watched mailbox the session had selected: its own STORE (and CLOSE's silent expunge) there is not
     reported back by STATUS once it leaves the mailbox; another session's delivery meanwhile is."""
-    store.create_mailbox(1, "Work")
+    store.mail.create_mailbox(1, "Work")
     deliver(store, "Work")
     deliver(store, "Work")
     c = client(store)
@@ -737,10 +737,10 @@ def test_issue_9_a_refused_select_lets_go_of_the_mailbox_it_closes(store: SQLite
     c = client(store)
     for _ in range(3):
         c.select()
-        assert store._holds.lowest(1) is not None
+        assert store.committer.holds.lowest(1) is not None
         lines = c.command("s SELECT " + "a" * 2000)
         assert lines[0] == b"* OK [CLOSED] Previous mailbox closed\r\n" and lines[-1].startswith(b"s NO")
-        assert store._holds.lowest(1) is None
+        assert store.committer.holds.lowest(1) is None
 
 
 def test_issue_9_notify_set_takes_at_most_100_event_groups(store: SQLiteStore) -> None:

@@ -66,8 +66,8 @@ def test_issue_9_copy_or_move_of_a_message_expunged_elsewhere_reports_the_expung
         b"* 1 EXPUNGE\r\n",
         b"b1 NO [EXPUNGEISSUED] Some of the requested messages no longer exist\r\n",
     ]
-    archive = store.get_mailbox(1, "Archive")
-    assert archive is not None and store.mailbox_status(archive.id).messages == 0
+    archive = store.mail.get_mailbox(1, "Archive")
+    assert archive is not None and store.mail.mailbox_status(archive.id).messages == 0
     what = "2" if verb.startswith("UID") else "1"  # what is left: UID 2, now message 1
     copyuid = b"COPYUID %d 2 1" % uidvalidity(store, "Archive")
     if verb.endswith("COPY"):

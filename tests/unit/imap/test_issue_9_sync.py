@@ -20,7 +20,7 @@ WHEN = 1795687200  # 2026-11-26 10:00:00 UTC
 def deliver(store: SQLiteStore, data: bytes = corpus.PLAIN, mailbox: str = "INBOX",
             flags: frozenset[str] = frozenset()) -> None:  # fmt: skip
     target = DeliveryTarget(1, mailbox, flags)
-    store.deliver(Delivery(new_message_id(), data, (target,), WHEN)).result(10)
+    store.mail.deliver(Delivery(new_message_id(), data, (target,), WHEN)).result(10)
 
 
 def client(store: SQLiteStore, *, rev2: bool = False) -> Client:
@@ -32,7 +32,7 @@ def client(store: SQLiteStore, *, rev2: bool = False) -> Client:
 
 
 def uidvalidity(store: SQLiteStore, name: str) -> int:
-    mailbox = store.get_mailbox(1, name)
+    mailbox = store.mail.get_mailbox(1, name)
     assert mailbox is not None
     return mailbox.uidvalidity
 
@@ -186,7 +186,7 @@ def test_issue_9_new_mail_with_a_new_keyword_announces_flags(store: SQLiteStore)
 
 
 def blob_ids(store: SQLiteStore) -> set[str]:
-    return {row[0] for row in store._db().execute("SELECT id FROM blobs")}
+    return {row[0] for row in store.database.db().execute("SELECT id FROM blobs")}
 
 
 def settle(store: SQLiteStore) -> None:
@@ -225,7 +225,7 @@ def test_issue_9_expunged_bytes_stay_until_every_session_has_seen_the_expunge(st
     one.select()
     two.select()
     three.command("x EXAMINE INBOX")
-    (first_blob,) = [row.blob_id for row in store.message_rows(1, [1])]
+    (first_blob,) = [row.blob_id for row in store.mail.message_rows(1, [1])]
     one.command("a STORE 1 +FLAGS.SILENT (\\Deleted)")
     one.command("b EXPUNGE")
     settle(store)
@@ -237,14 +237,14 @@ def test_issue_9_expunged_bytes_stay_until_every_session_has_seen_the_expunge(st
     three.command("e CLOSE")  # gone from its view too
     settle(store)
     assert first_blob not in blob_ids(store)
-    assert store.message_rows(1, [1], expunged=True) == []
+    assert store.mail.message_rows(1, [1], expunged=True) == []
 
 
 def test_issue_9_expunged_bytes_go_at_once_when_nobody_holds_them(store: SQLiteStore) -> None:
     deliver(store)
     c = client(store)
     c.select()
-    (blob,) = [row.blob_id for row in store.message_rows(1, [1])]
+    (blob,) = [row.blob_id for row in store.mail.message_rows(1, [1])]
     c.command("a STORE 1 +FLAGS.SILENT (\\Deleted)")
     c.command("b EXPUNGE")  # the only session that showed it has reported the expunge
     settle(store)
@@ -253,14 +253,14 @@ def test_issue_9_expunged_bytes_go_at_once_when_nobody_holds_them(store: SQLiteS
 
 def test_issue_9_held_expunged_bytes_are_let_go_at_the_next_start(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "data")
-    store.add_account("bob@example.test", "unused")
+    store.accounts.add_account("bob@example.test", "unused")
     store.start()
     deliver(store)
     deliver(store)
     one, two = client(store), client(store)
     one.select()
     two.select()
-    (blob,) = [row.blob_id for row in store.message_rows(1, [1])]
+    (blob,) = [row.blob_id for row in store.mail.message_rows(1, [1])]
     one.command("a STORE 1 +FLAGS.SILENT (\\Deleted)")
     one.command("b EXPUNGE")
     store.close()  # session two never heard of it: the server stopped
@@ -357,7 +357,7 @@ def test_issue_9_selected_mailbox_deleted_elsewhere_ends_the_session(store: SQLi
     """Another session DELETEs the selected mailbox: the next command gets `* BYE` and the
     connection closes, as Dovecot 2.3 does (after what the command found, with no tagged response);
     before, NOOP said OK and FETCH NO [EXPUNGEISSUED] forever."""
-    store.create_mailbox(1, "Work")
+    store.mail.create_mailbox(1, "Work")
     deliver(store, mailbox="Work")
     c, other = client(store, rev2=True), client(store)
     c.select("Work")
@@ -372,7 +372,7 @@ def test_issue_9_selected_mailbox_deleted_elsewhere_ends_the_session(store: SQLi
 def test_issue_9_selected_mailbox_renamed_elsewhere_stays_selected(store: SQLiteStore) -> None:
     """Another session RENAMEs the selected mailbox: its messages and UIDs are unchanged, so the session
     goes on with it under the new name (its own DELETE of the new name then deselects it)."""
-    store.create_mailbox(1, "Work")
+    store.mail.create_mailbox(1, "Work")
     deliver(store, mailbox="Work")
     c, other = client(store, rev2=True), client(store)
     c.select("Work")

@@ -38,9 +38,10 @@ MESSAGE = (
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s = SQLiteStore(tmp_path / "data")
-    account = s.add_account("bob@example.test", "unused")
+    account = s.accounts.add_account("bob@example.test", "unused")
     s.start()
-    s.deliver(Delivery(new_message_id(), MESSAGE, (DeliveryTarget(account.id, "INBOX", frozenset()),), WHEN)).result(10)
+    target = DeliveryTarget(account.id, "INBOX", frozenset())
+    s.mail.deliver(Delivery(new_message_id(), MESSAGE, (target,), WHEN)).result(10)
     yield s
     s.close()
 

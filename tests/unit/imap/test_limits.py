@@ -33,7 +33,7 @@ from kartero.imap.syntax import STAR, Append, ListCommand, SAnd, SeqKey, Sequenc
 from kartero.store import criteria as c
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, DeliveryTarget, Mailbox
-from kartero.store.mailboxes import _matches
+from kartero.store.search import matches
 from kartero.store.sqlite import SQLiteStore
 from tests.unit.imap.harness import Client
 
@@ -320,11 +320,11 @@ def test_issue_8_huge_sequence_sets_take_time_in_their_ranges_not_their_product(
 
 @pytest.mark.timeout(60)
 def test_issue_8_huge_sequence_sets_get_exact_replies(store: SQLiteStore) -> None:
-    account = store.get_account("bob@example.test")
+    account = store.accounts.get_account("bob@example.test")
     assert account is not None
     for i in range(300):  # one at a time: deliveries in flight together may commit in any order
         target = DeliveryTarget(account.id, "INBOX", frozenset({"\\Seen"} if i % 2 else ()))
-        store.deliver(Delivery(new_message_id(), b"Subject: %d\r\n\r\nx\r\n" % i, (target,), WHEN)).result(10)
+        store.mail.deliver(Delivery(new_message_id(), b"Subject: %d\r\n\r\nx\r\n" % i, (target,), WHEN)).result(10)
     c = logged_in(store)
     c.select()
     ranges = ",".join(["1:4294967295"] * 5000)
@@ -345,11 +345,11 @@ def test_issue_8_huge_sequence_sets_get_exact_replies(store: SQLiteStore) -> Non
 def test_issue_8_search_nested_to_the_limit_runs(store: SQLiteStore) -> None:
     # Before: SQLite's parser stack overflowed from about 25 nested NOT/OR levels, and numbers above 2^63-1
     # overflowed when bound; ten times the nesting is now a BAD, the limit itself runs.
-    account = store.get_account("bob@example.test")
+    account = store.accounts.get_account("bob@example.test")
     assert account is not None
     for flags in (frozenset({"\\Seen"}), frozenset()):
         target = DeliveryTarget(account.id, "INBOX", flags)
-        store.deliver(Delivery(new_message_id(), b"Subject: x\r\n\r\nx\r\n", (target,), WHEN)).result(10)
+        store.mail.deliver(Delivery(new_message_id(), b"Subject: x\r\n\r\nx\r\n", (target,), WHEN)).result(10)
     c = logged_in(store)
     c.select()
     assert c.command("a SEARCH " + "NOT " * 100 + "SEEN") == [b"* SEARCH 1\r\n", b"a OK SEARCH completed\r\n"]
@@ -376,7 +376,7 @@ _FLAGS = ["\\Seen", "\\Flagged", "$Label", "\\Deleted"]
 def search_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SQLiteStore, int]]:
     """Thirty messages with different flags, sizes, dates, headers and bodies."""
     s = SQLiteStore(tmp_path_factory.mktemp("search") / "data")
-    account = s.add_account("bob@example.test", "unused")
+    account = s.accounts.add_account("bob@example.test", "unused")
     s.start()
     for i in range(30):
         flags = frozenset(f for j, f in enumerate(_FLAGS) if i >> j & 1)
@@ -387,8 +387,8 @@ def search_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SQL
             + ("zzz\r\n" if i % 5 else "\r\n")
         ).encode()
         target = DeliveryTarget(account.id, "INBOX", flags)
-        s.deliver(Delivery(new_message_id(), data, (target,), WHEN + (i % 7 - 3) * 86400)).result(10)
-    mailbox = s.get_mailbox(account.id, "INBOX")
+        s.mail.deliver(Delivery(new_message_id(), data, (target,), WHEN + (i % 7 - 3) * 86400)).result(10)
+    mailbox = s.mail.get_mailbox(account.id, "INBOX")
     assert mailbox is not None
     yield s, mailbox.id
     s.close()
@@ -419,7 +419,7 @@ _CRITERIA = st.recursive(
 
 
 def _python_search(store: SQLiteStore, mailbox_id: int, criterion: c.Criterion) -> list[int]:
-    return [cand.row.uid for cand in store._candidates(mailbox_id) if _matches(criterion, cand)]
+    return [cand.row.uid for cand in store.mail._candidates(mailbox_id) if matches(criterion, cand)]
 
 
 @settings(max_examples=150, deadline=None)
@@ -428,7 +428,7 @@ def test_sql_for_any_criterion_runs_and_agrees_with_python(
     search_store: tuple[SQLiteStore, int], criterion: c.Criterion
 ) -> None:
     store, mailbox_id = search_store
-    assert [row.uid for row in store.search(mailbox_id, criterion)] == _python_search(store, mailbox_id, criterion)
+    assert [row.uid for row in store.mail.search(mailbox_id, criterion)] == _python_search(store, mailbox_id, criterion)
 
 
 def _deep(levels: int, leaf: c.Criterion) -> c.Criterion:
@@ -460,4 +460,4 @@ def test_issue_8_search_sql_stays_within_sqlite_limits(
     search_store: tuple[SQLiteStore, int], criterion: c.Criterion
 ) -> None:
     store, mailbox_id = search_store
-    assert [row.uid for row in store.search(mailbox_id, criterion)] == _python_search(store, mailbox_id, criterion)
+    assert [row.uid for row in store.mail.search(mailbox_id, criterion)] == _python_search(store, mailbox_id, criterion)

@@ -27,12 +27,12 @@ ADDRESSES = [
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s = SQLiteStore(tmp_path / "data")
-    account = s.add_account("bob@example.test", "unused")
+    account = s.accounts.add_account("bob@example.test", "unused")
     s.start()
     for sender, recipient in ADDRESSES:  # one at a time: UIDs in this order
         message = b"From: " + sender + b"\r\nTo: " + recipient + b"\r\nSubject: s\r\n\r\nbody\r\n"
         target = DeliveryTarget(account.id, "INBOX", frozenset())
-        s.deliver(Delivery(new_message_id(), message, (target,), 1795687200)).result(10)
+        s.mail.deliver(Delivery(new_message_id(), message, (target,), 1795687200)).result(10)
     yield s
     s.close()
 

@@ -283,11 +283,11 @@ MAILBOX = [
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s = SQLiteStore(tmp_path / "data")
-    account = s.add_account("bob@example.test", "unused")
+    account = s.accounts.add_account("bob@example.test", "unused")
     s.start()
     for data in MAILBOX:  # one at a time: UIDs in this order
         target = DeliveryTarget(account.id, "INBOX", frozenset())
-        s.deliver(Delivery(new_message_id(), data, (target,), 1795687200)).result(10)
+        s.mail.deliver(Delivery(new_message_id(), data, (target,), 1795687200)).result(10)
     yield s
     s.close()
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import quopri
-from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,6 +14,7 @@ from hypothesis import strategies as st
 from kartero.mime.addresses import parse_address_list
 from kartero.mime.headers import decode_body, decode_words, iter_body_text, parse_header_block
 from kartero.mime.index import MessageIndex, base_subject, fallback_index, structured_index
+from kartero.mime.parttree import decode_parts, encode_parts
 from kartero.mime.structure import parse_content_type, parse_message
 
 # Charset names: text encodings, names Python knows but refuses, invented ones, and odd bytes.
@@ -119,15 +118,16 @@ def _check_index(ix: MessageIndex, size: int) -> None:
     ):
         assert isinstance(getattr(ix, name), str)
     assert ix.sent_date is None or isinstance(ix.sent_date, int)
-    tree = json.loads(ix.parts)
-    assert tree[0] == 0 and tree[2] == size
-    stack: list[Any] = [tree]
+    tree = ix.parts
+    assert tree.header_start == 0 and tree.end == size
+    assert decode_parts(encode_parts(tree)) == tree
+    stack = [tree]
     while stack:
-        header_start, body_start, end, encoding, children, embedded = stack.pop()
-        assert 0 <= header_start <= body_start <= end <= size and isinstance(encoding, str)
-        stack.extend(children)
-        if embedded is not None:
-            stack.append(embedded)
+        node = stack.pop()
+        assert 0 <= node.header_start <= node.body_start <= node.end <= size and isinstance(node.encoding, str)
+        stack.extend(node.children)
+        if node.message is not None:
+            stack.append(node.message)
 
 
 @settings(max_examples=300, deadline=None)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import encodings
-import json
 import mmap
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from kartero.mime.headers import (
 )
 from kartero.mime.imapform import MAX_LIST_ADDRESSES, body_forms
 from kartero.mime.index import MessageIndex, base_subject, fallback_index, index_message, structured_index
+from kartero.mime.parttree import PartNode
 from kartero.mime.structure import MAX_DEPTH, MAX_PARTS, Part, parse_content_type, parse_message
 from tests.unit.mime import corpus
 
@@ -286,7 +286,7 @@ def test_issue_8_index_falls_back_when_the_parser_fails(monkeypatch: pytest.Monk
     size, lines = len(message) - body_start, message.count(b"\n", body_start)
     plain = b'"text" "plain" ("charset" "us-ascii") NIL NIL "7bit" %d %d' % (size, lines)
     assert (ix.body, ix.bodystructure) == (b"(" + plain + b")", b"(" + plain + b" NIL NIL NIL NIL)")
-    assert json.loads(ix.parts) == [0, body_start, len(message), "7bit", [], None]
+    assert ix.parts == PartNode(0, body_start, len(message), "7bit")
     assert (ix.subject, ix.from_, ix.sort_subject, ix.sort_from) == (
         "grüsse aus köln",
         "jörg müller <joerg@example.de>",
@@ -319,8 +319,7 @@ def test_issue_8_fallback_survives_every_helper_failing(monkeypatch: pytest.Monk
 def test_issue_8_fallback_of_odd_messages(message: bytes) -> None:
     ix = fallback_index(message)
     assert isinstance(ix, MessageIndex)
-    tree = json.loads(ix.parts)
-    assert tree[2] == len(message) and 0 <= tree[1] <= len(message)
+    assert ix.parts.end == len(message) and 0 <= ix.parts.body_start <= len(message)
 
 
 # Finding 6 groundwork: an mmap of a spool file, never copied whole

@@ -74,7 +74,7 @@ def queue(store: SQLiteStore, sender: str, *recipients: str | OutboundRecipient,
     blob = new_message_id()
     rcpts = tuple(r if isinstance(r, OutboundRecipient) else OutboundRecipient(r) for r in recipients)
     data = b"From: x@a.test\r\nSubject: queued\r\n\r\nbody\r\n"
-    store.deliver(Delivery(blob, data, (), T0, None, Outbound(sender, rcpts, T0 + lifetime))).result(10)
+    store.mail.deliver(Delivery(blob, data, (), T0, None, Outbound(sender, rcpts, T0 + lifetime))).result(10)
     return blob
 
 
@@ -112,9 +112,9 @@ def test_delivered_entry_goes_away_and_failures_make_one_dsn(store: SQLiteStore)
     assert [(s["final-recipient"], s["status"], s["remote-mta"]) for s in statuses(dsn)] == [
         ("rfc822; no@b.test", "5.1.1", "dns; mx.b.test"), ("rfc822; no@c.test", "5.7.1", "dns; mx.c.test")
     ]  # fmt: skip
-    assert store.queue_entries() == []
+    assert store.queue.queue_entries() == []
     with pytest.raises(Exception, match="no message"):
-        store.read_message(queue_id)  # the bytes went with the entry
+        store.mail.read_message(queue_id)  # the bytes went with the entry
 
 
 def test_null_sender_and_notify_never_get_no_dsn(store: SQLiteStore) -> None:
@@ -123,7 +123,7 @@ def test_null_sender_and_notify_never_get_no_dsn(store: SQLiteStore) -> None:
     queue(store, "", "x@b.test")
     queue(store, "alice@a.test", OutboundRecipient("x@b.test", ("NEVER",)))
     asyncio.run(runner(store, agent, bouncer, Clock()).run_due())
-    assert bouncer.sent == [] and store.queue_entries() == []
+    assert bouncer.sent == [] and store.queue.queue_entries() == []
 
 
 def test_success_notice_only_when_asked_and_the_next_hop_cannot_report(store: SQLiteStore) -> None:
@@ -148,14 +148,14 @@ def test_deferred_backs_off_then_expires_with_5_4_7(store: SQLiteStore) -> None:
     nexts = []
     for _ in range(4):
         asyncio.run(r.run_due())
-        (entry,) = store.queue_entries()
+        (entry,) = store.queue.queue_entries()
         (rcpt,) = entry.recipients
         assert rcpt.state is QueueState.DEFERRED and rcpt.last_reply == "451 4.4.1 Cannot connect"
         nexts.append(rcpt.next_attempt_at - int(clock.now))
         clock.now = rcpt.next_attempt_at
     assert nexts == [60, 120, 240, 800 - 420]  # doubling from retry_first; the last try at the expiry time
     asyncio.run(r.run_due())
-    assert store.queue_entries() == []
+    assert store.queue.queue_entries() == []
     (_, dsn), = bouncer.sent  # fmt: skip
     (status,) = statuses(dsn)
     assert status["status"] == "5.4.7" and "gave up" in status["diagnostic-code"]
@@ -171,11 +171,11 @@ def test_nxdomain_is_believed_on_the_third_answer(store: SQLiteStore) -> None:
     r = runner(store, agent, bouncer, clock)
     for attempt in (1, 2):
         asyncio.run(r.run_due())
-        (entry,) = store.queue_entries()
+        (entry,) = store.queue.queue_entries()
         assert entry.recipients[0].state is QueueState.DEFERRED and entry.recipients[0].attempts == attempt
         clock.now = entry.recipients[0].next_attempt_at
     asyncio.run(r.run_due())
-    assert store.queue_entries() == [] and len(bouncer.sent) == 1
+    assert store.queue.queue_entries() == [] and len(bouncer.sent) == 1
 
 
 def test_a_notice_that_cannot_be_stored_is_kept_and_sent_later(store: SQLiteStore) -> None:
@@ -184,12 +184,12 @@ def test_a_notice_that_cannot_be_stored_is_kept_and_sent_later(store: SQLiteStor
     queue_id = queue(store, "alice@a.test", "no@b.test")
     asyncio.run(runner(store, agent, broken, Clock()).run_due())
     # The recipient is final, but the entry stays until its sender has been told.
-    (entry,) = store.queue_entries()
+    (entry,) = store.queue.queue_entries()
     assert entry.id == queue_id and entry.recipients[0].state is QueueState.FAILED
-    assert store.entries_with_unreported_failures() == [queue_id]
+    assert store.queue.entries_with_unreported_failures() == [queue_id]
     working = Bouncer()
     asyncio.run(runner(store, agent, working, Clock()).run_due())  # a new runner sweeps at start
-    assert len(working.sent) == 1 and store.queue_entries() == []
+    assert len(working.sent) == 1 and store.queue.queue_entries() == []
     assert len(agent.calls) == 1  # never delivered again
 
 
@@ -202,11 +202,11 @@ def test_flush_and_delete(store: SQLiteStore) -> None:
     asyncio.run(r.run_due())
     asyncio.run(r.run_due())
     assert len(agent.calls) == 1  # nothing due until the retry time
-    assert store.queue_flush() == 2
+    assert store.queue.queue_flush() == 2
     asyncio.run(r.run_due())
     assert len(agent.calls) == 2 and len(agent.calls[1][1]) == 2  # both messages, one delivery
-    assert store.queue_delete(first) and not store.queue_delete(first)
-    assert [e.id for e in store.queue_entries()] == [second]
+    assert store.queue.queue_delete(first) and not store.queue.queue_delete(first)
+    assert [e.id for e in store.queue.queue_entries()] == [second]
 
 
 def test_issue_8_a_large_message_goes_to_the_agent_as_a_handle_and_comes_back_as_its_header(
@@ -218,7 +218,7 @@ def test_issue_8_a_large_message_goes_to_the_agent_as_a_handle_and_comes_back_as
     header = b"From: x@a.test\r\nSubject: large\r\n\r\n"
     data = header + b"0123456789abcdef\r\n" * 100_000  # ~1.8 MB
     outbound = Outbound("alice@a.test", (OutboundRecipient("no@b.test"),), T0 + 86400, ret="FULL")
-    store.deliver(Delivery(blob, data, (), T0, None, outbound)).result(10)
+    store.mail.deliver(Delivery(blob, data, (), T0, None, outbound)).result(10)
     seen: list[JobMessage] = []
 
     class Recording(ScriptedAgent):

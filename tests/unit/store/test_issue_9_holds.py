@@ -17,48 +17,48 @@ from kartero.store.sqlite import SCHEMA_VERSION, SQLiteStore
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s = SQLiteStore(tmp_path / "data")
-    s.add_account("bob@example.test", "unused")
+    s.accounts.add_account("bob@example.test", "unused")
     s.start()
     yield s
     s.close()
 
 
 def deliver(store: SQLiteStore, mailbox: str = "INBOX") -> int:
-    (stored,) = store.deliver(
+    (stored,) = store.mail.deliver(
         Delivery(new_message_id(), b"Subject: x\r\n\r\nbody\r\n", (DeliveryTarget(1, mailbox),), 1795687200)
     ).result(10)
     return stored.modseq
 
 
 def expunge(store: SQLiteStore, uid: int) -> int:
-    store.update_flags(1, [uid], FlagOp.ADD, frozenset({"\\Deleted"}), None)
-    assert store.expunge(1, [uid]) == [uid]
-    return store.mailbox_status(1).highestmodseq
+    store.mail.update_flags(1, [uid], FlagOp.ADD, frozenset({"\\Deleted"}), None)
+    assert store.mail.expunge(1, [uid]) == [uid]
+    return store.mail.mailbox_status(1).highestmodseq
 
 
 def held(store: SQLiteStore) -> list[int]:
     deliver(store, "Archive")  # the committer has done what was queued before (releases run there)
-    return [row.uid for row in store.message_rows(1, [1, 2, 3], expunged=True)]
+    return [row.uid for row in store.mail.message_rows(1, [1, 2, 3], expunged=True)]
 
 
 def test_issue_9_a_hold_keeps_what_was_expunged_after_its_modseq(store: SQLiteStore) -> None:
     for _ in range(3):
         modseq = deliver(store)
-    early = store.hold_expunged(1, modseq)
+    early = store.mail.hold_expunged(1, modseq)
     expunge(store, 1)
-    late = store.hold_expunged(1, store.mailbox_status(1).highestmodseq)
+    late = store.mail.hold_expunged(1, store.mail.mailbox_status(1).highestmodseq)
     second = expunge(store, 2)
     assert held(store) == [1, 2, 3]
-    (row,) = store.message_rows(1, [1], expunged=True, with_index=True)
+    (row,) = store.mail.message_rows(1, [1], expunged=True, with_index=True)
     assert (row.flags, row.size, row.envelope is not None) == (frozenset({"\\Deleted"}), 20, True)
-    assert store.open_message(row.blob_id).read(0, 10) == b"Subject: x"
+    assert store.mail.open_message(row.blob_id).read(0, 10) == b"Subject: x"
     early.advance(second - 1)  # has seen the first expunge, not the second
     assert held(store) == [2, 3]
     early.release()
     assert held(store) == [2, 3]  # `late` was taken before the second expunge
     late.advance(second)
     assert held(store) == [3]
-    assert store.message_rows(1, [1, 2, 3]) == store.message_rows(1, [3])
+    assert store.mail.message_rows(1, [1, 2, 3]) == store.mail.message_rows(1, [3])
 
 
 def test_issue_9_a_database_of_schema_1_gets_the_tombstone_columns(tmp_path: Path) -> None:
@@ -72,9 +72,9 @@ def test_issue_9_a_database_of_schema_1_gets_the_tombstone_columns(tmp_path: Pat
     db.close()
     store = SQLiteStore(tmp_path / "data")
     try:
-        columns = {row[1] for row in store._db().execute("PRAGMA table_info(expunged)")}
+        columns = {row[1] for row in store.database.db().execute("PRAGMA table_info(expunged)")}
         assert {"blob_id", "size", "internal_date", "flags", "message_modseq"} <= columns
-        version = store._db().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        version = store.database.db().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
         assert version == str(SCHEMA_VERSION)
     finally:
         store.close()

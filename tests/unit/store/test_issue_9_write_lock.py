@@ -19,7 +19,7 @@ SYNCHRONOUS_NORMAL, SYNCHRONOUS_FULL = 1, 2
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s = SQLiteStore(tmp_path / "data")
-    s.add_account("bob@example.test", "unused")
+    s.accounts.add_account("bob@example.test", "unused")
     s.start()
     yield s
     s.close()
@@ -27,7 +27,7 @@ def store(tmp_path: Path) -> Iterator[SQLiteStore]:
 
 def deliver(store: SQLiteStore, count: int) -> None:
     futures = [
-        store.deliver(Delivery(new_message_id(), b"Subject: x\r\n\r\nbody\r\n", (DeliveryTarget(1),), 1795687200))
+        store.mail.deliver(Delivery(new_message_id(), b"Subject: x\r\n\r\nbody\r\n", (DeliveryTarget(1),), 1795687200))
         for _ in range(count)
     ]
     for future in futures:
@@ -43,12 +43,12 @@ def test_issue_9_concurrent_writers_never_meet_sqlite_busy(store: SQLiteStore) -
     start = threading.Barrier(8)
 
     def writer(uid: int) -> None:
-        store._db().execute("PRAGMA busy_timeout=0")
+        store.database.db().execute("PRAGMA busy_timeout=0")
         start.wait()
         try:
             for i in range(40):
-                store.update_flags(1, [uid], FlagOp.ADD if i % 2 else FlagOp.REMOVE, frozenset({"$X"}), None)
-                store.claim_recent(1, uid)
+                store.mail.update_flags(1, [uid], FlagOp.ADD if i % 2 else FlagOp.REMOVE, frozenset({"$X"}), None)
+                store.mail.claim_recent(1, uid)
         except BaseException as exc:  # reported below, in the test's thread
             errors.append(exc)
 
@@ -59,18 +59,18 @@ def test_issue_9_concurrent_writers_never_meet_sqlite_busy(store: SQLiteStore) -
     for thread in threads:
         thread.join()
     assert errors == []
-    assert store.mailbox_status(1).messages == 28
+    assert store.mail.mailbox_status(1).messages == 28
 
 
 def test_issue_9_flag_commits_skip_the_fsync_deliveries_keep_it(store: SQLiteStore) -> None:
     deliver(store, 1)
-    db = store._db()
-    store.update_flags(1, [1], FlagOp.ADD, frozenset({"\\Seen"}), None)
+    db = store.database.db()
+    store.mail.update_flags(1, [1], FlagOp.ADD, frozenset({"\\Seen"}), None)
     assert db.execute("PRAGMA synchronous").fetchone()[0] == SYNCHRONOUS_NORMAL
-    store.add_alias("postmaster@example.test", "bob@example.test")  # any other write: fsynced again
+    store.accounts.add_alias("postmaster@example.test", "bob@example.test")  # any other write: fsynced again
     assert db.execute("PRAGMA synchronous").fetchone()[0] == SYNCHRONOUS_FULL
-    store.update_flags(1, [1], FlagOp.ADD, frozenset({"\\Deleted"}), None)
-    assert store.expunge(1, [1]) == [1]
+    store.mail.update_flags(1, [1], FlagOp.ADD, frozenset({"\\Deleted"}), None)
+    assert store.mail.expunge(1, [1]) == [1]
     assert db.execute("PRAGMA synchronous").fetchone()[0] == SYNCHRONOUS_NORMAL
-    store.copy_messages(1, [], 2, move=False)  # COPY and MOVE are fsynced (nothing to copy here)
+    store.mail.copy_messages(1, [], 2, move=False)  # COPY and MOVE are fsynced (nothing to copy here)
     assert db.execute("PRAGMA synchronous").fetchone()[0] == SYNCHRONOUS_FULL
