@@ -264,11 +264,12 @@ def kartero(folder: Path, args: argparse.Namespace) -> Iterator[Served]:
         return
     port, imap_port = free_port(), free_port()
     command = [sys.executable, "-m", "kartero", "-c", str(kartero_config(folder, port, imap_port))]
-    # This checkout's Kartero, wherever the bench is started from (not an installed copy elsewhere).
+    # This checkout's Kartero, wherever the bench is started from (not an installed copy elsewhere, nor a
+    # checkout in the current folder: `python -m` looks there first, so the server runs from ROOT).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     subprocess.run([*command, "user", "add", args.rcpt, "--password-stdin"], input=b"pw\n", check=True,
-                   capture_output=True, env=env)  # fmt: skip
-    proc = subprocess.Popen([*command, "serve"], stdout=subprocess.DEVNULL, env=env)
+                   capture_output=True, env=env, cwd=ROOT)  # fmt: skip
+    proc = subprocess.Popen([*command, "serve"], stdout=subprocess.DEVNULL, env=env, cwd=ROOT)
     try:
         wait_port(port)
         yield Served("127.0.0.1", port, pid=proc.pid, stored=lambda: fetch_last(imap_port, args.rcpt, "pw"),
