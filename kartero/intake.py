@@ -37,7 +37,7 @@ from kartero.mailauth.dkim import DKIMError, Signer
 from kartero.mime.headers import find_body_start, parse_header_block
 from kartero.policy.decisions import AcceptMessage, MessageDecision, Reject
 from kartero.store.ids import new_message_id
-from kartero.store.interface import INBOX, Content, Delivery, MailStore, Outbound, OutboundRecipient, as_targets
+from kartero.store.interface import INBOX, Content, Delivery, MailStore, Outbound, as_targets
 from kartero.store.spool import read_whole
 
 log = logging.getLogger("kartero.intake")
@@ -231,8 +231,7 @@ class Intake:
                                        recipient=recipients[0].address if len(recipients) == 1 else None,
                                        date=now)  # fmt: skip
         account_ids = [a for t in incoming.targets if not t.is_remote for a in t.account_ids]
-        remote = tuple(OutboundRecipient(t.recipient.address, t.recipient.notify, t.recipient.orcpt)
-                       for t in incoming.targets if t.is_remote)  # fmt: skip
+        remote = tuple(t.recipient for t in incoming.targets if t.is_remote)
         deliveries = []
         queue_id = None
         timestamp = int(now.timestamp())

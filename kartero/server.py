@@ -18,7 +18,6 @@ import sys
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, replace
-from functools import partial
 from typing import Any
 
 from kartero.auth.accounts import Authenticator, DirectoryCache
@@ -302,7 +301,7 @@ class Server:
                                                        lim.login_deadline_s if is_submission else None),
                             spool_dir=spool_dir(config.data_dir),
                         )
-                        factory = partial(SMTPSession, smtp_ctx)
+                        factory = SMTPSession.factory(smtp_ctx)
                     else:
                         implicit = kind in IMPLICIT_TLS
                         starttls = self._tls is not None and not implicit

@@ -50,28 +50,32 @@ SEND_STALL_S = 300.0
 SettingsT = TypeVar("SettingsT")
 
 
-@dataclass(slots=True)
-class AccessContext(Generic[SettingsT]):
-    """What every IMAP or POP3 session of one listener shares; built by server.py."""
+@dataclass(slots=True, kw_only=True)
+class ListenerContext(Generic[SettingsT]):
+    """What every session of one listener shares, whatever its protocol (SMTP, IMAP, POP3); built by
+    server.py. The connection caps, the TLS context and the deadlines are kept here once for all three."""
 
     listener: str
     settings: SettingsT
-    store: Store
-    authenticator: Authenticator
-    tls_context: Callable[[], Any]
-    implicit_tls: bool
-    spawn: Callable[[Any], None]
+    tls_context: Callable[[], Any]  # the current ssl.SSLContext (reloaded on SIGHUP), or None
+    spawn: Callable[[Any], None]  # runs a coroutine in the server's TaskGroup
     sessions: set[Any]
     on_session_end: Callable[[], None]
     is_stopping: Callable[[], bool]
-    throttle: AuthThrottle | None = None  # shared with SMTP AUTH: failures count per client address
+    implicit_tls: bool = False
+    throttle: AuthThrottle | None = None  # one for every listener: failures count per client address
     admission: Admission | None = None  # the server's connection caps; None: unlimited (unit tests)
     deadlines: DeadlineSettings = field(default_factory=DeadlineSettings)
-    spool_dir: Path | None = None  # where large APPEND messages go while they arrive
+    spool_dir: Path | None = None  # where messages too large for memory go while they arrive
 
     @property
     def protocol(self) -> str:
-        return self.listener.rstrip("s")  # imaps -> imap, pop3s -> pop3
+        """The service the caps count: smtp, submission, imap, pop3 (submissions -> submission)."""
+        return self.listener.rstrip("s")
+
+    @property
+    def log_prefix(self) -> str:
+        return self.protocol
 
     def admit(self, channel: Channel, session_id: str) -> Ticket | None:
         """Count a new session against the server's connection caps; a refused one (its ticket says
@@ -80,7 +84,7 @@ class AccessContext(Generic[SettingsT]):
             return channel.admitted
         ticket = self.admission.open(self.protocol, channel.client_ip)
         if ticket.refusal is not None:
-            log.info("%s", kv(event=f"{self.protocol}.limited", session=session_id, client=channel.client_ip,
+            log.info("%s", kv(event=f"{self.log_prefix}.limited", session=session_id, client=channel.client_ip,
                               reason=ticket.refusal.reason))  # fmt: skip
         return ticket
 
@@ -92,13 +96,21 @@ class AccessContext(Generic[SettingsT]):
             return None
         refusal = self.admission.log_in(ticket, user)
         if refusal is not None:
-            log.info("%s", kv(event=f"{self.protocol}.limited", session=session_id, client=channel.client_ip,
+            log.info("%s", kv(event=f"{self.log_prefix}.limited", session=session_id, client=channel.client_ip,
                               user=user, reason=refusal.reason))  # fmt: skip
         return refusal
 
     def release(self, ticket: Ticket | None) -> None:
         if ticket is not None and self.admission is not None:
             self.admission.close(ticket)
+
+
+@dataclass(slots=True, kw_only=True)
+class AccessContext(ListenerContext[SettingsT]):
+    """What every IMAP or POP3 session of one listener shares besides: the mail and the password check."""
+
+    store: Store
+    authenticator: Authenticator
 
     async def check_login(self, channel: Channel, session_id: str, user: str, password: str) -> Account | None:
         """The account for a password login, or None after the throttle's delay (refused at once, and
@@ -168,9 +180,17 @@ DEADLINE_TEXTS = {
 
 class Channel(asyncio.Protocol):
     """`on_connect(channel)` runs when the connection is made and must set `feed` (where received bytes
-    go; b"" means the peer is gone)."""
+    go; b"" means the peer closed its side or is gone: `is_lost` tells which).
 
-    def __init__(self, on_connect: Callable[[Channel], object], deadlines: DeadlineSettings) -> None:
+    Two kinds of session drive a channel. A task (IMAP, POP3) asks for input with `wait()` and writes
+    with `send()`; reading pauses once READ_AHEAD_BYTES came since it last asked. A callback-driven one
+    (SMTP, `pull=False`) handles its input inside `feed`, writes with `write()`, hears of a drained
+    write buffer through `on_writable`, and tells the channel how much input its core still holds
+    (`regulate`): reading pauses above READ_AHEAD_BYTES and resumes below half of it.
+    """
+
+    def __init__(self, on_connect: Callable[[Channel], object], deadlines: DeadlineSettings, *,
+                 pull: bool = True) -> None:  # fmt: skip
         self._on_connect = on_connect
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -180,6 +200,8 @@ class Channel(asyncio.Protocol):
         self.via: str | None = None  # the proxy's address, when a PROXY header named the client
         self.is_loopback = False
         self.feed: Callable[[bytes], None] = lambda data: None
+        self.on_writable: Callable[[], None] = lambda: None
+        self._pull = pull
         self.deadlines = Deadlines(deadlines, self.loop.time())
         self.is_lost = False
         self._wakeup = asyncio.Event()
@@ -221,6 +243,8 @@ class Channel(asyncio.Protocol):
                 self._inflate_step()
         else:
             self.feed(data)
+            if not self._pull:
+                return
             self._read_ahead += len(data)
         self.wake()
         if self._read_ahead >= READ_AHEAD_BYTES or len(self._compressed) >= READ_AHEAD_BYTES:
@@ -246,6 +270,12 @@ class Channel(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._can_write.set()
+        self.on_writable()
+
+    @property
+    def can_write(self) -> bool:
+        """False while the transport's buffer is above its high-water mark (the peer reads slowly)."""
+        return self._can_write.is_set()
 
     # -- for the session's task ----------------------------------------------------------------------
 
@@ -278,14 +308,33 @@ class Channel(asyncio.Protocol):
         self._wakeup.clear()
         return None
 
-    async def send(self, data: bytes) -> None:
-        """Write and wait until the transport's buffer is below its high-water mark (aborting the
-        connection when the peer reads nothing for SEND_STALL_S)."""
-        if data and self.transport is not None and not self.is_lost:
+    def write(self, data: bytes) -> None:
+        """Write at once (the peer's clocks run from our answer: see deadlines.py)."""
+        transport = self.transport
+        if data and transport is not None and not self.is_lost and not transport.is_closing():
             self.deadlines.replied(self.loop.time())
             if self._deflate is not None:
                 data = self._deflate.compress(data) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
-            self.transport.write(data)
+            transport.write(data)
+
+    def regulate(self, buffered: int) -> None:
+        """A callback-driven session's core holds `buffered` octets of input it has not handled: pause
+        reading above READ_AHEAD_BYTES, resume below half of it (a client streaming behind a pending
+        decision fills its own socket buffers, not our memory)."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._tls_early is not None:
+            return
+        if not self._is_paused and buffered > READ_AHEAD_BYTES:
+            self._is_paused = True
+            transport.pause_reading()
+        elif self._is_paused and buffered < READ_AHEAD_BYTES // 2:
+            self._is_paused = False
+            transport.resume_reading()
+
+    async def send(self, data: bytes) -> None:
+        """Write and wait until the transport's buffer is below its high-water mark (aborting the
+        connection when the peer reads nothing for SEND_STALL_S)."""
+        self.write(data)
         if not self._can_write.is_set():
             try:
                 async with asyncio.timeout(SEND_STALL_S):

@@ -1,13 +1,14 @@
 """The asyncio adapter of one SMTP session: socket bytes in and out of the sans-I/O core.
 
-Callback-driven (like uvicorn's h11 protocol): `data_received` feeds the core and drains its events on
-the spot. Decisions are coroutines (policy checks, intake, AUTH) started eagerly
-(kartero/concurrency.py), so one that needs no I/O is answered without a task switch; one that does
-(storing a message, a DNS lookup, a directory reload after an admin change) goes on in a Task, and the
-session stops draining the core until it is done, and stops reading once READ_AHEAD_BYTES wait in the
-core (back-pressure: a client streaming behind a pending decision fills its own socket buffers, not our
-memory). Every decision has a deadline (`check_deadline_s`): one that raises or passes it answers that
-command or message `451 4.3.0` (logged with the traceback) and the session goes on. The deadlines of
+Callback-driven (like uvicorn's h11 protocol) over the Channel every session uses (net/channel.py): the
+channel's `feed` hands received bytes to the core and the session drains its events on the spot.
+Decisions are coroutines (policy checks, intake, AUTH) started eagerly (kartero/concurrency.py), so one
+that needs no I/O is answered without a task switch; one that does (storing a message, a DNS lookup, a
+directory reload after an admin change) goes on in a Task, and the session stops draining the core until
+it is done; the channel stops reading once READ_AHEAD_BYTES wait in the core (back-pressure: a client
+streaming behind a pending decision fills its own socket buffers, not our memory). Every decision has
+a deadline (`check_deadline_s`): one that raises or passes it answers that command or message
+`451 4.3.0` (logged with the traceback) and the session goes on. The deadlines of
 the peer (idle, command, login: see deadlines.py) are one timer per session, moved earlier when a
 command starts and otherwise re-armed lazily when it fires.
 
@@ -24,11 +25,9 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from kartero.auth.accounts import Authenticator
-from kartero.auth.throttle import AuthThrottle
 from kartero.concurrency import Blocking, DeadlineExceeded, Finished, start_eagerly
 from kartero.intake import CHECK_DEADLINE_S, Incoming, Intake, Refused, SmtpArrival, Stored, Target, with_protocol
 from kartero.log import kv
@@ -36,9 +35,10 @@ from kartero.mail import replies
 from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord, Origin
 from kartero.mail.replies import Reply
 from kartero.mime.headers import find_body_start
-from kartero.net.deadlines import Deadline, Deadlines, DeadlineSettings
+from kartero.net.channel import Channel, ListenerContext
+from kartero.net.deadlines import Deadline, DeadlineSettings
 from kartero.policy.decisions import Accept, Decision, Policy, RcptContext
-from kartero.policy.limits import Admission, Ticket
+from kartero.policy.limits import Ticket
 from kartero.smtp.events import (
     AuthRequested,
     Body,
@@ -65,10 +65,6 @@ from kartero.tls import describe
 log = logging.getLogger("kartero.smtp")
 T = TypeVar("T")
 
-# Stop reading from a peer that sends faster than the core consumes (e.g. while a decision is pending):
-# the core holds no more than this plus one read (256 KiB) of unprocessed input.
-READ_AHEAD_BYTES = 64 * 1024
-TLS_HANDSHAKE_TIMEOUT_S = 30.0
 # Of a message that spills to a spool file, this much of its start stays in memory to find the header
 # (which policy reads and changes); a message whose header does not end within it is refused (552 5.3.4):
 # forged Authentication-Results fields must never be left in a header too large to clean.
@@ -83,122 +79,89 @@ DEADLINE_REPLIES = {
 }  # fmt: skip
 
 
-@dataclass(slots=True)
-class SessionContext:
-    """What every session of one listener shares; built by server.py."""
+@dataclass(slots=True, kw_only=True)
+class SessionContext(ListenerContext[ServerSettings]):
+    """What every SMTP session of one listener shares besides what every listener has: its policy,
+    intake, and (submission) the password check; built by server.py."""
 
-    listener: str
-    settings: ServerSettings
     policy: Policy
     intake: Intake
-    tls_context: Callable[[], Any]  # the current ssl.SSLContext (reloaded on SIGHUP), or None
-    spawn: Callable[[Coroutine[Any, Any, None]], None]  # runs a coroutine in the server's TaskGroup
-    sessions: set[SMTPSession]
-    on_session_end: Callable[[], None]
-    is_stopping: Callable[[], bool]
-    implicit_tls: bool = False
     authenticator: Authenticator | None = None
-    throttle: AuthThrottle | None = None
     blocking: Blocking = field(default_factory=Blocking)  # argon2 and SCRAM key reads, in the worker pool
     check_deadline_s: float = CHECK_DEADLINE_S  # for every decision the session waits for
-    admission: Admission | None = None  # the server's connection caps; None: unlimited (unit tests)
     deadlines: DeadlineSettings = field(default_factory=lambda: DeadlineSettings(login_s=None))
-    spool_dir: Path | None = None  # where messages too large for memory go while they arrive
 
     @property
-    def service(self) -> str:
-        return self.listener.rstrip("s")  # submissions -> submission
+    def log_prefix(self) -> str:
+        return "smtp"  # smtp.limited for the MX and the submission listeners alike
 
 
-class SMTPSession(asyncio.Protocol):
-    def __init__(self, ctx: SessionContext) -> None:
+class SMTPSession:
+    """One SMTP session over a Channel (net/channel.py), which moves the bytes, keeps the deadlines'
+    clocks, pauses reading and upgrades to TLS for the SMTP, IMAP and POP3 sessions alike."""
+
+    def __init__(self, ctx: SessionContext, channel: Channel) -> None:
         self.ctx = ctx
+        self.channel = channel
         self.id = new_message_id()[-10:]
         self.conn = ServerConnection(ctx.settings, is_tls=ctx.implicit_tls, sasl_nonce=secrets.token_urlsafe(18))
-        self.transport: asyncio.Transport | None = None
-        self.loop = asyncio.get_running_loop()
-        self.proxied_peer: tuple[str, int] | None = None  # the client a PROXY header named (listener.py)
-        self.admitted: Ticket | None = None  # counted by the caps before the TLS handshake (listener.py)
-        self.client_ip = "?"
+        self.loop = channel.loop
+        self.client_ip = channel.client_ip
         self._mail_from = ""
         self._ticket: Ticket | None = None  # how the connection caps counted this session
         self._is_logged_in = False
         self._busy = False  # an asynchronous decision or the TLS handshake is under way
-        self._can_write = True
-        self._reading_paused = False
         self._finished = False
-        self._lost = False
         self._stopping = False
-        self._tls_early: list[bytes] | None = None  # application data that arrives during the handshake
         self._tls_info: str | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        self._deadlines = Deadlines(ctx.deadlines, self.loop.time())
+        self._deadlines = channel.deadlines
         self._started_at = time.monotonic()
         self._recipients: dict[str, Accept] = {}  # accepted RCPT path -> its decision, this transaction
         self._spool = IncomingSpool(ctx.spool_dir)  # the message being received, once it spilled out of memory
         self._spool_start = b""  # its first octets (the header is read from them)
 
-    # -- asyncio.Protocol ----------------------------------------------------------------------------
+    @classmethod
+    def factory(cls, ctx: SessionContext) -> Callable[[], Channel]:
+        """The protocol factory of an SMTP listener."""
+        return lambda: Channel(lambda channel: cls(ctx, channel).start(), ctx.deadlines, pull=False)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        via = None
-        if self.proxied_peer is not None:
-            via, peer = str(peer[0]) if peer else "?", self.proxied_peer
-        self.client_ip = str(peer[0]) if peer else "?"
-        if self.ctx.implicit_tls:
-            self._tls_info = describe(transport.get_extra_info("ssl_object"))
+    def start(self) -> None:
+        channel = self.channel
+        channel.feed = self._received
+        channel.on_writable = self._process
+        if self.ctx.implicit_tls and channel.transport is not None:
+            self._tls_info = describe(channel.transport.get_extra_info("ssl_object"))
         self.ctx.sessions.add(self)
         log.info("%s", kv(event="smtp.connect", session=self.id, listener=self.ctx.listener, client=self.client_ip,
-                          via=via))  # fmt: skip
+                          via=channel.via))  # fmt: skip
         refusal = None
-        if self.admitted is not None:
-            self._ticket = self.admitted
-        elif self.ctx.admission is not None:
-            self._ticket = self.ctx.admission.open(self.ctx.service, self.client_ip)
-            limited = self._ticket.refusal
-            if limited is not None:
-                reason = limited.reason
-                refusal = replies.TOO_MANY_CONNECTIONS
-                if limited.is_per_address:
-                    refusal = replies.CLIENT_LIMITED.with_text(f"Too many connections from your address ({reason})")
-                log.info("%s", kv(event="smtp.limited", session=self.id, client=self.client_ip, reason=reason))
+        self._ticket = self.ctx.admit(channel, self.id)
+        limited = self._ticket.refusal if self._ticket is not None else None
+        if limited is not None:
+            refusal = replies.TOO_MANY_CONNECTIONS
+            if limited.is_per_address:
+                refusal = replies.CLIENT_LIMITED.with_text(f"Too many connections from your address ({limited.reason})")
         if refusal is None and self.ctx.is_stopping():
             refusal = replies.SHUTTING_DOWN
         self.conn.start(refusal)
         self._process()
 
-    def data_received(self, data: bytes) -> None:
-        if self._tls_early is not None:
-            self._tls_early.append(data)
-            return
+    def _received(self, data: bytes) -> None:
+        """Input from the channel; b"" when the peer closed its side or is gone."""
         self.conn.receive_data(data)
-        self._deadlines.received(len(data), self.loop.time())
-        self._process()
-        self._regulate_reading()  # also while a decision is pending, when _process did nothing
-
-    def eof_received(self) -> bool:
-        self.conn.receive_data(b"")
-        self._process()
-        return True  # keep our side open until the last replies are written
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.receive_data(b"")
-        self._lost = True
+        if data:
+            self._process()
+            self.channel.regulate(self.conn.buffered_bytes)  # also while a decision is pending
+            return
+        if not self.channel.is_lost:  # EOF: keep our side open until the last replies are written
+            self._process()
+            return
         if self._busy:
             return  # the pending decision's callback carries on and then sees the close
         self._process()
         self._finish("connection lost")
-
-    def pause_writing(self) -> None:
-        self._can_write = False
-
-    def resume_writing(self) -> None:
-        self._can_write = True
-        self._process()
 
     # -- driving the core ----------------------------------------------------------------------------
 
@@ -208,8 +171,7 @@ class SMTPSession(asyncio.Protocol):
         self._process()
 
     def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+        self.channel.abort()
 
     def _process(self) -> None:
         """Drain the core until it needs more input or an asynchronous decision is pending.
@@ -234,8 +196,9 @@ class SMTPSession(asyncio.Protocol):
     def _drain(self) -> None:
         conn = self.conn
         # Writes paused by flow control stop the draining; a lost connection drains to its close event.
-        while self._can_write or self._lost or conn.is_closed:
-            if self._lost and not conn.is_closed:
+        channel = self.channel
+        while channel.can_write or channel.is_lost or conn.is_closed:
+            if channel.is_lost and not conn.is_closed:
                 # Nobody can read our replies: what the peer pipelined before it went is not worked
                 # through (megabytes of it held the loop for seconds).
                 conn.abandon("connection lost")
@@ -267,8 +230,8 @@ class SMTPSession(asyncio.Protocol):
                     # Send, and go on in a later loop iteration (others get their turn): unless the
                     # transport paused writing meanwhile, which waits for resume_writing.
                     self._flush()
-                    self._regulate_reading()
-                    if self._can_write:
+                    channel.regulate(conn.buffered_bytes)
+                    if channel.can_write:
                         self.loop.call_soon(self._process)
                     return
                 case MessageReceived():
@@ -298,7 +261,7 @@ class SMTPSession(asyncio.Protocol):
                     self._finish(reason)
                     return
         self._flush()
-        self._regulate_reading()
+        channel.regulate(conn.buffered_bytes)
 
     def _decide(self, decision: Coroutine[Any, Any, T], on_done: Callable[[T], None],
                 on_error: Callable[[], None], what: str, deadline_s: float | None = None) -> bool:  # fmt: skip
@@ -443,32 +406,14 @@ class SMTPSession(asyncio.Protocol):
 
     def _flush(self) -> None:
         out = self.conn.data_to_send()
-        if out and self.transport is not None and not self.transport.is_closing():
-            self._deadlines.replied(self.loop.time())
-            self.transport.write(out)
-
-    def _regulate_reading(self) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing() or self._tls_early is not None:
-            return
-        if not self._reading_paused and self.conn.buffered_bytes > READ_AHEAD_BYTES:
-            self._reading_paused = True
-            transport.pause_reading()
-        elif self._reading_paused and self.conn.buffered_bytes < READ_AHEAD_BYTES // 2:
-            self._reading_paused = False
-            transport.resume_reading()
+        if out:
+            self.channel.write(out)
 
     def _logged_in(self, user: str) -> None:
         """AUTH succeeded: the login deadline is met, and the session counts per account and address."""
         self._is_logged_in = True
-        self._deadlines.logged_in()
-        admission, ticket = self.ctx.admission, self._ticket
-        if admission is None or ticket is None:
-            return
-        refusal = admission.log_in(ticket, user)
+        refusal = self.ctx.admit_login(self._ticket, self.channel, self.id, user)
         if refusal is not None:
-            log.info("%s", kv(event="smtp.limited", session=self.id, client=self.client_ip, user=user,
-                              reason=refusal.reason))  # fmt: skip
             text = f"Too many connections for this account from your address ({refusal.reason})"
             self.conn.close(replies.CLIENT_LIMITED.with_text(text), "connection limit")
 
@@ -478,16 +423,11 @@ class SMTPSession(asyncio.Protocol):
         self._finished = True
         if self._timer is not None:
             self._timer.cancel()
-        if self.transport is not None:
-            if self._can_write:
-                self.transport.close()
-            else:  # close() would wait for a peer that reads nothing to take our output
-                self.transport.abort()
+        self.channel.close()  # aborts instead when the peer reads nothing of our output
         self.ctx.sessions.discard(self)
         if not self._busy:  # a pending store still reads the spool file; its callback drops it
             self._drop_spool()
-        if self.ctx.admission is not None and self._ticket is not None:
-            self.ctx.admission.close(self._ticket)
+        self.ctx.release(self._ticket)
         log.info(
             "%s",
             kv(
@@ -667,34 +607,21 @@ class SMTPSession(asyncio.Protocol):
         )
 
     async def _start_tls(self) -> None:
+        """The handshake, through the channel (it drops nothing the core has not dropped already and
+        holds what arrives during the handshake until the core knows TLS is up)."""
         context = self.ctx.tls_context()
-        transport = self.transport
-        if context is None or transport is None or transport.is_closing():
+        if context is None:
             self._busy = False
             self._finish("TLS unavailable")
             return
-        self._tls_early = []
-        try:
-            new_transport = await self.loop.start_tls(
-                transport, self, context, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S
-            )
-        except (OSError, TimeoutError) as exc:
-            log.info("%s", kv(event="smtp.tls_failed", session=self.id, client=self.client_ip, detail=str(exc)))
-            transport.abort()
-            self._busy = False
-            self._finish("TLS handshake failed")
-            return
-        if new_transport is None:
-            self._busy = False
-            self._finish("TLS handshake failed")
-            return
-        self.transport = new_transport
-        self._tls_info = describe(new_transport.get_extra_info("ssl_object"))
-        early, self._tls_early = self._tls_early, None
-        self.conn.tls_established()
-        for data in early:
-            self.conn.receive_data(data)
+        failure = await self.channel.start_tls(context, self.conn.tls_established)
         self._busy = False
+        if failure is not None:
+            log.info("%s", kv(event="smtp.tls_failed", session=self.id, client=self.client_ip, detail=failure))
+            self._finish("TLS handshake failed")
+            return
+        transport = self.channel.transport
+        self._tls_info = describe(transport.get_extra_info("ssl_object") if transport is not None else None)
         self._deadlines.replied(self.loop.time())
         self._process()
 

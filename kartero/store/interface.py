@@ -18,7 +18,7 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from kartero.mail.envelope import EnvelopeRecord
+from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord
 from kartero.mail.replies import Reply
 from kartero.store.criteria import Criterion, Sort, ThreadFields
 
@@ -282,18 +282,12 @@ class DeliveryTarget:
 
 
 @dataclass(frozen=True, slots=True)
-class OutboundRecipient:
-    address: str
-    notify: tuple[str, ...] = ()  # DSN NOTIFY (RFC 3461); empty: the default, FAILURE and DELAY
-    orcpt: str | None = None  # "rfc822;user@example.org", decoded
-
-
-@dataclass(frozen=True, slots=True)
 class Outbound:
-    """The remote recipients of a message: they go into the durable queue with it."""
+    """The remote recipients of a message: they go into the durable queue with it (the envelope record's
+    recipients, with what the queue needs besides)."""
 
     sender: str  # "" for the null sender
-    recipients: tuple[OutboundRecipient, ...]
+    recipients: tuple[EnvelopeRecipient, ...]
     expires_at: int  # unix seconds: give up (and bounce) after this
     ret: str | None = None
     envid: str | None = None

@@ -100,7 +100,7 @@ def test_issue_10_a_check_that_raises_or_hangs_ends_that_message_with_451_and_th
             is_stopping=lambda: False,
             check_deadline_s=0.7,
         )
-        server = await loop.create_server(lambda: SMTPSession(ctx), "127.0.0.1", 0)
+        server = await loop.create_server(SMTPSession.factory(ctx), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         async with asyncio.timeout(30):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)

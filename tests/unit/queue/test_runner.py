@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from kartero.mail.envelope import EnvelopeRecipient
 from kartero.mail.replies import Reply
 from kartero.queue.jobs import Deferred, Delivered, Failed, JobMessage, OnOutcomes, Outcome
 from kartero.queue.runner import QueueRunner, QueueSettings
 from kartero.store.ids import new_message_id
-from kartero.store.interface import Delivery, Outbound, OutboundRecipient, QueueState
+from kartero.store.interface import Delivery, Outbound, QueueState
 from kartero.store.sqlite import SQLiteStore
 
 T0 = 1_800_000_000
@@ -70,9 +71,9 @@ def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s.close()
 
 
-def queue(store: SQLiteStore, sender: str, *recipients: str | OutboundRecipient, lifetime: int = 86400) -> str:
+def queue(store: SQLiteStore, sender: str, *recipients: str | EnvelopeRecipient, lifetime: int = 86400) -> str:
     blob = new_message_id()
-    rcpts = tuple(r if isinstance(r, OutboundRecipient) else OutboundRecipient(r) for r in recipients)
+    rcpts = tuple(r if isinstance(r, EnvelopeRecipient) else EnvelopeRecipient(r) for r in recipients)
     data = b"From: x@a.test\r\nSubject: queued\r\n\r\nbody\r\n"
     store.mail.deliver(Delivery(blob, data, (), T0, None, Outbound(sender, rcpts, T0 + lifetime))).result(10)
     return blob
@@ -121,7 +122,7 @@ def test_null_sender_and_notify_never_get_no_dsn(store: SQLiteStore) -> None:
     agent = ScriptedAgent({"x@b.test": Failed(Reply(550, "5.1.1", "No"))})
     bouncer = Bouncer()
     queue(store, "", "x@b.test")
-    queue(store, "alice@a.test", OutboundRecipient("x@b.test", ("NEVER",)))
+    queue(store, "alice@a.test", EnvelopeRecipient("x@b.test", ("NEVER",)))
     asyncio.run(runner(store, agent, bouncer, Clock()).run_due())
     assert bouncer.sent == [] and store.queue.queue_entries() == []
 
@@ -132,8 +133,8 @@ def test_success_notice_only_when_asked_and_the_next_hop_cannot_report(store: SQ
         "dsn@c.test": Delivered(Reply(250, None, "ok"), "mx.c.test[127.0.0.4]", remote_dsn=True),
     })  # fmt: skip
     bouncer = Bouncer()
-    queue(store, "alice@a.test", OutboundRecipient("plain@b.test", ("SUCCESS",)),
-          OutboundRecipient("dsn@c.test", ("SUCCESS",)))  # fmt: skip
+    queue(store, "alice@a.test", EnvelopeRecipient("plain@b.test", ("SUCCESS",)),
+          EnvelopeRecipient("dsn@c.test", ("SUCCESS",)))  # fmt: skip
     asyncio.run(runner(store, agent, bouncer, Clock()).run_due())
     (_, dsn), = bouncer.sent  # fmt: skip
     assert [(s["final-recipient"], s["action"]) for s in statuses(dsn)] == [("rfc822; plain@b.test", "relayed")]
@@ -217,7 +218,7 @@ def test_issue_8_a_large_message_goes_to_the_agent_as_a_handle_and_comes_back_as
     blob = new_message_id()
     header = b"From: x@a.test\r\nSubject: large\r\n\r\n"
     data = header + b"0123456789abcdef\r\n" * 100_000  # ~1.8 MB
-    outbound = Outbound("alice@a.test", (OutboundRecipient("no@b.test"),), T0 + 86400, ret="FULL")
+    outbound = Outbound("alice@a.test", (EnvelopeRecipient("no@b.test"),), T0 + 86400, ret="FULL")
     store.mail.deliver(Delivery(blob, data, (), T0, None, outbound)).result(10)
     seen: list[JobMessage] = []
 

@@ -22,7 +22,6 @@ from kartero.store.interface import (
     DeliveryTarget,
     FileSpan,
     Outbound,
-    OutboundRecipient,
     StoreError,
 )
 from kartero.store.spool import SpoolFile, spool_dir
@@ -307,7 +306,7 @@ def test_issue_8_failing_group_fails_alone_and_leaves_nothing(
     monkeypatch.setattr(store.segments, "append", append)
     first = store.mail.deliver(Delivery(new_blob_id(), _message("first"), (DeliveryTarget(bob.id),), 0))
     assert entered.wait(10)
-    queued = Outbound("bob@example.test", (OutboundRecipient("dave@remote.test"),), 2_000_000_000)
+    queued = Outbound("bob@example.test", (EnvelopeRecipient("dave@remote.test"),), 2_000_000_000)
     doomed_queue_id = new_blob_id()
     doomed = store.mail.deliver_group([
         Delivery(new_blob_id(), _message("local"), (DeliveryTarget(carol.id),), 0),  # account gone
@@ -328,7 +327,7 @@ def test_issue_8_failing_group_fails_alone_and_leaves_nothing(
 
 def test_issue_8_group_with_local_and_queued_copies_commits_both(store: SQLiteStore) -> None:
     bob = store.accounts.add_account("bob@example.test", "h")
-    queued = Outbound("bob@example.test", (OutboundRecipient("dave@remote.test"),), 2_000_000_000)
+    queued = Outbound("bob@example.test", (EnvelopeRecipient("dave@remote.test"),), 2_000_000_000)
     queue_id = new_blob_id()
     result = store.mail.deliver_group([
         Delivery(new_blob_id(), _message("local"), (DeliveryTarget(bob.id),), 0),
@@ -346,7 +345,7 @@ def test_issue_8_large_message_from_a_spool_file_is_stored_and_indexed(store: SQ
     spool_file.write(b"junk before" + received)
     spool_file.close()
     span = FileSpan(spool_file.path, len(b"junk before"), len(received))
-    queued = Outbound("a@example.org", (OutboundRecipient("dave@remote.test"),), 2_000_000_000)
+    queued = Outbound("a@example.org", (EnvelopeRecipient("dave@remote.test"),), 2_000_000_000)
     local_id, queue_id = new_blob_id(), new_blob_id()
     store.mail.deliver_group([
         Delivery(local_id, Content(b"Return-Path: <a@example.org>\r\n", span), (DeliveryTarget(bob.id),), 0),
