@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.imap_bench import PASSWORD, USER, Server, make_messages, start_dovecot, start_kartero  # noqa: E402
+from bench.thread_profile import frame_name  # noqa: E402
 from tests.integration.imap_model import Run, report, stress  # noqa: E402
 
 GROUPS = ("STORE", "EXPUNGE", "APPEND", "FETCH", "COPY", "MOVE", "SELECT", "NOOP")
@@ -96,7 +97,7 @@ def summarise_profile(path: Path, top: int = 25) -> str:
         total += count
         frames = stack.split(";")
         threads[frames[0].split(" ")[0] if frames[0].startswith("thread") else "?"] += count
-        names = [_frame_name(f) for f in frames if not f.startswith(("thread", "process"))]
+        names = [frame_name(f) for f in frames if not f.startswith(("thread", "process"))]
         if names:
             own[names[-1]] += count
         for name in set(names):
@@ -109,17 +110,6 @@ def summarise_profile(path: Path, top: int = 25) -> str:
     shown = [(n, c) for n, c in inclusive.most_common() if "kartero/" in n or "sqlite3" in n or "select" in n]
     lines += [f"  {c / total:6.1%}  {n}" for n, c in shown[:top]]
     return "\n".join(lines)
-
-
-def _frame_name(frame: str) -> str:
-    """`handler (kartero/imap/commands/fetch.py:245)` -> `handler (kartero/imap/commands/fetch.py)`."""
-    name, _, where = frame.partition(" (")
-    path = where.rstrip(")").rsplit(":", 1)[0]
-    for marker in ("/kartero/", "/asyncio/", "/sqlite3/", "/uvloop/", "/concurrent/"):
-        if marker in path:
-            path = marker.strip("/") + "/" + path.split(marker, 1)[1]
-            break
-    return f"{name} ({path})"
 
 
 def measure(kind: str, folder: Path, messages: list[bytes], sessions: int, seconds: float, seed: int,

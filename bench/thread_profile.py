@@ -33,19 +33,20 @@ RATE = 250
 MODES = {"gil": ["--gil"], "wall": ["--idle"]}
 # (path prefix or path:function, step): the first that matches the nearest Kartero frame names the step.
 CATEGORIES = (
-    ("kartero/smtp/received.py", "Received/Return-Path"),
+    ("kartero/intake.py", "intake: checks, Received/Return-Path, envelope record"),
+    ("kartero/concurrency.py", "intake: checks, Received/Return-Path, envelope record"),
     ("kartero/smtp/", "SMTP core: command and DATA parsing"),
-    ("kartero/net/", "SMTP adapter (net/session.py): replies, buffers, timers"),
+    ("kartero/net/", "SMTP adapter (net/session.py, net/channel.py): replies, buffers, timers"),
     ("kartero/policy/", "policy, recipients"),
     ("kartero/auth/", "policy, recipients"),
     ("kartero/mail/", "policy, recipients"),
     ("kartero/mime/preview.py", "MIME index: PREVIEW"),
     ("kartero/mime/", "MIME index: structure, ENVELOPE, search fields"),
     ("kartero/store/segments.py", "segment pwrite + fdatasync"),
-    ("kartero/store/sqlite.py:_Transaction", "SQLite BEGIN/COMMIT (WAL fsync)"),
-    ("kartero/store/sqlite.py:SQLiteStore._insert", "SQLite INSERTs"),
+    ("kartero/store/sqlite_db.py:Transaction", "SQLite BEGIN/COMMIT (WAL fsync)"),
+    ("kartero/store/commit.py:Committer._insert", "SQLite INSERTs"),
     ("kartero/store/queue_sql.py", "SQLite INSERTs"),
-    ("kartero/store/ids.py", "message id (os.urandom)"),
+    ("kartero/store/ids.py", "message id"),
     ("kartero/store/", "store hand-offs (pool submit, commit queue, futures)"),
     ("kartero/", "other Kartero code"),
 )

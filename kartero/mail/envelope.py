@@ -93,14 +93,7 @@ class EnvelopeRecord:
             recipients=tuple(_recipient(r) for r in _list(data.get("recipients"))),
             received_at=_int(data.get("received_at")) or 0,
             user=_text(data.get("user")),
-            helo=_text(data.get("helo")),
-            client_ip=_text(data.get("client_ip")),
-            tls=data.get("tls") is True,
-            ret=_text(data.get("ret")),
-            envid=_text(data.get("envid")),
-            body=_text(data.get("body")),
-            smtputf8=data.get("smtputf8") is True,
-            size=_int(data.get("size")),
+            **_session_fields(data),
         )
 
     @classmethod
@@ -119,15 +112,22 @@ class EnvelopeRecord:
             origin=Origin.SMTP if "helo" in data else Origin.UNKNOWN,
             sender=sender,
             recipients=recipients,
-            helo=_text(data.get("helo")),
-            client_ip=_text(data.get("client_ip")),
-            tls=data.get("tls") is True,
-            ret=_text(data.get("ret")),
-            envid=_text(data.get("envid")),
-            body=_text(data.get("body")),
-            smtputf8=data.get("smtputf8") is True,
-            size=_int(data.get("size")),
+            **_session_fields(data),
         )
+
+
+def _session_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The fields of an SMTP transaction, named alike in version 1 and before it."""
+    return {
+        "helo": _text(data.get("helo")),
+        "client_ip": _text(data.get("client_ip")),
+        "tls": data.get("tls") is True,
+        "ret": _text(data.get("ret")),
+        "envid": _text(data.get("envid")),
+        "body": _text(data.get("body")),
+        "smtputf8": data.get("smtputf8") is True,
+        "size": _int(data.get("size")),
+    }
 
 
 def _recipient(value: Any) -> EnvelopeRecipient:

@@ -17,6 +17,8 @@ def _imports(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            # `from kartero.store import sqlite` imports the module kartero.store.sqlite
+            names.update(f"{node.module}.{alias.name}" for alias in node.names if node.module.startswith("kartero"))
     return names
 
 
@@ -132,3 +134,29 @@ def test_every_import_follows_an_arrow_of_the_architecture_table() -> None:
             if not any(target == a or target.startswith(a + ".") for a in allowed):
                 wrong.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not wrong, "imports the table of docs/architecture.md does not allow:\n" + "\n".join(wrong)
+
+
+# -- the store's backends (issue 10) -------------------------------------------------------------------
+
+# What every caller of the store may use: the interfaces, the criteria, ids and spool files. The backend
+# (SQLite now, PostgreSQL later) is known to server.py and cli.py only, so a second one changes no caller.
+STORE_NEUTRAL = ("kartero.store.interface", "kartero.store.criteria", "kartero.store.ids", "kartero.store.spool")
+
+
+def _store_modules(path: Path) -> set[str]:
+    return {n for n in _imports(path) if n.startswith("kartero.store.") and n.count(".") == 2}
+
+
+def test_issue_10_only_server_and_cli_import_the_sqlite_backend() -> None:
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith("store/") or rel in ("server.py", "cli.py"):
+            continue
+        for name in _store_modules(path):
+            assert name in STORE_NEUTRAL, f"{rel} imports {name}"
+
+
+def test_issue_10_the_shared_search_evaluation_imports_no_backend() -> None:
+    for module in ("search.py", "criteria.py", "holds.py", "interface.py"):
+        for name in _store_modules(ROOT / "store" / module):
+            assert name in STORE_NEUTRAL, f"store/{module} imports {name}"
