@@ -178,7 +178,7 @@ class Server:
         store.start()
         store.compact()
         blocking = Blocking(executor)
-        directory = DirectoryCache(store.accounts, config.domains, blocking)
+        directory = DirectoryCache(store.accounts, config.domains)
         await loop.run_in_executor(executor, directory.prime)
         nameservers = [(n.host, n.port) for n in config.dns.nameservers]
         dns_blocking = blocking_resolver(nameservers, timeout_s=config.dns.timeout_s)

@@ -22,6 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from kartero.auth.passwords import hash_password, verify_password
@@ -218,17 +219,20 @@ class DirectoryCache:
     store raises with every account or alias change, in any process) at most every RECHECK_S seconds
     for a positive answer — so a deleted account or changed alias takes effect within that time — and
     always before a negative one, so a user added a moment ago is never refused. After a change it
-    reloads in the worker pool (one reload shared by every caller meanwhile) and answers then. Used on
+    reloads in a thread of its own (one reload shared by every caller meanwhile) and answers then. Used on
     the event loop only.
     """
 
     RECHECK_S = 1.0
     RELOAD_DEADLINE_S = 60.0
 
-    def __init__(self, store: AccountStore, domains: tuple[str, ...], blocking: Blocking | None = None) -> None:
+    def __init__(self, store: AccountStore, domains: tuple[str, ...]) -> None:
         self.store = store
         self.domains = frozenset(domains)
-        self.blocking = blocking or Blocking()
+        # Reloads have a thread of their own, not the shared pool: a pool thread may be waiting on the loop
+        # for a message it stores (the queue runner's DSNs), and so for this reload (issue 10 review: eight
+        # DSNs after an admin change held every pool thread and the reload for its whole deadline).
+        self.blocking = Blocking(ThreadPoolExecutor(1, thread_name_prefix="kartero-directory"))
         self._snapshot: DirectorySnapshot | None = None
         self._version: int | None = None
         self._checked_at = -1e9

@@ -15,7 +15,9 @@ from kartero.store.interface import StoreError
 log = logging.getLogger("kartero.delivery")
 
 # A DSN is small and stored locally or queued; past this the queue runner's thread gives up waiting and
-# the failure stays unreported, to be tried again at the next sweep.
+# the failure stays unreported, to be tried again at the next sweep. Longer than intake's own deadlines
+# (a directory reload, 60 s, then the commit, 300 s), so intake has answered first: a DSN given up on here
+# while its commit could still land would be sent twice.
 DSN_DEADLINE_S = 600.0
 
 

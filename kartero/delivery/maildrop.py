@@ -206,7 +206,8 @@ class Pickup:
                 targets.append(target)
         data = dropped.data
         header = data[: find_body_start(data)[0]]
-        envelope_text = dropped.sender + "".join(t.recipient.address for t in targets)
+        # SMTPUTF8 is for the next hop of the queued copy: a local recipient's address does not need it.
+        envelope_text = dropped.sender + "".join(t.recipient.address for t in targets if t.is_remote)
         envelope = EnvelopeRecord(
             Origin.SENDMAIL, dropped.sender, tuple(t.recipient for t in targets), user=dropped.user,
             ret=dropped.ret, envid=dropped.envid, smtputf8=not envelope_text.isascii() or not header.isascii(),

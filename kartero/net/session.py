@@ -376,7 +376,7 @@ class SMTPSession:
             self.conn.auth_result(None)
             return False
         return self._decide(asyncio.sleep(delay), lambda _: self.conn.auth_result(None), self._auth_unavailable,
-                            "AUTH delay")  # fmt: skip
+                            "AUTH delay", delay + 1.0)  # fmt: skip
 
     def _scram(self, event: ScramRequested) -> bool:
         """SCRAM keys for the exchange; the attempt is reserved with the throttle now, because the proof
@@ -521,7 +521,7 @@ class SMTPSession:
         envelope = event.envelope
         params = envelope.mail_params
         targets = tuple(
-            Target(_recipient(r), decision.account_ids, decision.is_remote)
+            Target(_recipient(r, decision), decision.account_ids, decision.is_remote)
             for r in envelope.recipients
             if (decision := self._recipients.get(str(r.path))) is not None
         )
@@ -578,8 +578,9 @@ class SMTPSession:
             self._log_message(envelope, size, f"refused: {replies.LOCAL_ERROR}", None, started)
             self.conn.answer(replies.LOCAL_ERROR)
 
-        # The intake gives its checks and the commit deadlines of their own; this one is the backstop.
-        backstop = ctx.intake.check_deadline_s + ctx.intake.store_deadline_s
+        # The intake gives its check, the signing and the commit deadlines of their own; this one is the
+        # backstop, past all three.
+        backstop = 2 * ctx.intake.check_deadline_s + ctx.intake.store_deadline_s + 1.0
         return self._decide(ctx.intake.accept(incoming), stored, failed, "message", backstop)
 
     def _log_message(
@@ -626,9 +627,11 @@ class SMTPSession:
         self._process()
 
 
-def _recipient(r: Recipient) -> EnvelopeRecipient:
+def _recipient(r: Recipient, decision: Accept) -> EnvelopeRecipient:
+    """A remote recipient is queued as policy wrote it (the domain canonical: routes and MTA-STS are looked
+    up by it, and the next hop gets an A-label), a local one as the client wrote it."""
     return EnvelopeRecipient(
-        str(r.path)[1:-1],
+        decision.address if decision.is_remote else str(r.path)[1:-1],
         tuple(sorted(n.value for n in r.params.notify)),
         f"{r.params.orcpt[0]};{r.params.orcpt[1]}" if r.params.orcpt else None,
     )

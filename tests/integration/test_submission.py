@@ -195,6 +195,21 @@ def test_missing_date_and_message_id_are_added(server: KarteroServer) -> None:
     assert b"From: Alice" + rest == MESSAGE.replace(b"From: Alice <alice@", b"From: Alice <alice.smith@")
 
 
+def test_issue_10_remote_recipients_are_queued_with_the_domain_canonical(server: KarteroServer) -> None:
+    """The queue (and so routes, MTA-STS and the next hop's RCPT) gets the address as policy canonicalised
+    it, an A-label domain in lower case, not as the client typed it (found in review of issue 10)."""
+    with submission(server) as c:
+        c.login("alice@example.test", PASSWORD)
+        c.sendmail("alice@example.test", ["Joe@B\u00fccher.EXAMPLE", '"joe"@Remote.Example'], MESSAGE,
+                   mail_options=["SMTPUTF8"])  # fmt: skip
+    store = server.store()
+    try:
+        (entry,) = store.queue.queue_entries()
+    finally:
+        store.close()
+    assert sorted(r.address for r in entry.recipients) == ["Joe@xn--bcher-kva.example", "joe@remote.example"]
+
+
 def test_swaks_over_587_and_465(server: KarteroServer, tmp_path: Path) -> None:
     swaks = shutil.which("swaks")
     if swaks is None:

@@ -232,3 +232,27 @@ def test_issue_10_any_stored_json_reads_as_a_record_or_a_value_error(value: obje
         assert not isinstance(value, dict)
         return
     assert isinstance(record, EnvelopeRecord)
+
+
+def test_issue_10_dsns_sent_from_every_pool_thread_do_not_starve_the_directory_reload(store: SQLiteStore) -> None:
+    """The queue runner sends DSNs from worker threads, each waiting on the loop for intake; a DSN to an
+    account added a moment ago needs a directory reload. With the reload in the same pool, DSNs filling
+    the pool held it for its whole deadline (found in review of issue 10)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from functools import partial
+
+    from kartero.delivery.local import DsnSender
+
+    dsn = b"From: MAILER-DAEMON\r\nSubject: Undelivered Mail\r\n\r\nsorry\r\n"
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(2))
+        sender = DsnSender(intake(store), loop)
+        store.accounts.add_account("new@example.test", "h")  # after the directory was loaded
+        sends = [loop.run_in_executor(None, partial(sender.send, "new@example.test", dsn, smtputf8=False))
+                 for _ in range(2)]  # fmt: skip
+        await asyncio.wait_for(asyncio.gather(*sends), 20)
+
+    asyncio.run(scenario())
+    assert inbox_messages(store, "new@example.test") == [b"Return-Path: <>\r\n" + dsn] * 2

@@ -97,3 +97,14 @@ def test_issue_8_only_unknown_recipients_are_bounced_not_set_aside(store: SQLite
     assert inbox is not None
     (bounce,) = store.mail.message_rows(inbox.id)
     assert b"gone@example.test" in store.mail.read_message(bounce.blob_id)
+
+
+def test_issue_10_a_local_recipients_utf8_address_does_not_make_the_queued_copy_smtputf8(store: SQLiteStore) -> None:
+    """SMTPUTF8 is what the next hop must offer for the queued copy: only the sender and the remote
+    recipients count (found in review of issue 10: a local jörg@ made carol's copy need SMTPUTF8)."""
+    store.accounts.add_account("bob@example.test", "h")
+    store.accounts.add_account("j\u00f6rg@example.test", "h")
+    drop(store, b"From: bob@example.test\r\nSubject: s\r\n\r\nhi\r\n", "j\u00f6rg@example.test", "carol@remote.example")
+    assert run_once(store) == [1]
+    (item,) = store.queue.due_recipients(2**40, 10)
+    assert item.address == "carol@remote.example" and not item.smtputf8
