@@ -326,6 +326,8 @@ class Server:
                             admission=admission,
                             deadlines=DeadlineSettings(lim.command_deadline_s, lim.login_deadline_s),
                             spool_dir=spool_dir(config.data_dir),
+                            blocking=blocking,
+                            check_deadline_s=deadline,
                         )
                         session_class = Pop3Session if kind.startswith("pop3") else ImapSession
                         factory = session_class.factory(access)

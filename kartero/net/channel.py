@@ -26,6 +26,8 @@ from typing import Any, Generic, TypeVar, cast
 
 from kartero.auth.accounts import Authenticator
 from kartero.auth.throttle import AuthThrottle, Lockout
+from kartero.concurrency import Blocking, DeadlineExceeded
+from kartero.intake import CHECK_DEADLINE_S
 from kartero.log import kv
 from kartero.net.deadlines import Deadline, Deadlines, DeadlineSettings
 from kartero.policy.limits import Admission, Refusal, Ticket
@@ -67,6 +69,8 @@ class ListenerContext(Generic[SettingsT]):
     admission: Admission | None = None  # the server's connection caps; None: unlimited (unit tests)
     deadlines: DeadlineSettings = field(default_factory=DeadlineSettings)
     spool_dir: Path | None = None  # where messages too large for memory go while they arrive
+    blocking: Blocking = field(default_factory=Blocking)  # argon2 and SCRAM key reads, in the worker pool
+    check_deadline_s: float = CHECK_DEADLINE_S  # for each of them, and for every decision a session waits for
 
     @property
     def protocol(self) -> str:
@@ -124,7 +128,11 @@ class AccessContext(ListenerContext[SettingsT]):
                               reason=lockout))  # fmt: skip
             return None
         try:
-            account = await channel.loop.run_in_executor(None, self.authenticator.verify, user, password)
+            account = await self.blocking(self.check_deadline_s, self.authenticator.verify, user, password)
+        except DeadlineExceeded as exc:  # a hung check: this login fails, the session goes on
+            log.error("%s", kv(event=f"{protocol}.login_check_failed", session=session_id, client=client, user=user,
+                               detail=str(exc)))  # fmt: skip
+            account = None
         except BaseException:  # cancelled (the session ended) or failed: settle it as a failure
             if throttle is not None:
                 throttle.failed(client, user)

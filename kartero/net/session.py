@@ -28,8 +28,8 @@ from functools import partial
 from typing import Any, TypeVar
 
 from kartero.auth.accounts import Authenticator
-from kartero.concurrency import Blocking, DeadlineExceeded, Finished, start_eagerly
-from kartero.intake import CHECK_DEADLINE_S, Incoming, Intake, Refused, SmtpArrival, Stored, Target, with_protocol
+from kartero.concurrency import DeadlineExceeded, Finished, start_eagerly
+from kartero.intake import Incoming, Intake, Refused, SmtpArrival, Stored, Target, with_protocol
 from kartero.log import kv
 from kartero.mail import replies
 from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord, Origin
@@ -87,8 +87,6 @@ class SessionContext(ListenerContext[ServerSettings]):
     policy: Policy
     intake: Intake
     authenticator: Authenticator | None = None
-    blocking: Blocking = field(default_factory=Blocking)  # argon2 and SCRAM key reads, in the worker pool
-    check_deadline_s: float = CHECK_DEADLINE_S  # for every decision the session waits for
     deadlines: DeadlineSettings = field(default_factory=lambda: DeadlineSettings(login_s=None))
 
     @property

@@ -200,3 +200,62 @@ def test_bug_in_an_imap_command_answers_serverbug_and_the_session_goes_on(
     store.close()
     failures = [r for r in caplog.records if "event=imap.command_failed" in r.getMessage()]
     assert len(failures) == 1 and "secret internals" in str(failures[0].exc_info[1])  # type: ignore[index]
+
+
+def test_issue_10_a_hung_password_check_fails_that_imap_login_and_the_session_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """argon2 runs through Blocking with the listener's deadline: a check that never returns fails that
+    LOGIN (NO) and the next LOGIN on the same connection is checked afresh."""
+    from kartero.auth.accounts import Authenticator
+    from kartero.auth.passwords import hash_password
+    from kartero.imap.connection import ImapSettings
+    from kartero.net.channel import AccessContext
+    from kartero.net.imap_session import ImapSession
+
+    store = SQLiteStore(tmp_path / "data")
+    store.accounts.add_account("bob@example.test", hash_password("pw"))
+    store.start()
+
+    class HangingOnce(Authenticator):
+        hung = False
+
+        def verify(self, user: str, password: str):  # type: ignore[no-untyped-def]
+            if not HangingOnce.hung:
+                HangingOnce.hung = True
+                time.sleep(3.0)  # a library call that does not come back in time
+            return super().verify(user, password)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        ctx = AccessContext(
+            listener="imap",
+            settings=ImapSettings(hostname="imap.example.test"),
+            store=store,
+            authenticator=HangingOnce(store.accounts),
+            tls_context=lambda: None,
+            spawn=lambda coro: loop.create_task(coro) and None,
+            sessions=set(),
+            on_session_end=lambda: None,
+            is_stopping=lambda: False,
+            check_deadline_s=0.5,
+        )
+        server = await loop.create_server(ImapSession.factory(ctx), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with asyncio.timeout(20):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            await reader.readline()
+            writer.write(b"a LOGIN bob@example.test pw\r\n")
+            assert (await reader.readline()).startswith(b"a NO [AUTHENTICATIONFAILED]")
+            writer.write(b"b LOGIN bob@example.test pw\r\n")
+            line = await reader.readline()
+            while line.startswith(b"* "):
+                line = await reader.readline()
+            assert line.startswith(b"b OK"), line
+            writer.close()
+        server.close()
+
+    with caplog.at_level(logging.INFO, logger="kartero"):
+        asyncio.run(scenario())
+    store.close()
+    assert any("event=imap.login_check_failed" in r.getMessage() for r in caplog.records)
