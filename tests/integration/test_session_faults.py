@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,6 +65,13 @@ def _raise_in_thread() -> None:
     raise RuntimeError("secret internals of a check in a thread")
 
 
+def _listener_fields(sessions: set[Any]) -> dict[str, Any]:
+    """What every listener context of these tests has: no TLS, tasks on the running loop, never stopping."""
+    loop = asyncio.get_running_loop()
+    return {"tls_context": lambda: None, "spawn": lambda coro: loop.create_task(coro) and None,
+            "sessions": sessions, "on_session_end": lambda: None, "is_stopping": lambda: False}  # fmt: skip
+
+
 async def _reply(reader: asyncio.StreamReader) -> bytes:
     lines = [await reader.readline()]
     while lines[-1][3:4] == b"-":
@@ -93,12 +101,8 @@ def test_issue_10_a_check_that_raises_or_hangs_ends_that_message_with_451_and_th
             settings=ServerSettings(hostname="mx.example.test"),
             policy=FaultyPolicy(),
             intake=intake,
-            tls_context=lambda: None,
-            spawn=lambda coro: loop.create_task(coro) and None,
-            sessions=sessions,
-            on_session_end=lambda: None,
-            is_stopping=lambda: False,
             check_deadline_s=0.7,
+            **_listener_fields(sessions),
         )
         server = await loop.create_server(SMTPSession.factory(ctx), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -168,18 +172,12 @@ def test_bug_in_an_imap_command_answers_serverbug_and_the_session_goes_on(
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        sessions: set[object] = set()
         ctx = AccessContext(
             listener="imap",
             settings=ImapSettings(hostname="imap.example.test"),
             store=store,
             authenticator=Authenticator(store.accounts),
-            tls_context=lambda: None,
-            implicit_tls=False,
-            spawn=lambda coro: loop.create_task(coro) and None,
-            sessions=sessions,
-            on_session_end=lambda: None,
-            is_stopping=lambda: False,
+            **_listener_fields(set()),
         )
         server = await loop.create_server(ImapSession.factory(ctx), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -233,12 +231,8 @@ def test_issue_10_a_hung_password_check_fails_that_imap_login_and_the_session_go
             settings=ImapSettings(hostname="imap.example.test"),
             store=store,
             authenticator=HangingOnce(store.accounts),
-            tls_context=lambda: None,
-            spawn=lambda coro: loop.create_task(coro) and None,
-            sessions=set(),
-            on_session_end=lambda: None,
-            is_stopping=lambda: False,
             check_deadline_s=0.5,
+            **_listener_fields(set()),
         )
         server = await loop.create_server(ImapSession.factory(ctx), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]

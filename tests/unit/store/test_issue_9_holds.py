@@ -4,23 +4,11 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, DeliveryTarget, FlagOp
 from kartero.store.sqlite import SCHEMA_VERSION, SQLiteStore
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "data")
-    s.accounts.add_account("bob@example.test", "unused")
-    s.start()
-    yield s
-    s.close()
 
 
 def deliver(store: SQLiteStore, mailbox: str = "INBOX") -> int:

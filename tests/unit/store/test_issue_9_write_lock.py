@@ -4,25 +4,12 @@ of polling SQLite's busy handler, and flag/expunge commits are not fsynced while
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from kartero.store.ids import new_message_id
 from kartero.store.interface import Delivery, DeliveryTarget, FlagOp
 from kartero.store.sqlite import SQLiteStore
 
 SYNCHRONOUS_NORMAL, SYNCHRONOUS_FULL = 1, 2
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "data")
-    s.accounts.add_account("bob@example.test", "unused")
-    s.start()
-    yield s
-    s.close()
 
 
 def deliver(store: SQLiteStore, count: int) -> None:

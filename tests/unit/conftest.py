@@ -1,4 +1,4 @@
-"""Fixtures shared by the IMAP handler tests."""
+"""Fixtures shared by the unit tests of the IMAP handlers and the store."""
 
 from __future__ import annotations
 
