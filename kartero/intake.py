@@ -147,7 +147,6 @@ class Incoming:
 class Stored:
     message_id: str
     queue_id: str | None  # the queue entry of the remote recipients, if any
-    size: int  # as stored, trace fields included
 
     @property
     def reply(self) -> Reply:
@@ -208,21 +207,21 @@ class Intake:
                 return Refused(decision.reply, "policy")
             assert isinstance(decision, AcceptMessage)
             data, mailbox = decision.data, decision.mailbox
-        received_at = incoming.envelope.received_at or int(time.time())
-        now = datetime.fromtimestamp(received_at, UTC)
+        envelope = incoming.envelope
+        if not envelope.received_at:
+            envelope = replace(envelope, received_at=int(time.time()))
+        now = datetime.fromtimestamp(envelope.received_at, UTC)
         if incoming.complete_header:
-            data = _prepend(self._missing_fields(_head(data), incoming.envelope.sender, now), data)
+            data = _prepend(self._missing_fields(_head(data), envelope.sender, now), data)
         if incoming.sign and self.signer is not None:
             try:
                 data = await self.blocking(self.check_deadline_s, self._signed, self.signer, data)
             except DeadlineExceeded as exc:
                 log.error("%s", kv(event="dkim.sign_failed", detail=str(exc)))  # sent unsigned, as on errors
-        return await self._store(incoming, data, mailbox, now)
+        return await self._store(incoming, envelope, data, mailbox, now)
 
-    async def _store(self, incoming: Incoming, data: bytes | Content, mailbox: str, now: datetime) -> Outcome:
-        envelope = incoming.envelope
-        if not envelope.received_at:
-            envelope = replace(envelope, received_at=int(now.timestamp()))
+    async def _store(self, incoming: Incoming, envelope: EnvelopeRecord, data: bytes | Content, mailbox: str,
+                     now: datetime) -> Outcome:  # fmt: skip
         message_id = new_message_id()
         recipients = envelope.recipients
         received = b""
@@ -234,7 +233,7 @@ class Intake:
         remote = tuple(t.recipient for t in incoming.targets if t.is_remote)
         deliveries = []
         queue_id = None
-        timestamp = int(now.timestamp())
+        timestamp = envelope.received_at
         if account_ids:  # final delivery: Return-Path goes first (RFC 5321 §4.4)
             trace = format_return_path(envelope.sender) + received
             deliveries.append(Delivery(message_id, _prepend(trace, data), as_targets(account_ids, mailbox),
@@ -260,7 +259,7 @@ class Intake:
         except Exception as exc:
             log.error("%s", kv(event="intake.store_failed", id=message_id, detail=str(exc)))
             return Refused(replies.LOCAL_ERROR, "store failed")
-        return Stored(message_id, queue_id, len(deliveries[0].data))
+        return Stored(message_id, queue_id)
 
     def _signed(self, signer: Signer, data: bytes | Content) -> bytes | Content:
         """The message with its DKIM signatures when its From: domain is local and has keys; unsigned
