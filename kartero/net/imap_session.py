@@ -162,14 +162,17 @@ class ImapSession:
     async def _loop(self) -> str:
         conn, channel = self.conn, self.channel
         while True:
+            if self._notified and (conn.is_idling or self._pushes_now()):
+                # Before the next command too, however soon it came: a NOOP sent after another session's
+                # change hears of it before its OK (RFC 5465 §4, RFC 3501 §6.1.2).
+                await channel.send(conn.data_to_send())
+                await self._push_updates()
+                continue
             event = conn.next_event()
             if event is None:
                 await channel.send(conn.data_to_send())
                 if channel.is_lost:
                     return "connection lost"
-                if self._notified and (conn.is_idling or self._pushes_now()):
-                    await self._push_updates()
-                    continue
                 if self._stopping and conn.is_idle:
                     conn.close("Server shutting down", "server shutting down")
                     continue

@@ -239,6 +239,49 @@ def test_notify_reports_metadata_set_by_another_session(mx: KarteroServer) -> No
     raw.close()
 
 
+def test_notify_reports_a_change_before_the_next_commands_ok(mx: KarteroServer) -> None:
+    """While imaplib creates mailboxes, session A sends NOOP after NOOP: every mailbox whose CREATE OK
+    imaplib had read before A sent a NOOP is announced (a LIST) before that NOOP's OK. Before, a NOOP that
+    came in while A was pushing the previous change ran first and the LIST came after its OK (seen in CI
+    as a lost "Theirs39")."""
+    import threading
+
+    raw = Raw(mx)
+    raw.send(f"a LOGIN bob@example.test {PASSWORD}\r\n".encode())
+    raw.until(b"a")
+    raw.send(b"b NOTIFY SET (PERSONAL (MailboxName))\r\n")
+    assert raw.until(b"b") == [b"b OK NOTIFY completed\r\n"]
+    confirmed: list[str] = []  # appended after each OK: a snapshot is a prefix of it
+    done = threading.Event()
+
+    def theirs() -> None:
+        try:
+            with imaplib.IMAP4(mx.host, mx.imap_port) as other:
+                other.login("bob@example.test", PASSWORD)
+                for i in range(60):
+                    assert other.create(f"Soon{i}")[0] == "OK"
+                    confirmed.append(f"Soon{i}")
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=theirs)
+    thread.start()
+    announced: set[bytes] = set()
+    n = 0
+    while not done.is_set() or n == 0 or len(announced) < len(confirmed):
+        known = list(confirmed)
+        raw.send(b"n%d NOOP\r\n" % n)
+        lines = raw.until(b"n%d" % n)
+        assert lines[-1] == b"n%d OK NOOP completed\r\n" % n
+        announced.update(lines[:-1])
+        assert {b'* LIST () "/" "%s"\r\n' % name.encode() for name in known} <= announced, n
+        n += 1
+        assert n < 10_000
+    thread.join(30)
+    assert announced == {b'* LIST () "/" "Soon%d"\r\n' % i for i in range(60)}
+    raw.close()
+
+
 def test_notify_reports_mailboxes_created_elsewhere_while_creating_its_own(mx: KarteroServer) -> None:
     """Issue 9: session A pipelines CREATEs of its own while imaplib creates others at the same time; A
     hears of every mailbox the other session created (a LIST each) and of none of its own, however the
