@@ -17,8 +17,8 @@ from kartero import config as config_module
 from kartero.auth.accounts import Directory, DirectoryError
 from kartero.config import Config, ConfigError
 from kartero.control import nudge_server
+from kartero.store.backends import AnyStore, open_store
 from kartero.store.interface import StoreError
-from kartero.store.sqlite import SQLiteStore
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -35,9 +35,16 @@ def _config(ctx: click.Context) -> Config:
 
 def _directory(ctx: click.Context) -> Directory:
     config = _config(ctx)
-    store = SQLiteStore(config.data_dir)
+    store = _open_store(config)
     ctx.call_on_close(store.close)
     return Directory(store.accounts, config.domains, config.auth.scram_iterations)
+
+
+def _open_store(config: Config) -> AnyStore:
+    try:
+        return open_store(config.data_dir, config.store.backend, config.store.url)
+    except Exception as exc:  # the database away, or at another schema version
+        _fail(f"cannot open the store: {exc}", 1)
 
 
 def _read_password(password_stdin: bool) -> str:
@@ -319,8 +326,8 @@ def queue() -> None:
     """Look at and manage the outbound queue (the server delivers it)."""
 
 
-def _queue_store(ctx: click.Context) -> SQLiteStore:
-    store = SQLiteStore(_config(ctx).data_dir)
+def _queue_store(ctx: click.Context) -> AnyStore:
+    store = _open_store(_config(ctx))
     ctx.call_on_close(store.close)
     return store
 
@@ -502,3 +509,36 @@ def dns_check(ctx: click.Context, domain: str) -> None:
     if any(not c.required and c.status != "ok" for c in checks):
         click.echo("* recommended, not required")
     sys.exit(0 if all(c.status == "ok" for c in checks if c.required) else 1)
+
+
+# -- the database (PostgreSQL cluster) -----------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """The store's database: create or upgrade the PostgreSQL schema."""
+
+
+@db.command("init")
+@click.pass_context
+def db_init(ctx: click.Context) -> None:
+    """Create or upgrade the schema of the PostgreSQL database `[store] url` names (idempotent: run it
+    after every upgrade of Kartero, from one node). The embedded store upgrades itself when opened."""
+    config = _config(ctx)
+    if not config.store.is_postgresql:
+        store = _open_store(config)
+        store.close()
+        click.echo(f"embedded store at {config.data_dir}: up to date (it upgrades itself when opened)")
+        return
+    from kartero.store.pg_db import SchemaError, migrate
+
+    try:
+        before, after = migrate(config.store.url)
+    except SchemaError as exc:
+        _fail(str(exc), 1)
+    except Exception as exc:  # psycopg.Error: unreachable, refused, no such database
+        _fail(f"cannot reach the database: {exc}", 1)
+    if before == after:
+        click.echo(f"schema at version {after}: nothing to do")
+    else:
+        click.echo(f"schema upgraded from version {before} to {after}")

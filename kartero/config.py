@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -137,6 +138,25 @@ class InboundConfig:
     dmarc: bool = True
 
 
+def _default_node() -> str:
+    return socket.gethostname().split(".")[0] or "node"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where accounts, mail and the queue live: the embedded SQLite store under data_dir, or PostgreSQL,
+    shared by every node of a cluster (docs/cluster.md)."""
+
+    backend: str = "sqlite"  # or "postgresql"
+    url: str = ""  # libpq URL (postgresql only)
+    node: str = field(default_factory=_default_node)  # this node's name in the cluster
+    lease_s: float = 60.0  # a dead node's deliveries are taken over after this
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.backend == "postgresql"
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     """Password logins: the failed-login throttle (see auth/throttle.py) and the stored SCRAM keys."""
@@ -166,6 +186,7 @@ class Config:
     greylisting: GreylistConfig = field(default_factory=GreylistConfig)
     dnsbl: DNSBLConfig = field(default_factory=DNSBLConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     log_level: str = "info"
     proxy_from: tuple[str, ...] = ()  # networks whose connections start with a PROXY protocol header
     source: Path | None = None  # the file it came from; None for the embedded default
@@ -317,7 +338,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     r = _Reader(name, base)
     r.check_keys(
         data, None, ("hostname", "domains", "data_dir", "listen", "tls", "limits", "dns", "delivery", "routes",
-                     "inbound", "greylisting", "dnsbl", "auth", "log_level")
+                     "inbound", "greylisting", "dnsbl", "auth", "store", "log_level")
     )  # fmt: skip
 
     domains_raw = data.get("domains")
@@ -511,6 +532,21 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     for key, value in routes_raw.items():
         routes[_canonical_domain(r, f"[routes] {key}", key)] = r.host_port("routes", key, value, 25)
 
+    store_raw = r.table(data, "store")
+    r.check_keys(store_raw, "store", ("backend", "url", "node", "lease"))
+    backend = r.string(store_raw, "store", "backend", "sqlite")
+    if backend not in ("sqlite", "postgresql"):
+        raise r.fail("store", "backend", 'must be "sqlite" or "postgresql"')
+    url = r.string(store_raw, "store", "url", "")
+    if backend == "postgresql" and not url.startswith(("postgresql://", "postgres://")):
+        raise r.fail("store", "url", 'backend "postgresql" needs a URL such as "postgresql://kartero@127.0.0.1/kartero"')
+    node = r.string(store_raw, "store", "node", "") or _default_node()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", node):
+        raise r.fail("store", "node", "letters, digits, '.', '_' and '-' only, at most 63")
+    store = StoreConfig(backend, url, node, r.duration(store_raw, "store", "lease", 60.0))
+    if store.lease_s < 5:
+        raise r.fail("store", "lease", "at least 5s")
+
     return Config(
         hostname=hostname,
         domains=domains,
@@ -525,6 +561,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         greylisting=greylisting,
         dnsbl=dnsbl,
         auth=auth,
+        store=store,
         log_level=log_level,
         proxy_from=proxy_from,
         source=source,

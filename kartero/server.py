@@ -50,9 +50,9 @@ from kartero.policy.submission import SubmissionPolicy
 from kartero.pop3.connection import Pop3Settings
 from kartero.queue.runner import QueueRunner, QueueSettings
 from kartero.smtp.server import ServerSettings
+from kartero.store.backends import open_store
 from kartero.store.interface import MetadataChange
 from kartero.store.spool import spool_dir
-from kartero.store.sqlite import SQLiteStore
 from kartero.tls import make_self_signed, server_context
 
 log = logging.getLogger("kartero.server")
@@ -171,7 +171,7 @@ class Server:
         loop.set_default_executor(executor)
         restrict_data_modes(config)
         self._tls = self._load_tls()
-        store = SQLiteStore(config.data_dir)
+        store = open_store(config.data_dir, config.store.backend, config.store.url)
         dropped = await asyncio.to_thread(store.recover)
         if dropped:
             log.info("%s", kv(event="store.recovered", bytes_dropped=dropped))

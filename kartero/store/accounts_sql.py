@@ -7,19 +7,19 @@ a running server sees a change the CLI made in another process with one read of 
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
 from kartero.store.commit import Committer
 from kartero.store.ids import new_mailbox_objectid
 from kartero.store.interface import SPECIAL_MAILBOXES, Account, AccountExists
-from kartero.store.sqlite_db import Database, drop_unreferenced_blobs, next_uidvalidity
+from kartero.store.sql import SqlConnection, SqlDatabase
+from kartero.store.sqlite_db import drop_unreferenced_blobs, next_uidvalidity
 
 
 class SQLiteAccounts:
     """AccountStore over the shared Database; deleting an account asks the committer to compact."""
 
-    def __init__(self, database: Database, committer: Committer) -> None:
+    def __init__(self, database: SqlDatabase, committer: Committer) -> None:
         self._database = database
         self._committer = committer
 
@@ -27,14 +27,14 @@ class SQLiteAccounts:
         now = int(time.time())
         with self._database.write() as db:
             try:
-                cur = db.execute(
-                    "INSERT INTO accounts (address, password_hash, created_at, scram) VALUES (?, ?, ?, ?)",
+                row = db.execute(
+                    "INSERT INTO accounts (address, password_hash, created_at, scram) VALUES (?, ?, ?, ?)"
+                    " RETURNING id",
                     (address, password_hash, now, scram),
-                )
-            except sqlite3.IntegrityError:
+                ).fetchone()
+            except self._database.IntegrityError:
                 raise AccountExists(f"account {address} already exists") from None
-            account_id = cur.lastrowid
-            assert account_id is not None
+            account_id = int(row[0])
             for name, special_use in SPECIAL_MAILBOXES:
                 db.execute(
                     "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity, objectid)"
@@ -66,7 +66,7 @@ class SQLiteAccounts:
                 "UPDATE accounts SET password_hash = ?, scram = ? WHERE address = ?", (password_hash, scram, address)
             )
             _bump_directory_version(db)
-        return cur.rowcount == 1
+        return bool(cur.rowcount == 1)
 
     def set_scram(self, address: str, scram: str) -> None:
         with self._database.write() as db:
@@ -97,13 +97,14 @@ class SQLiteAccounts:
 
     def add_alias(self, source: str, destination: str) -> bool:
         with self._database.write() as db:
-            cur = db.execute("INSERT OR IGNORE INTO aliases (source, destination) VALUES (?, ?)", (source, destination))
+            cur = db.execute("INSERT INTO aliases (source, destination) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                             (source, destination))  # fmt: skip
             _bump_directory_version(db)
-        return cur.rowcount == 1
+        return bool(cur.rowcount == 1)
 
     def delete_alias(self, source: str) -> int:
         with self._database.write() as db:
-            count = db.execute("DELETE FROM aliases WHERE source = ?", (source,)).rowcount
+            count = int(db.execute("DELETE FROM aliases WHERE source = ?", (source,)).rowcount)
             _bump_directory_version(db)
         return count
 
@@ -135,7 +136,7 @@ class SQLiteAccounts:
         return int(row[0]) if row else 0
 
 
-def _bump_directory_version(db: sqlite3.Connection) -> None:
+def _bump_directory_version(db: SqlConnection) -> None:
     """Inside the write transaction of an account or alias change: a running server's next directory
     check sees a new version and reloads its snapshot (auth.accounts.DirectoryCache)."""
     db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'directory_version'")

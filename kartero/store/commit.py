@@ -36,7 +36,8 @@ from kartero.store.interface import Content, Delivery, FileSpan, StoredMessage, 
 from kartero.store.queue_sql import insert_outbound
 from kartero.store.segments import Segments
 from kartero.store.spool import SpoolBody, clear_spool, materialize, spool_dir
-from kartero.store.sqlite_db import Connection, Database, drop_unreferenced_blobs, format_flags
+from kartero.store.sql import SqlConnection, SqlDatabase
+from kartero.store.sqlite_db import drop_unreferenced_blobs, format_flags
 
 log = logging.getLogger("kartero.store")
 
@@ -57,11 +58,11 @@ class Committer:
     feed it. Built over the shared Database; the mail and account stores hand it their deliveries,
     compaction requests and tombstone releases."""
 
-    def __init__(self, database: Database, root: Path, segments: Segments) -> None:
+    def __init__(self, database: SqlDatabase, root: Path, segments: Segments | None) -> None:
         self._database = database
         self._listeners = database.listeners
         self._root = root
-        self.segments = segments
+        self._segment_files = segments  # None on PostgreSQL (kartero.store.postgres), which overrides their users
         self.holds = ExpungeHolds(self.request_release)
         self._commit_queue: queue.Queue[Any] = queue.Queue()
         self._committer: threading.Thread | None = None
@@ -73,6 +74,23 @@ class Committer:
         self._intake_lock = threading.Lock()  # deliver_group against close: nothing queued after the stop
         self._closed = False
 
+    # What a failed insert of one group may raise that the retry with the minimal index can mend
+    # (ValueError: e.g. text SQLite cannot take).
+    insert_errors: tuple[type[Exception], ...] = (sqlite3.Error, ValueError)
+
+    @property
+    def segments(self) -> Segments:
+        if self._segment_files is None:
+            raise StoreError("this store keeps no segment files")
+        return self._segment_files
+
+    def place(self, bodies: Sequence[bytes | SpoolBody]) -> list[tuple[int, int]]:
+        """Before the transaction: write the batch's bodies durably; each one's (segment, offset)."""
+        return self.segments.append(bodies)
+
+    def store_body(self, db: SqlConnection, blob_id: str, body: bytes | SpoolBody) -> None:
+        """Inside the transaction, after the body's blobs row: nothing here, `place` wrote it."""
+
     def recover(self) -> int:
         """Cut off bytes no committed message points to (left by a crash mid-batch), remove segments
         nothing points to and empty the spool folder; returns the number of bytes dropped. Call before
@@ -80,7 +98,7 @@ class Committer:
         clear_spool(self._root)
         with self._database.write() as db:  # no session of an earlier run holds anything
             self.release_tombstones(db, None)
-        ends = dict(self._database.db().execute("SELECT segment, MAX(offset + size) FROM blobs GROUP BY segment"))
+        ends = dict(self._database.db().execute('SELECT segment, MAX("offset" + size) FROM blobs GROUP BY segment'))
         dropped = 0
         numbers = self.segments.numbers()
         for number in numbers:
@@ -194,13 +212,13 @@ class Committer:
                 batch.append(item)
             self._commit_batch(db, batch)
 
-    def _commit_batch(self, db: Connection, batch: list[_Group]) -> None:
+    def _commit_batch(self, db: SqlConnection, batch: list[_Group]) -> None:
         live = [g for g in batch if g.future.set_running_or_notify_cancel()]
         if not live:
             return
         results: list[list[list[StoredMessage]] | StoreError] = []
         try:
-            locations = iter(self.segments.append([body for g in live for body in g.bodies]))
+            locations = iter(self.place([body for g in live for body in g.bodies]))
             with self._database.write(db=db):
                 for group in live:
                     places = [next(locations) for _ in group.deliveries]
@@ -225,7 +243,7 @@ class Committer:
             self._listeners.queued()
 
     def _insert_group(
-        self, db: sqlite3.Connection, group: _Group, places: list[tuple[int, int]]
+        self, db: SqlConnection, group: _Group, places: list[tuple[int, int]]
     ) -> list[list[StoredMessage]] | StoreError:
         """Insert every delivery of the group under one savepoint: all of them, or none and an error.
 
@@ -238,15 +256,17 @@ class Committer:
             db.execute("SAVEPOINT grp")
             try:
                 results: list[list[StoredMessage]] = []
-                for delivery, index, envelope, place in zip(group.deliveries, indexes, group.envelopes, places,
-                                                            strict=True):  # fmt: skip
+                for delivery, index, envelope, place, body in zip(group.deliveries, indexes, group.envelopes,
+                                                                  places, group.bodies, strict=True):  # fmt: skip
                     stored = self._insert_delivery(db, delivery, index, envelope, place)
+                    if not isinstance(stored, StoreError):
+                        self.store_body(db, delivery.blob_id, body)
                     if isinstance(stored, StoreError):
                         db.execute("ROLLBACK TO grp")
                         db.execute("RELEASE grp")
                         return stored
                     results.append(stored)
-            except (sqlite3.Error, ValueError) as exc:  # ValueError: e.g. text SQLite cannot take
+            except self.insert_errors as exc:
                 db.execute("ROLLBACK TO grp")
                 db.execute("RELEASE grp")
                 log.exception("event=store.insert_failed id=%s", group.deliveries[0].blob_id)
@@ -257,12 +277,12 @@ class Committer:
         return error
 
     def _insert_delivery(
-        self, db: sqlite3.Connection, d: Delivery, ix: MessageIndex, envelope: str, location: tuple[int, int]
+        self, db: SqlConnection, d: Delivery, ix: MessageIndex, envelope: str, location: tuple[int, int]
     ) -> list[StoredMessage] | StoreError:
         stored: list[StoredMessage] = []
         now = int(time.time())  # the save date (RFC 8514): delivery and APPEND alike
         db.execute(
-            "INSERT INTO blobs (id, segment, offset, size, envelope, created_at, imap_envelope, imap_body,"
+            "INSERT INTO blobs (id, segment, \"offset\", size, envelope, created_at, imap_envelope, imap_body,"
             " imap_bodystructure, parts, subject, from_text, to_text, cc_text, bcc_text, message_id, sent_date,"
             " sent_day, sort_subject, sort_from, sort_to, sort_cc, preview) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
             " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -293,7 +313,7 @@ class Committer:
         insert_outbound(db, d)
         return stored
 
-    def _compact(self, db: Connection) -> None:
+    def _compact(self, db: SqlConnection) -> None:
         """Copy the live bodies of mostly dead sealed segments to the active one, then drop them.
 
         Crash-safe in every order: the copies are fdatasynced before the pointers move (in one
@@ -303,7 +323,7 @@ class Committer:
             if number == self.segments.active:
                 continue
             rows = db.execute(
-                "SELECT id, offset, size FROM blobs WHERE segment = ? ORDER BY offset", (number,)
+                'SELECT id, "offset", size FROM blobs WHERE segment = ? ORDER BY "offset"', (number,)
             ).fetchall()
             total = self.segments.size(number)
             if rows and sum(r[2] for r in rows) >= total * COMPACT_BELOW:
@@ -314,7 +334,7 @@ class Committer:
                     locations = self.segments.append(bodies)
                     with self._database.write(db=db):
                         db.executemany(
-                            "UPDATE blobs SET segment = ?, offset = ? WHERE id = ?",
+                            'UPDATE blobs SET segment = ?, "offset" = ? WHERE id = ?',
                             [(seg, off, row[0]) for (seg, off), row in zip(locations, rows, strict=True)],
                         )
                 self.segments.remove(number)
@@ -333,14 +353,14 @@ class Committer:
         with self._database.write() as db:
             self.release_tombstones(db, frozenset({mailbox_id}))
 
-    def _release_pending(self, db: Connection) -> None:
+    def _release_pending(self, db: SqlConnection) -> None:
         try:
             with self._database.write(db=db):
                 self.release_tombstones(db, self.holds.take_released())
         except Exception:
             log.exception("event=store.release_failed")
 
-    def release_tombstones(self, db: sqlite3.Connection, mailbox_ids: frozenset[int] | None) -> None:
+    def release_tombstones(self, db: SqlConnection, mailbox_ids: frozenset[int] | None) -> None:
         """Inside a write transaction: forget the bodies of tombstones (of these mailboxes, or all) that no
         hold keeps. The holds are read here, under SQLite's write lock: a session that takes a hold later
         reads its message list after this commits, so it never lists a message whose body goes here."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import os
-import sqlite3
 import time
 from array import array
 from collections.abc import Callable, Mapping, Sequence
@@ -43,8 +42,8 @@ from kartero.store.interface import (
 from kartero.store.search import Candidate, SearchFields, has_flag, matching, sorted_uids
 from kartero.store.search import thread_fields as threads_of
 from kartero.store.spool import FileBuffer
+from kartero.store.sql import SqlConnection, SqlDatabase
 from kartero.store.sqlite_db import (
-    Database,
     drop_unreferenced_blobs,
     format_flags,
     next_uidvalidity,
@@ -83,12 +82,12 @@ class SQLiteMail:
         " LEFT JOIN subscriptions s ON s.account_id = m.account_id AND s.name = m.name"
     )
 
-    def __init__(self, database: Database, committer: Committer) -> None:
+    def __init__(self, database: SqlDatabase, committer: Committer) -> None:
         self._db = database.db
+        self._integrity_error = database.IntegrityError
         self._write = database.write
         self._listeners = database.listeners
         self._committer = committer
-        self.segments = committer.segments
 
     # -- deliveries and bodies -------------------------------------------------------------------------
 
@@ -104,7 +103,7 @@ class SQLiteMail:
             if row is None:
                 raise StoreError(f"no message {blob_id}")
             try:
-                return self.segments.read(*row)
+                return self._committer.segments.read(*row)
             except FileNotFoundError:
                 if attempt == 2:
                     raise
@@ -124,7 +123,7 @@ class SQLiteMail:
                 raise StoreError(f"no message {blob_id}")
             try:
                 # A file of its own: compaction may unlink the segment, the open file keeps its bytes.
-                fd = os.open(self.segments.path(row[0]), os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(self._committer.segments.path(row[0]), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 if attempt == 2:
                     raise
@@ -163,14 +162,14 @@ class SQLiteMail:
                     " VALUES (?, ?, ?, ?, ?)",
                     (account_id, name, special_use, next_uidvalidity(db), new_mailbox_objectid()),
                 )
-            except sqlite3.IntegrityError:
+            except self._integrity_error:
                 raise MailboxExists(f"mailbox {name} exists") from None
         self._listeners.account_changed(account_id)
         mailbox = self.get_mailbox(account_id, name)
         assert mailbox is not None
         return mailbox
 
-    def _mailbox_id(self, db: sqlite3.Connection, account_id: int, name: str) -> int:
+    def _mailbox_id(self, db: SqlConnection, account_id: int, name: str) -> int:
         row = db.execute("SELECT id FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, name)).fetchone()
         if row is None:
             raise NoSuchMailbox(f"no mailbox {name}")
@@ -215,8 +214,12 @@ class SQLiteMail:
                 db.execute(
                     "UPDATE mailboxes SET name = ? WHERE account_id = ? AND name = ?", (target, account_id, source)
                 )
+                # The subscription follows the mailbox, replacing one the new name already had.
+                db.execute("DELETE FROM subscriptions WHERE account_id = ? AND name = ?"
+                           " AND EXISTS (SELECT 1 FROM subscriptions WHERE account_id = ? AND name = ?)",
+                           (account_id, target, account_id, source))  # fmt: skip
                 db.execute(
-                    "UPDATE OR REPLACE subscriptions SET name = ? WHERE account_id = ? AND name = ?",
+                    "UPDATE subscriptions SET name = ? WHERE account_id = ? AND name = ?",
                     (target, account_id, source),
                 )
         self._listeners.account_changed(account_id)
@@ -238,7 +241,8 @@ class SQLiteMail:
     def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
         with self._write() as db:
             if subscribed:
-                db.execute("INSERT OR IGNORE INTO subscriptions (account_id, name) VALUES (?, ?)", (account_id, name))
+                db.execute("INSERT INTO subscriptions (account_id, name) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                           (account_id, name))  # fmt: skip
             else:
                 db.execute("DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, name))
         self._listeners.account_changed(account_id)
@@ -254,9 +258,10 @@ class SQLiteMail:
             if box is None:
                 raise NoSuchMailbox(f"no mailbox {mailbox_id}")
             count, unseen, deleted, size, recent = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(instr(' ' || lower(flags) || ' ', ' \\seen ') = 0), 0),"
-                " COALESCE(SUM(instr(' ' || lower(flags) || ' ', ' \\deleted ') > 0), 0), COALESCE(SUM(size), 0),"
-                " COALESCE(SUM(uid >= ?), 0) FROM messages WHERE mailbox_id = ?",
+                "SELECT COUNT(*), COUNT(CASE WHEN instr(' ' || lower(flags) || ' ', ' \\seen ') = 0 THEN 1 END),"
+                " COUNT(CASE WHEN instr(' ' || lower(flags) || ' ', ' \\deleted ') > 0 THEN 1 END),"
+                " CAST(COALESCE(SUM(size), 0) AS BIGINT), COUNT(CASE WHEN uid >= ? THEN 1 END)"
+                " FROM messages WHERE mailbox_id = ?",
                 (box[3], mailbox_id),
             ).fetchone()
         finally:
@@ -323,7 +328,7 @@ class SQLiteMail:
         return rows
 
     def _held_rows(
-        self, db: sqlite3.Connection, mailbox_id: int, uids: Sequence[int], *, with_index: bool
+        self, db: SqlConnection, mailbox_id: int, uids: Sequence[int], *, with_index: bool
     ) -> list[MessageRow]:
         """Expunged messages of `uids` whose bodies a hold keeps, as they were when expunged."""
         columns = "e.uid, e.flags, e.message_modseq, e.size, e.internal_date, e.blob_id, e.saved_at"
@@ -343,7 +348,7 @@ class SQLiteMail:
         return result
 
     def _rows(
-        self, db: sqlite3.Connection, mailbox_id: int, uids: Sequence[int] | None, *, with_index: bool = False
+        self, db: SqlConnection, mailbox_id: int, uids: Sequence[int] | None, *, with_index: bool = False
     ) -> list[MessageRow]:
         columns = _ROW_COLUMNS + (_INDEX_COLUMNS if with_index else "")
         join = " JOIN blobs b ON b.id = m.blob_id" if with_index else ""
@@ -368,7 +373,7 @@ class SQLiteMail:
 
     def metadata(self, account_id: int, mailbox_id: int | None) -> dict[str, bytes]:
         rows = self._db().execute(
-            "SELECT name, value FROM metadata WHERE account_id = ? AND IFNULL(mailbox_id, 0) = ? ORDER BY name",
+            "SELECT name, value FROM metadata WHERE account_id = ? AND COALESCE(mailbox_id, 0) = ? ORDER BY name",
             (account_id, mailbox_id or 0),
         )
         return {name: bytes(value) for name, value in rows}
@@ -378,7 +383,7 @@ class SQLiteMail:
         origin: object = None,
     ) -> bool:
         key = (account_id, mailbox_id or 0)
-        where = "account_id = ? AND IFNULL(mailbox_id, 0) = ?"
+        where = "account_id = ? AND COALESCE(mailbox_id, 0) = ?"
         try:
             with self._write() as db:
                 if mailbox_id is not None and not db.execute(
@@ -436,7 +441,7 @@ class SQLiteMail:
         return [u for u in found if u in wanted]
 
     @staticmethod
-    def _bump(db: sqlite3.Connection, mailbox_id: int) -> int:
+    def _bump(db: SqlConnection, mailbox_id: int) -> int:
         row = db.execute(
             "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? RETURNING highestmodseq",
             (mailbox_id,),
@@ -487,15 +492,18 @@ class SQLiteMail:
         self._committer.request_release(mailbox_id)
         return [row.uid for row in gone]
 
-    def _remove(self, db: sqlite3.Connection, mailbox_id: int, rows: list[MessageRow]) -> None:
+    def _remove(self, db: SqlConnection, mailbox_id: int, rows: list[MessageRow]) -> None:
         """Expunge `rows`. Each tombstone keeps the message (body, size, date, flags, MODSEQ) for sessions
         that have not seen the expunge yet (RFC 2180 §4.1.1); `_request_release` after the commit lets
         the bodies go as soon as no hold needs them."""
         modseq = self._bump(db, mailbox_id)
         db.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(mailbox_id, r.uid) for r in rows])
         db.executemany(
-            "INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq, blob_id, size, internal_date, flags,"
-            " message_modseq, saved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO expunged (mailbox_id, uid, modseq, blob_id, size, internal_date, flags, message_modseq,"
+            " saved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (mailbox_id, uid) DO UPDATE SET"
+            " modseq = excluded.modseq, blob_id = excluded.blob_id, size = excluded.size,"
+            " internal_date = excluded.internal_date, flags = excluded.flags,"
+            " message_modseq = excluded.message_modseq, saved_at = excluded.saved_at",
             [(mailbox_id, r.uid, modseq, r.blob_id, r.size, r.internal_date, format_flags(r.flags), r.modseq,
               r.saved_at) for r in rows],
         )  # fmt: skip

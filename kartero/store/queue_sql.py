@@ -9,7 +9,6 @@ again after a crash. An entry whose recipients are all delivered or failed is re
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,12 +23,13 @@ from kartero.store.interface import (
     RecipientUpdate,
     Unreported,
 )
-from kartero.store.sqlite_db import Database, drop_unreferenced_blobs
+from kartero.store.sql import SqlConnection, SqlDatabase
+from kartero.store.sqlite_db import drop_unreferenced_blobs
 
 _OPEN = (QueueState.PENDING.value, QueueState.DEFERRED.value)
 
 
-def insert_outbound(db: sqlite3.Connection, delivery: Delivery) -> None:
+def insert_outbound(db: SqlConnection, delivery: Delivery) -> None:
     """Queue the remote recipients of a delivery (inside the committer's transaction)."""
     out = delivery.outbound
     if out is None or not out.recipients:
@@ -54,7 +54,7 @@ def insert_outbound(db: sqlite3.Connection, delivery: Delivery) -> None:
 class SQLiteQueue:
     """QueueStore over the shared Database (its entries are written by the committer: see insert_outbound)."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: SqlDatabase) -> None:
         self._database = database
         self._db = database.db
         self._write = database.write
@@ -107,7 +107,7 @@ class SQLiteQueue:
             )  # fmt: skip
             self._remove_finished(db, [u.recipient_id for u in updates])
 
-    def _remove_finished(self, db: sqlite3.Connection, recipient_ids: list[int]) -> None:
+    def _remove_finished(self, db: SqlConnection, recipient_ids: list[int]) -> None:
         """Remove the entries of these recipients that have nothing left to try or to report."""
         marks = ",".join("?" * len(recipient_ids))
         entries = [r[0] for r in db.execute(f"SELECT DISTINCT queue_id FROM queue_recipients WHERE id IN ({marks})",
@@ -158,7 +158,7 @@ class SQLiteQueue:
             )
         ]
 
-    def _remove_entries(self, db: sqlite3.Connection, entries: list[str]) -> None:
+    def _remove_entries(self, db: SqlConnection, entries: list[str]) -> None:
         if not entries:
             return
         db.executemany("DELETE FROM queue WHERE id = ?", [(e,) for e in entries])
@@ -167,7 +167,7 @@ class SQLiteQueue:
     def mark_delay_notified(self, queue_id: str) -> bool:
         with self._write() as db:
             changed = db.execute("UPDATE queue SET delay_notified = 1 WHERE id = ? AND delay_notified = 0", (queue_id,))
-            return changed.rowcount > 0
+            return bool(changed.rowcount > 0)
 
     def next_due(self) -> int | None:
         row = (
@@ -201,4 +201,5 @@ class SQLiteQueue:
 
     def queue_flush(self) -> int:
         with self._write() as db:
-            return db.execute("UPDATE queue_recipients SET next_attempt_at = 0 WHERE state IN (?, ?)", _OPEN).rowcount
+            flushed = db.execute("UPDATE queue_recipients SET next_attempt_at = 0 WHERE state IN (?, ?)", _OPEN)
+            return int(flushed.rowcount)

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from kartero.store.ids import new_mailbox_objectid
 from kartero.store.interface import MetadataChange
@@ -176,6 +177,8 @@ class Database:
     """`root/kartero.db` in WAL mode, created or brought up to SCHEMA_VERSION when opened. Thread-safe:
     each thread gets a connection of its own."""
 
+    IntegrityError = sqlite3.IntegrityError
+
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.path = root / "kartero.db"
@@ -265,17 +268,18 @@ def parse_flags(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
-def next_uidvalidity(db: sqlite3.Connection) -> int:
+def next_uidvalidity(db: Any) -> int:
     """Inside a write transaction: the UIDVALIDITY of a new mailbox. RFC 9051 §2.3.1.1: a re-created
     mailbox must not reuse an old one; a counter that is at least the clock guarantees that even for two
     creations in one second."""
     row = db.execute("SELECT value FROM meta WHERE key = 'uidvalidity'").fetchone()
     value = max(int(time.time()), int(row[0]) + 1 if row else 0)
-    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('uidvalidity', ?)", (str(value),))
+    db.execute("INSERT INTO meta (key, value) VALUES ('uidvalidity', ?)"
+               " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(value),))  # fmt: skip
     return value
 
 
-def drop_unreferenced_blobs(db: sqlite3.Connection, blob_ids: list[str]) -> None:
+def drop_unreferenced_blobs(db: Any, blob_ids: list[str]) -> None:
     """Inside a write transaction: forget bodies no mailbox, no held tombstone and no queue entry points to
     any more (their bytes become dead space in their segments until compaction)."""
     db.executemany(

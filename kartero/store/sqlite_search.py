@@ -86,7 +86,7 @@ def _to_sql(criterion: c.Criterion) -> _Sql | None:
     columns are stored case-folded. Recursion is bounded by c.MAX_DEPTH."""
     match criterion:
         case c.All():
-            return _Sql("1", ())
+            return _Sql("TRUE", ())
         case c.Flag(name=name, present=present):
             return _Sql(f"instr(' ' || lower(m.flags) || ' ', ?) {'>' if present else '='} 0", (f" {name.lower()} ",))
         case c.Header(field=field, text=text) if field in _HEADER_COLUMNS and text:
@@ -100,7 +100,7 @@ def _to_sql(criterion: c.Criterion) -> _Sql | None:
             if smaller is not None:
                 parts.append("m.size < ?")
                 params.append(smaller)
-            return _Sql(" AND ".join(parts) or "1", tuple(params))
+            return _Sql(" AND ".join(parts) or "TRUE", tuple(params))
         case c.InternalDate(op=op, date=date):
             return _date_sql("m.internal_date", op, date)
         case c.SentDate(op=op, date=date):
@@ -111,7 +111,7 @@ def _to_sql(criterion: c.Criterion) -> _Sql | None:
             return _Sql("m.blob_id = ?", (blob_id,))
         case c.Uids(ranges=ranges) if len(ranges) <= _MAX_SQL_RANGES:
             if not ranges:
-                return _Sql("0", ())
+                return _Sql("FALSE", ())
             return _sql_join("OR", [_Sql("m.uid BETWEEN ? AND ?", r) for r in ranges])
         case c.ModSeq(at_least=at_least):
             return _Sql("m.modseq >= ?", (at_least,))
@@ -129,7 +129,7 @@ def _to_sql(criterion: c.Criterion) -> _Sql | None:
                     return None
                 terms.append(sql)
             if not terms:
-                return _Sql("1", ())
+                return _Sql("TRUE", ())
             joined = _sql_join("OR" if isinstance(criterion, c.Or) else "AND", terms)
             return joined if joined.fits() else None
     return None
@@ -149,6 +149,6 @@ def split_criterion(criterion: c.Criterion) -> tuple[str, list[Any], c.Criterion
         else:
             where.append(sql)
             param_count += len(sql.params)
-    joined = _sql_join("AND", where) if where else _Sql("1", ())
+    joined = _sql_join("AND", where) if where else _Sql("TRUE", ())
     left = None if not rest else rest[0] if len(rest) == 1 else c.And(tuple(rest))
     return joined.text, list(joined.params), left

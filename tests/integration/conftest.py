@@ -5,7 +5,41 @@ from pathlib import Path
 
 import pytest
 
+from kartero.store.pg_db import migrate
 from tests.integration.harness import KarteroServer
+from tests.pgserver import PrivatePostgres
+
+# The protocol suites run against both stores (issue 11): the embedded SQLite store and PostgreSQL.
+BOTH_BACKENDS = frozenset({
+    "test_receive.py", "test_submission.py", "test_imap.py", "test_imap_extensions.py",
+    "test_imap_message_extensions.py", "test_imap_session_extensions.py", "test_imap_stress.py", "test_pop3.py",
+    "test_outbound.py",
+})  # fmt: skip
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_backend" in metafunc.fixturenames and metafunc.definition.path.name in BOTH_BACKENDS:
+        metafunc.parametrize("store_backend", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def store_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Which store the servers a test starts use: "postgresql" gives each a database of its own on the
+    private PostgreSQL server (made and migrated as `kartero db init` does)."""
+    backend: str = getattr(request, "param", "sqlite")
+    if backend == "postgresql":
+        postgres: PrivatePostgres = request.getfixturevalue("postgres")
+
+        def new_database() -> str:
+            url = postgres.new_database()
+            migrate(url)
+            return url
+
+        KarteroServer.new_database = new_database
+    try:
+        yield backend
+    finally:
+        KarteroServer.new_database = None
 
 
 @pytest.fixture

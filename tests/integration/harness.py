@@ -11,12 +11,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from kartero.auth.accounts import Directory
-from kartero.store.sqlite import SQLiteStore
+from kartero.store.backends import AnyStore, open_store
 from kartero.tls import make_self_signed
 
 KARTERO = [sys.executable, "-m", "kartero"]
@@ -67,8 +68,16 @@ class KarteroServer:
     log_lines: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
     _chosen_ports: list[str] = field(default_factory=list)
+    # PostgreSQL: the database URL (servers of one cluster share one); None: the embedded store, unless
+    # `new_database` is set (the integration conftest sets it for the tests run on both backends): then
+    # each server gets a database of its own.
+    store_url: str | None = None
+    node: str = ""
+    new_database: ClassVar[Callable[[], str] | None] = None
 
     def __post_init__(self) -> None:
+        if self.store_url is None and KarteroServer.new_database is not None:
+            self.store_url = KarteroServer.new_database()
         self.root.mkdir(parents=True, exist_ok=True)
         self._chosen_ports = [name for name in PORT_FIELDS if not getattr(self, name)]
         self._choose_ports()
@@ -111,7 +120,12 @@ class KarteroServer:
                 else ""
             )
             + f"{tls_section}"
-            "[limits]\n"
+            + (
+                f'[store]\nbackend = "postgresql"\nurl = "{self.store_url}"\nnode = "{self.node or self.host}"\n'
+                if self.store_url
+                else ""
+            )
+            + "[limits]\n"
             f"{self.limits}\n"
         )
 
@@ -207,8 +221,10 @@ class KarteroServer:
         finally:
             store.close()
 
-    def store(self) -> SQLiteStore:
-        return SQLiteStore(self.root / "data")
+    def store(self) -> AnyStore:
+        if self.store_url:
+            return open_store(self.root / "data", "postgresql", self.store_url)
+        return open_store(self.root / "data")
 
     def messages(self, address: str, mailbox: str = "INBOX") -> list[bytes]:
         """Every message in `address`'s mailbox, oldest first, as stored (trace headers included)."""

@@ -43,7 +43,9 @@ def test_issue_9_sessions_on_one_mailbox_see_no_protocol_errors(server: KarteroS
     run = Run(server.host, server.imap_port, USER, PASSWORD, sessions, seed=9)
     summary = asyncio.run(stress(run, seconds, seed_messages=40))
     print(report(run, summary))
-    assert summary["commands"] >= 20 * sessions, "the load hardly ran"
+    # Whether the load ran at all (speed is measured in bench/imap_stress.py): PostgreSQL answers 50
+    # sessions at about a third of SQLite's rate here.
+    assert summary["commands"] >= 10 * sessions, "the load hardly ran"
     assert summary["broken_sessions"] == 0
     assert dict(run.error_kinds) == {}, report(run, summary)
     assert server_failures(server) == []

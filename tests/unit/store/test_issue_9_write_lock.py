@@ -21,10 +21,11 @@ def deliver(store: SQLiteStore, count: int) -> None:
         future.result(10)
 
 
-def test_issue_9_concurrent_writers_never_meet_sqlite_busy(store: SQLiteStore) -> None:
+def test_issue_9_concurrent_writers_never_meet_sqlite_busy(sqlite_store: SQLiteStore) -> None:
     """Eight threads store flags while deliveries commit, with SQLite's busy handler off: every write
     must get in through the lock (before, the second writer at once failed with "database is locked",
     or with the handler on slept 1 to 100 ms per try)."""
+    store = sqlite_store
     deliver(store, 8)
     errors: list[BaseException] = []
     start = threading.Barrier(8)
@@ -49,7 +50,8 @@ def test_issue_9_concurrent_writers_never_meet_sqlite_busy(store: SQLiteStore) -
     assert store.mail.mailbox_status(1).messages == 28
 
 
-def test_issue_9_flag_commits_skip_the_fsync_deliveries_keep_it(store: SQLiteStore) -> None:
+def test_issue_9_flag_commits_skip_the_fsync_deliveries_keep_it(sqlite_store: SQLiteStore) -> None:
+    store = sqlite_store
     deliver(store, 1)
     db = store.database.db()
     store.mail.update_flags(1, [1], FlagOp.ADD, frozenset({"\\Seen"}), None)

@@ -1,0 +1,131 @@
+"""A private PostgreSQL server for tests: initdb into a temporary folder, its own port on loopback,
+stopped and removed at teardown. Never touches a system instance.
+
+Run as root (CI), the server runs as the `postgres` user Debian's package creates (PostgreSQL refuses
+to run as root). Each test gets a database of its own from `PrivatePostgres.new_database()`.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def bin_dir() -> Path | None:
+    """The folder of initdb/postgres: Debian keeps them under /usr/lib/postgresql/VERSION/bin."""
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if os.path.exists(os.path.join(candidate, "initdb")):
+            return Path(candidate)
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class PrivatePostgres:
+    """One server for a test session; `url(db)` for libpq."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        found = bin_dir()
+        if found is None:
+            raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+        self.bin = found
+        self.host = host
+        self.port = _free_port(host)
+        self.user: str | None = "postgres" if os.geteuid() == 0 else None
+        self.root = Path(tempfile.mkdtemp(prefix="kartero-pg-"))
+        self.data = self.root / "data"
+        self.sockets = self.root / "run"
+        self.sockets.mkdir()
+        if self.user is not None:
+            entry = pwd.getpwnam(self.user)
+            for path in (self.root, self.sockets):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.process: subprocess.Popen[bytes] | None = None
+        self._names = itertools.count(1)
+        self.log = self.root / "postgres.log"
+
+    def start(self) -> None:
+        self._run([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                   "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])  # fmt: skip
+        if self.user is not None:
+            entry = pwd.getpwnam(self.user)
+            self.log.touch()
+            os.chown(self.log, entry.pw_uid, entry.pw_gid)
+        self._launch()
+
+    def _launch(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.sockets),
+                 "-c", f"listen_addresses={self.host}", "-c", "max_connections=300", "-c", "shared_buffers=64MB",
+                 # Tests kill Kartero, never the machine: PostgreSQL's own fsync buys them nothing.
+                 "-c", "fsync=off", "-c", "full_page_writes=off"],
+                stdout=log, stderr=log, user=self.user, start_new_session=True, cwd=self.root,
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"PostgreSQL did not start: {self.log.read_text(errors='replace')[-2000:]}")
+            ready = subprocess.run([str(self.bin / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port)],
+                                   check=False)  # fmt: skip
+            if ready.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("PostgreSQL did not become ready in 30 s")
+
+    def _run(self, argv: list[str]) -> None:
+        result = subprocess.run(argv, capture_output=True, user=self.user, check=False, cwd=self.root)
+        if result.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed: {result.stderr.decode(errors='replace')}")
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        result = subprocess.run(
+            [str(self.bin / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", self.host, "-p",
+             str(self.port), "-U", "postgres", "-d", database, "-c", sql],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RuntimeError(f"psql failed: {result.stderr.decode(errors='replace')}")
+        return result.stdout.decode()
+
+    def url(self, database: str, user: str = "postgres") -> str:
+        return f"postgresql://{user}@{self.host}:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """A fresh, empty database; returns its URL."""
+        name = f"kartero_{next(self._names)}"
+        self.psql(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: open sessions are ended)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        """Stop and start the same data folder on the same port (the database-away tests)."""
+        self.stop()
+        self._launch()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
