@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
@@ -42,7 +43,8 @@ def _directory(ctx: click.Context) -> Directory:
 
 def _open_store(config: Config) -> AnyStore:
     try:
-        return open_store(config.data_dir, config.store.backend, config.store.url)
+        return open_store(config.data_dir, config.store.backend, config.store.url, config.store.node,
+                          config.store.lease_s)
     except Exception as exc:  # the database away, or at another schema version
         _fail(f"cannot open the store: {exc}", 1)
 
@@ -542,3 +544,35 @@ def db_init(ctx: click.Context) -> None:
         click.echo(f"schema at version {after}: nothing to do")
     else:
         click.echo(f"schema upgraded from version {before} to {after}")
+
+
+@main.group()
+def cluster() -> None:
+    """The Kartero processes sharing a PostgreSQL store."""
+
+
+@cluster.command("status")
+@click.pass_context
+def cluster_status(ctx: click.Context) -> None:
+    """Every node: name, listeners, version, pid, last heartbeat, alive or stale (silent for longer than
+    `[store] lease`), and what it is delivering now."""
+    config = _config(ctx)
+    if not config.store.is_postgresql:
+        click.echo(f"embedded store at {config.data_dir}: one process, no cluster")
+        return
+    from kartero.store.postgres import PgStore
+
+    store = _open_store(config)
+    ctx.call_on_close(store.close)
+    assert isinstance(store, PgStore)
+    nodes = store.nodes()
+    if not nodes:
+        click.echo("no node has reported in the last day")
+        return
+    now = datetime.now(UTC).timestamp()
+    for node in nodes:
+        state = "alive" if node.alive else "stale"
+        delivering = ", ".join(f"{d} x{n}" for d, n in sorted(Counter(node.delivering).items())) or "-"
+        click.echo(f"{node.name}  {state}  heartbeat {round(now - node.heartbeat_at)}s ago  version {node.version}"
+                   f"  pid {node.pid}  since {_when(node.started_at)}  listeners {node.address}"
+                   f"  delivering {len(node.delivering)}: {delivering}")  # fmt: skip

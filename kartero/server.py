@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import resource
 import signal
 import ssl
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, replace
@@ -50,12 +52,13 @@ from kartero.policy.submission import SubmissionPolicy
 from kartero.pop3.connection import Pop3Settings
 from kartero.queue.runner import QueueRunner, QueueSettings
 from kartero.smtp.server import ServerSettings
-from kartero.store.backends import open_store
+from kartero.store.backends import AnyStore, open_store
 from kartero.store.interface import MetadataChange
 from kartero.store.spool import spool_dir
 from kartero.tls import make_self_signed, server_context
 
 log = logging.getLogger("kartero.server")
+VERSION = importlib.metadata.version("kartero")
 
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
 MAILDROP_POLL_S = 1.0
@@ -171,7 +174,8 @@ class Server:
         loop.set_default_executor(executor)
         restrict_data_modes(config)
         self._tls = self._load_tls()
-        store = open_store(config.data_dir, config.store.backend, config.store.url)
+        store = open_store(config.data_dir, config.store.backend, config.store.url, config.store.node,
+                           config.store.lease_s)
         dropped = await asyncio.to_thread(store.recover)
         if dropped:
             log.info("%s", kv(event="store.recovered", bytes_dropped=dropped))
@@ -230,6 +234,7 @@ class Server:
                 delay_notice_s=config.delivery.delay_notice_s,
                 concurrency=config.delivery.concurrency,
                 per_domain=config.delivery.per_domain,
+                lease_renew_s=config.store.lease_s / 3,
             ),
         )
 
@@ -270,6 +275,7 @@ class Server:
                 tg.create_task(runner.run())
                 self._runner = runner
                 tg.create_task(self._pick_up(pickup))
+                tg.create_task(self._heartbeat(store))
                 proxy_from = parse_networks(config.proxy_from)
                 for kind, addresses in config.listen.items():
                     factory: Callable[[], asyncio.BaseProtocol]
@@ -387,6 +393,19 @@ class Server:
                                   lim.connections_per_user_and_ip),
         }  # fmt: skip
         return Admission(total, services, parse_networks(lim.exempt))
+
+    async def _heartbeat(self, store: AnyStore) -> None:
+        """Tell the cluster this process is alive (`kartero cluster status`), every third of a lease."""
+        config = self.config
+        address = ",".join(f"{kind}={a.host}:{a.port}" for kind, addrs in config.listen.items() for a in addrs)
+        started_at = int(time.time())
+        while not self._stop.is_set():
+            try:
+                await asyncio.to_thread(store.heartbeat, config.store.node, address, VERSION, started_at)
+            except Exception as exc:  # the database away: the next beat tries again
+                log.warning("%s", kv(event="store.heartbeat_failed", detail=str(exc).strip()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), config.store.lease_s / 3)
 
     async def _pick_up(self, pickup: Pickup) -> None:
         """Take in what `kartero sendmail` left in the maildrop: at start, then every second."""

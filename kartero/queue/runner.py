@@ -59,6 +59,7 @@ class QueueSettings:
     per_domain: int = 5
     messages_per_delivery: int = 50
     poll_s: float = 5.0
+    lease_renew_s: float = 20.0  # a shared queue's leases of what is being delivered are renewed this often
 
 
 class QueueRunner:
@@ -88,6 +89,25 @@ class QueueRunner:
         self._wakeup.set()
 
     async def run(self) -> None:
+        renewer = asyncio.create_task(self._renew_leases())
+        try:
+            await self._run()
+        finally:
+            renewer.cancel()
+
+    async def _renew_leases(self) -> None:
+        """While deliveries run, keep their recipients leased (PostgreSQL: other nodes leave them alone
+        until the lease runs out; see store/postgres.py PgQueue)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.settings.lease_renew_s)
+            if self._in_flight:
+                try:
+                    await loop.run_in_executor(None, self.queue.renew_leases, list(self._in_flight))
+                except Exception as exc:  # the database away: the next round tries again
+                    log.warning("%s", kv(event="queue.renew_failed", detail=str(exc)))
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         last_sweep = -SWEEP_INTERVAL_S
         while not self._stopping:

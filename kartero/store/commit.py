@@ -191,6 +191,8 @@ class Committer:
             first = self._commit_queue.get()
             if first is _STOP:
                 break
+            if getattr(db, "broken", False):  # PostgreSQL restarted or the network cut: a new connection
+                db = self._database.connect()
             if first is _COMPACT:
                 self._compact(db)
                 continue

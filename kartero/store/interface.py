@@ -532,6 +532,10 @@ class QueueStore(Protocol):
         """Pending or deferred recipients whose next attempt is due, oldest first."""
         ...
 
+    def renew_leases(self, recipient_ids: Sequence[int]) -> None:
+        """Keep delivering these (a shared queue leases what a node delivers; see store/postgres.py)."""
+        ...
+
     def update_recipients(self, updates: Sequence[RecipientUpdate]) -> None:
         """Record attempts (durably); queue entries with no recipient left to try are removed."""
         ...

@@ -13,6 +13,9 @@ transaction takes one transaction-scoped advisory lock. Group commit keeps that 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from kartero.store.interface import MetadataChange
 from kartero.store.sqlite_db import Listeners
 
 log = logging.getLogger("kartero.store")
@@ -156,8 +160,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX queue_due ON queue_recipients (state, next_attempt_at);
     CREATE INDEX queue_recipients_entry ON queue_recipients (queue_id);
-    CREATE TABLE nodes (
-        name TEXT PRIMARY KEY,
+    CREATE TABLE nodes (                  -- one row per running process, kept by its heartbeat
+        origin TEXT PRIMARY KEY,          -- PgDatabase.origin: NODE:PID:RANDOM
+        name TEXT NOT NULL,
         address TEXT NOT NULL,
         version TEXT NOT NULL,
         pid BIGINT NOT NULL,
@@ -165,6 +170,67 @@ MIGRATIONS: tuple[str, ...] = (
         heartbeat_at BIGINT NOT NULL
     );
     INSERT INTO meta (key, value) VALUES ('directory_version', '1');
+    """,
+    # 2: the change feed. Every committed change another process must hear of raises a notification on
+    # channel "kartero" from a trigger, so it is sent if and only if the change commits, whoever made it
+    # (a node, the CLI, a migration script). Payload: "ORIGIN KIND ARGS"; ORIGIN is the writing process's
+    # `kartero.origin` setting (its own changes are announced in-process already).
+    """
+    CREATE FUNCTION kartero_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        origin text := coalesce(nullif(current_setting('kartero.origin', true), ''), '-');
+    BEGIN
+        IF TG_TABLE_NAME = 'mailboxes' THEN
+            IF TG_OP = 'UPDATE' THEN
+                IF NEW.highestmodseq <> OLD.highestmodseq OR NEW.uidnext <> OLD.uidnext THEN
+                    PERFORM pg_notify('kartero', origin || ' m ' || NEW.id);
+                END IF;
+                IF NEW.name <> OLD.name THEN
+                    PERFORM pg_notify('kartero', origin || ' a ' || NEW.account_id);
+                END IF;
+            ELSIF TG_OP = 'INSERT' THEN
+                PERFORM pg_notify('kartero', origin || ' a ' || NEW.account_id);
+            ELSE
+                PERFORM pg_notify('kartero', origin || ' m ' || OLD.id);
+                PERFORM pg_notify('kartero', origin || ' a ' || OLD.account_id);
+            END IF;
+        ELSIF TG_TABLE_NAME = 'subscriptions' THEN
+            IF TG_OP = 'DELETE' THEN
+                PERFORM pg_notify('kartero', origin || ' a ' || OLD.account_id);
+            ELSE
+                PERFORM pg_notify('kartero', origin || ' a ' || NEW.account_id);
+            END IF;
+        ELSIF TG_TABLE_NAME = 'metadata' THEN
+            IF TG_OP = 'DELETE' THEN
+                PERFORM pg_notify('kartero', origin || ' x ' || OLD.account_id || ' ' || coalesce(OLD.mailbox_id, 0)
+                                  || ' ' || OLD.name);
+            ELSE
+                PERFORM pg_notify('kartero', origin || ' x ' || NEW.account_id || ' ' || coalesce(NEW.mailbox_id, 0)
+                                  || ' ' || NEW.name);
+            END IF;
+        ELSIF TG_TABLE_NAME = 'queue_recipients' THEN
+            PERFORM pg_notify('kartero', origin || ' q');
+        ELSIF TG_TABLE_NAME = 'meta' THEN
+            IF NEW.key = 'directory_version' THEN
+                PERFORM pg_notify('kartero', origin || ' d ' || NEW.value);
+            END IF;
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER mailboxes_notify AFTER INSERT OR UPDATE OR DELETE ON mailboxes
+        FOR EACH ROW EXECUTE FUNCTION kartero_notify();
+    CREATE TRIGGER subscriptions_notify AFTER INSERT OR UPDATE OR DELETE ON subscriptions
+        FOR EACH ROW EXECUTE FUNCTION kartero_notify();
+    CREATE TRIGGER metadata_notify AFTER INSERT OR UPDATE OR DELETE ON metadata
+        FOR EACH ROW EXECUTE FUNCTION kartero_notify();
+    -- New recipients, and recipients made due sooner (`queue flush`); not lease claims or deferrals,
+    -- which would wake every node for nothing (and each node's claim would wake the others again).
+    CREATE TRIGGER queue_notify AFTER INSERT ON queue_recipients
+        FOR EACH ROW EXECUTE FUNCTION kartero_notify();
+    CREATE TRIGGER queue_due_notify AFTER UPDATE OF next_attempt_at ON queue_recipients
+        FOR EACH ROW WHEN (NEW.next_attempt_at < OLD.next_attempt_at) EXECUTE FUNCTION kartero_notify();
+    CREATE TRIGGER meta_notify AFTER INSERT OR UPDATE ON meta
+        FOR EACH ROW EXECUTE FUNCTION kartero_notify();
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -274,19 +340,27 @@ class PgConnection:
 
 
 class PgDatabase:
-    """Connections to one PostgreSQL database: each thread keeps one from the pool until it breaks."""
+    """Connections to one PostgreSQL database: each thread keeps one from the pool until it breaks.
+
+    Every connection carries this process's `origin` (a setting the change-feed triggers put in their
+    notifications), so the feed can tell this process's own changes, already announced in-process, from
+    those of other nodes and of the CLI."""
 
     IntegrityError = psycopg.IntegrityError
 
-    def __init__(self, url: str, *, max_connections: int = 40, check: bool = True) -> None:
+    def __init__(self, url: str, *, node: str = "", max_connections: int = 40, check: bool = True) -> None:
         if check:
             check_schema(url)
         self.url = url
+        self.origin = f"{node or socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.listeners = Listeners()
+        self.feed: ChangeFeed | None = None
         self._local = threading.local()
+        self.connect_kwargs: dict[str, Any] = {"autocommit": True, "options": f"-c kartero.origin={self.origin}",
+                                        "application_name": f"kartero {node}".strip()}  # fmt: skip
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            url, min_size=1, max_size=max_connections, kwargs={"autocommit": True}, open=True,
-            name="kartero", timeout=30.0,
+            url, min_size=1, max_size=max_connections, kwargs=self.connect_kwargs, open=True, name="kartero",
+            timeout=30.0,
         )  # fmt: skip
         self.write_lock = threading.Lock()
         self._held: list[PgConnection] = []  # handed to threads (and the committer), closed by close()
@@ -294,7 +368,7 @@ class PgDatabase:
 
     def connect(self) -> PgConnection:
         """A connection of its own (the committer's), outside the pool."""
-        db = PgConnection(psycopg.connect(self.url, autocommit=True))
+        db = PgConnection(psycopg.connect(self.url, **self.connect_kwargs))
         with self._held_lock:
             self._held.append(db)
         return db
@@ -316,8 +390,22 @@ class PgDatabase:
     def write(self, *, durable: bool = True, db: PgConnection | None = None) -> PgTransaction:
         return PgTransaction(db or self.db(), self.write_lock, durable)
 
+    def start_feed(self) -> None:
+        """Hear of the changes other processes commit (the server; the CLI needs none)."""
+        if self.feed is None:
+            self.feed = ChangeFeed(self)
+            self.feed.start()
+
+    def directory_version(self) -> int | None:
+        """The directory version as the feed last heard it (None without a feed: the CLI reads the
+        database). The server reads it on the event loop, which must never wait for the database: while
+        the database is away, the last version heard stands."""
+        return self.feed.directory_version if self.feed is not None else None
+
     def close(self) -> None:
         """Close every connection; threads that still hold one find it closed (and broken) next time."""
+        if self.feed is not None:
+            self.feed.stop()
         with self._held_lock:
             held, self._held = self._held, []
         for db in held:
@@ -357,3 +445,96 @@ class PgTransaction:
         finally:
             self.lock.release()
 
+
+
+class ChangeFeed:
+    """LISTEN "kartero" on a connection of its own, in a thread of its own: what other processes commit
+    reaches this process's listeners (IMAP IDLE and NOTIFY, the queue runner, the directory cache) within
+    moments. After a lost connection it reconnects and announces everything as changed, so that each
+    listener re-reads what it shows (IMAP sessions compare MODSEQs): nothing is missed."""
+
+    RETRY_S = 1.0
+
+    def __init__(self, database: PgDatabase) -> None:
+        self.database = database
+        self.listeners = database.listeners
+        self.directory_version = 0
+        self.is_live = False
+        self._stopping = threading.Event()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._thread = threading.Thread(target=self._run, name="kartero-feed", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        conn = self._conn
+        if conn is not None:
+            conn.close()  # ends a wait in notifies()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        first = True
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self.database.url, **self.database.connect_kwargs) as conn:
+                    self._conn = conn
+                    conn.execute("LISTEN kartero")
+                    row = conn.execute("SELECT value FROM meta WHERE key = 'directory_version'").fetchone()
+                    self.directory_version = int(row[0]) if row else 0
+                    self.is_live = True
+                    if not first:
+                        log.info("event=store.feed_reconnected")
+                        self._everything_changed(conn)
+                    first = False
+                    while not self._stopping.is_set():
+                        for notify in conn.notifies(timeout=1.0):  # each at once; stop checked every second
+                            self._dispatch([notify.payload])
+            except Exception as exc:  # the database went away: keep trying, announce all when back
+                self.is_live = False
+                if self._stopping.is_set():
+                    break
+                log.warning("event=store.feed_lost detail=%s", str(exc).strip().replace("\n", " "))
+                self._stopping.wait(self.RETRY_S)
+            finally:
+                self.is_live = False
+                self._conn = None
+
+    def _dispatch(self, payloads: list[str]) -> None:
+        mailboxes: set[int] = set()
+        accounts: set[int] = set()
+        metadata: dict[tuple[int, int | None], set[str]] = {}
+        queued = False
+        own = self.database.origin
+        for payload in payloads:
+            origin, _, rest = payload.partition(" ")
+            kind, _, args = rest.partition(" ")
+            if kind == "d":  # every process refreshes, its own changes included
+                self.directory_version = max(self.directory_version, int(args))
+                continue
+            if origin == own:
+                continue  # announced in-process when it committed
+            if kind == "m":
+                mailboxes.add(int(args))
+            elif kind == "a":
+                accounts.add(int(args))
+            elif kind == "q":
+                queued = True
+            elif kind == "x":
+                account, mailbox, name = args.split(" ", 2)
+                metadata.setdefault((int(account), int(mailbox) or None), set()).add(name)
+        self.listeners.mailboxes_changed(frozenset(mailboxes))
+        for account_id in accounts:
+            self.listeners.account_changed(account_id)
+        for (account_id, mailbox_id), names in metadata.items():
+            self.listeners.metadata_changed(MetadataChange(account_id, mailbox_id, tuple(sorted(names)), None))
+        if queued:
+            self.listeners.queued()
+
+    def _everything_changed(self, conn: psycopg.Connection[Any]) -> None:
+        """After a gap in the feed: every mailbox and account may have changed meanwhile."""
+        self.listeners.mailboxes_changed(frozenset(r[0] for r in conn.execute("SELECT id FROM mailboxes")))
+        for (account_id,) in conn.execute("SELECT id FROM accounts").fetchall():
+            self.listeners.account_changed(account_id)
+        self.listeners.queued()

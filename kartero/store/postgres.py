@@ -11,8 +11,13 @@ What a node keeps to itself: its spool folder (large messages being received) an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+import os
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +25,10 @@ import psycopg
 
 from kartero.store.accounts_sql import SQLiteAccounts
 from kartero.store.commit import Committer
-from kartero.store.interface import StoreError
+from kartero.store.interface import QueueItem, QueueState, RecipientUpdate, StoreError, Unreported
 from kartero.store.mailboxes import SQLiteMail
 from kartero.store.pg_db import SCHEMA_VERSION, PgDatabase
-from kartero.store.queue_sql import SQLiteQueue
+from kartero.store.queue_sql import OPEN_STATES, SQLiteQueue
 from kartero.store.spool import WINDOW, FileBuffer, SpoolBody, clear_spool
 from kartero.store.sql import SqlConnection
 
@@ -34,6 +39,20 @@ log = logging.getLogger("kartero.store")
 # Octets per row of blob_chunks: big enough that a 25 MB message is 25 rows, small enough that a FETCH
 # of a part reads little more than it needs.
 CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A Kartero process of the cluster as `kartero cluster status` shows it."""
+
+    name: str
+    address: str
+    version: str
+    pid: int
+    started_at: int
+    heartbeat_at: int
+    alive: bool  # heard from within `[store] lease`
+    delivering: tuple[str, ...]  # the domain of each recipient it holds a lease on
 
 
 class PgCommitter(Committer):
@@ -67,6 +86,18 @@ class PgCommitter(Committer):
 
     def _compact(self, db: SqlConnection) -> None:
         """PostgreSQL reclaims the rows of deleted bodies itself (autovacuum)."""
+
+
+class PgAccounts(SQLiteAccounts):
+    """Accounts and aliases; the directory version comes from the change feed when it runs."""
+
+    def __init__(self, database: PgDatabase, committer: Committer) -> None:
+        super().__init__(database, committer)
+        self._pg = database
+
+    def directory_version(self) -> int:
+        version = self._pg.directory_version()
+        return version if version is not None else super().directory_version()
 
 
 class PgMail(SQLiteMail):
@@ -136,22 +167,115 @@ class ChunkBuffer(FileBuffer):
         return self._reader.read(start, end - start) if end > start else b""
 
 
+class PgQueue(SQLiteQueue):
+    """The queue shared by every node: a node takes recipients by leasing them (`FOR UPDATE SKIP
+    LOCKED`, then `lease_until`), so each is delivered by one node at a time, and a dead node's leases run
+    out after `lease_s`, when another node takes them. A failure notice is leased the same way, so one
+    node sends it."""
+
+    def __init__(self, database: PgDatabase, lease_s: float) -> None:
+        super().__init__(database)
+        self.owner = database.origin
+        self.lease_s = lease_s
+
+    def due_recipients(self, now: int, limit: int, exclude: frozenset[int] = frozenset()) -> list[QueueItem]:
+        until = now + math.ceil(self.lease_s)
+        with self._write() as db:
+            claimed = [r[0] for r in db.execute(
+                "WITH due AS (SELECT id FROM queue_recipients WHERE state IN (?, ?) AND next_attempt_at <= ?"
+                " AND (lease_until < ? OR lease_node = ?) AND NOT (id = ANY(?))"
+                " ORDER BY next_attempt_at, id LIMIT ? FOR UPDATE SKIP LOCKED)"
+                " UPDATE queue_recipients r SET lease_node = ?, lease_until = ? FROM due WHERE r.id = due.id"
+                " RETURNING r.id",
+                (*OPEN_STATES, now, now, self.owner, list(exclude), limit, self.owner, until),
+            )]  # fmt: skip
+        if not claimed:
+            return []
+        items = self._items("r.id = ANY(?)", (claimed,))
+        return sorted(items, key=lambda item: item.recipient_id)[:limit]
+
+    def renew_leases(self, recipient_ids: Sequence[int]) -> None:
+        if recipient_ids:
+            with self._write(durable=False) as db:  # a lost renewal costs at most a repeat, never mail
+                db.execute("UPDATE queue_recipients SET lease_until = ? WHERE id = ANY(?) AND lease_node = ?",
+                           (math.ceil(time.time() + self.lease_s), list(recipient_ids), self.owner))  # fmt: skip
+
+    def update_recipients(self, updates: Sequence[RecipientUpdate]) -> None:
+        super().update_recipients(updates)
+        self.release_leases([u.recipient_id for u in updates])
+
+    def release_leases(self, recipient_ids: Sequence[int] | None = None) -> None:
+        """Give leases back (after the outcome is recorded; all of this process's at shutdown)."""
+        with self._write(durable=False) as db:
+            if recipient_ids is None:
+                db.execute("UPDATE queue_recipients SET lease_until = 0, lease_node = NULL WHERE lease_node = ?",
+                           (self.owner,))  # fmt: skip
+            elif recipient_ids:
+                db.execute("UPDATE queue_recipients SET lease_until = 0, lease_node = NULL"
+                           " WHERE id = ANY(?) AND lease_node = ?", (list(recipient_ids), self.owner))  # fmt: skip
+
+    def unreported_failures(self, queue_id: str) -> Unreported | None:
+        now = int(time.time())
+        with self._write() as db:
+            claimed = db.execute(
+                "UPDATE queue_recipients SET lease_node = ?, lease_until = ? WHERE queue_id = ? AND state = ?"
+                " AND reported = 0 AND (lease_until < ? OR lease_node = ?) RETURNING id",
+                (self.owner, now + math.ceil(self.lease_s), queue_id, QueueState.FAILED.value, now, self.owner),
+            ).fetchall()
+        if not claimed:
+            return None  # none left, or another node is sending this notice
+        found = super().unreported_failures(queue_id)
+        if found is None:
+            return None
+        ids = {r[0] for r in claimed}
+        return dataclasses.replace(found, recipients=tuple(r for r in found.recipients if r.recipient_id in ids))
+
+
 class PgStore:
     """Store on PostgreSQL (`url`); `root` is this node's own folder (the spool of large messages)."""
 
-    def __init__(self, url: str, root: Path, *, check: bool = True) -> None:
+    def __init__(self, url: str, root: Path, *, node: str = "", lease_s: float = 60.0, check: bool = True) -> None:
         self.root = root
+        self.lease_s = lease_s
         root.mkdir(parents=True, exist_ok=True)
-        self.database = PgDatabase(url, check=check)
+        self.database = PgDatabase(url, node=node, check=check)
         self.committer = PgCommitter(self.database, root)
-        self.accounts = SQLiteAccounts(self.database, self.committer)
+        self.accounts = PgAccounts(self.database, self.committer)
         self.mail = PgMail(self.database, self.committer)
-        self.queue = SQLiteQueue(self.database)
+        self.queue = PgQueue(self.database, lease_s)
 
     def recover(self) -> int:
         return self.committer.recover()
 
+    def heartbeat(self, name: str, address: str, version: str, started_at: int) -> None:
+        """This process is alive (`kartero cluster status`); rows silent for a day are removed."""
+        now = int(time.time())
+        with self.database.write(durable=False) as db:
+            db.execute(
+                "INSERT INTO nodes (origin, name, address, version, pid, started_at, heartbeat_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (origin) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                (self.database.origin, name, address, version, os.getpid(), started_at, now),
+            )
+            db.execute("DELETE FROM nodes WHERE heartbeat_at < ?", (now - 86400,))
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every process that heartbeats (or did within a day), with what it is delivering now."""
+        db = self.database.db()
+        now = int(time.time())
+        leased: dict[str, list[str]] = {}
+        for origin, domain in db.execute(
+            "SELECT lease_node, domain FROM queue_recipients WHERE lease_until >= ? AND lease_node IS NOT NULL"
+            " AND state IN (?, ?) ORDER BY id", (now, *OPEN_STATES)
+        ):  # fmt: skip
+            leased.setdefault(origin, []).append(domain)
+        rows = db.execute("SELECT origin, name, address, version, pid, started_at, heartbeat_at FROM nodes"
+                          " ORDER BY name, started_at").fetchall()  # fmt: skip
+        return [NodeInfo(r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]),
+                         now - int(r[6]) <= self.lease_s, tuple(leased.get(r[0], ()))) for r in rows]  # fmt: skip
+
     def start(self) -> None:
+        """The committer, and the change feed: this process hears what other nodes and the CLI commit."""
+        self.database.start_feed()
         self.committer.start()
 
     def compact(self) -> None:
@@ -159,4 +283,11 @@ class PgStore:
 
     def close(self) -> None:
         self.committer.close()
+        if self.database.feed is not None:  # a server: what it still leased, others may take at once
+            try:
+                self.queue.release_leases()
+                with self.database.write(durable=False) as db:
+                    db.execute("DELETE FROM nodes WHERE origin = ?", (self.database.origin,))
+            except Exception:
+                log.exception("event=store.release_leases_failed")
         self.database.close()

@@ -26,7 +26,7 @@ from kartero.store.interface import (
 from kartero.store.sql import SqlConnection, SqlDatabase
 from kartero.store.sqlite_db import drop_unreferenced_blobs
 
-_OPEN = (QueueState.PENDING.value, QueueState.DEFERRED.value)
+OPEN_STATES = (QueueState.PENDING.value, QueueState.DEFERRED.value)
 
 
 def insert_outbound(db: SqlConnection, delivery: Delivery) -> None:
@@ -63,14 +63,28 @@ class SQLiteQueue:
         self._database.listeners.queue.append(listener)
 
     def due_recipients(self, now: int, limit: int, exclude: frozenset[int] = frozenset()) -> list[QueueItem]:
+        items = [
+            item
+            for item in self._items(
+                "r.state IN (?, ?) AND r.next_attempt_at <= ? ORDER BY r.next_attempt_at, r.id LIMIT ?",
+                (*OPEN_STATES, now, limit + len(exclude)),
+            )
+            if item.recipient_id not in exclude
+        ]
+        return items[:limit]
+
+    def renew_leases(self, recipient_ids: Sequence[int]) -> None:
+        """One process delivers from the embedded store: nothing to renew."""
+
+    def _items(self, where: str, params: Sequence[Any]) -> list[QueueItem]:
         rows = self._db().execute(
             "SELECT r.id, r.queue_id, r.address, r.domain, r.notify, r.orcpt, r.attempts, q.sender, q.ret, q.envid,"
             " q.smtputf8, q.body_8bit, q.created_at, q.expires_at, q.delay_notified, b.size"
             " FROM queue_recipients r JOIN queue q ON q.id = r.queue_id JOIN blobs b ON b.id = q.id"
-            " WHERE r.state IN (?, ?) AND r.next_attempt_at <= ? ORDER BY r.next_attempt_at, r.id LIMIT ?",
-            (*_OPEN, now, limit + len(exclude)),
+            f" WHERE {where}",
+            params,
         )
-        items = [
+        return [
             QueueItem(
                 r[0],
                 r[1],
@@ -90,9 +104,7 @@ class SQLiteQueue:
                 r[15],
             )
             for r in rows
-            if r[0] not in exclude
         ]
-        return items[:limit]
 
     def update_recipients(self, updates: Sequence[RecipientUpdate]) -> None:
         if not updates:
@@ -117,7 +129,7 @@ class SQLiteQueue:
             for e in entries
             if db.execute(
                 "SELECT 1 FROM queue_recipients WHERE queue_id = ? AND (state IN (?, ?) OR reported = 0) LIMIT 1",
-                (e, *_OPEN),
+                (e, *OPEN_STATES),
             ).fetchone()
             is None
         ]
@@ -172,7 +184,7 @@ class SQLiteQueue:
     def next_due(self) -> int | None:
         row = (
             self._db()
-            .execute("SELECT MIN(next_attempt_at) FROM queue_recipients WHERE state IN (?, ?)", _OPEN)
+            .execute("SELECT MIN(next_attempt_at) FROM queue_recipients WHERE state IN (?, ?)", OPEN_STATES)
             .fetchone()
         )
         return None if row is None or row[0] is None else int(row[0])
@@ -201,5 +213,5 @@ class SQLiteQueue:
 
     def queue_flush(self) -> int:
         with self._write() as db:
-            flushed = db.execute("UPDATE queue_recipients SET next_attempt_at = 0 WHERE state IN (?, ?)", _OPEN)
+            flushed = db.execute("UPDATE queue_recipients SET next_attempt_at = 0 WHERE state IN (?, ?)", OPEN_STATES)
             return int(flushed.rowcount)

@@ -48,6 +48,9 @@ class SQLiteStore:
         `start()`, in the delivering process only."""
         return self.committer.recover()
 
+    def heartbeat(self, name: str, address: str, version: str, started_at: int) -> None:
+        """One process owns the embedded store: there is no cluster to tell."""
+
     def start(self) -> None:
         """Start the committer thread; until then deliveries are refused (CLI use needs none)."""
         self.committer.start()

@@ -73,6 +73,7 @@ class KarteroServer:
     # each server gets a database of its own.
     store_url: str | None = None
     node: str = ""
+    lease: str = ""  # [store] lease, e.g. "5s"
     new_database: ClassVar[Callable[[], str] | None] = None
 
     def __post_init__(self) -> None:
@@ -122,6 +123,7 @@ class KarteroServer:
             + f"{tls_section}"
             + (
                 f'[store]\nbackend = "postgresql"\nurl = "{self.store_url}"\nnode = "{self.node or self.host}"\n'
+                + (f'lease = "{self.lease}"\n' if self.lease else "")
                 if self.store_url
                 else ""
             )

@@ -1,0 +1,265 @@
+"""Issue 11: two Kartero nodes (127.0.0.2 and 127.0.0.3) on one PostgreSQL database act as one server."""
+
+from __future__ import annotations
+
+import imaplib
+import poplib
+import smtplib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from imapclient import IMAPClient
+
+from kartero.store.pg_db import migrate
+from tests.integration.harness import KarteroServer, free_port, run_cli, strip_trace, tls_context, wait_for
+from tests.pgserver import PrivatePostgres
+
+PASSWORD = "secret-password"
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, postgres: PrivatePostgres) -> Iterator[tuple[KarteroServer, KarteroServer]]:
+    url = postgres.new_database()
+    migrate(url)
+    a = KarteroServer(tmp_path / "a", host="127.0.0.2", store_url=url, node="node-a")
+    b = KarteroServer(tmp_path / "b", host="127.0.0.3", store_url=url, node="node-b")
+    a.add_user("bob@example.test")
+    a.start()
+    b.start()
+    yield a, b
+    for node in (a, b):
+        if node.process and node.process.poll() is None:
+            assert node.stop() == 0, node.log
+
+
+def send(node: KarteroServer, body: bytes, rcpt: str = "bob@example.test") -> None:
+    with smtplib.SMTP(node.host, node.port) as s:
+        s.sendmail("alice@example.org", [rcpt], body)
+
+
+def test_issue_11_mail_at_one_node_is_read_at_the_other_and_idle_wakes_there(
+    nodes: tuple[KarteroServer, KarteroServer],
+) -> None:
+    """SMTP at A, IMAP and POP3 at B: the same UID and bytes; IDLE at B wakes within a second of A's 250."""
+    a, b = nodes
+    with IMAPClient(b.host, b.imap_port, ssl=False) as idler:
+        idler.login("bob@example.test", PASSWORD)
+        idler.select_folder("INBOX")
+        idler.idle()
+        sent_at = time.monotonic()
+        send(a, b"Subject: across\r\n\r\nfrom node A\r\n")
+        acknowledged = time.monotonic()
+        responses = idler.idle_check(timeout=5)
+        woken = time.monotonic()
+        idler.idle_done()
+        assert (1, b"EXISTS") in responses, responses
+        print(f"IDLE at B woke {1000 * (woken - acknowledged):.0f} ms after A's 250 "
+              f"({1000 * (woken - sent_at):.0f} ms after the send began)")  # fmt: skip
+        assert woken - acknowledged < 1.0
+    with imaplib.IMAP4(b.host, b.imap_port) as imap:
+        imap.login("bob@example.test", PASSWORD)
+        imap.select("INBOX")
+        typ, data = imap.uid("FETCH", "1", "(UID BODY.PEEK[])")
+        assert typ == "OK"
+        assert data[0] is not None and isinstance(data[0], tuple)
+        assert strip_trace(data[0][1]) == b"Subject: across\r\n\r\nfrom node A\r\n"
+    pop = poplib.POP3(b.host, b.pop3_port)
+    try:
+        pop.user("bob@example.test")
+        pop.pass_(PASSWORD)
+        assert pop.stat()[0] == 1
+    finally:
+        pop.quit()
+
+
+def test_issue_11_flags_set_at_one_node_are_seen_at_the_other_with_their_modseq(
+    nodes: tuple[KarteroServer, KarteroServer],
+) -> None:
+    a, b = nodes
+    send(a, b"Subject: flags\r\n\r\nx\r\n")
+    with IMAPClient(a.host, a.imap_port, ssl=False) as at_a, IMAPClient(b.host, b.imap_port, ssl=False) as at_b:
+        for client in (at_a, at_b):
+            client.login("bob@example.test", PASSWORD)
+            client.enable("CONDSTORE")
+            client.select_folder("INBOX")
+        at_b.idle()
+        at_a.add_flags([1], [b"$Important"], silent=True)
+        modseq_a = at_a.fetch([1], ["MODSEQ"])[1][b"MODSEQ"][0]
+        responses = at_b.idle_check(timeout=5)
+        at_b.idle_done()
+        assert any(r[1] == b"FETCH" for r in responses), responses
+        seen = at_b.fetch([1], ["FLAGS", "MODSEQ"])[1]
+        assert b"$Important" in seen[b"FLAGS"]
+        assert seen[b"MODSEQ"][0] == modseq_a
+
+
+def test_issue_11_a_user_added_through_one_nodes_cli_receives_at_the_other(
+    nodes: tuple[KarteroServer, KarteroServer],
+) -> None:
+    a, b = nodes
+    run_cli(b.config, "user", "add", "carol@example.test", "--password-stdin", stdin="carol-password\n")
+    # A hears of the change through the feed; until then its snapshot may still refuse carol.
+    def accepted() -> bool:
+        try:
+            send(a, b"Subject: welcome\r\n\r\nhi carol\r\n", "carol@example.test")
+        except smtplib.SMTPRecipientsRefused:
+            return False
+        return True
+
+    wait_for(accepted, 5)
+    with imaplib.IMAP4(b.host, b.imap_port) as imap:
+        imap.login("carol@example.test", "carol-password")
+        typ, data = imap.select("INBOX")
+        assert typ == "OK" and data == [b"1"]
+
+
+def test_issue_11_uids_stay_distinct_when_both_nodes_deliver_at_once(
+    nodes: tuple[KarteroServer, KarteroServer],
+) -> None:
+    """Deliveries at both nodes at the same time: every message gets a UID of its own, in one sequence."""
+    import threading
+
+    a, b = nodes
+
+    def burst(node: KarteroServer, tag: str) -> None:
+        with smtplib.SMTP(node.host, node.port) as s:
+            for i in range(20):
+                s.sendmail("alice@example.org", ["bob@example.test"], f"Subject: {tag}{i}\r\n\r\nx\r\n".encode())
+
+    threads = [threading.Thread(target=burst, args=(node, tag)) for node, tag in ((a, "a"), (b, "b"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    with imaplib.IMAP4(a.host, a.imap_port) as imap:
+        imap.login("bob@example.test", PASSWORD)
+        imap.select("INBOX")
+        typ, data = imap.uid("SEARCH", "ALL")
+        assert typ == "OK"
+        assert [int(u) for u in data[0].split()] == list(range(1, 41))
+        typ, data = imap.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        subjects = {part[1].strip() for part in data if isinstance(part, tuple)}
+        assert subjects == {f"Subject: {t}{i}".encode() for t in "ab" for i in range(20)}
+
+
+SINK = "127.0.0.4"
+
+
+def submit(node: KarteroServer, subjects: list[str]) -> None:
+    """Authenticated submission at `node` of one message per subject to the remote domain."""
+    with smtplib.SMTP(node.host, node.submission_port, local_hostname="laptop.example", timeout=30) as c:
+        c.starttls(context=tls_context())
+        c.login("bob@example.test", PASSWORD)
+        for subject in subjects:
+            c.sendmail("bob@example.test", ["dave@remote.test"],
+                       f"From: bob@example.test\r\nTo: dave@remote.test\r\nSubject: {subject}\r\n\r\nx\r\n".encode())
+
+
+def sink_subjects(sink: KarteroServer) -> list[str]:
+    return [m.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode() for m in sink.messages("dave@remote.test")]
+
+
+def cluster_node(root: Path, host: str, url: str, name: str, sink_port: int, **kwargs: str) -> KarteroServer:
+    node = KarteroServer(root, host=host, store_url=url, node=name, lease="5s",
+                         extra_config=f'[routes]\n"remote.test" = "{SINK}:{sink_port}"\n'
+                         '[delivery]\nretry_first = "1s"\nretry_max = "2s"\nconnect_timeout = "5s"\n',
+                         **kwargs)  # type: ignore[arg-type]  # fmt: skip
+    return node
+
+
+def test_issue_11_two_hundred_submissions_over_both_nodes_arrive_once_each(tmp_path: Path,
+                                                                          postgres: PrivatePostgres) -> None:
+    """Both nodes take from one queue (leases): 200 messages submitted half at each node reach the
+    remote MX (a third Kartero) exactly once each."""
+    import threading
+
+    url = postgres.new_database()
+    migrate(url)
+    sink = KarteroServer(tmp_path / "sink", host=SINK, domains=("remote.test",), hostname="mx.remote.test")
+    sink.add_user("dave@remote.test")
+    sink.start()
+    a = cluster_node(tmp_path / "a", "127.0.0.2", url, "node-a", sink.port)
+    b = cluster_node(tmp_path / "b", "127.0.0.3", url, "node-b", sink.port)
+    a.add_user("bob@example.test", PASSWORD)
+    a.start()
+    b.start()
+    try:
+        subjects = [f"m{i:03d}" for i in range(200)]
+        threads = [threading.Thread(target=submit, args=(node, subjects[k::2])) for k, node in enumerate((a, b))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        wait_for(lambda: len(sink.messages("dave@remote.test")) >= 200, 90)
+        time.sleep(2)  # a duplicate would still be on its way
+        arrived = sink_subjects(sink)
+        assert sorted(arrived) == subjects  # each exactly once
+        delivered_by = {node.node: sum(" result=delivered " in line for line in node.log_events("queue.result"))
+                        for node in (a, b)}  # fmt: skip
+        print(f"deliveries per node: {delivered_by}")
+        assert sum(delivered_by.values()) == 200
+    finally:
+        for node in (a, b, sink):
+            if node.process and node.process.poll() is None:
+                node.stop()
+
+
+def test_issue_11_a_killed_nodes_deliveries_are_taken_over_after_its_lease(tmp_path: Path,
+                                                                         postgres: PrivatePostgres) -> None:
+    """Node A leases 20 queued messages and hangs on a remote MX that never greets; A is killed (-9).
+    Node B leaves them alone while A's lease runs (5 s), then delivers each once to the MX, back up."""
+    import socket
+
+    url = postgres.new_database()
+    migrate(url)
+    port = free_port(SINK)
+    staller = socket.socket()
+    staller.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    staller.bind((SINK, port))
+    staller.listen(100)  # accepts (the kernel does), never says a word
+    a = cluster_node(tmp_path / "a", "127.0.0.2", url, "node-a", port)
+    b = cluster_node(tmp_path / "b", "127.0.0.3", url, "node-b", port)
+    sink = KarteroServer(tmp_path / "sink", host=SINK, domains=("remote.test",), hostname="mx.remote.test",
+                         port=port)  # fmt: skip
+    sink.add_user("dave@remote.test")
+    a.add_user("bob@example.test", PASSWORD)
+    a.start()
+    try:
+        subjects = [f"k{i:02d}" for i in range(20)]
+        submit(a, subjects)
+        with psycopg.connect(url) as conn:
+            wait_for(lambda: conn.execute("SELECT count(*) FROM queue_recipients WHERE lease_node LIKE 'node-a:%'"
+                                          " AND lease_until > extract(epoch FROM now())").fetchone()[0] == 20, 10)
+        b.start()
+        status = run_cli(b.config, "cluster", "status").stdout.splitlines()
+        (line_a,) = [line for line in status if line.startswith("node-a ")]
+        (line_b,) = [line for line in status if line.startswith("node-b ")]
+        assert "  alive  " in line_a and line_a.endswith("delivering 20: remote.test x20"), status
+        assert "  alive  " in line_b and line_b.endswith("delivering 0: -"), status
+        a.kill()
+        killed_at = time.monotonic()
+        time.sleep(1)
+        with psycopg.connect(url) as conn:  # B must not take them while A's lease runs
+            taken = conn.execute("SELECT count(*) FROM queue_recipients WHERE lease_node LIKE 'node-b:%'").fetchone()
+            assert taken[0] == 0
+        staller.close()
+        sink.start()
+        wait_for(lambda: len(sink.messages("dave@remote.test")) >= 20, 60)
+        taken_over = time.monotonic() - killed_at
+        time.sleep(2)
+        assert sorted(sink_subjects(sink)) == subjects  # each exactly once
+        print(f"B delivered A's 20 messages {taken_over:.1f} s after A was killed (lease 5 s)")
+        assert taken_over >= 4.0
+        delivered = [line for line in b.log_events("queue.result") if " result=delivered " in line]
+        assert len(delivered) == 20  # (B may have found the MX still down once: those were deferred)
+        status = run_cli(b.config, "cluster", "status").stdout.splitlines()
+        (line_a,) = [line for line in status if line.startswith("node-a ")]
+        assert "  stale  " in line_a and line_a.endswith("delivering 0: -"), status
+    finally:
+        staller.close()
+        for node in (a, b, sink):
+            if node.process and node.process.poll() is None:
+                node.stop()
