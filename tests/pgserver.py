@@ -12,6 +12,7 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -113,13 +114,17 @@ class PrivatePostgres:
     def stop(self) -> None:
         """Stop the server (fast shutdown: open sessions are ended)."""
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(signal.SIGINT)  # fast shutdown (SIGTERM would wait for every client)
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def resume(self) -> None:
+        """Start again after `stop()` (same folder, same port)."""
+        self._launch()
 
     def restart(self) -> None:
         """Stop and start the same data folder on the same port (the database-away tests)."""

@@ -233,11 +233,15 @@ class ImapConnection:
         if status is Status.BAD:
             self._count_error()
 
-    def login_result(self, tag: str, user: str | None) -> None:
-        """The password check is done: `user` is the account now logged in, None for a failure."""
+    def login_result(self, tag: str, user: str | None, *, unavailable: bool = False) -> None:
+        """The password check is done: `user` is the account now logged in, None for a failure
+        (`unavailable`: the check could not be made, the store is away; RFC 5530 UNAVAILABLE)."""
         if self._running != tag:
             raise ProtocolViolation(f"login_result({tag}) but running {self._running}")
         self._running = None
+        if unavailable:
+            self._out += r.tagged(tag, Status.NO, "Mail store unavailable, try again later", "UNAVAILABLE")
+            return
         if user is None:
             self._out += r.tagged(tag, Status.NO, "Authentication failed", "AUTHENTICATIONFAILED")
             self._count_error()

@@ -37,7 +37,7 @@ from kartero.log import kv
 from kartero.net.channel import DEADLINE_TEXTS, AccessContext, Channel, refusal_text
 from kartero.net.deadlines import Deadline
 from kartero.store.ids import new_message_id
-from kartero.store.interface import MetadataChange
+from kartero.store.interface import MetadataChange, StoreUnavailable
 from kartero.store.spool import IncomingSpool
 
 log = logging.getLogger("kartero.imap")
@@ -166,7 +166,11 @@ class ImapSession:
                 # Before the next command too, however soon it came: a NOOP sent after another session's
                 # change hears of it before its OK (RFC 5465 §4, RFC 3501 §6.1.2).
                 await channel.send(conn.data_to_send())
-                await self._push_updates()
+                try:
+                    await self._push_updates()
+                except StoreUnavailable as exc:  # told again when the store is back (its feed resyncs)
+                    log.warning("%s", kv(event="imap.store_unavailable", session=self.id, command="push",
+                                         detail=str(exc)))  # fmt: skip
                 continue
             event = conn.next_event()
             if event is None:
@@ -260,6 +264,10 @@ class ImapSession:
             self._drop_spool()  # pieces of an APPEND the core refused after all: not wanted
         try:
             done = await self._drive(run_command(session, tag, command, append_limit=self.ctx.settings.append_limit))
+        except StoreUnavailable as exc:  # the database is away (PostgreSQL): the client retries later
+            log.warning("%s", kv(event="imap.store_unavailable", session=self.id, command=type(command).__name__,
+                                 detail=str(exc)))  # fmt: skip
+            done = Done(Status.NO, "Mail store unavailable, try again later", "UNAVAILABLE")
         except Exception:
             # A bug (or a failed disk) in one command: the client gets NO [SERVERBUG], never the exception
             # text, and the session goes on.
@@ -293,7 +301,12 @@ class ImapSession:
             self.conn.close(done.bye, "selected mailbox deleted")
 
     async def _login(self, tag: str, user: str, password: str) -> None:
-        account = await self.ctx.check_login(self.channel, self.id, user, password)
+        try:
+            account = await self.ctx.check_login(self.channel, self.id, user, password)
+        except StoreUnavailable as exc:
+            log.warning("%s", kv(event="imap.store_unavailable", session=self.id, command="LOGIN", detail=str(exc)))
+            self.conn.login_result(tag, None, unavailable=True)
+            return
         if account is None:
             self.conn.login_result(tag, None)
             return

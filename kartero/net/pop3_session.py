@@ -3,6 +3,7 @@ the maildrop, reads messages and expunges at QUIT in worker threads, upgrades to
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from kartero.pop3.connection import (
     UpdateRequested,
 )
 from kartero.store.ids import new_message_id
-from kartero.store.interface import INBOX, FlagOp, MessageReader, StoreError
+from kartero.store.interface import INBOX, FlagOp, MessageReader, StoreError, StoreUnavailable
 
 log = logging.getLogger("kartero.pop3")
 
@@ -73,6 +74,12 @@ class Pop3Session:
             else:
                 conn.start()
             reason = await self._loop()
+        except StoreUnavailable as exc:  # the database is away (PostgreSQL): RFC 3206 SYS/TEMP, try later
+            reason = "store unavailable"
+            log.warning("%s", kv(event="pop3.store_unavailable", session=self.id, detail=str(exc)))
+            conn.close("[SYS/TEMP] Mail store unavailable, try again later", reason)
+            with contextlib.suppress(Exception):
+                await channel.send(conn.data_to_send())
         except Exception:
             reason = "internal error"
             log.exception("%s", kv(event="pop3.session_failed", session=self.id, client=channel.client_ip))

@@ -112,11 +112,15 @@ class QueueRunner:
         last_sweep = -SWEEP_INTERVAL_S
         while not self._stopping:
             self._wakeup.clear()
-            if time.monotonic() - last_sweep >= SWEEP_INTERVAL_S:
-                last_sweep = time.monotonic()
-                await loop.run_in_executor(None, self._sweep, frozenset(self._in_flight.values()))
-            blocked = await self._dispatch()
-            next_due = await loop.run_in_executor(None, self.queue.next_due)
+            try:
+                if time.monotonic() - last_sweep >= SWEEP_INTERVAL_S:
+                    await loop.run_in_executor(None, self._sweep, frozenset(self._in_flight.values()))
+                    last_sweep = time.monotonic()
+                blocked = await self._dispatch()
+                next_due = await loop.run_in_executor(None, self.queue.next_due)
+            except Exception as exc:  # the store away (PostgreSQL restarting): deliveries wait, never stop
+                log.warning("%s", kv(event="queue.store_failed", detail=str(exc)))
+                blocked, next_due = False, None
             if blocked or next_due is None:
                 timeout = self.settings.poll_s if not blocked else None
             else:

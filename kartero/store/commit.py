@@ -32,7 +32,7 @@ from typing import Any
 from kartero.mime.index import MessageIndex, index_message
 from kartero.mime.parttree import PartNode, encode_parts
 from kartero.store.holds import ExpungeHolds
-from kartero.store.interface import Content, Delivery, FileSpan, StoredMessage, StoreError
+from kartero.store.interface import Content, Delivery, FileSpan, StoredMessage, StoreError, StoreUnavailable
 from kartero.store.queue_sql import insert_outbound
 from kartero.store.segments import Segments
 from kartero.store.spool import SpoolBody, clear_spool, materialize, spool_dir
@@ -185,14 +185,22 @@ class Committer:
             self._commit_queue.put(_COMPACT)
 
     def _commit_loop(self) -> None:
-        db = self._database.connect()
+        db: Any = None
         stop = False
         while not stop:
             first = self._commit_queue.get()
             if first is _STOP:
                 break
-            if getattr(db, "broken", False):  # PostgreSQL restarted or the network cut: a new connection
-                db = self._database.connect()
+            if db is None or getattr(db, "broken", False):  # PostgreSQL restarted, or the network cut
+                try:
+                    db = self._database.connect()
+                except Exception as exc:  # still away: this work fails (451), the next tries again
+                    log.warning("event=store.connect_failed detail=%s", str(exc).replace("\n", " "))
+                    db = None
+                    if isinstance(first, _Group) and first.future.set_running_or_notify_cancel():
+                        first.future.set_exception(StoreUnavailable(str(exc)))
+                        _discard(first.bodies)
+                    continue
             if first is _COMPACT:
                 self._compact(db)
                 continue

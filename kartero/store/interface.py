@@ -38,6 +38,11 @@ class StoreError(Exception):
     """A store operation failed for a reason the caller should report (not a bug)."""
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be reached now (restart, failover, network cut): try again later. IMAP answers
+    NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP], SMTP 451 4.3.0."""
+
+
 class AccountExists(StoreError):
     pass
 

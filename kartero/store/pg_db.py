@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from kartero.store.interface import MetadataChange
+from kartero.store.interface import MetadataChange, StoreUnavailable
 from kartero.store.sqlite_db import Listeners
 
 log = logging.getLogger("kartero.store")
@@ -234,6 +234,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+# How long a new connection may take; also how long a thread waits for one from the pool while the
+# database is away before its command fails with StoreUnavailable.
+CONNECT_TIMEOUT_S = 5
 # The advisory lock every write transaction takes, and the one `db init` takes (arbitrary constants).
 WRITE_LOCK = 0x4B415254  # "KART"
 MIGRATE_LOCK = 0x4B415255
@@ -325,13 +328,19 @@ class PgConnection:
         self.conn = conn
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
-        if sql == "BEGIN":  # a read that must see one snapshot (SQLite's deferred BEGIN does)
-            return self.conn.execute(b"BEGIN ISOLATION LEVEL REPEATABLE READ")
-        return self.conn.execute(translate(sql).encode(), _params(params))
+        try:
+            if sql == "BEGIN":  # a read that must see one snapshot (SQLite's deferred BEGIN does)
+                return self.conn.execute(b"BEGIN ISOLATION LEVEL REPEATABLE READ")
+            return self.conn.execute(translate(sql).encode(), _params(params))
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"database unavailable: {str(exc).strip()}") from exc
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
-        cur = self.conn.cursor()
-        cur.executemany(translate(sql).encode(), [_params(r) for r in rows])
+        try:
+            cur = self.conn.cursor()
+            cur.executemany(translate(sql).encode(), [_params(r) for r in rows])
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"database unavailable: {str(exc).strip()}") from exc
         return cur
 
     @property
@@ -357,10 +366,11 @@ class PgDatabase:
         self.feed: ChangeFeed | None = None
         self._local = threading.local()
         self.connect_kwargs: dict[str, Any] = {"autocommit": True, "options": f"-c kartero.origin={self.origin}",
-                                        "application_name": f"kartero {node}".strip()}  # fmt: skip
+                                               "application_name": f"kartero {node}".strip(),
+                                               "connect_timeout": CONNECT_TIMEOUT_S}  # fmt: skip
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url, min_size=1, max_size=max_connections, kwargs=self.connect_kwargs, open=True, name="kartero",
-            timeout=30.0,
+            timeout=CONNECT_TIMEOUT_S,
         )  # fmt: skip
         self.write_lock = threading.Lock()
         self._held: list[PgConnection] = []  # handed to threads (and the committer), closed by close()
@@ -368,7 +378,10 @@ class PgDatabase:
 
     def connect(self) -> PgConnection:
         """A connection of its own (the committer's), outside the pool."""
-        db = PgConnection(psycopg.connect(self.url, **self.connect_kwargs))
+        try:
+            db = PgConnection(psycopg.connect(self.url, **self.connect_kwargs))
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"database unavailable: {str(exc).strip()}") from exc
         with self._held_lock:
             self._held.append(db)
         return db
@@ -382,7 +395,11 @@ class PgDatabase:
             self.pool.putconn(db.conn)  # the pool drops a broken connection
             db = None
         if db is None:
-            db = self._local.db = PgConnection(self.pool.getconn())
+            try:
+                conn = self.pool.getconn()
+            except psycopg.OperationalError as exc:  # PoolTimeout: no connection could be made in time
+                raise StoreUnavailable(f"database unavailable: {str(exc).strip()}") from exc
+            db = self._local.db = PgConnection(conn)
             with self._held_lock:
                 self._held.append(db)
         return db
@@ -430,8 +447,10 @@ class PgTransaction:
             if not self.durable:
                 self.db.conn.execute(b"SET LOCAL synchronous_commit = off")
             self.db.conn.execute(b"SELECT pg_advisory_xact_lock(%d)" % WRITE_LOCK)
-        except BaseException:
+        except BaseException as exc:
             self._end(False)
+            if isinstance(exc, psycopg.OperationalError):
+                raise StoreUnavailable(f"database unavailable: {str(exc).strip()}") from exc
             raise
         return self.db
 
@@ -442,6 +461,10 @@ class PgTransaction:
         try:
             if not self.db.broken:
                 self.db.conn.execute(b"COMMIT" if commit else b"ROLLBACK")
+            elif commit:  # the connection broke in the transaction: nothing of it committed
+                raise StoreUnavailable("database connection lost")
+        except psycopg.OperationalError as exc:  # COMMIT may or may not have landed: the caller says 451
+            raise StoreUnavailable(f"database unavailable: {str(exc).strip()}") from exc
         finally:
             self.lock.release()
 
