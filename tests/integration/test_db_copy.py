@@ -38,6 +38,7 @@ class Embedded:
     server: KarteroServer
     before: dict[str, Any]  # user -> IMAP snapshot
     queue_id: str
+    while_running: Any  # `db copy` run while the embedded store's server ran
 
     @property
     def data_dir(self) -> str:
@@ -114,7 +115,7 @@ def _uidvalidity(shot: dict[str, Any], name: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
+def embedded(tmp_path_factory: pytest.TempPathFactory, postgres: PrivatePostgres) -> Iterator[Embedded]:
     """A stopped Kartero on the embedded store with mail in it (made once for the module's tests, which
     only read it)."""
     server = KarteroServer(tmp_path_factory.mktemp("embedded"), extra_config=EXTRA)
@@ -152,11 +153,13 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
         listing = run_cli(server.config, "queue", "list").stdout
         queue_id = listing.splitlines()[1].split()[0]
         before = {user: snapshot(server, user) for user in USERS}
+        early = _target(tmp_path_factory.mktemp("early"), postgres)
+        while_running = _copy(early, str(server.root / "data"), check=False)
     finally:
         assert server.stop() == 0, server.log
     assert before["bob@example.test"]["INBOX"]["vanished"] == [b"(EARLIER) 2"]
     assert before["bob@example.test"]["server_metadata"] == [b'"" (/private/vendor/kartero-test "server note")']
-    yield Embedded(server, before, queue_id)
+    yield Embedded(server, before, queue_id, while_running)
 
 
 def _target(root: Path, postgres: PrivatePostgres, *, migrated: bool = True) -> KarteroServer:
@@ -252,6 +255,9 @@ def test_issue_11_db_copy_rerun_fills_exactly_what_an_interrupted_run_missed(
 def test_issue_11_db_copy_refuses_to_merge_or_to_write_where_it_should_not(
     embedded: Embedded, postgres: PrivatePostgres, tmp_path: Path
 ) -> None:
+    # The embedded store's server still running: mail arriving during the copy would be left behind.
+    assert embedded.while_running.returncode == 1
+    assert re.search(r"a Kartero server \(pid \d+\) runs on .*: stop it first", embedded.while_running.stderr)
     # The target has its own bob (made there, another UIDVALIDITY for his INBOX): nothing is copied.
     target = _target(tmp_path / "pg", postgres)
     run_cli(target.config, "user", "add", "bob@example.test", "--password-stdin", stdin="other\n")
