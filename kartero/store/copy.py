@@ -95,6 +95,8 @@ def copy_store(source: SQLiteStore, url: str, progress: Callable[[int], None] = 
 
 
 class _Copy:
+    """One run: the source read through its own connection, the target written through `target`."""
+
     def __init__(self, source: SQLiteStore, target: PgConnection, progress: Callable[[int], None]) -> None:
         self.source = source
         self.src = source.database.db()
@@ -102,7 +104,6 @@ class _Copy:
         self.progress = progress
         self.counts = CopyCounts()
         self._lock = threading.Lock()  # PgTransaction's process lock; this run is its only user
-        self.accounts: dict[int, int] = {}  # source account id -> target account id
         self.mailboxes: dict[int, int] = {}  # source mailbox id -> target mailbox id
 
     def write(self) -> PgTransaction:
@@ -199,7 +200,6 @@ class _Copy:
                 "INSERT INTO metadata (account_id, mailbox_id, name, value) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [(target_account, None if m[0] is None else self.mailboxes[int(m[0])], m[1], m[2]) for m in metadata],
             )
-        self.accounts[account_id] = target_account
 
     def copy_aliases(self) -> None:
         last: tuple[str, str] = ("", "")
