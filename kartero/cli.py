@@ -546,6 +546,49 @@ def db_init(ctx: click.Context) -> None:
         click.echo(f"schema upgraded from version {before} to {after}")
 
 
+@db.command("copy")
+@click.option("--from", "source", required=True, metavar="DATA_DIR",
+              type=click.Path(file_okay=False, path_type=Path), help="The data_dir of the embedded store.")  # fmt: skip
+@click.pass_context
+def db_copy(ctx: click.Context, source: Path) -> None:
+    """Copy an embedded store (accounts, aliases, mailboxes, messages with their UIDVALIDITY, UIDs, flags
+    and MODSEQs, the queue) into the PostgreSQL database `[store] url` names. Stop its server first.
+    Resumable: a second run copies only what is missing."""
+    config = _config(ctx)
+    if not config.store.is_postgresql:
+        _fail('db copy copies into PostgreSQL: set [store] backend = "postgresql" and url in the config', 2)
+    if not (source / "kartero.db").is_file():
+        _fail(f"no embedded store at {source} (no kartero.db there)", 2)
+    from kartero.control import server_pid
+
+    pid = server_pid(source)
+    if pid is not None:
+        _fail(f"a Kartero server (pid {pid}) runs on {source}: stop it first, so nothing changes during the copy", 1)
+    import psycopg
+
+    from kartero.store.copy import CopyConflict, copy_store, work_total
+    from kartero.store.pg_db import SchemaError, check_schema
+    from kartero.store.sqlite import SQLiteStore
+
+    try:
+        check_schema(config.store.url)
+    except SchemaError as exc:
+        _fail(str(exc), 1)
+    except psycopg.Error as exc:
+        _fail(f"cannot reach the database: {exc}", 1)
+    store = SQLiteStore(source)
+    try:
+        with click.progressbar(length=work_total(store), label="copying", file=sys.stderr) as bar:
+            counts = copy_store(store, config.store.url, bar.update)
+    except CopyConflict as exc:
+        _fail(f"{exc}; nothing was copied", 1)
+    except (psycopg.Error, OSError, StoreError) as exc:
+        _fail(f"the copy stopped: {exc} (run it again to continue where it stopped)", 1)
+    finally:
+        store.close()
+    click.echo(counts.summary())
+
+
 @main.group()
 def cluster() -> None:
     """The Kartero processes sharing a PostgreSQL store."""

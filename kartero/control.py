@@ -22,15 +22,21 @@ def remove_pid(data_dir: Path) -> None:
             path.unlink()
 
 
-def nudge_server(data_dir: Path) -> bool:
-    """Send SIGUSR1 to the server of `data_dir` if one runs; True when it was sent. A pid file left by a
-    crash may name an unrelated process now, so the process must be a kartero one (Linux /proc)."""
+def server_pid(data_dir: Path) -> int | None:
+    """The pid of the server running on `data_dir`, if one runs. A pid file left by a crash may name an
+    unrelated process now, so the process must be a kartero one (Linux /proc)."""
     try:
         pid = int((data_dir / PID_FILE).read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
-        return False
-    if b"kartero" not in cmdline or b"serve" not in cmdline:
+        return None
+    return pid if b"kartero" in cmdline and b"serve" in cmdline else None
+
+
+def nudge_server(data_dir: Path) -> bool:
+    """Send SIGUSR1 to the server of `data_dir` if one runs; True when it was sent."""
+    pid = server_pid(data_dir)
+    if pid is None:
         return False
     try:
         os.kill(pid, signal.SIGUSR1)

@@ -7,6 +7,7 @@ import poplib
 import smtplib
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -304,6 +305,16 @@ class SmtpLoad:
                 time.sleep(0.1)
 
 
+def assert_stored_once(stored: list[str], acknowledged: list[str], clients: int) -> None:
+    """Every acknowledged message stored, none twice. A message may be stored without its 250 having
+    reached the client (the commit landed, the answer was lost with the process or the database
+    connection): at most one per client, the one it was sending."""
+    counts = Counter(stored)
+    assert [s for s, n in counts.items() if n > 1] == []
+    assert [s for s in acknowledged if s not in counts] == []
+    assert len(set(stored) - set(acknowledged)) <= clients
+
+
 def subjects_of(node: KarteroServer) -> list[str]:
     return [m.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode() for m in node.messages("bob@example.test")]
 
@@ -352,7 +363,7 @@ def test_issue_11_the_database_away_under_load_loses_nothing_acknowledged(tmp_pa
         print(f"{len(acknowledged)} acknowledged ({down_at} before the stop), {len(refused)} answered 451")
         typ, _ = logged_in.select("INBOX")  # the session that saw NO goes on
         assert typ == "OK"
-    assert sorted(subjects_of(node)) == sorted(acknowledged)  # none lost, none twice
+    assert_stored_once(subjects_of(node), acknowledged, clients=8)
     assert node.stop() == 0, node.log
 
 
@@ -371,4 +382,4 @@ def test_issue_11_sigkill_of_a_node_under_twenty_smtp_clients_loses_nothing_ackn
         load.stop()
     acknowledged = list(load.acknowledged)
     print(f"{len(acknowledged)} acknowledged before the kill")
-    assert sorted(subjects_of(b)) == sorted(acknowledged)
+    assert_stored_once(subjects_of(b), acknowledged, clients=20)
