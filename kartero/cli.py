@@ -76,17 +76,27 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 
 @main.command()
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Serving processes sharing the listeners (PostgreSQL store only).")
+@click.option("--worker", type=int, default=0, hidden=True)  # one of --workers' processes
 @click.pass_context
-def serve(ctx: click.Context) -> None:
+def serve(ctx: click.Context, workers: int, worker: int) -> None:
     """Run every configured listener in the foreground until SIGTERM/SIGINT."""
     from kartero.log import configure
     from kartero.server import serve as run_server
 
     config = _config(ctx)
     configure(config.log_level)
+    if workers > 1:
+        if not config.store.is_postgresql or config.source is None:
+            _fail('--workers needs a config with [store] backend = "postgresql": the embedded store belongs to '
+                  "one process (run one `kartero serve`, or move to PostgreSQL: docs/cluster.md)", 2)  # fmt: skip
+        from kartero.workers import serve_workers
+
+        sys.exit(serve_workers(config.source, config.data_dir, workers))
     if config.source is None:
         click.echo(f"kartero: no config file, using the embedded default (data in {config.data_dir})", err=True)
-    sys.exit(run_server(config))
+    sys.exit(run_server(config, worker))
 
 
 INIT_TEMPLATE = """\

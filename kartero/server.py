@@ -123,8 +123,16 @@ def restrict_data_modes(config: Config) -> None:
 
 
 class Server:
-    def __init__(self, config: Config) -> None:
+    """One serving process. `worker` 0: the whole server; 1..N: one of `serve --workers N`'s processes,
+    sharing the listeners (SO_REUSEPORT) and the PostgreSQL store with its siblings, with a folder of
+    its own under data_dir/workers/ (its spool) and its own node name in the cluster (NODE.I); worker 1
+    alone takes in the maildrop, and the supervisor keeps the pid file."""
+
+    def __init__(self, config: Config, worker: int = 0) -> None:
         self.config = config
+        self.worker = worker
+        self.node = config.store.node if worker == 0 else f"{config.store.node}.{worker}"
+        self.root = config.data_dir if worker == 0 else config.data_dir / "workers" / str(worker)
         self._tls: ssl.SSLContext | None = None
         self._stopping = False
         self._stop = asyncio.Event()
@@ -174,8 +182,7 @@ class Server:
         loop.set_default_executor(executor)
         restrict_data_modes(config)
         self._tls = self._load_tls()
-        store = open_store(config.data_dir, config.store.backend, config.store.url, config.store.node,
-                           config.store.lease_s)
+        store = open_store(self.root, config.store.backend, config.store.url, self.node, config.store.lease_s)
         dropped = await asyncio.to_thread(store.recover)
         if dropped:
             log.info("%s", kv(event="store.recovered", bytes_dropped=dropped))
@@ -274,7 +281,8 @@ class Server:
                 self._task_group = tg
                 tg.create_task(runner.run())
                 self._runner = runner
-                tg.create_task(self._pick_up(pickup))
+                if self.worker <= 1:
+                    tg.create_task(self._pick_up(pickup))
                 tg.create_task(self._heartbeat(store))
                 proxy_from = parse_networks(config.proxy_from)
                 for kind, addresses in config.listen.items():
@@ -305,7 +313,7 @@ class Server:
                             admission=admission,
                             deadlines=DeadlineSettings(lim.command_deadline_s,
                                                        lim.login_deadline_s if is_submission else None),
-                            spool_dir=spool_dir(config.data_dir),
+                            spool_dir=spool_dir(self.root),
                         )
                         factory = SMTPSession.factory(smtp_ctx)
                     else:
@@ -331,7 +339,7 @@ class Server:
                             throttle=throttle,
                             admission=admission,
                             deadlines=DeadlineSettings(lim.command_deadline_s, lim.login_deadline_s),
-                            spool_dir=spool_dir(config.data_dir),
+                            spool_dir=spool_dir(self.root),
                             blocking=blocking,
                             check_deadline_s=deadline,
                         )
@@ -351,7 +359,8 @@ class Server:
                     for address in addresses:
                         try:
                             server = await loop.create_server(
-                                factory, address.host, address.port, reuse_address=True, backlog=512
+                                factory, address.host, address.port, reuse_address=True, backlog=512,
+                                reuse_port=self.worker > 0,
                             )
                         except OSError as exc:
                             raise StartupError(f"cannot listen on {address} ({kind}): {exc.strerror}") from None
@@ -359,16 +368,19 @@ class Server:
                         log.info("%s", kv(event="listening", listener=kind, address=address))
                         print(f"{kind} listening on {address}", flush=True)
                 self._install_signals(loop)
-                write_pid(config.data_dir)
+                if self.worker == 0:
+                    write_pid(config.data_dir)
                 print("kartero ready", flush=True)
-                log.info("%s", kv(event="ready", hostname=config.hostname, domains=",".join(config.domains)))
+                log.info("%s", kv(event="ready", hostname=config.hostname, domains=",".join(config.domains),
+                                  node=self.node))  # fmt: skip
                 await self._stop.wait()
                 await self._shutdown(servers)
         except* StartupError as group:
             raise group.exceptions[0] from None
         finally:
             watchdog.stop()
-            remove_pid(config.data_dir)
+            if self.worker == 0:
+                remove_pid(config.data_dir)
             for server in servers:
                 server.close()
             await asyncio.to_thread(store.close)
@@ -401,7 +413,7 @@ class Server:
         started_at = int(time.time())
         while not self._stop.is_set():
             try:
-                await asyncio.to_thread(store.heartbeat, config.store.node, address, VERSION, started_at)
+                await asyncio.to_thread(store.heartbeat, self.node, address, VERSION, started_at)
             except Exception as exc:  # the database away: the next beat tries again
                 log.warning("%s", kv(event="store.heartbeat_failed", detail=str(exc).strip()))
             with contextlib.suppress(TimeoutError):
@@ -479,9 +491,9 @@ class Server:
             await self._runner.stop(self.config.limits.shutdown_grace_s)
 
 
-def serve(config: Config) -> int:
+def serve(config: Config, worker: int = 0) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
-    server = Server(config)
+    server = Server(config, worker)
     try:
         try:
             import uvloop

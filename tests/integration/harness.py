@@ -74,6 +74,7 @@ class KarteroServer:
     store_url: str | None = None
     node: str = ""
     lease: str = ""  # [store] lease, e.g. "5s"
+    serve_args: tuple[str, ...] = ()  # e.g. ("--workers", "2")
     new_database: ClassVar[Callable[[], str] | None] = None
 
     def __post_init__(self) -> None:
@@ -148,7 +149,7 @@ class KarteroServer:
     def _start(self, timeout_s: float) -> None:
         assert self.process is None or self.process.poll() is not None
         self.process = subprocess.Popen(
-            [*KARTERO, "-c", str(self.config), "serve"],
+            [*KARTERO, "-c", str(self.config), "serve", *self.serve_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

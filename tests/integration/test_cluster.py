@@ -383,3 +383,53 @@ def test_issue_11_sigkill_of_a_node_under_twenty_smtp_clients_loses_nothing_ackn
     acknowledged = list(load.acknowledged)
     print(f"{len(acknowledged)} acknowledged before the kill")
     assert_stored_once(subjects_of(b), acknowledged, clients=20)
+
+
+def test_issue_11_serve_workers_share_the_listeners_and_replace_a_dead_worker(tmp_path: Path,
+                                                                              postgres: PrivatePostgres) -> None:
+    """`serve --workers 2`: two processes on the same ports (the cluster sees node-a.1 and node-a.2); a
+    worker killed (-9) under load is started again while the other goes on serving; every acknowledged
+    message is stored once; SIGTERM stops them all (exit 0)."""
+    import os
+    import re
+    import signal
+
+    url = postgres.new_database()
+    migrate(url)
+    node = KarteroServer(tmp_path / "n", host="127.0.0.2", store_url=url, node="node-a", serve_args=("--workers", "2"))
+    node.add_user("bob@example.test", PASSWORD)
+    node.start()
+
+    def worker_pids() -> dict[str, int]:
+        status = run_cli(node.config, "cluster", "status").stdout
+        return {m[1]: int(m[2]) for m in re.finditer(r"^(node-a\.\d)  alive .*? pid (\d+) ", status, re.M)}
+
+    wait_for(lambda: len(worker_pids()) == 2, 10)
+    first = worker_pids()
+    assert set(first) == {"node-a.1", "node-a.2"}
+    load = SmtpLoad(node, 8)
+    load.start()
+    try:
+        wait_for(lambda: len(load.acknowledged) >= 100, 60)
+        os.kill(first["node-a.1"], signal.SIGKILL)
+        at_kill = len(load.acknowledged)
+        wait_for(lambda: len(load.acknowledged) >= at_kill + 100, 60)  # the other worker goes on
+        wait_for(lambda: worker_pids().get("node-a.1") not in (None, first["node-a.1"]), 30)  # started again
+    finally:
+        load.stop()
+    last = worker_pids()
+    assert last["node-a.2"] == first["node-a.2"]
+    assert_stored_once(subjects_of(node), load.acknowledged, clients=8)
+    assert node.stop() == 0, node.log
+    for pid in last.values():  # the workers ended with the supervisor
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    # and said goodbye to the cluster; the killed one could not, and shows until its lease runs out
+    assert set(worker_pids().values()) <= {first["node-a.1"]}
+
+
+def test_issue_11_serve_workers_refuses_the_embedded_store(tmp_path: Path) -> None:
+    node = KarteroServer(tmp_path / "n")
+    result = run_cli(node.config, "serve", "--workers", "2", check=False)
+    assert result.returncode == 2
+    assert 'needs a config with [store] backend = "postgresql"' in result.stderr
