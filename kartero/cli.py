@@ -127,6 +127,11 @@ recipients_per_message = 1000
 [delivery]                       # the outbound queue
 queue_lifetime = "5d"            # then the sender gets a failure notice
 # relayhost = "smarthost.example:25"   # send everything through this host instead of MX lookups
+
+# [store]                        # default: the embedded store in data_dir; PostgreSQL for a cluster
+# backend = "postgresql"         # then `kartero db init` (docs/cluster.md)
+# url = "postgresql://kartero@127.0.0.1:5432/kartero"
+# node = "mx1"                   # this node's name (default: the host name)
 """
 
 
