@@ -10,7 +10,7 @@ import sys
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -20,6 +20,9 @@ from kartero.config import Config, ConfigError
 from kartero.control import nudge_server
 from kartero.store.backends import AnyStore, open_store
 from kartero.store.interface import StoreError
+
+if TYPE_CHECKING:
+    from kartero.mailauth.dkim import DKIMKey
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -461,7 +464,7 @@ def dkim() -> None:
 def dkim_keygen(ctx: click.Context, domain: str, selector: str | None, algorithm: str, force: bool) -> None:
     """Make a signing key for DOMAIN and print the DNS record to publish."""
     from kartero.dns.names import DomainError, canonical_domain
-    from kartero.mailauth.dkim import DEFAULT_SELECTOR, DKIMError, generate
+    from kartero.mailauth.dkim import DEFAULT_SELECTOR, DKIMError, check_selector, generate
 
     config = _config(ctx)
     try:
@@ -472,21 +475,54 @@ def dkim_keygen(ctx: click.Context, domain: str, selector: str | None, algorithm
         _fail(f"{domain} is not one of the local domains ({', '.join(config.domains)})", 2)
     default = DEFAULT_SELECTOR if algorithm == "rsa" else f"{DEFAULT_SELECTOR}-ed"
     try:
-        key = generate(config.data_dir, domain, selector or default, algorithm, force=force)
+        if config.store.is_postgresql:
+            key = _store_new_key(ctx, config, domain, check_selector(selector or default), algorithm, force)
+            click.echo(f"stored {key.path} in the database (every node signs with it)")
+        else:
+            key = generate(config.data_dir, domain, selector or default, algorithm, force=force)
+            click.echo(f"wrote {key.path}")
     except DKIMError as exc:
         _fail(str(exc), 1)
-    click.echo(f"wrote {key.path}")
     click.echo("publish this TXT record (mail is signed with the key from now on):")
     click.echo(f'{key.record_name}. IN TXT "{key.dns_record()}"')
+
+
+def _store_new_key(ctx: click.Context, config: Config, domain: str, selector: str, algorithm: str,
+                   force: bool) -> DKIMKey:  # fmt: skip
+    """A new key in the PostgreSQL store (shared by the nodes); DKIMError when the selector has one."""
+    import time
+
+    from kartero.mailauth.dkim import DKIMError, keys_from_rows, new_private_key
+    from kartero.store.postgres import PgStore
+
+    store = _open_store(config)
+    ctx.call_on_close(store.close)
+    assert isinstance(store, PgStore)
+    private, created = new_private_key(algorithm), time.time()
+    if not store.put_dkim_key(domain, selector, algorithm, private, created, replace=force):
+        raise DKIMError(f"selector {selector!r} of {domain} already has a key: use --force to replace it (and "
+                        "publish the new record), or another selector; one key per selector")  # fmt: skip
+    return keys_from_rows([(domain, selector, algorithm, private, created)])[domain][0]
+
+
+def _dkim_keys(ctx: click.Context, config: Config) -> dict[str, list[DKIMKey]]:
+    """The keys the server signs with: files under data_dir, or rows of the PostgreSQL store."""
+    from kartero.mailauth.dkim import keys_from_rows, load_keys
+    from kartero.store.postgres import PgStore
+
+    if not config.store.is_postgresql:
+        return load_keys(config.data_dir)
+    store = _open_store(config)
+    ctx.call_on_close(store.close)
+    assert isinstance(store, PgStore)
+    return keys_from_rows(store.dkim_keys())
 
 
 @dkim.command("list")
 @click.pass_context
 def dkim_list(ctx: click.Context) -> None:
     """Every key: domain, selector, algorithm, and its DNS record."""
-    from kartero.mailauth.dkim import load_keys
-
-    keys = load_keys(_config(ctx).data_dir)
+    keys = _dkim_keys(ctx, _config(ctx))
     if not keys:
         click.echo("no DKIM keys (make one with: kartero dkim keygen DOMAIN)")
     for domain_keys in keys.values():
@@ -505,7 +541,6 @@ def dns_check(ctx: click.Context, domain: str) -> None:
     for each one missing or wrong. Exit 0 when every required record is right, else 1."""
     from kartero.dns.names import DomainError, canonical_domain
     from kartero.dns.resolver import blocking_resolver
-    from kartero.mailauth.dkim import load_keys
     from kartero.mailauth.dnscheck import check_domain
 
     config = _config(ctx)
@@ -519,7 +554,7 @@ def dns_check(ctx: click.Context, domain: str) -> None:
     resolver = blocking_resolver(servers, timeout_s=config.dns.timeout_s)
     where = ", ".join(str(n) for n in config.dns.nameservers) or "the system resolver"
     click.echo(f"DNS records for {domain} (mail host {config.hostname}), looked up through {where}:")
-    checks = check_domain(domain, config.hostname, load_keys(config.data_dir).get(domain, []), resolver)
+    checks = check_domain(domain, config.hostname, _dkim_keys(ctx, config).get(domain, []), resolver)
     for check in checks:
         label = check.status if check.required or check.status == "ok" else f"{check.status}*"
         click.echo(f"{label:<9} {check.name:<12} {check.detail}")
@@ -602,6 +637,23 @@ def db_copy(ctx: click.Context, source: Path) -> None:
     finally:
         store.close()
     click.echo(counts.summary())
+    _copy_dkim_keys(ctx, config, source)
+
+
+def _copy_dkim_keys(ctx: click.Context, config: Config, source: Path) -> None:
+    """The embedded server's DKIM keys (files) into the database, where every node finds them; a selector
+    the database has a key for already is left as it is."""
+    from kartero.mailauth.dkim import load_keys
+    from kartero.store.postgres import PgStore
+
+    keys = [key for domain_keys in load_keys(source).values() for key in domain_keys]
+    if not keys:
+        return
+    store = _open_store(config)
+    ctx.call_on_close(store.close)
+    assert isinstance(store, PgStore)
+    copied = sum(store.put_dkim_key(k.domain, k.selector, k.algorithm, k.private, k.created) for k in keys)
+    click.echo(f"DKIM keys: copied {copied}, skipped {len(keys) - copied} already there")
 
 
 @main.group()

@@ -36,7 +36,7 @@ from kartero.dns.resolver import Resolver, blocking_resolver
 from kartero.imap.connection import ImapSettings
 from kartero.intake import Intake
 from kartero.log import kv
-from kartero.mailauth.dkim import Signer
+from kartero.mailauth.dkim import DKIMKey, Signer, keys_from_rows
 from kartero.mailauth.inbound import Checks, InboundChecker
 from kartero.net.channel import AccessContext
 from kartero.net.deadlines import DeadlineSettings
@@ -54,6 +54,7 @@ from kartero.queue.runner import QueueRunner, QueueSettings
 from kartero.smtp.server import ServerSettings
 from kartero.store.backends import AnyStore, open_store
 from kartero.store.interface import MetadataChange
+from kartero.store.postgres import PgStore
 from kartero.store.spool import spool_dir
 from kartero.tls import make_self_signed, server_context
 
@@ -203,7 +204,7 @@ class Server:
         policy = InboundPolicy(directory, config.primary_domain, checker, blocking, greylist, dnsbl, deadline)
         admission = self._admission(config.delivery.concurrency)
         lim = config.limits
-        signer = Signer(config.data_dir)
+        signer = Signer(_StoreKeys(store) if isinstance(store, PgStore) else config.data_dir)
         submission_policy = SubmissionPolicy(directory, config.primary_domain, config.limits.messages_per_user_per_hour)
         intake = Intake(store.mail, directory, hostname=config.hostname,
                         queue_lifetime_s=config.delivery.queue_lifetime_s, blocking=blocking, signer=signer,
@@ -489,6 +490,20 @@ class Server:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
         if self._runner is not None:
             await self._runner.stop(self.config.limits.shutdown_grace_s)
+
+
+class _StoreKeys:
+    """DKIM keys from the PostgreSQL store (every node signs with the same keys), reloaded when the
+    change feed hears of a key change."""
+
+    def __init__(self, store: PgStore) -> None:
+        self.store = store
+
+    def stamp(self) -> object:
+        return self.store.dkim_keys_stamp()
+
+    def load(self) -> dict[str, list[DKIMKey]]:
+        return keys_from_rows(self.store.dkim_keys())
 
 
 def serve(config: Config, worker: int = 0) -> int:

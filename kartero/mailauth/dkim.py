@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import dkim
 from cryptography.hazmat.primitives import serialization
@@ -83,6 +84,20 @@ def check_selector(selector: str) -> str:
     return selector
 
 
+def new_private_key(algorithm: str) -> bytes:
+    """A fresh private key as dkimpy takes it (RSA: PEM PKCS#8; Ed25519: the base64 seed)."""
+    if algorithm not in ALGORITHMS:
+        raise DKIMError(f"unknown algorithm {algorithm!r} (choose from {', '.join(ALGORITHMS)})")
+    if algorithm == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    seed = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return base64.b64encode(seed)
+
+
 def generate(data_dir: Path, domain: str, selector: str, algorithm: str, *, force: bool = False) -> DKIMKey:
     """Make a key and write it (0600); refuses to overwrite one unless `force`."""
     if algorithm not in ALGORITHMS:
@@ -95,15 +110,9 @@ def generate(data_dir: Path, domain: str, selector: str, algorithm: str, *, forc
         raise DKIMError(f"selector {selector!r} of {domain} already has a key ({others[0].name}): one key per selector")
     if path.exists() and not force:
         raise DKIMError(f"{path} exists; use --force to replace it (and publish the new record)")
-    if algorithm == "rsa":
-        private = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS).private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    else:
-        seed = ed25519.Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-        )
-        private = base64.b64encode(seed) + b"\n"
+    private = new_private_key(algorithm)
+    if algorithm == "ed25519":
+        private += b"\n"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -176,16 +185,25 @@ def sign(message: bytes, keys: list[DKIMKey]) -> bytes:
     return out
 
 
-class Signer:
-    """The keys of a running server, reloaded when a key is added or replaced (checked by stat)."""
+class KeySource(Protocol):
+    """Where a server's keys are: files under data_dir (`FileKeys`), or the PostgreSQL store."""
+
+    def stamp(self) -> object:
+        """Changes whenever a key is added, replaced or removed (cheap: called for every signing)."""
+        ...
+
+    def load(self) -> dict[str, list[DKIMKey]]:
+        """Every key, per domain, newest first."""
+        ...
+
+
+class FileKeys:
+    """The keys of the embedded store's server: files, reloaded when a folder changes (checked by stat)."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self._lock = threading.Lock()
-        self._stamp: tuple[float, ...] | None = None
-        self._keys: dict[str, list[DKIMKey]] = {}
 
-    def _current_stamp(self) -> tuple[float, ...]:
+    def stamp(self) -> object:
         root = key_folder(self.data_dir)
         try:
             stamps = [root.stat().st_mtime]
@@ -194,12 +212,38 @@ class Signer:
             return ()
         return tuple(stamps)
 
+    def load(self) -> dict[str, list[DKIMKey]]:
+        return load_keys(self.data_dir)
+
+
+def keys_from_rows(rows: list[tuple[str, str, str, bytes, float]]) -> dict[str, list[DKIMKey]]:
+    """Keys as a database holds them (domain, selector, algorithm, private key, created), per domain,
+    newest first."""
+    keys: dict[str, list[DKIMKey]] = {}
+    for domain, selector, algorithm, private, created in rows:
+        if algorithm in ALGORITHMS:
+            key = DKIMKey(domain, selector, algorithm, private.strip() if algorithm == "ed25519" else private,
+                          Path(domain) / f"{selector}.{algorithm}.key", created)  # fmt: skip
+            keys.setdefault(domain, []).append(key)
+    return {d: sorted(k, key=lambda key: (key.created, key.selector), reverse=True) for d, k in keys.items()}
+
+
+class Signer:
+    """The keys of a running server, reloaded when its source says they changed."""
+
+    def __init__(self, source: KeySource | Path) -> None:
+        self.source: KeySource = FileKeys(source) if isinstance(source, Path) else source
+        self._lock = threading.Lock()
+        self._stamp: object = None
+        self._loaded = False
+        self._keys: dict[str, list[DKIMKey]] = {}
+
     def keys_for(self, domain: str) -> list[DKIMKey]:
-        stamp = self._current_stamp()
+        stamp = self.source.stamp()
         with self._lock:
-            if stamp != self._stamp:
-                self._keys = load_keys(self.data_dir)
-                self._stamp = stamp
+            if stamp != self._stamp or not self._loaded:
+                self._keys = self.source.load()
+                self._stamp, self._loaded = stamp, True
             return self._keys.get(domain, [])
 
     def sign(self, domain: str, message: bytes) -> bytes:

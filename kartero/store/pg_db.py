@@ -232,6 +232,25 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER meta_notify AFTER INSERT OR UPDATE ON meta
         FOR EACH ROW EXECUTE FUNCTION kartero_notify();
     """,
+    # 3: DKIM keys, shared by every node (the embedded store keeps them as files under data_dir/dkim/);
+    # a change notifies "k" so every node's signer reloads.
+    """
+    CREATE TABLE dkim_keys (
+        domain TEXT COLLATE "C" NOT NULL,
+        selector TEXT COLLATE "C" NOT NULL,
+        algorithm TEXT NOT NULL,
+        private BYTEA NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (domain, selector)
+    );
+    CREATE FUNCTION kartero_notify_keys() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('kartero', coalesce(nullif(current_setting('kartero.origin', true), ''), '-') || ' k');
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER dkim_keys_notify AFTER INSERT OR UPDATE OR DELETE ON dkim_keys
+        FOR EACH STATEMENT EXECUTE FUNCTION kartero_notify_keys();
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # How long a new connection may take; also how long a thread waits for one from the pool while the
@@ -482,6 +501,7 @@ class ChangeFeed:
         self.database = database
         self.listeners = database.listeners
         self.directory_version = 0
+        self.keys_version = 0  # raised at every DKIM key change heard (and after a gap in the feed)
         self.is_live = False
         self._stopping = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
@@ -536,6 +556,9 @@ class ChangeFeed:
             if kind == "d":  # every process refreshes, its own changes included
                 self.directory_version = max(self.directory_version, int(args))
                 continue
+            if kind == "k":
+                self.keys_version += 1
+                continue
             if origin == own:
                 continue  # announced in-process when it committed
             if kind == "m":
@@ -556,7 +579,8 @@ class ChangeFeed:
             self.listeners.queued()
 
     def _everything_changed(self, conn: psycopg.Connection[Any]) -> None:
-        """After a gap in the feed: every mailbox and account may have changed meanwhile."""
+        """After a gap in the feed: every mailbox and account (and key) may have changed meanwhile."""
+        self.keys_version += 1
         self.listeners.mailboxes_changed(frozenset(r[0] for r in conn.execute("SELECT id FROM mailboxes")))
         for (account_id,) in conn.execute("SELECT id FROM accounts").fetchall():
             self.listeners.account_changed(account_id)

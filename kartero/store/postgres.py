@@ -258,6 +258,35 @@ class PgStore:
             )
             db.execute("DELETE FROM nodes WHERE heartbeat_at < ?", (now - 86400,))
 
+    def dkim_keys(self) -> list[tuple[str, str, str, bytes, float]]:
+        """Every DKIM key: (domain, selector, algorithm, private key, created)."""
+        rows = self.database.db().execute(
+            "SELECT domain, selector, algorithm, private, created_at FROM dkim_keys ORDER BY domain, selector"
+        )
+        return [(r[0], r[1], r[2], bytes(r[3]), float(r[4])) for r in rows]
+
+    def put_dkim_key(self, domain: str, selector: str, algorithm: str, private: bytes, created: float, *,
+                     replace: bool = False) -> bool:  # fmt: skip
+        """Store a key; False when the selector has one already (and not `replace`, or of another
+        algorithm: one key per selector)."""
+        with self.database.write() as db:
+            old = db.execute("SELECT algorithm FROM dkim_keys WHERE domain = ? AND selector = ?",
+                             (domain, selector)).fetchone()  # fmt: skip
+            if old is not None and (not replace or old[0] != algorithm):
+                return False
+            db.execute(
+                "INSERT INTO dkim_keys (domain, selector, algorithm, private, created_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (domain, selector) DO UPDATE SET private = excluded.private,"
+                " created_at = excluded.created_at",
+                (domain, selector, algorithm, private, created),
+            )
+        return True
+
+    def dkim_keys_stamp(self) -> object:
+        """Changes at every key change the feed hears of (None without a feed)."""
+        feed = self.database.feed
+        return None if feed is None else feed.keys_version
+
     def nodes(self) -> list[NodeInfo]:
         """Every process that heartbeats (or did within a day), with what it is delivering now."""
         db = self.database.db()

@@ -433,3 +433,34 @@ def test_issue_11_serve_workers_refuses_the_embedded_store(tmp_path: Path) -> No
     result = run_cli(node.config, "serve", "--workers", "2", check=False)
     assert result.returncode == 2
     assert 'needs a config with [store] backend = "postgresql"' in result.stderr
+
+
+def test_issue_11_a_dkim_key_made_through_one_node_signs_at_the_other(
+    nodes: tuple[KarteroServer, KarteroServer],
+) -> None:
+    """`kartero dkim keygen` with node B's config stores the key in the database; node A, running, signs
+    the next submitted message with it (the feed tells it), and the signature verifies against the
+    record `dkim list` prints."""
+    import dkim
+
+    a, b = nodes
+    made = run_cli(b.config, "dkim", "keygen", "example.test", "--algorithm", "ed25519")
+    assert "stored example.test/kartero-ed.ed25519.key in the database" in made.stdout
+    (listed,) = run_cli(a.config, "dkim", "list").stdout.splitlines()
+    record = listed.split(' IN TXT "', 1)[1].rstrip('"')
+    assert listed.startswith("example.test kartero-ed ed25519 kartero-ed._domainkey.example.test. ")
+
+    def signed() -> bytes:
+        with smtplib.SMTP(a.host, a.submission_port, local_hostname="laptop.example", timeout=30) as c:
+            c.starttls(context=tls_context())
+            c.login("bob@example.test", PASSWORD)
+            c.sendmail("bob@example.test", ["bob@example.test"], b"From: bob@example.test\r\nTo: bob@example.test\r\n"
+                       b"Subject: signed\r\n\r\nbody\r\n")  # fmt: skip
+        return b.messages("bob@example.test")[-1]
+
+    wait_for(lambda: b"DKIM-Signature:" in signed(), 10)
+    message = signed()
+    assert b"s=kartero-ed" in message and b"d=example.test" in message
+    stored = message.split(b"\r\n", 1)[1]  # without Return-Path, added for final delivery
+    assert dkim.verify(stored, dnsfunc=lambda name, timeout=5: record.encode())
+    assert run_cli(b.config, "dkim", "keygen", "example.test", "--algorithm", "ed25519", check=False).returncode == 1

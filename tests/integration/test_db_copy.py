@@ -39,6 +39,7 @@ class Embedded:
     before: dict[str, Any]  # user -> IMAP snapshot
     queue_id: str
     while_running: Any  # `db copy` run while the embedded store's server ran
+    keys: str  # `kartero dkim list` of the embedded store
 
     @property
     def data_dir(self) -> str:
@@ -156,13 +157,15 @@ def embedded(tmp_path_factory: pytest.TempPathFactory, postgres: PrivatePostgres
         listing = run_cli(server.config, "queue", "list").stdout
         queue_id = listing.splitlines()[1].split()[0]
         before = {user: snapshot(server, user) for user in USERS}
+        run_cli(server.config, "dkim", "keygen", "example.test")  # a file under data_dir/dkim/
+        keys = run_cli(server.config, "dkim", "list").stdout
         early = _target(tmp_path_factory.mktemp("early"), postgres)
         while_running = _copy(early, str(server.root / "data"), check=False)
     finally:
         assert server.stop() == 0, server.log
     assert before["bob@example.test"]["INBOX"]["vanished"] == [b"(EARLIER) 2"]
     assert before["bob@example.test"]["server_metadata"] == [b'"" (/private/vendor/kartero-test "server note")']
-    yield Embedded(server, before, queue_id, while_running)
+    yield Embedded(server, before, queue_id, while_running, keys)
 
 
 def _target(root: Path, postgres: PrivatePostgres, *, migrated: bool = True) -> KarteroServer:
@@ -191,13 +194,14 @@ def test_issue_11_db_copy_moves_everything_clients_and_the_queue_see(
     assert (mailboxes, messages) == (15, 9)
     assert first.stdout == (
         f"copied 2 accounts, 2 aliases, {mailboxes} mailboxes, {messages} messages (2.6 MB), 1 queued; "
-        "skipped 0 already there\n"
+        "skipped 0 already there\nDKIM keys: copied 1, skipped 0 already there\n"
     )
     again = _copy(target, embedded.data_dir)
     assert again.stdout == (
         "copied 0 accounts, 0 aliases, 0 mailboxes, 0 messages (0.0 MB), 0 queued; "
-        f"skipped {2 + mailboxes + messages + 1} already there\n"
+        f"skipped {2 + mailboxes + messages + 1} already there\nDKIM keys: copied 0, skipped 1 already there\n"
     )
+    assert run_cli(target.config, "dkim", "list").stdout == embedded.keys  # the same key, now in the database
     target.start()
     try:
         _assert_same(target, embedded)
@@ -257,7 +261,7 @@ def test_issue_11_db_copy_rerun_fills_exactly_what_an_interrupted_run_missed(
     mailboxes, messages = _mailboxes(embedded.before), _messages(embedded.before)
     assert rerun.stdout == (
         "copied 0 accounts, 0 aliases, 1 mailboxes, 2 messages (0.0 MB), 1 queued; "
-        f"skipped {2 + mailboxes - 1 + messages - 2} already there\n"
+        f"skipped {2 + mailboxes - 1 + messages - 2} already there\nDKIM keys: copied 0, skipped 1 already there\n"
     )
     target.start()
     try:
