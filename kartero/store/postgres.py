@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -178,6 +179,18 @@ class PgQueue(SQLiteQueue):
         self.owner = database.origin
         self.lease_s = lease_s
 
+    def take_over_node(self, node: str) -> int:
+        """At start: what earlier processes of this node name still lease (a crash, a kill) is free
+        again at once instead of after the lease, as this process is that node now (a node name is one
+        running process: docs/cluster.md). Returns how many recipients that frees."""
+        with self._write(durable=False) as db:
+            freed = db.execute(
+                "UPDATE queue_recipients SET lease_until = 0, lease_node = NULL"
+                " WHERE split_part(lease_node, ':', 1) = ? AND lease_node <> ?", (node, self.owner)
+            ).rowcount  # fmt: skip
+            db.execute("DELETE FROM nodes WHERE name = ? AND origin <> ?", (node, self.owner))
+        return int(freed)
+
     def due_recipients(self, now: int, limit: int, exclude: frozenset[int] = frozenset()) -> list[QueueItem]:
         until = now + math.ceil(self.lease_s)
         with self._write() as db:
@@ -237,6 +250,7 @@ class PgStore:
     def __init__(self, url: str, root: Path, *, node: str = "", lease_s: float = 60.0, check: bool = True) -> None:
         self.root = root
         self.lease_s = lease_s
+        self.node = node or socket.gethostname()
         root.mkdir(parents=True, exist_ok=True)
         self.database = PgDatabase(url, node=node, check=check)
         self.committer = PgCommitter(self.database, root)
@@ -303,9 +317,13 @@ class PgStore:
                          now - int(r[6]) <= self.lease_s, tuple(leased.get(r[0], ()))) for r in rows]  # fmt: skip
 
     def start(self) -> None:
-        """The committer, and the change feed: this process hears what other nodes and the CLI commit."""
+        """The committer, and the change feed: this process hears what other nodes and the CLI commit;
+        what an earlier process of this node left leased is free again."""
         self.database.start_feed()
         self.committer.start()
+        freed = self.queue.take_over_node(self.node)
+        if freed:
+            log.info("event=store.leases_taken_over node=%s recipients=%d", self.node, freed)
 
     def compact(self) -> None:
         """Nothing to do: PostgreSQL reclaims space itself."""
