@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def bin_dir() -> Path | None:
@@ -56,6 +57,8 @@ class PrivatePostgres:
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         self.process: subprocess.Popen[bytes] | None = None
         self._names = itertools.count(1)
+        self._template = False
+        self._admin_conn: Any = None
         self.log = self.root / "postgres.log"
 
     def start(self) -> None:
@@ -108,11 +111,39 @@ class PrivatePostgres:
     def new_database(self) -> str:
         """A fresh, empty database; returns its URL."""
         name = f"kartero_{next(self._names)}"
-        self.psql(f"CREATE DATABASE {name}")
+        self._admin(f"CREATE DATABASE {name}")
         return self.url(name)
+
+    def migrated_database(self) -> str:
+        """A fresh database with Kartero's schema (what `kartero db init` makes), copied from a template
+        migrated once: CREATE DATABASE ... TEMPLATE is several times faster than migrating each one."""
+        if not self._template:
+            from kartero.store.pg_db import migrate
+
+            self._admin("CREATE DATABASE kartero_template")
+            migrate(self.url("kartero_template"))
+            self._template = True
+        name = f"kartero_{next(self._names)}"
+        # FILE_COPY (PostgreSQL 15): copy the files rather than log every page, the faster for small ones.
+        strategy = " STRATEGY FILE_COPY" if self._connection().info.server_version >= 150000 else ""
+        self._admin(f"CREATE DATABASE {name} TEMPLATE kartero_template{strategy}")
+        return self.url(name)
+
+    def _admin(self, sql: str) -> None:
+        """A statement on the server's own database, through one kept connection (psql costs a process)."""
+        self._connection().execute(sql.encode())
+
+    def _connection(self) -> Any:
+        import psycopg
+
+        if self._admin_conn is None or self._admin_conn.closed or self._admin_conn.broken:
+            self._admin_conn = psycopg.connect(self.url("postgres"), autocommit=True)
+        return self._admin_conn
 
     def stop(self) -> None:
         """Stop the server (fast shutdown: open sessions are ended)."""
+        if self._admin_conn is not None:
+            self._admin_conn.close()
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)  # fast shutdown (SIGTERM would wait for every client)
             try:

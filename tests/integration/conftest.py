@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from kartero.store.pg_db import migrate
 from tests.integration.harness import KarteroServer
 from tests.pgserver import PrivatePostgres
 
@@ -30,12 +29,7 @@ def store_backend(request: pytest.FixtureRequest) -> Iterator[str]:
     if backend == "postgresql":
         postgres: PrivatePostgres = request.getfixturevalue("postgres")
 
-        def new_database() -> str:
-            url = postgres.new_database()
-            migrate(url)
-            return url
-
-        KarteroServer.new_database = new_database
+        KarteroServer.new_database = postgres.migrated_database
     try:
         yield backend
     finally:

@@ -15,7 +15,6 @@ import psycopg
 import pytest
 from imapclient import IMAPClient
 
-from kartero.store.pg_db import migrate
 from tests.integration.harness import KarteroServer, free_port, run_cli, strip_trace, tls_context, wait_for
 from tests.pgserver import PrivatePostgres
 
@@ -24,8 +23,7 @@ PASSWORD = "secret-password"
 
 @pytest.fixture
 def nodes(tmp_path: Path, postgres: PrivatePostgres) -> Iterator[tuple[KarteroServer, KarteroServer]]:
-    url = postgres.new_database()
-    migrate(url)
+    url = postgres.migrated_database()
     a = KarteroServer(tmp_path / "a", host="127.0.0.2", store_url=url, node="node-a")
     b = KarteroServer(tmp_path / "b", host="127.0.0.3", store_url=url, node="node-b")
     a.add_user("bob@example.test")
@@ -178,8 +176,7 @@ def test_issue_11_two_hundred_submissions_over_both_nodes_arrive_once_each(tmp_p
     remote MX (a third Kartero) exactly once each."""
     import threading
 
-    url = postgres.new_database()
-    migrate(url)
+    url = postgres.migrated_database()
     sink = KarteroServer(tmp_path / "sink", host=SINK, domains=("remote.test",), hostname="mx.remote.test")
     sink.add_user("dave@remote.test")
     sink.start()
@@ -215,8 +212,7 @@ def test_issue_11_a_killed_nodes_deliveries_are_taken_over_after_its_lease(tmp_p
     Node B leaves them alone while A's lease runs (5 s), then delivers each once to the MX, back up."""
     import socket
 
-    url = postgres.new_database()
-    migrate(url)
+    url = postgres.migrated_database()
     port = free_port(SINK)
     staller = socket.socket()
     staller.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -326,8 +322,7 @@ def test_issue_11_the_database_away_under_load_loses_nothing_acknowledged(tmp_pa
     while it is away SMTP answers 451 4.3.0, IMAP NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP]; the node comes
     back by itself, and every message that got 250 is in the mailbox exactly once."""
 
-    url = postgres.new_database()
-    migrate(url)
+    url = postgres.migrated_database()
     node = KarteroServer(tmp_path / "n", host="127.0.0.2", store_url=url, node="node-a")
     node.add_user("bob@example.test", PASSWORD)
     node.start()
@@ -394,8 +389,7 @@ def test_issue_11_serve_workers_share_the_listeners_and_replace_a_dead_worker(tm
     import re
     import signal
 
-    url = postgres.new_database()
-    migrate(url)
+    url = postgres.migrated_database()
     node = KarteroServer(tmp_path / "n", host="127.0.0.2", store_url=url, node="node-a", serve_args=("--workers", "2"))
     node.add_user("bob@example.test", PASSWORD)
     node.start()

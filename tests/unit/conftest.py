@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from kartero.store.pg_db import migrate
 from kartero.store.postgres import PgStore
 from kartero.store.sqlite import SQLiteStore
 from tests.pgserver import PrivatePostgres
@@ -30,8 +29,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStor
     s: SQLiteStore
     if request.param == "postgresql":
         postgres: PrivatePostgres = request.getfixturevalue("postgres")
-        url = postgres.new_database()
-        migrate(url)
+        url = postgres.migrated_database()
         s = PgStore(url, tmp_path / "data")  # type: ignore[assignment]
     else:
         s = SQLiteStore(tmp_path / "data")
