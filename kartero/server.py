@@ -190,7 +190,8 @@ class Server:
         store.start()
         store.compact()
         blocking = Blocking(executor)
-        directory = DirectoryCache(store.accounts, config.domains)
+        directory = DirectoryCache(store.accounts, config.domains,
+                                   store.accounts.stored_directory_version if isinstance(store, PgStore) else None)
         await loop.run_in_executor(executor, directory.prime)
         nameservers = [(n.host, n.port) for n in config.dns.nameservers]
         dns_blocking = blocking_resolver(nameservers, timeout_s=config.dns.timeout_s)

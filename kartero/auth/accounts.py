@@ -21,7 +21,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -226,9 +226,14 @@ class DirectoryCache:
     RECHECK_S = 1.0
     RELOAD_DEADLINE_S = 60.0
 
-    def __init__(self, store: AccountStore, domains: tuple[str, ...]) -> None:
+    def __init__(self, store: AccountStore, domains: tuple[str, ...],
+                 confirm: Callable[[], int] | None = None) -> None:  # fmt: skip
+        """`confirm`: for a store whose `directory_version` is what a change feed last heard
+        (PostgreSQL), the version read from the database itself, called in this cache's thread before a
+        negative answer: a user added at another node a moment ago is never refused (550 is final)."""
         self.store = store
         self.domains = frozenset(domains)
+        self.confirm = confirm
         # Reloads have a thread of their own, not the shared pool: a pool thread may be waiting on the loop
         # for a message it stores (the queue runner's DSNs), and so for this reload (issue 10 review: eight
         # DSNs after an admin change held every pool thread and the reload for its whole deadline).
@@ -264,6 +269,8 @@ class DirectoryCache:
             if resolution.account_ids:
                 return resolution
         version = self.store.directory_version()
+        if self.confirm is not None and snapshot is not None and version == self._version:
+            version = await self.blocking(self.RELOAD_DEADLINE_S, self.confirm)
         if snapshot is not None and version == self._version:
             self._checked_at = time.monotonic()
             return snapshot.resolve(address)

@@ -100,6 +100,10 @@ class PgAccounts(SQLiteAccounts):
         version = self._pg.directory_version()
         return version if version is not None else super().directory_version()
 
+    def stored_directory_version(self) -> int:
+        """The version in the database now (a round trip: never on the event loop)."""
+        return super().directory_version()
+
 
 class PgMail(SQLiteMail):
     """Mailboxes and messages with the bodies read from blob_chunks."""
