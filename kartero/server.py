@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kartero.auth.accounts import Authenticator, DirectoryCache
 from kartero.auth.throttle import AuthThrottle
@@ -54,9 +54,12 @@ from kartero.queue.runner import QueueRunner, QueueSettings
 from kartero.smtp.server import ServerSettings
 from kartero.store.backends import AnyStore, open_store
 from kartero.store.interface import MetadataChange
-from kartero.store.postgres import PgStore
 from kartero.store.spool import spool_dir
+from kartero.store.sqlite import SQLiteStore
 from kartero.tls import make_self_signed, server_context
+
+if TYPE_CHECKING:
+    from kartero.store.postgres import PgStore
 
 log = logging.getLogger("kartero.server")
 VERSION = importlib.metadata.version("kartero")
@@ -190,8 +193,9 @@ class Server:
         store.start()
         store.compact()
         blocking = Blocking(executor)
+        shared = _postgres(store)  # None on the embedded store (psycopg is imported only for PostgreSQL)
         directory = DirectoryCache(store.accounts, config.domains,
-                                   store.accounts.stored_directory_version if isinstance(store, PgStore) else None)
+                                   shared.accounts.stored_directory_version if shared is not None else None)
         await loop.run_in_executor(executor, directory.prime)
         nameservers = [(n.host, n.port) for n in config.dns.nameservers]
         dns_blocking = blocking_resolver(nameservers, timeout_s=config.dns.timeout_s)
@@ -205,7 +209,7 @@ class Server:
         policy = InboundPolicy(directory, config.primary_domain, checker, blocking, greylist, dnsbl, deadline)
         admission = self._admission(config.delivery.concurrency)
         lim = config.limits
-        signer = Signer(_StoreKeys(store) if isinstance(store, PgStore) else config.data_dir)
+        signer = Signer(_StoreKeys(shared) if shared is not None else config.data_dir)
         submission_policy = SubmissionPolicy(directory, config.primary_domain, config.limits.messages_per_user_per_hour)
         intake = Intake(store.mail, directory, hostname=config.hostname,
                         queue_lifetime_s=config.delivery.queue_lifetime_s, blocking=blocking, signer=signer,
@@ -491,6 +495,15 @@ class Server:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
         if self._runner is not None:
             await self._runner.stop(self.config.limits.shutdown_grace_s)
+
+
+def _postgres(store: AnyStore) -> PgStore | None:
+    if isinstance(store, SQLiteStore):
+        return None
+    from kartero.store.postgres import PgStore
+
+    assert isinstance(store, PgStore)
+    return store
 
 
 class _StoreKeys:
