@@ -247,7 +247,8 @@ def test_issue_11_a_killed_nodes_deliveries_are_taken_over_after_its_lease(tmp_p
         time.sleep(2)
         assert sorted(sink_subjects(sink)) == subjects  # each exactly once
         print(f"B delivered A's 20 messages {taken_over:.1f} s after A was killed (lease 5 s)")
-        assert taken_over >= 4.0
+        # A renewed its leases every 5/3 s until the kill, so they ran at least 3.3 s past it.
+        assert taken_over >= 3.0
         delivered = [line for line in b.log_events("queue.result") if " result=delivered " in line]
         assert len(delivered) == 20  # (B may have found the MX still down once: those were deferred)
         status = run_cli(b.config, "cluster", "status").stdout.splitlines()
