@@ -188,18 +188,21 @@ def wait_port(port: int) -> None:
     raise SystemExit(f"nothing on port {port}")
 
 
-def start_kartero(folder: Path, messages: list[bytes]) -> Server:
+def start_kartero(folder: Path, messages: list[bytes], store_url: str = "") -> Server:
+    """Kartero holding `messages`, on the embedded store or, with `store_url`, on that PostgreSQL database
+    (its schema made already; bench/cluster.py)."""
     from kartero.auth.passwords import hash_password
+    from kartero.store.backends import open_store
     from kartero.store.ids import new_message_id
     from kartero.store.interface import Delivery, DeliveryTarget
-    from kartero.store.sqlite import SQLiteStore
 
     port = free_port()
+    store_table = f'[store]\nbackend = "postgresql"\nurl = "{store_url}"\n' if store_url else ""
     (folder / "kartero.toml").write_text(
         f'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "data"\nlog_level = "warning"\n'
-        f'[listen]\nimap = ["127.0.0.1:{port}"]\n[limits]\nconnections = 5000\n'
+        f'[listen]\nimap = ["127.0.0.1:{port}"]\n[limits]\nconnections = 5000\n' + store_table
     )
-    store = SQLiteStore(folder / "data")
+    store = open_store(folder / "data", "postgresql" if store_url else "sqlite", store_url)
     account = store.accounts.add_account(USER, hash_password(PASSWORD))
     store.start()
     futures = [
@@ -209,8 +212,10 @@ def start_kartero(folder: Path, messages: list[bytes]) -> Server:
     for f in futures:
         f.result()
     store.close()
+    # This checkout's Kartero (PYTHONPATH), wherever the bench is started from.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", "kartero", "-c", str(folder / "kartero.toml"), "serve"],
-                            stdout=subprocess.DEVNULL)  # fmt: skip
+                            stdout=subprocess.DEVNULL, env=env, cwd=ROOT)  # fmt: skip
     wait_port(port)
     return Server("kartero", port, proc, lambda: [proc.pid])
 

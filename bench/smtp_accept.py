@@ -166,16 +166,18 @@ async def _session(host: str, port: int, count: int, body: bytes, rcpt: str, lat
 
 
 async def _load(
-    host: str, port: int, sessions: int, messages: int, size: int, rcpt: str
+    targets: tuple[tuple[str, int], ...], sessions: int, messages: int, size: int, rcpt: str
 ) -> tuple[float, list[float], int, float]:
+    """`sessions` sessions spread over `targets` in turn (several nodes of a cluster share one load)."""
     body = make_body(size)
     latencies: list[float] = []
     started, cpu = time.perf_counter(), time.process_time()
-    results = await asyncio.gather(*(_session(host, port, messages, body, rcpt, latencies) for _ in range(sessions)))
+    results = await asyncio.gather(*(_session(*targets[n % len(targets)], messages, body, rcpt, latencies)
+                                     for n in range(sessions)))  # fmt: skip
     return time.perf_counter() - started, latencies, sum(results), time.process_time() - cpu
 
 
-def _load_process(args: tuple[str, int, int, int, int, str], out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _load_process(args: tuple[tuple[tuple[str, int], ...], int, int, int, str], out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     # Ctrl-C is the parent's to handle (it stops the servers, then this process with SIGTERM).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -188,8 +190,15 @@ def _load_process(args: tuple[str, int, int, int, int, str], out: multiprocessin
 
 
 def run_load(name: str, host: str, port: int, sessions: int, messages: int, size: int, rcpt: str) -> Result:
+    return run_split_load(name, ((host, port),), sessions, messages, size, rcpt)
+
+
+def run_split_load(
+    name: str, targets: tuple[tuple[str, int], ...], sessions: int, messages: int, size: int, rcpt: str
+) -> Result:
+    """One load client process whose sessions take the targets in turn; the rate is over all of them."""
     queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
-    proc = multiprocessing.Process(target=_load_process, args=((host, port, sessions, messages, size, rcpt), queue))
+    proc = multiprocessing.Process(target=_load_process, args=((targets, sessions, messages, size, rcpt), queue))
     proc.start()
     try:
         while True:
@@ -222,33 +231,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout_s: float = 20.0) -> None:
+def wait_port(port: int, timeout_s: float = 20.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
+            with socket.create_connection((host, port), timeout=1):
                 return
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"nothing listening on port {port}")
 
 
-def kartero_config(folder: Path, port: int, imap_port: int) -> Path:
+def kartero_config(folder: Path, port: int, imap_port: int, host: str = "127.0.0.1", tables: str = "") -> Path:
+    """The bench's config; `tables`: more TOML tables (bench/cluster.py's [store])."""
     config = folder / "kartero.toml"
     config.write_text(
         f'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "data"\n'
-        f'log_level = "warning"\n[listen]\nsmtp = ["127.0.0.1:{port}"]\nimap = ["127.0.0.1:{imap_port}"]\n'
+        f'log_level = "warning"\n[listen]\nsmtp = ["{host}:{port}"]\nimap = ["{host}:{imap_port}"]\n'
         # No DNS here: SPF/DKIM/DMARC would time the resolver's timeouts, not the server (aiosmtpd runs none).
-        "[inbound]\nspf = false\ndkim = false\ndmarc = false\n"
+        "[inbound]\nspf = false\ndkim = false\ndmarc = false\n" + tables
     )
     return config
 
 
-def fetch_last(port: int, user: str, password: str) -> bytes:
+def fetch_last(port: int, user: str, password: str, host: str = "127.0.0.1") -> bytes:
     """The newest message of the INBOX over IMAP (idle during the load; only read afterwards)."""
     import imaplib
 
-    with imaplib.IMAP4("127.0.0.1", port) as imap:
+    with imaplib.IMAP4(host, port) as imap:
         imap.login(user, password)
         imap.select("INBOX", readonly=True)
         _, data = imap.fetch("*", "(BODY.PEEK[])")

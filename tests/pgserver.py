@@ -39,7 +39,11 @@ def _free_port(host: str) -> int:
 class PrivatePostgres:
     """One server for a test session; `url(db)` for libpq."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", *, durable: bool = False, settings: dict[str, str] | None = None
+    ) -> None:
+        """`durable`: fsync and full-page writes on, as a production server runs (the benchmarks, which
+        compare with SQLite's fsyncs); tests run without them. `settings`: more `-c NAME=VALUE`."""
         found = bin_dir()
         if found is None:
             raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
@@ -60,6 +64,8 @@ class PrivatePostgres:
         self._template = False
         self._admin_conn: Any = None
         self.log = self.root / "postgres.log"
+        self.durable = durable
+        self.settings = dict(settings or {})
 
     def start(self) -> None:
         self._run([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
@@ -71,12 +77,18 @@ class PrivatePostgres:
         self._launch()
 
     def _launch(self) -> None:
+        # Tests kill Kartero, never the machine: PostgreSQL's own fsync buys them nothing. A benchmark
+        # must pay it, as production does (PostgreSQL's defaults).
+        if self.durable:
+            durability = {"fsync": "on", "full_page_writes": "on", "synchronous_commit": "on"}
+        else:
+            durability = {"fsync": "off", "full_page_writes": "off"}
+        settings = {"listen_addresses": self.host, "max_connections": "300", "shared_buffers": "64MB", **durability,
+                    **self.settings}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.sockets),
-                 "-c", f"listen_addresses={self.host}", "-c", "max_connections=300", "-c", "shared_buffers=64MB",
-                 # Tests kill Kartero, never the machine: PostgreSQL's own fsync buys them nothing.
-                 "-c", "fsync=off", "-c", "full_page_writes=off"],
+                 *(arg for name, value in settings.items() for arg in ("-c", f"{name}={value}"))],
                 stdout=log, stderr=log, user=self.user, start_new_session=True, cwd=self.root,
             )  # fmt: skip
         deadline = time.monotonic() + 30

@@ -117,10 +117,21 @@ class PgMail(SQLiteMail):
         return b"".join(bytes(r[0]) for r in rows)
 
     def open_message(self, blob_id: str) -> ChunkReader:  # type: ignore[override]
-        row = self._db().execute("SELECT size FROM blobs WHERE id = ?", (blob_id,)).fetchone()
+        # The size and, for a message of one chunk (most mail), its bytes in the same round trip: a
+        # `FETCH 1:* BODY.PEEK[]` opens and reads every message, and each round trip from a worker thread
+        # also waits for the GIL back (bench/README.md, issue 11). A larger message's chunks are read
+        # only when a read covers them.
+        row = self._db().execute(
+            "SELECT b.size, c.data FROM blobs b LEFT JOIN blob_chunks c ON c.blob_id = b.id AND c.seq = 0"
+            " AND b.size <= ? WHERE b.id = ?",
+            (CHUNK, blob_id),
+        ).fetchone()
         if row is None:
             raise StoreError(f"no message {blob_id}")
-        return ChunkReader(self._db, blob_id, int(row[0]))
+        reader = ChunkReader(self._db, blob_id, int(row[0]))
+        if row[1] is not None:
+            reader.keep(0, bytes(row[1]))
+        return reader
 
 
 class ChunkReader:
@@ -152,6 +163,10 @@ class ChunkReader:
             pieces.append(piece)
             start += len(piece)
         return b"".join(pieces)
+
+    def keep(self, seq: int, chunk: bytes) -> None:
+        """Chunk `seq`, read already (with the size, by `PgMail.open_message`)."""
+        self._seq, self._chunk = seq, chunk
 
     def view(self) -> ChunkBuffer:
         """The message as a MessageData for the MIME code (SEARCH BODY/TEXT): read in bounded windows."""
