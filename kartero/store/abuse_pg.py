@@ -51,7 +51,7 @@ class PgAbuseStore:
                         conn.execute(b"SET LOCAL synchronous_commit = off")
                         conn.cursor().executemany(
                             b"INSERT INTO abuse_events (origin, kind, at, k1, k2, k3) VALUES (%s, %s, %s, %s, %s, %s)",
-                            [(self.origin, e.kind.value, e.at, *e.key, *[""] * (3 - len(e.key))) for e in outgoing],
+                            [(self.origin, e.kind.value, e.at, *_text(e.key)) for e in outgoing],
                         )  # fmt: skip
                 rows = conn.execute(
                     b"SELECT xid::text, id, kind, at, k1, k2, k3 FROM abuse_events"
@@ -91,3 +91,10 @@ class PgAbuseStore:
     def _conn(self) -> psycopg.Connection[Any]:
         """This thread's pooled connection (autocommit)."""
         return self._database.db().conn
+
+
+def _text(key: tuple[str, ...]) -> tuple[str, str, str]:
+    """The key as the three columns: PostgreSQL text cannot hold NUL (a client's bytes, however unlikely
+    past the parsers, must not make the batch fail)."""
+    k1, k2, k3 = (*(part.replace("\x00", "\ufffd") for part in key), "", "")[:3]
+    return k1, k2, k3

@@ -60,6 +60,7 @@ class Node:
 
     def __init__(self, table: Table, name: str, wall: Clock, monotonic: Clock) -> None:
         self.throttle = AuthThrottle(per_pair=4, clock=monotonic)
+        # The directory is never consulted: the test counts messages, it does not check senders.
         self.submission = SubmissionPolicy(DirectoryCache.__new__(DirectoryCache), "example.test", 3)
         self.submission.sent.clock = monotonic
         self.greylist = Greylist(delay_s=300, clock=wall)

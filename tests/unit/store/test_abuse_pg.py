@@ -46,6 +46,13 @@ def test_issue_11_each_process_reads_the_others_events_once(pair: tuple[PgAbuseS
     assert a.exchange([], now - 3600) == [back]
 
 
+def test_issue_11_a_nul_in_a_key_does_not_fail_the_batch(pair: tuple[PgAbuseStore, PgAbuseStore]) -> None:
+    a, b = pair
+    now = time.time()
+    a.exchange([AbuseEvent(FAILED, ("n", "a\x00b"), now), AbuseEvent(FAILED, ("n", "c"), now)], now - 60)
+    assert [e.key for e in b.exchange([], now - 60)] == [("n", "a\ufffdb"), ("n", "c")]
+
+
 def test_issue_11_a_process_starting_reads_only_what_still_counts(
     url: str, pair: tuple[PgAbuseStore, PgAbuseStore]
 ) -> None:
