@@ -48,6 +48,7 @@ from kartero.net.watchdog import LoopWatchdog
 from kartero.policy.dnsbl import DNSBL
 from kartero.policy.inbound import InboundPolicy
 from kartero.policy.limits import Admission, Greylist, ServiceLimits, parse_networks
+from kartero.policy.shared import SYNC_S, AbuseSync
 from kartero.policy.submission import SubmissionPolicy
 from kartero.pop3.connection import Pop3Settings
 from kartero.queue.runner import QueueRunner, QueueSettings
@@ -219,6 +220,7 @@ class Server:
                                 per_pair=config.auth.failures_per_address_and_account,
                                 per_network=config.auth.failures_per_address,
                                 per_account=config.auth.failures_per_account)  # fmt: skip
+        abuse = AbuseSync(store.abuse, throttle, submission_policy, greylist) if store.abuse is not None else None
         resolver = Resolver([(n.host, n.port) for n in config.dns.nameservers], timeout_s=config.dns.timeout_s)
         overrides = {domain: Hop(hp.host, hp.port) for domain, hp in config.routes.items()}
         if config.delivery.relayhost is not None:
@@ -290,6 +292,8 @@ class Server:
                 if self.worker <= 1:
                     tg.create_task(self._pick_up(pickup))
                 tg.create_task(self._heartbeat(store))
+                if abuse is not None:
+                    tg.create_task(self._share_abuse(abuse))
                 proxy_from = parse_networks(config.proxy_from)
                 for kind, addresses in config.listen.items():
                     factory: Callable[[], asyncio.BaseProtocol]
@@ -424,6 +428,20 @@ class Server:
                 log.warning("%s", kv(event="store.heartbeat_failed", detail=str(exc).strip()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), config.store.lease_s / 3)
+
+    async def _share_abuse(self, abuse: AbuseSync) -> None:
+        """The cluster's abuse counts (policy/shared.py): this process's events out and the others' in,
+        every SYNC_S, in a worker thread; applied here, on the loop."""
+        while not self._stop.is_set():
+            is_behind = False
+            try:
+                abuse.apply(await asyncio.to_thread(abuse.exchange))
+                is_behind = abuse.is_behind
+            except Exception:  # a bug: the counts stay this process's until the next exchange
+                log.exception("%s", kv(event="abuse.sync_error"))
+            if not is_behind:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), SYNC_S)
 
     async def _pick_up(self, pickup: Pickup) -> None:
         """Take in what `kartero sendmail` left in the maildrop: at start, then every second."""

@@ -30,11 +30,17 @@ cap). Refused attempts are neither checked nor counted, so every lockout ends wh
 
 Memory is bounded: at most `max_entries` pairs, networks and accounts, the least recently used evicted
 first (never the whole table: an address spray must not reset everyone).
-In memory only: a restart forgets, which is fine. All calls come from the event loop thread.
+In memory: a restart forgets, which is fine. All calls come from the event loop thread.
+
+In a cluster (PostgreSQL), the counts are the cluster's: each settled attempt is published (`publish`:
+a failure, or a success that takes back its pair's failures) and policy/shared.py feeds the other
+processes' in (`remote_failure`, `remote_success`) within about a second, so spreading guesses over the
+nodes gives no more of them. The checks themselves stay in memory and never wait for the database.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ipaddress
 import time
@@ -45,6 +51,7 @@ from enum import StrEnum
 from typing import Any
 
 from kartero.auth.accounts import DirectoryError, parse_address
+from kartero.store.interface import AbuseKind
 
 # A successful login makes its network "known" for that account this long (30 days).
 KNOWN_S = 30 * 86400.0
@@ -134,6 +141,8 @@ class AuthThrottle:
     _networks_in_flight: OrderedDict[str, list[float]] = field(default_factory=OrderedDict)
     # Per network: callbacks to call at the next settled attempt (see wait_settled).
     _waiters: dict[str, list[Callable[[], None]]] = field(default_factory=dict)
+    # Tells the cluster of each settled attempt (policy/shared.py); None: one process counts alone.
+    publish: Callable[[AbuseKind, tuple[str, ...]], None] | None = None
 
     def reserve(self, address: str, user: str) -> Lockout | None:
         """Start a login attempt of `user` from `address`: None when it may be checked (it now counts
@@ -186,12 +195,9 @@ class AuthThrottle:
         taken = pair[1:]
         _remove(taken, flying)
         pair[:] = [self.clock(), *flying]
-        for table, key in ((self._networks, net), (self._accounts, account)):
-            failures = table.get(key)
-            if failures is not None:
-                _remove(failures, taken)
-                if not failures:
-                    del table[key]
+        self._take_back(net, account, taken)
+        if self.publish is not None:
+            self.publish(AbuseKind.LOGIN_OK, (net, account))
         self._wake(net)
 
     def failed(self, address: str, user: str) -> float:
@@ -202,6 +208,8 @@ class AuthThrottle:
         self._settle(net, account)
         pair = self._pairs.get((net, account))
         count = max(1, len(pair) - 1) if pair is not None else 1
+        if self.publish is not None:
+            self.publish(AbuseKind.LOGIN_FAILED, (net, account))
         self._wake(net)
         return min(self.base_delay_s * 2.0 ** (count - 1), self.max_delay_s)
 
@@ -219,6 +227,48 @@ class AuthThrottle:
                 del self._waiters[net]
 
         return cancel
+
+    def remote_failure(self, net: str, account: str, age_s: float) -> None:
+        """Another process of the cluster recorded a failure of this (network, account) pair `age_s`
+        seconds ago: it counts here as a settled failure of our own (unless a success since took the
+        pair's failures back)."""
+        if age_s >= self.window_s:
+            return
+        at = self.clock() - max(0.0, age_s)
+        pair = self._touch(self._pairs, (net, account), [0.0])
+        if pair[0] and at <= pair[0]:
+            return
+        bisect.insort(pair, at, lo=1)
+        del pair[1 : max(1, len(pair) - 2 * self.per_pair)]  # N nodes may add N limits' worth: keep a tail
+        for table, key, keep in ((self._networks, net, 2 * self.per_network),
+                                 (self._accounts, account, 2 * self.per_account)):  # fmt: skip
+            failures = self._touch(table, key, [])
+            bisect.insort(failures, at)
+            del failures[:-keep]
+
+    def remote_success(self, net: str, account: str, age_s: float) -> None:
+        """Another process logged this pair in `age_s` seconds ago: as `succeeded` here, for the failures
+        recorded before it (this process's attempts still being checked stay counted)."""
+        if age_s >= KNOWN_S:
+            return
+        at = self.clock() - max(0.0, age_s)
+        pair = self._touch(self._pairs, (net, account), [0.0])
+        taken = [t for t in pair[1:] if t <= at]
+        _remove(taken, list(self._pairs_in_flight.get((net, account), ())))
+        rest = pair[1:]
+        _remove(rest, taken)
+        pair[:] = [max(pair[0], at), *rest]
+        self._take_back(net, account, taken)
+        self._wake(net)
+
+    def _take_back(self, net: str, account: str, taken: list[float]) -> None:
+        """Remove a pair's failures `taken` from its network's and its account's counts."""
+        for table, key in ((self._networks, net), (self._accounts, account)):
+            failures = table.get(key)
+            if failures is not None:
+                _remove(failures, taken)
+                if not failures:
+                    del table[key]
 
     def _settle(self, net: str, account: str) -> list[float]:
         """One attempt of the pair is no longer in flight; returns the pair's attempts still in flight."""

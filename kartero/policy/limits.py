@@ -1,7 +1,8 @@
 """Abuse limits, in memory: connections (per server, per service, per client address, per account and
 address, and new ones per minute), messages per authenticated user per hour, and greylisting. A restart
 forgets them, which costs at most one more round of greylisting; nothing here ever loses mail (every
-refusal is a 4xx the sender retries).
+refusal is a 4xx the sender retries). In a cluster (PostgreSQL), the sending counts and the greylisting
+triplets are also the other processes' (policy/shared.py feeds them in); connection caps stay per process.
 
 Client addresses are counted as IPv4 addresses and IPv6 /64 networks (one customer's whole allocation:
 a host can pick any of 2^64 addresses in it), IPv4-mapped IPv6 addresses as the IPv4 address.
@@ -10,12 +11,17 @@ a host can pick any of 2^64 addresses in it), IPv4-mapped IPv6 addresses as the 
 from __future__ import annotations
 
 import ipaddress
+import math
 import time
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from kartero.store.interface import AbuseKind
 
 MAX_KEYS = 100_000  # bound memory under an address-spraying flood: the least recently seen are forgotten
+# A passed triplet in use is renewed (and the renewal shared with the cluster) at most this often.
+PASS_REFRESH_S = 86400.0
 
 
 def parse_networks(texts: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -76,6 +82,19 @@ class SlidingWindow:
         else:
             self._events.move_to_end(key)
         events.append(self.clock())
+
+    def record_earlier(self, key: str, age_s: float) -> None:
+        """An event of `age_s` seconds ago (another process's): counted in its place in time."""
+        if age_s >= self.window_s:
+            return
+        at = self.clock() - max(0.0, age_s)
+        self.record(key)
+        events = self._events[key]
+        events.pop()
+        i = len(events)
+        while i and events[i - 1] > at:  # remote events come nearly in order: a short walk
+            i -= 1
+        events.insert(i, at)
 
     def retry_after(self, key: str) -> float:
         events = self._events.get(key)
@@ -227,6 +246,8 @@ class Greylist:
     pass_s: float = 35 * 86400.0
     exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     clock: Callable[[], float] = time.time
+    # Tells the cluster of each triplet seen first or passed (policy/shared.py); None: one process.
+    publish: Callable[[AbuseKind, tuple[str, ...]], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         self._first_seen: dict[tuple[str, str, str], float] = {}
@@ -240,21 +261,54 @@ class Greylist:
         now = self.clock()
         passed = self._passed.get(key)
         if passed is not None and now - passed < self.pass_s:
-            self._passed[key] = now
+            # In use: it keeps passing, renewed (and the cluster told) at most once a day.
+            if now - passed >= min(PASS_REFRESH_S, self.pass_s / 2):
+                self._passed[key] = now
+                self._tell(AbuseKind.GREY_PASSED, key)
             return 0.0
         first = self._first_seen.get(key)
         if first is None or now - first > self.retry_window_s:
             if len(self._first_seen) >= MAX_KEYS:
                 self._first_seen.clear()
             self._first_seen[key] = now
+            self._tell(AbuseKind.GREY_SEEN, key)
             return self.delay_s
         if now - first < self.delay_s:
             return self.delay_s - (now - first)
-        del self._first_seen[key]
-        if len(self._passed) >= MAX_KEYS:
-            self._passed.clear()
-        self._passed[key] = now
+        self._pass(key, now)
+        self._tell(AbuseKind.GREY_PASSED, key)
         return 0.0
+
+    def remote_seen(self, network: str, sender: str, recipient: str, age_s: float) -> None:
+        """Another process greylisted this triplet `age_s` seconds ago: the delay runs from the first
+        attempt anywhere (an MX round robin sends the retry to another node)."""
+        now = self.clock()
+        if age_s > self.retry_window_s:
+            return
+        key, at = (network, sender, recipient), now - max(0.0, age_s)
+        first = self._first_seen.get(key)
+        if first is None or now - first > self.retry_window_s or at < first:
+            if first is None and len(self._first_seen) >= MAX_KEYS:
+                self._first_seen.clear()
+            self._first_seen[key] = at
+
+    def remote_passed(self, network: str, sender: str, recipient: str, age_s: float) -> None:
+        """Another process let this triplet pass `age_s` seconds ago: it passes here too."""
+        if age_s >= self.pass_s:
+            return
+        key, at = (network, sender, recipient), self.clock() - max(0.0, age_s)
+        if at > self._passed.get(key, -math.inf):
+            self._pass(key, at)
+
+    def _pass(self, key: tuple[str, str, str], at: float) -> None:
+        self._first_seen.pop(key, None)
+        if key not in self._passed and len(self._passed) >= MAX_KEYS:
+            self._passed.clear()
+        self._passed[key] = at
+
+    def _tell(self, kind: AbuseKind, key: tuple[str, str, str]) -> None:
+        if self.publish is not None:
+            self.publish(kind, key)
 
 
 def _network(ip: str) -> str:

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from kartero.auth.accounts import DirectoryCache, DirectoryError, canonical_address
 from kartero.dns.names import DomainError, canonical_domain
@@ -38,7 +39,7 @@ from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDec
 from kartero.policy.inbound import InboundPolicy
 from kartero.policy.limits import SlidingWindow
 from kartero.smtp.events import Envelope
-from kartero.store.interface import Content
+from kartero.store.interface import AbuseKind, Content
 
 log = logging.getLogger("kartero.policy")
 
@@ -51,7 +52,9 @@ SINGLE_MAILBOX_FIELDS = frozenset({"sender", "resent-sender"})
 class SubmissionPolicy:
     def __init__(self, directory: DirectoryCache, primary_domain: str, messages_per_hour: int = 0) -> None:
         self.messages_per_hour = messages_per_hour
-        self._sent = SlidingWindow(3600.0)
+        self.sent = SlidingWindow(3600.0)  # messages per user in the last hour (the cluster's: shared.py)
+        # Tells the cluster of each message sent (policy/shared.py); None: one process counts alone.
+        self.publish: Callable[[AbuseKind, tuple[str, ...]], None] | None = None
         self.directory = directory
         self.primary_domain = primary_domain
         self._local = InboundPolicy(directory, primary_domain)
@@ -72,8 +75,8 @@ class SubmissionPolicy:
     async def check_mail(self, path: Path, user: str | None) -> Decision:
         if user is None:
             return Reject(replies.AUTH_REQUIRED)
-        if self.messages_per_hour and self._sent.count(user) >= self.messages_per_hour:
-            minutes = max(1, round(self._sent.retry_after(user) / 60))
+        if self.messages_per_hour and self.sent.count(user) >= self.messages_per_hour:
+            minutes = max(1, round(self.sent.retry_after(user) / 60))
             log.info("%s", kv(event="policy.sending_limited", user=user, limit=self.messages_per_hour))
             return Reject(replies.SENDING_LIMITED.with_text(
                 f"Sending limit of {self.messages_per_hour} messages an hour reached, try again in {minutes} minutes"
@@ -120,7 +123,9 @@ class SubmissionPolicy:
         checked = self._check_authors(user, fields)
         if isinstance(checked, Reject):
             return checked
-        self._sent.record(user)
+        self.sent.record(user)
+        if self.publish is not None and self.messages_per_hour:
+            self.publish(AbuseKind.SENT, (user,))
         return AcceptMessage(data)
 
     def _check_authors(self, user: str, fields: list[tuple[str, bytes]]) -> Reject | None:

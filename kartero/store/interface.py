@@ -579,6 +579,54 @@ class Store(Protocol):
         ...
 
 
+class AbuseKind(StrEnum):
+    """What a shared abuse event says (the `kind` column of `abuse_events`)."""
+
+    LOGIN_FAILED = "login_failed"  # key: (client network, account)
+    LOGIN_OK = "login_ok"  # key: (client network, account): takes back that pair's failures
+    SENT = "sent"  # key: (user,): one submitted message
+    GREY_SEEN = "grey_seen"  # key: (client network, sender, recipient): a greylisted first attempt
+    GREY_PASSED = "grey_passed"  # key: the same triplet: it passes from now on
+
+
+KEY_PARTS = {AbuseKind.LOGIN_FAILED: 2, AbuseKind.LOGIN_OK: 2, AbuseKind.SENT: 1, AbuseKind.GREY_SEEN: 3,
+             AbuseKind.GREY_PASSED: 3}  # fmt: skip
+
+@dataclass(frozen=True, slots=True)
+class AbuseEvent:
+    """One event of the abuse state a cluster shares (policy/shared.py), stamped with wall-clock time."""
+
+    kind: AbuseKind
+    key: tuple[str, ...]  # KEY_PARTS[kind] parts
+    at: float  # seconds since the epoch
+
+    def __post_init__(self) -> None:
+        if len(self.key) != KEY_PARTS[self.kind]:
+            raise ValueError(f"a {self.kind} event's key has {KEY_PARTS[self.kind]} parts")
+
+
+class AbuseStore(Protocol):
+    """Where the processes of a cluster share the counts behind the failed-login throttle, the sending
+    limit and greylisting (PostgreSQL; the embedded store has none: one process counts in memory).
+    Called from a worker thread, never from the event loop; raises StoreUnavailable while the database
+    is away."""
+
+    def exchange(self, outgoing: Sequence[AbuseEvent], since: float) -> list[AbuseEvent]:
+        """Record this process's `outgoing` events, and return those the other processes recorded since
+        the last call (the first call: those at or after `since`), oldest first, at most a batch."""
+        ...
+
+    @property
+    def is_behind(self) -> bool:
+        """Whether the last `exchange` returned a full batch (more are waiting)."""
+        ...
+
+    def expire(self, before: Mapping[AbuseKind, float], max_rows: int) -> int:
+        """Delete the events of each kind older than its time, and the oldest beyond `max_rows` in all;
+        returns how many went."""
+        ...
+
+
 def as_targets(account_ids: Sequence[int], mailbox: str = INBOX) -> tuple[DeliveryTarget, ...]:
     """Targets (INBOX unless told) for these accounts, each once, in first-seen order."""
     return tuple(DeliveryTarget(a, mailbox) for a in dict.fromkeys(account_ids))

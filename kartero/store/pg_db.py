@@ -251,6 +251,23 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER dkim_keys_notify AFTER INSERT OR UPDATE OR DELETE ON dkim_keys
         FOR EACH STATEMENT EXECUTE FUNCTION kartero_notify_keys();
     """,
+    # 4: the abuse state the nodes share (store/abuse_pg.py): failed and successful logins, submissions,
+    # greylisting triplets, one row per event. Readers follow (xid, id) below the oldest running
+    # transaction, so a row committed late behind a higher id is still read, once.
+    """
+    CREATE TABLE abuse_events (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        xid XID8 NOT NULL DEFAULT pg_current_xact_id(),
+        origin TEXT NOT NULL,             -- PgDatabase.origin of the process that recorded it
+        kind TEXT NOT NULL,               -- interface.AbuseKind
+        at DOUBLE PRECISION NOT NULL,     -- seconds since the epoch
+        k1 TEXT NOT NULL,
+        k2 TEXT NOT NULL DEFAULT '',
+        k3 TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX abuse_events_xid ON abuse_events (xid, id);
+    CREATE INDEX abuse_events_kind_at ON abuse_events (kind, at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # How long a new connection may take; also how long a thread waits for one from the pool while the

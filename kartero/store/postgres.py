@@ -24,6 +24,7 @@ from typing import Any
 
 import psycopg
 
+from kartero.store.abuse_pg import PgAbuseStore
 from kartero.store.accounts_sql import SQLiteAccounts
 from kartero.store.commit import Committer
 from kartero.store.interface import QueueItem, QueueState, RecipientUpdate, StoreError, Unreported
@@ -276,6 +277,7 @@ class PgStore:
         self.accounts = PgAccounts(self.database, self.committer)
         self.mail = PgMail(self.database, self.committer)
         self.queue = PgQueue(self.database, lease_s)
+        self.abuse = PgAbuseStore(self.database)
 
     def recover(self) -> int:
         return self.committer.recover()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kartero.store.accounts_sql import SQLiteAccounts
 from kartero.store.commit import Committer
+from kartero.store.interface import AbuseStore
 from kartero.store.mailboxes import SQLiteMail
 from kartero.store.queue_sql import SQLiteQueue
 from kartero.store.segments import Segments
@@ -41,6 +42,7 @@ class SQLiteStore:
         self.accounts = SQLiteAccounts(self.database, self.committer)
         self.mail = SQLiteMail(self.database, self.committer)
         self.queue = SQLiteQueue(self.database)
+        self.abuse: AbuseStore | None = None  # one process: the abuse counts stay in its memory
 
     def recover(self) -> int:
         """Cut off bytes no committed message points to (left by a crash mid-batch), remove segments

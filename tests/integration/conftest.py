@@ -12,7 +12,7 @@ from tests.pgserver import PrivatePostgres
 BOTH_BACKENDS = frozenset({
     "test_receive.py", "test_submission.py", "test_imap.py", "test_imap_extensions.py",
     "test_imap_message_extensions.py", "test_imap_session_extensions.py", "test_imap_stress.py", "test_pop3.py",
-    "test_outbound.py", "test_hostile_mail.py",
+    "test_outbound.py", "test_hostile_mail.py", "test_limits.py", "test_login_throttle.py",
 })  # fmt: skip
 
 
