@@ -269,11 +269,16 @@ class DirectoryCache:
             if resolution.account_ids:
                 return resolution
         version = self.store.directory_version()
-        if self.confirm is not None and snapshot is not None and version == self._version:
-            version = await self.blocking(self.RELOAD_DEADLINE_S, self.confirm)
         if snapshot is not None and version == self._version:
-            self._checked_at = time.monotonic()
-            return snapshot.resolve(address)
+            resolution = snapshot.resolve(address)
+            if resolution.account_ids or self.confirm is None:
+                self._checked_at = time.monotonic()
+                return resolution
+            # Not known here: the feed may not have brought a change yet; ask the database itself.
+            version = await self.blocking(self.RELOAD_DEADLINE_S, self.confirm)
+            if version == self._version:
+                self._checked_at = time.monotonic()
+                return resolution
         return (await asyncio.shield(self._reloading(version))).resolve(address)
 
     def _reloading(self, version: int) -> asyncio.Future[DirectorySnapshot]:

@@ -336,6 +336,11 @@ def test_issue_11_the_database_away_under_load_loses_nothing_acknowledged(tmp_pa
             time.sleep(1.5)
             typ, data = logged_in.select("INBOX")
             assert (typ, data) == ("NO", [b"[UNAVAILABLE] Mail store unavailable, try again later"])
+            with smtplib.SMTP(node.host, node.port, timeout=30) as s:  # RCPT: the directory in memory
+                s.ehlo()
+                s.mail("alice@example.org")
+                assert s.rcpt("bob@example.test")[0] == 250
+                assert s.rcpt("nobody@example.test") == (451, b"4.3.0 Local error in processing, try again later")
             fresh = imaplib.IMAP4(node.host, node.imap_port)
             try:
                 fresh.login("bob@example.test", PASSWORD)
