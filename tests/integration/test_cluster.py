@@ -35,6 +35,20 @@ def nodes(tmp_path: Path, postgres: PrivatePostgres) -> Iterator[tuple[KarteroSe
             assert node.stop() == 0, node.log
 
 
+@pytest.fixture
+def servers() -> Iterator[list[KarteroServer]]:
+    """Servers a test starts itself: stopped at teardown if a failure left them running (a `serve
+    --workers` supervisor with SIGTERM, so that its workers stop too)."""
+    started: list[KarteroServer] = []
+    yield started
+    for server in started:
+        if server.process and server.process.poll() is None:
+            try:
+                server.stop(timeout_s=30)
+            except Exception:
+                server.kill()
+
+
 def send(node: KarteroServer, body: bytes, rcpt: str = "bob@example.test") -> None:
     with smtplib.SMTP(node.host, node.port) as s:
         s.sendmail("alice@example.org", [rcpt], body)
@@ -313,8 +327,9 @@ def subjects_of(node: KarteroServer) -> list[str]:
     return [m.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode() for m in node.messages("bob@example.test")]
 
 
-def test_issue_11_the_database_away_under_load_loses_nothing_acknowledged(tmp_path: Path,
-                                                                           postgres: PrivatePostgres) -> None:
+def test_issue_11_the_database_away_under_load_loses_nothing_acknowledged(
+    tmp_path: Path, postgres: PrivatePostgres, servers: list[KarteroServer]
+) -> None:
     """Eight SMTP clients send without pause while PostgreSQL stops (fast shutdown, as for a restart or
     a failover) and starts again 3 s later:
     while it is away SMTP answers 451 4.3.0, IMAP NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP]; the node comes
@@ -322,6 +337,7 @@ def test_issue_11_the_database_away_under_load_loses_nothing_acknowledged(tmp_pa
 
     url = postgres.migrated_database()
     node = KarteroServer(tmp_path / "n", host="127.0.0.2", store_url=url, node="node-a")
+    servers.append(node)
     node.add_user("bob@example.test", PASSWORD)
     node.start()
     load = SmtpLoad(node, 8)
@@ -383,8 +399,9 @@ def test_issue_11_sigkill_of_a_node_under_twenty_smtp_clients_loses_nothing_ackn
     assert_stored_once(subjects_of(b), acknowledged, clients=20)
 
 
-def test_issue_11_serve_workers_share_the_listeners_and_replace_a_dead_worker(tmp_path: Path,
-                                                                              postgres: PrivatePostgres) -> None:
+def test_issue_11_serve_workers_share_the_listeners_and_replace_a_dead_worker(
+    tmp_path: Path, postgres: PrivatePostgres, servers: list[KarteroServer]
+) -> None:
     """`serve --workers 2`: two processes on the same ports (the cluster sees node-a.1 and node-a.2); a
     worker killed (-9) under load is started again while the other goes on serving; every acknowledged
     message is stored once; SIGTERM stops them all (exit 0)."""
@@ -394,6 +411,7 @@ def test_issue_11_serve_workers_share_the_listeners_and_replace_a_dead_worker(tm
 
     url = postgres.migrated_database()
     node = KarteroServer(tmp_path / "n", host="127.0.0.2", store_url=url, node="node-a", serve_args=("--workers", "2"))
+    servers.append(node)
     node.add_user("bob@example.test", PASSWORD)
     node.start()
 
