@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from kartero.auth.accounts import Directory
 from kartero.store.backends import AnyStore, open_store
@@ -240,6 +240,23 @@ class KarteroServer:
             return [store.mail.read_message(m.blob_id) for m in store.mail.message_rows(box.id)]
         finally:
             store.close()
+
+
+@contextlib.contextmanager
+def two_nodes(root: Path, url: str, users: dict[str, str],
+              **kwargs: Any) -> Iterator[tuple[KarteroServer, KarteroServer]]:  # fmt: skip
+    """Two Kartero nodes on one PostgreSQL database (node-a on 127.0.0.2, node-b on 127.0.0.3), `users`
+    (address: password) added, both running; each must stop cleanly at the end."""
+    a = KarteroServer(root / "a", host="127.0.0.2", store_url=url, node="node-a", **kwargs)
+    b = KarteroServer(root / "b", host="127.0.0.3", store_url=url, node="node-b", **kwargs)
+    for user, password in users.items():
+        a.add_user(user, password)
+    a.start()
+    b.start()
+    yield a, b
+    for node in (a, b):
+        if node.process and node.process.poll() is None:
+            assert node.stop() == 0, node.log
 
 
 def strip_trace(stored: bytes) -> bytes:

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from imapclient import IMAPClient
 
-from tests.integration.harness import KarteroServer, free_port, run_cli, strip_trace, tls_context, wait_for
+from tests.integration.harness import KarteroServer, free_port, run_cli, strip_trace, tls_context, two_nodes, wait_for
 from tests.pgserver import PrivatePostgres
 
 PASSWORD = "secret-password"
@@ -23,16 +23,8 @@ PASSWORD = "secret-password"
 
 @pytest.fixture
 def nodes(tmp_path: Path, postgres: PrivatePostgres) -> Iterator[tuple[KarteroServer, KarteroServer]]:
-    url = postgres.migrated_database()
-    a = KarteroServer(tmp_path / "a", host="127.0.0.2", store_url=url, node="node-a")
-    b = KarteroServer(tmp_path / "b", host="127.0.0.3", store_url=url, node="node-b")
-    a.add_user("bob@example.test")
-    a.start()
-    b.start()
-    yield a, b
-    for node in (a, b):
-        if node.process and node.process.poll() is None:
-            assert node.stop() == 0, node.log
+    with two_nodes(tmp_path, postgres.migrated_database(), {"bob@example.test": PASSWORD}) as pair:
+        yield pair
 
 
 @pytest.fixture

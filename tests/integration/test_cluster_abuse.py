@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kartero.store.pg_db import migrate
-from tests.integration.harness import KarteroServer, tls_context
+from tests.integration.harness import KarteroServer, tls_context, two_nodes
 from tests.pgserver import PrivatePostgres
 
 PASSWORD = "alice's password"
@@ -25,19 +24,10 @@ CONFIG = '[auth]\nfailures_per_address_and_account = 4\n[greylisting]\nenabled =
 
 @pytest.fixture
 def nodes(tmp_path: Path, postgres: PrivatePostgres) -> Iterator[tuple[KarteroServer, KarteroServer]]:
-    url = postgres.new_database()
-    migrate(url)
-    a, b = (KarteroServer(tmp_path / name, host=host, store_url=url, node=f"node-{name}", extra_config=CONFIG,
-                          limits="messages_per_user_per_hour = 3")
-            for name, host in (("a", "127.0.0.2"), ("b", "127.0.0.3")))  # fmt: skip
-    a.add_user("alice@example.test", PASSWORD)
-    a.add_user("bob@example.test")
-    a.start()
-    b.start()
-    yield a, b
-    for node in (a, b):
-        if node.process and node.process.poll() is None:
-            assert node.stop() == 0, node.log
+    users = {"alice@example.test": PASSWORD, "bob@example.test": "secret-password"}
+    with two_nodes(tmp_path, postgres.migrated_database(), users, extra_config=CONFIG,
+                   limits="messages_per_user_per_hour = 3") as pair:  # fmt: skip
+        yield pair
 
 
 def submission(node: KarteroServer) -> smtplib.SMTP:
