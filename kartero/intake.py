@@ -26,18 +26,29 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, getaddresses
 from typing import Any
 
-from kartero.auth.accounts import DirectoryCache
+from kartero.auth.accounts import DirectoryCache, DirectoryError, parse_address
 from kartero.concurrency import Blocking, DeadlineExceeded, Finished, settled, start_eagerly, within
 from kartero.dns.names import DomainError, canonical_domain
 from kartero.log import kv
 from kartero.mail import replies
-from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord
+from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord, Origin
 from kartero.mail.replies import Reply
 from kartero.mailauth.dkim import DKIMError, Signer
 from kartero.mime.headers import find_body_start, parse_header_block
 from kartero.policy.decisions import AcceptMessage, MessageDecision, Reject
+from kartero.rules.engine import Message, Plan, Rules
+from kartero.rules.reject import build_rejection
 from kartero.store.ids import new_message_id
-from kartero.store.interface import INBOX, Content, Delivery, MailStore, Outbound, as_targets
+from kartero.store.interface import (
+    INBOX,
+    Content,
+    Delivery,
+    DeliveryTarget,
+    FileSpan,
+    MailStore,
+    Outbound,
+    as_targets,
+)
 from kartero.store.spool import read_whole
 
 log = logging.getLogger("kartero.intake")
@@ -49,6 +60,9 @@ CHECK_DEADLINE_S = 120.0
 # may still land, so the retry can duplicate the message (which SMTP allows after a 4xx, and is better
 # than a session that waits forever on a hung disk).
 STORE_DEADLINE_S = 300.0
+
+# Redirected copies one message may make, over all its recipients' scripts (each script has its own cap).
+MAX_REDIRECTS_PER_MESSAGE = 20
 
 MessageCheck = Callable[[bytes | Content], Coroutine[Any, Any, MessageDecision]]
 
@@ -165,7 +179,7 @@ Outcome = Stored | Refused
 class Intake:
     def __init__(self, store: MailStore, directory: DirectoryCache, *, hostname: str, queue_lifetime_s: float,
                  blocking: Blocking, signer: Signer | None = None, check_deadline_s: float = CHECK_DEADLINE_S,
-                 store_deadline_s: float = STORE_DEADLINE_S) -> None:  # fmt: skip
+                 store_deadline_s: float = STORE_DEADLINE_S, rules: Rules | None = None) -> None:  # fmt: skip
         self.store = store
         self.directory = directory
         self.hostname = hostname
@@ -174,6 +188,7 @@ class Intake:
         self.signer = signer
         self.check_deadline_s = check_deadline_s
         self.store_deadline_s = store_deadline_s
+        self.rules = rules  # mail rules (Sieve) at final delivery; None: none
         # DKIM signing holds a large (spooled) message in memory several times over (dkimpy): one at a time.
         self._large = threading.Lock()
 
@@ -234,10 +249,31 @@ class Intake:
         deliveries = []
         queue_id = None
         timestamp = envelope.received_at
+        plans = await self._plans(incoming, envelope, data, now) if account_ids and self.rules is not None else []
+        if plans and (refusal := _refusal_in_reply(plans, envelope, account_ids, remote)) is not None:
+            log.info("%s", kv(event="sieve.rejected", id=message_id, sender=f"<{envelope.sender}>",
+                              to=plans[0].recipient.address))  # fmt: skip
+            return refusal
         if account_ids:  # final delivery: Return-Path goes first (RFC 5321 §4.4)
             trace = format_return_path(envelope.sender) + received
-            deliveries.append(Delivery(message_id, _prepend(trace, data), as_targets(account_ids, mailbox),
-                                       timestamp, envelope))  # fmt: skip
+            scripted = {p.recipient.account_id for p in plans}
+            targets = list(as_targets([a for a in account_ids if a not in scripted], mailbox))
+            edited: list[tuple[bytes, DeliveryTarget]] = []
+            for plan in plans:
+                for copy in plan.copies:
+                    box = mailbox if copy.mailbox == INBOX else copy.mailbox  # keep: where the checks said
+                    target = DeliveryTarget(plan.recipient.account_id, box, copy.flags)
+                    if copy.header is None:
+                        targets.append(target)
+                    else:
+                        edited.append((copy.header, target))
+            if targets:
+                deliveries.append(Delivery(message_id, _prepend(trace, data), tuple(targets), timestamp, envelope))
+            for header, target in edited:  # editheader: a copy of its own
+                blob_id = new_message_id() if deliveries else message_id
+                deliveries.append(Delivery(blob_id, _prepend(trace, _with_header(data, header)), (target,), timestamp,
+                                           envelope))  # fmt: skip
+            deliveries += self._redirects(plans, envelope, data, received, timestamp)
         if remote:  # relayed on: no Return-Path, the final MTA adds its own
             head = _head(data)
             outbound = Outbound(
@@ -249,9 +285,12 @@ class Intake:
                 smtputf8=envelope.smtputf8,
                 body_8bit=incoming.body_8bit or not head.isascii() or _tail_is_8bit(data),
             )
-            queue_id = message_id if not account_ids else new_message_id()
+            queue_id = message_id if not deliveries else new_message_id()
             deliveries.append(Delivery(queue_id, _prepend(received, data), (), timestamp, envelope, outbound))
         if not deliveries:
+            if plans and account_ids and not remote:  # every copy discarded, rejected or redirected away
+                await self._after_rules(plans, envelope, data, message_id)
+                return Stored(message_id, None)
             return Refused(replies.LOCAL_ERROR, "no recipient left")
         try:
             # One group: the local copies and the queue entry commit together or not at all.
@@ -259,7 +298,116 @@ class Intake:
         except Exception as exc:
             log.error("%s", kv(event="intake.store_failed", id=message_id, detail=str(exc)))
             return Refused(replies.LOCAL_ERROR, "store failed")
+        if plans:
+            await self._after_rules(plans, envelope, data, message_id)
         return Stored(message_id, queue_id)
+
+    # -- mail rules (kartero.rules) -------------------------------------------------------------------
+
+    async def _plans(self, incoming: Incoming, envelope: EnvelopeRecord, data: bytes | Content,
+                     now: datetime) -> list[Plan]:  # fmt: skip
+        """The Sieve plans of the local accounts with an active script; none (plain delivery, logged)
+        when the scripts cannot be run in time: a message is never lost to its rules."""
+        rules = self.rules
+        assert rules is not None
+        try:
+            if rules.needs_refresh():
+                await self.blocking(self.check_deadline_s, rules.refresh)
+            wanted: list[tuple[int, str, str]] = []
+            planned: set[int] = set()
+            for target in incoming.targets:
+                if target.is_remote:
+                    continue
+                rcpt = target.recipient
+                orcpt = rcpt.orcpt or ""
+                original = orcpt.partition(";")[2] if orcpt.lower().startswith("rfc822;") else ""
+                for account_id in rules.scripted(target.account_ids):
+                    if account_id not in planned:  # each account once
+                        planned.add(account_id)
+                        wanted.append((account_id, rcpt.address, original or rcpt.address))
+            if not wanted:
+                return []
+            message = await self.blocking(self.check_deadline_s, _rules_message, data, envelope, rules.limits.max_body)
+            snapshot = self.directory.current()
+            return await self.blocking(self.check_deadline_s, rules.plan, message, wanted, snapshot.accounts, now)
+        except Exception as exc:
+            log.error("%s", kv(event="sieve.not_run", sender=f"<{envelope.sender}>", detail=str(exc) or repr(exc)),
+                      exc_info=exc)  # fmt: skip
+            return []
+
+    def _redirects(self, plans: list[Plan], envelope: EnvelopeRecord, data: bytes | Content, received: bytes,
+                   timestamp: int) -> list[Delivery]:  # fmt: skip
+        """Sieve `redirect`: a queue entry per redirected copy, marked with `Delivered-To:` of the account
+        (RFC 5228 §4.2 asks that the envelope sender be kept: for SPF it is rewritten by SRS where that is
+        set up, see kartero.mail.srs)."""
+        deliveries = []
+        for plan in plans:
+            for forward in plan.forwards[:MAX_REDIRECTS_PER_MESSAGE]:
+                copy = data if forward.header is None else _with_header(data, forward.header)
+                trace = f"Delivered-To: {plan.recipient.address}\r\n".encode() + received
+                head = _head(copy)
+                outbound = Outbound(
+                    sender=envelope.sender,
+                    recipients=(EnvelopeRecipient(forward.address),),
+                    expires_at=timestamp + int(self.queue_lifetime_s),
+                    smtputf8=envelope.smtputf8,
+                    body_8bit=not head.isascii() or _tail_is_8bit(copy),
+                )
+                deliveries.append(Delivery(new_message_id(), _prepend(trace, copy), (), timestamp, envelope, outbound))
+                log.info("%s", kv(event="sieve.redirected", account=plan.recipient.address, to=forward.address))
+        return deliveries
+
+    async def _after_rules(self, plans: list[Plan], envelope: EnvelopeRecord, data: bytes | Content,
+                           message_id: str) -> None:  # fmt: skip
+        """Once the message is stored: duplicate ids remembered, vacation replies and rejection notices sent
+        (each with the null sender). A failure here is logged; the message itself is delivered."""
+        rules = self.rules
+        assert rules is not None
+        now = int(time.time())
+        for plan in plans:
+            try:
+                if plan.duplicates:
+                    await self.blocking(self.check_deadline_s, rules.remember_duplicates, plan.recipient,
+                                        plan.duplicates, now)  # fmt: skip
+                if plan.reject is not None and envelope.sender:
+                    head = _head(data)
+                    original_header = head[: find_body_start(head)[0]]
+                    notice = build_rejection(
+                        original_header=original_header, header=parse_header_block(original_header),
+                        sender=envelope.sender, recipient=plan.recipient.address,
+                        original_recipient=plan.recipient.original, reason=plan.reject.reason,
+                        now=datetime.now(UTC), hostname=self.hostname,
+                    )  # fmt: skip
+                    await self._send_generated(envelope.sender, notice, "sieve.reject_notice", message_id)
+                if plan.vacation is not None:
+                    if await self.blocking(self.check_deadline_s, rules.remember_vacation, plan.recipient,
+                                           plan.vacation, now):  # fmt: skip
+                        await self._send_generated(plan.vacation.reply.recipient, plan.vacation.reply.data,
+                                                   "sieve.vacation_sent", message_id)  # fmt: skip
+                    else:
+                        log.info("%s", kv(event="sieve.vacation_skipped", account=plan.recipient.address,
+                                          reason="already replied within the period"))  # fmt: skip
+            except Exception as exc:
+                log.error("%s", kv(event="sieve.after_delivery_failed", id=message_id, account=plan.recipient.address,
+                                   detail=str(exc) or repr(exc)), exc_info=exc)  # fmt: skip
+
+    async def _send_generated(self, recipient: str, data: bytes, event: str, message_id: str) -> None:
+        """A message Kartero wrote for a user's rules, with the null sender, to a local or remote address."""
+        try:
+            address = parse_address(recipient)
+        except DirectoryError:
+            log.warning("%s", kv(event=event, id=message_id, to=recipient, detail="unusable address"))
+            return
+        target = await self.resolve(address)
+        if target is None:
+            log.warning("%s", kv(event=event, id=message_id, to=address, detail="no such local address"))
+            return
+        envelope = EnvelopeRecord(Origin.SIEVE, "", (target.recipient,))
+        outcome = await self.accept(Incoming(envelope, data, (target,), sign=True, body_8bit=not data.isascii()))
+        if isinstance(outcome, Refused):
+            log.error("%s", kv(event=event, id=message_id, to=address, detail=outcome.reason))
+        else:
+            log.info("%s", kv(event=event, id=message_id, to=address, reply_id=outcome.message_id))
 
     def _signed(self, signer: Signer, data: bytes | Content) -> bytes | Content:
         """The message with its DKIM signatures when its From: domain is local and has keys; unsigned
@@ -295,6 +443,48 @@ class Intake:
         if header.get("message-id") is None:
             added += f"Message-ID: <{secrets.token_hex(12)}@{self.hostname}>\r\n".encode()
         return added
+
+
+def _refusal_in_reply(plans: list[Plan], envelope: EnvelopeRecord, account_ids: list[int],
+                      remote: tuple[EnvelopeRecipient, ...]) -> Refused | None:  # fmt: skip
+    """Sieve `reject` answered in the SMTP reply (RFC 5429 §2.1): on the MX listener, when the message
+    has one recipient and every account it reaches rejects it. Otherwise a notice is sent instead."""
+    if envelope.origin != Origin.SMTP or len(envelope.recipients) != 1 or remote:
+        return None
+    rejects = {p.recipient.account_id: p.reject for p in plans if p.reject is not None}
+    if not rejects or set(account_ids) - rejects.keys():
+        return None
+    reason = next(iter(rejects.values()))
+    assert reason is not None
+    text = " ".join(reason.reason.split())
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)[:200] or "Rejected"
+    return Refused(Reply(550, "5.7.1", text), "sieve reject")
+
+
+def _rules_message(data: bytes | Content, envelope: EnvelopeRecord, max_body: int) -> Message:
+    """The message for the scripts: its header block and at most `max_body` octets of body (blocking:
+    a spooled body is read from its file)."""
+    head = _head(data)
+    end, body_start = find_body_start(head)
+    body = head[body_start:]
+    if isinstance(data, Content) and len(body) < max_body:
+        tail = data.tail
+        if isinstance(tail, FileSpan):
+            with tail.path.open("rb") as file:
+                file.seek(tail.offset)
+                body += file.read(min(tail.length, max_body - len(body)))
+        else:
+            body += tail[: max_body - len(body)]
+    return Message(head[:end], body[:max_body], envelope.sender, envelope.user, envelope.client_ip, envelope.helo)
+
+
+def _with_header(message: bytes | Content, header: bytes) -> bytes | Content:
+    """The message with its header block replaced (editheader), the body untouched."""
+    head = _head(message)
+    rest = head[find_body_start(head)[1] :]
+    if isinstance(message, Content):
+        return Content(header + rest, message.tail)
+    return header + rest
 
 
 def _prepend(fields: bytes, message: bytes | Content) -> bytes | Content:

@@ -26,6 +26,7 @@ class Origin(StrEnum):
     SENDMAIL = "sendmail"  # `kartero sendmail` through the maildrop
     DSN = "dsn"  # a delivery status notification Kartero wrote
     APPEND = "append"  # IMAP APPEND (and CATENATE)
+    SIEVE = "sieve"  # a vacation reply or rejection notice a user's Sieve script made Kartero write
     UNKNOWN = "unknown"  # a stored shape that names none of these
 
 

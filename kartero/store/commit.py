@@ -32,7 +32,7 @@ from typing import Any
 from kartero.mime.index import MessageIndex, index_message
 from kartero.mime.parttree import PartNode, encode_parts
 from kartero.store.holds import ExpungeHolds
-from kartero.store.interface import Content, Delivery, FileSpan, StoredMessage, StoreError, StoreUnavailable
+from kartero.store.interface import INBOX, Content, Delivery, FileSpan, StoredMessage, StoreError, StoreUnavailable
 from kartero.store.queue_sql import insert_outbound
 from kartero.store.segments import Segments
 from kartero.store.spool import SpoolBody, clear_spool, materialize, spool_dir
@@ -304,14 +304,22 @@ class Committer:
             ),
         )  # fmt: skip
         for target in d.targets:
-            row = db.execute(
-                "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1"
-                " WHERE account_id = ? AND name = ? RETURNING id, uidnext - 1, highestmodseq",
-                (target.account_id, target.mailbox),
-            ).fetchone()
+            row = None
+            # A mailbox deleted since delivery chose it (a Sieve fileinto, Junk): INBOX instead, as a
+            # Sieve runtime error falls back to keep (RFC 5228 §2.10.6).
+            for name in (target.mailbox, INBOX) if target.mailbox != INBOX else (INBOX,):
+                row = db.execute(
+                    "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1"
+                    " WHERE account_id = ? AND name = ? RETURNING id, uidnext - 1, highestmodseq",
+                    (target.account_id, name),
+                ).fetchone()
+                if row is not None:
+                    break
             if row is None:
-                continue  # account or mailbox deleted since RCPT; the other targets still get it
+                continue  # account deleted since RCPT; the other targets still get it
             mailbox_id, uid, modseq = row
+            if any(m.mailbox_id == mailbox_id for m in stored):
+                continue  # the fallback led to a mailbox this message is in already (uidnext moved on: harmless)
             db.execute(
                 "INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq, saved_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

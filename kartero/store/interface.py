@@ -491,6 +491,16 @@ class MailStore(Protocol):
         MessageRow.preview); a blob gone meanwhile is skipped."""
         ...
 
+    def sieve_recalls(self, account_id: int, key: str, now: int) -> bool:
+        """Whether Sieve remembers `key` for this account (set by `sieve_remember`, not expired by `now`)."""
+        ...
+
+    def sieve_remember(self, account_id: int, key: str, expires_at: int, now: int, *, only_if_new: bool) -> bool:
+        """Remember `key` until `expires_at`; with `only_if_new`, only when not remembered at `now` (one
+        atomic step, so two deliveries at once cannot both send a vacation reply). True when remembered
+        now. Expired keys of the account are dropped on the way."""
+        ...
+
     def metadata(self, account_id: int, mailbox_id: int | None) -> dict[str, bytes]:
         """The METADATA entries (RFC 5464) of a mailbox, or of the server for this account (None), by
         name in ascending order."""

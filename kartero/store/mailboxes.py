@@ -371,6 +371,28 @@ class SQLiteMail:
         with self._write() as db:
             db.executemany("UPDATE blobs SET preview = ? WHERE id = ?", [(p, b) for b, p in previews.items()])
 
+    def sieve_recalls(self, account_id: int, key: str, now: int) -> bool:
+        row = self._db().execute(
+            "SELECT 1 FROM sieve_memory WHERE account_id = ? AND key = ? AND expires_at > ?", (account_id, key, now)
+        ).fetchone()
+        return row is not None
+
+    def sieve_remember(self, account_id: int, key: str, expires_at: int, now: int, *, only_if_new: bool) -> bool:
+        with self._write() as db:
+            db.execute("DELETE FROM sieve_memory WHERE account_id = ? AND expires_at <= ?", (account_id, now))
+            if only_if_new and db.execute(
+                "SELECT 1 FROM sieve_memory WHERE account_id = ? AND key = ?", (account_id, key)
+            ).fetchone():
+                return False
+            if not db.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone():
+                return False  # deleted meanwhile
+            db.execute(
+                "INSERT INTO sieve_memory (account_id, key, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (account_id, key) DO UPDATE SET expires_at = excluded.expires_at",
+                (account_id, key, expires_at),
+            )
+        return True
+
     def metadata(self, account_id: int, mailbox_id: int | None) -> dict[str, bytes]:
         rows = self._db().execute(
             "SELECT name, value FROM metadata WHERE account_id = ? AND COALESCE(mailbox_id, 0) = ? ORDER BY name",

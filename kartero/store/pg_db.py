@@ -268,6 +268,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX abuse_events_xid ON abuse_events (xid, id);
     CREATE INDEX abuse_events_kind_at ON abuse_events (kind, at);
     """,
+    # 5: what Sieve remembers per account (vacation replies sent, duplicate ids), kartero.rules.
+    """
+    CREATE TABLE sieve_memory (
+        account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        key TEXT COLLATE "C" NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (account_id, key)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # How long a new connection may take; also how long a thread waits for one from the pool while the

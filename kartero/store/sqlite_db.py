@@ -127,6 +127,12 @@ CREATE TABLE IF NOT EXISTS metadata (    -- METADATA entries (RFC 5464), by lowe
     value BLOB NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS metadata_entry ON metadata (account_id, IFNULL(mailbox_id, 0), name);
+CREATE TABLE IF NOT EXISTS sieve_memory (  -- what Sieve remembers per account: vacation replies, duplicates
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,             -- unix seconds
+    PRIMARY KEY (account_id, key)
+);
 """
 
 
