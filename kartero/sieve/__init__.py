@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from kartero.sieve.compiler import EXTENSIONS, Script, compile_script
+from kartero.sieve.interpreter import run_script
 from kartero.sieve.model import (
     Action,
     Context,
@@ -22,16 +24,9 @@ from kartero.sieve.model import (
 __all__ = ["EXTENSIONS", "Action", "Context", "DuplicateMark", "FileInto", "Limits", "Outcome", "Redirect",
            "Reject", "Script", "SieveError", "Vacation", "compile_script", "run"]  # fmt: skip
 
-EXTENSIONS: tuple[str, ...] = ()
-
-
-class Script:
-    """A compiled script (placeholder until the interpreter lands)."""
-
-
-def compile_script(text: str) -> Script:
-    raise NotImplementedError("the Sieve interpreter is being written")
 
 
 def run(script: Script, context: Context, limits: Limits | None = None) -> Outcome:
-    raise NotImplementedError("the Sieve interpreter is being written")
+    """Run a compiled script on one message for one account. Never raises: a runtime error (RFC 5228
+    §2.10.6) gives `Outcome((FileInto("INBOX"),), error=...)`."""
+    return run_script(script, context, limits or Limits())
