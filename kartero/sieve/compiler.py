@@ -57,6 +57,15 @@ _IMPLICIT = ("comparator-i;octet", "comparator-i;ascii-casemap")
 DATE_PARTS = ("year", "month", "day", "date", "julian", "hour", "minute", "second", "time", "iso8601", "std11",
               "zone", "weekday")  # fmt: skip
 ENVELOPE_PARTS = ("from", "to", "auth")
+# RFC 5228 §5.1: the address test only reads fields that hold addresses: those of RFC 5322 and the common
+# trace and list fields that do. A name given at run time outside this list yields no addresses.
+ADDRESS_HEADERS = frozenset({
+    "from", "sender", "reply-to", "to", "cc", "bcc", "resent-from", "resent-sender", "resent-to", "resent-cc",
+    "resent-bcc", "resent-reply-to", "return-path", "delivered-to", "envelope-to", "x-original-to",
+    "x-envelope-to", "x-envelope-from", "errors-to", "disposition-notification-to", "return-receipt-to",
+    "mail-followup-to", "mail-reply-to", "original-recipient", "x-original-from", "x-sender", "x-beenthere",
+    "apparently-to", "approved-by",
+})  # fmt: skip
 # RFC 5293 §6 and RFC 3834: a script must never hide trace fields or the loop protection of auto-replies.
 PROTECTED_HEADERS = ("received", "auto-submitted")
 
@@ -540,6 +549,8 @@ def _check_set(validator: _Validator, node: Node) -> None:
 
 def _check_variable_names(validator: _Validator, node: Node) -> None:
     if len(node.args) == 2:
+        if "variables" not in validator.extensions:  # RFC 5232 §3: the variable forms come with variables
+            raise node.position.error(f'{node.name}: a variable name requires "variables" in require')
         for name in _constants(node.args[0]):
             if not is_variable_name(name, validator.namespaces):
                 raise node.position.error(f'{node.name}: invalid variable name "{name}"')
@@ -611,6 +622,8 @@ def _check_header_names(validator: _Validator, node: Node) -> None:
     for name in _constants(node.args[0]):
         if not _field_name_ok(name):
             raise node.position.error(f'{node.name}: invalid header name "{name}"')
+        if node.name == "address" and name.lower() not in ADDRESS_HEADERS:
+            raise node.position.error(f'address: "{name}" is not a header field that holds addresses')
     _check_index(validator, node)
 
 

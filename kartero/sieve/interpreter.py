@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import TypeVar
 
 from kartero.sieve.compiler import (
+    ADDRESS_HEADERS,
     PROTECTED_HEADERS,
     MatchSpec,
     Node,
@@ -42,7 +43,7 @@ from kartero.sieve.match import (
     quote_wildcard,
     relation_holds,
 )
-from kartero.sieve.message import Header, addresses, body_texts, date_part, in_zone, parse_date
+from kartero.sieve.message import Header, body_texts, date_part, field_addresses, in_zone, parse_date
 from kartero.sieve.model import (
     Action,
     Context,
@@ -128,6 +129,7 @@ class _Run:
         self.includes = 0
         self.compiled_includes: dict[tuple[bool, str], Script] = {}
         self._body_cache: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+        self.patterns: dict[tuple[str, str, str], Wildcard | Regex] = {}
 
     # -- running ----------------------------------------------------------------------------------------
 
@@ -491,8 +493,12 @@ class _Run:
             part = _address_part(node)
             out: list[str] = []
             for header in self.expand_all(node.args[0], scope, position):
-                for raw in _indexed(self.header.values(header), node):
-                    for local, domain in addresses(raw):
+                if header.lower() not in ADDRESS_HEADERS:
+                    continue
+                for header_field in _indexed(self.header.named(header), node):
+                    if header_field.addresses is None:
+                        self.budget.charge(len(header_field.raw) // C_SCAN_CHARS + 1)
+                    for local, domain in field_addresses(header_field):
                         value = _part_of(local, domain, part)
                         if value is not None:
                             out.append(value)
@@ -644,18 +650,31 @@ class _Run:
                         return True
         return False
 
+    def compile_pattern(self, kind: str, comparator: str, key: str, position: Position) -> Wildcard | Regex:
+        """A key that variables made, compiled once per run (and its cost charged)."""
+        cached = self.patterns.get((kind, comparator, key))
+        if cached is not None:
+            return cached
+        if len(key) > MAX_PATTERN:
+            raise RuntimeFailure(position, f"pattern longer than {MAX_PATTERN} characters")
+        compiled: Wildcard | Regex
+        if kind == "matches":
+            compiled = compile_wildcard(key, comparator)
+        else:
+            try:
+                compiled = compile_regex(key, comparator == "i;ascii-casemap")
+            except RegexError as exc:
+                raise RuntimeFailure(position, f"invalid regex: {exc}") from None
+            self.budget.charge(len(compiled.program))
+        self.budget.charge(len(key))
+        if len(self.patterns) < 1000:
+            self.patterns[(kind, comparator, key)] = compiled
+        return compiled
+
     def pattern_match(self, spec: MatchSpec, index: int, key: str, value: str, position: Position) -> list[str] | None:
         compiled = spec.compiled[index] if index < len(spec.compiled) else None
         if compiled is None:
-            if len(key) > MAX_PATTERN:
-                raise RuntimeFailure(position, f"pattern longer than {MAX_PATTERN} characters")
-            if spec.kind == "matches":
-                compiled = compile_wildcard(key, spec.comparator)
-            else:
-                try:
-                    compiled = compile_regex(key, spec.comparator == "i;ascii-casemap")
-                except RegexError as exc:
-                    raise RuntimeFailure(position, f"invalid regex: {exc}") from None
+            compiled = self.compile_pattern(spec.kind, spec.comparator, key, position)
         if isinstance(compiled, Wildcard):
             return match_wildcard(compiled, spec.comparator, value, self.budget)
         assert isinstance(compiled, Regex)

@@ -34,6 +34,7 @@ class _Field:
     name: str  # lower-case; "" for what is not a field (kept as written)
     raw: bytes  # the whole field, its line ends included
     decoded: str | None = None
+    addresses: list[tuple[str, str | None]] | None = None
 
     def value(self) -> bytes:
         """Unfolded (RFC 5322 §2.2.3), without the leading and trailing blanks."""
@@ -57,6 +58,7 @@ class Header:
         self.fields: list[_Field] = []
         self.terminator = b""
         self.edited = False
+        self._by_name: dict[str, list[_Field]] | None = None  # made on first use, again after an edit
         pos = 0
         lines = 0
         while pos < len(block):
@@ -84,17 +86,19 @@ class Header:
     def edited_block(self) -> bytes | None:
         return self.block() if self.edited else None
 
-    def texts(self, name: str) -> list[str]:
-        name = name.lower()
-        return [f.text() for f in self.fields if f.name == name]
+    def named(self, name: str) -> list[_Field]:
+        """The fields called `name`, in order; a lookup, not a scan (a run may test 100,000 times)."""
+        if self._by_name is None:
+            self._by_name = {}
+            for f in self.fields:
+                self._by_name.setdefault(f.name, []).append(f)
+        return self._by_name.get(name.lower(), [])
 
-    def values(self, name: str) -> list[bytes]:
-        name = name.lower()
-        return [f.value() for f in self.fields if f.name == name]
+    def texts(self, name: str) -> list[str]:
+        return [f.text() for f in self.named(name)]
 
     def exists(self, name: str) -> bool:
-        name = name.lower()
-        return any(f.name == name for f in self.fields)
+        return bool(self.named(name))
 
     def add(self, name: str, value: str, last: bool) -> None:
         """addheader: the value folded, RFC 2047-encoded when it is not ASCII (RFC 5293 §4)."""
@@ -107,11 +111,14 @@ class Header:
         else:
             self.fields.insert(0, field)
         self.edited = True
+        self._by_name = None
 
     def delete(self, name: str, index: int | None, last: bool, wanted: list[bool] | None) -> int:
         """deleteheader: the fields called `name` (only the index-th with :index, counted from the end with
         :last) for which `wanted` is true (every one when None). Returns how many went."""
         name = name.lower()
+        if not self.named(name):
+            return 0
         positions = [i for i, f in enumerate(self.fields) if f.name == name]
         chosen = list(range(len(positions)))
         if index is not None:
@@ -121,7 +128,15 @@ class Header:
         if doomed:
             self.fields = [f for i, f in enumerate(self.fields) if i not in doomed]
             self.edited = True
+            self._by_name = None
         return len(doomed)
+
+
+def field_addresses(field: _Field) -> list[tuple[str, str | None]]:
+    """The mailboxes of an address field, parsed once."""
+    if field.addresses is None:
+        field.addresses = addresses(field.value())
+    return field.addresses
 
 
 def addresses(value: bytes) -> list[tuple[str, str | None]]:

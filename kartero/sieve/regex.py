@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kartero.sieve.match import MAX_PATTERN, Budget
+from kartero.sieve.match import C_SCAN_CHARS, MAX_PATTERN, Budget
 
 RE_DUP_MAX = 255
 MAX_PROGRAM = 10_000
@@ -337,7 +337,8 @@ class Regex:
         """None, or the match variables ${0}..${9} ("" for a group that took no part)."""
         text = value.translate(_ASCII_LOWER) if self.fold else value
         program = self.program
-        size = len(program)
+        budget.charge(len(program) // C_SCAN_CHARS + 1)
+        marks = [-1] * len(program)
         length = len(text)
         best: tuple[int, int, tuple[int, ...]] | None = None
         threads: list[tuple[int, tuple[int, ...]]] = []
@@ -345,7 +346,7 @@ class Regex:
         for i in range(length + 1):
             if best is None:
                 threads.append((-1, (i, *empty[1:])))  # -1: a new thread entering at the start
-            threads = self._closure(threads, i, length, size)
+            threads = self._closure(threads, i, length, marks)
             budget.charge(len(threads) + 1)
             following: list[tuple[int, tuple[int, ...]]] = []
             c = text[i] if i < length else ""
@@ -381,20 +382,20 @@ class Regex:
         return out
 
     def _closure(
-        self, threads: list[tuple[int, tuple[int, ...]]], i: int, length: int, size: int
+        self, threads: list[tuple[int, tuple[int, ...]]], i: int, length: int, marks: list[int]
     ) -> list[tuple[int, tuple[int, ...]]]:
         """Follow the jumps, splits, saves and anchors of every thread (in priority order, one thread per
-        instruction), leaving threads that wait on a character or have matched."""
+        instruction), leaving threads that wait on a character or have matched. `marks[pc] == i`: the
+        instruction was reached in this step already."""
         program = self.program
-        seen = bytearray(size)
         out: list[tuple[int, tuple[int, ...]]] = []
         for entry, caps in threads:
             stack = [(0 if entry < 0 else entry, caps)]
             while stack:
                 pc, caps = stack.pop()
-                if seen[pc]:
+                if marks[pc] == i:
                     continue
-                seen[pc] = 1
+                marks[pc] = i
                 op, a, b = program[pc]
                 if op == JMP:
                     stack.append((a, caps))  # type: ignore[arg-type]

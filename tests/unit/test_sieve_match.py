@@ -203,3 +203,29 @@ def test_random_messages_run_to_an_outcome(fields: list[tuple[str, str]], body: 
     assert result.actions
     raw = Context(header=header + body, body=b"", envelope_from="", envelope_to="", now=NOW)
     assert run(_FUZZ_SCRIPT, raw).actions
+
+
+def test_issue_12_many_tests_over_a_big_header_stay_fast() -> None:
+    # Each test looks fields up by name (not a scan of 10,000 fields), each address field is parsed once.
+    header = "".join(f"X-{i}: v{i}\r\n" for i in range(9_000)) + "To: " + "a@b.example, " * 900 + "c@d\r\n\r\n"
+    tests = 'if header :is "x-8999" "nope" { discard; }' * 3_000 + 'if address :is "to" "nope" { discard; }' * 100
+    started = time.process_time()
+    result = outcome('require "variables";' + tests, context(header))
+    assert time.process_time() - started < 5
+    assert result == result.__class__((FileInto("INBOX"),))
+
+
+def test_keys_made_by_variables_are_compiled_at_run_time() -> None:
+    script = r"""require ["variables", "regex", "fileinto"];
+set "user" "coyote";
+if address :regex "from" "^${user}@(.*)$" { fileinto "re-${1}"; }
+if address :matches "from" "${user}@*" { fileinto "wild-${1}"; }
+set "bad" "(";
+if header :regex "subject" "${bad}" { fileinto "never"; }
+"""
+    result = outcome(script)
+    assert result.error == "6:4: invalid regex: unmatched '(' at offset 1 of the regex"
+    assert mailboxes(outcome(script.replace('set "bad" "(";', 'set "bad" "x";'))) == [
+        "re-desert.example.org",
+        "wild-desert.example.org",
+    ]

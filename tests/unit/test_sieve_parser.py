@@ -117,6 +117,8 @@ ERRORS = [
     ),
     ('require "envelope";\nif envelope "orcpt" "x" {}', '2:4: envelope: unsupported envelope part "orcpt"'),
     ('if address :user "to" "x" {}', '1:12: address: :user requires "subaddress" in require'),
+    ('if address "subject" "x" {}', '1:4: address: "subject" is not a header field that holds addresses'),
+    ('require "imap4flags";\nsetflag "v" "x";', '2:1: setflag: a variable name requires "variables" in require'),
     ('require "include";\ninclude "a/b";', '2:1: include: invalid script name "a/b"'),
     ('require "include";\nglobal "x";', '2:1: global requires "variables" in require'),
     ('require "include";\nreturn "x";', "2:8: return: expected 0 positional argument(s), found 1"),
