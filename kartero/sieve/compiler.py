@@ -658,12 +658,6 @@ def parse_zone(text: str) -> int | None:
     return (hours * 60 + minutes) * (-1 if text[0] == "-" else 1)
 
 
-def _check_duplicate(validator: _Validator, node: Node) -> None:
-    header = _constant(node.tags.get("header"))
-    if header is not None and not _field_name_ok(header):
-        raise node.position.error(f'duplicate: invalid header name "{header}"')
-
-
 _Check = Callable[[_Validator, Node], None]
 _COMMAND_CHECKS: dict[str, _Check] = {
     "redirect": _check_redirect,
@@ -686,5 +680,4 @@ _TEST_CHECKS: dict[str, _Check] = {
     "date": _check_date,
     "currentdate": _check_date,
     "hasflag": _check_variable_names,
-    "duplicate": _check_duplicate,
 }

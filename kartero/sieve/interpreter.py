@@ -479,7 +479,9 @@ class _Run:
             return self.duplicate(node, scope)
         assert node.match is not None
         values = self.test_values(node, scope)
-        return self.matches(node.match, values, scope, position, count_empty=name != "string")
+        return self.matches(
+            node.match, values, scope, position, count_empty=name != "string", split_keys=name == "hasflag"
+        )
 
     def test_values(self, node: Node, scope: _Scope) -> list[str]:
         name = node.name
@@ -585,27 +587,29 @@ class _Run:
         return [date_part(m, part) for m in moments if m is not None]
 
     def duplicate(self, node: Node, scope: _Scope) -> bool:
-        """RFC 7352: the key is the handle with the Message-ID (or :header, or :uniqueid); a message with
-        none of them is never a duplicate and nothing is tracked."""
+        """RFC 7352 §3: the tracked value is the first Message-ID (or :header) field, unfolded, decoded and
+        trimmed, or the :uniqueid string, tracked per :handle. Only earlier runs count: every duplicate test
+        of a run with the same arguments gives the same answer. No value, an invalid :header name or
+        `:seconds 0` gives false and tracks nothing."""
         position = node.position
         tags = node.tags
         if "uniqueid" in tags:
             value = self.text(tags["uniqueid"], scope, position)
         else:
             header = self.text(tags["header"], scope, position) if "header" in tags else "message-id"
-            texts = self.header.texts(header)
+            texts = self.header.texts(header) if _field_name_ok(header) else []
             if not texts:
                 return False
             value = texts[0].strip()
-            if header.lower() == "message-id":
-                value = value.strip("<>")
+        seconds = min(_number(tags["seconds"]), DUPLICATE_MAX) if "seconds" in tags else DUPLICATE_DEFAULT
+        if seconds == 0:
+            return False
         handle = self.text(tags["handle"], scope, position) if "handle" in tags else ""
         digest = hashlib.sha256(f"{len(handle)}:{handle}\0{value}".encode()).hexdigest()
         key = f"sieve-duplicate:{digest}"
-        seconds = _number(tags["seconds"]) if "seconds" in tags else DUPLICATE_DEFAULT
-        seconds = min(seconds, DUPLICATE_MAX)
-        seen = self.context.duplicate_seen(key) or any(d.key == key for d in self.duplicates)
+        seen = self.context.duplicate_seen(key)
         if not seen or tags.get("last"):
+            # Without :last the record keeps the time it was made (§3); with :last it is renewed.
             self.duplicates = [d for d in self.duplicates if d.key != key]
             self.duplicates.append(DuplicateMark(key, seconds))
         return seen
@@ -620,8 +624,11 @@ class _Run:
         position: Position,
         set_variables: bool = True,
         count_empty: bool = True,
+        split_keys: bool = False,
     ) -> bool:
         keys = [self.expand(k, scope, position) for k in spec.keys]
+        if split_keys:  # RFC 5232 §5: hasflag's keys are space-separated lists of flags
+            keys = [flag for key in keys for flag in key.split()]
         comparator = spec.comparator
         kind = spec.kind
         if kind == "count":

@@ -224,6 +224,16 @@ if duplicate :header "X-Event-ID" { discard; }
     assert result.actions == (FileInto("INBOX"),)
     assert [d.seconds for d in result.duplicates] == [30 * 86400]  # no X-Event-ID: nothing to track
     assert result.duplicates[0].key != mark.key  # a handle gets its own record
+    # The value is tracked whatever its source; within one run every test gives the same answer.
+    same = """require ["duplicate", "variables", "fileinto"];
+if header :matches "message-id" "*" { if duplicate :uniqueid "${0}" { fileinto "dup"; } }
+if duplicate :header "Message-ID" { fileinto "dup2"; }
+if duplicate { fileinto "dup3"; }
+if duplicate :seconds 0 { fileinto "never"; }
+if duplicate :header "bad name" { fileinto "never"; }
+"""
+    assert outcome(same) == Outcome((FileInto("INBOX"),), (mark,))
+    assert mailboxes(outcome(same, context(seen=(mark.key,)))) == ["dup", "dup2", "dup3"]
 
 
 def test_environment_rfc_5183() -> None:

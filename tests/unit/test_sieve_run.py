@@ -222,6 +222,7 @@ addflag "MyFlags" "Big";
 addflag "MyFlags" "\\Flagged";
 if hasflag :contains "MyFlags" "Big" { fileinto :flags "${MyFlags}" "c"; }
 if hasflag :is "\\seen" { keep; }
+if hasflag :is "\\Deleted \\Seen" { fileinto "d"; }
 """
     result = outcome(script)
     assert result.actions == (
@@ -229,6 +230,7 @@ if hasflag :is "\\seen" { keep; }
         FileInto("b", frozenset({"\\Answered", "junk"})),
         FileInto("c", frozenset({"Big", "\\Flagged"})),
         FileInto("INBOX", frozenset({"\\Seen", "$Label1"})),
+        FileInto("d", frozenset({"\\Seen", "$Label1"})),
     )
     # Implicit keep takes the internal variable's flags at the end (RFC 5232 §3).
     assert outcome('require "imap4flags"; addflag "\\\\Seen";') == Outcome((FileInto("INBOX", frozenset({"\\Seen"})),))
