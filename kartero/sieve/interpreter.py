@@ -575,15 +575,13 @@ class _Run:
         else:
             header = self.text(node.args[0], scope, position)
             moments = []
-            for text in _indexed(self.header.texts(header), node):
+            # RFC 5260 §4: the first field (or the :index-th, §6) is the one tested; no date there, no match.
+            for text in _indexed(self.header.texts(header), node)[:1]:
                 moment = parse_date(text, header)
-                if moment is None:
-                    continue
-                if not node.tags.get("originalzone"):
+                if moment is not None and not node.tags.get("originalzone"):
                     moment = in_zone(moment, zone if zone is not None else default_zone)
                 if moment is not None:
                     moments.append(moment)
-                break  # RFC 5260 §4: the first (or :index-th) field is the one tested
         return [date_part(m, part) for m in moments if m is not None]
 
     def duplicate(self, node: Node, scope: _Scope) -> bool:

@@ -332,6 +332,7 @@ class _Compiler:
 class Regex:
     program: tuple[Instruction, ...]
     fold: bool
+    first: str | None  # the one character every match starts with, if there is one: skipped to by str.find
 
     def search(self, value: str, budget: Budget) -> list[str] | None:
         """None, or the match variables ${0}..${9} ("" for a group that took no part)."""
@@ -343,7 +344,17 @@ class Regex:
         best: tuple[int, int, tuple[int, ...]] | None = None
         threads: list[tuple[int, tuple[int, ...]]] = []
         empty = (-1,) * (2 * CAPTURE_GROUPS + 2)
-        for i in range(length + 1):
+        first = self.first
+        i = -1
+        while i < length:
+            i += 1
+            if first is not None and not threads and best is None:
+                # No thread alive: no match can start before the next occurrence of the first character.
+                found = text.find(first, i)
+                budget.charge(((found if found >= 0 else length) - i) // C_SCAN_CHARS + 1)
+                if found < 0:
+                    break
+                i = found
             if best is None:
                 threads.append((-1, (i, *empty[1:])))  # -1: a new thread entering at the start
             threads = self._closure(threads, i, length, marks)
@@ -428,7 +439,34 @@ def compile_regex(pattern: str, fold: bool) -> Regex:
     compiler.node(tree)
     compiler.emit(MATCH)
     program = tuple((int(op), a, b) for op, a, b in compiler.program)  # type: ignore[call-overload]
-    return Regex(program, fold)
+    return Regex(program, fold, _first_character(program))
+
+
+def _first_character(program: tuple[Instruction, ...]) -> str | None:
+    """The character every match must start with, when the instructions reachable without reading one
+    are all that same CHAR (no anchor, class, empty match)."""
+    found: set[object] = set()
+    stack, seen = [0], set()
+    while stack:
+        pc = stack.pop()
+        if pc in seen:
+            continue
+        seen.add(pc)
+        op, a, b = program[pc]
+        if op == JMP:
+            stack.append(a)  # type: ignore[arg-type]
+        elif op == SPLIT:
+            stack.extend((a, b))  # type: ignore[arg-type]
+        elif op == SAVE:
+            stack.append(pc + 1)
+        elif op == CHAR:
+            found.add(a)
+        else:
+            return None
+    if len(found) != 1:
+        return None
+    (char,) = found
+    return char if isinstance(char, str) else None
 
 
 def quote_regex(value: str) -> str:

@@ -3,6 +3,7 @@ hostile values in linear time; random messages never make `run` raise."""
 
 from __future__ import annotations
 
+import random
 import re
 import time
 
@@ -51,8 +52,6 @@ def test_wildcards_take_the_shortest_run_leftmost(pattern: str, value: str, capt
 
 
 def test_wildcards_agree_with_a_reference_on_random_input() -> None:
-    import random
-
     rng = random.Random(12)
     for _ in range(2000):
         pattern = "".join(rng.choice("ab*?") for _ in range(rng.randint(0, 6)))
@@ -229,3 +228,44 @@ if header :regex "subject" "${bad}" { fileinto "never"; }
         "re-desert.example.org",
         "wild-desert.example.org",
     ]
+
+
+def _random_regex(rng: random.Random, depth: int = 0) -> str:
+    choice = rng.randint(0, 9 if depth < 3 else 4)
+    if choice <= 2:
+        return rng.choice("abc")
+    if choice == 3:
+        return rng.choice([".", "[ab]", "[^a]", "^", "$"])
+    if choice == 4:
+        return _random_regex(rng, depth + 1) + rng.choice(["*", "+", "?", "{1,2}", "{2}", ""])
+    if choice <= 7:
+        return _random_regex(rng, depth + 1) + _random_regex(rng, depth + 1)
+    if choice == 8:
+        return f"({_random_regex(rng, depth + 1)}|{_random_regex(rng, depth + 1)})"
+    return f"({_random_regex(rng, depth + 1)})"
+
+
+def test_regex_agrees_with_a_reference_on_random_input() -> None:
+    rng = random.Random(5)
+    for _ in range(1500):
+        pattern = _random_regex(rng)
+        value = "".join(rng.choice("abc") for _ in range(rng.randint(0, 10)))
+        if any(lazy in pattern for lazy in ("*?", "+?", "??", "}?")):
+            continue  # lazy quantifiers in Python, an optional repetition in an ERE
+        try:
+            expected = re.search(pattern, value)
+        except re.error:  # "a**" is an ERE, not a Python pattern
+            continue
+        found = search(pattern, value)
+        assert (found is not None) == (expected is not None), (pattern, value)
+        if found is not None and expected is not None:
+            assert found[0] and len(found[0]) >= len(expected.group(0)) or not expected.group(0), (pattern, value)
+
+
+def test_issue_12_a_literal_start_skips_through_a_big_body() -> None:
+    body = "a" * 1_000_000 + " the launch codes\r\n"
+    script = 'require ["body", "regex", "fileinto"]; if body :regex "l(a|u)+nch" { fileinto "hit"; }'
+    started = time.process_time()
+    result = outcome(script, context(body=body))
+    assert time.process_time() - started < 5
+    assert result.actions == (FileInto("hit"),)
