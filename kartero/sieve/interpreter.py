@@ -67,6 +67,7 @@ VACATION_MIN_SECONDS = 3600  # RFC 6131 §2 lets the site pick a minimum; :secon
 # RFC 7352 §3.3: the site picks the default and the maximum period of duplicate tracking.
 DUPLICATE_DEFAULT = 7 * DAY
 DUPLICATE_MAX = 30 * DAY
+MAX_ADDED_VALUE = 8192  # characters of an addheader value: 100 edits make at most ~2.5 MB of header
 
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
 _ATOM_SPECIALS = frozenset('(){%*"\\] ')
@@ -437,6 +438,8 @@ class _Run:
             return  # RFC 5293 §7: an invalid or protected name found at run time leaves the header as it is
         if node.name == "addheader":
             value = self.text(node.args[1], scope, position)
+            if len(value) > MAX_ADDED_VALUE:
+                raise RuntimeFailure(position, f"addheader: value longer than {MAX_ADDED_VALUE} characters")
             self.header.add(name, value, bool(node.tags.get("last")))
             return
         index = node.tags.get("index")

@@ -246,3 +246,20 @@ if environment :contains "unknown" "" { fileinto "never"; }
 """
     ctx = context(environment={"domain": "acme.example.com", "host": "mx.acme.example.com"})
     assert mailboxes(outcome(script, ctx)) == ["Kartero", "during", "mda", "domain"]
+
+
+def test_duplicate_example_2_of_rfc_7352() -> None:
+    script = r"""require ["duplicate", "variables", "imap4flags", "fileinto"];
+if header :matches "subject" "ALERT: *" {
+  if duplicate :seconds 60 :uniqueid "${1}" {
+    setflag "\\seen";
+  }
+  fileinto "Alerts";
+}"""
+    alert = context(HEADER.replace("Subject: I have a present for you", "Subject: ALERT: disk full"))
+    first = outcome(script, alert)
+    assert first.actions == (FileInto("Alerts"),)
+    (mark,) = first.duplicates
+    assert mark.seconds == 60
+    again = outcome(script, context(alert.header.decode(), seen=(mark.key,)))
+    assert again == Outcome((FileInto("Alerts", frozenset({"\\Seen"})),))

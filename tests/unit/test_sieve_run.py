@@ -325,3 +325,43 @@ def test_mailbox_rfc_5490() -> None:
 if mailboxexists ["Partners", "Lists"] { fileinto "Partners"; } else { fileinto :create "Partners"; }"""
     assert outcome(script).actions == (FileInto("Partners", create=True),)
     assert outcome(script, context(mailboxes=("Partners", "Lists"))).actions == (FileInto("Partners"),)
+
+
+def test_subaddress_example_of_rfc_5233_section_5() -> None:
+    script = """require ["envelope", "subaddress", "fileinto"];
+if envelope :user "to" "postmaster" {
+    fileinto "inbox.postmaster";
+    stop;
+}
+if envelope :detail "to" "mta-filters" {
+    fileinto "inbox.ietf-mta-filters";
+}
+if envelope :detail "to" "foo" {
+    redirect "ken@example.net";
+}
+"""
+    assert mailboxes(outcome(script, context(envelope_to="postmaster+x@example.com"))) == ["inbox.postmaster"]
+    assert mailboxes(outcome(script, context(envelope_to="ken+mta-filters@example.com"))) == ["inbox.ietf-mta-filters"]
+    assert outcome(script, context(envelope_to="ken+foo@example.com")) == Outcome((Redirect("ken@example.net"),))
+    assert outcome(script, context(envelope_to="ken@example.com")) == KEEP
+
+
+def test_imap4flags_examples_of_rfc_5232_section_7() -> None:
+    script = r"""require ["imap4flags", "fileinto", "variables"];
+if size :over 500 {
+    setflag "\\Deleted";
+}
+if header :contains "from" "coyote@desert.example.org" {
+    setflag "flagvar" "\\Flagged";
+    fileinto :flags "${flagvar}" "INBOX.From Boss";
+}
+"""
+    assert outcome(script).actions == (FileInto("INBOX.From Boss", frozenset({"\\Flagged"})),)
+    assert outcome(script.replace("500", "50")).actions == (FileInto("INBOX.From Boss", frozenset({"\\Flagged"})),)
+    big = outcome(script.replace("500", "50").replace("coyote@", "nobody@"))
+    assert big.actions == (FileInto("INBOX", frozenset({"\\Deleted"})),)
+
+
+def test_addheader_values_are_bounded() -> None:
+    script = 'require ["editheader", "variables"]; set "v" "' + "x" * 8193 + '"; addheader "X-A" "${v}";'
+    assert outcome(script).error == "1:8245: addheader: value longer than 8192 characters"
