@@ -364,4 +364,4 @@ if header :contains "from" "coyote@desert.example.org" {
 
 def test_addheader_values_are_bounded() -> None:
     script = 'require ["editheader", "variables"]; set "v" "' + "x" * 8193 + '"; addheader "X-A" "${v}";'
-    assert outcome(script).error == "1:8245: addheader: value longer than 8192 characters"
+    assert outcome(script).error == "1:8243: addheader: value longer than 8192 characters"
