@@ -1,11 +1,19 @@
 """Sieve (RFC 5228 and extensions): compile a script, run it on a message for one account.
 
-`compile_script(text)` raises `SieveError` (`line:column: message`); `run(script, context)` returns an
-`Outcome`. `EXTENSIONS` is what the SIEVE capability of ManageSieve lists.
+`compile_script(text)` raises `SieveError` (`line:column: message`) and nothing else, whatever the text;
+`run(script, context)` returns an `Outcome` and raises only what a `Context` callback raises (their I/O
+failures are the caller's to handle): a runtime error or a limit (`Limits`) reached gives keep in INBOX
+with the error (RFC 5228 §2.10.6). `EXTENSIONS` is what the SIEVE capability of ManageSieve lists.
+
+A sans-I/O core: it imports only the stdlib, `kartero.mime` and `kartero.mail`; no sockets, files, asyncio
+or clock (the time of a run is `Context.now`). Scripts and messages are both hostile input: compiling and
+running are linear in their sizes and bounded (see grammar.py, match.py, regex.py and Limits).
 """
 
 from __future__ import annotations
 
+from kartero.sieve.compiler import EXTENSIONS, Script, compile_script
+from kartero.sieve.interpreter import run_script
 from kartero.sieve.model import (
     Action,
     Context,
@@ -22,16 +30,9 @@ from kartero.sieve.model import (
 __all__ = ["EXTENSIONS", "Action", "Context", "DuplicateMark", "FileInto", "Limits", "Outcome", "Redirect",
            "Reject", "Script", "SieveError", "Vacation", "compile_script", "run"]  # fmt: skip
 
-EXTENSIONS: tuple[str, ...] = ()
-
-
-class Script:
-    """A compiled script (placeholder until the interpreter lands)."""
-
-
-def compile_script(text: str) -> Script:
-    raise NotImplementedError("the Sieve interpreter is being written")
 
 
 def run(script: Script, context: Context, limits: Limits | None = None) -> Outcome:
-    raise NotImplementedError("the Sieve interpreter is being written")
+    """Run a compiled script on one message for one account. Never raises: a runtime error (RFC 5228
+    §2.10.6) gives `Outcome((FileInto("INBOX"),), error=...)`."""
+    return run_script(script, context, limits or Limits())

@@ -35,6 +35,9 @@ class Limits:
     max_header_edits: int = 100  # addheader/deleteheader
     max_body: int = 1024 * 1024  # octets of the body the `body` test looks at
     max_steps: int = 100_000  # commands and tests evaluated (with include, a script may be run many times)
+    # the matching work of one run (kartero.sieve.match.Budget: regex threads stepped, characters compared,
+    # C-level scans by the 16 characters); a step is about 1.3 us of Python, so a run matches for ~1 s at most
+    max_match_steps: int = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,7 @@ class Context:
     duplicate_seen: Callable[[str], bool] = lambda _key: False
     # include (RFC 6609): a script's text by (is_global, name), or None when there is none
     load_script: Callable[[bool, str], str | None] = lambda _is_global, _name: None
+    size: int | None = None  # the message size in octets for `size`; None: len(header) + len(body)
 
 
 @dataclass(frozen=True, slots=True)
