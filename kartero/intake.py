@@ -475,7 +475,8 @@ def _rules_message(data: bytes | Content, envelope: EnvelopeRecord, max_body: in
                 body += file.read(min(tail.length, max_body - len(body)))
         else:
             body += tail[: max_body - len(body)]
-    return Message(head[:end], body[:max_body], envelope.sender, envelope.user, envelope.client_ip, envelope.helo)
+    return Message(head[:end], body[:max_body], envelope.sender, envelope.user, envelope.client_ip, envelope.helo,
+                   len(data))  # fmt: skip
 
 
 def _with_header(message: bytes | Content, header: bytes) -> bytes | Content:

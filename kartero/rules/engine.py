@@ -72,6 +72,7 @@ class Message:
     auth: str | None = None
     client_ip: str | None = None
     client_host: str | None = None
+    size: int | None = None  # the whole message's size in octets (the `size` test: the body may be cut)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +182,7 @@ class Rules:
             mailbox_exists=lambda name: self.mail.get_mailbox(account_id, name) is not None,
             duplicate_seen=lambda key: self.mail.sieve_recalls(account_id, DUPLICATE_KEY + key, stamp),
             load_script=lambda is_global, name: self.scripts.sieve_script(None if is_global else account_id, name),
+            size=message.size,
         )
         try:
             outcome = sieve.run(script, context, self.limits)
