@@ -67,12 +67,14 @@ class CopyCounts:
     bytes: int = 0
     queued: int = 0
     skipped: int = 0
+    scripts: int = 0
 
     def summary(self) -> str:
         return (
             f"copied {self.accounts} accounts, {self.aliases} aliases, {self.mailboxes} mailboxes, "
-            f"{self.messages} messages ({self.bytes / 1e6:.1f} MB), {self.queued} queued; "
-            f"skipped {self.skipped} already there"
+            f"{self.messages} messages ({self.bytes / 1e6:.1f} MB), {self.queued} queued"
+            + (f", {self.scripts} Sieve scripts; " if self.scripts else "; ")
+            + f"skipped {self.skipped} already there"
         )
 
 
@@ -114,6 +116,7 @@ class _Copy:
         for account in self.src.execute("SELECT id FROM accounts ORDER BY id").fetchall():
             self.copy_account(int(account[0]))
         self.copy_aliases()
+        self.copy_sieve_scripts()
         self.copy_counters()
         for mailbox_id, target_id in sorted(self.mailboxes.items()):
             self.copy_messages(mailbox_id, target_id)
@@ -216,6 +219,35 @@ class _Copy:
                     )
                     self.counts.aliases += cur.rowcount
             last = (rows[-1][0], rows[-1][1])
+
+    def copy_sieve_scripts(self) -> None:
+        """Every Sieve script (the globals too) a script of that owner and name in the target lacks, with
+        which one is active; one transaction (scripts are few and small: ManageSieve's limits)."""
+        scripts = self.src.execute(
+            "SELECT a.address, s.name, s.script, s.active, s.updated_at FROM sieve_scripts s"
+            " LEFT JOIN accounts a ON a.id = s.account_id ORDER BY s.id"
+        ).fetchall()
+        if not scripts:
+            return
+        with self.write() as db:
+            copied = 0
+            for address, name, script, active, updated_at in scripts:
+                account_id = None
+                if address is not None:
+                    row: Any = db.execute("SELECT id FROM accounts WHERE address = ?", (address,)).fetchone()
+                    account_id = int(row[0])
+                    # Never a second active script: one the target has already stays the active one.
+                    if active and db.execute("SELECT 1 FROM sieve_scripts WHERE account_id = ? AND active = 1",
+                                             (account_id,)).fetchone():  # fmt: skip
+                        active = 0
+                copied += db.execute(
+                    "INSERT INTO sieve_scripts (account_id, name, script, active, updated_at) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING",
+                    (account_id, name, script, active, updated_at),
+                ).rowcount
+            if copied:
+                db.execute("UPDATE meta SET value = CAST(value AS BIGINT) + 1 WHERE key = 'sieve_version'")
+            self.counts.scripts += copied
 
     def copy_counters(self) -> None:
         """The UIDVALIDITY counter: at least the source's and above every copied mailbox's, so a mailbox made

@@ -55,6 +55,22 @@ class NoSuchMailbox(StoreError):
     pass
 
 
+class NoSuchScript(StoreError):
+    """No Sieve script of that name (ManageSieve NONEXISTENT)."""
+
+
+class ScriptExists(StoreError):
+    """A Sieve script of that name exists already (ManageSieve ALREADYEXISTS)."""
+
+
+class ScriptIsActive(StoreError):
+    """The active Sieve script cannot be deleted (RFC 5804 §2.10: ManageSieve ACTIVE)."""
+
+
+class TooManyScripts(StoreError):
+    """The account holds as many Sieve scripts as it may (ManageSieve QUOTA/MAXSCRIPTS)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     id: int
@@ -540,6 +556,51 @@ class MailStore(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class SieveScriptInfo:
+    """A Sieve script as LISTSCRIPTS shows it."""
+
+    name: str
+    active: bool
+
+
+class SieveStore(Protocol):
+    """Sieve scripts (RFC 5228) of each account, at most one of them active, and the global scripts
+    (`account_id` None: what `include :global` reads, RFC 6609 §3.2; none of them is ever active).
+    Names are checked by the caller (kartero.managesieve.names); the store keeps what it is given."""
+
+    def list_scripts(self, account_id: int | None) -> list[SieveScriptInfo]:
+        """By name (code point order)."""
+        ...
+
+    def get_script(self, account_id: int | None, name: str) -> str | None: ...
+    def put_script(self, account_id: int | None, name: str, text: str, max_scripts: int = 0) -> None:
+        """Create or replace (an active script stays active). Raises TooManyScripts when creating it would
+        make more than `max_scripts` (0: no limit)."""
+        ...
+
+    def delete_script(self, account_id: int | None, name: str) -> None:
+        """Raises NoSuchScript, or ScriptIsActive for the active script."""
+        ...
+
+    def rename_script(self, account_id: int | None, old: str, new: str) -> None:
+        """Renames, keeping it active if it was. Raises NoSuchScript or ScriptExists."""
+        ...
+
+    def set_active(self, account_id: int, name: str | None) -> None:
+        """Make `name` the account's one active script, or none (None). Raises NoSuchScript."""
+        ...
+
+    def active_script(self, account_id: int) -> tuple[str, str] | None:
+        """The account's active script as (name, text), or None."""
+        ...
+
+    def sieve_version(self) -> int:
+        """A counter raised by every script change of any account or the globals, by any process (one
+        read of one row): a cache of compiled scripts that remembers it knows when to read again."""
+        ...
+
+
 class QueueStore(Protocol):
     """The outbound queue: what is due, attempts and their outcomes, failure reports."""
 
@@ -584,6 +645,8 @@ class Store(Protocol):
     def mail(self) -> MailStore: ...
     @property
     def queue(self) -> QueueStore: ...
+    @property
+    def sieve(self) -> SieveStore: ...
     def close(self) -> None:
         """Finish every delivery already accepted, then release everything."""
         ...

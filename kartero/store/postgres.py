@@ -31,6 +31,7 @@ from kartero.store.interface import QueueItem, QueueState, RecipientUpdate, Stor
 from kartero.store.mailboxes import SQLiteMail
 from kartero.store.pg_db import SCHEMA_VERSION, PgDatabase
 from kartero.store.queue_sql import OPEN_STATES, SQLiteQueue
+from kartero.store.sieve_sql import SqlSieve
 from kartero.store.spool import WINDOW, FileBuffer, SpoolBody, clear_spool
 from kartero.store.sql import SqlConnection
 
@@ -277,6 +278,7 @@ class PgStore:
         self.accounts = PgAccounts(self.database, self.committer)
         self.mail = PgMail(self.database, self.committer)
         self.queue = PgQueue(self.database, lease_s)
+        self.sieve = SqlSieve(self.database)
         self.abuse = PgAbuseStore(self.database)
 
     def recover(self) -> int:

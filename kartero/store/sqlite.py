@@ -7,7 +7,8 @@ the group commit, compaction, releasing expunged bodies):
 - `accounts` (`accounts_sql.SQLiteAccounts`): accounts, aliases, the directory snapshot and its version;
 - `mail` (`mailboxes.SQLiteMail`): mailboxes, messages, flags, MODSEQs, METADATA, the change feed, bodies
   and deliveries;
-- `queue` (`queue_sql.SQLiteQueue`): the outbound queue.
+- `queue` (`queue_sql.SQLiteQueue`): the outbound queue;
+- `sieve` (`sieve_sql.SqlSieve`): Sieve scripts.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from kartero.store.interface import AbuseStore
 from kartero.store.mailboxes import SQLiteMail
 from kartero.store.queue_sql import SQLiteQueue
 from kartero.store.segments import Segments
+from kartero.store.sieve_sql import SqlSieve
 from kartero.store.sqlite_db import SCHEMA_VERSION, Database
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -42,6 +44,7 @@ class SQLiteStore:
         self.accounts = SQLiteAccounts(self.database, self.committer)
         self.mail = SQLiteMail(self.database, self.committer)
         self.queue = SQLiteQueue(self.database)
+        self.sieve = SqlSieve(self.database)
         self.abuse: AbuseStore | None = None  # one process: the abuse counts stay in its memory
 
     def recover(self) -> int:

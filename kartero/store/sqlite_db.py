@@ -127,6 +127,15 @@ CREATE TABLE IF NOT EXISTS metadata (    -- METADATA entries (RFC 5464), by lowe
     value BLOB NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS metadata_entry ON metadata (account_id, IFNULL(mailbox_id, 0), name);
+CREATE TABLE IF NOT EXISTS sieve_scripts (  -- Sieve scripts (store/sieve_sql.py), ManageSieve's namespace
+    id INTEGER PRIMARY KEY,
+    account_id INTEGER REFERENCES accounts(id) ON DELETE CASCADE,  -- NULL: a global script (RFC 6609)
+    name TEXT NOT NULL,
+    script TEXT NOT NULL,
+    active INTEGER NOT NULL DEFAULT 0,    -- 1 for at most one script per account
+    updated_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS sieve_scripts_name ON sieve_scripts (IFNULL(account_id, 0), name);
 CREATE TABLE IF NOT EXISTS sieve_memory (  -- what Sieve remembers per account: vacation replies, duplicates
     account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
     key TEXT NOT NULL,

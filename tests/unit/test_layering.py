@@ -30,10 +30,11 @@ def _is_core(path: Path) -> bool:
     rel = path.relative_to(ROOT).as_posix()
     if rel.startswith("imap/commands/"):
         return False
-    return rel.split("/")[0] in ("smtp", "pop3", "imap") or rel == "auth/sasl.py"
+    return rel.split("/")[0] in ("smtp", "pop3", "imap", "managesieve") or rel == "auth/sasl.py"
 
 
-CORE_PACKAGES = ("kartero.smtp", "kartero.pop3", "kartero.imap", "kartero.auth.sasl", "kartero.mail")
+CORE_PACKAGES = ("kartero.smtp", "kartero.pop3", "kartero.imap", "kartero.managesieve", "kartero.auth.sasl",
+                 "kartero.mail")  # fmt: skip
 
 
 def test_protocol_cores_import_only_the_stdlib_and_each_other() -> None:
@@ -53,7 +54,9 @@ def test_store_and_queue_never_import_protocols_or_network() -> None:
     for package in ("store", "queue"):
         for path in _modules(package) if (ROOT / package).exists() else []:
             for name in _imports(path):
-                assert not name.startswith(("kartero.smtp", "kartero.imap", "kartero.pop3", "kartero.net")), (
+                assert not name.startswith(
+                    ("kartero.smtp", "kartero.imap", "kartero.pop3", "kartero.managesieve", "kartero.net")
+                ), (
                     f"{path.relative_to(ROOT)} imports {name}"
                 )
 
