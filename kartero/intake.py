@@ -457,8 +457,8 @@ def _refusal_in_reply(plans: list[Plan], envelope: EnvelopeRecord, account_ids: 
     reason = next(iter(rejects.values()))
     assert reason is not None
     text = " ".join(reason.reason.split())
-    text = "".join(c if " " <= c <= "~" else "?" for c in text)[:200] or "Rejected"
-    return Refused(Reply(550, "5.7.1", text), "sieve reject")
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)[:200]
+    return Refused(replies.SIEVE_REJECTED.with_text(text) if text else replies.SIEVE_REJECTED, "sieve reject")
 
 
 def _rules_message(data: bytes | Content, envelope: EnvelopeRecord, max_body: int) -> Message:

@@ -52,6 +52,7 @@ from kartero.policy.shared import SYNC_S, AbuseSync
 from kartero.policy.submission import SubmissionPolicy
 from kartero.pop3.connection import Pop3Settings
 from kartero.queue.runner import QueueRunner, QueueSettings
+from kartero.rules.engine import Rules
 from kartero.smtp.server import ServerSettings
 from kartero.store.backends import AnyStore, open_store
 from kartero.store.interface import MetadataChange
@@ -212,9 +213,11 @@ class Server:
         lim = config.limits
         signer = Signer(_StoreKeys(shared) if shared is not None else config.data_dir)
         submission_policy = SubmissionPolicy(directory, config.primary_domain, config.limits.messages_per_user_per_hour)
+        rules = Rules(store.sieve, store.mail, store.accounts.directory_version, hostname=config.hostname,
+                      environment={"version": VERSION})  # fmt: skip
         intake = Intake(store.mail, directory, hostname=config.hostname,
                         queue_lifetime_s=config.delivery.queue_lifetime_s, blocking=blocking, signer=signer,
-                        check_deadline_s=deadline)  # fmt: skip
+                        check_deadline_s=deadline, rules=rules)  # fmt: skip
         authenticator = Authenticator(store.accounts, config.auth.scram_iterations)
         throttle = AuthThrottle(window_s=config.auth.failure_window_s,
                                 per_pair=config.auth.failures_per_address_and_account,

@@ -131,6 +131,7 @@ DATA_AFTER_BDAT = Reply(503, "5.5.1", "DATA not allowed in a BDAT transaction")
 TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")
 NO_SUCH_USER = Reply(550, "5.1.1", "No such user here")
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+SIEVE_REJECTED = Reply(550, "5.7.1", "Rejected by the recipient's mail rules")  # the text: the script's reason
 SIZE_EXCEEDED = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")

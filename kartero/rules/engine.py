@@ -15,16 +15,15 @@ import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
 
 from kartero import sieve
 from kartero.log import kv
 from kartero.mime.headers import HeaderBlock, parse_header_block
 from kartero.rules.vacation import Reply, build_reply, skip_reason
-from kartero.store.interface import INBOX, MailboxExists, MailStore
+from kartero.store.interface import INBOX, MailboxExists, MailStore, SieveStore
 
 log = logging.getLogger("kartero.rules")
 
@@ -39,17 +38,6 @@ _NOT_IN_ATOM = frozenset('(){ %*"\\]')
 VACATION_KEY = "vacation:"
 DUPLICATE_KEY = "duplicate:"
 COMPILED_CACHE = 1024  # compiled scripts kept (by text)
-
-
-class ScriptSource(Protocol):
-    """What the rules need of the script storage (kartero.store, SieveStore)."""
-
-    def directory_version(self) -> int: ...
-    def sieve_active_accounts(self) -> set[int]: ...
-    def sieve_active_script(self, account_id: int) -> str | None: ...
-    def sieve_script(self, account_id: int | None, name: str) -> str | None:
-        """A personal script of the account, or (account_id None) a global one."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +97,13 @@ class Plan:
 
 
 class Rules:
-    def __init__(self, scripts: ScriptSource, mail: MailStore, *, hostname: str,
+    def __init__(self, scripts: SieveStore, mail: MailStore, directory_version: Callable[[], int], *, hostname: str,
                  limits: sieve.Limits | None = None, environment: Mapping[str, str] | None = None) -> None:  # fmt: skip
+        """`directory_version`: the store's directory version, which every script change raises (read on
+        the event loop: a few µs on SQLite, from the change feed on PostgreSQL)."""
         self.scripts = scripts
         self.mail = mail
+        self.directory_version = directory_version
         self.hostname = hostname
         self.limits = limits or sieve.Limits()
         self.environment = dict(environment or {})
@@ -126,12 +117,12 @@ class Rules:
 
     def needs_refresh(self) -> bool:
         """Whether the accounts with scripts must be read again (the directory version moved)."""
-        return self.scripts.directory_version() != self._version
+        return self.directory_version() != self._version
 
     def refresh(self) -> None:
         """Read which accounts have an active script (blocking)."""
-        version = self.scripts.directory_version()
-        active = frozenset(self.scripts.sieve_active_accounts())
+        version = self.directory_version()
+        active = frozenset(self.scripts.active_accounts())
         self._active, self._version = active, version
 
     def scripted(self, account_ids: Sequence[int]) -> list[int]:
@@ -163,10 +154,10 @@ class Rules:
 
     def _plan_one(self, message: Message, header: HeaderBlock, recipient: Recipient, now: datetime) -> Plan:
         keep = (Copy(INBOX),)
-        text = self.scripts.sieve_active_script(recipient.account_id)
-        if text is None:
+        active = self.scripts.active_script(recipient.account_id)
+        if active is None:
             return Plan(recipient, keep)  # deactivated since `scripted`
-        script = self._compile(text)
+        script = self._compile(active[1])
         if isinstance(script, sieve.SieveError):
             return Plan(recipient, keep, notes=(f"active script does not compile: {script}",))
         account_id = recipient.account_id
@@ -181,7 +172,7 @@ class Rules:
             auth=message.auth,
             mailbox_exists=lambda name: self.mail.get_mailbox(account_id, name) is not None,
             duplicate_seen=lambda key: self.mail.sieve_recalls(account_id, DUPLICATE_KEY + key, stamp),
-            load_script=lambda is_global, name: self.scripts.sieve_script(None if is_global else account_id, name),
+            load_script=lambda is_global, name: self.scripts.get_script(None if is_global else account_id, name),
             size=message.size,
         )
         try:

@@ -42,7 +42,7 @@ class SQLiteAccounts:
                     (account_id, name, special_use, next_uidvalidity(db), new_mailbox_objectid()),
                 )
                 db.execute("INSERT INTO subscriptions (account_id, name) VALUES (?, ?)", (account_id, name))
-            _bump_directory_version(db)
+            bump_directory_version(db)
         return Account(account_id, address, password_hash, now, scram)
 
 
@@ -65,7 +65,7 @@ class SQLiteAccounts:
             cur = db.execute(
                 "UPDATE accounts SET password_hash = ?, scram = ? WHERE address = ?", (password_hash, scram, address)
             )
-            _bump_directory_version(db)
+            bump_directory_version(db)
         return bool(cur.rowcount == 1)
 
     def set_scram(self, address: str, scram: str) -> None:
@@ -91,7 +91,7 @@ class SQLiteAccounts:
             # Bodies nothing else shares become dead space in their segments; compaction (at the next
             # server start, or `compact()`) reclaims it.
             drop_unreferenced_blobs(db, blob_ids)
-            _bump_directory_version(db)
+            bump_directory_version(db)
         self._committer.compact()
         return True
 
@@ -99,13 +99,13 @@ class SQLiteAccounts:
         with self._database.write() as db:
             cur = db.execute("INSERT INTO aliases (source, destination) VALUES (?, ?) ON CONFLICT DO NOTHING",
                              (source, destination))  # fmt: skip
-            _bump_directory_version(db)
+            bump_directory_version(db)
         return bool(cur.rowcount == 1)
 
     def delete_alias(self, source: str) -> int:
         with self._database.write() as db:
             count = int(db.execute("DELETE FROM aliases WHERE source = ?", (source,)).rowcount)
-            _bump_directory_version(db)
+            bump_directory_version(db)
         return count
 
     def list_aliases(self) -> list[tuple[str, str]]:
@@ -136,7 +136,7 @@ class SQLiteAccounts:
         return int(row[0]) if row else 0
 
 
-def _bump_directory_version(db: SqlConnection) -> None:
+def bump_directory_version(db: SqlConnection) -> None:
     """Inside the write transaction of an account or alias change: a running server's next directory
     check sees a new version and reloads its snapshot (auth.accounts.DirectoryCache)."""
     db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'directory_version'")

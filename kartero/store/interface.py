@@ -595,6 +595,10 @@ class SieveStore(Protocol):
         """The account's active script as (name, text), or None."""
         ...
 
+    def active_accounts(self) -> set[int]:
+        """The accounts that have an active script."""
+        ...
+
     def sieve_version(self) -> int:
         """A counter raised by every script change of any account or the globals, by any process (one
         read of one row): a cache of compiled scripts that remembers it knows when to read again."""

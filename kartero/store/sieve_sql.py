@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from kartero.store.accounts_sql import bump_directory_version
 from kartero.store.interface import NoSuchScript, ScriptExists, ScriptIsActive, SieveScriptInfo, TooManyScripts
 from kartero.store.sql import SqlConnection, SqlDatabase
 
@@ -105,13 +106,20 @@ class SqlSieve:
         ).fetchone()
         return None if row is None else (str(row[0]), str(row[1]))
 
+    def active_accounts(self) -> set[int]:
+        rows = self._database.db().execute("SELECT account_id FROM sieve_scripts WHERE active = 1")
+        return {int(r[0]) for r in rows if r[0] is not None}
+
     def sieve_version(self) -> int:
         row = self._database.db().execute("SELECT value FROM meta WHERE key = 'sieve_version'").fetchone()
         return int(row[0]) if row else 0
 
 
 def _bump_sieve_version(db: SqlConnection) -> None:
-    """Inside the write transaction of a script change (the row is made by the first change)."""
+    """Inside the write transaction of a script change (the row is made by the first change). The
+    directory version moves too: delivery learns which accounts have an active script from it, and on
+    PostgreSQL it arrives by the change feed, without a query on the event loop (kartero.rules)."""
+    bump_directory_version(db)
     db.execute(
         "INSERT INTO meta (key, value) VALUES ('sieve_version', '1')"
         " ON CONFLICT (key) DO UPDATE SET value = CAST(meta.value AS INTEGER) + 1"

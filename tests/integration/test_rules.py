@@ -68,8 +68,8 @@ def net() -> Iterator[Net]:
     with LoopbackDNS(ZONE) as dns:
         b = KarteroServer(root / "b", host=B, port=port, domains=("remote.test",), hostname="mx.remote.test")
         b.add_user("alice@remote.test")
-        a = KarteroServer(root / "a", host=A, port=port, extra_config=dns.config
-                          + '[delivery]\nport = {port}\nsource_address = "{A}"\nretry_first = "1s"\n'.format(port=port, A=A))  # fmt: skip
+        delivery = f'[delivery]\nport = {port}\nsource_address = "{A}"\nretry_first = "1s"\n'
+        a = KarteroServer(root / "a", host=A, port=port, extra_config=dns.config + delivery)
         for user in ("bob@example.test", "carol@example.test"):
             a.add_user(user)
         b.start()
@@ -96,7 +96,8 @@ if header :contains "list-id" "dev.lists.remote.test" {
     fileinto :create :flags ["\\\\Seen", "$Dev"] "Lists/dev";
 }
 """)
-    net.send("alice@remote.test", ["bob@example.test"], message("list post", extra="List-Id: <dev.lists.remote.test>\n"))
+    listed = message("list post", extra="List-Id: <dev.lists.remote.test>\n")
+    net.send("alice@remote.test", ["bob@example.test"], listed)
     net.send("alice@remote.test", ["bob@example.test"], message("personal one"))
     store = net.a.store()
     try:
@@ -147,7 +148,8 @@ vacation :days 1 :subject "Out of office" "I am away this week.";
 
 
 def test_issue_12_reject_is_the_smtp_reply_for_one_recipient_and_a_notice_for_several(net: Net) -> None:
-    net.script("bob@example.test", 'require "reject";\nif header :contains "subject" "spam" { reject "Not wanted here."; }\n')
+    rule = 'require "reject";\nif header :contains "subject" "spam" { reject "Not wanted here."; }\n'
+    net.script("bob@example.test", rule)
     with smtplib.SMTP(A, net.a.port) as client:
         client.mail("alice@remote.test")
         client.rcpt("bob@example.test")
@@ -170,7 +172,8 @@ def test_issue_12_redirect_leaves_through_the_queue_marked_delivered_to(net: Net
     net.script("bob@example.test", 'require "copy";\nredirect :copy "alice@remote.test";\n')
     before = len(net.remote_inbox())
     bob_before = len(net.a.messages("bob@example.test"))
-    net.send("carol@example.test", ["bob@example.test"], message("forward me").replace("alice@remote.test", "carol@example.test"))
+    local = message("forward me").replace("alice@remote.test", "carol@example.test")
+    net.send("carol@example.test", ["bob@example.test"], local)
     wait_for(lambda: len(net.remote_inbox()) == before + 1, 20)
     (copy,) = net.remote_inbox()[before:]
     assert b"\r\nDelivered-To: bob@example.test\r\n" in copy
