@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime, getaddresses
@@ -33,9 +34,11 @@ from kartero.log import kv
 from kartero.mail import replies
 from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord
 from kartero.mail.replies import Reply
+from kartero.mail.srs import SRS, SRSError, is_srs
 from kartero.mailauth.dkim import DKIMError, Signer
 from kartero.mime.headers import find_body_start, parse_header_block
 from kartero.policy.decisions import AcceptMessage, MessageDecision, Reject
+from kartero.policy.inbound import srs_original
 from kartero.store.ids import new_message_id
 from kartero.store.interface import INBOX, Content, Delivery, MailStore, Outbound, as_targets
 from kartero.store.spool import read_whole
@@ -49,6 +52,10 @@ CHECK_DEADLINE_S = 120.0
 # may still land, so the retry can duplicate the message (which SMTP allows after a 4xx, and is better
 # than a session that waits forever on a hung disk).
 STORE_DEADLINE_S = 300.0
+
+# Remote destinations one message reaches through aliases, all recipients together: one message to a big
+# alias list cannot make the queue send more copies than this (the rest are logged, not sent).
+MAX_FORWARDS = 100
 
 MessageCheck = Callable[[bytes | Content], Coroutine[Any, Any, MessageDecision]]
 
@@ -124,11 +131,13 @@ def format_return_path(sender: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One accepted recipient: the local accounts it reaches, or (remote) the address to queue."""
+    """One accepted recipient: the local accounts it reaches, or (remote) the address to queue;
+    `forward_to`: the remote addresses its aliases point at (a copy forwarded with an SRS sender)."""
 
     recipient: EnvelopeRecipient
     account_ids: tuple[int, ...] = ()
     is_remote: bool = False
+    forward_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +174,9 @@ Outcome = Stored | Refused
 class Intake:
     def __init__(self, store: MailStore, directory: DirectoryCache, *, hostname: str, queue_lifetime_s: float,
                  blocking: Blocking, signer: Signer | None = None, check_deadline_s: float = CHECK_DEADLINE_S,
-                 store_deadline_s: float = STORE_DEADLINE_S) -> None:  # fmt: skip
+                 store_deadline_s: float = STORE_DEADLINE_S, srs: SRS | None = None) -> None:  # fmt: skip
         self.store = store
+        self.srs = srs  # None: forwarded mail keeps its sender, SRS addresses are not ours
         self.directory = directory
         self.hostname = hostname
         self.queue_lifetime_s = queue_lifetime_s
@@ -180,13 +190,21 @@ class Intake:
     async def resolve(self, address: str) -> Target | None:
         """Where mail for the canonical `address` goes, for senders without a RCPT phase (sendmail, DSNs):
         local accounts (aliases followed), remote, or None for an unknown local address."""
-        domain = address.rpartition("@")[2]
+        local, _, domain = address.rpartition("@")
         if domain not in self.directory.domains:
             return Target(EnvelopeRecipient(address), is_remote=True)
+        if self.srs is not None and is_srs(local):  # a DSN about mail we forwarded: to its original sender
+            original = srs_original(self.srs, address, time.time())
+            if original is None:
+                return None
+            local, _, domain = original.rpartition("@")
+            if domain not in self.directory.domains:
+                return Target(EnvelopeRecipient(original), is_remote=True)
+            address = f"{local.lower()}@{domain}"
         resolution = await self.directory.resolve(address)
-        if not resolution.account_ids:
+        if not resolution.has_destinations:
             return None
-        return Target(EnvelopeRecipient(address), resolution.account_ids)
+        return Target(EnvelopeRecipient(address), resolution.account_ids, forward_to=resolution.forward_to)
 
     async def accept(self, incoming: Incoming) -> Outcome:
         """Check, complete, trace and store one message; Stored once it is durable."""
@@ -229,8 +247,11 @@ class Intake:
             received = format_received(incoming.arrival, hostname=self.hostname, message_id=message_id,
                                        recipient=recipients[0].address if len(recipients) == 1 else None,
                                        date=now)  # fmt: skip
-        account_ids = [a for t in incoming.targets if not t.is_remote for a in t.account_ids]
-        remote = tuple(t.recipient for t in incoming.targets if t.is_remote)
+        targets = self._without_loops(incoming.targets, _head(data), message_id)
+        if not targets:
+            return Refused(replies.MAIL_LOOP, "loop")
+        account_ids = [a for t in targets if not t.is_remote for a in t.account_ids]
+        remote = tuple(t.recipient for t in targets if t.is_remote)
         deliveries = []
         queue_id = None
         timestamp = envelope.received_at
@@ -251,6 +272,21 @@ class Intake:
             )
             queue_id = message_id if not account_ids else new_message_id()
             deliveries.append(Delivery(queue_id, _prepend(received, data), (), timestamp, envelope, outbound))
+        budget = MAX_FORWARDS
+        for target in targets:
+            if not target.forward_to or target.is_remote:
+                continue
+            if len(target.forward_to) > budget:
+                log.warning("%s", kv(event="intake.forward_limit", id=message_id, rcpt=target.recipient.address,
+                                     dropped=",".join(target.forward_to[budget:]), limit=MAX_FORWARDS))  # fmt: skip
+            destinations = target.forward_to[:budget]
+            budget -= len(destinations)
+            if destinations:
+                copy = self.forwarded(envelope, _prepend(received, data), destinations, target.recipient.address,
+                                      notify=target.recipient.notify, body_8bit=incoming.body_8bit,
+                                      blob_id=None if deliveries else message_id)  # fmt: skip
+                queue_id = queue_id or copy.blob_id
+                deliveries.append(copy)
         if not deliveries:
             return Refused(replies.LOCAL_ERROR, "no recipient left")
         try:
@@ -260,6 +296,63 @@ class Intake:
             log.error("%s", kv(event="intake.store_failed", id=message_id, detail=str(exc)))
             return Refused(replies.LOCAL_ERROR, "store failed")
         return Stored(message_id, queue_id)
+
+    def forwarded(self, envelope: EnvelopeRecord, data: bytes | Content, destinations: Sequence[str], sent_to: str,
+                  *, notify: tuple[str, ...] = (), body_8bit: bool = False,
+                  blob_id: str | None = None) -> Delivery:  # fmt: skip
+        """The queued copy of a message forwarded to the remote `destinations` on behalf of our address
+        `sent_to` (an alias with remote destinations, or Sieve `redirect` of that account): `data` as
+        relayed (trace fields, no Return-Path) after `Delivered-To: sent_to` (what stops a loop when it
+        comes back, see `_without_loops`), its envelope sender rewritten by `forward_sender`. Store it
+        in the same `deliver_group` as the message's other copies, so that all or none are kept."""
+        timestamp = envelope.received_at or int(time.time())
+        sender = self.forward_sender(envelope.sender, sent_to, float(timestamp))
+        copy = _prepend(f"Delivered-To: {sent_to}\r\n".encode(), data)
+        head = _head(copy)
+        outbound = Outbound(
+            sender=sender,
+            recipients=tuple(EnvelopeRecipient(d, notify) for d in destinations),
+            expires_at=timestamp + int(self.queue_lifetime_s),
+            ret=envelope.ret,
+            envid=envelope.envid,
+            smtputf8=envelope.smtputf8 or not (sender + "".join(destinations) + sent_to).isascii(),
+            body_8bit=body_8bit or not head.isascii() or _tail_is_8bit(copy),
+        )
+        return Delivery(blob_id or new_message_id(), copy, (), timestamp, envelope, outbound)
+
+    def forward_sender(self, sender: str, sent_to: str, now: float) -> str:
+        """The envelope sender of a copy forwarded for our address `sent_to`: the null sender stays null
+        (a bounce is never bounced); a sender in one of our domains stays as it is (our SPF covers us,
+        and its bounces come home anyway); any other becomes an SRS address in `sent_to`'s domain (whose
+        MX is us, so the bounce comes back to be reversed). A sender SRS cannot carry (a quoted local
+        part, a local part past 64 octets once rewritten) is forwarded with the null sender, logged."""
+        if not sender or self.srs is None:
+            return sender
+        if _domain_of(sender) in self.directory.domains:
+            return sender
+        forwarder = _domain_of(sent_to)
+        if forwarder not in self.directory.domains:
+            forwarder = min(self.directory.domains)
+        try:
+            return self.srs.forward(sender, forwarder, now)
+        except SRSError as exc:
+            log.warning("%s", kv(event="intake.srs_unrewritable", sender=f"<{sender}>", detail=str(exc)))
+            return ""
+
+    def _without_loops(self, targets: tuple[Target, ...], head: bytes, message_id: str) -> tuple[Target, ...]:
+        """The targets whose address is not in a Delivered-To field of the message already: mail that has
+        been here for that address (it was forwarded from here and came back) is not delivered again
+        for it (logged); the other recipients still get it."""
+        seen = delivered_to(head)
+        if not seen:
+            return targets
+        kept = []
+        for target in targets:
+            if target.recipient.address.lower() in seen:
+                log.warning("%s", kv(event="intake.loop", id=message_id, rcpt=target.recipient.address))
+            else:
+                kept.append(target)
+        return tuple(kept)
 
     def _signed(self, signer: Signer, data: bytes | Content) -> bytes | Content:
         """The message with its DKIM signatures when its From: domain is local and has keys; unsigned
@@ -295,6 +388,28 @@ class Intake:
         if header.get("message-id") is None:
             added += f"Message-ID: <{secrets.token_hex(12)}@{self.hostname}>\r\n".encode()
         return added
+
+
+_DELIVERED_TO = re.compile(rb"^delivered-to:", re.IGNORECASE | re.MULTILINE)  # a literal: linear
+
+
+def delivered_to(head: bytes) -> frozenset[str]:
+    """The addresses in the Delivered-To fields of a message's header, lower-cased, angle brackets gone
+    (Postfix writes none, some write them). The header is parsed only when such a field is there."""
+    block = head[: find_body_start(head)[0]]
+    if _DELIVERED_TO.search(block) is None:
+        return frozenset()
+    values = parse_header_block(block).get_all("delivered-to")
+    return frozenset(v.decode("utf-8", "replace").strip().strip("<>").strip().lower() for v in values)
+
+
+def _domain_of(address: str) -> str:
+    """The domain of an address, canonical where it can be (else as written: then it is not ours)."""
+    domain = address.rpartition("@")[2]
+    try:
+        return canonical_domain(domain)
+    except DomainError:
+        return domain
 
 
 def _prepend(fields: bytes, message: bytes | Content) -> bytes | Content:
