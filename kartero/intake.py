@@ -273,13 +273,16 @@ class Intake:
             queue_id = message_id if not account_ids else new_message_id()
             deliveries.append(Delivery(queue_id, _prepend(received, data), (), timestamp, envelope, outbound))
         budget = MAX_FORWARDS
+        sent = {r.address.lower() for r in remote}  # each address gets one copy, however many aliases lead there
         for target in targets:
             if not target.forward_to or target.is_remote:
                 continue
-            if len(target.forward_to) > budget:
+            new = tuple(d for d in target.forward_to if d.lower() not in sent)
+            sent.update(d.lower() for d in new)
+            if len(new) > budget:
                 log.warning("%s", kv(event="intake.forward_limit", id=message_id, rcpt=target.recipient.address,
-                                     dropped=",".join(target.forward_to[budget:]), limit=MAX_FORWARDS))  # fmt: skip
-            destinations = target.forward_to[:budget]
+                                     dropped=",".join(new[budget:]), limit=MAX_FORWARDS))  # fmt: skip
+            destinations = new[:budget]
             budget -= len(destinations)
             if destinations:
                 copy = self.forwarded(envelope, _prepend(received, data), destinations, target.recipient.address,

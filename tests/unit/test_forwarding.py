@@ -163,6 +163,18 @@ def test_issue_12_an_srs_sender_of_another_forwarder_becomes_srs1(sqlite: SQLite
     assert SRS_.reverse(entry.sender, time.time()) == first
 
 
+def test_issue_12_each_remote_address_gets_one_copy_per_message(sqlite: SQLiteStore) -> None:
+    sqlite.accounts.add_alias("a@example.test", "x@remote.example")
+    sqlite.accounts.add_alias("b@example.test", "X@remote.example")
+    sqlite.accounts.add_alias("b@example.test", "y@remote.example")
+    direct = Target(EnvelopeRecipient("y@remote.example"), is_remote=True)
+    targets = (target(sqlite, "a@example.test"), target(sqlite, "b@example.test"), direct)
+    assert isinstance(accept(sqlite, "s@origin.example", targets, b"Subject: s\r\n\r\n.\r\n"), Stored)
+    queued = sqlite.queue.queue_entries()
+    entries = sorted((e.sender.startswith("SRS0="), [r.address for r in e.recipients]) for e in queued)
+    assert entries == [(False, ["y@remote.example"]), (True, ["x@remote.example"])]
+
+
 def test_issue_12_forwarding_fan_out_is_capped_per_message(
     sqlite: SQLiteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
