@@ -178,3 +178,16 @@ def test_issue_12_srs_every_tampered_hash_is_refused(local: str, domain: str, po
     with pytest.raises(SRSError) as refused:
         SRS_.reverse(tampered, NOW)
     assert refused.value.failure is Failure.FORGED
+
+
+def test_issue_12_srs_matches_the_reference_implementation() -> None:
+    """Vectors made by Shevek's Mail::SRS 0.31 (Debian's libmail-srs-perl), on day 20786 (stamp JS):
+    `Mail::SRS->new(Secret => "s3cret", AlwaysRewrite => 1)->forward('Alice.Smith@Example.org',
+    'fwd.test')`, then that address forwarded again with Secret "other" to second.test."""
+    now = 20786 * DAY + 1.0
+    first = "SRS0=6P6q=JS=Example.org=Alice.Smith@fwd.test"
+    second = "SRS1=NmkJ=fwd.test==6P6q=JS=Example.org=Alice.Smith@second.test"
+    assert SRS((b"s3cret",)).forward("Alice.Smith@Example.org", "fwd.test", now) == first
+    assert SRS((b"other",)).forward(first, "second.test", now) == second
+    assert SRS((b"other",)).reverse(second, now) == first
+    assert SRS((b"s3cret",)).reverse(first, now) == "Alice.Smith@Example.org"
