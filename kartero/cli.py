@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 runtime error, 2 usage or config error (one line naming the 
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from collections import Counter
 from datetime import UTC, datetime
@@ -135,6 +136,9 @@ queue_lifetime = "5d"            # then the sender gets a failure notice
 # backend = "postgresql"         # then `kartero db init` (docs/cluster.md)
 # url = "postgresql://kartero@127.0.0.1:5432/kartero"
 # node = "mx1"                   # this node's name (default: the host name)
+
+[srs]                            # forwarding to other providers: the sender is rewritten (SRS)
+secret = "{srs_secret}"  # signs the bounce addresses; the same on every node
 """
 
 
@@ -162,7 +166,8 @@ def init(directory: Path, domain: str, hostname: str | None, force: bool) -> Non
     (directory / "data").mkdir(exist_ok=True)
     (directory / "data").chmod(0o700)  # also when --force writes into an older, world-readable folder
     make_self_signed(directory / "tls" / "cert.pem", directory / "tls" / "key.pem", [hostname])
-    target.write_text(INIT_TEMPLATE.format(date=datetime.now(UTC).date().isoformat(), hostname=hostname, domain=domain))
+    target.write_text(INIT_TEMPLATE.format(date=datetime.now(UTC).date().isoformat(), hostname=hostname, domain=domain,
+                                           srs_secret=secrets.token_hex(32)))  # fmt: skip
     click.echo(f"wrote {target}")
     click.echo(f"next: kartero -c {target} user add postmaster@{domain} --password-stdin")
 

@@ -172,6 +172,18 @@ SCRAM_MIN_ITERATIONS = 4096  # RFC 7677 §4
 
 
 @dataclass(frozen=True, slots=True)
+class SRSConfig:
+    """The Sender Rewriting Scheme of forwarded mail (kartero/mail/srs.py). No `secret`: the server keeps
+    one it made itself in the store (the embedded database, or PostgreSQL's, shared by a cluster)."""
+
+    secret: str = ""  # signs new SRS addresses and checks bounces
+    old_secrets: tuple[str, ...] = ()  # still accepted for bounces (rotation), never used to sign
+
+
+SRS_MIN_SECRET = 16  # characters: a guessable key would let anyone relay through SRS addresses
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     hostname: str
     domains: tuple[str, ...]
@@ -187,6 +199,7 @@ class Config:
     dnsbl: DNSBLConfig = field(default_factory=DNSBLConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    srs: SRSConfig = field(default_factory=SRSConfig)
     log_level: str = "info"
     proxy_from: tuple[str, ...] = ()  # networks whose connections start with a PROXY protocol header
     source: Path | None = None  # the file it came from; None for the embedded default
@@ -338,7 +351,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     r = _Reader(name, base)
     r.check_keys(
         data, None, ("hostname", "domains", "data_dir", "listen", "tls", "limits", "dns", "delivery", "routes",
-                     "inbound", "greylisting", "dnsbl", "auth", "store", "log_level")
+                     "inbound", "greylisting", "dnsbl", "auth", "store", "log_level", "srs")
     )  # fmt: skip
 
     domains_raw = data.get("domains")
@@ -547,6 +560,16 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     if store.lease_s < 5:
         raise r.fail("store", "lease", "at least 5s")
 
+    srs_raw = r.table(data, "srs")
+    r.check_keys(srs_raw, "srs", ("secret", "old_secrets"))
+    old_raw = srs_raw.get("old_secrets", [])
+    if not isinstance(old_raw, list) or not all(isinstance(v, str) for v in old_raw):
+        raise r.fail("srs", "old_secrets", "must be a list of strings")
+    for key, value in [("secret", r.string(srs_raw, "srs", "secret", "")), *(("old_secrets", v) for v in old_raw)]:
+        if (value or key == "old_secrets") and len(value) < SRS_MIN_SECRET:
+            raise r.fail("srs", key, f"at least {SRS_MIN_SECRET} characters (`openssl rand -hex 32` makes one)")
+    srs = SRSConfig(r.string(srs_raw, "srs", "secret", ""), tuple(old_raw))
+
     return Config(
         hostname=hostname,
         domains=domains,
@@ -562,6 +585,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         dnsbl=dnsbl,
         auth=auth,
         store=store,
+        srs=srs,
         log_level=log_level,
         proxy_from=proxy_from,
         source=source,

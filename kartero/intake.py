@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime, getaddresses
@@ -33,9 +34,11 @@ from kartero.log import kv
 from kartero.mail import replies
 from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord, Origin
 from kartero.mail.replies import Reply
+from kartero.mail.srs import SRS, SRSError, is_srs
 from kartero.mailauth.dkim import DKIMError, Signer
 from kartero.mime.headers import find_body_start, parse_header_block
 from kartero.policy.decisions import AcceptMessage, MessageDecision, Reject
+from kartero.policy.inbound import srs_original
 from kartero.rules.engine import Message, Plan, Rules
 from kartero.rules.reject import build_rejection
 from kartero.store.ids import new_message_id
@@ -63,6 +66,9 @@ STORE_DEADLINE_S = 300.0
 
 # Redirected copies one message may make, over all its recipients' scripts (each script has its own cap).
 MAX_REDIRECTS_PER_MESSAGE = 20
+# Remote destinations one message reaches through aliases, all recipients together: one message to a big
+# alias list cannot make the queue send more copies than this (the rest are logged, not sent).
+MAX_FORWARDS = 100
 
 MessageCheck = Callable[[bytes | Content], Coroutine[Any, Any, MessageDecision]]
 
@@ -138,11 +144,13 @@ def format_return_path(sender: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One accepted recipient: the local accounts it reaches, or (remote) the address to queue."""
+    """One accepted recipient: the local accounts it reaches, or (remote) the address to queue;
+    `forward_to`: the remote addresses its aliases point at (a copy forwarded with an SRS sender)."""
 
     recipient: EnvelopeRecipient
     account_ids: tuple[int, ...] = ()
     is_remote: bool = False
+    forward_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +187,10 @@ Outcome = Stored | Refused
 class Intake:
     def __init__(self, store: MailStore, directory: DirectoryCache, *, hostname: str, queue_lifetime_s: float,
                  blocking: Blocking, signer: Signer | None = None, check_deadline_s: float = CHECK_DEADLINE_S,
-                 store_deadline_s: float = STORE_DEADLINE_S, rules: Rules | None = None) -> None:  # fmt: skip
+                 store_deadline_s: float = STORE_DEADLINE_S, rules: Rules | None = None,
+                 srs: SRS | None = None) -> None:  # fmt: skip
         self.store = store
+        self.srs = srs  # None: forwarded mail keeps its sender, SRS addresses are not ours
         self.directory = directory
         self.hostname = hostname
         self.queue_lifetime_s = queue_lifetime_s
@@ -195,13 +205,21 @@ class Intake:
     async def resolve(self, address: str) -> Target | None:
         """Where mail for the canonical `address` goes, for senders without a RCPT phase (sendmail, DSNs):
         local accounts (aliases followed), remote, or None for an unknown local address."""
-        domain = address.rpartition("@")[2]
+        local, _, domain = address.rpartition("@")
         if domain not in self.directory.domains:
             return Target(EnvelopeRecipient(address), is_remote=True)
+        if self.srs is not None and is_srs(local):  # a DSN about mail we forwarded: to its original sender
+            original = srs_original(self.srs, address, time.time())
+            if original is None:
+                return None
+            local, _, domain = original.rpartition("@")
+            if domain not in self.directory.domains:
+                return Target(EnvelopeRecipient(original), is_remote=True)
+            address = f"{local.lower()}@{domain}"
         resolution = await self.directory.resolve(address)
-        if not resolution.account_ids:
+        if not resolution.has_destinations:
             return None
-        return Target(EnvelopeRecipient(address), resolution.account_ids)
+        return Target(EnvelopeRecipient(address), resolution.account_ids, forward_to=resolution.forward_to)
 
     async def accept(self, incoming: Incoming) -> Outcome:
         """Check, complete, trace and store one message; Stored once it is durable."""
@@ -244,12 +262,15 @@ class Intake:
             received = format_received(incoming.arrival, hostname=self.hostname, message_id=message_id,
                                        recipient=recipients[0].address if len(recipients) == 1 else None,
                                        date=now)  # fmt: skip
-        account_ids = [a for t in incoming.targets if not t.is_remote for a in t.account_ids]
-        remote = tuple(t.recipient for t in incoming.targets if t.is_remote)
+        targets = self._without_loops(incoming.targets, _head(data), message_id)
+        if not targets:
+            return Refused(replies.MAIL_LOOP, "loop")
+        account_ids = [a for t in targets if not t.is_remote for a in t.account_ids]
+        remote = tuple(t.recipient for t in targets if t.is_remote)
         deliveries = []
         queue_id = None
         timestamp = envelope.received_at
-        plans = await self._plans(incoming, envelope, data, now) if account_ids and self.rules is not None else []
+        plans = await self._plans(targets, envelope, data, now) if account_ids and self.rules is not None else []
         if plans and (refusal := _refusal_in_reply(plans, envelope, account_ids, remote)) is not None:
             log.info("%s", kv(event="sieve.rejected", id=message_id, sender=f"<{envelope.sender}>",
                               to=plans[0].recipient.address))  # fmt: skip
@@ -257,23 +278,23 @@ class Intake:
         if account_ids:  # final delivery: Return-Path goes first (RFC 5321 §4.4)
             trace = format_return_path(envelope.sender) + received
             scripted = {p.recipient.account_id for p in plans}
-            targets = list(as_targets([a for a in account_ids if a not in scripted], mailbox))
+            stored_in = list(as_targets([a for a in account_ids if a not in scripted], mailbox))
             edited: list[tuple[bytes, DeliveryTarget]] = []
             for plan in plans:
-                for copy in plan.copies:
-                    box = mailbox if copy.mailbox == INBOX else copy.mailbox  # keep: where the checks said
-                    target = DeliveryTarget(plan.recipient.account_id, box, copy.flags)
-                    if copy.header is None:
-                        targets.append(target)
+                for kept in plan.copies:
+                    box = mailbox if kept.mailbox == INBOX else kept.mailbox  # keep: where the checks said
+                    where = DeliveryTarget(plan.recipient.account_id, box, kept.flags)
+                    if kept.header is None:
+                        stored_in.append(where)
                     else:
-                        edited.append((copy.header, target))
-            if targets:
-                deliveries.append(Delivery(message_id, _prepend(trace, data), tuple(targets), timestamp, envelope))
-            for header, target in edited:  # editheader: a copy of its own
+                        edited.append((kept.header, where))
+            if stored_in:
+                deliveries.append(Delivery(message_id, _prepend(trace, data), tuple(stored_in), timestamp, envelope))
+            for header, where in edited:  # editheader: a copy of its own
                 blob_id = new_message_id() if deliveries else message_id
-                deliveries.append(Delivery(blob_id, _prepend(trace, _with_header(data, header)), (target,), timestamp,
+                deliveries.append(Delivery(blob_id, _prepend(trace, _with_header(data, header)), (where,), timestamp,
                                            envelope))  # fmt: skip
-            deliveries += self._redirects(plans, envelope, data, received, timestamp)
+            deliveries += self._redirects(plans, envelope, data, received, incoming)
         if remote:  # relayed on: no Return-Path, the final MTA adds its own
             head = _head(data)
             outbound = Outbound(
@@ -287,6 +308,24 @@ class Intake:
             )
             queue_id = message_id if not deliveries else new_message_id()
             deliveries.append(Delivery(queue_id, _prepend(received, data), (), timestamp, envelope, outbound))
+        budget = MAX_FORWARDS
+        sent = {r.address.lower() for r in remote}  # each address gets one copy, however many aliases lead there
+        for target in targets:
+            if not target.forward_to or target.is_remote:
+                continue
+            new = tuple(d for d in target.forward_to if d.lower() not in sent)
+            sent.update(d.lower() for d in new)
+            if len(new) > budget:
+                log.warning("%s", kv(event="intake.forward_limit", id=message_id, rcpt=target.recipient.address,
+                                     dropped=",".join(new[budget:]), limit=MAX_FORWARDS))  # fmt: skip
+            destinations = new[:budget]
+            budget -= len(destinations)
+            if destinations:
+                copy = self.forwarded(envelope, _prepend(received, data), destinations, target.recipient.address,
+                                      notify=target.recipient.notify, body_8bit=incoming.body_8bit,
+                                      blob_id=None if deliveries else message_id)  # fmt: skip
+                queue_id = queue_id or copy.blob_id
+                deliveries.append(copy)
         if not deliveries:
             if plans and account_ids and not remote:  # every copy discarded, rejected or redirected away
                 await self._after_rules(plans, envelope, data, message_id)
@@ -304,7 +343,7 @@ class Intake:
 
     # -- mail rules (kartero.rules) -------------------------------------------------------------------
 
-    async def _plans(self, incoming: Incoming, envelope: EnvelopeRecord, data: bytes | Content,
+    async def _plans(self, targets: tuple[Target, ...], envelope: EnvelopeRecord, data: bytes | Content,
                      now: datetime) -> list[Plan]:  # fmt: skip
         """The Sieve plans of the local accounts with an active script; none (plain delivery, logged)
         when the scripts cannot be run in time: a message is never lost to its rules."""
@@ -315,7 +354,7 @@ class Intake:
                 await self.blocking(self.check_deadline_s, rules.refresh)
             wanted: list[tuple[int, str, str]] = []
             planned: set[int] = set()
-            for target in incoming.targets:
+            for target in targets:
                 if target.is_remote:
                     continue
                 rcpt = target.recipient
@@ -336,24 +375,15 @@ class Intake:
             return []
 
     def _redirects(self, plans: list[Plan], envelope: EnvelopeRecord, data: bytes | Content, received: bytes,
-                   timestamp: int) -> list[Delivery]:  # fmt: skip
-        """Sieve `redirect`: a queue entry per redirected copy, marked with `Delivered-To:` of the account
-        (RFC 5228 §4.2 asks that the envelope sender be kept: for SPF it is rewritten by SRS where that is
-        set up, see kartero.mail.srs)."""
+                   incoming: Incoming) -> list[Delivery]:  # fmt: skip
+        """Sieve `redirect`: a queue entry per redirected copy, as an alias forwards (`forwarded`: marked
+        with `Delivered-To:` of the account, the envelope sender rewritten by SRS)."""
         deliveries = []
         for plan in plans:
             for forward in plan.forwards[:MAX_REDIRECTS_PER_MESSAGE]:
                 copy = data if forward.header is None else _with_header(data, forward.header)
-                trace = f"Delivered-To: {plan.recipient.address}\r\n".encode() + received
-                head = _head(copy)
-                outbound = Outbound(
-                    sender=envelope.sender,
-                    recipients=(EnvelopeRecipient(forward.address),),
-                    expires_at=timestamp + int(self.queue_lifetime_s),
-                    smtputf8=envelope.smtputf8,
-                    body_8bit=not head.isascii() or _tail_is_8bit(copy),
-                )
-                deliveries.append(Delivery(new_message_id(), _prepend(trace, copy), (), timestamp, envelope, outbound))
+                deliveries.append(self.forwarded(envelope, _prepend(received, copy), (forward.address,),
+                                                 plan.recipient.address, body_8bit=incoming.body_8bit))  # fmt: skip
                 log.info("%s", kv(event="sieve.redirected", account=plan.recipient.address, to=forward.address))
         return deliveries
 
@@ -408,6 +438,62 @@ class Intake:
             log.error("%s", kv(event=event, id=message_id, to=address, detail=outcome.reason))
         else:
             log.info("%s", kv(event=event, id=message_id, to=address, reply_id=outcome.message_id))
+    def forwarded(self, envelope: EnvelopeRecord, data: bytes | Content, destinations: Sequence[str], sent_to: str,
+                  *, notify: tuple[str, ...] = (), body_8bit: bool = False,
+                  blob_id: str | None = None) -> Delivery:  # fmt: skip
+        """The queued copy of a message forwarded to the remote `destinations` on behalf of our address
+        `sent_to` (an alias with remote destinations, or Sieve `redirect` of that account): `data` as
+        relayed (trace fields, no Return-Path) after `Delivered-To: sent_to` (what stops a loop when it
+        comes back, see `_without_loops`), its envelope sender rewritten by `forward_sender`. Store it
+        in the same `deliver_group` as the message's other copies, so that all or none are kept."""
+        timestamp = envelope.received_at or int(time.time())
+        sender = self.forward_sender(envelope.sender, sent_to, float(timestamp))
+        copy = _prepend(f"Delivered-To: {sent_to}\r\n".encode(), data)
+        head = _head(copy)
+        outbound = Outbound(
+            sender=sender,
+            recipients=tuple(EnvelopeRecipient(d, notify) for d in destinations),
+            expires_at=timestamp + int(self.queue_lifetime_s),
+            ret=envelope.ret,
+            envid=envelope.envid,
+            smtputf8=envelope.smtputf8 or not (sender + "".join(destinations) + sent_to).isascii(),
+            body_8bit=body_8bit or not head.isascii() or _tail_is_8bit(copy),
+        )
+        return Delivery(blob_id or new_message_id(), copy, (), timestamp, envelope, outbound)
+
+    def forward_sender(self, sender: str, sent_to: str, now: float) -> str:
+        """The envelope sender of a copy forwarded for our address `sent_to`: the null sender stays null
+        (a bounce is never bounced); a sender in one of our domains stays as it is (our SPF covers us,
+        and its bounces come home anyway); any other becomes an SRS address in `sent_to`'s domain (whose
+        MX is us, so the bounce comes back to be reversed). A sender SRS cannot carry (a quoted local
+        part, a local part past 64 octets once rewritten) is forwarded with the null sender, logged."""
+        if not sender or self.srs is None:
+            return sender
+        if _domain_of(sender) in self.directory.domains:
+            return sender
+        forwarder = _domain_of(sent_to)
+        if forwarder not in self.directory.domains:
+            forwarder = min(self.directory.domains)
+        try:
+            return self.srs.forward(sender, forwarder, now)
+        except SRSError as exc:
+            log.warning("%s", kv(event="intake.srs_unrewritable", sender=f"<{sender}>", detail=str(exc)))
+            return ""
+
+    def _without_loops(self, targets: tuple[Target, ...], head: bytes, message_id: str) -> tuple[Target, ...]:
+        """The targets whose address is not in a Delivered-To field of the message already: mail that has
+        been here for that address (it was forwarded from here and came back) is not delivered again
+        for it (logged); the other recipients still get it."""
+        seen = delivered_to(head)
+        if not seen:
+            return targets
+        kept = []
+        for target in targets:
+            if target.recipient.address.lower() in seen:
+                log.warning("%s", kv(event="intake.loop", id=message_id, rcpt=target.recipient.address))
+            else:
+                kept.append(target)
+        return tuple(kept)
 
     def _signed(self, signer: Signer, data: bytes | Content) -> bytes | Content:
         """The message with its DKIM signatures when its From: domain is local and has keys; unsigned
@@ -486,6 +572,26 @@ def _with_header(message: bytes | Content, header: bytes) -> bytes | Content:
     if isinstance(message, Content):
         return Content(header + rest, message.tail)
     return header + rest
+_DELIVERED_TO = re.compile(rb"^delivered-to:", re.IGNORECASE | re.MULTILINE)  # a literal: linear
+
+
+def delivered_to(head: bytes) -> frozenset[str]:
+    """The addresses in the Delivered-To fields of a message's header, lower-cased, angle brackets gone
+    (Postfix writes none, some write them). The header is parsed only when such a field is there."""
+    block = head[: find_body_start(head)[0]]
+    if _DELIVERED_TO.search(block) is None:
+        return frozenset()
+    values = parse_header_block(block).get_all("delivered-to")
+    return frozenset(v.decode("utf-8", "replace").strip().strip("<>").strip().lower() for v in values)
+
+
+def _domain_of(address: str) -> str:
+    """The domain of an address, canonical where it can be (else as written: then it is not ours)."""
+    domain = address.rpartition("@")[2]
+    try:
+        return canonical_domain(domain)
+    except DomainError:
+        return domain
 
 
 def _prepend(fields: bytes, message: bytes | Content) -> bytes | Content:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import logging
+import os
 import resource
 import signal
 import ssl
@@ -36,6 +37,7 @@ from kartero.dns.resolver import Resolver, blocking_resolver
 from kartero.imap.connection import ImapSettings
 from kartero.intake import Intake
 from kartero.log import kv
+from kartero.mail.srs import SRS
 from kartero.mailauth.dkim import DKIMKey, Signer, keys_from_rows
 from kartero.mailauth.inbound import Checks, InboundChecker
 from kartero.net.channel import AccessContext
@@ -208,7 +210,8 @@ class Server:
         dnsbl = (DNSBL(config.dnsbl.zones, dns_blocking, parse_networks(config.dnsbl.exempt))
                  if config.dnsbl.zones else None)  # fmt: skip
         deadline = config.limits.check_deadline_s
-        policy = InboundPolicy(directory, config.primary_domain, checker, blocking, greylist, dnsbl, deadline)
+        srs = await loop.run_in_executor(executor, srs_keys, config, store)
+        policy = InboundPolicy(directory, config.primary_domain, checker, blocking, greylist, dnsbl, deadline, srs)
         admission = self._admission(config.delivery.concurrency)
         lim = config.limits
         signer = Signer(_StoreKeys(shared) if shared is not None else config.data_dir)
@@ -217,7 +220,7 @@ class Server:
                       environment={"version": VERSION})  # fmt: skip
         intake = Intake(store.mail, directory, hostname=config.hostname,
                         queue_lifetime_s=config.delivery.queue_lifetime_s, blocking=blocking, signer=signer,
-                        check_deadline_s=deadline, rules=rules)  # fmt: skip
+                        check_deadline_s=deadline, rules=rules, srs=srs)  # fmt: skip
         authenticator = Authenticator(store.accounts, config.auth.scram_iterations)
         throttle = AuthThrottle(window_s=config.auth.failure_window_s,
                                 per_pair=config.auth.failures_per_address_and_account,
@@ -516,6 +519,15 @@ class Server:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
         if self._runner is not None:
             await self._runner.stop(self.config.limits.shutdown_grace_s)
+
+
+def srs_keys(config: Config, store: AnyStore) -> SRS:
+    """The SRS secrets: `[srs] secret` (then `old_secrets`), or, without one, a secret made once and kept
+    in the store, so bounces to forwarded mail stay valid across restarts and every node of a cluster
+    signs and checks with the same one. Blocking (a database write the first time)."""
+    kept = store.accounts.server_secret("srs", os.urandom(32).hex()) if not config.srs.secret else ""
+    first = config.srs.secret or kept
+    return SRS(tuple(s.encode() for s in (first, *config.srs.old_secrets)))
 
 
 def _postgres(store: AnyStore) -> PgStore | None:

@@ -4,7 +4,8 @@ Canonical address: local part lower-cased (Kartero treats local parts case-insen
 every mail system does), domain in lower-case A-label form.
 
 Resolution order for a local address (first match wins):
-1. an alias for the exact address (its destinations are resolved in turn, loops cut);
+1. an alias for the exact address (its destinations are resolved in turn, loops cut; a destination in
+   another domain is a remote address, forwarded through the queue);
 2. an account with that address;
 3. for `user+tag@domain`, the same steps for `user@domain` (plus-addressing);
 4. a catch-all alias `@domain`;
@@ -77,10 +78,16 @@ def parse_address(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
-    """Where a local address delivers: account ids (each once). Empty means nobody."""
+    """Where a local address delivers: account ids and remote addresses its aliases point at (each
+    once, in the order found). Both empty means nobody."""
 
     account_ids: tuple[int, ...]
     is_postmaster_fallback: bool = False
+    forward_to: tuple[str, ...] = ()
+
+    @property
+    def has_destinations(self) -> bool:
+        return bool(self.account_ids or self.forward_to)
 
 
 class Directory:
@@ -133,8 +140,12 @@ class Directory:
                 raise DirectoryError(f"{source}: domain {domain} is not one of the local domains")
         else:
             source = self._require_local(parse_address(source_text))
-        # Remote destinations need the outbound queue; until it exists an alias must stay local.
-        destination = self._require_local(parse_address(destination_text))
+        # A destination in another domain is forwarded through the queue (with an SRS sender); its local
+        # part is kept as written, the remote domain's business (RFC 5321 §2.4).
+        destination = parse_address(destination_text)
+        domain = destination.rpartition("@")[2]
+        if domain not in self.domains:
+            destination = f"{parse_mailbox(destination_text.strip()).quoted_local_part()}@{domain}"
         if source == destination:
             raise DirectoryError("an alias cannot point to itself")
         self.store.add_alias(source, destination)
@@ -177,26 +188,30 @@ class DirectorySnapshot:
     def resolve(self, address: str) -> Resolution:
         """Where mail for the canonical local `address` goes (see the module docstring)."""
         found: dict[int, None] = {}
-        self._expand(address, found, set(), 0)
-        if found:
-            return Resolution(tuple(found))
+        remote: dict[str, None] = {}
+        self._expand(address, found, remote, set(), 0)
+        if found or remote:
+            return Resolution(tuple(found), forward_to=tuple(remote))
         local, _, domain = address.rpartition("@")
         if local == "postmaster" and domain in self.domains:
             first = self.first_account
             return Resolution((first,) if first is not None else (), is_postmaster_fallback=True)
         return Resolution(())
 
-    def _expand(self, address: str, found: dict[int, None], seen: set[str], depth: int) -> None:
+    def _expand(self, address: str, found: dict[int, None], remote: dict[str, None], seen: set[str],
+                depth: int) -> None:  # fmt: skip
         if address in seen or depth > MAX_ALIAS_DEPTH:
             return
         seen.add(address)
         local, _, domain = address.rpartition("@")
         if domain not in self.domains:
-            return  # remote alias destinations are not deliverable yet
+            if depth:  # an alias destination elsewhere: forwarded
+                remote[address] = None
+            return
         destinations = self.aliases.get(address)
         if destinations:
             for destination in destinations:
-                self._expand(destination, found, seen, depth + 1)
+                self._expand(destination, found, remote, seen, depth + 1)
             return
         account = self.accounts.get(address)
         if account is not None:
@@ -204,12 +219,12 @@ class DirectorySnapshot:
             return
         base, plus, _ = local.partition("+")
         if plus and base:
-            before = len(found)
-            self._expand(f"{base}@{domain}", found, seen, depth + 1)
-            if len(found) > before:
+            before = len(found) + len(remote)
+            self._expand(f"{base}@{domain}", found, remote, seen, depth + 1)
+            if len(found) + len(remote) > before:
                 return
         for destination in self.aliases.get("@" + domain, ()):
-            self._expand(destination, found, seen, depth + 1)
+            self._expand(destination, found, remote, seen, depth + 1)
 
 
 class DirectoryCache:
@@ -266,12 +281,12 @@ class DirectoryCache:
         snapshot = self._snapshot
         if snapshot is not None and time.monotonic() - self._checked_at < self.RECHECK_S:
             resolution = snapshot.resolve(address)
-            if resolution.account_ids:
+            if resolution.has_destinations:
                 return resolution
         version = self.store.directory_version()
         if snapshot is not None and version == self._version:
             resolution = snapshot.resolve(address)
-            if resolution.account_ids or self.confirm is None:
+            if resolution.has_destinations or self.confirm is None:
                 self._checked_at = time.monotonic()
                 return resolution
             # Not known here: the feed may not have brought a change yet; ask the database itself.

@@ -45,8 +45,10 @@ class DsnSender:
             log.warning("%s", kv(event="dsn.no_local_recipient", to=address))
             return
         if target.is_remote:
-            # NOTIFY=NEVER: a DSN about a DSN would loop (RFC 3461 §6.2).
-            target = Target(EnvelopeRecipient(recipient, ("NEVER",)), is_remote=True)
+            # NOTIFY=NEVER: a DSN about a DSN would loop (RFC 3461 §6.2). The recipient as written, unless
+            # it was an SRS address of ours (mail we forwarded): then the original sender behind it.
+            address = recipient if target.recipient.address == address else target.recipient.address
+            target = Target(EnvelopeRecipient(address, ("NEVER",)), is_remote=True)
         envelope = EnvelopeRecord(Origin.DSN, "", (target.recipient,), smtputf8=smtputf8)
         outcome = await self.intake.accept(Incoming(envelope, data, (target,), body_8bit=not data.isascii()))
         if isinstance(outcome, Refused):

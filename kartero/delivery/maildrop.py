@@ -200,8 +200,8 @@ class Pickup:
             target = await self.intake.resolve(address)
             if target is None:
                 unknown.append(recipient)
-            elif target.is_remote:
-                targets.append(Target(EnvelopeRecipient(address, dropped.notify), is_remote=True))
+            elif target.is_remote:  # the address, or the original sender behind an SRS address of ours
+                targets.append(Target(EnvelopeRecipient(target.recipient.address, dropped.notify), is_remote=True))
             else:
                 targets.append(target)
         data = dropped.data

@@ -519,7 +519,7 @@ class SMTPSession:
         envelope = event.envelope
         params = envelope.mail_params
         targets = tuple(
-            Target(_recipient(r, decision), decision.account_ids, decision.is_remote)
+            Target(_recipient(r, decision), decision.account_ids, decision.is_remote, decision.forward_to)
             for r in envelope.recipients
             if (decision := self._recipients.get(str(r.path))) is not None
         )

@@ -18,12 +18,14 @@ from kartero.store.interface import Content
 
 @dataclass(frozen=True, slots=True)
 class Accept:
-    """Go ahead. For RCPT: the local accounts the address reaches, or (remote) the address to queue."""
+    """Go ahead. For RCPT: the local accounts the address reaches, or (remote) the address to queue;
+    `forward_to`: the remote addresses its aliases point at (forwarded with an SRS sender)."""
 
     reply: Reply
     account_ids: tuple[int, ...] = ()
     address: str = ""
     is_remote: bool = False
+    forward_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

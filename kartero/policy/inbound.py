@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from kartero.auth.accounts import DirectoryCache, DirectoryError, Resolution, canonical_address
 from kartero.concurrency import Blocking
+from kartero.dns.names import DomainError, canonical_domain
 from kartero.log import kv
 from kartero.mail import replies
-from kartero.mail.address import Address, Path
+from kartero.mail.address import Address, AddressError, Path, parse_mailbox
+from kartero.mail.srs import SRS, SRSError, is_srs
 from kartero.mailauth.inbound import InboundChecker
 from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, RcptContext, Reject
 from kartero.policy.dnsbl import DNSBL
@@ -33,8 +36,10 @@ class InboundPolicy:
 
     def __init__(self, directory: DirectoryCache, primary_domain: str, checker: InboundChecker | None = None,
                  blocking: Blocking | None = None, greylist: Greylist | None = None,
-                 dnsbl: DNSBL | None = None, check_deadline_s: float = 120.0) -> None:  # fmt: skip
+                 dnsbl: DNSBL | None = None, check_deadline_s: float = 120.0,
+                 srs: SRS | None = None) -> None:  # fmt: skip
         self.greylist = greylist
+        self.srs = srs
         self.dnsbl = dnsbl
         self.directory = directory
         self.primary_domain = primary_domain
@@ -125,14 +130,43 @@ class InboundPolicy:
         local, _, domain = address.rpartition("@")
         if domain not in self.directory.domains:
             return Reject(replies.RELAY_DENIED)
+        if self.srs is not None and is_srs(local):
+            return await self._bounce(self.srs, f"{mailbox.local_part}@{domain}")
         if _ROUTING_CHARACTERS & set(local):
             return Reject(replies.RELAY_DENIED)
         return _decide(address, await self.directory.resolve(address))
 
+    async def _bounce(self, srs: SRS, address: str) -> Decision:
+        """RCPT of an SRS address of ours: the reply path of mail we forwarded (RFC 5321 §4.5.5 bounces,
+        or replies to it; any MAIL FROM). Only the hash decides, so it is no open relay: a valid one
+        goes to the original sender (queued, or local), anything else is refused."""
+        original = srs_original(srs, address, time.time())
+        if original is None:
+            return Reject(replies.SRS_INVALID)
+        if original.rpartition("@")[2] not in self.directory.domains:
+            return Accept(replies.RECIPIENT_OK, address=original, is_remote=True)
+        try:  # ours: a sender from before its domain became local (ours are not rewritten)
+            local_address = canonical_address(parse_mailbox(original))
+        except (AddressError, DirectoryError):
+            return Reject(replies.SRS_INVALID)
+        return _decide(local_address, await self.directory.resolve(local_address))
+
+
+def srs_original(srs: SRS, address: str, now: float) -> str | None:
+    """The address a bounce to our SRS `address` goes to, its domain canonical; None (logged) when the
+    address is forged, expired or broken."""
+    try:
+        original = srs.reverse(address, now)
+        local, _, domain = original.rpartition("@")
+        return f"{local}@{canonical_domain(domain)}"
+    except (SRSError, DomainError) as exc:
+        log.info("%s", kv(event="policy.srs_refused", rcpt=address, detail=str(exc)))
+        return None
+
 
 def _decide(address: str, resolution: Resolution) -> Decision:
-    if resolution.account_ids:
-        return Accept(replies.RECIPIENT_OK, resolution.account_ids, address)
+    if resolution.has_destinations:
+        return Accept(replies.RECIPIENT_OK, resolution.account_ids, address, forward_to=resolution.forward_to)
     if resolution.is_postmaster_fallback:
         log.warning("event=policy.no_postmaster address=%s detail=no account exists yet", address)
         return Reject(replies.MAILBOX_UNAVAILABLE)

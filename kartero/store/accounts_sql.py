@@ -135,6 +135,13 @@ class SQLiteAccounts:
         row = self._database.db().execute("SELECT value FROM meta WHERE key = 'directory_version'").fetchone()
         return int(row[0]) if row else 0
 
+    def server_secret(self, name: str, candidate: str) -> str:
+        key = f"secret:{name}"
+        with self._database.write() as db:
+            db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING", (key, candidate))
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0])
+
 
 def bump_directory_version(db: SqlConnection) -> None:
     """Inside the write transaction of an account or alias change: a running server's next directory

@@ -252,7 +252,7 @@ class _Copy:
     def copy_counters(self) -> None:
         """The UIDVALIDITY counter: at least the source's and above every copied mailbox's, so a mailbox made
         later never gets a UIDVALIDITY a client saw before (RFC 9051 §2.3.1.1); and a new directory
-        version, so a node already running reloads the accounts and aliases."""
+        version, so a node already running reloads the accounts and aliases; the server's own secrets."""
         row = self.src.execute("SELECT value FROM meta WHERE key = 'uidvalidity'").fetchone()
         highest = self.src.execute("SELECT MAX(uidvalidity) FROM mailboxes").fetchone()[0]
         counter = max(int(row[0]) if row else 0, int(highest or 0))
@@ -264,6 +264,10 @@ class _Copy:
             )
             if self.counts.accounts or self.counts.aliases:
                 db.execute("UPDATE meta SET value = CAST(value AS BIGINT) + 1 WHERE key = 'directory_version'")
+            # The SRS secret the embedded server made (no [srs] secret configured): bounces to addresses
+            # it signed stay valid at the cluster; a database that already has one keeps its own.
+            for key, value in self.src.execute("SELECT key, value FROM meta WHERE key LIKE 'secret:%'"):
+                db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING", (key, value))
 
     # -- messages, tombstones, bodies -------------------------------------------------------------------
 

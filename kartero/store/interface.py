@@ -413,6 +413,11 @@ class AccountStore(Protocol):
         per RCPT)."""
         ...
 
+    def server_secret(self, name: str, candidate: str) -> str:
+        """The secret kept under `name` (a row of `meta`), storing `candidate` first when there is none:
+        the first process to ask wins, so every node of a cluster gets the same one (SRS)."""
+        ...
+
 
 class MailStore(Protocol):
     """Mailboxes, messages, flags, MODSEQs, METADATA, the change feed and the stored bodies: what IMAP and

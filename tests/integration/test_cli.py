@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import smtplib
 import socket
@@ -30,6 +31,8 @@ def test_init_writes_a_working_config(tmp_path: Path) -> None:
     assert (target / "tls" / "key.pem").stat().st_mode & 0o777 == 0o600
     text = (target / "kartero.toml").read_text()
     assert 'hostname = "mail.example.test"' in text and 'domains = ["example.test"]' in text
+    assert re.search(r'\nsecret = "[0-9a-f]{64}"', text)  # issue 12: a random SRS secret of its own
+    assert (target / "kartero.toml").stat().st_mode & 0o077 == 0  # it holds that secret
     # The written config loads and the user commands work against it.
     config = target / "kartero.toml"
     assert run_cli(config, "user", "add", "alice@example.test", "--password-stdin", stdin="pw\n").returncode == 0
@@ -95,8 +98,9 @@ def test_user_and_alias_commands(tmp_path: Path) -> None:
     assert (
         run_cli(cfg, "alias", "list").stdout == "@example.test bob@example.test\ninfo@example.test bob@example.test\n"
     )
-    remote = run_cli(cfg, "alias", "add", "x@example.test", "someone@remote.example", check=False)
-    assert remote.returncode == 2
+    # Issue 12: a remote destination is forwarded (with an SRS sender); its local part keeps its case.
+    remote = run_cli(cfg, "alias", "add", "X@example.test", "Someone@Remote.example")
+    assert remote.stdout == "added x@example.test -> Someone@remote.example\n"
     assert run_cli(cfg, "alias", "del", "info@example.test").stdout == "deleted 1 alias of info@example.test\n"
     missing = run_cli(cfg, "alias", "del", "info@example.test", check=False)
     assert (missing.returncode, missing.stderr) == (2, "kartero: no alias info@example.test\n")

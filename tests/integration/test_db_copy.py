@@ -10,6 +10,7 @@ import imaplib
 import poplib
 import re
 import smtplib
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,15 @@ def test_issue_11_db_copy_moves_everything_clients_and_the_queue_see(
         f"copied 2 accounts, 2 aliases, {mailboxes} mailboxes, {messages} messages (2.6 MB), 1 queued; "
         "skipped 0 already there\nDKIM keys: copied 1, skipped 0 already there\n"
     )
+    # Issue 12: the SRS secret the embedded server made itself comes along: its bounce addresses stay valid.
+    query = "SELECT value FROM meta WHERE key = 'secret:srs'"
+    source = sqlite3.connect(Path(embedded.data_dir) / "kartero.db")
+    try:
+        made = source.execute(query).fetchone()
+    finally:
+        source.close()
+    with psycopg.connect(str(target.store_url)) as database:
+        assert made is not None and database.execute(query).fetchone() == made
     again = _copy(target, embedded.data_dir)
     assert again.stdout == (
         "copied 0 accounts, 0 aliases, 0 mailboxes, 0 messages (0.0 MB), 0 queued; "
