@@ -305,9 +305,10 @@ class Committer:
         )  # fmt: skip
         for target in d.targets:
             row = db.execute(
-                "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1"
+                "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1,"
+                " used_bytes = used_bytes + ?, used_messages = used_messages + 1"
                 " WHERE account_id = ? AND name = ? RETURNING id, uidnext - 1, highestmodseq",
-                (target.account_id, target.mailbox),
+                (len(d.data), target.account_id, target.mailbox),
             ).fetchone()
             if row is None:
                 continue  # account or mailbox deleted since RCPT; the other targets still get it

@@ -34,6 +34,7 @@ from kartero.store.interface import (
     MessageRow,
     MetadataChange,
     NoSuchMailbox,
+    QuotaUsage,
     SelectSummary,
     StoredMessage,
     StoreError,
@@ -246,6 +247,31 @@ class SQLiteMail:
             else:
                 db.execute("DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, name))
         self._listeners.account_changed(account_id)
+
+    def quota_usage(self, account_ids: Sequence[int] | None = None) -> dict[int, QuotaUsage]:
+        select = (
+            "SELECT a.id, a.quota_bytes, CAST(COALESCE(SUM(m.used_bytes), 0) AS BIGINT),"
+            " CAST(COALESCE(SUM(m.used_messages), 0) AS BIGINT), a.quota_warned"
+            " FROM accounts a LEFT JOIN mailboxes m ON m.account_id = a.id"
+        )
+        group = " GROUP BY a.id, a.quota_bytes, a.quota_warned"
+        db = self._db()
+        if account_ids is None:
+            rows = db.execute(select + group).fetchall()
+        else:
+            wanted = sorted(set(account_ids))
+            rows = []
+            for i in range(0, len(wanted), _CHUNK):
+                chunk = wanted[i : i + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows += db.execute(f"{select} WHERE a.id IN ({marks}){group}", chunk).fetchall()
+        return {int(r[0]): QuotaUsage(int(r[0]), r[1], int(r[2]), int(r[3]), bool(r[4])) for r in rows}
+
+    def mark_quota_warned(self, account_id: int, warned: bool) -> bool:
+        with self._write() as db:
+            cur = db.execute("UPDATE accounts SET quota_warned = ? WHERE id = ? AND quota_warned <> ?",
+                             (int(warned), account_id, int(warned)))  # fmt: skip
+        return bool(cur.rowcount == 1)
 
     def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         db = self._db()
@@ -498,6 +524,8 @@ class SQLiteMail:
         the bodies go as soon as no hold needs them."""
         modseq = self._bump(db, mailbox_id)
         db.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(mailbox_id, r.uid) for r in rows])
+        db.execute("UPDATE mailboxes SET used_bytes = used_bytes - ?, used_messages = used_messages - ? WHERE id = ?",
+                   (sum(r.size for r in rows), len(rows), mailbox_id))  # fmt: skip
         db.executemany(
             "INSERT INTO expunged (mailbox_id, uid, modseq, blob_id, size, internal_date, flags, message_modseq,"
             " saved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (mailbox_id, uid) DO UPDATE SET"
@@ -518,9 +546,10 @@ class SQLiteMail:
             if not rows or (all_or_none and len(rows) < len(set(uids))):
                 return Copied((), 0)
             first = db.execute(
-                "UPDATE mailboxes SET uidnext = uidnext + ?, highestmodseq = highestmodseq + 1 WHERE id = ?"
+                "UPDATE mailboxes SET uidnext = uidnext + ?, highestmodseq = highestmodseq + 1,"
+                " used_bytes = used_bytes + ?, used_messages = used_messages + ? WHERE id = ?"
                 " RETURNING uidnext - ?, highestmodseq",
-                (len(rows), target_id, len(rows)),
+                (len(rows), sum(row.size for row in rows), len(rows), target_id, len(rows)),
             ).fetchone()
             if first is None:
                 raise NoSuchMailbox(f"no mailbox {target_id}")
