@@ -333,7 +333,7 @@ class Server:
                             Pop3Settings(hostname=config.hostname, is_tls_available=starttls)
                             if kind.startswith("pop3")
                             else ImapSettings(hostname=config.hostname, append_limit=config.limits.message_size,
-                                              is_tls_available=starttls)
+                                              is_tls_available=starttls, default_quota=config.limits.default_quota)
                         )  # fmt: skip
                         access = AccessContext(
                             listener=kind,

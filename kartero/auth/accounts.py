@@ -115,6 +115,15 @@ class Directory:
         if not self.store.set_password(address, hash_password(password), new_scram(password, self.scram_iterations)):
             raise DirectoryError(f"no account {address}")
 
+    def set_quota(self, text: str, limit_bytes: int | None) -> str:
+        """Set the account's storage limit (None: `[limits] default_quota`, 0: none); its address."""
+        address = parse_address(text)
+        if limit_bytes is not None and limit_bytes < 0:
+            raise DirectoryError("a quota cannot be negative")
+        if not self.store.set_quota(address, limit_bytes):
+            raise DirectoryError(f"no account {address}")
+        return address
+
     def delete_user(self, text: str) -> None:
         address = parse_address(text)
         if not self.store.delete_account(address):

@@ -100,6 +100,7 @@ class MailboxStatus:
     # session that knows the MODSEQs of its own changes can tell whether anything else happened.
     highestmodseq: int
     recent: int = 0  # messages no session has seen as \\Recent yet (UID >= the mailbox's first recent UID)
+    deleted_size: int = 0  # the sizes of the \\Deleted messages: what EXPUNGE frees (RFC 9208 DELETED-STORAGE)
 
 
 @dataclass(frozen=True, slots=True)

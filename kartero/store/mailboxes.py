@@ -283,16 +283,17 @@ class SQLiteMail:
             ).fetchone()
             if box is None:
                 raise NoSuchMailbox(f"no mailbox {mailbox_id}")
-            count, unseen, deleted, size, recent = db.execute(
+            count, unseen, deleted, size, recent, deleted_size = db.execute(
                 "SELECT COUNT(*), COUNT(CASE WHEN instr(' ' || lower(flags) || ' ', ' \\seen ') = 0 THEN 1 END),"
                 " COUNT(CASE WHEN instr(' ' || lower(flags) || ' ', ' \\deleted ') > 0 THEN 1 END),"
-                " CAST(COALESCE(SUM(size), 0) AS BIGINT), COUNT(CASE WHEN uid >= ? THEN 1 END)"
-                " FROM messages WHERE mailbox_id = ?",
+                " CAST(COALESCE(SUM(size), 0) AS BIGINT), COUNT(CASE WHEN uid >= ? THEN 1 END),"
+                " CAST(COALESCE(SUM(CASE WHEN instr(' ' || lower(flags) || ' ', ' \\deleted ') > 0 THEN size END), 0)"
+                " AS BIGINT) FROM messages WHERE mailbox_id = ?",
                 (box[3], mailbox_id),
             ).fetchone()
         finally:
             db.execute("COMMIT")
-        return MailboxStatus(count, unseen, deleted, size, box[0], box[1], box[2], recent)
+        return MailboxStatus(count, unseen, deleted, size, box[0], box[1], box[2], recent, deleted_size)
 
     def select_summary(self, mailbox_id: int) -> SelectSummary:
         db = self._db()
