@@ -48,6 +48,7 @@ from kartero.net.watchdog import LoopWatchdog
 from kartero.policy.dnsbl import DNSBL
 from kartero.policy.inbound import InboundPolicy
 from kartero.policy.limits import Admission, Greylist, ServiceLimits, parse_networks
+from kartero.policy.quota import QuotaBook
 from kartero.policy.shared import SYNC_S, AbuseSync
 from kartero.policy.submission import SubmissionPolicy
 from kartero.pop3.connection import Pop3Settings
@@ -212,6 +213,11 @@ class Server:
         lim = config.limits
         signer = Signer(_StoreKeys(shared) if shared is not None else config.data_dir)
         submission_policy = SubmissionPolicy(directory, config.primary_domain, config.limits.messages_per_user_per_hour)
+        quota = QuotaBook(store.mail, config.limits.default_quota, config.hostname)  # RCPT from memory
+        await loop.run_in_executor(executor, quota.prime)
+        quota.attach()
+        directory.reloaded.append(quota.directory_reloaded)
+        policy.quota = submission_policy.quota = quota
         intake = Intake(store.mail, directory, hostname=config.hostname,
                         queue_lifetime_s=config.delivery.queue_lifetime_s, blocking=blocking, signer=signer,
                         check_deadline_s=deadline)  # fmt: skip
@@ -393,6 +399,7 @@ class Server:
                 remove_pid(config.data_dir)
             for server in servers:
                 server.close()
+            await asyncio.to_thread(quota.close)
             await asyncio.to_thread(store.close)
             executor.shutdown(wait=False)
             log.info("%s", kv(event="stopped"))

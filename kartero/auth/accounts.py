@@ -251,6 +251,8 @@ class DirectoryCache:
         self._version: int | None = None
         self._checked_at = -1e9
         self._reload: asyncio.Future[DirectorySnapshot] | None = None
+        # Called (in the reloading thread) after each reload, e.g. policy.quota.QuotaBook's.
+        self.reloaded: list[Callable[[], None]] = []
 
     def prime(self) -> None:
         """Load the first snapshot (blocking; the server calls it in a worker thread at start-up)."""
@@ -300,6 +302,8 @@ class DirectoryCache:
         accounts, aliases, first = self.store.load_directory()
         snapshot = DirectorySnapshot(self.domains, accounts, aliases, first)
         self._snapshot, self._version, self._checked_at = snapshot, version, time.monotonic()
+        for listener in self.reloaded:
+            listener()
         return snapshot
 
 

@@ -26,6 +26,7 @@ class Origin(StrEnum):
     SENDMAIL = "sendmail"  # `kartero sendmail` through the maildrop
     DSN = "dsn"  # a delivery status notification Kartero wrote
     APPEND = "append"  # IMAP APPEND (and CATENATE)
+    QUOTA = "quota"  # the warning Kartero sends a user whose mailbox is 90 % full
     UNKNOWN = "unknown"  # a stored shape that names none of these
 
 

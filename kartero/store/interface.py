@@ -113,6 +113,7 @@ class QuotaUsage:
     used_bytes: int
     messages: int
     warned: bool = False  # the 90 % warning went out and usage has not gone below 90 % since
+    address: str = ""
 
     def effective_limit(self, default_bytes: int) -> int:
         """The limit in bytes that applies (0: none)."""
@@ -452,9 +453,12 @@ class MailStore(Protocol):
         ...
 
     def subscriptions(self, account_id: int) -> set[str]: ...
-    def quota_usage(self, account_ids: Sequence[int] | None = None) -> dict[int, QuotaUsage]:
-        """Usage and limit of each of `account_ids` that exists (None: every account). Cheap: it adds up
-        the per-mailbox counters each change keeps, never the messages."""
+    def quota_usage(
+        self, account_ids: Sequence[int] | None = None, *, of_mailboxes: Sequence[int] = ()
+    ) -> dict[int, QuotaUsage]:
+        """Usage and limit of each of `account_ids` that exists, and of the accounts owning the
+        mailboxes `of_mailboxes` (both left out: every account). Cheap: it adds up the per-mailbox
+        counters each change keeps, never the messages."""
         ...
 
     def mark_quota_warned(self, account_id: int, warned: bool) -> bool:

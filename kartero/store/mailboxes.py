@@ -248,24 +248,33 @@ class SQLiteMail:
                 db.execute("DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, name))
         self._listeners.account_changed(account_id)
 
-    def quota_usage(self, account_ids: Sequence[int] | None = None) -> dict[int, QuotaUsage]:
+    def quota_usage(
+        self, account_ids: Sequence[int] | None = None, *, of_mailboxes: Sequence[int] = ()
+    ) -> dict[int, QuotaUsage]:
         select = (
             "SELECT a.id, a.quota_bytes, CAST(COALESCE(SUM(m.used_bytes), 0) AS BIGINT),"
-            " CAST(COALESCE(SUM(m.used_messages), 0) AS BIGINT), a.quota_warned"
+            " CAST(COALESCE(SUM(m.used_messages), 0) AS BIGINT), a.quota_warned, a.address"
             " FROM accounts a LEFT JOIN mailboxes m ON m.account_id = a.id"
         )
-        group = " GROUP BY a.id, a.quota_bytes, a.quota_warned"
+        group = " GROUP BY a.id, a.quota_bytes, a.quota_warned, a.address"
         db = self._db()
-        if account_ids is None:
+        if account_ids is None and not of_mailboxes:
             rows = db.execute(select + group).fetchall()
         else:
-            wanted = sorted(set(account_ids))
+            owners = set(account_ids or ())
+            boxes = sorted(set(of_mailboxes))
+            for i in range(0, len(boxes), _CHUNK):
+                chunk = boxes[i : i + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                found = db.execute(f"SELECT account_id FROM mailboxes WHERE id IN ({marks})", chunk)
+                owners.update(int(r[0]) for r in found)
+            wanted = sorted(owners)
             rows = []
             for i in range(0, len(wanted), _CHUNK):
                 chunk = wanted[i : i + _CHUNK]
                 marks = ",".join("?" * len(chunk))
                 rows += db.execute(f"{select} WHERE a.id IN ({marks}){group}", chunk).fetchall()
-        return {int(r[0]): QuotaUsage(int(r[0]), r[1], int(r[2]), int(r[3]), bool(r[4])) for r in rows}
+        return {int(r[0]): QuotaUsage(int(r[0]), r[1], int(r[2]), int(r[3]), bool(r[4]), r[5]) for r in rows}
 
     def mark_quota_warned(self, account_id: int, warned: bool) -> bool:
         with self._write() as db:
