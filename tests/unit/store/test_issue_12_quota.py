@@ -10,16 +10,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord, Origin
+from kartero.store.copy import copy_store
 from kartero.store.ids import new_message_id
 from kartero.store.interface import INBOX, Delivery, DeliveryTarget, FlagOp, MailboxExists, NoSuchMailbox
+from kartero.store.pg_db import MIGRATIONS
+from kartero.store.postgres import PgStore
 from kartero.store.sqlite import SQLiteStore
+from tests.pgserver import PrivatePostgres
 
 ENVELOPE = EnvelopeRecord(Origin.SMTP, "a@b", (EnvelopeRecipient("b@x.test", ("SUCCESS",), "rfc822;b@x.test"),),
                           received_at=1_700_000_000, helo="client.example", tls=True)  # fmt: skip
 BOXES = (INBOX, "Trash", "Folder")
 
 
-def deliver(store: SQLiteStore, size: int, *targets: tuple[int, str]) -> None:
+def deliver(store: SQLiteStore | PgStore, size: int, *targets: tuple[int, str]) -> None:
     data = b"x" * (size - 2) + b"\r\n"
     wanted = tuple(DeliveryTarget(a, m) for a, m in targets)
     store.mail.deliver(Delivery(new_message_id(), data, wanted, 1_700_000_000, ENVELOPE)).result(10)
@@ -148,3 +152,49 @@ def test_issue_12_an_older_database_gets_its_usage_counted_once(tmp_path: Path) 
         assert (usage.used_bytes, usage.messages) == (650, 3)
     finally:
         store.close()
+
+
+def test_issue_12_the_postgresql_migration_counts_the_mail_already_stored(postgres: PrivatePostgres,
+                                                                          tmp_path: Path) -> None:  # fmt: skip
+    store = PgStore(postgres.migrated_database(), tmp_path / "node")
+    store.start()
+    try:
+        bob = store.accounts.add_account("bob@example.test", "unused").id
+        deliver(store, 300, (bob, INBOX), (bob, "Trash"))
+        deliver(store, 50, (bob, INBOX))
+        (migration,) = [m for m in MIGRATIONS if "ADD COLUMN used_bytes" in m]
+        count = migration[migration.index("UPDATE mailboxes") :]
+        with store.database.write() as db:  # as a database before the counters: all zero, then counted
+            db.execute("UPDATE mailboxes SET used_bytes = 0, used_messages = 0")
+            db.execute(count.strip().rstrip(";"))
+        usage = store.mail.quota_usage()[bob]
+        assert (usage.used_bytes, usage.messages) == (650, 3)
+    finally:
+        store.close()
+
+
+def test_issue_12_db_copy_keeps_quotas_and_usage(postgres: PrivatePostgres, tmp_path: Path) -> None:
+    source = SQLiteStore(tmp_path / "data")
+    source.start()
+    bob = source.accounts.add_account("bob@example.test", "unused").id
+    source.accounts.add_account("carol@example.test", "unused")
+    source.accounts.set_quota("bob@example.test", 5000)
+    source.accounts.set_quota("carol@example.test", 0)
+    deliver(source, 300, (bob, INBOX), (bob, "Trash"))
+    deliver(source, 4400, (bob, INBOX))
+    source.mail.mark_quota_warned(bob, True)
+    source.close()
+    source = SQLiteStore(tmp_path / "data")
+    url = postgres.migrated_database()
+    try:
+        copy_store(source, url)
+        copy_store(source, url)  # a second run copies nothing, and counts nothing twice
+    finally:
+        source.close()
+    target = PgStore(url, tmp_path / "node")
+    try:
+        copied = {u.address: (u.limit_bytes, u.used_bytes, u.messages, u.warned)
+                  for u in target.mail.quota_usage().values()}  # fmt: skip
+        assert copied == {"bob@example.test": (5000, 5000, 3, True), "carol@example.test": (0, 0, 0, False)}
+    finally:
+        target.close()
