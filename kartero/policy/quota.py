@@ -99,6 +99,8 @@ class QuotaBook:
             self._schedule()
 
     def account_changed(self, account_id: int) -> None:
+        if not self.is_active:
+            return
         with self._lock:
             self._dirty_accounts.add(account_id)
         self._schedule()
