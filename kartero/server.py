@@ -214,8 +214,8 @@ class Server:
         signer = Signer(_StoreKeys(shared) if shared is not None else config.data_dir)
         submission_policy = SubmissionPolicy(directory, config.primary_domain, config.limits.messages_per_user_per_hour)
         quota = QuotaBook(store.mail, config.limits.default_quota, config.hostname)  # RCPT from memory
+        quota.attach()  # before the first load: a change meanwhile is read again, never missed
         await loop.run_in_executor(executor, quota.prime)
-        quota.attach()
         directory.reloaded.append(quota.directory_reloaded)
         policy.quota = submission_policy.quota = quota
         intake = Intake(store.mail, directory, hostname=config.hostname,

@@ -42,8 +42,8 @@ WARN_PERCENT = 90
 class QuotaBook:
     """Usage and limit of every account, read without I/O (`is_full`), kept current by store listeners.
 
-    `prime()` loads it (blocking, at start); `attach()` subscribes it to the store. Thread-safe: the
-    loop reads, the book's thread replaces whole entries."""
+    `attach()` subscribes it to the store, then `prime()` loads it (blocking, at start). Thread-safe: the
+    loop reads, the book's one thread replaces the whole dict."""
 
     def __init__(self, mail: MailStore, default_quota: int, hostname: str) -> None:
         self.mail = mail
@@ -84,8 +84,9 @@ class QuotaBook:
     # -- keeping it current (store listeners, the book's thread) -------------------------------------
 
     def prime(self) -> None:
-        """Load every account (blocking; the server calls it in a worker thread at start-up)."""
-        self._refresh(None)
+        """Load every account (blocking; the server calls it in a worker thread at start-up). In the
+        book's thread, like every refresh, so none overwrites another's newer answer."""
+        self._thread.submit(self._refresh, None).result()
 
     def attach(self) -> None:
         """Hear of every committed change from the store."""
