@@ -130,6 +130,7 @@ class QuotaBook:
 
     def _run(self) -> None:
         with self._lock:
+            self._pending = None  # what is marked from now on needs a run of its own
             mailboxes, self._dirty_mailboxes = self._dirty_mailboxes, set()
             accounts, self._dirty_accounts = self._dirty_accounts, set()
             everything, self._reload_all = self._reload_all, False
@@ -145,6 +146,8 @@ class QuotaBook:
         if accounts is None:
             fresh = self.mail.quota_usage()
             self._usage = fresh
+            # Limits change only with the directory (set_quota raises its version): read them here.
+            self._active = self.default_quota > 0 or any(u.limit_bytes for u in fresh.values())
         else:
             wanted = set(accounts)
             fresh = self.mail.quota_usage(sorted(wanted), of_mailboxes=sorted(set(mailboxes)))
@@ -153,7 +156,6 @@ class QuotaBook:
             for account_id in wanted - fresh.keys():  # deleted
                 usage.pop(account_id, None)
             self._usage = usage  # one assignment: the loop sees the old dict or the new one
-        self._active = self.default_quota > 0 or any(u.limit_bytes for u in self._usage.values())
         for entry in fresh.values():
             self._check_warning(entry)
 
