@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from kartero import config as config_module
-from kartero.auth.accounts import Directory, DirectoryError
+from kartero.auth.accounts import Directory, DirectoryError, parse_address
 from kartero.config import Config, ConfigError
 from kartero.control import nudge_server
 from kartero.store.backends import AnyStore, open_store
@@ -216,6 +216,40 @@ def user_passwd(ctx: click.Context, address: str, password_stdin: bool) -> None:
     except DirectoryError as exc:
         _fail(str(exc), 2)
     click.echo(f"password changed for {address}")
+
+
+@user.command("quota")
+@click.argument("address")
+@click.argument("size", required=False)
+@click.pass_context
+def user_quota(ctx: click.Context, address: str, size: str | None) -> None:
+    """Set the storage quota (like 500M or 2G; 0: none; "default": [limits] default_quota), or show
+    the usage and limit when SIZE is left out."""
+    config = _config(ctx)
+    store = _open_store(config)
+    ctx.call_on_close(store.close)
+    directory = Directory(store.accounts, config.domains, config.auth.scram_iterations)
+    try:
+        if size is not None:
+            limit = None if size.strip().lower() == "default" else config_module.parse_size(size)
+            if limit is None and size.strip().lower() != "default":
+                _fail(f'not a size: {size!r} (like "500M", "2G", "0" for none, or "default")', 2)
+            address = directory.set_quota(address, limit)
+        else:
+            address = parse_address(address)
+        account = store.accounts.get_account(address)
+        if account is None:
+            raise DirectoryError(f"no account {address}")
+    except DirectoryError as exc:
+        _fail(str(exc), 2)
+    usage = store.mail.quota_usage([account.id])[account.id]
+    limit_bytes = usage.effective_limit(config.limits.default_quota)
+    origin = " ([limits] default_quota)" if usage.limit_bytes is None else ""
+    if limit_bytes:
+        share = f" ({100 * usage.used_bytes / limit_bytes:.1f}%)"
+        click.echo(f"{address}: {usage.used_bytes} of {limit_bytes} bytes{origin}{share}, {usage.messages} messages")
+    else:
+        click.echo(f"{address}: {usage.used_bytes} bytes, no limit{origin}, {usage.messages} messages")
 
 
 @user.command("del")

@@ -81,6 +81,7 @@ class Limits:
     connections_per_ip_per_minute: int = 120  # MX and submission, each counted apart
     messages_per_user_per_hour: int = 500  # submission (0: no limit)
     exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # networks the per-address limits skip
+    default_quota: int = 0  # storage limit in bytes of an account without its own (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +217,17 @@ class Config:
 
 _SIZE = re.compile(r"(\d+)\s*([kmg]i?b?|b)?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+
+
+def parse_size(text: str) -> int | None:
+    """`500M`, `2G`, `64KiB`, `1000` as bytes (k/M/G are powers of 1000, Ki/Mi/Gi of 1024); None when
+    `text` is not a size."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        return None
+    return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower().rstrip("b")]
+
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
 _DURATION_UNITS = {"ms": 0.001, "": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -260,9 +272,8 @@ class _Reader:
         value = data.get(key, default)
         if isinstance(value, int) and not isinstance(value, bool):
             result = value
-        elif isinstance(value, str) and (m := _SIZE.fullmatch(value.strip())):
-            unit = (m.group(2) or "").lower().rstrip("b")
-            result = int(m.group(1)) * _SIZE_UNITS[unit]
+        elif isinstance(value, str) and (parsed := parse_size(value)) is not None:
+            result = parsed
         else:
             raise self.fail(section, key, f'expected a size like "50MB", got {value!r}')
         if result < 1:
@@ -414,6 +425,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
             "connections_per_ip_per_minute",
             "messages_per_user_per_hour",
             "exempt",
+            "default_quota",
         ),
     )
     defaults = Limits()
@@ -446,6 +458,8 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
             lim, "limits", "messages_per_user_per_hour", defaults.messages_per_user_per_hour, 0
         ),
         exempt=r.networks(lim, "limits", "exempt", defaults.exempt),
+        # 0 (no limit) is allowed here, unlike other sizes
+        default_quota=0 if lim.get("default_quota", 0) in (0, "0") else r.size(lim, "limits", "default_quota", 0),
     )
     bl = r.table(data, "dnsbl")
     r.check_keys(bl, "dnsbl", ("zones", "exempt"))

@@ -50,6 +50,7 @@ from kartero.net.watchdog import LoopWatchdog
 from kartero.policy.dnsbl import DNSBL
 from kartero.policy.inbound import InboundPolicy
 from kartero.policy.limits import Admission, Greylist, ServiceLimits, parse_networks
+from kartero.policy.quota import QuotaBook
 from kartero.policy.shared import SYNC_S, AbuseSync
 from kartero.policy.submission import SubmissionPolicy
 from kartero.pop3.connection import Pop3Settings
@@ -216,6 +217,11 @@ class Server:
         lim = config.limits
         signer = Signer(_StoreKeys(shared) if shared is not None else config.data_dir)
         submission_policy = SubmissionPolicy(directory, config.primary_domain, config.limits.messages_per_user_per_hour)
+        quota = QuotaBook(store.mail, config.limits.default_quota, config.hostname)  # RCPT from memory
+        quota.attach()  # before the first load: a change meanwhile is read again, never missed
+        await loop.run_in_executor(executor, quota.prime)
+        directory.reloaded.append(quota.directory_reloaded)
+        policy.quota = submission_policy.quota = quota
         rules = Rules(store.sieve, store.mail, store.accounts.directory_version, hostname=config.hostname,
                       environment={"version": VERSION})  # fmt: skip
         intake = Intake(store.mail, directory, hostname=config.hostname,
@@ -339,7 +345,7 @@ class Server:
                             Pop3Settings(hostname=config.hostname, is_tls_available=starttls)
                             if kind.startswith("pop3")
                             else ImapSettings(hostname=config.hostname, append_limit=config.limits.message_size,
-                                              is_tls_available=starttls)
+                                              is_tls_available=starttls, default_quota=config.limits.default_quota)
                         )  # fmt: skip
                         access = AccessContext(
                             listener=kind,
@@ -399,6 +405,7 @@ class Server:
                 remove_pid(config.data_dir)
             for server in servers:
                 server.close()
+            await asyncio.to_thread(quota.close)
             await asyncio.to_thread(store.close)
             executor.shutdown(wait=False)
             log.info("%s", kv(event="stopped"))

@@ -122,6 +122,15 @@ class Directory:
         if not self.store.set_password(address, hash_password(password), new_scram(password, self.scram_iterations)):
             raise DirectoryError(f"no account {address}")
 
+    def set_quota(self, text: str, limit_bytes: int | None) -> str:
+        """Set the account's storage limit (None: `[limits] default_quota`, 0: none); its address."""
+        address = parse_address(text)
+        if limit_bytes is not None and limit_bytes < 0:
+            raise DirectoryError("a quota cannot be negative")
+        if not self.store.set_quota(address, limit_bytes):
+            raise DirectoryError(f"no account {address}")
+        return address
+
     def delete_user(self, text: str) -> None:
         address = parse_address(text)
         if not self.store.delete_account(address):
@@ -257,6 +266,8 @@ class DirectoryCache:
         self._version: int | None = None
         self._checked_at = -1e9
         self._reload: asyncio.Future[DirectorySnapshot] | None = None
+        # Called (in the reloading thread) after each reload, e.g. policy.quota.QuotaBook's.
+        self.reloaded: list[Callable[[], None]] = []
 
     def prime(self) -> None:
         """Load the first snapshot (blocking; the server calls it in a worker thread at start-up)."""
@@ -306,6 +317,8 @@ class DirectoryCache:
         accounts, aliases, first = self.store.load_directory()
         snapshot = DirectorySnapshot(self.domains, accounts, aliases, first)
         self._snapshot, self._version, self._checked_at = snapshot, version, time.monotonic()
+        for listener in self.reloaded:
+            listener()
         return snapshot
 
 

@@ -73,6 +73,7 @@ class ImapSettings:
     is_tls_available: bool = False
     is_compress_available: bool = True
     max_errors: int = 30
+    default_quota: int = 0  # [limits] default_quota, for the handlers (RFC 9208 STORAGE); 0: none
 
     def __post_init__(self) -> None:
         if self.append_limit < 1:
@@ -300,7 +301,8 @@ class ImapConnection:
         ]  # fmt: skip
         caps += ["SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",  # RFC 5957, RFC 5256
                  "ESORT", "CONTEXT=SEARCH", "CONTEXT=SORT",  # RFC 5267
-                 "CATENATE"]  # RFC 4469  # fmt: skip
+                 "CATENATE",  # RFC 4469
+                 "QUOTA", "QUOTA=RES-STORAGE"]  # RFC 9208  # fmt: skip
         if self.settings.is_compress_available:
             caps.append("COMPRESS=DEFLATE")
         return " ".join(caps)

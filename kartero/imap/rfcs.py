@@ -74,6 +74,12 @@ TABLE: tuple[Support, ...] = (
     Support("NOTIFY", "RFC 5465", "NOTIFY", "every mailbox filter; message, MailboxName, SubscriptionChange, "
             "MailboxMetadataChange and ServerMetadataChange events (entry names only, RFC 5464 §4.4.2); "
             "AnnotationChange: BADEVENT; outside SELECTED each message event alone, as in Dovecot"),
+    Support("QUOTA", "RFC 9208", "GETQUOTA, GETQUOTAROOT",
+            "one root \"\" per account, all its mailboxes; a root only when a limit applies; SETQUOTA: NO "
+            "[NOPERM] (`kartero user quota`); STATUS DELETED and DELETED-STORAGE; APPEND/COPY past the limit: "
+            "NO [OVERQUOTA] (MOVE within the account always allowed)"),
+    Support("QUOTA=RES-STORAGE", "RFC 9208 §5.1", "STORAGE resource",
+            "the sizes of all the account's messages, in KiB: usage rounded up, the limit down"),
     Support("COMPRESS=DEFLATE", "RFC 4978", "COMPRESS", "inflated a bounded step at a time"),
 )
 

@@ -375,12 +375,22 @@ class SetMetadata:
     entries: tuple[tuple[str, bytes | None], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class QuotaCommand:
+    """GETQUOTA root, GETQUOTAROOT mailbox and SETQUOTA root (resource limit ...) (RFC 9208 §4.2-4.3)."""
+
+    name: str
+    argument: str  # the quota root (GETQUOTA, SETQUOTA) or the mailbox (GETQUOTAROOT)
+    limits: tuple[tuple[str, int], ...] = ()  # SETQUOTA's resource names (upper case) and limits
+
+
 Command = (
     Simple | Login | Authenticate | Enable | Select | MailboxCommand | Rename | ListCommand | Status | Append
     | Search | SortCommand | ThreadCommand | Fetch | StoreCommand | CopyMove | UidExpunge | Id | Compress | Refused
     | CancelUpdate
     | Notify
     | GetMetadata | SetMetadata
+    | QuotaCommand
 )  # fmt: skip
 
 
@@ -809,7 +819,7 @@ LIST_RETURNS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS", "ME
 
 
 STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT",
-                "APPENDLIMIT", "MAILBOXID")  # fmt: skip
+                "APPENDLIMIT", "MAILBOXID", "DELETED-STORAGE")  # fmt: skip
 
 
 def _status_items(tokens: tuple[Token, ...]) -> tuple[str, ...]:
@@ -1443,6 +1453,25 @@ def _setmetadata(a: _Args) -> Command:
     return SetMetadata(mailbox, tuple(entries))
 
 
+def _quota(a: _Args) -> Command:
+    """RFC 9208 §4.2: quota roots are astrings (ours is ""); SETQUOTA's list is resource-name and
+    64-bit limit pairs, checked here though the command is always refused (§4.2.3: admin only)."""
+    if a.name == "GETQUOTAROOT":
+        mailbox = a.mailbox()
+        a.end()
+        return QuotaCommand(a.name, mailbox)
+    root = a.astring("quota root").decode("utf-8", "replace")
+    limits: list[tuple[str, int]] = []
+    if a.name == "SETQUOTA":
+        pairs = a.plist("resource limits")
+        if len(pairs) % 2:
+            raise ParseError("SETQUOTA takes resource name and limit pairs")
+        for name, limit in zip(pairs[::2], pairs[1::2], strict=True):
+            limits.append((upper_ascii(_atom_value(name)), parse_number(_atom_value(limit), "limit", MAX_NUMBER64)))
+    a.end()
+    return QuotaCommand(a.name, root, tuple(limits))
+
+
 def _string_value(token: Token) -> bytes:
     """An astring's octets."""
     if isinstance(token, String):
@@ -1484,6 +1513,9 @@ _GRAMMARS: dict[str, Callable[[_Args], Command]] = {
     "NOTIFY": _notify,
     "GETMETADATA": _getmetadata,
     "SETMETADATA": _setmetadata,
+    "GETQUOTA": _quota,
+    "GETQUOTAROOT": _quota,
+    "SETQUOTA": _quota,
 }
 
 

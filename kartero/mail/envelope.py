@@ -27,6 +27,7 @@ class Origin(StrEnum):
     DSN = "dsn"  # a delivery status notification Kartero wrote
     APPEND = "append"  # IMAP APPEND (and CATENATE)
     SIEVE = "sieve"  # a vacation reply or rejection notice a user's Sieve script made Kartero write
+    QUOTA = "quota"  # the warning Kartero sends a user whose mailbox is 90 % full
     UNKNOWN = "unknown"  # a stored shape that names none of these
 
 

@@ -106,6 +106,7 @@ LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 STORAGE_FULL = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 HEADER_TOO_LARGE = Reply(552, "5.3.4", "Message header too large")
 MAILBOX_UNAVAILABLE = Reply(450, "4.2.1", "Mailbox temporarily unavailable, try again later")
+MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")  # RFC 3463 §3.3: over quota; the sender retries
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available")
 AUTH_THROTTLED = Reply(454, "4.7.0", "Too many authentication failures, try again later")

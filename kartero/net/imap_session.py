@@ -316,7 +316,8 @@ class ImapSession:
                             "connection limit")  # fmt: skip
             return
         self.session = Session(self.ctx.store.mail, account.id, account.address, self.conn.enabled,
-                               spool_dir=self.ctx.spool_dir)  # fmt: skip
+                               spool_dir=self.ctx.spool_dir,
+                               default_quota=self.ctx.settings.default_quota)  # fmt: skip
         self.conn.login_result(tag, account.address)
 
 

@@ -106,6 +106,7 @@ class SMTPSession:
         self.loop = channel.loop
         self.client_ip = channel.client_ip
         self._mail_from = ""
+        self._declared_size: int | None = None  # MAIL FROM's SIZE=
         self._ticket: Ticket | None = None  # how the connection caps counted this session
         self._is_logged_in = False
         self._busy = False  # an asynchronous decision or the TLS handshake is under way
@@ -215,11 +216,13 @@ class SMTPSession:
                     self._drop_spool()  # a transaction reset by RSET or EHLO may have left one
                     self._recipients = {}
                     self._mail_from = str(event.path)[1:-1]
+                    self._declared_size = event.params.size
                     if self._decide(self.ctx.policy.check_mail(event.path, conn.authenticated_as),
                                     self._answer_mail, self._decision_failed, "MAIL"):  # fmt: skip
                         break
                 case RcptTo():
-                    check = self.ctx.policy.check_rcpt(event.path, RcptContext(self.client_ip, self._mail_from))
+                    context = RcptContext(self.client_ip, self._mail_from, self._declared_size)
+                    check = self.ctx.policy.check_rcpt(event.path, context)
                     if self._decide(check, partial(self._answer_rcpt, event), self._decision_failed, "RCPT"):
                         break
                 case MessageData(data=data):

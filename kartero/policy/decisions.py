@@ -42,6 +42,7 @@ class RcptContext:
 
     client_ip: str
     mail_from: str  # without angle brackets; "" for the null sender
+    size: int | None = None  # MAIL FROM's SIZE= (RFC 1870), for the quota check
 
 
 @dataclass(frozen=True, slots=True)

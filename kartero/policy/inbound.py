@@ -17,6 +17,7 @@ from kartero.mailauth.inbound import InboundChecker
 from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, RcptContext, Reject
 from kartero.policy.dnsbl import DNSBL
 from kartero.policy.limits import Greylist
+from kartero.policy.quota import QuotaBook
 from kartero.smtp.events import Envelope
 from kartero.store.interface import INBOX, Content
 from kartero.store.spool import read_whole
@@ -46,6 +47,7 @@ class InboundPolicy:
         self.checker = checker
         self.blocking = blocking or Blocking()
         self.check_deadline_s = check_deadline_s
+        self.quota: QuotaBook | None = None  # set by the server: RCPT refuses full mailboxes
         # DKIM verification holds a message in memory several times over (dkimpy): one spooled (large)
         # message is checked at a time, so a flood of large messages cannot multiply that.
         self._large = threading.Lock()
@@ -92,7 +94,7 @@ class InboundPolicy:
                 zone = await self.blocking(self.check_deadline_s, self.dnsbl.listed, context.client_ip)
             if zone is not None:
                 return self._blocked(context, zone)
-        decision = await self.check_local(path)
+        decision = await self.check_local(path, context.size if context is not None else None)
         if self.greylist is None or context is None:
             return decision
         return self._greylist(decision, context)
@@ -114,8 +116,9 @@ class InboundPolicy:
                           rcpt=decision.address, wait_s=round(wait)))  # fmt: skip
         return Reject(replies.GREYLISTED.with_text(f"Greylisted, please try again in {max(1, round(wait))} seconds"))
 
-    async def check_local(self, path: Path) -> Decision:
-        """A recipient in one of our domains: the accounts it reaches, or why not."""
+    async def check_local(self, path: Path, size: int | None = None) -> Decision:
+        """A recipient in one of our domains: the accounts it reaches, or why not (452 4.2.2 when they
+        are all full, or have less room than the `size` MAIL FROM declared: see policy/quota.py)."""
         mailbox = path.mailbox
         if mailbox is None:
             return Reject(replies.BAD_RECIPIENT_SYNTAX)
@@ -134,7 +137,11 @@ class InboundPolicy:
             return await self._bounce(self.srs, f"{mailbox.local_part}@{domain}")
         if _ROUTING_CHARACTERS & set(local):
             return Reject(replies.RELAY_DENIED)
-        return _decide(address, await self.directory.resolve(address))
+        decision = _decide(address, await self.directory.resolve(address))
+        if self.quota is not None and isinstance(decision, Accept) and self.quota.is_full(decision.account_ids, size):
+            log.info("%s", kv(event="policy.mailbox_full", rcpt=address, size=size))
+            return Reject(replies.MAILBOX_FULL)
+        return decision
 
     async def _bounce(self, srs: SRS, address: str) -> Decision:
         """RCPT of an SRS address of ours: the reply path of mail we forwarded (RFC 5321 §4.5.5 bounces,

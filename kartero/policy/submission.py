@@ -38,6 +38,7 @@ from kartero.policy.authorship import (
 from kartero.policy.decisions import Accept, AcceptMessage, Decision, MessageDecision, RcptContext, Reject
 from kartero.policy.inbound import InboundPolicy
 from kartero.policy.limits import SlidingWindow
+from kartero.policy.quota import QuotaBook
 from kartero.smtp.events import Envelope
 from kartero.store.interface import AbuseKind, Content
 
@@ -58,6 +59,15 @@ class SubmissionPolicy:
         self.directory = directory
         self.primary_domain = primary_domain
         self._local = InboundPolicy(directory, primary_domain)
+
+    @property
+    def quota(self) -> QuotaBook | None:
+        """Local recipients' quotas (policy/quota.py), as the MX checks them."""
+        return self._local.quota
+
+    @quota.setter
+    def quota(self, book: QuotaBook | None) -> None:
+        self._local.quota = book
 
     def owns(self, user: str, address: str) -> bool:
         """Whether mail for `address` (canonical) reaches the account `user` (canonical)."""
@@ -102,7 +112,8 @@ class SubmissionPolicy:
         except DomainError:
             return Reject(replies.BAD_RECIPIENT_SYNTAX)
         if domain in self.directory.domains:
-            return await self._local.check_local(path)  # no greylisting or DNSBL for our own users
+            # No greylisting or DNSBL for our own users; the quota check as on the MX.
+            return await self._local.check_local(path, context.size if context is not None else None)
         # Remote: kept as written (the local part is the remote domain's business), domain canonical.
         return Accept(replies.RECIPIENT_OK, address=f"{mailbox.quoted_local_part()}@{domain}", is_remote=True)
 

@@ -68,6 +68,12 @@ class SQLiteAccounts:
             bump_directory_version(db)
         return bool(cur.rowcount == 1)
 
+    def set_quota(self, address: str, limit_bytes: int | None) -> bool:
+        with self._database.write() as db:
+            cur = db.execute("UPDATE accounts SET quota_bytes = ? WHERE address = ?", (limit_bytes, address))
+            bump_directory_version(db)
+        return bool(cur.rowcount == 1)
+
     def set_scram(self, address: str, scram: str) -> None:
         with self._database.write() as db:
             db.execute("UPDATE accounts SET scram = ? WHERE address = ?", (scram, address))

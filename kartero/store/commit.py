@@ -309,17 +309,20 @@ class Committer:
             # Sieve runtime error falls back to keep (RFC 5228 §2.10.6).
             for name in (target.mailbox, INBOX) if target.mailbox != INBOX else (INBOX,):
                 row = db.execute(
-                    "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1"
+                    "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1,"
+                    " used_bytes = used_bytes + ?, used_messages = used_messages + 1"
                     " WHERE account_id = ? AND name = ? RETURNING id, uidnext - 1, highestmodseq",
-                    (target.account_id, name),
+                    (len(d.data), target.account_id, name),
                 ).fetchone()
                 if row is not None:
                     break
             if row is None:
                 continue  # account deleted since RCPT; the other targets still get it
             mailbox_id, uid, modseq = row
-            if any(m.mailbox_id == mailbox_id for m in stored):
-                continue  # the fallback led to a mailbox this message is in already (uidnext moved on: harmless)
+            if any(m.mailbox_id == mailbox_id for m in stored):  # the fallback led where it is already
+                db.execute("UPDATE mailboxes SET used_bytes = used_bytes - ?, used_messages = used_messages - 1"
+                           " WHERE id = ?", (len(d.data), mailbox_id))  # fmt: skip
+                continue  # (uidnext moved on: harmless, UIDs need not be dense)
             db.execute(
                 "INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq, saved_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

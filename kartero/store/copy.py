@@ -1,7 +1,7 @@
 """`kartero db copy --from DATA_DIR`: an embedded store (SQLite + segments) into PostgreSQL.
 
-Everything a client or the queue depends on keeps its identity: accounts keep their password hashes and
-SCRAM keys, mailboxes their UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and MAILBOXID, messages their UIDs,
+Everything a client or the queue depends on keeps its identity: accounts keep their password hashes,
+SCRAM keys and quotas, mailboxes their UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and MAILBOXID, messages their UIDs,
 flags and MODSEQs, and expunged UIDs their tombstones, so IMAP clients (QRESYNC included) carry on with
 what they cached instead of downloading everything again.
 
@@ -147,8 +147,9 @@ class _Copy:
 
     def copy_account(self, account_id: int) -> None:
         """One account with its mailboxes (their counters), subscriptions and METADATA, in one transaction."""
-        address, password_hash, created_at, scram = self.src.execute(
-            "SELECT address, password_hash, created_at, scram FROM accounts WHERE id = ?", (account_id,)
+        address, password_hash, created_at, scram, quota, warned = self.src.execute(
+            "SELECT address, password_hash, created_at, scram, quota_bytes, quota_warned FROM accounts WHERE id = ?",
+            (account_id,),
         ).fetchone()
         mailboxes = self.src.execute(
             "SELECT id, name, special_use, uidvalidity, uidnext, highestmodseq, first_recent_uid, objectid"
@@ -163,9 +164,9 @@ class _Copy:
         ).fetchall()
         with self.write() as db:
             row: Any = db.execute(
-                "INSERT INTO accounts (address, password_hash, created_at, scram) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (address) DO NOTHING RETURNING id",
-                (address, password_hash, created_at, scram),
+                "INSERT INTO accounts (address, password_hash, created_at, scram, quota_bytes, quota_warned)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (address) DO NOTHING RETURNING id",
+                (address, password_hash, created_at, scram, quota, warned),
             ).fetchone()
             if row is None:
                 row = db.execute("SELECT id, created_at FROM accounts WHERE address = ?", (address,)).fetchone()
@@ -297,6 +298,8 @@ class _Copy:
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     [(target_id, *r) for r in missing],
                 )
+                db.execute("UPDATE mailboxes SET used_bytes = used_bytes + ?, used_messages = used_messages + ?"
+                           " WHERE id = ?", (sum(int(r[2]) for r in missing), len(missing), target_id))  # fmt: skip
                 self.counts.messages += len(missing)
                 self.counts.bytes += sum(int(r[2]) for r in missing)
             self.progress(len(batch))

@@ -116,6 +116,24 @@ class MailboxStatus:
     # session that knows the MODSEQs of its own changes can tell whether anything else happened.
     highestmodseq: int
     recent: int = 0  # messages no session has seen as \\Recent yet (UID >= the mailbox's first recent UID)
+    deleted_size: int = 0  # the sizes of the \\Deleted messages: what EXPUNGE frees (RFC 9208 DELETED-STORAGE)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaUsage:
+    """An account's storage use as RFC 9208 counts STORAGE (the RFC822.SIZE of every message in all its
+    mailboxes, kept exactly by the store with every change) and its own limit."""
+
+    account_id: int
+    limit_bytes: int | None  # None: [limits] default_quota applies; 0: no limit
+    used_bytes: int
+    messages: int
+    warned: bool = False  # the 90 % warning went out and usage has not gone below 90 % since
+    address: str = ""
+
+    def effective_limit(self, default_bytes: int) -> int:
+        """The limit in bytes that applies (0: none)."""
+        return default_bytes if self.limit_bytes is None else self.limit_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +422,11 @@ class AccountStore(Protocol):
     def add_alias(self, source: str, destination: str) -> bool: ...
     def delete_alias(self, source: str) -> int: ...
     def list_aliases(self) -> list[tuple[str, str]]: ...
+    def set_quota(self, address: str, limit_bytes: int | None) -> bool:
+        """Set the account's storage limit (None: the default, 0: none); False when there is no such
+        account. Raises the directory version, so a running server sees the new limit."""
+        ...
+
     def load_directory(self) -> tuple[dict[str, int], dict[str, tuple[str, ...]], int | None]:
         """Every account (address -> id), every alias (source -> destinations), the first account."""
         ...
@@ -451,6 +474,19 @@ class MailStore(Protocol):
         ...
 
     def subscriptions(self, account_id: int) -> set[str]: ...
+    def quota_usage(
+        self, account_ids: Sequence[int] | None = None, *, of_mailboxes: Sequence[int] = ()
+    ) -> dict[int, QuotaUsage]:
+        """Usage and limit of each of `account_ids` that exists, and of the accounts owning the
+        mailboxes `of_mailboxes` (both left out: every account). Cheap: it adds up the per-mailbox
+        counters each change keeps, never the messages."""
+        ...
+
+    def mark_quota_warned(self, account_id: int, warned: bool) -> bool:
+        """Set the account's "90 % warning sent" mark; True only for the caller that changed it (so of
+        several processes exactly one sends the warning)."""
+        ...
+
     def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
     def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
     def select_summary(self, mailbox_id: int) -> SelectSummary: ...

@@ -34,6 +34,7 @@ from kartero.store.interface import (
     MessageRow,
     MetadataChange,
     NoSuchMailbox,
+    QuotaUsage,
     SelectSummary,
     StoredMessage,
     StoreError,
@@ -247,6 +248,40 @@ class SQLiteMail:
                 db.execute("DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, name))
         self._listeners.account_changed(account_id)
 
+    def quota_usage(
+        self, account_ids: Sequence[int] | None = None, *, of_mailboxes: Sequence[int] = ()
+    ) -> dict[int, QuotaUsage]:
+        select = (
+            "SELECT a.id, a.quota_bytes, CAST(COALESCE(SUM(m.used_bytes), 0) AS BIGINT),"
+            " CAST(COALESCE(SUM(m.used_messages), 0) AS BIGINT), a.quota_warned, a.address"
+            " FROM accounts a LEFT JOIN mailboxes m ON m.account_id = a.id"
+        )
+        group = " GROUP BY a.id, a.quota_bytes, a.quota_warned, a.address"
+        db = self._db()
+        if account_ids is None and not of_mailboxes:
+            rows = db.execute(select + group).fetchall()
+        else:
+            owners = set(account_ids or ())
+            boxes = sorted(set(of_mailboxes))
+            for i in range(0, len(boxes), _CHUNK):
+                chunk = boxes[i : i + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                found = db.execute(f"SELECT account_id FROM mailboxes WHERE id IN ({marks})", chunk)
+                owners.update(int(r[0]) for r in found)
+            wanted = sorted(owners)
+            rows = []
+            for i in range(0, len(wanted), _CHUNK):
+                chunk = wanted[i : i + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows += db.execute(f"{select} WHERE a.id IN ({marks}){group}", chunk).fetchall()
+        return {int(r[0]): QuotaUsage(int(r[0]), r[1], int(r[2]), int(r[3]), bool(r[4]), r[5]) for r in rows}
+
+    def mark_quota_warned(self, account_id: int, warned: bool) -> bool:
+        with self._write() as db:
+            cur = db.execute("UPDATE accounts SET quota_warned = ? WHERE id = ? AND quota_warned <> ?",
+                             (int(warned), account_id, int(warned)))  # fmt: skip
+        return bool(cur.rowcount == 1)
+
     def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         db = self._db()
         db.execute("BEGIN")
@@ -257,16 +292,17 @@ class SQLiteMail:
             ).fetchone()
             if box is None:
                 raise NoSuchMailbox(f"no mailbox {mailbox_id}")
-            count, unseen, deleted, size, recent = db.execute(
+            count, unseen, deleted, size, recent, deleted_size = db.execute(
                 "SELECT COUNT(*), COUNT(CASE WHEN instr(' ' || lower(flags) || ' ', ' \\seen ') = 0 THEN 1 END),"
                 " COUNT(CASE WHEN instr(' ' || lower(flags) || ' ', ' \\deleted ') > 0 THEN 1 END),"
-                " CAST(COALESCE(SUM(size), 0) AS BIGINT), COUNT(CASE WHEN uid >= ? THEN 1 END)"
-                " FROM messages WHERE mailbox_id = ?",
+                " CAST(COALESCE(SUM(size), 0) AS BIGINT), COUNT(CASE WHEN uid >= ? THEN 1 END),"
+                " CAST(COALESCE(SUM(CASE WHEN instr(' ' || lower(flags) || ' ', ' \\deleted ') > 0 THEN size END), 0)"
+                " AS BIGINT) FROM messages WHERE mailbox_id = ?",
                 (box[3], mailbox_id),
             ).fetchone()
         finally:
             db.execute("COMMIT")
-        return MailboxStatus(count, unseen, deleted, size, box[0], box[1], box[2], recent)
+        return MailboxStatus(count, unseen, deleted, size, box[0], box[1], box[2], recent, deleted_size)
 
     def select_summary(self, mailbox_id: int) -> SelectSummary:
         db = self._db()
@@ -520,6 +556,8 @@ class SQLiteMail:
         the bodies go as soon as no hold needs them."""
         modseq = self._bump(db, mailbox_id)
         db.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(mailbox_id, r.uid) for r in rows])
+        db.execute("UPDATE mailboxes SET used_bytes = used_bytes - ?, used_messages = used_messages - ? WHERE id = ?",
+                   (sum(r.size for r in rows), len(rows), mailbox_id))  # fmt: skip
         db.executemany(
             "INSERT INTO expunged (mailbox_id, uid, modseq, blob_id, size, internal_date, flags, message_modseq,"
             " saved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (mailbox_id, uid) DO UPDATE SET"
@@ -540,9 +578,10 @@ class SQLiteMail:
             if not rows or (all_or_none and len(rows) < len(set(uids))):
                 return Copied((), 0)
             first = db.execute(
-                "UPDATE mailboxes SET uidnext = uidnext + ?, highestmodseq = highestmodseq + 1 WHERE id = ?"
+                "UPDATE mailboxes SET uidnext = uidnext + ?, highestmodseq = highestmodseq + 1,"
+                " used_bytes = used_bytes + ?, used_messages = used_messages + ? WHERE id = ?"
                 " RETURNING uidnext - ?, highestmodseq",
-                (len(rows), target_id, len(rows)),
+                (len(rows), sum(row.size for row in rows), len(rows), target_id, len(rows)),
             ).fetchone()
             if first is None:
                 raise NoSuchMailbox(f"no mailbox {target_id}")

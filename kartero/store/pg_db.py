@@ -291,6 +291,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (account_id, key)
     );
     """,
+    # 7: quotas (issue 12). An account's storage limit (NULL: [limits] default_quota, 0: none) and whether
+    # its 90 % warning went out; each mailbox's usage (SUM and COUNT of its messages), kept by every
+    # change in the same transaction and counted here once for the mail already stored.
+    """
+    ALTER TABLE accounts ADD COLUMN quota_bytes BIGINT, ADD COLUMN quota_warned INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE mailboxes ADD COLUMN used_bytes BIGINT NOT NULL DEFAULT 0,
+        ADD COLUMN used_messages BIGINT NOT NULL DEFAULT 0;
+    UPDATE mailboxes SET used_bytes = counted.bytes, used_messages = counted.messages
+        FROM (SELECT mailbox_id, SUM(size) AS bytes, COUNT(*) AS messages FROM messages GROUP BY mailbox_id)
+        AS counted WHERE counted.mailbox_id = mailboxes.id;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # How long a new connection may take; also how long a thread waits for one from the pool while the

@@ -28,7 +28,9 @@ CREATE TABLE IF NOT EXISTS accounts (
     address TEXT NOT NULL UNIQUE,
     password_hash TEXT NOT NULL,
     created_at INTEGER NOT NULL,
-    scram TEXT NOT NULL DEFAULT ''
+    scram TEXT NOT NULL DEFAULT '',
+    quota_bytes INTEGER,                 -- storage limit: NULL = [limits] default_quota, 0 = none
+    quota_warned INTEGER NOT NULL DEFAULT 0  -- 1: the 90 % warning went out (until usage is below 90 %)
 );
 CREATE TABLE IF NOT EXISTS aliases (
     source TEXT NOT NULL,
@@ -45,6 +47,8 @@ CREATE TABLE IF NOT EXISTS mailboxes (
     highestmodseq INTEGER NOT NULL DEFAULT 1,
     first_recent_uid INTEGER NOT NULL DEFAULT 1,  -- UIDs from here on are recent to the next session (RFC 3501)
     objectid TEXT,                       -- RFC 8474 MAILBOXID (ids.new_mailbox_objectid), set at creation
+    used_bytes INTEGER NOT NULL DEFAULT 0,     -- SUM(messages.size), kept with every change (quotas)
+    used_messages INTEGER NOT NULL DEFAULT 0,  -- COUNT(messages), likewise
     UNIQUE (account_id, name)
 );
 CREATE TABLE IF NOT EXISTS subscriptions (
@@ -113,7 +117,11 @@ _ADDED_COLUMNS = {
                  "message_modseq": "INTEGER", "saved_at": "INTEGER"},
     "blobs": {"sent_day": "INTEGER", "preview": "TEXT"},
     "messages": {"saved_at": "INTEGER"},
+    # Quotas (issue 12): an account's usage is the sum of its mailboxes' counters; _migrate counts them
+    # once for a database made before they existed.
+    "accounts": {"quota_bytes": "INTEGER", "quota_warned": "INTEGER NOT NULL DEFAULT 0"},
 }  # fmt: skip
+_ADDED_USAGE_COLUMNS = {"used_bytes": "INTEGER NOT NULL DEFAULT 0", "used_messages": "INTEGER NOT NULL DEFAULT 0"}
 _ADDED_INDEXES = """
 CREATE INDEX IF NOT EXISTS expunged_blob ON expunged (blob_id) WHERE blob_id IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS mailboxes_objectid ON mailboxes (objectid);
@@ -305,6 +313,16 @@ def drop_unreferenced_blobs(db: Any, blob_ids: list[str]) -> None:
     )
 
 
+def count_usage(db: Any) -> None:
+    """Inside a write transaction: set every mailbox's usage counters from its messages. Run once, when
+    the counters are added to a database that has mail; from then on every change keeps them."""
+    db.execute(
+        "UPDATE mailboxes SET used_bytes = (SELECT COALESCE(SUM(size), 0) FROM messages"
+        " WHERE mailbox_id = mailboxes.id), used_messages = (SELECT COUNT(*) FROM messages"
+        " WHERE mailbox_id = mailboxes.id)"
+    )
+
+
 def _migrate(db: sqlite3.Connection) -> None:
     """Bring a database of an earlier schema version up to this one (inside a write transaction)."""
     for table, columns in _ADDED_COLUMNS.items():
@@ -314,6 +332,12 @@ def _migrate(db: sqlite3.Connection) -> None:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                 if column == "first_recent_uid":  # an upgrade makes no message that was there \Recent
                     db.execute("UPDATE mailboxes SET first_recent_uid = uidnext")
+    have = {row[1] for row in db.execute("PRAGMA table_info(mailboxes)")}
+    if not set(_ADDED_USAGE_COLUMNS) <= have:
+        for column, kind in _ADDED_USAGE_COLUMNS.items():
+            if column not in have:
+                db.execute(f"ALTER TABLE mailboxes ADD COLUMN {column} {kind}")
+        count_usage(db)
     # Mailboxes made before OBJECTID get their MAILBOXID now: it must exist for every mailbox.
     missing = [row[0] for row in db.execute("SELECT id FROM mailboxes WHERE objectid IS NULL")]
     db.executemany("UPDATE mailboxes SET objectid = ? WHERE id = ?", [(new_mailbox_objectid(), i) for i in missing])

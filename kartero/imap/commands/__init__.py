@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
-from kartero.imap.commands import fetch, mailbox, messages, metadata, notify, search
+from kartero.imap.commands import fetch, mailbox, messages, metadata, notify, quota, search
 from kartero.imap.commands.view import Done, Session, mailbox_deleted
 from kartero.imap.response import Status
 from kartero.imap.state import ImapState
@@ -23,6 +23,7 @@ from kartero.imap.syntax import (
     ListCommand,
     MailboxCommand,
     Notify,
+    QuotaCommand,
     Refused,
     Rename,
     Search,
@@ -98,6 +99,12 @@ def _handler(session: Session, tag: str, command: Command, *, append_limit: int)
             return metadata.getmetadata(session, command)
         case SetMetadata():
             return metadata.setmetadata(session, command)
+        case QuotaCommand(name="GETQUOTAROOT"):
+            return quota.getquotaroot(session, command)
+        case QuotaCommand(name="GETQUOTA"):
+            return quota.getquota(session, command)
+        case QuotaCommand():
+            return quota.setquota(session, command)
         case Refused():
             return _impossible_name(session, command)
     return _refuse(f"{type(command).__name__} is not implemented")

@@ -8,7 +8,7 @@ import datetime
 from array import array
 from collections.abc import Generator, Iterator, Sequence
 
-from kartero.imap.commands import catenate, notify
+from kartero.imap.commands import catenate, notify, quota
 from kartero.imap.commands.metadata import longentries, select_entries
 from kartero.imap.commands.view import (
     Done,
@@ -423,6 +423,7 @@ def _status_line(session: Session, mailbox: Mailbox, items: tuple[str, ...]) -> 
         "DELETED": st.deleted, "SIZE": st.size, "HIGHESTMODSEQ": st.highestmodseq, "RECENT": st.recent,
     }  # fmt: skip
     values["MAILBOXID"] = f"({mailbox.objectid})"  # RFC 8474 §4.1
+    values["DELETED-STORAGE"] = quota.kib_up(st.deleted_size)  # RFC 9208 §4.4: in STORAGE's units
     parts = [f"{item} {values[item]}" for item in items if item in values]
     return f"* STATUS {_quote(session, mailbox.name)} ({' '.join(parts)})\r\n".encode()
 
@@ -485,6 +486,8 @@ def append(session: Session, cmd: Append, append_limit: int) -> Handler:
                 datas.append(assembler.build(source))
             else:
                 datas.append(source)
+        if (left := quota.room(session)) is not None and sum(len(data) for data in datas) > left:
+            return quota.OVERQUOTA
         now = datetime.datetime.now(datetime.UTC)
         deliveries = [
             Delivery(

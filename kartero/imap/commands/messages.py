@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
-from kartero.imap.commands import notify
+from kartero.imap.commands import notify, quota
 from kartero.imap.commands.view import (
     Done,
     Session,
@@ -73,6 +73,11 @@ def copy_move(session: Session, cmd: CopyMove) -> Handler:
     if target is None:
         return Done(Status.NO, "No such mailbox", "TRYCREATE")
     pairs = resolve(view, cmd.numbers, is_uid=cmd.is_uid, saved=session.saved)
+    # A MOVE stays within the account: its usage does not change, so it is allowed even when full.
+    if not is_move and pairs and (left := quota.room(session)) is not None:
+        sizes = session.store.message_rows(view.mailbox_id, [uid for _, uid in pairs])
+        if sum(row.size for row in sizes) > left:
+            return quota.OVERQUOTA
     try:
         result = session.store.copy_messages(view.mailbox_id, [uid for _, uid in pairs], target.id, move=is_move,
                                              all_or_none=True)  # fmt: skip
@@ -98,3 +103,4 @@ def copy_move(session: Session, cmd: CopyMove) -> Handler:
     yield from chunked(expunge_lines(session, view, [s for s, _ in copied]))
     yield from chunked(sync(session, allow_expunge=True))
     return Done(Status.OK, f"{verb} completed")
+

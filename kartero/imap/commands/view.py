@@ -134,6 +134,7 @@ class Session:
     spool_dir: Path | None = None  # where a large CATENATE message is assembled (RFC 4469)
     contexts: dict[str, ResultContext] = field(default_factory=dict)  # RFC 5267 UPDATE, by command tag
     notify: NotifyState | None = None  # NOTIFY SET in effect (RFC 5465)
+    default_quota: int = 0  # [limits] default_quota: the limit of an account without its own (0: none)
 
     @property
     def utf8(self) -> bool:

@@ -64,7 +64,8 @@ class Client:
                     if password == PASSWORD and (self.store is None or account is not None):
                         if self.store is not None and account is not None:
                             self.session = Session(self.store.mail, account.id, account.address, conn.enabled,
-                                                   spool_dir=spool_dir(self.store.root))  # fmt: skip
+                                                   spool_dir=spool_dir(self.store.root),
+                                                   default_quota=self.settings.default_quota)  # fmt: skip
                         conn.login_result(tag, user)
                     else:
                         conn.login_result(tag, None)
