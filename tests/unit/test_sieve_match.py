@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from kartero.sieve import Context, FileInto, Limits, compile_script, run
 from kartero.sieve.match import Budget, compile_wildcard, match_wildcard
+from kartero.sieve.message import Header
 from kartero.sieve.regex import RegexError, compile_regex
 from tests.unit.sieve_helpers import NOW, context, mailboxes, outcome
 
@@ -269,3 +270,12 @@ def test_issue_12_a_literal_start_skips_through_a_big_body() -> None:
     result = outcome(script, context(body=body))
     assert time.process_time() - started < 5
     assert result.actions == (FileInto("hit"),)
+
+
+def test_issue_12_a_long_folded_field_is_joined_once() -> None:
+    # Continuation lines were appended with bytes += : quadratic in the field (8 s for this one).
+    raw = b"X-Long: start\r\n" + (b" " + b"x" * 3000 + b"\r\n") * 9_998 + b"Subject: s\r\n\r\n"
+    started = time.process_time()
+    header = Header(raw)
+    assert time.process_time() - started < 2
+    assert [f.name for f in header.fields] == ["x-long", "subject"] and header.block() == raw
