@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kartero.sieve import Context, FileInto, Limits, compile_script, run
+from kartero.sieve import EXTENSIONS, Context, FileInto, Limits, SieveError, compile_script, run
 from kartero.sieve.match import Budget, compile_wildcard, match_wildcard
 from kartero.sieve.message import Header
 from kartero.sieve.regex import RegexError, compile_regex
@@ -279,3 +279,45 @@ def test_issue_12_a_long_folded_field_is_joined_once() -> None:
     header = Header(raw)
     assert time.process_time() - started < 2
     assert [f.name for f in header.fields] == ["x-long", "subject"] and header.block() == raw
+
+
+_ALL = ", ".join(f'"{e}"' for e in EXTENSIONS)
+_COMMANDS = [
+    'if header :matches "subject" "{v}" {{ fileinto "m${{1}}"; }}',
+    'if header :regex "subject" "{v}" {{ set "x" "${{1}}${{x}}"; }}',
+    'if address :matches :all ["from", "to"] "*{v}*" {{ addflag "${{0}}"; }}',
+    'if envelope :detail "to" "{v}" {{ redirect :copy "a@example.net"; }}',
+    'if string :count "ge" :comparator "i;ascii-numeric" ["${{x}}", "{v}"] "1" {{ removeflag "{v}"; }}',
+    'if date :value "ge" :zone "+1400" "date" "julian" "{v}" {{ keep; }}',
+    'if currentdate :matches "std11" "*{v}*" {{ discard; }}',
+    'if body :content "text" :contains "{v}" {{ stop; }}',
+    'if duplicate :uniqueid "{v}" :last {{ fileinto :create "dup"; }}',
+    'if environment :regex "name" "{v}" {{ keep; }}',
+    'if mailboxexists "{v}" {{ fileinto "{v}x"; }}',
+    'addheader "X-Fuzz" "{v}";',
+    'deleteheader :index 1 :last :matches "X-Fuzz" "{v}";',
+    'set :upperfirst :quotewildcard "x" "{v}${{x}}";',
+    'set :length "y" "${{x}}";',
+    'setflag "{v}";',
+    'include :optional :once "{v}";',
+    'if hasflag :contains "{v}" {{ vacation :seconds 0 :handle "${{y}}" "{v}"; }}',
+    'if string :regex "${{x}}" "${{x}}" {{ keep; }}',
+    'if string :matches "${{y}}" "${{x}}" {{ keep; }}',
+]
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_COMMANDS), st.text(max_size=12)), max_size=12))
+def test_random_valid_scripts_run_to_an_outcome(commands: list[tuple[str, str]]) -> None:
+    text = f"require [{_ALL}];\n" + "\n".join(c.format(v=_quote(v)) for c, v in commands)
+    try:
+        script = compile_script(text)
+    except SieveError:
+        return  # e.g. an invalid regex or mailbox name: refused at upload, which is the point
+    scripts = {(False, "a"): 'require "fileinto"; fileinto "from-include";'}
+    result = run(script, context(scripts=scripts))
+    assert result.actions or result.error is None
