@@ -185,7 +185,10 @@ COMMANDS: dict[str, Signature] = {
     "return": Signature(((),), extension="include"),
     "global": Signature(((STRINGS,),), extension="include", constant_positions=(0,)),
     "addheader": Signature(((STRING, STRING),), {"last": Tag()}, extension="editheader"),
-    "deleteheader": Signature(((STRING,), (STRING, STRINGS)), {**_MATCHING, **_INDEX}, extension="editheader"),
+    # RFC 5293 §5: deleteheader's :index and :last are its own, not the index extension's.
+    "deleteheader": Signature(
+        ((STRING,), (STRING, STRINGS)), {**_MATCHING, "index": Tag(NUMBER), "last": Tag()}, extension="editheader"
+    ),
 }
 
 TESTS: dict[str, Signature] = {

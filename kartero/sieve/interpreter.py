@@ -527,7 +527,8 @@ class _Run:
                     out.append("")
                     continue
                 local, at, domain = text.rpartition("@")
-                value = _part_of(local if at else text, domain if at else None, part)
+                # An envelope path without a domain (<Postmaster>, RFC 5321 §4.1.1.3) still has a local part.
+                value = _part_of(local if at else text, domain if at else None, part, strict=False)
                 if value is not None:
                     out.append(value)
             return out
@@ -736,10 +737,13 @@ def _address_part(node: Node) -> str:
     return "all"
 
 
-def _part_of(local: str, domain: str | None, part: str) -> str | None:
-    """RFC 5228 §2.7.4 and RFC 5233 §4 (separator "+"): None when the address has no such part."""
+def _part_of(local: str, domain: str | None, part: str, strict: bool = True) -> str | None:
+    """RFC 5228 §2.7.4 and RFC 5233 §4 (separator "+"): None when the address has no such part; an
+    address without a domain is not valid, so only :all sees it."""
     if part == "all":
         return f"{local}@{domain}" if domain is not None else local
+    if domain is None and strict:
+        return None
     if part == "localpart":
         return local
     if part == "domain":

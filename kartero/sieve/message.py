@@ -156,7 +156,7 @@ def addresses(value: bytes) -> list[tuple[str, str | None]]:
     for i, item in enumerate(items):
         if item.mailbox is None or i in group_starts:
             continue
-        out.append((_text(item.mailbox), _text(item.host) if item.host is not None else None))
+        out.append((_text(item.mailbox), _text(item.host) if item.host else None))
     return out
 
 

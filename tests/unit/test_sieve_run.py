@@ -115,6 +115,11 @@ def test_address_groups_and_display_names() -> None:
     script = 'require "fileinto"; if address :is "cc" ["a@x.example"] { fileinto "a"; }' \
         ' if address :is "to" "undisclosed-recipients" { fileinto "group"; }'  # fmt: skip
     assert mailboxes(outcome(script, context(header))) == ["a"]
+    # RFC 5228 §2.7.4: an address without a domain is not valid: :localpart and :domain never match it.
+    broken = "To: nodomain\r\n\r\n"
+    script = 'require "fileinto"; if address :localpart "to" "nodomain" { fileinto "local"; }'
+    assert mailboxes(outcome(script, context(broken))) == ["INBOX"]
+    assert mailboxes(outcome(script.replace(":localpart", ":all"), context(broken))) == ["local"]
 
 
 def test_relational_examples_of_rfc_5231_section_6() -> None:
