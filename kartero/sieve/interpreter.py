@@ -230,6 +230,7 @@ class _Run:
             if size > self.limits.max_string:
                 raise RuntimeFailure(position, f"string longer than {self.limits.max_string} characters")
             out.append(text)
+        self.budget.charge(size // C_SCAN_CHARS)  # copying is work too: 100,000 steps of 64 KiB strings
         return "".join(out)
 
     def text(self, value: object, scope: _Scope, position: Position) -> str:
@@ -761,6 +762,7 @@ def run_script(script: Script, context: Context, limits: Limits) -> Outcome:
     except RuntimeFailure as exc:
         return Outcome((FileInto("INBOX"),), error=str(exc))
     except BudgetExceeded:
-        return Outcome((FileInto("INBOX"),), error=f"matching took more than {limits.max_match_steps} steps")
+        error = f"more than {limits.max_match_steps} steps of matching and copying strings"
+        return Outcome((FileInto("INBOX"),), error=error)
     except RecursionError:
         return Outcome((FileInto("INBOX"),), error="script nested too deeply")

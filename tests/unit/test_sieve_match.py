@@ -167,7 +167,8 @@ def test_issue_12_matching_cost_is_capped_per_run() -> None:
     started = time.process_time()
     result = outcome(script, context(header), Limits(max_match_steps=200_000))
     assert time.process_time() - started < 5
-    assert result == result.__class__((FileInto("INBOX"),), error="matching took more than 200000 steps")
+    assert result.actions == (FileInto("INBOX"),)
+    assert result.error == "more than 200000 steps of matching and copying strings"
 
 
 _HEADER_LINES = st.lists(
@@ -329,4 +330,5 @@ def test_issue_12_chains_of_empty_groups_are_charged() -> None:
     started = time.process_time()
     result = outcome('require "regex"; if header :regex "subject" "((){200}[xy])+z" { discard; }', context(header))
     assert time.process_time() - started < 5
-    assert result == result.__class__((FileInto("INBOX"),), error="matching took more than 1000000 steps")
+    assert result.actions == (FileInto("INBOX"),)
+    assert result.error == "more than 1000000 steps of matching and copying strings"

@@ -3,6 +3,8 @@ examples of the RFCs of each extension, on one message (tests/unit/sieve_helpers
 
 from __future__ import annotations
 
+import time
+
 from kartero.sieve import FileInto, Limits, Outcome, Redirect, Reject, Vacation
 from tests.unit.sieve_helpers import HEADER, context, mailboxes, outcome
 
@@ -370,3 +372,11 @@ if header :contains "from" "coyote@desert.example.org" {
 def test_addheader_values_are_bounded() -> None:
     script = 'require ["editheader", "variables"]; set "v" "' + "x" * 8193 + '"; addheader "X-A" "${v}";'
     assert outcome(script).error == "1:8243: addheader: value longer than 8192 characters"
+
+
+def test_issue_12_copying_big_strings_is_charged() -> None:
+    script = 'require "variables"; set "a" "' + "x" * 65_000 + '";' + 'set "b" "${a}";' * 9_990
+    started = time.process_time()
+    result = outcome(script)
+    assert time.process_time() - started < 5
+    assert result.error == "more than 1000000 steps of matching and copying strings"
