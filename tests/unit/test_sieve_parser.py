@@ -25,6 +25,8 @@ ERRORS = [
     ('fileinto "x";', '1:1: fileinto requires "fileinto" in require'),
     ('require "foo";', '1:9: unsupported extension "foo"'),
     ('require ["fileinto", "bar"];', '1:22: unsupported extension "bar"'),
+    ('require :x "fileinto";', "1:9: require: unknown tag :x"),
+    ("require 5;", "1:9: require: argument 1 must be a string list, found a number"),
     ('keep;\nrequire "fileinto";', "2:1: require must come before any other command"),
     ("if true {\n  keep;\n", "3:1: expected a command, found the end of the script"),
     ("keep", "1:5: expected ';' or '{' after keep, found the end of the script"),
