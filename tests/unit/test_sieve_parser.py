@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kartero.sieve import EXTENSIONS, SieveError, compile_script, run
+from kartero.sieve import EXTENSIONS, FileInto, Redirect, Reject, SieveError, Vacation, compile_script, run
+from kartero.sieve.compiler import COMMANDS, TESTS
 from tests.unit.sieve_helpers import context, mailboxes, outcome
 
 
@@ -247,3 +249,65 @@ def test_escapes_in_a_quoted_string_are_read_in_one_pass() -> None:
     node = compile_script(script).commands[0].branches[0][0]
     assert time.process_time() - started < 2
     assert node.match.keys[0].constant == "\\" * 250_000 + '"' * 200_000
+
+
+_NAMES = sorted(set(COMMANDS) | set(TESTS))
+_TAGS = sorted({tag for signature in (*COMMANDS.values(), *TESTS.values()) for tag in signature.tags} | {"x"})
+_STRINGS = ['"a"', '"INBOX"', '"a@example.com"', '"*"', '"${1}"', '"gt"', '"i;ascii-numeric"', '"date"', '"+0100"',
+            '"from"', '"subject"', '"(a"', '"1"', '""', 'text:\n.\n', '"${hex:40}"']  # fmt: skip
+
+
+def _random_arguments(rng: random.Random) -> str:
+    out = []
+    for _ in range(rng.randint(0, 4)):
+        kind = rng.randint(0, 3)
+        if kind == 0:
+            out.append(":" + rng.choice(_TAGS))
+        elif kind == 1:
+            out.append(rng.choice(_STRINGS))
+        elif kind == 2:
+            out.append("[" + ", ".join(rng.choice(_STRINGS) for _ in range(rng.randint(1, 3))) + "]")
+        else:
+            out.append(str(rng.choice([0, 1, 2, 100, 2**40])))
+    return " ".join(out)
+
+
+def _random_test(rng: random.Random, depth: int) -> str:
+    text = rng.choice(_NAMES) + " " + _random_arguments(rng)
+    if depth < 3 and rng.random() < 0.3:
+        text += " " + _random_test(rng, depth + 1)
+    elif depth < 3 and rng.random() < 0.2:
+        text += " (" + ", ".join(_random_test(rng, depth + 1) for _ in range(rng.randint(1, 3))) + ")"
+    return text
+
+
+def _random_commands(rng: random.Random, depth: int) -> str:
+    out = []
+    for _ in range(rng.randint(0, 4)):
+        text = rng.choice(_NAMES) + " " + _random_arguments(rng)
+        if rng.random() < 0.4:
+            text += " " + _random_test(rng, depth)
+        if depth < 3 and rng.random() < 0.3:
+            text += " {\n" + _random_commands(rng, depth + 1) + "}"
+        else:
+            text += ";"
+        out.append(text)
+    return "\n".join(out)
+
+
+def test_random_command_trees_compile_or_give_a_sieve_error() -> None:
+    rng = random.Random(7)
+    require = "require [" + ", ".join(f'"{e}"' for e in EXTENSIONS) + "];\n"
+    compiled = 0
+    for _ in range(1500):
+        text = (require if rng.random() < 0.8 else "") + _random_commands(rng, 0)
+        try:
+            script = compile_script(text)
+        except SieveError:
+            continue
+        compiled += 1
+        result = run(script, context())  # never raises; keeps the message unless the script says otherwise
+        assert result.error is not None or all(
+            isinstance(a, (FileInto, Redirect, Reject, Vacation)) for a in result.actions
+        )
+    assert compiled > 100
