@@ -175,7 +175,10 @@ class _Run:
         redirected: set[str] = set()
         for action in actions:
             if isinstance(action, FileInto):
-                key = "INBOX" if action.mailbox.upper() == "INBOX" else action.mailbox
+                key = action.mailbox
+                if key.upper() == "INBOX":  # RFC 3501 §5.1: INBOX is INBOX in any case
+                    key = "INBOX"
+                    action = FileInto(key, action.flags, action.create, action.header)
                 if key in stored:
                     earlier = merged[stored[key]]
                     assert isinstance(earlier, FileInto)

@@ -24,7 +24,7 @@ def test_implicit_keep_rfc_5228_section_2_10_2() -> None:
 
 
 def test_keep_and_fileinto_of_one_mailbox_store_once_rfc_5228_section_2_10_3() -> None:
-    assert outcome('require "fileinto"; keep; fileinto "INBOX"; keep; fileinto "a"; fileinto "a";') == Outcome(
+    assert outcome('require "fileinto"; keep; fileinto "inbox"; keep; fileinto "a"; fileinto "a";') == Outcome(
         (FileInto("INBOX"), FileInto("a"))
     )
     assert outcome('redirect "a@example.net"; redirect "A@example.net";') == Outcome((Redirect("a@example.net"),))
