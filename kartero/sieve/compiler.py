@@ -185,7 +185,10 @@ COMMANDS: dict[str, Signature] = {
     "return": Signature(((),), extension="include"),
     "global": Signature(((STRINGS,),), extension="include", constant_positions=(0,)),
     "addheader": Signature(((STRING, STRING),), {"last": Tag()}, extension="editheader"),
-    "deleteheader": Signature(((STRING,), (STRING, STRINGS)), {**_MATCHING, **_INDEX}, extension="editheader"),
+    # RFC 5293 §5: deleteheader's :index and :last are its own, not the index extension's.
+    "deleteheader": Signature(
+        ((STRING,), (STRING, STRINGS)), {**_MATCHING, "index": Tag(NUMBER), "last": Tag()}, extension="editheader"
+    ),
 }
 
 TESTS: dict[str, Signature] = {
@@ -260,10 +263,13 @@ class _Validator:
                 seen_other = True
         if "include" in self.extensions and "variables" in self.extensions:
             self.namespaces = frozenset({"global"})
-        nodes = self.block([c for c in body if c.name != "require"], top=True)
+        nodes = self.block([c for c in body if c.name != "require"])
         return Script(tuple(nodes), frozenset(self.extensions))
 
     def require(self, command: Command) -> None:
+        for argument in command.arguments:
+            if isinstance(argument, TagArgument):
+                raise argument.position.error(f"require: unknown tag :{argument.name}")
         self.check_shape(command.name, COMMANDS["require"], command.arguments, command.position)
         if command.tests:
             raise command.tests[0].position.error("require takes no test")
@@ -281,7 +287,7 @@ class _Validator:
 
     # -- commands ---------------------------------------------------------------------------------------
 
-    def block(self, commands: list[Command], top: bool = False) -> list[Node]:
+    def block(self, commands: list[Command]) -> list[Node]:
         nodes: list[Node] = []
         previous: str | None = None
         for command in commands:

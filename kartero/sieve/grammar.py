@@ -171,28 +171,27 @@ def _advance_lines(cur: _Cursor, to: int) -> None:
 
 
 def _quoted_string(cur: _Cursor) -> Token:
-    """RFC 5228 §2.4.2: backslash escapes itself and the quote; before any other character it is dropped."""
+    """RFC 5228 §2.4.2: backslash escapes itself and the quote; before any other character it is dropped.
+    The closing quote is searched again only when an escaped quote was passed: one pass over the string."""
     start = cur.position()
     text = cur.text
     out: list[str] = []
     i = cur.pos + 1
-    n = len(text)
+    quote = text.find('"', i)
     while True:
-        quote = text.find('"', i)
-        backslash = text.find("\\", i, quote if quote >= 0 else n)
-        if quote < 0 and backslash < 0:
+        if quote < 0:
             raise start.error("unterminated string")
-        if backslash >= 0:
-            out.append(text[i:backslash])
-            if backslash + 1 >= n:
-                raise start.error("unterminated string")
-            out.append(text[backslash + 1])
-            i = backslash + 2
-            continue
-        out.append(text[i:quote])
-        _advance_lines(cur, quote + 1)
-        value = "".join(out)
-        return Token("string", _crlf(value), start)
+        backslash = text.find("\\", i, quote)
+        if backslash < 0:
+            break
+        out.append(text[i:backslash])
+        out.append(text[backslash + 1])  # the quote is further on, so this character exists
+        i = backslash + 2
+        if backslash + 1 == quote:
+            quote = text.find('"', i)
+    out.append(text[i:quote])
+    _advance_lines(cur, quote + 1)
+    return Token("string", _crlf("".join(out)), start)
 
 
 def _crlf(value: str) -> str:

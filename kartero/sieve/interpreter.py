@@ -175,7 +175,10 @@ class _Run:
         redirected: set[str] = set()
         for action in actions:
             if isinstance(action, FileInto):
-                key = "INBOX" if action.mailbox.upper() == "INBOX" else action.mailbox
+                key = action.mailbox
+                if key.upper() == "INBOX":  # RFC 3501 §5.1: INBOX is INBOX in any case
+                    key = "INBOX"
+                    action = FileInto(key, action.flags, action.create, action.header)
                 if key in stored:
                     earlier = merged[stored[key]]
                     assert isinstance(earlier, FileInto)
@@ -230,6 +233,7 @@ class _Run:
             if size > self.limits.max_string:
                 raise RuntimeFailure(position, f"string longer than {self.limits.max_string} characters")
             out.append(text)
+        self.budget.charge(size // C_SCAN_CHARS)  # copying is work too: 100,000 steps of 64 KiB strings
         return "".join(out)
 
     def text(self, value: object, scope: _Scope, position: Position) -> str:
@@ -527,7 +531,8 @@ class _Run:
                     out.append("")
                     continue
                 local, at, domain = text.rpartition("@")
-                value = _part_of(local if at else text, domain if at else None, part)
+                # An envelope path without a domain (<Postmaster>, RFC 5321 §4.1.1.3) still has a local part.
+                value = _part_of(local if at else text, domain if at else None, part, strict=False)
                 if value is not None:
                     out.append(value)
             return out
@@ -736,10 +741,13 @@ def _address_part(node: Node) -> str:
     return "all"
 
 
-def _part_of(local: str, domain: str | None, part: str) -> str | None:
-    """RFC 5228 §2.7.4 and RFC 5233 §4 (separator "+"): None when the address has no such part."""
+def _part_of(local: str, domain: str | None, part: str, strict: bool = True) -> str | None:
+    """RFC 5228 §2.7.4 and RFC 5233 §4 (separator "+"): None when the address has no such part; an
+    address without a domain is not valid, so only :all sees it."""
     if part == "all":
         return f"{local}@{domain}" if domain is not None else local
+    if domain is None and strict:
+        return None
     if part == "localpart":
         return local
     if part == "domain":
@@ -757,6 +765,7 @@ def run_script(script: Script, context: Context, limits: Limits) -> Outcome:
     except RuntimeFailure as exc:
         return Outcome((FileInto("INBOX"),), error=str(exc))
     except BudgetExceeded:
-        return Outcome((FileInto("INBOX"),), error=f"matching took more than {limits.max_match_steps} steps")
+        error = f"more than {limits.max_match_steps} steps of matching and copying strings"
+        return Outcome((FileInto("INBOX"),), error=error)
     except RecursionError:
         return Outcome((FileInto("INBOX"),), error="script nested too deeply")

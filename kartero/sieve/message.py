@@ -61,6 +61,7 @@ class Header:
         self._by_name: dict[str, list[_Field]] | None = None  # made on first use, again after an edit
         pos = 0
         lines = 0
+        parts: list[tuple[str, list[bytes]]] = []  # a field's lines, joined once (no quadratic +=)
         while pos < len(block):
             nl = block.find(b"\n", pos)
             line_end = len(block) if nl < 0 else nl + 1
@@ -71,14 +72,15 @@ class Header:
                 self.terminator = line + block[pos:]
                 break
             if lines > MAX_FIELDS:
-                self.fields.append(_Field("", line + block[pos:]))
+                parts.append(("", [line, block[pos:]]))
                 break
-            if line[:1] in (b" ", b"\t") and self.fields:
-                self.fields[-1].raw += line
+            if line[:1] in (b" ", b"\t") and parts:
+                parts[-1][1].append(line)
                 continue
             name, colon, _ = line.partition(b":")
             is_field = bool(colon) and bool(name.strip()) and b" " not in name.strip()
-            self.fields.append(_Field(name.strip().decode("latin-1").lower() if is_field else "", line))
+            parts.append((name.strip().decode("latin-1").lower() if is_field else "", [line]))
+        self.fields = [_Field(name, b"".join(lines_of)) for name, lines_of in parts]
 
     def block(self) -> bytes:
         return b"".join(f.raw for f in self.fields) + self.terminator
@@ -154,7 +156,7 @@ def addresses(value: bytes) -> list[tuple[str, str | None]]:
     for i, item in enumerate(items):
         if item.mailbox is None or i in group_starts:
             continue
-        out.append((_text(item.mailbox), _text(item.host) if item.host is not None else None))
+        out.append((_text(item.mailbox), _text(item.host) if item.host else None))
     return out
 
 

@@ -35,8 +35,8 @@ class Limits:
     max_header_edits: int = 100  # addheader/deleteheader
     max_body: int = 1024 * 1024  # octets of the body the `body` test looks at
     max_steps: int = 100_000  # commands and tests evaluated (with include, a script may be run many times)
-    # the matching work of one run (kartero.sieve.match.Budget: regex threads stepped, characters compared,
-    # C-level scans by the 16 characters); a step is about 1.3 us of Python, so a run matches for ~1 s at most
+    # the matching and copying work of one run (kartero.sieve.match.Budget: regex instructions visited,
+    # characters compared, C-level scans and string copies by the 16 characters); a unit is about 0.5 us
     max_match_steps: int = 1_000_000
 
 

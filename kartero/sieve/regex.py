@@ -357,8 +357,7 @@ class Regex:
                 i = found
             if best is None:
                 threads.append((-1, (i, *empty[1:])))  # -1: a new thread entering at the start
-            threads = self._closure(threads, i, length, marks)
-            budget.charge(len(threads) + 1)
+            threads = self._closure(threads, i, length, marks, budget)
             following: list[tuple[int, tuple[int, ...]]] = []
             c = text[i] if i < length else ""
             for pc, caps in threads:
@@ -393,13 +392,15 @@ class Regex:
         return out
 
     def _closure(
-        self, threads: list[tuple[int, tuple[int, ...]]], i: int, length: int, marks: list[int]
+        self, threads: list[tuple[int, tuple[int, ...]]], i: int, length: int, marks: list[int], budget: Budget
     ) -> list[tuple[int, tuple[int, ...]]]:
         """Follow the jumps, splits, saves and anchors of every thread (in priority order, one thread per
         instruction), leaving threads that wait on a character or have matched. `marks[pc] == i`: the
-        instruction was reached in this step already."""
+        instruction was reached in this step already. Every instruction visited is charged: a pattern of
+        empty groups has few threads but long chains of jumps."""
         program = self.program
         out: list[tuple[int, tuple[int, ...]]] = []
+        visited = 0
         for entry, caps in threads:
             stack = [(0 if entry < 0 else entry, caps)]
             while stack:
@@ -407,6 +408,7 @@ class Regex:
                 if marks[pc] == i:
                     continue
                 marks[pc] = i
+                visited += 1
                 op, a, b = program[pc]
                 if op == JMP:
                     stack.append((a, caps))  # type: ignore[arg-type]
@@ -424,6 +426,7 @@ class Regex:
                         stack.append((pc + 1, caps))
                 else:
                     out.append((pc, caps))
+        budget.charge(visited + 1)
         return out
 
 

@@ -175,6 +175,9 @@ redirect "archive@example.net";
     )
     assert second.header == b"X-Hello: World\r\n" + HEADER.replace("Subject: I have a present for you\r\n", "").encode()
     assert outcome('require "editheader"; deleteheader "X-None";') == Outcome((FileInto("INBOX"),))
+    # deleteheader's :index is editheader's own (RFC 5293 §5): no "index" in require needed.
+    own_index = outcome('require "editheader"; deleteheader :index 1 :last "Subject";')
+    assert own_index.actions[0].header == HEADER.replace("Subject: I have a present for you\r\n", "").encode()  # type: ignore[union-attr]
 
 
 def test_editheader_index_and_encoding() -> None:

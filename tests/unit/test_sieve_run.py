@@ -3,6 +3,8 @@ examples of the RFCs of each extension, on one message (tests/unit/sieve_helpers
 
 from __future__ import annotations
 
+import time
+
 from kartero.sieve import FileInto, Limits, Outcome, Redirect, Reject, Vacation
 from tests.unit.sieve_helpers import HEADER, context, mailboxes, outcome
 
@@ -22,7 +24,7 @@ def test_implicit_keep_rfc_5228_section_2_10_2() -> None:
 
 
 def test_keep_and_fileinto_of_one_mailbox_store_once_rfc_5228_section_2_10_3() -> None:
-    assert outcome('require "fileinto"; keep; fileinto "INBOX"; keep; fileinto "a"; fileinto "a";') == Outcome(
+    assert outcome('require "fileinto"; keep; fileinto "inbox"; keep; fileinto "a"; fileinto "a";') == Outcome(
         (FileInto("INBOX"), FileInto("a"))
     )
     assert outcome('redirect "a@example.net"; redirect "A@example.net";') == Outcome((Redirect("a@example.net"),))
@@ -115,6 +117,11 @@ def test_address_groups_and_display_names() -> None:
     script = 'require "fileinto"; if address :is "cc" ["a@x.example"] { fileinto "a"; }' \
         ' if address :is "to" "undisclosed-recipients" { fileinto "group"; }'  # fmt: skip
     assert mailboxes(outcome(script, context(header))) == ["a"]
+    # RFC 5228 §2.7.4: an address without a domain is not valid: :localpart and :domain never match it.
+    broken = "To: nodomain\r\n\r\n"
+    script = 'require "fileinto"; if address :localpart "to" "nodomain" { fileinto "local"; }'
+    assert mailboxes(outcome(script, context(broken))) == ["INBOX"]
+    assert mailboxes(outcome(script.replace(":localpart", ":all"), context(broken))) == ["local"]
 
 
 def test_relational_examples_of_rfc_5231_section_6() -> None:
@@ -365,3 +372,11 @@ if header :contains "from" "coyote@desert.example.org" {
 def test_addheader_values_are_bounded() -> None:
     script = 'require ["editheader", "variables"]; set "v" "' + "x" * 8193 + '"; addheader "X-A" "${v}";'
     assert outcome(script).error == "1:8243: addheader: value longer than 8192 characters"
+
+
+def test_issue_12_copying_big_strings_is_charged() -> None:
+    script = 'require "variables"; set "a" "' + "x" * 65_000 + '";' + 'set "b" "${a}";' * 9_990
+    started = time.process_time()
+    result = outcome(script)
+    assert time.process_time() - started < 5
+    assert result.error == "more than 1000000 steps of matching and copying strings"
