@@ -270,8 +270,13 @@ class ManageSieveConnection:
         else:
             self._ok(None, "Logged in")
 
-    def scram_credentials(self, credentials: ScramCredentials) -> None:
+    def scram_credentials(self, credentials: ScramCredentials | None) -> None:
+        """The user's SCRAM keys, or None: no attempt may be made now (the login throttle)."""
         self._expect("scram")
+        if credentials is None:
+            self._end_sasl()
+            self._no(None, "Authentication failed")
+            return
         assert self._scram is not None
         self._out += string(_b64(self._scram.server_first(credentials))) + b"\r\n"
         self._awaiting = "sasl"
