@@ -15,6 +15,7 @@ from kartero.concurrency import DeadlineExceeded
 from kartero.log import kv
 from kartero.managesieve.connection import (
     ActivateScript,
+    CheckRequested,
     ConnectionClosed,
     DeleteScript,
     Event,
@@ -22,6 +23,7 @@ from kartero.managesieve.connection import (
     ManageSieveConnection,
     ManageSieveSettings,
     Outcome,
+    OutputReady,
     PutScript,
     RenameScript,
     ScramFinished,
@@ -57,10 +59,8 @@ class ManageSieveSession:
         self.ctx = ctx
         self.channel = channel
         self.id = new_message_id()[-10:]
-        self.conn = ManageSieveConnection(
-            ctx.settings, check_script, is_tls=ctx.implicit_tls, is_loopback=channel.is_loopback,
-            sasl_nonce=secrets.token_urlsafe(18),
-        )  # fmt: skip
+        self.conn = ManageSieveConnection(ctx.settings, is_tls=ctx.implicit_tls, is_loopback=channel.is_loopback,
+                                          sasl_nonce=secrets.token_urlsafe(18))  # fmt: skip
         self.account: Account | None = None
         self._scram_account: Account | None = None
         self._scram_reserved = ""  # the user a SCRAM attempt is reserved for with the throttle
@@ -142,6 +142,11 @@ class ManageSieveSession:
                     log.info("%s", kv(event="managesieve.unauthenticate", session=self.id, client=channel.client_ip,
                                       user=self.account.address if self.account else None))  # fmt: skip
                     self.account = None
+                case CheckRequested(text=text):
+                    # In a worker: compiling a hostile 1 MiB script takes about a second.
+                    conn.check_result(await channel.loop.run_in_executor(None, check_script, text))
+                case OutputReady():
+                    await channel.send(conn.data_to_send())  # waits while the peer reads nothing
                 case ConnectionClosed(reason=reason):
                     await channel.send(conn.data_to_send())
                     return reason
