@@ -143,8 +143,7 @@ class ManageSieveSession:
                                       user=self.account.address if self.account else None))  # fmt: skip
                     self.account = None
                 case CheckRequested(text=text):
-                    # In a worker: compiling a hostile 1 MiB script takes about a second.
-                    conn.check_result(await channel.loop.run_in_executor(None, check_script, text))
+                    conn.check_result(await self._check(text))
                 case OutputReady():
                     await channel.send(conn.data_to_send())  # waits while the peer reads nothing
                 case ConnectionClosed(reason=reason):
@@ -152,6 +151,15 @@ class ManageSieveSession:
                     return reason
                 case _:
                     await self._store(event)
+
+    async def _check(self, text: str) -> str | None:
+        """Why the script does not compile, or None; compiled in a worker (a hostile 1 MiB script takes
+        about a second). A bug in the compiler costs this command a NO, never the session."""
+        try:
+            return await self.channel.loop.run_in_executor(None, check_script, text)
+        except Exception:
+            log.exception("%s", kv(event="managesieve.check_failed", session=self.id, user=self.conn.user))
+            return "Internal error while checking the script, try again later"
 
     def _expire(self, deadline: Deadline) -> None:
         text, reason = DEADLINE_TEXTS[deadline]
