@@ -228,9 +228,10 @@ class ManageSieveConnection:
         self._literal_left = 0
         self._literal = bytearray()
         self._command = _Command([])
-        self._awaiting: str | None = None  # "login", "scram", "tls", "sasl" (a client response), "store"
+        # "login", "scram", "tls", "sasl" (a client response), "check" (a script compiled), "store"
+        self._awaiting: str | None = None
         self._pending = ""  # the command whose store result is awaited
-        self._have_space: tuple[str, int] | None = None  # HAVESPACE's name and size, while it counts
+        self._have_space: str | None = None  # HAVESPACE's script name, while its scripts are counted
         self._sasl_mechanism = ""
         self._scram: ScramServer | None = None
         self._scram_user = ""
@@ -325,8 +326,7 @@ class ManageSieveConnection:
         self._expect("store")
         if self._pending == "HAVESPACE":
             assert self._have_space is not None
-            name, _ = self._have_space
-            self._have_space = None
+            name, self._have_space = self._have_space, None
             if len(scripts) >= self.settings.max_scripts and name not in {n for n, _ in scripts}:
                 self._no("QUOTA/MAXSCRIPTS", "Too many scripts")
             else:
@@ -626,7 +626,7 @@ class ManageSieveConnection:
         if size > self.settings.max_script_size:
             self._no("QUOTA/MAXSIZE", f"Scripts may have at most {self.settings.max_script_size} octets")
             return None
-        self._have_space = (name, size)
+        self._have_space = name
         return self._ask("HAVESPACE", ScriptsWanted())
 
     def _putscript(self, args: list[Word]) -> Event | None:
