@@ -19,8 +19,9 @@ from kartero import config as config_module
 from kartero.auth.accounts import Directory, DirectoryError, parse_address
 from kartero.config import Config, ConfigError
 from kartero.control import nudge_server
+from kartero.sieve_scripts import LIMITS, ScriptProblem, check_script, owner, put
 from kartero.store.backends import AnyStore, open_store
-from kartero.store.interface import StoreError
+from kartero.store.interface import NoSuchScript, ScriptIsActive, StoreError, TooManyScripts
 
 if TYPE_CHECKING:
     from kartero.mailauth.dkim import DKIMKey
@@ -119,6 +120,7 @@ imap = ["0.0.0.0:143"]           # IMAP, STARTTLS
 imaps = ["0.0.0.0:993"]          # IMAP, implicit TLS
 pop3 = ["0.0.0.0:110"]           # POP3, STLS
 pop3s = ["0.0.0.0:995"]          # POP3, implicit TLS
+managesieve = ["0.0.0.0:4190"]   # ManageSieve (Sieve scripts), STARTTLS
 
 [tls]
 cert = "tls/cert.pem"
@@ -725,3 +727,147 @@ def cluster_status(ctx: click.Context) -> None:
         click.echo(f"{node.name}  {state}  heartbeat {round(now - node.heartbeat_at)}s ago  version {node.version}"
                    f"  pid {node.pid}  since {_when(node.started_at)}  listeners {node.address}"
                    f"  delivering {len(node.delivering)}: {delivering}")  # fmt: skip
+
+
+# -- Sieve scripts -------------------------------------------------------------------------------------
+
+
+@main.group()
+def sieve() -> None:
+    """Manage Sieve scripts (what ManageSieve does, from the shell)."""
+
+
+_GLOBAL = click.option("--global", "is_global", is_flag=True, help="The global scripts (include :global).")
+
+
+def _sieve_owner(ctx: click.Context, address: str | None) -> tuple[AnyStore, int | None]:
+    store = _open_store(_config(ctx))
+    ctx.call_on_close(store.close)
+    try:
+        return store, owner(store.accounts, address)
+    except ScriptProblem as exc:
+        _fail(str(exc), 2)
+
+
+def _split_owner(is_global: bool, words: tuple[str, ...], usage: str) -> tuple[str | None, tuple[str, ...]]:
+    """ADDR and the other arguments (`usage` names them), or with --global no ADDR."""
+    wanted = len(usage.split())
+    if len(words) != wanted + (0 if is_global else 1):
+        _fail(f"expected {usage} with --global, else ADDR {usage}", 2)
+    return (None, words) if is_global else (words[0], words[1:])
+
+
+def _script_problem(exc: ScriptProblem) -> NoReturn:
+    """A wrong address or name: exit 2; a script refused (`line:column: message` as it is): exit 1."""
+    if exc.is_usage:
+        _fail(str(exc), 2)
+    click.echo(str(exc), err=True)
+    sys.exit(1)
+
+
+@sieve.command("put", context_settings={"ignore_unknown_options": True})
+@_GLOBAL
+@click.argument("words", nargs=-1, metavar="[ADDR] NAME FILE|-")
+@click.pass_context
+def sieve_put(ctx: click.Context, is_global: bool, words: tuple[str, ...]) -> None:
+    """Upload a script (create or replace); a syntax error: exit 1, `line:column: message`."""
+    address, (name, path) = _split_owner(is_global, words, "NAME FILE|-")
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}", 1)
+    store, owner_id = _sieve_owner(ctx, address)
+    try:
+        put(store.sieve, owner_id, name, data)
+    except ScriptProblem as exc:
+        _script_problem(exc)
+    except TooManyScripts:
+        _fail(f"{address} has as many scripts as allowed ({LIMITS.max_scripts}): delete one first", 1)
+    click.echo(f"stored {name}")
+
+
+@sieve.command("activate")
+@click.argument("address")
+@click.argument("name")
+@click.pass_context
+def sieve_activate(ctx: click.Context, address: str, name: str) -> None:
+    """Make NAME the script that runs at delivery to ADDR."""
+    store, owner_id = _sieve_owner(ctx, address)
+    assert owner_id is not None
+    try:
+        store.sieve.set_active(owner_id, name)
+    except NoSuchScript:
+        _fail(f"no script {name} for {address}", 1)
+    click.echo(f"activated {name}")
+
+
+@sieve.command("deactivate")
+@click.argument("address")
+@click.pass_context
+def sieve_deactivate(ctx: click.Context, address: str) -> None:
+    """No script runs at delivery to ADDR any more (the scripts stay)."""
+    store, owner_id = _sieve_owner(ctx, address)
+    assert owner_id is not None
+    store.sieve.set_active(owner_id, None)
+    click.echo(f"no active script for {address}")
+
+
+@sieve.command("list")
+@_GLOBAL
+@click.argument("address", required=False)
+@click.pass_context
+def sieve_list(ctx: click.Context, is_global: bool, address: str | None) -> None:
+    """The scripts of ADDR (or the global ones), the active one marked."""
+    if is_global == (address is not None):
+        _fail("expected ADDR, or --global", 2)
+    store, owner_id = _sieve_owner(ctx, address)
+    for script in store.sieve.list_scripts(owner_id):
+        click.echo(f"{script.name}{'  (active)' if script.active else ''}")
+
+
+@sieve.command("get", context_settings={"ignore_unknown_options": True})
+@_GLOBAL
+@click.argument("words", nargs=-1, metavar="[ADDR] NAME")
+@click.pass_context
+def sieve_get(ctx: click.Context, is_global: bool, words: tuple[str, ...]) -> None:
+    """Print a script as stored."""
+    address, (name,) = _split_owner(is_global, words, "NAME")
+    store, owner_id = _sieve_owner(ctx, address)
+    text = store.sieve.get_script(owner_id, name)
+    if text is None:
+        _fail(f"no script {name}" + (f" for {address}" if address else " among the global scripts"), 1)
+    sys.stdout.buffer.write(text.encode())
+    sys.stdout.buffer.flush()
+
+
+@sieve.command("del", context_settings={"ignore_unknown_options": True})
+@_GLOBAL
+@click.argument("words", nargs=-1, metavar="[ADDR] NAME")
+@click.pass_context
+def sieve_del(ctx: click.Context, is_global: bool, words: tuple[str, ...]) -> None:
+    """Delete a script (not the active one: deactivate it first)."""
+    address, (name,) = _split_owner(is_global, words, "NAME")
+    store, owner_id = _sieve_owner(ctx, address)
+    try:
+        store.sieve.delete_script(owner_id, name)
+    except ScriptIsActive:
+        _fail(f"{name} is the active script of {address}: `kartero sieve deactivate {address}` first", 1)
+    except NoSuchScript:
+        _fail(f"no script {name}" + (f" for {address}" if address else " among the global scripts"), 1)
+    click.echo(f"deleted {name}")
+
+
+@sieve.command("check")
+@click.argument("path", metavar="FILE|-")
+def sieve_check(path: str) -> None:
+    """Compile a script without storing it: a syntax error: exit 1, `line:column: message`."""
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        problem = check_script(data.decode("utf-8"))
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}", 1)
+    except UnicodeDecodeError:
+        _fail("script is not UTF-8", 1)
+    if problem is not None:
+        _script_problem(ScriptProblem(problem))
+    click.echo("ok")

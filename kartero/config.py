@@ -24,7 +24,7 @@ EMBEDDED_DATA_DIR = "kartero-data"
 
 # Listener kinds this version serves. The others in DESIGN.md §1 are refused by name until they exist,
 # so a config never silently lacks a service it asks for.
-LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "managesieve")
 PLANNED_LISTENERS: tuple[str, ...] = ()
 # Listeners that speak TLS from the first byte and so cannot run without [tls].
 IMPLICIT_TLS = frozenset({"imaps", "submissions", "pop3s"})
@@ -37,6 +37,7 @@ EMBEDDED_PORTS = {
     "imaps": 9930,
     "pop3": 1100,
     "pop3s": 9950,
+    "managesieve": 4190,  # DESIGN.md §1b: unprivileged already (RFC 5804 §1.8's port)
 }
 
 

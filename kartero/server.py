@@ -40,10 +40,12 @@ from kartero.log import kv
 from kartero.mail.srs import SRS
 from kartero.mailauth.dkim import DKIMKey, Signer, keys_from_rows
 from kartero.mailauth.inbound import Checks, InboundChecker
+from kartero.managesieve.connection import ManageSieveSettings
 from kartero.net.channel import AccessContext
 from kartero.net.deadlines import DeadlineSettings
 from kartero.net.imap_session import ImapSession
 from kartero.net.listener import ListenerSettings, handover_factory
+from kartero.net.managesieve_session import ManageSieveSession
 from kartero.net.pop3_session import Pop3Session
 from kartero.net.session import SessionContext, SMTPSession
 from kartero.net.watchdog import LoopWatchdog
@@ -56,6 +58,8 @@ from kartero.policy.submission import SubmissionPolicy
 from kartero.pop3.connection import Pop3Settings
 from kartero.queue.runner import QueueRunner, QueueSettings
 from kartero.rules.engine import Rules
+from kartero.sieve import EXTENSIONS as SIEVE_EXTENSIONS
+from kartero.sieve import Limits as SieveLimits
 from kartero.smtp.server import ServerSettings
 from kartero.store.backends import AnyStore, open_store
 from kartero.store.interface import MetadataChange
@@ -344,6 +348,9 @@ class Server:
                         settings_for: Any = (
                             Pop3Settings(hostname=config.hostname, is_tls_available=starttls)
                             if kind.startswith("pop3")
+                            else ManageSieveSettings(extensions=SIEVE_EXTENSIONS, is_tls_available=starttls,
+                                                     max_redirects=SieveLimits().max_redirects)
+                            if kind == "managesieve"
                             else ImapSettings(hostname=config.hostname, append_limit=config.limits.message_size,
                                               is_tls_available=starttls, default_quota=config.limits.default_quota)
                         )  # fmt: skip
@@ -365,8 +372,11 @@ class Server:
                             blocking=blocking,
                             check_deadline_s=deadline,
                         )
-                        session_class = Pop3Session if kind.startswith("pop3") else ImapSession
-                        factory = session_class.factory(access)
+                        if kind == "managesieve":
+                            factory = ManageSieveSession.factory(access)
+                        else:
+                            session_class = Pop3Session if kind.startswith("pop3") else ImapSession
+                            factory = session_class.factory(access)
                     if proxy_from or kind in IMPLICIT_TLS:  # the PROXY header, the handshake: see listener.py
                         factory = handover_factory(ListenerSettings(
                             listener=kind,
@@ -426,6 +436,9 @@ class Server:
                                   lim.connections_per_user_and_ip),
             "pop3": ServiceLimits(lim.pop3_connections, lim.unauthenticated_connections_per_ip, 0,
                                   lim.connections_per_user_and_ip),
+            # Sessions are short (a client uploads and leaves): IMAP's caps, counted apart.
+            "managesieve": ServiceLimits(lim.imap_connections, lim.unauthenticated_connections_per_ip, 0,
+                                         lim.connections_per_user_and_ip),
         }  # fmt: skip
         return Admission(total, services, parse_networks(lim.exempt))
 

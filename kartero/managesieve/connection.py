@@ -7,7 +7,8 @@ waits in `_awaiting` until the adapter answers: a password (`LoginRequested` -> 
 keys (`ScramRequested` -> `scram_credentials`), the TLS handshake (`tls_established`), and each store
 operation (`ScriptsWanted` -> `scripts_result`, `ScriptWanted` -> `script_result`, the changes ->
 `store_result`; any of them -> `unavailable()` when the store cannot be reached: `NO (TRYLATER)`).
-Scripts are checked here, by the `check` callable the adapter passes in (kartero.sieve in the server).
+A script is checked by the adapter (`CheckRequested` -> `check_result`: kartero.sieve, in a worker
+thread) before PUTSCRIPT stores it.
 
 Input: a command is line segments joined by literals (`{n+}` CRLF n octets, see syntax.py). A segment
 is at most MAX_LINE octets (a longer one is dropped as it arrives and answered NO); a literal's size is
@@ -41,6 +42,9 @@ from kartero.managesieve.syntax import (
 MAX_LINE = 8 * 1024
 MAX_STRING = 8 * 1024
 MAX_WORDS = 8  # the most any command takes is 3 (RENAMESCRIPT, AUTHENTICATE), plus its name
+# Output that may wait in the core before it reports OutputReady: a client that pipelines GETSCRIPTs and
+# reads nothing fills its own buffers, not ours.
+OUTPUT_HIGH_WATER = 64 * 1024
 
 
 class ProtocolViolation(Exception):
@@ -121,6 +125,14 @@ class ScriptWanted:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckRequested:
+    """Compile this script (`check_result`): PUTSCRIPT and CHECKSCRIPT. The adapter runs the compiler in
+    a worker thread: a hostile 1 MiB script may take a second (kartero.sieve caps the work, not to zero)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class PutScript:
     """Store a checked script, creating it only while the account has fewer than `max_scripts`
     (`store_result`: OK or MAXSCRIPTS)."""
@@ -158,13 +170,19 @@ class Unauthenticated:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputReady:
+    """Responses filled OUTPUT_HIGH_WATER: send them (with flow control) before asking for more events."""
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     reason: str
 
 
 Event = (
-    LoginRequested | ScramRequested | ScramFinished | StartTLSRequested | ScriptsWanted | ScriptWanted | PutScript
-    | DeleteScript | RenameScript | ActivateScript | Unauthenticated | ConnectionClosed
+    LoginRequested | ScramRequested | ScramFinished | StartTLSRequested | CheckRequested | ScriptsWanted | ScriptWanted
+    | PutScript
+    | DeleteScript | RenameScript | ActivateScript | Unauthenticated | OutputReady | ConnectionClosed
 )  # fmt: skip
 
 _CODES = {
@@ -191,27 +209,29 @@ class _Command:
 
 
 class ManageSieveConnection:
-    def __init__(self, settings: ManageSieveSettings, check: Callable[[str], str | None], *, is_tls: bool = False,
-                 is_loopback: bool = False, sasl_nonce: str = "") -> None:  # fmt: skip
-        """`check(text)` returns why a script does not compile (`line:column: message`) or None;
-        `sasl_nonce` is the server's random part of a SCRAM nonce (from the adapter)."""
+    def __init__(self, settings: ManageSieveSettings, *, is_tls: bool = False, is_loopback: bool = False,
+                 sasl_nonce: str = "") -> None:  # fmt: skip
+        """`sasl_nonce` is the server's random part of a SCRAM nonce (from the adapter)."""
         self.settings = settings
         self.state = SieveState.NOT_AUTHENTICATED
         self.is_tls = is_tls
         self.is_loopback = is_loopback
         self.user: str | None = None
-        self._check = check
+        self._checking: PutScript | None = None  # PUTSCRIPT's script while it is checked (None: CHECKSCRIPT)
+        self._next: Event | None = None  # an event a decision made due (PUTSCRIPT's store after its check)
         self._sasl_nonce = sasl_nonce
         self._in = bytearray()
         self._out = bytearray()
+        self._is_output_reported = False
         self._is_eof = False
         self._reader = _Reader.LINE
         self._literal_left = 0
         self._literal = bytearray()
         self._command = _Command([])
-        self._awaiting: str | None = None  # "login", "scram", "tls", "sasl" (a client response), "store"
+        # "login", "scram", "tls", "sasl" (a client response), "check" (a script compiled), "store"
+        self._awaiting: str | None = None
         self._pending = ""  # the command whose store result is awaited
-        self._have_space: tuple[str, int] | None = None  # HAVESPACE's name and size, while it counts
+        self._have_space: str | None = None  # HAVESPACE's script name, while its scripts are counted
         self._sasl_mechanism = ""
         self._scram: ScramServer | None = None
         self._scram_user = ""
@@ -240,6 +260,7 @@ class ManageSieveConnection:
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
         self._out.clear()
+        self._is_output_reported = False
         return out
 
     @property
@@ -270,8 +291,13 @@ class ManageSieveConnection:
         else:
             self._ok(None, "Logged in")
 
-    def scram_credentials(self, credentials: ScramCredentials) -> None:
+    def scram_credentials(self, credentials: ScramCredentials | None) -> None:
+        """The user's SCRAM keys, or None: no attempt may be made now (the login throttle)."""
         self._expect("scram")
+        if credentials is None:
+            self._end_sasl()
+            self._no(None, "Authentication failed")
+            return
         assert self._scram is not None
         self._out += string(_b64(self._scram.server_first(credentials))) + b"\r\n"
         self._awaiting = "sasl"
@@ -283,13 +309,24 @@ class ManageSieveConnection:
         self._capabilities()
         self._ok(None, "TLS negotiation successful")
 
+    def check_result(self, problem: str | None) -> None:
+        """Why the script does not compile (`line:column: message`, sent in the NO as RFC 5804 §2.6 asks),
+        or None: CHECKSCRIPT is answered, PUTSCRIPT's script goes to the store (the next event)."""
+        self._expect("check")
+        put, self._checking = self._checking, None
+        if problem is not None:
+            self._no(None, problem)
+        elif put is None:
+            self._ok(None, "Script is valid")
+        else:
+            self._next = self._ask("PUTSCRIPT", put)
+
     def scripts_result(self, scripts: list[tuple[str, bool]]) -> None:
         """The account's scripts: (name, active)."""
         self._expect("store")
         if self._pending == "HAVESPACE":
             assert self._have_space is not None
-            name, _ = self._have_space
-            self._have_space = None
+            name, self._have_space = self._have_space, None
             if len(scripts) >= self.settings.max_scripts and name not in {n for n, _ in scripts}:
                 self._no("QUOTA/MAXSCRIPTS", "Too many scripts")
             else:
@@ -341,8 +378,14 @@ class ManageSieveConnection:
                     return None
                 self._is_close_reported = True
                 return ConnectionClosed(self._close_reason or "closed")
+            if self._next is not None:
+                queued, self._next = self._next, None
+                return queued
             if self._awaiting not in (None, "sasl"):
                 return None
+            if len(self._out) >= OUTPUT_HIGH_WATER and not self._is_output_reported:
+                self._is_output_reported = True
+                return OutputReady()
             words = self._read_command()
             if words is None:
                 if self._is_eof:
@@ -583,35 +626,36 @@ class ManageSieveConnection:
         if size > self.settings.max_script_size:
             self._no("QUOTA/MAXSIZE", f"Scripts may have at most {self.settings.max_script_size} octets")
             return None
-        self._have_space = (name, size)
+        self._have_space = name
         return self._ask("HAVESPACE", ScriptsWanted())
 
     def _putscript(self, args: list[Word]) -> Event | None:
         name = self._name(args[0])
-        text = self._checked(args[1])
+        text = self._script_text(args[1]) if name is not None else None
         if name is None or text is None:
             return None
-        return self._ask("PUTSCRIPT", PutScript(name, text, self.settings.max_scripts))
+        self._checking = PutScript(name, text, self.settings.max_scripts)
+        self._awaiting = "check"
+        return CheckRequested(text)
 
-    def _checkscript(self, args: list[Word]) -> None:
-        if self._checked(args[0]) is not None:
-            self._ok(None, "Script is valid")
+    def _checkscript(self, args: list[Word]) -> Event | None:
+        text = self._script_text(args[0])
+        if text is None:
+            return None
+        self._checking = None
+        self._awaiting = "check"
+        return CheckRequested(text)
 
-    def _checked(self, word: Word) -> str | None:
-        """The script's text if it compiles (else the NO is sent: RFC 5804 §2.6 puts the reason in it)."""
+    def _script_text(self, word: Word) -> str | None:
+        """A script argument as text, or None after the NO."""
         if len(word.data) > self.settings.max_script_size:  # a quoted string can carry a script too
             self._no("QUOTA/MAXSIZE", "Script is too big")
             return None
         try:
-            text = word.data.decode("utf-8")
+            return word.data.decode("utf-8")
         except UnicodeDecodeError:
             self._no(None, "Script is not UTF-8")
             return None
-        problem = self._check(text)
-        if problem is not None:
-            self._no(None, problem)
-            return None
-        return text
 
     # -- helpers ---------------------------------------------------------------------------------------
 

@@ -38,7 +38,8 @@ def run_cli(config: Path, *args: str, stdin: str | None = None, check: bool = Tr
     return result
 
 
-PORT_FIELDS = ("port", "imap_port", "imaps_port", "pop3_port", "pop3s_port", "submission_port", "submissions_port")
+PORT_FIELDS = ("port", "imap_port", "imaps_port", "pop3_port", "pop3s_port", "submission_port", "submissions_port",
+               "managesieve_port")  # fmt: skip
 
 
 class PortTaken(AssertionError):
@@ -64,6 +65,7 @@ class KarteroServer:
     pop3s_port: int = 0
     submission_port: int = 0
     submissions_port: int = 0
+    managesieve_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_lines: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
@@ -115,6 +117,7 @@ class KarteroServer:
             f'imap = ["{self.host}:{self.imap_port}"]\n'
             f'pop3 = ["{self.host}:{self.pop3_port}"]\n'
             f'submission = ["{self.host}:{self.submission_port}"]\n'
+            f'managesieve = ["{self.host}:{self.managesieve_port}"]\n'
             + (
                 f'imaps = ["{self.host}:{self.imaps_port}"]\npop3s = ["{self.host}:{self.pop3s_port}"]\n'
                 f'submissions = ["{self.host}:{self.submissions_port}"]\n'

@@ -142,7 +142,7 @@ def test_quick_start_serve_with_embedded_default(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(8)]
+        lines = [proc.stdout.readline() for _ in range(9)]
         assert lines == [
             "smtp listening on 127.0.0.1:2525\n",
             "submission listening on 127.0.0.1:5870\n",
@@ -151,6 +151,7 @@ def test_quick_start_serve_with_embedded_default(tmp_path: Path) -> None:
             "imaps listening on 127.0.0.1:9930\n",
             "pop3 listening on 127.0.0.1:1100\n",
             "pop3s listening on 127.0.0.1:9950\n",
+            "managesieve listening on 127.0.0.1:4190\n",
             "kartero ready\n",
         ]
         assert (tmp_path / "kartero-data" / "tls" / "cert.pem").exists()

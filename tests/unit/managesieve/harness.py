@@ -3,11 +3,13 @@ script checker, and transcripts in the RFC's notation checked byte for byte."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kartero.auth.sasl import scram_credentials
 from kartero.managesieve.connection import (
     ActivateScript,
+    CheckRequested,
     ConnectionClosed,
     DeleteScript,
     Event,
@@ -15,6 +17,7 @@ from kartero.managesieve.connection import (
     ManageSieveConnection,
     ManageSieveSettings,
     Outcome,
+    OutputReady,
     PutScript,
     RenameScript,
     ScramFinished,
@@ -56,9 +59,10 @@ class Peer:
     active: str | None = None
     unavailable: bool = False
     events: list[Event] = field(default_factory=list)
+    checker: Callable[[str], str | None] = check
 
     def __post_init__(self) -> None:
-        self.conn = ManageSieveConnection(self.settings, check, is_tls=self.is_tls, is_loopback=self.is_loopback,
+        self.conn = ManageSieveConnection(self.settings, is_tls=self.is_tls, is_loopback=self.is_loopback,
                                           sasl_nonce="SERVERNONCE")  # fmt: skip
         self.conn.start()
         self.greeting = self.conn.data_to_send()
@@ -75,7 +79,8 @@ class Peer:
 
     def answer(self, event: Event) -> None:
         conn = self.conn
-        if self.unavailable and not isinstance(event, (StartTLSRequested, Unauthenticated, ConnectionClosed)):
+        no_store = (StartTLSRequested, CheckRequested, Unauthenticated, OutputReady, ConnectionClosed)
+        if self.unavailable and not isinstance(event, no_store):
             conn.unavailable()
             return
         match event:
@@ -87,6 +92,8 @@ class Peer:
                 conn.login_result(user if ok else None)
             case StartTLSRequested():
                 conn.tls_established()
+            case CheckRequested(text=text):
+                conn.check_result(self.checker(text))
             case ScriptsWanted():
                 conn.scripts_result([(name, name == self.active) for name in sorted(self.scripts)])
             case ScriptWanted(name=name):
@@ -120,7 +127,7 @@ class Peer:
                 else:
                     self.active = name
                     conn.store_result(Outcome.OK)
-            case Unauthenticated() | ConnectionClosed():
+            case Unauthenticated() | OutputReady() | ConnectionClosed():
                 pass
 
 

@@ -7,7 +7,15 @@ import base64
 import hashlib
 import hmac
 
-from kartero.managesieve.connection import ManageSieveSettings, ScriptsWanted
+from kartero.managesieve.connection import (
+    OUTPUT_HIGH_WATER,
+    CheckRequested,
+    ManageSieveSettings,
+    Outcome,
+    OutputReady,
+    PutScript,
+    ScriptsWanted,
+)
 from tests.unit.managesieve.harness import (
     GREETING_PLAIN,
     PASSWORD,
@@ -354,7 +362,7 @@ def test_store_unavailable_is_trylater() -> None:
 
 def test_long_error_text_goes_out_as_a_literal() -> None:
     peer = logged_in()
-    peer.conn._check = lambda text: "1:1: " + "x" * 2000
+    peer.checker = lambda text: "1:1: " + "x" * 2000
     assert peer.send(b'CHECKSCRIPT "keep;"\r\n') == b"NO {2005}\r\n1:1: " + b"x" * 2000 + b"\r\n"
 
 
@@ -376,3 +384,31 @@ def test_settings_refuse_nonsense() -> None:
             continue
         raise AssertionError(bad)
     assert SETTINGS.max_script_size == 100
+
+
+def test_issue_12_pipelined_getscripts_wait_for_the_client_to_read() -> None:
+    peer = logged_in(scripts={"big": "#" * 90})
+    peer.conn.receive_data(b'GETSCRIPT "big"\r\n' * 2000)
+    events = []
+    while (event := peer.conn.next_event()) is not None:
+        events.append(event)
+        if isinstance(event, OutputReady):
+            break
+        peer.answer(event)
+    assert isinstance(events[-1], OutputReady)
+    held = peer.conn.data_to_send()
+    assert OUTPUT_HIGH_WATER <= len(held) < OUTPUT_HIGH_WATER + 200
+
+
+def test_issue_12_scripts_are_compiled_by_the_adapter_not_in_the_core() -> None:
+    """A hostile 1 MiB script takes the compiler about a second: the core asks for it as an event, so the
+    adapter runs it in a worker thread instead of on the event loop."""
+    peer = logged_in()
+    peer.conn.receive_data(b'PUTSCRIPT "a" "keep;"\r\nNOOP\r\n')
+    assert peer.conn.next_event() == CheckRequested("keep;")
+    assert peer.conn.next_event() is None  # nothing else while the check runs
+    peer.conn.check_result(None)
+    assert peer.conn.next_event() == PutScript("a", "keep;", 3)
+    peer.conn.store_result(Outcome.OK)
+    assert peer.conn.next_event() is None
+    assert peer.conn.data_to_send() == b'OK "Putscript completed"\r\nOK "Done"\r\n'
