@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -7,6 +10,28 @@ import pytest
 pytest.register_assert_rewrite("tests.unit.smtp.transcript", "tests.unit.imap.harness", "tests.integration.harness")
 
 from tests.pgserver import PrivatePostgres  # noqa: E402 - after the rewrite registration
+
+_pycache_prefix: list[str] = []  # the folder pytest_configure made, removed at the end
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the Python processes the tests start (every `kartero serve`, every CLI call) share compiled
+    bytecode in a folder of the run's own. With PYTHONDONTWRITEBYTECODE set (as on this project's
+    machines) each of the hundreds of `python -m kartero` processes would otherwise compile the whole
+    package from source again (~0.3 s of CPU each); the prefix keeps the source tree free of
+    __pycache__ folders as that setting intends. A prefix the caller chose is kept."""
+    if os.environ.get("PYTHONPYCACHEPREFIX"):
+        return
+    prefix = tempfile.mkdtemp(prefix="kartero-pycache-")
+    os.environ["PYTHONPYCACHEPREFIX"] = prefix
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    _pycache_prefix.append(prefix)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for prefix in _pycache_prefix:
+        os.environ.pop("PYTHONPYCACHEPREFIX", None)
+        shutil.rmtree(prefix, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,9 @@ MAX_BUFFERED_LINE = LINE_LIMITS[Verb.MAIL]
 MAX_BUFFERED_AUTH_LINE = LINE_LIMITS[Verb.AUTH]
 
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
-_VALUE = re.compile(r"[!-<>-~\u0080-\U0010ffff]+")  # esmtp-value, RFC 5321 §4.1.2 + RFC 6531 §3.3
+# esmtp-value, RFC 5321 §4.1.2 + RFC 6531 §3.3: %d33-60 / %d62-126 / UTF8-non-ascii, written as "not a
+# control, space, '=' or DEL": the same set, but a class range up to U+10FFFF costs `re` ~10 ms to compile.
+_VALUE = re.compile(r"[^\x00-\x20=\x7f]+")
 _XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})*")  # RFC 3461 §4
 _NOTIFY_WORDS = frozenset(n.value for n in Notify)
 _HELO_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_\-.]*[A-Za-z0-9_])?|\[[!-Z^-~]+\]")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import KarteroServer
+from tests.integration.harness import PASSWORD, KarteroServer
 from tests.pgserver import PrivatePostgres
 
 # The protocol suites run against both stores (issue 11): the embedded SQLite store and PostgreSQL.
@@ -40,12 +40,13 @@ def store_backend(request: pytest.FixtureRequest) -> Iterator[str]:
 def mx(tmp_path: Path) -> Iterator[KarteroServer]:
     """A running Kartero for example.test with bob, carol, an alias and a catch-all on other.test."""
     server = KarteroServer(tmp_path / "mx", domains=("example.test", "other.test"))
-    server.add_user("bob@example.test")
-    server.add_user("carol@example.test")
-    server.add_alias("team@example.test", "bob@example.test")
-    server.add_alias("team@example.test", "carol@example.test")
-    server.add_user("dave@other.test")
-    server.add_alias("@other.test", "dave@other.test")
+    with server.directory() as directory:  # one store opening for all six changes
+        directory.add_user("bob@example.test", PASSWORD)
+        directory.add_user("carol@example.test", PASSWORD)
+        directory.add_alias("team@example.test", "bob@example.test")
+        directory.add_alias("team@example.test", "carol@example.test")
+        directory.add_user("dave@other.test", PASSWORD)
+        directory.add_alias("@other.test", "dave@other.test")
     server.start()
     yield server
     if server.process and server.process.poll() is None:

@@ -21,6 +21,7 @@ from kartero.store.backends import AnyStore, open_store
 from kartero.tls import make_self_signed
 
 KARTERO = [sys.executable, "-m", "kartero"]
+PASSWORD = "secret-password"  # of the accounts `add_user` makes unless told otherwise
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -40,6 +41,25 @@ def run_cli(config: Path, *args: str, stdin: str | None = None, check: bool = Tr
 
 PORT_FIELDS = ("port", "imap_port", "imaps_port", "pop3_port", "pop3s_port", "submission_port", "submissions_port",
                "managesieve_port")  # fmt: skip
+
+
+_certificates: dict[str, tuple[bytes, bytes]] = {}  # host name: (cert, key) PEM, made once per test run
+
+
+def self_signed(cert: Path, key: Path, hostname: str) -> None:
+    """The files `make_self_signed(cert, key, [hostname])` writes (the key with mode 0600), made once
+    per host name and test run: making an RSA-2048 key costs every server start 0.05-0.15 s otherwise,
+    and no test depends on two servers having different keys."""
+    if hostname not in _certificates:
+        make_self_signed(cert, key, [hostname])
+        _certificates[hostname] = (cert.read_bytes(), key.read_bytes())
+        return
+    cert_bytes, key_bytes = _certificates[hostname]
+    cert.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_bytes)
+    cert.write_bytes(cert_bytes)
 
 
 class PortTaken(AssertionError):
@@ -99,7 +119,7 @@ class KarteroServer:
         if self.tls:
             cert, key = self.root / "tls" / "cert.pem", self.root / "tls" / "key.pem"
             if not cert.exists():
-                make_self_signed(cert, key, [self.hostname])
+                self_signed(cert, key, self.hostname)
             tls_section = '[tls]\ncert = "tls/cert.pem"\nkey = "tls/key.pem"\n'
         domains = ", ".join(f'"{d}"' for d in self.domains)
         self.config.write_text(
@@ -210,7 +230,7 @@ class KarteroServer:
 
     # -- accounts and store ----------------------------------------------------------------------------
 
-    def add_user(self, address: str, password: str = "secret-password") -> None:
+    def add_user(self, address: str, password: str = PASSWORD) -> None:
         """Add an account through the same Directory call the CLI makes (test_cli covers the CLI)."""
         with self.directory() as directory:
             directory.add_user(address, password)
