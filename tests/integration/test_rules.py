@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 import shutil
 import smtplib
 import socket
@@ -151,6 +152,7 @@ def test_issue_12_reject_is_the_smtp_reply_for_one_recipient_and_a_notice_for_se
     rule = 'require "reject";\nif header :contains "subject" "spam" { reject "Not wanted here."; }\n'
     net.script("bob@example.test", rule)
     with smtplib.SMTP(A, net.a.port) as client:
+        client.ehlo()
         client.mail("alice@remote.test")
         client.rcpt("bob@example.test")
         code, text = client.data(message("spam offer").replace("\n", "\r\n").encode())
@@ -179,4 +181,10 @@ def test_issue_12_redirect_leaves_through_the_queue_marked_delivered_to(net: Net
     assert b"\r\nDelivered-To: bob@example.test\r\n" in copy
     assert b"Subject: forward me" in copy
     assert len(net.a.messages("bob@example.test")) == bob_before + 1  # :copy kept it too
+    assert copy.startswith(b"Return-Path: <carol@example.test>\r\n")  # our own sender needs no SRS
+    net.send("alice@remote.test", ["bob@example.test"], message("from afar"))
+    wait_for(lambda: len(net.remote_inbox()) == before + 2, 20)
+    srs = net.remote_inbox()[-1]
+    assert b"Subject: from afar" in srs
+    assert re.match(rb"Return-Path: <SRS0=[^=]{4}=[^=]{2}=remote\.test=alice@example\.test>\r\n", srs), srs[:120]
     net.script("bob@example.test", "keep;\n")
