@@ -251,8 +251,11 @@ class Rules:
             log.info("%s", kv(event="sieve.vacation_skipped", account=recipient.address, reason=why))
             return None
         from_address = action.from_address or recipient.envelope_to
-        if not _plain_address(from_address):
-            notes.append("vacation :from is not a plain address; the recipient address is used")
+        # The reply is DKIM-signed as mail of our domain: its From: must be an address that reaches this
+        # account (a script must not speak for someone else; `:addresses` is the script's own claim).
+        reaching = {recipient.address.lower(), recipient.envelope_to.lower(), recipient.original.lower()}
+        if not _plain_address(from_address) or from_address.lower() not in reaching:
+            notes.append("vacation :from is not an address of this account; the recipient address is used")
             from_address = recipient.envelope_to
         reply = build_reply(header=header, sender=message.sender, from_address=from_address, reason=action.reason,
                             subject=action.subject, mime=action.mime, now=now, hostname=self.hostname)  # fmt: skip

@@ -173,3 +173,13 @@ def test_issue_12_a_script_that_no_longer_compiles_keeps_the_message(store: SQLi
     assert isinstance(run(store, to(store, "bob@example.test")), Stored)
     ((_, stored),) = mailbox(store, account.id, "INBOX")
     assert stored.endswith(MESSAGE)
+
+
+def test_issue_12_vacation_from_must_be_an_address_of_the_account(store: SQLiteStore) -> None:
+    activate(store, "bob@example.test", 'require "vacation";\nvacation :from "ceo@example.test" "Away.";\n')
+    assert isinstance(run(store, to(store, "bob@example.test")), Stored)
+    ((_, _, reply),) = queued(store)
+    assert b"\r\nFrom: <bob@example.test>\r\n" in b"\r\n" + reply
+    activate(store, "bob@example.test", 'require "vacation";\nvacation :from "Bob@Example.test" :handle "2" "x";\n')
+    assert isinstance(run(store, to(store, "bob@example.test")), Stored)
+    assert b"\r\nFrom: <Bob@Example.test>\r\n" in b"\r\n" + queued(store)[1][2]
