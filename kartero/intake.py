@@ -15,13 +15,15 @@ or passes its deadline ends that message with `451 4.3.0` and a logged traceback
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime, getaddresses
@@ -39,7 +41,7 @@ from kartero.mailauth.dkim import DKIMError, Signer
 from kartero.mime.headers import find_body_start, parse_header_block
 from kartero.policy.decisions import AcceptMessage, MessageDecision, Reject
 from kartero.policy.inbound import srs_original
-from kartero.rules.engine import Message, Plan, Rules
+from kartero.rules.engine import Copy, Message, Plan, Rules
 from kartero.rules.reject import build_rejection
 from kartero.store.ids import new_message_id
 from kartero.store.interface import (
@@ -199,6 +201,7 @@ class Intake:
         self.check_deadline_s = check_deadline_s
         self.store_deadline_s = store_deadline_s
         self.rules = rules  # mail rules (Sieve) at final delivery; None: none
+        self._pending: set[asyncio.Future[None]] = set()
         # DKIM signing holds a large (spooled) message in memory several times over (dkimpy): one at a time.
         self._large = threading.Lock()
 
@@ -271,7 +274,9 @@ class Intake:
         queue_id = None
         timestamp = envelope.received_at
         plans = await self._plans(targets, envelope, data, now) if account_ids and self.rules is not None else []
-        if plans and (refusal := _refusal_in_reply(plans, envelope, account_ids, remote)) is not None:
+        plans = _redirects_capped(plans, message_id)
+        forwarding = any(t.forward_to for t in targets if not t.is_remote)
+        if plans and not forwarding and (refusal := _refusal_in_reply(plans, envelope, account_ids, remote)):
             log.info("%s", kv(event="sieve.rejected", id=message_id, sender=f"<{envelope.sender}>",
                               to=plans[0].recipient.address))  # fmt: skip
             return refusal
@@ -282,7 +287,7 @@ class Intake:
             edited: list[tuple[bytes, DeliveryTarget]] = []
             for plan in plans:
                 for kept in plan.copies:
-                    box = mailbox if kept.mailbox == INBOX else kept.mailbox  # keep: where the checks said
+                    box = mailbox if kept.keep else kept.mailbox  # a keep goes where the checks said (Junk)
                     where = DeliveryTarget(plan.recipient.account_id, box, kept.flags)
                     if kept.header is None:
                         stored_in.append(where)
@@ -328,7 +333,7 @@ class Intake:
                 deliveries.append(copy)
         if not deliveries:
             if plans and account_ids and not remote:  # every copy discarded, rejected or redirected away
-                await self._after_rules(plans, envelope, data, message_id)
+                self._later(self._after_rules(plans, envelope, data, message_id, junk=mailbox != INBOX))
                 return Stored(message_id, None)
             return Refused(replies.LOCAL_ERROR, "no recipient left")
         try:
@@ -338,8 +343,20 @@ class Intake:
             log.error("%s", kv(event="intake.store_failed", id=message_id, detail=str(exc)))
             return Refused(replies.LOCAL_ERROR, "store failed")
         if plans:
-            await self._after_rules(plans, envelope, data, message_id)
+            self._later(self._after_rules(plans, envelope, data, message_id, junk=mailbox != INBOX))
         return Stored(message_id, queue_id)
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Work after the 250 (replies a user's rules asked for): a task of its own, so the client's
+        answer never waits for it and a session that ends cannot cut it off; `drain` awaits them."""
+        task = asyncio.ensure_future(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self, timeout_s: float = 30.0) -> None:
+        """Wait (at shutdown, in tests) for the work `_later` started."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout_s)
 
     # -- mail rules (kartero.rules) -------------------------------------------------------------------
 
@@ -380,46 +397,59 @@ class Intake:
         with `Delivered-To:` of the account, the envelope sender rewritten by SRS)."""
         deliveries = []
         for plan in plans:
-            for forward in plan.forwards[:MAX_REDIRECTS_PER_MESSAGE]:
+            for forward in plan.forwards:
                 copy = data if forward.header is None else _with_header(data, forward.header)
+                # Delivered-To names the address the mail came to (as an alias forward does): a redirect
+                # that comes back to that address stops there (`_without_loops`), whichever alias it was.
                 deliveries.append(self.forwarded(envelope, _prepend(received, copy), (forward.address,),
-                                                 plan.recipient.address, body_8bit=incoming.body_8bit))  # fmt: skip
+                                                 plan.recipient.envelope_to, body_8bit=incoming.body_8bit))  # fmt: skip
                 log.info("%s", kv(event="sieve.redirected", account=plan.recipient.address, to=forward.address))
         return deliveries
 
     async def _after_rules(self, plans: list[Plan], envelope: EnvelopeRecord, data: bytes | Content,
-                           message_id: str) -> None:  # fmt: skip
+                           message_id: str, *, junk: bool) -> None:  # fmt: skip
         """Once the message is stored: duplicate ids remembered, vacation replies and rejection notices sent
-        (each with the null sender). A failure here is logged; the message itself is delivered."""
+        (each with the null sender; none for mail the checks put in Junk, whose sender is likely forged:
+        no backscatter). Each step fails alone, logged; the message itself is delivered."""
         rules = self.rules
         assert rules is not None
         now = int(time.time())
         for plan in plans:
-            try:
-                if plan.duplicates:
+            account = plan.recipient.address
+            if plan.duplicates:
+                with self._logged_failure(message_id, account, "duplicate"):
                     await self.blocking(self.check_deadline_s, rules.remember_duplicates, plan.recipient,
                                         plan.duplicates, now)  # fmt: skip
-                if plan.reject is not None and envelope.sender:
+            if junk and (plan.reject is not None or plan.vacation is not None):
+                log.info("%s", kv(event="sieve.reply_skipped", id=message_id, account=account, reason="junk"))
+                continue
+            if plan.reject is not None and envelope.sender:
+                with self._logged_failure(message_id, account, "reject notice"):
                     head = _head(data)
                     original_header = head[: find_body_start(head)[0]]
                     notice = build_rejection(
                         original_header=original_header, header=parse_header_block(original_header),
-                        sender=envelope.sender, recipient=plan.recipient.address,
-                        original_recipient=plan.recipient.original, reason=plan.reject.reason,
-                        now=datetime.now(UTC), hostname=self.hostname,
+                        sender=envelope.sender, recipient=account, original_recipient=plan.recipient.original,
+                        reason=plan.reject.reason, now=datetime.now(UTC), hostname=self.hostname,
                     )  # fmt: skip
                     await self._send_generated(envelope.sender, notice, "sieve.reject_notice", message_id)
-                if plan.vacation is not None:
+            if plan.vacation is not None:
+                with self._logged_failure(message_id, account, "vacation"):
                     if await self.blocking(self.check_deadline_s, rules.remember_vacation, plan.recipient,
                                            plan.vacation, now):  # fmt: skip
                         await self._send_generated(plan.vacation.reply.recipient, plan.vacation.reply.data,
                                                    "sieve.vacation_sent", message_id)  # fmt: skip
                     else:
-                        log.info("%s", kv(event="sieve.vacation_skipped", account=plan.recipient.address,
+                        log.info("%s", kv(event="sieve.vacation_skipped", account=account,
                                           reason="already replied within the period"))  # fmt: skip
-            except Exception as exc:
-                log.error("%s", kv(event="sieve.after_delivery_failed", id=message_id, account=plan.recipient.address,
-                                   detail=str(exc) or repr(exc)), exc_info=exc)  # fmt: skip
+
+    @contextlib.contextmanager
+    def _logged_failure(self, message_id: str, account: str, step: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            log.error("%s", kv(event="sieve.after_delivery_failed", id=message_id, account=account, step=step,
+                               detail=str(exc) or repr(exc)), exc_info=exc)  # fmt: skip
 
     async def _send_generated(self, recipient: str, data: bytes, event: str, message_id: str) -> None:
         """A message Kartero wrote for a user's rules, with the null sender, to a local or remote address."""
@@ -432,7 +462,9 @@ class Intake:
         if target is None:
             log.warning("%s", kv(event=event, id=message_id, to=address, detail="no such local address"))
             return
-        envelope = EnvelopeRecord(Origin.SIEVE, "", (target.recipient,))
+        if target.is_remote:  # NOTIFY=NEVER: no DSN about a reply to mail (RFC 3461 §6.2)
+            target = Target(EnvelopeRecipient(target.recipient.address, ("NEVER",)), is_remote=True)
+        envelope = EnvelopeRecord(Origin.SIEVE, "", (target.recipient,), smtputf8=not address.isascii())
         outcome = await self.accept(Incoming(envelope, data, (target,), sign=True, body_8bit=not data.isascii()))
         if isinstance(outcome, Refused):
             log.error("%s", kv(event=event, id=message_id, to=address, detail=outcome.reason))
@@ -547,6 +579,22 @@ def _refusal_in_reply(plans: list[Plan], envelope: EnvelopeRecord, account_ids: 
     return Refused(replies.SIEVE_REJECTED.with_text(text) if text else replies.SIEVE_REJECTED, "sieve reject")
 
 
+def _redirects_capped(plans: list[Plan], message_id: str) -> list[Plan]:
+    """At most MAX_REDIRECTS_PER_MESSAGE redirects over all the message's scripts; a plan that loses
+    redirects to the cap and stores nothing keeps the message in INBOX instead (never lost to a cap)."""
+    budget = MAX_REDIRECTS_PER_MESSAGE
+    capped = []
+    for plan in plans:
+        if len(plan.forwards) > budget:
+            log.warning("%s", kv(event="sieve.redirect_limit", id=message_id, account=plan.recipient.address,
+                                 dropped=",".join(f.address for f in plan.forwards[budget:])))  # fmt: skip
+            copies = plan.copies or (Copy(INBOX, keep=True),)
+            plan = replace(plan, forwards=plan.forwards[:budget], copies=copies)
+        budget -= len(plan.forwards)
+        capped.append(plan)
+    return capped
+
+
 def _rules_message(data: bytes | Content, envelope: EnvelopeRecord, max_body: int) -> Message:
     """The message for the scripts: its header block and at most `max_body` octets of body (blocking:
     a spooled body is read from its file)."""
@@ -561,8 +609,8 @@ def _rules_message(data: bytes | Content, envelope: EnvelopeRecord, max_body: in
                 body += file.read(min(tail.length, max_body - len(body)))
         else:
             body += tail[: max_body - len(body)]
-    return Message(head[:end], body[:max_body], envelope.sender, envelope.user, envelope.client_ip, envelope.helo,
-                   len(data))  # fmt: skip
+    # No remote-host: the HELO name is the client's claim, not a verified name (RFC 5183 §4).
+    return Message(head[:end], body[:max_body], envelope.sender, envelope.user, envelope.client_ip, None, len(data))
 
 
 def _with_header(message: bytes | Content, header: bytes) -> bytes | Content:

@@ -407,6 +407,7 @@ class Server:
                                   node=self.node))  # fmt: skip
                 await self._stop.wait()
                 await self._shutdown(servers)
+                await intake.drain()  # replies the users' rules asked for, after the last messages
         except* StartupError as group:
             raise group.exceptions[0] from None
         finally:

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import parseaddr
 
 from kartero import sieve
 from kartero.log import kv
@@ -37,7 +38,10 @@ SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\D
 _NOT_IN_ATOM = frozenset('(){ %*"\\]')
 VACATION_KEY = "vacation:"
 DUPLICATE_KEY = "duplicate:"
-COMPILED_CACHE = 1024  # compiled scripts kept (by text)
+COMPILED_CACHE = 1024  # compiled scripts kept (by text) ...
+COMPILED_CACHE_TEXT = 16 * 1024 * 1024  # ... and at most this much script text behind them (a compiled
+# script takes several times its text in memory)
+MAX_CREATED = 10  # mailboxes `fileinto :create` may make for one message (a name may come from the message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,7 @@ class Copy:
     mailbox: str
     flags: frozenset[str] = frozenset()
     header: bytes | None = None  # the edited header block; None: as received
+    keep: bool = False  # a keep (RFC 5228 §4.3): stored where the message would have gone without a script
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,7 @@ class Rules:
         self._version: int | None = None
         self._active: frozenset[int] = frozenset()
         self._compiled: dict[str, sieve.Script | sieve.SieveError] = {}
+        self._compiled_text = 0
         self._lock = threading.Lock()
         self._addresses: tuple[Mapping[str, int] | None, dict[int, str]] = (None, {})
 
@@ -153,7 +159,7 @@ class Rules:
         return [Recipient(i, addresses.get(i, rcpt), rcpt, original) for i, rcpt, original in wanted]
 
     def _plan_one(self, message: Message, header: HeaderBlock, recipient: Recipient, now: datetime) -> Plan:
-        keep = (Copy(INBOX),)
+        keep = (Copy(INBOX, keep=True),)
         active = self.scripts.active_script(recipient.account_id)
         if active is None:
             return Plan(recipient, keep)  # deactivated since `scripted`
@@ -185,9 +191,10 @@ class Rules:
         forwards: list[Forward] = []
         reject: sieve.Reject | None = None
         vacation: VacationReply | None = None
+        created: list[str] = []
         for action in outcome.actions:
             if isinstance(action, sieve.FileInto):
-                copies.append(self._copy(account_id, action, notes))
+                copies.append(self._copy(account_id, action, notes, created))
             elif isinstance(action, sieve.Redirect):
                 forwards.append(Forward(action.address, action.header))
             elif isinstance(action, sieve.Reject):
@@ -207,9 +214,11 @@ class Rules:
             except sieve.SieveError as exc:
                 found = exc
             with self._lock:
-                if len(self._compiled) >= COMPILED_CACHE:
+                if len(self._compiled) >= COMPILED_CACHE or self._compiled_text + len(text) > COMPILED_CACHE_TEXT:
                     self._compiled.clear()
+                    self._compiled_text = 0
                 self._compiled[key] = found
+                self._compiled_text += len(text)
         return found
 
     def _environment(self, recipient: Recipient, message: Message) -> dict[str, str]:
@@ -221,24 +230,29 @@ class Rules:
             items["remote-host"] = message.client_host
         return items
 
-    def _copy(self, account_id: int, action: sieve.FileInto, notes: list[str]) -> Copy:
-        """The stored copy a fileinto/keep asks for, as the store can take it (else INBOX, noted)."""
+    def _copy(self, account_id: int, action: sieve.FileInto, notes: list[str], created: list[str]) -> Copy:
+        """The stored copy a fileinto/keep asks for, as the store can take it (else a keep, noted)."""
         flags = _valid_flags(action.flags, notes)
         name = mailbox_name(action.mailbox)
         if name is None:
             notes.append(f"fileinto {action.mailbox[:200]!r}: not a valid mailbox name; kept in INBOX")
-            return Copy(INBOX, flags, action.header)
+            return Copy(INBOX, flags, action.header, keep=True)
         if name == INBOX or self.mail.get_mailbox(account_id, name) is not None:
-            return Copy(name, flags, action.header)
+            return Copy(name, flags, action.header, keep=action.keep)
         if not action.create:
             notes.append(f"fileinto {name[:200]!r}: no such mailbox; kept in INBOX")
-            return Copy(INBOX, flags, action.header)
+            return Copy(INBOX, flags, action.header, keep=True)
         parts = name.split(SEPARATOR)
-        for depth in range(1, len(parts) + 1):  # the superiors too, as IMAP CREATE makes them
-            level = SEPARATOR.join(parts[:depth])
-            if level != INBOX and self.mail.get_mailbox(account_id, level) is None:
-                with contextlib.suppress(MailboxExists):  # made meanwhile by another delivery or session
-                    self.mail.create_mailbox(account_id, level)
+        missing = [SEPARATOR.join(parts[:depth]) for depth in range(1, len(parts) + 1)]
+        missing = [level for level in missing if level != INBOX and self.mail.get_mailbox(account_id, level) is None]
+        if len(created) + len(missing) > MAX_CREATED:
+            notes.append(f"fileinto :create {name[:200]!r}: more than {MAX_CREATED} new mailboxes for one message;"
+                         " kept in INBOX")  # fmt: skip
+            return Copy(INBOX, flags, action.header, keep=True)
+        for level in missing:  # the superiors too, as IMAP CREATE makes them
+            with contextlib.suppress(MailboxExists):  # made meanwhile by another delivery or session
+                self.mail.create_mailbox(account_id, level)
+            created.append(level)
         return Copy(name, flags, action.header)
 
     def _vacation(self, message: Message, header: HeaderBlock, recipient: Recipient, action: sieve.Vacation,
@@ -250,15 +264,20 @@ class Rules:
         if why is not None:
             log.info("%s", kv(event="sieve.vacation_skipped", account=recipient.address, reason=why))
             return None
-        from_address = action.from_address or recipient.envelope_to
         # The reply is DKIM-signed as mail of our domain: its From: must be an address that reaches this
-        # account (a script must not speak for someone else; `:addresses` is the script's own claim).
-        reaching = {recipient.address.lower(), recipient.envelope_to.lower(), recipient.original.lower()}
-        if not _plain_address(from_address) or from_address.lower() not in reaching:
-            notes.append("vacation :from is not an address of this account; the recipient address is used")
+        # account (a script must not speak for someone else: not `:addresses`, the script's own claim, nor
+        # ORCPT, the sending client's).
+        reaching = {recipient.address.lower(), recipient.envelope_to.lower()}
+        name, from_address = parseaddr(action.from_address or "")
+        if not action.from_address:
             from_address = recipient.envelope_to
-        reply = build_reply(header=header, sender=message.sender, from_address=from_address, reason=action.reason,
-                            subject=action.subject, mime=action.mime, now=now, hostname=self.hostname)  # fmt: skip
+        elif not _plain_address(from_address) or from_address.lower() not in reaching:
+            notes.append("vacation :from is not an address of this account; the recipient address is used")
+            name, from_address = "", recipient.envelope_to
+        name = " ".join("".join(c if c.isprintable() else " " for c in name).split())[:200]
+        reply = build_reply(header=header, sender=message.sender, from_address=from_address, from_name=name,
+                            reason=action.reason, subject=action.subject, mime=action.mime, now=now,
+                            hostname=self.hostname)  # fmt: skip
         key = VACATION_KEY + hashlib.sha256(f"{action.handle}\0{message.sender.lower()}".encode()).hexdigest()
         return VacationReply(key, int(now.timestamp()) + action.seconds, reply)
 

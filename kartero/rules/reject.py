@@ -9,6 +9,7 @@ from datetime import datetime
 from email.utils import format_datetime
 
 from kartero.mime.headers import HeaderBlock
+from kartero.rules.vacation import text_body
 
 MAX_REASON = 64 * 1024
 MAX_ORIGINAL_HEADER = 256 * 1024  # the original header block returned with the notice
@@ -17,7 +18,10 @@ MAX_ORIGINAL_HEADER = 256 * 1024  # the original header block returned with the 
 def build_rejection(*, original_header: bytes, header: HeaderBlock, sender: str, recipient: str,
                     original_recipient: str, reason: str, now: datetime, hostname: str) -> bytes:  # fmt: skip
     boundary = "kartero-" + secrets.token_hex(12)
-    reason = reason[:MAX_REASON].replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
+    encoding, text = text_body(
+        "Your message was automatically rejected by Sieve, a mail filtering language.\n\n"
+        "The following reason was given:\n" + reason[:MAX_REASON].replace("\r\n", "\n").replace("\r", "\n") + "\n"
+    )
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
         f"To: <{sender}>",
@@ -31,13 +35,9 @@ def build_rejection(*, original_header: bytes, header: HeaderBlock, sender: str,
         f"--{boundary}",
         "Content-Type: text/plain; charset=utf-8",
         "Content-Disposition: inline",
-        "Content-Transfer-Encoding: 8bit",
+        f"Content-Transfer-Encoding: {encoding}",
         "",
-        "Your message was automatically rejected by Sieve, a mail filtering language.",
-        "",
-        "The following reason was given:",
-        reason,
-        "",
+        text.removesuffix("\r\n"),
         f"--{boundary}",
         "Content-Type: message/disposition-notification",
         "",

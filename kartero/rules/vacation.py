@@ -13,7 +13,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from email.header import Header
-from email.utils import format_datetime
+from email.quoprimime import body_encode
+from email.utils import format_datetime, formataddr
 
 from kartero.mime.addresses import parse_address_list
 from kartero.mime.headers import HeaderBlock, decode_words
@@ -68,16 +69,17 @@ class Reply:
 
 
 def build_reply(*, header: HeaderBlock, sender: str, from_address: str, reason: str, subject: str | None,
-                mime: bool, now: datetime, hostname: str) -> Reply:  # fmt: skip
-    """The reply of §5: to the envelope sender, from the user (or :from), answering the message."""
+                mime: bool, now: datetime, hostname: str, from_name: str = "") -> Reply:  # fmt: skip
+    """The reply of §5: to the envelope sender, from the user (or :from), answering the message. Every
+    line is CRLF-terminated and at most 998 octets (RFC 5322 §2.1.1)."""
     if subject is None:
         original = decode_words(header.get("subject") or b"")[:MAX_SUBJECT]
         subject = "Auto: " + original if original else "Automated reply"
     subject = " ".join(subject.split())[:MAX_SUBJECT]
     lines = [
-        f"From: <{from_address}>",
+        "From: " + (formataddr((from_name, from_address), "utf-8") if from_name else f"<{from_address}>"),
         f"To: <{sender}>",
-        "Subject: " + (subject if subject.isascii() else Header(subject, "utf-8").encode()),
+        "Subject: " + Header(subject, "utf-8", header_name="Subject").encode(linesep="\r\n"),
         f"Date: {format_datetime(now)}",
         f"Message-ID: <{secrets.token_hex(12)}@{hostname}>",
         "Auto-Submitted: auto-replied (vacation)",
@@ -85,17 +87,49 @@ def build_reply(*, header: HeaderBlock, sender: str, from_address: str, reason: 
     original_id = _message_id(header.get("message-id"))
     if original_id:
         lines.append(f"In-Reply-To: {original_id}")
-        references = [r for r in (_message_ids(header.get("references")) or _message_ids(header.get("in-reply-to")))]
-        lines.append("References: " + " ".join([*references[-MAX_REFERENCES:], original_id]))
+        references = _message_ids(header.get("references")) or _message_ids(header.get("in-reply-to"))
+        lines.append("References: " + "\r\n ".join([*references[-MAX_REFERENCES:], original_id]))  # folded
     lines.append("MIME-Version: 1.0")
     reason = reason[:MAX_REASON].replace("\r\n", "\n").replace("\r", "\n")
-    if mime:  # §4.8: the reason is a MIME entity: its own header fields, then its body
-        return Reply(sender, ("\r\n".join(lines) + "\r\n" + reason.replace("\n", "\r\n")).encode("utf-8"))
-    lines += ["Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit"]
-    body = reason.replace("\n", "\r\n")
-    if not body.endswith("\r\n"):
-        body += "\r\n"
+    if mime:  # §4.8: the reason is a MIME entity; of its header only the Content-* fields are taken
+        entity_head, _, entity_body = reason.partition("\n\n")
+        fields = content_fields(entity_head)
+        body = entity_body.replace("\n", "\r\n")
+        return Reply(sender, ("\r\n".join(lines + fields) + "\r\n\r\n" + _long_lines_cut(body)).encode("utf-8"))
+    lines.append("Content-Type: text/plain; charset=utf-8")
+    encoding, body = text_body(reason)
+    lines.append(f"Content-Transfer-Encoding: {encoding}")
     return Reply(sender, ("\r\n".join(lines) + "\r\n\r\n" + body).encode("utf-8"))
+
+
+def content_fields(head: str) -> list[str]:
+    """The `Content-*` fields of a MIME entity's header (folded lines kept with their field)."""
+    fields: list[str] = []
+    keeping = False
+    for line in head.split("\n")[:100]:
+        if line[:1] in (" ", "\t"):
+            if keeping:
+                fields.append(line[:998])
+            continue
+        keeping = line.split(":", 1)[0].strip().lower().startswith("content-") and ":" in line
+        if keeping:
+            fields.append(line[:998])
+    return fields
+
+
+def text_body(text: str) -> tuple[str, str]:
+    """A text/plain body with CRLF line ends: 8bit, or quoted-printable when a line would pass 998
+    octets (RFC 5322 §2.1.1)."""
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    if all(len(line.encode("utf-8")) <= 998 for line in lines):
+        return "8bit", "".join(line + "\r\n" for line in lines)
+    return "quoted-printable", body_encode("\n".join(lines) + "\n", maxlinelen=76, eol="\r\n")
+
+
+def _long_lines_cut(body: str) -> str:
+    return "\r\n".join(line[:998] for line in body.split("\r\n"))
 
 
 def _message_id(value: bytes | None) -> str | None:

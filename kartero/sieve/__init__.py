@@ -34,5 +34,5 @@ __all__ = ["EXTENSIONS", "Action", "Context", "DuplicateMark", "FileInto", "Limi
 
 def run(script: Script, context: Context, limits: Limits | None = None) -> Outcome:
     """Run a compiled script on one message for one account. Never raises: a runtime error (RFC 5228
-    §2.10.6) gives `Outcome((FileInto("INBOX"),), error=...)`."""
+    §2.10.6) gives `Outcome((FileInto("INBOX", keep=True),), error=...)`."""
     return run_script(script, context, limits or Limits())

@@ -169,7 +169,7 @@ class _Run:
     def outcome(self) -> Outcome:
         actions = list(self.actions)
         if self.implicit_keep:
-            actions.append(FileInto("INBOX", frozenset(self.flags), header=self.header.edited_block()))
+            actions.append(FileInto("INBOX", frozenset(self.flags), header=self.header.edited_block(), keep=True))
         merged: list[Action] = []
         stored: dict[str, int] = {}
         redirected: set[str] = set()
@@ -178,12 +178,13 @@ class _Run:
                 key = action.mailbox
                 if key.upper() == "INBOX":  # RFC 3501 §5.1: INBOX is INBOX in any case
                     key = "INBOX"
-                    action = FileInto(key, action.flags, action.create, action.header)
+                    action = FileInto(key, action.flags, action.create, action.header, action.keep)
                 if key in stored:
                     earlier = merged[stored[key]]
                     assert isinstance(earlier, FileInto)
-                    merged[stored[key]] = FileInto(
-                        earlier.mailbox, earlier.flags | action.flags, earlier.create or action.create, earlier.header
+                    merged[stored[key]] = FileInto(  # an explicit fileinto "INBOX" wins over keep
+                        earlier.mailbox, earlier.flags | action.flags, earlier.create or action.create, earlier.header,
+                        earlier.keep and action.keep,
                     )
                     continue
                 stored[key] = len(merged)
@@ -284,7 +285,7 @@ class _Run:
             raise _Stop
         if name == "keep":
             flags = self.flag_set(node, scope)
-            self.add_action(FileInto("INBOX", flags, header=self.header.edited_block()), position)
+            self.add_action(FileInto("INBOX", flags, header=self.header.edited_block(), keep=True), position)
             self.implicit_keep = False
         elif name == "discard":
             self.counted_actions += 1
@@ -763,9 +764,9 @@ def run_script(script: Script, context: Context, limits: Limits) -> Outcome:
     try:
         return _Run(script, context, limits).run()
     except RuntimeFailure as exc:
-        return Outcome((FileInto("INBOX"),), error=str(exc))
+        return Outcome((FileInto("INBOX", keep=True),), error=str(exc))
     except BudgetExceeded:
         error = f"more than {limits.max_match_steps} steps of matching and copying strings"
-        return Outcome((FileInto("INBOX"),), error=error)
+        return Outcome((FileInto("INBOX", keep=True),), error=error)
     except RecursionError:
-        return Outcome((FileInto("INBOX"),), error="script nested too deeply")
+        return Outcome((FileInto("INBOX", keep=True),), error="script nested too deeply")

@@ -62,12 +62,16 @@ class Context:
 
 @dataclass(frozen=True, slots=True)
 class FileInto:
-    """Store a copy: `keep` (explicit or implicit) is FileInto("INBOX")."""
+    """Store a copy: `keep` (explicit or implicit) is FileInto("INBOX", keep=True)."""
 
     mailbox: str  # the name as the script wrote it (UTF-8, "/"-free rules are the store's)
     flags: frozenset[str] = frozenset()  # imap4flags: the flags to set on the stored message
     create: bool = False  # :create (RFC 5490): make the mailbox when it is missing
     header: bytes | None = None  # the header block as edited by editheader before this action; None: unchanged
+    # `keep` (explicit or implicit, or the keep of a runtime error) rather than `fileinto "INBOX"`: the
+    # delivery side stores a keep where the message would have gone without a script (Junk for spam).
+    # (Not compared: a keep and a fileinto "INBOX" are the same action to RFC 5228.)
+    keep: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +113,8 @@ Action = FileInto | Redirect | Reject | Vacation
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """The actions to carry out, in the order the script gave them, with implicit keep already resolved
-    (a FileInto("INBOX") at the end when it applies); discard leaves no FileInto. On a runtime error the
-    actions are `(FileInto("INBOX"),)` and `error` says why (RFC 5228 §2.10.6)."""
+    (a FileInto("INBOX", keep=True) at the end when it applies); discard leaves no FileInto. On a runtime
+    error the actions are `(FileInto("INBOX", keep=True),)` and `error` says why (RFC 5228 §2.10.6)."""
 
     actions: tuple[Action, ...]
     duplicates: tuple[DuplicateMark, ...] = ()

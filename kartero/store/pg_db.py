@@ -290,6 +290,7 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at BIGINT NOT NULL,
         PRIMARY KEY (account_id, key)
     );
+    CREATE INDEX sieve_memory_expiry ON sieve_memory (account_id, expires_at);
     """,
     # 7: quotas (issue 12). An account's storage limit (NULL: [limits] default_quota, 0: none) and whether
     # its 90 % warning went out; each mailbox's usage (SUM and COUNT of its messages), kept by every

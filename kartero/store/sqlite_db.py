@@ -150,6 +150,7 @@ CREATE TABLE IF NOT EXISTS sieve_memory (  -- what Sieve remembers per account: 
     expires_at INTEGER NOT NULL,             -- unix seconds
     PRIMARY KEY (account_id, key)
 );
+CREATE INDEX IF NOT EXISTS sieve_memory_expiry ON sieve_memory (account_id, expires_at);
 """
 
 

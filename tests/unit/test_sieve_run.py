@@ -380,3 +380,20 @@ def test_issue_12_copying_big_strings_is_charged() -> None:
     result = outcome(script)
     assert time.process_time() - started < 5
     assert result.error == "more than 1000000 steps of matching and copying strings"
+
+
+def test_issue_12_keep_is_told_from_fileinto_inbox() -> None:
+    """Delivery stores a keep where the message would have gone without a script (Junk for spam), an
+    explicit fileinto "INBOX" in INBOX: the actions say which."""
+    (implicit,) = outcome("").actions
+    (explicit_keep,) = outcome("keep;").actions
+    (into,) = outcome('require "fileinto"; fileinto "inbox";').actions
+    (both,) = outcome('require "fileinto"; keep; fileinto "INBOX";').actions
+    failure = outcome('require "variables"; set "a" "not an address"; redirect "${a}";')
+    assert failure.error is not None
+    (failed,) = failure.actions
+    assert isinstance(implicit, FileInto) and implicit.keep
+    assert isinstance(explicit_keep, FileInto) and explicit_keep.keep
+    assert isinstance(into, FileInto) and not into.keep and into.mailbox == "INBOX"
+    assert isinstance(both, FileInto) and not both.keep
+    assert isinstance(failed, FileInto) and failed.keep

@@ -7,15 +7,19 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+from dataclasses import replace
 
 import pytest
 
 from kartero.auth.accounts import DirectoryCache
 from kartero.concurrency import Blocking
 from kartero.intake import Incoming, Intake, Refused, SmtpArrival, Stored, Target
+from kartero.mail import replies
 from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord, Origin
 from kartero.mail.replies import Reply
+from kartero.policy.decisions import AcceptMessage, MessageDecision
 from kartero.rules.engine import Rules
+from kartero.store.interface import Content
 from kartero.store.sqlite import SQLiteStore
 
 ARRIVAL = SmtpArrival("client.remote.test", "192.0.2.7", "ESMTP", None, None)
@@ -29,7 +33,13 @@ def run(store: SQLiteStore, incoming: Incoming) -> Stored | Refused:
     rules = Rules(store.sieve, store.mail, store.accounts.directory_version, hostname="mx.example.test")
     intake = Intake(store.mail, directory, hostname="mx.example.test", queue_lifetime_s=3600.0, blocking=Blocking(),
                     rules=rules)  # fmt: skip
-    return asyncio.run(intake.accept(incoming))
+
+    async def accept() -> Stored | Refused:
+        outcome = await intake.accept(incoming)
+        await intake.drain()  # the replies are sent after the answer
+        return outcome
+
+    return asyncio.run(accept())
 
 
 def activate(store: SQLiteStore, address: str, text: str) -> int:
@@ -183,3 +193,118 @@ def test_issue_12_vacation_from_must_be_an_address_of_the_account(store: SQLiteS
     activate(store, "bob@example.test", 'require "vacation";\nvacation :from "Bob@Example.test" :handle "2" "x";\n')
     assert isinstance(run(store, to(store, "bob@example.test")), Stored)
     assert b"\r\nFrom: <Bob@Example.test>\r\n" in b"\r\n" + queued(store)[1][2]
+
+
+# -- review findings (issue 12): each failed before its fix ------------------------------------------
+
+
+def test_issue_12_vacation_from_is_not_taken_from_orcpt(store: SQLiteStore) -> None:
+    activate(store, "bob@example.test", 'require "vacation";\nvacation :from "ceo@example.test" "Wire money.";\n')
+    incoming = to(store, "bob@example.test")
+    orcpt = EnvelopeRecipient("bob@example.test", (), "rfc822;ceo@example.test")
+    forged = replace(incoming.targets[0], recipient=orcpt)
+    envelope = replace(incoming.envelope, recipients=(forged.recipient,))
+    assert isinstance(run(store, replace(incoming, envelope=envelope, targets=(forged,))), Stored)
+    ((_, _, reply),) = queued(store)
+    assert b"\r\nFrom: <bob@example.test>\r\n" in b"\r\n" + reply
+
+
+def test_issue_12_vacation_from_keeps_a_display_name(store: SQLiteStore) -> None:
+    activate(store, "bob@example.test", 'require "vacation";\nvacation :from "Bob Büro <bob@example.test>" "x";\n')
+    assert isinstance(run(store, to(store, "bob@example.test")), Stored)
+    ((_, _, reply),) = queued(store)
+    parsed = email.message_from_bytes(reply, policy=email.policy.default)
+    assert parsed["From"].addresses[0].display_name == "Bob Büro"
+    assert parsed["From"].addresses[0].addr_spec == "bob@example.test"
+
+
+def test_issue_12_a_redirect_through_an_alias_is_marked_with_the_alias(store: SQLiteStore) -> None:
+    store.accounts.add_alias("info@example.test", "bob@example.test")
+    activate(store, "bob@example.test", 'redirect "bob@elsewhere.test";\n')
+    account = store.accounts.get_account("bob@example.test")
+    assert account is not None
+    info = Target(EnvelopeRecipient("info@example.test"), (account.id,))
+    incoming = Incoming(EnvelopeRecord(Origin.SMTP, "alice@remote.test", (info.recipient,)), MESSAGE, (info,), ARRIVAL)
+    assert isinstance(run(store, incoming), Stored)
+    ((_, _, copy),) = queued(store)
+    assert copy.startswith(b"Delivered-To: info@example.test\r\n")
+    back = replace(incoming, data=copy)  # it comes back to the alias: not delivered nor redirected again
+    assert run(store, back) == Refused(replies.MAIL_LOOP, "loop")
+    assert len(queued(store)) == 1
+
+
+def test_issue_12_redirects_are_capped_per_message_and_a_capped_plan_keeps(store: SQLiteStore) -> None:
+    users = [f"u{i}@example.test" for i in range(6)]
+    script = "".join(f'redirect "r{i}@elsewhere.test";\n' for i in range(5))
+    for user in users:
+        store.accounts.add_account(user, "h")
+        activate(store, user, script)
+    assert isinstance(run(store, to(store, *users)), Stored)
+    assert sum(len(r) for _, r, _ in queued(store)) == 20
+    kept = []
+    for user in users:
+        account = store.accounts.get_account(user)
+        assert account is not None
+        kept.append(len(mailbox(store, account.id, "INBOX")))
+    assert kept == [0, 0, 0, 0, 1, 1]  # the fifth lost all its redirects to the cap, the sixth all
+
+
+def test_issue_12_generated_replies_have_crlf_lines_within_998_octets(store: SQLiteStore) -> None:
+    references = " ".join(f"<ref{i}.{'x' * 30}@remote.test>" for i in range(40))
+    data = MESSAGE.replace(b"Message-ID:", b"References: " + references.encode() + b"\r\nMessage-ID:")
+    subject = "Abwesenheitsnotiz: " + "Büro geschlossen " * 8
+    reason = "Ich bin nicht da. " * 200
+    activate(store, "bob@example.test", f'require "vacation";\nvacation :subject "{subject}" "{reason}";\n')
+    assert isinstance(run(store, to(store, "bob@example.test", data=data)), Stored)
+    ((_, _, reply),) = queued(store)
+    body = reply.split(b"\r\n\r\n", 1)[1]
+    assert b"\n" not in reply.replace(b"\r\n", b"") and b"\r" not in reply.replace(b"\r\n", b"")
+    assert max(len(line) for line in reply.split(b"\r\n")) <= 998
+    parsed = email.message_from_bytes(reply, policy=email.policy.default)
+    assert parsed["Subject"] == " ".join(subject.split())
+    assert parsed["References"].split()[-1] == "<m1@remote.test>"
+    assert parsed.get_content().strip() == reason.strip() and body
+
+
+def test_issue_12_keep_follows_the_checks_and_fileinto_inbox_does_not(store: SQLiteStore) -> None:
+    async def to_junk(data: bytes | Content) -> MessageDecision:
+        return AcceptMessage(data if isinstance(data, bytes) else b"", "Junk")
+
+    bob = activate(store, "bob@example.test", 'require "vacation";\nvacation "Away.";\n')  # keeps implicitly
+    assert isinstance(run(store, replace(to(store, "bob@example.test"), check=to_junk)), Stored)
+    assert len(mailbox(store, bob, "Junk")) == 1 and mailbox(store, bob, "INBOX") == []
+    assert queued(store) == []  # no vacation reply to mail the checks call junk
+    activate(store, "bob@example.test", 'require "fileinto";\nif address :is "from" "alice@remote.test" {'
+                                        ' fileinto "INBOX"; }\n')  # fmt: skip
+    assert isinstance(run(store, replace(to(store, "bob@example.test"), check=to_junk)), Stored)
+    assert len(mailbox(store, bob, "INBOX")) == 1  # the user's rescue rule wins
+
+
+def test_issue_12_reject_does_not_refuse_what_an_alias_also_forwards(store: SQLiteStore) -> None:
+    store.accounts.add_alias("info@example.test", "bob@example.test")
+    store.accounts.add_alias("info@example.test", "ext@elsewhere.test")
+    bob = activate(store, "bob@example.test", 'require "reject";\nreject "No.";\n')
+    info = Target(EnvelopeRecipient("info@example.test"), (bob,), forward_to=("ext@elsewhere.test",))
+    envelope = EnvelopeRecord(Origin.SMTP, "alice@remote.test", (info.recipient,))
+    assert isinstance(run(store, Incoming(envelope, MESSAGE, (info,), ARRIVAL)), Stored)
+    recipients = sorted(r[0] for _, r, _ in queued(store))
+    assert recipients == ["alice@remote.test", "ext@elsewhere.test"]  # the forward, and the notice
+
+
+def test_issue_12_a_mime_vacation_reason_adds_only_content_fields(store: SQLiteStore) -> None:
+    entity = "Content-Type: text/plain; charset=us-ascii\nFrom: ceo@example.test\nBcc: x@evil.test\n\nAway.\n"
+    activate(store, "bob@example.test", f'require "vacation";\nvacation :mime text:\n{entity}.\n;\n')
+    assert isinstance(run(store, to(store, "bob@example.test")), Stored)
+    ((_, _, reply),) = queued(store)
+    head = reply.split(b"\r\n\r\n", 1)[0]
+    assert b"Content-Type: text/plain; charset=us-ascii" in head
+    assert b"ceo@" not in head and b"Bcc" not in head
+    assert reply.endswith(b"\r\n\r\nAway.\r\n")
+
+
+def test_issue_12_fileinto_create_makes_at_most_ten_mailboxes_a_message(store: SQLiteStore) -> None:
+    deep = 'require ["fileinto", "mailbox"];\nfileinto :create "a/b/c/d/e/f/g/h/i/j/k";\n'
+    bob = activate(store, "bob@example.test", deep)
+    assert isinstance(run(store, to(store, "bob@example.test")), Stored)
+    assert store.mail.get_mailbox(bob, "a") is None
+    assert len(mailbox(store, bob, "INBOX")) == 1
