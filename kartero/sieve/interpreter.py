@@ -13,6 +13,7 @@ is missing or does not compile) is a runtime error: the outcome is keep in INBOX
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TypeVar
@@ -425,7 +426,7 @@ class _Run:
                     return None
                 raise RuntimeFailure(position, f'include: no {"global" if is_global else "personal"} script "{key[1]}"')
             try:
-                script = compile_script(text)
+                script = _compiled_include(text)
             except SieveError as exc:
                 raise RuntimeFailure(position, f'include: "{key[1]}" does not compile: {exc}') from None
             self.compiled_includes[key] = script
@@ -770,3 +771,31 @@ def run_script(script: Script, context: Context, limits: Limits) -> Outcome:
         return Outcome((FileInto("INBOX", keep=True),), error=error)
     except RecursionError:
         return Outcome((FileInto("INBOX", keep=True),), error="script nested too deeply")
+
+
+# Included scripts compiled once for every run that includes them (a global script may be included by
+# every user's script at every delivery: compiling it each time cost up to a second a message), in a
+# small cache bounded by count and text size (a compiled script takes several times its text).
+_INCLUDE_CACHE = 32
+_INCLUDE_CACHE_TEXT = 8 * 1024 * 1024
+_include_cache: dict[str, Script] = {}
+_include_cache_text = 0
+_include_lock = threading.Lock()
+
+
+def _compiled_include(text: str) -> Script:
+    """compile_script(text), cached by text (raises SieveError as it does; failures are not cached)."""
+    global _include_cache_text
+    key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    with _include_lock:
+        found = _include_cache.get(key)
+    if found is not None:
+        return found
+    script = compile_script(text)
+    with _include_lock:
+        if len(_include_cache) >= _INCLUDE_CACHE or _include_cache_text + len(text) > _INCLUDE_CACHE_TEXT:
+            _include_cache.clear()
+            _include_cache_text = 0
+        _include_cache[key] = script
+        _include_cache_text += len(text)
+    return script

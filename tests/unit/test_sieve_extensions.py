@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
+
 from kartero.sieve import DuplicateMark, FileInto, Outcome, Redirect
 from tests.unit.sieve_helpers import HEADER, context, mailboxes, outcome
 
@@ -266,3 +268,23 @@ if header :matches "subject" "ALERT: *" {
     assert mark.seconds == 60
     again = outcome(script, context(alert.header.decode(), seen=(mark.key,)))
     assert again == Outcome((FileInto("Alerts", frozenset({"\\Seen"})),))
+
+
+def test_issue_12_an_included_script_is_compiled_once_for_every_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A global script included by every user at every delivery (review: a 2,400-rule list cost 0.44 s
+    of compiling per recipient and message)."""
+    from kartero.sieve import interpreter
+
+    compiled: list[str] = []
+    real = interpreter.compile_script
+
+    def counting(text: str) -> interpreter.Script:
+        compiled.append(text)
+        return real(text)
+
+    monkeypatch.setattr(interpreter, "compile_script", counting)
+    rules = 'require "fileinto"; if header :contains "subject" "zzz-once" { fileinto "x"; }'
+    ctx = context(scripts={(True, "shared"): rules})
+    for _ in range(3):
+        assert outcome('require "include"; include :global "shared";', ctx) == Outcome((FileInto("INBOX"),))
+    assert compiled == [rules]
