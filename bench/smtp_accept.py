@@ -279,6 +279,10 @@ def kartero(folder: Path, args: argparse.Namespace) -> Iterator[Served]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     subprocess.run([*command, "user", "add", args.rcpt, "--password-stdin"], input=b"pw\n", check=True,
                    capture_output=True, env=env, cwd=ROOT)  # fmt: skip
+    if args.sieve:  # the recipient's active Sieve script, run at every delivery (docs/rules.md)
+        put = ["sieve", "put", args.rcpt, "bench", str(args.sieve.resolve())]
+        for step in (put, ["sieve", "activate", args.rcpt, "bench"]):
+            subprocess.run([*command, *step], check=True, capture_output=True, env=env, cwd=ROOT)
     proc = subprocess.Popen([*command, "serve"], stdout=subprocess.DEVNULL, env=env, cwd=ROOT)
     try:
         wait_port(port)
@@ -408,6 +412,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="message size in bytes")
     parser.add_argument("--target", help="HOST:PORT of a running server instead of starting Kartero")
     parser.add_argument("--rcpt", default="bob@example.test")
+    parser.add_argument("--sieve", type=Path, metavar="FILE",
+                        help="activate this Sieve script for the recipient (it must keep mail in INBOX)")  # fmt: skip
     parser.add_argument("--peers", default="aiosmtpd", help="comma-separated: aiosmtpd, postfix (default aiosmtpd)")
     parser.add_argument("--postfix", action="store_true", help="add Postfix to the peers (needs root)")
     parser.add_argument("--no-peer", action="store_true", help="Kartero alone")
