@@ -80,6 +80,9 @@ class QueueRunner:
         self.clock = clock
         self._wakeup = asyncio.Event()
         self._in_flight: dict[int, str] = {}  # recipient id -> queue id, for recipients being delivered
+        # Claimed by the last dispatch but waiting for a free slot (concurrency, per-domain limit): a shared
+        # queue leased them to this node, so their leases are renewed too until a dispatch takes them.
+        self._waiting: set[int] = set()
         self._per_domain: dict[str, int] = defaultdict(int)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -101,9 +104,10 @@ class QueueRunner:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.settings.lease_renew_s)
-            if self._in_flight:
+            held = [*self._in_flight, *self._waiting]
+            if held:
                 try:
-                    await loop.run_in_executor(None, self.queue.renew_leases, list(self._in_flight))
+                    await loop.run_in_executor(None, self.queue.renew_leases, held)
                 except Exception as exc:  # the database away: the next round tries again
                     log.warning("%s", kv(event="queue.renew_failed", detail=str(exc)))
 
@@ -164,6 +168,7 @@ class QueueRunner:
         for item in items:
             by_domain[item.domain].append(item)
         blocked = False
+        waiting: set[int] = set()
         for domain, domain_items in by_domain.items():
             by_message: dict[str, list[QueueItem]] = defaultdict(list)
             for item in domain_items:
@@ -175,6 +180,7 @@ class QueueRunner:
                     or self._per_domain[domain] >= self.settings.per_domain
                 ):
                     blocked = True
+                    waiting.update(item.recipient_id for message in messages for item in message)
                     break
                 batch = messages[: self.settings.messages_per_delivery]
                 messages = messages[self.settings.messages_per_delivery :]
@@ -184,6 +190,7 @@ class QueueRunner:
                 task = asyncio.get_running_loop().create_task(self._deliver(domain, group))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+        self._waiting = waiting
         return blocked
 
     async def _deliver(self, domain: str, items: list[QueueItem]) -> None:
