@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import imaplib
 import shutil
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -236,3 +238,40 @@ def test_raw_scram_login_sends_the_server_signature(setup: Setup) -> None:
     assert raw.send(b"LISTSCRIPTS\r\n") == b'OK "Listscripts completed"\r\n'
     assert raw.send(b"UNAUTHENTICATE\r\n") == b'OK "Unauthenticate completed"\r\n'
     assert raw.send(b"LISTSCRIPTS\r\n") == b'NO "Authenticate first"\r\n'
+
+
+RULES = """require ["fileinto", "mailbox", "imap4flags", "editheader"];
+if header :contains "list-id" "dev.lists.remote.test" {
+    addheader "X-Sorted" "dev list";
+    fileinto :create :flags ["\\\\Seen", "$Dev"] "Lists/dev";
+}
+"""
+
+
+def test_issue_12_a_script_uploaded_with_sieve_connect_sorts_mail_seen_over_imap(setup: Setup, tmp_path: Path) -> None:
+    """The whole path a user takes: upload and activate with sieve-connect, mail arrives over SMTP, the
+    mail client finds it over IMAP in the folder the rule made, with the rule's flags and header."""
+    user = "erin@example.test"
+    (tmp_path / "rules.sieve").write_text(RULES.replace("\n", "\r\n"), newline="")
+    for action in (["--localsieve", "rules.sieve", "--remotesieve", "rules", "--upload"],
+                   ["--remotesieve", "rules", "--activate"]):  # fmt: skip
+        done = sieve_connect(setup, user, *action, workdir=tmp_path)
+        assert done.returncode == 0, done.stderr
+    server = setup.server
+    listed = (b"From: Alice <alice@remote.test>\r\nTo: erin@example.test\r\nSubject: release plan\r\n"
+              b"List-Id: Dev <dev.lists.remote.test>\r\n\r\nHello list.\r\n")  # fmt: skip
+    personal = b"From: Alice <alice@remote.test>\r\nTo: erin@example.test\r\nSubject: lunch\r\n\r\nHi.\r\n"
+    with smtplib.SMTP(server.host, server.port, timeout=10) as smtp:
+        smtp.sendmail("alice@remote.test", [user], listed)
+        smtp.sendmail("alice@remote.test", [user], personal)
+    with imaplib.IMAP4(server.host, server.imap_port, timeout=10) as imap:
+        imap.login(user, PASSWORD)
+        assert imap.select('"Lists/dev"') == ("OK", [b"1"])
+        status, data = imap.fetch("1", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT X-SORTED)])")
+        assert status == "OK"
+        head, fields = data[0]  # type: ignore[misc]
+        assert head == b"1 (FLAGS ($Dev \\Recent \\Seen) BODY[HEADER.FIELDS (SUBJECT X-SORTED)] {45}"  # rev1: \\Recent
+        assert fields == b"X-Sorted: dev list\r\nSubject: release plan\r\n\r\n"  # addheader puts it first
+        assert imap.select("INBOX") == ("OK", [b"1"])
+        status, data = imap.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert data[0][1] == b"Subject: lunch\r\n\r\n"  # type: ignore[index]
