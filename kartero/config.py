@@ -186,6 +186,38 @@ SRS_MIN_SECRET = 16  # characters: a guessable key would let anyone relay throug
 
 
 @dataclass(frozen=True, slots=True)
+class MilterConfig:
+    """One `[[milter]]`: a content filter speaking the milter protocol (version 6, as Postfix speaks it),
+    applied in the order of the file on the listeners named."""
+
+    address: str  # "host:port" (TCP) or "unix:/path/to/socket"
+    listeners: tuple[str, ...] = ("smtp", "submission")
+    on_error: str = "tempfail"  # or "accept": what a dead, slow or confused milter means for the message
+    timeout_s: float = 30.0  # for each exchange with the milter (connect, every command)
+
+    @property
+    def is_unix(self) -> bool:
+        return self.address.startswith("unix:")
+
+
+@dataclass(frozen=True, slots=True)
+class SpamConfig:
+    """What milters' verdicts mean for delivery, and where users' spam/ham reports go."""
+
+    junk_header: str = "X-Spam"  # set to "Yes" (or X-Spam-Flag: YES) by a milter: deliver to Junk
+    learn: str = ""  # rspamd's controller URL ("http://127.0.0.1:11334"); "" learns nothing
+
+
+@dataclass(frozen=True, slots=True)
+class HooksConfig:
+    """Python policy hooks (kartero/hooks.py is their API)."""
+
+    module: Path | None = None  # the hooks file, resolved against the config file's folder
+    on_error: str = "tempfail"  # or "accept": a hook that raises or passes its timeout
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     hostname: str
     domains: tuple[str, ...]
@@ -202,6 +234,9 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     srs: SRSConfig = field(default_factory=SRSConfig)
+    milters: tuple[MilterConfig, ...] = ()
+    spam: SpamConfig = field(default_factory=SpamConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
     log_level: str = "info"
     proxy_from: tuple[str, ...] = ()  # networks whose connections start with a PROXY protocol header
     source: Path | None = None  # the file it came from; None for the embedded default
@@ -363,7 +398,8 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     r = _Reader(name, base)
     r.check_keys(
         data, None, ("hostname", "domains", "data_dir", "listen", "tls", "limits", "dns", "delivery", "routes",
-                     "inbound", "greylisting", "dnsbl", "auth", "store", "log_level", "srs")
+                     "inbound", "greylisting", "dnsbl", "auth", "store", "log_level", "srs", "milter",
+                     "spam", "hooks")
     )  # fmt: skip
 
     domains_raw = data.get("domains")
@@ -585,6 +621,30 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
             raise r.fail("srs", key, f"at least {SRS_MIN_SECRET} characters (`openssl rand -hex 32` makes one)")
     srs = SRSConfig(r.string(srs_raw, "srs", "secret", ""), tuple(old_raw))
 
+    milters_raw = data.get("milter", [])
+    if not isinstance(milters_raw, list) or not all(isinstance(m, dict) for m in milters_raw):
+        raise ConfigError(f"{name}: [[milter]]: must be an array of tables")
+    milters = tuple(_milter(r, m) for m in milters_raw)
+
+    spam_raw = r.table(data, "spam")
+    r.check_keys(spam_raw, "spam", ("junk_header", "learn"))
+    junk_header = r.string(spam_raw, "spam", "junk_header", SpamConfig.junk_header)
+    if not re.fullmatch(r"[!-9;-~]{1,76}", junk_header):
+        raise r.fail("spam", "junk_header", "must be a header field name")
+    learn = r.string(spam_raw, "spam", "learn", "")
+    if learn and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", learn):
+        raise r.fail("spam", "learn", 'expected a URL like "http://127.0.0.1:11334"')
+    spam = SpamConfig(junk_header, learn.rstrip("/"))
+
+    hooks_raw = r.table(data, "hooks")
+    r.check_keys(hooks_raw, "hooks", ("module", "on_error", "timeout"))
+    module = r.string(hooks_raw, "hooks", "module", "")
+    hooks = HooksConfig(
+        r.path(module) if module else None,
+        _on_error(r, "hooks", hooks_raw),
+        r.duration(hooks_raw, "hooks", "timeout", HooksConfig.timeout_s),
+    )
+
     return Config(
         hostname=hostname,
         domains=domains,
@@ -601,10 +661,37 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         auth=auth,
         store=store,
         srs=srs,
+        milters=milters,
+        spam=spam,
+        hooks=hooks,
         log_level=log_level,
         proxy_from=proxy_from,
         source=source,
     )
+
+
+def _on_error(r: _Reader, section: str, data: Mapping[str, Any]) -> str:
+    value = r.string(data, section, "on_error", "tempfail")
+    if value not in ("tempfail", "accept"):
+        raise r.fail(section, "on_error", 'must be "tempfail" or "accept"')
+    return value
+
+
+def _milter(r: _Reader, data: Mapping[str, Any]) -> MilterConfig:
+    r.check_keys(data, "milter", ("address", "listeners", "on_error", "timeout"))
+    address = r.string(data, "milter", "address")
+    if address.startswith("unix:"):
+        if len(address) == 5:
+            raise r.fail("milter", "address", 'expected "unix:/path/to/socket"')
+        address = f"unix:{r.path(address[5:])}"
+    else:
+        hp = r.host_port("milter", "address", address)
+        address = f"[{hp.host}]:{hp.port}" if ":" in hp.host else f"{hp.host}:{hp.port}"
+    listeners = data.get("listeners", ["smtp", "submission"])
+    if not isinstance(listeners, list) or not listeners or not all(v in ("smtp", "submission") for v in listeners):
+        raise r.fail("milter", "listeners", 'expected a list of "smtp" and "submission"')
+    return MilterConfig(address, tuple(dict.fromkeys(listeners)), _on_error(r, "milter", data),
+                        r.duration(data, "milter", "timeout", MilterConfig.timeout_s))  # fmt: skip
 
 
 def embedded_default(cwd: Path) -> Config:
