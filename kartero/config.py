@@ -628,7 +628,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
 
     spam_raw = r.table(data, "spam")
     r.check_keys(spam_raw, "spam", ("junk_header", "learn"))
-    junk_header = r.string(spam_raw, "spam", "junk_header", SpamConfig.junk_header)
+    junk_header = r.string(spam_raw, "spam", "junk_header", "X-Spam")
     if not re.fullmatch(r"[!-9;-~]{1,76}", junk_header):
         raise r.fail("spam", "junk_header", "must be a header field name")
     learn = r.string(spam_raw, "spam", "learn", "")
@@ -642,7 +642,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     hooks = HooksConfig(
         r.path(module) if module else None,
         _on_error(r, "hooks", hooks_raw),
-        r.duration(hooks_raw, "hooks", "timeout", HooksConfig.timeout_s),
+        r.duration(hooks_raw, "hooks", "timeout", 10.0),
     )
 
     return Config(
@@ -691,7 +691,7 @@ def _milter(r: _Reader, data: Mapping[str, Any]) -> MilterConfig:
     if not isinstance(listeners, list) or not listeners or not all(v in ("smtp", "submission") for v in listeners):
         raise r.fail("milter", "listeners", 'expected a list of "smtp" and "submission"')
     return MilterConfig(address, tuple(dict.fromkeys(listeners)), _on_error(r, "milter", data),
-                        r.duration(data, "milter", "timeout", MilterConfig.timeout_s))  # fmt: skip
+                        r.duration(data, "milter", "timeout", 30.0))  # fmt: skip
 
 
 def embedded_default(cwd: Path) -> Config:

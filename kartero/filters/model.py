@@ -138,7 +138,9 @@ class Quarantine:
     reason: str
 
 
-Change = AddHeader | InsertHeader | ChangeHeader | ReplaceBody | AddRecipient | DeleteRecipient | ChangeSender | Quarantine
+Change = (
+    AddHeader | InsertHeader | ChangeHeader | ReplaceBody | AddRecipient | DeleteRecipient | ChangeSender | Quarantine
+)
 
 
 @dataclass(frozen=True, slots=True)
