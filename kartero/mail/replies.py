@@ -100,6 +100,7 @@ AUTH_CHALLENGE = Reply(334, None, "")  # RFC 4954 §4: the base64 challenge as `
 # 4xx
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
 TIMEOUT = Reply(421, "4.4.2", "Timeout, closing connection")
+FILTERS_FAILED = Reply(421, "4.3.0", "Service temporarily unavailable, closing connection")  # the chain's backstop
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
