@@ -12,13 +12,11 @@ from kartero.filters.model import (
     AddHeader,
     AddRecipient,
     ChangeSender,
-    Continue,
     DeleteRecipient,
     Discard,
     Quarantine,
     Refuse,
     Transaction,
-    Verdict,
 )
 from kartero.intake import Incoming, Intake, Refused, SmtpArrival, Stored, Target
 from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord, Origin
@@ -33,7 +31,7 @@ MESSAGE = b"From: alice@remote.test\r\nSubject: Hello\r\n\r\nBody.\r\n"
 REJECT = Reply(550, "5.7.1", "Command rejected")
 
 
-def deliver(store: SQLiteStore, filters: list[Scripted], *addresses: str, message: Verdict = Continue(),
+def deliver(store: SQLiteStore, filters: list[Scripted], *addresses: str,
             data: bytes = MESSAGE) -> tuple[Stored | Refused, Incoming]:  # fmt: skip
     directory = DirectoryCache(store.accounts, ("example.test",))
     directory.prime()
