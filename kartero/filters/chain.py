@@ -68,23 +68,25 @@ class ChainSession:
         self._helo: str | None = None  # the HELO name not yet told to the filters
         self._in_transaction = False
         self._closed = False
+        self._refusal: Reply | None = None  # a filter refused the session at connect
 
     def _active(self) -> list[tuple[int, str, FilterSession]]:
         done = self._done_session | self._done_transaction
         return [(i, name, s) for i, (name, s) in enumerate(self._sessions) if i not in done]
 
-    async def connect(self, client: ClientInfo) -> Reply | None:
-        """The refusal for the greeting, or None."""
+    async def connect(self, client: ClientInfo) -> None:
+        """Tell the filters who connected. A refusal here answers every MAIL of the session, as Postfix
+        does: the client gets it as a reply to a transaction it can retry (or not), not as a greeting."""
         for i, _, session in self._active():
             verdict = await session.connect(client)
             if isinstance(verdict, Refuse):
-                return verdict.reply
+                self._refusal = verdict.reply
+                return
             if isinstance(verdict, AcceptRest):
                 self._done_session.add(i)
             elif isinstance(verdict, Discard):
                 self._discard_session = True
                 break
-        return None
 
     def helo(self, name: str) -> None:
         """Remember the HELO name; the filters hear it before the next MAIL (the core answers HELO)."""
@@ -92,6 +94,8 @@ class ChainSession:
 
     async def mail_from(self, transaction: Transaction) -> Reply | None:
         """The refusal of this MAIL, or None (start of a transaction)."""
+        if self._refusal is not None:
+            return self._refusal
         await self._abort()
         self._in_transaction = True
         self._discard = self._discard_session

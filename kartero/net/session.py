@@ -150,8 +150,8 @@ class SMTPSession:
         if refusal is None and self.ctx.is_stopping():
             refusal = replies.SHUTTING_DOWN
         if refusal is None and self._filters is not None:  # the greeting waits for the filters' word
-            if self._decide(self._filters.connect(self._client_info()), self.conn.start, self._filters_failed,
-                            "connect"):  # fmt: skip
+            if self._decide(self._filters.connect(self._client_info()), lambda _: self.conn.start(),
+                            self._filters_failed, "connect"):  # fmt: skip
                 return
             self._process()
             return

@@ -169,7 +169,7 @@ def test_quarantine_means_junk() -> None:
     assert not clean.junk  # type: ignore[attr-defined]
 
 
-def test_a_refusal_at_connect() -> None:
+def test_a_refusal_at_connect_answers_every_mail_of_the_session() -> None:
     a, b = Scripted("a", {"connect": Refuse(REJECT)}), Scripted("b")
-    assert run([a, b], "connect") == [REJECT]
-    assert b.calls == []
+    assert run([a, b], "connect", "mail", "mail") == [None, REJECT, REJECT]
+    assert a.calls == ["connect"] and b.calls == []
