@@ -37,16 +37,12 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout_s
 
 
 class PrivateSpamAssassin:
-    """spamd + spamass-milter; `milter_port` is what `[[milter]] address` points at."""
+    """spamd, and spamass-milters in front of it (`milter()`: the port `[[milter]] address` points at)."""
 
-    def __init__(self, *, reject_score: int | None = None) -> None:
-        """`reject_score`: spamass-milter refuses messages scoring at least this (its `-r`); None marks
-        them only (X-Spam-Flag: YES)."""
+    def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="kartero-sa-"))
         os.chmod(self.root, 0o755)
         self.spamd_port = _free_port()
-        self.milter_port = _free_port()
-        self.reject_score = reject_score
         self._processes: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> PrivateSpamAssassin:
@@ -60,16 +56,22 @@ class PrivateSpamAssassin:
         )
         self._processes.append(spamd)
         _wait_port(self.spamd_port, spamd, spamd_log)
-        milter_log = self.root / "milter.log"
-        reject = ["-r", str(self.reject_score)] if self.reject_score is not None else []
+        return self
+
+    def milter(self, reject_score: int | None = None) -> int:
+        """Start a spamass-milter in front of spamd; its port. `reject_score`: it refuses messages scoring
+        at least this (its `-r`); None: it marks them only (X-Spam-Flag: YES)."""
+        port = _free_port()
+        log = self.root / f"milter-{port}.log"
+        reject = ["-r", str(reject_score)] if reject_score is not None else []
         milter = subprocess.Popen(
-            ["spamass-milter", "-p", f"inet:{self.milter_port}@127.0.0.1", *reject, "--",
-             "-d", "127.0.0.1", "-p", str(self.spamd_port)],
-            stdout=milter_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            ["spamass-milter", "-p", f"inet:{port}@127.0.0.1", *reject, "--", "-d", "127.0.0.1", "-p",
+             str(self.spamd_port)],
+            stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
         )
         self._processes.append(milter)
-        _wait_port(self.milter_port, milter, milter_log)
-        return self
+        _wait_port(port, milter, log)
+        return port
 
     def stop(self) -> None:
         for process in reversed(self._processes):
