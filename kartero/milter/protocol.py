@@ -111,11 +111,14 @@ FAMILY_INET6 = ord("6")
 MACRO_STAGES = (CONNECT, HELO, MAIL, RCPT, DATA, END_OF_MESSAGE, END_OF_HEADER)  # SMFIM_ 0..6 in order
 DEFAULT_MACROS: dict[int, tuple[str, ...]] = {
     # Postfix's milter_*_macros defaults (postconf -d, 3.7), plus the client macros milters often ask
-    # sendmail for at connect.
+    # sendmail for at connect, and the TLS ones again at MAIL: our HELO phase runs before the session's
+    # TLS state reaches the filter (the transaction carries it), and libmilter finds a macro of any
+    # earlier stage, so a milter asking for {tls_version} at MAIL or later sees it as with Postfix.
     CONNECT: ("j", "{daemon_name}", "{daemon_addr}", "v", "_", "{client_addr}", "{client_port}",
               "{client_name}", "{client_ptr}", "{client_resolve}", "{client_connections}"),
     HELO: ("{tls_version}", "{cipher}", "{cipher_bits}", "{cert_subject}", "{cert_issuer}"),
-    MAIL: ("i", "{auth_type}", "{auth_authen}", "{auth_author}", "{mail_addr}", "{mail_host}", "{mail_mailer}"),
+    MAIL: ("i", "{auth_type}", "{auth_authen}", "{auth_author}", "{mail_addr}", "{mail_host}", "{mail_mailer}",
+           "{tls_version}", "{cipher}", "{cipher_bits}", "{cert_subject}"),
     RCPT: ("i", "{rcpt_addr}", "{rcpt_host}", "{rcpt_mailer}"),
     DATA: ("i",),
     END_OF_HEADER: ("i",),
