@@ -114,6 +114,8 @@ class MilterSession:
             return _verdict(await self._exchange())
         except MilterFailed as exc:
             return self._on_error("connect", str(exc))
+        except Exception as exc:  # a bug here must not take the SMTP session down: on_error, logged
+            return self._on_error("connect", f"internal error: {exc!r}", exc)
 
     async def helo(self, name: str) -> Verdict:
         return await self._phase("helo", lambda c: c.helo(name, self._macros))
@@ -141,6 +143,8 @@ class MilterSession:
             return MessageVerdict(self._on_error("message", str(exc)))
         except OSError as exc:  # the spool file: our side failed, not the milter; the same answer
             return MessageVerdict(self._on_error("message", f"reading the message: {exc}"))
+        except Exception as exc:
+            return MessageVerdict(self._on_error("message", f"internal error: {exc!r}", exc))
         return verdict
 
     async def abort(self) -> None:
@@ -148,8 +152,10 @@ class MilterSession:
         if client is None or self._failed or client.state is not core.State.READY:
             return
         client.abort()
-        with contextlib.suppress(MilterFailed):
+        try:
             await self._flush()
+        except MilterFailed as exc:  # the next phase answers per on_error
+            self._on_error("abort", str(exc))
 
     async def close(self) -> None:
         client, writer = self._client, self._writer
@@ -237,6 +243,8 @@ class MilterSession:
             return _verdict(await self._exchange())
         except MilterFailed as exc:
             return self._on_error(phase, str(exc))
+        except Exception as exc:
+            return self._on_error(phase, f"internal error: {exc!r}", exc)
 
     async def _open(self) -> None:
         address = self.config.address
@@ -309,9 +317,9 @@ class MilterSession:
 
     # -- failures ---------------------------------------------------------------------------------------------------
 
-    def _on_error(self, phase: str, detail: str) -> Verdict:
-        log.warning(kv(event="milter.failed", milter=self.config.address, phase=phase, detail=detail,
-                       on_error=self.config.on_error))  # fmt: skip
+    def _on_error(self, phase: str, detail: str, bug: Exception | None = None) -> Verdict:
+        log.warning("%s", kv(event="milter.failed", milter=self.config.address, phase=phase, detail=detail,
+                             on_error=self.config.on_error), exc_info=bug)  # fmt: skip
         self._failed = True
         if self._client is not None:
             self._client.fail(detail)
