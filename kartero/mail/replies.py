@@ -162,6 +162,11 @@ SENDING_LIMITED = Reply(451, "4.7.1", "Sending rate limit reached, try again lat
 # Delivered-To field for every one of its recipients.
 SRS_INVALID = Reply(550, "5.1.1", "Invalid or expired SRS address")
 MAIL_LOOP = Reply(554, "5.4.6", "Mail forwarding loop detected")
+# Milters (kartero/milter, kartero/filters/milter.py): the texts Postfix's milter8.c gives a milter's
+# reject, tempfail and shutdown, also for a dead milter under on_error = "tempfail" (milter_default_action).
+MILTER_REJECTED = Reply(550, "5.7.1", "Command rejected")
+MILTER_TEMPFAILED = Reply(451, "4.7.1", "Service unavailable - try again later")
+MILTER_SHUTDOWN = Reply(421, "4.7.0", "Server closing connection")
 
 # Outbound delivery (kartero/delivery, kartero/queue, the SMTP client): why a queued recipient was not
 # delivered this time. Mostly used `.with_text(...)` to name the host or domain; what a remote server
