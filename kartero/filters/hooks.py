@@ -64,6 +64,7 @@ MAX_RESULTS = 100  # results in one answer: bounds the headers one message can g
 # The header block a hook sees is read from at most this much of the message: the SMTP listener's own
 # limit (kartero/net/session.py HEADER_LIMIT) for a header it can clean; past it a message never gets here.
 HEADER_SCAN_BYTES = 2 * 1024 * 1024
+INLINE_HEADER_BYTES = 64 * 1024  # a header block larger than this is decoded in a worker thread
 MAX_FIELDS = 10_000  # header fields given to a hook; a 2 MiB header of empty fields would be 500,000
 MAX_DETAIL = 500  # characters of an exception's text in the log line (the traceback follows in full)
 STREAM_BUFFER_BYTES = 64 * 1024
@@ -232,11 +233,12 @@ class HookSession:
             return MessageVerdict(Continue())
         raw = io.BufferedReader(_MessageBytes(data), STREAM_BUFFER_BYTES)
         try:
+            block = header_block(data, raw)
+            # A hostile header (up to 2 MiB) takes some 100 ms to decode: off the loop when it is big.
+            headers = parse_headers(block) if len(block) <= INLINE_HEADER_BYTES else (
+                await asyncio.to_thread(parse_headers, block))  # fmt: skip
             message = hooks.Message(
-                hooks.Envelope(transaction.mail_from, transaction.recipients),
-                parse_headers(header_block(data, raw)),
-                raw,
-                len(data),
+                hooks.Envelope(transaction.mail_from, transaction.recipients), headers, raw, len(data)
             )
             verdict, changes = await self._run("on_message", self._in(transaction), message)
         finally:

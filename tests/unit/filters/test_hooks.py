@@ -359,6 +359,18 @@ def test_issue_13_header_read_from_the_spool_file_when_head_lacks_it(tmp_path: P
     assert verdict.changes == (AddHeader("X-R", "from c;from a;from b"),)
 
 
+def test_issue_13_a_large_header_is_decoded_off_the_loop_the_same(tmp_path: Path) -> None:
+    received = b"".join(b"Received: from hop%d.example\r\n" % i for i in range(5000))  # 150 KB
+    assert len(received) > hookfilter.INLINE_HEADER_BYTES
+    f = make_filter(hook_file(tmp_path, """
+        async def on_message(session, message):
+            hops = message.headers.get_all("received")
+            return hooks.add_header("X-Hops", f"{len(hops)} {hops[0]} {hops[-1]} {message.headers['subject']}")
+    """))
+    verdict = run(f.session().message(TX, received + b"Subject: hops\r\n\r\nbody\r\n"))
+    assert verdict.changes == (AddHeader("X-Hops", "5000 from hop0.example from hop4999.example hops"),)
+
+
 def test_issue_13_headers_decode_junk_without_failing() -> None:
     block = (b"Subject: =?utf-8?q?caf=C3=A9?= =?utf-8?b?IGJhcg==?=\r\n"  # adjacent words: the blank goes
              b"X-Bad-B64: =?utf-8?b?!!!?= end\r\n"  # stays as written
