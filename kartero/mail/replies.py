@@ -157,6 +157,12 @@ CLIENT_LIMITED = Reply(421, "4.7.0", "Too many connections from your address")
 GREYLISTED = Reply(451, "4.7.1", "Greylisted, please try again later")
 DNSBL_LISTED = Reply(554, "5.7.1", "Service unavailable; client blocked")
 SENDING_LIMITED = Reply(451, "4.7.1", "Sending rate limit reached, try again later")
+# Python hooks (kartero/hooks.py, kartero/filters/hooks.py): what `reject()` and `tempfail()` answer
+# when the hook names no enhanced code or text, and a hook that raised, passed [hooks] timeout or
+# returned nonsense under on_error = "tempfail" (the client learns nothing of why: that goes to the log).
+HOOK_REJECTED = Reply(550, "5.7.1", "Rejected by policy")
+HOOK_TEMPFAILED = Reply(451, "4.7.1", "Try again later")
+HOOK_FAILED = Reply(451, "4.7.1", "Policy check failed, try again later")
 # Forwarding (kartero/mail/srs.py, intake): a bounce to an SRS address we did not sign or that has expired
 # (the same reply for both: the peer learns nothing about our secret); a message that already carries a
 # Delivered-To field for every one of its recipients.
