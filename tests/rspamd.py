@@ -191,6 +191,16 @@ class PrivateRspamd:
     def start_rspamd(self) -> None:
         self._start_rspamd()
 
+    def pause(self) -> None:
+        """Freeze every rspamd process (SIGSTOP): connections are accepted by the kernel and never
+        answered, as from a hung controller. `resume()` lets them go on."""
+        assert self.rspamd is not None
+        os.killpg(self.rspamd.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.rspamd is not None
+        os.killpg(self.rspamd.pid, signal.SIGCONT)
+
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
@@ -215,12 +225,12 @@ class PrivateRspamd:
         return result
 
     def learned(self) -> tuple[int, int]:
-        """How many messages the Bayes classifier learned as (spam, ham)."""
-        counts = {"BAYES_SPAM": 0, "BAYES_HAM": 0}
-        for statfile in self.stat().get("statfiles", []):
-            if statfile.get("symbol") in counts:
-                counts[statfile["symbol"]] += int(statfile.get("revision", 0))
-        return counts["BAYES_SPAM"], counts["BAYES_HAM"]
+        """How many messages Bayes has learned as (spam, ham), exactly, from its counters in redis (the
+        statfiles of /stat are refreshed only every minute; its `learned` counts every learn of both)."""
+        out = subprocess.run(["redis-cli", "-h", self.host, "-p", str(self.redis_port), "--raw", "HMGET", "RS",
+                              "learns_spam", "learns_ham"], capture_output=True, text=True, check=True).stdout
+        spam, ham = (int(v) if v.strip() else 0 for v in out.splitlines()[:2])
+        return spam, ham
 
     def check(self, message: bytes) -> dict[str, Any]:
         """Scan a message through the controller's /checkv2 (the verdict without the milter)."""
