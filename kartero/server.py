@@ -34,6 +34,7 @@ from kartero.delivery.maildrop import Pickup
 from kartero.delivery.mtasts import MTASTS
 from kartero.delivery.mx import Hop
 from kartero.dns.resolver import Resolver, blocking_resolver
+from kartero.filters.learn import Learner, LearnSettings
 from kartero.imap.connection import ImapSettings
 from kartero.intake import Intake
 from kartero.log import kv
@@ -62,7 +63,7 @@ from kartero.sieve import EXTENSIONS as SIEVE_EXTENSIONS
 from kartero.sieve import Limits as SieveLimits
 from kartero.smtp.server import ServerSettings
 from kartero.store.backends import AnyStore, open_store
-from kartero.store.interface import MetadataChange
+from kartero.store.interface import MailStore, MetadataChange
 from kartero.store.spool import spool_dir
 from kartero.store.sqlite import SQLiteStore
 from kartero.tls import make_self_signed, server_context
@@ -297,6 +298,7 @@ class Server:
             command_timeout_s=config.limits.command_timeout_s,
             data_timeout_s=config.limits.data_timeout_s,
         )
+        learner = start_learner(config, store.mail)
         servers: list[asyncio.Server] = []
         watchdog = LoopWatchdog(loop)  # from here on a stalled loop stalls clients: say so, with the culprit
         watchdog.start()
@@ -371,6 +373,7 @@ class Server:
                             spool_dir=spool_dir(self.root),
                             blocking=blocking,
                             check_deadline_s=deadline,
+                            spam_reports=learner,
                         )
                         if kind == "managesieve":
                             factory = ManageSieveSession.factory(access)
@@ -412,6 +415,8 @@ class Server:
             raise group.exceptions[0] from None
         finally:
             watchdog.stop()
+            if learner is not None:
+                await asyncio.to_thread(learner.stop)
             if self.worker == 0:
                 remove_pid(config.data_dir)
             for server in servers:
@@ -588,3 +593,12 @@ def serve(config: Config, worker: int = 0) -> int:
         print(f"kartero: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def start_learner(config: Config, store: MailStore) -> Learner | None:
+    """The worker that sends users' spam/ham reports to `[spam] learn` (None when that is not set)."""
+    if not config.spam.learn:
+        return None
+    learner = Learner(store, LearnSettings(config.spam.learn))
+    learner.start()
+    return learner
