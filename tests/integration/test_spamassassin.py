@@ -45,7 +45,13 @@ def test_issue_13_spamassassin_marks_gtube_and_it_lands_in_junk(server: KarteroS
         assert smtp.sendmail("alice@remote.test", ["bob@example.test"], SPAM) == {}
         assert smtp.sendmail("alice@remote.test", ["bob@example.test"], HAM) == {}
     (junk,) = server.messages("bob@example.test", "Junk")
-    assert b"\r\nX-Spam-Flag: YES\r\n" in junk and junk.endswith(GTUBE.encode() + b"\r\n")
+    header, _, body = junk.partition(b"\r\n\r\n")
+    assert b"\r\nX-Spam-Flag: YES\r\nX-Spam-Status: Yes, score=" in header
+    assert b'\r\nContent-Type: multipart/mixed; boundary="' in header  # SpamAssassin's report_safe wrapping:
+    assert b"Content-Type: message/rfc822; x-spam-type=original\r\n" in body  # the body was replaced
+    boundary = header.split(b'boundary="', 1)[1].split(b'"', 1)[0]
+    attached = b"\r\nDate: Mon, 30 Nov 2026 01:00:00 +0000\r\n\r\n" + GTUBE.encode() + b"\r\n\r\n--" + boundary
+    assert attached + b"--\r\n" in body  # the original, attached, then the closing boundary
     (inbox,) = server.messages("bob@example.test")
     assert b"X-Spam-Flag: YES" not in inbox and inbox.endswith(b"Shall we meet for lunch on Tuesday at noon?\r\n")
 
