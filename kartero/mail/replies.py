@@ -100,6 +100,7 @@ AUTH_CHALLENGE = Reply(334, None, "")  # RFC 4954 §4: the base64 challenge as `
 # 4xx
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
 TIMEOUT = Reply(421, "4.4.2", "Timeout, closing connection")
+FILTERS_FAILED = Reply(421, "4.3.0", "Service temporarily unavailable, closing connection")  # the chain's backstop
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
@@ -156,6 +157,12 @@ CLIENT_LIMITED = Reply(421, "4.7.0", "Too many connections from your address")
 GREYLISTED = Reply(451, "4.7.1", "Greylisted, please try again later")
 DNSBL_LISTED = Reply(554, "5.7.1", "Service unavailable; client blocked")
 SENDING_LIMITED = Reply(451, "4.7.1", "Sending rate limit reached, try again later")
+# Python hooks (kartero/hooks.py, kartero/filters/hooks.py): what `reject()` and `tempfail()` answer
+# when the hook names no enhanced code or text, and a hook that raised, passed [hooks] timeout or
+# returned nonsense under on_error = "tempfail" (the client learns nothing of why: that goes to the log).
+HOOK_REJECTED = Reply(550, "5.7.1", "Rejected by policy")
+HOOK_TEMPFAILED = Reply(451, "4.7.1", "Try again later")
+HOOK_FAILED = Reply(451, "4.7.1", "Policy check failed, try again later")
 # Forwarding (kartero/mail/srs.py, intake): a bounce to an SRS address we did not sign or that has expired
 # (the same reply for both: the peer learns nothing about our secret); a message that already carries a
 # Delivered-To field for every one of its recipients.
