@@ -114,6 +114,8 @@ EOM_CASES = [
     ("add-header", MessageVerdict(Continue(), (AddHeader("X-Test-Added", "yes"),))),
     ("add-folded-header", MessageVerdict(Continue(), (AddHeader("X-Test-Folded", "first line\r\n\tsecond line"),))),
     ("insert-header", MessageVerdict(Continue(), (InsertHeader(0, "X-Test-Inserted", "at the top"),))),
+    # the milter's index 2 counts Postfix's own Received: field as the first: after our first field
+    ("insert-header-2", MessageVerdict(Continue(), (InsertHeader(1, "X-Test-Inserted", "at index 2"),))),
     ("change-header", MessageVerdict(Continue(), (ChangeHeader("Subject", 1, "changed by the milter"),))),
     ("delete-header", MessageVerdict(Continue(), (ChangeHeader("X-Delete-Me", 1, ""),))),
     ("add-rcpt", MessageVerdict(Continue(), (AddRecipient("added@example.test"),))),

@@ -7,7 +7,8 @@ What it does is chosen by the message, so the same milter serves Kartero's and P
 - sender local part "reject-mail", "tempfail-mail", "replycode-mail", "discard-mail", "accept-mail": that
   answer at MAIL; recipient local part "reject-rcpt", "tempfail-rcpt", "replycode-rcpt", "discard-rcpt":
   that answer at RCPT (the other recipients are accepted).
-- a header field "X-Test-Action: a, b, ..." with any of: add-header, add-folded-header, insert-header,
+- a header field "X-Test-Action: a, b, ..." with any of: add-header, add-folded-header, insert-header
+  (index 0), insert-header-2 (index 2),
   change-header (Subject), delete-header (X-Delete-Me), add-rcpt, del-rcpt, replace-body, change-from,
   quarantine, and one final answer: reject, tempfail, discard, replycode, accept (default continue);
   "reject-at-header" rejects at that header field, "skip-body" answers SKIP to the first body chunk,
@@ -125,6 +126,8 @@ class TestMilter(Milter.Base):
                 self.addheader("X-Test-Folded", "first line\n\tsecond line")
             elif action == "insert-header":
                 self.addheader("X-Test-Inserted", "at the top", 0)
+            elif action == "insert-header-2":
+                self.addheader("X-Test-Inserted", "at index 2", 2)
             elif action == "change-header":
                 self.chgheader("Subject", 1, "changed by the milter")
             elif action == "delete-header":
