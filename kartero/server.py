@@ -34,6 +34,11 @@ from kartero.delivery.maildrop import Pickup
 from kartero.delivery.mtasts import MTASTS
 from kartero.delivery.mx import Hop
 from kartero.dns.resolver import Resolver, blocking_resolver
+from kartero.filters.chain import Filters
+from kartero.filters.hooks import HookFilter, HookLoadError
+from kartero.filters.learn import Learner, LearnSettings
+from kartero.filters.milter import MilterFilter
+from kartero.filters.model import Filter
 from kartero.imap.connection import ImapSettings
 from kartero.intake import Intake
 from kartero.log import kv
@@ -62,7 +67,7 @@ from kartero.sieve import EXTENSIONS as SIEVE_EXTENSIONS
 from kartero.sieve import Limits as SieveLimits
 from kartero.smtp.server import ServerSettings
 from kartero.store.backends import AnyStore, open_store
-from kartero.store.interface import MetadataChange
+from kartero.store.interface import MailStore, MetadataChange
 from kartero.store.spool import spool_dir
 from kartero.store.sqlite import SQLiteStore
 from kartero.tls import make_self_signed, server_context
@@ -154,6 +159,7 @@ class Server:
         self._task_group: asyncio.TaskGroup | None = None
         self._runner: QueueRunner | None = None
         self._maildrop_wakeup = asyncio.Event()
+        self._hooks: HookFilter | None = None
 
     # -- TLS -----------------------------------------------------------------------------------------
 
@@ -182,6 +188,36 @@ class Server:
         else:
             log.info("%s", kv(event="tls.reloaded"))
 
+    def reload(self) -> None:
+        """SIGHUP: the TLS certificate, and the [hooks] module (a broken one keeps the old hooks)."""
+        self.reload_tls()
+        if self._hooks is not None:
+            self._hooks.reload()
+
+    # -- content filters -----------------------------------------------------------------------------
+
+    def _filters(self, blocking: Blocking) -> dict[str, Filters]:
+        """The content filters of the MX and the submission listeners: their [[milter]]s in the config's
+        order, then the [hooks]."""
+        config = self.config
+        milters = [(m, MilterFilter(m, max_message_bytes=config.limits.message_size, local_domains=config.domains,
+                                    blocking=blocking)) for m in config.milters]  # fmt: skip
+        by_listener: dict[str, Filters] = {}
+        for listener in ("smtp", "submission"):
+            chain: list[Filter] = [f for m, f in milters if listener in m.listeners]
+            if self._hooks is not None:
+                chain.append(self._hooks)
+            by_listener[listener] = Filters(chain, config.spam.junk_header)
+        return by_listener
+
+    def _load_hooks(self) -> None:
+        """The [hooks] module, loaded before anything starts: a broken one stops the start with its error."""
+        if self.config.hooks.module is not None:
+            try:
+                self._hooks = HookFilter(self.config.hooks)
+            except HookLoadError as exc:
+                raise StartupError(f"{self.config.name}: {exc}") from None
+
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
@@ -195,6 +231,7 @@ class Server:
         loop.set_default_executor(executor)
         restrict_data_modes(config)
         self._tls = self._load_tls()
+        self._load_hooks()
         store = open_store(self.root, config.store.backend, config.store.url, self.node, config.store.lease_s)
         dropped = await asyncio.to_thread(store.recover)
         if dropped:
@@ -297,6 +334,8 @@ class Server:
             command_timeout_s=config.limits.command_timeout_s,
             data_timeout_s=config.limits.data_timeout_s,
         )
+        filters = self._filters(blocking)
+        learner = start_learner(config, store.mail)
         servers: list[asyncio.Server] = []
         watchdog = LoopWatchdog(loop)  # from here on a stalled loop stalls clients: say so, with the culprit
         watchdog.start()
@@ -326,6 +365,7 @@ class Server:
                             ),
                             policy=submission_policy if is_submission else policy,
                             intake=intake,
+                            filters=filters["submission" if is_submission else "smtp"],
                             tls_context=lambda: self._tls,
                             spawn=self._spawn,
                             sessions=self._sessions,
@@ -371,6 +411,7 @@ class Server:
                             spool_dir=spool_dir(self.root),
                             blocking=blocking,
                             check_deadline_s=deadline,
+                            spam_reports=learner,
                         )
                         if kind == "managesieve":
                             factory = ManageSieveSession.factory(access)
@@ -412,6 +453,8 @@ class Server:
             raise group.exceptions[0] from None
         finally:
             watchdog.stop()
+            if learner is not None:
+                await asyncio.to_thread(learner.stop)
             if self.worker == 0:
                 remove_pid(config.data_dir)
             for server in servers:
@@ -509,7 +552,7 @@ class Server:
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGUSR1, self.wake_queue)
 
     def wake_queue(self) -> None:
@@ -588,3 +631,12 @@ def serve(config: Config, worker: int = 0) -> int:
         print(f"kartero: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def start_learner(config: Config, store: MailStore) -> Learner | None:
+    """The worker that sends users' spam/ham reports to `[spam] learn` (None when that is not set)."""
+    if not config.spam.learn:
+        return None
+    learner = Learner(store, LearnSettings(config.spam.learn))
+    learner.start()
+    return learner

@@ -10,6 +10,7 @@ import pytest
 pytest.register_assert_rewrite("tests.unit.smtp.transcript", "tests.unit.imap.harness", "tests.integration.harness")
 
 from tests.pgserver import PrivatePostgres  # noqa: E402 - after the rewrite registration
+from tests.rspamd import PrivateRspamd  # noqa: E402
 
 _pycache_prefix: list[str] = []  # the folder pytest_configure made, removed at the end
 
@@ -42,3 +43,16 @@ def postgres() -> Iterator[PrivatePostgres]:
     server.start()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def rspamd() -> Iterator[PrivateRspamd]:
+    """One private rspamd (proxy worker in milter mode, controller) with its own redis for the whole
+    test run (tests/rspamd.py: own config folder, loopback ports, no DNS). Tests that count learned
+    messages compare counts before and after, and learn messages of their own words."""
+    server = PrivateRspamd()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

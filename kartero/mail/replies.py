@@ -100,6 +100,7 @@ AUTH_CHALLENGE = Reply(334, None, "")  # RFC 4954 §4: the base64 challenge as `
 # 4xx
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
 TIMEOUT = Reply(421, "4.4.2", "Timeout, closing connection")
+FILTERS_FAILED = Reply(421, "4.3.0", "Service temporarily unavailable, closing connection")  # the chain's backstop
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
@@ -167,6 +168,11 @@ HOOK_FAILED = Reply(451, "4.7.1", "Policy check failed, try again later")
 # Delivered-To field for every one of its recipients.
 SRS_INVALID = Reply(550, "5.1.1", "Invalid or expired SRS address")
 MAIL_LOOP = Reply(554, "5.4.6", "Mail forwarding loop detected")
+# Milters (kartero/milter, kartero/filters/milter.py): the texts Postfix's milter8.c gives a milter's
+# reject, tempfail and shutdown, also for a dead milter under on_error = "tempfail" (milter_default_action).
+MILTER_REJECTED = Reply(550, "5.7.1", "Command rejected")
+MILTER_TEMPFAILED = Reply(451, "4.7.1", "Service unavailable - try again later")
+MILTER_SHUTDOWN = Reply(421, "4.7.0", "Server closing connection")
 
 # Outbound delivery (kartero/delivery, kartero/queue, the SMTP client): why a queued recipient was not
 # delivered this time. Mostly used `.with_text(...)` to name the host or domain; what a remote server

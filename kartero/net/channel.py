@@ -31,7 +31,7 @@ from kartero.intake import CHECK_DEADLINE_S
 from kartero.log import kv
 from kartero.net.deadlines import Deadline, Deadlines, DeadlineSettings
 from kartero.policy.limits import Admission, Refusal, Ticket
-from kartero.store.interface import Account, Store
+from kartero.store.interface import Account, SpamReports, Store
 
 log = logging.getLogger("kartero.net")
 
@@ -115,6 +115,7 @@ class AccessContext(ListenerContext[SettingsT]):
 
     store: Store
     authenticator: Authenticator
+    spam_reports: SpamReports | None = None  # IMAP moves into/out of Junk ([spam] learn); None: not learning
 
     async def check_login(self, channel: Channel, session_id: str, user: str, password: str) -> Account | None:
         """The account for a password login, or None after the throttle's delay (refused at once, and

@@ -317,7 +317,8 @@ class ImapSession:
             return
         self.session = Session(self.ctx.store.mail, account.id, account.address, self.conn.enabled,
                                spool_dir=self.ctx.spool_dir,
-                               default_quota=self.ctx.settings.default_quota)  # fmt: skip
+                               default_quota=self.ctx.settings.default_quota,
+                               spam_reports=self.ctx.spam_reports)  # fmt: skip
         self.conn.login_result(tag, account.address)
 
 

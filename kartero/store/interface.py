@@ -313,6 +313,34 @@ class FlagOp(Enum):
     REPLACE = ""
 
 
+class SpamClass(StrEnum):
+    """What a user said a message is, by moving it into or out of Junk or flagging it $Junk/$NotJunk."""
+
+    SPAM = "spam"
+    HAM = "ham"
+
+
+@dataclass(frozen=True, slots=True)
+class SpamReport:
+    """One user's word on one stored message, for the spam filter to learn from (DESIGN.md §1b `[spam]
+    learn`). The message is named by its body (`blob_id`, shared by all its copies), which outlives the
+    move that caused the report."""
+
+    user: str  # the account's address (rspamd's Deliver-To, for per-user statistics)
+    blob_id: str
+    size: int  # the message's size in octets
+    kind: SpamClass
+
+
+class SpamReports(Protocol):
+    """Where IMAP commands send users' spam/ham reports (kartero/filters/learn.py serves it). The IMAP
+    command must never wait for the spam filter: `report` only takes note."""
+
+    def report(self, reports: Sequence[SpamReport]) -> None:
+        """Queue the reports and return at once; never raises (when the queue is full, the oldest go)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryTarget:
     account_id: int

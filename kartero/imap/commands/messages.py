@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
-from kartero.imap.commands import notify, quota
+from kartero.imap.commands import junk, notify, quota
 from kartero.imap.commands.view import (
     Done,
     Session,
@@ -53,6 +53,8 @@ def store_flags(session: Session, cmd: StoreCommand) -> Handler:
             # .SILENT spares the client the echo of its own change only: when another session changed the
             # message after what the client last heard, sync() must send the flags as they are now.
             view.own_changes[row.uid] = row.modseq
+    if update.changed and (kind := junk.flag_verdict(_OPS[cmd.op], cmd.flags)) is not None:
+        junk.report_rows(session, update.changed, kind)
     yield from chunked(lines)
     yield from chunked(sync(session, allow_expunge=cmd.is_uid))
     if refused:
@@ -85,6 +87,7 @@ def copy_move(session: Session, cmd: CopyMove) -> Handler:
         return Done(Status.NO, "No such mailbox", "TRYCREATE")
     copied = result.pairs
     notify.note_written(session, target.id, [result.modseq] if copied else [])
+    junk.report_copied(session, view.name, target, [d for _, d in copied])
     if pairs and not copied:
         # Another session expunged a message the client still sees. As Dovecot does (RFC 2180 §4.4.1):
         # nothing is copied and the pending EXPUNGE comes first, so the client knows what to try again.

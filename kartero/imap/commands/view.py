@@ -29,6 +29,7 @@ from kartero.store.interface import (
     MailStore,
     MessageRow,
     NoSuchMailbox,
+    SpamReports,
     apply_flag_op,
 )
 
@@ -135,6 +136,7 @@ class Session:
     contexts: dict[str, ResultContext] = field(default_factory=dict)  # RFC 5267 UPDATE, by command tag
     notify: NotifyState | None = None  # NOTIFY SET in effect (RFC 5465)
     default_quota: int = 0  # [limits] default_quota: the limit of an account without its own (0: none)
+    spam_reports: SpamReports | None = None  # where moves into/out of Junk go ([spam] learn); None: off
 
     @property
     def utf8(self) -> bool:
