@@ -54,8 +54,10 @@ class PostfixMaildir:
 
 
 @contextmanager
-def running_postfix(root: Path, host: str, port: int, rcpt: str, *, message_size: int) -> Iterator[PostfixMaildir]:
-    """Start a private Postfix that accepts mail for `rcpt` only; stop it on leaving, whatever happened."""
+def running_postfix(root: Path, host: str, port: int, rcpt: str, *, message_size: int,
+                    milter: str | None = None) -> Iterator[PostfixMaildir]:  # fmt: skip
+    """Start a private Postfix that accepts mail for `rcpt` only; stop it on leaving, whatever happened.
+    `milter`: "host:port" of a milter every message passes through (smtpd_milters)."""
     local, _, domain = rcpt.rpartition("@")
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)  # Postfix's daemons (user postfix) and virtual(8) (uid 65534) must reach their folders
@@ -71,6 +73,7 @@ def running_postfix(root: Path, host: str, port: int, rcpt: str, *, message_size
         "virtual_gid_maps": f"static:{NOBODY}",
         "message_size_limit": str(max(10_240_000, 2 * message_size)),
         "virtual_mailbox_limit": "0",  # no size cap on the Maildir
+        **({"smtpd_milters": f"inet:{milter}", "milter_default_action": "tempfail"} if milter else {}),
     })  # fmt: skip
     try:
         instance.start()

@@ -273,7 +273,8 @@ def kartero(folder: Path, args: argparse.Namespace) -> Iterator[Served]:
         yield Served(host, int(port_text))
         return
     port, imap_port = free_port(), free_port()
-    command = [sys.executable, "-m", "kartero", "-c", str(kartero_config(folder, port, imap_port))]
+    milter = f'[[milter]]\naddress = "{args.milter}"\n' if args.milter else ""
+    command = [sys.executable, "-m", "kartero", "-c", str(kartero_config(folder, port, imap_port, tables=milter))]
     # This checkout's Kartero, wherever the bench is started from (not an installed copy elsewhere, nor a
     # checkout in the current folder: `python -m` looks there first, so the server runs from ROOT).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -319,7 +320,7 @@ def postfix(folder: Path, args: argparse.Namespace) -> Iterator[Served]:
     if reason:
         raise SystemExit(f"--peers postfix: {reason}")
     port = free_port()
-    with running_postfix(folder, "127.0.0.1", port, args.rcpt, message_size=args.size) as pf:
+    with running_postfix(folder, "127.0.0.1", port, args.rcpt, message_size=args.size, milter=args.milter) as pf:
         # Postfix stores the message with LF line ends and its own Return-Path/Delivered-To/Received.
         yield Served("127.0.0.1", port, stored=lambda: pf.newest_message().replace(b"\n", b"\r\n"),
                      delivered=pf.wait_delivered, cpu=lambda: cpu_seconds(pf.master_pid(), children=True))  # fmt: skip
@@ -414,6 +415,8 @@ def main() -> None:
     parser.add_argument("--rcpt", default="bob@example.test")
     parser.add_argument("--sieve", type=Path, metavar="FILE",
                         help="activate this Sieve script for the recipient (it must keep mail in INBOX)")  # fmt: skip
+    parser.add_argument("--milter", metavar="HOST:PORT", help="pass every message through this milter "
+                        "(Kartero's [[milter]], Postfix's smtpd_milters; aiosmtpd has none)")
     parser.add_argument("--peers", default="aiosmtpd", help="comma-separated: aiosmtpd, postfix (default aiosmtpd)")
     parser.add_argument("--postfix", action="store_true", help="add Postfix to the peers (needs root)")
     parser.add_argument("--no-peer", action="store_true", help="Kartero alone")

@@ -32,6 +32,7 @@ from typing import Any
 from kartero.auth.accounts import DirectoryCache, DirectoryError, parse_address
 from kartero.concurrency import Blocking, DeadlineExceeded, Finished, settled, start_eagerly, within
 from kartero.dns.names import DomainError, canonical_domain
+from kartero.filters.chain import Filtered
 from kartero.log import kv
 from kartero.mail import replies
 from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord, Origin
@@ -40,7 +41,7 @@ from kartero.mail.srs import SRS, SRSError, is_srs
 from kartero.mailauth.dkim import DKIMError, Signer
 from kartero.mime.headers import find_body_start, parse_header_block
 from kartero.policy.decisions import AcceptMessage, MessageDecision, Reject
-from kartero.policy.inbound import srs_original
+from kartero.policy.inbound import JUNK, srs_original
 from kartero.rules.engine import Copy, Message, Plan, Rules
 from kartero.rules.reject import build_rejection
 from kartero.store.ids import new_message_id
@@ -73,6 +74,9 @@ MAX_REDIRECTS_PER_MESSAGE = 20
 MAX_FORWARDS = 100
 
 MessageCheck = Callable[[bytes | Content], Coroutine[Any, Any, MessageDecision]]
+# The listener's content filters (milters, hooks: kartero/filters) at the end of the message, given the
+# message id it will be stored under (the milter macro `i`).
+MessageFilter = Callable[[bytes | Content, str], Coroutine[Any, Any, Filtered]]
 
 
 # -- trace fields -------------------------------------------------------------------------------------
@@ -162,6 +166,7 @@ class Incoming:
     targets: tuple[Target, ...]
     arrival: Arrival | None = None  # None: no Received field (a DSN Kartero wrote itself)
     check: MessageCheck | None = None  # the listener's checks of the content (policy.check_message)
+    filter: MessageFilter | None = None  # the listener's content filters, after the checks
     complete_header: bool = False  # add From:/Date:/Message-ID: when missing (submission, sendmail)
     sign: bool = False  # DKIM-sign when the From: domain is local and has keys
     body_8bit: bool = False  # declared BODY=8BITMIME, or 8-bit octets seen by the SMTP core
@@ -243,6 +248,15 @@ class Intake:
                 return Refused(decision.reply, "policy")
             assert isinstance(decision, AcceptMessage)
             data, mailbox = decision.data, decision.mailbox
+        message_id = new_message_id()
+        if incoming.filter is not None:
+            filtered = await self._filtered(incoming, incoming.filter, data, message_id)
+            if not isinstance(filtered, tuple):
+                return filtered
+            incoming, is_junk = filtered
+            data = incoming.data
+            if is_junk:
+                mailbox = JUNK
         envelope = incoming.envelope
         if not envelope.received_at:
             envelope = replace(envelope, received_at=int(time.time()))
@@ -254,11 +268,59 @@ class Intake:
                 data = await self.blocking(self.check_deadline_s, self._signed, self.signer, data)
             except DeadlineExceeded as exc:
                 log.error("%s", kv(event="dkim.sign_failed", detail=str(exc)))  # sent unsigned, as on errors
-        return await self._store(incoming, envelope, data, mailbox, now)
+        return await self._store(incoming, envelope, data, mailbox, now, message_id)
+
+    async def _filtered(self, incoming: Incoming, content_filter: MessageFilter, data: bytes | Content,
+                        message_id: str) -> Outcome | tuple[Incoming, bool]:  # fmt: skip
+        """The message as the content filters left it (and whether they found it spam), or their answer:
+        refused, or discarded (accepted for nobody, logged)."""
+        sender = f"<{incoming.envelope.sender}>"
+        try:
+            running = start_eagerly(content_filter(data, message_id))
+            if isinstance(running, Finished):
+                filtered = running.result()
+            else:
+                filtered = await within(self.check_deadline_s, running, "content filters")
+        except Exception as exc:  # each filter answers its own failures; this is a bug or the backstop
+            log.error("%s", kv(event="intake.filter_failed", id=message_id, sender=sender,
+                               detail=str(exc) or exc.__class__.__name__), exc_info=exc)  # fmt: skip
+            return Refused(replies.LOCAL_ERROR, "filter failed")
+        if filtered.refusal is not None:
+            return Refused(filtered.refusal, "filter")
+        if filtered.discard:
+            log.info("%s", kv(event="filter.discarded", id=message_id, sender=sender))
+            return Stored(message_id, None)
+        edited = filtered.edited
+        envelope = incoming.envelope
+        targets = incoming.targets
+        if edited.deleted:
+            targets = tuple(t for t in targets if t.recipient.address.lower() not in edited.deleted)
+        known = {t.recipient.address.lower() for t in targets}
+        for address, _ in edited.added:
+            try:
+                canonical = parse_address(address)
+                target = await self.resolve(canonical)
+            except (DirectoryError, DomainError) as exc:
+                target, canonical = None, address
+                log.info("%s", kv(event="filter.bad_recipient", id=message_id, rcpt=address, detail=str(exc)))
+            if target is None:
+                log.info("%s", kv(event="filter.unknown_recipient", id=message_id, rcpt=canonical))
+            elif canonical.lower() not in known:
+                known.add(canonical.lower())
+                targets += (target,)
+        if not targets:
+            log.info("%s", kv(event="filter.no_recipients", id=message_id, sender=sender))
+            return Stored(message_id, None)
+        if edited.sender is not None:
+            envelope = replace(envelope, sender=edited.sender)
+        if targets != incoming.targets:
+            envelope = replace(envelope, recipients=tuple(t.recipient for t in targets))
+        if edited.quarantine is not None:
+            log.info("%s", kv(event="filter.quarantined", id=message_id, sender=sender, reason=edited.quarantine))
+        return replace(incoming, envelope=envelope, targets=targets, data=edited.data), filtered.junk
 
     async def _store(self, incoming: Incoming, envelope: EnvelopeRecord, data: bytes | Content, mailbox: str,
-                     now: datetime) -> Outcome:  # fmt: skip
-        message_id = new_message_id()
+                     now: datetime, message_id: str) -> Outcome:  # fmt: skip
         recipients = envelope.recipients
         received = b""
         if incoming.arrival is not None:

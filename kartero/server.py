@@ -34,7 +34,11 @@ from kartero.delivery.maildrop import Pickup
 from kartero.delivery.mtasts import MTASTS
 from kartero.delivery.mx import Hop
 from kartero.dns.resolver import Resolver, blocking_resolver
+from kartero.filters.chain import Filters
+from kartero.filters.hooks import HookFilter, HookLoadError
 from kartero.filters.learn import Learner, LearnSettings
+from kartero.filters.milter import MilterFilter
+from kartero.filters.model import Filter
 from kartero.imap.connection import ImapSettings
 from kartero.intake import Intake
 from kartero.log import kv
@@ -155,6 +159,7 @@ class Server:
         self._task_group: asyncio.TaskGroup | None = None
         self._runner: QueueRunner | None = None
         self._maildrop_wakeup = asyncio.Event()
+        self._hooks: HookFilter | None = None
 
     # -- TLS -----------------------------------------------------------------------------------------
 
@@ -183,6 +188,36 @@ class Server:
         else:
             log.info("%s", kv(event="tls.reloaded"))
 
+    def reload(self) -> None:
+        """SIGHUP: the TLS certificate, and the [hooks] module (a broken one keeps the old hooks)."""
+        self.reload_tls()
+        if self._hooks is not None:
+            self._hooks.reload()
+
+    # -- content filters -----------------------------------------------------------------------------
+
+    def _filters(self, blocking: Blocking) -> dict[str, Filters]:
+        """The content filters of the MX and the submission listeners: their [[milter]]s in the config's
+        order, then the [hooks]."""
+        config = self.config
+        milters = [(m, MilterFilter(m, max_message_bytes=config.limits.message_size, local_domains=config.domains,
+                                    blocking=blocking)) for m in config.milters]  # fmt: skip
+        by_listener: dict[str, Filters] = {}
+        for listener in ("smtp", "submission"):
+            chain: list[Filter] = [f for m, f in milters if listener in m.listeners]
+            if self._hooks is not None:
+                chain.append(self._hooks)
+            by_listener[listener] = Filters(chain, config.spam.junk_header)
+        return by_listener
+
+    def _load_hooks(self) -> None:
+        """The [hooks] module, loaded before anything starts: a broken one stops the start with its error."""
+        if self.config.hooks.module is not None:
+            try:
+                self._hooks = HookFilter(self.config.hooks)
+            except HookLoadError as exc:
+                raise StartupError(f"{self.config.name}: {exc}") from None
+
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
@@ -196,6 +231,7 @@ class Server:
         loop.set_default_executor(executor)
         restrict_data_modes(config)
         self._tls = self._load_tls()
+        self._load_hooks()
         store = open_store(self.root, config.store.backend, config.store.url, self.node, config.store.lease_s)
         dropped = await asyncio.to_thread(store.recover)
         if dropped:
@@ -298,6 +334,7 @@ class Server:
             command_timeout_s=config.limits.command_timeout_s,
             data_timeout_s=config.limits.data_timeout_s,
         )
+        filters = self._filters(blocking)
         learner = start_learner(config, store.mail)
         servers: list[asyncio.Server] = []
         watchdog = LoopWatchdog(loop)  # from here on a stalled loop stalls clients: say so, with the culprit
@@ -328,6 +365,7 @@ class Server:
                             ),
                             policy=submission_policy if is_submission else policy,
                             intake=intake,
+                            filters=filters["submission" if is_submission else "smtp"],
                             tls_context=lambda: self._tls,
                             spawn=self._spawn,
                             sessions=self._sessions,
@@ -514,7 +552,7 @@ class Server:
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGUSR1, self.wake_queue)
 
     def wake_queue(self) -> None:

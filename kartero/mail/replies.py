@@ -100,6 +100,7 @@ AUTH_CHALLENGE = Reply(334, None, "")  # RFC 4954 §4: the base64 challenge as `
 # 4xx
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
 TIMEOUT = Reply(421, "4.4.2", "Timeout, closing connection")
+FILTERS_FAILED = Reply(421, "4.3.0", "Service temporarily unavailable, closing connection")  # the chain's backstop
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
@@ -156,11 +157,22 @@ CLIENT_LIMITED = Reply(421, "4.7.0", "Too many connections from your address")
 GREYLISTED = Reply(451, "4.7.1", "Greylisted, please try again later")
 DNSBL_LISTED = Reply(554, "5.7.1", "Service unavailable; client blocked")
 SENDING_LIMITED = Reply(451, "4.7.1", "Sending rate limit reached, try again later")
+# Python hooks (kartero/hooks.py, kartero/filters/hooks.py): what `reject()` and `tempfail()` answer
+# when the hook names no enhanced code or text, and a hook that raised, passed [hooks] timeout or
+# returned nonsense under on_error = "tempfail" (the client learns nothing of why: that goes to the log).
+HOOK_REJECTED = Reply(550, "5.7.1", "Rejected by policy")
+HOOK_TEMPFAILED = Reply(451, "4.7.1", "Try again later")
+HOOK_FAILED = Reply(451, "4.7.1", "Policy check failed, try again later")
 # Forwarding (kartero/mail/srs.py, intake): a bounce to an SRS address we did not sign or that has expired
 # (the same reply for both: the peer learns nothing about our secret); a message that already carries a
 # Delivered-To field for every one of its recipients.
 SRS_INVALID = Reply(550, "5.1.1", "Invalid or expired SRS address")
 MAIL_LOOP = Reply(554, "5.4.6", "Mail forwarding loop detected")
+# Milters (kartero/milter, kartero/filters/milter.py): the texts Postfix's milter8.c gives a milter's
+# reject, tempfail and shutdown, also for a dead milter under on_error = "tempfail" (milter_default_action).
+MILTER_REJECTED = Reply(550, "5.7.1", "Command rejected")
+MILTER_TEMPFAILED = Reply(451, "4.7.1", "Service unavailable - try again later")
+MILTER_SHUTDOWN = Reply(421, "4.7.0", "Server closing connection")
 
 # Outbound delivery (kartero/delivery, kartero/queue, the SMTP client): why a queued recipient was not
 # delivered this time. Mostly used `.with_text(...)` to name the host or domain; what a remote server

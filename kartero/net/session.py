@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 
 from kartero.auth.accounts import Authenticator
 from kartero.concurrency import DeadlineExceeded, Finished, start_eagerly
+from kartero.filters.chain import ChainSession, Filtered, Filters
+from kartero.filters.model import ClientInfo, Transaction
 from kartero.intake import Incoming, Intake, Refused, SmtpArrival, Stored, Target, with_protocol
 from kartero.log import kv
 from kartero.mail import replies
@@ -37,7 +39,7 @@ from kartero.mail.replies import Reply
 from kartero.mime.headers import find_body_start
 from kartero.net.channel import Channel, ListenerContext
 from kartero.net.deadlines import Deadline, DeadlineSettings
-from kartero.policy.decisions import Accept, Decision, Policy, RcptContext
+from kartero.policy.decisions import Accept, Decision, Policy, RcptContext, Reject
 from kartero.policy.limits import Ticket
 from kartero.smtp.events import (
     AuthRequested,
@@ -87,6 +89,7 @@ class SessionContext(ListenerContext[ServerSettings]):
     policy: Policy
     intake: Intake
     authenticator: Authenticator | None = None
+    filters: Filters | None = None  # the listener's content filters (milters, hooks)
     deadlines: DeadlineSettings = field(default_factory=lambda: DeadlineSettings(login_s=None))
 
     @property
@@ -120,6 +123,8 @@ class SMTPSession:
         self._recipients: dict[str, Accept] = {}  # accepted RCPT path -> its decision, this transaction
         self._spool = IncomingSpool(ctx.spool_dir)  # the message being received, once it spilled out of memory
         self._spool_start = b""  # its first octets (the header is read from them)
+        self._filters: ChainSession | None = ctx.filters.session() if ctx.filters is not None else None
+        self._mail_params: tuple[str, ...] = ()
 
     @classmethod
     def factory(cls, ctx: SessionContext) -> Callable[[], Channel]:
@@ -144,8 +149,54 @@ class SMTPSession:
                 refusal = replies.CLIENT_LIMITED.with_text(f"Too many connections from your address ({limited.reason})")
         if refusal is None and self.ctx.is_stopping():
             refusal = replies.SHUTTING_DOWN
+        if refusal is None and self._filters is not None:  # the greeting waits for the filters' word
+            if self._decide(self._filters.connect(self._client_info()), lambda _: self.conn.start(),
+                            self._filters_failed, "connect"):  # fmt: skip
+                return
+            self._process()
+            return
         self.conn.start(refusal)
         self._process()
+
+    def _client_info(self) -> ClientInfo:
+        transport = self.channel.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        local = transport.get_extra_info("sockname") if transport is not None else None
+        listener = "smtp" if self.ctx.listener == "smtp" else "submission"
+        return ClientInfo(self.id, listener, self.ctx.settings.hostname, self.client_ip,
+                          int(peer[1]) if peer else 0, "unknown", str(local[0]) if local else "",
+                          int(local[1]) if local else 0)  # fmt: skip
+
+    def _filters_failed(self) -> None:
+        """A bug or the backstop deadline in the filter chain at connect (each filter answers its own
+        failures): the peer is told to come back later."""
+        self.conn.start(replies.FILTERS_FAILED)
+
+    def _transaction(self, recipients: tuple[str, ...] = (), queue_id: str = "") -> Transaction:
+        ssl = self.channel.transport.get_extra_info("ssl_object") if self.channel.transport is not None else None
+        cipher = ssl.cipher() if ssl is not None else None
+        return Transaction(self.conn.helo or "", ssl.version() if ssl is not None else None,
+                           cipher[0] if cipher else None, self.conn.authenticated_as, self._mail_from,
+                           self._mail_params, recipients, queue_id)  # fmt: skip
+
+    async def _check_mail(self, event: MailFrom, filters: ChainSession) -> Decision:
+        decision = await self.ctx.policy.check_mail(event.path, self.conn.authenticated_as)
+        if isinstance(decision, Accept) and (refusal := await filters.mail_from(self._transaction())) is not None:
+            return Reject(refusal)
+        return decision
+
+    async def _check_rcpt(self, event: RcptTo, context: RcptContext, filters: ChainSession) -> Decision:
+        decision = await self.ctx.policy.check_rcpt(event.path, context)
+        if isinstance(decision, Accept):
+            recipients = (*(p[1:-1] for p in self._recipients), str(event.path)[1:-1])
+            params = _rcpt_params(event)
+            if (refusal := await filters.rcpt_to(self._transaction(recipients), recipients[-1], params)) is not None:
+                return Reject(refusal)
+        return decision
+
+    async def _filter_message(self, filters: ChainSession, recipients: tuple[str, ...], data: bytes | Content,
+                              message_id: str) -> Filtered:  # fmt: skip
+        return await filters.message(self._transaction(recipients, message_id), data)
 
     def _received(self, data: bytes) -> None:
         """Input from the channel; b"" when the peer closed its side or is gone."""
@@ -211,18 +262,26 @@ class SMTPSession:
                 break
             match event:
                 case Hello():
-                    pass
+                    if self._filters is not None:
+                        self._filters.helo(event.name)
                 case MailFrom():
                     self._drop_spool()  # a transaction reset by RSET or EHLO may have left one
                     self._recipients = {}
                     self._mail_from = str(event.path)[1:-1]
                     self._declared_size = event.params.size
-                    if self._decide(self.ctx.policy.check_mail(event.path, conn.authenticated_as),
-                                    self._answer_mail, self._decision_failed, "MAIL"):  # fmt: skip
+                    if self._filters is None:
+                        mail_check = self.ctx.policy.check_mail(event.path, conn.authenticated_as)
+                    else:
+                        self._mail_params = _mail_params(event)
+                        mail_check = self._check_mail(event, self._filters)
+                    if self._decide(mail_check, self._answer_mail, self._decision_failed, "MAIL"):
                         break
                 case RcptTo():
                     context = RcptContext(self.client_ip, self._mail_from, self._declared_size)
-                    check = self.ctx.policy.check_rcpt(event.path, context)
+                    if self._filters is None:
+                        check = self.ctx.policy.check_rcpt(event.path, context)
+                    else:
+                        check = self._check_rcpt(event, context, self._filters)
                     if self._decide(check, partial(self._answer_rcpt, event), self._decision_failed, "RCPT"):
                         break
                 case MessageData(data=data):
@@ -429,6 +488,8 @@ class SMTPSession:
         if not self._busy:  # a pending store still reads the spool file; its callback drops it
             self._drop_spool()
         self.ctx.release(self._ticket)
+        if self._filters is not None:
+            self.ctx.spawn(self._filters.close())
         log.info(
             "%s",
             kv(
@@ -559,6 +620,8 @@ class SMTPSession:
             targets=targets,
             arrival=arrival,
             check=partial(ctx.policy.check_message, envelope, client_ip=self.client_ip),
+            filter=None if self._filters is None else partial(
+                self._filter_message, self._filters, tuple(t.recipient.address for t in targets)),
             complete_header=is_submission,
             sign=is_submission,
             body_8bit=params.body is Body.EIGHT_BIT_MIME or event.is_8bit,
@@ -626,6 +689,22 @@ class SMTPSession:
         self._tls_info = describe(transport.get_extra_info("ssl_object") if transport is not None else None)
         self._deadlines.replied(self.loop.time())
         self._process()
+
+
+def _mail_params(event: MailFrom) -> tuple[str, ...]:
+    """MAIL FROM's parameters as the client gave them, for the filters (ENVID decoded)."""
+    p = event.params
+    words = [f"SIZE={p.size}" if p.size is not None else "", f"BODY={p.body.value}" if p.body else "",
+             "SMTPUTF8" if p.smtputf8 else "", f"RET={p.ret.value}" if p.ret else "",
+             f"ENVID={p.envid}" if p.envid else ""]  # fmt: skip
+    return tuple(w for w in words if w)
+
+
+def _rcpt_params(event: RcptTo) -> tuple[str, ...]:
+    p = event.params
+    words = [f"NOTIFY={','.join(sorted(n.value for n in p.notify))}" if p.notify else "",
+             f"ORCPT={p.orcpt[0]};{p.orcpt[1]}" if p.orcpt else ""]  # fmt: skip
+    return tuple(w for w in words if w)
 
 
 def _recipient(r: Recipient, decision: Accept) -> EnvelopeRecipient:
