@@ -17,9 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from tests import rspamd as rspamd_harness
 from tests.integration.harness import KarteroServer
 from tests.pgserver import PrivatePostgres
 from tests.rspamd import PrivateRspamd
+
+pytestmark = pytest.mark.skipif(not rspamd_harness.available(), reason="needs Debian's rspamd and redis-server")
 
 PASSWORD = "learning password"
 USER = "bob@example.test"

@@ -12,8 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import rspamd as rspamd_harness
 from tests.integration.harness import PASSWORD, KarteroServer
 from tests.rspamd import GTUBE, TEST_JUNK_HEADER, PrivateRspamd
+
+pytestmark = pytest.mark.skipif(not rspamd_harness.available(), reason="needs Debian's rspamd and redis-server")
 
 HEADER = ("From: alice@remote.test\r\nTo: bob@example.test\r\nSubject: {subject}\r\n"
           "Message-ID: <{subject}@remote.test>\r\nDate: Mon, 30 Nov 2026 01:00:00 +0000\r\n")  # fmt: skip
