@@ -637,6 +637,10 @@ def start_learner(config: Config, store: MailStore) -> Learner | None:
     """The worker that sends users' spam/ham reports to `[spam] learn` (None when that is not set)."""
     if not config.spam.learn:
         return None
-    learner = Learner(store, LearnSettings(config.spam.learn))
+    try:
+        settings = LearnSettings(config.spam.learn)
+    except ValueError as exc:
+        raise StartupError(f"{config.name}: [spam] learn: {exc}") from None
+    learner = Learner(store, settings)
     learner.start()
     return learner

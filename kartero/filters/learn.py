@@ -226,9 +226,11 @@ class Learner:
             return _Outcome(False, False, 0, f"message not readable: {exc}")
         conn: http.client.HTTPConnection
         if self._https:
-            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.settings.timeout_s)
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.settings.timeout_s,
+                                               blocksize=_READ_BLOCK)  # fmt: skip
         else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.settings.timeout_s)
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.settings.timeout_s,
+                                              blocksize=_READ_BLOCK)  # fmt: skip
         headers = {"Content-Length": str(report.size), "Deliver-To": report.user}
         if self._password is not None:
             headers["Password"] = self._password
@@ -236,8 +238,10 @@ class Learner:
             conn.request("POST", self._prefix + _PATHS[report.kind], body=_Body(reader, report.size), headers=headers)
             response = conn.getresponse()
             answer = response.read(4096).decode("utf-8", "replace").strip()
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, StoreUnavailable) as exc:
             return _Outcome(False, True, 0, f"{type(exc).__name__}: {exc}")
+        except StoreError as exc:  # expunged and compacted away while it was being sent
+            return _Outcome(False, False, 0, f"message not readable: {exc}")
         finally:
             conn.close()
             with contextlib.suppress(Exception):

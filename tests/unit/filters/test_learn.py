@@ -18,15 +18,22 @@ from kartero.filters.learn import Learner, LearnSettings
 from kartero.store.interface import SpamClass, SpamReport, StoreError
 
 USER = "bob@example.test"
+BROKEN = b"x" * 200_000  # its reader fails past 100,000 octets
 MESSAGES = {f"blob{i}": f"Subject: message {i}\r\n\r\nbody {i}\r\n".encode() * (1 + i * 10000) for i in range(6)}
 
 
 class FakeReader:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, gone_after: int | None = None) -> None:
         self.data = data
         self.closed = False
+        self.gone_after = gone_after  # reads past this offset fail, as for a message compacted away
+        READS.append(self)
+        self.lengths: list[int] = []
 
     def read(self, start: int, length: int) -> bytes:
+        if self.gone_after is not None and start >= self.gone_after:
+            raise StoreError("message broken is gone")
+        self.lengths.append(length)
         return self.data[start : start + length]
 
     def close(self) -> None:
@@ -37,9 +44,14 @@ class FakeStore:
     """The one call the learner makes: open_message."""
 
     def open_message(self, blob_id: str) -> FakeReader:
+        if blob_id == "broken":
+            return FakeReader(BROKEN, gone_after=100_000)
         if blob_id not in MESSAGES:
             raise StoreError(f"no message {blob_id}")
         return FakeReader(MESSAGES[blob_id])
+
+
+READS: list[FakeReader] = []
 
 
 @dataclass(frozen=True)
@@ -136,6 +148,38 @@ def test_issue_13_spam_and_ham_go_to_their_paths_with_the_message(
         "event=spam.learned user=bob@example.test message=blob5 kind=spam status=200 attempts=1",
         "event=spam.learned user=bob@example.test message=blob1 kind=ham status=200 attempts=1",
     ]
+
+
+def test_issue_13_the_message_is_read_in_64_kib_pieces_and_closed(controller: Callable[[Answer], Controller]) -> None:
+    server = controller(lambda r: (200, b"{}"))
+    learner = learner_for(server.port)
+    learner.start()
+    READS.clear()
+    learner.report([report("blob5")])
+    assert learner.wait_idle(10)
+    learner.stop()
+    (reader,) = READS
+    size = len(MESSAGES["blob5"])
+    assert reader.closed and sum(reader.lengths) == size
+    assert len(reader.lengths) == -(-size // 65536) and max(reader.lengths) == 65536
+
+
+def test_issue_13_a_message_gone_while_it_is_sent_fails_without_retries(
+    controller: Callable[[Answer], Controller], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "kartero.spam")
+    server = controller(lambda r: (200, b"{}"))
+    learner = learner_for(server.port)
+    learner.start()
+    learner.report([SpamReport(USER, "broken", len(BROKEN), SpamClass.SPAM), report("blob0")])
+    assert learner.wait_idle(10)
+    learner.stop()
+    lines = events(caplog)
+    assert lines[0] == ("event=spam.learn_failed user=bob@example.test message=broken kind=spam attempts=1"
+                        ' detail="message not readable: message broken is gone"')  # fmt: skip
+    assert lines[1].startswith("event=spam.learned user=bob@example.test message=blob0 ")
+    broken, learned = server.all()
+    assert len(broken.body) < len(BROKEN) and learned.body == MESSAGES["blob0"]  # the broken one never whole
 
 
 def test_issue_13_url_path_and_password(controller: Callable[[Answer], Controller]) -> None:
