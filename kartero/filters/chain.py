@@ -136,7 +136,6 @@ class ChainSession:
 
     async def message(self, transaction: Transaction, data: bytes | Content) -> Filtered:
         """Ask each filter in turn about the message as the ones before it left it."""
-        self._in_transaction = False
         edited = Edited(data)
         if self._discard:
             return Filtered(None, True, edited, False)
@@ -164,9 +163,14 @@ class ChainSession:
         return Filtered(None, False, edited, junk)
 
     async def _abort(self) -> None:
-        if self._in_transaction:
-            self._in_transaction = False
-            for _, _, session in self._active():
+        """End the last transaction at every filter still in the session, also those that settled it
+        (accepted the rest, refused or discarded the message): each knows whether it has one open, and
+        Postfix too sends ABORT to every milter before the next MAIL."""
+        if not self._in_transaction:
+            return
+        self._in_transaction = False
+        for i, (_, session) in enumerate(self._sessions):
+            if i not in self._done_session:
                 await session.abort()
 
     async def close(self) -> None:
@@ -174,6 +178,7 @@ class ChainSession:
         if self._closed:
             return
         self._closed = True
+        await self._abort()
         await asyncio.gather(*(session.close() for _, session in self._sessions), return_exceptions=True)
 
     def _settle(self, i: int, verdict: Verdict) -> Reply | None:
