@@ -307,6 +307,13 @@ class MilterSession:
             return await within(self.config.timeout_s, asyncio.ensure_future(work), self.milter.name)
         except DeadlineExceeded as exc:
             raise MilterFailed(f"no answer within {self.config.timeout_s:g} s") from exc
+        except asyncio.CancelledError:
+            # The session's own deadline ended the exchange midway: the connection is out of step with
+            # the core, so it is done for this session (later phases answer per on_error).
+            self._failed = True
+            if self._writer is not None:
+                self._writer.transport.abort()
+            raise
 
     async def _disconnect(self, writer: asyncio.StreamWriter | None) -> None:
         if writer is None:
