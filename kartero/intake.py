@@ -698,7 +698,7 @@ def delivered_to(head: bytes) -> frozenset[str]:
 
 def _address_key(address: str) -> str:
     """An address as filters' recipient changes are matched: lower-case, the domain in A-label form."""
-    local, at, domain = address.rpartition("@")
+    local, at, _ = address.rpartition("@")
     return f"{local.lower()}{at}{_domain_of(address).lower()}" if at else address.lower()
 
 

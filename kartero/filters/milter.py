@@ -380,8 +380,8 @@ def _connect_macros(client: ClientInfo, version: str) -> dict[str, str]:
         "{client_addr}": client.address,
         "{client_port}": str(client.port),
         "{client_name}": client.hostname,
-        "{client_ptr}": client.hostname,
-        "{client_resolve}": "OK" if resolved else "FAIL",
+        "{client_ptr}": client.ptr_name or client.hostname,
+        "{client_resolve}": client.resolve if not resolved else "OK",
         "i": client.session_id,
     }
     return {name: value for name, value in macros.items() if value}

@@ -30,6 +30,8 @@ class ClientInfo:
     hostname: str  # the client's verified reverse name, else "unknown" (Postfix's convention)
     local_address: str = ""  # the address the client connected to ({daemon_addr})
     local_port: int = 0
+    ptr_name: str = ""  # the reverse (PTR) name even when its addresses do not lead back ({client_ptr})
+    resolve: str = "FAIL"  # OK (verified), FAIL (no PTR), FORGED (it does not lead back), TEMP (DNS failed)
 
 
 @dataclass(frozen=True, slots=True)
