@@ -231,6 +231,12 @@ class MilterClient:
         self._pending = None
 
     @property
+    def progress(self) -> int:
+        """SMFIR_PROGRESS replies while waiting for the current answer (each one restarts the adapter's
+        wait, as in Postfix)."""
+        return self._progress
+
+    @property
     def wants_close(self) -> bool:
         """Nothing more will be sent: the adapter may close the connection."""
         return self.state in (State.CLOSED, State.FAILED)
