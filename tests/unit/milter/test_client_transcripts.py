@@ -352,8 +352,15 @@ def test_changes_are_dropped_when_the_final_reply_refuses(bytewise: bool) -> Non
 def test_a_header_value_cannot_start_a_new_field(bytewise: bool) -> None:
     client = in_message(bytewise)
     answer = eom(client, r("h", z("X-A", "one\nBcc: victim@example.org\n\nbody\n")) + r("c"), bytewise)
-    folded = AddHeader("X-A", "one\r\n Bcc: victim@example.org\r\n \r\n body")
+    # no blank continuation line either (review: some readers take it for the end of the header)
+    folded = AddHeader("X-A", "one\r\n Bcc: victim@example.org\r\n body")
     assert answer == Answer(Action.CONTINUE, changes=(folded,))
+
+
+def test_issue_13_control_characters_never_reach_a_stored_field(bytewise: bool) -> None:
+    client = in_message(bytewise)
+    answer = eom(client, r("h", z("X-A", "a\x0bb\x0cc\x7f\n\t\x1bd")) + r("c"), bytewise)
+    assert answer == Answer(Action.CONTINUE, changes=(AddHeader("X-A", "abc\r\n\td"),))
 
 
 @pytest.mark.parametrize(("replies", "limits", "max_body"), [
