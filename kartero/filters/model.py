@@ -154,7 +154,8 @@ class MessageVerdict:
 class FilterSession(Protocol):
     """One filter's view of one SMTP session. Each call has the filter's own deadline inside: a filter
     that fails or passes it answers per its `on_error` (tempfail: `Refuse(451 4.7.1 ...)`; accept:
-    `AcceptRest()`) and logs why; it never raises."""
+    `AcceptRest()` from a milter, `Continue()` from the hooks, whose other hooks still run) and logs why;
+    it never raises."""
 
     async def connect(self, client: ClientInfo) -> Verdict: ...
     async def helo(self, name: str) -> Verdict: ...

@@ -308,6 +308,16 @@ def test_issue_13_each_load_is_a_fresh_module_of_its_own(tmp_path: Path) -> None
     assert f.reload() and old not in sys.modules and f.hooks.module_name in sys.modules
 
 
+def test_issue_13_a_misspelt_hook_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "kartero.hooks"):
+        f = make_filter(hook_file(tmp_path, """
+            async def on_mail(session, sender):
+                return hooks.reject()
+        """))
+    assert f.hooks.functions == {}
+    assert "event=hooks.unknown" in caplog.text and "function=on_mail" in caplog.text
+
+
 def test_issue_13_reload_keeps_the_old_hooks_when_the_new_file_is_broken(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
