@@ -301,7 +301,7 @@ secure_ip = "127.0.0.1";
 """,
             "override.d/worker-proxy.inc": """
 milter = yes;
-timeout = 30s;
+timeout = 20s;
 upstream "local" {
     default = yes;
     self_scan = yes;

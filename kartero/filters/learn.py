@@ -112,27 +112,30 @@ class Learner:
     # -- SpamReports -------------------------------------------------------------------------------
 
     def report(self, reports: Sequence[SpamReport]) -> None:
-        dropped = 0
         with self._cond:
             now = time.monotonic()
             for report in reports:
-                if len(self._fresh) + len(self._retries) >= self.settings.max_queue:
-                    self._drop_oldest()
-                    dropped += 1
                 self._seq += 1
                 self._fresh.append(_Item(now, self._seq, report))
+            dropped = len(self._fresh) + len(self._retries) - self.settings.max_queue
+            if dropped > 0:
+                self._drop_oldest(dropped)
             self._cond.notify()
-        if dropped:
+        if dropped > 0:
             log.warning("%s", kv(event="spam.learn_dropped", reason="queue full", count=dropped,
                                  max_queue=self.settings.max_queue))  # fmt: skip
 
-    def _drop_oldest(self) -> None:
-        oldest_retry = min(self._retries, key=lambda item: item.seq, default=None)
-        if oldest_retry is not None and (not self._fresh or oldest_retry.seq < self._fresh[0].seq):
-            self._retries.remove(oldest_retry)
-            heapq.heapify(self._retries)
+    def _drop_oldest(self, count: int) -> None:
+        """Drop the `count` oldest reports. Every retry is older than every fresh report (a report
+        becomes a retry only after it was the oldest fresh one), so the retries go first."""
+        if count >= len(self._retries):
+            count -= len(self._retries)
+            self._retries.clear()
+            for _ in range(count):
+                self._fresh.popleft()
         else:
-            self._fresh.popleft()
+            self._retries = sorted(self._retries, key=lambda item: item.seq)[count:]
+            heapq.heapify(self._retries)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

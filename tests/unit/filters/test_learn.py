@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -291,6 +292,29 @@ def test_issue_13_a_full_queue_drops_the_oldest(
     learner.stop()
     assert [MESSAGES_BY_BODY[r.body] for r in server.all()] == ["blob2", "blob3", "blob4"]
     assert events(caplog)[0] == "event=spam.learn_dropped reason=\"queue full\" count=2 max_queue=3"
+
+
+def test_issue_13_a_full_queue_drops_waiting_retries_first(
+    controller: Callable[[Answer], Controller], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reports waiting to be tried again are older than any new one: they are the first to go."""
+    caplog.set_level(logging.INFO, "kartero.spam")
+    failing = threading.Event()
+    failing.set()
+    server = controller(lambda r: (503, b"busy") if failing.is_set() else (200, b"{}"))
+    learner = learner_for(server.port, max_queue=3, first_backoff_s=30.0, max_backoff_s=30.0)
+    learner.start()
+    learner.report([report("blob0"), report("blob1")])
+    deadline = time.monotonic() + 10
+    while sum("spam.learn_retry" in line for line in events(caplog)) < 2:  # both wait 30 s for their retry
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    failing.clear()
+    learner.report([report("blob2"), report("blob3"), report("blob4")])
+    assert learner.wait_idle(10)  # without the two retries, nothing is left to wait 30 s for
+    learner.stop()
+    assert [MESSAGES_BY_BODY[r.body] for r in server.all()] == ["blob0", "blob1", "blob2", "blob3", "blob4"]
+    assert "event=spam.learn_dropped reason=\"queue full\" count=2 max_queue=3" in events(caplog)
 
 
 def test_issue_13_stop_drops_what_is_queued_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
