@@ -124,13 +124,9 @@ class ChainSession:
         if self._discard:
             return None
         for i, _, session in self._active():
-            verdict = await session.rcpt_to(transaction, recipient, params)
-            if isinstance(verdict, Refuse):
-                return verdict.reply
-            if isinstance(verdict, AcceptRest):
-                self._done_transaction.add(i)
-            elif isinstance(verdict, Discard):
-                self._discard = True
+            if (stop := self._settle(i, await session.rcpt_to(transaction, recipient, params))) is not None:
+                return stop
+            if self._discard:
                 return None
         return None
 
