@@ -60,6 +60,9 @@ async def within(timeout_s: float, awaitable: asyncio.Future[T], what: str = "wo
     timer = loop.call_later(timeout_s, wake)
     try:
         await waiter
+    except BaseException:  # we were cancelled (a caller's own deadline): the work is not wanted either
+        awaitable.cancel()
+        raise
     finally:
         timer.cancel()
         awaitable.remove_done_callback(wake)

@@ -293,9 +293,10 @@ class Intake:
         edited = filtered.edited
         envelope = incoming.envelope
         targets = incoming.targets
-        if edited.deleted:
-            targets = tuple(t for t in targets if t.recipient.address.lower() not in edited.deleted)
-        known = {t.recipient.address.lower() for t in targets}
+        if edited.deleted:  # the milter names them as the client wrote them; a remote target is canonical
+            deleted = {_address_key(a) for a in edited.deleted}
+            targets = tuple(t for t in targets if _address_key(t.recipient.address) not in deleted)
+        known = {_address_key(t.recipient.address) for t in targets}
         for address, _ in edited.added:
             try:
                 canonical = parse_address(address)
@@ -305,8 +306,8 @@ class Intake:
                 log.info("%s", kv(event="filter.bad_recipient", id=message_id, rcpt=address, detail=str(exc)))
             if target is None:
                 log.info("%s", kv(event="filter.unknown_recipient", id=message_id, rcpt=canonical))
-            elif canonical.lower() not in known:
-                known.add(canonical.lower())
+            elif _address_key(canonical) not in known:
+                known.add(_address_key(canonical))
                 targets += (target,)
         if not targets:
             log.info("%s", kv(event="filter.no_recipients", id=message_id, sender=sender))
@@ -693,6 +694,12 @@ def delivered_to(head: bytes) -> frozenset[str]:
         return frozenset()
     values = parse_header_block(block).get_all("delivered-to")
     return frozenset(v.decode("utf-8", "replace").strip().strip("<>").strip().lower() for v in values)
+
+
+def _address_key(address: str) -> str:
+    """An address as filters' recipient changes are matched: lower-case, the domain in A-label form."""
+    local, at, _ = address.rpartition("@")
+    return f"{local.lower()}{at}{_domain_of(address).lower()}" if at else address.lower()
 
 
 def _domain_of(address: str) -> str:

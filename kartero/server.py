@@ -21,11 +21,12 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from kartero.auth.accounts import Authenticator, DirectoryCache
 from kartero.auth.throttle import AuthThrottle
-from kartero.concurrency import Blocking
+from kartero.concurrency import Blocking, DeadlineExceeded, within
 from kartero.config import IMPLICIT_TLS, Config
 from kartero.control import remove_pid, write_pid
 from kartero.delivery.agent import AgentSettings, DeliveryAgent, verifying_tls_context
@@ -33,7 +34,7 @@ from kartero.delivery.local import DsnSender
 from kartero.delivery.maildrop import Pickup
 from kartero.delivery.mtasts import MTASTS
 from kartero.delivery.mx import Hop
-from kartero.dns.resolver import Resolver, blocking_resolver
+from kartero.dns.resolver import ClientName, Resolver, blocking_resolver
 from kartero.filters.chain import Filters
 from kartero.filters.hooks import HookFilter, HookLoadError
 from kartero.filters.learn import Learner, LearnSettings
@@ -366,6 +367,7 @@ class Server:
                             policy=submission_policy if is_submission else policy,
                             intake=intake,
                             filters=filters["submission" if is_submission else "smtp"],
+                            client_name=partial(client_name, resolver, min(config.dns.timeout_s, 5.0)),
                             tls_context=lambda: self._tls,
                             spawn=self._spawn,
                             sessions=self._sessions,
@@ -633,10 +635,23 @@ def serve(config: Config, worker: int = 0) -> int:
     return 0
 
 
+async def client_name(resolver: Resolver, deadline_s: float, address: str) -> ClientName:
+    """The client's verified reverse name for the content filters, within `deadline_s` (the greeting
+    waits for it), "unknown" with TEMP past it."""
+    try:
+        return await within(deadline_s, asyncio.ensure_future(resolver.client_name(address)), "reverse DNS")
+    except DeadlineExceeded:
+        return ClientName("unknown", "", "TEMP")
+
+
 def start_learner(config: Config, store: MailStore) -> Learner | None:
     """The worker that sends users' spam/ham reports to `[spam] learn` (None when that is not set)."""
     if not config.spam.learn:
         return None
-    learner = Learner(store, LearnSettings(config.spam.learn))
+    try:
+        settings = LearnSettings(config.spam.learn)
+    except ValueError as exc:
+        raise StartupError(f"{config.name}: [spam] learn: {exc}") from None
+    learner = Learner(store, settings)
     learner.start()
     return learner

@@ -7,6 +7,7 @@ or a temporary failure (SERVFAIL, timeout, refused) that the caller should retry
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import dns.exception
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
+import dns.reversename
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +119,55 @@ class Resolver:
             return temporary
         return NoRecords(is_nxdomain=nxdomain)
 
+    async def client_name(self, address: str) -> ClientName:
+        """Forward-confirmed reverse DNS of `address` (the PTR, then each name's A/AAAA). A loopback
+        address is "localhost" without a lookup, as every system's hosts file says (RFC 6761 §6.3)."""
+        try:
+            if ipaddress.ip_address(address).is_loopback:
+                return ClientName("localhost", "localhost", "OK")
+            reverse = dns.reversename.from_address(address).to_text()
+        except (ValueError, dns.exception.DNSException):
+            return ClientName("unknown", "", "FAIL")
+        result = await self._query(reverse, "PTR")
+        if isinstance(result, Temporary):
+            return ClientName("unknown", "", "TEMP")
+        if isinstance(result, NoRecords) or not result:
+            return ClientName("unknown", "", "FAIL")
+        names = [str(r).rstrip(".").lower() for r in result][:MAX_PTR_NAMES]
+        temporary = False
+        wanted = ipaddress.ip_address(address)
+        for name in names:
+            found = await self.addresses(name)
+            if isinstance(found, Temporary):
+                temporary = True
+            elif isinstance(found, Records) and any(_same_address(a, wanted) for a in found.values):
+                return ClientName(name, name, "OK")
+        return ClientName("unknown", names[0], "TEMP" if temporary else "FORGED")
+
     async def txt(self, name: str) -> Records | NoRecords | Temporary:
         result = await self._query(name, "TXT")
         if isinstance(result, (NoRecords, Temporary)):
             return result
         return Records(tuple(b"".join(r.strings).decode("utf-8", "replace") for r in result))  # type: ignore[attr-defined]
+
+
+# Of a client's PTR names, this many are checked for an address that leads back (Postfix checks all; a
+# hostile zone could list hundreds, each a lookup).
+MAX_PTR_NAMES = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ClientName:
+    """The verified reverse name of a client address (Postfix's {client_name}, {client_ptr},
+    {client_resolve}): `name` is "unknown" unless a PTR name's addresses include the client's."""
+
+    name: str
+    ptr: str
+    status: str  # OK, FAIL (no PTR), FORGED (no PTR name leads back), TEMP (a lookup failed for now)
+
+
+def _same_address(text: str, wanted: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    try:
+        return ipaddress.ip_address(text) == wanted
+    except ValueError:
+        return False

@@ -41,10 +41,13 @@ class Edited:
 
 
 def split_message(data: bytes | Content) -> tuple[list[bytes], bytes | Content]:
-    """(the header fields, each with its continuation lines and line end; the body: bytes, or the
-    Content whose head is empty and whose tail is the body)."""
+    """(the header fields, each with its continuation lines and line end; the rest: the blank line and
+    the body, as bytes or as a Content whose tail is the spooled body).
+
+    The header ends, as the milter protocol shows it (and Postfix), at the first line that is neither a
+    field nor a continuation: such a line and what follows it are the rest, never edited."""
     head = data.head if isinstance(data, Content) else data
-    end, body_start = find_body_start(head)
+    end, _ = find_body_start(head)
     block = head[:end]
     if block.endswith(b"\r\n\r\n"):
         block = block[:-2]
@@ -52,11 +55,16 @@ def split_message(data: bytes | Content) -> tuple[list[bytes], bytes | Content]:
         block = block[:-1]
     elif block in (b"\r\n", b"\n"):  # no header fields at all
         block = b""
+    fields = split_fields(block)
+    taken = 0
+    for i, raw in enumerate(fields):
+        if not field_name(raw):
+            fields = fields[:i]
+            break
+        taken += len(raw)
     if isinstance(data, Content):
-        body: bytes | Content = Content(head[body_start:], data.tail)
-    else:
-        body = head[body_start:]
-    return split_fields(block), body
+        return fields, Content(head[taken:], data.tail)
+    return fields, head[taken:]
 
 
 def split_fields(block: bytes) -> list[bytes]:
@@ -75,7 +83,7 @@ def split_fields(block: bytes) -> list[bytes]:
             fields.append(line)
         position = stop
     if fields and not fields[-1].endswith(b"\n"):
-        fields[-1] += CRLF
+        fields[-1] += CRLF  # a header-only message without a final line end: what follows needs its own line
     return fields
 
 
@@ -103,15 +111,6 @@ def format_field(name: str, value: str) -> bytes:
     return f"{name}:{sep}{folded}\r\n".encode()
 
 
-def normalized_body(body: bytes) -> bytes:
-    """A replacement body with CRLF line ends (milters may send bare LF), ending in CRLF when not empty."""
-    lines = body.split(b"\n")
-    out = b"\r\n".join(line[:-1] if line.endswith(b"\r") else line for line in lines)
-    if out and not out.endswith(CRLF):
-        out += CRLF
-    return out
-
-
 HeaderOrBody = AddHeader | InsertHeader | ChangeHeader | ReplaceBody
 
 
@@ -136,39 +135,81 @@ def apply(edited: Edited, changes: Sequence[Change]) -> None:
 
 
 def _rewritten(data: bytes | Content, changes: Sequence[HeaderOrBody]) -> bytes | Content:
-    fields, body = split_message(data)
+    fields, rest = split_message(data)
+    header = _Header(fields)
     for change in changes:
         match change:
             case AddHeader(name=name, value=value):
-                fields.append(format_field(name, value))
+                header.add(format_field(name, value))
             case InsertHeader(index=index, name=name, value=value):
-                fields.insert(max(0, min(index, len(fields))), format_field(name, value))
+                header.insert(index, format_field(name, value))
             case ChangeHeader(name=name, occurrence=occurrence, value=value):
-                _change(fields, name, occurrence, value)
+                header.change(name, occurrence, value)
             case ReplaceBody(body=new):
-                body = normalized_body(new)
-    head = b"".join(fields) + CRLF
-    if isinstance(body, Content):
-        return Content(head + body.head, body.tail)
-    return head + body
+                rest = CRLF + _crlf_ended(new)
+    block = header.joined()
+    if isinstance(rest, Content):
+        return Content(block + rest.head, rest.tail)
+    return block + rest
 
 
-def _change(fields: list[bytes], name: str, occurrence: int, value: str) -> None:
-    """Replace (or, with an empty value, delete) the `occurrence`-th field called `name`; past the last
-    one, a non-empty value is appended."""
-    wanted = name.encode("utf-8", "replace").lower()
-    seen = 0
-    for i, raw in enumerate(fields):
-        if field_name(raw) == wanted:
-            seen += 1
-            if seen == max(occurrence, 1):
-                if value.strip():
-                    fields[i] = format_field(raw[: raw.find(b":")].decode("utf-8", "replace"), value)
-                else:
-                    del fields[i]
-                return
-    if value.strip():
-        fields.append(format_field(name, value))
+class _Header:
+    """The header fields under edit. Each change costs at most the fields of its name (a deletion marks
+    the slot empty instead of shifting the list), so a milter deleting each of thousands of fields of
+    one name in a 2 MiB header is linear work, not fields x changes."""
+
+    def __init__(self, fields: list[bytes]) -> None:
+        self.fields: list[bytes | None] = list(fields)
+        self.empty = 0  # deleted slots
+        self._by_name: dict[bytes, list[int]] | None = None  # name -> slots in order, built when needed
+
+    def by_name(self) -> dict[bytes, list[int]]:
+        if self._by_name is None:
+            index: dict[bytes, list[int]] = {}
+            for i, raw in enumerate(self.fields):
+                if raw is not None:
+                    index.setdefault(field_name(raw), []).append(i)
+            self._by_name = index
+        return self._by_name
+
+    def add(self, raw: bytes) -> None:
+        self.fields.append(raw)
+        if self._by_name is not None:
+            self._by_name.setdefault(field_name(raw), []).append(len(self.fields) - 1)
+
+    def insert(self, index: int, raw: bytes) -> None:
+        """Before the field at `index` of the live ones (past the end: appended)."""
+        if self.empty:
+            self.fields = [f for f in self.fields if f is not None]
+            self.empty = 0
+        self.fields.insert(max(0, min(index, len(self.fields))), raw)
+        self._by_name = None
+
+    def change(self, name: str, occurrence: int, value: str) -> None:
+        """Replace (or, with an empty value, delete) the `occurrence`-th field called `name`; past the
+        last one, a non-empty value is appended."""
+        slots = self.by_name().get(name.encode("utf-8", "replace").lower(), [])
+        position = max(occurrence, 1) - 1
+        if position < len(slots):
+            slot = slots[position]
+            raw = self.fields[slot]
+            assert raw is not None
+            if value.strip():
+                self.fields[slot] = format_field(raw[: raw.find(b":")].decode("utf-8", "replace"), value)
+            else:
+                self.fields[slot] = None
+                del slots[position]
+                self.empty += 1
+        elif value.strip():
+            self.add(format_field(name, value))
+
+    def joined(self) -> bytes:
+        return b"".join(f for f in self.fields if f is not None)
+
+
+def _crlf_ended(body: bytes) -> bytes:
+    """A replacement body ending in a line end (the milter core already made every line end CRLF)."""
+    return body if not body or body.endswith(CRLF) else body + CRLF
 
 
 def is_junk(data: bytes | Content, junk_header: str) -> bool:

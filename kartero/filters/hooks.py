@@ -233,7 +233,10 @@ class HookSession:
             return MessageVerdict(Continue())
         raw = io.BufferedReader(_MessageBytes(data), STREAM_BUFFER_BYTES)
         try:
-            block = header_block(data, raw)
+            try:
+                block = header_block(data, raw)
+            except OSError as exc:  # the spool file is gone or unreadable: the hook cannot look at it
+                return MessageVerdict(self._failed("on_message", _Failed(f"cannot read the message: {exc}", exc)))
             # A hostile header (up to 2 MiB) takes some 100 ms to decode: off the loop when it is big.
             headers = parse_headers(block) if len(block) <= INLINE_HEADER_BYTES else (
                 await asyncio.to_thread(parse_headers, block))  # fmt: skip
@@ -261,13 +264,23 @@ class HookSession:
         if fn is None:
             return Continue(), ()
         try:
-            return interpret(hook, await self._call(hook, fn, args))
+            answer = await self._call(hook, fn, args)
+            try:
+                return interpret(hook, answer)
+            except _Failed:
+                raise
+            except Exception as exc:  # an answer object that breaks when read (a list whose __iter__ raises)
+                raise _Failed(f"returned an answer that cannot be read: {type(exc).__name__}", exc) from exc
         except _Failed as failure:
-            log.error("%s", kv(event="hooks.failed", hook=hook, session=self._session.session_id or None,
-                               detail=failure.detail), exc_info=failure.cause)  # fmt: skip
-            if self._owner.on_error == "accept":
-                return Continue(), ()
-            return Refuse(replies.HOOK_FAILED), ()
+            return self._failed(hook, failure), ()
+
+    def _failed(self, hook: str, failure: _Failed) -> Verdict:
+        """Log a hook's failure, with its traceback, and answer per on_error."""
+        log.error("%s", kv(event="hooks.failed", hook=hook, session=self._session.session_id or None,
+                           detail=failure.detail), exc_info=failure.cause)  # fmt: skip
+        if self._owner.on_error == "accept":
+            return Continue()
+        return Refuse(replies.HOOK_FAILED)
 
     async def _call(self, hook: str, fn: HookFunction, args: tuple[object, ...]) -> object:
         try:
@@ -351,7 +364,11 @@ def interpret(hook: str, answer: object) -> tuple[Verdict, tuple[AddHeader, ...]
             case hooks.AddHeader():
                 if hook != "on_message":
                     raise _Failed(f"returned add_header from {hook}: headers can only be added by on_message")
-                added.append(AddHeader(result.name, result.value))
+                try:  # checked again: an object made around __post_init__ must not reach the header
+                    checked = hooks.AddHeader(result.name, result.value)
+                except ValueError as exc:
+                    raise _Failed(f"returned a bad header: {exc}") from exc
+                added.append(AddHeader(checked.name, checked.value))
             case _:
                 raise _Failed(f"returned {_clip(repr(result))}: expected {_EXPECTED}")
     if refusal is not None:

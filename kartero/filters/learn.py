@@ -112,27 +112,30 @@ class Learner:
     # -- SpamReports -------------------------------------------------------------------------------
 
     def report(self, reports: Sequence[SpamReport]) -> None:
-        dropped = 0
         with self._cond:
             now = time.monotonic()
             for report in reports:
-                if len(self._fresh) + len(self._retries) >= self.settings.max_queue:
-                    self._drop_oldest()
-                    dropped += 1
                 self._seq += 1
                 self._fresh.append(_Item(now, self._seq, report))
+            dropped = len(self._fresh) + len(self._retries) - self.settings.max_queue
+            if dropped > 0:
+                self._drop_oldest(dropped)
             self._cond.notify()
-        if dropped:
+        if dropped > 0:
             log.warning("%s", kv(event="spam.learn_dropped", reason="queue full", count=dropped,
                                  max_queue=self.settings.max_queue))  # fmt: skip
 
-    def _drop_oldest(self) -> None:
-        oldest_retry = min(self._retries, key=lambda item: item.seq, default=None)
-        if oldest_retry is not None and (not self._fresh or oldest_retry.seq < self._fresh[0].seq):
-            self._retries.remove(oldest_retry)
-            heapq.heapify(self._retries)
+    def _drop_oldest(self, count: int) -> None:
+        """Drop the `count` oldest reports. Every retry is older than every fresh report (a report
+        becomes a retry only after it was the oldest fresh one), so the retries go first."""
+        if count >= len(self._retries):
+            count -= len(self._retries)
+            self._retries.clear()
+            for _ in range(count):
+                self._fresh.popleft()
         else:
-            self._fresh.popleft()
+            self._retries = sorted(self._retries, key=lambda item: item.seq)[count:]
+            heapq.heapify(self._retries)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -226,9 +229,11 @@ class Learner:
             return _Outcome(False, False, 0, f"message not readable: {exc}")
         conn: http.client.HTTPConnection
         if self._https:
-            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.settings.timeout_s)
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.settings.timeout_s,
+                                               blocksize=_READ_BLOCK)  # fmt: skip
         else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.settings.timeout_s)
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.settings.timeout_s,
+                                              blocksize=_READ_BLOCK)  # fmt: skip
         headers = {"Content-Length": str(report.size), "Deliver-To": report.user}
         if self._password is not None:
             headers["Password"] = self._password
@@ -236,8 +241,10 @@ class Learner:
             conn.request("POST", self._prefix + _PATHS[report.kind], body=_Body(reader, report.size), headers=headers)
             response = conn.getresponse()
             answer = response.read(4096).decode("utf-8", "replace").strip()
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, StoreUnavailable) as exc:
             return _Outcome(False, True, 0, f"{type(exc).__name__}: {exc}")
+        except StoreError as exc:  # expunged and compacted away while it was being sent
+            return _Outcome(False, False, 0, f"message not readable: {exc}")
         finally:
             conn.close()
             with contextlib.suppress(Exception):

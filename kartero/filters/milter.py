@@ -274,8 +274,13 @@ class MilterSession:
         raise MilterFailed(event.detail if isinstance(event, core.Failed) else f"unexpected {event}")
 
     async def _exchange_event(self) -> core.Event:
+        """Send what the core has and read until it has an answer: the whole answer within `timeout`
+        (a milter trickling bytes gets no more), the wait starting again at each progress reply."""
         client = self._core()
         await self._flush()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.timeout_s
+        progress = client.progress
         while True:
             event = client.next_event()
             if not isinstance(event, core.NeedData):
@@ -284,8 +289,10 @@ class MilterSession:
                 return event
             if self._reader is None:
                 raise MilterFailed("no connection")
+            if client.progress != progress:
+                progress, deadline = client.progress, loop.time() + self.config.timeout_s
             try:
-                data = await self._within(self._reader.read(READ_BYTES))
+                data = await self._within(self._reader.read(READ_BYTES), max(deadline - loop.time(), 0.001))
             except OSError as exc:
                 raise MilterFailed(f"read: {exc}") from exc
             client.receive_data(data)
@@ -303,11 +310,19 @@ class MilterSession:
         except OSError as exc:
             raise MilterFailed(f"write: {exc}") from exc
 
-    async def _within(self, work: Awaitable[T]) -> T:
+    async def _within(self, work: Awaitable[T], timeout_s: float | None = None) -> T:
+        timeout_s = self.config.timeout_s if timeout_s is None else timeout_s
         try:
-            return await within(self.config.timeout_s, asyncio.ensure_future(work), self.milter.name)
+            return await within(timeout_s, asyncio.ensure_future(work), self.milter.name)
         except DeadlineExceeded as exc:
             raise MilterFailed(f"no answer within {self.config.timeout_s:g} s") from exc
+        except asyncio.CancelledError:
+            # The session's own deadline ended the exchange midway: the connection is out of step with
+            # the core, so it is done for this session (later phases answer per on_error).
+            self._failed = True
+            if self._writer is not None:
+                self._writer.transport.abort()
+            raise
 
     async def _disconnect(self, writer: asyncio.StreamWriter | None) -> None:
         if writer is None:
@@ -381,8 +396,8 @@ def _connect_macros(client: ClientInfo, version: str) -> dict[str, str]:
         "{client_addr}": client.address,
         "{client_port}": str(client.port),
         "{client_name}": client.hostname,
-        "{client_ptr}": client.hostname,
-        "{client_resolve}": "OK" if resolved else "FAIL",
+        "{client_ptr}": client.ptr_name or client.hostname,
+        "{client_resolve}": client.resolve if not resolved else "OK",
         "i": client.session_id,
     }
     return {name: value for name, value in macros.items() if value}

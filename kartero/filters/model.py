@@ -30,6 +30,8 @@ class ClientInfo:
     hostname: str  # the client's verified reverse name, else "unknown" (Postfix's convention)
     local_address: str = ""  # the address the client connected to ({daemon_addr})
     local_port: int = 0
+    ptr_name: str = ""  # the reverse (PTR) name even when its addresses do not lead back ({client_ptr})
+    resolve: str = "FAIL"  # OK (verified), FAIL (no PTR), FORGED (it does not lead back), TEMP (DNS failed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +154,8 @@ class MessageVerdict:
 class FilterSession(Protocol):
     """One filter's view of one SMTP session. Each call has the filter's own deadline inside: a filter
     that fails or passes it answers per its `on_error` (tempfail: `Refuse(451 4.7.1 ...)`; accept:
-    `AcceptRest()`) and logs why; it never raises."""
+    `AcceptRest()` from a milter, `Continue()` from the hooks, whose other hooks still run) and logs why;
+    it never raises."""
 
     async def connect(self, client: ClientInfo) -> Verdict: ...
     async def helo(self, name: str) -> Verdict: ...

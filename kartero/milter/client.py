@@ -231,6 +231,12 @@ class MilterClient:
         self._pending = None
 
     @property
+    def progress(self) -> int:
+        """SMFIR_PROGRESS replies while waiting for the current answer (each one restarts the adapter's
+        wait, as in Postfix)."""
+        return self._progress
+
+    @property
     def wants_close(self) -> bool:
         """Nothing more will be sent: the adapter may close the connection."""
         return self.state in (State.CLOSED, State.FAILED)
@@ -529,8 +535,14 @@ def _folded(value: str) -> str:
     """A header value from a milter with its line breaks ("\\n", as libmilter milters write them, or
     CRLF) as CRLF. A line that would not start with a blank gets one, so a value can never end the field
     and start another (or end the header) in the stored message."""
+    value = value.translate(_CONTROLS)  # C0 controls but tab and LF, and DEL: never in a stored field
     lines = value.replace("\r\n", "\n").replace("\r", " ").rstrip("\n").split("\n")
-    return "\r\n".join([lines[0], *(line if line[:1] in (" ", "\t") else " " + line for line in lines[1:])])
+    # An empty or blank continuation line is dropped: some readers take a blank line for the header's end.
+    folded = [line if line[:1] in (" ", "\t") else " " + line for line in lines[1:] if line.strip(" \t")]
+    return "\r\n".join([lines[0], *folded])
+
+
+_CONTROLS = {c: None for c in [*range(0x00, 0x09), *range(0x0B, 0x0D), *range(0x0E, 0x20), 0x7F]}
 
 
 def _crlf_body(body: bytes) -> bytes:

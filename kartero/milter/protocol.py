@@ -269,7 +269,9 @@ def parse_replycode(data: bytes) -> Reply:
     if len(data) > MAX_REPLY_BYTES or b"\0" in data:
         raise ProtocolError("reply code text too long or with a NUL")
     text = data.decode("ascii", "replace")
-    if len(text) < 5 or text[0] not in "45" or text[4] != text[0]:
+    # An enhanced code is optional (libmilter's smfi_setreply with none sends "550 text"); one that is
+    # there must be of the reply's class, as Postfix checks it.
+    if len(text) < 4 or text[0] not in "45" or (len(text) > 4 and text[4].isdigit() and text[4] != text[0]):
         raise ProtocolError(f"malformed reply {make_printable(text[:80])!r}")
     code: int | None = None
     enhanced: str | None = None
@@ -284,7 +286,13 @@ def parse_replycode(data: bytes) -> Reply:
     assert code is not None
     if enhanced is not None and enhanced[0] != str(code)[0]:
         raise ProtocolError(f"enhanced code {enhanced} does not match {code}")
-    return Reply(code, enhanced, "\n".join(lines))
+    # Our replies always carry an enhanced code (RFC 2034 §3): the class's "policy" one when the milter
+    # gave none; an empty text gets Postfix's default for the class.
+    text = "\n".join(lines) if any(lines) else DEFAULT_TEXTS[code // 100]
+    return Reply(code, enhanced or f"{code // 100}.7.1", text)
+
+
+DEFAULT_TEXTS = {4: "Service unavailable - try again later", 5: "Command rejected"}
 
 
 def _unpercent(text: str) -> str:

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from kartero.auth.accounts import Authenticator
 from kartero.concurrency import DeadlineExceeded, Finished, start_eagerly
+from kartero.dns.resolver import ClientName
 from kartero.filters.chain import ChainSession, Filtered, Filters
 from kartero.filters.model import ClientInfo, Transaction
 from kartero.intake import Incoming, Intake, Refused, SmtpArrival, Stored, Target, with_protocol
@@ -90,6 +91,8 @@ class SessionContext(ListenerContext[ServerSettings]):
     intake: Intake
     authenticator: Authenticator | None = None
     filters: Filters | None = None  # the listener's content filters (milters, hooks)
+    # the client's verified reverse name, for the filters (looked up only when there are some)
+    client_name: Callable[[str], Coroutine[Any, Any, ClientName]] | None = None
     deadlines: DeadlineSettings = field(default_factory=lambda: DeadlineSettings(login_s=None))
 
     @property
@@ -150,7 +153,7 @@ class SMTPSession:
         if refusal is None and self.ctx.is_stopping():
             refusal = replies.SHUTTING_DOWN
         if refusal is None and self._filters is not None:  # the greeting waits for the filters' word
-            if self._decide(self._filters.connect(self._client_info()), lambda _: self.conn.start(),
+            if self._decide(self._connect_filters(self._filters), lambda _: self.conn.start(),
                             self._filters_failed, "connect"):  # fmt: skip
                 return
             self._process()
@@ -158,14 +161,19 @@ class SMTPSession:
         self.conn.start(refusal)
         self._process()
 
-    def _client_info(self) -> ClientInfo:
+    async def _connect_filters(self, filters: ChainSession) -> None:
+        """The client's reverse name (forward-confirmed, as Postfix gives it to milters), then the
+        filters' connect phase; the greeting waits for both."""
+        name = ClientName("unknown", "", "FAIL")
+        if self.ctx.client_name is not None:
+            name = await self.ctx.client_name(self.client_ip)
         transport = self.channel.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
         local = transport.get_extra_info("sockname") if transport is not None else None
         listener = "smtp" if self.ctx.listener == "smtp" else "submission"
-        return ClientInfo(self.id, listener, self.ctx.settings.hostname, self.client_ip,
-                          int(peer[1]) if peer else 0, "unknown", str(local[0]) if local else "",
-                          int(local[1]) if local else 0)  # fmt: skip
+        await filters.connect(ClientInfo(
+            self.id, listener, self.ctx.settings.hostname, self.client_ip, int(peer[1]) if peer else 0, name.name,
+            str(local[0]) if local else "", int(local[1]) if local else 0, name.ptr, name.status))  # fmt: skip
 
     def _filters_failed(self) -> None:
         """A bug or the backstop deadline in the filter chain at connect (each filter answers its own

@@ -197,6 +197,9 @@ class ServerConnection:
         if pending is None:
             raise ProtocolViolation(f"answer() with nothing to answer in state {self.state.name}")
         self._pending = None
+        if reply.code == 421:  # "closing transmission channel" (RFC 5321 §3.8): a filter's SHUTDOWN, say
+            self.close(reply, "closed by a 421 decision")
+            return
         if isinstance(pending, MailFrom):
             if reply.is_positive:
                 self._mail = (pending.path, pending.params)

@@ -74,15 +74,17 @@ def test_issue_13_tempfail_a_milter_that_fails_answers_451_and_stores_nothing(te
     close = send(tempfail, "close_in_body@remote.test")
     assert close[:2] == (250, 451) and close[2].endswith(b"|4.7.1 Service unavailable - try again later")
     assert send(tempfail, "slow_eom@remote.test")[:2] == (250, 451)
+    assert send(tempfail, "trickle_eom@remote.test")[:2] == (250, 451)  # 2 s for one answer, a byte at a time
     assert stored(tempfail) == []
     ok = send(tempfail, "fine@remote.test")  # the next session talks to the milter afresh
     assert ok[:2] == (250, 250)
     assert stored(tempfail) == [ok[2].partition(b"|")[0]]
     events = tempfail.log_events("milter.failed")
-    assert len(events) >= 3, tempfail.log
+    assert len(events) >= 4, tempfail.log
 
 
 def test_issue_13_accept_a_failing_milter_never_loses_or_half_modifies(accept: KarteroServer) -> None:
-    sent = [send(accept, f"{mode}@remote.test") for mode in ("hang", "close_in_body", "slow_eom", "fine")]
-    assert [s[:2] for s in sent] == [(250, 250)] * 4
+    modes = ("hang", "close_in_body", "slow_eom", "trickle_eom", "fine")
+    sent = [send(accept, f"{mode}@remote.test") for mode in modes]
+    assert [s[:2] for s in sent] == [(250, 250)] * 5
     assert stored(accept) == [s[2].partition(b"|")[0] for s in sent]  # byte-identical, in order

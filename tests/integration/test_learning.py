@@ -17,9 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from tests import rspamd as rspamd_harness
 from tests.integration.harness import KarteroServer
 from tests.pgserver import PrivatePostgres
 from tests.rspamd import PrivateRspamd
+
+pytestmark = pytest.mark.skipif(not rspamd_harness.available(), reason="needs Debian's rspamd and redis-server")
 
 PASSWORD = "learning password"
 USER = "bob@example.test"
@@ -74,6 +77,7 @@ def learned_after(server: KarteroServer, rspamd: PrivateRspamd, count: int) -> t
 
 def test_issue_13_move_into_junk_learns_spam(server: KarteroServer, rspamd: PrivateRspamd) -> None:
     spam, ham = rspamd.learned()
+    learned = rspamd.stat()["learned"]  # what `rspamc stat` shows as "Messages learned"
     seen = len(server.log_events("spam.learned"))
     deliver(server, "cheap pills")
     imap = login(server)
@@ -83,6 +87,7 @@ def test_issue_13_move_into_junk_learns_spam(server: KarteroServer, rspamd: Priv
     finally:
         imap.logout()
     assert learned_after(server, rspamd, seen + 1) == (spam + 1, ham)
+    assert rspamd.stat()["learned"] == learned + 1
     line = server.log_events("spam.learned")[-1]
     assert f"user={USER} " in line and " kind=spam status=200 attempts=1" in line
 

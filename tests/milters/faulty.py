@@ -4,7 +4,8 @@
 Modes: "hang" (accepts the connection and never answers), "close_in_body" (closes the connection when
 the first BODY chunk arrives), "slow_eom" (answers everything but sleeps past any deadline before the
 end-of-message reply), and "by_sender": the local part of MAIL FROM picks the fault from then on
-("hang" stops answering at MAIL, "close_in_body", "slow_eom"; anything else behaves). Runs in a thread of
+("hang" stops answering at MAIL, "close_in_body", "slow_eom", "trickle_eom": its end-of-message answer a byte
+every 0.4 s; anything else behaves). Runs in a thread of
 the test process on a loopback port."""
 
 from __future__ import annotations
@@ -81,6 +82,14 @@ class FaultyMilter:
                     if mode == "close_in_body":
                         return
                     conn.sendall(_packet(b"c"))
+                elif command == b"E" and mode == "trickle_eom":  # "continue", a byte every 0.4 s
+                    for byte in _packet(b"c"):
+                        if self._stop.wait(0.4):
+                            return
+                        try:
+                            conn.sendall(bytes([byte]))
+                        except OSError:  # Kartero gave up on us, as it should
+                            return
                 elif command == b"E":
                     if mode == "slow_eom":
                         self._stop.wait(30)

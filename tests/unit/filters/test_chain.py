@@ -102,7 +102,8 @@ def test_no_filters_no_chain() -> None:
 def test_every_filter_is_asked_in_order_and_helo_comes_before_mail() -> None:
     a, b = Scripted("a"), Scripted("b")
     run([a, b], "connect", "helo c.example", "mail", "rcpt x@example.org", "message", "close")
-    expected = ["connect", "helo c.example", "mail", "rcpt x@example.org", "message b@example.org", "close"]
+    expected = ["connect", "helo c.example", "mail", "rcpt x@example.org", "message b@example.org", "abort",
+                "close"]  # fmt: skip
     assert a.calls == expected and b.calls == expected
 
 
@@ -121,8 +122,11 @@ def test_a_refusal_at_helo_answers_the_mail() -> None:
 def test_accept_rest_skips_that_filter_for_the_transaction_and_a_new_one_asks_again() -> None:
     a, b = Scripted("a", {"mail": AcceptRest()}), Scripted("b")
     run([a, b], "connect", "mail", "rcpt x@example.org", "message", "mail", "close")
-    assert a.calls == ["connect", "mail", "mail", "close"]
-    assert b.calls == ["connect", "mail", "rcpt x@example.org", "message b@example.org", "mail", "close"]
+    # every filter ends the last transaction before the next and before closing (each knows whether it
+    # has one open: the milter core sends ABORT only then), as Postfix does
+    assert a.calls == ["connect", "mail", "abort", "mail", "abort", "close"]
+    assert b.calls == ["connect", "mail", "rcpt x@example.org", "message b@example.org", "abort", "mail", "abort",
+                       "close"]  # fmt: skip
 
 
 def test_accept_at_connect_skips_the_filter_for_the_session() -> None:
@@ -134,7 +138,7 @@ def test_accept_at_connect_skips_the_filter_for_the_session() -> None:
 def test_a_transaction_without_a_message_is_aborted_before_the_next() -> None:
     a = Scripted("a")
     run([a], "connect", "mail", "mail", "message", "mail")
-    assert a.calls == ["connect", "mail", "abort", "mail", "message b@example.org", "mail"]
+    assert a.calls == ["connect", "mail", "abort", "mail", "message b@example.org", "abort", "mail"]
 
 
 def test_discard_at_rcpt_discards_the_message_without_asking_further() -> None:
@@ -152,6 +156,12 @@ def test_changes_of_one_filter_are_what_the_next_sees() -> None:
     assert b.seen == [b"Subject: hi\r\nX-Spam: Yes\r\n\r\nbody\r\n"]
     assert b.calls[-1] == "message b@example.org,new@example.org"
     assert filtered.junk and filtered.edited.added == [("new@example.org", ())]  # type: ignore[attr-defined]
+
+
+def test_issue_13_filters_after_a_refusal_are_aborted_before_the_next_mail() -> None:
+    a, b = Scripted("a", {"message": Refuse(REJECT)}), Scripted("b")
+    run([a, b], "connect", "mail", "message", "helo again.example", "mail", "close")
+    assert b.calls == ["connect", "mail", "abort", "helo again.example", "mail", "abort", "close"]
 
 
 def test_a_message_refusal_drops_the_changes_so_far() -> None:

@@ -216,6 +216,37 @@ def test_issue_13_wrong_answers_are_hook_errors(tmp_path: Path, answer: str, cap
     assert "event=hooks.failed hook=on_rcpt_to" in caplog.text
 
 
+def test_issue_13_no_way_around_the_checks_and_no_exception_out_of_the_filter(tmp_path: Path) -> None:
+    f = make_filter(hook_file(tmp_path, """
+        class Exploding(list):
+            def __iter__(self):
+                raise RuntimeError("boom")
+        async def on_message(session, message):
+            if message.envelope.sender == "forged@example.org":
+                header = object.__new__(hooks.AddHeader)  # __post_init__ skipped
+                object.__setattr__(header, "name", "X-A")
+                object.__setattr__(header, "value", "a\\r\\nX-Injected: yes")
+                return header
+            if message.envelope.sender == "exploding@example.org":
+                return Exploding([hooks.accept()])
+            return hooks.add_header("X-Read", message.raw.read(30).decode().replace("\\r\\n", "|"))
+    """))
+    spool = tmp_path / "spool"
+    spool.write_bytes(MESSAGE)
+    gone = Content(b"", FileSpan(tmp_path / "deleted", 0, 100))  # the header must come from the file
+
+    async def go() -> list[MessageVerdict]:
+        s = f.session()
+        await s.connect(CLIENT)
+        return [await s.message(Transaction("h", None, None, None, sender), data) for sender, data in [
+            ("forged@example.org", MESSAGE), ("exploding@example.org", MESSAGE),
+            ("a@example.org", gone), ("a@example.org", Content(b"Subject: x\r\n\r\n", gone.tail)),
+            ("a@example.org", Content(MESSAGE[:20], FileSpan(spool, 20, len(MESSAGE) - 20)))]]  # fmt: skip
+
+    assert run(go()) == [MessageVerdict(Refuse(replies.HOOK_FAILED))] * 4 + [
+        MessageVerdict(Continue(), (AddHeader("X-Read", "Received: from a|Received: fr"),))]
+
+
 def test_issue_13_results_are_validated() -> None:
     assert hooks.reject() == hooks.Reject(550, "5.7.1", "Rejected by policy")
     assert hooks.reject(554, "5.7.26 DMARC says no") == hooks.Reject(554, "5.7.26", "DMARC says no")
@@ -275,6 +306,16 @@ def test_issue_13_each_load_is_a_fresh_module_of_its_own(tmp_path: Path) -> None
     assert run(mail_from(f)) == Refuse(Reply(550, "5.7.1", "Rejected by policy"))
     old = f.hooks.module_name
     assert f.reload() and old not in sys.modules and f.hooks.module_name in sys.modules
+
+
+def test_issue_13_a_misspelt_hook_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "kartero.hooks"):
+        f = make_filter(hook_file(tmp_path, """
+            async def on_mail(session, sender):
+                return hooks.reject()
+        """))
+    assert f.hooks.functions == {}
+    assert "event=hooks.unknown" in caplog.text and "function=on_mail" in caplog.text
 
 
 def test_issue_13_reload_keeps_the_old_hooks_when_the_new_file_is_broken(

@@ -24,7 +24,7 @@ from kartero.mail.replies import Reply
 from kartero.rules.engine import Rules
 from kartero.store.interface import Content
 from kartero.store.sqlite import SQLiteStore
-from tests.unit.filters.test_chain import Scripted
+from tests.unit.filters.test_chain import CLIENT, Scripted
 
 ARRIVAL = SmtpArrival("client.remote.test", "192.0.2.7", "ESMTP", None, None)
 MESSAGE = b"From: alice@remote.test\r\nSubject: Hello\r\n\r\nBody.\r\n"
@@ -137,3 +137,30 @@ def test_issue_13_sieve_sees_the_spam_header_and_may_keep_it_in_the_inbox(store:
     # a plain keep follows the filter's verdict
     deliver(store, spam, "bob@example.test", data=MESSAGE.replace(b"alice@remote", b"mallory@remote"))
     assert len(box(store, "bob@example.test", "Junk")) == 1
+
+
+def test_issue_13_a_recipient_deleted_as_the_client_wrote_it_matches_its_canonical_target(store: SQLiteStore) -> None:
+    """The milter names RCPT as the client wrote it (U-label domain); a remote target is queued under the
+    A-label form. The delete must still take it out."""
+    directory = DirectoryCache(store.accounts, ("example.test",))
+    directory.prime()
+    intake = Intake(store.mail, directory, hostname="mx.example.test", queue_lifetime_s=3600.0, blocking=Blocking())
+    bob = store.accounts.get_account("bob@example.test")
+    assert bob is not None
+    targets = (Target(EnvelopeRecipient("bob@example.test"), (bob.id,)),
+               Target(EnvelopeRecipient("dave@xn--bcher-kva.example"), is_remote=True))  # fmt: skip
+    envelope = EnvelopeRecord(Origin.SUBMISSION, "bob@example.test", tuple(t.recipient for t in targets))
+    chain = Filters([Scripted("a", changes=(DeleteRecipient("Dave@bücher.example"),))], "X-Spam").session()
+    assert chain is not None
+    tx = Transaction("c", None, None, "bob@example.test", "bob@example.test", (), ())
+
+    async def go() -> Stored | Refused:
+        await chain.connect(CLIENT)
+        await chain.mail_from(tx)
+        incoming = Incoming(envelope, MESSAGE, targets, ARRIVAL,
+                            filter=lambda data, message_id: chain.message(tx, data))  # fmt: skip
+        return await intake.accept(incoming)
+
+    assert isinstance(asyncio.run(go()), Stored)
+    assert store.queue.queue_entries() == []  # nothing queued for the deleted remote recipient
+    assert len(box(store, "bob@example.test", "INBOX")) == 1

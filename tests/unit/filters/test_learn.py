@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,15 +19,22 @@ from kartero.filters.learn import Learner, LearnSettings
 from kartero.store.interface import SpamClass, SpamReport, StoreError
 
 USER = "bob@example.test"
+BROKEN = b"x" * 200_000  # its reader fails past 100,000 octets
 MESSAGES = {f"blob{i}": f"Subject: message {i}\r\n\r\nbody {i}\r\n".encode() * (1 + i * 10000) for i in range(6)}
 
 
 class FakeReader:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, gone_after: int | None = None) -> None:
         self.data = data
         self.closed = False
+        self.gone_after = gone_after  # reads past this offset fail, as for a message compacted away
+        READS.append(self)
+        self.lengths: list[int] = []
 
     def read(self, start: int, length: int) -> bytes:
+        if self.gone_after is not None and start >= self.gone_after:
+            raise StoreError("message broken is gone")
+        self.lengths.append(length)
         return self.data[start : start + length]
 
     def close(self) -> None:
@@ -37,9 +45,14 @@ class FakeStore:
     """The one call the learner makes: open_message."""
 
     def open_message(self, blob_id: str) -> FakeReader:
+        if blob_id == "broken":
+            return FakeReader(BROKEN, gone_after=100_000)
         if blob_id not in MESSAGES:
             raise StoreError(f"no message {blob_id}")
         return FakeReader(MESSAGES[blob_id])
+
+
+READS: list[FakeReader] = []
 
 
 @dataclass(frozen=True)
@@ -136,6 +149,41 @@ def test_issue_13_spam_and_ham_go_to_their_paths_with_the_message(
         "event=spam.learned user=bob@example.test message=blob5 kind=spam status=200 attempts=1",
         "event=spam.learned user=bob@example.test message=blob1 kind=ham status=200 attempts=1",
     ]
+
+
+def test_issue_13_the_message_is_read_in_64_kib_pieces_and_closed(controller: Callable[[Answer], Controller]) -> None:
+    server = controller(lambda r: (200, b"{}"))
+    learner = learner_for(server.port)
+    learner.start()
+    READS.clear()
+    learner.report([report("blob5")])
+    assert learner.wait_idle(10)
+    learner.stop()
+    (reader,) = READS
+    size = len(MESSAGES["blob5"])
+    assert reader.closed and sum(reader.lengths) == size
+    assert len(reader.lengths) == -(-size // 65536) and max(reader.lengths) == 65536
+
+
+def test_issue_13_a_message_gone_while_it_is_sent_fails_without_retries(
+    controller: Callable[[Answer], Controller], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "kartero.spam")
+    server = controller(lambda r: (200, b"{}"))
+    learner = learner_for(server.port)
+    learner.start()
+    learner.report([SpamReport(USER, "broken", len(BROKEN), SpamClass.SPAM), report("blob0")])
+    assert learner.wait_idle(10)
+    learner.stop()
+    lines = events(caplog)
+    assert lines[0] == ("event=spam.learn_failed user=bob@example.test message=broken kind=spam attempts=1"
+                        ' detail="message not readable: message broken is gone"')  # fmt: skip
+    assert lines[1].startswith("event=spam.learned user=bob@example.test message=blob0 ")
+    # the server records a request when it has read it: the cut one may come last
+    requests = server.all()
+    learned = [r for r in requests if r.body == MESSAGES["blob0"]]
+    broken = [r for r in requests if r.body != MESSAGES["blob0"]]
+    assert len(learned) == 1 and len(broken) == 1 and len(broken[0].body) < len(BROKEN)  # the broken one never whole
 
 
 def test_issue_13_url_path_and_password(controller: Callable[[Answer], Controller]) -> None:
@@ -244,6 +292,29 @@ def test_issue_13_a_full_queue_drops_the_oldest(
     learner.stop()
     assert [MESSAGES_BY_BODY[r.body] for r in server.all()] == ["blob2", "blob3", "blob4"]
     assert events(caplog)[0] == "event=spam.learn_dropped reason=\"queue full\" count=2 max_queue=3"
+
+
+def test_issue_13_a_full_queue_drops_waiting_retries_first(
+    controller: Callable[[Answer], Controller], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reports waiting to be tried again are older than any new one: they are the first to go."""
+    caplog.set_level(logging.INFO, "kartero.spam")
+    failing = threading.Event()
+    failing.set()
+    server = controller(lambda r: (503, b"busy") if failing.is_set() else (200, b"{}"))
+    learner = learner_for(server.port, max_queue=3, first_backoff_s=30.0, max_backoff_s=30.0)
+    learner.start()
+    learner.report([report("blob0"), report("blob1")])
+    deadline = time.monotonic() + 10
+    while sum("spam.learn_retry" in line for line in events(caplog)) < 2:  # both wait 30 s for their retry
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    failing.clear()
+    learner.report([report("blob2"), report("blob3"), report("blob4")])
+    assert learner.wait_idle(10)  # without the two retries, nothing is left to wait 30 s for
+    learner.stop()
+    assert [MESSAGES_BY_BODY[r.body] for r in server.all()] == ["blob0", "blob1", "blob2", "blob3", "blob4"]
+    assert "event=spam.learn_dropped reason=\"queue full\" count=2 max_queue=3" in events(caplog)
 
 
 def test_issue_13_stop_drops_what_is_queued_and_says_so(caplog: pytest.LogCaptureFixture) -> None:

@@ -247,6 +247,18 @@ def test_replycode_multiline_with_percent(bytewise: bool) -> None:
     )
 
 
+@pytest.mark.parametrize(("text", "reply"), [
+    (b"550 no thanks\0", Reply(550, "5.7.1", "no thanks")),  # libmilter's smfi_setreply without an xcode
+    (b"451 \0", Reply(451, "4.7.1", "Service unavailable - try again later")),
+    (b"550 \0", Reply(550, "5.7.1", "Command rejected")),
+])  # fmt: skip
+def test_issue_13_replycode_without_an_enhanced_code_gets_the_class_default(bytewise: bool, text: bytes,
+                                                                            reply: Reply) -> None:  # fmt: skip
+    client = negotiated(bytewise)
+    client.mail_from(["<>"], {})
+    assert feed(client, r("y", text), bytewise) == Answer(Action.REFUSE, reply)
+
+
 @pytest.mark.parametrize("text", [b"250 2.0.0 ok\0", b"550 4.7.1 mismatch\0", b"55\0", b"650 6.0.0 x\0",
                                   b"550 5.7.1 a\r\n451 4.7.1 b\0", b"550"])  # fmt: skip
 def test_replycode_other_than_4xx_5xx_is_a_protocol_error(bytewise: bool, text: bytes) -> None:
@@ -340,8 +352,15 @@ def test_changes_are_dropped_when_the_final_reply_refuses(bytewise: bool) -> Non
 def test_a_header_value_cannot_start_a_new_field(bytewise: bool) -> None:
     client = in_message(bytewise)
     answer = eom(client, r("h", z("X-A", "one\nBcc: victim@example.org\n\nbody\n")) + r("c"), bytewise)
-    folded = AddHeader("X-A", "one\r\n Bcc: victim@example.org\r\n \r\n body")
+    # no blank continuation line either (review: some readers take it for the end of the header)
+    folded = AddHeader("X-A", "one\r\n Bcc: victim@example.org\r\n body")
     assert answer == Answer(Action.CONTINUE, changes=(folded,))
+
+
+def test_issue_13_control_characters_never_reach_a_stored_field(bytewise: bool) -> None:
+    client = in_message(bytewise)
+    answer = eom(client, r("h", z("X-A", "a\x0bb\x0cc\x7f\n\t\x1bd")) + r("c"), bytewise)
+    assert answer == Answer(Action.CONTINUE, changes=(AddHeader("X-A", "abc\r\n\td"),))
 
 
 @pytest.mark.parametrize(("replies", "limits", "max_body"), [

@@ -50,6 +50,29 @@ def test_full_transaction_stores_exact_message() -> None:
     assert msg.envelope.is_esmtp
 
 
+@pytest.mark.parametrize("phase", ["mail", "rcpt", "data"])
+def test_issue_13_a_421_decision_closes_the_session(phase: str) -> None:
+    """A decision answering 421 (a milter's shutdown, a hook's tempfail(421, ...)) ends the session there,
+    as its meaning says: what the client pipelined after it is not worked through."""
+    closing = replies.Reply(421, "4.7.0", "Server closing connection")
+    rec = Recorder(mail_reply=(lambda _: closing) if phase == "mail" else None,
+                   rcpt_reply=(lambda _: closing) if phase == "rcpt" else None,
+                   message_reply=closing if phase == "data" else replies.MESSAGE_ACCEPTED)  # fmt: skip
+    script = EHLO + "    C: MAIL FROM:<a@example.org>\n"
+    if phase == "mail":
+        script += "    C: RCPT TO:<bob@example.test>\n    S: 421 4.7.0 Server closing connection\n"
+    else:
+        script += "    S: 250 2.1.0 Sender OK\n    C: RCPT TO:<bob@example.test>\n"
+        if phase == "rcpt":
+            script += "    C: RCPT TO:<carol@example.test>\n    S: 421 4.7.0 Server closing connection\n"
+        else:
+            script += ("    S: 250 2.1.5 Recipient OK\n    C: DATA\n    S: 354 End data with <CR><LF>.<CR><LF>\n"
+                       "    C: hi\n    C: .\n    C: NOOP\n    S: 421 4.7.0 Server closing connection\n")  # fmt: skip
+    played, conn = run_transcript(script, recorder=rec)
+    assert conn.is_closed
+    assert isinstance(played.events[-1], ConnectionClosed)
+
+
 def test_helo_gives_single_line_and_no_extensions() -> None:
     run_transcript(
         """
