@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import ipaddress
 import logging
 import os
@@ -74,12 +75,12 @@ class MilterFilter:
     """One `[[milter]]`. `max_message_bytes` bounds a body the milter replaces ([limits] message_size);
     `local_domains` decides the {mail_mailer}/{rcpt_mailer} macros ("local" or "smtp")."""
 
-    def __init__(self, config: MilterSettings, *, version: str = "Kartero", max_message_bytes: int = 50_000_000,
+    def __init__(self, config: MilterSettings, *, version: str | None = None, max_message_bytes: int = 50_000_000,
                  local_domains: Iterable[str] = (), limits: core.Limits | None = None,
                  blocking: Blocking | None = None) -> None:  # fmt: skip
         self.config = config
         self.name = f"milter {config.address}"
-        self.version = version
+        self.version = version or _our_version()  # the macro `v`, as Postfix's "Postfix 3.7.11"
         self.max_message_bytes = max_message_bytes
         self.local_domains = frozenset(d.lower() for d in local_domains)
         self.limits = limits or core.Limits()
@@ -367,6 +368,13 @@ async def _chunks(data: bytes | Content, blocking: Blocking, timeout_s: float) -
     else:
         for start in range(0, len(tail), READ_BYTES):
             yield tail[start : start + READ_BYTES]
+
+
+def _our_version() -> str:
+    try:
+        return f"Kartero {importlib.metadata.version('kartero')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "Kartero"
 
 
 def _family(address: str) -> int:
