@@ -55,6 +55,7 @@ READ_BYTES = 65536  # one read from the milter's socket, one read of a spooled m
 
 
 DRAIN_ABOVE = 64 * 1024  # octets waiting in the transport before a write waits for the milter to read
+WRITE_BATCH = 16 * 1024  # octets of no-reply commands gathered into one write
 
 
 class MilterSettings(Protocol):
@@ -280,6 +281,16 @@ class MilterSession:
         """Send what the core has and read until it has an answer: the whole answer within `timeout`
         (a milter trickling bytes gets no more), the wait starting again at each progress reply."""
         client = self._core()
+        event = client.next_event()
+        if not isinstance(event, core.NeedData):
+            # Answered without waiting (a command the milter asked no reply to, as rspamd does for the
+            # header fields): its packet may wait for the next one, up to a write's worth, so a message's
+            # fields go out in a few writes rather than one system call each.
+            if isinstance(event, core.Failed):
+                raise MilterFailed(event.detail)
+            if client.output_size > WRITE_BATCH:
+                await self._flush()
+            return event
         await self._flush()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.timeout_s

@@ -180,6 +180,11 @@ class MilterClient:
         self._out.clear()
         return out
 
+    @property
+    def output_size(self) -> int:
+        """Octets waiting for `data_to_send` (commands the milter answers no reply to may wait there)."""
+        return len(self._out)
+
     def receive_data(self, data: bytes) -> None:
         """What the milter sent; b"" when it closed the connection."""
         if self.state is State.FAILED:
