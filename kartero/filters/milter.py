@@ -477,9 +477,7 @@ def _change(modification: core.Modification) -> FilterChange:
         case core.AddHeader(name, value):
             return AddHeader(name, value)
         case core.InsertHeader(index, name, value):
-            # Postfix (and sendmail) count their own Received: field, the top one, which the milter never
-            # saw: index 1 is before the milter's first field. Ours is added after the filters ran.
-            return InsertHeader(max(index - 1, 0), name, value)
+            return InsertHeader(index, name, value)
         case core.ChangeHeader(index, name, value):
             return ChangeHeader(name, index, value)
         case core.AddRecipient(address, params):

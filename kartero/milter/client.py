@@ -49,7 +49,7 @@ class AddHeader:
 
 @dataclass(frozen=True, slots=True)
 class InsertHeader:
-    index: int  # the milter's: 0 = at the top
+    index: int  # among the fields the milter saw: 0 = at the top (see R_INSHEADER below)
     name: str
     value: str
 
@@ -474,7 +474,10 @@ class MilterClient:
                 change = AddHeader(self._field_name(name), self._field_value(name, value))
             case p.R_INSHEADER:
                 index, name, value = fields.uint32(), fields.string(), fields.string()
-                change = InsertHeader(index, self._field_name(name), self._field_value(name, value))
+                # Postfix (and sendmail) count their own Received: field, the top one, which the milter
+                # never saw: the milter's index 1 is before the first field it saw, 0 above even that.
+                # Kartero adds its trace fields after the filters ran, so both mean "the top".
+                change = InsertHeader(max(index - 1, 0), self._field_name(name), self._field_value(name, value))
             case p.R_CHGHEADER:
                 index, name, value = fields.uint32(), fields.string(), fields.string()
                 # sendmail compatibility (Postfix too): index 0 means the first occurrence
