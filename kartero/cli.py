@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from kartero import config as config_module
+from kartero.auth import tokens
 from kartero.auth.accounts import Directory, DirectoryError, parse_address
 from kartero.config import Config, ConfigError
 from kartero.control import nudge_server
@@ -121,6 +123,8 @@ imaps = ["0.0.0.0:993"]          # IMAP, implicit TLS
 pop3 = ["0.0.0.0:110"]           # POP3, STLS
 pop3s = ["0.0.0.0:995"]          # POP3, implicit TLS
 managesieve = ["0.0.0.0:4190"]   # ManageSieve (Sieve scripts), STARTTLS
+http = ["127.0.0.1:8080"]        # web admin /admin/ and API /api/v1/ (loopback; use https to open it up)
+# https = ["0.0.0.0:8443"]       # the same over TLS
 
 [tls]
 cert = "tls/cert.pem"
@@ -185,12 +189,13 @@ def user() -> None:
 @user.command("add")
 @click.argument("address")
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+@click.option("--admin", "is_admin", is_flag=True, help="May use the web admin (/admin/) and the admin API.")
 @click.pass_context
-def user_add(ctx: click.Context, address: str, password_stdin: bool) -> None:
+def user_add(ctx: click.Context, address: str, password_stdin: bool, is_admin: bool) -> None:
     """Create an account with INBOX, Sent, Drafts, Trash, Junk and Archive."""
     directory = _directory(ctx)
     try:
-        account = directory.add_user(address, _read_password(password_stdin))
+        account = directory.add_user(address, _read_password(password_stdin), is_admin=is_admin)
     except DirectoryError as exc:
         _fail(str(exc), 2)
     except StoreError as exc:
@@ -201,9 +206,22 @@ def user_add(ctx: click.Context, address: str, password_stdin: bool) -> None:
 @user.command("list")
 @click.pass_context
 def user_list(ctx: click.Context) -> None:
-    """List accounts."""
+    """List accounts (admins marked)."""
     for account in _directory(ctx).store.list_accounts():
-        click.echo(account.address)
+        click.echo(f"{account.address} (admin)" if account.is_admin else account.address)
+
+
+@user.command("admin")
+@click.argument("address")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@click.pass_context
+def user_admin(ctx: click.Context, address: str, state: str) -> None:
+    """Let an account use the web admin and the admin API (on), or no longer (off: signs it out)."""
+    try:
+        address = _directory(ctx).set_admin(address, state == "on")
+    except DirectoryError as exc:
+        _fail(str(exc), 2)
+    click.echo(f"{address} is {'an admin' if state == 'on' else 'no admin'}")
 
 
 @user.command("passwd")
@@ -264,6 +282,57 @@ def user_del(ctx: click.Context, address: str) -> None:
     except DirectoryError as exc:
         _fail(str(exc), 2)
     click.echo(f"deleted {address}")
+
+
+# -- API tokens ----------------------------------------------------------------------------------------
+
+
+@main.group()
+def token() -> None:
+    """Manage the JSON API's bearer tokens (/api/v1/)."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--user", "address", help="Act as this account (admin rights only if it is an admin).")
+@click.pass_context
+def token_create(ctx: click.Context, name: str, address: str | None) -> None:
+    """Make a token and print it: it is shown this once (only its hash is kept)."""
+    if not tokens.valid_token_name(name):
+        _fail(f"{name!r}: a token name is 1-{tokens.TOKEN_NAME_MAX} letters, digits, '-', '_' or '.'", 2)
+    directory = _directory(ctx)
+    account_id = None
+    if address is not None:
+        account = directory.store.get_account(parse_address(address))
+        if account is None:
+            _fail(f"no account {address}", 2)
+        account_id = account.id
+    secret, digest = tokens.new_secret(tokens.TOKEN_PREFIX)
+    if not directory.store.add_token(name, digest, account_id):
+        _fail(f"a token named {name} exists (revoke it first)", 1)
+    click.echo(secret)
+
+
+@token.command("list")
+@click.pass_context
+def token_list(ctx: click.Context) -> None:
+    """List tokens as NAME, CREATED (UTC) and whom they act for."""
+    store = _directory(ctx).store
+    owners = {a.id: a.address for a in store.list_accounts()}
+    for t in store.list_tokens():
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t.created_at))
+        who = "admin" if t.account_id is None else owners.get(t.account_id, "?")
+        click.echo(f"{t.name} {created} {who}")
+
+
+@token.command("revoke")
+@click.argument("name")
+@click.pass_context
+def token_revoke(ctx: click.Context, name: str) -> None:
+    """Delete a token: requests carrying it get 401 from now on."""
+    if not _directory(ctx).store.delete_token(name):
+        _fail(f"no token {name}", 2)
+    click.echo(f"revoked {name}")
 
 
 # -- aliases -------------------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ EMBEDDED_DATA_DIR = "kartero-data"
 
 # Listener kinds this version serves. The others in DESIGN.md §1 are refused by name until they exist,
 # so a config never silently lacks a service it asks for.
-LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "managesieve")
+LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "managesieve", "http", "https")
+# The web admin, the JSON API and /metrics (kartero/web), served by aiohttp rather than a protocol core.
+HTTP_LISTENERS = frozenset({"http", "https"})
 PLANNED_LISTENERS: tuple[str, ...] = ()
 # Listeners that speak TLS from the first byte and so cannot run without [tls].
 IMPLICIT_TLS = frozenset({"imaps", "submissions", "pop3s"})
@@ -38,6 +40,7 @@ EMBEDDED_PORTS = {
     "pop3": 1100,
     "pop3s": 9950,
     "managesieve": 4190,  # DESIGN.md §1b: unprivileged already (RFC 5804 §1.8's port)
+    "http": 8080,  # the web admin at http://127.0.0.1:8080/admin/ (loopback: no TLS needed)
 }
 
 
@@ -70,6 +73,7 @@ class Limits:
     submission_connections: int = 500  # the others their room
     imap_connections: int = 2000
     pop3_connections: int = 500
+    http_connections: int = 500  # the web admin, the API and /metrics together
     command_timeout_s: float = 300.0
     data_timeout_s: float = 180.0
     command_deadline_s: float = 30.0  # a command complete after its first byte (+1 s per KiB received)
@@ -218,6 +222,14 @@ class HooksConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The HTTP side: the web admin's sessions and who may scrape /metrics."""
+
+    metrics_token: str = ""  # "": /metrics is open to whoever reaches the listener; else a bearer token
+    session_lifetime_s: float = 12 * 3600.0  # a browser signs in again after this long, whatever it does
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     hostname: str
     domains: tuple[str, ...]
@@ -237,6 +249,7 @@ class Config:
     milters: tuple[MilterConfig, ...] = ()
     spam: SpamConfig = field(default_factory=SpamConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     log_level: str = "info"
     proxy_from: tuple[str, ...] = ()  # networks whose connections start with a PROXY protocol header
     source: Path | None = None  # the file it came from; None for the embedded default
@@ -399,7 +412,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     r.check_keys(
         data, None, ("hostname", "domains", "data_dir", "listen", "tls", "limits", "dns", "delivery", "routes",
                      "inbound", "greylisting", "dnsbl", "auth", "store", "log_level", "srs", "milter",
-                     "spam", "hooks")
+                     "spam", "hooks", "http")
     )  # fmt: skip
 
     domains_raw = data.get("domains")
@@ -435,7 +448,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
                 raise r.fail("tls", key, f"file not found: {path}")
         tls = TLSConfig(cert, key_path)
     for kind in listen:
-        if kind in IMPLICIT_TLS and tls is None:
+        if (kind in IMPLICIT_TLS or kind == "https") and tls is None:
             raise r.fail("listen", kind, "needs a [tls] certificate (implicit TLS)")
 
     lim = r.table(data, "limits")
@@ -451,6 +464,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
             "submission_connections",
             "imap_connections",
             "pop3_connections",
+            "http_connections",
             "command_timeout",
             "data_timeout",
             "command_deadline",
@@ -475,6 +489,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         submission_connections=r.integer(lim, "limits", "submission_connections", defaults.submission_connections, 1),
         imap_connections=r.integer(lim, "limits", "imap_connections", defaults.imap_connections, 1),
         pop3_connections=r.integer(lim, "limits", "pop3_connections", defaults.pop3_connections, 1),
+        http_connections=r.integer(lim, "limits", "http_connections", defaults.http_connections, 1),
         command_timeout_s=r.duration(lim, "limits", "command_timeout", defaults.command_timeout_s),
         data_timeout_s=r.duration(lim, "limits", "data_timeout", defaults.data_timeout_s),
         command_deadline_s=r.duration(lim, "limits", "command_deadline", defaults.command_deadline_s),
@@ -645,6 +660,17 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         r.duration(hooks_raw, "hooks", "timeout", 10.0),
     )
 
+    http_raw = r.table(data, "http")
+    r.check_keys(http_raw, "http", ("metrics_token", "session_lifetime"))
+    metrics_token = r.string(http_raw, "http", "metrics_token", "")
+    if metrics_token and (len(metrics_token) < 16 or not metrics_token.isascii() or not metrics_token.isprintable()
+                          or " " in metrics_token):  # fmt: skip
+        raise r.fail("http", "metrics_token", "must be at least 16 printable ASCII characters without spaces")
+    lifetime = r.duration(http_raw, "http", "session_lifetime", HttpConfig().session_lifetime_s)
+    if lifetime < 60:
+        raise r.fail("http", "session_lifetime", "must be at least 1m")
+    http = HttpConfig(metrics_token, lifetime)
+
     return Config(
         hostname=hostname,
         domains=domains,
@@ -664,6 +690,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         milters=milters,
         spam=spam,
         hooks=hooks,
+        http=http,
         log_level=log_level,
         proxy_from=proxy_from,
         source=source,

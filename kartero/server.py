@@ -24,10 +24,10 @@ from dataclasses import astuple, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from kartero.auth.accounts import Authenticator, DirectoryCache
+from kartero.auth.accounts import Authenticator, Directory, DirectoryCache
 from kartero.auth.throttle import AuthThrottle
 from kartero.concurrency import Blocking, DeadlineExceeded, within
-from kartero.config import IMPLICIT_TLS, Config
+from kartero.config import HTTP_LISTENERS, IMPLICIT_TLS, Config
 from kartero.control import remove_pid, write_pid
 from kartero.delivery.agent import AgentSettings, DeliveryAgent, verifying_tls_context
 from kartero.delivery.local import DsnSender
@@ -75,6 +75,7 @@ from kartero.tls import make_self_signed, server_context
 
 if TYPE_CHECKING:
     from kartero.store.postgres import PgStore
+    from kartero.web.listen import HttpServer
 
 log = logging.getLogger("kartero.server")
 VERSION = importlib.metadata.version("kartero")
@@ -338,6 +339,7 @@ class Server:
         filters = self._filters(blocking)
         learner = start_learner(config, store.mail)
         servers: list[asyncio.Server] = []
+        http: HttpServer | None = None
         watchdog = LoopWatchdog(loop)  # from here on a stalled loop stalls clients: say so, with the culprit
         watchdog.start()
         try:
@@ -353,6 +355,8 @@ class Server:
                 proxy_from = parse_networks(config.proxy_from)
                 for kind, addresses in config.listen.items():
                     factory: Callable[[], asyncio.BaseProtocol]
+                    if kind in HTTP_LISTENERS:
+                        continue
                     if kind in ("smtp", "submission", "submissions"):
                         is_submission = kind != "smtp"
                         smtp_ctx = SessionContext(
@@ -442,6 +446,8 @@ class Server:
                         servers.append(server)
                         log.info("%s", kv(event="listening", listener=kind, address=address))
                         print(f"{kind} listening on {address}", flush=True)
+                if any(kind in HTTP_LISTENERS for kind in config.listen):
+                    http = await self._start_http(store, authenticator, throttle, blocking, admission, dns_blocking)
                 self._install_signals(loop)
                 if self.worker == 0:
                     write_pid(config.data_dir)
@@ -449,6 +455,8 @@ class Server:
                 log.info("%s", kv(event="ready", hostname=config.hostname, domains=",".join(config.domains),
                                   node=self.node))  # fmt: skip
                 await self._stop.wait()
+                if http is not None:
+                    await http.stop()
                 await self._shutdown(servers)
                 await intake.drain()  # replies the users' rules asked for, after the last messages
         except* StartupError as group:
@@ -465,6 +473,40 @@ class Server:
             await asyncio.to_thread(store.close)
             executor.shutdown(wait=False)
             log.info("%s", kv(event="stopped"))
+
+    async def _start_http(self, store: AnyStore, authenticator: Authenticator, throttle: AuthThrottle,
+                          blocking: Blocking, admission: Admission, resolver: Any) -> HttpServer:  # fmt: skip
+        """The web admin, the JSON API and /metrics on the [listen] http/https addresses."""
+        from kartero.web.app import build_app
+        from kartero.web.context import WebContext
+        from kartero.web.listen import HttpServer
+        from kartero.web.ops import Operations
+
+        config = self.config
+        directory = Directory(store.accounts, config.domains, config.auth.scram_iterations)
+        ctx = WebContext(
+            config=config,
+            store=store,
+            ops=Operations(config, store, directory, lambda: resolver),
+            authenticator=authenticator,
+            blocking=blocking,
+            throttle=throttle,
+            wake_queue=self.wake_queue,
+            connections=lambda: {name: admission.count(name) for name in admission.services},
+            started_at=time.time(),
+        )
+        http = HttpServer(build_app(ctx), admission)
+        await http.start()
+        for kind in HTTP_LISTENERS & set(config.listen):
+            for address in config.listen[kind]:
+                try:
+                    await http.listen(address, self._tls if kind == "https" else None, reuse_port=self.worker > 0)
+                except OSError as exc:
+                    await http.stop()
+                    raise StartupError(f"cannot listen on {address} ({kind}): {exc.strerror}") from None
+                log.info("%s", kv(event="listening", listener=kind, address=address))
+                print(f"{kind} listening on {address}", flush=True)
+        return http
 
     def _admission(self, outbound_connections: int) -> Admission:
         """The connection caps from [limits], the total fitted under the open-file limit (raised first)."""
@@ -485,6 +527,8 @@ class Server:
             # Sessions are short (a client uploads and leaves): IMAP's caps, counted apart.
             "managesieve": ServiceLimits(lim.imap_connections, lim.unauthenticated_connections_per_ip, 0,
                                          lim.connections_per_user_and_ip),
+            # A browser opens a handful of connections; API clients and scrapers one or two.
+            "http": ServiceLimits(lim.http_connections, lim.unauthenticated_connections_per_ip),
         }  # fmt: skip
         return Admission(total, services, parse_networks(lim.exempt))
 

@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kartero.auth.passwords import hash_password, verify_password
 from kartero.auth.sasl import SCRAM_ITERATIONS, ScramCredentials, scram_credentials
@@ -109,18 +109,36 @@ class Directory:
 
     # -- admin ---------------------------------------------------------------------------------------
 
-    def add_user(self, text: str, password: str) -> Account:
+    def add_user(self, text: str, password: str, *, is_admin: bool = False) -> Account:
         address = self._require_local(parse_address(text))
         if not password:
             raise DirectoryError("the password is empty")
-        return self.store.add_account(address, hash_password(password), new_scram(password, self.scram_iterations))
+        account = self.store.add_account(address, hash_password(password), new_scram(password, self.scram_iterations))
+        if is_admin:
+            self.store.set_admin(address, True)
+            account = replace(account, is_admin=True)
+        return account
 
     def set_password(self, text: str, password: str) -> None:
+        """A new password also signs the account out of every browser (the old one may be what leaked)."""
         address = parse_address(text)
         if not password:
             raise DirectoryError("the password is empty")
         if not self.store.set_password(address, hash_password(password), new_scram(password, self.scram_iterations)):
             raise DirectoryError(f"no account {address}")
+        account = self.store.get_account(address)
+        if account is not None:
+            self.store.delete_web_sessions(account.id)
+
+    def set_admin(self, text: str, is_admin: bool) -> str:
+        """Grant or take the web admin; taking it signs the account's browsers out. Its address."""
+        address = parse_address(text)
+        if not self.store.set_admin(address, is_admin):
+            raise DirectoryError(f"no account {address}")
+        account = self.store.get_account(address)
+        if account is not None and not is_admin:
+            self.store.delete_web_sessions(account.id)
+        return address
 
     def set_quota(self, text: str, limit_bytes: int | None) -> str:
         """Set the account's storage limit (None: `[limits] default_quota`, 0: none); its address."""

@@ -40,6 +40,7 @@ nodes gives no more of them. The checks themselves stay in memory and never wait
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import ipaddress
@@ -58,6 +59,9 @@ KNOWN_S = 30 * 86400.0
 # User names that are no address share one key: they cannot log in, and each must not cost memory.
 INVALID_USER = "(invalid)"
 MAX_USER_CHARS = 320
+# A login held because as many attempts of its address as the throttle allows are being checked waits
+# this long at most for one of them to settle (a check takes tens of milliseconds).
+LOGIN_BUSY_WAIT_S = 30.0
 
 
 class Lockout(StrEnum):
@@ -300,3 +304,25 @@ class AuthThrottle:
         else:
             table.move_to_end(key)
         return entry
+
+
+async def reserve_login(throttle: AuthThrottle, client: str, user: str) -> Lockout | None:
+    """The throttle's answer for a login, waiting while it is BUSY (at most LOGIN_BUSY_WAIT_S)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LOGIN_BUSY_WAIT_S
+    while (lockout := throttle.reserve(client, user)) is Lockout.BUSY and (left := deadline - loop.time()) > 0:
+        settled: asyncio.Future[None] = loop.create_future()
+
+        def wake(settled: asyncio.Future[None] = settled) -> None:
+            if not settled.done():
+                settled.set_result(None)
+
+        cancel = throttle.wait_settled(client, user, wake)
+        try:
+            async with asyncio.timeout(left):
+                await settled
+        except TimeoutError:
+            pass
+        finally:
+            cancel()
+    return lockout

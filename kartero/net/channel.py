@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
 from kartero.auth.accounts import Authenticator
-from kartero.auth.throttle import AuthThrottle, Lockout
+from kartero.auth.throttle import AuthThrottle, reserve_login
 from kartero.concurrency import Blocking, DeadlineExceeded
 from kartero.intake import CHECK_DEADLINE_S
 from kartero.log import kv
@@ -37,9 +37,6 @@ log = logging.getLogger("kartero.net")
 
 # Without a throttle, a wrong password still costs the client this long before the refusal.
 LOGIN_FAILURE_DELAY_S = 0.5
-# A login held because as many attempts of its address as the throttle allows are being checked waits
-# this long at most for one of them to settle (a check takes tens of milliseconds; see auth/throttle.py).
-LOGIN_BUSY_WAIT_S = 30.0
 
 # Input read while the session is not asking for any; one read of the event loop may bring 256 KiB.
 READ_AHEAD_BYTES = 64 * 1024
@@ -124,7 +121,7 @@ class AccessContext(ListenerContext[SettingsT]):
         checked waits for them. Logs `<listener>.login`, `.login_failed`, `.login_throttled`."""
         protocol = self.listener.rstrip("s")  # imaps -> imap, pop3s -> pop3
         client, throttle = channel.client_ip, self.throttle
-        if throttle is not None and (lockout := await _reserve(throttle, client, user)) is not None:
+        if throttle is not None and (lockout := await reserve_login(throttle, client, user)) is not None:
             log.info("%s", kv(event=f"{protocol}.login_throttled", session=session_id, client=client, user=user,
                               reason=lockout))  # fmt: skip
             return None
@@ -148,28 +145,6 @@ class AccessContext(ListenerContext[SettingsT]):
             throttle.succeeded(client, user)
         log.info("%s", kv(event=f"{protocol}.login", session=session_id, client=client, user=account.address))
         return account
-
-
-async def _reserve(throttle: AuthThrottle, client: str, user: str) -> Lockout | None:
-    """The throttle's answer for a login, waiting while it is BUSY (at most LOGIN_BUSY_WAIT_S)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + LOGIN_BUSY_WAIT_S
-    while (lockout := throttle.reserve(client, user)) is Lockout.BUSY and (left := deadline - loop.time()) > 0:
-        settled: asyncio.Future[None] = loop.create_future()
-
-        def wake(settled: asyncio.Future[None] = settled) -> None:
-            if not settled.done():
-                settled.set_result(None)
-
-        cancel = throttle.wait_settled(client, user, wake)
-        try:
-            async with asyncio.timeout(left):
-                await settled
-        except TimeoutError:
-            pass
-        finally:
-            cancel()
-    return lockout
 
 
 def refusal_text(refusal: Refusal) -> str:

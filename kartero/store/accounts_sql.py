@@ -11,7 +11,7 @@ import time
 
 from kartero.store.commit import Committer
 from kartero.store.ids import new_mailbox_objectid
-from kartero.store.interface import SPECIAL_MAILBOXES, Account, AccountExists
+from kartero.store.interface import SPECIAL_MAILBOXES, Account, AccountExists, ApiToken, WebSession
 from kartero.store.sql import SqlConnection, SqlDatabase
 from kartero.store.sqlite_db import drop_unreferenced_blobs, next_uidvalidity
 
@@ -47,18 +47,70 @@ class SQLiteAccounts:
 
 
     def get_account(self, address: str) -> Account | None:
-        row = (
-            self._database.db()
-            .execute("SELECT id, address, password_hash, created_at, scram FROM accounts WHERE address = ?", (address,))
-            .fetchone()
-        )
-        return Account(*row) if row else None
+        row = self._database.db().execute(f"SELECT {_ACCOUNT} FROM accounts WHERE address = ?", (address,)).fetchone()
+        return _account(row) if row else None
+
+    def get_account_by_id(self, account_id: int) -> Account | None:
+        row = self._database.db().execute(f"SELECT {_ACCOUNT} FROM accounts WHERE id = ?", (account_id,)).fetchone()
+        return _account(row) if row else None
 
     def list_accounts(self) -> list[Account]:
-        rows = self._database.db().execute(
-            "SELECT id, address, password_hash, created_at, scram FROM accounts ORDER BY address"
-        )
-        return [Account(*row) for row in rows]
+        rows = self._database.db().execute(f"SELECT {_ACCOUNT} FROM accounts ORDER BY address")
+        return [_account(row) for row in rows]
+
+    def set_admin(self, address: str, is_admin: bool) -> bool:
+        with self._database.write() as db:
+            cur = db.execute("UPDATE accounts SET admin = ? WHERE address = ?", (int(is_admin), address))
+        return bool(cur.rowcount == 1)
+
+    # -- the HTTP side's credentials ----------------------------------------------------------------
+
+    def add_token(self, name: str, token_hash: str, account_id: int | None) -> bool:
+        with self._database.write() as db:
+            cur = db.execute(
+                "INSERT INTO api_tokens (name, token_hash, account_id, created_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (name, token_hash, account_id, int(time.time())),
+            )
+        return bool(cur.rowcount == 1)
+
+    def list_tokens(self) -> list[ApiToken]:
+        rows = self._database.db().execute("SELECT name, account_id, created_at FROM api_tokens ORDER BY name")
+        return [ApiToken(r[0], r[1], r[2]) for r in rows]
+
+    def delete_token(self, name: str) -> bool:
+        with self._database.write() as db:
+            cur = db.execute("DELETE FROM api_tokens WHERE name = ?", (name,))
+        return bool(cur.rowcount == 1)
+
+    def find_token(self, token_hash: str) -> ApiToken | None:
+        row = self._database.db().execute(
+            "SELECT name, account_id, created_at FROM api_tokens WHERE token_hash = ?", (token_hash,)
+        ).fetchone()
+        return ApiToken(row[0], row[1], row[2]) if row else None
+
+    def add_web_session(self, session_hash: str, session: WebSession) -> None:
+        with self._database.write() as db:
+            db.execute("DELETE FROM web_sessions WHERE expires_at < ?", (int(time.time()),))
+            db.execute(
+                "INSERT INTO web_sessions (session_hash, account_id, csrf, expires_at) VALUES (?, ?, ?, ?)",
+                (session_hash, session.account_id, session.csrf, session.expires_at),
+            )
+
+    def get_web_session(self, session_hash: str, now: int) -> WebSession | None:
+        row = self._database.db().execute(
+            "SELECT account_id, csrf, expires_at FROM web_sessions WHERE session_hash = ? AND expires_at >= ?",
+            (session_hash, now),
+        ).fetchone()
+        return WebSession(row[0], row[1], row[2]) if row else None
+
+    def delete_web_session(self, session_hash: str) -> None:
+        with self._database.write() as db:
+            db.execute("DELETE FROM web_sessions WHERE session_hash = ?", (session_hash,))
+
+    def delete_web_sessions(self, account_id: int) -> None:
+        with self._database.write() as db:
+            db.execute("DELETE FROM web_sessions WHERE account_id = ?", (account_id,))
 
     def set_password(self, address: str, password_hash: str, scram: str = "") -> bool:
         with self._database.write() as db:
@@ -147,6 +199,13 @@ class SQLiteAccounts:
             db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING", (key, candidate))
             row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return str(row[0])
+
+
+_ACCOUNT = "id, address, password_hash, created_at, scram, admin"
+
+
+def _account(row: tuple[object, ...]) -> Account:
+    return Account(int(row[0]), str(row[1]), str(row[2]), int(row[3]), str(row[4]), bool(row[5]))  # type: ignore[call-overload]
 
 
 def bump_directory_version(db: SqlConnection) -> None:

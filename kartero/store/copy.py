@@ -147,8 +147,9 @@ class _Copy:
 
     def copy_account(self, account_id: int) -> None:
         """One account with its mailboxes (their counters), subscriptions and METADATA, in one transaction."""
-        address, password_hash, created_at, scram, quota, warned = self.src.execute(
-            "SELECT address, password_hash, created_at, scram, quota_bytes, quota_warned FROM accounts WHERE id = ?",
+        address, password_hash, created_at, scram, quota, warned, admin = self.src.execute(
+            "SELECT address, password_hash, created_at, scram, quota_bytes, quota_warned, admin FROM accounts"
+            " WHERE id = ?",
             (account_id,),
         ).fetchone()
         mailboxes = self.src.execute(
@@ -164,9 +165,9 @@ class _Copy:
         ).fetchall()
         with self.write() as db:
             row: Any = db.execute(
-                "INSERT INTO accounts (address, password_hash, created_at, scram, quota_bytes, quota_warned)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (address) DO NOTHING RETURNING id",
-                (address, password_hash, created_at, scram, quota, warned),
+                "INSERT INTO accounts (address, password_hash, created_at, scram, quota_bytes, quota_warned, admin)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (address) DO NOTHING RETURNING id",
+                (address, password_hash, created_at, scram, quota, warned, admin),
             ).fetchone()
             if row is None:
                 row = db.execute("SELECT id, created_at FROM accounts WHERE address = ?", (address,)).fetchone()

@@ -78,6 +78,25 @@ class Account:
     password_hash: str
     created_at: int  # unix seconds
     scram: str = ""  # SCRAM-SHA-256 keys (kartero.auth.sasl.ScramCredentials.encode()), "" when not yet known
+    is_admin: bool = False  # may use the web admin and the admin API (`kartero user admin ADDR on`)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """A bearer token of the JSON API (`kartero token create`); only its SHA-256 is stored."""
+
+    name: str
+    account_id: int | None  # None: the whole admin API; else it acts as that account
+    created_at: int  # unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class WebSession:
+    """A signed-in browser (the web admin or a user's page), found by the SHA-256 of its cookie."""
+
+    account_id: int
+    csrf: str  # the token every state-changing form of this session carries
+    expires_at: int  # unix seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,6 +483,30 @@ class AccountStore(Protocol):
         per RCPT)."""
         ...
 
+    def set_admin(self, address: str, is_admin: bool) -> bool:
+        """Whether the account may use the web admin and the admin API; False: no such account."""
+        ...
+
+    def get_account_by_id(self, account_id: int) -> Account | None: ...
+
+    # The HTTP side's credentials: API tokens and browser sessions, by the SHA-256 of the secret.
+    def add_token(self, name: str, token_hash: str, account_id: int | None) -> bool:
+        """False: a token of that name exists."""
+        ...
+
+    def list_tokens(self) -> list[ApiToken]: ...
+    def delete_token(self, name: str) -> bool: ...
+    def find_token(self, token_hash: str) -> ApiToken | None: ...
+    def add_web_session(self, session_hash: str, session: WebSession) -> None:
+        """Store a new session (and drop the expired ones: sessions need no other cleaning)."""
+        ...
+
+    def get_web_session(self, session_hash: str, now: int) -> WebSession | None: ...
+    def delete_web_session(self, session_hash: str) -> None: ...
+    def delete_web_sessions(self, account_id: int) -> None:
+        """Sign out every browser of the account (its password changed, or it lost admin rights)."""
+        ...
+
     def server_secret(self, name: str, candidate: str) -> str:
         """The secret kept under `name` (a row of `meta`), storing `candidate` first when there is none:
         the first process to ask wins, so every node of a cluster gets the same one (SRS)."""
@@ -702,7 +745,9 @@ class QueueStore(Protocol):
     def next_due(self) -> int | None: ...
     def queue_entries(self) -> list[QueueEntry]: ...
     def queue_delete(self, queue_id: str) -> bool: ...
-    def queue_flush(self) -> int: ...
+    def queue_flush(self, queue_id: str | None = None) -> int:
+        """Make the open recipients (of one message, or all) due now; how many."""
+        ...
     def add_queue_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener` after a commit that put something into the queue (from any thread)."""
         ...

@@ -303,6 +303,23 @@ MIGRATIONS: tuple[str, ...] = (
         FROM (SELECT mailbox_id, SUM(size) AS bytes, COUNT(*) AS messages FROM messages GROUP BY mailbox_id)
         AS counted WHERE counted.mailbox_id = mailboxes.id;
     """,
+    # 8: the HTTP side (issue 14): admins, API tokens and browser sessions (by the SHA-256 of the secret).
+    """
+    ALTER TABLE accounts ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE api_tokens (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        token_hash TEXT COLLATE "C" NOT NULL UNIQUE,
+        account_id BIGINT REFERENCES accounts(id) ON DELETE CASCADE,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE web_sessions (
+        session_hash TEXT COLLATE "C" PRIMARY KEY,
+        account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX web_sessions_expiry ON web_sessions (expires_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # How long a new connection may take; also how long a thread waits for one from the pool while the

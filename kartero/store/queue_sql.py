@@ -211,7 +211,12 @@ class SQLiteQueue:
             self._remove_entries(db, [queue_id])
         return True
 
-    def queue_flush(self) -> int:
+    def queue_flush(self, queue_id: str | None = None) -> int:
         with self._write() as db:
-            flushed = db.execute("UPDATE queue_recipients SET next_attempt_at = 0 WHERE state IN (?, ?)", OPEN_STATES)
+            if queue_id is None:
+                flushed = db.execute("UPDATE queue_recipients SET next_attempt_at = 0 WHERE state IN (?, ?)",
+                                     OPEN_STATES)  # fmt: skip
+            else:
+                flushed = db.execute("UPDATE queue_recipients SET next_attempt_at = 0 WHERE queue_id = ?"
+                                     " AND state IN (?, ?)", (queue_id, *OPEN_STATES))  # fmt: skip
             return int(flushed.rowcount)

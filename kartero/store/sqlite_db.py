@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     created_at INTEGER NOT NULL,
     scram TEXT NOT NULL DEFAULT '',
     quota_bytes INTEGER,                 -- storage limit: NULL = [limits] default_quota, 0 = none
-    quota_warned INTEGER NOT NULL DEFAULT 0  -- 1: the 90 % warning went out (until usage is below 90 %)
+    quota_warned INTEGER NOT NULL DEFAULT 0,  -- 1: the 90 % warning went out (until usage is below 90 %)
+    admin INTEGER NOT NULL DEFAULT 0     -- 1: may use the web admin and the admin API
 );
 CREATE TABLE IF NOT EXISTS aliases (
     source TEXT NOT NULL,
@@ -119,7 +120,8 @@ _ADDED_COLUMNS = {
     "messages": {"saved_at": "INTEGER"},
     # Quotas (issue 12): an account's usage is the sum of its mailboxes' counters; _migrate counts them
     # once for a database made before they existed.
-    "accounts": {"quota_bytes": "INTEGER", "quota_warned": "INTEGER NOT NULL DEFAULT 0"},
+    "accounts": {"quota_bytes": "INTEGER", "quota_warned": "INTEGER NOT NULL DEFAULT 0",
+                 "admin": "INTEGER NOT NULL DEFAULT 0"},  # the web admin (issue 14)
 }  # fmt: skip
 _ADDED_USAGE_COLUMNS = {"used_bytes": "INTEGER NOT NULL DEFAULT 0", "used_messages": "INTEGER NOT NULL DEFAULT 0"}
 _ADDED_INDEXES = """
@@ -151,6 +153,19 @@ CREATE TABLE IF NOT EXISTS sieve_memory (  -- what Sieve remembers per account: 
     PRIMARY KEY (account_id, key)
 );
 CREATE INDEX IF NOT EXISTS sieve_memory_expiry ON sieve_memory (account_id, expires_at);
+CREATE TABLE IF NOT EXISTS api_tokens (  -- bearer tokens of the JSON API, by the SHA-256 of the secret
+    name TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    account_id INTEGER REFERENCES accounts(id) ON DELETE CASCADE,  -- NULL: the whole admin API
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS web_sessions (  -- signed-in browsers, by the SHA-256 of the cookie
+    session_hash TEXT PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    csrf TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS web_sessions_expiry ON web_sessions (expires_at);
 """
 
 

@@ -40,7 +40,7 @@ def run_cli(config: Path, *args: str, stdin: str | None = None, check: bool = Tr
 
 
 PORT_FIELDS = ("port", "imap_port", "imaps_port", "pop3_port", "pop3s_port", "submission_port", "submissions_port",
-               "managesieve_port")  # fmt: skip
+               "managesieve_port", "http_port", "https_port")  # fmt: skip
 
 
 _certificates: dict[str, tuple[bytes, bytes]] = {}  # host name: (cert, key) PEM, made once per test run
@@ -86,6 +86,9 @@ class KarteroServer:
     submission_port: int = 0
     submissions_port: int = 0
     managesieve_port: int = 0
+    http: bool = False  # the HTTP listeners (http, and https with tls): off unless a test is about them
+    http_port: int = 0
+    https_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_lines: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
@@ -144,6 +147,8 @@ class KarteroServer:
                 if self.tls
                 else ""
             )
+            + (f'http = ["{self.host}:{self.http_port}"]\n' if self.http else "")
+            + (f'https = ["{self.host}:{self.https_port}"]\n' if self.http and self.tls else "")
             + f"{tls_section}"
             + (
                 f'[store]\nbackend = "postgresql"\nurl = "{self.store_url}"\nnode = "{self.node or self.host}"\n'
@@ -230,10 +235,18 @@ class KarteroServer:
 
     # -- accounts and store ----------------------------------------------------------------------------
 
-    def add_user(self, address: str, password: str = PASSWORD) -> None:
+    def add_user(self, address: str, password: str = PASSWORD, *, admin: bool = False) -> None:
         """Add an account through the same Directory call the CLI makes (test_cli covers the CLI)."""
         with self.directory() as directory:
-            directory.add_user(address, password)
+            directory.add_user(address, password, is_admin=admin)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def https_url(self) -> str:
+        return f"https://{self.host}:{self.https_port}"
 
     def add_alias(self, source: str, destination: str) -> None:
         with self.directory() as directory:

@@ -7,6 +7,7 @@ import signal
 import smtplib
 import socket
 import subprocess
+import urllib.request
 from pathlib import Path
 
 from cryptography import x509
@@ -142,7 +143,7 @@ def test_quick_start_serve_with_embedded_default(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(9)]
+        lines = [proc.stdout.readline() for _ in range(10)]
         assert lines == [
             "smtp listening on 127.0.0.1:2525\n",
             "submission listening on 127.0.0.1:5870\n",
@@ -152,6 +153,7 @@ def test_quick_start_serve_with_embedded_default(tmp_path: Path) -> None:
             "pop3 listening on 127.0.0.1:1100\n",
             "pop3s listening on 127.0.0.1:9950\n",
             "managesieve listening on 127.0.0.1:4190\n",
+            "http listening on 127.0.0.1:8080\n",
             "kartero ready\n",
         ]
         assert (tmp_path / "kartero-data" / "tls" / "cert.pem").exists()
@@ -160,6 +162,8 @@ def test_quick_start_serve_with_embedded_default(tmp_path: Path) -> None:
             code, banner = s.ehlo()
             assert code == 250 and b"STARTTLS" in banner
             assert s.sendmail("a@example.org", ["bob@localhost"], b"Subject: hi\r\n\r\nhi\r\n") == {}
+        with urllib.request.urlopen("http://127.0.0.1:8080/admin/login", timeout=30) as page:  # README's admin
+            assert page.status == 200 and b'action="/admin/login"' in page.read()
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)

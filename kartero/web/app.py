@@ -1,0 +1,232 @@
+"""The HTTP application: routes, the security headers every response carries, and the sign-in pages.
+
+Pages are rendered on the server (Jinja2, autoescaped: every string an account name, a subject or a
+remote server's reply can carry is escaped), with a little JavaScript from /static/ where it helps;
+there is no front-end build. `ui.py` adds the admin's pages, `api.py` the JSON API.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from kartero.log import kv
+from kartero.web import auth
+from kartero.web.context import CONTEXT, WebContext
+
+log = logging.getLogger("kartero.web")
+
+HERE = Path(__file__).parent
+MAX_BODY = 256 * 1024  # forms and JSON bodies; nothing the admin sends is bigger
+TEMPLATES = web.AppKey("templates", jinja2.Environment)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")  # fmt: skip
+
+
+def build_app(ctx: WebContext) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_headers, _errors])
+    app[CONTEXT] = ctx
+    app[TEMPLATES] = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    app[TEMPLATES].filters["when"] = _when
+    static = app.router.add_static("/static/", HERE / "static", append_version=True, name="static")
+    app[TEMPLATES].globals["static"] = lambda name: str(static.url_for(filename=name))
+    app.router.add_get("/", user_home)
+    app.router.add_post("/login", user_login)
+    app.router.add_post("/logout", logout)
+    app.router.add_post("/password", change_password)
+    app.router.add_get("/admin/login", admin_login_form)
+    app.router.add_post("/admin/login", admin_login)
+    app.router.add_post("/admin/logout", logout)
+    app.router.add_get("/metrics", metrics)
+    from kartero.web import api, ui
+
+    ui.setup(app)
+    api.setup(app)
+    return app
+
+
+def _when(timestamp: float | None) -> str:
+    return "" if not timestamp else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+
+
+@web.middleware
+async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # 404s, 405s, 413s of aiohttp itself get the headers too
+        _secure(request, exc)
+        raise
+    _secure(request, response)
+    return response
+
+
+def _secure(request: web.Request, response: web.StreamResponse) -> None:
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", _CSP)
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["X-Frame-Options"] = "DENY"
+    headers["Referrer-Policy"] = "same-origin"
+    if not request.path.startswith("/static/"):
+        headers.setdefault("Cache-Control", "no-store")
+    if request.secure:
+        headers["Strict-Transport-Security"] = "max-age=31536000"
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An unexpected failure is logged with the request and answered 500 without details."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        log.exception("%s", kv(event="http.failed", method=request.method, path=request.path[:200],
+                               detail=type(exc).__name__))  # fmt: skip
+        if request.path.startswith("/api/"):
+            return web.json_response({"error": "internal error (see the server log)"}, status=500)
+        return web.Response(text="internal error (see the server log)", status=500)
+
+
+def render(request: web.Request, template: str, status: int = 200, **values: Any) -> web.Response:
+    env = request.app[TEMPLATES]
+    values.setdefault("who", request.get("kartero.principal"))
+    values.setdefault("message", "")
+    values.setdefault("hostname", request.app[CONTEXT].config.hostname)
+    body = env.get_template(template).render(**values)
+    return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+
+
+async def form(request: web.Request) -> dict[str, str]:
+    """The posted form's fields (the last value of each; files are not taken)."""
+    data = await request.post()
+    return {k: v for k, v in data.items() if isinstance(v, str)}
+
+
+def see_other(location: str) -> web.Response:
+    """A redirect after a POST, as a plain response (raised HTTPExceptions skip the header middleware)."""
+    return web.Response(status=303, headers={"Location": location})
+
+
+# -- signing in and out --------------------------------------------------------------------------------
+
+
+async def _login_form(request: web.Request, action: str, title: str, message: str, status: int) -> web.Response:
+    token, fresh = auth.login_token(request)
+    response = render(request, "login.html", status, action=action, title=title, message=message, csrf=token)
+    if fresh:
+        auth.set_login_cookie(request, response, token)
+    return response
+
+
+async def admin_login_form(request: web.Request, message: str = "", status: int = 200) -> web.Response:
+    return await _login_form(request, "/admin/login", "Kartero admin", message, status)
+
+
+async def _login(request: web.Request, *, admin: bool) -> web.StreamResponse:
+    fields = await form(request)
+    again = admin_login_form if admin else _user_login_form
+    if not auth.login_form_ok(request, fields.get("csrf", "")):
+        return await again(request, "The form expired: please sign in again.", 403)
+    account = await auth.check_password(request, fields.get("address", ""), fields.get("password", ""))
+    if account is None:
+        return await again(request, "Wrong address or password.", 401)
+    if admin and not account.is_admin:
+        log.info("%s", kv(event="http.not_admin", client=request.remote or "", user=account.address))
+        return await again(request, "This account is not an administrator.", 403)
+    response = see_other("/admin/" if admin else "/")
+    await auth.start_session(request, response, account)
+    return response
+
+
+async def admin_login(request: web.Request) -> web.StreamResponse:
+    return await _login(request, admin=True)
+
+
+async def user_login(request: web.Request) -> web.StreamResponse:
+    return await _login(request, admin=False)
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    who = await auth.principal(request)
+    fields = await form(request)
+    if who is None or who.via != "session":
+        return see_other("/")
+    if not auth.check_csrf(request, who, fields.get("csrf", "")):
+        raise web.HTTPForbidden(text="missing or wrong CSRF token")
+    response = see_other("/admin/login" if request.path.startswith("/admin/") else "/")
+    await auth.end_session(request, response, who)
+    return response
+
+
+# -- a user's own page ---------------------------------------------------------------------------------
+
+
+async def _user_login_form(request: web.Request, message: str = "", status: int = 200) -> web.Response:
+    return await _login_form(request, "/login", "Sign in", message, status)
+
+
+async def user_home(request: web.Request, message: str = "", status: int = 200) -> web.Response:
+    who = await auth.principal(request)
+    if who is None or who.account is None or who.via != "session":
+        return await _user_login_form(request)
+    return render(request, "user.html", status, message=message, csrf=who.csrf,
+                  changed=request.query.get("changed") == "1")  # fmt: skip
+
+
+async def change_password(request: web.Request) -> web.StreamResponse:
+    """A user changes their own password: the current one is asked again (a borrowed unlocked browser
+    must not be enough); every session of the account ends, this one gets a new one."""
+    who = await auth.principal(request)
+    fields = await form(request)
+    if who is None or who.account is None or who.via != "session":
+        return see_other("/")
+    if not auth.check_csrf(request, who, fields.get("csrf", "")):
+        raise web.HTTPForbidden(text="missing or wrong CSRF token")
+    new, again = fields.get("new", ""), fields.get("again", "")
+    if new != again:
+        return await user_home(request, "The two new passwords differ.", 400)
+    if await auth.check_password(request, who.account.address, fields.get("current", "")) is None:
+        return await user_home(request, "The current password is wrong.", 401)
+    ctx = request.app[CONTEXT]
+    from kartero.web.ops import OpError
+
+    try:
+        await ctx.run(ctx.ops.set_password, who.account.address, new)
+    except OpError as exc:
+        return await user_home(request, exc.message, exc.status)
+    log.info("%s", kv(event="http.password_changed", client=request.remote or "", user=who.account.address))
+    response = see_other("/?changed=1")
+    await auth.start_session(request, response, who.account)
+    return response
+
+
+# -- metrics -------------------------------------------------------------------------------------------
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """Prometheus text; with `[http] metrics_token` set, only for `Authorization: Bearer <it>`."""
+    ctx = request.app[CONTEXT]
+    expected = ctx.config.http.metrics_token
+    if expected:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not auth.csrf_matches(expected, given.strip()):
+            return web.Response(status=401, text="metrics need the bearer token of [http] metrics_token\n",
+                                headers={"WWW-Authenticate": 'Bearer realm="metrics"'})  # fmt: skip
+    if ctx.metrics is None:
+        raise web.HTTPNotFound()
+    body, content_type = await ctx.run(ctx.metrics)
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response

@@ -1,0 +1,45 @@
+"""What every HTTP handler shares: the operations, the credentials check, and the server's state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from kartero.auth.accounts import Authenticator
+from kartero.auth.throttle import AuthThrottle
+from kartero.concurrency import Blocking
+from kartero.config import Config
+from kartero.store.interface import Store
+from kartero.web.ops import Operations
+
+# A store query or a password check; a DNS check waits for its lookups (each under [dns] timeout).
+T = TypeVar("T")
+
+QUICK_S = 30.0
+SLOW_S = 120.0
+
+
+@dataclass(slots=True, kw_only=True)
+class WebContext:
+    config: Config
+    store: Store
+    ops: Operations
+    authenticator: Authenticator
+    blocking: Blocking
+    throttle: AuthThrottle | None = None
+    wake_queue: Callable[[], None] = lambda: None  # after "retry now": the runner looks at the queue at once
+    connections: Callable[[], dict[str, int]] = dict  # sessions open now, per service
+    metrics: Callable[[], tuple[bytes, str]] | None = None  # the Prometheus exposition (body, content type)
+    certificate_expiry: Callable[[], int | None] = lambda: None  # unix time the TLS certificate expires
+    started_at: float = 0.0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    async def run(self, fn: Callable[..., T], *args: Any, slow: bool = False) -> T:
+        """`fn(*args)` in the worker pool, under a deadline (a hung store fails the request, not the loop)."""
+        return await self.blocking(SLOW_S if slow else QUICK_S, fn, *args)
+
+
+CONTEXT = web.AppKey("kartero", WebContext)

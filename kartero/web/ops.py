@@ -1,0 +1,282 @@
+"""What an administrator can do over HTTP, shared by the web admin's pages and the JSON API.
+
+Every function here blocks (store queries, argon2 hashing, DNS lookups): the handlers run them in the
+worker pool with a deadline (`Blocking`), never on the event loop. Mistakes the caller made raise
+`OpError` with the HTTP status it means (400 bad input, 404 no such thing, 409 already there), phrased
+for a person, as the CLI phrases the same mistakes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import dns.resolver
+
+from kartero.auth.accounts import Directory, DirectoryError, parse_address
+from kartero.config import Config, parse_size
+from kartero.dns.names import DomainError, canonical_domain
+from kartero.mailauth.dkim import (
+    DEFAULT_SELECTOR,
+    DKIMError,
+    DKIMKey,
+    check_selector,
+    generate,
+    keys_from_rows,
+    load_keys,
+)
+from kartero.mailauth.dnscheck import Check, check_domain
+from kartero.store.interface import AccountExists, QueueEntry, Store
+
+MAX_PASSWORD = 1024  # argon2 hashes anything; a megabyte "password" is only a way to burn CPU
+PAGE = 100  # rows per page of a list
+
+
+class OpError(Exception):
+    """The request cannot be done as asked; `status` is the HTTP status that says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class AccountInfo:
+    address: str
+    is_admin: bool
+    created_at: int
+    quota_bytes: int  # the limit in force (0: none)
+    quota_is_default: bool  # the limit is [limits] default_quota
+    used_bytes: int
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class AliasInfo:
+    source: str
+    destinations: tuple[str, ...]
+    is_catch_all: bool  # `@domain`: any address of the domain without an account or alias of its own
+    remote: tuple[str, ...]  # the destinations outside the local domains (forwarded with SRS)
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKeyInfo:
+    domain: str
+    selector: str
+    algorithm: str
+    created_at: int
+    record_name: str
+    record: str  # the TXT record to publish
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a longer list; `total` counts them all."""
+
+    items: list[object]
+    total: int
+    offset: int
+
+
+@dataclass(slots=True)
+class Operations:
+    """The admin's operations over one store and config (the CLI does the same on its own)."""
+
+    config: Config
+    store: Store
+    directory: Directory
+    resolver: Callable[[], dns.resolver.Resolver] | None = None  # a blocking resolver, for the DNS check
+    _dkim_cache: dict[str, list[DKIMKey]] = field(default_factory=dict)
+
+    # -- accounts ------------------------------------------------------------------------------------
+
+    def accounts(self, search: str = "", offset: int = 0, limit: int = PAGE) -> tuple[list[AccountInfo], int]:
+        """Accounts whose address contains `search` (case-insensitive), a page of them and how many."""
+        needle = search.strip().lower()
+        accounts = [a for a in self.store.accounts.list_accounts() if needle in a.address.lower()]
+        page = accounts[max(0, offset) : max(0, offset) + max(1, min(limit, 1000))]
+        usage = self.store.mail.quota_usage([a.id for a in page]) if page else {}
+        default = self.config.limits.default_quota
+        infos = [
+            AccountInfo(a.address, a.is_admin, a.created_at, usage[a.id].effective_limit(default),
+                        usage[a.id].limit_bytes is None, usage[a.id].used_bytes, usage[a.id].messages)
+            for a in page
+        ]  # fmt: skip
+        return infos, len(accounts)
+
+    def account(self, address: str) -> AccountInfo:
+        address = self._address(address)
+        for info in self.accounts(address)[0]:
+            if info.address == address:
+                return info
+        raise OpError(404, f"no account {address}")
+
+    def add_account(self, address: str, password: str, *, is_admin: bool = False, quota: str = "") -> AccountInfo:
+        _check_password(password)
+        try:
+            account = self.directory.add_user(address, password, is_admin=is_admin)
+        except DirectoryError as exc:
+            raise OpError(400, str(exc)) from None
+        except AccountExists:
+            raise OpError(409, f"account {parse_address(address)} already exists") from None
+        if quota.strip():
+            self.set_quota(account.address, quota)
+        return self.account(account.address)
+
+    def set_password(self, address: str, password: str) -> None:
+        _check_password(password)
+        try:
+            self.directory.set_password(address, password)
+        except DirectoryError as exc:
+            raise OpError(404 if str(exc).startswith("no account") else 400, str(exc)) from None
+
+    def set_quota(self, address: str, size: str) -> AccountInfo:
+        """`size` like "500M" or "2G", "0" for none, "default" for [limits] default_quota."""
+        text = size.strip().lower()
+        limit = None if text == "default" else parse_size(text)
+        if limit is None and text != "default":
+            raise OpError(400, f'not a size: {size[:40]!r} (like "500M", "2G", "0" for none, or "default")')
+        try:
+            address = self.directory.set_quota(address, limit)
+        except DirectoryError as exc:
+            raise OpError(404 if str(exc).startswith("no account") else 400, str(exc)) from None
+        return self.account(address)
+
+    def set_admin(self, address: str, is_admin: bool) -> AccountInfo:
+        try:
+            address = self.directory.set_admin(address, is_admin)
+        except DirectoryError as exc:
+            raise OpError(404 if str(exc).startswith("no account") else 400, str(exc)) from None
+        return self.account(address)
+
+    def delete_account(self, address: str) -> None:
+        try:
+            self.directory.delete_user(address)
+        except DirectoryError as exc:
+            raise OpError(404 if str(exc).startswith("no account") else 400, str(exc)) from None
+
+    # -- aliases -------------------------------------------------------------------------------------
+
+    def aliases(self) -> list[AliasInfo]:
+        grouped: dict[str, list[str]] = {}
+        for source, destination in self.store.accounts.list_aliases():
+            grouped.setdefault(source, []).append(destination)
+        domains = set(self.config.domains)
+        return [
+            AliasInfo(source, tuple(dests), source.startswith("@"),
+                      tuple(d for d in dests if d.rpartition("@")[2] not in domains))
+            for source, dests in grouped.items()
+        ]  # fmt: skip
+
+    def add_alias(self, source: str, destination: str) -> AliasInfo:
+        try:
+            src, _ = self.directory.add_alias(source, destination)
+        except DirectoryError as exc:
+            raise OpError(400, str(exc)) from None
+        return next(a for a in self.aliases() if a.source == src)
+
+    def delete_alias(self, source: str) -> None:
+        try:
+            self.directory.delete_alias(source)
+        except DirectoryError as exc:
+            raise OpError(404 if "no alias" in str(exc) else 400, str(exc)) from None
+
+    # -- the queue -----------------------------------------------------------------------------------
+
+    def queue(self) -> list[QueueEntry]:
+        return self.store.queue.queue_entries()
+
+    def queue_entry(self, queue_id: str) -> tuple[QueueEntry, str]:
+        """One queued message and its header (as text; the body is not shown)."""
+        entry = next((e for e in self.store.queue.queue_entries() if e.id == queue_id), None)
+        if entry is None:
+            raise OpError(404, f"no queued message {queue_id[:80]}")
+        reader = self.store.mail.open_message(queue_id)
+        try:
+            head = reader.read(0, min(reader.size, 256 * 1024))
+        finally:
+            reader.close()
+        end = head.find(b"\r\n\r\n")
+        header = head[: end + 2] if end >= 0 else head
+        return entry, header.decode("utf-8", "replace")
+
+    def queue_retry(self, queue_id: str) -> int:
+        """Make the message's open recipients due now; how many (the caller wakes the queue runner)."""
+        self.queue_entry(queue_id)
+        return self.store.queue.queue_flush(queue_id)
+
+    def queue_delete(self, queue_id: str) -> None:
+        if not self.store.queue.queue_delete(queue_id):
+            raise OpError(404, f"no queued message {queue_id[:80]}")
+
+    # -- domains, DNS and DKIM -----------------------------------------------------------------------
+
+    def dkim_keys(self) -> dict[str, list[DKIMKey]]:
+        """The keys the server signs with: files under data_dir, or rows of the PostgreSQL store."""
+        dkim_keys = getattr(self.store, "dkim_keys", None)
+        if self.config.store.is_postgresql and dkim_keys is not None:
+            return keys_from_rows(dkim_keys())
+        return load_keys(self.config.data_dir)
+
+    def domains(self) -> list[tuple[str, list[DkimKeyInfo]]]:
+        keys = self.dkim_keys()
+        return [(domain, [_key_info(k) for k in keys.get(domain, [])]) for domain in self.config.domains]
+
+    def dns_check(self, domain: str) -> list[Check]:
+        domain = self._local_domain(domain)
+        if self.resolver is None:
+            raise OpError(503, "no resolver")
+        return check_domain(domain, self.config.hostname, self.dkim_keys().get(domain, []), self.resolver())
+
+    def dkim_generate(self, domain: str, algorithm: str = "rsa", selector: str = "") -> DkimKeyInfo:
+        """A new key for a selector that has none (a key is never replaced from the web: replacing
+        breaks signatures until the new record is published)."""
+        domain = self._local_domain(domain)
+        if algorithm not in ("rsa", "ed25519"):
+            raise OpError(400, 'algorithm must be "rsa" or "ed25519"')
+        default = DEFAULT_SELECTOR if algorithm == "rsa" else f"{DEFAULT_SELECTOR}-ed"
+        try:
+            selector = check_selector(selector.strip() or default)
+            put = getattr(self.store, "put_dkim_key", None)
+            if self.config.store.is_postgresql and put is not None:
+                from kartero.mailauth.dkim import new_private_key
+
+                private, created = new_private_key(algorithm), time.time()
+                if not put(domain, selector, algorithm, private, created, replace=False):
+                    raise DKIMError(f"selector {selector!r} of {domain} already has a key")
+                key = keys_from_rows([(domain, selector, algorithm, private, created)])[domain][0]
+            else:
+                key = generate(self.config.data_dir, domain, selector, algorithm)
+        except DKIMError as exc:
+            raise OpError(409 if "already" in str(exc) else 400, str(exc)) from None
+        return _key_info(key)
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def _address(self, text: str) -> str:
+        try:
+            return parse_address(text)
+        except DirectoryError as exc:
+            raise OpError(400, str(exc)) from None
+
+    def _local_domain(self, text: str) -> str:
+        try:
+            domain = canonical_domain(text)
+        except DomainError as exc:
+            raise OpError(400, str(exc)) from None
+        if domain not in self.config.domains:
+            raise OpError(404, f"{domain} is not one of the local domains")
+        return domain
+
+
+def _check_password(password: str) -> None:
+    if not password:
+        raise OpError(400, "the password is empty")
+    if len(password) > MAX_PASSWORD:
+        raise OpError(400, f"the password is longer than {MAX_PASSWORD} characters")
+
+
+def _key_info(key: DKIMKey) -> DkimKeyInfo:
+    return DkimKeyInfo(key.domain, key.selector, key.algorithm, int(key.created), key.record_name, key.dns_record())

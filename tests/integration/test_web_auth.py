@@ -1,0 +1,199 @@
+"""Who may use the HTTP side (issue 14): password sign-in for admins at /admin/ and for users at /,
+session cookies and CSRF tokens, bearer tokens from `kartero token create`, the shared login throttle."""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.harness import PASSWORD, KarteroServer, run_cli
+from tests.integration.web_client import Browser, csrf_of
+
+ADMIN, USER = "admin@example.test", "bob@example.test"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KarteroServer]:
+    """One server for the module (the tests use accounts of their own where they change one)."""
+    server = KarteroServer(tmp_path_factory.mktemp("web") / "k", http=True,
+                           extra_config="[auth]\nfailures_per_address_and_account = 2\n")  # fmt: skip
+    server.add_user(ADMIN, admin=True)
+    server.add_user(USER)
+    server.start()
+    yield server
+    assert server.stop() == 0, server.log
+
+
+def run(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_admin_signs_in_with_a_strict_http_only_session_cookie(server: KarteroServer) -> None:
+    async def body() -> None:
+        async with Browser(server.http_url) as browser:
+            status, _, response = await browser.get("/admin/")
+            assert (status, response.headers["Location"]) == (303, "/admin/login")
+            status, _, response = await browser.login(ADMIN, PASSWORD)
+            assert (status, response.headers["Location"]) == (303, "/admin/")
+            cookie = next(v for k, v in response.headers.items() if k == "Set-Cookie" and "kartero_session=" in v)
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Secure" not in cookie
+            secret = browser.cookie("kartero_session")
+            assert secret is not None and len(secret) >= 43  # 256 random bits, url-safe base64
+            status, page, response = await browser.get("/admin/")
+            assert status == 200 and "Dashboard" in page and ADMIN in page
+            assert response.headers["X-Frame-Options"] == "DENY"
+            assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+            # A second sign-in gets another session id.
+            async with Browser(server.http_url) as other:
+                await other.login(ADMIN, PASSWORD)
+                assert other.cookie("kartero_session") not in (None, secret)
+
+    run(body())
+
+
+def test_sign_in_refusals(server: KarteroServer) -> None:
+    async def body() -> None:
+        async with Browser(server.http_url) as browser:
+            _, page, _ = await browser.get("/admin/login")
+            token = csrf_of(page)
+            form = {"address": ADMIN, "password": PASSWORD}
+            status, page, _ = await browser.post("/admin/login", {**form, "csrf": "x" + token})
+            assert status == 403 and "The form expired" in page
+            status, page, _ = await browser.post("/admin/login", form)
+            assert status == 403 and browser.cookie("kartero_session") is None
+            status, page, _ = await browser.post("/admin/login", {**form, "csrf": token},
+                                                 headers={"Origin": "http://evil.example"})  # fmt: skip
+            assert status == 403 and browser.cookie("kartero_session") is None
+            status, page, _ = await browser.post("/admin/login", {**form, "csrf": token, "password": "nope"})
+            assert status == 401 and "Wrong address or password." in page
+            status, page, _ = await browser.login(USER, PASSWORD)
+            assert status == 403 and "This account is not an administrator." in page
+            assert browser.cookie("kartero_session") is None
+
+    run(body())
+
+
+def test_a_user_cannot_reach_the_admin_pages(server: KarteroServer) -> None:
+    async def body() -> None:
+        async with Browser(server.http_url) as browser:
+            status, _, response = await browser.login(USER, PASSWORD, admin=False)
+            assert (status, response.headers["Location"]) == (303, "/")
+            status, page, _ = await browser.get("/")
+            assert status == 200 and "Change your password" in page
+            status, page, _ = await browser.get("/admin/")
+            assert status == 403 and "is not an administrator" in page
+            status, page, _ = await browser.get("/api/v1/accounts")
+            assert status in (403, 404)
+
+    run(body())
+
+
+def test_logout_needs_the_csrf_token_and_ends_the_session(server: KarteroServer) -> None:
+    async def body() -> None:
+        async with Browser(server.http_url) as browser:
+            await browser.login(ADMIN, PASSWORD)
+            _, page, _ = await browser.get("/admin/")
+            status, _, _ = await browser.post("/admin/logout", {"csrf": "wrong"})
+            assert status == 403
+            assert (await browser.get("/admin/"))[0] == 200
+            secret = browser.cookie("kartero_session")
+            status, _, response = await browser.post("/admin/logout", {"csrf": csrf_of(page)})
+            assert (status, response.headers["Location"]) == (303, "/admin/login")
+            assert (await browser.get("/admin/"))[0] == 303
+        async with Browser(server.http_url) as replay:  # the old cookie is dead on the server too
+            replay.session.cookie_jar.update_cookies({"kartero_session": secret or ""})
+            assert (await replay.get("/admin/"))[0] == 303
+
+    run(body())
+
+
+def test_bearer_tokens_from_the_cli(server: KarteroServer) -> None:
+    admin_token = run_cli(server.config, "token", "create", "ci").stdout.strip()
+    user_token = run_cli(server.config, "token", "create", "bobs", "--user", USER).stdout.strip()
+    assert re.fullmatch(r"kt_[A-Za-z0-9_-]{43}", admin_token)
+    listed = run_cli(server.config, "token", "list").stdout.splitlines()
+    assert [line.split()[0] for line in listed] == ["bobs", "ci"]
+    assert listed[0].endswith(f" {USER}") and listed[1].endswith(" admin")
+    assert run_cli(server.config, "token", "create", "ci", check=False).returncode == 1
+
+    async def body() -> None:
+        async with Browser(server.http_url) as client:
+            status, text, response = await client.get("/api/v1/me")
+            assert status == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
+            assert response.content_type == "application/json" and "error" in text
+            for bad in ("Bearer " + admin_token + "x", "Bearer ", "Basic " + admin_token, "Bearer " + "a" * 5000):
+                assert (await client.get("/api/v1/me", headers={"Authorization": bad}))[0] in (400, 401)
+            status, text, _ = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {admin_token}"})
+            assert status == 200 and '"admin": true' in text and "token:ci" in text
+            status, text, _ = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {user_token}"})
+            assert status == 200 and '"admin": false' in text and USER in text
+
+    run(body())
+    assert run_cli(server.config, "token", "revoke", "ci").stdout == "revoked ci\n"
+
+    async def revoked() -> None:
+        async with Browser(server.http_url) as client:
+            status, _, _ = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {admin_token}"})
+            assert status == 401
+
+    run(revoked())
+
+
+def test_user_changes_their_password(server: KarteroServer) -> None:
+    address = "carol@example.test"
+    server.add_user(address, "old-password")
+
+    async def body() -> None:
+        async with Browser(server.http_url) as browser, Browser(server.http_url) as elsewhere:
+            await browser.login(address, "old-password", admin=False)
+            await elsewhere.login(address, "old-password", admin=False)
+            _, page, _ = await browser.get("/")
+            csrf = csrf_of(page)
+            form = {"csrf": csrf, "current": "old-password", "new": "new-password", "again": "new-password"}
+            assert (await browser.post("/password", {**form, "csrf": "x"}))[0] == 403
+            status, page, _ = await browser.post("/password", {**form, "again": "other"})
+            assert status == 400 and "The two new passwords differ." in page
+            status, page, _ = await browser.post("/password", {**form, "current": "wrong"})
+            assert status == 401 and "The current password is wrong." in page
+            status, _, response = await browser.post("/password", form)
+            assert (status, response.headers["Location"]) == (303, "/?changed=1")
+            status, page, _ = await browser.get("/?changed=1")
+            assert status == 200 and "Your password was changed" in page
+            status, page, _ = await elsewhere.get("/")  # the other browser was signed out
+            assert status == 200 and 'action="/login"' in page
+
+    run(body())
+    with imaplib.IMAP4(server.host, server.imap_port) as imap:
+        assert imap.login(address, "new-password")[0] == "OK"
+
+
+def test_the_web_login_shares_the_failed_login_throttle_with_imap(server: KarteroServer) -> None:
+    address = "dora@example.test"
+    server.add_user(address)
+
+    async def body() -> None:
+        async with Browser(server.http_url) as browser:
+            for _ in range(2):  # [auth] failures_per_address_and_account = 2
+                assert (await browser.login(address, "wrong", admin=False))[0] == 401
+
+    run(body())
+    with imaplib.IMAP4(server.host, server.imap_port) as imap, pytest.raises(imaplib.IMAP4.error):
+        imap.login(address, PASSWORD)  # the right password, refused unchecked: locked out
+    assert server.wait_events("http.login_failed", 2)
+
+
+def test_https_session_cookie_is_secure(server: KarteroServer) -> None:
+    async def body() -> None:
+        async with Browser(server.https_url) as browser:
+            _, _, response = await browser.get("/admin/login")
+            assert "Secure" in response.headers["Set-Cookie"]
+            assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+            status, _, response = await browser.login(ADMIN, PASSWORD)
+            cookie = next(v for k, v in response.headers.items() if k == "Set-Cookie" and "kartero_session=" in v)
+            assert status == 303 and "Secure" in cookie and "HttpOnly" in cookie
+
+    run(body())
