@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import importlib.metadata
 import logging
 import os
@@ -232,6 +233,9 @@ class Server:
         executor = ThreadPoolExecutor(8, thread_name_prefix="kartero-io")
         loop.set_default_executor(executor)
         restrict_data_modes(config)
+        if any(kind in HTTP_LISTENERS for kind in config.listen):
+            # aiohttp and Jinja2 take a quarter second to import: now, before any listener accepts.
+            importlib.import_module("kartero.web.app")
         self._tls = self._load_tls()
         self._load_hooks()
         store = open_store(self.root, config.store.backend, config.store.url, self.node, config.store.lease_s)
