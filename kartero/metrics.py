@@ -36,10 +36,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -50,7 +52,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 log = logging.getLogger("kartero.metrics")
 
@@ -361,6 +363,23 @@ def watch_store(source: Callable[[], StoreState]) -> Callable[[], None]:
     """Read the queue and store gauges from `source` at each scrape (blocking: it queries the store);
     returns the function that stops it. A later call replaces the source."""
     return _STORE.watch(source)
+
+
+# -- several processes ---------------------------------------------------------------------------------------------
+
+
+def shared_environment(directory: Path) -> dict[str, str]:
+    """For the supervisor of `serve --workers N`: empty `directory` (the counts of an earlier run are
+    not this one's) and return the environment that makes a worker keep its values there."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, mode=0o700)
+    return {MULTIPROCESS_DIR_VARIABLE: str(directory)}
+
+
+def process_gone(pid: int, directory: Path) -> None:
+    """A worker sharing `directory` exited: its open connections no longer count (its counters still
+    do: what it counted happened)."""
+    mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
 
 
 def exposition() -> tuple[bytes, str]:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import ast
 import asyncio
 import base64
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -438,3 +441,38 @@ def test_issue_14_the_exposition_is_prometheus_text_of_kartero_metrics_only() ->
     assert by_name["kartero_connections_opened"].type == "counter"
     assert by_name["kartero_store_commit_seconds"].type == "histogram"
     assert by_name["kartero_connections_open"].type == "gauge"
+
+
+# -- several processes ------------------------------------------------------------------------------------------
+
+WORKER = """
+import sys
+from kartero import metrics
+metrics.for_listener("smtp").opened.inc(int(sys.argv[1]))
+metrics.for_listener("smtp").open.inc(int(sys.argv[1]))
+metrics.store_committed("sqlite", 0.003, 2)
+if sys.argv[2] == "scrape":
+    sys.stdout.write(metrics.exposition()[0].decode())
+"""
+
+
+def test_issue_14_workers_share_their_counts_through_the_metrics_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "data" / "workers" / "metrics"
+    folder.mkdir(parents=True)
+    (folder / "counter_99999.db").write_bytes(b"left by an earlier run")
+    environment = {**metrics.shared_environment(folder), "PYTHONPATH": str(ROOT)}
+    assert list(folder.iterdir()) == []  # emptied
+
+    def worker(n: int, then: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(WORKER), str(n), then], env=environment,
+                              capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+
+    gone = subprocess.Popen([sys.executable, "-c", textwrap.dedent(WORKER), "5", "-"], env=environment)
+    assert gone.wait(60) == 0
+    metrics.process_gone(gone.pid, folder)  # what the supervisor does when a worker exits
+    samples = {(x.name, tuple(sorted(x.labels.items()))): x.value
+               for f in text_string_to_metric_families(worker(2, "scrape").stdout) for x in f.samples}  # fmt: skip
+    assert samples[("kartero_connections_opened_total", (("listener", "smtp"),))] == 7  # both workers
+    assert samples[("kartero_connections_open", (("listener", "smtp"),))] == 2  # the live one only
+    assert samples[("kartero_store_commit_groups_sum", (("backend", "sqlite"),))] == 4
+    assert samples[("kartero_store_commit_seconds_count", (("backend", "sqlite"),))] == 2
