@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, getaddresses
 from typing import Any
 
+from kartero import metrics
 from kartero.auth.accounts import DirectoryCache, DirectoryError, parse_address
 from kartero.concurrency import Blocking, DeadlineExceeded, Finished, settled, start_eagerly, within
 from kartero.dns.names import DomainError, canonical_domain
@@ -176,6 +177,7 @@ class Incoming:
 class Stored:
     message_id: str
     queue_id: str | None  # the queue entry of the remote recipients, if any
+    is_discarded: bool = False  # accepted for nobody: a filter's discard, every recipient removed
 
     @property
     def reply(self) -> Reply:
@@ -186,6 +188,11 @@ class Stored:
 class Refused:
     reply: Reply
     reason: str  # for the log line
+
+
+# What the metrics count each Refused.reason as (kartero.metrics.REASONS); the others are words of it.
+METRIC_REASONS = {"check failed": "error", "filter failed": "error", "no recipient left": "error",
+                  "store failed": "error", "sieve reject": "sieve"}  # fmt: skip
 
 
 Outcome = Stored | Refused
@@ -231,6 +238,22 @@ class Intake:
 
     async def accept(self, incoming: Incoming) -> Outcome:
         """Check, complete, trace and store one message; Stored once it is durable."""
+        origin = incoming.envelope.origin
+        metrics.message_received(origin)
+        try:
+            outcome = await self._accept(incoming)
+        except BaseException:  # a bug, or the caller's deadline cancelled it: the client gets a 451
+            metrics.message_refused(origin, "error")
+            raise
+        if isinstance(outcome, Refused):
+            metrics.message_refused(origin, METRIC_REASONS.get(outcome.reason, outcome.reason))
+        elif outcome.is_discarded:
+            metrics.message_discarded(origin)
+        else:
+            metrics.message_stored(origin)
+        return outcome
+
+    async def _accept(self, incoming: Incoming) -> Outcome:
         data = incoming.data
         mailbox = INBOX
         if incoming.check is not None:
@@ -245,7 +268,7 @@ class Intake:
                                    detail=str(exc) or exc.__class__.__name__), exc_info=exc)  # fmt: skip
                 return Refused(replies.LOCAL_ERROR, "check failed")
             if isinstance(decision, Reject):
-                return Refused(decision.reply, "policy")
+                return Refused(decision.reply, decision.reason)
             assert isinstance(decision, AcceptMessage)
             data, mailbox = decision.data, decision.mailbox
         message_id = new_message_id()
@@ -289,7 +312,7 @@ class Intake:
             return Refused(filtered.refusal, "filter")
         if filtered.discard:
             log.info("%s", kv(event="filter.discarded", id=message_id, sender=sender))
-            return Stored(message_id, None)
+            return Stored(message_id, None, is_discarded=True)
         edited = filtered.edited
         envelope = incoming.envelope
         targets = incoming.targets
@@ -311,7 +334,7 @@ class Intake:
                 targets += (target,)
         if not targets:
             log.info("%s", kv(event="filter.no_recipients", id=message_id, sender=sender))
-            return Stored(message_id, None)
+            return Stored(message_id, None, is_discarded=True)
         if edited.sender is not None:
             envelope = replace(envelope, sender=edited.sender)
         if targets != incoming.targets:
@@ -397,7 +420,7 @@ class Intake:
         if not deliveries:
             if plans and account_ids and not remote:  # every copy discarded, rejected or redirected away
                 self._later(self._after_rules(plans, envelope, data, message_id, junk=mailbox != INBOX))
-                return Stored(message_id, None)
+                return Stored(message_id, None, is_discarded=True)
             return Refused(replies.LOCAL_ERROR, "no recipient left")
         try:
             # One group: the local copies and the queue entry commit together or not at all.
@@ -405,6 +428,7 @@ class Intake:
         except Exception as exc:
             log.error("%s", kv(event="intake.store_failed", id=message_id, detail=str(exc)))
             return Refused(replies.LOCAL_ERROR, "store failed")
+        metrics.delivered("local", sum(len(d.targets) for d in deliveries))
         if plans:
             self._later(self._after_rules(plans, envelope, data, message_id, junk=mailbox != INBOX))
         return Stored(message_id, queue_id)

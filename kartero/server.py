@@ -25,6 +25,7 @@ from dataclasses import astuple, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from kartero import metrics
 from kartero.auth.accounts import Authenticator, Directory, DirectoryCache
 from kartero.auth.throttle import AuthThrottle
 from kartero.concurrency import Blocking, DeadlineExceeded, within
@@ -346,6 +347,7 @@ class Server:
         http: HttpServer | None = None
         watchdog = LoopWatchdog(loop)  # from here on a stalled loop stalls clients: say so, with the culprit
         watchdog.start()
+        unwatch_store = metrics.watch_store(partial(store_state, store))
         try:
             async with asyncio.TaskGroup() as tg:
                 self._task_group = tg
@@ -466,6 +468,7 @@ class Server:
         except* StartupError as group:
             raise group.exceptions[0] from None
         finally:
+            unwatch_store()
             watchdog.stop()
             if learner is not None:
                 await asyncio.to_thread(learner.stop)
@@ -497,6 +500,7 @@ class Server:
             throttle=throttle,
             wake_queue=self.wake_queue,
             connections=lambda: {name: admission.count(name) for name in admission.services},
+            metrics=metrics.exposition,
             started_at=time.time(),
         )
         http = HttpServer(build_app(ctx), admission)
@@ -642,6 +646,13 @@ def srs_keys(config: Config, store: AnyStore) -> SRS:
     kept = store.accounts.server_secret("srs", os.urandom(32).hex()) if not config.srs.secret else ""
     first = config.srs.secret or kept
     return SRS(tuple(s.encode() for s in (first, *config.srs.old_secrets)))
+
+
+def store_state(store: AnyStore) -> metrics.StoreState:
+    """The queue and store gauges of /metrics, read at scrape time (blocking: one aggregate over the
+    queue entries, and the store's size on disk)."""
+    stats = store.queue.queue_stats()
+    return metrics.StoreState(stats.messages, stats.oldest_created_at, store.size_bytes())
 
 
 def _postgres(store: AnyStore) -> PgStore | None:

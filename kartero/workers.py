@@ -5,11 +5,15 @@ Each worker is a whole server on one event loop (`kartero serve --worker I`), a 
 NODE.I. The supervisor holds the pid file, forwards signals (TERM/INT: stop; HUP: reload certificates;
 USR1: look at the queue now), prints `kartero ready` once every worker is listening, and starts a worker
 again (after RESTART_DELAY_S) when one dies; a worker that exits before it is ready stops them all.
+
+Metrics: the workers keep their Prometheus values in files of data_dir/workers/metrics (emptied here at
+each start), so `/metrics` at any worker answers for all of them (see kartero/metrics.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+from kartero import metrics
 from kartero.control import remove_pid, write_pid
 from kartero.log import kv
 
@@ -38,12 +43,15 @@ class Supervisor:
         self._failed = threading.Event()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+        self.metrics_dir = data_dir / "workers" / "metrics"
+        self._environment: dict[str, str] = {}
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stopping.set())
         for sig in (signal.SIGHUP, signal.SIGUSR1):
             signal.signal(sig, lambda number, _: self._forward(number))
+        self._environment = {**os.environ, **metrics.shared_environment(self.metrics_dir)}
         for index in range(1, self.count + 1):
             self._start(index)
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -60,6 +68,7 @@ class Supervisor:
                 for index, process in list(self.processes.items()):
                     if process.poll() is not None and not self._stopping.is_set():
                         log.error("%s", kv(event="workers.died", worker=index, code=process.returncode))
+                        metrics.process_gone(process.pid, self.metrics_dir)
                         time.sleep(RESTART_DELAY_S)
                         self._start(index)
             return self._stop_all()
@@ -70,6 +79,7 @@ class Supervisor:
         process = subprocess.Popen(
             [sys.executable, "-m", "kartero", "-c", str(self.config_path), "serve", "--worker", str(index)],
             stdout=subprocess.PIPE,
+            env=self._environment,
         )
         with self._lock:
             self.processes[index] = process

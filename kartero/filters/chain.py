@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from kartero import metrics
 from kartero.filters.changes import Edited, apply, is_junk
 from kartero.filters.model import (
     AcceptRest,
@@ -80,8 +81,9 @@ class ChainSession:
     async def connect(self, client: ClientInfo) -> None:
         """Tell the filters who connected. A refusal here answers every MAIL of the session, as Postfix
         does: the client gets it as a reply to a transaction it can retry (or not), not as a greeting."""
-        for i, _, session in self._active():
+        for i, name, session in self._active():
             verdict = await session.connect(client)
+            _count(name, "connect", verdict)
             if isinstance(verdict, Refuse):
                 self._refusal = verdict.reply
                 return
@@ -106,14 +108,14 @@ class ChainSession:
         if self._discard:
             return None
         if self._helo is not None:
-            name, self._helo = self._helo, None
-            for i, _, session in self._active():
-                if (stop := self._settle(i, await session.helo(name))) is not None:
+            helo, self._helo = self._helo, None
+            for i, name, session in self._active():
+                if (stop := self._settle(i, name, "helo", await session.helo(helo))) is not None:
                     return stop
                 if self._discard:
                     return None
-        for i, _, session in self._active():
-            if (stop := self._settle(i, await session.mail_from(transaction))) is not None:
+        for i, name, session in self._active():
+            if (stop := self._settle(i, name, "mail", await session.mail_from(transaction))) is not None:
                 return stop
             if self._discard:
                 return None
@@ -123,8 +125,9 @@ class ChainSession:
         """The refusal of this recipient, or None."""
         if self._discard:
             return None
-        for i, _, session in self._active():
-            if (stop := self._settle(i, await session.rcpt_to(transaction, recipient, params))) is not None:
+        for i, name, session in self._active():
+            verdict = await session.rcpt_to(transaction, recipient, params)
+            if (stop := self._settle(i, name, "rcpt", verdict)) is not None:
                 return stop
             if self._discard:
                 return None
@@ -138,6 +141,7 @@ class ChainSession:
         for _, name, session in self._active():
             outcome = await session.message(transaction, edited.data)
             verdict = outcome.verdict
+            _count(name, "message", verdict)
             if isinstance(verdict, Refuse):
                 return Filtered(verdict.reply, False, edited, False)
             if isinstance(verdict, Discard):
@@ -177,7 +181,8 @@ class ChainSession:
         await self._abort()
         await asyncio.gather(*(session.close() for _, session in self._sessions), return_exceptions=True)
 
-    def _settle(self, i: int, verdict: Verdict) -> Reply | None:
+    def _settle(self, i: int, name: str, phase: str, verdict: Verdict) -> Reply | None:
+        _count(name, phase, verdict)
         if isinstance(verdict, Refuse):
             return verdict.reply
         if isinstance(verdict, AcceptRest):
@@ -185,6 +190,19 @@ class ChainSession:
         elif isinstance(verdict, Discard):
             self._discard = True
         return None
+
+
+def _count(name: str, phase: str, verdict: Verdict) -> None:
+    match verdict:
+        case Refuse(reply=reply):
+            word = "tempfail" if reply.is_transient else "reject"
+        case AcceptRest():
+            word = "accept"
+        case Discard():
+            word = "discard"
+        case _:
+            word = "continue"
+    metrics.filter_verdict(name, phase, word)
 
 
 def _is_large(data: bytes | Content) -> bool:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from kartero import hooks
+from kartero import hooks, metrics
 from kartero.concurrency import DeadlineExceeded, within
 from kartero.filters.model import (
     AddHeader,
@@ -278,6 +278,7 @@ class HookSession:
         """Log a hook's failure, with its traceback, and answer per on_error."""
         log.error("%s", kv(event="hooks.failed", hook=hook, session=self._session.session_id or None,
                            detail=failure.detail), exc_info=failure.cause)  # fmt: skip
+        metrics.filter_failed("hooks")
         if self._owner.on_error == "accept":
             return Continue()
         return Refuse(replies.HOOK_FAILED)

@@ -21,6 +21,7 @@ import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar
 
+from kartero import metrics
 from kartero.concurrency import Blocking, DeadlineExceeded, within
 from kartero.filters.model import (
     AcceptRest,
@@ -378,6 +379,7 @@ class MilterSession:
     def _on_error(self, phase: str, detail: str, bug: Exception | None = None) -> Verdict:
         log.warning("%s", kv(event="milter.failed", milter=self.config.address, phase=phase, detail=detail,
                              on_error=self.config.on_error), exc_info=bug)  # fmt: skip
+        metrics.filter_failed(f"milter {self.config.address}")
         self._failed = True
         if self._client is not None:
             self._client.fail(detail)

@@ -41,6 +41,7 @@ from kartero.imap.tokens import (
     LiteralRequest,
     ParseError,
     RawCommand,
+    Token,
     first_words,
     split_literal,
     tokenize,
@@ -57,6 +58,10 @@ MAX_COMMAND = 1024 * 1024
 # An APPEND literal larger than this is not held: it leaves the core in AppendData pieces as it arrives,
 # so a session holds about this much of a message, whatever its size (issue 8, finding 6).
 APPEND_SPOOL_THRESHOLD = 1024 * 1024
+# The command names counted (`take_command_counts`, for the adapter's metrics): those of the state table,
+# UID with its subcommand ("UID FETCH"); any other word counts as OTHER, so no client grows the table.
+COUNTED_COMMANDS = frozenset().union(*ALLOWED.values())
+UID_SUBCOMMANDS = frozenset({"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "SORT", "THREAD", "EXPUNGE"})
 APPEND_PIECE = 64 * 1024
 # MULTIAPPEND (RFC 3502): the messages of one APPEND take at most this many times APPENDLIMIT together
 # (each one APPENDLIMIT at most). They go to one spool file once past APPEND_SPOOL_THRESHOLD in memory,
@@ -192,6 +197,7 @@ class ImapConnection:
         self._close_reason: str | None = None
         self._is_close_reported = False
         self._errors = 0
+        self._command_counts: dict[str, int] = {}
 
     # -- adapter API -------------------------------------------------------------------------------
 
@@ -212,6 +218,13 @@ class ImapConnection:
         self._out.clear()
         self._is_output_reported = False
         return out
+
+    def take_command_counts(self) -> dict[str, int]:
+        """The commands received since the last call, by name (COUNTED_COMMANDS, "UID FETCH", or OTHER)."""
+        counts = self._command_counts
+        if counts:
+            self._command_counts = {}
+        return counts
 
     def send(self, data: bytes) -> None:
         """Queue untagged responses of the running command (or of IDLE)."""
@@ -521,6 +534,7 @@ class ImapConnection:
         if len(tokens) < 2 or not isinstance(tokens[1], Atom):
             return self._bad(tag, "Missing command")
         name = upper_ascii(tokens[1].value)
+        self._count_command(name, tokens)
         if name not in ALLOWED[self.state]:
             known = any(name in commands for commands in ALLOWED.values())
             return self._bad(tag, f"{name} not allowed now" if known else f"Unknown command {name}")
@@ -529,6 +543,15 @@ class ImapConnection:
         except ParseError as exc:
             return self._bad(tag, str(exc))
         return self._handle(tag, command)
+
+    def _count_command(self, name: str, tokens: list[Token]) -> None:
+        if name not in COUNTED_COMMANDS:
+            name = "OTHER"
+        elif name == "UID" and len(tokens) > 2 and isinstance(tokens[2], Atom):
+            sub = upper_ascii(tokens[2].value)
+            if sub in UID_SUBCOMMANDS:
+                name = f"UID {sub}"
+        self._command_counts[name] = self._command_counts.get(name, 0) + 1
 
     def _handle(self, tag: str, command: Command) -> Event | None:
         match command:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
+from kartero import metrics
 from kartero.auth.accounts import Authenticator
 from kartero.auth.throttle import AuthThrottle, reserve_login
 from kartero.concurrency import Blocking, DeadlineExceeded
@@ -80,11 +81,17 @@ class ListenerContext(Generic[SettingsT]):
 
     def admit(self, channel: Channel, session_id: str) -> Ticket | None:
         """Count a new session against the server's connection caps; a refused one (its ticket says
-        why) is logged as `<protocol>.limited`."""
+        why) is logged as `<protocol>.limited`. Every session calls it once, and `release` once."""
+        counters = metrics.for_listener(self.listener)
+        counters.open.inc()
         if channel.admitted is not None or self.admission is None:
+            if channel.admitted is None:  # no caps (unit tests): counted here, else by the listener
+                counters.opened.inc()
             return channel.admitted
+        counters.opened.inc()
         ticket = self.admission.open(self.protocol, channel.client_ip)
         if ticket.refusal is not None:
+            counters.refused.inc()
             log.info("%s", kv(event=f"{self.log_prefix}.limited", session=session_id, client=channel.client_ip,
                               reason=ticket.refusal.reason))  # fmt: skip
         return ticket
@@ -102,6 +109,7 @@ class ListenerContext(Generic[SettingsT]):
         return refusal
 
     def release(self, ticket: Ticket | None) -> None:
+        metrics.for_listener(self.listener).open.dec()
         if ticket is not None and self.admission is not None:
             self.admission.close(ticket)
 
@@ -124,6 +132,7 @@ class AccessContext(ListenerContext[SettingsT]):
         if throttle is not None and (lockout := await reserve_login(throttle, client, user)) is not None:
             log.info("%s", kv(event=f"{protocol}.login_throttled", session=session_id, client=client, user=user,
                               reason=lockout))  # fmt: skip
+            metrics.auth_throttled(protocol)
             return None
         try:
             account = await self.blocking(self.check_deadline_s, self.authenticator.verify, user, password)
@@ -137,6 +146,7 @@ class AccessContext(ListenerContext[SettingsT]):
             raise
         if account is None:
             delay = throttle.failed(client, user) if throttle is not None else LOGIN_FAILURE_DELAY_S
+            metrics.auth_failed(protocol)
             log.info("%s", kv(event=f"{protocol}.login_failed", session=session_id, client=client, user=user,
                               delay_s=delay))  # fmt: skip
             await asyncio.sleep(delay)
@@ -144,6 +154,7 @@ class AccessContext(ListenerContext[SettingsT]):
         if throttle is not None:
             throttle.succeeded(client, user)
         log.info("%s", kv(event=f"{protocol}.login", session=session_id, client=client, user=account.address))
+        metrics.login(protocol)
         return account
 
 

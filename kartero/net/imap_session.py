@@ -14,6 +14,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
+from kartero import metrics
 from kartero.imap.commands import notify as notify_events
 from kartero.imap.commands import run as run_command
 from kartero.imap.commands.view import CHUNK, Done, Session, chunked, mailbox_deleted, sync
@@ -148,6 +149,7 @@ class ImapSession:
                 conn.close("Internal error", "internal error")
                 await channel.send(conn.data_to_send())
         finally:
+            metrics.imap_commands(conn.take_command_counts())
             self._drop_spool()
             if self.session is not None:
                 self.session.notify = None  # nothing to watch any more: no STATUS read on the way out
@@ -174,6 +176,8 @@ class ImapSession:
                 continue
             event = conn.next_event()
             if event is None:
+                if counts := conn.take_command_counts():
+                    metrics.imap_commands(counts)
                 await channel.send(conn.data_to_send())
                 if channel.is_lost:
                     return "connection lost"

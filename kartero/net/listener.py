@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from kartero import metrics
 from kartero.log import kv
 from kartero.net.proxy_header import NotProxyHeader, ProxyHeaderParser
 from kartero.policy.limits import Admission, Ticket, in_networks
@@ -144,8 +145,11 @@ class Handover(asyncio.BufferedProtocol):
         ticket = None
         if settings.admission is not None:
             client_ip = client[0] if client is not None else self._peer
+            counters = metrics.for_listener(settings.listener)
+            counters.opened.inc()  # here, not by the session: a connection refused now never gets one
             ticket = settings.admission.open(settings.service, client_ip)
             if ticket.refusal is not None:
+                counters.refused.inc()
                 log.info("%s", kv(event=f"{settings.protocol}.limited", listener=settings.listener, client=client_ip,
                                   reason=ticket.refusal.reason))  # fmt: skip
                 transport.abort()

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kartero import metrics
 from kartero.concurrency import DeadlineExceeded
 from kartero.log import kv
 from kartero.managesieve.connection import (
@@ -185,6 +186,7 @@ class ManageSieveSession:
         if throttle is not None and (lockout := throttle.reserve(client, user)) is not None:
             log.info("%s", kv(event="managesieve.login_throttled", session=self.id, client=client, user=user,
                               reason=lockout))  # fmt: skip
+            metrics.auth_throttled("managesieve")
             self.conn.scram_credentials(None)
             return
         self._scram_reserved = user
@@ -209,10 +211,12 @@ class ManageSieveSession:
         if ok and self._scram_account is not None:
             log.info("%s", kv(event="managesieve.login", session=self.id, client=client,
                               user=self._scram_account.address, mechanism="SCRAM-SHA-256"))  # fmt: skip
+            metrics.login("managesieve")
             self._logged_in(self._scram_account)
             return
         log.info("%s", kv(event="managesieve.login_failed", session=self.id, client=client, user=user,
                           mechanism="SCRAM-SHA-256", delay_s=delay))  # fmt: skip
+        metrics.auth_failed("managesieve")
         await asyncio.sleep(delay)
         self._logged_in(None)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
+from kartero import metrics
 from kartero.auth.accounts import Authenticator
 from kartero.concurrency import DeadlineExceeded, Finished, start_eagerly
 from kartero.dns.resolver import ClientName
@@ -128,6 +129,7 @@ class SMTPSession:
         self._spool_start = b""  # its first octets (the header is read from them)
         self._filters: ChainSession | None = ctx.filters.session() if ctx.filters is not None else None
         self._mail_params: tuple[str, ...] = ()
+        self._counters = metrics.for_listener(ctx.listener)
 
     @classmethod
     def factory(cls, ctx: SessionContext) -> Callable[[], Channel]:
@@ -190,7 +192,7 @@ class SMTPSession:
     async def _check_mail(self, event: MailFrom, filters: ChainSession) -> Decision:
         decision = await self.ctx.policy.check_mail(event.path, self.conn.authenticated_as)
         if isinstance(decision, Accept) and (refusal := await filters.mail_from(self._transaction())) is not None:
-            return Reject(refusal)
+            return Reject(refusal, "filter")
         return decision
 
     async def _check_rcpt(self, event: RcptTo, context: RcptContext, filters: ChainSession) -> Decision:
@@ -199,7 +201,7 @@ class SMTPSession:
             recipients = (*(p[1:-1] for p in self._recipients), str(event.path)[1:-1])
             params = _rcpt_params(event)
             if (refusal := await filters.rcpt_to(self._transaction(recipients), recipients[-1], params)) is not None:
-                return Reject(refusal)
+                return Reject(refusal, "filter")
         return decision
 
     async def _filter_message(self, filters: ChainSession, recipients: tuple[str, ...], data: bytes | Content,
@@ -307,6 +309,7 @@ class SMTPSession:
                         break
                 case MessageRefused():
                     self._drop_spool()
+                    self._count_refused(event.envelope, _CORE_REFUSALS.get(event.reason, "format"))
                     self._log_message(event.envelope, event.size, f"refused: {event.reason}", None, 0.0)
                 case AuthRequested():
                     if self._authenticate(event):
@@ -394,6 +397,8 @@ class SMTPSession:
         self.conn.answer(replies.LOCAL_ERROR)
 
     def _answer_mail(self, decision: Decision) -> None:
+        if isinstance(decision, Reject):
+            metrics.sender_refused(self.ctx.listener, decision.reason)
         self.conn.answer(decision.reply)
 
     def _may_try(self, user: str) -> bool:
@@ -407,6 +412,7 @@ class SMTPSession:
         if throttle is not None and (lockout := throttle.reserve(self.client_ip, user)) is not None:
             log.info("%s", kv(event="smtp.auth_throttled", session=self.id, client=self.client_ip, user=user,
                               reason=lockout))  # fmt: skip
+            metrics.auth_throttled("smtp")
             self.conn.auth_result(None, replies.AUTH_THROTTLED)
             return False
         return True
@@ -432,6 +438,7 @@ class SMTPSession:
         if self.ctx.throttle is not None:
             self.ctx.throttle.succeeded(self.client_ip, user)
         log.info("%s", kv(event="smtp.auth", session=self.id, client=self.client_ip, user=user, mechanism=mechanism))
+        metrics.login("smtp")
         self.conn.auth_result(user)
 
     def _auth_failed(self, user: str, mechanism: str) -> bool:
@@ -440,6 +447,7 @@ class SMTPSession:
         delay = self.ctx.throttle.failed(self.client_ip, user) if self.ctx.throttle is not None else 0.0
         log.info("%s", kv(event="smtp.auth_failed", session=self.id, client=self.client_ip, user=user,
                           mechanism=mechanism, delay_s=delay))  # fmt: skip
+        metrics.auth_failed("smtp")
         if delay <= 0:
             self.conn.auth_result(None)
             return False
@@ -460,6 +468,7 @@ class SMTPSession:
         if isinstance(decision, Accept):
             self._recipients[str(event.path)] = decision
         else:
+            metrics.recipient_refused(self.ctx.listener, decision.reason)
             log.info(
                 "%s",
                 kv(
@@ -491,6 +500,7 @@ class SMTPSession:
         self._finished = True
         if self._timer is not None:
             self._timer.cancel()
+        self._counters.count_replies(self.conn.take_reply_counts())
         self.channel.close()  # aborts instead when the peer reads nothing of our output
         self.ctx.sessions.discard(self)
         if not self._busy:  # a pending store still reads the spool file; its callback drops it
@@ -584,6 +594,7 @@ class SMTPSession:
             spooled = self._spooled(event)
             if not isinstance(spooled, Content):
                 self._drop_spool()
+                self._count_refused(event.envelope, "size" if spooled is replies.HEADER_TOO_LARGE else "error")
                 self._log_message(event.envelope, event.spilled, f"refused: {spooled}", None, started)
                 self.conn.answer(spooled)
                 return False
@@ -638,6 +649,8 @@ class SMTPSession:
 
         def stored(outcome: Stored | Refused) -> None:
             self._drop_spool()
+            # The replies so far, once per message (and at the end of the session): not a lookup per reply.
+            self._counters.count_replies(self.conn.take_reply_counts())
             if isinstance(outcome, Stored):
                 self._log_message(envelope, size, str(outcome.reply), outcome.message_id, started, outcome.queue_id)
                 self.conn.answer(outcome.reply)
@@ -654,6 +667,12 @@ class SMTPSession:
         # backstop, past all three.
         backstop = 2 * ctx.intake.check_deadline_s + ctx.intake.store_deadline_s + 1.0
         return self._decide(ctx.intake.accept(incoming), stored, failed, "message", backstop)
+
+    def _count_refused(self, envelope: Envelope, reason: str) -> None:
+        """A message the core or the spool refused (intake counts the ones it is handed)."""
+        origin = Origin.SUBMISSION if envelope.authenticated_as is not None else Origin.SMTP
+        metrics.message_received(origin)
+        metrics.message_refused(origin, reason)
 
     def _log_message(
         self, envelope: Envelope, size: int, result: str, message_id: str | None, started: float,
@@ -697,6 +716,10 @@ class SMTPSession:
         self._tls_info = describe(transport.get_extra_info("ssl_object") if transport is not None else None)
         self._deadlines.replied(self.loop.time())
         self._process()
+
+
+# What the metrics count a message the SMTP core refused as (MessageRefused.reason is the reply's text).
+_CORE_REFUSALS = {replies.SIZE_EXCEEDED.text: "size", replies.HEADER_TOO_LARGE.text: "size"}
 
 
 def _mail_params(event: MailFrom) -> tuple[str, ...]:

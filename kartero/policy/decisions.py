@@ -7,7 +7,7 @@ decision a deadline; a check that raises or passes it gets `451 4.3.0` for that 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from kartero.mail.address import Path
@@ -30,7 +30,11 @@ class Accept:
 
 @dataclass(frozen=True, slots=True)
 class Reject:
+    """No. `reason` is what the metrics count it as (kartero.metrics.REASONS: "policy" unless one of
+    them names it better)."""
+
     reply: Reply
+    reason: str = field(default="policy", compare=False)  # two refusals with one reply are the same answer
 
 
 Decision = Accept | Reject

@@ -81,7 +81,7 @@ class InboundPolicy:
             log.exception("%s", kv(event="mailauth.check_failed", client=client_ip, mail_from=f"<{mail_from}>"))
             return AcceptMessage(stripped)
         if verdict.action == "reject":
-            return Reject(replies.DMARC_REJECTED.with_text(f"Rejected by the {verdict.reason}"))
+            return Reject(replies.DMARC_REJECTED.with_text(f"Rejected by the {verdict.reason}"), "dmarc")
         mailbox = JUNK if verdict.action == "junk" else INBOX
         if isinstance(stripped, Content):
             return AcceptMessage(Content(verdict.header + stripped.head, stripped.tail), mailbox)
@@ -103,7 +103,7 @@ class InboundPolicy:
         log.info("%s", kv(event="policy.dnsbl", client=context.client_ip, zone=zone))
         return Reject(replies.DNSBL_LISTED.with_text(
             f"Service unavailable; client [{context.client_ip}] blocked using {zone}"
-        ))  # fmt: skip
+        ), "blocklisted")  # fmt: skip
 
     def _greylist(self, decision: Decision, context: RcptContext) -> Decision:
         """Only recipients that exist are greylisted (the others get their 550 at once)."""
@@ -114,7 +114,8 @@ class InboundPolicy:
             return decision
         log.info("%s", kv(event="policy.greylisted", client=context.client_ip, mail_from=f"<{context.mail_from}>",
                           rcpt=decision.address, wait_s=round(wait)))  # fmt: skip
-        return Reject(replies.GREYLISTED.with_text(f"Greylisted, please try again in {max(1, round(wait))} seconds"))
+        return Reject(replies.GREYLISTED.with_text(f"Greylisted, please try again in {max(1, round(wait))} seconds"),
+                      "greylisted")
 
     async def check_local(self, path: Path, size: int | None = None) -> Decision:
         """A recipient in one of our domains: the accounts it reaches, or why not (452 4.2.2 when they
@@ -125,22 +126,22 @@ class InboundPolicy:
         if not mailbox.domain:  # RFC 5321 §4.1.1.3 <Postmaster>
             mailbox = Address(mailbox.local_part, self.primary_domain)
         if mailbox.is_literal:
-            return Reject(replies.RELAY_DENIED)
+            return Reject(replies.RELAY_DENIED, "relay")
         try:
             address = canonical_address(mailbox)
         except DirectoryError:
-            return Reject(replies.RELAY_DENIED)
+            return Reject(replies.RELAY_DENIED, "relay")
         local, _, domain = address.rpartition("@")
         if domain not in self.directory.domains:
-            return Reject(replies.RELAY_DENIED)
+            return Reject(replies.RELAY_DENIED, "relay")
         if self.srs is not None and is_srs(local):
             return await self._bounce(self.srs, f"{mailbox.local_part}@{domain}")
         if _ROUTING_CHARACTERS & set(local):
-            return Reject(replies.RELAY_DENIED)
+            return Reject(replies.RELAY_DENIED, "relay")
         decision = _decide(address, await self.directory.resolve(address))
         if self.quota is not None and isinstance(decision, Accept) and self.quota.is_full(decision.account_ids, size):
             log.info("%s", kv(event="policy.mailbox_full", rcpt=address, size=size))
-            return Reject(replies.MAILBOX_FULL)
+            return Reject(replies.MAILBOX_FULL, "quota")
         return decision
 
     async def _bounce(self, srs: SRS, address: str) -> Decision:
@@ -149,13 +150,13 @@ class InboundPolicy:
         goes to the original sender (queued, or local), anything else is refused."""
         original = srs_original(srs, address, time.time())
         if original is None:
-            return Reject(replies.SRS_INVALID)
+            return Reject(replies.SRS_INVALID, "unknown_recipient")
         if original.rpartition("@")[2] not in self.directory.domains:
             return Accept(replies.RECIPIENT_OK, address=original, is_remote=True)
         try:  # ours: a sender from before its domain became local (ours are not rewritten)
             local_address = canonical_address(parse_mailbox(original))
         except (AddressError, DirectoryError):
-            return Reject(replies.SRS_INVALID)
+            return Reject(replies.SRS_INVALID, "unknown_recipient")
         return _decide(local_address, await self.directory.resolve(local_address))
 
 
@@ -176,6 +177,6 @@ def _decide(address: str, resolution: Resolution) -> Decision:
         return Accept(replies.RECIPIENT_OK, resolution.account_ids, address, forward_to=resolution.forward_to)
     if resolution.is_postmaster_fallback:
         log.warning("event=policy.no_postmaster address=%s detail=no account exists yet", address)
-        return Reject(replies.MAILBOX_UNAVAILABLE)
-    return Reject(replies.NO_SUCH_USER)
+        return Reject(replies.MAILBOX_UNAVAILABLE, "unavailable")
+    return Reject(replies.NO_SUCH_USER, "unknown_recipient")
 

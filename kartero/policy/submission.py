@@ -84,20 +84,20 @@ class SubmissionPolicy:
 
     async def check_mail(self, path: Path, user: str | None) -> Decision:
         if user is None:
-            return Reject(replies.AUTH_REQUIRED)
+            return Reject(replies.AUTH_REQUIRED, "auth")
         if self.messages_per_hour and self.sent.count(user) >= self.messages_per_hour:
             minutes = max(1, round(self.sent.retry_after(user) / 60))
             log.info("%s", kv(event="policy.sending_limited", user=user, limit=self.messages_per_hour))
             return Reject(replies.SENDING_LIMITED.with_text(
                 f"Sending limit of {self.messages_per_hour} messages an hour reached, try again in {minutes} minutes"
-            ))  # fmt: skip
+            ), "rate_limit")  # fmt: skip
         if path.mailbox is None:
-            return Reject(replies.SENDER_NOT_OWNED)
+            return Reject(replies.SENDER_NOT_OWNED, "auth")
         try:
             address = canonical_address(path.mailbox)
         except DirectoryError:
-            return Reject(replies.SENDER_NOT_OWNED)
-        return Accept(replies.SENDER_OK) if self.owns(user, address) else Reject(replies.SENDER_NOT_OWNED)
+            return Reject(replies.SENDER_NOT_OWNED, "auth")
+        return Accept(replies.SENDER_OK) if self.owns(user, address) else Reject(replies.SENDER_NOT_OWNED, "auth")
 
     async def check_rcpt(self, path: Path, context: RcptContext | None = None) -> Decision:
         mailbox = path.mailbox
@@ -122,7 +122,7 @@ class SubmissionPolicy:
         Message-ID: when missing and signs."""
         user = envelope.authenticated_as
         if user is None:
-            return Reject(replies.AUTH_REQUIRED)
+            return Reject(replies.AUTH_REQUIRED, "auth")
         # NUL in the message is refused by the SMTP core on submission listeners (ServerSettings.refuse_nul).
         head = data.head if isinstance(data, Content) else data
         header_end, _ = find_body_start(head)

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Protocol
 
+from kartero import metrics
 from kartero.log import kv
 from kartero.mail import replies
 from kartero.queue.dsn import Action, RecipientReport, build_dsn
@@ -41,6 +42,8 @@ NXDOMAIN_ATTEMPTS = 3
 # How often failures whose notice could not be sent (or was cut off by a crash) are looked for again.
 SWEEP_INTERVAL_S = 300.0
 DEFAULT_NOTIFY = ("FAILURE", "DELAY")  # RFC 3461 §4.1: the MTA's choice when NOTIFY is absent
+# What the metrics count each recorded state as (kartero.metrics.DELIVERY_OUTCOMES).
+_OUTCOMES = {QueueState.DELIVERED: "delivered", QueueState.DEFERRED: "deferred", QueueState.FAILED: "bounced"}
 
 
 class Bouncer(Protocol):
@@ -316,6 +319,8 @@ class QueueRunner:
                                               outcome.remote_mta, moment)  # fmt: skip
                         reports[(item.queue_id, Action.DELAYED)].append(report)
         self.queue.update_recipients(updates)
+        for update in updates:  # counted once recorded: a crash before this repeats the attempt
+            metrics.delivered(_OUTCOMES[update.state])
         first_items = {item.queue_id: item for item in items}
         for (queue_id, action), recipient_reports in reports.items():
             item = first_items[queue_id]
@@ -398,4 +403,5 @@ class QueueRunner:
             return False
         log.info("%s", kv(event="queue.dsn", id=queue_id, to=sender, action=reports[0].action,
                           recipients=len(reports)))  # fmt: skip
+        metrics.dsn_sent(reports[0].action)
         return True

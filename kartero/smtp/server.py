@@ -120,6 +120,7 @@ class ServerConnection:
         self._max_line = MAX_BUFFERED_AUTH_LINE if settings.auth_mechanisms else MAX_BUFFERED_LINE
         self._in = bytearray()
         self._out = bytearray()
+        self._replies_by_digit = [0] * 6  # replies queued, by the first digit of their code (for metrics)
         self._is_output_reported = False
         self._is_eof = False
         self._pending: _Pending | None = None
@@ -166,6 +167,12 @@ class ServerConnection:
         self._out.clear()
         self._is_output_reported = False
         return out
+
+    def take_reply_counts(self) -> list[int]:
+        """How many replies were queued since the last call, indexed by the first digit of their code
+        (2 to 5); the adapter adds them to its metrics."""
+        counts, self._replies_by_digit = self._replies_by_digit, [0] * 6
+        return counts
 
     def next_event(self) -> Event | None:
         """Process buffered input up to the next event; None means: send output, then read more."""
@@ -699,6 +706,7 @@ class ServerConnection:
 
     def _send(self, reply: Reply) -> None:
         self._out += reply.to_bytes()
+        self._replies_by_digit[reply.code // 100] += 1
 
     def _reply(self, reply: Reply) -> None:
         """Send a reply; failures count against the session's error budget."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kartero import metrics
 from kartero.mime.index import MessageIndex, index_message
 from kartero.mime.parttree import PartNode, encode_parts
 from kartero.store.holds import ExpungeHolds
@@ -58,6 +59,8 @@ class Committer:
     feed it. Built over the shared Database; the mail and account stores hand it their deliveries,
     compaction requests and tombstone releases."""
 
+    backend = "sqlite"  # the label of its metrics
+
     def __init__(self, database: SqlDatabase, root: Path, segments: Segments | None) -> None:
         self._database = database
         self._listeners = database.listeners
@@ -68,7 +71,7 @@ class Committer:
         self._committer: threading.Thread | None = None
         # Index threads take their work from a SimpleQueue: ThreadPoolExecutor.submit cost the event loop
         # 27 µs a message (a Python semaphore), this put about 1 µs.
-        self._index_queue: queue.SimpleQueue[tuple[tuple[Delivery, ...], Future[list[list[StoredMessage]]]] | None]
+        self._index_queue: queue.SimpleQueue[_Job | None]
         self._index_queue = queue.SimpleQueue()
         self._indexers: list[threading.Thread] = []
         self._intake_lock = threading.Lock()  # deliver_group against close: nothing queued after the stop
@@ -148,14 +151,15 @@ class Committer:
         with self._intake_lock:
             if not self._indexers or self._closed:
                 raise StoreError("store is not accepting deliveries")
-            self._index_queue.put((tuple(deliveries), future))
+            self._index_queue.put((tuple(deliveries), future, time.monotonic()))
         return future
 
     def _index_loop(self) -> None:
         while (job := self._index_queue.get()) is not None:
             self._prepare(*job)
 
-    def _prepare(self, deliveries: tuple[Delivery, ...], future: Future[list[list[StoredMessage]]]) -> None:
+    def _prepare(self, deliveries: tuple[Delivery, ...], future: Future[list[list[StoredMessage]]],
+                 handed_at: float) -> None:  # fmt: skip
         """Index thread: bring each message into one piece (bytes, or for a large one a file of its own
         in the spool folder), parse it, then hand the group to the committer."""
         bodies: list[bytes | SpoolBody] = []
@@ -164,7 +168,7 @@ class Committer:
                 bodies.append(self._body(delivery.data))
             indexes = tuple(_index(d, b) for d, b in zip(deliveries, bodies, strict=True))
             envelopes = tuple(d.envelope.to_json() if d.envelope is not None else "{}" for d in deliveries)
-            group = _Group(deliveries, tuple(bodies), indexes, envelopes, future)
+            group = _Group(deliveries, tuple(bodies), indexes, envelopes, future, handed_at)
         except BaseException as exc:  # a full disk, a vanished spool file, MemoryError, or a bug
             log.exception("event=store.prepare_failed")
             _discard(bodies)
@@ -227,6 +231,7 @@ class Committer:
         if not live:
             return
         results: list[list[list[StoredMessage]] | StoreError] = []
+        started = time.monotonic()
         try:
             locations = iter(self.place([body for g in live for body in g.bodies]))
             with self._database.write(db=db):
@@ -241,11 +246,14 @@ class Committer:
         finally:
             for group in batch:
                 _discard(group.bodies)
+        done = time.monotonic()
+        metrics.store_committed(self.backend, done - started, len(live))
         committed = [(g, r) for g, r in zip(live, results, strict=True) if not isinstance(r, StoreError)]
         for group, result in zip(live, results, strict=True):
             if isinstance(result, StoreError):
                 group.future.set_exception(result)
             else:
+                metrics.store_delivered(self.backend, done - group.handed_at)  # before its caller hears of it
                 group.future.set_result(result)
         changed = frozenset(m.mailbox_id for _, result in committed for stored in result for m in stored)
         self._listeners.mailboxes_changed(changed)
@@ -432,6 +440,11 @@ class _Group:
     indexes: tuple[MessageIndex, ...]
     envelopes: tuple[str, ...]  # each delivery's envelope record as JSON, made here and not in the committer
     future: Future[list[list[StoredMessage]]]
+    handed_at: float  # time.monotonic() when deliver_group took it
+
+
+# A delivery group on its way to an index thread: the deliveries, the caller's Future, when it was handed.
+_Job = tuple[tuple[Delivery, ...], Future[list[list[StoredMessage]]], float]
 
 
 def _index(delivery: Delivery, body: bytes | SpoolBody) -> MessageIndex:

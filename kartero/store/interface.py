@@ -326,6 +326,14 @@ class QueueEntry:
     recipients: tuple[QueueRecipientInfo, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """How much waits in the outbound queue: its entries, and when the oldest was queued (None: empty)."""
+
+    messages: int
+    oldest_created_at: int | None
+
+
 class FlagOp(Enum):
     ADD = "+"
     REMOVE = "-"
@@ -744,6 +752,10 @@ class QueueStore(Protocol):
 
     def next_due(self) -> int | None: ...
     def queue_entries(self) -> list[QueueEntry]: ...
+    def queue_stats(self) -> QueueStats:
+        """One aggregate over the entries (no recipient rows read): cheap enough for every scrape."""
+        ...
+
     def queue_delete(self, queue_id: str) -> bool: ...
     def queue_flush(self, queue_id: str | None = None) -> int:
         """Make the open recipients (of one message, or all) due now; how many."""

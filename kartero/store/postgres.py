@@ -62,6 +62,7 @@ class PgCommitter(Committer):
     """The group commit with the bodies in the transaction instead of segment files."""
 
     insert_errors = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, ValueError)
+    backend = "postgresql"
 
     def __init__(self, database: PgDatabase, root: Path) -> None:
         super().__init__(database, root, None)
@@ -294,6 +295,11 @@ class PgStore:
                 (self.database.origin, name, address, version, os.getpid(), started_at, now),
             )
             db.execute("DELETE FROM nodes WHERE heartbeat_at < ?", (now - 86400,))
+
+    def size_bytes(self) -> int:
+        """What the database takes on disk (every node's mail: the cluster's store)."""
+        row = self.database.db().execute("SELECT pg_database_size(current_database())").fetchone()
+        return int(row[0]) if row is not None else 0
 
     def dkim_keys(self) -> list[tuple[str, str, str, bytes, float]]:
         """Every DKIM key: (domain, selector, algorithm, private key, created)."""

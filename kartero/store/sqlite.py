@@ -13,6 +13,7 @@ the group commit, compaction, releasing expunged bodies):
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from kartero.store.accounts_sql import SQLiteAccounts
@@ -63,6 +64,18 @@ class SQLiteStore:
     def compact(self) -> None:
         """Ask the committer to reclaim the space of deleted messages (runs between batches)."""
         self.committer.compact()
+
+    def size_bytes(self) -> int:
+        """What the store takes on disk: the database (with its WAL) and the segment files (a stat of
+        each: one per 64 MiB of mail)."""
+        total = 0
+        for name in ("kartero.db", "kartero.db-wal"):
+            with contextlib.suppress(FileNotFoundError):
+                total += (self.root / name).stat().st_size
+        for number in self.segments.numbers():
+            with contextlib.suppress(FileNotFoundError):
+                total += self.segments.size(number)
+        return total
 
     def close(self) -> None:
         """Finish every delivery already accepted, then stop the writers and close the database."""

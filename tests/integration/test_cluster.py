@@ -427,6 +427,15 @@ def test_issue_11_serve_workers_share_the_listeners_and_replace_a_dead_worker(
     last = worker_pids()
     assert last["node-a.2"] == first["node-a.2"]
     assert_stored_once(subjects_of(node), load.acknowledged, clients=8)
+    # Issue 14, /metrics at any worker adds up every worker's files (docs/metrics.md): the killed one's
+    # counts stay, its open sessions went with it.
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    folder = node.root / "data" / "workers" / "metrics"
+    assert not (folder / f"gauge_livesum_{first['node-a.1']}.db").exists()
+    stored = {x.labels["origin"]: x.value for family in MultiProcessCollector(None, str(folder)).collect()
+              for x in family.samples if x.name == "kartero_messages_stored_total"}  # fmt: skip
+    assert stored["smtp"] >= len(load.acknowledged) > 0
     assert node.stop() == 0, node.log
     for pid in last.values():  # the workers ended with the supervisor
         with pytest.raises(ProcessLookupError):

@@ -6,21 +6,25 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import re
+import smtplib
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.harness import PASSWORD, KarteroServer, run_cli
 from tests.integration.web_client import Browser, csrf_of
 
 ADMIN, USER = "admin@example.test", "bob@example.test"
+METRICS_TOKEN = "scrape-me-0123456789"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KarteroServer]:
     """One server for the module (the tests use accounts of their own where they change one)."""
     server = KarteroServer(tmp_path_factory.mktemp("web") / "k", http=True,
-                           extra_config="[auth]\nfailures_per_address_and_account = 2\n")  # fmt: skip
+                           extra_config=f'[auth]\nfailures_per_address_and_account = 2\n'
+                                        f'[http]\nmetrics_token = "{METRICS_TOKEN}"\n')  # fmt: skip
     server.add_user(ADMIN, admin=True)
     server.add_user(USER)
     server.start()
@@ -195,5 +199,24 @@ def test_https_session_cookie_is_secure(server: KarteroServer) -> None:
             status, _, response = await browser.login(ADMIN, PASSWORD)
             cookie = next(v for k, v in response.headers.items() if k == "Set-Cookie" and "kartero_session=" in v)
             assert status == 303 and "Secure" in cookie and "HttpOnly" in cookie
+
+    run(body())
+
+
+def test_metrics_over_http_need_the_metrics_token(server: KarteroServer) -> None:
+    with smtplib.SMTP(server.host, server.port) as client:
+        client.sendmail("x@remote.test", [USER], b"Subject: counted\r\n\r\nhi\r\n")
+
+    async def body() -> None:
+        async with Browser(server.http_url) as client:
+            for headers in ({}, {"Authorization": "Bearer wrong-token-0123456"}, {"Authorization": METRICS_TOKEN}):
+                status, _, response = await client.get("/metrics", headers=headers)
+                assert status == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
+            status, text, response = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+            assert status == 200 and response.content_type == "text/plain"
+            samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
+            assert samples[("kartero_messages_received_total", (("origin", "smtp"),))] >= 1
+            assert any(name.startswith("kartero_connections") for name, _ in samples)
 
     run(body())
