@@ -508,7 +508,7 @@ class Server:
         for kind in HTTP_LISTENERS & set(config.listen):
             for address in config.listen[kind]:
                 try:
-                    await http.listen(address, self._tls if kind == "https" else None, reuse_port=self.worker > 0)
+                    await http.listen(kind, address, self._tls if kind == "https" else None, reuse_port=self.worker > 0)
                 except OSError as exc:
                     await http.stop()
                     raise StartupError(f"cannot listen on {address} ({kind}): {exc.strerror}") from None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from kartero import metrics
 from kartero.auth.throttle import reserve_login
 from kartero.auth.tokens import MAX_SECRET, new_secret, secret_hash
 from kartero.log import kv
@@ -152,6 +153,7 @@ async def check_password(request: web.Request, address: str, password: str) -> A
     throttle = ctx.throttle
     if throttle is not None and (lockout := await reserve_login(throttle, client, address)) is not None:
         log.info("%s", kv(event="http.login_throttled", client=client, user=address, reason=lockout))
+        metrics.auth_throttled("http")
         return None
     try:
         account = await ctx.run(ctx.authenticator.verify, address, password)
@@ -162,11 +164,13 @@ async def check_password(request: web.Request, address: str, password: str) -> A
     if account is None:
         delay = throttle.failed(client, address) if throttle is not None else 0.5
         log.info("%s", kv(event="http.login_failed", client=client, user=address, delay_s=delay))
+        metrics.auth_failed("http")
         await asyncio.sleep(delay)
         return None
     if throttle is not None:
         throttle.succeeded(client, address)
     log.info("%s", kv(event="http.login", client=client, user=account.address, admin=account.is_admin))
+    metrics.login("http")
     return account
 
 

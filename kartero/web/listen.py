@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kartero import metrics
 from kartero.config import ListenAddress
 from kartero.log import kv
 from kartero.policy.limits import Admission, Ticket
@@ -30,28 +31,37 @@ class _Admitted(asyncio.Protocol):
     """aiohttp's protocol behind the admission check: a refused connection is closed before a byte is
     read; an admitted one is handed over as is and counted until it ends."""
 
-    def __init__(self, inner: asyncio.Protocol, admission: Admission | None) -> None:
+    def __init__(self, inner: asyncio.Protocol, admission: Admission | None, listener: str) -> None:
         self._inner = inner
         self._admission = admission
         self._ticket: Ticket | None = None
+        self._counters = metrics.for_listener(listener)
+        self._is_open = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._counters.opened.inc()
         if self._admission is not None:
             peer: Any = transport.get_extra_info("peername")
             ip = peer[0] if isinstance(peer, tuple) else ""
             self._ticket = self._admission.open("http", ip)
             if self._ticket.refusal is not None:
                 log.info("%s", kv(event="http.refused", client=ip, reason=self._ticket.refusal.reason))
+                self._counters.refused.inc()
                 self._ticket = None
                 transport.close()
                 return
+        self._is_open = True
+        self._counters.open.inc()
         self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._ticket is not None and self._admission is not None:
             self._admission.close(self._ticket)
             self._ticket = None
-        self._inner.connection_lost(exc)
+        if self._is_open:
+            self._is_open = False
+            self._counters.open.dec()
+            self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         self._inner.data_received(data)
@@ -78,12 +88,14 @@ class HttpServer:
     async def start(self) -> None:
         await self.runner.setup()
 
-    async def listen(self, address: ListenAddress, tls: ssl.SSLContext | None, *, reuse_port: bool) -> asyncio.Server:
+    async def listen(self, listener: str, address: ListenAddress, tls: ssl.SSLContext | None, *,
+                     reuse_port: bool) -> asyncio.Server:  # fmt: skip
         handler = self.runner.server
         assert handler is not None
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _Admitted(handler(), self.admission), address.host, address.port,
-                                          ssl=tls, reuse_address=True, reuse_port=reuse_port, backlog=512)  # fmt: skip
+        server = await loop.create_server(lambda: _Admitted(handler(), self.admission, listener), address.host,
+                                          address.port, ssl=tls, reuse_address=True, reuse_port=reuse_port,
+                                          backlog=512)  # fmt: skip
         self.servers.append(server)
         return server
 

@@ -209,6 +209,8 @@ def test_metrics_over_http_need_the_metrics_token(server: KarteroServer) -> None
 
     async def body() -> None:
         async with Browser(server.http_url) as client:
+            assert (await client.login("nobody@example.test", "wrong"))[0] == 401
+            assert (await client.login(ADMIN, PASSWORD))[0] == 303
             for headers in ({}, {"Authorization": "Bearer wrong-token-0123456"}, {"Authorization": METRICS_TOKEN}):
                 status, _, response = await client.get("/metrics", headers=headers)
                 assert status == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -217,6 +219,8 @@ def test_metrics_over_http_need_the_metrics_token(server: KarteroServer) -> None
             samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                        for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
             assert samples[("kartero_messages_received_total", (("origin", "smtp"),))] >= 1
-            assert any(name.startswith("kartero_connections") for name, _ in samples)
+            assert samples[("kartero_connections_open", (("listener", "http"),))] >= 1
+            assert samples[("kartero_logins_total", (("protocol", "http"),))] >= 1
+            assert samples[("kartero_auth_failures_total", (("protocol", "http"),))] >= 1
 
     run(body())
