@@ -16,6 +16,7 @@ costs a bounded row and cannot put a line break into a page or a log.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
 
@@ -164,3 +165,71 @@ class TracedMessage:
                 for address in event.recipients:
                     states.setdefault(address, TraceKind.RECEIVED)
         return states
+
+
+def format_at(at: float) -> str:
+    """A trace time as the API and the CLI show it: RFC 3339 in UTC, to the millisecond."""
+    moment = datetime.fromtimestamp(at, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def event_summary(event: TraceEvent) -> str:
+    """What an event says, in one line of words (time and kind apart): what the CLI prints and a page
+    may show under its kind."""
+    parts: list[str] = []
+    if event.kind in (TraceKind.RECEIVED, TraceKind.REFUSED, TraceKind.DISCARDED):
+        if event.sender is not None:
+            parts.append(f"from <{event.sender}>")
+        if event.recipients:
+            parts.append("to " + ", ".join(f"<{r}>" for r in event.recipients))
+        if event.client:
+            parts.append(f"client {event.client_name or 'unknown'}[{event.client}]")
+        if event.helo:
+            parts.append(f"helo {event.helo}")
+        parts.append(f"via {event.listener or event.origin or 'unknown'}")
+        if event.tls:
+            parts.append(f"TLS {event.tls}")
+        if event.user:
+            parts.append(f"user {event.user}")
+        if event.checks:
+            parts.append(f"checks {event.checks}")
+        if event.size is not None:
+            parts.append(f"{event.size} octets")
+    elif event.recipient:
+        parts.append(f"<{event.recipient}>")
+    if event.account:
+        parts.append(f"account {event.account}")
+    if event.mailbox:
+        parts.append(f"mailbox {event.mailbox}")
+    if event.queue_id and event.kind is TraceKind.QUEUED:
+        parts.append(f"queue {event.queue_id}")
+    if event.attempt is not None:
+        parts.append(f"attempt {event.attempt}")
+    if event.remote:
+        parts.append(f"host {event.remote}")
+    if event.reply:
+        parts.append(f"said {event.reply}")
+    if event.note:
+        parts.append(f"({event.note})")
+    if event.related:
+        parts.append(f"id {event.related}")
+    return ", ".join(parts)
+
+
+def event_dict(event: TraceEvent) -> dict[str, object]:
+    """An event as JSON (the API, `kartero trace --json`): time, kind, ids and every detail that is set."""
+    found: dict[str, object] = {"at": format_at(event.at), "kind": event.kind.value, "message_id": event.message_id}
+    if event.queue_id:
+        found["queue_id"] = event.queue_id
+    if event.header_id:
+        found["header_id"] = event.header_id
+    found.update(event.detail())
+    return found
+
+
+def message_dict(message: TracedMessage) -> dict[str, object]:
+    """A traced message as JSON: its ids, where each recipient stands, and every event in order."""
+    return {"id": message.message_id, "header_id": message.header_id, "queue_ids": list(message.queue_ids),
+            "received_at": format_at(message.first.at), "sender": message.first.sender,
+            "outcomes": {r: k.value for r, k in message.outcomes().items()},
+            "events": [event_dict(e) for e in message.events]}  # fmt: skip
