@@ -6,8 +6,6 @@ time, newest first; what the network chose is cut and cleaned; expiry goes in ba
 
 from __future__ import annotations
 
-import time
-
 from kartero.mail.envelope import EnvelopeRecipient
 from kartero.mail.replies import Reply
 from kartero.mail.trace import TraceEvent, TraceKind
@@ -34,9 +32,14 @@ def received(message_id: str, at: float = T0) -> TraceEvent:
                       size=len(MESSAGE))  # fmt: skip
 
 
+def made_at(at: float) -> str:
+    """A message id as kartero.store.ids makes them at `at` (ids start with their time)."""
+    return f"{int(at * 1_000_000):014x}" + new_message_id()[14:]
+
+
 def accept(store: SQLiteStore, at: float = T0) -> tuple[str, str]:
     """One message for bob (local) and carol (remote), with intake's events; its (message id, queue id)."""
-    message_id, queue_id = new_message_id(), new_message_id()
+    message_id, queue_id = made_at(at), made_at(at)
     outbound = Outbound("alice@client.example", (EnvelopeRecipient("carol@xn--bcher-kva.example"),), 2_000_000_000)
     events = [
         received(message_id, at),
@@ -108,7 +111,7 @@ def test_issue_14_a_path_is_kept_with_its_commits_and_found_every_way(store: SQL
 
 
 def test_issue_14_refusals_deletions_hostile_text_and_expiry(store: SQLiteStore) -> None:
-    refused_id = new_message_id()
+    refused_id = made_at(T0)
     store.trace.record([TraceEvent(
         TraceKind.REFUSED, T0, refused_id, sender="", recipients=("bob@example.test",),
         helo="evil\r\nX-Injected: yes\x00\ud800" + "h" * 10_000, reply="550 5.7.1 " + "x" * 5000, note="policy",
@@ -128,5 +131,30 @@ def test_issue_14_refusals_deletions_hostile_text_and_expiry(store: SQLiteStore)
     assert store.trace.expire(T0 + 5, 1) == 2  # one event and one address row a batch, oldest first
     assert store.trace.expire(T0 + 5, 100) == 0  # the refused message had one of each
     assert [m.message_id for m in store.trace.search(TraceQuery()).messages] == [deleted.message_id]
-    assert store.trace.expire(time.time() + 60, 100) == 4 + 3  # received, stored, queued, deleted; 3 addresses
+    # A message goes whole, with its later events (the deletion, made now): by the time it arrived.
+    assert store.trace.expire(T0 + 20, 100) == 4 + 3  # received, stored, queued, deleted; 3 addresses
     assert store.trace.search(TraceQuery()).messages == ()
+
+
+def test_issue_14_every_search_reads_an_index_a_bounded_number_of_rows(sqlite_store: SQLiteStore) -> None:
+    """The listing by time pages through the ids' index (a message with many events costs more rows, not
+    a scan); each query of a search is an index search in SQLite's plan, never a SCAN of a table."""
+    ids = [made_at(T0 + n) for n in range(30)]
+    sqlite_store.trace.record([TraceEvent(TraceKind.DEFERRED, T0 + n, m, "q" + m, recipient=f"r{k}@example.test")
+                               for n, m in enumerate(ids) for k in range(3 if n % 2 else 30)])  # fmt: skip
+    for limit in (1, 5, 29, 30, 31):
+        result = sqlite_store.trace.search(TraceQuery(limit=limit))
+        assert [m.message_id for m in result.messages] == ids[::-1][:limit] and result.more is (limit < 30)
+    assert [m.message_id for m in sqlite_store.trace.search(TraceQuery(since=T0 + 10, until=T0 + 12)).messages] == [
+        ids[11], ids[10]]
+    db = sqlite_store.database.db()
+    for sql in ("SELECT message_id FROM trace_addresses WHERE address = ? AND message_id >= ? AND message_id < ?"
+                " ORDER BY message_id DESC LIMIT ?",
+                "SELECT message_id FROM trace_events WHERE header_id = ? AND message_id >= ? AND message_id < ?"
+                " ORDER BY message_id DESC LIMIT ?",
+                "SELECT message_id FROM trace_events WHERE message_id >= ? AND message_id < ?"
+                " ORDER BY message_id DESC LIMIT ?",
+                "SELECT message_id FROM trace_events WHERE message_id = ? OR queue_id = ? LIMIT ?",
+                "SELECT id FROM trace_events WHERE message_id < ? LIMIT ?"):  # fmt: skip
+        plan = " ".join(str(r[3]) for r in db.execute("EXPLAIN QUERY PLAN " + sql, [""] * sql.count("?")))
+        assert "SCAN" not in plan and "TEMP B-TREE" not in plan and "USING" in plan, (sql, plan)
