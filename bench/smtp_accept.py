@@ -273,8 +273,9 @@ def kartero(folder: Path, args: argparse.Namespace) -> Iterator[Served]:
         yield Served(host, int(port_text))
         return
     port, imap_port = free_port(), free_port()
-    milter = f'[[milter]]\naddress = "{args.milter}"\n' if args.milter else ""
-    command = [sys.executable, "-m", "kartero", "-c", str(kartero_config(folder, port, imap_port, tables=milter))]
+    tables = f'[[milter]]\naddress = "{args.milter}"\n' if args.milter else ""
+    tables += f'[trace]\nkeep = "{args.trace_keep}"\n' if args.trace_keep is not None else ""
+    command = [sys.executable, "-m", "kartero", "-c", str(kartero_config(folder, port, imap_port, tables=tables))]
     # This checkout's Kartero, wherever the bench is started from (not an installed copy elsewhere, nor a
     # checkout in the current folder: `python -m` looks there first, so the server runs from ROOT).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -417,6 +418,8 @@ def main() -> None:
                         help="activate this Sieve script for the recipient (it must keep mail in INBOX)")  # fmt: skip
     parser.add_argument("--milter", metavar="HOST:PORT", help="pass every message through this milter "
                         "(Kartero's [[milter]], Postfix's smtpd_milters; aiosmtpd has none)")
+    parser.add_argument("--trace-keep", metavar="DURATION",
+                        help="Kartero's [trace] keep (0: no message trace, to measure what it costs)")
     parser.add_argument("--peers", default="aiosmtpd", help="comma-separated: aiosmtpd, postfix (default aiosmtpd)")
     parser.add_argument("--postfix", action="store_true", help="add Postfix to the peers (needs root)")
     parser.add_argument("--no-peer", action="store_true", help="Kartero alone")

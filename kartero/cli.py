@@ -23,7 +23,14 @@ from kartero.config import Config, ConfigError
 from kartero.control import nudge_server
 from kartero.sieve_scripts import LIMITS, ScriptProblem, check_script, owner, put
 from kartero.store.backends import AnyStore, open_store
-from kartero.store.interface import NoSuchScript, ScriptIsActive, StoreError, TooManyScripts
+from kartero.store.interface import (
+    MAX_TRACE_RESULTS,
+    NoSuchScript,
+    ScriptIsActive,
+    StoreError,
+    TooManyScripts,
+    TraceQuery,
+)
 
 if TYPE_CHECKING:
     from kartero.mailauth.dkim import DKIMKey
@@ -552,6 +559,59 @@ def queue_delete(ctx: click.Context, queue_ids: tuple[str, ...], delete_all: boo
             click.echo(f"deleted {q}")
     if missing:
         _fail(f"not in the queue: {', '.join(missing)}", 1)
+
+
+# -- message trace -------------------------------------------------------------------------------------
+
+
+def _moment(option: str, text: str | None) -> float | None:
+    """`--since`/`--until`: an ISO 8601 date or time (UTC unless it says otherwise), or a duration ago."""
+    if text is None:
+        return None
+    ago = config_module.parse_duration(text)
+    if ago is not None:
+        return datetime.now(UTC).timestamp() - ago
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        _fail(f"{option}: expected a time like 2026-11-29T18:00 or a duration like 2h, got {text!r}", 2)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+@main.command("trace")
+@click.option("--address", metavar="ADDR", help="Sent from or to this address (or an account it reached).")
+@click.option("--message-id", metavar="ID", help="The Message-ID field, angle brackets or not.")
+@click.option("--id", "--queue-id", "id_", metavar="ID", help="Kartero's id of the message or a queue entry.")
+@click.option("--since", metavar="WHEN", help="Received at or after: 2026-11-29T18:00 (UTC), or 2h, 7d (ago).")
+@click.option("--until", metavar="WHEN", help="Received before (as --since).")
+@click.option("--limit", type=click.IntRange(1, MAX_TRACE_RESULTS), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per message, for scripts.")
+@click.pass_context
+def trace(ctx: click.Context, address: str | None, message_id: str | None, id_: str | None, since: str | None,
+          until: str | None, limit: int, as_json: bool) -> None:  # fmt: skip
+    """Where messages went: each one's path (received, stored, queued, every delivery attempt with the
+    remote reply, bounced, notices sent), newest first. Kept for [trace] keep (docs/trace.md)."""
+    import json
+
+    from kartero.mail.trace import event_summary, format_at, message_dict
+
+    query = TraceQuery(address, message_id, id_, _moment("--since", since), _moment("--until", until), limit)
+    store = _open_store(_config(ctx))
+    ctx.call_on_close(store.close)
+    result = store.trace.search(query)
+    for message in result.messages:
+        if as_json:
+            click.echo(json.dumps(message_dict(message), ensure_ascii=False))
+            continue
+        header = f" <{message.header_id}>" if message.header_id else ""
+        click.echo(f"{format_at(message.first.at)}  {message.message_id}{header}")
+        for event in message.events:
+            click.echo(f"  {format_at(event.at)[11:]}  {event.kind.value:<9}  {event_summary(event)}")
+    if not as_json:
+        if not result.messages:
+            click.echo("no traced message matches")
+        elif result.more:
+            click.echo(f"(the {limit} newest shown: narrow the search, or raise --limit)")
 
 
 # -- DKIM ----------------------------------------------------------------------------------------------

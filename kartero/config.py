@@ -230,6 +230,17 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceConfig:
+    """The message trace (docs/trace.md): how long each message's path is kept; 0 keeps none."""
+
+    keep_s: float = 30 * 86400.0
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.keep_s > 0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     hostname: str
     domains: tuple[str, ...]
@@ -250,6 +261,7 @@ class Config:
     spam: SpamConfig = field(default_factory=SpamConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
     log_level: str = "info"
     proxy_from: tuple[str, ...] = ()  # networks whose connections start with a PROXY protocol header
     source: Path | None = None  # the file it came from; None for the embedded default
@@ -279,6 +291,12 @@ def parse_size(text: str) -> int | None:
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
 _DURATION_UNITS = {"ms": 0.001, "": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float | None:
+    """`30s`, `5m`, `2h`, `7d`, `250ms`, `90` (seconds) as seconds; None when `text` is not a duration."""
+    m = _DURATION.fullmatch(text.strip())
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2) or ""] if m else None
 
 
 class _Reader:
@@ -350,8 +368,8 @@ class _Reader:
         value = data.get(key, default)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             result = float(value)
-        elif isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())):
-            result = float(m.group(1)) * _DURATION_UNITS[m.group(2) or ""]
+        elif isinstance(value, str) and (parsed := parse_duration(value)) is not None:
+            result = parsed
         else:
             raise self.fail(section, key, f'expected a duration like "5m" or "30s", got {value!r}')
         if result <= 0:
@@ -412,7 +430,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     r.check_keys(
         data, None, ("hostname", "domains", "data_dir", "listen", "tls", "limits", "dns", "delivery", "routes",
                      "inbound", "greylisting", "dnsbl", "auth", "store", "log_level", "srs", "milter",
-                     "spam", "hooks", "http")
+                     "spam", "hooks", "http", "trace")
     )  # fmt: skip
 
     domains_raw = data.get("domains")
@@ -670,6 +688,10 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     if lifetime < 60:
         raise r.fail("http", "session_lifetime", "must be at least 1m")
     http = HttpConfig(metrics_token, lifetime)
+    trace_raw = r.table(data, "trace")
+    r.check_keys(trace_raw, "trace", ("keep",))
+    keep = trace_raw.get("keep", "30d")  # 0 (or "0"): no trace kept
+    trace = TraceConfig(0.0 if keep in (0, "0") else r.duration(trace_raw, "trace", "keep", TraceConfig().keep_s))
 
     return Config(
         hostname=hostname,
@@ -691,6 +713,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         spam=spam,
         hooks=hooks,
         http=http,
+        trace=trace,
         log_level=log_level,
         proxy_from=proxy_from,
         source=source,

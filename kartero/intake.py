@@ -39,6 +39,7 @@ from kartero.mail import replies
 from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord, Origin
 from kartero.mail.replies import Reply
 from kartero.mail.srs import SRS, SRSError, is_srs
+from kartero.mail.trace import TraceEvent, TraceKind
 from kartero.mailauth.dkim import DKIMError, Signer
 from kartero.mime.headers import find_body_start, parse_header_block
 from kartero.policy.decisions import AcceptMessage, MessageDecision, Reject
@@ -54,6 +55,7 @@ from kartero.store.interface import (
     FileSpan,
     MailStore,
     Outbound,
+    TraceStore,
     as_targets,
 )
 from kartero.store.spool import read_whole
@@ -73,6 +75,11 @@ MAX_REDIRECTS_PER_MESSAGE = 20
 # Remote destinations one message reaches through aliases, all recipients together: one message to a big
 # alias list cannot make the queue send more copies than this (the rest are logged, not sent).
 MAX_FORWARDS = 100
+# Trace events of messages refused or discarded at the end of DATA (no commit to ride with) wait this long
+# to be written together, at most this many (a flood of refused messages costs a write a second, not one
+# each; beyond the cap they are counted in the log instead).
+TRACE_FLUSH_S = 1.0
+MAX_TRACE_BUFFER = 1000
 
 MessageCheck = Callable[[bytes | Content], Coroutine[Any, Any, MessageDecision]]
 # The listener's content filters (milters, hooks: kartero/filters) at the end of the message, given the
@@ -100,6 +107,8 @@ class SmtpArrival:
     protocol: str  # with_protocol()
     tls: str | None  # the TLS version and cipher, when TLS was used
     authenticated_as: str | None
+    listener: str = ""  # which listener (smtp, submission, submissions), for the message trace
+    client_name: str | None = None  # the client's verified reverse name, when it was looked up
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +186,7 @@ class Incoming:
 class Stored:
     message_id: str
     queue_id: str | None  # the queue entry of the remote recipients, if any
-    is_discarded: bool = False  # accepted for nobody: a filter's discard, every recipient removed
+    discarded: str | None = None  # accepted for nobody: why ("discarded by a filter", ...)
 
     @property
     def reply(self) -> Reply:
@@ -202,8 +211,12 @@ class Intake:
     def __init__(self, store: MailStore, directory: DirectoryCache, *, hostname: str, queue_lifetime_s: float,
                  blocking: Blocking, signer: Signer | None = None, check_deadline_s: float = CHECK_DEADLINE_S,
                  store_deadline_s: float = STORE_DEADLINE_S, rules: Rules | None = None,
-                 srs: SRS | None = None) -> None:  # fmt: skip
+                 srs: SRS | None = None, trace: TraceStore | None = None) -> None:  # fmt: skip
         self.store = store
+        self.trace = trace  # None: no message trace is kept
+        self._trace_buffer: list[TraceEvent] = []  # refusals and discards waiting for their write
+        self._trace_dropped = 0
+        self._account_names: tuple[object, dict[int, str]] = (None, {})  # the snapshot they were read from
         self.srs = srs  # None: forwarded mail keeps its sender, SRS addresses are not ours
         self.directory = directory
         self.hostname = hostname
@@ -247,15 +260,24 @@ class Intake:
             raise
         if isinstance(outcome, Refused):
             metrics.message_refused(origin, METRIC_REASONS.get(outcome.reason, outcome.reason))
-        elif outcome.is_discarded:
+        elif outcome.discarded:
             metrics.message_discarded(origin)
         else:
             metrics.message_stored(origin)
+        if self.trace is None:
+            return outcome
+        if isinstance(outcome, Refused) and outcome.reason != "store failed":  # a failed store: nothing to say
+            self._trace_later(self._opening(TraceKind.REFUSED, incoming, incoming.envelope, new_message_id(),
+                                            reply=outcome.reply.to_line(), note=outcome.reason))  # fmt: skip
+        elif isinstance(outcome, Stored) and outcome.discarded:
+            self._trace_later(self._opening(TraceKind.DISCARDED, incoming, incoming.envelope, outcome.message_id,
+                                            note=outcome.discarded))  # fmt: skip
         return outcome
 
     async def _accept(self, incoming: Incoming) -> Outcome:
         data = incoming.data
         mailbox = INBOX
+        checks = ""
         if incoming.check is not None:
             try:
                 checking = start_eagerly(incoming.check(data))  # most checks need no I/O: no Task then
@@ -270,7 +292,7 @@ class Intake:
             if isinstance(decision, Reject):
                 return Refused(decision.reply, decision.reason)
             assert isinstance(decision, AcceptMessage)
-            data, mailbox = decision.data, decision.mailbox
+            data, mailbox, checks = decision.data, decision.mailbox, decision.checks
         message_id = new_message_id()
         if incoming.filter is not None:
             filtered = await self._filtered(incoming, incoming.filter, data, message_id)
@@ -291,7 +313,7 @@ class Intake:
                 data = await self.blocking(self.check_deadline_s, self._signed, self.signer, data)
             except DeadlineExceeded as exc:
                 log.error("%s", kv(event="dkim.sign_failed", detail=str(exc)))  # sent unsigned, as on errors
-        return await self._store(incoming, envelope, data, mailbox, now, message_id)
+        return await self._store(incoming, envelope, data, mailbox, now, message_id, checks)
 
     async def _filtered(self, incoming: Incoming, content_filter: MessageFilter, data: bytes | Content,
                         message_id: str) -> Outcome | tuple[Incoming, bool]:  # fmt: skip
@@ -312,7 +334,7 @@ class Intake:
             return Refused(filtered.refusal, "filter")
         if filtered.discard:
             log.info("%s", kv(event="filter.discarded", id=message_id, sender=sender))
-            return Stored(message_id, None, is_discarded=True)
+            return Stored(message_id, None, "discarded by a filter")
         edited = filtered.edited
         envelope = incoming.envelope
         targets = incoming.targets
@@ -334,7 +356,7 @@ class Intake:
                 targets += (target,)
         if not targets:
             log.info("%s", kv(event="filter.no_recipients", id=message_id, sender=sender))
-            return Stored(message_id, None, is_discarded=True)
+            return Stored(message_id, None, "a filter removed every recipient")
         if edited.sender is not None:
             envelope = replace(envelope, sender=edited.sender)
         if targets != incoming.targets:
@@ -344,7 +366,7 @@ class Intake:
         return replace(incoming, envelope=envelope, targets=targets, data=edited.data), filtered.junk
 
     async def _store(self, incoming: Incoming, envelope: EnvelopeRecord, data: bytes | Content, mailbox: str,
-                     now: datetime, message_id: str) -> Outcome:  # fmt: skip
+                     now: datetime, message_id: str, checks: str = "") -> Outcome:  # fmt: skip
         recipients = envelope.recipients
         received = b""
         if incoming.arrival is not None:
@@ -356,7 +378,8 @@ class Intake:
             return Refused(replies.MAIL_LOOP, "loop")
         account_ids = [a for t in targets if not t.is_remote for a in t.account_ids]
         remote = tuple(t.recipient for t in targets if t.is_remote)
-        deliveries = []
+        deliveries: list[Delivery] = []
+        notes: dict[str, str] = {}  # queue entries that are forwarded copies: why, for the trace
         queue_id = None
         timestamp = envelope.received_at
         plans = await self._plans(targets, envelope, data, now) if account_ids and self.rules is not None else []
@@ -385,7 +408,9 @@ class Intake:
                 blob_id = new_message_id() if deliveries else message_id
                 deliveries.append(Delivery(blob_id, _prepend(trace, _with_header(data, header)), (where,), timestamp,
                                            envelope))  # fmt: skip
-            deliveries += self._redirects(plans, envelope, data, received, incoming)
+            redirects = self._redirects(plans, envelope, data, received, incoming)
+            deliveries += [d for d, _ in redirects]
+            notes.update((d.blob_id, f"redirected by the rules of {a}") for d, a in redirects)
         if remote:  # relayed on: no Return-Path, the final MTA adds its own
             head = _head(data)
             outbound = Outbound(
@@ -417,14 +442,19 @@ class Intake:
                                       blob_id=None if deliveries else message_id)  # fmt: skip
                 queue_id = queue_id or copy.blob_id
                 deliveries.append(copy)
+                notes[copy.blob_id] = f"forwarded for {target.recipient.address}"
         if not deliveries:
             if plans and account_ids and not remote:  # every copy discarded, rejected or redirected away
                 self._later(self._after_rules(plans, envelope, data, message_id, junk=mailbox != INBOX))
-                return Stored(message_id, None, is_discarded=True)
+                return Stored(message_id, None, "discarded by the users' rules")
             return Refused(replies.LOCAL_ERROR, "no recipient left")
+        path: list[TraceEvent] = []
+        if self.trace is not None:
+            path = self._path(incoming, envelope, message_id, checks, targets, plans, mailbox, deliveries, notes)
         try:
-            # One group: the local copies and the queue entry commit together or not at all.
-            await settled(self.store.deliver_group(deliveries), self.store_deadline_s, "store commit")
+            # One group: the local copies and the queue entry commit together or not at all (and the
+            # message's trace events with them).
+            await settled(self.store.deliver_group(deliveries, path), self.store_deadline_s, "store commit")
         except Exception as exc:
             log.error("%s", kv(event="intake.store_failed", id=message_id, detail=str(exc)))
             return Refused(replies.LOCAL_ERROR, "store failed")
@@ -441,9 +471,91 @@ class Intake:
         task.add_done_callback(self._pending.discard)
 
     async def drain(self, timeout_s: float = 30.0) -> None:
-        """Wait (at shutdown, in tests) for the work `_later` started."""
+        """Wait (at shutdown, in tests) for the work `_later` started, and write the trace events that
+        wait for their batch."""
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=timeout_s)
+        if self._trace_buffer:
+            await self._flush_trace()
+
+    # -- the message trace (kartero.mail.trace) -------------------------------------------------------
+
+    def _path(self, incoming: Incoming, envelope: EnvelopeRecord, message_id: str, checks: str,
+              targets: tuple[Target, ...], plans: list[Plan], mailbox: str, deliveries: list[Delivery],
+              notes: dict[str, str]) -> list[TraceEvent]:  # fmt: skip
+        """The message's trace as far as intake takes it, to be kept with its commit: received, stored
+        (each mailbox copy, with the account when an alias led there), queued (each remote recipient;
+        forwarded and redirected copies say why)."""
+        at = time.time()
+        path = [self._opening(TraceKind.RECEIVED, incoming, envelope, message_id, at, checks=checks or None)]
+        done = {p.recipient.account_id for p in plans}  # their copies are the plans' own
+        for target in targets:
+            for account_id in () if target.is_remote else target.account_ids:
+                if account_id not in done:
+                    done.add(account_id)
+                    path.append(TraceEvent(TraceKind.STORED, at, message_id, recipient=target.recipient.address,
+                                           account=self._account_name(target.recipient.address, account_id),
+                                           mailbox=mailbox))  # fmt: skip
+        for plan in plans:
+            rcpt = plan.recipient
+            for kept in plan.copies:
+                path.append(TraceEvent(TraceKind.STORED, at, message_id, recipient=rcpt.envelope_to,
+                                       account=rcpt.address if rcpt.address != _address_key(rcpt.envelope_to) else None,
+                                       mailbox=mailbox if kept.keep else kept.mailbox,
+                                       note=None if kept.keep else "filed by the user's rules"))  # fmt: skip
+        for delivery in deliveries:
+            for r in delivery.outbound.recipients if delivery.outbound is not None else ():
+                path.append(TraceEvent(TraceKind.QUEUED, at, message_id, delivery.blob_id, recipient=r.address,
+                                       note=notes.get(delivery.blob_id)))  # fmt: skip
+        return path
+
+    def _opening(self, kind: TraceKind, incoming: Incoming, envelope: EnvelopeRecord, message_id: str,
+                 at: float | None = None, **detail: Any) -> TraceEvent:  # fmt: skip
+        """The event that opens a message's path (received, refused, discarded): who sent it to whom,
+        from where, how."""
+        arrival = incoming.arrival
+        smtp = arrival if isinstance(arrival, SmtpArrival) else None
+        return TraceEvent(
+            kind, time.time() if at is None else at, message_id, sender=envelope.sender,
+            recipients=tuple(r.address for r in envelope.recipients), origin=envelope.origin.value,
+            listener=smtp.listener or None if smtp else None, client=envelope.client_ip,
+            client_name=smtp.client_name if smtp else None, helo=envelope.helo, tls=smtp.tls if smtp else None,
+            user=envelope.user or (arrival.user if isinstance(arrival, LocalArrival) else None),
+            size=len(incoming.data), **detail,
+        )  # fmt: skip
+
+    def _account_name(self, recipient: str, account_id: int) -> str | None:
+        """The address of the account a recipient reached, when it is not the recipient itself (an alias,
+        a catch-all, a plus address); read from the directory snapshot, its reverse made once per snapshot."""
+        snapshot = self.directory.current()
+        if snapshot.accounts.get(_address_key(recipient)) == account_id:
+            return None
+        seen, names = self._account_names
+        if seen is not snapshot:
+            names = {i: a for a, i in snapshot.accounts.items()}
+            self._account_names = (snapshot, names)
+        return names.get(account_id)
+
+    def _trace_later(self, event: TraceEvent) -> None:
+        """Keep the event of a message that has no commit (refused, discarded) with the next batch."""
+        if len(self._trace_buffer) >= MAX_TRACE_BUFFER:
+            self._trace_dropped += 1
+            return
+        self._trace_buffer.append(event)
+        if len(self._trace_buffer) == 1:
+            asyncio.get_running_loop().call_later(TRACE_FLUSH_S, lambda: self._later(self._flush_trace()))
+
+    async def _flush_trace(self) -> None:
+        events, self._trace_buffer = self._trace_buffer, []
+        dropped, self._trace_dropped = self._trace_dropped, 0
+        if dropped:
+            log.warning("%s", kv(event="trace.dropped", events=dropped, detail="too many refusals at once"))
+        if not events or self.trace is None:
+            return
+        try:
+            await self.blocking(self.check_deadline_s, self.trace.record, events)
+        except Exception as exc:  # the database away: the events are lost, the log still has the messages
+            log.warning("%s", kv(event="trace.record_failed", events=len(events), detail=str(exc)))
 
     # -- mail rules (kartero.rules) -------------------------------------------------------------------
 
@@ -479,17 +591,19 @@ class Intake:
             return []
 
     def _redirects(self, plans: list[Plan], envelope: EnvelopeRecord, data: bytes | Content, received: bytes,
-                   incoming: Incoming) -> list[Delivery]:  # fmt: skip
+                   incoming: Incoming) -> list[tuple[Delivery, str]]:  # fmt: skip
         """Sieve `redirect`: a queue entry per redirected copy, as an alias forwards (`forwarded`: marked
-        with `Delivered-To:` of the account, the envelope sender rewritten by SRS)."""
+        with `Delivered-To:` of the account, the envelope sender rewritten by SRS), each with the account
+        whose rules redirected it."""
         deliveries = []
         for plan in plans:
             for forward in plan.forwards:
                 copy = data if forward.header is None else _with_header(data, forward.header)
                 # Delivered-To names the address the mail came to (as an alias forward does): a redirect
                 # that comes back to that address stops there (`_without_loops`), whichever alias it was.
-                deliveries.append(self.forwarded(envelope, _prepend(received, copy), (forward.address,),
-                                                 plan.recipient.envelope_to, body_8bit=incoming.body_8bit))  # fmt: skip
+                deliveries.append((self.forwarded(envelope, _prepend(received, copy), (forward.address,),
+                                                  plan.recipient.envelope_to, body_8bit=incoming.body_8bit),
+                                   plan.recipient.address))  # fmt: skip
                 log.info("%s", kv(event="sieve.redirected", account=plan.recipient.address, to=forward.address))
         return deliveries
 

@@ -84,6 +84,10 @@ VERSION = importlib.metadata.version("kartero")
 
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
 MAILDROP_POLL_S = 1.0
+# The message trace's expiry: how often it looks for events past `[trace] keep`, and how many rows each
+# of its transactions deletes (short ones: the committer waits for the write lock meanwhile).
+TRACE_EXPIRY_S = 600.0
+TRACE_EXPIRY_BATCH = 1000
 # File descriptors kept back from the connection caps: the store, logs, DNS, outbound deliveries.
 RESERVED_FILES = 256
 
@@ -274,7 +278,8 @@ class Server:
                       environment={"version": VERSION})  # fmt: skip
         intake = Intake(store.mail, directory, hostname=config.hostname,
                         queue_lifetime_s=config.delivery.queue_lifetime_s, blocking=blocking, signer=signer,
-                        check_deadline_s=deadline, rules=rules, srs=srs)  # fmt: skip
+                        check_deadline_s=deadline, rules=rules, srs=srs,
+                        trace=store.trace if config.trace.is_enabled else None)  # fmt: skip
         authenticator = Authenticator(store.accounts, config.auth.scram_iterations)
         throttle = AuthThrottle(window_s=config.auth.failure_window_s,
                                 per_pair=config.auth.failures_per_address_and_account,
@@ -310,6 +315,7 @@ class Server:
                 concurrency=config.delivery.concurrency,
                 per_domain=config.delivery.per_domain,
                 lease_renew_s=config.store.lease_s / 3,
+                trace=config.trace.is_enabled,
             ),
         )
 
@@ -356,6 +362,8 @@ class Server:
                 if self.worker <= 1:
                     tg.create_task(self._pick_up(pickup))
                 tg.create_task(self._heartbeat(store))
+                if self.worker <= 1:  # every node of a cluster does it too: deleting what is gone is a no-op
+                    tg.create_task(self._expire_trace(store))
                 if abuse is not None:
                     tg.create_task(self._share_abuse(abuse))
                 proxy_from = parse_networks(config.proxy_from)
@@ -552,6 +560,23 @@ class Server:
                 log.warning("%s", kv(event="store.heartbeat_failed", detail=str(exc).strip()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), config.store.lease_s / 3)
+
+    async def _expire_trace(self, store: AnyStore) -> None:
+        """Delete the message trace's events older than `[trace] keep` (all of them when it is 0), at start
+        and every TRACE_EXPIRY_S, in short transactions of TRACE_EXPIRY_BATCH rows."""
+        while not self._stop.is_set():
+            before = time.time() - self.config.trace.keep_s
+            try:
+                gone, total = TRACE_EXPIRY_BATCH, 0
+                while gone >= TRACE_EXPIRY_BATCH and not self._stop.is_set():  # a batch at a time, till done
+                    gone = await asyncio.to_thread(store.trace.expire, before, TRACE_EXPIRY_BATCH)
+                    total += gone
+                if total:
+                    log.info("%s", kv(event="trace.expired", rows=total))
+            except Exception as exc:  # the database away: the next round tries again
+                log.warning("%s", kv(event="trace.expire_failed", detail=str(exc).strip()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), TRACE_EXPIRY_S)
 
     async def _share_abuse(self, abuse: AbuseSync) -> None:
         """The cluster's abuse counts (policy/shared.py): this process's events out and the others' in,

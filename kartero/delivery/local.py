@@ -28,22 +28,23 @@ class DsnSender:
         self.intake = intake
         self.loop = loop
 
-    def send(self, recipient: str, data: bytes, *, smtputf8: bool) -> None:
-        asyncio.run_coroutine_threadsafe(self.deliver(recipient, data, smtputf8=smtputf8), self.loop).result(
+    def send(self, recipient: str, data: bytes, *, smtputf8: bool) -> str | None:
+        return asyncio.run_coroutine_threadsafe(self.deliver(recipient, data, smtputf8=smtputf8), self.loop).result(
             DSN_DEADLINE_S
         )
 
-    async def deliver(self, recipient: str, data: bytes, *, smtputf8: bool) -> None:
-        """Store or queue one DSN; StoreError when it could not be stored."""
+    async def deliver(self, recipient: str, data: bytes, *, smtputf8: bool) -> str | None:
+        """Store or queue one DSN and return its message id (None: nobody to send it to, logged);
+        StoreError when it could not be stored."""
         try:
             address = parse_address(recipient)
         except DirectoryError:
             log.warning("%s", kv(event="dsn.bad_recipient", to=recipient))
-            return
+            return None
         target = await self.intake.resolve(address)
         if target is None:
             log.warning("%s", kv(event="dsn.no_local_recipient", to=address))
-            return
+            return None
         if target.is_remote:
             # NOTIFY=NEVER: a DSN about a DSN would loop (RFC 3461 §6.2). The recipient as written, unless
             # it was an SRS address of ours (mail we forwarded): then the original sender behind it.
@@ -53,3 +54,4 @@ class DsnSender:
         outcome = await self.intake.accept(Incoming(envelope, data, (target,), body_8bit=not data.isascii()))
         if isinstance(outcome, Refused):
             raise StoreError(f"DSN to {recipient} not stored: {outcome.reason}")
+        return outcome.message_id

@@ -44,6 +44,7 @@ class Verdict:
     spf: SPFResult | None = None
     dkim: list[DKIMVerdict] = field(default_factory=list)
     dmarc: DMARCResult | None = None
+    summary: str = ""  # the results on one line (`spf=pass dkim=pass:example.org dmarc=pass`), for the trace
 
 
 class InboundChecker:
@@ -89,12 +90,16 @@ class InboundChecker:
             action = "reject" if dmarc.disposition == "reject" else "junk"
             reason = f"DMARC policy of {dmarc.record.domain if dmarc.record else from_domain}: {dmarc.disposition}"
         header = self._header(spf, signatures, dmarc, from_domain)
+        summary = " ".join([*([f"spf={spf.result}"] if spf else []),
+                            *(f"dkim={v.result}:{v.domain or 'unknown'}" for v in signatures),
+                            *(["dkim=none"] if self.checks.dkim and not signatures else []),
+                            *([f"dmarc={dmarc.result}"] if dmarc else [])])  # fmt: skip
         log.info("%s", kv(event="mailauth.checked", client=client_ip, mail_from=f"<{mail_from}>",
                           spf=spf.result if spf else None,
                           dkim=",".join(f"{v.result}:{v.domain}" for v in signatures) or "none",
                           dmarc=dmarc.result if dmarc else None, header_from=from_domain or None,
                           action=action))  # fmt: skip
-        return Verdict(action, header, reason, spf, signatures, dmarc)
+        return Verdict(action, header, reason, spf, signatures, dmarc, summary)
 
     def _is_forged(self, name: bytes, value: bytes) -> bool:
         if name != b"authentication-results":

@@ -120,6 +120,7 @@ class SMTPSession:
         self._finished = False
         self._stopping = False
         self._tls_info: str | None = None
+        self._client_name: str | None = None  # verified reverse name, when looked up (for the filters)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._deadlines = channel.deadlines
@@ -169,6 +170,7 @@ class SMTPSession:
         name = ClientName("unknown", "", "FAIL")
         if self.ctx.client_name is not None:
             name = await self.ctx.client_name(self.client_ip)
+            self._client_name = name.name if name.status == "OK" else None
         transport = self.channel.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
         local = transport.get_extra_info("sockname") if transport is not None else None
@@ -632,6 +634,8 @@ class SMTPSession:
             ),
             tls=self._tls_info,
             authenticated_as=envelope.authenticated_as,
+            listener=ctx.listener,
+            client_name=self._client_name,
         )
         incoming = Incoming(
             envelope=record,

@@ -57,6 +57,7 @@ class AcceptMessage:
 
     data: bytes | Content
     mailbox: str = "INBOX"
+    checks: str = ""  # what the checks found, on one line (SPF, DKIM, DMARC), for the message trace
 
 
 MessageDecision = AcceptMessage | Reject

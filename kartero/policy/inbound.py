@@ -84,8 +84,8 @@ class InboundPolicy:
             return Reject(replies.DMARC_REJECTED.with_text(f"Rejected by the {verdict.reason}"), "dmarc")
         mailbox = JUNK if verdict.action == "junk" else INBOX
         if isinstance(stripped, Content):
-            return AcceptMessage(Content(verdict.header + stripped.head, stripped.tail), mailbox)
-        return AcceptMessage(verdict.header + stripped, mailbox)
+            return AcceptMessage(Content(verdict.header + stripped.head, stripped.tail), mailbox, verdict.summary)
+        return AcceptMessage(verdict.header + stripped, mailbox, verdict.summary)
 
     async def check_rcpt(self, path: Path, context: RcptContext | None = None) -> Decision:
         if self.dnsbl is not None and context is not None:

@@ -23,6 +23,7 @@ from typing import Protocol
 from kartero import metrics
 from kartero.log import kv
 from kartero.mail import replies
+from kartero.mail.trace import TraceEvent, TraceKind
 from kartero.queue.dsn import Action, RecipientReport, build_dsn
 from kartero.queue.jobs import Deferred, Delivered, Deliverer, Failed, JobMessage, JobRecipient, Outcome
 from kartero.queue.schedule import next_attempt_at
@@ -44,11 +45,13 @@ SWEEP_INTERVAL_S = 300.0
 DEFAULT_NOTIFY = ("FAILURE", "DELAY")  # RFC 3461 §4.1: the MTA's choice when NOTIFY is absent
 # What the metrics count each recorded state as (kartero.metrics.DELIVERY_OUTCOMES).
 _OUTCOMES = {QueueState.DELIVERED: "delivered", QueueState.DEFERRED: "deferred", QueueState.FAILED: "bounced"}
+_TRACED = {Delivered: TraceKind.DELIVERED, Deferred: TraceKind.DEFERRED, Failed: TraceKind.BOUNCED}
 
 
 class Bouncer(Protocol):
-    def send(self, recipient: str, data: bytes, *, smtputf8: bool) -> None:
-        """Deliver a DSN (null sender) to `recipient`, locally or through the queue. Blocking."""
+    def send(self, recipient: str, data: bytes, *, smtputf8: bool) -> str | None:
+        """Deliver a DSN (null sender) to `recipient`, locally or through the queue; its message id when
+        it was stored. Blocking."""
         ...
 
 
@@ -63,6 +66,7 @@ class QueueSettings:
     messages_per_delivery: int = 50
     poll_s: float = 5.0
     lease_renew_s: float = 20.0  # a shared queue's leases of what is being delivered are renewed this often
+    trace: bool = False  # keep each attempt and notice in the message trace (kartero.mail.trace)
 
 
 class QueueRunner:
@@ -77,6 +81,7 @@ class QueueRunner:
     ) -> None:
         self.queue = store.queue
         self.mail = store.mail  # the queued messages' bytes
+        self.trace = store.trace if settings.trace else None
         self.deliverer = deliverer
         self.bouncer = bouncer
         self.settings = settings
@@ -274,6 +279,7 @@ class QueueRunner:
         now = self.clock()
         moment = datetime.fromtimestamp(now, UTC)
         updates: list[RecipientUpdate] = []
+        events: list[TraceEvent] = []  # each attempt, kept with its record
         reports: dict[tuple[str, Action], list[RecipientReport]] = defaultdict(list)
         to_report: set[str] = set()
         by_id = {item.recipient_id: item for item in items}
@@ -291,6 +297,12 @@ class QueueRunner:
             log.info("%s", kv(event="queue.result", id=item.queue_id, rcpt=item.address, attempt=attempts,
                               result=type(outcome).__name__.lower(), remote=outcome.remote_mta,
                               reply=outcome.reply.to_line()))  # fmt: skip
+            if self.trace is not None:
+                events.append(TraceEvent(
+                    _TRACED[type(outcome)], now, queue_id=item.queue_id, recipient=item.address,
+                    remote=outcome.remote_mta, reply=outcome.reply.to_line(),
+                    status=None if isinstance(outcome, Delivered) else outcome.status, attempt=attempts,
+                ))  # fmt: skip
             match outcome:
                 case Delivered():
                     updates.append(RecipientUpdate(recipient_id, QueueState.DELIVERED, attempts, 0, outcome.reply))
@@ -318,7 +330,10 @@ class QueueRunner:
                         report = self._report(item, Action.DELAYED, outcome.status, outcome.reply.to_line(),
                                               outcome.remote_mta, moment)  # fmt: skip
                         reports[(item.queue_id, Action.DELAYED)].append(report)
-        self.queue.update_recipients(updates)
+        if events:
+            self.queue.update_recipients(updates, events)
+        else:
+            self.queue.update_recipients(updates)
         for update in updates:  # counted once recorded: a crash before this repeats the attempt
             metrics.delivered(_OUTCOMES[update.state])
         first_items = {item.queue_id: item for item in items}
@@ -397,11 +412,19 @@ class QueueRunner:
             now=moment,
         )
         try:
-            self.bouncer.send(sender, dsn, smtputf8=smtputf8)
+            dsn_id = self.bouncer.send(sender, dsn, smtputf8=smtputf8)
         except Exception:
             log.exception("%s", kv(event="queue.dsn_failed", id=queue_id, to=sender))
             return False
         log.info("%s", kv(event="queue.dsn", id=queue_id, to=sender, action=reports[0].action,
-                          recipients=len(reports)))  # fmt: skip
+                          recipients=len(reports), dsn=dsn_id))  # fmt: skip
         metrics.dsn_sent(reports[0].action)
+        if self.trace is not None:
+            about = ", ".join(r.address for r in reports)
+            try:  # a notice is rare: a write of its own (not synced), after the notice is stored
+                self.trace.record([TraceEvent(TraceKind.DSN, self.clock(), queue_id=queue_id, recipient=sender,
+                                              note=f"{reports[0].action} notice about {about}",
+                                              related=dsn_id)])  # fmt: skip
+            except Exception as exc:
+                log.warning("%s", kv(event="trace.record_failed", id=queue_id, detail=str(exc)))
         return True

@@ -9,6 +9,8 @@ Write path of a delivery (or a group of them that must be stored together):
    own savepoint, and commit (synchronous=FULL: the WAL is fsynced); a group that fails is rolled back to
    its savepoint and fails alone, the rest of the batch commits;
 4. resolve the callers' Futures; only then does SMTP answer 250.
+A group's message trace events (kartero.store.trace_sql) are made into rows in step 0 and inserted in
+step 3 under the group's savepoint: they cost the commit no fsync of their own.
 So two fsyncs serve a whole batch. A crash before 3 leaves bytes past the last committed body of a
 segment; `recover()` cuts them off at the next start. Metadata never points at bytes not on disk.
 
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kartero import metrics
+from kartero.mail.trace import TraceEvent
 from kartero.mime.index import MessageIndex, index_message
 from kartero.mime.parttree import PartNode, encode_parts
 from kartero.store.holds import ExpungeHolds
@@ -39,6 +42,7 @@ from kartero.store.segments import Segments
 from kartero.store.spool import SpoolBody, clear_spool, materialize, spool_dir
 from kartero.store.sql import SqlConnection, SqlDatabase
 from kartero.store.sqlite_db import drop_unreferenced_blobs, format_flags
+from kartero.store.trace_sql import AddressRow, EventRow, insert_rows, trace_rows
 
 log = logging.getLogger("kartero.store")
 
@@ -144,22 +148,24 @@ class Committer:
         self.deliver_group((delivery,)).add_done_callback(done)
         return single
 
-    def deliver_group(self, deliveries: Sequence[Delivery]) -> Future[list[list[StoredMessage]]]:
+    def deliver_group(
+        self, deliveries: Sequence[Delivery], trace: Sequence[TraceEvent] = ()
+    ) -> Future[list[list[StoredMessage]]]:
         if not deliveries:
             raise ValueError("an empty delivery group")
         future: Future[list[list[StoredMessage]]] = Future()
         with self._intake_lock:
             if not self._indexers or self._closed:
                 raise StoreError("store is not accepting deliveries")
-            self._index_queue.put((tuple(deliveries), future, time.monotonic()))
+            self._index_queue.put((tuple(deliveries), tuple(trace), future, time.monotonic()))
         return future
 
     def _index_loop(self) -> None:
         while (job := self._index_queue.get()) is not None:
             self._prepare(*job)
 
-    def _prepare(self, deliveries: tuple[Delivery, ...], future: Future[list[list[StoredMessage]]],
-                 handed_at: float) -> None:  # fmt: skip
+    def _prepare(self, deliveries: tuple[Delivery, ...], trace: tuple[TraceEvent, ...],
+                 future: Future[list[list[StoredMessage]]], handed_at: float) -> None:  # fmt: skip
         """Index thread: bring each message into one piece (bytes, or for a large one a file of its own
         in the spool folder), parse it, then hand the group to the committer."""
         bodies: list[bytes | SpoolBody] = []
@@ -168,7 +174,9 @@ class Committer:
                 bodies.append(self._body(delivery.data))
             indexes = tuple(_index(d, b) for d, b in zip(deliveries, bodies, strict=True))
             envelopes = tuple(d.envelope.to_json() if d.envelope is not None else "{}" for d in deliveries)
-            group = _Group(deliveries, tuple(bodies), indexes, envelopes, future, handed_at)
+            events, addresses = trace_rows(trace, indexes[0].message_id) if trace else ([], [])
+            group = _Group(deliveries, tuple(bodies), indexes, envelopes, future, handed_at, tuple(events),
+                           tuple(addresses))  # fmt: skip
         except BaseException as exc:  # a full disk, a vanished spool file, MemoryError, or a bug
             log.exception("event=store.prepare_failed")
             _discard(bodies)
@@ -284,6 +292,8 @@ class Committer:
                         db.execute("RELEASE grp")
                         return stored
                     results.append(stored)
+                if attempt == 0:  # the retry stores the message without its trace, whatever failed
+                    insert_rows(db, group.trace, group.addresses)
             except self.insert_errors as exc:
                 db.execute("ROLLBACK TO grp")
                 db.execute("RELEASE grp")
@@ -441,10 +451,13 @@ class _Group:
     envelopes: tuple[str, ...]  # each delivery's envelope record as JSON, made here and not in the committer
     future: Future[list[list[StoredMessage]]]
     handed_at: float  # time.monotonic() when deliver_group took it
+    trace: tuple[EventRow, ...] = ()  # the message's trace events, and the addresses they name
+    addresses: tuple[AddressRow, ...] = ()
 
 
-# A delivery group on its way to an index thread: the deliveries, the caller's Future, when it was handed.
-_Job = tuple[tuple[Delivery, ...], Future[list[list[StoredMessage]]], float]
+# A delivery group on its way to an index thread: the deliveries, their trace events, the caller's Future,
+# when it was handed.
+_Job = tuple[tuple[Delivery, ...], tuple[TraceEvent, ...], Future[list[list[StoredMessage]]], float]
 
 
 def _index(delivery: Delivery, body: bytes | SpoolBody) -> MessageIndex:

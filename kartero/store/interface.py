@@ -20,6 +20,7 @@ from typing import Protocol
 
 from kartero.mail.envelope import EnvelopeRecipient, EnvelopeRecord
 from kartero.mail.replies import Reply
+from kartero.mail.trace import TracedMessage, TraceEvent
 from kartero.store.criteria import Criterion, Sort, ThreadFields
 
 INBOX = "INBOX"
@@ -530,10 +531,13 @@ class MailStore(Protocol):
         """Store durably; the Future fails with StoreError when no target could take the message."""
         ...
 
-    def deliver_group(self, deliveries: Sequence[Delivery]) -> Future[list[list[StoredMessage]]]:
+    def deliver_group(
+        self, deliveries: Sequence[Delivery], trace: Sequence[TraceEvent] = ()
+    ) -> Future[list[list[StoredMessage]]]:
         """Store several deliveries (e.g. a message's local copy and its queue entry) in one commit: all
         of them or none. The Future fails with StoreError when any of them could not be stored; other
-        callers' deliveries committed in the same batch are never affected."""
+        callers' deliveries committed in the same batch are never affected. `trace`: the message's
+        trace events (received, stored, queued), kept in the same commit (see TraceStore)."""
         ...
 
     def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
@@ -736,8 +740,9 @@ class QueueStore(Protocol):
         """Keep delivering these (a shared queue leases what a node delivers; see store/postgres.py)."""
         ...
 
-    def update_recipients(self, updates: Sequence[RecipientUpdate]) -> None:
-        """Record attempts (durably); queue entries with no recipient left to try are removed."""
+    def update_recipients(self, updates: Sequence[RecipientUpdate], trace: Sequence[TraceEvent] = ()) -> None:
+        """Record attempts (durably); queue entries with no recipient left to try are removed. `trace`:
+        the attempts' trace events, kept in the same transaction (see TraceStore)."""
         ...
 
     def unreported_failures(self, queue_id: str) -> Unreported | None: ...
@@ -756,12 +761,75 @@ class QueueStore(Protocol):
         """One aggregate over the entries (no recipient rows read): cheap enough for every scrape."""
         ...
 
-    def queue_delete(self, queue_id: str) -> bool: ...
+    def queue_delete(self, queue_id: str) -> bool:
+        """Remove an entry with its message; each recipient still to try gets a `deleted` trace event
+        when the message has a trace."""
+        ...
+
     def queue_flush(self, queue_id: str | None = None) -> int:
         """Make the open recipients (of one message, or all) due now; how many."""
         ...
     def add_queue_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener` after a commit that put something into the queue (from any thread)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TraceQuery:
+    """What a trace search asks for: messages matching every criterion given (none: the latest ones).
+
+    `address` matches a message's sender, its recipients, the accounts they reached and the addresses it
+    was forwarded to, exactly but for the domain's case and form (U-labels match their A-label).
+    `message_id` is the Message-ID field (angle brackets or not); `id` is one of Kartero's ids: a
+    message's (`250 Message accepted as ...`, the log's `id=`) or a queue entry's (`queued=`, `kartero
+    queue list`). `since`/`until`: seconds since the epoch, the message's latest event in [since, until).
+    """
+
+    address: str | None = None
+    message_id: str | None = None
+    id: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 50
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_TRACE_RESULTS:
+            raise ValueError(f"limit must be 1 to {MAX_TRACE_RESULTS}")
+
+
+# Messages one trace search returns at most, and events over all of them (a message deferred for days
+# to many recipients has many): a search costs a bounded amount whatever the table holds.
+MAX_TRACE_RESULTS = 200
+MAX_TRACE_EVENTS = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class TraceResult:
+    """The messages found, newest first, each with its events in time order; `more`: the limit cut the
+    list (narrow the search)."""
+
+    messages: tuple[TracedMessage, ...]
+    more: bool = False
+
+
+class TraceStore(Protocol):
+    """The message trace (kartero.mail.trace): every message's path as events, kept for `[trace] keep`.
+
+    The events of an accepted message and of its delivery attempts are written with the commits that
+    make them true (`MailStore.deliver_group`, `QueueStore.update_recipients`): they cost no commit of
+    their own. `record` is for the rest (a message refused or discarded at the end of DATA, a notice
+    sent): one transaction that is not synced to disk (a power cut may lose it; it never loses mail)."""
+
+    def record(self, events: Sequence[TraceEvent]) -> None: ...
+
+    def search(self, query: TraceQuery) -> TraceResult:
+        """The messages matching `query` (TraceQuery), newest first. Every search runs on an index (by
+        address, Message-ID, id or time) and reads a bounded number of rows."""
+        ...
+
+    def expire(self, before: float, max_rows: int) -> int:
+        """Delete at most `max_rows` events (and as many address index rows) older than `before` (seconds
+        since the epoch), oldest first; returns how many went. Idempotent: every node may run it."""
         ...
 
 
@@ -777,6 +845,8 @@ class Store(Protocol):
     def queue(self) -> QueueStore: ...
     @property
     def sieve(self) -> SieveStore: ...
+    @property
+    def trace(self) -> TraceStore: ...
     def close(self) -> None:
         """Finish every delivery already accepted, then release everything."""
         ...

@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from kartero.mail.envelope import EnvelopeRecord
+from kartero.mail.trace import TraceEvent
 from kartero.store import criteria as c
 from kartero.store.commit import Committer
 from kartero.store.holds import Hold
@@ -95,8 +96,10 @@ class SQLiteMail:
     def deliver(self, delivery: Delivery) -> Future[list[StoredMessage]]:
         return self._committer.deliver(delivery)
 
-    def deliver_group(self, deliveries: Sequence[Delivery]) -> Future[list[list[StoredMessage]]]:
-        return self._committer.deliver_group(deliveries)
+    def deliver_group(
+        self, deliveries: Sequence[Delivery], trace: Sequence[TraceEvent] = ()
+    ) -> Future[list[list[StoredMessage]]]:
+        return self._committer.deliver_group(deliveries, trace)
 
     def read_message(self, blob_id: str) -> bytes:
         for attempt in (1, 2):

@@ -24,6 +24,7 @@ from typing import Any
 
 import psycopg
 
+from kartero.mail.trace import TraceEvent
 from kartero.store.abuse_pg import PgAbuseStore
 from kartero.store.accounts_sql import SQLiteAccounts
 from kartero.store.commit import Committer
@@ -34,6 +35,7 @@ from kartero.store.queue_sql import OPEN_STATES, SQLiteQueue
 from kartero.store.sieve_sql import SqlSieve
 from kartero.store.spool import WINDOW, FileBuffer, SpoolBody, clear_spool
 from kartero.store.sql import SqlConnection
+from kartero.store.trace_sql import SqlTrace
 
 __all__ = ["CHUNK", "SCHEMA_VERSION", "PgStore"]
 
@@ -235,8 +237,8 @@ class PgQueue(SQLiteQueue):
                 db.execute("UPDATE queue_recipients SET lease_until = ? WHERE id = ANY(?) AND lease_node = ?",
                            (math.ceil(time.time() + self.lease_s), list(recipient_ids), self.owner))  # fmt: skip
 
-    def update_recipients(self, updates: Sequence[RecipientUpdate]) -> None:
-        super().update_recipients(updates)
+    def update_recipients(self, updates: Sequence[RecipientUpdate], trace: Sequence[TraceEvent] = ()) -> None:
+        super().update_recipients(updates, trace)
         self.release_leases([u.recipient_id for u in updates])
 
     def release_leases(self, recipient_ids: Sequence[int] | None = None) -> None:
@@ -280,6 +282,7 @@ class PgStore:
         self.mail = PgMail(self.database, self.committer)
         self.queue = PgQueue(self.database, lease_s)
         self.sieve = SqlSieve(self.database)
+        self.trace = SqlTrace(self.database)
         self.abuse = PgAbuseStore(self.database)
 
     def recover(self) -> int:

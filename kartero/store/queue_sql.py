@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kartero.mail.trace import TraceEvent
 from kartero.store.interface import (
     Delivery,
     FailedRecipient,
@@ -26,6 +27,7 @@ from kartero.store.interface import (
 )
 from kartero.store.sql import SqlConnection, SqlDatabase
 from kartero.store.sqlite_db import drop_unreferenced_blobs
+from kartero.store.trace_sql import deleted_rows, insert_rows, trace_rows
 
 OPEN_STATES = (QueueState.PENDING.value, QueueState.DEFERRED.value)
 
@@ -107,11 +109,13 @@ class SQLiteQueue:
             for r in rows
         ]
 
-    def update_recipients(self, updates: Sequence[RecipientUpdate]) -> None:
+    def update_recipients(self, updates: Sequence[RecipientUpdate], trace: Sequence[TraceEvent] = ()) -> None:
         if not updates:
             return
         now = int(time.time())
+        events, addresses = trace_rows(trace)  # made before the write lock is taken
         with self._write() as db:
+            insert_rows(db, events, addresses)
             db.executemany(
                 "UPDATE queue_recipients SET state = ?, attempts = ?, next_attempt_at = ?, last_reply = ?,"
                 " updated_at = ?, status = ?, remote_mta = ?, reported = ? WHERE id = ?",
@@ -213,6 +217,7 @@ class SQLiteQueue:
         with self._write() as db:
             if db.execute("SELECT 1 FROM queue WHERE id = ?", (queue_id,)).fetchone() is None:
                 return False
+            insert_rows(db, deleted_rows(db, queue_id, OPEN_STATES, time.time()), ())
             self._remove_entries(db, [queue_id])
         return True
 

@@ -8,7 +8,8 @@ the group commit, compaction, releasing expunged bodies):
 - `mail` (`mailboxes.SQLiteMail`): mailboxes, messages, flags, MODSEQs, METADATA, the change feed, bodies
   and deliveries;
 - `queue` (`queue_sql.SQLiteQueue`): the outbound queue;
-- `sieve` (`sieve_sql.SqlSieve`): Sieve scripts.
+- `sieve` (`sieve_sql.SqlSieve`): Sieve scripts;
+- `trace` (`trace_sql.SqlTrace`): the message trace.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from kartero.store.queue_sql import SQLiteQueue
 from kartero.store.segments import Segments
 from kartero.store.sieve_sql import SqlSieve
 from kartero.store.sqlite_db import SCHEMA_VERSION, Database
+from kartero.store.trace_sql import SqlTrace
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -46,6 +48,7 @@ class SQLiteStore:
         self.mail = SQLiteMail(self.database, self.committer)
         self.queue = SQLiteQueue(self.database)
         self.sieve = SqlSieve(self.database)
+        self.trace = SqlTrace(self.database)
         self.abuse: AbuseStore | None = None  # one process: the abuse counts stay in its memory
 
     def recover(self) -> int:

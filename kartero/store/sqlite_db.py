@@ -166,6 +166,24 @@ CREATE TABLE IF NOT EXISTS web_sessions (  -- signed-in browsers, by the SHA-256
     expires_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS web_sessions_expiry ON web_sessions (expires_at);
+CREATE TABLE IF NOT EXISTS trace_events (   -- the message trace (store/trace_sql.py), kept for [trace] keep
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,                 -- milliseconds since the epoch
+    message_id TEXT NOT NULL,               -- Kartero's id of the message (time-ordered: store/ids.py)
+    kind TEXT NOT NULL,                     -- kartero.mail.trace.TraceKind
+    queue_id TEXT,
+    header_id TEXT,                         -- the Message-ID field, without angle brackets
+    detail TEXT NOT NULL                    -- the other fields, JSON
+);
+CREATE INDEX IF NOT EXISTS trace_events_message ON trace_events (message_id);
+CREATE INDEX IF NOT EXISTS trace_events_queue ON trace_events (queue_id) WHERE queue_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS trace_events_header ON trace_events (header_id, message_id) WHERE header_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS trace_addresses (  -- the addresses each traced message names, for the search
+    id INTEGER PRIMARY KEY,
+    address TEXT NOT NULL,                  -- trace_sql.address_key()
+    message_id TEXT NOT NULL                -- time-ordered (store/ids.py): a time range is a range of ids
+);
+CREATE INDEX IF NOT EXISTS trace_addresses_address ON trace_addresses (address, message_id);
 """
 
 
