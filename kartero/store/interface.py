@@ -827,6 +827,12 @@ class TraceStore(Protocol):
         address, Message-ID, id or time) and reads a bounded number of rows."""
         ...
 
+    def activity(self, since: float, until: float) -> dict[tuple[int, str], int]:
+        """Events per (hour start in seconds since the epoch, kind) in [since, until), counted over the
+        messages received from a day before `since` on (on the ids' index; a bounded number of rows):
+        the dashboard's chart."""
+        ...
+
     def expire(self, before: float, max_rows: int) -> int:
         """Delete at most `max_rows` events (and as many address index rows) older than `before` (seconds
         since the epoch), oldest first; returns how many went. Idempotent: every node may run it."""

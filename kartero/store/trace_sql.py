@@ -119,6 +119,12 @@ def deleted_rows(db: SqlConnection, queue_id: str, open_states: Sequence[str], a
     return trace_rows(events)[0]
 
 
+# The dashboard's activity counts the events of messages received at most this long before its window
+# (a message deferred for longer shows in the trace, not on the chart), and reads at most so many rows.
+ACTIVITY_LOOKBACK_S = 86400.0
+MAX_ACTIVITY_ROWS = 2_000_000
+
+
 class SqlTrace:
     """TraceStore over a Database (SQLite or PostgreSQL: the same SQL)."""
 
@@ -144,6 +150,19 @@ class SqlTrace:
             going = [(r[0],) for r in oldest.fetchall() if r[1] < cutoff]
             db.executemany("DELETE FROM trace_addresses WHERE id = ?", going)
         return gone + len(going)
+
+    def activity(self, since: float, until: float) -> dict[tuple[int, str], int]:
+        events: dict[tuple[int, str], int] = {}
+        rows = self._db().execute(
+            "SELECT at_ms / 3600000, kind, COUNT(*) FROM (SELECT at_ms, kind FROM trace_events"
+            " WHERE message_id >= ? AND message_id < ? LIMIT ?) AS recent WHERE at_ms >= ? AND at_ms < ?"
+            " GROUP BY at_ms / 3600000, kind",
+            (id_at(since - ACTIVITY_LOOKBACK_S), id_at(until), MAX_ACTIVITY_ROWS, int(since * 1000),
+             int(until * 1000)),
+        )  # fmt: skip
+        for hour, kind, count in rows:
+            events[(int(hour) * 3600, str(kind))] = int(count)
+        return events
 
     def search(self, query: TraceQuery) -> TraceResult:
         db = self._db()

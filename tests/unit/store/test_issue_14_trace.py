@@ -158,3 +158,18 @@ def test_issue_14_every_search_reads_an_index_a_bounded_number_of_rows(sqlite_st
                 "SELECT id FROM trace_events WHERE message_id < ? LIMIT ?"):  # fmt: skip
         plan = " ".join(str(r[3]) for r in db.execute("EXPLAIN QUERY PLAN " + sql, [""] * sql.count("?")))
         assert "SCAN" not in plan and "TEMP B-TREE" not in plan and "USING" in plan, (sql, plan)
+
+
+def test_issue_14_activity_counts_events_per_hour_and_kind(store: SQLiteStore) -> None:
+    """The dashboard's chart: events of the window by the hour, kind by kind, nothing outside it."""
+    hour = 3600 * (int(T0) // 3600 + 1)
+    early, _ = accept(store, hour - 100)  # before the window: its received/stored/queued do not count
+    accept(store, hour + 10)
+    accept(store, hour + 3600 + 5)
+    store.trace.record([TraceEvent(TraceKind.DELIVERED, hour + 20, early, recipient="carol@example.org"),
+                        TraceEvent(TraceKind.DEFERRED, hour + 7300, early, recipient="carol@example.org")])
+    counts = store.trace.activity(hour, hour + 7200)
+    assert counts == {
+        (hour, "received"): 1, (hour, "stored"): 1, (hour, "queued"): 1, (hour, "delivered"): 1,
+        (hour + 3600, "received"): 1, (hour + 3600, "stored"): 1, (hour + 3600, "queued"): 1,
+    }  # fmt: skip
