@@ -115,6 +115,8 @@ class Operations:
 
     def add_account(self, address: str, password: str, *, is_admin: bool = False, quota: str = "") -> AccountInfo:
         _check_password(password)
+        if quota.strip():
+            parse_quota(quota)  # a bad size is refused before the account exists, not after
         try:
             account = self.directory.add_user(address, password, is_admin=is_admin)
         except DirectoryError as exc:
@@ -134,10 +136,7 @@ class Operations:
 
     def set_quota(self, address: str, size: str) -> AccountInfo:
         """`size` like "500M" or "2G", "0" for none, "default" for [limits] default_quota."""
-        text = size.strip().lower()
-        limit = None if text == "default" else parse_size(text)
-        if limit is None and text != "default":
-            raise OpError(400, f'not a size: {size[:40]!r} (like "500M", "2G", "0" for none, or "default")')
+        limit = parse_quota(size)
         try:
             address = self.directory.set_quota(address, limit)
         except DirectoryError as exc:
@@ -239,6 +238,8 @@ class Operations:
         default = DEFAULT_SELECTOR if algorithm == "rsa" else f"{DEFAULT_SELECTOR}-ed"
         try:
             selector = check_selector(selector.strip() or default)
+            if any(key.selector == selector for key in self.dkim_keys().get(domain, [])):
+                raise OpError(409, f"selector {selector!r} of {domain} already has a key")
             put = getattr(self.store, "put_dkim_key", None)
             if self.config.store.is_postgresql and put is not None:
                 from kartero.mailauth.dkim import new_private_key
@@ -269,6 +270,17 @@ class Operations:
         if domain not in self.config.domains:
             raise OpError(404, f"{domain} is not one of the local domains")
         return domain
+
+
+def parse_quota(size: str) -> int | None:
+    """A quota as `set_quota` takes it: bytes, or None for "default". Raises OpError (400)."""
+    text = size.strip().lower()
+    if text == "default":
+        return None
+    limit = parse_size(text) if len(text) <= 40 else None  # the regex sees no more than that
+    if limit is None:
+        raise OpError(400, f'not a size: {size[:40]!r} (like "500M", "2G", "0" for none, or "default")')
+    return limit
 
 
 def _check_password(password: str) -> None:
