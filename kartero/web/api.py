@@ -20,7 +20,8 @@ from functools import partial
 from aiohttp import web
 
 from kartero.log import kv
-from kartero.store.interface import QueueEntry, QueueState, QuotaUsage
+from kartero.mail.trace import message_dict
+from kartero.store.interface import MAX_TRACE_RESULTS, QueueEntry, QueueState, QuotaUsage
 from kartero.web import auth
 from kartero.web.context import CONTEXT
 from kartero.web.endpoints import PREFIX, Access, Call, Endpoint, Param, document, parse_params
@@ -104,6 +105,19 @@ DNS_CHECK = Obj((
     Prop("detail", Str(4000, description="what was found, or the record to publish"), True),
     Prop("required", Bool("false: recommended only"), True),
 ), name="DnsCheck")  # fmt: skip
+
+
+TRACED = Obj((
+    Prop("id", Str(64, description="Kartero's id of the message"), True),
+    Prop("header_id", Nullable(Str(256, description="its Message-ID field")), True),
+    Prop("queue_ids", Arr(Str(64), "its queue entries (remote recipients)"), True),
+    Prop("received_at", Str(30, description="RFC 3339, UTC"), True),
+    Prop("sender", Nullable(Str(auth.MAX_ADDRESS)), True),
+    Prop("outcomes", Map(Str(16), "each recipient's state as its latest event says"), True),
+    Prop("events", Arr(Opaque("an event: at (RFC 3339), kind, message_id, and the details that are set "
+                              "(sender, recipients, recipient, listener, client, helo, tls, user, checks, "
+                              "mailbox, remote, reply, status, attempt, size, note, ...)")), True),
+), name="TracedMessage")  # fmt: skip
 
 
 def _page(*props: Prop) -> Obj:
@@ -276,6 +290,14 @@ def _store_stats(ops: Operations) -> tuple[list[QueueEntry], list[QuotaUsage]]:
     return ops.queue(), list(ops.store.mail.quota_usage().values())
 
 
+async def trace(call: Call) -> object:
+    since, until = call.number("since"), call.number("until")
+    search = partial(call.ctx.ops.trace, address=call.text("address"), message_id=call.text("message_id"),
+                     id=call.text("id"), since=since or None, until=until or None, limit=call.number("limit"))
+    found = await call.ctx.run(search)
+    return {"messages": [message_dict(m) for m in found.messages], "more": found.more}
+
+
 async def openapi(call: Call) -> object:
     return call.request.app[_OPENAPI]
 
@@ -387,6 +409,20 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Prop("store", Obj((Prop("accounts", Int(0, 2**63 - 1), True), Prop("messages", Int(0, 2**63 - 1), True),
                            Prop("bytes", Int(0, 2**63 - 1, "the size of every account's mail"), True))), True),
     ))),
+    _endpoint("GET", "/trace", trace, "Search the message trace", Obj((
+        Prop("messages", Arr(TRACED), True),
+        Prop("more", Bool("the limit cut the list: narrow the search"), True))),
+        query=(Param("address", Str(auth.MAX_ADDRESS), "the sender, a recipient, an account reached or a "
+                     "forwarding address (the domain in any case, U-label or A-label)", ""),
+               Param("message_id", Str(998), "the Message-ID field, with or without angle brackets", ""),
+               Param("id", Str(64), "one of Kartero's ids: a message's (250 ... accepted as ID) or a queue "
+                     "entry's", ""),
+               Param("since", TIME, "messages whose latest event is at or after this (0: no bound)", 0),
+               Param("until", TIME, "... and before this (0: no bound)", 0),
+               Param("limit", Int(1, MAX_TRACE_RESULTS), "how many messages at most", 50)),
+        description="Each message with its path (received, stored, queued, each delivery attempt with the "
+                    "remote reply, bounces and notices), newest first; nothing of the message's content is "
+                    "kept. Every criterion given must match."),
     _endpoint("GET", "/openapi.json", openapi, "This document (OpenAPI 3.1)",
               Opaque("an OpenAPI 3.1 document"), access=Access.PUBLIC),
 )  # fmt: skip

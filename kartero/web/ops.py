@@ -27,7 +27,7 @@ from kartero.mailauth.dkim import (
     load_keys,
 )
 from kartero.mailauth.dnscheck import Check, check_domain
-from kartero.store.interface import AccountExists, QueueEntry, Store
+from kartero.store.interface import MAX_TRACE_RESULTS, AccountExists, QueueEntry, Store, TraceQuery, TraceResult
 
 MAX_PASSWORD = 1024  # argon2 hashes anything; a megabyte "password" is only a way to burn CPU
 PAGE = 100  # rows per page of a list
@@ -253,6 +253,24 @@ class Operations:
         except DKIMError as exc:
             raise OpError(409 if "already" in str(exc) else 400, str(exc)) from None
         return _key_info(key)
+
+    # -- the message trace ---------------------------------------------------------------------------
+
+    def trace(self, *, address: str = "", message_id: str = "", id: str = "", since: float | None = None,
+              until: float | None = None, limit: int = 50) -> TraceResult:
+        """Messages whose path matches every criterion given, newest first (see `TraceQuery`)."""
+        if since is not None and until is not None and since >= until:
+            raise OpError(400, "since must be before until")
+        if not 1 <= limit <= MAX_TRACE_RESULTS:
+            raise OpError(400, f"limit must be 1 to {MAX_TRACE_RESULTS}")
+        query = TraceQuery(address.strip() or None, message_id.strip() or None, id.strip() or None, since, until,
+                           limit)  # fmt: skip
+        return self.store.trace.search(query)
+
+    def activity(self, now: float, hours: int = 24) -> dict[tuple[int, str], int]:
+        """Trace events per (hour, kind) over the last `hours` whole hours and the current one."""
+        start = (int(now) // 3600 - hours + 1) * 3600
+        return self.store.trace.activity(start, now + 1)
 
     # -- helpers -------------------------------------------------------------------------------------
 

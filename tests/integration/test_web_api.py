@@ -205,6 +205,22 @@ def test_queue_retry_and_delete(server: KarteroServer) -> None:
         for method, path in (("GET", ""), ("POST", "/retry"), ("DELETE", "")):
             assert (await api(method, f"/queue/{queue_id}{path}"))[:2] == \
                 (404, {"error": f"no queued message {queue_id}"})  # fmt: skip
+        # The message's path, found by its queue id and by the recipient's address (domain in any case).
+        status, found, _ = await api("GET", f"/trace?id={queue_id}")
+        assert status == 200 and found["more"] is False and len(found["messages"]) == 1, found
+        (traced,) = found["messages"]
+        assert traced["queue_ids"] == [queue_id] and traced["sender"] == BOB
+        assert [e["kind"] for e in traced["events"]] == ["received", "queued", "deferred", "deferred", "deleted"]
+        received, _, first, second, _ = traced["events"]
+        assert (received["listener"], received["user"], received["helo"]) == ("submission", BOB, "laptop.example")
+        assert "Subject" not in json.dumps(traced)  # nothing of the message itself
+        assert (first["attempt"], second["attempt"]) == (1, 2) and first["reply"] and first["recipient"] == \
+            "dave@remote.test"  # fmt: skip
+        assert traced["outcomes"] == {"dave@remote.test": "deleted"}
+        status, by_address, _ = await api("GET", "/trace?address=dave@REMOTE.test&limit=5")
+        assert status == 200 and [m["id"] for m in by_address["messages"]] == [traced["id"]]
+        assert (await api("GET", "/trace", token=api.bob))[0] == 403
+        assert (await api("GET", "/trace?since=20&until=10"))[:2] == (400, {"error": "since must be before until"})
 
     run(body, server)
 
