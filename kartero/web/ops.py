@@ -72,6 +72,15 @@ class DkimKeyInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSize:
+    mail_bytes: int  # RFC822.SIZE of every stored message, as quotas count it
+    messages: int
+    queue_bytes: int
+    queued: int  # messages in the queue
+    accounts: int
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     """One page of a longer list; `total` counts them all."""
 
@@ -239,6 +248,8 @@ class Operations:
         default = DEFAULT_SELECTOR if algorithm == "rsa" else f"{DEFAULT_SELECTOR}-ed"
         try:
             selector = check_selector(selector.strip() or default)
+            if any(k.selector == selector for k in self.dkim_keys().get(domain, [])):
+                raise DKIMError(f"selector {selector!r} of {domain} already has a key")
             put = getattr(self.store, "put_dkim_key", None)
             if self.config.store.is_postgresql and put is not None:
                 from kartero.mailauth.dkim import new_private_key
@@ -269,6 +280,16 @@ class Operations:
         if domain not in self.config.domains:
             raise OpError(404, f"{domain} is not one of the local domains")
         return domain
+
+    # -- the web admin's dashboard (issue 14, the admin pages' branch) ------------------------------
+
+    def store_size(self) -> StoreSize:
+        """What the mailboxes and the queue hold, from the counters the store keeps with every change
+        (a sum over accounts and queue entries, never a walk over the message files)."""
+        usage = self.store.mail.quota_usage()
+        entries = self.store.queue.queue_entries()
+        return StoreSize(sum(u.used_bytes for u in usage.values()), sum(u.messages for u in usage.values()),
+                         sum(e.size for e in entries), len(entries), len(usage))  # fmt: skip
 
 
 def _check_password(password: str) -> None:
