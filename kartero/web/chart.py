@@ -73,7 +73,8 @@ def activity_svg(buckets: Sequence[Bucket]) -> str:
     for i, bucket in enumerate(buckets):
         if i % 6 == 0:
             label = time.strftime("%H:%M", time.gmtime(bucket.start))
-            parts.append(f'<text class="axis" x="{x(i)}" y="{HEIGHT - 6}" text-anchor="middle">{label}</text>')
+            anchor = "start" if i == 0 else "middle"  # the first clears the y axis' labels
+            parts.append(f'<text class="axis" x="{x(i)}" y="{HEIGHT - 6}" text-anchor="{anchor}">{label}</text>')
     for name in SERIES:
         points = " ".join(f"{x(i)},{y(getattr(b, name))}" for i, b in enumerate(buckets))
         parts.append(f'<polyline class="series {name}" fill="none" points="{points}"><title>{name}</title></polyline>')

@@ -142,6 +142,15 @@ def _size(size: int) -> str:
     return f"{size} B" if power == 0 else f"{value:.1f} {units[power]}"
 
 
+def _duration(seconds: float) -> str:
+    """3 d 5 h, 5 h 12 min, 4 min."""
+    minutes = int(seconds // 60)
+    days, hours, minutes = minutes // 1440, minutes % 1440 // 60, minutes % 60
+    if days:
+        return f"{days} d {hours} h"
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
+
+
 # -- dashboard -----------------------------------------------------------------------------------------
 
 
@@ -169,7 +178,8 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
                  connections=ctx.connections(), size=size, mail_size=_size(size.mail_bytes),
                  queue_bytes=_size(size.queue_bytes), expiry=expiry, days_left=days_left,
                  chart=Markup(activity_svg(buckets)) if buckets is not None else None,
-                 totals=totals(buckets or []), series=SERIES, uptime_s=int(time.time() - ctx.started_at))  # fmt: skip
+                 totals=totals(buckets or []), series=SERIES, uptime=_duration(time.time() - ctx.started_at),
+                 started_at=ctx.started_at)  # fmt: skip
 
 
 # -- accounts ------------------------------------------------------------------------------------------
