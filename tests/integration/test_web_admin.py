@@ -354,3 +354,24 @@ def test_dashboard_and_domains(site: Site) -> None:
             assert status == 200 and "clipboard" in script
 
     run(body())
+
+
+def test_the_dashboard_shows_the_certificate_reloaded_on_sighup(site: Site) -> None:
+    import signal
+
+    from kartero.tls import make_self_signed
+
+    tls = site.server.root / "tls"
+    make_self_signed(tls / "cert.pem", tls / "key.pem", [site.server.hostname], days=10)
+    assert site.server.process is not None
+    site.server.process.send_signal(signal.SIGHUP)
+    site.server.wait_events("tls.reloaded", 1)
+
+    async def body() -> None:
+        async with Browser(site.server.http_url) as admin:
+            await admin.login(ADMIN, PASSWORD)
+            _, page, _ = await admin.get("/admin/")
+            assert 'id="cert-days">9 days' in page  # 10 days from a moment ago
+            assert '<div class="tile warn">' in page
+
+    run(body())
