@@ -142,6 +142,14 @@ def _size(size: int) -> str:
     return f"{size} B" if power == 0 else f"{value:.1f} {units[power]}"
 
 
+def _quota(size: int) -> str:
+    """A quota as an admin types it (config.parse_size reads it back): 2G, 500M, 1536Mi, 0."""
+    for unit, factor in (("G", 10**9), ("Gi", 2**30), ("M", 10**6), ("Mi", 2**20), ("k", 10**3), ("Ki", 2**10)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
 def _duration(seconds: float) -> str:
     """3 d 5 h, 5 h 12 min, 4 min."""
     minutes = int(seconds // 60)
@@ -196,7 +204,7 @@ async def accounts(request: web.Request, message: str = "", status: int = 200,
     pages = {"previous": _url("/admin/accounts", q=search, offset=str(max(0, offset - PAGE))) if offset else "",
              "next": _url("/admin/accounts", q=search, offset=str(offset + PAGE)) if offset + PAGE < total else ""}
     return _page(request, "admin/accounts.html", "accounts", status, message=message, accounts=found, total=total,
-                 search=search, offset=offset, pages=pages, size=_size, form=fields or {})  # fmt: skip
+                 search=search, offset=offset, pages=pages, size=_size, quota=_quota, form=fields or {})  # fmt: skip
 
 
 async def account_add(request: web.Request) -> web.StreamResponse:
@@ -226,7 +234,7 @@ async def account(request: web.Request, message: str = "", status: int = 200,
     except OpError as exc:
         return _page(request, "admin/error.html", "accounts", exc.status, title="No such account", message=exc.message)
     return _page(request, "admin/account.html", "accounts", status, message=message, account=info, size=_size,
-                 is_me=who.name == info.address)  # fmt: skip
+                 quota=_quota, is_me=who.name == info.address)  # fmt: skip
 
 
 async def _account_change(request: web.Request, change: str) -> web.StreamResponse:

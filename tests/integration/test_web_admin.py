@@ -173,7 +173,7 @@ def test_accounts_add_change_and_delete_with_confirmation(site: Site) -> None:
                 f"/admin/account?address={quote(new)}&done=account-added",
             )
             status, page, _ = await admin.get(response.headers["Location"])
-            assert status == 200 and "The account was added." in page and "1.9 GiB" in page
+            assert status == 200 and "The account was added." in page and "of 2G" in page and 'value="2G"' in page
             status, page, _ = await admin.post("/admin/accounts/add", form)
             assert status == 409 and f"account {new} already exists" in page
             status, page, _ = await admin.post("/admin/accounts/add", {**form, "address": "x@elsewhere.test"})
