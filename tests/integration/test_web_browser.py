@@ -2,8 +2,8 @@
 
 One server and one browser for the module. An admin signs in and adds an account and an alias through
 the forms, and that account receives mail to the alias over SMTP and reads it over IMAP; a message
-deferred to a closed port is retried from its queue page; a non-admin gets the 403 page; the dashboard
-is photographed.
+deferred to a closed port is retried from its queue page; a DKIM key is made and its record copied; a
+non-admin gets the 403 page; the dashboard is photographed.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def browser() -> Iterator[Any]:
         "--no-first-run",
     ):
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to see CSP violations
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         yield driver
@@ -153,6 +154,27 @@ def test_a_deferred_message_is_retried_from_the_queue_page(server: KarteroServer
     assert int(cell.text) > before
 
 
+def test_a_dkim_key_is_generated_and_its_record_copied(server: KarteroServer, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select
+
+    sign_in(browser, server, ADMIN)
+    browser.find_element(By.LINK_TEXT, "Domains").click()
+    form = wait(browser, ec.presence_of_element_located((By.CSS_SELECTOR, "form[action='/admin/domains/dkim']")))
+    Select(form.find_element(By.NAME, "algorithm")).select_by_value("ed25519")
+    form.find_element(By.NAME, "selector").send_keys("web")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(browser, ec.text_to_be_present_in_element((By.CSS_SELECTOR, "p.ok"), "A new DKIM key was made"))
+    record = browser.find_element(By.ID, "dkim-example.test-web")
+    assert record.text.startswith('web._domainkey.example.test. IN TXT "v=DKIM1; k=ed25519; p=')
+    button = browser.find_element(By.CSS_SELECTOR, "button.copy[data-copy='dkim-example.test-web']")
+    assert button.is_displayed()  # admin.js shows the buttons it can serve
+    button.click()
+    # Copied to the clipboard, or (where the browser refuses the clipboard) selected for Ctrl+C.
+    wait(browser, lambda d: button.text == "Copied" or d.execute_script("return String(getSelection())") == record.text)
+
+
 def test_a_non_admin_cannot_reach_the_admin(server: KarteroServer, browser: Any) -> None:
     from selenium.webdriver.common.by import By
 
@@ -175,3 +197,5 @@ def test_dashboard_screenshot(server: KarteroServer, browser: Any, tmp_path: Pat
     assert browser.save_screenshot(str(path))
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+    # No page of the module broke the Content-Security-Policy (an inline script or style would).
+    assert not [e for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
