@@ -130,7 +130,7 @@ def _url(path: str, **query: str) -> str:
 
 def _offset(request: web.Request) -> int:
     text = request.query.get("offset", "0")
-    return int(text) if text.isdigit() and len(text) < 10 else 0
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 10 else 0  # "²".isdigit() is True
 
 
 def _size(size: int) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kartero.config import parse_size
-from kartero.web.ui import _duration, _quota, _size
+from kartero.web.ui import _duration, _offset, _quota, _size
 
 
 def test_quotas_are_written_as_an_admin_types_them_and_read_back() -> None:
@@ -18,3 +18,13 @@ def test_sizes_and_durations_for_people() -> None:
         "0 B", "1023 B", "1.0 KiB", "1.5 KiB", "5.0 GiB", "3.0 TiB"]  # fmt: skip
     assert [_duration(s) for s in (59, 240, 3 * 3600 + 60 * 12, 3 * 86400 + 5 * 3600 + 59)] == [
         "0 min", "4 min", "3 h 12 min", "3 d 5 h"]  # fmt: skip
+
+
+class _Query:
+    def __init__(self, offset: str) -> None:
+        self.query = {"offset": offset}
+
+
+def test_issue_14_a_page_offset_is_a_small_ascii_number_or_zero() -> None:
+    got = [_offset(_Query(text)) for text in ("200", "-1", "²", "١٢", "9" * 12, "", "1e3")]  # type: ignore[arg-type]
+    assert got == [200, 0, 0, 0, 0, 0, 0]
