@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from markupsafe import Markup
 
+from kartero.auth.accounts import DirectoryError, parse_address
 from kartero.store.interface import QueueEntry, QueueState
 from kartero.web import auth
 from kartero.web.app import form, render, see_other
@@ -142,6 +143,14 @@ def _size(size: int) -> str:
     return f"{size} B" if power == 0 else f"{value:.1f} {units[power]}"
 
 
+def _is_self(who: auth.Principal, address: str) -> bool:
+    """Whether `address` names the signed-in admin's own account, however it is written."""
+    try:
+        return parse_address(address) == who.name
+    except DirectoryError:
+        return False
+
+
 def _quota(size: int) -> str:
     """A quota as an admin types it (config.parse_size reads it back): 2G, 500M, 1536Mi, 0."""
     for unit, factor in (("G", 10**9), ("Gi", 2**30), ("M", 10**6), ("Mi", 2**20), ("k", 10**3), ("Ki", 2**10)):
@@ -252,7 +261,7 @@ async def _account_change(request: web.Request, change: str) -> web.StreamRespon
             done = "quota"
         else:
             is_admin = fields.get("admin") == "on"
-            if not is_admin and address.strip().lower() == who.name.lower():
+            if not is_admin and _is_self(who, address):
                 raise OpError(409, "You cannot take away your own administrator rights (ask another admin).")
             address = (await ctx.run(ctx.ops.set_admin, address, is_admin)).address
             done = "admin-on" if is_admin else "admin-off"
@@ -296,7 +305,7 @@ async def account_delete(request: web.Request) -> web.StreamResponse:
     who, fields = posted
     ctx, address = request.app[CONTEXT], fields.get("address", "")
     try:
-        if address.strip().lower() == who.name.lower():
+        if _is_self(who, address):
             raise OpError(409, "You cannot delete the account you are signed in with.")
         await ctx.run(ctx.ops.delete_account, address)
     except OpError as exc:

@@ -198,6 +198,10 @@ def test_accounts_add_change_and_delete_with_confirmation(site: Site) -> None:
             assert ">admin<" in page
             status, page, _ = await admin.post("/admin/account/admin", {"csrf": csrf, "address": ADMIN, "admin": "off"})
             assert status == 409 and "your own administrator rights" in page
+            status, page, _ = await admin.post(
+                "/admin/account/admin", {"csrf": csrf, "address": " Admin@EXAMPLE.test", "admin": "off"}
+            )
+            assert status == 409 and "your own administrator rights" in page
             # Delete: a page asks first (a GET changes nothing), then the POST deletes.
             status, page, _ = await admin.get(f"/admin/account/delete?address={new}")
             assert status == 200 and f"Delete {new}?" in page and 'action="/admin/account/delete"' in page
