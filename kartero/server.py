@@ -73,7 +73,7 @@ from kartero.store.backends import AnyStore, open_store
 from kartero.store.interface import MailStore, MetadataChange
 from kartero.store.spool import spool_dir
 from kartero.store.sqlite import SQLiteStore
-from kartero.tls import make_self_signed, server_context
+from kartero.tls import certificate_expiry, make_self_signed, server_context
 
 if TYPE_CHECKING:
     from kartero.store.postgres import PgStore
@@ -168,6 +168,7 @@ class Server:
         self._runner: QueueRunner | None = None
         self._maildrop_wakeup = asyncio.Event()
         self._hooks: HookFilter | None = None
+        self._certificate_expiry: int | None = None  # read at start and on each SIGHUP, for the dashboard
 
     # -- TLS -----------------------------------------------------------------------------------------
 
@@ -179,9 +180,11 @@ class Server:
             make_self_signed(tls.cert, tls.key, [self.config.hostname, "localhost", "127.0.0.1"])
             log.info("%s", kv(event="tls.self_signed_created", cert=tls.cert))
         try:
-            return server_context(tls.cert, tls.key)
+            context = server_context(tls.cert, tls.key)
         except (OSError, ssl.SSLError) as exc:
             raise StartupError(f"{self.config.name}: [tls]: cannot load certificate {tls.cert}: {exc}") from None
+        self._certificate_expiry = certificate_expiry(tls.cert)
+        return context
 
     def reload_tls(self) -> None:
         """SIGHUP: load the certificate again. The context object stays the same (implicit-TLS listeners
@@ -509,8 +512,11 @@ class Server:
             wake_queue=self.wake_queue,
             connections=lambda: {name: admission.count(name) for name in admission.services},
             metrics=metrics.exposition,
+            certificate_expiry=lambda: self._certificate_expiry,
             started_at=time.time(),
         )
+        if config.trace.is_enabled:
+            ctx.activity = ctx.ops.activity
         http = HttpServer(build_app(ctx), admission)
         await http.start()
         for kind in HTTP_LISTENERS & set(config.listen):

@@ -27,6 +27,16 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
+def certificate_expiry(cert: Path) -> int | None:
+    """When the first (the server's own) certificate of the PEM chain `cert` expires, as unix time;
+    None when the file cannot be read or parsed (the dashboard then shows no date)."""
+    try:
+        first = x509.load_pem_x509_certificates(cert.read_bytes())[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    return int(first.not_valid_after_utc.timestamp())
+
+
 def make_self_signed(cert: Path, key: Path, names: list[str], *, days: int = 825) -> None:
     """Write a self-signed RSA-2048 certificate for `names` (first = CN) and its key (mode 0600)."""
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -69,10 +69,19 @@ def canonical_address(address: Address) -> str:
 
 
 def parse_address(text: str) -> str:
-    """Parse and canonicalize an address typed by an admin; raises DirectoryError."""
+    """Parse and canonicalize an address typed by an admin; raises DirectoryError.
+
+    A canonical address parses again to itself: `"a b"@x` is kept as `a b@x` (the local part
+    unquoted), and the web admin's forms send that form back, so a local part that only parses
+    quoted is tried quoted."""
+    text = text.strip()
     try:
-        return canonical_address(parse_mailbox(text.strip()))
+        return canonical_address(parse_mailbox(text))
     except AddressError as exc:
+        local, at, domain = text.rpartition("@")
+        if at and local and not local.startswith('"'):
+            with contextlib.suppress(AddressError):
+                return canonical_address(parse_mailbox(f"{Address(local, domain).quoted_local_part()}@{domain}"))
         raise DirectoryError(f"not a valid address: {text!r} ({exc})") from None
 
 

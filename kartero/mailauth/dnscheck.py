@@ -25,6 +25,7 @@ class Check:
     status: str  # ok, missing, wrong, error
     detail: str  # what was found, or what to publish
     required: bool = True
+    record: str = ""  # the record Kartero expects, in zone-file syntax ("" where none can be named)
 
 
 class _Lookup:
@@ -66,10 +67,10 @@ def _mx(look: _Lookup, domain: str, host: str) -> Check:
         return _failed("MX", domain)
     targets = [r.split()[-1].rstrip(".").lower() for r in found]
     if host.lower() in targets:
-        return Check("MX", "ok", " ".join(found))
+        return Check("MX", "ok", " ".join(found), record=fix)
     if not found:
-        return Check("MX", "missing", f"add: {fix}")
-    return Check("MX", "wrong", f"found MX {', '.join(found)}, none is {host}: add {fix}")
+        return Check("MX", "missing", f"add: {fix}", record=fix)
+    return Check("MX", "wrong", f"found MX {', '.join(found)}, none is {host}: add {fix}", record=fix)
 
 
 def _address(look: _Lookup, host: str) -> Check:
@@ -78,7 +79,8 @@ def _address(look: _Lookup, host: str) -> Check:
         return _failed("A/AAAA", host)
     if v4 or v6:
         return Check("A/AAAA", "ok", f"{host} has {', '.join((v4 or []) + (v6 or []))}")
-    return Check("A/AAAA", "missing", f"add: {host}. IN A <this server's public IPv4 address> (and AAAA for IPv6)")
+    return Check("A/AAAA", "missing", f"add: {host}. IN A <this server's public IPv4 address> (and AAAA for IPv6)",
+                 record=f"{host}. IN A <this server's public IPv4 address>")  # fmt: skip
 
 
 def _spf(look: _Lookup, domain: str) -> Check:
@@ -88,13 +90,14 @@ def _spf(look: _Lookup, domain: str) -> Check:
         return _failed("SPF", domain)
     spf = [r for r in found if r.lower() == "v=spf1" or r.lower().startswith("v=spf1 ")]
     if not spf:
-        return Check("SPF", "missing", f"add: {fix}")
+        return Check("SPF", "missing", f"add: {fix}", record=fix)
     if len(spf) > 1:
-        return Check("SPF", "wrong", f"{len(spf)} SPF records (receivers see a permerror): keep one, e.g. {fix}")
+        return Check("SPF", "wrong", f"{len(spf)} SPF records (receivers see a permerror): keep one, e.g. {fix}",
+                     record=fix)  # fmt: skip
     terms = spf[0].lower().split()
     if terms[-1] in ("-all", "~all") or any(t.startswith("redirect=") for t in terms):
-        return Check("SPF", "ok", spf[0])
-    return Check("SPF", "wrong", f'"{spf[0]}" does not end in -all or ~all: publish {fix}')
+        return Check("SPF", "ok", spf[0], record=fix)
+    return Check("SPF", "wrong", f'"{spf[0]}" does not end in -all or ~all: publish {fix}', record=fix)
 
 
 def _dkim(look: _Lookup, key: DKIMKey) -> Check:
@@ -105,11 +108,11 @@ def _dkim(look: _Lookup, key: DKIMKey) -> Check:
     if found is None:
         return _failed(name, key.record_name)
     if not found:
-        return Check(name, "missing", f"add: {fix}")
+        return Check(name, "missing", f"add: {fix}", record=fix)
     want = _tags(expected)
     if any(_tags(r).get("p") == want["p"] for r in found):
-        return Check(name, "ok", f"{key.record_name} publishes the {key.algorithm} key")
-    return Check(name, "wrong", f"{key.record_name} publishes another key: replace it with {fix}")
+        return Check(name, "ok", f"{key.record_name} publishes the {key.algorithm} key", record=fix)
+    return Check(name, "wrong", f"{key.record_name} publishes another key: replace it with {fix}", record=fix)
 
 
 def _dmarc(look: _Lookup, domain: str) -> Check:
@@ -119,33 +122,35 @@ def _dmarc(look: _Lookup, domain: str) -> Check:
         return _failed("DMARC", f"_dmarc.{domain}")
     records = [r for r in found if r.lstrip().startswith("v=DMARC1")]
     if not records:
-        return Check("DMARC", "missing", f"add: {fix}")
+        return Check("DMARC", "missing", f"add: {fix}", record=fix)
     if len(records) > 1:
-        return Check("DMARC", "wrong", f"{len(records)} DMARC records (receivers ignore all): keep one, e.g. {fix}")
+        return Check("DMARC", "wrong", f"{len(records)} DMARC records (receivers ignore all): keep one, e.g. {fix}",
+                     record=fix)  # fmt: skip
     if parse_record(records[0], domain) is None:
-        return Check("DMARC", "wrong", f'"{records[0]}" has no valid p=: publish {fix}')
-    return Check("DMARC", "ok", records[0])
+        return Check("DMARC", "wrong", f'"{records[0]}" has no valid p=: publish {fix}', record=fix)
+    return Check("DMARC", "ok", records[0], record=fix)
 
 
 def _mta_sts(look: _Lookup, domain: str) -> Check:
     found = look.records(f"_mta-sts.{domain}", "TXT")
     if found is None:
         return _failed("MTA-STS", f"_mta-sts.{domain}", required=False)
+    fix = f'_mta-sts.{domain}. IN TXT "v=STSv1; id=1"'
     if any(r.startswith("v=STSv1") for r in found):
-        return Check("MTA-STS", "ok", found[0], required=False)
-    return Check("MTA-STS", "missing", f'recommended: _mta-sts.{domain}. IN TXT "v=STSv1; id=1" and a policy at '
-                 f"https://mta-sts.{domain}/.well-known/mta-sts.txt (RFC 8461)", required=False)  # fmt: skip
+        return Check("MTA-STS", "ok", found[0], required=False, record=fix)
+    return Check("MTA-STS", "missing", f"recommended: {fix} and a policy at "
+                 f"https://mta-sts.{domain}/.well-known/mta-sts.txt (RFC 8461)", required=False,
+                 record=fix)  # fmt: skip
 
 
 def _tls_rpt(look: _Lookup, domain: str) -> Check:
     found = look.records(f"_smtp._tls.{domain}", "TXT")
     if found is None:
         return _failed("TLS-RPT", f"_smtp._tls.{domain}", required=False)
+    fix = f'_smtp._tls.{domain}. IN TXT "v=TLSRPTv1; rua=mailto:postmaster@{domain}"'
     if any(r.startswith("v=TLSRPTv1") for r in found):
-        return Check("TLS-RPT", "ok", found[0], required=False)
-    return Check("TLS-RPT", "missing",
-                 f'recommended: _smtp._tls.{domain}. IN TXT "v=TLSRPTv1; rua=mailto:postmaster@{domain}"',
-                 required=False)  # fmt: skip
+        return Check("TLS-RPT", "ok", found[0], required=False, record=fix)
+    return Check("TLS-RPT", "missing", f"recommended: {fix}", required=False, record=fix)
 
 
 def _ptr(look: _Lookup, host: str) -> list[Check]:
@@ -157,12 +162,12 @@ def _ptr(look: _Lookup, host: str) -> list[Check]:
         if found is None:
             checks.append(_failed("PTR", name, required=False))
         elif any(r.rstrip(".").lower() == host.lower() for r in found):
-            checks.append(Check("PTR", "ok", f"{address} -> {host}", required=False))
+            checks.append(Check("PTR", "ok", f"{address} -> {host}", required=False, record=f"{name} IN PTR {host}."))
         else:
             got = ", ".join(found) or "nothing"
             checks.append(Check("PTR", "wrong" if found else "missing",
                                 f"{address} points to {got}; ask the address's provider for {name} IN PTR {host}.",
-                                required=False))  # fmt: skip
+                                required=False, record=f"{name} IN PTR {host}."))  # fmt: skip
     return checks
 
 

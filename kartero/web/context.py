@@ -13,6 +13,7 @@ from kartero.auth.throttle import AuthThrottle
 from kartero.concurrency import Blocking
 from kartero.config import Config
 from kartero.store.interface import Store
+from kartero.web.chart import Bucket
 from kartero.web.ops import Operations
 
 # A store query or a password check; a DNS check waits for its lookups (each under [dns] timeout).
@@ -34,6 +35,9 @@ class WebContext:
     connections: Callable[[], dict[str, int]] = dict  # sessions open now, per service
     metrics: Callable[[], tuple[bytes, str]] | None = None  # the Prometheus exposition (body, content type)
     certificate_expiry: Callable[[], int | None] = lambda: None  # unix time the TLS certificate expires
+    # The dashboard chart's hourly counts over the last 24 h, oldest first (from the message trace);
+    # None: the dashboard says there is no activity data yet. Called in the worker pool.
+    activity: Callable[[], list[Bucket]] | None = None
     started_at: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dns.resolver
 
@@ -28,6 +28,7 @@ from kartero.mailauth.dkim import (
 )
 from kartero.mailauth.dnscheck import Check, check_domain
 from kartero.store.interface import MAX_TRACE_RESULTS, AccountExists, QueueEntry, Store, TraceQuery, TraceResult
+from kartero.web.chart import Bucket
 
 MAX_PASSWORD = 1024  # argon2 hashes anything; a megabyte "password" is only a way to burn CPU
 PAGE = 100  # rows per page of a list
@@ -72,6 +73,15 @@ class DkimKeyInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSize:
+    mail_bytes: int  # RFC822.SIZE of every stored message, as quotas count it
+    messages: int
+    queue_bytes: int
+    queued: int  # messages in the queue
+    accounts: int
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     """One page of a longer list; `total` counts them all."""
 
@@ -88,7 +98,6 @@ class Operations:
     store: Store
     directory: Directory
     resolver: Callable[[], dns.resolver.Resolver] | None = None  # a blocking resolver, for the DNS check
-    _dkim_cache: dict[str, list[DKIMKey]] = field(default_factory=dict)
 
     # -- accounts ------------------------------------------------------------------------------------
 
@@ -267,10 +276,20 @@ class Operations:
                            limit)  # fmt: skip
         return self.store.trace.search(query)
 
-    def activity(self, now: float, hours: int = 24) -> dict[tuple[int, str], int]:
-        """Trace events per (hour, kind) over the last `hours` whole hours and the current one."""
-        start = (int(now) // 3600 - hours + 1) * 3600
-        return self.store.trace.activity(start, now + 1)
+    def activity(self, now: float | None = None, hours: int = 24) -> list[Bucket]:
+        """The dashboard's chart: per hour over the last `hours` (the current one included), messages
+        received, delivered (into a local mailbox or to the remote server), deferred and bounced, from the
+        message trace (one aggregate over at most two days of trace rows, in the worker pool)."""
+        now = time.time() if now is None else now
+        first = (int(now) // 3600 - hours + 1) * 3600
+        counts = self.store.trace.activity(first, now + 1)
+        buckets = [
+            Bucket(hour, counts.get((hour, "received"), 0),
+                   counts.get((hour, "delivered"), 0) + counts.get((hour, "stored"), 0),
+                   counts.get((hour, "deferred"), 0), counts.get((hour, "bounced"), 0))
+            for hour in range(first, first + hours * 3600, 3600)
+        ]  # fmt: skip
+        return buckets
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -288,6 +307,16 @@ class Operations:
         if domain not in self.config.domains:
             raise OpError(404, f"{domain} is not one of the local domains")
         return domain
+
+    # -- the web admin's dashboard (issue 14, the admin pages' branch) ------------------------------
+
+    def store_size(self) -> StoreSize:
+        """What the mailboxes and the queue hold, from the counters the store keeps with every change
+        (a sum over accounts and queue entries, never a walk over the message files)."""
+        usage = self.store.mail.quota_usage()
+        entries = self.store.queue.queue_entries()
+        return StoreSize(sum(u.used_bytes for u in usage.values()), sum(u.messages for u in usage.values()),
+                         sum(e.size for e in entries), len(entries), len(usage))  # fmt: skip
 
 
 def parse_quota(size: str) -> int | None:

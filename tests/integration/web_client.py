@@ -56,3 +56,53 @@ class Browser:
             if cookie.key == name:
                 return cookie.value
         return None
+
+
+class StubMX:
+    """A remote MX on loopback that accepts the envelope up to RCPT and answers every RCPT with `reply`
+    (e.g. a 451 with markup in its text, to see how the admin pages show a remote server's words)."""
+
+    def __init__(self, reply: bytes, host: str = "127.0.0.1") -> None:
+        import socket
+        import threading
+
+        self.reply = reply
+        self.listener = socket.create_server((host, 0))
+        self.host, self.port = host, int(self.listener.getsockname()[1])
+        self.rcpts = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> StubMX:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.listener.close()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _session(self, conn: Any) -> None:
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"220 stub.remote.test ESMTP\r\n")
+            for line in lines:
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    conn.sendall(b"250 stub.remote.test\r\n")
+                elif verb == b"RCPT":
+                    self.rcpts += 1
+                    conn.sendall(self.reply + b"\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 2.0.0 Bye\r\n")
+                    return
+                elif verb == b"DATA":
+                    conn.sendall(b"554 5.5.1 No valid recipients\r\n")
+                else:
+                    conn.sendall(b"250 2.0.0 OK\r\n")

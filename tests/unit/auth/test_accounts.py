@@ -30,6 +30,18 @@ def test_canonical_addresses() -> None:
         parse_address("no-at-sign")
 
 
+def test_issue_14_a_canonical_address_parses_to_itself() -> None:
+    """The web admin sends an account's canonical address back in its forms: one whose local part
+    needed quotes must still name the same account."""
+    for typed in ('"<b>x"@example.test', '"a b"@Example.test', '"q\\"x"@example.test'):
+        canonical = parse_address(typed)
+        assert parse_address(canonical) == canonical
+    assert parse_address('"a b"@example.test') == "a b@example.test"
+    for bad in ("@example.test", "a@", "a b", "<>@", "a@bad..domain"):
+        with pytest.raises(DirectoryError):
+            parse_address(bad)
+
+
 def test_resolution_order(directory: Directory) -> None:
     directory.add_user("bob@example.test", "pw")
     directory.add_user("carol@example.test", "pw")
