@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -19,6 +21,7 @@ from aiohttp import web
 from markupsafe import Markup
 
 from kartero.auth.accounts import DirectoryError, parse_address
+from kartero.mail.trace import event_summary, format_at
 from kartero.store.interface import QueueEntry, QueueState
 from kartero.web import auth
 from kartero.web.app import form, render, see_other
@@ -26,13 +29,13 @@ from kartero.web.chart import SERIES, activity_svg, totals
 from kartero.web.context import CONTEXT
 from kartero.web.ops import PAGE, OpError, StoreSize
 
-# The admin's navigation: (path, label, key). The message trace page (on its own branch) adds
-# ("/admin/trace", "Trace", "trace") here.
+# The admin's navigation: (path, label, key).
 NAV: list[tuple[str, str, str]] = [
     ("/admin/", "Dashboard", "dashboard"),
     ("/admin/accounts", "Accounts", "accounts"),
     ("/admin/aliases", "Aliases", "aliases"),
     ("/admin/queue", "Queue", "queue"),
+    ("/admin/trace", "Trace", "trace"),
     ("/admin/domains", "Domains", "domains"),
 ]
 
@@ -83,6 +86,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/admin/queue/retry", queue_retry)
     app.router.add_get("/admin/queue/delete", queue_delete_confirm)
     app.router.add_post("/admin/queue/delete", queue_delete)
+    app.router.add_get("/admin/trace", trace)
     app.router.add_get("/admin/domains", domains)
     app.router.add_get("/admin/domains/check", domain_check)
     app.router.add_post("/admin/domains/dkim", dkim_generate)
@@ -475,3 +479,41 @@ async def dkim_generate(request: web.Request) -> web.StreamResponse:
     except OpError as exc:
         return await domains(request, exc.message, exc.status)
     return see_other(_url("/admin/domains", done="dkim"))
+
+
+# -- message trace -------------------------------------------------------------------------------------
+
+TRACE_FIELDS = ("address", "message_id", "id", "since", "until")
+TRACE_LIMIT = 50
+
+
+def _moment(text: str) -> float | None:
+    """A `datetime-local` field's value (`2026-11-30T14:05`, seconds optional), read as UTC."""
+    for pattern in ("%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            return datetime.strptime(text[:19], pattern).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            continue
+    raise OpError(400, f"not a time: {text[:40]!r} (like 2026-11-30T14:05, UTC)")
+
+
+async def trace(request: web.Request) -> web.StreamResponse:
+    """Where did a message go: a search by address, Message-ID, Kartero id or time (UTC), each message
+    found with its path (no JavaScript: each path is a <details> element)."""
+    who = await admin(request)
+    if isinstance(who, web.Response):
+        return who
+    ctx = request.app[CONTEXT]
+    asked = {name: request.query.get(name, "").strip()[:MAX_FIELD] for name in TRACE_FIELDS}
+    try:
+        since = _moment(asked["since"]) if asked["since"] else None
+        until = _moment(asked["until"]) if asked["until"] else None
+        found = await ctx.run(partial(ctx.ops.trace, address=asked["address"], message_id=asked["message_id"],
+                                      id=asked["id"], since=since, until=until, limit=TRACE_LIMIT))  # fmt: skip
+    except OpError as exc:
+        return _page(request, "admin/trace.html", "trace", exc.status, asked=asked, messages=[], more=False,
+                     searched=True, message=exc.message)  # fmt: skip
+    messages = [(m, m.outcomes(), [(format_at(e.at), e.kind.value, event_summary(e)) for e in m.events])
+                for m in found.messages]  # fmt: skip
+    return _page(request, "admin/trace.html", "trace", asked=asked, messages=messages, more=found.more,
+                 searched=any(asked.values()), format_at=format_at)  # fmt: skip

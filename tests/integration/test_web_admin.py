@@ -86,6 +86,7 @@ def pages(site: Site) -> list[str]:
         f"/admin/queue/delete?id={q}",
         "/admin/domains",
         "/admin/domains/check?domain=example.test",
+        f"/admin/trace?id={q}",
     ]
 
 
@@ -279,6 +280,8 @@ def test_user_and_remote_strings_are_escaped(site: Site) -> None:
                 f"/admin/accounts?q={quote(SCRIPT)}",
                 "/admin/queue",
                 f"/admin/queue/message?id={q}",
+                f"/admin/trace?id={q}",  # the remote reply in the deferral's event
+                f"/admin/trace?address={quote(SCRIPT)}@example.test",  # the search echoed in the form
             ]
             for path in shown:
                 status, page, _ = await admin.get(path)
@@ -383,5 +386,20 @@ def test_the_dashboard_shows_the_certificate_reloaded_on_sighup(site: Site) -> N
             _, page, _ = await admin.get("/admin/")
             assert 'id="cert-days">9 days' in page  # 10 days from a moment ago
             assert '<div class="tile warn">' in page
+
+    run(body())
+
+
+def test_trace_search_by_address_and_a_bad_time(site: Site) -> None:
+    async def body() -> None:
+        async with Browser(site.server.http_url) as admin:
+            await admin.login(ADMIN, PASSWORD)
+            status, page, _ = await admin.get("/admin/trace?address=carol%40REMOTE.test")
+            assert status == 200 and page.count('<li class="traced">') == 1
+            assert "carol@remote.test" in page and "deferred" in page and "via submission" in page
+            status, page, _ = await admin.get("/admin/trace?address=nobody%40example.test")
+            assert status == 200 and "No message matches." in page
+            status, page, _ = await admin.get("/admin/trace?since=yesterday")
+            assert status == 400 and "not a time: &#39;yesterday&#39;" in page
 
     run(body())

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import PASSWORD, KarteroServer, free_port, tls_context, wait_for
+from tests.integration.web_client import StubMX
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ADMIN, USER, SENDER = "admin@example.test", "bob@example.test", "alice@example.test"
@@ -25,12 +26,18 @@ WAIT_S = 20
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KarteroServer]:
+def sink() -> Iterator[StubMX]:
+    with StubMX(b"250 2.1.5 Ok") as mx:
+        yield mx
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, sink: StubMX) -> Iterator[KarteroServer]:
     closed = free_port()  # nothing listens there: each delivery attempt is refused at once
     server = KarteroServer(
         tmp_path_factory.mktemp("browser") / "k",
         http=True,
-        extra_config=f'[routes]\n"closed.test" = "127.0.0.1:{closed}"\n',
+        extra_config=f'[routes]\n"closed.test" = "127.0.0.1:{closed}"\n"sink.test" = "{sink.host}:{sink.port}"\n',
     )
     server.add_user(ADMIN, admin=True)
     server.add_user(USER)
@@ -173,6 +180,30 @@ def test_a_dkim_key_is_generated_and_its_record_copied(server: KarteroServer, br
     button.click()
     # Copied to the clipboard, or (where the browser refuses the clipboard) selected for Ctrl+C.
     wait(browser, lambda d: button.text == "Copied" or d.execute_script("return String(getSelection())") == record.text)
+
+
+def test_a_trace_search_shows_a_delivered_messages_path(server: KarteroServer, browser: Any, sink: StubMX) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    with smtplib.SMTP(server.host, server.submission_port, timeout=30) as client:
+        client.starttls(context=tls_context())
+        client.login(SENDER, PASSWORD)
+        client.sendmail(SENDER, ["frank@sink.test"],
+                        b"From: alice@example.test\r\nMessage-ID: <traced.1@example.test>\r\nSubject: x\r\n\r\nhi\r\n")
+    wait_for(lambda: sink.messages >= 1, WAIT_S)
+    sign_in(browser, server, ADMIN)
+    browser.find_element(By.LINK_TEXT, "Trace").click()
+    wait(browser, ec.presence_of_element_located((By.ID, "trace-search")))
+    submit(browser, "trace-search", message_id="traced.1@example.test")
+    wait(browser, ec.presence_of_element_located((By.ID, "trace-results")))
+    (traced,) = browser.find_elements(By.CSS_SELECTOR, "li.traced")
+    summary = traced.find_element(By.TAG_NAME, "summary").text
+    assert "frank@sink.test" in summary and "delivered" in summary and SENDER in summary
+    rows = [row.text for row in traced.find_elements(By.CSS_SELECTOR, "table.path tbody tr")]
+    assert [row.split()[1] for row in rows] == ["received", "queued", "delivered"], rows
+    assert "via submission" in rows[0] and f"user {SENDER}" in rows[0]
+    assert "said 250 2.0.0 Ok: queued as STUB1" in rows[2] and "attempt 1" in rows[2]
 
 
 def test_a_non_admin_cannot_reach_the_admin(server: KarteroServer, browser: Any) -> None:

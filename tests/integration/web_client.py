@@ -59,8 +59,8 @@ class Browser:
 
 
 class StubMX:
-    """A remote MX on loopback that accepts the envelope up to RCPT and answers every RCPT with `reply`
-    (e.g. a 451 with markup in its text, to see how the admin pages show a remote server's words)."""
+    """A remote MX on loopback that answers every RCPT with `reply` (e.g. a 451 with markup in its text,
+    to see how the admin pages show a remote server's words); after a 2xx it takes the message too."""
 
     def __init__(self, reply: bytes, host: str = "127.0.0.1") -> None:
         import socket
@@ -70,6 +70,7 @@ class StubMX:
         self.listener = socket.create_server((host, 0))
         self.host, self.port = host, int(self.listener.getsockname()[1])
         self.rcpts = 0
+        self.messages = 0
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
     def __enter__(self) -> StubMX:
@@ -102,6 +103,13 @@ class StubMX:
                 elif verb == b"QUIT":
                     conn.sendall(b"221 2.0.0 Bye\r\n")
                     return
+                elif verb == b"DATA" and self.reply.startswith(b"2"):  # took a recipient: take the message
+                    conn.sendall(b"354 go ahead\r\n")
+                    for data in lines:
+                        if data == b".\r\n":
+                            break
+                    self.messages += 1
+                    conn.sendall(b"250 2.0.0 Ok: queued as STUB1\r\n")
                 elif verb == b"DATA":
                     conn.sendall(b"554 5.5.1 No valid recipients\r\n")
                 else:
