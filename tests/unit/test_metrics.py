@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -128,15 +127,6 @@ class Passwords:
         return self.store.accounts.get_account(user) if password == "right" else None
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "data")
-    s.accounts.add_account("bob@example.test", "h")
-    s.start()
-    yield s
-    s.close()
-
-
 def _complete(out: bytearray) -> bool:
     """A whole reply arrived: the last line is a final one (`250 ...`, not `250-...`)."""
     if not out.endswith(b"\r\n"):
@@ -187,8 +177,9 @@ TOO_BIG = b"Subject: big\r\n\r\n" + b"x" * 990 + b"\r\n.\r\n", b"552 5.3.4"
 
 
 def test_issue_14_an_smtp_session_counts_its_connection_replies_refusals_message_and_commit(
-    store: SQLiteStore,
+    sqlite_store: SQLiteStore,
 ) -> None:
+    store = sqlite_store
     changes = Changes(
         s("kartero_connections_opened_total", listener="smtp"), s("kartero_connections_open", listener="smtp"),
         s("kartero_smtp_replies_total", listener="smtp", **{"class": "2xx"}),
@@ -233,7 +224,8 @@ def test_issue_14_an_smtp_session_counts_its_connection_replies_refusals_message
     }
 
 
-def test_issue_14_smtp_auth_failures_and_logins_are_counted_per_protocol(store: SQLiteStore) -> None:
+def test_issue_14_smtp_auth_failures_and_logins_are_counted_per_protocol(sqlite_store: SQLiteStore) -> None:
+    store = sqlite_store
     def plain(password: str) -> bytes:
         return b"AUTH PLAIN " + base64.b64encode(b"\0bob@example.test\0" + password.encode()) + b"\r\n"
 
@@ -260,12 +252,19 @@ def test_issue_14_smtp_auth_failures_and_logins_are_counted_per_protocol(store: 
 # -- the queue ------------------------------------------------------------------------------------------------
 
 
-def test_issue_14_deliveries_by_outcome_dsns_and_the_queue_gauges(store: SQLiteStore) -> None:
-    created_at = int(time.time()) - 600  # queued ten minutes ago
+def _queue_one(store: SQLiteStore, created_at: int) -> bytes:
     data = b"From: x@a.test\r\nSubject: queued\r\n\r\nbody\r\n"
     recipients = tuple(EnvelopeRecipient(a) for a in ("ok@a.test", "later@a.test", "gone@a.test"))
     outbound = Outbound("alice@example.test", recipients, int(Clock().now) + 86400)  # not expired for the runner
     store.mail.deliver(Delivery(new_message_id(), data, (), created_at, None, outbound)).result(10)
+    return data
+
+
+def test_issue_14_the_queue_and_store_gauges_and_the_commit_of_each_backend(store: SQLiteStore) -> None:
+    backend = "sqlite" if isinstance(store, SQLiteStore) else "postgresql"
+    changes = Changes(s("kartero_store_commit_seconds_count", backend=backend))
+    data = _queue_one(store, int(time.time()) - 600)  # queued ten minutes ago
+    assert changes.now() == {f"kartero_store_commit_seconds_count,backend={backend}": 1}
     unwatch = metrics.watch_store(partial(store_state, store))
     try:
         gauges = {f.name: f.samples[0].value for f in text_string_to_metric_families(metrics.exposition()[0].decode())
@@ -277,6 +276,10 @@ def test_issue_14_deliveries_by_outcome_dsns_and_the_queue_gauges(store: SQLiteS
     assert 600 <= gauges["kartero_queue_oldest_age_seconds"] < 700
     assert gauges["kartero_store_size_bytes"] >= len(data)
 
+
+def test_issue_14_deliveries_by_outcome_and_dsns(sqlite_store: SQLiteStore) -> None:
+    store = sqlite_store
+    _queue_one(store, int(time.time()))
     changes = Changes(*(s("kartero_deliveries_total", outcome=o) for o in ("delivered", "deferred", "bounced")),
                       s("kartero_dsns_sent_total", action="failed"))  # fmt: skip
     agent = ScriptedAgent({"ok@a.test": Delivered(replies.OK), "later@a.test": Deferred(replies.LOCAL_ERROR),
@@ -391,7 +394,7 @@ def test_issue_14_ten_thousand_unknown_imap_commands_leave_one_other_child() -> 
 
 def test_issue_14_the_vocabularies_cover_what_the_code_names() -> None:
     assert set(LISTENERS) <= metrics.LISTENERS
-    assert {o.value for o in Origin} - {"unknown"} <= metrics.ORIGINS
+    assert {o.value for o in Origin} - {"unknown", "append", "quota"} <= metrics.ORIGINS  # stored without intake
     assert {a.value for a in Action} == set(metrics.DSN_ACTIONS)
     assert COUNTED_COMMANDS | {f"UID {c}" for c in UID_SUBCOMMANDS} == metrics.IMAP_COMMANDS
     assert set(METRIC_REASONS.values()) <= metrics.REASONS
