@@ -4,6 +4,9 @@ store's SieveStore. `address` None means the global scripts (`include :global`, 
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 from kartero.auth.accounts import DirectoryError, parse_address
 from kartero.managesieve.connection import ManageSieveSettings
 from kartero.managesieve.syntax import check_name
@@ -66,3 +69,60 @@ def put(sieve: SieveStore, owner_id: int | None, name: str, data: bytes) -> None
     if problem is not None:
         raise ScriptProblem(problem)
     sieve.put_script(owner_id, name, text, LIMITS.max_scripts if owner_id is not None else 0)
+
+
+# -- the vacation reply a user sets on their web page ---------------------------------------------------
+
+VACATION_SCRIPT = "kartero-vacation"  # the script the web page writes; other scripts are the user's own
+_VACATION_MARK = "# kartero-vacation "  # first line: the form's values as JSON, read back by `read_vacation`
+MAX_VACATION_SUBJECT = 200
+MAX_VACATION_BODY = 10_000
+MAX_VACATION_DAYS = 90
+
+
+@dataclass(frozen=True, slots=True)
+class Vacation:
+    """What the vacation form asks: the reply's subject and text, and how often one sender gets it."""
+
+    subject: str = ""
+    body: str = ""
+    days: int = 7
+
+    def problem(self) -> str | None:
+        """Why the form cannot be saved, in words, or None."""
+        if not self.body.strip():
+            return "the reply's text is empty"
+        if len(self.subject) > MAX_VACATION_SUBJECT or len(self.body) > MAX_VACATION_BODY:
+            return f"the subject may have {MAX_VACATION_SUBJECT} characters, the text {MAX_VACATION_BODY}"
+        if not 1 <= self.days <= MAX_VACATION_DAYS:
+            return f"days must be 1 to {MAX_VACATION_DAYS}"
+        if any(c in self.subject for c in "\r\n") or not (self.subject + self.body.replace("\r", "").replace(
+                "\n", "")).isprintable():  # fmt: skip
+            return "the subject is one line, and neither may hold control characters"
+        return None
+
+
+def vacation_script(vacation: Vacation) -> str:
+    """The Sieve script (RFC 5230) for `vacation`, the values kept as JSON in its first line."""
+    text = vacation.body.replace("\r\n", "\n").replace("\n", "\r\n")
+    values = json.dumps({"subject": vacation.subject, "body": vacation.body, "days": vacation.days})
+    subject = f' :subject "{_quoted(vacation.subject)}"' if vacation.subject.strip() else ""
+    return (f"{_VACATION_MARK}{values}\r\nrequire [\"vacation\"];\r\n"
+            f"vacation :days {vacation.days}{subject} \"{_quoted(text)}\";\r\n")  # fmt: skip
+
+
+def read_vacation(script: str) -> Vacation | None:
+    """The form's values from a script `vacation_script` wrote (None for any other script)."""
+    first, _, _ = script.partition("\r\n")
+    if not first.startswith(_VACATION_MARK) or len(first) > 4 * (MAX_VACATION_BODY + MAX_VACATION_SUBJECT):
+        return None
+    try:
+        values = json.loads(first[len(_VACATION_MARK) :])
+        return Vacation(str(values["subject"]), str(values["body"]), int(values["days"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _quoted(text: str) -> str:
+    """A Sieve quoted string's content (RFC 5228 §2.4.2): backslash and double quote escaped."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')

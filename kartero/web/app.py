@@ -17,8 +17,10 @@ import jinja2
 from aiohttp import web
 
 from kartero.log import kv
+from kartero.sieve_scripts import MAX_VACATION_BODY, MAX_VACATION_DAYS, MAX_VACATION_SUBJECT, Vacation
 from kartero.web import auth
 from kartero.web.context import CONTEXT, WebContext
+from kartero.web.ops import OpError
 
 log = logging.getLogger("kartero.web")
 
@@ -46,6 +48,7 @@ def build_app(ctx: WebContext) -> web.Application:
     app.router.add_post("/login", user_login)
     app.router.add_post("/logout", logout)
     app.router.add_post("/password", change_password)
+    app.router.add_post("/vacation", change_vacation)
     app.router.add_get("/admin/login", admin_login_form)
     app.router.add_post("/admin/login", admin_login)
     app.router.add_post("/admin/logout", logout)
@@ -177,12 +180,40 @@ async def _user_login_form(request: web.Request, message: str = "", status: int 
     return await _login_form(request, "/login", "Sign in", message, status)
 
 
-async def user_home(request: web.Request, message: str = "", status: int = 200) -> web.Response:
+async def user_home(request: web.Request, message: str = "", status: int = 200,
+                    vacation: Vacation | None = None) -> web.Response:  # fmt: skip
     who = await auth.principal(request)
     if who is None or who.account is None or who.via != "session":
         return await _user_login_form(request)
-    return render(request, "user.html", status, message=message, csrf=who.csrf,
-                  changed=request.query.get("changed") == "1")  # fmt: skip
+    ctx = request.app[CONTEXT]
+    state = await ctx.run(ctx.ops.vacation, who.account.id)
+    done = {"1": "Your password was changed; other browsers were signed out.", "on": "Your vacation reply is on.",
+            "off": "Your vacation reply is off."}.get(request.query.get("changed", ""), "")  # fmt: skip
+    return render(request, "user.html", status, message=message, csrf=who.csrf, done=done, vacation=state,
+                  form=vacation or state.settings, max_days=MAX_VACATION_DAYS)  # fmt: skip
+
+
+async def change_vacation(request: web.Request) -> web.StreamResponse:
+    """Turn the vacation reply on (with the form's subject, text and days) or off."""
+    who = await auth.principal(request)
+    fields = await form(request)
+    if who is None or who.account is None or who.via != "session":
+        return see_other("/")
+    if not auth.check_csrf(request, who, fields.get("csrf", "")):
+        raise web.HTTPForbidden(text="missing or wrong CSRF token")
+    days = fields.get("days", "7").strip()
+    wanted = Vacation(fields.get("subject", "")[: MAX_VACATION_SUBJECT + 1],
+                      fields.get("body", "")[: MAX_VACATION_BODY + 1],
+                      int(days) if days.isascii() and days.isdigit() and len(days) < 4 else 0)  # fmt: skip
+    is_on = fields.get("action") == "on"
+    ctx = request.app[CONTEXT]
+    try:
+        await ctx.run(ctx.ops.set_vacation, who.account.id, wanted if is_on else None)
+    except OpError as exc:
+        return await user_home(request, exc.message, exc.status, wanted)
+    log.info("%s", kv(event="http.vacation", client=request.remote or "", user=who.account.address,
+                      state="on" if is_on else "off"))  # fmt: skip
+    return see_other(f"/?changed={'on' if is_on else 'off'}")
 
 
 async def change_password(request: web.Request) -> web.StreamResponse:
@@ -200,8 +231,6 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     if await auth.check_password(request, who.account.address, fields.get("current", "")) is None:
         return await user_home(request, "The current password is wrong.", 401)
     ctx = request.app[CONTEXT]
-    from kartero.web.ops import OpError
-
     try:
         await ctx.run(ctx.ops.set_password, who.account.address, new)
     except OpError as exc:

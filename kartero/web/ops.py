@@ -27,7 +27,16 @@ from kartero.mailauth.dkim import (
     load_keys,
 )
 from kartero.mailauth.dnscheck import Check, check_domain
-from kartero.store.interface import MAX_TRACE_RESULTS, AccountExists, QueueEntry, Store, TraceQuery, TraceResult
+from kartero.sieve_scripts import VACATION_SCRIPT, ScriptProblem, Vacation, put, read_vacation, vacation_script
+from kartero.store.interface import (
+    MAX_TRACE_RESULTS,
+    AccountExists,
+    QueueEntry,
+    Store,
+    TooManyScripts,
+    TraceQuery,
+    TraceResult,
+)
 from kartero.web.chart import Bucket
 
 MAX_PASSWORD = 1024  # argon2 hashes anything; a megabyte "password" is only a way to burn CPU
@@ -79,6 +88,13 @@ class StoreSize:
     queue_bytes: int
     queued: int  # messages in the queue
     accounts: int
+
+
+@dataclass(frozen=True, slots=True)
+class VacationState:
+    is_on: bool
+    settings: Vacation  # the page's last saved values (defaults when never saved)
+    other_active: str | None  # the name of the user's own active script, which the page leaves alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +278,40 @@ class Operations:
         except DKIMError as exc:
             raise OpError(409 if "already" in str(exc) else 400, str(exc)) from None
         return _key_info(key)
+
+    # -- a user's vacation reply ---------------------------------------------------------------------
+
+    def vacation(self, account_id: int) -> VacationState:
+        """The vacation reply the user's page shows: on when the page's script is the active one."""
+        active = self.store.sieve.active_script(account_id)
+        stored = self.store.sieve.get_script(account_id, VACATION_SCRIPT)
+        settings = read_vacation(stored) if stored is not None else None
+        is_on = active is not None and active[0] == VACATION_SCRIPT
+        other = active[0] if active is not None and not is_on else None
+        return VacationState(is_on, settings or Vacation(), other)
+
+    def set_vacation(self, account_id: int, vacation: Vacation | None) -> VacationState:
+        """Turn the reply on with `vacation`, or off (None). A script of the user's own that is active is
+        never replaced: the user's rules come first (they can add `vacation` to it, or deactivate it)."""
+        state = self.vacation(account_id)
+        if state.other_active is not None:
+            raise OpError(409, f"your own Sieve script {state.other_active!r} is active: add the reply to it, or "
+                               "deactivate it with your Sieve client first")  # fmt: skip
+        if vacation is None:
+            if state.is_on:
+                self.store.sieve.set_active(account_id, None)
+            return self.vacation(account_id)
+        problem = vacation.problem()
+        if problem is not None:
+            raise OpError(400, problem)
+        try:
+            put(self.store.sieve, account_id, VACATION_SCRIPT, vacation_script(vacation).encode())
+        except ScriptProblem as exc:
+            raise OpError(400, str(exc)) from None
+        except TooManyScripts:
+            raise OpError(409, "you have as many Sieve scripts as allowed: delete one of yours first") from None
+        self.store.sieve.set_active(account_id, VACATION_SCRIPT)
+        return self.vacation(account_id)
 
     # -- the message trace ---------------------------------------------------------------------------
 

@@ -4,6 +4,8 @@ session cookies and CSRF tokens, bearer tokens from `kartero token create`, the 
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import imaplib
 import re
 import smtplib
@@ -12,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import PASSWORD, KarteroServer, run_cli
+from tests.integration.harness import PASSWORD, KarteroServer, run_cli, wait_for
 from tests.integration.web_client import Browser, csrf_of
 
 ADMIN, USER = "admin@example.test", "bob@example.test"
@@ -224,3 +226,62 @@ def test_metrics_over_http_need_the_metrics_token(server: KarteroServer) -> None
             assert samples[("kartero_auth_failures_total", (("protocol", "http"),))] >= 1
 
     run(body())
+
+
+def test_user_sets_a_vacation_reply_that_answers_mail(server: KarteroServer) -> None:
+    address = "vic@example.test"
+    server.add_user(address)
+
+    async def body() -> None:
+        async with Browser(server.http_url) as browser:
+            await browser.login(address, PASSWORD, admin=False)
+            _, page, _ = await browser.get("/")
+            assert "Your vacation reply is <strong>off</strong>" in page
+            form = {"csrf": csrf_of(page), "action": "on", "subject": 'Away "for now"', "body": "Back on\nMonday.",
+                    "days": "3"}  # fmt: skip
+            assert (await browser.post("/vacation", {**form, "csrf": "wrong"}))[0] == 403
+            status, page, _ = await browser.post("/vacation", {**form, "days": "400"})
+            assert status == 400 and "days must be 1 to 90" in page and "Back on\nMonday." in page
+            status, _, response = await browser.post("/vacation", form)
+            assert (status, response.headers["Location"]) == (303, "/?changed=on")
+            _, page, _ = await browser.get("/?changed=on")
+            assert "Your vacation reply is on." in page and "&#34;for now&#34;" in page
+
+    run(body())
+    with smtplib.SMTP(server.host, server.port) as client:
+        client.sendmail("pat@remote.test", [address], b"From: pat@remote.test\r\nTo: vic@example.test\r\n"
+                        b"Subject: hello\r\n\r\nhi\r\n")
+    store = server.store()
+    try:
+        account = store.accounts.get_account(address)
+        assert account is not None
+        assert store.sieve.active_script(account.id) is not None
+        wait_for(lambda: any(r.address == "pat@remote.test" for e in store.queue.queue_entries() for r in e.recipients))
+        (reply,) = [e for e in store.queue.queue_entries() if e.recipients[0].address == "pat@remote.test"]
+        text = store.mail.read_message(reply.id)
+        parsed = email.message_from_bytes(text, policy=email.policy.default)
+        assert reply.sender == "" and parsed["Subject"] == 'Away "for now"' and b"Back on\r\nMonday." in text
+        store.sieve.put_script(account.id, "mine", 'require ["fileinto"];\r\nfileinto "Archive";\r\n')
+    finally:
+        store.close()
+
+    async def own_script_and_off() -> None:
+        async with Browser(server.http_url) as browser:
+            await browser.login(address, PASSWORD, admin=False)
+            _, page, _ = await browser.get("/")
+            status, _, _ = await browser.post("/vacation", {"csrf": csrf_of(page), "action": "off"})
+            assert status == 303
+            _, page, _ = await browser.get("/?changed=off")
+            assert "Your vacation reply is off." in page
+            store = server.store()
+            try:
+                store.sieve.set_active(account.id, "mine")
+            finally:
+                store.close()
+            _, page, _ = await browser.get("/")
+            assert "Your own Sieve script <strong>mine</strong> is active" in page
+            status, page, _ = await browser.post("/vacation", {"csrf": csrf_of(page), "action": "on", "body": "x",
+                                                               "days": "7"})  # fmt: skip
+            assert status == 409 and "your own Sieve script &#39;mine&#39; is active" in page
+
+    run(own_script_and_off())
