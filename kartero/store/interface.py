@@ -333,6 +333,7 @@ class QueueStats:
 
     messages: int
     oldest_created_at: int | None
+    waiting: int = 0  # recipients still to be tried (pending or deferred)
 
 
 class FlagOp(Enum):

@@ -210,8 +210,10 @@ class SQLiteQueue:
         return [QueueEntry(r[0], r[1], r[2], r[3], r[4], tuple(recipients.get(r[0], ()))) for r in rows]
 
     def queue_stats(self) -> QueueStats:
-        row = self._db().execute("SELECT COUNT(*), MIN(created_at) FROM queue").fetchone()
-        return QueueStats(int(row[0]), None if row[1] is None else int(row[1]))
+        db = self._db()
+        row = db.execute("SELECT COUNT(*), MIN(created_at) FROM queue").fetchone()
+        waiting = db.execute("SELECT COUNT(*) FROM queue_recipients WHERE state IN (?, ?)", OPEN_STATES).fetchone()
+        return QueueStats(int(row[0]), None if row[1] is None else int(row[1]), int(waiting[0]))
 
     def queue_delete(self, queue_id: str) -> bool:
         with self._write() as db:

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from kartero.log import kv
 from kartero.mail.trace import message_dict
-from kartero.store.interface import MAX_TRACE_RESULTS, QueueEntry, QueueState, QuotaUsage
+from kartero.store.interface import MAX_TRACE_RESULTS, QueueEntry, QueueState, QueueStats, QuotaUsage
 from kartero.web import auth
 from kartero.web.context import CONTEXT
 from kartero.web.endpoints import PREFIX, Access, Call, Endpoint, Param, document, parse_params
@@ -269,25 +269,22 @@ async def generate_dkim(call: Call) -> object:
 
 async def stats(call: Call) -> object:
     ctx = call.ctx
-    entries, usage = await ctx.run(_store_stats, ctx.ops)
+    queued, usage = await ctx.run(_store_stats, ctx.ops)
     now = time.time()
     return {
         "version": _VERSION,
         "started_at": int(ctx.started_at),
         "uptime_s": round(now - ctx.started_at, 3) if ctx.started_at else 0.0,
         "connections": ctx.connections(),
-        "queue": {
-            "messages": len(entries),
-            "recipients": sum(1 for e in entries for r in e.recipients if r.state in _OPEN),
-            "oldest_created_at": min((e.created_at for e in entries), default=None),
-        },
+        "queue": {"messages": queued.messages, "recipients": queued.waiting,
+                  "oldest_created_at": queued.oldest_created_at},
         "store": {"accounts": len(usage), "messages": sum(u.messages for u in usage),
                   "bytes": sum(u.used_bytes for u in usage)},
     }  # fmt: skip
 
 
-def _store_stats(ops: Operations) -> tuple[list[QueueEntry], list[QuotaUsage]]:
-    return ops.queue(), list(ops.store.mail.quota_usage().values())
+def _store_stats(ops: Operations) -> tuple[QueueStats, list[QuotaUsage]]:
+    return ops.store.queue.queue_stats(), list(ops.store.mail.quota_usage().values())
 
 
 async def trace(call: Call) -> object:

@@ -193,13 +193,12 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
     if isinstance(who, web.Response):
         return who
     ctx = request.app[CONTEXT]
-    entries = await ctx.run(ctx.ops.queue)
-    waiting = sum(1 for e in entries for r in e.recipients if r.state in (QueueState.PENDING, QueueState.DEFERRED))
+    queued = await ctx.run(ctx.ops.store.queue.queue_stats)  # two counts, never the whole queue
     size = await _store_size(request)
     buckets = await ctx.run(ctx.activity) if ctx.activity is not None else None
     expiry = ctx.certificate_expiry()
     days_left = None if expiry is None else int((expiry - time.time()) // 86400)
-    return _page(request, "admin/dashboard.html", "dashboard", queue_size=len(entries), waiting=waiting,
+    return _page(request, "admin/dashboard.html", "dashboard", queue_size=queued.messages, waiting=queued.waiting,
                  connections=ctx.connections(), size=size, mail_size=_size(size.mail_bytes),
                  queue_bytes=_size(size.queue_bytes), expiry=expiry, days_left=days_left,
                  chart=Markup(activity_svg(buckets)) if buckets is not None else None,
