@@ -212,7 +212,7 @@ class InProcessAdmin:
         )
         http = HttpServer(build_app(ctx), None)
         await http.start()
-        await http.listen(ListenAddress(self.server.host, self.server.http_port), None, reuse_port=False)
+        await http.listen("http", ListenAddress(self.server.host, self.server.http_port), None, reuse_port=False)
         self.stop_event = asyncio.Event()
         self.ready.set()
         await self.stop_event.wait()
@@ -247,6 +247,8 @@ def main() -> None:
             sign_in(driver, base)
             shoot(driver, base + "/admin/accounts", args.out / "admin-accounts.png", DESKTOP, "accounts")
             shoot(driver, base + "/admin/queue", args.out / "admin-queue.png", DESKTOP, "queue")
+            shoot(driver, base + "/admin/trace?address=jane.doe%40partner.example", args.out / "admin-trace.png",
+                  DESKTOP, "trace-results")  # fmt: skip
             shoot(
                 driver,
                 base + "/admin/domains/check?domain=example.org",
