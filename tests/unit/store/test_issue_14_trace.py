@@ -6,9 +6,14 @@ time, newest first; what the network chose is cut and cleaned; expiry goes in ba
 
 from __future__ import annotations
 
+import sqlite3
+
+import pytest
+
 from kartero.mail.envelope import EnvelopeRecipient
 from kartero.mail.replies import Reply
 from kartero.mail.trace import TraceEvent, TraceKind
+from kartero.store import commit
 from kartero.store.ids import new_message_id
 from kartero.store.interface import (
     Delivery,
@@ -158,3 +163,17 @@ def test_issue_14_every_search_reads_an_index_a_bounded_number_of_rows(sqlite_st
                 "SELECT id FROM trace_events WHERE message_id < ? LIMIT ?"):  # fmt: skip
         plan = " ".join(str(r[3]) for r in db.execute("EXPLAIN QUERY PLAN " + sql, [""] * sql.count("?")))
         assert "SCAN" not in plan and "TEMP B-TREE" not in plan and "USING" in plan, (sql, plan)
+
+
+def test_issue_14_a_trace_that_cannot_be_kept_costs_the_message_nothing(
+    sqlite_store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(commit, "insert_rows", broken)
+    message_id = made_at(T0)
+    stored = sqlite_store.mail.deliver_group([Delivery(message_id, MESSAGE, (DeliveryTarget(1),), int(T0))],
+                                             [received(message_id)]).result(10)  # fmt: skip
+    assert [[m.uid for m in s] for s in stored] == [[1]]
+    assert sqlite_store.trace.search(TraceQuery()).messages == ()
