@@ -528,7 +528,8 @@ class Intake:
         """The address of the account a recipient reached, when it is not the recipient itself (an alias,
         a catch-all, a plus address); read from the directory snapshot, its reverse made once per snapshot."""
         snapshot = self.directory.current()
-        if snapshot.accounts.get(_address_key(recipient)) == account_id:
+        if snapshot.accounts.get(recipient.lower()) == account_id or (  # most are canonical already
+                snapshot.accounts.get(_address_key(recipient)) == account_id):
             return None
         seen, names = self._account_names
         if seen is not snapshot:

@@ -6,9 +6,14 @@ time, newest first; what the network chose is cut and cleaned; expiry goes in ba
 
 from __future__ import annotations
 
+import sqlite3
+
+import pytest
+
 from kartero.mail.envelope import EnvelopeRecipient
 from kartero.mail.replies import Reply
 from kartero.mail.trace import TraceEvent, TraceKind
+from kartero.store import commit
 from kartero.store.ids import new_message_id
 from kartero.store.interface import (
     Delivery,
@@ -173,3 +178,17 @@ def test_issue_14_activity_counts_events_per_hour_and_kind(store: SQLiteStore) -
         (hour, "received"): 1, (hour, "stored"): 1, (hour, "queued"): 1, (hour, "delivered"): 1,
         (hour + 3600, "received"): 1, (hour + 3600, "stored"): 1, (hour + 3600, "queued"): 1,
     }  # fmt: skip
+
+
+def test_issue_14_a_trace_that_cannot_be_kept_costs_the_message_nothing(
+    sqlite_store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(commit, "insert_rows", broken)
+    message_id = made_at(T0)
+    stored = sqlite_store.mail.deliver_group([Delivery(message_id, MESSAGE, (DeliveryTarget(1),), int(T0))],
+                                             [received(message_id)]).result(10)  # fmt: skip
+    assert [[m.uid for m in s] for s in stored] == [[1]]
+    assert sqlite_store.trace.search(TraceQuery()).messages == ()
