@@ -517,7 +517,7 @@ class Server:
         )
         if config.trace.is_enabled:
             ctx.activity = ctx.ops.activity
-        http = HttpServer(build_app(ctx), admission)
+        http = HttpServer(build_app(ctx), admission, config.limits.shutdown_grace_s)
         await http.start()
         for kind in HTTP_LISTENERS & set(config.listen):
             for address in config.listen[kind]:

@@ -5,6 +5,7 @@ store's SieveStore. `address` None means the global scripts (`include :global`, 
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 
 from kartero.auth.accounts import DirectoryError, parse_address
@@ -96,8 +97,7 @@ class Vacation:
             return f"the subject may have {MAX_VACATION_SUBJECT} characters, the text {MAX_VACATION_BODY}"
         if not 1 <= self.days <= MAX_VACATION_DAYS:
             return f"days must be 1 to {MAX_VACATION_DAYS}"
-        if any(c in self.subject for c in "\r\n") or not (self.subject + self.body.replace("\r", "").replace(
-                "\n", "")).isprintable():  # fmt: skip
+        if any(c in self.subject for c in "\r\n") or _has_controls(self.subject) or _has_controls(self.body):
             return "the subject is one line, and neither may hold control characters"
         return None
 
@@ -105,7 +105,8 @@ class Vacation:
 def vacation_script(vacation: Vacation) -> str:
     """The Sieve script (RFC 5230) for `vacation`, the values kept as JSON in its first line."""
     text = vacation.body.replace("\r\n", "\n").replace("\n", "\r\n")
-    values = json.dumps({"subject": vacation.subject, "body": vacation.body, "days": vacation.days})
+    values = json.dumps({"subject": vacation.subject, "body": vacation.body, "days": vacation.days},
+                        ensure_ascii=False)  # fmt: skip
     subject = f' :subject "{_quoted(vacation.subject)}"' if vacation.subject.strip() else ""
     return (f"{_VACATION_MARK}{values}\r\nrequire [\"vacation\"];\r\n"
             f"vacation :days {vacation.days}{subject} \"{_quoted(text)}\";\r\n")  # fmt: skip
@@ -114,13 +115,20 @@ def vacation_script(vacation: Vacation) -> str:
 def read_vacation(script: str) -> Vacation | None:
     """The form's values from a script `vacation_script` wrote (None for any other script)."""
     first, _, _ = script.partition("\r\n")
-    if not first.startswith(_VACATION_MARK) or len(first) > 4 * (MAX_VACATION_BODY + MAX_VACATION_SUBJECT):
+    # JSON at most doubles a text without control characters (\n, \", \\), plus the names and days.
+    if not first.startswith(_VACATION_MARK) or len(first) > 2 * (MAX_VACATION_BODY + MAX_VACATION_SUBJECT) + 200:
         return None
     try:
         values = json.loads(first[len(_VACATION_MARK) :])
         return Vacation(str(values["subject"]), str(values["body"]), int(values["days"]))
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _has_controls(text: str) -> bool:
+    """Control characters (Cc but tab, CR and LF) or lone surrogates: never typed, refused. Format
+    characters (a Persian ZWNJ, a soft hyphen, an emoji's joiner) are text and pass."""
+    return any(unicodedata.category(c) in ("Cc", "Cs") and c not in "\t\r\n" for c in text)
 
 
 def _quoted(text: str) -> str:

@@ -783,7 +783,8 @@ class TraceQuery:
     was forwarded to, exactly but for the domain's case and form (U-labels match their A-label).
     `message_id` is the Message-ID field (angle brackets or not); `id` is one of Kartero's ids: a
     message's (`250 Message accepted as ...`, the log's `id=`) or a queue entry's (`queued=`, `kartero
-    queue list`). `since`/`until`: seconds since the epoch, the message's latest event in [since, until).
+    queue list`). `since`/`until`: seconds since the epoch, when the message arrived (its id's time) in [since,
+    until).
     """
 
     address: str | None = None
@@ -830,8 +831,8 @@ class TraceStore(Protocol):
 
     def activity(self, since: float, until: float) -> dict[tuple[int, str], int]:
         """Events per (hour start in seconds since the epoch, kind) in [since, until), counted over the
-        messages received from a day before `since` on (on the ids' index; a bounded number of rows):
-        the dashboard's chart."""
+        messages received from a day before `since` on (on the ids' index, newest first, a bounded number
+        of rows): the dashboard's chart."""
         ...
 
     def expire(self, before: float, max_rows: int) -> int:

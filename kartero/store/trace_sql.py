@@ -126,9 +126,10 @@ def deleted_rows(db: SqlConnection, queue_id: str, open_states: Sequence[str], a
 
 
 # The dashboard's activity counts the events of messages received at most this long before its window
-# (a message deferred for longer shows in the trace, not on the chart), and reads at most so many rows.
+# (a message deferred for longer shows in the trace, not on the chart), and reads at most so many rows,
+# newest first (on a busier server the oldest hours of the chart are the ones cut short).
 ACTIVITY_LOOKBACK_S = 86400.0
-MAX_ACTIVITY_ROWS = 2_000_000
+MAX_ACTIVITY_ROWS = 500_000
 
 
 class SqlTrace:
@@ -161,7 +162,8 @@ class SqlTrace:
         events: dict[tuple[int, str], int] = {}
         rows = self._db().execute(
             "SELECT at_ms / 3600000, kind, COUNT(*) FROM (SELECT at_ms, kind FROM trace_events"
-            " WHERE message_id >= ? AND message_id < ? LIMIT ?) AS recent WHERE at_ms >= ? AND at_ms < ?"
+            " WHERE message_id >= ? AND message_id < ? ORDER BY message_id DESC LIMIT ?) AS recent"
+            " WHERE at_ms >= ? AND at_ms < ?"
             " GROUP BY at_ms / 3600000, kind",
             (id_at(since - ACTIVITY_LOOKBACK_S), id_at(until), MAX_ACTIVITY_ROWS, int(since * 1000),
              int(until * 1000)),

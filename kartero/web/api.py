@@ -11,6 +11,7 @@ body), and `/api/v1/openapi.json` is generated from it.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import logging
 import time
@@ -19,6 +20,7 @@ from functools import partial
 
 from aiohttp import web
 
+from kartero.auth.accounts import DirectoryError, parse_address
 from kartero.log import kv
 from kartero.mail.trace import message_dict
 from kartero.store.interface import MAX_TRACE_RESULTS, QueueEntry, QueueState, QueueStats, QuotaUsage
@@ -179,6 +181,8 @@ async def update_account(call: Call) -> object:
     if not call.body:
         raise OpError(400, "nothing to change: give password, quota or admin")
     body = call.body
+    if body.get("admin") is False:
+        _not_yourself(call, "take away your own admin rights")
     change = partial(_update_account, call.ctx.ops, call.path["address"], body.get("quota"), body.get("admin"),
                      body.get("password"))  # fmt: skip
     return _account(await call.ctx.run(change))
@@ -199,8 +203,23 @@ def _update_account(ops: Operations, address: str, quota: object, admin: object,
 
 
 async def delete_account(call: Call) -> object:
+    _not_yourself(call, "delete the account you are signed in with")
     await call.ctx.run(call.ctx.ops.delete_account, call.path["address"])
     return None
+
+
+def _not_yourself(call: Call, what: str) -> None:
+    """An admin acting as an account (a session, a --user token) cannot lock that account out: another
+    admin (or the CLI) must. As the web admin's pages."""
+    who = call.who
+    if who is None or who.account is None:
+        return
+    try:
+        same = parse_address(call.path["address"]) == who.account.address
+    except DirectoryError:
+        return
+    if same:
+        raise OpError(409, f"you cannot {what}: ask another admin, or use the kartero command")
 
 
 async def list_aliases(call: Call) -> object:
@@ -414,7 +433,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                Param("message_id", Str(998), "the Message-ID field, with or without angle brackets", ""),
                Param("id", Str(64), "one of Kartero's ids: a message's (250 ... accepted as ID) or a queue "
                      "entry's", ""),
-               Param("since", TIME, "messages whose latest event is at or after this (0: no bound)", 0),
+               Param("since", TIME, "messages that arrived at or after this (0: no bound)", 0),
                Param("until", TIME, "... and before this (0: no bound)", 0),
                Param("limit", Int(1, MAX_TRACE_RESULTS), "how many messages at most", 50)),
         description="Each message with its path (received, stored, queued, each delivery attempt with the "
@@ -508,10 +527,15 @@ async def _body(request: web.Request, endpoint: Endpoint) -> dict[str, object]:
     if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
         raise OpError(413, f"the body is larger than {MAX_JSON_BYTES // 1024} KiB")
     data = bytearray()
-    while chunk := await request.content.read(MAX_JSON_BYTES + 1 - len(data)):
-        data += chunk
-        if len(data) > MAX_JSON_BYTES:  # chunked, so no Content-Length said it before
-            raise OpError(413, f"the body is larger than {MAX_JSON_BYTES // 1024} KiB")
+    deadline = request.app[CONTEXT].body_deadline_s
+    try:
+        async with asyncio.timeout(deadline):  # a body trickled in (or never sent) holds nothing long
+            while chunk := await request.content.read(MAX_JSON_BYTES + 1 - len(data)):
+                data += chunk
+                if len(data) > MAX_JSON_BYTES:  # chunked, so no Content-Length said it before
+                    raise OpError(413, f"the body is larger than {MAX_JSON_BYTES // 1024} KiB")
+    except TimeoutError:
+        raise OpError(408, f"the body did not arrive within {deadline:g} s") from None
     return endpoint.body.check(parse_json(bytes(data)))
 
 

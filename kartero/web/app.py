@@ -7,6 +7,7 @@ there is no front-end build. `ui.py` adds the admin's pages, `api.py` the JSON A
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -43,7 +44,9 @@ def build_app(ctx: WebContext) -> web.Application:
     )
     app[TEMPLATES].filters["when"] = _when
     static = app.router.add_static("/static/", HERE / "static", append_version=True, name="static")
-    app[TEMPLATES].globals["static"] = lambda name: str(static.url_for(filename=name))
+    # Each versioned URL once: aiohttp reads and hashes the file at every url_for (on the event loop).
+    urls = {path.name: str(static.url_for(filename=path.name)) for path in (HERE / "static").iterdir()}
+    app[TEMPLATES].globals["static"] = urls.__getitem__
     app.router.add_get("/", user_home)
     app.router.add_post("/login", user_login)
     app.router.add_post("/logout", logout)
@@ -112,8 +115,14 @@ def render(request: web.Request, template: str, status: int = 200, **values: Any
 
 
 async def form(request: web.Request) -> dict[str, str]:
-    """The posted form's fields (the last value of each; files are not taken)."""
-    data = await request.post()
+    """The posted form's fields (the last value of each; files are not taken), arrived within the
+    body deadline (else 408)."""
+    deadline = request.app[CONTEXT].body_deadline_s
+    try:
+        async with asyncio.timeout(deadline):
+            data = await request.post()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"the form did not arrive within {deadline:g} s\n") from None
     return {k: v for k, v in data.items() if isinstance(v, str)}
 
 
@@ -163,9 +172,9 @@ async def user_login(request: web.Request) -> web.StreamResponse:
 
 async def logout(request: web.Request) -> web.StreamResponse:
     who = await auth.principal(request)
-    fields = await form(request)
-    if who is None or who.via != "session":
+    if who is None or who.via != "session":  # checked before the body is read: nothing to wait for
         return see_other("/")
+    fields = await form(request)
     if not auth.check_csrf(request, who, fields.get("csrf", "")):
         raise web.HTTPForbidden(text="missing or wrong CSRF token")
     response = see_other("/admin/login" if request.path.startswith("/admin/") else "/")
@@ -196,9 +205,9 @@ async def user_home(request: web.Request, message: str = "", status: int = 200,
 async def change_vacation(request: web.Request) -> web.StreamResponse:
     """Turn the vacation reply on (with the form's subject, text and days) or off."""
     who = await auth.principal(request)
-    fields = await form(request)
     if who is None or who.account is None or who.via != "session":
         return see_other("/")
+    fields = await form(request)
     if not auth.check_csrf(request, who, fields.get("csrf", "")):
         raise web.HTTPForbidden(text="missing or wrong CSRF token")
     days = fields.get("days", "7").strip()
@@ -220,9 +229,9 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     """A user changes their own password: the current one is asked again (a borrowed unlocked browser
     must not be enough); every session of the account ends, this one gets a new one."""
     who = await auth.principal(request)
-    fields = await form(request)
     if who is None or who.account is None or who.via != "session":
         return see_other("/")
+    fields = await form(request)
     if not auth.check_csrf(request, who, fields.get("csrf", "")):
         raise web.HTTPForbidden(text="missing or wrong CSRF token")
     new, again = fields.get("new", ""), fields.get("again", "")

@@ -149,7 +149,11 @@ async def check_password(request: web.Request, address: str, password: str) -> A
     the throttle locks this client or account out (the same counts as IMAP, POP3 and submission)."""
     ctx = request.app[CONTEXT]
     client = request.remote or ""
-    address, password = address.strip()[:MAX_ADDRESS], password[:MAX_PASSWORD]
+    address = address.strip()
+    if len(address) > MAX_ADDRESS or len(password) > MAX_PASSWORD:  # no password is that long: not checked,
+        log.info("%s", kv(event="http.login_failed", client=client, user=address[:MAX_ADDRESS],
+                          detail="too long"))  # fmt: skip
+        return None  # and never cut (a cut password would work here and fail over IMAP)
     throttle = ctx.throttle
     if throttle is not None and (lockout := await reserve_login(throttle, client, address)) is not None:
         log.info("%s", kv(event="http.login_throttled", client=client, user=address, reason=lockout))

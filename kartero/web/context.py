@@ -41,6 +41,13 @@ class WebContext:
     started_at: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
 
+    @property
+    def body_deadline_s(self) -> float:
+        """How long after its header a request's body (a form, JSON) may take to arrive: `[limits]
+        command_deadline`, as an SMTP or IMAP command. A client that sends a Content-Length and then
+        trickles (or nothing) must not hold its connection and handler for ever."""
+        return self.config.limits.command_deadline_s
+
     async def run(self, fn: Callable[..., T], *args: Any, slow: bool = False) -> T:
         """`fn(*args)` in the worker pool, under a deadline (a hung store fails the request, not the loop)."""
         return await self.blocking(SLOW_S if slow else QUICK_S, fn, *args)

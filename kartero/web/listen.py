@@ -79,9 +79,11 @@ class _Admitted(asyncio.Protocol):
 class HttpServer:
     """The aiohttp runner and its listening sockets."""
 
-    def __init__(self, app: web.Application, admission: Admission | None) -> None:
+    def __init__(self, app: web.Application, admission: Admission | None, shutdown_grace_s: float = 10.0) -> None:
+        # At shutdown, requests still running get `[limits] shutdown_grace_s` (aiohttp's own default: 60 s).
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_S,
-                                    max_line_size=MAX_LINE, max_field_size=MAX_FIELD)  # fmt: skip
+                                    max_line_size=MAX_LINE, max_field_size=MAX_FIELD,
+                                    shutdown_timeout=shutdown_grace_s)  # fmt: skip
         self.admission = admission
         self.servers: list[asyncio.Server] = []
 

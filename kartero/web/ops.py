@@ -17,6 +17,7 @@ import dns.resolver
 from kartero.auth.accounts import Directory, DirectoryError, parse_address
 from kartero.config import Config, parse_size
 from kartero.dns.names import DomainError, canonical_domain
+from kartero.mail.address import AddressError
 from kartero.mailauth.dkim import (
     DEFAULT_SELECTOR,
     DKIMError,
@@ -30,6 +31,7 @@ from kartero.mailauth.dnscheck import Check, check_domain
 from kartero.sieve_scripts import VACATION_SCRIPT, ScriptProblem, Vacation, put, read_vacation, vacation_script
 from kartero.store.interface import (
     MAX_TRACE_RESULTS,
+    Account,
     AccountExists,
     QueueEntry,
     Store,
@@ -41,6 +43,7 @@ from kartero.web.chart import Bucket
 
 MAX_PASSWORD = 1024  # argon2 hashes anything; a megabyte "password" is only a way to burn CPU
 PAGE = 100  # rows per page of a list
+MAX_QUOTA = 10**18
 
 
 class OpError(Exception):
@@ -122,21 +125,25 @@ class Operations:
         needle = search.strip().lower()
         accounts = [a for a in self.store.accounts.list_accounts() if needle in a.address.lower()]
         page = accounts[max(0, offset) : max(0, offset) + max(1, min(limit, 1000))]
-        usage = self.store.mail.quota_usage([a.id for a in page]) if page else {}
-        default = self.config.limits.default_quota
-        infos = [
-            AccountInfo(a.address, a.is_admin, a.created_at, usage[a.id].effective_limit(default),
-                        usage[a.id].limit_bytes is None, usage[a.id].used_bytes, usage[a.id].messages)
-            for a in page
-        ]  # fmt: skip
-        return infos, len(accounts)
+        return self._infos(page), len(accounts)
 
     def account(self, address: str) -> AccountInfo:
+        """One account, looked up by its address (never through a search: a page of matches may not
+        hold it)."""
         address = self._address(address)
-        for info in self.accounts(address)[0]:
-            if info.address == address:
-                return info
-        raise OpError(404, f"no account {address}")
+        account = self.store.accounts.get_account(address)
+        if account is None:
+            raise OpError(404, f"no account {address}")
+        return self._infos([account])[0]
+
+    def _infos(self, accounts: list[Account]) -> list[AccountInfo]:
+        usage = self.store.mail.quota_usage([a.id for a in accounts]) if accounts else {}
+        default = self.config.limits.default_quota
+        return [
+            AccountInfo(a.address, a.is_admin, a.created_at, usage[a.id].effective_limit(default),
+                        usage[a.id].limit_bytes is None, usage[a.id].used_bytes, usage[a.id].messages)
+            for a in accounts
+        ]  # fmt: skip
 
     def add_account(self, address: str, password: str, *, is_admin: bool = False, quota: str = "") -> AccountInfo:
         _check_password(password)
@@ -197,7 +204,7 @@ class Operations:
     def add_alias(self, source: str, destination: str) -> AliasInfo:
         try:
             src, _ = self.directory.add_alias(source, destination)
-        except DirectoryError as exc:
+        except (DirectoryError, AddressError) as exc:
             raise OpError(400, str(exc)) from None
         return next(a for a in self.aliases() if a.source == src)
 
@@ -377,6 +384,8 @@ def parse_quota(size: str) -> int | None:
     limit = parse_size(text) if len(text) <= 40 else None  # the regex sees no more than that
     if limit is None:
         raise OpError(400, f'not a size: {size[:40]!r} (like "500M", "2G", "0" for none, or "default")')
+    if limit > MAX_QUOTA:
+        raise OpError(400, "a quota is at most 1 EB (the store keeps 63-bit sizes)")
     return limit
 
 

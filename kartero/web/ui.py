@@ -122,9 +122,12 @@ async def _posted(request: web.Request) -> tuple[auth.Principal, dict[str, str]]
     who = await admin(request)
     if isinstance(who, web.Response):
         return who
-    fields = {name: value[:MAX_FIELD] for name, value in (await form(request)).items()}
+    fields = await form(request)
     if not auth.check_csrf(request, who, fields.get("csrf", "")):
         return _page(request, "admin/error.html", "", 403, title="Form expired", message=CSRF_FAILED)
+    if any(len(value) > MAX_FIELD for value in fields.values()):  # refused, never cut (a cut password...)
+        return _page(request, "admin/error.html", "", 400, title="Too long",
+                     message=f"A field of the form is longer than {MAX_FIELD} characters.")  # fmt: skip
     return who, fields
 
 

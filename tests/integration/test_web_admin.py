@@ -403,3 +403,18 @@ def test_trace_search_by_address_and_a_bad_time(site: Site) -> None:
             assert status == 400 and "not a time: &#39;yesterday&#39;" in page
 
     run(body())
+
+
+def test_issue_14_a_form_field_too_long_is_refused_not_cut(site: Site) -> None:
+    """The review's F6: a 1,500-character password was cut to 1,024 (web login worked, IMAP did not)."""
+
+    async def body() -> None:
+        async with Browser(site.server.http_url) as admin:
+            await admin.login(ADMIN, PASSWORD)
+            csrf = csrf_of((await admin.get("/admin/accounts"))[1])
+            status, page, _ = await admin.post("/admin/accounts/add",
+                                               {"csrf": csrf, "address": "long@example.test", "password": "p" * 1500})
+            assert status == 400 and "longer than 1024 characters" in page
+            assert (await admin.get("/admin/account?address=long%40example.test"))[0] == 404
+
+    run(body())

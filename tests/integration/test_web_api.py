@@ -99,6 +99,9 @@ def test_accounts(server: KarteroServer) -> None:
         status, value, _ = await api("POST", "/accounts", {"address": erin, "password": "erin-1", "quota": "lots"})
         assert status == 400 and value["error"].startswith("not a size: 'lots' (like \"500M\"")
         assert (await api("GET", f"/accounts/{erin}"))[0] == 404  # the bad quota made no account
+        status, value, _ = await api("POST", "/accounts", {"address": erin, "password": "e", "quota": "9" * 20 + "G"})
+        assert status == 400 and "at most 1 EB" in value["error"]  # was a 500 from SQLite's 64-bit integer
+        assert (await api("GET", f"/accounts/{erin}"))[0] == 404
         status, value, _ = await api("POST", "/accounts", {"address": "Erin@Example.TEST", "password": "erin-1",
                                                           "quota": "500M"})  # fmt: skip
         assert status == 201
@@ -324,6 +327,14 @@ def test_a_browser_session_sends_its_csrf_token(server: KarteroServer) -> None:
                 assert response.status == 201
             async with browser.session.delete(url + "/csrf@example.test", headers={"X-CSRF-Token": csrf}) as response:
                 assert response.status == 204
+            # An admin acting as an account cannot lock it out (the review's F11; the pages refused it).
+            own = server.http_url + f"/api/v1/accounts/{ADMIN.upper()}"
+            async with browser.session.delete(own, headers={"X-CSRF-Token": csrf}) as response:
+                assert response.status == 409 and "another admin" in (await response.json())["error"]
+            async with browser.session.patch(own, json={"admin": False}, headers={"X-CSRF-Token": csrf}) as response:
+                assert response.status == 409
+            async with browser.session.get(own) as response:
+                assert (await response.json())["admin"] is True
         async with Browser(server.http_url) as user:  # a user's own session: not the admin API
             await user.login(BOB, PASSWORD, admin=False)
             status, text, _ = await user.get("/api/v1/accounts")

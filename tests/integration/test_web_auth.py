@@ -9,6 +9,8 @@ import email.policy
 import imaplib
 import re
 import smtplib
+import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -26,7 +28,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KarteroServer]:
     """One server for the module (the tests use accounts of their own where they change one)."""
     server = KarteroServer(tmp_path_factory.mktemp("web") / "k", http=True,
                            extra_config=f'[auth]\nfailures_per_address_and_account = 2\n'
-                                        f'[http]\nmetrics_token = "{METRICS_TOKEN}"\n')  # fmt: skip
+                                        f'[http]\nmetrics_token = "{METRICS_TOKEN}"\n',
+                           limits='command_deadline = "2s"')  # fmt: skip
     server.add_user(ADMIN, admin=True)
     server.add_user(USER)
     server.start()
@@ -285,3 +288,35 @@ def test_user_sets_a_vacation_reply_that_answers_mail(server: KarteroServer) -> 
             assert status == 409 and "your own Sieve script &#39;mine&#39; is active" in page
 
     run(own_script_and_off())
+
+
+def test_issue_14_a_body_that_never_arrives_gets_408_at_the_deadline(server: KarteroServer) -> None:
+    """[limits] command_deadline (2 s here): a client that announces a body and sends 3 bytes of it holds
+    its connection no longer (the review's finding F1: it held it for ever)."""
+    token = run_cli(server.config, "token", "create", "slow").stdout.strip()
+    for path, kind, status in (("/login", "application/x-www-form-urlencoded", b"408"),
+                               ("/api/v1/accounts", "application/json", b"408"),
+                               ("/api/v1/accounts", "application/json", b"401")):  # fmt: skip
+        bearer = token if status == b"408" else "nothing"  # credentials are checked before the body is read
+        with socket.create_connection((server.host, server.http_port), timeout=20) as client:
+            client.sendall(f"POST {path} HTTP/1.1\r\nHost: {server.host}\r\nContent-Type: {kind}\r\n"
+                           f"Content-Length: 60000\r\nAuthorization: Bearer {bearer}\r\n\r\nabc".encode())
+            started = time.monotonic()
+            answer = client.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
+            assert time.monotonic() - started < 15
+    # The form's own answer: signed in users' routes answer before reading a body they have no use for.
+    with socket.create_connection((server.host, server.http_port), timeout=20) as client:
+        client.sendall(f"POST /vacation HTTP/1.1\r\nHost: {server.host}\r\nContent-Length: 100000\r\n\r\n".encode())
+        assert client.recv(4096).startswith(b"HTTP/1.1 303 ")
+
+
+def test_issue_14_a_password_too_long_is_refused_never_cut(server: KarteroServer) -> None:
+    address, long_password = "lou@example.test", "p" * 1500
+    server.add_user(address, long_password)
+
+    async def body() -> None:
+        async with Browser(server.http_url) as browser:
+            assert (await browser.login(address, long_password[:1024], admin=False))[0] == 401
+
+    run(body())
