@@ -35,7 +35,7 @@ _CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 
 
 
 def build_app(ctx: WebContext) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[_headers, _errors])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_headers, _host, _errors])
     app[CONTEXT] = ctx
     app[TEMPLATES] = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -88,6 +88,29 @@ def _secure(request: web.Request, response: web.StreamResponse) -> None:
         headers.setdefault("Cache-Control", "no-store")
     if request.secure:
         headers["Strict-Transport-Security"] = "max-age=31536000"
+
+
+@web.middleware
+async def _host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Only names of this server: its host name, the local domains and their subdomains, `localhost`
+    and IP addresses. A page of another site whose name was rebound to this address (DNS rebinding)
+    names itself in Host and gets nothing, not even the login form or /metrics."""
+    if not _is_our_host(request.host, request.app[CONTEXT].config.hostname, request.app[CONTEXT].config.domains):
+        return web.Response(status=421, text="this server does not answer for that host name\n")
+    return await handler(request)
+
+
+def _is_our_host(host: str, hostname: str, domains: tuple[str, ...]) -> bool:
+    name = host.strip().lower()
+    if name.startswith("["):  # [IPv6]:port
+        return "]" in name
+    name = name.rpartition(":")[0] if name.count(":") == 1 else name
+    if name.count(":") > 1:  # a bare IPv6 address
+        return True
+    name = name.rstrip(".")
+    if name in ("localhost", hostname) or name.replace(".", "").isdigit():
+        return True
+    return any(name == d or name.endswith("." + d) for d in domains)
 
 
 @web.middleware

@@ -320,3 +320,19 @@ def test_issue_14_a_password_too_long_is_refused_never_cut(server: KarteroServer
             assert (await browser.login(address, long_password[:1024], admin=False))[0] == 401
 
     run(body())
+
+
+def test_issue_14_other_host_names_get_nothing(server: KarteroServer) -> None:
+    """The review's F13: a rebound name (DNS rebinding) reached the login form and /metrics."""
+
+    async def body() -> None:
+        async with Browser(server.http_url) as client:
+            bearer = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+            for host in ("evil.test", f"evil.test:{server.http_port}", "example.test.evil.test"):
+                for path, headers in (("/admin/login", {}), ("/metrics", bearer), ("/api/v1/openapi.json", {})):
+                    status, _, _ = await client.get(path, headers={"Host": host, **headers})
+                    assert status == 421, (host, path)
+            for host in ("mx.example.test", "EXAMPLE.test:8443", "autoconfig.example.test", "localhost"):
+                assert (await client.get("/admin/login", headers={"Host": host}))[0] == 200, host
+
+    run(body())
