@@ -13,6 +13,8 @@ from tests.pgserver import PrivatePostgres  # noqa: E402 - after the rewrite reg
 from tests.rspamd import PrivateRspamd  # noqa: E402
 
 _pycache_prefix: list[str] = []  # the folder pytest_configure made, removed at the end
+_setting_up: list[str] = []  # the scopes of the fixtures being set up now, innermost last
+_postgres: list[PrivatePostgres] = []  # the session's server, once a test has asked for it
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -35,13 +37,36 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(prefix, ignore_errors=True)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[object]) -> Iterator[object]:
+    _setting_up.append(fixturedef.scope)
+    try:
+        return (yield)
+    finally:
+        _setting_up.pop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """Once a test and its function fixtures are done, the databases it was given are dropped."""
+    try:
+        return (yield)
+    finally:
+        for server in _postgres:
+            server.drop_finished()
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PrivatePostgres]:
     """One private PostgreSQL server for the whole test run (initdb into a temporary folder, its own
-    loopback port); each test that needs one makes a database of its own with `new_database()`."""
+    loopback port); each test that needs one makes a database of its own with `new_database()`,
+    dropped when the test ends unless a fixture wider than a test asked for it."""
     server = PrivatePostgres()
+    server.is_shared = lambda: any(scope != "function" for scope in _setting_up)
     server.start()
+    _postgres.append(server)
     yield server
+    _postgres.remove(server)
     server.close()
 
 
