@@ -1,14 +1,13 @@
-"""Servers started one test ahead: while a test runs, the server the next one will ask for boots beside it.
+"""Servers started ahead: while a test runs, the servers the next two will ask for boot beside it.
 
 Starting `kartero serve` takes ~0.8 s of CPU and 1.2-2 s of wall time, most of a short integration
 test's time, and most of those tests get their server from a fixture that makes the same one each time
 (`mx`, a module's `server`). With `fresh_server` such a fixture still hands each test a server of its
 own that no other test used (own folder, ports, store or database, made by the same code); it was
-only started while the test before ran, so its start overlaps that test instead of adding to the run.
+only started while the tests before it ran, so its start overlaps them instead of adding to the run.
 
-A spare is made only when the next test of the run asks for the same fixture with the same backend;
-one no test took (the next test was deselected at run time, or failed before asking) is stopped at
-the end of the run.
+A spare is made only for a test among the next LOOKAHEAD of the run that asks for the same fixture,
+with its backend; one no test took (that test failed before asking for it) is stopped at the end.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ _INDEX = pytest.StashKey[dict[int, int]]()
 
 def fresh_server(request: pytest.FixtureRequest, build: Build) -> KarteroServer:
     """The started server of `build` for the test asking for `request.fixturename`: the spare started
-    for it while the previous test ran, else one made now; then the next test's spare is begun."""
+    for it while earlier tests ran, else one made now; then the next tests' spares are begun."""
     key = (build.__module__, request.fixturename, _backend(request.node))
     with _lock:
         waiting = _spares.get(key)
