@@ -137,13 +137,14 @@ class PrivatePostgres:
         self._admin(f"CREATE DATABASE {name}")
         return self._hand_out(name)
 
-    def migrated_database(self) -> str:
+    def migrated_database(self, *, keep: bool = False) -> str:
         """A fresh database with Kartero's schema (what `kartero db init` makes), copied from a template
         migrated once: CREATE DATABASE ... TEMPLATE is several times faster than migrating each one.
 
         The next one is copied meanwhile, on a connection and thread of its own: a copy costs a test
         0.2-0.4 s of waiting otherwise, and PostgreSQL makes it in its own process while the test runs.
-        Each test still gets a database nobody has used."""
+        Each test still gets a database nobody has used. `keep`: not dropped when the test asking
+        ends (it is for a later one, which `adopt`s it)."""
         if not self._template:
             from kartero.store.pg_db import migrate
 
@@ -155,12 +156,16 @@ class PrivatePostgres:
             name = f"kartero_{next(self._names)}"
             self._copy_template(name, self._connection())
         self._spare = self._spare_maker.submit(self._make_spare)
-        return self._hand_out(name)
+        return self.url(name) if keep else self._hand_out(name)
 
     def _hand_out(self, name: str) -> str:
         if not self.is_shared():
             self._finished.append(name)
         return self.url(name)
+
+    def adopt(self, url: str) -> None:
+        """The database of `url` (asked for with `keep`) belongs to the test running now."""
+        self._hand_out(url.rsplit("/", 1)[1])
 
     def drop_finished(self) -> None:
         """Drop, in the background, the databases handed out to the test that just ended (its servers

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import PASSWORD, KarteroServer
+from tests.integration.spares import fresh_server, stop_unused
 from tests.pgserver import PrivatePostgres
 
 # The protocol suites run against both stores (issue 11): the embedded SQLite store and PostgreSQL.
@@ -36,10 +37,8 @@ def store_backend(request: pytest.FixtureRequest) -> Iterator[str]:
         KarteroServer.new_database = None
 
 
-@pytest.fixture
-def mx(tmp_path: Path) -> Iterator[KarteroServer]:
-    """A running Kartero for example.test with bob, carol, an alias and a catch-all on other.test."""
-    server = KarteroServer(tmp_path / "mx", domains=("example.test", "other.test"))
+def _mx(root: Path, store_url: str) -> KarteroServer:
+    server = KarteroServer(root, domains=("example.test", "other.test"), store_url=store_url)
     with server.directory() as directory:  # one store opening for all six changes
         directory.add_user("bob@example.test", PASSWORD)
         directory.add_user("carol@example.test", PASSWORD)
@@ -47,7 +46,20 @@ def mx(tmp_path: Path) -> Iterator[KarteroServer]:
         directory.add_alias("team@example.test", "carol@example.test")
         directory.add_user("dave@other.test", PASSWORD)
         directory.add_alias("@other.test", "dave@other.test")
-    server.start()
+    return server
+
+
+@pytest.fixture
+def mx(request: pytest.FixtureRequest) -> Iterator[KarteroServer]:
+    """A running Kartero for example.test with bob, carol, an alias and a catch-all on other.test (one
+    of its own for each test, started while the test before ran: tests/integration/spares.py)."""
+    server = fresh_server(request, _mx)
     yield server
     if server.process and server.process.poll() is None:
         assert server.stop() == 0, server.log
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _unused_spares() -> Iterator[None]:
+    yield
+    stop_unused()

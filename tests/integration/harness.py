@@ -67,6 +67,7 @@ def self_signed(cert: Path, key: Path, hostname: str) -> None:
 
 
 _hashes: dict[tuple[str, str, int], str] = {}  # (kind, password, SCRAM rounds): what it stored, made once per run
+_patching = threading.RLock()  # one thread at a time patches `accounts` (servers are also made in a thread)
 
 
 def _hash_once(password: str) -> str:
@@ -116,7 +117,7 @@ class KarteroServer:
     _chosen_ports: list[str] = field(default_factory=list)
     # PostgreSQL: the database URL (servers of one cluster share one); None: the embedded store, unless
     # `new_database` is set (the integration conftest sets it for the tests run on both backends): then
-    # each server gets a database of its own.
+    # each server gets a database of its own; "": the embedded store whatever `new_database` says.
     store_url: str | None = None
     node: str = ""
     lease: str = ""  # [store] lease, e.g. "5s"
@@ -281,7 +282,7 @@ class KarteroServer:
         covers `kartero user add`, which makes its own)."""
         store = self.store()
         try:
-            with mock.patch.multiple(accounts, hash_password=_hash_once, new_scram=_scram_once):
+            with _patching, mock.patch.multiple(accounts, hash_password=_hash_once, new_scram=_scram_once):
                 yield Directory(store.accounts, self.domains)
         finally:
             store.close()

@@ -16,16 +16,21 @@ import pytest
 
 from tests.integration.harness import KarteroServer
 from tests.integration.imap_model import Run, Session, parse_set, report, seed_mailbox, stress
+from tests.integration.spares import fresh_server
 
 USER = "bob@example.test"
 PASSWORD = "secret-password"
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[KarteroServer]:
-    mx = KarteroServer(tmp_path / "mx", tls=False)
+def _server(root: Path, store_url: str) -> KarteroServer:
+    mx = KarteroServer(root, tls=False, store_url=store_url)
     mx.add_user(USER)
-    mx.start()
+    return mx
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest) -> Iterator[KarteroServer]:
+    mx = fresh_server(request, _server)
     yield mx
     if mx.process and mx.process.poll() is None:
         assert mx.stop() == 0, mx.log

@@ -13,21 +13,27 @@ import pytest
 
 from tests.integration.dnsserver import LoopbackDNS
 from tests.integration.harness import KarteroServer, tls_context
+from tests.integration.spares import fresh_server
 
 PASSWORD = "alice password"
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[KarteroServer]:
+def _server(root: Path, store_url: str) -> KarteroServer:
     mx = KarteroServer(
-        tmp_path / "mx",
+        root,
         limits="connections_per_ip = 3\nconnections_per_ip_per_minute = 8\nmessages_per_user_per_hour = 2\nexempt = []",
         extra_config='[greylisting]\nenabled = true\ndelay = "2s"\nexempt = []\n',
+        store_url=store_url,
     )
     mx.add_user("alice@example.test", PASSWORD)
     mx.add_user("carol@example.test", PASSWORD)
     mx.add_user("bob@example.test")
-    mx.start()
+    return mx
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest) -> Iterator[KarteroServer]:
+    mx = fresh_server(request, _server)
     yield mx
     if mx.process and mx.process.poll() is None:
         assert mx.stop() == 0, mx.log

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import KarteroServer, tls_context
+from tests.integration.spares import fresh_server
 from tests.integration.test_submission import scram_login
 
 PASSWORDS = {"alice@example.test": "alice's password", "bob@example.test": "bob's password",
@@ -25,12 +26,16 @@ THROTTLED = (454, b"4.7.0 Too many authentication failures, try again later")
 WRONG = (535, b"5.7.8 Authentication credentials invalid")
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[KarteroServer]:
-    mx = KarteroServer(tmp_path / "mx", extra_config="[auth]\nfailures_per_address_and_account = 3\n")
+def _server(root: Path, store_url: str) -> KarteroServer:
+    mx = KarteroServer(root, extra_config="[auth]\nfailures_per_address_and_account = 3\n", store_url=store_url)
     for address, password in PASSWORDS.items():
         mx.add_user(address, password)
-    mx.start()
+    return mx
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest) -> Iterator[KarteroServer]:
+    mx = fresh_server(request, _server)
     yield mx
     if mx.process and mx.process.poll() is None:
         assert mx.stop() == 0, mx.log

@@ -20,18 +20,23 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import KarteroServer, strip_trace, tls_context
+from tests.integration.spares import fresh_server
 
 PASSWORD = "alice's long password"
 MESSAGE = b"From: Alice <alice@example.test>\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nHello Bob.\r\n"
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[KarteroServer]:
-    mx = KarteroServer(tmp_path / "mx")
+def _server(root: Path, store_url: str) -> KarteroServer:
+    mx = KarteroServer(root, store_url=store_url)
     mx.add_user("alice@example.test", PASSWORD)
     mx.add_user("bob@example.test")
     mx.add_alias("alice.smith@example.test", "alice@example.test")
-    mx.start()
+    return mx
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest) -> Iterator[KarteroServer]:
+    mx = fresh_server(request, _server)
     yield mx
     if mx.process and mx.process.poll() is None:
         assert mx.stop() == 0, mx.log
