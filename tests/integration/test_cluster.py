@@ -324,7 +324,7 @@ def test_issue_11_the_database_away_under_load_loses_nothing_acknowledged(
     tmp_path: Path, postgres: PrivatePostgres, servers: list[KarteroServer]
 ) -> None:
     """Eight SMTP clients send without pause while PostgreSQL stops (fast shutdown, as for a restart or
-    a failover) and starts again ~8 s later:
+    a failover) and starts again ~13 s later:
     while it is away SMTP answers 451 4.3.0, IMAP NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP]; the node comes
     back by itself, and every message that got 250 is in the mailbox exactly once."""
 
@@ -345,14 +345,11 @@ def test_issue_11_the_database_away_under_load_loses_nothing_acknowledged(
             time.sleep(1.5)
             typ, data = logged_in.select("INBOX")
             assert (typ, data) == ("NO", [b"[UNAVAILABLE] Mail store unavailable, try again later"])
-
-            def rcpt() -> None:
-                with smtplib.SMTP(node.host, node.port, timeout=30) as s:  # RCPT: the directory in memory
-                    s.ehlo()
-                    s.mail("alice@example.org")
-                    assert s.rcpt("bob@example.test")[0] == 250
-                    assert s.rcpt("nobody@example.test") == (451, b"4.3.0 Local error in processing, try again "
-                                                                   b"later")  # fmt: skip
+            with smtplib.SMTP(node.host, node.port, timeout=30) as s:  # RCPT: the directory in memory
+                s.ehlo()
+                s.mail("alice@example.org")
+                assert s.rcpt("bob@example.test")[0] == 250
+                assert s.rcpt("nobody@example.test") == (451, b"4.3.0 Local error in processing, try again later")
 
             def imap_login() -> None:
                 fresh = imaplib.IMAP4(node.host, node.imap_port)
@@ -369,15 +366,17 @@ def test_issue_11_the_database_away_under_load_loses_nothing_acknowledged(
                 with pytest.raises(poplib.error_proto, match=r"SYS/TEMP"):
                     pop.pass_(PASSWORD)
 
-            # Each waits the store's 5 s for a connection before its answer: the three at once, not in turn.
-            with ThreadPoolExecutor(3) as pool:
-                for check in [pool.submit(f) for f in (rcpt, imap_login, pop3_login)]:
+            # Each waits the store's 5 s for a connection before its answer: both at once, not in turn.
+            with ThreadPoolExecutor(2) as pool:
+                for check in [pool.submit(f) for f in (imap_login, pop3_login)]:
                     check.result()
             time.sleep(1.5)
             postgres.resume()
             wait_for(lambda: len(acknowledged) >= down_at + 40, 60)  # back by itself
         finally:
             load.stop()
+            if postgres.process is None:
+                postgres.resume()  # for the tests after this one, which failed while it was away
         assert refused and all(code == 451 and text.startswith(b"4.3.0") for code, text in refused), refused[:3]
         print(f"{len(acknowledged)} acknowledged ({down_at} before the stop), {len(refused)} answered 451")
         typ, _ = logged_in.select("INBOX")  # the session that saw NO goes on
