@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -301,8 +302,9 @@ def two_nodes(root: Path, url: str, users: dict[str, str],
     b = KarteroServer(root / "b", host="127.0.0.3", store_url=url, node="node-b", **kwargs)
     for user, password in users.items():
         a.add_user(user, password)
-    a.start()
-    b.start()
+    with ThreadPoolExecutor(2) as starting:  # each start is mostly waiting for its process: both at once
+        for started in [starting.submit(node.start) for node in (a, b)]:
+            started.result()
     yield a, b
     for node in (a, b):
         if node.process and node.process.poll() is None:
