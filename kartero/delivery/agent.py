@@ -53,8 +53,10 @@ class AgentSettings:
 
 
 def client_tls_context() -> ssl.SSLContext:
-    """Opportunistic TLS (RFC 3207 as deployed): encrypt when offered, do not insist on names."""
-    ctx = ssl.create_default_context()
+    """Opportunistic TLS (RFC 3207 as deployed): encrypt when offered, do not insist on names. Made
+    without the system's trust anchors, which CERT_NONE never consults (loading them cost every server
+    start ~45 ms of CPU)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2

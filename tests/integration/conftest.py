@@ -17,8 +17,18 @@ BOTH_BACKENDS = frozenset({
 })  # fmt: skip
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "store_unused(why): in a both-backends module, a test whose checks never reach the store (the "
+        "server only opens it; why says so): run on the embedded store only, its PostgreSQL run would repeat it")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "store_backend" in metafunc.fixturenames and metafunc.definition.path.name in BOTH_BACKENDS:
+    if (
+        "store_backend" in metafunc.fixturenames
+        and metafunc.definition.path.name in BOTH_BACKENDS
+        and metafunc.definition.get_closest_marker("store_unused") is None
+    ):
         metafunc.parametrize("store_backend", ["sqlite", "postgresql"], indirect=True)
 
 

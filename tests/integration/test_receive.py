@@ -219,6 +219,7 @@ def test_recipient_validation_and_addressing(mx: KarteroServer) -> None:
         "<bob@example.test.elsewhere.example>",
     ],
 )
+@pytest.mark.store_unused("each RCPT is refused before any directory lookup (policy/inbound.py check_local)")
 def test_no_open_relay_even_from_loopback(mx: KarteroServer, rcpt: str) -> None:
     c = Raw(mx)
     c.reply()
@@ -334,6 +335,7 @@ def test_smuggling_over_the_wire(mx: KarteroServer) -> None:
     assert mx.messages("bob@example.test") == [] and mx.messages("carol@example.test") == []
 
 
+@pytest.mark.store_unused("STARTTLS and the replies after it: no message, no recipient")
 def test_starttls_injection_is_dropped(mx: KarteroServer) -> None:
     c = Raw(mx)
     c.reply()
@@ -349,6 +351,7 @@ def test_starttls_injection_is_dropped(mx: KarteroServer) -> None:
     tls.close()
 
 
+@pytest.mark.store_unused("the command timeout of a session that sends nothing")
 def test_idle_client_times_out_with_421(tmp_path: Path) -> None:
     mx = KarteroServer(tmp_path / "mx", limits='command_timeout = "1s"')
     mx.start()
@@ -363,6 +366,7 @@ def test_idle_client_times_out_with_421(tmp_path: Path) -> None:
         assert mx.stop() == 0
 
 
+@pytest.mark.store_unused("greetings and the 421 past the connection limit")
 def test_connection_limit(tmp_path: Path) -> None:
     mx = KarteroServer(tmp_path / "mx", limits="connections = 2")
     mx.start()
@@ -442,6 +446,7 @@ def _peer_certificate(mx: KarteroServer) -> bytes:
     return der
 
 
+@pytest.mark.store_unused("the TLS certificate the server shows, before and after SIGHUP")
 def test_sighup_reloads_the_certificate(mx: KarteroServer) -> None:
     from kartero.tls import make_self_signed
 

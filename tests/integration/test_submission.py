@@ -236,6 +236,7 @@ def test_swaks_over_587_and_465(server: KarteroServer, tmp_path: Path) -> None:
     assert [strip_trace(m) for m in stored] == [eml.read_bytes() + b"\r\n"] * 2
 
 
+@pytest.mark.store_unused("TLS handshakes only")
 def test_tls_policy_refuses_old_protocols_and_weak_ciphers(server: KarteroServer) -> None:
     def handshake(configure: object) -> str:
         ctx = tls_context()
