@@ -587,6 +587,7 @@ class ChangeFeed:
     listener re-reads what it shows (IMAP sessions compare MODSEQs): nothing is missed."""
 
     RETRY_S = 1.0
+    FIRST_WAIT_S = 10.0
 
     def __init__(self, database: PgDatabase) -> None:
         self.database = database
@@ -595,11 +596,17 @@ class ChangeFeed:
         self.keys_version = 0  # raised at every DKIM key change heard (and after a gap in the feed)
         self.is_live = False
         self._stopping = threading.Event()
+        self._first_heard = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
         self._thread = threading.Thread(target=self._run, name="kartero-feed", daemon=True)
 
     def start(self) -> None:
+        """Start listening, and wait (at most FIRST_WAIT_S) until the directory version is read: the
+        directory cache primed after this compares against it. Before, a node primed at version 0 took
+        the feed's first reading for a change and reloaded, so a node that lost its database in its
+        first second answered RCPT 451 even for a known user."""
         self._thread.start()
+        self._first_heard.wait(self.FIRST_WAIT_S)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -618,6 +625,7 @@ class ChangeFeed:
                     row = conn.execute("SELECT value FROM meta WHERE key = 'directory_version'").fetchone()
                     self.directory_version = int(row[0]) if row else 0
                     self.is_live = True
+                    self._first_heard.set()
                     if not first:
                         log.info("event=store.feed_reconnected")
                         self._everything_changed(conn)
