@@ -54,14 +54,20 @@ def restore_backup(folder: Path, data_dir: Path, *, keep_uidvalidity: bool = Fal
     check_empty(data_dir)
     manifest = verify_backup(folder)
     made = not data_dir.exists()
+    owner = _owner(data_dir)
     staging = data_dir / STAGING_DIR
     if staging.exists():
         shutil.rmtree(staging)
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     staging.mkdir(mode=0o700)
     try:
-        _copy(folder, manifest, staging)
-        renewed = 0 if keep_uidvalidity else renew_uidvalidity(staging / DATABASE)
+        if made and owner is not None:
+            os.chown(data_dir, *owner)
+        _copy(folder, manifest, staging, owner)
+        try:
+            renewed = 0 if keep_uidvalidity else renew_uidvalidity(staging / DATABASE)
+        except sqlite3.Error as exc:
+            raise BackupError(f"{DATABASE} of the backup is not a Kartero database: {exc}") from None
         tops = sorted({entry.path.split("/")[0] for entry in manifest.files}, key=lambda top: (top == DATABASE, top))
         for top in tops:  # kartero.db last: until it is in place, the folder holds no store
             os.rename(staging / top, data_dir / top)
@@ -105,14 +111,31 @@ def check_empty(data_dir: Path) -> None:
         return
     if not data_dir.is_dir():
         raise BackupError(f"{data_dir} is not a folder")
-    here = sorted(p.name for p in data_dir.iterdir() if p.name != STAGING_DIR)
+    # A file system's own lost+found is no data: a data folder may be a mount point of its own.
+    here = sorted(p.name for p in data_dir.iterdir()
+                  if p.name != STAGING_DIR and not (p.name == "lost+found" and p.is_dir()))  # fmt: skip
     if here:
         named = ", ".join(here[:3]) + (", ..." if len(here) > 3 else "")
         raise BackupError(f"the data folder {data_dir} is not empty ({named}): restore only into an empty one "
                           "(move this one aside first)")  # fmt: skip
 
 
-def _copy(folder: Path, manifest: Manifest, staging: Path) -> None:
+def _owner(data_dir: Path) -> tuple[int, int] | None:
+    """Whom the restored files should belong to when root restores: the owner of the data folder, or of
+    the nearest folder above it, if that is not root (`sudo kartero restore` for a server that runs as
+    its own user). None: leave them to whoever runs the restore."""
+    if os.geteuid() != 0:
+        return None
+    for folder in (data_dir, *data_dir.parents):
+        try:
+            info = folder.stat()
+        except FileNotFoundError:
+            continue
+        return (info.st_uid, info.st_gid) if info.st_uid != 0 else None
+    return None
+
+
+def _copy(folder: Path, manifest: Manifest, staging: Path, owner: tuple[int, int] | None) -> None:
     made: list[Path] = [staging]
     for entry in manifest.files:
         target = staging / entry.path
@@ -125,7 +148,11 @@ def _copy(folder: Path, manifest: Manifest, staging: Path) -> None:
         try:
             check_file(folder, entry, fd)  # hashed again while copied: it matched a moment ago
             os.fsync(fd)
+            if owner is not None:
+                os.fchown(fd, *owner)
         finally:
             os.close(fd)
     for directory in reversed(made):
+        if owner is not None:
+            os.chown(directory, *owner)
         fsync_dir(directory)

@@ -93,11 +93,13 @@ def take_backup(data_dir: Path, folder: Path, kartero_version: str) -> BackupRep
         raise BackupError(f"{folder} is inside the data folder {data_dir}: choose a folder outside it")
     writer = _Writer(folder)
     try:
-        report = _take(data_dir, writer, kartero_version, started)
+        return _take(data_dir, writer, kartero_version, started)
+    except sqlite3.Error as exc:  # a database that is not the store's, or unreadable
+        writer.remove()
+        raise BackupError(f"cannot read the database of {data_dir}: {exc}") from None
     except BaseException:
         writer.remove()
         raise
-    return report
 
 
 def _take(data_dir: Path, writer: _Writer, kartero_version: str, started: float) -> BackupReport:

@@ -7,6 +7,8 @@ backup of a real server under SMTP load."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sqlite3
 from pathlib import Path
 
@@ -197,3 +199,48 @@ def test_issue_15_restore_gives_every_mailbox_a_new_uidvalidity(tmp_path: Path) 
     kept = restore_backup(tmp_path / "backup", tmp_path / "kept", keep_uidvalidity=True)
     assert kept.renewed_mailboxes == 0
     assert (tmp_path / "kept" / "kartero.db").read_bytes() == (tmp_path / "backup" / "kartero.db").read_bytes()
+
+
+def test_issue_15_restore_takes_a_mount_point_with_lost_and_found(tmp_path: Path) -> None:
+    take_backup(_data_dir(tmp_path), tmp_path / "backup", "0.1.0")
+    (tmp_path / "volume" / "lost+found").mkdir(parents=True)
+    restore_backup(tmp_path / "backup", tmp_path / "volume")
+    assert (tmp_path / "volume" / "kartero.db").is_file()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives files away")
+def test_issue_15_root_restores_for_the_owner_of_the_folder(tmp_path: Path) -> None:
+    """`sudo kartero restore`: the server runs as its own user and must be able to open what was restored."""
+    take_backup(_data_dir(tmp_path), tmp_path / "backup", "0.1.0")
+    os.chown(tmp_path / "backup", 0, 0)
+    (tmp_path / "srv").mkdir()
+    os.chown(tmp_path / "srv", 4321, 4321)
+    restore_backup(tmp_path / "backup", tmp_path / "srv" / "kartero" / "data")
+    restored = [tmp_path / "srv" / "kartero" / "data", *(tmp_path / "srv" / "kartero" / "data").rglob("*")]
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in restored} == {(4321, 4321)}
+
+
+def test_issue_15_a_database_that_is_not_kartero_s_is_refused(tmp_path: Path) -> None:
+    data = _data_dir(tmp_path)
+    with sqlite3.connect(data / "kartero.db") as db:
+        db.execute("DROP TABLE mailboxes")
+    with pytest.raises(BackupError, match=r"cannot read the database of .*: no such table: mailboxes"):
+        take_backup(data, tmp_path / "backup", "0.1.0")
+    assert not (tmp_path / "backup").exists()
+    # A backup whose manifest matches such a database: restore checks it before anything is in place.
+    with sqlite3.connect(data / "kartero.db") as db:
+        db.execute("CREATE TABLE mailboxes (id INTEGER PRIMARY KEY, uidvalidity INTEGER NOT NULL)")
+    take_backup(data, tmp_path / "backup", "0.1.0")
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    manifest = (tmp_path / "backup" / MANIFEST_NAME).read_text()
+    entry = next(f for f in verify_backup(tmp_path / "backup").files if f.path == "kartero.db")
+    raw = foreign.read_bytes()
+    (tmp_path / "backup" / "kartero.db").write_bytes(raw)
+    manifest = manifest.replace(entry.sha256, hashlib.sha256(raw).hexdigest())
+    manifest = manifest.replace(f'"size": {entry.size},', f'"size": {len(raw)},', 1)
+    (tmp_path / "backup" / MANIFEST_NAME).write_text(manifest)
+    with pytest.raises(BackupError, match=r"kartero\.db of the backup is not a Kartero database: no such table"):
+        restore_backup(tmp_path / "backup", tmp_path / "target")
+    assert not (tmp_path / "target").exists()
