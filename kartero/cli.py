@@ -182,6 +182,9 @@ def init(directory: Path, domain: str, hostname: str | None, force: bool) -> Non
     target.write_text(INIT_TEMPLATE.format(date=datetime.now(UTC).date().isoformat(), hostname=hostname, domain=domain,
                                            srs_secret=secrets.token_hex(32)))  # fmt: skip
     click.echo(f"wrote {target}")
+    from kartero.systemd import write_unit
+
+    click.echo(f"wrote {write_unit(directory, target, directory / 'data')} (systemd: docs/systemd.md)")
     click.echo(f"next: kartero -c {target} user add postmaster@{domain} --password-stdin")
 
 
@@ -1000,3 +1003,81 @@ def sieve_check(path: str) -> None:
     if problem is not None:
         _script_problem(ScriptProblem(problem))
     click.echo("ok")
+
+
+# -- backup and restore (the embedded store) -----------------------------------------------------------
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--verify", "verify_only", is_flag=True,
+              help="Check the backup in FOLDER against its manifest (sizes, SHA-256); change nothing.")  # fmt: skip
+@click.pass_context
+def backup(ctx: click.Context, folder: Path, verify_only: bool) -> None:
+    """Back up the embedded store into FOLDER (new or empty): consistent while the server runs."""
+    from kartero.backup.manifest import BackupCorrupt, BackupError, verify_backup
+
+    if verify_only:
+        try:
+            manifest = verify_backup(folder)
+        except BackupCorrupt as exc:
+            _fail(f"the backup in {folder} is damaged: {exc}", 1)
+        except BackupError as exc:
+            _fail(str(exc), 1)
+        click.echo(f"backup of {manifest.source} taken {manifest.created_at}: {len(manifest.files)} files, "
+                   f"{manifest.total_bytes} bytes, every checksum matches")  # fmt: skip
+        return
+    from importlib.metadata import version
+
+    from kartero.backup.take import files_to_copy, take_backup
+
+    config = _config(ctx)
+    if config.store.is_postgresql:
+        beside = files_to_copy(config.data_dir) if config.data_dir.is_dir() else []
+        _fail("the store is PostgreSQL ([store] backend): back it up with pg_dump (one database) or pg_basebackup "
+              "(the whole cluster), see docs/backup.md"
+              + (f"; copy these files of {config.data_dir} too: {', '.join(beside[:10])}"
+                 f"{' ...' if len(beside) > 10 else ''}" if beside else ""), 2)  # fmt: skip
+    try:
+        report = take_backup(config.data_dir, folder, version("kartero"))
+    except BackupError as exc:
+        _fail(str(exc), 1)
+    except OSError as exc:
+        _fail(f"the backup failed: {exc}", 1)
+    click.echo(report.summary())
+    if report.unreferenced_segments:
+        click.echo(f"left out {report.unreferenced_segments} segment files nothing points into")
+    if report.skipped:
+        click.echo(f"not copied (links or special files): {', '.join(report.skipped)}")
+    outside = [p for p in (config.source, *((config.tls.cert, config.tls.key) if config.tls else ()))
+               if p is not None and not p.resolve().is_relative_to(config.data_dir.resolve())]  # fmt: skip
+    if outside:
+        named = ", ".join(map(str, outside))
+        click.echo(f"not in the backup (outside the data folder; keep copies of them too): {named}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--keep-uidvalidity", is_flag=True,
+              help="Keep the mailboxes' UIDVALIDITY (only for a backup taken with the server stopped).")  # fmt: skip
+@click.pass_context
+def restore(ctx: click.Context, folder: Path, keep_uidvalidity: bool) -> None:
+    """Restore the backup in FOLDER into the config's data folder, which must be empty (stop the server
+    first). Every file is checked against the manifest before anything is written; every mailbox gets a
+    new UIDVALIDITY, so IMAP clients drop what they cached after the backup was taken."""
+    from kartero.backup.manifest import BackupCorrupt, BackupError
+    from kartero.backup.restore import restore_backup
+
+    config = _config(ctx)
+    if config.store.is_postgresql:
+        _fail("the store is PostgreSQL ([store] backend): restore it with pg_restore or from pg_basebackup, "
+              "see docs/backup.md", 2)  # fmt: skip
+    try:
+        report = restore_backup(folder, config.data_dir, keep_uidvalidity=keep_uidvalidity)
+    except BackupCorrupt as exc:
+        _fail(f"the backup in {folder} is damaged, nothing was restored: {exc}", 1)
+    except BackupError as exc:
+        _fail(str(exc), 1)
+    except OSError as exc:
+        _fail(f"the restore failed, nothing was restored: {exc}", 1)
+    click.echo(report.summary())
