@@ -3,6 +3,8 @@ depth, no DTD (so no entity expansion and no external entities, in any encoding)
 
 from __future__ import annotations
 
+from xml.sax.saxutils import escape
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -73,3 +75,14 @@ def test_issue_15_autodiscover_any_bytes_give_an_address_or_a_refusal(body: byte
     except RequestError:
         return
     assert asked.address.endswith("@" + asked.domain)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80) | st.builds("{}@{}".format, st.text(max_size=20), st.text(max_size=40)))
+def test_issue_15_autodiscover_any_address_text_gives_an_address_or_a_refusal(text: str) -> None:
+    body = request(escape(text))
+    try:
+        asked = parse_request(body)
+    except RequestError:
+        return
+    assert asked.address.endswith("@" + asked.domain) and asked.domain.isascii()
