@@ -18,6 +18,8 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
+from kartero.delivery.mtasts import MTASTS, Policy
+from kartero.dns.resolver import Resolver
 from tests.integration.dnsserver import LoopbackDNS
 from tests.integration.harness import PASSWORD, KarteroServer, run_cli, tls_context
 from tests.integration.web_client import Browser
@@ -39,15 +41,19 @@ POX = (b'<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schem
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KarteroServer]:
+def dns() -> Iterator[LoopbackDNS]:
     with LoopbackDNS("") as dns:  # an empty zone: `kartero dns` finds every record missing, at once
-        server = KarteroServer(tmp_path_factory.mktemp("autoconfig") / "k", http=True, hostname="mail.example.test",
-                               domains=("example.test", "example.net"),
-                               extra_config=dns.config + CONFIG)  # fmt: skip
-        server.add_user(USER)
-        server.start()
-        yield server
-        assert server.stop() == 0, server.log
+        yield dns
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, dns: LoopbackDNS) -> Iterator[KarteroServer]:
+    server = KarteroServer(tmp_path_factory.mktemp("autoconfig") / "k", http=True, hostname="mail.example.test",
+                           domains=("example.test", "example.net"), extra_config=dns.config + CONFIG)  # fmt: skip
+    server.add_user(USER)
+    server.start()
+    yield server
+    assert server.stop() == 0, server.log
 
 
 def fetch(server: KarteroServer, method: str, path: str, host: str, body: bytes | None = None, *,
@@ -170,6 +176,23 @@ def test_issue_15_mta_sts_policy_only_for_mta_sts_hosts(server: KarteroServer) -
         assert fetch(server, "GET", "/.well-known/mta-sts.txt", host)[0] == 404, host
     status, _, body = fetch(server, "GET", "/.well-known/mta-sts.txt", "mta-sts.evil.example")
     assert (status, body) == (421, b"this server does not answer for that host name\n")
+
+
+def test_issue_15_a_sender_fetches_the_policy_through_dns_and_https(server: KarteroServer, dns: LoopbackDNS) -> None:
+    """Kartero's own MTA-STS client (delivery/mtasts.py) as any sender: the TXT record, the address of
+    mta-sts.DOMAIN, the policy over HTTPS with that Host and SNI, parsed."""
+    dns.zones.set_zone('_mta-sts.example.net. 60 IN TXT "v=STSv1; id=x1"\n'
+                       f"mta-sts.example.net. 60 IN A {server.host}\n")  # example.test stays empty for `kartero dns`
+
+    async def fetch_policy() -> Policy | None:
+        resolver = Resolver([(dns.host, dns.port)], timeout_s=2.0)
+        return await MTASTS(resolver, tls_context(), port=server.https_port).policy("example.net")
+
+    policy = asyncio.run(fetch_policy())
+    assert policy is not None
+    assert (policy.id, policy.mode, policy.mx, policy.max_age_s) == (
+        "x1", "enforce", ("mail.example.test", "*.backup.example.net"), 86400)  # fmt: skip
+    assert policy.allows("mail.example.test") and policy.allows("mx7.backup.example.net")
 
 
 def test_issue_15_kartero_dns_suggests_the_records(server: KarteroServer) -> None:
