@@ -132,6 +132,10 @@ def test_issue_15_outlook_autodiscover(server: KarteroServer) -> None:
             ("POP3", "mail.example.test", str(server.pop3s_port), "SSL", "Alice@example.net"),
             ("SMTP", "mail.example.test", "465", "SSL", "Alice@example.net"),
         ]  # fmt: skip
+    # An account (bob) and no account (nobody) get the same answer but for the name echoed.
+    bob = fetch(server, "POST", "/autodiscover/autodiscover.xml", "example.test", POX % USER.encode())
+    nobody = fetch(server, "POST", "/autodiscover/autodiscover.xml", "example.test", POX % b"nobody@example.test")
+    assert bob[0] == 200 and bob[2].replace(b"bob@", b"nobody@") == nobody[2]
     assert fetch(server, "POST", "/autodiscover/autodiscover.xml", "autodiscover.example.net",
                  POX % b"x@other.example")[0] == 404  # fmt: skip
     doctype = POX.replace(b"?><", b'?><!DOCTYPE a [<!ENTITY x "y">]><') % b"&x;@example.test"
