@@ -710,8 +710,10 @@ def dkim_list(ctx: click.Context) -> None:
 @click.argument("domain")
 @click.pass_context
 def dns_check(ctx: click.Context, domain: str) -> None:
-    """Check the DNS records DOMAIN needs (MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, PTR) and print the fix
-    for each one missing or wrong. Exit 0 when every required record is right, else 1."""
+    """Check the DNS records DOMAIN needs (MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, the autoconfiguration
+    names and SRV records, PTR) and print the fix for each one missing or wrong. Exit 0 when every
+    required record is right, else 1."""
+    from kartero.autoconfig.records import client_records
     from kartero.dns.names import DomainError, canonical_domain
     from kartero.dns.resolver import blocking_resolver
     from kartero.mailauth.dnscheck import check_domain
@@ -727,10 +729,12 @@ def dns_check(ctx: click.Context, domain: str) -> None:
     resolver = blocking_resolver(servers, timeout_s=config.dns.timeout_s)
     where = ", ".join(str(n) for n in config.dns.nameservers) or "the system resolver"
     click.echo(f"DNS records for {domain} (mail host {config.hostname}), looked up through {where}:")
-    checks = check_domain(domain, config.hostname, _dkim_keys(ctx, config).get(domain, []), resolver)
+    checks = check_domain(domain, config.hostname, _dkim_keys(ctx, config).get(domain, []), resolver,
+                          client_records(config, domain))
+    width = max(len(check.name) for check in checks)
     for check in checks:
         label = check.status if check.required or check.status == "ok" else f"{check.status}*"
-        click.echo(f"{label:<9} {check.name:<12} {check.detail}")
+        click.echo(f"{label:<9} {check.name:<{width}} {check.detail}")
     if any(not c.required and c.status != "ok" for c in checks):
         click.echo("* recommended, not required")
     sys.exit(0 if all(c.status == "ok" for c in checks if c.required) else 1)

@@ -227,6 +227,27 @@ class HttpConfig:
 
     metrics_token: str = ""  # "": /metrics is open to whoever reaches the listener; else a bearer token
     session_lifetime_s: float = 12 * 3600.0  # a browser signs in again after this long, whatever it does
+    # The port mail clients reach each service on, where it differs from the bound one in [listen] (NAT,
+    # port forwarding); 0: not told to clients. Read by kartero/autoconfig (client settings, SRV records).
+    public_ports: Mapping[str, int] = field(default_factory=dict)
+
+
+# Services a mail client is told about (autoconfig, autodiscover, .mobileconfig, RFC 6186 SRV records).
+CLIENT_SERVICES = ("imaps", "imap", "pop3s", "pop3", "submissions", "submission")
+
+
+@dataclass(frozen=True, slots=True)
+class MtaStsConfig:
+    """The MTA-STS policy (RFC 8461) served to `mta-sts.DOMAIN` of every local domain, and the TLS-RPT
+    address (RFC 8460) `kartero dns` suggests."""
+
+    mode: str = "testing"  # testing: senders report failures but deliver; enforce; none (withdraw)
+    max_age_s: int = 7 * 86400  # how long senders keep the policy
+    mx: tuple[str, ...] = ()  # MX host names besides `hostname` ("*.example.net" patterns allowed)
+    tls_rpt: str = ""  # the TLS-RPT rua; "": mailto:postmaster@DOMAIN
+
+
+MTA_STS_MAX_AGE_S = 31_557_600  # RFC 8461 §3.2: max_age at most one year
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +283,7 @@ class Config:
     hooks: HooksConfig = field(default_factory=HooksConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     trace: TraceConfig = field(default_factory=TraceConfig)
+    mta_sts: MtaStsConfig = field(default_factory=MtaStsConfig)
     log_level: str = "info"
     proxy_from: tuple[str, ...] = ()  # networks whose connections start with a PROXY protocol header
     source: Path | None = None  # the file it came from; None for the embedded default
@@ -430,7 +452,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     r.check_keys(
         data, None, ("hostname", "domains", "data_dir", "listen", "tls", "limits", "dns", "delivery", "routes",
                      "inbound", "greylisting", "dnsbl", "auth", "store", "log_level", "srs", "milter",
-                     "spam", "hooks", "http", "trace")
+                     "spam", "hooks", "http", "trace", "mta_sts")
     )  # fmt: skip
 
     domains_raw = data.get("domains")
@@ -679,7 +701,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     )
 
     http_raw = r.table(data, "http")
-    r.check_keys(http_raw, "http", ("metrics_token", "session_lifetime"))
+    r.check_keys(http_raw, "http", ("metrics_token", "session_lifetime", "public_ports"))
     metrics_token = r.string(http_raw, "http", "metrics_token", "")
     if metrics_token and (len(metrics_token) < 16 or not metrics_token.isascii() or not metrics_token.isprintable()
                           or " " in metrics_token):  # fmt: skip
@@ -687,11 +709,12 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     lifetime = r.duration(http_raw, "http", "session_lifetime", HttpConfig().session_lifetime_s)
     if lifetime < 60:
         raise r.fail("http", "session_lifetime", "must be at least 1m")
-    http = HttpConfig(metrics_token, lifetime)
+    http = HttpConfig(metrics_token, lifetime, _public_ports(r, http_raw, listen))
     trace_raw = r.table(data, "trace")
     r.check_keys(trace_raw, "trace", ("keep",))
     keep = trace_raw.get("keep", "30d")  # 0 (or "0"): no trace kept
     trace = TraceConfig(0.0 if keep in (0, "0") else r.duration(trace_raw, "trace", "keep", TraceConfig().keep_s))
+    mta_sts = _mta_sts(r, r.table(data, "mta_sts"))
 
     return Config(
         hostname=hostname,
@@ -714,6 +737,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         hooks=hooks,
         http=http,
         trace=trace,
+        mta_sts=mta_sts,
         log_level=log_level,
         proxy_from=proxy_from,
         source=source,
@@ -742,6 +766,46 @@ def _milter(r: _Reader, data: Mapping[str, Any]) -> MilterConfig:
         raise r.fail("milter", "listeners", 'expected a list of "smtp" and "submission"')
     return MilterConfig(address, tuple(dict.fromkeys(listeners)), _on_error(r, "milter", data),
                         r.duration(data, "milter", "timeout", 30.0))  # fmt: skip
+
+
+def _public_ports(r: _Reader, data: Mapping[str, Any],
+                  listen: Mapping[str, tuple[ListenAddress, ...]]) -> dict[str, int]:  # fmt: skip
+    ports = data.get("public_ports", {})
+    if not isinstance(ports, dict):
+        raise r.fail("http", "public_ports", "expected a table like {imaps = 993, submissions = 465}")
+    result = {}
+    for service, port in ports.items():
+        if service not in CLIENT_SERVICES:
+            raise r.fail("http", f"public_ports.{service}", f"not one of {', '.join(CLIENT_SERVICES)}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise r.fail("http", f"public_ports.{service}", "must be a port number (0: not told to clients)")
+        if port and service not in listen:
+            raise r.fail("http", f"public_ports.{service}", f"no [listen] {service}: clients would be sent nowhere")
+        result[service] = port
+    return result
+
+
+def _mta_sts(r: _Reader, data: Mapping[str, Any]) -> MtaStsConfig:
+    r.check_keys(data, "mta_sts", ("mode", "max_age", "mx", "tls_rpt"))
+    default = MtaStsConfig()
+    mode = r.string(data, "mta_sts", "mode", default.mode)
+    if mode not in ("testing", "enforce", "none"):
+        raise r.fail("mta_sts", "mode", 'must be "testing", "enforce" or "none"')
+    max_age = r.duration(data, "mta_sts", "max_age", default.max_age_s)
+    if not max_age.is_integer() or max_age > MTA_STS_MAX_AGE_S:
+        raise r.fail("mta_sts", "max_age", f"whole seconds, at most {MTA_STS_MAX_AGE_S} (a year, RFC 8461 §3.2)")
+    mx_raw = data.get("mx", [])
+    if not isinstance(mx_raw, list):
+        raise r.fail("mta_sts", "mx", 'expected a list of host names like ["mx2.example.org", "*.example.net"]')
+    mx = []
+    for name in mx_raw:
+        wildcard = isinstance(name, str) and name.startswith("*.")  # RFC 8461 §3.2: only the leftmost label
+        mx.append(("*." if wildcard else "") + _canonical_domain(r, "[mta_sts] mx", name[2:] if wildcard else name))
+    tls_rpt = r.string(data, "mta_sts", "tls_rpt", "")
+    # RFC 8460 §3: a mailto: or https: URI; it is written into a TXT record, so no quotes, ';' or spaces
+    if tls_rpt and not re.fullmatch(r'mailto:[^\s;,"\\@]+@[^\s;,"\\@]+|https://[^\s;,"\\]+', tls_rpt):
+        raise r.fail("mta_sts", "tls_rpt", 'expected "mailto:ADDRESS" or an "https://" URL')
+    return MtaStsConfig(mode, int(max_age), tuple(dict.fromkeys(mx)), tls_rpt)
 
 
 def embedded_default(cwd: Path) -> Config:

@@ -2,9 +2,12 @@
 
 Each check says ok, missing or wrong, and for the last two the exact record to publish. Required: MX
 pointing at this host, an address for the host, one SPF record that ends in -all or ~all, the record of
-every DKIM key Kartero signs with, a DMARC record. Recommended (reported, not required): MTA-STS and
-TLS-RPT records, and a PTR record for the host's addresses that names the host (many receivers refuse
-mail from addresses without one).
+every DKIM key Kartero signs with, a DMARC record. Recommended (reported, not required): the MTA-STS
+record with the id of the policy served now and an address for `mta-sts.DOMAIN`, a TLS-RPT record, the
+`autoconfig.` and `autodiscover.` names of the domain pointing here, the RFC 6186 SRV records of the
+client services (what `ClientRecords` lists; kartero/autoconfig/records.py makes it from the config),
+and a PTR record for the host's addresses that names the host (many receivers refuse mail from
+addresses without one).
 """
 
 from __future__ import annotations
@@ -28,6 +31,22 @@ class Check:
     record: str = ""  # the record Kartero expects, in zone-file syntax ("" where none can be named)
 
 
+@dataclass(frozen=True, slots=True)
+class Srv:
+    service: str  # imaps, imap, pop3s, pop3, submissions, submission (RFC 6186 §3)
+    priority: int
+    port: int  # 0: not offered here (§3.4: "0 0 0 .")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRecords:
+    """What the domain publishes for the server's HTTP side and mail clients."""
+
+    mta_sts_id: str  # the id of the MTA-STS policy served now
+    tls_rpt: str  # the TLS-RPT rua ("mailto:...")
+    srv: tuple[Srv, ...]
+
+
 class _Lookup:
     def __init__(self, resolver: dns.resolver.Resolver) -> None:
         self.resolver = resolver
@@ -45,14 +64,20 @@ class _Lookup:
         return [r.to_text() for r in answer]
 
 
-def check_domain(domain: str, hostname: str, keys: list[DKIMKey], resolver: dns.resolver.Resolver) -> list[Check]:
+def check_domain(domain: str, hostname: str, keys: list[DKIMKey], resolver: dns.resolver.Resolver,
+                 clients: ClientRecords) -> list[Check]:  # fmt: skip
     look = _Lookup(resolver)
     host = hostname.rstrip(".")
     checks = [_mx(look, domain, host), _address(look, host), _spf(look, domain)]
     checks += [_dkim(look, key) for key in keys] or [
         Check("DKIM", "missing", f"no signing key yet: run `kartero dkim keygen {domain}` and publish its record")
     ]
-    checks += [_dmarc(look, domain), _mta_sts(look, domain), _tls_rpt(look, domain), *_ptr(look, host)]
+    here = set((look.records(host, "A") or []) + (look.records(host, "AAAA") or []))
+    checks += [_dmarc(look, domain), _mta_sts(look, domain, clients.mta_sts_id),
+               _web_host(look, "MTA-STS web", f"mta-sts.{domain}", host, here), _tls_rpt(look, domain, clients.tls_rpt),
+               _web_host(look, "autoconfig", f"autoconfig.{domain}", host, here),
+               _web_host(look, "autodiscover", f"autodiscover.{domain}", host, here),
+               *(_srv(look, domain, host, srv) for srv in clients.srv), *_ptr(look, host)]  # fmt: skip
     return checks
 
 
@@ -131,26 +156,70 @@ def _dmarc(look: _Lookup, domain: str) -> Check:
     return Check("DMARC", "ok", records[0], record=fix)
 
 
-def _mta_sts(look: _Lookup, domain: str) -> Check:
-    found = look.records(f"_mta-sts.{domain}", "TXT")
+def _mta_sts(look: _Lookup, domain: str, policy_id: str) -> Check:
+    name = f"_mta-sts.{domain}"
+    found = look.records(name, "TXT")
     if found is None:
-        return _failed("MTA-STS", f"_mta-sts.{domain}", required=False)
-    fix = f'_mta-sts.{domain}. IN TXT "v=STSv1; id=1"'
-    if any(r.startswith("v=STSv1") for r in found):
-        return Check("MTA-STS", "ok", found[0], required=False, record=fix)
-    return Check("MTA-STS", "missing", f"recommended: {fix} and a policy at "
-                 f"https://mta-sts.{domain}/.well-known/mta-sts.txt (RFC 8461)", required=False,
-                 record=fix)  # fmt: skip
+        return _failed("MTA-STS", name, required=False)
+    fix = f'{name}. IN TXT "v=STSv1; id={policy_id}"'
+    records = [r for r in found if r.startswith("v=STSv1")]
+    if not records:
+        return Check("MTA-STS", "missing", f"recommended: {fix} (the policy is served at "
+                     f"https://mta-sts.{domain}/.well-known/mta-sts.txt, RFC 8461)", required=False,
+                     record=fix)  # fmt: skip
+    if len(records) > 1:
+        return Check("MTA-STS", "wrong", f"{len(records)} MTA-STS records (senders ignore all, RFC 8461 §3.1): "
+                     f"keep one, {fix}", required=False, record=fix)  # fmt: skip
+    if _tags(records[0]).get("id") == policy_id:
+        return Check("MTA-STS", "ok", records[0], required=False, record=fix)
+    return Check("MTA-STS", "wrong", f'"{records[0]}" is not the id of the policy served now: publish {fix} '
+                 "(senders fetch the policy again when the id changes)", required=False, record=fix)  # fmt: skip
 
 
-def _tls_rpt(look: _Lookup, domain: str) -> Check:
+def _web_host(look: _Lookup, label: str, name: str, host: str, here: set[str]) -> Check:
+    """A name the HTTP side answers for (MTA-STS policy, autoconfiguration): it must lead here."""
+    fix = f"{name}. IN CNAME {host}."
+    found = (look.records(name, "A"), look.records(name, "AAAA"))
+    if found[0] is None or found[1] is None:
+        return _failed(label, name, required=False)
+    addresses = found[0] + found[1]
+    if not addresses:
+        return Check(label, "missing", f"recommended: {fix} (and a certificate for {name} on the https "
+                     "listener)", required=False, record=fix)  # fmt: skip
+    if here.intersection(addresses):
+        return Check(label, "ok", f"{name} has {', '.join(addresses)}", required=False, record=fix)
+    return Check(label, "wrong", f"{name} has {', '.join(addresses)}, none of them {host}'s: publish {fix}",
+                 required=False, record=fix)  # fmt: skip
+
+
+def _tls_rpt(look: _Lookup, domain: str, rua: str) -> Check:
     found = look.records(f"_smtp._tls.{domain}", "TXT")
     if found is None:
         return _failed("TLS-RPT", f"_smtp._tls.{domain}", required=False)
-    fix = f'_smtp._tls.{domain}. IN TXT "v=TLSRPTv1; rua=mailto:postmaster@{domain}"'
+    fix = f'_smtp._tls.{domain}. IN TXT "v=TLSRPTv1; rua={rua}"'
     if any(r.startswith("v=TLSRPTv1") for r in found):
         return Check("TLS-RPT", "ok", found[0], required=False, record=fix)
     return Check("TLS-RPT", "missing", f"recommended: {fix}", required=False, record=fix)
+
+
+def _srv(look: _Lookup, domain: str, host: str, srv: Srv) -> Check:
+    """RFC 6186 §3: the service's host and port, or `0 0 0 .` for a service not offered (§3.4)."""
+    label, name = f"SRV {srv.service}", f"_{srv.service}._tcp.{domain}"
+    target = host.lower() if srv.port else ""
+    value = f"{srv.priority} 1 {srv.port} {host}." if srv.port else "0 0 0 ."
+    fix = f"{name}. IN SRV {value}"
+    found = look.records(name, "SRV")
+    if found is None:
+        return _failed(label, name, required=False)
+    if not found:
+        return Check(label, "missing", f"recommended: {fix}", required=False, record=fix)
+    for record in found:
+        parts = record.split()
+        if len(parts) == 4 and parts[2] == str(srv.port) and parts[3].rstrip(".").lower() == target:
+            return Check(label, "ok", f"{name} {record}", required=False, record=fix)
+    what = f"{srv.service} is not offered here" if not srv.port else f"{srv.service} is at {host} port {srv.port}"
+    return Check(label, "wrong", f"found {', '.join(found)}, but {what}: publish {fix}", required=False,
+                 record=fix)  # fmt: skip
 
 
 def _ptr(look: _Lookup, host: str) -> list[Check]:

@@ -56,10 +56,11 @@ def build_app(ctx: WebContext) -> web.Application:
     app.router.add_post("/admin/login", admin_login)
     app.router.add_post("/admin/logout", logout)
     app.router.add_get("/metrics", metrics)
-    from kartero.web import api, ui
+    from kartero.web import api, clients, ui
 
     ui.setup(app)
     api.setup(app)
+    clients.setup(app)
     return app
 
 

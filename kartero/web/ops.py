@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import dns.resolver
 
 from kartero.auth.accounts import Directory, DirectoryError, parse_address
+from kartero.autoconfig.records import client_records
 from kartero.config import Config, parse_size
 from kartero.dns.names import DomainError, canonical_domain
 from kartero.mail.address import AddressError
@@ -259,7 +260,8 @@ class Operations:
         domain = self._local_domain(domain)
         if self.resolver is None:
             raise OpError(503, "no resolver")
-        return check_domain(domain, self.config.hostname, self.dkim_keys().get(domain, []), self.resolver())
+        return check_domain(domain, self.config.hostname, self.dkim_keys().get(domain, []), self.resolver(),
+                            client_records(self.config, domain))
 
     def dkim_generate(self, domain: str, algorithm: str = "rsa", selector: str = "") -> DkimKeyInfo:
         """A new key for a selector that has none (a key is never replaced from the web: replacing
