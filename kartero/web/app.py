@@ -8,6 +8,7 @@ there is no front-end build. `ui.py` adds the admin's pages, `api.py` the JSON A
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,7 +36,7 @@ _CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 
 
 
 def build_app(ctx: WebContext) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[_headers, _host, _errors])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_headers, _host, _plaintext, _errors])
     app[CONTEXT] = ctx
     app[TEMPLATES] = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -112,6 +113,47 @@ def _is_our_host(host: str, hostname: str, domains: tuple[str, ...]) -> bool:
     if name in ("localhost", hostname) or name.replace(".", "").isdigit():
         return True
     return any(name == d or name.endswith("." + d) for d in domains)
+
+
+# What a client may fetch over plain http from anywhere: nothing here carries a credential. ACME http-01
+# (RFC 8555 §8.3 is plain http by definition), Thunderbird's autoconfig (asked over http first), the
+# MTA-STS policy (senders use https; http is harmless), Outlook's autodiscover request (an address only).
+_PLAIN_PATHS = ("/.well-known/", "/mail/config-v1.1.xml", "/autodiscover/", "/Autodiscover/")
+
+
+def plaintext_allowed(secure: bool, remote: str | None, path: str) -> bool:
+    """Whether a request may be answered without TLS: over TLS, from a loopback peer (an SSH tunnel, a
+    local proxy or scraper), or for a public path. Elsewhere a password, session cookie, CSRF token or
+    bearer token would cross the network in clear: the rule IMAP, POP3 and ManageSieve follow for LOGIN."""
+    if secure or path.startswith(_PLAIN_PATHS):
+        return True
+    try:
+        return ipaddress.ip_address((remote or "").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def https_url(host: str, port: int, path_qs: str) -> str:
+    """The same page over https: the Host header's name (an IPv6 literal kept in brackets), its port
+    dropped for the https listener's."""
+    if host.startswith("["):
+        name = host[: host.index("]") + 1]
+    else:
+        name = host.rpartition(":")[0] if host.count(":") == 1 else host
+    return f"https://{name}{'' if port == 443 else f':{port}'}{path_qs}"
+
+
+@web.middleware
+async def _plaintext(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Off loopback, plain http serves only the public paths: a GET is sent to https (when there is an
+    https listener), anything else refused before a credential is read."""
+    if plaintext_allowed(request.secure, request.remote, request.path):
+        return await handler(request)
+    https = request.app[CONTEXT].config.listen.get("https")
+    if https and request.method in ("GET", "HEAD"):  # request.host is one of ours (_host): no open redirect
+        raise web.HTTPPermanentRedirect(https_url(request.host, https[0].port, request.path_qs))
+    return web.Response(status=403, text="only over https here (or from this machine): a password or token "
+                                         "would cross the network in clear\n")  # fmt: skip
 
 
 @web.middleware
