@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import PASSWORD, KarteroServer, run_cli, strip_trace
+from tests.integration.harness import PASSWORD, KarteroServer, free_port, run_cli, strip_trace, tls_context, wait_for
 
 USERS = ("bob@example.test", "carol@example.test")
+# Mail for elsewhere goes to a port nothing listens on: it stays in the queue, in the backup too.
+EXTRA = f'[delivery]\nrelayhost = "127.0.0.1:{free_port()}"\nretry_first = "1h"\n'
 
 
 @dataclass
@@ -36,6 +38,7 @@ class BackedUp:
     output: str
     sent: dict[str, Sent]  # X-Key: what the clients sent (acknowledged or not)
     dkim: str  # `kartero dkim list` of the original
+    queue_id: str  # a message queued for a remote recipient before the backup
 
 
 def _load(server: KarteroServer, sent: dict[str, Sent], lock: threading.Lock, stop: threading.Event,
@@ -66,11 +69,18 @@ def _load(server: KarteroServer, sent: dict[str, Sent], lock: threading.Lock, st
 @pytest.fixture(scope="module")
 def backed_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackedUp]:
     root = tmp_path_factory.mktemp("backup")
-    server = KarteroServer(root / "mx")
+    server = KarteroServer(root / "mx", extra_config=EXTRA)
     for user in USERS:
         server.add_user(user)
     run_cli(server.config, "dkim", "keygen", "example.test", "--algorithm", "ed25519")
     server.start()
+    with smtplib.SMTP(server.host, server.submission_port, timeout=30) as submission:
+        submission.starttls(context=tls_context())
+        submission.login("bob@example.test", PASSWORD)
+        out = b"From: bob@example.test\r\nTo: someone@remote.test\r\nSubject: out\r\n\r\nQueued.\r\n"
+        submission.sendmail("bob@example.test", ["someone@remote.test"], out)
+    wait_for(lambda: len(run_cli(server.config, "queue", "list").stdout.splitlines()) > 1)
+    queue_id = run_cli(server.config, "queue", "list").stdout.splitlines()[1].split()[0]
     sent: dict[str, Sent] = {}
     lock = threading.Lock()
     stop = threading.Event()
@@ -94,7 +104,7 @@ def backed_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackedUp]:
             client.join(15)
         assert server.stop() == 0, server.log
     dkim = run_cli(server.config, "dkim", "list").stdout
-    yield BackedUp(root / "backup", began_at, ended_at, output, sent, dkim)
+    yield BackedUp(root / "backup", began_at, ended_at, output, sent, dkim, queue_id)
 
 
 def _mailbox(server: KarteroServer, user: str) -> dict[str, bytes]:
@@ -128,7 +138,7 @@ def test_issue_15_restore_has_every_message_acknowledged_before_the_backup(backe
     assert len(before) >= 40 and after, "the load ran before and after the backup"
     assert backed_up.output.startswith("backed up "), backed_up.output
 
-    restored = KarteroServer(tmp_path / "restored")
+    restored = KarteroServer(tmp_path / "restored", extra_config=EXTRA)
     result = run_cli(restored.config, "restore", str(backed_up.folder))
     assert result.stdout.startswith("restored the backup of "), result.stdout
     assert "every checksum matched" in result.stdout
@@ -151,6 +161,8 @@ def test_issue_15_restore_has_every_message_acknowledged_before_the_backup(backe
         imap.logout()
         assert int(status.split(b"UIDVALIDITY ")[1].rstrip(b")")) > before_restore
         assert run_cli(restored.config, "dkim", "list").stdout == backed_up.dkim
+        assert " 1 queued;" in backed_up.output
+        assert backed_up.queue_id in run_cli(restored.config, "queue", "list").stdout
         # The restored server takes new mail.
         with smtplib.SMTP(restored.host, restored.port, timeout=10) as smtp:
             smtp.sendmail("new@elsewhere.test", ["bob@example.test"], b"Subject: new\r\nX-Key: new\r\n\r\nHello.\r\n")
