@@ -19,7 +19,7 @@ unfinished batch. The backup:
    fsynced: a folder without a manifest is no backup.
 
 What is left out: the spool folder and `workers/` (temporary files of sessions and of `serve --workers`),
-the pid file, SQLite's -wal/-shm/-journal companions (step 2 reads through them), temporary `.*.tmp`
+the pid file, SQLite's -wal/-shm/-journal companions (step 2 reads through them), temporary `*.tmp`
 files, and segments the database does not point into (a restarted server would remove them too). A
 maildrop file picked up between steps 1 and 2 is both in the database and in the maildrop copy: after a
 restore it would be delivered twice, never lost.
@@ -174,7 +174,7 @@ def _inventory(data_dir: Path) -> tuple[list[str], list[str], list[str]]:
             rel = path.relative_to(data_dir).as_posix()
             if here == data_dir and name in leave_out:
                 continue
-            if name.startswith(".") and name.endswith(".tmp"):  # being written (the maildrop's, ...)
+            if name.endswith(".tmp"):  # being written (the maildrop's `.NAME.tmp`, a DKIM key's `NAME.tmp`, ...)
                 continue
             if any(name.endswith(s) and name[: -len(s)] in present for s in SQLITE_COMPANIONS):
                 continue

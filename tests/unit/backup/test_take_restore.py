@@ -49,7 +49,7 @@ def _data_dir(root: Path) -> Path:
         (data / "messages" / f"{number:08d}.seg").write_bytes(data_bytes)
     for rel, text in {"dkim/example.test/s1.rsa.key": "key", "maildrop/0001.msg": "dropped", "acme/account.pem": "a",
                       "kartero.pid": "1", "spool/x": "spooled", "workers/1/spool/y": "y",
-                      "maildrop/.0002.tmp": "being written"}.items():  # fmt: skip
+                      "maildrop/.0002.tmp": "being written", "dkim/example.test/s2.rsa.tmp": "k"}.items():  # fmt: skip
         (data / rel).parent.mkdir(parents=True, exist_ok=True)
         (data / rel).write_text(text)
     return data
