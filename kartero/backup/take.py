@@ -44,6 +44,7 @@ from kartero.backup.manifest import (
     FileEntry,
     FileKind,
     Manifest,
+    check_relative_path,
     copy_hashed,
     fsync_dir,
     open_regular,
@@ -73,7 +74,7 @@ class BackupReport:
     folder: Path
     seconds: float
     unreferenced_segments: int  # left out: nothing in the database points into them
-    skipped: tuple[str, ...] = field(default=())  # links and special files, not copied
+    skipped: tuple[str, ...] = field(default=())  # links, special files, names a manifest cannot hold
 
     def summary(self) -> str:
         counts = ", ".join(f"{value} {name}" for name, value in self.manifest.counts.items())
@@ -104,6 +105,8 @@ def take_backup(data_dir: Path, folder: Path, kartero_version: str) -> BackupRep
 
 def _take(data_dir: Path, writer: _Writer, kartero_version: str, started: float) -> BackupReport:
     files, databases, skipped = _inventory(data_dir)
+    if DATABASE not in databases:
+        raise BackupError(f"{data_dir / DATABASE} is not a SQLite database")
     _raise_open_files_limit(len(files) + 64)
     opened: dict[str, BinaryIO] = {}
     try:
@@ -178,7 +181,7 @@ def _inventory(data_dir: Path) -> tuple[list[str], list[str], list[str]]:
                 continue
             if any(name.endswith(s) and name[: -len(s)] in present for s in SQLITE_COMPANIONS):
                 continue
-            if path.is_symlink() or not path.is_file():
+            if path.is_symlink() or not path.is_file() or not _is_portable(rel):
                 skipped.append(rel)
             elif _is_sqlite(path):
                 databases.append(rel)
@@ -186,6 +189,15 @@ def _inventory(data_dir: Path) -> tuple[list[str], list[str], list[str]]:
                 files.append(rel)
     databases.sort(key=lambda rel: (rel != DATABASE, rel))
     return files, databases, skipped
+
+
+def _is_portable(rel: str) -> bool:
+    """A path the manifest can name (manifest.check_relative_path): no backslash, not overlong."""
+    try:
+        check_relative_path(rel)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_sqlite(path: Path) -> bool:
