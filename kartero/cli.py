@@ -1052,7 +1052,7 @@ def backup(ctx: click.Context, folder: Path, verify_only: bool) -> None:
     if report.unreferenced_segments:
         click.echo(f"left out {report.unreferenced_segments} segment files nothing points into")
     if report.skipped:
-        click.echo(f"not copied (links or special files): {', '.join(report.skipped)}")
+        click.echo(f"not copied (links, special files, names a manifest cannot hold): {', '.join(report.skipped)}")
     outside = [p for p in (config.source, *((config.tls.cert, config.tls.key) if config.tls else ()))
                if p is not None and not p.resolve().is_relative_to(config.data_dir.resolve())]  # fmt: skip
     if outside:

@@ -19,7 +19,7 @@ unfinished batch. The backup:
    fsynced: a folder without a manifest is no backup.
 
 What is left out: the spool folder and `workers/` (temporary files of sessions and of `serve --workers`),
-the pid file, SQLite's -wal/-shm/-journal companions (step 2 reads through them), temporary `.*.tmp`
+the pid file, SQLite's -wal/-shm/-journal companions (step 2 reads through them), temporary `*.tmp`
 files, and segments the database does not point into (a restarted server would remove them too). A
 maildrop file picked up between steps 1 and 2 is both in the database and in the maildrop copy: after a
 restore it would be delivered twice, never lost.
@@ -44,6 +44,7 @@ from kartero.backup.manifest import (
     FileEntry,
     FileKind,
     Manifest,
+    check_relative_path,
     copy_hashed,
     fsync_dir,
     open_regular,
@@ -73,7 +74,7 @@ class BackupReport:
     folder: Path
     seconds: float
     unreferenced_segments: int  # left out: nothing in the database points into them
-    skipped: tuple[str, ...] = field(default=())  # links and special files, not copied
+    skipped: tuple[str, ...] = field(default=())  # links, special files, names a manifest cannot hold
 
     def summary(self) -> str:
         counts = ", ".join(f"{value} {name}" for name, value in self.manifest.counts.items())
@@ -104,6 +105,8 @@ def take_backup(data_dir: Path, folder: Path, kartero_version: str) -> BackupRep
 
 def _take(data_dir: Path, writer: _Writer, kartero_version: str, started: float) -> BackupReport:
     files, databases, skipped = _inventory(data_dir)
+    if DATABASE not in databases:
+        raise BackupError(f"{data_dir / DATABASE} is not a SQLite database")
     _raise_open_files_limit(len(files) + 64)
     opened: dict[str, BinaryIO] = {}
     try:
@@ -174,11 +177,11 @@ def _inventory(data_dir: Path) -> tuple[list[str], list[str], list[str]]:
             rel = path.relative_to(data_dir).as_posix()
             if here == data_dir and name in leave_out:
                 continue
-            if name.startswith(".") and name.endswith(".tmp"):  # being written (the maildrop's, ...)
+            if name.endswith(".tmp"):  # being written (the maildrop's `.NAME.tmp`, a DKIM key's `NAME.tmp`, ...)
                 continue
             if any(name.endswith(s) and name[: -len(s)] in present for s in SQLITE_COMPANIONS):
                 continue
-            if path.is_symlink() or not path.is_file():
+            if path.is_symlink() or not path.is_file() or not _is_portable(rel):
                 skipped.append(rel)
             elif _is_sqlite(path):
                 databases.append(rel)
@@ -186,6 +189,15 @@ def _inventory(data_dir: Path) -> tuple[list[str], list[str], list[str]]:
                 files.append(rel)
     databases.sort(key=lambda rel: (rel != DATABASE, rel))
     return files, databases, skipped
+
+
+def _is_portable(rel: str) -> bool:
+    """A path the manifest can name (manifest.check_relative_path): no backslash, not overlong."""
+    try:
+        check_relative_path(rel)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_sqlite(path: Path) -> bool:

@@ -49,7 +49,7 @@ def _data_dir(root: Path) -> Path:
         (data / "messages" / f"{number:08d}.seg").write_bytes(data_bytes)
     for rel, text in {"dkim/example.test/s1.rsa.key": "key", "maildrop/0001.msg": "dropped", "acme/account.pem": "a",
                       "kartero.pid": "1", "spool/x": "spooled", "workers/1/spool/y": "y",
-                      "maildrop/.0002.tmp": "being written"}.items():  # fmt: skip
+                      "maildrop/.0002.tmp": "being written", "dkim/example.test/s2.rsa.tmp": "k"}.items():  # fmt: skip
         (data / rel).parent.mkdir(parents=True, exist_ok=True)
         (data / rel).write_text(text)
     return data
@@ -244,3 +244,18 @@ def test_issue_15_a_database_that_is_not_kartero_s_is_refused(tmp_path: Path) ->
     with pytest.raises(BackupError, match=r"kartero\.db of the backup is not a Kartero database: no such table"):
         restore_backup(tmp_path / "backup", tmp_path / "target")
     assert not (tmp_path / "target").exists()
+
+
+def test_issue_15_links_and_odd_names_are_named_not_copied(tmp_path: Path) -> None:
+    data = _data_dir(tmp_path)
+    (data / "tls").mkdir()
+    (data / "tls" / "cert.pem").symlink_to("/etc/hostname")
+    (data / "odd\\name").write_text("x")
+    report = take_backup(data, tmp_path / "backup", "0.1.0")
+    assert report.skipped == ("odd\\name", "tls/cert.pem")
+    assert not (tmp_path / "backup" / "tls").exists()
+    (tmp_path / "other").mkdir()
+    (data / "kartero.db").unlink()
+    (data / "kartero.db").write_text("not a database")
+    with pytest.raises(BackupError, match=r"kartero\.db is not a SQLite database"):
+        take_backup(data, tmp_path / "other", "0.1.0")
