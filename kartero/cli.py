@@ -1000,3 +1000,21 @@ def sieve_check(path: str) -> None:
     if problem is not None:
         _script_problem(ScriptProblem(problem))
     click.echo("ok")
+
+
+# -- certificates --------------------------------------------------------------------------------------
+
+
+@main.group()
+def cert() -> None:
+    """The TLS certificate: which one the listeners use, and its ACME renewal."""
+
+
+@cert.command("status")
+@click.pass_context
+def cert_status(ctx: click.Context) -> None:
+    """Names, issuer, validity and days left of the certificate in use, its source (acme, self-signed,
+    configured files) and, with [acme], the last renewal and its error if any."""
+    from kartero.acme.status import format_report, read_report
+
+    click.echo(format_report(read_report(_config(ctx)), time.time()), nl=False)

@@ -1,0 +1,140 @@
+"""The renewal task: at start and then at each due time (at least hourly) it looks at the stored
+certificate and orders a new one when there is none, when it lacks a configured name, or when it is due
+for renewal (schedule.py); a failure is logged and retried with backoff. A new certificate is saved
+(storage.py) and handed to `install`, which puts it in front of every TLS listener.
+
+The challenge type: http-01 when the server has an http listener (the CA connects to port 80 of each
+name, which must reach it), else tls-alpn-01 on the https listener (port 443). One order runs at a time,
+in the worker pool; the loop only waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from kartero.acme.challenges import Challenges
+from kartero.acme.order import HTTP01, TLS_ALPN01, Issued, OrderError, OrderSettings, order_certificate
+from kartero.acme.schedule import Validity, backoff_s, next_order_at, sleep_s
+from kartero.acme.storage import AcmeFiles, State
+from kartero.config import HTTP_LISTENERS, AcmeConfig
+from kartero.log import kv
+
+log = logging.getLogger("kartero.acme")
+T = TypeVar("T")
+
+
+def challenge_type(listeners: set[str]) -> str:
+    """http-01 when an http listener exists, else tls-alpn-01 (which needs https)."""
+    return HTTP01 if "http" in listeners else TLS_ALPN01
+
+
+def can_answer(listeners: set[str]) -> bool:
+    """Whether any listener can answer a challenge (http for http-01, https for tls-alpn-01)."""
+    return bool(HTTP_LISTENERS & listeners)
+
+
+class Renewal:
+    """The background task for one `[acme]` section. `install()` is called on the loop, after the new
+    certificate is on disk (AcmeFiles.cert/.key)."""
+
+    def __init__(self, config: AcmeConfig, files: AcmeFiles, challenges: Challenges, listeners: set[str],
+                 install: Callable[[], None], clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+        self.settings = OrderSettings(config.directory, config.email, config.names, config.ca_file,
+                                      challenge_type(listeners))  # fmt: skip
+        self.files = files
+        self.challenges = challenges
+        self.install = install
+        self.clock = clock
+        self.wakeup = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop` is set: look, order when due, sleep until the next due time (or `wakeup`)."""
+        while not stop.is_set():
+            try:
+                wait = await self.step()
+            except Exception:  # a bug, or the data folder unwritable: logged, tried again later
+                log.exception("%s", kv(event="acme.failed"))
+                wait = 3600.0
+            self.wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wakeup.wait())]
+                    try:
+                        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        for waiter in waiters:
+                            waiter.cancel()
+
+    async def step(self) -> float:
+        """One look: order if due; returns how long to sleep before the next look."""
+        files = self.files
+        state, validity = await asyncio.to_thread(lambda: (files.state(), files.certificate()))
+        names = frozenset(self.settings.names)
+        due = next_order_at(validity, names, state.failures, state.last_failure_at)
+        wait = sleep_s(due, self.clock())
+        if wait > 0:
+            return wait
+        reason = "none" if validity is None else "names" if not names <= validity.names else "due"
+        log.info("%s", kv(event="acme.ordering", names=",".join(self.settings.names),
+                          challenge=self.settings.challenge, reason=reason))  # fmt: skip
+        try:
+            issued = await in_daemon_thread(order_certificate, self.settings, files, self.challenges)
+            validity = await asyncio.to_thread(self._save, issued)
+        except (OrderError, OSError) as exc:
+            failures = state.failures + 1
+            now = self.clock()
+            failed = replace(state, failures=failures, last_failure_at=now, last_error=str(exc),
+                             challenge=self.settings.challenge)  # fmt: skip
+            await asyncio.to_thread(files.save_state, failed)
+            retry_s = backoff_s(failures)
+            log.warning("%s", kv(event="acme.order_failed", failures=failures, retry_in_s=int(retry_s),
+                                 detail=str(exc)))  # fmt: skip
+            return sleep_s(now + retry_s, now)
+        success = State(last_success_at=self.clock(), challenge=self.settings.challenge)
+        await asyncio.to_thread(files.save_state, success)
+        self.install()
+        log.info("%s", kv(event="acme.certificate_installed", names=",".join(sorted(validity.names)),
+                          expires=int(validity.not_after)))  # fmt: skip
+        return sleep_s(next_order_at(validity, names, 0, 0.0), self.clock())
+
+    def _save(self, issued: Issued) -> Validity:
+        """Blocking: the new pair on disk, read back as the listeners will load it."""
+        self.files.save_certificate(issued.chain_pem, issued.key_pem)
+        validity = self.files.certificate()
+        if validity is None:
+            raise OrderError("the CA's certificate does not parse or does not match its key")
+        return validity
+
+
+async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a daemon thread of its own: an order may poll the CA for ORDER_DEADLINE_S, and the
+    worker pool's threads are joined at exit, so a shutdown would wait for it. Cancelled (shutdown), the
+    caller goes on and the thread ends with the process."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the awaiting task, which decides
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=work, name="kartero-acme", daemon=True).start()
+    return await done

@@ -1,0 +1,190 @@
+"""ACME certificates against Debian's pebble (a private ACME CA, started once for the module): issuance
+over http-01, the certificate every TLS listener serves replaced without a restart, renewal of a short-lived
+certificate, `kartero cert status`, and issuance over tls-alpn-01 on the https listener (no http listener)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from tests.integration.dnsserver import LoopbackDNS
+from tests.integration.harness import KarteroServer, free_port, run_cli, tls_context, wait_for
+from tests.integration.testca import TestCA
+
+PEBBLE = shutil.which("pebble")
+pytestmark = pytest.mark.skipif(PEBBLE is None, reason="pebble (Debian package) not installed")
+
+NAME = "mail.example.test"
+VALIDITY_S = 12  # pebble's certificateValidityPeriod: renewal is due with a third of it left (schedule.py)
+
+
+@dataclass
+class Pebble:
+    directory: str
+    ca_file: Path
+    http_port: int  # where pebble validates http-01: Kartero's http listener
+    tls_port: int  # where pebble validates tls-alpn-01: Kartero's https listener
+    management: str
+    context: ssl.SSLContext  # trusts pebble's own HTTPS certificate
+
+    def root(self) -> bytes:
+        """The root pebble issues under (made anew at each start)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.management}/roots/0", context=self.context, timeout=10) as r:
+            return bytes(r.read())
+
+
+@pytest.fixture(scope="module")
+def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
+    folder = tmp_path_factory.mktemp("pebble")
+    ca = TestCA(folder / "ca")
+    ca.issue(["localhost"], folder / "cert.pem", folder / "key.pem")
+    port, management, http_port, tls_port = (free_port() for _ in range(4))
+    (folder / "config.json").write_text(json.dumps({"pebble": {
+        "listenAddress": f"127.0.0.1:{port}", "managementListenAddress": f"127.0.0.1:{management}",
+        "certificate": str(folder / "cert.pem"), "privateKey": str(folder / "key.pem"),
+        "httpPort": http_port, "tlsPort": tls_port, "ocspResponderURL": "", "externalAccountBindingRequired": False,
+        "certificateValidityPeriod": VALIDITY_S,
+    }}))  # fmt: skip
+    context = ssl.create_default_context(cafile=str(ca.cert_path))
+    with LoopbackDNS(f"{NAME}. 60 A 127.0.0.1\n") as dns, open(folder / "pebble.log", "wb") as log:
+        env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+        command = [PEBBLE, "-config", str(folder / "config.json"), "-dnsserver", f"{dns.host}:{dns.port}"]
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: _accepts(port), 10)
+            yield Pebble(f"https://localhost:{port}/dir", ca.cert_path, http_port, tls_port,
+                         f"https://localhost:{management}", context)  # fmt: skip
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+def _acme_config(pebble: Pebble) -> str:
+    return (f'[acme]\ndirectory = "{pebble.directory}"\nemail = "postmaster@example.test"\nnames = ["{NAME}"]\n'
+            f'ca_file = "{pebble.ca_file}"\n')  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, pebble: Pebble) -> Iterator[KarteroServer]:
+    server = KarteroServer(tmp_path_factory.mktemp("kartero"), hostname=NAME, http=True,
+                           http_port=pebble.http_port, https_port=pebble.tls_port,
+                           extra_config=_acme_config(pebble))  # fmt: skip
+    server.start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        server.stop()
+
+
+def implicit_tls_certificate(port: int, server_name: str = NAME) -> x509.Certificate:
+    with socket.create_connection(("127.0.0.1", port), 5) as raw, \
+            tls_context().wrap_socket(raw, server_hostname=server_name) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def starttls_certificate(port: int) -> x509.Certificate:
+    with smtplib.SMTP("127.0.0.1", port, timeout=5) as smtp:
+        smtp.ehlo("client.example.test")
+        smtp.starttls(context=tls_context())
+        der = smtp.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def is_pebbles(certificate: x509.Certificate) -> bool:
+    issuer = certificate.issuer.rfc4514_string()
+    return "Pebble" in issuer and certificate.issuer != certificate.subject
+
+
+def names_of(certificate: x509.Certificate) -> list[str]:
+    san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return san.get_values_for_type(x509.DNSName)
+
+
+def test_issue_15_acme_certificate_reaches_every_tls_listener_without_a_restart(server: KarteroServer,
+                                                                                 pebble: Pebble) -> None:
+    pid = server.process.pid if server.process else 0
+    wait_for(lambda: is_pebbles(implicit_tls_certificate(server.submissions_port)), 15)
+    ports = {"submissions": server.submissions_port, "imaps": server.imaps_port, "pop3s": server.pop3s_port,
+             "https": server.https_port}  # fmt: skip
+    for listener, port in ports.items():
+        certificate = implicit_tls_certificate(port)
+        assert is_pebbles(certificate), listener
+        assert names_of(certificate) == [NAME], listener
+    starttls = starttls_certificate(server.submission_port)
+    assert is_pebbles(starttls) and names_of(starttls) == [NAME]
+    assert server.process is not None and server.process.pid == pid and server.process.poll() is None
+    # the chain verifies up to the root pebble made at its start
+    root = pebble.root()
+    (server.root / "pebble-root.pem").write_bytes(root)
+    verify = ssl.create_default_context(cafile=str(server.root / "pebble-root.pem"))
+    with socket.create_connection(("127.0.0.1", server.imaps_port), 5) as raw, \
+            verify.wrap_socket(raw, server_hostname=NAME) as tls:
+        assert tls.version() is not None
+    assert server.log_events("acme.challenge")[0].split("type=")[1].startswith("http-01")
+    files = server.root / "data" / "acme"
+    assert (files / "key.pem").stat().st_mode & 0o777 == 0o600
+    assert (files / "account.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_issue_15_acme_short_lived_certificate_is_renewed(server: KarteroServer) -> None:
+    wait_for(lambda: is_pebbles(implicit_tls_certificate(server.imaps_port)), 15)
+    first = implicit_tls_certificate(server.imaps_port).serial_number
+    # due with a third of its VALIDITY_S left: a new serial on every listener within the lifetime
+    wait_for(lambda: implicit_tls_certificate(server.imaps_port).serial_number != first, VALIDITY_S + 5)
+    renewed = implicit_tls_certificate(server.imaps_port)
+    assert is_pebbles(renewed) and names_of(renewed) == [NAME]
+    wait_for(lambda: starttls_certificate(server.submission_port).serial_number != first, 5)
+    assert len(server.log_events("acme.certificate_installed")) >= 2
+
+
+def test_issue_15_cert_status_shows_the_acme_certificate(server: KarteroServer, pebble: Pebble) -> None:
+    out = run_cli(server.config, "cert", "status").stdout
+    lines = dict(line.split(": ", 1) for line in out.splitlines())
+    assert lines["source"] == "acme"
+    assert lines["names"] == NAME
+    assert "Pebble Intermediate CA" in lines["issuer"]
+    assert float(lines["days left"]) < 1
+    assert lines["acme directory"] == pebble.directory
+    assert lines["acme challenge"] == "http-01"
+    assert lines["last renewal error"] == "none"
+
+
+def test_issue_15_acme_over_tls_alpn_without_an_http_listener(server: KarteroServer, pebble: Pebble,
+                                                              tmp_path: Path) -> None:
+    server.stop()  # its https port is where pebble validates tls-alpn-01
+    alpn = KarteroServer(tmp_path, hostname=NAME, http=True, plain_http=False, https_port=pebble.tls_port,
+                         extra_config=_acme_config(pebble))  # fmt: skip
+    alpn.start()
+    try:
+        wait_for(lambda: is_pebbles(implicit_tls_certificate(alpn.https_port)), 15)
+        assert is_pebbles(implicit_tls_certificate(alpn.submissions_port))
+        assert alpn.log_events("acme.challenge")[0].split("type=")[1].startswith("tls-alpn-01")
+        started = time.monotonic()
+        assert "acme challenge: tls-alpn-01" in run_cli(alpn.config, "cert", "status").stdout
+        assert time.monotonic() - started < 10
+    finally:
+        alpn.stop()
