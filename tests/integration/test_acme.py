@@ -145,6 +145,13 @@ def test_issue_15_acme_certificate_reaches_every_tls_listener_without_a_restart(
             verify.wrap_socket(raw, server_hostname=NAME) as tls:
         assert tls.version() is not None
     assert server.log_events("acme.challenge")[0].split("type=")[1].startswith("http-01")
+    # http-01 answers whatever the Host (the CA names the name it validates), without a login
+    for host, path, status in [("elsewhere.example", "/.well-known/acme-challenge/unknownToken", 404),
+                               ("elsewhere.example", "/.well-known/acme-challenge/../../acme/account.key", 404),
+                               ("elsewhere.example", "/admin/login", 421)]:  # fmt: skip
+        with socket.create_connection(("127.0.0.1", server.http_port), 5) as plain:
+            plain.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            assert plain.makefile("rb").readline().split()[1] == str(status).encode(), path
     files = server.root / "data" / "acme"
     assert (files / "key.pem").stat().st_mode & 0o777 == 0o600
     assert (files / "account.key").stat().st_mode & 0o777 == 0o600
