@@ -133,9 +133,15 @@ managesieve = ["0.0.0.0:4190"]   # ManageSieve (Sieve scripts), STARTTLS
 http = ["127.0.0.1:8080"]        # web admin /admin/ and API /api/v1/ (loopback; use https to open it up)
 # https = ["0.0.0.0:8443"]       # the same over TLS
 
-[tls]
+[tls]                            # self-signed by `kartero init`; with [acme], used until the CA's arrives
 cert = "tls/cert.pem"
 key = "tls/key.pem"
+
+# [acme]                         # a certificate from Let's Encrypt, renewed by itself (docs/tls.md); the CA
+#                                # reaches port 80 (an http listener there) or else 443 (https) of each name
+# directory = "https://acme-v02.api.letsencrypt.org/directory"
+# email = "postmaster@{domain}"
+# names = ["{hostname}"]
 
 [limits]
 message_size = "50MB"

@@ -55,3 +55,21 @@ def test_issue_15_acme_needs_a_listener_for_the_challenges(tmp_path: Path) -> No
     path.write_text('domains = ["example.test"]\n[listen]\nsmtp = ["127.0.0.1:25"]\n[acme]\n' + DIRECTORY)
     with pytest.raises(ConfigError, match=r"\[acme\] directory: the CA's challenges need \[listen\] http"):
         load(path, env={})
+
+
+def test_issue_15_init_template_acme_example_loads_once_uncommented(tmp_path: Path) -> None:
+    from kartero.cli import INIT_TEMPLATE
+
+    text = INIT_TEMPLATE.format(date="2026-11-30", hostname="mail.example.test", domain="example.test",
+                                srs_secret="s" * 64)  # fmt: skip
+    assert "\n[acme]" not in text  # off until the admin turns it on
+    for key in ("[acme]", "directory =", "email =", "names ="):
+        text = text.replace(f"\n# {key}", f"\n{key}")
+    (tmp_path / "tls").mkdir()
+    for name in ("cert.pem", "key.pem"):
+        (tmp_path / "tls" / name).write_text("")
+    path = tmp_path / "kartero.toml"
+    path.write_text(text)
+    acme = load(path, env={}).acme
+    assert acme == AcmeConfig("https://acme-v02.api.letsencrypt.org/directory", ("mail.example.test",),
+                              "postmaster@example.test")  # fmt: skip
