@@ -1020,7 +1020,21 @@ def cert() -> None:
 @click.pass_context
 def cert_status(ctx: click.Context) -> None:
     """Names, issuer, validity and days left of the certificate in use, its source (acme, self-signed,
-    configured files) and, with [acme], the last renewal and its error if any."""
+    configured files) and, with [acme], the last renewal and its error if any (a cluster's from the
+    database; the certificate is the one this node's data_dir holds)."""
     from kartero.acme.status import format_report, read_report
+    from kartero.acme.storage import State, parse_state
 
-    click.echo(format_report(read_report(_config(ctx)), time.time()), nl=False)
+    config = _config(ctx)
+    state: State | None = None
+    if config.acme is not None and config.store.backend == "postgresql":
+        from kartero.store.acme_sql import SqlAcmeRows
+        from kartero.store.postgres import PgStore
+
+        store = _open_store(config)
+        try:
+            assert isinstance(store, PgStore)
+            state = parse_state(SqlAcmeRows(store.database).get("state"))
+        finally:
+            store.close()
+    click.echo(format_report(read_report(config, state), time.time()), nl=False)

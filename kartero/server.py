@@ -76,7 +76,7 @@ from kartero.store.sqlite import SQLiteStore
 from kartero.tls import certificate_expiry, make_self_signed, server_context, switching_context
 
 if TYPE_CHECKING:
-    from kartero.acme.challenges import Challenges
+    from kartero.acme.challenges import Challenges, TokenBook
     from kartero.acme.manager import Renewal
     from kartero.store.postgres import PgStore
     from kartero.web.listen import HttpServer
@@ -212,20 +212,29 @@ class Server:
                 self._tls = context
             log.info("%s", kv(event="tls.reloaded"))
 
-    def _start_acme(self) -> None:
+    def _start_acme(self, shared: PgStore | None) -> None:
         """[acme]: the challenges' shared state and the renewal task (started with the others; in
         `serve --workers N` by worker 1 alone, which then sends the supervisor a SIGHUP so that every
-        worker loads the new certificate)."""
+        worker loads the new certificate). On PostgreSQL the account, certificate and http-01 answers
+        are the cluster's (kartero/acme/shared.py)."""
         acme = self.config.acme
         if acme is None:
             return
-        from kartero.acme.challenges import Challenges
+        from kartero.acme.challenges import Challenges, FileTokens
         from kartero.acme.manager import Renewal
-        from kartero.acme.storage import AcmeFiles
+        from kartero.acme.storage import AcmeFiles, AcmeStorage
 
         files = AcmeFiles(self.config.data_dir)
-        self._challenges = Challenges(files.folder / "challenges")
-        self._acme = Renewal(acme, files, self._challenges, set(self.config.listen), self._acme_installed)
+        storage: AcmeStorage = files
+        tokens: TokenBook = FileTokens(files.folder / "challenges")
+        if shared is not None:
+            from kartero.acme.shared import RowTokens, SharedAcme
+            from kartero.store.acme_sql import SqlAcmeRows
+
+            rows = SqlAcmeRows(shared.database)
+            storage, tokens = SharedAcme(rows, files, self.node), RowTokens(rows)
+        self._challenges = Challenges(tokens)
+        self._acme = Renewal(acme, storage, self._challenges, set(self.config.listen), self._acme_installed)
 
     def _acme_installed(self) -> None:
         self.reload_tls()
@@ -233,8 +242,11 @@ class Server:
             os.kill(os.getppid(), signal.SIGHUP)  # the supervisor passes it on to every worker
 
     def reload(self) -> None:
-        """SIGHUP: the TLS certificate, and the [hooks] module (a broken one keeps the old hooks)."""
+        """SIGHUP: the TLS certificate (and, with [acme], a look at the renewal), and the [hooks] module
+        (a broken one keeps the old hooks)."""
         self.reload_tls()
+        if self._acme is not None:  # look now: in a cluster, copy a certificate another node ordered
+            self._acme.wakeup.set()
         if self._hooks is not None:
             self._hooks.reload()
 
@@ -278,7 +290,6 @@ class Server:
             # aiohttp and Jinja2 take a quarter second to import: now, before any listener accepts.
             importlib.import_module("kartero.web.app")
         self._tls = self._load_tls()
-        self._start_acme()
         self._load_hooks()
         store = open_store(self.root, config.store.backend, config.store.url, self.node, config.store.lease_s)
         dropped = await asyncio.to_thread(store.recover)
@@ -288,6 +299,7 @@ class Server:
         store.compact()
         blocking = Blocking(executor)
         shared = _postgres(store)  # None on the embedded store (psycopg is imported only for PostgreSQL)
+        self._start_acme(shared)
         directory = DirectoryCache(store.accounts, config.domains,
                                    shared.accounts.stored_directory_version if shared is not None else None)
         await loop.run_in_executor(executor, directory.prime)

@@ -19,6 +19,7 @@ import ssl
 import tempfile
 import threading
 from pathlib import Path
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -35,27 +36,52 @@ MAX_TOKEN = 256  # characters; Let's Encrypt and pebble send 43 (32 bytes)
 MAX_KEY_AUTHORIZATION = 1024  # token, ".", a 43-character thumbprint
 
 
-class Challenges:
-    """The challenges being answered now. http-01 key authorizations are files in `folder` (named by
-    their token), so that under `serve --workers N` the worker the CA's request reaches answers it,
-    whichever worker ordered; tls-alpn-01 contexts live in this process (see docs/tls.md). Thread-safe."""
+class TokenBook(Protocol):
+    """Where http-01 answers wait for the CA: `FileTokens` (one machine, any `--workers` process reads
+    them) or `shared.RowTokens` (a cluster's database). Blocking."""
+
+    def put(self, token: str, key_authorization: str) -> None: ...
+    def get(self, token: str) -> str | None: ...
+    def delete(self, token: str) -> None: ...
+
+
+class FileTokens:
+    """http-01 answers as files named by their token."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+
+    def put(self, token: str, key_authorization: str) -> None:
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomically(self.folder / token, key_authorization.encode("ascii"), 0o644)
+
+    def get(self, token: str) -> str | None:
+        try:
+            with open(self.folder / token, "rb") as f:
+                return f.read(MAX_KEY_AUTHORIZATION).decode("ascii", "replace")
+        except OSError:
+            return None
+
+    def delete(self, token: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.folder / token).unlink()
+
+
+class Challenges:
+    """The challenges being answered now: http-01 key authorizations in a `TokenBook` (so that whichever
+    process or node the CA's request reaches answers it), tls-alpn-01 contexts in this process (see
+    docs/tls.md). Thread-safe."""
+
+    def __init__(self, tokens: TokenBook) -> None:
+        self.tokens = tokens
         self._lock = threading.Lock()
         self._tokens: set[str] = set()
         self._alpn: dict[str, ssl.SSLContext] = {}
 
     def http01(self, token: str) -> str | None:
         """The key authorization for `token`, a path segment from the network: anything but a token's
-        base64url characters is refused before the file system is asked (no `..`, no `/`). Blocking."""
-        if not is_token(token):
-            return None
-        try:
-            with open(self.folder / token, "rb") as f:
-                return f.read(MAX_KEY_AUTHORIZATION).decode("ascii", "replace")
-        except OSError:
-            return None
+        base64url characters is refused before the book is asked (no `..`, no `/`). Blocking."""
+        return self.tokens.get(token) if is_token(token) else None
 
     def tls_alpn01(self, server_name: str) -> ssl.SSLContext | None:
         with self._lock:
@@ -68,8 +94,7 @@ class Challenges:
             if len(self._tokens) >= MAX_PENDING:
                 raise ValueError("too many pending challenges")
             self._tokens.add(token)
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomically(self.folder / token, key_authorization.encode("ascii"), 0o644)
+        self.tokens.put(token, key_authorization)
 
     def add_tls_alpn01(self, name: str, key_authorization: str, scratch: Path) -> None:
         """Make the challenge certificate for `name` (blocking: a key and a certificate, written to a
@@ -86,8 +111,7 @@ class Challenges:
             tokens, self._tokens = self._tokens, set()
             self._alpn.clear()
         for token in tokens:
-            with contextlib.suppress(FileNotFoundError):
-                (self.folder / token).unlink()
+            self.tokens.delete(token)
 
 
 def is_token(text: str) -> bool:

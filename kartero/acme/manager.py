@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 from kartero.acme.challenges import Challenges
 from kartero.acme.order import HTTP01, TLS_ALPN01, Issued, OrderError, OrderSettings, order_certificate
 from kartero.acme.schedule import Validity, backoff_s, next_order_at, sleep_s
-from kartero.acme.storage import AcmeFiles, State
+from kartero.acme.shared import LEAD_S, SYNC_S
+from kartero.acme.storage import AcmeStorage, State
 from kartero.config import HTTP_LISTENERS, AcmeConfig
 from kartero.log import kv
 
@@ -44,7 +45,7 @@ class Renewal:
     """The background task for one `[acme]` section. `install()` is called on the loop, after the new
     certificate is on disk (AcmeFiles.cert/.key)."""
 
-    def __init__(self, config: AcmeConfig, files: AcmeFiles, challenges: Challenges, listeners: set[str],
+    def __init__(self, config: AcmeConfig, files: AcmeStorage, challenges: Challenges, listeners: set[str],
                  install: Callable[[], None], clock: Callable[[], float] = time.time) -> None:  # fmt: skip
         self.settings = OrderSettings(config.directory, config.email, config.names, config.ca_file,
                                       challenge_type(listeners))  # fmt: skip
@@ -73,12 +74,22 @@ class Renewal:
                             waiter.cancel()
 
     async def step(self) -> float:
-        """One look: order if due; returns how long to sleep before the next look."""
+        """One look: in a cluster, first take a certificate another node ordered and renew the lead;
+        then order if due (and, in a cluster, this node leads); returns how long to sleep until the next
+        look."""
         files = self.files
+        if files.is_shared and await asyncio.to_thread(files.sync):
+            self.install()
+            log.info("%s", kv(event="acme.certificate_synced"))
+        is_leader = not files.is_shared or await asyncio.to_thread(files.may_order, self.clock(), LEAD_S)
         state, validity = await asyncio.to_thread(lambda: (files.state(), files.certificate()))
         names = frozenset(self.settings.names)
         due = next_order_at(validity, names, state.failures, state.last_failure_at)
         wait = sleep_s(due, self.clock())
+        if files.is_shared:
+            wait = min(wait, SYNC_S)
+            if wait == 0 and not is_leader:
+                return SYNC_S  # another node orders; its certificate is copied at a later look
         if wait > 0:
             return wait
         reason = "none" if validity is None else "names" if not names <= validity.names else "due"
@@ -102,7 +113,8 @@ class Renewal:
         self.install()
         log.info("%s", kv(event="acme.certificate_installed", names=",".join(sorted(validity.names)),
                           expires=int(validity.not_after)))  # fmt: skip
-        return sleep_s(next_order_at(validity, names, 0, 0.0), self.clock())
+        wait = sleep_s(next_order_at(validity, names, 0, 0.0), self.clock())
+        return min(wait, SYNC_S) if files.is_shared else wait
 
     def _save(self, issued: Issued) -> Validity:
         """Blocking: the new pair on disk, read back as the listeners will load it."""

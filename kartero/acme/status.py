@@ -62,12 +62,15 @@ class Report:
     acme_state: State | None = None
 
 
-def read_report(config: Config) -> Report:
-    """The report for `config` (blocking: reads the files)."""
+def read_report(config: Config, acme_state: State | None = None) -> Report:
+    """The report for `config` (blocking: reads the files); `acme_state` is the cluster's (from the
+    database) on PostgreSQL, else read from data_dir/acme/."""
     use = certificate_in_use(config)
     acme = config.acme
+    if acme is not None and acme_state is None:
+        acme_state = AcmeFiles(config.data_dir).state()
     base = Report(None) if acme is None else Report(
-        None, acme_directory=acme.directory, acme_names=acme.names, acme_state=AcmeFiles(config.data_dir).state())
+        None, acme_directory=acme.directory, acme_names=acme.names, acme_state=acme_state)
     if use is None:
         return base
     try:

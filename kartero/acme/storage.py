@@ -20,6 +20,7 @@ import os
 import ssl
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -83,6 +84,8 @@ def validity_of(chain_pem: bytes) -> Validity:
 class AcmeFiles:
     """data_dir/acme/. Blocking file I/O: called from the worker pool or the CLI."""
 
+    is_shared = False
+
     def __init__(self, data_dir: Path) -> None:
         self.folder = data_dir / "acme"
         self.cert = self.folder / "cert.pem"
@@ -109,7 +112,7 @@ class AcmeFiles:
                 return key
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._ensure()
-        write_atomically(self.folder / "account.key", _pem(key), KEY_MODE)
+        write_atomically(self.folder / "account.key", private_pem(key), KEY_MODE)
         return key
 
     def account_uri(self, directory: str) -> str | None:
@@ -153,23 +156,60 @@ class AcmeFiles:
     # -- the state -----------------------------------------------------------------------------------
 
     def state(self) -> State:
-        raw = self._read("state.json")
-        if raw is None:
-            return State()
-        try:
-            data = json.loads(raw)
-            return State(int(data["failures"]), float(data["last_failure_at"]), str(data["last_error"]),
-                         float(data["last_success_at"]), str(data["challenge"]))  # fmt: skip
-        except (ValueError, KeyError, TypeError):
-            return State()
+        return parse_state(self._read("state.json"))
 
     def save_state(self, state: State) -> None:
         self._ensure()
-        data = asdict(state)
-        data["last_error"] = state.last_error[:MAX_ERROR]
-        write_atomically(self.folder / "state.json", json.dumps(data).encode(), PUBLIC_MODE)
+        write_atomically(self.folder / "state.json", dump_state(state), PUBLIC_MODE)
+
+    # -- one machine: nothing to share -------------------------------------------------------------------
+
+    def sync(self) -> bool:
+        """Whether a certificate another node ordered was just copied here: never, on one machine."""
+        return False
+
+    def may_order(self, now: float, lease_s: float) -> bool:
+        return True
 
 
-def _pem(key: rsa.RSAPrivateKey) -> bytes:
+class AcmeStorage(Protocol):
+    """Where the renewal keeps its things: `AcmeFiles` (one machine), `shared.SharedAcme` (a cluster:
+    the database, with the certificate mirrored into the local files the listeners load)."""
+
+    is_shared: bool
+    folder: Path
+    cert: Path
+    key: Path
+
+    def account_key(self) -> rsa.RSAPrivateKey: ...
+    def account_uri(self, directory: str) -> str | None: ...
+    def save_account(self, directory: str, uri: str) -> None: ...
+    def save_certificate(self, chain_pem: bytes, key_pem: bytes) -> None: ...
+    def certificate(self) -> Validity | None: ...
+    def state(self) -> State: ...
+    def save_state(self, state: State) -> None: ...
+    def sync(self) -> bool: ...
+    def may_order(self, now: float, lease_s: float) -> bool: ...
+
+
+def parse_state(raw: bytes | str | None) -> State:
+    """A stored State; a missing or damaged one reads as a fresh start."""
+    if raw is None:
+        return State()
+    try:
+        data = json.loads(raw)
+        return State(int(data["failures"]), float(data["last_failure_at"]), str(data["last_error"]),
+                     float(data["last_success_at"]), str(data["challenge"]))  # fmt: skip
+    except (ValueError, KeyError, TypeError):
+        return State()
+
+
+def dump_state(state: State) -> bytes:
+    data = asdict(state)
+    data["last_error"] = state.last_error[:MAX_ERROR]
+    return json.dumps(data).encode()
+
+
+def private_pem(key: rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())  # fmt: skip

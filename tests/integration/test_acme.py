@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import smtplib
 import socket
 import ssl
@@ -22,6 +23,7 @@ from cryptography import x509
 from tests.integration.dnsserver import LoopbackDNS
 from tests.integration.harness import KarteroServer, free_port, run_cli, tls_context, wait_for
 from tests.integration.testca import TestCA
+from tests.pgserver import PrivatePostgres
 
 PEBBLE = shutil.which("pebble")
 pytestmark = pytest.mark.skipif(PEBBLE is None, reason="pebble (Debian package) not installed")
@@ -38,6 +40,7 @@ class Pebble:
     tls_port: int  # where pebble validates tls-alpn-01: Kartero's https listener
     management: str
     context: ssl.SSLContext  # trusts pebble's own HTTPS certificate
+    dns: LoopbackDNS  # where pebble looks NAME up
 
     def root(self) -> bytes:
         """The root pebble issues under (made anew at each start)."""
@@ -61,13 +64,14 @@ def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
     }}))  # fmt: skip
     context = ssl.create_default_context(cafile=str(ca.cert_path))
     with LoopbackDNS(f"{NAME}. 60 A 127.0.0.1\n") as dns, open(folder / "pebble.log", "wb") as log:
-        env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+        # PEBBLE_AUTHZREUSE=0: every order is validated anew (pebble reuses half of them by default)
+        env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"}
         command = [PEBBLE, "-config", str(folder / "config.json"), "-dnsserver", f"{dns.host}:{dns.port}"]
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for(lambda: _accepts(port), 10)
             yield Pebble(f"https://localhost:{port}/dir", ca.cert_path, http_port, tls_port,
-                         f"https://localhost:{management}", context)  # fmt: skip
+                         f"https://localhost:{management}", context, dns)  # fmt: skip
         finally:
             process.terminate()
             process.wait(10)
@@ -97,8 +101,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, pebble: Pebble) -> Iterator
         server.stop()
 
 
-def implicit_tls_certificate(port: int, server_name: str = NAME) -> x509.Certificate:
-    with socket.create_connection(("127.0.0.1", port), 5) as raw, \
+def implicit_tls_certificate(port: int, server_name: str = NAME, host: str = "127.0.0.1") -> x509.Certificate:
+    with socket.create_connection((host, port), 5) as raw, \
             tls_context().wrap_socket(raw, server_hostname=server_name) as tls:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
@@ -195,3 +199,41 @@ def test_issue_15_acme_over_tls_alpn_without_an_http_listener(server: KarteroSer
         assert time.monotonic() - started < 10
     finally:
         alpn.stop()
+
+
+def test_issue_15_acme_in_a_cluster_one_node_orders_any_node_answers_all_serve_it(server: KarteroServer,
+                                                                                pebble: Pebble, tmp_path: Path,
+                                                                                postgres: PrivatePostgres) -> None:
+    """Two nodes on one PostgreSQL store: node a orders (it holds the lead), the CA's http-01 request
+    reaches node b (NAME resolves to b's address), which answers from the database; b then serves the
+    certificate a got, without ordering one of its own."""
+    if server.process is not None and server.process.poll() is None:
+        server.stop()  # the http and https ports pebble validates on
+    url = postgres.migrated_database()
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('acme:lead', %s)", (f"a {time.time() + 3600}",))
+    pebble.dns.zones.set_zone(f"{NAME}. 60 A 127.0.0.2\n")
+    nodes = {name: KarteroServer(tmp_path / name, host=host, hostname=NAME, http=True, http_port=pebble.http_port,
+                                 https_port=pebble.tls_port, store_url=url, node=name,
+                                 extra_config=_acme_config(pebble))
+             for name, host in (("b", "127.0.0.2"), ("a", "127.0.0.1"))}
+    try:
+        for node in nodes.values():
+            node.start()
+        a, b = nodes["a"], nodes["b"]
+        wait_for(lambda: is_pebbles(implicit_tls_certificate(a.imaps_port, host=a.host)), 15)
+        assert a.log_events("acme.challenge") and not b.log_events("acme.ordering")
+        assert b.process is not None
+        b.process.send_signal(signal.SIGHUP)  # look now rather than at the next minute
+        issued = implicit_tls_certificate(a.imaps_port, host=a.host).serial_number
+        wait_for(lambda: implicit_tls_certificate(b.imaps_port, host=b.host).serial_number == issued, 10)
+        assert b.log_events("acme.certificate_synced") and not b.log_events("acme.ordering")
+        status = run_cli(b.config, "cert", "status").stdout
+        assert "source: acme\n" in status and "last renewal error: none\n" in status
+    finally:
+        pebble.dns.zones.set_zone(f"{NAME}. 60 A 127.0.0.1\n")
+        for node in nodes.values():
+            if node.process is not None and node.process.poll() is None:
+                node.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from kartero.acme.challenges import ACME_IDENTIFIER, Challenges, challenge_certificate, is_token
+from kartero.acme.challenges import ACME_IDENTIFIER, Challenges, FileTokens, challenge_certificate, is_token
 from kartero.tls import make_self_signed, server_context, switching_context
 
 NAME = "mail.example.test"
@@ -20,11 +20,11 @@ KEY_AUTHORIZATION = f"{TOKEN}.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
 
 
 def test_issue_15_http01_tokens_are_served_until_cleared(tmp_path: Path) -> None:
-    challenges = Challenges(tmp_path / "challenges")
+    challenges = Challenges(FileTokens(tmp_path / "challenges"))
     assert challenges.http01(TOKEN) is None
     challenges.add_http01(TOKEN, KEY_AUTHORIZATION)
     assert challenges.http01(TOKEN) == KEY_AUTHORIZATION
-    assert Challenges(tmp_path / "challenges").http01(TOKEN) == KEY_AUTHORIZATION  # another worker sees it
+    assert Challenges(FileTokens(tmp_path / "challenges")).http01(TOKEN) == KEY_AUTHORIZATION  # another worker sees it
     challenges.clear()
     assert challenges.http01(TOKEN) is None
     assert list((tmp_path / "challenges").iterdir()) == []
@@ -34,7 +34,7 @@ def test_issue_15_http01_tokens_are_served_until_cleared(tmp_path: Path) -> None
 def test_issue_15_http01_looks_up_only_base64url_tokens(tmp_path: Path, token: str) -> None:
     (tmp_path / "acme").mkdir()
     (tmp_path / "acme" / "account.key").write_text("secret")
-    challenges = Challenges(tmp_path / "challenges")
+    challenges = Challenges(FileTokens(tmp_path / "challenges"))
     assert not is_token(token)
     assert challenges.http01(token) is None
     with pytest.raises(ValueError):
@@ -78,7 +78,7 @@ def test_issue_15_https_context_answers_tls_alpn01_and_follows_the_current_certi
     for name in ("one", "two"):
         make_self_signed(tmp_path / f"{name}.pem", tmp_path / f"{name}.key", [NAME], days=30)
     current = {"ctx": server_context(tmp_path / "one.pem", tmp_path / "one.key")}
-    challenges = Challenges(tmp_path / "challenges")
+    challenges = Challenges(FileTokens(tmp_path / "challenges"))
     front = switching_context(lambda: current["ctx"], challenges.tls_alpn01)
     one = x509.load_pem_x509_certificate((tmp_path / "one.pem").read_bytes())
     two = x509.load_pem_x509_certificate((tmp_path / "two.pem").read_bytes())
