@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,8 +221,8 @@ def test_issue_15_acme_in_a_cluster_one_node_orders_any_node_answers_all_serve_i
                                  extra_config=_acme_config(pebble))
              for name, host in (("b", "127.0.0.2"), ("a", "127.0.0.1"))}
     try:
-        for node in nodes.values():
-            node.start()
+        with ThreadPoolExecutor(2) as starting:  # both at once: a server start is seconds of mostly waiting
+            list(starting.map(KarteroServer.start, nodes.values()))
         a, b = nodes["a"], nodes["b"]
         wait_for(lambda: is_pebbles(implicit_tls_certificate(a.imaps_port, host=a.host)), 15)
         assert a.log_events("acme.challenge") and not b.log_events("acme.ordering")
