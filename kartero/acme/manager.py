@@ -29,6 +29,9 @@ from kartero.log import kv
 
 log = logging.getLogger("kartero.acme")
 T = TypeVar("T")
+# The shortest sleep between two looks, whatever a certificate's dates say: a CA that issues certificates
+# already due for renewal must not make this a loop of orders.
+MIN_SLEEP_S = 5.0
 
 
 def challenge_type(listeners: set[str]) -> str:
@@ -56,22 +59,35 @@ class Renewal:
         self.wakeup = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Until `stop` is set: look, order when due, sleep until the next due time (or `wakeup`)."""
-        while not stop.is_set():
-            try:
-                wait = await self.step()
-            except Exception:  # a bug, or the data folder unwritable: logged, tried again later
-                log.exception("%s", kv(event="acme.failed"))
-                wait = 3600.0
-            self.wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wakeup.wait())]
-                    try:
-                        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        for waiter in waiters:
-                            waiter.cancel()
+        """Until `stop` is set: look, order when due, sleep until the next due time (or `wakeup`). A
+        shutdown does not wait for an order in flight: its thread is left to end with the process."""
+        stopping = asyncio.ensure_future(stop.wait())
+        looking: asyncio.Future[float] | None = None
+        try:
+            while not stop.is_set():
+                self.wakeup.clear()
+                looking = asyncio.ensure_future(self._look())
+                await asyncio.wait([looking, stopping], return_when=asyncio.FIRST_COMPLETED)
+                if not looking.done():
+                    return
+                waking = asyncio.ensure_future(self.wakeup.wait())
+                try:
+                    await asyncio.wait([stopping, waking], timeout=looking.result(),
+                                       return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                finally:
+                    waking.cancel()
+        finally:
+            stopping.cancel()
+            if looking is not None and not looking.done():
+                looking.cancel()
+                await asyncio.wait([looking])
+
+    async def _look(self) -> float:
+        try:
+            return max(MIN_SLEEP_S, await self.step())
+        except Exception:  # a bug: logged with its traceback, tried again later
+            log.exception("%s", kv(event="acme.failed"))
+            return 3600.0
 
     async def step(self) -> float:
         """One look: in a cluster, first take a certificate another node ordered and renew the lead;
@@ -98,7 +114,9 @@ class Renewal:
         try:
             issued = await in_daemon_thread(order_certificate, self.settings, files, self.challenges)
             validity = await asyncio.to_thread(self._save, issued)
-        except (OrderError, OSError) as exc:
+        except Exception as exc:  # OrderError; else failed I/O (the data folder, the database): backoff too
+            if not isinstance(exc, OrderError):
+                log.warning("%s", kv(event="acme.order_error"), exc_info=True)
             failures = state.failures + 1
             now = self.clock()
             failed = replace(state, failures=failures, last_failure_at=now, last_error=str(exc),
@@ -142,11 +160,12 @@ async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
 
     def work() -> None:
         try:
-            result = fn(*args)
+            result: T | None = fn(*args)
+            error: BaseException | None = None
         except BaseException as exc:  # handed to the awaiting task, which decides
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown): nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
 
     threading.Thread(target=work, name="kartero-acme", daemon=True).start()
     return await done

@@ -238,3 +238,37 @@ def test_issue_15_acme_in_a_cluster_one_node_orders_any_node_answers_all_serve_i
         for node in nodes.values():
             if node.process is not None and node.process.poll() is None:
                 node.stop()
+
+
+def test_issue_15_a_failed_order_keeps_the_self_signed_certificate_and_backs_off(tmp_path: Path,
+                                                                                 pebble: Pebble) -> None:
+    """A CA that cannot be reached: the listeners keep serving the [tls] certificate, the failure is
+    logged with the next attempt a minute later, and `cert status` shows it. SIGTERM while an order
+    hangs on a CA that never answers does not wait for it."""
+    closed = free_port()
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    config = (f'[acme]\ndirectory = "https://127.0.0.1:{closed}/dir"\nca_file = "{pebble.ca_file}"\n')
+    hanging = (f'[acme]\ndirectory = "https://127.0.0.1:{silent.getsockname()[1]}/dir"\n'
+               f'ca_file = "{pebble.ca_file}"\n')  # fmt: skip
+    servers = [KarteroServer(tmp_path / name, hostname=NAME, http=True, extra_config=extra)
+               for name, extra in (("refused", config), ("hanging", hanging))]  # fmt: skip
+    try:
+        with ThreadPoolExecutor(2) as starting:
+            list(starting.map(KarteroServer.start, servers))
+        refused, hung = servers
+        failed = refused.wait_events("acme.order_failed", 1)[0]
+        assert "failures=1 " in failed and "retry_in_s=60 " in failed
+        certificate = implicit_tls_certificate(refused.imaps_port)
+        assert certificate.issuer == certificate.subject  # the self-signed one from [tls]
+        lines = dict(line.split(": ", 1) for line in run_cli(refused.config, "cert", "status").stdout.splitlines())
+        assert lines["source"] == "self-signed" and lines["names"] == NAME
+        assert lines["last renewal error"].startswith("20") and "(1 in a row): " in lines["last renewal error"]
+        hung.wait_events("acme.ordering", 1)
+        started = time.monotonic()
+        assert hung.stop() == 0
+        assert time.monotonic() - started < 10  # the order's requests would take 30 s
+    finally:
+        silent.close()
+        for server in servers:
+            if server.process is not None and server.process.poll() is None:
+                server.stop()
