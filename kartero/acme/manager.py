@@ -5,7 +5,9 @@ for renewal (schedule.py); a failure is logged and retried with backoff. A new c
 
 The challenge type: http-01 when the server has an http listener (the CA connects to port 80 of each
 name, which must reach it), else tls-alpn-01 on the https listener (port 443). One order runs at a time,
-in the worker pool; the loop only waits for it.
+in a daemon thread of its own (`in_daemon_thread`); the loop only waits for it. In a cluster
+(shared.py) every node looks each SYNC_S: it copies a certificate another node ordered, and orders only
+while it holds the lead.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from kartero.acme.order import HTTP01, TLS_ALPN01, Issued, OrderError, OrderSett
 from kartero.acme.schedule import Validity, backoff_s, next_order_at, sleep_s
 from kartero.acme.shared import LEAD_S, SYNC_S
 from kartero.acme.storage import AcmeStorage, State
-from kartero.config import HTTP_LISTENERS, AcmeConfig
+from kartero.config import AcmeConfig
 from kartero.log import kv
 
 log = logging.getLogger("kartero.acme")
@@ -37,11 +39,6 @@ MIN_SLEEP_S = 5.0
 def challenge_type(listeners: set[str]) -> str:
     """http-01 when an http listener exists, else tls-alpn-01 (which needs https)."""
     return HTTP01 if "http" in listeners else TLS_ALPN01
-
-
-def can_answer(listeners: set[str]) -> bool:
-    """Whether any listener can answer a challenge (http for http-01, https for tls-alpn-01)."""
-    return bool(HTTP_LISTENERS & listeners)
 
 
 class Renewal:
