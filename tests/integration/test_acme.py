@@ -30,7 +30,7 @@ PEBBLE = shutil.which("pebble")
 pytestmark = pytest.mark.skipif(PEBBLE is None, reason="pebble (Debian package) not installed")
 
 NAME = "mail.example.test"
-VALIDITY_S = 12  # pebble's certificateValidityPeriod: renewal is due with a third of it left (schedule.py)
+VALIDITY_S = 9  # pebble's certificateValidityPeriod: renewal is due with a third of it left (schedule.py)
 
 
 @dataclass
@@ -250,12 +250,16 @@ def test_issue_15_a_failed_order_keeps_the_self_signed_certificate_and_backs_off
     config = (f'[acme]\ndirectory = "https://127.0.0.1:{closed}/dir"\nca_file = "{pebble.ca_file}"\n')
     hanging = (f'[acme]\ndirectory = "https://127.0.0.1:{silent.getsockname()[1]}/dir"\n'
                f'ca_file = "{pebble.ca_file}"\n')  # fmt: skip
+    unknown = _acme_config(pebble).replace(f'names = ["{NAME}"]', 'names = ["nowhere.example.test"]')
     servers = [KarteroServer(tmp_path / name, hostname=NAME, http=True, extra_config=extra)
-               for name, extra in (("refused", config), ("hanging", hanging))]  # fmt: skip
+               for name, extra in (("refused", config), ("hanging", hanging), ("unknown", unknown))]  # fmt: skip
     try:
-        with ThreadPoolExecutor(2) as starting:
+        with ThreadPoolExecutor(3) as starting:
             list(starting.map(KarteroServer.start, servers))
-        refused, hung = servers
+        refused, hung, invalid = servers
+        # the CA refuses a name that does not resolve: its reason is logged and kept
+        rejected = invalid.wait_events("acme.order_failed", 1)[0]
+        assert "could not resolve" in rejected and "nowhere.example.test" in rejected and "retry_in_s=60 " in rejected
         failed = refused.wait_events("acme.order_failed", 1)[0]
         assert "failures=1 " in failed and "retry_in_s=60 " in failed
         certificate = implicit_tls_certificate(refused.imaps_port)
