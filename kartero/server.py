@@ -173,6 +173,7 @@ class Server:
         self._certificate_expiry: int | None = None  # read at start and on each SIGHUP, for the dashboard
         self._challenges: Challenges | None = None  # ACME challenges being answered ([acme] only)
         self._acme: Renewal | None = None
+        self._supervisor = os.getppid()  # `serve --workers N`: the supervisor of this worker
 
     # -- TLS -----------------------------------------------------------------------------------------
 
@@ -238,8 +239,10 @@ class Server:
 
     def _acme_installed(self) -> None:
         self.reload_tls()
-        if self.worker > 0:
-            os.kill(os.getppid(), signal.SIGHUP)  # the supervisor passes it on to every worker
+        # The supervisor passes a SIGHUP on to every worker. Only to the process that started this one:
+        # after the supervisor's death the parent is init or a subreaper, which a SIGHUP would reload.
+        if self.worker > 0 and os.getppid() == self._supervisor:
+            os.kill(self._supervisor, signal.SIGHUP)
 
     def reload(self) -> None:
         """SIGHUP: the TLS certificate (and, with [acme], a look at the renewal), and the [hooks] module

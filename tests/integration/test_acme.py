@@ -276,3 +276,24 @@ def test_issue_15_a_failed_order_keeps_the_self_signed_certificate_and_backs_off
         for server in servers:
             if server.process is not None and server.process.poll() is None:
                 server.stop()
+
+
+def test_issue_15_acme_under_serve_workers_every_worker_serves_the_new_certificate(
+        server: KarteroServer, pebble: Pebble, tmp_path: Path, postgres: PrivatePostgres) -> None:
+    """`serve --workers 2`: worker 1 orders; the CA's http-01 request may reach either worker (answers in
+    the database); after the order worker 1 has the supervisor SIGHUP every worker, so every connection
+    (the kernel spreads them over both) gets the CA's certificate."""
+    if server.process is not None and server.process.poll() is None:
+        server.stop()
+    node = KarteroServer(tmp_path / "w", hostname=NAME, http=True, http_port=pebble.http_port,
+                         https_port=pebble.tls_port, store_url=postgres.migrated_database(), node="w",
+                         serve_args=("--workers", "2"), extra_config=_acme_config(pebble))  # fmt: skip
+    node.start()
+    try:
+        wait_for(lambda: is_pebbles(implicit_tls_certificate(node.imaps_port)), 15)
+        for _ in range(12):  # both workers, but for a chance of 2 in 4096
+            assert is_pebbles(implicit_tls_certificate(node.imaps_port))
+            assert is_pebbles(implicit_tls_certificate(node.https_port))
+        assert len(node.log_events("acme.ordering")) >= 1
+    finally:
+        node.stop()
