@@ -233,6 +233,7 @@ def test_issue_15_acme_in_a_cluster_one_node_orders_any_node_answers_all_serve_i
         assert b.log_events("acme.certificate_synced") and not b.log_events("acme.ordering")
         status = run_cli(b.config, "cert", "status").stdout
         assert "source: acme\n" in status and "last renewal error: none\n" in status
+        assert "\nlast renewal: 20" in status  # the cluster's state, from the database (b never ordered)
     finally:
         pebble.dns.zones.set_zone(f"{NAME}. 60 A 127.0.0.1\n")
         for node in nodes.values():
