@@ -133,9 +133,15 @@ managesieve = ["0.0.0.0:4190"]   # ManageSieve (Sieve scripts), STARTTLS
 http = ["127.0.0.1:8080"]        # web admin /admin/ and API /api/v1/ (loopback; use https to open it up)
 # https = ["0.0.0.0:8443"]       # the same over TLS
 
-[tls]
+[tls]                            # self-signed by `kartero init`; with [acme], used until the CA's arrives
 cert = "tls/cert.pem"
 key = "tls/key.pem"
+
+# [acme]                         # a certificate from Let's Encrypt, renewed by itself (docs/tls.md); the CA
+#                                # reaches port 80 (an http listener there) or else 443 (https) of each name
+# directory = "https://acme-v02.api.letsencrypt.org/directory"
+# email = "postmaster@{domain}"
+# names = ["{hostname}"]
 
 [limits]
 message_size = "50MB"
@@ -1085,3 +1091,35 @@ def restore(ctx: click.Context, folder: Path, keep_uidvalidity: bool) -> None:
     except OSError as exc:
         _fail(f"the restore failed, nothing was restored: {exc}", 1)
     click.echo(report.summary())
+
+
+# -- certificates --------------------------------------------------------------------------------------
+
+
+@main.group()
+def cert() -> None:
+    """The TLS certificate: which one the listeners use, and its ACME renewal."""
+
+
+@cert.command("status")
+@click.pass_context
+def cert_status(ctx: click.Context) -> None:
+    """Names, issuer, validity and days left of the certificate in use, its source (acme, self-signed,
+    configured files) and, with [acme], the last renewal and its error if any (a cluster's from the
+    database; the certificate is the one this node's data_dir holds)."""
+    from kartero.acme.status import format_report, read_report
+    from kartero.acme.storage import State, parse_state
+
+    config = _config(ctx)
+    state: State | None = None
+    if config.acme is not None and config.store.backend == "postgresql":
+        from kartero.store.acme_sql import SqlAcmeRows
+        from kartero.store.postgres import PgStore
+
+        store = _open_store(config)
+        try:
+            assert isinstance(store, PgStore)
+            state = parse_state(SqlAcmeRows(store.database).get("state"))
+        finally:
+            store.close()
+    click.echo(format_report(read_report(config, state), time.time()), nl=False)

@@ -262,6 +262,16 @@ class TraceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AcmeConfig:
+    """Certificates from an ACME CA (docs/tls.md): who to ask, for which names, whom to trust there."""
+
+    directory: str  # the CA's directory URL, e.g. https://acme-v02.api.letsencrypt.org/directory
+    names: tuple[str, ...]  # the certificate's DNS names; default: the host name
+    email: str = ""  # the account's contact (expiry and policy mail from the CA); "" registers none
+    ca_file: Path | None = None  # PEM trust anchor for the CA's own HTTPS (a private CA); None: the system's
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     hostname: str
     domains: tuple[str, ...]
@@ -284,6 +294,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     trace: TraceConfig = field(default_factory=TraceConfig)
     mta_sts: MtaStsConfig = field(default_factory=MtaStsConfig)
+    acme: AcmeConfig | None = None
     log_level: str = "info"
     proxy_from: tuple[str, ...] = ()  # networks whose connections start with a PROXY protocol header
     source: Path | None = None  # the file it came from; None for the embedded default
@@ -452,7 +463,7 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     r.check_keys(
         data, None, ("hostname", "domains", "data_dir", "listen", "tls", "limits", "dns", "delivery", "routes",
                      "inbound", "greylisting", "dnsbl", "auth", "store", "log_level", "srs", "milter",
-                     "spam", "hooks", "http", "trace", "mta_sts")
+                     "spam", "hooks", "http", "trace", "mta_sts", "acme")
     )  # fmt: skip
 
     domains_raw = data.get("domains")
@@ -487,6 +498,8 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
             if not path.is_file():
                 raise r.fail("tls", key, f"file not found: {path}")
         tls = TLSConfig(cert, key_path)
+    elif "acme" in data:  # the self-signed certificate until the first ACME one arrives
+        tls = TLSConfig(data_dir / "tls" / "cert.pem", data_dir / "tls" / "key.pem")
     for kind in listen:
         if (kind in IMPLICIT_TLS or kind == "https") and tls is None:
             raise r.fail("listen", kind, "needs a [tls] certificate (implicit TLS)")
@@ -715,6 +728,10 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
     keep = trace_raw.get("keep", "30d")  # 0 (or "0"): no trace kept
     trace = TraceConfig(0.0 if keep in (0, "0") else r.duration(trace_raw, "trace", "keep", TraceConfig().keep_s))
     mta_sts = _mta_sts(r, r.table(data, "mta_sts"))
+    acme = _acme(r, data, hostname) if "acme" in data else None
+    if acme is not None and not HTTP_LISTENERS & listen.keys():
+        raise r.fail("acme", "directory", "the CA's challenges need [listen] http (http-01, reached on port 80) "
+                                          "or https (tls-alpn-01, on port 443)")
 
     return Config(
         hostname=hostname,
@@ -738,10 +755,34 @@ def parse(data: Mapping[str, Any], *, name: str, base: Path, source: Path | None
         http=http,
         trace=trace,
         mta_sts=mta_sts,
+        acme=acme,
+        make_certificate="acme" in data and "tls" not in data,
         log_level=log_level,
         proxy_from=proxy_from,
         source=source,
     )
+
+
+def _acme(r: _Reader, data: Mapping[str, Any], hostname: str) -> AcmeConfig:
+    raw = r.table(data, "acme")
+    r.check_keys(raw, "acme", ("directory", "email", "names", "ca_file"))
+    directory = r.string(raw, "acme", "directory")
+    if not re.fullmatch(r"https://[^\s/]+(/\S*)?", directory):
+        raise r.fail("acme", "directory", 'expected the CA\'s https:// directory URL, e.g. '
+                                          '"https://acme-v02.api.letsencrypt.org/directory"')
+    email = r.string(raw, "acme", "email", "")
+    if email and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
+        raise r.fail("acme", "email", f"not an email address: {email!r}")
+    names_raw = raw.get("names", [hostname])
+    if not isinstance(names_raw, list) or not names_raw or len(names_raw) > 100:
+        raise r.fail("acme", "names", "must be a list of 1 to 100 DNS names")
+    names = tuple(dict.fromkeys(_canonical_domain(r, "[acme] names", n) for n in names_raw))
+    ca_file = None
+    if "ca_file" in raw:
+        ca_file = r.path(r.string(raw, "acme", "ca_file"))
+        if not ca_file.exists():
+            raise r.fail("acme", "ca_file", f"file not found: {ca_file}")
+    return AcmeConfig(directory, names, email, ca_file)
 
 
 def _on_error(r: _Reader, section: str, data: Mapping[str, Any]) -> str:

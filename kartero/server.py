@@ -73,9 +73,11 @@ from kartero.store.backends import AnyStore, open_store
 from kartero.store.interface import MailStore, MetadataChange
 from kartero.store.spool import spool_dir
 from kartero.store.sqlite import SQLiteStore
-from kartero.tls import certificate_expiry, make_self_signed, server_context
+from kartero.tls import certificate_expiry, make_self_signed, server_context, switching_context
 
 if TYPE_CHECKING:
+    from kartero.acme.challenges import Challenges, TokenBook
+    from kartero.acme.manager import Renewal
     from kartero.store.postgres import PgStore
     from kartero.web.listen import HttpServer
 
@@ -169,39 +171,85 @@ class Server:
         self._maildrop_wakeup = asyncio.Event()
         self._hooks: HookFilter | None = None
         self._certificate_expiry: int | None = None  # read at start and on each SIGHUP, for the dashboard
+        self._challenges: Challenges | None = None  # ACME challenges being answered ([acme] only)
+        self._acme: Renewal | None = None
+        self._supervisor = os.getppid()  # `serve --workers N`: the supervisor of this worker
 
     # -- TLS -----------------------------------------------------------------------------------------
 
     def _load_tls(self) -> ssl.SSLContext | None:
+        """A context for the certificate in force: the ACME one once stored, else the [tls] files (made
+        self-signed first when the config asks for that); see kartero/acme/status.py."""
         tls = self.config.tls
         if tls is None:
             return None
         if self.config.make_certificate and not (tls.cert.exists() and tls.key.exists()):
             make_self_signed(tls.cert, tls.key, [self.config.hostname, "localhost", "127.0.0.1"])
             log.info("%s", kv(event="tls.self_signed_created", cert=tls.cert))
+        cert, key, source = tls.cert, tls.key, "tls"
+        if self.config.acme is not None:
+            from kartero.acme.status import certificate_in_use
+
+            use = certificate_in_use(self.config)
+            if use is not None:
+                cert, key, source = use.cert, use.key, str(use.source)
         try:
-            context = server_context(tls.cert, tls.key)
+            context = server_context(cert, key)
         except (OSError, ssl.SSLError) as exc:
-            raise StartupError(f"{self.config.name}: [tls]: cannot load certificate {tls.cert}: {exc}") from None
-        self._certificate_expiry = certificate_expiry(tls.cert)
+            raise StartupError(f"{self.config.name}: [{source}]: cannot load certificate {cert}: {exc}") from None
+        self._certificate_expiry = certificate_expiry(cert)
         return context
 
     def reload_tls(self) -> None:
-        """SIGHUP: load the certificate again. The context object stays the same (implicit-TLS listeners
-        hold it), so the new chain goes into it once a fresh context proved the files good."""
-        tls = self.config.tls
+        """SIGHUP, and a new ACME certificate: a fresh context for the certificate in force, proved good,
+        replaces the old one. Every listener asks for the current context at each connection (https
+        through `switching_context`), so new handshakes get it and open connections keep theirs."""
         try:
-            self._load_tls()
-            if self._tls is not None and tls is not None:
-                self._tls.load_cert_chain(tls.cert, tls.key)
+            context = self._load_tls()
         except (StartupError, OSError, ssl.SSLError) as exc:
             log.error("%s", kv(event="tls.reload_failed", detail=str(exc)))
         else:
+            if context is not None:
+                self._tls = context
             log.info("%s", kv(event="tls.reloaded"))
 
-    def reload(self) -> None:
-        """SIGHUP: the TLS certificate, and the [hooks] module (a broken one keeps the old hooks)."""
+    def _start_acme(self, shared: PgStore | None) -> None:
+        """[acme]: the challenges' shared state and the renewal task (started with the others; in
+        `serve --workers N` by worker 1 alone, which then sends the supervisor a SIGHUP so that every
+        worker loads the new certificate). On PostgreSQL the account, certificate and http-01 answers
+        are the cluster's (kartero/acme/shared.py)."""
+        acme = self.config.acme
+        if acme is None:
+            return
+        from kartero.acme.challenges import Challenges, FileTokens
+        from kartero.acme.manager import Renewal
+        from kartero.acme.storage import AcmeFiles, AcmeStorage
+
+        files = AcmeFiles(self.config.data_dir)
+        storage: AcmeStorage = files
+        tokens: TokenBook = FileTokens(files.folder / "challenges")
+        if shared is not None:
+            from kartero.acme.shared import RowTokens, SharedAcme
+            from kartero.store.acme_sql import SqlAcmeRows
+
+            rows = SqlAcmeRows(shared.database)
+            storage, tokens = SharedAcme(rows, files, self.node), RowTokens(rows)
+        self._challenges = Challenges(tokens)
+        self._acme = Renewal(acme, storage, self._challenges, set(self.config.listen), self._acme_installed)
+
+    def _acme_installed(self) -> None:
         self.reload_tls()
+        # The supervisor passes a SIGHUP on to every worker. Only to the process that started this one:
+        # after the supervisor's death the parent is init or a subreaper, which a SIGHUP would reload.
+        if self.worker > 0 and os.getppid() == self._supervisor:
+            os.kill(self._supervisor, signal.SIGHUP)
+
+    def reload(self) -> None:
+        """SIGHUP: the TLS certificate (and, with [acme], a look at the renewal), and the [hooks] module
+        (a broken one keeps the old hooks)."""
+        self.reload_tls()
+        if self._acme is not None:  # look now: in a cluster, copy a certificate another node ordered
+            self._acme.wakeup.set()
         if self._hooks is not None:
             self._hooks.reload()
 
@@ -254,6 +302,7 @@ class Server:
         store.compact()
         blocking = Blocking(executor)
         shared = _postgres(store)  # None on the embedded store (psycopg is imported only for PostgreSQL)
+        self._start_acme(shared)
         directory = DirectoryCache(store.accounts, config.domains,
                                    shared.accounts.stored_directory_version if shared is not None else None)
         await loop.run_in_executor(executor, directory.prime)
@@ -369,6 +418,8 @@ class Server:
                     tg.create_task(self._expire_trace(store))
                 if abuse is not None:
                     tg.create_task(self._share_abuse(abuse))
+                if self._acme is not None and self.worker <= 1:
+                    tg.create_task(self._acme.run(self._stop))
                 proxy_from = parse_networks(config.proxy_from)
                 for kind, addresses in config.listen.items():
                     factory: Callable[[], asyncio.BaseProtocol]
@@ -517,12 +568,17 @@ class Server:
         )
         if config.trace.is_enabled:
             ctx.activity = ctx.ops.activity
+        challenges = self._challenges
+        if challenges is not None:
+            ctx.acme_http01 = challenges.http01
+        # https follows certificate changes (SIGHUP, ACME) and answers tls-alpn-01 (RFC 8737)
+        https = switching_context(lambda: self._tls, challenges.tls_alpn01 if challenges is not None else None)
         http = HttpServer(build_app(ctx), admission, config.limits.shutdown_grace_s)
         await http.start()
         for kind in HTTP_LISTENERS & set(config.listen):
             for address in config.listen[kind]:
                 try:
-                    await http.listen(kind, address, self._tls if kind == "https" else None, reuse_port=self.worker > 0)
+                    await http.listen(kind, address, https if kind == "https" else None, reuse_port=self.worker > 0)
                 except OSError as exc:
                     await http.stop()
                     raise StartupError(f"cannot listen on {address} ({kind}): {exc.strerror}") from None

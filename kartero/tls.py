@@ -6,6 +6,7 @@ import datetime
 import ipaddress
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -19,12 +20,40 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
 
     Raises ssl.SSLError / OSError when the files are unreadable or do not match.
     """
+    ctx = policy_context()
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def policy_context() -> ssl.SSLContext:
+    """A server context with the policy of `server_context` and no certificate yet."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     ctx.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20")
-    ctx.load_cert_chain(cert, key)
     return ctx
+
+
+def switching_context(current: Callable[[], ssl.SSLContext | None],
+                      challenge: Callable[[str], ssl.SSLContext | None] | None = None) -> ssl.SSLContext:
+    """A context for a listener that is given one context for good (asyncio's `create_server(ssl=...)`)
+    but must follow certificate changes: at each ClientHello its SNI callback moves the connection to
+    `current()` (the certificate in force now), or, for a server name `challenge` has a context for
+    (an ACME tls-alpn-01 validation, RFC 8737 §3), to that one. The callback runs for every ClientHello,
+    with or without SNI; OpenSSL takes the certificate and ALPN choice from the context set there,
+    the protocol versions and ciphers from this one (the same policy)."""
+    front = policy_context()
+
+    def choose(connection: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> int | None:
+        chosen = challenge(server_name) if challenge is not None and server_name else None
+        if chosen is None:
+            chosen = current()
+        if chosen is not None:
+            connection.context = chosen
+        return None
+
+    front.sni_callback = choose
+    return front
 
 
 def certificate_expiry(cert: Path) -> int | None:

@@ -31,6 +31,7 @@ MAX_BODY = 256 * 1024  # forms and JSON bodies; nothing the admin sends is bigge
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+ACME_CHALLENGE = "/.well-known/acme-challenge/"
 _CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; "
         "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")  # fmt: skip
 
@@ -57,12 +58,23 @@ def build_app(ctx: WebContext) -> web.Application:
     app.router.add_post("/admin/login", admin_login)
     app.router.add_post("/admin/logout", logout)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get(ACME_CHALLENGE + "{token}", acme_challenge)
     from kartero.web import api, clients, ui
 
     ui.setup(app)
     api.setup(app)
     clients.setup(app)
     return app
+
+
+async def acme_challenge(request: web.Request) -> web.Response:
+    """ACME http-01: the key authorization for a pending challenge's token, as text/plain (RFC 8555
+    §8.3); no login, any Host. An unknown token: 404."""
+    ctx = request.app[CONTEXT]
+    answer = await ctx.run(ctx.acme_http01, request.match_info["token"])
+    if answer is None:
+        raise web.HTTPNotFound(text="no such challenge\n")
+    return web.Response(text=answer, content_type="text/plain")
 
 
 def _when(timestamp: float | None) -> str:
@@ -97,6 +109,10 @@ async def _host(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Only names of this server: its host name, the local domains and their subdomains, `localhost`
     and IP addresses. A page of another site whose name was rebound to this address (DNS rebinding)
     names itself in Host and gets nothing, not even the login form or /metrics."""
+    # The ACME CA asks for each name it validates, [acme] names may lie outside the local domains, and the
+    # answer is public anyway (RFC 8555 §8.3: the token is in the CA's challenge object).
+    if request.path.startswith(ACME_CHALLENGE):
+        return await handler(request)
     if not _is_our_host(request.host, request.app[CONTEXT].config.hostname, request.app[CONTEXT].config.domains):
         return web.Response(status=421, text="this server does not answer for that host name\n")
     return await handler(request)

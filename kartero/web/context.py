@@ -38,6 +38,9 @@ class WebContext:
     # The dashboard chart's hourly counts over the last 24 h, oldest first (from the message trace);
     # None: the dashboard says there is no activity data yet. Called in the worker pool.
     activity: Callable[[], list[Bucket]] | None = None
+    # ACME http-01 (RFC 8555 §8.3): the key authorization for a token, None for an unknown one.
+    # Blocking (a small file read): called in the worker pool.
+    acme_http01: Callable[[str], str | None] = lambda token: None
     started_at: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
 

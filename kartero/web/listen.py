@@ -2,8 +2,9 @@
 
 Each connection passes the server's admission first (the `http` service's cap, the per-address cap,
 the total), like every other listener; aiohttp bounds what one connection may send (request line and
-header fields 8 KiB, bodies `app.MAX_BODY`) and closes idle keep-alive connections. https uses the
-server's TLS context itself, which SIGHUP reloads in place.
+header fields 8 KiB, bodies `app.MAX_BODY`) and closes idle keep-alive connections. https uses a
+context whose SNI callback moves each handshake to the server's current certificate (replaced on SIGHUP
+and by ACME renewals, kartero/acme) or to an ACME tls-alpn-01 challenge's.
 """
 
 from __future__ import annotations

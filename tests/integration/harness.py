@@ -110,6 +110,7 @@ class KarteroServer:
     submissions_port: int = 0
     managesieve_port: int = 0
     http: bool = False  # the HTTP listeners (http, and https with tls): off unless a test is about them
+    plain_http: bool = True  # with `http`: the plain http listener too (False: https alone)
     http_port: int = 0
     https_port: int = 0
     process: subprocess.Popen[bytes] | None = None
@@ -170,7 +171,7 @@ class KarteroServer:
                 if self.tls
                 else ""
             )
-            + (f'http = ["{self.host}:{self.http_port}"]\n' if self.http else "")
+            + (f'http = ["{self.host}:{self.http_port}"]\n' if self.http and self.plain_http else "")
             + (f'https = ["{self.host}:{self.https_port}"]\n' if self.http and self.tls else "")
             + f"{tls_section}"
             + (
