@@ -73,6 +73,8 @@ def parse_from_line(line: bytes) -> FromLine | None:
     day, clock = rest[0], rest[1].split(":")
     if year is None or not day.isdigit() or not 2 <= len(clock) <= 3 or not all(c.isdigit() for c in clock):
         return None
+    if not (1 <= int(day) <= 31 and int(clock[0]) < 24 and int(clock[1]) < 60 and int(clock[-1]) <= 60):
+        return None
     try:
         moment = calendar.timegm((int(year), _MONTHS[words[month_at][:3].lower()], int(day), int(clock[0]),
                                   int(clock[1]), int(clock[2]) if len(clock) == 3 else 0, 0, 0, 0))  # fmt: skip
