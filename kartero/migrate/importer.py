@@ -2,8 +2,8 @@
 (store/imports_sql.py), so that a rerun or a run after a crash stores nothing twice.
 
 A batch (BATCH messages, or BATCH_BYTES of them in memory) is claimed in one ledger transaction, its new
-messages handed to the store at once (each a delivery of its own: one that fails fails alone, and the
-store's group commit writes the batch with one sync), and the ledger told which ones landed. Messages
+messages handed to the store as one delivery group (one commit, UIDs in the source's order; should it
+fail, each message alone, so one bad message fails alone), and the ledger told which ones landed. Messages
 are stored with their flags and internal date, the envelope record saying `import` (and, from mbox, the
 envelope sender); the bytes are never parsed to decide anything, so a message the MIME parser cannot
 read is stored as it came (the store indexes it as best it can).
@@ -18,7 +18,6 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from kartero.mail.envelope import EnvelopeRecord, Origin
@@ -32,7 +31,6 @@ from kartero.store.interface import (
     LedgerKey,
     MailboxExists,
     MailStore,
-    StoredMessage,
     StoreError,
 )
 
@@ -131,27 +129,35 @@ class Importer:
             self.progress(sum(m.units for m in batch))
 
     def _store(self, batch: list[MessageFound], claims: list[Claim]) -> list[Claim]:
+        """Store the batch's new messages as one delivery group, so that they get their UIDs in the
+        source's order (deliveries handed over one by one are indexed in parallel and may land in any
+        order); when the group fails, each is stored alone, and one that fails fails alone."""
         now = int(time.time())
-        pending: list[tuple[MessageFound, Claim, Future[list[StoredMessage]]]] = []
+        new: list[tuple[MessageFound, Claim, Delivery]] = []
         for message, claim in zip(batch, claims, strict=True):
             if not claim.is_new:
                 self.outcome.skipped += 1
                 continue
-            delivery = Delivery(
+            new.append((message, claim, Delivery(
                 blob_id=claim.blob_id,
                 data=message.body.data,
                 targets=(DeliveryTarget(self._account_id, message.folder, message.flags),),
                 internal_date=message.internal_date,
                 envelope=EnvelopeRecord(Origin.IMPORT, message.sender, received_at=now, user="kartero import"),
-            )
-            try:
-                pending.append((message, claim, self._mail.deliver(delivery)))
-            except (StoreError, OSError) as exc:
-                self._failed(message, exc)
+            )))  # fmt: skip
+        if not new:
+            return []
+        try:
+            self._mail.deliver_group([delivery for _, _, delivery in new]).result()
+        except (StoreError, OSError):
+            pass
+        else:
+            self.outcome.imported += len(new)
+            return [claim for _, claim, _ in new]
         stored: list[Claim] = []
-        for message, claim, future in pending:
+        for message, claim, delivery in new:
             try:
-                future.result()
+                self._mail.deliver(delivery).result()
             except (StoreError, OSError) as exc:
                 self._failed(message, exc)
                 continue
