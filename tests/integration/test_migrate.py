@@ -2,14 +2,21 @@
 flags, odd bytes) and a directory of mbox files (mboxrd `>From` lines, state fields, a large message),
 checked over IMAP byte for byte with FLAGS and INTERNALDATE; a rerun imports nothing; the embedded store
 refuses an import while its server runs; a whole IMAP account copied from that Kartero into a second one
-on loopback (and again: nothing); `kartero export` in both formats read back with Python's `mailbox`."""
+on loopback (and again: nothing); `kartero export` in both formats read back with Python's `mailbox`;
+with Dovecot: a Maildir it wrote (keywords, a modified UTF-7 folder) imported as it showed it, and our
+Maildir export served by it as Kartero served the mail."""
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import mailbox
 import os
+import pwd
 import re
+import shutil
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import PASSWORD, KarteroServer, run_cli, tls_context
+from tests.integration.harness import PASSWORD, KarteroServer, free_port, run_cli, tls_context, wait_for
 
 BOB, CAROL = "bob@example.test", "carol@example.test"
 BIG = b"".join(b"%07d a line of a message too large to be held in memory by the import\n" % n for n in range(30000))
@@ -239,3 +246,136 @@ def test_issue_15_export_as_mbox_reads_back_with_python_mailbox(migrated: Migrat
         mutt_flags = "".join(sorted({"O"} | {letters[f] for f in flags if f in letters}))
         expected.setdefault(folder, []).append((fields + quoted, mutt_flags, f"{sender} {asctime}"))
     assert found == expected
+
+
+# -- Dovecot: its Maildir imported, our export served by it ------------------------------------------------
+
+DOVECOT_CONF = """\
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+mail_location = maildir:{root}/mail/%n/Maildir
+first_valid_uid = 1
+passdb {{
+  driver = passwd-file
+  args = username_format=%n {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={root}/mail/%n
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {port}
+  }}
+}}
+"""
+
+
+@dataclass
+class Dovecot:
+    root: Path
+    port: int
+
+    def imap(self, user: str) -> imaplib.IMAP4:
+        imap = imaplib.IMAP4("127.0.0.1", self.port, timeout=30)
+        imap.login(user, PASSWORD)
+        return imap
+
+    def give(self, path: Path) -> None:
+        """Make `path` (a Maildir put there by a test) Dovecot's: its processes run as nobody."""
+        nobody = pwd.getpwnam("nobody")
+        for item in [path, *path.rglob("*")]:
+            os.chown(item, nobody.pw_uid, nobody.pw_gid)
+
+
+@pytest.fixture(scope="module")
+def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
+    """A private Dovecot 2.3 on a loopback port, users bob and eve (Maildir, its default Maildir++ layout)."""
+    if shutil.which("dovecot") is None or os.geteuid() != 0:
+        pytest.skip("needs root and Debian's dovecot-imapd")
+    root = tmp_path_factory.mktemp("dovecot")
+    for folder in [root, *root.parents]:
+        if folder != Path("/"):
+            folder.chmod(folder.stat().st_mode | 0o005)
+    nobody = pwd.getpwnam("nobody")
+    (root / "mail").mkdir()
+    os.chown(root / "mail", nobody.pw_uid, nobody.pw_gid)
+    (root / "passwd").write_text("".join(f"{user}:{{PLAIN}}{PASSWORD}::::::\n" for user in ("bob", "eve")))
+    port = free_port()
+    (root / "dovecot.conf").write_text(DOVECOT_CONF.format(root=root, uid=nobody.pw_uid, gid=nobody.pw_gid, port=port))
+    process = subprocess.Popen(["dovecot", "-F", "-c", str(root / "dovecot.conf")], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: _accepts(port))
+        yield Dovecot(root, port)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+def test_issue_15_a_maildir_dovecot_wrote_is_imported_as_dovecot_shows_it(dovecot: Dovecot, tmp_path: Path) -> None:
+    appended = [  # (folder as Dovecot names it, folder here, flags, date, bytes sent)
+        ("INBOX", "INBOX", "(\\Seen $Label1 Work)", 1_700_000_000, b"Subject: one\r\n\r\nFrom the top\r\n"),
+        ("INBOX", "INBOX", "()", 1_700_000_100, b"Subject: two\r\n\r\n\xe4 8-bit\r\n"),
+        ("Archiv.Entw&APw-rfe", "Archiv/Entwürfe", "(\\Draft \\Answered Work $Forwarded)", 1_700_000_200,
+         b"Subject: draft\r\n\r\n.\r\n"),
+        ("Archiv.Entw&APw-rfe", "Archiv/Entwürfe", "(\\Deleted \\Flagged)", 1_700_000_300, b"no header\r\n"),
+    ]  # fmt: skip
+    with dovecot.imap("bob") as imap:
+        assert imap.create("Archiv.Entw&APw-rfe")[0] == "OK"
+        for box, _, flags, date, data in appended:
+            assert imap.append(box, flags, imaplib.Time2Internaldate(date), data)[0] == "OK"
+    maildir = dovecot.root / "mail" / "bob" / "Maildir"
+    assert (maildir / ".Archiv.Entw&APw-rfe" / "dovecot-keywords").exists()  # Dovecot's own layout
+    target = KarteroServer(tmp_path / "k")
+    target.add_user(CAROL, PASSWORD)
+    assert run_cli(target.config, "import", CAROL, str(maildir)).stdout == (
+        "imported 4, skipped 0 already present, failed 0\n")  # fmt: skip
+    store = target.store()
+    try:
+        account = store.accounts.get_account(CAROL)
+        assert account is not None
+        got = []
+        for name in ("INBOX", "Archiv/Entwürfe"):
+            box = store.mail.get_mailbox(account.id, name)
+            assert box is not None
+            got += [(name, set(r.flags), r.internal_date, store.mail.read_message(r.blob_id))
+                    for r in store.mail.message_rows(box.id)]  # fmt: skip
+    finally:
+        store.close()
+    assert got == [(here, set(flags.strip("()").split()), date, data) for _, here, flags, date, data in appended]
+
+
+def test_issue_15_dovecot_serves_the_maildir_export(migrated: Migrated, dovecot: Dovecot) -> None:
+    target = dovecot.root / "mail" / "eve" / "Maildir"
+    run_cli(migrated.server.config, "export", BOB, str(target))
+    dovecot.give(target.parent)
+    found: dict[str, list[tuple[bytes, frozenset[str], int]]] = {}
+    with dovecot.imap("eve") as imap:
+        _, listed = imap.list()
+        for line in listed:
+            assert isinstance(line, bytes)
+            name = re.fullmatch(rb'\(.*\) "\." "?(.*?)"?', line).group(1)  # type: ignore[union-attr]
+            assert imap.select(b'"' + name + b'"', readonly=True)[0] == "OK"  # type: ignore[arg-type]
+            _, data = imap.uid("FETCH", "1:*", "(FLAGS INTERNALDATE BODY.PEEK[])")
+            messages = []
+            for part in data:
+                if isinstance(part, tuple):
+                    flags = frozenset(f.decode() for f in imaplib.ParseFlags(part[0])) - {"\\Recent"}
+                    date = int(time.mktime(imaplib.Internaldate2tuple(part[0])))  # type: ignore[arg-type]
+                    messages.append((part[1], flags, date))
+            if messages:
+                found[mutf7_decode(name.decode()).replace(".", "/")] = messages
+    assert found == by_folder(migrated.expected)
