@@ -1,7 +1,8 @@
 """Issue 15, migration: `kartero import` of a generated Maildir tree (Maildir++ folders, dovecot-keywords,
 flags, odd bytes) and a directory of mbox files (mboxrd `>From` lines, state fields, a large message),
 checked over IMAP byte for byte with FLAGS and INTERNALDATE; a rerun imports nothing; the embedded store
-refuses an import while its server runs; a whole IMAP account copied from that Kartero into a second one
+refuses an import while its server runs; an import killed midway is finished by the next without a
+duplicate; a whole IMAP account copied from that Kartero into a second one
 on loopback (and again: nothing); `kartero export` in both formats read back with Python's `mailbox`;
 with Dovecot: a Maildir it wrote (keywords, a modified UTF-7 folder) imported as it showed it, and our
 Maildir export served by it as Kartero served the mail."""
@@ -16,6 +17,7 @@ import pwd
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import PASSWORD, KarteroServer, free_port, run_cli, tls_context, wait_for
+from tests.integration.harness import KARTERO, PASSWORD, KarteroServer, free_port, run_cli, tls_context, wait_for
 
 BOB, CAROL = "bob@example.test", "carol@example.test"
 BIG = b"".join(b"%07d a line of a message too large to be held in memory by the import\n" % n for n in range(30000))
@@ -379,3 +381,36 @@ def test_issue_15_dovecot_serves_the_maildir_export(migrated: Migrated, dovecot:
             if messages:
                 found[mutf7_decode(name.decode()).replace(".", "/")] = messages
     assert found == by_folder(migrated.expected)
+
+
+def test_issue_15_an_import_killed_midway_is_finished_by_the_next_without_duplicates(tmp_path: Path) -> None:
+    """SIGKILL while messages are being stored (the ledger has claimed some, the store committed some),
+    then the same command again: every message of the mbox is there exactly once."""
+    count = 1500
+    bodies = [b"Subject: message %d\n\nbody of message %d\n" % (n, n) for n in range(count)]
+    mbox = tmp_path / "big.mbox"
+    mbox.write_bytes(b"".join(b"From a@x Sun Nov 29 10:00:00 2026\n" + body + b"\n" for body in bodies))
+    server = KarteroServer(tmp_path / "k")
+    server.add_user(BOB, PASSWORD)
+    database = server.root / "data" / "kartero.db"
+
+    def claimed() -> int:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)) as db:
+            return int(db.execute("SELECT COUNT(*) FROM import_ledger").fetchone()[0])
+
+    process = subprocess.Popen([*KARTERO, "-c", str(server.config), "import", BOB, str(mbox)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: process.poll() is not None or claimed() >= 300, timeout_s=30)
+    finally:
+        process.kill()
+        process.wait(10)
+    assert process.returncode == -9, "the import ended before it could be killed: make it longer"
+    before = claimed()
+    assert 300 <= before < count
+    done = run_cli(server.config, "import", BOB, str(mbox))
+    imported, skipped = map(int, re.fullmatch(r"imported (\d+), skipped (\d+) already present, failed 0\n",
+                                              done.stdout).groups())  # type: ignore[union-attr]
+    assert imported + skipped == count and 0 < skipped <= before
+    stored = server.messages(BOB)
+    assert sorted(stored) == sorted(_crlf(body) for body in bodies)
