@@ -176,8 +176,8 @@ class ImapSource:
         typ, data = conn.list()
         if typ != "OK":
             raise ImapSourceError(f"LIST failed: {data!r}")
-        for line in data[: MAX_FOLDERS]:
-            if line is None:
+        for line in data[:MAX_FOLDERS]:
+            if not line:  # None, or the b"" imaplib leaves after a name sent as a literal
                 continue
             parsed = parse_list_line(line)
             if parsed is None:

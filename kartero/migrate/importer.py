@@ -73,6 +73,8 @@ class Importer:
         self.outcome = Outcome()
 
     def run(self, items: Iterable[Item]) -> Outcome:
+        """Import everything `items` yields. When the source fails midway (its exception is raised), the
+        messages read before it are stored first; an interrupt (Ctrl-C) stores no more."""
         try:
             for item in items:
                 match item:
@@ -85,8 +87,10 @@ class Importer:
                         self.outcome.failed += 1
                         self.outcome.note(f"{folder}: {problem}")
                         self.progress(units)
-        finally:
+        except Exception:
             self._flush()
+            raise
+        self._flush()
         return self.outcome
 
     def _ensure_folder(self, name: str) -> None:
