@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kartero.migrate.maildir import MaildirSource, is_maildir
 from kartero.migrate.mbox import MboxSource
-from kartero.migrate.model import Source
+from kartero.migrate.model import Source, check_folder_name
 
 
 def open_path(path: Path, work_dir: Path, folder: str | None = None) -> Source:
@@ -24,5 +24,7 @@ def open_path(path: Path, work_dir: Path, folder: str | None = None) -> Source:
             raise ValueError(f"{path}: neither a Maildir (no cur/ and new/) nor a directory of mbox files")
         return source
     if path.is_file():
+        if folder is not None and (problem := check_folder_name(folder)) is not None:
+            raise ValueError(f"--folder: {problem}")
         return MboxSource(path, work_dir, folder)
     raise ValueError(f"{path}: no such file or directory")
