@@ -31,11 +31,14 @@ from kartero.migrate.model import (
     check_folder_name,
     clean_flags,
 )
+from kartero.store.interface import SPECIAL_MAILBOXES
 
 BATCH = 100  # messages whose sizes are asked in one FETCH
 FETCH_BYTES = 16 * 1024 * 1024  # message octets fetched in one FETCH at most (one larger message alone)
 MAX_FOLDERS = 10_000  # folders of one account taken at most (a LIST answer is the other server's)
 TIMEOUT_S = 120.0
+# RFC 6154 special-use attributes -> the mailbox every Kartero account has for it (store SPECIAL_MAILBOXES).
+SPECIAL_USE = {use.lower(): name for name, use in SPECIAL_MAILBOXES if use is not None}
 _LIST = re.compile(rb'\(([^)]*)\) (?:"((?:[^"\\]|\\.)*)"|NIL) (.*)', re.IGNORECASE)
 _SEQ = re.compile(rb"(\d+) \(")
 _UID = re.compile(rb"\bUID (\d+)")
@@ -163,7 +166,10 @@ def parse_fetch(data: list[bytes | tuple[bytes, bytes]]) -> Iterator[tuple[bytes
 
 class ImapSource:
     """Every selectable folder of the account, each read with EXAMINE (nothing changes there: BODY.PEEK
-    leaves \\Seen alone)."""
+    leaves \\Seen alone), by message sequence numbers: they cannot shift meanwhile, as a server sends no
+    EXPUNGE while it answers FETCH, and nothing else is asked (RFC 9051 §7.5.1). A folder marked with a
+    special use (RFC 6154) goes into the account's folder of that use (Sent, Drafts, Trash, Junk,
+    Archive), whatever its name there."""
 
     unit = "messages"
 
@@ -191,6 +197,8 @@ class ImapSource:
             except ValueError as exc:
                 self.problems.append(Unreadable(raw.decode("ascii", "replace"), str(exc), 0))
                 continue
+            # RFC 6154: the other server's Sent ("Sent Items", "[Gmail]/Sent Mail") is our Sent, and so on.
+            folder = next((SPECIAL_USE[a] for a in sorted(attributes) if a in SPECIAL_USE), folder)
             if (problem := check_folder_name(folder)) is not None:
                 self.problems.append(Unreadable(folder, problem, 0))
                 continue

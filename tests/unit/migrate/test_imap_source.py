@@ -3,6 +3,8 @@ FETCH answers as imaplib returns them, batches bounded by size."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from kartero.migrate import imap_source
@@ -55,3 +57,32 @@ def test_issue_15_fetches_are_grouped_by_size(monkeypatch: pytest.MonkeyPatch) -
     sizes = [b"1 (UID 1 RFC822.SIZE 60)", b"2 (UID 2 RFC822.SIZE 30)", b"3 (UID 3 RFC822.SIZE 500)",
              b"4 (RFC822.SIZE 20 UID 4)", None, b"junk"]  # fmt: skip
     assert imap_source._group_by_size(sizes) == [[1, 2], [3], [4]]
+
+
+class _Listing:
+    """What ImapSource asks of imaplib before it reads any message: LIST and STATUS."""
+
+    def __init__(self, lines: list[bytes | tuple[bytes, bytes] | None]) -> None:
+        self.lines = lines
+
+    def list(self) -> tuple[str, list[bytes | tuple[bytes, bytes] | None]]:
+        return "OK", self.lines
+
+    def status(self, name: str, items: str) -> tuple[str, list[bytes]]:
+        return "OK", [name.encode() + b" (MESSAGES 2)"]
+
+
+def test_issue_15_folders_of_an_imap_account(tmp_path: Path) -> None:
+    conn = _Listing([
+        b'(\\HasNoChildren) "." INBOX', b'(\\HasNoChildren \\Sent) "." "Sent Items"',
+        b'(\\Noselect \\HasChildren) "." "[Gmail]"', (b'(\\HasNoChildren \\Trash) "." {11}', b"[Gmail].Bin"), b"",
+        b'(\\HasNoChildren) "." "Projekte.Entw&APw-rfe"', b'(\\HasNoChildren) "." "Bad&Jjo"', b"nonsense", None,
+    ])  # fmt: skip
+    source = imap_source.ImapSource(conn, ImapUrl("h", 993, "u", True), tmp_path)  # type: ignore[arg-type]
+    assert [(f, raw) for f, raw, _ in source.folders] == [
+        ("INBOX", b"INBOX"), ("Projekte/Entwürfe", b"Projekte.Entw&APw-rfe"), ("Sent", b"Sent Items"),
+        ("Trash", b"[Gmail].Bin"),
+    ]  # fmt: skip
+    assert source.total == 8 and source.identity == "imaps://u@h:993"
+    assert [p.problem for p in source.problems] == ["mailbox name b'Bad&Jjo' is not modified UTF-7",
+                                                    "unreadable LIST answer b'nonsense'"]  # fmt: skip
