@@ -129,3 +129,21 @@ def test_issue_15_mboxrd_round_trip(tmp_path_factory: pytest.TempPathFactory,
         expected.append((body, "s@x", date, flags))
     assert b"\r\n" not in out.getvalue()
     assert _read(out.getvalue(), tmp_path, crlf=end == b"\r\n") == expected
+
+
+_PIECES = st.sampled_from([b"From a@x Sun Nov 29 10:00:00 2026\n", b"From x\n", b">From ", b"\n", b"\r\n", b"\r",
+                           b"Status: RO\n", b" cont\n", b"X-Keywords: \xff a\n", b"\x00\xff", b"b:"])  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PIECES, max_size=30).map(b"".join))
+def test_issue_15_any_file_is_read_whole_or_refused(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    """Whatever the bytes: ValueError (not an mbox), or messages whose octets add up to the file."""
+    tmp_path = tmp_path_factory.mktemp("any")
+    try:
+        messages = list(read_mbox(io.BytesIO(data), lambda: MessageBuffer(tmp_path, crlf=True)))
+    except ValueError:
+        assert not data.startswith(b"From ")
+        return
+    assert sum(m.octets for m in messages) == len(data)
+    assert all(isinstance(m.body.data, bytes) for m in messages)
