@@ -177,10 +177,16 @@ def test_issue_15_the_embedded_store_refuses_an_import_while_its_server_runs(mig
 def test_issue_15_imap_import_from_a_second_kartero(migrated: Migrated, tmp_path: Path) -> None:
     target = KarteroServer(tmp_path / "b")  # never started: the CLI writes its store
     target.add_user(CAROL, PASSWORD)
+    store = target.store()
+    try:
+        store.accounts.set_quota(CAROL, 100_000)  # the import goes past it, and says so
+    finally:
+        store.close()
     source = migrated.server
     url = f"imaps://{BOB.replace('@', '%40')}@{source.host}:{source.imaps_port}"
     first = run_cli(target.config, "import", CAROL, "--imap", url, "--insecure", stdin=PASSWORD + "\n")
     assert first.stdout == "imported 9, skipped 0 already present, failed 0\n"
+    assert f"warning: {CAROL} is over its quota now" in first.stderr
     again = run_cli(target.config, "import", CAROL, "--imap", url, "--insecure", stdin=PASSWORD + "\n")
     assert again.stdout == "imported 0, skipped 9 already present, failed 0\n"
     refused = run_cli(target.config, "import", CAROL, "--imap", url, stdin=PASSWORD + "\n", check=False)
