@@ -1123,3 +1123,136 @@ def cert_status(ctx: click.Context) -> None:
         finally:
             store.close()
     click.echo(format_report(read_report(config, state), time.time()), nl=False)
+
+
+# -- migration: kartero import / export (issue 15) -----------------------------------------------------
+
+
+def _migration_account(ctx: click.Context, config: Config, address: str) -> tuple[AnyStore, int]:
+    """The store and the account's id; exit 2 for an address that is no account."""
+    try:
+        canonical = parse_address(address)
+    except DirectoryError as exc:
+        _fail(str(exc), 2)
+    store = _open_store(config)
+    ctx.call_on_close(store.close)
+    account = store.accounts.get_account(canonical)
+    if account is None:
+        _fail(f"no account {canonical} (add it first: kartero user add {canonical})", 2)
+    return store, account.id
+
+
+@main.command("import")
+@click.argument("address")
+@click.argument("path", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--imap", "imap_url", metavar="URL", help="Copy a whole IMAP account: imaps://USER@HOST[:993] or "
+              "imap://USER@HOST[:143] (STARTTLS); the password is read from stdin.")  # fmt: skip
+@click.option("--insecure", is_flag=True, help="--imap: accept any certificate (a test server), or no STARTTLS.")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), help="--imap: trust this CA's certificates.")
+@click.option("--folder", help="The folder a single mbox file goes into (default INBOX).")
+@click.pass_context
+def import_mail(ctx: click.Context, address: str, path: Path | None, imap_url: str | None, insecure: bool,
+                ca_file: str | None, folder: str | None) -> None:  # fmt: skip
+    """Import mail into ADDR's account from PATH (a Maildir with Maildir++ folders, as Dovecot keeps it; an
+    mbox file; a directory of mbox files) or from an IMAP account (--imap), with flags and internal dates.
+
+    Resumable: a rerun, or a run after an interruption, stores only what is missing. Exit 0 when every
+    message is there, 1 when some failed (listed; run it again once fixed), 2 for bad usage."""
+    import shutil
+
+    from kartero.control import server_pid
+    from kartero.migrate import imap_source
+    from kartero.migrate.importer import Importer
+    from kartero.migrate.model import Source
+    from kartero.migrate.sources import open_path
+    from kartero.store.imports_sql import SqlImportLedger
+
+    if (path is None) == (imap_url is None):
+        _fail("give PATH (a Maildir, an mbox file or a directory of them) or --imap URL", 2)
+    config = _config(ctx)
+    if not config.store.is_postgresql and (pid := server_pid(config.data_dir)) is not None:
+        _fail(f"a Kartero server (pid {pid}) runs on {config.data_dir}: the embedded store takes mail from one "
+              "process at a time, so stop it for the import (with PostgreSQL, import while it runs)", 1)  # fmt: skip
+    work_dir = config.data_dir / f"import-{os.getpid()}"
+    source: Source
+    if imap_url is not None:
+        try:
+            url = imap_source.parse_imap_url(imap_url)
+        except ValueError as exc:
+            _fail(str(exc), 2)
+        password = (click.prompt("Password", hide_input=True, err=True) if sys.stdin.isatty()
+                    else sys.stdin.readline().rstrip("\r\n"))  # fmt: skip
+    store, account_id = _migration_account(ctx, config, address)
+    try:
+        if imap_url is not None:
+            context = imap_source.tls_context(insecure=insecure, ca_file=ca_file)
+            conn = imap_source.connect(url, password, context, insecure=insecure)
+            ctx.call_on_close(conn.shutdown)
+            source = imap_source.ImapSource(conn, url, work_dir)
+        else:
+            assert path is not None
+            source = open_path(path, work_dir, folder)
+    except imap_source.ImapSourceError as exc:
+        _fail(str(exc), 1)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    if not config.store.is_postgresql:
+        store.recover()  # no server runs: this process delivers (bytes an interrupted run left are cut off)
+    store.start()
+    importer = Importer(store.mail, SqlImportLedger(store.database), account_id, source.identity)
+    done = importer.outcome
+
+    def counts(_: int | None) -> str:
+        return f"{done.imported} new, {done.skipped} present, {done.failed} failed"
+
+    try:
+        with click.progressbar(length=max(source.total, 1), label=f"importing {source.identity}", file=sys.stderr,
+                               item_show_func=counts) as bar:  # fmt: skip
+            importer.progress = bar.update
+            importer.run(source.items())
+    except imap_source.ImapSourceError as exc:
+        done.failed += 1
+        done.note(f"the import stopped: {exc} (run it again to go on)")
+    except (OSError, StoreError) as exc:
+        done.failed += 1
+        done.note(f"the import stopped: {exc} (run it again to go on)")
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    for problem in done.problems:
+        click.echo(f"kartero: {problem}", err=True)
+    usage = store.mail.quota_usage([account_id]).get(account_id)
+    if usage is not None and 0 < usage.effective_limit(config.limits.default_quota) < usage.used_bytes:
+        click.echo(f"kartero: warning: {address} is over its quota now ({usage.used_bytes} of "
+                   f"{usage.effective_limit(config.limits.default_quota)} bytes): new mail will be refused "
+                   "until it is below (kartero user quota)", err=True)  # fmt: skip
+    click.echo(done.summary())
+    if done.failed:
+        sys.exit(1)
+
+
+@main.command("export")
+@click.argument("address")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["maildir", "mbox"]), default="maildir", show_default=True,
+              help="maildir: a Maildir++ tree (Dovecot); mbox: one mbox file per folder (mutt).")  # fmt: skip
+@click.pass_context
+def export_mail(ctx: click.Context, address: str, directory: Path, fmt: str) -> None:
+    """Write ADDR's folders into DIRECTORY (new or empty) with their flags and internal dates. Safe while the
+    server runs (it only reads)."""
+    from kartero.migrate.exporter import count_messages, export_account
+
+    if directory.exists() and any(directory.iterdir()):
+        _fail(f"{directory} is not empty: export into a new directory", 2)
+    config = _config(ctx)
+    store, account_id = _migration_account(ctx, config, address)
+    try:
+        with click.progressbar(length=max(count_messages(store.mail, account_id), 1), label=f"exporting {address}",
+                               file=sys.stderr) as bar:  # fmt: skip
+            outcome = export_account(store.mail, account_id, directory, fmt, bar.update)
+    except (OSError, StoreError) as exc:
+        _fail(f"the export stopped: {exc}", 1)
+    for problem in outcome.problems:
+        click.echo(f"kartero: {problem}", err=True)
+    click.echo(outcome.summary())
+    if outcome.failed:
+        sys.exit(1)

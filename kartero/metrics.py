@@ -76,8 +76,8 @@ OTHER = "other"
 LISTENERS = frozenset({"smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "managesieve",
                        "http", "https"})  # fmt: skip
 PROTOCOLS = frozenset({"smtp", "imap", "pop3", "managesieve", "http"})
-# Where a message that went through intake came from (kartero.mail.envelope.Origin's values; IMAP APPEND
-# and the quota warning are stored without intake).
+# Where a message that went through intake came from (kartero.mail.envelope.Origin's values; IMAP APPEND,
+# `kartero import` and the quota warning are stored without intake).
 ORIGINS = frozenset({"smtp", "submission", "sendmail", "dsn", "sieve"})
 # Why a message, a sender or a recipient was refused.
 REASONS = frozenset({

@@ -28,6 +28,7 @@ class Origin(StrEnum):
     APPEND = "append"  # IMAP APPEND (and CATENATE)
     SIEVE = "sieve"  # a vacation reply or rejection notice a user's Sieve script made Kartero write
     QUOTA = "quota"  # the warning Kartero sends a user whose mailbox is 90 % full
+    IMPORT = "import"  # `kartero import` (Maildir, mbox, another IMAP server); the sender from mbox's From_ line
     UNKNOWN = "unknown"  # a stored shape that names none of these
 
 

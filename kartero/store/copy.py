@@ -7,10 +7,11 @@ what they cached instead of downloading everything again.
 
 Resumable and idempotent without a journal of its own: everything is matched by a natural key (accounts
 by address, mailboxes by account and name, blobs by id, messages and tombstones by mailbox and UID,
-queue entries by id) and inserted only where the target lacks it, in transactions of bounded size (an
-account's folders; a batch of messages; a batch of queue entries). A run stopped anywhere leaves whole
-batches behind, and the next run copies what is missing. Bodies go through the SQLite store's read path
-in CHUNK pieces, so neither a large message nor a large store is ever held in memory.
+queue entries by id, import ledger rows by their key) and inserted only where the target lacks it, in
+transactions of bounded size (an account's folders; a batch of messages, queue entries or ledger rows).
+A run stopped anywhere leaves whole batches behind, and the next run copies what is missing. Bodies go
+through the SQLite store's read path in CHUNK pieces, so neither a large message nor a large store is
+ever held in memory.
 
 Each transaction takes the cluster's write lock (pg_db.WRITE_LOCK), as every Kartero writer does.
 """
@@ -205,6 +206,25 @@ class _Copy:
                 "INSERT INTO metadata (account_id, mailbox_id, name, value) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [(target_account, None if m[0] is None else self.mailboxes[int(m[0])], m[1], m[2]) for m in metadata],
             )
+        self.copy_import_ledger(account_id, target_account)
+
+    def copy_import_ledger(self, account_id: int, target_account: int) -> None:
+        """What `kartero import` stored into the account (store/imports_sql.py), so that an import run
+        again after the move still skips it; by key order, BATCH_ROWS rows a transaction."""
+        last: tuple[str, str, str, int] = ("", "", "", 0)
+        while rows := self.src.execute(
+            "SELECT source, folder, digest, occurrence, blob_id, done, run FROM import_ledger WHERE account_id = ?"
+            " AND (source, folder, digest, occurrence) > (?, ?, ?, ?) ORDER BY source, folder, digest, occurrence"
+            " LIMIT ?",
+            (account_id, *last, BATCH_ROWS),
+        ).fetchall():
+            with self.write() as db:
+                db.executemany(
+                    "INSERT INTO import_ledger (account_id, source, folder, digest, occurrence, blob_id, done, run)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [(target_account, *row) for row in rows],
+                )
+            last = (rows[-1][0], rows[-1][1], rows[-1][2], int(rows[-1][3]))
 
     def copy_aliases(self) -> None:
         last: tuple[str, str] = ("", "")

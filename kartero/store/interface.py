@@ -371,6 +371,38 @@ class SpamReports(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerKey:
+    """A message of an import source as the import ledger knows it (store/imports_sql.py)."""
+
+    folder: str
+    digest: str  # SHA-256 of the bytes stored, hex
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What an import does with one message: store it under `blob_id` (`is_new`), or skip it (stored by
+    an earlier run)."""
+
+    key: LedgerKey
+    occurrence: int  # the n-th message of these bytes in the folder
+    blob_id: str
+    is_new: bool
+
+
+class ImportLedger(Protocol):
+    """What `kartero import` has stored, per account and source, so that nothing is stored twice."""
+
+    def claim(self, account_id: int, source: str, run: str, keys: Sequence[LedgerKey]) -> list[Claim]:
+        """One claim per key, in order; a key met twice in a run (the same bytes twice in a folder)
+        claims its second occurrence."""
+        ...
+
+    def confirm(self, account_id: int, source: str, claims: Sequence[Claim]) -> None:
+        """These claims' messages are stored."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryTarget:
     account_id: int
     mailbox: str = INBOX

@@ -342,6 +342,21 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX trace_addresses_address ON trace_addresses (address, message_id);
     """,
+    # 10: the import ledger (issue 15, store/imports_sql.py): what `kartero import` stored, so that a rerun
+    # or a run after a crash stores nothing twice.
+    """
+    CREATE TABLE import_ledger (
+        account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        source TEXT COLLATE "C" NOT NULL,
+        folder TEXT COLLATE "C" NOT NULL,
+        digest TEXT COLLATE "C" NOT NULL,
+        occurrence BIGINT NOT NULL,
+        blob_id TEXT COLLATE "C" NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0,
+        run TEXT COLLATE "C" NOT NULL,
+        PRIMARY KEY (account_id, source, folder, digest, occurrence)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # How long a new connection may take; also how long a thread waits for one from the pool while the

@@ -184,6 +184,17 @@ CREATE TABLE IF NOT EXISTS trace_addresses (  -- the addresses each traced messa
     message_id TEXT NOT NULL                -- time-ordered (store/ids.py): a time range is a range of ids
 );
 CREATE INDEX IF NOT EXISTS trace_addresses_address ON trace_addresses (address, message_id);
+CREATE TABLE IF NOT EXISTS import_ledger (  -- what `kartero import` stored (store/imports_sql.py)
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    source TEXT NOT NULL,                   -- the source's identity: "maildir:/abs/path", "imap://u@host:993"
+    folder TEXT NOT NULL,                   -- the folder the message was in there
+    digest TEXT NOT NULL,                   -- SHA-256 (hex) of the bytes stored
+    occurrence INTEGER NOT NULL,            -- 1 for the first message of these bytes in the folder, 2, ...
+    blob_id TEXT NOT NULL,                  -- the id it is (to be) stored under
+    done INTEGER NOT NULL DEFAULT 0,        -- 1: stored, 0: claimed (stored only if blobs has blob_id)
+    run TEXT NOT NULL,                      -- the import run that last met it
+    PRIMARY KEY (account_id, source, folder, digest, occurrence)
+);
 """
 
 
