@@ -296,9 +296,13 @@ class DropWriter:
         self._waiting: deque[tuple[Path, list[tuple[str, Claim]]]] = deque()  # (file, [(folder, claim)])
 
     def hand_over(self, new: list[tuple[MessageFound, Claim]], outcome: Outcome) -> None:
-        while len(self._waiting) >= AHEAD:
-            self._settle(self._waiting[0], outcome)
-            self._waiting.popleft()
+        try:
+            while len(self._waiting) >= AHEAD:
+                self._settle(self._waiting[0], outcome)
+                self._waiting.popleft()
+        except DropError:
+            outcome.failed += len(new)  # claimed, never written: the rerun stores them
+            raise
         messages = tuple(DropMessage(m.folder, c.key.digest, c.occurrence, c.blob_id, m.flags, m.internal_date,
                                      m.sender, m.body.size) for m, c in new)  # fmt: skip
         batch = DropBatch(self._account_id, self._source, messages)
@@ -332,7 +336,7 @@ class DropWriter:
             else:
                 outcome.failed += 1
                 outcome.note(f"{folder}: a message was not stored by the server (its log says why: "
-                             "event=importdrop.failed)")  # fmt: skip
+                             "event=importdrop.failed or importdrop.corrupt)")  # fmt: skip
 
     def _give_up(self, outcome: Outcome, state: str) -> None:
         lost = sum(len(claims) for _, claims in self._waiting)

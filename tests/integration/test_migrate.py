@@ -238,6 +238,8 @@ def test_issue_15_an_import_while_the_server_runs_and_takes_smtp_mail(migrated: 
     assert sorted(data.partition(b"Subject: ")[2] for data, _, _ in by_smtp) == sorted(
         body.partition(b"Subject: ")[2] for body in live.sent)  # fmt: skip
     assert not list((migrated.server.root / "data" / "importdrop").glob("*.batch"))
+    stored = migrated.server.log_events("importdrop.stored")  # by the server, not by a second committer
+    assert sum(int(re.search(r" stored=(\d+)", line).group(1)) for line in stored) == len(live.expected)  # type: ignore[union-attr]
 
 
 def test_issue_15_a_garbage_import_drop_file_is_set_aside_and_the_server_serves_on(migrated: Migrated) -> None:

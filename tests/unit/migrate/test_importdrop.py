@@ -204,13 +204,13 @@ def test_issue_15_the_writer_stops_when_the_server_does(monkeypatch: pytest.Monk
     data_dir = tmp_path / "data"
     writer = DropWriter(data_dir, 1, SOURCE, ledger, lambda: None, lambda: False)
     importer = Importer(store.mail, ledger, 1, SOURCE, handover=writer)
-    with pytest.raises(DropError, match="the server stopped: 10 messages wait in"):
-        importer.run(_items(tmp_path, 10))
-    assert (importer.outcome.imported, importer.outcome.failed) == (0, 10)
-    assert len(list(importdrop.drop_dir(data_dir).glob("*.batch"))) == 1  # kept for the server
-    assert ImportPickup(data_dir, store.mail, ledger).run_once() == 10
-    rerun = Importer(store.mail, ledger, 1, SOURCE).run(_items(tmp_path, 10))
-    assert (rerun.imported, rerun.skipped) == (0, 10) and len(_stored(store)) == 10
+    with pytest.raises(DropError, match="the server stopped: 200 messages wait in"):
+        importer.run(_items(tmp_path, 250))  # the third batch finds two waiting
+    assert (importer.outcome.imported, importer.outcome.failed) == (0, 250)
+    assert len(list(importdrop.drop_dir(data_dir).glob("*.batch"))) == 2  # kept for the server
+    assert ImportPickup(data_dir, store.mail, ledger).run_once() == 200
+    rerun = Importer(store.mail, ledger, 1, SOURCE).run(_items(tmp_path, 250))
+    assert (rerun.imported, rerun.skipped) == (50, 200) and len(_stored(store)) == 250
 
 
 def test_issue_15_a_garbage_drop_file_is_set_aside(sqlite_store: SQLiteStore, tmp_path: Path) -> None:
