@@ -146,6 +146,31 @@ def test_issue_15_importdrop_any_bytes_are_refused_or_read(tail: bytes) -> None:
             read_batch(path)
 
 
+_VALID = MAGIC + encode_meta(_batch(_message(b"Subject: x\r\n\r\ny\r\n", flags=frozenset({"\\Seen"})))) + b"\n"
+_VALID += b"Subject: x\r\n\r\ny\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(_VALID) - 1), st.integers(0, 255)), min_size=1, max_size=4))
+def test_issue_15_importdrop_a_damaged_file_is_refused_or_read_whole(flips: list[tuple[int, int]]) -> None:
+    """A valid file with bytes changed: DropError, or a batch whose messages are the file's bytes exactly."""
+    import tempfile
+
+    raw = bytearray(_VALID)
+    for position, value in flips:
+        raw[position] = value
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "x.batch"
+        path.write_bytes(bytes(raw))
+        try:
+            read = read_batch(path)
+        except DropError:
+            return
+        body = b"".join(_data(d) for d in read.data)
+        assert raw.endswith(body) and all(hashlib.sha256(_data(d)).hexdigest() == m.digest
+                                          for d, m in zip(read.data, read.batch.messages, strict=True))  # fmt: skip
+
+
 def _items(work: Path, count: int) -> list[Item]:
     items: list[Item] = [FolderFound("INBOX"), FolderFound("Live")]
     for n in range(count):
