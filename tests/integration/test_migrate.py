@@ -475,9 +475,13 @@ def test_issue_15_dovecot_serves_the_maildir_export(migrated: Migrated, dovecot:
     assert found == by_folder(migrated.expected)
 
 
-def test_issue_15_an_import_killed_midway_is_finished_by_the_next_without_duplicates(tmp_path: Path) -> None:
-    """SIGKILL while messages are being stored (the ledger has claimed some, the store committed some),
-    then the same command again: every message of the mbox is there exactly once."""
+@pytest.mark.parametrize("serving", [False, True], ids=["alone", "beside-the-server"])
+def test_issue_15_an_import_killed_midway_is_finished_by_the_next_without_duplicates(
+    tmp_path: Path, serving: bool
+) -> None:
+    """SIGKILL while messages are being stored (the ledger has claimed some, the store committed some; or,
+    beside a server, some batches wait in its import drop), then the same command again: every message of
+    the mbox is there exactly once."""
     count = 1500
     bodies = [b"Subject: message %d\n\nbody of message %d\n" % (n, n) for n in range(count)]
     mbox = tmp_path / "big.mbox"
@@ -490,6 +494,8 @@ def test_issue_15_an_import_killed_midway_is_finished_by_the_next_without_duplic
         with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)) as db:
             return int(db.execute("SELECT COUNT(*) FROM import_ledger").fetchone()[0])
 
+    if serving:
+        server.start()
     process = subprocess.Popen([*KARTERO, "-c", str(server.config), "import", BOB, str(mbox)],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -504,5 +510,8 @@ def test_issue_15_an_import_killed_midway_is_finished_by_the_next_without_duplic
     imported, skipped = map(int, re.fullmatch(r"imported (\d+), skipped (\d+) already present, failed 0\n",
                                               done.stdout).groups())  # type: ignore[union-attr]
     assert imported + skipped == count and 0 < skipped <= before
+    if serving:
+        assert server.stop() == 0, server.log
+        assert server.log_events("importdrop.stored") and not server.log_events("importdrop.corrupt")
     stored = server.messages(BOB)
     assert sorted(stored) == sorted(_crlf(body) for body in bodies)
