@@ -1156,12 +1156,15 @@ def import_mail(ctx: click.Context, address: str, path: Path | None, imap_url: s
     """Import mail into ADDR's account from PATH (a Maildir with Maildir++ folders, as Dovecot keeps it; an
     mbox file; a directory of mbox files) or from an IMAP account (--imap), with flags and internal dates.
 
-    Resumable: a rerun, or a run after an interruption, stores only what is missing. Exit 0 when every
-    message is there, 1 when some failed (listed; run it again once fixed), 2 for bad usage."""
+    Resumable: a rerun, or a run after an interruption, stores only what is missing. Runs while the server
+    serves (on the embedded store it hands the mail to the server in batches). Exit 0 when every message
+    is there, 1 when some failed (listed; run it again once fixed), 2 for bad usage."""
     import shutil
+    from functools import partial
 
-    from kartero.control import server_pid
+    from kartero.control import nudge_server, server_pid
     from kartero.migrate import imap_source
+    from kartero.migrate.importdrop import DropError, DropWriter
     from kartero.migrate.importer import Importer
     from kartero.migrate.model import Source
     from kartero.migrate.sources import open_path
@@ -1170,9 +1173,9 @@ def import_mail(ctx: click.Context, address: str, path: Path | None, imap_url: s
     if (path is None) == (imap_url is None):
         _fail("give PATH (a Maildir, an mbox file or a directory of them) or --imap URL", 2)
     config = _config(ctx)
-    if not config.store.is_postgresql and (pid := server_pid(config.data_dir)) is not None:
-        _fail(f"a Kartero server (pid {pid}) runs on {config.data_dir}: the embedded store takes mail from one "
-              "process at a time, so stop it for the import (with PostgreSQL, import while it runs)", 1)  # fmt: skip
+    # The embedded store takes mail from its server's committer alone: with a server running, the batches
+    # go through its import drop (migrate/importdrop.py); without one, this process stores them.
+    is_live = not config.store.is_postgresql and server_pid(config.data_dir) is not None
     work_dir = config.data_dir / f"import-{os.getpid()}"
     source: Source
     if imap_url is not None:
@@ -1196,10 +1199,17 @@ def import_mail(ctx: click.Context, address: str, path: Path | None, imap_url: s
         _fail(str(exc), 1)
     except ValueError as exc:
         _fail(str(exc), 2)
-    if not config.store.is_postgresql:
-        store.recover()  # no server runs: this process delivers (bytes an interrupted run left are cut off)
-    store.start()
-    importer = Importer(store.mail, SqlImportLedger(store.database), account_id, source.identity)
+    ledger = SqlImportLedger(store.database)
+    handover: DropWriter | None = None
+    if is_live:
+        handover = DropWriter(config.data_dir, account_id, source.identity, ledger,
+                              partial(nudge_server, config.data_dir),
+                              lambda: server_pid(config.data_dir) is not None)  # fmt: skip
+    else:
+        if not config.store.is_postgresql:
+            store.recover()  # no server runs: this process delivers (bytes an interrupted run left are cut off)
+        store.start()
+    importer = Importer(store.mail, ledger, account_id, source.identity, handover=handover)
     done = importer.outcome
 
     def counts(_: int | None) -> str:
@@ -1216,6 +1226,8 @@ def import_mail(ctx: click.Context, address: str, path: Path | None, imap_url: s
     except (OSError, StoreError) as exc:
         done.failed += 1
         done.note(f"the import stopped: {exc} (run it again to go on)")
+    except DropError as exc:
+        done.note(f"the import stopped: {exc}")
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     for problem in done.problems:

@@ -49,6 +49,7 @@ from kartero.mail.srs import SRS
 from kartero.mailauth.dkim import DKIMKey, Signer, keys_from_rows
 from kartero.mailauth.inbound import Checks, InboundChecker
 from kartero.managesieve.connection import ManageSieveSettings
+from kartero.migrate.importdrop import ImportPickup
 from kartero.net.channel import AccessContext
 from kartero.net.deadlines import DeadlineSettings
 from kartero.net.imap_session import ImapSession
@@ -70,6 +71,7 @@ from kartero.sieve import EXTENSIONS as SIEVE_EXTENSIONS
 from kartero.sieve import Limits as SieveLimits
 from kartero.smtp.server import ServerSettings
 from kartero.store.backends import AnyStore, open_store
+from kartero.store.imports_sql import SqlImportLedger
 from kartero.store.interface import MailStore, MetadataChange
 from kartero.store.spool import spool_dir
 from kartero.store.sqlite import SQLiteStore
@@ -86,6 +88,7 @@ VERSION = importlib.metadata.version("kartero")
 
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
 MAILDROP_POLL_S = 1.0
+IMPORTDROP_DEADLINE_S = 300.0  # one pass over the import drop (a batch's commit with large messages)
 # The message trace's expiry: how often it looks for events past `[trace] keep`, and how many rows each
 # of its transactions deletes (short ones: the committer waits for the write lock meanwhile).
 TRACE_EXPIRY_S = 600.0
@@ -169,6 +172,7 @@ class Server:
         self._task_group: asyncio.TaskGroup | None = None
         self._runner: QueueRunner | None = None
         self._maildrop_wakeup = asyncio.Event()
+        self._importdrop_wakeup = asyncio.Event()
         self._hooks: HookFilter | None = None
         self._certificate_expiry: int | None = None  # read at start and on each SIGHUP, for the dashboard
         self._challenges: Challenges | None = None  # ACME challenges being answered ([acme] only)
@@ -413,6 +417,8 @@ class Server:
                 self._runner = runner
                 if self.worker <= 1:
                     tg.create_task(self._pick_up(pickup))
+                    imports = ImportPickup(config.data_dir, store.mail, SqlImportLedger(store.database))
+                    tg.create_task(self._pick_up_imports(imports, blocking))
                 tg.create_task(self._heartbeat(store))
                 if self.worker <= 1:  # every node of a cluster does it too: deleting what is gone is a no-op
                     tg.create_task(self._expire_trace(store))
@@ -665,6 +671,21 @@ class Server:
                 await asyncio.wait_for(self._maildrop_wakeup.wait(), MAILDROP_POLL_S)
             self._maildrop_wakeup.clear()
 
+    async def _pick_up_imports(self, pickup: ImportPickup, blocking: Blocking) -> None:
+        """Store what `kartero import` left in the import drop (migrate/importdrop.py): at start, then
+        every second and on SIGUSR1. A pass past its deadline goes on in its thread (the next one waits
+        for it: ImportPickup never runs twice at once)."""
+        while not self._stop.is_set():
+            try:
+                await blocking(IMPORTDROP_DEADLINE_S, pickup.run_once)
+            except DeadlineExceeded:
+                log.warning("%s", kv(event="importdrop.slow", deadline_s=IMPORTDROP_DEADLINE_S))
+            except Exception:
+                log.exception("%s", kv(event="importdrop.failed"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._importdrop_wakeup.wait(), MAILDROP_POLL_S)
+            self._importdrop_wakeup.clear()
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._task_group is not None
         self._task_group.create_task(coro)
@@ -697,9 +718,10 @@ class Server:
         loop.add_signal_handler(signal.SIGUSR1, self.wake_queue)
 
     def wake_queue(self) -> None:
-        """SIGUSR1 (sent by `kartero queue flush` and `kartero sendmail`): look at the queue and the
-        maildrop now rather than at the next poll."""
+        """SIGUSR1 (sent by `kartero queue flush`, `kartero sendmail` and `kartero import`): look at the
+        queue, the maildrop and the import drop now rather than at the next poll: the import drop)."""
         self._maildrop_wakeup.set()
+        self._importdrop_wakeup.set()
         if self._runner is not None:
             self._runner.wake()
 

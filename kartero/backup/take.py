@@ -6,9 +6,9 @@ database is the truth, and a segment's bytes past the end of its last committed 
 unfinished batch. The backup:
 
 1. lists the data folder and opens every file it will copy (segments, DKIM keys, certificates, the
-   maildrop, ...). An open file keeps its bytes even when the server removes it afterwards: compaction
-   removes a segment only after moving its bodies away, and the maildrop pickup removes a file only
-   after storing its message;
+   maildrop, the import drop, ...). An open file keeps its bytes even when the server removes it
+   afterwards: compaction removes a segment only after moving its bodies away, and the maildrop and
+   import drop pickups remove a file only after storing its messages;
 2. takes every SQLite database with SQLite's online backup API in one step: one read transaction, so
    one instant, while the server goes on writing (WAL: readers do not block the writer);
 3. copies each segment the backed-up database points into, up to the end of its last body *in that
@@ -22,7 +22,8 @@ What is left out: the spool folder and `workers/` (temporary files of sessions a
 the pid file, SQLite's -wal/-shm/-journal companions (step 2 reads through them), temporary `*.tmp`
 files, and segments the database does not point into (a restarted server would remove them too). A
 maildrop file picked up between steps 1 and 2 is both in the database and in the maildrop copy: after a
-restore it would be delivered twice, never lost.
+restore it would be delivered twice, never lost. An import drop file likewise is stored only once: its
+messages' ids are in the database copy, and the pickup skips what is stored (migrate/importdrop.py).
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def _take(data_dir: Path, writer: _Writer, kartero_version: str, started: float)
 
 def files_to_copy(data_dir: Path) -> list[str]:
     """What `kartero backup` would copy from `data_dir` (relative paths): for a PostgreSQL store, the
-    files that still live there (the maildrop, certificates, ...), which its database backup lacks."""
+    files that still live there (the maildrop, the import drop, certificates, ...), which its database
+    backup lacks."""
     files, databases, _ = _inventory(data_dir.resolve())
     return sorted(files + databases)
 
@@ -177,7 +179,7 @@ def _inventory(data_dir: Path) -> tuple[list[str], list[str], list[str]]:
             rel = path.relative_to(data_dir).as_posix()
             if here == data_dir and name in leave_out:
                 continue
-            if name.endswith(".tmp"):  # being written (the maildrop's `.NAME.tmp`, a DKIM key's `NAME.tmp`, ...)
+            if name.endswith(".tmp"):  # being written (the maildrops' `.NAME.tmp`, a DKIM key's `NAME.tmp`, ...)
                 continue
             if any(name.endswith(s) and name[: -len(s)] in present for s in SQLITE_COMPANIONS):
                 continue

@@ -10,6 +10,10 @@ read is stored as it came (the store indexes it as best it can).
 
 Quotas are not applied: an import is the admin's act, and stopping halfway would leave a half-moved
 account. The CLI warns when the account ends up over its limit.
+
+While a server runs on the embedded store only its committer may store, so the run hands each batch's
+new messages over (`Handover`: importdrop.py writes them into the server's import drop) instead of
+storing them; the server stores them with `store_deliveries` over `import_delivery`, as this run does.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from kartero.mail.envelope import EnvelopeRecord, Origin
 from kartero.migrate.model import SEPARATOR, FolderFound, Item, MessageFound, Unreadable, check_folder_name
 from kartero.store.interface import (
     INBOX,
     Claim,
+    Content,
     Delivery,
     DeliveryTarget,
     ImportLedger,
@@ -56,16 +62,66 @@ class Outcome:
             self.problems.append(problem)
 
 
+def import_delivery(account_id: int, folder: str, flags: frozenset[str], internal_date: int, sender: str,
+                    blob_id: str, data: bytes | Content, now: int) -> Delivery:  # fmt: skip
+    """The delivery of one imported message: into `folder` with its flags and internal date, under the id
+    the ledger's claim names, its envelope record saying `import`."""
+    return Delivery(
+        blob_id=blob_id,
+        data=data,
+        targets=(DeliveryTarget(account_id, folder, flags),),
+        internal_date=internal_date,
+        envelope=EnvelopeRecord(Origin.IMPORT, sender, received_at=now, user="kartero import"),
+    )
+
+
+def store_deliveries(mail: MailStore, deliveries: list[Delivery]) -> list[Exception | None]:
+    """Store a batch as one delivery group, so that its messages get their UIDs in the source's order
+    (deliveries handed over one by one are indexed in parallel and may land in any order); when the group
+    fails, each alone, so that one bad message fails alone. Per delivery: None (stored) or why not."""
+    if not deliveries:
+        return []
+    try:
+        mail.deliver_group(deliveries).result()
+    except (StoreError, OSError):
+        pass
+    else:
+        return [None] * len(deliveries)
+    results: list[Exception | None] = []
+    for delivery in deliveries:
+        try:
+            mail.deliver(delivery).result()
+        except (StoreError, OSError) as exc:
+            results.append(exc)
+        else:
+            results.append(None)
+    return results
+
+
+class Handover(Protocol):
+    """Where a batch's new messages go when this process may not store them (importdrop.py): the outcome
+    is told what was imported and what failed once that is known."""
+
+    def hand_over(self, new: list[tuple[MessageFound, Claim]], outcome: Outcome) -> None: ...
+
+    def drain(self, outcome: Outcome) -> None:
+        """Wait until everything handed over is stored or failed."""
+        ...
+
+
 class Importer:
-    """Imports into one account. `progress` is called with the units (the source's) each batch covered."""
+    """Imports into one account. `progress` is called with the units (the source's) each batch covered.
+    `handover`: where new messages go instead of this process's store (None: stored here)."""
 
     def __init__(self, mail: MailStore, ledger: ImportLedger, account_id: int, source: str,
-                 progress: Callable[[int], None] = lambda _: None) -> None:  # fmt: skip
+                 progress: Callable[[int], None] = lambda _: None,
+                 handover: Handover | None = None) -> None:  # fmt: skip
         self._mail = mail
         self._ledger = ledger
         self._account_id = account_id
         self._source = source
         self.progress = progress
+        self._handover = handover
         self._run = secrets.token_hex(8)
         self._batch: list[MessageFound] = []
         self._batch_bytes = 0
@@ -89,9 +145,15 @@ class Importer:
                         self.progress(units)
         except Exception:
             self._flush()
+            self._drain()
             raise
         self._flush()
+        self._drain()
         return self.outcome
+
+    def _drain(self) -> None:
+        if self._handover is not None:
+            self._handover.drain(self.outcome)
 
     def _ensure_folder(self, name: str) -> None:
         if (problem := check_folder_name(name)) is not None:
@@ -126,48 +188,32 @@ class Importer:
         try:
             claims = self._ledger.claim(self._account_id, self._source, self._run,
                                         [LedgerKey(m.folder, m.body.digest) for m in batch])  # fmt: skip
-            stored = self._store(batch, claims)
-            self._ledger.confirm(self._account_id, self._source, stored)
+            if self._handover is None:
+                self._ledger.confirm(self._account_id, self._source, self._store(batch, claims))
+            else:
+                new = [(m, c) for m, c in zip(batch, claims, strict=True) if c.is_new]
+                self.outcome.skipped += len(batch) - len(new)
+                if new:
+                    self._handover.hand_over(new, self.outcome)
         finally:
             for message in batch:
                 message.body.discard()
             self.progress(sum(m.units for m in batch))
 
     def _store(self, batch: list[MessageFound], claims: list[Claim]) -> list[Claim]:
-        """Store the batch's new messages as one delivery group, so that they get their UIDs in the
-        source's order (deliveries handed over one by one are indexed in parallel and may land in any
-        order); when the group fails, each is stored alone, and one that fails fails alone."""
+        """Store the batch's new messages (store_deliveries); the claims of those stored."""
         now = int(time.time())
-        new: list[tuple[MessageFound, Claim, Delivery]] = []
-        for message, claim in zip(batch, claims, strict=True):
-            if not claim.is_new:
-                self.outcome.skipped += 1
-                continue
-            new.append((message, claim, Delivery(
-                blob_id=claim.blob_id,
-                data=message.body.data,
-                targets=(DeliveryTarget(self._account_id, message.folder, message.flags),),
-                internal_date=message.internal_date,
-                envelope=EnvelopeRecord(Origin.IMPORT, message.sender, received_at=now, user="kartero import"),
-            )))  # fmt: skip
-        if not new:
-            return []
-        try:
-            self._mail.deliver_group([delivery for _, _, delivery in new]).result()
-        except (StoreError, OSError):
-            pass
-        else:
-            self.outcome.imported += len(new)
-            return [claim for _, claim, _ in new]
+        new = [(message, claim) for message, claim in zip(batch, claims, strict=True) if claim.is_new]
+        self.outcome.skipped += len(batch) - len(new)
+        deliveries = [import_delivery(self._account_id, m.folder, m.flags, m.internal_date, m.sender, c.blob_id,
+                                      m.body.data, now) for m, c in new]  # fmt: skip
         stored: list[Claim] = []
-        for message, claim, delivery in new:
-            try:
-                self._mail.deliver(delivery).result()
-            except (StoreError, OSError) as exc:
-                self._failed(message, exc)
-                continue
-            stored.append(claim)
-            self.outcome.imported += 1
+        for (message, claim), problem in zip(new, store_deliveries(self._mail, deliveries), strict=True):
+            if problem is None:
+                stored.append(claim)
+                self.outcome.imported += 1
+            else:
+                self._failed(message, problem)
         return stored
 
     def _failed(self, message: MessageFound, exc: Exception) -> None:

@@ -77,3 +77,18 @@ class SqlImportLedger:
                 " AND occurrence = ?",
                 [(account_id, source, c.key.folder, c.key.digest, c.occurrence) for c in claims],
             )
+
+    def settled(self, account_id: int, source: str, claims: Sequence[Claim]) -> list[bool]:
+        """Per claim: is its message stored (its row done, or a message stored under its blob id)? How the
+        server taking in an import drop file twice (after a crash) knows what it stored the first time."""
+        db = self._database.db()
+        found: list[bool] = []
+        for c in claims:
+            row = db.execute(
+                "SELECT done FROM import_ledger WHERE account_id = ? AND source = ? AND folder = ? AND digest = ?"
+                " AND occurrence = ?",
+                (account_id, source, c.key.folder, c.key.digest, c.occurrence),
+            ).fetchone()
+            done = row is not None and bool(row[0])
+            found.append(done or db.execute("SELECT 1 FROM blobs WHERE id = ?", (c.blob_id,)).fetchone() is not None)
+        return found

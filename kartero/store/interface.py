@@ -401,6 +401,10 @@ class ImportLedger(Protocol):
         """These claims' messages are stored."""
         ...
 
+    def settled(self, account_id: int, source: str, claims: Sequence[Claim]) -> list[bool]:
+        """Per claim: is its message stored (its row done, or a message under its blob id)?"""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class DeliveryTarget:

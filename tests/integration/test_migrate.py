@@ -1,7 +1,8 @@
 """Issue 15, migration: `kartero import` of a generated Maildir tree (Maildir++ folders, dovecot-keywords,
 flags, odd bytes) and a directory of mbox files (mboxrd `>From` lines, state fields, a large message),
-checked over IMAP byte for byte with FLAGS and INTERNALDATE; a rerun imports nothing; the embedded store
-refuses an import while its server runs; an import killed midway is finished by the next without a
+checked over IMAP byte for byte with FLAGS and INTERNALDATE; a rerun imports nothing; an import while
+the server runs on the embedded store and takes SMTP mail (through its import drop), a garbage drop file
+set aside while it keeps serving; an import killed midway is finished by the next without a
 duplicate; a whole IMAP account copied from that Kartero into a second one
 on loopback (and again: nothing); `kartero export` in both formats read back with Python's `mailbox`;
 with Dovecot: a Maildir it wrote (keywords, a modified UTF-7 folder) imported as it showed it, and our
@@ -9,6 +10,7 @@ Maildir export served by it as Kartero served the mail."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import imaplib
 import mailbox
@@ -16,9 +18,11 @@ import os
 import pwd
 import re
 import shutil
+import smtplib
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +32,7 @@ import pytest
 
 from tests.integration.harness import KARTERO, PASSWORD, KarteroServer, free_port, run_cli, tls_context, wait_for
 
-BOB, CAROL = "bob@example.test", "carol@example.test"
+BOB, CAROL, DAVE = "bob@example.test", "carol@example.test", "dave@example.test"
 BIG = b"".join(b"%07d a line of a message too large to be held in memory by the import\n" % n for n in range(30000))
 # (folder, bytes as stored, flags, internal date) of every message the imports bring, in UID order.
 Expected = tuple[str, bytes, frozenset[str], int]
@@ -138,21 +142,73 @@ class Migrated:
     expected: list[Expected]
     first: list[str]  # the summaries of the first imports
     again: list[str]  # of the reruns
-    refused: tuple[int, str]  # an import while the server runs: exit code, stderr
+    live: Live
+
+
+@dataclass
+class Live:
+    """An import while the server runs and takes SMTP mail for the same account."""
+
+    expected: list[Expected]
+    sent: list[bytes]  # the bodies sent over SMTP meanwhile
+    first: str
+    again: str
+
+
+def make_live_mboxes(root: Path) -> list[Expected]:
+    """An mbox directory of three batches and more (importer.BATCH is 100): `inbox` and `Projects/live`,
+    with flags from the state fields."""
+    start = 1_700_000_000
+    expected: list[Expected] = []
+    for name, folder, count in (("inbox", "INBOX", 230), ("Projects/live.mbox", "Projects/live", 40)):
+        chunks = []
+        for n in range(count):
+            date = start + 60 * len(expected)
+            state, flags = [(b"", frozenset()), (b"Status: RO\n", frozenset({"\\Seen"})),
+                            (b"X-Status: F\nX-Keywords: Work\n", frozenset({"\\Flagged", "Work"}))][n % 3]
+            body = b"Subject: live %d in %s\n" % (n, folder.encode())
+            chunks.append(b"From live@example.org " + time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(date)).encode()
+                          + b"\n" + body + state + b"\nbody %d\n\n" % n)  # fmt: skip
+            expected.append((folder, _crlf(body + b"\nbody %d\n" % n), flags, date))
+        _file(root / name, b"".join(chunks), start)
+    return expected
+
+
+def _send_while(busy: threading.Event, server: KarteroServer) -> list[bytes]:
+    """SMTP messages to DAVE until `busy` is cleared (at least one)."""
+    sent: list[bytes] = []
+    with smtplib.SMTP(server.host, server.port, timeout=10) as smtp:
+        while busy.is_set() or not sent:
+            body = b"Subject: by smtp %d\r\n\r\nsent while importing\r\n" % len(sent)
+            smtp.sendmail("someone@example.org", [DAVE], body)
+            sent.append(body)
+    return sent
 
 
 @pytest.fixture(scope="module")
 def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Migrated]:
     root = tmp_path_factory.mktemp("migrate")
     expected = make_maildir(root / "Maildir") + make_mboxes(root / "mail")
+    live_expected = make_live_mboxes(root / "live")
     server = KarteroServer(root / "a")
     server.add_user(BOB, PASSWORD)
+    server.add_user(DAVE, PASSWORD)
     first = [run_cli(server.config, "import", BOB, str(root / p)).stdout for p in ("Maildir", "mail")]
     again = [run_cli(server.config, "import", BOB, str(root / p)).stdout for p in ("Maildir", "mail")]
     server.start()
     try:
-        while_running = run_cli(server.config, "import", BOB, str(root / "mail"), check=False)
-        yield Migrated(server, expected, first, again, (while_running.returncode, while_running.stderr))
+        busy = threading.Event()
+        busy.set()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            sending = pool.submit(_send_while, busy, server)
+            try:
+                live_first = run_cli(server.config, "import", DAVE, str(root / "live")).stdout
+            finally:
+                busy.clear()
+            sent = sending.result()
+        live_again = run_cli(server.config, "import", DAVE, str(root / "live")).stdout
+        live = Live(live_expected, sent, live_first, live_again)
+        yield Migrated(server, expected, first, again, live)
     finally:
         assert server.stop() == 0, server.log
 
@@ -169,9 +225,39 @@ def test_issue_15_a_rerun_imports_nothing(migrated: Migrated) -> None:
                               "imported 0, skipped 3 already present, failed 0\n"]  # fmt: skip
 
 
-def test_issue_15_the_embedded_store_refuses_an_import_while_its_server_runs(migrated: Migrated) -> None:
-    code, stderr = migrated.refused
-    assert code == 1 and "stop it for the import" in stderr
+def test_issue_15_an_import_while_the_server_runs_and_takes_smtp_mail(migrated: Migrated) -> None:
+    """The embedded store: the batches go through the server's import drop, beside SMTP deliveries to the
+    same INBOX; every message once, with its bytes, flags and date, in the source's order; a rerun: 0."""
+    live = migrated.live
+    assert live.first == f"imported {len(live.expected)}, skipped 0 already present, failed 0\n"
+    assert live.again == f"imported 0, skipped {len(live.expected)} already present, failed 0\n"
+    found = fetch_all(migrated.server, DAVE)
+    by_smtp = [m for m in found["INBOX"] if b"Subject: by smtp" in m[0]]
+    found["INBOX"] = [m for m in found["INBOX"] if m not in by_smtp]
+    assert found == by_folder(live.expected)
+    assert sorted(data.partition(b"Subject: ")[2] for data, _, _ in by_smtp) == sorted(
+        body.partition(b"Subject: ")[2] for body in live.sent)  # fmt: skip
+    assert not list((migrated.server.root / "data" / "importdrop").glob("*.batch"))
+    stored = migrated.server.log_events("importdrop.stored")  # by the server, not by a second committer
+    assert sum(int(re.search(r" stored=(\d+)", line).group(1)) for line in stored) == len(live.expected)  # type: ignore[union-attr]
+
+
+def test_issue_15_a_garbage_import_drop_file_is_set_aside_and_the_server_serves_on(migrated: Migrated) -> None:
+    server = migrated.server
+    drop = server.root / "data" / "importdrop"
+    drop.mkdir(exist_ok=True)
+    for name, data in (("00000000000000garbage", b"KARTERO-IMPORTDROP 1\n" + b"[" * 100_000 + b"\n"),
+                       ("00000000000001garbage", b"not a batch at all")):  # fmt: skip
+        (drop / f".{name}.tmp").write_bytes(data)  # as the command writes: whole, then renamed
+        (drop / f".{name}.tmp").rename(drop / f"{name}.batch")
+    run_cli(server.config, "queue", "flush")  # SIGUSR1: look now
+    corrupt = sorted(server.wait_events("importdrop.corrupt", 2))
+    assert sorted((drop / "corrupt").iterdir()) == [drop / "corrupt" / "00000000000000garbage.batch",
+                                                      drop / "corrupt" / "00000000000001garbage.batch"]  # fmt: skip
+    assert "00garbage.batch" in corrupt[0] and "description line" in corrupt[0]
+    assert "01garbage.batch" in corrupt[1] and "not an import drop file" in corrupt[1]
+    with _imap(server, DAVE) as imap:
+        assert imap.select("INBOX", readonly=True)[0] == "OK"
 
 
 def test_issue_15_imap_import_from_a_second_kartero(migrated: Migrated, tmp_path: Path) -> None:
@@ -389,9 +475,13 @@ def test_issue_15_dovecot_serves_the_maildir_export(migrated: Migrated, dovecot:
     assert found == by_folder(migrated.expected)
 
 
-def test_issue_15_an_import_killed_midway_is_finished_by_the_next_without_duplicates(tmp_path: Path) -> None:
-    """SIGKILL while messages are being stored (the ledger has claimed some, the store committed some),
-    then the same command again: every message of the mbox is there exactly once."""
+@pytest.mark.parametrize("serving", [False, True], ids=["alone", "beside-the-server"])
+def test_issue_15_an_import_killed_midway_is_finished_by_the_next_without_duplicates(
+    tmp_path: Path, serving: bool
+) -> None:
+    """SIGKILL while messages are being stored (the ledger has claimed some, the store committed some; or,
+    beside a server, some batches wait in its import drop), then the same command again: every message of
+    the mbox is there exactly once."""
     count = 1500
     bodies = [b"Subject: message %d\n\nbody of message %d\n" % (n, n) for n in range(count)]
     mbox = tmp_path / "big.mbox"
@@ -404,6 +494,8 @@ def test_issue_15_an_import_killed_midway_is_finished_by_the_next_without_duplic
         with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)) as db:
             return int(db.execute("SELECT COUNT(*) FROM import_ledger").fetchone()[0])
 
+    if serving:
+        server.start()
     process = subprocess.Popen([*KARTERO, "-c", str(server.config), "import", BOB, str(mbox)],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -418,5 +510,8 @@ def test_issue_15_an_import_killed_midway_is_finished_by_the_next_without_duplic
     imported, skipped = map(int, re.fullmatch(r"imported (\d+), skipped (\d+) already present, failed 0\n",
                                               done.stdout).groups())  # type: ignore[union-attr]
     assert imported + skipped == count and 0 < skipped <= before
+    if serving:
+        assert server.stop() == 0, server.log
+        assert server.log_events("importdrop.stored") and not server.log_events("importdrop.corrupt")
     stored = server.messages(BOB)
     assert sorted(stored) == sorted(_crlf(body) for body in bodies)

@@ -49,7 +49,8 @@ def _data_dir(root: Path) -> Path:
         (data / "messages" / f"{number:08d}.seg").write_bytes(data_bytes)
     for rel, text in {"dkim/example.test/s1.rsa.key": "key", "maildrop/0001.msg": "dropped", "acme/account.pem": "a",
                       "kartero.pid": "1", "spool/x": "spooled", "workers/1/spool/y": "y",
-                      "maildrop/.0002.tmp": "being written", "dkim/example.test/s2.rsa.tmp": "k"}.items():  # fmt: skip
+                      "maildrop/.0002.tmp": "being written", "dkim/example.test/s2.rsa.tmp": "k",
+                      "importdrop/0001.batch": "batch", "importdrop/.0002.tmp": "being written"}.items():  # fmt: skip
         (data / rel).parent.mkdir(parents=True, exist_ok=True)
         (data / rel).write_text(text)
     return data
@@ -61,8 +62,8 @@ def test_issue_15_backup_copies_segments_up_to_the_committed_end(tmp_path: Path)
     report = take_backup(data, tmp_path / "backup", "0.1.0")
     folder = tmp_path / "backup"
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
-        "acme/account.pem", "dkim/example.test/s1.rsa.key", "kartero.db", "maildrop/0001.msg", MANIFEST_NAME,
-        "messages/00000001.seg", "messages/00000002.seg",
+        "acme/account.pem", "dkim/example.test/s1.rsa.key", "importdrop/0001.batch", "kartero.db",
+        "maildrop/0001.msg", MANIFEST_NAME, "messages/00000001.seg", "messages/00000002.seg",
     ]  # fmt: skip
     assert (folder / "messages" / "00000001.seg").read_bytes() == SEGMENT_1[:60]
     assert (folder / "messages" / "00000002.seg").read_bytes() == SEGMENT_2
@@ -80,21 +81,23 @@ def test_issue_15_backup_copies_segments_up_to_the_committed_end(tmp_path: Path)
 
 
 def test_issue_15_files_removed_after_the_listing_are_copied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Compaction removes a segment once its bodies moved, the pickup a maildrop file once stored: if that
-    happens between the listing and the snapshot, the snapshot may still point at the old segment, and
-    the copy must have it."""
+    """Compaction removes a segment once its bodies moved, the pickups a maildrop or import drop file once
+    stored: if that happens between the listing and the snapshot, the snapshot may still point at the old
+    segment, and the copy must have it."""
     data = _data_dir(tmp_path)
     snapshot = take._snapshot
 
     def snapshot_after_removal(*args: object) -> object:
         (data / "messages" / "00000001.seg").unlink()
         (data / "maildrop" / "0001.msg").unlink()
+        (data / "importdrop" / "0001.batch").unlink()
         return snapshot(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(take, "_snapshot", snapshot_after_removal)
     take_backup(data, tmp_path / "backup", "0.1.0")
     assert (tmp_path / "backup" / "messages" / "00000001.seg").read_bytes() == SEGMENT_1[:60]
     assert (tmp_path / "backup" / "maildrop" / "0001.msg").read_text() == "dropped"
+    assert (tmp_path / "backup" / "importdrop" / "0001.batch").read_text() == "batch"
 
 
 def test_issue_15_a_segment_made_after_the_listing_is_copied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,7 +143,7 @@ def test_issue_15_backup_refuses_a_busy_folder_or_no_store(tmp_path: Path) -> No
 
 def test_issue_15_files_to_copy_names_what_lives_in_the_data_folder(tmp_path: Path) -> None:
     assert files_to_copy(_data_dir(tmp_path)) == [
-        "acme/account.pem", "dkim/example.test/s1.rsa.key", "kartero.db", "maildrop/0001.msg",
+        "acme/account.pem", "dkim/example.test/s1.rsa.key", "importdrop/0001.batch", "kartero.db", "maildrop/0001.msg",
         "messages/00000001.seg", "messages/00000002.seg", "messages/00000003.seg",
     ]  # fmt: skip
 
@@ -156,7 +159,7 @@ def test_issue_15_restore_puts_the_backup_into_an_empty_data_folder(tmp_path: Pa
         assert (target / entry.path).read_bytes() == (tmp_path / "backup" / entry.path).read_bytes()
     assert target.stat().st_mode & 0o777 == 0o700
     assert all(p.stat().st_mode & 0o077 == 0 for p in target.rglob("*"))
-    with pytest.raises(BackupError, match=r"is not empty \(acme, dkim, kartero\.db, \.\.\.\): restore only"):
+    with pytest.raises(BackupError, match=r"is not empty \(acme, dkim, importdrop, \.\.\.\): restore only"):
         restore_backup(tmp_path / "backup", target)
 
 
