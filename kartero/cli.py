@@ -130,8 +130,8 @@ imaps = ["0.0.0.0:993"]          # IMAP, implicit TLS
 pop3 = ["0.0.0.0:110"]           # POP3, STLS
 pop3s = ["0.0.0.0:995"]          # POP3, implicit TLS
 managesieve = ["0.0.0.0:4190"]   # ManageSieve (Sieve scripts), STARTTLS
-http = ["0.0.0.0:80"]            # ACME http-01, autoconfig, MTA-STS; pages other machines ask over plain http go to https
-https = ["0.0.0.0:443"]          # web admin /admin/, users' page /, API /api/v1/, /metrics, MTA-STS policy, autodiscover
+http = ["0.0.0.0:80"]            # ACME http-01, autoconfig, MTA-STS; other pages asked over plain http go to https
+https = ["0.0.0.0:443"]          # web admin /admin/, users' page /, API /api/v1/, /metrics, MTA-STS, autodiscover
 
 [tls]                            # self-signed by `kartero init`; with [acme], used until the CA's arrives
 cert = "tls/cert.pem"
