@@ -407,10 +407,21 @@ def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
                                stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_for(lambda: _accepts(port))
-        yield Dovecot(root, port)
+        dovecot = Dovecot(root, port)
+        # imap-login accepts before the auth process is up: a login then gets "[UNAVAILABLE] Temporary
+        # authentication failure" (seen once in a loaded run), so ready means a login goes through.
+        wait_for(lambda: _logs_in(dovecot))
+        yield dovecot
     finally:
         process.terminate()
         process.wait(10)
+
+
+def _logs_in(dovecot: Dovecot) -> bool:
+    with contextlib.suppress(imaplib.IMAP4.error, OSError), dovecot.imap("eve") as imap:
+        imap.logout()
+        return True
+    return False
 
 
 def _accepts(port: int) -> bool:
