@@ -89,13 +89,31 @@ def _failed(outcome: ExportOutcome, mailbox: Mailbox, row: MessageRow, exc: Exce
         outcome.problems.append(f"{mailbox.name}: UID {row.uid}: {exc}")
 
 
+def _folder_failed(mail: MailStore, mailbox: Mailbox, outcome: ExportOutcome, exc: OSError,
+                   progress: Callable[[int], None]) -> None:  # fmt: skip
+    """The folder's file or directory cannot be made: a name longer than the file system takes (IMAP
+    allows 1000 octets, a Maildir++ directory or mbox file name is one path level of at most 255, and
+    modified UTF-7 makes non-Latin names longer), or a name an earlier folder took as a file (`a` wrote
+    `a.mbox`, `a.mbox/b` needs it as a directory). That folder's messages count as failed, named in the
+    problems; the other folders are written."""
+    messages = mail.mailbox_status(mailbox.id).messages
+    outcome.failed += messages
+    if len(outcome.problems) < 20:
+        outcome.problems.append(f"{mailbox.name}: not written ({messages} messages): {exc}")
+    progress(messages)
+
+
 def _write_maildir_folder(mail: MailStore, mailbox: Mailbox, target: Path, outcome: ExportOutcome,
                           progress: Callable[[int], None]) -> None:  # fmt: skip
     folder = target if mailbox.name == INBOX else target / folder_dirname(mailbox.name)
-    for sub in ("cur", "new", "tmp"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    if mailbox.name != INBOX:
-        (folder / "maildirfolder").touch()  # Maildir++: this directory is a folder, not a root
+    try:
+        for sub in ("cur", "new", "tmp"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        if mailbox.name != INBOX:
+            (folder / "maildirfolder").touch()  # Maildir++: this directory is a folder, not a root
+    except OSError as exc:
+        _folder_failed(mail, mailbox, outcome, exc, progress)
+        return
     letters: dict[str, str] = {}  # keyword (lower case) -> letter
     keywords: dict[str, str] = {}  # letter -> keyword
     host = socket.gethostname().replace("/", "_").replace(":", "_")
@@ -136,10 +154,15 @@ def _write_mbox_folder(mail: MailStore, mailbox: Mailbox, target: Path, outcome:
     # A level such as `..` (IMAP allows it) must not lead out of `target`, nor hide the file.
     levels = [("%2E" + level[1:]) if level.startswith(".") else level for level in mailbox.name.split(SEPARATOR)]
     directory = target.joinpath(*levels[:-1])
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{levels[-1]}.mbox"
     partial = directory / f".{levels[-1]}.mbox.tmp"
-    with open(partial, "wb") as out:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        _folder_failed(mail, mailbox, outcome, exc, progress)
+        return
+    with open(fd, "wb") as out:
         for row in _rows(mail, mailbox):
             try:
                 sender = mail.read_envelope(row.blob_id).sender
