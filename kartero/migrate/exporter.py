@@ -80,6 +80,11 @@ def export_account(mail: MailStore, account_id: int, target: Path, fmt: str,
     for mailbox in _mailboxes(mail, account_id):
         outcome.folders += 1
         write(mail, mailbox, target, outcome, progress)
+    # On disk before the command says "exported" (the admin may delete the account next): one sync(2),
+    # which waits on Linux, rather than an fsync per message file and folder (a Maildir export of 2,000
+    # messages took 8.6 s with them, 1.8 s without). An export cut short is rerun into a new directory,
+    # so the files need no durability of their own before that.
+    os.sync()
     return outcome
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mailbox
+import os
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,21 @@ def test_issue_15_export_goes_on_past_a_folder_whose_name_the_file_system_refuse
         assert len(box.get_folder("z")) == 1
     else:
         assert [len(mailbox.mbox(tmp_path / "out" / n)) for n in ("INBOX.mbox", "a.mbox", "z.mbox")] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "mbox"])
+def test_issue_15_export_is_on_disk_when_it_says_exported(
+    sqlite_store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """The export wrote without any fsync or sync: a crash after "exported N messages" (and the account
+    deleted next) could leave empty or missing files. Now the last thing it does is a sync(2)."""
+    _deliver(sqlite_store, INBOX)
+    _deliver(sqlite_store, "Archive/2024")
+    events: list[str] = []
+    real_rename = os.rename
+    monkeypatch.setattr(os, "sync", lambda: events.append("sync"))
+    monkeypatch.setattr(os, "rename", lambda source, target: (events.append("rename"), real_rename(source, target)))
+    outcome = export_account(sqlite_store.mail, 1, tmp_path / "out", fmt)
+    assert outcome.messages == 2
+    assert events.count("rename") >= 2
+    assert events[-1] == "sync"
