@@ -74,7 +74,7 @@ def _rows(mail: MailStore, mailbox: Mailbox) -> Iterator[MessageRow]:
 def export_account(mail: MailStore, account_id: int, target: Path, fmt: str,
                    progress: Callable[[int], None] = lambda _: None) -> ExportOutcome:  # fmt: skip
     """Write the account's folders under `target` (an empty or new directory) as `fmt`: maildir or mbox."""
-    target.mkdir(parents=True, exist_ok=True)
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
     outcome = ExportOutcome()
     write = _write_maildir_folder if fmt == "maildir" else _write_mbox_folder
     for mailbox in _mailboxes(mail, account_id):
@@ -86,6 +86,12 @@ def export_account(mail: MailStore, account_id: int, target: Path, fmt: str,
     # so the files need no durability of their own before that.
     os.sync()
     return outcome
+
+
+def _private(path: str | Path, flags: int) -> int:
+    """Open a file of the export as only its owner may read it: it is someone's mail (as a backup's
+    files are 0600), whatever the umask of the admin running the export."""
+    return os.open(path, flags, 0o600)
 
 
 def _failed(outcome: ExportOutcome, mailbox: Mailbox, row: MessageRow, exc: Exception) -> None:
@@ -112,10 +118,10 @@ def _write_maildir_folder(mail: MailStore, mailbox: Mailbox, target: Path, outco
                           progress: Callable[[int], None]) -> None:  # fmt: skip
     folder = target if mailbox.name == INBOX else target / folder_dirname(mailbox.name)
     try:
-        for sub in ("cur", "new", "tmp"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
+        for directory in (folder, folder / "cur", folder / "new", folder / "tmp"):
+            directory.mkdir(mode=0o700, exist_ok=True)
         if mailbox.name != INBOX:
-            (folder / "maildirfolder").touch()  # Maildir++: this directory is a folder, not a root
+            (folder / "maildirfolder").touch(mode=0o600)  # Maildir++: this directory is a folder, not a root
     except OSError as exc:
         _folder_failed(mail, mailbox, outcome, exc, progress)
         return
@@ -135,7 +141,7 @@ def _write_maildir_folder(mail: MailStore, mailbox: Mailbox, target: Path, outco
         try:
             reader = mail.open_message(row.blob_id)
             try:
-                with open(temporary, "wb") as file:
+                with open(temporary, "wb", opener=_private) as file:
                     for start in range(0, reader.size, _CHUNK):
                         file.write(reader.read(start, _CHUNK))
             finally:
@@ -150,7 +156,8 @@ def _write_maildir_folder(mail: MailStore, mailbox: Mailbox, target: Path, outco
         progress(1)
     if keywords:
         partial = folder / (KEYWORDS_FILE + ".tmp")
-        partial.write_text(format_keywords(keywords))
+        with open(partial, "w", opener=_private) as file:
+            file.write(format_keywords(keywords))
         os.rename(partial, folder / KEYWORDS_FILE)
 
 
@@ -162,8 +169,9 @@ def _write_mbox_folder(mail: MailStore, mailbox: Mailbox, target: Path, outcome:
     final = directory / f"{levels[-1]}.mbox"
     partial = directory / f".{levels[-1]}.mbox.tmp"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        for depth in range(1, len(levels)):
+            target.joinpath(*levels[:depth]).mkdir(mode=0o700, exist_ok=True)
+        fd = _private(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
     except OSError as exc:
         _folder_failed(mail, mailbox, outcome, exc, progress)
         return

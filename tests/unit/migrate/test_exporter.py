@@ -63,3 +63,23 @@ def test_issue_15_export_is_on_disk_when_it_says_exported(
     assert outcome.messages == 2
     assert events.count("rename") >= 2
     assert events[-1] == "sync"
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "mbox"])
+def test_issue_15_exported_mail_is_readable_by_its_owner_only(sqlite_store: SQLiteStore, tmp_path: Path,
+                                                              fmt: str) -> None:  # fmt: skip
+    """Under the usual umask 022 the export's folders were 0755 and its files 0644: anyone on the machine
+    could read the account's mail (a backup's files are 0600)."""
+    _deliver(sqlite_store, "Archive/2024")
+    keyword = DeliveryTarget(1, INBOX, frozenset({"$Label1"}))  # the Maildir export writes dovecot-keywords
+    sqlite_store.mail.deliver(Delivery(new_message_id(), MESSAGE, (keyword,), 1_700_000_000)).result(10)
+    umask = os.umask(0o022)
+    try:
+        export_account(sqlite_store.mail, 1, tmp_path / "out", fmt)
+    finally:
+        os.umask(umask)
+    written = [tmp_path / "out", *(tmp_path / "out").rglob("*")]
+    assert len(written) > 3
+    assert fmt == "mbox" or (tmp_path / "out" / "dovecot-keywords").read_text() == "0 $Label1\n"
+    assert {oct(p.stat().st_mode & 0o777) for p in written if p.is_dir()} == {"0o700"}
+    assert {oct(p.stat().st_mode & 0o777) for p in written if p.is_file()} == {"0o600"}
