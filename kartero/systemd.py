@@ -66,7 +66,7 @@ NoNewPrivileges=yes
 
 # Everything read-only but the data folder.
 ProtectSystem=strict
-ReadWritePaths={_quote(str(data_dir))}
+ReadWritePaths={_quote(str(data_dir), is_command=False)}
 {protect_home}
 PrivateTmp=yes
 PrivateDevices=yes
@@ -90,12 +90,15 @@ WantedBy=multi-user.target
 """
 
 
-def _quote(word: str) -> str:
-    """One word of a unit file's command line or path list: `%` and `$` escaped (systemd.unit(5)
-    specifiers, systemd.service(5) variables), double-quoted when it holds a space or a quote."""
+def _quote(word: str, *, is_command: bool = True) -> str:
+    """One word of a unit file's command line or path list: `%` escaped (systemd.unit(5) specifiers),
+    `$` too on a command line (systemd.service(5) variables; a path list such as ReadWritePaths= expands
+    none, so `$$` there would name another folder), double-quoted when it holds a space or a quote."""
     if any(ord(c) < 32 or ord(c) == 127 for c in word):
         raise ValueError(f"a path systemd cannot take: {word!r}")
-    word = word.replace("%", "%%").replace("$", "$$")
+    word = word.replace("%", "%%")
+    if is_command:
+        word = word.replace("$", "$$")
     if any(c in word for c in " \t\"'\\;"):
         return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return word

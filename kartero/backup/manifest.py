@@ -9,6 +9,7 @@ and a file is read in bounded chunks.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -149,6 +150,8 @@ def parse_manifest(raw: bytes) -> Manifest:
         )
     except (ValueError, KeyError, TypeError) as exc:  # json.JSONDecodeError and UnicodeDecodeError too
         raise BackupCorrupt(MANIFEST_NAME, str(exc) or type(exc).__name__) from None
+    except RecursionError:  # json nests by recursion: `[[[[...` deeper than the interpreter's stack allows
+        raise BackupCorrupt(MANIFEST_NAME, "nested too deeply") from None
     if sum(1 for f in manifest.files if f.kind is FileKind.DATABASE and f.path == "kartero.db") != 1:
         raise BackupCorrupt(MANIFEST_NAME, "no kartero.db among the files")
     return manifest
@@ -187,6 +190,31 @@ def open_regular(path: Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
+def open_inside(folder: Path, relative: str) -> BinaryIO:
+    """`folder/relative` opened for reading, one level at a time without following a link at any level
+    (OSError): a backup folder whose `messages` is a link to /etc must not make restore read (and copy
+    into the data folder) files from outside the backup; O_NOFOLLOW alone guards the last level only."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        *levels, name = relative.split("/")
+        for depth, level in enumerate(levels, 1):
+            try:
+                inner = os.open(level, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                    raise
+                raise OSError(exc.errno, f"{'/'.join(levels[:depth])} is a link or no folder") from None
+            os.close(fd)
+            fd = inner
+        file = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(file).st_mode):
+        os.close(file)
+        raise OSError(f"{name} is not a regular file")
+    return os.fdopen(file, "rb")
+
+
 def copy_hashed(source: BinaryIO, target: int | None, limit: int | None = None) -> tuple[int, str]:
     """Read `source` to its end (or `limit` bytes), writing to the file descriptor `target` if given;
     returns (bytes read, SHA-256 hex). A chunk at a time: memory stays constant whatever the file."""
@@ -209,7 +237,7 @@ def check_file(folder: Path, entry: FileEntry, target: int | None = None) -> Non
     """Raise BackupCorrupt unless `folder/entry.path` has the entry's size and SHA-256 (copying it to
     `target` on the way, if given)."""
     try:
-        with open_regular(folder / entry.path) as f:
+        with open_inside(folder, entry.path) as f:
             size, sha256 = copy_hashed(f, target, entry.size + 1)  # one byte more: a longer file shows
     except FileNotFoundError:
         raise BackupCorrupt(entry.path, "missing") from None

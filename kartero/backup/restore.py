@@ -48,7 +48,8 @@ class RestoreReport:
 def restore_backup(folder: Path, data_dir: Path, *, keep_uidvalidity: bool = False) -> RestoreReport:
     """Put the backup in `folder` into `data_dir`, which must be missing or empty. Raises BackupError
     (refused: nothing written), BackupCorrupt (a file of the backup is damaged: nothing written) or
-    OSError (a failed write: the staging folder is removed again)."""
+    OSError (a failed write or rename: the staging folder and whatever was moved into place are removed
+    again)."""
     started = time.monotonic()
     data_dir = data_dir.absolute()
     check_empty(data_dir)
@@ -60,6 +61,7 @@ def restore_backup(folder: Path, data_dir: Path, *, keep_uidvalidity: bool = Fal
         shutil.rmtree(staging)
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     staging.mkdir(mode=0o700)
+    moved: list[Path] = []
     try:
         if made and owner is not None:
             os.chown(data_dir, *owner)
@@ -71,10 +73,16 @@ def restore_backup(folder: Path, data_dir: Path, *, keep_uidvalidity: bool = Fal
         tops = sorted({entry.path.split("/")[0] for entry in manifest.files}, key=lambda top: (top == DATABASE, top))
         for top in tops:  # kartero.db last: until it is in place, the folder holds no store
             os.rename(staging / top, data_dir / top)
+            moved.append(data_dir / top)
         staging.rmdir()
         fsync_dir(data_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for path in moved:  # already in place when a later rename failed: the folder was empty before
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         if made:
             shutil.rmtree(data_dir, ignore_errors=True)
         raise

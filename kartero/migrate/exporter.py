@@ -74,13 +74,24 @@ def _rows(mail: MailStore, mailbox: Mailbox) -> Iterator[MessageRow]:
 def export_account(mail: MailStore, account_id: int, target: Path, fmt: str,
                    progress: Callable[[int], None] = lambda _: None) -> ExportOutcome:  # fmt: skip
     """Write the account's folders under `target` (an empty or new directory) as `fmt`: maildir or mbox."""
-    target.mkdir(parents=True, exist_ok=True)
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
     outcome = ExportOutcome()
     write = _write_maildir_folder if fmt == "maildir" else _write_mbox_folder
     for mailbox in _mailboxes(mail, account_id):
         outcome.folders += 1
         write(mail, mailbox, target, outcome, progress)
+    # On disk before the command says "exported" (the admin may delete the account next): one sync(2),
+    # which waits on Linux, rather than an fsync per message file and folder (a Maildir export of 2,000
+    # messages took 8.6 s with them, 1.8 s without). An export cut short is rerun into a new directory,
+    # so the files need no durability of their own before that.
+    os.sync()
     return outcome
+
+
+def _private(path: str | Path, flags: int) -> int:
+    """Open a file of the export as only its owner may read it: it is someone's mail (as a backup's
+    files are 0600), whatever the umask of the admin running the export."""
+    return os.open(path, flags, 0o600)
 
 
 def _failed(outcome: ExportOutcome, mailbox: Mailbox, row: MessageRow, exc: Exception) -> None:
@@ -89,13 +100,31 @@ def _failed(outcome: ExportOutcome, mailbox: Mailbox, row: MessageRow, exc: Exce
         outcome.problems.append(f"{mailbox.name}: UID {row.uid}: {exc}")
 
 
+def _folder_failed(mail: MailStore, mailbox: Mailbox, outcome: ExportOutcome, exc: OSError,
+                   progress: Callable[[int], None]) -> None:  # fmt: skip
+    """The folder's file or directory cannot be made: a name longer than the file system takes (IMAP
+    allows 1000 octets, a Maildir++ directory or mbox file name is one path level of at most 255, and
+    modified UTF-7 makes non-Latin names longer), or a name an earlier folder took as a file (`a` wrote
+    `a.mbox`, `a.mbox/b` needs it as a directory). That folder's messages count as failed, named in the
+    problems; the other folders are written."""
+    messages = mail.mailbox_status(mailbox.id).messages
+    outcome.failed += messages
+    if len(outcome.problems) < 20:
+        outcome.problems.append(f"{mailbox.name}: not written ({messages} messages): {exc}")
+    progress(messages)
+
+
 def _write_maildir_folder(mail: MailStore, mailbox: Mailbox, target: Path, outcome: ExportOutcome,
                           progress: Callable[[int], None]) -> None:  # fmt: skip
     folder = target if mailbox.name == INBOX else target / folder_dirname(mailbox.name)
-    for sub in ("cur", "new", "tmp"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    if mailbox.name != INBOX:
-        (folder / "maildirfolder").touch()  # Maildir++: this directory is a folder, not a root
+    try:
+        for directory in (folder, folder / "cur", folder / "new", folder / "tmp"):
+            directory.mkdir(mode=0o700, exist_ok=True)
+        if mailbox.name != INBOX:
+            (folder / "maildirfolder").touch(mode=0o600)  # Maildir++: this directory is a folder, not a root
+    except OSError as exc:
+        _folder_failed(mail, mailbox, outcome, exc, progress)
+        return
     letters: dict[str, str] = {}  # keyword (lower case) -> letter
     keywords: dict[str, str] = {}  # letter -> keyword
     host = socket.gethostname().replace("/", "_").replace(":", "_")
@@ -112,7 +141,7 @@ def _write_maildir_folder(mail: MailStore, mailbox: Mailbox, target: Path, outco
         try:
             reader = mail.open_message(row.blob_id)
             try:
-                with open(temporary, "wb") as file:
+                with open(temporary, "wb", opener=_private) as file:
                     for start in range(0, reader.size, _CHUNK):
                         file.write(reader.read(start, _CHUNK))
             finally:
@@ -127,7 +156,8 @@ def _write_maildir_folder(mail: MailStore, mailbox: Mailbox, target: Path, outco
         progress(1)
     if keywords:
         partial = folder / (KEYWORDS_FILE + ".tmp")
-        partial.write_text(format_keywords(keywords))
+        with open(partial, "w", opener=_private) as file:
+            file.write(format_keywords(keywords))
         os.rename(partial, folder / KEYWORDS_FILE)
 
 
@@ -136,10 +166,16 @@ def _write_mbox_folder(mail: MailStore, mailbox: Mailbox, target: Path, outcome:
     # A level such as `..` (IMAP allows it) must not lead out of `target`, nor hide the file.
     levels = [("%2E" + level[1:]) if level.startswith(".") else level for level in mailbox.name.split(SEPARATOR)]
     directory = target.joinpath(*levels[:-1])
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{levels[-1]}.mbox"
     partial = directory / f".{levels[-1]}.mbox.tmp"
-    with open(partial, "wb") as out:
+    try:
+        for depth in range(1, len(levels)):
+            target.joinpath(*levels[:depth]).mkdir(mode=0o700, exist_ok=True)
+        fd = _private(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
+    except OSError as exc:
+        _folder_failed(mail, mailbox, outcome, exc, progress)
+        return
+    with open(fd, "wb") as out:
         for row in _rows(mail, mailbox):
             try:
                 sender = mail.read_envelope(row.blob_id).sender

@@ -29,6 +29,7 @@ from typing import BinaryIO
 
 from kartero.migrate.buffer import Captured, MessageBuffer
 from kartero.migrate.model import (
+    MAX_KEYWORDS,
     SEPARATOR,
     FolderFound,
     Item,
@@ -43,6 +44,10 @@ from kartero.store.interface import INBOX
 LINE_PIECE = 64 * 1024
 # The part of a From_ line or a state header field that is looked at (they are short).
 _FIELD_LIMIT = 1000
+# Flags gathered from one message's state fields at most (the store keeps MAX_KEYWORDS keywords): a header
+# of a million X-Keywords lines, each up to _FIELD_LIMIT octets of new words, must not grow a set without
+# end (an 85 MiB one took 880 MB and 21 s before).
+_MAX_STATE_FLAGS = 2 * MAX_KEYWORDS
 STATE_FIELDS = frozenset({b"status", b"x-status", b"x-keywords", b"x-uid", b"x-imap", b"x-imapbase"})
 _X_STATUS = {"A": "\\Answered", "F": "\\Flagged", "T": "\\Draft", "D": "\\Deleted"}
 _MONTHS = {m.lower(): n for n, m in enumerate(calendar.month_abbr) if m}
@@ -179,7 +184,8 @@ def read_mbox(file: BinaryIO, new_buffer: Callable[[], MessageBuffer]) -> Iterat
                     if colon and name and b" " not in name and name.isascii():
                         dropping = name in STATE_FIELDS
                         if dropping:
-                            flags |= state_flags(name, value.strip())
+                            if len(flags) < _MAX_STATE_FLAGS:
+                                flags |= state_flags(name, value.strip())
                             continue
                     else:  # a body without a header
                         in_header = dropping = False
@@ -196,20 +202,32 @@ def read_mbox(file: BinaryIO, new_buffer: Callable[[], MessageBuffer]) -> Iterat
 def write_mbox_message(out: BinaryIO, sender: str, date: int, flags: Iterable[str], message: BinaryIO) -> None:
     """Append one message: the From_ line, its state fields, its lines with CRLF as LF and `From `
     quoted the mboxrd way (`>` added before any run of `>` + `From `), a final line end if it lacks one,
-    and the empty line before the next From_ line."""
+    and the empty line before the next From_ line. State fields in the message's own header (a sender
+    can write `X-Status: D` or `X-Keywords: ...`) are left out, as Dovecot leaves them out when it saves
+    to mbox: a reader takes every state field for the mbox file's, so they would become flags the
+    message never had here."""
     out.write(format_from_line(sender, date))
     out.write(format_state_fields(flags))
     at_line_start, held_cr, last = True, b"", b"\n"
+    in_header, dropping = True, False
     while piece := message.readline(LINE_PIECE):
         piece = held_cr + piece
         held_cr = b""
         if piece.endswith(b"\r") and len(piece) >= LINE_PIECE:
             piece, held_cr = piece[:-1], b"\r"  # maybe the first half of a CRLF
-        if at_line_start and piece.lstrip(b">").startswith(b"From "):
+        line_start, at_line_start = at_line_start, piece.endswith(b"\n")
+        if in_header:
+            if line_start and piece[:1] not in (b" ", b"\t"):  # a field's first line, or the header's end
+                name, colon, _ = piece[:_FIELD_LIMIT].partition(b":")
+                name = name.strip(b" \t").lower()
+                in_header = bool(colon) and bool(name) and b" " not in name and name.isascii()  # as read_mbox
+                dropping = in_header and name in STATE_FIELDS
+            if dropping:
+                continue
+        if line_start and piece.lstrip(b">").startswith(b"From "):
             piece = b">" + piece
         if piece.endswith(b"\r\n"):
             piece = piece[:-2] + b"\n"
-        at_line_start = piece.endswith(b"\n")
         out.write(piece)
         last = piece
     if held_cr:

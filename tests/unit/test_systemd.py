@@ -44,11 +44,14 @@ def test_issue_15_a_data_folder_under_home_is_read_only_not_hidden(home: str) ->
 
 
 def test_issue_15_unit_quotes_and_escapes_paths() -> None:
-    """systemd reads `%` as a specifier and `$` as a variable, splits words at spaces (systemd.unit(5))."""
-    command = ["/opt/kartero/bin/python", "-m", "kartero", "--config", "/etc/mail 100%/kartero.toml", "serve"]
-    settings = _settings(render_unit(command, Path("/srv/$data")))
-    assert settings["ExecStart"] == '/opt/kartero/bin/python -m kartero --config "/etc/mail 100%%/kartero.toml" serve'
-    assert settings["ReadWritePaths"] == "/srv/$$data"
+    """systemd reads `%` as a specifier everywhere, `$` as a variable on command lines only (ReadWritePaths=
+    took `/srv/$$data` literally: a folder that does not exist, so the service failed to start), splits
+    words at spaces (systemd.unit(5))."""
+    command = ["/opt/kartero/bin/python", "-m", "kartero", "--config", "/etc/mail 100%/$x/kartero.toml", "serve"]
+    settings = _settings(render_unit(command, Path("/srv/$data 5%")))
+    assert settings["ExecStart"] == ('/opt/kartero/bin/python -m kartero --config "/etc/mail 100%%/$$x/kartero.toml"'
+                                     " serve")  # fmt: skip
+    assert settings["ReadWritePaths"] == '"/srv/$data 5%%"'
     with pytest.raises(ValueError, match="a path systemd cannot take"):
         render_unit(COMMAND, Path("/srv/da\nta"))
 

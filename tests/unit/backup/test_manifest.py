@@ -130,3 +130,24 @@ def test_issue_15_verify_names_the_damaged_file(tmp_path: Path, damage: object, 
 def test_issue_15_a_folder_without_manifest_is_no_backup(tmp_path: Path) -> None:
     with pytest.raises(BackupError, match="holds no backup"):
         verify_backup(tmp_path)
+
+
+def test_issue_15_a_manifest_nested_too_deeply_is_refused() -> None:
+    """json nests by recursion: a hostile `[[[[...` was a RecursionError traceback, not a BackupCorrupt."""
+    for raw in (b"[" * 100_000, b'{"format": ' + b"[" * 100_000):
+        with pytest.raises(BackupCorrupt) as caught:
+            parse_manifest(raw)
+        assert str(caught.value) == f"{MANIFEST_NAME}: nested too deeply"
+
+
+def test_issue_15_verify_follows_no_link_inside_the_backup(tmp_path: Path) -> None:
+    """A backup whose `messages` folder is a link elsewhere: the file there matches the manifest, but it
+    lies outside the backup, and restore would copy it into the data folder (a file root can read and the
+    server's user could not). Only the last level was opened with O_NOFOLLOW."""
+    _backup(tmp_path / "b", FILES)
+    (tmp_path / "b" / "messages").rename(tmp_path / "outside")
+    (tmp_path / "b" / "messages").symlink_to(tmp_path / "outside")
+    with pytest.raises(BackupCorrupt) as caught:
+        verify_backup(tmp_path / "b")
+    assert caught.value.path == "messages/00000001.seg"
+    assert str(caught.value) == "messages/00000001.seg: messages is a link or no folder"

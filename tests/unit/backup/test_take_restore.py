@@ -262,3 +262,27 @@ def test_issue_15_links_and_odd_names_are_named_not_copied(tmp_path: Path) -> No
     (data / "kartero.db").write_text("not a database")
     with pytest.raises(BackupError, match=r"kartero\.db is not a SQLite database"):
         take_backup(data, tmp_path / "other", "0.1.0")
+
+
+def test_issue_15_a_restore_failing_while_it_moves_leaves_the_folder_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rename into place that fails (kartero.db's, the last) left the entries moved before it in the data
+    folder, which the next restore then refused as not empty, though the command said nothing was
+    restored."""
+    take_backup(_data_dir(tmp_path), tmp_path / "backup", "0.1.0")
+    target = tmp_path / "mount"
+    target.mkdir()  # an existing empty folder (a mount point): it stays, empty
+    real_rename = os.rename
+
+    def rename(source: str | Path, destination: str | Path) -> None:
+        if Path(destination).name == "kartero.db":
+            raise OSError(28, "No space left on device")
+        real_rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="No space left"):
+        restore_backup(tmp_path / "backup", target)
+    assert list(target.iterdir()) == []
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert restore_backup(tmp_path / "backup", target).manifest.counts["messages"] == 2

@@ -86,3 +86,21 @@ def test_issue_15_folders_of_an_imap_account(tmp_path: Path) -> None:
     assert source.total == 8 and source.identity == "imaps://u@h:993"
     assert [p.problem for p in source.problems] == ["mailbox name b'Bad&Jjo' is not modified UTF-7",
                                                     "unreadable LIST answer b'nonsense'"]  # fmt: skip
+
+
+def test_issue_15_a_fetch_answer_is_read_in_linear_time(tmp_path: Path) -> None:
+    """A FETCH answer full of `FLAGS (` (or `INTERNALDATE "`) without the closing character: the regex
+    search scanned to the end from each one (140 KB: 14 s; imaplib takes lines of 1 MB)."""
+    import time
+
+    source = imap_source.ImapSource.__new__(imap_source.ImapSource)
+    source._work_dir = tmp_path
+    for junk in (b"FLAGS (" * 150_000, b'INTERNALDATE "' * 80_000):
+        started = time.process_time()
+        item = source._message("INBOX", b"1 (UID 7 " + junk, b"Subject: x\r\n\r\n")
+        assert time.process_time() - started < 5
+        assert item == imap_source.Unreadable("INBOX", "no INTERNALDATE for UID 7")
+    good = source._message("INBOX", b'1 (UID 7 FLAGS (\\Seen $Work) INTERNALDATE "29-Nov-2026 10:00:00 +0000"',
+                           b"Subject: x\r\n\r\n")  # fmt: skip
+    assert isinstance(good, imap_source.MessageFound)
+    assert (good.flags, good.internal_date) == ({"\\Seen", "$Work"}, 1_795_946_400)

@@ -147,3 +147,37 @@ def test_issue_15_any_file_is_read_whole_or_refused(tmp_path_factory: pytest.Tem
         return
     assert sum(m.octets for m in messages) == len(data)
     assert all(isinstance(m.body.data, bytes) for m in messages)
+
+
+def test_issue_15_state_fields_cost_bounded_memory(tmp_path: Path) -> None:
+    """A header of X-Keywords lines, each full of new words: every word went into one set before the
+    store's limit of MAX_KEYWORDS was applied, so memory grew ten times the file (85 MiB: 880 MB)."""
+    import tracemalloc
+
+    lines = b"".join(b"X-Keywords: " + b" ".join(b"k%d" % (i * 100 + j) for j in range(100)) + b"\n"
+                     for i in range(15_000))  # fmt: skip
+    data = b"From a@x Sun Nov 29 10:00:00 2026\nX-Keywords: First\n" + lines + b"Subject: s\n\nbody\n"
+    tracemalloc.start()
+    try:
+        [(body, _, _, flags)] = _read(data, tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert body == b"Subject: s\n\nbody\n"
+    assert 0 < len(flags) <= 64 + 5  # clean_flags: MAX_KEYWORDS, and room for the system flags
+    assert len(data) > 10 * 2**20 and peak < 2 * 2**20
+
+
+def test_issue_15_a_messages_own_state_fields_are_not_written(tmp_path: Path) -> None:
+    """A sender's `X-Status: D`, `Status: RO` or `X-Keywords:` in the message were written after the
+    export's own state fields, and an import took them as the mbox file's: the message came back
+    \\Deleted, \\Seen and with keywords it never had. Folded lines of those fields go too."""
+    message = (b"Subject: offer\r\nX-Status: DF\r\nX-Keywords: $Phishing\r\n Urgent\r\nStatus: RO\r\n"
+               b"X-Other: kept\r\n\r\nX-Status: D in the body stays\r\n")  # fmt: skip
+    out = io.BytesIO()
+    write_mbox_message(out, "a@x", DATE, {"$Label1"}, io.BufferedReader(io.BytesIO(message)))  # type: ignore[arg-type]
+    assert out.getvalue() == (b"From a@x Sun Nov 29 10:00:00 2026\nStatus: O\nX-Keywords: $Label1\nSubject: offer\n"
+                              b"X-Other: kept\n\nX-Status: D in the body stays\n\n")  # fmt: skip
+    [(body, _, _, flags)] = _read(out.getvalue(), tmp_path, crlf=True)
+    assert flags == {"$Label1"}
+    assert body == b"Subject: offer\r\nX-Other: kept\r\n\r\nX-Status: D in the body stays\r\n"
