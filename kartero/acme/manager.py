@@ -123,11 +123,23 @@ class Renewal:
             log.warning("%s", kv(event="acme.order_failed", failures=failures, retry_in_s=int(retry_s),
                                  detail=str(exc)))  # fmt: skip
             return sleep_s(now + retry_s, now)
-        success = State(last_success_at=self.clock(), challenge=self.settings.challenge)
-        await asyncio.to_thread(files.save_state, success)
+        now = self.clock()
         self.install()
         log.info("%s", kv(event="acme.certificate_installed", names=",".join(sorted(validity.names)),
                           expires=int(validity.not_after)))  # fmt: skip
+        if next_order_at(validity, names, 0, 0.0) <= now:
+            # Due as it arrives (this machine's clock runs weeks ahead, or the CA left a name out): ordering
+            # again at once would repeat until the CA's rate limit locks the names out for days. It is
+            # served (newer than what was), and counted as a failure, so the next order waits the backoff.
+            failures = state.failures + 1
+            detail = ("the CA's new certificate is already due for renewal (a name missing, or this "
+                      "machine's clock is wrong)")  # fmt: skip
+            await asyncio.to_thread(files.save_state, State(failures, now, detail, now, self.settings.challenge))
+            log.warning("%s", kv(event="acme.certificate_already_due", failures=failures,
+                                 retry_in_s=int(backoff_s(failures)), expires=int(validity.not_after)))  # fmt: skip
+            return sleep_s(now + backoff_s(failures), now)
+        success = State(last_success_at=now, challenge=self.settings.challenge)
+        await asyncio.to_thread(files.save_state, success)
         wait = sleep_s(next_order_at(validity, names, 0, 0.0), self.clock())
         return min(wait, SYNC_S) if files.is_shared else wait
 
