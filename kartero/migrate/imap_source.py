@@ -36,6 +36,7 @@ from kartero.store.interface import SPECIAL_MAILBOXES
 BATCH = 100  # messages whose sizes are asked in one FETCH
 FETCH_BYTES = 16 * 1024 * 1024  # message octets fetched in one FETCH at most (one larger message alone)
 MAX_FOLDERS = 10_000  # folders of one account taken at most (a LIST answer is the other server's)
+MAX_MESSAGES = 10_000_000  # messages of one folder asked for at most (EXISTS is the other server's word)
 TIMEOUT_S = 120.0
 # RFC 6154 special-use attributes -> the mailbox every Kartero account has for it (store SPECIAL_MAILBOXES).
 SPECIAL_USE = {use.lower(): name for name, use in SPECIAL_MAILBOXES if use is not None}
@@ -222,13 +223,21 @@ class ImapSource:
                 yield Unreadable(folder, f"EXAMINE failed: {data!r}", 0)
                 return
             exists = int(data[0] or b"0") if isinstance(data[0], bytes) and data[0].isdigit() else 0
+            if exists > MAX_MESSAGES:
+                yield Unreadable(folder, f"the server says {exists} messages: only the first {MAX_MESSAGES} are read",
+                                 0)  # fmt: skip
+                exists = MAX_MESSAGES
             for low in range(1, exists + 1, BATCH):
                 high = min(low + BATCH - 1, exists)
                 typ, sizes = self._conn.fetch(f"{low}:{high}", "(UID RFC822.SIZE)")
                 if typ != "OK":
                     yield Unreadable(folder, f"FETCH {low}:{high} failed", high - low + 1)
                     continue
-                yield from self._fetch_bodies(folder, _group_by_size(list(sizes)))
+                groups = _group_by_size(list(sizes))
+                if not groups:  # none of them there: EXISTS named messages the server does not have
+                    yield Unreadable(folder, f"the server has no messages {low}:{exists} it counted", 0)
+                    break
+                yield from self._fetch_bodies(folder, groups)
         except (OSError, imaplib.IMAP4.error) as exc:
             yield Unreadable(folder, f"the connection failed: {exc}", 0)
             raise ImapSourceError(f"{self.identity}: {exc}") from None

@@ -104,3 +104,29 @@ def test_issue_15_a_fetch_answer_is_read_in_linear_time(tmp_path: Path) -> None:
                            b"Subject: x\r\n\r\n")  # fmt: skip
     assert isinstance(good, imap_source.MessageFound)
     assert (good.flags, good.internal_date) == ({"\\Seen", "$Work"}, 1_795_946_400)
+
+
+class _Liar:
+    """A server whose EXAMINE says 10^15 messages and whose FETCH then has none of them."""
+
+    fetched = 0
+
+    def select(self, name: str, readonly: bool) -> tuple[str, list[bytes]]:
+        return "OK", [b"1000000000000000"]
+
+    def fetch(self, wanted: str, items: str) -> tuple[str, list[bytes | None]]:
+        self.fetched += 1
+        return "OK", [None]
+
+
+def test_issue_15_a_server_counting_messages_it_does_not_have_ends_the_folder(tmp_path: Path) -> None:
+    """The loop over EXISTS ran 10^13 FETCHes for a server that says 10^15 messages."""
+    conn = _Liar()
+    source = imap_source.ImapSource.__new__(imap_source.ImapSource)
+    source._conn, source._work_dir = conn, tmp_path  # type: ignore[assignment]
+    items = list(source._folder("INBOX", b"INBOX"))
+    assert conn.fetched == 1
+    assert [item.problem for item in items if isinstance(item, imap_source.Unreadable)] == [
+        f"the server says 1000000000000000 messages: only the first {imap_source.MAX_MESSAGES} are read",
+        "the server has no messages 1:10000000 it counted",
+    ]
