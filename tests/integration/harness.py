@@ -51,16 +51,18 @@ def run_cli_in_process(
     no interpreter start and imports (~0.4 s a call). Only for tests about a command's output, replies and
     exit code, whose commands keep no process state: the umask `kartero.cli.main` sets is put back, the
     output is decoded as `text=True` decodes it (UTF-8, universal newlines), and an exception the command
-    lets escape (a traceback and exit 1 in a process) fails the test."""
+    lets escape (a traceback and exit 1 in a process) fails the test. The run holds `_patching`, so no
+    server being made in another thread has `accounts` patched with its shortcuts meanwhile."""
     from click.testing import CliRunner
 
     from kartero.cli import main
 
-    umask = os.umask(0o077)
-    try:
-        result = CliRunner().invoke(main, ["-c", str(config), *args], input=stdin, catch_exceptions=False)
-    finally:
-        os.umask(umask)
+    with _patching:
+        umask = os.umask(0o077)
+        try:
+            result = CliRunner().invoke(main, ["-c", str(config), *args], input=stdin, catch_exceptions=False)
+        finally:
+            os.umask(umask)
 
     def text(data: bytes) -> str:
         return data.decode().replace("\r\n", "\n").replace("\r", "\n")
