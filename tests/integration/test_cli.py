@@ -1,4 +1,6 @@
-"""The `kartero` command as an admin runs it: init, users, aliases, config errors, serve."""
+"""The `kartero` command as an admin runs it: init, users, aliases, config errors, serve. The user and
+alias commands' replies and exit codes are checked in this process (harness.run_cli_in_process); the
+other tests run `python -m kartero`, the user commands included."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from cryptography import x509
 
 from kartero.auth.passwords import verify_password
 from kartero.store.sqlite import SQLiteStore
-from tests.integration.harness import KARTERO, KarteroServer, run_cli
+from tests.integration.harness import KARTERO, KarteroServer, run_cli, run_cli_in_process
 
 
 def kartero(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -60,9 +62,8 @@ def test_init_refuses_a_non_empty_folder(tmp_path: Path) -> None:
 def test_user_and_alias_commands(tmp_path: Path) -> None:
     server = KarteroServer(tmp_path / "k")
     cfg = server.config
-    assert run_cli(cfg, "user", "add", "Bob@Example.test", "--password-stdin", stdin="hunter2\r\n").stdout == (
-        "added bob@example.test\n"
-    )
+    added = run_cli_in_process(cfg, "user", "add", "Bob@Example.test", "--password-stdin", stdin="hunter2\r\n")
+    assert added.stdout == "added bob@example.test\n"
     store = SQLiteStore(server.root / "data")
     try:
         account = store.accounts.get_account("bob@example.test")
@@ -73,17 +74,18 @@ def test_user_and_alias_commands(tmp_path: Path) -> None:
         ]  # fmt: skip
     finally:
         store.close()
-    dup = run_cli(cfg, "user", "add", "bob@example.test", "--password-stdin", stdin="x\n", check=False)
+    dup = run_cli_in_process(cfg, "user", "add", "bob@example.test", "--password-stdin", stdin="x\n", check=False)
     assert (dup.returncode, dup.stderr) == (1, "kartero: account bob@example.test already exists\n")
-    foreign = run_cli(cfg, "user", "add", "bob@elsewhere.test", "--password-stdin", stdin="x\n", check=False)
+    foreign = run_cli_in_process(cfg, "user", "add", "bob@elsewhere.test", "--password-stdin", stdin="x\n", check=False)
     assert foreign.returncode == 2
     assert foreign.stderr == "kartero: bob@elsewhere.test: domain elsewhere.test is not one of the local domains\n"
-    bad = run_cli(cfg, "user", "add", "not an address", "--password-stdin", stdin="x\n", check=False)
+    bad = run_cli_in_process(cfg, "user", "add", "not an address", "--password-stdin", stdin="x\n", check=False)
     assert bad.returncode == 2 and "not a valid address" in bad.stderr
-    empty = run_cli(cfg, "user", "add", "eve@example.test", "--password-stdin", stdin="\n", check=False)
+    empty = run_cli_in_process(cfg, "user", "add", "eve@example.test", "--password-stdin", stdin="\n", check=False)
     assert (empty.returncode, empty.stderr) == (2, "kartero: the password is empty\n")
 
-    assert run_cli(cfg, "user", "passwd", "bob@example.test", "--password-stdin", stdin="new-pw\n").returncode == 0
+    changed = run_cli_in_process(cfg, "user", "passwd", "bob@example.test", "--password-stdin", stdin="new-pw\n")
+    assert changed.returncode == 0
     store = SQLiteStore(server.root / "data")
     try:
         account = store.accounts.get_account("bob@example.test")
@@ -92,23 +94,23 @@ def test_user_and_alias_commands(tmp_path: Path) -> None:
         store.close()
 
     assert (
-        run_cli(cfg, "alias", "add", "@example.test", "bob@example.test").stdout
+        run_cli_in_process(cfg, "alias", "add", "@example.test", "bob@example.test").stdout
         == "added @example.test -> bob@example.test\n"
     )
-    run_cli(cfg, "alias", "add", "info@example.test", "bob@example.test")
-    assert (
-        run_cli(cfg, "alias", "list").stdout == "@example.test bob@example.test\ninfo@example.test bob@example.test\n"
-    )
+    run_cli_in_process(cfg, "alias", "add", "info@example.test", "bob@example.test")
+    listed = run_cli_in_process(cfg, "alias", "list").stdout
+    assert listed == "@example.test bob@example.test\ninfo@example.test bob@example.test\n"
     # Issue 12: a remote destination is forwarded (with an SRS sender); its local part keeps its case.
-    remote = run_cli(cfg, "alias", "add", "X@example.test", "Someone@Remote.example")
+    remote = run_cli_in_process(cfg, "alias", "add", "X@example.test", "Someone@Remote.example")
     assert remote.stdout == "added x@example.test -> Someone@remote.example\n"
-    assert run_cli(cfg, "alias", "del", "info@example.test").stdout == "deleted 1 alias of info@example.test\n"
-    missing = run_cli(cfg, "alias", "del", "info@example.test", check=False)
+    deleted = run_cli_in_process(cfg, "alias", "del", "info@example.test").stdout
+    assert deleted == "deleted 1 alias of info@example.test\n"
+    missing = run_cli_in_process(cfg, "alias", "del", "info@example.test", check=False)
     assert (missing.returncode, missing.stderr) == (2, "kartero: no alias info@example.test\n")
 
-    assert run_cli(cfg, "user", "del", "bob@example.test").returncode == 0
-    assert run_cli(cfg, "user", "list").stdout == ""
-    gone = run_cli(cfg, "user", "del", "bob@example.test", check=False)
+    assert run_cli_in_process(cfg, "user", "del", "bob@example.test").returncode == 0
+    assert run_cli_in_process(cfg, "user", "list").stdout == ""
+    gone = run_cli_in_process(cfg, "user", "del", "bob@example.test", check=False)
     assert (gone.returncode, gone.stderr) == (2, "kartero: no account bob@example.test\n")
 
 

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from kartero.store.pg_db import migrate
-from tests.integration.harness import KarteroServer, free_port, run_cli, tls_context, wait_for
+from tests.integration.harness import KarteroServer, free_port, run_cli, run_cli_in_process, tls_context, wait_for
 from tests.pgserver import PrivatePostgres
 
 PASSWORD = "copy password"
@@ -154,12 +154,12 @@ def embedded(tmp_path_factory: pytest.TempPathFactory, postgres: PrivatePostgres
             sub.login("bob@example.test", PASSWORD)
             out = b"From: bob@example.test\r\nTo: someone@remote.test\r\nSubject: out\r\n\r\nQueued.\r\n"
             sub.sendmail("bob@example.test", ["someone@remote.test"], out)
-        wait_for(lambda: "deferred" in run_cli(server.config, "queue", "list").stdout)
-        listing = run_cli(server.config, "queue", "list").stdout
+        wait_for(lambda: "deferred" in run_cli_in_process(server.config, "queue", "list").stdout)
+        listing = run_cli_in_process(server.config, "queue", "list").stdout
         queue_id = listing.splitlines()[1].split()[0]
         before = {user: snapshot(server, user) for user in USERS}
-        run_cli(server.config, "dkim", "keygen", "example.test")  # a file under data_dir/dkim/
-        keys = run_cli(server.config, "dkim", "list").stdout
+        run_cli_in_process(server.config, "dkim", "keygen", "example.test")  # a file under data_dir/dkim/
+        keys = run_cli_in_process(server.config, "dkim", "list").stdout
         early = _target(tmp_path_factory.mktemp("early"), postgres)
         while_running = _copy(early, str(server.root / "data"), check=False)
     finally:
@@ -211,7 +211,8 @@ def test_issue_11_db_copy_moves_everything_clients_and_the_queue_see(
         "copied 0 accounts, 0 aliases, 0 mailboxes, 0 messages (0.0 MB), 0 queued; "
         f"skipped {2 + mailboxes + messages + 1} already there\nDKIM keys: copied 0, skipped 1 already there\n"
     )
-    assert run_cli(target.config, "dkim", "list").stdout == embedded.keys  # the same key, now in the database
+    keys = run_cli_in_process(target.config, "dkim", "list").stdout
+    assert keys == embedded.keys  # the same key, now in the database
     target.start()
     try:
         _assert_same(target, embedded)
@@ -221,7 +222,7 @@ def test_issue_11_db_copy_moves_everything_clients_and_the_queue_see(
         assert pop.stat()[0] == 3
         assert b"\r\n".join(pop.retr(2)[1]).endswith(BIG.rstrip(b"\r\n"))
         pop.quit()
-        listing = run_cli(target.config, "queue", "list").stdout
+        listing = run_cli_in_process(target.config, "queue", "list").stdout
         assert embedded.queue_id in listing and "deferred  someone@remote.test  attempts=1" in listing, listing
         # New mail continues the copied UIDs; a new mailbox gets a UIDVALIDITY no copied one had.
         _send(target, ["bob@example.test"], "after the move")
@@ -276,7 +277,7 @@ def test_issue_11_db_copy_rerun_fills_exactly_what_an_interrupted_run_missed(
     target.start()
     try:
         _assert_same(target, embedded)
-        assert embedded.queue_id in run_cli(target.config, "queue", "list").stdout
+        assert embedded.queue_id in run_cli_in_process(target.config, "queue", "list").stdout
     finally:
         assert target.stop() == 0, target.log
 
@@ -289,11 +290,11 @@ def test_issue_11_db_copy_refuses_to_merge_or_to_write_where_it_should_not(
     assert re.search(r"a Kartero server \(pid \d+\) runs on .*: stop it first", embedded.while_running.stderr)
     # The target has its own bob (made there, another UIDVALIDITY for his INBOX): nothing is copied.
     target = _target(tmp_path / "pg", postgres)
-    run_cli(target.config, "user", "add", "bob@example.test", "--password-stdin", stdin="other\n")
+    run_cli_in_process(target.config, "user", "add", "bob@example.test", "--password-stdin", stdin="other\n")
     refused = _copy(target, embedded.data_dir, check=False)
     assert refused.returncode == 1
     assert "already has a different account bob@example.test" in refused.stderr, refused.stderr
-    assert run_cli(target.config, "user", "list").stdout == "bob@example.test\n"
+    assert run_cli_in_process(target.config, "user", "list").stdout == "bob@example.test\n"
     # The same account, but a mailbox of the same name that is another one.
     target = _target(tmp_path / "pg2", postgres)
     _copy(target, embedded.data_dir)

@@ -9,7 +9,7 @@ from pathlib import Path
 from kartero.autoconfig.mtasts import policy_id, policy_text
 from kartero.config import MtaStsConfig
 from tests.integration.dnsserver import LoopbackDNS
-from tests.integration.harness import KarteroServer, run_cli
+from tests.integration.harness import KarteroServer, run_cli_in_process
 
 # The id of the policy the server serves with the default [mta_sts] (tests/unit/autoconfig pin its text)
 POLICY_ID = policy_id(policy_text("mail.example.test", MtaStsConfig()))
@@ -43,7 +43,7 @@ def rows(stdout: str) -> list[tuple[str, str, str]]:
 def setup(tmp_path: Path, dns: LoopbackDNS) -> tuple[KarteroServer, str]:
     server = KarteroServer(tmp_path / "k", domains=("example.test",), hostname="mail.example.test",
                            extra_config=dns.config)  # fmt: skip
-    out = run_cli(server.config, "dkim", "keygen", "example.test", "--selector", "s1").stdout
+    out = run_cli_in_process(server.config, "dkim", "keygen", "example.test", "--selector", "s1").stdout
     record = re.search(r'^(\S+) IN TXT "(.+)"$', out, re.M)
     assert record is not None
     value = record.group(2)
@@ -56,7 +56,7 @@ def test_complete_zone_is_all_ok(tmp_path: Path) -> None:
     with LoopbackDNS("") as dns:
         server, dkim_record = setup(tmp_path, dns)
         dns.zones.set_zone(BASE + DMARC + dkim_record + "\n" + srv_zone(server))
-        result = run_cli(server.config, "dns", "example.test", check=False)
+        result = run_cli_in_process(server.config, "dns", "example.test", check=False)
     lines = result.stdout.splitlines()
     assert result.returncode == 0, result.stdout
     assert (
@@ -75,7 +75,7 @@ def test_missing_dmarc_is_exactly_the_gap(tmp_path: Path) -> None:
     with LoopbackDNS("") as dns:
         server, dkim_record = setup(tmp_path, dns)
         dns.zones.set_zone(BASE + dkim_record + "\n" + srv_zone(server))
-        result = run_cli(server.config, "dns", "example.test", check=False)
+        result = run_cli_in_process(server.config, "dns", "example.test", check=False)
         not_ok = [line for line in result.stdout.splitlines()[1:] if not line.startswith("ok ")]
         assert result.returncode == 1
         assert not_ok == [
@@ -89,7 +89,7 @@ def test_missing_dmarc_is_exactly_the_gap(tmp_path: Path) -> None:
             + dkim_record.replace("p=", "p=AAAA")
             + "\n"
         )
-        result = run_cli(server.config, "dns", "example.test", check=False)
+        result = run_cli_in_process(server.config, "dns", "example.test", check=False)
     by_name = {name: (status, detail) for status, name, detail in rows(result.stdout)}
     assert result.returncode == 1
     assert by_name["MX"][0] == "wrong"

@@ -44,6 +44,7 @@ def greeting(server: KarteroServer, source: str = "127.0.0.1") -> tuple[socket.s
     return sock, sock.recv(1024)
 
 
+@pytest.mark.store_unused("greetings and 421s: per-address limits count in memory (policy/limits.py ConnectionLimits)")
 def test_connections_per_address(server: KarteroServer) -> None:
     open_ones = [greeting(server) for _ in range(3)]
     assert all(g.startswith(b"220 ") for _, g in open_ones)

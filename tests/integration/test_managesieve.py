@@ -1,6 +1,7 @@
 """ManageSieve (RFC 5804) and `kartero sieve` against a real `kartero serve`, on both store backends:
-Debian's sieve-connect over STARTTLS verified with a test CA, the CLI commands, and a raw socket for
-literals and error codes. One server per backend for the module; each test works on its own account.
+Debian's sieve-connect over STARTTLS verified with a test CA, the CLI commands (their output and exit
+codes, run in this process: harness.run_cli_in_process), and a raw socket for literals and error codes.
+One server per backend for the module; each test works on its own account.
 
 The tests that store or check a script need the real `kartero.sieve.compile_script` (the Sieve
 interpreter, merged separately): before it is there, the server refuses them."""
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import KarteroServer, run_cli
+from tests.integration.harness import KarteroServer, run_cli, run_cli_in_process
 from tests.integration.testca import TestCA
 from tests.pgserver import PrivatePostgres
 
@@ -98,33 +99,35 @@ def test_sieve_connect_uploads_lists_activates_downloads_and_deletes(setup: Setu
 def test_cli_commands(setup: Setup, tmp_path: Path) -> None:
     config, user = setup.server.config, "carol@example.test"
     (tmp_path / "a.sieve").write_text(SCRIPT, newline="")
-    assert run_cli(config, "sieve", "put", user, "a", str(tmp_path / "a.sieve")).stdout == "stored a\n"
-    assert run_cli(config, "sieve", "put", user, "b", "-", stdin="keep;\n").stdout == "stored b\n"
-    assert run_cli(config, "sieve", "activate", user, "b").stdout == "activated b\n"
-    assert run_cli(config, "sieve", "list", user).stdout == "a\nb  (active)\n"
-    assert run_cli(config, "sieve", "get", user, "a").stdout == SCRIPT.replace("\r\n", "\n")  # text mode reads
-    failed = run_cli(config, "sieve", "del", user, "b", check=False)
+    assert run_cli_in_process(config, "sieve", "put", user, "a", str(tmp_path / "a.sieve")).stdout == "stored a\n"
+    assert run_cli_in_process(config, "sieve", "put", user, "b", "-", stdin="keep;\n").stdout == "stored b\n"
+    assert run_cli_in_process(config, "sieve", "activate", user, "b").stdout == "activated b\n"
+    assert run_cli_in_process(config, "sieve", "list", user).stdout == "a\nb  (active)\n"
+    got = run_cli_in_process(config, "sieve", "get", user, "a").stdout
+    assert got == SCRIPT.replace("\r\n", "\n")  # text mode reads
+    failed = run_cli_in_process(config, "sieve", "del", user, "b", check=False)
     assert failed.returncode == 1 and "is the active script" in failed.stderr
-    assert run_cli(config, "sieve", "deactivate", user).stdout == f"no active script for {user}\n"
-    assert run_cli(config, "sieve", "del", user, "b").stdout == "deleted b\n"
-    missing = run_cli(config, "sieve", "get", user, "b", check=False)
+    assert run_cli_in_process(config, "sieve", "deactivate", user).stdout == f"no active script for {user}\n"
+    assert run_cli_in_process(config, "sieve", "del", user, "b").stdout == "deleted b\n"
+    missing = run_cli_in_process(config, "sieve", "get", user, "b", check=False)
     assert (missing.returncode, missing.stderr) == (1, f"kartero: no script b for {user}\n")
     # A syntax error: exit 1 and `line:column: message`, nothing stored.
     (tmp_path / "broken.sieve").write_text(BROKEN, newline="")
-    broken = run_cli(config, "sieve", "put", user, "broken", str(tmp_path / "broken.sieve"), check=False)
+    broken = run_cli_in_process(config, "sieve", "put", user, "broken", str(tmp_path / "broken.sieve"), check=False)
     assert broken.returncode == 1 and broken.stderr.startswith(BROKEN_AT), broken.stderr
-    checked = run_cli(config, "sieve", "check", str(tmp_path / "broken.sieve"), check=False)
+    checked = run_cli_in_process(config, "sieve", "check", str(tmp_path / "broken.sieve"), check=False)
     assert checked.returncode == 1 and checked.stderr.startswith(BROKEN_AT)
-    assert run_cli(config, "sieve", "check", str(tmp_path / "a.sieve")).stdout == "ok\n"
-    assert run_cli(config, "sieve", "list", user).stdout == "a\n"
+    assert run_cli_in_process(config, "sieve", "check", str(tmp_path / "a.sieve")).stdout == "ok\n"
+    assert run_cli_in_process(config, "sieve", "list", user).stdout == "a\n"
     # The global scripts (include :global) are apart from every account's.
-    assert run_cli(config, "sieve", "put", "--global", "spam", "-", stdin="keep;\n").stdout == "stored spam\n"
-    assert run_cli(config, "sieve", "list", "--global").stdout == "spam\n"
-    assert run_cli(config, "sieve", "get", "--global", "spam").stdout == "keep;\n"
-    assert run_cli(config, "sieve", "del", "--global", "spam").stdout == "deleted spam\n"
-    unknown = run_cli(config, "sieve", "list", "nobody@example.test", check=False)
+    stored = run_cli_in_process(config, "sieve", "put", "--global", "spam", "-", stdin="keep;\n").stdout
+    assert stored == "stored spam\n"
+    assert run_cli_in_process(config, "sieve", "list", "--global").stdout == "spam\n"
+    assert run_cli_in_process(config, "sieve", "get", "--global", "spam").stdout == "keep;\n"
+    assert run_cli_in_process(config, "sieve", "del", "--global", "spam").stdout == "deleted spam\n"
+    unknown = run_cli_in_process(config, "sieve", "list", "nobody@example.test", check=False)
     assert (unknown.returncode, unknown.stderr) == (2, "kartero: no account nobody@example.test\n")
-    bad_name = run_cli(config, "sieve", "put", user, "a\tb", "-", stdin="keep;\n", check=False)
+    bad_name = run_cli_in_process(config, "sieve", "put", user, "a\tb", "-", stdin="keep;\n", check=False)
     assert bad_name.returncode == 2
 
 

@@ -18,6 +18,7 @@ import pytest
 from kartero.net.proxy_header import V2_SIGNATURE
 from tests.integration.dnsserver import LoopbackDNS
 from tests.integration.harness import KarteroServer, tls_context
+from tests.integration.spares import fresh_server
 
 PASSWORD = "bob password"
 TRUSTED, UNTRUSTED = "127.0.0.1", "127.0.0.2"
@@ -94,22 +95,29 @@ class Line:
         self.sock.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def dns() -> Iterator[LoopbackDNS]:
+    """One DNS server for the module: its zone never changes and no test counts its queries."""
     with LoopbackDNS('sender.example. 60 IN TXT "v=spf1 ip4:203.0.113.7 -all"\n') as server:
         yield server
 
 
 @pytest.fixture
-def server(tmp_path: Path, dns: LoopbackDNS) -> Iterator[ProxiedServer]:
-    mx = ProxiedServer(
-        tmp_path / "mx",
-        checks=True,
-        extra_config=dns.config,
-        limits='connections_per_ip = 2\ncommand_deadline = "2s"',
-    )
-    mx.add_user("bob@example.test", PASSWORD)
-    mx.start()
+def server(request: pytest.FixtureRequest, dns: LoopbackDNS) -> Iterator[KarteroServer]:
+    """A server of its own for each test, started while the test before ran (spares.py)."""
+
+    def build(root: Path, store_url: str) -> KarteroServer:
+        mx = ProxiedServer(
+            root,
+            checks=True,
+            extra_config=dns.config,
+            limits='connections_per_ip = 2\ncommand_deadline = "2s"',
+            store_url=store_url,
+        )
+        mx.add_user("bob@example.test", PASSWORD)
+        return mx
+
+    mx = fresh_server(request, build)
     yield mx
     if mx.process and mx.process.poll() is None:
         assert mx.stop() == 0, mx.log
@@ -124,7 +132,7 @@ def send_message(c: Line) -> bytes:
     return c.command("From: alice@sender.example\r\nSubject: proxied\r\n\r\nhi\r\n.")
 
 
-def test_issue_8_smtp_behind_a_proxy_sees_the_client_it_names(server: ProxiedServer) -> None:
+def test_issue_8_smtp_behind_a_proxy_sees_the_client_it_names(server: KarteroServer) -> None:
     c = Line(server.port, header=v1("203.0.113.7"))
     assert send_message(c).startswith(b"250 2.0.0 Message accepted as ")
     c.close()
@@ -136,7 +144,7 @@ def test_issue_8_smtp_behind_a_proxy_sees_the_client_it_names(server: ProxiedSer
     assert " client=203.0.113.7 " in server.wait_events("smtp.message", 1)[0]
 
 
-def test_issue_8_limits_count_the_client_a_proxy_names(server: ProxiedServer) -> None:
+def test_issue_8_limits_count_the_client_a_proxy_names(server: KarteroServer) -> None:
     first, second = Line(server.port, header=v1("203.0.113.7")), Line(server.port, header=v2("203.0.113.7"))
     assert first.reply().startswith(b"220 ") and second.reply().startswith(b"220 ")
     third = Line(server.port, header=v1("203.0.113.7", 40001))
@@ -149,7 +157,7 @@ def test_issue_8_limits_count_the_client_a_proxy_names(server: ProxiedServer) ->
         c.close()
 
 
-def test_issue_8_the_loopback_login_rule_sees_the_proxied_client(server: ProxiedServer) -> None:
+def test_issue_8_the_loopback_login_rule_sees_the_proxied_client(server: KarteroServer) -> None:
     remote = Line(server.imap_port, header=v2("2001:db8::7"))
     assert b" LOGINDISABLED" in remote.line()  # no plaintext login for a remote client without TLS
     local = Line(server.imap_port, header=v1("127.0.0.9"))
@@ -166,7 +174,7 @@ def test_issue_8_the_loopback_login_rule_sees_the_proxied_client(server: Proxied
     assert " client=203.0.113.7 via=127.0.0.1" in server.wait_events("pop3.connect", 1)[0]
 
 
-def test_issue_8_implicit_tls_after_the_header(server: ProxiedServer) -> None:
+def test_issue_8_implicit_tls_after_the_header(server: KarteroServer) -> None:
     for port in (server.submissions_port, server.imaps_port, server.pop3s_port):
         c = Line(port, header=v1("203.0.113.7"))
         c.tls()
@@ -179,7 +187,7 @@ def test_issue_8_implicit_tls_after_the_header(server: ProxiedServer) -> None:
     assert " client=203.0.113.7 via=127.0.0.1" in server.wait_events("smtp.connect", 2)[0]
 
 
-def test_issue_8_a_trusted_address_must_send_the_header(server: ProxiedServer) -> None:
+def test_issue_8_a_trusted_address_must_send_the_header(server: KarteroServer) -> None:
     direct = Line(server.port)
     direct.sock.sendall(b"EHLO client.example\r\n")
     assert direct.is_closed_silently()
@@ -198,7 +206,7 @@ def test_issue_8_a_trusted_address_must_send_the_header(server: ProxiedServer) -
     assert all(" peer=127.0.0.1 " in line for line in refusals)
 
 
-def test_issue_8_a_header_from_anyone_else_is_a_protocol_error(server: ProxiedServer) -> None:
+def test_issue_8_a_header_from_anyone_else_is_a_protocol_error(server: KarteroServer) -> None:
     c = Line(server.port, source=UNTRUSTED, header=v1("203.0.113.7"))
     assert c.reply().startswith(b"220 ")
     assert c.reply() == b"500 5.5.1 Command unrecognized"
@@ -211,7 +219,7 @@ def test_issue_8_a_header_from_anyone_else_is_a_protocol_error(server: ProxiedSe
     assert server.wait_events("smtp.connect", 1)[0].endswith(" listener=smtp client=127.0.0.2")  # no via
 
 
-def test_issue_8_tls_handshake_failure_after_the_header_ends_only_that_connection(server: ProxiedServer) -> None:
+def test_issue_8_tls_handshake_failure_after_the_header_ends_only_that_connection(server: KarteroServer) -> None:
     c = Line(server.submissions_port, header=v1("203.0.113.7"))
     c.sock.sendall(b"this is no TLS ClientHello\r\n")
     assert c.is_closed_silently()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.harness import KarteroServer, run_cli, tls_context, wait_for
+from tests.integration.harness import KarteroServer, run_cli_in_process, tls_context, wait_for
 
 PASSWORD = "quota password"
 # account -> its limit in octets, set through the CLI before the server starts
@@ -22,7 +22,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KarteroServer]:
     mx = KarteroServer(tmp_path_factory.mktemp("quota"), limits='default_quota = "1MB"')
     for address, limit in LIMITS.items():
         mx.add_user(address, PASSWORD)
-        done = run_cli(mx.config, "user", "quota", address, str(limit))
+        done = run_cli_in_process(mx.config, "user", "quota", address, str(limit))
         assert done.stdout == f"{address}: 0 of {limit} bytes (0.0%), 0 messages\n"
     mx.add_user("erin@example.test", PASSWORD)
     mx.start()
@@ -113,6 +113,6 @@ def test_issue_12_the_90_percent_warning_arrives_once(server: KarteroServer) -> 
     wait_for(lambda: len(server.messages("dave@example.test")) == 4)
     assert sum(b"Auto-Submitted: auto-generated" in m for m in server.messages("dave@example.test")) == 1
     assert len([e for e in server.log_events("quota.warning") if "account=dave@example.test " in e]) == 1
-    done = run_cli(server.config, "user", "quota", "dave@example.test")
+    done = run_cli_in_process(server.config, "user", "quota", "dave@example.test")
     usage = used(server, "dave@example.test")
     assert done.stdout == f"dave@example.test: {usage} of 10000 bytes ({usage / 100:.1f}%), 4 messages\n"

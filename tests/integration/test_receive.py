@@ -241,6 +241,7 @@ def test_null_sender_accepted(mx: KarteroServer) -> None:
     assert stored.startswith(b"Return-Path: <>\r\n")
 
 
+@pytest.mark.store_unused("VRFY and EXPN answer without any lookup (smtp/server.py _vrfy, _expn)")
 def test_vrfy_and_expn_reveal_nothing(mx: KarteroServer) -> None:
     with client(mx) as s:
         assert s.verify("bob@example.test")[0] == 252

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.dnsserver import LoopbackDNS
-from tests.integration.harness import KarteroServer, free_port, run_cli, wait_for
+from tests.integration.harness import KarteroServer, free_port, run_cli_in_process, wait_for
 
 A, B = "127.0.0.2", "127.0.0.3"
 ZONE = f"""
@@ -39,8 +39,8 @@ class Net:
     def script(self, address: str, text: str) -> None:
         path = self.root / "script.sieve"
         path.write_text(text)
-        run_cli(self.a.config, "sieve", "put", address, "main", str(path))
-        run_cli(self.a.config, "sieve", "activate", address, "main")
+        run_cli_in_process(self.a.config, "sieve", "put", address, "main", str(path))
+        run_cli_in_process(self.a.config, "sieve", "activate", address, "main")
 
     def send(self, sender: str, recipients: list[str], message: str) -> None:
         with smtplib.SMTP(A, self.a.port) as client:
@@ -145,7 +145,7 @@ vacation :days 1 :subject "Out of office" "I am away this week.";
     assert parsed.get_content().strip() == "I am away this week."
     skipped = net.a.log_events("sieve.vacation_skipped")
     assert any("already" in line for line in skipped) and any("mailing list" in line for line in skipped)
-    run_cli(net.a.config, "sieve", "deactivate", "carol@example.test")
+    run_cli_in_process(net.a.config, "sieve", "deactivate", "carol@example.test")
 
 
 def test_issue_12_reject_is_the_smtp_reply_for_one_recipient_and_a_notice_for_several(net: Net) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.integration.harness import KarteroServer, run_cli, tls_context, wait_for
+from tests.integration.harness import KarteroServer, run_cli_in_process, tls_context, wait_for
 
 PASSWORD = "alice password"
 
@@ -23,7 +23,7 @@ class Pair:
     b: KarteroServer
 
     def trace(self, *args: str) -> list[dict[str, object]]:
-        out = run_cli(self.a.config, "trace", "--json", *args).stdout
+        out = run_cli_in_process(self.a.config, "trace", "--json", *args).stdout
         return [json.loads(line) for line in out.splitlines()]
 
 
@@ -103,6 +103,6 @@ def test_issue_14_the_trace_shows_each_message_path(pair: Pair) -> None:
         ("received", "dsn", None, None), ("stored", None, "alice@a.test", "INBOX")]
     assert [m["id"] for m in pair.trace("--address", "alice@a.test")] == [dsn_id, sent["id"]]
     assert pair.trace("--address", "alice@a.test", "--until", "2000-01-01") == []
-    text = run_cli(a.config, "trace", "--address", "nobody@b.test").stdout
+    text = run_cli_in_process(a.config, "trace", "--address", "nobody@b.test").stdout
     assert "  bounced    <nobody@b.test>, attempt 1, host " in text and "said 550 5.1.1 No such user here" in text
     assert "private" not in text  # nothing of the content: not even the subject

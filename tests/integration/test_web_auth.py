@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import PASSWORD, KarteroServer, run_cli, wait_for
+from tests.integration.harness import PASSWORD, KarteroServer, run_cli_in_process, wait_for
 from tests.integration.web_client import Browser, csrf_of
 
 ADMIN, USER = "admin@example.test", "bob@example.test"
@@ -121,13 +121,13 @@ def test_logout_needs_the_csrf_token_and_ends_the_session(server: KarteroServer)
 
 
 def test_bearer_tokens_from_the_cli(server: KarteroServer) -> None:
-    admin_token = run_cli(server.config, "token", "create", "ci").stdout.strip()
-    user_token = run_cli(server.config, "token", "create", "bobs", "--user", USER).stdout.strip()
+    admin_token = run_cli_in_process(server.config, "token", "create", "ci").stdout.strip()
+    user_token = run_cli_in_process(server.config, "token", "create", "bobs", "--user", USER).stdout.strip()
     assert re.fullmatch(r"kt_[A-Za-z0-9_-]{43}", admin_token)
-    listed = run_cli(server.config, "token", "list").stdout.splitlines()
+    listed = run_cli_in_process(server.config, "token", "list").stdout.splitlines()
     assert [line.split()[0] for line in listed] == ["bobs", "ci"]
     assert listed[0].endswith(f" {USER}") and listed[1].endswith(" admin")
-    assert run_cli(server.config, "token", "create", "ci", check=False).returncode == 1
+    assert run_cli_in_process(server.config, "token", "create", "ci", check=False).returncode == 1
 
     async def body() -> None:
         async with Browser(server.http_url) as client:
@@ -142,7 +142,7 @@ def test_bearer_tokens_from_the_cli(server: KarteroServer) -> None:
             assert status == 200 and '"admin": false' in text and USER in text
 
     run(body())
-    assert run_cli(server.config, "token", "revoke", "ci").stdout == "revoked ci\n"
+    assert run_cli_in_process(server.config, "token", "revoke", "ci").stdout == "revoked ci\n"
 
     async def revoked() -> None:
         async with Browser(server.http_url) as client:
@@ -293,7 +293,7 @@ def test_user_sets_a_vacation_reply_that_answers_mail(server: KarteroServer) -> 
 def test_issue_14_a_body_that_never_arrives_gets_408_at_the_deadline(server: KarteroServer) -> None:
     """[limits] command_deadline (2 s here): a client that announces a body and sends 3 bytes of it holds
     its connection no longer (the review's finding F1: it held it for ever)."""
-    token = run_cli(server.config, "token", "create", "slow").stdout.strip()
+    token = run_cli_in_process(server.config, "token", "create", "slow").stdout.strip()
     for path, kind, status in (("/login", "application/x-www-form-urlencoded", b"408"),
                                ("/api/v1/accounts", "application/json", b"408"),
                                ("/api/v1/accounts", "application/json", b"401")):  # fmt: skip
