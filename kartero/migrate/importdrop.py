@@ -67,6 +67,7 @@ MAX_DATE = 1 << 40  # internal dates in unix seconds (year 36812)
 MAX_SIZE = 1 << 53
 AHEAD = 2  # batch files written and not yet taken in, at most
 WAIT_S = 120.0  # the server takes no file in this long: the command stops with an error
+STORE_WAIT_S = 120.0  # the server's wait for one commit of a batch (else its messages count as failed this pass)
 POLL_S = 0.02
 ALIVE_CHECK_S = 1.0  # how often the waiting command looks whether the server still runs
 MAX_ATTEMPTS = 5  # passes (~1 s apart) in which every message of a file failed, before it is set aside
@@ -422,7 +423,8 @@ class ImportPickup:
                                       d, now) for m, c, d in todo]  # fmt: skip
         done = [c for c, p in zip(claims, present, strict=True) if p]
         failed: list[str] = []
-        for (m, c, _), problem in zip(todo, store_deliveries(self._mail, deliveries), strict=True):
+        for (m, c, _), problem in zip(todo, store_deliveries(self._mail, deliveries, STORE_WAIT_S),
+                                    strict=True):  # fmt: skip
             if problem is None:
                 done.append(c)
             else:

@@ -75,14 +75,21 @@ def import_delivery(account_id: int, folder: str, flags: frozenset[str], interna
     )
 
 
-def store_deliveries(mail: MailStore, deliveries: list[Delivery]) -> list[Exception | None]:
+def store_deliveries(mail: MailStore, deliveries: list[Delivery],
+                     timeout_s: float | None = None) -> list[Exception | None]:  # fmt: skip
     """Store a batch as one delivery group, so that its messages get their UIDs in the source's order
     (deliveries handed over one by one are indexed in parallel and may land in any order); when the group
-    fails, each alone, so that one bad message fails alone. Per delivery: None (stored) or why not."""
+    fails, each alone, so that one bad message fails alone. Per delivery: None (stored) or why not.
+
+    `timeout_s` (the server's pickup: a worker-pool thread must not wait on the committer for ever) is
+    each wait's. A commit that outlasts it may still happen, so nothing is handed over again here: the
+    rest count as failed, and the next pass finds what was stored (the ledger's `settled`)."""
     if not deliveries:
         return []
     try:
-        mail.deliver_group(deliveries).result()
+        mail.deliver_group(deliveries).result(timeout_s)
+    except TimeoutError as exc:  # before OSError, its base class
+        return [exc] * len(deliveries)
     except (StoreError, OSError):
         pass
     else:
@@ -90,7 +97,9 @@ def store_deliveries(mail: MailStore, deliveries: list[Delivery]) -> list[Except
     results: list[Exception | None] = []
     for delivery in deliveries:
         try:
-            mail.deliver(delivery).result()
+            mail.deliver(delivery).result(timeout_s)
+        except TimeoutError as exc:
+            return results + [exc] * (len(deliveries) - len(results))
         except (StoreError, OSError) as exc:
             results.append(exc)
         else:

@@ -254,3 +254,26 @@ def test_issue_15_a_garbage_drop_file_is_set_aside(sqlite_store: SQLiteStore, tm
     assert sorted(p.name for p in (folder / "corrupt").iterdir()) == ["a.batch", "b.batch"]
     shutil.rmtree(folder)
     assert pickup.run_once() == 0  # no folder: nothing to do
+
+
+def test_issue_15_a_commit_that_never_ends_holds_the_pickup_for_its_wait_only() -> None:
+    """The server's pickup thread waited on the committer with no deadline; a group that outlasts the wait
+    is not handed over again one by one (it may still commit: that would store it twice)."""
+    from concurrent.futures import Future
+
+    from kartero.migrate.importer import store_deliveries
+
+    class Stuck:
+        singles = 0
+
+        def deliver_group(self, deliveries: object) -> Future[None]:
+            return Future()  # never done
+
+        def deliver(self, delivery: object) -> Future[None]:
+            self.singles += 1
+            return Future()
+
+    mail = Stuck()
+    results = store_deliveries(mail, [object(), object(), object()], 0.05)  # type: ignore[arg-type, list-item]
+    assert [type(r) for r in results] == [TimeoutError] * 3
+    assert mail.singles == 0
